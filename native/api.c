@@ -1,0 +1,269 @@
+/* api.c: the thin public wrappers of exo.h that have no other home.
+ *
+ * Runtime settings, model-file metadata for Lua (over the GGUF reader), and the
+ * measurements `exo bench` needs (memory bandwidth, peak RSS, a clock). Each
+ * wrapper validates its arguments and maps failures to EXO_E* codes, in the
+ * style of OpenResty's ngx_http_lua_ffi_* functions. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "../kernels/cpu/quants.h"
+#include "error.h"
+#include "exo.h"
+#include "gguf.h"
+#include "pool.h"
+#include "tensor.h"
+
+#ifndef EXO_VERSION_STRING
+#define EXO_VERSION_STRING "0.1.0"
+#endif
+
+int exo_abi_version(void)
+{
+    return EXO_ABI_VERSION;
+}
+
+const char *exo_version(void)
+{
+    return EXO_VERSION_STRING;
+}
+
+int exo_runtime_set_threads(int n_threads)
+{
+    if (n_threads < 0) return exo_error_set(EXO_EINVAL, "thread count %d is negative", n_threads);
+    return exo_pool_global_set_threads(n_threads);
+}
+
+int exo_runtime_threads(void)
+{
+    return exo_pool_threads(exo_pool_global());
+}
+
+const char *exo_runtime_cpu_features(void)
+{
+    exo_quants_init();
+    return exo_quants_have_avx2() ? "avx2 fma f16c" : "scalar";
+}
+
+/* ---- model files -------------------------------------------------------- */
+
+struct exo_file {
+    exo_gguf *g;
+};
+
+int exo_file_open(const char *path, exo_file **out)
+{
+    if (!path || !out) return exo_error_set(EXO_EINVAL, "exo_file_open: NULL argument");
+    *out = NULL;
+    exo_file *f = calloc(1, sizeof *f);
+    if (!f) return exo_error_set(EXO_ENOMEM, "out of memory");
+    int rc = exo_gguf_open(path, &f->g);
+    if (rc) {
+        free(f);
+        return rc;
+    }
+    *out = f;
+    return EXO_OK;
+}
+
+void exo_file_close(exo_file *f)
+{
+    if (!f) return;
+    exo_gguf_close(f->g);
+    free(f);
+}
+
+int64_t exo_file_meta_count(const exo_file *f)
+{
+    return f ? exo_gguf_kv_count(f->g) : 0;
+}
+
+const char *exo_file_meta_key(const exo_file *f, int64_t i)
+{
+    if (!f || i < 0 || i >= exo_gguf_kv_count(f->g)) return NULL;
+    return exo_gguf_key_name(f->g, i);
+}
+
+int exo_file_meta_type(const exo_file *f, int64_t i)
+{
+    if (!f || i < 0 || i >= exo_gguf_kv_count(f->g)) return -1;
+    return exo_gguf_kv_type(f->g, i);
+}
+
+int exo_file_get_str(const exo_file *f, const char *key, const char **s, size_t *len)
+{
+    if (!f || !key || !s || !len) return exo_error_set(EXO_EINVAL, "exo_file_get_str: NULL argument");
+    return exo_gguf_get_str(f->g, key, s, len);
+}
+
+int exo_file_get_int(const exo_file *f, const char *key, int64_t *out)
+{
+    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_int: NULL argument");
+    return exo_gguf_get_i64(f->g, key, out);
+}
+
+int exo_file_get_float(const exo_file *f, const char *key, double *out)
+{
+    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_float: NULL argument");
+    float v;
+    int rc = exo_gguf_get_f32(f->g, key, &v);
+    if (rc == EXO_OK) *out = v;
+    return rc;
+}
+
+int exo_file_get_bool(const exo_file *f, const char *key, int *out)
+{
+    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_bool: NULL argument");
+    bool v;
+    int rc = exo_gguf_get_bool(f->g, key, &v);
+    if (rc == EXO_OK) *out = v;
+    return rc;
+}
+
+int exo_file_get_arr_info(const exo_file *f, const char *key, int *elem_type, uint64_t *len)
+{
+    if (!f || !key || !elem_type || !len) return exo_error_set(EXO_EINVAL, "exo_file_get_arr_info: NULL argument");
+    return exo_gguf_get_arr(f->g, key, elem_type, len);
+}
+
+static int file_array(const exo_file *f, const char *key, uint64_t j, int *elem_type, int64_t *kv)
+{
+    uint64_t len;
+    int rc = exo_gguf_get_arr(f->g, key, elem_type, &len);
+    if (rc) return rc;
+    if (j >= len) return exo_error_set(EXO_ERANGE, "index %llu past the %llu elements of '%s'", (unsigned long long)j,
+                                       (unsigned long long)len, key);
+    *kv = exo_gguf_find_key(f->g, key);
+    return EXO_OK;
+}
+
+int exo_file_get_arr_str(const exo_file *f, const char *key, uint64_t j, const char **s, size_t *len)
+{
+    if (!f || !key || !s || !len) return exo_error_set(EXO_EINVAL, "exo_file_get_arr_str: NULL argument");
+    int elem_type;
+    int64_t kv = -1;
+    int rc = file_array(f, key, j, &elem_type, &kv);
+    if (rc) return rc;
+    if (elem_type != EXO_GGUF_STRING) return exo_error_set(EXO_EFORMAT, "'%s' is not an array of strings", key);
+    return exo_gguf_arr_str(f->g, kv, j, s, len);
+}
+
+int exo_file_get_arr_num(const exo_file *f, const char *key, uint64_t j, double *out)
+{
+    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_arr_num: NULL argument");
+    int elem_type;
+    int64_t kv = -1;
+    int rc = file_array(f, key, j, &elem_type, &kv);
+    if (rc) return rc;
+    const unsigned char *p = exo_gguf_arr_data(f->g, kv);
+    /* Array data may be unaligned in the file: copy each element out. */
+#define READ_AS(ctype)                          \
+    {                                           \
+        ctype v;                                \
+        memcpy(&v, p + j * sizeof v, sizeof v); \
+        *out = (double)v;                       \
+        return EXO_OK;                          \
+    }
+    switch (elem_type) {
+    case EXO_GGUF_UINT8: READ_AS(uint8_t)
+    case EXO_GGUF_INT8: READ_AS(int8_t)
+    case EXO_GGUF_UINT16: READ_AS(uint16_t)
+    case EXO_GGUF_INT16: READ_AS(int16_t)
+    case EXO_GGUF_UINT32: READ_AS(uint32_t)
+    case EXO_GGUF_INT32: READ_AS(int32_t)
+    case EXO_GGUF_FLOAT32: READ_AS(float)
+    case EXO_GGUF_BOOL: READ_AS(uint8_t)
+    case EXO_GGUF_UINT64: READ_AS(uint64_t)
+    case EXO_GGUF_INT64: READ_AS(int64_t)
+    case EXO_GGUF_FLOAT64: READ_AS(double)
+    default: return exo_error_set(EXO_EFORMAT, "'%s' is not an array of numbers", key);
+    }
+#undef READ_AS
+}
+
+int64_t exo_file_tensor_count(const exo_file *f)
+{
+    return f ? exo_gguf_tensor_count(f->g) : 0;
+}
+
+int exo_file_tensor_info(const exo_file *f, int64_t i, const char **name, int *dtype, int *n_dims, int64_t *ne,
+                         uint64_t *nbytes)
+{
+    if (!f || !name || !dtype || !n_dims || !ne || !nbytes)
+        return exo_error_set(EXO_EINVAL, "exo_file_tensor_info: NULL argument");
+    if (i < 0 || i >= exo_gguf_tensor_count(f->g)) return exo_error_set(EXO_ERANGE, "no tensor %lld", (long long)i);
+    const exo_gguf_tensor *t = exo_gguf_tensor_at(f->g, i);
+    *name = t->name;
+    *dtype = t->dtype;
+    *n_dims = t->n_dims;
+    for (int d = 0; d < EXO_GGUF_MAX_DIMS; d++) ne[d] = t->ne[d];
+    *nbytes = t->size;
+    return EXO_OK;
+}
+
+const char *exo_dtype_name(int dtype)
+{
+    const exo_type_traits *tr = exo_type_traits_get(dtype);
+    return tr ? tr->name : "unknown";
+}
+
+/* ---- measurement -------------------------------------------------------- */
+
+double exo_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int64_t exo_peak_rss_bytes(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return (int64_t)ru.ru_maxrss * 1024;
+}
+
+typedef struct copy_job {
+    const float *src;
+    float *dst;
+} copy_job;
+
+static void copy_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    copy_job *j = ctx;
+    memcpy(j->dst + begin, j->src + begin, sizeof(float) * (size_t)(end - begin));
+}
+
+/* Copy counts read + write bytes, as STREAM's "Copy" does. Decode reads
+ * weights only, so this is the figure to divide weight bytes by. */
+double exo_measure_mem_bandwidth(size_t bytes, int reps)
+{
+    size_t n = bytes / sizeof(float);
+    if (n < 1024) n = 1024;
+    if (reps < 1) reps = 1;
+    float *a = exo_aligned_alloc(n * sizeof(float)), *b = exo_aligned_alloc(n * sizeof(float));
+    if (!a || !b) {
+        exo_aligned_free(a);
+        exo_aligned_free(b);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) a[i] = (float)i, b[i] = 0;
+    copy_job job = {a, b};
+    exo_pool *pool = exo_pool_global();
+    double best = INFINITY;
+    for (int r = 0; r < reps; r++) {
+        double t0 = exo_now();
+        exo_pool_for(pool, (int64_t)n, 1 << 16, copy_range, &job);
+        double dt = exo_now() - t0;
+        if (dt < best) best = dt;
+    }
+    exo_aligned_free(a);
+    exo_aligned_free(b);
+    return 2.0 * (double)n * sizeof(float) / best / 1e9;
+}

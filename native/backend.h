@@ -1,0 +1,69 @@
+/* backend.h: the seam between model code and the hardware that runs it.
+ *
+ * Model files (llama.c) express a forward pass only through this table of
+ * operations over f32 activations and weight tensors of any dtype; the CPU
+ * backend (backend_cpu.c) implements it with the thread pool and the quant
+ * kernels, and a CUDA backend can implement the same table without touching
+ * model code. Activations are row-major [n_tokens][dim] float arrays.
+ * Scratch memory is reserved up front (exo_backend.reserve), so no operation
+ * allocates on the per-token path. */
+#ifndef EXO_BACKEND_H
+#define EXO_BACKEND_H
+
+#include <stdint.h>
+
+#include "tensor.h"
+
+enum exo_rope_style {
+    EXO_ROPE_NORM = 0, /* rotate adjacent pairs (x[2i], x[2i+1]): Llama as GGUF stores it */
+    EXO_ROPE_NEOX = 1  /* rotate halves (x[i], x[i + d/2]) */
+};
+
+/* Precomputed rotation for a batch: cos/sin [n_tokens][rope_dim/2]. */
+typedef struct exo_rope_table {
+    const float *cos;
+    const float *sin;
+    int rope_dim;
+    int style;
+} exo_rope_table;
+
+/* One attention call: queries for n_tokens consecutive positions starting at
+ * pos0, against a cache that already holds keys/values for positions
+ * [0, pos0 + n_tokens). Causal: token t sees positions <= pos0 + t. */
+typedef struct exo_attention_args {
+    const float *q;        /* [n_tokens][n_head * head_dim] */
+    const float *k_cache;  /* [n_ctx][n_head_kv * head_dim] */
+    const float *v_cache;  /* [n_ctx][n_head_kv * head_dim] */
+    float *out;            /* [n_tokens][n_head * head_dim] */
+    int n_tokens;
+    int pos0;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    float scale;           /* usually 1/sqrt(head_dim) */
+} exo_attention_args;
+
+typedef struct exo_backend {
+    const char *name;
+    /* Makes room for calls with up to max_tokens rows and rows of up to max_dim
+     * elements, and for attention over up to max_ctx positions. */
+    int (*reserve)(int max_tokens, int max_dim, int max_ctx);
+    /* y[t * ldy + r] = sum_k w[r][k] * x[t * k_dim + k] for r < w->ne[1], t < n_tokens. */
+    int (*matmul)(const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy);
+    /* y[t] = x[t] / rms(x[t]) * weight (weight may be NULL) */
+    void (*rmsnorm)(const float *x, const float *weight, float *y, int n_tokens, int dim, float eps);
+    /* In place on x [n_tokens][n_heads * head_dim]; rotates the first rope_dim
+     * elements of each head. */
+    void (*rope)(float *x, int n_tokens, int n_heads, int head_dim, const exo_rope_table *rope);
+    void (*attention)(const exo_attention_args *a);
+    /* out[i] = silu(gate[i]) * up[i] */
+    void (*swiglu)(const float *gate, const float *up, float *out, int64_t n);
+    /* y[i] += x[i] */
+    void (*add)(float *y, const float *x, int64_t n);
+    /* out[t] = row ids[t] of the embedding matrix, as floats. */
+    int (*get_rows)(const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out);
+} exo_backend;
+
+const exo_backend *exo_backend_cpu(void);
+
+#endif

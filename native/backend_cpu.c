@@ -1,0 +1,312 @@
+/* backend_cpu.c: the CPU backend: every operation of backend.h on the pool.
+ *
+ * Matrix products take one of two paths. For a few tokens (decode, short
+ * verify batches) the activations are quantized once to the weight's
+ * activation format and every weight row is dotted with every token in
+ * integers, so each weight byte is read once per call: decode is bound by
+ * memory bandwidth, and this reads the least memory. For many tokens (prompt
+ * processing) tiles of weight rows are dequantized to f32 and multiplied with
+ * OpenBLAS sgemm, which is bound by compute and blocks for the caches far
+ * better than a dot-product loop. EXO_GEMM_MIN_TOKENS picks between them
+ * (measured: see docs/performance.md).
+ *
+ * Scratch memory is owned here and sized by reserve(); forward passes are
+ * serialised by the model layer, so one set of buffers serves every call. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cpu/quants.h"
+#include "backend.h"
+#include "error.h"
+#include "pool.h"
+
+/* Rows of W dequantized per sgemm call: 64 rows of a 4096-wide matrix are
+ * 1 MiB of f32, which stays in L2 while sgemm streams the activations. */
+#define GEMM_TILE_ROWS 64
+/* Token blocks for the integer path: a block of quantized activation rows
+ * stays in L1/L2 while a weight row is dotted with each. */
+#define DOT_TOKEN_BLOCK 16
+
+static int gemm_min_tokens = 32;
+
+static struct {
+    int max_tokens, max_dim, max_ctx, n_threads;
+    void *act;       /* quantized activations [max_tokens][act_row_size(max_dim)] */
+    float *tiles;    /* per thread: [GEMM_TILE_ROWS][max_dim] */
+    float *scores;   /* per thread: [max_ctx] */
+} scratch;
+
+extern void openblas_set_num_threads(int);
+
+static int cpu_reserve(int max_tokens, int max_dim, int max_ctx)
+{
+    exo_pool *pool = exo_pool_global();
+    int n_threads = exo_pool_threads(pool);
+    if (max_tokens <= scratch.max_tokens && max_dim <= scratch.max_dim && max_ctx <= scratch.max_ctx &&
+        n_threads <= scratch.n_threads)
+        return EXO_OK;
+    if (max_tokens < scratch.max_tokens) max_tokens = scratch.max_tokens;
+    if (max_dim < scratch.max_dim) max_dim = scratch.max_dim;
+    if (max_ctx < scratch.max_ctx) max_ctx = scratch.max_ctx;
+    exo_quants_init();
+    /* Our pool parallelises over tiles; OpenBLAS threads would fight it. */
+    openblas_set_num_threads(1);
+    const char *env = getenv("EXO_GEMM_MIN_TOKENS");
+    if (env) gemm_min_tokens = atoi(env) > 0 ? atoi(env) : 1 << 30;
+
+    size_t act_row = exo_act_row_size(EXO_ACT_Q8_32, max_dim);
+    size_t act_row_k = exo_act_row_size(EXO_ACT_Q8_K, max_dim);
+    if (act_row_k > act_row) act_row = act_row_k;
+    void *act = exo_aligned_alloc(act_row * (size_t)max_tokens);
+    float *tiles = exo_aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads);
+    float *scores = exo_aligned_alloc(sizeof(float) * (size_t)max_ctx * (size_t)n_threads);
+    if (!act || !tiles || !scores) {
+        exo_aligned_free(act);
+        exo_aligned_free(tiles);
+        exo_aligned_free(scores);
+        return exo_error_set(EXO_ENOMEM, "out of memory reserving CPU scratch for %d tokens x %d", max_tokens,
+                             max_dim);
+    }
+    exo_aligned_free(scratch.act);
+    exo_aligned_free(scratch.tiles);
+    exo_aligned_free(scratch.scores);
+    scratch.act = act;
+    scratch.tiles = tiles;
+    scratch.scores = scores;
+    scratch.max_tokens = max_tokens;
+    scratch.max_dim = max_dim;
+    scratch.max_ctx = max_ctx;
+    scratch.n_threads = n_threads;
+    return EXO_OK;
+}
+
+/* ---- matrix products ---------------------------------------------------- */
+
+typedef struct matmul_job {
+    const exo_tensor *w;
+    const exo_type_traits *tr;
+    const float *x;
+    const char *act;     /* quantized activations (integer path) */
+    size_t act_stride;
+    int n_tokens;
+    float *y;
+    int ldy;
+} matmul_job;
+
+static void matmul_dot_rows(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    const matmul_job *j = ctx;
+    const int k = (int)j->w->ne[0];
+    const exo_vec_dot_fn dot = j->tr->vec_dot;
+    for (int t0 = 0; t0 < j->n_tokens; t0 += DOT_TOKEN_BLOCK) {
+        int t1 = t0 + DOT_TOKEN_BLOCK < j->n_tokens ? t0 + DOT_TOKEN_BLOCK : j->n_tokens;
+        for (int64_t r = begin; r < end; r++) {
+            const void *row = exo_tensor_row(j->w, r);
+            for (int t = t0; t < t1; t++) j->y[(size_t)t * j->ldy + r] = dot(k, row, j->act + (size_t)t * j->act_stride);
+        }
+    }
+}
+
+static void matmul_quantize_rows(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    matmul_job *j = ctx;
+    const int k = (int)j->w->ne[0];
+    for (int64_t t = begin; t < end; t++)
+        exo_quantize_act(j->tr->act_type, j->x + (size_t)t * k, (char *)j->act + (size_t)t * j->act_stride, k);
+}
+
+static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    const matmul_job *j = ctx;
+    const int k = (int)j->w->ne[0];
+    const int64_t n_rows = j->w->ne[1];
+    float *tile = scratch.tiles + (size_t)thread * GEMM_TILE_ROWS * scratch.max_dim;
+    for (int64_t tile_index = begin; tile_index < end; tile_index++) {
+        int64_t r0 = tile_index * GEMM_TILE_ROWS;
+        int rows = (int)(r0 + GEMM_TILE_ROWS <= n_rows ? GEMM_TILE_ROWS : n_rows - r0);
+        const float *w;
+        if (j->w->dtype == EXO_DTYPE_F32) {
+            w = exo_tensor_row(j->w, r0);
+        } else {
+            for (int r = 0; r < rows; r++) j->tr->to_float(exo_tensor_row(j->w, r0 + r), tile + (size_t)r * k, k);
+            w = tile;
+        }
+        /* y[t][r0 + r] = sum_k x[t][k] * w[r][k] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n_tokens, rows, k, 1.0f, j->x, k, w, k, 0.0f,
+                    j->y + r0, j->ldy);
+    }
+}
+
+static int cpu_matmul(const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy)
+{
+    const int k = (int)w->ne[0];
+    const exo_type_traits *tr = exo_type_traits_get(w->dtype);
+    if (!tr) return exo_error_set(EXO_ENOTSUP, "matmul: unsupported weight dtype %d", w->dtype);
+    if (n_tokens > scratch.max_tokens || k > scratch.max_dim)
+        return exo_error_set(EXO_ERANGE, "matmul of %d tokens x %d over the reserved %d x %d", n_tokens, k,
+                             scratch.max_tokens, scratch.max_dim);
+    exo_pool *pool = exo_pool_global();
+    matmul_job job = {.w = w, .tr = tr, .x = x, .n_tokens = n_tokens, .y = y, .ldy = ldy};
+    if (n_tokens >= gemm_min_tokens) {
+        int64_t tiles = (w->ne[1] + GEMM_TILE_ROWS - 1) / GEMM_TILE_ROWS;
+        exo_pool_for(pool, tiles, 1, matmul_gemm_tiles, &job);
+        return EXO_OK;
+    }
+    if (tr->act_type == EXO_ACT_F32) {
+        job.act = (const char *)x;
+        job.act_stride = sizeof(float) * (size_t)k;
+    } else {
+        job.act = scratch.act;
+        job.act_stride = exo_act_row_size(tr->act_type, k);
+        exo_pool_for(pool, n_tokens, 1, matmul_quantize_rows, &job);
+    }
+    /* 16 rows per chunk at least: a chunk is then a few KiB of weights. */
+    exo_pool_for(pool, w->ne[1], 16, matmul_dot_rows, &job);
+    return EXO_OK;
+}
+
+/* ---- element-wise and normalisation ------------------------------------- */
+
+static void cpu_rmsnorm(const float *x, const float *weight, float *y, int n_tokens, int dim, float eps)
+{
+    for (int t = 0; t < n_tokens; t++) {
+        const float *xt = x + (size_t)t * dim;
+        float *yt = y + (size_t)t * dim;
+        double sum = 0.0;
+        for (int i = 0; i < dim; i++) sum += (double)xt[i] * xt[i];
+        float inv = (float)(1.0 / sqrt(sum / dim + eps));
+        if (weight)
+            for (int i = 0; i < dim; i++) yt[i] = xt[i] * inv * weight[i];
+        else
+            for (int i = 0; i < dim; i++) yt[i] = xt[i] * inv;
+    }
+}
+
+static void cpu_rope(float *x, int n_tokens, int n_heads, int head_dim, const exo_rope_table *rope)
+{
+    const int half = rope->rope_dim / 2;
+    for (int t = 0; t < n_tokens; t++) {
+        const float *c = rope->cos + (size_t)t * half;
+        const float *s = rope->sin + (size_t)t * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * head_dim;
+            if (rope->style == EXO_ROPE_NEOX) {
+                for (int i = 0; i < half; i++) {
+                    float a = v[i], b = v[i + half];
+                    v[i] = a * c[i] - b * s[i];
+                    v[i + half] = a * s[i] + b * c[i];
+                }
+            } else {
+                for (int i = 0; i < half; i++) {
+                    float a = v[2 * i], b = v[2 * i + 1];
+                    v[2 * i] = a * c[i] - b * s[i];
+                    v[2 * i + 1] = a * s[i] + b * c[i];
+                }
+            }
+        }
+    }
+}
+
+static void cpu_swiglu(const float *gate, const float *up, float *out, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+static void cpu_add(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static int cpu_get_rows(const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out)
+{
+    const exo_type_traits *tr = exo_type_traits_get(emb->dtype);
+    if (!tr) return exo_error_set(EXO_ENOTSUP, "embedding dtype %d unsupported", emb->dtype);
+    const int64_t dim = emb->ne[0];
+    for (int t = 0; t < n_tokens; t++) {
+        if (ids[t] < 0 || ids[t] >= emb->ne[1])
+            return exo_error_set(EXO_ERANGE, "token id %d outside the vocabulary of %lld", ids[t],
+                                 (long long)emb->ne[1]);
+        tr->to_float(exo_tensor_row(emb, ids[t]), out + (size_t)t * dim, dim);
+    }
+    return EXO_OK;
+}
+
+/* ---- attention ---------------------------------------------------------- */
+
+static float dot_f32(const float *a, const float *b, int n)
+{
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* One work item is one (token, head) pair. */
+static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    const exo_attention_args *a = ctx;
+    const int hd = a->head_dim;
+    const int kv_stride = a->n_head_kv * hd;
+    const int group = a->n_head / a->n_head_kv;
+    float *scores = scratch.scores + (size_t)thread * scratch.max_ctx;
+    for (int64_t item = begin; item < end; item++) {
+        int t = (int)(item / a->n_head), h = (int)(item % a->n_head);
+        int kvh = h / group;
+        int n_pos = a->pos0 + t + 1;
+        const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
+        float max = -INFINITY;
+        for (int p = 0; p < n_pos; p++) {
+            float s = dot_f32(q, a->k_cache + (size_t)p * kv_stride + (size_t)kvh * hd, hd) * a->scale;
+            scores[p] = s;
+            if (s > max) max = s;
+        }
+        float sum = 0;
+        for (int p = 0; p < n_pos; p++) {
+            scores[p] = expf(scores[p] - max);
+            sum += scores[p];
+        }
+        float inv = 1.0f / sum;
+        float *out = a->out + ((size_t)t * a->n_head + h) * hd;
+        memset(out, 0, sizeof(float) * hd);
+        for (int p = 0; p < n_pos; p++) {
+            const float *v = a->v_cache + (size_t)p * kv_stride + (size_t)kvh * hd;
+            float w = scores[p] * inv;
+            for (int i = 0; i < hd; i++) out[i] += w * v[i];
+        }
+    }
+}
+
+static void cpu_attention(const exo_attention_args *a)
+{
+    exo_pool_for(exo_pool_global(), (int64_t)a->n_tokens * a->n_head, 1, attention_items, (void *)a);
+}
+
+static const exo_backend cpu_backend = {
+    .name = "cpu",
+    .reserve = cpu_reserve,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .get_rows = cpu_get_rows,
+};
+
+const exo_backend *exo_backend_cpu(void)
+{
+    return &cpu_backend;
+}

@@ -1,0 +1,160 @@
+/* engine.c: the engine thread and the completion queue Lua drains.
+ *
+ * The loop thread never computes: it submits forward passes here and goes
+ * back to serving sockets. One engine thread runs submitted jobs in order
+ * (driving the compute pool); each finished job is appended to a completion
+ * queue and an eventfd is signalled, which luv polls. Lua then drains the
+ * queue through exo_engine_next_completion. No C code ever calls into Lua. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "exo.h"
+
+/* Jobs in flight at once; submit fails with EAGAIN beyond this rather than
+ * growing without bound. */
+#define ENGINE_QUEUE_CAP 1024
+
+typedef struct engine_job {
+    exo_shard *shard;
+    exo_seq *seq;
+    const int32_t *tokens;
+    const float *hidden;
+    int n_tokens;
+    int all_logits;
+    float *out;
+    uint64_t id;
+    int status;
+    char err[256];
+} engine_job;
+
+/* A bounded ring of jobs. */
+typedef struct job_ring {
+    engine_job items[ENGINE_QUEUE_CAP];
+    size_t head, count;
+} job_ring;
+
+static struct {
+    pthread_once_t once;
+    int init_rc;
+    int fd;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t has_work;
+    job_ring pending;
+    job_ring done;
+} engine = {.once = PTHREAD_ONCE_INIT, .fd = -1};
+
+static void ring_push(job_ring *r, const engine_job *j)
+{
+    r->items[(r->head + r->count) % ENGINE_QUEUE_CAP] = *j;
+    r->count++;
+}
+
+static engine_job ring_pop(job_ring *r)
+{
+    engine_job j = r->items[r->head];
+    r->head = (r->head + 1) % ENGINE_QUEUE_CAP;
+    r->count--;
+    return j;
+}
+
+static void *engine_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&engine.lock);
+        while (engine.pending.count == 0) pthread_cond_wait(&engine.has_work, &engine.lock);
+        engine_job job = ring_pop(&engine.pending);
+        pthread_mutex_unlock(&engine.lock);
+
+        job.status = exo_shard_forward(job.shard, job.seq, job.tokens, job.hidden, job.n_tokens, job.all_logits,
+                                       job.out);
+        job.err[0] = 0;
+        if (job.status) snprintf(job.err, sizeof job.err, "%s", exo_last_error());
+
+        pthread_mutex_lock(&engine.lock);
+        ring_push(&engine.done, &job);
+        pthread_mutex_unlock(&engine.lock);
+        uint64_t one = 1;
+        ssize_t w = write(engine.fd, &one, sizeof one);
+        (void)w; /* an eventfd write only fails at counter overflow, and readiness is already set then */
+    }
+    return NULL;
+}
+
+static void engine_start(void)
+{
+    pthread_mutex_init(&engine.lock, NULL);
+    pthread_cond_init(&engine.has_work, NULL);
+    engine.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (engine.fd < 0) {
+        engine.init_rc = exo_error_set(EXO_EIO, "eventfd failed");
+        return;
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&engine.thread, &attr, engine_main, NULL) != 0)
+        engine.init_rc = exo_error_set(EXO_EIO, "could not start the engine thread");
+    pthread_attr_destroy(&attr);
+}
+
+static int engine_ready(void)
+{
+    pthread_once(&engine.once, engine_start);
+    if (engine.init_rc) return exo_error_set(engine.init_rc, "the engine thread is not running");
+    return EXO_OK;
+}
+
+int exo_engine_fd(void)
+{
+    if (engine_ready()) return -1;
+    return engine.fd;
+}
+
+int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                      int all_logits, float *out, uint64_t job_id)
+{
+    if (!s || !q || !out) return exo_error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
+    int rc = engine_ready();
+    if (rc) return rc;
+    engine_job job = {.shard = s, .seq = q, .tokens = tokens, .hidden = hidden, .n_tokens = n_tokens,
+                      .all_logits = all_logits, .out = out, .id = job_id};
+    pthread_mutex_lock(&engine.lock);
+    if (engine.pending.count + engine.done.count >= ENGINE_QUEUE_CAP) {
+        pthread_mutex_unlock(&engine.lock);
+        return exo_error_set(EXO_EAGAIN, "engine queue full (%d jobs)", ENGINE_QUEUE_CAP);
+    }
+    ring_push(&engine.pending, &job);
+    pthread_cond_signal(&engine.has_work);
+    pthread_mutex_unlock(&engine.lock);
+    return EXO_OK;
+}
+
+int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap)
+{
+    if (engine_ready()) return 0;
+    pthread_mutex_lock(&engine.lock);
+    if (engine.done.count == 0) {
+        /* Reset readiness while holding the lock: a completion pushed after
+         * this point writes the fd again. */
+        uint64_t v;
+        ssize_t r = read(engine.fd, &v, sizeof v);
+        (void)r;
+        pthread_mutex_unlock(&engine.lock);
+        return 0;
+    }
+    engine_job job = ring_pop(&engine.done);
+    pthread_mutex_unlock(&engine.lock);
+    if (job_id) *job_id = job.id;
+    if (status) *status = job.status;
+    if (err && err_cap) snprintf(err, err_cap, "%s", job.err);
+    return 1;
+}

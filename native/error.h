@@ -1,0 +1,27 @@
+/* error.h: setting and reading the per-thread error message (internal).
+ *
+ * Every libexo function that fails calls exo_error_set() with a code and a
+ * printf-style message, then returns the code. The message is thread-local, so
+ * a worker thread's failure never overwrites the loop thread's. */
+#ifndef EXO_ERROR_H
+#define EXO_ERROR_H
+
+#include "exo_defs.h"
+
+#if defined(__GNUC__)
+#define EXO_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define EXO_PRINTF(a, b)
+#endif
+
+/* Records the message for exo_last_error() and returns code, so callers can
+ * write `return exo_error_set(EXO_EFORMAT, "...", ...);`. */
+int exo_error_set(int code, const char *fmt, ...) EXO_PRINTF(2, 3);
+
+/* The last message set on this thread ("" when none). */
+const char *exo_last_error(void);
+
+/* Short name of a code ("EFORMAT"), or "EUNKNOWN". */
+const char *exo_error_name(int code);
+
+#endif

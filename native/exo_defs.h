@@ -1,0 +1,47 @@
+/* exo_defs.h: the types every libexo header shares.
+ *
+ * Error codes, element types (dtypes) and the ABI version. The dtype numbers are
+ * the ones GGUF files store, so a tensor's type read from a file needs no
+ * translation. This header is plain C declarations only: native.lua's ffi.cdef
+ * is checked against it by a test, so keep it free of macros that LuaJIT's
+ * parser cannot read (only the #define lines below, which the test strips). */
+#ifndef EXO_DEFS_H
+#define EXO_DEFS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bump when any declaration in exo.h or exo_defs.h changes meaning or layout. */
+#define EXO_ABI_VERSION 1
+
+/* Errors: every libexo call returns 0 or one of these, and leaves a message
+ * for exo_last_error(). Names and messages come from the one X-macro table in
+ * error.c. */
+enum exo_error {
+    EXO_OK = 0,
+    EXO_EINVAL = -1,   /* bad argument (a programming error on the caller's side) */
+    EXO_ENOMEM = -2,   /* allocation failed or a size limit was exceeded */
+    EXO_EIO = -3,      /* the operating system refused (open, mmap, read, socket) */
+    EXO_EFORMAT = -4,  /* malformed input: a corrupt model file, a bad frame */
+    EXO_ERANGE = -5,   /* a position, index or count out of range */
+    EXO_ENOTSUP = -6,  /* valid but not supported (a dtype, an architecture) */
+    EXO_ESTATE = -7,   /* the object is in the wrong state for this call */
+    EXO_EAGAIN = -8    /* nothing ready yet; try again later */
+};
+
+/* Element types, numbered as in GGUF. Only the ones listed are supported. */
+enum exo_dtype {
+    EXO_DTYPE_F32 = 0,
+    EXO_DTYPE_F16 = 1,
+    EXO_DTYPE_Q4_0 = 2,
+    EXO_DTYPE_Q4_1 = 3,
+    EXO_DTYPE_Q8_0 = 8,
+    EXO_DTYPE_Q4_K = 12,
+    EXO_DTYPE_Q5_K = 13,
+    EXO_DTYPE_Q6_K = 14,
+    EXO_DTYPE_Q8_K = 15,   /* activations only, never stored in a model we load */
+    EXO_DTYPE_BF16 = 30,
+    EXO_DTYPE_COUNT = 40   /* one past the largest number GGUF may use that we track */
+};
+
+#endif

@@ -1,0 +1,365 @@
+/* model.c: loading shards, KV-cache sequences, and batched forward passes.
+ *
+ * A shard is a layer range of one model file. Loading reads every
+ * hyper-parameter from the file's metadata (prefixed by its architecture name,
+ * as GGUF does), binds only the tensors the range needs, and allocates the
+ * run state for one internal batch, so a forward pass never allocates.
+ * Forward passes are serialised by one lock: the compute pool and the
+ * backend's scratch are shared, and running two passes at once would only
+ * make both slower. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cpu/quants.h"
+#include "error.h"
+#include "pool.h"
+
+/* Tokens per internal batch: big enough for sgemm to reach its speed, small
+ * enough that the run state stays a few MiB. */
+#define SHARD_MAX_BATCH 256
+/* A cache of this many positions at most, whatever a caller asks. */
+#define SEQ_MAX_CTX (1 << 20)
+
+static pthread_mutex_t forward_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- metadata ----------------------------------------------------------- */
+
+static int meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", s->arch, suffix);
+    if (exo_gguf_find_key(s->file, key) < 0) {
+        if (required) return exo_error_set(EXO_EFORMAT, "model metadata lacks '%s'", key);
+        *out = fallback;
+        return EXO_OK;
+    }
+    int64_t v;
+    int rc = exo_gguf_get_i64(s->file, key, &v);
+    if (rc) return rc;
+    if (v < 0 || v > (1 << 30)) return exo_error_set(EXO_EFORMAT, "model metadata '%s' = %lld is out of range", key, (long long)v);
+    *out = (int)v;
+    return EXO_OK;
+}
+
+static int meta_float(const exo_shard *s, const char *suffix, float *out, float fallback)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", s->arch, suffix);
+    if (exo_gguf_find_key(s->file, key) < 0) {
+        *out = fallback;
+        return EXO_OK;
+    }
+    int rc = exo_gguf_get_f32(s->file, key, out);
+    if (rc) return rc;
+    if (!isfinite(*out)) return exo_error_set(EXO_EFORMAT, "model metadata '%s' is not finite", key);
+    return EXO_OK;
+}
+
+static int read_hparams(exo_shard *s)
+{
+    exo_hparams *hp = &s->hp;
+    int rc;
+    if ((rc = meta_int(s, "block_count", &hp->n_layer, true, 0))) return rc;
+    if ((rc = meta_int(s, "embedding_length", &hp->n_embd, true, 0))) return rc;
+    if ((rc = meta_int(s, "feed_forward_length", &hp->n_ff, true, 0))) return rc;
+    if ((rc = meta_int(s, "attention.head_count", &hp->n_head, true, 0))) return rc;
+    if ((rc = meta_int(s, "attention.head_count_kv", &hp->n_head_kv, false, hp->n_head))) return rc;
+    if ((rc = meta_int(s, "context_length", &hp->n_ctx_train, false, 2048))) return rc;
+    if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_ff < 1)
+        return exo_error_set(EXO_EFORMAT, "model hyper-parameters must be positive (layers %d, embd %d, heads %d/%d, ff %d)",
+                             hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff);
+    if (hp->n_embd % hp->n_head)
+        return exo_error_set(EXO_EFORMAT, "embedding length %d is not a multiple of %d heads", hp->n_embd, hp->n_head);
+    if (hp->n_head % hp->n_head_kv)
+        return exo_error_set(EXO_EFORMAT, "%d heads are not a multiple of %d kv heads", hp->n_head, hp->n_head_kv);
+    if ((rc = meta_int(s, "attention.key_length", &hp->head_dim, false, hp->n_embd / hp->n_head))) return rc;
+    if ((rc = meta_int(s, "rope.dimension_count", &hp->rope_dim, false, hp->head_dim))) return rc;
+    if (hp->rope_dim > hp->head_dim || hp->rope_dim % 2 || hp->head_dim < 1)
+        return exo_error_set(EXO_EFORMAT, "rope dimension %d does not fit head dimension %d", hp->rope_dim, hp->head_dim);
+    if ((rc = meta_float(s, "rope.freq_base", &hp->rope_freq_base, 10000.0f))) return rc;
+    if ((rc = meta_float(s, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f))) return rc;
+    hp->rope_linear_scale = 1.0f;
+    hp->rope_style = EXO_ROPE_NORM;
+
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", s->arch);
+    const char *type;
+    size_t type_len;
+    if (exo_gguf_get_str(s->file, key, &type, &type_len) == EXO_OK) {
+        if (type_len == 6 && !memcmp(type, "linear", 6)) {
+            float factor;
+            if ((rc = meta_float(s, "rope.scaling.factor", &factor, 1.0f))) return rc;
+            if (factor <= 0) return exo_error_set(EXO_EFORMAT, "rope scaling factor %g is not positive", factor);
+            hp->rope_linear_scale = factor;
+        } else if (!(type_len == 4 && !memcmp(type, "none", 4))) {
+            return exo_error_set(EXO_ENOTSUP, "rope scaling type '%.*s' is not supported (linear and the Llama 3 "
+                                 "rope_freqs tensor are)", (int)type_len, type);
+        }
+    }
+    return EXO_OK;
+}
+
+/* Inverse frequencies per rotated pair, with Llama 3's per-frequency factors
+ * (the rope_freqs tensor that converters write) applied when present. */
+static int build_rope(exo_shard *s)
+{
+    const exo_hparams *hp = &s->hp;
+    int half = hp->rope_dim / 2;
+    s->rope_inv_freq = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
+    if (!s->rope_inv_freq) return exo_error_set(EXO_ENOMEM, "out of memory");
+    for (int i = 0; i < half; i++)
+        s->rope_inv_freq[i] = (float)pow(hp->rope_freq_base, -2.0 * i / hp->rope_dim);
+    int64_t idx = exo_gguf_find_tensor(s->file, "rope_freqs.weight");
+    if (idx >= 0) {
+        const exo_gguf_tensor *t = exo_gguf_tensor_at(s->file, idx);
+        if (t->dtype != EXO_DTYPE_F32 || t->ne[0] != half || t->n_dims != 1)
+            return exo_error_set(EXO_EFORMAT, "rope_freqs.weight should be f32 of %d elements", half);
+        const float *factors = t->data;
+        for (int i = 0; i < half; i++) {
+            float f;
+            memcpy(&f, factors + i, sizeof f);
+            if (!(f > 0)) return exo_error_set(EXO_EFORMAT, "rope_freqs.weight[%d] = %g is not positive", i, f);
+            s->rope_inv_freq[i] /= f;
+        }
+    }
+    return EXO_OK;
+}
+
+int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
+                          bool required)
+{
+    int64_t idx = exo_gguf_find_tensor(s->file, name);
+    if (idx < 0) {
+        memset(t, 0, sizeof *t);
+        return required ? exo_error_set(EXO_EFORMAT, "model lacks tensor '%s'", name) : EXO_OK;
+    }
+    const exo_gguf_tensor *g = exo_gguf_tensor_at(s->file, idx);
+    int64_t g_ne1 = g->n_dims > 1 ? g->ne[1] : 1;
+    if (g->n_dims != n_dims || g->ne[0] != ne0 || g_ne1 != ne1)
+        return exo_error_set(EXO_EFORMAT, "tensor '%s' has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
+                             name, (long long)g->ne[0], (long long)g_ne1, g->n_dims, (long long)ne0, (long long)ne1);
+    if (!exo_type_traits_get(g->dtype))
+        return exo_error_set(EXO_ENOTSUP, "tensor '%s' has unsupported dtype %d", name, g->dtype);
+    if (n_dims == 1 && g->dtype != EXO_DTYPE_F32)
+        return exo_error_set(EXO_ENOTSUP, "tensor '%s' is a vector of dtype %d; only f32 vectors are supported",
+                             name, g->dtype);
+    int64_t ne[2] = {ne0, ne1};
+    int rc = exo_tensor_view(t, g->dtype, n_dims, ne, g->data);
+    if (rc) return exo_error_set(rc, "tensor '%s': %s", name, exo_last_error());
+    s->weight_bytes += (int64_t)g->size;
+    return EXO_OK;
+}
+
+/* ---- shards ------------------------------------------------------------- */
+
+static int alloc_run_state(exo_shard *s)
+{
+    const exo_hparams *hp = &s->hp;
+    size_t b = (size_t)s->max_batch;
+    size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+    exo_run_state *rs = &s->rs;
+    rs->x = exo_aligned_alloc(sizeof(float) * b * hp->n_embd);
+    rs->xn = exo_aligned_alloc(sizeof(float) * b * (q_dim > (size_t)hp->n_embd ? q_dim : (size_t)hp->n_embd));
+    rs->q = exo_aligned_alloc(sizeof(float) * b * q_dim);
+    rs->k = exo_aligned_alloc(sizeof(float) * b * kv_dim);
+    rs->v = exo_aligned_alloc(sizeof(float) * b * kv_dim);
+    rs->att = exo_aligned_alloc(sizeof(float) * b * q_dim);
+    rs->gate = exo_aligned_alloc(sizeof(float) * b * hp->n_ff);
+    rs->up = exo_aligned_alloc(sizeof(float) * b * hp->n_ff);
+    rs->rope_cos = exo_aligned_alloc(sizeof(float) * b * (size_t)(hp->rope_dim / 2 + 1));
+    rs->rope_sin = exo_aligned_alloc(sizeof(float) * b * (size_t)(hp->rope_dim / 2 + 1));
+    if (!rs->x || !rs->xn || !rs->q || !rs->k || !rs->v || !rs->att || !rs->gate || !rs->up || !rs->rope_cos ||
+        !rs->rope_sin)
+        return exo_error_set(EXO_ENOMEM, "out of memory allocating the run state");
+    int max_dim = hp->n_embd;
+    if (hp->n_ff > max_dim) max_dim = hp->n_ff;
+    if ((int)q_dim > max_dim) max_dim = (int)q_dim;
+    return s->backend->reserve(s->max_batch, max_dim, hp->n_ctx_train);
+}
+
+void exo_shard_free(exo_shard *s)
+{
+    if (!s) return;
+    exo_run_state *rs = &s->rs;
+    float *bufs[] = {rs->x, rs->xn, rs->q, rs->k, rs->v, rs->att, rs->gate, rs->up, rs->rope_cos, rs->rope_sin};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) exo_aligned_free(bufs[i]);
+    free(s->layers);
+    free(s->rope_inv_freq);
+    exo_gguf_close(s->file);
+    free(s);
+}
+
+int exo_shard_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, exo_shard **out)
+{
+    if (!path || !out) return exo_error_set(EXO_EINVAL, "exo_shard_load: path and out are required");
+    *out = NULL;
+    exo_shard *s = calloc(1, sizeof *s);
+    if (!s) return exo_error_set(EXO_ENOMEM, "out of memory");
+    s->backend = exo_backend_cpu();
+    s->max_batch = SHARD_MAX_BATCH;
+    exo_quants_init();
+    int rc = exo_gguf_open(path, &s->file);
+    if (rc) goto fail;
+
+    const char *arch;
+    size_t arch_len;
+    if ((rc = exo_gguf_get_str(s->file, "general.architecture", &arch, &arch_len))) {
+        rc = exo_error_set(EXO_EFORMAT, "%s: no general.architecture in metadata", path);
+        goto fail;
+    }
+    if (arch_len >= sizeof s->arch) arch_len = sizeof s->arch - 1;
+    memcpy(s->arch, arch, arch_len);
+    s->arch[arch_len] = 0;
+    /* Mistral, SmolLM and Llama 2/3 all use the llama graph. */
+    if (strcmp(s->arch, "llama") != 0) {
+        rc = exo_error_set(EXO_ENOTSUP, "%s: architecture '%s' is not supported (llama is)", path, s->arch);
+        goto fail;
+    }
+    if ((rc = read_hparams(s))) goto fail;
+
+    int n_layer = s->hp.n_layer;
+    if (layer_end < 0) layer_end = n_layer;
+    if (layer_start < 0 || layer_start >= layer_end || layer_end > n_layer) {
+        rc = exo_error_set(EXO_ERANGE, "layer range [%d, %d) is not inside the model's %d layers", layer_start,
+                           layer_end, n_layer);
+        goto fail;
+    }
+    s->layer_start = layer_start;
+    s->layer_end = layer_end;
+    s->is_first = is_first < 0 ? layer_start == 0 : is_first != 0;
+    s->is_last = is_last < 0 ? layer_end == n_layer : is_last != 0;
+    if (s->is_first && layer_start != 0) {
+        rc = exo_error_set(EXO_EINVAL, "a first shard must start at layer 0, not %d", layer_start);
+        goto fail;
+    }
+    if ((rc = build_rope(s))) goto fail;
+    if ((rc = exo_llama_bind(s))) goto fail;
+    if ((rc = alloc_run_state(s))) goto fail;
+    *out = s;
+    return EXO_OK;
+fail:
+    exo_shard_free(s);
+    return rc;
+}
+
+int exo_shard_get_info(const exo_shard *s, exo_shard_info *out)
+{
+    if (!s || !out) return exo_error_set(EXO_EINVAL, "exo_shard_get_info: NULL argument");
+    memset(out, 0, sizeof *out);
+    snprintf(out->arch, sizeof out->arch, "%s", s->arch);
+    out->n_layer = s->hp.n_layer;
+    out->layer_start = s->layer_start;
+    out->layer_end = s->layer_end;
+    out->is_first = s->is_first;
+    out->is_last = s->is_last;
+    out->n_embd = s->hp.n_embd;
+    out->n_vocab = s->hp.n_vocab;
+    out->n_head = s->hp.n_head;
+    out->n_head_kv = s->hp.n_head_kv;
+    out->head_dim = s->hp.head_dim;
+    out->n_ff = s->hp.n_ff;
+    out->n_ctx_train = s->hp.n_ctx_train;
+    out->max_batch = s->max_batch;
+    out->weight_bytes = s->weight_bytes;
+    return EXO_OK;
+}
+
+/* ---- sequences ---------------------------------------------------------- */
+
+int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
+{
+    if (!s || !out) return exo_error_set(EXO_EINVAL, "exo_seq_new: NULL argument");
+    *out = NULL;
+    if (n_ctx <= 0) n_ctx = s->hp.n_ctx_train;
+    if (n_ctx > SEQ_MAX_CTX) return exo_error_set(EXO_ERANGE, "context of %d positions is over %d", n_ctx, SEQ_MAX_CTX);
+    int rc = s->backend->reserve(s->max_batch, s->hp.n_embd, n_ctx);
+    if (rc) return rc;
+    exo_seq *q = calloc(1, sizeof *q);
+    if (!q) return exo_error_set(EXO_ENOMEM, "out of memory");
+    size_t per_layer = (size_t)n_ctx * s->hp.n_head_kv * s->hp.head_dim;
+    size_t n_layers = (size_t)(s->layer_end - s->layer_start);
+    q->k_cache = exo_aligned_alloc(sizeof(float) * per_layer * n_layers);
+    q->v_cache = exo_aligned_alloc(sizeof(float) * per_layer * n_layers);
+    if (!q->k_cache || !q->v_cache) {
+        exo_seq_free(q);
+        return exo_error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
+                             2 * sizeof(float) * per_layer * n_layers >> 20);
+    }
+    q->shard = s;
+    q->n_ctx = n_ctx;
+    *out = q;
+    return EXO_OK;
+}
+
+void exo_seq_free(exo_seq *q)
+{
+    if (!q) return;
+    exo_aligned_free(q->k_cache);
+    exo_aligned_free(q->v_cache);
+    free(q);
+}
+
+int exo_seq_pos(const exo_seq *q)
+{
+    return q ? q->pos : 0;
+}
+
+int exo_seq_n_ctx(const exo_seq *q)
+{
+    return q ? q->n_ctx : 0;
+}
+
+int exo_seq_truncate(exo_seq *q, int pos)
+{
+    if (!q) return exo_error_set(EXO_EINVAL, "exo_seq_truncate: NULL sequence");
+    if (pos < 0 || pos > q->pos)
+        return exo_error_set(EXO_ERANGE, "cannot truncate a sequence of %d positions to %d", q->pos, pos);
+    q->pos = pos;
+    return EXO_OK;
+}
+
+/* ---- forward ------------------------------------------------------------ */
+
+int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                      int all_logits, float *out)
+{
+    if (!s || !q || !out) return exo_error_set(EXO_EINVAL, "exo_shard_forward: NULL argument");
+    if (q->shard != s) return exo_error_set(EXO_EINVAL, "sequence belongs to another shard");
+    if (s->is_first ? !tokens : !hidden)
+        return exo_error_set(EXO_EINVAL, "a %s shard takes %s", s->is_first ? "first" : "middle",
+                             s->is_first ? "token ids" : "hidden states");
+    if (n_tokens < 1) return exo_error_set(EXO_EINVAL, "forward of %d tokens", n_tokens);
+    if (n_tokens > q->n_ctx - q->pos)
+        return exo_error_set(EXO_ERANGE, "context full: %d positions used, %d more do not fit in %d", q->pos,
+                             n_tokens, q->n_ctx);
+    const int n_embd = s->hp.n_embd;
+    const int out_width = s->is_last ? s->hp.n_vocab : n_embd;
+    int rc = EXO_OK;
+    pthread_mutex_lock(&forward_lock);
+    for (int done = 0; done < n_tokens && rc == EXO_OK;) {
+        int n = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
+        int logits_from;
+        float *dst;
+        if (!s->is_last) {
+            logits_from = 0;
+            dst = out + (size_t)done * n_embd;
+        } else if (all_logits) {
+            logits_from = 0;
+            dst = out + (size_t)done * out_width;
+        } else {
+            /* Only the very last position needs logits. */
+            logits_from = done + n == n_tokens ? n - 1 : n;
+            dst = out;
+        }
+        rc = exo_llama_forward(s, q, tokens ? tokens + done : NULL, hidden ? hidden + (size_t)done * n_embd : NULL,
+                               n, logits_from, dst);
+        if (rc == EXO_OK) q->pos += n;
+        done += n;
+    }
+    pthread_mutex_unlock(&forward_lock);
+    return rc;
+}

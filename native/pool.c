@@ -1,0 +1,208 @@
+/* pool.c: worker threads and a low-latency parallel-for.
+ *
+ * Each parallel-for publishes a job and bumps a generation counter. Workers
+ * spin on the counter for a short while (a decode step issues the next loop
+ * within microseconds) and only then sleep on a condition variable, so steady
+ * decoding never pays for a wake-up. Chunks are handed out through an atomic
+ * cursor, so a slow core does not hold the others back. */
+#define _GNU_SOURCE
+#include "pool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "error.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* Spins before a worker sleeps: long enough to bridge the gap between two
+ * loops of one decode step, short enough not to burn a core when idle. */
+#define POOL_SPIN_ITERATIONS 200000
+
+typedef struct pool_job {
+    exo_pool_fn fn;
+    void *ctx;
+    int64_t n;
+    int64_t chunk;
+    _Atomic int64_t cursor;   /* next unclaimed item */
+    _Atomic int remaining;    /* threads that have not finished this job */
+} pool_job;
+
+typedef struct pool_worker {
+    exo_pool *pool;
+    pthread_t thread;
+    int index;
+} pool_worker;
+
+struct exo_pool {
+    int n_threads;
+    pool_worker *workers;        /* n_threads - 1 */
+    pool_job job;
+    _Atomic uint64_t generation; /* bumped once per job */
+    _Atomic int stop;
+    _Atomic int sleepers;
+    pthread_mutex_t sleep_lock;
+    pthread_cond_t wake;
+    pthread_mutex_t submit_lock; /* one parallel-for at a time */
+};
+
+static void pool_run_chunks(exo_pool *p, int thread)
+{
+    pool_job *job = &p->job;
+    for (;;) {
+        int64_t begin = atomic_fetch_add_explicit(&job->cursor, job->chunk, memory_order_relaxed);
+        if (begin >= job->n) break;
+        int64_t end = begin + job->chunk < job->n ? begin + job->chunk : job->n;
+        job->fn(job->ctx, begin, end, thread);
+    }
+    atomic_fetch_sub_explicit(&job->remaining, 1, memory_order_release);
+}
+
+static void *pool_worker_main(void *arg)
+{
+    pool_worker *w = arg;
+    exo_pool *p = w->pool;
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t gen;
+        int spins = 0;
+        while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
+            if (++spins < POOL_SPIN_ITERATIONS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&p->sleep_lock);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->wake, &p->sleep_lock);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->sleep_lock);
+            spins = 0;
+        }
+        if (atomic_load(&p->stop)) return NULL;
+        seen = gen;
+        pool_run_chunks(p, w->index);
+    }
+}
+
+int exo_pool_new(int n_threads, exo_pool **out)
+{
+    *out = NULL;
+    if (n_threads <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = cores > 0 ? (int)cores : 1;
+    }
+    if (n_threads > 256) return exo_error_set(EXO_EINVAL, "thread count %d is over 256", n_threads);
+    exo_pool *p = calloc(1, sizeof *p);
+    if (!p) return exo_error_set(EXO_ENOMEM, "out of memory creating the thread pool");
+    p->n_threads = n_threads;
+    pthread_mutex_init(&p->sleep_lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_mutex_init(&p->submit_lock, NULL);
+    p->workers = calloc((size_t)n_threads, sizeof *p->workers);
+    if (!p->workers) {
+        free(p);
+        return exo_error_set(EXO_ENOMEM, "out of memory creating the thread pool");
+    }
+    for (int i = 1; i < n_threads; i++) {
+        pool_worker *w = &p->workers[i - 1];
+        w->pool = p;
+        w->index = i;
+        if (pthread_create(&w->thread, NULL, pool_worker_main, w) != 0) {
+            p->n_threads = i; /* the ones started are joined by free */
+            exo_pool_free(p);
+            return exo_error_set(EXO_EIO, "could not start worker thread %d", i);
+        }
+    }
+    *out = p;
+    return EXO_OK;
+}
+
+void exo_pool_free(exo_pool *p)
+{
+    if (!p) return;
+    atomic_store(&p->stop, 1);
+    pthread_mutex_lock(&p->sleep_lock);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->sleep_lock);
+    for (int i = 1; i < p->n_threads; i++) pthread_join(p->workers[i - 1].thread, NULL);
+    pthread_mutex_destroy(&p->sleep_lock);
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->submit_lock);
+    free(p->workers);
+    free(p);
+}
+
+int exo_pool_threads(const exo_pool *p)
+{
+    return p->n_threads;
+}
+
+void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx)
+{
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    /* Small loops run inline: waking workers would cost more than the work. */
+    if (p->n_threads == 1 || n <= grain) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    pthread_mutex_lock(&p->submit_lock);
+    pool_job *job = &p->job;
+    job->fn = fn;
+    job->ctx = ctx;
+    job->n = n;
+    /* About four chunks per thread balances load without much cursor traffic. */
+    int64_t chunk = (n + (int64_t)p->n_threads * 4 - 1) / ((int64_t)p->n_threads * 4);
+    job->chunk = chunk < grain ? grain : chunk;
+    atomic_store_explicit(&job->cursor, 0, memory_order_relaxed);
+    atomic_store_explicit(&job->remaining, p->n_threads, memory_order_relaxed);
+    /* seq_cst pairs with the sleeper count check below (Dekker-style): either
+     * the worker sees the new generation or we see it sleeping. */
+    atomic_fetch_add(&p->generation, 1);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->sleep_lock);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->sleep_lock);
+    }
+    pool_run_chunks(p, 0);
+    while (atomic_load_explicit(&job->remaining, memory_order_acquire) > 0) cpu_relax();
+    pthread_mutex_unlock(&p->submit_lock);
+}
+
+static exo_pool *global_pool;
+static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
+
+exo_pool *exo_pool_global(void)
+{
+    pthread_mutex_lock(&global_lock);
+    if (!global_pool) {
+        const char *env = getenv("EXO_THREADS");
+        int n = env ? atoi(env) : 0;
+        if (exo_pool_new(n, &global_pool) != EXO_OK) exo_pool_new(1, &global_pool);
+    }
+    exo_pool *p = global_pool;
+    pthread_mutex_unlock(&global_lock);
+    return p;
+}
+
+int exo_pool_global_set_threads(int n_threads)
+{
+    exo_pool *fresh;
+    int rc = exo_pool_new(n_threads, &fresh);
+    if (rc) return rc;
+    pthread_mutex_lock(&global_lock);
+    exo_pool *old = global_pool;
+    global_pool = fresh;
+    pthread_mutex_unlock(&global_lock);
+    exo_pool_free(old);
+    return EXO_OK;
+}

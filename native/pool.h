@@ -1,0 +1,34 @@
+/* pool.h: the worker thread pool and its parallel-for (internal).
+ *
+ * A decode step runs a few hundred small parallel loops (one per matrix), so
+ * the pool is built for latency: workers spin briefly on a generation counter
+ * before sleeping, and the calling thread takes a share of the work itself.
+ * One parallel-for runs at a time; callers are serialised by a mutex. */
+#ifndef EXO_POOL_H
+#define EXO_POOL_H
+
+#include <stdint.h>
+
+/* Runs items [begin, end) of a loop. `thread` is 0..n_threads-1, for picking
+ * per-thread scratch memory. */
+typedef void (*exo_pool_fn)(void *ctx, int64_t begin, int64_t end, int thread);
+
+typedef struct exo_pool exo_pool;
+
+/* n_threads counts the caller: n_threads - 1 workers are started. 0 means the
+ * number of online cores. */
+int exo_pool_new(int n_threads, exo_pool **out);
+void exo_pool_free(exo_pool *p);
+int exo_pool_threads(const exo_pool *p);
+
+/* Splits [0, n) into chunks of at least `grain` items and runs fn over them on
+ * all threads, returning when every chunk is done. */
+void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx);
+
+/* The process-wide pool (created on first use with EXO_THREADS or all cores). */
+exo_pool *exo_pool_global(void);
+/* Replaces the process-wide pool with one of n_threads (0 = cores). Not safe
+ * while work runs; call before loading models. */
+int exo_pool_global_set_threads(int n_threads);
+
+#endif

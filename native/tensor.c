@@ -1,0 +1,80 @@
+/* tensor.c: creating, viewing and releasing tensors.
+ *
+ * Row strides come from the dtype's block layout (a row of a quantized matrix
+ * is ne[0] / block_size blocks), so every consumer indexes rows the same way
+ * whether the bytes are floats or Q4_K super-blocks. */
+#include "tensor.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cpu/quants.h"
+#include "error.h"
+
+static int tensor_init(exo_tensor *t, int dtype, int n_dims, const int64_t *ne)
+{
+    memset(t, 0, sizeof *t);
+    const exo_type_traits *tr = exo_type_traits_get(dtype);
+    if (!tr) return exo_error_set(EXO_ENOTSUP, "unsupported dtype %d", dtype);
+    if (n_dims < 1 || n_dims > EXO_MAX_DIMS) return exo_error_set(EXO_EINVAL, "tensor with %d dims", n_dims);
+    t->dtype = dtype;
+    t->n_dims = n_dims;
+    for (int i = 0; i < EXO_MAX_DIMS; i++) t->ne[i] = i < n_dims ? ne[i] : 1;
+    for (int i = 0; i < EXO_MAX_DIMS; i++)
+        if (t->ne[i] < 1) return exo_error_set(EXO_EINVAL, "tensor dim %d is %lld", i, (long long)t->ne[i]);
+    if (t->ne[0] % tr->block_size)
+        return exo_error_set(EXO_EFORMAT, "row of %lld elements is not a multiple of %s's block of %d",
+                             (long long)t->ne[0], tr->name, tr->block_size);
+    t->nb[0] = tr->type_size;
+    t->nb[1] = (size_t)(t->ne[0] / tr->block_size) * tr->type_size;
+    for (int i = 2; i < EXO_MAX_DIMS; i++) t->nb[i] = t->nb[i - 1] * (size_t)t->ne[i - 1];
+    return EXO_OK;
+}
+
+int exo_tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, const void *data)
+{
+    int rc = tensor_init(t, dtype, n_dims, ne);
+    if (rc) return rc;
+    t->data = (void *)data;
+    return EXO_OK;
+}
+
+int exo_tensor_alloc(exo_tensor *t, int dtype, int n_dims, const int64_t *ne)
+{
+    int rc = tensor_init(t, dtype, n_dims, ne);
+    if (rc) return rc;
+    size_t bytes = exo_tensor_nbytes(t);
+    t->data = exo_aligned_alloc(bytes);
+    if (!t->data) return exo_error_set(EXO_ENOMEM, "out of memory allocating %zu bytes", bytes);
+    memset(t->data, 0, bytes);
+    t->owned = true;
+    return EXO_OK;
+}
+
+void exo_tensor_release(exo_tensor *t)
+{
+    if (t->owned) exo_aligned_free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+int64_t exo_tensor_nelements(const exo_tensor *t)
+{
+    return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+}
+
+size_t exo_tensor_nbytes(const exo_tensor *t)
+{
+    return t->nb[3] * (size_t)t->ne[3];
+}
+
+void *exo_aligned_alloc(size_t size)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, size ? (size + 63) / 64 * 64 : 64) != 0) return NULL;
+    return p;
+}
+
+void exo_aligned_free(void *p)
+{
+    free(p);
+}
