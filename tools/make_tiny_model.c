@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../kernels/cpu/quants.h"
 #include "../native/gguf.h"
@@ -48,7 +49,7 @@ static int dtype_from_name(const char *name)
                                  EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K};
     for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++) {
         const exo_type_traits *tr = exo_type_traits_get(dtypes[i]);
-        if (tr && strcmp(tr->name, name) == 0) return dtypes[i];
+        if (tr && strcasecmp(tr->name, name) == 0) return dtypes[i];
     }
     return -1;
 }

@@ -72,6 +72,8 @@ function M.run(opts)
       tg[#tg + 1] = n / (native.now() - t0)
     end
   end
+  -- Before the bandwidth test, whose buffers would count as the model's.
+  local peak_rss = native.peak_rss_bytes()
   local bw = native.mem_bandwidth_gbs(256 * 2 ^ 20, 5)
   local res = {
     model = opts.model,
@@ -83,7 +85,7 @@ function M.run(opts)
     tg_tok_s = #tg > 0 and median(tg) or nil,
     weight_mb_per_token = shard.weight_bytes / 2 ^ 20,
     mem_bw_gbs = bw,
-    peak_rss_mb = native.peak_rss_bytes() / 2 ^ 20,
+    peak_rss_mb = peak_rss / 2 ^ 20,
   }
   res.roofline_tg_tok_s = bw * 1e9 / shard.weight_bytes
   if res.tg_tok_s then res.roofline_frac = res.tg_tok_s / res.roofline_tg_tok_s end
