@@ -29,13 +29,17 @@
  * stays in L1/L2 while a weight row is dotted with each. */
 #define DOT_TOKEN_BLOCK 16
 
+/* Attention switches to blocked sgemm from this many queries on. */
+#define ATTN_BATCH_MIN_TOKENS 4
+#define ATTN_QUERY_BLOCK 32
+
 static int gemm_min_tokens = 32;
 
 static struct {
     int max_tokens, max_dim, max_ctx, n_threads;
     void *act;       /* quantized activations [max_tokens][act_row_size(max_dim)] */
     float *tiles;    /* per thread: [GEMM_TILE_ROWS][max_dim] */
-    float *scores;   /* per thread: [max_ctx] */
+    float *scores;   /* per thread: [ATTN_QUERY_BLOCK][max_ctx] */
 } scratch;
 
 extern void openblas_set_num_threads(int);
@@ -61,7 +65,7 @@ static int cpu_reserve(int max_tokens, int max_dim, int max_ctx)
     if (act_row_k > act_row) act_row = act_row_k;
     void *act = exo_aligned_alloc(act_row * (size_t)max_tokens);
     float *tiles = exo_aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads);
-    float *scores = exo_aligned_alloc(sizeof(float) * (size_t)max_ctx * (size_t)n_threads);
+    float *scores = exo_aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads);
     if (!act || !tiles || !scores) {
         exo_aligned_free(act);
         exo_aligned_free(tiles);
@@ -93,6 +97,7 @@ typedef struct matmul_job {
     int n_tokens;
     float *y;
     int ldy;
+    int tile_rows;       /* GEMM path: weight rows per tile */
 } matmul_job;
 
 static void matmul_dot_rows(void *ctx, int64_t begin, int64_t end, int thread)
@@ -126,8 +131,8 @@ static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
     const int64_t n_rows = j->w->ne[1];
     float *tile = scratch.tiles + (size_t)thread * GEMM_TILE_ROWS * scratch.max_dim;
     for (int64_t tile_index = begin; tile_index < end; tile_index++) {
-        int64_t r0 = tile_index * GEMM_TILE_ROWS;
-        int rows = (int)(r0 + GEMM_TILE_ROWS <= n_rows ? GEMM_TILE_ROWS : n_rows - r0);
+        int64_t r0 = tile_index * j->tile_rows;
+        int rows = (int)(r0 + j->tile_rows <= n_rows ? j->tile_rows : n_rows - r0);
         const float *w;
         if (j->w->dtype == EXO_DTYPE_F32) {
             w = exo_tensor_row(j->w, r0);
@@ -152,7 +157,10 @@ static int cpu_matmul(const exo_tensor *w, const float *x, int n_tokens, float *
     exo_pool *pool = exo_pool_global();
     matmul_job job = {.w = w, .tr = tr, .x = x, .n_tokens = n_tokens, .y = y, .ldy = ldy};
     if (n_tokens >= gemm_min_tokens) {
-        int64_t tiles = (w->ne[1] + GEMM_TILE_ROWS - 1) / GEMM_TILE_ROWS;
+        /* At least 4 tiles per thread, so no thread idles at the end. */
+        int64_t rows = w->ne[1], per_tile = rows / (4 * exo_pool_threads(pool));
+        job.tile_rows = (int)(per_tile >= GEMM_TILE_ROWS ? GEMM_TILE_ROWS : per_tile < 8 ? 8 : per_tile);
+        int64_t tiles = (rows + job.tile_rows - 1) / job.tile_rows;
         exo_pool_for(pool, tiles, 1, matmul_gemm_tiles, &job);
         return EXO_OK;
     }
@@ -261,7 +269,7 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
     const int hd = a->head_dim;
     const int kv_stride = a->n_head_kv * hd;
     const int group = a->n_head / a->n_head_kv;
-    float *scores = scratch.scores + (size_t)thread * scratch.max_ctx;
+    float *scores = scratch.scores + (size_t)thread * scratch.max_ctx * ATTN_QUERY_BLOCK;
     for (int64_t item = begin; item < end; item++) {
         int t = (int)(item / a->n_head), h = (int)(item % a->n_head);
         int kvh = h / group;
@@ -289,9 +297,56 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
     }
 }
 
+/* Batched attention: one work item is (head, block of ATTN_QUERY_BLOCK
+ * queries). Scores for the block come from one sgemm against the head's keys,
+ * the causal mask and softmax run per row, and one more sgemm weighs the
+ * values. The scratch row of scores is max_ctx wide per query of the block. */
+static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    const exo_attention_args *a = ctx;
+    const int hd = a->head_dim;
+    const int kv_stride = a->n_head_kv * hd, q_stride = a->n_head * hd;
+    const int group = a->n_head / a->n_head_kv;
+    const int n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
+    float *scores = scratch.scores + (size_t)thread * scratch.max_ctx * ATTN_QUERY_BLOCK;
+    for (int64_t item = begin; item < end; item++) {
+        int h = (int)(item / n_blocks), blk = (int)(item % n_blocks);
+        int kvh = h / group;
+        int t0 = blk * ATTN_QUERY_BLOCK;
+        int nq = a->n_tokens - t0 < ATTN_QUERY_BLOCK ? a->n_tokens - t0 : ATTN_QUERY_BLOCK;
+        int n_pos = a->pos0 + t0 + nq; /* keys the last query of the block sees */
+        const float *q = a->q + (size_t)t0 * q_stride + (size_t)h * hd;
+        const float *k = a->k_cache + (size_t)kvh * hd;
+        const float *v = a->v_cache + (size_t)kvh * hd;
+        /* scores[i][p] = scale * q_i . k_p, rows n_pos wide */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, n_pos, hd, a->scale, q, q_stride, k, kv_stride,
+                    0.0f, scores, n_pos);
+        for (int i = 0; i < nq; i++) {
+            float *row = scores + (size_t)i * n_pos;
+            int visible = a->pos0 + t0 + i + 1;
+            float max = -INFINITY;
+            for (int p = 0; p < visible; p++) max = row[p] > max ? row[p] : max;
+            float sum = 0;
+            for (int p = 0; p < visible; p++) sum += row[p] = expf(row[p] - max);
+            float inv = 1.0f / sum;
+            for (int p = 0; p < visible; p++) row[p] *= inv;
+            for (int p = visible; p < n_pos; p++) row[p] = 0.0f; /* causal mask */
+        }
+        float *out = a->out + (size_t)t0 * q_stride + (size_t)h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, n_pos, 1.0f, scores, n_pos, v, kv_stride,
+                    0.0f, out, q_stride);
+    }
+}
+
 static void cpu_attention(const exo_attention_args *a)
 {
-    exo_pool_for(exo_pool_global(), (int64_t)a->n_tokens * a->n_head, 1, attention_items, (void *)a);
+    exo_pool *pool = exo_pool_global();
+    if (a->n_tokens >= ATTN_BATCH_MIN_TOKENS) {
+        int64_t n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
+        exo_pool_for(pool, n_blocks * a->n_head, 1, attention_blocks, (void *)a);
+    } else {
+        exo_pool_for(pool, (int64_t)a->n_tokens * a->n_head, 1, attention_items, (void *)a);
+    }
 }
 
 static const exo_backend cpu_backend = {

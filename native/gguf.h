@@ -4,8 +4,8 @@
  * offset and size against the file size and sane limits before anything uses
  * it; after exo_gguf_open() succeeds, every accessor is safe. Strings in the
  * file are not NUL-terminated, so they are handed out as (pointer, length).
- * The writer builds a file in memory-light fashion (metadata kept, tensor data
- * copied at write time) and is what the tiny test model and the fuzz seeds use. */
+ * The writer keeps metadata and copies of tensor data as they are added, then
+ * writes the file in one go; and is what the tiny test model and the fuzz seeds use. */
 #ifndef EXO_GGUF_H
 #define EXO_GGUF_H
 

@@ -9,6 +9,7 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -25,6 +26,9 @@
 /* Spins before a worker sleeps: long enough to bridge the gap between two
  * loops of one decode step, short enough not to burn a core when idle. */
 #define POOL_SPIN_ITERATIONS 200000
+/* After this many pauses a waiting thread yields its core each round: when
+ * the machine is oversubscribed the thread we wait for may need it. */
+#define POOL_YIELD_AFTER 2000
 
 typedef struct pool_job {
     exo_pool_fn fn;
@@ -76,7 +80,10 @@ static void *pool_worker_main(void *arg)
         while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
                !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
             if (++spins < POOL_SPIN_ITERATIONS) {
-                cpu_relax();
+                if (spins > POOL_YIELD_AFTER)
+                    sched_yield();
+                else
+                    cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&p->sleep_lock);
@@ -174,7 +181,12 @@ void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *c
         pthread_mutex_unlock(&p->sleep_lock);
     }
     pool_run_chunks(p, 0);
-    while (atomic_load_explicit(&job->remaining, memory_order_acquire) > 0) cpu_relax();
+    for (int spins = 0; atomic_load_explicit(&job->remaining, memory_order_acquire) > 0; spins++) {
+        if (spins > POOL_YIELD_AFTER)
+            sched_yield();
+        else
+            cpu_relax();
+    }
     pthread_mutex_unlock(&p->submit_lock);
 }
 

@@ -45,16 +45,19 @@ static void test_batched_equals_stepwise(const char *path)
     exo_shard_info info;
     exo_shard_get_info(s, &info);
     int nv = info.n_vocab;
-    exo_seq *batch_seq, *step_seq;
+    exo_seq *batch_seq = NULL, *step_seq = NULL;
     CHECK(exo_seq_new(s, 128, &batch_seq) == 0);
     CHECK(exo_seq_new(s, 128, &step_seq) == 0);
     float *batch = malloc(sizeof(float) * nv * N_PROMPT), *step = malloc(sizeof(float) * nv * N_PROMPT);
 
-    /* Short batch (integer path on both sides): the same arithmetic, so equal. */
+    /* Short batch: the matmuls take the integer path on both sides, but batched
+     * attention sums in another order (sgemm), and a last-bit difference can
+     * move an 8-bit activation across a rounding step. Bugs (a wrong position,
+     * a stale cache row) show up as errors of 1e-2 and more. */
     CHECK(exo_shard_forward(s, batch_seq, prompt, NULL, 8, 1, batch) == 0);
     for (int t = 0; t < 8; t++) CHECK(exo_shard_forward(s, step_seq, prompt + t, NULL, 1, 1, step + (size_t)t * nv) == 0);
     double e = nmse(batch, step, (size_t)nv * 8);
-    CHECK_MSG(e < 1e-10, "%s: short batch vs stepwise nmse %g", path, e);
+    CHECK_MSG(e < 1e-3, "%s: short batch vs stepwise nmse %g", path, e);
 
     /* Long batch (GEMM path) against stepwise: f32 vs 8-bit activations. */
     exo_seq_truncate(batch_seq, 0);
@@ -97,7 +100,7 @@ static void test_shards_equal_whole(const char *path)
     /* A middle shard reads only its layers: fewer weight bytes than the whole. */
     CHECK(ia.weight_bytes < info.weight_bytes && ib.weight_bytes < info.weight_bytes);
 
-    exo_seq *qw, *qa, *qb;
+    exo_seq *qw = NULL, *qa = NULL, *qb = NULL;
     CHECK(exo_seq_new(whole, 64, &qw) == 0 && exo_seq_new(a, 64, &qa) == 0 && exo_seq_new(b, 64, &qb) == 0);
     float *lw = malloc(sizeof(float) * nv * 12), *lb = malloc(sizeof(float) * nv * 12);
     float *hidden = malloc(sizeof(float) * ne * 12);
@@ -133,7 +136,7 @@ static void test_truncate_then_redecode(const char *path)
     exo_shard_info info;
     exo_shard_get_info(s, &info);
     int nv = info.n_vocab;
-    exo_seq *q, *fresh;
+    exo_seq *q = NULL, *fresh = NULL;
     CHECK(exo_seq_new(s, 64, &q) == 0 && exo_seq_new(s, 64, &fresh) == 0);
     float *a = malloc(sizeof(float) * nv), *b = malloc(sizeof(float) * nv);
     /* Decode 12 tokens, roll back to 6 (as a rejected speculation does), then
@@ -147,7 +150,8 @@ static void test_truncate_then_redecode(const char *path)
     CHECK(exo_shard_forward(s, fresh, prompt, NULL, 6, 0, b) == 0);
     CHECK(exo_shard_forward(s, fresh, other, NULL, 4, 0, b) == 0);
     double e = nmse(a, b, nv);
-    CHECK_MSG(e < 1e-12, "%s: truncate+redecode vs fresh nmse %g", path, e);
+    /* Same tolerance as above: the two sequences batch their tokens differently. */
+    CHECK_MSG(e < 1e-3, "%s: truncate+redecode vs fresh nmse %g", path, e);
     CHECK(exo_seq_truncate(q, 11) == EXO_ERANGE);
     CHECK(exo_seq_truncate(q, -1) == EXO_ERANGE);
     free(a);
@@ -168,7 +172,7 @@ static void test_errors(const char *path)
     if (!s) return;
     exo_shard_info info;
     exo_shard_get_info(s, &info);
-    exo_seq *q;
+    exo_seq *q = NULL;
     CHECK(exo_seq_new(s, 4, &q) == 0);
     float *out = malloc(sizeof(float) * info.n_vocab);
     int32_t bad = info.n_vocab;

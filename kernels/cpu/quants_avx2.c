@@ -1,0 +1,575 @@
+/* quants_avx2.c: AVX2/FMA/F16C versions of the hot quantized kernels.
+ *
+ * Built with -mavx2 -mfma -mf16c; quants.c calls these only after checking
+ * the CPU. Each has a scalar _ref twin in quants.c that defines its meaning.
+ *
+ * The 32-element dots (Q4_0, Q4_1, Q8_0 x Q8_32) are the decode path's hot
+ * loop. The integer work is maddubs (u8 x s8 -> pairs of int16), madd against
+ * ones (-> 8 int32), one convert and one FMA with the product of the block
+ * scales, into two independent accumulators; the only horizontal sums happen
+ * after the loop. The 4-bit formats take blocks in pairs (one register holds
+ * both blocks' low nibbles), which halves that work per block and lets one
+ * cvtph2ps convert both blocks' fp16 scales. Q4_1's minimum and Q4_0's -8
+ * offset are folded through the activation's s = d * sum(q), so the 4-bit
+ * quants stay unsigned and need no subtraction.
+ *
+ * Range assumptions: activation quants are in [-127, 127] (quants.c never
+ * produces -128), so |u8 x s8| pair sums stay inside int16. */
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "quants_avx2.c must be compiled with -mavx2 -mfma -mf16c"
+#endif
+
+#include "quants_avx2.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "quants.h"
+
+static inline float half_to_float(exo_half h)
+{
+    return _cvtsh_ss(h);
+}
+
+static inline float hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline float hmax_ps(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* 16 bytes of packed nibbles -> 32 bytes 0..15 in element order (the low
+ * nibbles are elements 0-15, the high nibbles 16-31). */
+static inline __m256i q4_unpack(const uint8_t *qs)
+{
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+/* 16 bytes from lo into the low 128 bits, 16 from hi into the high ones. */
+static inline __m256i load_2x128(const void *lo, const void *hi)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)),
+                                   _mm_loadu_si128((const __m128i *)hi), 1);
+}
+
+/* Dot of 32 unsigned bytes with 32 signed bytes as 8 float partial sums. */
+static inline __m256 dot_u8_s8(__m256i u, __m256i s)
+{
+    __m256i p16 = _mm256_maddubs_epi16(u, s);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* Dot of 32 signed bytes with 32 signed bytes: maddubs wants its first
+ * operand unsigned, so move w's sign onto x. |w| may be 128 (a -128 from a
+ * file), which maddubs reads correctly as unsigned 128. */
+static inline __m256 dot_s8_s8(__m256i w, __m256i x)
+{
+    return dot_u8_s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+}
+
+/* ---- 32-element formats x Q8_32 ------------------------------------------ */
+
+static inline uint32_t load_u32(const void *p)
+{
+    uint32_t u;
+    memcpy(&u, p, sizeof u);
+    return u;
+}
+
+/* Activation scales of two consecutive blocks as [d0, s0, d1, s1]. */
+static inline __m128 act_pair_ds(const exo_block_q8_32 *a)
+{
+    return _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)&a[0].d)), (const __m64 *)&a[1].d);
+}
+
+/* [p0, p1, p2, p3] -> p0 in the low 128 bits, p2 in the high ones: the scale
+ * vector for q4_pair_dot's layout. */
+static inline __m256 pair_spread(__m128 p)
+{
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+}
+
+/* Dot of two consecutive 4-bit blocks (qs0, qs1: 16 bytes each) with their
+ * activation blocks, as 8 float partial sums: block 0's in the low 128 bits,
+ * block 1's in the high. Putting the two blocks' low nibbles in one register
+ * and their high nibbles in another halves the maddubs/madd/convert work per
+ * block; the two maddubs results add without overflow (|.| <= 2*2*15*127). */
+static inline __m256 q4_pair_dot(const uint8_t *qs0, const uint8_t *qs1, const exo_block_q8_32 *a)
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i q = load_2x128(qs0, qs1);
+    __m256i qlo = _mm256_and_si256(q, low4);
+    __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+    __m256i xlo = load_2x128(a[0].qs, a[1].qs);
+    __m256i xhi = load_2x128(a[0].qs + 16, a[1].qs + 16);
+    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(qlo, xlo), _mm256_maddubs_epi16(qhi, xhi));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+}
+
+/* For blocks i, i+1: [dw0*da0, mw0*s0, dw1*da1, mw1*s1], with both blocks' d
+ * and m converted by one cvtph2ps (they are the first 4 bytes of each block). */
+static inline __m128 q4_1_pair_scales(const exo_block_q4_1 *w, const exo_block_q8_32 *a)
+{
+    __m128i h = _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(&w[0])), _mm_cvtsi32_si128((int)load_u32(&w[1])));
+    return _mm_mul_ps(_mm_cvtph_ps(h), act_pair_ds(a));
+}
+
+/* The same for Q4_0: [dw0*da0, dw0*s0, dw1*da1, dw1*s1]. */
+static inline __m128 q4_0_pair_scales(const exo_block_q4_0 *w, const exo_block_q8_32 *a)
+{
+    __m128i h = _mm_unpacklo_epi16(_mm_cvtsi32_si128((int)load_u32(&w[0])), _mm_cvtsi32_si128((int)load_u32(&w[1])));
+    __m128 d = _mm_cvtph_ps(h); /* [dw0, dw1, -, -] */
+    return _mm_mul_ps(_mm_unpacklo_ps(d, d), act_pair_ds(a));
+}
+
+/* Sum of lanes 1 and 3: the minimum (or offset) terms of the pair scales. */
+static inline float odd_lanes_sum(__m128 v)
+{
+    __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1));
+}
+
+/* sum(qw * qa) of one 4-bit block as 8 float partial sums (the odd tail). */
+static inline __m256 q4_one_dot(const uint8_t *qs, const exo_block_q8_32 *a)
+{
+    return dot_u8_s8(q4_unpack(qs), _mm256_loadu_si256((const __m256i *)a->qs));
+}
+
+float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q4_1 *w = w_row;
+    const exo_block_q8_32 *a = act_row;
+    const int nb = n / EXO_QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m128 accm0 = _mm_setzero_ps(), accm1 = _mm_setzero_ps(); /* lanes 1, 3: sum of m * s */
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        __m128 p0 = q4_1_pair_scales(w + i, a + i), p1 = q4_1_pair_scales(w + i + 2, a + i + 2);
+        accm0 = _mm_add_ps(accm0, p0);
+        accm1 = _mm_add_ps(accm1, p1);
+        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
+        acc1 = _mm256_fmadd_ps(pair_spread(p1), q4_pair_dot(w[i + 2].qs, w[i + 3].qs, a + i + 2), acc1);
+    }
+    if (i + 2 <= nb) {
+        __m128 p0 = q4_1_pair_scales(w + i, a + i);
+        accm0 = _mm_add_ps(accm0, p0);
+        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
+        i += 2;
+    }
+    float sum = odd_lanes_sum(_mm_add_ps(accm0, accm1));
+    if (i < nb) {
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), q4_one_dot(w[i].qs, a + i), acc1);
+        sum += half_to_float(w[i].m) * a[i].s;
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + sum;
+}
+
+/* Q4_0 as Q4_1 with m = -8 * d: the offset costs -8 * dw * s per block. */
+float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q4_0 *w = w_row;
+    const exo_block_q8_32 *a = act_row;
+    const int nb = n / EXO_QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m128 acco0 = _mm_setzero_ps(), acco1 = _mm_setzero_ps(); /* lanes 1, 3: sum of dw * s */
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        __m128 p0 = q4_0_pair_scales(w + i, a + i), p1 = q4_0_pair_scales(w + i + 2, a + i + 2);
+        acco0 = _mm_add_ps(acco0, p0);
+        acco1 = _mm_add_ps(acco1, p1);
+        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
+        acc1 = _mm256_fmadd_ps(pair_spread(p1), q4_pair_dot(w[i + 2].qs, w[i + 3].qs, a + i + 2), acc1);
+    }
+    if (i + 2 <= nb) {
+        __m128 p0 = q4_0_pair_scales(w + i, a + i);
+        acco0 = _mm_add_ps(acco0, p0);
+        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
+        i += 2;
+    }
+    float off = odd_lanes_sum(_mm_add_ps(acco0, acco1));
+    if (i < nb) {
+        float d = half_to_float(w[i].d);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * a[i].d), q4_one_dot(w[i].qs, a + i), acc1);
+        off += d * a[i].s;
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) - 8.0f * off;
+}
+
+/* dw * da of one Q8_0 block: a 32-bit load (the half and two quant bytes)
+ * goes straight into cvtph2ps, cheaper than inserting a 16-bit value. */
+static inline __m256 q8_0_scale(const exo_block_q8_0 *w, const exo_block_q8_32 *a)
+{
+    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(w)));
+    return _mm256_broadcastss_ps(_mm_mul_ss(d, _mm_load_ss(&a->d)));
+}
+
+float exo_vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q8_0 *w = w_row;
+    const exo_block_q8_32 *a = act_row;
+    const int nb = n / EXO_QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m256 p0 = dot_s8_s8(_mm256_loadu_si256((const __m256i *)w[i].qs),
+                              _mm256_loadu_si256((const __m256i *)a[i].qs));
+        __m256 p1 = dot_s8_s8(_mm256_loadu_si256((const __m256i *)w[i + 1].qs),
+                              _mm256_loadu_si256((const __m256i *)a[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(q8_0_scale(w + i, a + i), p0, acc0);
+        acc1 = _mm256_fmadd_ps(q8_0_scale(w + i + 1, a + i + 1), p1, acc1);
+    }
+    if (i < nb) {
+        __m256 p0 = dot_s8_s8(_mm256_loadu_si256((const __m256i *)w[i].qs),
+                              _mm256_loadu_si256((const __m256i *)a[i].qs));
+        acc0 = _mm256_fmadd_ps(q8_0_scale(w + i, a + i), p0, acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* ---- K formats x Q8_K ------------------------------------------------------ */
+
+/* sum_j mn[j] * (bsums[2j] + bsums[2j+1]) as 4 int32 partial sums: the
+ * minimums of Q4_K/Q5_K cost one madd per super-block thanks to bsums. */
+static inline __m128i k_mins_dot(const uint8_t mn[8], const int16_t bsums[16])
+{
+    __m128i lo = _mm_loadu_si128((const __m128i *)bsums);
+    __m128i hi = _mm_loadu_si128((const __m128i *)(bsums + 8));
+    __m128i pairs = _mm_hadd_epi16(lo, hi); /* bsums[2j] + bsums[2j+1], |.| <= 4064 */
+    __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+    return _mm_madd_epi16(m16, pairs);
+}
+
+float exo_vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q4_K *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    const int nb = n / EXO_QK_K;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        uint8_t sc[8], mn[8];
+        exo_k_scales_unpack(w[i].scales, sc, mn);
+        const float d = half_to_float(w[i].d) * a[i].d;
+        const float dmin = half_to_float(w[i].dmin) * a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k_mins_dot(mn, a[i].bsums)), accm);
+
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * c));
+            __m256i qlo = _mm256_and_si256(q, low4);
+            __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c + 32));
+            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(qlo, x0), _mm256_set1_epi16(sc[2 * c]));
+            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qhi, x1), _mm256_set1_epi16(sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    __m128 m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return hsum_ps(acc) - _mm_cvtss_f32(m);
+}
+
+float exo_vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q5_K *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    const int nb = n / EXO_QK_K;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i bit0 = _mm256_set1_epi8(0x01), bit1 = _mm256_set1_epi8(0x02);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        uint8_t sc[8], mn[8];
+        exo_k_scales_unpack(w[i].scales, sc, mn);
+        const float d = half_to_float(w[i].d) * a[i].d;
+        const float dmin = half_to_float(w[i].dmin) * a[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k_mins_dot(mn, a[i].bsums)), accm);
+
+        __m256i hb = _mm256_loadu_si256((const __m256i *)w[i].qh);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * c));
+            /* bit 2c of qh -> bit 4 of the low quant, bit 2c+1 -> bit 4 of the
+             * high one; the masks keep the 16-bit shifts inside each byte */
+            __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(hb, bit0), 4);
+            __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(hb, bit1), 3);
+            hb = _mm256_srli_epi16(hb, 2);
+            __m256i qlo = _mm256_or_si256(_mm256_and_si256(q, low4), h0);
+            __m256i qhi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), h1);
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c + 32));
+            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(qlo, x0), _mm256_set1_epi16(sc[2 * c]));
+            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qhi, x1), _mm256_set1_epi16(sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    __m128 m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return hsum_ps(acc) - _mm_cvtss_f32(m);
+}
+
+/* Q6_K: the quants are used unsigned (0..63) and the -32 is taken out once per
+ * super-block as 32 * sum_g scales[g] * bsums[g] (Q6_K's 16-element scale
+ * groups line up with Q8_K's bsums). */
+float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q6_K *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    const int nb = n / EXO_QK_K;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    /* shuffles taking int16 scale 2k to the low 128 bits and 2k+1 to the high */
+    const __m256i pick[4] = {
+        _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                         2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3),
+        _mm256_setr_epi8(4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5,
+                         6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7),
+        _mm256_setr_epi8(8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9,
+                         10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11),
+        _mm256_setr_epi8(12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13,
+                         14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15),
+    };
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const float d = half_to_float(w[i].d) * a[i].d;
+        __m128i sc_all = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m256i sc16 = _mm256_cvtepi8_epi16(sc_all);
+        __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
+        __m256i sumi = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5); /* 32 * sc * bsum */
+        sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
+
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = w[i].ql + 64 * h;
+            const int8_t *x = a[i].qs + 128 * h;
+            __m256i s8 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(w[i].scales + 8 * h))));
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
+            for (int k = 0; k < 4; k++) {
+                __m256i xk = _mm256_loadu_si256((const __m256i *)(x + 32 * k));
+                __m256i sk = _mm256_shuffle_epi8(s8, pick[k]);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xk), sk));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/* ---- float formats x f32 ------------------------------------------------------ */
+
+float exo_vec_dot_f32_avx2(int n, const void *w_row, const void *act_row)
+{
+    const float *w = w_row, *x = act_row;
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+static inline __m256 load_f16x8(const exo_half *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline __m256 load_bf16x8(const uint16_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+float exo_vec_dot_f16_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_half *w = w_row;
+    const float *x = act_row;
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(load_f16x8(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(load_f16x8(w + i), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += half_to_float(w[i]) * x[i];
+    return sum;
+}
+
+float exo_vec_dot_bf16_avx2(int n, const void *w_row, const void *act_row)
+{
+    const uint16_t *w = w_row;
+    const float *x = act_row;
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(load_bf16x8(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(load_bf16x8(w + i), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += exo_bf16_to_float(w[i]) * x[i];
+    return sum;
+}
+
+/* ---- dequantization (weight tiles for the prompt-processing GEMM) --------------- */
+
+/* 16 bytes 0..15 -> 16 floats q*d + b, stored at dst[0..15]. */
+static inline void u8x16_to_float(__m128i q, __m256 d, __m256 b, float *dst)
+{
+    __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+    __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(q, q)));
+    _mm256_storeu_ps(dst, _mm256_fmadd_ps(f0, d, b));
+    _mm256_storeu_ps(dst + 8, _mm256_fmadd_ps(f1, d, b));
+}
+
+/* (q - 8) * d computed as fma(q, d, -8d): -8d is exact, so the single rounding
+ * of the fma gives the same bits as the reference. */
+void exo_to_float_q4_0_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q4_0 *b = src;
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        float df = half_to_float(b[i].d);
+        __m256 d = _mm256_set1_ps(df), off = _mm256_set1_ps(-8.0f * df);
+        __m128i raw = _mm_loadu_si128((const __m128i *)b[i].qs);
+        u8x16_to_float(_mm_and_si128(raw, low4), d, off, dst);
+        u8x16_to_float(_mm_and_si128(_mm_srli_epi16(raw, 4), low4), d, off, dst + 16);
+    }
+}
+
+/* Fused q*d + m: within one rounding of the reference's two-step result. */
+void exo_to_float_q4_1_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q4_1 *b = src;
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        __m256 d = _mm256_set1_ps(half_to_float(b[i].d)), m = _mm256_set1_ps(half_to_float(b[i].m));
+        __m128i raw = _mm_loadu_si128((const __m128i *)b[i].qs);
+        u8x16_to_float(_mm_and_si128(raw, low4), d, m, dst);
+        u8x16_to_float(_mm_and_si128(_mm_srli_epi16(raw, 4), low4), d, m, dst + 16);
+    }
+}
+
+void exo_to_float_q8_0_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q8_0 *b = src;
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        __m256 d = _mm256_set1_ps(half_to_float(b[i].d));
+        for (int k = 0; k < 4; k++) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * k));
+            _mm256_storeu_ps(dst + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+    }
+}
+
+void exo_to_float_f16_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_half *s = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(s + i));
+    for (; i < n; i++) dst[i] = half_to_float(s[i]);
+}
+
+void exo_to_float_bf16_avx2(const void *src, float *dst, int64_t n)
+{
+    const uint16_t *s = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(s + i));
+    for (; i < n; i++) dst[i] = exo_bf16_to_float(s[i]);
+}
+
+/* ---- activation quantization --------------------------------------------------- */
+
+/* 32 floats -> 32 int8 round(x * id), in order; returns their sum. Uses the
+ * same multiply and ties-to-even rounding as the reference, so the bytes
+ * match it exactly. */
+static inline int quantize_32(const float *x, __m256 id, int8_t *out)
+{
+    __m256i v[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), id),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v[k] = _mm256_cvtps_epi32(r);
+    }
+    int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3])));
+    /* the packs interleave 128-bit lanes; the permute puts the dwords back */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)out, p);
+    return sum;
+}
+
+static inline __m256 abs_ps(__m256 v)
+{
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+void exo_quantize_act_q8_32_avx2(const float *x, void *dst, int n)
+{
+    exo_block_q8_32 *y = dst;
+    for (int i = 0; i < n / EXO_QK; i++, x += EXO_QK) {
+        __m256 m = _mm256_max_ps(_mm256_max_ps(abs_ps(_mm256_loadu_ps(x)), abs_ps(_mm256_loadu_ps(x + 8))),
+                                 _mm256_max_ps(abs_ps(_mm256_loadu_ps(x + 16)), abs_ps(_mm256_loadu_ps(x + 24))));
+        float d = hmax_ps(m) / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = quantize_32(x, _mm256_set1_ps(id), y[i].qs);
+        y[i].d = d;
+        y[i].s = d * (float)sum;
+    }
+}
+
+void exo_quantize_act_q8_K_avx2(const float *x, void *dst, int n)
+{
+    exo_block_q8_K *y = dst;
+    for (int i = 0; i < n / EXO_QK_K; i++, x += EXO_QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < EXO_QK_K; k += 8) m = _mm256_max_ps(m, abs_ps(_mm256_loadu_ps(x + k)));
+        float d = hmax_ps(m) / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        for (int c = 0; c < EXO_QK_K / 32; c++) quantize_32(x + 32 * c, vid, y[i].qs + 32 * c);
+        /* bsums: sum 16 bytes at a time, widening through maddubs with ones */
+        const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+        for (int c = 0; c < EXO_QK_K / 32; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * c));
+            __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16); /* 8 sums of 4 */
+            __m256i s8 = _mm256_hadd_epi32(s4, s4); /* per lane: sums of 8 in dwords 0,1 */
+            __m256i s16 = _mm256_hadd_epi32(s8, s8); /* per lane: sum of 16 in dword 0 */
+            y[i].bsums[2 * c] = (int16_t)_mm256_extract_epi32(s16, 0);
+            y[i].bsums[2 * c + 1] = (int16_t)_mm256_extract_epi32(s16, 4);
+        }
+        y[i].d = d;
+    }
+}

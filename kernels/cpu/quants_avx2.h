@@ -1,0 +1,57 @@
+/* quants_avx2.h: the AVX2/FMA/F16C kernels and the helpers quants.c shares
+ * with them (internal).
+ *
+ * quants_avx2.c is the only file built with -mavx2 -mfma -mf16c; quants.c is
+ * built without them and only calls these functions after exo_quants_init()
+ * has seen the CPU support all three. Contracts are the ones of the matching
+ * _ref kernels in quants.c (see quants.h). */
+#ifndef EXO_QUANTS_AVX2_H
+#define EXO_QUANTS_AVX2_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define EXO_QUANTS_X86 1
+#else
+#define EXO_QUANTS_X86 0
+#endif
+
+/* Unpacks the 12 bytes of a Q4_K/Q5_K super-block into eight 6-bit scales
+ * and eight 6-bit minimums (GGUF's layout: bytes 0-3 hold scales 0-3 in their
+ * low 6 bits, bytes 4-7 minimums 0-3, bytes 8-11 the low nibbles of scales
+ * 4-7 (low half) and minimums 4-7 (high half); the top 2 bits of bytes 0-7 are
+ * the high bits of scales/minimums 4-7). Word-wide so it has no branches. */
+static inline void exo_k_scales_unpack(const uint8_t packed[12], uint8_t sc[8], uint8_t mn[8])
+{
+    uint32_t u[3];
+    memcpy(u, packed, sizeof u);
+    const uint32_t low6 = 0x3f3f3f3fu, low4 = 0x0f0f0f0fu, top2 = 0x03030303u;
+    uint32_t s[2] = { u[0] & low6, (u[2] & low4) | (((u[0] >> 6) & top2) << 4) };
+    uint32_t m[2] = { u[1] & low6, ((u[2] >> 4) & low4) | (((u[1] >> 6) & top2) << 4) };
+    memcpy(sc, s, 8);
+    memcpy(mn, m, 8);
+}
+
+#if EXO_QUANTS_X86
+float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_f32_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_f16_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_bf16_avx2(int n, const void *w_row, const void *act_row);
+
+void exo_to_float_q4_0_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_q4_1_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_q8_0_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_f16_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_bf16_avx2(const void *src, float *dst, int64_t n);
+
+void exo_quantize_act_q8_32_avx2(const float *x, void *dst, int n);
+void exo_quantize_act_q8_K_avx2(const float *x, void *dst, int n);
+#endif
+
+#endif

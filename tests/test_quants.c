@@ -1,0 +1,718 @@
+/* test_quants.c: the weight formats, their conversions and their kernels.
+ *
+ * Checks, on random rows with fixed seeds:
+ * - fp16/bf16 conversions: known values, round trips over every half/bf16,
+ *   round-to-nearest-even at every tie between neighbours, and (where the CPU
+ *   has F16C) agreement with the hardware conversion;
+ * - hand-built blocks of each format decode to values worked out by hand from
+ *   GGUF's layouts;
+ * - each format's reference quantizer stays within its error bound;
+ * - vec_dot_ref equals the dot of the dequantized weight row with the
+ *   dequantized activation row (the formula is right), and is within the
+ *   activation quantization's error of the float dot;
+ * - the fast (AVX2) to_float, vec_dot and activation quantizers agree with
+ *   the reference ones, when the CPU has them;
+ * - the traits table, row sizes, and init's dispatch.
+ *
+ * Error bounds used for the reference quantizers (step = one quant's worth of
+ * the decoded scale, off = the value decoded from quant 0):
+ *   Q8_0, Q4_1, Q6_K: |err| <= step/2      (grids cover each block)
+ *   Q4_0:             |err| <= step        (grid is [-8, 7] * d, ggml style)
+ *   Q4_K, Q5_K:       |err| <= max(step, dmin)/2 per 32-element sub-block
+ *   F16 / BF16:       |err| <= |x| * 2^-11 / 2^-8 (half an ulp) */
+#include <float.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cpu/quants.h"
+#include "check.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_HW_F16C_CHECK 1
+#else
+#define HAVE_HW_F16C_CHECK 0
+#endif
+
+/* ---- random numbers (splitmix64) --------------------------------------------- */
+
+static uint64_t rng_state;
+
+static void rng_seed(uint64_t s)
+{
+    rng_state = s * 0x9e3779b97f4a7c15ull + 1;
+}
+
+static uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rng_uniform(void) /* [0, 1) */
+{
+    return (float)(rng_next() >> 40) * 0x1p-24f;
+}
+
+static float rng_normal(void)
+{
+    float u1 = rng_uniform() + 0x1p-25f, u2 = rng_uniform();
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+
+/* Weight-like data: normal values whose scale and offset change every 32
+ * elements, with rare outliers and an occasional all-zero block, so scales,
+ * minimums and the zero-scale paths all get exercised. */
+static void random_row(float *x, int n)
+{
+    for (int b = 0; b < n; b += 32) {
+        float amp = expf(4.0f * rng_uniform() - 2.0f);
+        float mean = (rng_uniform() < 0.3f) ? amp * (2.0f * rng_uniform() - 1.0f) : 0.0f;
+        bool zero = rng_uniform() < 0.03f;
+        for (int i = b; i < b + 32 && i < n; i++) {
+            float v = mean + amp * rng_normal();
+            if (rng_uniform() < 0.02f) v *= 6.0f;
+            x[i] = zero ? 0.0f : v;
+        }
+    }
+}
+
+/* ---- fp16 / bf16 ----------------------------------------------------------------- */
+
+static uint32_t bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float float_of(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+#if HAVE_HW_F16C_CHECK
+static bool cpu_has_f16c(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) && ((ecx >> 29) & 1u);
+}
+
+__attribute__((target("f16c"))) static uint16_t hw_float_to_half(float f)
+{
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+
+__attribute__((target("f16c"))) static float hw_half_to_float(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+#endif
+
+static void test_half(void)
+{
+    static const struct { float f; exo_half h; } known[] = {
+        { 0.0f, 0x0000 }, { -0.0f, 0x8000 }, { 1.0f, 0x3c00 }, { -2.0f, 0xc000 },
+        { 65504.0f, 0x7bff }, { 65519.99f, 0x7bff }, { 65520.0f, 0x7c00 }, { 1e6f, 0x7c00 },
+        { -1e6f, 0xfc00 }, { INFINITY, 0x7c00 }, { -INFINITY, 0xfc00 },
+        { 0x1p-24f, 0x0001 }, { 0x1p-25f, 0x0000 }, { 0x1.000002p-25f, 0x0001 },
+        { 0x1.8p-24f, 0x0002 }, { 0x1.4p-23f, 0x0002 }, { 0x1p-14f, 0x0400 },
+        { 1023 * 0x1p-24f, 0x03ff }, { -0x1p-24f, 0x8001 }, { 0.1f, 0x2e66 },
+        { 1.0f / 3.0f, 0x3555 }, { 1.0f + 0x1p-11f, 0x3c00 }, { 1.0f + 3 * 0x1p-11f, 0x3c02 },
+        { 0x1p-30f, 0x0000 }, { -0x1p-30f, 0x8000 },
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        exo_half h = exo_float_to_half(known[i].f);
+        CHECK_MSG(h == known[i].h, "float_to_half(%a) = 0x%04x, want 0x%04x", known[i].f, h, known[i].h);
+        if (fabsf(known[i].f) >= 0x1p-14f && fabsf(known[i].f) < 65504.5f) {
+            /* normal values decode back to within half an ulp */
+            float back = exo_half_to_float(known[i].h);
+            CHECK(fabsf(back - known[i].f) <= fabsf(known[i].f) * 0x1p-11f);
+        }
+    }
+    exo_half hn = exo_float_to_half(NAN);
+    CHECK((hn & 0x7c00) == 0x7c00 && (hn & 0x03ff) != 0);
+    CHECK(isnan(exo_half_to_float(0x7e00)) && isnan(exo_half_to_float(0xfc01)));
+    CHECK(exo_half_to_float(0x7c00) == INFINITY && exo_half_to_float(0xfc00) == -INFINITY);
+    CHECK(exo_half_to_float(0x0001) == 0x1p-24f && exo_half_to_float(0x03ff) == 1023 * 0x1p-24f);
+    CHECK(exo_half_to_float(0x7bff) == 65504.0f && exo_half_to_float(0x3c00) == 1.0f);
+    CHECK(exo_half_to_float(0x8000) == 0.0f && signbit(exo_half_to_float(0x8000)));
+
+    /* every half round-trips; every tie between neighbours goes to the even
+     * one and a float on either side of it to that side */
+    int bad_rt = 0, bad_tie = 0;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        float f = exo_half_to_float((exo_half)h);
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) {
+            bad_rt += !isnan(f) || (exo_float_to_half(f) & 0x7fff) <= 0x7c00;
+            continue;
+        }
+        bad_rt += exo_float_to_half(f) != h;
+        if ((h & 0x7fff) >= 0x7c00) continue;
+        exo_half up = (exo_half)(h + 1); /* next larger magnitude, same sign */
+        double mid_d = ((double)f + (double)exo_half_to_float(up)) / 2.0;
+        float mid = (float)mid_d; /* 12 significant bits: exact */
+        if ((up & 0x7fff) == 0x7c00) mid = (h & 0x8000) ? -65520.0f : 65520.0f;
+        exo_half even = (h & 1) ? up : (exo_half)h;
+        bad_tie += exo_float_to_half(mid) != even;
+        bad_tie += exo_float_to_half(nextafterf(mid, 0.0f)) != h;
+        bad_tie += exo_float_to_half(nextafterf(mid, (h & 0x8000) ? -INFINITY : INFINITY)) != up;
+    }
+    CHECK_MSG(bad_rt == 0, "%d halves do not round-trip", bad_rt);
+    CHECK_MSG(bad_tie == 0, "%d half rounding ties wrong", bad_tie);
+
+#if HAVE_HW_F16C_CHECK
+    if (cpu_has_f16c()) {
+        int bad = 0;
+        for (uint64_t u = 0; u < 0x100000000ull; u += 9973) {
+            float f = float_of((uint32_t)u);
+            exo_half a = exo_float_to_half(f), b = hw_float_to_half(f);
+            if (isnan(f)) bad += !isnan(exo_half_to_float(a));
+            else bad += a != b;
+        }
+        for (uint32_t h = 0; h < 0x10000; h++) {
+            float a = exo_half_to_float((exo_half)h), b = hw_half_to_float((uint16_t)h);
+            bad += isnan(b) ? !isnan(a) : bits_of(a) != bits_of(b);
+        }
+        CHECK_MSG(bad == 0, "%d conversions differ from F16C", bad);
+        printf("  fp16: matches the F16C instructions\n");
+    }
+#endif
+}
+
+static void test_bf16(void)
+{
+    CHECK(exo_float_to_bf16(1.0f) == 0x3f80);
+    CHECK(exo_float_to_bf16(-2.0f) == 0xc000);
+    CHECK(exo_float_to_bf16(0.0f) == 0x0000 && exo_float_to_bf16(-0.0f) == 0x8000);
+    CHECK(exo_float_to_bf16(INFINITY) == 0x7f80 && exo_float_to_bf16(-INFINITY) == 0xff80);
+    CHECK(exo_float_to_bf16(float_of(0x3f808000u)) == 0x3f80); /* tie to even (down) */
+    CHECK(exo_float_to_bf16(float_of(0x3f818000u)) == 0x3f82); /* tie to even (up) */
+    CHECK(exo_float_to_bf16(float_of(0x3f808001u)) == 0x3f81);
+    CHECK(exo_float_to_bf16(FLT_MAX) == 0x7f80);                /* rounds past the max */
+    CHECK(exo_float_to_bf16(float_of(0x00010000u)) == 0x0001);  /* subnormal */
+    uint16_t bn = exo_float_to_bf16(float_of(0x7f800001u));     /* NaN with low payload */
+    CHECK((bn & 0x7f80) == 0x7f80 && (bn & 0x7f) != 0);
+    CHECK(exo_bf16_to_float(0x3f80) == 1.0f && exo_bf16_to_float(0xff80) == -INFINITY);
+
+    int bad = 0;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        float f = exo_bf16_to_float((uint16_t)h);
+        if (isnan(f)) {
+            bad += !isnan(exo_bf16_to_float(exo_float_to_bf16(f)));
+            continue;
+        }
+        bad += exo_float_to_bf16(f) != h;
+        if ((h & 0x7fff) >= 0x7f80) continue;
+        uint32_t mid = (h << 16) | 0x8000u;
+        uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
+        bad += exo_float_to_bf16(float_of(mid)) != even;
+        bad += exo_float_to_bf16(float_of(mid - 1)) != h;
+        bad += exo_float_to_bf16(float_of(mid + 1)) != (uint16_t)(h + 1);
+    }
+    CHECK_MSG(bad == 0, "%d bf16 conversions wrong", bad);
+}
+
+/* ---- traits, sizes, dispatch ---------------------------------------------------------- */
+
+static const int all_dtypes[] = {
+    EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0,
+    EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K,
+};
+#define N_DTYPES ((int)(sizeof all_dtypes / sizeof all_dtypes[0]))
+
+static void test_traits_before_init(void)
+{
+    /* before exo_quants_init() everything already points at the _ref kernels */
+    for (int k = 0; k < N_DTYPES; k++) {
+        const exo_type_traits *t = exo_type_traits_get(all_dtypes[k]);
+        CHECK(t != NULL);
+        if (!t) continue;
+        CHECK(t->vec_dot == t->vec_dot_ref && t->to_float == t->to_float_ref);
+        CHECK(t->vec_dot_ref && t->to_float_ref && t->from_float_ref);
+    }
+}
+
+static void test_traits(void)
+{
+    static const struct { int dtype; const char *name; int bs; size_t ts; int act; } want[] = {
+        { EXO_DTYPE_F32, "f32", 1, 4, EXO_ACT_F32 },
+        { EXO_DTYPE_F16, "f16", 1, 2, EXO_ACT_F32 },
+        { EXO_DTYPE_BF16, "bf16", 1, 2, EXO_ACT_F32 },
+        { EXO_DTYPE_Q4_0, "q4_0", 32, 18, EXO_ACT_Q8_32 },
+        { EXO_DTYPE_Q4_1, "q4_1", 32, 20, EXO_ACT_Q8_32 },
+        { EXO_DTYPE_Q8_0, "q8_0", 32, 34, EXO_ACT_Q8_32 },
+        { EXO_DTYPE_Q4_K, "q4_K", 256, 144, EXO_ACT_Q8_K },
+        { EXO_DTYPE_Q5_K, "q5_K", 256, 176, EXO_ACT_Q8_K },
+        { EXO_DTYPE_Q6_K, "q6_K", 256, 210, EXO_ACT_Q8_K },
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const exo_type_traits *t = exo_type_traits_get(want[i].dtype);
+        CHECK(t != NULL);
+        if (!t) continue;
+        CHECK(strcmp(t->name, want[i].name) == 0);
+        CHECK(t->block_size == want[i].bs && t->type_size == want[i].ts && t->act_type == want[i].act);
+        CHECK(t->vec_dot && t->to_float);
+    }
+    static const int unsupported[] = { -1, 4, 5, 6, 7, 9, 10, 11, EXO_DTYPE_Q8_K, 16, 29, 31, 39,
+                                       EXO_DTYPE_COUNT, 99, 1000, INT_MIN, INT_MAX };
+    for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
+        CHECK_MSG(exo_type_traits_get(unsupported[i]) == NULL, "dtype %d", unsupported[i]);
+        CHECK(exo_dtype_row_size(unsupported[i], 256) == 0);
+    }
+
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q4_1, 576) == 18 * 20);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q8_0, 1536) == 48 * 34);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q4_K, 512) == 2 * 144);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q6_K, 256) == 210);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_F16, 7) == 14);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_F32, 7) == 28);
+    CHECK(exo_act_row_size(EXO_ACT_F32, 7) == 28);
+    CHECK(exo_act_row_size(EXO_ACT_Q8_32, 576) == 18 * 40);
+    CHECK(exo_act_row_size(EXO_ACT_Q8_K, 512) == 2 * 292);
+    CHECK(exo_act_row_size(3, 256) == 0 && exo_act_row_size(-1, 256) == 0);
+
+    /* init is idempotent: a second call changes nothing */
+    const exo_type_traits *t = exo_type_traits_get(EXO_DTYPE_Q4_1);
+    exo_vec_dot_fn first = t->vec_dot;
+    exo_quants_init();
+    CHECK(t->vec_dot == first);
+    CHECK(exo_quants_have_avx2() == (t->vec_dot != t->vec_dot_ref));
+    const char *force = getenv("EXO_FORCE_SCALAR");
+    if (force && strcmp(force, "1") == 0) CHECK(!exo_quants_have_avx2());
+}
+
+static void test_layout(void)
+{
+    CHECK(sizeof(exo_block_q4_0) == 18 && sizeof(exo_block_q4_1) == 20 && sizeof(exo_block_q8_0) == 34);
+    CHECK(sizeof(exo_block_q4_K) == 144 && sizeof(exo_block_q5_K) == 176 && sizeof(exo_block_q6_K) == 210);
+    CHECK(sizeof(exo_block_q8_32) == 40 && sizeof(exo_block_q8_K) == 292);
+    CHECK(offsetof(exo_block_q4_1, qs) == 4 && offsetof(exo_block_q8_0, qs) == 2);
+    CHECK(offsetof(exo_block_q4_K, scales) == 4 && offsetof(exo_block_q4_K, qs) == 16);
+    CHECK(offsetof(exo_block_q5_K, qh) == 16 && offsetof(exo_block_q5_K, qs) == 48);
+    CHECK(offsetof(exo_block_q6_K, qh) == 128 && offsetof(exo_block_q6_K, scales) == 192);
+    CHECK(offsetof(exo_block_q6_K, d) == 208);
+    CHECK(offsetof(exo_block_q8_32, qs) == 8 && offsetof(exo_block_q8_K, bsums) == 260);
+}
+
+/* ---- hand-built blocks ------------------------------------------------------------------- */
+
+static float decode_one(int dtype, const void *block, int nblock_elems, int index)
+{
+    float out[256];
+    exo_type_traits_get(dtype)->to_float_ref(block, out, nblock_elems);
+    return out[index];
+}
+
+static void test_known_blocks(void)
+{
+    exo_block_q4_0 b40;
+    memset(&b40, 0, sizeof b40);
+    b40.d = 0x3800; /* 0.5 */
+    b40.qs[0] = 0x1f;
+    CHECK(decode_one(EXO_DTYPE_Q4_0, &b40, 32, 0) == 3.5f);   /* (15-8)*0.5 */
+    CHECK(decode_one(EXO_DTYPE_Q4_0, &b40, 32, 16) == -3.5f); /* (1-8)*0.5 */
+    CHECK(decode_one(EXO_DTYPE_Q4_0, &b40, 32, 5) == -4.0f);
+
+    exo_block_q4_1 b41;
+    memset(&b41, 0, sizeof b41);
+    b41.d = 0x3800;
+    b41.m = 0xbc00; /* -1 */
+    b41.qs[3] = 0xa2;
+    CHECK(decode_one(EXO_DTYPE_Q4_1, &b41, 32, 3) == 0.0f);  /* 2*0.5-1 */
+    CHECK(decode_one(EXO_DTYPE_Q4_1, &b41, 32, 19) == 4.0f); /* 10*0.5-1 */
+
+    exo_block_q8_0 b80;
+    memset(&b80, 0, sizeof b80);
+    b80.d = 0x4000; /* 2 */
+    b80.qs[5] = -3;
+    b80.qs[31] = -128;
+    CHECK(decode_one(EXO_DTYPE_Q8_0, &b80, 32, 5) == -6.0f);
+    CHECK(decode_one(EXO_DTYPE_Q8_0, &b80, 32, 31) == -256.0f);
+
+    /* 6-bit scales {1,2,3,4,33,34,35,63} and minimums {5,6,7,8,40,41,42,60},
+     * packed by hand */
+    static const uint8_t kscales[12] = { 0x81, 0x82, 0x83, 0xc4, 0x85, 0x86, 0x87, 0xc8, 0x81, 0x92, 0xa3, 0xcf };
+    exo_block_q4_K b4k;
+    memset(&b4k, 0, sizeof b4k);
+    b4k.d = 0x3c00;    /* 1 */
+    b4k.dmin = 0x3800; /* 0.5 */
+    memcpy(b4k.scales, kscales, 12);
+    b4k.qs[0] = 0x3a;
+    b4k.qs[96 + 31] = 0xf0;
+    CHECK(decode_one(EXO_DTYPE_Q4_K, &b4k, 256, 0) == 7.5f);     /* 1*10 - 0.5*5 */
+    CHECK(decode_one(EXO_DTYPE_Q4_K, &b4k, 256, 32) == 3.0f);    /* 2*3 - 0.5*6 */
+    CHECK(decode_one(EXO_DTYPE_Q4_K, &b4k, 256, 223) == -21.0f); /* 35*0 - 0.5*42 */
+    CHECK(decode_one(EXO_DTYPE_Q4_K, &b4k, 256, 255) == 915.0f); /* 63*15 - 0.5*60 */
+    CHECK(decode_one(EXO_DTYPE_Q4_K, &b4k, 256, 130) == -20.0f); /* 33*0 - 0.5*40 */
+
+    exo_block_q5_K b5k;
+    memset(&b5k, 0, sizeof b5k);
+    b5k.d = 0x3c00;
+    b5k.dmin = 0x3800;
+    memcpy(b5k.scales, kscales, 12);
+    b5k.qs[0] = 0x3a;
+    b5k.qs[96 + 31] = 0xf0;
+    b5k.qh[0] = 0x03;  /* fifth bit of elements 0 and 32 */
+    b5k.qh[31] = 0x80; /* fifth bit of element 255 */
+    CHECK(decode_one(EXO_DTYPE_Q5_K, &b5k, 256, 0) == 23.5f);     /* 1*26 - 2.5 */
+    CHECK(decode_one(EXO_DTYPE_Q5_K, &b5k, 256, 32) == 35.0f);    /* 2*19 - 3 */
+    CHECK(decode_one(EXO_DTYPE_Q5_K, &b5k, 256, 223) == -21.0f);
+    CHECK(decode_one(EXO_DTYPE_Q5_K, &b5k, 256, 255) == 1923.0f); /* 63*31 - 30 */
+
+    exo_block_q6_K b6k;
+    memset(&b6k, 0, sizeof b6k);
+    b6k.d = 0x3400; /* 0.25 */
+    for (int g = 0; g < 16; g++) b6k.scales[g] = (int8_t)(g - 8);
+    b6k.ql[0] = 0x21;
+    b6k.ql[32] = 0x43;
+    b6k.qh[0] = 0xe4; /* 2-bit fields 0, 1, 2, 3 */
+    b6k.ql[64 + 17] = 0x0f;
+    b6k.qh[32 + 17] = 0x03;
+    CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 0) == 62.0f);   /* .25 * -8 * (1-32) */
+    CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 32) == 19.5f);  /* .25 * -6 * (19-32) */
+    CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 64) == -2.0f);  /* .25 * -4 * (34-32) */
+    CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 96) == -10.0f); /* .25 * -2 * (52-32) */
+    CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 145) == 7.75f); /* .25 * 1 * (63-32) */
+    CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 255) == -56.0f); /* .25 * 7 * (0-32) */
+}
+
+/* ---- per-format helpers ----------------------------------------------------------------- */
+
+/* Sets every quant of a block row to q (raw value, before any offset). */
+static void fill_quants(int dtype, void *row, int n, int q)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    for (int b = 0; b < n / t->block_size; b++) {
+        uint8_t *p = (uint8_t *)row + (size_t)b * t->type_size;
+        switch (dtype) {
+        case EXO_DTYPE_Q4_0: memset(((exo_block_q4_0 *)p)->qs, q * 0x11, 16); break;
+        case EXO_DTYPE_Q4_1: memset(((exo_block_q4_1 *)p)->qs, q * 0x11, 16); break;
+        case EXO_DTYPE_Q8_0: memset(((exo_block_q8_0 *)p)->qs, q, 32); break;
+        case EXO_DTYPE_Q4_K: memset(((exo_block_q4_K *)p)->qs, q * 0x11, 128); break;
+        case EXO_DTYPE_Q5_K:
+            memset(((exo_block_q5_K *)p)->qs, (q & 15) * 0x11, 128);
+            memset(((exo_block_q5_K *)p)->qh, (q >> 4) ? 0xff : 0, 32);
+            break;
+        case EXO_DTYPE_Q6_K:
+            memset(((exo_block_q6_K *)p)->ql, (q & 15) * 0x11, 128);
+            memset(((exo_block_q6_K *)p)->qh, ((q >> 4) & 3) * 0x55, 64);
+            break;
+        default: break;
+        }
+    }
+}
+
+/* Per element: step (the value of one quant) and off (the value of quant 0),
+ * read by decoding copies of the row with every quant set to 0 and to 1.
+ * Float formats have neither. */
+static void steps_and_offsets(int dtype, const void *row, int n, float *step, float *off)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    if (t->block_size == 1) {
+        for (int i = 0; i < n; i++) step[i] = off[i] = 0.0f;
+        return;
+    }
+    size_t size = exo_dtype_row_size(dtype, n);
+    void *tmp = malloc(size);
+    float *one = malloc((size_t)n * sizeof(float));
+    memcpy(tmp, row, size);
+    fill_quants(dtype, tmp, n, 0);
+    t->to_float_ref(tmp, off, n);
+    fill_quants(dtype, tmp, n, 1);
+    t->to_float_ref(tmp, one, n);
+    for (int i = 0; i < n; i++) step[i] = fabsf(one[i] - off[i]);
+    free(one);
+    free(tmp);
+}
+
+/* Random bytes with sane fp16 scales: every bit pattern of the quants,
+ * negative scales included (a file may hold them). */
+static void random_blocks(int dtype, void *row, int n)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    size_t size = exo_dtype_row_size(dtype, n);
+    for (size_t i = 0; i < size; i++) ((uint8_t *)row)[i] = (uint8_t)rng_next();
+    for (int b = 0; b < n / t->block_size; b++) {
+        uint8_t *p = (uint8_t *)row + (size_t)b * t->type_size;
+        exo_half d = exo_float_to_half(0.05f * rng_normal()), m = exo_float_to_half(0.2f * rng_normal());
+        switch (dtype) {
+        case EXO_DTYPE_Q4_0: ((exo_block_q4_0 *)p)->d = d; break;
+        case EXO_DTYPE_Q4_1: ((exo_block_q4_1 *)p)->d = d; ((exo_block_q4_1 *)p)->m = m; break;
+        case EXO_DTYPE_Q8_0: ((exo_block_q8_0 *)p)->d = d; break;
+        case EXO_DTYPE_Q4_K: ((exo_block_q4_K *)p)->d = d; ((exo_block_q4_K *)p)->dmin = m; break;
+        case EXO_DTYPE_Q5_K: ((exo_block_q5_K *)p)->d = d; ((exo_block_q5_K *)p)->dmin = m; break;
+        case EXO_DTYPE_Q6_K: ((exo_block_q6_K *)p)->d = d; break;
+        default: break;
+        }
+    }
+    if (dtype == EXO_DTYPE_F16 || dtype == EXO_DTYPE_BF16 || dtype == EXO_DTYPE_F32) {
+        float *x = malloc((size_t)n * sizeof(float));
+        random_row(x, n);
+        t->from_float_ref(x, row, n);
+        free(x);
+    }
+}
+
+/* Dequantized activation row and the scale d of each element's block. */
+static void act_to_float(int act_type, const void *act, const float *x, int n, float *out, float *d)
+{
+    if (act_type == EXO_ACT_F32) {
+        memcpy(out, x, (size_t)n * sizeof(float));
+        for (int i = 0; i < n; i++) d[i] = 0.0f;
+    } else if (act_type == EXO_ACT_Q8_32) {
+        const exo_block_q8_32 *a = act;
+        for (int i = 0; i < n; i++) {
+            out[i] = a[i / 32].d * a[i / 32].qs[i % 32];
+            d[i] = a[i / 32].d;
+        }
+    } else {
+        const exo_block_q8_K *a = act;
+        for (int i = 0; i < n; i++) {
+            out[i] = a[i / 256].d * a[i / 256].qs[i % 256];
+            d[i] = a[i / 256].d;
+        }
+    }
+}
+
+/* ---- activation quantization --------------------------------------------------------------- */
+
+static void test_act(int act_type, int n)
+{
+    size_t size = exo_act_row_size(act_type, n);
+    float *x = malloc((size_t)n * sizeof(float)), *deq = malloc((size_t)n * sizeof(float));
+    float *d = malloc((size_t)n * sizeof(float));
+    void *ref = malloc(size), *fast = malloc(size);
+    random_row(x, n);
+    if (n >= 64) for (int i = 32; i < 64; i++) x[i] = 0.0f; /* a zero block */
+    exo_quantize_act_ref(act_type, x, ref, n);
+    exo_quantize_act(act_type, x, fast, n);
+    if (exo_quants_have_avx2()) CHECK_MSG(memcmp(ref, fast, size) == 0, "act %d n %d: fast != ref", act_type, n);
+
+    act_to_float(act_type, ref, x, n, deq, d);
+    int bad = 0;
+    for (int i = 0; i < n; i++) bad += !(fabsf(deq[i] - x[i]) <= 0.5f * d[i] * (1.0f + 1e-5f) + 1e-30f);
+    CHECK_MSG(bad == 0, "act %d n %d: %d values off by more than d/2", act_type, n, bad);
+
+    if (act_type == EXO_ACT_Q8_32) {
+        const exo_block_q8_32 *a = ref;
+        for (int b = 0; b < n / 32; b++) {
+            int sum = 0;
+            float amax = 0.0f;
+            for (int j = 0; j < 32; j++) {
+                sum += a[b].qs[j];
+                amax = fmaxf(amax, fabsf(x[32 * b + j]));
+                CHECK(a[b].qs[j] >= -127);
+            }
+            CHECK(a[b].s == a[b].d * (float)sum);
+            CHECK(a[b].d == amax / 127.0f);
+        }
+    } else if (act_type == EXO_ACT_Q8_K) {
+        const exo_block_q8_K *a = ref;
+        for (int b = 0; b < n / 256; b++) {
+            for (int g = 0; g < 16; g++) {
+                int sum = 0;
+                for (int j = 0; j < 16; j++) {
+                    sum += a[b].qs[16 * g + j];
+                    CHECK(a[b].qs[16 * g + j] >= -127);
+                }
+                CHECK_MSG(a[b].bsums[g] == sum, "bsums[%d] = %d, want %d", g, a[b].bsums[g], sum);
+            }
+        }
+    } else {
+        CHECK(memcmp(ref, x, size) == 0);
+    }
+    free(x); free(deq); free(d); free(ref); free(fast);
+}
+
+/* ---- one format, one row ---------------------------------------------------------------------- */
+
+typedef struct {
+    double max_fast_dot;   /* |fast - ref| / magnitude */
+    double max_formula;    /* |ref - dot(dequantized w, dequantized act)| / magnitude */
+    double max_act_err;    /* |ref - dot(w, x)| / its bound */
+    double max_to_float;   /* |fast - ref| / (|ref| + |off|) */
+    double sq_err, sq_sig; /* for the quantizer's relative RMSE */
+    int rows;
+} stats;
+
+/* Checks the dot and dequantization kernels of one weight row w against an
+ * activation row made from x2. */
+static void check_row_kernels(int dtype, const void *w, const float *x2, int n, stats *st)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    float *wf = malloc((size_t)n * sizeof(float)), *wf_fast = malloc((size_t)n * sizeof(float));
+    float *step = malloc((size_t)n * sizeof(float)), *off = malloc((size_t)n * sizeof(float));
+    float *ad = malloc((size_t)n * sizeof(float)), *astep = malloc((size_t)n * sizeof(float));
+    void *act = malloc(exo_act_row_size(t->act_type, n));
+
+    t->to_float_ref(w, wf, n);
+    steps_and_offsets(dtype, w, n, step, off);
+    if (exo_quants_have_avx2()) {
+        t->to_float(w, wf_fast, n);
+        for (int i = 0; i < n; i++) {
+            double e = fabs((double)wf_fast[i] - wf[i]), mag = fabs(wf[i]) + fabs(off[i]);
+            double rel = e == 0.0 ? 0.0 : e / (mag > 0 ? mag : 1e-30);
+            if (rel > st->max_to_float) st->max_to_float = rel;
+        }
+    }
+
+    exo_quantize_act_ref(t->act_type, x2, act, n);
+    act_to_float(t->act_type, act, x2, n, ad, astep);
+    double exact = 0, mag = 0, fdot = 0, act_bound = 0;
+    for (int i = 0; i < n; i++) {
+        exact += (double)wf[i] * ad[i];
+        mag += (fabs(wf[i]) + fabs(off[i])) * fabs(ad[i]);
+        fdot += (double)wf[i] * x2[i];
+        act_bound += fabs(wf[i]) * 0.5 * astep[i];
+    }
+    mag += 1e-30;
+    double ref = t->vec_dot_ref(n, w, act);
+    double formula = fabs(ref - exact) / mag;
+    if (formula > st->max_formula) st->max_formula = formula;
+    double aerr = fabs(ref - fdot) / (act_bound * 1.001 + 1e-4 * mag);
+    if (aerr > st->max_act_err) st->max_act_err = aerr;
+    if (exo_quants_have_avx2()) {
+        double fast = t->vec_dot(n, w, act);
+        double rel = fabs(fast - ref) / mag;
+        if (rel > st->max_fast_dot) st->max_fast_dot = rel;
+    }
+    st->rows++;
+    free(wf); free(wf_fast); free(step); free(off); free(ad); free(astep); free(act);
+}
+
+/* The reference quantizer's output against the format's error bound. */
+static void check_roundtrip(int dtype, const float *x, const void *w, int n, stats *st)
+{
+    float *wf = malloc((size_t)n * sizeof(float));
+    float *step = malloc((size_t)n * sizeof(float)), *off = malloc((size_t)n * sizeof(float));
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    t->to_float_ref(w, wf, n);
+    steps_and_offsets(dtype, w, n, step, off);
+    int bad = 0, first = -1;
+    for (int i = 0; i < n; i++) {
+        double err = fabs((double)wf[i] - x[i]), bound;
+        float absmax = 0.0f; /* of the element's 32-block, for float rounding slack */
+        for (int j = i - i % 32; j < i - i % 32 + 32 && j < n; j++) absmax = fmaxf(absmax, fabsf(x[j]));
+        double slack = 1e-6 * absmax + 1e-30;
+        switch (dtype) {
+        case EXO_DTYPE_F32: bound = 0.0; break;
+        case EXO_DTYPE_F16: bound = fabs(x[i]) * 0x1p-11 + 0x1p-25; break;
+        case EXO_DTYPE_BF16: bound = fabs(x[i]) * 0x1p-8 + 1e-38; break;
+        case EXO_DTYPE_Q4_0: bound = step[i] * (1 + 1e-4) + slack; break;
+        case EXO_DTYPE_Q4_K: {
+            const exo_block_q4_K *b = (const exo_block_q4_K *)w + i / 256;
+            bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
+            break;
+        }
+        case EXO_DTYPE_Q5_K: {
+            const exo_block_q5_K *b = (const exo_block_q5_K *)w + i / 256;
+            bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
+            break;
+        }
+        default: bound = 0.5 * step[i] * (1 + 1e-4) + slack; break; /* Q8_0, Q4_1, Q6_K */
+        }
+        if (!(err <= bound)) {
+            if (first < 0) first = i;
+            bad++;
+        }
+        st->sq_err += err * err;
+        st->sq_sig += (double)x[i] * x[i];
+    }
+    CHECK_MSG(bad == 0, "%s n=%d: %d values over the error bound (first at %d: x=%g got %g step %g)",
+              t->name, n, bad, first, first >= 0 ? x[first] : 0.0, first >= 0 ? wf[first] : 0.0,
+              first >= 0 ? step[first] : 0.0);
+    free(wf); free(step); free(off);
+}
+
+static void test_format(int dtype, double max_rmse)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    static const int lens_32[] = { 32, 64, 96, 224, 576, 1536, 4096 };
+    static const int lens_k[] = { 256, 512, 768, 1536, 4096 };
+    static const int lens_f[] = { 1, 7, 8, 33, 100, 576, 1536, 4096 };
+    const int *lens;
+    int nlens;
+    if (t->block_size == 32) { lens = lens_32; nlens = 7; }
+    else if (t->block_size == 256) { lens = lens_k; nlens = 5; }
+    else { lens = lens_f; nlens = 8; }
+
+    stats st;
+    memset(&st, 0, sizeof st);
+    for (int li = 0; li < nlens; li++) {
+        int n = lens[li];
+        float *x = malloc((size_t)n * sizeof(float)), *x2 = malloc((size_t)n * sizeof(float));
+        void *w = malloc(exo_dtype_row_size(dtype, n));
+        for (int seed = 1; seed <= 4; seed++) {
+            rng_seed((uint64_t)(dtype * 1000 + n * 10 + seed));
+            random_row(x, n);
+            random_row(x2, n);
+            t->from_float_ref(x, w, n);
+            check_roundtrip(dtype, x, w, n, &st);
+            check_row_kernels(dtype, w, x2, n, &st);
+            random_blocks(dtype, w, n); /* arbitrary bit patterns */
+            check_row_kernels(dtype, w, x2, n, &st);
+        }
+        free(x); free(x2); free(w);
+    }
+    double rmse = sqrt(st.sq_err / st.sq_sig);
+    printf("  %-5s rows %3d  quantizer rel-RMSE %.5f  ref-formula %.1e  act-err/bound %.2f",
+           t->name, st.rows, rmse, st.max_formula, st.max_act_err);
+    if (exo_quants_have_avx2()) printf("  fast-dot %.1e  fast-to_float %.1e", st.max_fast_dot, st.max_to_float);
+    printf("\n");
+
+    CHECK_MSG(rmse <= max_rmse, "%s: quantizer relative RMSE %g > %g", t->name, rmse, max_rmse);
+    CHECK_MSG(st.max_formula <= 2e-5, "%s: vec_dot_ref differs from the dequantized dot by %g", t->name, st.max_formula);
+    CHECK_MSG(st.max_act_err <= 1.0, "%s: vec_dot_ref outside the activation error bound (%g)", t->name, st.max_act_err);
+    if (exo_quants_have_avx2()) {
+        CHECK_MSG(st.max_fast_dot <= 2e-5, "%s: fast vec_dot differs from ref by %g", t->name, st.max_fast_dot);
+        /* exact everywhere except Q4_1, whose fast path fuses q*d + m */
+        double tol = dtype == EXO_DTYPE_Q4_1 ? 1e-6 : 0.0;
+        CHECK_MSG(st.max_to_float <= tol, "%s: fast to_float differs from ref by %g", t->name, st.max_to_float);
+    }
+}
+
+int main(void)
+{
+    test_traits_before_init();
+    exo_quants_init();
+    printf("test_quants: %s\n", exo_quants_have_avx2() ? "testing the AVX2 kernels against _ref"
+                                                       : "scalar path (AVX2 comparisons skipped)");
+    test_layout();
+    test_traits();
+    test_half();
+    test_bf16();
+    test_known_blocks();
+
+    static const int act_lens[] = { 256, 512, 1536, 4096 };
+    for (int i = 0; i < 4; i++) {
+        test_act(EXO_ACT_F32, act_lens[i]);
+        test_act(EXO_ACT_Q8_32, act_lens[i]);
+        test_act(EXO_ACT_Q8_K, act_lens[i]);
+    }
+    test_act(EXO_ACT_Q8_32, 32);
+    test_act(EXO_ACT_Q8_32, 96);
+
+    /* thresholds sit above what these quantizers reach on random_row data */
+    test_format(EXO_DTYPE_F32, 0.0);
+    test_format(EXO_DTYPE_F16, 3e-4);
+    test_format(EXO_DTYPE_BF16, 3e-3);
+    test_format(EXO_DTYPE_Q8_0, 0.01);
+    test_format(EXO_DTYPE_Q4_0, 0.16);
+    test_format(EXO_DTYPE_Q4_1, 0.10);
+    test_format(EXO_DTYPE_Q4_K, 0.12);
+    test_format(EXO_DTYPE_Q5_K, 0.06);
+    test_format(EXO_DTYPE_Q6_K, 0.03);
+
+    if (!exo_quants_have_avx2()) printf("  fast-vs-ref comparisons: skipped (no AVX2/FMA/F16C, or EXO_FORCE_SCALAR)\n");
+    if (!check_failures) printf("test_quants: ok\n");
+    CHECK_DONE();
+}
