@@ -84,7 +84,7 @@ static void random_row(float *x, int n)
 
 /* ---- fp16 / bf16 ----------------------------------------------------------------- */
 
-static uint32_t bits_of(float f)
+static inline uint32_t bits_of(float f)
 {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
