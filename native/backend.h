@@ -43,6 +43,13 @@ typedef struct exo_attention_args {
     float scale;           /* usually 1/sqrt(head_dim) */
 } exo_attention_args;
 
+/* One product of a matmul_multi call: y[t * ldy + r] = w[r] . x[t]. */
+typedef struct exo_matmul_out {
+    const exo_tensor *w;
+    float *y;
+    int ldy;
+} exo_matmul_out;
+
 typedef struct exo_backend {
     const char *name;
     /* Makes room for calls with up to max_tokens rows and rows of up to max_dim
@@ -50,6 +57,9 @@ typedef struct exo_backend {
     int (*reserve)(int max_tokens, int max_dim, int max_ctx);
     /* y[t * ldy + r] = sum_k w[r][k] * x[t * k_dim + k] for r < w->ne[1], t < n_tokens. */
     int (*matmul)(const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy);
+    /* Up to four products sharing the input x (all w with the same row width):
+     * Q, K and V, or gate and up, in one pass. */
+    int (*matmul_multi)(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens);
     /* y[t] = x[t] / rms(x[t]) * weight (weight may be NULL) */
     void (*rmsnorm)(const float *x, const float *weight, float *y, int n_tokens, int dim, float eps);
     /* In place on x [n_tokens][n_heads * head_dim]; rotates the first rope_dim

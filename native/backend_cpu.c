@@ -88,30 +88,52 @@ static int cpu_reserve(int max_tokens, int max_dim, int max_ctx)
 
 /* ---- matrix products ---------------------------------------------------- */
 
+/* Several products that share one input (Q, K and V; gate and up) run as one
+ * parallel loop over the concatenated rows: the input is quantized once and
+ * the pool synchronises once instead of per matrix. */
+#define MATMUL_MAX_OUTS 4
+
 typedef struct matmul_job {
-    const exo_tensor *w;
-    const exo_type_traits *tr;
+    const exo_matmul_out *outs;
+    int n_outs;
+    int64_t first[MATMUL_MAX_OUTS + 1]; /* first global row (or tile) of each output */
+    int tile_rows[MATMUL_MAX_OUTS];     /* GEMM path: weight rows per tile */
+    const exo_type_traits *tr[MATMUL_MAX_OUTS];
     const float *x;
-    const char *act;     /* quantized activations (integer path) */
+    int k;
+    const char *act;                    /* quantized activations (integer path) */
     size_t act_stride;
+    int act_type;
     int n_tokens;
-    float *y;
-    int ldy;
-    int tile_rows;       /* GEMM path: weight rows per tile */
 } matmul_job;
+
+/* Which output a global row or tile index belongs to. */
+static int matmul_out_of(const matmul_job *j, int64_t index)
+{
+    int i = 0;
+    while (i + 1 < j->n_outs && index >= j->first[i + 1]) i++;
+    return i;
+}
 
 static void matmul_dot_rows(void *ctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
     const matmul_job *j = ctx;
-    const int k = (int)j->w->ne[0];
-    const exo_vec_dot_fn dot = j->tr->vec_dot;
-    for (int t0 = 0; t0 < j->n_tokens; t0 += DOT_TOKEN_BLOCK) {
-        int t1 = t0 + DOT_TOKEN_BLOCK < j->n_tokens ? t0 + DOT_TOKEN_BLOCK : j->n_tokens;
-        for (int64_t r = begin; r < end; r++) {
-            const void *row = exo_tensor_row(j->w, r);
-            for (int t = t0; t < t1; t++) j->y[(size_t)t * j->ldy + r] = dot(k, row, j->act + (size_t)t * j->act_stride);
+    while (begin < end) {
+        int o = matmul_out_of(j, begin);
+        const exo_matmul_out *out = &j->outs[o];
+        int64_t stop = end < j->first[o + 1] ? end : j->first[o + 1];
+        int64_t r0 = begin - j->first[o], r1 = stop - j->first[o];
+        const exo_vec_dot_fn dot = j->tr[o]->vec_dot;
+        for (int t0 = 0; t0 < j->n_tokens; t0 += DOT_TOKEN_BLOCK) {
+            int t1 = t0 + DOT_TOKEN_BLOCK < j->n_tokens ? t0 + DOT_TOKEN_BLOCK : j->n_tokens;
+            for (int64_t r = r0; r < r1; r++) {
+                const void *row = exo_tensor_row(out->w, r);
+                for (int t = t0; t < t1; t++)
+                    out->y[(size_t)t * out->ldy + r] = dot(j->k, row, j->act + (size_t)t * j->act_stride);
+            }
         }
+        begin = stop;
     }
 }
 
@@ -119,62 +141,97 @@ static void matmul_quantize_rows(void *ctx, int64_t begin, int64_t end, int thre
 {
     (void)thread;
     matmul_job *j = ctx;
-    const int k = (int)j->w->ne[0];
     for (int64_t t = begin; t < end; t++)
-        exo_quantize_act(j->tr->act_type, j->x + (size_t)t * k, (char *)j->act + (size_t)t * j->act_stride, k);
+        exo_quantize_act(j->act_type, j->x + (size_t)t * j->k, (char *)j->act + (size_t)t * j->act_stride, j->k);
 }
 
 static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const matmul_job *j = ctx;
-    const int k = (int)j->w->ne[0];
-    const int64_t n_rows = j->w->ne[1];
+    const int k = j->k;
     float *tile = scratch.tiles + (size_t)thread * GEMM_TILE_ROWS * scratch.max_dim;
-    for (int64_t tile_index = begin; tile_index < end; tile_index++) {
-        int64_t r0 = tile_index * j->tile_rows;
-        int rows = (int)(r0 + j->tile_rows <= n_rows ? j->tile_rows : n_rows - r0);
+    for (int64_t index = begin; index < end; index++) {
+        int o = matmul_out_of(j, index);
+        const exo_matmul_out *out = &j->outs[o];
+        const int64_t n_rows = out->w->ne[1];
+        int64_t r0 = (index - j->first[o]) * j->tile_rows[o];
+        int rows = (int)(r0 + j->tile_rows[o] <= n_rows ? j->tile_rows[o] : n_rows - r0);
         const float *w;
-        if (j->w->dtype == EXO_DTYPE_F32) {
-            w = exo_tensor_row(j->w, r0);
+        if (out->w->dtype == EXO_DTYPE_F32) {
+            w = exo_tensor_row(out->w, r0);
         } else {
-            for (int r = 0; r < rows; r++) j->tr->to_float(exo_tensor_row(j->w, r0 + r), tile + (size_t)r * k, k);
+            for (int r = 0; r < rows; r++) j->tr[o]->to_float(exo_tensor_row(out->w, r0 + r), tile + (size_t)r * k, k);
             w = tile;
         }
         /* y[t][r0 + r] = sum_k x[t][k] * w[r][k] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n_tokens, rows, k, 1.0f, j->x, k, w, k, 0.0f,
-                    j->y + r0, j->ldy);
+                    out->y + r0, out->ldy);
     }
+}
+
+static int cpu_matmul_multi(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens)
+{
+    if (n_outs < 1 || n_outs > MATMUL_MAX_OUTS)
+        return exo_error_set(EXO_EINVAL, "matmul of %d outputs (1 to %d)", n_outs, MATMUL_MAX_OUTS);
+    matmul_job job = {.outs = outs, .n_outs = n_outs, .x = x, .k = (int)outs[0].w->ne[0], .n_tokens = n_tokens};
+    for (int o = 0; o < n_outs; o++) {
+        job.tr[o] = exo_type_traits_get(outs[o].w->dtype);
+        if (!job.tr[o]) return exo_error_set(EXO_ENOTSUP, "matmul: unsupported weight dtype %d", outs[o].w->dtype);
+        if (outs[o].w->ne[0] != job.k) return exo_error_set(EXO_EINVAL, "matmul outputs differ in input width");
+    }
+    /* Outputs whose weights want different activation formats run one by one. */
+    for (int o = 1; o < n_outs; o++) {
+        if (job.tr[o]->act_type != job.tr[0]->act_type || outs[o].w->dtype == EXO_DTYPE_F32) {
+            for (int i = 0; i < n_outs; i++) {
+                int rc = cpu_matmul_multi(&outs[i], 1, x, n_tokens);
+                if (rc) return rc;
+            }
+            return EXO_OK;
+        }
+    }
+    if (n_tokens > scratch.max_tokens || job.k > scratch.max_dim)
+        return exo_error_set(EXO_ERANGE, "matmul of %d tokens x %d over the reserved %d x %d", n_tokens, job.k,
+                             scratch.max_tokens, scratch.max_dim);
+    exo_pool *pool = exo_pool_global();
+    int n_threads = exo_pool_threads(pool);
+
+    if (n_tokens >= gemm_min_tokens) {
+        int64_t total_rows = 0;
+        for (int o = 0; o < n_outs; o++) total_rows += outs[o].w->ne[1];
+        /* At least 4 tiles per thread over all outputs, so no thread idles at the end. */
+        int64_t per_tile = total_rows / (4 * n_threads);
+        int tile_rows = (int)(per_tile >= GEMM_TILE_ROWS ? GEMM_TILE_ROWS : per_tile < 8 ? 8 : per_tile);
+        for (int o = 0; o < n_outs; o++) {
+            job.tile_rows[o] = tile_rows;
+            job.first[o + 1] = job.first[o] + (outs[o].w->ne[1] + tile_rows - 1) / tile_rows;
+        }
+        exo_pool_for(pool, job.first[n_outs], 1, matmul_gemm_tiles, &job);
+        return EXO_OK;
+    }
+
+    job.act_type = job.tr[0]->act_type;
+    if (job.act_type == EXO_ACT_F32) {
+        job.act = (const char *)x;
+        job.act_stride = sizeof(float) * (size_t)job.k;
+    } else {
+        job.act = scratch.act;
+        job.act_stride = exo_act_row_size(job.act_type, job.k);
+        /* A few rows quantize faster on this thread than a pool round trip. */
+        if (n_tokens <= 4)
+            matmul_quantize_rows(&job, 0, n_tokens, 0);
+        else
+            exo_pool_for(pool, n_tokens, 1, matmul_quantize_rows, &job);
+    }
+    for (int o = 0; o < n_outs; o++) job.first[o + 1] = job.first[o] + outs[o].w->ne[1];
+    /* 16 rows per chunk at least: a chunk is then a few KiB of weights. */
+    exo_pool_for(pool, job.first[n_outs], 16, matmul_dot_rows, &job);
+    return EXO_OK;
 }
 
 static int cpu_matmul(const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy)
 {
-    const int k = (int)w->ne[0];
-    const exo_type_traits *tr = exo_type_traits_get(w->dtype);
-    if (!tr) return exo_error_set(EXO_ENOTSUP, "matmul: unsupported weight dtype %d", w->dtype);
-    if (n_tokens > scratch.max_tokens || k > scratch.max_dim)
-        return exo_error_set(EXO_ERANGE, "matmul of %d tokens x %d over the reserved %d x %d", n_tokens, k,
-                             scratch.max_tokens, scratch.max_dim);
-    exo_pool *pool = exo_pool_global();
-    matmul_job job = {.w = w, .tr = tr, .x = x, .n_tokens = n_tokens, .y = y, .ldy = ldy};
-    if (n_tokens >= gemm_min_tokens) {
-        /* At least 4 tiles per thread, so no thread idles at the end. */
-        int64_t rows = w->ne[1], per_tile = rows / (4 * exo_pool_threads(pool));
-        job.tile_rows = (int)(per_tile >= GEMM_TILE_ROWS ? GEMM_TILE_ROWS : per_tile < 8 ? 8 : per_tile);
-        int64_t tiles = (rows + job.tile_rows - 1) / job.tile_rows;
-        exo_pool_for(pool, tiles, 1, matmul_gemm_tiles, &job);
-        return EXO_OK;
-    }
-    if (tr->act_type == EXO_ACT_F32) {
-        job.act = (const char *)x;
-        job.act_stride = sizeof(float) * (size_t)k;
-    } else {
-        job.act = scratch.act;
-        job.act_stride = exo_act_row_size(tr->act_type, k);
-        exo_pool_for(pool, n_tokens, 1, matmul_quantize_rows, &job);
-    }
-    /* 16 rows per chunk at least: a chunk is then a few KiB of weights. */
-    exo_pool_for(pool, w->ne[1], 16, matmul_dot_rows, &job);
-    return EXO_OK;
+    exo_matmul_out out = {.w = w, .y = y, .ldy = ldy};
+    return cpu_matmul_multi(&out, 1, x, n_tokens);
 }
 
 /* ---- element-wise and normalisation ------------------------------------- */
@@ -353,6 +410,7 @@ static const exo_backend cpu_backend = {
     .name = "cpu",
     .reserve = cpu_reserve,
     .matmul = cpu_matmul,
+    .matmul_multi = cpu_matmul_multi,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .attention = cpu_attention,

@@ -116,9 +116,13 @@ int exo_llama_forward(exo_shard *s, exo_seq *seq, const int32_t *tokens, const f
         float *v_cache = seq->v_cache + (size_t)i * seq->n_ctx * kv_dim;
 
         be->rmsnorm(rs->x, l->attn_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
-        if ((rc = be->matmul(&l->wq, rs->xn, n_tokens, rs->q, q_dim))) return rc;
-        if ((rc = be->matmul(&l->wk, rs->xn, n_tokens, k_cache + (size_t)pos0 * kv_dim, kv_dim))) return rc;
-        if ((rc = be->matmul(&l->wv, rs->xn, n_tokens, v_cache + (size_t)pos0 * kv_dim, kv_dim))) return rc;
+        /* Q into the run state; K and V straight into this layer's cache rows. */
+        exo_matmul_out qkv[3] = {
+            {&l->wq, rs->q, q_dim},
+            {&l->wk, k_cache + (size_t)pos0 * kv_dim, kv_dim},
+            {&l->wv, v_cache + (size_t)pos0 * kv_dim, kv_dim},
+        };
+        if ((rc = be->matmul_multi(qkv, 3, rs->xn, n_tokens))) return rc;
         be->rope(rs->q, n_tokens, hp->n_head, head_dim, &rope);
         be->rope(k_cache + (size_t)pos0 * kv_dim, n_tokens, hp->n_head_kv, head_dim, &rope);
 
@@ -133,8 +137,8 @@ int exo_llama_forward(exo_shard *s, exo_seq *seq, const int32_t *tokens, const f
         be->add(rs->x, rs->xn, (int64_t)n_tokens * n_embd);
 
         be->rmsnorm(rs->x, l->ffn_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
-        if ((rc = be->matmul(&l->w_gate, rs->xn, n_tokens, rs->gate, hp->n_ff))) return rc;
-        if ((rc = be->matmul(&l->w_up, rs->xn, n_tokens, rs->up, hp->n_ff))) return rc;
+        exo_matmul_out gate_up[2] = {{&l->w_gate, rs->gate, hp->n_ff}, {&l->w_up, rs->up, hp->n_ff}};
+        if ((rc = be->matmul_multi(gate_up, 2, rs->xn, n_tokens))) return rc;
         be->swiglu(rs->gate, rs->up, rs->gate, (int64_t)n_tokens * hp->n_ff);
         if ((rc = be->matmul(&l->w_down, rs->gate, n_tokens, rs->xn, n_embd))) return rc;
         be->add(rs->x, rs->xn, (int64_t)n_tokens * n_embd);
