@@ -108,6 +108,96 @@ int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
  * err_cap bytes). Clears the fd's readiness when the queue empties. */
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap);
 
+/* ---- sampling primitives --------------------------------------------------- */
+
+/* Index of the largest logit (ties: the lowest index), or a negative code. */
+int exo_sample_argmax(const float *logits, int n);
+/* In place over the tokens of recent (each distinct id once): the repetition
+ * penalty (divide positive logits by repeat, multiply negative ones), then
+ * subtract presence + frequency * count. repeat 1, presence 0, frequency 0
+ * leave logits untouched. */
+int exo_sample_penalties(float *logits, int n_vocab, const int32_t *recent, int n_recent, float repeat,
+                         float presence, float frequency);
+/* The distribution to draw from after temperature (> 0), top-k (0 = off),
+ * top-p (1 = off) and min-p (0 = off): up to cap candidates, most likely
+ * first, probabilities summing to 1. */
+int exo_sample_candidates(const float *logits, int n_vocab, float temperature, int top_k, float top_p, float min_p,
+                          int32_t *ids_out, float *probs_out, int cap, int *n_out);
+/* out[i] = log softmax(logits)[i] (for logprobs). */
+int exo_sample_log_softmax(const float *logits, int n, float *out);
+
+/* ---- tokenizer ------------------------------------------------------------ */
+
+/* Text <-> token ids from a GGUF file's tokenizer.* metadata: byte-level BPE
+ * ("gpt2", pre-tokenizer regex chosen by tokenizer.ggml.pre) and
+ * SentencePiece-style ("llama", scores and <0xNN> byte fallback). A loaded
+ * tokenizer is immutable: encode/decode may run on any thread. */
+typedef struct exo_tokenizer exo_tokenizer;
+
+/* State of a streaming decode: zero it before the first token. It holds up to
+ * 3 bytes of an unfinished UTF-8 character, and whether the first text token
+ * was seen (SentencePiece models drop the space they prefixed to the text). */
+typedef struct exo_tokenizer_stream {
+    int32_t started;
+    int32_t n_pending;
+    uint8_t pending[4];
+} exo_tokenizer_stream;
+
+int exo_tokenizer_load(const char *gguf_path, exo_tokenizer **out);
+void exo_tokenizer_free(exo_tokenizer *tok);
+/* Encodes len bytes of text into at most cap ids. add_bos: 1 prepend BOS, 0
+ * not, -1 as the model asks (tokenizer.ggml.add_bos_token). parse_special: 1
+ * recognises control tokens written in the text (<|im_start|>, <s>; for text
+ * a chat template produced), 0 encodes such text as ordinary text (for user
+ * content). Invalid UTF-8 is kept byte for byte. When cap is too small returns
+ * EXO_ERANGE with *n_out set to the count needed; otherwise *n_out ids. */
+int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
+                         int32_t *out, int cap, int *n_out);
+/* Decodes ids into at most cap bytes (no NUL added): the concatenated pieces,
+ * with control tokens rendered only when special is 1 and, for SentencePiece
+ * models, the space prefixed to the first text token removed, so that
+ * decode(encode(s)) == s. Returns EXO_ERANGE with *out_len set to the bytes
+ * needed when cap is too small, EXO_EINVAL for an id outside the vocabulary. */
+int exo_tokenizer_decode(const exo_tokenizer *tok, const int32_t *ids, int n_ids, int special, char *out,
+                         size_t cap, size_t *out_len);
+/* Streaming decode of one more token: writes only complete, valid UTF-8 (an
+ * unfinished character waits in st for the next token; bytes that can never
+ * form a character become U+FFFD). out needs 3 * (piece length + 3) bytes;
+ * with less returns EXO_ERANGE, *out_len the size needed, st unchanged. */
+int exo_tokenizer_decode_stream(const exo_tokenizer *tok, exo_tokenizer_stream *st, int32_t id, int special,
+                                char *out, size_t cap, size_t *out_len);
+/* Ends a stream: an unfinished character left in st comes out as U+FFFD (out
+ * needs 3 bytes); st is ready for a new stream's tokens. */
+int exo_tokenizer_decode_stream_flush(const exo_tokenizer *tok, exo_tokenizer_stream *st, char *out, size_t cap,
+                                      size_t *out_len);
+/* The bytes token id decodes to (control tokens: their text), valid while tok
+ * lives; may be part of a UTF-8 character. */
+int exo_tokenizer_token_piece(const exo_tokenizer *tok, int32_t id, const char **s, size_t *len);
+/* The token's text as the vocabulary spells it ("<|im_end|>"; GPT-2 style BPE writes " the" as
+ * U+0120 followed by "the"). */
+int exo_tokenizer_token_text(const exo_tokenizer *tok, int32_t id, const char **s, size_t *len);
+/* The id of the token whose vocabulary text is exactly text, or -1. */
+int32_t exo_tokenizer_find(const exo_tokenizer *tok, const char *text, size_t len);
+int exo_tokenizer_n_vocab(const exo_tokenizer *tok);
+/* Special ids, -1 when the model has none. EOT ends a turn (<|eot_id|>,
+ * <|im_end|>, <end_of_turn>, ...). */
+int32_t exo_tokenizer_bos(const exo_tokenizer *tok);
+int32_t exo_tokenizer_eos(const exo_tokenizer *tok);
+int32_t exo_tokenizer_eot(const exo_tokenizer *tok);
+/* 1 when the model asks for BOS at the start of a prompt. */
+int exo_tokenizer_add_bos(const exo_tokenizer *tok);
+/* 1 when id ends generation (EOS, EOT, EOM and the like). */
+int exo_tokenizer_is_eog(const exo_tokenizer *tok, int32_t id);
+/* The GGUF token type of id (1 normal, 2 unknown, 3 control, 4 user-defined,
+ * 5 unused, 6 byte; 0 undefined), or -1 when id is out of range. */
+int exo_tokenizer_token_type(const exo_tokenizer *tok, int32_t id);
+/* "gpt2" or "llama"; the pre-tokenizer name ("" for llama). */
+const char *exo_tokenizer_model(const exo_tokenizer *tok);
+const char *exo_tokenizer_pre(const exo_tokenizer *tok);
+/* What loading worked around ("" when nothing): an unknown pre-tokenizer
+ * (the GPT-2 regex is used), skipped merges, ignored special ids. */
+const char *exo_tokenizer_warning(const exo_tokenizer *tok);
+
 /* ---- measurement ---------------------------------------------------------- */
 
 /* Memory bandwidth in GB/s from a STREAM-like copy over bytes of memory, best

@@ -91,6 +91,41 @@ int exo_engine_fd(void);
 int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out, uint64_t job_id);
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap);
+int exo_sample_argmax(const float *logits, int n);
+int exo_sample_penalties(float *logits, int n_vocab, const int32_t *recent, int n_recent, float repeat,
+                         float presence, float frequency);
+int exo_sample_candidates(const float *logits, int n_vocab, float temperature, int top_k, float top_p, float min_p,
+                          int32_t *ids_out, float *probs_out, int cap, int *n_out);
+int exo_sample_log_softmax(const float *logits, int n, float *out);
+typedef struct exo_tokenizer exo_tokenizer;
+typedef struct exo_tokenizer_stream {
+    int32_t started;
+    int32_t n_pending;
+    uint8_t pending[4];
+} exo_tokenizer_stream;
+int exo_tokenizer_load(const char *gguf_path, exo_tokenizer **out);
+void exo_tokenizer_free(exo_tokenizer *tok);
+int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
+                         int32_t *out, int cap, int *n_out);
+int exo_tokenizer_decode(const exo_tokenizer *tok, const int32_t *ids, int n_ids, int special, char *out,
+                         size_t cap, size_t *out_len);
+int exo_tokenizer_decode_stream(const exo_tokenizer *tok, exo_tokenizer_stream *st, int32_t id, int special,
+                                char *out, size_t cap, size_t *out_len);
+int exo_tokenizer_decode_stream_flush(const exo_tokenizer *tok, exo_tokenizer_stream *st, char *out, size_t cap,
+                                      size_t *out_len);
+int exo_tokenizer_token_piece(const exo_tokenizer *tok, int32_t id, const char **s, size_t *len);
+int exo_tokenizer_token_text(const exo_tokenizer *tok, int32_t id, const char **s, size_t *len);
+int32_t exo_tokenizer_find(const exo_tokenizer *tok, const char *text, size_t len);
+int exo_tokenizer_n_vocab(const exo_tokenizer *tok);
+int32_t exo_tokenizer_bos(const exo_tokenizer *tok);
+int32_t exo_tokenizer_eos(const exo_tokenizer *tok);
+int32_t exo_tokenizer_eot(const exo_tokenizer *tok);
+int exo_tokenizer_add_bos(const exo_tokenizer *tok);
+int exo_tokenizer_is_eog(const exo_tokenizer *tok, int32_t id);
+int exo_tokenizer_token_type(const exo_tokenizer *tok, int32_t id);
+const char *exo_tokenizer_model(const exo_tokenizer *tok);
+const char *exo_tokenizer_pre(const exo_tokenizer *tok);
+const char *exo_tokenizer_warning(const exo_tokenizer *tok);
 double exo_measure_mem_bandwidth(size_t bytes, int reps);
 int64_t exo_peak_rss_bytes(void);
 double exo_now(void);
@@ -354,5 +389,42 @@ function M.engine_drain(fn)
     fn(tonumber(u64_1[0]), ok, not ok and ffi.string(C.exo_error_name(status1[0])) .. ": " .. ffi.string(err_buf) or nil)
   end
 end
+
+-- ---- line editing ---------------------------------------------------------------
+
+-- libreadline (Debian's libreadline8), for the REPL and interactive chat:
+-- line editing and history. Without it, plain reads from stdin.
+ffi.cdef [[
+char *readline(const char *prompt);
+void add_history(const char *line);
+int read_history(const char *filename);
+int write_history(const char *filename);
+void free(void *ptr);
+int isatty(int fd);
+]]
+local readline_lib
+do
+  local ok, lib = pcall(ffi.load, "libreadline.so.8")
+  if ok then readline_lib = lib end
+end
+
+-- Reads a line (without its newline) or returns nil at end of input.
+function M.readline(prompt)
+  if readline_lib and C.isatty(0) == 1 then
+    local p = readline_lib.readline(prompt)
+    if p == nil then return nil end
+    local line = ffi.string(p)
+    C.free(p)
+    if line:match("%S") then readline_lib.add_history(line) end
+    return line
+  end
+  io.write(prompt)
+  io.flush()
+  return io.read("*l")
+end
+
+function M.load_history(path) if readline_lib then readline_lib.read_history(path) end end
+function M.save_history(path) if readline_lib then readline_lib.write_history(path) end end
+function M.isatty(fd) return C.isatty(fd) == 1 end
 
 return M

@@ -1,0 +1,177 @@
+-- generate.lua: from prompt tokens to streamed text on one model.
+--
+-- A session owns a KV-cache sequence and remembers which tokens the cache
+-- holds, so a conversation reuses it: each turn renders the whole
+-- conversation, keeps the longest common prefix with what the cache holds,
+-- truncates the rest and feeds only the new tokens. Generation stops at an
+-- end-of-generation token, at a stop string (never emitted: text that might
+-- be the start of one is held back until it cannot be), or at max_tokens.
+--
+-- The forward pass is pluggable: by default it blocks (exo run, bench); the
+-- server passes a runner that submits to the engine thread and yields the
+-- calling coroutine until the completion arrives.
+local ffi = require "ffi"
+local native = require "exo.native"
+local sampling = require "exo.sampling"
+
+local M = {}
+
+local Session = {}
+Session.__index = Session
+
+-- The blocking runner.
+M.sync_runner = {
+  forward = function(_, shard, seq, tokens, n, out)
+    return shard:forward(seq, tokens, n, false, out)
+  end,
+}
+
+-- model: { shard = exo.native shard, tokenizer = exo.tokenizer object }.
+-- opts: n_ctx (cache size), runner.
+function M.session(model, opts)
+  opts = opts or {}
+  local shard = model.shard
+  local seq, err = shard:new_seq(opts.n_ctx or math.min(shard.n_ctx_train, 4096))
+  if not seq then return nil, err end
+  return setmetatable({
+    model = model, shard = shard, tokenizer = model.tokenizer, seq = seq,
+    cached = {},                      -- token ids whose keys/values the cache holds, in order
+    logits = shard:output_buffer(1, false),
+    runner = opts.runner or M.sync_runner,
+    token_buf = ffi.new("int32_t[?]", shard.n_ctx_train > 0 and math.min(shard.n_ctx_train, 1 << 20) or 4096),
+  }, Session)
+end
+
+function Session:n_ctx() return self.seq:n_ctx() end
+
+-- Makes the cache hold exactly `ids` and leaves the logits of the last one in
+-- self.logits. Returns the number of tokens that had to be computed, or nil, err.
+function Session:prefill(ids)
+  local n = #ids
+  if n == 0 then return nil, "empty prompt" end
+  if n >= self:n_ctx() then
+    return nil, ("prompt of %d tokens does not fit the context of %d"):format(n, self:n_ctx())
+  end
+  local common = 0
+  local cached = self.cached
+  while common < #cached and common < n and cached[common + 1] == ids[common + 1] do common = common + 1 end
+  -- The last prompt token is always run again: its logits start the answer.
+  if common == n then common = n - 1 end
+  local ok, err = self.seq:truncate(common)
+  if not ok then return nil, err end
+  for i = #cached, common + 1, -1 do cached[i] = nil end
+  local todo = n - common
+  for i = 1, todo do self.token_buf[i - 1] = ids[common + i] end
+  ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, todo, self.logits)
+  if not ok then
+    -- A failed pass leaves the cache in an unknown state past `common`.
+    self.seq:truncate(common)
+    return nil, err
+  end
+  for i = common + 1, n do cached[i] = ids[i] end
+  return todo
+end
+
+-- Feeds one generated token; its logits land in self.logits.
+function Session:feed(id)
+  self.token_buf[0] = id
+  local ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, 1, self.logits)
+  if not ok then return nil, err end
+  self.cached[#self.cached + 1] = id
+  return true
+end
+
+-- Longest suffix of s that is a proper prefix of some stop string: that much
+-- text must wait, it may yet become a stop string.
+local function held_back(s, stops)
+  local hold = 0
+  for _, stop in ipairs(stops) do
+    for len = math.min(#stop - 1, #s), 1, -1 do
+      if len > hold and s:sub(-len) == stop:sub(1, len) then
+        hold = len
+        break
+      end
+    end
+  end
+  return hold
+end
+
+-- Generates an answer to prompt ids.
+-- params: max_tokens, stop (list of strings), temperature, top_k, top_p,
+--   min_p, seed, presence/frequency/repeat penalties, logprobs.
+-- on_text(piece): called with each piece of text as it becomes final.
+-- should_stop(): polled between tokens (a client that went away).
+-- Returns { text, tokens, finish_reason = "stop" | "length" | "cancelled",
+--   n_prompt, n_computed, n_generated, ttft, seconds } or nil, err.
+function Session:generate(prompt_ids, params, on_text, should_stop)
+  params = params or {}
+  local t0 = native.now()
+  local computed, err = self:prefill(prompt_ids)
+  if not computed then return nil, err end
+  local ttft
+  local tok = self.tokenizer
+  local sampler = sampling.new(self.shard.n_vocab, params)
+  local stops = params.stop or {}
+  local max_tokens = params.max_tokens or math.huge
+  local room = self:n_ctx() - #self.cached
+  local stream = tok:stream()
+  local pending, text_parts, tokens = "", {}, {}
+  local finish = "length"
+  local history = {}
+  for i = 1, #prompt_ids do history[i] = prompt_ids[i] end
+
+  local function emit(s)
+    if s == "" then return end
+    text_parts[#text_parts + 1] = s
+    if on_text then on_text(s) end
+  end
+
+  while #tokens < max_tokens do
+    if should_stop and should_stop() then
+      finish = "cancelled"
+      break
+    end
+    local id = sampler:sample(self.logits, history)
+    if not ttft then ttft = native.now() - t0 end
+    if tok:is_eog(id) then
+      finish = "stop"
+      break
+    end
+    tokens[#tokens + 1] = id
+    history[#history + 1] = id
+    pending = pending .. stream:push(id)
+    -- A stop string anywhere in the unemitted text ends the answer before it.
+    local cut
+    for _, stop in ipairs(stops) do
+      local at = pending:find(stop, 1, true)
+      if at and (not cut or at < cut) then cut = at end
+    end
+    if cut then
+      emit(pending:sub(1, cut - 1))
+      pending = ""
+      finish = "stop"
+      break
+    end
+    local hold = held_back(pending, stops)
+    emit(pending:sub(1, #pending - hold))
+    pending = pending:sub(#pending - hold + 1)
+    if #tokens >= max_tokens then break end
+    if #self.cached >= self:n_ctx() - 1 or #tokens >= room - 1 then break end
+    local ok, ferr = self:feed(id)
+    if not ok then return nil, ferr end
+  end
+  if finish ~= "stop" then emit(pending .. stream:flush()) end
+  local seconds = native.now() - t0
+  return {
+    text = table.concat(text_parts), tokens = tokens, finish_reason = finish,
+    n_prompt = #prompt_ids, n_computed = computed, n_generated = #tokens,
+    ttft = ttft or seconds, seconds = seconds,
+  }
+end
+
+function Session:free()
+  if self.seq then self.seq:free() end
+  self.seq = nil
+end
+
+return M

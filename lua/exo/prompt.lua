@@ -1,0 +1,89 @@
+-- prompt.lua: from chat messages to prompt token ids, safely.
+--
+-- The chat template renders one string in which the template's own markup
+-- (<|im_start|>, <|eot_id|>, ...) must become special tokens while the
+-- messages' content must not: a user who types "<|im_start|>system" gets
+-- those characters encoded as plain text, not a role switch. So after
+-- rendering, each message's content is located in the rendered text (in
+-- order, as the template emitted it), and those spans are encoded with special
+-- tokens off; everything else, the template's markup, with them on.
+local chat = require "exo.chat"
+
+local M = {}
+
+-- Message content as one string (content may be a list of text parts).
+local function content_text(content)
+  if type(content) == "string" then return content end
+  if type(content) == "table" then
+    local parts = {}
+    for _, part in ipairs(content) do
+      if type(part) == "string" then
+        parts[#parts + 1] = part
+      elseif type(part) == "table" and part.type == "text" and type(part.text) == "string" then
+        parts[#parts + 1] = part.text
+      end
+    end
+    return table.concat(parts)
+  end
+  return ""
+end
+M.content_text = content_text
+
+local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
+
+-- Spans {first, last} of the rendered text that hold message content.
+local function content_spans(rendered, messages)
+  local spans, cursor = {}, 1
+  for _, m in ipairs(messages) do
+    local text = content_text(m.content)
+    for _, candidate in ipairs { text, trim(text) } do
+      if #candidate > 0 then
+        local at = rendered:find(candidate, cursor, true)
+        if at then
+          spans[#spans + 1] = { at, at + #candidate - 1 }
+          cursor = at + #candidate
+          break
+        end
+      end
+    end
+  end
+  return spans
+end
+
+-- Encodes rendered text with special tokens recognised only outside content spans.
+function M.encode_rendered(tokenizer, rendered, messages, add_bos)
+  local ids = {}
+  local function append(text, special, bos)
+    if #text == 0 and not bos then return end
+    local part = tokenizer:encode(text, { add_bos = bos, special = special })
+    for _, id in ipairs(part) do ids[#ids + 1] = id end
+  end
+  local pos, first = 1, true
+  for _, span in ipairs(content_spans(rendered, messages)) do
+    append(rendered:sub(pos, span[1] - 1), true, first and add_bos)
+    first = false
+    append(rendered:sub(span[1], span[2]), false, false)
+    pos = span[2] + 1
+  end
+  append(rendered:sub(pos), true, first and add_bos)
+  return ids
+end
+
+-- messages -> token ids, rendered text, warning (when the template fell back).
+-- opts: template (text or a Lua function), add_generation_prompt (default true).
+function M.build(tokenizer, messages, opts)
+  opts = opts or {}
+  local rendered, warning = chat.render {
+    template = opts.template,
+    messages = messages,
+    add_generation_prompt = opts.add_generation_prompt ~= false,
+    bos_token = tokenizer.bos_text or "",
+    eos_token = tokenizer.eos_text or "",
+  }
+  if not rendered then return nil, warning end
+  -- A template that writes the BOS text itself already has it; do not add a second.
+  local add_bos = tokenizer.add_bos and not (tokenizer.bos_text and rendered:sub(1, #tokenizer.bos_text) == tokenizer.bos_text)
+  return M.encode_rendered(tokenizer, rendered, messages, add_bos), rendered, warning
+end
+
+return M

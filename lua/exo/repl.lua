@@ -1,0 +1,109 @@
+-- repl.lua: `exo repl`, a LuaJIT prompt with the runtime loaded.
+--
+-- For experiments: load a model, tokenize, run a shard, look at logits. The
+-- environment has `exo` (every exo module, lazily required) and a few helpers
+-- (load, top). Input that is not yet a complete chunk continues on the next
+-- line; an expression's values are printed (tables and cdata readably).
+-- History is kept in $EXO_HOME/repl_history when libreadline is present.
+local ffi = require "ffi"
+local native = require "exo.native"
+local models = require "exo.models"
+
+local M = {}
+
+-- Readable one-line rendering of a value, tables to a bounded depth.
+function M.show(v, depth)
+  depth = depth or 0
+  local t = type(v)
+  if t == "string" then return ("%q"):format(v) end
+  if t == "table" then
+    if depth > 1 then return "{...}" end
+    local parts, n = {}, 0
+    for k, x in pairs(v) do
+      n = n + 1
+      if n > 20 then
+        parts[#parts + 1] = "..."
+        break
+      end
+      local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or "[" .. M.show(k, depth + 1) .. "]"
+      parts[#parts + 1] = key .. " = " .. M.show(x, depth + 1)
+    end
+    return "{ " .. table.concat(parts, ", ") .. " }"
+  end
+  if t == "cdata" then return tostring(ffi.typeof(v)) .. ": " .. tostring(v) end
+  return tostring(v)
+end
+
+local function environment()
+  local exo = setmetatable({}, {
+    __index = function(self, name)
+      local ok, mod = pcall(require, "exo." .. name)
+      if not ok then return nil end
+      rawset(self, name, mod)
+      return mod
+    end,
+  })
+  local env = setmetatable({ exo = exo }, { __index = _G })
+  -- load("smollm2-135m") -> model (shard, tokenizer, chat_template)
+  env.load = function(name, opts) return assert(exo.model.load(name, opts)) end
+  -- top(logits, n_vocab, k) -> the k largest logits as { id, logit } pairs
+  env.top = function(logits, n_vocab, k)
+    local best = {}
+    for i = 0, n_vocab - 1 do
+      local x = logits[i]
+      if #best < (k or 5) or x > best[#best][2] then
+        best[#best + 1] = { i, x }
+        table.sort(best, function(a, b) return a[2] > b[2] end)
+        if #best > (k or 5) then best[#best] = nil end
+      end
+    end
+    return best
+  end
+  return env
+end
+
+local function is_incomplete(err) return err and err:match("<eof>") ~= nil end
+
+function M.run()
+  local env = environment()
+  local history = models.home() .. "/repl_history"
+  native.load_history(history)
+  io.stderr:write(("exo %s repl (LuaJIT, kernels: %s). `exo` holds the modules; load(\"%s\") loads a model.\n")
+    :format(native.version(), native.cpu_features(), models.default_id))
+  while true do
+    local line = native.readline("exo> ")
+    if not line then break end
+    local chunk = line
+    local fn, err = load("return " .. chunk, "=repl")
+    if not fn then fn, err = load(chunk, "=repl") end
+    while not fn and is_incomplete(err) do
+      local more = native.readline("...> ")
+      if not more then break end
+      chunk = chunk .. "\n" .. more
+      fn, err = load("return " .. chunk, "=repl")
+      if not fn then fn, err = load(chunk, "=repl") end
+    end
+    if not fn then
+      io.stderr:write(tostring(err) .. "\n")
+    else
+      setfenv(fn, env)
+      local function report(ok, ...)
+        if not ok then
+          io.stderr:write(tostring((...)) .. "\n")
+          return
+        end
+        local n = select("#", ...)
+        if n == 0 then return end
+        local out = {}
+        for i = 1, n do out[i] = M.show((select(i, ...))) end
+        print(table.concat(out, "\t"))
+      end
+      report(xpcall(fn, debug.traceback))
+    end
+  end
+  os.execute("mkdir -p '" .. models.home() .. "'")
+  native.save_history(history)
+  return 0
+end
+
+return M
