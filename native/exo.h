@@ -198,6 +198,70 @@ const char *exo_tokenizer_pre(const exo_tokenizer *tok);
  * (the GPT-2 regex is used), skipped merges, ignored special ids. */
 const char *exo_tokenizer_warning(const exo_tokenizer *tok);
 
+/* ---- HTTP request parsing ------------------------------------------------ */
+
+/* A strict HTTP/1.1 (RFC 9112) request-head parser and chunked body decoder
+ * for the API server. Both are pure functions of their input (the decoder of
+ * its input and a small state struct): no allocation, no callbacks, never a
+ * read past len. Spans are byte offsets into the caller's buffer. */
+enum { EXO_HTTP_MAX_HEADERS = 64 };
+
+typedef struct exo_http_header {
+    uint32_t name_off, name_len;
+    uint32_t value_off, value_len;   /* value with surrounding SP/HTAB removed */
+} exo_http_header;
+
+typedef struct exo_http_request {
+    uint32_t method_off, method_len;
+    uint32_t target_off, target_len;
+    int32_t version_minor;           /* 0 or 1 (HTTP/1.x) */
+    int32_t n_headers;
+    exo_http_header headers[EXO_HTTP_MAX_HEADERS];
+    int64_t content_length;          /* -1 when absent */
+    int32_t chunked;                 /* Transfer-Encoding: chunked (the body is chunk-coded) */
+    int32_t keep_alive;              /* 1.1: unless Connection: close; 1.0: only with keep-alive */
+    int32_t expect_continue;         /* Expect: 100-continue on an HTTP/1.1 request */
+    uint32_t head_len;               /* bytes of the head, final blank line included */
+    int32_t status;                  /* on failure: the status to answer with, else 0 */
+} exo_http_request;
+
+/* Parses the head at the start of buf. Returns its length (> 0) when complete
+ * (the body or the next pipelined request starts there); 0 when more bytes are
+ * needed (len < max_head_bytes); otherwise a code, with req->status and a
+ * message fit for the response body: EXO_EFORMAT malformed (400), EXO_ENOMEM
+ * head over max_head_bytes or more than EXO_HTTP_MAX_HEADERS fields (431),
+ * EXO_ENOTSUP a version other than 1.0/1.1 (505), a transfer coding other than
+ * chunked (501) or an expectation other than 100-continue (417). Errors are
+ * reported as soon as the offending byte arrives. Lines end in CR LF only;
+ * empty lines before the request line are skipped. Cost is linear in len: a
+ * caller reading in small pieces need only call again once the new bytes hold
+ * a LF. max_head_bytes is capped at 2^31 - 1. */
+int exo_http_parse_head(const char *buf, size_t len, size_t max_head_bytes, exo_http_request *req);
+/* Index of the first header at or after from whose name equals name (ASCII
+ * case-insensitive), or -1. buf is the buffer req was parsed from. */
+int exo_http_header_find(const char *buf, const exo_http_request *req, const char *name, int from);
+
+/* State of a chunked body decode: zero it before the body's first bytes. */
+typedef struct exo_http_chunked {
+    int32_t state;
+    uint32_t line_len;     /* bytes of the current size or trailer line */
+    uint64_t remaining;    /* data bytes left in the current chunk */
+    uint64_t total;        /* body bytes decoded so far */
+    uint64_t framing;      /* sizes, extensions, CR LFs and trailers so far */
+} exo_http_chunked;
+
+/* Decodes as much of buf as it holds, in place: the body bytes go to the
+ * start of buf (*produced of them), *consumed input bytes were used, and *done
+ * is 1 once the last chunk and trailers are through (input after *consumed
+ * belongs to the next request; until done, *consumed == len). Chunk extensions
+ * are checked and ignored, trailer fields checked and dropped. Returns 0, or
+ * EXO_EFORMAT when malformed (400), EXO_ENOMEM when the body would pass
+ * max_body bytes, a size or trailer line passes 4 KiB or the framing passes
+ * max_body + 64 KiB (413); after a failure, EXO_ESTATE. Once done, further
+ * calls consume nothing. */
+int exo_http_chunked_decode(exo_http_chunked *st, char *buf, size_t len, size_t max_body, size_t *consumed,
+                            size_t *produced, int *done);
+
 /* ---- measurement ---------------------------------------------------------- */
 
 /* Memory bandwidth in GB/s from a STREAM-like copy over bytes of memory, best

@@ -126,6 +126,35 @@ int exo_tokenizer_token_type(const exo_tokenizer *tok, int32_t id);
 const char *exo_tokenizer_model(const exo_tokenizer *tok);
 const char *exo_tokenizer_pre(const exo_tokenizer *tok);
 const char *exo_tokenizer_warning(const exo_tokenizer *tok);
+enum { EXO_HTTP_MAX_HEADERS = 64 };
+typedef struct exo_http_header {
+    uint32_t name_off, name_len;
+    uint32_t value_off, value_len;
+} exo_http_header;
+typedef struct exo_http_request {
+    uint32_t method_off, method_len;
+    uint32_t target_off, target_len;
+    int32_t version_minor;
+    int32_t n_headers;
+    exo_http_header headers[EXO_HTTP_MAX_HEADERS];
+    int64_t content_length;
+    int32_t chunked;
+    int32_t keep_alive;
+    int32_t expect_continue;
+    uint32_t head_len;
+    int32_t status;
+} exo_http_request;
+int exo_http_parse_head(const char *buf, size_t len, size_t max_head_bytes, exo_http_request *req);
+int exo_http_header_find(const char *buf, const exo_http_request *req, const char *name, int from);
+typedef struct exo_http_chunked {
+    int32_t state;
+    uint32_t line_len;
+    uint64_t remaining;
+    uint64_t total;
+    uint64_t framing;
+} exo_http_chunked;
+int exo_http_chunked_decode(exo_http_chunked *st, char *buf, size_t len, size_t max_body, size_t *consumed,
+                            size_t *produced, int *done);
 double exo_measure_mem_bandwidth(size_t bytes, int reps);
 int64_t exo_peak_rss_bytes(void);
 double exo_now(void);
