@@ -1,14 +1,19 @@
 /* backend_cpu.c: the CPU backend: every operation of backend.h on the pool.
  *
- * Matrix products take one of two paths. For a few tokens (decode, short
- * verify batches) the activations are quantized once to the weight's
- * activation format and every weight row is dotted with every token in
- * integers, so each weight byte is read once per call: decode is bound by
- * memory bandwidth, and this reads the least memory. For many tokens (prompt
- * processing) tiles of weight rows are dequantized to f32 and multiplied with
- * OpenBLAS sgemm, which is bound by compute and blocks for the caches far
- * better than a dot-product loop. EXO_GEMM_MIN_TOKENS picks between them
- * (measured: see docs/performance.md).
+ * Results are batch-invariant by default: every token's row is computed with
+ * the same arithmetic whether it arrives alone (decode), in a short verify
+ * batch (speculative decoding) or inside a long prompt. Matrix products
+ * quantize each activation row once to the weight's activation format and
+ * dot every weight row with it in integers (each weight byte is read once per
+ * call: decode is bound by memory bandwidth, and this reads the least), and
+ * attention runs one query at a time in a fixed order. So a conversation that
+ * reuses its KV cache, a request that recomputes only its last prompt token,
+ * and a speculative verify pass all give bit-identical logits to a fresh
+ * token-by-token run: the same seed and prompt give the same output, always.
+ *
+ * EXO_GEMM_MIN_TOKENS=N trades that away for prompt speed: batches of N or
+ * more tokens multiply f32-dequantized weight tiles with OpenBLAS sgemm and run
+ * attention as blocked sgemm (measured in docs/performance.md).
  *
  * Scratch memory is owned here and sized by reserve(); forward passes are
  * serialised by the model layer, so one set of buffers serves every call. */
@@ -29,11 +34,12 @@
  * stays in L1/L2 while a weight row is dotted with each. */
 #define DOT_TOKEN_BLOCK 16
 
-/* Attention switches to blocked sgemm from this many queries on. */
-#define ATTN_BATCH_MIN_TOKENS 4
 #define ATTN_QUERY_BLOCK 32
 
-static int gemm_min_tokens = 32;
+/* Batches of this many tokens or more take the sgemm paths (matmul and
+ * attention); off unless EXO_GEMM_MIN_TOKENS is set. */
+#define GEMM_OFF (1 << 30)
+static int gemm_min_tokens = GEMM_OFF;
 
 static struct {
     int max_tokens, max_dim, max_ctx, n_threads;
@@ -58,7 +64,7 @@ static int cpu_reserve(int max_tokens, int max_dim, int max_ctx)
     /* Our pool parallelises over tiles; OpenBLAS threads would fight it. */
     openblas_set_num_threads(1);
     const char *env = getenv("EXO_GEMM_MIN_TOKENS");
-    if (env) gemm_min_tokens = atoi(env) > 0 ? atoi(env) : 1 << 30;
+    if (env) gemm_min_tokens = atoi(env) > 0 ? atoi(env) : GEMM_OFF;
 
     size_t act_row = exo_act_row_size(EXO_ACT_Q8_32, max_dim);
     size_t act_row_k = exo_act_row_size(EXO_ACT_Q8_K, max_dim);
@@ -398,7 +404,7 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
 static void cpu_attention(const exo_attention_args *a)
 {
     exo_pool *pool = exo_pool_global();
-    if (a->n_tokens >= ATTN_BATCH_MIN_TOKENS) {
+    if (a->n_tokens >= gemm_min_tokens) {
         int64_t n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
         exo_pool_for(pool, n_blocks * a->n_head, 1, attention_blocks, (void *)a);
     } else {

@@ -77,12 +77,14 @@ static void test_rope(const exo_backend *be, int style)
     CHECK_MSG(nmse(x, ref, T * H * HD) < 1e-12, "rope style %d", style);
 }
 
-static void test_attention(const exo_backend *be)
+/* T queries at the end of a cache of CTX positions; T >= 32 takes the
+ * blocked sgemm path (EXO_GEMM_MIN_TOKENS is set to 32 in main). */
+static void test_attention(const exo_backend *be, int T)
 {
-    enum { CTX = 20, T = 5, H = 6, HKV = 2, HD = 8 };
+    enum { CTX = 80, H = 6, HKV = 2, HD = 8, TMAX = 64 };
     int pos0 = CTX - T;
-    static float q[T * H * HD], k[CTX * HKV * HD], v[CTX * HKV * HD], out[T * H * HD];
-    static double ref[T * H * HD];
+    static float q[TMAX * H * HD], k[CTX * HKV * HD], v[CTX * HKV * HD], out[TMAX * H * HD];
+    static double ref[TMAX * H * HD];
     for (int i = 0; i < T * H * HD; i++) q[i] = frand();
     for (int i = 0; i < CTX * HKV * HD; i++) k[i] = frand(), v[i] = frand();
     float scale = 1 / sqrtf(HD);
@@ -106,7 +108,8 @@ static void test_attention(const exo_backend *be)
     exo_attention_args a = {.q = q, .k_cache = k, .v_cache = v, .out = out, .n_tokens = T, .pos0 = pos0,
                             .n_head = H, .n_head_kv = HKV, .head_dim = HD, .scale = scale};
     be->attention(&a);
-    CHECK_MSG(nmse(out, ref, T * H * HD) < 1e-10, "attention nmse %g", nmse(out, ref, T * H * HD));
+    CHECK_MSG(nmse(out, ref, (size_t)T * H * HD) < 1e-10, "attention of %d queries: nmse %g", T,
+              nmse(out, ref, (size_t)T * H * HD));
 }
 
 static void test_swiglu(const exo_backend *be)
@@ -159,11 +162,14 @@ int main(void)
 {
     const exo_backend *be = exo_backend_cpu();
     exo_quants_init();
-    CHECK(be->reserve(64, 512, 64) == 0);
+    /* Both paths: batch-invariant integer products below 32 tokens, sgemm from 32. */
+    setenv("EXO_GEMM_MIN_TOKENS", "32", 1);
+    CHECK(be->reserve(64, 512, 128) == 0);
     test_rmsnorm(be);
     test_rope(be, EXO_ROPE_NORM);
     test_rope(be, EXO_ROPE_NEOX);
-    test_attention(be);
+    test_attention(be, 5);
+    test_attention(be, 40);
     test_swiglu(be);
     const int dtypes[] = {EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0,
                           EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K};

@@ -6,7 +6,14 @@
 local M = {}
 
 local USAGE = [[
-usage: exo <command> [options]
+usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KEY]
+           [--default-model MODEL] [--system-prompt TEXT] [--max-generate-tokens N]
+           [--default-temp T] [--chatgpt-api-response-timeout S] [--discovery-module none]
+           [--disable-tui] [--max-sessions N] [--ctx N] [--cors-origin ORIGIN]
+       exo <command> [options]
+
+With no command, exo starts a node: the ChatGPT-compatible API and the chat
+page on http://localhost:52415.
 
 commands:
   run [MODEL] [--prompt TEXT] [--system-prompt TEXT] [--max-tokens N] [--temperature T]
@@ -223,6 +230,78 @@ function commands.repl(args)
   return require("exo.repl").run(args)
 end
 
+local SERVE_FLAGS = {
+  chatgpt_api_port = "number", api_host = "string", api_key = "string", default_model = "string",
+  system_prompt = "string", max_generate_tokens = "number", default_temp = "number",
+  chatgpt_api_response_timeout = "number", discovery_module = "string", disable_tui = "boolean",
+  max_sessions = "number", ctx = "number", threads = "number", cors_origin = "string", chat_template = "string",
+}
+
+function commands.serve(args)
+  local opts, pos = M.parse(args, SERVE_FLAGS)
+  if not opts then
+    io.stderr:write("exo: " .. pos .. "\n")
+    return 2
+  end
+  if #pos > 0 then
+    io.stderr:write("exo: unexpected argument '" .. pos[1] .. "'\n")
+    return 2
+  end
+  if opts.discovery_module and opts.discovery_module ~= "none" then
+    io.stderr:write("exo: --discovery-module " .. opts.discovery_module .. " is not available yet (none is)\n")
+    return 2
+  end
+  local port = opts.chatgpt_api_port or 52415
+  if port < 0 or port > 65535 or port ~= math.floor(port) then
+    io.stderr:write("exo: --chatgpt-api-port must be a port number\n")
+    return 2
+  end
+  local uv = require "luv"
+  local native = require "exo.native"
+  local models = require "exo.models"
+  if opts.threads then native.set_threads(opts.threads) end
+  local template
+  if opts.chat_template then
+    local fn, terr = require("exo.chat").load_template_file(opts.chat_template)
+    if not fn then
+      io.stderr:write("exo: " .. terr .. "\n")
+      return 1
+    end
+    template = fn
+  end
+  local node = require("exo.node").new { max_sessions = opts.max_sessions, n_ctx = opts.ctx, chat_template = template }
+  local ctx = {
+    node = node, api_key = opts.api_key, default_model = opts.default_model or models.default_id,
+    default_temperature = opts.default_temp or 0.7, max_tokens = opts.max_generate_tokens or 1024,
+    max_tokens_cap = opts.max_generate_tokens, system_prompt = opts.system_prompt,
+    response_timeout = opts.chatgpt_api_response_timeout or 900,
+  }
+  ctx.topology = function() return require("exo.topology").single(ctx) end
+  local server, err = require("exo.api.server").start(ctx, {
+    host = opts.api_host or "0.0.0.0", port = port, cors_origin = opts.cors_origin or "*",
+  })
+  if not server then
+    io.stderr:write("exo: " .. err .. "\n")
+    return 1
+  end
+  io.stderr:write(("exo: serving the ChatGPT-compatible API and the chat page on http://%s:%d (model %s)\n")
+    :format(opts.api_host == "0.0.0.0" and "localhost" or opts.api_host or "localhost", server.port, ctx.default_model))
+  io.stderr:flush()
+  -- SIGINT / SIGTERM stop the loop cleanly.
+  local signals = {}
+  for _, name in ipairs { "sigint", "sigterm" } do
+    local sig = uv.new_signal()
+    sig:start(name, function()
+      server.close()
+      node:close()
+      for _, s in ipairs(signals) do s:close() end
+    end)
+    signals[#signals + 1] = sig
+  end
+  uv.run()
+  return 0
+end
+
 commands["lua"] = function(args)
   local file = args[1]
   if not file then
@@ -242,7 +321,8 @@ end
 
 function M.main(...)
   local args = { ... }
-  local name = table.remove(args, 1) or "help"
+  -- No command, or flags first: start a node, as exo does.
+  local name = (#args == 0 or args[1]:sub(1, 1) == "-") and "serve" or table.remove(args, 1)
   local cmd = commands[name]
   if not cmd then
     io.stderr:write(("exo: unknown command '%s'\n\n"):format(name))

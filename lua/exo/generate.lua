@@ -38,7 +38,7 @@ function M.session(model, opts)
     cached = {},                      -- token ids whose keys/values the cache holds, in order
     logits = shard:output_buffer(1, false),
     runner = opts.runner or M.sync_runner,
-    token_buf = ffi.new("int32_t[?]", shard.n_ctx_train > 0 and math.min(shard.n_ctx_train, 1 << 20) or 4096),
+    token_buf = ffi.new("int32_t[?]", shard.n_ctx_train > 0 and math.min(shard.n_ctx_train, 1048576) or 4096),
   }, Session)
 end
 

@@ -11,25 +11,19 @@ local chat = require "exo.chat"
 
 local M = {}
 
--- Message content as one string (content may be a list of text parts).
-local function content_text(content)
-  if type(content) == "string" then return content end
-  if type(content) == "table" then
-    local parts = {}
-    for _, part in ipairs(content) do
-      if type(part) == "string" then
-        parts[#parts + 1] = part
-      elseif type(part) == "table" and part.type == "text" and type(part.text) == "string" then
-        parts[#parts + 1] = part.text
-      end
-    end
-    return table.concat(parts)
-  end
-  return ""
-end
+-- Message content as one string, joined exactly as the templates see it.
+local content_text = chat.content_text
 M.content_text = content_text
 
-local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
+-- Trims ASCII whitespace by scanning bytes: a pattern like "%s+$" is
+-- quadratic on long whitespace runs, and this text comes from users.
+local function is_space(b) return b == 32 or (b >= 9 and b <= 13) end
+local function trim(s)
+  local first, last = 1, #s
+  while first <= last and is_space(s:byte(first)) do first = first + 1 end
+  while last >= first and is_space(s:byte(last)) do last = last - 1 end
+  return s:sub(first, last)
+end
 
 -- Spans {first, last} of the rendered text that hold message content.
 local function content_spans(rendered, messages)
@@ -73,16 +67,18 @@ end
 -- opts: template (text or a Lua function), add_generation_prompt (default true).
 function M.build(tokenizer, messages, opts)
   opts = opts or {}
+  local bos_text = tokenizer.bos and tokenizer:text(tokenizer.bos) or ""
+  local eos_text = tokenizer.eos and tokenizer:text(tokenizer.eos) or ""
   local rendered, warning = chat.render {
     template = opts.template,
     messages = messages,
     add_generation_prompt = opts.add_generation_prompt ~= false,
-    bos_token = tokenizer.bos_text or "",
-    eos_token = tokenizer.eos_text or "",
+    bos_token = bos_text,
+    eos_token = eos_text,
   }
   if not rendered then return nil, warning end
   -- A template that writes the BOS text itself already has it; do not add a second.
-  local add_bos = tokenizer.add_bos and not (tokenizer.bos_text and rendered:sub(1, #tokenizer.bos_text) == tokenizer.bos_text)
+  local add_bos = tokenizer.add_bos and not (bos_text ~= "" and rendered:sub(1, #bos_text) == bos_text)
   return M.encode_rendered(tokenizer, rendered, messages, add_bos), rendered, warning
 end
 

@@ -1,0 +1,242 @@
+-- openai.lua: the OpenAI request and response shapes, as pure functions.
+--
+-- Validation turns a decoded JSON body into exo's own request table or an
+-- error naming the field (HTTP 400, OpenAI's error shape); response builders
+-- produce chat.completion, chat.completion.chunk, text_completion and model
+-- objects exactly as OpenAI's clients expect them. Nothing here does I/O, so
+-- every rule is testable on its own. Unknown fields are ignored, as OpenAI's
+-- own server does for forward compatibility.
+local json = require "exo.json"
+
+local M = {}
+
+local null = json.null
+
+local function is_int(v) return type(v) == "number" and v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 end
+
+-- An OpenAI error object; status is the HTTP status to send it with.
+function M.error(status, message, err_type, param, code)
+  return status, {
+    error = {
+      message = message,
+      type = err_type or (status == 401 and "authentication_error" or status == 404 and "not_found_error"
+        or status >= 500 and "server_error" or "invalid_request_error"),
+      param = param or null,
+      code = code or null,
+    },
+  }
+end
+
+local function bad(field, message) return nil, message, field end
+
+-- Optional number field in [lo, hi].
+local function number_field(body, field, lo, hi)
+  local v = body[field]
+  if v == nil or v == null then return true end
+  if type(v) ~= "number" or v ~= v then return bad(field, ("'%s' must be a number"):format(field)) end
+  if v < lo or v > hi then return bad(field, ("'%s' must be between %s and %s"):format(field, lo, hi)) end
+  return true
+end
+
+local function int_field(body, field, lo, hi)
+  local v = body[field]
+  if v == nil or v == null then return true end
+  if not is_int(v) then return bad(field, ("'%s' must be an integer"):format(field)) end
+  if v < lo or v > hi then return bad(field, ("'%s' must be between %d and %d"):format(field, lo, hi)) end
+  return true
+end
+
+local function opt(v) if v == null then return nil end return v end
+
+-- Sampling fields shared by /v1/chat/completions and /v1/completions.
+local function sampling_fields(body, out, limits)
+  local checks = {
+    { number_field, "temperature", 0, 2 }, { number_field, "top_p", 0, 1 },
+    { number_field, "presence_penalty", -2, 2 }, { number_field, "frequency_penalty", -2, 2 },
+    { number_field, "min_p", 0, 1 }, { number_field, "repetition_penalty", 0.01, 10 },
+    { int_field, "top_k", 0, 1e9 }, { int_field, "max_tokens", 1, 1e9 },
+    { int_field, "max_completion_tokens", 1, 1e9 }, { int_field, "seed", -2 ^ 53 + 1, 2 ^ 53 - 1 },
+    { int_field, "n", 1, 128 }, { int_field, "top_logprobs", 0, 20 },
+  }
+  for _, c in ipairs(checks) do
+    local ok, msg, field = c[1](body, c[2], c[3], c[4])
+    if not ok then return nil, msg, field end
+  end
+  if opt(body.n) and body.n ~= 1 then return bad("n", "only n = 1 is supported") end
+  if opt(body.top_p) == 0 then return bad("top_p", "'top_p' must be greater than 0") end
+  if opt(body.min_p) == 1 then return bad("min_p", "'min_p' must be less than 1") end
+  local stream = opt(body.stream)
+  if stream ~= nil and type(stream) ~= "boolean" then return bad("stream", "'stream' must be a boolean") end
+  local stop = opt(body.stop)
+  if type(stop) == "string" then
+    stop = { stop }
+  elseif type(stop) == "table" then
+    if #stop > 4 then return bad("stop", "'stop' may hold at most 4 strings") end
+    for i, s in ipairs(stop) do
+      if type(s) ~= "string" then return bad("stop", ("'stop[%d]' must be a string"):format(i - 1)) end
+    end
+  elseif stop ~= nil then
+    return bad("stop", "'stop' must be a string or a list of strings")
+  end
+  if stop then
+    local kept = {}
+    for _, s in ipairs(stop) do if s ~= "" then kept[#kept + 1] = s end end
+    stop = kept
+  end
+  local so = opt(body.stream_options)
+  if so ~= nil and type(so) ~= "table" then return bad("stream_options", "'stream_options' must be an object") end
+  local logprobs = opt(body.logprobs)
+  if logprobs ~= nil and type(logprobs) ~= "boolean" and not is_int(logprobs) then
+    return bad("logprobs", "'logprobs' must be a boolean")
+  end
+
+  out.stream = stream or false
+  out.include_usage = so and so.include_usage == true or false
+  out.stop = stop
+  out.temperature = opt(body.temperature) or limits.default_temperature
+  out.top_p = opt(body.top_p)
+  out.top_k = opt(body.top_k)
+  out.min_p = opt(body.min_p)
+  out.presence_penalty = opt(body.presence_penalty)
+  out.frequency_penalty = opt(body.frequency_penalty)
+  out.repeat_penalty = opt(body.repetition_penalty)
+  out.seed = opt(body.seed)
+  out.logprobs = logprobs == true or (is_int(logprobs) and logprobs > 0)
+  out.top_logprobs = opt(body.top_logprobs) or (is_int(logprobs) and logprobs or 0)
+  local max = opt(body.max_completion_tokens) or opt(body.max_tokens) or limits.max_tokens
+  out.max_tokens = math.min(max, limits.max_tokens_cap or max)
+  if opt(body.speculative) == false then out.speculative = false end
+  return out
+end
+
+-- Message content: a string, or a list of parts of which text parts are kept.
+local function content_of(m, i)
+  local c = m.content
+  if c == nil or c == null then return "" end
+  if type(c) == "string" then return c end
+  if type(c) ~= "table" then return bad(("messages[%d].content"):format(i), "content must be a string or a list of parts") end
+  local parts = {}
+  for j, part in ipairs(c) do
+    if type(part) ~= "table" or type(part.type) ~= "string" then
+      return bad(("messages[%d].content[%d]"):format(i, j - 1), "each content part must be an object with a type")
+    end
+    if part.type == "text" then
+      if type(part.text) ~= "string" then
+        return bad(("messages[%d].content[%d].text"):format(i, j - 1), "text parts need a string 'text'")
+      end
+      parts[#parts + 1] = part.text
+    else
+      return bad(("messages[%d].content[%d].type"):format(i, j - 1), ("content parts of type '%s' are not supported")
+        :format(part.type))
+    end
+  end
+  return table.concat(parts)
+end
+
+local ROLES = { system = true, user = true, assistant = true, developer = true, tool = true }
+
+-- body (decoded JSON) -> request table or nil, message, field.
+-- limits: default_model, default_temperature, max_tokens (the default),
+-- max_tokens_cap, system_prompt.
+function M.chat_request(body, limits)
+  if type(body) ~= "table" or body[1] ~= nil then return bad(nil, "the request body must be a JSON object") end
+  local model = opt(body.model)
+  if model ~= nil and type(model) ~= "string" then return bad("model", "'model' must be a string") end
+  local messages = opt(body.messages)
+  if type(messages) ~= "table" or messages[1] == nil then
+    return bad("messages", "'messages' must be a non-empty list")
+  end
+  local out = { model = model or limits.default_model, messages = {} }
+  local has_system = false
+  for i, m in ipairs(messages) do
+    if type(m) ~= "table" then return bad(("messages[%d]"):format(i - 1), "each message must be an object") end
+    if type(m.role) ~= "string" or not ROLES[m.role] then
+      return bad(("messages[%d].role"):format(i - 1), "role must be one of system, user, assistant, developer, tool")
+    end
+    local text, msg, field = content_of(m, i - 1)
+    if not text then return nil, msg, field end
+    local role = m.role == "developer" and "system" or m.role
+    if role == "system" then has_system = true end
+    out.messages[#out.messages + 1] = { role = role, content = text }
+  end
+  if not has_system and limits.system_prompt then
+    table.insert(out.messages, 1, { role = "system", content = limits.system_prompt })
+  end
+  return sampling_fields(body, out, limits)
+end
+
+function M.completion_request(body, limits)
+  if type(body) ~= "table" or body[1] ~= nil then return bad(nil, "the request body must be a JSON object") end
+  local model = opt(body.model)
+  if model ~= nil and type(model) ~= "string" then return bad("model", "'model' must be a string") end
+  local prompt = opt(body.prompt)
+  if type(prompt) == "table" and #prompt == 1 and type(prompt[1]) == "string" then prompt = prompt[1] end
+  if type(prompt) ~= "string" then return bad("prompt", "'prompt' must be a string") end
+  local out = { model = model or limits.default_model, prompt = prompt }
+  return sampling_fields(body, out, limits)
+end
+
+-- ---- responses ---------------------------------------------------------------
+
+local function usage(res)
+  local u = {
+    prompt_tokens = res.n_prompt, completion_tokens = res.n_generated,
+    total_tokens = res.n_prompt + res.n_generated,
+  }
+  if res.speculative then u.speculative = res.speculative end
+  return u
+end
+M.usage = usage
+
+function M.chat_completion(id, model, created, res)
+  local choice = {
+    index = 0,
+    message = { role = "assistant", content = res.text },
+    logprobs = res.logprobs and { content = res.logprobs } or null,
+    finish_reason = res.finish_reason == "cancelled" and "stop" or res.finish_reason,
+  }
+  return {
+    id = id, object = "chat.completion", created = created, model = model,
+    choices = { choice }, usage = usage(res), system_fingerprint = "exo",
+  }
+end
+
+-- A streamed chunk: delta is { role = ... } or { content = ... } or {}.
+function M.chat_chunk(id, model, created, delta, finish_reason, logprobs)
+  return {
+    id = id, object = "chat.completion.chunk", created = created, model = model, system_fingerprint = "exo",
+    choices = { { index = 0, delta = delta, logprobs = logprobs or null, finish_reason = finish_reason or null } },
+  }
+end
+
+function M.usage_chunk(id, model, created, res)
+  return {
+    id = id, object = "chat.completion.chunk", created = created, model = model, system_fingerprint = "exo",
+    choices = json.empty_array, usage = usage(res),
+  }
+end
+
+function M.text_completion(id, model, created, res)
+  return {
+    id = id, object = "text_completion", created = created, model = model,
+    choices = { { index = 0, text = res.text, logprobs = null,
+      finish_reason = res.finish_reason == "cancelled" and "stop" or res.finish_reason } },
+    usage = usage(res),
+  }
+end
+
+function M.text_chunk(id, model, created, text, finish_reason)
+  return {
+    id = id, object = "text_completion", created = created, model = model,
+    choices = { { index = 0, text = text, logprobs = null, finish_reason = finish_reason or null } },
+  }
+end
+
+function M.model_object(id, entry, downloaded)
+  return {
+    id = id, object = "model", created = 0, owned_by = "exo",
+    ready = downloaded, downloaded = downloaded, description = entry and entry.description or null,
+  }
+end
+
+return M

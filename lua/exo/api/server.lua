@@ -1,0 +1,243 @@
+-- server.lua: the ChatGPT-compatible API and the chat page, over http.lua.
+--
+-- Routes map to handlers; each handler validates with openai.lua, asks the
+-- node to generate (yielding while the engine computes) and answers in
+-- OpenAI's shapes, streamed as server-sent events when asked. With an API
+-- key, every /v1 route needs "Authorization: Bearer KEY". The web page is
+-- served from the repository's web/ folder: static files, no build step.
+local uv = require "luv"
+local http = require "exo.api.http"
+local openai = require "exo.api.openai"
+local json = require "exo.json"
+local models = require "exo.models"
+
+local M = {}
+
+local CONTENT_TYPES = {
+  html = "text/html; charset=utf-8", js = "text/javascript; charset=utf-8", css = "text/css; charset=utf-8",
+  svg = "image/svg+xml", png = "image/png", ico = "image/x-icon", json = "application/json",
+  txt = "text/plain; charset=utf-8", md = "text/plain; charset=utf-8",
+}
+
+local function web_root()
+  local host = package.loaded["exo.host"]
+  return (host and host.lua_dir or "lua") .. "/../web"
+end
+
+-- Random request ids: chatcmpl-<24 hex>, as OpenAI's look.
+local function request_id(prefix)
+  local t = {}
+  for i = 1, 24 do t[i] = ("%x"):format(math.random(0, 15)) end
+  return prefix .. table.concat(t)
+end
+
+local function authorized(ctx, req)
+  if not ctx.api_key then return true end
+  local auth = req.headers["authorization"] or ""
+  return auth == "Bearer " .. ctx.api_key
+end
+
+local function decode_body(res, req)
+  local ctype = req.headers["content-type"] or ""
+  if req.body == "" then
+    res:json(openai.error(400, "the request needs a JSON body"))
+    return nil
+  end
+  if ctype ~= "" and not ctype:lower():find("json", 1, true) then
+    res:json(openai.error(400, "the request body must be JSON (Content-Type: application/json)"))
+    return nil
+  end
+  local body, err = json.decode(req.body)
+  if body == nil then
+    res:json(openai.error(400, "malformed JSON: " .. tostring(err)))
+    return nil
+  end
+  return body
+end
+
+-- ---- generation routes -------------------------------------------------------------
+
+local function run_generation(ctx, req, res, parsed, kind)
+  local id = request_id(kind == "chat" and "chatcmpl-" or "cmpl-")
+  local created = os.time()
+  local model = parsed.model
+  local cancelled = false
+  res.on_close = function() cancelled = true end
+  local deadline = ctx.response_timeout and uv.now() + ctx.response_timeout * 1000
+  local timed_out = false
+  local function should_stop()
+    if deadline and uv.now() > deadline then
+      timed_out = true
+      return true
+    end
+    return cancelled
+  end
+
+  if parsed.stream then
+    local started = false
+    local function start()
+      if started then return end
+      started = true
+      res:sse_start()
+      if kind == "chat" then res:sse(json.encode(openai.chat_chunk(id, model, created, { role = "assistant", content = "" }))) end
+    end
+    local result, err, status = ctx.node:generate(parsed, function(piece)
+      start()
+      if kind == "chat" then
+        res:sse(json.encode(openai.chat_chunk(id, model, created, { content = piece })))
+      else
+        res:sse(json.encode(openai.text_chunk(id, model, created, piece)))
+      end
+    end, should_stop)
+    if not result then
+      if not started then return res:json(openai.error(status or 500, err)) end
+      res:sse(json.encode(select(2, openai.error(status or 500, err))))
+      return res:finish()
+    end
+    start()
+    local finish = timed_out and "length" or (result.finish_reason == "cancelled" and "stop" or result.finish_reason)
+    if kind == "chat" then
+      res:sse(json.encode(openai.chat_chunk(id, model, created, {}, finish)))
+      if parsed.include_usage then res:sse(json.encode(openai.usage_chunk(id, model, created, result))) end
+    else
+      res:sse(json.encode(openai.text_chunk(id, model, created, "", finish)))
+    end
+    res:sse("[DONE]")
+    return res:finish()
+  end
+
+  local result, err, status = ctx.node:generate(parsed, nil, should_stop)
+  if not result then return res:json(openai.error(status or 500, err)) end
+  if timed_out then
+    return res:json(openai.error(504, ("no answer within %d s (--chatgpt-api-response-timeout)"):format(
+      ctx.response_timeout)))
+  end
+  if kind == "chat" then return res:json(200, openai.chat_completion(id, model, created, result)) end
+  return res:json(200, openai.text_completion(id, model, created, result))
+end
+
+local function limits(ctx)
+  return {
+    default_model = ctx.default_model, default_temperature = ctx.default_temperature,
+    max_tokens = ctx.max_tokens, max_tokens_cap = ctx.max_tokens_cap, system_prompt = ctx.system_prompt,
+  }
+end
+
+local function check_model(res, parsed)
+  local path, err = models.resolve(parsed.model)
+  if not path then
+    res:json(openai.error(404, err, "not_found_error", "model", "model_not_found"))
+    return false
+  end
+  return true
+end
+
+local routes = {}
+
+routes["POST /v1/chat/completions"] = function(ctx, req, res)
+  local body = decode_body(res, req)
+  if not body then return end
+  local parsed, msg, field = openai.chat_request(body, limits(ctx))
+  if not parsed then return res:json(openai.error(400, msg, nil, field)) end
+  if not check_model(res, parsed) then return end
+  return run_generation(ctx, req, res, parsed, "chat")
+end
+routes["POST /chat/completions"] = routes["POST /v1/chat/completions"]
+
+routes["POST /v1/completions"] = function(ctx, req, res)
+  local body = decode_body(res, req)
+  if not body then return end
+  local parsed, msg, field = openai.completion_request(body, limits(ctx))
+  if not parsed then return res:json(openai.error(400, msg, nil, field)) end
+  if not check_model(res, parsed) then return end
+  return run_generation(ctx, req, res, parsed, "completion")
+end
+
+routes["POST /v1/chat/token/encode"] = function(ctx, req, res)
+  local body = decode_body(res, req)
+  if not body then return end
+  local parsed, msg, field = openai.chat_request(body, limits(ctx))
+  if not parsed then return res:json(openai.error(400, msg, nil, field)) end
+  if not check_model(res, parsed) then return end
+  local ids, rendered, status = ctx.node:encode_chat(parsed)
+  if not ids then return res:json(openai.error(status or 500, rendered)) end
+  res:json(200, { length = #ids, num_tokens = #ids, encoded_tokens = #ids > 0 and ids or json.empty_array,
+    encoded_prompt = rendered })
+end
+
+-- ---- information routes --------------------------------------------------------
+
+local function model_list()
+  local ids = {}
+  for id in pairs(models.registry) do ids[#ids + 1] = id end
+  table.sort(ids)
+  local out = {}
+  for _, id in ipairs(ids) do out[#out + 1] = openai.model_object(id, models.registry[id], models.resolve(id) ~= nil) end
+  return out
+end
+
+routes["GET /v1/models"] = function(_, _, res)
+  local list = model_list()
+  res:json(200, { object = "list", data = #list > 0 and list or json.empty_array })
+end
+routes["GET /models"] = routes["GET /v1/models"]
+
+routes["GET /healthcheck"] = function(_, _, res) res:json(200, { status = "ok" }) end
+
+routes["GET /v1/topology"] = function(ctx, _, res)
+  res:json(200, ctx.topology and ctx.topology() or { nodes = json.empty_array })
+end
+
+-- ---- dispatch -------------------------------------------------------------------
+
+local function static(res, path)
+  if path == "/" then path = "/index.html" end
+  if path:find("..", 1, true) or not path:match("^/[%w%._%-/]+$") then
+    return res:json(openai.error(404, "not found: " .. path))
+  end
+  local f = io.open(web_root() .. path, "rb")
+  if not f then return res:json(openai.error(404, "not found: " .. path)) end
+  local body = f:read("*a")
+  f:close()
+  local ext = path:match("%.(%w+)$") or "txt"
+  res:send(200, body, CONTENT_TYPES[ext] or "application/octet-stream", { ["Cache-Control"] = "no-cache" })
+end
+
+local function handle(ctx, req, res)
+  local path = req.path
+  if req.method == "OPTIONS" then return res:send(204, "", "text/plain") end
+  if path:sub(1, 4) == "/v1/" and not authorized(ctx, req) then
+    return res:json(openai.error(401, "missing or wrong API key (Authorization: Bearer KEY)", nil, nil,
+      "invalid_api_key"))
+  end
+  local route = routes[req.method .. " " .. path]
+  if route then return route(ctx, req, res) end
+  local model_id = path:match("^/v1/models/(.+)$")
+  if model_id and req.method == "GET" then
+    local entry = models.registry[model_id]
+    local downloaded = models.resolve(model_id) ~= nil
+    if not entry and not downloaded then
+      return res:json(openai.error(404, "unknown model '" .. model_id .. "'", "not_found_error", "model",
+        "model_not_found"))
+    end
+    return res:json(200, openai.model_object(model_id, entry, downloaded))
+  end
+  -- A known path with another method is a 405; an unknown one a 404.
+  for key in pairs(routes) do
+    if key:match("^%u+ (.*)$") == path then
+      return res:json(openai.error(405, ("%s is not allowed on %s"):format(req.method, path)))
+    end
+  end
+  if req.method == "GET" and path:sub(1, 4) ~= "/v1/" then return static(res, path) end
+  res:json(openai.error(404, "no route for " .. req.method .. " " .. path))
+end
+
+-- ctx: node, api_key, default_model, default_temperature, max_tokens,
+-- max_tokens_cap, system_prompt, response_timeout (s), topology (function).
+-- opts: host, port, cors_origin, http limits. Returns the http server or nil, err.
+function M.start(ctx, opts)
+  math.randomseed(os.time() + math.floor(uv.hrtime() % 1e6))
+  return http.listen(opts.host or "0.0.0.0", opts.port or 52415, function(req, res) return handle(ctx, req, res) end, opts)
+end
+
+return M

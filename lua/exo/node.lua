@@ -1,0 +1,186 @@
+-- node.lua: orchestration on one node: models, sessions and requests.
+--
+-- Requests run as coroutines on the loop thread. A forward pass is submitted
+-- to the engine thread and the coroutine yields until the engine's completion
+-- comes back through its eventfd (watched by a luv poll handle), so the loop
+-- keeps serving sockets while tokens are computed, and concurrent requests
+-- interleave step by step. Each model keeps a small pool of sessions (KV
+-- caches): a request takes the idle session sharing the longest prefix with
+-- its prompt, so a conversation's next turn recomputes only the new tokens;
+-- when every session is busy, requests wait in a FIFO queue.
+local uv = require "luv"
+local native = require "exo.native"
+local models = require "exo.models"
+local generate = require "exo.generate"
+local prompt = require "exo.prompt"
+
+local M = {}
+
+local Node = {}
+Node.__index = Node
+
+-- ---- the engine runner -------------------------------------------------------------
+
+local Runner = {}
+Runner.__index = Runner
+
+local function new_runner()
+  local r = setmetatable({ waiting = {}, next_id = 1 }, Runner)
+  r.poll = uv.new_poll(native.engine_fd())
+  r.poll:start("r", function()
+    native.engine_drain(function(id, ok, err)
+      local co = r.waiting[id]
+      r.waiting[id] = nil
+      if co then
+        local resumed, perr = coroutine.resume(co, ok, err)
+        if not resumed then io.stderr:write("exo: request failed: " .. tostring(perr) .. "\n") end
+      end
+    end)
+  end)
+  return r
+end
+
+-- Runs on a request's coroutine: submit, yield, return what the engine said.
+function Runner:forward(shard, seq, tokens, n, out)
+  local co = coroutine.running()
+  assert(co, "the engine runner must be called from a coroutine")
+  local id = self.next_id
+  self.next_id = id + 1
+  local ok, err = shard:submit(seq, tokens, nil, n, false, out, id)
+  if not ok then return nil, err end
+  self.waiting[id] = co
+  local done, ferr = coroutine.yield()
+  if not done then return nil, ferr end
+  return out
+end
+
+function Runner:close()
+  if self.poll then
+    self.poll:stop()
+    self.poll:close()
+    self.poll = nil
+  end
+end
+
+-- ---- models and sessions --------------------------------------------------------
+
+-- opts: max_sessions (per model), n_ctx, chat_template (function or text),
+-- loader (for tests: function(id) -> model).
+function M.new(opts)
+  opts = opts or {}
+  local self = setmetatable({
+    opts = opts,
+    loaded = {},          -- model id -> { model, idle = {sessions}, busy = n, queue = {co...} }
+    runner = new_runner(),
+    max_sessions = opts.max_sessions or 2,
+    n_ctx = opts.n_ctx or 2048,
+  }, Node)
+  return self
+end
+
+-- The model for id, loading it on first use. Returns entry or nil, err, status.
+function Node:model(id)
+  local entry = self.loaded[id]
+  if entry then return entry end
+  local path, err = models.resolve(id)
+  if not path then
+    local status = (err:match("^unknown model") or err:match("not found")) and 404 or 503
+    return nil, err, status
+  end
+  local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template })
+  if not model then return nil, lerr, 500 end
+  entry = { model = model, idle = {}, busy = 0, queue = {} }
+  self.loaded[id] = entry
+  return entry
+end
+
+local function common_prefix(a, b)
+  local n = 0
+  while n < #a and n < #b and a[n + 1] == b[n + 1] do n = n + 1 end
+  return n
+end
+
+-- A session for prompt ids, waiting (yielding) while all are busy.
+function Node:acquire(entry, ids)
+  while #entry.idle == 0 and entry.busy >= self.max_sessions do
+    entry.queue[#entry.queue + 1] = coroutine.running()
+    coroutine.yield()
+  end
+  local best, best_len = nil, -1
+  for i, s in ipairs(entry.idle) do
+    local len = common_prefix(s.cached, ids)
+    if len > best_len then best, best_len = i, len end
+  end
+  local session
+  if best then
+    session = table.remove(entry.idle, best)
+  else
+    local err
+    session, err = generate.session(entry.model, { n_ctx = self.n_ctx, runner = self.runner })
+    if not session then return nil, err end
+  end
+  entry.busy = entry.busy + 1
+  return session
+end
+
+function Node:release(entry, session, keep)
+  entry.busy = entry.busy - 1
+  if keep then
+    entry.idle[#entry.idle + 1] = session
+  else
+    session:free()
+  end
+  local waiter = table.remove(entry.queue, 1)
+  if waiter then
+    -- Resume on the next loop turn, not inside this request's coroutine.
+    local t = uv.new_timer()
+    t:start(0, 0, function()
+      t:close()
+      coroutine.resume(waiter)
+    end)
+  end
+end
+
+-- Runs one generation on the calling coroutine.
+-- req: model, messages (chat) or prompt (completion), sampling params.
+-- on_text(piece), should_stop() as in generate.
+-- Returns result, or nil, err, status.
+function Node:generate(req, on_text, should_stop)
+  local entry, err, status = self:model(req.model)
+  if not entry then return nil, err, status end
+  local tok = entry.model.tokenizer
+  local ids, perr
+  if req.messages then
+    ids, perr = prompt.build(tok, req.messages, { template = entry.model.chat_template })
+  else
+    ids = tok:encode(req.prompt, { add_bos = tok.add_bos, special = false })
+  end
+  if not ids then return nil, perr, 400 end
+  if #ids >= self.n_ctx then
+    return nil, ("the prompt is %d tokens; this node's context is %d"):format(#ids, self.n_ctx), 400
+  end
+  local session, serr = self:acquire(entry, ids)
+  if not session then return nil, serr, 503 end
+  local res, gerr = session:generate(ids, req, on_text, should_stop)
+  self:release(entry, session, res ~= nil)
+  if not res then return nil, gerr, 500 end
+  return res
+end
+
+-- The token ids a chat request's messages render to (for /v1/chat/token/encode).
+function Node:encode_chat(req)
+  local entry, err, status = self:model(req.model)
+  if not entry then return nil, err, status end
+  local ids, rendered = prompt.build(entry.model.tokenizer, req.messages, { template = entry.model.chat_template })
+  if not ids then return nil, rendered, 400 end
+  return ids, rendered
+end
+
+function Node:close()
+  self.runner:close()
+  for _, entry in pairs(self.loaded) do
+    for _, s in ipairs(entry.idle) do s:free() end
+  end
+end
+
+return M

@@ -1,0 +1,360 @@
+"""test_api.py: the ChatGPT-compatible API of a real exo node, with real clients.
+
+Starts `build/exo` on free ports (one node plain, one with an API key) and
+talks to it with the official `openai` Python client and with raw sockets
+(for what a well-behaved client never sends: malformed heads, oversized
+bodies, chunked uploads, pipelining, disconnects mid-stream).
+
+Run: build/venv/bin/python tests/api/test_api.py   (ctest runs it)
+"""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import openai
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXO = os.environ.get("EXO_BINARY", os.path.join(ROOT, "build", "exo"))
+MODEL = "smollm2-135m"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    """A real exo process serving on a free port."""
+
+    def __init__(self, *flags):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [EXO, "--chatgpt-api-port", str(self.port), "--api-host", "127.0.0.1", *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("exo exited: " + self.proc.stderr.read().decode())
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("exo did not start listening")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def request(self, method, path, body=None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        conn.request(method, path, body=data, headers=headers or {"Content-Type": "application/json"})
+        res = conn.getresponse()
+        raw = res.read()
+        conn.close()
+        return res.status, raw, res
+
+    def raw(self, data, read_until_close=True, timeout=10):
+        """Sends bytes on a fresh socket and returns everything read back."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            chunks = []
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    chunks.append(b)
+                    if not read_until_close:
+                        break
+            except socket.timeout:
+                pass
+            return b"".join(chunks)
+
+
+def status_of(raw):
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
+
+
+def body_json(raw):
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+class ApiTest(unittest.TestCase):
+    node = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node("--max-generate-tokens", "64")
+        cls.client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % cls.node.port, api_key="unused")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    # ---- information routes -------------------------------------------------
+
+    def test_healthcheck(self):
+        status, raw, _ = self.node.request("GET", "/healthcheck")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(raw), {"status": "ok"})
+
+    def test_models(self):
+        models = self.client.models.list()
+        ids = [m.id for m in models.data]
+        self.assertIn(MODEL, ids)
+        m = self.client.models.retrieve(MODEL)
+        self.assertEqual(m.owned_by, "exo")
+        status, raw, _ = self.node.request("GET", "/v1/models/" + MODEL)
+        self.assertTrue(json.loads(raw)["downloaded"])
+
+    def test_unknown_model_is_404(self):
+        with self.assertRaises(openai.NotFoundError):
+            self.client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        status, raw, _ = self.node.request("GET", "/v1/models/no-such-model")
+        self.assertEqual(status, 404)
+        self.assertIn("error", json.loads(raw))
+
+    def test_topology(self):
+        status, raw, _ = self.node.request("GET", "/v1/topology")
+        self.assertEqual(status, 200)
+        topo = json.loads(raw)
+        self.assertEqual(len(topo["nodes"]), 1)
+        self.assertGreater(topo["nodes"][0]["capabilities"]["memory"], 0)
+
+    # ---- generation ----------------------------------------------------------
+
+    def test_chat_non_stream(self):
+        r = self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0, max_tokens=16)
+        self.assertEqual(r.object, "chat.completion")
+        self.assertTrue(r.id.startswith("chatcmpl-"))
+        self.assertEqual(r.choices[0].message.role, "assistant")
+        self.assertIn(r.choices[0].finish_reason, ("stop", "length"))
+        self.assertGreater(len(r.choices[0].message.content), 0)
+        self.assertGreater(r.usage.prompt_tokens, 5)
+        self.assertGreater(r.usage.completion_tokens, 0)
+        self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens)
+
+    def test_max_tokens_gives_length(self):
+        r = self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 100."}],
+            temperature=0, max_tokens=5)
+        self.assertEqual(r.choices[0].finish_reason, "length")
+        self.assertEqual(r.usage.completion_tokens, 5)
+
+    def test_stream(self):
+        chunks = list(self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hello."}], temperature=0, max_tokens=12,
+            stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(len(finishes), 1)
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.completion_tokens, chunks[-1].usage.total_tokens - chunks[-1].usage.prompt_tokens)
+        # The streamed text equals the non-streamed answer (greedy).
+        r = self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hello."}], temperature=0, max_tokens=12)
+        self.assertEqual(text, r.choices[0].message.content)
+
+    def test_stream_ends_with_done(self):
+        status, raw, res = self.node.request("POST", "/v1/chat/completions", {
+            "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": True})
+        self.assertEqual(status, 200)
+        self.assertEqual(res.getheader("Content-Type"), "text/event-stream")
+        events = [e for e in raw.decode().split("\n\n") if e]
+        self.assertEqual(events[-1], "data: [DONE]")
+        for e in events[:-1]:
+            self.assertTrue(e.startswith("data: "))
+            json.loads(e[6:])
+
+    def test_seed_reproducible(self):
+        def ask(seed):
+            return self.client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Tell me a short story."}],
+                temperature=1.0, seed=seed, max_tokens=24).choices[0].message.content
+        self.assertEqual(ask(1234), ask(1234))
+        self.assertNotEqual(ask(1234), ask(4321))
+
+    def test_stop_string_not_emitted(self):
+        r = self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+            temperature=0, max_tokens=40)
+        full = r.choices[0].message.content
+        self.assertIn("5", full)
+        stop = full[full.index("5"):full.index("5") + 1]
+        r2 = self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+            temperature=0, max_tokens=40, stop=[stop])
+        self.assertEqual(r2.choices[0].message.content, full[:full.index(stop)])
+        self.assertEqual(r2.choices[0].finish_reason, "stop")
+
+    def test_content_parts(self):
+        r = self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}],
+            temperature=0, max_tokens=8)
+        self.assertGreater(r.usage.completion_tokens, 0)
+
+    def test_completions(self):
+        r = self.client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6,
+                                           temperature=0)
+        self.assertEqual(r.object, "text_completion")
+        self.assertGreater(len(r.choices[0].text), 0)
+
+    def test_token_encode(self):
+        status, raw, _ = self.node.request("POST", "/v1/chat/token/encode", {
+            "model": MODEL, "messages": [{"role": "user", "content": "Hello there"}]})
+        self.assertEqual(status, 200)
+        body = json.loads(raw)
+        self.assertEqual(body["length"], len(body["encoded_tokens"]))
+        self.assertIn("Hello there", body["encoded_prompt"])
+
+    def test_concurrent_requests(self):
+        results, errors = {}, []
+
+        def ask(i):
+            try:
+                c = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % self.node.port, api_key="x")
+                r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Number %d?" % i}],
+                                              temperature=0, max_tokens=8)
+                results[i] = r.choices[0].message.content
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(results), 5)
+
+    # ---- the HTTP layer ------------------------------------------------------
+
+    def test_keep_alive_and_pipelining(self):
+        req = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n"
+        out = self.node.raw(req * 3 + b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK"), 4)
+
+    def test_chunked_request_body(self):
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).encode()
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+        out = self.node.raw(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                            b"Content-Type: application/json\r\nConnection: close\r\n\r\n" + chunked + b"0\r\n\r\n")
+        self.assertEqual(status_of(out), 200, out[:300])
+
+    def test_malformed_json_is_400(self):
+        status, raw, _ = self.node.request("POST", "/v1/chat/completions", "{not json")
+        self.assertEqual(status, 400)
+        self.assertEqual(json.loads(raw)["error"]["type"], "invalid_request_error")
+
+    def test_wrong_types_name_the_field(self):
+        cases = [({"model": MODEL, "messages": "hi"}, "messages"),
+                 ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+                 ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}, "max_tokens"),
+                 ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+                 ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+                 ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stop": 5}, "stop")]
+        for body, field in cases:
+            status, raw, _ = self.node.request("POST", "/v1/chat/completions", body)
+            self.assertEqual(status, 400, body)
+            self.assertEqual(json.loads(raw)["error"]["param"], field)
+
+    def test_unknown_fields_ignored(self):
+        status, raw, _ = self.node.request("POST", "/v1/chat/completions", {
+            "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+            "user": "someone", "some_future_field": {"x": 1}})
+        self.assertEqual(status, 200)
+
+    def test_routes_404_405(self):
+        self.assertEqual(self.node.request("GET", "/v1/nothing")[0], 404)
+        self.assertEqual(self.node.request("GET", "/v1/chat/completions")[0], 405)
+        self.assertEqual(self.node.request("DELETE", "/healthcheck")[0], 405)
+
+    def test_body_too_large_is_413(self):
+        out = self.node.raw(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+        self.assertEqual(status_of(out), 413)
+
+    def test_head_too_large_is_431(self):
+        out = self.node.raw(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        self.assertEqual(status_of(out), 431)
+
+    def test_malformed_head_is_400(self):
+        for bad in [b"GET\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"\x00\x01\x02 / HTTP/1.1\r\n\r\n",
+                    b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"]:
+            out = self.node.raw(bad)
+            self.assertEqual(status_of(out), 400, bad)
+            self.assertIn("error", body_json(out))
+        self.assertEqual(status_of(self.node.raw(b"GET / HTTP/2.0\r\n\r\n")), 505)
+
+    def test_cors(self):
+        status, _, res = self.node.request("OPTIONS", "/v1/chat/completions", headers={"Origin": "http://a.example"})
+        self.assertEqual(status, 204)
+        self.assertEqual(res.getheader("Access-Control-Allow-Origin"), "*")
+
+    def test_chat_page_served(self):
+        status, raw, res = self.node.request("GET", "/")
+        self.assertEqual(status, 200)
+        self.assertIn("text/html", res.getheader("Content-Type"))
+        self.assertEqual(self.node.request("GET", "/../../etc/passwd")[0], 404)
+
+
+class CancelTest(unittest.TestCase):
+    def test_disconnect_mid_stream_cancels(self):
+        # One session only: if the abandoned generation kept running (up to
+        # ~2000 tokens, many seconds), the next request would wait for it.
+        node = Node("--max-sessions", "1")
+        try:
+            body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay."}],
+                               "max_tokens": 4000, "stream": True, "temperature": 1.0, "seed": 3}).encode()
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+                s.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                got = s.recv(4096)
+                self.assertIn(b"200 OK", got)
+            t0 = time.time()
+            client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % node.port, api_key="x")
+            r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=4, temperature=0)
+            self.assertGreater(r.usage.completion_tokens, 0)
+            self.assertLess(time.time() - t0, 5)
+        finally:
+            node.stop()
+
+
+class ApiKeyTest(unittest.TestCase):
+    def test_api_key_required(self):
+        node = Node("--api-key", "sekrit")
+        try:
+            status, raw, _ = node.request("GET", "/v1/models")
+            self.assertEqual(status, 401)
+            self.assertEqual(json.loads(raw)["error"]["type"], "authentication_error")
+            status, _, _ = node.request("GET", "/v1/models", headers={"Authorization": "Bearer sekrit"})
+            self.assertEqual(status, 200)
+            good = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % node.port, api_key="sekrit")
+            self.assertTrue(good.models.list().data)
+            bad = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % node.port, api_key="wrong")
+            with self.assertRaises(openai.AuthenticationError):
+                bad.models.list()
+            # The health check stays open, for load balancers.
+            self.assertEqual(node.request("GET", "/healthcheck")[0], 200)
+        finally:
+            node.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""test_chat_page.py: the chat page (web/) in headless Chromium against a real node.
+
+Starts `build/exo` on a free port, opens the page with Selenium and checks what
+a person would: the model picker, a streamed answer with its figures, Markdown
+rendering that cannot inject HTML, conversations that survive a reload, the
+stop button, and the cluster panel. Screenshots go to build/chat_page.png
+(wide) and build/chat_page_narrow.png (phone width).
+
+Needs Debian's `chromium` and `chromium-driver`, and Selenium (PyPI `selenium`).
+If Selenium is not importable here, the script re-runs itself with
+build/venv-browser/bin/python when that exists. Prints SKIPPED and exits 0 only
+when Chromium or chromedriver is missing; any failed check exits 1.
+
+Environment: EXO_BIN (default build/exo), EXO_TEST_URL (test a node that is
+already running instead of starting one), EXO_TEST_KEEP_LOG=1 (print the
+node's log at the end).
+"""
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_PY = os.path.join(ROOT, "build", "venv-browser", "bin", "python")
+MODEL = "smollm2-135m"
+QUESTION = "Write a Python function that adds two numbers.\nShow it in a code block."
+
+
+def find_tool(names, fallbacks):
+    for n in names:
+        p = shutil.which(n)
+        if p:
+            return p
+    for p in fallbacks:
+        if os.path.exists(p):
+            return p
+    return None
+
+
+CHROMIUM = find_tool(["chromium", "chromium-browser"], ["/usr/bin/chromium", "/usr/lib/chromium/chromium"])
+DRIVER = find_tool(["chromedriver"], ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
+if not CHROMIUM or not DRIVER:
+    print("SKIPPED: browser test of the chat page needs Debian's chromium and chromium-driver "
+          "(apt-get install -y chromium chromium-driver); found chromium=%s chromedriver=%s" % (CHROMIUM, DRIVER))
+    sys.exit(0)
+
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:
+    if os.path.exists(VENV_PY) and not os.environ.get("EXO_BROWSER_REEXEC"):
+        os.environ["EXO_BROWSER_REEXEC"] = "1"
+        os.execv(VENV_PY, [VENV_PY] + sys.argv)
+    print("FAIL: Selenium is not installed. Install it with:\n"
+          "  python3 -m venv build/venv-browser && build/venv-browser/bin/pip install selenium", file=sys.stderr)
+    sys.exit(2)
+
+
+# ---- the checks' bookkeeping --------------------------------------------------------
+
+passed, failed = [], []
+
+
+def check(name, ok, detail=""):
+    (passed if ok else failed).append(name)
+    print("%s %s%s" % ("ok  " if ok else "FAIL", name, (": " + detail) if detail else ""), flush=True)
+    return ok
+
+
+# ---- the node ------------------------------------------------------------------------
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_get(url, timeout=5):
+    """GET over a keep-alive HTTP/1.1 connection, as a browser sends it."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("GET", u.path or "/")
+        r = conn.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+class Node:
+    def __init__(self, extra_args=(), url=None):
+        self.proc = None
+        self.log = None
+        self.extra_args = list(extra_args)
+        self.url = (os.environ.get("EXO_TEST_URL", "") if url is None else url).rstrip("/")
+
+    def start(self):
+        if self.url:
+            return
+        exe = os.environ.get("EXO_BIN", os.path.join(ROOT, "build", "exo"))
+        if not os.path.exists(exe):
+            raise RuntimeError("no node binary at %s (build it: cmake --build build)" % exe)
+        port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="exo-browser-test-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([exe, "--chatgpt-api-port", str(port), "--api-host", "127.0.0.1"] + self.extra_args,
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.url = "http://127.0.0.1:%d" % port
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("the node exited with status %d:\n%s" % (self.proc.returncode, self.log_text()))
+            try:
+                if http_get(self.url + "/healthcheck", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the node did not answer /healthcheck within 60 s:\n" + self.log_text())
+
+    def log_text(self):
+        if not self.log:
+            return ""
+        self.log.flush()
+        with open(self.log.name, "r", errors="replace") as f:
+            return f.read()[-4000:]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log:
+            if os.environ.get("EXO_TEST_KEEP_LOG"):
+                print("---- node log ----\n" + self.log_text())
+            self.log.close()
+            os.unlink(self.log.name)
+
+
+# ---- the browser ------------------------------------------------------------------
+
+def make_driver(width=1280, height=860):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=%d,%d" % (width, height), "--force-prefers-reduced-motion", "--lang=en-US"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+
+
+def wait_for(driver, fn, timeout, what):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: fn(d))
+    except TimeoutException:
+        raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def last_answer(driver):
+    """The last assistant message as {busy, text, stats, error, stopped} or None."""
+    return driver.execute_script("""
+        const all = document.querySelectorAll('#messages .msg.assistant');
+        const m = all[all.length - 1];
+        if (!m) return null;
+        const q = (s) => { const e = m.querySelector(s); return e ? e.textContent : null; };
+        return { busy: m.getAttribute('aria-busy') === 'true', text: m.querySelector('.msg-body').textContent,
+                 ttft: q('.stat-ttft'), tps: q('.stat-tps'), tokens: q('.stat-tokens'),
+                 stopped: !!m.querySelector('.stat-finish.stopped'), error: q('.msg-error'), count: all.length };
+    """)
+
+
+def set_field(driver, el_id, value):
+    el = driver.find_element(By.ID, el_id)
+    el.send_keys(Keys.CONTROL, "a")
+    el.send_keys(str(value))
+    el.send_keys(Keys.TAB)  # commits it ("change")
+    got = el.get_attribute("value")
+    if got != str(value):
+        raise AssertionError("could not set #%s to %s (it holds %r)" % (el_id, value, got))
+
+
+def send_message(driver, text):
+    box = driver.find_element(By.ID, "prompt")
+    box.click()
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        box.send_keys(line)
+        if i < len(lines) - 1:
+            box.send_keys(Keys.SHIFT, Keys.ENTER)
+    box.send_keys(Keys.ENTER)
+
+
+def wait_answer_done(driver, n_before, timeout=120):
+    seen = {}
+
+    def done(d):
+        a = seen["a"] = last_answer(d)
+        return a if a and a["count"] > n_before and not a["busy"] else None
+    try:
+        return wait_for(driver, done, timeout, "the answer to complete")
+    except AssertionError as e:
+        a = dict(seen.get("a") or {})
+        if a.get("text") and len(a["text"]) > 300:
+            a["text"] = a["text"][:150] + " ... " + a["text"][-150:]
+        raise AssertionError("%s; last answer seen: %r" % (e, a))
+
+
+def page_ready(driver, url):
+    driver.get(url + "/")
+    wait_for(driver, lambda d: d.execute_script(
+        "return !!window.exoChat && !document.getElementById('model').disabled"), 30, "the page and its model list")
+
+
+MARKDOWN_JS = r"""
+window.__exoAlerted = false;
+window.alert = function () { window.__exoAlerted = true; };
+const md = [
+  '# Title', '',
+  'Some **bold**, a [bad link](javascript:alert(1)), a [good one](https://example.com/) and `inline code`.', '',
+  '```python', 'def add(x, y):', '    # comment', '    return x + y', '```', '',
+  '<img src=x onerror=alert(1)>', '',
+  'Inline <script>alert(1)</script> and <kbd><img/src=x/onerror=alert(1)></kbd>', '',
+  '<div onmouseover="alert(1)">hover</div>', '',
+  '![pic](https://example.com/a.png)', '',
+  '| a | b |', '|---|---|', '| 1 | 2 |',
+].join('\n');
+const div = document.createElement('div');
+div.id = 'md-test';
+document.body.appendChild(div);
+exoChat.renderMarkdownInto(div, md);
+const partial = document.createElement('div');
+exoChat.renderMarkdownInto(partial, 'Streaming:\n\n```js\nconst x = 1;\nfunction f(');
+const all = Array.from(div.querySelectorAll('*'));
+const out = {
+  code: !!div.querySelector('pre code.hljs'),
+  codeClass: (div.querySelector('pre code') || {}).className || '',
+  spans: div.querySelectorAll('pre code.hljs span[class^="hljs-"]').length,
+  h1: !!div.querySelector('h1'), strong: !!div.querySelector('strong'), table: !!div.querySelector('table'),
+  inlineCode: !!div.querySelector('p code'),
+  imgs: document.querySelectorAll('img').length,
+  scripts: div.querySelectorAll('script').length,
+  divs: div.querySelectorAll('div:not(.code-bar)').length,
+  onAttrs: all.filter(e => Array.from(e.attributes).some(a => /^on/i.test(a.name))).length,
+  jsLinks: Array.from(div.querySelectorAll('a')).filter(a => /^\s*javascript:/i.test(a.getAttribute('href') || '')).length,
+  goodLink: !!div.querySelector('a[href="https://example.com/"]'),
+  text: div.textContent,
+  partialCode: !!partial.querySelector('pre code.hljs'),
+};
+return out;
+"""
+
+
+def main():
+    node = Node()
+    driver = None
+    shots = os.path.join(ROOT, "build")
+    os.makedirs(shots, exist_ok=True)
+    try:
+        node.start()
+        url = node.url
+        print("node at %s" % url, flush=True)
+        driver = make_driver()
+
+        # -- the page, the model picker -------------------------------------------------
+        page_ready(driver, url)
+        check("page title", driver.title == "exo chat", driver.title)
+        options = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#model option')).map(o => o.value)")
+        check("model picker lists %s" % MODEL, MODEL in options, repr(options))
+        check("model picker selects it", driver.find_element(By.ID, "model").get_attribute("value") == MODEL)
+
+        # -- Markdown: highlighted, sanitised -----------------------------------------------------
+        r = driver.execute_script(MARKDOWN_JS)
+        check("markdown: code block highlighted", r["code"] and r["spans"] > 0 and "language-python" in r["codeClass"],
+              "class=%r spans=%d" % (r["codeClass"], r["spans"]))
+        check("markdown: heading, bold, table, inline code", r["h1"] and r["strong"] and r["table"] and r["inlineCode"])
+        check("markdown: no <img>, <script>, on* attribute or raw <div> injected",
+              r["imgs"] == 0 and r["scripts"] == 0 and r["onAttrs"] == 0 and r["divs"] == 0, json.dumps(
+                  {k: r[k] for k in ("imgs", "scripts", "onAttrs", "divs")}))
+        check("markdown: javascript: link dropped, https link kept", r["jsLinks"] == 0 and r["goodLink"])
+        check("markdown: injected HTML shown as text", "<img src=x onerror=alert(1)>" in r["text"])
+        check("markdown: unfinished code fence renders while streaming", r["partialCode"])
+        time.sleep(0.5)
+        check("markdown: nothing ran", driver.execute_script("return window.__exoAlerted") is False)
+        driver.execute_script("document.getElementById('md-test').remove()")
+
+        # -- the topology panel --------------------------------------------------------------
+        mem = wait_for(driver, lambda d: d.execute_script(
+            "const e = document.querySelector('#topology .node .node-memory'); return e && e.textContent"),
+            20, "a node in the cluster panel")
+        check("topology panel shows a node with its memory", mem.endswith("GiB") or mem.endswith("MiB"), mem)
+
+        # -- a streamed answer, with figures; Shift+Enter makes a new line ------------------------
+        # Temperature 0 (greedy) keeps the answers, and so this test, repeatable.
+        driver.find_element(By.ID, "temperature").send_keys(Keys.HOME)
+        check("temperature slider set from the keyboard",
+              driver.find_element(By.ID, "temperature-out").text == "0.00")
+        set_field(driver, "max-tokens", 160)
+        n0 = driver.execute_script("return document.querySelectorAll('#messages .msg.assistant').length")
+        send_message(driver, QUESTION)
+        user_text = wait_for(driver, lambda d: d.execute_script(
+            "const u = document.querySelectorAll('#messages .msg.user .msg-body'); return u.length && u[u.length-1].textContent"),
+            10, "the question to show")
+        check("Shift+Enter keeps a newline, Enter sends", user_text == QUESTION, repr(user_text))
+        check("stop button shown while generating", driver.find_element(By.ID, "stop").is_displayed()
+              or last_answer(driver)["busy"] is False)
+        a = wait_answer_done(driver, n0)
+        check("answer streamed and completed", bool(a["text"].strip()) and not a["error"], repr(a["text"][:120]))
+        check("answer figures: TTFT and tok/s", bool(a["ttft"]) and bool(a["tps"]),
+              "%s | %s | %s" % (a["ttft"], a["tps"], a["tokens"]))
+        check("send button back after the answer", driver.find_element(By.ID, "send").is_displayed()
+              and not driver.find_element(By.ID, "stop").is_displayed())
+        first_answer = a["text"]
+
+        layers = wait_for(driver, lambda d: d.execute_script(
+            "const e = document.querySelector('#topology .partition'); return e && e.textContent"),
+            20, "the loaded model's layers in the cluster panel")
+        check("topology panel shows the layers the node holds", MODEL in layers and "layers" in layers, layers)
+
+        # -- the conversation survives a reload ---------------------------------------------------
+        page_ready(driver, url)
+        texts = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#messages .msg .msg-body')).map(e => e.textContent)")
+        title = driver.execute_script(
+            "const e = document.querySelector('#chat-list .chat-item.active .chat-open'); return e && e.textContent")
+        check("conversation survives a reload",
+              len(texts) >= 2 and texts[-2] == QUESTION and texts[-1] == first_answer,
+              repr(texts[-2:]))
+        check("conversation titled from its first message", bool(title) and QUESTION.startswith(title[:20]),
+              repr(title))
+        check("figures survive a reload", bool(last_answer(driver)["ttft"]))
+        driver.save_screenshot(os.path.join(shots, "chat_page.png"))
+
+        # -- a second conversation, and the stop button -------------------------------------------
+        n_chats = len(driver.find_elements(By.CSS_SELECTOR, "#chat-list .chat-item"))
+        driver.find_element(By.ID, "new-chat").click()
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .empty"), 5, "an empty conversation")
+        set_field(driver, "max-tokens", 2000)
+        send_message(driver, "Count from 1 to 1000, one number per line.")
+        seen = set()
+
+        def growing(d):
+            a = last_answer(d)
+            if a and a["text"]:
+                seen.add(len(a["text"]))
+            return len(seen) >= 3 and max(seen) >= 20
+        wait_for(driver, growing, 90, "the long answer to start streaming")
+        check("answer renders incrementally while streaming", len(seen) >= 3, "lengths seen: %s" % sorted(seen)[:6])
+        check("a new conversation is listed",
+              len(driver.find_elements(By.CSS_SELECTOR, "#chat-list .chat-item")) == n_chats + 1)
+        busy_before = last_answer(driver)["busy"]
+        driver.find_element(By.ID, "stop").click()
+        wait_for(driver, lambda d: d.find_element(By.ID, "send").is_displayed(), 10, "the UI to be ready after stop")
+        a1 = last_answer(driver)
+        time.sleep(1.5)
+        a2 = last_answer(driver)
+        check("stop cancels the generation", busy_before and a1["stopped"] and not a2["busy"]
+              and a1["text"] == a2["text"], "%d chars, stopped=%s" % (len(a2["text"]), a1["stopped"]))
+        check("stop: prompt box usable again",
+              driver.find_element(By.ID, "prompt").is_enabled() and not driver.find_element(By.ID, "stop").is_displayed())
+        # The node must be free again: a short follow-up is answered promptly.
+        set_field(driver, "max-tokens", 16)
+        n1 = a2["count"]
+        t0 = time.time()
+        send_message(driver, "Thanks!")
+        a3 = wait_answer_done(driver, n1, timeout=60)
+        check("after stop the node answers the next message", bool(a3["text"].strip()) and not a3["error"],
+              "%.1f s, TTFT %s" % (time.time() - t0, a3["ttft"]))
+
+        # -- delete a conversation ---------------------------------------------------------------
+        n_chats = len(driver.find_elements(By.CSS_SELECTOR, "#chat-list .chat-item"))
+        driver.find_element(By.CSS_SELECTOR, "#chat-list .chat-item.active .chat-delete").click()
+        driver.switch_to.alert.accept()
+        check("delete removes a conversation",
+              len(driver.find_elements(By.CSS_SELECTOR, "#chat-list .chat-item")) == n_chats - 1)
+
+        # -- no errors in the console (highlight.js 9 prints an EOL notice at info level) ---------
+        logs = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"
+                and "chat/completions" not in e.get("message", "")]
+        check("no errors in the browser console", not logs, "; ".join(e["message"][:160] for e in logs[:3]))
+
+        # -- phone width --------------------------------------------------------------------------
+        driver.set_window_size(390, 844)
+        time.sleep(0.3)
+        toggle = driver.find_element(By.ID, "toggle-chats")
+        check("narrow: conversations behind a menu button", toggle.is_displayed() and not driver.find_element(
+            By.ID, "new-chat").is_displayed())
+        driver.save_screenshot(os.path.join(shots, "chat_page_narrow.png"))
+        toggle.click()
+        time.sleep(0.4)
+        check("narrow: menu button opens the conversations",
+              driver.find_element(By.ID, "new-chat").is_displayed() and toggle.get_attribute("aria-expanded") == "true")
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        driver.set_window_size(1280, 860)
+
+        # -- a node with an API key: the page asks for it, then uses it -------------------------
+        if not os.environ.get("EXO_TEST_URL"):
+            keyed = Node(["--api-key", "test-key-123"], url="")
+            try:
+                keyed.start()
+                driver.get(keyed.url + "/")
+                wait_for(driver, lambda d: d.find_element(By.ID, "status").get_attribute("textContent")
+                         == "API key needed", 20, "the page to ask for the API key")
+                check("API key: a keyed node is reported as needing one", True)
+                set_field(driver, "api-key", "test-key-123")
+                wait_for(driver, lambda d: d.find_element(By.ID, "model").get_attribute("value") == MODEL,
+                         20, "the model list with the key")
+                check("API key: sent as a Bearer token (models listed)", True)
+            finally:
+                keyed.stop()
+    except Exception as e:  # a check that could not run is a failure
+        check("test ran to the end", False, "%s: %s" % (type(e).__name__, e))
+        traceback.print_exc()
+        if driver:
+            try:
+                driver.save_screenshot(os.path.join(shots, "chat_page_failure.png"))
+            except Exception:
+                pass
+        if node.log:
+            print("---- node log ----\n" + node.log_text())
+    finally:
+        if driver:
+            driver.quit()
+        node.stop()
+
+    print("%d passed, %d failed" % (len(passed), len(failed)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

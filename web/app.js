@@ -1,0 +1,889 @@
+/* app.js: the logic of exo's chat page.
+ *
+ * Conversations live in localStorage; answers stream from the node's
+ * POST /v1/chat/completions (server-sent events) and are rendered as Markdown
+ * while they arrive. The model's text is untrusted: raw HTML in it is shown as
+ * text, link targets are limited to http(s)/mailto, and every rendered tree
+ * goes through an allowlist sanitiser before it reaches the page. The stop
+ * button aborts the fetch, and the node cancels the generation when the
+ * connection closes. The cluster panel polls GET /v1/topology. */
+(function () {
+  "use strict";
+
+  var STORE_KEY = "exo.chat.conversations.v1";
+  var SETTINGS_KEY = "exo.chat.settings.v1";
+  var API_KEY_KEY = "exo.chat.apiKey"; // sessionStorage: kept for this tab only
+  var TOPOLOGY_EVERY_MS = 5000;
+  var DEFAULT_TITLE = "New chat";
+
+  function $(id) { return document.getElementById(id); }
+
+  // ---- Markdown, highlighted and sanitised --------------------------------------
+
+  var AUTO_LANGS = ["python", "javascript", "typescript", "bash", "shell", "c", "cpp", "java", "go", "rust",
+    "json", "lua", "sql", "xml", "css", "markdown", "yaml", "ruby", "php", "csharp", "kotlin", "swift"];
+
+  function escapeHtml(s) {
+    return String(s).replace(/[&<>"']/g, function (c) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+    });
+  }
+
+  // A link target the page may use, or null: http(s), mailto, or a relative
+  // reference. Control characters and spaces are dropped first, as browsers do.
+  function safeUrl(href) {
+    if (typeof href !== "string") return null;
+    var u = href.trim();
+    var bare = u.replace(/[\u0000-\u0020\u007f-\u009f]/g, "");
+    var m = /^([a-z][a-z0-9+.\-]*):/i.exec(bare);
+    if (m && !/^(https?|mailto)$/i.test(m[1])) return null;
+    if (!m && /^[^\/#?.]*:/.test(bare)) return null; // "java\tscript:" and friends
+    return u;
+  }
+
+  function autoLangs() {
+    if (!autoLangs.list) {
+      autoLangs.list = AUTO_LANGS.filter(function (l) { return window.hljs && window.hljs.getLanguage(l); });
+    }
+    return autoLangs.list;
+  }
+
+  // Code -> { html, lang } with highlight.js (9.x API), escaped text without it.
+  function highlightCode(code, lang) {
+    var hl = window.hljs;
+    if (hl) {
+      try {
+        if (lang && hl.getLanguage(lang)) return { html: hl.highlight(lang, code, true).value, lang: lang };
+        if (code.length < 20000) {
+          var r = hl.highlightAuto(code, autoLangs());
+          return { html: r.value, lang: r.language || "" };
+        }
+      } catch (e) { /* fall through to plain text */ }
+    }
+    return { html: escapeHtml(code), lang: lang };
+  }
+
+  var markedReady = false;
+  function setupMarked() {
+    if (markedReady || !window.marked || !window.marked.Renderer) return markedReady;
+    var m = window.marked;
+    var renderer = new m.Renderer();
+    // Raw HTML from the model is shown as text, never parsed.
+    renderer.html = function (html) { return escapeHtml(html); };
+    renderer.link = function (href, title, text) {
+      var url = safeUrl(href);
+      if (url === null) return text;
+      return '<a href="' + escapeHtml(url) + '"' + (title ? ' title="' + escapeHtml(title) + '"' : "") +
+        ' target="_blank" rel="noopener noreferrer nofollow">' + text + "</a>";
+    };
+    // Images would fetch whatever the model names: show them as links instead.
+    renderer.image = function (href, title, text) {
+      var label = "[image: " + escapeHtml(text || href || "") + "]";
+      var url = safeUrl(href);
+      if (url === null) return label;
+      return '<a href="' + escapeHtml(url) + '" target="_blank" rel="noopener noreferrer nofollow">' + label + "</a>";
+    };
+    renderer.code = function (code, infostring) {
+      var lang = String(infostring || "").trim().split(/\s+/)[0].toLowerCase().replace(/[^\w+#.\-]/g, "");
+      var r = highlightCode(String(code).replace(/\n$/, ""), lang);
+      var cls = "hljs" + (r.lang ? " language-" + String(r.lang).replace(/[^\w\-]/g, "") : "");
+      return '<pre><code class="' + cls + '">' + r.html + "</code></pre>\n";
+    };
+    m.setOptions({ renderer: renderer, gfm: true, breaks: true, headerIds: false, mangle: false });
+    // marked passes text inside inline <pre>/<code>/<kbd>/<script> through
+    // unescaped ("raw block"); we show those tags as text, so never enter that mode.
+    if (m.use && m.Tokenizer) {
+      m.use({ tokenizer: { tag: function (src) {
+        var t = m.Tokenizer.prototype.tag.call(this, src);
+        if (this.lexer && this.lexer.state) this.lexer.state.inRawBlock = false;
+        return t || false;
+      } } });
+    }
+    markedReady = true;
+    return true;
+  }
+
+  var ALLOWED = {
+    A: ["href", "title", "target", "rel"], P: [], BR: [], HR: [], H1: [], H2: [], H3: [], H4: [], H5: [], H6: [],
+    STRONG: [], EM: [], DEL: [], S: [], B: [], I: [], CODE: ["class"], PRE: [], BLOCKQUOTE: [], UL: [],
+    OL: ["start"], LI: [], TABLE: [], THEAD: [], TBODY: [], TR: [], TH: ["align"], TD: ["align"], SPAN: ["class"],
+    INPUT: ["type", "checked", "disabled"],
+  };
+
+  // Walks an inert tree (a <template>'s content) and keeps only allowlisted
+  // elements and attributes. Anything else becomes its text.
+  function cleanTree(node) {
+    var kids = Array.prototype.slice.call(node.childNodes);
+    for (var i = 0; i < kids.length; i++) {
+      var el = kids[i];
+      if (el.nodeType === 3) continue;
+      if (el.nodeType !== 1) { el.remove(); continue; }
+      var allowed = Object.prototype.hasOwnProperty.call(ALLOWED, el.tagName) ? ALLOWED[el.tagName] : null;
+      if (!allowed || el.namespaceURI !== "http://www.w3.org/1999/xhtml" ||
+          (el.tagName === "INPUT" && el.getAttribute("type") !== "checkbox")) {
+        var text = /^(SCRIPT|STYLE|TEMPLATE|IFRAME|OBJECT|EMBED|IMG|SVG|MATH|NOSCRIPT)$/i.test(el.tagName) ? ""
+          : el.textContent;
+        if (text) el.replaceWith(el.ownerDocument.createTextNode(text));
+        else el.remove();
+        continue;
+      }
+      var attrs = Array.prototype.slice.call(el.attributes);
+      for (var j = 0; j < attrs.length; j++) {
+        var name = attrs[j].name.toLowerCase(), value = attrs[j].value;
+        var ok = allowed.indexOf(name) >= 0;
+        if (ok && name === "href") ok = safeUrl(value) !== null;
+        if (ok && name === "class") ok = /^[\w\- ]*$/.test(value);
+        if (ok && name === "target") ok = value === "_blank";
+        if (!ok) el.removeAttribute(attrs[j].name);
+      }
+      if (el.tagName === "INPUT") el.setAttribute("disabled", "");
+      if (el.tagName === "A" && el.hasAttribute("href")) el.setAttribute("rel", "noopener noreferrer nofollow");
+      cleanTree(el);
+    }
+  }
+
+  // Markdown -> a sanitised DocumentFragment (inert until inserted).
+  function renderMarkdown(md) {
+    var tpl = document.createElement("template");
+    if (setupMarked()) {
+      var html;
+      // An unclosed code fence (mid-stream) only parses as code when a newline ends the text.
+      var src = String(md);
+      if (src && src.charAt(src.length - 1) !== "\n") src += "\n";
+      try { html = window.marked.parse(src); } catch (e) { html = "<p>" + escapeHtml(md) + "</p>"; }
+      tpl.innerHTML = html;
+    } else {
+      var p = document.createElement("p");
+      p.className = "plain";
+      p.textContent = String(md);
+      tpl.content.appendChild(p);
+    }
+    cleanTree(tpl.content);
+    return tpl.content;
+  }
+
+  function copyText(text, button) {
+    function done(ok) {
+      button.textContent = ok ? "Copied" : "Copy failed";
+      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(false); });
+      return;
+    }
+    var ta = document.createElement("textarea");
+    ta.value = text;
+    ta.setAttribute("readonly", "");
+    ta.style.position = "fixed";
+    ta.style.opacity = "0";
+    document.body.appendChild(ta);
+    ta.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    ta.remove();
+    done(ok);
+  }
+
+  // Renders md into el, then adds a language label and a copy button to each
+  // code block (built here, after sanitising, from trusted code).
+  function renderMarkdownInto(el, md) {
+    el.replaceChildren(renderMarkdown(md));
+    var pres = el.querySelectorAll("pre");
+    for (var i = 0; i < pres.length; i++) {
+      var pre = pres[i], code = pre.querySelector("code");
+      if (!code) continue;
+      var bar = document.createElement("div");
+      bar.className = "code-bar";
+      var m = /(?:^|\s)language-([\w\-]+)/.exec(code.className);
+      var lang = document.createElement("span");
+      lang.textContent = m ? m[1] : "text";
+      var btn = document.createElement("button");
+      btn.type = "button";
+      btn.className = "copy-btn";
+      btn.textContent = "Copy";
+      btn.setAttribute("aria-label", "Copy code");
+      btn.addEventListener("click", copyText.bind(null, code.textContent, btn));
+      bar.appendChild(lang);
+      bar.appendChild(btn);
+      pre.insertBefore(bar, code);
+    }
+  }
+
+  // ---- storage ------------------------------------------------------------------------
+
+  function uid() { return Date.now().toString(36) + Math.random().toString(36).slice(2, 8); }
+
+  function loadJson(key, fallback) {
+    try {
+      var v = JSON.parse(localStorage.getItem(key));
+      return v === null || v === undefined ? fallback : v;
+    } catch (e) { return fallback; }
+  }
+
+  var state = {
+    convs: [], current: null,
+    settings: { model: "", temperature: 0.7, maxTokens: 512 },
+    gen: null, // { convId, msg, controller }
+    models: [],
+  };
+
+  function loadState() {
+    var saved = loadJson(STORE_KEY, null);
+    if (saved && Array.isArray(saved.conversations)) {
+      state.convs = saved.conversations.filter(function (c) { return c && c.id && Array.isArray(c.messages); });
+      state.current = saved.current;
+      // An answer that was streaming when the page went away is kept as stopped.
+      state.convs.forEach(function (c) {
+        c.messages.forEach(function (m) { if (m.pending) { m.pending = false; m.stopped = true; } });
+      });
+    }
+    var s = loadJson(SETTINGS_KEY, {});
+    if (typeof s.model === "string") state.settings.model = s.model;
+    if (typeof s.temperature === "number" && s.temperature >= 0 && s.temperature <= 2) state.settings.temperature = s.temperature;
+    if (typeof s.maxTokens === "number" && s.maxTokens >= 1) state.settings.maxTokens = Math.floor(s.maxTokens);
+    if (!state.convs.length) newConversation();
+    if (!findConv(state.current)) state.current = sortedConvs()[0].id;
+  }
+
+  function saveConvs() {
+    try {
+      localStorage.setItem(STORE_KEY, JSON.stringify({ conversations: state.convs, current: state.current }));
+    } catch (e) {
+      setStatus("cannot save conversations: " + e.message, "bad");
+    }
+  }
+  var saveSoonTimer = null;
+  function saveSoon() {
+    if (saveSoonTimer) return;
+    saveSoonTimer = setTimeout(function () { saveSoonTimer = null; saveConvs(); }, 800);
+  }
+
+  function saveSettings() {
+    try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(state.settings)); } catch (e) { /* ignore */ }
+  }
+
+  function apiKey() { try { return sessionStorage.getItem(API_KEY_KEY) || ""; } catch (e) { return ""; } }
+
+  // ---- conversations -------------------------------------------------------------
+
+  function findConv(id) {
+    for (var i = 0; i < state.convs.length; i++) if (state.convs[i].id === id) return state.convs[i];
+    return null;
+  }
+  function currentConv() { return findConv(state.current); }
+  function sortedConvs() {
+    return state.convs.slice().sort(function (a, b) { return (b.updatedAt || 0) - (a.updatedAt || 0); });
+  }
+
+  function newConversation() {
+    var now = Date.now();
+    var c = { id: uid(), title: DEFAULT_TITLE, system: "", createdAt: now, updatedAt: now, messages: [] };
+    state.convs.push(c);
+    state.current = c.id;
+    return c;
+  }
+
+  function selectConversation(id) {
+    if (!findConv(id)) return;
+    state.current = id;
+    saveConvs();
+    renderChatList();
+    renderConversation();
+    closeDrawers();
+  }
+
+  function deleteConversation(id) {
+    var c = findConv(id);
+    if (!c) return;
+    if (!window.confirm('Delete the conversation "' + c.title + '"?')) return;
+    if (state.gen && state.gen.convId === id) state.gen.controller.abort();
+    state.convs = state.convs.filter(function (x) { return x.id !== id; });
+    if (!state.convs.length) newConversation();
+    if (state.current === id) state.current = sortedConvs()[0].id;
+    saveConvs();
+    renderChatList();
+    renderConversation();
+  }
+
+  function renameConversation(li, c) {
+    var input = document.createElement("input");
+    input.type = "text";
+    input.className = "rename-input";
+    input.value = c.title;
+    input.setAttribute("aria-label", "New name for the conversation");
+    var finished = false;
+    function finish(commit) {
+      if (finished) return;
+      finished = true;
+      var v = input.value.trim();
+      if (commit && v) { c.title = v.slice(0, 120); saveConvs(); }
+      renderChatList();
+    }
+    input.addEventListener("keydown", function (e) {
+      if (e.key === "Enter") { e.preventDefault(); finish(true); }
+      else if (e.key === "Escape") { e.preventDefault(); finish(false); }
+    });
+    input.addEventListener("blur", function () { finish(true); });
+    li.replaceChildren(input);
+    input.focus();
+    input.select();
+  }
+
+  // ---- rendering ---------------------------------------------------------------------
+
+  function renderChatList() {
+    var ul = $("chat-list");
+    ul.replaceChildren();
+    sortedConvs().forEach(function (c) {
+      var li = document.createElement("li");
+      li.className = "chat-item" + (c.id === state.current ? " active" : "");
+      var open = document.createElement("button");
+      open.type = "button";
+      open.className = "chat-open";
+      open.textContent = c.title || DEFAULT_TITLE;
+      open.title = c.title || DEFAULT_TITLE;
+      if (c.id === state.current) open.setAttribute("aria-current", "true");
+      open.addEventListener("click", function () { selectConversation(c.id); });
+      var ren = document.createElement("button");
+      ren.type = "button";
+      ren.className = "icon-btn small chat-rename";
+      ren.textContent = "\u270E";
+      ren.setAttribute("aria-label", "Rename " + (c.title || DEFAULT_TITLE));
+      ren.title = "Rename";
+      ren.addEventListener("click", function () { renameConversation(li, c); });
+      var del = document.createElement("button");
+      del.type = "button";
+      del.className = "icon-btn small chat-delete";
+      del.textContent = "\u00D7";
+      del.setAttribute("aria-label", "Delete " + (c.title || DEFAULT_TITLE));
+      del.title = "Delete";
+      del.addEventListener("click", function () { deleteConversation(c.id); });
+      li.appendChild(open);
+      li.appendChild(ren);
+      li.appendChild(del);
+      ul.appendChild(li);
+    });
+  }
+
+  function fmtMs(ms) { return ms < 1000 ? Math.round(ms) + " ms" : (ms / 1000).toFixed(2) + " s"; }
+
+  function statsNode(msg) {
+    var st = msg.stats;
+    var div = document.createElement("div");
+    div.className = "msg-stats";
+    function add(cls, label, value, title) {
+      var s = document.createElement("span");
+      s.className = "stat " + cls;
+      if (title) s.title = title;
+      var b = document.createElement("b");
+      b.textContent = label;
+      s.appendChild(b);
+      s.appendChild(document.createTextNode(" " + value));
+      div.appendChild(s);
+    }
+    if (msg.model) add("stat-model", "model", msg.model);
+    if (st) {
+      if (st.ttftMs !== null && st.ttftMs !== undefined) add("stat-ttft", "TTFT", fmtMs(st.ttftMs), "time to first token");
+      add("stat-tokens", "tokens", String(st.tokens), st.promptTokens ? st.promptTokens + " prompt tokens" : "");
+      if (st.tokPerS) add("stat-tps", "tok/s", st.tokPerS.toFixed(1), "generation speed after the first token");
+      add("stat-total", "total", fmtMs(st.totalMs));
+    }
+    if (msg.stopped) add("stat-finish stopped", "stopped", "by you");
+    else if (st && st.finish === "length") add("stat-finish", "finish", "max tokens reached");
+    return div;
+  }
+
+  function messageNode(msg) {
+    var wrap = document.createElement("article");
+    wrap.className = "msg " + msg.role + (msg.pending ? " pending" : "") + (msg.error ? " error" : "");
+    wrap.dataset.msgId = msg.id;
+    var who = document.createElement("h3");
+    who.className = "msg-who";
+    who.textContent = msg.role === "user" ? "You" : "exo";
+    wrap.appendChild(who);
+    var body = document.createElement("div");
+    body.className = "msg-body";
+    wrap.appendChild(body);
+    fillMessage(wrap, msg);
+    return wrap;
+  }
+
+  function fillMessage(wrap, msg) {
+    var body = wrap.querySelector(".msg-body");
+    wrap.classList.toggle("pending", !!msg.pending);
+    wrap.classList.toggle("error", !!msg.error);
+    wrap.setAttribute("aria-busy", msg.pending ? "true" : "false");
+    if (msg.role === "user") {
+      body.textContent = msg.content;
+    } else if (msg.pending && !msg.content) {
+      body.innerHTML = '<span class="typing" aria-label="waiting for the first token"><i></i><i></i><i></i></span>';
+    } else {
+      renderMarkdownInto(body, msg.content);
+    }
+    var old = wrap.querySelector(".msg-error");
+    if (old) old.remove();
+    if (msg.error) {
+      var err = document.createElement("p");
+      err.className = "msg-error";
+      err.setAttribute("role", "alert");
+      err.textContent = msg.error;
+      wrap.appendChild(err);
+    }
+    var oldStats = wrap.querySelector(".msg-stats");
+    if (oldStats) oldStats.remove();
+    if (msg.role === "assistant" && !msg.pending) wrap.appendChild(statsNode(msg));
+  }
+
+  function emptyNode() {
+    var d = document.createElement("div");
+    d.className = "empty";
+    var h = document.createElement("p");
+    h.className = "empty-title";
+    h.textContent = "Chat with a model running on your exo node";
+    var p = document.createElement("p");
+    p.textContent = "Answers stream from this node's OpenAI-compatible API. Pick a model above, type below, press Enter.";
+    d.appendChild(h);
+    d.appendChild(p);
+    return d;
+  }
+
+  function renderConversation() {
+    var c = currentConv();
+    var box = $("messages");
+    box.replaceChildren();
+    $("system-prompt").value = c ? c.system || "" : "";
+    autosize($("system-prompt"), 160);
+    if (!c || !c.messages.length) { box.appendChild(emptyNode()); return; }
+    c.messages.forEach(function (m) { box.appendChild(messageNode(m)); });
+    box.scrollTop = box.scrollHeight;
+  }
+
+  function msgElement(id) {
+    return $("messages").querySelector('[data-msg-id="' + (window.CSS && CSS.escape ? CSS.escape(id) : id) + '"]');
+  }
+
+  function nearBottom(box) { return box.scrollHeight - box.scrollTop - box.clientHeight < 80; }
+
+  // Re-renders one streaming message at most once a frame.
+  var renderQueued = false;
+  function scheduleMsgRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(function () {
+      renderQueued = false;
+      if (state.gen) updateMsg(state.gen.msg);
+    });
+  }
+  function updateMsg(msg) {
+    var el = msgElement(msg.id);
+    if (!el) return;
+    var box = $("messages");
+    var stick = nearBottom(box);
+    fillMessage(el, msg);
+    if (stick) box.scrollTop = box.scrollHeight;
+  }
+
+  function setStatus(text, kind) {
+    var s = $("status");
+    s.textContent = text;
+    s.title = text;
+    s.className = "status" + (kind ? " " + kind : "");
+  }
+
+  function setBusy(busy) {
+    $("send").hidden = busy;
+    $("stop").hidden = !busy;
+    $("send").disabled = busy;
+    $("chat").classList.toggle("busy", busy);
+  }
+
+  function autosize(ta, max) {
+    ta.style.height = "auto";
+    ta.style.height = Math.min(ta.scrollHeight + 2, max) + "px";
+    ta.style.overflowY = ta.scrollHeight + 2 > max ? "auto" : "hidden";
+  }
+
+  // ---- the API --------------------------------------------------------------------------
+
+  function apiHeaders(json) {
+    var h = {};
+    if (json) h["Content-Type"] = "application/json";
+    var k = apiKey();
+    if (k) h["Authorization"] = "Bearer " + k;
+    return h;
+  }
+
+  // An OpenAI-shaped error body -> a readable message.
+  function errorMessage(status, text) {
+    try {
+      var j = JSON.parse(text);
+      if (j && j.error && j.error.message) return j.error.message + (status ? " (HTTP " + status + ")" : "");
+    } catch (e) { /* not JSON */ }
+    return "HTTP " + status + (text ? ": " + text.slice(0, 200) : "");
+  }
+
+  function loadModels() {
+    return fetch("/v1/models", { headers: apiHeaders(false) }).then(function (res) {
+      return res.text().then(function (text) {
+        if (!res.ok) throw new Error(errorMessage(res.status, text));
+        return JSON.parse(text);
+      });
+    }).then(function (j) {
+      state.models = (j && Array.isArray(j.data)) ? j.data : [];
+      fillModels();
+    }).catch(function (e) {
+      var sel = $("model");
+      sel.replaceChildren(new Option("models unavailable", ""));
+      sel.disabled = true;
+      setStatus(/401|API key/.test(e.message) ? "API key needed" : "cannot list models", "bad");
+    });
+  }
+
+  function fillModels() {
+    var sel = $("model");
+    sel.replaceChildren();
+    var ready = state.models.filter(function (m) { return m.downloaded !== false; });
+    state.models.forEach(function (m) {
+      var o = new Option(m.id + (m.downloaded === false ? " (not downloaded)" : ""), m.id);
+      o.disabled = m.downloaded === false;
+      if (m.description) o.title = m.description;
+      sel.appendChild(o);
+    });
+    if (!state.models.length) {
+      sel.appendChild(new Option("no models", ""));
+      sel.disabled = true;
+      return;
+    }
+    var want = state.settings.model;
+    var pick = ready.some(function (m) { return m.id === want; }) ? want : (ready[0] ? ready[0].id : "");
+    sel.value = pick;
+    sel.disabled = false;
+    state.settings.model = pick;
+  }
+
+  // Streams one answer into msg. Resolves when done, stopped or failed.
+  function streamAnswer(conv, msg) {
+    var controller = new AbortController();
+    state.gen = { convId: conv.id, msg: msg, controller: controller };
+    setBusy(true);
+    var messages = [];
+    if (conv.system && conv.system.trim()) messages.push({ role: "system", content: conv.system });
+    conv.messages.forEach(function (m) {
+      if (m === msg || m.error || (m.role === "assistant" && !m.content)) return;
+      messages.push({ role: m.role, content: m.content });
+    });
+    var body = {
+      model: msg.model, messages: messages, stream: true, stream_options: { include_usage: true },
+      temperature: state.settings.temperature, max_tokens: state.settings.maxTokens,
+    };
+    var t0 = performance.now(), tFirst = null, tLast = null, pieces = 0, usage = null, finish = null;
+
+    function handleEvent(data) {
+      if (data === "[DONE]") return true;
+      var j;
+      try { j = JSON.parse(data); } catch (e) { return false; }
+      if (j.error) throw new Error(j.error.message || "the node reported an error");
+      if (j.usage) usage = j.usage;
+      var ch = j.choices && j.choices[0];
+      if (ch) {
+        var piece = ch.delta && typeof ch.delta.content === "string" ? ch.delta.content : "";
+        if (piece) {
+          var now = performance.now();
+          if (tFirst === null) tFirst = now;
+          tLast = now;
+          pieces++;
+          msg.content += piece;
+          scheduleMsgRender();
+          saveSoon();
+        }
+        if (ch.finish_reason) finish = ch.finish_reason;
+      }
+      return false;
+    }
+
+    return fetch("/v1/chat/completions", {
+      method: "POST", headers: apiHeaders(true), body: JSON.stringify(body), signal: controller.signal,
+    }).then(function (res) {
+      if (!res.ok || !res.body) {
+        return res.text().then(function (text) { throw new Error(errorMessage(res.status, text)); });
+      }
+      var reader = res.body.getReader();
+      var decoder = new TextDecoder();
+      var buf = "";
+      function pump() {
+        return reader.read().then(function (r) {
+          if (r.done) return;
+          buf += decoder.decode(r.value, { stream: true });
+          var idx;
+          while ((idx = buf.indexOf("\n\n")) >= 0) {
+            var event = buf.slice(0, idx);
+            buf = buf.slice(idx + 2);
+            var data = event.split("\n").filter(function (l) { return l.indexOf("data:") === 0; })
+              .map(function (l) { return l.slice(5).replace(/^ /, "").replace(/\r$/, ""); }).join("\n");
+            if (data && handleEvent(data)) { reader.cancel().catch(function () {}); return; }
+          }
+          return pump();
+        });
+      }
+      return pump();
+    }).catch(function (e) {
+      if (e && e.name === "AbortError") msg.stopped = true;
+      else msg.error = (e && e.message) || String(e);
+    }).then(function () {
+      var end = performance.now();
+      var tokens = usage && typeof usage.completion_tokens === "number" ? usage.completion_tokens : pieces;
+      var tps = null;
+      if (tFirst !== null && tLast > tFirst && tokens > 1) tps = (tokens - 1) / ((tLast - tFirst) / 1000);
+      else if (tFirst !== null && tokens > 0 && end > t0) tps = tokens / ((end - t0) / 1000);
+      msg.stats = {
+        ttftMs: tFirst !== null ? tFirst - t0 : null, tokens: tokens, tokPerS: tps, totalMs: end - t0,
+        promptTokens: usage ? usage.prompt_tokens : null, finish: finish,
+      };
+      msg.pending = false;
+      state.gen = null;
+      conv.updatedAt = Date.now();
+      saveConvs();
+      updateMsg(msg);
+      setBusy(false);
+      refreshTopology();
+      if (conv.id === state.current) $("prompt").focus();
+    });
+  }
+
+  function send() {
+    if (state.gen) return;
+    var ta = $("prompt");
+    var text = ta.value;
+    if (!text.trim()) return;
+    var model = $("model").value;
+    var conv = currentConv() || newConversation();
+    if (conv.title === DEFAULT_TITLE && !conv.messages.length) {
+      conv.title = text.trim().replace(/\s+/g, " ").slice(0, 48);
+    }
+    conv.messages.push({ id: uid(), role: "user", content: text });
+    var msg = { id: uid(), role: "assistant", content: "", model: model, pending: true };
+    conv.messages.push(msg);
+    conv.updatedAt = Date.now();
+    if (!model) { msg.pending = false; msg.error = "No model is available: is the node running?"; }
+    ta.value = "";
+    autosize(ta, 220);
+    saveConvs();
+    renderChatList();
+    renderConversation();
+    if (model) streamAnswer(conv, msg);
+  }
+
+  function stop() {
+    if (state.gen) state.gen.controller.abort();
+  }
+
+  // ---- topology ----------------------------------------------------------------------
+
+  function fmtMemory(mb) {
+    if (typeof mb !== "number" || !(mb >= 0)) return "unknown";
+    return mb >= 1024 ? (mb / 1024).toFixed(1) + " GiB" : Math.round(mb) + " MiB";
+  }
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function listOf(x) {
+    if (Array.isArray(x)) return x;
+    if (x && typeof x === "object") return Object.keys(x).map(function (k) { return x[k]; });
+    return [];
+  }
+
+  function renderTopology(t) {
+    var box = $("topology");
+    var nodes = listOf(t && t.nodes), parts = listOf(t && t.partitions);
+    box.replaceChildren();
+    if (!nodes.length) { box.appendChild(el("p", "muted", "No nodes reported.")); return; }
+    var total = nodes.reduce(function (s, n) { return s + ((n.capabilities && n.capabilities.memory) || 0); }, 0);
+    box.appendChild(el("p", "topo-summary", nodes.length + (nodes.length === 1 ? " node" : " nodes") + " \u00B7 " +
+      fmtMemory(total) + " memory"));
+    nodes.forEach(function (n) {
+      var caps = n.capabilities || {};
+      var card = el("div", "node");
+      card.dataset.nodeId = n.id;
+      var head = el("div", "node-head");
+      head.appendChild(el("span", "node-id", n.id));
+      if (t.answering_node && t.answering_node === n.id) head.appendChild(el("span", "badge", "answering"));
+      card.appendChild(head);
+      var dl = el("dl", "node-facts");
+      function fact(k, v, cls) {
+        if (v === undefined || v === null || v === "") return;
+        dl.appendChild(el("dt", null, k));
+        dl.appendChild(el("dd", cls || null, v));
+      }
+      fact("memory", fmtMemory(caps.memory), "node-memory");
+      fact("chip", caps.chip);
+      fact("engine", [caps.engine, caps.threads ? caps.threads + " threads" : ""].filter(Boolean).join(", "));
+      fact("address", n.address);
+      fact("runtime", caps.model);
+      card.appendChild(dl);
+      var mine = parts.filter(function (p) { return p.node_id === n.id; });
+      var ul = el("ul", "partitions");
+      if (!mine.length) ul.appendChild(el("li", "muted", "no model loaded yet"));
+      mine.forEach(function (p) {
+        var li = el("li", "partition");
+        var n_layers = p.n_layers || 0, s = p.start_layer || 0, e = p.end_layer || 0; // [start, end)
+        var label = el("div", "partition-label");
+        label.appendChild(el("span", "partition-model", p.model));
+        label.appendChild(el("span", "partition-layers",
+          "layers " + s + "\u2013" + Math.max(s, e - 1) + (n_layers ? " of " + n_layers : "")));
+        li.appendChild(label);
+        if (n_layers > 0) {
+          var bar = el("div", "layer-bar");
+          bar.setAttribute("role", "img");
+          bar.setAttribute("aria-label", "holds layers " + s + " to " + (e - 1) + " of " + n_layers);
+          var fill = el("span");
+          fill.style.left = (100 * s / n_layers) + "%";
+          fill.style.width = (100 * (e - s) / n_layers) + "%";
+          bar.appendChild(fill);
+          li.appendChild(bar);
+        }
+        ul.appendChild(li);
+      });
+      card.appendChild(ul);
+      box.appendChild(card);
+    });
+  }
+
+  var topoInFlight = false;
+  function refreshTopology() {
+    if (topoInFlight) return;
+    topoInFlight = true;
+    fetch("/v1/topology", { headers: apiHeaders(false) }).then(function (res) {
+      return res.text().then(function (text) {
+        if (!res.ok) throw new Error(errorMessage(res.status, text));
+        return JSON.parse(text);
+      });
+    }).then(function (t) {
+      renderTopology(t);
+      setStatus("online", "good");
+      if (!state.models.length) loadModels();
+    }).catch(function (e) {
+      var needKey = /401|API key/.test(e.message);
+      setStatus(needKey ? "API key needed" : "node unreachable", "bad");
+      var box = $("topology");
+      box.replaceChildren(el("p", "muted", needKey ? "Enter the node's API key in Settings." : "Cannot reach the node."));
+    }).then(function () { topoInFlight = false; });
+  }
+
+  // ---- drawers (narrow widths) ------------------------------------------------------
+
+  function closeDrawers() {
+    document.body.classList.remove("show-chats", "show-side");
+    $("toggle-chats").setAttribute("aria-expanded", "false");
+    $("toggle-side").setAttribute("aria-expanded", "false");
+    $("scrim").hidden = true;
+  }
+  function toggleDrawer(which) {
+    var cls = "show-" + which, open = !document.body.classList.contains(cls);
+    closeDrawers();
+    if (open) {
+      document.body.classList.add(cls);
+      $(which === "chats" ? "toggle-chats" : "toggle-side").setAttribute("aria-expanded", "true");
+      $("scrim").hidden = false;
+      var first = $(which === "chats" ? "chats-panel" : "side-panel").querySelector("button, input, select, textarea");
+      if (first) first.focus();
+    }
+  }
+
+  // ---- wiring -------------------------------------------------------------------------
+
+  function init() {
+    loadState();
+    var temp = $("temperature"), maxTok = $("max-tokens"), key = $("api-key");
+    temp.value = state.settings.temperature;
+    $("temperature-out").textContent = Number(state.settings.temperature).toFixed(2);
+    maxTok.value = state.settings.maxTokens;
+    key.value = apiKey();
+
+    temp.addEventListener("input", function () {
+      state.settings.temperature = Number(temp.value);
+      $("temperature-out").textContent = state.settings.temperature.toFixed(2);
+      saveSettings();
+    });
+    maxTok.addEventListener("change", function () {
+      var v = Math.floor(Number(maxTok.value));
+      if (!(v >= 1)) v = 512;
+      maxTok.value = v;
+      state.settings.maxTokens = v;
+      saveSettings();
+    });
+    key.addEventListener("change", function () {
+      try {
+        if (key.value) sessionStorage.setItem(API_KEY_KEY, key.value);
+        else sessionStorage.removeItem(API_KEY_KEY);
+      } catch (e) { /* ignore */ }
+      loadModels();
+      refreshTopology();
+    });
+    $("model").addEventListener("change", function () {
+      state.settings.model = $("model").value;
+      saveSettings();
+    });
+    $("system-prompt").addEventListener("input", function () {
+      var c = currentConv();
+      if (c) { c.system = $("system-prompt").value; saveSoon(); }
+      autosize($("system-prompt"), 160);
+    });
+
+    var prompt = $("prompt");
+    prompt.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+        e.preventDefault();
+        send();
+      } else if (e.key === "Escape" && state.gen) {
+        e.preventDefault();
+        stop();
+      }
+    });
+    prompt.addEventListener("input", function () { autosize(prompt, 220); });
+    $("composer").addEventListener("submit", function (e) { e.preventDefault(); send(); });
+    $("stop").addEventListener("click", function () { stop(); prompt.focus(); });
+    $("new-chat").addEventListener("click", function () {
+      var c = currentConv();
+      if (!(c && !c.messages.length)) newConversation();
+      saveConvs();
+      renderChatList();
+      renderConversation();
+      closeDrawers();
+      prompt.focus();
+    });
+    $("toggle-chats").addEventListener("click", function () { toggleDrawer("chats"); });
+    $("toggle-side").addEventListener("click", function () { toggleDrawer("side"); });
+    $("scrim").addEventListener("click", closeDrawers);
+    document.addEventListener("keydown", function (e) {
+      if (e.key === "Escape" && (document.body.classList.contains("show-chats") ||
+          document.body.classList.contains("show-side"))) closeDrawers();
+    });
+    window.addEventListener("storage", function (e) {
+      // Another tab changed the conversations: follow it unless we are streaming.
+      if (e.key === STORE_KEY && !state.gen) { loadState(); renderChatList(); renderConversation(); }
+    });
+
+    setupMarked();
+    renderChatList();
+    renderConversation();
+    setBusy(false);
+    loadModels();
+    refreshTopology();
+    setInterval(function () { if (!document.hidden) refreshTopology(); }, TOPOLOGY_EVERY_MS);
+    prompt.focus();
+  }
+
+  // For tests and the console.
+  window.exoChat = {
+    renderMarkdown: renderMarkdown, renderMarkdownInto: renderMarkdownInto, safeUrl: safeUrl,
+    state: state, send: send, stop: stop, refreshTopology: refreshTopology,
+  };
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
