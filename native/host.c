@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <lauxlib.h>
 #include <limits.h>
+#include <signal.h>
 #include <lua.h>
 #include <lualib.h>
 #include <luajit.h>
@@ -77,6 +78,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "exo: cannot find the Lua sources (lua/exo/cli.lua) beside %s; set EXO_LUA_DIR\n", argv[0]);
         return 1;
     }
+
+    /* A peer that closes its socket must cost one failed write (EPIPE), not
+     * the process. */
+    signal(SIGPIPE, SIG_IGN);
 
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {

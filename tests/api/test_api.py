@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import subprocess
-import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -36,13 +36,16 @@ class Node:
 
     def __init__(self, *flags):
         self.port = free_port()
+        # The node's log goes to a file: a pipe nobody reads could fill and block it.
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [EXO, "--chatgpt-api-port", str(self.port), "--api-host", "127.0.0.1", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("exo exited: " + self.proc.stderr.read().decode())
+                self.log.seek(0)
+                raise RuntimeError("exo exited: " + self.log.read().decode())
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -51,12 +54,18 @@ class Node:
         raise RuntimeError("exo did not start listening")
 
     def stop(self):
+        """Stops the node; it must still be running (a crash fails the test)."""
+        alive = self.proc.poll() is None
         self.proc.terminate()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+        finally:
+            self.log.close()
+        if not alive:
+            raise RuntimeError("exo exited during the test with status %s" % self.proc.returncode)
 
     def request(self, method, path, body=None, headers=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)

@@ -114,7 +114,10 @@ Conn.__index = Conn
 
 function Conn:write(data)
   if self.closed then return end
-  self.tcp:write(data)
+  -- A failed write means the client is gone: close, which cancels its work.
+  self.tcp:write(data, function(err)
+    if err then self:close() end
+  end)
 end
 
 function Conn:close()
