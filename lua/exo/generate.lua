@@ -13,6 +13,7 @@
 local ffi = require "ffi"
 local native = require "exo.native"
 local sampling = require "exo.sampling"
+local json = require "exo.json"
 
 local M = {}
 
@@ -99,7 +100,8 @@ end
 -- Generates an answer to prompt ids.
 -- params: max_tokens, stop (list of strings), temperature, top_k, top_p,
 --   min_p, seed, presence/frequency/repeat penalties, logprobs.
--- on_text(piece): called with each piece of text as it becomes final.
+-- on_text(piece, logprobs): called with each piece of text as it becomes
+--   final (and, when params.logprobs, the entries of the tokens it came from).
 -- should_stop(): polled between tokens (a client that went away).
 -- Returns { text, tokens, finish_reason = "stop" | "length" | "cancelled",
 --   n_prompt, n_computed, n_generated, ttft, seconds } or nil, err.
@@ -117,13 +119,21 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
   local stream = tok:stream()
   local pending, text_parts, tokens = "", {}, {}
   local finish = "length"
+  local logprobs = params.logprobs and {} or nil
   local history = {}
   for i = 1, #prompt_ids do history[i] = prompt_ids[i] end
 
+  -- Log-probability entries of tokens whose text has not been emitted yet:
+  -- they travel with the next piece of text (streamed chunks carry them).
+  local lp_unsent = {}
   local function emit(s)
     if s == "" then return end
     text_parts[#text_parts + 1] = s
-    if on_text then on_text(s) end
+    local lps = nil
+    if logprobs then
+      lps, lp_unsent = lp_unsent, {}
+    end
+    if on_text then on_text(s, lps) end
   end
 
   while #tokens < max_tokens do
@@ -131,11 +141,19 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
       finish = "cancelled"
       break
     end
+    -- Log-probabilities are the model's own distribution, before penalties
+    -- and sampling warps (as OpenAI reports them).
+    if params.logprobs then native.C.exo_sample_log_softmax(self.logits, self.shard.n_vocab, self:logprob_buffer()) end
     local id = sampler:sample(self.logits, history)
     if not ttft then ttft = native.now() - t0 end
     if tok:is_eog(id) then
       finish = "stop"
       break
+    end
+    if params.logprobs then
+      local entry = self:logprob_entry(id, params.top_logprobs or 0)
+      logprobs[#logprobs + 1] = entry
+      lp_unsent[#lp_unsent + 1] = entry
     end
     tokens[#tokens + 1] = id
     history[#history + 1] = id
@@ -163,10 +181,80 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
   if finish ~= "stop" then emit(pending .. stream:flush()) end
   local seconds = native.now() - t0
   return {
-    text = table.concat(text_parts), tokens = tokens, finish_reason = finish,
+    text = table.concat(text_parts), tokens = tokens, finish_reason = finish, logprobs = logprobs,
     n_prompt = #prompt_ids, n_computed = computed, n_generated = #tokens,
     ttft = ttft or seconds, seconds = seconds,
   }
+end
+
+function Session:logprob_buffer()
+  if not self.logprob_buf then self.logprob_buf = ffi.new("float[?]", self.shard.n_vocab) end
+  return self.logprob_buf
+end
+
+-- A token's text as valid UTF-8: a token may hold part of a character (its
+-- exact bytes travel in `bytes`), and JSON text must not carry broken UTF-8.
+local function valid_utf8(s)
+  if not s:find("[\128-\255]") then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2 or (c >= 0xE0 and c <= 0xEF) and 3
+      or (c >= 0xF0 and c <= 0xF4) and 4 or 0
+    local ok = len > 0 and i + len - 1 <= n
+    for j = i + 1, ok and i + len - 1 or 0 do
+      local b = s:byte(j)
+      if b < 0x80 or b > 0xBF then ok = false end
+    end
+    if ok and len == 3 then
+      local b = s:byte(i + 1)
+      if (c == 0xE0 and b < 0xA0) or (c == 0xED and b > 0x9F) then ok = false end
+    elseif ok and len == 4 then
+      local b = s:byte(i + 1)
+      if (c == 0xF0 and b < 0x90) or (c == 0xF4 and b > 0x8F) then ok = false end
+    end
+    if ok then
+      out[#out + 1] = s:sub(i, i + len - 1)
+      i = i + len
+    else
+      out[#out + 1] = "\239\191\189" -- U+FFFD
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
+-- OpenAI's logprobs entry for a chosen token: its text, log-probability, bytes,
+-- and the top_n most likely alternatives.
+function Session:logprob_entry(id, top_n)
+  local lp, tok = self.logprob_buf, self.tokenizer
+  local function entry(t)
+    local piece = tok:piece(t) or ""
+    local bytes = {}
+    for i = 1, #piece do bytes[i] = piece:byte(i) end
+    return { token = valid_utf8(piece), logprob = lp[t], bytes = bytes }
+  end
+  local e = entry(id)
+  local top = {}
+  if top_n > 0 then
+    local best = {}
+    for t = 0, self.shard.n_vocab - 1 do
+      local v = lp[t]
+      if #best < top_n or v > lp[best[#best]] then
+        local i = #best + 1
+        while i > 1 and lp[best[i - 1]] < v do
+          best[i] = best[i - 1]
+          i = i - 1
+        end
+        best[i] = t
+        if #best > top_n then best[#best] = nil end
+      end
+    end
+    for i, t in ipairs(best) do top[i] = entry(t) end
+  end
+  e.top_logprobs = #top > 0 and top or json.empty_array
+  if #e.bytes == 0 then e.bytes = json.empty_array end
+  return e
 end
 
 function Session:free()

@@ -219,6 +219,26 @@ class ApiTest(unittest.TestCase):
             temperature=0, max_tokens=8)
         self.assertGreater(r.usage.completion_tokens, 0)
 
+    def test_logprobs(self):
+        r = self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], temperature=0, max_tokens=5,
+            logprobs=True, top_logprobs=3)
+        content = r.choices[0].logprobs.content
+        self.assertEqual(len(content), r.usage.completion_tokens)
+        # Tokens may split characters: their bytes, joined, are the answer.
+        self.assertEqual(b"".join(bytes(c.bytes) for c in content), r.choices[0].message.content.encode())
+        for c in content:
+            self.assertLessEqual(c.logprob, 0.0)
+            self.assertEqual(len(c.top_logprobs), 3)
+            # Greedy: the chosen token is the most likely one.
+            self.assertAlmostEqual(c.top_logprobs[0].logprob, c.logprob, places=5)
+            self.assertGreaterEqual(c.top_logprobs[0].logprob, c.top_logprobs[1].logprob)
+        chunks = list(self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], temperature=0, max_tokens=5,
+            logprobs=True, stream=True))
+        streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        self.assertEqual([e.token for e in streamed], [c.token for c in content])
+
     def test_completions(self):
         r = self.client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6,
                                            temperature=0)

@@ -81,10 +81,11 @@ local function run_generation(ctx, req, res, parsed, kind)
       res:sse_start()
       if kind == "chat" then res:sse(json.encode(openai.chat_chunk(id, model, created, { role = "assistant", content = "" }))) end
     end
-    local result, err, status = ctx.node:generate(parsed, function(piece)
+    local result, err, status = ctx.node:generate(parsed, function(piece, lps)
       start()
       if kind == "chat" then
-        res:sse(json.encode(openai.chat_chunk(id, model, created, { content = piece })))
+        local chunk_lp = lps and { content = #lps > 0 and lps or json.empty_array } or nil
+        res:sse(json.encode(openai.chat_chunk(id, model, created, { content = piece }, nil, chunk_lp)))
       else
         res:sse(json.encode(openai.text_chunk(id, model, created, piece)))
       end
