@@ -10,6 +10,7 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--default-model MODEL] [--system-prompt TEXT] [--max-generate-tokens N]
            [--default-temp T] [--chatgpt-api-response-timeout S] [--discovery-module none]
            [--disable-tui] [--max-sessions N] [--ctx N] [--cors-origin ORIGIN]
+           [--http-head-timeout S] [--http-idle-timeout S] [--max-body-mb N]
        exo <command> [options]
 
 With no command, exo starts a node: the ChatGPT-compatible API and the chat
@@ -235,6 +236,7 @@ local SERVE_FLAGS = {
   system_prompt = "string", max_generate_tokens = "number", default_temp = "number",
   chatgpt_api_response_timeout = "number", discovery_module = "string", disable_tui = "boolean",
   max_sessions = "number", ctx = "number", threads = "number", cors_origin = "string", chat_template = "string",
+  http_head_timeout = "number", http_idle_timeout = "number", max_body_mb = "number",
 }
 
 function commands.serve(args)
@@ -277,8 +279,13 @@ function commands.serve(args)
     response_timeout = opts.chatgpt_api_response_timeout or 900,
   }
   ctx.topology = function() return require("exo.topology").single(ctx) end
+  local http_defaults = require("exo.api.http").DEFAULTS
   local server, err = require("exo.api.server").start(ctx, {
     host = opts.api_host or "0.0.0.0", port = port, cors_origin = opts.cors_origin or "*",
+    head_timeout = opts.http_head_timeout and opts.http_head_timeout * 1000 or http_defaults.head_timeout,
+    body_timeout = opts.http_head_timeout and opts.http_head_timeout * 3000 or http_defaults.body_timeout,
+    idle_timeout = opts.http_idle_timeout and opts.http_idle_timeout * 1000 or http_defaults.idle_timeout,
+    max_body = opts.max_body_mb and opts.max_body_mb * 1048576 or http_defaults.max_body,
   })
   if not server then
     io.stderr:write("exo: " .. err .. "\n")

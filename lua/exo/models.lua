@@ -3,8 +3,10 @@
 -- Model ids (smollm2-135m, ...) map to a file in the store,
 -- $EXO_HOME/downloads/<id>/<file> (EXO_HOME defaults to ~/.cache/exo), and to
 -- facts about the model. Anything that looks like a path to a .gguf file is
--- used as it is, so a path works wherever an id does. Users may add entries
--- with models.register (from their own Lua files).
+-- used as it is, so a path works wherever an id does. Users add entries in
+-- $EXO_HOME/models.lua (or the file EXO_MODELS names): a Lua file that
+-- returns a table { ["my-model"] = { file = "x.gguf", ... } } or calls
+-- register(id, entry) on the module it receives as its argument.
 local M = {}
 
 M.registry = {
@@ -39,8 +41,35 @@ local function exists(path)
   return false
 end
 
+-- Loads the user's registry file once; an error in it is reported, not fatal.
+local user_loaded = false
+function M.load_user_file()
+  if user_loaded then return end
+  user_loaded = true
+  local path = os.getenv("EXO_MODELS") or (M.home() .. "/models.lua")
+  local chunk, err = loadfile(path)
+  if not chunk then
+    if not err:match("No such file") and not err:match("cannot open") then
+      io.stderr:write("exo: ignoring " .. path .. ": " .. err .. "\n")
+    end
+    return
+  end
+  local ok, result = pcall(chunk, M)
+  if not ok then
+    io.stderr:write("exo: ignoring " .. path .. ": " .. tostring(result) .. "\n")
+    return
+  end
+  if type(result) == "table" then
+    for id, entry in pairs(result) do
+      local rok, rerr = pcall(M.register, id, entry)
+      if not rok then io.stderr:write("exo: " .. path .. ": entry '" .. tostring(id) .. "': " .. rerr .. "\n") end
+    end
+  end
+end
+
 -- Resolves an id or path to a file path. Returns path or nil, err.
 function M.resolve(name)
+  M.load_user_file()
   name = name or M.default_id
   if name:match("%.gguf$") or name:find("/", 1, true) then
     if exists(name) then return name end
@@ -59,5 +88,7 @@ function M.resolve(name)
   end
   return path
 end
+
+M.load_user_file()
 
 return M

@@ -365,6 +365,22 @@ class CancelTest(unittest.TestCase):
             node.stop()
 
 
+class TimeoutTest(unittest.TestCase):
+    def test_slow_head_is_408_and_idle_is_closed(self):
+        node = Node("--http-head-timeout", "0.5", "--http-idle-timeout", "1")
+        try:
+            t0 = time.time()
+            out = node.raw(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n", timeout=10)  # head never finished
+            self.assertEqual(status_of(out), 408)
+            self.assertLess(time.time() - t0, 5)
+            with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+                t0 = time.time()
+                self.assertEqual(s.recv(100), b"")  # an idle connection is closed by the server
+                self.assertLess(time.time() - t0, 5)
+        finally:
+            node.stop()
+
+
 class ApiKeyTest(unittest.TestCase):
     def test_api_key_required(self):
         node = Node("--api-key", "sekrit")

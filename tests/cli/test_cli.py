@@ -1,0 +1,136 @@
+"""test_cli.py: the `exo` command line as a user runs it.
+
+`exo run` answers on stdout only (timings go to stderr, and only when asked),
+is reproducible (greedy, and sampled with a seed), honours stop strings,
+reads a piped prompt, and fails with a clear message and status on bad flags,
+unknown models and corrupt model files. `exo repl` evaluates piped Lua with the
+runtime loaded, including multi-line input.
+
+Run: build/venv/bin/python tests/cli/test_cli.py   (ctest runs it)
+"""
+
+import os
+import subprocess
+import tempfile
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXO = os.environ.get("EXO_BINARY", os.path.join(ROOT, "build", "exo"))
+
+
+def exo(*args, stdin=None, timeout=120):
+    p = subprocess.run([EXO, *args], input=stdin, capture_output=True, timeout=timeout)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+class RunTest(unittest.TestCase):
+    def test_greedy_is_reproducible_and_stdout_is_only_the_answer(self):
+        args = ("run", "--prompt", "Name three colors.", "--temperature", "0", "--max-tokens", "16")
+        rc1, out1, err1 = exo(*args)
+        rc2, out2, _ = exo(*args)
+        self.assertEqual((rc1, rc2), (0, 0), err1)
+        self.assertEqual(out1, out2)
+        self.assertGreater(len(out1.strip()), 0)
+        self.assertNotIn("tok/s", out1 + err1)
+        rc3, out3, err3 = exo(*args, "--verbose")
+        self.assertEqual(rc3, 0)
+        self.assertEqual(out3, out1)          # timings never mix into stdout
+        self.assertIn("tok/s", err3)
+        self.assertIn("TTFT", err3)
+
+    def test_seeded_sampling(self):
+        def sample(seed):
+            return exo("run", "--prompt", "Tell me a story.", "--temperature", "1.0", "--seed", str(seed),
+                       "--max-tokens", "24")[1]
+        self.assertEqual(sample(11), sample(11))
+        self.assertNotEqual(sample(11), sample(12))
+
+    def test_stop_string(self):
+        rc, full, _ = exo("run", "--prompt", "Count from 1 to 10, separated by commas.", "--temperature", "0",
+                          "--max-tokens", "40")
+        self.assertEqual(rc, 0)
+        self.assertIn("5", full)
+        rc, cut, _ = exo("run", "--prompt", "Count from 1 to 10, separated by commas.", "--temperature", "0",
+                         "--max-tokens", "40", "--stop", "5")
+        self.assertEqual(rc, 0)
+        self.assertEqual(cut.rstrip("\n"), full[:full.index("5")])
+
+    def test_piped_prompt(self):
+        rc, out, err = exo("run", "--temperature", "0", "--max-tokens", "8", stdin=b"What is 1+1?")
+        self.assertEqual(rc, 0, err)
+        self.assertGreater(len(out.strip()), 0)
+
+    def test_bad_flags(self):
+        rc, out, err = exo("run", "--temperature", "-1", "--prompt", "x")
+        self.assertEqual(rc, 2)
+        self.assertIn("--temperature", err)
+        rc, _, err = exo("run", "--no-such-flag")
+        self.assertEqual(rc, 2)
+        self.assertIn("unknown option", err)
+
+    def test_unknown_model(self):
+        rc, _, err = exo("run", "no-such-model", "--prompt", "x")
+        self.assertEqual(rc, 1)
+        self.assertIn("unknown model 'no-such-model'", err)
+
+    def test_corrupt_model_file(self):
+        with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+            f.write(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
+            f.flush()
+            rc, _, err = exo("run", f.name, "--prompt", "x")
+            self.assertEqual(rc, 1)
+            self.assertIn(f.name, err)
+            self.assertNotIn("traceback", err.lower())
+
+    def test_models_lists_the_default(self):
+        rc, out, _ = exo("models")
+        self.assertEqual(rc, 0)
+        self.assertRegex(out, r"smollm2-135m\s+downloaded")
+
+
+    def test_user_registry_file(self):
+        tiny = os.environ.get("EXO_TINY_MODEL", os.path.join(ROOT, "build", "tiny.gguf"))
+        with tempfile.TemporaryDirectory() as home:
+            os.makedirs(os.path.join(home, "downloads", "mine"))
+            os.symlink(tiny, os.path.join(home, "downloads", "mine", "t.gguf"))
+            with open(os.path.join(home, "models.lua"), "w") as f:
+                f.write('return { mine = { file = "t.gguf", description = "a user model" } }\n')
+            env = dict(os.environ, EXO_HOME=home)
+            p = subprocess.run([EXO, "models"], capture_output=True, env=env, timeout=60)
+            self.assertRegex(p.stdout.decode(), r"mine\s+downloaded\s+a user model")
+            p = subprocess.run([EXO, "bench", "mine", "-p", "8", "-n", "4", "-r", "1", "--json"],
+                               capture_output=True, env=env, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn('"tg_tok_s"', p.stdout.decode().splitlines()[-1])
+
+
+class ReplTest(unittest.TestCase):
+    def test_expressions_and_multiline(self):
+        script = b"1 + 2\nfunction f(x)\n  return x * 10\nend\nf(4)\n"
+        rc, out, err = exo("repl", stdin=script)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("3", out.split())
+        self.assertIn("40", out.split())
+
+    def test_runtime_is_loaded(self):
+        script = (b"m = load()\n"
+                  b"ids = m.tokenizer:encode('Hello world')\n"
+                  b"#ids\n"
+                  b"m.tokenizer:decode(ids)\n"
+                  b"seq = m.shard:new_seq(16)\n"
+                  b"logits = m.shard:forward(seq, ids)\n"
+                  b"#top(logits, m.shard.n_vocab, 3)\n")
+        rc, out, err = exo("repl", stdin=script)
+        self.assertEqual(rc, 0, err)
+        self.assertIn('"Hello world"', out)
+        self.assertIn("3", out.split())
+
+    def test_errors_do_not_end_the_session(self):
+        rc, out, err = exo("repl", stdin=b"error('boom')\n2 * 21\n")
+        self.assertEqual(rc, 0)
+        self.assertIn("boom", err)
+        self.assertIn("42", out.split())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
