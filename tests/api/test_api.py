@@ -25,6 +25,14 @@ EXO = os.environ.get("EXO_BINARY", os.path.join(ROOT, "build", "exo"))
 MODEL = "smollm2-135m"
 
 
+def _die_with_parent():
+    """In the child: get SIGTERM when the test process dies, so a killed test
+    run leaves no node behind."""
+    import ctypes
+    import signal
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,7 +48,7 @@ class Node:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [EXO, "--chatgpt-api-port", str(self.port), "--api-host", "127.0.0.1", *flags],
-            stdout=subprocess.DEVNULL, stderr=self.log)
+            stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=_die_with_parent)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
