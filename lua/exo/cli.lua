@@ -108,6 +108,15 @@ function commands.bench(args)
   return 0
 end
 
+-- The --chat-template FILE (a Lua function or Jinja text), or nil; nil, err
+-- when the file is unusable.
+local function load_chat_template(opts)
+  if not opts.chat_template then return nil end
+  local fn, err = require("exo.chat").load_template_file(opts.chat_template)
+  if not fn then return nil, err end
+  return fn
+end
+
 local RUN_FLAGS = {
   prompt = "string", system_prompt = "string", max_tokens = "number", temperature = "number", top_p = "number",
   top_k = "number", min_p = "number", seed = "number", stop = "string", chat_template = "string",
@@ -138,15 +147,10 @@ function commands.run(args)
   local native = require "exo.native"
   local verbose = opts.verbose or (tonumber(os.getenv("DEBUG") or "0") or 0) >= 1
   if opts.threads then native.set_threads(opts.threads) end
-  local template
-  if opts.chat_template then
-    local chat = require "exo.chat"
-    local fn, terr = chat.load_template_file(opts.chat_template)
-    if not fn then
-      io.stderr:write("exo run: " .. terr .. "\n")
-      return 1
-    end
-    template = fn
+  local template, terr = load_chat_template(opts)
+  if terr then
+    io.stderr:write("exo run: " .. terr .. "\n")
+    return 1
   end
   local t_load = native.now()
   local model, err = require("exo.model").load(pos[1], { chat_template = template })
@@ -195,22 +199,17 @@ function commands.run(args)
     return res
   end
 
-  if opts.prompt then
-    local res, aerr = answer(opts.prompt)
-    if not res then
-      io.stderr:write("exo run: " .. aerr .. "\n")
-      return 1
-    end
-    return 0
-  end
-  if not native.isatty(0) then
+  local once = opts.prompt
+  if not once and not native.isatty(0) then
     -- Piped input: the whole of stdin is one prompt.
-    local text = io.read("*a") or ""
-    if not text:match("%S") then
+    once = io.read("*a") or ""
+    if not once:match("%S") then
       io.stderr:write("exo run: no prompt (give --prompt or pipe text in)\n")
       return 2
     end
-    local res, aerr = answer(text)
+  end
+  if once then
+    local res, aerr = answer(once)
     if not res then
       io.stderr:write("exo run: " .. aerr .. "\n")
       return 1
@@ -262,14 +261,10 @@ function commands.serve(args)
   local native = require "exo.native"
   local models = require "exo.models"
   if opts.threads then native.set_threads(opts.threads) end
-  local template
-  if opts.chat_template then
-    local fn, terr = require("exo.chat").load_template_file(opts.chat_template)
-    if not fn then
-      io.stderr:write("exo: " .. terr .. "\n")
-      return 1
-    end
-    template = fn
+  local template, terr = load_chat_template(opts)
+  if terr then
+    io.stderr:write("exo: " .. terr .. "\n")
+    return 1
   end
   local node = require("exo.node").new { max_sessions = opts.max_sessions, n_ctx = opts.ctx, chat_template = template }
   local ctx = {
