@@ -280,6 +280,39 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(errors, [])
         self.assertEqual(len(results), 5)
 
+    def test_32_concurrent_streams(self):
+        """32 streaming clients at once (more than the sessions: they queue); every
+        stream is complete and well formed."""
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say something."}],
+                           "max_tokens": 6, "stream": True, "stream_options": {"include_usage": True}}).encode()
+        results, errors = [None] * 32, []
+
+        def stream(i):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.node.port, timeout=300)
+                conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+                res = conn.getresponse()
+                results[i] = (res.status, res.read().decode())
+                conn.close()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        self.assertEqual(errors, [])
+        for status, text in results:
+            self.assertEqual(status, 200)
+            events = [e for e in text.split("\n\n") if e]
+            self.assertEqual(events[-1], "data: [DONE]")
+            chunks = [json.loads(e[6:]) for e in events[:-1]]
+            self.assertEqual(chunks[0]["choices"][0]["delta"]["role"], "assistant")
+            self.assertEqual(len({c["id"] for c in chunks}), 1)
+            finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+            self.assertEqual(len(finishes), 1)
+            self.assertGreater(chunks[-1]["usage"]["completion_tokens"], 0)
+
     # ---- the HTTP layer ------------------------------------------------------
 
     def test_keep_alive_and_pipelining(self):

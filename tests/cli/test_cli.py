@@ -10,8 +10,12 @@ Run: build/venv/bin/python tests/cli/test_cli.py   (ctest runs it)
 """
 
 import os
+import pty
+import re
+import select
 import subprocess
 import tempfile
+import time
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +41,66 @@ class RunTest(unittest.TestCase):
         self.assertEqual(out3, out1)          # timings never mix into stdout
         self.assertIn("tok/s", err3)
         self.assertIn("TTFT", err3)
+
+    def test_capital_of_france(self):
+        # With the template's built-in default system prompt ("You are a helpful AI
+        # assistant named SmolLM, trained by Hugging Face") the 135M model answers
+        # this greedily with "L'Étoile, la Marseillaise, ..." -- llama.cpp gives the
+        # same tokens (docs/numerics.md). With a plain system prompt it says Paris.
+        rc, out, err = exo("run", "smollm2-135m", "--prompt", "What is the capital of France?",
+                           "--system-prompt", "You are a helpful assistant.", "--temperature", "0",
+                           "--max-tokens", "24")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("Paris", out)
+
+    def test_interactive_chat_keeps_the_conversation(self):
+        """In a terminal, exo run chats; turn two sees turn one (history kept, cache reused)."""
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(EXO, [EXO, "run", "--temperature", "0", "--max-tokens", "12", "--verbose"])
+        out = b""
+
+        def read_until(pattern, timeout=60):
+            nonlocal out
+            end = time.time() + timeout
+            while not re.search(pattern, out) and time.time() < end:
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if ready:
+                    try:
+                        out += os.read(fd, 4096)
+                    except OSError:
+                        break
+            return re.search(pattern, out)
+
+        try:
+            self.assertTrue(read_until(rb">>> "), out)
+            os.write(fd, b"My name is Ana.\r")
+            m1 = read_until(rb"prompt (\d+) tokens \((\d+) computed\)")
+            self.assertTrue(m1, out)
+            first_prompt = int(m1.group(1))
+            self.assertTrue(read_until(rb"finish: \w+.*\n.*>>> ", 60), out)
+            os.write(fd, b"What is my name?\r")
+            turns = None
+            end = time.time() + 60
+            while time.time() < end:
+                turns = re.findall(rb"prompt (\d+) tokens \((\d+) computed\)", out)
+                if len(turns) >= 2:
+                    break
+                read_until(rb"(prompt \d+ tokens.*){2}", 1)
+            self.assertEqual(len(turns), 2, out)
+            second_prompt, second_computed = int(turns[1][0]), int(turns[1][1])
+            # The second prompt holds the whole first exchange ...
+            self.assertGreater(second_prompt, first_prompt + 5)
+            # ... and only the new part was computed: the KV cache was reused.
+            self.assertLess(second_computed, second_prompt - first_prompt + 15)
+            os.write(fd, b"\r")
+        finally:
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            os.close(fd)
 
     def test_seeded_sampling(self):
         def sample(seed):
