@@ -47,7 +47,7 @@ int exo_runtime_threads(void)
 const char *exo_runtime_cpu_features(void)
 {
     exo_quants_init();
-    return exo_quants_have_avx2() ? "avx2 fma f16c" : "scalar";
+    return exo_quants_have_avx512() ? "avx512vnni avx2 fma f16c" : exo_quants_have_avx2() ? "avx2 fma f16c" : "scalar";
 }
 
 /* ---- model files -------------------------------------------------------- */

@@ -1,13 +1,15 @@
 /* bench_quants.c: single-core speed of the decode path's hot dots (not a test).
  *
- * Times matrix-vector products built from vec_dot, fast and _ref, for Q4_1
- * and Q8_0 weights with the default model's row lengths (576 and 1536), and
- * prints GB/s of weight bytes read. The 1536x576 and 576x1536 matrices fit in
- * L2, so they show the kernels' compute speed; the 49152x576 matrix (the
- * size of the model's output head) does not fit in any cache and shows how
- * close one core gets to memory bandwidth. A plain read loop over the same
- * bytes gives that bandwidth for comparison. Each number is the best of many
- * short runs taken in turn, so other load on the machine mostly washes out.
+ * Times matrix-vector products built from each available version of vec_dot
+ * (_ref, AVX2, AVX-512 VNNI, and the AVX-512 four-row vec_dot_x4) for Q4_1,
+ * Q8_0 and Q4_0 weights with the default model's row lengths (576 and 1536),
+ * and prints GB/s of weight bytes read. The 1536x576 and 576x1536 matrices
+ * fit in L2, so they show the kernels' compute speed; the 49152x576 matrix
+ * (the size of the model's output head) does not fit in any cache and shows
+ * how close one core gets to memory bandwidth. A plain read loop over the
+ * same bytes gives that bandwidth for comparison. Each number is the best of
+ * many short runs taken in turn, so other load on the machine mostly washes
+ * out; kernels absent on this CPU print as "-".
  *
  * Usage: bench_quants [rounds] (default 15). */
 #include <math.h>
@@ -18,6 +20,7 @@
 #include <time.h>
 
 #include "../kernels/cpu/quants.h"
+#include "../kernels/cpu/quants_avx512.h"
 
 static double now(void)
 {
@@ -29,20 +32,29 @@ static double now(void)
 static volatile float sink;
 static volatile uint64_t sink64;
 
-static void matvec(exo_vec_dot_fn dot, const uint8_t *w, size_t row_bytes, int rows, int cols,
-                   const void *act, float *y)
+/* One kernel to time: a one-row dot, or a four-row one (rows % 4 == 0 here). */
+typedef struct {
+    const char *name;
+    exo_vec_dot_fn dot;
+    exo_vec_dot_x4_fn dot4;
+} kernel;
+
+static void matvec(const kernel *k, const uint8_t *w, size_t row_bytes, int rows, int cols, const void *act, float *y)
 {
-    for (int r = 0; r < rows; r++) y[r] = dot(cols, w + (size_t)r * row_bytes, act);
+    if (k->dot4)
+        for (int r = 0; r < rows; r += 4) k->dot4(cols, w + (size_t)r * row_bytes, row_bytes, act, y + r);
+    else
+        for (int r = 0; r < rows; r++) y[r] = k->dot(cols, w + (size_t)r * row_bytes, act);
 }
 
 /* Repeats until at least min_s have passed; returns weight bytes per second. */
-static double time_matvec(exo_vec_dot_fn dot, const uint8_t *w, size_t row_bytes, int rows, int cols,
-                          const void *act, float *y, double min_s)
+static double time_matvec(const kernel *k, const uint8_t *w, size_t row_bytes, int rows, int cols, const void *act,
+                          float *y, double min_s)
 {
     long reps = 0;
     double t0 = now(), t;
     do {
-        matvec(dot, w, row_bytes, rows, cols, act, y);
+        matvec(k, w, row_bytes, rows, cols, act, y);
         reps++;
         t = now() - t0;
     } while (t < min_s);
@@ -71,20 +83,66 @@ static double time_read(const uint8_t *buf, size_t bytes, double min_s)
     return (double)(n / 4 * 32) * (double)reps / t;
 }
 
+#define MAX_KERNELS 4
+
+/* The versions of dtype's dot this CPU can run, ref first. */
+static int kernels_for(int dtype, kernel *k)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    int n = 0;
+    k[n++] = (kernel){ "ref", t->vec_dot_ref, NULL };
+#if EXO_QUANTS_X86
+    exo_vec_dot_fn avx2 = NULL, avx512 = NULL;
+    exo_vec_dot_x4_fn avx512_x4 = NULL;
+    switch (dtype) {
+    case EXO_DTYPE_Q4_0:
+        avx2 = exo_vec_dot_q4_0_q8_32_avx2;
+        avx512 = exo_vec_dot_q4_0_q8_32_avx512;
+        avx512_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512;
+        break;
+    case EXO_DTYPE_Q4_1:
+        avx2 = exo_vec_dot_q4_1_q8_32_avx2;
+        avx512 = exo_vec_dot_q4_1_q8_32_avx512;
+        avx512_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512;
+        break;
+    case EXO_DTYPE_Q8_0:
+        avx2 = exo_vec_dot_q8_0_q8_32_avx2;
+        avx512 = exo_vec_dot_q8_0_q8_32_avx512;
+        avx512_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512;
+        break;
+    default: break;
+    }
+    /* EXO_DISABLE_AVX512 leaves have_avx512 false; the CPU check is what matters here */
+    __builtin_cpu_init();
+    bool cpu512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    if (exo_quants_have_avx2() && avx2) k[n++] = (kernel){ "avx2", avx2, NULL };
+    if (exo_quants_have_avx2() && cpu512 && avx512) {
+        k[n++] = (kernel){ "avx512", avx512, NULL };
+        k[n++] = (kernel){ "avx512x4", NULL, avx512_x4 };
+    }
+#endif
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     int rounds = argc > 1 ? atoi(argv[1]) : 15;
     const double slice = 0.02;
     if (rounds < 1) rounds = 1;
     exo_quants_init();
-    printf("bench_quants: fast path is %s; GB/s of weight bytes, one core\n",
-           exo_quants_have_avx2() ? "AVX2" : "scalar (same as ref)");
+    printf("bench_quants: dispatch picks %s; GB/s of weight bytes, one core\n",
+           exo_quants_have_avx512() ? "AVX-512 VNNI" : exo_quants_have_avx2() ? "AVX2" : "scalar (same as ref)");
+    printf("  %-5s %-11s %8s %9s %9s %9s %9s %9s\n", "type", "shape", "MB", "ref", "avx2", "avx512", "avx512x4",
+           "read");
 
-    static const int dtypes[] = { EXO_DTYPE_Q4_1, EXO_DTYPE_Q8_0 };
+    static const int dtypes[] = { EXO_DTYPE_Q4_1, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0 };
     static const struct { int rows, cols; } shapes[] = { { 1536, 576 }, { 576, 1536 }, { 49152, 576 }, { 65536, 1536 } };
     srand(1);
-    for (int di = 0; di < 2; di++) {
+    for (int di = 0; di < 3; di++) {
         const exo_type_traits *t = exo_type_traits_get(dtypes[di]);
+        kernel ks[MAX_KERNELS];
+        int nk = kernels_for(dtypes[di], ks);
         for (int si = 0; si < 4; si++) {
             int rows = shapes[si].rows, cols = shapes[si].cols;
             size_t row_bytes = exo_dtype_row_size(dtypes[di], cols);
@@ -100,14 +158,22 @@ int main(int argc, char **argv)
             for (int i = 0; i < cols; i++) x[i] = (float)((double)rand() / RAND_MAX) - 0.5f;
             exo_quantize_act(t->act_type, x, act, cols);
 
-            double fast = 0, ref = 0, rd = 0;
+            double best[MAX_KERNELS] = { 0 }, rd = 0;
             for (int k = 0; k < rounds; k++) {
-                fast = fmax(fast, time_matvec(t->vec_dot, w, row_bytes, rows, cols, act, y, slice));
-                ref = fmax(ref, time_matvec(t->vec_dot_ref, w, row_bytes, rows, cols, act, y, slice));
+                for (int ki = 0; ki < nk; ki++)
+                    best[ki] = fmax(best[ki], time_matvec(&ks[ki], w, row_bytes, rows, cols, act, y, slice));
                 rd = fmax(rd, time_read(w, bytes, slice));
             }
-            printf("  %-5s %5dx%-5d %6.2f MB  fast %6.2f GB/s  ref %6.2f GB/s  (x%.1f)  read loop %6.2f GB/s\n",
-                   t->name, rows, cols, bytes / 1e6, fast / 1e9, ref / 1e9, fast / ref, rd / 1e9);
+            printf("  %-5s %5dx%-5d %8.2f", t->name, rows, cols, bytes / 1e6);
+            static const char *const cols_order[] = { "ref", "avx2", "avx512", "avx512x4" };
+            for (int c = 0; c < 4; c++) {
+                int found = -1;
+                for (int ki = 0; ki < nk; ki++)
+                    if (strcmp(ks[ki].name, cols_order[c]) == 0) found = ki;
+                if (found >= 0) printf(" %9.2f", best[found] / 1e9);
+                else printf(" %9s", "-");
+            }
+            printf(" %9.2f\n", rd / 1e9);
             free(x); free(y); free(wrow); free(w); free(act);
         }
     }

@@ -12,7 +12,14 @@
  *   activation quantization's error of the float dot;
  * - the fast (AVX2) to_float, vec_dot and activation quantizers agree with
  *   the reference ones, when the CPU has them;
- * - the traits table, row sizes, and init's dispatch.
+ * - every fast dot the CPU can run, whatever the dispatch picked (the AVX2
+ *   ones, the AVX-512 VNNI one-row and four-row ones), agrees with vec_dot_ref
+ *   as closely as the dispatched one must; four-row dots are tried at two row
+ *   strides, one of them not a multiple of 4;
+ * - the f32 helpers of vec.h (dot, axpy, dots, wsum): scalar and fast
+ *   against double-precision sums;
+ * - the traits table, row sizes, and init's dispatch (EXO_FORCE_SCALAR,
+ *   EXO_DISABLE_AVX512).
  *
  * Error bounds used for the reference quantizers (step = one quant's worth of
  * the decoded scale, off = the value decoded from quant 0):
@@ -27,6 +34,8 @@
 #include <string.h>
 
 #include "../kernels/cpu/quants.h"
+#include "../kernels/cpu/quants_avx512.h"
+#include "../kernels/cpu/vec.h"
 #include "check.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -116,6 +125,27 @@ __attribute__((target("f16c"))) static float hw_half_to_float(uint16_t h)
     return _cvtsh_ss(h);
 }
 #endif
+
+/* Which kernel sets this CPU can run, independent of the dispatch (which
+ * EXO_FORCE_SCALAR and EXO_DISABLE_AVX512 change). */
+static bool cpu_runs_avx2(void)
+{
+#if HAVE_HW_F16C_CHECK
+    return cpu_has_f16c() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+static bool cpu_runs_avx512(void)
+{
+#if HAVE_HW_F16C_CHECK
+    return cpu_runs_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
 
 static void test_half(void)
 {
@@ -287,7 +317,30 @@ static void test_traits(void)
     CHECK(t->vec_dot == first);
     CHECK(exo_quants_have_avx2() == (t->vec_dot != t->vec_dot_ref));
     const char *force = getenv("EXO_FORCE_SCALAR");
-    if (force && strcmp(force, "1") == 0) CHECK(!exo_quants_have_avx2());
+    const char *no512 = getenv("EXO_DISABLE_AVX512");
+    bool forced = force && strcmp(force, "1") == 0, disabled = no512 && strcmp(no512, "1") == 0;
+    if (forced) CHECK(!exo_quants_have_avx2() && !exo_quants_have_avx512());
+    if (disabled) CHECK(!exo_quants_have_avx512());
+    CHECK(!exo_quants_have_avx512() || exo_quants_have_avx2());
+    CHECK(exo_quants_have_avx2() == (!forced && cpu_runs_avx2()));
+    CHECK(exo_quants_have_avx512() == (!forced && !disabled && cpu_runs_avx512()));
+    CHECK(exo_vec_have_avx2() == (!forced && cpu_runs_avx2()));
+#if EXO_QUANTS_X86
+    /* the AVX-512 set covers the 32-element formats, and brings the 4-bit ones four-row dots */
+    if (exo_quants_have_avx512()) {
+        CHECK(exo_type_traits_get(EXO_DTYPE_Q4_0)->vec_dot == exo_vec_dot_q4_0_q8_32_avx512);
+        CHECK(exo_type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo_vec_dot_q4_1_q8_32_avx512);
+        CHECK(exo_type_traits_get(EXO_DTYPE_Q8_0)->vec_dot == exo_vec_dot_q8_0_q8_32_avx512);
+    } else if (exo_quants_have_avx2()) {
+        CHECK(exo_type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo_vec_dot_q4_1_q8_32_avx2);
+    }
+#endif
+    for (int k = 0; k < N_DTYPES; k++) {
+        const exo_type_traits *tk = exo_type_traits_get(all_dtypes[k]);
+        bool four_bit = all_dtypes[k] == EXO_DTYPE_Q4_0 || all_dtypes[k] == EXO_DTYPE_Q4_1;
+        bool want_x4 = exo_quants_have_avx512() && four_bit;
+        CHECK_MSG((tk->vec_dot_x4 != NULL) == want_x4, "%s: vec_dot_x4 %s", tk->name, tk->vec_dot_x4 ? "set" : "NULL");
+    }
 }
 
 static void test_layout(void)
@@ -535,11 +588,66 @@ static void test_act(int act_type, int n)
 
 /* ---- one format, one row ---------------------------------------------------------------------- */
 
+/* A fast dot of one format the CPU can run, tested whatever the dispatch
+ * chose: one-row (dot) or four-row (dot4, with twin: the one-row dot of the
+ * same kernel set, whose results it must match bit for bit). */
+typedef struct {
+    const char *name;
+    exo_vec_dot_fn dot;
+    exo_vec_dot_x4_fn dot4;
+    exo_vec_dot_fn twin;
+} kernel_path;
+
+#define MAX_PATHS 3
+
+static int paths_for(int dtype, kernel_path *p)
+{
+    int n = 0;
+#if EXO_QUANTS_X86
+    exo_vec_dot_fn avx2 = NULL, avx512 = NULL;
+    exo_vec_dot_x4_fn avx512_x4 = NULL;
+    switch (dtype) {
+    case EXO_DTYPE_F32: avx2 = exo_vec_dot_f32_avx2; break;
+    case EXO_DTYPE_F16: avx2 = exo_vec_dot_f16_avx2; break;
+    case EXO_DTYPE_BF16: avx2 = exo_vec_dot_bf16_avx2; break;
+    case EXO_DTYPE_Q4_0:
+        avx2 = exo_vec_dot_q4_0_q8_32_avx2;
+        avx512 = exo_vec_dot_q4_0_q8_32_avx512;
+        avx512_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512;
+        break;
+    case EXO_DTYPE_Q4_1:
+        avx2 = exo_vec_dot_q4_1_q8_32_avx2;
+        avx512 = exo_vec_dot_q4_1_q8_32_avx512;
+        avx512_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512;
+        break;
+    case EXO_DTYPE_Q8_0:
+        avx2 = exo_vec_dot_q8_0_q8_32_avx2;
+        avx512 = exo_vec_dot_q8_0_q8_32_avx512;
+        avx512_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512;
+        break;
+    case EXO_DTYPE_Q4_K: avx2 = exo_vec_dot_q4_K_q8_K_avx2; break;
+    case EXO_DTYPE_Q5_K: avx2 = exo_vec_dot_q5_K_q8_K_avx2; break;
+    case EXO_DTYPE_Q6_K: avx2 = exo_vec_dot_q6_K_q8_K_avx2; break;
+    default: break;
+    }
+    if (avx2 && cpu_runs_avx2()) p[n++] = (kernel_path){ "avx2", avx2, NULL, NULL };
+    if (avx512 && cpu_runs_avx512()) {
+        p[n++] = (kernel_path){ "avx512", avx512, NULL, NULL };
+        p[n++] = (kernel_path){ "avx512x4", NULL, avx512_x4, avx512 };
+    }
+#else
+    (void)dtype;
+    (void)p;
+#endif
+    return n;
+}
+
 typedef struct {
     double max_fast_dot;   /* |fast - ref| / magnitude */
     double max_formula;    /* |ref - dot(dequantized w, dequantized act)| / magnitude */
     double max_act_err;    /* |ref - dot(w, x)| / its bound */
     double max_to_float;   /* |fast - ref| / (|ref| + |off|) */
+    double max_path_dot[MAX_PATHS]; /* |path - ref| / magnitude, for paths_for()'s kernels */
     double sq_err, sq_sig; /* for the quantizer's relative RMSE */
     int rows;
 } stats;
@@ -584,6 +692,13 @@ static void check_row_kernels(int dtype, const void *w, const float *x2, int n, 
         double fast = t->vec_dot(n, w, act);
         double rel = fabs(fast - ref) / mag;
         if (rel > st->max_fast_dot) st->max_fast_dot = rel;
+    }
+    kernel_path paths[MAX_PATHS];
+    int np = paths_for(dtype, paths);
+    for (int k = 0; k < np; k++) {
+        if (!paths[k].dot) continue;
+        double rel = fabs(paths[k].dot(n, w, act) - ref) / mag;
+        if (rel > st->max_path_dot[k]) st->max_path_dot[k] = rel;
     }
     st->rows++;
     free(wf); free(wf_fast); free(step); free(off); free(ad); free(astep); free(act);
@@ -633,6 +748,62 @@ static void check_roundtrip(int dtype, const float *x, const void *w, int n, sta
     free(wf); free(step); free(off);
 }
 
+/* |sum| of the dequantized |w| * |act| terms (weights' zero offsets
+ * included): the scale of a dot's rounding error. */
+static double dot_magnitude(int dtype, const void *w, const void *act, const float *x2, int n)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    float *wf = malloc((size_t)n * sizeof(float)), *step = malloc((size_t)n * sizeof(float));
+    float *off = malloc((size_t)n * sizeof(float)), *ad = malloc((size_t)n * sizeof(float));
+    float *astep = malloc((size_t)n * sizeof(float));
+    t->to_float_ref(w, wf, n);
+    steps_and_offsets(dtype, w, n, step, off);
+    act_to_float(t->act_type, act, x2, n, ad, astep);
+    double mag = 1e-30;
+    for (int i = 0; i < n; i++) mag += (fabs(wf[i]) + fabs(off[i])) * fabs(ad[i]);
+    free(wf); free(step); free(off); free(ad); free(astep);
+    return mag;
+}
+
+/* The four-row dots on four rows (two quantized from random_row data, two
+ * of random bits) laid out stride bytes apart, against vec_dot_ref per row,
+ * and bit for bit against their one-row twin. */
+static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
+{
+    const exo_type_traits *t = exo_type_traits_get(dtype);
+    kernel_path paths[MAX_PATHS];
+    int np = paths_for(dtype, paths);
+    size_t row = exo_dtype_row_size(dtype, n);
+    uint8_t *w = malloc(3 * stride + row);
+    float *x = malloc((size_t)n * sizeof(float)), *x2 = malloc((size_t)n * sizeof(float));
+    void *act = malloc(exo_act_row_size(t->act_type, n));
+    memset(w, 0xa5, 3 * stride + row); /* the gaps between rows hold junk the kernels must not read */
+    for (int r = 0; r < 4; r++) {
+        if (r < 2) {
+            random_row(x, n);
+            t->from_float_ref(x, w + r * stride, n);
+        } else {
+            random_blocks(dtype, w + r * stride, n);
+        }
+    }
+    random_row(x2, n);
+    exo_quantize_act_ref(t->act_type, x2, act, n);
+    for (int k = 0; k < np; k++) {
+        if (!paths[k].dot4) continue;
+        float out[4];
+        paths[k].dot4(n, w, stride, act, out);
+        for (int r = 0; r < 4; r++) {
+            const void *wr = w + r * stride;
+            double rel = fabs(out[r] - (double)t->vec_dot_ref(n, wr, act)) / dot_magnitude(dtype, wr, act, x2, n);
+            if (!(rel <= st->max_path_dot[k])) st->max_path_dot[k] = isnan(rel) ? INFINITY : rel;
+            float one = paths[k].twin(n, wr, act);
+            CHECK_MSG(memcmp(&one, &out[r], sizeof one) == 0, "%s %s n=%d row %d: %.9g, one-row %.9g", t->name,
+                      paths[k].name, n, r, out[r], one);
+        }
+    }
+    free(w); free(x); free(x2); free(act);
+}
+
 static void test_format(int dtype, double max_rmse)
 {
     const exo_type_traits *t = exo_type_traits_get(dtype);
@@ -660,6 +831,12 @@ static void test_format(int dtype, double max_rmse)
             check_row_kernels(dtype, w, x2, n, &st);
             random_blocks(dtype, w, n); /* arbitrary bit patterns */
             check_row_kernels(dtype, w, x2, n, &st);
+            if (t->block_size > 1) {
+                size_t row = exo_dtype_row_size(dtype, n);
+                check_x4_kernels(dtype, n, row, &st);
+                /* the second stride keeps the fp16 fields' 2-byte alignment, not more */
+                check_x4_kernels(dtype, n, row + 2 * (size_t)seed + 6, &st);
+            }
         }
         free(x); free(x2); free(w);
     }
@@ -667,6 +844,9 @@ static void test_format(int dtype, double max_rmse)
     printf("  %-5s rows %3d  quantizer rel-RMSE %.5f  ref-formula %.1e  act-err/bound %.2f",
            t->name, st.rows, rmse, st.max_formula, st.max_act_err);
     if (exo_quants_have_avx2()) printf("  fast-dot %.1e  fast-to_float %.1e", st.max_fast_dot, st.max_to_float);
+    kernel_path paths[MAX_PATHS];
+    int np = paths_for(dtype, paths);
+    for (int k = 0; k < np; k++) printf("  %s %.1e", paths[k].name, st.max_path_dot[k]);
     printf("\n");
 
     CHECK_MSG(rmse <= max_rmse, "%s: quantizer relative RMSE %g > %g", t->name, rmse, max_rmse);
@@ -678,14 +858,133 @@ static void test_format(int dtype, double max_rmse)
         double tol = dtype == EXO_DTYPE_Q4_1 ? 1e-6 : 0.0;
         CHECK_MSG(st.max_to_float <= tol, "%s: fast to_float differs from ref by %g", t->name, st.max_to_float);
     }
+    for (int k = 0; k < np; k++)
+        CHECK_MSG(st.max_path_dot[k] <= 2e-5, "%s: %s vec_dot differs from ref by %g", t->name, paths[k].name,
+                  st.max_path_dot[k]);
+}
+
+/* ---- vec.h f32 helpers ---------------------------------------------------------------------------- */
+
+/* The many-key helpers (dots, wsum), dispatched and scalar, against double
+ * sums, on rows stride floats apart (stride > n, so rows have gaps); each
+ * result may be off by a few float roundings of its sum of |terms|. */
+static void test_vec_many(void)
+{
+    static const int lens[] = { 1, 7, 8, 15, 16, 24, 64, 65, 100, 128, 130 };
+    static const int counts[] = { 0, 1, 3, 4, 5, 9, 33 };
+    double max_dots = 0, max_dots_ref = 0, max_wsum = 0, max_wsum_ref = 0;
+    rng_seed(78);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+            int n = lens[li], count = counts[ci];
+            size_t stride = (size_t)n + 3 + li;
+            float *q = malloc((size_t)n * sizeof(float)), *w = malloc((size_t)(count + 1) * sizeof(float));
+            float *rows = malloc((stride * (size_t)count + 1) * sizeof(float));
+            float *out = malloc((size_t)(n + count + 1) * sizeof(float));
+            float *out_ref = malloc((size_t)(n + count + 1) * sizeof(float));
+            random_row(q, n);
+            random_row(w, count + 1);
+            random_row(rows, (int)(stride * (size_t)count + 1));
+            out[count] = out_ref[count] = 12345.0f; /* one past the end */
+            exo_vec_dots_f32(n, q, rows, stride, count, out);
+            exo_vec_dots_f32_ref(n, q, rows, stride, count, out_ref);
+            CHECK(out[count] == 12345.0f && out_ref[count] == 12345.0f);
+            for (int p = 0; p < count; p++) {
+                double exact = 0, mag = 1e-30;
+                for (int i = 0; i < n; i++) {
+                    exact += (double)q[i] * rows[(size_t)p * stride + i];
+                    mag += fabs((double)q[i] * rows[(size_t)p * stride + i]);
+                }
+                max_dots = fmax(max_dots, fabs(out[p] - exact) / mag);
+                max_dots_ref = fmax(max_dots_ref, fabs(out_ref[p] - exact) / mag);
+            }
+            for (int i = 0; i <= n; i++) out[i] = out_ref[i] = 12345.0f;
+            exo_vec_wsum_f32(n, w, rows, stride, count, out);
+            exo_vec_wsum_f32_ref(n, w, rows, stride, count, out_ref);
+            CHECK(out[n] == 12345.0f && out_ref[n] == 12345.0f);
+            for (int i = 0; i < n; i++) {
+                double exact = 0, mag = 1e-30;
+                for (int p = 0; p < count; p++) {
+                    exact += (double)w[p] * rows[(size_t)p * stride + i];
+                    mag += fabs((double)w[p] * rows[(size_t)p * stride + i]);
+                }
+                if (count == 0) CHECK(out[i] == 0.0f && out_ref[i] == 0.0f);
+                max_wsum = fmax(max_wsum, fabs(out[i] - exact) / mag);
+                max_wsum_ref = fmax(max_wsum_ref, fabs(out_ref[i] - exact) / mag);
+            }
+            free(q); free(w); free(rows); free(out); free(out_ref);
+        }
+    }
+    printf("  vec   dots rel-err fast %.1e scalar %.1e  wsum rel-err fast %.1e scalar %.1e\n", max_dots, max_dots_ref,
+           max_wsum, max_wsum_ref);
+    CHECK_MSG(max_dots <= 1e-6 && max_dots_ref <= 1e-6, "vec dots: %g (fast), %g (scalar)", max_dots, max_dots_ref);
+    CHECK_MSG(max_wsum <= 1e-6 && max_wsum_ref <= 1e-6, "vec wsum: %g (fast), %g (scalar)", max_wsum, max_wsum_ref);
+}
+
+/* dot and axpy, dispatched and scalar, against double-precision results;
+ * lengths cover the fast loops' 32- and 8-float steps and their tails, and
+ * odd offsets make the loads unaligned. Bounds: a dot may be off by a few
+ * float roundings of the sum of |terms|; an axpy element by one rounding of
+ * the fma (fast) or two (scalar multiply, then add). */
+static void test_vec(void)
+{
+    static const int lens[] = { 0, 1, 3, 7, 8, 9, 31, 32, 33, 64, 100, 128, 257, 1000 };
+    double max_dot = 0, max_dot_ref = 0, max_axpy = 0, max_axpy_ref = 0;
+    rng_seed(77);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int n = lens[li];
+        float *a = malloc((size_t)(n + 1) * sizeof(float)), *b = malloc((size_t)(n + 1) * sizeof(float));
+        float *y0 = malloc((size_t)(n + 2) * sizeof(float)), *y = malloc((size_t)(n + 2) * sizeof(float));
+        float *y_ref = malloc((size_t)(n + 2) * sizeof(float));
+        for (int rep = 0; rep < 4; rep++) {
+            const int off = rep & 1;
+            random_row(a, n + 1);
+            random_row(b, n + 1);
+            random_row(y0, n + 2);
+            const float *pa = a + off, *pb = b;
+            double exact = 0, mag = 1e-30;
+            for (int i = 0; i < n; i++) {
+                exact += (double)pa[i] * pb[i];
+                mag += fabs((double)pa[i] * pb[i]);
+            }
+            max_dot = fmax(max_dot, fabs(exo_vec_dot_f32(n, pa, pb) - exact) / mag);
+            max_dot_ref = fmax(max_dot_ref, fabs(exo_vec_dot_f32_ref(n, pa, pb) - exact) / mag);
+            if (n == 0) CHECK(exo_vec_dot_f32(0, pa, pb) == 0.0f && exo_vec_dot_f32_ref(0, pa, pb) == 0.0f);
+
+            float alpha = rng_normal();
+            memcpy(y, y0, (size_t)(n + 2) * sizeof(float));
+            memcpy(y_ref, y0, (size_t)(n + 2) * sizeof(float));
+            exo_vec_axpy_f32(n, alpha, pa, y + off);
+            exo_vec_axpy_f32_ref(n, alpha, pa, y_ref + off);
+            /* elements outside [off, off + n) stay untouched */
+            for (int i = 0; i < n + 2; i++) {
+                if (i >= off && i < off + n) continue;
+                CHECK(y[i] == y0[i] && y_ref[i] == y0[i]);
+            }
+            for (int i = 0; i < n; i++) {
+                double want = (double)y0[off + i] + (double)alpha * pa[i];
+                double scale = fabs((double)y0[off + i]) + fabs((double)alpha * pa[i]) + 1e-30;
+                max_axpy = fmax(max_axpy, fabs(y[off + i] - want) / scale);
+                max_axpy_ref = fmax(max_axpy_ref, fabs(y_ref[off + i] - want) / scale);
+            }
+        }
+        free(a); free(b); free(y0); free(y); free(y_ref);
+    }
+    printf("  vec   dot rel-err fast %.1e scalar %.1e  axpy rel-err fast %.1e scalar %.1e (%s)\n", max_dot,
+           max_dot_ref, max_axpy, max_axpy_ref, exo_vec_have_avx2() ? "fast is AVX2" : "fast is scalar");
+    CHECK_MSG(max_dot <= 1e-6 && max_dot_ref <= 1e-6, "vec dot: %g (fast), %g (scalar)", max_dot, max_dot_ref);
+    test_vec_many();
+    double fast_bound = exo_vec_have_avx2() ? 0x1p-24 : 0x1p-23;
+    CHECK_MSG(max_axpy <= fast_bound * 1.01 && max_axpy_ref <= 0x1p-23 * 1.01, "vec axpy: %g (fast), %g (scalar)",
+              max_axpy, max_axpy_ref);
 }
 
 int main(void)
 {
     test_traits_before_init();
     exo_quants_init();
-    printf("test_quants: %s\n", exo_quants_have_avx2() ? "testing the AVX2 kernels against _ref"
-                                                       : "scalar path (AVX2 comparisons skipped)");
+    printf("test_quants: dispatch picks %s; every fast kernel the CPU runs is compared with _ref\n",
+           exo_quants_have_avx512() ? "AVX-512 VNNI" : exo_quants_have_avx2() ? "AVX2" : "scalar");
     test_layout();
     test_traits();
     test_half();
@@ -711,8 +1010,11 @@ int main(void)
     test_format(EXO_DTYPE_Q4_K, 0.12);
     test_format(EXO_DTYPE_Q5_K, 0.06);
     test_format(EXO_DTYPE_Q6_K, 0.03);
+    test_vec();
 
     if (!exo_quants_have_avx2()) printf("  fast-vs-ref comparisons: skipped (no AVX2/FMA/F16C, or EXO_FORCE_SCALAR)\n");
+    if (!cpu_runs_avx2()) printf("  AVX2 kernel comparisons: skipped (the CPU lacks AVX2/FMA/F16C)\n");
+    if (!cpu_runs_avx512()) printf("  AVX-512 kernel comparisons: skipped (the CPU lacks AVX-512 F/BW/VL/VNNI)\n");
     if (!check_failures) printf("test_quants: ok\n");
     CHECK_DONE();
 }

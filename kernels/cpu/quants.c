@@ -3,9 +3,10 @@
  *
  * The _ref kernels are the definition of each format's meaning: plain loops
  * that follow GGUF's block layouts, written for clarity. The fast kernels in
- * quants_avx2.c are tested against them. The traits table starts out pointing
- * at the _ref kernels (static initializers), so code that runs before
- * exo_quants_init() is correct, only slower; init swaps in the AVX2 ones once.
+ * quants_avx2.c and quants_avx512.c are tested against them. The traits table
+ * starts out pointing at the _ref kernels (static initializers), so code that
+ * runs before exo_quants_init() is correct, only slower; init swaps in the
+ * AVX2 ones once, and over those the AVX-512 VNNI ones where the CPU has them.
  *
  * Activation quantization (Q8_32, Q8_K) is symmetric: d = amax/127 and
  * q = round-to-nearest-even(x/d), so |q| <= 127. The AVX2 dots depend on that
@@ -18,6 +19,8 @@
 #include <string.h>
 
 #include "quants_avx2.h"
+#include "quants_avx512.h"
+#include "vec.h"
 
 #if EXO_QUANTS_X86
 #include <cpuid.h>
@@ -639,7 +642,7 @@ static void quantize_act_f32(const float *x, void *dst, int n)
 /* ---- traits and dispatch ------------------------------------------------------- */
 
 #define EXO_TRAITS(name_, bs_, ts_, act_, tf_, ff_, vd_) \
-    { name_, bs_, ts_, act_, tf_, tf_, ff_, vd_, vd_ }
+    { name_, bs_, ts_, act_, tf_, tf_, ff_, vd_, vd_, NULL }
 
 /* Not const: exo_quants_init() fills the fast entries once. */
 static exo_type_traits type_traits[EXO_DTYPE_COUNT] = {
@@ -666,8 +669,14 @@ static exo_type_traits type_traits[EXO_DTYPE_COUNT] = {
 typedef void (*quantize_act_fn)(const float *x, void *dst, int n);
 static quantize_act_fn act_q8_32 = quantize_act_q8_32_ref;
 static quantize_act_fn act_q8_K = quantize_act_q8_K_ref;
-static bool have_avx2;
+static bool have_avx2, have_avx512;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static bool env_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
 
 #if EXO_QUANTS_X86
 /* __builtin_cpu_supports checks that the OS saves the YMM registers too; clang
@@ -680,13 +689,21 @@ static bool cpu_has_avx2_fma_f16c(void)
     if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
     return (ecx >> 29) & 1u;
 }
+
+/* __builtin_cpu_supports also checks that the OS saves the ZMM state. */
+static bool cpu_has_avx512_vnni(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
 #endif
 
 static void quants_init_once(void)
 {
+    exo_vec_init();
 #if EXO_QUANTS_X86
-    const char *force = getenv("EXO_FORCE_SCALAR");
-    if (force && *force && strcmp(force, "0") != 0) return;
+    if (env_flag("EXO_FORCE_SCALAR")) return;
     if (!cpu_has_avx2_fma_f16c()) return;
 
     type_traits[EXO_DTYPE_F32].vec_dot = exo_vec_dot_f32_avx2;
@@ -706,6 +723,16 @@ static void quants_init_once(void)
     act_q8_32 = exo_quantize_act_q8_32_avx2;
     act_q8_K = exo_quantize_act_q8_K_avx2;
     have_avx2 = true;
+
+    if (env_flag("EXO_DISABLE_AVX512") || !cpu_has_avx512_vnni()) return;
+    type_traits[EXO_DTYPE_Q4_0].vec_dot = exo_vec_dot_q4_0_q8_32_avx512;
+    type_traits[EXO_DTYPE_Q4_0].vec_dot_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512;
+    type_traits[EXO_DTYPE_Q4_1].vec_dot = exo_vec_dot_q4_1_q8_32_avx512;
+    type_traits[EXO_DTYPE_Q4_1].vec_dot_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512;
+    /* Q8_0 gets no four-row dot: its x4 kernel wins only while the rows sit
+     * in cache; streaming from DRAM (the output head) it lost to one row. */
+    type_traits[EXO_DTYPE_Q8_0].vec_dot = exo_vec_dot_q8_0_q8_32_avx512;
+    have_avx512 = true;
 #endif
 }
 
@@ -717,6 +744,11 @@ void exo_quants_init(void)
 bool exo_quants_have_avx2(void)
 {
     return have_avx2;
+}
+
+bool exo_quants_have_avx512(void)
+{
+    return have_avx512;
 }
 
 const exo_type_traits *exo_type_traits_get(int dtype)

@@ -8,9 +8,9 @@
  * Dot products run weight row x quantized activation row: before a
  * matrix-vector product the activation vector is quantized once to the weight
  * type's activation format (act_type), then every row's dot runs in integers.
- * Each kernel has a plain scalar _ref version that the fast (AVX2/FMA) version
- * is tested against; exo_quants_init() picks the fast ones when the CPU has
- * them. */
+ * Each kernel has a plain scalar _ref version that the fast (AVX2/FMA,
+ * AVX-512 VNNI) versions are tested against; exo_quants_init() picks the
+ * fast ones when the CPU has them. */
 #ifndef EXO_QUANTS_H
 #define EXO_QUANTS_H
 
@@ -95,6 +95,12 @@ enum exo_act_type {
 typedef void (*exo_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*exo_from_float_fn)(const float *src, void *dst, int64_t n);
 typedef float (*exo_vec_dot_fn)(int n, const void *w_row, const void *act_row);
+/* Four weight rows against one activation row: out[r] = dot of the row at
+ * (const char *)w_rows + r * row_stride, for r = 0..3. A traits entry's
+ * vec_dot_x4 gives bit-identical results to its vec_dot on each row, so a
+ * caller may mix the two (e.g. for leftover rows) without results depending
+ * on how rows were grouped. */
+typedef void (*exo_vec_dot_x4_fn)(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
 
 typedef struct exo_type_traits {
     const char *name;             /* "q4_1" */
@@ -106,14 +112,21 @@ typedef struct exo_type_traits {
     exo_from_float_fn from_float_ref; /* reference quantizer (tests, tiny model writer) */
     exo_vec_dot_fn vec_dot;       /* fastest available */
     exo_vec_dot_fn vec_dot_ref;
+    exo_vec_dot_x4_fn vec_dot_x4; /* fastest four-row dot, or NULL where none beats vec_dot */
 } exo_type_traits;
 
 /* Detects CPU features once and fills the fast entries; safe to call many times.
- * With EXO_FORCE_SCALAR=1 in the environment the _ref kernels are used. */
+ * With EXO_FORCE_SCALAR=1 in the environment the _ref kernels are used; with
+ * EXO_DISABLE_AVX512=1 the AVX2 ones even where AVX-512 VNNI is there. Also
+ * runs exo_vec_init() (vec.h). */
 void exo_quants_init(void);
 
-/* Whether the AVX2/FMA kernels were chosen. */
+/* Whether the AVX2/FMA kernels were chosen (also true when AVX-512 ones were:
+ * those cover only some formats and build on the AVX2 set). */
 bool exo_quants_have_avx2(void);
+
+/* Whether the AVX-512 VNNI kernels (F, BW, VL, VNNI) were chosen. */
+bool exo_quants_have_avx512(void);
 
 /* Traits for a weight dtype, or NULL when the dtype is not supported. */
 const exo_type_traits *exo_type_traits_get(int dtype);

@@ -1,0 +1,390 @@
+/* quants_avx512.c: AVX-512 VNNI versions of the decode path's 32-element
+ * dots (Q4_0, Q4_1, Q8_0 x Q8_32), for one weight row and for four.
+ *
+ * Built with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx2 -mfma
+ * -mf16c; quants.c calls these only after checking the CPU. Each has a scalar
+ * _ref twin in quants.c that defines its meaning.
+ *
+ * vpdpbusd (u8 x s8, four products summed into each int32 lane, no
+ * saturation) replaces the AVX2 kernels' maddubs + madd pair. The kernels use
+ * its 256-bit (VL) form: on AMD Zen 4, where they were tuned, a 512-bit op
+ * occupies two 256-bit pipes, so 512-bit code measured no faster, and
+ * four-block steps leave a two-block tail on the 576-element rows of the
+ * default model. Blocks go in pairs as in quants_avx2.c: one register holds
+ * both blocks' low nibbles, so lanes 0-3 belong to the first block and 4-7 to
+ * the second.
+ *
+ * With VNNI doing the integer work, most of the remaining cost of a block is
+ * its scales: fp16 loads from blocks 18, 20 or 34 bytes apart, the
+ * conversion, the multiply by the activation scale and spreading it over the
+ * block's lanes. Scales are therefore handled four blocks at a time (one
+ * cvtph for four blocks), and the four-row kernels (x4) load each
+ * activation block, and do its share of the work, once for four weight rows.
+ *
+ * Offsets stay in integers: Q8_0's signed w goes through dpbusd as the
+ * unsigned w ^ 0x80 = w + 128, and Q4_0's nibbles carry +8, so each lane
+ * accumulator starts at -128 * sum(x) (or -8 * sum(x)) over its four
+ * activation bytes: one dpbusd against a vector of 128s (or 8s), shared by
+ * the rows. The integer sums are exact, as in the _ref kernels. Q4_1's
+ * minimum goes through the activation's s = d * sum(q) as in the AVX2 kernel.
+ * Bounds: |lane| <= 2 * 4 * 255 * 127 per block, far inside int32. */
+#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || !defined(__AVX512VNNI__) || \
+    !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "quants_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c"
+#endif
+
+#include "quants_avx512.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "quants.h"
+
+/* The row count of the shared kernels is a constant at each call site, so
+ * forcing them inline lets the compiler unroll the row loops and keep every
+ * accumulator in a register. GCC needs the unroll asked for early: left to
+ * itself it kept the accumulator arrays in memory and stored them on every
+ * step (clang unrolls them on its own, and does worse with the pragma). */
+#define EXO_ALWAYS_INLINE static inline __attribute__((always_inline))
+#if defined(__clang__)
+#define FOR_ROWS(r, R) for (int r = 0; r < (R); r++)
+#else
+#define FOR_ROWS(r, R) _Pragma("GCC unroll 4") for (int r = 0; r < (R); r++)
+#endif
+
+static inline uint32_t load_u32(const void *p)
+{
+    uint32_t u;
+    memcpy(&u, p, sizeof u);
+    return u;
+}
+
+/* The four-row kernels read four rows side by side: four interleaved
+ * streams. On the machine they were tuned on (a VM on AMD EPYC) the hardware
+ * prefetchers keep up with one sequential stream but not with that pattern,
+ * and from DRAM four-row reads ran at a third of one-row speed. So they
+ * prefetch in software, in address order, as one stream: each step fetches as
+ * many lines as it consumes, PREFETCH_GROUPS groups of four rows ahead. */
+#ifndef PREFETCH_GROUPS
+#define PREFETCH_GROUPS 2
+#endif
+
+/* Prefetches lines cache lines from address *pf on and advances *pf past
+ * them. An integer address: near the end of a matrix it points past it
+ * (prefetches never fault), where pointer arithmetic would be undefined. */
+static inline void prefetch_lines(uintptr_t *pf, int lines)
+{
+    for (int l = 0; l < lines; l++) _mm_prefetch((const char *)(*pf + 64 * (uintptr_t)l), _MM_HINT_T0);
+    *pf += 64 * (uintptr_t)lines;
+}
+
+static inline float half_to_float(exo_half h)
+{
+    return _cvtsh_ss(h);
+}
+
+/* out[r] = sum of u[r]'s lanes for r < R, always in the order
+ * ((u0 + u1) + (u2 + u3)) + ((u4 + u5) + (u6 + u7)): four rows share one
+ * transposing reduction, and a single row adds in the same order, so the
+ * four-row kernels return exactly what the one-row ones do. */
+EXO_ALWAYS_INLINE void reduce_rows(const __m256 *u, float *out, const int R)
+{
+    if (R == 4) {
+        __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(u[0], u[1]), _mm256_hadd_ps(u[2], u[3]));
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+    } else {
+        FOR_ROWS(r, R) {
+            __m256 h = _mm256_hadd_ps(u[r], u[r]);
+            h = _mm256_hadd_ps(h, h);
+            out[r] = _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        }
+    }
+}
+
+/* 16 bytes from lo into the low 128 bits, 16 from hi into the high ones. */
+static inline __m256i load_2x128(const void *lo, const void *hi)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)),
+                                   _mm_loadu_si128((const __m128i *)hi), 1);
+}
+
+/* 16 bytes of packed nibbles -> 32 bytes 0..15 in element order. */
+static inline __m256i q4_unpack(const uint8_t *qs)
+{
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+/* acc + the integer dot of two 4-bit blocks (qs0, qs1) with their activation
+ * pair (xl: both blocks' first 16 quants, xh: their last 16): block 0 in
+ * lanes 0-3, block 1 in lanes 4-7. */
+static inline __m256i q4_pair_dot(__m256i acc, const uint8_t *qs0, const uint8_t *qs1, __m256i xl, __m256i xh)
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i q = load_2x128(qs0, qs1);
+    acc = _mm256_dpbusd_epi32(acc, _mm256_and_si256(q, low4), xl);
+    return _mm256_dpbusd_epi32(acc, _mm256_and_si256(_mm256_srli_epi16(q, 4), low4), xh);
+}
+
+/* Activation scales: [d0, s0, d1, s1] of a pair, the same for four blocks in
+ * one register, and [d0, d1, d2, d3]. */
+static inline __m128 act_pair_ds(const exo_block_q8_32 *a)
+{
+    return _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)&a[0].d)), (const __m64 *)&a[1].d);
+}
+
+static inline __m256 act_quad_ds(const exo_block_q8_32 *a)
+{
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(act_pair_ds(a)), act_pair_ds(a + 2), 1);
+}
+
+static inline __m128 act_quad_d(const exo_block_q8_32 *a)
+{
+    return _mm_shuffle_ps(act_pair_ds(a), act_pair_ds(a + 2), _MM_SHUFFLE(2, 0, 2, 0));
+}
+
+/* The first 4 bytes of four blocks stride bytes apart, as four dwords. */
+static inline __m128i dwords_4(const uint8_t *p, size_t stride)
+{
+    __m128i v01 = _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(p)), _mm_cvtsi32_si128((int)load_u32(p + stride)));
+    __m128i v23 = _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(p + 2 * stride)),
+                                     _mm_cvtsi32_si128((int)load_u32(p + 3 * stride)));
+    return _mm_unpacklo_epi64(v01, v23);
+}
+
+/* The first fp16 of four blocks stride bytes apart, as four floats (each
+ * block has at least 4 bytes, so the dword loads stay inside it). */
+static inline __m128 halves_4(const uint8_t *p, size_t stride)
+{
+    __m128i v01 = _mm_unpacklo_epi16(_mm_cvtsi32_si128((int)load_u32(p)), _mm_cvtsi32_si128((int)load_u32(p + stride)));
+    __m128i v23 = _mm_unpacklo_epi16(_mm_cvtsi32_si128((int)load_u32(p + 2 * stride)),
+                                     _mm_cvtsi32_si128((int)load_u32(p + 3 * stride)));
+    return _mm_cvtph_ps(_mm_unpacklo_epi32(v01, v23));
+}
+
+/* The same for two blocks: [h0, h1, -, -] (lanes 2 and 3 are junk that the
+ * callers never read). */
+static inline __m128 halves_2(const uint8_t *p, size_t stride)
+{
+    __m128i h0 = _mm_cvtsi32_si128((int)load_u32(p)), h1 = _mm_cvtsi32_si128((int)load_u32(p + stride));
+    return _mm_cvtph_ps(_mm_unpacklo_epi16(h0, h1));
+}
+
+/* -k * (sum of each lane's activation bytes in xl and xh): the starting lane
+ * values that take an offset of k off every weight quant. */
+static inline __m256i neg_offset_sums(__m256i xl, __m256i xh, __m256i k)
+{
+    __m256i s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), k, xl), k, xh);
+    return _mm256_sub_epi32(_mm256_setzero_si256(), s);
+}
+
+/* ---- Q4_1: x = q * d + m -------------------------------------------------- */
+
+/* R rows (1 or 4) of Q4_1 at w0, w0 + stride, ... against one activation row.
+ * Per four blocks: p = [dw0*da0, mw0*s0, dw1*da1, mw1*s1, ...] from one
+ * cvtph; its even lanes, spread over each block's lanes, scale the integer
+ * dots, and its odd lanes (the minimum terms) sum on the side in accm. */
+EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
+                                 const int R)
+{
+    const int nb = n / EXO_QK;
+    const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), sp1 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256 acc0[4], acc1[4], accm[4];
+    float tail[4];
+    FOR_ROWS(r, R) {
+        acc0[r] = acc1[r] = accm[r] = _mm256_setzero_ps();
+        tail[r] = 0.0f;
+    }
+    uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        if (R == 4) prefetch_lines(&pf, 5); /* 4 rows x 4 blocks x 20 bytes */
+        const __m256i xl0 = load_2x128(a[i].qs, a[i + 1].qs), xh0 = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
+        const __m256i xl1 = load_2x128(a[i + 2].qs, a[i + 3].qs), xh1 = load_2x128(a[i + 2].qs + 16, a[i + 3].qs + 16);
+        const __m256 ads = act_quad_ds(a + i);
+        FOR_ROWS(r, R) {
+            const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
+            __m256 p = _mm256_mul_ps(_mm256_cvtph_ps(dwords_4((const uint8_t *)w, sizeof *w)), ads);
+            accm[r] = _mm256_add_ps(accm[r], p);
+            __m256i s0 = q4_pair_dot(zero, w[0].qs, w[1].qs, xl0, xh0);
+            __m256i s1 = q4_pair_dot(zero, w[2].qs, w[3].qs, xl1, xh1);
+            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s0), acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s1), acc1[r]);
+        }
+    }
+    if (i + 2 <= nb) {
+        const __m256i xl = load_2x128(a[i].qs, a[i + 1].qs), xh = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
+        const __m128 ads = act_pair_ds(a + i);
+        FOR_ROWS(r, R) {
+            const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
+            __m128i h = _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(&w[0])),
+                                           _mm_cvtsi32_si128((int)load_u32(&w[1])));
+            __m256 p = _mm256_zextps128_ps256(_mm_mul_ps(_mm_cvtph_ps(h), ads));
+            accm[r] = _mm256_add_ps(accm[r], p);
+            __m256i s = q4_pair_dot(zero, w[0].qs, w[1].qs, xl, xh);
+            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s), acc0[r]);
+        }
+        i += 2;
+    }
+    if (i < nb) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        FOR_ROWS(r, R) {
+            const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
+            __m256i s = _mm256_dpbusd_epi32(zero, q4_unpack(w->qs), x);
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w->d) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
+            tail[r] = half_to_float(w->m) * a[i].s;
+        }
+    }
+    __m256 u[4];
+    FOR_ROWS(r, R)
+        u[r] = _mm256_add_ps(_mm256_add_ps(acc0[r], acc1[r]), _mm256_blend_ps(_mm256_setzero_ps(), accm[r], 0xaa));
+    reduce_rows(u, out, R);
+    FOR_ROWS(r, R) out[r] += tail[r];
+}
+
+float exo_vec_dot_q4_1_q8_32_avx512(int n, const void *w_row, const void *act_row)
+{
+    float out;
+    q4_1_rows(n, w_row, 0, act_row, &out, 1);
+    return out;
+}
+
+void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
+{
+    q4_1_rows(n, w_rows, row_stride, act_row, out, 4);
+}
+
+/* ---- Q4_0: x = (q - 8) * d ------------------------------------------------ */
+
+/* As Q4_1 without the minimum; the -8 lives in the lane accumulators'
+ * starting values (shared by the rows), so only d's scale the dots. */
+EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
+                                 const int R)
+{
+    const int nb = n / EXO_QK;
+    const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), sp1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    const __m256i eight = _mm256_set1_epi8(8);
+    __m256 acc0[4], acc1[4];
+    FOR_ROWS(r, R) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        if (R == 4) prefetch_lines(&pf, 5); /* 4 x 4 x 18 = 288 bytes, rounded up */
+        const __m256i xl0 = load_2x128(a[i].qs, a[i + 1].qs), xh0 = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
+        const __m256i xl1 = load_2x128(a[i + 2].qs, a[i + 3].qs), xh1 = load_2x128(a[i + 2].qs + 16, a[i + 3].qs + 16);
+        const __m256i c0 = neg_offset_sums(xl0, xh0, eight), c1 = neg_offset_sums(xl1, xh1, eight);
+        const __m128 da = act_quad_d(a + i);
+        FOR_ROWS(r, R) {
+            const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
+            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(halves_4((const uint8_t *)w, sizeof *w), da));
+            __m256i s0 = q4_pair_dot(c0, w[0].qs, w[1].qs, xl0, xh0);
+            __m256i s1 = q4_pair_dot(c1, w[2].qs, w[3].qs, xl1, xh1);
+            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s0), acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s1), acc1[r]);
+        }
+    }
+    if (i + 2 <= nb) {
+        const __m256i xl = load_2x128(a[i].qs, a[i + 1].qs), xh = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
+        const __m256i c = neg_offset_sums(xl, xh, eight);
+        const __m128 ds = act_pair_ds(a + i);
+        const __m128 da = _mm_shuffle_ps(ds, ds, _MM_SHUFFLE(2, 0, 2, 0));
+        FOR_ROWS(r, R) {
+            const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
+            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(halves_2((const uint8_t *)w, sizeof *w), da));
+            __m256i s = q4_pair_dot(c, w[0].qs, w[1].qs, xl, xh);
+            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s), acc0[r]);
+        }
+        i += 2;
+    }
+    if (i < nb) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        const __m256i zero = _mm256_setzero_si256();
+        const __m256i c = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, eight, x));
+        FOR_ROWS(r, R) {
+            const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
+            __m256i s = _mm256_dpbusd_epi32(c, q4_unpack(w->qs), x);
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w->d) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
+        }
+    }
+    __m256 u[4];
+    FOR_ROWS(r, R) u[r] = _mm256_add_ps(acc0[r], acc1[r]);
+    reduce_rows(u, out, R);
+}
+
+float exo_vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
+{
+    float out;
+    q4_0_rows(n, w_row, 0, act_row, &out, 1);
+    return out;
+}
+
+void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
+{
+    q4_0_rows(n, w_rows, row_stride, act_row, out, 4);
+}
+
+/* ---- Q8_0: x = q * d ------------------------------------------------------ */
+
+/* One block per register (32 quants, 8 lanes); w ^ 0x80 makes the weights
+ * unsigned and the lanes start at -128 * sum(x) to take the 128 back out.
+ * quants.c dispatches only the one-row kernel: the four-row one was 1.5x
+ * faster on rows in L2 but slower streaming from DRAM, where Q8_0 matrices
+ * (the output head) live; bench_quants shows both. */
+EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
+                                 const int R)
+{
+    const int nb = n / EXO_QK;
+    const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    __m256 acc0[4], acc1[4];
+    FOR_ROWS(r, R) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        if (R == 4) prefetch_lines(&pf, 9); /* 4 x 4 x 34 = 544 bytes, rounded up */
+        __m256i x[4], c[4];
+        for (int k = 0; k < 4; k++) {
+            x[k] = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
+            c[k] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x[k]));
+        }
+        const __m128 da = act_quad_d(a + i);
+        FOR_ROWS(r, R) {
+            const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
+            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(halves_4((const uint8_t *)w, sizeof *w), da));
+            for (int k = 0; k < 4; k++) {
+                __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w[k].qs), bias);
+                __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c[k], q, x[k]));
+                __m256 d = _mm256_permutevar8x32_ps(p, _mm256_set1_epi32(k));
+                if (k & 1) acc1[r] = _mm256_fmadd_ps(d, s, acc1[r]);
+                else acc0[r] = _mm256_fmadd_ps(d, s, acc0[r]);
+            }
+        }
+    }
+    for (; i < nb; i++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        const __m256i c = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
+        FOR_ROWS(r, R) {
+            const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
+            __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w->qs), bias);
+            __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c, q, x));
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w->d) * a[i].d), s, acc1[r]);
+        }
+    }
+    __m256 u[4];
+    FOR_ROWS(r, R) u[r] = _mm256_add_ps(acc0[r], acc1[r]);
+    reduce_rows(u, out, R);
+}
+
+float exo_vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
+{
+    float out;
+    q8_0_rows(n, w_row, 0, act_row, &out, 1);
+    return out;
+}
+
+void exo_vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
+{
+    q8_0_rows(n, w_rows, row_stride, act_row, out, 4);
+}

@@ -1,0 +1,25 @@
+/* quants_avx512.h: the AVX-512 VNNI kernels (internal).
+ *
+ * quants_avx512.c is the only file built with -mavx512f -mavx512bw
+ * -mavx512vl -mavx512vnni (plus the AVX2 set); quants.c calls these only
+ * after exo_quants_init() has seen the CPU support all of them. The one-row
+ * dots have the contracts of the matching _ref kernels in quants.c; the
+ * four-row dots are exo_vec_dot_x4_fn (see quants.h). */
+#ifndef EXO_QUANTS_AVX512_H
+#define EXO_QUANTS_AVX512_H
+
+#include <stddef.h>
+
+#include "quants_avx2.h"
+
+#if EXO_QUANTS_X86
+float exo_vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q4_1_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
+
+void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
+void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
+void exo_vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
+#endif
+
+#endif

@@ -1,0 +1,108 @@
+/* vec.c: the scalar f32 helpers, and the run-time choice between them and
+ * the AVX2/FMA ones in vec_avx2.c.
+ *
+ * Each public helper calls through a pointer that starts at the _ref
+ * version, so it is correct before exo_vec_init(); init swaps in the fast
+ * version once. */
+#include "vec.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vec_avx2.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define EXO_VEC_X86 1
+#else
+#define EXO_VEC_X86 0
+#endif
+
+/* Four partial sums: the same association as the attention code this
+ * replaced, and a chain the compiler may keep in registers. */
+float exo_vec_dot_f32_ref(int n, const float *a, const float *b)
+{
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y)
+{
+    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+void exo_vec_dots_f32_ref(int n, const float *q, const float *k, size_t k_stride, int count, float *out)
+{
+    for (int p = 0; p < count; p++) out[p] = exo_vec_dot_f32_ref(n, q, k + (size_t)p * k_stride);
+}
+
+void exo_vec_wsum_f32_ref(int n, const float *w, const float *v, size_t v_stride, int count, float *out)
+{
+    for (int i = 0; i < n; i++) out[i] = 0.0f;
+    for (int p = 0; p < count; p++) exo_vec_axpy_f32_ref(n, w[p], v + (size_t)p * v_stride, out);
+}
+
+typedef float (*dot_fn)(int n, const float *a, const float *b);
+typedef void (*axpy_fn)(int n, float alpha, const float *x, float *y);
+typedef void (*dots_fn)(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
+typedef void (*wsum_fn)(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
+
+static dot_fn dot_impl = exo_vec_dot_f32_ref;
+static axpy_fn axpy_impl = exo_vec_axpy_f32_ref;
+static dots_fn dots_impl = exo_vec_dots_f32_ref;
+static wsum_fn wsum_impl = exo_vec_wsum_f32_ref;
+static bool have_avx2;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void vec_init_once(void)
+{
+#if EXO_VEC_X86
+    const char *force = getenv("EXO_FORCE_SCALAR");
+    if (force && *force && strcmp(force, "0") != 0) return;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return;
+    dot_impl = exo_vec_f32_dot_avx2;
+    axpy_impl = exo_vec_f32_axpy_avx2;
+    dots_impl = exo_vec_f32_dots_avx2;
+    wsum_impl = exo_vec_f32_wsum_avx2;
+    have_avx2 = true;
+#endif
+}
+
+void exo_vec_init(void)
+{
+    pthread_once(&init_once, vec_init_once);
+}
+
+bool exo_vec_have_avx2(void)
+{
+    return have_avx2;
+}
+
+float exo_vec_dot_f32(int n, const float *a, const float *b)
+{
+    return dot_impl(n, a, b);
+}
+
+void exo_vec_axpy_f32(int n, float alpha, const float *x, float *y)
+{
+    axpy_impl(n, alpha, x, y);
+}
+
+void exo_vec_dots_f32(int n, const float *q, const float *k, size_t k_stride, int count, float *out)
+{
+    dots_impl(n, q, k, k_stride, count, out);
+}
+
+void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, int count, float *out)
+{
+    wsum_impl(n, w, v, v_stride, count, out);
+}

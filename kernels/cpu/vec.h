@@ -1,0 +1,42 @@
+/* vec.h: f32 vector helpers for the CPU backend's attention (dot products
+ * over the KV cache, weighted sums of values).
+ *
+ * Each helper has a plain scalar _ref version and, on x86 with AVX2/FMA, a
+ * fast one; exo_vec_init() picks once (exo_quants_init() calls it, so the
+ * backend needs no extra call). Before init, and with EXO_FORCE_SCALAR=1 in
+ * the environment, the _ref versions run. The fast versions sum in a
+ * different order, so results differ from _ref by float rounding. */
+#ifndef EXO_VEC_H
+#define EXO_VEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Detects CPU features once and picks the fast helpers; safe to call many times. */
+void exo_vec_init(void);
+
+/* Whether the AVX2/FMA helpers were chosen. */
+bool exo_vec_have_avx2(void);
+
+/* sum of a[i] * b[i] for i < n (n >= 0). */
+float exo_vec_dot_f32(int n, const float *a, const float *b);
+
+/* y[i] += alpha * x[i] for i < n (n >= 0); x and y must not overlap. */
+void exo_vec_axpy_f32(int n, float alpha, const float *x, float *y);
+
+/* Attention's two loops in one call each, so the query and the output row
+ * stay in registers across keys:
+ * out[p] = sum of q[i] * k[p * k_stride + i] over i < n, for p < count (the
+ * scores of one query against count keys k_stride floats apart), and
+ * out[i] = sum of w[p] * v[p * v_stride + i] over p < count, for i < n (a
+ * weighted sum of count value rows; out is overwritten, and is 0 when count
+ * is 0). out must not overlap the inputs. */
+void exo_vec_dots_f32(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
+void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
+
+float exo_vec_dot_f32_ref(int n, const float *a, const float *b);
+void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y);
+void exo_vec_dots_f32_ref(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
+void exo_vec_wsum_f32_ref(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
+
+#endif

@@ -1,0 +1,141 @@
+/* vec_avx2.c: AVX2/FMA versions of vec.h's f32 helpers.
+ *
+ * Built with -mavx2 -mfma -mf16c; vec.c calls these only after checking the
+ * CPU. Attention calls them on head-sized vectors (64 or 128 floats), so the
+ * loops take 32 floats at a time into four accumulators (enough to cover the
+ * FMA latency), then 8 at a time, then a scalar tail. The many-key versions
+ * (dots, wsum) keep the query, or 64 floats of the output row, in registers
+ * across keys, and dots reduces four keys' sums with one transposing hadd. */
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "vec_avx2.c must be compiled with -mavx2 -mfma"
+#endif
+
+#include "vec_avx2.h"
+
+#include <immintrin.h>
+#include <stddef.h>
+
+static inline float hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+float exo_vec_f32_dot_avx2(int n, const float *a, const float *b)
+{
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+void exo_vec_f32_axpy_avx2(int n, float alpha, const float *x, float *y)
+{
+    const __m256 va = _mm256_set1_ps(alpha);
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 y0 = _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i));
+        __m256 y1 = _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8));
+        __m256 y2 = _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16));
+        __m256 y3 = _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24));
+        _mm256_storeu_ps(y + i, y0);
+        _mm256_storeu_ps(y + i + 8, y1);
+        _mm256_storeu_ps(y + i + 16, y2);
+        _mm256_storeu_ps(y + i + 24, y3);
+    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+/* Four keys at a time, two accumulators each (eight FMA chains in flight);
+ * the remaining keys one by one. */
+void exo_vec_f32_dots_avx2(int n, const float *q, const float *k, size_t k_stride, int count, float *out)
+{
+    const int n8 = n & ~7;
+    int p = 0;
+    for (; p + 4 <= count; p += 4) {
+        const float *k0 = k + (size_t)p * k_stride, *k1 = k0 + k_stride, *k2 = k1 + k_stride, *k3 = k2 + k_stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + 8);
+            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), a1);
+            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), a2);
+            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), a3);
+            b0 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k0 + i + 8), b0);
+            b1 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k1 + i + 8), b1);
+            b2 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k2 + i + 8), b2);
+            b3 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k3 + i + 8), b3);
+        }
+        if (i < n8) {
+            __m256 qa = _mm256_loadu_ps(q + i);
+            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), a1);
+            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), a2);
+            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), a3);
+        }
+        /* [s0 s1 s2 s3] from the four keys' eight lanes each */
+        __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1)),
+                                  _mm256_hadd_ps(_mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)));
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+        if (n8 < n) {
+            float tail[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+            for (int j = n8; j < n; j++) {
+                tail[0] += q[j] * k0[j];
+                tail[1] += q[j] * k1[j];
+                tail[2] += q[j] * k2[j];
+                tail[3] += q[j] * k3[j];
+            }
+            s = _mm_add_ps(s, _mm_loadu_ps(tail));
+        }
+        _mm_storeu_ps(out + p, s);
+    }
+    for (; p < count; p++) out[p] = exo_vec_f32_dot_avx2(n, q, k + (size_t)p * k_stride);
+}
+
+/* 64 output floats at a time in eight registers (one pass over the keys per
+ * 64 floats), then 8 at a time, then single floats. */
+void exo_vec_f32_wsum_avx2(int n, const float *w, const float *v, size_t v_stride, int count, float *out)
+{
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m256 acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+        for (int p = 0; p < count; p++) {
+            const float *vp = v + (size_t)p * v_stride + i;
+            __m256 wp = _mm256_broadcast_ss(w + p);
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(wp, _mm256_loadu_ps(vp + 8 * c), acc[c]);
+        }
+        for (int c = 0; c < 8; c++) _mm256_storeu_ps(out + i + 8 * c, acc[c]);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int p = 0;
+        for (; p + 2 <= count; p += 2) {
+            acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p), _mm256_loadu_ps(v + (size_t)p * v_stride + i), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p + 1), _mm256_loadu_ps(v + (size_t)(p + 1) * v_stride + i),
+                                   acc1);
+        }
+        if (p < count)
+            acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p), _mm256_loadu_ps(v + (size_t)p * v_stride + i), acc0);
+        _mm256_storeu_ps(out + i, _mm256_add_ps(acc0, acc1));
+    }
+    for (; i < n; i++) {
+        float s = 0.0f;
+        for (int p = 0; p < count; p++) s += w[p] * v[(size_t)p * v_stride + i];
+        out[i] = s;
+    }
+}

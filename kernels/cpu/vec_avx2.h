@@ -1,0 +1,17 @@
+/* vec_avx2.h: the AVX2/FMA versions of vec.h's helpers (internal).
+ *
+ * vec_avx2.c is built with -mavx2 -mfma -mf16c; vec.c calls these only after
+ * exo_vec_init() has seen the CPU support them. Contracts as in vec.h. */
+#ifndef EXO_VEC_AVX2_H
+#define EXO_VEC_AVX2_H
+
+#include <stddef.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+float exo_vec_f32_dot_avx2(int n, const float *a, const float *b);
+void exo_vec_f32_axpy_avx2(int n, float alpha, const float *x, float *y);
+void exo_vec_f32_dots_avx2(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
+void exo_vec_f32_wsum_avx2(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
+#endif
+
+#endif
