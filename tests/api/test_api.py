@@ -406,7 +406,72 @@ class CancelTest(unittest.TestCase):
             node.stop()
 
 
+class CurlTest(unittest.TestCase):
+    """curl for the raw HTTP edge cases: what a command-line user actually sends."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node("--max-generate-tokens", "32")
+        cls.base = "http://127.0.0.1:%d" % cls.node.port
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def curl(self, *args, stdin=None):
+        p = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args], input=stdin, capture_output=True,
+                           timeout=60)
+        body, _, code = p.stdout.decode().rpartition("\n")
+        return int(code or 0), body
+
+    def test_connection_close_then_more_requests(self):
+        for _ in range(3):
+            code, body = self.curl("-H", "Connection: close", self.base + "/healthcheck")
+            self.assertEqual((code, json.loads(body)), (200, {"status": "ok"}))
+
+    def test_http10(self):
+        code, body = self.curl("--http1.0", self.base + "/healthcheck")
+        self.assertEqual(code, 200)
+
+    def test_chunked_upload_from_stdin(self):
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+        code, out = self.curl("-H", "Transfer-Encoding: chunked", "-H", "Content-Type: application/json",
+                              "--data-binary", "@-", self.base + "/v1/chat/completions", stdin=body.encode())
+        self.assertEqual(code, 200, out)
+        self.assertEqual(json.loads(out)["object"], "chat.completion")
+
+    def test_truncated_json(self):
+        code, out = self.curl("-H", "Content-Type: application/json", "-d", '{"model": "x", "messages": [',
+                              self.base + "/v1/chat/completions")
+        self.assertEqual(code, 400)
+        self.assertIn("malformed JSON", json.loads(out)["error"]["message"])
+
+    def test_huge_body(self):
+        code, out = self.curl("-H", "Content-Type: application/json", "--data-binary", "@-",
+                              self.base + "/v1/chat/completions", stdin=b"x" * (9 * 1024 * 1024))
+        self.assertEqual(code, 413)
+
+    def test_client_vanishing_mid_stream(self):
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Write a poem."}],
+                           "max_tokens": 32, "stream": True})
+        subprocess.run(["curl", "-sS", "-N", "--max-time", "0.3", "-H", "Content-Type: application/json", "-d", body,
+                        self.base + "/v1/chat/completions"], capture_output=True, timeout=60)
+        code, out = self.curl(self.base + "/healthcheck")
+        self.assertEqual(code, 200)
+
+
 class TimeoutTest(unittest.TestCase):
+    def test_response_timeout_is_504(self):
+        node = Node("--chatgpt-api-response-timeout", "1")
+        try:
+            status, raw, _ = node.request("POST", "/v1/chat/completions", {
+                "model": MODEL, "messages": [{"role": "user", "content": "Write a very long essay."}],
+                "max_tokens": 1900, "temperature": 1.0, "seed": 1})
+            self.assertEqual(status, 504, raw[:200])
+            self.assertIn("error", json.loads(raw))
+        finally:
+            node.stop()
+
     def test_slow_head_is_408_and_idle_is_closed(self):
         node = Node("--http-head-timeout", "0.5", "--http-idle-timeout", "1")
         try:
