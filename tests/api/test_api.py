@@ -464,9 +464,12 @@ class TimeoutTest(unittest.TestCase):
     def test_response_timeout_is_504(self):
         node = Node("--chatgpt-api-response-timeout", "1")
         try:
+            # A prompt of ~1,500 tokens takes seconds to process here: longer than
+            # the 1 s allowed, however early the model would stop.
+            long_text = "The quick brown fox jumps over the lazy dog. " * 150
             status, raw, _ = node.request("POST", "/v1/chat/completions", {
-                "model": MODEL, "messages": [{"role": "user", "content": "Write a very long essay."}],
-                "max_tokens": 1900, "temperature": 1.0, "seed": 1})
+                "model": MODEL, "messages": [{"role": "user", "content": long_text + "Summarise."}],
+                "max_tokens": 200})
             self.assertEqual(status, 504, raw[:200])
             self.assertIn("error", json.loads(raw))
         finally:
