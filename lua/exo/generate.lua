@@ -39,7 +39,7 @@ function M.session(model, opts)
     cached = {},                      -- token ids whose keys/values the cache holds, in order
     logits = shard:output_buffer(1, false),
     runner = opts.runner or M.sync_runner,
-    token_buf = ffi.new("int32_t[?]", shard.n_ctx_train > 0 and math.min(shard.n_ctx_train, 1048576) or 4096),
+    token_buf = ffi.new("int32_t[?]", seq:n_ctx()),  -- a prompt never exceeds the cache
   }, Session)
 end
 
@@ -115,7 +115,6 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
   local sampler = sampling.new(self.shard.n_vocab, params)
   local stops = params.stop or {}
   local max_tokens = params.max_tokens or math.huge
-  local room = self:n_ctx() - #self.cached
   local stream = tok:stream()
   local pending, text_parts, tokens = "", {}, {}
   local finish = "length"
@@ -174,7 +173,7 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
     emit(pending:sub(1, #pending - hold))
     pending = pending:sub(#pending - hold + 1)
     if #tokens >= max_tokens then break end
-    if #self.cached >= self:n_ctx() - 1 or #tokens >= room - 1 then break end
+    if #self.cached >= self:n_ctx() - 1 then break end -- the cache is full
     local ok, ferr = self:feed(id)
     if not ok then return nil, ferr end
   end

@@ -388,14 +388,8 @@ function Shard:forward(seq, input, n, all_logits, out)
   return out
 end
 
--- Index of the largest of n floats (ties: the lowest index).
-function M.argmax(p, n)
-  local best, bi = p[0], 0
-  for i = 1, n - 1 do
-    if p[i] > best then best, bi = p[i], i end
-  end
-  return bi
-end
+-- Index of the largest of n floats (ties: the lowest index): the sampler's C primitive.
+function M.argmax(p, n) return C.exo_sample_argmax(p, n) end
 
 -- ---- the engine thread ------------------------------------------------------------
 
