@@ -3,6 +3,7 @@
 -- For now a single node: itself, with its memory and the layers it holds of
 -- each loaded model. The cluster issue adds peers learned from discovery.
 local native = require "exo.native"
+local json = require "exo.json"
 
 local M = {}
 
@@ -36,7 +37,8 @@ function M.single(ctx)
     capabilities = { model = "exo " .. native.version(), chip = cpu_name(), memory = total_memory_mb(),
       engine = "cpu", threads = native.threads(), kernels = native.cpu_features() },
   }
-  return { nodes = nodes, partitions = partitions, answering_node = "self" }
+  -- A node that has loaded nothing yet still reports partitions as a list.
+  return { nodes = nodes, partitions = #partitions > 0 and partitions or json.empty_array, answering_node = "self" }
 end
 
 return M

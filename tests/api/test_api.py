@@ -151,6 +151,7 @@ class ApiTest(unittest.TestCase):
         topo = json.loads(raw)
         self.assertEqual(len(topo["nodes"]), 1)
         self.assertGreater(topo["nodes"][0]["capabilities"]["memory"], 0)
+        self.assertIsInstance(topo["partitions"], list)
 
     # ---- generation ----------------------------------------------------------
 
