@@ -4,7 +4,9 @@
  * back to serving sockets. One engine thread runs submitted jobs in order
  * (driving the compute pool); each finished job is appended to a completion
  * queue and an eventfd is signalled, which luv polls. Lua then drains the
- * queue through exo_engine_next_completion. No C code ever calls into Lua. */
+ * queue through exo_engine_next_completion. No C code ever calls into Lua.
+ * C callers (the wire transport) may instead ask for a C function to be
+ * called on the engine thread when their job is done (engine.h). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -14,6 +16,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "error.h"
 #include "exo.h"
 
@@ -30,6 +33,8 @@ typedef struct engine_job {
     int all_logits;
     float *out;
     uint64_t id;
+    exo_engine_done_fn done; /* when set, called instead of queueing a completion */
+    void *done_ctx;
     int status;
     char err[256];
 } engine_job;
@@ -78,6 +83,10 @@ static void *engine_main(void *arg)
                                        job.out);
         job.err[0] = 0;
         if (job.status) snprintf(job.err, sizeof job.err, "%s", exo_last_error());
+        if (job.done) {
+            job.done(job.done_ctx, job.status, job.err);
+            continue;
+        }
 
         pthread_mutex_lock(&engine.lock);
         ring_push(&engine.done, &job);
@@ -119,23 +128,36 @@ int exo_engine_fd(void)
     return engine.fd;
 }
 
-int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
-                      int all_logits, float *out, uint64_t job_id)
+static int engine_push(const engine_job *job)
 {
-    if (!s || !q || !out) return exo_error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
+    if (!job->shard || !job->seq || !job->out) return exo_error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
     int rc = engine_ready();
     if (rc) return rc;
-    engine_job job = {.shard = s, .seq = q, .tokens = tokens, .hidden = hidden, .n_tokens = n_tokens,
-                      .all_logits = all_logits, .out = out, .id = job_id};
     pthread_mutex_lock(&engine.lock);
     if (engine.pending.count + engine.done.count >= ENGINE_QUEUE_CAP) {
         pthread_mutex_unlock(&engine.lock);
         return exo_error_set(EXO_EAGAIN, "engine queue full (%d jobs)", ENGINE_QUEUE_CAP);
     }
-    ring_push(&engine.pending, &job);
+    ring_push(&engine.pending, job);
     pthread_cond_signal(&engine.has_work);
     pthread_mutex_unlock(&engine.lock);
     return EXO_OK;
+}
+
+int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                      int all_logits, float *out, uint64_t job_id)
+{
+    engine_job job = {.shard = s, .seq = q, .tokens = tokens, .hidden = hidden, .n_tokens = n_tokens,
+                      .all_logits = all_logits, .out = out, .id = job_id};
+    return engine_push(&job);
+}
+
+int exo_engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                         int all_logits, float *out, exo_engine_done_fn done, void *done_ctx)
+{
+    engine_job job = {.shard = s, .seq = q, .tokens = tokens, .hidden = hidden, .n_tokens = n_tokens,
+                      .all_logits = all_logits, .out = out, .done = done, .done_ctx = done_ctx};
+    return engine_push(&job);
 }
 
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap)

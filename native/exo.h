@@ -262,6 +262,82 @@ typedef struct exo_http_chunked {
 int exo_http_chunked_decode(exo_http_chunked *st, char *buf, size_t len, size_t max_body, size_t *consumed,
                             size_t *produced, int *done);
 
+/* ---- the wire: frames between peers -------------------------------------- */
+
+/* One TCP connection per pair of peers, on the host's libuv loop (the loop
+ * thread runs every call here). docs/wire.md specifies the frames. Control
+ * frames (JSON) and connection news reach Lua as events on an eventfd; tensor
+ * frames go straight to the shard executor through routes: a route says, for
+ * one request, which shard and sequence run its rows and which connection the
+ * result goes on to. Connection 0 is this node itself: sending to it delivers
+ * locally, so a ring that passes through this node needs no special case. */
+typedef struct exo_wire exo_wire;
+
+enum exo_wire_event_type {
+    EXO_WIRE_EV_PEER = 1,    /* a connection finished its hello: data is the peer's hello JSON */
+    EXO_WIRE_EV_CLOSED = 2,  /* a connection closed or failed: data is the reason */
+    EXO_WIRE_EV_CONTROL = 3, /* a control frame: data is its JSON */
+    EXO_WIRE_EV_OUTPUT = 4,  /* a last-shard route has logits (exo_wire_route_output) */
+    EXO_WIRE_EV_FAILED = 5,  /* a route failed (bad rows, a forward error, next peer gone): data says why */
+    EXO_WIRE_EV_PONG = 6     /* a ping came back: value is the round trip in microseconds */
+};
+
+typedef struct exo_wire_event {
+    int32_t type;
+    int32_t conn;
+    uint64_t request_id;
+    int64_t value;
+    const char *data;        /* valid until the next exo_wire_next_event call */
+    uint32_t len;
+    char address[64];        /* the peer's address, on PEER events */
+} exo_wire_event;
+
+typedef struct exo_wire_stats {
+    uint64_t frames_sent, frames_received, bytes_sent, bytes_received;
+    uint64_t tensor_bytes_sent;   /* payload bytes of tensor frames this node sent */
+    uint64_t frames_rejected;     /* malformed frames that closed a connection */
+    uint64_t tensors_dropped;     /* tensor frames for no open route (a request already closed) */
+    int32_t connections, routes;
+    int32_t in_flight;            /* forward passes running for routes (closed ones too) */
+} exo_wire_stats;
+
+/* The host's loop; the wire uses it when exo_wire_new is given NULL. */
+int exo_runtime_set_loop(void *uv_loop);
+/* A transport on uv_loop (NULL: the host's). hello is this node's hello JSON,
+ * sent first on every connection. */
+int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out);
+/* Closes every connection and handle; the loop must run once more for the
+ * close callbacks. */
+void exo_wire_free(exo_wire *w);
+int exo_wire_fd(const exo_wire *w);
+/* Listens on host:port (port 0: a free port, returned in *bound_port). */
+int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
+/* Starts connecting; *conn names the connection from now on. A PEER event
+ * follows once both hellos are through, or a CLOSED event saying why not. */
+int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn);
+/* Closes a connection after sending an ERROR frame with reason (if any). */
+int exo_wire_close(exo_wire *w, int conn, const char *reason);
+int exo_wire_send_control(exo_wire *w, int conn, uint64_t request_id, const char *json, size_t len);
+/* Sends n token ids at position as a tensor frame (flags: EXO_WIRE_TENSOR_*
+ * values from docs/wire.md). */
+int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int position, const int32_t *ids, int n,
+                         int flags);
+int exo_wire_ping(exo_wire *w, int conn);
+/* Returns 1 and fills ev when an event was waiting, 0 when none. */
+int exo_wire_next_event(exo_wire *w, exo_wire_event *ev);
+/* Routes request_id's tensor frames through shard s on sequence q. A route of
+ * a shard that is not last sends its hidden states on to next_conn, encoded
+ * as wire_dtype (F32, F16 or Q8_0); a last shard's route raises an OUTPUT
+ * event instead. The route owns q from now on (it frees it when closed, once
+ * no pass runs on it); s must stay loaded while stats.in_flight > 0. */
+int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype);
+/* Forgets a route (a pass in flight finishes first, and its result is dropped). */
+int exo_wire_route_close(exo_wire *w, uint64_t request_id);
+/* The logits of a last-shard route's latest pass: n_rows rows of n_vocab, and
+ * the position of the first row. */
+int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
+int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
+
 /* ---- measurement ---------------------------------------------------------- */
 
 /* Memory bandwidth in GB/s from a STREAM-like copy over bytes of memory, best

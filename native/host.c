@@ -22,6 +22,8 @@
 
 #include <luv/luv.h>
 
+#include "exo.h"
+
 extern int luaopen_cjson(lua_State *L);
 
 static int is_file(const char *path)
@@ -105,6 +107,7 @@ int main(int argc, char **argv)
     /* package.preload.luv / cjson */
     lua_getfield(L, -1, "preload");
     luv_set_loop(L, &loop);
+    exo_runtime_set_loop(&loop); /* the wire transport shares it */
     lua_pushcfunction(L, luaopen_luv);
     lua_setfield(L, -2, "luv");
     lua_pushcfunction(L, luaopen_cjson);

@@ -155,6 +155,48 @@ typedef struct exo_http_chunked {
 } exo_http_chunked;
 int exo_http_chunked_decode(exo_http_chunked *st, char *buf, size_t len, size_t max_body, size_t *consumed,
                             size_t *produced, int *done);
+typedef struct exo_wire exo_wire;
+enum exo_wire_event_type {
+    EXO_WIRE_EV_PEER = 1,
+    EXO_WIRE_EV_CLOSED = 2,
+    EXO_WIRE_EV_CONTROL = 3,
+    EXO_WIRE_EV_OUTPUT = 4,
+    EXO_WIRE_EV_FAILED = 5,
+    EXO_WIRE_EV_PONG = 6
+};
+typedef struct exo_wire_event {
+    int32_t type;
+    int32_t conn;
+    uint64_t request_id;
+    int64_t value;
+    const char *data;
+    uint32_t len;
+    char address[64];
+} exo_wire_event;
+typedef struct exo_wire_stats {
+    uint64_t frames_sent, frames_received, bytes_sent, bytes_received;
+    uint64_t tensor_bytes_sent;
+    uint64_t frames_rejected;
+    uint64_t tensors_dropped;
+    int32_t connections, routes;
+    int32_t in_flight;
+} exo_wire_stats;
+int exo_runtime_set_loop(void *uv_loop);
+int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out);
+void exo_wire_free(exo_wire *w);
+int exo_wire_fd(const exo_wire *w);
+int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
+int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn);
+int exo_wire_close(exo_wire *w, int conn, const char *reason);
+int exo_wire_send_control(exo_wire *w, int conn, uint64_t request_id, const char *json, size_t len);
+int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int position, const int32_t *ids, int n,
+                         int flags);
+int exo_wire_ping(exo_wire *w, int conn);
+int exo_wire_next_event(exo_wire *w, exo_wire_event *ev);
+int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype);
+int exo_wire_route_close(exo_wire *w, uint64_t request_id);
+int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
+int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
 double exo_measure_mem_bandwidth(size_t bytes, int reps);
 int64_t exo_peak_rss_bytes(void);
 double exo_now(void);

@@ -1,0 +1,139 @@
+/* frame.c: encoding and validating wire frames (the format of wire.h).
+ *
+ * A peer is not trusted: every field of a header or tensor payload is checked
+ * here, before the transport allocates a buffer for a payload or hands rows to
+ * the shard executor. Decoding reads bytes explicitly little-endian, so the
+ * format does not depend on the host's struct layout or byte order. Pure
+ * functions only: the fuzzer links this file alone. */
+#include <string.h>
+
+#include "error.h"
+#include "wire.h"
+
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+
+static void wr16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> 8 * i);
+}
+
+static void wr64(uint8_t *p, uint64_t v)
+{
+    wr32(p, (uint32_t)v);
+    wr32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint32_t max_payload(uint8_t type)
+{
+    switch (type) {
+    case EXO_WIRE_HELLO: return EXO_WIRE_MAX_HELLO;
+    case EXO_WIRE_CONTROL: return EXO_WIRE_MAX_CONTROL;
+    case EXO_WIRE_TENSOR: return EXO_WIRE_MAX_TENSOR;
+    case EXO_WIRE_PING:
+    case EXO_WIRE_PONG: return 8;
+    case EXO_WIRE_ERROR: return EXO_WIRE_MAX_ERROR;
+    default: return 0;
+    }
+}
+
+int exo_wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h)
+{
+    if (len < EXO_WIRE_HEADER_SIZE) return 0;
+    h->magic = rd32(buf);
+    h->version = rd16(buf + 4);
+    h->type = buf[6];
+    h->flags = buf[7];
+    h->request_id = rd64(buf + 8);
+    h->payload_len = rd32(buf + 16);
+    h->reserved = rd32(buf + 20);
+    if (h->magic != EXO_WIRE_MAGIC) return exo_error_set(EXO_EFORMAT, "bad magic 0x%08x (not an exo peer)", h->magic);
+    if (h->version != EXO_WIRE_VERSION)
+        return exo_error_set(EXO_ENOTSUP, "protocol version %u is not supported (this node speaks %d)", h->version,
+                             EXO_WIRE_VERSION);
+    uint32_t limit = max_payload(h->type);
+    if (!limit) return exo_error_set(EXO_EFORMAT, "unknown frame type %u", h->type);
+    if (h->flags || h->reserved)
+        return exo_error_set(EXO_EFORMAT, "frame type %u has nonzero flags or reserved bits", h->type);
+    if (h->payload_len > limit)
+        return exo_error_set(EXO_ENOMEM, "frame type %u carries %u bytes, more than its limit of %u", h->type,
+                             h->payload_len, limit);
+    if ((h->type == EXO_WIRE_PING || h->type == EXO_WIRE_PONG) && h->payload_len != 8)
+        return exo_error_set(EXO_EFORMAT, "a ping or pong carries 8 bytes, not %u", h->payload_len);
+    return EXO_WIRE_HEADER_SIZE;
+}
+
+void exo_wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len)
+{
+    wr32(buf, EXO_WIRE_MAGIC);
+    wr16(buf + 4, EXO_WIRE_VERSION);
+    buf[6] = type;
+    buf[7] = 0;
+    wr64(buf + 8, request_id);
+    wr32(buf + 16, payload_len);
+    wr32(buf + 20, 0);
+}
+
+size_t exo_wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len)
+{
+    if (n_rows < 1 || n_rows > EXO_WIRE_MAX_ROWS || row_len < 1 || row_len > EXO_WIRE_MAX_ROW_LEN) return 0;
+    size_t row;
+    switch (dtype) {
+    case EXO_DTYPE_F32: row = (size_t)row_len * 4; break;
+    case EXO_DTYPE_F16: row = (size_t)row_len * 2; break;
+    case EXO_DTYPE_Q8_0:
+        if (row_len % 32) return 0;
+        row = (size_t)row_len / 32 * 34;
+        break;
+    case EXO_WIRE_DTYPE_I32:
+        if (row_len != 1) return 0;
+        row = 4;
+        break;
+    default: return 0;
+    }
+    /* Both factors are bounded above (2^16 rows, 2^22 bytes a row), so the
+     * product fits in 64 bits. */
+    return row * n_rows;
+}
+
+int exo_wire_decode_tensor(const uint8_t *payload, size_t len, exo_wire_tensor *t, const uint8_t **data)
+{
+    if (len < EXO_WIRE_TENSOR_HEADER_SIZE)
+        return exo_error_set(EXO_EFORMAT, "tensor frame of %zu bytes is shorter than its %d-byte header", len,
+                             EXO_WIRE_TENSOR_HEADER_SIZE);
+    t->position = (int32_t)rd32(payload);
+    t->dtype = rd32(payload + 4);
+    t->n_rows = rd32(payload + 8);
+    t->row_len = rd32(payload + 12);
+    t->flags = rd32(payload + 16);
+    t->reserved = rd32(payload + 20);
+    if (t->position < 0) return exo_error_set(EXO_EFORMAT, "tensor frame at negative position %d", t->position);
+    if (t->flags & ~EXO_WIRE_TENSOR_ALL_LOGITS || t->reserved)
+        return exo_error_set(EXO_EFORMAT, "tensor frame has unknown flags or reserved bits");
+    size_t bytes = exo_wire_tensor_bytes(t->dtype, t->n_rows, t->row_len);
+    if (!bytes)
+        return exo_error_set(EXO_EFORMAT, "tensor frame with dtype %u and shape [%u][%u] is not allowed", t->dtype,
+                             t->n_rows, t->row_len);
+    if (bytes != len - EXO_WIRE_TENSOR_HEADER_SIZE)
+        return exo_error_set(EXO_EFORMAT, "tensor frame shape [%u][%u] needs %zu bytes but %zu came", t->n_rows,
+                             t->row_len, bytes, len - EXO_WIRE_TENSOR_HEADER_SIZE);
+    *data = payload + EXO_WIRE_TENSOR_HEADER_SIZE;
+    return EXO_OK;
+}
+
+void exo_wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t)
+{
+    wr32(buf, (uint32_t)t->position);
+    wr32(buf + 4, t->dtype);
+    wr32(buf + 8, t->n_rows);
+    wr32(buf + 12, t->row_len);
+    wr32(buf + 16, t->flags);
+    wr32(buf + 20, 0);
+}

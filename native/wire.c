@@ -1,0 +1,958 @@
+/* wire.c: the transport between peers, on the host's libuv loop.
+ *
+ * Connections carry the frames of wire.h. Everything here runs on the loop
+ * thread except route_done, which the engine thread calls when a forward pass
+ * it ran for a route is finished; it only queues the route and wakes the loop
+ * (uv_async_send). Tensor frames never pass through Lua: a frame's rows go to
+ * the route's shard on the engine thread, and the result is sent on to the
+ * next peer from the loop thread, so a hop costs a read, a forward and a
+ * write. What Lua must decide about (a hello, a control frame, a closed
+ * connection, logits to sample from) is queued as an event and signalled on
+ * an eventfd that luv polls, as the engine does for its own completions.
+ *
+ * A peer is not trusted. A frame is validated (frame.c) before its payload is
+ * buffered; a malformed one makes us send an ERROR frame saying why and close
+ * that connection only. Rows for a route are checked against the route's
+ * shard (dtype, width, position) before they reach the executor. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "engine.h"
+#include "error.h"
+#include "exo.h"
+#include <math.h>
+
+#include "quants.h"
+#include "wire.h"
+
+#define WIRE_READ_CHUNK 65536
+#define WIRE_HELLO_TIMEOUT_MS 10000
+#define WIRE_MAX_EVENTS 65536
+#define WIRE_MAX_ROUTES 1024
+
+enum conn_state { CONN_CONNECTING, CONN_HELLO, CONN_UP, CONN_CLOSING };
+
+typedef struct wire_conn {
+    exo_wire *w;
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_shutdown_t shutdown_req;
+    int id;
+    int state;
+    uint64_t opened_ms;
+    uint8_t *rbuf;
+    size_t rlen, rcap;
+    size_t need;          /* bytes of the frame being received, header included (0: unknown) */
+    char address[64];
+    struct wire_conn *next;
+} wire_conn;
+
+typedef struct wire_route {
+    exo_wire *w;
+    uint64_t id;
+    exo_shard *shard;
+    exo_seq *seq;
+    exo_shard_info info;
+    int next_conn;
+    uint32_t wire_dtype;
+    int busy;             /* a forward pass is running on the engine thread */
+    int closed;           /* forgotten by Lua; freed when the pass in flight ends */
+    int position, n_rows, all_logits;
+    int32_t *tokens;
+    size_t tokens_cap;
+    float *hidden, *out;
+    size_t hidden_cap, out_cap;
+    int status;
+    char err[256];
+    struct wire_route *next, *done_next;
+} wire_route;
+
+typedef struct wire_event {
+    exo_wire_event ev;
+    char *data;
+} wire_event;
+
+struct exo_wire {
+    uv_loop_t *loop;
+    uv_tcp_t server;
+    uv_async_t async;
+    uv_timer_t timer;
+    int listening;
+    int open_handles;     /* handles whose close callback has not run yet */
+    int freeing;
+    int efd;
+    char *hello;
+    size_t hello_len;
+    wire_conn *conns;
+    int next_conn_id;
+    wire_route *routes;
+    int n_routes;
+    pthread_mutex_t done_lock;
+    wire_route *done_head, *done_tail;
+    wire_event *events;
+    size_t ev_head, ev_count, ev_cap;
+    char *last_data;
+    exo_wire_stats stats;
+};
+
+static uv_loop_t *host_loop;
+
+int exo_runtime_set_loop(void *uv_loop)
+{
+    host_loop = uv_loop;
+    return EXO_OK;
+}
+
+/* ---- events for Lua ------------------------------------------------------- */
+
+static void push_event(exo_wire *w, int type, int conn, uint64_t request_id, int64_t value, const void *data,
+                       size_t len, const char *address)
+{
+    if (w->freeing) return;
+    if (w->ev_count == WIRE_MAX_EVENTS) return; /* Lua stopped draining; dropping beats growing without bound */
+    if (w->ev_count == w->ev_cap) {
+        size_t cap = w->ev_cap ? w->ev_cap * 2 : 64;
+        wire_event *e = malloc(cap * sizeof *e);
+        if (!e) return;
+        for (size_t i = 0; i < w->ev_count; i++) e[i] = w->events[(w->ev_head + i) % w->ev_cap];
+        free(w->events);
+        w->events = e;
+        w->ev_cap = cap;
+        w->ev_head = 0;
+    }
+    wire_event *e = &w->events[(w->ev_head + w->ev_count) % w->ev_cap];
+    memset(e, 0, sizeof *e);
+    e->ev.type = type;
+    e->ev.conn = conn;
+    e->ev.request_id = request_id;
+    e->ev.value = value;
+    if (address) snprintf(e->ev.address, sizeof e->ev.address, "%s", address);
+    if (len) {
+        e->data = malloc(len);
+        if (!e->data) return;
+        memcpy(e->data, data, len);
+        e->ev.len = (uint32_t)len;
+    }
+    w->ev_count++;
+    uint64_t one = 1;
+    ssize_t r = write(w->efd, &one, sizeof one);
+    (void)r; /* fails only at counter overflow, when readiness is already set */
+}
+
+static void push_text_event(exo_wire *w, int type, int conn, uint64_t request_id, const char *text)
+{
+    push_event(w, type, conn, request_id, 0, text, strlen(text), NULL);
+}
+
+int exo_wire_next_event(exo_wire *w, exo_wire_event *ev)
+{
+    if (!w || !ev) return exo_error_set(EXO_EINVAL, "exo_wire_next_event: NULL argument");
+    free(w->last_data);
+    w->last_data = NULL;
+    if (w->ev_count == 0) {
+        uint64_t v;
+        ssize_t r = read(w->efd, &v, sizeof v);
+        (void)r;
+        return 0;
+    }
+    wire_event *e = &w->events[w->ev_head];
+    w->ev_head = (w->ev_head + 1) % w->ev_cap;
+    w->ev_count--;
+    *ev = e->ev;
+    w->last_data = e->data;
+    ev->data = e->data ? e->data : "";
+    return 1;
+}
+
+int exo_wire_fd(const exo_wire *w) { return w ? w->efd : -1; }
+
+/* ---- connections -------------------------------------------------------- */
+
+static wire_conn *find_conn(exo_wire *w, int id)
+{
+    for (wire_conn *c = w->conns; c; c = c->next)
+        if (c->id == id) return c;
+    return NULL;
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    exo_wire *w = h->data;
+    if (--w->open_handles == 0 && w->freeing) free(w);
+}
+
+static void conn_closed(uv_handle_t *h)
+{
+    wire_conn *c = h->data;
+    exo_wire *w = c->w;
+    for (wire_conn **p = &w->conns; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    free(c->rbuf);
+    free(c);
+    if (--w->open_handles == 0 && w->freeing) free(w);
+}
+
+static void conn_shutdown_done(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    wire_conn *c = req->data;
+    uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+/* Closes c after the writes already queued (an ERROR frame among them) go
+ * out, and tells Lua why. */
+static void conn_close(wire_conn *c, const char *reason)
+{
+    exo_wire *w = c->w;
+    if (c->state == CONN_CLOSING) return;
+    int was_connecting = c->state == CONN_CONNECTING;
+    c->state = CONN_CLOSING;
+    w->stats.connections--;
+    push_text_event(w, EXO_WIRE_EV_CLOSED, c->id, 0, reason);
+    if (was_connecting) return; /* the connect callback closes the handle */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, conn_shutdown_done) != 0)
+        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+typedef struct wire_write {
+    uv_write_t req;
+    wire_conn *conn;
+    size_t len;
+    uint8_t data[];
+} wire_write;
+
+static void write_done(uv_write_t *req, int status)
+{
+    wire_write *ww = (wire_write *)req;
+    wire_conn *c = ww->conn;
+    if (status < 0 && status != UV_ECANCELED && c->state != CONN_CLOSING) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "write to %s failed: %s", c->address, uv_strerror(status));
+        conn_close(c, msg);
+    }
+    free(ww);
+}
+
+/* A write of a frame with payload_len bytes of payload, to be filled in at
+ * data + EXO_WIRE_HEADER_SIZE; NULL when out of memory. */
+static wire_write *frame_alloc(uint8_t type, uint64_t request_id, size_t payload_len)
+{
+    wire_write *ww = malloc(sizeof *ww + EXO_WIRE_HEADER_SIZE + payload_len);
+    if (!ww) return NULL;
+    ww->len = EXO_WIRE_HEADER_SIZE + payload_len;
+    exo_wire_encode_header(ww->data, type, request_id, (uint32_t)payload_len);
+    return ww;
+}
+
+static int frame_send(wire_conn *c, wire_write *ww)
+{
+    ww->conn = c;
+    uv_buf_t buf = uv_buf_init((char *)ww->data, (unsigned)ww->len);
+    int rc = uv_write(&ww->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
+    if (rc < 0) {
+        free(ww);
+        return exo_error_set(EXO_EIO, "write to %s failed: %s", c->address, uv_strerror(rc));
+    }
+    c->w->stats.frames_sent++;
+    c->w->stats.bytes_sent += ww->len;
+    return EXO_OK;
+}
+
+static int send_simple(wire_conn *c, uint8_t type, uint64_t request_id, const void *payload, size_t len)
+{
+    wire_write *ww = frame_alloc(type, request_id, len);
+    if (!ww) return exo_error_set(EXO_ENOMEM, "out of memory for a frame of %zu bytes", len);
+    if (len) memcpy(ww->data + EXO_WIRE_HEADER_SIZE, payload, len);
+    return frame_send(c, ww);
+}
+
+/* Refuses a peer's frame: tell it why, then close. */
+static void conn_reject(wire_conn *c, const char *why)
+{
+    char reason[400];
+    snprintf(reason, sizeof reason, "bad frame from %s: %s", c->address, why);
+    c->w->stats.frames_rejected++;
+    if (c->state != CONN_CLOSING) send_simple(c, EXO_WIRE_ERROR, 0, why, strlen(why) < 1024 ? strlen(why) : 1024);
+    conn_close(c, reason);
+}
+
+/* A connected stream: say hello and start reading. */
+static void conn_start(wire_conn *c)
+{
+    exo_wire *w = c->w;
+    struct sockaddr_storage addr;
+    int len = sizeof addr;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &len) == 0) {
+        char ip[48] = "?";
+        int port = 0;
+        if (addr.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&addr;
+            uv_ip6_name(a, ip, sizeof ip);
+            port = ntohs(a->sin6_port);
+        } else {
+            struct sockaddr_in *a = (struct sockaddr_in *)&addr;
+            uv_ip4_name(a, ip, sizeof ip);
+            port = ntohs(a->sin_port);
+        }
+        snprintf(c->address, sizeof c->address, "%s:%d", ip, port);
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->state = CONN_HELLO;
+    c->opened_ms = uv_now(w->loop);
+    send_simple(c, EXO_WIRE_HELLO, 0, w->hello, w->hello_len);
+}
+
+static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, const uint8_t *payload, size_t len);
+
+static void dispatch(wire_conn *c, const exo_wire_header *h, const uint8_t *payload)
+{
+    exo_wire *w = c->w;
+    w->stats.frames_received++;
+    if (c->state == CONN_HELLO && h->type != EXO_WIRE_HELLO && h->type != EXO_WIRE_ERROR) {
+        conn_reject(c, "the first frame must be a hello");
+        return;
+    }
+    switch (h->type) {
+    case EXO_WIRE_HELLO:
+        if (c->state != CONN_HELLO) {
+            conn_reject(c, "a second hello");
+            return;
+        }
+        c->state = CONN_UP;
+        push_event(w, EXO_WIRE_EV_PEER, c->id, 0, 0, payload, h->payload_len, c->address);
+        break;
+    case EXO_WIRE_CONTROL:
+        push_event(w, EXO_WIRE_EV_CONTROL, c->id, h->request_id, 0, payload, h->payload_len, NULL);
+        break;
+    case EXO_WIRE_TENSOR: deliver_tensor(w, c, h->request_id, payload, h->payload_len); break;
+    case EXO_WIRE_PING: send_simple(c, EXO_WIRE_PONG, h->request_id, payload, 8); break;
+    case EXO_WIRE_PONG: {
+        uint64_t sent = 0;
+        for (int i = 7; i >= 0; i--) sent = sent << 8 | payload[i];
+        uint64_t now = uv_hrtime();
+        push_event(w, EXO_WIRE_EV_PONG, c->id, 0, now > sent ? (int64_t)((now - sent) / 1000) : 0, NULL, 0, NULL);
+        break;
+    }
+    case EXO_WIRE_ERROR: {
+        char reason[300];
+        int n = (int)(h->payload_len < 200 ? h->payload_len : 200);
+        char text[201];
+        for (int i = 0; i < n; i++) text[i] = payload[i] >= 0x20 && payload[i] < 0x7f ? (char)payload[i] : '?';
+        text[n] = 0;
+        snprintf(reason, sizeof reason, "%s refused us: %s", c->address, text);
+        conn_close(c, reason);
+        break;
+    }
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    wire_conn *c = h->data;
+    size_t want = c->rlen + WIRE_READ_CHUNK;
+    if (c->need > want) want = c->need;
+    if (want > c->rcap) {
+        uint8_t *p = realloc(c->rbuf, want);
+        if (p) {
+            c->rbuf = p;
+            c->rcap = want;
+        }
+    }
+    *buf = uv_buf_init((char *)c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    wire_conn *c = s->data;
+    if (nread < 0) {
+        char msg[160];
+        if (nread == UV_EOF) snprintf(msg, sizeof msg, "%s closed the connection", c->address);
+        else snprintf(msg, sizeof msg, "reading from %s failed: %s", c->address, uv_strerror((int)nread));
+        conn_close(c, msg);
+        return;
+    }
+    if (nread == 0 || c->state == CONN_CLOSING) return;
+    if (c->rlen + (size_t)nread > c->rcap) { /* on_alloc could not grow the buffer */
+        conn_close(c, "out of memory for a frame");
+        return;
+    }
+    c->rlen += (size_t)nread;
+    c->w->stats.bytes_received += (uint64_t)nread;
+    size_t off = 0;
+    while (c->state != CONN_CLOSING) {
+        exo_wire_header h;
+        int rc = exo_wire_decode_header(c->rbuf + off, c->rlen - off, &h);
+        if (rc == 0) break;
+        if (rc < 0) {
+            conn_reject(c, exo_last_error());
+            return;
+        }
+        size_t total = EXO_WIRE_HEADER_SIZE + (size_t)h.payload_len;
+        if (c->rlen - off < total) {
+            c->need = total;
+            break;
+        }
+        c->need = 0;
+        dispatch(c, &h, c->rbuf + off + EXO_WIRE_HEADER_SIZE);
+        off += total;
+    }
+    if (c->state == CONN_CLOSING) return;
+    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+    c->rlen -= off;
+    /* A big frame's buffer is given back once it is through. */
+    if (c->rcap > 4 * WIRE_READ_CHUNK && c->rlen < WIRE_READ_CHUNK && c->need == 0) {
+        uint8_t *p = realloc(c->rbuf, WIRE_READ_CHUNK);
+        if (p) {
+            c->rbuf = p;
+            c->rcap = WIRE_READ_CHUNK;
+        }
+    }
+}
+
+static wire_conn *conn_new(exo_wire *w)
+{
+    wire_conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->w = w;
+    c->id = w->next_conn_id++;
+    c->state = CONN_CONNECTING;
+    snprintf(c->address, sizeof c->address, "?");
+    uv_tcp_init(w->loop, &c->tcp);
+    c->tcp.data = c;
+    w->open_handles++;
+    c->next = w->conns;
+    w->conns = c;
+    w->stats.connections++;
+    return c;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    exo_wire *w = server->data;
+    if (status < 0) return;
+    wire_conn *c = conn_new(w);
+    if (!c) return;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        c->state = CONN_CLOSING;
+        w->stats.connections--;
+        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+        return;
+    }
+    conn_start(c);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    wire_conn *c = req->data;
+    if (c->state == CONN_CLOSING || status < 0) {
+        if (c->state != CONN_CLOSING) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "cannot connect to %s: %s", c->address, uv_strerror(status));
+            conn_close(c, msg);
+        }
+        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+        return;
+    }
+    conn_start(c);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+static int resolve(const char *host, int port, struct sockaddr_storage *out)
+{
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0) return EXO_OK;
+    if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0) return EXO_OK;
+    return exo_error_set(EXO_EINVAL, "'%s' is not an IP address", host);
+}
+
+int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port)
+{
+    if (!w || !host) return exo_error_set(EXO_EINVAL, "exo_wire_listen: NULL argument");
+    if (w->listening) return exo_error_set(EXO_ESTATE, "the wire already listens");
+    if (port < 0 || port > 65535) return exo_error_set(EXO_EINVAL, "port %d is out of range", port);
+    struct sockaddr_storage addr;
+    int rc = resolve(host, port, &addr);
+    if (rc) return rc;
+    uv_tcp_init(w->loop, &w->server);
+    w->server.data = w;
+    w->open_handles++;
+    w->listening = 1;
+    int err = uv_tcp_bind(&w->server, (struct sockaddr *)&addr, 0);
+    if (!err) err = uv_listen((uv_stream_t *)&w->server, 128, on_connection);
+    if (err) {
+        w->listening = 0;
+        uv_close((uv_handle_t *)&w->server, handle_closed);
+        return exo_error_set(EXO_EIO, "cannot listen on %s:%d: %s", host, port, uv_strerror(err));
+    }
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+    uv_tcp_getsockname(&w->server, (struct sockaddr *)&bound, &len);
+    if (bound_port)
+        *bound_port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                         : ((struct sockaddr_in *)&bound)->sin_port);
+    return EXO_OK;
+}
+
+int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn)
+{
+    if (!w || !host || !conn) return exo_error_set(EXO_EINVAL, "exo_wire_connect: NULL argument");
+    if (port < 1 || port > 65535) return exo_error_set(EXO_EINVAL, "port %d is out of range", port);
+    struct sockaddr_storage addr;
+    int rc = resolve(host, port, &addr);
+    if (rc) return rc;
+    wire_conn *c = conn_new(w);
+    if (!c) return exo_error_set(EXO_ENOMEM, "out of memory for a connection");
+    snprintf(c->address, sizeof c->address, "%s:%d", host, port);
+    c->connect_req.data = c;
+    int err = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr, on_connect);
+    if (err) {
+        c->state = CONN_CLOSING;
+        w->stats.connections--;
+        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+        return exo_error_set(EXO_EIO, "cannot connect to %s:%d: %s", host, port, uv_strerror(err));
+    }
+    *conn = c->id;
+    return EXO_OK;
+}
+
+int exo_wire_close(exo_wire *w, int conn, const char *reason)
+{
+    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_close: NULL argument");
+    wire_conn *c = find_conn(w, conn);
+    if (!c || c->state == CONN_CLOSING) return EXO_OK;
+    if (reason && *reason && c->state != CONN_CONNECTING)
+        send_simple(c, EXO_WIRE_ERROR, 0, reason, strlen(reason) < 1024 ? strlen(reason) : 1024);
+    conn_close(c, reason && *reason ? reason : "closed by this node");
+    return EXO_OK;
+}
+
+/* The live connection id names, or NULL with an error. */
+static wire_conn *up_conn(exo_wire *w, int conn)
+{
+    wire_conn *c = find_conn(w, conn);
+    if (!c || c->state != CONN_UP) {
+        exo_error_set(EXO_ESTATE, "connection %d is not open", conn);
+        return NULL;
+    }
+    return c;
+}
+
+int exo_wire_send_control(exo_wire *w, int conn, uint64_t request_id, const char *json, size_t len)
+{
+    if (!w || (!json && len)) return exo_error_set(EXO_EINVAL, "exo_wire_send_control: NULL argument");
+    if (len > EXO_WIRE_MAX_CONTROL)
+        return exo_error_set(EXO_ENOMEM, "control frame of %zu bytes is over the %u-byte limit", len,
+                             EXO_WIRE_MAX_CONTROL);
+    if (conn == 0) {
+        push_event(w, EXO_WIRE_EV_CONTROL, 0, request_id, 0, json, len, NULL);
+        return EXO_OK;
+    }
+    wire_conn *c = up_conn(w, conn);
+    return c ? send_simple(c, EXO_WIRE_CONTROL, request_id, json, len) : EXO_ESTATE;
+}
+
+int exo_wire_ping(exo_wire *w, int conn)
+{
+    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_ping: NULL argument");
+    wire_conn *c = up_conn(w, conn);
+    if (!c) return EXO_ESTATE;
+    uint8_t stamp[8];
+    uint64_t now = uv_hrtime();
+    for (int i = 0; i < 8; i++) stamp[i] = (uint8_t)(now >> 8 * i);
+    return send_simple(c, EXO_WIRE_PING, 0, stamp, 8);
+}
+
+/* Sends a tensor frame whose rows pack() writes; conn 0 delivers it here. */
+static int send_tensor(exo_wire *w, int conn, uint64_t request_id, const exo_wire_tensor *t, const void *rows)
+{
+    size_t bytes = exo_wire_tensor_bytes(t->dtype, t->n_rows, t->row_len);
+    if (!bytes) return exo_error_set(EXO_EINVAL, "tensor of dtype %u and shape [%u][%u] cannot be sent", t->dtype,
+                                     t->n_rows, t->row_len);
+    if (bytes + EXO_WIRE_TENSOR_HEADER_SIZE > EXO_WIRE_MAX_TENSOR)
+        return exo_error_set(EXO_ENOMEM, "tensor of %zu bytes is over the frame limit", bytes);
+    wire_conn *c = NULL;
+    if (conn != 0 && !(c = up_conn(w, conn))) return EXO_ESTATE;
+    wire_write *ww = frame_alloc(EXO_WIRE_TENSOR, request_id, EXO_WIRE_TENSOR_HEADER_SIZE + bytes);
+    if (!ww) return exo_error_set(EXO_ENOMEM, "out of memory for a tensor frame of %zu bytes", bytes);
+    uint8_t *payload = ww->data + EXO_WIRE_HEADER_SIZE;
+    exo_wire_encode_tensor(payload, t);
+    if (t->dtype == EXO_WIRE_DTYPE_I32) memcpy(payload + EXO_WIRE_TENSOR_HEADER_SIZE, rows, bytes);
+    else exo_wire_pack_rows(t->dtype, rows, (int)t->n_rows, (int)t->row_len, payload + EXO_WIRE_TENSOR_HEADER_SIZE);
+    if (!c) {
+        deliver_tensor(w, NULL, request_id, payload, EXO_WIRE_TENSOR_HEADER_SIZE + bytes);
+        free(ww);
+        return EXO_OK;
+    }
+    w->stats.tensor_bytes_sent += EXO_WIRE_TENSOR_HEADER_SIZE + bytes;
+    return frame_send(c, ww);
+}
+
+int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int position, const int32_t *ids, int n,
+                         int flags)
+{
+    if (!w || !ids) return exo_error_set(EXO_EINVAL, "exo_wire_send_tokens: NULL argument");
+    if (n < 1 || position < 0) return exo_error_set(EXO_EINVAL, "cannot send %d tokens at position %d", n, position);
+    exo_wire_tensor t = {.position = position, .dtype = EXO_WIRE_DTYPE_I32, .n_rows = (uint32_t)n, .row_len = 1,
+                         .flags = (uint32_t)flags & EXO_WIRE_TENSOR_ALL_LOGITS};
+    return send_tensor(w, conn, request_id, &t, ids);
+}
+
+/* ---- hidden-state encodings ------------------------------------------------ */
+
+void exo_wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len, uint8_t *out)
+{
+    size_t n = (size_t)n_rows * row_len;
+    if (dtype == EXO_DTYPE_F32) {
+        memcpy(out, x, n * 4);
+    } else if (dtype == EXO_DTYPE_F16) {
+        for (size_t i = 0; i < n; i++) {
+            exo_half h = exo_float_to_half(x[i]);
+            memcpy(out + 2 * i, &h, 2);
+        }
+    } else { /* Q8_0: blocks of 32 with an fp16 scale, as the weights use */
+        for (size_t b = 0; b < n / 32; b++) {
+            const float *v = x + 32 * b;
+            float amax = 0;
+            for (int i = 0; i < 32; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+            float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+            exo_half hd = exo_float_to_half(d);
+            uint8_t *blk = out + 34 * b;
+            memcpy(blk, &hd, 2);
+            for (int i = 0; i < 32; i++) blk[2 + i] = (uint8_t)(int8_t)lrintf(v[i] * id);
+        }
+    }
+}
+
+void exo_wire_unpack_rows(uint32_t dtype, const uint8_t *in, int n_rows, int row_len, float *x)
+{
+    size_t n = (size_t)n_rows * row_len;
+    if (dtype == EXO_DTYPE_F32) {
+        memcpy(x, in, n * 4);
+    } else if (dtype == EXO_DTYPE_F16) {
+        for (size_t i = 0; i < n; i++) {
+            exo_half h;
+            memcpy(&h, in + 2 * i, 2);
+            x[i] = exo_half_to_float(h);
+        }
+    } else {
+        for (size_t b = 0; b < n / 32; b++) {
+            const uint8_t *blk = in + 34 * b;
+            exo_half hd;
+            memcpy(&hd, blk, 2);
+            float d = exo_half_to_float(hd);
+            for (int i = 0; i < 32; i++) x[32 * b + i] = d * (float)(int8_t)blk[2 + i];
+        }
+    }
+}
+
+/* ---- routes ---------------------------------------------------------------- */
+
+static wire_route *find_route(exo_wire *w, uint64_t id)
+{
+    for (wire_route *r = w->routes; r; r = r->next)
+        if (r->id == id && !r->closed) return r;
+    return NULL;
+}
+
+static void route_free(wire_route *r)
+{
+    exo_seq_free(r->seq);
+    free(r->tokens);
+    free(r->hidden);
+    free(r->out);
+    free(r);
+}
+
+static void route_unlink(exo_wire *w, wire_route *r)
+{
+    for (wire_route **p = &w->routes; *p; p = &(*p)->next)
+        if (*p == r) {
+            *p = r->next;
+            w->n_routes--;
+            w->stats.routes--;
+            return;
+        }
+}
+
+static int grow(void **buf, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return EXO_OK;
+    void *p = realloc(*buf, need * elem);
+    if (!p) return exo_error_set(EXO_ENOMEM, "out of memory for %zu route rows", need);
+    *buf = p;
+    *cap = need;
+    return EXO_OK;
+}
+
+static void route_fail(exo_wire *w, wire_route *r, uint64_t request_id, const char *fmt, const char *detail)
+{
+    char msg[400];
+    snprintf(msg, sizeof msg, fmt, detail);
+    (void)r;
+    push_text_event(w, EXO_WIRE_EV_FAILED, 0, request_id, msg);
+}
+
+/* Engine thread: hand the finished route back to the loop. */
+static void route_done(void *ctx, int status, const char *err)
+{
+    wire_route *r = ctx;
+    exo_wire *w = r->w;
+    r->status = status;
+    snprintf(r->err, sizeof r->err, "%s", status ? err : "");
+    pthread_mutex_lock(&w->done_lock);
+    r->done_next = NULL;
+    if (w->done_tail) w->done_tail->done_next = r;
+    else w->done_head = r;
+    w->done_tail = r;
+    pthread_mutex_unlock(&w->done_lock);
+    uv_async_send(&w->async);
+}
+
+/* Loop thread: results of finished passes go on to the next peer, or to Lua. */
+static void on_routes_done(uv_async_t *a)
+{
+    exo_wire *w = a->data;
+    pthread_mutex_lock(&w->done_lock);
+    wire_route *r = w->done_head;
+    w->done_head = w->done_tail = NULL;
+    pthread_mutex_unlock(&w->done_lock);
+    while (r) {
+        wire_route *next = r->done_next;
+        r->busy = 0;
+        w->stats.in_flight--;
+        if (r->closed) {
+            route_free(r);
+        } else if (r->status) {
+            route_fail(w, r, r->id, "forward pass failed: %s", r->err);
+        } else if (r->info.is_last) {
+            push_event(w, EXO_WIRE_EV_OUTPUT, 0, r->id, r->all_logits ? r->n_rows : 1, NULL, 0, NULL);
+        } else {
+            exo_wire_tensor t = {.position = r->position, .dtype = r->wire_dtype, .n_rows = (uint32_t)r->n_rows,
+                                 .row_len = (uint32_t)r->info.n_embd,
+                                 .flags = r->all_logits ? EXO_WIRE_TENSOR_ALL_LOGITS : 0};
+            if (send_tensor(w, r->next_conn, r->id, &t, r->out))
+                route_fail(w, r, r->id, "cannot pass hidden states on: %s", exo_last_error());
+        }
+        r = next;
+    }
+}
+
+/* Rows for request_id from a peer (from NULL: from this node). Structural
+ * errors were caught by the frame decoder and close the connection; rows that
+ * do not fit the route fail only that request. */
+static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, const uint8_t *payload, size_t len)
+{
+    exo_wire_tensor t;
+    const uint8_t *data;
+    if (exo_wire_decode_tensor(payload, len, &t, &data)) {
+        if (from) conn_reject(from, exo_last_error());
+        return;
+    }
+    wire_route *r = find_route(w, request_id);
+    if (!r) {
+        w->stats.tensors_dropped++;
+        return;
+    }
+    char detail[160];
+    if (r->busy) {
+        route_fail(w, r, request_id, "%s", "rows arrived while the previous pass was still running");
+        return;
+    }
+    if (r->info.is_first ? t.dtype != EXO_WIRE_DTYPE_I32
+                         : (t.dtype == EXO_WIRE_DTYPE_I32 || t.row_len != (uint32_t)r->info.n_embd)) {
+        snprintf(detail, sizeof detail, "dtype %u rows of %u for a shard that takes %s", t.dtype, t.row_len,
+                 r->info.is_first ? "token ids" : "hidden states");
+        route_fail(w, r, request_id, "rows do not fit the shard: %s", detail);
+        return;
+    }
+    int pos = exo_seq_pos(r->seq);
+    if (t.position != pos || (int64_t)t.n_rows > exo_seq_n_ctx(r->seq) - pos) {
+        snprintf(detail, sizeof detail, "%u rows at position %d, the sequence is at %d of %d", t.n_rows, t.position,
+                 pos, exo_seq_n_ctx(r->seq));
+        route_fail(w, r, request_id, "rows out of place: %s", detail);
+        return;
+    }
+    int all_logits = (t.flags & EXO_WIRE_TENSOR_ALL_LOGITS) != 0;
+    size_t out_rows = r->info.is_last ? (all_logits ? t.n_rows : 1) : t.n_rows;
+    size_t out_width = r->info.is_last ? (size_t)r->info.n_vocab : (size_t)r->info.n_embd;
+    if (grow((void **)&r->out, &r->out_cap, out_rows * out_width, sizeof(float))) {
+        route_fail(w, r, request_id, "%s", exo_last_error());
+        return;
+    }
+    if (r->info.is_first) {
+        if (grow((void **)&r->tokens, &r->tokens_cap, t.n_rows, sizeof(int32_t))) {
+            route_fail(w, r, request_id, "%s", exo_last_error());
+            return;
+        }
+        memcpy(r->tokens, data, (size_t)t.n_rows * 4);
+    } else {
+        if (grow((void **)&r->hidden, &r->hidden_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
+            route_fail(w, r, request_id, "%s", exo_last_error());
+            return;
+        }
+        exo_wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->hidden);
+    }
+    r->position = t.position;
+    r->n_rows = (int)t.n_rows;
+    r->all_logits = all_logits;
+    int rc = exo_engine_submit_cb(r->shard, r->seq, r->info.is_first ? r->tokens : NULL,
+                                  r->info.is_first ? NULL : r->hidden, r->n_rows, all_logits, r->out, route_done, r);
+    if (rc) {
+        route_fail(w, r, request_id, "cannot start the forward pass: %s", exo_last_error());
+        return;
+    }
+    r->busy = 1;
+    w->stats.in_flight++;
+}
+
+int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype)
+{
+    if (!w || !s || !q) return exo_error_set(EXO_EINVAL, "exo_wire_route_open: NULL argument");
+    if (find_route(w, request_id)) return exo_error_set(EXO_ESTATE, "request %llu already has a route",
+                                                        (unsigned long long)request_id);
+    if (w->n_routes >= WIRE_MAX_ROUTES) return exo_error_set(EXO_EAGAIN, "too many requests in flight");
+    if (wire_dtype != EXO_DTYPE_F32 && wire_dtype != EXO_DTYPE_F16 && wire_dtype != EXO_DTYPE_Q8_0)
+        return exo_error_set(EXO_ENOTSUP, "wire dtype %d (f32, f16 or q8_0 are)", wire_dtype);
+    wire_route *r = calloc(1, sizeof *r);
+    if (!r) return exo_error_set(EXO_ENOMEM, "out of memory for a route");
+    int rc = exo_shard_get_info(s, &r->info);
+    if (rc) {
+        free(r);
+        return rc;
+    }
+    if (wire_dtype == EXO_DTYPE_Q8_0 && r->info.n_embd % 32) {
+        int n_embd = r->info.n_embd;
+        free(r);
+        return exo_error_set(EXO_ENOTSUP, "q8_0 on the wire needs a width that is a multiple of 32, not %d", n_embd);
+    }
+    r->w = w;
+    r->id = request_id;
+    r->shard = s;
+    r->seq = q;
+    r->next_conn = next_conn;
+    r->wire_dtype = (uint32_t)wire_dtype;
+    r->next = w->routes;
+    w->routes = r;
+    w->n_routes++;
+    w->stats.routes++;
+    return EXO_OK;
+}
+
+int exo_wire_route_close(exo_wire *w, uint64_t request_id)
+{
+    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_route_close: NULL argument");
+    wire_route *r = find_route(w, request_id);
+    if (!r) return EXO_OK;
+    route_unlink(w, r);
+    r->closed = 1;
+    if (!r->busy) route_free(r); /* else on_routes_done frees it */
+    return EXO_OK;
+}
+
+int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position)
+{
+    if (!w || !logits || !n_rows || !position) return exo_error_set(EXO_EINVAL, "exo_wire_route_output: NULL argument");
+    wire_route *r = find_route(w, request_id);
+    if (!r) return exo_error_set(EXO_ESTATE, "request %llu has no route", (unsigned long long)request_id);
+    if (!r->info.is_last || r->busy || !r->out)
+        return exo_error_set(EXO_ESTATE, "request %llu has no logits ready", (unsigned long long)request_id);
+    *logits = r->out;
+    *n_rows = r->all_logits ? r->n_rows : 1;
+    *position = r->position;
+    return EXO_OK;
+}
+
+int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out)
+{
+    if (!w || !out) return exo_error_set(EXO_EINVAL, "exo_wire_get_stats: NULL argument");
+    *out = w->stats;
+    return EXO_OK;
+}
+
+/* ---- the transport -------------------------------------------------------- */
+
+/* Connections that never say hello are closed, so an idle socket cannot hold
+ * a slot forever. */
+static void on_timer(uv_timer_t *t)
+{
+    exo_wire *w = t->data;
+    uint64_t now = uv_now(w->loop);
+    for (wire_conn *c = w->conns; c; c = c->next)
+        if (c->state == CONN_HELLO && now - c->opened_ms > WIRE_HELLO_TIMEOUT_MS) conn_reject(c, "no hello within 10 s");
+}
+
+int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out)
+{
+    if (!out || (!hello && hello_len)) return exo_error_set(EXO_EINVAL, "exo_wire_new: NULL argument");
+    uv_loop_t *loop = uv_loop ? uv_loop : host_loop;
+    if (!loop) return exo_error_set(EXO_ESTATE, "no event loop: the host did not call exo_runtime_set_loop");
+    if (hello_len > EXO_WIRE_MAX_HELLO)
+        return exo_error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
+    exo_wire *w = calloc(1, sizeof *w);
+    if (!w) return exo_error_set(EXO_ENOMEM, "out of memory for the wire");
+    w->hello = malloc(hello_len ? hello_len : 1);
+    w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!w->hello || w->efd < 0) {
+        free(w->hello);
+        if (w->efd >= 0) close(w->efd);
+        free(w);
+        return exo_error_set(EXO_EIO, "cannot set up the wire (memory or eventfd)");
+    }
+    memcpy(w->hello, hello, hello_len);
+    w->hello_len = hello_len;
+    w->loop = loop;
+    w->next_conn_id = 1;
+    pthread_mutex_init(&w->done_lock, NULL);
+    uv_async_init(loop, &w->async, on_routes_done);
+    w->async.data = w;
+    uv_timer_init(loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, on_timer, 1000, 1000);
+    uv_unref((uv_handle_t *)&w->timer);
+    w->open_handles = 2;
+    *out = w;
+    return EXO_OK;
+}
+
+void exo_wire_free(exo_wire *w)
+{
+    if (!w) return;
+    w->freeing = 1;
+    for (wire_conn *c = w->conns; c; c = c->next) {
+        if (c->state == CONN_CLOSING) continue;
+        int connecting = c->state == CONN_CONNECTING;
+        c->state = CONN_CLOSING;
+        if (!connecting) uv_close((uv_handle_t *)&c->tcp, conn_closed); /* else on_connect closes it */
+    }
+    /* Routes with a pass in flight stay allocated: the engine thread still
+     * holds them, and the process is ending anyway. */
+    for (wire_route *r = w->routes, *next; r; r = next) {
+        next = r->next;
+        if (!r->busy) route_free(r);
+    }
+    w->routes = NULL;
+    for (size_t i = 0; i < w->ev_count; i++) free(w->events[(w->ev_head + i) % w->ev_cap].data);
+    free(w->events);
+    free(w->last_data);
+    free(w->hello);
+    close(w->efd);
+    if (w->listening) {
+        w->open_handles++;
+        uv_close((uv_handle_t *)&w->server, handle_closed);
+    }
+    uv_close((uv_handle_t *)&w->async, handle_closed);
+    uv_close((uv_handle_t *)&w->timer, handle_closed);
+}

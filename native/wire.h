@@ -1,0 +1,92 @@
+/* wire.h: the frame format peers speak to each other (internal).
+ *
+ * Every frame is a fixed 24-byte little-endian header followed by a payload.
+ * The header's first six bytes (magic, version) keep their place in every
+ * protocol version, so any two versions can tell each other apart and refuse
+ * cleanly. docs/wire.md is the specification; this header and frame.c are its
+ * implementation. Decoding is pure (no allocation, no I/O) so the fuzzer and
+ * the unit tests drive it directly. */
+#ifndef EXO_WIRE_H
+#define EXO_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "exo_defs.h"
+
+#define EXO_WIRE_MAGIC 0x574f5845u /* the bytes "EXOW" read as a little-endian u32 */
+#define EXO_WIRE_VERSION 1
+#define EXO_WIRE_HEADER_SIZE 24
+#define EXO_WIRE_TENSOR_HEADER_SIZE 24
+
+/* Payload limits by frame type: a length past its limit is refused before
+ * anything is allocated. */
+#define EXO_WIRE_MAX_HELLO (4u << 10)
+#define EXO_WIRE_MAX_CONTROL (1u << 20)
+#define EXO_WIRE_MAX_TENSOR (64u << 20)
+#define EXO_WIRE_MAX_ERROR (4u << 10)
+#define EXO_WIRE_MAX_ROWS 65536u
+#define EXO_WIRE_MAX_ROW_LEN (1u << 20)
+
+/* Token ids travel as GGUF's I32 type number. */
+#define EXO_WIRE_DTYPE_I32 26
+
+enum exo_wire_frame_type {
+    EXO_WIRE_HELLO = 1,   /* JSON: who the sender is; the first frame each way */
+    EXO_WIRE_CONTROL = 2, /* JSON for the control plane (Lua) */
+    EXO_WIRE_TENSOR = 3,  /* token ids or hidden states for the shard executor */
+    EXO_WIRE_PING = 4,    /* 8 opaque bytes, answered at once by a PONG with the same bytes */
+    EXO_WIRE_PONG = 5,
+    EXO_WIRE_ERROR = 6    /* UTF-8 text: why the sender is closing the connection */
+};
+
+/* Tensor flag: the receiving last shard should return logits for every row
+ * (a speculative verify pass), not just the last. */
+#define EXO_WIRE_TENSOR_ALL_LOGITS 1u
+
+typedef struct exo_wire_header {
+    uint32_t magic;
+    uint16_t version;
+    uint8_t type;
+    uint8_t flags;        /* none defined yet; must be 0 */
+    uint64_t request_id;  /* 0 for frames about the connection itself */
+    uint32_t payload_len;
+    uint32_t reserved;    /* must be 0 */
+} exo_wire_header;
+_Static_assert(sizeof(exo_wire_header) == EXO_WIRE_HEADER_SIZE, "wire header size");
+
+/* The start of a TENSOR payload; n_rows rows of row_len elements follow. */
+typedef struct exo_wire_tensor {
+    int32_t position;     /* sequence position of the first row */
+    uint32_t dtype;       /* F32, F16, Q8_0 (hidden states) or I32 (token ids, row_len 1) */
+    uint32_t n_rows;
+    uint32_t row_len;
+    uint32_t flags;       /* EXO_WIRE_TENSOR_* */
+    uint32_t reserved;    /* must be 0 */
+} exo_wire_tensor;
+_Static_assert(sizeof(exo_wire_tensor) == EXO_WIRE_TENSOR_HEADER_SIZE, "wire tensor header size");
+
+/* Decodes a header from the first len bytes of buf. Returns 0 when fewer than
+ * EXO_WIRE_HEADER_SIZE bytes are there, EXO_WIRE_HEADER_SIZE when h is filled
+ * and valid, or a code with a message: EXO_EFORMAT (bad magic, unknown type,
+ * nonzero flags or reserved field), EXO_ENOTSUP (another protocol version),
+ * EXO_ENOMEM (a payload longer than its type allows). */
+int exo_wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h);
+/* Writes the 24 header bytes. */
+void exo_wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len);
+
+/* Decodes and checks a TENSOR payload: the dtype is one of the four, the
+ * shape is within limits (Q8_0 rows a multiple of 32, I32 rows of length 1)
+ * and the data is exactly n_rows rows long. On success *data points at the
+ * first row. */
+int exo_wire_decode_tensor(const uint8_t *payload, size_t len, exo_wire_tensor *t, const uint8_t **data);
+void exo_wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t);
+/* Bytes of n_rows rows of row_len elements of a wire dtype, or 0 when the
+ * dtype or shape is not allowed. */
+size_t exo_wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len);
+
+/* Hidden-state rows to and from a wire dtype (F32, F16 or Q8_0). */
+void exo_wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len, uint8_t *out);
+void exo_wire_unpack_rows(uint32_t dtype, const uint8_t *in, int n_rows, int row_len, float *x);
+
+#endif

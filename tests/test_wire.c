@@ -1,0 +1,352 @@
+/* test_wire.c: wire frames and the transport between two nodes in one process.
+ *
+ * The frame decoder refuses every malformed header and tensor payload with
+ * the right code; hidden states survive the f16 and q8_0 encodings within
+ * their precision; and two transports on one loop say hello, exchange control
+ * frames and pings, and run the tiny model split in two ([0,2) here, [2,4)
+ * there) with tensor frames alone, giving the same logits bit for bit as the
+ * whole model in one piece. A raw socket sending garbage is refused and
+ * disconnected while the other connection keeps working. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "../native/error.h"
+#include "../native/exo.h"
+#include "../native/wire.h"
+#include "check.h"
+
+/* ---- frames ---------------------------------------------------------------- */
+
+static void test_header(void)
+{
+    uint8_t buf[EXO_WIRE_HEADER_SIZE];
+    exo_wire_header h;
+    exo_wire_encode_header(buf, EXO_WIRE_CONTROL, 0x1122334455667788ULL, 42);
+    CHECK(exo_wire_decode_header(buf, sizeof buf - 1, &h) == 0); /* needs more */
+    CHECK(exo_wire_decode_header(buf, sizeof buf, &h) == EXO_WIRE_HEADER_SIZE);
+    CHECK(h.type == EXO_WIRE_CONTROL && h.request_id == 0x1122334455667788ULL && h.payload_len == 42);
+    CHECK(memcmp(buf, "EXOW", 4) == 0); /* the magic reads as text on the wire */
+
+    uint8_t bad[EXO_WIRE_HEADER_SIZE];
+    memcpy(bad, buf, sizeof bad);
+    bad[0] = 'G';
+    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    memcpy(bad, buf, sizeof bad);
+    bad[4] = 2; /* version 2 */
+    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_ENOTSUP);
+    CHECK(strstr(exo_last_error(), "version 2") != NULL);
+    memcpy(bad, buf, sizeof bad);
+    bad[6] = 99; /* type */
+    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    memcpy(bad, buf, sizeof bad);
+    bad[7] = 1; /* flags */
+    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    exo_wire_encode_header(bad, EXO_WIRE_CONTROL, 1, EXO_WIRE_MAX_CONTROL + 1);
+    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
+    exo_wire_encode_header(bad, EXO_WIRE_TENSOR, 1, 0xffffffffu);
+    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
+    exo_wire_encode_header(bad, EXO_WIRE_PING, 0, 7);
+    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+}
+
+static void test_tensor_payload(void)
+{
+    uint8_t buf[EXO_WIRE_TENSOR_HEADER_SIZE + 64 * 4];
+    exo_wire_tensor t = {.position = 5, .dtype = EXO_DTYPE_F32, .n_rows = 2, .row_len = 32}, d;
+    const uint8_t *data;
+    exo_wire_encode_tensor(buf, &t);
+    CHECK(exo_wire_decode_tensor(buf, sizeof buf, &d, &data) == 0);
+    CHECK(d.position == 5 && d.n_rows == 2 && d.row_len == 32 && data == buf + EXO_WIRE_TENSOR_HEADER_SIZE);
+    CHECK(exo_wire_decode_tensor(buf, sizeof buf - 1, &d, &data) == EXO_EFORMAT);     /* truncated */
+    CHECK(exo_wire_decode_tensor(buf, 10, &d, &data) == EXO_EFORMAT);                /* shorter than its header */
+    t.n_rows = 3; /* shape says more than the payload holds */
+    exo_wire_encode_tensor(buf, &t);
+    CHECK(exo_wire_decode_tensor(buf, sizeof buf, &d, &data) == EXO_EFORMAT);
+    t = (exo_wire_tensor){.dtype = 7, .n_rows = 1, .row_len = 32}; /* not a wire dtype */
+    exo_wire_encode_tensor(buf, &t);
+    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 128, &d, &data) == EXO_EFORMAT);
+    t = (exo_wire_tensor){.dtype = EXO_DTYPE_Q8_0, .n_rows = 1, .row_len = 33};
+    exo_wire_encode_tensor(buf, &t);
+    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 34, &d, &data) == EXO_EFORMAT);
+    t = (exo_wire_tensor){.dtype = EXO_WIRE_DTYPE_I32, .n_rows = 2, .row_len = 2};
+    exo_wire_encode_tensor(buf, &t);
+    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 16, &d, &data) == EXO_EFORMAT);
+    t = (exo_wire_tensor){.position = -1, .dtype = EXO_WIRE_DTYPE_I32, .n_rows = 1, .row_len = 1};
+    exo_wire_encode_tensor(buf, &t);
+    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 4, &d, &data) == EXO_EFORMAT);
+    t = (exo_wire_tensor){.dtype = EXO_DTYPE_F32, .n_rows = 0, .row_len = 1};
+    exo_wire_encode_tensor(buf, &t);
+    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE, &d, &data) == EXO_EFORMAT);
+    /* Shapes whose byte count would overflow 32 bits are refused, not wrapped. */
+    CHECK(exo_wire_tensor_bytes(EXO_DTYPE_F32, 65536, 1u << 20) == (size_t)65536 * 4 * (1u << 20));
+    CHECK(exo_wire_tensor_bytes(EXO_DTYPE_F32, 65537, 1) == 0);
+}
+
+static void test_encodings(void)
+{
+    enum { N = 256 };
+    float x[N], y[N];
+    uint8_t packed[N * 4];
+    for (int i = 0; i < N; i++) x[i] = sinf(0.37f * i) * (1 + i % 7);
+    const uint32_t dtypes[] = {EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_Q8_0};
+    const double tol[] = {0, 1e-6, 1e-3};
+    for (int k = 0; k < 3; k++) {
+        exo_wire_pack_rows(dtypes[k], x, 2, N / 2, packed);
+        exo_wire_unpack_rows(dtypes[k], packed, 2, N / 2, y);
+        double num = 0, den = 0;
+        for (int i = 0; i < N; i++) {
+            num += (double)(x[i] - y[i]) * (x[i] - y[i]);
+            den += (double)x[i] * x[i];
+        }
+        CHECK_MSG(num / den <= tol[k], "dtype %u round trip nmse %g", dtypes[k], num / den);
+    }
+}
+
+/* ---- two transports on one loop ------------------------------------------------ */
+
+#define MAX_SEEN 64
+
+typedef struct seen {
+    int n;
+    exo_wire_event ev[MAX_SEEN];
+    char data[MAX_SEEN][256];
+} seen;
+
+static void drain(exo_wire *w, seen *s)
+{
+    exo_wire_event ev;
+    while (exo_wire_next_event(w, &ev) == 1) {
+        if (s->n == MAX_SEEN) continue;
+        s->ev[s->n] = ev;
+        snprintf(s->data[s->n], sizeof s->data[0], "%.*s", (int)ev.len, ev.data);
+        s->ev[s->n].data = s->data[s->n];
+        s->n++;
+    }
+}
+
+static int count(const seen *s, int type)
+{
+    int n = 0;
+    for (int i = 0; i < s->n; i++) n += s->ev[i].type == type;
+    return n;
+}
+
+static const exo_wire_event *last_of(const seen *s, int type)
+{
+    for (int i = s->n - 1; i >= 0; i--)
+        if (s->ev[i].type == type) return &s->ev[i];
+    return NULL;
+}
+
+/* Runs the loop until want(type) events of that type are seen on w, or 5 s. */
+static int run_until(uv_loop_t *loop, exo_wire *a, seen *sa, exo_wire *b, seen *sb, seen *target, int type,
+                     int want)
+{
+    uint64_t start = uv_hrtime();
+    while (count(target, type) < want) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        drain(a, sa);
+        drain(b, sb);
+        if (uv_hrtime() - start > 5000000000ULL) return 0;
+        usleep(200);
+    }
+    return 1;
+}
+
+static exo_shard *load(const char *path, int start, int end)
+{
+    exo_shard *s = NULL;
+    int rc = exo_shard_load(path, start, end, -1, -1, &s);
+    CHECK_MSG(rc == 0, "load %s [%d,%d): %s", path, start, end, exo_last_error());
+    return s;
+}
+
+typedef struct raw_client {
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    uv_write_t write;
+    const char *garbage;
+    int closed;
+} raw_client;
+
+static void raw_closed(uv_handle_t *h) { ((raw_client *)h->data)->closed = 1; }
+static void raw_alloc(uv_handle_t *h, size_t n, uv_buf_t *buf)
+{
+    (void)h;
+    static char space[4096];
+    *buf = uv_buf_init(space, n < sizeof space ? (unsigned)n : sizeof space);
+}
+static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    (void)buf;
+    if (n < 0) uv_close((uv_handle_t *)s, raw_closed);
+}
+static void raw_connected(uv_connect_t *req, int status)
+{
+    raw_client *r = req->data;
+    if (status < 0) {
+        uv_close((uv_handle_t *)&r->tcp, raw_closed);
+        return;
+    }
+    uv_buf_t buf = uv_buf_init((char *)r->garbage, (unsigned)strlen(r->garbage));
+    uv_write(&r->write, (uv_stream_t *)&r->tcp, &buf, 1, NULL);
+    uv_read_start((uv_stream_t *)&r->tcp, raw_alloc, raw_read);
+}
+
+static void test_transport(const char *tiny)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    exo_wire *a = NULL, *b = NULL;
+    const char *hello_a = "{\"node_id\":\"a\"}", *hello_b = "{\"node_id\":\"b\"}";
+    CHECK(exo_wire_new(&loop, hello_a, strlen(hello_a), &a) == 0);
+    CHECK(exo_wire_new(&loop, hello_b, strlen(hello_b), &b) == 0);
+    if (!a || !b) return;
+    int port = 0, conn_ab = 0;
+    CHECK(exo_wire_listen(b, "127.0.0.1", 0, &port) == 0 && port > 0);
+    CHECK(exo_wire_listen(b, "127.0.0.1", 0, &port) == EXO_ESTATE);
+    CHECK(exo_wire_connect(a, "not-an-ip", port, &conn_ab) == EXO_EINVAL);
+    CHECK(exo_wire_connect(a, "127.0.0.1", port, &conn_ab) == 0 && conn_ab > 0);
+    seen sa = {0}, sb = {0};
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 1));
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PEER, 1));
+    const exo_wire_event *pa = last_of(&sa, EXO_WIRE_EV_PEER), *pb = last_of(&sb, EXO_WIRE_EV_PEER);
+    CHECK(pa && strcmp(pa->data, hello_b) == 0 && pa->conn == conn_ab);
+    CHECK(pb && strcmp(pb->data, hello_a) == 0 && strncmp(pb->address, "127.0.0.1:", 10) == 0);
+    int conn_ba = pb ? pb->conn : -1;
+
+    /* Control frames and pings. */
+    CHECK(exo_wire_send_control(a, conn_ab, 9, "{\"t\":\"x\"}", 9) == 0);
+    CHECK(exo_wire_send_control(a, 0, 10, "{\"t\":\"self\"}", 12) == 0);
+    CHECK(exo_wire_send_control(a, 12345, 10, "{}", 2) == EXO_ESTATE);
+    CHECK(exo_wire_ping(a, conn_ab) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_CONTROL, 1));
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PONG, 1));
+    const exo_wire_event *cb = last_of(&sb, EXO_WIRE_EV_CONTROL), *ca = last_of(&sa, EXO_WIRE_EV_CONTROL);
+    CHECK(cb && cb->request_id == 9 && strcmp(cb->data, "{\"t\":\"x\"}") == 0);
+    CHECK(ca && ca->conn == 0 && ca->request_id == 10);
+
+    /* The tiny model in two shards across the wire equals the whole model. */
+    exo_shard *whole = load(tiny, 0, -1), *first = load(tiny, 0, 2), *second = load(tiny, 2, -1);
+    if (whole && first && second) {
+        exo_shard_info info;
+        exo_shard_get_info(whole, &info);
+        int nv = info.n_vocab;
+        int32_t prompt[12];
+        for (int i = 0; i < 12; i++) prompt[i] = (i * 53 + 7) % nv;
+        exo_seq *ref_seq = NULL;
+        CHECK(exo_seq_new(whole, 64, &ref_seq) == 0);
+        float *ref = malloc(sizeof(float) * nv), *got = NULL;
+        const uint32_t wire_dtypes[] = {EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_Q8_0};
+        for (int k = 0; k < 3; k++) {
+            uint64_t req = 100 + k;
+            exo_seq *qa = NULL, *qb = NULL;
+            CHECK(exo_seq_new(first, 64, &qa) == 0);
+            CHECK(exo_seq_new(second, 64, &qb) == 0);
+            CHECK(exo_wire_route_open(a, req, first, qa, conn_ab, (int)wire_dtypes[k]) == 0);
+            CHECK(exo_wire_route_open(b, req, second, qb, 0, EXO_DTYPE_F32) == 0);
+            CHECK(exo_wire_route_open(b, req, second, qb, 0, EXO_DTYPE_F32) == EXO_ESTATE);
+            /* Prompt, then two decode steps; the reference runs alongside. */
+            for (int step = 0; step < 3; step++) {
+                int pos = step == 0 ? 0 : 10 + step - 1;
+                int n = step == 0 ? 10 : 1;
+                if (k == 0) {
+                    exo_seq_truncate(ref_seq, pos);
+                    CHECK(exo_shard_forward(whole, ref_seq, prompt + pos, NULL, n, 0, ref) == 0);
+                }
+                int before = count(&sb, EXO_WIRE_EV_OUTPUT);
+                CHECK(exo_wire_send_tokens(a, 0, req, pos, prompt + pos, n, 0) == 0);
+                CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_OUTPUT, before + 1));
+                int rows = 0, at = -1;
+                CHECK(exo_wire_route_output(b, req, (const float **)&got, &rows, &at) == 0);
+                if (!got) break;
+                CHECK(rows == 1 && at == pos);
+                if (k == 0) {
+                    CHECK_MSG(memcmp(got, ref, sizeof(float) * nv) == 0, "split logits differ at step %d", step);
+                    if (step == 2) memcpy(ref, got, sizeof(float) * nv); /* kept for the encodings below */
+                } else {
+                    double num = 0, den = 0;
+                    for (int i = 0; i < nv; i++) {
+                        num += (double)(got[i] - ref[i]) * (got[i] - ref[i]);
+                        den += (double)ref[i] * ref[i];
+                    }
+                    if (step == 2) CHECK_MSG(num / den < 1e-3, "wire dtype %u: nmse %g", wire_dtypes[k], num / den);
+                }
+            }
+            /* Rows out of place fail the request, not the connection. */
+            int failed = count(&sb, EXO_WIRE_EV_FAILED) + count(&sa, EXO_WIRE_EV_FAILED);
+            CHECK(exo_wire_send_tokens(a, 0, req, 3, prompt, 1, 0) == 0);
+            uv_run(&loop, UV_RUN_NOWAIT);
+            drain(a, &sa);
+            CHECK(count(&sa, EXO_WIRE_EV_FAILED) + count(&sb, EXO_WIRE_EV_FAILED) == failed + 1);
+            CHECK(exo_wire_route_close(a, req) == 0);
+            CHECK(exo_wire_route_close(b, req) == 0);
+        }
+        exo_wire_stats st;
+        exo_wire_get_stats(a, &st);
+        CHECK(st.tensor_bytes_sent > 0 && st.routes == 0 && st.connections == 1);
+        /* Rows for a closed request are dropped quietly. */
+        CHECK(exo_wire_send_tokens(a, 0, 100, 0, prompt, 1, 0) == 0);
+        exo_wire_get_stats(a, &st);
+        CHECK(st.tensors_dropped == 1);
+        exo_seq_free(ref_seq);
+        free(ref);
+    }
+
+    /* A stranger sending garbage is refused; a and b keep talking. */
+    raw_client raw = {.garbage = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"};
+    uv_tcp_init(&loop, &raw.tcp);
+    raw.tcp.data = &raw;
+    raw.req.data = &raw;
+    struct sockaddr_in addr;
+    uv_ip4_addr("127.0.0.1", port, &addr);
+    uv_tcp_connect(&raw.req, &raw.tcp, (struct sockaddr *)&addr, raw_connected);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_CLOSED, 1));
+    const exo_wire_event *closed = last_of(&sb, EXO_WIRE_EV_CLOSED);
+    CHECK_MSG(closed && strstr(closed->data, "bad magic"), "reason: %s", closed ? closed->data : "none");
+    for (int i = 0; i < 200 && !raw.closed; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    CHECK(raw.closed); /* b hung up on it */
+    CHECK(exo_wire_send_control(a, conn_ab, 11, "{}", 2) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_CONTROL, 2));
+
+    /* b closing with a reason: a hears it. */
+    CHECK(exo_wire_close(b, conn_ba, "going away") == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_CLOSED, 1));
+    closed = last_of(&sa, EXO_WIRE_EV_CLOSED);
+    CHECK_MSG(closed && strstr(closed->data, "going away"), "reason: %s", closed ? closed->data : "none");
+
+    /* A refused connection is reported, not hung on. */
+    int dead = 0;
+    CHECK(exo_wire_connect(a, "127.0.0.1", 1, &dead) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_CLOSED, 2));
+
+    exo_wire_free(a);
+    exo_wire_free(b);
+    if (whole) exo_shard_free(whole);
+    if (first) exo_shard_free(first);
+    if (second) exo_shard_free(second);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0); /* every handle closed */
+}
+
+int main(void)
+{
+    const char *tiny = getenv("EXO_TINY_MODEL");
+    if (!tiny) {
+        fprintf(stderr, "EXO_TINY_MODEL is not set (ctest sets it)\n");
+        return 1;
+    }
+    test_header();
+    test_tensor_payload();
+    test_encodings();
+    test_transport(tiny);
+    if (check_failures) fprintf(stderr, "test_wire: %d failures\n", check_failures);
+    else printf("test_wire: ok\n");
+    return check_failures ? 1 : 0;
+}
