@@ -310,6 +310,9 @@ int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **
  * close callbacks. */
 void exo_wire_free(exo_wire *w);
 int exo_wire_fd(const exo_wire *w);
+/* Replaces the hello sent on connections opened from now on (a node names
+ * its port in it, known once it listens). */
+int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len);
 /* Listens on host:port (port 0: a free port, returned in *bound_port). */
 int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
 /* Starts connecting; *conn names the connection from now on. A PEER event

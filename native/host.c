@@ -26,6 +26,12 @@
 
 extern int luaopen_cjson(lua_State *L);
 
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
 static int is_file(const char *path)
 {
     struct stat st;
@@ -146,9 +152,12 @@ int main(int argc, char **argv)
             status = lua_isnumber(L, -1) ? (int)lua_tointeger(L, -1) : 0;
         }
     }
+    /* Handles left open (the script failed, or returned with timers or
+     * sockets alive) are closed while Lua still runs, so luv's close
+     * callbacks find their state; lua_close then frees what they held. */
+    uv_walk(&loop, close_handle, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
     lua_close(L);
-    /* Handles Lua left open are closed by lua_close via luv's gc; run the loop
-     * once so their close callbacks fire before the loop is closed. */
     uv_run(&loop, UV_RUN_NOWAIT);
     uv_loop_close(&loop);
     return status;

@@ -927,6 +927,20 @@ int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **
     return EXO_OK;
 }
 
+int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len)
+{
+    if (!w || (!hello && hello_len)) return exo_error_set(EXO_EINVAL, "exo_wire_set_hello: NULL argument");
+    if (hello_len > EXO_WIRE_MAX_HELLO)
+        return exo_error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
+    char *copy = malloc(hello_len ? hello_len : 1);
+    if (!copy) return exo_error_set(EXO_ENOMEM, "out of memory for the hello");
+    memcpy(copy, hello, hello_len);
+    free(w->hello);
+    w->hello = copy;
+    w->hello_len = hello_len;
+    return EXO_OK;
+}
+
 void exo_wire_free(exo_wire *w)
 {
     if (!w) return;

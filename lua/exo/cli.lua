@@ -8,9 +8,13 @@ local M = {}
 local USAGE = [[
 usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KEY]
            [--default-model MODEL] [--system-prompt TEXT] [--max-generate-tokens N]
-           [--default-temp T] [--chatgpt-api-response-timeout S] [--discovery-module none]
-           [--disable-tui] [--max-sessions N] [--ctx N] [--cors-origin ORIGIN]
+           [--default-temp T] [--chatgpt-api-response-timeout S] [--disable-tui]
+           [--max-sessions N] [--ctx N] [--cors-origin ORIGIN]
            [--http-head-timeout S] [--http-idle-timeout S] [--max-body-mb N]
+           [--node-id ID] [--node-host 0.0.0.0] [--node-port PORT]
+           [--discovery-module none|manual] [--discovery-config-path PEERS.json]
+           [--wait-for-peers N] [--partitioning NAME|FILE.lua] [--inference-engine cpu]
+           [--device-memory MB] [--wire-dtype f32|f16|q8_0] [--peer-timeout S]
        exo <command> [options]
 
 With no command, exo starts a node: the ChatGPT-compatible API and the chat
@@ -236,7 +240,75 @@ local SERVE_FLAGS = {
   chatgpt_api_response_timeout = "number", discovery_module = "string", disable_tui = "boolean",
   max_sessions = "number", ctx = "number", threads = "number", cors_origin = "string", chat_template = "string",
   http_head_timeout = "number", http_idle_timeout = "number", max_body_mb = "number",
+  node_id = "string", node_host = "string", node_port = "number", discovery_config_path = "string",
+  wait_for_peers = "number", partitioning = "string", inference_engine = "string", device_memory = "number",
+  wire_dtype = "string", peer_timeout = "number",
 }
+
+-- The cluster side of `exo serve`: identity, wire, discovery, partitioning.
+-- Returns cluster, ring or nil, err.
+local function start_cluster(opts, node)
+  local uv = require "luv"
+  local models = require "exo.models"
+  local cluster_mod = require "exo.cluster"
+  local discovery = opts.discovery_module or (opts.discovery_config_path and "manual" or "none")
+  if discovery ~= "none" and discovery ~= "manual" then
+    return nil, "--discovery-module " .. discovery .. " is not available yet (manual and none are)"
+  end
+  if discovery == "manual" and not opts.discovery_config_path then
+    return nil, "--discovery-module manual needs --discovery-config-path FILE"
+  end
+  if opts.inference_engine and opts.inference_engine ~= "cpu" then
+    return nil, "--inference-engine " .. opts.inference_engine .. " is not available (cpu is)"
+  end
+  local wire_dtype = opts.wire_dtype or "f32"
+  if not require("exo.native").WIRE_DTYPES[wire_dtype] then
+    return nil, "--wire-dtype must be f32, f16 or q8_0"
+  end
+  local port = opts.node_port or 0
+  if port < 0 or port > 65535 or port ~= math.floor(port) then return nil, "--node-port must be a port number" end
+  local policy, perr = require("exo.partition").load(opts.partitioning)
+  if not policy then return nil, perr end
+  local node_id = opts.node_id or cluster_mod.persistent_id(models.home())
+  if #node_id > 128 or not node_id:match("^[%w%._:%-]+$") then
+    return nil, "--node-id must be 1 to 128 letters, digits, '.', '_', ':' or '-'"
+  end
+  local watcher, config, cluster
+  if discovery == "manual" then
+    local werr
+    watcher, werr = require("exo.discovery.manual").new { path = opts.discovery_config_path, node_id = node_id,
+      on_change = function(c) cluster:set_discovered(c.peers) end }
+    if not watcher then return nil, werr end
+    config = watcher:config()
+  end
+  -- Capabilities: measured here, unless the peers file or a flag says otherwise.
+  local given = config and config.self.capabilities or {}
+  local caps = cluster_mod.local_capabilities {
+    model = given.model, chip = given.chip, memory = opts.device_memory or given.memory, flops = given.flops,
+  }
+  local host = opts.node_host or "0.0.0.0"
+  cluster = cluster_mod.new { node_id = node_id, host = host, port = config and port == 0 and config.self.port
+    or port, advertise = config and config.self.address, capabilities = caps, peer_timeout = opts.peer_timeout }
+  local ok, cerr = cluster:start()
+  if not ok then return nil, cerr end
+  local ring = require("exo.ring").new(node, cluster, { policy = policy, wire_dtype = wire_dtype })
+  node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
+  if watcher then watcher:start() end
+  io.stderr:write(("exo: node %s on port %d (discovery %s, partitioning %s)\n"):format(node_id, cluster.port,
+    discovery, opts.partitioning or "ring_memory_weighted"))
+  if opts.wait_for_peers then
+    io.stderr:write(("exo: waiting for %d peers\n"):format(opts.wait_for_peers))
+    local t = uv.new_timer()
+    t:start(200, 200, function()
+      if cluster:peer_count() >= opts.wait_for_peers then
+        io.stderr:write(("exo: %d peers connected\n"):format(cluster:peer_count()))
+        t:stop()
+        t:close()
+      end
+    end)
+  end
+  return cluster, ring, watcher
+end
 
 function commands.serve(args)
   local opts, pos = M.parse(args, SERVE_FLAGS)
@@ -246,10 +318,6 @@ function commands.serve(args)
   end
   if #pos > 0 then
     io.stderr:write("exo: unexpected argument '" .. pos[1] .. "'\n")
-    return 2
-  end
-  if opts.discovery_module and opts.discovery_module ~= "none" then
-    io.stderr:write("exo: --discovery-module " .. opts.discovery_module .. " is not available yet (none is)\n")
     return 2
   end
   local port = opts.chatgpt_api_port or 52415
@@ -273,7 +341,13 @@ function commands.serve(args)
     max_tokens_cap = opts.max_generate_tokens, system_prompt = opts.system_prompt,
     response_timeout = opts.chatgpt_api_response_timeout or 900,
   }
-  ctx.topology = function() return require("exo.topology").single(ctx) end
+  local cluster, ring, watcher = start_cluster(opts, node)
+  if not cluster then
+    io.stderr:write("exo: " .. ring .. "\n")
+    return 2
+  end
+  ctx.cluster, ctx.ring = cluster, ring
+  ctx.topology = function() return require("exo.topology").view(ctx) end
   local http_defaults = require("exo.api.http").DEFAULTS
   local server, err = require("exo.api.server").start(ctx, {
     host = opts.api_host or "0.0.0.0", port = port, cors_origin = opts.cors_origin or "*",
@@ -296,6 +370,8 @@ function commands.serve(args)
     sig:start(name, function()
       server.close()
       node:close()
+      if watcher then watcher:stop() end
+      cluster:stop()
       for _, s in ipairs(signals) do s:close() end
     end)
     signals[#signals + 1] = sig

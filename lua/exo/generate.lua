@@ -97,11 +97,73 @@ local function held_back(s, stops)
   return hold
 end
 
+-- ---- from sampled tokens to text ------------------------------------------------
+
+-- A text sink turns sampled token ids into final text: streaming UTF-8-safe
+-- decode, stop strings (never emitted: text that might be the start of one is
+-- held back until it cannot be), and the logprob entries that travel with
+-- each piece. The local loop below and the ring (where another node samples
+-- and only token ids come back) share it.
+local Sink = {}
+Sink.__index = Sink
+
+-- on_text(piece, logprobs): called with each piece of text as it becomes final
+-- (and, when params.logprobs, the entries of the tokens it came from).
+function M.text_sink(tokenizer, params, on_text)
+  return setmetatable({
+    stops = params.stop or {}, on_text = on_text, stream = tokenizer:stream(),
+    pending = "", parts = {}, tokens = {}, logprobs = params.logprobs and {} or nil, lp_unsent = {},
+  }, Sink)
+end
+
+function Sink:emit(s)
+  if s == "" then return end
+  self.parts[#self.parts + 1] = s
+  local lps = nil
+  if self.logprobs then
+    lps, self.lp_unsent = self.lp_unsent, {}
+  end
+  if self.on_text then self.on_text(s, lps) end
+end
+
+-- Takes one generated (not end-of-generation) token. Returns true when a stop
+-- string ended the answer.
+function Sink:push(id, lp_entry)
+  if lp_entry and self.logprobs then
+    self.logprobs[#self.logprobs + 1] = lp_entry
+    self.lp_unsent[#self.lp_unsent + 1] = lp_entry
+  end
+  self.tokens[#self.tokens + 1] = id
+  local pending = self.pending .. self.stream:push(id)
+  -- A stop string anywhere in the unemitted text ends the answer before it.
+  local cut
+  for _, stop in ipairs(self.stops) do
+    local at = pending:find(stop, 1, true)
+    if at and (not cut or at < cut) then cut = at end
+  end
+  if cut then
+    self:emit(pending:sub(1, cut - 1))
+    self.pending = ""
+    return true
+  end
+  local hold = held_back(pending, self.stops)
+  self:emit(pending:sub(1, #pending - hold))
+  self.pending = pending:sub(#pending - hold + 1)
+  return false
+end
+
+-- Ends the answer and returns its text: what was held back for a stop string
+-- that never came is emitted, unless a stop string ended it.
+function Sink:finish(reason)
+  if reason ~= "stop" then self:emit(self.pending .. self.stream:flush()) end
+  self.pending = ""
+  return table.concat(self.parts)
+end
+
 -- Generates an answer to prompt ids.
 -- params: max_tokens, stop (list of strings), temperature, top_k, top_p,
 --   min_p, seed, presence/frequency/repeat penalties, logprobs.
--- on_text(piece, logprobs): called with each piece of text as it becomes
---   final (and, when params.logprobs, the entries of the tokens it came from).
+-- on_text(piece, logprobs): as for text_sink.
 -- should_stop(): polled between tokens (a client that went away).
 -- Returns { text, tokens, finish_reason = "stop" | "length" | "cancelled",
 --   n_prompt, n_computed, n_generated, ttft, seconds } or nil, err.
@@ -113,75 +175,43 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
   local ttft
   local tok = self.tokenizer
   local sampler = sampling.new(self.shard.n_vocab, params)
-  local stops = params.stop or {}
   local max_tokens = params.max_tokens or math.huge
-  local stream = tok:stream()
-  local pending, text_parts, tokens = "", {}, {}
+  local sink = M.text_sink(tok, params, on_text)
   local finish = "length"
-  local logprobs = params.logprobs and {} or nil
   local history = {}
   for i = 1, #prompt_ids do history[i] = prompt_ids[i] end
 
-  -- Log-probability entries of tokens whose text has not been emitted yet:
-  -- they travel with the next piece of text (streamed chunks carry them).
-  local lp_unsent = {}
-  local function emit(s)
-    if s == "" then return end
-    text_parts[#text_parts + 1] = s
-    local lps = nil
-    if logprobs then
-      lps, lp_unsent = lp_unsent, {}
-    end
-    if on_text then on_text(s, lps) end
-  end
-
-  while #tokens < max_tokens do
+  while #sink.tokens < max_tokens do
     if should_stop and should_stop() then
       finish = "cancelled"
       break
     end
     -- Log-probabilities are the model's own distribution, before penalties
     -- and sampling warps (as OpenAI reports them).
-    if params.logprobs then native.C.exo_sample_log_softmax(self.logits, self.shard.n_vocab, self:logprob_buffer()) end
+    local lp_buf = params.logprobs and self:logprob_buffer()
+    if lp_buf then native.C.exo_sample_log_softmax(self.logits, self.shard.n_vocab, lp_buf) end
     local id = sampler:sample(self.logits, history)
     if not ttft then ttft = native.now() - t0 end
     if tok:is_eog(id) then
       finish = "stop"
       break
     end
-    if params.logprobs then
-      local entry = self:logprob_entry(id, params.top_logprobs or 0)
-      logprobs[#logprobs + 1] = entry
-      lp_unsent[#lp_unsent + 1] = entry
-    end
-    tokens[#tokens + 1] = id
     history[#history + 1] = id
-    pending = pending .. stream:push(id)
-    -- A stop string anywhere in the unemitted text ends the answer before it.
-    local cut
-    for _, stop in ipairs(stops) do
-      local at = pending:find(stop, 1, true)
-      if at and (not cut or at < cut) then cut = at end
-    end
-    if cut then
-      emit(pending:sub(1, cut - 1))
-      pending = ""
+    local lp = lp_buf and M.logprob_entry(tok, lp_buf, self.shard.n_vocab, id, params.top_logprobs or 0)
+    if sink:push(id, lp) then
       finish = "stop"
       break
     end
-    local hold = held_back(pending, stops)
-    emit(pending:sub(1, #pending - hold))
-    pending = pending:sub(#pending - hold + 1)
-    if #tokens >= max_tokens then break end
+    if #sink.tokens >= max_tokens then break end
     if #self.cached >= self:n_ctx() - 1 then break end -- the cache is full
     local ok, ferr = self:feed(id)
     if not ok then return nil, ferr end
   end
-  if finish ~= "stop" then emit(pending .. stream:flush()) end
+  local text = sink:finish(finish)
   local seconds = native.now() - t0
   return {
-    text = table.concat(text_parts), tokens = tokens, finish_reason = finish, logprobs = logprobs,
-    n_prompt = #prompt_ids, n_computed = computed, n_generated = #tokens,
+    text = text, tokens = sink.tokens, finish_reason = finish, logprobs = sink.logprobs,
+    n_prompt = #prompt_ids, n_computed = computed, n_generated = #sink.tokens,
     ttft = ttft or seconds, seconds = seconds,
   }
 end
@@ -224,9 +254,8 @@ local function valid_utf8(s)
 end
 
 -- OpenAI's logprobs entry for a chosen token: its text, log-probability, bytes,
--- and the top_n most likely alternatives.
-function Session:logprob_entry(id, top_n)
-  local lp, tok = self.logprob_buf, self.tokenizer
+-- and the top_n most likely alternatives, from lp (n_vocab log-probabilities).
+function M.logprob_entry(tok, lp, n_vocab, id, top_n)
   local function entry(t)
     local piece = tok:piece(t) or ""
     local bytes = {}
@@ -237,7 +266,7 @@ function Session:logprob_entry(id, top_n)
   local top = {}
   if top_n > 0 then
     local best = {}
-    for t = 0, self.shard.n_vocab - 1 do
+    for t = 0, n_vocab - 1 do
       local v = lp[t]
       if #best < top_n or v > lp[best[#best]] then
         local i = #best + 1

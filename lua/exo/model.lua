@@ -3,15 +3,35 @@
 -- What `exo run`, the REPL and the server load for a model id or path: the
 -- file resolved through the registry, a shard over all its layers (or the
 -- range asked for), the tokenizer built from the same file's metadata, and
--- the chat template text the file carries.
+-- the chat template text the file carries. A node in a cluster that only
+-- talks to clients loads the text side alone (opts.text_only): its layers may
+-- all live on other nodes, and the weights it never reads stay off its memory.
 local native = require "exo.native"
 local models = require "exo.models"
 local tokenizer = require "exo.tokenizer"
 
 local M = {}
 
+-- What a partitioning policy needs to know of a model file: its layer count
+-- and the bytes of weights per layer.
+local function facts(file)
+  local arch = file:get("general.architecture") or "llama"
+  local n_layers = file:get(arch .. ".block_count")
+  if type(n_layers) ~= "number" or n_layers < 1 then
+    return nil, ("the model file has no %s.block_count"):format(arch)
+  end
+  local tensors, err = file:tensors()
+  if not tensors then return nil, err end
+  local layer_total = 0
+  for _, t in ipairs(tensors) do
+    if t.name:match("^blk%.") then layer_total = layer_total + t.bytes end
+  end
+  return { arch = arch, n_layers = n_layers, layer_bytes = math.floor(layer_total / n_layers) }
+end
+
 -- name: model id or .gguf path; opts: start, stop (layer range), chat_template
--- (text or a Lua function overriding the file's). Returns a model or nil, err.
+-- (text or a Lua function overriding the file's), text_only (no shard).
+-- Returns a model or nil, err.
 function M.load(name, opts)
   opts = opts or {}
   local path, err = models.resolve(name)
@@ -19,15 +39,29 @@ function M.load(name, opts)
   local file, ferr = native.open_file(path)
   if not file then return nil, ferr end
   local template = opts.chat_template or file:get("tokenizer.chat_template")
+  local info, ierr = facts(file)
   file:close()
+  if not info then return nil, ierr end
   local tok, terr = tokenizer.load(path)
   if not tok then return nil, terr end
-  local shard, serr = native.load_shard(path, { start = opts.start, stop = opts.stop })
+  local model = { id = name or models.default_id, path = path, tokenizer = tok, chat_template = template,
+    n_layers = info.n_layers, layer_bytes = info.layer_bytes }
+  if opts.text_only then return model end
+  local ok, serr = M.load_shard(model, opts.start, opts.stop)
+  if not ok then return nil, serr end
+  return model
+end
+
+-- Loads model.shard over [start, stop) (default: every layer).
+function M.load_shard(model, start, stop)
+  local shard, serr = native.load_shard(model.path, { start = start, stop = stop })
   if not shard then return nil, serr end
-  if shard.is_first and shard.is_last and tok.n_vocab ~= shard.n_vocab then
-    return nil, ("tokenizer has %d tokens but the model's embedding has %d rows"):format(tok.n_vocab, shard.n_vocab)
+  if shard.is_first and shard.is_last and model.tokenizer.n_vocab ~= shard.n_vocab then
+    return nil, ("tokenizer has %d tokens but the model's embedding has %d rows"):format(model.tokenizer.n_vocab,
+      shard.n_vocab)
   end
-  return { id = name or models.default_id, path = path, shard = shard, tokenizer = tok, chat_template = template }
+  model.shard = shard
+  return true
 end
 
 return M

@@ -185,6 +185,7 @@ int exo_runtime_set_loop(void *uv_loop);
 int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out);
 void exo_wire_free(exo_wire *w);
 int exo_wire_fd(const exo_wire *w);
+int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len);
 int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
 int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn);
 int exo_wire_close(exo_wire *w, int conn, const char *reason);
@@ -452,6 +453,114 @@ function M.engine_drain(fn)
   while C.exo_engine_next_completion(u64_1, status1, err_buf, 256) == 1 do
     local ok = status1[0] == 0
     fn(tonumber(u64_1[0]), ok, not ok and ffi.string(C.exo_error_name(status1[0])) .. ": " .. ffi.string(err_buf) or nil)
+  end
+end
+
+-- ---- the wire ---------------------------------------------------------------------
+
+local Wire = {}
+Wire.__index = Wire
+M.WIRE_EVENTS = { [1] = "peer", [2] = "closed", [3] = "control", [4] = "output", [5] = "failed", [6] = "pong" }
+M.WIRE_DTYPES = { f32 = 0, f16 = 1, q8_0 = 8 }
+
+-- A transport on the host's loop, saying hello (a string) on every connection.
+function M.wire_new(hello)
+  check_type(hello, "string", "wire_new")
+  local out = ffi.new("exo_wire*[1]")
+  local rc = C.exo_wire_new(nil, hello, #hello, out)
+  if rc ~= 0 then return fail(rc) end
+  return setmetatable({ handle = out[0], ev = ffi.new("exo_wire_event"), stats_buf = ffi.new("exo_wire_stats"),
+    out_ptr = ffi.new("const float*[1]"), out_rows = ffi.new("int[1]"), out_pos = ffi.new("int[1]"),
+    tok_buf = ffi.new("int32_t[1]") }, Wire)
+end
+
+function Wire:fd() return C.exo_wire_fd(self.handle) end
+
+function Wire:set_hello(hello)
+  local rc = C.exo_wire_set_hello(self.handle, hello, #hello)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+function Wire:listen(host, port)
+  local rc = C.exo_wire_listen(self.handle, host, port, int1)
+  if rc ~= 0 then return fail(rc) end
+  return int1[0]
+end
+
+-- Returns the connection id; a "peer" or "closed" event follows.
+function Wire:connect(host, port)
+  local rc = C.exo_wire_connect(self.handle, host, port, int1)
+  if rc ~= 0 then return fail(rc) end
+  return int1[0]
+end
+
+function Wire:close_conn(conn, reason) C.exo_wire_close(self.handle, conn, reason) end
+
+function Wire:send_control(conn, request_id, text)
+  local rc = C.exo_wire_send_control(self.handle, conn, request_id, text, #text)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- ids: a Lua array, or an int32_t* with n.
+function Wire:send_tokens(conn, request_id, position, ids, n, all_logits)
+  local buf = ids
+  if type(ids) == "table" then
+    n = #ids
+    buf = n == 1 and self.tok_buf or ffi.new("int32_t[?]", n)
+    for i = 1, n do buf[i - 1] = ids[i] end
+  end
+  local rc = C.exo_wire_send_tokens(self.handle, conn, request_id, position, buf, n, all_logits and 1 or 0)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+function Wire:ping(conn) return C.exo_wire_ping(self.handle, conn) == 0 end
+
+-- Calls fn(kind, conn, request_id, data, value, address) for every event waiting.
+function Wire:drain(fn)
+  local ev = self.ev
+  while C.exo_wire_next_event(self.handle, ev) == 1 do
+    fn(M.WIRE_EVENTS[ev.type], ev.conn, tonumber(ev.request_id), ffi.string(ev.data, ev.len), tonumber(ev.value),
+      ffi.string(ev.address))
+  end
+end
+
+-- The route takes the sequence over (C frees it when the route closes).
+function Wire:route_open(request_id, shard, seq, next_conn, wire_dtype)
+  local rc = C.exo_wire_route_open(self.handle, request_id, shard.handle, seq.handle, next_conn, wire_dtype or 0)
+  if rc ~= 0 then return fail(rc) end
+  ffi.gc(seq.handle, nil)
+  seq.handle = nil
+  return true
+end
+
+function Wire:route_close(request_id) C.exo_wire_route_close(self.handle, request_id) end
+
+-- The logits of a last-shard route: float*, rows, position of the first row.
+function Wire:route_output(request_id)
+  local rc = C.exo_wire_route_output(self.handle, request_id, self.out_ptr, self.out_rows, self.out_pos)
+  if rc ~= 0 then return fail(rc) end
+  return self.out_ptr[0], self.out_rows[0], self.out_pos[0]
+end
+
+function Wire:stats()
+  local s = self.stats_buf
+  C.exo_wire_get_stats(self.handle, s)
+  return {
+    frames_sent = tonumber(s.frames_sent), frames_received = tonumber(s.frames_received),
+    bytes_sent = tonumber(s.bytes_sent), bytes_received = tonumber(s.bytes_received),
+    tensor_bytes_sent = tonumber(s.tensor_bytes_sent), frames_rejected = tonumber(s.frames_rejected),
+    tensors_dropped = tonumber(s.tensors_dropped), connections = s.connections, routes = s.routes,
+    in_flight = s.in_flight,
+  }
+end
+
+function Wire:free()
+  if self.handle then
+    C.exo_wire_free(self.handle)
+    self.handle = nil
   end
 end
 

@@ -8,6 +8,11 @@
 -- caches): a request takes the idle session sharing the longest prefix with
 -- its prompt, so a conversation's next turn recomputes only the new tokens;
 -- when every session is busy, requests wait in a FIFO queue.
+--
+-- In a cluster (attach_ring) a model is loaded text side only (tokenizer and
+-- template); when the plan gives every layer to this node the request runs
+-- here as above (the shard loaded then), otherwise it goes around the ring
+-- (exo.ring).
 local uv = require "luv"
 local native = require "exo.native"
 local models = require "exo.models"
@@ -87,7 +92,8 @@ function Node:model(id)
     local status = (err:match("^unknown model") or err:match("not found")) and 404 or 503
     return nil, err, status
   end
-  local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template })
+  local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template,
+    text_only = self.ring ~= nil })
   if not model then return nil, lerr, 500 end
   entry = { model = model, idle = {}, busy = 0, queue = {} }
   self.loaded[id] = entry
@@ -159,12 +165,46 @@ function Node:generate(req, on_text, should_stop)
   if #ids >= self.n_ctx then
     return nil, ("the prompt is %d tokens; this node's context is %d"):format(#ids, self.n_ctx), 400
   end
+  if self.ring then
+    local peers = self.ring.cluster:peer_count()
+    if self.wait_for_peers and peers < self.wait_for_peers then
+      return nil, ("waiting for peers: %d of %d connected"):format(peers, self.wait_for_peers), 503
+    end
+    local plan, plan_err = self.ring:plan(entry.model)
+    if not plan then return nil, plan_err, 500 end
+    if #plan > 1 or plan[1].node_id ~= self.ring.cluster.id then
+      self:unload_local(entry)
+      local res, rerr = self.ring:generate(entry.model, ids, req, plan, on_text, should_stop)
+      if not res then return nil, rerr, 503 end
+      return res
+    end
+  end
+  if not entry.model.shard then
+    local ok, serr = require("exo.model").load_shard(entry.model)
+    if not ok then return nil, serr, 500 end
+  end
   local session, serr = self:acquire(entry, ids)
   if not session then return nil, serr, 503 end
   local res, gerr = session:generate(ids, req, on_text, should_stop)
   self:release(entry, session, res ~= nil)
   if not res then return nil, gerr, 500 end
   return res
+end
+
+-- Serves models through the ring from now on. opts: wait_for_peers.
+function Node:attach_ring(ring, opts)
+  self.ring = ring
+  self.wait_for_peers = opts and opts.wait_for_peers
+end
+
+-- The ring serves this model now: the whole-model shard and its sessions go
+-- (when idle), so memory holds only what the plan gives this node.
+function Node:unload_local(entry)
+  if not entry.model.shard or entry.busy > 0 then return end
+  for _, s in ipairs(entry.idle) do s:free() end
+  entry.idle = {}
+  entry.model.shard:free()
+  entry.model.shard = nil
 end
 
 -- The token ids a chat request's messages render to (for /v1/chat/token/encode).

@@ -1,44 +1,58 @@
--- topology.lua: the peers we know and their capabilities.
+-- topology.lua: the cluster as /v1/topology shows it.
 --
--- For now a single node: itself, with its memory and the layers it holds of
--- each loaded model. The cluster issue adds peers learned from discovery.
+-- The nodes this node knows to be alive (itself and its connected peers, with
+-- their capabilities and the measured round trip), and for every model it
+-- has served, the plan the partitioning policy gives over those nodes: which
+-- node holds which layers. Every node computes the same plan from the same
+-- view, so asking any node gives the same answer.
 local native = require "exo.native"
 local json = require "exo.json"
 
 local M = {}
 
-local function total_memory_mb()
-  local f = io.open("/proc/meminfo", "r")
-  if not f then return 0 end
-  local text = f:read("*a")
-  f:close()
-  local kb = tonumber(text:match("MemTotal:%s+(%d+)")) or 0
-  return math.floor(kb / 1024)
-end
-
-local function cpu_name()
-  local f = io.open("/proc/cpuinfo", "r")
-  if not f then return "cpu" end
-  local text = f:read("*a")
-  f:close()
-  return text:match("model name%s*:%s*([^\n]+)") or "cpu"
-end
-
--- The topology as /v1/topology shows it, for a node serving alone.
-function M.single(ctx)
-  local partitions, nodes = {}, {}
-  for id, entry in pairs(ctx.node.loaded) do
-    local shard = entry.model.shard
-    partitions[#partitions + 1] = { model = id, node_id = "self", start_layer = shard.layer_start,
-      end_layer = shard.layer_end, n_layers = shard.n_layer }
+-- ctx: node (exo.node), cluster (exo.cluster), ring (exo.ring).
+function M.view(ctx)
+  local cluster = ctx.cluster
+  local ids = {}
+  local topo = cluster:topology()
+  for id in pairs(topo.nodes) do ids[#ids + 1] = id end
+  table.sort(ids)
+  local nodes = {}
+  for _, id in ipairs(ids) do
+    local n = topo.nodes[id]
+    local caps = {}
+    for k, v in pairs(n.capabilities or {}) do caps[k] = v end
+    if id == cluster.id then
+      caps.engine = "cpu"
+      caps.threads = native.threads()
+      caps.kernels = native.cpu_features()
+    end
+    nodes[#nodes + 1] = { id = id, address = n.address, port = n.port, capabilities = caps, rtt_us = n.rtt_us }
   end
-  nodes[1] = {
-    id = "self", address = "127.0.0.1",
-    capabilities = { model = "exo " .. native.version(), chip = cpu_name(), memory = total_memory_mb(),
-      engine = "cpu", threads = native.threads(), kernels = native.cpu_features() },
+  local partitions = {}
+  local model_ids = {}
+  for id in pairs(ctx.node.loaded) do model_ids[#model_ids + 1] = id end
+  table.sort(model_ids)
+  local errors = {}
+  for _, id in ipairs(model_ids) do
+    local model = ctx.node.loaded[id].model
+    local plan, err = ctx.ring:plan(model)
+    if plan then
+      for _, p in ipairs(plan) do
+        partitions[#partitions + 1] = { model = id, node_id = p.node_id, start_layer = p.start_layer,
+          end_layer = p.end_layer, n_layers = model.n_layers }
+      end
+    else
+      errors[#errors + 1] = id .. ": " .. err
+    end
+  end
+  return {
+    nodes = nodes,
+    -- A node that has loaded nothing yet still reports partitions as a list.
+    partitions = #partitions > 0 and partitions or json.empty_array,
+    answering_node = cluster.id,
+    plan_errors = #errors > 0 and errors or nil,
   }
-  -- A node that has loaded nothing yet still reports partitions as a list.
-  return { nodes = nodes, partitions = #partitions > 0 and partitions or json.empty_array, answering_node = "self" }
 end
 
 return M

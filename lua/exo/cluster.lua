@@ -1,0 +1,391 @@
+-- cluster.lua: this node's peers: who they are, how to reach them, whether they live.
+--
+-- The wire (native/wire.c) carries frames; this module decides whom to talk
+-- to. Peers come from discovery (a peers file) and from gossip (each node
+-- tells its peers whom it knows), and every pair of nodes keeps one
+-- connection. Both sides may dial at once; the rule that settles it is the
+-- same on both ends (keep the connection the smaller id dialed), so they
+-- agree without a round trip. A hello carries the node's id, a random
+-- instance tag (two processes claiming one id are told apart and reported),
+-- its wire port and its capabilities. Pings every second measure round trips;
+-- a peer silent for `peer_timeout` seconds is dropped. Control messages are
+-- JSON objects with a `t` field, dispatched to handlers registered with on().
+local uv = require "luv"
+local native = require "exo.native"
+local json = require "exo.json"
+
+local M = {}
+
+local Cluster = {}
+Cluster.__index = Cluster
+
+local function log(fmt, ...)
+  io.stderr:write("exo: " .. fmt:format(...) .. "\n")
+  io.stderr:flush()
+end
+
+local function random_hex(n)
+  local f = io.open("/dev/urandom", "rb")
+  local bytes = f and f:read(n) or tostring(os.time()) .. tostring(os.clock())
+  if f then f:close() end
+  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end)):sub(1, 2 * n)
+end
+
+-- A version 4 UUID from /dev/urandom.
+function M.uuid()
+  local h = random_hex(16)
+  local variant = ("89ab"):sub(tonumber(h:sub(17, 17), 16) % 4 + 1, tonumber(h:sub(17, 17), 16) % 4 + 1)
+  return ("%s-%s-4%s-%s%s-%s"):format(h:sub(1, 8), h:sub(9, 12), h:sub(14, 16), variant, h:sub(18, 20),
+    h:sub(21, 32))
+end
+
+-- This node's id: kept in $EXO_HOME/node_id so a restart keeps it.
+function M.persistent_id(home)
+  local path = home .. "/node_id"
+  local f = io.open(path, "r")
+  if f then
+    local id = (f:read("*a") or ""):match("^%s*(%S+)%s*$")
+    f:close()
+    if id and #id <= 128 then return id end
+  end
+  local id = M.uuid()
+  os.execute(("mkdir -p '%s'"):format(home:gsub("'", "'\\''")))
+  f = io.open(path, "w")
+  if f then
+    f:write(id, "\n")
+    f:close()
+  end
+  return id
+end
+
+-- ---- this machine's capabilities ---------------------------------------------------
+
+local function read_file(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
+function M.total_memory_mb()
+  local kb = tonumber((read_file("/proc/meminfo") or ""):match("MemTotal:%s+(%d+)")) or 0
+  return math.floor(kb / 1024)
+end
+
+function M.cpu_name()
+  return (read_file("/proc/cpuinfo") or ""):match("model name%s*:%s*([^\n]+)") or "cpu"
+end
+
+-- Peak TFLOPS from the core count and clock: an AVX2 core retires two 8-wide
+-- FMAs a cycle (32 fp32 flops); there is no fp16 arithmetic on the CPU path,
+-- and int8 dot products run at twice the fp32 rate. An estimate, as the
+-- original exo's table of chips is.
+function M.cpu_flops()
+  local info = read_file("/proc/cpuinfo") or ""
+  local mhz = tonumber(info:match("cpu MHz%s*:%s*([%d%.]+)")) or 2000
+  local cores = native.threads()
+  local fp32 = cores * mhz * 1e6 * 32 / 1e12
+  return { fp32 = fp32, fp16 = fp32, int8 = 2 * fp32 }
+end
+
+function M.local_capabilities(overrides)
+  overrides = overrides or {}
+  return {
+    model = overrides.model or ("exo " .. native.version()),
+    chip = overrides.chip or M.cpu_name(),
+    memory = overrides.memory or M.total_memory_mb(),
+    flops = overrides.flops or M.cpu_flops(),
+  }
+end
+
+-- ---- the cluster -----------------------------------------------------------------
+
+-- opts: node_id, host (listen address), port (0: a free one), advertise
+-- (the address peers should dial; default host, or 127.0.0.1 for 0.0.0.0),
+-- capabilities, peer_timeout (s), log.
+function M.new(opts)
+  local self = setmetatable({
+    id = opts.node_id, instance = random_hex(8), host = opts.host or "0.0.0.0", port = opts.port or 0,
+    advertise = opts.advertise,
+    capabilities = opts.capabilities or M.local_capabilities(),
+    peers = {},        -- id -> live peer { id, address, port, capabilities, conn, instance, rtt_us, last_heard }
+    known = {},        -- id -> { id, address, port, capabilities, source, next_try, backoff }
+    conns = {},        -- conn -> { dialed = id or nil, peer = id once its hello came }
+    handlers = {},     -- message type -> fn(from_id, request_id, msg)
+    lost_handlers = {}, change_handlers = {},
+    peer_timeout = opts.peer_timeout or 5,
+    log = opts.log or log,
+  }, Cluster)
+  return self
+end
+
+function Cluster:hello()
+  return json.encode { node_id = self.id, instance = self.instance, version = native.version(), port = self.port,
+    address = self.advertise, capabilities = self.capabilities }
+end
+
+function Cluster:start()
+  local wire, err = native.wire_new("{}")
+  if not wire then return nil, err end
+  self.wire = wire
+  local port, lerr = wire:listen(self.host, self.port)
+  if not port then
+    wire:free()
+    return nil, "cannot open the node port: " .. lerr
+  end
+  self.port = port
+  self.advertise = self.advertise or (self.host == "0.0.0.0" and "127.0.0.1" or self.host)
+  -- The hello names the port we listen on, known only now.
+  wire:set_hello(self:hello())
+  self.poll = uv.new_poll(wire:fd())
+  self.poll:start("r", function() self:drain() end)
+  self.timer = uv.new_timer()
+  self.timer:start(200, 1000, function() self:tick() end)
+  return true
+end
+
+function Cluster:stop()
+  if self.poll then
+    self.poll:stop()
+    self.poll:close()
+    self.timer:stop()
+    self.timer:close()
+    self.poll = nil
+  end
+  if self.wire then self.wire:free() end
+  self.wire = nil
+end
+
+function Cluster:on(kind, fn) self.handlers[kind] = fn end
+function Cluster:on_lost(fn) self.lost_handlers[#self.lost_handlers + 1] = fn end
+function Cluster:on_change(fn) self.change_handlers[#self.change_handlers + 1] = fn end
+
+local function changed(self)
+  for _, fn in ipairs(self.change_handlers) do fn() end
+end
+
+-- Peers a discovery module knows of (id -> record); replaces what it said before.
+function Cluster:set_discovered(records)
+  for id, k in pairs(self.known) do
+    if k.source == "discovery" and not records[id] then self.known[id] = nil end
+  end
+  for id, r in pairs(records) do
+    if id ~= self.id then self:learn(r, "discovery") end
+  end
+end
+
+function Cluster:learn(r, source)
+  local k = self.known[r.id]
+  if k and k.source == "discovery" and source ~= "discovery" then return end
+  if k and k.address == r.address and k.port == r.port then
+    k.capabilities = r.capabilities or k.capabilities
+    k.source = source
+    return
+  end
+  -- The smaller id dials first; the other waits a little before dialing too,
+  -- so both dialing at once is rare (and settled by the rule in on_peer).
+  self.known[r.id] = { id = r.id, address = r.address, port = r.port, capabilities = r.capabilities,
+    source = source, backoff = 0.5, next_try = uv.now() + (self.id < r.id and 0 or 2000) }
+  self:dial_due()
+end
+
+function Cluster:dialing(id)
+  for _, c in pairs(self.conns) do
+    if c.dialed == id and not c.peer then return true end
+  end
+  return false
+end
+
+function Cluster:dial_due()
+  local now = uv.now()
+  for id, k in pairs(self.known) do
+    if not self.peers[id] and not self:dialing(id) and now >= k.next_try then
+      local conn, err = self.wire:connect(k.address, k.port)
+      if conn then
+        self.conns[conn] = { dialed = id }
+      else
+        self.log("cannot dial %s at %s:%s: %s", id, k.address, tostring(k.port), err)
+      end
+      k.next_try = now + k.backoff * 1000
+      k.backoff = math.min(k.backoff * 2, 10)
+    end
+  end
+end
+
+function Cluster:tick()
+  self:dial_due()
+  local now = uv.now()
+  for id, p in pairs(self.peers) do
+    if now - p.last_heard > self.peer_timeout * 1000 then
+      self.wire:close_conn(p.conn, ("no answer to pings for %d s"):format(self.peer_timeout))
+      self:lose(id, ("%s stopped answering pings"):format(id))
+    else
+      self.wire:ping(p.conn)
+    end
+  end
+end
+
+-- Sends msg (a table with a `t` field) to node id (this node too). Returns
+-- true or nil, err.
+function Cluster:send(id, request_id, msg)
+  local conn = self:conn_of(id)
+  if not conn then return nil, ("node %s is not connected"):format(id) end
+  return self.wire:send_control(conn, request_id or 0, json.encode(msg))
+end
+
+-- The connection to node id (0 for this node), or nil.
+function Cluster:conn_of(id)
+  if id == self.id then return 0 end
+  local p = self.peers[id]
+  return p and p.conn
+end
+
+function Cluster:lose(id, why)
+  local p = self.peers[id]
+  if not p then return end
+  self.peers[id] = nil
+  local k = self.known[id]
+  if k then
+    k.backoff = 0.5
+    k.next_try = uv.now() + 500
+  end
+  self.log("lost peer %s: %s", id, why)
+  for _, fn in ipairs(self.lost_handlers) do fn(id, why) end
+  changed(self)
+end
+
+local function valid_hello(h)
+  return type(h) == "table" and type(h.node_id) == "string" and #h.node_id > 0 and #h.node_id <= 128
+    and type(h.instance) == "string" and type(h.port) == "number"
+end
+
+function Cluster:on_peer(conn, data, address)
+  local ok, h = pcall(json.decode, data)
+  if not ok or not valid_hello(h) then
+    self.wire:close_conn(conn, "a hello must be JSON with node_id, instance and port")
+    return
+  end
+  local c = self.conns[conn] or {}
+  self.conns[conn] = c
+  if h.node_id == self.id then
+    if h.instance ~= self.instance then
+      self.log("another node at %s uses this node's id %s: give one of them another --node-id", address, self.id)
+    end
+    self.wire:close_conn(conn, "duplicate node id " .. self.id)
+    return
+  end
+  local existing = self.peers[h.node_id]
+  if existing then
+    if existing.instance ~= h.instance then
+      self.log("two nodes claim id %s (at %s and %s): keeping the first", h.node_id, existing.address, address)
+      self.wire:close_conn(conn, "duplicate node id " .. h.node_id)
+      return
+    end
+    -- Both of us dialed: keep the connection the smaller id dialed.
+    local smaller_dialed_new = (c.dialed ~= nil) == (self.id < h.node_id)
+    if not smaller_dialed_new then
+      self.wire:close_conn(conn, "duplicate connection")
+      return
+    end
+    self.conns[existing.conn].superseded = true
+    self.wire:close_conn(existing.conn, "duplicate connection")
+  end
+  c.peer = h.node_id
+  local host = address:match("^(.*):%d+$") or address
+  local caps = type(h.capabilities) == "table" and h.capabilities or {}
+  local k = self.known[h.node_id]
+  -- Capabilities written in a peers file are taken as given.
+  if k and k.source == "discovery" and k.capabilities then caps = k.capabilities end
+  self.peers[h.node_id] = { id = h.node_id, address = k and k.address or host, port = h.port,
+    capabilities = caps, conn = conn, instance = h.instance, last_heard = uv.now(), version = h.version }
+  if not existing then self.log("peer %s connected (%s)", h.node_id, address) end
+  self:gossip()
+  changed(self)
+end
+
+-- Tells every peer whom we know, so peers of peers find each other.
+function Cluster:gossip()
+  local list = { { id = self.id, address = self.advertise, port = self.port, capabilities = self.capabilities } }
+  for id, p in pairs(self.peers) do
+    list[#list + 1] = { id = id, address = p.address, port = p.port, capabilities = p.capabilities }
+  end
+  for id in pairs(self.peers) do self:send(id, 0, { t = "topology", nodes = list }) end
+end
+
+function Cluster:on_topology(msg)
+  if type(msg.nodes) ~= "table" then return end
+  for _, r in ipairs(msg.nodes) do
+    if type(r) == "table" and type(r.id) == "string" and r.id ~= self.id and type(r.address) == "string"
+      and type(r.port) == "number" and not self.peers[r.id] then
+      self:learn({ id = r.id, address = r.address, port = r.port, capabilities = r.capabilities }, "gossip")
+    end
+  end
+end
+
+function Cluster:drain()
+  if not self.wire then return end
+  self.wire:drain(function(kind, conn, request_id, data, value, address)
+    local ok, err = pcall(self.event, self, kind, conn, request_id, data, value, address)
+    if not ok then self.log("cluster event %s failed: %s", kind, tostring(err)) end
+  end)
+end
+
+function Cluster:peer_of_conn(conn)
+  if conn == 0 then return self.id end
+  local c = self.conns[conn]
+  return c and c.peer
+end
+
+function Cluster:event(kind, conn, request_id, data, value, address)
+  if kind == "peer" then
+    self:on_peer(conn, data, address)
+  elseif kind == "closed" then
+    local c = self.conns[conn]
+    self.conns[conn] = nil
+    if c and c.peer and not c.superseded and self.peers[c.peer] and self.peers[c.peer].conn == conn then
+      self:lose(c.peer, data)
+    end
+  elseif kind == "pong" then
+    local id = self:peer_of_conn(conn)
+    local p = id and self.peers[id]
+    if p then
+      p.last_heard = uv.now()
+      p.rtt_us = value
+    end
+  elseif kind == "control" then
+    local from = self:peer_of_conn(conn)
+    if not from then return end
+    local p = self.peers[from]
+    if p then p.last_heard = uv.now() end
+    local ok, msg = pcall(json.decode, data)
+    if not ok or type(msg) ~= "table" or type(msg.t) ~= "string" then
+      self.log("ignoring a malformed control message from %s", from)
+      return
+    end
+    if msg.t == "topology" then return self:on_topology(msg) end
+    local h = self.handlers[msg.t]
+    if h then h(from, request_id, msg) end
+  else
+    local h = self.handlers["wire_" .. kind] -- output, failed: for the ring
+    if h then h(request_id, data, value) end
+  end
+end
+
+-- The topology a partitioning policy sees: this node and the live peers.
+function Cluster:topology()
+  local nodes = { [self.id] = { id = self.id, address = self.advertise, port = self.port,
+    capabilities = self.capabilities } }
+  for id, p in pairs(self.peers) do
+    nodes[id] = { id = id, address = p.address, port = p.port, capabilities = p.capabilities, rtt_us = p.rtt_us }
+  end
+  return { nodes = nodes }
+end
+
+function Cluster:peer_count()
+  local n = 0
+  for _ in pairs(self.peers) do n = n + 1 end
+  return n
+end
+
+return M

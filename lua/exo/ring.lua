@@ -1,0 +1,362 @@
+-- ring.lua: one model served by several nodes, each running a range of its layers.
+--
+-- The node a client asks (the asker) tokenizes, computes the plan (the
+-- partitioning policy over the live topology) and opens the request on every
+-- node of the plan: each loads its shard, opens a KV sequence and a wire
+-- route (native/wire.c), and answers "ready". The asker then sends the prompt
+-- tokens to the node holding layer 0. From there the data plane is C: hidden
+-- states go from route to route without touching Lua; the last node's route
+-- raises an "output" event, its Lua samples with the asker's settings (they
+-- travel in the open message), sends the token back to the asker, and feeds
+-- it to the first node for the next step. The asker streams text and ends the
+-- request (a stop string, a client gone, the last node saying done) by
+-- closing it everywhere. Requests are independent, so several are in flight at
+-- once at different places around the ring.
+--
+-- Failure is prompt and loud: a route that fails, a peer that vanishes or
+-- stays silent past the step timeout fails the request with a message naming
+-- the node; nothing waits forever.
+local uv = require "luv"
+local ffi = require "ffi"
+local native = require "exo.native"
+local models = require "exo.models"
+local partition = require "exo.partition"
+local sampling = require "exo.sampling"
+local generate = require "exo.generate"
+local json = require "exo.json"
+
+local M = {}
+
+local Ring = {}
+Ring.__index = Ring
+
+-- Request settings the last node needs to sample as the client asked.
+local SAMPLING_FIELDS = { "temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty", "presence_penalty",
+  "frequency_penalty", "penalty_last_n" }
+
+-- node: the exo.node (models, n_ctx); cluster: the exo.cluster; opts: policy
+-- (a partitioning function), wire_dtype ("f32", "f16", "q8_0"), open_timeout
+-- and step_timeout (seconds).
+function M.new(node, cluster, opts)
+  opts = opts or {}
+  local self = setmetatable({
+    node = node, cluster = cluster, policy = opts.policy, wire_dtype = opts.wire_dtype or "f32",
+    open_timeout = opts.open_timeout or 120, step_timeout = opts.step_timeout or 120,
+    asking = {},   -- request id -> the asker's state
+    routes = {},   -- request id -> this node's part in a request
+    shards = {},   -- "model@start-stop" -> { shard, refs }
+    salt = math.random(1, 2 ^ 28), counter = 0,
+  }, Ring)
+  cluster:on("open", function(from, rid, msg) self:on_open(from, rid, msg) end)
+  cluster:on("close", function(_, rid) self:close_route(rid) end)
+  for _, kind in ipairs { "ready", "token", "done", "error" } do
+    cluster:on(kind, function(from, rid, msg)
+      msg.from = from
+      self:deliver(rid, msg)
+    end)
+  end
+  cluster:on("wire_output", function(rid) self:on_output(rid) end)
+  cluster:on("wire_failed", function(rid, why) self:on_failed(rid, why) end)
+  cluster:on_lost(function(id, why) self:on_lost(id, why) end)
+  return self
+end
+
+-- The plan for a model entry (exo.node's) over the live topology.
+function Ring:plan(model)
+  return partition.plan(self.policy, self.cluster:topology(),
+    { id = model.id, n_layers = model.n_layers, layer_bytes = model.layer_bytes })
+end
+
+-- Unique across nodes without coordination: a random salt per process and a
+-- counter, below 2^53 so it stays exact in a Lua number.
+function Ring:new_request_id()
+  self.counter = self.counter + 1
+  return self.salt * 2 ^ 24 + self.counter % 2 ^ 24
+end
+
+-- ---- the asker ---------------------------------------------------------------------
+
+function Ring:deliver(rid, msg)
+  local st = self.asking[rid]
+  if not st then return end
+  st.inbox[#st.inbox + 1] = msg
+  if st.waiting then
+    st.waiting = false
+    local ok, err = coroutine.resume(st.co)
+    if not ok then io.stderr:write("exo: request failed: " .. tostring(err) .. "\n") end
+  end
+end
+
+-- The next message for request st, waiting (yielding) up to timeout seconds.
+function Ring:wait(st, timeout)
+  if #st.inbox == 0 then
+    local timer = uv.new_timer()
+    timer:start(timeout * 1000, 0, function()
+      self:deliver(st.id, { t = "error", message = ("no answer from the ring for %d s"):format(timeout) })
+    end)
+    st.waiting = true
+    coroutine.yield()
+    timer:stop()
+    timer:close()
+  end
+  return table.remove(st.inbox, 1)
+end
+
+-- lua-cjson turns [] into {}: the logprob entries' lists must stay lists.
+local function fix_logprob_entry(e)
+  if type(e) ~= "table" then return nil end
+  if type(e.bytes) ~= "table" or #e.bytes == 0 then e.bytes = json.empty_array end
+  if type(e.top_logprobs) ~= "table" or #e.top_logprobs == 0 then
+    e.top_logprobs = json.empty_array
+  else
+    for _, t in ipairs(e.top_logprobs) do
+      if type(t.bytes) ~= "table" or #t.bytes == 0 then t.bytes = json.empty_array end
+    end
+  end
+  return e
+end
+
+-- Runs one request over plan on the calling coroutine; the same contract as
+-- generate.Session:generate (model: exo.model with its tokenizer).
+function Ring:generate(model, ids, req, plan, on_text, should_stop)
+  local t0 = native.now()
+  local rid = self:new_request_id()
+  local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {} }
+  for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
+  self.asking[rid] = st
+  local cluster = self.cluster
+
+  local function finish_request()
+    self.asking[rid] = nil
+    for _, p in ipairs(plan) do cluster:send(p.node_id, rid, { t = "close" }) end
+  end
+
+  local sampling_params = {}
+  for _, k in ipairs(SAMPLING_FIELDS) do sampling_params[k] = req[k] end
+  for i, p in ipairs(plan) do
+    local msg = { t = "open", model = model.id, start = p.start_layer, stop = p.end_layer,
+      next = plan[i + 1] and plan[i + 1].node_id or nil, first = plan[1].node_id, n_ctx = self.node.n_ctx,
+      wire_dtype = self.wire_dtype }
+    if i == #plan then
+      msg.sampling = sampling_params
+      msg.prompt = ids
+      msg.max_tokens = req.max_tokens
+      msg.logprobs = req.logprobs and (req.top_logprobs or 0) or nil
+    end
+    local ok, err = cluster:send(p.node_id, rid, msg)
+    if not ok then
+      finish_request()
+      return nil, ("cannot reach node %s: %s"):format(p.node_id, err)
+    end
+  end
+  for _ = 1, #plan do
+    local m = self:wait(st, self.open_timeout)
+    if m.t ~= "ready" then
+      finish_request()
+      return nil, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t))
+    end
+  end
+  local ok, err = self.cluster.wire:send_tokens(cluster:conn_of(plan[1].node_id), rid, 0, ids)
+  if not ok then
+    finish_request()
+    return nil, "cannot send the prompt: " .. err
+  end
+
+  local sink = generate.text_sink(model.tokenizer, req, on_text)
+  local finish, ttft
+  while true do
+    local m = self:wait(st, self.step_timeout)
+    if m.t == "token" then
+      ttft = ttft or native.now() - t0
+      if type(m.id) ~= "number" then
+        finish_request()
+        return nil, "a malformed token came back from the ring"
+      end
+      if sink:push(m.id, req.logprobs and fix_logprob_entry(m.lp)) then
+        finish = "stop"
+        break
+      end
+      if m.finish then
+        finish = m.finish
+        break
+      end
+    elseif m.t == "done" then
+      ttft = ttft or native.now() - t0
+      finish = m.finish or "stop"
+      break
+    else
+      finish_request()
+      return nil, m.message or "the ring failed"
+    end
+    if should_stop and should_stop() then
+      finish = "cancelled"
+      break
+    end
+  end
+  finish_request()
+  local text = sink:finish(finish)
+  local seconds = native.now() - t0
+  return {
+    text = text, tokens = sink.tokens, finish_reason = finish, logprobs = sink.logprobs,
+    n_prompt = #ids, n_computed = #ids, n_generated = #sink.tokens, ttft = ttft or seconds, seconds = seconds,
+    plan = plan,
+  }
+end
+
+-- ---- a node's part in a request --------------------------------------------------------
+
+function Ring:shard_for(model_id, start, stop)
+  local key = ("%s@%d-%d"):format(model_id, start, stop)
+  local entry = self.shards[key]
+  if not entry then
+    local path, err = models.resolve(model_id)
+    if not path then return nil, err end
+    local shard, serr = native.load_shard(path, { start = start, stop = stop })
+    if not shard then return nil, serr end
+    entry = { shard = shard, refs = 0, key = key, model = model_id }
+    -- A plan change leaves the model's other ranges unused: they go once
+    -- nothing runs on them.
+    for k, other in pairs(self.shards) do
+      if other.model == model_id then other.retired = true end
+      if other.retired and other.refs == 0 then self:drop_shard(k) end
+    end
+    self.shards[key] = entry
+  end
+  entry.retired = nil
+  return entry
+end
+
+function Ring:drop_shard(key)
+  local entry = self.shards[key]
+  if entry and entry.refs == 0 and self.cluster.wire:stats().in_flight == 0 then
+    self.shards[key] = nil
+    entry.shard:free()
+  end
+end
+
+local function is_int(v, lo, hi) return type(v) == "number" and v == math.floor(v) and v >= lo and v <= hi end
+
+function Ring:on_open(from, rid, msg)
+  local cluster = self.cluster
+  local function refuse(why)
+    cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(cluster.id, why) })
+  end
+  if self.routes[rid] then return refuse("request already open") end
+  if type(msg.model) ~= "string" or not is_int(msg.start, 0, 1e6) or not is_int(msg.stop, msg.start + 1, 1e6)
+    or not is_int(msg.n_ctx, 1, 1e7) or type(msg.first) ~= "string"
+    or (msg.next ~= nil and type(msg.next) ~= "string") then
+    return refuse("malformed open message")
+  end
+  local dtype = native.WIRE_DTYPES[msg.wire_dtype or "f32"]
+  if not dtype then return refuse("unknown wire dtype " .. tostring(msg.wire_dtype)) end
+  local next_conn = 0
+  if msg.next then
+    next_conn = cluster:conn_of(msg.next)
+    if not next_conn then return refuse("the next node " .. msg.next .. " is not connected") end
+  end
+  local entry, err = self:shard_for(msg.model, msg.start, msg.stop)
+  if not entry then return refuse(err) end
+  local shard = entry.shard
+  if shard.is_last ~= (msg.next == nil) then return refuse("the plan's last node must hold the last layer") end
+  local route = { asker = from, shard_key = entry.key }
+  if shard.is_last then
+    local text_side, terr = self.node:model(msg.model)
+    if not text_side then return refuse(terr) end
+    if type(msg.prompt) ~= "table" or #msg.prompt < 1 then return refuse("no prompt") end
+    if type(msg.sampling) ~= "table" then return refuse("no sampling settings") end
+    local ok, sampler = pcall(sampling.new, shard.n_vocab, msg.sampling)
+    if not ok then return refuse("bad sampling settings: " .. tostring(sampler)) end
+    route.sampler = sampler
+    route.tokenizer = text_side.model.tokenizer
+    route.history = {}
+    for i, id in ipairs(msg.prompt) do route.history[i] = id end
+    route.pos = #msg.prompt
+    route.n_ctx = msg.n_ctx
+    route.first = msg.first
+    route.max_tokens = type(msg.max_tokens) == "number" and msg.max_tokens or math.huge
+    route.generated = 0
+    route.n_vocab = shard.n_vocab
+    if type(msg.logprobs) == "number" then
+      route.top_logprobs = msg.logprobs
+      route.lp_buf = ffi.new("float[?]", shard.n_vocab)
+    end
+  end
+  local seq, serr = shard:new_seq(msg.n_ctx)
+  if not seq then return refuse(serr) end
+  local ok, rerr = cluster.wire:route_open(rid, shard, seq, next_conn, dtype)
+  if not ok then
+    seq:free()
+    return refuse(rerr)
+  end
+  entry.refs = entry.refs + 1
+  self.routes[rid] = route
+  cluster:send(from, rid, { t = "ready" })
+end
+
+function Ring:close_route(rid)
+  local route = self.routes[rid]
+  if not route then return end
+  self.routes[rid] = nil
+  self.cluster.wire:route_close(rid)
+  local entry = self.shards[route.shard_key]
+  if entry then
+    entry.refs = entry.refs - 1
+    if entry.retired then self:drop_shard(route.shard_key) end
+  end
+end
+
+-- The last node: logits are ready; sample, tell the asker, feed the first node.
+function Ring:on_output(rid)
+  local route = self.routes[rid]
+  if not route or not route.sampler or route.done then return end
+  local cluster = self.cluster
+  local logits = cluster.wire:route_output(rid)
+  if not logits then return end
+  logits = ffi.cast("float*", logits)
+  local lp
+  if route.lp_buf then
+    native.C.exo_sample_log_softmax(logits, route.n_vocab, route.lp_buf)
+  end
+  local id = route.sampler:sample(logits, route.history)
+  if route.tokenizer:is_eog(id) then
+    route.done = true
+    cluster:send(route.asker, rid, { t = "done", finish = "stop" })
+    return
+  end
+  if route.lp_buf then lp = generate.logprob_entry(route.tokenizer, route.lp_buf, route.n_vocab, id, route.top_logprobs) end
+  route.history[#route.history + 1] = id
+  route.generated = route.generated + 1
+  local finish
+  if route.generated >= route.max_tokens or route.pos >= route.n_ctx - 1 then finish = "length" end
+  cluster:send(route.asker, rid, { t = "token", id = id, lp = lp, finish = finish })
+  if finish then
+    route.done = true
+    return
+  end
+  local conn = cluster:conn_of(route.first)
+  local ok, err = conn and cluster.wire:send_tokens(conn, rid, route.pos, { id })
+  if not ok then
+    route.done = true
+    cluster:send(route.asker, rid, { t = "error", message = "cannot reach the first node: " .. tostring(err) })
+    return
+  end
+  route.pos = route.pos + 1
+end
+
+function Ring:on_failed(rid, why)
+  local route = self.routes[rid]
+  if not route then return end
+  route.done = true
+  self.cluster:send(route.asker, rid, { t = "error", message = ("node %s: %s"):format(self.cluster.id, why) })
+end
+
+function Ring:on_lost(id, why)
+  for rid, st in pairs(self.asking) do
+    if st.nodes[id] then self:deliver(rid, { t = "error", message = ("node %s left mid-request: %s"):format(id, why) }) end
+  end
+  for rid, route in pairs(self.routes) do
+    if route.asker == id then self:close_route(rid) end
+  end
+end
+
+return M
