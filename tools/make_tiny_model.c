@@ -6,8 +6,13 @@
  * write them, weights quantized with the reference quantizers. Deterministic
  * for a given seed.
  *
+ * With --tokenizer 1 the file also carries a small SentencePiece-style
+ * vocabulary (control tokens, the 256 byte tokens, then letters and letter
+ * pairs) and a plain chat template, so the whole text path (API, cluster)
+ * can run on it.
+ *
  * usage: exo-make-tiny-model OUT.gguf [--type q4_1] [--embd-type q8_0]
- *        [--layers 4] [--seed 1] [--tied 1] */
+ *        [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +26,7 @@ typedef struct tiny_config {
     int n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
     int weight_type, embd_type;
     int tied;
+    int tokenizer;
     uint64_t seed;
 } tiny_config;
 
@@ -90,6 +96,65 @@ static int add_norm(exo_gguf_writer *w, const char *name, int64_t n)
     return rc;
 }
 
+/* SentencePiece layout as llama.cpp's converter writes it: <unk> <s> </s>,
+ * <0x00>..<0xFF>, then ordinary pieces ("\u2581" marks a word start) whose
+ * prefixes are all pieces too, so every merge path exists. */
+static int add_tokenizer(exo_gguf_writer *w, int n_vocab)
+{
+    enum { MAX_PIECE = 16 };
+    char (*text)[MAX_PIECE] = calloc((size_t)n_vocab, MAX_PIECE);
+    const char **ptrs = calloc((size_t)n_vocab, sizeof *ptrs);
+    float *scores = calloc((size_t)n_vocab, sizeof *scores);
+    int32_t *types = calloc((size_t)n_vocab, sizeof *types);
+    if (!text || !ptrs || !scores || !types || n_vocab < 259 + 53) {
+        free(text), free(ptrs), free(scores), free(types);
+        return -1;
+    }
+    const char *controls[] = {"<unk>", "<s>", "</s>"};
+    const int control_types[] = {2, 3, 3};
+    int n = 0;
+    for (int i = 0; i < 3; i++, n++) {
+        snprintf(text[n], MAX_PIECE, "%s", controls[i]);
+        types[n] = control_types[i];
+    }
+    for (int b = 0; b < 256; b++, n++) {
+        snprintf(text[n], MAX_PIECE, "<0x%02X>", b);
+        types[n] = 6;
+    }
+    const char *space = "\xe2\x96\x81";
+    snprintf(text[n++], MAX_PIECE, "%s", space);
+    for (char ch = 'a'; ch <= 'z'; ch++) snprintf(text[n++], MAX_PIECE, "%c", ch);
+    for (char ch = 'a'; ch <= 'z'; ch++) snprintf(text[n++], MAX_PIECE, "%s%c", space, ch);
+    const char *pairs = "etaoinshrdlu";
+    for (int i = 0; n < n_vocab; i++) {
+        const char *lead = pairs + (i / 12) % 12, *next = pairs + i % 12;
+        if (i < 144) snprintf(text[n++], MAX_PIECE, "%c%c", *lead, *next);
+        else snprintf(text[n++], MAX_PIECE, "%s%c%c", space, pairs[(i - 144) / 12 % 12], pairs[(i - 144) % 12]);
+    }
+    for (int i = 0; i < n_vocab; i++) {
+        ptrs[i] = text[i];
+        if (i >= 259) {
+            types[i] = 1;
+            scores[i] = -(float)(i - 259); /* earlier pieces merge first */
+        }
+    }
+    int32_t bos = 1, eos = 2, unk = 0;
+    int rc = 0;
+    rc |= exo_gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
+    rc |= exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", ptrs, (uint64_t)n_vocab);
+    rc |= exo_gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, scores, (uint64_t)n_vocab);
+    rc |= exo_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types, (uint64_t)n_vocab);
+    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
+    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
+    rc |= exo_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", 1);
+    rc |= exo_gguf_writer_add_str(w, "tokenizer.chat_template",
+                                  "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                                  "{% if add_generation_prompt %}assistant:{% endif %}");
+    free(text), free(ptrs), free(scores), free(types);
+    return rc;
+}
+
 static int write_model(const tiny_config *c, const char *path)
 {
     exo_gguf_writer *w = exo_gguf_writer_new();
@@ -110,6 +175,9 @@ static int write_model(const tiny_config *c, const char *path)
     rc |= exo_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
     rc |= exo_gguf_writer_add_u32(w, "llama.rope.dimension_count", (uint32_t)head_dim);
     rc |= exo_gguf_writer_add_u32(w, "llama.vocab_size", (uint32_t)c->n_vocab);
+    if (rc) goto done;
+
+    if (c->tokenizer) rc = add_tokenizer(w, c->n_vocab);
     if (rc) goto done;
 
     float std = 1.0f / sqrtf((float)c->n_embd);
@@ -158,6 +226,8 @@ int main(int argc, char **argv)
             c.seed = strtoull(v, NULL, 10), i++;
         } else if (v && !strcmp(a, "--tied")) {
             c.tied = atoi(v), i++;
+        } else if (v && !strcmp(a, "--tokenizer")) {
+            c.tokenizer = atoi(v), i++;
         } else {
             fprintf(stderr, "exo-make-tiny-model: unknown or incomplete option '%s'\n", a);
             return 2;
@@ -165,7 +235,7 @@ int main(int argc, char **argv)
     }
     if (!out || c.weight_type < 0 || c.embd_type < 0 || c.n_layer < 1 || c.n_layer > 64) {
         fprintf(stderr, "usage: exo-make-tiny-model OUT.gguf [--type q4_1] [--embd-type q8_0] [--layers 4] "
-                        "[--seed 1] [--tied 1]\n");
+                        "[--seed 1] [--tied 1] [--tokenizer 0]\n");
         return 2;
     }
     if (write_model(&c, out) != 0) {

@@ -373,6 +373,8 @@ function commands.serve(args)
       if watcher then watcher:stop() end
       cluster:stop()
       for _, s in ipairs(signals) do s:close() end
+      -- Requests still waiting on peers hold timers: do not wait for them.
+      uv.stop()
     end)
     signals[#signals + 1] = sig
   end

@@ -24,7 +24,7 @@ local function log(fmt, ...)
   io.stderr:flush()
 end
 
-local function random_hex(n)
+function M.random_hex(n)
   local f = io.open("/dev/urandom", "rb")
   local bytes = f and f:read(n) or tostring(os.time()) .. tostring(os.clock())
   if f then f:close() end
@@ -33,7 +33,7 @@ end
 
 -- A version 4 UUID from /dev/urandom.
 function M.uuid()
-  local h = random_hex(16)
+  local h = M.random_hex(16)
   local variant = ("89ab"):sub(tonumber(h:sub(17, 17), 16) % 4 + 1, tonumber(h:sub(17, 17), 16) % 4 + 1)
   return ("%s-%s-4%s-%s%s-%s"):format(h:sub(1, 8), h:sub(9, 12), h:sub(14, 16), variant, h:sub(18, 20),
     h:sub(21, 32))
@@ -106,7 +106,7 @@ end
 -- capabilities, peer_timeout (s), log.
 function M.new(opts)
   local self = setmetatable({
-    id = opts.node_id, instance = random_hex(8), host = opts.host or "0.0.0.0", port = opts.port or 0,
+    id = opts.node_id, instance = M.random_hex(8), host = opts.host or "0.0.0.0", port = opts.port or 0,
     advertise = opts.advertise,
     capabilities = opts.capabilities or M.local_capabilities(),
     peers = {},        -- id -> live peer { id, address, port, capabilities, conn, instance, rtt_us, last_heard }

@@ -45,7 +45,7 @@ function M.new(node, cluster, opts)
     asking = {},   -- request id -> the asker's state
     routes = {},   -- request id -> this node's part in a request
     shards = {},   -- "model@start-stop" -> { shard, refs }
-    salt = math.random(1, 2 ^ 28), counter = 0,
+    salt = tonumber(require("exo.cluster").random_hex(4), 16) % 2 ^ 28 + 1, counter = 0,
   }, Ring)
   cluster:on("open", function(from, rid, msg) self:on_open(from, rid, msg) end)
   cluster:on("close", function(_, rid) self:close_route(rid) end)

@@ -1,0 +1,275 @@
+"""test_cluster.py: three real exo processes serving one model together on loopback.
+
+The nodes are configured only by a peers file (manual discovery) that gives
+them different memories, so the default partitioning policy hands them
+different layer ranges. Every node must answer exactly as a single node does
+(greedy, and seeded sampling: the asker's settings travel with the request),
+show the same complete plan at /v1/topology, hold in memory only its shard,
+serve six concurrent requests correctly, shrug off malformed frames on its
+wire port, and fail a request promptly when a peer dies under it.
+
+Run: build/venv/bin/python tests/cluster/test_cluster.py   (ctest runs it)
+"""
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
+from test_api import Node, free_port  # noqa: E402  (the same real-process helper)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_MODEL = os.environ.get("EXO_DEFAULT_MODEL", os.path.expanduser(
+    "~/.cache/exo/downloads/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"))
+TINY = os.environ.get("EXO_TINY_MODEL", os.path.join(ROOT, "build", "tiny.gguf"))
+TINY_CHAT = TINY[:-len(".gguf")] + "-chat.gguf"
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Count from one to ten.",
+           "Name three colours.", "Why is the sky blue?", "Say hello in Spanish."]
+
+
+def write_peers(path, nodes):
+    peers = {}
+    for node_id, port, memory in nodes:
+        peers[node_id] = {"address": "127.0.0.1", "port": port, "device_capabilities": {
+            "model": "test machine", "chip": "loopback", "memory": memory,
+            "flops": {"fp32": 1.0, "fp16": 1.0, "int8": 2.0}}}
+    with open(path, "w") as f:
+        json.dump({"peers": peers}, f)
+
+
+def chat(node, model, prompt, max_tokens=24, **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, **extra}
+    status, raw, _ = node.request("POST", "/v1/chat/completions", body)
+    if status != 200:
+        raise AssertionError("status %d: %s" % (status, raw[:300]))
+    return json.loads(raw)["choices"][0]["message"]["content"]
+
+
+def rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0
+
+
+def wait_for_topology(nodes, count, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(len(json.loads(n.request("GET", "/v1/topology")[1])["nodes"]) == count for n in nodes):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the nodes did not all see %d nodes" % count)
+
+
+def start_cluster(home, specs, *flags):
+    """specs: [(node_id, memory_mb)]; returns the nodes, in order."""
+    ports = [free_port() for _ in specs]
+    peers = os.path.join(home, "peers.json")
+    write_peers(peers, [(nid, port, mem) for (nid, mem), port in zip(specs, ports)])
+    os.environ["EXO_HOME"] = home
+    nodes = [Node("--node-id", nid, "--discovery-config-path", peers, "--node-host", "127.0.0.1", *flags)
+             for nid, _ in specs]
+    for n, (nid, _), port in zip(nodes, specs, ports):
+        n.node_id = nid
+        n.wire_port = port
+    wait_for_topology(nodes, len(specs))
+    return nodes
+
+
+class ThreeNodes(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.home = tempfile.TemporaryDirectory()
+        saved = os.environ.get("EXO_HOME")
+        try:
+            # One node alone gives the reference answers.
+            os.environ["EXO_HOME"] = cls.home.name
+            cls.single = Node("--node-id", "single")
+            cls.reference = {}
+            for model in (TINY_CHAT, DEFAULT_MODEL):
+                for p in PROMPTS:
+                    cls.reference[(model, p)] = chat(cls.single, model, p)
+            cls.single_rss = rss_mb(cls.single.proc.pid)
+            # n1 gets most layers, n2 a few, n3 the last two and the head.
+            cls.nodes = start_cluster(cls.home.name, [("n1", 12000), ("n2", 3000), ("n3", 1000)])
+        finally:
+            if saved is None:
+                os.environ.pop("EXO_HOME", None)
+            else:
+                os.environ["EXO_HOME"] = saved
+
+    @classmethod
+    def tearDownClass(cls):
+        for n in cls.nodes + [cls.single]:
+            n.stop()
+        cls.home.cleanup()
+
+    def test_greedy_equals_single_node_on_every_node(self):
+        for model in (TINY_CHAT, DEFAULT_MODEL):
+            for i, node in enumerate(self.nodes):
+                for p in PROMPTS[:2]:
+                    self.assertEqual(chat(node, model, p), self.reference[(model, p)],
+                                     "%s asked of %s: %r" % (os.path.basename(model), node.node_id, p))
+
+    def test_sampling_settings_travel_with_the_request(self):
+        # The last node samples; with the asker's seed and temperature it must
+        # draw exactly what a single node draws.
+        for node in self.nodes:
+            got = chat(node, DEFAULT_MODEL, PROMPTS[1], max_tokens=20, temperature=0.9, seed=1234, top_p=0.95)
+            want = chat(self.single, DEFAULT_MODEL, PROMPTS[1], max_tokens=20, temperature=0.9, seed=1234,
+                        top_p=0.95)
+            self.assertEqual(got, want, node.node_id)
+
+    def test_streaming_through_a_node_without_layer_zero(self):
+        node = self.nodes[2]
+        body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 24,
+                "temperature": 0, "stream": True}
+        status, raw, _ = node.request("POST", "/v1/chat/completions", body)
+        self.assertEqual(status, 200)
+        text = ""
+        for line in raw.decode().splitlines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                self.assertNotIn("error", chunk)
+                text += chunk["choices"][0]["delta"].get("content", "")
+        self.assertEqual(text, self.reference[(DEFAULT_MODEL, PROMPTS[0])])
+
+    def test_topology_shows_three_nodes_and_one_complete_plan(self):
+        chat(self.nodes[0], DEFAULT_MODEL, PROMPTS[0], max_tokens=1)
+        plans = []
+        for node in self.nodes:
+            topo = json.loads(node.request("GET", "/v1/topology")[1])
+            self.assertEqual(sorted(n["id"] for n in topo["nodes"]), ["n1", "n2", "n3"])
+            self.assertEqual(topo["answering_node"], node.node_id)
+            parts = [p for p in topo["partitions"] if p["model"] == DEFAULT_MODEL]
+            self.assertEqual([p["node_id"] for p in parts], ["n1", "n2", "n3"])  # by memory, descending
+            self.assertEqual(parts[0]["start_layer"], 0)
+            for a, b in zip(parts, parts[1:]):
+                self.assertEqual(a["end_layer"], b["start_layer"])
+            self.assertEqual(parts[-1]["end_layer"], parts[-1]["n_layers"])
+            plans.append([(p["node_id"], p["start_layer"], p["end_layer"]) for p in parts])
+        self.assertEqual(plans[0], plans[1])
+        self.assertEqual(plans[0], plans[2])
+        # memory 12000/16000 of 30 layers: n1 holds [0, 22)
+        self.assertEqual(plans[0][0], ("n1", 0, 22))
+
+    def test_memory_follows_the_shard(self):
+        for node in self.nodes:
+            chat(node, DEFAULT_MODEL, PROMPTS[3], max_tokens=4)
+        rss = {n.node_id: rss_mb(n.proc.pid) for n in self.nodes}
+        # n1 runs 22 layers, n2 runs 6: their resident weights differ by tens of MB.
+        self.assertGreater(rss["n1"] - rss["n2"], 20, rss)
+        for node_id, mb in rss.items():
+            self.assertLess(mb, self.single_rss, "%s holds %.0f MB, the whole model's node %.0f MB"
+                            % (node_id, mb, self.single_rss))
+
+    def test_six_concurrent_requests(self):
+        jobs = [(self.nodes[i % 3], PROMPTS[i]) for i in range(6)]
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda j: chat(j[0], DEFAULT_MODEL, j[1]), jobs))
+        for (node, prompt), text in zip(jobs, results):
+            self.assertEqual(text, self.reference[(DEFAULT_MODEL, prompt)], "%s: %r" % (node.node_id, prompt))
+
+    def wire(self, node, data, read=True):
+        """Sends raw bytes to a node's wire port; returns what came back before it closed."""
+        with socket.create_connection(("127.0.0.1", node.wire_port), timeout=5) as s:
+            s.sendall(data)
+            if not read:
+                return b""
+            out = b""
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    out += b
+            except socket.timeout:
+                pass
+            return out
+
+    def test_malformed_frames_leave_the_node_serving(self):
+        def header(ftype, payload_len, version=1, magic=b"EXOW", rid=0):
+            return magic + struct.pack("<HBBQII", version, ftype, 0, rid, payload_len, 0)
+
+        hello = json.dumps({"node_id": "stranger", "instance": "x", "port": 1}).encode()
+        tensor_hdr = struct.pack("<iIIIII", 0, 0, 2, 576, 0, 0)  # f32 [2][576] ...
+        cases = {
+            "bad magic": header(2, 2, magic=b"GGUF") + b"{}",
+            "wrong version": header(1, 2, version=9) + b"{}",
+            "huge length": header(3, 0xFFFFFFF0),
+            "unknown type": header(42, 0),
+            "control before hello": header(2, 2) + b"{}",
+            "truncated payload": header(1, 100) + b"{",
+            "wrong shape": header(1, len(hello)) + hello + header(3, len(tensor_hdr) + 8, rid=7) + tensor_hdr
+            + b"\0" * 8,
+            "garbage hello": header(1, 5) + b"hello",
+        }
+        node = self.nodes[1]
+        for name, data in cases.items():
+            back = self.wire(node, data, read=name != "truncated payload")
+            if name in ("bad magic", "wrong version", "huge length", "unknown type", "control before hello",
+                        "wrong shape"):
+                # The node says why, in an ERROR frame after its hello, then hangs up.
+                self.assertIn(b"EXOW", back, name)
+                frames, off = [], 0
+                while off + 24 <= len(back):
+                    ftype, plen = back[off + 6], struct.unpack("<I", back[off + 16:off + 20])[0]
+                    frames.append((ftype, back[off + 24:off + 24 + plen]))
+                    off += 24 + plen
+                self.assertEqual(frames[0][0], 1, name)  # its hello
+                self.assertEqual(frames[-1][0], 6, "%s: %r" % (name, frames))
+        # Still serving, still in the cluster.
+        self.assertEqual(chat(node, DEFAULT_MODEL, PROMPTS[0]), self.reference[(DEFAULT_MODEL, PROMPTS[0])])
+        wait_for_topology(self.nodes, 3, timeout=5)
+
+
+class PeerVanishes(unittest.TestCase):
+    def test_request_fails_promptly_when_a_peer_dies(self):
+        home = tempfile.TemporaryDirectory()
+        saved = os.environ.get("EXO_HOME")
+        try:
+            a, b = start_cluster(home.name, [("a", 2000), ("b", 2000)])
+            # A long stream from a; b (holding the last layers) is killed mid-way.
+            body = {"model": TINY_CHAT, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000,
+                    "temperature": 0, "stream": True}
+            import http.client
+            conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+            conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+            res = conn.getresponse()
+            self.assertEqual(res.status, 200)
+            res.readline()
+            time.sleep(0.3)
+            b.proc.send_signal(signal.SIGKILL)
+            b.proc.wait()
+            t0 = time.time()
+            rest = res.read().decode()  # the stream must end, with an error event
+            elapsed = time.time() - t0
+            conn.close()
+            self.assertLess(elapsed, 10)
+            self.assertIn('"error"', rest)
+            self.assertIn("left mid-request", rest)
+            # a keeps serving (alone now: the whole model on itself).
+            wait_for_topology([a], 1, timeout=15)
+            self.assertTrue(chat(a, TINY_CHAT, "hello") is not None)
+            a.stop()
+            b.log.close()
+        finally:
+            if saved is None:
+                os.environ.pop("EXO_HOME", None)
+            else:
+                os.environ["EXO_HOME"] = saved
+            home.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
