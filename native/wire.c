@@ -963,10 +963,7 @@ void exo_wire_free(exo_wire *w)
     free(w->last_data);
     free(w->hello);
     close(w->efd);
-    if (w->listening) {
-        w->open_handles++;
-        uv_close((uv_handle_t *)&w->server, handle_closed);
-    }
+    if (w->listening) uv_close((uv_handle_t *)&w->server, handle_closed);
     uv_close((uv_handle_t *)&w->async, handle_closed);
     uv_close((uv_handle_t *)&w->timer, handle_closed);
 }

@@ -22,12 +22,15 @@ function M.view(ctx)
     local n = topo.nodes[id]
     local caps = {}
     for k, v in pairs(n.capabilities or {}) do caps[k] = v end
+    local wire
     if id == cluster.id then
       caps.engine = "cpu"
       caps.threads = native.threads()
       caps.kernels = native.cpu_features()
+      wire = cluster.wire and cluster.wire:stats()
     end
-    nodes[#nodes + 1] = { id = id, address = n.address, port = n.port, capabilities = caps, rtt_us = n.rtt_us }
+    nodes[#nodes + 1] = { id = id, address = n.address, port = n.port, capabilities = caps, rtt_us = n.rtt_us,
+      wire = wire }
   end
   local partitions = {}
   local model_ids = {}

@@ -271,5 +271,115 @@ class PeerVanishes(unittest.TestCase):
             home.cleanup()
 
 
+class with_home:
+    """EXO_HOME set to a fresh directory for the nodes started inside."""
+
+    def __enter__(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.saved = os.environ.get("EXO_HOME")
+        os.environ["EXO_HOME"] = self.dir.name
+        return self.dir.name
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            os.environ.pop("EXO_HOME", None)
+        else:
+            os.environ["EXO_HOME"] = self.saved
+        self.dir.cleanup()
+
+
+def log_of(node):
+    node.log.seek(0)
+    return node.log.read().decode(errors="replace")
+
+
+class Identity(unittest.TestCase):
+    def test_a_restart_keeps_the_node_id(self):
+        with with_home():
+            ids = []
+            for _ in range(2):
+                node = Node()
+                topo = json.loads(node.request("GET", "/v1/topology")[1])
+                ids.append(topo["answering_node"])
+                node.stop()
+            self.assertEqual(ids[0], ids[1])
+            self.assertRegex(ids[0], r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+    def test_two_nodes_with_one_id_are_reported(self):
+        with with_home() as home:
+            x, dup = start_cluster(home, [("x", 1000), ("dup", 1000)])
+            # A second process claiming "dup", on another port, dials x.
+            impostor = Node("--node-id", "dup", "--discovery-config-path", os.path.join(home, "peers.json"),
+                            "--node-host", "127.0.0.1", "--node-port", str(free_port()))
+            deadline = time.time() + 10
+            while "two nodes claim id dup" not in log_of(x) and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertIn("two nodes claim id dup", log_of(x))
+            wait_for_topology([x], 2, timeout=5)  # the first "dup" stays
+            self.assertIn("duplicate node id dup", log_of(impostor))
+            for n in (x, dup, impostor):
+                n.stop()
+
+
+POLICY_REVERSED = """
+-- Everything on the node with the smallest id first, whatever the memories.
+return function(topology, model)
+  local ids = {}
+  for id in pairs(topology.nodes) do ids[#ids + 1] = id end
+  table.sort(ids)
+  local plan, per = {}, math.floor(model.n_layers / #ids)
+  for i, id in ipairs(ids) do
+    plan[i] = { node_id = id, start_layer = (i - 1) * per, end_layer = i == #ids and model.n_layers or i * per }
+  end
+  return plan
+end
+"""
+
+POLICY_GAP = """
+return function(topology, model)
+  local plan = {}
+  for id in pairs(topology.nodes) do plan[#plan + 1] = { node_id = id, start_layer = 1, end_layer = model.n_layers } end
+  return plan
+end
+"""
+
+
+class Policies(unittest.TestCase):
+    def test_a_users_policy_file_decides_the_plan(self):
+        with with_home() as home:
+            path = os.path.join(home, "policy.lua")
+            with open(path, "w") as f:
+                f.write(POLICY_REVERSED)
+            single = Node("--node-id", "solo")
+            want = chat(single, TINY_CHAT, "hello there", max_tokens=30)
+            single.stop()
+            a, b = start_cluster(home, [("a", 1000), ("b", 9000)], "--partitioning", path)
+            self.assertEqual(chat(b, TINY_CHAT, "hello there", max_tokens=30), want)
+            parts = json.loads(b.request("GET", "/v1/topology")[1])["partitions"]
+            self.assertEqual([(p["node_id"], p["start_layer"], p["end_layer"]) for p in parts],
+                             [("a", 0, 3), ("b", 3, 6)])  # not by memory: by id
+            a.stop()
+            b.stop()
+
+    def test_an_invalid_plan_is_a_clear_error(self):
+        with with_home() as home:
+            path = os.path.join(home, "gap.lua")
+            with open(path, "w") as f:
+                f.write(POLICY_GAP)
+            a, b = start_cluster(home, [("a", 1000), ("b", 1000)], "--partitioning", path)
+            status, raw, _ = a.request("POST", "/v1/chat/completions", {
+                "model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+            self.assertEqual(status, 500)
+            self.assertIn("layer", json.loads(raw)["error"]["message"])
+            a.stop()
+            b.stop()
+
+    def test_a_missing_policy_file_stops_the_node_at_start(self):
+        with with_home():
+            with self.assertRaises(RuntimeError) as cm:
+                Node("--partitioning", "/nonexistent/policy.lua")
+            self.assertIn("/nonexistent/policy.lua", str(cm.exception))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
