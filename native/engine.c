@@ -19,6 +19,7 @@
 #include "engine.h"
 #include "error.h"
 #include "exo.h"
+#include "pool.h"
 
 /* Jobs in flight at once; submit fails with EAGAIN beyond this rather than
  * growing without bound. */
@@ -81,6 +82,12 @@ static void *engine_main(void *arg)
 
         job.status = exo_shard_forward(job.shard, job.seq, job.tokens, job.hidden, job.n_tokens, job.all_logits,
                                        job.out);
+        /* Nothing queued: let the workers sleep now rather than spin through
+         * the gap until the next token (other processes may want the cores). */
+        pthread_mutex_lock(&engine.lock);
+        int idle = engine.pending.count == 0;
+        pthread_mutex_unlock(&engine.lock);
+        if (idle) exo_pool_park(exo_pool_global());
         job.err[0] = 0;
         if (job.status) snprintf(job.err, sizeof job.err, "%s", exo_last_error());
         if (job.done) {

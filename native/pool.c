@@ -4,7 +4,10 @@
  * spin on the counter for a short while (a decode step issues the next loop
  * within microseconds) and only then sleep on a condition variable, so steady
  * decoding never pays for a wake-up. Chunks are handed out through an atomic
- * cursor, so a slow core does not hold the others back. */
+ * cursor, so a slow core does not hold the others back. When the caller
+ * knows no work is coming soon (the engine's queue ran dry), it parks the
+ * pool: workers then sleep at once instead of spinning, which matters when
+ * several nodes of a cluster share one machine's cores. */
 #define _GNU_SOURCE
 #include "pool.h"
 
@@ -51,6 +54,7 @@ struct exo_pool {
     pool_job job;
     _Atomic uint64_t generation; /* bumped once per job */
     _Atomic int stop;
+    _Atomic int parked;          /* no work expected soon: sleep instead of spinning */
     _Atomic int sleepers;
     pthread_mutex_t sleep_lock;
     pthread_cond_t wake;
@@ -79,7 +83,7 @@ static void *pool_worker_main(void *arg)
         int spins = 0;
         while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
                !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
-            if (++spins < POOL_SPIN_ITERATIONS) {
+            if (++spins < POOL_SPIN_ITERATIONS && !atomic_load_explicit(&p->parked, memory_order_relaxed)) {
                 if (spins > POOL_YIELD_AFTER)
                     sched_yield();
                 else
@@ -175,6 +179,7 @@ void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *c
     job->chunk = chunk < grain ? grain : chunk;
     atomic_store_explicit(&job->cursor, 0, memory_order_relaxed);
     atomic_store_explicit(&job->remaining, p->n_threads, memory_order_relaxed);
+    atomic_store_explicit(&p->parked, 0, memory_order_relaxed);
     /* seq_cst pairs with the sleeper count check below (Dekker-style): either
      * the worker sees the new generation or we see it sleeping. */
     atomic_fetch_add(&p->generation, 1);
@@ -191,6 +196,11 @@ void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *c
             cpu_relax();
     }
     pthread_mutex_unlock(&p->submit_lock);
+}
+
+void exo_pool_park(exo_pool *p)
+{
+    atomic_store_explicit(&p->parked, 1, memory_order_relaxed);
 }
 
 static exo_pool *global_pool;

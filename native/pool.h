@@ -25,6 +25,10 @@ int exo_pool_threads(const exo_pool *p);
  * all threads, returning when every chunk is done. */
 void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx);
 
+/* Tells the workers no loop is coming soon: they sleep rather than spin until
+ * the next exo_pool_for wakes them. */
+void exo_pool_park(exo_pool *p);
+
 /* The process-wide pool (created on first use with EXO_THREADS or all cores). */
 exo_pool *exo_pool_global(void);
 /* Replaces the process-wide pool with one of n_threads (0 = cores). Not safe

@@ -349,8 +349,11 @@ function Cluster:event(kind, conn, request_id, data, value, address)
       and not data:match("duplicate connection$") then
       -- A connection refused before its hello (a stranger, another protocol
       -- version, a bad frame): say why. Failed dials are retried quietly.
-      self.log("connection %s closed before joining: %s", c and c.dialed or "from " .. (address ~= "" and address
-        or "a peer"), data)
+      if c and c.dialed then
+        self.log("connection to %s closed before its hello: %s", c.dialed, data)
+      else
+        self.log("closed a connection before its hello: %s", data)
+      end
     end
   elseif kind == "pong" then
     local id = self:peer_of_conn(conn)
