@@ -48,7 +48,10 @@ function M.new(node, cluster, opts)
     salt = tonumber(require("exo.cluster").random_hex(4), 16) % 2 ^ 28 + 1, counter = 0,
   }, Ring)
   cluster:on("open", function(from, rid, msg) self:on_open(from, rid, msg) end)
-  cluster:on("close", function(_, rid) self:close_route(rid) end)
+  cluster:on("close", function(from, rid)
+    local route = self.routes[rid]
+    if route and route.asker == from then self:close_route(rid) end
+  end)
   for _, kind in ipairs { "ready", "token", "done", "error" } do
     cluster:on(kind, function(from, rid, msg)
       msg.from = from
@@ -79,6 +82,8 @@ end
 function Ring:deliver(rid, msg)
   local st = self.asking[rid]
   if not st then return end
+  -- Only the request's own nodes speak for it (msg.from is nil for local news).
+  if msg.from and not st.nodes[msg.from] then return end
   st.inbox[#st.inbox + 1] = msg
   if st.waiting then
     st.waiting = false
@@ -168,7 +173,7 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop)
     local m = self:wait(st, self.step_timeout)
     if m.t == "token" then
       ttft = ttft or native.now() - t0
-      if type(m.id) ~= "number" then
+      if type(m.id) ~= "number" or m.id ~= math.floor(m.id) or m.id < 0 or m.id >= model.tokenizer.n_vocab then
         finish_request()
         return nil, "a malformed token came back from the ring"
       end
@@ -262,7 +267,10 @@ function Ring:on_open(from, rid, msg)
   if shard.is_last then
     local text_side, terr = self.node:model(msg.model)
     if not text_side then return refuse(terr) end
-    if type(msg.prompt) ~= "table" or #msg.prompt < 1 then return refuse("no prompt") end
+    if type(msg.prompt) ~= "table" or #msg.prompt < 1 or #msg.prompt >= msg.n_ctx then return refuse("no prompt") end
+    for _, id in ipairs(msg.prompt) do
+      if not is_int(id, 0, shard.n_vocab - 1) then return refuse("a prompt token outside the vocabulary") end
+    end
     if type(msg.sampling) ~= "table" then return refuse("no sampling settings") end
     local ok, sampler = pcall(sampling.new, shard.n_vocab, msg.sampling)
     if not ok then return refuse("bad sampling settings: " .. tostring(sampler)) end
