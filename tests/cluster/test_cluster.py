@@ -321,6 +321,79 @@ class Identity(unittest.TestCase):
                 n.stop()
 
 
+def start_with_own_file(home, node_id, peers):
+    """A node whose peers file lists only `peers` ({id: port}), itself among them."""
+    path = os.path.join(home, node_id + ".json")
+    write_peers(path, [(nid, port, 1000) for nid, port in peers.items()])
+    node = Node("--node-id", node_id, "--discovery-config-path", path, "--node-host", "127.0.0.1",
+                "--peer-timeout", "2")
+    node.node_id, node.wire_port, node.peers_file = node_id, peers[node_id], path
+    return node
+
+
+class Discovery(unittest.TestCase):
+    def test_peers_of_peers_are_found_through_gossip(self):
+        # a knows b, c knows b, b knows nobody: all three end up connected.
+        with with_home() as home:
+            pa, pb, pc = free_port(), free_port(), free_port()
+            b = start_with_own_file(home, "b", {"b": pb})
+            a = start_with_own_file(home, "a", {"a": pa, "b": pb})
+            c = start_with_own_file(home, "c", {"c": pc, "b": pb})
+            wait_for_topology([a, b, c], 3, timeout=15)
+            for n in (a, b, c):
+                n.stop()
+
+    def test_an_edited_peers_file_is_read_again(self):
+        with with_home() as home:
+            pa, pb = free_port(), free_port()
+            a = start_with_own_file(home, "a", {"a": pa})
+            b = start_with_own_file(home, "b", {"b": pb})
+            time.sleep(0.5)
+            wait_for_topology([a, b], 1, timeout=5)
+            tmp = a.peers_file + ".new"  # as editors save: write aside, rename over
+            write_peers(tmp, [("a", pa, 1000), ("b", pb, 1000)])
+            os.rename(tmp, a.peers_file)
+            wait_for_topology([a, b], 2, timeout=15)
+            for n in (a, b):
+                n.stop()
+
+    def test_a_silent_peer_is_dropped_and_rejoins(self):
+        # SIGSTOP keeps b's sockets open but it answers nothing: a must not hang
+        # on it, and once b runs again the two find each other.
+        with with_home() as home:
+            pa, pb = free_port(), free_port()
+            a = start_with_own_file(home, "a", {"a": pa, "b": pb})
+            b = start_with_own_file(home, "b", {"a": pa, "b": pb})
+            wait_for_topology([a, b], 2, timeout=15)
+            import http.client
+            body = {"model": TINY_CHAT, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000,
+                    "temperature": 0, "stream": True}
+            conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+            conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+            res = conn.getresponse()
+            res.readline()
+            b.proc.send_signal(signal.SIGSTOP)
+            t0 = time.time()
+            rest = res.read().decode()
+            conn.close()
+            self.assertLess(time.time() - t0, 10)  # --peer-timeout 2
+            self.assertIn("stopped answering pings", rest)
+            b.proc.send_signal(signal.SIGCONT)
+            wait_for_topology([a, b], 2, timeout=20)
+            self.assertTrue(chat(b, TINY_CHAT, "hello") is not None)
+            for n in (a, b):
+                n.stop()
+
+    def test_wait_for_peers(self):
+        with with_home():
+            node = Node("--wait-for-peers", "1")
+            status, raw, _ = node.request("POST", "/v1/chat/completions", {
+                "model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            self.assertEqual(status, 503)
+            self.assertIn("waiting for peers: 0 of 1", json.loads(raw)["error"]["message"])
+            node.stop()
+
+
 POLICY_REVERSED = """
 -- Everything on the node with the smallest id first, whatever the memories.
 return function(topology, model)
