@@ -125,6 +125,20 @@ int exo_sample_candidates(const float *logits, int n_vocab, float temperature, i
                           int32_t *ids_out, float *probs_out, int cap, int *n_out);
 /* out[i] = log softmax(logits)[i] (for logprobs). */
 int exo_sample_log_softmax(const float *logits, int n, float *out);
+/* The same distribution as exo_sample_candidates, dense: probs_out[n_vocab]
+ * holds every token's probability (0 outside the kept candidates). Without
+ * top-k, top-p or min-p it is a plain softmax at the temperature (O(n));
+ * otherwise ids_scratch and probs_scratch (n_vocab each) hold the candidates
+ * on the way. For speculative decoding, where q(x) and p(x) are looked up. */
+int exo_sample_probs(const float *logits, int n_vocab, float temperature, int top_k, float top_p, float min_p,
+                     int32_t *ids_scratch, float *probs_scratch, float *probs_out);
+/* The index i where the running sum of probs[0..i] first passes u * sum
+ * (u in [0, 1)): a draw from a dense distribution. Negative when it is all
+ * zero. */
+int exo_sample_draw(const float *probs, int n, double u);
+/* A draw (with u) from norm(max(0, p - q)): what speculative decoding emits
+ * at the first rejected draft. Negative when p <= q everywhere. */
+int exo_sample_residual(const float *p, const float *q, int n, double u);
 
 /* ---- tokenizer ------------------------------------------------------------ */
 

@@ -187,3 +187,68 @@ int exo_sample_log_softmax(const float *logits, int n, float *out)
     for (int i = 0; i < n; i++) out[i] = logits[i] - lse;
     return EXO_OK;
 }
+
+int exo_sample_probs(const float *logits, int n_vocab, float temperature, int top_k, float top_p, float min_p,
+                     int32_t *ids_scratch, float *probs_scratch, float *probs_out)
+{
+    if (!logits || n_vocab < 1 || !probs_out) return exo_error_set(EXO_EINVAL, "exo_sample_probs: bad arguments");
+    if (!(temperature > 0)) return exo_error_set(EXO_EINVAL, "temperature %g: greedy decoding uses argmax", temperature);
+    int truncated = (top_k > 0 && top_k < n_vocab) || top_p < 1 || min_p > 0;
+    if (truncated) {
+        if (!ids_scratch || !probs_scratch) return exo_error_set(EXO_EINVAL, "exo_sample_probs: scratch needed");
+        int n = 0;
+        int rc = exo_sample_candidates(logits, n_vocab, temperature, top_k, top_p, min_p, ids_scratch, probs_scratch,
+                                       n_vocab, &n);
+        if (rc) return rc;
+        memset(probs_out, 0, sizeof(float) * (size_t)n_vocab);
+        for (int i = 0; i < n; i++) probs_out[ids_scratch[i]] = probs_scratch[i];
+        return EXO_OK;
+    }
+    float max = -INFINITY;
+    for (int i = 0; i < n_vocab; i++)
+        if (logits[i] > max) max = logits[i];
+    if (!isfinite(max)) return exo_error_set(EXO_EINVAL, "logits have no finite maximum");
+    double total = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        float e = (float)exp((double)(logits[i] - max) / temperature);
+        probs_out[i] = isnan(e) ? 0 : e;
+        total += probs_out[i];
+    }
+    for (int i = 0; i < n_vocab; i++) probs_out[i] = (float)(probs_out[i] / total);
+    return EXO_OK;
+}
+
+int exo_sample_draw(const float *probs, int n, double u)
+{
+    if (!probs || n < 1) return exo_error_set(EXO_EINVAL, "exo_sample_draw: bad arguments");
+    double total = 0;
+    for (int i = 0; i < n; i++) total += probs[i];
+    if (!(total > 0)) return exo_error_set(EXO_ERANGE, "the distribution is all zero");
+    double target = u * total, cum = 0;
+    int last = -1;
+    for (int i = 0; i < n; i++) {
+        if (probs[i] <= 0) continue;
+        cum += probs[i];
+        last = i;
+        if (target < cum) return i;
+    }
+    return last; /* rounding left the target past the last sum */
+}
+
+int exo_sample_residual(const float *p, const float *q, int n, double u)
+{
+    if (!p || !q || n < 1) return exo_error_set(EXO_EINVAL, "exo_sample_residual: bad arguments");
+    double total = 0;
+    for (int i = 0; i < n; i++)
+        if (p[i] > q[i]) total += (double)p[i] - q[i];
+    if (!(total > 0)) return exo_error_set(EXO_ERANGE, "the residual max(0, p - q) is all zero");
+    double target = u * total, cum = 0;
+    int last = -1;
+    for (int i = 0; i < n; i++) {
+        if (!(p[i] > q[i])) continue;
+        cum += (double)p[i] - q[i];
+        last = i;
+        if (target < cum) return i;
+    }
+    return last;
+}

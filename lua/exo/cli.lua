@@ -15,6 +15,7 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--discovery-module none|manual] [--discovery-config-path PEERS.json]
            [--wait-for-peers N] [--partitioning NAME|FILE.lua] [--inference-engine cpu]
            [--device-memory MB] [--wire-dtype f32|f16|q8_0] [--peer-timeout S]
+           [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
        exo <command> [options]
 
 With no command, exo starts a node: the ChatGPT-compatible API and the chat
@@ -23,6 +24,7 @@ page on http://localhost:52415.
 commands:
   run [MODEL] [--prompt TEXT] [--system-prompt TEXT] [--max-tokens N] [--temperature T]
       [--top-p P] [--top-k K] [--min-p P] [--seed S] [--stop TEXT] [--chat-template FILE.lua] [--verbose]
+      [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
                       answer one prompt (streamed to stdout), or chat when no --prompt is
                       given and stdin is a terminal
   repl                a LuaJIT REPL with the runtime loaded (exo.model, exo.tokenizer, ...)
@@ -125,7 +127,23 @@ local RUN_FLAGS = {
   prompt = "string", system_prompt = "string", max_tokens = "number", temperature = "number", top_p = "number",
   top_k = "number", min_p = "number", seed = "number", stop = "string", chat_template = "string",
   verbose = "boolean", threads = "number", ctx = "number",
+  enable_speculative = "boolean", draft_model = "string", draft_tokens = "number",
 }
+
+-- --enable-speculative --draft-model MODEL --draft-tokens N, as `exo run` and
+-- `exo serve` take them: nil (off), or { draft = spec, g = N }, or nil, err.
+local function speculative_opts(o)
+  if not o.enable_speculative then
+    if o.draft_model or o.draft_tokens then return nil, "--draft-model and --draft-tokens need --enable-speculative" end
+    return nil
+  end
+  if not o.draft_model then
+    return nil, "--enable-speculative needs --draft-model MODEL (another model, or MODEL:layers=0-K)"
+  end
+  local g = o.draft_tokens or 4
+  if g < 1 or g > 32 or g ~= math.floor(g) then return nil, "--draft-tokens must be an integer from 1 to 32" end
+  return { draft = o.draft_model, g = g }
+end
 
 -- Checks sampling flags the way the API checks request fields: a clear
 -- message naming the flag, before anything is loaded.
@@ -144,6 +162,8 @@ function commands.run(args)
     return 2
   end
   local bad = check_run_flags(opts)
+  local spec, spec_err = speculative_opts(opts)
+  bad = bad or spec_err
   if bad then
     io.stderr:write("exo run: " .. bad .. "\n")
     return 2
@@ -170,6 +190,16 @@ function commands.run(args)
     io.stderr:write("exo run: " .. serr .. "\n")
     return 1
   end
+  local speculative = spec and require "exo.speculative"
+  local draft_session
+  if spec then
+    local draft, derr = speculative.load_draft(spec.draft, model)
+    if draft then draft_session, derr = generate.session(draft, { n_ctx = session:n_ctx() }) end
+    if not draft_session then
+      io.stderr:write("exo run: draft: " .. derr .. "\n")
+      return 1
+    end
+  end
   local params = {
     max_tokens = opts.max_tokens, temperature = opts.temperature == nil and 0.7 or opts.temperature,
     top_p = opts.top_p, top_k = opts.top_k, min_p = opts.min_p, seed = opts.seed,
@@ -187,10 +217,16 @@ function commands.run(args)
       io.stderr:write("exo run: " .. warning .. "\n")
       warned = true
     end
-    local res, gerr = session:generate(ids, params, function(piece)
+    local function on_text(piece)
       io.stdout:write(piece)
       io.stdout:flush()
-    end)
+    end
+    local res, gerr
+    if draft_session then
+      res, gerr = speculative.generate(session, draft_session, ids, params, on_text, nil, spec.g)
+    else
+      res, gerr = session:generate(ids, params, on_text)
+    end
     if not res then return nil, gerr end
     io.stdout:write("\n")
     messages[#messages + 1] = { role = "assistant", content = res.text }
@@ -199,6 +235,12 @@ function commands.run(args)
       io.stderr:write(("prompt %d tokens (%d computed), TTFT %.3f s; %d tokens, %.1f tok/s; finish: %s\n"):format(
         res.n_prompt, res.n_computed, res.ttft, res.n_generated,
         res.n_generated > 1 and (res.n_generated - 1) / math.max(decode_s, 1e-9) or 0, res.finish_reason))
+      local sp = res.speculative
+      if sp then
+        io.stderr:write(("speculative: %d drafted, %d accepted (%.1f%%), %.2f tokens per target pass over %d passes\n")
+          :format(sp.drafted, sp.accepted, sp.drafted > 0 and 100 * sp.accepted / sp.drafted or 0,
+            res.n_generated / math.max(sp.passes, 1), sp.passes))
+      end
     end
     return res
   end
@@ -243,6 +285,7 @@ local SERVE_FLAGS = {
   node_id = "string", node_host = "string", node_port = "number", discovery_config_path = "string",
   wait_for_peers = "number", partitioning = "string", inference_engine = "string", device_memory = "number",
   wire_dtype = "string", peer_timeout = "number",
+  enable_speculative = "boolean", draft_model = "string", draft_tokens = "number",
 }
 
 -- The cluster side of `exo serve`: identity, wire, discovery, partitioning.
@@ -334,7 +377,13 @@ function commands.serve(args)
     io.stderr:write("exo: " .. terr .. "\n")
     return 1
   end
-  local node = require("exo.node").new { max_sessions = opts.max_sessions, n_ctx = opts.ctx, chat_template = template }
+  local spec, spec_err = speculative_opts(opts)
+  if spec_err then
+    io.stderr:write("exo: " .. spec_err .. "\n")
+    return 2
+  end
+  local node = require("exo.node").new { max_sessions = opts.max_sessions, n_ctx = opts.ctx, chat_template = template,
+    speculative = spec }
   local ctx = {
     node = node, api_key = opts.api_key, default_model = opts.default_model or models.default_id,
     default_temperature = opts.default_temp or 0.7, max_tokens = opts.max_generate_tokens or 1024,

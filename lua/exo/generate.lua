@@ -22,8 +22,8 @@ Session.__index = Session
 
 -- The blocking runner.
 M.sync_runner = {
-  forward = function(_, shard, seq, tokens, n, out)
-    return shard:forward(seq, tokens, n, false, out)
+  forward = function(_, shard, seq, tokens, n, out, all_logits)
+    return shard:forward(seq, tokens, n, all_logits, out)
   end,
 }
 
@@ -80,6 +80,52 @@ function Session:feed(id)
   if not ok then return nil, err end
   self.cached[#self.cached + 1] = id
   return true
+end
+
+-- Forgets cached positions from n on (speculative rollback).
+function Session:truncate(n)
+  local ok, err = self.seq:truncate(n)
+  if not ok then return nil, err end
+  for i = #self.cached, n + 1, -1 do self.cached[i] = nil end
+  return true
+end
+
+-- Makes the cache hold exactly ids (which may be empty), computing only what
+-- it lacks; no logits are kept.
+function Session:sync(ids)
+  local common, cached = 0, self.cached
+  while common < #cached and common < #ids and cached[common + 1] == ids[common + 1] do common = common + 1 end
+  local ok, err = self:truncate(common)
+  if not ok then return nil, err end
+  if common == #ids then return true end
+  local todo = #ids - common
+  for i = 1, todo do self.token_buf[i - 1] = ids[common + i] end
+  ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, todo, self.logits)
+  if not ok then
+    self.seq:truncate(common)
+    return nil, err
+  end
+  for i = common + 1, #ids do cached[i] = ids[i] end
+  return true
+end
+
+-- Appends tokens (a Lua list) and returns the logits of every one of them
+-- ([#tokens][n_vocab], owned by the session until the next call).
+function Session:extend(tokens)
+  local n = #tokens
+  if not self.all_logits or self.all_logits_rows < n then
+    self.all_logits = self.shard:output_buffer(n, true)
+    self.all_logits_rows = n
+  end
+  for i = 1, n do self.token_buf[i - 1] = tokens[i] end
+  local before = #self.cached
+  local ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, n, self.all_logits, true)
+  if not ok then
+    self.seq:truncate(before)
+    return nil, err
+  end
+  for i = 1, n do self.cached[before + i] = tokens[i] end
+  return self.all_logits
 end
 
 -- Longest suffix of s that is a proper prefix of some stop string: that much
@@ -288,6 +334,8 @@ end
 function Session:free()
   if self.seq then self.seq:free() end
   self.seq = nil
+  if self.draft then self.draft:free() end
+  self.draft = nil
 end
 
 return M

@@ -97,6 +97,10 @@ int exo_sample_penalties(float *logits, int n_vocab, const int32_t *recent, int 
 int exo_sample_candidates(const float *logits, int n_vocab, float temperature, int top_k, float top_p, float min_p,
                           int32_t *ids_out, float *probs_out, int cap, int *n_out);
 int exo_sample_log_softmax(const float *logits, int n, float *out);
+int exo_sample_probs(const float *logits, int n_vocab, float temperature, int top_k, float top_p, float min_p,
+                     int32_t *ids_scratch, float *probs_scratch, float *probs_out);
+int exo_sample_draw(const float *probs, int n, double u);
+int exo_sample_residual(const float *p, const float *q, int n, double u);
 typedef struct exo_tokenizer exo_tokenizer;
 typedef struct exo_tokenizer_stream {
     int32_t started;

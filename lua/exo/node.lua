@@ -46,12 +46,12 @@ local function new_runner()
 end
 
 -- Runs on a request's coroutine: submit, yield, return what the engine said.
-function Runner:forward(shard, seq, tokens, n, out)
+function Runner:forward(shard, seq, tokens, n, out, all_logits)
   local co = coroutine.running()
   assert(co, "the engine runner must be called from a coroutine")
   local id = self.next_id
   self.next_id = id + 1
-  local ok, err = shard:submit(seq, tokens, nil, n, false, out, id)
+  local ok, err = shard:submit(seq, tokens, nil, n, all_logits, out, id)
   if not ok then return nil, err end
   self.waiting[id] = co
   local done, ferr = coroutine.yield()
@@ -70,7 +70,8 @@ end
 -- ---- models and sessions --------------------------------------------------------
 
 -- opts: max_sessions (per model), n_ctx, chat_template (function or text),
--- loader (for tests: function(id) -> model).
+-- speculative ({ draft = spec, g = N }: every request on this node drafts
+-- with it unless it says "speculative": false).
 function M.new(opts)
   opts = opts or {}
   local self = setmetatable({
@@ -183,9 +184,25 @@ function Node:generate(req, on_text, should_stop)
     local ok, serr = require("exo.model").load_shard(entry.model)
     if not ok then return nil, serr, 500 end
   end
+  local spec = self.opts.speculative
+  if spec and not entry.draft then
+    local draft, derr = require("exo.speculative").load_draft(spec.draft, entry.model)
+    if not draft then return nil, "draft model: " .. derr, 500 end
+    entry.draft = draft
+  end
   local session, serr = self:acquire(entry, ids)
   if not session then return nil, serr, 503 end
-  local res, gerr = session:generate(ids, req, on_text, should_stop)
+  local res, gerr
+  if spec and req.speculative ~= false then
+    if not session.draft then
+      session.draft, gerr = generate.session(entry.draft, { n_ctx = self.n_ctx, runner = self.runner })
+    end
+    if session.draft then
+      res, gerr = require("exo.speculative").generate(session, session.draft, ids, req, on_text, should_stop, spec.g)
+    end
+  else
+    res, gerr = session:generate(ids, req, on_text, should_stop)
+  end
   self:release(entry, session, res ~= nil)
   if not res then return nil, gerr, 500 end
   return res
