@@ -779,6 +779,9 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
         return;
     }
     int pos = exo_seq_pos(r->seq);
+    /* Rows at an earlier position roll the sequence back first: that is how
+     * a speculative step's rejected drafts leave every shard's cache. */
+    if (t.position < pos && exo_seq_truncate(r->seq, t.position) == EXO_OK) pos = t.position;
     if (t.position != pos || (int64_t)t.n_rows > exo_seq_n_ctx(r->seq) - pos) {
         snprintf(detail, sizeof detail, "%u rows at position %d, the sequence is at %d of %d", t.n_rows, t.position,
                  pos, exo_seq_n_ctx(r->seq));

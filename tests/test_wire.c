@@ -276,9 +276,19 @@ static void test_transport(const char *tiny)
                     if (step == 2) CHECK_MSG(num / den < 1e-3, "wire dtype %u: nmse %g", wire_dtypes[k], num / den);
                 }
             }
-            /* Rows out of place fail the request, not the connection. */
+            /* Rows at an earlier position roll every shard back: the last
+             * decode step again gives the same logits. */
+            if (k == 0 && got) {
+                int before = count(&sb, EXO_WIRE_EV_OUTPUT);
+                CHECK(exo_wire_send_tokens(a, 0, req, 11, prompt + 11, 1, 0) == 0);
+                CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_OUTPUT, before + 1));
+                int rows = 0, at = -1;
+                CHECK(exo_wire_route_output(b, req, (const float **)&got, &rows, &at) == 0 && at == 11);
+                CHECK_MSG(memcmp(got, ref, sizeof(float) * nv) == 0, "rolled-back step differs");
+            }
+            /* Rows ahead of the sequence fail the request, not the connection. */
             int failed = count(&sb, EXO_WIRE_EV_FAILED) + count(&sa, EXO_WIRE_EV_FAILED);
-            CHECK(exo_wire_send_tokens(a, 0, req, 3, prompt, 1, 0) == 0);
+            CHECK(exo_wire_send_tokens(a, 0, req, 50, prompt, 1, 0) == 0);
             uv_run(&loop, UV_RUN_NOWAIT);
             drain(a, &sa);
             CHECK(count(&sa, EXO_WIRE_EV_FAILED) + count(&sb, EXO_WIRE_EV_FAILED) == failed + 1);

@@ -175,7 +175,15 @@ function Node:generate(req, on_text, should_stop)
     if not plan then return nil, plan_err, 500 end
     if #plan > 1 or plan[1].node_id ~= self.ring.cluster.id then
       self:unload_local(entry)
-      local res, rerr = self.ring:generate(entry.model, ids, req, plan, on_text, should_stop)
+      local spec = self.opts.speculative
+      local draft
+      if spec and req.speculative ~= false and require("exo.ring").can_speculate(req) then
+        local derr
+        draft, derr = self:draft_session(entry)
+        if not draft then return nil, derr, 500 end
+      end
+      local res, rerr = self.ring:generate(entry.model, ids, req, plan, on_text, should_stop, draft, spec and spec.g)
+      if draft then table.insert(entry.draft_idle, draft) end
       if not res then return nil, rerr, 503 end
       return res
     end
@@ -206,6 +214,20 @@ function Node:generate(req, on_text, should_stop)
   self:release(entry, session, res ~= nil)
   if not res then return nil, gerr, 500 end
   return res
+end
+
+-- A draft session for ring requests (the draft runs on the asking node),
+-- reused across requests so its cache keeps the conversation's prefix.
+function Node:draft_session(entry)
+  entry.draft_idle = entry.draft_idle or {}
+  local s = table.remove(entry.draft_idle)
+  if s then return s end
+  if not entry.draft then
+    local draft, err = require("exo.speculative").load_draft(self.opts.speculative.draft, entry.model)
+    if not draft then return nil, "draft model: " .. err end
+    entry.draft = draft
+  end
+  return generate.session(entry.draft, { n_ctx = self.n_ctx, runner = self.runner })
 end
 
 -- Serves models through the ring from now on. opts: wait_for_peers.

@@ -52,7 +52,7 @@ function M.new(node, cluster, opts)
     local route = self.routes[rid]
     if route and route.asker == from then self:close_route(rid) end
   end)
-  for _, kind in ipairs { "ready", "token", "done", "error" } do
+  for _, kind in ipairs { "ready", "token", "done", "error", "verified" } do
     cluster:on(kind, function(from, rid, msg)
       msg.from = from
       self:deliver(rid, msg)
@@ -121,9 +121,20 @@ local function fix_logprob_entry(e)
   return e
 end
 
+-- Whether a request can be decoded speculatively over the ring: the verify
+-- pass comes back as the target's argmax per row, so greedy requests only
+-- (sampled ones decode plainly, one token a pass).
+function M.can_speculate(req)
+  return req.temperature == 0 and (req.repeat_penalty or 1) == 1 and (req.presence_penalty or 0) == 0
+    and (req.frequency_penalty or 0) == 0 and not req.logprobs
+end
+
 -- Runs one request over plan on the calling coroutine; the same contract as
--- generate.Session:generate (model: exo.model with its tokenizer).
-function Ring:generate(model, ids, req, plan, on_text, should_stop)
+-- generate.Session:generate (model: exo.model with its tokenizer). With draft
+-- (a local session on a draft model) and g, a greedy request is decoded
+-- speculatively: the draft runs here, the target's verify pass goes round the
+-- ring as one multi-row frame.
+function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
   local t0 = native.now()
   local rid = self:new_request_id()
   local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {} }
@@ -142,7 +153,9 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop)
     local msg = { t = "open", model = model.id, start = p.start_layer, stop = p.end_layer,
       next = plan[i + 1] and plan[i + 1].node_id or nil, first = plan[1].node_id, n_ctx = self.node.n_ctx,
       wire_dtype = self.wire_dtype }
-    if i == #plan then
+    if i == #plan and draft then
+      msg.verify = true
+    elseif i == #plan then
       msg.sampling = sampling_params
       msg.prompt = ids
       msg.max_tokens = req.max_tokens
@@ -160,6 +173,11 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop)
       finish_request()
       return nil, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t))
     end
+  end
+  if draft then
+    local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g, t0)
+    finish_request()
+    return res, serr
   end
   local ok, err = self.cluster.wire:send_tokens(cluster:conn_of(plan[1].node_id), rid, 0, ids)
   if not ok then
@@ -205,6 +223,61 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop)
     text = text, tokens = sink.tokens, finish_reason = finish, logprobs = sink.logprobs,
     n_prompt = #ids, n_computed = #ids, n_generated = #sink.tokens, ttft = ttft or seconds, seconds = seconds,
     plan = plan,
+  }
+end
+
+-- The asker's speculative loop: draft here, verify round the ring. Each verify
+-- frame starts where the accepted context ends, so every shard rolls its
+-- cache back to that position as the frame arrives (wire.c).
+function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g, t0)
+  local speculative = require "exo.speculative"
+  local wire, first = self.cluster.wire, self.cluster:conn_of(st.plan[1].node_id)
+  local tok = model.tokenizer
+  local n_ctx = self.node.n_ctx
+  local max_tokens = req.max_tokens or math.huge
+  local function verify(position, tokens, all)
+    local ok, err = wire:send_tokens(first, st.id, position, tokens, nil, all)
+    if not ok then return nil, "cannot reach the first node: " .. err end
+    local m = self:wait(st, self.step_timeout)
+    if m.t ~= "verified" or type(m.best) ~= "table" then return nil, m.message or "the ring failed" end
+    for _, b in ipairs(m.best) do
+      if type(b) ~= "number" or b < 0 or b >= tok.n_vocab then return nil, "a malformed verify answer" end
+    end
+    return m.best
+  end
+  local ctx = { unpack(ids) }
+  if #ctx > 1 then
+    local best, err = verify(0, { unpack(ctx, 1, #ctx - 1) }, false)
+    if not best then return nil, err end
+  end
+  local sink = generate.text_sink(tok, req, on_text)
+  local stats = { drafted = 0, accepted = 0, passes = 0 }
+  local finish, ttft = "length", nil
+  while #sink.tokens < max_tokens do
+    if should_stop and should_stop() then
+      finish = "cancelled"
+      break
+    end
+    local L = #ctx
+    if L >= n_ctx then break end
+    local ge = math.max(0, math.min(g, max_tokens - #sink.tokens - 1, n_ctx - 1 - L))
+    local drafts, derr = speculative.draft_greedy(draft, ctx, ge)
+    if not drafts then return nil, derr end
+    local best, verr = verify(L - 1, { ctx[L], unpack(drafts) }, true)
+    if not best then return nil, verr end
+    if #best ~= ge + 1 then return nil, "the verify pass returned the wrong number of rows" end
+    local emitted, n_acc = speculative.accept_greedy(drafts, best)
+    stats.passes, stats.drafted, stats.accepted = stats.passes + 1, stats.drafted + ge, stats.accepted + n_acc
+    ttft = ttft or native.now() - t0
+    local stop
+    stop, finish = speculative.emit(emitted, ctx, sink, tok, max_tokens, nil, finish)
+    if stop then break end
+  end
+  local text = sink:finish(finish)
+  local seconds = native.now() - t0
+  return {
+    text = text, tokens = sink.tokens, finish_reason = finish, n_prompt = #ids, n_computed = #ids,
+    n_generated = #sink.tokens, ttft = ttft or seconds, seconds = seconds, plan = st.plan, speculative = stats,
   }
 end
 
@@ -264,7 +337,10 @@ function Ring:on_open(from, rid, msg)
   local shard = entry.shard
   if shard.is_last ~= (msg.next == nil) then return refuse("the plan's last node must hold the last layer") end
   local route = { asker = from, shard_key = entry.key }
-  if shard.is_last then
+  if shard.is_last and msg.verify then
+    route.verify = true
+    route.n_vocab = shard.n_vocab
+  elseif shard.is_last then
     local text_side, terr = self.node:model(msg.model)
     if not text_side then return refuse(terr) end
     if type(msg.prompt) ~= "table" or #msg.prompt < 1 or #msg.prompt >= msg.n_ctx then return refuse("no prompt") end
@@ -316,10 +392,18 @@ end
 -- The last node: logits are ready; sample, tell the asker, feed the first node.
 function Ring:on_output(rid)
   local route = self.routes[rid]
-  if not route or not route.sampler or route.done then return end
+  if not route or route.done then return end
   local cluster = self.cluster
-  local logits = cluster.wire:route_output(rid)
+  local logits, rows = cluster.wire:route_output(rid)
   if not logits then return end
+  if route.verify then
+    -- A speculative verify pass: the target's choice for every row.
+    local best = {}
+    for i = 1, rows do best[i] = native.argmax(logits + (i - 1) * route.n_vocab, route.n_vocab) end
+    cluster:send(route.asker, rid, { t = "verified", best = best })
+    return
+  end
+  if not route.sampler then return end
   logits = ffi.cast("float*", logits)
   local lp
   if route.lp_buf then

@@ -124,6 +124,36 @@ local function describe(tok, id)
   return ("%d %q"):format(id, piece)
 end
 
+-- Greedy drafts: ge tokens, each the draft's argmax (the draft session
+-- catches up on ctx first). Returns the list or nil, err.
+function M.draft_greedy(draft, ctx, ge)
+  local drafts = {}
+  if ge < 1 then return drafts end
+  local _, err = draft:prefill(ctx)
+  if err then return nil, "draft: " .. err end
+  for i = 1, ge do
+    drafts[i] = C.exo_sample_argmax(draft.logits, draft.shard.n_vocab)
+    if i < ge then
+      local ok, ferr = draft:feed(drafts[i])
+      if not ok then return nil, "draft: " .. ferr end
+    end
+  end
+  return drafts
+end
+
+-- Emits a step's tokens in order: an end-of-generation token, a stop string
+-- or max_tokens inside the block ends it there (nothing past them comes out).
+-- ctx grows by what was emitted. Returns stop (the answer is over), finish.
+function M.emit(emitted, ctx, sink, tok, max_tokens, lp_of, finish)
+  for i, id in ipairs(emitted) do
+    if tok:is_eog(id) then return true, "stop" end
+    ctx[#ctx + 1] = id
+    if sink:push(id, lp_of and lp_of(i, id)) then return true, "stop" end
+    if #sink.tokens >= max_tokens then return false, finish end
+  end
+  return false, finish
+end
+
 -- Scratch per session pair: dense rows for p and q, and the sampler buffers.
 local function scratch(self, g, n_vocab)
   local s = self.spec_scratch
@@ -193,17 +223,16 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
 
     -- Draft ge tokens from q (the draft catches up on what it has not seen).
     local drafts = {}
-    if ge > 0 then
+    if greedy then
+      local derr
+      drafts, derr = M.draft_greedy(draft, ctx, ge)
+      if not drafts then return nil, derr end
+    elseif ge > 0 then
       local _, derr = draft:prefill(ctx)
       if derr then return nil, "draft: " .. derr end
       local hist = { unpack(ctx) }
       for i = 1, ge do
-        local x
-        if greedy then
-          x = C.exo_sample_argmax(draft.logits, n_vocab)
-        else
-          x = C.exo_sample_draw(dense(sampler, draft.logits, hist, sc.q[i]), n_vocab, rng:uniform())
-        end
+        local x = C.exo_sample_draw(dense(sampler, draft.logits, hist, sc.q[i]), n_vocab, rng:uniform())
         drafts[i] = x
         hist[#hist + 1] = x
         if i < ge then
@@ -270,20 +299,10 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
 
     -- Emit in order; EOS, a stop string or max_tokens inside the block end it there.
     ttft = ttft or native.now() - t0
-    local stop = false
-    for i, id in ipairs(emitted) do
-      if tok:is_eog(id) then
-        finish, stop = "stop", true
-        break
-      end
-      local lp = lps and generate.logprob_entry(tok, lps[i].buf, n_vocab, id, params.top_logprobs or 0)
-      ctx[#ctx + 1] = id
-      if sink:push(id, lp) then
-        finish, stop = "stop", true
-        break
-      end
-      if #sink.tokens >= max_tokens then break end
-    end
+    local stop
+    stop, finish = M.emit(emitted, ctx, sink, tok, max_tokens, lps and function(i, id)
+      return generate.logprob_entry(tok, lps[i].buf, n_vocab, id, params.top_logprobs or 0)
+    end, finish)
     if stop then break end
     if #ctx >= target:n_ctx() then break end -- the cache is full
   end

@@ -293,6 +293,51 @@ def log_of(node):
     return node.log.read().decode(errors="replace")
 
 
+def chat_full(node, model, prompt, max_tokens=40, **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, **extra}
+    status, raw, _ = node.request("POST", "/v1/chat/completions", body)
+    if status != 200:
+        raise AssertionError("status %d: %s" % (status, raw[:300]))
+    return json.loads(raw)
+
+
+class Speculative(unittest.TestCase):
+    """Greedy speculative decoding (a self-speculative draft of the default
+    model's first 26 layers) gives exactly the plain greedy answer, on one
+    node and with the target split over three."""
+
+    def test_one_node_and_three(self):
+        draft = ["--enable-speculative", "--draft-model", DEFAULT_MODEL + ":layers=0-26", "--draft-tokens", "3"]
+        with with_home() as home:
+            plain = Node("--node-id", "plain")
+            want = {p: chat(plain, DEFAULT_MODEL, p, max_tokens=40) for p in PROMPTS[:3]}
+            plain.stop()
+            solo = Node("--node-id", "solo", *draft)
+            for p in PROMPTS[:3]:
+                res = chat_full(solo, DEFAULT_MODEL, p)
+                self.assertEqual(res["choices"][0]["message"]["content"], want[p], p)
+                sp = res["usage"]["speculative"]
+                self.assertGreater(sp["drafted"], 0)
+                self.assertLessEqual(sp["accepted"], sp["drafted"])
+                self.assertLessEqual(sp["passes"], res["usage"]["completion_tokens"])
+            off = chat_full(solo, DEFAULT_MODEL, PROMPTS[0], speculative=False)
+            self.assertNotIn("speculative", off["usage"])
+            self.assertEqual(off["choices"][0]["message"]["content"], want[PROMPTS[0]])
+            solo.stop()
+            nodes = start_cluster(home, [("n1", 3000), ("n2", 2000), ("n3", 1000)], *draft)
+            for node in nodes:
+                for p in PROMPTS[:3]:
+                    res = chat_full(node, DEFAULT_MODEL, p)
+                    self.assertEqual(res["choices"][0]["message"]["content"], want[p], "%s: %r" % (node.node_id, p))
+                    self.assertGreater(res["usage"]["speculative"]["passes"], 0)
+            # Sampled requests over the ring decode plainly (no speculative usage).
+            res = chat_full(nodes[1], DEFAULT_MODEL, PROMPTS[1], temperature=0.8, seed=5)
+            self.assertNotIn("speculative", res["usage"])
+            for n in nodes:
+                n.stop()
+
+
 class Identity(unittest.TestCase):
     def test_a_restart_keeps_the_node_id(self):
         with with_home():
