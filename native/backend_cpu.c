@@ -132,7 +132,7 @@ static void matmul_dot_rows(void *ctx, int64_t begin, int64_t end, int thread)
         int64_t stop = end < j->first[o + 1] ? end : j->first[o + 1];
         int64_t r0 = begin - j->first[o], r1 = stop - j->first[o];
         const exo_vec_dot_fn dot = j->tr[o]->vec_dot;
-        const exo_vec_dot_x4_fn dot4 = j->tr[o]->vec_dot_x4;
+        const exo_vec_dot_x4_fn dot4 = j->n_tokens >= j->tr[o]->x4_min_tokens ? j->tr[o]->vec_dot_x4 : NULL;
         for (int t0 = 0; t0 < j->n_tokens; t0 += DOT_TOKEN_BLOCK) {
             int t1 = t0 + DOT_TOKEN_BLOCK < j->n_tokens ? t0 + DOT_TOKEN_BLOCK : j->n_tokens;
             int64_t r = r0;

@@ -338,8 +338,11 @@ static void test_traits(void)
     for (int k = 0; k < N_DTYPES; k++) {
         const exo_type_traits *tk = exo_type_traits_get(all_dtypes[k]);
         bool four_bit = all_dtypes[k] == EXO_DTYPE_Q4_0 || all_dtypes[k] == EXO_DTYPE_Q4_1;
-        bool want_x4 = exo_quants_have_avx512() && four_bit;
+        bool q8 = all_dtypes[k] == EXO_DTYPE_Q8_0;
+        bool want_x4 = exo_quants_have_avx512() && (four_bit || q8);
         CHECK_MSG((tk->vec_dot_x4 != NULL) == want_x4, "%s: vec_dot_x4 %s", tk->name, tk->vec_dot_x4 ? "set" : "NULL");
+        /* Q8_0's four-row dot is for batches only (see quants.c). */
+        if (want_x4) CHECK(tk->x4_min_tokens == (q8 ? 2 : 0));
     }
 }
 

@@ -729,9 +729,13 @@ static void quants_init_once(void)
     type_traits[EXO_DTYPE_Q4_0].vec_dot_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512;
     type_traits[EXO_DTYPE_Q4_1].vec_dot = exo_vec_dot_q4_1_q8_32_avx512;
     type_traits[EXO_DTYPE_Q4_1].vec_dot_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512;
-    /* Q8_0 gets no four-row dot: its x4 kernel wins only while the rows sit
-     * in cache; streaming from DRAM (the output head) it lost to one row. */
+    /* Q8_0's four-row dot wins only while the rows sit in cache: streaming
+     * the output head from DRAM for one token it lost to one row, but a batch
+     * (a speculative verify pass, a prompt) reuses each row group for every
+     * token, and there it wins (verify of 9 positions: 24 -> 19 ms). */
     type_traits[EXO_DTYPE_Q8_0].vec_dot = exo_vec_dot_q8_0_q8_32_avx512;
+    type_traits[EXO_DTYPE_Q8_0].vec_dot_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512;
+    type_traits[EXO_DTYPE_Q8_0].x4_min_tokens = 2;
     have_avx512 = true;
 #endif
 }

@@ -113,6 +113,7 @@ typedef struct exo_type_traits {
     exo_vec_dot_fn vec_dot;       /* fastest available */
     exo_vec_dot_fn vec_dot_ref;
     exo_vec_dot_x4_fn vec_dot_x4; /* fastest four-row dot, or NULL where none beats vec_dot */
+    int x4_min_tokens;            /* use vec_dot_x4 only for batches of at least this many tokens */
 } exo_type_traits;
 
 /* Detects CPU features once and fills the fast entries; safe to call many times.

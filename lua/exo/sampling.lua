@@ -105,9 +105,22 @@ function Sampler:draw(ids, probs, n)
   return ids[n - 1], probs[n - 1] -- rounding left u past the last sum
 end
 
+-- Whether no top-k, top-p or min-p cuts the distribution (then it is a plain
+-- softmax, drawn in O(n_vocab) without sorting the vocabulary).
+function Sampler:untruncated()
+  return (self.top_k <= 0 or self.top_k >= self.n_vocab) and self.top_p >= 1 and self.min_p <= 0
+end
+
 -- One token from logits (modified in place by penalties), given the history.
 function Sampler:sample(logits, history)
   if history then self:penalize(logits, history) end
+  if not self:greedy() and self:untruncated() then
+    self.dense = self.dense or ffi.new("float[?]", self.n_vocab)
+    local rc = C.exo_sample_probs(logits, self.n_vocab, self.temperature, 0, 1, 0, nil, nil, self.dense)
+    if rc ~= 0 then error(select(2, native.fail(rc))) end
+    local id = C.exo_sample_draw(self.dense, self.n_vocab, self.rng:uniform())
+    return id, self.dense[id]
+  end
   return self:draw(self:distribution(logits))
 end
 
