@@ -252,6 +252,7 @@ function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g, t0)
   end
   local sink = generate.text_sink(tok, req, on_text)
   local stats = { drafted = 0, accepted = 0, passes = 0 }
+  local debug = (tonumber(os.getenv("DEBUG") or "0") or 0) >= 1
   local finish, ttft = "length", nil
   while #sink.tokens < max_tokens do
     if should_stop and should_stop() then
@@ -266,8 +267,10 @@ function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g, t0)
     local best, verr = verify(L - 1, { ctx[L], unpack(drafts) }, true)
     if not best then return nil, verr end
     if #best ~= ge + 1 then return nil, "the verify pass returned the wrong number of rows" end
-    local emitted, n_acc = speculative.accept_greedy(drafts, best)
+    local trace = debug and {} or nil
+    local emitted, n_acc = speculative.accept_greedy(drafts, best, trace)
     stats.passes, stats.drafted, stats.accepted = stats.passes + 1, stats.drafted + ge, stats.accepted + n_acc
+    if trace then speculative.print_trace(tok, trace, true, stats.passes) end
     ttft = ttft or native.now() - t0
     local stop
     stop, finish = speculative.emit(emitted, ctx, sink, tok, max_tokens, nil, finish)

@@ -154,6 +154,26 @@ function M.emit(emitted, ctx, sink, tok, max_tokens, lp_of, finish)
   return false, finish
 end
 
+-- DEBUG >= 1: one line a step on stderr: each draft with q(x), p(x), the
+-- ratio, the uniform draw and the decision, the token resampled from the
+-- residual, the bonus token (greedy: the draft against the target's choice).
+function M.print_trace(tok, trace, greedy, step)
+  local parts = {}
+  for _, t in ipairs(trace) do
+    if t.bonus then
+      parts[#parts + 1] = "bonus " .. describe(tok, t.bonus)
+    elseif greedy then
+      parts[#parts + 1] = ("draft %s target %s %s"):format(describe(tok, t.token), describe(tok, t.target),
+        t.accepted and "accept" or "reject")
+    else
+      parts[#parts + 1] = ("draft %s q=%.4f p=%.4f p/q=%.3f u=%.4f %s%s"):format(describe(tok, t.token), t.q, t.p,
+        t.ratio, t.u, t.accepted and "accept" or "reject",
+        t.resampled and (" -> residual " .. describe(tok, t.resampled)) or "")
+    end
+  end
+  io.stderr:write(("spec: step %d: %s\n"):format(step, table.concat(parts, "; ")))
+end
+
 -- Scratch per session pair: dense rows for p and q, and the sampler buffers.
 local function scratch(self, g, n_vocab)
   local s = self.spec_scratch
@@ -276,22 +296,7 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
       emitted, n_acc = M.accept(drafts, sc.q, sc.p, n_vocab, rng, trace)
     end
     stats.accepted = stats.accepted + n_acc
-    if dbg then
-      local parts = {}
-      for _, t in ipairs(trace) do
-        if t.bonus then
-          parts[#parts + 1] = "bonus " .. describe(tok, t.bonus)
-        elseif greedy then
-          parts[#parts + 1] = ("draft %s target %s %s"):format(describe(tok, t.token), describe(tok, t.target),
-            t.accepted and "accept" or "reject")
-        else
-          parts[#parts + 1] = ("draft %s q=%.4f p=%.4f p/q=%.3f u=%.4f %s%s"):format(describe(tok, t.token), t.q, t.p,
-            t.ratio, t.u, t.accepted and "accept" or "reject",
-            t.resampled and (" -> residual " .. describe(tok, t.resampled)) or "")
-        end
-      end
-      io.stderr:write(("spec: step %d: %s\n"):format(stats.passes, table.concat(parts, "; ")))
-    end
+    if dbg then M.print_trace(tok, trace, greedy, stats.passes) end
 
     -- The target keeps token L and the accepted drafts.
     local tok_ok, terr = target:truncate(L + n_acc)
