@@ -80,8 +80,10 @@ static void *engine_main(void *arg)
         engine_job job = ring_pop(&engine.pending);
         pthread_mutex_unlock(&engine.lock);
 
+        double started = exo_now();
         job.status = exo_shard_forward(job.shard, job.seq, job.tokens, job.hidden, job.n_tokens, job.all_logits,
                                        job.out);
+        uint64_t compute_ns = (uint64_t)((exo_now() - started) * 1e9);
         /* Nothing queued: let the workers sleep now rather than spin through
          * the gap until the next token (other processes may want the cores). */
         pthread_mutex_lock(&engine.lock);
@@ -91,7 +93,7 @@ static void *engine_main(void *arg)
         job.err[0] = 0;
         if (job.status) snprintf(job.err, sizeof job.err, "%s", exo_last_error());
         if (job.done) {
-            job.done(job.done_ctx, job.status, job.err);
+            job.done(job.done_ctx, job.status, job.err, compute_ns);
             continue;
         }
 

@@ -313,6 +313,9 @@ typedef struct exo_wire_stats {
     uint64_t tensors_dropped;     /* tensor frames for no open route (a request already closed) */
     int32_t connections, routes;
     int32_t in_flight;            /* forward passes running for routes (closed ones too) */
+    /* Passes run for routes, and their time from the rows' arrival to the
+     * result's departure (sent on, or handed to Lua), of which computing. */
+    uint64_t passes, pass_total_ns, pass_compute_ns;
 } exo_wire_stats;
 
 /* The host's loop; the wire uses it when exo_wire_new is given NULL. */

@@ -70,6 +70,7 @@ typedef struct wire_route {
     size_t hidden_cap, out_cap;
     int status;
     char err[256];
+    uint64_t arrived_ns, compute_ns; /* this pass: rows in (loop clock), forward time */
     struct wire_route *next, *done_next;
 } wire_route;
 
@@ -706,11 +707,12 @@ static void route_fail(exo_wire *w, wire_route *r, uint64_t request_id, const ch
 }
 
 /* Engine thread: hand the finished route back to the loop. */
-static void route_done(void *ctx, int status, const char *err)
+static void route_done(void *ctx, int status, const char *err, uint64_t compute_ns)
 {
     wire_route *r = ctx;
     exo_wire *w = r->w;
     r->status = status;
+    r->compute_ns = compute_ns;
     snprintf(r->err, sizeof r->err, "%s", status ? err : "");
     pthread_mutex_lock(&w->done_lock);
     r->done_next = NULL;
@@ -737,14 +739,19 @@ static void on_routes_done(uv_async_t *a)
             route_free(r);
         } else if (r->status) {
             route_fail(w, r, r->id, "forward pass failed: %s", r->err);
-        } else if (r->info.is_last) {
-            push_event(w, EXO_WIRE_EV_OUTPUT, 0, r->id, r->all_logits ? r->n_rows : 1, NULL, 0, NULL);
         } else {
-            exo_wire_tensor t = {.position = r->position, .dtype = r->wire_dtype, .n_rows = (uint32_t)r->n_rows,
-                                 .row_len = (uint32_t)r->info.n_embd,
-                                 .flags = r->all_logits ? EXO_WIRE_TENSOR_ALL_LOGITS : 0};
-            if (send_tensor(w, r->next_conn, r->id, &t, r->out))
-                route_fail(w, r, r->id, "cannot pass hidden states on: %s", exo_last_error());
+            if (r->info.is_last) {
+                push_event(w, EXO_WIRE_EV_OUTPUT, 0, r->id, r->all_logits ? r->n_rows : 1, NULL, 0, NULL);
+            } else {
+                exo_wire_tensor t = {.position = r->position, .dtype = r->wire_dtype,
+                                     .n_rows = (uint32_t)r->n_rows, .row_len = (uint32_t)r->info.n_embd,
+                                     .flags = r->all_logits ? EXO_WIRE_TENSOR_ALL_LOGITS : 0};
+                if (send_tensor(w, r->next_conn, r->id, &t, r->out))
+                    route_fail(w, r, r->id, "cannot pass hidden states on: %s", exo_last_error());
+            }
+            w->stats.passes++;
+            w->stats.pass_total_ns += uv_hrtime() - r->arrived_ns;
+            w->stats.pass_compute_ns += r->compute_ns;
         }
         r = next;
     }
@@ -808,6 +815,7 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
         }
         exo_wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->hidden);
     }
+    r->arrived_ns = uv_hrtime();
     r->position = t.position;
     r->n_rows = (int)t.n_rows;
     r->all_logits = all_logits;

@@ -184,6 +184,7 @@ typedef struct exo_wire_stats {
     uint64_t tensors_dropped;
     int32_t connections, routes;
     int32_t in_flight;
+    uint64_t passes, pass_total_ns, pass_compute_ns;
 } exo_wire_stats;
 int exo_runtime_set_loop(void *uv_loop);
 int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out);
@@ -557,7 +558,8 @@ function Wire:stats()
     bytes_sent = tonumber(s.bytes_sent), bytes_received = tonumber(s.bytes_received),
     tensor_bytes_sent = tonumber(s.tensor_bytes_sent), frames_rejected = tonumber(s.frames_rejected),
     tensors_dropped = tonumber(s.tensors_dropped), connections = s.connections, routes = s.routes,
-    in_flight = s.in_flight,
+    in_flight = s.in_flight, passes = tonumber(s.passes), pass_total_ns = tonumber(s.pass_total_ns),
+    pass_compute_ns = tonumber(s.pass_compute_ns),
   }
 end
 

@@ -394,6 +394,14 @@ end
 
 -- The last node: logits are ready; sample, tell the asker, feed the first node.
 function Ring:on_output(rid)
+  local t0 = native.now()
+  self:handle_output(rid)
+  -- What the control plane adds to each token on the last node (bench-cluster reads it).
+  self.output_count = (self.output_count or 0) + 1
+  self.output_seconds = (self.output_seconds or 0) + native.now() - t0
+end
+
+function Ring:handle_output(rid)
   local route = self.routes[rid]
   if not route or route.done then return end
   local cluster = self.cluster

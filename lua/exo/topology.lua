@@ -28,6 +28,10 @@ function M.view(ctx)
       caps.threads = native.threads()
       caps.kernels = native.cpu_features()
       wire = cluster.wire and cluster.wire:stats()
+      if wire and ctx.ring then
+        wire.outputs_handled = ctx.ring.output_count or 0
+        wire.output_handling_ns = math.floor((ctx.ring.output_seconds or 0) * 1e9)
+      end
     end
     nodes[#nodes + 1] = { id = id, address = n.address, port = n.port, capabilities = caps, rtt_us = n.rtt_us,
       wire = wire }
