@@ -348,9 +348,14 @@ int exo_wire_next_event(exo_wire *w, exo_wire_event *ev);
 /* Routes request_id's tensor frames through shard s on sequence q. A route of
  * a shard that is not last sends its hidden states on to next_conn, encoded
  * as wire_dtype (F32, F16 or Q8_0); a last shard's route raises an OUTPUT
- * event instead. The route owns q from now on (it frees it when closed, once
+ * event instead (next_conn 0), or sends its logits rows as f32 to next_conn
+ * (a collector there, open for request_id + 2^52). The route owns q from now on (it frees it when closed, once
  * no pass runs on it); s must stay loaded while stats.in_flight > 0. */
 int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype);
+/* A route with no shard, on the node that asked: logits rows [n][n_vocab]
+ * sent to it for request_id (a last shard's route whose next_conn names this
+ * node) raise an OUTPUT event and are read with exo_wire_route_output. */
+int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab);
 /* Forgets a route (a pass in flight finishes first, and its result is dropped). */
 int exo_wire_route_close(exo_wire *w, uint64_t request_id);
 /* The logits of a last-shard route's latest pass: n_rows rows of n_vocab, and

@@ -61,6 +61,7 @@ typedef struct wire_route {
     exo_shard_info info;
     int next_conn;
     uint32_t wire_dtype;
+    int collector;        /* no shard: rows that arrive are logits for Lua (exo_wire_collect_open) */
     int busy;             /* a forward pass is running on the engine thread */
     int closed;           /* forgotten by Lua; freed when the pass in flight ends */
     int position, n_rows, all_logits;
@@ -670,7 +671,7 @@ static wire_route *find_route(exo_wire *w, uint64_t id)
 
 static void route_free(wire_route *r)
 {
-    exo_seq_free(r->seq);
+    if (r->seq) exo_seq_free(r->seq);
     free(r->tokens);
     free(r->hidden);
     free(r->out);
@@ -740,8 +741,16 @@ static void on_routes_done(uv_async_t *a)
         } else if (r->status) {
             route_fail(w, r, r->id, "forward pass failed: %s", r->err);
         } else {
-            if (r->info.is_last) {
+            if (r->info.is_last && r->next_conn == 0) {
                 push_event(w, EXO_WIRE_EV_OUTPUT, 0, r->id, r->all_logits ? r->n_rows : 1, NULL, 0, NULL);
+            } else if (r->info.is_last) {
+                /* Logits go back to the asking node (a speculative verify it
+                 * decides on itself), always as f32: the target's exact rows. */
+                exo_wire_tensor t = {.position = r->position, .dtype = EXO_DTYPE_F32,
+                                     .n_rows = (uint32_t)(r->all_logits ? r->n_rows : 1),
+                                     .row_len = (uint32_t)r->info.n_vocab};
+                if (send_tensor(w, r->next_conn, r->id + EXO_WIRE_REPLY_OFFSET, &t, r->out))
+                    route_fail(w, r, r->id, "cannot send the logits back: %s", exo_last_error());
             } else {
                 exo_wire_tensor t = {.position = r->position, .dtype = r->wire_dtype,
                                      .n_rows = (uint32_t)r->n_rows, .row_len = (uint32_t)r->info.n_embd,
@@ -776,6 +785,24 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
     char detail[160];
     if (r->busy) {
         route_fail(w, r, request_id, "%s", "rows arrived while the previous pass was still running");
+        return;
+    }
+    if (r->collector) {
+        if (t.dtype == EXO_WIRE_DTYPE_I32 || t.row_len != (uint32_t)r->info.n_vocab) {
+            snprintf(detail, sizeof detail, "dtype %u rows of %u where logits of %d were expected", t.dtype,
+                     t.row_len, r->info.n_vocab);
+            route_fail(w, r, request_id, "logits do not fit: %s", detail);
+            return;
+        }
+        if (grow((void **)&r->out, &r->out_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
+            route_fail(w, r, request_id, "%s", exo_last_error());
+            return;
+        }
+        exo_wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->out);
+        r->position = t.position;
+        r->n_rows = (int)t.n_rows;
+        r->all_logits = 1;
+        push_event(w, EXO_WIRE_EV_OUTPUT, 0, r->id, r->n_rows, NULL, 0, NULL);
         return;
     }
     if (r->info.is_first ? t.dtype != EXO_WIRE_DTYPE_I32
@@ -855,6 +882,26 @@ int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq 
     r->seq = q;
     r->next_conn = next_conn;
     r->wire_dtype = (uint32_t)wire_dtype;
+    r->next = w->routes;
+    w->routes = r;
+    w->n_routes++;
+    w->stats.routes++;
+    return EXO_OK;
+}
+
+int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab)
+{
+    if (!w || n_vocab < 1) return exo_error_set(EXO_EINVAL, "exo_wire_collect_open: bad arguments");
+    if (find_route(w, request_id)) return exo_error_set(EXO_ESTATE, "request %llu already has a route",
+                                                        (unsigned long long)request_id);
+    if (w->n_routes >= WIRE_MAX_ROUTES) return exo_error_set(EXO_EAGAIN, "too many requests in flight");
+    wire_route *r = calloc(1, sizeof *r);
+    if (!r) return exo_error_set(EXO_ENOMEM, "out of memory for a route");
+    r->w = w;
+    r->id = request_id;
+    r->collector = 1;
+    r->info.is_last = 1;
+    r->info.n_vocab = n_vocab;
     r->next = w->routes;
     w->routes = r;
     w->n_routes++;

@@ -28,6 +28,11 @@
 #define EXO_WIRE_MAX_ROWS 65536u
 #define EXO_WIRE_MAX_ROW_LEN (1u << 20)
 
+/* Logits a last shard sends back for request R travel as request
+ * R + EXO_WIRE_REPLY_OFFSET (request ids stay below it), so the asking node
+ * can hold a shard route and a collector for the same request. */
+#define EXO_WIRE_REPLY_OFFSET (1ULL << 52)
+
 /* Token ids travel as GGUF's I32 type number. */
 #define EXO_WIRE_DTYPE_I32 26
 

@@ -295,6 +295,33 @@ static void test_transport(const char *tiny)
             CHECK(exo_wire_route_close(a, req) == 0);
             CHECK(exo_wire_route_close(b, req) == 0);
         }
+        /* A verify pass whose logits rows come back to the asking node: a's
+         * first shard, b's last shard sending every row to a's collector. */
+        {
+            uint64_t req = 200;
+            exo_seq *qa = NULL, *qb = NULL, *qr = NULL;
+            CHECK(exo_seq_new(first, 64, &qa) == 0 && exo_seq_new(second, 64, &qb) == 0);
+            CHECK(exo_wire_route_open(a, req, first, qa, conn_ab, EXO_DTYPE_F32) == 0);
+            CHECK(exo_wire_route_open(b, req, second, qb, conn_ba, EXO_DTYPE_F32) == 0);
+            CHECK(exo_wire_collect_open(a, req + EXO_WIRE_REPLY_OFFSET, nv) == 0);
+            int before = count(&sa, EXO_WIRE_EV_OUTPUT);
+            CHECK(exo_wire_send_tokens(a, 0, req, 0, prompt, 4, EXO_WIRE_TENSOR_ALL_LOGITS) == 0);
+            CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_OUTPUT, before + 1));
+            const exo_wire_event *ev = last_of(&sa, EXO_WIRE_EV_OUTPUT);
+            CHECK(ev && ev->request_id == req + EXO_WIRE_REPLY_OFFSET && ev->value == 4);
+            int rows = 0, at = -1;
+            const float *back = NULL;
+            CHECK(exo_wire_route_output(a, req + EXO_WIRE_REPLY_OFFSET, &back, &rows, &at) == 0 && rows == 4);
+            float *want = malloc(sizeof(float) * nv * 4);
+            CHECK(exo_seq_new(whole, 64, &qr) == 0);
+            CHECK(exo_shard_forward(whole, qr, prompt, NULL, 4, 1, want) == 0);
+            CHECK_MSG(back && memcmp(back, want, sizeof(float) * nv * 4) == 0, "returned logits differ");
+            free(want);
+            exo_seq_free(qr);
+            exo_wire_route_close(a, req);
+            exo_wire_route_close(b, req);
+            exo_wire_route_close(a, req + EXO_WIRE_REPLY_OFFSET);
+        }
         exo_wire_stats st;
         exo_wire_get_stats(a, &st);
         CHECK(st.tensor_bytes_sent > 0 && st.routes == 0 && st.connections == 1);

@@ -121,13 +121,14 @@ local function fix_logprob_entry(e)
   return e
 end
 
--- Whether a request can be decoded speculatively over the ring: the verify
--- pass comes back as the target's argmax per row, so greedy requests only
--- (sampled ones decode plainly, one token a pass).
+-- Whether a request can be decoded speculatively over the ring (logprobs
+-- are not carried back from a verify pass).
 function M.can_speculate(req)
-  return req.temperature == 0 and (req.repeat_penalty or 1) == 1 and (req.presence_penalty or 0) == 0
-    and (req.frequency_penalty or 0) == 0 and not req.logprobs
+  return not req.logprobs
 end
+
+-- The logits of request R come back to its asker as request R + 2^52 (wire.h).
+local REPLY_OFFSET = 2 ^ 52
 
 -- Runs one request over plan on the calling coroutine; the same contract as
 -- generate.Session:generate (model: exo.model with its tokenizer). With draft
@@ -154,7 +155,8 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
       next = plan[i + 1] and plan[i + 1].node_id or nil, first = plan[1].node_id, n_ctx = self.node.n_ctx,
       wire_dtype = self.wire_dtype }
     if i == #plan and draft then
-      msg.verify = true
+      -- Greedy needs only the target's choice per row; sampling needs the rows.
+      msg.verify = req.temperature == 0 and "argmax" or "rows"
     elseif i == #plan then
       msg.sampling = sampling_params
       msg.prompt = ids
@@ -175,7 +177,7 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
     end
   end
   if draft then
-    local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g, t0)
+    local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g)
     finish_request()
     return res, serr
   end
@@ -226,62 +228,73 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
   }
 end
 
--- The asker's speculative loop: draft here, verify round the ring. Each verify
--- frame starts where the accepted context ends, so every shard rolls its
--- cache back to that position as the frame arrives (wire.c).
-function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g, t0)
-  local speculative = require "exo.speculative"
-  local wire, first = self.cluster.wire, self.cluster:conn_of(st.plan[1].node_id)
-  local tok = model.tokenizer
-  local n_ctx = self.node.n_ctx
-  local max_tokens = req.max_tokens or math.huge
-  local function verify(position, tokens, all)
-    local ok, err = wire:send_tokens(first, st.id, position, tokens, nil, all)
-    if not ok then return nil, "cannot reach the first node: " .. err end
-    local m = self:wait(st, self.step_timeout)
-    if m.t ~= "verified" or type(m.best) ~= "table" then return nil, m.message or "the ring failed" end
-    for _, b in ipairs(m.best) do
-      if type(b) ~= "number" or b < 0 or b >= tok.n_vocab then return nil, "a malformed verify answer" end
-    end
-    return m.best
+-- The target as speculative.generate sees it when its layers are spread over
+-- the ring: a verify pass is a multi-row frame to the first node, and its
+-- answer comes back as the target's argmax per row (greedy) or as the logits
+-- rows themselves (sampling; into a collector route here). Truncating only
+-- forgets here: the next frame starts at the accepted position, and every
+-- shard rolls its cache back to it as the frame arrives (wire.c).
+local Remote = {}
+Remote.__index = Remote
+
+function Remote:n_ctx() return self.n_ctx_ end
+
+function Remote:truncate(n)
+  for i = #self.cached, n + 1, -1 do self.cached[i] = nil end
+  return true
+end
+
+-- Sends tokens at the end of the cached context and waits for the answer.
+function Remote:pass(tokens, all_logits)
+  local ring, st = self.ring, self.st
+  local ok, err = ring.cluster.wire:send_tokens(self.first, st.id, #self.cached, tokens, nil, all_logits)
+  if not ok then return nil, "cannot reach the first node: " .. err end
+  local m = ring:wait(st, ring.step_timeout)
+  if m.t ~= "verified" and m.t ~= "rows" then return nil, m.message or "the ring failed" end
+  for i = 1, #tokens do self.cached[#self.cached + 1] = tokens[i] end
+  return m
+end
+
+function Remote:sync(ids)
+  local common = 0
+  while common < #self.cached and common < #ids and self.cached[common + 1] == ids[common + 1] do common = common + 1 end
+  self:truncate(common)
+  if common == #ids then return true end
+  local m, err = self:pass({ unpack(ids, common + 1) }, false)
+  if not m then return nil, err end
+  return true
+end
+
+function Remote:extend_argmax(tokens)
+  local m, err = self:pass(tokens, true)
+  if not m then return nil, err end
+  if type(m.best) ~= "table" or #m.best ~= #tokens then return nil, "a malformed verify answer" end
+  for _, b in ipairs(m.best) do
+    if type(b) ~= "number" or b < 0 or b >= self.shard.n_vocab then return nil, "a malformed verify answer" end
   end
-  local ctx = { unpack(ids) }
-  if #ctx > 1 then
-    local best, err = verify(0, { unpack(ctx, 1, #ctx - 1) }, false)
-    if not best then return nil, err end
-  end
-  local sink = generate.text_sink(tok, req, on_text)
-  local stats = { drafted = 0, accepted = 0, passes = 0 }
-  local debug = (tonumber(os.getenv("DEBUG") or "0") or 0) >= 1
-  local finish, ttft = "length", nil
-  while #sink.tokens < max_tokens do
-    if should_stop and should_stop() then
-      finish = "cancelled"
-      break
-    end
-    local L = #ctx
-    if L >= n_ctx then break end
-    local ge = math.max(0, math.min(g, max_tokens - #sink.tokens - 1, n_ctx - 1 - L))
-    local drafts, derr = speculative.draft_greedy(draft, ctx, ge)
-    if not drafts then return nil, derr end
-    local best, verr = verify(L - 1, { ctx[L], unpack(drafts) }, true)
-    if not best then return nil, verr end
-    if #best ~= ge + 1 then return nil, "the verify pass returned the wrong number of rows" end
-    local trace = debug and {} or nil
-    local emitted, n_acc = speculative.accept_greedy(drafts, best, trace)
-    stats.passes, stats.drafted, stats.accepted = stats.passes + 1, stats.drafted + ge, stats.accepted + n_acc
-    if trace then speculative.print_trace(tok, trace, true, stats.passes) end
-    ttft = ttft or native.now() - t0
-    local stop
-    stop, finish = speculative.emit(emitted, ctx, sink, tok, max_tokens, nil, finish)
-    if stop then break end
-  end
-  local text = sink:finish(finish)
-  local seconds = native.now() - t0
-  return {
-    text = text, tokens = sink.tokens, finish_reason = finish, n_prompt = #ids, n_computed = #ids,
-    n_generated = #sink.tokens, ttft = ttft or seconds, seconds = seconds, plan = st.plan, speculative = stats,
-  }
+  return m.best
+end
+
+function Remote:extend(tokens)
+  local m, err = self:pass(tokens, true)
+  if not m then return nil, err end
+  local rows, n = self.ring.cluster.wire:route_output(m.rows_id)
+  if not rows or n ~= #tokens then return nil, "the verify pass returned the wrong rows" end
+  return ffi.cast("float*", rows)
+end
+
+-- The asker's speculative decoding: the draft runs here, the target round the ring.
+function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g)
+  local wire = self.cluster.wire
+  local ok, err = wire:collect_open(st.id + REPLY_OFFSET, model.tokenizer.n_vocab)
+  if not ok then return nil, err end
+  local target = setmetatable({ ring = self, st = st, first = self.cluster:conn_of(st.plan[1].node_id),
+    n_ctx_ = self.node.n_ctx, cached = {}, tokenizer = model.tokenizer,
+    shard = { n_vocab = model.tokenizer.n_vocab } }, Remote)
+  local res, serr = require("exo.speculative").generate(target, draft, ids, req, on_text, should_stop, g)
+  wire:route_close(st.id + REPLY_OFFSET)
+  if res then res.plan = st.plan end
+  return res, serr
 end
 
 -- ---- a node's part in a request --------------------------------------------------------
@@ -341,8 +354,11 @@ function Ring:on_open(from, rid, msg)
   if shard.is_last ~= (msg.next == nil) then return refuse("the plan's last node must hold the last layer") end
   local route = { asker = from, shard_key = entry.key }
   if shard.is_last and msg.verify then
-    route.verify = true
+    if msg.verify ~= "argmax" and msg.verify ~= "rows" then return refuse("unknown verify mode") end
+    route.verify = msg.verify
     route.n_vocab = shard.n_vocab
+    -- Rows go back to the asker's collector (or stay here when it is us).
+    if msg.verify == "rows" then next_conn = cluster:conn_of(from) or 0 end
   elseif shard.is_last then
     local text_side, terr = self.node:model(msg.model)
     if not text_side then return refuse(terr) end
@@ -394,6 +410,10 @@ end
 
 -- The last node: logits are ready; sample, tell the asker, feed the first node.
 function Ring:on_output(rid)
+  if rid >= REPLY_OFFSET then
+    -- Logits rows for one of our own speculative requests.
+    return self:deliver(rid - REPLY_OFFSET, { t = "rows", rows_id = rid })
+  end
   local t0 = native.now()
   self:handle_output(rid)
   -- What the control plane adds to each token on the last node (bench-cluster reads it).
@@ -407,7 +427,10 @@ function Ring:handle_output(rid)
   local cluster = self.cluster
   local logits, rows = cluster.wire:route_output(rid)
   if not logits then return end
-  if route.verify then
+  if route.verify == "rows" then
+    -- We are the asker as well: the rows are read from this route.
+    return self:deliver(rid, { t = "rows", rows_id = rid })
+  elseif route.verify then
     -- A speculative verify pass: the target's choice for every row.
     local best = {}
     for i = 1, rows do best[i] = native.argmax(logits + (i - 1) * route.n_vocab, route.n_vocab) end

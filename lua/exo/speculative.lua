@@ -265,8 +265,16 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
     -- One target pass over token L and the drafts: rows p_1..p_{ge+1}.
     local feed = { ctx[L] }
     for i = 1, ge do feed[i + 1] = drafts[i] end
-    local rows, verr = target:extend(feed)
-    if not rows then return nil, verr end
+    -- A target spread over a ring answers a greedy verify with its argmax per
+    -- row (a few bytes instead of the rows).
+    local rows, best, verr
+    if greedy and target.extend_argmax then
+      best, verr = target:extend_argmax(feed)
+      if not best then return nil, verr end
+    else
+      rows, verr = target:extend(feed)
+      if not rows then return nil, verr end
+    end
     stats.passes = stats.passes + 1
     stats.drafted = stats.drafted + ge
 
@@ -284,8 +292,10 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
     local trace = dbg and {} or nil
     local emitted, n_acc
     if greedy then
-      local best = {}
-      for i = 1, ge + 1 do best[i] = C.exo_sample_argmax(rows + (i - 1) * n_vocab, n_vocab) end
+      if not best then
+        best = {}
+        for i = 1, ge + 1 do best[i] = C.exo_sample_argmax(rows + (i - 1) * n_vocab, n_vocab) end
+      end
       emitted, n_acc = M.accept_greedy(drafts, best, trace)
     else
       local hist = { unpack(ctx) }
