@@ -45,6 +45,32 @@ end
 
 function Session:n_ctx() return self.seq:n_ctx() end
 
+-- How many leading ids the cache already holds.
+function Session:common_prefix(ids)
+  local common, cached = 0, self.cached
+  while common < #cached and common < #ids and cached[common + 1] == ids[common + 1] do common = common + 1 end
+  return common
+end
+
+-- Keeps the first `common` cached positions and computes ids[common+1..] in
+-- one pass (the logits of the last land in self.logits). Returns the count
+-- computed, or nil, err.
+function Session:recompute_from(ids, common)
+  local ok, err = self:truncate(common)
+  if not ok then return nil, err end
+  local todo = #ids - common
+  if todo == 0 then return 0 end
+  for i = 1, todo do self.token_buf[i - 1] = ids[common + i] end
+  ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, todo, self.logits)
+  if not ok then
+    -- A failed pass leaves the cache in an unknown state past `common`.
+    self.seq:truncate(common)
+    return nil, err
+  end
+  for i = common + 1, #ids do self.cached[i] = ids[i] end
+  return todo
+end
+
 -- Makes the cache hold exactly `ids` and leaves the logits of the last one in
 -- self.logits. Returns the number of tokens that had to be computed, or nil, err.
 function Session:prefill(ids)
@@ -53,24 +79,16 @@ function Session:prefill(ids)
   if n >= self:n_ctx() then
     return nil, ("prompt of %d tokens does not fit the context of %d"):format(n, self:n_ctx())
   end
-  local common = 0
-  local cached = self.cached
-  while common < #cached and common < n and cached[common + 1] == ids[common + 1] do common = common + 1 end
   -- The last prompt token is always run again: its logits start the answer.
-  if common == n then common = n - 1 end
-  local ok, err = self.seq:truncate(common)
-  if not ok then return nil, err end
-  for i = #cached, common + 1, -1 do cached[i] = nil end
-  local todo = n - common
-  for i = 1, todo do self.token_buf[i - 1] = ids[common + i] end
-  ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, todo, self.logits)
-  if not ok then
-    -- A failed pass leaves the cache in an unknown state past `common`.
-    self.seq:truncate(common)
-    return nil, err
-  end
-  for i = common + 1, n do cached[i] = ids[i] end
-  return todo
+  return self:recompute_from(ids, math.min(self:common_prefix(ids), n - 1))
+end
+
+-- Makes the cache hold exactly ids (which may be empty), computing only what
+-- it lacks.
+function Session:sync(ids)
+  local done, err = self:recompute_from(ids, self:common_prefix(ids))
+  if not done then return nil, err end
+  return true
 end
 
 -- Feeds one generated token; its logits land in self.logits.
@@ -87,25 +105,6 @@ function Session:truncate(n)
   local ok, err = self.seq:truncate(n)
   if not ok then return nil, err end
   for i = #self.cached, n + 1, -1 do self.cached[i] = nil end
-  return true
-end
-
--- Makes the cache hold exactly ids (which may be empty), computing only what
--- it lacks; no logits are kept.
-function Session:sync(ids)
-  local common, cached = 0, self.cached
-  while common < #cached and common < #ids and cached[common + 1] == ids[common + 1] do common = common + 1 end
-  local ok, err = self:truncate(common)
-  if not ok then return nil, err end
-  if common == #ids then return true end
-  local todo = #ids - common
-  for i = 1, todo do self.token_buf[i - 1] = ids[common + i] end
-  ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, todo, self.logits)
-  if not ok then
-    self.seq:truncate(common)
-    return nil, err
-  end
-  for i = common + 1, #ids do cached[i] = ids[i] end
   return true
 end
 

@@ -107,9 +107,9 @@ function M.load_draft(spec, target)
       target.id, b.n_vocab)
   end
   for id = 0, a.n_vocab - 1 do
-    if a:token_text(id) ~= b:token_text(id) then
+    if a:text(id) ~= b:text(id) then
       return nil, ("the draft %s and the target %s differ at token %d (%q vs %q): they must share a vocabulary")
-        :format(name, target.id, id, a:token_text(id) or "", b:token_text(id) or "")
+        :format(name, target.id, id, a:text(id) or "", b:text(id) or "")
     end
   end
   return draft
@@ -209,15 +209,13 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
   end
   local ctx = {}
   for i = 1, L do ctx[i] = prompt_ids[i] end
-  local computed = L - 1
-  do
-    local common = 0
-    while common < #target.cached and common < L - 1 and target.cached[common + 1] == ctx[common + 1] do
-      common = common + 1
-    end
-    computed = L - common
+  local head = { unpack(ctx, 1, L - 1) }
+  local common = 0
+  while common < #target.cached and common < L - 1 and target.cached[common + 1] == head[common + 1] do
+    common = common + 1
   end
-  local ok, err = target:sync({ unpack(ctx, 1, L - 1) })
+  local computed = L - common
+  local ok, err = target:sync(head)
   if not ok then return nil, err end
 
   local sampler = sampling.new(n_vocab, params)

@@ -8,7 +8,9 @@
 --    the acceptance rate matches sum(min(p, q)), and tokens per target pass
 --    match (1 - a^(g+1)) / (1 - a).
 -- 2. The tiny model end to end: the first sampled token with speculation
---    follows the target's exact softmax.
+--    follows the target's exact softmax; with another model as the draft, the
+--    second token's statistics match plain sampling's and greedy is plain
+--    greedy.
 -- 3. The default model (when installed): greedy output with speculation is
 --    the plain greedy output, token for token, for g in {1, 2, 4, 8}; also
 --    across a multi-turn conversation on reused sessions, with a stop string
@@ -179,8 +181,49 @@ do
   end
   check(df > 5 and chi2 < chi2_critical(df), ("tiny model: first-token chi-square %.1f over %d df (critical %.1f)")
     :format(chi2, df, chi2_critical(math.max(df, 1))))
+
+  -- The second token, with another model as the draft: speculative and plain
+  -- sampling agree (a two-sample chi-square over the tokens both drew).
+  local other = assert(speculative.load_draft(tiny_chat:gsub("%.gguf$", "-draft.gguf"), model))
+  local osess = assert(generate.session(other, { n_ctx = 64 }))
+  local plain = assert(generate.session(model, { n_ctx = 64 }))
+  local a, b = {}, {}
+  local M2 = 3000
+  for seed = 1, M2 do
+    local params = { temperature = 1.0, seed = seed, max_tokens = 2 }
+    local r1 = assert(speculative.generate(target, osess, prompt, params, nil, nil, 3))
+    local r2 = assert(plain:generate(prompt, { temperature = 1.0, seed = 100000 + seed, max_tokens = 2 }))
+    local t1, t2 = r1.tokens[2] or -1, r2.tokens[2] or -1
+    a[t1] = (a[t1] or 0) + 1
+    b[t2] = (b[t2] or 0) + 1
+  end
+  local c2, dof, pooled_a, pooled_b = 0, -1, 0, 0
+  local seen = {}
+  for t in pairs(a) do seen[t] = true end
+  for t in pairs(b) do seen[t] = true end
+  for t in pairs(seen) do
+    local x, y = a[t] or 0, b[t] or 0
+    if x + y >= 10 then
+      c2 = c2 + (x - y) ^ 2 / (x + y)
+      dof = dof + 1
+    else
+      pooled_a, pooled_b = pooled_a + x, pooled_b + y
+    end
+  end
+  if pooled_a + pooled_b > 0 then
+    c2 = c2 + (pooled_a - pooled_b) ^ 2 / (pooled_a + pooled_b)
+    dof = dof + 1
+  end
+  check(dof > 5 and c2 < chi2_critical(dof), ("tiny model, another draft: second-token two-sample chi-square %.1f "
+    .. "over %d df (critical %.1f)"):format(c2, dof, chi2_critical(math.max(dof, 1))))
+  -- And greedy with that draft is plain greedy.
+  local g1 = assert(speculative.generate(target, osess, prompt, { temperature = 0, max_tokens = 30 }, nil, nil, 4))
+  local g2 = assert(plain:generate(prompt, { temperature = 0, max_tokens = 30 }))
+  check(table.concat(g1.tokens, ",") == table.concat(g2.tokens, ","), "tiny model, another draft: greedy differs")
   target:free()
   dsess:free()
+  osess:free()
+  plain:free()
 end
 
 -- ---- 3. the default model, greedy --------------------------------------------------------
