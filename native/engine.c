@@ -53,6 +53,9 @@ static struct {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t has_work;
+    pthread_cond_t idle;   /* signalled when the queue is empty and no job runs */
+    int running;           /* a job is being computed */
+    int started;
     job_ring pending;
     job_ring done;
 } engine = {.once = PTHREAD_ONCE_INIT, .fd = -1};
@@ -78,6 +81,7 @@ static void *engine_main(void *arg)
         pthread_mutex_lock(&engine.lock);
         while (engine.pending.count == 0) pthread_cond_wait(&engine.has_work, &engine.lock);
         engine_job job = ring_pop(&engine.pending);
+        engine.running = 1;
         pthread_mutex_unlock(&engine.lock);
 
         double started = exo_now();
@@ -92,14 +96,14 @@ static void *engine_main(void *arg)
         if (idle) exo_pool_park(exo_pool_global());
         job.err[0] = 0;
         if (job.status) snprintf(job.err, sizeof job.err, "%s", exo_last_error());
-        if (job.done) {
-            job.done(job.done_ctx, job.status, job.err, compute_ns);
-            continue;
-        }
+        if (job.done) job.done(job.done_ctx, job.status, job.err, compute_ns);
 
         pthread_mutex_lock(&engine.lock);
-        ring_push(&engine.done, &job);
+        engine.running = 0;
+        if (!job.done) ring_push(&engine.done, &job);
+        if (engine.pending.count == 0) pthread_cond_broadcast(&engine.idle);
         pthread_mutex_unlock(&engine.lock);
+        if (job.done) continue;
         uint64_t one = 1;
         ssize_t w = write(engine.fd, &one, sizeof one);
         (void)w; /* an eventfd write only fails at counter overflow, and readiness is already set then */
@@ -111,6 +115,8 @@ static void engine_start(void)
 {
     pthread_mutex_init(&engine.lock, NULL);
     pthread_cond_init(&engine.has_work, NULL);
+    pthread_cond_init(&engine.idle, NULL);
+    engine.started = 1;
     engine.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (engine.fd < 0) {
         engine.init_rc = exo_error_set(EXO_EIO, "eventfd failed");
@@ -128,6 +134,15 @@ static int engine_ready(void)
 {
     pthread_once(&engine.once, engine_start);
     if (engine.init_rc) return exo_error_set(engine.init_rc, "the engine thread is not running");
+    return EXO_OK;
+}
+
+int exo_engine_wait_idle(void)
+{
+    if (!engine.started) return EXO_OK;
+    pthread_mutex_lock(&engine.lock);
+    while (engine.pending.count > 0 || engine.running) pthread_cond_wait(&engine.idle, &engine.lock);
+    pthread_mutex_unlock(&engine.lock);
     return EXO_OK;
 }
 

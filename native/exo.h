@@ -107,6 +107,9 @@ int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
  * none; status is the forward's return code (its message in err, up to
  * err_cap bytes). Clears the fd's readiness when the queue empties. */
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap);
+/* Blocks until no job is queued or running (before freeing what jobs use,
+ * at exit). */
+int exo_engine_wait_idle(void);
 
 /* ---- sampling primitives --------------------------------------------------- */
 
@@ -359,7 +362,7 @@ int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab);
 /* Forgets a route (a pass in flight finishes first, and its result is dropped). */
 int exo_wire_route_close(exo_wire *w, uint64_t request_id);
 /* The logits of a last-shard route's latest pass: n_rows rows of n_vocab, and
- * the position of the first row. */
+ * the sequence position the first of them scores. */
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
 int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
 

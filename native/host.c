@@ -155,6 +155,7 @@ int main(int argc, char **argv)
     /* Handles left open (the script failed, or returned with timers or
      * sockets alive) are closed while Lua still runs, so luv's close
      * callbacks find their state; lua_close then frees what they held. */
+    exo_engine_wait_idle(); /* nothing computes on what is about to be freed */
     uv_walk(&loop, close_handle, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     lua_close(L);

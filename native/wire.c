@@ -35,6 +35,13 @@
 #define WIRE_HELLO_TIMEOUT_MS 10000
 #define WIRE_MAX_EVENTS 65536
 #define WIRE_MAX_ROUTES 1024
+/* A peer that stops reading may not make us queue without bound. */
+#define WIRE_MAX_QUEUED (256u << 20)
+/* Connections that have not said hello yet, at most (each may be sending a
+ * hello of up to 4 KiB; nothing bigger is buffered before it). */
+#define WIRE_MAX_STRANGERS 64
+/* A closing connection whose peer never lets the shutdown finish is cut. */
+#define WIRE_SHUTDOWN_TIMEOUT_MS 5000
 
 enum conn_state { CONN_CONNECTING, CONN_HELLO, CONN_UP, CONN_CLOSING };
 
@@ -45,7 +52,7 @@ typedef struct wire_conn {
     uv_shutdown_t shutdown_req;
     int id;
     int state;
-    uint64_t opened_ms;
+    uint64_t opened_ms, closing_ms;
     uint8_t *rbuf;
     size_t rlen, rcap;
     size_t need;          /* bytes of the frame being received, header included (0: unknown) */
@@ -203,11 +210,17 @@ static void conn_closed(uv_handle_t *h)
     if (--w->open_handles == 0 && w->freeing) free(w);
 }
 
+/* Closes c's handle unless that is under way (the host may have closed every
+ * handle at exit already). */
+static void conn_release(wire_conn *c)
+{
+    if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
 static void conn_shutdown_done(uv_shutdown_t *req, int status)
 {
     (void)status;
-    wire_conn *c = req->data;
-    uv_close((uv_handle_t *)&c->tcp, conn_closed);
+    conn_release(req->data);
 }
 
 /* Closes c after the writes already queued (an ERROR frame among them) go
@@ -218,13 +231,13 @@ static void conn_close(wire_conn *c, const char *reason)
     if (c->state == CONN_CLOSING) return;
     int was_connecting = c->state == CONN_CONNECTING;
     c->state = CONN_CLOSING;
+    c->closing_ms = uv_now(w->loop);
     w->stats.connections--;
     push_text_event(w, EXO_WIRE_EV_CLOSED, c->id, 0, reason);
     if (was_connecting) return; /* the connect callback closes the handle */
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->shutdown_req.data = c;
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, conn_shutdown_done) != 0)
-        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, conn_shutdown_done) != 0) conn_release(c);
 }
 
 typedef struct wire_write {
@@ -259,6 +272,15 @@ static wire_write *frame_alloc(uint8_t type, uint64_t request_id, size_t payload
 
 static int frame_send(wire_conn *c, wire_write *ww)
 {
+    if (c->state == CONN_CLOSING) {
+        free(ww);
+        return exo_error_set(EXO_ESTATE, "the connection to %s is closing", c->address);
+    }
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WIRE_MAX_QUEUED) {
+        free(ww);
+        conn_close(c, "the peer stopped reading (over 256 MiB queued for it)");
+        return exo_error_set(EXO_EIO, "the peer at %s stopped reading", c->address);
+    }
     ww->conn = c;
     uv_buf_t buf = uv_buf_init((char *)ww->data, (unsigned)ww->len);
     int rc = uv_write(&ww->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
@@ -402,6 +424,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             conn_reject(c, exo_last_error());
             return;
         }
+        /* Before its hello a peer gets nothing buffered but a hello. */
+        if (c->state == CONN_HELLO && h.type != EXO_WIRE_HELLO && h.type != EXO_WIRE_ERROR) {
+            conn_reject(c, "the first frame must be a hello");
+            return;
+        }
         size_t total = EXO_WIRE_HEADER_SIZE + (size_t)h.payload_len;
         if (c->rlen - off < total) {
             c->need = total;
@@ -445,9 +472,11 @@ static void on_connection(uv_stream_t *server, int status)
 {
     exo_wire *w = server->data;
     if (status < 0) return;
+    int strangers = 0;
+    for (wire_conn *k = w->conns; k; k = k->next) strangers += k->state == CONN_HELLO;
     wire_conn *c = conn_new(w);
     if (!c) return;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || strangers >= WIRE_MAX_STRANGERS) {
         c->state = CONN_CLOSING;
         w->stats.connections--;
         uv_close((uv_handle_t *)&c->tcp, conn_closed);
@@ -466,7 +495,7 @@ static void on_connect(uv_connect_t *req, int status)
             snprintf(msg, sizeof msg, "cannot connect to %s: %s", c->address, uv_strerror(status));
             conn_close(c, msg);
         }
-        uv_close((uv_handle_t *)&c->tcp, conn_closed);
+        conn_release(c);
         return;
     }
     conn_start(c);
@@ -929,7 +958,7 @@ int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits
         return exo_error_set(EXO_ESTATE, "request %llu has no logits ready", (unsigned long long)request_id);
     *logits = r->out;
     *n_rows = r->all_logits ? r->n_rows : 1;
-    *position = r->position;
+    *position = r->all_logits ? r->position : r->position + r->n_rows - 1;
     return EXO_OK;
 }
 
@@ -948,8 +977,11 @@ static void on_timer(uv_timer_t *t)
 {
     exo_wire *w = t->data;
     uint64_t now = uv_now(w->loop);
-    for (wire_conn *c = w->conns; c; c = c->next)
+    for (wire_conn *c = w->conns, *next; c; c = next) {
+        next = c->next; /* conn_release frees c only in the close callback, later */
         if (c->state == CONN_HELLO && now - c->opened_ms > WIRE_HELLO_TIMEOUT_MS) conn_reject(c, "no hello within 10 s");
+        else if (c->state == CONN_CLOSING && now - c->closing_ms > WIRE_SHUTDOWN_TIMEOUT_MS) conn_release(c);
+    }
 }
 
 int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out)
@@ -1004,16 +1036,24 @@ void exo_wire_free(exo_wire *w)
     if (!w) return;
     w->freeing = 1;
     for (wire_conn *c = w->conns; c; c = c->next) {
-        if (c->state == CONN_CLOSING) continue;
-        int connecting = c->state == CONN_CONNECTING;
         c->state = CONN_CLOSING;
-        if (!connecting) uv_close((uv_handle_t *)&c->tcp, conn_closed); /* else on_connect closes it */
+        conn_release(c); /* a pending connect or shutdown is cancelled; its callback sees the handle closing */
     }
-    /* Routes with a pass in flight stay allocated: the engine thread still
-     * holds them, and the process is ending anyway. */
+    /* Passes still running use routes, sequences and this struct: wait them
+     * out, then take back what finished without the loop seeing it. */
+    exo_engine_wait_idle();
+    pthread_mutex_lock(&w->done_lock);
+    wire_route *done = w->done_head;
+    w->done_head = w->done_tail = NULL;
+    pthread_mutex_unlock(&w->done_lock);
+    for (wire_route *next; done; done = next) {
+        next = done->done_next;
+        done->busy = 0;
+        if (done->closed) route_free(done);
+    }
     for (wire_route *r = w->routes, *next; r; r = next) {
         next = r->next;
-        if (!r->busy) route_free(r);
+        route_free(r);
     }
     w->routes = NULL;
     for (size_t i = 0; i < w->ev_count; i++) free(w->events[(w->ev_head + i) % w->ev_cap].data);

@@ -345,7 +345,8 @@ function Cluster:event(kind, conn, request_id, data, value, address)
     self.conns[conn] = nil
     if c and c.peer and not c.superseded and self.peers[c.peer] and self.peers[c.peer].conn == conn then
       self:lose(c.peer, data)
-    elseif not (c and c.dialed and data:match("^cannot connect")) and data ~= "duplicate connection"
+    elseif not (c and c.peer) and not (c and c.dialed and data:match("^cannot connect"))
+      and data ~= "duplicate connection"
       and not data:match("duplicate connection$") then
       -- A connection refused before its hello (a stranger, another protocol
       -- version, a bad frame): say why. Failed dials are retried quietly.

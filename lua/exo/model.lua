@@ -26,7 +26,8 @@ local function facts(file)
   for _, t in ipairs(tensors) do
     if t.name:match("^blk%.") then layer_total = layer_total + t.bytes end
   end
-  return { arch = arch, n_layers = n_layers, layer_bytes = math.floor(layer_total / n_layers) }
+  return { arch = arch, n_layers = n_layers, layer_bytes = math.floor(layer_total / n_layers),
+    n_embd = file:get(arch .. ".embedding_length") }
 end
 
 -- name: model id or .gguf path; opts: start, stop (layer range), chat_template
@@ -45,7 +46,7 @@ function M.load(name, opts)
   local tok, terr = tokenizer.load(path)
   if not tok then return nil, terr end
   local model = { id = name or models.default_id, path = path, tokenizer = tok, chat_template = template,
-    n_layers = info.n_layers, layer_bytes = info.layer_bytes }
+    n_layers = info.n_layers, layer_bytes = info.layer_bytes, n_embd = info.n_embd }
   if opts.text_only then return model end
   local ok, serr = M.load_shard(model, opts.start, opts.stop)
   if not ok then return nil, serr end

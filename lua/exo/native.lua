@@ -91,6 +91,7 @@ int exo_engine_fd(void);
 int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out, uint64_t job_id);
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap);
+int exo_engine_wait_idle(void);
 int exo_sample_argmax(const float *logits, int n);
 int exo_sample_penalties(float *logits, int n_vocab, const int32_t *recent, int n_recent, float repeat,
                          float presence, float frequency);

@@ -45,14 +45,14 @@ function M.new(node, cluster, opts)
     asking = {},   -- request id -> the asker's state
     routes = {},   -- request id -> this node's part in a request
     shards = {},   -- "model@start-stop" -> { shard, refs }
-    salt = tonumber(require("exo.cluster").random_hex(4), 16) % 2 ^ 28 + 1, counter = 0,
+    salt = tonumber(require("exo.cluster").random_hex(4), 16) % (2 ^ 28 - 1) + 1, counter = 0,
   }, Ring)
   cluster:on("open", function(from, rid, msg) self:on_open(from, rid, msg) end)
   cluster:on("close", function(from, rid)
     local route = self.routes[rid]
     if route and route.asker == from then self:close_route(rid) end
   end)
-  for _, kind in ipairs { "ready", "token", "done", "error", "verified" } do
+  for _, kind in ipairs { "ready", "token", "done", "error", "verified", "prefilled" } do
     cluster:on(kind, function(from, rid, msg)
       msg.from = from
       self:deliver(rid, msg)
@@ -61,6 +61,14 @@ function M.new(node, cluster, opts)
   cluster:on("wire_output", function(rid) self:on_output(rid) end)
   cluster:on("wire_failed", function(rid, why) self:on_failed(rid, why) end)
   cluster:on_lost(function(id, why) self:on_lost(id, why) end)
+  -- Shards a plan change retired go once no pass runs on them.
+  self.sweeper = uv.new_timer()
+  self.sweeper:start(2000, 2000, function()
+    for key, entry in pairs(self.shards) do
+      if entry.retired then self:drop_shard(key) end
+    end
+  end)
+  self.sweeper:unref()
   return self
 end
 
@@ -136,17 +144,30 @@ local REPLY_OFFSET = 2 ^ 52
 -- speculatively: the draft runs here, the target's verify pass goes round the
 -- ring as one multi-row frame.
 function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
-  local t0 = native.now()
   local rid = self:new_request_id()
   local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {} }
   for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
   self.asking[rid] = st
-  local cluster = self.cluster
+  -- Whatever happens (an error raised on the way included), the request is
+  -- closed on every node it was opened on.
+  local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
+  self.asking[rid] = nil
+  self.cluster.wire:route_close(rid + REPLY_OFFSET)
+  for _, p in ipairs(plan) do self.cluster:send(p.node_id, rid, { t = "close" }) end
+  if not ok then return nil, "the request failed: " .. tostring(res) end
+  return res, err
+end
 
-  local function finish_request()
-    self.asking[rid] = nil
-    for _, p in ipairs(plan) do cluster:send(p.node_id, rid, { t = "close" }) end
-  end
+-- A prompt goes round the ring in chunks whose hidden states fit a frame
+-- (EXO_RING_CHUNK makes them smaller, for tests).
+function Ring:chunk_size(model)
+  local fit = math.floor(16 * 2 ^ 20 / math.max(model.n_embd or 4096, 1)) - 1
+  return math.max(1, math.min(tonumber(os.getenv("EXO_RING_CHUNK") or "") or 2048, fit))
+end
+
+function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
+  local t0 = native.now()
+  local rid, plan, cluster = st.id, st.plan, self.cluster
 
   local sampling_params = {}
   for _, k in ipairs(SAMPLING_FIELDS) do sampling_params[k] = req[k] end
@@ -156,7 +177,9 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
       wire_dtype = self.wire_dtype }
     if i == #plan and draft then
       -- Greedy needs only the target's choice per row; sampling needs the rows.
-      msg.verify = req.temperature == 0 and "argmax" or "rows"
+      local penalties = (req.repeat_penalty or 1) ~= 1 or (req.presence_penalty or 0) ~= 0
+        or (req.frequency_penalty or 0) ~= 0
+      msg.verify = (req.temperature == 0 and not penalties) and "argmax" or "rows"
     elseif i == #plan then
       msg.sampling = sampling_params
       msg.prompt = ids
@@ -165,25 +188,32 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
     end
     local ok, err = cluster:send(p.node_id, rid, msg)
     if not ok then
-      finish_request()
       return nil, ("cannot reach node %s: %s"):format(p.node_id, err)
     end
   end
   for _ = 1, #plan do
     local m = self:wait(st, self.open_timeout)
     if m.t ~= "ready" then
-      finish_request()
       return nil, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t))
     end
+    if type(m.n_vocab) == "number" then st.n_vocab = m.n_vocab end
   end
   if draft then
     local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g)
-    finish_request()
     return res, serr
   end
-  local ok, err = self.cluster.wire:send_tokens(cluster:conn_of(plan[1].node_id), rid, 0, ids)
+  -- All but the last chunk of a long prompt: the last node says "prefilled".
+  local first_conn, chunk = cluster:conn_of(plan[1].node_id), self:chunk_size(model)
+  local at = 0
+  while #ids - at > chunk do
+    local ok, err = self.cluster.wire:send_tokens(first_conn, rid, at, { unpack(ids, at + 1, at + chunk) })
+    if not ok then return nil, "cannot send the prompt: " .. err end
+    local m = self:wait(st, self.step_timeout)
+    if m.t ~= "prefilled" then return nil, m.message or "the ring failed during the prompt" end
+    at = at + chunk
+  end
+  local ok, err = self.cluster.wire:send_tokens(first_conn, rid, at, { unpack(ids, at + 1) })
   if not ok then
-    finish_request()
     return nil, "cannot send the prompt: " .. err
   end
 
@@ -194,7 +224,6 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
     if m.t == "token" then
       ttft = ttft or native.now() - t0
       if type(m.id) ~= "number" or m.id ~= math.floor(m.id) or m.id < 0 or m.id >= model.tokenizer.n_vocab then
-        finish_request()
         return nil, "a malformed token came back from the ring"
       end
       if sink:push(m.id, req.logprobs and fix_logprob_entry(m.lp)) then
@@ -210,7 +239,6 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
       finish = m.finish or "stop"
       break
     else
-      finish_request()
       return nil, m.message or "the ring failed"
     end
     if should_stop and should_stop() then
@@ -218,7 +246,6 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
       break
     end
   end
-  finish_request()
   local text = sink:finish(finish)
   local seconds = native.now() - t0
   return {
@@ -259,9 +286,11 @@ function Remote:sync(ids)
   local common = 0
   while common < #self.cached and common < #ids and self.cached[common + 1] == ids[common + 1] do common = common + 1 end
   self:truncate(common)
-  if common == #ids then return true end
-  local m, err = self:pass({ unpack(ids, common + 1) }, false)
-  if not m then return nil, err end
+  while #self.cached < #ids do
+    local from = #self.cached
+    local m, err = self:pass({ unpack(ids, from + 1, math.min(#ids, from + self.chunk)) }, false)
+    if not m then return nil, err end
+  end
   return true
 end
 
@@ -286,13 +315,13 @@ end
 -- The asker's speculative decoding: the draft runs here, the target round the ring.
 function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g)
   local wire = self.cluster.wire
-  local ok, err = wire:collect_open(st.id + REPLY_OFFSET, model.tokenizer.n_vocab)
+  local n_vocab = st.n_vocab or model.tokenizer.n_vocab -- the head's rows, as the last node said
+  local ok, err = wire:collect_open(st.id + REPLY_OFFSET, n_vocab)
   if not ok then return nil, err end
   local target = setmetatable({ ring = self, st = st, first = self.cluster:conn_of(st.plan[1].node_id),
-    n_ctx_ = self.node.n_ctx, cached = {}, tokenizer = model.tokenizer,
-    shard = { n_vocab = model.tokenizer.n_vocab } }, Remote)
+    n_ctx_ = self.node.n_ctx, cached = {}, tokenizer = model.tokenizer, shard = { n_vocab = n_vocab },
+    chunk = self:chunk_size(model) }, Remote)
   local res, serr = require("exo.speculative").generate(target, draft, ids, req, on_text, should_stop, g)
-  wire:route_close(st.id + REPLY_OFFSET)
   if res then res.plan = st.plan end
   return res, serr
 end
@@ -336,6 +365,8 @@ function Ring:on_open(from, rid, msg)
     cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(cluster.id, why) })
   end
   if self.routes[rid] then return refuse("request already open") end
+  if rid >= REPLY_OFFSET then return refuse("request ids stay below 2^52") end
+  if msg.next == cluster.id then return refuse("a plan cannot pass a request to the same node twice") end
   if type(msg.model) ~= "string" or not is_int(msg.start, 0, 1e6) or not is_int(msg.stop, msg.start + 1, 1e6)
     or not is_int(msg.n_ctx, 1, 1e7) or type(msg.first) ~= "string"
     or (msg.next ~= nil and type(msg.next) ~= "string") then
@@ -351,6 +382,10 @@ function Ring:on_open(from, rid, msg)
   local entry, err = self:shard_for(msg.model, msg.start, msg.stop)
   if not entry then return refuse(err) end
   local shard = entry.shard
+  if msg.n_ctx > math.max(self.node.n_ctx, shard.n_ctx_train) then
+    return refuse(("a context of %d is more than this node gives (%d)"):format(msg.n_ctx,
+      math.max(self.node.n_ctx, shard.n_ctx_train)))
+  end
   if shard.is_last ~= (msg.next == nil) then return refuse("the plan's last node must hold the last layer") end
   local route = { asker = from, shard_key = entry.key }
   if shard.is_last and msg.verify then
@@ -393,7 +428,7 @@ function Ring:on_open(from, rid, msg)
   end
   entry.refs = entry.refs + 1
   self.routes[rid] = route
-  cluster:send(from, rid, { t = "ready" })
+  cluster:send(from, rid, { t = "ready", n_vocab = shard.is_last and shard.n_vocab or nil })
 end
 
 function Ring:close_route(rid)
@@ -438,6 +473,12 @@ function Ring:handle_output(rid)
     return
   end
   if not route.sampler then return end
+  local _, rows, position = cluster.wire:route_output(rid)
+  if position and rows and position + rows < route.pos then
+    -- A chunk of a long prompt: not the end of it yet.
+    cluster:send(route.asker, rid, { t = "prefilled" })
+    return
+  end
   logits = ffi.cast("float*", logits)
   local lp
   if route.lp_buf then
@@ -470,6 +511,9 @@ function Ring:handle_output(rid)
 end
 
 function Ring:on_failed(rid, why)
+  if rid >= REPLY_OFFSET then
+    return self:deliver(rid - REPLY_OFFSET, { t = "error", message = "the verify rows did not fit: " .. why })
+  end
   local route = self.routes[rid]
   if not route then return end
   route.done = true

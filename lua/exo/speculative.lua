@@ -44,6 +44,7 @@ function M.accept(drafts, q, p, n, rng, trace)
       -- p <= q everywhere means p == q up to rounding: then a rejection had
       -- probability ~0, and p itself is the residual's limit.
       if y < 0 then y = C.exo_sample_draw(p[i], n, rng:uniform()) end
+      if y < 0 then error("the target's distribution is empty: " .. select(2, native.fail(y))) end
       if trace then trace[#trace].resampled = y end
       out[#out + 1] = y
       return out, i - 1
@@ -51,6 +52,7 @@ function M.accept(drafts, q, p, n, rng, trace)
     out[#out + 1] = x
   end
   local bonus = C.exo_sample_draw(p[g + 1], n, rng:uniform())
+  if bonus < 0 then error("the target's distribution is empty: " .. select(2, native.fail(bonus))) end
   if trace then trace[#trace + 1] = { bonus = bonus } end
   out[#out + 1] = bonus
   return out, g
@@ -126,13 +128,17 @@ end
 
 -- Greedy drafts: ge tokens, each the draft's argmax (the draft session
 -- catches up on ctx first). Returns the list or nil, err.
-function M.draft_greedy(draft, ctx, ge)
+function M.draft_greedy(draft, ctx, ge, sampler)
   local drafts = {}
   if ge < 1 then return drafts end
   local _, err = draft:prefill(ctx)
   if err then return nil, "draft: " .. err end
+  local hist = sampler and { unpack(ctx) }
   for i = 1, ge do
+    -- Penalties apply before the argmax, as plain greedy decoding does.
+    if sampler then sampler:penalize(draft.logits, hist) end
     drafts[i] = C.exo_sample_argmax(draft.logits, draft.shard.n_vocab)
+    if hist then hist[#hist + 1] = drafts[i] end
     if i < ge then
       local ok, ferr = draft:feed(drafts[i])
       if not ok then return nil, "draft: " .. ferr end
@@ -243,7 +249,7 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
     local drafts = {}
     if greedy then
       local derr
-      drafts, derr = M.draft_greedy(draft, ctx, ge)
+      drafts, derr = M.draft_greedy(draft, ctx, ge, sampler)
       if not drafts then return nil, derr end
     elseif ge > 0 then
       local _, derr = draft:prefill(ctx)
@@ -292,7 +298,13 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
     if greedy then
       if not best then
         best = {}
-        for i = 1, ge + 1 do best[i] = C.exo_sample_argmax(rows + (i - 1) * n_vocab, n_vocab) end
+        local hist = { unpack(ctx) }
+        for i = 1, ge + 1 do
+          local row = rows + (i - 1) * n_vocab
+          sampler:penalize(row, hist)
+          best[i] = C.exo_sample_argmax(row, n_vocab)
+          hist[#hist + 1] = drafts[i]
+        end
       end
       emitted, n_acc = M.accept_greedy(drafts, best, trace)
     else

@@ -345,6 +345,28 @@ class Speculative(unittest.TestCase):
                 n.stop()
 
 
+class LongPrompts(unittest.TestCase):
+    def test_a_prompt_in_chunks(self):
+        # Prompts go round the ring in chunks (EXO_RING_CHUNK=5 here): plain
+        # and speculative answers still equal one node's.
+        draft = ["--enable-speculative", "--draft-model", TINY_CHAT + ":layers=0-4", "--draft-tokens", "3"]
+        prompt = "tell me a story about the sea and the stars and the wind, in many words"
+        with with_home() as home:
+            single = Node("--node-id", "single")
+            want = chat(single, TINY_CHAT, prompt, max_tokens=30)
+            single.stop()
+            os.environ["EXO_RING_CHUNK"] = "5"
+            try:
+                nodes = start_cluster(home, [("a", 2000), ("b", 1000)], *draft)
+            finally:
+                del os.environ["EXO_RING_CHUNK"]
+            for node in nodes:
+                self.assertEqual(chat(node, TINY_CHAT, prompt, max_tokens=30, speculative=False), want)
+                self.assertEqual(chat(node, TINY_CHAT, prompt, max_tokens=30), want)
+            for n in nodes:
+                n.stop()
+
+
 class Identity(unittest.TestCase):
     def test_a_restart_keeps_the_node_id(self):
         with with_home():

@@ -261,6 +261,19 @@ else
     end
   end
 
+  -- Greedy with penalties: they apply to the draft's and the target's rows
+  -- before the argmax, as in plain decoding.
+  do
+    local ids = encode { { role = "user", content = prompts[1] } }
+    local params = { temperature = 0, max_tokens = 40, repeat_penalty = 1.5, frequency_penalty = 0.5 }
+    local want = assert(plain:generate(ids, params))
+    local t, d = fresh_pair()
+    local got = assert(speculative.generate(t, d, ids, params, nil, nil, 4))
+    check(table.concat(got.tokens, ",") == table.concat(want.tokens, ","), "greedy with penalties differs")
+    t:free()
+    d:free()
+  end
+
   -- A conversation on reused sessions: no lost context, no duplicated token.
   do
     local t, d = fresh_pair()
