@@ -355,6 +355,9 @@ int exo_wire_next_event(exo_wire *w, exo_wire_event *ev);
  * (a collector there, open for request_id + 2^52). The route owns q from now on (it frees it when closed, once
  * no pass runs on it); s must stay loaded while stats.in_flight > 0. */
 int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype);
+/* Takes request_id's rows only from conn (0: this node) and the others so
+ * allowed; a route nobody was allowed for takes rows from anyone. */
+int exo_wire_route_allow(exo_wire *w, uint64_t request_id, int conn);
 /* A route with no shard, on the node that asked: logits rows [n][n_vocab]
  * sent to it for request_id (a last shard's route whose next_conn names this
  * node) raise an OUTPUT event and are read with exo_wire_route_output. */

@@ -69,6 +69,8 @@ typedef struct wire_route {
     int next_conn;
     uint32_t wire_dtype;
     int collector;        /* no shard: rows that arrive are logits for Lua (exo_wire_collect_open) */
+    int allowed[4];       /* connections rows may come from (0: this node); n_allowed 0 = any */
+    int n_allowed;
     int busy;             /* a forward pass is running on the engine thread */
     int closed;           /* forgotten by Lua; freed when the pass in flight ends */
     int position, n_rows, all_logits;
@@ -811,6 +813,16 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
         w->stats.tensors_dropped++;
         return;
     }
+    /* Rows come from the node before this one in the ring (or, for the
+     * first, the asker and the last node): anyone else is ignored. */
+    if (r->n_allowed) {
+        int from_id = from ? from->id : 0, ok = 0;
+        for (int i = 0; i < r->n_allowed; i++) ok |= r->allowed[i] == from_id;
+        if (!ok) {
+            w->stats.tensors_dropped++;
+            return;
+        }
+    }
     char detail[160];
     if (r->busy) {
         route_fail(w, r, request_id, "%s", "rows arrived while the previous pass was still running");
@@ -915,6 +927,17 @@ int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq 
     w->routes = r;
     w->n_routes++;
     w->stats.routes++;
+    return EXO_OK;
+}
+
+int exo_wire_route_allow(exo_wire *w, uint64_t request_id, int conn)
+{
+    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_route_allow: NULL argument");
+    wire_route *r = find_route(w, request_id);
+    if (!r) return exo_error_set(EXO_ESTATE, "request %llu has no route", (unsigned long long)request_id);
+    if (r->n_allowed == (int)(sizeof r->allowed / sizeof r->allowed[0]))
+        return exo_error_set(EXO_ERANGE, "a route takes rows from at most 4 connections");
+    r->allowed[r->n_allowed++] = conn;
     return EXO_OK;
 }
 

@@ -304,6 +304,21 @@ static void test_transport(const char *tiny)
             CHECK(exo_wire_route_open(a, req, first, qa, conn_ab, EXO_DTYPE_F32) == 0);
             CHECK(exo_wire_route_open(b, req, second, qb, conn_ba, EXO_DTYPE_F32) == 0);
             CHECK(exo_wire_collect_open(a, req + EXO_WIRE_REPLY_OFFSET, nv) == 0);
+            /* b takes this request's rows only from the connection it names: a
+             * pass from anywhere else is dropped. */
+            exo_wire_stats sb0, sb1;
+            exo_wire_get_stats(b, &sb0);
+            CHECK(exo_wire_route_allow(b, req, 9999) == 0);
+            CHECK(exo_wire_send_tokens(a, 0, req, 0, prompt, 4, EXO_WIRE_TENSOR_ALL_LOGITS) == 0);
+            for (int i = 0; i < 200; i++) {
+                uv_run(&loop, UV_RUN_NOWAIT);
+                exo_wire_get_stats(b, &sb1);
+                if (sb1.tensors_dropped > sb0.tensors_dropped) break;
+                usleep(1000);
+            }
+            CHECK(sb1.tensors_dropped == sb0.tensors_dropped + 1);
+            CHECK(exo_wire_route_allow(b, req, conn_ba) == 0);
+            /* a's shard already ran that pass; the next frame at position 0 rolls it back. */
             int before = count(&sa, EXO_WIRE_EV_OUTPUT);
             CHECK(exo_wire_send_tokens(a, 0, req, 0, prompt, 4, EXO_WIRE_TENSOR_ALL_LOGITS) == 0);
             CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_OUTPUT, before + 1));

@@ -201,6 +201,7 @@ int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int positio
 int exo_wire_ping(exo_wire *w, int conn);
 int exo_wire_next_event(exo_wire *w, exo_wire_event *ev);
 int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype);
+int exo_wire_route_allow(exo_wire *w, uint64_t request_id, int conn);
 int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab);
 int exo_wire_route_close(exo_wire *w, uint64_t request_id);
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
@@ -544,6 +545,13 @@ function Wire:route_open(request_id, shard, seq, next_conn, wire_dtype)
 end
 
 function Wire:route_close(request_id) C.exo_wire_route_close(self.handle, request_id) end
+
+-- Rows for request_id are taken only from the allowed connections (0: this node).
+function Wire:route_allow(request_id, conn)
+  local rc = C.exo_wire_route_allow(self.handle, request_id, conn)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
 
 -- A collector route: logits rows sent here for request_id raise "output" events.
 function Wire:collect_open(request_id, n_vocab)

@@ -173,8 +173,8 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
   for _, k in ipairs(SAMPLING_FIELDS) do sampling_params[k] = req[k] end
   for i, p in ipairs(plan) do
     local msg = { t = "open", model = model.id, start = p.start_layer, stop = p.end_layer,
-      next = plan[i + 1] and plan[i + 1].node_id or nil, first = plan[1].node_id, n_ctx = self.node.n_ctx,
-      wire_dtype = self.wire_dtype }
+      next = plan[i + 1] and plan[i + 1].node_id or nil, prev = plan[i - 1] and plan[i - 1].node_id or nil,
+      last = plan[#plan].node_id, first = plan[1].node_id, n_ctx = self.node.n_ctx, wire_dtype = self.wire_dtype }
     if i == #plan and draft then
       -- Greedy needs only the target's choice per row; sampling needs the rows.
       local penalties = (req.repeat_penalty or 1) ~= 1 or (req.presence_penalty or 0) ~= 0
@@ -369,7 +369,7 @@ function Ring:on_open(from, rid, msg)
   if msg.next == cluster.id then return refuse("a plan cannot pass a request to the same node twice") end
   if type(msg.model) ~= "string" or not is_int(msg.start, 0, 1e6) or not is_int(msg.stop, msg.start + 1, 1e6)
     or not is_int(msg.n_ctx, 1, 1e7) or type(msg.first) ~= "string"
-    or (msg.next ~= nil and type(msg.next) ~= "string") then
+    or (msg.next ~= nil and type(msg.next) ~= "string") or (msg.prev ~= nil and type(msg.prev) ~= "string") then
     return refuse("malformed open message")
   end
   local dtype = native.WIRE_DTYPES[msg.wire_dtype or "f32"]
@@ -425,6 +425,13 @@ function Ring:on_open(from, rid, msg)
   if not ok then
     seq:free()
     return refuse(rerr)
+  end
+  -- Rows come from the previous node; the first node's from the asker (the
+  -- prompt, speculative verify passes) and the last node (sampled tokens).
+  local sources = msg.prev and { msg.prev } or { from, msg.last }
+  for _, id in ipairs(sources) do
+    local conn = type(id) == "string" and cluster:conn_of(id)
+    if conn then cluster.wire:route_allow(rid, conn) end
   end
   entry.refs = entry.refs + 1
   self.routes[rid] = route
