@@ -334,7 +334,8 @@ local function start_cluster(opts, node)
     or port, advertise = config and config.self.address, capabilities = caps, peer_timeout = opts.peer_timeout }
   local ok, cerr = cluster:start()
   if not ok then return nil, cerr end
-  local ring = require("exo.ring").new(node, cluster, { policy = policy, wire_dtype = wire_dtype })
+  local ring = require("exo.ring").new(node, cluster, { policy = policy, wire_dtype = wire_dtype,
+    max_kept = opts.max_sessions })
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
   if watcher then watcher:start() end
   io.stderr:write(("exo: node %s on port %d (discovery %s, partitioning %s)\n"):format(node_id, cluster.port,

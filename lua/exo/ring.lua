@@ -43,16 +43,20 @@ function M.new(node, cluster, opts)
     node = node, cluster = cluster, policy = opts.policy, wire_dtype = opts.wire_dtype or "f32",
     open_timeout = opts.open_timeout or 120, step_timeout = opts.step_timeout or 120,
     asking = {},   -- request id -> the asker's state
+    kept = {},     -- model id -> requests kept open between turns (see take_kept)
+    max_kept = opts.max_kept or 2,
     routes = {},   -- request id -> this node's part in a request
     shards = {},   -- "model@start-stop" -> { shard, refs }
     salt = tonumber(require("exo.cluster").random_hex(4), 16) % (2 ^ 28 - 1) + 1, counter = 0,
   }, Ring)
   cluster:on("open", function(from, rid, msg) self:on_open(from, rid, msg) end)
+  cluster:on("resume", function(from, rid, msg) self:on_resume(from, rid, msg) end)
+  cluster:on("stop", function(from, rid) self:on_stop(from, rid) end)
   cluster:on("close", function(from, rid)
     local route = self.routes[rid]
     if route and route.asker == from then self:close_route(rid) end
   end)
-  for _, kind in ipairs { "ready", "token", "done", "error", "verified", "prefilled" } do
+  for _, kind in ipairs { "ready", "token", "done", "error", "verified", "prefilled", "stopped" } do
     cluster:on(kind, function(from, rid, msg)
       msg.from = from
       self:deliver(rid, msg)
@@ -138,22 +142,90 @@ end
 -- The logits of request R come back to its asker as request R + 2^52 (wire.h).
 local REPLY_OFFSET = 2 ^ 52
 
+-- How a speculative verify pass answers: the target's argmax per row for
+-- greedy requests without penalties, the logits rows otherwise.
+local function verify_mode(req)
+  local penalties = (req.repeat_penalty or 1) ~= 1 or (req.presence_penalty or 0) ~= 0
+    or (req.frequency_penalty or 0) ~= 0
+  return (req.temperature == 0 and not penalties) and "argmax" or "rows"
+end
+
+local function plan_signature(plan)
+  local parts = {}
+  for i, p in ipairs(plan) do parts[i] = ("%s:%d-%d"):format(p.node_id, p.start_layer, p.end_layer) end
+  return table.concat(parts, ",")
+end
+
+local function common_prefix(a, b)
+  local n = 0
+  while n < #a and n < #b and a[n + 1] == b[n + 1] do n = n + 1 end
+  return n
+end
+
+-- ---- kept requests: a conversation's caches across turns ---------------------------------
+--
+-- After a turn the asker may keep the request open on every node (its routes
+-- and KV sequences), remembering which tokens the ring holds. The next request
+-- on the same plan that shares a prefix with them resumes it: only the new
+-- tokens go round (the first frame's position rolls every cache back to the
+-- common prefix). At most max_kept per model; the oldest is closed first.
+
+function Ring:close_everywhere(rid, plan)
+  self.cluster.wire:route_close(rid + REPLY_OFFSET)
+  for _, p in ipairs(plan) do self.cluster:send(p.node_id, rid, { t = "close" }) end
+end
+
+-- The idle kept request for this model, plan and mode sharing the longest
+-- prefix with ids, taken out of the pool; kept requests of other plans go.
+function Ring:take_kept(model_id, sig, mode, ids)
+  local list = self.kept[model_id]
+  if not list then return nil end
+  local best, best_len
+  for i = #list, 1, -1 do
+    local k = list[i]
+    if k.sig ~= sig then
+      table.remove(list, i)
+      self:close_everywhere(k.rid, k.plan)
+    elseif k.mode == mode then
+      local len = common_prefix(k.cached, ids)
+      if len > 0 and (not best or len > best_len) then best, best_len = i, len end
+    end
+  end
+  return best and table.remove(list, best) or nil
+end
+
+function Ring:keep(model_id, k)
+  local list = self.kept[model_id] or {}
+  self.kept[model_id] = list
+  list[#list + 1] = k
+  while #list > self.max_kept do
+    local old = table.remove(list, 1)
+    self:close_everywhere(old.rid, old.plan)
+  end
+end
+
 -- Runs one request over plan on the calling coroutine; the same contract as
 -- generate.Session:generate (model: exo.model with its tokenizer). With draft
--- (a local session on a draft model) and g, a greedy request is decoded
+-- (a local session on a draft model) and g, the request is decoded
 -- speculatively: the draft runs here, the target's verify pass goes round the
 -- ring as one multi-row frame.
 function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
-  local rid = self:new_request_id()
-  local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {} }
+  local mode = draft and verify_mode(req) or "plain"
+  local sig = plan_signature(plan)
+  local kept = self:take_kept(model.id, sig, mode, ids)
+  local rid = kept and kept.rid or self:new_request_id()
+  local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {}, kept = kept, mode = mode }
   for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
   self.asking[rid] = st
   -- Whatever happens (an error raised on the way included), the request is
-  -- closed on every node it was opened on.
+  -- either kept with a known cache or closed on every node it was opened on.
   local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
   self.asking[rid] = nil
-  self.cluster.wire:route_close(rid + REPLY_OFFSET)
-  for _, p in ipairs(plan) do self.cluster:send(p.node_id, rid, { t = "close" }) end
+  if ok and res and st.cached then
+    self:keep(model.id, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached })
+  else
+    self:close_everywhere(rid, plan)
+  end
   if not ok then return nil, "the request failed: " .. tostring(res) end
   return res, err
 end
@@ -172,14 +244,14 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
   local sampling_params = {}
   for _, k in ipairs(SAMPLING_FIELDS) do sampling_params[k] = req[k] end
   for i, p in ipairs(plan) do
-    local msg = { t = "open", model = model.id, start = p.start_layer, stop = p.end_layer,
+    -- A kept request is resumed: every node checks it still holds its part,
+    -- the last one takes this turn's settings.
+    local msg = { t = st.kept and "resume" or "open", model = model.id, start = p.start_layer, stop = p.end_layer,
       next = plan[i + 1] and plan[i + 1].node_id or nil, prev = plan[i - 1] and plan[i - 1].node_id or nil,
       last = plan[#plan].node_id, first = plan[1].node_id, n_ctx = self.node.n_ctx, wire_dtype = self.wire_dtype }
     if i == #plan and draft then
       -- Greedy needs only the target's choice per row; sampling needs the rows.
-      local penalties = (req.repeat_penalty or 1) ~= 1 or (req.presence_penalty or 0) ~= 0
-        or (req.frequency_penalty or 0) ~= 0
-      msg.verify = (req.temperature == 0 and not penalties) and "argmax" or "rows"
+      msg.verify = st.mode
     elseif i == #plan then
       msg.sampling = sampling_params
       msg.prompt = ids
@@ -202,9 +274,12 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
     local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g)
     return res, serr
   end
-  -- All but the last chunk of a long prompt: the last node says "prefilled".
+  -- Only what the ring does not hold yet goes round (the last prompt token
+  -- always: its logits start the answer). All but the last chunk of a long
+  -- prompt are answered "prefilled".
+  local common = st.kept and math.min(common_prefix(st.kept.cached, ids), #ids - 1) or 0
   local first_conn, chunk = cluster:conn_of(plan[1].node_id), self:chunk_size(model)
-  local at = 0
+  local at = common
   while #ids - at > chunk do
     local ok, err = self.cluster.wire:send_tokens(first_conn, rid, at, { unpack(ids, at + 1, at + chunk) })
     if not ok then return nil, "cannot send the prompt: " .. err end
@@ -247,11 +322,22 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
     end
   end
   local text = sink:finish(finish)
+  -- Keep the caches for the next turn: once the last node has stopped and no
+  -- token of this turn is going round, the ring holds the prompt and every
+  -- token but (maybe) the last.
+  if cluster:send(plan[#plan].node_id, rid, { t = "stop" }) then
+    local m
+    repeat m = self:wait(st, 10) until m.t ~= "token" and m.t ~= "done" -- tokens sampled before the stop landed
+    if m.t == "stopped" then
+      st.cached = { unpack(ids) }
+      for i = 1, #sink.tokens - 1 do st.cached[#st.cached + 1] = sink.tokens[i] end
+    end
+  end
   local seconds = native.now() - t0
   return {
     text = text, tokens = sink.tokens, finish_reason = finish, logprobs = sink.logprobs,
-    n_prompt = #ids, n_computed = #ids, n_generated = #sink.tokens, ttft = ttft or seconds, seconds = seconds,
-    plan = plan,
+    n_prompt = #ids, n_computed = #ids - common, n_generated = #sink.tokens, ttft = ttft or seconds,
+    seconds = seconds, plan = plan,
   }
 end
 
@@ -316,13 +402,18 @@ end
 function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g)
   local wire = self.cluster.wire
   local n_vocab = st.n_vocab or model.tokenizer.n_vocab -- the head's rows, as the last node said
-  local ok, err = wire:collect_open(st.id + REPLY_OFFSET, n_vocab)
-  if not ok then return nil, err end
+  if not st.kept then
+    local ok, err = wire:collect_open(st.id + REPLY_OFFSET, n_vocab)
+    if not ok then return nil, err end
+  end
   local target = setmetatable({ ring = self, st = st, first = self.cluster:conn_of(st.plan[1].node_id),
-    n_ctx_ = self.node.n_ctx, cached = {}, tokenizer = model.tokenizer, shard = { n_vocab = n_vocab },
-    chunk = self:chunk_size(model) }, Remote)
+    n_ctx_ = self.node.n_ctx, cached = st.kept and { unpack(st.kept.cached) } or {}, tokenizer = model.tokenizer,
+    shard = { n_vocab = n_vocab }, chunk = self:chunk_size(model) }, Remote)
   local res, serr = require("exo.speculative").generate(target, draft, ids, req, on_text, should_stop, g)
-  if res then res.plan = st.plan end
+  if res then
+    res.plan = st.plan
+    st.cached = target.cached -- verify passes run one at a time: nothing is still going round
+  end
   return res, serr
 end
 
@@ -387,37 +478,13 @@ function Ring:on_open(from, rid, msg)
       math.max(self.node.n_ctx, shard.n_ctx_train)))
   end
   if shard.is_last ~= (msg.next == nil) then return refuse("the plan's last node must hold the last layer") end
-  local route = { asker = from, shard_key = entry.key }
-  if shard.is_last and msg.verify then
-    if msg.verify ~= "argmax" and msg.verify ~= "rows" then return refuse("unknown verify mode") end
-    route.verify = msg.verify
-    route.n_vocab = shard.n_vocab
-    -- Rows go back to the asker's collector (or stay here when it is us).
-    if msg.verify == "rows" then next_conn = cluster:conn_of(from) or 0 end
-  elseif shard.is_last then
-    local text_side, terr = self.node:model(msg.model)
-    if not text_side then return refuse(terr) end
-    if type(msg.prompt) ~= "table" or #msg.prompt < 1 or #msg.prompt >= msg.n_ctx then return refuse("no prompt") end
-    for _, id in ipairs(msg.prompt) do
-      if not is_int(id, 0, shard.n_vocab - 1) then return refuse("a prompt token outside the vocabulary") end
-    end
-    if type(msg.sampling) ~= "table" then return refuse("no sampling settings") end
-    local ok, sampler = pcall(sampling.new, shard.n_vocab, msg.sampling)
-    if not ok then return refuse("bad sampling settings: " .. tostring(sampler)) end
-    route.sampler = sampler
-    route.tokenizer = text_side.model.tokenizer
-    route.history = {}
-    for i, id in ipairs(msg.prompt) do route.history[i] = id end
-    route.pos = #msg.prompt
-    route.n_ctx = msg.n_ctx
-    route.first = msg.first
-    route.max_tokens = type(msg.max_tokens) == "number" and msg.max_tokens or math.huge
-    route.generated = 0
-    route.n_vocab = shard.n_vocab
-    if type(msg.logprobs) == "number" then
-      route.top_logprobs = msg.logprobs
-      route.lp_buf = ffi.new("float[?]", shard.n_vocab)
-    end
+  local route = { asker = from, shard_key = entry.key, model = msg.model, n_ctx = msg.n_ctx, first = msg.first,
+    n_vocab = shard.n_vocab }
+  if shard.is_last then
+    local serr = self:start_last(route, msg)
+    if serr then return refuse(serr) end
+    -- Verify rows go back to the asker's collector (or stay here when it is us).
+    if route.verify == "rows" then next_conn = cluster:conn_of(from) or 0 end
   end
   local seq, serr = shard:new_seq(msg.n_ctx)
   if not seq then return refuse(serr) end
@@ -436,6 +503,70 @@ function Ring:on_open(from, rid, msg)
   entry.refs = entry.refs + 1
   self.routes[rid] = route
   cluster:send(from, rid, { t = "ready", n_vocab = shard.is_last and shard.n_vocab or nil })
+end
+
+-- The last node's part of a request: how to turn logits into tokens. Set at
+-- open, and again at "resume" when the asker reuses the request's caches for
+-- its next turn. Returns nil or an error message.
+function Ring:start_last(route, msg)
+  route.done, route.in_ring, route.stopping = nil, nil, nil
+  if msg.verify then
+    if msg.verify ~= "argmax" and msg.verify ~= "rows" then return "unknown verify mode" end
+    if route.verify_fixed and route.verify_fixed ~= msg.verify then return "another verify mode than at open" end
+    route.verify, route.verify_fixed, route.sampler = msg.verify, msg.verify, nil
+    return nil
+  end
+  if route.verify_fixed == "rows" then return "this request returns rows" end
+  route.verify = nil
+  local text_side, terr = self.node:model(route.model)
+  if not text_side then return terr end
+  if type(msg.prompt) ~= "table" or #msg.prompt < 1 or #msg.prompt >= route.n_ctx then return "no prompt" end
+  for _, id in ipairs(msg.prompt) do
+    if not is_int(id, 0, route.n_vocab - 1) then return "a prompt token outside the vocabulary" end
+  end
+  if type(msg.sampling) ~= "table" then return "no sampling settings" end
+  local ok, sampler = pcall(sampling.new, route.n_vocab, msg.sampling)
+  if not ok then return "bad sampling settings: " .. tostring(sampler) end
+  route.sampler = sampler
+  route.tokenizer = text_side.model.tokenizer
+  route.history = {}
+  for i, id in ipairs(msg.prompt) do route.history[i] = id end
+  route.pos = #msg.prompt
+  route.max_tokens = type(msg.max_tokens) == "number" and msg.max_tokens or math.huge
+  route.generated = 0
+  route.top_logprobs, route.lp_buf = nil, nil
+  if type(msg.logprobs) == "number" then
+    route.top_logprobs = msg.logprobs
+    route.lp_buf = ffi.new("float[?]", route.n_vocab)
+  end
+  return nil
+end
+
+-- The asker reuses this request's caches for another turn: new settings.
+function Ring:on_resume(from, rid, msg)
+  local route = self.routes[rid]
+  local function refuse(why)
+    self.cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(self.cluster.id, why) })
+  end
+  if not route or route.asker ~= from or route.in_ring then return refuse("nothing to resume") end
+  if route.sampler or route.verify then -- the last node: this turn's settings
+    local err = self:start_last(route, msg)
+    if err then return refuse(err) end
+  end
+  self.cluster:send(from, rid, { t = "ready" })
+end
+
+-- The asker is done with a turn but keeps the caches: generate no further,
+-- and say "stopped" once no token of ours is still going round.
+function Ring:on_stop(from, rid)
+  local route = self.routes[rid]
+  if not route or route.asker ~= from then return end
+  route.done = true
+  if route.in_ring then
+    route.stopping = true
+  else
+    self.cluster:send(from, rid, { t = "stopped" })
+  end
 end
 
 function Ring:close_route(rid)
@@ -465,7 +596,13 @@ end
 
 function Ring:handle_output(rid)
   local route = self.routes[rid]
-  if not route or route.done then return end
+  if not route then return end
+  route.in_ring = nil
+  if route.stopping then
+    route.stopping = nil
+    self.cluster:send(route.asker, rid, { t = "stopped" })
+  end
+  if route.done then return end
   local cluster = self.cluster
   local logits, rows = cluster.wire:route_output(rid)
   if not logits then return end
@@ -514,6 +651,7 @@ function Ring:handle_output(rid)
     cluster:send(route.asker, rid, { t = "error", message = "cannot reach the first node: " .. tostring(err) })
     return
   end
+  route.in_ring = true
   route.pos = route.pos + 1
 end
 
@@ -528,6 +666,18 @@ function Ring:on_failed(rid, why)
 end
 
 function Ring:on_lost(id, why)
+  for _, list in pairs(self.kept) do
+    for i = #list, 1, -1 do
+      local k = list[i]
+      for _, p in ipairs(k.plan) do
+        if p.node_id == id then
+          table.remove(list, i)
+          self:close_everywhere(k.rid, k.plan)
+          break
+        end
+      end
+    end
+  end
   for rid, st in pairs(self.asking) do
     if st.nodes[id] then self:deliver(rid, { t = "error", message = ("node %s left mid-request: %s"):format(id, why) }) end
   end

@@ -345,6 +345,44 @@ class Speculative(unittest.TestCase):
                 n.stop()
 
 
+def converse(node, model, turns, **extra):
+    """A conversation turn by turn; returns [(answer, cached prompt tokens)]."""
+    messages, out = [], []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        body = {"model": model, "messages": messages, "max_tokens": 24, "temperature": 0, **extra}
+        status, raw, _ = node.request("POST", "/v1/chat/completions", body)
+        if status != 200:
+            raise AssertionError("status %d: %s" % (status, raw[:300]))
+        res = json.loads(raw)
+        answer = res["choices"][0]["message"]["content"]
+        out.append((answer, res["usage"]["prompt_tokens_details"]["cached_tokens"]))
+        messages.append({"role": "assistant", "content": answer})
+    return out
+
+
+class Conversations(unittest.TestCase):
+    def test_the_next_turn_reuses_the_rings_caches(self):
+        turns = ["Hi! My name is Ada.", "What is my name?", "Spell it backwards.", "Thanks, bye."]
+        draft = ["--enable-speculative", "--draft-model", DEFAULT_MODEL + ":layers=0-26", "--draft-tokens", "3"]
+        with with_home() as home:
+            single = Node("--node-id", "single")
+            want = [a for a, _ in converse(single, DEFAULT_MODEL, turns)]
+            single.stop()
+            a, b = start_cluster(home, [("a", 2000), ("b", 1000)], *draft)
+            for k, extra in enumerate(({"speculative": False}, {}, {"stop": ["e"]})):
+                got = converse(a, DEFAULT_MODEL, turns, **extra)
+                if k == 0:
+                    self.assertEqual(got[0][1], 0)  # a fresh ring holds nothing
+                if "stop" not in extra:
+                    self.assertEqual([x for x, _ in got], want, extra)
+                # Every turn after the first finds most of its prompt in the ring.
+                for i, (_, cached) in enumerate(got[1:], 2):
+                    self.assertGreater(cached, 20, "turn %d, %s: %d cached" % (i, extra, cached))
+            for n in (a, b):
+                n.stop()
+
+
 class LongPrompts(unittest.TestCase):
     def test_a_prompt_in_chunks(self):
         # Prompts go round the ring in chunks (EXO_RING_CHUNK=5 here): plain

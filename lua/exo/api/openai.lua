@@ -184,6 +184,8 @@ local function usage(res)
     total_tokens = res.n_prompt + res.n_generated,
   }
   if res.speculative then u.speculative = res.speculative end
+  -- Prompt tokens a cache already held (OpenAI reports the same field).
+  if res.n_computed then u.prompt_tokens_details = { cached_tokens = res.n_prompt - res.n_computed } end
   return u
 end
 M.usage = usage
