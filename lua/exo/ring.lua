@@ -68,6 +68,7 @@ function M.new(node, cluster, opts)
   -- Shards a plan change retired go once no pass runs on them.
   self.sweeper = uv.new_timer()
   self.sweeper:start(2000, 2000, function()
+    self:sweep_kept()
     for key, entry in pairs(self.shards) do
       if entry.retired then self:drop_shard(key) end
     end
@@ -187,16 +188,47 @@ function Ring:take_kept(model_id, sig, mode, ids)
       table.remove(list, i)
       self:close_everywhere(k.rid, k.plan)
     elseif k.mode == mode then
+      -- Worth resuming only when the prompt continues this conversation (it
+      -- shares most of what the ring holds); a prompt sharing just the
+      -- template opens a fresh request, so another conversation's cache lives on.
       local len = common_prefix(k.cached, ids)
-      if len > 0 and (not best or len > best_len) then best, best_len = i, len end
+      if len > 0 and len * 2 >= #k.cached and (not best or len > best_len) then best, best_len = i, len end
     end
   end
   return best and table.remove(list, best) or nil
 end
 
+-- Kept requests go after 10 idle minutes, or when the plan for their model
+-- changed (they pin KV caches and shards on every node of the old plan).
+function Ring:sweep_kept()
+  local now = uv.now()
+  for model_id, list in pairs(self.kept) do
+    local entry = self.node.loaded[model_id]
+    local plan = entry and self:plan(entry.model)
+    local sig = plan and plan_signature(plan)
+    for i = #list, 1, -1 do
+      local k = list[i]
+      if now - k.used > 600000 or k.sig ~= sig then
+        table.remove(list, i)
+        self:close_everywhere(k.rid, k.plan)
+      end
+    end
+  end
+end
+
 function Ring:keep(model_id, k)
   local list = self.kept[model_id] or {}
   self.kept[model_id] = list
+  k.used = uv.now()
+  -- One cache per conversation: a kept request this one extends (two turns
+  -- of one conversation at once) goes.
+  for i = #list, 1, -1 do
+    local other = list[i]
+    if other.sig == k.sig and common_prefix(other.cached, k.cached) == math.min(#other.cached, #k.cached) then
+      table.remove(list, i)
+      self:close_everywhere(other.rid, other.plan)
+    end
+  end
   list[#list + 1] = k
   while #list > self.max_kept do
     local old = table.remove(list, 1)
@@ -213,21 +245,28 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
   local mode = draft and verify_mode(req) or "plain"
   local sig = plan_signature(plan)
   local kept = self:take_kept(model.id, sig, mode, ids)
-  local rid = kept and kept.rid or self:new_request_id()
-  local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {}, kept = kept, mode = mode }
-  for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
-  self.asking[rid] = st
-  -- Whatever happens (an error raised on the way included), the request is
-  -- either kept with a known cache or closed on every node it was opened on.
-  local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
-  self.asking[rid] = nil
-  if ok and res and st.cached then
-    self:keep(model.id, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached })
-  else
-    self:close_everywhere(rid, plan)
+  while true do
+    local rid = kept and kept.rid or self:new_request_id()
+    local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {}, kept = kept, mode = mode,
+      n_vocab = kept and kept.n_vocab }
+    for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
+    self.asking[rid] = st
+    -- Whatever happens (an error raised on the way included), the request is
+    -- either kept with a known cache or closed on every node it was opened on.
+    local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
+    self.asking[rid] = nil
+    if ok and res and st.cached then
+      self:keep(model.id, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached, n_vocab = st.n_vocab })
+    else
+      self:close_everywhere(rid, plan)
+    end
+    -- A node that no longer holds its part of a kept request: start afresh.
+    if not (ok and not res and st.resume_refused) then
+      if not ok then return nil, "the request failed: " .. tostring(res) end
+      return res, err
+    end
+    kept = nil
   end
-  if not ok then return nil, "the request failed: " .. tostring(res) end
-  return res, err
 end
 
 -- A prompt goes round the ring in chunks whose hidden states fit a frame
@@ -266,6 +305,7 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
   for _ = 1, #plan do
     local m = self:wait(st, self.open_timeout)
     if m.t ~= "ready" then
+      st.resume_refused = st.kept ~= nil and m.t == "error"
       return nil, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t))
     end
     if type(m.n_vocab) == "number" then st.n_vocab = m.n_vocab end
@@ -327,7 +367,7 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
   -- token but (maybe) the last.
   if cluster:send(plan[#plan].node_id, rid, { t = "stop" }) then
     local m
-    repeat m = self:wait(st, 10) until m.t ~= "token" and m.t ~= "done" -- tokens sampled before the stop landed
+    repeat m = self:wait(st, self.step_timeout) until m.t ~= "token" and m.t ~= "done" -- sampled before the stop
     if m.t == "stopped" then
       st.cached = { unpack(ids) }
       for i = 1, #sink.tokens - 1 do st.cached[#st.cached + 1] = sink.tokens[i] end
@@ -549,18 +589,23 @@ function Ring:on_resume(from, rid, msg)
     self.cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(self.cluster.id, why) })
   end
   if not route or route.asker ~= from or route.in_ring then return refuse("nothing to resume") end
+  if route.model ~= msg.model or route.shard_key ~= ("%s@%s-%s"):format(msg.model, msg.start, msg.stop) then
+    return refuse("this node holds another part of the request")
+  end
   if route.sampler or route.verify then -- the last node: this turn's settings
     local err = self:start_last(route, msg)
     if err then return refuse(err) end
   end
-  self.cluster:send(from, rid, { t = "ready" })
+  self.cluster:send(from, rid, { t = "ready", n_vocab = (route.sampler or route.verify) and route.n_vocab or nil })
 end
 
 -- The asker is done with a turn but keeps the caches: generate no further,
 -- and say "stopped" once no token of ours is still going round.
 function Ring:on_stop(from, rid)
   local route = self.routes[rid]
-  if not route or route.asker ~= from then return end
+  if not route or route.asker ~= from then
+    return self.cluster:send(from, rid, { t = "error", message = "nothing to stop" })
+  end
   route.done = true
   if route.in_ring then
     route.stopping = true

@@ -379,6 +379,20 @@ class Conversations(unittest.TestCase):
                 # Every turn after the first finds most of its prompt in the ring.
                 for i, (_, cached) in enumerate(got[1:], 2):
                     self.assertGreater(cached, 20, "turn %d, %s: %d cached" % (i, extra, cached))
+            # Two conversations taking turns each keep their own cache.
+            convs = [["Hi! My name is Ada.", "What is my name?", "Say it again."],
+                     ["Hello, I live in Paris.", "Where do I live?", "Say it again."]]
+            history = [[], []]
+            for turn in range(3):
+                for c in (0, 1):
+                    history[c].append({"role": "user", "content": convs[c][turn]})
+                    body = {"model": DEFAULT_MODEL, "messages": history[c], "max_tokens": 16, "temperature": 0,
+                            "speculative": False}
+                    res = json.loads(a.request("POST", "/v1/chat/completions", body)[1])
+                    history[c].append({"role": "assistant", "content": res["choices"][0]["message"]["content"]})
+                    if turn > 0:
+                        cached = res["usage"]["prompt_tokens_details"]["cached_tokens"]
+                        self.assertGreater(cached, 30, "conversation %d, turn %d: %d cached" % (c, turn + 1, cached))
             for n in (a, b):
                 n.stop()
 
