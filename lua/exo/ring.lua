@@ -9,9 +9,12 @@
 -- raises an "output" event, its Lua samples with the asker's settings (they
 -- travel in the open message), sends the token back to the asker, and feeds
 -- it to the first node for the next step. The asker streams text and ends the
--- request (a stop string, a client gone, the last node saying done) by
--- closing it everywhere. Requests are independent, so several are in flight at
--- once at different places around the ring.
+-- turn (a stop string, a client gone, the last node saying done); it then
+-- either closes the request everywhere or keeps it open, so the
+-- conversation's next turn sends only what is new (kept requests, below).
+-- Requests are independent, so several are in flight at once at different
+-- places around the ring. Speculative decoding runs its draft on the asker
+-- and sends each verify pass round the ring as one multi-row frame (Remote).
 --
 -- Failure is prompt and loud: a route that fails, a peer that vanishes or
 -- stays silent past the step timeout fails the request with a message naming
