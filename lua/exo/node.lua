@@ -71,7 +71,7 @@ end
 
 -- opts: max_sessions (per model), n_ctx, chat_template (function or text),
 -- speculative ({ draft = spec, g = N }: every request on this node drafts
--- with it unless it says "speculative": false).
+-- with it unless it says "speculative": false; "draft_tokens" overrides g).
 function M.new(opts)
   opts = opts or {}
   local self = setmetatable({
@@ -182,7 +182,8 @@ function Node:generate(req, on_text, should_stop)
         draft, derr = self:draft_session(entry)
         if not draft then return nil, derr, 500 end
       end
-      local res, rerr = self.ring:generate(entry.model, ids, req, plan, on_text, should_stop, draft, spec and spec.g)
+      local g = req.draft_tokens or (spec and spec.g)
+      local res, rerr = self.ring:generate(entry.model, ids, req, plan, on_text, should_stop, draft, g)
       if draft then table.insert(entry.draft_idle, draft) end
       if not res then return nil, rerr, 503 end
       return res
@@ -206,7 +207,8 @@ function Node:generate(req, on_text, should_stop)
       session.draft, gerr = generate.session(entry.draft, { n_ctx = self.n_ctx, runner = self.runner })
     end
     if session.draft then
-      res, gerr = require("exo.speculative").generate(session, session.draft, ids, req, on_text, should_stop, spec.g)
+      res, gerr = require("exo.speculative").generate(session, session.draft, ids, req, on_text, should_stop,
+        req.draft_tokens or spec.g)
     end
   else
     res, gerr = session:generate(ids, req, on_text, should_stop)

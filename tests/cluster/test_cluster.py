@@ -335,6 +335,13 @@ class Speculative(unittest.TestCase):
                     res = chat_full(node, DEFAULT_MODEL, p)
                     self.assertEqual(res["choices"][0]["message"]["content"], want[p], "%s: %r" % (node.node_id, p))
                     self.assertGreater(res["usage"]["speculative"]["passes"], 0)
+            # Every draft length over the ring (a request may set its own).
+            for g in (1, 2, 4, 8):
+                for p in PROMPTS[:2]:
+                    res = chat_full(nodes[g % 3], DEFAULT_MODEL, p, draft_tokens=g)
+                    self.assertEqual(res["choices"][0]["message"]["content"], want[p], "g=%d: %r" % (g, p))
+                    self.assertLessEqual(res["usage"]["speculative"]["drafted"],
+                                         g * res["usage"]["speculative"]["passes"])
             for node in nodes:
                 for i, p in enumerate(PROMPTS[:2]):
                     res = chat_full(node, DEFAULT_MODEL, p, temperature=0.8, seed=7 + i)

@@ -56,7 +56,7 @@ local function sampling_fields(body, out, limits)
     { number_field, "min_p", 0, 1 }, { number_field, "repetition_penalty", 0.01, 10 },
     { int_field, "top_k", 0, 1e9 }, { int_field, "max_tokens", 1, 1e9 },
     { int_field, "max_completion_tokens", 1, 1e9 }, { int_field, "seed", -2 ^ 53 + 1, 2 ^ 53 - 1 },
-    { int_field, "n", 1, 128 }, { int_field, "top_logprobs", 0, 20 },
+    { int_field, "n", 1, 128 }, { int_field, "top_logprobs", 0, 20 }, { int_field, "draft_tokens", 1, 32 },
   }
   for _, c in ipairs(checks) do
     local ok, msg, field = c[1](body, c[2], c[3], c[4])
@@ -106,6 +106,7 @@ local function sampling_fields(body, out, limits)
   local max = opt(body.max_completion_tokens) or opt(body.max_tokens) or limits.max_tokens
   out.max_tokens = math.min(max, limits.max_tokens_cap or max)
   if opt(body.speculative) == false then out.speculative = false end
+  out.draft_tokens = opt(body.draft_tokens) -- this request's g, when the node decodes speculatively
   return out
 end
 
