@@ -1,7 +1,8 @@
 /* api.c: the thin public wrappers of exo.h that have no other home.
  *
  * Runtime settings, model-file metadata for Lua (over the GGUF reader), and the
- * measurements `exo bench` needs (memory bandwidth, peak RSS, a clock). Each
+ * measurements `exo bench` and a node's capabilities need (memory bandwidth,
+ * fp32 throughput, peak RSS, a clock). Each
  * wrapper validates its arguments and maps failures to EXO_E* codes, in the
  * style of OpenResty's ngx_http_lua_ffi_* functions. */
 #define _GNU_SOURCE
@@ -11,6 +12,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+
+#include <cblas.h>
 
 #include "../kernels/cpu/quants.h"
 #include "error.h"
@@ -274,4 +277,47 @@ double exo_measure_mem_bandwidth(size_t bytes, int reps)
     exo_aligned_free(a);
     exo_aligned_free(b);
     return 2.0 * (double)n * sizeof(float) / best / 1e9;
+}
+
+/* fp32 throughput: every pool thread multiplies its own small matrices with
+ * OpenBLAS (single-threaded sgemm, as the engine calls it). */
+enum { FLOPS_N = 128, FLOPS_GEMMS = 4 };
+
+typedef struct flops_job {
+    float *buf; /* per thread: a, b, c of FLOPS_N^2 floats each */
+} flops_job;
+
+static void flops_run(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    flops_job *j = ctx;
+    float *a = j->buf + (size_t)thread * 3 * FLOPS_N * FLOPS_N, *b = a + FLOPS_N * FLOPS_N, *c = b + FLOPS_N * FLOPS_N;
+    for (int64_t i = begin; i < end; i++)
+        for (int k = 0; k < FLOPS_GEMMS; k++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, FLOPS_N, FLOPS_N, FLOPS_N, 1.0f, a, FLOPS_N, b,
+                        FLOPS_N, 0.0f, c, FLOPS_N);
+}
+
+extern void openblas_set_num_threads(int);
+
+double exo_measure_flops_fp32(int reps)
+{
+    exo_pool *pool = exo_pool_global();
+    int threads = exo_pool_threads(pool);
+    size_t floats = (size_t)threads * 3 * FLOPS_N * FLOPS_N;
+    float *buf = exo_aligned_alloc(floats * sizeof(float));
+    if (!buf) return 0;
+    for (size_t i = 0; i < floats; i++) buf[i] = (float)(i % 7) * 0.25f;
+    openblas_set_num_threads(1);
+    flops_job job = {buf};
+    int64_t items = 2 * (int64_t)threads;
+    double best = INFINITY;
+    if (reps < 1) reps = 1;
+    for (int r = 0; r < reps; r++) {
+        double t0 = exo_now();
+        exo_pool_for(pool, items, 1, flops_run, &job);
+        double dt = exo_now() - t0;
+        if (dt < best) best = dt;
+    }
+    exo_aligned_free(buf);
+    return 2.0 * FLOPS_N * FLOPS_N * FLOPS_N * FLOPS_GEMMS * (double)items / best / 1e9;
 }

@@ -374,6 +374,9 @@ int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
 /* Memory bandwidth in GB/s from a STREAM-like copy over bytes of memory, best
  * of reps, using the compute pool. */
 double exo_measure_mem_bandwidth(size_t bytes, int reps);
+/* fp32 GFLOPS of this machine's compute threads (sgemm of small matrices on
+ * every pool thread; best of reps). */
+double exo_measure_flops_fp32(int reps);
 /* Peak resident set size of this process in bytes. */
 int64_t exo_peak_rss_bytes(void);
 /* Monotonic clock in seconds. */

@@ -77,15 +77,12 @@ function M.cpu_name()
   return (read_file("/proc/cpuinfo") or ""):match("model name%s*:%s*([^\n]+)") or "cpu"
 end
 
--- Peak TFLOPS from the core count and clock: an AVX2 core retires two 8-wide
--- FMAs a cycle (32 fp32 flops); there is no fp16 arithmetic on the CPU path,
--- and int8 dot products run at twice the fp32 rate. An estimate, as the
--- original exo's table of chips is.
+-- TFLOPS measured at start (a few milliseconds of sgemm on the compute
+-- threads). The CPU path has no fp16 arithmetic (fp16 = fp32), and its int8
+-- dot products run at about twice the fp32 rate (VNNI/maddubs): that one is
+-- an estimate, as the original exo's table of chips is.
 function M.cpu_flops()
-  local info = read_file("/proc/cpuinfo") or ""
-  local mhz = tonumber(info:match("cpu MHz%s*:%s*([%d%.]+)")) or 2000
-  local cores = native.threads()
-  local fp32 = cores * mhz * 1e6 * 32 / 1e12
+  local fp32 = native.C.exo_measure_flops_fp32(5) / 1000
   return { fp32 = fp32, fp16 = fp32, int8 = 2 * fp32 }
 end
 

@@ -207,6 +207,7 @@ int exo_wire_route_close(exo_wire *w, uint64_t request_id);
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
 int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
 double exo_measure_mem_bandwidth(size_t bytes, int reps);
+double exo_measure_flops_fp32(int reps);
 int64_t exo_peak_rss_bytes(void);
 double exo_now(void);
 ]]
