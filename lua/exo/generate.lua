@@ -45,12 +45,15 @@ end
 
 function Session:n_ctx() return self.seq:n_ctx() end
 
--- How many leading ids the cache already holds.
-function Session:common_prefix(ids)
-  local common, cached = 0, self.cached
-  while common < #cached and common < #ids and cached[common + 1] == ids[common + 1] do common = common + 1 end
-  return common
+-- How many leading entries two token lists share.
+function M.common_prefix(a, b)
+  local n = 0
+  while n < #a and n < #b and a[n + 1] == b[n + 1] do n = n + 1 end
+  return n
 end
+
+-- How many leading ids the cache already holds.
+function Session:common_prefix(ids) return M.common_prefix(self.cached, ids) end
 
 -- Keeps the first `common` cached positions and computes ids[common+1..] in
 -- one pass (the logits of the last land in self.logits). Returns the count
@@ -205,6 +208,16 @@ function Sink:finish(reason)
   return table.concat(self.parts)
 end
 
+-- The answer as every generation path returns it, once finish() gave text.
+function Sink:result(text, finish, n_prompt, computed, t0, ttft)
+  local seconds = native.now() - t0
+  return {
+    text = text, tokens = self.tokens, finish_reason = finish, logprobs = self.logprobs,
+    n_prompt = n_prompt, n_computed = computed, n_generated = #self.tokens,
+    ttft = ttft or seconds, seconds = seconds,
+  }
+end
+
 -- Generates an answer to prompt ids.
 -- params: max_tokens, stop (list of strings), temperature, top_k, top_p,
 --   min_p, seed, presence/frequency/repeat penalties, logprobs.
@@ -252,13 +265,7 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
     local ok, ferr = self:feed(id)
     if not ok then return nil, ferr end
   end
-  local text = sink:finish(finish)
-  local seconds = native.now() - t0
-  return {
-    text = text, tokens = sink.tokens, finish_reason = finish, logprobs = sink.logprobs,
-    n_prompt = #prompt_ids, n_computed = computed, n_generated = #sink.tokens,
-    ttft = ttft or seconds, seconds = seconds,
-  }
+  return sink:result(sink:finish(finish), finish, #prompt_ids, computed, t0, ttft)
 end
 
 function Session:logprob_buffer()

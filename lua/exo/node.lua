@@ -101,12 +101,6 @@ function Node:model(id)
   return entry
 end
 
-local function common_prefix(a, b)
-  local n = 0
-  while n < #a and n < #b and a[n + 1] == b[n + 1] do n = n + 1 end
-  return n
-end
-
 -- A session for prompt ids, waiting (yielding) while all are busy.
 function Node:acquire(entry, ids)
   while #entry.idle == 0 and entry.busy >= self.max_sessions do
@@ -115,7 +109,7 @@ function Node:acquire(entry, ids)
   end
   local best, best_len = nil, -1
   for i, s in ipairs(entry.idle) do
-    local len = common_prefix(s.cached, ids)
+    local len = generate.common_prefix(s.cached, ids)
     if len > best_len then best, best_len = i, len end
   end
   local session

@@ -160,11 +160,7 @@ local function plan_signature(plan)
   return table.concat(parts, ",")
 end
 
-local function common_prefix(a, b)
-  local n = 0
-  while n < #a and n < #b and a[n + 1] == b[n + 1] do n = n + 1 end
-  return n
-end
+local common_prefix = generate.common_prefix
 
 -- ---- kept requests: a conversation's caches across turns ---------------------------------
 --
@@ -376,12 +372,9 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
       for i = 1, #sink.tokens - 1 do st.cached[#st.cached + 1] = sink.tokens[i] end
     end
   end
-  local seconds = native.now() - t0
-  return {
-    text = text, tokens = sink.tokens, finish_reason = finish, logprobs = sink.logprobs,
-    n_prompt = #ids, n_computed = #ids - common, n_generated = #sink.tokens, ttft = ttft or seconds,
-    seconds = seconds, plan = plan,
-  }
+  local res = sink:result(text, finish, #ids, #ids - common, t0, ttft)
+  res.plan = plan
+  return res
 end
 
 -- The target as speculative.generate sees it when its layers are spread over
@@ -412,9 +405,7 @@ function Remote:pass(tokens, all_logits)
 end
 
 function Remote:sync(ids)
-  local common = 0
-  while common < #self.cached and common < #ids and self.cached[common + 1] == ids[common + 1] do common = common + 1 end
-  self:truncate(common)
+  self:truncate(common_prefix(self.cached, ids))
   while #self.cached < #ids do
     local from = #self.cached
     local m, err = self:pass({ unpack(ids, from + 1, math.min(#ids, from + self.chunk)) }, false)
@@ -652,7 +643,7 @@ function Ring:handle_output(rid)
   end
   if route.done then return end
   local cluster = self.cluster
-  local logits, rows = cluster.wire:route_output(rid)
+  local logits, rows, position = cluster.wire:route_output(rid)
   if not logits then return end
   if route.verify == "rows" then
     -- We are the asker as well: the rows are read from this route.
@@ -665,8 +656,7 @@ function Ring:handle_output(rid)
     return
   end
   if not route.sampler then return end
-  local _, rows, position = cluster.wire:route_output(rid)
-  if position and rows and position + rows < route.pos then
+  if position + rows < route.pos then
     -- A chunk of a long prompt: not the end of it yet.
     cluster:send(route.asker, rid, { t = "prefilled" })
     return

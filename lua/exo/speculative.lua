@@ -216,11 +216,7 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
   local ctx = {}
   for i = 1, L do ctx[i] = prompt_ids[i] end
   local head = { unpack(ctx, 1, L - 1) }
-  local common = 0
-  while common < #target.cached and common < L - 1 and target.cached[common + 1] == head[common + 1] do
-    common = common + 1
-  end
-  local computed = L - common
+  local computed = L - generate.common_prefix(target.cached, head)
   local ok, err = target:sync(head)
   if not ok then return nil, err end
 
@@ -331,15 +327,9 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
     if stop then break end
     if #ctx >= target:n_ctx() then break end -- the cache is full
   end
-  -- Leave the cache holding the context minus its last token, as a plain
-  -- session would hold it after feeding everything but the last sample.
-  local text = sink:finish(finish)
-  local seconds = native.now() - t0
-  return {
-    text = text, tokens = sink.tokens, finish_reason = finish, logprobs = sink.logprobs,
-    n_prompt = #prompt_ids, n_computed = computed, n_generated = #sink.tokens,
-    ttft = ttft or seconds, seconds = seconds, speculative = stats,
-  }
+  local res = sink:result(sink:finish(finish), finish, #prompt_ids, computed, t0, ttft)
+  res.speculative = stats
+  return res
 end
 
 return M
