@@ -72,6 +72,12 @@ typedef struct exo_backend {
     void (*add)(float *y, const float *x, int64_t n);
     /* out[t] = row ids[t] of the embedding matrix, as floats. */
     int (*get_rows)(const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out);
+    /* Optional: the bytes of the backend's own copy of weight matrix w in the
+     * layout its kernels read fastest, or 0 to read w as the file has it. */
+    size_t (*packed_size)(const exo_tensor *w);
+    /* Writes that copy to dst (packed_size bytes, owned by the model layer)
+     * and points w->packed at it. Results do not change, only speed. */
+    void (*pack)(exo_tensor *w, void *dst);
 } exo_backend;
 
 const exo_backend *exo_backend_cpu(void);

@@ -796,6 +796,11 @@ uint32_t exo_gguf_version(const exo_gguf *g)
     return g ? g->version : 0;
 }
 
+bool exo_gguf_is_file_mapped(const exo_gguf *g)
+{
+    return g && g->map;
+}
+
 size_t exo_gguf_alignment(const exo_gguf *g)
 {
     return g ? g->alignment : 0;

@@ -56,6 +56,9 @@ void exo_gguf_close(exo_gguf *g);
 
 uint32_t exo_gguf_version(const exo_gguf *g);
 size_t exo_gguf_alignment(const exo_gguf *g);
+/* Whether tensor data lives in a read-only mapping of the file (exo_gguf_open),
+ * whose pages can be dropped and read again, rather than in caller memory. */
+bool exo_gguf_is_file_mapped(const exo_gguf *g);
 size_t exo_gguf_file_size(const exo_gguf *g);
 
 /* Metadata. Keys are looked up by exact name; -1 when absent. */

@@ -68,7 +68,20 @@ int exo_llama_bind(exo_shard *s)
         BIND(w_down, "ffn_down.weight", 2, hp->n_ff, n_embd);
 #undef BIND
     }
-    return EXO_OK;
+
+    /* Every matrix a token reads, for the backend to pack. */
+    int n_ws = 7 * n + 1;
+    exo_tensor **ws = calloc((size_t)n_ws, sizeof *ws);
+    if (!ws) return exo_error_set(EXO_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        exo_llama_layer *l = &s->layers[i];
+        exo_tensor *layer_ws[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+        memcpy(ws + 7 * i, layer_ws, sizeof layer_ws);
+    }
+    ws[7 * n] = s->is_last ? &s->output : NULL;
+    rc = exo_model_pack_weights(s, ws, n_ws);
+    free(ws);
+    return rc;
 }
 
 /* cos/sin for every (token, pair) of this batch, shared by all layers. */

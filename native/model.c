@@ -154,6 +154,39 @@ int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_d
     return EXO_OK;
 }
 
+static size_t round_to_line(size_t n)
+{
+    return (n + 63) / 64 * 64;
+}
+
+int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
+{
+    const exo_backend *be = s->backend;
+    if (!be->packed_size || !be->pack) return EXO_OK;
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        if (ws[i] && ws[i]->data) total += round_to_line(be->packed_size(ws[i]));
+    if (!total) return EXO_OK;
+    char *arena = exo_weights_alloc(total);
+    if (!arena) return exo_error_set(EXO_ENOMEM, "out of memory packing %zu MiB of weights", total >> 20);
+    s->packed = arena;
+    s->packed_bytes = total;
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+        if (!ws[i] || !ws[i]->data) continue;
+        size_t bytes = be->packed_size(ws[i]);
+        if (!bytes) continue;
+        be->pack(ws[i], arena + used);
+        used += round_to_line(bytes);
+        /* The file's copy is off the hot path now: its pages can go. Rows
+         * read later come back from the page cache: the embedding rows a
+         * first shard looks up when the head is tied to the embedding (one
+         * or two pages a token). */
+        if (exo_gguf_is_file_mapped(s->file)) exo_release_pages(ws[i]->data, bytes);
+    }
+    return EXO_OK;
+}
+
 /* ---- shards ------------------------------------------------------------- */
 
 static int alloc_run_state(exo_shard *s)
@@ -189,6 +222,7 @@ void exo_shard_free(exo_shard *s)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) exo_aligned_free(bufs[i]);
     free(s->layers);
     free(s->rope_inv_freq);
+    exo_weights_free(s->packed, s->packed_bytes);
     exo_gguf_close(s->file);
     free(s);
 }

@@ -75,6 +75,8 @@ struct exo_shard {
     float *rope_inv_freq;    /* (rope_dim / 2) */
     exo_llama_layer *layers; /* layer_end - layer_start entries */
     exo_run_state rs;
+    void *packed;            /* the backend's packed copies of the weights (exo_weights_alloc) */
+    size_t packed_bytes;
 };
 
 struct exo_seq {
@@ -96,5 +98,8 @@ int exo_llama_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
 /* Helpers the architecture files share. */
 int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
                           bool required);
+/* Lets the backend pack the matrices that every token reads (ws: the bound
+ * matmul weights, NULL entries skipped) into one arena of the shard. */
+int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n);
 
 #endif

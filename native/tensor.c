@@ -2,11 +2,16 @@
  *
  * Row strides come from the dtype's block layout (a row of a quantized matrix
  * is ne[0] / block_size blocks), so every consumer indexes rows the same way
- * whether the bytes are floats or Q4_K super-blocks. */
+ * whether the bytes are floats or Q4_K super-blocks. Also the memory helpers:
+ * aligned scratch, and huge-page memory for weights read on every token. */
+#define _GNU_SOURCE
 #include "tensor.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../kernels/cpu/quants.h"
 #include "error.h"
@@ -77,4 +82,40 @@ void *exo_aligned_alloc(size_t size)
 void exo_aligned_free(void *p)
 {
     free(p);
+}
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static size_t round_up(size_t n, size_t to)
+{
+    return (n + to - 1) / to * to;
+}
+
+void *exo_weights_alloc(size_t size)
+{
+    /* Over-allocate by one huge page and trim, so the run starts on a 2 MiB
+     * boundary (only aligned 2 MiB runs can become huge pages). */
+    size_t len = round_up(size ? size : 1, HUGE_PAGE);
+    uint8_t *raw = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    uint8_t *p = (uint8_t *)round_up((uintptr_t)raw, HUGE_PAGE);
+    if (p > raw) munmap(raw, (size_t)(p - raw));
+    size_t tail = (size_t)(raw + len + HUGE_PAGE - (p + len));
+    if (tail) munmap(p + len, tail);
+#ifdef MADV_HUGEPAGE
+    madvise(p, len, MADV_HUGEPAGE); /* a hint: without THP the memory still works */
+#endif
+    return p;
+}
+
+void exo_weights_free(void *p, size_t size)
+{
+    if (p) munmap(p, round_up(size ? size : 1, HUGE_PAGE));
+}
+
+void exo_release_pages(const void *p, size_t size)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t first = round_up((uintptr_t)p, page), last = ((uintptr_t)p + size) / page * page;
+    if (last > first) madvise((void *)first, last - first, MADV_DONTNEED);
 }

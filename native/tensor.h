@@ -21,6 +21,9 @@ typedef struct exo_tensor {
     size_t nb[EXO_MAX_DIMS];   /* bytes between consecutive indices of each dim (nb[0]: one block's worth per block_size elems) */
     void *data;
     bool owned;
+    /* The backend's own copy of a weight matrix in the layout its kernels read
+     * fastest (backend.h: pack), or NULL. Rows stay readable through data. */
+    const void *packed;
 } exo_tensor;
 
 /* A view over existing memory (not freed by exo_tensor_release). Fails when
@@ -41,5 +44,16 @@ static inline void *exo_tensor_row(const exo_tensor *t, int64_t i)
 /* 64-byte aligned allocation helpers used for all scratch memory. */
 void *exo_aligned_alloc(size_t size);
 void exo_aligned_free(void *p);
+
+/* Memory for weights read on every token: mapped in 2 MiB aligned runs and
+ * offered to the kernel for transparent huge pages, so streaming the whole
+ * model does not miss the TLB on every 4 KiB page. NULL when out of memory. */
+void *exo_weights_alloc(size_t size);
+void exo_weights_free(void *p, size_t size);
+
+/* Tells the kernel the pages inside [p, p + size) are not needed now: for a
+ * read-only file mapping they are dropped and read again from the file if
+ * touched later. Only whole pages inside the range are affected. */
+void exo_release_pages(const void *p, size_t size);
 
 #endif

@@ -1,7 +1,8 @@
 /* bench_quants.c: single-core speed of the decode path's hot dots (not a test).
  *
  * Times matrix-vector products built from each available version of vec_dot
- * (_ref, AVX2, AVX-512 VNNI, and the AVX-512 four-row vec_dot_x4) for Q4_1,
+ * (_ref, AVX2, AVX-512 VNNI, the AVX-512 four-row vec_dot_x4, and the
+ * same four rows from the packed layout) for Q4_1,
  * Q8_0 and Q4_0 weights with the default model's row lengths (576 and 1536),
  * and prints GB/s of weight bytes read. The 1536x576 and 576x1536 matrices
  * fit in L2, so they show the kernels' compute speed; the 49152x576 matrix
@@ -37,11 +38,16 @@ typedef struct {
     const char *name;
     exo_vec_dot_fn dot;
     exo_vec_dot_x4_fn dot4;
+    exo_vec_dot_packed_fn packed; /* reads the packed copy of the matrix */
 } kernel;
+
+static const uint8_t *packed_w; /* the matrix being timed, packed (quants.h) */
 
 static void matvec(const kernel *k, const uint8_t *w, size_t row_bytes, int rows, int cols, const void *act, float *y)
 {
-    if (k->dot4)
+    if (k->packed)
+        for (int r = 0; r < rows; r += 4) k->packed(cols, packed_w + (size_t)r * row_bytes, act, y + r);
+    else if (k->dot4)
         for (int r = 0; r < rows; r += 4) k->dot4(cols, w + (size_t)r * row_bytes, row_bytes, act, y + r);
     else
         for (int r = 0; r < rows; r++) y[r] = k->dot(cols, w + (size_t)r * row_bytes, act);
@@ -83,14 +89,14 @@ static double time_read(const uint8_t *buf, size_t bytes, double min_s)
     return (double)(n / 4 * 32) * (double)reps / t;
 }
 
-#define MAX_KERNELS 4
+#define MAX_KERNELS 5
 
 /* The versions of dtype's dot this CPU can run, ref first. */
 static int kernels_for(int dtype, kernel *k)
 {
     const exo_type_traits *t = exo_type_traits_get(dtype);
     int n = 0;
-    k[n++] = (kernel){ "ref", t->vec_dot_ref, NULL };
+    k[n++] = (kernel){ "ref", t->vec_dot_ref, NULL, NULL };
 #if EXO_QUANTS_X86
     exo_vec_dot_fn avx2 = NULL, avx512 = NULL;
     exo_vec_dot_x4_fn avx512_x4 = NULL;
@@ -116,10 +122,12 @@ static int kernels_for(int dtype, kernel *k)
     __builtin_cpu_init();
     bool cpu512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    if (exo_quants_have_avx2() && avx2) k[n++] = (kernel){ "avx2", avx2, NULL };
+    if (exo_quants_have_avx2() && avx2) k[n++] = (kernel){ "avx2", avx2, NULL, NULL };
     if (exo_quants_have_avx2() && cpu512 && avx512) {
-        k[n++] = (kernel){ "avx512", avx512, NULL };
-        k[n++] = (kernel){ "avx512x4", NULL, avx512_x4 };
+        k[n++] = (kernel){ "avx512", avx512, NULL, NULL };
+        k[n++] = (kernel){ "avx512x4", NULL, avx512_x4, NULL };
+        if (exo_type_traits_get(dtype)->vec_dot_packed)
+            k[n++] = (kernel){ "packed", NULL, NULL, exo_type_traits_get(dtype)->vec_dot_packed };
     }
 #endif
     return n;
@@ -133,8 +141,8 @@ int main(int argc, char **argv)
     exo_quants_init();
     printf("bench_quants: dispatch picks %s; GB/s of weight bytes, one core\n",
            exo_quants_have_avx512() ? "AVX-512 VNNI" : exo_quants_have_avx2() ? "AVX2" : "scalar (same as ref)");
-    printf("  %-5s %-11s %8s %9s %9s %9s %9s %9s\n", "type", "shape", "MB", "ref", "avx2", "avx512", "avx512x4",
-           "read");
+    printf("  %-5s %-11s %8s %9s %9s %9s %9s %9s %9s\n", "type", "shape", "MB", "ref", "avx2", "avx512", "avx512x4",
+           "packed", "read");
 
     static const int dtypes[] = { EXO_DTYPE_Q4_1, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0 };
     static const struct { int rows, cols; } shapes[] = { { 1536, 576 }, { 576, 1536 }, { 49152, 576 }, { 65536, 1536 } };
@@ -157,6 +165,10 @@ int main(int argc, char **argv)
             }
             for (int i = 0; i < cols; i++) x[i] = (float)((double)rand() / RAND_MAX) - 0.5f;
             exo_quantize_act(t->act_type, x, act, cols);
+            uint8_t *packed = malloc(bytes);
+            if (t->pack_x4)
+                for (int r = 0; r < rows; r += 4) t->pack_x4(w + (size_t)r * row_bytes, row_bytes, cols, packed + (size_t)r * row_bytes);
+            packed_w = packed;
 
             double best[MAX_KERNELS] = { 0 }, rd = 0;
             for (int k = 0; k < rounds; k++) {
@@ -165,8 +177,8 @@ int main(int argc, char **argv)
                 rd = fmax(rd, time_read(w, bytes, slice));
             }
             printf("  %-5s %5dx%-5d %8.2f", t->name, rows, cols, bytes / 1e6);
-            static const char *const cols_order[] = { "ref", "avx2", "avx512", "avx512x4" };
-            for (int c = 0; c < 4; c++) {
+            static const char *const cols_order[] = { "ref", "avx2", "avx512", "avx512x4", "packed" };
+            for (int c = 0; c < 5; c++) {
                 int found = -1;
                 for (int ki = 0; ki < nk; ki++)
                     if (strcmp(ks[ki].name, cols_order[c]) == 0) found = ki;
@@ -174,7 +186,7 @@ int main(int argc, char **argv)
                 else printf(" %9s", "-");
             }
             printf(" %9.2f\n", rd / 1e9);
-            free(x); free(y); free(wrow); free(w); free(act);
+            free(x); free(y); free(wrow); free(w); free(act); free(packed);
         }
     }
     return 0;

@@ -5,7 +5,8 @@
  * a batched prompt gives the same logits as decoding token by token; a model
  * split into shards [0,k) and [k,n) gives the same logits as the whole;
  * truncating the KV cache and decoding again gives the same logits as a fresh
- * sequence; and bad calls fail with the right code instead of crashing. */
+ * sequence; packed weights give the same logits as the file's layout; and
+ * bad calls fail with the right code instead of crashing. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,6 +158,41 @@ static void test_truncate_then_redecode(const char *path)
     exo_shard_free(s);
 }
 
+/* Packed weights (backend_cpu.c) change where bytes live, not arithmetic:
+ * logits equal the file layout's bit for bit, in a batch and step by step.
+ * (Where the CPU has no packed kernels both loads read the file layout.) */
+static void test_packed_equals_file_layout(const char *path)
+{
+    exo_shard *packed = load(path, 0, -1);
+    setenv("EXO_PACK", "0", 1);
+    exo_shard *plain = load(path, 0, -1);
+    unsetenv("EXO_PACK");
+    if (!packed || !plain) {
+        exo_shard_free(packed);
+        exo_shard_free(plain);
+        return;
+    }
+    exo_shard_info info;
+    exo_shard_get_info(packed, &info);
+    const int nv = info.n_vocab, n = 12;
+    exo_seq *seqs[2] = {NULL, NULL};
+    exo_shard *shards[2] = {packed, plain};
+    float *out[2] = {malloc(sizeof(float) * nv * n * 2), malloc(sizeof(float) * nv * n * 2)};
+    for (int k = 0; k < 2; k++) {
+        CHECK(exo_seq_new(shards[k], 64, &seqs[k]) == 0);
+        CHECK(exo_shard_forward(shards[k], seqs[k], prompt, NULL, n, 1, out[k]) == 0);
+        for (int t = 0; t < n; t++)
+            CHECK(exo_shard_forward(shards[k], seqs[k], prompt + n + t, NULL, 1, 1, out[k] + (size_t)(n + t) * nv) == 0);
+    }
+    CHECK_MSG(memcmp(out[0], out[1], sizeof(float) * nv * n * 2) == 0, "%s: packed and file-layout logits differ",
+              path);
+    for (int k = 0; k < 2; k++) {
+        exo_seq_free(seqs[k]);
+        exo_shard_free(shards[k]);
+        free(out[k]);
+    }
+}
+
 static void test_errors(const char *path)
 {
     exo_shard *s = NULL;
@@ -208,6 +244,7 @@ int main(void)
         test_batched_equals_stepwise(path);
         test_shards_equal_whole(path);
         test_truncate_then_redecode(path);
+        test_packed_equals_file_layout(path);
         tested++;
     }
     test_errors(tiny);

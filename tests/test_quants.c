@@ -343,6 +343,9 @@ static void test_traits(void)
         CHECK_MSG((tk->vec_dot_x4 != NULL) == want_x4, "%s: vec_dot_x4 %s", tk->name, tk->vec_dot_x4 ? "set" : "NULL");
         /* Q8_0's four-row dot is for batches only (see quants.c). */
         if (want_x4) CHECK(tk->x4_min_tokens == (q8 ? 2 : 0));
+        /* The packed layout exists for these formats; its kernel where AVX-512 VNNI does. */
+        CHECK_MSG((tk->pack_x4 != NULL) == (four_bit || q8), "%s: pack_x4", tk->name);
+        CHECK_MSG((tk->vec_dot_packed != NULL) == want_x4, "%s: vec_dot_packed", tk->name);
     }
 }
 
@@ -804,6 +807,29 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
                       paths[k].name, n, r, out[r], one);
         }
     }
+    /* The packed layout: the same four rows repacked give bit for bit what
+     * the one-row kernel gives on each, and the pack keeps every byte. */
+    if (t->pack_x4) {
+        uint8_t *group = malloc(4 * row);
+        memset(group, 0x5a, 4 * row);
+        t->pack_x4(w, stride, n, group);
+        uint64_t hist_rows[256] = { 0 }, hist_group[256] = { 0 };
+        for (int r = 0; r < 4; r++)
+            for (size_t b = 0; b < row; b++) hist_rows[w[r * stride + b]]++;
+        for (size_t b = 0; b < 4 * row; b++) hist_group[group[b]]++;
+        CHECK_MSG(memcmp(hist_rows, hist_group, sizeof hist_rows) == 0, "%s n=%d: the packed group is not a "
+                  "rearrangement of the rows' bytes", t->name, n);
+        if (t->vec_dot_packed) {
+            float out[4];
+            t->vec_dot_packed(n, group, act, out);
+            for (int r = 0; r < 4; r++) {
+                float one = t->vec_dot(n, w + r * stride, act);
+                CHECK_MSG(memcmp(&one, &out[r], sizeof one) == 0, "%s packed n=%d row %d: %.9g, one-row %.9g",
+                          t->name, n, r, out[r], one);
+            }
+        }
+        free(group);
+    }
     free(w); free(x); free(x2); free(act);
 }
 
@@ -929,6 +955,75 @@ static void test_vec_many(void)
  * odd offsets make the loads unaligned. Bounds: a dot may be off by a few
  * float roundings of the sum of |terms|; an axpy element by one rounding of
  * the fma (fast) or two (scalar multiply, then add). */
+/* SwiGLU against silu computed in double, over the whole float range that
+ * matters (tiny, ordinary, and past the exp clamp both ways), in place too. */
+static void test_vec_swiglu(void)
+{
+    enum { N = 4099 };
+    float *g = malloc(N * sizeof(float)), *u = malloc(N * sizeof(float)), *out = malloc(N * sizeof(float));
+    float *in_place = malloc(N * sizeof(float));
+    rng_seed(91);
+    for (int i = 0; i < N; i++) {
+        double scale = i % 4 == 0 ? 1e-3 : i % 4 == 1 ? 3.0 : i % 4 == 2 ? 30.0 : 200.0;
+        g[i] = (float)(rng_normal() * scale);
+        u[i] = rng_normal();
+    }
+    g[0] = 0.0f; g[1] = -0.0f; g[2] = 88.0f; g[3] = -88.0f; g[4] = 1e30f; g[5] = -1e30f;
+    double max_rel = 0, max_rel_ref = 0;
+    exo_vec_swiglu_f32(N, g, u, out);
+    memcpy(in_place, g, N * sizeof(float));
+    exo_vec_swiglu_f32(N, in_place, u, in_place);
+    float ref[1];
+    for (int i = 0; i < N; i++) {
+        double want = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+        double mag = fabs(want) + 1e-30; /* results under 1e-30 count as 0 */
+        exo_vec_swiglu_f32_ref(1, g + i, u + i, ref);
+        CHECK_MSG(isfinite(out[i]), "swiglu(%g) = %g", g[i], out[i]);
+        max_rel = fmax(max_rel, fabs(out[i] - want) / mag);
+        max_rel_ref = fmax(max_rel_ref, fabs(ref[0] - want) / mag);
+        CHECK(memcmp(&in_place[i], &out[i], sizeof(float)) == 0);
+    }
+    printf("  vec   swiglu rel-err fast %.1e scalar %.1e\n", max_rel, max_rel_ref);
+    CHECK_MSG(max_rel <= 1e-6 && max_rel_ref <= 1e-6, "vec swiglu: %g (fast), %g (scalar)", max_rel, max_rel_ref);
+    free(g); free(u); free(out); free(in_place);
+}
+
+/* The softmax numerator against double precision, for lengths around the
+ * vector width and scores far apart (underflowing terms must give 0). */
+static void test_vec_softmax(void)
+{
+    static const int lens[] = { 1, 3, 8, 9, 17, 100, 1000 };
+    double max_rel = 0, max_rel_ref = 0;
+    rng_seed(93);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int n = lens[li];
+        float *x = malloc((size_t)n * sizeof(float)), *fast = malloc((size_t)n * sizeof(float));
+        float *ref = malloc((size_t)n * sizeof(float));
+        for (int rep = 0; rep < 3; rep++) {
+            for (int i = 0; i < n; i++) x[i] = (float)(rng_normal() * (rep == 2 ? 300.0 : 10.0));
+            float scale = rep == 0 ? 0.125f : 1.0f;
+            double m = -INFINITY;
+            for (int i = 0; i < n; i++) m = fmax(m, (double)(x[i] * scale));
+            memcpy(fast, x, (size_t)n * sizeof(float));
+            memcpy(ref, x, (size_t)n * sizeof(float));
+            float sum_fast = exo_vec_softmax_f32(n, scale, fast), sum_ref = exo_vec_softmax_f32_ref(n, scale, ref);
+            double sum = 0;
+            for (int i = 0; i < n; i++) {
+                double want = exp((double)(x[i] * scale) - m);
+                sum += want;
+                max_rel = fmax(max_rel, fabs(fast[i] - want) / (want + 1e-30));
+                max_rel_ref = fmax(max_rel_ref, fabs(ref[i] - want) / (want + 1e-30));
+            }
+            max_rel = fmax(max_rel, fabs(sum_fast - sum) / sum);
+            max_rel_ref = fmax(max_rel_ref, fabs(sum_ref - sum) / sum);
+        }
+        free(x); free(fast); free(ref);
+    }
+    printf("  vec   softmax rel-err fast %.1e scalar %.1e\n", max_rel, max_rel_ref);
+    /* float rounding of scale * x - m (up to a few hundred here) is the limit */
+    CHECK_MSG(max_rel <= 1e-5 && max_rel_ref <= 1e-5, "vec softmax: %g (fast), %g (scalar)", max_rel, max_rel_ref);
+}
+
 static void test_vec(void)
 {
     static const int lens[] = { 0, 1, 3, 7, 8, 9, 31, 32, 33, 64, 100, 128, 257, 1000 };
@@ -977,6 +1072,8 @@ static void test_vec(void)
            max_dot_ref, max_axpy, max_axpy_ref, exo_vec_have_avx2() ? "fast is AVX2" : "fast is scalar");
     CHECK_MSG(max_dot <= 1e-6 && max_dot_ref <= 1e-6, "vec dot: %g (fast), %g (scalar)", max_dot, max_dot_ref);
     test_vec_many();
+    test_vec_swiglu();
+    test_vec_softmax();
     double fast_bound = exo_vec_have_avx2() ? 0x1p-24 : 0x1p-23;
     CHECK_MSG(max_axpy <= fast_bound * 1.01 && max_axpy_ref <= 0x1p-23 * 1.01, "vec axpy: %g (fast), %g (scalar)",
               max_axpy, max_axpy_ref);

@@ -14,6 +14,7 @@
 #include "quants.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -639,6 +640,55 @@ static void quantize_act_f32(const float *x, void *dst, int n)
     memcpy(dst, x, (size_t)n * sizeof(float));
 }
 
+/* ---- the packed four-row layout (quants.h) --------------------------------------- */
+
+/* Blocks in the next chunk: fours, then (4-bit formats) a pair, then singles,
+ * the steps the kernels take. */
+static int packed_chunk_blocks(bool pairs, int left)
+{
+    if (left >= 4) return 4;
+    if (pairs && left >= 2) return 2;
+    return 1;
+}
+
+/* Blocks are a header of head_bytes (the scales) and then the quants. */
+static void pack_x4_blocks(const void *w_rows, size_t row_stride, int n, void *dst, size_t block_bytes,
+                           size_t head_bytes, bool pairs)
+{
+    const int nb = n / EXO_QK;
+    const size_t qs_bytes = block_bytes - head_bytes;
+    const uint8_t *rows = w_rows;
+    uint8_t *out = dst;
+    for (int b = 0; b < nb;) {
+        const int cb = packed_chunk_blocks(pairs, nb - b);
+        const int unit = pairs && cb >= 2 ? 2 : 1; /* blocks side by side per row */
+        for (int u = 0; u < cb; u += unit)
+            for (int r = 0; r < 4; r++)
+                for (int k = 0; k < unit; k++, out += qs_bytes)
+                    memcpy(out, rows + (size_t)r * row_stride + (size_t)(b + u + k) * block_bytes + head_bytes,
+                           qs_bytes);
+        for (int r = 0; r < 4; r++)
+            for (int k = 0; k < cb; k++, out += head_bytes)
+                memcpy(out, rows + (size_t)r * row_stride + (size_t)(b + k) * block_bytes, head_bytes);
+        b += cb;
+    }
+}
+
+static void pack_x4_q4_0(const void *w_rows, size_t row_stride, int n, void *dst)
+{
+    pack_x4_blocks(w_rows, row_stride, n, dst, sizeof(exo_block_q4_0), offsetof(exo_block_q4_0, qs), true);
+}
+
+static void pack_x4_q4_1(const void *w_rows, size_t row_stride, int n, void *dst)
+{
+    pack_x4_blocks(w_rows, row_stride, n, dst, sizeof(exo_block_q4_1), offsetof(exo_block_q4_1, qs), true);
+}
+
+static void pack_x4_q8_0(const void *w_rows, size_t row_stride, int n, void *dst)
+{
+    pack_x4_blocks(w_rows, row_stride, n, dst, sizeof(exo_block_q8_0), offsetof(exo_block_q8_0, qs), false);
+}
+
 /* ---- traits and dispatch ------------------------------------------------------- */
 
 #define EXO_TRAITS(name_, bs_, ts_, act_, tf_, ff_, vd_) \
@@ -702,6 +752,9 @@ static bool cpu_has_avx512_vnni(void)
 static void quants_init_once(void)
 {
     exo_vec_init();
+    type_traits[EXO_DTYPE_Q4_0].pack_x4 = pack_x4_q4_0;
+    type_traits[EXO_DTYPE_Q4_1].pack_x4 = pack_x4_q4_1;
+    type_traits[EXO_DTYPE_Q8_0].pack_x4 = pack_x4_q8_0;
 #if EXO_QUANTS_X86
     if (env_flag("EXO_FORCE_SCALAR")) return;
     if (!cpu_has_avx2_fma_f16c()) return;
@@ -736,6 +789,9 @@ static void quants_init_once(void)
     type_traits[EXO_DTYPE_Q8_0].vec_dot = exo_vec_dot_q8_0_q8_32_avx512;
     type_traits[EXO_DTYPE_Q8_0].vec_dot_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512;
     type_traits[EXO_DTYPE_Q8_0].x4_min_tokens = 2;
+    type_traits[EXO_DTYPE_Q4_0].vec_dot_packed = exo_vec_dot_packed_q4_0_q8_32_avx512;
+    type_traits[EXO_DTYPE_Q4_1].vec_dot_packed = exo_vec_dot_packed_q4_1_q8_32_avx512;
+    type_traits[EXO_DTYPE_Q8_0].vec_dot_packed = exo_vec_dot_packed_q8_0_q8_32_avx512;
     have_avx512 = true;
 #endif
 }

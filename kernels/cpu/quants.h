@@ -102,6 +102,23 @@ typedef float (*exo_vec_dot_fn)(int n, const void *w_row, const void *act_row);
  * on how rows were grouped. */
 typedef void (*exo_vec_dot_x4_fn)(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
 
+/* The packed four-row layout. The CPU backend keeps its own copy of a
+ * Q4_0, Q4_1 or Q8_0 weight matrix with rows in groups of four, each group
+ * one sequential run of chunks of up to four block columns (then a pair,
+ * then single blocks: the steps the kernels take). A chunk holds the four
+ * rows' quants, then the four rows' scales. The quants of a 4-bit row go in
+ * pairs of blocks, so one 32-byte load takes a row's pair; Q8_0 goes block by
+ * block, one 32-byte load a row. Scales are each row's block headers side by
+ * side (Q4_1: d, m per block), so one load takes them all. The same bytes as
+ * the four rows, rearranged: the kernels read one stream instead of four
+ * interleaved ones, with aligned loads and no gathering of scales, and give
+ * bit-identical results to vec_dot_x4 on the original rows.
+ *
+ * pack_x4 writes one group (4 * row size bytes) from four rows row_stride
+ * apart; vec_dot_packed dots a group with one activation row. */
+typedef void (*exo_pack_x4_fn)(const void *w_rows, size_t row_stride, int n, void *dst);
+typedef void (*exo_vec_dot_packed_fn)(int n, const void *group, const void *act_row, float *out);
+
 typedef struct exo_type_traits {
     const char *name;             /* "q4_1" */
     int block_size;               /* elements per block */
@@ -114,6 +131,8 @@ typedef struct exo_type_traits {
     exo_vec_dot_fn vec_dot_ref;
     exo_vec_dot_x4_fn vec_dot_x4; /* fastest four-row dot, or NULL where none beats vec_dot */
     int x4_min_tokens;            /* use vec_dot_x4 only for batches of at least this many tokens */
+    exo_pack_x4_fn pack_x4;       /* packs a group of four rows (formats that have the layout) */
+    exo_vec_dot_packed_fn vec_dot_packed; /* dot over a packed group, or NULL on CPUs without a kernel */
 } exo_type_traits;
 
 /* Detects CPU features once and fills the fast entries; safe to call many times.

@@ -1,5 +1,7 @@
 /* quants_avx512.c: AVX-512 VNNI versions of the decode path's 32-element
- * dots (Q4_0, Q4_1, Q8_0 x Q8_32), for one weight row and for four.
+ * dots (Q4_0, Q4_1, Q8_0 x Q8_32), for one weight row, for four, and for a
+ * packed group of four (quants.h). One body per format serves all three:
+ * the packed flag only changes where loads come from.
  *
  * Built with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx2 -mfma
  * -mf16c; quants.c calls these only after checking the CPU. Each has a scalar
@@ -117,15 +119,19 @@ static inline __m256i q4_unpack(const uint8_t *qs)
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
-/* acc + the integer dot of two 4-bit blocks (qs0, qs1) with their activation
- * pair (xl: both blocks' first 16 quants, xh: their last 16): block 0 in
- * lanes 0-3, block 1 in lanes 4-7. */
-static inline __m256i q4_pair_dot(__m256i acc, const uint8_t *qs0, const uint8_t *qs1, __m256i xl, __m256i xh)
+/* acc + the integer dot of two 4-bit blocks (q: their 16 quant bytes each,
+ * side by side) with their activation pair (xl: both blocks' first 16
+ * quants, xh: their last 16): block 0 in lanes 0-3, block 1 in lanes 4-7. */
+static inline __m256i q4_pair_dot(__m256i acc, __m256i q, __m256i xl, __m256i xh)
 {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256i q = load_2x128(qs0, qs1);
     acc = _mm256_dpbusd_epi32(acc, _mm256_and_si256(q, low4), xl);
     return _mm256_dpbusd_epi32(acc, _mm256_and_si256(_mm256_srli_epi16(q, 4), low4), xh);
+}
+
+static inline __m256i load_256(const uint8_t *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
 }
 
 /* Activation scales: [d0, s0, d1, s1] of a pair, the same for four blocks in
@@ -182,12 +188,16 @@ static inline __m256i neg_offset_sums(__m256i xl, __m256i xh, __m256i k)
 
 /* ---- Q4_1: x = q * d + m -------------------------------------------------- */
 
-/* R rows (1 or 4) of Q4_1 at w0, w0 + stride, ... against one activation row.
- * Per four blocks: p = [dw0*da0, mw0*s0, dw1*da1, mw1*s1, ...] from one
- * cvtph; its even lanes, spread over each block's lanes, scale the integer
- * dots, and its odd lanes (the minimum terms) sum on the side in accm. */
+/* R rows (1 or 4) of Q4_1 at w0, w0 + stride, ... against one activation
+ * row; or, with P, the packed group of four at w0 (quants.h: a chunk of cb
+ * blocks starting at block i begins at byte 4 * i * 20 and holds 2-block
+ * pairs of quants, 32 bytes a row, then each row's [d m] for its blocks).
+ * The arithmetic is the same either way: only the loads differ. Per four
+ * blocks: p = [dw0*da0, mw0*s0, dw1*da1, mw1*s1, ...] from one cvtph; its
+ * even lanes, spread over each block's lanes, scale the integer dots, and
+ * its odd lanes (the minimum terms) sum on the side in accm. */
 EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                                 const int R)
+                                 const int R, const bool P)
 {
     const int nb = n / EXO_QK;
     const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), sp1 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
@@ -201,41 +211,49 @@ EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const 
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
     int i = 0;
     for (; i + 4 <= nb; i += 4) {
-        if (R == 4) prefetch_lines(&pf, 5); /* 4 rows x 4 blocks x 20 bytes */
+        if (R == 4 && !P) prefetch_lines(&pf, 5); /* 4 rows x 4 blocks x 20 bytes */
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_1);
         const __m256i xl0 = load_2x128(a[i].qs, a[i + 1].qs), xh0 = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
         const __m256i xl1 = load_2x128(a[i + 2].qs, a[i + 3].qs), xh1 = load_2x128(a[i + 2].qs + 16, a[i + 3].qs + 16);
         const __m256 ads = act_quad_ds(a + i);
         FOR_ROWS(r, R) {
             const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
-            __m256 p = _mm256_mul_ps(_mm256_cvtph_ps(dwords_4((const uint8_t *)w, sizeof *w)), ads);
+            __m128i dm = P ? _mm_loadu_si128((const __m128i *)(c + 256 + 16 * r)) : dwords_4((const uint8_t *)w, sizeof *w);
+            __m256 p = _mm256_mul_ps(_mm256_cvtph_ps(dm), ads);
             accm[r] = _mm256_add_ps(accm[r], p);
-            __m256i s0 = q4_pair_dot(zero, w[0].qs, w[1].qs, xl0, xh0);
-            __m256i s1 = q4_pair_dot(zero, w[2].qs, w[3].qs, xl1, xh1);
+            __m256i q0 = P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs);
+            __m256i q1 = P ? load_256(c + 128 + 32 * r) : load_2x128(w[2].qs, w[3].qs);
+            __m256i s0 = q4_pair_dot(zero, q0, xl0, xh0), s1 = q4_pair_dot(zero, q1, xl1, xh1);
             acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s0), acc0[r]);
             acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s1), acc1[r]);
         }
     }
     if (i + 2 <= nb) {
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_1);
         const __m256i xl = load_2x128(a[i].qs, a[i + 1].qs), xh = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
         const __m128 ads = act_pair_ds(a + i);
         FOR_ROWS(r, R) {
             const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
-            __m128i h = _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(&w[0])),
-                                           _mm_cvtsi32_si128((int)load_u32(&w[1])));
+            __m128i h = P ? _mm_loadl_epi64((const __m128i *)(c + 128 + 8 * r))
+                          : _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(&w[0])),
+                                               _mm_cvtsi32_si128((int)load_u32(&w[1])));
             __m256 p = _mm256_zextps128_ps256(_mm_mul_ps(_mm_cvtph_ps(h), ads));
             accm[r] = _mm256_add_ps(accm[r], p);
-            __m256i s = q4_pair_dot(zero, w[0].qs, w[1].qs, xl, xh);
+            __m256i s = q4_pair_dot(zero, P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs), xl, xh);
             acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s), acc0[r]);
         }
         i += 2;
     }
     if (i < nb) {
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_1);
         const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
         FOR_ROWS(r, R) {
             const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
-            __m256i s = _mm256_dpbusd_epi32(zero, q4_unpack(w->qs), x);
-            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w->d) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
-            tail[r] = half_to_float(w->m) * a[i].s;
+            exo_half dm[2] = {w->d, w->m};
+            if (P) memcpy(dm, c + 64 + 4 * r, sizeof dm);
+            __m256i s = _mm256_dpbusd_epi32(zero, q4_unpack(P ? c + 16 * r : w->qs), x);
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(dm[0]) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
+            tail[r] = half_to_float(dm[1]) * a[i].s;
         }
     }
     __m256 u[4];
@@ -248,21 +266,27 @@ EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const 
 float exo_vec_dot_q4_1_q8_32_avx512(int n, const void *w_row, const void *act_row)
 {
     float out;
-    q4_1_rows(n, w_row, 0, act_row, &out, 1);
+    q4_1_rows(n, w_row, 0, act_row, &out, 1, false);
     return out;
 }
 
 void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
-    q4_1_rows(n, w_rows, row_stride, act_row, out, 4);
+    q4_1_rows(n, w_rows, row_stride, act_row, out, 4, false);
+}
+
+void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *group, const void *act_row, float *out)
+{
+    q4_1_rows(n, group, 0, act_row, out, 4, true);
 }
 
 /* ---- Q4_0: x = (q - 8) * d ------------------------------------------------ */
 
-/* As Q4_1 without the minimum; the -8 lives in the lane accumulators'
- * starting values (shared by the rows), so only d's scale the dots. */
+/* As Q4_1 without the minimum (packed chunks: the pairs of quants, then each
+ * row's d's); the -8 lives in the lane accumulators' starting values (shared
+ * by the rows), so only d's scale the dots. */
 EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                                 const int R)
+                                 const int R, const bool P)
 {
     const int nb = n / EXO_QK;
     const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), sp1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
@@ -272,41 +296,51 @@ EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const 
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
     int i = 0;
     for (; i + 4 <= nb; i += 4) {
-        if (R == 4) prefetch_lines(&pf, 5); /* 4 x 4 x 18 = 288 bytes, rounded up */
+        if (R == 4 && !P) prefetch_lines(&pf, 5); /* 4 x 4 x 18 = 288 bytes, rounded up */
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_0);
         const __m256i xl0 = load_2x128(a[i].qs, a[i + 1].qs), xh0 = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
         const __m256i xl1 = load_2x128(a[i + 2].qs, a[i + 3].qs), xh1 = load_2x128(a[i + 2].qs + 16, a[i + 3].qs + 16);
         const __m256i c0 = neg_offset_sums(xl0, xh0, eight), c1 = neg_offset_sums(xl1, xh1, eight);
         const __m128 da = act_quad_d(a + i);
         FOR_ROWS(r, R) {
             const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
-            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(halves_4((const uint8_t *)w, sizeof *w), da));
-            __m256i s0 = q4_pair_dot(c0, w[0].qs, w[1].qs, xl0, xh0);
-            __m256i s1 = q4_pair_dot(c1, w[2].qs, w[3].qs, xl1, xh1);
+            __m128 d = P ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(c + 256 + 8 * r)))
+                         : halves_4((const uint8_t *)w, sizeof *w);
+            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
+            __m256i q0 = P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs);
+            __m256i q1 = P ? load_256(c + 128 + 32 * r) : load_2x128(w[2].qs, w[3].qs);
+            __m256i s0 = q4_pair_dot(c0, q0, xl0, xh0), s1 = q4_pair_dot(c1, q1, xl1, xh1);
             acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s0), acc0[r]);
             acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s1), acc1[r]);
         }
     }
     if (i + 2 <= nb) {
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_0);
         const __m256i xl = load_2x128(a[i].qs, a[i + 1].qs), xh = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
-        const __m256i c = neg_offset_sums(xl, xh, eight);
+        const __m256i cs = neg_offset_sums(xl, xh, eight);
         const __m128 ds = act_pair_ds(a + i);
         const __m128 da = _mm_shuffle_ps(ds, ds, _MM_SHUFFLE(2, 0, 2, 0));
         FOR_ROWS(r, R) {
             const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
-            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(halves_2((const uint8_t *)w, sizeof *w), da));
-            __m256i s = q4_pair_dot(c, w[0].qs, w[1].qs, xl, xh);
+            __m128 d = P ? _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(c + 128 + 4 * r)))
+                         : halves_2((const uint8_t *)w, sizeof *w);
+            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
+            __m256i s = q4_pair_dot(cs, P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs), xl, xh);
             acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s), acc0[r]);
         }
         i += 2;
     }
     if (i < nb) {
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_0);
         const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
         const __m256i zero = _mm256_setzero_si256();
-        const __m256i c = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, eight, x));
+        const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, eight, x));
         FOR_ROWS(r, R) {
             const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
-            __m256i s = _mm256_dpbusd_epi32(c, q4_unpack(w->qs), x);
-            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w->d) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
+            exo_half d = w->d;
+            if (P) memcpy(&d, c + 64 + 2 * r, sizeof d);
+            __m256i s = _mm256_dpbusd_epi32(cs, q4_unpack(P ? c + 16 * r : w->qs), x);
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(d) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
         }
     }
     __m256 u[4];
@@ -317,24 +351,31 @@ EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const 
 float exo_vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
 {
     float out;
-    q4_0_rows(n, w_row, 0, act_row, &out, 1);
+    q4_0_rows(n, w_row, 0, act_row, &out, 1, false);
     return out;
 }
 
 void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
-    q4_0_rows(n, w_rows, row_stride, act_row, out, 4);
+    q4_0_rows(n, w_rows, row_stride, act_row, out, 4, false);
+}
+
+void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *group, const void *act_row, float *out)
+{
+    q4_0_rows(n, group, 0, act_row, out, 4, true);
 }
 
 /* ---- Q8_0: x = q * d ------------------------------------------------------ */
 
 /* One block per register (32 quants, 8 lanes); w ^ 0x80 makes the weights
  * unsigned and the lanes start at -128 * sum(x) to take the 128 back out.
- * quants.c dispatches only the one-row kernel: the four-row one was 1.5x
- * faster on rows in L2 but slower streaming from DRAM, where Q8_0 matrices
- * (the output head) live; bench_quants shows both. */
+ * Packed (P) chunks hold, block by block, the four rows' 32 quants, then each
+ * row's d's. From the file's layout, quants.c dispatches the four-row kernel
+ * only for batches: it was 1.5x faster on rows in L2 but slower streaming
+ * from DRAM, where Q8_0 matrices (the output head) live; the packed layout,
+ * one stream, beats both (bench_quants shows all three). */
 EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                                 const int R)
+                                 const int R, const bool P)
 {
     const int nb = n / EXO_QK;
     const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
@@ -343,33 +384,40 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
     int i = 0;
     for (; i + 4 <= nb; i += 4) {
-        if (R == 4) prefetch_lines(&pf, 9); /* 4 x 4 x 34 = 544 bytes, rounded up */
-        __m256i x[4], c[4];
+        if (R == 4 && !P) prefetch_lines(&pf, 9); /* 4 x 4 x 34 = 544 bytes, rounded up */
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q8_0);
+        __m256i x[4], cs[4];
         for (int k = 0; k < 4; k++) {
             x[k] = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
-            c[k] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x[k]));
+            cs[k] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x[k]));
         }
         const __m128 da = act_quad_d(a + i);
         FOR_ROWS(r, R) {
             const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
-            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(halves_4((const uint8_t *)w, sizeof *w), da));
+            __m128 d = P ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(c + 512 + 8 * r)))
+                         : halves_4((const uint8_t *)w, sizeof *w);
+            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
             for (int k = 0; k < 4; k++) {
-                __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w[k].qs), bias);
-                __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c[k], q, x[k]));
-                __m256 d = _mm256_permutevar8x32_ps(p, _mm256_set1_epi32(k));
-                if (k & 1) acc1[r] = _mm256_fmadd_ps(d, s, acc1[r]);
-                else acc0[r] = _mm256_fmadd_ps(d, s, acc0[r]);
+                __m256i q = _mm256_xor_si256(P ? load_256(c + 128 * k + 32 * r) : load_256((const uint8_t *)w[k].qs),
+                                             bias);
+                __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(cs[k], q, x[k]));
+                __m256 dk = _mm256_permutevar8x32_ps(p, _mm256_set1_epi32(k));
+                if (k & 1) acc1[r] = _mm256_fmadd_ps(dk, s, acc1[r]);
+                else acc0[r] = _mm256_fmadd_ps(dk, s, acc0[r]);
             }
         }
     }
     for (; i < nb; i++) {
+        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q8_0);
         const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
-        const __m256i c = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
+        const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
         FOR_ROWS(r, R) {
             const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
-            __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w->qs), bias);
-            __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c, q, x));
-            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w->d) * a[i].d), s, acc1[r]);
+            exo_half d = w->d;
+            if (P) memcpy(&d, c + 128 + 2 * r, sizeof d);
+            __m256i q = _mm256_xor_si256(P ? load_256(c + 32 * r) : load_256((const uint8_t *)w->qs), bias);
+            __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(cs, q, x));
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(d) * a[i].d), s, acc1[r]);
         }
     }
     __m256 u[4];
@@ -380,11 +428,16 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
 float exo_vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
 {
     float out;
-    q8_0_rows(n, w_row, 0, act_row, &out, 1);
+    q8_0_rows(n, w_row, 0, act_row, &out, 1, false);
     return out;
 }
 
 void exo_vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
-    q8_0_rows(n, w_rows, row_stride, act_row, out, 4);
+    q8_0_rows(n, w_rows, row_stride, act_row, out, 4, false);
+}
+
+void exo_vec_dot_packed_q8_0_q8_32_avx512(int n, const void *group, const void *act_row, float *out)
+{
+    q8_0_rows(n, group, 0, act_row, out, 4, true);
 }

@@ -6,6 +6,7 @@
  * version once. */
 #include "vec.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,31 @@ void exo_vec_wsum_f32_ref(int n, const float *w, const float *v, size_t v_stride
     for (int p = 0; p < count; p++) exo_vec_axpy_f32_ref(n, w[p], v + (size_t)p * v_stride, out);
 }
 
+void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out)
+{
+    for (int i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+float exo_vec_softmax_f32_ref(int n, float scale, float *x)
+{
+    float max = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        x[i] *= scale;
+        if (x[i] > max) max = x[i];
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    return sum;
+}
+
+typedef float (*softmax_fn)(int n, float scale, float *x);
+typedef void (*swiglu_fn)(int n, const float *gate, const float *up, float *out);
 typedef float (*dot_fn)(int n, const float *a, const float *b);
 typedef void (*axpy_fn)(int n, float alpha, const float *x, float *y);
 typedef void (*dots_fn)(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
@@ -59,6 +85,8 @@ static dot_fn dot_impl = exo_vec_dot_f32_ref;
 static axpy_fn axpy_impl = exo_vec_axpy_f32_ref;
 static dots_fn dots_impl = exo_vec_dots_f32_ref;
 static wsum_fn wsum_impl = exo_vec_wsum_f32_ref;
+static swiglu_fn swiglu_impl = exo_vec_swiglu_f32_ref;
+static softmax_fn softmax_impl = exo_vec_softmax_f32_ref;
 static bool have_avx2;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -73,6 +101,8 @@ static void vec_init_once(void)
     axpy_impl = exo_vec_f32_axpy_avx2;
     dots_impl = exo_vec_f32_dots_avx2;
     wsum_impl = exo_vec_f32_wsum_avx2;
+    swiglu_impl = exo_vec_f32_swiglu_avx2;
+    softmax_impl = exo_vec_f32_softmax_avx2;
     have_avx2 = true;
 #endif
 }
@@ -105,4 +135,14 @@ void exo_vec_dots_f32(int n, const float *q, const float *k, size_t k_stride, in
 void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, int count, float *out)
 {
     wsum_impl(n, w, v, v_stride, count, out);
+}
+
+void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out)
+{
+    swiglu_impl(n, gate, up, out);
+}
+
+float exo_vec_softmax_f32(int n, float scale, float *x)
+{
+    return softmax_impl(n, scale, x);
 }

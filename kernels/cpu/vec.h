@@ -1,5 +1,5 @@
 /* vec.h: f32 vector helpers for the CPU backend's attention (dot products
- * over the KV cache, weighted sums of values).
+ * over the KV cache, weighted sums of values) and its SwiGLU.
  *
  * Each helper has a plain scalar _ref version and, on x86 with AVX2/FMA, a
  * fast one; exo_vec_init() picks once (exo_quants_init() calls it, so the
@@ -34,7 +34,18 @@ void exo_vec_axpy_f32(int n, float alpha, const float *x, float *y);
 void exo_vec_dots_f32(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
 void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
 
+/* out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i];
+ * out may be gate or up. The fast version's exp agrees with expf (vec_avx2.c). */
+void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out);
+
+/* Attention's softmax numerator, in place: x[i] = exp(scale * x[i] - m) with
+ * m = max of scale * x[i]; returns the sum of the new x[i] (n >= 1). The fast
+ * version sums in a different order. */
+float exo_vec_softmax_f32(int n, float scale, float *x);
+
 float exo_vec_dot_f32_ref(int n, const float *a, const float *b);
+float exo_vec_softmax_f32_ref(int n, float scale, float *x);
+void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
 void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y);
 void exo_vec_dots_f32_ref(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
 void exo_vec_wsum_f32_ref(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
