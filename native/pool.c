@@ -3,8 +3,8 @@
  * Each parallel-for publishes a job and bumps a generation counter. Workers
  * spin on the counter for a short while (a decode step issues the next loop
  * within microseconds) and only then sleep on a condition variable, so steady
- * decoding never pays for a wake-up. Chunks are handed out through an atomic
- * cursor, so a slow core does not hold the others back. When the caller
+ * decoding never pays for a wake-up. Chunks are claimed from both ends of the
+ * loop (pool_claim), so a slow core does not hold the others back. When the caller
  * knows no work is coming soon (the engine's queue ran dry), it parks the
  * pool: workers then sleep at once instead of spinning, which matters when
  * several nodes of a cluster share one machine's cores. */
@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -37,8 +38,8 @@ typedef struct pool_job {
     exo_pool_fn fn;
     void *ctx;
     int64_t n;
-    int64_t n_chunks;         /* [0, n) cut into this many near-equal chunks */
-    _Atomic int64_t cursor;   /* next unclaimed chunk */
+    int64_t grain;
+    _Atomic uint64_t span;    /* unclaimed items [front, back): front | back << 32 */
     _Atomic int remaining;    /* threads that have not finished this job */
 } pool_job;
 
@@ -61,14 +62,38 @@ struct exo_pool {
     pthread_mutex_t submit_lock; /* one parallel-for at a time */
 };
 
+/* Claims the next chunk: the caller (thread 0) from the front of what is
+ * left, the workers from the back, each a share of what is left (never under
+ * the grain). So a thread's chunks lie next to each other in memory (weights
+ * stream on without restarting), the first chunks are long, and the shrinking
+ * last ones let the threads finish together when one runs slower (on a VM one
+ * core often does). front and back share one atomic word. */
+static bool pool_claim(pool_job *job, int n_threads, int thread, int64_t *begin, int64_t *end)
+{
+    uint64_t span = atomic_load_explicit(&job->span, memory_order_relaxed), next;
+    int64_t front, back, size;
+    do {
+        front = (int64_t)(span & 0xffffffffu);
+        back = (int64_t)(span >> 32);
+        if (front >= back) return false;
+        int64_t left = back - front;
+        size = (left + 2 * (int64_t)n_threads - 1) / (2 * (int64_t)n_threads);
+        if (size < job->grain) size = job->grain;
+        if (size > left) size = left;
+        next = thread == 0 ? (uint64_t)(front + size) | ((uint64_t)back << 32)
+                           : (uint64_t)front | ((uint64_t)(back - size) << 32);
+    } while (!atomic_compare_exchange_weak_explicit(&job->span, &span, next, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    *begin = thread == 0 ? front : back - size;
+    *end = thread == 0 ? front + size : back;
+    return true;
+}
+
 static void pool_run_chunks(exo_pool *p, int thread)
 {
     pool_job *job = &p->job;
-    for (;;) {
-        int64_t c = atomic_fetch_add_explicit(&job->cursor, 1, memory_order_relaxed);
-        if (c >= job->n_chunks) break;
-        job->fn(job->ctx, c * job->n / job->n_chunks, (c + 1) * job->n / job->n_chunks, thread);
-    }
+    int64_t begin, end;
+    while (pool_claim(job, p->n_threads, thread, &begin, &end)) job->fn(job->ctx, begin, end, thread);
     atomic_fetch_sub_explicit(&job->remaining, 1, memory_order_release);
 }
 
@@ -156,10 +181,32 @@ int exo_pool_threads(const exo_pool *p)
     return p->n_threads;
 }
 
+/* A loop of more items than one half of the claim word holds runs as several. */
+#define POOL_MAX_ITEMS ((int64_t)UINT32_MAX)
+
+typedef struct pool_slice {
+    exo_pool_fn fn;
+    void *ctx;
+    int64_t offset;
+} pool_slice;
+
+static void pool_run_slice(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    pool_slice *s = ctx;
+    s->fn(s->ctx, s->offset + begin, s->offset + end, thread);
+}
+
 void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx)
 {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
+    if (n > POOL_MAX_ITEMS) {
+        for (int64_t offset = 0; offset < n; offset += POOL_MAX_ITEMS) {
+            pool_slice slice = {fn, ctx, offset};
+            exo_pool_for(p, n - offset < POOL_MAX_ITEMS ? n - offset : POOL_MAX_ITEMS, grain, pool_run_slice, &slice);
+        }
+        return;
+    }
     /* Small loops run inline: waking workers would cost more than the work. */
     if (p->n_threads == 1 || n <= grain) {
         fn(ctx, 0, n, 0);
@@ -170,15 +217,8 @@ void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *c
     job->fn = fn;
     job->ctx = ctx;
     job->n = n;
-    /* Two chunks per thread: measured on the decode path, one or two chunks
-     * beat four (fewer cursor updates, longer sequential streams for the
-     * prefetcher: tg 250 -> 275 tok/s), and two still rebalance when one
-     * thread is late. Cut as evenly as the items allow: 9 attention heads go
-     * 2 + 2 + 2 + 3, not 3 + 3 + 3 (one thread would do two of three). */
-    int64_t n_chunks = 2 * (int64_t)p->n_threads;
-    if (n_chunks > n / grain) n_chunks = n / grain;
-    job->n_chunks = n_chunks > 0 ? n_chunks : 1;
-    atomic_store_explicit(&job->cursor, 0, memory_order_relaxed);
+    job->grain = grain;
+    atomic_store_explicit(&job->span, (uint64_t)n << 32, memory_order_relaxed);
     atomic_store_explicit(&job->remaining, p->n_threads, memory_order_relaxed);
     atomic_store_explicit(&p->parked, 0, memory_order_relaxed);
     /* seq_cst pairs with the sleeper count check below (Dekker-style): either

@@ -3,8 +3,10 @@
  * Each operation is recomputed here the slow, obvious way in double precision
  * (RMSNorm, RoPE in both rotation styles, causal grouped-query attention
  * with its softmax, SwiGLU, matrix products in every weight format through
- * both the integer and the GEMM path) and compared with a normalised error. */
+ * both the integer and the GEMM path) and compared with a normalised error;
+ * packed weights against the file's layout; and the pool's loop splitting. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -150,6 +152,26 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
     /* 8-bit activations cost about 1e-4 of nmse; f32 paths far less. */
     double e = nmse(y, ref, (size_t)N * n_tokens);
     CHECK_MSG(e < 5e-4, "matmul %s x %d tokens: nmse %g", tr->name, n_tokens, e);
+    /* The backend's packed copy, where it makes one: the same outputs bit
+     * for bit (in a multi-output call too, which mixes packed and not). */
+    size_t packed_bytes = be->packed_size(&wt);
+    if (packed_bytes) {
+        exo_tensor packed = wt;
+        void *buf = malloc(packed_bytes);
+        be->pack(&packed, buf);
+        CHECK(packed.packed == buf);
+        float *yp = malloc(sizeof(float) * N * n_tokens * 2);
+        CHECK(be->matmul(&packed, x, n_tokens, yp, N) == 0);
+        CHECK_MSG(memcmp(yp, y, sizeof(float) * N * n_tokens) == 0, "packed matmul %s x %d tokens differs",
+                  tr->name, n_tokens);
+        exo_matmul_out outs[2] = {{&packed, yp, 2 * N}, {&wt, yp + N, 2 * N}};
+        CHECK(be->matmul_multi(outs, 2, x, n_tokens) == 0);
+        for (int t = 0; t < n_tokens; t++)
+            CHECK(memcmp(yp + (size_t)t * 2 * N, y + (size_t)t * N, sizeof(float) * N) == 0 &&
+                  memcmp(yp + (size_t)t * 2 * N + N, y + (size_t)t * N, sizeof(float) * N) == 0);
+        free(yp);
+        free(buf);
+    }
     free(wf);
     free(x);
     free(y);
@@ -158,8 +180,64 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
     free(w);
 }
 
+/* The pool's loops: every item exactly once, chunks no smaller than the
+ * grain but at the end, for every shape of loop (one item, fewer items than
+ * threads, many, and one too big for a single claim word). */
+#include "../native/pool.h"
+
+enum { MAX_RANGES = 4096 };
+static struct { int64_t begin, end; } ranges[MAX_RANGES];
+static _Atomic int n_ranges;
+
+static void record_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)ctx;
+    (void)thread;
+    int i = atomic_fetch_add(&n_ranges, 1);
+    if (i < MAX_RANGES) ranges[i].begin = begin, ranges[i].end = end;
+}
+
+static int by_begin(const void *a, const void *b)
+{
+    int64_t x = ((const int64_t *)a)[0], y = ((const int64_t *)b)[0];
+    return (x > y) - (x < y);
+}
+
+static void test_pool(void)
+{
+    exo_pool *pool = NULL;
+    CHECK(exo_pool_new(3, &pool) == 0);
+    const int64_t cases[][2] = {{1, 1}, {2, 1}, {9, 1}, {960, 4}, {49152, 16}, {((int64_t)1 << 33) + 5, (int64_t)1 << 28}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int64_t n = cases[c][0], grain = cases[c][1];
+        for (int rep = 0; rep < 20; rep++) {
+            atomic_store(&n_ranges, 0);
+            exo_pool_for(pool, n, grain, record_range, NULL);
+            int k = atomic_load(&n_ranges);
+            CHECK_MSG(k <= MAX_RANGES, "pool: %d chunks", k);
+            if (k > MAX_RANGES) break;
+            qsort(ranges, (size_t)k, sizeof ranges[0], by_begin);
+            int64_t next = 0;
+            int small = 0;
+            for (int i = 0; i < k; i++) {
+                CHECK_MSG(ranges[i].begin == next && ranges[i].end > ranges[i].begin,
+                          "pool n=%lld: chunk [%lld, %lld) after %lld", (long long)n, (long long)ranges[i].begin,
+                          (long long)ranges[i].end, (long long)next);
+                small += ranges[i].end - ranges[i].begin < grain;
+                next = ranges[i].end;
+            }
+            CHECK_MSG(next == n, "pool n=%lld: covered up to %lld", (long long)n, (long long)next);
+            /* only where the two ends meet can a chunk be short (one per claim word) */
+            CHECK_MSG(small <= (int)(n / ((int64_t)UINT32_MAX) + 1), "pool n=%lld: %d chunks under the grain",
+                      (long long)n, small);
+        }
+    }
+    exo_pool_free(pool);
+}
+
 int main(void)
 {
+    test_pool();
     const exo_backend *be = exo_backend_cpu();
     exo_quants_init();
     /* Both paths: batch-invariant integer products below 32 tokens, sgemm from 32. */
