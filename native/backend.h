@@ -60,6 +60,11 @@ typedef struct exo_backend {
     /* Up to four products sharing the input x (all w with the same row width):
      * Q, K and V, or gate and up, in one pass. */
     int (*matmul_multi)(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens);
+    /* gate[t * n + r] = silu(w_gate[r] . x[t]) * (w_up[r] . x[t]) for r < n =
+     * w_gate->ne[1]: a SwiGLU feed-forward's two products and their product
+     * in one pass (up is scratch of the same shape). */
+    int (*matmul_swiglu)(const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens, float *gate,
+                         float *up);
     /* y[t] = x[t] / rms(x[t]) * weight (weight may be NULL) */
     void (*rmsnorm)(const float *x, const float *weight, float *y, int n_tokens, int dim, float eps);
     /* In place on x [n_tokens][n_heads * head_dim]; rotates the first rope_dim

@@ -150,9 +150,7 @@ int exo_llama_forward(exo_shard *s, exo_seq *seq, const int32_t *tokens, const f
         be->add(rs->x, rs->xn, (int64_t)n_tokens * n_embd);
 
         be->rmsnorm(rs->x, l->ffn_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
-        exo_matmul_out gate_up[2] = {{&l->w_gate, rs->gate, hp->n_ff}, {&l->w_up, rs->up, hp->n_ff}};
-        if ((rc = be->matmul_multi(gate_up, 2, rs->xn, n_tokens))) return rc;
-        be->swiglu(rs->gate, rs->up, rs->gate, (int64_t)n_tokens * hp->n_ff);
+        if ((rc = be->matmul_swiglu(&l->w_gate, &l->w_up, rs->xn, n_tokens, rs->gate, rs->up))) return rc;
         if ((rc = be->matmul(&l->w_down, rs->gate, n_tokens, rs->xn, n_embd))) return rc;
         be->add(rs->x, rs->xn, (int64_t)n_tokens * n_embd);
     }

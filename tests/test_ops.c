@@ -172,6 +172,25 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
         free(yp);
         free(buf);
     }
+    /* The fused SwiGLU products (gate and up both these weights): bit for bit
+     * the two products and swiglu one after the other, on every path, with
+     * packed weights (the fused loop) and without. */
+    for (int use_packed = 0; use_packed <= (packed_bytes > 0); use_packed++) {
+        exo_tensor w1 = wt, w2 = wt;
+        void *buf1 = use_packed ? malloc(packed_bytes) : NULL, *buf2 = use_packed ? malloc(packed_bytes) : NULL;
+        if (use_packed) {
+            be->pack(&w1, buf1);
+            be->pack(&w2, buf2);
+        }
+        float *gate = malloc(sizeof(float) * N * n_tokens), *up = malloc(sizeof(float) * N * n_tokens);
+        float *want = malloc(sizeof(float) * N * n_tokens);
+        memcpy(want, y, sizeof(float) * N * n_tokens);
+        be->swiglu(want, y, want, (int64_t)N * n_tokens);
+        CHECK(be->matmul_swiglu(&w1, &w2, x, n_tokens, gate, up) == 0);
+        CHECK_MSG(memcmp(gate, want, sizeof(float) * N * n_tokens) == 0, "matmul_swiglu %s x %d tokens (%s) differs",
+                  tr->name, n_tokens, use_packed ? "packed" : "file layout");
+        free(gate); free(up); free(want); free(buf1); free(buf2);
+    }
     free(wf);
     free(x);
     free(y);

@@ -59,7 +59,11 @@ void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *ou
     }
 }
 
-float exo_vec_softmax_f32_ref(int n, float scale, float *x)
+/* Scalar on purpose: llama.cpp's attention takes each score's exp with
+ * expf, and a vector exp that differs from it by one ulp in 0.03% of inputs
+ * moved this engine's teacher-forced gaps to llama.cpp's tokens from 0.25 to
+ * 0.62 (tests/lua/test_reference.lua). It costs ~0.5 us per 128 positions. */
+float exo_vec_softmax_f32(int n, float scale, float *x)
 {
     float max = -INFINITY;
     for (int i = 0; i < n; i++) {
@@ -74,7 +78,6 @@ float exo_vec_softmax_f32_ref(int n, float scale, float *x)
     return sum;
 }
 
-typedef float (*softmax_fn)(int n, float scale, float *x);
 typedef void (*swiglu_fn)(int n, const float *gate, const float *up, float *out);
 typedef float (*dot_fn)(int n, const float *a, const float *b);
 typedef void (*axpy_fn)(int n, float alpha, const float *x, float *y);
@@ -86,7 +89,6 @@ static axpy_fn axpy_impl = exo_vec_axpy_f32_ref;
 static dots_fn dots_impl = exo_vec_dots_f32_ref;
 static wsum_fn wsum_impl = exo_vec_wsum_f32_ref;
 static swiglu_fn swiglu_impl = exo_vec_swiglu_f32_ref;
-static softmax_fn softmax_impl = exo_vec_softmax_f32_ref;
 static bool have_avx2;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -102,7 +104,6 @@ static void vec_init_once(void)
     dots_impl = exo_vec_f32_dots_avx2;
     wsum_impl = exo_vec_f32_wsum_avx2;
     swiglu_impl = exo_vec_f32_swiglu_avx2;
-    softmax_impl = exo_vec_f32_softmax_avx2;
     have_avx2 = true;
 #endif
 }
@@ -140,9 +141,4 @@ void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, in
 void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out)
 {
     swiglu_impl(n, gate, up, out);
-}
-
-float exo_vec_softmax_f32(int n, float scale, float *x)
-{
-    return softmax_impl(n, scale, x);
 }

@@ -38,13 +38,12 @@ void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, in
  * out may be gate or up. The fast version's exp agrees with expf (vec_avx2.c). */
 void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out);
 
-/* Attention's softmax numerator, in place: x[i] = exp(scale * x[i] - m) with
- * m = max of scale * x[i]; returns the sum of the new x[i] (n >= 1). The fast
- * version sums in a different order. */
+/* Attention's softmax numerator, in place: x[i] = expf(scale * x[i] - m)
+ * with m = max of scale * x[i]; returns the sum of the new x[i] (n >= 1).
+ * One version only, with libm's expf (vec.c says why). */
 float exo_vec_softmax_f32(int n, float scale, float *x);
 
 float exo_vec_dot_f32_ref(int n, const float *a, const float *b);
-float exo_vec_softmax_f32_ref(int n, float scale, float *x);
 void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
 void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y);
 void exo_vec_dots_f32_ref(int n, const float *q, const float *k, size_t k_stride, int count, float *out);

@@ -6,13 +6,15 @@
  * FMA latency), then 8 at a time, then a scalar tail. The many-key versions
  * (dots, wsum) keep the query, or 64 floats of the output row, in registers
  * across keys, and dots reduces four keys' sums with one transposing hadd.
- * SwiGLU and softmax compute exp in double precision, four lanes at a time,
- * so the result is the correctly rounded float nearly always: it differs
- * from libm's expf by one ulp in about 0.03% of inputs (measured). Even that
- * moves the default model's logits by a few tenths after 30 layers (the int8
+ * SwiGLU computes exp in double precision, four lanes at a time, so the
+ * result is the correctly rounded float nearly always: it differs from
+ * libm's expf by one ulp in about 0.03% of inputs (measured). Even that moves
+ * the default model's logits by a few tenths after 30 layers (the int8
  * activation quantization turns last-bit changes into whole steps), so any
- * change to these functions is checked against llama.cpp's answers
- * (tests/lua/test_reference.lua), not against our own earlier logits. */
+ * change here is checked against llama.cpp's answers
+ * (tests/lua/test_reference.lua), not against our own earlier logits.
+ * (llama.cpp's SiLU uses a vector exp too; its attention softmax uses expf,
+ * and so does ours: vec.c.) */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "vec_avx2.c must be compiled with -mavx2 -mfma"
 #endif
@@ -22,6 +24,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 static inline float hsum_ps(__m256 v)
 {
@@ -176,50 +179,25 @@ static inline __m256 exp_ps(__m256 x)
     return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
 
-void exo_vec_f32_swiglu_avx2(int n, const float *gate, const float *up, float *out)
+static inline __m256 swiglu_ps(__m256 g, __m256 u)
 {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 g = _mm256_loadu_ps(gate + i);
-        __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
-    }
-    for (; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
 }
 
-float exo_vec_f32_softmax_avx2(int n, float scale, float *x)
+/* The tail goes through the same vector code (padded), so an element's value
+ * never depends on where a call's range starts or ends: the backend applies
+ * this to chunks of rows whose bounds vary from run to run. */
+void exo_vec_f32_swiglu_avx2(int n, const float *gate, const float *up, float *out)
 {
-    const __m256 vscale = _mm256_set1_ps(scale);
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vscale);
-        _mm256_storeu_ps(x + i, v);
-        vmax = _mm256_max_ps(vmax, v);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, swiglu_ps(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+    if (i < n) {
+        float g[8] = {0}, u[8] = {0}, o[8];
+        memcpy(g, gate + i, sizeof(float) * (size_t)(n - i));
+        memcpy(u, up + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(o, swiglu_ps(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
+        memcpy(out + i, o, sizeof(float) * (size_t)(n - i));
     }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    float max = _mm_cvtss_f32(m4);
-    for (; i < n; i++) {
-        x[i] *= scale;
-        if (x[i] > max) max = x[i];
-    }
-    const __m256 vm = _mm256_set1_ps(max);
-    __m256 vsum = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-        _mm256_storeu_ps(x + i, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = hsum_ps(vsum);
-    for (; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    return sum;
 }

@@ -13,7 +13,6 @@ void exo_vec_f32_axpy_avx2(int n, float alpha, const float *x, float *y);
 void exo_vec_f32_dots_avx2(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
 void exo_vec_f32_wsum_avx2(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
 void exo_vec_f32_swiglu_avx2(int n, const float *gate, const float *up, float *out);
-float exo_vec_f32_softmax_avx2(int n, float scale, float *x);
 #endif
 
 #endif
