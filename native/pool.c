@@ -63,11 +63,14 @@ struct exo_pool {
 };
 
 /* Claims the next chunk: the caller (thread 0) from the front of what is
- * left, the workers from the back, each a share of what is left (never under
- * the grain). So a thread's chunks lie next to each other in memory (weights
- * stream on without restarting), the first chunks are long, and the shrinking
- * last ones let the threads finish together when one runs slower (on a VM one
- * core often does). front and back share one atomic word. */
+ * left, the workers from the back, each 1/n_threads of what is left (never
+ * under the grain). So a thread's chunks lie next to each other in memory
+ * (weights stream on without restarting), the first chunks are long, and the
+ * shrinking last ones let the threads finish together when one runs slower
+ * (on a VM one core often does). front and back share one atomic word, whose
+ * cache line moves between the cores on every claim: halving what is left
+ * makes few claims (a share of 1/(2 n_threads) made twice as many and measured
+ * 3% slower in decode). */
 static bool pool_claim(pool_job *job, int n_threads, int thread, int64_t *begin, int64_t *end)
 {
     uint64_t span = atomic_load_explicit(&job->span, memory_order_relaxed), next;
@@ -77,7 +80,7 @@ static bool pool_claim(pool_job *job, int n_threads, int thread, int64_t *begin,
         back = (int64_t)(span >> 32);
         if (front >= back) return false;
         int64_t left = back - front;
-        size = (left + 2 * (int64_t)n_threads - 1) / (2 * (int64_t)n_threads);
+        size = (left + n_threads - 1) / n_threads;
         if (size < job->grain) size = job->grain;
         if (size > left) size = left;
         next = thread == 0 ? (uint64_t)(front + size) | ((uint64_t)back << 32)
