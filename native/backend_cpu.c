@@ -42,6 +42,10 @@
 
 #define ATTN_QUERY_BLOCK 32
 
+/* Bytes of one embedding row unpacked on the stack (a Q8_0 row of 32768
+ * elements; packing is only for rows up to this size). */
+#define EXO_GET_ROWS_MAX_ROW (34 * 1024)
+
 /* Batches of this many tokens or more take the sgemm paths (matmul and
  * attention); off unless EXO_GEMM_MIN_TOKENS is set. */
 #define GEMM_OFF (1 << 30)
@@ -388,11 +392,24 @@ static int cpu_get_rows(const exo_tensor *emb, const int32_t *ids, int n_tokens,
     const exo_type_traits *tr = exo_type_traits_get(emb->dtype);
     if (!tr) return exo_error_set(EXO_ENOTSUP, "embedding dtype %d unsupported", emb->dtype);
     const int64_t dim = emb->ne[0];
+    const size_t row_bytes = emb->nb[1];
     for (int t = 0; t < n_tokens; t++) {
         if (ids[t] < 0 || ids[t] >= emb->ne[1])
             return exo_error_set(EXO_ERANGE, "token id %d outside the vocabulary of %lld", ids[t],
                                  (long long)emb->ne[1]);
-        tr->to_float(exo_tensor_row(emb, ids[t]), out + (size_t)t * dim, dim);
+        if (emb->packed) {
+            /* A tied head's embedding: the row comes out of the packed copy,
+             * so lookups never fault the file's pages back in. */
+            char row[EXO_GET_ROWS_MAX_ROW];
+            if (row_bytes > sizeof row)
+                return exo_error_set(EXO_ERANGE, "embedding rows of %zu bytes (at most %d)", row_bytes,
+                                     EXO_GET_ROWS_MAX_ROW);
+            tr->unpack_x4_row((const char *)emb->packed + (size_t)(ids[t] / 4) * 4 * row_bytes, ids[t] % 4, (int)dim,
+                              row);
+            tr->to_float(row, out + (size_t)t * dim, dim);
+        } else {
+            tr->to_float(exo_tensor_row(emb, ids[t]), out + (size_t)t * dim, dim);
+        }
     }
     return EXO_OK;
 }
@@ -486,7 +503,9 @@ static size_t cpu_packed_size(const exo_tensor *w)
 {
     exo_quants_init();
     const exo_type_traits *tr = exo_type_traits_get(w->dtype);
-    if (!tr || !tr->pack_x4 || !tr->vec_dot_packed || w->n_dims != 2 || w->ne[1] % 4 || !packing_enabled()) return 0;
+    if (!tr || !tr->pack_x4 || !tr->vec_dot_packed || w->n_dims != 2 || w->ne[1] % 4 || !packing_enabled() ||
+        w->nb[1] > EXO_GET_ROWS_MAX_ROW)
+        return 0;
     return (size_t)w->ne[1] * w->nb[1];
 }
 

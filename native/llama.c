@@ -69,16 +69,18 @@ int exo_llama_bind(exo_shard *s)
 #undef BIND
     }
 
-    /* Every matrix a token reads, for the backend to pack. */
+    /* Every matrix a token reads, for the backend to pack; the head first:
+     * packing reads a matrix's file pages in, so the largest one is best done
+     * while little else is resident (peak RSS). */
     int n_ws = 7 * n + 1;
     exo_tensor **ws = calloc((size_t)n_ws, sizeof *ws);
     if (!ws) return exo_error_set(EXO_ENOMEM, "out of memory");
+    ws[0] = s->is_last ? &s->output : NULL;
     for (int i = 0; i < n; i++) {
         exo_llama_layer *l = &s->layers[i];
         exo_tensor *layer_ws[7] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
-        memcpy(ws + 7 * i, layer_ws, sizeof layer_ws);
+        memcpy(ws + 1 + 7 * i, layer_ws, sizeof layer_ws);
     }
-    ws[7 * n] = s->is_last ? &s->output : NULL;
     rc = exo_model_pack_weights(s, ws, n_ws);
     free(ws);
     return rc;

@@ -178,10 +178,10 @@ int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
         if (!bytes) continue;
         be->pack(ws[i], arena + used);
         used += round_to_line(bytes);
-        /* The file's copy is off the hot path now: its pages can go. Rows
-         * read later come back from the page cache: the embedding rows a
-         * first shard looks up when the head is tied to the embedding (one
-         * or two pages a token). */
+        /* The file's copy is off the hot path now: its pages can go (read
+         * again from the page cache if a row is ever needed). A tied head's
+         * embedding looks its rows up in the packed copy too. */
+        if (ws[i]->data == s->tok_embd.data) s->tok_embd.packed = ws[i]->packed;
         if (exo_gguf_is_file_mapped(s->file)) exo_release_pages(ws[i]->data, bytes);
     }
     return EXO_OK;

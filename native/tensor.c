@@ -117,5 +117,10 @@ void exo_release_pages(const void *p, size_t size)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     uintptr_t first = round_up((uintptr_t)p, page), last = ((uintptr_t)p + size) / page * page;
-    if (last > first) madvise((void *)first, last - first, MADV_DONTNEED);
+    if (last <= first) return;
+    madvise((void *)first, last - first, MADV_DONTNEED);
+    /* Rows read later (embedding lookups) then map only their own pages, not
+     * the 64 KiB the kernel maps around a fault by default: 512 random
+     * lookups brought back 14 MiB of the embedding. */
+    madvise((void *)first, last - first, MADV_RANDOM);
 }

@@ -53,7 +53,8 @@ void exo_weights_free(void *p, size_t size);
 
 /* Tells the kernel the pages inside [p, p + size) are not needed now: for a
  * read-only file mapping they are dropped and read again from the file if
- * touched later. Only whole pages inside the range are affected. */
+ * touched later, one page at a time. Only whole pages inside the range are
+ * affected. */
 void exo_release_pages(const void *p, size_t size);
 
 #endif

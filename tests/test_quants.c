@@ -344,7 +344,8 @@ static void test_traits(void)
         /* Q8_0's four-row dot is for batches only (see quants.c). */
         if (want_x4) CHECK(tk->x4_min_tokens == (q8 ? 2 : 0));
         /* The packed layout exists for these formats; its kernel where AVX-512 VNNI does. */
-        CHECK_MSG((tk->pack_x4 != NULL) == (four_bit || q8), "%s: pack_x4", tk->name);
+        CHECK_MSG((tk->pack_x4 != NULL) == (four_bit || q8) && (tk->unpack_x4_row != NULL) == (four_bit || q8),
+                  "%s: pack_x4 / unpack_x4_row", tk->name);
         CHECK_MSG((tk->vec_dot_packed != NULL) == want_x4, "%s: vec_dot_packed", tk->name);
     }
 }
@@ -819,6 +820,14 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
         for (size_t b = 0; b < 4 * row; b++) hist_group[group[b]]++;
         CHECK_MSG(memcmp(hist_rows, hist_group, sizeof hist_rows) == 0, "%s n=%d: the packed group is not a "
                   "rearrangement of the rows' bytes", t->name, n);
+        uint8_t *back = malloc(row);
+        for (int r = 0; r < 4; r++) {
+            memset(back, 0x33, row);
+            t->unpack_x4_row(group, r, n, back);
+            CHECK_MSG(memcmp(back, w + r * stride, row) == 0, "%s n=%d: row %d does not unpack to itself", t->name,
+                      n, r);
+        }
+        free(back);
         if (t->vec_dot_packed) {
             float out[4];
             t->vec_dot_packed(n, group, act, out);

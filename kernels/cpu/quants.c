@@ -651,43 +651,47 @@ static int packed_chunk_blocks(bool pairs, int left)
     return 1;
 }
 
-/* Blocks are a header of head_bytes (the scales) and then the quants. */
+/* Blocks are a header of head_bytes (the scales) and then the quants. With
+ * unpack, row r of the group at dst goes back to the row at w_rows (the same
+ * walk through the chunks, copying the other way). */
 static void pack_x4_blocks(const void *w_rows, size_t row_stride, int n, void *dst, size_t block_bytes,
-                           size_t head_bytes, bool pairs)
+                           size_t head_bytes, bool pairs, bool unpack, int only_row)
 {
     const int nb = n / EXO_QK;
     const size_t qs_bytes = block_bytes - head_bytes;
-    const uint8_t *rows = w_rows;
-    uint8_t *out = dst;
+    uint8_t *rows = (uint8_t *)w_rows, *group = dst;
     for (int b = 0; b < nb;) {
         const int cb = packed_chunk_blocks(pairs, nb - b);
         const int unit = pairs && cb >= 2 ? 2 : 1; /* blocks side by side per row */
         for (int u = 0; u < cb; u += unit)
             for (int r = 0; r < 4; r++)
-                for (int k = 0; k < unit; k++, out += qs_bytes)
-                    memcpy(out, rows + (size_t)r * row_stride + (size_t)(b + u + k) * block_bytes + head_bytes,
-                           qs_bytes);
+                for (int k = 0; k < unit; k++, group += qs_bytes) {
+                    uint8_t *block = rows + (size_t)r * row_stride + (size_t)(b + u + k) * block_bytes;
+                    if (!unpack) memcpy(group, block + head_bytes, qs_bytes);
+                    else if (r == only_row) memcpy(rows + (size_t)(b + u + k) * block_bytes + head_bytes, group, qs_bytes);
+                }
         for (int r = 0; r < 4; r++)
-            for (int k = 0; k < cb; k++, out += head_bytes)
-                memcpy(out, rows + (size_t)r * row_stride + (size_t)(b + k) * block_bytes, head_bytes);
+            for (int k = 0; k < cb; k++, group += head_bytes) {
+                if (!unpack) memcpy(group, rows + (size_t)r * row_stride + (size_t)(b + k) * block_bytes, head_bytes);
+                else if (r == only_row) memcpy(rows + (size_t)(b + k) * block_bytes, group, head_bytes);
+            }
         b += cb;
     }
 }
 
-static void pack_x4_q4_0(const void *w_rows, size_t row_stride, int n, void *dst)
-{
-    pack_x4_blocks(w_rows, row_stride, n, dst, sizeof(exo_block_q4_0), offsetof(exo_block_q4_0, qs), true);
-}
-
-static void pack_x4_q4_1(const void *w_rows, size_t row_stride, int n, void *dst)
-{
-    pack_x4_blocks(w_rows, row_stride, n, dst, sizeof(exo_block_q4_1), offsetof(exo_block_q4_1, qs), true);
-}
-
-static void pack_x4_q8_0(const void *w_rows, size_t row_stride, int n, void *dst)
-{
-    pack_x4_blocks(w_rows, row_stride, n, dst, sizeof(exo_block_q8_0), offsetof(exo_block_q8_0, qs), false);
-}
+#define PACKED_FORMAT(name, block, pairs)                                                              \
+    static void pack_x4_##name(const void *w_rows, size_t row_stride, int n, void *dst)                 \
+    {                                                                                                   \
+        pack_x4_blocks(w_rows, row_stride, n, dst, sizeof(block), offsetof(block, qs), pairs, false, 0); \
+    }                                                                                                   \
+    static void unpack_x4_row_##name(const void *group, int r, int n, void *row)                        \
+    {                                                                                                   \
+        pack_x4_blocks(row, 0, n, (void *)group, sizeof(block), offsetof(block, qs), pairs, true, r);    \
+    }
+PACKED_FORMAT(q4_0, exo_block_q4_0, true)
+PACKED_FORMAT(q4_1, exo_block_q4_1, true)
+PACKED_FORMAT(q8_0, exo_block_q8_0, false)
+#undef PACKED_FORMAT
 
 /* ---- traits and dispatch ------------------------------------------------------- */
 
@@ -755,6 +759,9 @@ static void quants_init_once(void)
     type_traits[EXO_DTYPE_Q4_0].pack_x4 = pack_x4_q4_0;
     type_traits[EXO_DTYPE_Q4_1].pack_x4 = pack_x4_q4_1;
     type_traits[EXO_DTYPE_Q8_0].pack_x4 = pack_x4_q8_0;
+    type_traits[EXO_DTYPE_Q4_0].unpack_x4_row = unpack_x4_row_q4_0;
+    type_traits[EXO_DTYPE_Q4_1].unpack_x4_row = unpack_x4_row_q4_1;
+    type_traits[EXO_DTYPE_Q8_0].unpack_x4_row = unpack_x4_row_q8_0;
 #if EXO_QUANTS_X86
     if (env_flag("EXO_FORCE_SCALAR")) return;
     if (!cpu_has_avx2_fma_f16c()) return;

@@ -115,8 +115,10 @@ typedef void (*exo_vec_dot_x4_fn)(int n, const void *w_rows, size_t row_stride, 
  * bit-identical results to vec_dot_x4 on the original rows.
  *
  * pack_x4 writes one group (4 * row size bytes) from four rows row_stride
- * apart; vec_dot_packed dots a group with one activation row. */
+ * apart; unpack_x4_row gives back row r (0..3) of a group in the file's
+ * layout; vec_dot_packed dots a group with one activation row. */
 typedef void (*exo_pack_x4_fn)(const void *w_rows, size_t row_stride, int n, void *dst);
+typedef void (*exo_unpack_x4_row_fn)(const void *group, int r, int n, void *row);
 typedef void (*exo_vec_dot_packed_fn)(int n, const void *group, const void *act_row, float *out);
 
 typedef struct exo_type_traits {
@@ -132,6 +134,7 @@ typedef struct exo_type_traits {
     exo_vec_dot_x4_fn vec_dot_x4; /* fastest four-row dot, or NULL where none beats vec_dot */
     int x4_min_tokens;            /* use vec_dot_x4 only for batches of at least this many tokens */
     exo_pack_x4_fn pack_x4;       /* packs a group of four rows (formats that have the layout) */
+    exo_unpack_x4_row_fn unpack_x4_row; /* one row back out of a packed group */
     exo_vec_dot_packed_fn vec_dot_packed; /* dot over a packed group, or NULL on CPUs without a kernel */
 } exo_type_traits;
 
