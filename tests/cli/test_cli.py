@@ -9,6 +9,7 @@ runtime loaded, including multi-line input.
 Run: build/venv/bin/python tests/cli/test_cli.py   (ctest runs it)
 """
 
+import json
 import os
 import pty
 import re
@@ -165,7 +166,12 @@ class RunTest(unittest.TestCase):
             p = subprocess.run([EXO, "bench", "mine", "-p", "8", "-n", "4", "-r", "1", "--json"],
                                capture_output=True, env=env, timeout=60)
             self.assertEqual(p.returncode, 0, p.stderr)
-            self.assertIn('"tg_tok_s"', p.stdout.decode().splitlines()[-1])
+            res = json.loads(p.stdout.decode().splitlines()[-1])
+            # the fields the issue names, each a measured positive number
+            for key in ("pp_tok_s", "tg_tok_s", "peak_rss_mb", "mem_bw_gbs", "mem_bw_best_gbs", "roofline_frac",
+                        "roofline_frac_best_bw"):
+                self.assertGreater(res[key], 0, key)
+            self.assertGreaterEqual(res["mem_bw_best_gbs"], res["mem_bw_gbs"])
 
 
 class ReplTest(unittest.TestCase):
