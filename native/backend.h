@@ -32,8 +32,8 @@ typedef struct exo_rope_table {
  * [0, pos0 + n_tokens). Causal: token t sees positions <= pos0 + t. */
 typedef struct exo_attention_args {
     const float *q;        /* [n_tokens][n_head * head_dim] */
-    const float *k_cache;  /* [n_ctx][n_head_kv * head_dim] */
-    const float *v_cache;  /* [n_ctx][n_head_kv * head_dim] */
+    const uint16_t *k_cache; /* [n_ctx][n_head_kv * head_dim], f16 */
+    const uint16_t *v_cache; /* [n_ctx][n_head_kv * head_dim], f16 */
     float *out;            /* [n_tokens][n_head * head_dim] */
     int n_tokens;
     int pos0;
@@ -75,6 +75,8 @@ typedef struct exo_backend {
     void (*swiglu)(const float *gate, const float *up, float *out, int64_t n);
     /* y[i] += x[i] */
     void (*add)(float *y, const float *x, int64_t n);
+    /* y[i] = x[i] as f16 (round to nearest even): rows into the KV cache. */
+    void (*to_f16)(const float *x, uint16_t *y, int64_t n);
     /* out[t] = row ids[t] of the embedding matrix, as floats. */
     int (*get_rows)(const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out);
     /* Optional: the bytes of the backend's own copy of weight matrix w in the

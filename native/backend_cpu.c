@@ -382,6 +382,14 @@ static void cpu_swiglu(const float *gate, const float *up, float *out, int64_t n
     }
 }
 
+static void cpu_to_f16(const float *x, uint16_t *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += INT32_MAX / 2) {
+        int len = (int)(n - i < INT32_MAX / 2 ? n - i : INT32_MAX / 2);
+        exo_vec_f16_from_f32(len, x + i, y + i);
+    }
+}
+
 static void cpu_add(float *y, const float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
@@ -429,12 +437,12 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
         int kvh = h / group;
         int n_pos = a->pos0 + t + 1;
         const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
-        const float *k = a->k_cache + (size_t)kvh * hd, *v = a->v_cache + (size_t)kvh * hd;
-        exo_vec_dots_f32(hd, q, k, (size_t)kv_stride, n_pos, scores);
+        const uint16_t *k = a->k_cache + (size_t)kvh * hd, *v = a->v_cache + (size_t)kvh * hd;
+        exo_vec_dots_f16(hd, q, k, (size_t)kv_stride, n_pos, scores);
         float sum = exo_vec_softmax_f32(n_pos, a->scale, scores);
         float inv = 1.0f / sum;
         float *out = a->out + ((size_t)t * a->n_head + h) * hd;
-        exo_vec_wsum_f32(hd, scores, v, (size_t)kv_stride, n_pos, out);
+        exo_vec_wsum_f16(hd, scores, v, (size_t)kv_stride, n_pos, out);
         for (int i = 0; i < hd; i++) out[i] *= inv;
     }
 }
@@ -451,6 +459,9 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
     const int group = a->n_head / a->n_head_kv;
     const int n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
     float *scores = scratch.scores + (size_t)thread * scratch.max_ctx * ATTN_QUERY_BLOCK;
+    /* f32 copies of GEMM_TILE_ROWS keys (or values) at a time, for sgemm */
+    float *kv = scratch.tiles + (size_t)thread * GEMM_TILE_ROWS * scratch.max_dim;
+    const exo_to_float_fn widen = exo_type_traits_get(EXO_DTYPE_F16)->to_float;
     for (int64_t item = begin; item < end; item++) {
         int h = (int)(item / n_blocks), blk = (int)(item % n_blocks);
         int kvh = h / group;
@@ -458,11 +469,15 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
         int nq = a->n_tokens - t0 < ATTN_QUERY_BLOCK ? a->n_tokens - t0 : ATTN_QUERY_BLOCK;
         int n_pos = a->pos0 + t0 + nq; /* keys the last query of the block sees */
         const float *q = a->q + (size_t)t0 * q_stride + (size_t)h * hd;
-        const float *k = a->k_cache + (size_t)kvh * hd;
-        const float *v = a->v_cache + (size_t)kvh * hd;
+        const uint16_t *k = a->k_cache + (size_t)kvh * hd;
+        const uint16_t *v = a->v_cache + (size_t)kvh * hd;
         /* scores[i][p] = scale * q_i . k_p, rows n_pos wide */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, n_pos, hd, a->scale, q, q_stride, k, kv_stride,
-                    0.0f, scores, n_pos);
+        for (int p0 = 0; p0 < n_pos; p0 += GEMM_TILE_ROWS) {
+            int np = n_pos - p0 < GEMM_TILE_ROWS ? n_pos - p0 : GEMM_TILE_ROWS;
+            for (int p = 0; p < np; p++) widen(k + (size_t)(p0 + p) * kv_stride, kv + (size_t)p * hd, hd);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, np, hd, a->scale, q, q_stride, kv, hd, 0.0f,
+                        scores + p0, n_pos);
+        }
         for (int i = 0; i < nq; i++) {
             float *row = scores + (size_t)i * n_pos;
             int visible = a->pos0 + t0 + i + 1;
@@ -475,8 +490,12 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
             for (int p = visible; p < n_pos; p++) row[p] = 0.0f; /* causal mask */
         }
         float *out = a->out + (size_t)t0 * q_stride + (size_t)h * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, n_pos, 1.0f, scores, n_pos, v, kv_stride,
-                    0.0f, out, q_stride);
+        for (int p0 = 0; p0 < n_pos; p0 += GEMM_TILE_ROWS) {
+            int np = n_pos - p0 < GEMM_TILE_ROWS ? n_pos - p0 : GEMM_TILE_ROWS;
+            for (int p = 0; p < np; p++) widen(v + (size_t)(p0 + p) * kv_stride, kv + (size_t)p * hd, hd);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, np, 1.0f, scores + p0, n_pos, kv, hd,
+                        p0 ? 1.0f : 0.0f, out, q_stride);
+        }
     }
 }
 
@@ -542,6 +561,7 @@ static const exo_backend cpu_backend = {
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .to_f16 = cpu_to_f16,
     .get_rows = cpu_get_rows,
     .packed_size = cpu_packed_size,
     .pack = cpu_pack,

@@ -127,19 +127,17 @@ int exo_llama_forward(exo_shard *s, exo_seq *seq, const int32_t *tokens, const f
     for (int i = 0; i < s->layer_end - s->layer_start; i++) {
         const exo_llama_layer *l = &s->layers[i];
         /* This layer's cache: (n_ctx, kv_dim); the new keys land at pos0. */
-        float *k_cache = seq->k_cache + (size_t)i * seq->n_ctx * kv_dim;
-        float *v_cache = seq->v_cache + (size_t)i * seq->n_ctx * kv_dim;
+        uint16_t *k_cache = seq->k_cache + (size_t)i * seq->n_ctx * kv_dim;
+        uint16_t *v_cache = seq->v_cache + (size_t)i * seq->n_ctx * kv_dim;
 
         be->rmsnorm(rs->x, l->attn_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
-        /* Q into the run state; K and V straight into this layer's cache rows. */
-        exo_matmul_out qkv[3] = {
-            {&l->wq, rs->q, q_dim},
-            {&l->wk, k_cache + (size_t)pos0 * kv_dim, kv_dim},
-            {&l->wv, v_cache + (size_t)pos0 * kv_dim, kv_dim},
-        };
+        exo_matmul_out qkv[3] = {{&l->wq, rs->q, q_dim}, {&l->wk, rs->k, kv_dim}, {&l->wv, rs->v, kv_dim}};
         if ((rc = be->matmul_multi(qkv, 3, rs->xn, n_tokens))) return rc;
         be->rope(rs->q, n_tokens, hp->n_head, head_dim, &rope);
-        be->rope(k_cache + (size_t)pos0 * kv_dim, n_tokens, hp->n_head_kv, head_dim, &rope);
+        be->rope(rs->k, n_tokens, hp->n_head_kv, head_dim, &rope);
+        /* The new keys (roped) and values land in the f16 cache at pos0. */
+        be->to_f16(rs->k, k_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
+        be->to_f16(rs->v, v_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
 
         exo_attention_args att = {
             .q = rs->q, .k_cache = k_cache, .v_cache = v_cache, .out = rs->att, .n_tokens = n_tokens,

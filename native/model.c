@@ -316,12 +316,12 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
     if (!q) return exo_error_set(EXO_ENOMEM, "out of memory");
     size_t per_layer = (size_t)n_ctx * s->hp.n_head_kv * s->hp.head_dim;
     size_t n_layers = (size_t)(s->layer_end - s->layer_start);
-    q->k_cache = exo_aligned_alloc(sizeof(float) * per_layer * n_layers);
-    q->v_cache = exo_aligned_alloc(sizeof(float) * per_layer * n_layers);
+    q->k_cache = exo_aligned_alloc(sizeof(uint16_t) * per_layer * n_layers);
+    q->v_cache = exo_aligned_alloc(sizeof(uint16_t) * per_layer * n_layers);
     if (!q->k_cache || !q->v_cache) {
         exo_seq_free(q);
         return exo_error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
-                             2 * sizeof(float) * per_layer * n_layers >> 20);
+                             2 * sizeof(uint16_t) * per_layer * n_layers >> 20);
     }
     q->shard = s;
     q->n_ctx = n_ctx;

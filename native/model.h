@@ -83,8 +83,8 @@ struct exo_seq {
     exo_shard *shard;
     int n_ctx;
     int pos;               /* positions [0, pos) are in the cache */
-    float *k_cache;        /* (n_layers_in_shard, n_ctx, n_head_kv * head_dim) */
-    float *v_cache;
+    uint16_t *k_cache;     /* (n_layers_in_shard, n_ctx, n_head_kv * head_dim), f16 as llama.cpp's default */
+    uint16_t *v_cache;
 };
 
 /* Architecture hooks (llama.c). */

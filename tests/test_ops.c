@@ -86,9 +86,14 @@ static void test_attention(const exo_backend *be, int T)
     enum { CTX = 80, H = 6, HKV = 2, HD = 8, TMAX = 64 };
     int pos0 = CTX - T;
     static float q[TMAX * H * HD], k[CTX * HKV * HD], v[CTX * HKV * HD], out[TMAX * H * HD];
+    static uint16_t k16[CTX * HKV * HD], v16[CTX * HKV * HD];
     static double ref[TMAX * H * HD];
     for (int i = 0; i < T * H * HD; i++) q[i] = frand();
     for (int i = 0; i < CTX * HKV * HD; i++) k[i] = frand(), v[i] = frand();
+    /* the cache holds f16: the reference uses the same rounded keys and values */
+    be->to_f16(k, k16, CTX * HKV * HD);
+    be->to_f16(v, v16, CTX * HKV * HD);
+    for (int i = 0; i < CTX * HKV * HD; i++) k[i] = exo_half_to_float(k16[i]), v[i] = exo_half_to_float(v16[i]);
     float scale = 1 / sqrtf(HD);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
@@ -107,7 +112,7 @@ static void test_attention(const exo_backend *be, int T)
                 ref[(t * H + h) * HD + i] = acc;
             }
         }
-    exo_attention_args a = {.q = q, .k_cache = k, .v_cache = v, .out = out, .n_tokens = T, .pos0 = pos0,
+    exo_attention_args a = {.q = q, .k_cache = k16, .v_cache = v16, .out = out, .n_tokens = T, .pos0 = pos0,
                             .n_head = H, .n_head_kv = HKV, .head_dim = HD, .scale = scale};
     be->attention(&a);
     CHECK_MSG(nmse(out, ref, (size_t)T * H * HD) < 1e-10, "attention of %d queries: nmse %g", T,

@@ -918,14 +918,23 @@ static void test_vec_many(void)
             size_t stride = (size_t)n + 3 + li;
             float *q = malloc((size_t)n * sizeof(float)), *w = malloc((size_t)(count + 1) * sizeof(float));
             float *rows = malloc((stride * (size_t)count + 1) * sizeof(float));
+            uint16_t *rows16 = malloc((stride * (size_t)count + 1) * sizeof(uint16_t));
             float *out = malloc((size_t)(n + count + 1) * sizeof(float));
             float *out_ref = malloc((size_t)(n + count + 1) * sizeof(float));
             random_row(q, n);
             random_row(w, count + 1);
             random_row(rows, (int)(stride * (size_t)count + 1));
+            /* the KV cache is f16: round, and compare against the rounded values */
+            exo_vec_f16_from_f32_ref((int)(stride * (size_t)count + 1), rows, rows16);
+            for (size_t i = 0; i < stride * (size_t)count + 1; i++) {
+                uint16_t fast;
+                exo_vec_f16_from_f32(1, rows + i, &fast);
+                CHECK(fast == rows16[i]);
+                rows[i] = exo_half_to_float(rows16[i]);
+            }
             out[count] = out_ref[count] = 12345.0f; /* one past the end */
-            exo_vec_dots_f32(n, q, rows, stride, count, out);
-            exo_vec_dots_f32_ref(n, q, rows, stride, count, out_ref);
+            exo_vec_dots_f16(n, q, rows16, stride, count, out);
+            exo_vec_dots_f16_ref(n, q, rows16, stride, count, out_ref);
             CHECK(out[count] == 12345.0f && out_ref[count] == 12345.0f);
             for (int p = 0; p < count; p++) {
                 double exact = 0, mag = 1e-30;
@@ -937,8 +946,8 @@ static void test_vec_many(void)
                 max_dots_ref = fmax(max_dots_ref, fabs(out_ref[p] - exact) / mag);
             }
             for (int i = 0; i <= n; i++) out[i] = out_ref[i] = 12345.0f;
-            exo_vec_wsum_f32(n, w, rows, stride, count, out);
-            exo_vec_wsum_f32_ref(n, w, rows, stride, count, out_ref);
+            exo_vec_wsum_f16(n, w, rows16, stride, count, out);
+            exo_vec_wsum_f16_ref(n, w, rows16, stride, count, out_ref);
             CHECK(out[n] == 12345.0f && out_ref[n] == 12345.0f);
             for (int i = 0; i < n; i++) {
                 double exact = 0, mag = 1e-30;
@@ -950,7 +959,7 @@ static void test_vec_many(void)
                 max_wsum = fmax(max_wsum, fabs(out[i] - exact) / mag);
                 max_wsum_ref = fmax(max_wsum_ref, fabs(out_ref[i] - exact) / mag);
             }
-            free(q); free(w); free(rows); free(out); free(out_ref);
+            free(q); free(w); free(rows); free(rows16); free(out); free(out_ref);
         }
     }
     printf("  vec   dots rel-err fast %.1e scalar %.1e  wsum rel-err fast %.1e scalar %.1e\n", max_dots, max_dots_ref,

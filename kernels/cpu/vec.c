@@ -11,7 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quants.h"
 #include "vec_avx2.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #define EXO_VEC_X86 1
@@ -40,15 +45,33 @@ void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y)
     for (int i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
-void exo_vec_dots_f32_ref(int n, const float *q, const float *k, size_t k_stride, int count, float *out)
+void exo_vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
-    for (int p = 0; p < count; p++) out[p] = exo_vec_dot_f32_ref(n, q, k + (size_t)p * k_stride);
+    for (int p = 0; p < count; p++) {
+        const uint16_t *kp = k + (size_t)p * k_stride;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        int i = 0;
+        for (; i + 4 <= n; i += 4) {
+            s0 += q[i] * exo_half_to_float(kp[i]);
+            s1 += q[i + 1] * exo_half_to_float(kp[i + 1]);
+            s2 += q[i + 2] * exo_half_to_float(kp[i + 2]);
+            s3 += q[i + 3] * exo_half_to_float(kp[i + 3]);
+        }
+        for (; i < n; i++) s0 += q[i] * exo_half_to_float(kp[i]);
+        out[p] = (s0 + s1) + (s2 + s3);
+    }
 }
 
-void exo_vec_wsum_f32_ref(int n, const float *w, const float *v, size_t v_stride, int count, float *out)
+void exo_vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
     for (int i = 0; i < n; i++) out[i] = 0.0f;
-    for (int p = 0; p < count; p++) exo_vec_axpy_f32_ref(n, w[p], v + (size_t)p * v_stride, out);
+    for (int p = 0; p < count; p++)
+        for (int i = 0; i < n; i++) out[i] += w[p] * exo_half_to_float(v[(size_t)p * v_stride + i]);
+}
+
+void exo_vec_f16_from_f32_ref(int n, const float *x, uint16_t *y)
+{
+    for (int i = 0; i < n; i++) y[i] = exo_float_to_half(x[i]);
 }
 
 void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out)
@@ -81,13 +104,15 @@ float exo_vec_softmax_f32(int n, float scale, float *x)
 typedef void (*swiglu_fn)(int n, const float *gate, const float *up, float *out);
 typedef float (*dot_fn)(int n, const float *a, const float *b);
 typedef void (*axpy_fn)(int n, float alpha, const float *x, float *y);
-typedef void (*dots_fn)(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
-typedef void (*wsum_fn)(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
+typedef void (*dots_fn)(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
+typedef void (*wsum_fn)(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
+typedef void (*to_f16_fn)(int n, const float *x, uint16_t *y);
 
 static dot_fn dot_impl = exo_vec_dot_f32_ref;
 static axpy_fn axpy_impl = exo_vec_axpy_f32_ref;
-static dots_fn dots_impl = exo_vec_dots_f32_ref;
-static wsum_fn wsum_impl = exo_vec_wsum_f32_ref;
+static dots_fn dots_impl = exo_vec_dots_f16_ref;
+static wsum_fn wsum_impl = exo_vec_wsum_f16_ref;
+static to_f16_fn to_f16_impl = exo_vec_f16_from_f32_ref;
 static swiglu_fn swiglu_impl = exo_vec_swiglu_f32_ref;
 static bool have_avx2;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -99,10 +124,13 @@ static void vec_init_once(void)
     if (force && *force && strcmp(force, "0") != 0) return;
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return;
+    unsigned eax, ebx, ecx, edx; /* F16C (CPUID.1:ECX.29), for the f16 KV cache */
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 29) & 1u)) return;
     dot_impl = exo_vec_f32_dot_avx2;
     axpy_impl = exo_vec_f32_axpy_avx2;
-    dots_impl = exo_vec_f32_dots_avx2;
-    wsum_impl = exo_vec_f32_wsum_avx2;
+    dots_impl = exo_vec_f16_dots_avx2;
+    wsum_impl = exo_vec_f16_wsum_avx2;
+    to_f16_impl = exo_vec_f16_from_f32_avx2;
     swiglu_impl = exo_vec_f32_swiglu_avx2;
     have_avx2 = true;
 #endif
@@ -128,14 +156,19 @@ void exo_vec_axpy_f32(int n, float alpha, const float *x, float *y)
     axpy_impl(n, alpha, x, y);
 }
 
-void exo_vec_dots_f32(int n, const float *q, const float *k, size_t k_stride, int count, float *out)
+void exo_vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
     dots_impl(n, q, k, k_stride, count, out);
 }
 
-void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, int count, float *out)
+void exo_vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
     wsum_impl(n, w, v, v_stride, count, out);
+}
+
+void exo_vec_f16_from_f32(int n, const float *x, uint16_t *y)
+{
+    to_f16_impl(n, x, y);
 }
 
 void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out)

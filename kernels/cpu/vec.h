@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Detects CPU features once and picks the fast helpers; safe to call many times. */
 void exo_vec_init(void);
@@ -24,15 +25,19 @@ float exo_vec_dot_f32(int n, const float *a, const float *b);
 /* y[i] += alpha * x[i] for i < n (n >= 0); x and y must not overlap. */
 void exo_vec_axpy_f32(int n, float alpha, const float *x, float *y);
 
-/* Attention's two loops in one call each, so the query and the output row
- * stay in registers across keys:
+/* Attention's two loops over the f16 KV cache (IEEE half bits), one call
+ * each, so the query and the output row stay in registers across keys:
  * out[p] = sum of q[i] * k[p * k_stride + i] over i < n, for p < count (the
- * scores of one query against count keys k_stride floats apart), and
+ * scores of one query against count keys k_stride halves apart), and
  * out[i] = sum of w[p] * v[p * v_stride + i] over p < count, for i < n (a
  * weighted sum of count value rows; out is overwritten, and is 0 when count
- * is 0). out must not overlap the inputs. */
-void exo_vec_dots_f32(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
-void exo_vec_wsum_f32(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
+ * is 0). Keys and values are widened to f32; products and sums are f32. out
+ * must not overlap the inputs. */
+void exo_vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
+void exo_vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
+
+/* y[i] = x[i] rounded to f16 (nearest even; overflow gives infinity). */
+void exo_vec_f16_from_f32(int n, const float *x, uint16_t *y);
 
 /* out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i];
  * out may be gate or up. The fast version's exp agrees with expf (vec_avx2.c). */
@@ -46,7 +51,8 @@ float exo_vec_softmax_f32(int n, float scale, float *x);
 float exo_vec_dot_f32_ref(int n, const float *a, const float *b);
 void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
 void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y);
-void exo_vec_dots_f32_ref(int n, const float *q, const float *k, size_t k_stride, int count, float *out);
-void exo_vec_wsum_f32_ref(int n, const float *w, const float *v, size_t v_stride, int count, float *out);
+void exo_vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
+void exo_vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
+void exo_vec_f16_from_f32_ref(int n, const float *x, uint16_t *y);
 
 #endif

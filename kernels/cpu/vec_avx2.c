@@ -24,6 +24,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 static inline float hsum_ps(__m256 v)
@@ -70,33 +71,44 @@ void exo_vec_f32_axpy_avx2(int n, float alpha, const float *x, float *y)
     for (; i < n; i++) y[i] += alpha * x[i];
 }
 
+/* Eight IEEE halves widened to floats. */
+static inline __m256 load_h8(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline float half_to_float(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
 /* Four keys at a time, two accumulators each (eight FMA chains in flight);
- * the remaining keys one by one. */
-void exo_vec_f32_dots_avx2(int n, const float *q, const float *k, size_t k_stride, int count, float *out)
+ * the remaining keys one by one. Keys are f16, widened on load. */
+void exo_vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
     const int n8 = n & ~7;
     int p = 0;
     for (; p + 4 <= count; p += 4) {
-        const float *k0 = k + (size_t)p * k_stride, *k1 = k0 + k_stride, *k2 = k1 + k_stride, *k3 = k2 + k_stride;
+        const uint16_t *k0 = k + (size_t)p * k_stride, *k1 = k0 + k_stride, *k2 = k1 + k_stride, *k3 = k2 + k_stride;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int i = 0;
         for (; i + 16 <= n; i += 16) {
             __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + 8);
-            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), a0);
-            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), a1);
-            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), a2);
-            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), a3);
-            b0 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k0 + i + 8), b0);
-            b1 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k1 + i + 8), b1);
-            b2 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k2 + i + 8), b2);
-            b3 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k3 + i + 8), b3);
+            a0 = _mm256_fmadd_ps(qa, load_h8(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qa, load_h8(k1 + i), a1);
+            a2 = _mm256_fmadd_ps(qa, load_h8(k2 + i), a2);
+            a3 = _mm256_fmadd_ps(qa, load_h8(k3 + i), a3);
+            b0 = _mm256_fmadd_ps(qb, load_h8(k0 + i + 8), b0);
+            b1 = _mm256_fmadd_ps(qb, load_h8(k1 + i + 8), b1);
+            b2 = _mm256_fmadd_ps(qb, load_h8(k2 + i + 8), b2);
+            b3 = _mm256_fmadd_ps(qb, load_h8(k3 + i + 8), b3);
         }
         if (i < n8) {
             __m256 qa = _mm256_loadu_ps(q + i);
-            a0 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), a0);
-            a1 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), a1);
-            a2 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), a2);
-            a3 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), a3);
+            a0 = _mm256_fmadd_ps(qa, load_h8(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qa, load_h8(k1 + i), a1);
+            a2 = _mm256_fmadd_ps(qa, load_h8(k2 + i), a2);
+            a3 = _mm256_fmadd_ps(qa, load_h8(k3 + i), a3);
         }
         /* [s0 s1 s2 s3] from the four keys' eight lanes each */
         __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1)),
@@ -105,30 +117,36 @@ void exo_vec_f32_dots_avx2(int n, const float *q, const float *k, size_t k_strid
         if (n8 < n) {
             float tail[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
             for (int j = n8; j < n; j++) {
-                tail[0] += q[j] * k0[j];
-                tail[1] += q[j] * k1[j];
-                tail[2] += q[j] * k2[j];
-                tail[3] += q[j] * k3[j];
+                tail[0] += q[j] * half_to_float(k0[j]);
+                tail[1] += q[j] * half_to_float(k1[j]);
+                tail[2] += q[j] * half_to_float(k2[j]);
+                tail[3] += q[j] * half_to_float(k3[j]);
             }
             s = _mm_add_ps(s, _mm_loadu_ps(tail));
         }
         _mm_storeu_ps(out + p, s);
     }
-    for (; p < count; p++) out[p] = exo_vec_f32_dot_avx2(n, q, k + (size_t)p * k_stride);
+    for (; p < count; p++) {
+        const uint16_t *kp = k + (size_t)p * k_stride;
+        __m256 acc = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_h8(kp + i), acc);
+        float sum = hsum_ps(acc);
+        for (; i < n; i++) sum += q[i] * half_to_float(kp[i]);
+        out[p] = sum;
+    }
 }
 
-/* 64 output floats at a time in eight registers (one pass over the keys per
- * 64 floats), then 8 at a time, then single floats. */
-void exo_vec_f32_wsum_avx2(int n, const float *w, const float *v, size_t v_stride, int count, float *out)
+void exo_vec_f16_wsum_avx2(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
     int i = 0;
     for (; i + 64 <= n; i += 64) {
         __m256 acc[8];
         for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
         for (int p = 0; p < count; p++) {
-            const float *vp = v + (size_t)p * v_stride + i;
+            const uint16_t *vp = v + (size_t)p * v_stride + i;
             __m256 wp = _mm256_broadcast_ss(w + p);
-            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(wp, _mm256_loadu_ps(vp + 8 * c), acc[c]);
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(wp, load_h8(vp + 8 * c), acc[c]);
         }
         for (int c = 0; c < 8; c++) _mm256_storeu_ps(out + i + 8 * c, acc[c]);
     }
@@ -136,19 +154,26 @@ void exo_vec_f32_wsum_avx2(int n, const float *w, const float *v, size_t v_strid
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         int p = 0;
         for (; p + 2 <= count; p += 2) {
-            acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p), _mm256_loadu_ps(v + (size_t)p * v_stride + i), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p + 1), _mm256_loadu_ps(v + (size_t)(p + 1) * v_stride + i),
-                                   acc1);
+            acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p), load_h8(v + (size_t)p * v_stride + i), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p + 1), load_h8(v + (size_t)(p + 1) * v_stride + i), acc1);
         }
-        if (p < count)
-            acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p), _mm256_loadu_ps(v + (size_t)p * v_stride + i), acc0);
+        if (p < count) acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p), load_h8(v + (size_t)p * v_stride + i), acc0);
         _mm256_storeu_ps(out + i, _mm256_add_ps(acc0, acc1));
     }
     for (; i < n; i++) {
         float s = 0.0f;
-        for (int p = 0; p < count; p++) s += w[p] * v[(size_t)p * v_stride + i];
+        for (int p = 0; p < count; p++) s += w[p] * half_to_float(v[(size_t)p * v_stride + i]);
         out[i] = s;
     }
+}
+
+/* Round to nearest even, as vcvtps2ph does with rounding mode 0. */
+void exo_vec_f16_from_f32_avx2(int n, const float *x, uint16_t *y)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
 /* exp of four floats (as doubles) to double precision: x = n ln2 + r with

@@ -352,7 +352,10 @@ def main():
         driver.find_element(By.ID, "new-chat").click()
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .empty"), 5, "an empty conversation")
         set_field(driver, "max-tokens", 2000)
-        send_message(driver, "Count from 1 to 1000, one number per line.")
+        # A prompt the model answers at length (600+ greedy tokens; a counting
+        # prompt stopped after 51 or 121 tokens depending on last-bit numerics,
+        # too soon to press stop).
+        send_message(driver, "Write a very long essay about the history of the Roman Empire.")
         seen = set()
 
         def growing(d):
