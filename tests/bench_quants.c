@@ -126,9 +126,10 @@ static int kernels_for(int dtype, kernel *k)
     if (exo_quants_have_avx2() && cpu512 && avx512) {
         k[n++] = (kernel){ "avx512", avx512, NULL, NULL };
         k[n++] = (kernel){ "avx512x4", NULL, avx512_x4, NULL };
-        if (exo_type_traits_get(dtype)->vec_dot_packed)
-            k[n++] = (kernel){ "packed", NULL, NULL, exo_type_traits_get(dtype)->vec_dot_packed };
     }
+    /* the packed kernel dispatch chose (AVX-512 VNNI, or AVX2 with EXO_DISABLE_AVX512=1) */
+    if (exo_type_traits_get(dtype)->vec_dot_packed)
+        k[n++] = (kernel){ "packed", NULL, NULL, exo_type_traits_get(dtype)->vec_dot_packed };
 #endif
     return n;
 }

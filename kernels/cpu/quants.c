@@ -782,6 +782,8 @@ static void quants_init_once(void)
     type_traits[EXO_DTYPE_Q6_K].vec_dot = exo_vec_dot_q6_K_q8_K_avx2;
     act_q8_32 = exo_quantize_act_q8_32_avx2;
     act_q8_K = exo_quantize_act_q8_K_avx2;
+    type_traits[EXO_DTYPE_Q4_0].vec_dot_packed = exo_vec_dot_packed_q4_0_q8_32_avx2;
+    type_traits[EXO_DTYPE_Q4_1].vec_dot_packed = exo_vec_dot_packed_q4_1_q8_32_avx2;
     have_avx2 = true;
 
     if (env_flag("EXO_DISABLE_AVX512") || !cpu_has_avx512_vnni()) return;

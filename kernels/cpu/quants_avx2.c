@@ -13,6 +13,10 @@
  * offset are folded through the activation's s = d * sum(q), so the 4-bit
  * quants stay unsigned and need no subtraction.
  *
+ * The 4-bit kernels have one body for a single row and for a packed group of
+ * four rows (quants.h), which share the activation loads: the packed kernel
+ * gives bit for bit the one-row results.
+ *
  * Range assumptions: activation quants are in [-127, 127] (quants.c never
  * produces -128), so |u8 x s8| pair sums stay inside int16. */
 #if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
@@ -22,6 +26,7 @@
 #include "quants_avx2.h"
 
 #include <immintrin.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "quants.h"
@@ -108,37 +113,33 @@ static inline __m256 pair_spread(__m128 p)
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
 }
 
-/* Dot of two consecutive 4-bit blocks (qs0, qs1: 16 bytes each) with their
- * activation blocks, as 8 float partial sums: block 0's in the low 128 bits,
+/* Dot of two consecutive 4-bit blocks (q: their 16 quant bytes each, side
+ * by side) with their activation pair (xlo: both blocks' first 16 quants, xhi:
+ * their last 16), as 8 float partial sums: block 0's in the low 128 bits,
  * block 1's in the high. Putting the two blocks' low nibbles in one register
  * and their high nibbles in another halves the maddubs/madd/convert work per
  * block; the two maddubs results add without overflow (|.| <= 2*2*15*127). */
-static inline __m256 q4_pair_dot(const uint8_t *qs0, const uint8_t *qs1, const exo_block_q8_32 *a)
+static inline __m256 q4_pair_dot(__m256i q, __m256i xlo, __m256i xhi)
 {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256i q = load_2x128(qs0, qs1);
     __m256i qlo = _mm256_and_si256(q, low4);
     __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-    __m256i xlo = load_2x128(a[0].qs, a[1].qs);
-    __m256i xhi = load_2x128(a[0].qs + 16, a[1].qs + 16);
     __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(qlo, xlo), _mm256_maddubs_epi16(qhi, xhi));
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
 }
 
-/* For blocks i, i+1: [dw0*da0, mw0*s0, dw1*da1, mw1*s1], with both blocks' d
- * and m converted by one cvtph2ps (they are the first 4 bytes of each block). */
-static inline __m128 q4_1_pair_scales(const exo_block_q4_1 *w, const exo_block_q8_32 *a)
+static inline int load_u16(const void *p)
 {
-    __m128i h = _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(&w[0])), _mm_cvtsi32_si128((int)load_u32(&w[1])));
-    return _mm_mul_ps(_mm_cvtph_ps(h), act_pair_ds(a));
+    uint16_t u;
+    memcpy(&u, p, sizeof u);
+    return u;
 }
 
-/* The same for Q4_0: [dw0*da0, dw0*s0, dw1*da1, dw1*s1]. */
-static inline __m128 q4_0_pair_scales(const exo_block_q4_0 *w, const exo_block_q8_32 *a)
+/* The first 4 bytes of two blocks stride bytes apart, as two dwords. */
+static inline __m128i dwords_2(const void *p, size_t stride)
 {
-    __m128i h = _mm_unpacklo_epi16(_mm_cvtsi32_si128((int)load_u32(&w[0])), _mm_cvtsi32_si128((int)load_u32(&w[1])));
-    __m128 d = _mm_cvtph_ps(h); /* [dw0, dw1, -, -] */
-    return _mm_mul_ps(_mm_unpacklo_ps(d, d), act_pair_ds(a));
+    return _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(p)),
+                              _mm_cvtsi32_si128((int)load_u32((const uint8_t *)p + stride)));
 }
 
 /* Sum of lanes 1 and 3: the minimum (or offset) terms of the pair scales. */
@@ -154,64 +155,109 @@ static inline __m256 q4_one_dot(const uint8_t *qs, const exo_block_q8_32 *a)
     return dot_u8_s8(q4_unpack(qs), _mm256_loadu_si256((const __m256i *)a->qs));
 }
 
-float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row)
+/* R rows (1 or 4) of a 4-bit format at w0, w0 + stride, ...; or, with P, the
+ * packed group of four at w0 (quants.h: the chunk that starts at block i
+ * begins at byte 4 * i * block bytes and holds 2-block pairs of quants, 32
+ * bytes a row, then each row's block headers). Q4_1 (MIN) and Q4_0 differ
+ * only in their pair scales: [dw0*da0, mw0*s0, dw1*da1, mw1*s1] from one
+ * cvtph of both blocks' (d, m), or [dw0*da0, dw0*s0, dw1*da1, dw1*s1] (the
+ * -8 offset, taken out at the end). The same arithmetic either layout, row by
+ * row: a packed group gives bit for bit the one-row results. */
+EXO_ALWAYS_INLINE __m128 q4_pair_scales(const uint8_t *hdr, size_t stride, __m128 ads, const bool MIN)
 {
-    const exo_block_q4_1 *w = w_row;
-    const exo_block_q8_32 *a = act_row;
-    const int nb = n / EXO_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m128 accm0 = _mm_setzero_ps(), accm1 = _mm_setzero_ps(); /* lanes 1, 3: sum of m * s */
-    int i = 0;
-    for (; i + 4 <= nb; i += 4) {
-        __m128 p0 = q4_1_pair_scales(w + i, a + i), p1 = q4_1_pair_scales(w + i + 2, a + i + 2);
-        accm0 = _mm_add_ps(accm0, p0);
-        accm1 = _mm_add_ps(accm1, p1);
-        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
-        acc1 = _mm256_fmadd_ps(pair_spread(p1), q4_pair_dot(w[i + 2].qs, w[i + 3].qs, a + i + 2), acc1);
-    }
-    if (i + 2 <= nb) {
-        __m128 p0 = q4_1_pair_scales(w + i, a + i);
-        accm0 = _mm_add_ps(accm0, p0);
-        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
-        i += 2;
-    }
-    float sum = odd_lanes_sum(_mm_add_ps(accm0, accm1));
-    if (i < nb) {
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), q4_one_dot(w[i].qs, a + i), acc1);
-        sum += half_to_float(w[i].m) * a[i].s;
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1)) + sum;
+    if (MIN) return _mm_mul_ps(_mm_cvtph_ps(dwords_2(hdr, stride)), ads);
+    __m128 d = _mm_cvtph_ps(_mm_unpacklo_epi16(_mm_cvtsi32_si128(load_u16(hdr)),
+                                               _mm_cvtsi32_si128(load_u16(hdr + stride)))); /* [dw0, dw1, 0, 0] */
+    return _mm_mul_ps(_mm_unpacklo_ps(d, d), ads);
 }
 
-/* Q4_0 as Q4_1 with m = -8 * d: the offset costs -8 * dw * s per block. */
-float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
+EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
+                               const int R, const bool P, const bool MIN)
 {
-    const exo_block_q4_0 *w = w_row;
-    const exo_block_q8_32 *a = act_row;
+    const size_t bs = MIN ? sizeof(exo_block_q4_1) : sizeof(exo_block_q4_0);
+    const size_t hb = MIN ? offsetof(exo_block_q4_1, qs) : offsetof(exo_block_q4_0, qs);
     const int nb = n / EXO_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m128 acco0 = _mm_setzero_ps(), acco1 = _mm_setzero_ps(); /* lanes 1, 3: sum of dw * s */
+    __m256 acc0[4], acc1[4];
+    __m128 acco0[4], acco1[4]; /* lanes 1, 3: sum of m * s (or dw * s) */
+    float off[4];
+    FOR_ROWS(r, R) {
+        acc0[r] = acc1[r] = _mm256_setzero_ps();
+        acco0[r] = acco1[r] = _mm_setzero_ps();
+    }
     int i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 p0 = q4_0_pair_scales(w + i, a + i), p1 = q4_0_pair_scales(w + i + 2, a + i + 2);
-        acco0 = _mm_add_ps(acco0, p0);
-        acco1 = _mm_add_ps(acco1, p1);
-        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
-        acc1 = _mm256_fmadd_ps(pair_spread(p1), q4_pair_dot(w[i + 2].qs, w[i + 3].qs, a + i + 2), acc1);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
+        const __m256i xlo0 = load_2x128(a[i].qs, a[i + 1].qs), xhi0 = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
+        const __m256i xlo1 = load_2x128(a[i + 2].qs, a[i + 3].qs), xhi1 = load_2x128(a[i + 2].qs + 16, a[i + 3].qs + 16);
+        const __m128 ads0 = act_pair_ds(a + i), ads1 = act_pair_ds(a + i + 2);
+        FOR_ROWS(r, R) {
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            /* packed: row r's headers of the four blocks side by side */
+            const uint8_t *h = P ? c + 256 + 4 * hb * r : w;
+            const size_t hs = P ? hb : bs;
+            __m128 p0 = q4_pair_scales(h, hs, ads0, MIN), p1 = q4_pair_scales(h + 2 * hs, hs, ads1, MIN);
+            acco0[r] = _mm_add_ps(acco0[r], p0);
+            acco1[r] = _mm_add_ps(acco1[r], p1);
+            __m256i q0 = P ? _mm256_loadu_si256((const __m256i *)(c + 32 * r)) : load_2x128(w + hb, w + bs + hb);
+            __m256i q1 = P ? _mm256_loadu_si256((const __m256i *)(c + 128 + 32 * r))
+                           : load_2x128(w + 2 * bs + hb, w + 3 * bs + hb);
+            acc0[r] = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(q0, xlo0, xhi0), acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(pair_spread(p1), q4_pair_dot(q1, xlo1, xhi1), acc1[r]);
+        }
     }
     if (i + 2 <= nb) {
-        __m128 p0 = q4_0_pair_scales(w + i, a + i);
-        acco0 = _mm_add_ps(acco0, p0);
-        acc0 = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(w[i].qs, w[i + 1].qs, a + i), acc0);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
+        const __m256i xlo = load_2x128(a[i].qs, a[i + 1].qs), xhi = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
+        const __m128 ads = act_pair_ds(a + i);
+        FOR_ROWS(r, R) {
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            const uint8_t *h = P ? c + 128 + 2 * hb * r : w;
+            __m128 p0 = q4_pair_scales(h, P ? hb : bs, ads, MIN);
+            acco0[r] = _mm_add_ps(acco0[r], p0);
+            __m256i q = P ? _mm256_loadu_si256((const __m256i *)(c + 32 * r)) : load_2x128(w + hb, w + bs + hb);
+            acc0[r] = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(q, xlo, xhi), acc0[r]);
+        }
         i += 2;
     }
-    float off = odd_lanes_sum(_mm_add_ps(acco0, acco1));
+    FOR_ROWS(r, R) off[r] = odd_lanes_sum(_mm_add_ps(acco0[r], acco1[r]));
     if (i < nb) {
-        float d = half_to_float(w[i].d);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * a[i].d), q4_one_dot(w[i].qs, a + i), acc1);
-        off += d * a[i].s;
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
+        FOR_ROWS(r, R) {
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            const uint8_t *h = P ? c + 64 + hb * r : w, *qs = P ? c + 16 * r : w + hb;
+            exo_half hd[2] = {0, 0};
+            memcpy(hd, h, hb);
+            float d = half_to_float(hd[0]);
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[i].d), q4_one_dot(qs, a + i), acc1[r]);
+            off[r] += (MIN ? half_to_float(hd[1]) : d) * a[i].s;
+        }
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1)) - 8.0f * off;
+    FOR_ROWS(r, R) out[r] = MIN ? hsum_ps(_mm256_add_ps(acc0[r], acc1[r])) + off[r]
+                                : hsum_ps(_mm256_add_ps(acc0[r], acc1[r])) - 8.0f * off[r];
+}
+
+float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row)
+{
+    float out;
+    q4_rows(n, w_row, 0, act_row, &out, 1, false, true);
+    return out;
+}
+
+float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
+{
+    float out;
+    q4_rows(n, w_row, 0, act_row, &out, 1, false, false);
+    return out;
+}
+
+void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *group, const void *act_row, float *out)
+{
+    q4_rows(n, group, 0, act_row, out, 4, true, true);
+}
+
+void exo_vec_dot_packed_q4_0_q8_32_avx2(int n, const void *group, const void *act_row, float *out)
+{
+    q4_rows(n, group, 0, act_row, out, 4, true, false);
 }
 
 /* dw * da of one Q8_0 block: a 32-bit load (the half and two quant bytes)

@@ -43,18 +43,6 @@
 
 #include "quants.h"
 
-/* The row count of the shared kernels is a constant at each call site, so
- * forcing them inline lets the compiler unroll the row loops and keep every
- * accumulator in a register. GCC needs the unroll asked for early: left to
- * itself it kept the accumulator arrays in memory and stored them on every
- * step (clang unrolls them on its own, and does worse with the pragma). */
-#define EXO_ALWAYS_INLINE static inline __attribute__((always_inline))
-#if defined(__clang__)
-#define FOR_ROWS(r, R) for (int r = 0; r < (R); r++)
-#else
-#define FOR_ROWS(r, R) _Pragma("GCC unroll 4") for (int r = 0; r < (R); r++)
-#endif
-
 static inline uint32_t load_u32(const void *p)
 {
     uint32_t u;
