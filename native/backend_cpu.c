@@ -143,11 +143,16 @@ static void dot_output_range(const matmul_job *j, int o, int64_t r0, int64_t r1)
         int t1 = t0 + DOT_TOKEN_BLOCK < j->n_tokens ? t0 + DOT_TOKEN_BLOCK : j->n_tokens;
         if (j->packed) {
             const size_t group_bytes = 4 * out->w->nb[1];
-            for (int64_t g = r0; g < r1; g++)
-                for (int t = t0; t < t1; t++)
-                    j->tr[o]->vec_dot_packed(j->k, (const char *)out->w->packed + (size_t)g * group_bytes,
-                                             j->act + (size_t)t * j->act_stride,
-                                             out->y + (size_t)t * out->ldy + 4 * g);
+            const char *first = (const char *)out->w->packed + (size_t)r0 * group_bytes;
+            if (t1 - t0 == 1) /* decode: one call streams the whole range */
+                j->tr[o]->vec_dot_packed(j->k, first, r1 - r0, j->act + (size_t)t0 * j->act_stride,
+                                         out->y + (size_t)t0 * out->ldy + 4 * r0);
+            else /* a batch: each group, still in L1, serves every token */
+                for (int64_t g = r0; g < r1; g++)
+                    for (int t = t0; t < t1; t++)
+                        j->tr[o]->vec_dot_packed(j->k, first + (size_t)(g - r0) * group_bytes, 1,
+                                                 j->act + (size_t)t * j->act_stride,
+                                                 out->y + (size_t)t * out->ldy + 4 * g);
             continue;
         }
         int64_t r = r0;

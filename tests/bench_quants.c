@@ -46,7 +46,7 @@ static const uint8_t *packed_w; /* the matrix being timed, packed (quants.h) */
 static void matvec(const kernel *k, const uint8_t *w, size_t row_bytes, int rows, int cols, const void *act, float *y)
 {
     if (k->packed)
-        for (int r = 0; r < rows; r += 4) k->packed(cols, packed_w + (size_t)r * row_bytes, act, y + r);
+        k->packed(cols, packed_w, rows / 4, act, y);
     else if (k->dot4)
         for (int r = 0; r < rows; r += 4) k->dot4(cols, w + (size_t)r * row_bytes, row_bytes, act, y + r);
     else

@@ -832,7 +832,7 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
         free(back);
         if (t->vec_dot_packed) {
             float out[4];
-            t->vec_dot_packed(n, group, act, out);
+            t->vec_dot_packed(n, group, 1, act, out);
             for (int r = 0; r < 4; r++) {
                 float one = t->vec_dot(n, w + r * stride, act);
                 CHECK_MSG(memcmp(&one, &out[r], sizeof one) == 0, "%s packed n=%d row %d: %.9g, one-row %.9g",

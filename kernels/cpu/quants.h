@@ -116,10 +116,12 @@ typedef void (*exo_vec_dot_x4_fn)(int n, const void *w_rows, size_t row_stride, 
  *
  * pack_x4 writes one group (4 * row size bytes) from four rows row_stride
  * apart; unpack_x4_row gives back row r (0..3) of a group in the file's
- * layout; vec_dot_packed dots a group with one activation row. */
+ * layout; vec_dot_packed dots n_groups consecutive groups with one
+ * activation row (out[4 g + r] for row r of group g: one call streams a
+ * whole range of rows, with no call or set-up per group). */
 typedef void (*exo_pack_x4_fn)(const void *w_rows, size_t row_stride, int n, void *dst);
 typedef void (*exo_unpack_x4_row_fn)(const void *group, int r, int n, void *row);
-typedef void (*exo_vec_dot_packed_fn)(int n, const void *group, const void *act_row, float *out);
+typedef void (*exo_vec_dot_packed_fn)(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 
 typedef struct exo_type_traits {
     const char *name;             /* "q4_1" */

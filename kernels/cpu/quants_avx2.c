@@ -250,14 +250,18 @@ float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
     return out;
 }
 
-void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *group, const void *act_row, float *out)
+void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
-    q4_rows(n, group, 0, act_row, out, 4, true, true);
+    const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_1);
+    const uint8_t *g = groups;
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, true);
 }
 
-void exo_vec_dot_packed_q4_0_q8_32_avx2(int n, const void *group, const void *act_row, float *out)
+void exo_vec_dot_packed_q4_0_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
-    q4_rows(n, group, 0, act_row, out, 4, true, false);
+    const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
+    const uint8_t *g = groups;
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, false);
 }
 
 /* dw * da of one Q8_0 block: a 32-bit load (the half and two quant bytes)

@@ -53,8 +53,8 @@ float exo_vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
 /* The 4-bit products over a packed group of four rows (quants.h), bit for
  * bit what the one-row kernels above give on each row. (Q8_0 has none on
  * AVX2: packed it measured no faster, 27.5 against 27.4 GB/s in cache.) */
-void exo_vec_dot_packed_q4_0_q8_32_avx2(int n, const void *group, const void *act_row, float *out);
-void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *group, const void *act_row, float *out);
+void exo_vec_dot_packed_q4_0_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 float exo_vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row);

@@ -280,9 +280,11 @@ void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stri
     q4_1_rows(n, w_rows, row_stride, act_row, out, 4, false);
 }
 
-void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *group, const void *act_row, float *out)
+void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
-    q4_1_rows(n, group, 0, act_row, out, 4, true);
+    const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_1);
+    const uint8_t *g = groups;
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_1_rows(n, g, 0, act_row, out + 4 * k, 4, true);
 }
 
 /* ---- Q4_0: x = (q - 8) * d ------------------------------------------------ */
@@ -366,9 +368,11 @@ void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stri
     q4_0_rows(n, w_rows, row_stride, act_row, out, 4, false);
 }
 
-void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *group, const void *act_row, float *out)
+void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
-    q4_0_rows(n, group, 0, act_row, out, 4, true);
+    const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
+    const uint8_t *g = groups;
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_0_rows(n, g, 0, act_row, out + 4 * k, 4, true);
 }
 
 /* ---- Q8_0: x = q * d ------------------------------------------------------ */
@@ -444,7 +448,9 @@ void exo_vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stri
     q8_0_rows(n, w_rows, row_stride, act_row, out, 4, false);
 }
 
-void exo_vec_dot_packed_q8_0_q8_32_avx512(int n, const void *group, const void *act_row, float *out)
+void exo_vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
-    q8_0_rows(n, group, 0, act_row, out, 4, true);
+    const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q8_0);
+    const uint8_t *g = groups;
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q8_0_rows(n, g, 0, act_row, out + 4 * k, 4, true);
 }

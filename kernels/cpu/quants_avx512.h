@@ -9,6 +9,7 @@
 #define EXO_QUANTS_AVX512_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "quants_avx2.h"
 
@@ -22,9 +23,9 @@ void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stri
 void exo_vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
 
 /* The same products over a packed group of four rows (quants.h). */
-void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *group, const void *act_row, float *out);
-void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *group, const void *act_row, float *out);
-void exo_vec_dot_packed_q8_0_q8_32_avx512(int n, const void *group, const void *act_row, float *out);
+void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo_vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 #endif
 
 #endif
