@@ -26,6 +26,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../kernels/cpu/quants.h"
 #include "../kernels/cpu/vec.h"
@@ -42,9 +43,9 @@
 
 #define ATTN_QUERY_BLOCK 32
 
-/* Bytes of one embedding row unpacked on the stack (a Q8_0 row of 32768
+/* Bytes of one weight row unpacked on the stack (a Q8_0 row of 32768
  * elements; packing is only for rows up to this size). */
-#define EXO_GET_ROWS_MAX_ROW (34 * 1024)
+#define PACKED_MAX_ROW_BYTES (34 * 1024)
 
 /* Batches of this many tokens or more take the sgemm paths (matmul and
  * attention); off unless EXO_GEMM_MIN_TOKENS is set. */
@@ -123,6 +124,17 @@ typedef struct matmul_job {
     int act_type;
     int n_tokens;
 } matmul_job;
+
+/* Row r of weight w in the file's layout: from the packed copy where there is
+ * one (unpacked into buf, PACKED_MAX_ROW_BYTES; the file's pages were
+ * released after packing), else from the mapping. */
+static const void *weight_row(const exo_tensor *w, int64_t r, void *buf)
+{
+    if (!w->packed) return exo_tensor_row(w, r);
+    exo_type_traits_get(w->dtype)->unpack_x4_row((const char *)w->packed + (size_t)(r / 4) * 4 * w->nb[1], (int)(r % 4),
+                                                 (int)w->ne[0], buf);
+    return buf;
+}
 
 /* Which output a global row or tile index belongs to. */
 static int matmul_out_of(const matmul_job *j, int64_t index)
@@ -226,7 +238,8 @@ static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
         if (out->w->dtype == EXO_DTYPE_F32) {
             w = exo_tensor_row(out->w, r0);
         } else {
-            for (int r = 0; r < rows; r++) j->tr[o]->to_float(exo_tensor_row(out->w, r0 + r), tile + (size_t)r * k, k);
+            char row[PACKED_MAX_ROW_BYTES];
+            for (int r = 0; r < rows; r++) j->tr[o]->to_float(weight_row(out->w, r0 + r, row), tile + (size_t)r * k, k);
             w = tile;
         }
         /* y[t][r0 + r] = sum_k x[t][k] * w[r][k] */
@@ -405,24 +418,14 @@ static int cpu_get_rows(const exo_tensor *emb, const int32_t *ids, int n_tokens,
     const exo_type_traits *tr = exo_type_traits_get(emb->dtype);
     if (!tr) return exo_error_set(EXO_ENOTSUP, "embedding dtype %d unsupported", emb->dtype);
     const int64_t dim = emb->ne[0];
-    const size_t row_bytes = emb->nb[1];
     for (int t = 0; t < n_tokens; t++) {
         if (ids[t] < 0 || ids[t] >= emb->ne[1])
             return exo_error_set(EXO_ERANGE, "token id %d outside the vocabulary of %lld", ids[t],
                                  (long long)emb->ne[1]);
-        if (emb->packed) {
-            /* A tied head's embedding: the row comes out of the packed copy,
-             * so lookups never fault the file's pages back in. */
-            char row[EXO_GET_ROWS_MAX_ROW];
-            if (row_bytes > sizeof row)
-                return exo_error_set(EXO_ERANGE, "embedding rows of %zu bytes (at most %d)", row_bytes,
-                                     EXO_GET_ROWS_MAX_ROW);
-            tr->unpack_x4_row((const char *)emb->packed + (size_t)(ids[t] / 4) * 4 * row_bytes, ids[t] % 4, (int)dim,
-                              row);
-            tr->to_float(row, out + (size_t)t * dim, dim);
-        } else {
-            tr->to_float(exo_tensor_row(emb, ids[t]), out + (size_t)t * dim, dim);
-        }
+        /* A tied head's embedding reads its rows from the packed copy, so
+         * lookups never fault the file's pages back in. */
+        char row[PACKED_MAX_ROW_BYTES];
+        tr->to_float(weight_row(emb, ids[t], row), out + (size_t)t * dim, dim);
     }
     return EXO_OK;
 }
@@ -517,10 +520,12 @@ static void cpu_attention(const exo_attention_args *a)
 
 /* ---- packed weights ------------------------------------------------------ */
 
+/* EXO_PACK=0 (or off, false, no) reads the file's layout. */
 static bool packing_enabled(void)
 {
     const char *env = getenv("EXO_PACK");
-    return !env || strcmp(env, "0") != 0;
+    return !(env && (!strcmp(env, "0") || !strcasecmp(env, "off") || !strcasecmp(env, "false") ||
+                     !strcasecmp(env, "no")));
 }
 
 static size_t cpu_packed_size(const exo_tensor *w)
@@ -528,7 +533,7 @@ static size_t cpu_packed_size(const exo_tensor *w)
     exo_quants_init();
     const exo_type_traits *tr = exo_type_traits_get(w->dtype);
     if (!tr || !tr->pack_x4 || !tr->vec_dot_packed || w->n_dims != 2 || w->ne[1] % 4 || !packing_enabled() ||
-        w->nb[1] > EXO_GET_ROWS_MAX_ROW)
+        w->nb[1] > PACKED_MAX_ROW_BYTES)
         return 0;
     return (size_t)w->ne[1] * w->nb[1];
 }

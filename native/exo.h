@@ -66,6 +66,7 @@ typedef struct exo_shard_info {
     int n_ctx_train;
     int max_batch;      /* tokens per internal batch */
     int64_t weight_bytes; /* bytes of weights this shard reads per token */
+    int64_t packed_bytes; /* of them, bytes the backend reads from its own packed copy (0: none) */
 } exo_shard_info;
 
 /* Loads layers [layer_start, layer_end) of the model at path (layer_end -1

@@ -159,31 +159,50 @@ static size_t round_to_line(size_t n)
     return (n + 63) / 64 * 64;
 }
 
+/* Bytes of memory the kernel reports available (MemAvailable), or -1. */
+static int64_t mem_available_bytes(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return -1;
+    char line[128];
+    long long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) break;
+    fclose(f);
+    return kb < 0 ? -1 : (int64_t)kb * 1024;
+}
+
 int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
 {
     const exo_backend *be = s->backend;
     if (!be->packed_size || !be->pack) return EXO_OK;
-    size_t total = 0;
+    /* Sizes asked once: the arena is cut by these same numbers. */
+    size_t *sizes = calloc((size_t)(n > 0 ? n : 1), sizeof *sizes), total = 0;
+    if (!sizes) return exo_error_set(EXO_ENOMEM, "out of memory");
     for (int i = 0; i < n; i++)
-        if (ws[i] && ws[i]->data) total += round_to_line(be->packed_size(ws[i]));
-    if (!total) return EXO_OK;
-    char *arena = exo_weights_alloc(total);
-    if (!arena) return exo_error_set(EXO_ENOMEM, "out of memory packing %zu MiB of weights", total >> 20);
-    s->packed = arena;
-    s->packed_bytes = total;
-    size_t used = 0;
-    for (int i = 0; i < n; i++) {
-        if (!ws[i] || !ws[i]->data) continue;
-        size_t bytes = be->packed_size(ws[i]);
-        if (!bytes) continue;
-        be->pack(ws[i], arena + used);
-        used += round_to_line(bytes);
-        /* The file's copy is off the hot path now: its pages can go (read
-         * again from the page cache if a row is ever needed). A tied head's
-         * embedding looks its rows up in the packed copy too. */
-        if (ws[i]->data == s->tok_embd.data) s->tok_embd.packed = ws[i]->packed;
-        if (exo_gguf_is_file_mapped(s->file)) exo_release_pages(ws[i]->data, bytes);
+        if (ws[i] && ws[i]->data) total += round_to_line(sizes[i] = be->packed_size(ws[i]));
+    /* The packed copy is anonymous memory, where the file's pages were page
+     * cache the kernel could drop: a model that only fits as a mapping stays
+     * a mapping (slower, but it runs). */
+    int64_t available = mem_available_bytes();
+    char *arena = NULL;
+    if (total && (available < 0 || (int64_t)total <= available / 10 * 9)) arena = exo_weights_alloc(total);
+    if (arena) {
+        s->packed = arena;
+        s->packed_bytes = total;
+        size_t used = 0;
+        for (int i = 0; i < n; i++) {
+            if (!sizes[i]) continue;
+            be->pack(ws[i], arena + used);
+            used += round_to_line(sizes[i]);
+            /* The file's copy is off the hot path now: its pages can go (read
+             * again from the page cache if a row is ever needed). A tied
+             * head's embedding looks its rows up in the packed copy too. */
+            if (ws[i]->data == s->tok_embd.data) s->tok_embd.packed = ws[i]->packed;
+            if (exo_gguf_is_file_mapped(s->file)) exo_release_pages(ws[i]->data, sizes[i]);
+        }
     }
+    free(sizes);
     return EXO_OK;
 }
 
@@ -299,6 +318,7 @@ int exo_shard_get_info(const exo_shard *s, exo_shard_info *out)
     out->n_ctx_train = s->hp.n_ctx_train;
     out->max_batch = s->max_batch;
     out->weight_bytes = s->weight_bytes;
+    out->packed_bytes = (int64_t)s->packed_bytes;
     return EXO_OK;
 }
 

@@ -64,8 +64,9 @@ struct exo_pool {
 
 /* Claims the next chunk: the caller (thread 0) from the front of what is
  * left, the workers from the back, each 1/n_threads of what is left (never
- * under the grain). So a thread's chunks lie next to each other in memory
- * (weights stream on without restarting), the first chunks are long, and the
+ * under the grain). So with two threads each one's chunks lie next to each
+ * other in memory (weights stream on without restarting; with more, the
+ * workers' claims interleave at the back), the first chunks are long, and the
  * shrinking last ones let the threads finish together when one runs slower
  * (on a VM one core often does). front and back share one atomic word, whose
  * cache line moves between the cores on every claim: halving what is left

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/cpu/quants.h"
 #include "../native/error.h"
 #include "../native/exo.h"
 #include "check.h"
@@ -161,7 +162,7 @@ static void test_truncate_then_redecode(const char *path)
 /* Packed weights (backend_cpu.c) change where bytes live, not arithmetic:
  * logits equal the file layout's bit for bit, in a batch and step by step.
  * (Where the CPU has no packed kernels both loads read the file layout.) */
-static void test_packed_equals_file_layout(const char *path)
+static void test_packed_equals_file_layout(const char *path, int weight_dtype)
 {
     exo_shard *packed = load(path, 0, -1);
     setenv("EXO_PACK", "0", 1);
@@ -172,8 +173,16 @@ static void test_packed_equals_file_layout(const char *path)
         exo_shard_free(plain);
         return;
     }
-    exo_shard_info info;
+    exo_shard_info info, plain_info;
     exo_shard_get_info(packed, &info);
+    exo_shard_get_info(plain, &plain_info);
+    /* Packing really happened wherever the CPU has a packed kernel for the
+     * layers' format (or the test would pass with nothing packed). */
+    const exo_type_traits *tr = exo_type_traits_get(weight_dtype);
+    if (tr && tr->vec_dot_packed)
+        CHECK_MSG(info.packed_bytes > 0, "%s: nothing was packed", path);
+    CHECK_MSG(plain_info.packed_bytes == 0, "%s: EXO_PACK=0 still packed %lld bytes", path,
+              (long long)plain_info.packed_bytes);
     const int nv = info.n_vocab, n = 12;
     exo_seq *seqs[2] = {NULL, NULL};
     exo_shard *shards[2] = {packed, plain};
@@ -220,6 +229,7 @@ static void test_errors(const char *path)
 
 int main(void)
 {
+    exo_quants_init();
     const char *tiny = getenv("EXO_TINY_MODEL");
     if (!tiny) {
         fprintf(stderr, "EXO_TINY_MODEL is not set (ctest sets it)\n");
@@ -228,6 +238,8 @@ int main(void)
     for (int i = 0; i < N_PROMPT; i++) prompt[i] = (i * 37 + 11) % 500;
     /* The build writes tiny.gguf and variants beside it (see CMakeLists.txt). */
     const char *variants[] = {"", "-q4_0", "-q8_0", "-q4_k", "-q5_k", "-q6_k", "-f16", "-bf16", "-f32"};
+    const int layer_dtypes[] = {EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_0, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K,
+                                EXO_DTYPE_Q6_K, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_F32};
     char path[4096];
     int tested = 0;
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
@@ -244,7 +256,7 @@ int main(void)
         test_batched_equals_stepwise(path);
         test_shards_equal_whole(path);
         test_truncate_then_redecode(path);
-        test_packed_equals_file_layout(path);
+        test_packed_equals_file_layout(path, layer_dtypes[i]);
         tested++;
     }
     test_errors(tiny);

@@ -169,11 +169,19 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
         CHECK(be->matmul(&packed, x, n_tokens, yp, N) == 0);
         CHECK_MSG(memcmp(yp, y, sizeof(float) * N * n_tokens) == 0, "packed matmul %s x %d tokens differs",
                   tr->name, n_tokens);
+        /* two outputs, one packed and one not (run one by one), then both
+         * packed (one loop whose items span the two outputs) */
         exo_matmul_out outs[2] = {{&packed, yp, 2 * N}, {&wt, yp + N, 2 * N}};
-        CHECK(be->matmul_multi(outs, 2, x, n_tokens) == 0);
-        for (int t = 0; t < n_tokens; t++)
-            CHECK(memcmp(yp + (size_t)t * 2 * N, y + (size_t)t * N, sizeof(float) * N) == 0 &&
-                  memcmp(yp + (size_t)t * 2 * N + N, y + (size_t)t * N, sizeof(float) * N) == 0);
+        for (int both = 0; both < 2; both++) {
+            if (both) outs[1].w = &packed;
+            memset(yp, 0, sizeof(float) * N * n_tokens * 2);
+            CHECK(be->matmul_multi(outs, 2, x, n_tokens) == 0);
+            for (int t = 0; t < n_tokens; t++)
+                CHECK_MSG(memcmp(yp + (size_t)t * 2 * N, y + (size_t)t * N, sizeof(float) * N) == 0 &&
+                              memcmp(yp + (size_t)t * 2 * N + N, y + (size_t)t * N, sizeof(float) * N) == 0,
+                          "multi-output matmul %s x %d tokens (%s) differs", tr->name, n_tokens,
+                          both ? "both packed" : "one packed");
+        }
         free(yp);
         free(buf);
     }

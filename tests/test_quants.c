@@ -927,13 +927,14 @@ static void test_vec_many(void)
             random_row(w, count + 1);
             random_row(rows, (int)(stride * (size_t)count + 1));
             /* the KV cache is f16: round, and compare against the rounded values */
-            exo_vec_f16_from_f32_ref((int)(stride * (size_t)count + 1), rows, rows16);
-            for (size_t i = 0; i < stride * (size_t)count + 1; i++) {
-                uint16_t fast;
-                exo_vec_f16_from_f32(1, rows + i, &fast);
-                CHECK(fast == rows16[i]);
-                rows[i] = exo_half_to_float(rows16[i]);
-            }
+            const int n_rows16 = (int)(stride * (size_t)count + 1);
+            uint16_t *fast16 = malloc((size_t)n_rows16 * sizeof(uint16_t));
+            exo_vec_f16_from_f32_ref(n_rows16, rows, rows16);
+            exo_vec_f16_from_f32(n_rows16, rows, fast16);
+            CHECK_MSG(memcmp(fast16, rows16, (size_t)n_rows16 * sizeof(uint16_t)) == 0, "f16 conversion of %d",
+                      n_rows16);
+            free(fast16);
+            for (int i = 0; i < n_rows16; i++) rows[i] = exo_half_to_float(rows16[i]);
             out[count] = out_ref[count] = 12345.0f; /* one past the end */
             exo_vec_dots_f16(n, q, rows16, stride, count, out);
             exo_vec_dots_f16_ref(n, q, rows16, stride, count, out_ref);

@@ -111,7 +111,8 @@ typedef void (*exo_vec_dot_x4_fn)(int n, const void *w_rows, size_t row_stride, 
  * block, one 32-byte load a row. Scales are each row's block headers side by
  * side (Q4_1: d, m per block), so one load takes them all. The same bytes as
  * the four rows, rearranged: the kernels read one stream instead of four
- * interleaved ones, with aligned loads and no gathering of scales, and give
+ * interleaved ones, with whole 32-byte loads (unaligned: groups are not
+ * 32-byte aligned in general) and no gathering of scales, and give
  * bit-identical results to vec_dot_x4 on the original rows.
  *
  * pack_x4 writes one group (4 * row size bytes) from four rows row_stride

@@ -26,6 +26,7 @@
 #include "quants_avx2.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -229,11 +230,13 @@ EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const ex
             memcpy(hd, h, hb);
             float d = half_to_float(hd[0]);
             acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[i].d), q4_one_dot(qs, a + i), acc1[r]);
-            off[r] += (MIN ? half_to_float(hd[1]) : d) * a[i].s;
+            /* fmaf spelled out: whether the compiler contracts a * b + c
+             * must not differ between the one-row and four-row bodies */
+            off[r] = fmaf(MIN ? half_to_float(hd[1]) : d, a[i].s, off[r]);
         }
     }
     FOR_ROWS(r, R) out[r] = MIN ? hsum_ps(_mm256_add_ps(acc0[r], acc1[r])) + off[r]
-                                : hsum_ps(_mm256_add_ps(acc0[r], acc1[r])) - 8.0f * off[r];
+                                : fmaf(-8.0f, off[r], hsum_ps(_mm256_add_ps(acc0[r], acc1[r])));
 }
 
 float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row)

@@ -42,6 +42,8 @@ end
 
 -- opts: model, p, n, r, threads, json. Returns a results table or nil, err.
 function M.run(opts)
+  if not (opts.r and opts.r >= 1) then return nil, "-r must be at least 1 (repetitions)" end
+  if (opts.p or 0) < 0 or (opts.n or 0) < 0 then return nil, "-p and -n must not be negative" end
   local path, err = models.resolve(opts.model)
   if not path then return nil, err end
   if opts.threads and opts.threads > 0 then
@@ -118,8 +120,9 @@ function M.print(res, as_json)
   print(("weights/token   %.1f MiB"):format(res.weight_mb_per_token))
   print(("memory bw       %.2f GB/s (copy, median of %d; best %.2f)"):format(res.mem_bw_gbs, res.r,
     res.mem_bw_best_gbs))
-  print(("roofline tg     %s tok/s, achieved %s of it (%s against the best bandwidth)"):format(
-    f(res.roofline_tg_tok_s), f(res.roofline_frac, "%.3f"), f(res.roofline_frac_best_bw, "%.3f")))
+  print(("roofline tg     %s tok/s at the median bandwidth"):format(f(res.roofline_tg_tok_s)))
+  print(("roofline frac   %s (median of each repetition's tg / its roofline; %s against the best bandwidth)"):format(
+    f(res.roofline_frac, "%.3f"), f(res.roofline_frac_best_bw, "%.3f")))
   print(("peak RSS        %.1f MiB"):format(res.peak_rss_mb))
   if as_json then print(cjson.encode(res)) end
 end

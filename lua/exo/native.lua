@@ -76,6 +76,7 @@ typedef struct exo_shard_info {
     int n_ctx_train;
     int max_batch;
     int64_t weight_bytes;
+    int64_t packed_bytes;
 } exo_shard_info;
 int exo_shard_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, exo_shard **out);
 void exo_shard_free(exo_shard *s);
@@ -216,7 +217,7 @@ double exo_now(void);
 local C = ffi.C
 local M = {}
 
-M.ABI_VERSION = 1
+M.ABI_VERSION = 2
 M.C = C
 
 do
@@ -379,6 +380,7 @@ function M.load_shard(path, opts)
   end
   self.is_first, self.is_last = info.is_first ~= 0, info.is_last ~= 0
   self.weight_bytes = tonumber(info.weight_bytes)
+  self.packed_bytes = tonumber(info.packed_bytes)
   return self
 end
 

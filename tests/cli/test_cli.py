@@ -172,6 +172,9 @@ class RunTest(unittest.TestCase):
                         "roofline_frac_best_bw"):
                 self.assertGreater(res[key], 0, key)
             self.assertGreaterEqual(res["mem_bw_best_gbs"], res["mem_bw_gbs"])
+            p = subprocess.run([EXO, "bench", "mine", "-r", "0"], capture_output=True, env=env, timeout=60)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("-r must be at least 1", p.stderr.decode())
 
 
 class ReplTest(unittest.TestCase):
