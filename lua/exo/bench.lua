@@ -1,7 +1,8 @@
 -- bench.lua: `exo bench`: prompt-processing and generation speed of a model.
 --
 -- Reports medians over repetitions of pp (a batch of P prompt tokens) and tg
--- (N tokens decoded one at a time), peak RSS, the machine's memory bandwidth
+-- (N tokens decoded one at a time, after a context of D tokens with -d D, as
+-- llama-bench's -d: attention then reads D positions of KV cache), peak RSS, the machine's memory bandwidth
 -- (a STREAM-like copy, measured in the same run), and the decode roofline:
 -- bandwidth / weight bytes read per token. roofline_frac = tg / roofline says
 -- how close decoding runs to the memory limit.
@@ -43,7 +44,9 @@ end
 -- opts: model, p, n, r, threads, json. Returns a results table or nil, err.
 function M.run(opts)
   if not (opts.r and opts.r >= 1) then return nil, "-r must be at least 1 (repetitions)" end
-  if (opts.p or 0) < 0 or (opts.n or 0) < 0 then return nil, "-p and -n must not be negative" end
+  if (opts.p or 0) < 0 or (opts.n or 0) < 0 or (opts.d or 0) < 0 then
+    return nil, "-p, -n and -d must not be negative"
+  end
   local path, err = models.resolve(opts.model)
   if not path then return nil, err end
   if opts.threads and opts.threads > 0 then
@@ -52,12 +55,13 @@ function M.run(opts)
   end
   local shard, lerr = native.load_shard(path)
   if not shard then return nil, lerr end
-  local p, n, r = opts.p, opts.n, opts.r
-  local seq, serr = shard:new_seq(p + n + 8)
+  local p, n, r, d = opts.p, opts.n, opts.r, opts.d or 0
+  local seq, serr = shard:new_seq(math.max(p, d + n) + 8)
   if not seq then return nil, serr end
 
   local prompt = tokens(math.max(p, 1), shard.n_vocab, 42)
-  local out = shard:output_buffer(math.max(p, 1), false)
+  local context = tokens(math.max(d, 1), shard.n_vocab, 11)
+  local out = shard:output_buffer(math.max(p, d, 1), false)
   -- Warm-up: touch the weights once so the first repetition is not a page-in.
   assert(shard:forward(seq, prompt, math.min(8, math.max(p, 1)), false, out))
 
@@ -73,6 +77,10 @@ function M.run(opts)
     end
     if n > 0 then
       seq:truncate(0)
+      if d > 0 then -- the context, untimed
+        local ok, e = shard:forward(seq, context, d, false, out)
+        if not ok then return nil, e end
+      end
       local gen = tokens(n, shard.n_vocab, 7)
       local t0 = native.now()
       for i = 0, n - 1 do
@@ -93,7 +101,7 @@ function M.run(opts)
     path = path,
     threads = native.threads(),
     cpu = native.cpu_features(),
-    p = p, n = n, r = r,
+    p = p, n = n, r = r, d = d,
     pp_tok_s = #pp > 0 and median(pp) or nil,
     tg_tok_s = #tg > 0 and median(tg) or nil,
     weight_mb_per_token = shard.weight_bytes / 2 ^ 20,
@@ -116,7 +124,8 @@ function M.print(res, as_json)
   print(("model           %s"):format(res.path))
   print(("threads         %d (%s)"):format(res.threads, res.cpu))
   print(("pp%-5d tok/s   %s   (median of %d)"):format(res.p, f(res.pp_tok_s), res.r))
-  print(("tg%-5d tok/s   %s   (median of %d)"):format(res.n, f(res.tg_tok_s), res.r))
+  local after = res.d > 0 and (" after %d tokens of context"):format(res.d) or ""
+  print(("tg%-5d tok/s   %s   (median of %d%s)"):format(res.n, f(res.tg_tok_s), res.r, after))
   print(("weights/token   %.1f MiB"):format(res.weight_mb_per_token))
   print(("memory bw       %.2f GB/s (copy, median of %d; best %.2f)"):format(res.mem_bw_gbs, res.r,
     res.mem_bw_best_gbs))

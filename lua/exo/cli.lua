@@ -28,8 +28,9 @@ commands:
                       answer one prompt (streamed to stdout), or chat when no --prompt is
                       given and stdin is a terminal
   repl                a LuaJIT REPL with the runtime loaded (exo.model, exo.tokenizer, ...)
-  bench MODEL [-p 512] [-n 128] [-r 5] [-t THREADS] [--json]
-                      prompt (pp) and generation (tg) speed, medians over -r runs
+  bench MODEL [-p 512] [-n 128] [-r 5] [-d DEPTH] [-t THREADS] [--json]
+                      prompt (pp) and generation (tg) speed, medians over -r runs; -d
+                      decodes after a context of DEPTH tokens
   models              the model registry and what is in the store
   lua FILE [ARGS...]  run a Lua file inside the runtime (tests, experiments)
   version             print the version and the CPU kernels in use
@@ -97,15 +98,15 @@ function commands.models()
 end
 
 function commands.bench(args)
-  local opts, pos = M.parse(args, { p = "number", n = "number", r = "number", threads = "number", json = "boolean" },
-    { t = "threads" })
+  local opts, pos = M.parse(args, { p = "number", n = "number", r = "number", d = "number", threads = "number",
+    json = "boolean" }, { t = "threads" })
   if not opts then
     io.stderr:write("exo bench: " .. pos .. "\n")
     return 2
   end
   local bench = require "exo.bench"
   local res, err = bench.run { model = pos[1], p = opts.p or 512, n = opts.n or 128, r = opts.r or 5,
-    threads = opts.threads }
+    d = opts.d or 0, threads = opts.threads }
   if not res then
     io.stderr:write("exo bench: " .. err .. "\n")
     return 1

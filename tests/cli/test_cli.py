@@ -172,6 +172,12 @@ class RunTest(unittest.TestCase):
                         "roofline_frac_best_bw"):
                 self.assertGreater(res[key], 0, key)
             self.assertGreaterEqual(res["mem_bw_best_gbs"], res["mem_bw_gbs"])
+            p = subprocess.run([EXO, "bench", "mine", "-p", "0", "-n", "3", "-d", "20", "-r", "1", "--json"],
+                               capture_output=True, env=env, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            res = json.loads(p.stdout.decode().splitlines()[-1])
+            self.assertEqual(res["d"], 20)
+            self.assertGreater(res["tg_tok_s"], 0)
             p = subprocess.run([EXO, "bench", "mine", "-r", "0"], capture_output=True, env=env, timeout=60)
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("-r must be at least 1", p.stderr.decode())
