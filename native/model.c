@@ -2,8 +2,11 @@
  *
  * A shard is a layer range of one model file. Loading reads every
  * hyper-parameter from the file's metadata (prefixed by its architecture name,
- * as GGUF does), binds only the tensors the range needs, and allocates the
- * run state for one internal batch, so a forward pass never allocates.
+ * as GGUF does), binds only the tensors the range needs, lets the backend
+ * keep packed copies of the matrices a token reads (one arena per shard; the
+ * file's pages are released after, and a model that would not fit packed
+ * stays a mapping), and allocates the run state for one internal batch, so
+ * a forward pass never allocates. The KV cache is f16.
  * Forward passes are serialised by one lock: the compute pool and the
  * backend's scratch are shared, and running two passes at once would only
  * make both slower. */
