@@ -155,26 +155,23 @@ do
   end
   -- Pool rare tokens into one bin so every expected count is >= 5.
   local chi2, df, rare_obs, rare_exp = 0, -1, 0, 0
-  local eog = 0
-  for t = 0, nv - 1 do
-    local e = exact[t] * N
-    local o = counts[t] or 0
-    if model.tokenizer:is_eog(t) then
-      eog = eog + e
-    elseif e >= 5 then
+  local function bin(o, e) -- one bin of its own, or into the rare pool
+    if e >= 5 then
       chi2 = chi2 + (o - e) ^ 2 / e
       df = df + 1
     else
       rare_obs, rare_exp = rare_obs + o, rare_exp + e
     end
   end
-  local eog_obs = counts[-1] or 0
-  if eog >= 5 then
-    chi2 = chi2 + (eog_obs - eog) ^ 2 / eog
-    df = df + 1
-  else
-    rare_obs, rare_exp = rare_obs + eog_obs, rare_exp + eog
+  local eog = 0
+  for t = 0, nv - 1 do
+    if model.tokenizer:is_eog(t) then
+      eog = eog + exact[t] * N
+    else
+      bin(counts[t] or 0, exact[t] * N)
+    end
   end
+  bin(counts[-1] or 0, eog)
   if rare_exp > 0 then
     chi2 = chi2 + (rare_obs - rare_exp) ^ 2 / rare_exp
     df = df + 1
