@@ -3,7 +3,7 @@
  * model.c owns everything every architecture shares: opening the file,
  * reading hyper-parameters from GGUF metadata, the KV cache, positions,
  * batching and the lock that serialises forward passes. Each architecture
- * file (llama.c) binds its tensors and implements one batched forward over
+ * file (models/llama.c) binds its tensors and implements one batched forward over
  * the backend table. */
 #ifndef EXO_MODEL_H
 #define EXO_MODEL_H
@@ -87,7 +87,7 @@ struct exo_seq {
     uint16_t *v_cache;
 };
 
-/* Architecture hooks (llama.c). */
+/* Architecture hooks (models/llama.c). */
 int exo_llama_bind(exo_shard *s);
 /* One batch of n_tokens <= max_batch at positions seq->pos..; writes hidden
  * states or logits as exo_shard_forward documents (logits_from: first row

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "error.h"
-#include "model.h"
+#include "../error.h"
+#include "../model.h"
 
 int exo_llama_bind(exo_shard *s)
 {
