@@ -19,6 +19,12 @@ enum exo_rope_style {
     EXO_ROPE_NEOX = 1  /* rotate halves (x[i], x[i + d/2]) */
 };
 
+/* The activation of a gated feed-forward (matmul_glu). */
+enum exo_ffn_act {
+    EXO_FFN_SILU = 0,      /* silu(gate) * up: SwiGLU (Llama, Qwen, Phi 3) */
+    EXO_FFN_GELU_TANH = 1  /* gelu_tanh(gate) * up: GeGLU (Gemma) */
+};
+
 /* Precomputed rotation for a batch: cos/sin [n_tokens][rope_dim/2]. */
 typedef struct exo_rope_table {
     const float *cos;
@@ -41,6 +47,7 @@ typedef struct exo_attention_args {
     int n_head_kv;
     int head_dim;
     float scale;           /* usually 1/sqrt(head_dim) */
+    int window;            /* sliding window: query at p sees keys in (p - window, p]; 0 = all of [0, p] */
 } exo_attention_args;
 
 /* One product of a matmul_multi call: y[t * ldy + r] = w[r] . x[t]. */
@@ -60,21 +67,22 @@ typedef struct exo_backend {
     /* Up to four products sharing the input x (all w with the same row width):
      * Q, K and V, or gate and up, in one pass. */
     int (*matmul_multi)(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens);
-    /* gate[t * n + r] = silu(w_gate[r] . x[t]) * (w_up[r] . x[t]) for r < n =
-     * w_gate->ne[1]: a SwiGLU feed-forward's two products and their product
-     * in one pass (up is scratch of the same shape). */
-    int (*matmul_swiglu)(const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens, float *gate,
-                         float *up);
+    /* gate[t * n + r] = act(w_gate[r] . x[t]) * (w_up[r] . x[t]) for r < n =
+     * w_gate->ne[1], act an enum exo_ffn_act (silu: SwiGLU; gelu_tanh:
+     * GeGLU): a gated feed-forward's two products and their product in one
+     * pass (up is scratch of the same shape). */
+    int (*matmul_glu)(const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens, float *gate,
+                      float *up, int act);
     /* y[t] = x[t] / rms(x[t]) * weight (weight may be NULL) */
     void (*rmsnorm)(const float *x, const float *weight, float *y, int n_tokens, int dim, float eps);
     /* In place on x [n_tokens][n_heads * head_dim]; rotates the first rope_dim
      * elements of each head. */
     void (*rope)(float *x, int n_tokens, int n_heads, int head_dim, const exo_rope_table *rope);
     void (*attention)(const exo_attention_args *a);
-    /* out[i] = silu(gate[i]) * up[i] */
-    void (*swiglu)(const float *gate, const float *up, float *out, int64_t n);
     /* y[i] += x[i] */
     void (*add)(float *y, const float *x, int64_t n);
+    /* y[i] *= factor */
+    void (*scale)(float *y, float factor, int64_t n);
     /* y[i] = x[i] as f16 (round to nearest even): rows into the KV cache. */
     void (*to_f16)(const float *x, uint16_t *y, int64_t n);
     /* out[t] = row ids[t] of the embedding matrix, as floats. */

@@ -123,6 +123,7 @@ typedef struct matmul_job {
     size_t act_stride;
     int act_type;
     int n_tokens;
+    int glu_act;                        /* gated feed-forward: enum exo_ffn_act; -1: plain products */
 } matmul_job;
 
 /* Row r of weight w in the file's layout: from the packed copy where there is
@@ -199,10 +200,32 @@ static void matmul_dot_rows(void *ctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-/* SwiGLU: item i is row (or group) i of both gate and up, so the thread that
- * computes a row also applies silu(gate) * up to it, on data still in its
- * cache, instead of one thread doing all of it after the loop. */
-static void matmul_swiglu_rows(void *ctx, int64_t begin, int64_t end, int thread)
+/* out[i] = gelu(gate[i]) * up[i], GELU's tanh form as Gemma was trained with. */
+static void geglu(int n, const float *gate, const float *up, float *out)
+{
+    const float sqrt_2_over_pi = 0.79788456080286535588f;
+    for (int i = 0; i < n; i++) {
+        float x = gate[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + 0.044715f * x * x))) * up[i];
+    }
+}
+
+/* out[i] = act(gate[i]) * up[i] for a gated feed-forward (enum exo_ffn_act). */
+static void glu_apply(int act, const float *gate, const float *up, float *out, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += INT32_MAX / 2) {
+        int len = (int)(n - i < INT32_MAX / 2 ? n - i : INT32_MAX / 2);
+        if (act == EXO_FFN_GELU_TANH)
+            geglu(len, gate + i, up + i, out + i);
+        else /* a vectorised exp: with expf this was the largest serial step of a decode pass */
+            exo_vec_swiglu_f32(len, gate + i, up + i, out + i);
+    }
+}
+
+/* A gated feed-forward: item i is row (or group) i of both gate and up, so
+ * the thread that computes a row also applies act(gate) * up to it, on data
+ * still in its cache, instead of one thread doing all of it after the loop. */
+static void matmul_glu_rows(void *ctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
     const matmul_job *j = ctx;
@@ -211,7 +234,7 @@ static void matmul_swiglu_rows(void *ctx, int64_t begin, int64_t end, int thread
     const int64_t unit = j->packed ? 4 : 1, r0 = begin * unit, n = (end - begin) * unit;
     for (int t = 0; t < j->n_tokens; t++) {
         float *gate = j->outs[0].y + (size_t)t * j->outs[0].ldy + r0;
-        exo_vec_swiglu_f32((int)n, gate, j->outs[1].y + (size_t)t * j->outs[1].ldy + r0, gate);
+        glu_apply(j->glu_act, gate, j->outs[1].y + (size_t)t * j->outs[1].ldy + r0, gate, n);
     }
 }
 
@@ -248,15 +271,14 @@ static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-static void cpu_swiglu(const float *gate, const float *up, float *out, int64_t n);
-
-/* The products of matmul_multi; with swiglu, outs are gate and up and the
- * loop also applies silu(gate) * up (matmul_swiglu_rows) where it can. */
-static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens, bool swiglu)
+/* The products of matmul_multi; with glu_act >= 0, outs are gate and up and
+ * the loop also applies act(gate) * up (matmul_glu_rows) where it can. */
+static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens, int glu_act)
 {
     if (n_outs < 1 || n_outs > MATMUL_MAX_OUTS)
         return exo_error_set(EXO_EINVAL, "matmul of %d outputs (1 to %d)", n_outs, MATMUL_MAX_OUTS);
-    matmul_job job = {.outs = outs, .n_outs = n_outs, .x = x, .k = (int)outs[0].w->ne[0], .n_tokens = n_tokens};
+    matmul_job job = {.outs = outs, .n_outs = n_outs, .x = x, .k = (int)outs[0].w->ne[0], .n_tokens = n_tokens,
+                      .glu_act = glu_act};
     for (int o = 0; o < n_outs; o++) {
         job.tr[o] = exo_type_traits_get(outs[o].w->dtype);
         if (!job.tr[o]) return exo_error_set(EXO_ENOTSUP, "matmul: unsupported weight dtype %d", outs[o].w->dtype);
@@ -268,10 +290,10 @@ static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, in
         if (job.tr[o]->act_type != job.tr[0]->act_type || outs[o].w->dtype == EXO_DTYPE_F32 ||
             !outs[o].w->packed != !outs[0].w->packed) {
             for (int i = 0; i < n_outs; i++) {
-                int rc = matmul_run(&outs[i], 1, x, n_tokens, false);
+                int rc = matmul_run(&outs[i], 1, x, n_tokens, -1);
                 if (rc) return rc;
             }
-            if (swiglu) cpu_swiglu(outs[0].y, outs[1].y, outs[0].y, (int64_t)n_tokens * outs[0].w->ne[1]);
+            if (glu_act >= 0) glu_apply(glu_act, outs[0].y, outs[1].y, outs[0].y, (int64_t)n_tokens * outs[0].w->ne[1]);
             return EXO_OK;
         }
     }
@@ -292,7 +314,7 @@ static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, in
             job.first[o + 1] = job.first[o] + (outs[o].w->ne[1] + tile_rows - 1) / tile_rows;
         }
         exo_pool_for(pool, job.first[n_outs], 1, matmul_gemm_tiles, &job);
-        if (swiglu) cpu_swiglu(outs[0].y, outs[1].y, outs[0].y, (int64_t)n_tokens * outs[0].w->ne[1]);
+        if (glu_act >= 0) glu_apply(glu_act, outs[0].y, outs[1].y, outs[0].y, (int64_t)n_tokens * outs[0].w->ne[1]);
         return EXO_OK;
     }
 
@@ -313,8 +335,8 @@ static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, in
     const int64_t unit = job.packed ? 4 : 1;
     for (int o = 0; o < n_outs; o++) job.first[o + 1] = job.first[o] + outs[o].w->ne[1] / unit;
     /* 16 rows per chunk at least: a chunk is then a few KiB of weights. */
-    if (swiglu)
-        exo_pool_for(pool, job.first[1], 16 / unit, matmul_swiglu_rows, &job);
+    if (glu_act >= 0)
+        exo_pool_for(pool, job.first[1], 16 / unit, matmul_glu_rows, &job);
     else
         exo_pool_for(pool, job.first[n_outs], 16 / unit, matmul_dot_rows, &job);
     return EXO_OK;
@@ -322,18 +344,20 @@ static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, in
 
 static int cpu_matmul_multi(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens)
 {
-    return matmul_run(outs, n_outs, x, n_tokens, false);
+    return matmul_run(outs, n_outs, x, n_tokens, -1);
 }
 
-static int cpu_matmul_swiglu(const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens,
-                             float *gate, float *up)
+static int cpu_matmul_glu(const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens,
+                          float *gate, float *up, int act)
 {
     if (w_gate->ne[1] != w_up->ne[1])
-        return exo_error_set(EXO_EINVAL, "swiglu: gate has %lld rows, up %lld", (long long)w_gate->ne[1],
+        return exo_error_set(EXO_EINVAL, "glu: gate has %lld rows, up %lld", (long long)w_gate->ne[1],
                              (long long)w_up->ne[1]);
+    if (act != EXO_FFN_SILU && act != EXO_FFN_GELU_TANH)
+        return exo_error_set(EXO_EINVAL, "glu: unknown activation %d", act);
     const int n = (int)w_gate->ne[1];
     exo_matmul_out outs[2] = {{w_gate, gate, n}, {w_up, up, n}};
-    return matmul_run(outs, 2, x, n_tokens, true);
+    return matmul_run(outs, 2, x, n_tokens, act);
 }
 
 static int cpu_matmul(const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy)
@@ -390,16 +414,6 @@ static void cpu_rope(float *x, int n_tokens, int n_heads, int head_dim, const ex
     }
 }
 
-static void cpu_swiglu(const float *gate, const float *up, float *out, int64_t n)
-{
-    /* Vectorised exp: a few ns per element with expf made it the largest
-     * serial step of a decode pass (177 us of ~4.4 ms per token). */
-    for (int64_t i = 0; i < n; i += INT32_MAX / 2) {
-        int len = (int)(n - i < INT32_MAX / 2 ? n - i : INT32_MAX / 2);
-        exo_vec_swiglu_f32(len, gate + i, up + i, out + i);
-    }
-}
-
 static void cpu_to_f16(const float *x, uint16_t *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i += INT32_MAX / 2) {
@@ -411,6 +425,11 @@ static void cpu_to_f16(const float *x, uint16_t *y, int64_t n)
 static void cpu_add(float *y, const float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void cpu_scale(float *y, float factor, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] *= factor;
 }
 
 static int cpu_get_rows(const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out)
@@ -443,9 +462,12 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
     for (int64_t item = begin; item < end; item++) {
         int t = (int)(item / a->n_head), h = (int)(item % a->n_head);
         int kvh = h / group;
-        int n_pos = a->pos0 + t + 1;
+        /* Keys [first, pos]: all of them, or the last `window` (sliding window). */
+        int pos = a->pos0 + t, first = a->window > 0 && pos >= a->window ? pos - a->window + 1 : 0;
+        int n_pos = pos + 1 - first;
         const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
-        const uint16_t *k = a->k_cache + (size_t)kvh * hd, *v = a->v_cache + (size_t)kvh * hd;
+        const uint16_t *k = a->k_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
+        const uint16_t *v = a->v_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
         exo_vec_dots_f16(hd, q, k, (size_t)kv_stride, n_pos, scores);
         float sum = exo_vec_softmax_f32(n_pos, a->scale, scores);
         float inv = 1.0f / sum;
@@ -488,13 +510,16 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
         }
         for (int i = 0; i < nq; i++) {
             float *row = scores + (size_t)i * n_pos;
+            /* Query i sees keys [first, visible): causal, and within the window. */
             int visible = a->pos0 + t0 + i + 1;
+            int first = a->window > 0 && visible > a->window ? visible - a->window : 0;
             float max = -INFINITY;
-            for (int p = 0; p < visible; p++) max = row[p] > max ? row[p] : max;
+            for (int p = first; p < visible; p++) max = row[p] > max ? row[p] : max;
             float sum = 0;
-            for (int p = 0; p < visible; p++) sum += row[p] = expf(row[p] - max);
+            for (int p = first; p < visible; p++) sum += row[p] = expf(row[p] - max);
             float inv = 1.0f / sum;
-            for (int p = 0; p < visible; p++) row[p] *= inv;
+            for (int p = 0; p < first; p++) row[p] = 0.0f; /* outside the window */
+            for (int p = first; p < visible; p++) row[p] *= inv;
             for (int p = visible; p < n_pos; p++) row[p] = 0.0f; /* causal mask */
         }
         float *out = a->out + (size_t)t0 * q_stride + (size_t)h * hd;
@@ -565,12 +590,12 @@ static const exo_backend cpu_backend = {
     .reserve = cpu_reserve,
     .matmul = cpu_matmul,
     .matmul_multi = cpu_matmul_multi,
-    .matmul_swiglu = cpu_matmul_swiglu,
+    .matmul_glu = cpu_matmul_glu,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .attention = cpu_attention,
-    .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .scale = cpu_scale,
     .to_f16 = cpu_to_f16,
     .get_rows = cpu_get_rows,
     .packed_size = cpu_packed_size,

@@ -31,10 +31,17 @@ static pthread_mutex_t forward_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- metadata ----------------------------------------------------------- */
 
-static int meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback)
+bool exo_model_meta_has(const exo_shard *s, const char *suffix)
 {
     char key[128];
-    snprintf(key, sizeof key, "%s.%s", s->arch, suffix);
+    snprintf(key, sizeof key, "%s.%s", s->arch_name, suffix);
+    return exo_gguf_find_key(s->file, key) >= 0;
+}
+
+int exo_model_meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", s->arch_name, suffix);
     if (exo_gguf_find_key(s->file, key) < 0) {
         if (required) return exo_error_set(EXO_EFORMAT, "model metadata lacks '%s'", key);
         *out = fallback;
@@ -48,10 +55,10 @@ static int meta_int(const exo_shard *s, const char *suffix, int *out, bool requi
     return EXO_OK;
 }
 
-static int meta_float(const exo_shard *s, const char *suffix, float *out, float fallback)
+int exo_model_meta_float(const exo_shard *s, const char *suffix, float *out, float fallback)
 {
     char key[128];
-    snprintf(key, sizeof key, "%s.%s", s->arch, suffix);
+    snprintf(key, sizeof key, "%s.%s", s->arch_name, suffix);
     if (exo_gguf_find_key(s->file, key) < 0) {
         *out = fallback;
         return EXO_OK;
@@ -62,74 +69,102 @@ static int meta_float(const exo_shard *s, const char *suffix, float *out, float 
     return EXO_OK;
 }
 
+/* The hyper-parameters every architecture shares; the architecture's
+ * read_hparams then reads its own. */
 static int read_hparams(exo_shard *s)
 {
     exo_hparams *hp = &s->hp;
     int rc;
-    if ((rc = meta_int(s, "block_count", &hp->n_layer, true, 0))) return rc;
-    if ((rc = meta_int(s, "embedding_length", &hp->n_embd, true, 0))) return rc;
-    if ((rc = meta_int(s, "feed_forward_length", &hp->n_ff, true, 0))) return rc;
-    if ((rc = meta_int(s, "attention.head_count", &hp->n_head, true, 0))) return rc;
-    if ((rc = meta_int(s, "attention.head_count_kv", &hp->n_head_kv, false, hp->n_head))) return rc;
-    if ((rc = meta_int(s, "context_length", &hp->n_ctx_train, false, 2048))) return rc;
-    if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_ff < 1)
-        return exo_error_set(EXO_EFORMAT, "model hyper-parameters must be positive (layers %d, embd %d, heads %d/%d, ff %d)",
-                             hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff);
-    if (hp->n_embd % hp->n_head)
-        return exo_error_set(EXO_EFORMAT, "embedding length %d is not a multiple of %d heads", hp->n_embd, hp->n_head);
+    if ((rc = exo_model_meta_int(s, "block_count", &hp->n_layer, true, 0))) return rc;
+    if ((rc = exo_model_meta_int(s, "embedding_length", &hp->n_embd, true, 0))) return rc;
+    if ((rc = exo_model_meta_int(s, "feed_forward_length", &hp->n_ff, true, 0))) return rc;
+    if ((rc = exo_model_meta_int(s, "attention.head_count", &hp->n_head, true, 0))) return rc;
+    if ((rc = exo_model_meta_int(s, "attention.head_count_kv", &hp->n_head_kv, false, hp->n_head))) return rc;
+    if ((rc = exo_model_meta_int(s, "context_length", &hp->n_ctx_train, false, 2048))) return rc;
+    if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_ff < 1 ||
+        hp->n_ctx_train < 1)
+        return exo_error_set(EXO_EFORMAT, "model hyper-parameters must be positive (layers %d, embd %d, heads %d/%d, "
+                             "ff %d, context %d)", hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff,
+                             hp->n_ctx_train);
+    if (hp->n_layer > 4096 || hp->n_head > 4096 || hp->n_embd > (1 << 20) || hp->n_ff > (1 << 22))
+        return exo_error_set(EXO_EFORMAT, "model hyper-parameters are implausibly large (layers %d, heads %d, embd %d, "
+                             "ff %d)", hp->n_layer, hp->n_head, hp->n_embd, hp->n_ff);
     if (hp->n_head % hp->n_head_kv)
         return exo_error_set(EXO_EFORMAT, "%d heads are not a multiple of %d kv heads", hp->n_head, hp->n_head_kv);
-    if ((rc = meta_int(s, "attention.key_length", &hp->head_dim, false, hp->n_embd / hp->n_head))) return rc;
-    if ((rc = meta_int(s, "rope.dimension_count", &hp->rope_dim, false, hp->head_dim))) return rc;
-    if (hp->rope_dim > hp->head_dim || hp->rope_dim % 2 || hp->head_dim < 1)
+    /* head_dim comes from metadata where the file says it (Qwen 3, Gemma:
+     * not n_embd / n_head); otherwise the embedding splits evenly. */
+    if (!exo_model_meta_has(s, "attention.key_length") && hp->n_embd % hp->n_head)
+        return exo_error_set(EXO_EFORMAT, "embedding length %d is not a multiple of %d heads", hp->n_embd, hp->n_head);
+    if ((rc = exo_model_meta_int(s, "attention.key_length", &hp->head_dim, false, hp->n_embd / hp->n_head))) return rc;
+    int value_dim;
+    if ((rc = exo_model_meta_int(s, "attention.value_length", &value_dim, false, hp->head_dim))) return rc;
+    if (value_dim != hp->head_dim)
+        return exo_error_set(EXO_ENOTSUP, "value length %d differs from key length %d (not supported)", value_dim,
+                             hp->head_dim);
+    if (hp->head_dim < 1 || hp->head_dim > 1024)
+        return exo_error_set(EXO_EFORMAT, "head dimension %d is out of range", hp->head_dim);
+    if ((rc = exo_model_meta_int(s, "rope.dimension_count", &hp->rope_dim, false, hp->head_dim))) return rc;
+    if (hp->rope_dim > hp->head_dim || hp->rope_dim % 2)
         return exo_error_set(EXO_EFORMAT, "rope dimension %d does not fit head dimension %d", hp->rope_dim, hp->head_dim);
-    if ((rc = meta_float(s, "rope.freq_base", &hp->rope_freq_base, 10000.0f))) return rc;
-    if ((rc = meta_float(s, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f))) return rc;
-    hp->rope_linear_scale = 1.0f;
-    hp->rope_style = EXO_ROPE_NORM;
-
-    char key[128];
-    snprintf(key, sizeof key, "%s.rope.scaling.type", s->arch);
-    const char *type;
-    size_t type_len;
-    if (exo_gguf_get_str(s->file, key, &type, &type_len) == EXO_OK) {
-        if (type_len == 6 && !memcmp(type, "linear", 6)) {
-            float factor;
-            if ((rc = meta_float(s, "rope.scaling.factor", &factor, 1.0f))) return rc;
-            if (factor <= 0) return exo_error_set(EXO_EFORMAT, "rope scaling factor %g is not positive", factor);
-            hp->rope_linear_scale = factor;
-        } else if (!(type_len == 4 && !memcmp(type, "none", 4))) {
-            return exo_error_set(EXO_ENOTSUP, "rope scaling type '%.*s' is not supported (linear and the Llama 3 "
-                                 "rope_freqs tensor are)", (int)type_len, type);
-        }
-    }
+    if ((rc = exo_model_meta_float(s, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f))) return rc;
+    if (!(hp->rms_eps >= 0 && hp->rms_eps < 1))
+        return exo_error_set(EXO_EFORMAT, "RMS norm epsilon %g is out of range", hp->rms_eps);
+    s->embd_scale = 1.0f;
     return EXO_OK;
 }
 
-/* Inverse frequencies per rotated pair, with Llama 3's per-frequency factors
- * (the rope_freqs tensor that converters write) applied when present. */
-static int build_rope(exo_shard *s)
+/* The linear rope scaling factor the file declares (1 = none). */
+int exo_model_rope_scaling(const exo_shard *s, float *linear_scale)
 {
+    *linear_scale = 1.0f;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", s->arch_name);
+    const char *type;
+    size_t type_len;
+    if (exo_gguf_get_str(s->file, key, &type, &type_len) != EXO_OK) return EXO_OK;
+    if (type_len == 6 && !memcmp(type, "linear", 6)) {
+        int rc = exo_model_meta_float(s, "rope.scaling.factor", linear_scale, 1.0f);
+        if (rc) return rc;
+        if (!(*linear_scale > 0))
+            return exo_error_set(EXO_EFORMAT, "rope scaling factor %g is not positive", *linear_scale);
+        return EXO_OK;
+    }
+    if (type_len == 4 && !memcmp(type, "none", 4)) return EXO_OK;
+    return exo_error_set(EXO_ENOTSUP, "rope scaling type '%.*s' is not supported (linear and per-frequency factor "
+                         "tensors are)", (int)(type_len > 32 ? 32 : type_len), type);
+}
+
+int exo_model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors)
+{
+    if (s->n_rope >= EXO_MAX_ROPES) return exo_error_set(EXO_EINVAL, "more than %d ropes", EXO_MAX_ROPES);
+    if (!(freq_base > 0)) return exo_error_set(EXO_EFORMAT, "rope frequency base %g is not positive", freq_base);
     const exo_hparams *hp = &s->hp;
     int half = hp->rope_dim / 2;
-    s->rope_inv_freq = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
-    if (!s->rope_inv_freq) return exo_error_set(EXO_ENOMEM, "out of memory");
-    for (int i = 0; i < half; i++)
-        s->rope_inv_freq[i] = (float)pow(hp->rope_freq_base, -2.0 * i / hp->rope_dim);
-    int64_t idx = exo_gguf_find_tensor(s->file, "rope_freqs.weight");
+    exo_rope *r = &s->rope[s->n_rope];
+    r->style = style;
+    r->linear_scale = linear_scale;
+    r->inv_freq = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
+    r->cos = exo_aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
+    r->sin = exo_aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
+    s->n_rope++;
+    if (!r->inv_freq || !r->cos || !r->sin) return exo_error_set(EXO_ENOMEM, "out of memory");
+    for (int i = 0; i < half; i++) r->inv_freq[i] = (float)pow(freq_base, -2.0 * i / hp->rope_dim);
+    int64_t idx = factors ? exo_gguf_find_tensor(s->file, factors) : -1;
     if (idx >= 0) {
+        /* Llama 3's and Phi 3's per-frequency factors divide each pair's frequency. */
         const exo_gguf_tensor *t = exo_gguf_tensor_at(s->file, idx);
         if (t->dtype != EXO_DTYPE_F32 || t->ne[0] != half || t->n_dims != 1)
-            return exo_error_set(EXO_EFORMAT, "rope_freqs.weight should be f32 of %d elements", half);
-        const float *factors = t->data;
+            return exo_error_set(EXO_EFORMAT, "%s should be f32 of %d elements", factors, half);
+        const float *values = t->data;
         for (int i = 0; i < half; i++) {
             float f;
-            memcpy(&f, factors + i, sizeof f);
-            if (!(f > 0)) return exo_error_set(EXO_EFORMAT, "rope_freqs.weight[%d] = %g is not positive", i, f);
-            s->rope_inv_freq[i] /= f;
+            memcpy(&f, values + i, sizeof f);
+            if (!(f > 0) || !isfinite(f))
+                return exo_error_set(EXO_EFORMAT, "%s[%d] = %g is not positive", factors, i, f);
+            r->inv_freq[i] /= f;
         }
     }
-    return EXO_OK;
+    return s->n_rope - 1;
 }
 
 int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
@@ -154,6 +189,55 @@ int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_d
     int rc = exo_tensor_view(t, g->dtype, n_dims, ne, g->data);
     if (rc) return exo_error_set(rc, "tensor '%s': %s", name, exo_last_error());
     s->weight_bytes += (int64_t)g->size;
+    return EXO_OK;
+}
+
+int exo_model_bind_layer_tensor(exo_shard *s, exo_tensor *t, int il, const char *suffix, int n_dims, int64_t ne0,
+                                int64_t ne1, bool required)
+{
+    char name[96];
+    snprintf(name, sizeof name, "blk.%d.%s", il, suffix);
+    return exo_model_bind_tensor(s, t, name, n_dims, ne0, ne1, required);
+}
+
+void exo_model_row_view(exo_tensor *t, const exo_tensor *m, int64_t row0, int64_t n_rows)
+{
+    *t = *m;
+    t->ne[1] = n_rows;
+    t->data = (char *)m->data + (size_t)row0 * m->nb[1];
+    t->packed = NULL;
+}
+
+int exo_model_bind_embeddings(exo_shard *s)
+{
+    exo_hparams *hp = &s->hp;
+    const int64_t n_embd = hp->n_embd;
+    int rc;
+    /* The vocabulary size is the embedding's row count (vocab_size metadata is optional). */
+    int64_t emb_idx = exo_gguf_find_tensor(s->file, "token_embd.weight");
+    if (emb_idx < 0) return exo_error_set(EXO_EFORMAT, "model lacks tensor 'token_embd.weight'");
+    const exo_gguf_tensor *emb = exo_gguf_tensor_at(s->file, emb_idx);
+    if (emb->n_dims != 2 || emb->ne[0] != n_embd || emb->ne[1] < 1 || emb->ne[1] > (1 << 24))
+        return exo_error_set(EXO_EFORMAT, "token_embd.weight has shape [%lld, %lld], expected [%lld, n_vocab]",
+                             (long long)emb->ne[0], (long long)emb->ne[1], (long long)n_embd);
+    hp->n_vocab = (int)emb->ne[1];
+
+    if (s->is_first) {
+        if ((rc = exo_model_bind_tensor(s, &s->tok_embd, "token_embd.weight", 2, n_embd, hp->n_vocab, true)))
+            return rc;
+        /* A lookup reads one row per token, not the table. */
+        s->weight_bytes -= (int64_t)(emb->size - s->tok_embd.nb[1]);
+    }
+    if (s->is_last) {
+        if ((rc = exo_model_bind_tensor(s, &s->output_norm, "output_norm.weight", 1, n_embd, 1, true))) return rc;
+        if ((rc = exo_model_bind_tensor(s, &s->output, "output.weight", 2, n_embd, hp->n_vocab, false))) return rc;
+        if (!s->output.data) {
+            /* Tied head: the embedding doubles as the output projection. */
+            if ((rc = exo_model_bind_tensor(s, &s->output, "token_embd.weight", 2, n_embd, hp->n_vocab, true)))
+                return rc;
+        }
+        if ((rc = exo_model_bind_tensor(s, &s->output_bias, "output.bias", 1, hp->n_vocab, 1, false))) return rc;
+    }
     return EXO_OK;
 }
 
@@ -225,10 +309,7 @@ static int alloc_run_state(exo_shard *s)
     rs->att = exo_aligned_alloc(sizeof(float) * b * q_dim);
     rs->gate = exo_aligned_alloc(sizeof(float) * b * hp->n_ff);
     rs->up = exo_aligned_alloc(sizeof(float) * b * hp->n_ff);
-    rs->rope_cos = exo_aligned_alloc(sizeof(float) * b * (size_t)(hp->rope_dim / 2 + 1));
-    rs->rope_sin = exo_aligned_alloc(sizeof(float) * b * (size_t)(hp->rope_dim / 2 + 1));
-    if (!rs->x || !rs->xn || !rs->q || !rs->k || !rs->v || !rs->att || !rs->gate || !rs->up || !rs->rope_cos ||
-        !rs->rope_sin)
+    if (!rs->x || !rs->xn || !rs->q || !rs->k || !rs->v || !rs->att || !rs->gate || !rs->up)
         return exo_error_set(EXO_ENOMEM, "out of memory allocating the run state");
     int max_dim = hp->n_embd;
     if (hp->n_ff > max_dim) max_dim = hp->n_ff;
@@ -240,10 +321,14 @@ void exo_shard_free(exo_shard *s)
 {
     if (!s) return;
     exo_run_state *rs = &s->rs;
-    float *bufs[] = {rs->x, rs->xn, rs->q, rs->k, rs->v, rs->att, rs->gate, rs->up, rs->rope_cos, rs->rope_sin};
+    float *bufs[] = {rs->x, rs->xn, rs->q, rs->k, rs->v, rs->att, rs->gate, rs->up};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) exo_aligned_free(bufs[i]);
-    free(s->layers);
-    free(s->rope_inv_freq);
+    for (int i = 0; i < s->n_rope; i++) {
+        free(s->rope[i].inv_freq);
+        exo_aligned_free(s->rope[i].cos);
+        exo_aligned_free(s->rope[i].sin);
+    }
+    free(s->arch_data);
     exo_weights_free(s->packed, s->packed_bytes);
     exo_gguf_close(s->file);
     free(s);
@@ -267,12 +352,13 @@ int exo_shard_load(const char *path, int layer_start, int layer_end, int is_firs
         rc = exo_error_set(EXO_EFORMAT, "%s: no general.architecture in metadata", path);
         goto fail;
     }
-    if (arch_len >= sizeof s->arch) arch_len = sizeof s->arch - 1;
-    memcpy(s->arch, arch, arch_len);
-    s->arch[arch_len] = 0;
-    /* Mistral, SmolLM and Llama 2/3 all use the llama graph. */
-    if (strcmp(s->arch, "llama") != 0) {
-        rc = exo_error_set(EXO_ENOTSUP, "%s: architecture '%s' is not supported (llama is)", path, s->arch);
+    if (arch_len >= sizeof s->arch_name) arch_len = sizeof s->arch_name - 1;
+    memcpy(s->arch_name, arch, arch_len);
+    s->arch_name[arch_len] = 0;
+    s->arch = exo_arch_find(s->arch_name);
+    if (!s->arch) {
+        rc = exo_error_set(EXO_ENOTSUP, "%s: architecture '%s' is not supported (supported: %s)", path, s->arch_name,
+                           exo_arch_names());
         goto fail;
     }
     if ((rc = read_hparams(s))) goto fail;
@@ -292,8 +378,8 @@ int exo_shard_load(const char *path, int layer_start, int layer_end, int is_firs
         rc = exo_error_set(EXO_EINVAL, "a first shard must start at layer 0, not %d", layer_start);
         goto fail;
     }
-    if ((rc = build_rope(s))) goto fail;
-    if ((rc = exo_llama_bind(s))) goto fail;
+    if ((rc = s->arch->read_hparams(s))) goto fail;
+    if ((rc = s->arch->bind(s))) goto fail;
     if ((rc = alloc_run_state(s))) goto fail;
     *out = s;
     return EXO_OK;
@@ -306,7 +392,7 @@ int exo_shard_get_info(const exo_shard *s, exo_shard_info *out)
 {
     if (!s || !out) return exo_error_set(EXO_EINVAL, "exo_shard_get_info: NULL argument");
     memset(out, 0, sizeof *out);
-    snprintf(out->arch, sizeof out->arch, "%s", s->arch);
+    snprintf(out->arch, sizeof out->arch, "%s", s->arch_name);
     out->n_layer = s->hp.n_layer;
     out->layer_start = s->layer_start;
     out->layer_end = s->layer_end;
@@ -412,7 +498,7 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
             logits_from = done + n == n_tokens ? n - 1 : n;
             dst = out;
         }
-        rc = exo_llama_forward(s, q, tokens ? tokens + done : NULL, hidden ? hidden + (size_t)done * n_embd : NULL,
+        rc = s->arch->forward(s, q, tokens ? tokens + done : NULL, hidden ? hidden + (size_t)done * n_embd : NULL,
                                n, logits_from, dst);
         if (rc == EXO_OK) q->pos += n;
         done += n;

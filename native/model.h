@@ -1,10 +1,15 @@
-/* model.h: shards, sequences and the per-architecture hooks (internal).
+/* model.h: shards, sequences, the architecture table and the pieces every
+ * architecture builds its forward pass from (internal).
  *
- * model.c owns everything every architecture shares: opening the file,
- * reading hyper-parameters from GGUF metadata, the KV cache, positions,
- * batching and the lock that serialises forward passes. Each architecture
- * file (models/llama.c) binds its tensors and implements one batched forward over
- * the backend table. */
+ * model.c owns what every architecture shares: opening the file, the
+ * hyper-parameters all decoder-only transformers have (read from GGUF
+ * metadata under the architecture's prefix), the KV cache, positions,
+ * batching and the lock that serialises forward passes. An architecture is
+ * one file in native/models/ providing an exo_arch entry (arch.c lists them):
+ * it reads its own hyper-parameters, binds its tensors into its own layer
+ * structs, and writes its forward pass from the shared pieces below
+ * (layers.c: embedding, attention block, feed-forward block, head), which
+ * run on the shard's backend. */
 #ifndef EXO_MODEL_H
 #define EXO_MODEL_H
 
@@ -16,7 +21,7 @@
 #include "gguf.h"
 #include "tensor.h"
 
-/* Hyper-parameters, all read from metadata. */
+/* Hyper-parameters every architecture has, all read from metadata. */
 typedef struct exo_hparams {
     int n_vocab;
     int n_ctx_train;
@@ -27,41 +32,38 @@ typedef struct exo_hparams {
     int head_dim;
     int n_ff;
     int rope_dim;          /* rotated elements per head */
-    int rope_style;        /* enum exo_rope_style */
-    float rope_freq_base;
-    float rope_linear_scale; /* positions are divided by this (1 = none) */
     float rms_eps;
 } exo_hparams;
 
-typedef struct exo_llama_layer {
-    exo_tensor attn_norm;  /* (n_embd) */
-    exo_tensor wq;         /* (n_embd -> n_head * head_dim) */
-    exo_tensor wk;         /* (n_embd -> n_head_kv * head_dim) */
-    exo_tensor wv;         /* (n_embd -> n_head_kv * head_dim) */
-    exo_tensor wo;         /* (n_head * head_dim -> n_embd) */
-    exo_tensor ffn_norm;   /* (n_embd) */
-    exo_tensor w_gate;     /* (n_embd -> n_ff) */
-    exo_tensor w_up;       /* (n_embd -> n_ff) */
-    exo_tensor w_down;     /* (n_ff -> n_embd) */
-} exo_llama_layer;
+/* One rotary embedding: the inverse frequency of each rotated pair, and the
+ * cos/sin of this batch's positions (filled once per forward, shared by every
+ * layer that uses it). Gemma 3's local and global layers use two. */
+#define EXO_MAX_ROPES 2
+typedef struct exo_rope {
+    float *inv_freq;       /* (rope_dim / 2) */
+    float linear_scale;    /* positions are divided by this (1 = none) */
+    float *cos, *sin;      /* (max_batch, rope_dim / 2) */
+    int style;             /* enum exo_rope_style */
+} exo_rope;
 
 /* Activations for one internal batch, allocated once per shard. */
 typedef struct exo_run_state {
     float *x;      /* (max_batch, n_embd) residual stream */
-    float *xn;     /* (max_batch, n_embd) normalised input of a block */
+    float *xn;     /* (max_batch, max(n_embd, q_dim)) normalised input of a block, then its output */
     float *q;      /* (max_batch, n_head * head_dim) */
     float *k;      /* (max_batch, n_head_kv * head_dim) */
     float *v;      /* (max_batch, n_head_kv * head_dim) */
     float *att;    /* (max_batch, n_head * head_dim) attention output */
     float *gate;   /* (max_batch, n_ff) */
     float *up;     /* (max_batch, n_ff) */
-    float *rope_cos; /* (max_batch, rope_dim / 2) */
-    float *rope_sin;
 } exo_run_state;
+
+typedef struct exo_arch exo_arch;
 
 struct exo_shard {
     exo_gguf *file;
-    char arch[32];
+    char arch_name[32];
+    const exo_arch *arch;
     exo_hparams hp;
     int layer_start, layer_end;
     bool is_first, is_last;
@@ -70,10 +72,13 @@ struct exo_shard {
     const exo_backend *backend;
 
     exo_tensor tok_embd;     /* (n_vocab, n_embd), first shard or tied head */
+    float embd_scale;        /* embeddings are multiplied by this (Gemma: sqrt(n_embd)); 1 = none */
     exo_tensor output_norm;  /* (n_embd), last shard */
     exo_tensor output;       /* (n_vocab, n_embd), last shard; tok_embd when tied */
-    float *rope_inv_freq;    /* (rope_dim / 2) */
-    exo_llama_layer *layers; /* layer_end - layer_start entries */
+    exo_tensor output_bias;  /* (n_vocab) or absent */
+    exo_rope rope[EXO_MAX_ROPES];
+    int n_rope;
+    void *arch_data;         /* the architecture's hyper-parameters and layers (one malloc, freed with the shard) */
     exo_run_state rs;
     void *packed;            /* the backend's packed copies of the weights (exo_weights_alloc) */
     size_t packed_bytes;
@@ -87,19 +92,126 @@ struct exo_seq {
     uint16_t *v_cache;
 };
 
-/* Architecture hooks (models/llama.c). */
-int exo_llama_bind(exo_shard *s);
-/* One batch of n_tokens <= max_batch at positions seq->pos..; writes hidden
- * states or logits as exo_shard_forward documents (logits_from: first row
- * that needs logits). Does not advance seq->pos. */
-int exo_llama_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
-                      int logits_from, float *out);
+/* ---- the architecture table (arch.c) --------------------------------------- */
 
-/* Helpers the architecture files share. */
+struct exo_arch {
+    const char *name;      /* general.architecture, as GGUF converters write it */
+    /* After the shared hyper-parameters: this family's own keys, checks and
+     * ropes (exo_model_add_rope), and arch_data with room for its layers. */
+    int (*read_hparams)(exo_shard *s);
+    /* Binds the tensors of layers [layer_start, layer_end) (and the
+     * embedding / head a first / last shard holds) and packs the matrices. */
+    int (*bind)(exo_shard *s);
+    /* One batch of n_tokens <= max_batch at positions seq->pos..; writes
+     * hidden states or logits as exo_shard_forward documents (logits_from:
+     * first row that needs logits). Does not advance seq->pos. */
+    int (*forward)(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                   int logits_from, float *out);
+};
+
+/* The entry for an architecture name, or NULL. */
+const exo_arch *exo_arch_find(const char *name);
+/* "llama, qwen2, ...": the supported names, for error messages. */
+const char *exo_arch_names(void);
+
+/* ---- metadata and binding helpers (model.c) -------------------------------- */
+
+/* "<arch>.<suffix>" as an integer in [0, 2^30]; absent: an error when
+ * required, else fallback. */
+int exo_model_meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback);
+/* "<arch>.<suffix>" as a finite float; absent: fallback. */
+int exo_model_meta_float(const exo_shard *s, const char *suffix, float *out, float fallback);
+/* Whether "<arch>.<suffix>" is present. */
+bool exo_model_meta_has(const exo_shard *s, const char *suffix);
+/* The linear rope scaling the file declares ("<arch>.rope.scaling.*"):
+ * positions are divided by *linear_scale (1 when none); other kinds are
+ * refused. */
+int exo_model_rope_scaling(const exo_shard *s, float *linear_scale);
+/* Adds a rotary embedding (freq_base, linear scaling; factors: the tensor of
+ * per-pair frequency divisors Llama 3 and Phi 3 files carry, or NULL) and
+ * returns its index in s->rope, or a negative error. */
+int exo_model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors);
+/* Binds a tensor of the file by name, checking its shape; absent: an error
+ * when required, else t is zeroed (t->data NULL). */
 int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
                           bool required);
+/* Binds "blk.<il>.<suffix>" (the per-layer names GGUF converters write). */
+int exo_model_bind_layer_tensor(exo_shard *s, exo_tensor *t, int il, const char *suffix, int n_dims, int64_t ne0,
+                                int64_t ne1, bool required);
+/* A view of rows [row0, row0 + n_rows) of matrix m (a fused QKV or gate/up
+ * matrix cut into its parts). */
+void exo_model_row_view(exo_tensor *t, const exo_tensor *m, int64_t row0, int64_t n_rows);
+/* Binds the vocabulary-sized tensors: sets n_vocab from token_embd.weight,
+ * binds the embedding (first shard) and the final norm, head and optional
+ * head bias (last shard; the embedding when output.weight is absent). */
+int exo_model_bind_embeddings(exo_shard *s);
 /* Lets the backend pack the matrices that every token reads (ws: the bound
- * matmul weights, NULL entries skipped) into one arena of the shard. */
+ * matmul weights, NULL or absent entries skipped) into one arena of the
+ * shard. The head goes first. */
 int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n);
+
+/* ---- the pieces of a forward pass (layers.c) ------------------------------- */
+
+/* An attention block's weights and settings. Optional tensors have data NULL. */
+typedef struct exo_attn_block {
+    exo_tensor norm;       /* (n_embd) RMSNorm before the block */
+    exo_tensor wq;         /* (n_embd -> n_head * head_dim) */
+    exo_tensor wk;         /* (n_embd -> n_head_kv * head_dim) */
+    exo_tensor wv;         /* (n_embd -> n_head_kv * head_dim) */
+    exo_tensor wo;         /* (n_head * head_dim -> n_embd) */
+    exo_tensor bq, bk, bv, bo; /* optional biases (Qwen 2) */
+    exo_tensor q_norm;     /* optional (head_dim) RMSNorm of each query head (Qwen 3, Gemma 3) */
+    exo_tensor k_norm;     /* optional, of each key head */
+    exo_tensor post_norm;  /* optional (n_embd) RMSNorm of the block's output (Gemma) */
+    int rope;              /* index into s->rope */
+    int window;            /* sliding window: a query sees the last `window` positions; 0 = all */
+    float scale;           /* attention logits are q.k * scale */
+} exo_attn_block;
+
+/* A gated feed-forward block: down(act(gate . x) * (up . x)). */
+typedef struct exo_ffn_block {
+    exo_tensor norm;       /* (n_embd) RMSNorm before the block */
+    exo_tensor gate;       /* (n_embd -> n_ff) */
+    exo_tensor up;         /* (n_embd -> n_ff) */
+    exo_tensor down;       /* (n_ff -> n_embd) */
+    exo_tensor post_norm;  /* optional (n_embd) RMSNorm of the block's output (Gemma) */
+    int act;               /* enum exo_ffn_act */
+} exo_ffn_block;
+
+/* One decoder layer: attention, then feed-forward. */
+typedef struct exo_decoder_layer {
+    exo_attn_block attn;
+    exo_ffn_block ffn;
+} exo_decoder_layer;
+
+/* What exo_layers_bind looks for besides the tensors every layer has. */
+enum exo_bind_flags {
+    EXO_BIND_QK_NORM = 1,    /* attn_q_norm / attn_k_norm (required) */
+    EXO_BIND_POST_NORMS = 2  /* post_attention_norm / post_ffw_norm (required) */
+};
+
+/* Binds the tensors of the shard's layers (layers[i] is layer
+ * layer_start + i) under the names GGUF converters write: attn_norm,
+ * attn_q/k/v (or a fused attn_qkv, cut into views), optional Q/K/V/output
+ * biases, attn_output, ffn_norm, ffn_gate/up/down (or an ffn_up of 2 * n_ff
+ * rows holding gate then up), plus what flags name; the embeddings; then
+ * packs every matrix. Each block gets rope 0, no window, scale
+ * 1/sqrt(head_dim) and act: the architecture changes them after. */
+int exo_layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act);
+/* A whole forward pass over decoder layers: begin, every layer, end. */
+int exo_layers_forward(exo_shard *s, exo_seq *q, const exo_decoder_layer *layers, const int32_t *tokens,
+                       const float *hidden, int n_tokens, int logits_from, float *out);
+
+/* The steps of a forward pass, for architectures that need their own order. */
+/* Fills the batch's residual stream rs.x: embeds tokens (first shard, times
+ * s->embd_scale) or copies the hidden states in; fills every rope's table. */
+int exo_layers_begin(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens);
+/* x += post_norm(Wo . attention(...)) for layer il_local of the shard. */
+int exo_layers_attention(exo_shard *s, exo_seq *q, int il_local, const exo_attn_block *b, int n_tokens);
+/* x += post_norm(down(act(gate . norm(x)) * up . norm(x))). */
+int exo_layers_ffn(exo_shard *s, const exo_ffn_block *b, int n_tokens);
+/* The shard's output: hidden states (not last) or logits of rows
+ * [logits_from, n_tokens) after the final norm and head. */
+int exo_layers_end(exo_shard *s, int n_tokens, int logits_from, float *out);
 
 #endif

@@ -2,7 +2,7 @@
  *
  * Each operation is recomputed here the slow, obvious way in double precision
  * (RMSNorm, RoPE in both rotation styles, causal grouped-query attention
- * with its softmax, SwiGLU, matrix products in every weight format through
+ * with its softmax and sliding window, SwiGLU and GeGLU, matrix products in every weight format through
  * both the integer and the GEMM path) and compared with a normalised error;
  * packed weights against the file's layout; and the pool's loop splitting. */
 #include <math.h>
@@ -81,7 +81,8 @@ static void test_rope(const exo_backend *be, int style)
 
 /* T queries at the end of a cache of CTX positions; T >= 32 takes the
  * blocked sgemm path (EXO_GEMM_MIN_TOKENS is set to 32 in main). */
-static void test_attention(const exo_backend *be, int T)
+/* window: a query at p sees keys (p - window, p]; 0 = all. */
+static void test_attention(const exo_backend *be, int T, int window)
 {
     enum { CTX = 80, H = 6, HKV = 2, HD = 8, TMAX = 64 };
     int pos0 = CTX - T;
@@ -97,36 +98,48 @@ static void test_attention(const exo_backend *be, int T)
     float scale = 1 / sqrtf(HD);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
-            int kvh = h / (H / HKV), n = pos0 + t + 1;
+            int kvh = h / (H / HKV), n = pos0 + t + 1, first = window && n > window ? n - window : 0;
             double s[CTX], max = -1e300, sum = 0;
-            for (int p = 0; p < n; p++) {
+            for (int p = first; p < n; p++) {
                 double d = 0;
                 for (int i = 0; i < HD; i++) d += (double)q[(t * H + h) * HD + i] * k[(p * HKV + kvh) * HD + i];
                 s[p] = d * scale;
                 if (s[p] > max) max = s[p];
             }
-            for (int p = 0; p < n; p++) sum += s[p] = exp(s[p] - max);
+            for (int p = first; p < n; p++) sum += s[p] = exp(s[p] - max);
             for (int i = 0; i < HD; i++) {
                 double acc = 0;
-                for (int p = 0; p < n; p++) acc += s[p] / sum * v[(p * HKV + kvh) * HD + i];
+                for (int p = first; p < n; p++) acc += s[p] / sum * v[(p * HKV + kvh) * HD + i];
                 ref[(t * H + h) * HD + i] = acc;
             }
         }
     exo_attention_args a = {.q = q, .k_cache = k16, .v_cache = v16, .out = out, .n_tokens = T, .pos0 = pos0,
-                            .n_head = H, .n_head_kv = HKV, .head_dim = HD, .scale = scale};
+                            .n_head = H, .n_head_kv = HKV, .head_dim = HD, .scale = scale, .window = window};
     be->attention(&a);
-    CHECK_MSG(nmse(out, ref, (size_t)T * H * HD) < 1e-10, "attention of %d queries: nmse %g", T,
+    CHECK_MSG(nmse(out, ref, (size_t)T * H * HD) < 1e-10, "attention of %d queries, window %d: nmse %g", T, window,
               nmse(out, ref, (size_t)T * H * HD));
 }
 
-static void test_swiglu(const exo_backend *be)
+static double act_ref(int act, double g)
 {
-    float g[64], u[64], o[64];
-    double ref[64];
-    for (int i = 0; i < 64; i++) g[i] = frand() * 6, u[i] = frand();
-    for (int i = 0; i < 64; i++) ref[i] = g[i] / (1 + exp(-g[i])) * u[i];
-    be->swiglu(g, u, o, 64);
-    CHECK(nmse(o, ref, 64) < 1e-12);
+    if (act == EXO_FFN_GELU_TANH) return 0.5 * g * (1 + tanh(sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+    return g / (1 + exp(-g));
+}
+
+/* Gated activations through matmul_glu with identity weights (f32: exact
+ * products), so gate and up are the input itself: out = act(x) * x. */
+static void test_glu(const exo_backend *be, int act)
+{
+    enum { N = 64, T = 3 };
+    static float w[N * N], x[T * N], gate[T * N], up[T * N];
+    double ref[T * N];
+    for (int i = 0; i < N; i++) w[i * N + i] = 1;
+    for (int i = 0; i < T * N; i++) x[i] = frand() * 6, ref[i] = act_ref(act, x[i]) * x[i];
+    exo_tensor wt;
+    int64_t ne[2] = {N, N};
+    CHECK(exo_tensor_view(&wt, EXO_DTYPE_F32, 2, ne, w) == 0);
+    CHECK(be->matmul_glu(&wt, &wt, x, T, gate, up, act) == 0);
+    CHECK_MSG(nmse(gate, ref, T * N) < 1e-12, "glu activation %d: nmse %g", act, nmse(gate, ref, T * N));
 }
 
 /* Matmul in one dtype, n_tokens rows, against the dequantized weights in double. */
@@ -197,11 +210,17 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
         }
         float *gate = malloc(sizeof(float) * N * n_tokens), *up = malloc(sizeof(float) * N * n_tokens);
         float *want = malloc(sizeof(float) * N * n_tokens);
-        memcpy(want, y, sizeof(float) * N * n_tokens);
-        be->swiglu(want, y, want, (int64_t)N * n_tokens);
-        CHECK(be->matmul_swiglu(&w1, &w2, x, n_tokens, gate, up) == 0);
-        CHECK_MSG(memcmp(gate, want, sizeof(float) * N * n_tokens) == 0, "matmul_swiglu %s x %d tokens (%s) differs",
+        double *want_ref = malloc(sizeof(double) * N * n_tokens);
+        for (int i = 0; i < N * n_tokens; i++) want_ref[i] = act_ref(EXO_FFN_SILU, y[i]) * y[i];
+        /* The file layout's result, against the products above... */
+        CHECK(be->matmul_glu(&wt, &wt, x, n_tokens, want, up, EXO_FFN_SILU) == 0);
+        CHECK_MSG(nmse(want, want_ref, (size_t)N * n_tokens) < 1e-10, "matmul_glu %s x %d tokens: nmse %g", tr->name,
+                  n_tokens, nmse(want, want_ref, (size_t)N * n_tokens));
+        /* ...and the fused loop over packed weights bit for bit against it. */
+        CHECK(be->matmul_glu(&w1, &w2, x, n_tokens, gate, up, EXO_FFN_SILU) == 0);
+        CHECK_MSG(memcmp(gate, want, sizeof(float) * N * n_tokens) == 0, "matmul_glu %s x %d tokens (%s) differs",
                   tr->name, n_tokens, use_packed ? "packed" : "file layout");
+        free(want_ref);
         free(gate); free(up); free(want); free(buf1); free(buf2);
     }
     free(wf);
@@ -278,9 +297,12 @@ int main(void)
     test_rmsnorm(be);
     test_rope(be, EXO_ROPE_NORM);
     test_rope(be, EXO_ROPE_NEOX);
-    test_attention(be, 5);
-    test_attention(be, 40);
-    test_swiglu(be);
+    for (int window = 0; window <= 7; window += 7) {
+        test_attention(be, 5, window);
+        test_attention(be, 40, window);
+    }
+    test_glu(be, EXO_FFN_SILU);
+    test_glu(be, EXO_FFN_GELU_TANH);
     const int dtypes[] = {EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0,
                           EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K};
     const int token_counts[] = {1, 3, 40}; /* 40 is over the GEMM threshold */
