@@ -35,11 +35,17 @@ enum exo_dtype {
     EXO_DTYPE_F16 = 1,
     EXO_DTYPE_Q4_0 = 2,
     EXO_DTYPE_Q4_1 = 3,
+    EXO_DTYPE_Q5_0 = 6,
+    EXO_DTYPE_Q5_1 = 7,
     EXO_DTYPE_Q8_0 = 8,
+    EXO_DTYPE_Q2_K = 10,
+    EXO_DTYPE_Q3_K = 11,
     EXO_DTYPE_Q4_K = 12,
     EXO_DTYPE_Q5_K = 13,
     EXO_DTYPE_Q6_K = 14,
     EXO_DTYPE_Q8_K = 15,   /* activations only, never stored in a model we load */
+    EXO_DTYPE_IQ4_NL = 20,
+    EXO_DTYPE_IQ4_XS = 23,
     EXO_DTYPE_BF16 = 30,
     EXO_DTYPE_COUNT = 40   /* one past the largest number GGUF may use that we track */
 };

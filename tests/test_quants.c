@@ -23,9 +23,11 @@
  *
  * Error bounds used for the reference quantizers (step = one quant's worth of
  * the decoded scale, off = the value decoded from quant 0):
- *   Q8_0, Q4_1, Q6_K: |err| <= step/2      (grids cover each block)
- *   Q4_0:             |err| <= step        (grid is [-8, 7] * d, ggml style)
- *   Q4_K, Q5_K:       |err| <= max(step, dmin)/2 per 32-element sub-block
+ *   Q8_0, Q4_1, Q5_1, Q6_K: |err| <= step/2 (grids cover each block)
+ *   Q4_0, Q5_0, Q3_K: |err| <= step        (grid is [-8, 7] * d, ggml style)
+ *   Q2_K, Q4_K, Q5_K: |err| <= max(step, dmin)/2 per sub-block
+ *   IQ4_NL, IQ4_XS:   |err| <= the distance to the nearest point of the
+ *                     element's grid (scale * the non-linear table)
  *   F16 / BF16:       |err| <= |x| * 2^-11 / 2^-8 (half an ulp) */
 #include <float.h>
 #include <limits.h>
@@ -255,7 +257,8 @@ static void test_bf16(void)
 
 static const int all_dtypes[] = {
     EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0,
-    EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K,
+    EXO_DTYPE_Q4_1, EXO_DTYPE_Q5_0, EXO_DTYPE_Q5_1, EXO_DTYPE_IQ4_NL, EXO_DTYPE_Q2_K,
+    EXO_DTYPE_Q3_K, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K, EXO_DTYPE_IQ4_XS,
 };
 #define N_DTYPES ((int)(sizeof all_dtypes / sizeof all_dtypes[0]))
 
@@ -283,6 +286,12 @@ static void test_traits(void)
         { EXO_DTYPE_Q4_K, "q4_K", 256, 144, EXO_ACT_Q8_K },
         { EXO_DTYPE_Q5_K, "q5_K", 256, 176, EXO_ACT_Q8_K },
         { EXO_DTYPE_Q6_K, "q6_K", 256, 210, EXO_ACT_Q8_K },
+        { EXO_DTYPE_Q5_0, "q5_0", 32, 22, EXO_ACT_Q8_32 },
+        { EXO_DTYPE_Q5_1, "q5_1", 32, 24, EXO_ACT_Q8_32 },
+        { EXO_DTYPE_IQ4_NL, "iq4_nl", 32, 18, EXO_ACT_Q8_32 },
+        { EXO_DTYPE_Q2_K, "q2_K", 256, 84, EXO_ACT_Q8_K },
+        { EXO_DTYPE_Q3_K, "q3_K", 256, 110, EXO_ACT_Q8_K },
+        { EXO_DTYPE_IQ4_XS, "iq4_xs", 256, 136, EXO_ACT_Q8_K },
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const exo_type_traits *t = exo_type_traits_get(want[i].dtype);
@@ -292,7 +301,7 @@ static void test_traits(void)
         CHECK(t->block_size == want[i].bs && t->type_size == want[i].ts && t->act_type == want[i].act);
         CHECK(t->vec_dot && t->to_float);
     }
-    static const int unsupported[] = { -1, 4, 5, 6, 7, 9, 10, 11, EXO_DTYPE_Q8_K, 16, 29, 31, 39,
+    static const int unsupported[] = { -1, 4, 5, 9, EXO_DTYPE_Q8_K, 16, 17, 18, 19, 21, 22, 24, 29, 31, 39,
                                        EXO_DTYPE_COUNT, 99, 1000, INT_MIN, INT_MAX };
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
         CHECK_MSG(exo_type_traits_get(unsupported[i]) == NULL, "dtype %d", unsupported[i]);
@@ -303,6 +312,12 @@ static void test_traits(void)
     CHECK(exo_dtype_row_size(EXO_DTYPE_Q8_0, 1536) == 48 * 34);
     CHECK(exo_dtype_row_size(EXO_DTYPE_Q4_K, 512) == 2 * 144);
     CHECK(exo_dtype_row_size(EXO_DTYPE_Q6_K, 256) == 210);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q5_0, 2560) == 80 * 22);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q5_1, 64) == 2 * 24);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_IQ4_NL, 96) == 3 * 18);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q2_K, 512) == 2 * 84);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_Q3_K, 768) == 3 * 110);
+    CHECK(exo_dtype_row_size(EXO_DTYPE_IQ4_XS, 1792) == 7 * 136);
     CHECK(exo_dtype_row_size(EXO_DTYPE_F16, 7) == 14);
     CHECK(exo_dtype_row_size(EXO_DTYPE_F32, 7) == 28);
     CHECK(exo_act_row_size(EXO_ACT_F32, 7) == 28);
@@ -363,6 +378,15 @@ static void test_layout(void)
     CHECK(offsetof(exo_block_q6_K, qh) == 128 && offsetof(exo_block_q6_K, scales) == 192);
     CHECK(offsetof(exo_block_q6_K, d) == 208);
     CHECK(offsetof(exo_block_q8_32, qs) == 8 && offsetof(exo_block_q8_K, bsums) == 260);
+    CHECK(sizeof(exo_block_q5_0) == 22 && offsetof(exo_block_q5_0, qh) == 2 && offsetof(exo_block_q5_0, qs) == 6);
+    CHECK(sizeof(exo_block_q5_1) == 24 && offsetof(exo_block_q5_1, qh) == 4 && offsetof(exo_block_q5_1, qs) == 8);
+    CHECK(sizeof(exo_block_iq4_nl) == 18 && offsetof(exo_block_iq4_nl, qs) == 2);
+    CHECK(sizeof(exo_block_q2_K) == 84 && offsetof(exo_block_q2_K, qs) == 16 && offsetof(exo_block_q2_K, d) == 80);
+    CHECK(offsetof(exo_block_q2_K, dmin) == 82);
+    CHECK(sizeof(exo_block_q3_K) == 110 && offsetof(exo_block_q3_K, qs) == 32 && offsetof(exo_block_q3_K, scales) == 96);
+    CHECK(offsetof(exo_block_q3_K, d) == 108);
+    CHECK(sizeof(exo_block_iq4_xs) == 136 && offsetof(exo_block_iq4_xs, scales_h) == 2);
+    CHECK(offsetof(exo_block_iq4_xs, scales_l) == 4 && offsetof(exo_block_iq4_xs, qs) == 8);
 }
 
 /* ---- hand-built blocks ------------------------------------------------------------------- */
@@ -445,6 +469,96 @@ static void test_known_blocks(void)
     CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 96) == -10.0f); /* .25 * -2 * (52-32) */
     CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 145) == 7.75f); /* .25 * 1 * (63-32) */
     CHECK(decode_one(EXO_DTYPE_Q6_K, &b6k, 256, 255) == -56.0f); /* .25 * 7 * (0-32) */
+
+    exo_block_q5_0 b50;
+    memset(&b50, 0, sizeof b50);
+    b50.d = 0x3800; /* 0.5 */
+    b50.qs[0] = 0x1f;
+    b50.qs[15] = 0x90;
+    b50.qh[0] = 0x21;  /* fifth bits of elements 0 and 5 */
+    b50.qh[3] = 0x80;  /* element 31 */
+    CHECK(decode_one(EXO_DTYPE_Q5_0, &b50, 32, 0) == 7.5f);   /* (31-16)*0.5 */
+    CHECK(decode_one(EXO_DTYPE_Q5_0, &b50, 32, 16) == -7.5f); /* (1-16)*0.5 */
+    CHECK(decode_one(EXO_DTYPE_Q5_0, &b50, 32, 5) == 0.0f);   /* (16-16)*0.5 */
+    CHECK(decode_one(EXO_DTYPE_Q5_0, &b50, 32, 3) == -8.0f);
+    CHECK(decode_one(EXO_DTYPE_Q5_0, &b50, 32, 31) == 4.5f);  /* (25-16)*0.5 */
+    CHECK(decode_one(EXO_DTYPE_Q5_0, &b50, 32, 15) == -8.0f);
+
+    exo_block_q5_1 b51;
+    memset(&b51, 0, sizeof b51);
+    b51.d = 0x3800;
+    b51.m = 0xbc00; /* -1 */
+    b51.qs[3] = 0xa2;
+    b51.qh[0] = 0x08;  /* element 3 */
+    b51.qh[2] = 0x08;  /* element 19 */
+    CHECK(decode_one(EXO_DTYPE_Q5_1, &b51, 32, 3) == 8.0f);   /* 18*0.5-1 */
+    CHECK(decode_one(EXO_DTYPE_Q5_1, &b51, 32, 19) == 12.0f); /* 26*0.5-1 */
+    CHECK(decode_one(EXO_DTYPE_Q5_1, &b51, 32, 4) == -1.0f);
+
+    exo_block_iq4_nl bnl;
+    memset(&bnl, 0, sizeof bnl);
+    bnl.d = 0x3800;
+    bnl.qs[0] = 0xf0;
+    bnl.qs[7] = 0x98;
+    CHECK(decode_one(EXO_DTYPE_IQ4_NL, &bnl, 32, 0) == -63.5f); /* -127*0.5 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_NL, &bnl, 32, 16) == 56.5f); /* 113*0.5 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_NL, &bnl, 32, 7) == 0.5f);   /* 1*0.5 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_NL, &bnl, 32, 23) == 6.5f);  /* 13*0.5 */
+
+    exo_block_q2_K b2k;
+    memset(&b2k, 0, sizeof b2k);
+    b2k.d = 0x3c00;    /* 1 */
+    b2k.dmin = 0x3800; /* 0.5 */
+    b2k.scales[0] = 0x53; /* scale 3, minimum 5 */
+    b2k.scales[2] = 0x11;
+    b2k.scales[5] = 0x2f;
+    b2k.scales[15] = 0x07;
+    b2k.qs[0] = 0x0e;  /* element 0: 2, element 32: 3 */
+    b2k.qs[16] = 0x30; /* element 80: 3, element 16: 0 */
+    b2k.qs[63] = 0x80; /* element 255: 2 */
+    CHECK(decode_one(EXO_DTYPE_Q2_K, &b2k, 256, 0) == 3.5f);   /* 3*2 - 0.5*5 */
+    CHECK(decode_one(EXO_DTYPE_Q2_K, &b2k, 256, 32) == 2.5f);  /* 1*3 - 0.5*1 */
+    CHECK(decode_one(EXO_DTYPE_Q2_K, &b2k, 256, 80) == 44.0f); /* 15*3 - 0.5*2 */
+    CHECK(decode_one(EXO_DTYPE_Q2_K, &b2k, 256, 16) == 0.0f);
+    CHECK(decode_one(EXO_DTYPE_Q2_K, &b2k, 256, 255) == 14.0f); /* 7*2 */
+    CHECK(decode_one(EXO_DTYPE_Q2_K, &b2k, 256, 159) == 0.0f);
+
+    /* stored scales 33, 0, 63, 40 for groups 0, 5, 10, 15 and 32 elsewhere,
+     * packed by hand */
+    static const uint8_t q3scales[12] = { 0x01, 0x00, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x80, 0xaa, 0xa2, 0xba, 0xaa };
+    exo_block_q3_K b3k;
+    memset(&b3k, 0, sizeof b3k);
+    b3k.d = 0x3400; /* 0.25 */
+    memcpy(b3k.scales, q3scales, 12);
+    b3k.qs[0] = 0x03;
+    b3k.hmask[0] = 0x01;  /* element 0: 3 | 4 */
+    b3k.qs[16] = 0x10;    /* element 80: 1 */
+    b3k.qs[42] = 0x08;    /* element 170: 2 */
+    b3k.hmask[10] = 0x20; /* element 170's third bit */
+    b3k.qs[63] = 0x40;    /* element 255: 1 */
+    CHECK(decode_one(EXO_DTYPE_Q3_K, &b3k, 256, 0) == 0.75f);   /* .25 * 1 * (7-4) */
+    CHECK(decode_one(EXO_DTYPE_Q3_K, &b3k, 256, 1) == -1.0f);   /* .25 * 1 * (0-4) */
+    CHECK(decode_one(EXO_DTYPE_Q3_K, &b3k, 256, 80) == 24.0f);  /* .25 * -32 * (1-4) */
+    CHECK(decode_one(EXO_DTYPE_Q3_K, &b3k, 256, 170) == 15.5f); /* .25 * 31 * (6-4) */
+    CHECK(decode_one(EXO_DTYPE_Q3_K, &b3k, 256, 255) == -6.0f); /* .25 * 8 * (1-4) */
+    CHECK(decode_one(EXO_DTYPE_Q3_K, &b3k, 256, 100) == 0.0f);  /* scale 32 - 32 */
+
+    exo_block_iq4_xs bxs;
+    memset(&bxs, 0, sizeof bxs);
+    bxs.d = 0x3800; /* 0.5 */
+    /* stored scales 33, 0, 63 for sub-blocks 0, 3, 7 and 32 elsewhere */
+    bxs.scales_l[0] = 0x01;
+    bxs.scales_l[3] = 0xf0;
+    bxs.scales_h = 0xea2a;
+    bxs.qs[0] = 0xf0;
+    bxs.qs[48] = 0x08;
+    bxs.qs[127] = 0xc0;
+    CHECK(decode_one(EXO_DTYPE_IQ4_XS, &bxs, 256, 0) == -63.5f);  /* .5 * 1 * -127 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_XS, &bxs, 256, 16) == 56.5f);  /* .5 * 1 * 113 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_XS, &bxs, 256, 96) == -16.0f); /* .5 * -32 * 1 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_XS, &bxs, 256, 112) == 2032.0f); /* .5 * -32 * -127 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_XS, &bxs, 256, 255) == 821.5f); /* .5 * 31 * 53 */
+    CHECK(decode_one(EXO_DTYPE_IQ4_XS, &bxs, 256, 40) == 0.0f);
 }
 
 /* ---- per-format helpers ----------------------------------------------------------------- */
@@ -467,6 +581,21 @@ static void fill_quants(int dtype, void *row, int n, int q)
         case EXO_DTYPE_Q6_K:
             memset(((exo_block_q6_K *)p)->ql, (q & 15) * 0x11, 128);
             memset(((exo_block_q6_K *)p)->qh, ((q >> 4) & 3) * 0x55, 64);
+            break;
+        case EXO_DTYPE_Q5_0:
+            memset(((exo_block_q5_0 *)p)->qs, (q & 15) * 0x11, 16);
+            memset(((exo_block_q5_0 *)p)->qh, (q >> 4) ? 0xff : 0, 4);
+            break;
+        case EXO_DTYPE_Q5_1:
+            memset(((exo_block_q5_1 *)p)->qs, (q & 15) * 0x11, 16);
+            memset(((exo_block_q5_1 *)p)->qh, (q >> 4) ? 0xff : 0, 4);
+            break;
+        case EXO_DTYPE_IQ4_NL: memset(((exo_block_iq4_nl *)p)->qs, q * 0x11, 16); break;
+        case EXO_DTYPE_IQ4_XS: memset(((exo_block_iq4_xs *)p)->qs, q * 0x11, 128); break;
+        case EXO_DTYPE_Q2_K: memset(((exo_block_q2_K *)p)->qs, (q & 3) * 0x55, 64); break;
+        case EXO_DTYPE_Q3_K:
+            memset(((exo_block_q3_K *)p)->qs, (q & 3) * 0x55, 64);
+            memset(((exo_block_q3_K *)p)->hmask, (q >> 2) ? 0xff : 0, 32);
             break;
         default: break;
         }
@@ -513,6 +642,12 @@ static void random_blocks(int dtype, void *row, int n)
         case EXO_DTYPE_Q4_K: ((exo_block_q4_K *)p)->d = d; ((exo_block_q4_K *)p)->dmin = m; break;
         case EXO_DTYPE_Q5_K: ((exo_block_q5_K *)p)->d = d; ((exo_block_q5_K *)p)->dmin = m; break;
         case EXO_DTYPE_Q6_K: ((exo_block_q6_K *)p)->d = d; break;
+        case EXO_DTYPE_Q5_0: ((exo_block_q5_0 *)p)->d = d; break;
+        case EXO_DTYPE_Q5_1: ((exo_block_q5_1 *)p)->d = d; ((exo_block_q5_1 *)p)->m = m; break;
+        case EXO_DTYPE_IQ4_NL: ((exo_block_iq4_nl *)p)->d = d; break;
+        case EXO_DTYPE_Q2_K: ((exo_block_q2_K *)p)->d = d; ((exo_block_q2_K *)p)->dmin = m; break;
+        case EXO_DTYPE_Q3_K: ((exo_block_q3_K *)p)->d = d; break;
+        case EXO_DTYPE_IQ4_XS: ((exo_block_iq4_xs *)p)->d = d; break;
         default: break;
         }
     }
@@ -713,6 +848,25 @@ static void check_row_kernels(int dtype, const void *w, const float *x2, int n, 
     free(wf); free(wf_fast); free(step); free(off); free(ad); free(astep); free(act);
 }
 
+/* The distance from v to the nearest point of element i's grid in an IQ4
+ * row (its scale times the non-linear table), the scale read from the block
+ * fields directly. */
+static double iq4_grid_distance(int dtype, const void *w, int i, float v)
+{
+    double s;
+    if (dtype == EXO_DTYPE_IQ4_NL) {
+        s = exo_half_to_float(((const exo_block_iq4_nl *)w)[i / 32].d);
+    } else {
+        const exo_block_iq4_xs *b = (const exo_block_iq4_xs *)w + i / 256;
+        int j = (i % 256) / 32;
+        int ls = (((b->scales_l[j / 2] >> (4 * (j % 2))) & 15) | (((b->scales_h >> (2 * j)) & 3) << 4)) - 32;
+        s = (double)exo_half_to_float(b->d) * ls;
+    }
+    double best = INFINITY;
+    for (int k = 0; k < 16; k++) best = fmin(best, fabs(v - s * exo_iq4nl_values[k]));
+    return best;
+}
+
 /* The reference quantizer's output against the format's error bound. */
 static void check_roundtrip(int dtype, const float *x, const void *w, int n, stats *st)
 {
@@ -731,7 +885,16 @@ static void check_roundtrip(int dtype, const float *x, const void *w, int n, sta
         case EXO_DTYPE_F32: bound = 0.0; break;
         case EXO_DTYPE_F16: bound = fabs(x[i]) * 0x1p-11 + 0x1p-25; break;
         case EXO_DTYPE_BF16: bound = fabs(x[i]) * 0x1p-8 + 1e-38; break;
-        case EXO_DTYPE_Q4_0: bound = step[i] * (1 + 1e-4) + slack; break;
+        case EXO_DTYPE_Q4_0:
+        case EXO_DTYPE_Q5_0:
+        case EXO_DTYPE_Q3_K: bound = step[i] * (1 + 1e-4) + slack; break;
+        case EXO_DTYPE_IQ4_NL:
+        case EXO_DTYPE_IQ4_XS: bound = iq4_grid_distance(dtype, w, i, x[i]) * (1 + 1e-4) + slack; break;
+        case EXO_DTYPE_Q2_K: {
+            const exo_block_q2_K *b = (const exo_block_q2_K *)w + i / 256;
+            bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
+            break;
+        }
         case EXO_DTYPE_Q4_K: {
             const exo_block_q4_K *b = (const exo_block_q4_K *)w + i / 256;
             bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
@@ -742,7 +905,7 @@ static void check_roundtrip(int dtype, const float *x, const void *w, int n, sta
             bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
             break;
         }
-        default: bound = 0.5 * step[i] * (1 + 1e-4) + slack; break; /* Q8_0, Q4_1, Q6_K */
+        default: bound = 0.5 * step[i] * (1 + 1e-4) + slack; break; /* Q8_0, Q4_1, Q5_1, Q6_K */
         }
         if (!(err <= bound)) {
             if (first < 0) first = i;
@@ -848,12 +1011,12 @@ static void test_format(int dtype, double max_rmse)
 {
     const exo_type_traits *t = exo_type_traits_get(dtype);
     static const int lens_32[] = { 32, 64, 96, 224, 576, 1536, 4096 };
-    static const int lens_k[] = { 256, 512, 768, 1536, 4096 };
+    static const int lens_k[] = { 256, 512, 768, 1536, 1792, 4096 };
     static const int lens_f[] = { 1, 7, 8, 33, 100, 576, 1536, 4096 };
     const int *lens;
     int nlens;
     if (t->block_size == 32) { lens = lens_32; nlens = 7; }
-    else if (t->block_size == 256) { lens = lens_k; nlens = 5; }
+    else if (t->block_size == 256) { lens = lens_k; nlens = 6; }
     else { lens = lens_f; nlens = 8; }
 
     stats st;
@@ -894,8 +1057,8 @@ static void test_format(int dtype, double max_rmse)
     CHECK_MSG(st.max_act_err <= 1.0, "%s: vec_dot_ref outside the activation error bound (%g)", t->name, st.max_act_err);
     if (exo_quants_have_avx2()) {
         CHECK_MSG(st.max_fast_dot <= 2e-5, "%s: fast vec_dot differs from ref by %g", t->name, st.max_fast_dot);
-        /* exact everywhere except Q4_1, whose fast path fuses q*d + m */
-        double tol = dtype == EXO_DTYPE_Q4_1 ? 1e-6 : 0.0;
+        /* exact everywhere except Q4_1 and Q5_1, whose fast paths fuse q*d + m */
+        double tol = dtype == EXO_DTYPE_Q4_1 || dtype == EXO_DTYPE_Q5_1 ? 1e-6 : 0.0;
         CHECK_MSG(st.max_to_float <= tol, "%s: fast to_float differs from ref by %g", t->name, st.max_to_float);
     }
     for (int k = 0; k < np; k++)
@@ -1135,6 +1298,12 @@ int main(void)
     test_format(EXO_DTYPE_Q4_K, 0.12);
     test_format(EXO_DTYPE_Q5_K, 0.06);
     test_format(EXO_DTYPE_Q6_K, 0.03);
+    test_format(EXO_DTYPE_Q5_0, 0.08);
+    test_format(EXO_DTYPE_Q5_1, 0.055);
+    test_format(EXO_DTYPE_IQ4_NL, 0.12);
+    test_format(EXO_DTYPE_Q2_K, 0.42);
+    test_format(EXO_DTYPE_Q3_K, 0.22);
+    test_format(EXO_DTYPE_IQ4_XS, 0.12);
     test_vec();
 
     if (!exo_quants_have_avx2()) printf("  fast-vs-ref comparisons: skipped (no AVX2/FMA/F16C, or EXO_FORCE_SCALAR)\n");

@@ -206,28 +206,65 @@ static void to_float_q4_0_ref(const void *src, float *dst, int64_t n)
     }
 }
 
-/* As ggml does: the value of largest magnitude maps to -8 exactly, so the
- * grid is [-8d, 7d] and values near +8d clip to 7d: error <= |d|, and <= |d|/2
- * for values inside the grid. */
+/* The quantizers of the 32-element formats fill L[32] with each element's
+ * quant (0..qmax) in element order; the callers pack them. */
+
+/* As ggml does: the value of largest magnitude maps to -qneg exactly (qneg 8
+ * for Q4_0, 16 for Q5_0), so the grid is [-qneg d, (qneg - 1) d] and values
+ * near +qneg d clip: error <= |d|, and <= |d|/2 for values inside the grid. */
+static exo_half quantize_block_sym(const float *x, int qneg, uint8_t L[EXO_QK])
+{
+    float amax = 0.0f, vmax = 0.0f;
+    for (int j = 0; j < EXO_QK; j++) {
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            vmax = x[j];
+        }
+    }
+    exo_half dh = exo_float_to_half(vmax / (float)-qneg);
+    float d = exo_half_to_float(dh);
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < EXO_QK; j++) L[j] = (uint8_t)clamp_int(round_nearest(x[j] * id) + qneg, 0, 2 * qneg - 1);
+    return dh;
+}
+
+/* m is the block minimum rounded down to fp16 and d the range over qmax
+ * rounded up, so the grid covers the block: error <= d/2. */
+static void quantize_block_min(const float *x, int qmax, exo_half *d_out, exo_half *m_out, uint8_t L[EXO_QK])
+{
+    float vmin = x[0], vmax = x[0];
+    for (int j = 1; j < EXO_QK; j++) {
+        vmin = fminf(vmin, x[j]);
+        vmax = fmaxf(vmax, x[j]);
+    }
+    *m_out = half_round_down(vmin);
+    float m = exo_half_to_float(*m_out);
+    *d_out = half_round_up((vmax - m) / (float)qmax);
+    float d = exo_half_to_float(*d_out);
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < EXO_QK; j++) L[j] = (uint8_t)clamp_int(round_nearest((x[j] - m) * id), 0, qmax);
+}
+
+/* Low 4 bits of L into q4_0's nibble order: element j in the low nibble of
+ * qs[j], element j + 16 in the high one. */
+static void pack_nibbles(const uint8_t L[EXO_QK], uint8_t qs[EXO_QK / 2])
+{
+    for (int j = 0; j < EXO_QK / 2; j++) qs[j] = (uint8_t)((L[j] & 0x0f) | ((L[j + EXO_QK / 2] & 0x0f) << 4));
+}
+
+/* The nibble of element j (0..31) of a 32-element block. */
+static inline int nibble_at(const uint8_t qs[EXO_QK / 2], int j)
+{
+    return (qs[j % 16] >> (4 * (j / 16))) & 0x0f;
+}
+
 static void from_float_q4_0_ref(const float *src, void *dst, int64_t n)
 {
     exo_block_q4_0 *b = dst;
+    uint8_t L[EXO_QK];
     for (int64_t i = 0; i < n / EXO_QK; i++, src += EXO_QK) {
-        float amax = 0.0f, vmax = 0.0f;
-        for (int j = 0; j < EXO_QK; j++) {
-            if (fabsf(src[j]) > amax) {
-                amax = fabsf(src[j]);
-                vmax = src[j];
-            }
-        }
-        b[i].d = exo_float_to_half(vmax / -8.0f);
-        float d = exo_half_to_float(b[i].d);
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
-        for (int j = 0; j < EXO_QK / 2; j++) {
-            int q0 = clamp_int(round_nearest(src[j] * id) + 8, 0, 15);
-            int q1 = clamp_int(round_nearest(src[j + EXO_QK / 2] * id) + 8, 0, 15);
-            b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
-        }
+        b[i].d = quantize_block_sym(src, 8, L);
+        pack_nibbles(L, b[i].qs);
     }
 }
 
@@ -261,27 +298,13 @@ static void to_float_q4_1_ref(const void *src, float *dst, int64_t n)
     }
 }
 
-/* m is the block minimum rounded down to fp16 and d the range over 15 rounded
- * up, so the grid covers the block: error <= d/2. */
 static void from_float_q4_1_ref(const float *src, void *dst, int64_t n)
 {
     exo_block_q4_1 *b = dst;
+    uint8_t L[EXO_QK];
     for (int64_t i = 0; i < n / EXO_QK; i++, src += EXO_QK) {
-        float vmin = src[0], vmax = src[0];
-        for (int j = 1; j < EXO_QK; j++) {
-            vmin = fminf(vmin, src[j]);
-            vmax = fmaxf(vmax, src[j]);
-        }
-        b[i].m = half_round_down(vmin);
-        float m = exo_half_to_float(b[i].m);
-        b[i].d = half_round_up((vmax - m) / 15.0f);
-        float d = exo_half_to_float(b[i].d);
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
-        for (int j = 0; j < EXO_QK / 2; j++) {
-            int q0 = clamp_int(round_nearest((src[j] - m) * id), 0, 15);
-            int q1 = clamp_int(round_nearest((src[j + EXO_QK / 2] - m) * id), 0, 15);
-            b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
-        }
+        quantize_block_min(src, 15, &b[i].d, &b[i].m, L);
+        pack_nibbles(L, b[i].qs);
     }
 }
 
@@ -340,6 +363,185 @@ static float vec_dot_q8_0_ref(int n, const void *w_row, const void *act_row)
     return sum;
 }
 
+/* ---- Q5_0: x = (q - 16) * d; Q5_1: x = q * d + m ---------------------------------
+ *
+ * The low 4 bits are packed as in Q4_0/Q4_1; bit j of the little-endian word
+ * qh is the fifth bit of element j. */
+
+static inline uint32_t qh_word(const uint8_t qh[4])
+{
+    uint32_t u;
+    memcpy(&u, qh, sizeof u);
+    return u;
+}
+
+static inline int q5_at(const uint8_t qs[EXO_QK / 2], uint32_t qh, int j)
+{
+    return nibble_at(qs, j) | (int)(((qh >> j) & 1u) << 4);
+}
+
+/* Packs L (0..31) into qs and qh. */
+static void pack_q5(const uint8_t L[EXO_QK], uint8_t qs[EXO_QK / 2], uint8_t qh[4])
+{
+    uint32_t h = 0;
+    for (int j = 0; j < EXO_QK; j++) h |= (uint32_t)(L[j] >> 4) << j;
+    pack_nibbles(L, qs);
+    memcpy(qh, &h, sizeof h);
+}
+
+/* sum of (q - off) * x[j] over one block's 32 elements */
+static int q5_block_dot(const uint8_t qs[EXO_QK / 2], const uint8_t qh[4], const int8_t x[EXO_QK], int off)
+{
+    uint32_t h = qh_word(qh);
+    int sumi = 0;
+    for (int j = 0; j < EXO_QK; j++) sumi += (q5_at(qs, h, j) - off) * x[j];
+    return sumi;
+}
+
+static void to_float_q5_0_ref(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q5_0 *b = src;
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        float d = exo_half_to_float(b[i].d);
+        uint32_t qh = qh_word(b[i].qh);
+        for (int j = 0; j < EXO_QK; j++) dst[j] = (float)(q5_at(b[i].qs, qh, j) - 16) * d;
+    }
+}
+
+static void from_float_q5_0_ref(const float *src, void *dst, int64_t n)
+{
+    exo_block_q5_0 *b = dst;
+    uint8_t L[EXO_QK];
+    for (int64_t i = 0; i < n / EXO_QK; i++, src += EXO_QK) {
+        b[i].d = quantize_block_sym(src, 16, L);
+        pack_q5(L, b[i].qs, b[i].qh);
+    }
+}
+
+static float vec_dot_q5_0_ref(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q5_0 *w = w_row;
+    const exo_block_q8_32 *a = act_row;
+    float sum = 0.0f;
+    for (int i = 0; i < n / EXO_QK; i++)
+        sum += (float)q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 16) * (exo_half_to_float(w[i].d) * a[i].d);
+    return sum;
+}
+
+static void to_float_q5_1_ref(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q5_1 *b = src;
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        float d = exo_half_to_float(b[i].d), m = exo_half_to_float(b[i].m);
+        uint32_t qh = qh_word(b[i].qh);
+        for (int j = 0; j < EXO_QK; j++) dst[j] = (float)q5_at(b[i].qs, qh, j) * d + m;
+    }
+}
+
+static void from_float_q5_1_ref(const float *src, void *dst, int64_t n)
+{
+    exo_block_q5_1 *b = dst;
+    uint8_t L[EXO_QK];
+    for (int64_t i = 0; i < n / EXO_QK; i++, src += EXO_QK) {
+        quantize_block_min(src, 31, &b[i].d, &b[i].m, L);
+        pack_q5(L, b[i].qs, b[i].qh);
+    }
+}
+
+static float vec_dot_q5_1_ref(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q5_1 *w = w_row;
+    const exo_block_q8_32 *a = act_row;
+    float sum = 0.0f;
+    for (int i = 0; i < n / EXO_QK; i++)
+        sum += (float)q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 0) * (exo_half_to_float(w[i].d) * a[i].d) +
+               exo_half_to_float(w[i].m) * a[i].s;
+    return sum;
+}
+
+/* ---- IQ4_NL: x = d * values[q] (quants.h: exo_iq4nl_values) -----------------------
+ *
+ * The reference quantizer rounds each value to the nearest point of the
+ * grid d * values[], for the better (by squared error) of two scales: the
+ * one that puts the block's largest magnitude on the table's -127 end, and
+ * the one that puts it on the +113 end (the table is lopsided). */
+
+/* Indices of the grid points s * values[] nearest to x[0..n); returns the
+ * squared error (the first of two equally near points wins). */
+static float iq4_round(const float *x, int n, float s, uint8_t *L)
+{
+    float err = 0.0f;
+    for (int j = 0; j < n; j++) {
+        int best = 0;
+        float best_e = fabsf(x[j] - s * exo_iq4nl_values[0]);
+        for (int k = 1; k < 16; k++) {
+            float e = fabsf(x[j] - s * exo_iq4nl_values[k]);
+            if (e < best_e) {
+                best_e = e;
+                best = k;
+            }
+        }
+        L[j] = (uint8_t)best;
+        err += best_e * best_e;
+    }
+    return err;
+}
+
+/* The better of the two candidate scales for x[0..n), each first passed
+ * through round_scale (the rounding the format stores it with). */
+static float iq4_pick_scale(const float *x, int n, float (*round_scale)(float))
+{
+    float amax = 0.0f, vmax = 0.0f;
+    for (int j = 0; j < n; j++) {
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            vmax = x[j];
+        }
+    }
+    uint8_t L[EXO_QK_K];
+    float s0 = round_scale(vmax / (float)exo_iq4nl_values[0]), s1 = round_scale(vmax / (float)exo_iq4nl_values[15]);
+    return iq4_round(x, n, s1, L) < iq4_round(x, n, s0, L) ? s1 : s0;
+}
+
+static float half_rounded(float v)
+{
+    return exo_half_to_float(exo_float_to_half(v));
+}
+
+static void to_float_iq4_nl_ref(const void *src, float *dst, int64_t n)
+{
+    const exo_block_iq4_nl *b = src;
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        float d = exo_half_to_float(b[i].d);
+        for (int j = 0; j < EXO_QK; j++) dst[j] = d * (float)exo_iq4nl_values[nibble_at(b[i].qs, j)];
+    }
+}
+
+static void from_float_iq4_nl_ref(const float *src, void *dst, int64_t n)
+{
+    exo_block_iq4_nl *b = dst;
+    uint8_t L[EXO_QK];
+    for (int64_t i = 0; i < n / EXO_QK; i++, src += EXO_QK) {
+        float d = iq4_pick_scale(src, EXO_QK, half_rounded);
+        b[i].d = exo_float_to_half(d);
+        iq4_round(src, EXO_QK, d, L);
+        pack_nibbles(L, b[i].qs);
+    }
+}
+
+static float vec_dot_iq4_nl_ref(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_iq4_nl *w = w_row;
+    const exo_block_q8_32 *a = act_row;
+    float sum = 0.0f;
+    for (int i = 0; i < n / EXO_QK; i++) {
+        int sumi = 0;
+        for (int j = 0; j < EXO_QK; j++) sumi += exo_iq4nl_values[nibble_at(w[i].qs, j)] * a[i].qs[j];
+        sum += (float)sumi * (exo_half_to_float(w[i].d) * a[i].d);
+    }
+    return sum;
+}
+
 /* ---- Q4_K / Q5_K: x = d*sc[j]*q - dmin*mn[j] per 32-element sub-block j --------
  *
  * Within each 64-element chunk c of a super-block, qs[32c + l] holds element
@@ -355,46 +557,55 @@ static void k_scales_pack(uint8_t packed[12], const uint8_t sc[8], const uint8_t
     }
 }
 
-/* The Q4_K/Q5_K quantizer (qmax 15 or 31). Each sub-block's range is
- * [min(0, lo), hi]; dmin is the largest -lo over 63 and d the largest needed
- * top over qmax*63, both rounded up, and each 6-bit scale is rounded up so
+/* The quantizer of the K formats with a minimum (Q2_K, Q4_K, Q5_K): n_sub
+ * sub-blocks of sub_len elements, each with a scale and a minimum of 0..smax
+ * (6 or 4 bits) and quants of 0..qmax. Each sub-block's range is
+ * [min(0, lo), hi]; dmin is the largest -lo over smax and d the largest
+ * needed top over qmax*smax, both rounded up, and each scale is rounded up so
  * the grid covers the sub-block. Error per sub-block <= max(d*sc, dmin)/2.
  * L receives the quants in element order. */
-static void quantize_k_superblock(const float *x, int qmax, exo_half *d_out, exo_half *dmin_out,
-                                  uint8_t packed[12], uint8_t L[EXO_QK_K])
+static void quantize_k_superblock(const float *x, int n_sub, int sub_len, int smax, int qmax, exo_half *d_out,
+                                  exo_half *dmin_out, uint8_t *sc, uint8_t *mn, uint8_t L[EXO_QK_K])
 {
-    float lo[8], hi[8], max_neg = 0.0f;
-    for (int j = 0; j < 8; j++) {
+    float lo[16], hi[16], max_neg = 0.0f;
+    for (int j = 0; j < n_sub; j++) {
         lo[j] = 0.0f;
-        hi[j] = x[32 * j];
-        for (int l = 0; l < 32; l++) {
-            lo[j] = fminf(lo[j], x[32 * j + l]);
-            hi[j] = fmaxf(hi[j], x[32 * j + l]);
+        hi[j] = x[sub_len * j];
+        for (int l = 0; l < sub_len; l++) {
+            lo[j] = fminf(lo[j], x[sub_len * j + l]);
+            hi[j] = fmaxf(hi[j], x[sub_len * j + l]);
         }
         max_neg = fmaxf(max_neg, -lo[j]);
     }
-    *dmin_out = half_round_up(max_neg / 63.0f);
+    *dmin_out = half_round_up(max_neg / (float)smax);
     float dmin = exo_half_to_float(*dmin_out);
 
-    uint8_t sc[8], mn[8];
-    float moff[8], top = 0.0f;
-    for (int j = 0; j < 8; j++) {
-        mn[j] = (uint8_t)(dmin > 0.0f ? clamp_int(round_nearest(-lo[j] / dmin), 0, 63) : 0);
+    float moff[16], top = 0.0f;
+    for (int j = 0; j < n_sub; j++) {
+        mn[j] = (uint8_t)(dmin > 0.0f ? clamp_int(round_nearest(-lo[j] / dmin), 0, smax) : 0);
         moff[j] = dmin * mn[j];
         top = fmaxf(top, hi[j] + moff[j]);
     }
-    *d_out = half_round_up(top / (float)(qmax * 63));
+    *d_out = half_round_up(top / (float)(qmax * smax));
     float d = exo_half_to_float(*d_out);
 
-    for (int j = 0; j < 8; j++) {
+    for (int j = 0; j < n_sub; j++) {
         /* the small slack keeps a ratio of 3.0000001 from costing a whole step */
         float need = d > 0.0f ? (hi[j] + moff[j]) / ((float)qmax * d) : 0.0f;
-        sc[j] = (uint8_t)clamp_int((int)ceilf(need - 1e-3f), 0, 63);
+        sc[j] = (uint8_t)clamp_int((int)ceilf(need - 1e-3f), 0, smax);
         float dj = d * sc[j];
         float id = dj != 0.0f ? 1.0f / dj : 0.0f;
-        for (int l = 0; l < 32; l++)
-            L[32 * j + l] = (uint8_t)clamp_int(round_nearest((x[32 * j + l] + moff[j]) * id), 0, qmax);
+        for (int l = 0; l < sub_len; l++)
+            L[sub_len * j + l] = (uint8_t)clamp_int(round_nearest((x[sub_len * j + l] + moff[j]) * id), 0, qmax);
     }
+}
+
+/* Q4_K/Q5_K: eight 32-element sub-blocks with 6-bit scales and minimums. */
+static void quantize_q45_K_superblock(const float *x, int qmax, exo_half *d_out, exo_half *dmin_out,
+                                      uint8_t packed[12], uint8_t L[EXO_QK_K])
+{
+    uint8_t sc[8], mn[8];
+    quantize_k_superblock(x, 8, 32, 63, qmax, d_out, dmin_out, sc, mn, L);
     k_scales_pack(packed, sc, mn);
 }
 
@@ -419,7 +630,7 @@ static void from_float_q4_K_ref(const float *src, void *dst, int64_t n)
     exo_block_q4_K *b = dst;
     uint8_t L[EXO_QK_K];
     for (int64_t i = 0; i < n / EXO_QK_K; i++, src += EXO_QK_K) {
-        quantize_k_superblock(src, 15, &b[i].d, &b[i].dmin, b[i].scales, L);
+        quantize_q45_K_superblock(src, 15, &b[i].d, &b[i].dmin, b[i].scales, L);
         for (int c = 0; c < 4; c++)
             for (int l = 0; l < 32; l++)
                 b[i].qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
@@ -476,7 +687,7 @@ static void from_float_q5_K_ref(const float *src, void *dst, int64_t n)
     exo_block_q5_K *b = dst;
     uint8_t L[EXO_QK_K];
     for (int64_t i = 0; i < n / EXO_QK_K; i++, src += EXO_QK_K) {
-        quantize_k_superblock(src, 31, &b[i].d, &b[i].dmin, b[i].scales, L);
+        quantize_q45_K_superblock(src, 31, &b[i].d, &b[i].dmin, b[i].scales, L);
         memset(b[i].qh, 0, sizeof b[i].qh);
         for (int c = 0; c < 4; c++) {
             for (int l = 0; l < 32; l++) {
@@ -587,6 +798,219 @@ static float vec_dot_q6_K_ref(int n, const void *w_row, const void *act_row)
             int dot = 0;
             for (int l = 0; l < 16; l++) dot += (q6_get(&w[i], 16 * g + l) - 32) * a[i].qs[16 * g + l];
             sumi += w[i].scales[g] * dot;
+        }
+        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi;
+    }
+    return sum;
+}
+
+/* ---- Q2_K: x = d * (sc & 15) * q - dmin * (sc >> 4); Q3_K: x = d * sc * (q - 4) ------
+ *
+ * Both have sixteen 16-element groups, with quants.h's layout of the low 2
+ * bits; group g's scale byte (Q2_K) or 6-bit scale (Q3_K) is index g. */
+
+static inline int q2_at(const uint8_t qs[EXO_QK_K / 4], int e)
+{
+    int h = e / 128, j = (e % 128) / 32, l = e % 32;
+    return (qs[32 * h + l] >> (2 * j)) & 3;
+}
+
+/* Q3_K's quant of element e, 0..7 (the value is this minus 4). */
+static inline int q3_at(const exo_block_q3_K *b, int e)
+{
+    int h = e / 128, j = (e % 128) / 32, l = e % 32;
+    return q2_at(b->qs, e) | (((b->hmask[l] >> (4 * h + j)) & 1) << 2);
+}
+
+/* Packs 2-bit quants L (element order) into quants.h's Q2_K/Q3_K layout. */
+static void pack_q2(const uint8_t L[EXO_QK_K], uint8_t qs[EXO_QK_K / 4])
+{
+    memset(qs, 0, EXO_QK_K / 4);
+    for (int e = 0; e < EXO_QK_K; e++) {
+        int h = e / 128, j = (e % 128) / 32, l = e % 32;
+        qs[32 * h + l] |= (uint8_t)((L[e] & 3) << (2 * j));
+    }
+}
+
+static void to_float_q2_K_ref(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q2_K *b = src;
+    for (int64_t i = 0; i < n / EXO_QK_K; i++, dst += EXO_QK_K) {
+        float d = exo_half_to_float(b[i].d), dmin = exo_half_to_float(b[i].dmin);
+        for (int e = 0; e < EXO_QK_K; e++) {
+            uint8_t sc = b[i].scales[e / 16];
+            float dl = d * (float)(sc & 0x0f), ml = dmin * (float)(sc >> 4);
+            dst[e] = dl * (float)q2_at(b[i].qs, e) - ml;
+        }
+    }
+}
+
+static void from_float_q2_K_ref(const float *src, void *dst, int64_t n)
+{
+    exo_block_q2_K *b = dst;
+    uint8_t L[EXO_QK_K], sc[16], mn[16];
+    for (int64_t i = 0; i < n / EXO_QK_K; i++, src += EXO_QK_K) {
+        quantize_k_superblock(src, 16, 16, 15, 3, &b[i].d, &b[i].dmin, sc, mn, L);
+        for (int g = 0; g < 16; g++) b[i].scales[g] = (uint8_t)(sc[g] | (mn[g] << 4));
+        pack_q2(L, b[i].qs);
+    }
+}
+
+static float vec_dot_q2_K_ref(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q2_K *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    float sum = 0.0f;
+    for (int i = 0; i < n / EXO_QK_K; i++) {
+        int sumi = 0, summ = 0;
+        for (int g = 0; g < 16; g++) {
+            int dot = 0, xsum = 0;
+            for (int l = 0; l < 16; l++) {
+                dot += q2_at(w[i].qs, 16 * g + l) * a[i].qs[16 * g + l];
+                xsum += a[i].qs[16 * g + l];
+            }
+            sumi += (w[i].scales[g] & 0x0f) * dot;
+            summ += (w[i].scales[g] >> 4) * xsum;
+        }
+        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi
+             - exo_half_to_float(w[i].dmin) * a[i].d * (float)summ;
+    }
+    return sum;
+}
+
+static void to_float_q3_K_ref(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q3_K *b = src;
+    for (int64_t i = 0; i < n / EXO_QK_K; i++, dst += EXO_QK_K) {
+        float d = exo_half_to_float(b[i].d);
+        int8_t sc[16];
+        exo_q3_k_scales_unpack(b[i].scales, sc);
+        for (int e = 0; e < EXO_QK_K; e++) dst[e] = d * (float)sc[e / 16] * (float)(q3_at(&b[i], e) - 4);
+    }
+}
+
+/* Each group's ideal scale puts its value of largest magnitude at -4 (the
+ * grid is [-4, 3] * scale, as Q4_0's); d spreads those over the signed 6-bit
+ * range and each group's scale is rounded away from zero, so values clip
+ * only on the short side: error <= |d * scale|, and half that inside. */
+static void from_float_q3_K_ref(const float *src, void *dst, int64_t n)
+{
+    exo_block_q3_K *b = dst;
+    for (int64_t i = 0; i < n / EXO_QK_K; i++, src += EXO_QK_K) {
+        float want[16], top = 0.0f;
+        for (int g = 0; g < 16; g++) {
+            float amax = 0.0f, vmax = 0.0f;
+            for (int l = 0; l < 16; l++) {
+                if (fabsf(src[16 * g + l]) > amax) {
+                    amax = fabsf(src[16 * g + l]);
+                    vmax = src[16 * g + l];
+                }
+            }
+            want[g] = vmax / -4.0f;
+            top = fmaxf(top, amax / 4.0f);
+        }
+        b[i].d = half_round_up(top / 31.0f);
+        float d = exo_half_to_float(b[i].d);
+        uint8_t sc[16], L[EXO_QK_K];
+        for (int g = 0; g < 16; g++) {
+            float need = d > 0.0f ? fabsf(want[g]) / d : 0.0f;
+            int s = clamp_int((int)ceilf(need - 1e-3f), 0, 31);
+            if (want[g] < 0.0f) s = -s;
+            sc[g] = (uint8_t)(s + 32);
+            float dg = d * (float)s;
+            float id = dg != 0.0f ? 1.0f / dg : 0.0f;
+            for (int l = 0; l < 16; l++) L[16 * g + l] = (uint8_t)(clamp_int(round_nearest(src[16 * g + l] * id), -4, 3) + 4);
+        }
+        for (int j = 0; j < 8; j++) b[i].scales[j] = (uint8_t)((sc[j] & 0x0f) | ((sc[j + 8] & 0x0f) << 4));
+        for (int j = 0; j < 4; j++)
+            b[i].scales[8 + j] = (uint8_t)((sc[j] >> 4) | ((sc[4 + j] >> 4) << 2) | ((sc[8 + j] >> 4) << 4) |
+                                           ((sc[12 + j] >> 4) << 6));
+        pack_q2(L, b[i].qs);
+        memset(b[i].hmask, 0, sizeof b[i].hmask);
+        for (int e = 0; e < EXO_QK_K; e++) {
+            int h = e / 128, j = (e % 128) / 32, l = e % 32;
+            b[i].hmask[l] |= (uint8_t)((L[e] >> 2) << (4 * h + j));
+        }
+    }
+}
+
+static float vec_dot_q3_K_ref(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q3_K *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    float sum = 0.0f;
+    for (int i = 0; i < n / EXO_QK_K; i++) {
+        int8_t sc[16];
+        exo_q3_k_scales_unpack(w[i].scales, sc);
+        int sumi = 0;
+        for (int g = 0; g < 16; g++) {
+            int dot = 0;
+            for (int l = 0; l < 16; l++) dot += (q3_at(&w[i], 16 * g + l) - 4) * a[i].qs[16 * g + l];
+            sumi += sc[g] * dot;
+        }
+        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi;
+    }
+    return sum;
+}
+
+/* ---- IQ4_XS: x = d * scale[j] * values[q] per 32-element sub-block j ------------------ */
+
+static float identity(float v)
+{
+    return v;
+}
+
+static void to_float_iq4_xs_ref(const void *src, float *dst, int64_t n)
+{
+    const exo_block_iq4_xs *b = src;
+    for (int64_t i = 0; i < n / EXO_QK_K; i++) {
+        float d = exo_half_to_float(b[i].d);
+        for (int j = 0; j < 8; j++, dst += 32) {
+            float dl = d * (float)exo_iq4_xs_scale(b[i].scales_l, b[i].scales_h, j);
+            for (int l = 0; l < 32; l++) dst[l] = dl * (float)exo_iq4nl_values[nibble_at(b[i].qs + 16 * j, l)];
+        }
+    }
+}
+
+/* Each sub-block's scale is picked as IQ4_NL's (unrounded), d spreads them
+ * over the signed 6-bit range, and the values are rounded to the nearest
+ * point of the grid the stored scale gives. */
+static void from_float_iq4_xs_ref(const float *src, void *dst, int64_t n)
+{
+    exo_block_iq4_xs *b = dst;
+    for (int64_t i = 0; i < n / EXO_QK_K; i++, src += EXO_QK_K) {
+        float want[8], top = 0.0f;
+        for (int j = 0; j < 8; j++) {
+            want[j] = iq4_pick_scale(src + 32 * j, 32, identity);
+            top = fmaxf(top, fabsf(want[j]));
+        }
+        b[i].d = half_round_up(top / 31.0f);
+        float d = exo_half_to_float(b[i].d);
+        b[i].scales_h = 0;
+        memset(b[i].scales_l, 0, sizeof b[i].scales_l);
+        for (int j = 0; j < 8; j++) {
+            int s = d > 0.0f ? clamp_int(round_nearest(want[j] / d), -32, 31) : 0;
+            b[i].scales_l[j / 2] |= (uint8_t)(((s + 32) & 0x0f) << (4 * (j % 2)));
+            b[i].scales_h |= (uint16_t)(((s + 32) >> 4) << (2 * j));
+            uint8_t L[32];
+            iq4_round(src + 32 * j, 32, d * (float)s, L);
+            for (int l = 0; l < 16; l++) b[i].qs[16 * j + l] = (uint8_t)(L[l] | (L[l + 16] << 4));
+        }
+    }
+}
+
+static float vec_dot_iq4_xs_ref(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_iq4_xs *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    float sum = 0.0f;
+    for (int i = 0; i < n / EXO_QK_K; i++) {
+        int sumi = 0;
+        for (int j = 0; j < 8; j++) {
+            int dot = 0;
+            for (int l = 0; l < 32; l++)
+                dot += exo_iq4nl_values[nibble_at(w[i].qs + 16 * j, l)] * a[i].qs[32 * j + l];
+            sumi += exo_iq4_xs_scale(w[i].scales_l, w[i].scales_h, j) * dot;
         }
         sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi;
     }
@@ -718,6 +1142,18 @@ static exo_type_traits type_traits[EXO_DTYPE_COUNT] = {
                                   to_float_q5_K_ref, from_float_q5_K_ref, vec_dot_q5_K_ref),
     [EXO_DTYPE_Q6_K] = EXO_TRAITS("q6_K", EXO_QK_K, sizeof(exo_block_q6_K), EXO_ACT_Q8_K,
                                   to_float_q6_K_ref, from_float_q6_K_ref, vec_dot_q6_K_ref),
+    [EXO_DTYPE_Q5_0] = EXO_TRAITS("q5_0", EXO_QK, sizeof(exo_block_q5_0), EXO_ACT_Q8_32,
+                                  to_float_q5_0_ref, from_float_q5_0_ref, vec_dot_q5_0_ref),
+    [EXO_DTYPE_Q5_1] = EXO_TRAITS("q5_1", EXO_QK, sizeof(exo_block_q5_1), EXO_ACT_Q8_32,
+                                  to_float_q5_1_ref, from_float_q5_1_ref, vec_dot_q5_1_ref),
+    [EXO_DTYPE_IQ4_NL] = EXO_TRAITS("iq4_nl", EXO_QK, sizeof(exo_block_iq4_nl), EXO_ACT_Q8_32,
+                                    to_float_iq4_nl_ref, from_float_iq4_nl_ref, vec_dot_iq4_nl_ref),
+    [EXO_DTYPE_Q2_K] = EXO_TRAITS("q2_K", EXO_QK_K, sizeof(exo_block_q2_K), EXO_ACT_Q8_K,
+                                  to_float_q2_K_ref, from_float_q2_K_ref, vec_dot_q2_K_ref),
+    [EXO_DTYPE_Q3_K] = EXO_TRAITS("q3_K", EXO_QK_K, sizeof(exo_block_q3_K), EXO_ACT_Q8_K,
+                                  to_float_q3_K_ref, from_float_q3_K_ref, vec_dot_q3_K_ref),
+    [EXO_DTYPE_IQ4_XS] = EXO_TRAITS("iq4_xs", EXO_QK_K, sizeof(exo_block_iq4_xs), EXO_ACT_Q8_K,
+                                    to_float_iq4_xs_ref, from_float_iq4_xs_ref, vec_dot_iq4_xs_ref),
 };
 
 typedef void (*quantize_act_fn)(const float *x, void *dst, int n);

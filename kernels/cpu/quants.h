@@ -46,6 +46,60 @@ typedef struct {
 _Static_assert(sizeof(exo_block_q8_0) == 34, "q8_0 block size");
 
 typedef struct {
+    exo_half d;                  /* scale */
+    uint8_t qh[4];               /* bit i of this little-endian word: the fifth bit of element i */
+    uint8_t qs[EXO_QK / 2];      /* x[i] = (q - 16) * d; low 4 bits as in q4_0 (low nibbles 0..15) */
+} exo_block_q5_0;
+_Static_assert(sizeof(exo_block_q5_0) == 22, "q5_0 block size");
+
+typedef struct {
+    exo_half d;                  /* scale */
+    exo_half m;                  /* minimum */
+    uint8_t qh[4];               /* fifth bits, as in q5_0 */
+    uint8_t qs[EXO_QK / 2];      /* x[i] = q * d + m */
+} exo_block_q5_1;
+_Static_assert(sizeof(exo_block_q5_1) == 24, "q5_1 block size");
+
+/* IQ4_NL and IQ4_XS: a 4-bit index into this non-linear table (denser near
+ * zero, where weights are), times the scale. */
+static const int8_t exo_iq4nl_values[16] = {
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+};
+
+typedef struct {
+    exo_half d;                  /* scale */
+    uint8_t qs[EXO_QK / 2];      /* x[i] = d * values[index]; indices packed as q4_0's nibbles */
+} exo_block_iq4_nl;
+_Static_assert(sizeof(exo_block_iq4_nl) == 18, "iq4_nl block size");
+
+/* Within each 128-element half h of a Q2_K/Q3_K super-block, element
+ * 128h + 32j + l (j 0..3, l 0..31) keeps its low 2 bits in bits 2j, 2j+1 of
+ * qs[32h + l]; its scale is the one of its 16-element group, index e / 16. */
+typedef struct {
+    uint8_t scales[EXO_QK_K / 16]; /* per 16 elements: scale in the low nibble, minimum in the high */
+    uint8_t qs[EXO_QK_K / 4];    /* 2-bit quants */
+    exo_half d;                  /* super-block scale for the scales */
+    exo_half dmin;               /* super-block scale for the minimums */
+} exo_block_q2_K;                /* x = d * scale * q - dmin * min */
+_Static_assert(sizeof(exo_block_q2_K) == 84, "q2_K block size");
+
+typedef struct {
+    uint8_t hmask[EXO_QK_K / 8]; /* third bit of element 128h + 32j + l: bit 4h + j of hmask[l] */
+    uint8_t qs[EXO_QK_K / 4];    /* low 2 bits, as in q2_K */
+    uint8_t scales[12];          /* sixteen 6-bit scales stored with an offset of 32 */
+    exo_half d;                  /* super-block scale */
+} exo_block_q3_K;                /* x = d * (scale - 32) * (q - 4), q = low | third << 2 */
+_Static_assert(sizeof(exo_block_q3_K) == 110, "q3_K block size");
+
+typedef struct {
+    exo_half d;                  /* super-block scale */
+    uint16_t scales_h;           /* top 2 bits of sub-block j's scale: bits 2j, 2j+1 */
+    uint8_t scales_l[EXO_QK_K / 64]; /* low 4 bits of sub-block j's scale: nibble j % 2 of byte j / 2 */
+    uint8_t qs[EXO_QK_K / 2];    /* sub-block j (32 elements): 16 bytes from 16j, nibbles as iq4_nl */
+} exo_block_iq4_xs;              /* x = d * (scale - 32) * values[index] */
+_Static_assert(sizeof(exo_block_iq4_xs) == 136, "iq4_xs block size");
+
+typedef struct {
     exo_half d;                  /* super-block scale for the 6-bit scales */
     exo_half dmin;               /* super-block scale for the 6-bit minimums */
     uint8_t scales[EXO_K_SCALE_SIZE]; /* 8 scales and 8 mins, 6 bits each */
@@ -87,8 +141,8 @@ _Static_assert(sizeof(exo_block_q8_K) == 292, "q8_K block size");
 
 enum exo_act_type {
     EXO_ACT_F32 = 0,   /* plain floats (F32, F16, BF16 weights) */
-    EXO_ACT_Q8_32 = 1, /* exo_block_q8_32 (Q4_0, Q4_1, Q8_0 weights) */
-    EXO_ACT_Q8_K = 2   /* exo_block_q8_K (Q4_K, Q5_K, Q6_K weights) */
+    EXO_ACT_Q8_32 = 1, /* exo_block_q8_32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL weights) */
+    EXO_ACT_Q8_K = 2   /* exo_block_q8_K (Q2_K .. Q6_K, IQ4_XS weights) */
 };
 
 /* n is always a multiple of block_size; callers check this when loading. */

@@ -46,6 +46,29 @@ static inline void exo_k_scales_unpack(const uint8_t packed[12], uint8_t sc[8], 
     memcpy(mn, m, 8);
 }
 
+/* Unpacks Q3_K's sixteen 6-bit scales and takes their offset of 32 off
+ * (GGUF's layout: bytes 0-7 hold scales 0-7 in their low nibbles and 8-15 in
+ * their high nibbles; byte 8 + j holds the top 2 bits of scales j, 4 + j,
+ * 8 + j and 12 + j, from its low bits up). Word-wide so it has no branches. */
+static inline void exo_q3_k_scales_unpack(const uint8_t packed[12], int8_t sc[16])
+{
+    uint32_t u[3];
+    memcpy(u, packed, sizeof u);
+    const uint32_t low4 = 0x0f0f0f0fu, top2 = 0x03030303u;
+    uint32_t s[4] = { (u[0] & low4) | ((u[2] & top2) << 4), (u[1] & low4) | (((u[2] >> 2) & top2) << 4),
+                      ((u[0] >> 4) & low4) | (((u[2] >> 4) & top2) << 4),
+                      ((u[1] >> 4) & low4) | (((u[2] >> 6) & top2) << 4) };
+    uint8_t b[16];
+    memcpy(b, s, sizeof b);
+    for (int k = 0; k < 16; k++) sc[k] = (int8_t)(b[k] - 32);
+}
+
+/* The scale of IQ4_XS sub-block j (0..7), offset of 32 taken off. */
+static inline int exo_iq4_xs_scale(const uint8_t scales_l[4], uint16_t scales_h, int j)
+{
+    return (((scales_l[j / 2] >> (4 * (j % 2))) & 0x0f) | (((scales_h >> (2 * j)) & 3) << 4)) - 32;
+}
+
 #if EXO_QUANTS_X86
 float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row);
