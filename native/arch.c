@@ -8,10 +8,10 @@
 
 #include "model.h"
 
-extern const exo_arch exo_arch_llama;
+extern const exo_arch exo_arch_llama, exo_arch_qwen2, exo_arch_qwen3, exo_arch_gemma3, exo_arch_phi3;
 
 static const exo_arch *const archs[] = {
-    &exo_arch_llama,
+    &exo_arch_llama, &exo_arch_qwen2, &exo_arch_qwen3, &exo_arch_gemma3, &exo_arch_phi3,
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
 

@@ -24,8 +24,8 @@ static void fill_rope_table(const exo_shard *s, const exo_rope *r, int pos0, int
         float p = (float)(pos0 + t) / r->linear_scale;
         for (int i = 0; i < half; i++) {
             float theta = p * r->inv_freq[i];
-            r->cos[(size_t)t * half + i] = cosf(theta);
-            r->sin[(size_t)t * half + i] = sinf(theta);
+            r->cos[(size_t)t * half + i] = cosf(theta) * r->attn_factor;
+            r->sin[(size_t)t * half + i] = sinf(theta) * r->attn_factor;
         }
     }
 }
@@ -139,6 +139,18 @@ int exo_layers_forward(exo_shard *s, exo_seq *q, const exo_decoder_layer *layers
         if (rc == EXO_OK) rc = exo_layers_ffn(s, &layers[i].ffn, n_tokens);
     }
     return rc ? rc : exo_layers_end(s, n_tokens, logits_from, out);
+}
+
+int exo_layers_alloc(exo_shard *s)
+{
+    s->arch_data = calloc((size_t)(s->layer_end - s->layer_start), sizeof(exo_decoder_layer));
+    return s->arch_data ? EXO_OK : exo_error_set(EXO_ENOMEM, "out of memory");
+}
+
+int exo_layers_forward_arch(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                            int logits_from, float *out)
+{
+    return exo_layers_forward(s, q, s->arch_data, tokens, hidden, n_tokens, logits_from, out);
 }
 
 /* ---- binding ------------------------------------------------------------- */

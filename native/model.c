@@ -134,6 +134,25 @@ int exo_model_rope_scaling(const exo_shard *s, float *linear_scale)
                          "tensors are)", (int)(type_len > 32 ? 32 : type_len), type);
 }
 
+int exo_model_add_file_rope(exo_shard *s, int style, const char *factors)
+{
+    float freq_base, linear_scale;
+    int rc;
+    if ((rc = exo_model_meta_float(s, "rope.freq_base", &freq_base, 10000.0f))) return rc;
+    if ((rc = exo_model_rope_scaling(s, &linear_scale))) return rc;
+    return exo_model_add_rope(s, freq_base, linear_scale, style, factors);
+}
+
+int exo_model_sliding_window(const exo_shard *s, int *window)
+{
+    int rc = exo_model_meta_int(s, "attention.sliding_window", window, false, 0);
+    if (rc) return rc;
+    if (*window > s->hp.n_ctx_train)
+        return exo_error_set(EXO_EFORMAT, "sliding window of %d positions is larger than the context of %d", *window,
+                             s->hp.n_ctx_train);
+    return EXO_OK;
+}
+
 int exo_model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors)
 {
     if (s->n_rope >= EXO_MAX_ROPES) return exo_error_set(EXO_EINVAL, "more than %d ropes", EXO_MAX_ROPES);
@@ -143,6 +162,7 @@ int exo_model_add_rope(exo_shard *s, float freq_base, float linear_scale, int st
     exo_rope *r = &s->rope[s->n_rope];
     r->style = style;
     r->linear_scale = linear_scale;
+    r->attn_factor = 1.0f;
     r->inv_freq = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
     r->cos = exo_aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
     r->sin = exo_aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));

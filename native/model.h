@@ -42,6 +42,7 @@ typedef struct exo_hparams {
 typedef struct exo_rope {
     float *inv_freq;       /* (rope_dim / 2) */
     float linear_scale;    /* positions are divided by this (1 = none) */
+    float attn_factor;     /* cos and sin are multiplied by this (Phi 3's long-context scaling; 1 = none) */
     float *cos, *sin;      /* (max_batch, rope_dim / 2) */
     int style;             /* enum exo_rope_style */
 } exo_rope;
@@ -127,6 +128,12 @@ bool exo_model_meta_has(const exo_shard *s, const char *suffix);
  * positions are divided by *linear_scale (1 when none); other kinds are
  * refused. */
 int exo_model_rope_scaling(const exo_shard *s, float *linear_scale);
+/* "<arch>.attention.sliding_window" (0 when absent); larger than the
+ * training context is an error. */
+int exo_model_sliding_window(const exo_shard *s, int *window);
+/* Adds the rope the file describes: "<arch>.rope.freq_base" (default
+ * 10000), its linear scaling, and the factors tensor when named and present. */
+int exo_model_add_file_rope(exo_shard *s, int style, const char *factors);
 /* Adds a rotary embedding (freq_base, linear scaling; factors: the tensor of
  * per-pair frequency divisors Llama 3 and Phi 3 files carry, or NULL) and
  * returns its index in s->rope, or a negative error. */
@@ -201,6 +208,11 @@ int exo_layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act)
 /* A whole forward pass over decoder layers: begin, every layer, end. */
 int exo_layers_forward(exo_shard *s, exo_seq *q, const exo_decoder_layer *layers, const int32_t *tokens,
                        const float *hidden, int n_tokens, int logits_from, float *out);
+/* For architectures whose arch_data is just their layers: allocates them
+ * (read_hparams), and the exo_arch.forward that runs them. */
+int exo_layers_alloc(exo_shard *s);
+int exo_layers_forward_arch(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+                            int logits_from, float *out);
 
 /* The steps of a forward pass, for architectures that need their own order. */
 /* Fills the batch's residual stream rs.x: embeds tokens (first shard, times

@@ -1,7 +1,8 @@
 /* test_model.c: forward passes of the tiny synthetic models.
  *
  * The properties that make a shard engine trustworthy, checked on every tiny
- * model the build writes (different weight dtypes, tied and untied heads):
+ * model the build writes (different weight dtypes, tied and untied heads,
+ * every architecture):
  * a batched prompt gives the same logits as decoding token by token; a model
  * split into shards [0,k) and [k,n) gives the same logits as the whole;
  * truncating the KV cache and decoding again gives the same logits as a fresh
@@ -237,9 +238,11 @@ int main(void)
     }
     for (int i = 0; i < N_PROMPT; i++) prompt[i] = (i * 37 + 11) % 500;
     /* The build writes tiny.gguf and variants beside it (see CMakeLists.txt). */
-    const char *variants[] = {"", "-q4_0", "-q8_0", "-q4_k", "-q5_k", "-q6_k", "-f16", "-bf16", "-f32"};
+    const char *variants[] = {"", "-q4_0", "-q8_0", "-q4_k", "-q5_k", "-q6_k", "-f16", "-bf16", "-f32",
+                              "-qwen2", "-qwen3", "-gemma3", "-phi3"};
     const int layer_dtypes[] = {EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_0, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K,
-                                EXO_DTYPE_Q6_K, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_F32};
+                                EXO_DTYPE_Q6_K, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_F32,
+                                EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_1};
     char path[4096];
     int tested = 0;
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {

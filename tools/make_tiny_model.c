@@ -1,19 +1,26 @@
-/* make_tiny_model.c: writes a small Llama-architecture GGUF with random weights.
+/* make_tiny_model.c: writes a small GGUF model with random weights.
  *
  * The forward-pass tests need a real model file that loads through the same
- * path as a downloaded one, yet runs in milliseconds. This writes one: every
- * metadata key a Llama GGUF carries, tensors named and shaped as converters
- * write them, weights quantized with the reference quantizers. Deterministic
- * for a given seed.
+ * path as a downloaded one, yet runs in milliseconds. This writes one, of any
+ * architecture exo runs (--arch llama, qwen2, qwen3, gemma3, phi3): the
+ * metadata keys that architecture's GGUF files carry, tensors named and
+ * shaped as converters write them (Qwen 2's biases, Qwen 3's and Gemma 3's
+ * per-head norms, Gemma's post norms, Phi 3's fused QKV and gate/up), weights
+ * quantized with the reference quantizers. Deterministic for a given seed.
+ * Gemma 3 files get a small sliding window (--window, default 8) and a
+ * pattern of 3 (layers 2, 5, ... are global), so short tests exercise both
+ * kinds of layer.
  *
  * With --tokenizer 1 the file also carries a small SentencePiece-style
  * vocabulary (control tokens, the 256 byte tokens, then letters and letter
  * pairs) and a plain chat template, so the whole text path (API, cluster)
  * can run on it.
  *
- * usage: exo-make-tiny-model OUT.gguf [--type q4_1] [--embd-type q8_0]
- *        [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0] */
+ * usage: exo-make-tiny-model OUT.gguf [--arch llama] [--type q4_1]
+ *        [--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0]
+ *        [--head-dim N] [--window N] */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +30,10 @@
 #include "../native/gguf.h"
 
 typedef struct tiny_config {
+    const char *arch;
     int n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
+    int head_dim;     /* 0: n_embd / n_head */
+    int window;       /* gemma3's sliding window */
     int weight_type, embd_type;
     int tied;
     int tokenizer;
@@ -49,13 +59,12 @@ static float rng_normal(void)
     return (float)((s - 2.0) * sqrt(3.0));
 }
 
+/* Any dtype with a reference quantizer, by its name ("q4_k"). */
 static int dtype_from_name(const char *name)
 {
-    static const int dtypes[] = {EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0,
-                                 EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K};
-    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++) {
-        const exo_type_traits *tr = exo_type_traits_get(dtypes[i]);
-        if (tr && strcasecmp(tr->name, name) == 0) return dtypes[i];
+    for (int dtype = 0; dtype < EXO_DTYPE_COUNT; dtype++) {
+        const exo_type_traits *tr = exo_type_traits_get(dtype);
+        if (tr && tr->from_float_ref && strcasecmp(tr->name, name) == 0) return dtype;
     }
     return -1;
 }
@@ -81,6 +90,18 @@ static int add_matrix(exo_gguf_writer *w, const char *name, int dtype, int64_t c
     int rc = exo_gguf_writer_add_tensor(w, name, dtype, 2, ne, data, bytes);
     free(values);
     free(data);
+    return rc;
+}
+
+/* A vector of random values (biases). */
+static int add_vector(exo_gguf_writer *w, const char *name, int64_t n, float std)
+{
+    float *values = malloc((size_t)n * sizeof(float));
+    if (!values) return -1;
+    for (int64_t i = 0; i < n; i++) values[i] = std * rng_normal();
+    int64_t ne[1] = {n};
+    int rc = exo_gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
+    free(values);
     return rc;
 }
 
@@ -155,50 +176,93 @@ static int add_tokenizer(exo_gguf_writer *w, int n_vocab)
     return rc;
 }
 
+static bool is_arch(const tiny_config *c, const char *name)
+{
+    return strcmp(c->arch, name) == 0;
+}
+
+/* One layer's tensors, as the architecture's converter names and shapes them. */
+static int add_layer(exo_gguf_writer *w, const tiny_config *c, int l, int head_dim)
+{
+    const int q_dim = c->n_head * head_dim, kv_dim = c->n_head_kv * head_dim;
+    const float std = 1.0f / sqrtf((float)c->n_embd);
+    char name[64];
+    int rc = 0;
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), name)
+    rc |= add_norm(w, NAME("attn_norm.weight"), c->n_embd);
+    if (is_arch(c, "phi3")) {
+        rc |= add_matrix(w, NAME("attn_qkv.weight"), c->weight_type, c->n_embd, q_dim + 2 * kv_dim, std);
+    } else {
+        rc |= add_matrix(w, NAME("attn_q.weight"), c->weight_type, c->n_embd, q_dim, std);
+        rc |= add_matrix(w, NAME("attn_k.weight"), c->weight_type, c->n_embd, kv_dim, std);
+        rc |= add_matrix(w, NAME("attn_v.weight"), c->weight_type, c->n_embd, kv_dim, std);
+    }
+    if (is_arch(c, "qwen2")) {
+        rc |= add_vector(w, NAME("attn_q.bias"), q_dim, 0.5f);
+        rc |= add_vector(w, NAME("attn_k.bias"), kv_dim, 0.5f);
+        rc |= add_vector(w, NAME("attn_v.bias"), kv_dim, 0.5f);
+    }
+    if (is_arch(c, "qwen3") || is_arch(c, "gemma3")) {
+        rc |= add_norm(w, NAME("attn_q_norm.weight"), head_dim);
+        rc |= add_norm(w, NAME("attn_k_norm.weight"), head_dim);
+    }
+    rc |= add_matrix(w, NAME("attn_output.weight"), c->weight_type, q_dim, c->n_embd, 1.0f / sqrtf((float)q_dim));
+    if (is_arch(c, "gemma3")) rc |= add_norm(w, NAME("post_attention_norm.weight"), c->n_embd);
+    rc |= add_norm(w, NAME("ffn_norm.weight"), c->n_embd);
+    if (is_arch(c, "phi3")) {
+        rc |= add_matrix(w, NAME("ffn_up.weight"), c->weight_type, c->n_embd, 2 * c->n_ff, std);
+    } else {
+        rc |= add_matrix(w, NAME("ffn_gate.weight"), c->weight_type, c->n_embd, c->n_ff, std);
+        rc |= add_matrix(w, NAME("ffn_up.weight"), c->weight_type, c->n_embd, c->n_ff, std);
+    }
+    rc |= add_matrix(w, NAME("ffn_down.weight"), c->weight_type, c->n_ff, c->n_embd, 1.0f / sqrtf((float)c->n_ff));
+    if (is_arch(c, "gemma3")) rc |= add_norm(w, NAME("post_ffw_norm.weight"), c->n_embd);
+#undef NAME
+    return rc;
+}
+
 static int write_model(const tiny_config *c, const char *path)
 {
     exo_gguf_writer *w = exo_gguf_writer_new();
     if (!w) return -1;
     rng_state = c->seed;
-    int head_dim = c->n_embd / c->n_head;
+    int head_dim = c->head_dim ? c->head_dim : c->n_embd / c->n_head;
+    char key[96];
+#define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", c->arch, suffix), key)
     int rc = 0;
-    rc |= exo_gguf_writer_add_str(w, "general.architecture", "llama");
+    rc |= exo_gguf_writer_add_str(w, "general.architecture", c->arch);
     rc |= exo_gguf_writer_add_str(w, "general.name", "exo tiny test model");
     rc |= exo_gguf_writer_add_u32(w, "general.alignment", 32);
-    rc |= exo_gguf_writer_add_u32(w, "llama.block_count", (uint32_t)c->n_layer);
-    rc |= exo_gguf_writer_add_u32(w, "llama.context_length", (uint32_t)c->n_ctx);
-    rc |= exo_gguf_writer_add_u32(w, "llama.embedding_length", (uint32_t)c->n_embd);
-    rc |= exo_gguf_writer_add_u32(w, "llama.feed_forward_length", (uint32_t)c->n_ff);
-    rc |= exo_gguf_writer_add_u32(w, "llama.attention.head_count", (uint32_t)c->n_head);
-    rc |= exo_gguf_writer_add_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_head_kv);
-    rc |= exo_gguf_writer_add_f32(w, "llama.rope.freq_base", 10000.0f);
-    rc |= exo_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    rc |= exo_gguf_writer_add_u32(w, "llama.rope.dimension_count", (uint32_t)head_dim);
-    rc |= exo_gguf_writer_add_u32(w, "llama.vocab_size", (uint32_t)c->n_vocab);
+    rc |= exo_gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)c->n_layer);
+    rc |= exo_gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)c->n_ctx);
+    rc |= exo_gguf_writer_add_u32(w, KEY("embedding_length"), (uint32_t)c->n_embd);
+    rc |= exo_gguf_writer_add_u32(w, KEY("feed_forward_length"), (uint32_t)c->n_ff);
+    rc |= exo_gguf_writer_add_u32(w, KEY("attention.head_count"), (uint32_t)c->n_head);
+    rc |= exo_gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_head_kv);
+    rc |= exo_gguf_writer_add_f32(w, KEY("rope.freq_base"), is_arch(c, "llama") ? 10000.0f : 1000000.0f);
+    rc |= exo_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), is_arch(c, "gemma3") ? 1e-6f : 1e-5f);
+    rc |= exo_gguf_writer_add_u32(w, KEY("rope.dimension_count"), (uint32_t)head_dim);
+    rc |= exo_gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)c->n_vocab);
+    if (c->head_dim) {
+        rc |= exo_gguf_writer_add_u32(w, KEY("attention.key_length"), (uint32_t)head_dim);
+        rc |= exo_gguf_writer_add_u32(w, KEY("attention.value_length"), (uint32_t)head_dim);
+    }
+    if (is_arch(c, "gemma3")) {
+        rc |= exo_gguf_writer_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->window);
+        rc |= exo_gguf_writer_add_u32(w, KEY("attention.sliding_window_pattern"), 3);
+    }
+#undef KEY
     if (rc) goto done;
 
     if (c->tokenizer) rc = add_tokenizer(w, c->n_vocab);
     if (rc) goto done;
 
-    float std = 1.0f / sqrtf((float)c->n_embd);
     rc = add_matrix(w, "token_embd.weight", c->embd_type, c->n_embd, c->n_vocab, 1.0f);
-    for (int l = 0; l < c->n_layer && !rc; l++) {
-        char name[64];
-#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), name)
-        rc |= add_norm(w, NAME("attn_norm.weight"), c->n_embd);
-        rc |= add_matrix(w, NAME("attn_q.weight"), c->weight_type, c->n_embd, c->n_embd, std);
-        rc |= add_matrix(w, NAME("attn_k.weight"), c->weight_type, c->n_embd, c->n_head_kv * head_dim, std);
-        rc |= add_matrix(w, NAME("attn_v.weight"), c->weight_type, c->n_embd, c->n_head_kv * head_dim, std);
-        rc |= add_matrix(w, NAME("attn_output.weight"), c->weight_type, c->n_embd, c->n_embd, std);
-        rc |= add_norm(w, NAME("ffn_norm.weight"), c->n_embd);
-        rc |= add_matrix(w, NAME("ffn_gate.weight"), c->weight_type, c->n_embd, c->n_ff, std);
-        rc |= add_matrix(w, NAME("ffn_up.weight"), c->weight_type, c->n_embd, c->n_ff, std);
-        rc |= add_matrix(w, NAME("ffn_down.weight"), c->weight_type, c->n_ff, c->n_embd, 1.0f / sqrtf((float)c->n_ff));
-#undef NAME
-    }
+    for (int l = 0; l < c->n_layer && !rc; l++) rc = add_layer(w, c, l, head_dim);
     if (rc) goto done;
     rc = add_norm(w, "output_norm.weight", c->n_embd);
-    if (!rc && !c->tied) rc = add_matrix(w, "output.weight", c->weight_type, c->n_embd, c->n_vocab, std);
+    if (!rc && !c->tied)
+        rc = add_matrix(w, "output.weight", c->weight_type, c->n_embd, c->n_vocab, 1.0f / sqrtf((float)c->n_embd));
     if (!rc) rc = exo_gguf_writer_write(w, path);
 done:
     exo_gguf_writer_free(w);
@@ -208,7 +272,7 @@ done:
 int main(int argc, char **argv)
 {
     exo_quants_init();
-    tiny_config c = {.n_layer = 4, .n_embd = 256, .n_head = 8, .n_head_kv = 2, .n_ff = 512, .n_vocab = 512,
+    tiny_config c = {.arch = "llama", .window = 8, .n_layer = 4, .n_embd = 256, .n_head = 8, .n_head_kv = 2, .n_ff = 512, .n_vocab = 512,
                      .n_ctx = 512, .weight_type = EXO_DTYPE_Q4_1, .embd_type = EXO_DTYPE_Q8_0, .tied = 1, .seed = 1};
     const char *out = NULL;
     for (int i = 1; i < argc; i++) {
@@ -216,6 +280,12 @@ int main(int argc, char **argv)
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (a[0] != '-') {
             out = a;
+        } else if (v && !strcmp(a, "--arch")) {
+            c.arch = v, i++;
+        } else if (v && !strcmp(a, "--head-dim")) {
+            c.head_dim = atoi(v), i++;
+        } else if (v && !strcmp(a, "--window")) {
+            c.window = atoi(v), i++;
         } else if (v && !strcmp(a, "--type")) {
             c.weight_type = dtype_from_name(v), i++;
         } else if (v && !strcmp(a, "--embd-type")) {
@@ -233,9 +303,14 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!out || c.weight_type < 0 || c.embd_type < 0 || c.n_layer < 1 || c.n_layer > 64) {
-        fprintf(stderr, "usage: exo-make-tiny-model OUT.gguf [--type q4_1] [--embd-type q8_0] [--layers 4] "
-                        "[--seed 1] [--tied 1] [--tokenizer 0]\n");
+    static const char *const archs[] = {"llama", "qwen2", "qwen3", "gemma3", "phi3"};
+    bool known_arch = false;
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) known_arch |= !strcmp(c.arch, archs[i]);
+    if (!out || !known_arch || c.weight_type < 0 || c.embd_type < 0 || c.n_layer < 1 || c.n_layer > 64 ||
+        c.head_dim < 0 || c.head_dim > 256 || c.window < 1) {
+        fprintf(stderr, "usage: exo-make-tiny-model OUT.gguf [--arch llama|qwen2|qwen3|gemma3|phi3] [--type q4_1] "
+                        "[--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0] [--head-dim N] "
+                        "[--window N]\n");
         return 2;
     }
     if (write_model(&c, out) != 0) {

@@ -1,0 +1,34 @@
+/* phi3.c: Phi 3 and 3.5 (dense).
+ *
+ * Llama's layer with Q, K and V in one matrix (attn_qkv: rows of Q, then K,
+ * then V) and gate and up in one (ffn_up: 2 * n_ff rows, gate first), both
+ * cut into row views at bind time, so the forward pass is the shared one;
+ * the rope rotates halves (NEOX). Long-context files carry two sets of
+ * per-frequency factors: as llama.cpp does, the long ones apply when the
+ * context is larger than the original one (rope.scaling.original_context_length),
+ * else the short ones, and cos/sin are scaled by rope.scaling.attn_factor. The
+ * sliding window some Phi 3 files declare is ignored, as llama.cpp does (its
+ * converters write it wrongly). */
+#include "../error.h"
+#include "../model.h"
+
+static int phi3_read_hparams(exo_shard *s)
+{
+    int rc, orig_ctx;
+    float attn_factor;
+    if ((rc = exo_model_meta_int(s, "rope.scaling.original_context_length", &orig_ctx, false, s->hp.n_ctx_train)))
+        return rc;
+    if ((rc = exo_model_meta_float(s, "rope.scaling.attn_factor", &attn_factor, 1.0f))) return rc;
+    if (!(attn_factor > 0)) return exo_error_set(EXO_EFORMAT, "rope attention factor %g is not positive", attn_factor);
+    const char *factors = s->hp.n_ctx_train > orig_ctx ? "rope_factors_long.weight" : "rope_factors_short.weight";
+    if ((rc = exo_model_add_file_rope(s, EXO_ROPE_NEOX, factors)) < 0) return rc;
+    s->rope[rc].attn_factor = attn_factor;
+    return exo_layers_alloc(s);
+}
+
+static int phi3_bind(exo_shard *s)
+{
+    return exo_layers_bind(s, s->arch_data, 0, EXO_FFN_SILU);
+}
+
+const exo_arch exo_arch_phi3 = {"phi3", phi3_read_hparams, phi3_bind, exo_layers_forward_arch};
