@@ -1,15 +1,26 @@
 /* backend.h: the seam between model code and the hardware that runs it.
  *
- * Model files (llama.c) express a forward pass only through this table of
- * operations over f32 activations and weight tensors of any dtype; the CPU
- * backend (backend_cpu.c) implements it with the thread pool and the quant
- * kernels, and a CUDA backend can implement the same table without touching
- * model code. Activations are row-major [n_tokens][dim] float arrays.
- * Scratch memory is reserved up front (exo_backend.reserve), so no operation
- * allocates on the per-token path. */
+ * A backend is an instance: a table of operations plus its own context
+ * (ctx), which every operation receives as its first argument (the backend
+ * itself), as ggml's backends are. Model code (layers.c, models/) expresses a
+ * forward pass only through these operations, over f32 activations laid out
+ * row-major [n_tokens][dim] and weight tensors of any dtype, and allocates
+ * its run state and KV caches through alloc/release, so a device backend
+ * owns device memory for them and model code never assumes host memory:
+ * activations cross in and out only through copy_in / copy_out.
+ *
+ * What a new backend implements: every operation below except the optional
+ * packed_size / pack; reserve (record the largest call it must serve),
+ * prepare (grow its scratch to that; called at the start of every forward
+ * pass, on the thread that runs it, with passes serialised by the model
+ * layer, so scratch is only ever touched by that thread), alloc / release,
+ * copy_in / copy_out, and the compute operations. backend_cpu.c is the
+ * reference implementation; nothing in the model layer changes for a new
+ * one. No operation allocates on the per-token path. */
 #ifndef EXO_BACKEND_H
 #define EXO_BACKEND_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tensor.h"
@@ -57,44 +68,68 @@ typedef struct exo_matmul_out {
     int ldy;
 } exo_matmul_out;
 
-typedef struct exo_backend {
+/* What a buffer holds, so a backend can place it (host memory for the CPU). */
+enum exo_buffer_kind {
+    EXO_BUFFER_ACTIVATIONS = 0, /* a shard's run state */
+    EXO_BUFFER_KV_CACHE = 1,    /* a sequence's keys and values */
+    EXO_BUFFER_WEIGHTS = 2      /* the backend's own copies of weight matrices */
+};
+
+typedef struct exo_backend exo_backend;
+struct exo_backend {
     const char *name;
-    /* Makes room for calls with up to max_tokens rows and rows of up to max_dim
-     * elements, and for attention over up to max_ctx positions. */
-    int (*reserve)(int max_tokens, int max_dim, int max_ctx);
+    void *ctx;             /* the backend's own state (scratch, pool, settings) */
+    /* Records that calls with up to max_tokens rows and rows of up to max_dim
+     * elements, and attention over up to max_ctx positions, must be served.
+     * Any thread; cheap; the memory is found by the next prepare. */
+    int (*reserve)(exo_backend *be, int max_tokens, int max_dim, int max_ctx);
+    /* Makes what reserve recorded available; at the start of each forward
+     * pass, on its thread. Fails with EXO_ENOMEM when it cannot. */
+    int (*prepare)(exo_backend *be);
+    /* Memory of the backend for a buffer of the given kind (zeroed), or NULL;
+     * release takes it back (the same size). */
+    void *(*alloc)(exo_backend *be, size_t bytes, int kind);
+    void (*release)(exo_backend *be, void *p, size_t bytes, int kind);
+    /* Host rows into / out of the backend's activations. */
+    void (*copy_in)(exo_backend *be, float *dst, const float *host, size_t n);
+    void (*copy_out)(exo_backend *be, float *host, const float *src, size_t n);
     /* y[t * ldy + r] = sum_k w[r][k] * x[t * k_dim + k] for r < w->ne[1], t < n_tokens. */
-    int (*matmul)(const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy);
+    int (*matmul)(exo_backend *be, const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy);
     /* Up to four products sharing the input x (all w with the same row width):
      * Q, K and V, or gate and up, in one pass. */
-    int (*matmul_multi)(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens);
+    int (*matmul_multi)(exo_backend *be, const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens);
     /* gate[t * n + r] = act(w_gate[r] . x[t]) * (w_up[r] . x[t]) for r < n =
      * w_gate->ne[1], act an enum exo_ffn_act (silu: SwiGLU; gelu_tanh:
      * GeGLU): a gated feed-forward's two products and their product in one
      * pass (up is scratch of the same shape). */
-    int (*matmul_glu)(const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens, float *gate,
-                      float *up, int act);
-    /* y[t] = x[t] / rms(x[t]) * weight (weight may be NULL) */
-    void (*rmsnorm)(const float *x, const float *weight, float *y, int n_tokens, int dim, float eps);
+    int (*matmul_glu)(exo_backend *be, const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens,
+                      float *gate, float *up, int act);
+    /* y[t] = x[t] / rms(x[t]) * weight (weight may be NULL); y may be x. */
+    void (*rmsnorm)(exo_backend *be, const float *x, const float *weight, float *y, int n_tokens, int dim, float eps);
     /* In place on x [n_tokens][n_heads * head_dim]; rotates the first rope_dim
      * elements of each head. */
-    void (*rope)(float *x, int n_tokens, int n_heads, int head_dim, const exo_rope_table *rope);
-    void (*attention)(const exo_attention_args *a);
+    void (*rope)(exo_backend *be, float *x, int n_tokens, int n_heads, int head_dim, const exo_rope_table *rope);
+    void (*attention)(exo_backend *be, const exo_attention_args *a);
     /* y[i] += x[i] */
-    void (*add)(float *y, const float *x, int64_t n);
+    void (*add)(exo_backend *be, float *y, const float *x, int64_t n);
     /* y[i] *= factor */
-    void (*scale)(float *y, float factor, int64_t n);
+    void (*scale)(exo_backend *be, float *y, float factor, int64_t n);
     /* y[i] = x[i] as f16 (round to nearest even): rows into the KV cache. */
-    void (*to_f16)(const float *x, uint16_t *y, int64_t n);
+    void (*to_f16)(exo_backend *be, const float *x, uint16_t *y, int64_t n);
     /* out[t] = row ids[t] of the embedding matrix, as floats. */
-    int (*get_rows)(const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out);
+    int (*get_rows)(exo_backend *be, const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out);
     /* Optional: the bytes of the backend's own copy of weight matrix w in the
      * layout its kernels read fastest, or 0 to read w as the file has it. */
-    size_t (*packed_size)(const exo_tensor *w);
-    /* Writes that copy to dst (packed_size bytes, owned by the model layer)
-     * and points w->packed at it. Results do not change, only speed. */
-    void (*pack)(exo_tensor *w, void *dst);
-} exo_backend;
+    size_t (*packed_size)(exo_backend *be, const exo_tensor *w);
+    /* Writes that copy to dst (packed_size bytes, from alloc with
+     * EXO_BUFFER_WEIGHTS) and points w->packed at it. Results do not
+     * change, only speed. */
+    void (*pack)(exo_backend *be, exo_tensor *w, void *dst);
+};
 
-const exo_backend *exo_backend_cpu(void);
+/* The CPU backend (the process's compute pool). */
+exo_backend *exo_backend_cpu(void);
+/* A backend by name ("cpu"), or NULL when this build has none of that name. */
+exo_backend *exo_backend_find(const char *name);
 
 #endif

@@ -20,10 +20,12 @@
  * kernels give bit-identical results, so packing changes speed only.
  * EXO_PACK=0 reads the file's layout instead (for comparison).
  *
- * Scratch memory is owned here and sized by reserve(); forward passes are
- * serialised by the model layer, so one set of buffers serves every call. */
+ * Scratch memory is the backend's context's, sized by reserve() and grown by
+ * prepare() on the thread that runs forward passes; those are serialised by
+ * the model layer, so one set of buffers serves every call. */
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -50,32 +52,51 @@
 /* Batches of this many tokens or more take the sgemm paths (matmul and
  * attention); off unless EXO_GEMM_MIN_TOKENS is set. */
 #define GEMM_OFF (1 << 30)
-static int gemm_min_tokens = GEMM_OFF;
 
-static struct {
-    int max_tokens, max_dim, max_ctx, n_threads;
+/* The CPU backend's context. Scratch is only touched by the thread running
+ * a forward pass (the model layer serialises them): reserve, which any thread
+ * may call (a sequence created on the loop thread while the engine thread
+ * computes), only raises the wanted sizes under a lock, and prepare, at the
+ * start of a pass, grows the buffers. Replacing them from reserve itself
+ * raced with kernels reading them (found by ThreadSanitizer). */
+typedef struct cpu_ctx {
+    exo_pool *pool;
+    int gemm_min_tokens;
+    pthread_mutex_t want_lock;
+    int want_tokens, want_dim, want_ctx; /* the largest reserve() asked; under want_lock */
+    int max_tokens, max_dim, max_ctx, n_threads; /* what the scratch holds now */
     void *act;       /* quantized activations [max_tokens][act_row_size(max_dim)] */
     float *tiles;    /* per thread: [GEMM_TILE_ROWS][max_dim] */
     float *scores;   /* per thread: [ATTN_QUERY_BLOCK][max_ctx] */
-} scratch;
+} cpu_ctx;
 
 extern void openblas_set_num_threads(int);
 
-static int cpu_reserve(int max_tokens, int max_dim, int max_ctx)
+static int cpu_reserve(exo_backend *be, int max_tokens, int max_dim, int max_ctx)
 {
-    exo_pool *pool = exo_pool_global();
-    int n_threads = exo_pool_threads(pool);
-    if (max_tokens <= scratch.max_tokens && max_dim <= scratch.max_dim && max_ctx <= scratch.max_ctx &&
-        n_threads <= scratch.n_threads)
+    cpu_ctx *c = be->ctx;
+    if (max_tokens < 1 || max_dim < 1 || max_ctx < 1)
+        return exo_error_set(EXO_EINVAL, "reserve of %d tokens x %d, context %d", max_tokens, max_dim, max_ctx);
+    pthread_mutex_lock(&c->want_lock);
+    if (max_tokens > c->want_tokens) c->want_tokens = max_tokens;
+    if (max_dim > c->want_dim) c->want_dim = max_dim;
+    if (max_ctx > c->want_ctx) c->want_ctx = max_ctx;
+    pthread_mutex_unlock(&c->want_lock);
+    return EXO_OK;
+}
+
+static int cpu_prepare(exo_backend *be)
+{
+    cpu_ctx *c = be->ctx;
+    pthread_mutex_lock(&c->want_lock);
+    int max_tokens = c->want_tokens, max_dim = c->want_dim, max_ctx = c->want_ctx;
+    pthread_mutex_unlock(&c->want_lock);
+    int n_threads = exo_pool_threads(c->pool);
+    if (max_tokens <= c->max_tokens && max_dim <= c->max_dim && max_ctx <= c->max_ctx && n_threads <= c->n_threads)
         return EXO_OK;
-    if (max_tokens < scratch.max_tokens) max_tokens = scratch.max_tokens;
-    if (max_dim < scratch.max_dim) max_dim = scratch.max_dim;
-    if (max_ctx < scratch.max_ctx) max_ctx = scratch.max_ctx;
-    exo_quants_init();
-    /* Our pool parallelises over tiles; OpenBLAS threads would fight it. */
-    openblas_set_num_threads(1);
-    const char *env = getenv("EXO_GEMM_MIN_TOKENS");
-    if (env) gemm_min_tokens = atoi(env) > 0 ? atoi(env) : GEMM_OFF;
+    if (max_tokens < c->max_tokens) max_tokens = c->max_tokens;
+    if (max_dim < c->max_dim) max_dim = c->max_dim;
+    if (max_ctx < c->max_ctx) max_ctx = c->max_ctx;
 
     size_t act_row = exo_act_row_size(EXO_ACT_Q8_32, max_dim);
     size_t act_row_k = exo_act_row_size(EXO_ACT_Q8_K, max_dim);
@@ -87,20 +108,44 @@ static int cpu_reserve(int max_tokens, int max_dim, int max_ctx)
         exo_aligned_free(act);
         exo_aligned_free(tiles);
         exo_aligned_free(scores);
-        return exo_error_set(EXO_ENOMEM, "out of memory reserving CPU scratch for %d tokens x %d", max_tokens,
-                             max_dim);
+        return exo_error_set(EXO_ENOMEM, "out of memory for CPU scratch of %d tokens x %d, context %d", max_tokens,
+                             max_dim, max_ctx);
     }
-    exo_aligned_free(scratch.act);
-    exo_aligned_free(scratch.tiles);
-    exo_aligned_free(scratch.scores);
-    scratch.act = act;
-    scratch.tiles = tiles;
-    scratch.scores = scores;
-    scratch.max_tokens = max_tokens;
-    scratch.max_dim = max_dim;
-    scratch.max_ctx = max_ctx;
-    scratch.n_threads = n_threads;
+    exo_aligned_free(c->act);
+    exo_aligned_free(c->tiles);
+    exo_aligned_free(c->scores);
+    c->act = act;
+    c->tiles = tiles;
+    c->scores = scores;
+    c->max_tokens = max_tokens;
+    c->max_dim = max_dim;
+    c->max_ctx = max_ctx;
+    c->n_threads = n_threads;
     return EXO_OK;
+}
+
+static void *cpu_alloc(exo_backend *be, size_t bytes, int kind)
+{
+    (void)be;
+    if (kind == EXO_BUFFER_WEIGHTS) return exo_weights_alloc(bytes);
+    void *p = exo_aligned_alloc(bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+static void cpu_release(exo_backend *be, void *p, size_t bytes, int kind)
+{
+    (void)be;
+    if (kind == EXO_BUFFER_WEIGHTS)
+        exo_weights_free(p, bytes);
+    else
+        exo_aligned_free(p);
+}
+
+static void cpu_copy(exo_backend *be, float *dst, const float *src, size_t n)
+{
+    (void)be;
+    memcpy(dst, src, sizeof(float) * n);
 }
 
 /* ---- matrix products ---------------------------------------------------- */
@@ -111,6 +156,7 @@ static int cpu_reserve(int max_tokens, int max_dim, int max_ctx)
 #define MATMUL_MAX_OUTS 4
 
 typedef struct matmul_job {
+    const cpu_ctx *c;
     const exo_matmul_out *outs;
     int n_outs;
     int64_t first[MATMUL_MAX_OUTS + 1]; /* first global row (or tile) of each output */
@@ -250,7 +296,7 @@ static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const matmul_job *j = ctx;
     const int k = j->k;
-    float *tile = scratch.tiles + (size_t)thread * GEMM_TILE_ROWS * scratch.max_dim;
+    float *tile = j->c->tiles + (size_t)thread * GEMM_TILE_ROWS * j->c->max_dim;
     for (int64_t index = begin; index < end; index++) {
         int o = matmul_out_of(j, index);
         const exo_matmul_out *out = &j->outs[o];
@@ -273,11 +319,11 @@ static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
 
 /* The products of matmul_multi; with glu_act >= 0, outs are gate and up and
  * the loop also applies act(gate) * up (matmul_glu_rows) where it can. */
-static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens, int glu_act)
+static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens, int glu_act)
 {
     if (n_outs < 1 || n_outs > MATMUL_MAX_OUTS)
         return exo_error_set(EXO_EINVAL, "matmul of %d outputs (1 to %d)", n_outs, MATMUL_MAX_OUTS);
-    matmul_job job = {.outs = outs, .n_outs = n_outs, .x = x, .k = (int)outs[0].w->ne[0], .n_tokens = n_tokens,
+    matmul_job job = {.c = c, .outs = outs, .n_outs = n_outs, .x = x, .k = (int)outs[0].w->ne[0], .n_tokens = n_tokens,
                       .glu_act = glu_act};
     for (int o = 0; o < n_outs; o++) {
         job.tr[o] = exo_type_traits_get(outs[o].w->dtype);
@@ -290,20 +336,20 @@ static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, in
         if (job.tr[o]->act_type != job.tr[0]->act_type || outs[o].w->dtype == EXO_DTYPE_F32 ||
             !outs[o].w->packed != !outs[0].w->packed) {
             for (int i = 0; i < n_outs; i++) {
-                int rc = matmul_run(&outs[i], 1, x, n_tokens, -1);
+                int rc = matmul_run(c, &outs[i], 1, x, n_tokens, -1);
                 if (rc) return rc;
             }
             if (glu_act >= 0) glu_apply(glu_act, outs[0].y, outs[1].y, outs[0].y, (int64_t)n_tokens * outs[0].w->ne[1]);
             return EXO_OK;
         }
     }
-    if (n_tokens > scratch.max_tokens || job.k > scratch.max_dim)
+    if (n_tokens > c->max_tokens || job.k > c->max_dim)
         return exo_error_set(EXO_ERANGE, "matmul of %d tokens x %d over the reserved %d x %d", n_tokens, job.k,
-                             scratch.max_tokens, scratch.max_dim);
-    exo_pool *pool = exo_pool_global();
+                             c->max_tokens, c->max_dim);
+    exo_pool *pool = c->pool;
     int n_threads = exo_pool_threads(pool);
 
-    if (n_tokens >= gemm_min_tokens) {
+    if (n_tokens >= c->gemm_min_tokens) {
         int64_t total_rows = 0;
         for (int o = 0; o < n_outs; o++) total_rows += outs[o].w->ne[1];
         /* At least 4 tiles per thread over all outputs, so no thread idles at the end. */
@@ -323,7 +369,7 @@ static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, in
         job.act = (const char *)x;
         job.act_stride = sizeof(float) * (size_t)job.k;
     } else {
-        job.act = scratch.act;
+        job.act = c->act;
         job.act_stride = exo_act_row_size(job.act_type, job.k);
         /* A few rows quantize faster on this thread than a pool round trip. */
         if (n_tokens <= 4)
@@ -342,12 +388,12 @@ static int matmul_run(const exo_matmul_out *outs, int n_outs, const float *x, in
     return EXO_OK;
 }
 
-static int cpu_matmul_multi(const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens)
+static int cpu_matmul_multi(exo_backend *be, const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens)
 {
-    return matmul_run(outs, n_outs, x, n_tokens, -1);
+    return matmul_run(be->ctx, outs, n_outs, x, n_tokens, -1);
 }
 
-static int cpu_matmul_glu(const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens,
+static int cpu_matmul_glu(exo_backend *be, const exo_tensor *w_gate, const exo_tensor *w_up, const float *x, int n_tokens,
                           float *gate, float *up, int act)
 {
     if (w_gate->ne[1] != w_up->ne[1])
@@ -357,19 +403,20 @@ static int cpu_matmul_glu(const exo_tensor *w_gate, const exo_tensor *w_up, cons
         return exo_error_set(EXO_EINVAL, "glu: unknown activation %d", act);
     const int n = (int)w_gate->ne[1];
     exo_matmul_out outs[2] = {{w_gate, gate, n}, {w_up, up, n}};
-    return matmul_run(outs, 2, x, n_tokens, act);
+    return matmul_run(be->ctx, outs, 2, x, n_tokens, act);
 }
 
-static int cpu_matmul(const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy)
+static int cpu_matmul(exo_backend *be, const exo_tensor *w, const float *x, int n_tokens, float *y, int ldy)
 {
     exo_matmul_out out = {.w = w, .y = y, .ldy = ldy};
-    return cpu_matmul_multi(&out, 1, x, n_tokens);
+    return cpu_matmul_multi(be, &out, 1, x, n_tokens);
 }
 
 /* ---- element-wise and normalisation ------------------------------------- */
 
-static void cpu_rmsnorm(const float *x, const float *weight, float *y, int n_tokens, int dim, float eps)
+static void cpu_rmsnorm(exo_backend *be, const float *x, const float *weight, float *y, int n_tokens, int dim, float eps)
 {
+    (void)be;
     for (int t = 0; t < n_tokens; t++) {
         const float *xt = x + (size_t)t * dim;
         float *yt = y + (size_t)t * dim;
@@ -389,8 +436,9 @@ static void cpu_rmsnorm(const float *x, const float *weight, float *y, int n_tok
     }
 }
 
-static void cpu_rope(float *x, int n_tokens, int n_heads, int head_dim, const exo_rope_table *rope)
+static void cpu_rope(exo_backend *be, float *x, int n_tokens, int n_heads, int head_dim, const exo_rope_table *rope)
 {
+    (void)be;
     const int half = rope->rope_dim / 2;
     for (int t = 0; t < n_tokens; t++) {
         const float *c = rope->cos + (size_t)t * half;
@@ -414,26 +462,30 @@ static void cpu_rope(float *x, int n_tokens, int n_heads, int head_dim, const ex
     }
 }
 
-static void cpu_to_f16(const float *x, uint16_t *y, int64_t n)
+static void cpu_to_f16(exo_backend *be, const float *x, uint16_t *y, int64_t n)
 {
+    (void)be;
     for (int64_t i = 0; i < n; i += INT32_MAX / 2) {
         int len = (int)(n - i < INT32_MAX / 2 ? n - i : INT32_MAX / 2);
         exo_vec_f16_from_f32(len, x + i, y + i);
     }
 }
 
-static void cpu_add(float *y, const float *x, int64_t n)
+static void cpu_add(exo_backend *be, float *y, const float *x, int64_t n)
 {
+    (void)be;
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-static void cpu_scale(float *y, float factor, int64_t n)
+static void cpu_scale(exo_backend *be, float *y, float factor, int64_t n)
 {
+    (void)be;
     for (int64_t i = 0; i < n; i++) y[i] *= factor;
 }
 
-static int cpu_get_rows(const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out)
+static int cpu_get_rows(exo_backend *be, const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out)
 {
+    (void)be;
     const exo_type_traits *tr = exo_type_traits_get(emb->dtype);
     if (!tr) return exo_error_set(EXO_ENOTSUP, "embedding dtype %d unsupported", emb->dtype);
     const int64_t dim = emb->ne[0];
@@ -451,14 +503,20 @@ static int cpu_get_rows(const exo_tensor *emb, const int32_t *ids, int n_tokens,
 
 /* ---- attention ---------------------------------------------------------- */
 
+typedef struct attention_job {
+    const exo_attention_args *a;
+    const cpu_ctx *c;
+} attention_job;
+
 /* One work item is one (token, head) pair. */
 static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
 {
-    const exo_attention_args *a = ctx;
+    const attention_job *j = ctx;
+    const exo_attention_args *a = j->a;
     const int hd = a->head_dim;
     const int kv_stride = a->n_head_kv * hd;
     const int group = a->n_head / a->n_head_kv;
-    float *scores = scratch.scores + (size_t)thread * scratch.max_ctx * ATTN_QUERY_BLOCK;
+    float *scores = j->c->scores + (size_t)thread * j->c->max_ctx * ATTN_QUERY_BLOCK;
     for (int64_t item = begin; item < end; item++) {
         int t = (int)(item / a->n_head), h = (int)(item % a->n_head);
         int kvh = h / group;
@@ -483,14 +541,15 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
  * values. The scratch row of scores is max_ctx wide per query of the block. */
 static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
 {
-    const exo_attention_args *a = ctx;
+    const attention_job *j = ctx;
+    const exo_attention_args *a = j->a;
     const int hd = a->head_dim;
     const int kv_stride = a->n_head_kv * hd, q_stride = a->n_head * hd;
     const int group = a->n_head / a->n_head_kv;
     const int n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
-    float *scores = scratch.scores + (size_t)thread * scratch.max_ctx * ATTN_QUERY_BLOCK;
+    float *scores = j->c->scores + (size_t)thread * j->c->max_ctx * ATTN_QUERY_BLOCK;
     /* f32 copies of GEMM_TILE_ROWS keys (or values) at a time, for sgemm */
-    float *kv = scratch.tiles + (size_t)thread * GEMM_TILE_ROWS * scratch.max_dim;
+    float *kv = j->c->tiles + (size_t)thread * GEMM_TILE_ROWS * j->c->max_dim;
     const exo_to_float_fn widen = exo_type_traits_get(EXO_DTYPE_F16)->to_float;
     for (int64_t item = begin; item < end; item++) {
         int h = (int)(item / n_blocks), blk = (int)(item % n_blocks);
@@ -532,14 +591,15 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-static void cpu_attention(const exo_attention_args *a)
+static void cpu_attention(exo_backend *be, const exo_attention_args *a)
 {
-    exo_pool *pool = exo_pool_global();
-    if (a->n_tokens >= gemm_min_tokens) {
+    const cpu_ctx *c = be->ctx;
+    attention_job job = {a, c};
+    if (a->n_tokens >= c->gemm_min_tokens) {
         int64_t n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
-        exo_pool_for(pool, n_blocks * a->n_head, 1, attention_blocks, (void *)a);
+        exo_pool_for(c->pool, n_blocks * a->n_head, 1, attention_blocks, &job);
     } else {
-        exo_pool_for(pool, (int64_t)a->n_tokens * a->n_head, 1, attention_items, (void *)a);
+        exo_pool_for(c->pool, (int64_t)a->n_tokens * a->n_head, 1, attention_items, &job);
     }
 }
 
@@ -553,8 +613,9 @@ static bool packing_enabled(void)
                      !strcasecmp(env, "no")));
 }
 
-static size_t cpu_packed_size(const exo_tensor *w)
+static size_t cpu_packed_size(exo_backend *be, const exo_tensor *w)
 {
+    (void)be;
     exo_quants_init();
     const exo_type_traits *tr = exo_type_traits_get(w->dtype);
     if (!tr || !tr->pack_x4 || !tr->vec_dot_packed || w->n_dims != 2 || w->ne[1] % 4 || !packing_enabled() ||
@@ -578,16 +639,25 @@ static void pack_groups(void *ctx, int64_t begin, int64_t end, int thread)
         j->pack(exo_tensor_row(j->w, 4 * g), j->w->nb[1], (int)j->w->ne[0], j->dst + (size_t)g * group_bytes);
 }
 
-static void cpu_pack(exo_tensor *w, void *dst)
+static void cpu_pack(exo_backend *be, exo_tensor *w, void *dst)
 {
+    const cpu_ctx *c = be->ctx;
     pack_job job = {w, dst, exo_type_traits_get(w->dtype)->pack_x4};
-    exo_pool_for(exo_pool_global(), w->ne[1] / 4, 64, pack_groups, &job);
+    exo_pool_for(c->pool, w->ne[1] / 4, 64, pack_groups, &job);
     w->packed = dst;
 }
 
-static const exo_backend cpu_backend = {
+static cpu_ctx cpu_state = {.want_lock = PTHREAD_MUTEX_INITIALIZER};
+
+static exo_backend cpu_backend = {
     .name = "cpu",
+    .ctx = &cpu_state,
     .reserve = cpu_reserve,
+    .prepare = cpu_prepare,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .copy_in = cpu_copy,
+    .copy_out = cpu_copy,
     .matmul = cpu_matmul,
     .matmul_multi = cpu_matmul_multi,
     .matmul_glu = cpu_matmul_glu,
@@ -602,7 +672,27 @@ static const exo_backend cpu_backend = {
     .pack = cpu_pack,
 };
 
-const exo_backend *exo_backend_cpu(void)
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+
+/* Settings read once, before any operation runs. */
+static void cpu_init(void)
 {
+    exo_quants_init();
+    /* Our pool parallelises over tiles; OpenBLAS threads would fight it. */
+    openblas_set_num_threads(1);
+    cpu_state.pool = exo_pool_global();
+    const char *env = getenv("EXO_GEMM_MIN_TOKENS");
+    cpu_state.gemm_min_tokens = env && atoi(env) > 0 ? atoi(env) : GEMM_OFF;
+}
+
+exo_backend *exo_backend_cpu(void)
+{
+    pthread_once(&cpu_once, cpu_init);
     return &cpu_backend;
+}
+
+exo_backend *exo_backend_find(const char *name)
+{
+    if (!name || !strcmp(name, "cpu")) return exo_backend_cpu();
+    return NULL;
 }

@@ -32,28 +32,28 @@ static void fill_rope_table(const exo_shard *s, const exo_rope *r, int pos0, int
 
 int exo_layers_begin(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens)
 {
-    const exo_backend *be = s->backend;
+    exo_backend *be = s->backend;
     const int64_t n = (int64_t)n_tokens * s->hp.n_embd;
     if (s->is_first) {
-        int rc = be->get_rows(&s->tok_embd, tokens, n_tokens, s->rs.x);
+        int rc = be->get_rows(be, &s->tok_embd, tokens, n_tokens, s->rs.x);
         if (rc) return rc;
-        if (s->embd_scale != 1.0f) be->scale(s->rs.x, s->embd_scale, n);
+        if (s->embd_scale != 1.0f) be->scale(be, s->rs.x, s->embd_scale, n);
     } else {
-        memcpy(s->rs.x, hidden, sizeof(float) * (size_t)n);
+        be->copy_in(be, s->rs.x, hidden, (size_t)n);
     }
     for (int i = 0; i < s->n_rope; i++) fill_rope_table(s, &s->rope[i], q->pos, n_tokens);
     return EXO_OK;
 }
 
-static void add_bias(const exo_backend *be, float *y, const exo_tensor *bias, int n_tokens, int width)
+static void add_bias(exo_backend *be, float *y, const exo_tensor *bias, int n_tokens, int width)
 {
     if (!bias->data) return;
-    for (int t = 0; t < n_tokens; t++) be->add(y + (size_t)t * width, bias->data, width);
+    for (int t = 0; t < n_tokens; t++) be->add(be, y + (size_t)t * width, bias->data, width);
 }
 
 int exo_layers_attention(exo_shard *s, exo_seq *seq, int il_local, const exo_attn_block *b, int n_tokens)
 {
-    const exo_backend *be = s->backend;
+    exo_backend *be = s->backend;
     const exo_hparams *hp = &s->hp;
     exo_run_state *rs = &s->rs;
     const int n_embd = hp->n_embd, head_dim = hp->head_dim;
@@ -64,67 +64,67 @@ int exo_layers_attention(exo_shard *s, exo_seq *seq, int il_local, const exo_att
     uint16_t *k_cache = seq->k_cache + (size_t)il_local * seq->n_ctx * kv_dim;
     uint16_t *v_cache = seq->v_cache + (size_t)il_local * seq->n_ctx * kv_dim;
 
-    be->rmsnorm(rs->x, b->norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
+    be->rmsnorm(be, rs->x, b->norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
     exo_matmul_out qkv[3] = {{&b->wq, rs->q, q_dim}, {&b->wk, rs->k, kv_dim}, {&b->wv, rs->v, kv_dim}};
-    if ((rc = be->matmul_multi(qkv, 3, rs->xn, n_tokens))) return rc;
+    if ((rc = be->matmul_multi(be, qkv, 3, rs->xn, n_tokens))) return rc;
     add_bias(be, rs->q, &b->bq, n_tokens, q_dim);
     add_bias(be, rs->k, &b->bk, n_tokens, kv_dim);
     add_bias(be, rs->v, &b->bv, n_tokens, kv_dim);
     /* Per-head norms: each head's vector is one row of head_dim. */
-    if (b->q_norm.data) be->rmsnorm(rs->q, b->q_norm.data, rs->q, n_tokens * hp->n_head, head_dim, hp->rms_eps);
-    if (b->k_norm.data) be->rmsnorm(rs->k, b->k_norm.data, rs->k, n_tokens * hp->n_head_kv, head_dim, hp->rms_eps);
+    if (b->q_norm.data) be->rmsnorm(be, rs->q, b->q_norm.data, rs->q, n_tokens * hp->n_head, head_dim, hp->rms_eps);
+    if (b->k_norm.data) be->rmsnorm(be, rs->k, b->k_norm.data, rs->k, n_tokens * hp->n_head_kv, head_dim, hp->rms_eps);
     const exo_rope *r = &s->rope[b->rope];
     exo_rope_table rope = {.cos = r->cos, .sin = r->sin, .rope_dim = hp->rope_dim, .style = r->style};
-    be->rope(rs->q, n_tokens, hp->n_head, head_dim, &rope);
-    be->rope(rs->k, n_tokens, hp->n_head_kv, head_dim, &rope);
+    be->rope(be, rs->q, n_tokens, hp->n_head, head_dim, &rope);
+    be->rope(be, rs->k, n_tokens, hp->n_head_kv, head_dim, &rope);
     /* The new keys (roped) and values land in the f16 cache at pos0. */
-    be->to_f16(rs->k, k_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
-    be->to_f16(rs->v, v_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
+    be->to_f16(be, rs->k, k_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
+    be->to_f16(be, rs->v, v_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
 
     exo_attention_args att = {
         .q = rs->q, .k_cache = k_cache, .v_cache = v_cache, .out = rs->att, .n_tokens = n_tokens,
         .pos0 = pos0, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = head_dim,
         .scale = b->scale, .window = b->window,
     };
-    be->attention(&att);
+    be->attention(be, &att);
     /* Wo's output lands in xn, then joins the residual stream. */
-    if ((rc = be->matmul(&b->wo, rs->att, n_tokens, rs->xn, n_embd))) return rc;
+    if ((rc = be->matmul(be, &b->wo, rs->att, n_tokens, rs->xn, n_embd))) return rc;
     add_bias(be, rs->xn, &b->bo, n_tokens, n_embd);
-    if (b->post_norm.data) be->rmsnorm(rs->xn, b->post_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
-    be->add(rs->x, rs->xn, (int64_t)n_tokens * n_embd);
+    if (b->post_norm.data) be->rmsnorm(be, rs->xn, b->post_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
+    be->add(be, rs->x, rs->xn, (int64_t)n_tokens * n_embd);
     return EXO_OK;
 }
 
 int exo_layers_ffn(exo_shard *s, const exo_ffn_block *b, int n_tokens)
 {
-    const exo_backend *be = s->backend;
+    exo_backend *be = s->backend;
     const exo_hparams *hp = &s->hp;
     exo_run_state *rs = &s->rs;
     const int n_embd = hp->n_embd;
     int rc;
-    be->rmsnorm(rs->x, b->norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
-    if ((rc = be->matmul_glu(&b->gate, &b->up, rs->xn, n_tokens, rs->gate, rs->up, b->act))) return rc;
-    if ((rc = be->matmul(&b->down, rs->gate, n_tokens, rs->xn, n_embd))) return rc;
-    if (b->post_norm.data) be->rmsnorm(rs->xn, b->post_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
-    be->add(rs->x, rs->xn, (int64_t)n_tokens * n_embd);
+    be->rmsnorm(be, rs->x, b->norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
+    if ((rc = be->matmul_glu(be, &b->gate, &b->up, rs->xn, n_tokens, rs->gate, rs->up, b->act))) return rc;
+    if ((rc = be->matmul(be, &b->down, rs->gate, n_tokens, rs->xn, n_embd))) return rc;
+    if (b->post_norm.data) be->rmsnorm(be, rs->xn, b->post_norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
+    be->add(be, rs->x, rs->xn, (int64_t)n_tokens * n_embd);
     return EXO_OK;
 }
 
 int exo_layers_end(exo_shard *s, int n_tokens, int logits_from, float *out)
 {
-    const exo_backend *be = s->backend;
+    exo_backend *be = s->backend;
     const exo_hparams *hp = &s->hp;
     exo_run_state *rs = &s->rs;
     const int n_embd = hp->n_embd;
     if (!s->is_last) {
-        memcpy(out, rs->x, sizeof(float) * (size_t)n_tokens * n_embd);
+        be->copy_out(be, out, rs->x, (size_t)n_tokens * n_embd);
         return EXO_OK;
     }
     int n_out = n_tokens - logits_from;
     if (n_out <= 0) return EXO_OK;
     const float *x_out = rs->x + (size_t)logits_from * n_embd;
-    be->rmsnorm(x_out, s->output_norm.data, rs->xn, n_out, n_embd, hp->rms_eps);
-    int rc = be->matmul(&s->output, rs->xn, n_out, out, hp->n_vocab);
+    be->rmsnorm(be, x_out, s->output_norm.data, rs->xn, n_out, n_embd, hp->rms_eps);
+    int rc = be->matmul(be, &s->output, rs->xn, n_out, out, hp->n_vocab);
     if (rc) return rc;
     add_bias(be, out, &s->output_bias, n_out, hp->n_vocab);
     return EXO_OK;

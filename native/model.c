@@ -281,26 +281,26 @@ static int64_t mem_available_bytes(void)
 
 int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
 {
-    const exo_backend *be = s->backend;
+    exo_backend *be = s->backend;
     if (!be->packed_size || !be->pack) return EXO_OK;
     /* Sizes asked once: the arena is cut by these same numbers. */
     size_t *sizes = calloc((size_t)(n > 0 ? n : 1), sizeof *sizes), total = 0;
     if (!sizes) return exo_error_set(EXO_ENOMEM, "out of memory");
     for (int i = 0; i < n; i++)
-        if (ws[i] && ws[i]->data) total += round_to_line(sizes[i] = be->packed_size(ws[i]));
+        if (ws[i] && ws[i]->data) total += round_to_line(sizes[i] = be->packed_size(be, ws[i]));
     /* The packed copy is anonymous memory, where the file's pages were page
      * cache the kernel could drop: a model that only fits as a mapping stays
      * a mapping (slower, but it runs). */
     int64_t available = mem_available_bytes();
     char *arena = NULL;
-    if (total && (available < 0 || (int64_t)total <= available / 10 * 9)) arena = exo_weights_alloc(total);
+    if (total && (available < 0 || (int64_t)total <= available / 10 * 9)) arena = be->alloc(be, total, EXO_BUFFER_WEIGHTS);
     if (arena) {
         s->packed = arena;
         s->packed_bytes = total;
         size_t used = 0;
         for (int i = 0; i < n; i++) {
             if (!sizes[i]) continue;
-            be->pack(ws[i], arena + used);
+            be->pack(be, ws[i], arena + used);
             used += round_to_line(sizes[i]);
             /* The file's copy is off the hot path now: its pages can go (read
              * again from the page cache if a row is ever needed). A tied
@@ -315,41 +315,44 @@ int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
 
 /* ---- shards ------------------------------------------------------------- */
 
+/* The run state: one backend buffer cut into the arrays of exo_run_state. */
 static int alloc_run_state(exo_shard *s)
 {
     const exo_hparams *hp = &s->hp;
     size_t b = (size_t)s->max_batch;
     size_t q_dim = (size_t)hp->n_head * hp->head_dim, kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t widths[8] = {(size_t)hp->n_embd, q_dim > (size_t)hp->n_embd ? q_dim : (size_t)hp->n_embd, q_dim, kv_dim,
+                        kv_dim, q_dim, (size_t)hp->n_ff, (size_t)hp->n_ff};
     exo_run_state *rs = &s->rs;
-    rs->x = exo_aligned_alloc(sizeof(float) * b * hp->n_embd);
-    rs->xn = exo_aligned_alloc(sizeof(float) * b * (q_dim > (size_t)hp->n_embd ? q_dim : (size_t)hp->n_embd));
-    rs->q = exo_aligned_alloc(sizeof(float) * b * q_dim);
-    rs->k = exo_aligned_alloc(sizeof(float) * b * kv_dim);
-    rs->v = exo_aligned_alloc(sizeof(float) * b * kv_dim);
-    rs->att = exo_aligned_alloc(sizeof(float) * b * q_dim);
-    rs->gate = exo_aligned_alloc(sizeof(float) * b * hp->n_ff);
-    rs->up = exo_aligned_alloc(sizeof(float) * b * hp->n_ff);
-    if (!rs->x || !rs->xn || !rs->q || !rs->k || !rs->v || !rs->att || !rs->gate || !rs->up)
-        return exo_error_set(EXO_ENOMEM, "out of memory allocating the run state");
+    float **arrays[8] = {&rs->x, &rs->xn, &rs->q, &rs->k, &rs->v, &rs->att, &rs->gate, &rs->up};
+    size_t total = 0;
+    for (int i = 0; i < 8; i++) total += round_to_line(sizeof(float) * b * widths[i]);
+    rs->base = s->backend->alloc(s->backend, total, EXO_BUFFER_ACTIVATIONS);
+    if (!rs->base) return exo_error_set(EXO_ENOMEM, "out of memory allocating the run state (%zu MiB)", total >> 20);
+    rs->bytes = total;
+    char *at = (char *)rs->base;
+    for (int i = 0; i < 8; i++) {
+        *arrays[i] = (float *)at;
+        at += round_to_line(sizeof(float) * b * widths[i]);
+    }
     int max_dim = hp->n_embd;
     if (hp->n_ff > max_dim) max_dim = hp->n_ff;
     if ((int)q_dim > max_dim) max_dim = (int)q_dim;
-    return s->backend->reserve(s->max_batch, max_dim, hp->n_ctx_train);
+    return s->backend->reserve(s->backend, s->max_batch, max_dim, hp->n_ctx_train);
 }
 
 void exo_shard_free(exo_shard *s)
 {
     if (!s) return;
-    exo_run_state *rs = &s->rs;
-    float *bufs[] = {rs->x, rs->xn, rs->q, rs->k, rs->v, rs->att, rs->gate, rs->up};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) exo_aligned_free(bufs[i]);
+    exo_backend *be = s->backend;
+    if (s->rs.base) be->release(be, s->rs.base, s->rs.bytes, EXO_BUFFER_ACTIVATIONS);
     for (int i = 0; i < s->n_rope; i++) {
         free(s->rope[i].inv_freq);
         exo_aligned_free(s->rope[i].cos);
         exo_aligned_free(s->rope[i].sin);
     }
     free(s->arch_data);
-    exo_weights_free(s->packed, s->packed_bytes);
+    if (s->packed) be->release(be, s->packed, s->packed_bytes, EXO_BUFFER_WEIGHTS);
     exo_gguf_close(s->file);
     free(s);
 }
@@ -439,20 +442,22 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
     *out = NULL;
     if (n_ctx <= 0) n_ctx = s->hp.n_ctx_train;
     if (n_ctx > SEQ_MAX_CTX) return exo_error_set(EXO_ERANGE, "context of %d positions is over %d", n_ctx, SEQ_MAX_CTX);
-    int rc = s->backend->reserve(s->max_batch, s->hp.n_embd, n_ctx);
+    int rc = s->backend->reserve(s->backend, s->max_batch, s->hp.n_embd, n_ctx);
     if (rc) return rc;
     exo_seq *q = calloc(1, sizeof *q);
     if (!q) return exo_error_set(EXO_ENOMEM, "out of memory");
     size_t per_layer = (size_t)n_ctx * s->hp.n_head_kv * s->hp.head_dim;
     size_t n_layers = (size_t)(s->layer_end - s->layer_start);
-    q->k_cache = exo_aligned_alloc(sizeof(uint16_t) * per_layer * n_layers);
-    q->v_cache = exo_aligned_alloc(sizeof(uint16_t) * per_layer * n_layers);
-    if (!q->k_cache || !q->v_cache) {
-        exo_seq_free(q);
-        return exo_error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
-                             2 * sizeof(uint16_t) * per_layer * n_layers >> 20);
-    }
+    size_t half = round_to_line(sizeof(uint16_t) * per_layer * n_layers);
     q->shard = s;
+    q->k_cache = s->backend->alloc(s->backend, 2 * half, EXO_BUFFER_KV_CACHE);
+    if (!q->k_cache) {
+        free(q);
+        return exo_error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
+                             2 * half >> 20);
+    }
+    q->v_cache = (uint16_t *)((char *)q->k_cache + half);
+    q->cache_bytes = 2 * half;
     q->n_ctx = n_ctx;
     *out = q;
     return EXO_OK;
@@ -461,8 +466,8 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
 void exo_seq_free(exo_seq *q)
 {
     if (!q) return;
-    exo_aligned_free(q->k_cache);
-    exo_aligned_free(q->v_cache);
+    exo_backend *be = q->shard->backend;
+    be->release(be, q->k_cache, q->cache_bytes, EXO_BUFFER_KV_CACHE);
     free(q);
 }
 
@@ -503,6 +508,7 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
     const int out_width = s->is_last ? s->hp.n_vocab : n_embd;
     int rc = EXO_OK;
     pthread_mutex_lock(&forward_lock);
+    rc = s->backend->prepare(s->backend);
     for (int done = 0; done < n_tokens && rc == EXO_OK;) {
         int n = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
         int logits_from;

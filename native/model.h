@@ -49,6 +49,8 @@ typedef struct exo_rope {
 
 /* Activations for one internal batch, allocated once per shard. */
 typedef struct exo_run_state {
+    size_t bytes;  /* of the one backend buffer the arrays below are cut from */
+    float *base;
     float *x;      /* (max_batch, n_embd) residual stream */
     float *xn;     /* (max_batch, max(n_embd, q_dim)) normalised input of a block, then its output */
     float *q;      /* (max_batch, n_head * head_dim) */
@@ -70,7 +72,7 @@ struct exo_shard {
     bool is_first, is_last;
     int max_batch;
     int64_t weight_bytes;
-    const exo_backend *backend;
+    exo_backend *backend;
 
     exo_tensor tok_embd;     /* (n_vocab, n_embd), first shard or tied head */
     float embd_scale;        /* embeddings are multiplied by this (Gemma: sqrt(n_embd)); 1 = none */
@@ -81,7 +83,7 @@ struct exo_shard {
     int n_rope;
     void *arch_data;         /* the architecture's hyper-parameters and layers (one malloc, freed with the shard) */
     exo_run_state rs;
-    void *packed;            /* the backend's packed copies of the weights (exo_weights_alloc) */
+    void *packed;            /* the backend's packed copies of the weights (its EXO_BUFFER_WEIGHTS) */
     size_t packed_bytes;
 };
 
@@ -90,7 +92,8 @@ struct exo_seq {
     int n_ctx;
     int pos;               /* positions [0, pos) are in the cache */
     uint16_t *k_cache;     /* (n_layers_in_shard, n_ctx, n_head_kv * head_dim), f16 as llama.cpp's default */
-    uint16_t *v_cache;
+    uint16_t *v_cache;     /* the same; both cut from one backend buffer of cache_bytes */
+    size_t cache_bytes;
 };
 
 /* ---- the architecture table (arch.c) --------------------------------------- */

@@ -373,7 +373,7 @@ static void test_writer_errors(void)
     CHECK(exo_gguf_writer_add_tensor(w, "t", EXO_DTYPE_Q8_0, 1, ne, d, 34) == EXO_EINVAL);
     CHECK(strstr(exo_last_error(), "duplicate tensor 't'") != NULL);
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_0, 1, ne, d, 33) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_tensor(w, "u", 6, 1, ne, d, 22) == EXO_ENOTSUP);
+    CHECK(exo_gguf_writer_add_tensor(w, "u", 16, 1, ne, d, 22) == EXO_ENOTSUP); /* IQ2_XXS */
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_K, 1, ne, d, 22) == EXO_ENOTSUP);
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 0, ne, d, 4) == EXO_EINVAL);
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 5, ne, d, 4) == EXO_EINVAL);
@@ -699,17 +699,14 @@ static void test_corruptions(void)
     one_tensor(&f, 1, 16, 1, EXO_DTYPE_Q4_0, 0, 64);
     expect_fail(&f, EXO_EFORMAT, "tensor 't': ne[0] = 16", "Q4_0 block size 32");
     bb_free(&f);
-    one_tensor(&f, 1, 32, 1, 6, 0, 64);
-    expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 6 (Q5_0) in tensor 't'", NULL);
+    one_tensor(&f, 1, 32, 1, 9, 0, 64);
+    expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 9 (Q8_1) in tensor 't'", NULL);
     bb_free(&f);
-    one_tensor(&f, 1, 32, 1, 7, 0, 64);
-    expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 7 (Q5_1) in tensor 't'", NULL);
+    one_tensor(&f, 1, 256, 1, 16, 0, 512);
+    expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 16 (IQ2_XXS) in tensor 't'", NULL);
     bb_free(&f);
-    one_tensor(&f, 1, 256, 1, 10, 0, 512);
-    expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 10 (Q2_K) in tensor 't'", NULL);
-    bb_free(&f);
-    one_tensor(&f, 1, 256, 1, 11, 0, 512);
-    expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 11 (Q3_K) in tensor 't'", NULL);
+    one_tensor(&f, 1, 256, 1, 21, 0, 512);
+    expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 21 (IQ3_S) in tensor 't'", NULL);
     bb_free(&f);
     one_tensor(&f, 1, 256, 1, EXO_DTYPE_Q8_K, 0, 512);
     expect_fail(&f, EXO_ENOTSUP, "unsupported tensor type 15 (Q8_K)", NULL);

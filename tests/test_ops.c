@@ -32,14 +32,14 @@ static double nmse(const float *a, const double *b, size_t n)
     return den > 0 ? num / den : num;
 }
 
-static void test_rmsnorm(const exo_backend *be)
+static void test_rmsnorm(exo_backend *be)
 {
     enum { T = 3, D = 96 };
     float x[T * D], w[D], y[T * D];
     double ref[T * D];
     for (int i = 0; i < T * D; i++) x[i] = frand() * 3;
     for (int i = 0; i < D; i++) w[i] = 1 + frand() * 0.5f;
-    be->rmsnorm(x, w, y, T, D, 1e-5f);
+    be->rmsnorm(be, x, w, y, T, D, 1e-5f);
     for (int t = 0; t < T; t++) {
         double ss = 0;
         for (int i = 0; i < D; i++) ss += (double)x[t * D + i] * x[t * D + i];
@@ -49,7 +49,7 @@ static void test_rmsnorm(const exo_backend *be)
     CHECK(nmse(y, ref, T * D) < 1e-12);
 }
 
-static void test_rope(const exo_backend *be, int style)
+static void test_rope(exo_backend *be, int style)
 {
     enum { T = 4, H = 3, HD = 16, ROT = 12 }; /* partial rotation: last 4 dims untouched */
     float x[T * H * HD], cosv[T * ROT / 2], sinv[T * ROT / 2];
@@ -75,14 +75,14 @@ static void test_rope(const exo_backend *be, int style)
             }
         }
     exo_rope_table rope = {.cos = cosv, .sin = sinv, .rope_dim = ROT, .style = style};
-    be->rope(x, T, H, HD, &rope);
+    be->rope(be, x, T, H, HD, &rope);
     CHECK_MSG(nmse(x, ref, T * H * HD) < 1e-12, "rope style %d", style);
 }
 
 /* T queries at the end of a cache of CTX positions; T >= 32 takes the
  * blocked sgemm path (EXO_GEMM_MIN_TOKENS is set to 32 in main). */
 /* window: a query at p sees keys (p - window, p]; 0 = all. */
-static void test_attention(const exo_backend *be, int T, int window)
+static void test_attention(exo_backend *be, int T, int window)
 {
     enum { CTX = 80, H = 6, HKV = 2, HD = 8, TMAX = 64 };
     int pos0 = CTX - T;
@@ -92,8 +92,8 @@ static void test_attention(const exo_backend *be, int T, int window)
     for (int i = 0; i < T * H * HD; i++) q[i] = frand();
     for (int i = 0; i < CTX * HKV * HD; i++) k[i] = frand(), v[i] = frand();
     /* the cache holds f16: the reference uses the same rounded keys and values */
-    be->to_f16(k, k16, CTX * HKV * HD);
-    be->to_f16(v, v16, CTX * HKV * HD);
+    be->to_f16(be, k, k16, CTX * HKV * HD);
+    be->to_f16(be, v, v16, CTX * HKV * HD);
     for (int i = 0; i < CTX * HKV * HD; i++) k[i] = exo_half_to_float(k16[i]), v[i] = exo_half_to_float(v16[i]);
     float scale = 1 / sqrtf(HD);
     for (int t = 0; t < T; t++)
@@ -115,7 +115,7 @@ static void test_attention(const exo_backend *be, int T, int window)
         }
     exo_attention_args a = {.q = q, .k_cache = k16, .v_cache = v16, .out = out, .n_tokens = T, .pos0 = pos0,
                             .n_head = H, .n_head_kv = HKV, .head_dim = HD, .scale = scale, .window = window};
-    be->attention(&a);
+    be->attention(be, &a);
     CHECK_MSG(nmse(out, ref, (size_t)T * H * HD) < 1e-10, "attention of %d queries, window %d: nmse %g", T, window,
               nmse(out, ref, (size_t)T * H * HD));
 }
@@ -128,7 +128,7 @@ static double act_ref(int act, double g)
 
 /* Gated activations through matmul_glu with identity weights (f32: exact
  * products), so gate and up are the input itself: out = act(x) * x. */
-static void test_glu(const exo_backend *be, int act)
+static void test_glu(exo_backend *be, int act)
 {
     enum { N = 64, T = 3 };
     static float w[N * N], x[T * N], gate[T * N], up[T * N];
@@ -138,12 +138,12 @@ static void test_glu(const exo_backend *be, int act)
     exo_tensor wt;
     int64_t ne[2] = {N, N};
     CHECK(exo_tensor_view(&wt, EXO_DTYPE_F32, 2, ne, w) == 0);
-    CHECK(be->matmul_glu(&wt, &wt, x, T, gate, up, act) == 0);
+    CHECK(be->matmul_glu(be, &wt, &wt, x, T, gate, up, act) == 0);
     CHECK_MSG(nmse(gate, ref, T * N) < 1e-12, "glu activation %d: nmse %g", act, nmse(gate, ref, T * N));
 }
 
 /* Matmul in one dtype, n_tokens rows, against the dequantized weights in double. */
-static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
+static void test_matmul(exo_backend *be, int dtype, int n_tokens)
 {
     enum { K = 512, N = 80 };
     const exo_type_traits *tr = exo_type_traits_get(dtype);
@@ -166,20 +166,20 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
     exo_tensor wt;
     int64_t ne[2] = {K, N};
     CHECK(exo_tensor_view(&wt, dtype, 2, ne, w) == 0);
-    CHECK(be->matmul(&wt, x, n_tokens, y, N) == 0);
+    CHECK(be->matmul(be, &wt, x, n_tokens, y, N) == 0);
     /* 8-bit activations cost about 1e-4 of nmse; f32 paths far less. */
     double e = nmse(y, ref, (size_t)N * n_tokens);
     CHECK_MSG(e < 5e-4, "matmul %s x %d tokens: nmse %g", tr->name, n_tokens, e);
     /* The backend's packed copy, where it makes one: the same outputs bit
      * for bit (in a multi-output call too, which mixes packed and not). */
-    size_t packed_bytes = be->packed_size(&wt);
+    size_t packed_bytes = be->packed_size(be, &wt);
     if (packed_bytes) {
         exo_tensor packed = wt;
         void *buf = malloc(packed_bytes);
-        be->pack(&packed, buf);
+        be->pack(be, &packed, buf);
         CHECK(packed.packed == buf);
         float *yp = malloc(sizeof(float) * N * n_tokens * 2);
-        CHECK(be->matmul(&packed, x, n_tokens, yp, N) == 0);
+        CHECK(be->matmul(be, &packed, x, n_tokens, yp, N) == 0);
         CHECK_MSG(memcmp(yp, y, sizeof(float) * N * n_tokens) == 0, "packed matmul %s x %d tokens differs",
                   tr->name, n_tokens);
         /* two outputs, one packed and one not (run one by one), then both
@@ -188,7 +188,7 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
         for (int both = 0; both < 2; both++) {
             if (both) outs[1].w = &packed;
             memset(yp, 0, sizeof(float) * N * n_tokens * 2);
-            CHECK(be->matmul_multi(outs, 2, x, n_tokens) == 0);
+            CHECK(be->matmul_multi(be, outs, 2, x, n_tokens) == 0);
             for (int t = 0; t < n_tokens; t++)
                 CHECK_MSG(memcmp(yp + (size_t)t * 2 * N, y + (size_t)t * N, sizeof(float) * N) == 0 &&
                               memcmp(yp + (size_t)t * 2 * N + N, y + (size_t)t * N, sizeof(float) * N) == 0,
@@ -205,19 +205,19 @@ static void test_matmul(const exo_backend *be, int dtype, int n_tokens)
         exo_tensor w1 = wt, w2 = wt;
         void *buf1 = use_packed ? malloc(packed_bytes) : NULL, *buf2 = use_packed ? malloc(packed_bytes) : NULL;
         if (use_packed) {
-            be->pack(&w1, buf1);
-            be->pack(&w2, buf2);
+            be->pack(be, &w1, buf1);
+            be->pack(be, &w2, buf2);
         }
         float *gate = malloc(sizeof(float) * N * n_tokens), *up = malloc(sizeof(float) * N * n_tokens);
         float *want = malloc(sizeof(float) * N * n_tokens);
         double *want_ref = malloc(sizeof(double) * N * n_tokens);
         for (int i = 0; i < N * n_tokens; i++) want_ref[i] = act_ref(EXO_FFN_SILU, y[i]) * y[i];
         /* The file layout's result, against the products above... */
-        CHECK(be->matmul_glu(&wt, &wt, x, n_tokens, want, up, EXO_FFN_SILU) == 0);
+        CHECK(be->matmul_glu(be, &wt, &wt, x, n_tokens, want, up, EXO_FFN_SILU) == 0);
         CHECK_MSG(nmse(want, want_ref, (size_t)N * n_tokens) < 1e-10, "matmul_glu %s x %d tokens: nmse %g", tr->name,
                   n_tokens, nmse(want, want_ref, (size_t)N * n_tokens));
         /* ...and the fused loop over packed weights bit for bit against it. */
-        CHECK(be->matmul_glu(&w1, &w2, x, n_tokens, gate, up, EXO_FFN_SILU) == 0);
+        CHECK(be->matmul_glu(be, &w1, &w2, x, n_tokens, gate, up, EXO_FFN_SILU) == 0);
         CHECK_MSG(memcmp(gate, want, sizeof(float) * N * n_tokens) == 0, "matmul_glu %s x %d tokens (%s) differs",
                   tr->name, n_tokens, use_packed ? "packed" : "file layout");
         free(want_ref);
@@ -289,11 +289,13 @@ static void test_pool(void)
 int main(void)
 {
     test_pool();
-    const exo_backend *be = exo_backend_cpu();
-    exo_quants_init();
-    /* Both paths: batch-invariant integer products below 32 tokens, sgemm from 32. */
+    /* Both paths: batch-invariant integer products below 32 tokens, sgemm
+     * from 32 (the backend reads the setting when first made). */
     setenv("EXO_GEMM_MIN_TOKENS", "32", 1);
-    CHECK(be->reserve(64, 512, 128) == 0);
+    exo_backend *be = exo_backend_cpu();
+    exo_quants_init();
+    CHECK(be->reserve(be, 64, 512, 128) == 0);
+    CHECK(be->prepare(be) == 0);
     test_rmsnorm(be);
     test_rope(be, EXO_ROPE_NORM);
     test_rope(be, EXO_ROPE_NEOX);
