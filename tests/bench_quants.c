@@ -2,9 +2,10 @@
  *
  * Times matrix-vector products built from each available version of vec_dot
  * (_ref, AVX2, AVX-512 VNNI, the AVX-512 four-row vec_dot_x4, and the
- * same four rows from the packed layout) for Q4_1,
- * Q8_0 and Q4_0 weights with the default model's row lengths (576 and 1536),
- * and prints GB/s of weight bytes read. The 1536x576 and 576x1536 matrices
+ * same four rows from the packed layout) for every weight format with a
+ * fast dot: the 32-element ones with the default model's row lengths (576
+ * and 1536), the 256-element K formats with 512 for 576 (their rows are
+ * whole super-blocks), and prints GB/s of weight bytes read. The 1536x576 and 576x1536 matrices
  * fit in L2, so they show the kernels' compute speed; the 49152x576 matrix
  * (the size of the model's output head) does not fit in any cache and shows
  * how close one core gets to memory bandwidth. A plain read loop over the
@@ -12,7 +13,8 @@
  * many short runs taken in turn, so other load on the machine mostly washes
  * out; kernels absent on this CPU print as "-".
  *
- * Usage: bench_quants [rounds] (default 15). */
+ * Usage: bench_quants [rounds [types]] (default 15 rounds, every type; types
+ * is a comma-separated list of names as the traits give them: q4_0,q5_0). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,7 +23,6 @@
 #include <time.h>
 
 #include "../kernels/cpu/quants.h"
-#include "../kernels/cpu/quants_avx512.h"
 
 static double now(void)
 {
@@ -97,41 +98,36 @@ static int kernels_for(int dtype, kernel *k)
     const exo_type_traits *t = exo_type_traits_get(dtype);
     int n = 0;
     k[n++] = (kernel){ "ref", t->vec_dot_ref, NULL, NULL };
-#if EXO_QUANTS_X86
-    exo_vec_dot_fn avx2 = NULL, avx512 = NULL;
-    exo_vec_dot_x4_fn avx512_x4 = NULL;
-    switch (dtype) {
-    case EXO_DTYPE_Q4_0:
-        avx2 = exo_vec_dot_q4_0_q8_32_avx2;
-        avx512 = exo_vec_dot_q4_0_q8_32_avx512;
-        avx512_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512;
-        break;
-    case EXO_DTYPE_Q4_1:
-        avx2 = exo_vec_dot_q4_1_q8_32_avx2;
-        avx512 = exo_vec_dot_q4_1_q8_32_avx512;
-        avx512_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512;
-        break;
-    case EXO_DTYPE_Q8_0:
-        avx2 = exo_vec_dot_q8_0_q8_32_avx2;
-        avx512 = exo_vec_dot_q8_0_q8_32_avx512;
-        avx512_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512;
-        break;
-    default: break;
-    }
+    const exo_kernel_set *avx2 = exo_quants_kernels(dtype, EXO_ISA_AVX2);
+    const exo_kernel_set *avx512 = exo_quants_kernels(dtype, EXO_ISA_AVX512);
     /* EXO_DISABLE_AVX512 leaves have_avx512 false; the CPU check is what matters here */
+    bool cpu512 = false;
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    bool cpu512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    if (exo_quants_have_avx2() && avx2) k[n++] = (kernel){ "avx2", avx2, NULL, NULL };
-    if (exo_quants_have_avx2() && cpu512 && avx512) {
-        k[n++] = (kernel){ "avx512", avx512, NULL, NULL };
-        k[n++] = (kernel){ "avx512x4", NULL, avx512_x4, NULL };
-    }
-    /* the packed kernel dispatch chose (AVX-512 VNNI, or AVX2 with EXO_DISABLE_AVX512=1) */
-    if (exo_type_traits_get(dtype)->vec_dot_packed)
-        k[n++] = (kernel){ "packed", NULL, NULL, exo_type_traits_get(dtype)->vec_dot_packed };
+    cpu512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif
+    if (exo_quants_have_avx2() && avx2 && avx2->vec_dot) k[n++] = (kernel){ "avx2", avx2->vec_dot, NULL, NULL };
+    if (exo_quants_have_avx2() && cpu512 && avx512 && avx512->vec_dot)
+        k[n++] = (kernel){ "avx512", avx512->vec_dot, NULL, NULL };
+    if (exo_quants_have_avx2() && cpu512 && avx512 && avx512->vec_dot_x4)
+        k[n++] = (kernel){ "avx512x4", NULL, avx512->vec_dot_x4, NULL };
+    /* the packed kernel dispatch chose (AVX-512 VNNI, or AVX2 with EXO_DISABLE_AVX512=1) */
+    if (t->vec_dot_packed) k[n++] = (kernel){ "packed", NULL, NULL, t->vec_dot_packed };
     return n;
+}
+
+/* Whether name is an item of the comma-separated list. */
+static bool name_listed(const char *list, const char *name)
+{
+    size_t len = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == len && strncmp(p, name, n) == 0) return true;
+        p += n + (end != NULL);
+    }
+    return false;
 }
 
 int main(int argc, char **argv)
@@ -142,18 +138,23 @@ int main(int argc, char **argv)
     exo_quants_init();
     printf("bench_quants: dispatch picks %s; GB/s of weight bytes, one core\n",
            exo_quants_have_avx512() ? "AVX-512 VNNI" : exo_quants_have_avx2() ? "AVX2" : "scalar (same as ref)");
-    printf("  %-5s %-11s %8s %9s %9s %9s %9s %9s %9s\n", "type", "shape", "MB", "ref", "avx2", "avx512", "avx512x4",
+    printf("  %-6s %-11s %8s %9s %9s %9s %9s %9s %9s\n", "type", "shape", "MB", "ref", "avx2", "avx512", "avx512x4",
            "packed", "read");
 
-    static const int dtypes[] = { EXO_DTYPE_Q4_1, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0 };
+    static const int dtypes[] = { EXO_DTYPE_Q4_1, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0, EXO_DTYPE_Q5_0, EXO_DTYPE_Q5_1,
+                                  EXO_DTYPE_IQ4_NL, EXO_DTYPE_Q2_K, EXO_DTYPE_Q3_K, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K,
+                                  EXO_DTYPE_Q6_K, EXO_DTYPE_IQ4_XS };
     static const struct { int rows, cols; } shapes[] = { { 1536, 576 }, { 576, 1536 }, { 49152, 576 }, { 65536, 1536 } };
+    const char *only = argc > 2 ? argv[2] : NULL;
     srand(1);
-    for (int di = 0; di < 3; di++) {
+    for (size_t di = 0; di < sizeof dtypes / sizeof dtypes[0]; di++) {
         const exo_type_traits *t = exo_type_traits_get(dtypes[di]);
+        if (only && !name_listed(only, t->name)) continue;
         kernel ks[MAX_KERNELS];
         int nk = kernels_for(dtypes[di], ks);
         for (int si = 0; si < 4; si++) {
             int rows = shapes[si].rows, cols = shapes[si].cols;
+            if (cols % t->block_size) cols = cols / t->block_size * t->block_size; /* 576 -> 512 for K formats */
             size_t row_bytes = exo_dtype_row_size(dtypes[di], cols);
             size_t bytes = row_bytes * (size_t)rows;
             float *x = malloc((size_t)cols * sizeof(float)), *y = malloc((size_t)rows * sizeof(float));
@@ -177,7 +178,7 @@ int main(int argc, char **argv)
                     best[ki] = fmax(best[ki], time_matvec(&ks[ki], w, row_bytes, rows, cols, act, y, slice));
                 rd = fmax(rd, time_read(w, bytes, slice));
             }
-            printf("  %-5s %5dx%-5d %8.2f", t->name, rows, cols, bytes / 1e6);
+            printf("  %-6s %5dx%-5d %8.2f", t->name, rows, cols, bytes / 1e6);
             static const char *const cols_order[] = { "ref", "avx2", "avx512", "avx512x4", "packed" };
             for (int c = 0; c < 5; c++) {
                 int found = -1;

@@ -346,9 +346,22 @@ static void test_traits(void)
         CHECK(exo_type_traits_get(EXO_DTYPE_Q4_0)->vec_dot == exo_vec_dot_q4_0_q8_32_avx512);
         CHECK(exo_type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo_vec_dot_q4_1_q8_32_avx512);
         CHECK(exo_type_traits_get(EXO_DTYPE_Q8_0)->vec_dot == exo_vec_dot_q8_0_q8_32_avx512);
+        CHECK(exo_type_traits_get(EXO_DTYPE_Q5_0)->vec_dot == exo_vec_dot_q5_0_q8_32_avx512);
+        CHECK(exo_type_traits_get(EXO_DTYPE_Q5_1)->vec_dot == exo_vec_dot_q5_1_q8_32_avx512);
+        CHECK(exo_type_traits_get(EXO_DTYPE_IQ4_NL)->vec_dot == exo_vec_dot_iq4_nl_q8_32_avx512);
     } else if (exo_quants_have_avx2()) {
         CHECK(exo_type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo_vec_dot_q4_1_q8_32_avx2);
+        CHECK(exo_type_traits_get(EXO_DTYPE_Q5_0)->vec_dot == exo_vec_dot_q5_0_q8_32_avx2);
     }
+    /* every format has fast kernels where the CPU runs AVX2 */
+    if (exo_quants_have_avx2())
+        for (int k = 0; k < N_DTYPES; k++) {
+            const exo_type_traits *tk = exo_type_traits_get(all_dtypes[k]);
+            CHECK_MSG(tk->vec_dot != tk->vec_dot_ref, "%s: no fast vec_dot", tk->name);
+            bool plain = all_dtypes[k] == EXO_DTYPE_F32 || all_dtypes[k] == EXO_DTYPE_Q4_K ||
+                         all_dtypes[k] == EXO_DTYPE_Q5_K || all_dtypes[k] == EXO_DTYPE_Q6_K;
+            CHECK_MSG(plain || tk->to_float != tk->to_float_ref, "%s: no fast to_float", tk->name);
+        }
 #endif
     for (int k = 0; k < N_DTYPES; k++) {
         const exo_type_traits *tk = exo_type_traits_get(all_dtypes[k]);
@@ -747,42 +760,13 @@ typedef struct {
 static int paths_for(int dtype, kernel_path *p)
 {
     int n = 0;
-#if EXO_QUANTS_X86
-    exo_vec_dot_fn avx2 = NULL, avx512 = NULL;
-    exo_vec_dot_x4_fn avx512_x4 = NULL;
-    switch (dtype) {
-    case EXO_DTYPE_F32: avx2 = exo_vec_dot_f32_avx2; break;
-    case EXO_DTYPE_F16: avx2 = exo_vec_dot_f16_avx2; break;
-    case EXO_DTYPE_BF16: avx2 = exo_vec_dot_bf16_avx2; break;
-    case EXO_DTYPE_Q4_0:
-        avx2 = exo_vec_dot_q4_0_q8_32_avx2;
-        avx512 = exo_vec_dot_q4_0_q8_32_avx512;
-        avx512_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512;
-        break;
-    case EXO_DTYPE_Q4_1:
-        avx2 = exo_vec_dot_q4_1_q8_32_avx2;
-        avx512 = exo_vec_dot_q4_1_q8_32_avx512;
-        avx512_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512;
-        break;
-    case EXO_DTYPE_Q8_0:
-        avx2 = exo_vec_dot_q8_0_q8_32_avx2;
-        avx512 = exo_vec_dot_q8_0_q8_32_avx512;
-        avx512_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512;
-        break;
-    case EXO_DTYPE_Q4_K: avx2 = exo_vec_dot_q4_K_q8_K_avx2; break;
-    case EXO_DTYPE_Q5_K: avx2 = exo_vec_dot_q5_K_q8_K_avx2; break;
-    case EXO_DTYPE_Q6_K: avx2 = exo_vec_dot_q6_K_q8_K_avx2; break;
-    default: break;
+    const exo_kernel_set *avx2 = exo_quants_kernels(dtype, EXO_ISA_AVX2);
+    const exo_kernel_set *avx512 = exo_quants_kernels(dtype, EXO_ISA_AVX512);
+    if (avx2 && avx2->vec_dot && cpu_runs_avx2()) p[n++] = (kernel_path){ "avx2", avx2->vec_dot, NULL, NULL };
+    if (avx512 && avx512->vec_dot && cpu_runs_avx512()) {
+        p[n++] = (kernel_path){ "avx512", avx512->vec_dot, NULL, NULL };
+        if (avx512->vec_dot_x4) p[n++] = (kernel_path){ "avx512x4", NULL, avx512->vec_dot_x4, avx512->vec_dot };
     }
-    if (avx2 && cpu_runs_avx2()) p[n++] = (kernel_path){ "avx2", avx2, NULL, NULL };
-    if (avx512 && cpu_runs_avx512()) {
-        p[n++] = (kernel_path){ "avx512", avx512, NULL, NULL };
-        p[n++] = (kernel_path){ "avx512x4", NULL, avx512_x4, avx512 };
-    }
-#else
-    (void)dtype;
-    (void)p;
-#endif
     return n;
 }
 

@@ -195,6 +195,25 @@ typedef struct exo_type_traits {
     exo_vec_dot_packed_fn vec_dot_packed; /* dot over a packed group, or NULL on CPUs without a kernel */
 } exo_type_traits;
 
+/* The kernels written for one instruction set, whichever the dispatch
+ * picked: tests compare every one the CPU can run with the _ref kernels, and
+ * bench_quants times them side by side. A NULL member: none for that set. */
+typedef struct exo_kernel_set {
+    exo_vec_dot_fn vec_dot;
+    exo_to_float_fn to_float;
+    exo_vec_dot_x4_fn vec_dot_x4;
+    exo_vec_dot_packed_fn vec_dot_packed;
+} exo_kernel_set;
+
+enum exo_isa {
+    EXO_ISA_AVX2 = 0,  /* AVX2 + FMA + F16C */
+    EXO_ISA_AVX512 = 1 /* AVX-512 F, BW, VL, VNNI (on top of the AVX2 set) */
+};
+
+/* dtype's kernels for isa (enum exo_isa), or NULL when it has none there (or
+ * off x86). Whether the CPU runs them is the caller's question. */
+const exo_kernel_set *exo_quants_kernels(int dtype, int isa);
+
 /* Detects CPU features once and fills the fast entries; safe to call many times.
  * With EXO_FORCE_SCALAR=1 in the environment the _ref kernels are used; with
  * EXO_DISABLE_AVX512=1 the AVX2 ones even where AVX-512 VNNI is there. Also

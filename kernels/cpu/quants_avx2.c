@@ -114,19 +114,79 @@ static inline __m256 pair_spread(__m128 p)
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
 }
 
-/* Dot of two consecutive 4-bit blocks (q: their 16 quant bytes each, side
- * by side) with their activation pair (xlo: both blocks' first 16 quants, xhi:
- * their last 16), as 8 float partial sums: block 0's in the low 128 bits,
- * block 1's in the high. Putting the two blocks' low nibbles in one register
- * and their high nibbles in another halves the maddubs/madd/convert work per
- * block; the two maddubs results add without overflow (|.| <= 2*2*15*127). */
-static inline __m256 q4_pair_dot(__m256i q, __m256i xlo, __m256i xhi)
+/* The 4-bit formats and their kin with the same nibble layout: Q5_0/Q5_1
+ * add a fifth bit from qh, IQ4_NL looks its nibbles up in a table of signed
+ * values. One body serves them all (q4_rows); the kind is a constant at
+ * every call site, so each instance keeps only its own work. */
+enum q4_kind { KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_IQ4_NL };
+
+/* 0x10 in each byte whose bit is set, for 32 bits picked out of v by pick
+ * (each byte of pick names the byte of v, within its 128-bit lane, holding
+ * the bit; the byte's index mod 8 says which bit): Q5's fifth bits, spread
+ * to OR onto the nibbles. */
+static inline __m256i q5_highs(__m256i v, __m256i pick)
 {
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i bit = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe); /* all bits but bit (byte index mod 8) */
+    __m256i m = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(v, pick), bit), _mm256_set1_epi8(-1));
+    return _mm256_and_si256(m, _mm256_set1_epi8(0x10));
+}
+
+/* The fifth bits of two Q5 blocks (qh words at p0 and p1), laid out as
+ * q4_pair_dot's nibble registers: lo holds elements 0-15 of block 0 in the
+ * low 128 bits and of block 1 in the high ones, hi elements 16-31. */
+static inline void q5_pair_highs(const uint8_t *p0, const uint8_t *p1, __m256i *lo, __m256i *hi)
+{
+    const __m256i pick01 = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m256i pick23 = _mm256_add_epi8(pick01, _mm256_set1_epi8(2));
+    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_cvtsi32_si128((int)load_u32(p0))),
+                                        _mm_cvtsi32_si128((int)load_u32(p1)), 1);
+    *lo = q5_highs(v, pick01);
+    *hi = q5_highs(v, pick23);
+}
+
+/* The fifth bits of one Q5 block in element order (q4_unpack's layout). */
+static inline __m256i q5_block_highs(const uint8_t *qh)
+{
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    return q5_highs(_mm256_set1_epi32((int)load_u32(qh)), pick);
+}
+
+/* IQ4_NL's table in both 128-bit lanes, for pshufb lookups. */
+static inline __m256i iq4nl_table(void)
+{
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)exo_iq4nl_values));
+}
+
+/* Dot of two consecutive blocks (q: their 16 quant bytes each, side by
+ * side; hlo, hhi: Q5's fifth bits from q5_pair_highs, or zero) with their
+ * activation pair (xlo: both blocks' first 16 quants, xhi: their last 16), as
+ * 8 float partial sums: block 0's in the low 128 bits, block 1's in the high.
+ * Putting the two blocks' low nibbles in one register and their high nibbles
+ * in another halves the maddubs/madd/convert work per block; the two maddubs
+ * results add without overflow (|.| <= 2*2*31*127). IQ4_NL's looked-up values
+ * are signed, up to 127: the sign moves onto x and its two products go
+ * through madd apart, as their sum could pass int16. */
+EXO_ALWAYS_INLINE __m256 q4_pair_dot(__m256i q, __m256i hlo, __m256i hhi, __m256i xlo, __m256i xhi, const int K)
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256i qlo = _mm256_and_si256(q, low4);
     __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+    if (K == KIND_IQ4_NL) {
+        const __m256i table = iq4nl_table();
+        qlo = _mm256_shuffle_epi8(table, qlo);
+        qhi = _mm256_shuffle_epi8(table, qhi);
+        __m256i plo = _mm256_maddubs_epi16(_mm256_sign_epi8(qlo, qlo), _mm256_sign_epi8(xlo, qlo));
+        __m256i phi = _mm256_maddubs_epi16(_mm256_sign_epi8(qhi, qhi), _mm256_sign_epi8(xhi, qhi));
+        return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones)));
+    }
+    if (K == KIND_Q5_0 || K == KIND_Q5_1) {
+        qlo = _mm256_or_si256(qlo, hlo);
+        qhi = _mm256_or_si256(qhi, hhi);
+    }
     __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(qlo, xlo), _mm256_maddubs_epi16(qhi, xhi));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
 }
 
 static inline int load_u16(const void *p)
@@ -150,20 +210,26 @@ static inline float odd_lanes_sum(__m128 v)
     return _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1));
 }
 
-/* sum(qw * qa) of one 4-bit block as 8 float partial sums (the odd tail). */
-static inline __m256 q4_one_dot(const uint8_t *qs, const exo_block_q8_32 *a)
+/* sum(qw * qa) of one block (quants at qs, Q5's qh at qh) as 8 float partial
+ * sums (the odd tail). */
+EXO_ALWAYS_INLINE __m256 q4_one_dot(const uint8_t *qs, const uint8_t *qh, const exo_block_q8_32 *a, const int K)
 {
-    return dot_u8_s8(q4_unpack(qs), _mm256_loadu_si256((const __m256i *)a->qs));
+    __m256i q = q4_unpack(qs), x = _mm256_loadu_si256((const __m256i *)a->qs);
+    if (K == KIND_IQ4_NL) return dot_s8_s8(_mm256_shuffle_epi8(iq4nl_table(), q), x);
+    if (K == KIND_Q5_0 || K == KIND_Q5_1) q = _mm256_or_si256(q, q5_block_highs(qh));
+    return dot_u8_s8(q, x);
 }
 
 /* R rows (1 or 4) of a 4-bit format at w0, w0 + stride, ...; or, with P, the
  * packed group of four at w0 (quants.h: the chunk that starts at block i
  * begins at byte 4 * i * block bytes and holds 2-block pairs of quants, 32
- * bytes a row, then each row's block headers). Q4_1 (MIN) and Q4_0 differ
- * only in their pair scales: [dw0*da0, mw0*s0, dw1*da1, mw1*s1] from one
- * cvtph of both blocks' (d, m), or [dw0*da0, dw0*s0, dw1*da1, dw1*s1] (the
- * -8 offset, taken out at the end). The same arithmetic either layout, row by
- * row: a packed group gives bit for bit the one-row results. */
+ * bytes a row, then each row's block headers). Formats with a minimum (MIN:
+ * Q4_1, Q5_1) and without differ only in their pair scales: [dw0*da0,
+ * mw0*s0, dw1*da1, mw1*s1] from one cvtph of both blocks' (d, m), or
+ * [dw0*da0, dw0*s0, dw1*da1, dw1*s1] (the -8 or -16 offset of Q4_0 and Q5_0,
+ * taken out at the end; IQ4_NL, which has none, leaves the odd lanes
+ * unused). The same arithmetic either layout, row by row: a packed group
+ * gives bit for bit the one-row results. (Only Q4_0 and Q4_1 are packed.) */
 EXO_ALWAYS_INLINE __m128 q4_pair_scales(const uint8_t *hdr, size_t stride, __m128 ads, const bool MIN)
 {
     if (MIN) return _mm_mul_ps(_mm_cvtph_ps(dwords_2(hdr, stride)), ads);
@@ -173,11 +239,17 @@ EXO_ALWAYS_INLINE __m128 q4_pair_scales(const uint8_t *hdr, size_t stride, __m12
 }
 
 EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                               const int R, const bool P, const bool MIN)
+                               const int R, const bool P, const int K)
 {
-    const size_t bs = MIN ? sizeof(exo_block_q4_1) : sizeof(exo_block_q4_0);
-    const size_t hb = MIN ? offsetof(exo_block_q4_1, qs) : offsetof(exo_block_q4_0, qs);
+    const bool MIN = K == KIND_Q4_1 || K == KIND_Q5_1, HI = K == KIND_Q5_0 || K == KIND_Q5_1;
+    const size_t bs = K == KIND_Q4_1 ? sizeof(exo_block_q4_1) : K == KIND_Q5_0 ? sizeof(exo_block_q5_0)
+                    : K == KIND_Q5_1 ? sizeof(exo_block_q5_1) : sizeof(exo_block_q4_0); /* Q4_0, IQ4_NL */
+    const size_t hb = K == KIND_Q4_1 ? offsetof(exo_block_q4_1, qs) : K == KIND_Q5_0 ? offsetof(exo_block_q5_0, qs)
+                    : K == KIND_Q5_1 ? offsetof(exo_block_q5_1, qs) : offsetof(exo_block_q4_0, qs);
+    const size_t qho = K == KIND_Q5_1 ? offsetof(exo_block_q5_1, qh) : offsetof(exo_block_q5_0, qh);
+    const float offset = K == KIND_Q5_0 ? -16.0f : -8.0f; /* of the formats without a minimum */
     const int nb = n / EXO_QK;
+    const __m256i zero = _mm256_setzero_si256();
     __m256 acc0[4], acc1[4];
     __m128 acco0[4], acco1[4]; /* lanes 1, 3: sum of m * s (or dw * s) */
     float off[4];
@@ -202,8 +274,13 @@ EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const ex
             __m256i q0 = P ? _mm256_loadu_si256((const __m256i *)(c + 32 * r)) : load_2x128(w + hb, w + bs + hb);
             __m256i q1 = P ? _mm256_loadu_si256((const __m256i *)(c + 128 + 32 * r))
                            : load_2x128(w + 2 * bs + hb, w + 3 * bs + hb);
-            acc0[r] = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(q0, xlo0, xhi0), acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(pair_spread(p1), q4_pair_dot(q1, xlo1, xhi1), acc1[r]);
+            __m256i hlo0 = zero, hhi0 = zero, hlo1 = zero, hhi1 = zero;
+            if (HI) {
+                q5_pair_highs(w + qho, w + bs + qho, &hlo0, &hhi0);
+                q5_pair_highs(w + 2 * bs + qho, w + 3 * bs + qho, &hlo1, &hhi1);
+            }
+            acc0[r] = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(q0, hlo0, hhi0, xlo0, xhi0, K), acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(pair_spread(p1), q4_pair_dot(q1, hlo1, hhi1, xlo1, xhi1, K), acc1[r]);
         }
     }
     if (i + 2 <= nb) {
@@ -216,7 +293,9 @@ EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const ex
             __m128 p0 = q4_pair_scales(h, P ? hb : bs, ads, MIN);
             acco0[r] = _mm_add_ps(acco0[r], p0);
             __m256i q = P ? _mm256_loadu_si256((const __m256i *)(c + 32 * r)) : load_2x128(w + hb, w + bs + hb);
-            acc0[r] = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(q, xlo, xhi), acc0[r]);
+            __m256i hlo = zero, hhi = zero;
+            if (HI) q5_pair_highs(w + qho, w + bs + qho, &hlo, &hhi);
+            acc0[r] = _mm256_fmadd_ps(pair_spread(p0), q4_pair_dot(q, hlo, hhi, xlo, xhi, K), acc0[r]);
         }
         i += 2;
     }
@@ -227,44 +306,47 @@ EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const ex
             const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
             const uint8_t *h = P ? c + 64 + hb * r : w, *qs = P ? c + 16 * r : w + hb;
             exo_half hd[2] = {0, 0};
-            memcpy(hd, h, hb);
+            memcpy(hd, h, MIN ? 4 : 2);
             float d = half_to_float(hd[0]);
-            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[i].d), q4_one_dot(qs, a + i), acc1[r]);
+            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[i].d), q4_one_dot(qs, w + qho, a + i, K), acc1[r]);
             /* fmaf spelled out: whether the compiler contracts a * b + c
              * must not differ between the one-row and four-row bodies */
             off[r] = fmaf(MIN ? half_to_float(hd[1]) : d, a[i].s, off[r]);
         }
     }
-    FOR_ROWS(r, R) out[r] = MIN ? hsum_ps(_mm256_add_ps(acc0[r], acc1[r])) + off[r]
-                                : fmaf(-8.0f, off[r], hsum_ps(_mm256_add_ps(acc0[r], acc1[r])));
+    FOR_ROWS(r, R) {
+        float sum = hsum_ps(_mm256_add_ps(acc0[r], acc1[r]));
+        out[r] = MIN ? sum + off[r] : K == KIND_IQ4_NL ? sum : fmaf(offset, off[r], sum);
+    }
 }
 
-float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row)
-{
-    float out;
-    q4_rows(n, w_row, 0, act_row, &out, 1, false, true);
-    return out;
-}
-
-float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
-{
-    float out;
-    q4_rows(n, w_row, 0, act_row, &out, 1, false, false);
-    return out;
-}
+/* The one-row dots, one per format over q4_rows. */
+#define Q4_ONE_ROW(fmt, kind)                                                         \
+    float exo_vec_dot_##fmt##_q8_32_avx2(int n, const void *w_row, const void *act_row) \
+    {                                                                                 \
+        float out;                                                                    \
+        q4_rows(n, w_row, 0, act_row, &out, 1, false, kind);                          \
+        return out;                                                                   \
+    }
+Q4_ONE_ROW(q4_0, KIND_Q4_0)
+Q4_ONE_ROW(q4_1, KIND_Q4_1)
+Q4_ONE_ROW(q5_0, KIND_Q5_0)
+Q4_ONE_ROW(q5_1, KIND_Q5_1)
+Q4_ONE_ROW(iq4_nl, KIND_IQ4_NL)
+#undef Q4_ONE_ROW
 
 void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_1);
     const uint8_t *g = groups;
-    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, true);
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_1);
 }
 
 void exo_vec_dot_packed_q4_0_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
     const uint8_t *g = groups;
-    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, false);
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_0);
 }
 
 /* dw * da of one Q8_0 block: a 32-bit load (the half and two quant bytes)
@@ -384,6 +466,113 @@ float exo_vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
     return hsum_ps(acc) - _mm_cvtss_f32(m);
 }
 
+/* From s, eight int16 scales repeated in both 128-bit lanes: scale 2k
+ * spread over the low lane and 2k+1 over the high one (k 0..3), the scales
+ * of the two 16-element groups a 32-byte register of K-format quants holds. */
+static inline __m256i scale_pair(__m256i s, int k)
+{
+    const __m256i base = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                          2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    return _mm256_shuffle_epi8(s, _mm256_add_epi8(base, _mm256_set1_epi8((char)(4 * k))));
+}
+
+/* Q2_K and Q3_K: each 32-byte load of qs holds four registers' worth of
+ * 2-bit quants (shift 2j), each register 32 consecutive elements, i.e. two
+ * 16-element groups, scaled through madd by scale_pair. Q2_K's minimums cost
+ * one madd with bsums a super-block; so does Q3_K's -4 offset (the quants go
+ * through maddubs unsigned, 0..7). */
+float exo_vec_dot_q2_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q2_K *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    const int nb = n / EXO_QK_K;
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    const __m256i two = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)w[i].scales);
+        const __m128i scl = _mm_and_si128(sc8, low4), mn = _mm_and_si128(_mm_srli_epi16(sc8, 4), low4);
+        __m256i summ = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mn), _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].dmin) * a[i].d), _mm256_cvtepi32_ps(summ), accm);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            const __m256i s8 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h ? _mm_srli_si128(scl, 8) : scl));
+            for (int j = 0; j < 4; j++) {
+                __m256i qj = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), two);
+                __m256i x = _mm256_loadu_si256((const __m256i *)(a[i].qs + 128 * h + 32 * j));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(qj, x), scale_pair(s8, j)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) - hsum_ps(accm);
+}
+
+float exo_vec_dot_q3_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_q3_K *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    const int nb = n / EXO_QK_K;
+    const __m256i two = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        int8_t sc[16];
+        exo_q3_k_scales_unpack(w[i].scales, sc);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        /* -4 * sum_g sc[g] * bsums[g] */
+        __m256i sumi = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sumi, 2));
+        const __m256i hb = _mm256_loadu_si256((const __m256i *)w[i].hmask);
+        for (int h = 0; h < 2; h++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
+            const __m256i s8 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(sc + 8 * h))));
+            for (int j = 0; j < 4; j++) {
+                /* the 16-bit shift moves each byte's own bit 4h+j to its bit 0 */
+                __m256i third = _mm256_and_si256(_mm256_srli_epi16(hb, 4 * h + j), one);
+                __m256i qj = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * j), two), _mm256_slli_epi16(third, 2));
+                __m256i x = _mm256_loadu_si256((const __m256i *)(a[i].qs + 128 * h + 32 * j));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(qj, x), scale_pair(s8, j)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/* IQ4_XS: a 32-byte load of qs holds sub-blocks 2k (low 128 bits) and 2k+1
+ * (high); its low nibbles are their first 16 elements and its high nibbles
+ * their last 16, so the activations are loaded to match. Looked-up values
+ * are signed as IQ4_NL's (the sign moves onto x), and each maddubs result
+ * goes through madd with the sub-block scales on its own. */
+float exo_vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_row)
+{
+    const exo_block_iq4_xs *w = w_row;
+    const exo_block_q8_K *a = act_row;
+    const int nb = n / EXO_QK_K;
+    const __m256i table = iq4nl_table(), low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        int16_t ls[8];
+        for (int j = 0; j < 8; j++) ls[j] = (int16_t)exo_iq4_xs_scale(w[i].scales_l, w[i].scales_h, j);
+        const __m256i s8 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)ls));
+        __m256i sumi = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const int8_t *x = a[i].qs + 64 * k;
+            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * k));
+            __m256i vlo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, low4));
+            __m256i vhi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(q, 4), low4));
+            __m256i xlo = load_2x128(x, x + 32), xhi = load_2x128(x + 16, x + 48);
+            __m256i plo = _mm256_maddubs_epi16(_mm256_sign_epi8(vlo, vlo), _mm256_sign_epi8(xlo, vlo));
+            __m256i phi = _mm256_maddubs_epi16(_mm256_sign_epi8(vhi, vhi), _mm256_sign_epi8(xhi, vhi));
+            __m256i sk = scale_pair(s8, k);
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, sk), _mm256_madd_epi16(phi, sk)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
 /* Q6_K: the quants are used unsigned (0..63) and the -32 is taken out once per
  * super-block as 32 * sum_g scales[g] * bsums[g] (Q6_K's 16-element scale
  * groups line up with Q8_K's bsums). */
@@ -393,17 +582,6 @@ float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
     const exo_block_q8_K *a = act_row;
     const int nb = n / EXO_QK_K;
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    /* shuffles taking int16 scale 2k to the low 128 bits and 2k+1 to the high */
-    const __m256i pick[4] = {
-        _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
-                         2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3),
-        _mm256_setr_epi8(4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5,
-                         6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7),
-        _mm256_setr_epi8(8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9,
-                         10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11),
-        _mm256_setr_epi8(12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13,
-                         14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15),
-    };
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const float d = half_to_float(w[i].d) * a[i].d;
@@ -430,7 +608,7 @@ float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
             for (int k = 0; k < 4; k++) {
                 __m256i xk = _mm256_loadu_si256((const __m256i *)(x + 32 * k));
-                __m256i sk = _mm256_shuffle_epi8(s8, pick[k]);
+                __m256i sk = scale_pair(s8, k);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xk), sk));
             }
         }
@@ -535,6 +713,56 @@ void exo_to_float_q4_1_avx2(const void *src, float *dst, int64_t n)
     }
 }
 
+/* 32 bytes 0..31 (element order) -> 32 floats q*d + b. */
+static inline void u8x32_to_float(__m256i q, __m256 d, __m256 b, float *dst)
+{
+    u8x16_to_float(_mm256_castsi256_si128(q), d, b, dst);
+    u8x16_to_float(_mm256_extracti128_si256(q, 1), d, b, dst + 16);
+}
+
+/* (q - 16) * d as fma(q, d, -16d): exact as Q4_0's. */
+void exo_to_float_q5_0_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q5_0 *b = src;
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        float df = half_to_float(b[i].d);
+        __m256i q = _mm256_or_si256(q4_unpack(b[i].qs), q5_block_highs(b[i].qh));
+        u8x32_to_float(q, _mm256_set1_ps(df), _mm256_set1_ps(-16.0f * df), dst);
+    }
+}
+
+/* Fused q*d + m, as Q4_1's. */
+void exo_to_float_q5_1_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q5_1 *b = src;
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
+        __m256i q = _mm256_or_si256(q4_unpack(b[i].qs), q5_block_highs(b[i].qh));
+        u8x32_to_float(q, _mm256_set1_ps(half_to_float(b[i].d)), _mm256_set1_ps(half_to_float(b[i].m)), dst);
+    }
+}
+
+/* 16 signed bytes -> 16 floats v * d: exact as the reference's product. */
+static inline void s8x16_to_float(__m128i v, __m256 d, float *dst)
+{
+    _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d));
+    _mm256_storeu_ps(dst + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v))), d));
+}
+
+/* 32 signed bytes (element order) -> 32 floats v * d. */
+static inline void s8x32_to_float(__m256i v, __m256 d, float *dst)
+{
+    s8x16_to_float(_mm256_castsi256_si128(v), d, dst);
+    s8x16_to_float(_mm256_extracti128_si256(v, 1), d, dst + 16);
+}
+
+void exo_to_float_iq4_nl_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_iq4_nl *b = src;
+    const __m256i table = iq4nl_table();
+    for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK)
+        s8x32_to_float(_mm256_shuffle_epi8(table, q4_unpack(b[i].qs)), _mm256_set1_ps(half_to_float(b[i].d)), dst);
+}
+
 void exo_to_float_q8_0_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q8_0 *b = src;
@@ -544,6 +772,67 @@ void exo_to_float_q8_0_avx2(const void *src, float *dst, int64_t n)
             __m128i q = _mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * k));
             _mm256_storeu_ps(dst + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
         }
+    }
+}
+
+void exo_to_float_iq4_xs_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_iq4_xs *b = src;
+    const __m256i table = iq4nl_table();
+    for (int64_t i = 0; i < n / EXO_QK_K; i++) {
+        float d = half_to_float(b[i].d);
+        for (int j = 0; j < 8; j++, dst += 32) {
+            float dl = d * (float)exo_iq4_xs_scale(b[i].scales_l, b[i].scales_h, j);
+            s8x32_to_float(_mm256_shuffle_epi8(table, q4_unpack(b[i].qs + 16 * j)), _mm256_set1_ps(dl), dst);
+        }
+    }
+}
+
+/* 16 bytes 0..3 -> 16 floats dl * q - ml, multiply and subtract rounded
+ * apart as the reference does. */
+static inline void q2x16_to_float(__m128i q, float dl, float ml, float *dst)
+{
+    const __m256 d = _mm256_set1_ps(dl), m = _mm256_set1_ps(ml);
+    __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+    __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(q, q)));
+    _mm256_storeu_ps(dst, _mm256_sub_ps(_mm256_mul_ps(d, f0), m));
+    _mm256_storeu_ps(dst + 8, _mm256_sub_ps(_mm256_mul_ps(d, f1), m));
+}
+
+void exo_to_float_q2_K_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q2_K *b = src;
+    const __m128i two = _mm_set1_epi8(3);
+    for (int64_t i = 0; i < n / EXO_QK_K; i++) {
+        float d = half_to_float(b[i].d), dmin = half_to_float(b[i].dmin);
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++)
+                for (int half = 0; half < 2; half++, dst += 16) {
+                    uint8_t sc = b[i].scales[8 * h + 2 * j + half];
+                    __m128i q = _mm_loadu_si128((const __m128i *)(b[i].qs + 32 * h + 16 * half));
+                    q = _mm_and_si128(_mm_srli_epi16(q, 2 * j), two);
+                    q2x16_to_float(q, d * (float)(sc & 0x0f), dmin * (float)(sc >> 4), dst);
+                }
+    }
+}
+
+void exo_to_float_q3_K_avx2(const void *src, float *dst, int64_t n)
+{
+    const exo_block_q3_K *b = src;
+    const __m128i two = _mm_set1_epi8(3), one = _mm_set1_epi8(1), four = _mm_set1_epi8(4);
+    for (int64_t i = 0; i < n / EXO_QK_K; i++) {
+        float d = half_to_float(b[i].d);
+        int8_t sc[16];
+        exo_q3_k_scales_unpack(b[i].scales, sc);
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++)
+                for (int half = 0; half < 2; half++, dst += 16) {
+                    __m128i q = _mm_loadu_si128((const __m128i *)(b[i].qs + 32 * h + 16 * half));
+                    __m128i hm = _mm_loadu_si128((const __m128i *)(b[i].hmask + 16 * half));
+                    q = _mm_and_si128(_mm_srli_epi16(q, 2 * j), two);
+                    q = _mm_or_si128(q, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(hm, 4 * h + j), one), 2));
+                    s8x16_to_float(_mm_sub_epi8(q, four), _mm256_set1_ps(d * (float)sc[8 * h + 2 * j + half]), dst);
+                }
     }
 }
 

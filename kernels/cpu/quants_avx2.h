@@ -73,6 +73,9 @@ static inline int exo_iq4_xs_scale(const uint8_t scales_l[4], uint16_t scales_h,
 float exo_vec_dot_q4_0_q8_32_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q4_1_q8_32_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q5_0_q8_32_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q5_1_q8_32_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_iq4_nl_q8_32_avx2(int n, const void *w_row, const void *act_row);
 /* The 4-bit products over a packed group of four rows (quants.h), bit for
  * bit what the one-row kernels above give on each row. (Q8_0 has none on
  * AVX2: packed it measured no faster, 27.5 against 27.4 GB/s in cache.) */
@@ -81,6 +84,9 @@ void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_gro
 float exo_vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q2_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q3_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_f32_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_f16_avx2(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_bf16_avx2(int n, const void *w_row, const void *act_row);
@@ -88,6 +94,12 @@ float exo_vec_dot_bf16_avx2(int n, const void *w_row, const void *act_row);
 void exo_to_float_q4_0_avx2(const void *src, float *dst, int64_t n);
 void exo_to_float_q4_1_avx2(const void *src, float *dst, int64_t n);
 void exo_to_float_q8_0_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_q5_0_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_q5_1_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_iq4_nl_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_q2_K_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_q3_K_avx2(const void *src, float *dst, int64_t n);
+void exo_to_float_iq4_xs_avx2(const void *src, float *dst, int64_t n);
 void exo_to_float_f16_avx2(const void *src, float *dst, int64_t n);
 void exo_to_float_bf16_avx2(const void *src, float *dst, int64_t n);
 

@@ -123,14 +123,60 @@ static inline __m256i q4_unpack(const uint8_t *qs)
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
-/* acc + the integer dot of two 4-bit blocks (q: their 16 quant bytes each,
- * side by side) with their activation pair (xl: both blocks' first 16
- * quants, xh: their last 16): block 0 in lanes 0-3, block 1 in lanes 4-7. */
-static inline __m256i q4_pair_dot(__m256i acc, __m256i q, __m256i xl, __m256i xh)
+/* The formats that share the 4-bit nibble layout: Q5_0/Q5_1 add a fifth bit
+ * from qh, IQ4_NL looks its nibbles up in a table (quants.h). The kind is a
+ * constant at every call site. */
+enum q4_kind { KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_IQ4_NL };
+
+/* IQ4_NL's table + 128 (1..241, unsigned for dpbusd) in both 128-bit lanes;
+ * the 128 comes back out through the lanes' starting values, as Q8_0's. */
+static inline __m256i iq4nl_table_u8(void)
+{
+    __m128i t = _mm_loadu_si128((const __m128i *)exo_iq4nl_values);
+    return _mm256_broadcastsi128_si256(_mm_xor_si128(t, _mm_set1_epi8((char)0x80)));
+}
+
+/* The unsigned quant bytes from nibbles (0..15) of kind K: Q5's fifth bits
+ * come from the mask (bit j for byte j), added as 16; IQ4_NL's nibbles index
+ * its table. */
+EXO_ALWAYS_INLINE __m256i q4_widen(__m256i nib, __mmask32 high, const int K)
+{
+    if (K == KIND_Q5_0 || K == KIND_Q5_1) return _mm256_mask_add_epi8(nib, high, nib, _mm256_set1_epi8(16));
+    if (K == KIND_IQ4_NL) return _mm256_shuffle_epi8(iq4nl_table_u8(), nib);
+    return nib;
+}
+
+/* acc + the integer dot of two blocks (q: their 16 quant bytes each, side by
+ * side; hl, hh: Q5's fifth bits for the low and high nibbles, q5_pair_masks)
+ * with their activation pair (xl: both blocks' first 16 quants, xh: their
+ * last 16): block 0 in lanes 0-3, block 1 in lanes 4-7. */
+EXO_ALWAYS_INLINE __m256i q4_pair_dot(__m256i acc, __m256i q, __m256i xl, __m256i xh, __mmask32 hl, __mmask32 hh,
+                                      const int K)
 {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
-    acc = _mm256_dpbusd_epi32(acc, _mm256_and_si256(q, low4), xl);
-    return _mm256_dpbusd_epi32(acc, _mm256_and_si256(_mm256_srli_epi16(q, 4), low4), xh);
+    acc = _mm256_dpbusd_epi32(acc, q4_widen(_mm256_and_si256(q, low4), hl, K), xl);
+    return _mm256_dpbusd_epi32(acc, q4_widen(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), hh, K), xh);
+}
+
+/* The quants of four consecutive activation blocks as q4_pair_dot takes
+ * them: x[0], x[1] the pair of blocks 0-1 (first 16 quants, last 16), x[2],
+ * x[3] the pair of blocks 2-3. */
+static inline void act_quad(const exo_block_q8_32 *a, __m256i x[4])
+{
+    for (int k = 0; k < 2; k++) {
+        x[2 * k] = load_2x128(a[2 * k].qs, a[2 * k + 1].qs);
+        x[2 * k + 1] = load_2x128(a[2 * k].qs + 16, a[2 * k + 1].qs + 16);
+    }
+}
+
+/* Q5's fifth bits of two blocks (qh words at p0, p1) as q4_pair_dot's masks:
+ * *hl for the low nibbles (elements 0-15 of block 0, then of block 1), *hh
+ * for the high ones (elements 16-31). */
+static inline void q5_pair_masks(const uint8_t *p0, const uint8_t *p1, __mmask32 *hl, __mmask32 *hh)
+{
+    uint32_t h0 = load_u32(p0), h1 = load_u32(p1);
+    *hl = (h0 & 0xffffu) | (h1 << 16);
+    *hh = (h0 >> 16) | (h1 & 0xffff0000u);
 }
 
 static inline __m256i load_256(const uint8_t *p)
@@ -190,19 +236,48 @@ static inline __m256i neg_offset_sums(__m256i xl, __m256i xh, __m256i k)
     return _mm256_sub_epi32(_mm256_setzero_si256(), s);
 }
 
-/* ---- Q4_1: x = q * d + m -------------------------------------------------- */
+/* Block geometry of kind K: bytes, offset of qs, offset of qh (Q5). */
+#define KIND_BYTES(K) ((K) == KIND_Q4_1 ? sizeof(exo_block_q4_1) : (K) == KIND_Q5_0 ? sizeof(exo_block_q5_0) \
+                       : (K) == KIND_Q5_1 ? sizeof(exo_block_q5_1) : sizeof(exo_block_q4_0))
+#define KIND_QS(K) ((K) == KIND_Q4_1 ? offsetof(exo_block_q4_1, qs) : (K) == KIND_Q5_0 ? offsetof(exo_block_q5_0, qs) \
+                    : (K) == KIND_Q5_1 ? offsetof(exo_block_q5_1, qs) : offsetof(exo_block_q4_0, qs))
+#define KIND_QH(K) ((K) == KIND_Q5_1 ? offsetof(exo_block_q5_1, qh) : offsetof(exo_block_q5_0, qh))
 
-/* R rows (1 or 4) of Q4_1 at w0, w0 + stride, ... against one activation
- * row; or, with P, the packed group of four at w0 (quants.h: a chunk of cb
- * blocks starting at block i begins at byte 4 * i * 20 and holds 2-block
- * pairs of quants, 32 bytes a row, then each row's [d m] for its blocks).
- * The arithmetic is the same either way: only the loads differ. Per four
- * blocks: p = [dw0*da0, mw0*s0, dw1*da1, mw1*s1, ...] from one cvtph; its
- * even lanes, spread over each block's lanes, scale the integer dots, and
- * its odd lanes (the minimum terms) sum on the side in accm. */
-EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                                 const int R, const bool P)
+/* The integer dots of four consecutive blocks of one row with their
+ * activations (act_quad): s[0] for blocks 0-1, s[1] for blocks 2-3, lanes
+ * starting at c0 and c1. The blocks are at w, bs bytes apart, or with P in a
+ * packed chunk whose row pairs start at cr and cr + 128. */
+EXO_ALWAYS_INLINE void q4_quad_dot(const uint8_t *w, const uint8_t *cr, size_t bs, const __m256i x[4], __m256i c0,
+                                   __m256i c1, __m256i s[2], const bool P, const int K)
 {
+    const size_t qo = KIND_QS(K), ho = KIND_QH(K);
+    __m256i q0 = P ? load_256(cr) : load_2x128(w + qo, w + bs + qo);
+    __m256i q1 = P ? load_256(cr + 128) : load_2x128(w + 2 * bs + qo, w + 3 * bs + qo);
+    __mmask32 hl0 = 0, hh0 = 0, hl1 = 0, hh1 = 0;
+    if (K == KIND_Q5_0 || K == KIND_Q5_1) {
+        q5_pair_masks(w + ho, w + bs + ho, &hl0, &hh0);
+        q5_pair_masks(w + 2 * bs + ho, w + 3 * bs + ho, &hl1, &hh1);
+    }
+    s[0] = q4_pair_dot(c0, q0, x[0], x[1], hl0, hh0, K);
+    s[1] = q4_pair_dot(c1, q1, x[2], x[3], hl1, hh1, K);
+}
+
+/* ---- Q4_1, Q5_1: x = q * d + m ---------------------------------------------- */
+
+/* R rows (1 or 4) of Q4_1 or Q5_1 at w0, w0 + stride, ... against one
+ * activation row; or, with P, the packed group of four Q4_1 rows at w0
+ * (quants.h: a chunk of cb blocks starting at block i begins at byte
+ * 4 * i * 20 and holds 2-block pairs of quants, 32 bytes a row, then each
+ * row's [d m] for its blocks). The arithmetic is the same either way: only
+ * the loads differ. Per four blocks: p = [dw0*da0, mw0*s0, dw1*da1, mw1*s1,
+ * ...] from one cvtph; its even lanes, spread over each block's lanes, scale
+ * the integer dots, and its odd lanes (the minimum terms) sum on the side in
+ * accm. */
+EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
+                                 const int R, const bool P, const int K)
+{
+    const size_t bs = KIND_BYTES(K), qo = KIND_QS(K), ho = KIND_QH(K);
+    const bool HI = K == KIND_Q5_1;
     const int nb = n / EXO_QK;
     const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), sp1 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
     const __m256i zero = _mm256_setzero_si256();
@@ -216,47 +291,48 @@ EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const 
     int i = 0;
     for (; i + 4 <= nb; i += 4) {
         if (R == 4 && !P) prefetch_lines(&pf, 5); /* 4 rows x 4 blocks x 20 bytes */
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_1);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
         if (P) prefetch_ahead(c, 5);
-        const __m256i xl0 = load_2x128(a[i].qs, a[i + 1].qs), xh0 = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
-        const __m256i xl1 = load_2x128(a[i + 2].qs, a[i + 3].qs), xh1 = load_2x128(a[i + 2].qs + 16, a[i + 3].qs + 16);
+        __m256i x[4];
+        act_quad(a + i, x);
         const __m256 ads = act_quad_ds(a + i);
         FOR_ROWS(r, R) {
-            const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
-            __m128i dm = P ? _mm_loadu_si128((const __m128i *)(c + 256 + 16 * r)) : dwords_4((const uint8_t *)w, sizeof *w);
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            __m128i dm = P ? _mm_loadu_si128((const __m128i *)(c + 256 + 16 * r)) : dwords_4(w, bs);
             __m256 p = _mm256_mul_ps(_mm256_cvtph_ps(dm), ads);
             accm[r] = _mm256_add_ps(accm[r], p);
-            __m256i q0 = P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs);
-            __m256i q1 = P ? load_256(c + 128 + 32 * r) : load_2x128(w[2].qs, w[3].qs);
-            __m256i s0 = q4_pair_dot(zero, q0, xl0, xh0), s1 = q4_pair_dot(zero, q1, xl1, xh1);
-            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s0), acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s1), acc1[r]);
+            __m256i s[2];
+            q4_quad_dot(w, c + 32 * r, bs, x, zero, zero, s, P, K);
+            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s[0]), acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s[1]), acc1[r]);
         }
     }
     if (i + 2 <= nb) {
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_1);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
         const __m256i xl = load_2x128(a[i].qs, a[i + 1].qs), xh = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
         const __m128 ads = act_pair_ds(a + i);
         FOR_ROWS(r, R) {
-            const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
             __m128i h = P ? _mm_loadl_epi64((const __m128i *)(c + 128 + 8 * r))
-                          : _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(&w[0])),
-                                               _mm_cvtsi32_si128((int)load_u32(&w[1])));
+                          : _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)load_u32(w)), _mm_cvtsi32_si128((int)load_u32(w + bs)));
             __m256 p = _mm256_zextps128_ps256(_mm_mul_ps(_mm_cvtph_ps(h), ads));
             accm[r] = _mm256_add_ps(accm[r], p);
-            __m256i s = q4_pair_dot(zero, P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs), xl, xh);
+            __mmask32 hl = 0, hh = 0;
+            if (HI) q5_pair_masks(w + ho, w + bs + ho, &hl, &hh);
+            __m256i s = q4_pair_dot(zero, P ? load_256(c + 32 * r) : load_2x128(w + qo, w + bs + qo), xl, xh, hl, hh, K);
             acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s), acc0[r]);
         }
         i += 2;
     }
     if (i < nb) {
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_1);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
         const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
         FOR_ROWS(r, R) {
-            const exo_block_q4_1 *w = (const exo_block_q4_1 *)(w0 + (size_t)r * stride) + i;
-            exo_half dm[2] = {w->d, w->m};
-            if (P) memcpy(dm, c + 64 + 4 * r, sizeof dm);
-            __m256i s = _mm256_dpbusd_epi32(zero, q4_unpack(P ? c + 16 * r : w->qs), x);
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            exo_half dm[2];
+            memcpy(dm, P ? c + 64 + 4 * r : w, sizeof dm);
+            __m256i q = q4_widen(q4_unpack(P ? c + 16 * r : w + qo), HI ? load_u32(w + ho) : 0, K);
+            __m256i s = _mm256_dpbusd_epi32(zero, q, x);
             acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(dm[0]) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
             tail[r] = half_to_float(dm[1]) * a[i].s;
         }
@@ -268,86 +344,83 @@ EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const 
     FOR_ROWS(r, R) out[r] += tail[r];
 }
 
-float exo_vec_dot_q4_1_q8_32_avx512(int n, const void *w_row, const void *act_row)
-{
-    float out;
-    q4_1_rows(n, w_row, 0, act_row, &out, 1, false);
-    return out;
-}
-
 void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
-    q4_1_rows(n, w_rows, row_stride, act_row, out, 4, false);
+    q4_1_rows(n, w_rows, row_stride, act_row, out, 4, false, KIND_Q4_1);
 }
 
 void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_1);
     const uint8_t *g = groups;
-    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_1_rows(n, g, 0, act_row, out + 4 * k, 4, true);
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes)
+        q4_1_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_1);
 }
 
-/* ---- Q4_0: x = (q - 8) * d ------------------------------------------------ */
+/* ---- Q4_0, Q5_0, IQ4_NL: x = (q - 8) * d, (q - 16) * d, d * values[q] -------- */
 
-/* As Q4_1 without the minimum (packed chunks: the pairs of quants, then each
- * row's d's); the -8 lives in the lane accumulators' starting values (shared
- * by the rows), so only d's scale the dots. */
+/* As Q4_1 without the minimum (packed Q4_0 chunks: the pairs of quants, then
+ * each row's d's); the offset (8, 16, or IQ4_NL's 128) lives in the lane
+ * accumulators' starting values (shared by the rows), so only d's scale the
+ * dots. */
 EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                                 const int R, const bool P)
+                                 const int R, const bool P, const int K)
 {
+    const size_t bs = KIND_BYTES(K), qo = KIND_QS(K), ho = KIND_QH(K);
+    const bool HI = K == KIND_Q5_0;
     const int nb = n / EXO_QK;
     const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), sp1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    const __m256i eight = _mm256_set1_epi8(8);
+    const __m256i offset = _mm256_set1_epi8((char)(K == KIND_Q5_0 ? 16 : K == KIND_IQ4_NL ? 128 : 8));
     __m256 acc0[4], acc1[4];
     FOR_ROWS(r, R) acc0[r] = acc1[r] = _mm256_setzero_ps();
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
     int i = 0;
     for (; i + 4 <= nb; i += 4) {
         if (R == 4 && !P) prefetch_lines(&pf, 5); /* 4 x 4 x 18 = 288 bytes, rounded up */
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_0);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
         if (P) prefetch_ahead(c, 5);
-        const __m256i xl0 = load_2x128(a[i].qs, a[i + 1].qs), xh0 = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
-        const __m256i xl1 = load_2x128(a[i + 2].qs, a[i + 3].qs), xh1 = load_2x128(a[i + 2].qs + 16, a[i + 3].qs + 16);
-        const __m256i c0 = neg_offset_sums(xl0, xh0, eight), c1 = neg_offset_sums(xl1, xh1, eight);
+        __m256i x[4];
+        act_quad(a + i, x);
+        const __m256i c0 = neg_offset_sums(x[0], x[1], offset), c1 = neg_offset_sums(x[2], x[3], offset);
         const __m128 da = act_quad_d(a + i);
         FOR_ROWS(r, R) {
-            const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
-            __m128 d = P ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(c + 256 + 8 * r)))
-                         : halves_4((const uint8_t *)w, sizeof *w);
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            __m128 d = P ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(c + 256 + 8 * r))) : halves_4(w, bs);
             __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
-            __m256i q0 = P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs);
-            __m256i q1 = P ? load_256(c + 128 + 32 * r) : load_2x128(w[2].qs, w[3].qs);
-            __m256i s0 = q4_pair_dot(c0, q0, xl0, xh0), s1 = q4_pair_dot(c1, q1, xl1, xh1);
-            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s0), acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s1), acc1[r]);
+            __m256i s[2];
+            q4_quad_dot(w, c + 32 * r, bs, x, c0, c1, s, P, K);
+            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s[0]), acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s[1]), acc1[r]);
         }
     }
     if (i + 2 <= nb) {
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_0);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
         const __m256i xl = load_2x128(a[i].qs, a[i + 1].qs), xh = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
-        const __m256i cs = neg_offset_sums(xl, xh, eight);
+        const __m256i cs = neg_offset_sums(xl, xh, offset);
         const __m128 ds = act_pair_ds(a + i);
         const __m128 da = _mm_shuffle_ps(ds, ds, _MM_SHUFFLE(2, 0, 2, 0));
         FOR_ROWS(r, R) {
-            const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
-            __m128 d = P ? _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(c + 128 + 4 * r)))
-                         : halves_2((const uint8_t *)w, sizeof *w);
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            __m128 d = P ? _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(c + 128 + 4 * r))) : halves_2(w, bs);
             __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
-            __m256i s = q4_pair_dot(cs, P ? load_256(c + 32 * r) : load_2x128(w[0].qs, w[1].qs), xl, xh);
+            __mmask32 hl = 0, hh = 0;
+            if (HI) q5_pair_masks(w + ho, w + bs + ho, &hl, &hh);
+            __m256i s = q4_pair_dot(cs, P ? load_256(c + 32 * r) : load_2x128(w + qo, w + bs + qo), xl, xh, hl, hh, K);
             acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s), acc0[r]);
         }
         i += 2;
     }
     if (i < nb) {
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q4_0);
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
         const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
         const __m256i zero = _mm256_setzero_si256();
-        const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, eight, x));
+        const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, x));
         FOR_ROWS(r, R) {
-            const exo_block_q4_0 *w = (const exo_block_q4_0 *)(w0 + (size_t)r * stride) + i;
-            exo_half d = w->d;
-            if (P) memcpy(&d, c + 64 + 2 * r, sizeof d);
-            __m256i s = _mm256_dpbusd_epi32(cs, q4_unpack(P ? c + 16 * r : w->qs), x);
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            exo_half d;
+            memcpy(&d, P ? c + 64 + 2 * r : w, sizeof d);
+            __m256i q = q4_widen(q4_unpack(P ? c + 16 * r : w + qo), HI ? load_u32(w + ho) : 0, K);
+            __m256i s = _mm256_dpbusd_epi32(cs, q, x);
             acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(d) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
         }
     }
@@ -356,24 +429,33 @@ EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const 
     reduce_rows(u, out, R);
 }
 
-float exo_vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
-{
-    float out;
-    q4_0_rows(n, w_row, 0, act_row, &out, 1, false);
-    return out;
-}
-
 void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
-    q4_0_rows(n, w_rows, row_stride, act_row, out, 4, false);
+    q4_0_rows(n, w_rows, row_stride, act_row, out, 4, false, KIND_Q4_0);
 }
 
 void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
     const uint8_t *g = groups;
-    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_0_rows(n, g, 0, act_row, out + 4 * k, 4, true);
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes)
+        q4_0_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_0);
 }
+
+/* The one-row dots of the 4-bit bodies, one per format. */
+#define Q4_ONE_ROW(fmt, body, kind)                                                     \
+    float exo_vec_dot_##fmt##_q8_32_avx512(int n, const void *w_row, const void *act_row) \
+    {                                                                                   \
+        float out;                                                                      \
+        body(n, w_row, 0, act_row, &out, 1, false, kind);                               \
+        return out;                                                                     \
+    }
+Q4_ONE_ROW(q4_0, q4_0_rows, KIND_Q4_0)
+Q4_ONE_ROW(q4_1, q4_1_rows, KIND_Q4_1)
+Q4_ONE_ROW(q5_0, q4_0_rows, KIND_Q5_0)
+Q4_ONE_ROW(q5_1, q4_1_rows, KIND_Q5_1)
+Q4_ONE_ROW(iq4_nl, q4_0_rows, KIND_IQ4_NL)
+#undef Q4_ONE_ROW
 
 /* ---- Q8_0: x = q * d ------------------------------------------------------ */
 

@@ -17,6 +17,9 @@
 float exo_vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q4_1_q8_32_avx512(int n, const void *w_row, const void *act_row);
 float exo_vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q5_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_q5_1_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo_vec_dot_iq4_nl_q8_32_avx512(int n, const void *w_row, const void *act_row);
 
 void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
 void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
