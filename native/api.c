@@ -16,6 +16,7 @@
 #include <cblas.h>
 
 #include "../kernels/cpu/quants.h"
+#include "dtype.h"
 #include "error.h"
 #include "exo.h"
 #include "gguf.h"
@@ -211,8 +212,10 @@ int exo_file_tensor_info(const exo_file *f, int64_t i, const char **name, int *d
 
 const char *exo_dtype_name(int dtype)
 {
+    /* the kernels' spelling ("q4_K") for the types exo runs, GGUF's for the others */
     const exo_type_traits *tr = exo_type_traits_get(dtype);
-    return tr ? tr->name : "unknown";
+    const exo_dtype_info *info = exo_dtype_info_get(dtype);
+    return tr ? tr->name : info ? info->name : "unknown";
 }
 
 /* ---- measurement -------------------------------------------------------- */

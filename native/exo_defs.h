@@ -29,7 +29,8 @@ enum exo_error {
     EXO_EAGAIN = -8    /* nothing ready yet; try again later */
 };
 
-/* Element types, numbered as in GGUF. Only the ones listed are supported. */
+/* Element types, numbered as in GGUF. Only the ones listed are supported
+ * (native/dtype.c names the others, so an error can say which one a file has). */
 enum exo_dtype {
     EXO_DTYPE_F32 = 0,
     EXO_DTYPE_F16 = 1,

@@ -4,9 +4,10 @@
  * here, before the transport allocates a buffer for a payload or hands rows to
  * the shard executor. Decoding reads bytes explicitly little-endian, so the
  * format does not depend on the host's struct layout or byte order. Pure
- * functions only: the fuzzer links this file alone. */
+ * functions only: the fuzzer links this file alone (with dtype.c's table). */
 #include <string.h>
 
+#include "dtype.h"
 #include "error.h"
 #include "wire.h"
 
@@ -86,11 +87,11 @@ size_t exo_wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len)
     if (n_rows < 1 || n_rows > EXO_WIRE_MAX_ROWS || row_len < 1 || row_len > EXO_WIRE_MAX_ROW_LEN) return 0;
     size_t row;
     switch (dtype) {
-    case EXO_DTYPE_F32: row = (size_t)row_len * 4; break;
-    case EXO_DTYPE_F16: row = (size_t)row_len * 2; break;
+    case EXO_DTYPE_F32:
+    case EXO_DTYPE_F16:
     case EXO_DTYPE_Q8_0:
-        if (row_len % 32) return 0;
-        row = (size_t)row_len / 32 * 34;
+        if (row_len % exo_dtype_info_get((int)dtype)->block_size) return 0;
+        row = exo_dtype_info_bytes((int)dtype, row_len);
         break;
     case EXO_WIRE_DTYPE_I32:
         if (row_len != 1) return 0;

@@ -4,7 +4,7 @@
  * pass walks header, key/value pairs and tensor infos through a bounds-checked
  * cursor. Nothing read from the file is trusted: every count is checked against
  * a named limit and against the bytes left before anything is allocated for it,
- * every string length against the bytes left, every type against the known set,
+ * every string length against the bytes left, every type against dtype.c's table,
  * and every tensor's shape, dtype, offset and size against the data section.
  * Only then are names copied (NUL-terminated, into one arena), hash indexes
  * built for keys and tensor names, and an offset index built for each string
@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dtype.h"
 #include "error.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -59,54 +60,18 @@
 #define GGUF_MIN_KV_BYTES 14u
 #define GGUF_MIN_TENSOR_INFO_BYTES 33u
 
-/* Per-dtype block geometry for computing tensor sizes. Kept here rather than
- * shared with the kernels so the reader stands alone (and fuzzes alone); the
- * numbers are fixed by the file format. bytes == 0 means exo cannot load it. */
-struct dtype_info {
-    const char *name;
-    uint32_t block;  /* elements per block */
-    uint32_t bytes;  /* bytes per block */
-};
-
-static const struct dtype_info dtype_table[] = {
-    [0] = {"F32", 1, 4},       [1] = {"F16", 1, 2},
-    [2] = {"Q4_0", 32, 18},    [3] = {"Q4_1", 32, 20},
-    [4] = {"Q4_2 (removed)", 0, 0}, [5] = {"Q4_3 (removed)", 0, 0},
-    [6] = {"Q5_0", 32, 22},    [7] = {"Q5_1", 32, 24},
-    [8] = {"Q8_0", 32, 34},    [9] = {"Q8_1", 0, 0},
-    [10] = {"Q2_K", 256, 84},  [11] = {"Q3_K", 256, 110},
-    [12] = {"Q4_K", 256, 144}, [13] = {"Q5_K", 256, 176},
-    [14] = {"Q6_K", 256, 210},
-    /* Q8_K is exo's activation format; a model file never stores it */
-    [15] = {"Q8_K", 0, 0},
-    [16] = {"IQ2_XXS", 0, 0},  [17] = {"IQ2_XS", 0, 0},
-    [18] = {"IQ3_XXS", 0, 0},  [19] = {"IQ1_S", 0, 0},
-    [20] = {"IQ4_NL", 32, 18},   [21] = {"IQ3_S", 0, 0},
-    [22] = {"IQ2_S", 0, 0},    [23] = {"IQ4_XS", 256, 136},
-    [24] = {"I8", 0, 0},       [25] = {"I16", 0, 0},
-    [26] = {"I32", 0, 0},      [27] = {"I64", 0, 0},
-    [28] = {"F64", 0, 0},      [29] = {"IQ1_M", 0, 0},
-    [30] = {"BF16", 1, 2},
-    [31] = {"Q4_0_4_4 (removed)", 0, 0}, [32] = {"Q4_0_4_8 (removed)", 0, 0},
-    [33] = {"Q4_0_8_8 (removed)", 0, 0},
-    [34] = {"TQ1_0", 0, 0},    [35] = {"TQ2_0", 0, 0},
-    [36] = {"IQ4_NL_4_4 (removed)", 0, 0}, [37] = {"IQ4_NL_4_8 (removed)", 0, 0},
-    [38] = {"IQ4_NL_8_8 (removed)", 0, 0},
-    [39] = {"MXFP4", 0, 0},    [40] = {"NVFP4", 0, 0},
-    [41] = {"Q1_0", 0, 0},     [42] = {"Q2_0", 0, 0},
-};
-#define DTYPE_TABLE_LEN (sizeof dtype_table / sizeof dtype_table[0])
-
-static const struct dtype_info *dtype_lookup(uint32_t t)
+/* A type number read from a file or given to the writer, looked up in
+ * dtype.c's table (NULL when GGUF never defined it). */
+static const exo_dtype_info *dtype_named(uint32_t t)
 {
-    if (t >= DTYPE_TABLE_LEN || !dtype_table[t].name) return NULL;
-    return &dtype_table[t];
+    return t <= INT32_MAX ? exo_dtype_info_get((int)t) : NULL;
 }
 
-static bool dtype_supported(uint32_t t)
+/* The same, only for a type a model may hold (exo has kernels for it). */
+static const exo_dtype_info *dtype_loadable(uint32_t t)
 {
-    const struct dtype_info *d = dtype_lookup(t);
-    return d && d->bytes != 0;
+    const exo_dtype_info *d = dtype_named(t);
+    return d && d->loadable ? d : NULL;
 }
 
 static const char *const value_type_names[] = {
@@ -454,25 +419,25 @@ static int read_tensor_infos(struct cursor *c, exo_gguf *g)
         }
 
         if (read_u32(c, &type)) return truncated(c, 4, "type of tensor '%s'", tname);
-        if (!dtype_supported(type)) {
-            const struct dtype_info *di = dtype_lookup(type);
-            if (di)
+        const exo_dtype_info *di = dtype_loadable(type);
+        if (!di) {
+            const exo_dtype_info *named = dtype_named(type);
+            if (named)
                 return fail(c, EXO_ENOTSUP, "unsupported tensor type %u (%s) in tensor '%s'", type,
-                            di->name, tname);
+                            named->name, tname);
             return fail(c, EXO_EFORMAT, "unknown tensor type %u in tensor '%s'", type, tname);
         }
-        const struct dtype_info *di = dtype_lookup(type);
         t->dtype = (int)type;
-        if ((uint64_t)t->ne[0] % di->block)
+        if ((uint64_t)t->ne[0] % di->block_size)
             return fail(c, EXO_EFORMAT,
                         "tensor '%s': ne[0] = %lld is not a multiple of the %s block size %u",
-                        tname, (long long)t->ne[0], di->name, di->block);
+                        tname, (long long)t->ne[0], di->name, di->block_size);
         /* ne[0] is a whole number of blocks, so the element count is too */
-        uint64_t blocks = nel / di->block;
-        if (blocks > (uint64_t)SIZE_MAX / di->bytes)
+        uint64_t blocks = nel / di->block_size;
+        if (blocks > (uint64_t)SIZE_MAX / di->type_size)
             return fail(c, EXO_EFORMAT, "tensor '%s': data size of %llu %s blocks overflows", tname,
                         (unsigned long long)blocks, di->name);
-        t->size = (size_t)(blocks * di->bytes);
+        t->size = (size_t)(blocks * di->type_size);
 
         if (read_u64(c, &t->offset)) return truncated(c, 8, "offset of tensor '%s'", tname);
     }
@@ -1275,12 +1240,15 @@ int exo_gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, 
     if (nlen == 0 || nlen > GGUF_WRITER_MAX_TENSOR_NAME)
         return exo_error_set(EXO_EINVAL, "gguf writer: tensor name '%s' length %zu not in 1..%d",
                              name, nlen, GGUF_WRITER_MAX_TENSOR_NAME);
-    if (dtype < 0 || !dtype_supported((uint32_t)dtype))
-        return exo_error_set(EXO_ENOTSUP, "gguf writer: unsupported dtype %d for tensor '%s'", dtype, name);
+    const exo_dtype_info *di = dtype < 0 ? NULL : dtype_loadable((uint32_t)dtype);
+    if (!di) {
+        const exo_dtype_info *named = dtype < 0 ? NULL : dtype_named((uint32_t)dtype);
+        return exo_error_set(EXO_ENOTSUP, "gguf writer: unsupported dtype %d (%s) for tensor '%s'", dtype,
+                             named ? named->name : "unknown", name);
+    }
     if (n_dims < 1 || n_dims > EXO_GGUF_MAX_DIMS)
         return exo_error_set(EXO_EINVAL, "gguf writer: tensor '%s' n_dims %d not in 1..%d", name,
                              n_dims, EXO_GGUF_MAX_DIMS);
-    const struct dtype_info *di = dtype_lookup((uint32_t)dtype);
     uint64_t nel = 1;
     for (int d = 0; d < n_dims; d++) {
         if (ne[d] < 1 || nel > (uint64_t)INT64_MAX / (uint64_t)ne[d])
@@ -1288,13 +1256,13 @@ int exo_gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, 
                                  name, d, (long long)ne[d]);
         nel *= (uint64_t)ne[d];
     }
-    if ((uint64_t)ne[0] % di->block)
+    if ((uint64_t)ne[0] % di->block_size)
         return exo_error_set(EXO_EINVAL, "gguf writer: tensor '%s' ne[0] = %lld not a multiple of %u",
-                             name, (long long)ne[0], di->block);
-    uint64_t blocks = nel / di->block;
-    if (blocks > UINT64_MAX / di->bytes || blocks * di->bytes != size)
+                             name, (long long)ne[0], di->block_size);
+    uint64_t blocks = nel / di->block_size;
+    if (blocks > UINT64_MAX / di->type_size || blocks * di->type_size != size)
         return exo_error_set(EXO_EINVAL, "gguf writer: tensor '%s' data is %zu bytes, expected %llu",
-                             name, size, (unsigned long long)(blocks * di->bytes));
+                             name, size, (unsigned long long)(blocks * di->type_size));
     if (w->n_t >= GGUF_MAX_TENSORS)
         return exo_error_set(EXO_ENOMEM, "gguf writer: more than %u tensors", GGUF_MAX_TENSORS);
     for (size_t i = 0; i < w->n_t; i++)

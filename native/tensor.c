@@ -1,8 +1,9 @@
 /* tensor.c: creating, viewing and releasing tensors.
  *
- * Row strides come from the dtype's block layout (a row of a quantized matrix
- * is ne[0] / block_size blocks), so every consumer indexes rows the same way
- * whether the bytes are floats or Q4_K super-blocks. Also the memory helpers:
+ * Row strides come from the dtype's block layout in dtype.c's table (a row
+ * of a quantized matrix is ne[0] / block_size blocks), so every consumer
+ * indexes rows the same way whether the bytes are floats or Q4_K
+ * super-blocks. Also the memory helpers:
  * aligned scratch, and huge-page memory for weights read on every token. */
 #define _GNU_SOURCE
 #include "tensor.h"
@@ -13,25 +14,26 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "../kernels/cpu/quants.h"
+#include "dtype.h"
 #include "error.h"
 
 static int tensor_init(exo_tensor *t, int dtype, int n_dims, const int64_t *ne)
 {
     memset(t, 0, sizeof *t);
-    const exo_type_traits *tr = exo_type_traits_get(dtype);
-    if (!tr) return exo_error_set(EXO_ENOTSUP, "unsupported dtype %d", dtype);
+    const exo_dtype_info *info = exo_dtype_info_get(dtype);
+    if (!info || !info->block_size)
+        return exo_error_set(EXO_ENOTSUP, "unsupported dtype %d (%s)", dtype, info ? info->name : "unknown");
     if (n_dims < 1 || n_dims > EXO_MAX_DIMS) return exo_error_set(EXO_EINVAL, "tensor with %d dims", n_dims);
     t->dtype = dtype;
     t->n_dims = n_dims;
     for (int i = 0; i < EXO_MAX_DIMS; i++) t->ne[i] = i < n_dims ? ne[i] : 1;
     for (int i = 0; i < EXO_MAX_DIMS; i++)
         if (t->ne[i] < 1) return exo_error_set(EXO_EINVAL, "tensor dim %d is %lld", i, (long long)t->ne[i]);
-    if (t->ne[0] % tr->block_size)
+    if (t->ne[0] % info->block_size)
         return exo_error_set(EXO_EFORMAT, "row of %lld elements is not a multiple of %s's block of %d",
-                             (long long)t->ne[0], tr->name, tr->block_size);
-    t->nb[0] = tr->type_size;
-    t->nb[1] = (size_t)(t->ne[0] / tr->block_size) * tr->type_size;
+                             (long long)t->ne[0], info->name, (int)info->block_size);
+    t->nb[0] = info->type_size;
+    t->nb[1] = (size_t)(t->ne[0] / info->block_size) * info->type_size;
     for (int i = 2; i < EXO_MAX_DIMS; i++) t->nb[i] = t->nb[i - 1] * (size_t)t->ne[i - 1];
     return EXO_OK;
 }

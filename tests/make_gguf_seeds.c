@@ -6,7 +6,7 @@
  * numeric and string arrays, every supported tensor dtype, and a non-default
  * alignment, which gives the fuzzer valid structure to mutate.
  *
- *   cc -Inative tests/make_gguf_seeds.c native/gguf.c native/error.c -o /tmp/mk
+ *   cc -Inative tests/make_gguf_seeds.c native/gguf.c native/dtype.c native/error.c -o /tmp/mk
  *   /tmp/mk tests/fuzz/gguf/seeds */
 #define _POSIX_C_SOURCE 200809L /* O_CLOEXEC, strdup, mkdtemp */
 
@@ -51,6 +51,22 @@ static void tensor(exo_gguf_writer *w, const char *name, int dtype, int64_t ne0,
     for (size_t i = 0; i < bytes; i++) d[i] = (unsigned char)(i * 13 + 5);
     ok(exo_gguf_writer_add_tensor(w, name, dtype, ne1 > 1 ? 2 : 1, ne, d, bytes), name);
     free(d);
+}
+
+struct seed_tensor {
+    const char *name;
+    int dtype;
+    int64_t ne0, ne1;
+    size_t bytes;
+};
+
+/* A file of the given tensors, with only an architecture key. */
+static void tensors_file(const char *file, const char *arch, const struct seed_tensor *t, size_t n)
+{
+    exo_gguf_writer *w = exo_gguf_writer_new();
+    ok(exo_gguf_writer_add_str(w, "general.architecture", arch), "arch");
+    for (size_t i = 0; i < n; i++) tensor(w, t[i].name, t[i].dtype, t[i].ne0, t[i].ne1, t[i].bytes);
+    finish(w, file);
 }
 
 int main(int argc, char **argv)
@@ -98,19 +114,23 @@ int main(int argc, char **argv)
     }
     finish(w, "scalars.gguf");
 
-    /* one tensor of every supported dtype, at the smallest legal size */
-    w = exo_gguf_writer_new();
-    ok(exo_gguf_writer_add_str(w, "general.architecture", "llama"), "arch");
-    tensor(w, "f32", EXO_DTYPE_F32, 4, 2, 32);
-    tensor(w, "f16", EXO_DTYPE_F16, 8, 1, 16);
-    tensor(w, "bf16", EXO_DTYPE_BF16, 4, 2, 16);
-    tensor(w, "q4_0", EXO_DTYPE_Q4_0, 32, 1, 18);
-    tensor(w, "q4_1", EXO_DTYPE_Q4_1, 32, 2, 40);
-    tensor(w, "q8_0", EXO_DTYPE_Q8_0, 32, 1, 34);
-    tensor(w, "q4_k", EXO_DTYPE_Q4_K, 256, 1, 144);
-    tensor(w, "q5_k", EXO_DTYPE_Q5_K, 256, 1, 176);
-    tensor(w, "q6_k", EXO_DTYPE_Q6_K, 256, 1, 210);
-    finish(w, "tensors.gguf");
+    /* one tensor of every supported dtype, at the smallest legal size; the
+     * formats hub files use besides those (K-quant mixes, IQ4) in a file of
+     * their own, to stay under the size limit */
+    static const struct seed_tensor common[] = {
+        {"f32", EXO_DTYPE_F32, 4, 2, 32},       {"f16", EXO_DTYPE_F16, 8, 1, 16},
+        {"bf16", EXO_DTYPE_BF16, 4, 2, 16},     {"q4_0", EXO_DTYPE_Q4_0, 32, 1, 18},
+        {"q4_1", EXO_DTYPE_Q4_1, 32, 2, 40},    {"q8_0", EXO_DTYPE_Q8_0, 32, 1, 34},
+        {"q4_k", EXO_DTYPE_Q4_K, 256, 1, 144},  {"q5_k", EXO_DTYPE_Q5_K, 256, 1, 176},
+        {"q6_k", EXO_DTYPE_Q6_K, 256, 1, 210},
+    };
+    static const struct seed_tensor hub[] = {
+        {"q5_0", EXO_DTYPE_Q5_0, 32, 2, 44},    {"q5_1", EXO_DTYPE_Q5_1, 32, 1, 24},
+        {"iq4_nl", EXO_DTYPE_IQ4_NL, 64, 1, 36}, {"q2_k", EXO_DTYPE_Q2_K, 256, 1, 84},
+        {"q3_k", EXO_DTYPE_Q3_K, 256, 1, 110},  {"iq4_xs", EXO_DTYPE_IQ4_XS, 256, 1, 136},
+    };
+    tensors_file("tensors.gguf", "llama", common, sizeof common / sizeof common[0]);
+    tensors_file("tensors_hub.gguf", "gemma3", hub, sizeof hub / sizeof hub[0]);
 
     /* a tokenizer-shaped file: string arrays with parallel numeric arrays */
     w = exo_gguf_writer_new();

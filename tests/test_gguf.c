@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "dtype.h"
 #include "error.h"
 #include "gguf.h"
 
@@ -155,8 +156,9 @@ struct rt_tensor {
     size_t size;
 };
 
-/* bytes: F32 4/elt, F16/BF16 2, Q4_0 18/32, Q4_1 20/32, Q8_0 34/32, Q4_K 144/256,
- * Q5_K 176/256, Q6_K 210/256 */
+/* bytes: F32 4/elt, F16/BF16 2, Q4_0 18/32, Q4_1 20/32, Q5_0 22/32, Q5_1 24/32,
+ * Q8_0 34/32, IQ4_NL 18/32, Q2_K 84/256, Q3_K 110/256, Q4_K 144/256, Q5_K
+ * 176/256, Q6_K 210/256, IQ4_XS 136/256 */
 static const struct rt_tensor rt_tensors[] = {
     {"f32.weight", EXO_DTYPE_F32, 2, {4, 3, 1, 1}, 48},
     {"f16.weight", EXO_DTYPE_F16, 1, {8, 1, 1, 1}, 16},
@@ -167,6 +169,12 @@ static const struct rt_tensor rt_tensors[] = {
     {"q4_k.weight", EXO_DTYPE_Q4_K, 1, {256, 1, 1, 1}, 144},
     {"q5_k.weight", EXO_DTYPE_Q5_K, 1, {256, 1, 1, 1}, 176},
     {"q6_k.weight", EXO_DTYPE_Q6_K, 2, {256, 2, 1, 1}, 420},
+    {"q5_0.weight", EXO_DTYPE_Q5_0, 2, {32, 2, 1, 1}, 44},
+    {"q5_1.weight", EXO_DTYPE_Q5_1, 1, {64, 1, 1, 1}, 48},
+    {"iq4_nl.weight", EXO_DTYPE_IQ4_NL, 1, {96, 1, 1, 1}, 54},
+    {"q2_k.weight", EXO_DTYPE_Q2_K, 1, {256, 1, 1, 1}, 84},
+    {"q3_k.weight", EXO_DTYPE_Q3_K, 2, {256, 2, 1, 1}, 220},
+    {"iq4_xs.weight", EXO_DTYPE_IQ4_XS, 1, {512, 1, 1, 1}, 272},
 };
 #define N_RT (sizeof rt_tensors / sizeof rt_tensors[0])
 
@@ -373,7 +381,8 @@ static void test_writer_errors(void)
     CHECK(exo_gguf_writer_add_tensor(w, "t", EXO_DTYPE_Q8_0, 1, ne, d, 34) == EXO_EINVAL);
     CHECK(strstr(exo_last_error(), "duplicate tensor 't'") != NULL);
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_0, 1, ne, d, 33) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_tensor(w, "u", 16, 1, ne, d, 22) == EXO_ENOTSUP); /* IQ2_XXS */
+    CHECK(exo_gguf_writer_add_tensor(w, "u", 16, 1, ne, d, 22) == EXO_ENOTSUP);
+    CHECK(strstr(exo_last_error(), "unsupported dtype 16 (IQ2_XXS) for tensor 'u'") != NULL);
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_K, 1, ne, d, 22) == EXO_ENOTSUP);
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 0, ne, d, 4) == EXO_EINVAL);
     CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 5, ne, d, 4) == EXO_EINVAL);
@@ -864,8 +873,49 @@ static void rm_tmpdir(void)
     rmdir(tmpdir);
 }
 
+/* dtype.c's table: every number GGUF defines has a name, the retired ones no
+ * layout, and the sizes are those of ggml's block structs. */
+static void test_dtype_table(void)
+{
+    static const struct {
+        int dtype;
+        const char *name;
+        uint32_t block, bytes;
+        bool loadable;
+    } want[] = {
+        {0, "F32", 1, 4, true},         {1, "F16", 1, 2, true},          {2, "Q4_0", 32, 18, true},
+        {3, "Q4_1", 32, 20, true},      {6, "Q5_0", 32, 22, true},       {7, "Q5_1", 32, 24, true},
+        {8, "Q8_0", 32, 34, true},      {9, "Q8_1", 32, 36, false},      {10, "Q2_K", 256, 84, true},
+        {11, "Q3_K", 256, 110, true},   {12, "Q4_K", 256, 144, true},    {13, "Q5_K", 256, 176, true},
+        {14, "Q6_K", 256, 210, true},   {15, "Q8_K", 256, 292, false},   {16, "IQ2_XXS", 256, 66, false},
+        {17, "IQ2_XS", 256, 74, false}, {18, "IQ3_XXS", 256, 98, false}, {19, "IQ1_S", 256, 50, false},
+        {20, "IQ4_NL", 32, 18, true},   {21, "IQ3_S", 256, 110, false},  {22, "IQ2_S", 256, 82, false},
+        {23, "IQ4_XS", 256, 136, true}, {24, "I8", 1, 1, false},         {28, "F64", 1, 8, false},
+        {29, "IQ1_M", 256, 56, false},  {30, "BF16", 1, 2, true},        {34, "TQ1_0", 256, 54, false},
+        {35, "TQ2_0", 256, 66, false},  {39, "MXFP4", 32, 17, false},    {40, "NVFP4", 64, 36, false},
+        {41, "Q1_0", 128, 18, false},   {42, "Q2_0", 64, 18, false},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const exo_dtype_info *d = exo_dtype_info_get(want[i].dtype);
+        CHECK_MSG(d && strcmp(d->name, want[i].name) == 0 && d->block_size == want[i].block &&
+                      d->type_size == want[i].bytes && d->loadable == want[i].loadable,
+                  "dtype %d: %s", want[i].dtype, d ? d->name : "missing");
+    }
+    static const int retired[] = {4, 5, 31, 32, 33, 36, 37, 38};
+    for (size_t i = 0; i < sizeof retired / sizeof retired[0]; i++) {
+        const exo_dtype_info *d = exo_dtype_info_get(retired[i]);
+        CHECK(d && strstr(d->name, "(removed)") && d->block_size == 0 && !d->loadable);
+        CHECK(exo_dtype_info_bytes(retired[i], 256) == 0);
+    }
+    for (int t = 0; t <= 42; t++) CHECK_MSG(exo_dtype_info_get(t) != NULL, "dtype %d has no entry", t);
+    CHECK(exo_dtype_info_get(-1) == NULL && exo_dtype_info_get(43) == NULL && exo_dtype_info_get(1 << 30) == NULL);
+    CHECK(exo_dtype_info_bytes(EXO_DTYPE_Q5_0, 64) == 44 && exo_dtype_info_bytes(EXO_DTYPE_IQ4_XS, 512) == 272);
+    CHECK(exo_dtype_info_bytes(EXO_DTYPE_F16, 7) == 14 && exo_dtype_info_bytes(43, 32) == 0);
+}
+
 int main(void)
 {
+    test_dtype_table();
     snprintf(tmpdir, sizeof tmpdir, "/tmp/exo_test_gguf.XXXXXX");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");

@@ -34,10 +34,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../kernels/cpu/quants.h"
 #include "../kernels/cpu/quants_avx512.h"
 #include "../kernels/cpu/vec.h"
+#include "../native/dtype.h"
 #include "check.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -378,6 +380,25 @@ static void test_traits(void)
         bool want_packed = exo_quants_have_avx512() ? four_bit || q8 : exo_quants_have_avx2() && four_bit;
         CHECK_MSG((tk->vec_dot_packed != NULL) == want_packed, "%s: vec_dot_packed", tk->name);
     }
+}
+
+/* native/dtype.c's table agrees with the kernels: a type is loadable there
+ * exactly when it has kernels here, with the same block geometry. */
+static void test_dtype_table(void)
+{
+    for (int d = -2; d < 64; d++) {
+        const exo_dtype_info *info = exo_dtype_info_get(d);
+        const exo_type_traits *t = exo_type_traits_get(d);
+        CHECK_MSG((info && info->loadable) == (t != NULL), "dtype %d (%s): loadable and kernels disagree", d,
+                  info ? info->name : "none");
+        if (!t || !info) continue;
+        CHECK_MSG(info->block_size == (uint32_t)t->block_size && info->type_size == t->type_size &&
+                      strcasecmp(info->name, t->name) == 0,
+                  "dtype %d: %s %u/%u, kernels %s %d/%zu", d, info->name, info->block_size, info->type_size, t->name,
+                  t->block_size, t->type_size);
+    }
+    const exo_dtype_info *q8k = exo_dtype_info_get(EXO_DTYPE_Q8_K);
+    CHECK(q8k && q8k->block_size == EXO_QK_K && q8k->type_size == sizeof(exo_block_q8_K));
 }
 
 static void test_layout(void)
@@ -1258,6 +1279,7 @@ int main(void)
     printf("test_quants: dispatch picks %s; every fast kernel the CPU runs is compared with _ref\n",
            exo_quants_have_avx512() ? "AVX-512 VNNI" : exo_quants_have_avx2() ? "AVX2" : "scalar");
     test_layout();
+    test_dtype_table();
     test_traits();
     test_half();
     test_bf16();
