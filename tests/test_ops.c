@@ -139,7 +139,10 @@ static void test_glu(exo_backend *be, int act)
     int64_t ne[2] = {N, N};
     CHECK(exo_tensor_view(&wt, EXO_DTYPE_F32, 2, ne, w) == 0);
     CHECK(be->matmul_glu(be, &wt, &wt, x, T, gate, up, act) == 0);
-    CHECK_MSG(nmse(gate, ref, T * N) < 1e-12, "glu activation %d: nmse %g", act, nmse(gate, ref, T * N));
+    /* GELU goes through f16 as llama.cpp's does (relative error <= 2^-11 on
+     * input and output): nmse well under 1e-6; SiLU is exact to float. */
+    double bound = act == EXO_FFN_GELU_TANH ? 1e-6 : 1e-12;
+    CHECK_MSG(nmse(gate, ref, T * N) < bound, "glu activation %d: nmse %g", act, nmse(gate, ref, T * N));
 }
 
 /* Matmul in one dtype, n_tokens rows, against the dequantized weights in double. */

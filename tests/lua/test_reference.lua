@@ -18,24 +18,15 @@ if not f then
 end
 f:close()
 
-local function read(path)
-  local h = assert(io.open(path, "rb"))
-  local s = h:read("*a")
-  h:close()
-  return s
-end
-local function ids_of(s)
-  local t = {}
-  for id in s:gmatch("%d+") do t[#t + 1] = tonumber(id) end
-  return t
-end
+package.path = source .. "/tests/lua/?.lua;" .. package.path
+local files = require "reference_files"
 
 local shard = assert(native.load_shard(model_path))
 local total, agreed = 0, 0
 for _, name in ipairs { "a", "b", "c", "d" } do
   local dir = source .. "/tests/fixtures/llama_cpp/"
-  local prompt = ids_of(read(dir .. name .. ".ids"))
-  local want = ids_of(read(dir .. name .. ".greedy64"))
+  local prompt = files.ids(dir .. name .. ".ids")
+  local want = files.ids(dir .. name .. ".greedy64")
   local seq = assert(shard:new_seq(#prompt + #want + 4))
   local logits = assert(shard:forward(seq, prompt))
   local same, worst_gap = 0, 0

@@ -1,0 +1,51 @@
+-- reference_files.lua: reading the reference outputs in tests/fixtures/llama_cpp.
+--
+-- The files llama.cpp's outputs were saved in (tools/reference/llama_refdump.c
+-- writes them): token ids separated by anything, and top-k rows
+-- "pos id:logit id:logit ...". Shared by the tests that compare with them;
+-- tests require it after adding tests/lua to package.path.
+local M = {}
+
+function M.read(path)
+  local h = assert(io.open(path, "rb"))
+  local s = h:read("*a")
+  h:close()
+  return s
+end
+
+-- Every integer in the file, in order.
+function M.ids(path)
+  local t = {}
+  for id in M.read(path):gmatch("%d+") do t[#t + 1] = tonumber(id) end
+  return t
+end
+
+-- One row per line: { {id, logit}, ... } best first, row i for position i - 1.
+function M.topk(path)
+  local rows = {}
+  for line in M.read(path):gmatch("[^\n]+") do
+    local pos, rest = line:match("^(%d+)%s+(.*)$")
+    local row = {}
+    for id, logit in rest:gmatch("(%d+):(%S+)") do row[#row + 1] = { tonumber(id), tonumber(logit) } end
+    rows[tonumber(pos) + 1] = row
+  end
+  return rows
+end
+
+-- A checker that counts failures and reports each on stderr; done() raises
+-- when any failed.
+function M.checker()
+  local c = { failures = 0 }
+  function c.check(cond, fmt, ...)
+    if not cond then
+      c.failures = c.failures + 1
+      io.stderr:write("FAIL: " .. fmt:format(...) .. "\n")
+    end
+  end
+  function c.done()
+    if c.failures > 0 then error(c.failures .. " check(s) failed") end
+  end
+  return c
+end
+
+return M
