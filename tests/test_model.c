@@ -239,10 +239,10 @@ int main(void)
     for (int i = 0; i < N_PROMPT; i++) prompt[i] = (i * 37 + 11) % 500;
     /* The build writes tiny.gguf and variants beside it (see CMakeLists.txt). */
     const char *variants[] = {"", "-q4_0", "-q8_0", "-q4_k", "-q5_k", "-q6_k", "-f16", "-bf16", "-f32",
-                              "-qwen2", "-qwen3", "-gemma3", "-phi3"};
+                              "-llama", "-qwen2", "-qwen3", "-gemma3", "-phi3"};
     const int layer_dtypes[] = {EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_0, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K,
                                 EXO_DTYPE_Q6_K, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_F32,
-                                EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_1};
+                                EXO_DTYPE_Q2_K, EXO_DTYPE_Q5_0, EXO_DTYPE_Q3_K, EXO_DTYPE_IQ4_XS, EXO_DTYPE_Q5_1};
     char path[4096];
     int tested = 0;
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {

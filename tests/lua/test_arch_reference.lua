@@ -1,7 +1,8 @@
 -- test_arch_reference.lua: every architecture against llama.cpp on the same files.
 --
 -- tests/fixtures/llama_cpp/tiny holds, for each tiny model the build writes
--- (tiny-<arch>.gguf: same writer, same seed, so the same bytes every build),
+-- (tiny-<arch>.gguf: same writer, same seed, so the same bytes every build;
+-- each in another of the formats Q2_K, Q3_K, Q5_0, Q5_1, IQ4_NL, IQ4_XS),
 -- a token sequence and llama.cpp's top-10 logits at every position of it,
 -- teacher-forced (README.md there says how they were made). exo runs the same
 -- sequence in one batch and must agree at every position: the same top
@@ -34,7 +35,6 @@ local FLOOR, TOLERANCE, TIE = 0.05, 0.015, 0.01
 local archs = { "llama", "qwen2", "qwen3", "gemma3", "phi3" }
 for _, arch in ipairs(archs) do
   local path = tiny:gsub("%.gguf$", "-" .. arch .. ".gguf")
-  if arch == "llama" then path = tiny:gsub("%.gguf$", "-chat.gguf") end
   local ids = files.ids(fixtures .. arch .. ".ids")
   local want = files.topk(fixtures .. arch .. ".topk")
   check(#want == #ids, "%s: %d reference rows for %d tokens", arch, #want, #ids)
