@@ -212,7 +212,8 @@ function commands.run(args)
   local warned = false
   local function answer(user_text)
     messages[#messages + 1] = { role = "user", content = user_text }
-    local ids, rendered, warning = prompt.build(model.tokenizer, messages, { template = model.chat_template, family = model.chat_family })
+    local ids, rendered, warning = prompt.build(model.tokenizer, messages,
+      { template = model.chat_template, family = model.chat_family })
     if not ids then return nil, rendered end
     if warning and not warned then
       io.stderr:write("exo run: " .. warning .. "\n")

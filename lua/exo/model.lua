@@ -50,11 +50,8 @@ function M.load(name, opts)
   if not info then return nil, ierr end
   local tok, terr = tokenizer.load(path)
   if not tok then return nil, terr end
+  -- Rendering says so when it uses the family's format (chat.render's warning).
   local family = ARCH_CHAT_FAMILY[info.arch]
-  if (template == nil or template == "") and family then
-    io.stderr:write(("exo: %s has no chat template; using the %s format of its family (%s)\n"):format(
-      path:match("[^/]*$"), family, info.arch))
-  end
   local model = { id = name or models.default_id, path = path, tokenizer = tok, chat_template = template,
     chat_family = family, n_layers = info.n_layers, layer_bytes = info.layer_bytes, n_embd = info.n_embd }
   if opts.text_only then return model end

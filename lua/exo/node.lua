@@ -150,9 +150,15 @@ function Node:generate(req, on_text, should_stop)
   local entry, err, status = self:model(req.model)
   if not entry then return nil, err, status end
   local tok = entry.model.tokenizer
-  local ids, perr
+  local ids, perr, warning
   if req.messages then
-    ids, perr = prompt.build(tok, req.messages, { template = entry.model.chat_template, family = entry.model.chat_family })
+    ids, perr, warning = prompt.build(tok, req.messages,
+      { template = entry.model.chat_template, family = entry.model.chat_family })
+    -- Once per model: a file without a usable template gets its family's format.
+    if warning and not entry.template_warned then
+      entry.template_warned = true
+      io.stderr:write(("exo: %s: %s\n"):format(req.model or "model", warning))
+    end
   else
     ids = tok:encode(req.prompt, { add_bos = tok.add_bos, special = false })
   end
@@ -246,7 +252,8 @@ end
 function Node:encode_chat(req)
   local entry, err, status = self:model(req.model)
   if not entry then return nil, err, status end
-  local ids, rendered = prompt.build(entry.model.tokenizer, req.messages, { template = entry.model.chat_template, family = entry.model.chat_family })
+  local ids, rendered = prompt.build(entry.model.tokenizer, req.messages,
+    { template = entry.model.chat_template, family = entry.model.chat_family })
   if not ids then return nil, rendered, 400 end
   return ids, rendered
 end

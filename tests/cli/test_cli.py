@@ -43,6 +43,20 @@ class RunTest(unittest.TestCase):
         self.assertIn("tok/s", err3)
         self.assertIn("TTFT", err3)
 
+    def test_gemma_answers_as_llama_cpp_does(self):
+        # Gemma 3 270M's file has no chat template: exo renders Gemma's turns
+        # (saying so), which is tests/fixtures/llama_cpp/gemma3-270m/c.txt, and
+        # greedy decoding must give llama.cpp's continuation of it. (A change
+        # of numerics may flip a near-tie here; lua_test_gemma_reference says
+        # whether it is one.)
+        with open(os.path.join(ROOT, "tests", "fixtures", "llama_cpp", "gemma3-270m", "c.greedy.txt")) as f:
+            want = f.read()
+        rc, out, err = exo("run", "gemma3-270m", "--prompt", "Write a haiku about the sea.", "--temperature", "0",
+                           "--max-tokens", "48")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, want + "\n")
+        self.assertIn("no chat template", err)
+
     def test_capital_of_france(self):
         # With the template's built-in default system prompt ("You are a helpful AI
         # assistant named SmolLM, trained by Hugging Face") the 135M model answers

@@ -30,6 +30,9 @@ DEFAULT_MODEL = os.environ.get("EXO_DEFAULT_MODEL", os.path.expanduser(
     "~/.cache/exo/downloads/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"))
 TINY = os.environ.get("EXO_TINY_MODEL", os.path.join(ROOT, "build", "tiny.gguf"))
 TINY_CHAT = TINY[:-len(".gguf")] + "-chat.gguf"
+GEMMA = os.path.join(os.environ.get("EXO_HOME") or os.path.expanduser("~/.cache/exo"), "downloads", "gemma3-270m",
+                     "gemma-3-270m-q4_k_m.gguf")
+GEMMA_REFERENCE = os.path.join(ROOT, "tests", "fixtures", "llama_cpp", "gemma3-270m")
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Count from one to ten.",
            "Name three colours.", "Why is the sky blue?", "Say hello in Spanish."]
@@ -120,6 +123,17 @@ class ThreeNodes(unittest.TestCase):
                 for p in PROMPTS[:2]:
                     self.assertEqual(chat(node, model, p), self.reference[(model, p)],
                                      "%s asked of %s: %r" % (os.path.basename(model), node.node_id, p))
+
+    def test_gemma_over_three_nodes_answers_as_llama_cpp_does(self):
+        # Gemma 3 270M split over the three nodes (18 layers, some local and
+        # some global on each) continues Gemma's chat turns as llama.cpp did on
+        # the whole file (tests/fixtures/llama_cpp/gemma3-270m/c), asked of
+        # every node.
+        with open(os.path.join(GEMMA_REFERENCE, "c.greedy.txt")) as f:
+            want = f.read()
+        for node in self.nodes:
+            self.assertEqual(chat(node, GEMMA, "Write a haiku about the sea.", max_tokens=48), want,
+                             "asked of %s" % node.node_id)
 
     def test_sampling_settings_travel_with_the_request(self):
         # The last node samples; with the asker's seed and temperature it must
