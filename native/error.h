@@ -6,7 +6,7 @@
 #ifndef EXO_ERROR_H
 #define EXO_ERROR_H
 
-#include "exo_defs.h"
+#include "exo.h" /* exo_last_error and exo_error_name are public */
 
 #if defined(__GNUC__)
 #define EXO_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -18,10 +18,7 @@
  * write `return exo_error_set(EXO_EFORMAT, "...", ...);`. */
 int exo_error_set(int code, const char *fmt, ...) EXO_PRINTF(2, 3);
 
-/* The last message set on this thread ("" when none). */
-const char *exo_last_error(void);
-
-/* Short name of a code ("EFORMAT"), or "EUNKNOWN". */
-const char *exo_error_name(int code);
+/* exo.h: exo_last_error() is the last message set on this thread ("" when
+ * none); exo_error_name(code) its short name ("EFORMAT"), or "EUNKNOWN". */
 
 #endif

@@ -9,6 +9,10 @@
 
 #include "exo_defs.h"
 
+/* The library is built with hidden visibility: only what this header
+ * declares is exported (from the exo executable, for the FFI). */
+#pragma GCC visibility push(default)
+
 /* ---- runtime -------------------------------------------------------------- */
 
 int exo_abi_version(void);
@@ -382,5 +386,7 @@ double exo_measure_flops_fp32(int reps);
 int64_t exo_peak_rss_bytes(void);
 /* Monotonic clock in seconds. */
 double exo_now(void);
+
+#pragma GCC visibility pop
 
 #endif

@@ -1,7 +1,8 @@
 -- test_boundary.lua: the C/Lua boundary.
 --
 -- native.lua's cdef is exactly what tools/gen_cdef.lua extracts from the C
--- headers; the ABI version matches; runtime failures come back as
+-- headers; only those functions are exported; the ABI version matches;
+-- runtime failures come back as
 -- nil, "ECODE: message", "ECODE" while misuse raises; model metadata and
 -- shards are reachable through the wrappers.
 local source_dir = assert(os.getenv("EXO_SOURCE_DIR"), "EXO_SOURCE_DIR not set (ctest sets it)")
@@ -15,6 +16,18 @@ assert(#extracted > 1000, "suspiciously short cdef")
 
 local native = require "exo.native"
 assert(native.C.exo_abi_version() == native.ABI_VERSION)
+
+-- Only exo.h is exported: every function it declares resolves, an internal
+-- one (declared here by hand) does not.
+local ffi = require "ffi"
+local declared = 0
+for name in extracted:gmatch("[%w_%*]%s*%**(exo_[%w_]+)%s*%(") do
+  assert(pcall(function() return native.C[name] end), name .. " is declared in exo.h but not exported")
+  declared = declared + 1
+end
+assert(declared > 50, "found only " .. declared .. " functions in the cdef")
+ffi.cdef "int exo_layers_alloc(void *shard);"
+assert(not pcall(function() return native.C.exo_layers_alloc end), "an internal function is exported")
 
 -- Runtime failure: nil, message, code.
 local s, err, code = native.load_shard("/nonexistent/x.gguf")
