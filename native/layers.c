@@ -16,12 +16,12 @@
 #include "error.h"
 #include "model.h"
 
-/* cos/sin of every (token, pair) of this batch for one rope. */
-static void fill_rope_table(const exo_shard *s, const exo_rope *r, int pos0, int n_tokens)
+/* cos/sin of every (row, pair) of this batch for one rope, at each row's position. */
+static void fill_rope_table(const exo_shard *s, const exo_rope *r, const exo_batch *b)
 {
     const int half = s->hp.rope_dim / 2;
-    for (int t = 0; t < n_tokens; t++) {
-        float p = (float)(pos0 + t) / r->linear_scale;
+    for (int t = 0; t < b->n_rows; t++) {
+        float p = (float)b->pos[t] / r->linear_scale;
         for (int i = 0; i < half; i++) {
             float theta = p * r->inv_freq[i];
             r->cos[(size_t)t * half + i] = cosf(theta) * r->attn_factor;
@@ -30,18 +30,18 @@ static void fill_rope_table(const exo_shard *s, const exo_rope *r, int pos0, int
     }
 }
 
-int exo_layers_begin(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens)
+int exo_layers_begin(exo_shard *s, const exo_batch *b)
 {
     exo_backend *be = s->backend;
-    const int64_t n = (int64_t)n_tokens * s->hp.n_embd;
+    const int64_t n = (int64_t)b->n_rows * s->hp.n_embd;
     if (s->is_first) {
-        int rc = be->get_rows(be, &s->tok_embd, tokens, n_tokens, s->rs.x);
+        int rc = be->get_rows(be, &s->tok_embd, b->tokens, b->n_rows, s->rs.x);
         if (rc) return rc;
         if (s->embd_scale != 1.0f) be->scale(be, s->rs.x, s->embd_scale, n);
     } else {
-        be->copy_in(be, s->rs.x, hidden, (size_t)n);
+        be->copy_in(be, s->rs.x, b->hidden, (size_t)n);
     }
-    for (int i = 0; i < s->n_rope; i++) fill_rope_table(s, &s->rope[i], q->pos, n_tokens);
+    for (int i = 0; i < s->n_rope; i++) fill_rope_table(s, &s->rope[i], b);
     return EXO_OK;
 }
 
@@ -51,18 +51,15 @@ static void add_bias(exo_backend *be, float *y, const exo_tensor *bias, int n_to
     for (int t = 0; t < n_tokens; t++) be->add(be, y + (size_t)t * width, bias->data, width);
 }
 
-int exo_layers_attention(exo_shard *s, exo_seq *seq, int il_local, const exo_attn_block *b, int n_tokens)
+int exo_layers_attention(exo_shard *s, const exo_batch *batch, int il_local, const exo_attn_block *b)
 {
     exo_backend *be = s->backend;
     const exo_hparams *hp = &s->hp;
     exo_run_state *rs = &s->rs;
+    const int n_tokens = batch->n_rows;
     const int n_embd = hp->n_embd, head_dim = hp->head_dim;
     const int q_dim = hp->n_head * head_dim, kv_dim = hp->n_head_kv * head_dim;
-    const int pos0 = seq->pos;
     int rc;
-    /* This layer's cache: (n_ctx, kv_dim); the new keys land at pos0. */
-    uint16_t *k_cache = seq->k_cache + (size_t)il_local * seq->n_ctx * kv_dim;
-    uint16_t *v_cache = seq->v_cache + (size_t)il_local * seq->n_ctx * kv_dim;
 
     be->rmsnorm(be, rs->x, b->norm.data, rs->xn, n_tokens, n_embd, hp->rms_eps);
     exo_matmul_out qkv[3] = {{&b->wq, rs->q, q_dim}, {&b->wk, rs->k, kv_dim}, {&b->wv, rs->v, kv_dim}};
@@ -77,16 +74,27 @@ int exo_layers_attention(exo_shard *s, exo_seq *seq, int il_local, const exo_att
     exo_rope_table rope = {.cos = r->cos, .sin = r->sin, .rope_dim = hp->rope_dim, .style = r->style};
     be->rope(be, rs->q, n_tokens, hp->n_head, head_dim, &rope);
     be->rope(be, rs->k, n_tokens, hp->n_head_kv, head_dim, &rope);
-    /* The new keys (roped) and values land in the f16 cache at pos0. */
-    be->to_f16(be, rs->k, k_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
-    be->to_f16(be, rs->v, v_cache + (size_t)pos0 * kv_dim, (int64_t)n_tokens * kv_dim);
 
-    exo_attention_args att = {
-        .q = rs->q, .k_cache = k_cache, .v_cache = v_cache, .out = rs->att, .n_tokens = n_tokens,
-        .pos0 = pos0, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = head_dim,
-        .scale = b->scale, .window = b->window,
-    };
-    be->attention(be, &att);
+    /* Each sequence's rows against its own cache: this layer's part of it is
+     * (n_ctx, kv_dim), and the run's new keys (roped) and values land at its
+     * first position, in f16. */
+    for (int i = 0; i < s->n_runs; i++) {
+        const exo_batch_run *run = &s->runs[i];
+        exo_seq *seq = run->seq;
+        uint16_t *k_cache = seq->k_cache + (size_t)il_local * seq->n_ctx * kv_dim;
+        uint16_t *v_cache = seq->v_cache + (size_t)il_local * seq->n_ctx * kv_dim;
+        be->to_f16(be, rs->k + (size_t)run->row0 * kv_dim, k_cache + (size_t)run->pos0 * kv_dim,
+                   (int64_t)run->n * kv_dim);
+        be->to_f16(be, rs->v + (size_t)run->row0 * kv_dim, v_cache + (size_t)run->pos0 * kv_dim,
+                   (int64_t)run->n * kv_dim);
+        exo_attention_args att = {
+            .q = rs->q + (size_t)run->row0 * q_dim, .k_cache = k_cache, .v_cache = v_cache,
+            .out = rs->att + (size_t)run->row0 * q_dim, .n_tokens = run->n, .pos0 = run->pos0,
+            .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = head_dim, .scale = b->scale,
+            .window = b->window,
+        };
+        be->attention(be, &att);
+    }
     /* Wo's output lands in xn, then joins the residual stream. */
     if ((rc = be->matmul(be, &b->wo, rs->att, n_tokens, rs->xn, n_embd))) return rc;
     add_bias(be, rs->xn, &b->bo, n_tokens, n_embd);
@@ -95,8 +103,9 @@ int exo_layers_attention(exo_shard *s, exo_seq *seq, int il_local, const exo_att
     return EXO_OK;
 }
 
-int exo_layers_ffn(exo_shard *s, const exo_ffn_block *b, int n_tokens)
+int exo_layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b)
 {
+    const int n_tokens = batch->n_rows;
     exo_backend *be = s->backend;
     const exo_hparams *hp = &s->hp;
     exo_run_state *rs = &s->rs;
@@ -110,8 +119,9 @@ int exo_layers_ffn(exo_shard *s, const exo_ffn_block *b, int n_tokens)
     return EXO_OK;
 }
 
-int exo_layers_end(exo_shard *s, int n_tokens, int logits_from, float *out)
+int exo_layers_end(exo_shard *s, const exo_batch *b, float *out)
 {
+    const int n_tokens = b->n_rows, logits_from = b->logits_from;
     exo_backend *be = s->backend;
     const exo_hparams *hp = &s->hp;
     exo_run_state *rs = &s->rs;
@@ -130,15 +140,14 @@ int exo_layers_end(exo_shard *s, int n_tokens, int logits_from, float *out)
     return EXO_OK;
 }
 
-int exo_layers_forward(exo_shard *s, exo_seq *q, const exo_decoder_layer *layers, const int32_t *tokens,
-                       const float *hidden, int n_tokens, int logits_from, float *out)
+int exo_layers_forward(exo_shard *s, const exo_batch *b, const exo_decoder_layer *layers, float *out)
 {
-    int rc = exo_layers_begin(s, q, tokens, hidden, n_tokens);
+    int rc = exo_layers_begin(s, b);
     for (int i = 0; rc == EXO_OK && i < s->layer_end - s->layer_start; i++) {
-        rc = exo_layers_attention(s, q, i, &layers[i].attn, n_tokens);
-        if (rc == EXO_OK) rc = exo_layers_ffn(s, &layers[i].ffn, n_tokens);
+        rc = exo_layers_attention(s, b, i, &layers[i].attn);
+        if (rc == EXO_OK) rc = exo_layers_ffn(s, b, &layers[i].ffn);
     }
-    return rc ? rc : exo_layers_end(s, n_tokens, logits_from, out);
+    return rc ? rc : exo_layers_end(s, b, out);
 }
 
 int exo_layers_alloc(exo_shard *s)
@@ -147,10 +156,9 @@ int exo_layers_alloc(exo_shard *s)
     return s->arch_data ? EXO_OK : exo_error_set(EXO_ENOMEM, "out of memory");
 }
 
-int exo_layers_forward_arch(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
-                            int logits_from, float *out)
+int exo_layers_forward_arch(exo_shard *s, const exo_batch *b, float *out)
 {
-    return exo_layers_forward(s, q, s->arch_data, tokens, hidden, n_tokens, logits_from, out);
+    return exo_layers_forward(s, b, s->arch_data, out);
 }
 
 /* ---- binding ------------------------------------------------------------- */

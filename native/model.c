@@ -330,6 +330,10 @@ static int alloc_run_state(exo_shard *s)
     rs->base = s->backend->alloc(s->backend, total, EXO_BUFFER_ACTIVATIONS);
     if (!rs->base) return exo_error_set(EXO_ENOMEM, "out of memory allocating the run state (%zu MiB)", total >> 20);
     rs->bytes = total;
+    s->runs = calloc(b, sizeof *s->runs);
+    s->batch_seq = calloc(b, sizeof *s->batch_seq);
+    s->batch_pos = calloc(b, sizeof *s->batch_pos);
+    if (!s->runs || !s->batch_seq || !s->batch_pos) return exo_error_set(EXO_ENOMEM, "out of memory");
     char *at = (char *)rs->base;
     for (int i = 0; i < 8; i++) {
         *arrays[i] = (float *)at;
@@ -352,6 +356,9 @@ void exo_shard_free(exo_shard *s)
         exo_aligned_free(s->rope[i].sin);
     }
     free(s->arch_data);
+    free(s->runs);
+    free(s->batch_seq);
+    free(s->batch_pos);
     if (s->packed) be->release(be, s->packed, s->packed_bytes, EXO_BUFFER_WEIGHTS);
     exo_gguf_close(s->file);
     free(s);
@@ -492,6 +499,64 @@ int exo_seq_truncate(exo_seq *q, int pos)
 
 /* ---- forward ------------------------------------------------------------ */
 
+/* Cuts a batch into its sequences' runs (s->runs), checking what the
+ * attention and the caches rely on: every sequence belongs to this shard,
+ * its rows are together at consecutive positions starting where its cache
+ * ends, and they fit in it. */
+static int batch_runs(exo_shard *s, const exo_batch *b)
+{
+    if (b->n_rows < 1 || b->n_rows > s->max_batch)
+        return exo_error_set(EXO_EINVAL, "a batch of %d rows (1 to %d)", b->n_rows, s->max_batch);
+    if (!b->seq || !b->pos || (s->is_first ? !b->tokens : !b->hidden))
+        return exo_error_set(EXO_EINVAL, "a %s shard's batch takes %s, sequences and positions",
+                             s->is_first ? "first" : "middle", s->is_first ? "token ids" : "hidden states");
+    if (b->logits_from < 0 || b->logits_from > b->n_rows)
+        return exo_error_set(EXO_EINVAL, "logits from row %d of %d", b->logits_from, b->n_rows);
+    s->n_runs = 0;
+    for (int r = 0; r < b->n_rows; r++) {
+        exo_seq *q = b->seq[r];
+        if (!q || q->shard != s) return exo_error_set(EXO_EINVAL, "row %d's sequence belongs to another shard", r);
+        exo_batch_run *run = s->n_runs ? &s->runs[s->n_runs - 1] : NULL;
+        if (run && run->seq == q) {
+            if (b->pos[r] != run->pos0 + run->n)
+                return exo_error_set(EXO_EINVAL, "row %d is at position %d, after %d", r, b->pos[r],
+                                     run->pos0 + run->n - 1);
+            run->n++;
+        } else {
+            for (int i = 0; i < s->n_runs; i++)
+                if (s->runs[i].seq == q)
+                    return exo_error_set(EXO_EINVAL, "row %d: a sequence's rows must be together in a batch", r);
+            if (b->pos[r] != q->pos)
+                return exo_error_set(EXO_EINVAL, "row %d is at position %d; its sequence continues at %d", r,
+                                     b->pos[r], q->pos);
+            s->runs[s->n_runs++] = (exo_batch_run){.seq = q, .row0 = r, .n = 1, .pos0 = b->pos[r]};
+        }
+        if (b->pos[r] >= q->n_ctx)
+            return exo_error_set(EXO_ERANGE, "context full: position %d does not fit in %d", b->pos[r], q->n_ctx);
+    }
+    return EXO_OK;
+}
+
+/* With forward_lock held. */
+static int forward_batch_locked(exo_shard *s, const exo_batch *b, float *out)
+{
+    int rc = batch_runs(s, b);
+    if (rc == EXO_OK) rc = s->arch->forward(s, b, out);
+    if (rc == EXO_OK)
+        for (int i = 0; i < s->n_runs; i++) s->runs[i].seq->pos += s->runs[i].n;
+    return rc;
+}
+
+int exo_model_forward_batch(exo_shard *s, const exo_batch *b, float *out)
+{
+    if (!s || !b || !out) return exo_error_set(EXO_EINVAL, "exo_model_forward_batch: NULL argument");
+    pthread_mutex_lock(&forward_lock);
+    int rc = s->backend->prepare(s->backend);
+    if (rc == EXO_OK) rc = forward_batch_locked(s, b, out);
+    pthread_mutex_unlock(&forward_lock);
+    return rc;
+}
+
 int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out)
 {
@@ -506,27 +571,29 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
                              n_tokens, q->n_ctx);
     const int n_embd = s->hp.n_embd;
     const int out_width = s->is_last ? s->hp.n_vocab : n_embd;
-    int rc = EXO_OK;
     pthread_mutex_lock(&forward_lock);
-    rc = s->backend->prepare(s->backend);
+    int rc = s->backend->prepare(s->backend);
+    /* One sequence's positions, max_batch rows at a time. */
     for (int done = 0; done < n_tokens && rc == EXO_OK;) {
         int n = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
-        int logits_from;
+        for (int i = 0; i < n; i++) {
+            s->batch_seq[i] = q;
+            s->batch_pos[i] = q->pos + i;
+        }
+        exo_batch b = {.n_rows = n, .tokens = tokens ? tokens + done : NULL,
+                       .hidden = hidden ? hidden + (size_t)done * n_embd : NULL, .seq = s->batch_seq,
+                       .pos = s->batch_pos};
         float *dst;
         if (!s->is_last) {
-            logits_from = 0;
             dst = out + (size_t)done * n_embd;
         } else if (all_logits) {
-            logits_from = 0;
             dst = out + (size_t)done * out_width;
         } else {
             /* Only the very last position needs logits. */
-            logits_from = done + n == n_tokens ? n - 1 : n;
+            b.logits_from = done + n == n_tokens ? n - 1 : n;
             dst = out;
         }
-        rc = s->arch->forward(s, q, tokens ? tokens + done : NULL, hidden ? hidden + (size_t)done * n_embd : NULL,
-                               n, logits_from, dst);
-        if (rc == EXO_OK) q->pos += n;
+        rc = forward_batch_locked(s, &b, dst);
         done += n;
     }
     pthread_mutex_unlock(&forward_lock);

@@ -63,6 +63,27 @@ typedef struct exo_run_state {
 
 typedef struct exo_arch exo_arch;
 
+/* A forward pass's input: rows, each with its sequence and position (as
+ * llama.cpp's llama_batch), so several requests' decode steps, a prompt's
+ * chunk and a speculative verify are the same call. The rows of one sequence
+ * are one run of consecutive positions starting where its cache ends; runs
+ * of different sequences follow each other. Matrix products take every row
+ * at once; attention runs per run, against its own sequence's cache. */
+typedef struct exo_batch {
+    int n_rows;
+    const int32_t *tokens;   /* [n_rows] token ids (first shard) */
+    const float *hidden;     /* [n_rows][n_embd] hidden states (other shards) */
+    exo_seq *const *seq;     /* [n_rows] the sequence of each row */
+    const int32_t *pos;      /* [n_rows] its position there */
+    int logits_from;         /* a last shard gives logits for rows >= this (others: every row's hidden state) */
+} exo_batch;
+
+/* One sequence's rows of a batch: rows [row0, row0 + n) at positions pos0... */
+typedef struct exo_batch_run {
+    exo_seq *seq;
+    int row0, n, pos0;
+} exo_batch_run;
+
 struct exo_shard {
     exo_gguf *file;
     char arch_name[32];
@@ -83,6 +104,10 @@ struct exo_shard {
     int n_rope;
     void *arch_data;         /* the architecture's hyper-parameters and layers (one malloc, freed with the shard) */
     exo_run_state rs;
+    exo_batch_run *runs;     /* (max_batch) the current batch's runs, found by exo_model_forward_batch */
+    int n_runs;
+    exo_seq **batch_seq;     /* (max_batch) scratch for exo_shard_forward's batches */
+    int32_t *batch_pos;
     void *packed;            /* the backend's packed copies of the weights (its EXO_BUFFER_WEIGHTS) */
     size_t packed_bytes;
 };
@@ -106,11 +131,10 @@ struct exo_arch {
     /* Binds the tensors of layers [layer_start, layer_end) (and the
      * embedding / head a first / last shard holds) and packs the matrices. */
     int (*bind)(exo_shard *s);
-    /* One batch of n_tokens <= max_batch at positions seq->pos..; writes
-     * hidden states or logits as exo_shard_forward documents (logits_from:
-     * first row that needs logits). Does not advance seq->pos. */
-    int (*forward)(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
-                   int logits_from, float *out);
+    /* One batch of at most max_batch rows, checked and cut into runs
+     * (s->runs) by the model layer; writes hidden states for every row, or
+     * logits for rows >= logits_from, to out. Does not advance positions. */
+    int (*forward)(exo_shard *s, const exo_batch *b, float *out);
 };
 
 /* The entry for an architecture name, or NULL. */
@@ -209,24 +233,29 @@ enum exo_bind_flags {
  * 1/sqrt(head_dim) and act: the architecture changes them after. */
 int exo_layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act);
 /* A whole forward pass over decoder layers: begin, every layer, end. */
-int exo_layers_forward(exo_shard *s, exo_seq *q, const exo_decoder_layer *layers, const int32_t *tokens,
-                       const float *hidden, int n_tokens, int logits_from, float *out);
+int exo_layers_forward(exo_shard *s, const exo_batch *b, const exo_decoder_layer *layers, float *out);
 /* For architectures whose arch_data is just their layers: allocates them
  * (read_hparams), and the exo_arch.forward that runs them. */
 int exo_layers_alloc(exo_shard *s);
-int exo_layers_forward_arch(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
-                            int logits_from, float *out);
+int exo_layers_forward_arch(exo_shard *s, const exo_batch *b, float *out);
 
 /* The steps of a forward pass, for architectures that need their own order. */
 /* Fills the batch's residual stream rs.x: embeds tokens (first shard, times
- * s->embd_scale) or copies the hidden states in; fills every rope's table. */
-int exo_layers_begin(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens);
+ * s->embd_scale) or copies the hidden states in; fills every rope's table
+ * for the rows' positions. */
+int exo_layers_begin(exo_shard *s, const exo_batch *b);
 /* x += post_norm(Wo . attention(...)) for layer il_local of the shard. */
-int exo_layers_attention(exo_shard *s, exo_seq *q, int il_local, const exo_attn_block *b, int n_tokens);
+int exo_layers_attention(exo_shard *s, const exo_batch *batch, int il_local, const exo_attn_block *b);
 /* x += post_norm(down(act(gate . norm(x)) * up . norm(x))). */
-int exo_layers_ffn(exo_shard *s, const exo_ffn_block *b, int n_tokens);
+int exo_layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b);
 /* The shard's output: hidden states (not last) or logits of rows
- * [logits_from, n_tokens) after the final norm and head. */
-int exo_layers_end(exo_shard *s, int n_tokens, int logits_from, float *out);
+ * [logits_from, n_rows) after the final norm and head. */
+int exo_layers_end(exo_shard *s, const exo_batch *b, float *out);
+
+/* Runs a checked batch through the shard (model.c): rows of at most
+ * max_batch, each sequence's rows one run of consecutive positions starting
+ * where its cache ends; advances each sequence past its rows. Serialised
+ * with every other forward pass. */
+int exo_model_forward_batch(exo_shard *s, const exo_batch *b, float *out);
 
 #endif

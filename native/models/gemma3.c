@@ -71,13 +71,12 @@ static int gemma3_bind(exo_shard *s)
     return EXO_OK;
 }
 
-static int gemma3_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
-                          int logits_from, float *out)
+static int gemma3_forward(exo_shard *s, const exo_batch *b, float *out)
 {
     const gemma3_model *m = s->arch_data;
-    int rc = exo_layers_forward(s, q, m->layers, tokens, hidden, n_tokens, logits_from, out);
-    if (rc || !s->is_last || m->softcap == 0) return rc;
-    size_t n = (size_t)(n_tokens - logits_from) * s->hp.n_vocab;
+    int rc = exo_layers_forward(s, b, m->layers, out);
+    if (rc || !s->is_last || m->softcap == 0 || b->logits_from >= b->n_rows) return rc;
+    size_t n = (size_t)(b->n_rows - b->logits_from) * s->hp.n_vocab;
     for (size_t i = 0; i < n; i++) out[i] = m->softcap * tanhf(out[i] / m->softcap);
     return EXO_OK;
 }
