@@ -37,6 +37,7 @@
 #include <strings.h>
 
 #include "../kernels/cpu/quants.h"
+#include "../kernels/cpu/quants_avx2.h"
 #include "../kernels/cpu/quants_avx512.h"
 #include "../kernels/cpu/vec.h"
 #include "../native/dtype.h"

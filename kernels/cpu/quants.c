@@ -1,5 +1,5 @@
-/* quants.c: the weight-format traits table, fp16/bf16 conversions, and the
- * scalar reference kernels (dequantize, quantize, dot) for every format.
+/* quants.c: the weight-format traits table and the scalar reference kernels
+ * (dequantize, quantize, dot) for every format.
  *
  * The _ref kernels are the definition of each format's meaning: plain loops
  * that follow GGUF's block layouts, written for clarity. The fast kernels in
@@ -16,85 +16,14 @@
 #include <math.h>
 #include <stddef.h>
 #include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "cpu_features.h"
 #include "quants_avx2.h"
 #include "quants_avx512.h"
+#include "quants_impl.h"
 #include "vec.h"
 
-#if EXO_QUANTS_X86
-#include <cpuid.h>
-#endif
-
-/* ---- fp16 / bf16 ---------------------------------------------------------- */
-
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float f32_from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-float exo_half_to_float(exo_half h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t em = h & 0x7fffu;
-    if (em >= 0x7c00u) /* inf or NaN: keep the payload */
-        return f32_from_bits(sign | 0x7f800000u | ((em & 0x3ffu) << 13));
-    if (em >= 0x0400u) /* normal: rebias the exponent from 15 to 127 */
-        return f32_from_bits(sign | ((em << 13) + ((127u - 15u) << 23)));
-    /* zero or subnormal: em * 2^-24 is exact in float */
-    return f32_from_bits(sign | f32_bits((float)em * 0x1p-24f));
-}
-
-exo_half exo_float_to_half(float f)
-{
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) { /* inf, or NaN kept quiet and non-zero */
-        if (ax == 0x7f800000u) return sign | 0x7c00u;
-        return (exo_half)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-    }
-    if (ax >= 0x477ff000u) /* >= 65520 rounds past 65504 to inf */
-        return sign | 0x7c00u;
-    if (ax >= 0x38800000u) { /* normal half: drop 13 bits, ties to even; a carry
-                              * into the exponent is the right answer */
-        uint32_t m = ax - ((127u - 15u) << 23);
-        m += 0xfffu + ((m >> 13) & 1u);
-        return (exo_half)(sign | (m >> 13));
-    }
-    if (ax <= 0x33000000u) /* <= 2^-25: rounds (ties to even) to zero */
-        return sign;
-    /* subnormal half: value = mant * 2^(e-150), unit 2^-24, so shift by 126-e */
-    uint32_t e = ax >> 23;
-    uint32_t mant = (ax & 0x7fffffu) | 0x800000u;
-    uint32_t shift = 126u - e; /* 14..24 */
-    uint32_t r = (mant + (1u << (shift - 1)) - 1u + ((mant >> shift) & 1u)) >> shift;
-    return (exo_half)(sign | r);
-}
-
-float exo_bf16_to_float(uint16_t h)
-{
-    return f32_from_bits((uint32_t)h << 16);
-}
-
-uint16_t exo_float_to_bf16(float f)
-{
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN: truncating could make it inf */
-        return (uint16_t)((x >> 16) | 0x40u);
-    x += 0x7fffu + ((x >> 16) & 1u); /* ties to even; overflow carries to inf */
-    return (uint16_t)(x >> 16);
-}
 
 /* ---- quantizer helpers ------------------------------------------------------ */
 
@@ -1162,33 +1091,6 @@ static quantize_act_fn act_q8_K = quantize_act_q8_K_ref;
 static bool have_avx2, have_avx512;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-static bool env_flag(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v && strcmp(v, "0") != 0;
-}
-
-#if EXO_QUANTS_X86
-/* __builtin_cpu_supports checks that the OS saves the YMM registers too; clang
- * does not know the name "f16c", so that bit (CPUID.1:ECX.29) is read directly. */
-static bool cpu_has_avx2_fma_f16c(void)
-{
-    unsigned eax, ebx, ecx, edx;
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
-    return (ecx >> 29) & 1u;
-}
-
-/* __builtin_cpu_supports also checks that the OS saves the ZMM state. */
-static bool cpu_has_avx512_vnni(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-}
-#endif
-
 #if EXO_QUANTS_X86
 /* The fast kernels of each format by instruction set; a NULL entry keeps
  * what the set below it gave (the _ref kernel, or the AVX2 one). */
@@ -1264,14 +1166,14 @@ static void quants_init_once(void)
     type_traits[EXO_DTYPE_Q4_1].unpack_x4_row = unpack_x4_row_q4_1;
     type_traits[EXO_DTYPE_Q8_0].unpack_x4_row = unpack_x4_row_q8_0;
 #if EXO_QUANTS_X86
-    if (env_flag("EXO_FORCE_SCALAR")) return;
-    if (!cpu_has_avx2_fma_f16c()) return;
+    const exo_cpu_features *cpu = exo_cpu_features_get();
+    if (!cpu->avx2) return;
     use_kernels(kernels_avx2);
     act_q8_32 = exo_quantize_act_q8_32_avx2;
     act_q8_K = exo_quantize_act_q8_K_avx2;
     have_avx2 = true;
 
-    if (env_flag("EXO_DISABLE_AVX512") || !cpu_has_avx512_vnni()) return;
+    if (!cpu->avx512) return;
     use_kernels(kernels_avx512);
     /* Q8_0's four-row dot wins only while the rows sit in cache: streaming
      * the output head from DRAM for one token it lost to one row, but a batch

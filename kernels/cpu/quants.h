@@ -19,12 +19,11 @@
 #include <stdint.h>
 
 #include "../../native/exo_defs.h"
+#include "fp16.h"
 
 #define EXO_QK 32     /* elements per block of the 32-element formats */
 #define EXO_QK_K 256  /* elements per super-block of the K formats */
 #define EXO_K_SCALE_SIZE 12
-
-typedef uint16_t exo_half; /* IEEE fp16 bits */
 
 typedef struct {
     exo_half d;                  /* scale */
@@ -239,10 +238,6 @@ size_t exo_act_row_size(int act_type, int n);
 void exo_quantize_act(int act_type, const float *x, void *dst, int n);
 void exo_quantize_act_ref(int act_type, const float *x, void *dst, int n);
 
-/* fp16/bf16 scalar conversions (exact, round-to-nearest-even). */
-float exo_half_to_float(exo_half h);
-exo_half exo_float_to_half(float f);
-float exo_bf16_to_float(uint16_t h);
-uint16_t exo_float_to_bf16(float f);
+/* fp16/bf16 scalar conversions: fp16.h. */
 
 #endif

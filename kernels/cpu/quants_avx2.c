@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "quants.h"
+#include "quants_impl.h"
 
 static inline float half_to_float(exo_half h)
 {

@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "quants.h"
+#include "quants_impl.h"
 
 static inline uint32_t load_u32(const void *p)
 {

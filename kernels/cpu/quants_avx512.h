@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "quants_avx2.h"
+#include "quants_impl.h"
 
 #if EXO_QUANTS_X86
 float exo_vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row);

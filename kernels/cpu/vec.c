@@ -11,12 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quants.h"
+#include "cpu_features.h"
+#include "fp16.h"
 #include "vec_avx2.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #define EXO_VEC_X86 1
@@ -120,12 +117,7 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static void vec_init_once(void)
 {
 #if EXO_VEC_X86
-    const char *force = getenv("EXO_FORCE_SCALAR");
-    if (force && *force && strcmp(force, "0") != 0) return;
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return;
-    unsigned eax, ebx, ecx, edx; /* F16C (CPUID.1:ECX.29), for the f16 KV cache */
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 29) & 1u)) return;
+    if (!exo_cpu_features_get()->avx2) return;
     dot_impl = exo_vec_f32_dot_avx2;
     axpy_impl = exo_vec_f32_axpy_avx2;
     dots_impl = exo_vec_f16_dots_avx2;
