@@ -168,10 +168,15 @@ end
 
 -- ---- information routes --------------------------------------------------------
 
+-- The default model first (clients such as the chat page pick the first one
+-- ready), then the others by id.
 local function model_list()
   local ids = {}
   for id in pairs(models.registry) do ids[#ids + 1] = id end
-  table.sort(ids)
+  table.sort(ids, function(a, b)
+    if (a == models.default_id) ~= (b == models.default_id) then return a == models.default_id end
+    return a < b
+  end)
   local out = {}
   for _, id in ipairs(ids) do out[#out + 1] = openai.model_object(id, models.registry[id], models.resolve(id) ~= nil) end
   return out
