@@ -86,8 +86,8 @@ struct exo_backend {
     /* Makes what reserve recorded available; at the start of each forward
      * pass, on its thread. Fails with EXO_ENOMEM when it cannot. */
     int (*prepare)(exo_backend *be);
-    /* Memory of the backend for a buffer of the given kind (zeroed), or NULL;
-     * release takes it back (the same size). */
+    /* Memory of the backend for a buffer of the given kind (contents
+     * undefined), or NULL; release takes it back (the same size). */
     void *(*alloc)(exo_backend *be, size_t bytes, int kind);
     void (*release)(exo_backend *be, void *p, size_t bytes, int kind);
     /* Host rows into / out of the backend's activations. */
