@@ -1048,8 +1048,11 @@ PACKED_FORMAT(q8_0, exo_block_q8_0, false)
 
 /* ---- traits and dispatch ------------------------------------------------------- */
 
-#define EXO_TRAITS(name_, bs_, ts_, act_, tf_, ff_, vd_) \
-    { name_, bs_, ts_, act_, tf_, tf_, ff_, vd_, vd_, NULL }
+/* Designated, so the fields init fills later start out zero without a
+ * warning from clang's -Wmissing-field-initializers. */
+#define EXO_TRAITS(name_, bs_, ts_, act_, tf_, ff_, vd_)                                                  \
+    { .name = name_, .block_size = bs_, .type_size = ts_, .act_type = act_, .to_float = tf_, .to_float_ref = tf_, \
+      .from_float_ref = ff_, .vec_dot = vd_, .vec_dot_ref = vd_ }
 
 /* Not const: exo_quants_init() fills the fast entries once. */
 static exo_type_traits type_traits[EXO_DTYPE_COUNT] = {
