@@ -510,6 +510,21 @@ float exo_vec_dot_q2_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
     return hsum_ps(acc) - hsum_ps(accm);
 }
 
+/* Q3_K's sixteen scales, offset taken off, as int8 in element-group order:
+ * exo_q3_k_scales_unpack in registers (unpacking through memory cost a
+ * store-forwarding stall a super-block). Reads only the 12 scale bytes. */
+static inline __m128i q3_k_scales(const uint8_t packed[12])
+{
+    const __m128i low4 = _mm_set1_epi8(0x0f), two = _mm_set1_epi8(3);
+    __m128i lo8 = _mm_loadl_epi64((const __m128i *)packed);
+    /* scales 0-7: low nibbles of bytes 0-7; scales 8-15: their high nibbles */
+    __m128i lows = _mm_unpacklo_epi64(_mm_and_si128(lo8, low4), _mm_and_si128(_mm_srli_epi16(lo8, 4), low4));
+    /* top bits of scale k: bits 2(k/4), 2(k/4)+1 of byte 8 + k%4 */
+    __m128i h = _mm_set1_epi32((int)load_u32(packed + 8));
+    __m128i highs = _mm_and_si128(_mm_srlv_epi32(h, _mm_setr_epi32(0, 2, 4, 6)), two);
+    return _mm_sub_epi8(_mm_or_si128(lows, _mm_slli_epi16(highs, 4)), _mm_set1_epi8(32));
+}
+
 float exo_vec_dot_q3_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q3_K *w = w_row;
@@ -518,16 +533,15 @@ float exo_vec_dot_q3_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
     const __m256i two = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        int8_t sc[16];
-        exo_q3_k_scales_unpack(w[i].scales, sc);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m128i sc = q3_k_scales(w[i].scales);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc);
         /* -4 * sum_g sc[g] * bsums[g] */
         __m256i sumi = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)a[i].bsums));
         sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sumi, 2));
         const __m256i hb = _mm256_loadu_si256((const __m256i *)w[i].hmask);
         for (int h = 0; h < 2; h++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * h));
-            const __m256i s8 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(sc + 8 * h))));
+            const __m256i s8 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
             for (int j = 0; j < 4; j++) {
                 /* the 16-bit shift moves each byte's own bit 4h+j to its bit 0 */
                 __m256i third = _mm256_and_si256(_mm256_srli_epi16(hb, 4 * h + j), one);
@@ -546,6 +560,21 @@ float exo_vec_dot_q3_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
  * their last 16, so the activations are loaded to match. Looked-up values
  * are signed as IQ4_NL's (the sign moves onto x), and each maddubs result
  * goes through madd with the sub-block scales on its own. */
+/* IQ4_XS's eight sub-block scales, offset taken off, as int16: the low
+ * nibbles interleaved from scales_l, the top 2 bits of scale j shifted to
+ * the top of its lane by a multiply (AVX2 has no per-lane 16-bit shift) and
+ * back down. In registers, for the reason q3_k_scales gives. */
+static inline __m128i iq4_xs_scales(const exo_block_iq4_xs *b)
+{
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    __m128i l4 = _mm_cvtsi32_si128((int)load_u32(b->scales_l));
+    __m128i lows = _mm_unpacklo_epi8(_mm_and_si128(l4, low4), _mm_and_si128(_mm_srli_epi16(l4, 4), low4));
+    __m128i h = _mm_set1_epi16((short)b->scales_h);
+    h = _mm_mullo_epi16(h, _mm_setr_epi16(1 << 14, 1 << 12, 1 << 10, 1 << 8, 1 << 6, 1 << 4, 1 << 2, 1));
+    __m128i highs = _mm_slli_epi16(_mm_srli_epi16(h, 14), 4);
+    return _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lows), highs), _mm_set1_epi16(32));
+}
+
 float exo_vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_iq4_xs *w = w_row;
@@ -554,9 +583,7 @@ float exo_vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_row
     const __m256i table = iq4nl_table(), low4 = _mm256_set1_epi8(0x0f);
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        int16_t ls[8];
-        for (int j = 0; j < 8; j++) ls[j] = (int16_t)exo_iq4_xs_scale(w[i].scales_l, w[i].scales_h, j);
-        const __m256i s8 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)ls));
+        const __m256i s8 = _mm256_broadcastsi128_si256(iq4_xs_scales(&w[i]));
         __m256i sumi = _mm256_setzero_si256();
         for (int k = 0; k < 4; k++) {
             const int8_t *x = a[i].qs + 64 * k;
