@@ -308,8 +308,9 @@ int main(void)
     }
     test_glu(be, EXO_FFN_SILU);
     test_glu(be, EXO_FFN_GELU_TANH);
-    const int dtypes[] = {EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_BF16, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0,
-                          EXO_DTYPE_Q4_1, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K};
+    const int dtypes[] = {EXO_DTYPE_F32,  EXO_DTYPE_F16,  EXO_DTYPE_BF16, EXO_DTYPE_Q8_0, EXO_DTYPE_Q4_0,
+                          EXO_DTYPE_Q4_1, EXO_DTYPE_Q5_0, EXO_DTYPE_Q5_1, EXO_DTYPE_IQ4_NL, EXO_DTYPE_Q2_K,
+                          EXO_DTYPE_Q3_K, EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K, EXO_DTYPE_IQ4_XS};
     const int token_counts[] = {1, 3, 40}; /* 40 is over the GEMM threshold */
     for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++)
         for (size_t t = 0; t < sizeof token_counts / sizeof token_counts[0]; t++) test_matmul(be, dtypes[d], token_counts[t]);
