@@ -32,6 +32,25 @@ function M.topk(path)
   return rows
 end
 
+-- Teacher-forced rows against llama.cpp's: a tally of positions whose top
+-- token agrees and of how far exo's gaps below the top token differ from
+-- llama.cpp's for its other top-k tokens (gaps, not logits: a common offset
+-- of all logits changes no probability). add() returns exo's top token.
+function M.gap_tally(argmax)
+  local t = { agree = 0, worst = 0, sum = 0, n = 0 }
+  function t.add(row, ref, n_vocab)
+    for k = 2, #ref do
+      local d = math.abs((row[ref[k][1]] - row[ref[1][1]]) - (ref[k][2] - ref[1][2]))
+      t.worst, t.sum, t.n = math.max(t.worst, d), t.sum + d, t.n + 1
+    end
+    local top = argmax(row, n_vocab)
+    if top == ref[1][1] then t.agree = t.agree + 1 end
+    return top
+  end
+  function t.mean() return t.n > 0 and t.sum / t.n or 0 end
+  return t
+end
+
 -- A checker that counts failures and reports each on stderr; done() raises
 -- when any failed.
 function M.checker()

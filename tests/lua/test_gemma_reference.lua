@@ -60,33 +60,24 @@ for _, name in ipairs { "a", "b", "c", "d", "e" } do
   for _, t in ipairs(greedy) do all[#all + 1] = t end
   check(#topk == #all, "%s: %d reference rows for %d positions", name, #topk, #all)
   local seq = assert(shard:new_seq(#all + 4))
-  local agree, worst, sum_d, n_d = 0, 0, 0, 0
+  local tally = files.gap_tally(native.argmax)
   for first = 1, #all, CHUNK do
     local chunk = {}
     for i = first, math.min(first + CHUNK - 1, #all) do chunk[#chunk + 1] = all[i] end
     local logits = assert(shard:forward(seq, chunk, nil, true))
     for i = 1, #chunk do
       local p = first + i - 1
-      local row, ref = logits + (i - 1) * nv, topk[p]
-      local top_ref = ref[1]
-      for k = 2, #ref do
-        local e = ref[k]
-        local d = math.abs((row[e[1]] - row[top_ref[1]]) - (e[2] - top_ref[2]))
-        worst = math.max(worst, d)
-        sum_d, n_d = sum_d + d, n_d + 1
-      end
-      local top = native.argmax(row, nv)
-      if top == ref[1][1] then
-        agree = agree + 1
-      else
+      local ref = topk[p]
+      local top = tally.add(logits + (i - 1) * nv, ref, nv)
+      if top ~= ref[1][1] then
         check(ref[1][2] - ref[2][2] <= TIE, "%s position %d: exo's top token %d, llama.cpp's %d (margin %.3f)", name,
           p - 1, top, ref[1][1], ref[1][2] - ref[2][2])
       end
     end
   end
   seq:free()
-  check(sum_d / n_d <= MEAN_GAP and worst <= MAX_GAP, "%s: gaps to the top token differ from llama.cpp's by %.3f on "
-    .. "average, %.3f at worst", name, sum_d / n_d, worst)
+  check(tally.mean() <= MEAN_GAP and tally.worst <= MAX_GAP, "%s: gaps to the top token differ from llama.cpp's by "
+    .. "%.3f on average, %.3f at worst", name, tally.mean(), tally.worst)
 
   -- Free-running greedy decoding, token by token.
   seq = assert(shard:new_seq(#prompt + #greedy + 4))
@@ -108,8 +99,8 @@ for _, name in ipairs { "a", "b", "c", "d", "e" } do
   end
   seq:free()
   print(("%s: %d prompt tokens; teacher-forced top token agrees at %d of %d positions, gaps to the top: largest "
-    .. "difference %.3f, mean %.3f; greedy equals llama.cpp's for %d of %d tokens"):format(name, #prompt, agree, #all,
-    worst, sum_d / n_d, same, #greedy))
+    .. "difference %.3f, mean %.3f; greedy equals llama.cpp's for %d of %d tokens"):format(name, #prompt, tally.agree,
+    #all, tally.worst, tally.mean(), same, #greedy))
 end
 shard:free()
 checker.done()

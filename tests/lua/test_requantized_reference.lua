@@ -39,25 +39,19 @@ for _, kind in ipairs { "Q4_K_M", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "IQ4_NL", "I
     local seq = assert(shard:new_seq(#ids + 4))
     local logits = assert(shard:forward(seq, ids, nil, true))
     local nv = shard.n_vocab
-    local agree, worst, sum, n = 0, 0, 0, 0
+    local tally = files.gap_tally(native.argmax)
     for p = 1, #ids do
-      local row, ref = logits + (p - 1) * nv, rows[p]
-      local top = native.argmax(row, nv)
-      if top == ref[1][1] then
-        agree = agree + 1
-      else
+      local ref = rows[p]
+      local top = tally.add(logits + (p - 1) * nv, ref, nv)
+      if top ~= ref[1][1] then
         check(ref[1][2] - ref[2][2] <= TIE, "%s position %d: exo's top token %d, llama.cpp's %d (margin %.3f)", kind,
           p - 1, top, ref[1][1], ref[1][2] - ref[2][2])
       end
-      for k = 2, #ref do
-        local d = math.abs((row[ref[k][1]] - row[ref[1][1]]) - (ref[k][2] - ref[1][2]))
-        worst, sum, n = math.max(worst, d), sum + d, n + 1
-      end
     end
-    check(sum / n <= MEAN_GAP and worst <= MAX_GAP, "%s: gaps differ by %.3f on average, %.3f at worst", kind,
-      sum / n, worst)
+    check(tally.mean() <= MEAN_GAP and tally.worst <= MAX_GAP, "%s: gaps differ by %.3f on average, %.3f at worst",
+      kind, tally.mean(), tally.worst)
     print(("%-7s %3d positions: top token agrees at %3d, gaps to the top differ by %.3f on average, %.3f at worst")
-      :format(kind, #ids, agree, sum / n, worst))
+      :format(kind, #ids, tally.agree, tally.mean(), tally.worst))
     seq:free()
     shard:free()
   end
