@@ -1,4 +1,4 @@
-/* tensor.c: creating, viewing and releasing tensors.
+/* tensor.c: typed views of memory, and the memory helpers.
  *
  * Row strides come from the dtype's block layout in dtype.c's table (a row
  * of a quantized matrix is ne[0] / block_size blocks), so every consumer
@@ -44,34 +44,6 @@ int exo_tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, con
     if (rc) return rc;
     t->data = (void *)data;
     return EXO_OK;
-}
-
-int exo_tensor_alloc(exo_tensor *t, int dtype, int n_dims, const int64_t *ne)
-{
-    int rc = tensor_init(t, dtype, n_dims, ne);
-    if (rc) return rc;
-    size_t bytes = exo_tensor_nbytes(t);
-    t->data = exo_aligned_alloc(bytes);
-    if (!t->data) return exo_error_set(EXO_ENOMEM, "out of memory allocating %zu bytes", bytes);
-    memset(t->data, 0, bytes);
-    t->owned = true;
-    return EXO_OK;
-}
-
-void exo_tensor_release(exo_tensor *t)
-{
-    if (t->owned) exo_aligned_free(t->data);
-    memset(t, 0, sizeof *t);
-}
-
-int64_t exo_tensor_nelements(const exo_tensor *t)
-{
-    return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
-}
-
-size_t exo_tensor_nbytes(const exo_tensor *t)
-{
-    return t->nb[3] * (size_t)t->ne[3];
 }
 
 void *exo_aligned_alloc(size_t size)

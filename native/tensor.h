@@ -1,8 +1,8 @@
 /* tensor.h: n-dimensional arrays of any exo dtype (internal).
  *
  * A tensor is a typed view: dtype, shape (ne[0] innermost, as GGUF stores it),
- * byte strides, and data that is either owned (malloc'd, freed with the
- * tensor) or borrowed (a view into a mapped model file or another tensor). */
+ * byte strides, and data it does not own (a mapped model file, a backend's
+ * buffer, another tensor's rows). */
 #ifndef EXO_TENSOR_H
 #define EXO_TENSOR_H
 
@@ -20,21 +20,14 @@ typedef struct exo_tensor {
     int64_t ne[EXO_MAX_DIMS];  /* elements per dimension; unused dims are 1 */
     size_t nb[EXO_MAX_DIMS];   /* bytes between consecutive indices of each dim (nb[0]: one block's worth per block_size elems) */
     void *data;
-    bool owned;
     /* The backend's own copy of a weight matrix in the layout its kernels read
      * fastest (backend.h: pack), or NULL. Rows stay readable through data. */
     const void *packed;
 } exo_tensor;
 
-/* A view over existing memory (not freed by exo_tensor_release). Fails when
- * ne[0] is not a multiple of the dtype's block size or the dtype is unknown. */
+/* A view over existing memory. Fails when ne[0] is not a multiple of the
+ * dtype's block size or the dtype is unknown. */
 int exo_tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, const void *data);
-/* A zeroed tensor owning its (64-byte aligned) buffer. */
-int exo_tensor_alloc(exo_tensor *t, int dtype, int n_dims, const int64_t *ne);
-void exo_tensor_release(exo_tensor *t);
-
-int64_t exo_tensor_nelements(const exo_tensor *t);
-size_t exo_tensor_nbytes(const exo_tensor *t);
 /* Pointer to row i (index along dim 1, for a 2-D tensor). */
 static inline void *exo_tensor_row(const exo_tensor *t, int64_t i)
 {
