@@ -12,10 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels/cpu/quants.h"
 #include "../native/error.h"
 #include "../native/exo.h"
+#include "../native/gguf.h"
 #include "../native/model.h"
 #include "check.h"
 
@@ -256,6 +258,57 @@ static void test_batch_of_sequences(const char *path)
     exo_shard_free(s);
 }
 
+/* A metadata-only file: the architecture, the usual hyper-parameters of a
+ * small model, and one key overridden (or removed with value < 0). */
+static void write_meta(const char *path, const char *arch, const char *key, int64_t value)
+{
+    static const char *const keys[] = {"block_count", "embedding_length", "feed_forward_length",
+                                       "attention.head_count", "attention.head_count_kv", "context_length",
+                                       "attention.sliding_window", "attention.key_length"};
+    static const int64_t values[] = {4, 256, 512, 8, 2, 512, 0, 32};
+    exo_gguf_writer *w = exo_gguf_writer_new();
+    exo_gguf_writer_add_str(w, "general.architecture", arch);
+    char name[96];
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        int64_t v = key && !strcmp(key, keys[i]) ? value : values[i];
+        if (v < 0 || (!strcmp(keys[i], "attention.sliding_window") && v == 0)) continue;
+        snprintf(name, sizeof name, "%s.%s", arch, keys[i]);
+        exo_gguf_writer_add_u32(w, name, (uint32_t)v);
+    }
+    CHECK(exo_gguf_writer_write(w, path) == 0);
+    exo_gguf_writer_free(w);
+}
+
+/* Bad metadata is a clear load error naming what is wrong, never a crash. */
+static void test_bad_metadata(void)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/exo_test_meta_%d.gguf", (int)getpid());
+    struct {
+        const char *arch, *key;
+        int64_t value;
+        int code;
+        const char *says;
+    } cases[] = {
+        {"mamba", NULL, 0, EXO_ENOTSUP, "architecture 'mamba' is not supported (supported: llama, qwen2, qwen3"},
+        {"llama", "block_count", -1, EXO_EFORMAT, "lacks 'llama.block_count'"},
+        {"qwen2", "attention.head_count_kv", 3, EXO_EFORMAT, "8 heads are not a multiple of 3 kv heads"},
+        {"gemma3", "attention.sliding_window", 4096, EXO_EFORMAT, "sliding window of 4096 positions is larger"},
+        {"qwen3", "attention.key_length", 0, EXO_EFORMAT, "head dimension 0"},
+        {"phi3", "attention.head_count", 0, EXO_EFORMAT, "must be positive"},
+        {"llama", "block_count", 1 << 29, EXO_EFORMAT, "implausibly large"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_meta(path, cases[i].arch, cases[i].key, cases[i].value);
+        exo_shard *s = NULL;
+        int rc = exo_shard_load(path, 0, -1, -1, -1, &s);
+        CHECK_MSG(rc == cases[i].code && s == NULL && strstr(exo_last_error(), cases[i].says),
+                  "%s with %s = %lld: rc %d, '%s'", cases[i].arch, cases[i].key ? cases[i].key : "-",
+                  (long long)cases[i].value, rc, exo_last_error());
+    }
+    unlink(path);
+}
+
 static void test_errors(const char *path)
 {
     exo_shard *s = NULL;
@@ -317,6 +370,7 @@ int main(void)
         tested++;
     }
     test_errors(tiny);
+    test_bad_metadata();
     printf("tested %d tiny models\n", tested);
     CHECK_DONE();
 }
