@@ -33,7 +33,7 @@ int exo_file_open(const char *path, exo_file **out);
 void exo_file_close(exo_file *f);
 int64_t exo_file_meta_count(const exo_file *f);
 const char *exo_file_meta_key(const exo_file *f, int64_t i);
-/* The GGUF value type of key i (8 string, 9 array, ...), or -1. */
+/* The GGUF value type of key i (enum exo_gguf_type), or -1. */
 int exo_file_meta_type(const exo_file *f, int64_t i);
 int exo_file_get_str(const exo_file *f, const char *key, const char **s, size_t *len);
 int exo_file_get_int(const exo_file *f, const char *key, int64_t *out);
@@ -210,8 +210,17 @@ int32_t exo_tokenizer_eot(const exo_tokenizer *tok);
 int exo_tokenizer_add_bos(const exo_tokenizer *tok);
 /* 1 when id ends generation (EOS, EOT, EOM and the like). */
 int exo_tokenizer_is_eog(const exo_tokenizer *tok, int32_t id);
-/* The GGUF token type of id (1 normal, 2 unknown, 3 control, 4 user-defined,
- * 5 unused, 6 byte; 0 undefined), or -1 when id is out of range. */
+/* Token types as GGUF stores them (llama.cpp's llama_token_type). */
+enum exo_token_type {
+    EXO_TOKEN_UNDEFINED = 0,
+    EXO_TOKEN_NORMAL = 1,
+    EXO_TOKEN_UNKNOWN = 2,
+    EXO_TOKEN_CONTROL = 3,
+    EXO_TOKEN_USER_DEFINED = 4,
+    EXO_TOKEN_UNUSED = 5,
+    EXO_TOKEN_BYTE = 6
+};
+/* The type of id (enum exo_token_type), or -1 when id is out of range. */
 int exo_tokenizer_token_type(const exo_tokenizer *tok, int32_t id);
 /* "gpt2" or "llama"; the pre-tokenizer name ("" for llama). */
 const char *exo_tokenizer_model(const exo_tokenizer *tok);
@@ -346,8 +355,8 @@ int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn);
 /* Closes a connection after sending an ERROR frame with reason (if any). */
 int exo_wire_close(exo_wire *w, int conn, const char *reason);
 int exo_wire_send_control(exo_wire *w, int conn, uint64_t request_id, const char *json, size_t len);
-/* Sends n token ids at position as a tensor frame (flags: EXO_WIRE_TENSOR_*
- * values from docs/wire.md). */
+/* Sends n token ids at position as a tensor frame (flags: enum
+ * exo_wire_tensor_flag). */
 int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int position, const int32_t *ids, int n,
                          int flags);
 int exo_wire_ping(exo_wire *w, int conn);
@@ -357,7 +366,7 @@ int exo_wire_next_event(exo_wire *w, exo_wire_event *ev);
  * a shard that is not last sends its hidden states on to next_conn, encoded
  * as wire_dtype (F32, F16 or Q8_0); a last shard's route raises an OUTPUT
  * event instead (next_conn 0), or sends its logits rows as f32 to next_conn
- * (a collector there, open for request_id + 2^52). The route owns q from now on (it frees it when closed, once
+ * (a collector there, open for request_id + 2^EXO_WIRE_REPLY_SHIFT). The route owns q from now on (it frees it when closed, once
  * no pass runs on it); s must stay loaded while stats.in_flight > 0. */
 int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype);
 /* Takes request_id's rows only from conn (0: this node) and the others so

@@ -51,4 +51,31 @@ enum exo_dtype {
     EXO_DTYPE_COUNT = 40   /* one past the largest number GGUF may use that we track */
 };
 
+/* Metadata value types, numbered as in GGUF (exo_file_meta_type). */
+enum exo_gguf_type {
+    EXO_GGUF_UINT8 = 0,
+    EXO_GGUF_INT8 = 1,
+    EXO_GGUF_UINT16 = 2,
+    EXO_GGUF_INT16 = 3,
+    EXO_GGUF_UINT32 = 4,
+    EXO_GGUF_INT32 = 5,
+    EXO_GGUF_FLOAT32 = 6,
+    EXO_GGUF_BOOL = 7,
+    EXO_GGUF_STRING = 8,
+    EXO_GGUF_ARRAY = 9,
+    EXO_GGUF_UINT64 = 10,
+    EXO_GGUF_INT64 = 11,
+    EXO_GGUF_FLOAT64 = 12
+};
+
+/* Tensor frame flags (docs/wire.md; exo_wire_send_tokens). */
+enum exo_wire_tensor_flag {
+    EXO_WIRE_TENSOR_ALL_LOGITS = 1 /* the last shard returns logits for every row (a verify pass), not the last */
+};
+
+/* Logits a last shard sends back for request R travel as request
+ * R + 2^EXO_WIRE_REPLY_SHIFT (request ids stay below it), so the asking node
+ * can hold a shard route and a collector for the same request. */
+enum { EXO_WIRE_REPLY_SHIFT = 52 };
+
 #endif

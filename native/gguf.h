@@ -15,22 +15,7 @@
 
 #include "exo_defs.h"
 
-/* Value types, numbered as in GGUF. */
-enum exo_gguf_type {
-    EXO_GGUF_UINT8 = 0,
-    EXO_GGUF_INT8 = 1,
-    EXO_GGUF_UINT16 = 2,
-    EXO_GGUF_INT16 = 3,
-    EXO_GGUF_UINT32 = 4,
-    EXO_GGUF_INT32 = 5,
-    EXO_GGUF_FLOAT32 = 6,
-    EXO_GGUF_BOOL = 7,
-    EXO_GGUF_STRING = 8,
-    EXO_GGUF_ARRAY = 9,
-    EXO_GGUF_UINT64 = 10,
-    EXO_GGUF_INT64 = 11,
-    EXO_GGUF_FLOAT64 = 12
-};
+/* Value types: enum exo_gguf_type, in exo_defs.h (Lua reads them too). */
 
 #define EXO_GGUF_MAX_DIMS 4
 

@@ -62,9 +62,6 @@
 #define MAX_REGEXES 8
 #define MAX_TEXT_LEN ((size_t)INT_MAX / 4) /* one encode call; keeps token counts in int */
 
-/* Token types as GGUF stores them (llama.cpp's llama_token_type). */
-enum { TT_UNDEFINED = 0, TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE };
-
 /* Attributes derived from the type plus name-based fixes (llama.cpp's attrs). */
 enum {
     A_NORMAL = 1 << 0,
@@ -664,10 +661,10 @@ static int load_vocab(exo_tokenizer *t, const exo_gguf *g)
             }
             if (tk->score != tk->score) tk->score = -1e30f; /* NaN would break the heap order */
         }
-        int32_t type = TT_NORMAL;
+        int32_t type = EXO_TOKEN_NORMAL;
         if (types) memcpy(&type, (const char *)types + 4 * i, 4);
-        if (type < TT_UNDEFINED || type > TT_BYTE) {
-            type = TT_UNDEFINED;
+        if (type < EXO_TOKEN_UNDEFINED || type > EXO_TOKEN_BYTE) {
+            type = EXO_TOKEN_UNDEFINED;
             n_bad_types++;
         }
         tk->type = (int8_t)type;

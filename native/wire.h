@@ -28,10 +28,8 @@
 #define EXO_WIRE_MAX_ROWS 65536u
 #define EXO_WIRE_MAX_ROW_LEN (1u << 20)
 
-/* Logits a last shard sends back for request R travel as request
- * R + EXO_WIRE_REPLY_OFFSET (request ids stay below it), so the asking node
- * can hold a shard route and a collector for the same request. */
-#define EXO_WIRE_REPLY_OFFSET (1ULL << 52)
+/* Where replies to a request go (exo_defs.h says why). */
+#define EXO_WIRE_REPLY_OFFSET (1ULL << EXO_WIRE_REPLY_SHIFT)
 
 /* Token ids travel as GGUF's I32 type number. */
 #define EXO_WIRE_DTYPE_I32 26
@@ -45,9 +43,7 @@ enum exo_wire_frame_type {
     EXO_WIRE_ERROR = 6    /* UTF-8 text: why the sender is closing the connection */
 };
 
-/* Tensor flag: the receiving last shard should return logits for every row
- * (a speculative verify pass), not just the last. */
-#define EXO_WIRE_TENSOR_ALL_LOGITS 1u
+/* Tensor flags: enum exo_wire_tensor_flag, in exo_defs.h. */
 
 typedef struct exo_wire_header {
     uint32_t magic;

@@ -82,7 +82,7 @@ end
 -- dot products run at about twice the fp32 rate (VNNI/maddubs): that one is
 -- an estimate, as the original exo's table of chips is.
 function M.cpu_flops()
-  local fp32 = native.C.exo_measure_flops_fp32(5) / 1000
+  local fp32 = native.flops_fp32_gflops(5) / 1000
   return { fp32 = fp32, fp16 = fp32, int8 = 2 * fp32 }
 end
 

@@ -247,7 +247,7 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
     -- Log-probabilities are the model's own distribution, before penalties
     -- and sampling warps (as OpenAI reports them).
     local lp_buf = params.logprobs and self:logprob_buffer()
-    if lp_buf then native.C.exo_sample_log_softmax(self.logits, self.shard.n_vocab, lp_buf) end
+    if lp_buf then native.sample_log_softmax(self.logits, self.shard.n_vocab, lp_buf) end
     local id = sampler:sample(self.logits, history)
     if not ttft then ttft = native.now() - t0 end
     if tok:is_eog(id) then

@@ -1,11 +1,16 @@
--- native.lua: the one place that declares libexo's C API to LuaJIT.
+-- native.lua: the one place that declares libexo's C API to LuaJIT and wraps it.
 --
 -- The cdef block below is generated from native/exo_defs.h and native/exo.h
 -- (tools/gen_cdef.lua; a test fails when it is stale) and the ABI version is
--- checked at load. Wrappers follow OpenResty's habits: C functions are bound
--- to locals once, arguments are checked before crossing (misuse raises),
--- runtime failures return nil, "ECODE: message", "ECODE", and scratch
--- out-parameters are allocated once per module.
+-- checked at load. Every other module calls C through the wrappers here
+-- (test_boundary checks that none reaches ffi.C): runtime, model files,
+-- shards and sequences, the engine thread, sampling primitives, tokenizers,
+-- HTTP parsing, the wire. Wrappers follow OpenResty's habits: C functions are
+-- bound to locals once, arguments are checked before crossing (misuse
+-- raises), runtime failures return nil, "ECODE: message", "ECODE", and
+-- out-parameters and scratch buffers are allocated once per module. Numbers C
+-- defines (error codes, dtypes, GGUF value types, wire events and flags) are
+-- read from the cdef'd enums, never repeated.
 local ffi = require "ffi"
 
 -- BEGIN GENERATED CDEF (tools/gen_cdef.lua)
@@ -40,6 +45,25 @@ enum exo_dtype {
     EXO_DTYPE_BF16 = 30,
     EXO_DTYPE_COUNT = 40
 };
+enum exo_gguf_type {
+    EXO_GGUF_UINT8 = 0,
+    EXO_GGUF_INT8 = 1,
+    EXO_GGUF_UINT16 = 2,
+    EXO_GGUF_INT16 = 3,
+    EXO_GGUF_UINT32 = 4,
+    EXO_GGUF_INT32 = 5,
+    EXO_GGUF_FLOAT32 = 6,
+    EXO_GGUF_BOOL = 7,
+    EXO_GGUF_STRING = 8,
+    EXO_GGUF_ARRAY = 9,
+    EXO_GGUF_UINT64 = 10,
+    EXO_GGUF_INT64 = 11,
+    EXO_GGUF_FLOAT64 = 12
+};
+enum exo_wire_tensor_flag {
+    EXO_WIRE_TENSOR_ALL_LOGITS = 1
+};
+enum { EXO_WIRE_REPLY_SHIFT = 52 };
 int exo_abi_version(void);
 const char *exo_version(void);
 const char *exo_last_error(void);
@@ -134,6 +158,15 @@ int32_t exo_tokenizer_eos(const exo_tokenizer *tok);
 int32_t exo_tokenizer_eot(const exo_tokenizer *tok);
 int exo_tokenizer_add_bos(const exo_tokenizer *tok);
 int exo_tokenizer_is_eog(const exo_tokenizer *tok, int32_t id);
+enum exo_token_type {
+    EXO_TOKEN_UNDEFINED = 0,
+    EXO_TOKEN_NORMAL = 1,
+    EXO_TOKEN_UNKNOWN = 2,
+    EXO_TOKEN_CONTROL = 3,
+    EXO_TOKEN_USER_DEFINED = 4,
+    EXO_TOKEN_UNUSED = 5,
+    EXO_TOKEN_BYTE = 6
+};
 int exo_tokenizer_token_type(const exo_tokenizer *tok, int32_t id);
 const char *exo_tokenizer_model(const exo_tokenizer *tok);
 const char *exo_tokenizer_pre(const exo_tokenizer *tok);
@@ -224,6 +257,8 @@ local C = ffi.C
 local M = {}
 
 M.ABI_VERSION = 2
+-- The raw namespace, for tests and the REPL: modules under lua/exo call the
+-- wrappers below (test_boundary checks that none but this one reaches it).
 M.C = C
 
 do
@@ -236,18 +271,24 @@ do
   end
 end
 
-local function fail(rc)
-  local name = ffi.string(C.exo_error_name(rc))
-  return nil, name .. ": " .. ffi.string(C.exo_last_error()), name
-end
-M.fail = fail
+local exo_error_name, exo_last_error = C.exo_error_name, C.exo_last_error
 
+-- A runtime failure as Lua sees it: nil, "ECODE: message", "ECODE".
+local function fail(rc)
+  local name = ffi.string(exo_error_name(rc))
+  return nil, name .. ": " .. ffi.string(exo_last_error()), name
+end
+
+-- Out-parameters shared by every wrapper: only the loop thread runs Lua, and
+-- each is read before the next call.
 local int1 = ffi.new("int[1]")
+local int1b = ffi.new("int[1]")
 local i64_1 = ffi.new("int64_t[1]")
 local u64_1 = ffi.new("uint64_t[1]")
 local dbl1 = ffi.new("double[1]")
 local str1 = ffi.new("const char*[1]")
 local size1 = ffi.new("size_t[1]")
+local size1b = ffi.new("size_t[1]")
 
 local function check_type(v, t, what)
   if type(v) ~= t then error(("%s: expected %s, got %s"):format(what, t, type(v)), 3) end
@@ -255,43 +296,60 @@ end
 
 -- ---- runtime -----------------------------------------------------------------
 
-function M.version() return ffi.string(C.exo_version()) end
-function M.cpu_features() return ffi.string(C.exo_runtime_cpu_features()) end
-function M.threads() return C.exo_runtime_threads() end
+local exo_version, exo_runtime_cpu_features = C.exo_version, C.exo_runtime_cpu_features
+local exo_runtime_threads, exo_runtime_set_threads = C.exo_runtime_threads, C.exo_runtime_set_threads
+local exo_now, exo_peak_rss_bytes, exo_dtype_name = C.exo_now, C.exo_peak_rss_bytes, C.exo_dtype_name
+local exo_measure_mem_bandwidth, exo_measure_flops_fp32 = C.exo_measure_mem_bandwidth, C.exo_measure_flops_fp32
+
+function M.version() return ffi.string(exo_version()) end
+function M.cpu_features() return ffi.string(exo_runtime_cpu_features()) end
+function M.threads() return exo_runtime_threads() end
 function M.set_threads(n)
   check_type(n, "number", "set_threads")
-  local rc = C.exo_runtime_set_threads(n)
+  local rc = exo_runtime_set_threads(n)
   if rc ~= 0 then return fail(rc) end
   return true
 end
-function M.now() return C.exo_now() end
-function M.peak_rss_bytes() return tonumber(C.exo_peak_rss_bytes()) end
-function M.mem_bandwidth_gbs(bytes, reps) return C.exo_measure_mem_bandwidth(bytes or 256 * 2 ^ 20, reps or 5) end
-function M.dtype_name(d) return ffi.string(C.exo_dtype_name(d)) end
+function M.now() return exo_now() end
+function M.peak_rss_bytes() return tonumber(exo_peak_rss_bytes()) end
+function M.mem_bandwidth_gbs(bytes, reps) return exo_measure_mem_bandwidth(bytes or 256 * 2 ^ 20, reps or 5) end
+-- fp32 GFLOPS of the compute threads, best of reps short sgemm runs.
+function M.flops_fp32_gflops(reps) return exo_measure_flops_fp32(reps or 5) end
+function M.dtype_name(d) return ffi.string(exo_dtype_name(d)) end
 
 -- ---- model files ---------------------------------------------------------------
 
+local exo_file_open, exo_file_close = C.exo_file_open, C.exo_file_close
+local exo_file_meta_count, exo_file_meta_key, exo_file_meta_type =
+  C.exo_file_meta_count, C.exo_file_meta_key, C.exo_file_meta_type
+local exo_file_get_str, exo_file_get_int, exo_file_get_float, exo_file_get_bool =
+  C.exo_file_get_str, C.exo_file_get_int, C.exo_file_get_float, C.exo_file_get_bool
+local exo_file_get_arr_info, exo_file_get_arr_str, exo_file_get_arr_num =
+  C.exo_file_get_arr_info, C.exo_file_get_arr_str, C.exo_file_get_arr_num
+local exo_file_tensor_count, exo_file_tensor_info = C.exo_file_tensor_count, C.exo_file_tensor_info
+
 local File = {}
 File.__index = File
+local file_out = ffi.new("exo_file*[1]")
+local tensor_ne = ffi.new("int64_t[4]")
 
 -- Opens a GGUF file for its metadata. Returns a File or nil, err.
 function M.open_file(path)
   check_type(path, "string", "open_file")
-  local out = ffi.new("exo_file*[1]")
-  local rc = C.exo_file_open(path, out)
+  local rc = exo_file_open(path, file_out)
   if rc ~= 0 then return fail(rc) end
-  return setmetatable({ handle = ffi.gc(out[0], C.exo_file_close), path = path }, File)
+  return setmetatable({ handle = ffi.gc(file_out[0], exo_file_close), path = path }, File)
 end
 
 function File:close()
   if self.handle then
-    C.exo_file_close(ffi.gc(self.handle, nil))
+    exo_file_close(ffi.gc(self.handle, nil))
     self.handle = nil
   end
 end
 
-local GGUF_STRING, GGUF_ARRAY, GGUF_BOOL = 8, 9, 7
-local GGUF_FLOATS = { [6] = true, [12] = true }
+local GGUF_STRING, GGUF_BOOL = C.EXO_GGUF_STRING, C.EXO_GGUF_BOOL
+local GGUF_FLOATS = { [C.EXO_GGUF_FLOAT32] = true, [C.EXO_GGUF_FLOAT64] = true }
 
 -- One metadata value: string, number, boolean, or for arrays a table (strings
 -- or numbers). Large arrays are read element by element; callers that only
@@ -299,124 +357,140 @@ local GGUF_FLOATS = { [6] = true, [12] = true }
 function File:get(key)
   check_type(key, "string", "File:get")
   local h = self.handle
-  if C.exo_file_get_str(h, key, str1, size1) == 0 then return ffi.string(str1[0], size1[0]) end
-  if C.exo_file_get_arr_info(h, key, int1, u64_1) == 0 then
+  if exo_file_get_str(h, key, str1, size1) == 0 then return ffi.string(str1[0], size1[0]) end
+  if exo_file_get_arr_info(h, key, int1, u64_1) == 0 then
     local n, t, out = tonumber(u64_1[0]), int1[0], {}
     for j = 0, n - 1 do
       if t == GGUF_STRING then
-        C.exo_file_get_arr_str(h, key, j, str1, size1)
+        exo_file_get_arr_str(h, key, j, str1, size1)
         out[j + 1] = ffi.string(str1[0], size1[0])
       else
-        C.exo_file_get_arr_num(h, key, j, dbl1)
+        exo_file_get_arr_num(h, key, j, dbl1)
         out[j + 1] = dbl1[0]
       end
     end
     return out
   end
-  for i = 0, tonumber(C.exo_file_meta_count(h)) - 1 do
-    if ffi.string(C.exo_file_meta_key(h, i)) == key then
-      local t = C.exo_file_meta_type(h, i)
+  for i = 0, tonumber(exo_file_meta_count(h)) - 1 do
+    if ffi.string(exo_file_meta_key(h, i)) == key then
+      local t = exo_file_meta_type(h, i)
       if t == GGUF_BOOL then
-        C.exo_file_get_bool(h, key, int1)
+        exo_file_get_bool(h, key, int1)
         return int1[0] ~= 0
       elseif GGUF_FLOATS[t] then
-        C.exo_file_get_float(h, key, dbl1)
+        exo_file_get_float(h, key, dbl1)
         return dbl1[0]
-      elseif C.exo_file_get_int(h, key, i64_1) == 0 then
+      elseif exo_file_get_int(h, key, i64_1) == 0 then
         return tonumber(i64_1[0])
       end
-      return fail(C.exo_file_get_int(h, key, i64_1))
+      return fail(exo_file_get_int(h, key, i64_1))
     end
   end
   return nil
 end
 
 function File:array_len(key)
-  if C.exo_file_get_arr_info(self.handle, key, int1, u64_1) ~= 0 then return nil end
+  check_type(key, "string", "File:array_len")
+  if exo_file_get_arr_info(self.handle, key, int1, u64_1) ~= 0 then return nil end
   return tonumber(u64_1[0])
 end
 
--- Every key with its GGUF type number.
+-- Every key with its GGUF value type (enum exo_gguf_type).
 function File:keys()
   local out = {}
-  for i = 0, tonumber(C.exo_file_meta_count(self.handle)) - 1 do
-    out[#out + 1] = { key = ffi.string(C.exo_file_meta_key(self.handle, i)), type = C.exo_file_meta_type(self.handle, i) }
+  for i = 0, tonumber(exo_file_meta_count(self.handle)) - 1 do
+    out[#out + 1] = { key = ffi.string(exo_file_meta_key(self.handle, i)), type = exo_file_meta_type(self.handle, i) }
   end
   return out
 end
 
 function File:tensors()
   local out = {}
-  local ne = ffi.new("int64_t[4]")
-  local dtype, ndims = ffi.new("int[1]"), ffi.new("int[1]")
-  for i = 0, tonumber(C.exo_file_tensor_count(self.handle)) - 1 do
-    local rc = C.exo_file_tensor_info(self.handle, i, str1, dtype, ndims, ne, u64_1)
+  for i = 0, tonumber(exo_file_tensor_count(self.handle)) - 1 do
+    local rc = exo_file_tensor_info(self.handle, i, str1, int1, int1b, tensor_ne, u64_1)
     if rc ~= 0 then return fail(rc) end
     local shape = {}
-    for d = 0, ndims[0] - 1 do shape[d + 1] = tonumber(ne[d]) end
-    out[#out + 1] = { name = ffi.string(str1[0]), dtype = M.dtype_name(dtype[0]), shape = shape, bytes = tonumber(u64_1[0]) }
+    for d = 0, int1b[0] - 1 do shape[d + 1] = tonumber(tensor_ne[d]) end
+    out[#out + 1] = { name = ffi.string(str1[0]), dtype = M.dtype_name(int1[0]), shape = shape, bytes = tonumber(u64_1[0]) }
   end
   return out
 end
 
 -- ---- shards and sequences ---------------------------------------------------------
 
+local exo_shard_load, exo_shard_free, exo_shard_get_info = C.exo_shard_load, C.exo_shard_free, C.exo_shard_get_info
+local exo_seq_new, exo_seq_free, exo_seq_pos, exo_seq_n_ctx, exo_seq_truncate =
+  C.exo_seq_new, C.exo_seq_free, C.exo_seq_pos, C.exo_seq_n_ctx, C.exo_seq_truncate
+local exo_shard_forward = C.exo_shard_forward
+
 local Shard = {}
 Shard.__index = Shard
 local Seq = {}
 Seq.__index = Seq
+local shard_out = ffi.new("exo_shard*[1]")
+local seq_out = ffi.new("exo_seq*[1]")
+local shard_info = ffi.new("exo_shard_info")
+local SHARD_INT_FIELDS = { "n_layer", "layer_start", "layer_end", "n_embd", "n_vocab", "n_head", "n_head_kv",
+  "head_dim", "n_ff", "n_ctx_train", "max_batch" }
 
--- Loads layers [start, stop) of the model at path. opts: start (0), stop (all),
--- first / last (booleans; derived from the range when nil).
-function M.load_shard(path, opts)
-  check_type(path, "string", "load_shard")
-  opts = opts or {}
+-- The Lua object for a loaded shard handle (freed with it when collected).
+local function shard_object(handle, path)
+  exo_shard_get_info(handle, shard_info)
+  local self = setmetatable({ handle = ffi.gc(handle, exo_shard_free), path = path }, Shard)
+  self.arch = ffi.string(shard_info.arch)
+  for _, k in ipairs(SHARD_INT_FIELDS) do self[k] = shard_info[k] end
+  self.is_first, self.is_last = shard_info.is_first ~= 0, shard_info.is_last ~= 0
+  self.weight_bytes = tonumber(shard_info.weight_bytes)
+  self.packed_bytes = tonumber(shard_info.packed_bytes)
+  return self
+end
+
+-- exo_shard_load's range arguments from load_shard's opts.
+local function shard_range(what, path, opts)
+  check_type(path, "string", what)
+  if opts == nil then return 0, -1, -1, -1 end
+  check_type(opts, "table", what .. " options")
   local first = opts.first == nil and -1 or (opts.first and 1 or 0)
   local last = opts.last == nil and -1 or (opts.last and 1 or 0)
-  local out = ffi.new("exo_shard*[1]")
-  local rc = C.exo_shard_load(path, opts.start or 0, opts.stop or -1, first, last, out)
+  return opts.start or 0, opts.stop or -1, first, last
+end
+
+-- Loads layers [start, stop) of the model at path. opts: start (0), stop
+-- (all), first / last (booleans; derived from the range when nil).
+function M.load_shard(path, opts)
+  local start, stop, first, last = shard_range("load_shard", path, opts)
+  local rc = exo_shard_load(path, start, stop, first, last, shard_out)
   if rc ~= 0 then return fail(rc) end
-  local info = ffi.new("exo_shard_info")
-  C.exo_shard_get_info(out[0], info)
-  local self = setmetatable({ handle = ffi.gc(out[0], C.exo_shard_free), path = path }, Shard)
-  self.arch = ffi.string(info.arch)
-  for _, k in ipairs { "n_layer", "layer_start", "layer_end", "n_embd", "n_vocab", "n_head", "n_head_kv",
-    "head_dim", "n_ff", "n_ctx_train", "max_batch" } do
-    self[k] = info[k]
-  end
-  self.is_first, self.is_last = info.is_first ~= 0, info.is_last ~= 0
-  self.weight_bytes = tonumber(info.weight_bytes)
-  self.packed_bytes = tonumber(info.packed_bytes)
-  return self
+  return shard_object(shard_out[0], path)
 end
 
 function Shard:free()
   if self.handle then
-    C.exo_shard_free(ffi.gc(self.handle, nil))
+    exo_shard_free(ffi.gc(self.handle, nil))
     self.handle = nil
   end
 end
 
 -- A new KV-cache sequence of n_ctx positions (default: the model's context).
 function Shard:new_seq(n_ctx)
-  local out = ffi.new("exo_seq*[1]")
-  local rc = C.exo_seq_new(self.handle, n_ctx or 0, out)
+  if n_ctx ~= nil then check_type(n_ctx, "number", "Shard:new_seq") end
+  local rc = exo_seq_new(self.handle, n_ctx or 0, seq_out)
   if rc ~= 0 then return fail(rc) end
   -- The sequence keeps its shard alive: C frees the seq before the shard.
-  return setmetatable({ handle = ffi.gc(out[0], C.exo_seq_free), shard = self }, Seq)
+  return setmetatable({ handle = ffi.gc(seq_out[0], exo_seq_free), shard = self }, Seq)
 end
 
-function Seq:pos() return C.exo_seq_pos(self.handle) end
-function Seq:n_ctx() return C.exo_seq_n_ctx(self.handle) end
+function Seq:pos() return exo_seq_pos(self.handle) end
+function Seq:n_ctx() return exo_seq_n_ctx(self.handle) end
 function Seq:truncate(pos)
   check_type(pos, "number", "Seq:truncate")
-  local rc = C.exo_seq_truncate(self.handle, pos)
+  local rc = exo_seq_truncate(self.handle, pos)
   if rc ~= 0 then return fail(rc) end
   return true
 end
 function Seq:free()
   if self.handle then
-    C.exo_seq_free(ffi.gc(self.handle, nil))
+    exo_seq_free(ffi.gc(self.handle, nil))
     self.handle = nil
   end
 end
@@ -443,79 +517,373 @@ function Shard:forward(seq, input, n, all_logits, out)
   end
   if type(n) ~= "number" or n < 1 then error("Shard:forward: token count required", 2) end
   out = out or self:output_buffer(n, all_logits)
-  local rc = C.exo_shard_forward(self.handle, seq.handle, tokens, hidden, n, all_logits and 1 or 0, out)
+  local rc = exo_shard_forward(self.handle, seq.handle, tokens, hidden, n, all_logits and 1 or 0, out)
   if rc ~= 0 then return fail(rc) end
   return out
 end
 
--- Index of the largest of n floats (ties: the lowest index): the sampler's C primitive.
-function M.argmax(p, n) return C.exo_sample_argmax(p, n) end
-
 -- ---- the engine thread ------------------------------------------------------------
+
+local exo_engine_fd, exo_engine_submit, exo_engine_next_completion =
+  C.exo_engine_fd, C.exo_engine_submit, C.exo_engine_next_completion
 
 -- Submits a forward pass to the engine thread. The caller keeps input and out
 -- alive until the completion for job_id arrives (M.engine_drain).
 function Shard:submit(seq, tokens, hidden, n, all_logits, out, job_id)
-  local rc = C.exo_engine_submit(self.handle, seq.handle, tokens, hidden, n, all_logits and 1 or 0, out, job_id)
+  local rc = exo_engine_submit(self.handle, seq.handle, tokens, hidden, n, all_logits and 1 or 0, out, job_id)
   if rc ~= 0 then return fail(rc) end
   return true
 end
 
-function M.engine_fd() return C.exo_engine_fd() end
+function M.engine_fd() return exo_engine_fd() end
 
-local err_buf = ffi.new("char[256]")
+local ERR_CAP = 256
+local err_buf = ffi.new("char[?]", ERR_CAP)
 local status1 = ffi.new("int[1]")
 -- Calls fn(job_id, ok, err) for every completion waiting.
 function M.engine_drain(fn)
-  while C.exo_engine_next_completion(u64_1, status1, err_buf, 256) == 1 do
+  while exo_engine_next_completion(u64_1, status1, err_buf, ERR_CAP) == 1 do
     local ok = status1[0] == 0
-    fn(tonumber(u64_1[0]), ok, not ok and ffi.string(C.exo_error_name(status1[0])) .. ": " .. ffi.string(err_buf) or nil)
+    fn(tonumber(u64_1[0]), ok, not ok and ffi.string(exo_error_name(status1[0])) .. ": " .. ffi.string(err_buf) or nil)
   end
+end
+
+-- ---- sampling primitives ------------------------------------------------------------
+--
+-- These run on the per-token path, which the JIT compiles: no tables or
+-- closures here. Wrong argument types raise in the FFI's own conversions;
+-- values are C's to check, and its failures come back as nil, err.
+
+local exo_sample_argmax, exo_sample_penalties, exo_sample_candidates =
+  C.exo_sample_argmax, C.exo_sample_penalties, C.exo_sample_candidates
+local exo_sample_log_softmax, exo_sample_probs, exo_sample_draw, exo_sample_residual =
+  C.exo_sample_log_softmax, C.exo_sample_probs, C.exo_sample_draw, C.exo_sample_residual
+
+-- Index of the largest of n floats (ties: the lowest index). Its only failure
+-- is misuse (no values), which raises.
+function M.argmax(p, n)
+  local id = exo_sample_argmax(p, n)
+  if id < 0 then error(select(2, fail(id)), 2) end
+  return id
+end
+
+-- Repetition, presence and frequency penalties over the n_recent ids of
+-- recent, applied to logits in place.
+function M.sample_penalties(logits, n_vocab, recent, n_recent, repeat_penalty, presence, frequency)
+  local rc = exo_sample_penalties(logits, n_vocab, recent, n_recent, repeat_penalty, presence, frequency)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- The truncated distribution into ids_out / probs_out (cap entries at most);
+-- returns its size.
+function M.sample_candidates(logits, n_vocab, temperature, top_k, top_p, min_p, ids_out, probs_out, cap)
+  local rc = exo_sample_candidates(logits, n_vocab, temperature, top_k, top_p, min_p, ids_out, probs_out, cap, int1)
+  if rc ~= 0 then return fail(rc) end
+  return int1[0]
+end
+
+-- The same distribution dense in probs_out[n_vocab] (ids and probs scratch:
+-- n_vocab each, nil without truncation).
+function M.sample_probs(logits, n_vocab, temperature, top_k, top_p, min_p, ids_scratch, probs_scratch, probs_out)
+  local rc = exo_sample_probs(logits, n_vocab, temperature, top_k, top_p, min_p, ids_scratch, probs_scratch, probs_out)
+  if rc ~= 0 then return fail(rc) end
+  return probs_out
+end
+
+function M.sample_log_softmax(logits, n, out)
+  local rc = exo_sample_log_softmax(logits, n, out)
+  if rc ~= 0 then return fail(rc) end
+  return out
+end
+
+-- A draw with u in [0, 1) from a dense distribution; nil, err when it is all zero.
+function M.sample_draw(probs, n, u)
+  local id = exo_sample_draw(probs, n, u)
+  if id < 0 then return fail(id) end
+  return id
+end
+
+-- A draw from norm(max(0, p - q)); nil, err when p <= q everywhere.
+function M.sample_residual(p, q, n, u)
+  local id = exo_sample_residual(p, q, n, u)
+  if id < 0 then return fail(id) end
+  return id
+end
+
+-- ---- tokenizers ---------------------------------------------------------------------
+
+local exo_tokenizer_load, exo_tokenizer_free = C.exo_tokenizer_load, C.exo_tokenizer_free
+local exo_tokenizer_encode, exo_tokenizer_decode = C.exo_tokenizer_encode, C.exo_tokenizer_decode
+local exo_tokenizer_decode_stream, exo_tokenizer_decode_stream_flush =
+  C.exo_tokenizer_decode_stream, C.exo_tokenizer_decode_stream_flush
+local exo_tokenizer_token_piece, exo_tokenizer_token_text, exo_tokenizer_find =
+  C.exo_tokenizer_token_piece, C.exo_tokenizer_token_text, C.exo_tokenizer_find
+local exo_tokenizer_n_vocab, exo_tokenizer_bos, exo_tokenizer_eos, exo_tokenizer_eot, exo_tokenizer_add_bos =
+  C.exo_tokenizer_n_vocab, C.exo_tokenizer_bos, C.exo_tokenizer_eos, C.exo_tokenizer_eot, C.exo_tokenizer_add_bos
+local exo_tokenizer_is_eog, exo_tokenizer_token_type = C.exo_tokenizer_is_eog, C.exo_tokenizer_token_type
+local exo_tokenizer_model, exo_tokenizer_pre, exo_tokenizer_warning =
+  C.exo_tokenizer_model, C.exo_tokenizer_pre, C.exo_tokenizer_warning
+local ERANGE = C.EXO_ERANGE
+
+local Tokenizer = {}
+Tokenizer.__index = Tokenizer
+local Stream = {}
+Stream.__index = Stream
+
+-- Scratch buffers shared by every tokenizer (the loop thread is the only
+-- caller); they grow when a call needs more.
+local ids_cap = 4096
+local ids_buf = ffi.new("int32_t[?]", ids_cap)
+local text_cap = 16384
+local text_buf = ffi.new("char[?]", text_cap)
+local tokenizer_out = ffi.new("exo_tokenizer*[1]")
+
+local function opt_id(id) return id >= 0 and id or nil end
+
+-- The Lua object for a loaded tokenizer handle (freed with it when collected).
+local function tokenizer_object(h, path)
+  h = ffi.gc(h, exo_tokenizer_free)
+  local warning = ffi.string(exo_tokenizer_warning(h))
+  return setmetatable({
+    handle = h,
+    path = path,
+    n_vocab = exo_tokenizer_n_vocab(h),
+    bos = opt_id(exo_tokenizer_bos(h)),
+    eos = opt_id(exo_tokenizer_eos(h)),
+    eot = opt_id(exo_tokenizer_eot(h)),
+    add_bos = exo_tokenizer_add_bos(h) ~= 0,
+    model = ffi.string(exo_tokenizer_model(h)),
+    pre = ffi.string(exo_tokenizer_pre(h)),
+    warning = warning ~= "" and warning or nil,
+  }, Tokenizer)
+end
+
+-- Loads the tokenizer of the GGUF file at path on the calling thread. Returns
+-- a Tokenizer or nil, err (exo.tokenizer documents its methods).
+function M.load_tokenizer(path)
+  check_type(path, "string", "tokenizer.load")
+  local rc = exo_tokenizer_load(path, tokenizer_out)
+  if rc ~= 0 then return fail(rc) end
+  return tokenizer_object(tokenizer_out[0], path)
+end
+
+function Tokenizer:free()
+  if self.handle then
+    exo_tokenizer_free(ffi.gc(self.handle, nil))
+    self.handle = nil
+  end
+end
+
+-- Encodes into the scratch buffer; returns the count (the ids are in
+-- ids_buf[0..n-1] until the next call) or nil, err.
+local function encode_raw(self, text, opts)
+  check_type(text, "string", "Tokenizer:encode")
+  local add_bos, special = -1, 0
+  if opts ~= nil then
+    check_type(opts, "table", "Tokenizer:encode options")
+    if opts.add_bos ~= nil then add_bos = opts.add_bos and 1 or 0 end
+    special = opts.special and 1 or 0
+  end
+  local rc = exo_tokenizer_encode(self.handle, text, #text, add_bos, special, ids_buf, ids_cap, int1)
+  if rc == ERANGE and int1[0] > ids_cap then
+    ids_cap = int1[0]
+    ids_buf = ffi.new("int32_t[?]", ids_cap)
+    rc = exo_tokenizer_encode(self.handle, text, #text, add_bos, special, ids_buf, ids_cap, int1)
+  end
+  if rc ~= 0 then return fail(rc) end
+  return int1[0]
+end
+
+function Tokenizer:encode(text, opts)
+  local n, err, code = encode_raw(self, text, opts)
+  if not n then return nil, err, code end
+  local out = {}
+  for i = 0, n - 1 do out[i + 1] = ids_buf[i] end
+  return out
+end
+
+function Tokenizer:encode_buffer(text, opts)
+  local n, err, code = encode_raw(self, text, opts)
+  if not n then return nil, err, code end
+  local buf = ffi.new("int32_t[?]", math.max(n, 1))
+  ffi.copy(buf, ids_buf, n * 4)
+  return buf, n
+end
+
+-- Runs a decode call into text_buf, growing it once when C says it needs more.
+local function into_text(fn, a, b, c, d)
+  local rc = fn(a, b, c, d, text_buf, text_cap, size1)
+  if rc == ERANGE and size1[0] > text_cap then
+    text_cap = tonumber(size1[0])
+    text_buf = ffi.new("char[?]", text_cap)
+    rc = fn(a, b, c, d, text_buf, text_cap, size1)
+  end
+  if rc ~= 0 then return fail(rc) end
+  return ffi.string(text_buf, size1[0])
+end
+
+function Tokenizer:decode(ids, opts, n)
+  local arr
+  if type(ids) == "table" then
+    n = #ids
+    arr = ffi.new("int32_t[?]", math.max(n, 1), ids)
+  else
+    if type(n) ~= "number" then error("Tokenizer:decode: count required with a cdata array", 2) end
+    arr = ids
+  end
+  return into_text(exo_tokenizer_decode, self.handle, arr, n, opts and opts.special and 1 or 0)
+end
+
+function Tokenizer:piece(id)
+  check_type(id, "number", "Tokenizer:piece")
+  local rc = exo_tokenizer_token_piece(self.handle, id, str1, size1)
+  if rc ~= 0 then return fail(rc) end
+  return ffi.string(str1[0], size1[0])
+end
+
+function Tokenizer:text(id)
+  check_type(id, "number", "Tokenizer:text")
+  local rc = exo_tokenizer_token_text(self.handle, id, str1, size1)
+  if rc ~= 0 then return fail(rc) end
+  return ffi.string(str1[0], size1[0])
+end
+
+function Tokenizer:find(text)
+  check_type(text, "string", "Tokenizer:find")
+  return opt_id(exo_tokenizer_find(self.handle, text, #text))
+end
+
+function Tokenizer:is_eog(id) return exo_tokenizer_is_eog(self.handle, id) ~= 0 end
+
+function Tokenizer:token_type(id)
+  local t = exo_tokenizer_token_type(self.handle, id)
+  return t >= 0 and t or nil
+end
+
+function Tokenizer:stream(opts)
+  return setmetatable({ tok = self, state = ffi.new("exo_tokenizer_stream"), special = opts and opts.special and 1 or 0 },
+    Stream)
+end
+
+function Stream:push(id)
+  check_type(id, "number", "Stream:push")
+  return into_text(exo_tokenizer_decode_stream, self.tok.handle, self.state, id, self.special)
+end
+
+function Stream:flush()
+  local rc = exo_tokenizer_decode_stream_flush(self.tok.handle, self.state, text_buf, text_cap, size1)
+  if rc ~= 0 then return fail(rc) end
+  return ffi.string(text_buf, size1[0])
+end
+
+-- ---- HTTP parsing ----------------------------------------------------------------
+
+local exo_http_parse_head, exo_http_chunked_decode = C.exo_http_parse_head, C.exo_http_chunked_decode
+local ENOMEM = C.EXO_ENOMEM
+
+local http_request = ffi.new("exo_http_request")
+
+-- Parses the request head at the start of buf. Returns its length and the
+-- parsed request (an exo_http_request the next call overwrites), 0 when more
+-- bytes are needed, or nil, message, status (the status to answer with).
+function M.http_parse_head(buf, max_head)
+  check_type(buf, "string", "http_parse_head")
+  local n = exo_http_parse_head(buf, #buf, max_head, http_request)
+  if n < 0 then
+    return nil, ffi.string(exo_last_error()), http_request.status > 0 and http_request.status or 400
+  end
+  return n, http_request
+end
+
+local Chunked = {}
+Chunked.__index = Chunked
+-- Decoded bytes land here; it grows to the largest input seen.
+local chunk_cap = 65536
+local chunk_buf = ffi.new("char[?]", chunk_cap)
+
+-- A decoder for one chunked request body.
+function M.http_chunked()
+  return setmetatable({ state = ffi.new("exo_http_chunked") }, Chunked)
+end
+
+-- Decodes what buf holds: returns the body bytes it gave, the input bytes
+-- used and whether the body is complete; or nil, message, status.
+function Chunked:decode(buf, max_body)
+  check_type(buf, "string", "Chunked:decode")
+  local n = #buf
+  if n > chunk_cap then
+    chunk_cap = n
+    chunk_buf = ffi.new("char[?]", chunk_cap)
+  end
+  ffi.copy(chunk_buf, buf, n)
+  local rc = exo_http_chunked_decode(self.state, chunk_buf, n, max_body, size1, size1b, int1)
+  if rc ~= 0 then return nil, ffi.string(exo_last_error()), rc == ENOMEM and 413 or 400 end
+  return ffi.string(chunk_buf, size1b[0]), tonumber(size1[0]), int1[0] ~= 0
 end
 
 -- ---- the wire ---------------------------------------------------------------------
 
+local exo_wire_new, exo_wire_free, exo_wire_fd, exo_wire_set_hello = C.exo_wire_new, C.exo_wire_free, C.exo_wire_fd,
+  C.exo_wire_set_hello
+local exo_wire_listen, exo_wire_connect, exo_wire_close = C.exo_wire_listen, C.exo_wire_connect, C.exo_wire_close
+local exo_wire_send_control, exo_wire_send_tokens, exo_wire_ping = C.exo_wire_send_control, C.exo_wire_send_tokens,
+  C.exo_wire_ping
+local exo_wire_next_event, exo_wire_get_stats = C.exo_wire_next_event, C.exo_wire_get_stats
+local exo_wire_route_open, exo_wire_route_allow, exo_wire_route_close, exo_wire_route_output =
+  C.exo_wire_route_open, C.exo_wire_route_allow, C.exo_wire_route_close, C.exo_wire_route_output
+local exo_wire_collect_open = C.exo_wire_collect_open
+local ALL_LOGITS = C.EXO_WIRE_TENSOR_ALL_LOGITS
+
 local Wire = {}
 Wire.__index = Wire
-M.WIRE_EVENTS = { [1] = "peer", [2] = "closed", [3] = "control", [4] = "output", [5] = "failed", [6] = "pong" }
-M.WIRE_DTYPES = { f32 = 0, f16 = 1, q8_0 = 8 }
+M.WIRE_EVENTS = { [C.EXO_WIRE_EV_PEER] = "peer", [C.EXO_WIRE_EV_CLOSED] = "closed",
+  [C.EXO_WIRE_EV_CONTROL] = "control", [C.EXO_WIRE_EV_OUTPUT] = "output", [C.EXO_WIRE_EV_FAILED] = "failed",
+  [C.EXO_WIRE_EV_PONG] = "pong" }
+M.WIRE_DTYPES = { f32 = C.EXO_DTYPE_F32, f16 = C.EXO_DTYPE_F16, q8_0 = C.EXO_DTYPE_Q8_0 }
+-- A request's logits come back to its asker as this request id plus this.
+M.WIRE_REPLY_OFFSET = 2 ^ C.EXO_WIRE_REPLY_SHIFT
+local wire_out = ffi.new("exo_wire*[1]")
 
 -- A transport on the host's loop, saying hello (a string) on every connection.
 function M.wire_new(hello)
   check_type(hello, "string", "wire_new")
-  local out = ffi.new("exo_wire*[1]")
-  local rc = C.exo_wire_new(nil, hello, #hello, out)
+  local rc = exo_wire_new(nil, hello, #hello, wire_out)
   if rc ~= 0 then return fail(rc) end
-  return setmetatable({ handle = out[0], ev = ffi.new("exo_wire_event"), stats_buf = ffi.new("exo_wire_stats"),
+  return setmetatable({ handle = wire_out[0], ev = ffi.new("exo_wire_event"), stats_buf = ffi.new("exo_wire_stats"),
     out_ptr = ffi.new("const float*[1]"), out_rows = ffi.new("int[1]"), out_pos = ffi.new("int[1]"),
     tok_buf = ffi.new("int32_t[1]") }, Wire)
 end
 
-function Wire:fd() return C.exo_wire_fd(self.handle) end
+function Wire:fd() return exo_wire_fd(self.handle) end
 
 function Wire:set_hello(hello)
-  local rc = C.exo_wire_set_hello(self.handle, hello, #hello)
+  check_type(hello, "string", "Wire:set_hello")
+  local rc = exo_wire_set_hello(self.handle, hello, #hello)
   if rc ~= 0 then return fail(rc) end
   return true
 end
 
 function Wire:listen(host, port)
-  local rc = C.exo_wire_listen(self.handle, host, port, int1)
+  check_type(host, "string", "Wire:listen")
+  local rc = exo_wire_listen(self.handle, host, port, int1)
   if rc ~= 0 then return fail(rc) end
   return int1[0]
 end
 
 -- Returns the connection id; a "peer" or "closed" event follows.
 function Wire:connect(host, port)
-  local rc = C.exo_wire_connect(self.handle, host, port, int1)
+  check_type(host, "string", "Wire:connect")
+  local rc = exo_wire_connect(self.handle, host, port, int1)
   if rc ~= 0 then return fail(rc) end
   return int1[0]
 end
 
-function Wire:close_conn(conn, reason) C.exo_wire_close(self.handle, conn, reason) end
+function Wire:close_conn(conn, reason) exo_wire_close(self.handle, conn, reason) end
 
 function Wire:send_control(conn, request_id, text)
-  local rc = C.exo_wire_send_control(self.handle, conn, request_id, text, #text)
+  check_type(text, "string", "Wire:send_control")
+  local rc = exo_wire_send_control(self.handle, conn, request_id, text, #text)
   if rc ~= 0 then return fail(rc) end
   return true
 end
@@ -528,17 +896,17 @@ function Wire:send_tokens(conn, request_id, position, ids, n, all_logits)
     buf = n == 1 and self.tok_buf or ffi.new("int32_t[?]", n)
     for i = 1, n do buf[i - 1] = ids[i] end
   end
-  local rc = C.exo_wire_send_tokens(self.handle, conn, request_id, position, buf, n, all_logits and 1 or 0)
+  local rc = exo_wire_send_tokens(self.handle, conn, request_id, position, buf, n, all_logits and ALL_LOGITS or 0)
   if rc ~= 0 then return fail(rc) end
   return true
 end
 
-function Wire:ping(conn) return C.exo_wire_ping(self.handle, conn) == 0 end
+function Wire:ping(conn) return exo_wire_ping(self.handle, conn) == 0 end
 
 -- Calls fn(kind, conn, request_id, data, value, address) for every event waiting.
 function Wire:drain(fn)
   local ev = self.ev
-  while C.exo_wire_next_event(self.handle, ev) == 1 do
+  while exo_wire_next_event(self.handle, ev) == 1 do
     fn(M.WIRE_EVENTS[ev.type], ev.conn, tonumber(ev.request_id), ffi.string(ev.data, ev.len), tonumber(ev.value),
       ffi.string(ev.address))
   end
@@ -546,39 +914,40 @@ end
 
 -- The route takes the sequence over (C frees it when the route closes).
 function Wire:route_open(request_id, shard, seq, next_conn, wire_dtype)
-  local rc = C.exo_wire_route_open(self.handle, request_id, shard.handle, seq.handle, next_conn, wire_dtype or 0)
+  local rc = exo_wire_route_open(self.handle, request_id, shard.handle, seq.handle, next_conn,
+    wire_dtype or M.WIRE_DTYPES.f32)
   if rc ~= 0 then return fail(rc) end
   ffi.gc(seq.handle, nil)
   seq.handle = nil
   return true
 end
 
-function Wire:route_close(request_id) C.exo_wire_route_close(self.handle, request_id) end
+function Wire:route_close(request_id) exo_wire_route_close(self.handle, request_id) end
 
 -- Rows for request_id are taken only from the allowed connections (0: this node).
 function Wire:route_allow(request_id, conn)
-  local rc = C.exo_wire_route_allow(self.handle, request_id, conn)
+  local rc = exo_wire_route_allow(self.handle, request_id, conn)
   if rc ~= 0 then return fail(rc) end
   return true
 end
 
 -- A collector route: logits rows sent here for request_id raise "output" events.
 function Wire:collect_open(request_id, n_vocab)
-  local rc = C.exo_wire_collect_open(self.handle, request_id, n_vocab)
+  local rc = exo_wire_collect_open(self.handle, request_id, n_vocab)
   if rc ~= 0 then return fail(rc) end
   return true
 end
 
 -- The logits of a last-shard route: float*, rows, position of the first row.
 function Wire:route_output(request_id)
-  local rc = C.exo_wire_route_output(self.handle, request_id, self.out_ptr, self.out_rows, self.out_pos)
+  local rc = exo_wire_route_output(self.handle, request_id, self.out_ptr, self.out_rows, self.out_pos)
   if rc ~= 0 then return fail(rc) end
   return self.out_ptr[0], self.out_rows[0], self.out_pos[0]
 end
 
 function Wire:stats()
   local s = self.stats_buf
-  C.exo_wire_get_stats(self.handle, s)
+  exo_wire_get_stats(self.handle, s)
   return {
     frames_sent = tonumber(s.frames_sent), frames_received = tonumber(s.frames_received),
     bytes_sent = tonumber(s.bytes_sent), bytes_received = tonumber(s.bytes_received),
@@ -591,7 +960,7 @@ end
 
 function Wire:free()
   if self.handle then
-    C.exo_wire_free(self.handle)
+    exo_wire_free(self.handle)
     self.handle = nil
   end
 end

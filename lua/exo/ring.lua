@@ -143,8 +143,8 @@ function M.can_speculate(req)
   return not req.logprobs
 end
 
--- The logits of request R come back to its asker as request R + 2^52 (wire.h).
-local REPLY_OFFSET = 2 ^ 52
+-- The logits of request R come back to its asker as request R + REPLY_OFFSET.
+local REPLY_OFFSET = native.WIRE_REPLY_OFFSET
 
 -- How a speculative verify pass answers: the target's argmax per row for
 -- greedy requests without penalties, the logits rows otherwise.
@@ -490,7 +490,7 @@ function Ring:on_open(from, rid, msg)
     cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(cluster.id, why) })
   end
   if self.routes[rid] then return refuse("request already open") end
-  if rid >= REPLY_OFFSET then return refuse("request ids stay below 2^52") end
+  if rid >= REPLY_OFFSET then return refuse(("request ids stay below %.0f"):format(REPLY_OFFSET)) end
   if msg.next == cluster.id then return refuse("a plan cannot pass a request to the same node twice") end
   if type(msg.model) ~= "string" or not is_int(msg.start, 0, 1e6) or not is_int(msg.stop, msg.start + 1, 1e6)
     or not is_int(msg.n_ctx, 1, 1e7) or type(msg.first) ~= "string"
@@ -664,7 +664,7 @@ function Ring:handle_output(rid)
   logits = ffi.cast("float*", logits)
   local lp
   if route.lp_buf then
-    native.C.exo_sample_log_softmax(logits, route.n_vocab, route.lp_buf)
+    native.sample_log_softmax(logits, route.n_vocab, route.lp_buf)
   end
   local id = route.sampler:sample(logits, route.history)
   if route.tokenizer:is_eog(id) then

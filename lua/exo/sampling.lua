@@ -9,7 +9,10 @@ local ffi = require "ffi"
 local bit = require "bit"
 local native = require "exo.native"
 
-local C = native.C
+-- Bound once: these run for every token.
+local argmax, sample_penalties, sample_candidates = native.argmax, native.sample_penalties, native.sample_candidates
+local sample_probs, sample_draw = native.sample_probs, native.sample_draw
+
 local M = {}
 
 -- ---- random numbers ------------------------------------------------------------
@@ -63,7 +66,6 @@ function M.new(n_vocab, opts)
   s.rng = M.rng(opts.seed)
   s.ids = ffi.new("int32_t[?]", n_vocab)
   s.probs = ffi.new("float[?]", n_vocab)
-  s.n_out = ffi.new("int[1]")
   s.recent = ffi.new("int32_t[?]", math.max(1, s.penalty_last_n))
   return s
 end
@@ -76,7 +78,7 @@ function Sampler:penalize(logits, history)
   if self.repeat_penalty == 1 and self.presence_penalty == 0 and self.frequency_penalty == 0 then return end
   local n = math.min(#history, self.penalty_last_n)
   for i = 1, n do self.recent[i - 1] = history[#history - n + i] end
-  C.exo_sample_penalties(logits, self.n_vocab, self.recent, n, self.repeat_penalty, self.presence_penalty,
+  sample_penalties(logits, self.n_vocab, self.recent, n, self.repeat_penalty, self.presence_penalty,
     self.frequency_penalty)
 end
 
@@ -85,14 +87,14 @@ end
 -- argmax with probability 1.
 function Sampler:distribution(logits)
   if self:greedy() then
-    self.ids[0] = C.exo_sample_argmax(logits, self.n_vocab)
+    self.ids[0] = argmax(logits, self.n_vocab)
     self.probs[0] = 1
     return self.ids, self.probs, 1
   end
-  local rc = C.exo_sample_candidates(logits, self.n_vocab, self.temperature, self.top_k, self.top_p, self.min_p,
-    self.ids, self.probs, self.n_vocab, self.n_out)
-  if rc ~= 0 then error(select(2, native.fail(rc))) end
-  return self.ids, self.probs, self.n_out[0]
+  local n, err = sample_candidates(logits, self.n_vocab, self.temperature, self.top_k, self.top_p, self.min_p,
+    self.ids, self.probs, self.n_vocab)
+  if not n then error(err) end
+  return self.ids, self.probs, n
 end
 
 -- Draws from a distribution (ids, probs, n) with this sampler's generator.
@@ -116,9 +118,10 @@ function Sampler:sample(logits, history)
   if history then self:penalize(logits, history) end
   if not self:greedy() and self:untruncated() then
     self.dense = self.dense or ffi.new("float[?]", self.n_vocab)
-    local rc = C.exo_sample_probs(logits, self.n_vocab, self.temperature, 0, 1, 0, nil, nil, self.dense)
-    if rc ~= 0 then error(select(2, native.fail(rc))) end
-    local id = C.exo_sample_draw(self.dense, self.n_vocab, self.rng:uniform())
+    local ok, err = sample_probs(logits, self.n_vocab, self.temperature, 0, 1, 0, nil, nil, self.dense)
+    if not ok then error(err) end
+    local id, derr = sample_draw(self.dense, self.n_vocab, self.rng:uniform())
+    if not id then error(derr) end
     return id, self.dense[id]
   end
   return self:draw(self:distribution(logits))

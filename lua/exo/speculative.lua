@@ -16,13 +16,15 @@
 -- the step both caches are cut back to what was accepted; the draft catches up
 -- on whatever it has not seen (after a full acceptance: x_g and the bonus) at
 -- the start of the next step. The C side fills the probability arrays
--- (exo_sample_probs, _draw, _residual); the decision is here.
+-- (native.sample_probs, _draw, _residual); the decision is here.
 local ffi = require "ffi"
 local native = require "exo.native"
 local sampling = require "exo.sampling"
 local generate = require "exo.generate"
 
-local C = native.C
+local argmax, sample_draw, sample_residual = native.argmax, native.sample_draw, native.sample_residual
+local sample_probs, sample_log_softmax = native.sample_probs, native.sample_log_softmax
+
 local M = {}
 
 -- ---- the acceptance rule ------------------------------------------------------------
@@ -40,19 +42,20 @@ function M.accept(drafts, q, p, n, rng, trace)
     local ok = u * qx < px
     if trace then trace[#trace + 1] = { token = x, q = qx, p = px, ratio = qx > 0 and px / qx or math.huge, u = u, accepted = ok } end
     if not ok then
-      local y = C.exo_sample_residual(p[i], q[i], n, rng:uniform())
+      local y = sample_residual(p[i], q[i], n, rng:uniform())
       -- p <= q everywhere means p == q up to rounding: then a rejection had
       -- probability ~0, and p itself is the residual's limit.
-      if y < 0 then y = C.exo_sample_draw(p[i], n, rng:uniform()) end
-      if y < 0 then error("the target's distribution is empty: " .. select(2, native.fail(y))) end
+      local err
+      if not y then y, err = sample_draw(p[i], n, rng:uniform()) end
+      if not y then error("the target's distribution is empty: " .. err) end
       if trace then trace[#trace].resampled = y end
       out[#out + 1] = y
       return out, i - 1
     end
     out[#out + 1] = x
   end
-  local bonus = C.exo_sample_draw(p[g + 1], n, rng:uniform())
-  if bonus < 0 then error("the target's distribution is empty: " .. select(2, native.fail(bonus))) end
+  local bonus, err = sample_draw(p[g + 1], n, rng:uniform())
+  if not bonus then error("the target's distribution is empty: " .. err) end
   if trace then trace[#trace + 1] = { bonus = bonus } end
   out[#out + 1] = bonus
   return out, g
@@ -137,7 +140,7 @@ function M.draft_greedy(draft, ctx, ge, sampler)
   for i = 1, ge do
     -- Penalties apply before the argmax, as plain greedy decoding does.
     if sampler then sampler:penalize(draft.logits, hist) end
-    drafts[i] = C.exo_sample_argmax(draft.logits, draft.shard.n_vocab)
+    drafts[i] = argmax(draft.logits, draft.shard.n_vocab)
     if hist then hist[#hist + 1] = drafts[i] end
     if i < ge then
       local ok, ferr = draft:feed(drafts[i])
@@ -194,9 +197,9 @@ end
 -- The warped distribution of a sampler over logits (penalised for history), dense.
 local function dense(sampler, logits, history, out)
   sampler:penalize(logits, history)
-  local rc = C.exo_sample_probs(logits, sampler.n_vocab, sampler.temperature, sampler.top_k, sampler.top_p,
+  local ok, err = sample_probs(logits, sampler.n_vocab, sampler.temperature, sampler.top_k, sampler.top_p,
     sampler.min_p, sampler.ids, sampler.probs, out)
-  if rc ~= 0 then error(select(2, native.fail(rc))) end
+  if not ok then error(err) end
   return out
 end
 
@@ -252,7 +255,8 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
       if derr then return nil, "draft: " .. derr end
       local hist = { unpack(ctx) }
       for i = 1, ge do
-        local x = C.exo_sample_draw(dense(sampler, draft.logits, hist, sc.q[i]), n_vocab, rng:uniform())
+        local x, xerr = sample_draw(dense(sampler, draft.logits, hist, sc.q[i]), n_vocab, rng:uniform())
+        if not x then return nil, "draft: " .. xerr end
         drafts[i] = x
         hist[#hist + 1] = x
         if i < ge then
@@ -283,7 +287,7 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
     if params.logprobs then
       lps = {}
       for i = 1, ge + 1 do
-        C.exo_sample_log_softmax(rows + (i - 1) * n_vocab, n_vocab, sc.lp)
+        sample_log_softmax(rows + (i - 1) * n_vocab, n_vocab, sc.lp)
         lps[i] = { buf = ffi.new("float[?]", n_vocab) }
         ffi.copy(lps[i].buf, sc.lp, n_vocab * 4)
       end
@@ -298,7 +302,7 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
         for i = 1, ge + 1 do
           local row = rows + (i - 1) * n_vocab
           sampler:penalize(row, hist)
-          best[i] = C.exo_sample_argmax(row, n_vocab)
+          best[i] = argmax(row, n_vocab)
           hist[#hist + 1] = drafts[i]
         end
       end

@@ -1,10 +1,10 @@
 -- test_boundary.lua: the C/Lua boundary.
 --
 -- native.lua's cdef is exactly what tools/gen_cdef.lua extracts from the C
--- headers; only those functions are exported; the ABI version matches;
--- runtime failures come back as
--- nil, "ECODE: message", "ECODE" while misuse raises; model metadata and
--- shards are reachable through the wrappers.
+-- headers; only those functions are exported; the ABI version matches; no
+-- module under lua/exo but native.lua reaches C directly; runtime failures
+-- come back as nil, "ECODE: message", "ECODE" while misuse raises; model
+-- metadata and shards are reachable through the wrappers.
 local source_dir = assert(os.getenv("EXO_SOURCE_DIR"), "EXO_SOURCE_DIR not set (ctest sets it)")
 local tiny = assert(os.getenv("EXO_TINY_MODEL"), "EXO_TINY_MODEL not set (ctest sets it)")
 
@@ -28,6 +28,32 @@ end
 assert(declared > 50, "found only " .. declared .. " functions in the cdef")
 ffi.cdef "int exo_layers_alloc(void *shard);"
 assert(not pcall(function() return native.C.exo_layers_alloc end), "an internal function is exported")
+
+-- Lua calls C only through native.lua's wrappers: no other module names the
+-- raw namespace (ffi.C, native.C) or calls an exo_ function through an alias.
+local scanned = 0
+local files = assert(io.popen(("find '%s/lua/exo' -name '*.lua'"):format(source_dir)))
+for path in files:lines() do
+  if not path:match("/lua/exo/native%.lua$") then
+    local f = assert(io.open(path))
+    local n = 0
+    for line in f:lines() do
+      n = n + 1
+      local code = line:gsub("%-%-.*$", "")
+      for _, pattern in ipairs { "ffi%.C%f[^%w_]", "native%.C%f[^%w_]", "%f[%w_]C%.exo_" } do
+        assert(not code:find(pattern), ("%s:%d reaches C directly (use a native.lua wrapper): %s"):format(path, n, line))
+      end
+    end
+    f:close()
+    scanned = scanned + 1
+  end
+end
+files:close()
+assert(scanned > 20, "found only " .. scanned .. " modules under lua/exo")
+
+-- Numbers C defines come from its enums.
+assert(native.WIRE_DTYPES.q8_0 == ffi.C.EXO_DTYPE_Q8_0 and native.WIRE_EVENTS[ffi.C.EXO_WIRE_EV_PONG] == "pong")
+assert(native.WIRE_REPLY_OFFSET == 2 ^ 52)
 
 -- Runtime failure: nil, message, code.
 local s, err, code = native.load_shard("/nonexistent/x.gguf")

@@ -3,7 +3,9 @@
 -- Same seed, same draws; different seeds, different draws; temperature 0 is
 -- the argmax; and draws follow the candidate distribution (a chi-square test
 -- on 200,000 draws at a significance level of 1e-4, so an honest sampler
--- fails it about once in ten thousand runs).
+-- fails it about once in ten thousand runs). The per-token path compiles:
+-- sampling through native.lua's wrappers leaves no trace aborted on a
+-- construct the JIT does not implement (NYI).
 local ffi = require "ffi"
 local sampling = require "exo.sampling"
 
@@ -84,4 +86,35 @@ end
 local p = sampling.new(n_vocab, { temperature = 0, presence_penalty = 10 })
 fill(base)
 assert(p:sample(logits, { 5 }) == 0, "presence penalty should move greedy off token 5")
+-- The per-token path is JIT-compiled: traces start in the sampler and
+-- native.lua's wrappers, and none aborts on something not yet implemented.
+do
+  local jutil, vmdef = require "jit.util", require "jit.vmdef"
+  local started, nyi = 0, {}
+  local function on_trace(what, _, func, pc, err, info)
+    local fi = func and jutil.funcinfo(func, pc)
+    local where = fi and fi.source or ""
+    if what == "start" and (where:match("sampling%.lua$") or where:match("native%.lua$")) then
+      started = started + 1
+    elseif what == "abort" then
+      local why = type(err) == "number" and vmdef.traceerr[err] or tostring(err)
+      local ok, text = pcall(string.format, why, info)
+      if ok then why = text end
+      if why:match("^NYI") then nyi[#nyi + 1] = ("%s:%s: %s"):format(where, tostring(fi and fi.currentline), why) end
+    end
+  end
+  jit.attach(on_trace, "trace")
+  for _, opts in ipairs { { temperature = 0, repeat_penalty = 1.1 }, { temperature = 0.8, seed = 3 },
+    { temperature = 0.8, top_k = 5, top_p = 0.9, seed = 3, presence_penalty = 0.5 } } do
+    local s = sampling.new(n_vocab, opts)
+    local history = { 1, 2, 3 }
+    for i = 1, 2000 do
+      fill(base)
+      history[4] = s:sample(logits, history) + i % 2
+    end
+  end
+  jit.attach(on_trace)
+  assert(started > 0, "no trace started in the sampler")
+  assert(#nyi == 0, "the sampler's path hits NYI:\n" .. table.concat(nyi, "\n"))
+end
 print("sampling ok, chi2 = " .. chi2)

@@ -10,12 +10,10 @@
 -- events (res:sse_start, res:sse, res:finish). A client that disconnects
 -- mid-stream marks res.closed and fires res.on_close, which the API uses to
 -- cancel the generation. Requests on one connection are answered in order.
-local ffi = require "ffi"
 local uv = require "luv"
 local native = require "exo.native"
 local json = require "exo.json"
 
-local C = native.C
 local M = {}
 
 local REASONS = {
@@ -34,8 +32,6 @@ M.DEFAULTS = {
   idle_timeout = 60000,        -- ms a keep-alive connection may sit idle
   cors_origin = "*",
 }
-
-local req_buf = ffi.new("exo_http_request")
 
 local function error_body(status, message)
   local err_type = status >= 500 and "server_error" or "invalid_request_error"
@@ -197,15 +193,13 @@ function Conn:process()
   while not self.closed and not self.failed and not self.res do
     if self.phase == "head" then
       if #self.buf == 0 then return end
-      local n = C.exo_http_parse_head(self.buf, #self.buf, opts.max_head, req_buf)
+      local n, r, status = native.http_parse_head(self.buf, opts.max_head)
       if n == 0 then
         self:arm(opts.head_timeout, function() self:fail(408, "the request head took too long to arrive") end)
         return
       end
-      if n < 0 then
-        return self:fail(req_buf.status > 0 and req_buf.status or 400, ffi.string(C.exo_last_error()))
-      end
-      local buf, r = self.buf, req_buf
+      if not n then return self:fail(status, r) end -- r is the message then
+      local buf = self.buf
       local target = buf:sub(r.target_off + 1, r.target_off + r.target_len)
       local path, query = target:match("^([^?]*)%??(.*)$")
       self.req = {
@@ -224,23 +218,20 @@ function Conn:process()
       end
       self.phase = "body"
       self.body_parts, self.body_len = {}, 0
-      if self.req.chunked then self.chunked = ffi.new("exo_http_chunked") end
+      if self.req.chunked then self.chunked = native.http_chunked() end
       self:arm(opts.body_timeout, function() self:fail(408, "the request body took too long to arrive") end)
     elseif self.phase == "body" then
       local req = self.req
       if req.chunked then
         if #self.buf == 0 then return end
-        local n = #self.buf
-        local scratch = ffi.new("char[?]", n)
-        ffi.copy(scratch, self.buf, n)
-        local consumed, produced, done = ffi.new("size_t[1]"), ffi.new("size_t[1]"), ffi.new("int[1]")
-        local rc = C.exo_http_chunked_decode(self.chunked, scratch, n, opts.max_body, consumed, produced, done)
-        if rc ~= 0 then
-          return self:fail(rc == -2 and 413 or 400, ffi.string(C.exo_last_error()))
+        local body, consumed, done = self.chunked:decode(self.buf, opts.max_body)
+        if not body then
+          local message, status = consumed, done -- a failure: nil, message, status
+          return self:fail(status, message)
         end
-        self.body_parts[#self.body_parts + 1] = ffi.string(scratch, produced[0])
-        self.buf = self.buf:sub(tonumber(consumed[0]) + 1)
-        if done[0] == 0 then return end
+        self.body_parts[#self.body_parts + 1] = body
+        self.buf = self.buf:sub(consumed + 1)
+        if not done then return end
       else
         local need = (req.content_length or 0) - self.body_len
         local take = math.min(need, #self.buf)
