@@ -32,6 +32,7 @@
 
 #include "dtype.h"
 #include "error.h"
+#include "grow.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "gguf.c reads little-endian GGUF with plain loads; add byte swapping for this host"
@@ -1050,26 +1051,9 @@ void exo_gguf_writer_free(exo_gguf_writer *w)
     free(w);
 }
 
-/* Grows *p (of *cap elements of elem bytes) to hold need elements. */
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return 0;
-    size_t nc = *cap ? *cap : 16;
-    while (nc < need) {
-        if (nc > SIZE_MAX / 2) return -1;
-        nc *= 2;
-    }
-    if (nc > SIZE_MAX / elem) return -1;
-    void *q = realloc(*p, nc * elem);
-    if (!q) return -1;
-    *p = q;
-    *cap = nc;
-    return 0;
-}
-
 static int put(exo_gguf_writer *w, const void *b, size_t n)
 {
-    if (n > SIZE_MAX - w->kv_len || grow((void **)&w->kv, &w->kv_cap, w->kv_len + n, 1))
+    if (n > SIZE_MAX - w->kv_len || exo_grow(&w->kv, &w->kv_cap, w->kv_len + n, 1))
         return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
     if (n) memcpy(w->kv + w->kv_len, b, n);
     w->kv_len += n;
@@ -1107,7 +1091,7 @@ static int begin_key(exo_gguf_writer *w, const char *key, uint32_t type)
             return exo_error_set(EXO_EINVAL, "gguf writer: duplicate key '%s'", key);
     if (strcmp(key, "general.alignment") == 0 && type != EXO_GGUF_UINT32)
         return exo_error_set(EXO_EINVAL, "gguf writer: general.alignment must be uint32");
-    if (grow((void **)&w->keys, &w->keys_cap, w->n_keys + 1, sizeof *w->keys))
+    if (exo_grow(&w->keys, &w->keys_cap, w->n_keys + 1, sizeof *w->keys))
         return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
     char *copy = strdup(key);
     if (!copy) return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
@@ -1268,7 +1252,7 @@ int exo_gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, 
     for (size_t i = 0; i < w->n_t; i++)
         if (strcmp(w->t[i].name, name) == 0)
             return exo_error_set(EXO_EINVAL, "gguf writer: duplicate tensor '%s'", name);
-    if (grow((void **)&w->t, &w->t_cap, w->n_t + 1, sizeof *w->t))
+    if (exo_grow(&w->t, &w->t_cap, w->n_t + 1, sizeof *w->t))
         return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
     struct wtensor *t = &w->t[w->n_t];
     memset(t, 0, sizeof *t);

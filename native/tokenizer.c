@@ -54,6 +54,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "grow.h"
 #include "exo.h"
 #include "gguf.h"
 
@@ -161,21 +162,6 @@ static uint64_t pow2_at_least(uint64_t n)
     uint64_t c = 16;
     while (c < n) c <<= 1;
     return c;
-}
-
-/* Grows *p (an array of elem-byte items with capacity *cap) to hold need items. */
-static int grow(void *pp, size_t *cap, size_t need, size_t elem)
-{
-    void **p = pp;
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    if (c > SIZE_MAX / elem) return -1;
-    void *n = realloc(*p, c * elem);
-    if (!n) return -1;
-    *p = n;
-    *cap = c;
-    return 0;
 }
 
 /* Length of the well-formed UTF-8 character at s (RFC 3629: no overlongs, no
@@ -722,7 +708,7 @@ static int load_merges(exo_tokenizer *t, const exo_gguf *g)
         }
         size_t ln = (size_t)(sp - s), rn = len - ln - 1;
         int32_t left = lookup(t, s, ln), right = lookup(t, sp + 1, rn);
-        if (grow(&buf, &buf_cap, ln + rn, 1)) {
+        if (exo_grow(&buf, &buf_cap, ln + rn, 1)) {
             free(buf);
             return oom();
         }
@@ -1058,7 +1044,7 @@ static bool before(const exo_tokenizer *t, const struct bigram *x, const struct 
 
 static int heap_push(struct enc *e, struct bigram b)
 {
-    if (grow(&e->heap, &e->heap_cap, e->heap_n + 1, sizeof *e->heap)) return -1;
+    if (exo_grow(&e->heap, &e->heap_cap, e->heap_n + 1, sizeof *e->heap)) return -1;
     size_t i = e->heap_n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -1105,7 +1091,7 @@ static int bpe_word(struct enc *e, const char *s, size_t n)
         return 0;
     }
     if (t->ignore_merges) {
-        if (grow(&e->buf, &e->buf_cap, 2 * n, 1)) return oom();
+        if (exo_grow(&e->buf, &e->buf_cap, 2 * n, 1)) return oom();
         size_t m = 0;
         for (size_t i = 0; i < n; i++) m += utf8_put(e->buf + m, byte_to_cp((uint8_t)s[i]));
         int32_t id = lookup(t, e->buf, m);
@@ -1114,7 +1100,7 @@ static int bpe_word(struct enc *e, const char *s, size_t n)
             return 0;
         }
     }
-    if (n > INT32_MAX || grow(&e->sym, &e->sym_cap, n, sizeof *e->sym)) return oom();
+    if (n > INT32_MAX || exo_grow(&e->sym, &e->sym_cap, n, sizeof *e->sym)) return oom();
     for (size_t i = 0; i < n; i++)
         e->sym[i] = (struct sym){t->byte_token[(uint8_t)s[i]], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1, 0, 1};
     e->heap_n = 0;
@@ -1200,7 +1186,7 @@ static int spm_pair(struct enc *e, const char *text, int32_t l, int32_t r)
 static int spm_fragment(struct enc *e, const char *s, size_t n, bool prefix)
 {
     const exo_tokenizer *t = e->t;
-    if (n > MAX_TEXT_LEN || grow(&e->buf, &e->buf_cap, 3 * n + 3, 1)) return oom();
+    if (n > MAX_TEXT_LEN || exo_grow(&e->buf, &e->buf_cap, 3 * n + 3, 1)) return oom();
     char *text = e->buf;
     size_t m = 0;
     if (prefix) {
@@ -1216,7 +1202,7 @@ static int spm_fragment(struct enc *e, const char *s, size_t n, bool prefix)
         }
     }
     if (m == 0) return 0;
-    if (grow(&e->sym, &e->sym_cap, m, sizeof *e->sym)) return oom();
+    if (exo_grow(&e->sym, &e->sym_cap, m, sizeof *e->sym)) return oom();
     int32_t ns = 0;
     for (size_t i = 0; i < m;) {
         size_t k = char_len(text + i, m - i);
@@ -1265,7 +1251,7 @@ static bool is_space(char c)
 static int partition(struct enc *e, const char *text, size_t len, int parse_special, size_t *n_frags)
 {
     const exo_tokenizer *t = e->t;
-    if (grow(&e->frags, &e->frags_cap, 1, sizeof *e->frags)) return oom();
+    if (exo_grow(&e->frags, &e->frags_cap, 1, sizeof *e->frags)) return oom();
     e->frags[0] = (struct frag){0, len, -1};
     size_t nf = 1;
     if (parse_special || t->has_user_defined) {
@@ -1280,7 +1266,7 @@ static int partition(struct enc *e, const char *text, size_t len, int parse_spec
                 struct frag fr = e->frags[f];
                 /* worst case this fragment splits into text, token, text, ... */
                 size_t most = fr.id < 0 ? 2 * (fr.len / nl) + 1 : 1;
-                if (grow(&e->frags2, &e->frags2_cap, nf2 + most + (nf - f), sizeof *e->frags2)) return oom();
+                if (exo_grow(&e->frags2, &e->frags2_cap, nf2 + most + (nf - f), sizeof *e->frags2)) return oom();
                 if (fr.id >= 0) {
                     e->frags2[nf2++] = fr;
                     continue;

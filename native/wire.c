@@ -25,6 +25,7 @@
 
 #include "engine.h"
 #include "error.h"
+#include "grow.h"
 #include "exo.h"
 #include <math.h>
 
@@ -720,16 +721,6 @@ static void route_unlink(exo_wire *w, wire_route *r)
         }
 }
 
-static int grow(void **buf, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return EXO_OK;
-    void *p = realloc(*buf, need * elem);
-    if (!p) return exo_error_set(EXO_ENOMEM, "out of memory for %zu route rows", need);
-    *buf = p;
-    *cap = need;
-    return EXO_OK;
-}
-
 static void route_fail(exo_wire *w, wire_route *r, uint64_t request_id, const char *fmt, const char *detail)
 {
     char msg[400];
@@ -835,8 +826,8 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
             route_fail(w, r, request_id, "logits do not fit: %s", detail);
             return;
         }
-        if (grow((void **)&r->out, &r->out_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
-            route_fail(w, r, request_id, "%s", exo_last_error());
+        if (exo_grow(&r->out, &r->out_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
+            route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
             return;
         }
         exo_wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->out);
@@ -866,19 +857,19 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
     int all_logits = (t.flags & EXO_WIRE_TENSOR_ALL_LOGITS) != 0;
     size_t out_rows = r->info.is_last ? (all_logits ? t.n_rows : 1) : t.n_rows;
     size_t out_width = r->info.is_last ? (size_t)r->info.n_vocab : (size_t)r->info.n_embd;
-    if (grow((void **)&r->out, &r->out_cap, out_rows * out_width, sizeof(float))) {
-        route_fail(w, r, request_id, "%s", exo_last_error());
+    if (exo_grow(&r->out, &r->out_cap, out_rows * out_width, sizeof(float))) {
+        route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
         return;
     }
     if (r->info.is_first) {
-        if (grow((void **)&r->tokens, &r->tokens_cap, t.n_rows, sizeof(int32_t))) {
-            route_fail(w, r, request_id, "%s", exo_last_error());
+        if (exo_grow(&r->tokens, &r->tokens_cap, t.n_rows, sizeof(int32_t))) {
+            route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
             return;
         }
         memcpy(r->tokens, data, (size_t)t.n_rows * 4);
     } else {
-        if (grow((void **)&r->hidden, &r->hidden_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
-            route_fail(w, r, request_id, "%s", exo_last_error());
+        if (exo_grow(&r->hidden, &r->hidden_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
+            route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
             return;
         }
         exo_wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->hidden);
