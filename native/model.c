@@ -366,11 +366,20 @@ void exo_shard_free(exo_shard *s)
 
 int exo_shard_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, exo_shard **out)
 {
+    return exo_model_load(path, layer_start, layer_end, is_first, is_last, "cpu", out);
+}
+
+int exo_model_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, const char *backend,
+                   exo_shard **out)
+{
     if (!path || !out) return exo_error_set(EXO_EINVAL, "exo_shard_load: path and out are required");
     *out = NULL;
+    exo_backend *be = exo_backend_find(backend);
+    if (!be)
+        return exo_error_set(EXO_ENOTSUP, "backend '%s' is not in this build (it has: cpu)", backend ? backend : "");
     exo_shard *s = calloc(1, sizeof *s);
     if (!s) return exo_error_set(EXO_ENOMEM, "out of memory");
-    s->backend = exo_backend_cpu();
+    s->backend = be;
     s->max_batch = SHARD_MAX_BATCH;
     exo_quants_init();
     int rc = exo_gguf_open(path, &s->file);

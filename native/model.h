@@ -252,6 +252,10 @@ int exo_layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b)
  * [logits_from, n_rows) after the final norm and head. */
 int exo_layers_end(exo_shard *s, const exo_batch *b, float *out);
 
+/* exo_shard_load on a backend chosen by name (exo_backend_find: "cpu"). */
+int exo_model_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, const char *backend,
+                   exo_shard **out);
+
 /* Runs a checked batch through the shard (model.c): rows of at most
  * max_batch, each sequence's rows one run of consecutive positions starting
  * where its cache ends; advances each sequence past its rows. Serialised

@@ -316,6 +316,12 @@ static void test_errors(const char *path)
     CHECK(strstr(exo_last_error(), "/nonexistent/model.gguf") != NULL);
     CHECK(exo_shard_load(path, 3, 2, -1, -1, &s) == EXO_ERANGE && s == NULL);
     CHECK(exo_shard_load(path, 0, 1000, -1, -1, &s) == EXO_ERANGE && s == NULL);
+    /* The backend is a parameter of loading; one this build lacks is named. */
+    CHECK(exo_model_load(path, 0, -1, -1, -1, "cuda", &s) == EXO_ENOTSUP && s == NULL);
+    CHECK(strstr(exo_last_error(), "backend 'cuda'") != NULL);
+    CHECK(exo_model_load(path, 0, -1, -1, -1, "cpu", &s) == 0 && s != NULL);
+    exo_shard_free(s);
+    s = NULL;
     s = load(path, 0, -1);
     if (!s) return;
     exo_shard_info info;
