@@ -23,25 +23,6 @@
 
 /* Four partial sums: the same association as the attention code this
  * replaced, and a chain the compiler may keep in registers. */
-float exo_vec_dot_f32_ref(int n, const float *a, const float *b)
-{
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; i++) s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
-
-void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y)
-{
-    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
-}
-
 void exo_vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
     for (int p = 0; p < count; p++) {
@@ -99,14 +80,10 @@ float exo_vec_softmax_f32(int n, float scale, float *x)
 }
 
 typedef void (*swiglu_fn)(int n, const float *gate, const float *up, float *out);
-typedef float (*dot_fn)(int n, const float *a, const float *b);
-typedef void (*axpy_fn)(int n, float alpha, const float *x, float *y);
 typedef void (*dots_fn)(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
 typedef void (*wsum_fn)(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
 typedef void (*to_f16_fn)(int n, const float *x, uint16_t *y);
 
-static dot_fn dot_impl = exo_vec_dot_f32_ref;
-static axpy_fn axpy_impl = exo_vec_axpy_f32_ref;
 static dots_fn dots_impl = exo_vec_dots_f16_ref;
 static wsum_fn wsum_impl = exo_vec_wsum_f16_ref;
 static to_f16_fn to_f16_impl = exo_vec_f16_from_f32_ref;
@@ -118,8 +95,6 @@ static void vec_init_once(void)
 {
 #if EXO_VEC_X86
     if (!exo_cpu_features_get()->avx2) return;
-    dot_impl = exo_vec_f32_dot_avx2;
-    axpy_impl = exo_vec_f32_axpy_avx2;
     dots_impl = exo_vec_f16_dots_avx2;
     wsum_impl = exo_vec_f16_wsum_avx2;
     to_f16_impl = exo_vec_f16_from_f32_avx2;
@@ -136,16 +111,6 @@ void exo_vec_init(void)
 bool exo_vec_have_avx2(void)
 {
     return have_avx2;
-}
-
-float exo_vec_dot_f32(int n, const float *a, const float *b)
-{
-    return dot_impl(n, a, b);
-}
-
-void exo_vec_axpy_f32(int n, float alpha, const float *x, float *y)
-{
-    axpy_impl(n, alpha, x, y);
 }
 
 void exo_vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)

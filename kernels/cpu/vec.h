@@ -19,12 +19,6 @@ void exo_vec_init(void);
 /* Whether the AVX2/FMA helpers were chosen. */
 bool exo_vec_have_avx2(void);
 
-/* sum of a[i] * b[i] for i < n (n >= 0). */
-float exo_vec_dot_f32(int n, const float *a, const float *b);
-
-/* y[i] += alpha * x[i] for i < n (n >= 0); x and y must not overlap. */
-void exo_vec_axpy_f32(int n, float alpha, const float *x, float *y);
-
 /* Attention's two loops over the f16 KV cache (IEEE half bits), one call
  * each, so the query and the output row stay in registers across keys:
  * out[p] = sum of q[i] * k[p * k_stride + i] over i < n, for p < count (the
@@ -48,9 +42,7 @@ void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out);
  * One version only, with libm's expf (vec.c says why). */
 float exo_vec_softmax_f32(int n, float scale, float *x);
 
-float exo_vec_dot_f32_ref(int n, const float *a, const float *b);
 void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
-void exo_vec_axpy_f32_ref(int n, float alpha, const float *x, float *y);
 void exo_vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
 void exo_vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
 void exo_vec_f16_from_f32_ref(int n, const float *x, uint16_t *y);

@@ -9,8 +9,6 @@
 #include <stdint.h>
 
 #if defined(__x86_64__) || defined(__i386__)
-float exo_vec_f32_dot_avx2(int n, const float *a, const float *b);
-void exo_vec_f32_axpy_avx2(int n, float alpha, const float *x, float *y);
 void exo_vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
 void exo_vec_f16_wsum_avx2(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
 void exo_vec_f16_from_f32_avx2(int n, const float *x, uint16_t *y);
