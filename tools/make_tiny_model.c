@@ -5,7 +5,8 @@
  * architecture exo runs (--arch llama, qwen2, qwen3, gemma3, phi3): the
  * metadata keys that architecture's GGUF files carry, tensors named and
  * shaped as converters write them (Qwen 2's biases, Qwen 3's and Gemma 3's
- * per-head norms, Gemma's post norms, Phi 3's fused QKV and gate/up), weights
+ * per-head norms, Gemma's post norms, Phi 3's fused QKV and gate/up, Llama 3's
+ * and Phi 3's rope factors where a vocabulary is asked for), weights
  * quantized with the reference quantizers. Deterministic for a given seed.
  * Gemma 3 files get a small sliding window (--window, default 8) and a
  * pattern of 3 (layers 2, 5, ... are global), so short tests exercise both
@@ -99,6 +100,19 @@ static int add_vector(exo_gguf_writer *w, const char *name, int64_t n, float std
     float *values = malloc((size_t)n * sizeof(float));
     if (!values) return -1;
     for (int64_t i = 0; i < n; i++) values[i] = std * rng_normal();
+    int64_t ne[1] = {n};
+    int rc = exo_gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
+    free(values);
+    return rc;
+}
+
+/* Per-frequency rope divisors, as Llama 3 (rope_freqs) and Phi 3 long
+ * context files (rope_factors_short/long) carry: values in [1, 4). */
+static int add_rope_factors(exo_gguf_writer *w, const char *name, int64_t n)
+{
+    float *values = malloc((size_t)n * sizeof(float));
+    if (!values) return -1;
+    for (int64_t i = 0; i < n; i++) values[i] = 1.0f + (float)((rng_next() >> 11) % 3000) / 1000.0f;
     int64_t ne[1] = {n};
     int rc = exo_gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
     free(values);
@@ -251,6 +265,7 @@ static int write_model(const tiny_config *c, const char *path)
         rc |= exo_gguf_writer_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->window);
         rc |= exo_gguf_writer_add_u32(w, KEY("attention.sliding_window_pattern"), 3);
     }
+    if (is_arch(c, "phi3")) rc |= exo_gguf_writer_add_f32(w, KEY("rope.scaling.attn_factor"), 1.2f);
 #undef KEY
     if (rc) goto done;
 
@@ -258,6 +273,13 @@ static int write_model(const tiny_config *c, const char *path)
     if (rc) goto done;
 
     rc = add_matrix(w, "token_embd.weight", c->embd_type, c->n_embd, c->n_vocab, 1.0f);
+    /* Llama 3's and Phi 3's rope factors, in the architecture models of the
+     * test suite (the plain tiny llama models stay without). */
+    if (!rc && c->tokenizer && is_arch(c, "llama")) rc = add_rope_factors(w, "rope_freqs.weight", head_dim / 2);
+    if (!rc && is_arch(c, "phi3")) {
+        rc = add_rope_factors(w, "rope_factors_short.weight", head_dim / 2);
+        if (!rc) rc = add_rope_factors(w, "rope_factors_long.weight", head_dim / 2);
+    }
     for (int l = 0; l < c->n_layer && !rc; l++) rc = add_layer(w, c, l, head_dim);
     if (rc) goto done;
     rc = add_norm(w, "output_norm.weight", c->n_embd);

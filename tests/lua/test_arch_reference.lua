@@ -10,18 +10,21 @@
 -- top-10 logits within a small tolerance. A wrong rope style, norm, bias,
 -- window or activation moves logits by whole units on many positions
 -- (checked: Gemma without its sliding window, Qwen 2 without its K bias, Phi 3
--- with gate and up swapped each fail here; Gemma's local rope base does not
--- show at these short distances: the real Gemma file's long prompt checks it).
+-- with gate and up swapped or without its rope attention factor, Llama
+-- without its rope_freqs factors each fail here; Gemma's local rope base does
+-- not show at these short distances: the real Gemma file's long prompt
+-- checks it).
 --
 -- The tolerance: both engines quantize activations to 8 bits before integer
 -- dots (a step is 1/127 of a row's largest value) and keep an f16 KV cache,
 -- but round at different places (llama.cpp's flash attention rounds queries
--- to f16, its GELU goes through an f16 table), so a logit may differ by about
--- a quantization step of the row's scale. The check allows about two steps:
--- 0.05 plus 1.5% of the largest of llama.cpp's top-10 logits at that
--- position (these random models' untied heads give logits of 1 to 3, tied
--- ones of 100 and more), and counts a top token as a near-tie within 0.05
--- plus 1% of it. With f32 weights the two agree within 0.1%.
+-- to f16, its GELU goes through an f16 table), so a logit may differ by a
+-- few quantization steps: 0.15 plus 1.5% of the largest of llama.cpp's
+-- top-10 logits at that position (these random models' untied heads give
+-- logits of 1 to 3, tied ones of 100 and more; the Q2_K model's coarse rows
+-- amplify the noise most, up to 0.11 on logits near 2.5). A top token counts
+-- as a near-tie within 0.15 plus 1% of that logit. With F32 weights the same
+-- models agree within 0.1%.
 local native = require "exo.native"
 local source = assert(os.getenv("EXO_SOURCE_DIR"))
 local tiny = assert(os.getenv("EXO_TINY_MODEL"), "EXO_TINY_MODEL is not set (ctest sets it)")
@@ -30,7 +33,7 @@ package.path = source .. "/tests/lua/?.lua;" .. package.path
 local files = require "reference_files"
 local checker = files.checker()
 local check = checker.check
-local FLOOR, TOLERANCE, TIE = 0.05, 0.015, 0.01
+local FLOOR, TOLERANCE, TIE = 0.15, 0.015, 0.01
 
 local archs = { "llama", "qwen2", "qwen3", "gemma3", "phi3" }
 for _, arch in ipairs(archs) do
