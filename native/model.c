@@ -201,10 +201,11 @@ int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_d
         return exo_error_set(EXO_EFORMAT, "tensor '%s' has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
                              name, (long long)g->ne[0], (long long)g_ne1, g->n_dims, (long long)ne0, (long long)ne1);
     if (!exo_type_traits_get(g->dtype))
-        return exo_error_set(EXO_ENOTSUP, "tensor '%s' has unsupported dtype %d", name, g->dtype);
+        return exo_error_set(EXO_ENOTSUP, "tensor '%s' has unsupported type %d (%s)", name, g->dtype,
+                             exo_dtype_name(g->dtype));
     if (n_dims == 1 && g->dtype != EXO_DTYPE_F32)
-        return exo_error_set(EXO_ENOTSUP, "tensor '%s' is a vector of dtype %d; only f32 vectors are supported",
-                             name, g->dtype);
+        return exo_error_set(EXO_ENOTSUP, "tensor '%s' is a vector of type %s; only f32 vectors are supported",
+                             name, exo_dtype_name(g->dtype));
     int64_t ne[2] = {ne0, ne1};
     int rc = exo_tensor_view(t, g->dtype, n_dims, ne, g->data);
     if (rc) return exo_error_set(rc, "tensor '%s': %s", name, exo_last_error());
