@@ -1,12 +1,19 @@
 /* engine.c: the engine thread and the completion queue Lua drains.
  *
- * The loop thread never computes: it submits forward passes here and goes
- * back to serving sockets. One engine thread runs submitted jobs in order
- * (driving the compute pool); each finished job is appended to a completion
- * queue and an eventfd is signalled, which luv polls. Lua then drains the
- * queue through exo_engine_next_completion. No C code ever calls into Lua.
- * C callers (the wire transport) may instead ask for a C function to be
- * called on the engine thread when their job is done (engine.h). */
+ * The loop thread never computes: it submits forward passes and loads
+ * (a shard, with its weight packing; a tokenizer) here and goes back to
+ * serving sockets. One engine thread runs submitted jobs in order (driving
+ * the compute pool); each finished job is appended to a completion queue and
+ * an eventfd is signalled, which luv polls. Lua then drains the queue through
+ * exo_engine_next_completion. No C code ever calls into Lua. A finished load
+ * leaves its object in a list, under the same lock as the queue, until the
+ * loop thread takes it (exo_engine_take_shard/_tokenizer): the engine thread
+ * builds it and never touches it again, so ownership passes with the lock.
+ * Loads share the queue with passes rather than a thread of their own: both
+ * drive the whole compute pool (packing is a parallel loop), so running them
+ * side by side would only slow both, and a pass queued behind a load waits
+ * for it. C callers (the wire transport) may instead ask for a C function to
+ * be called on the engine thread when their job is done (engine.h). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -25,7 +32,11 @@
  * growing without bound. */
 #define ENGINE_QUEUE_CAP 1024
 
+enum job_kind { JOB_FORWARD, JOB_LOAD_SHARD, JOB_LOAD_TOKENIZER };
+
 typedef struct engine_job {
+    int kind;
+    /* JOB_FORWARD */
     exo_shard *shard;
     exo_seq *seq;
     const int32_t *tokens;
@@ -33,12 +44,24 @@ typedef struct engine_job {
     int n_tokens;
     int all_logits;
     float *out;
+    /* loads: what exo_shard_load / exo_tokenizer_load take (path is a copy the
+     * engine thread frees) */
+    char *path;
+    int layer_start, layer_end, is_first, is_last;
     uint64_t id;
     exo_engine_done_fn done; /* when set, called instead of queueing a completion */
     void *done_ctx;
     int status;
     char err[256];
 } engine_job;
+
+/* A loaded object waiting for the loop thread to take it. */
+typedef struct loaded_item {
+    uint64_t id;
+    int kind;
+    void *object; /* exo_shard * or exo_tokenizer * */
+    struct loaded_item *next;
+} loaded_item;
 
 /* A bounded ring of jobs. */
 typedef struct job_ring {
@@ -58,6 +81,7 @@ static struct {
     int started;
     job_ring pending;
     job_ring done;
+    loaded_item *loaded;   /* finished loads not taken yet */
 } engine = {.once = PTHREAD_ONCE_INIT, .fd = -1};
 
 static void ring_push(job_ring *r, const engine_job *j)
@@ -74,6 +98,35 @@ static engine_job ring_pop(job_ring *r)
     return j;
 }
 
+/* Runs a load job on the engine thread; on success *item holds the object
+ * for the loop thread to take. */
+static int run_load(engine_job *job, loaded_item **item)
+{
+    *item = calloc(1, sizeof **item);
+    int rc;
+    if (!*item) {
+        rc = exo_error_set(EXO_ENOMEM, "out of memory");
+    } else if (job->kind == JOB_LOAD_SHARD) {
+        exo_shard *s = NULL;
+        rc = exo_shard_load(job->path, job->layer_start, job->layer_end, job->is_first, job->is_last, &s);
+        (*item)->object = s;
+    } else {
+        exo_tokenizer *t = NULL;
+        rc = exo_tokenizer_load(job->path, &t);
+        (*item)->object = t;
+    }
+    free(job->path);
+    job->path = NULL;
+    if (rc) {
+        free(*item);
+        *item = NULL;
+        return rc;
+    }
+    (*item)->id = job->id;
+    (*item)->kind = job->kind;
+    return EXO_OK;
+}
+
 static void *engine_main(void *arg)
 {
     (void)arg;
@@ -85,8 +138,12 @@ static void *engine_main(void *arg)
         pthread_mutex_unlock(&engine.lock);
 
         double started = exo_now();
-        job.status = exo_shard_forward(job.shard, job.seq, job.tokens, job.hidden, job.n_tokens, job.all_logits,
-                                       job.out);
+        loaded_item *item = NULL;
+        if (job.kind == JOB_FORWARD)
+            job.status = exo_shard_forward(job.shard, job.seq, job.tokens, job.hidden, job.n_tokens, job.all_logits,
+                                           job.out);
+        else
+            job.status = run_load(&job, &item);
         uint64_t compute_ns = (uint64_t)((exo_now() - started) * 1e9);
         /* Nothing queued: let the workers sleep now rather than spin through
          * the gap until the next token (other processes may want the cores). */
@@ -100,6 +157,10 @@ static void *engine_main(void *arg)
 
         pthread_mutex_lock(&engine.lock);
         engine.running = 0;
+        if (item) {
+            item->next = engine.loaded;
+            engine.loaded = item;
+        }
         if (!job.done) ring_push(&engine.done, &job);
         if (engine.pending.count == 0) pthread_cond_broadcast(&engine.idle);
         pthread_mutex_unlock(&engine.lock);
@@ -154,7 +215,6 @@ int exo_engine_fd(void)
 
 static int engine_push(const engine_job *job)
 {
-    if (!job->shard || !job->seq || !job->out) return exo_error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
     int rc = engine_ready();
     if (rc) return rc;
     pthread_mutex_lock(&engine.lock);
@@ -168,20 +228,26 @@ static int engine_push(const engine_job *job)
     return EXO_OK;
 }
 
+static int push_forward(const engine_job *job)
+{
+    if (!job->shard || !job->seq || !job->out) return exo_error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
+    return engine_push(job);
+}
+
 int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out, uint64_t job_id)
 {
-    engine_job job = {.shard = s, .seq = q, .tokens = tokens, .hidden = hidden, .n_tokens = n_tokens,
-                      .all_logits = all_logits, .out = out, .id = job_id};
-    return engine_push(&job);
+    engine_job job = {.kind = JOB_FORWARD, .shard = s, .seq = q, .tokens = tokens, .hidden = hidden,
+                      .n_tokens = n_tokens, .all_logits = all_logits, .out = out, .id = job_id};
+    return push_forward(&job);
 }
 
 int exo_engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                          int all_logits, float *out, exo_engine_done_fn done, void *done_ctx)
 {
-    engine_job job = {.shard = s, .seq = q, .tokens = tokens, .hidden = hidden, .n_tokens = n_tokens,
-                      .all_logits = all_logits, .out = out, .done = done, .done_ctx = done_ctx};
-    return engine_push(&job);
+    engine_job job = {.kind = JOB_FORWARD, .shard = s, .seq = q, .tokens = tokens, .hidden = hidden,
+                      .n_tokens = n_tokens, .all_logits = all_logits, .out = out, .done = done, .done_ctx = done_ctx};
+    return push_forward(&job);
 }
 
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap)
@@ -203,4 +269,69 @@ int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t 
     if (status) *status = job.status;
     if (err && err_cap) snprintf(err, err_cap, "%s", job.err);
     return 1;
+}
+
+/* Queues a load; the job owns a copy of path from here on. */
+static int push_load(engine_job *job, const char *path, const char *what)
+{
+    if (!path) return exo_error_set(EXO_EINVAL, "%s: path is required", what);
+    job->path = strdup(path);
+    if (!job->path) return exo_error_set(EXO_ENOMEM, "out of memory");
+    int rc = engine_push(job);
+    if (rc) free(job->path);
+    return rc;
+}
+
+int exo_engine_submit_load(const char *path, int layer_start, int layer_end, int is_first, int is_last,
+                           uint64_t job_id)
+{
+    engine_job job = {.kind = JOB_LOAD_SHARD, .layer_start = layer_start, .layer_end = layer_end,
+                      .is_first = is_first, .is_last = is_last, .id = job_id};
+    return push_load(&job, path, "exo_engine_submit_load");
+}
+
+int exo_engine_submit_load_tokenizer(const char *gguf_path, uint64_t job_id)
+{
+    engine_job job = {.kind = JOB_LOAD_TOKENIZER, .id = job_id};
+    return push_load(&job, gguf_path, "exo_engine_submit_load_tokenizer");
+}
+
+/* Unlinks the object job_id's load of kind left into *out; EXO_ESTATE, naming
+ * what was asked for, when there is none. */
+static int take_loaded(uint64_t job_id, int kind, const char *what, void **out)
+{
+    *out = NULL;
+    int rc = engine_ready();
+    if (rc) return rc;
+    pthread_mutex_lock(&engine.lock);
+    for (loaded_item **at = &engine.loaded; *at; at = &(*at)->next) {
+        if ((*at)->id == job_id && (*at)->kind == kind) {
+            loaded_item *item = *at;
+            *at = item->next;
+            *out = item->object;
+            free(item);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&engine.lock);
+    if (!*out) return exo_error_set(EXO_ESTATE, "job %llu left no loaded %s", (unsigned long long)job_id, what);
+    return EXO_OK;
+}
+
+int exo_engine_take_shard(uint64_t job_id, exo_shard **out)
+{
+    if (!out) return exo_error_set(EXO_EINVAL, "exo_engine_take_shard: NULL argument");
+    void *object;
+    int rc = take_loaded(job_id, JOB_LOAD_SHARD, "shard", &object);
+    *out = object;
+    return rc;
+}
+
+int exo_engine_take_tokenizer(uint64_t job_id, exo_tokenizer **out)
+{
+    if (!out) return exo_error_set(EXO_EINVAL, "exo_engine_take_tokenizer: NULL argument");
+    void *object;
+    int rc = take_loaded(job_id, JOB_LOAD_TOKENIZER, "tokenizer", &object);
+    *out = object;
+    return rc;
 }

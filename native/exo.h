@@ -109,8 +109,9 @@ int exo_engine_fd(void);
 int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out, uint64_t job_id);
 /* Returns 1 and fills (job_id, status) when a completion was waiting, 0 when
- * none; status is the forward's return code (its message in err, up to
- * err_cap bytes). Clears the fd's readiness when the queue empties. */
+ * none; status is the job's return code (a forward's, or a load's: below; its
+ * message in err, up to err_cap bytes). Clears the fd's readiness when the
+ * queue empties. */
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap);
 /* Blocks until no job is queued or running (before freeing what jobs use,
  * at exit). */
@@ -228,6 +229,23 @@ const char *exo_tokenizer_pre(const exo_tokenizer *tok);
 /* What loading worked around ("" when nothing): an unknown pre-tokenizer
  * (the GPT-2 regex is used), skipped merges, ignored special ids. */
 const char *exo_tokenizer_warning(const exo_tokenizer *tok);
+
+/* ---- loading on the engine thread ------------------------------------------ */
+
+/* A large model takes seconds to map, bind and pack: a node's loop thread
+ * queues the load instead, with exo_shard_load's (or exo_tokenizer_load's)
+ * arguments, and keeps serving. The job runs on the engine thread in turn
+ * with forward passes and completes as job_id through
+ * exo_engine_next_completion (a failure's status and message as the
+ * synchronous call would give); after a successful completion the loop
+ * thread takes the object, which is its own from then on. */
+int exo_engine_submit_load(const char *path, int layer_start, int layer_end, int is_first, int is_last,
+                           uint64_t job_id);
+int exo_engine_submit_load_tokenizer(const char *gguf_path, uint64_t job_id);
+/* The shard (tokenizer) job_id loaded; EXO_ESTATE when it left none (it
+ * failed, is not done, or was taken). */
+int exo_engine_take_shard(uint64_t job_id, exo_shard **out);
+int exo_engine_take_tokenizer(uint64_t job_id, exo_tokenizer **out);
 
 /* ---- HTTP request parsing ------------------------------------------------ */
 

@@ -171,6 +171,11 @@ int exo_tokenizer_token_type(const exo_tokenizer *tok, int32_t id);
 const char *exo_tokenizer_model(const exo_tokenizer *tok);
 const char *exo_tokenizer_pre(const exo_tokenizer *tok);
 const char *exo_tokenizer_warning(const exo_tokenizer *tok);
+int exo_engine_submit_load(const char *path, int layer_start, int layer_end, int is_first, int is_last,
+                           uint64_t job_id);
+int exo_engine_submit_load_tokenizer(const char *gguf_path, uint64_t job_id);
+int exo_engine_take_shard(uint64_t job_id, exo_shard **out);
+int exo_engine_take_tokenizer(uint64_t job_id, exo_tokenizer **out);
 enum { EXO_HTTP_MAX_HEADERS = 64 };
 typedef struct exo_http_header {
     uint32_t name_off, name_len;
@@ -256,7 +261,7 @@ double exo_now(void);
 local C = ffi.C
 local M = {}
 
-M.ABI_VERSION = 2
+M.ABI_VERSION = 3
 -- The raw namespace, for tests and the REPL: modules under lua/exo call the
 -- wrappers below (test_boundary checks that none but this one reaches it).
 M.C = C
@@ -455,8 +460,10 @@ local function shard_range(what, path, opts)
   return opts.start or 0, opts.stop or -1, first, last
 end
 
--- Loads layers [start, stop) of the model at path. opts: start (0), stop
--- (all), first / last (booleans; derived from the range when nil).
+-- Loads layers [start, stop) of the model at path on the calling thread
+-- (exo run, bench, tests; a server's loop thread uses M.submit_load_shard).
+-- opts: start (0), stop (all), first / last (booleans; derived from the range
+-- when nil).
 function M.load_shard(path, opts)
   local start, stop, first, last = shard_range("load_shard", path, opts)
   local rc = exo_shard_load(path, start, stop, first, last, shard_out)
@@ -526,6 +533,9 @@ end
 
 local exo_engine_fd, exo_engine_submit, exo_engine_next_completion =
   C.exo_engine_fd, C.exo_engine_submit, C.exo_engine_next_completion
+local exo_engine_submit_load, exo_engine_submit_load_tokenizer =
+  C.exo_engine_submit_load, C.exo_engine_submit_load_tokenizer
+local exo_engine_take_shard, exo_engine_take_tokenizer = C.exo_engine_take_shard, C.exo_engine_take_tokenizer
 
 -- Submits a forward pass to the engine thread. The caller keeps input and out
 -- alive until the completion for job_id arrives (M.engine_drain).
@@ -537,14 +547,47 @@ end
 
 function M.engine_fd() return exo_engine_fd() end
 
-local ERR_CAP = 256
+-- Loads queued and not completed yet: job id -> { take = fn(id, path), path }.
+local pending_loads = {}
+
+local function take_shard(id, path)
+  local rc = exo_engine_take_shard(id, shard_out)
+  if rc ~= 0 then return fail(rc) end
+  return shard_object(shard_out[0], path)
+end
+
+-- Queues a shard load on the engine thread: load_shard's arguments, and the
+-- job id its completion will carry (M.engine_drain hands the Shard over).
+-- Returns true, or nil, err when it could not be queued.
+function M.submit_load_shard(path, opts, job_id)
+  local start, stop, first, last = shard_range("submit_load_shard", path, opts)
+  check_type(job_id, "number", "submit_load_shard job id")
+  local rc = exo_engine_submit_load(path, start, stop, first, last, job_id)
+  if rc ~= 0 then return fail(rc) end
+  pending_loads[job_id] = { take = take_shard, path = path }
+  return true
+end
+
+local ERR_CAP = 256 -- engine.c keeps this much of a failed job's message
 local err_buf = ffi.new("char[?]", ERR_CAP)
 local status1 = ffi.new("int[1]")
--- Calls fn(job_id, ok, err) for every completion waiting.
+-- Calls fn(job_id, ok, err, loaded) for every completion waiting: loaded is
+-- the Shard or tokenizer a load job produced (nil for a forward pass), err
+-- "ECODE: message" when the job failed. The forward path allocates nothing.
 function M.engine_drain(fn)
   while exo_engine_next_completion(u64_1, status1, err_buf, ERR_CAP) == 1 do
-    local ok = status1[0] == 0
-    fn(tonumber(u64_1[0]), ok, not ok and ffi.string(exo_error_name(status1[0])) .. ": " .. ffi.string(err_buf) or nil)
+    local id, ok = tonumber(u64_1[0]), status1[0] == 0
+    local err = not ok and ffi.string(exo_error_name(status1[0])) .. ": " .. ffi.string(err_buf) or nil
+    local loaded
+    local load = pending_loads[id]
+    if load then
+      pending_loads[id] = nil
+      if ok then
+        loaded, err = load.take(id, load.path)
+        ok = loaded ~= nil
+      end
+    end
+    fn(id, ok, err, loaded)
   end
 end
 
@@ -666,6 +709,22 @@ function M.load_tokenizer(path)
   local rc = exo_tokenizer_load(path, tokenizer_out)
   if rc ~= 0 then return fail(rc) end
   return tokenizer_object(tokenizer_out[0], path)
+end
+
+local function take_tokenizer(id, path)
+  local rc = exo_engine_take_tokenizer(id, tokenizer_out)
+  if rc ~= 0 then return fail(rc) end
+  return tokenizer_object(tokenizer_out[0], path)
+end
+
+-- Queues a tokenizer load on the engine thread (as M.submit_load_shard).
+function M.submit_load_tokenizer(path, job_id)
+  check_type(path, "string", "submit_load_tokenizer")
+  check_type(job_id, "number", "submit_load_tokenizer job id")
+  local rc = exo_engine_submit_load_tokenizer(path, job_id)
+  if rc ~= 0 then return fail(rc) end
+  pending_loads[job_id] = { take = take_tokenizer, path = path }
+  return true
 end
 
 function Tokenizer:free()
