@@ -9,7 +9,8 @@
 --
 -- The forward pass is pluggable: by default it blocks (exo run, bench); the
 -- server passes a runner that submits to the engine thread and yields the
--- calling coroutine until the completion arrives.
+-- calling coroutine until the completion arrives. Loading goes through the
+-- same runners (exo.model).
 local ffi = require "ffi"
 local native = require "exo.native"
 local sampling = require "exo.sampling"
@@ -20,11 +21,15 @@ local M = {}
 local Session = {}
 Session.__index = Session
 
--- The blocking runner.
+-- The blocking runner: forward passes and loads on the calling thread (exo
+-- run, bench, the REPL). exo.node's runner has the same methods and yields
+-- the calling coroutine instead.
 M.sync_runner = {
   forward = function(_, shard, seq, tokens, n, out, all_logits)
     return shard:forward(seq, tokens, n, all_logits, out)
   end,
+  load_shard = function(_, path, opts) return native.load_shard(path, opts) end,
+  load_tokenizer = function(_, path) return native.load_tokenizer(path) end,
 }
 
 -- model: { shard = exo.native shard, tokenizer = exo.tokenizer object }.

@@ -8,7 +8,7 @@
 -- all live on other nodes, and the weights it never reads stay off its memory.
 local native = require "exo.native"
 local models = require "exo.models"
-local tokenizer = require "exo.tokenizer"
+local generate = require "exo.generate"
 
 local M = {}
 
@@ -36,8 +36,10 @@ local function facts(file)
 end
 
 -- name: model id or .gguf path; opts: start, stop (layer range), chat_template
--- (text or a Lua function overriding the file's), text_only (no shard).
--- Returns a model or nil, err.
+-- (text or a Lua function overriding the file's), text_only (no shard),
+-- runner (what loads the tokenizer and shard: generate.sync_runner, the
+-- default, on this thread; exo.node's on the engine thread while the calling
+-- coroutine waits). Returns a model or nil, err.
 function M.load(name, opts)
   opts = opts or {}
   local path, err = models.resolve(name)
@@ -48,21 +50,23 @@ function M.load(name, opts)
   local info, ierr = facts(file)
   file:close()
   if not info then return nil, ierr end
-  local tok, terr = tokenizer.load(path)
+  local runner = opts.runner or generate.sync_runner
+  local tok, terr = runner:load_tokenizer(path)
   if not tok then return nil, terr end
   -- Rendering says so when it uses the family's format (chat.render's warning).
   local family = ARCH_CHAT_FAMILY[info.arch]
   local model = { id = name or models.default_id, path = path, tokenizer = tok, chat_template = template,
     chat_family = family, n_layers = info.n_layers, layer_bytes = info.layer_bytes, n_embd = info.n_embd }
   if opts.text_only then return model end
-  local ok, serr = M.load_shard(model, opts.start, opts.stop)
+  local ok, serr = M.load_shard(model, opts.start, opts.stop, runner)
   if not ok then return nil, serr end
   return model
 end
 
--- Loads model.shard over [start, stop) (default: every layer).
-function M.load_shard(model, start, stop)
-  local shard, serr = native.load_shard(model.path, { start = start, stop = stop })
+-- Loads model.shard over [start, stop) (default: every layer) through runner
+-- (as M.load's).
+function M.load_shard(model, start, stop, runner)
+  local shard, serr = (runner or generate.sync_runner):load_shard(model.path, { start = start, stop = stop })
   if not shard then return nil, serr end
   if shard.is_first and shard.is_last and model.tokenizer.n_vocab ~= shard.n_vocab then
     return nil, ("tokenizer has %d tokens but the model's embedding has %d rows"):format(model.tokenizer.n_vocab,

@@ -9,10 +9,13 @@
 -- its prompt, so a conversation's next turn recomputes only the new tokens;
 -- when every session is busy, requests wait in a FIFO queue.
 --
--- In a cluster (attach_ring) a model is loaded text side only (tokenizer and
--- template); when the plan gives every layer to this node the request runs
--- here as above (the shard loaded then), otherwise it goes around the ring
--- (exo.ring).
+-- Loading never blocks the loop: a model's tokenizer and weights load on the
+-- engine thread while the request's coroutine waits (Runner:load_shard), and
+-- requests that need the same model at once share one load (Runner:once).
+-- A model is loaded text side first (tokenizer and template); when the plan
+-- gives every layer to this node the request runs here as above (the whole
+-- shard loaded then), otherwise it goes around the ring (exo.ring), whose
+-- nodes load their ranges the same way.
 local uv = require "luv"
 local native = require "exo.native"
 local models = require "exo.models"
@@ -29,34 +32,108 @@ Node.__index = Node
 local Runner = {}
 Runner.__index = Runner
 
-local function new_runner()
-  local r = setmetatable({ waiting = {}, next_id = 1 }, Runner)
-  r.poll = uv.new_poll(native.engine_fd())
-  r.poll:start("r", function()
-    native.engine_drain(function(id, ok, err)
-      local co = r.waiting[id]
-      r.waiting[id] = nil
-      if co then
-        local resumed, perr = coroutine.resume(co, ok, err)
-        if not resumed then io.stderr:write("exo: request failed: " .. tostring(perr) .. "\n") end
-      end
-    end)
+-- Runs fn on the next loop turn, not inside the coroutine that asks.
+local function defer(fn)
+  local t = uv.new_timer()
+  t:start(0, 0, function()
+    t:close()
+    fn()
   end)
+end
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+local function resume(co, ...)
+  local ok, err = coroutine.resume(co, ...)
+  if not ok then io.stderr:write("exo: request failed: " .. tostring(err) .. "\n") end
+end
+
+local function new_runner()
+  local r = setmetatable({ waiting = {}, joining = {}, next_id = 1 }, Runner)
+  -- One function for every completion: the per-token path makes no closure.
+  local function on_completion(id, ok, err, loaded)
+    local co = r.waiting[id]
+    r.waiting[id] = nil
+    if co then resume(co, ok, err, loaded) end
+  end
+  r.poll = uv.new_poll(native.engine_fd())
+  r.poll:start("r", function() native.engine_drain(on_completion) end)
   return r
+end
+
+-- Waits (yields co) for job id's completion: ok, err, and what a load loaded.
+function Runner:await(co, id)
+  self.waiting[id] = co
+  return coroutine.yield()
+end
+
+function Runner:new_id()
+  local id = self.next_id
+  self.next_id = id + 1
+  return id
+end
+
+local function running()
+  local co = coroutine.running()
+  assert(co, "the engine runner must be called from a coroutine")
+  return co
 end
 
 -- Runs on a request's coroutine: submit, yield, return what the engine said.
 function Runner:forward(shard, seq, tokens, n, out, all_logits)
-  local co = coroutine.running()
-  assert(co, "the engine runner must be called from a coroutine")
-  local id = self.next_id
-  self.next_id = id + 1
+  local co = running()
+  local id = self:new_id()
   local ok, err = shard:submit(seq, tokens, nil, n, all_logits, out, id)
   if not ok then return nil, err end
-  self.waiting[id] = co
-  local done, ferr = coroutine.yield()
+  local done, ferr = self:await(co, id)
   if not done then return nil, ferr end
   return out
+end
+
+-- A load on the engine thread (submit(path, opts, job_id) queues it) while
+-- the calling coroutine waits: the loop goes on serving meanwhile.
+local function load(self, submit, path, opts)
+  local co = running()
+  local id = self:new_id()
+  local ok, err = submit(path, opts, id)
+  if not ok then return nil, err end
+  local done, lerr, loaded = self:await(co, id)
+  if not done then return nil, lerr end
+  return loaded
+end
+
+local function submit_load_tokenizer(path, _, id) return native.submit_load_tokenizer(path, id) end
+
+-- native.load_shard's arguments; returns the Shard or nil, err.
+function Runner:load_shard(path, opts) return load(self, native.submit_load_shard, path, opts) end
+
+-- Returns the tokenizer of the GGUF file at path, or nil, err.
+function Runner:load_tokenizer(path) return load(self, submit_load_tokenizer, path) end
+
+-- Runs fn(...) on the calling coroutine, unless a call under the same key is
+-- running already: then waits for that one and returns what it returned. So a
+-- request for a model another request is loading waits for that load rather
+-- than starting a second. An error fn raises reaches its own caller; the
+-- waiters get nil and the message.
+function Runner:once(key, fn, ...)
+  local waiters = self.joining[key]
+  if waiters then
+    waiters[#waiters + 1] = running()
+    return coroutine.yield()
+  end
+  waiters = {}
+  self.joining[key] = waiters
+  local res = pack(pcall(fn, ...)) -- res[1]: whether fn returned
+  self.joining[key] = nil
+  if #waiters > 0 then
+    defer(function()
+      for _, co in ipairs(waiters) do
+        if res[1] then resume(co, unpack(res, 2, res.n)) else resume(co, nil, tostring(res[2])) end
+      end
+    end)
+  end
+  if not res[1] then error(res[2], 0) end
+  return unpack(res, 2, res.n)
 end
 
 function Runner:close()
@@ -84,21 +161,55 @@ function M.new(opts)
   return self
 end
 
--- The model for id, loading it on first use. Returns entry or nil, err, status.
+-- The model for id, loading its text side (metadata, tokenizer, template) on
+-- first use; its weights come with the first request that runs here. Runs on
+-- a request's coroutine, which waits while the engine thread loads; a request
+-- for a model that is loading waits for that load. Returns entry or nil, err,
+-- status.
 function Node:model(id)
   local entry = self.loaded[id]
   if entry then return entry end
+  return self.runner:once("model " .. tostring(id), self.load_model, self, id)
+end
+
+function Node:load_model(id)
   local path, err = models.resolve(id)
   if not path then
     local status = (err:match("^unknown model") or err:match("not found")) and 404 or 503
     return nil, err, status
   end
-  local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template,
-    text_only = self.ring ~= nil })
+  local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template, text_only = true,
+    runner = self.runner })
   if not model then return nil, lerr, 500 end
-  entry = { model = model, idle = {}, busy = 0, queue = {} }
+  local entry = { model = model, idle = {}, busy = 0, queue = {} }
   self.loaded[id] = entry
   return entry
+end
+
+-- The whole model's shard for entry, loaded on the engine thread once
+-- however many requests ask at the same time. Returns true or nil, err.
+function Node:load_weights(entry)
+  local model = entry.model
+  if model.shard then return true end
+  return self.runner:once("weights " .. model.path, function()
+    local t0 = native.now()
+    local ok, err = require("exo.model").load_shard(model, nil, nil, self.runner)
+    if ok then
+      io.stderr:write(("exo: %s: loaded %d layers in %.2f s\n"):format(model.id, model.shard.n_layer,
+        native.now() - t0))
+    end
+    return ok, err
+  end)
+end
+
+-- The draft model of --draft for entry (loaded once, as the weights are).
+function Node:draft_model(entry)
+  if entry.draft then return entry.draft end
+  local draft, err = self.runner:once("draft " .. entry.model.path, require("exo.speculative").load_draft,
+    self.opts.speculative.draft, entry.model, self.runner)
+  if not draft then return nil, "draft model: " .. err end
+  entry.draft = draft
+  return draft
 end
 
 -- A session for prompt ids, waiting (yielding) while all are busy.
@@ -132,14 +243,7 @@ function Node:release(entry, session, keep)
     session:free()
   end
   local waiter = table.remove(entry.queue, 1)
-  if waiter then
-    -- Resume on the next loop turn, not inside this request's coroutine.
-    local t = uv.new_timer()
-    t:start(0, 0, function()
-      t:close()
-      coroutine.resume(waiter)
-    end)
-  end
+  if waiter then defer(function() resume(waiter) end) end
 end
 
 -- Runs one generation on the calling coroutine.
@@ -189,15 +293,12 @@ function Node:generate(req, on_text, should_stop)
       return res
     end
   end
-  if not entry.model.shard then
-    local ok, serr = require("exo.model").load_shard(entry.model)
-    if not ok then return nil, serr, 500 end
-  end
+  local ok, serr = self:load_weights(entry)
+  if not ok then return nil, serr, 500 end
   local spec = self.opts.speculative
-  if spec and not entry.draft then
-    local draft, derr = require("exo.speculative").load_draft(spec.draft, entry.model)
-    if not draft then return nil, "draft model: " .. derr, 500 end
-    entry.draft = draft
+  if spec then
+    local draft, derr = self:draft_model(entry)
+    if not draft then return nil, derr, 500 end
   end
   local session, serr = self:acquire(entry, ids)
   if not session then return nil, serr, 503 end
@@ -224,12 +325,9 @@ function Node:draft_session(entry)
   entry.draft_idle = entry.draft_idle or {}
   local s = table.remove(entry.draft_idle)
   if s then return s end
-  if not entry.draft then
-    local draft, err = require("exo.speculative").load_draft(self.opts.speculative.draft, entry.model)
-    if not draft then return nil, "draft model: " .. err end
-    entry.draft = draft
-  end
-  return generate.session(entry.draft, { n_ctx = self.n_ctx, runner = self.runner })
+  local draft, err = self:draft_model(entry)
+  if not draft then return nil, err end
+  return generate.session(draft, { n_ctx = self.n_ctx, runner = self.runner })
 end
 
 -- Serves models through the ring from now on. opts: wait_for_peers.

@@ -49,15 +49,19 @@ function M.new(node, cluster, opts)
     kept = {},     -- model id -> requests kept open between turns (see take_kept)
     max_kept = opts.max_kept or 2,
     routes = {},   -- request id -> this node's part in a request
+    opening = {},  -- request id -> { asker, closed } while its open waits for a load
     shards = {},   -- "model@start-stop" -> { shard, refs }
     salt = tonumber(require("exo.cluster").random_hex(4), 16) % (2 ^ 28 - 1) + 1, counter = 0,
   }, Ring)
-  cluster:on("open", function(from, rid, msg) self:on_open(from, rid, msg) end)
-  cluster:on("resume", function(from, rid, msg) self:on_resume(from, rid, msg) end)
+  -- Opening may wait for a shard or tokenizer to load: on a coroutine of its own.
+  cluster:on("open", function(from, rid, msg) self:spawn(self.on_open, from, rid, msg) end)
+  cluster:on("resume", function(from, rid, msg) self:spawn(self.on_resume, from, rid, msg) end)
   cluster:on("stop", function(from, rid) self:on_stop(from, rid) end)
   cluster:on("close", function(from, rid)
     local route = self.routes[rid]
     if route and route.asker == from then self:close_route(rid) end
+    local opening = self.opening[rid]
+    if opening and opening.asker == from then opening.closed = true end
   end)
   for _, kind in ipairs { "ready", "token", "done", "error", "verified", "prefilled", "stopped" } do
     cluster:on(kind, function(from, rid, msg)
@@ -78,6 +82,12 @@ function M.new(node, cluster, opts)
   end)
   self.sweeper:unref()
   return self
+end
+
+-- Runs fn(self, ...) on a coroutine of its own, which may wait for the engine.
+function Ring:spawn(fn, ...)
+  local ok, err = coroutine.resume(coroutine.create(fn), self, ...)
+  if not ok then io.stderr:write("exo: " .. tostring(err) .. "\n") end
 end
 
 -- The plan for a model entry (exo.node's) over the live topology.
@@ -453,22 +463,32 @@ end
 
 -- ---- a node's part in a request --------------------------------------------------------
 
+-- The loaded range [start, stop) of a model, loaded on the engine thread
+-- while the calling coroutine waits (once, however many opens ask for it at
+-- the same time).
 function Ring:shard_for(model_id, start, stop)
   local key = ("%s@%d-%d"):format(model_id, start, stop)
   local entry = self.shards[key]
   if not entry then
     local path, err = models.resolve(model_id)
     if not path then return nil, err end
-    local shard, serr = native.load_shard(path, { start = start, stop = stop })
+    local runner = self.node.runner
+    local shard, serr = runner:once("shard " .. key, runner.load_shard, runner, path, { start = start, stop = stop })
     if not shard then return nil, serr end
-    entry = { shard = shard, refs = 0, key = key, model = model_id }
-    -- A plan change leaves the model's other ranges unused: they go once
-    -- nothing runs on them.
-    for k, other in pairs(self.shards) do
-      if other.model == model_id then other.retired = true end
-      if other.retired and other.refs == 0 then self:drop_shard(k) end
+    -- An open that waited on another's load finds the entry that one made
+    -- (unless a plan change dropped it since).
+    if not shard.handle then return nil, "the plan changed while the layers loaded" end
+    entry = self.shards[key]
+    if not entry then
+      entry = { shard = shard, refs = 0, key = key, model = model_id }
+      -- A plan change leaves the model's other ranges unused: they go once
+      -- nothing runs on them.
+      for k, other in pairs(self.shards) do
+        if other.model == model_id then other.retired = true end
+        if other.retired and other.refs == 0 then self:drop_shard(k) end
+      end
+      self.shards[key] = entry
     end
-    self.shards[key] = entry
   end
   entry.retired = nil
   return entry
@@ -484,12 +504,24 @@ end
 
 local function is_int(v, lo, hi) return type(v) == "number" and v == math.floor(v) and v >= lo and v <= hi end
 
+-- An asker opens request rid here: load the range, open a route, say
+-- "ready". The asker may close the request (or leave) while the range loads:
+-- then nothing opens.
 function Ring:on_open(from, rid, msg)
   local cluster = self.cluster
   local function refuse(why)
     cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(cluster.id, why) })
   end
-  if self.routes[rid] then return refuse("request already open") end
+  if self.routes[rid] or self.opening[rid] then return refuse("request already open") end
+  local opening = { asker = from }
+  self.opening[rid] = opening
+  local ok, err = pcall(self.open_route, self, from, rid, msg, opening, refuse)
+  self.opening[rid] = nil
+  if not ok then refuse(tostring(err)) end
+end
+
+function Ring:open_route(from, rid, msg, opening, refuse)
+  local cluster = self.cluster
   if rid >= REPLY_OFFSET then return refuse(("request ids stay below %.0f"):format(REPLY_OFFSET)) end
   if msg.next == cluster.id then return refuse("a plan cannot pass a request to the same node twice") end
   if type(msg.model) ~= "string" or not is_int(msg.start, 0, 1e6) or not is_int(msg.stop, msg.start + 1, 1e6)
@@ -499,12 +531,19 @@ function Ring:on_open(from, rid, msg)
   end
   local dtype = native.WIRE_DTYPES[msg.wire_dtype or "f32"]
   if not dtype then return refuse("unknown wire dtype " .. tostring(msg.wire_dtype)) end
-  local next_conn = 0
-  if msg.next then
-    next_conn = cluster:conn_of(msg.next)
-    if not next_conn then return refuse("the next node " .. msg.next .. " is not connected") end
+  if msg.next and not cluster:conn_of(msg.next) then
+    return refuse("the next node " .. msg.next .. " is not connected")
+  end
+  -- What may wait comes first: the last node's tokenizer (start_last reads
+  -- it), then the range. From the range's arrival to the route's opening
+  -- nothing waits, so no plan change can retire the range in between.
+  if not msg.next and not msg.verify then
+    local _, terr = self.node:model(msg.model)
+    if opening.closed then return end
+    if terr then return refuse(terr) end
   end
   local entry, err = self:shard_for(msg.model, msg.start, msg.stop)
+  if opening.closed then return end
   if not entry then return refuse(err) end
   local shard = entry.shard
   if msg.n_ctx > math.max(self.node.n_ctx, shard.n_ctx_train) then
@@ -517,8 +556,14 @@ function Ring:on_open(from, rid, msg)
   if shard.is_last then
     local serr = self:start_last(route, msg)
     if serr then return refuse(serr) end
+  end
+  local next_conn = 0
+  if route.verify == "rows" then
     -- Verify rows go back to the asker's collector (or stay here when it is us).
-    if route.verify == "rows" then next_conn = cluster:conn_of(from) or 0 end
+    next_conn = cluster:conn_of(from) or 0
+  elseif msg.next then
+    next_conn = cluster:conn_of(msg.next)
+    if not next_conn then return refuse("the next node " .. msg.next .. " left while its part loaded") end
   end
   local seq, serr = shard:new_seq(msg.n_ctx)
   if not seq then return refuse(serr) end
@@ -721,6 +766,9 @@ function Ring:on_lost(id, why)
   end
   for rid, route in pairs(self.routes) do
     if route.asker == id then self:close_route(rid) end
+  end
+  for _, opening in pairs(self.opening) do
+    if opening.asker == id then opening.closed = true end
   end
 end
 

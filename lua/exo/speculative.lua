@@ -86,8 +86,9 @@ function M.parse_draft(spec)
   return spec
 end
 
--- The draft for target (an exo.model with a shard): { shard, tokenizer, id }, or nil, err.
-function M.load_draft(spec, target)
+-- The draft for target (an exo.model): { shard, tokenizer, id }, or nil, err.
+-- runner loads it (as exo.model's; default: on this thread).
+function M.load_draft(spec, target, runner)
   local model_mod = require "exo.model"
   local name, start, stop = M.parse_draft(spec)
   if start then
@@ -100,11 +101,12 @@ function M.load_draft(spec, target)
     if stop < 1 or stop >= target.n_layers then
       return nil, ("layers=0-%d: K must be between 1 and %d"):format(stop, target.n_layers - 1)
     end
-    local shard, serr = native.load_shard(path, { start = 0, stop = stop, first = true, last = true })
+    local shard, serr = (runner or generate.sync_runner):load_shard(path,
+      { start = 0, stop = stop, first = true, last = true })
     if not shard then return nil, serr end
     return { id = spec, shard = shard, tokenizer = target.tokenizer, path = path }
   end
-  local draft, err = model_mod.load(name)
+  local draft, err = model_mod.load(name, { runner = runner })
   if not draft then return nil, err end
   local a, b = draft.tokenizer, target.tokenizer
   if a.n_vocab ~= b.n_vocab or draft.shard.n_vocab ~= target.tokenizer.n_vocab then

@@ -516,6 +516,77 @@ class TimeoutTest(unittest.TestCase):
             node.stop()
 
 
+class LoadingTest(unittest.TestCase):
+    """Models load on the engine thread: the loop keeps answering meanwhile,
+    two requests for a model that is loading share one load, and a file that
+    cannot load fails its request with a clear message."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node("--max-generate-tokens", "8")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def log(self):
+        self.node.log.seek(0)
+        return self.node.log.read().decode()
+
+    def complete(self, model):
+        return self.node.request("POST", "/v1/completions", {
+            "model": model, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0})
+
+    def test_loop_answers_while_a_model_loads(self):
+        status, raw, _ = self.complete(MODEL)  # the model in use already
+        self.assertEqual(status, 200, raw)
+        self.assertNotIn("gemma3-270m: loaded", self.log())
+        results = []
+        asks = [threading.Thread(target=lambda: results.append(self.complete("gemma3-270m"))) for _ in range(2)]
+        for t in asks:
+            t.start()
+        # Probe the loop until both answers are back: every probe is answered
+        # at once, whatever the engine thread is doing.
+        probes, started = [], time.monotonic()
+        while any(t.is_alive() for t in asks):
+            t0 = time.monotonic()
+            status, _, _ = self.node.request("GET", "/v1/models")
+            probes.append(time.monotonic() - t0)
+            self.assertEqual(status, 200)
+            time.sleep(0.005)
+        window = time.monotonic() - started
+        for t in asks:
+            t.join()
+        for status, raw, _ in results:
+            self.assertEqual(status, 200, raw)
+        log = self.log()
+        loads = [line for line in log.splitlines() if "gemma3-270m: loaded" in line]
+        self.assertEqual(len(loads), 1, log)  # the second request waited for the first one's load
+        seconds = float(loads[0].rsplit(" in ", 1)[1].split(" s")[0])
+        # The probes ran all through the load.
+        self.assertGreater(window, seconds)
+        self.assertGreater(len(probes), 5)
+        self.assertLess(max(probes), 0.1, "the slowest probe took %.0f ms (load: %.2f s, %d probes)" % (
+            1000 * max(probes), seconds, len(probes)))
+
+    def test_unloadable_file_fails_clearly(self):
+        # The tiny chat model, its architecture renamed: metadata and tokenizer
+        # read, the shard's load on the engine thread refuses it.
+        tiny = os.environ["EXO_TINY_MODEL"]
+        with open(tiny[:-len(".gguf")] + "-chat.gguf", "rb") as f:
+            data = f.read()
+        key = data.index(b"general.architecture")
+        value = data.index(b"llama", key + len(b"general.architecture"))
+        data = data[:value] + b"llamb" + data[value + 5:]
+        with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+            f.write(data.replace(b"llama.", b"llamb."))
+            f.flush()
+            status, raw, _ = self.complete(f.name)
+        self.assertEqual(status, 500, raw)
+        self.assertIn("architecture 'llamb' is not supported", json.loads(raw)["error"]["message"])
+        self.assertEqual(self.node.request("GET", "/healthcheck")[0], 200)
+
+
 class ApiKeyTest(unittest.TestCase):
     def test_api_key_required(self):
         node = Node("--api-key", "sekrit")
