@@ -1,12 +1,13 @@
-/* quants.c: the weight-format traits table and the scalar reference kernels
+/* quants.c: the weight-format traits tables and the scalar reference kernels
  * (dequantize, quantize, dot) for every format.
  *
  * The _ref kernels are the definition of each format's meaning: plain loops
  * that follow GGUF's block layouts, written for clarity. The fast kernels in
- * quants_avx2.c and quants_avx512.c are tested against them. The traits table
- * starts out pointing at the _ref kernels (static initializers), so code that
- * runs before exo_quants_init() is correct, only slower; init swaps in the
- * AVX2 ones once, and over those the AVX-512 VNNI ones where the CPU has them.
+ * quants_avx2.c and quants_avx512.c are tested against them. There is one
+ * const traits table per instruction set (scalar, AVX2, AVX-512 VNNI), fixed
+ * at compile time; the scalar one is in use until exo_quants_init(), so code
+ * that runs before it is correct, only slower, and init only chooses which
+ * table later lookups read.
  *
  * Activation quantization (Q8_32, Q8_K) is symmetric: d = amax/127 and
  * q = round-to-nearest-even(x/d), so |q| <= 127. The AVX2 dots depend on that
@@ -16,6 +17,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "cpu_features.h"
@@ -1048,109 +1050,152 @@ PACKED_FORMAT(q8_0, exo_block_q8_0, false)
 
 /* ---- traits and dispatch ------------------------------------------------------- */
 
-/* Designated, so the fields init fills later start out zero without a
- * warning from clang's -Wmissing-field-initializers. */
-#define EXO_TRAITS(name_, bs_, ts_, act_, tf_, ff_, vd_)                                                  \
-    { .name = name_, .block_size = bs_, .type_size = ts_, .act_type = act_, .to_float = tf_, .to_float_ref = tf_, \
-      .from_float_ref = ff_, .vec_dot = vd_, .vec_dot_ref = vd_ }
-
-/* Not const: exo_quants_init() fills the fast entries once. */
-static exo_type_traits type_traits[EXO_DTYPE_COUNT] = {
-    [EXO_DTYPE_F32] = EXO_TRAITS("f32", 1, sizeof(float), EXO_ACT_F32,
-                                 to_float_f32_ref, from_float_f32_ref, vec_dot_f32_ref),
-    [EXO_DTYPE_F16] = EXO_TRAITS("f16", 1, sizeof(exo_half), EXO_ACT_F32,
-                                 to_float_f16_ref, from_float_f16_ref, vec_dot_f16_ref),
-    [EXO_DTYPE_BF16] = EXO_TRAITS("bf16", 1, sizeof(uint16_t), EXO_ACT_F32,
-                                  to_float_bf16_ref, from_float_bf16_ref, vec_dot_bf16_ref),
-    [EXO_DTYPE_Q4_0] = EXO_TRAITS("q4_0", EXO_QK, sizeof(exo_block_q4_0), EXO_ACT_Q8_32,
-                                  to_float_q4_0_ref, from_float_q4_0_ref, vec_dot_q4_0_ref),
-    [EXO_DTYPE_Q4_1] = EXO_TRAITS("q4_1", EXO_QK, sizeof(exo_block_q4_1), EXO_ACT_Q8_32,
-                                  to_float_q4_1_ref, from_float_q4_1_ref, vec_dot_q4_1_ref),
-    [EXO_DTYPE_Q8_0] = EXO_TRAITS("q8_0", EXO_QK, sizeof(exo_block_q8_0), EXO_ACT_Q8_32,
-                                  to_float_q8_0_ref, from_float_q8_0_ref, vec_dot_q8_0_ref),
-    [EXO_DTYPE_Q4_K] = EXO_TRAITS("q4_K", EXO_QK_K, sizeof(exo_block_q4_K), EXO_ACT_Q8_K,
-                                  to_float_q4_K_ref, from_float_q4_K_ref, vec_dot_q4_K_ref),
-    [EXO_DTYPE_Q5_K] = EXO_TRAITS("q5_K", EXO_QK_K, sizeof(exo_block_q5_K), EXO_ACT_Q8_K,
-                                  to_float_q5_K_ref, from_float_q5_K_ref, vec_dot_q5_K_ref),
-    [EXO_DTYPE_Q6_K] = EXO_TRAITS("q6_K", EXO_QK_K, sizeof(exo_block_q6_K), EXO_ACT_Q8_K,
-                                  to_float_q6_K_ref, from_float_q6_K_ref, vec_dot_q6_K_ref),
-    [EXO_DTYPE_Q5_0] = EXO_TRAITS("q5_0", EXO_QK, sizeof(exo_block_q5_0), EXO_ACT_Q8_32,
-                                  to_float_q5_0_ref, from_float_q5_0_ref, vec_dot_q5_0_ref),
-    [EXO_DTYPE_Q5_1] = EXO_TRAITS("q5_1", EXO_QK, sizeof(exo_block_q5_1), EXO_ACT_Q8_32,
-                                  to_float_q5_1_ref, from_float_q5_1_ref, vec_dot_q5_1_ref),
-    [EXO_DTYPE_IQ4_NL] = EXO_TRAITS("iq4_nl", EXO_QK, sizeof(exo_block_iq4_nl), EXO_ACT_Q8_32,
-                                    to_float_iq4_nl_ref, from_float_iq4_nl_ref, vec_dot_iq4_nl_ref),
-    [EXO_DTYPE_Q2_K] = EXO_TRAITS("q2_K", EXO_QK_K, sizeof(exo_block_q2_K), EXO_ACT_Q8_K,
-                                  to_float_q2_K_ref, from_float_q2_K_ref, vec_dot_q2_K_ref),
-    [EXO_DTYPE_Q3_K] = EXO_TRAITS("q3_K", EXO_QK_K, sizeof(exo_block_q3_K), EXO_ACT_Q8_K,
-                                  to_float_q3_K_ref, from_float_q3_K_ref, vec_dot_q3_K_ref),
-    [EXO_DTYPE_IQ4_XS] = EXO_TRAITS("iq4_xs", EXO_QK_K, sizeof(exo_block_iq4_xs), EXO_ACT_Q8_K,
-                                    to_float_iq4_xs_ref, from_float_iq4_xs_ref, vec_dot_iq4_xs_ref),
-};
-
 typedef void (*quantize_act_fn)(const float *x, void *dst, int n);
-static quantize_act_fn act_q8_32 = quantize_act_q8_32_ref;
-static quantize_act_fn act_q8_K = quantize_act_q8_K_ref;
-static bool have_avx2, have_avx512;
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+/* Everything the dispatch picks for one instruction set: every format's
+ * traits and the activation quantizers. One const instance per set, fixed at
+ * compile time; exo_quants_init() only chooses which one is read. */
+typedef struct {
+    exo_type_traits traits[EXO_DTYPE_COUNT];
+    quantize_act_fn act_q8_32;
+    quantize_act_fn act_q8_K;
+    bool avx2, avx512; /* the instruction sets its kernels use */
+} cpu_kernels;
+
+/* The tables are written in layers of designated initializers: a format's
+ * BASE_ (what it is on any CPU, its fast members at the _ref kernels), then
+ * its AVX2_ and AVX512_ kernels, each layer's members replacing the ones
+ * before (C11 6.7.9: the last designator for a member wins). So a format's
+ * facts are stated once, and each table differs only in the layers it takes. */
+#define FORMAT(f, bs, ts, act) \
+    .name = #f, .block_size = bs, .type_size = ts, .act_type = act, \
+    .to_float = to_float_##f##_ref, .to_float_ref = to_float_##f##_ref, .from_float_ref = from_float_##f##_ref, \
+    .vec_dot = vec_dot_##f##_ref, .vec_dot_ref = vec_dot_##f##_ref
+/* The packed four-row layout is the same bytes on every CPU; only its dot is per instruction set. */
+#define PACKED(f) .pack_x4 = pack_x4_##f, .unpack_x4_row = unpack_x4_row_##f
+
+#define BASE_f32 FORMAT(f32, 1, sizeof(float), EXO_ACT_F32)
+#define BASE_f16 FORMAT(f16, 1, sizeof(exo_half), EXO_ACT_F32)
+#define BASE_bf16 FORMAT(bf16, 1, sizeof(uint16_t), EXO_ACT_F32)
+#define BASE_q4_0 FORMAT(q4_0, EXO_QK, sizeof(exo_block_q4_0), EXO_ACT_Q8_32), PACKED(q4_0)
+#define BASE_q4_1 FORMAT(q4_1, EXO_QK, sizeof(exo_block_q4_1), EXO_ACT_Q8_32), PACKED(q4_1)
+#define BASE_q8_0 FORMAT(q8_0, EXO_QK, sizeof(exo_block_q8_0), EXO_ACT_Q8_32), PACKED(q8_0)
+#define BASE_q5_0 FORMAT(q5_0, EXO_QK, sizeof(exo_block_q5_0), EXO_ACT_Q8_32)
+#define BASE_q5_1 FORMAT(q5_1, EXO_QK, sizeof(exo_block_q5_1), EXO_ACT_Q8_32)
+#define BASE_iq4_nl FORMAT(iq4_nl, EXO_QK, sizeof(exo_block_iq4_nl), EXO_ACT_Q8_32)
+#define BASE_q2_K FORMAT(q2_K, EXO_QK_K, sizeof(exo_block_q2_K), EXO_ACT_Q8_K)
+#define BASE_q3_K FORMAT(q3_K, EXO_QK_K, sizeof(exo_block_q3_K), EXO_ACT_Q8_K)
+#define BASE_q4_K FORMAT(q4_K, EXO_QK_K, sizeof(exo_block_q4_K), EXO_ACT_Q8_K)
+#define BASE_q5_K FORMAT(q5_K, EXO_QK_K, sizeof(exo_block_q5_K), EXO_ACT_Q8_K)
+#define BASE_q6_K FORMAT(q6_K, EXO_QK_K, sizeof(exo_block_q6_K), EXO_ACT_Q8_K)
+#define BASE_iq4_xs FORMAT(iq4_xs, EXO_QK_K, sizeof(exo_block_iq4_xs), EXO_ACT_Q8_K)
+
+/* Every format, by the newest instruction set it has kernels for (each has
+ * AVX2 ones; AVX-512 VNNI ones come on top of those). */
+#define FORMATS_AVX2(X) \
+    X(F32, f32) X(F16, f16) X(BF16, bf16) X(Q2_K, q2_K) X(Q3_K, q3_K) X(Q4_K, q4_K) X(Q5_K, q5_K) \
+    X(Q6_K, q6_K) X(IQ4_XS, iq4_xs)
+#define FORMATS_AVX512(X) X(Q4_0, q4_0) X(Q4_1, q4_1) X(Q8_0, q8_0) X(Q5_0, q5_0) X(Q5_1, q5_1) X(IQ4_NL, iq4_nl)
+#define FORMATS(X) FORMATS_AVX2(X) FORMATS_AVX512(X)
+
+#define ROW_SCALAR(D, f) [EXO_DTYPE_##D] = { BASE_##f },
+
+/* Before exo_quants_init(), and on CPUs without AVX2/FMA/F16C: the _ref kernels. */
+static const cpu_kernels kernels_scalar = {
+    .traits = { FORMATS(ROW_SCALAR) },
+    .act_q8_32 = quantize_act_q8_32_ref,
+    .act_q8_K = quantize_act_q8_K_ref,
+};
 
 #if EXO_QUANTS_X86
-/* The fast kernels of each format by instruction set; a NULL entry keeps
- * what the set below it gave (the _ref kernel, or the AVX2 one). */
-static const exo_kernel_set kernels_avx2[EXO_DTYPE_COUNT] = {
-    [EXO_DTYPE_F32] = { exo_vec_dot_f32_avx2, NULL, NULL, NULL },
-    [EXO_DTYPE_F16] = { exo_vec_dot_f16_avx2, exo_to_float_f16_avx2, NULL, NULL },
-    [EXO_DTYPE_BF16] = { exo_vec_dot_bf16_avx2, exo_to_float_bf16_avx2, NULL, NULL },
-    [EXO_DTYPE_Q4_0] = { exo_vec_dot_q4_0_q8_32_avx2, exo_to_float_q4_0_avx2, NULL,
-                         exo_vec_dot_packed_q4_0_q8_32_avx2 },
-    [EXO_DTYPE_Q4_1] = { exo_vec_dot_q4_1_q8_32_avx2, exo_to_float_q4_1_avx2, NULL,
-                         exo_vec_dot_packed_q4_1_q8_32_avx2 },
-    [EXO_DTYPE_Q5_0] = { exo_vec_dot_q5_0_q8_32_avx2, exo_to_float_q5_0_avx2, NULL, NULL },
-    [EXO_DTYPE_Q5_1] = { exo_vec_dot_q5_1_q8_32_avx2, exo_to_float_q5_1_avx2, NULL, NULL },
-    [EXO_DTYPE_Q8_0] = { exo_vec_dot_q8_0_q8_32_avx2, exo_to_float_q8_0_avx2, NULL, NULL },
-    [EXO_DTYPE_IQ4_NL] = { exo_vec_dot_iq4_nl_q8_32_avx2, exo_to_float_iq4_nl_avx2, NULL, NULL },
-    [EXO_DTYPE_Q2_K] = { exo_vec_dot_q2_K_q8_K_avx2, exo_to_float_q2_K_avx2, NULL, NULL },
-    [EXO_DTYPE_Q3_K] = { exo_vec_dot_q3_K_q8_K_avx2, exo_to_float_q3_K_avx2, NULL, NULL },
-    [EXO_DTYPE_Q4_K] = { exo_vec_dot_q4_K_q8_K_avx2, NULL, NULL, NULL },
-    [EXO_DTYPE_Q5_K] = { exo_vec_dot_q5_K_q8_K_avx2, NULL, NULL, NULL },
-    [EXO_DTYPE_Q6_K] = { exo_vec_dot_q6_K_q8_K_avx2, NULL, NULL, NULL },
-    [EXO_DTYPE_IQ4_XS] = { exo_vec_dot_iq4_xs_q8_K_avx2, exo_to_float_iq4_xs_avx2, NULL, NULL },
-};
+/* quants_avx2.c's kernels. Q8_0 has no packed dot there (quants_avx2.h says why). */
+#define AVX2_f32 .vec_dot = exo_vec_dot_f32_avx2
+#define AVX2_f16 .vec_dot = exo_vec_dot_f16_avx2, .to_float = exo_to_float_f16_avx2
+#define AVX2_bf16 .vec_dot = exo_vec_dot_bf16_avx2, .to_float = exo_to_float_bf16_avx2
+#define AVX2_q4_0 \
+    .vec_dot = exo_vec_dot_q4_0_q8_32_avx2, .to_float = exo_to_float_q4_0_avx2, \
+    .vec_dot_packed = exo_vec_dot_packed_q4_0_q8_32_avx2
+#define AVX2_q4_1 \
+    .vec_dot = exo_vec_dot_q4_1_q8_32_avx2, .to_float = exo_to_float_q4_1_avx2, \
+    .vec_dot_packed = exo_vec_dot_packed_q4_1_q8_32_avx2
+#define AVX2_q8_0 .vec_dot = exo_vec_dot_q8_0_q8_32_avx2, .to_float = exo_to_float_q8_0_avx2
+#define AVX2_q5_0 .vec_dot = exo_vec_dot_q5_0_q8_32_avx2, .to_float = exo_to_float_q5_0_avx2
+#define AVX2_q5_1 .vec_dot = exo_vec_dot_q5_1_q8_32_avx2, .to_float = exo_to_float_q5_1_avx2
+#define AVX2_iq4_nl .vec_dot = exo_vec_dot_iq4_nl_q8_32_avx2, .to_float = exo_to_float_iq4_nl_avx2
+#define AVX2_q2_K .vec_dot = exo_vec_dot_q2_K_q8_K_avx2, .to_float = exo_to_float_q2_K_avx2
+#define AVX2_q3_K .vec_dot = exo_vec_dot_q3_K_q8_K_avx2, .to_float = exo_to_float_q3_K_avx2
+#define AVX2_q4_K .vec_dot = exo_vec_dot_q4_K_q8_K_avx2
+#define AVX2_q5_K .vec_dot = exo_vec_dot_q5_K_q8_K_avx2
+#define AVX2_q6_K .vec_dot = exo_vec_dot_q6_K_q8_K_avx2
+#define AVX2_iq4_xs .vec_dot = exo_vec_dot_iq4_xs_q8_K_avx2, .to_float = exo_to_float_iq4_xs_avx2
 
 /* Q5_0, Q5_1 and IQ4_NL share the 4-bit bodies (the fifth bits go in through
  * a mask register, IQ4_NL's table through one vpshufb), with dpbusd doing the
  * integer work: bench_quants has Q5_0 at about 1.4x its AVX2 kernel. */
-static const exo_kernel_set kernels_avx512[EXO_DTYPE_COUNT] = {
-    [EXO_DTYPE_Q4_0] = { exo_vec_dot_q4_0_q8_32_avx512, NULL, exo_vec_dot_x4_q4_0_q8_32_avx512,
-                         exo_vec_dot_packed_q4_0_q8_32_avx512 },
-    [EXO_DTYPE_Q4_1] = { exo_vec_dot_q4_1_q8_32_avx512, NULL, exo_vec_dot_x4_q4_1_q8_32_avx512,
-                         exo_vec_dot_packed_q4_1_q8_32_avx512 },
-    [EXO_DTYPE_Q8_0] = { exo_vec_dot_q8_0_q8_32_avx512, NULL, exo_vec_dot_x4_q8_0_q8_32_avx512,
-                         exo_vec_dot_packed_q8_0_q8_32_avx512 },
-    [EXO_DTYPE_Q5_0] = { exo_vec_dot_q5_0_q8_32_avx512, NULL, NULL, NULL },
-    [EXO_DTYPE_Q5_1] = { exo_vec_dot_q5_1_q8_32_avx512, NULL, NULL, NULL },
-    [EXO_DTYPE_IQ4_NL] = { exo_vec_dot_iq4_nl_q8_32_avx512, NULL, NULL, NULL },
+#define AVX512_q4_0 \
+    .vec_dot = exo_vec_dot_q4_0_q8_32_avx512, .vec_dot_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512, \
+    .vec_dot_packed = exo_vec_dot_packed_q4_0_q8_32_avx512
+#define AVX512_q4_1 \
+    .vec_dot = exo_vec_dot_q4_1_q8_32_avx512, .vec_dot_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512, \
+    .vec_dot_packed = exo_vec_dot_packed_q4_1_q8_32_avx512
+/* Q8_0's four-row dot wins only while the rows sit in cache: streaming the
+ * output head from DRAM for one token it lost to one row, but a batch (a
+ * speculative verify pass, a prompt) reuses each row group for every token,
+ * and there it wins (verify of 9 positions: 24 -> 19 ms). */
+#define AVX512_q8_0 \
+    .vec_dot = exo_vec_dot_q8_0_q8_32_avx512, .vec_dot_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512, \
+    .x4_min_tokens = 2, .vec_dot_packed = exo_vec_dot_packed_q8_0_q8_32_avx512
+#define AVX512_q5_0 .vec_dot = exo_vec_dot_q5_0_q8_32_avx512
+#define AVX512_q5_1 .vec_dot = exo_vec_dot_q5_1_q8_32_avx512
+#define AVX512_iq4_nl .vec_dot = exo_vec_dot_iq4_nl_q8_32_avx512
+
+/* The activation quantizers have AVX2 versions only; the AVX-512 table uses them too. */
+#define ACT_AVX2 .act_q8_32 = exo_quantize_act_q8_32_avx2, .act_q8_K = exo_quantize_act_q8_K_avx2
+
+#define ROW_AVX2(D, f) [EXO_DTYPE_##D] = { BASE_##f, AVX2_##f },
+#define ROW_AVX512(D, f) [EXO_DTYPE_##D] = { BASE_##f, AVX2_##f, AVX512_##f },
+#define SET_AVX2(D, f) [EXO_DTYPE_##D] = { AVX2_##f },
+#define SET_AVX512(D, f) [EXO_DTYPE_##D] = { AVX512_##f },
+
+/* The layering replaces members on purpose (see above). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Woverride-init"
+static const cpu_kernels kernels_avx2 = {
+    .traits = { FORMATS(ROW_AVX2) },
+    ACT_AVX2,
+    .avx2 = true,
 };
 
-/* Puts a set's non-NULL kernels into the traits table. */
-static void use_kernels(const exo_kernel_set *set)
-{
-    for (int d = 0; d < EXO_DTYPE_COUNT; d++) {
-        const exo_kernel_set *k = &set[d];
-        if (k->vec_dot) type_traits[d].vec_dot = k->vec_dot;
-        if (k->to_float) type_traits[d].to_float = k->to_float;
-        if (k->vec_dot_x4) type_traits[d].vec_dot_x4 = k->vec_dot_x4;
-        if (k->vec_dot_packed) type_traits[d].vec_dot_packed = k->vec_dot_packed;
-    }
-}
+static const cpu_kernels kernels_avx512 = {
+    .traits = { FORMATS_AVX2(ROW_AVX2) FORMATS_AVX512(ROW_AVX512) },
+    ACT_AVX2,
+    .avx2 = true,
+    .avx512 = true,
+};
+#pragma GCC diagnostic pop
+
+/* Each instruction set's own kernels, from the same layers (exo_quants_kernels). */
+static const exo_kernel_set sets_avx2[EXO_DTYPE_COUNT] = { FORMATS(SET_AVX2) };
+static const exo_kernel_set sets_avx512[EXO_DTYPE_COUNT] = { FORMATS_AVX512(SET_AVX512) };
 #endif
+
+/* The table in use. Atomic only so that a reader that skipped
+ * exo_quants_init() may run beside it: the tables never change, only which
+ * one this points at, so relaxed loads suffice. */
+static _Atomic(const cpu_kernels *) active = &kernels_scalar;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static inline const cpu_kernels *active_kernels(void)
+{
+    return atomic_load_explicit(&active, memory_order_relaxed);
+}
 
 const exo_kernel_set *exo_quants_kernels(int dtype, int isa)
 {
 #if EXO_QUANTS_X86
     if (dtype < 0 || dtype >= EXO_DTYPE_COUNT) return NULL;
-    const exo_kernel_set *k = isa == EXO_ISA_AVX2 ? &kernels_avx2[dtype] : isa == EXO_ISA_AVX512 ? &kernels_avx512[dtype]
-                                                                                                 : NULL;
+    const exo_kernel_set *k = isa == EXO_ISA_AVX2 ? &sets_avx2[dtype] : isa == EXO_ISA_AVX512 ? &sets_avx512[dtype]
+                                                                                             : NULL;
     return k && (k->vec_dot || k->to_float || k->vec_dot_x4 || k->vec_dot_packed) ? k : NULL;
 #else
     (void)dtype;
@@ -1162,28 +1207,10 @@ const exo_kernel_set *exo_quants_kernels(int dtype, int isa)
 static void quants_init_once(void)
 {
     exo_vec_init();
-    type_traits[EXO_DTYPE_Q4_0].pack_x4 = pack_x4_q4_0;
-    type_traits[EXO_DTYPE_Q4_1].pack_x4 = pack_x4_q4_1;
-    type_traits[EXO_DTYPE_Q8_0].pack_x4 = pack_x4_q8_0;
-    type_traits[EXO_DTYPE_Q4_0].unpack_x4_row = unpack_x4_row_q4_0;
-    type_traits[EXO_DTYPE_Q4_1].unpack_x4_row = unpack_x4_row_q4_1;
-    type_traits[EXO_DTYPE_Q8_0].unpack_x4_row = unpack_x4_row_q8_0;
 #if EXO_QUANTS_X86
     const exo_cpu_features *cpu = exo_cpu_features_get();
-    if (!cpu->avx2) return;
-    use_kernels(kernels_avx2);
-    act_q8_32 = exo_quantize_act_q8_32_avx2;
-    act_q8_K = exo_quantize_act_q8_K_avx2;
-    have_avx2 = true;
-
-    if (!cpu->avx512) return;
-    use_kernels(kernels_avx512);
-    /* Q8_0's four-row dot wins only while the rows sit in cache: streaming
-     * the output head from DRAM for one token it lost to one row, but a batch
-     * (a speculative verify pass, a prompt) reuses each row group for every
-     * token, and there it wins (verify of 9 positions: 24 -> 19 ms). */
-    type_traits[EXO_DTYPE_Q8_0].x4_min_tokens = 2;
-    have_avx512 = true;
+    const cpu_kernels *k = cpu->avx512 ? &kernels_avx512 : cpu->avx2 ? &kernels_avx2 : &kernels_scalar;
+    atomic_store_explicit(&active, k, memory_order_relaxed);
 #endif
 }
 
@@ -1194,18 +1221,19 @@ void exo_quants_init(void)
 
 bool exo_quants_have_avx2(void)
 {
-    return have_avx2;
+    return active_kernels()->avx2;
 }
 
 bool exo_quants_have_avx512(void)
 {
-    return have_avx512;
+    return active_kernels()->avx512;
 }
 
 const exo_type_traits *exo_type_traits_get(int dtype)
 {
-    if (dtype < 0 || dtype >= EXO_DTYPE_COUNT || !type_traits[dtype].name) return NULL;
-    return &type_traits[dtype];
+    if (dtype < 0 || dtype >= EXO_DTYPE_COUNT) return NULL;
+    const exo_type_traits *t = &active_kernels()->traits[dtype];
+    return t->name ? t : NULL;
 }
 
 size_t exo_dtype_row_size(int dtype, int64_t n)
@@ -1229,8 +1257,8 @@ void exo_quantize_act(int act_type, const float *x, void *dst, int n)
 {
     switch (act_type) {
     case EXO_ACT_F32: quantize_act_f32(x, dst, n); break;
-    case EXO_ACT_Q8_32: act_q8_32(x, dst, n); break;
-    case EXO_ACT_Q8_K: act_q8_K(x, dst, n); break;
+    case EXO_ACT_Q8_32: active_kernels()->act_q8_32(x, dst, n); break;
+    case EXO_ACT_Q8_K: active_kernels()->act_q8_K(x, dst, n); break;
     default: break;
     }
 }

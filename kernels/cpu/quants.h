@@ -201,6 +201,7 @@ typedef struct exo_kernel_set {
     exo_vec_dot_fn vec_dot;
     exo_to_float_fn to_float;
     exo_vec_dot_x4_fn vec_dot_x4;
+    int x4_min_tokens;            /* as in exo_type_traits */
     exo_vec_dot_packed_fn vec_dot_packed;
 } exo_kernel_set;
 
@@ -213,10 +214,11 @@ enum exo_isa {
  * off x86). Whether the CPU runs them is the caller's question. */
 const exo_kernel_set *exo_quants_kernels(int dtype, int isa);
 
-/* Detects CPU features once and fills the fast entries; safe to call many times.
- * With EXO_FORCE_SCALAR=1 in the environment the _ref kernels are used; with
- * EXO_DISABLE_AVX512=1 the AVX2 ones even where AVX-512 VNNI is there. Also
- * runs exo_vec_init() (vec.h). */
+/* Detects CPU features once and picks the traits table of the newest
+ * instruction set the CPU has (the tables themselves are const); safe to call
+ * many times. With EXO_FORCE_SCALAR=1 in the environment the _ref kernels are
+ * used; with EXO_DISABLE_AVX512=1 the AVX2 ones even where AVX-512 VNNI is
+ * there. Also runs exo_vec_init() (vec.h). */
 void exo_quants_init(void);
 
 /* Whether the AVX2/FMA kernels were chosen (also true when AVX-512 ones were:
@@ -226,7 +228,10 @@ bool exo_quants_have_avx2(void);
 /* Whether the AVX-512 VNNI kernels (F, BW, VL, VNNI) were chosen. */
 bool exo_quants_have_avx512(void);
 
-/* Traits for a weight dtype, or NULL when the dtype is not supported. */
+/* Traits for a weight dtype, or NULL when the dtype is not supported. An
+ * entry never changes: one taken before exo_quants_init() keeps the _ref
+ * kernels (correct, only slower); init makes later calls return the fast
+ * table's entries. */
 const exo_type_traits *exo_type_traits_get(int dtype);
 
 /* Bytes of a row of n elements of dtype (n a multiple of its block size). */

@@ -1,9 +1,10 @@
 /* quants_avx2.h: the AVX2/FMA/F16C kernels (internal).
  *
  * quants_avx2.c is the only file built with -mavx2 -mfma -mf16c; quants.c is
- * built without them and only calls these functions after exo_quants_init()
- * has seen the CPU support all three. Contracts are the ones of the matching
- * _ref kernels in quants.c (see quants.h). */
+ * built without them and names these functions only in the tables
+ * exo_quants_init() picks after seeing the CPU support all three (or in
+ * exo_quants_kernels(), whose callers check the CPU). Contracts are the ones
+ * of the matching _ref kernels in quants.c (see quants.h). */
 #ifndef EXO_QUANTS_AVX2_H
 #define EXO_QUANTS_AVX2_H
 

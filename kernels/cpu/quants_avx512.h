@@ -1,8 +1,9 @@
 /* quants_avx512.h: the AVX-512 VNNI kernels (internal).
  *
  * quants_avx512.c is the only file built with -mavx512f -mavx512bw
- * -mavx512vl -mavx512vnni (plus the AVX2 set); quants.c calls these only
- * after exo_quants_init() has seen the CPU support all of them. The one-row
+ * -mavx512vl -mavx512vnni (plus the AVX2 set); quants.c names these only in
+ * the table exo_quants_init() picks after seeing the CPU support all of them
+ * (or in exo_quants_kernels(), whose callers check the CPU). The one-row
  * dots have the contracts of the matching _ref kernels in quants.c; the
  * four-row dots are exo_vec_dot_x4_fn (see quants.h). */
 #ifndef EXO_QUANTS_AVX512_H
