@@ -265,6 +265,10 @@ static const int all_dtypes[] = {
 };
 #define N_DTYPES ((int)(sizeof all_dtypes / sizeof all_dtypes[0]))
 
+/* Entries handed out before exo_quants_init(), and copies of them then. */
+static const exo_type_traits *early[N_DTYPES];
+static exo_type_traits early_copy[N_DTYPES];
+
 static void test_traits_before_init(void)
 {
     /* before exo_quants_init() everything already points at the _ref kernels */
@@ -274,6 +278,43 @@ static void test_traits_before_init(void)
         if (!t) continue;
         CHECK(t->vec_dot == t->vec_dot_ref && t->to_float == t->to_float_ref);
         CHECK(t->vec_dot_ref && t->to_float_ref && t->from_float_ref);
+        early[k] = t;
+        memcpy(&early_copy[k], t, sizeof *t);
+    }
+}
+
+/* Init picks a table; it never rewrites an entry. A thread that took its
+ * traits before init (or while another thread ran it) keeps a consistent
+ * set of kernels: the _ref ones, correct if slower. With the old table that
+ * init patched in place, this fails wherever AVX2 is picked. */
+static void test_traits_unchanged_by_init(void)
+{
+    for (int k = 0; k < N_DTYPES; k++) {
+        if (!early[k]) continue;
+        CHECK_MSG(memcmp(early[k], &early_copy[k], sizeof early_copy[k]) == 0, "%s: entry changed by init",
+                  early_copy[k].name);
+        CHECK(early[k]->vec_dot == early[k]->vec_dot_ref && early[k]->to_float == early[k]->to_float_ref);
+    }
+}
+
+/* The traits in use are exactly the chosen instruction sets' kernels
+ * (exo_quants_kernels) over the _ref ones, the newest set first: so every
+ * kernel the dispatch runs is one that test_format compares with _ref through
+ * paths_for. */
+static void test_traits_layering(void)
+{
+    for (int k = 0; k < N_DTYPES; k++) {
+        const exo_type_traits *t = exo_type_traits_get(all_dtypes[k]);
+        const exo_kernel_set *a2 = exo_quants_have_avx2() ? exo_quants_kernels(all_dtypes[k], EXO_ISA_AVX2) : NULL;
+        const exo_kernel_set *a5 = exo_quants_have_avx512() ? exo_quants_kernels(all_dtypes[k], EXO_ISA_AVX512) : NULL;
+#define NEWEST(member, none) (a5 && a5->member ? a5->member : a2 && a2->member ? a2->member : (none))
+        CHECK_MSG(t->vec_dot == NEWEST(vec_dot, t->vec_dot_ref), "%s: vec_dot", t->name);
+        CHECK_MSG(t->to_float == NEWEST(to_float, t->to_float_ref), "%s: to_float", t->name);
+        CHECK_MSG(t->vec_dot_x4 == NEWEST(vec_dot_x4, NULL), "%s: vec_dot_x4", t->name);
+        CHECK_MSG(t->vec_dot_packed == NEWEST(vec_dot_packed, NULL), "%s: vec_dot_packed", t->name);
+#undef NEWEST
+        int x4_min = a5 && a5->vec_dot_x4 ? a5->x4_min_tokens : a2 && a2->vec_dot_x4 ? a2->x4_min_tokens : 0;
+        CHECK_MSG(t->x4_min_tokens == x4_min, "%s: x4_min_tokens", t->name);
     }
 }
 
@@ -1229,6 +1270,8 @@ int main(void)
     test_layout();
     test_dtype_table();
     test_traits();
+    test_traits_unchanged_by_init();
+    test_traits_layering();
     test_half();
     test_bf16();
     test_known_blocks();
