@@ -1,13 +1,14 @@
 /* vec.c: the scalar f32 helpers, and the run-time choice between them and
  * the AVX2/FMA ones in vec_avx2.c.
  *
- * Each public helper calls through a pointer that starts at the _ref
- * version, so it is correct before exo_vec_init(); init swaps in the fast
- * version once. */
+ * Each public helper calls through one of two const tables (scalar, AVX2):
+ * the scalar one until exo_vec_init(), so the helpers are correct before it;
+ * init only chooses which table is read. */
 #include "vec.h"
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,22 +85,46 @@ typedef void (*dots_fn)(int n, const float *q, const uint16_t *k, size_t k_strid
 typedef void (*wsum_fn)(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
 typedef void (*to_f16_fn)(int n, const float *x, uint16_t *y);
 
-static dots_fn dots_impl = exo_vec_dots_f16_ref;
-static wsum_fn wsum_impl = exo_vec_wsum_f16_ref;
-static to_f16_fn to_f16_impl = exo_vec_f16_from_f32_ref;
-static swiglu_fn swiglu_impl = exo_vec_swiglu_f32_ref;
-static bool have_avx2;
+/* The helpers for one instruction set, fixed at compile time. */
+typedef struct {
+    dots_fn dots;
+    wsum_fn wsum;
+    to_f16_fn to_f16;
+    swiglu_fn swiglu;
+    bool avx2;
+} vec_kernels;
+
+static const vec_kernels vec_scalar = {
+    .dots = exo_vec_dots_f16_ref,
+    .wsum = exo_vec_wsum_f16_ref,
+    .to_f16 = exo_vec_f16_from_f32_ref,
+    .swiglu = exo_vec_swiglu_f32_ref,
+};
+
+#if EXO_VEC_X86
+static const vec_kernels vec_avx2 = {
+    .dots = exo_vec_f16_dots_avx2,
+    .wsum = exo_vec_f16_wsum_avx2,
+    .to_f16 = exo_vec_f16_from_f32_avx2,
+    .swiglu = exo_vec_f32_swiglu_avx2,
+    .avx2 = true,
+};
+#endif
+
+/* The set in use. Atomic only so that a caller that skipped exo_vec_init()
+ * may run beside it; the sets never change, so relaxed loads suffice. */
+static _Atomic(const vec_kernels *) active = &vec_scalar;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static inline const vec_kernels *active_kernels(void)
+{
+    return atomic_load_explicit(&active, memory_order_relaxed);
+}
 
 static void vec_init_once(void)
 {
 #if EXO_VEC_X86
-    if (!exo_cpu_features_get()->avx2) return;
-    dots_impl = exo_vec_f16_dots_avx2;
-    wsum_impl = exo_vec_f16_wsum_avx2;
-    to_f16_impl = exo_vec_f16_from_f32_avx2;
-    swiglu_impl = exo_vec_f32_swiglu_avx2;
-    have_avx2 = true;
+    if (exo_cpu_features_get()->avx2) atomic_store_explicit(&active, &vec_avx2, memory_order_relaxed);
 #endif
 }
 
@@ -110,25 +135,25 @@ void exo_vec_init(void)
 
 bool exo_vec_have_avx2(void)
 {
-    return have_avx2;
+    return active_kernels()->avx2;
 }
 
 void exo_vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
-    dots_impl(n, q, k, k_stride, count, out);
+    active_kernels()->dots(n, q, k, k_stride, count, out);
 }
 
 void exo_vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
-    wsum_impl(n, w, v, v_stride, count, out);
+    active_kernels()->wsum(n, w, v, v_stride, count, out);
 }
 
 void exo_vec_f16_from_f32(int n, const float *x, uint16_t *y)
 {
-    to_f16_impl(n, x, y);
+    active_kernels()->to_f16(n, x, y);
 }
 
 void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out)
 {
-    swiglu_impl(n, gate, up, out);
+    active_kernels()->swiglu(n, gate, up, out);
 }

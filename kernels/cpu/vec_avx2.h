@@ -1,7 +1,8 @@
 /* vec_avx2.h: the AVX2/FMA versions of vec.h's helpers (internal).
  *
- * vec_avx2.c is built with -mavx2 -mfma -mf16c; vec.c calls these only after
- * exo_vec_init() has seen the CPU support them. Contracts as in vec.h. */
+ * vec_avx2.c is built with -mavx2 -mfma -mf16c; vec.c names these only in
+ * the table exo_vec_init() picks after seeing the CPU support them.
+ * Contracts as in vec.h. */
 #ifndef EXO_VEC_AVX2_H
 #define EXO_VEC_AVX2_H
 
