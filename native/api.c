@@ -39,19 +39,19 @@ const char *exo_version(void)
 
 int exo_runtime_set_threads(int n_threads)
 {
-    if (n_threads < 0) return exo_error_set(EXO_EINVAL, "thread count %d is negative", n_threads);
-    return exo_pool_global_set_threads(n_threads);
+    if (n_threads < 0) return exo__error_set(EXO_EINVAL, "thread count %d is negative", n_threads);
+    return exo__pool_global_set_threads(n_threads);
 }
 
 int exo_runtime_threads(void)
 {
-    return exo_pool_threads(exo_pool_global());
+    return exo__pool_threads(exo__pool_global());
 }
 
 const char *exo_runtime_cpu_features(void)
 {
-    exo_quants_init();
-    return exo_quants_have_avx512() ? "avx512vnni avx2 fma f16c" : exo_quants_have_avx2() ? "avx2 fma f16c" : "scalar";
+    exo__quants_init();
+    return exo__quants_have_avx512() ? "avx512vnni avx2 fma f16c" : exo__quants_have_avx2() ? "avx2 fma f16c" : "scalar";
 }
 
 /* ---- model files -------------------------------------------------------- */
@@ -62,11 +62,11 @@ struct exo_file {
 
 int exo_file_open(const char *path, exo_file **out)
 {
-    if (!path || !out) return exo_error_set(EXO_EINVAL, "exo_file_open: NULL argument");
+    if (!path || !out) return exo__error_set(EXO_EINVAL, "exo_file_open: NULL argument");
     *out = NULL;
     exo_file *f = calloc(1, sizeof *f);
-    if (!f) return exo_error_set(EXO_ENOMEM, "out of memory");
-    int rc = exo_gguf_open(path, &f->g);
+    if (!f) return exo__error_set(EXO_ENOMEM, "out of memory");
+    int rc = exo__gguf_open(path, &f->g);
     if (rc) {
         free(f);
         return rc;
@@ -78,93 +78,93 @@ int exo_file_open(const char *path, exo_file **out)
 void exo_file_close(exo_file *f)
 {
     if (!f) return;
-    exo_gguf_close(f->g);
+    exo__gguf_close(f->g);
     free(f);
 }
 
 int64_t exo_file_meta_count(const exo_file *f)
 {
-    return f ? exo_gguf_kv_count(f->g) : 0;
+    return f ? exo__gguf_kv_count(f->g) : 0;
 }
 
 const char *exo_file_meta_key(const exo_file *f, int64_t i)
 {
-    if (!f || i < 0 || i >= exo_gguf_kv_count(f->g)) return NULL;
-    return exo_gguf_key_name(f->g, i);
+    if (!f || i < 0 || i >= exo__gguf_kv_count(f->g)) return NULL;
+    return exo__gguf_key_name(f->g, i);
 }
 
 int exo_file_meta_type(const exo_file *f, int64_t i)
 {
-    if (!f || i < 0 || i >= exo_gguf_kv_count(f->g)) return -1;
-    return exo_gguf_kv_type(f->g, i);
+    if (!f || i < 0 || i >= exo__gguf_kv_count(f->g)) return -1;
+    return exo__gguf_kv_type(f->g, i);
 }
 
 int exo_file_get_str(const exo_file *f, const char *key, const char **s, size_t *len)
 {
-    if (!f || !key || !s || !len) return exo_error_set(EXO_EINVAL, "exo_file_get_str: NULL argument");
-    return exo_gguf_get_str(f->g, key, s, len);
+    if (!f || !key || !s || !len) return exo__error_set(EXO_EINVAL, "exo_file_get_str: NULL argument");
+    return exo__gguf_get_str(f->g, key, s, len);
 }
 
 int exo_file_get_int(const exo_file *f, const char *key, int64_t *out)
 {
-    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_int: NULL argument");
-    return exo_gguf_get_i64(f->g, key, out);
+    if (!f || !key || !out) return exo__error_set(EXO_EINVAL, "exo_file_get_int: NULL argument");
+    return exo__gguf_get_i64(f->g, key, out);
 }
 
 int exo_file_get_float(const exo_file *f, const char *key, double *out)
 {
-    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_float: NULL argument");
+    if (!f || !key || !out) return exo__error_set(EXO_EINVAL, "exo_file_get_float: NULL argument");
     float v;
-    int rc = exo_gguf_get_f32(f->g, key, &v);
+    int rc = exo__gguf_get_f32(f->g, key, &v);
     if (rc == EXO_OK) *out = v;
     return rc;
 }
 
 int exo_file_get_bool(const exo_file *f, const char *key, int *out)
 {
-    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_bool: NULL argument");
+    if (!f || !key || !out) return exo__error_set(EXO_EINVAL, "exo_file_get_bool: NULL argument");
     bool v;
-    int rc = exo_gguf_get_bool(f->g, key, &v);
+    int rc = exo__gguf_get_bool(f->g, key, &v);
     if (rc == EXO_OK) *out = v;
     return rc;
 }
 
 int exo_file_get_arr_info(const exo_file *f, const char *key, int *elem_type, uint64_t *len)
 {
-    if (!f || !key || !elem_type || !len) return exo_error_set(EXO_EINVAL, "exo_file_get_arr_info: NULL argument");
-    return exo_gguf_get_arr(f->g, key, elem_type, len);
+    if (!f || !key || !elem_type || !len) return exo__error_set(EXO_EINVAL, "exo_file_get_arr_info: NULL argument");
+    return exo__gguf_get_arr(f->g, key, elem_type, len);
 }
 
 static int file_array(const exo_file *f, const char *key, uint64_t j, int *elem_type, int64_t *kv)
 {
     uint64_t len;
-    int rc = exo_gguf_get_arr(f->g, key, elem_type, &len);
+    int rc = exo__gguf_get_arr(f->g, key, elem_type, &len);
     if (rc) return rc;
-    if (j >= len) return exo_error_set(EXO_ERANGE, "index %llu past the %llu elements of '%s'", (unsigned long long)j,
+    if (j >= len) return exo__error_set(EXO_ERANGE, "index %llu past the %llu elements of '%s'", (unsigned long long)j,
                                        (unsigned long long)len, key);
-    *kv = exo_gguf_find_key(f->g, key);
+    *kv = exo__gguf_find_key(f->g, key);
     return EXO_OK;
 }
 
 int exo_file_get_arr_str(const exo_file *f, const char *key, uint64_t j, const char **s, size_t *len)
 {
-    if (!f || !key || !s || !len) return exo_error_set(EXO_EINVAL, "exo_file_get_arr_str: NULL argument");
+    if (!f || !key || !s || !len) return exo__error_set(EXO_EINVAL, "exo_file_get_arr_str: NULL argument");
     int elem_type;
     int64_t kv = -1;
     int rc = file_array(f, key, j, &elem_type, &kv);
     if (rc) return rc;
-    if (elem_type != EXO_GGUF_STRING) return exo_error_set(EXO_EFORMAT, "'%s' is not an array of strings", key);
-    return exo_gguf_arr_str(f->g, kv, j, s, len);
+    if (elem_type != EXO_GGUF_STRING) return exo__error_set(EXO_EFORMAT, "'%s' is not an array of strings", key);
+    return exo__gguf_arr_str(f->g, kv, j, s, len);
 }
 
 int exo_file_get_arr_num(const exo_file *f, const char *key, uint64_t j, double *out)
 {
-    if (!f || !key || !out) return exo_error_set(EXO_EINVAL, "exo_file_get_arr_num: NULL argument");
+    if (!f || !key || !out) return exo__error_set(EXO_EINVAL, "exo_file_get_arr_num: NULL argument");
     int elem_type;
     int64_t kv = -1;
     int rc = file_array(f, key, j, &elem_type, &kv);
     if (rc) return rc;
-    const unsigned char *p = exo_gguf_arr_data(f->g, kv);
+    const unsigned char *p = exo__gguf_arr_data(f->g, kv);
     /* Array data may be unaligned in the file: copy each element out. */
 #define READ_AS(ctype)                          \
     {                                           \
@@ -185,23 +185,23 @@ int exo_file_get_arr_num(const exo_file *f, const char *key, uint64_t j, double 
     case EXO_GGUF_UINT64: READ_AS(uint64_t)
     case EXO_GGUF_INT64: READ_AS(int64_t)
     case EXO_GGUF_FLOAT64: READ_AS(double)
-    default: return exo_error_set(EXO_EFORMAT, "'%s' is not an array of numbers", key);
+    default: return exo__error_set(EXO_EFORMAT, "'%s' is not an array of numbers", key);
     }
 #undef READ_AS
 }
 
 int64_t exo_file_tensor_count(const exo_file *f)
 {
-    return f ? exo_gguf_tensor_count(f->g) : 0;
+    return f ? exo__gguf_tensor_count(f->g) : 0;
 }
 
 int exo_file_tensor_info(const exo_file *f, int64_t i, const char **name, int *dtype, int *n_dims, int64_t *ne,
                          uint64_t *nbytes)
 {
     if (!f || !name || !dtype || !n_dims || !ne || !nbytes)
-        return exo_error_set(EXO_EINVAL, "exo_file_tensor_info: NULL argument");
-    if (i < 0 || i >= exo_gguf_tensor_count(f->g)) return exo_error_set(EXO_ERANGE, "no tensor %lld", (long long)i);
-    const exo_gguf_tensor *t = exo_gguf_tensor_at(f->g, i);
+        return exo__error_set(EXO_EINVAL, "exo_file_tensor_info: NULL argument");
+    if (i < 0 || i >= exo__gguf_tensor_count(f->g)) return exo__error_set(EXO_ERANGE, "no tensor %lld", (long long)i);
+    const exo_gguf_tensor *t = exo__gguf_tensor_at(f->g, i);
     *name = t->name;
     *dtype = t->dtype;
     *n_dims = t->n_dims;
@@ -213,8 +213,8 @@ int exo_file_tensor_info(const exo_file *f, int64_t i, const char **name, int *d
 const char *exo_dtype_name(int dtype)
 {
     /* the kernels' spelling ("q4_K") for the types exo runs, GGUF's for the others */
-    const exo_type_traits *tr = exo_type_traits_get(dtype);
-    const exo_dtype_info *info = exo_dtype_info_get(dtype);
+    const exo_type_traits *tr = exo__type_traits_get(dtype);
+    const exo_dtype_info *info = exo__dtype_info_get(dtype);
     return tr ? tr->name : info ? info->name : "unknown";
 }
 
@@ -256,29 +256,29 @@ double exo_measure_mem_bandwidth(size_t bytes, int reps)
     size_t n = bytes / sizeof(float);
     if (n < 1024) n = 1024;
     if (reps < 1) reps = 1;
-    float *a = exo_aligned_alloc(n * sizeof(float)), *b = exo_aligned_alloc(n * sizeof(float));
+    float *a = exo__aligned_alloc(n * sizeof(float)), *b = exo__aligned_alloc(n * sizeof(float));
     if (!a || !b) {
-        exo_aligned_free(a);
-        exo_aligned_free(b);
+        exo__aligned_free(a);
+        exo__aligned_free(b);
         return 0;
     }
     for (size_t i = 0; i < n; i++) a[i] = (float)i, b[i] = 0;
-    exo_pool *pool = exo_pool_global();
+    exo_pool *pool = exo__pool_global();
     double best = INFINITY;
     /* The VM's bandwidth depends on how the copy is cut (few long streams or
      * many short ones); the best over several cuts is the machine's figure. */
     const int64_t cuts[] = {1, 4, 16};
     for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
-        copy_job job = {a, b, n, cuts[c] * exo_pool_threads(pool)};
+        copy_job job = {a, b, n, cuts[c] * exo__pool_threads(pool)};
         for (int r = 0; r < reps; r++) {
             double t0 = exo_now();
-            exo_pool_for(pool, job.blocks, 1, copy_range, &job);
+            exo__pool_for(pool, job.blocks, 1, copy_range, &job);
             double dt = exo_now() - t0;
             if (dt < best) best = dt;
         }
     }
-    exo_aligned_free(a);
-    exo_aligned_free(b);
+    exo__aligned_free(a);
+    exo__aligned_free(b);
     return 2.0 * (double)n * sizeof(float) / best / 1e9;
 }
 
@@ -304,10 +304,10 @@ extern void openblas_set_num_threads(int);
 
 double exo_measure_flops_fp32(int reps)
 {
-    exo_pool *pool = exo_pool_global();
-    int threads = exo_pool_threads(pool);
+    exo_pool *pool = exo__pool_global();
+    int threads = exo__pool_threads(pool);
     size_t floats = (size_t)threads * 3 * FLOPS_N * FLOPS_N;
-    float *buf = exo_aligned_alloc(floats * sizeof(float));
+    float *buf = exo__aligned_alloc(floats * sizeof(float));
     if (!buf) return 0;
     for (size_t i = 0; i < floats; i++) buf[i] = (float)(i % 7) * 0.25f;
     openblas_set_num_threads(1);
@@ -317,10 +317,10 @@ double exo_measure_flops_fp32(int reps)
     if (reps < 1) reps = 1;
     for (int r = 0; r < reps; r++) {
         double t0 = exo_now();
-        exo_pool_for(pool, items, 1, flops_run, &job);
+        exo__pool_for(pool, items, 1, flops_run, &job);
         double dt = exo_now() - t0;
         if (dt < best) best = dt;
     }
-    exo_aligned_free(buf);
+    exo__aligned_free(buf);
     return 2.0 * FLOPS_N * FLOPS_N * FLOPS_N * FLOPS_GEMMS * (double)items / best / 1e9;
 }

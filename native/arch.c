@@ -8,14 +8,14 @@
 
 #include "model.h"
 
-extern const exo_arch exo_arch_llama, exo_arch_qwen2, exo_arch_qwen3, exo_arch_gemma3, exo_arch_phi3;
+extern const exo_arch exo__arch_llama, exo__arch_qwen2, exo__arch_qwen3, exo__arch_gemma3, exo__arch_phi3;
 
 static const exo_arch *const archs[] = {
-    &exo_arch_llama, &exo_arch_qwen2, &exo_arch_qwen3, &exo_arch_gemma3, &exo_arch_phi3,
+    &exo__arch_llama, &exo__arch_qwen2, &exo__arch_qwen3, &exo__arch_gemma3, &exo__arch_phi3,
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
 
-const exo_arch *exo_arch_find(const char *name)
+const exo_arch *exo__arch_find(const char *name)
 {
     for (size_t i = 0; i < N_ARCHS; i++)
         if (!strcmp(archs[i]->name, name)) return archs[i];
@@ -33,7 +33,7 @@ static void join_names(void)
     }
 }
 
-const char *exo_arch_names(void)
+const char *exo__arch_names(void)
 {
     pthread_once(&names_once, join_names);
     return names;

@@ -128,8 +128,8 @@ struct exo_backend {
 };
 
 /* The CPU backend (the process's compute pool). */
-exo_backend *exo_backend_cpu(void);
+exo_backend *exo__backend_cpu(void);
 /* A backend by name ("cpu"), or NULL when this build has none of that name. */
-exo_backend *exo_backend_find(const char *name);
+exo_backend *exo__backend_find(const char *name);
 
 #endif

@@ -76,7 +76,7 @@ static int cpu_reserve(exo_backend *be, int max_tokens, int max_dim, int max_ctx
 {
     cpu_ctx *c = be->ctx;
     if (max_tokens < 1 || max_dim < 1 || max_ctx < 1)
-        return exo_error_set(EXO_EINVAL, "reserve of %d tokens x %d, context %d", max_tokens, max_dim, max_ctx);
+        return exo__error_set(EXO_EINVAL, "reserve of %d tokens x %d, context %d", max_tokens, max_dim, max_ctx);
     pthread_mutex_lock(&c->want_lock);
     if (max_tokens > c->want_tokens) c->want_tokens = max_tokens;
     if (max_dim > c->want_dim) c->want_dim = max_dim;
@@ -91,29 +91,29 @@ static int cpu_prepare(exo_backend *be)
     pthread_mutex_lock(&c->want_lock);
     int max_tokens = c->want_tokens, max_dim = c->want_dim, max_ctx = c->want_ctx;
     pthread_mutex_unlock(&c->want_lock);
-    int n_threads = exo_pool_threads(c->pool);
+    int n_threads = exo__pool_threads(c->pool);
     if (max_tokens <= c->max_tokens && max_dim <= c->max_dim && max_ctx <= c->max_ctx && n_threads <= c->n_threads)
         return EXO_OK;
     if (max_tokens < c->max_tokens) max_tokens = c->max_tokens;
     if (max_dim < c->max_dim) max_dim = c->max_dim;
     if (max_ctx < c->max_ctx) max_ctx = c->max_ctx;
 
-    size_t act_row = exo_act_row_size(EXO_ACT_Q8_32, max_dim);
-    size_t act_row_k = exo_act_row_size(EXO_ACT_Q8_K, max_dim);
+    size_t act_row = exo__act_row_size(EXO_ACT_Q8_32, max_dim);
+    size_t act_row_k = exo__act_row_size(EXO_ACT_Q8_K, max_dim);
     if (act_row_k > act_row) act_row = act_row_k;
-    void *act = exo_aligned_alloc(act_row * (size_t)max_tokens);
-    float *tiles = exo_aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads);
-    float *scores = exo_aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads);
+    void *act = exo__aligned_alloc(act_row * (size_t)max_tokens);
+    float *tiles = exo__aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads);
+    float *scores = exo__aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads);
     if (!act || !tiles || !scores) {
-        exo_aligned_free(act);
-        exo_aligned_free(tiles);
-        exo_aligned_free(scores);
-        return exo_error_set(EXO_ENOMEM, "out of memory for CPU scratch of %d tokens x %d, context %d", max_tokens,
+        exo__aligned_free(act);
+        exo__aligned_free(tiles);
+        exo__aligned_free(scores);
+        return exo__error_set(EXO_ENOMEM, "out of memory for CPU scratch of %d tokens x %d, context %d", max_tokens,
                              max_dim, max_ctx);
     }
-    exo_aligned_free(c->act);
-    exo_aligned_free(c->tiles);
-    exo_aligned_free(c->scores);
+    exo__aligned_free(c->act);
+    exo__aligned_free(c->tiles);
+    exo__aligned_free(c->scores);
     c->act = act;
     c->tiles = tiles;
     c->scores = scores;
@@ -130,17 +130,17 @@ static int cpu_prepare(exo_backend *be)
 static void *cpu_alloc(exo_backend *be, size_t bytes, int kind)
 {
     (void)be;
-    if (kind == EXO_BUFFER_WEIGHTS) return exo_weights_alloc(bytes);
-    return exo_aligned_alloc(bytes);
+    if (kind == EXO_BUFFER_WEIGHTS) return exo__weights_alloc(bytes);
+    return exo__aligned_alloc(bytes);
 }
 
 static void cpu_release(exo_backend *be, void *p, size_t bytes, int kind)
 {
     (void)be;
     if (kind == EXO_BUFFER_WEIGHTS)
-        exo_weights_free(p, bytes);
+        exo__weights_free(p, bytes);
     else
-        exo_aligned_free(p);
+        exo__aligned_free(p);
 }
 
 static void cpu_copy(exo_backend *be, float *dst, const float *src, size_t n)
@@ -179,7 +179,7 @@ typedef struct matmul_job {
 static const void *weight_row(const exo_tensor *w, int64_t r, void *buf)
 {
     if (!w->packed) return exo_tensor_row(w, r);
-    exo_type_traits_get(w->dtype)->unpack_x4_row((const char *)w->packed + (size_t)(r / 4) * 4 * w->nb[1], (int)(r % 4),
+    exo__type_traits_get(w->dtype)->unpack_x4_row((const char *)w->packed + (size_t)(r / 4) * 4 * w->nb[1], (int)(r % 4),
                                                  (int)w->ne[0], buf);
     return buf;
 }
@@ -257,8 +257,8 @@ static void gelu_table_init(void)
 {
     const float sqrt_2_over_pi = 0.79788456080286535588f;
     for (int h = 0; h < (1 << 16); h++) {
-        float x = exo_half_to_float((exo_half)h);
-        gelu_f16_table[h] = exo_float_to_half(0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + 0.044715f * x * x))));
+        float x = exo__half_to_float((exo_half)h);
+        gelu_f16_table[h] = exo__float_to_half(0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + 0.044715f * x * x))));
     }
 }
 
@@ -272,7 +272,7 @@ static void geglu(int n, const float *gate, const float *up, float *out)
         else if (x >= 10.0f)
             out[i] = x * up[i];
         else
-            out[i] = exo_half_to_float(gelu_f16_table[exo_float_to_half(x)]) * up[i];
+            out[i] = exo__half_to_float(gelu_f16_table[exo__float_to_half(x)]) * up[i];
     }
 }
 
@@ -284,7 +284,7 @@ static void glu_apply(int act, const float *gate, const float *up, float *out, i
         if (act == EXO_FFN_GELU_TANH)
             geglu(len, gate + i, up + i, out + i);
         else /* a vectorised exp: with expf this was the largest serial step of a decode pass */
-            exo_vec_swiglu_f32(len, gate + i, up + i, out + i);
+            exo__vec_swiglu_f32(len, gate + i, up + i, out + i);
     }
 }
 
@@ -309,7 +309,7 @@ static void matmul_quantize_rows(void *ctx, int64_t begin, int64_t end, int thre
     (void)thread;
     matmul_job *j = ctx;
     for (int64_t t = begin; t < end; t++)
-        exo_quantize_act(j->act_type, j->x + (size_t)t * j->k, (char *)j->act + (size_t)t * j->act_stride, j->k);
+        exo__quantize_act(j->act_type, j->x + (size_t)t * j->k, (char *)j->act + (size_t)t * j->act_stride, j->k);
 }
 
 static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
@@ -342,13 +342,13 @@ static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
 static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const float *x, int n_tokens, int glu_act)
 {
     if (n_outs < 1 || n_outs > MATMUL_MAX_OUTS)
-        return exo_error_set(EXO_EINVAL, "matmul of %d outputs (1 to %d)", n_outs, MATMUL_MAX_OUTS);
+        return exo__error_set(EXO_EINVAL, "matmul of %d outputs (1 to %d)", n_outs, MATMUL_MAX_OUTS);
     matmul_job job = {.c = c, .outs = outs, .n_outs = n_outs, .x = x, .k = (int)outs[0].w->ne[0], .n_tokens = n_tokens,
                       .glu_act = glu_act};
     for (int o = 0; o < n_outs; o++) {
-        job.tr[o] = exo_type_traits_get(outs[o].w->dtype);
-        if (!job.tr[o]) return exo_error_set(EXO_ENOTSUP, "matmul: unsupported weight dtype %d", outs[o].w->dtype);
-        if (outs[o].w->ne[0] != job.k) return exo_error_set(EXO_EINVAL, "matmul outputs differ in input width");
+        job.tr[o] = exo__type_traits_get(outs[o].w->dtype);
+        if (!job.tr[o]) return exo__error_set(EXO_ENOTSUP, "matmul: unsupported weight dtype %d", outs[o].w->dtype);
+        if (outs[o].w->ne[0] != job.k) return exo__error_set(EXO_EINVAL, "matmul outputs differ in input width");
     }
     /* Outputs whose weights want different activation formats, or of which
      * only some are packed, run one by one. */
@@ -364,10 +364,10 @@ static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const 
         }
     }
     if (n_tokens > c->max_tokens || job.k > c->max_dim)
-        return exo_error_set(EXO_ERANGE, "matmul of %d tokens x %d over the reserved %d x %d", n_tokens, job.k,
+        return exo__error_set(EXO_ERANGE, "matmul of %d tokens x %d over the reserved %d x %d", n_tokens, job.k,
                              c->max_tokens, c->max_dim);
     exo_pool *pool = c->pool;
-    int n_threads = exo_pool_threads(pool);
+    int n_threads = exo__pool_threads(pool);
 
     if (n_tokens >= c->gemm_min_tokens) {
         int64_t total_rows = 0;
@@ -379,7 +379,7 @@ static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const 
             job.tile_rows[o] = tile_rows;
             job.first[o + 1] = job.first[o] + (outs[o].w->ne[1] + tile_rows - 1) / tile_rows;
         }
-        exo_pool_for(pool, job.first[n_outs], 1, matmul_gemm_tiles, &job);
+        exo__pool_for(pool, job.first[n_outs], 1, matmul_gemm_tiles, &job);
         if (glu_act >= 0) glu_apply(glu_act, outs[0].y, outs[1].y, outs[0].y, (int64_t)n_tokens * outs[0].w->ne[1]);
         return EXO_OK;
     }
@@ -390,21 +390,21 @@ static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const 
         job.act_stride = sizeof(float) * (size_t)job.k;
     } else {
         job.act = c->act;
-        job.act_stride = exo_act_row_size(job.act_type, job.k);
+        job.act_stride = exo__act_row_size(job.act_type, job.k);
         /* A few rows quantize faster on this thread than a pool round trip. */
         if (n_tokens <= 4)
             matmul_quantize_rows(&job, 0, n_tokens, 0);
         else
-            exo_pool_for(pool, n_tokens, 1, matmul_quantize_rows, &job);
+            exo__pool_for(pool, n_tokens, 1, matmul_quantize_rows, &job);
     }
     job.packed = outs[0].w->packed != NULL;
     const int64_t unit = job.packed ? 4 : 1;
     for (int o = 0; o < n_outs; o++) job.first[o + 1] = job.first[o] + outs[o].w->ne[1] / unit;
     /* 16 rows per chunk at least: a chunk is then a few KiB of weights. */
     if (glu_act >= 0)
-        exo_pool_for(pool, job.first[1], 16 / unit, matmul_glu_rows, &job);
+        exo__pool_for(pool, job.first[1], 16 / unit, matmul_glu_rows, &job);
     else
-        exo_pool_for(pool, job.first[n_outs], 16 / unit, matmul_dot_rows, &job);
+        exo__pool_for(pool, job.first[n_outs], 16 / unit, matmul_dot_rows, &job);
     return EXO_OK;
 }
 
@@ -417,10 +417,10 @@ static int cpu_matmul_glu(exo_backend *be, const exo_tensor *w_gate, const exo_t
                           float *gate, float *up, int act)
 {
     if (w_gate->ne[1] != w_up->ne[1])
-        return exo_error_set(EXO_EINVAL, "glu: gate has %lld rows, up %lld", (long long)w_gate->ne[1],
+        return exo__error_set(EXO_EINVAL, "glu: gate has %lld rows, up %lld", (long long)w_gate->ne[1],
                              (long long)w_up->ne[1]);
     if (act != EXO_FFN_SILU && act != EXO_FFN_GELU_TANH)
-        return exo_error_set(EXO_EINVAL, "glu: unknown activation %d", act);
+        return exo__error_set(EXO_EINVAL, "glu: unknown activation %d", act);
     const int n = (int)w_gate->ne[1];
     exo_matmul_out outs[2] = {{w_gate, gate, n}, {w_up, up, n}};
     return matmul_run(be->ctx, outs, 2, x, n_tokens, act);
@@ -487,7 +487,7 @@ static void cpu_to_f16(exo_backend *be, const float *x, uint16_t *y, int64_t n)
     (void)be;
     for (int64_t i = 0; i < n; i += INT32_MAX / 2) {
         int len = (int)(n - i < INT32_MAX / 2 ? n - i : INT32_MAX / 2);
-        exo_vec_f16_from_f32(len, x + i, y + i);
+        exo__vec_f16_from_f32(len, x + i, y + i);
     }
 }
 
@@ -506,12 +506,12 @@ static void cpu_scale(exo_backend *be, float *y, float factor, int64_t n)
 static int cpu_get_rows(exo_backend *be, const exo_tensor *emb, const int32_t *ids, int n_tokens, float *out)
 {
     (void)be;
-    const exo_type_traits *tr = exo_type_traits_get(emb->dtype);
-    if (!tr) return exo_error_set(EXO_ENOTSUP, "embedding dtype %d unsupported", emb->dtype);
+    const exo_type_traits *tr = exo__type_traits_get(emb->dtype);
+    if (!tr) return exo__error_set(EXO_ENOTSUP, "embedding dtype %d unsupported", emb->dtype);
     const int64_t dim = emb->ne[0];
     for (int t = 0; t < n_tokens; t++) {
         if (ids[t] < 0 || ids[t] >= emb->ne[1])
-            return exo_error_set(EXO_ERANGE, "token id %d outside the vocabulary of %lld", ids[t],
+            return exo__error_set(EXO_ERANGE, "token id %d outside the vocabulary of %lld", ids[t],
                                  (long long)emb->ne[1]);
         /* A tied head's embedding reads its rows from the packed copy, so
          * lookups never fault the file's pages back in. */
@@ -546,11 +546,11 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
         const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
         const uint16_t *k = a->k_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
         const uint16_t *v = a->v_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
-        exo_vec_dots_f16(hd, q, k, (size_t)kv_stride, n_pos, scores);
-        float sum = exo_vec_softmax_f32(n_pos, a->scale, scores);
+        exo__vec_dots_f16(hd, q, k, (size_t)kv_stride, n_pos, scores);
+        float sum = exo__vec_softmax_f32(n_pos, a->scale, scores);
         float inv = 1.0f / sum;
         float *out = a->out + ((size_t)t * a->n_head + h) * hd;
-        exo_vec_wsum_f16(hd, scores, v, (size_t)kv_stride, n_pos, out);
+        exo__vec_wsum_f16(hd, scores, v, (size_t)kv_stride, n_pos, out);
         for (int i = 0; i < hd; i++) out[i] *= inv;
     }
 }
@@ -570,7 +570,7 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
     float *scores = j->c->scores + (size_t)thread * j->c->max_ctx * ATTN_QUERY_BLOCK;
     /* f32 copies of GEMM_TILE_ROWS keys (or values) at a time, for sgemm */
     float *kv = j->c->tiles + (size_t)thread * GEMM_TILE_ROWS * j->c->max_dim;
-    const exo_to_float_fn widen = exo_type_traits_get(EXO_DTYPE_F16)->to_float;
+    const exo_to_float_fn widen = exo__type_traits_get(EXO_DTYPE_F16)->to_float;
     for (int64_t item = begin; item < end; item++) {
         int h = (int)(item / n_blocks), blk = (int)(item % n_blocks);
         int kvh = h / group;
@@ -617,9 +617,9 @@ static void cpu_attention(exo_backend *be, const exo_attention_args *a)
     attention_job job = {a, c};
     if (a->n_tokens >= c->gemm_min_tokens) {
         int64_t n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
-        exo_pool_for(c->pool, n_blocks * a->n_head, 1, attention_blocks, &job);
+        exo__pool_for(c->pool, n_blocks * a->n_head, 1, attention_blocks, &job);
     } else {
-        exo_pool_for(c->pool, (int64_t)a->n_tokens * a->n_head, 1, attention_items, &job);
+        exo__pool_for(c->pool, (int64_t)a->n_tokens * a->n_head, 1, attention_items, &job);
     }
 }
 
@@ -636,8 +636,8 @@ static bool packing_enabled(void)
 static size_t cpu_packed_size(exo_backend *be, const exo_tensor *w)
 {
     (void)be;
-    exo_quants_init();
-    const exo_type_traits *tr = exo_type_traits_get(w->dtype);
+    exo__quants_init();
+    const exo_type_traits *tr = exo__type_traits_get(w->dtype);
     if (!tr || !tr->pack_x4 || !tr->vec_dot_packed || w->n_dims != 2 || w->ne[1] % 4 || !packing_enabled() ||
         w->nb[1] > PACKED_MAX_ROW_BYTES)
         return 0;
@@ -662,8 +662,8 @@ static void pack_groups(void *ctx, int64_t begin, int64_t end, int thread)
 static void cpu_pack(exo_backend *be, exo_tensor *w, void *dst)
 {
     const cpu_ctx *c = be->ctx;
-    pack_job job = {w, dst, exo_type_traits_get(w->dtype)->pack_x4};
-    exo_pool_for(c->pool, w->ne[1] / 4, 64, pack_groups, &job);
+    pack_job job = {w, dst, exo__type_traits_get(w->dtype)->pack_x4};
+    exo__pool_for(c->pool, w->ne[1] / 4, 64, pack_groups, &job);
     w->packed = dst;
 }
 
@@ -697,23 +697,23 @@ static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 /* Settings read once, before any operation runs. */
 static void cpu_init(void)
 {
-    exo_quants_init();
+    exo__quants_init();
     /* Our pool parallelises over tiles; OpenBLAS threads would fight it. */
     openblas_set_num_threads(1);
-    cpu_state.pool = exo_pool_global();
+    cpu_state.pool = exo__pool_global();
     gelu_table_init();
     const char *env = getenv("EXO_GEMM_MIN_TOKENS");
     cpu_state.gemm_min_tokens = env && atoi(env) > 0 ? atoi(env) : GEMM_OFF;
 }
 
-exo_backend *exo_backend_cpu(void)
+exo_backend *exo__backend_cpu(void)
 {
     pthread_once(&cpu_once, cpu_init);
     return &cpu_backend;
 }
 
-exo_backend *exo_backend_find(const char *name)
+exo_backend *exo__backend_find(const char *name)
 {
-    if (!name || !strcmp(name, "cpu")) return exo_backend_cpu();
+    if (!name || !strcmp(name, "cpu")) return exo__backend_cpu();
     return NULL;
 }

@@ -59,16 +59,16 @@ static const exo_dtype_info dtype_table[] = {
     [42] = NAMED("Q2_0", 64, 18),
 };
 
-const exo_dtype_info *exo_dtype_info_get(int dtype)
+const exo_dtype_info *exo__dtype_info_get(int dtype)
 {
     if (dtype < 0 || (size_t)dtype >= sizeof dtype_table / sizeof dtype_table[0] || !dtype_table[dtype].name)
         return NULL;
     return &dtype_table[dtype];
 }
 
-size_t exo_dtype_info_bytes(int dtype, int64_t n)
+size_t exo__dtype_info_bytes(int dtype, int64_t n)
 {
-    const exo_dtype_info *d = exo_dtype_info_get(dtype);
+    const exo_dtype_info *d = exo__dtype_info_get(dtype);
     if (!d || !d->block_size || n < 0) return 0;
     return (size_t)(n / d->block_size) * d->type_size;
 }

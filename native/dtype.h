@@ -25,10 +25,10 @@ typedef struct exo_dtype_info {
 
 /* The facts of GGUF type number dtype, or NULL for a number GGUF has never
  * defined (a retired number has an entry, with block_size 0). */
-const exo_dtype_info *exo_dtype_info_get(int dtype);
+const exo_dtype_info *exo__dtype_info_get(int dtype);
 
 /* Bytes of n elements of dtype (n a whole number of blocks), or 0 when the
  * type has no layout (unknown or retired). */
-size_t exo_dtype_info_bytes(int dtype, int64_t n);
+size_t exo__dtype_info_bytes(int dtype, int64_t n);
 
 #endif

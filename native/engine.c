@@ -105,7 +105,7 @@ static int run_load(engine_job *job, loaded_item **item)
     *item = calloc(1, sizeof **item);
     int rc;
     if (!*item) {
-        rc = exo_error_set(EXO_ENOMEM, "out of memory");
+        rc = exo__error_set(EXO_ENOMEM, "out of memory");
     } else if (job->kind == JOB_LOAD_SHARD) {
         exo_shard *s = NULL;
         rc = exo_shard_load(job->path, job->layer_start, job->layer_end, job->is_first, job->is_last, &s);
@@ -150,7 +150,7 @@ static void *engine_main(void *arg)
         pthread_mutex_lock(&engine.lock);
         int idle = engine.pending.count == 0;
         pthread_mutex_unlock(&engine.lock);
-        if (idle) exo_pool_park(exo_pool_global());
+        if (idle) exo__pool_park(exo__pool_global());
         job.err[0] = 0;
         if (job.status) snprintf(job.err, sizeof job.err, "%s", exo_last_error());
         if (job.done) job.done(job.done_ctx, job.status, job.err, compute_ns);
@@ -180,21 +180,21 @@ static void engine_start(void)
     engine.started = 1;
     engine.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (engine.fd < 0) {
-        engine.init_rc = exo_error_set(EXO_EIO, "eventfd failed");
+        engine.init_rc = exo__error_set(EXO_EIO, "eventfd failed");
         return;
     }
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (pthread_create(&engine.thread, &attr, engine_main, NULL) != 0)
-        engine.init_rc = exo_error_set(EXO_EIO, "could not start the engine thread");
+        engine.init_rc = exo__error_set(EXO_EIO, "could not start the engine thread");
     pthread_attr_destroy(&attr);
 }
 
 static int engine_ready(void)
 {
     pthread_once(&engine.once, engine_start);
-    if (engine.init_rc) return exo_error_set(engine.init_rc, "the engine thread is not running");
+    if (engine.init_rc) return exo__error_set(engine.init_rc, "the engine thread is not running");
     return EXO_OK;
 }
 
@@ -220,7 +220,7 @@ static int engine_push(const engine_job *job)
     pthread_mutex_lock(&engine.lock);
     if (engine.pending.count + engine.done.count >= ENGINE_QUEUE_CAP) {
         pthread_mutex_unlock(&engine.lock);
-        return exo_error_set(EXO_EAGAIN, "engine queue full (%d jobs)", ENGINE_QUEUE_CAP);
+        return exo__error_set(EXO_EAGAIN, "engine queue full (%d jobs)", ENGINE_QUEUE_CAP);
     }
     ring_push(&engine.pending, job);
     pthread_cond_signal(&engine.has_work);
@@ -230,7 +230,7 @@ static int engine_push(const engine_job *job)
 
 static int push_forward(const engine_job *job)
 {
-    if (!job->shard || !job->seq || !job->out) return exo_error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
+    if (!job->shard || !job->seq || !job->out) return exo__error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
     return engine_push(job);
 }
 
@@ -242,7 +242,7 @@ int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
     return push_forward(&job);
 }
 
-int exo_engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+int exo__engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                          int all_logits, float *out, exo_engine_done_fn done, void *done_ctx)
 {
     engine_job job = {.kind = JOB_FORWARD, .shard = s, .seq = q, .tokens = tokens, .hidden = hidden,
@@ -274,9 +274,9 @@ int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t 
 /* Queues a load; the job owns a copy of path from here on. */
 static int push_load(engine_job *job, const char *path, const char *what)
 {
-    if (!path) return exo_error_set(EXO_EINVAL, "%s: path is required", what);
+    if (!path) return exo__error_set(EXO_EINVAL, "%s: path is required", what);
     job->path = strdup(path);
-    if (!job->path) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!job->path) return exo__error_set(EXO_ENOMEM, "out of memory");
     int rc = engine_push(job);
     if (rc) free(job->path);
     return rc;
@@ -314,13 +314,13 @@ static int take_loaded(uint64_t job_id, int kind, const char *what, void **out)
         }
     }
     pthread_mutex_unlock(&engine.lock);
-    if (!*out) return exo_error_set(EXO_ESTATE, "job %llu left no loaded %s", (unsigned long long)job_id, what);
+    if (!*out) return exo__error_set(EXO_ESTATE, "job %llu left no loaded %s", (unsigned long long)job_id, what);
     return EXO_OK;
 }
 
 int exo_engine_take_shard(uint64_t job_id, exo_shard **out)
 {
-    if (!out) return exo_error_set(EXO_EINVAL, "exo_engine_take_shard: NULL argument");
+    if (!out) return exo__error_set(EXO_EINVAL, "exo_engine_take_shard: NULL argument");
     void *object;
     int rc = take_loaded(job_id, JOB_LOAD_SHARD, "shard", &object);
     *out = object;
@@ -329,7 +329,7 @@ int exo_engine_take_shard(uint64_t job_id, exo_shard **out)
 
 int exo_engine_take_tokenizer(uint64_t job_id, exo_tokenizer **out)
 {
-    if (!out) return exo_error_set(EXO_EINVAL, "exo_engine_take_tokenizer: NULL argument");
+    if (!out) return exo__error_set(EXO_EINVAL, "exo_engine_take_tokenizer: NULL argument");
     void *object;
     int rc = take_loaded(job_id, JOB_LOAD_TOKENIZER, "tokenizer", &object);
     *out = object;

@@ -12,7 +12,7 @@
 /* compute_ns: how long the forward pass itself ran on the engine thread. */
 typedef void (*exo_engine_done_fn)(void *ctx, int status, const char *err, uint64_t compute_ns);
 
-int exo_engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
+int exo__engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                          int all_logits, float *out, exo_engine_done_fn done, void *done_ctx);
 
 #endif

@@ -21,7 +21,7 @@
 
 static _Thread_local char last_message[1024];
 
-int exo_error_set(int code, const char *fmt, ...)
+int exo__error_set(int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

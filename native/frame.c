@@ -45,7 +45,7 @@ static uint32_t max_payload(uint8_t type)
     }
 }
 
-int exo_wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h)
+int exo__wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h)
 {
     if (len < EXO_WIRE_HEADER_SIZE) return 0;
     h->magic = rd32(buf);
@@ -55,23 +55,23 @@ int exo_wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h)
     h->request_id = rd64(buf + 8);
     h->payload_len = rd32(buf + 16);
     h->reserved = rd32(buf + 20);
-    if (h->magic != EXO_WIRE_MAGIC) return exo_error_set(EXO_EFORMAT, "bad magic 0x%08x (not an exo peer)", h->magic);
+    if (h->magic != EXO_WIRE_MAGIC) return exo__error_set(EXO_EFORMAT, "bad magic 0x%08x (not an exo peer)", h->magic);
     if (h->version != EXO_WIRE_VERSION)
-        return exo_error_set(EXO_ENOTSUP, "protocol version %u is not supported (this node speaks %d)", h->version,
+        return exo__error_set(EXO_ENOTSUP, "protocol version %u is not supported (this node speaks %d)", h->version,
                              EXO_WIRE_VERSION);
     uint32_t limit = max_payload(h->type);
-    if (!limit) return exo_error_set(EXO_EFORMAT, "unknown frame type %u", h->type);
+    if (!limit) return exo__error_set(EXO_EFORMAT, "unknown frame type %u", h->type);
     if (h->flags || h->reserved)
-        return exo_error_set(EXO_EFORMAT, "frame type %u has nonzero flags or reserved bits", h->type);
+        return exo__error_set(EXO_EFORMAT, "frame type %u has nonzero flags or reserved bits", h->type);
     if (h->payload_len > limit)
-        return exo_error_set(EXO_ENOMEM, "frame type %u carries %u bytes, more than its limit of %u", h->type,
+        return exo__error_set(EXO_ENOMEM, "frame type %u carries %u bytes, more than its limit of %u", h->type,
                              h->payload_len, limit);
     if ((h->type == EXO_WIRE_PING || h->type == EXO_WIRE_PONG) && h->payload_len != 8)
-        return exo_error_set(EXO_EFORMAT, "a ping or pong carries 8 bytes, not %u", h->payload_len);
+        return exo__error_set(EXO_EFORMAT, "a ping or pong carries 8 bytes, not %u", h->payload_len);
     return EXO_WIRE_HEADER_SIZE;
 }
 
-void exo_wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len)
+void exo__wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len)
 {
     wr32(buf, EXO_WIRE_MAGIC);
     wr16(buf + 4, EXO_WIRE_VERSION);
@@ -82,7 +82,7 @@ void exo_wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uin
     wr32(buf + 20, 0);
 }
 
-size_t exo_wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len)
+size_t exo__wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len)
 {
     if (n_rows < 1 || n_rows > EXO_WIRE_MAX_ROWS || row_len < 1 || row_len > EXO_WIRE_MAX_ROW_LEN) return 0;
     size_t row;
@@ -90,8 +90,8 @@ size_t exo_wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len)
     case EXO_DTYPE_F32:
     case EXO_DTYPE_F16:
     case EXO_DTYPE_Q8_0:
-        if (row_len % exo_dtype_info_get((int)dtype)->block_size) return 0;
-        row = exo_dtype_info_bytes((int)dtype, row_len);
+        if (row_len % exo__dtype_info_get((int)dtype)->block_size) return 0;
+        row = exo__dtype_info_bytes((int)dtype, row_len);
         break;
     case EXO_WIRE_DTYPE_I32:
         if (row_len != 1) return 0;
@@ -104,10 +104,10 @@ size_t exo_wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len)
     return row * n_rows;
 }
 
-int exo_wire_decode_tensor(const uint8_t *payload, size_t len, exo_wire_tensor *t, const uint8_t **data)
+int exo__wire_decode_tensor(const uint8_t *payload, size_t len, exo_wire_tensor *t, const uint8_t **data)
 {
     if (len < EXO_WIRE_TENSOR_HEADER_SIZE)
-        return exo_error_set(EXO_EFORMAT, "tensor frame of %zu bytes is shorter than its %d-byte header", len,
+        return exo__error_set(EXO_EFORMAT, "tensor frame of %zu bytes is shorter than its %d-byte header", len,
                              EXO_WIRE_TENSOR_HEADER_SIZE);
     t->position = (int32_t)rd32(payload);
     t->dtype = rd32(payload + 4);
@@ -115,21 +115,21 @@ int exo_wire_decode_tensor(const uint8_t *payload, size_t len, exo_wire_tensor *
     t->row_len = rd32(payload + 12);
     t->flags = rd32(payload + 16);
     t->reserved = rd32(payload + 20);
-    if (t->position < 0) return exo_error_set(EXO_EFORMAT, "tensor frame at negative position %d", t->position);
+    if (t->position < 0) return exo__error_set(EXO_EFORMAT, "tensor frame at negative position %d", t->position);
     if (t->flags & ~EXO_WIRE_TENSOR_ALL_LOGITS || t->reserved)
-        return exo_error_set(EXO_EFORMAT, "tensor frame has unknown flags or reserved bits");
-    size_t bytes = exo_wire_tensor_bytes(t->dtype, t->n_rows, t->row_len);
+        return exo__error_set(EXO_EFORMAT, "tensor frame has unknown flags or reserved bits");
+    size_t bytes = exo__wire_tensor_bytes(t->dtype, t->n_rows, t->row_len);
     if (!bytes)
-        return exo_error_set(EXO_EFORMAT, "tensor frame with dtype %u and shape [%u][%u] is not allowed", t->dtype,
+        return exo__error_set(EXO_EFORMAT, "tensor frame with dtype %u and shape [%u][%u] is not allowed", t->dtype,
                              t->n_rows, t->row_len);
     if (bytes != len - EXO_WIRE_TENSOR_HEADER_SIZE)
-        return exo_error_set(EXO_EFORMAT, "tensor frame shape [%u][%u] needs %zu bytes but %zu came", t->n_rows,
+        return exo__error_set(EXO_EFORMAT, "tensor frame shape [%u][%u] needs %zu bytes but %zu came", t->n_rows,
                              t->row_len, bytes, len - EXO_WIRE_TENSOR_HEADER_SIZE);
     *data = payload + EXO_WIRE_TENSOR_HEADER_SIZE;
     return EXO_OK;
 }
 
-void exo_wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t)
+void exo__wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t)
 {
     wr32(buf, (uint32_t)t->position);
     wr32(buf + 4, t->dtype);

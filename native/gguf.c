@@ -65,7 +65,7 @@
  * dtype.c's table (NULL when GGUF never defined it). */
 static const exo_dtype_info *dtype_named(uint32_t t)
 {
-    return t <= INT32_MAX ? exo_dtype_info_get((int)t) : NULL;
+    return t <= INT32_MAX ? exo__dtype_info_get((int)t) : NULL;
 }
 
 /* The same, only for a type a model may hold (exo has kernels for it). */
@@ -182,7 +182,7 @@ static int fail(const struct cursor *c, int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return exo_error_set(code, "%s: %s", c->label, msg);
+    return exo__error_set(code, "%s: %s", c->label, msg);
 }
 
 EXO_PRINTF(3, 4)
@@ -530,7 +530,7 @@ static int build_indexes(const struct cursor *c, exo_gguf *g)
 static int read_alignment(const struct cursor *c, exo_gguf *g)
 {
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
-    int64_t i = exo_gguf_find_key(g, "general.alignment");
+    int64_t i = exo__gguf_find_key(g, "general.alignment");
     if (i < 0) return 0;
     const struct kv *kv = &g->kvs[i];
     if (kv->type != EXO_GGUF_UINT32)
@@ -680,61 +680,61 @@ static int open_common(exo_gguf *g, const char *label, exo_gguf **out)
 {
     int rc = parse(g, label);
     if (rc) {
-        exo_gguf_close(g);
+        exo__gguf_close(g);
         return rc;
     }
     *out = g;
     return 0;
 }
 
-int exo_gguf_open_memory(const void *data, size_t size, exo_gguf **out)
+int exo__gguf_open_memory(const void *data, size_t size, exo_gguf **out)
 {
-    if (!out) return exo_error_set(EXO_EINVAL, "exo_gguf_open_memory: out is NULL");
+    if (!out) return exo__error_set(EXO_EINVAL, "exo__gguf_open_memory: out is NULL");
     *out = NULL;
-    if (!data && size) return exo_error_set(EXO_EINVAL, "exo_gguf_open_memory: data is NULL");
+    if (!data && size) return exo__error_set(EXO_EINVAL, "exo__gguf_open_memory: data is NULL");
     exo_gguf *g = calloc(1, sizeof *g);
-    if (!g) return exo_error_set(EXO_ENOMEM, "<memory>: out of memory");
+    if (!g) return exo__error_set(EXO_ENOMEM, "<memory>: out of memory");
     g->base = data ? data : (const uint8_t *)"";
     g->size = size;
     return open_common(g, "<memory>", out);
 }
 
-int exo_gguf_open(const char *path, exo_gguf **out)
+int exo__gguf_open(const char *path, exo_gguf **out)
 {
-    if (!out) return exo_error_set(EXO_EINVAL, "exo_gguf_open: out is NULL");
+    if (!out) return exo__error_set(EXO_EINVAL, "exo__gguf_open: out is NULL");
     *out = NULL;
-    if (!path) return exo_error_set(EXO_EINVAL, "exo_gguf_open: path is NULL");
+    if (!path) return exo__error_set(EXO_EINVAL, "exo__gguf_open: path is NULL");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return exo_error_set(EXO_EIO, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) return exo__error_set(EXO_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        return exo_error_set(EXO_EIO, "%s: cannot stat: %s", path, strerror(e));
+        return exo__error_set(EXO_EIO, "%s: cannot stat: %s", path, strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return exo_error_set(EXO_EIO, "%s: not a regular file", path);
+        return exo__error_set(EXO_EIO, "%s: not a regular file", path);
     }
     if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
         close(fd);
-        return exo_error_set(EXO_ENOMEM, "%s: file of %lld bytes does not fit in memory", path,
+        return exo__error_set(EXO_ENOMEM, "%s: file of %lld bytes does not fit in memory", path,
                              (long long)st.st_size);
     }
     size_t size = (size_t)st.st_size;
     if (size < GGUF_HEADER_SIZE) {
         close(fd);
-        return exo_error_set(EXO_EFORMAT, "%s: file too short for a GGUF header: %zu bytes, need %d",
+        return exo__error_set(EXO_EFORMAT, "%s: file too short for a GGUF header: %zu bytes, need %d",
                              path, size, GGUF_HEADER_SIZE);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd); /* the mapping keeps the file alive */
-    if (map == MAP_FAILED) return exo_error_set(EXO_EIO, "%s: cannot mmap: %s", path, strerror(e));
+    if (map == MAP_FAILED) return exo__error_set(EXO_EIO, "%s: cannot mmap: %s", path, strerror(e));
     exo_gguf *g = calloc(1, sizeof *g);
     if (!g) {
         munmap(map, size);
-        return exo_error_set(EXO_ENOMEM, "%s: out of memory", path);
+        return exo__error_set(EXO_ENOMEM, "%s: out of memory", path);
     }
     g->map = map;
     g->base = map;
@@ -742,7 +742,7 @@ int exo_gguf_open(const char *path, exo_gguf **out)
     return open_common(g, path, out);
 }
 
-void exo_gguf_close(exo_gguf *g)
+void exo__gguf_close(exo_gguf *g)
 {
     if (!g) return;
     for (int64_t i = 0; i < g->n_kv && g->kvs; i++) free(g->kvs[i].str_off);
@@ -757,51 +757,51 @@ void exo_gguf_close(exo_gguf *g)
     free(g);
 }
 
-uint32_t exo_gguf_version(const exo_gguf *g)
+uint32_t exo__gguf_version(const exo_gguf *g)
 {
     return g ? g->version : 0;
 }
 
-bool exo_gguf_is_file_mapped(const exo_gguf *g)
+bool exo__gguf_is_file_mapped(const exo_gguf *g)
 {
     return g && g->map;
 }
 
-size_t exo_gguf_alignment(const exo_gguf *g)
+size_t exo__gguf_alignment(const exo_gguf *g)
 {
     return g ? g->alignment : 0;
 }
 
-size_t exo_gguf_file_size(const exo_gguf *g)
+size_t exo__gguf_file_size(const exo_gguf *g)
 {
     return g ? g->size : 0;
 }
 
-int64_t exo_gguf_kv_count(const exo_gguf *g)
+int64_t exo__gguf_kv_count(const exo_gguf *g)
 {
     return g ? g->n_kv : 0;
 }
 
-int64_t exo_gguf_find_key(const exo_gguf *g, const char *key)
+int64_t exo__gguf_find_key(const exo_gguf *g, const char *key)
 {
     if (!g || !key || !g->key_slots) return -1;
     size_t s = table_slot(g->key_slots, g->key_mask, key, kv_name_of, g);
     return g->key_slots[s] ? (int64_t)g->key_slots[s] - 1 : -1;
 }
 
-const char *exo_gguf_key_name(const exo_gguf *g, int64_t i)
+const char *exo__gguf_key_name(const exo_gguf *g, int64_t i)
 {
     if (!g || i < 0 || i >= g->n_kv) {
-        exo_error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)i);
+        exo__error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)i);
         return NULL;
     }
     return g->kvs[i].key;
 }
 
-int exo_gguf_kv_type(const exo_gguf *g, int64_t i)
+int exo__gguf_kv_type(const exo_gguf *g, int64_t i)
 {
     if (!g || i < 0 || i >= g->n_kv)
-        return exo_error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)i);
+        return exo__error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)i);
     return (int)g->kvs[i].type;
 }
 
@@ -809,12 +809,12 @@ int exo_gguf_kv_type(const exo_gguf *g, int64_t i)
 static const struct kv *getter_kv(const exo_gguf *g, const char *key, int *rc)
 {
     if (!g || !key) {
-        *rc = exo_error_set(EXO_EINVAL, "gguf: NULL handle or key");
+        *rc = exo__error_set(EXO_EINVAL, "gguf: NULL handle or key");
         return NULL;
     }
-    int64_t i = exo_gguf_find_key(g, key);
+    int64_t i = exo__gguf_find_key(g, key);
     if (i < 0) {
-        *rc = exo_error_set(EXO_EINVAL, "gguf: key '%s' not found", key);
+        *rc = exo__error_set(EXO_EINVAL, "gguf: key '%s' not found", key);
         return NULL;
     }
     *rc = 0;
@@ -844,7 +844,7 @@ static bool kv_integer(const struct kv *kv, bool *is_signed, int64_t *s, uint64_
     }
 }
 
-int exo_gguf_get_i64(const exo_gguf *g, const char *key, int64_t *out)
+int exo__gguf_get_i64(const exo_gguf *g, const char *key, int64_t *out)
 {
     int rc;
     const struct kv *kv = getter_kv(g, key, &rc);
@@ -853,11 +853,11 @@ int exo_gguf_get_i64(const exo_gguf *g, const char *key, int64_t *out)
     int64_t s;
     uint64_t u;
     if (!kv_integer(kv, &sg, &s, &u))
-        return exo_error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected an integer", key,
+        return exo__error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected an integer", key,
                              type_name(kv->type));
     if (!sg) {
         if (u > (uint64_t)INT64_MAX)
-            return exo_error_set(EXO_ERANGE, "gguf: key '%s' value %llu does not fit in int64", key,
+            return exo__error_set(EXO_ERANGE, "gguf: key '%s' value %llu does not fit in int64", key,
                                  (unsigned long long)u);
         s = (int64_t)u;
     }
@@ -865,7 +865,7 @@ int exo_gguf_get_i64(const exo_gguf *g, const char *key, int64_t *out)
     return 0;
 }
 
-int exo_gguf_get_u32(const exo_gguf *g, const char *key, uint32_t *out)
+int exo__gguf_get_u32(const exo_gguf *g, const char *key, uint32_t *out)
 {
     int rc;
     const struct kv *kv = getter_kv(g, key, &rc);
@@ -874,22 +874,22 @@ int exo_gguf_get_u32(const exo_gguf *g, const char *key, uint32_t *out)
     int64_t s;
     uint64_t u;
     if (!kv_integer(kv, &sg, &s, &u))
-        return exo_error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected an integer", key,
+        return exo__error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected an integer", key,
                              type_name(kv->type));
     if (sg) {
         if (s < 0 || s > (int64_t)UINT32_MAX)
-            return exo_error_set(EXO_ERANGE, "gguf: key '%s' value %lld does not fit in uint32", key,
+            return exo__error_set(EXO_ERANGE, "gguf: key '%s' value %lld does not fit in uint32", key,
                                  (long long)s);
         u = (uint64_t)s;
     } else if (u > UINT32_MAX) {
-        return exo_error_set(EXO_ERANGE, "gguf: key '%s' value %llu does not fit in uint32", key,
+        return exo__error_set(EXO_ERANGE, "gguf: key '%s' value %llu does not fit in uint32", key,
                              (unsigned long long)u);
     }
     *out = (uint32_t)u;
     return 0;
 }
 
-int exo_gguf_get_f32(const exo_gguf *g, const char *key, float *out)
+int exo__gguf_get_f32(const exo_gguf *g, const char *key, float *out)
 {
     int rc;
     const struct kv *kv = getter_kv(g, key, &rc);
@@ -902,7 +902,7 @@ int exo_gguf_get_f32(const exo_gguf *g, const char *key, float *out)
         double d;
         memcpy(&d, kv->val, 8);
         if (isfinite(d) && fabs(d) > FLT_MAX)
-            return exo_error_set(EXO_ERANGE, "gguf: key '%s' value %g does not fit in float32", key, d);
+            return exo__error_set(EXO_ERANGE, "gguf: key '%s' value %g does not fit in float32", key, d);
         *out = (float)d;
         return 0;
     }
@@ -910,73 +910,73 @@ int exo_gguf_get_f32(const exo_gguf *g, const char *key, float *out)
     int64_t s;
     uint64_t u;
     if (kv->type == EXO_GGUF_BOOL || !kv_integer(kv, &sg, &s, &u))
-        return exo_error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected a number", key,
+        return exo__error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected a number", key,
                              type_name(kv->type));
     *out = sg ? (float)s : (float)u;
     return 0;
 }
 
-int exo_gguf_get_bool(const exo_gguf *g, const char *key, bool *out)
+int exo__gguf_get_bool(const exo_gguf *g, const char *key, bool *out)
 {
     int rc;
     const struct kv *kv = getter_kv(g, key, &rc);
     if (!kv) return rc;
     if (kv->type != EXO_GGUF_BOOL)
-        return exo_error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected bool", key,
+        return exo__error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected bool", key,
                              type_name(kv->type));
     *out = kv->val[0] != 0;
     return 0;
 }
 
-int exo_gguf_get_str(const exo_gguf *g, const char *key, const char **s, size_t *len)
+int exo__gguf_get_str(const exo_gguf *g, const char *key, const char **s, size_t *len)
 {
     int rc;
     const struct kv *kv = getter_kv(g, key, &rc);
     if (!kv) return rc;
     if (kv->type != EXO_GGUF_STRING)
-        return exo_error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected string", key,
+        return exo__error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected string", key,
                              type_name(kv->type));
     *s = (const char *)kv->val;
     *len = (size_t)kv->n;
     return 0;
 }
 
-int exo_gguf_get_arr(const exo_gguf *g, const char *key, int *elem_type, uint64_t *len)
+int exo__gguf_get_arr(const exo_gguf *g, const char *key, int *elem_type, uint64_t *len)
 {
     int rc;
     const struct kv *kv = getter_kv(g, key, &rc);
     if (!kv) return rc;
     if (kv->type != EXO_GGUF_ARRAY)
-        return exo_error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected array", key,
+        return exo__error_set(EXO_EFORMAT, "gguf: key '%s' has type %s, expected array", key,
                              type_name(kv->type));
     if (elem_type) *elem_type = (int)kv->elem_type;
     if (len) *len = kv->n;
     return 0;
 }
 
-const void *exo_gguf_arr_data(const exo_gguf *g, int64_t kv_index)
+const void *exo__gguf_arr_data(const exo_gguf *g, int64_t kv_index)
 {
     if (!g || kv_index < 0 || kv_index >= g->n_kv) {
-        exo_error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)kv_index);
+        exo__error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)kv_index);
         return NULL;
     }
     const struct kv *kv = &g->kvs[kv_index];
     if (kv->type != EXO_GGUF_ARRAY || kv->elem_type == EXO_GGUF_STRING) {
-        exo_error_set(EXO_EFORMAT, "gguf: key '%s' is not a numeric array", kv->key);
+        exo__error_set(EXO_EFORMAT, "gguf: key '%s' is not a numeric array", kv->key);
         return NULL;
     }
     return kv->val;
 }
 
-int exo_gguf_arr_str(const exo_gguf *g, int64_t kv_index, uint64_t j, const char **s, size_t *len)
+int exo__gguf_arr_str(const exo_gguf *g, int64_t kv_index, uint64_t j, const char **s, size_t *len)
 {
     if (!g || kv_index < 0 || kv_index >= g->n_kv)
-        return exo_error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)kv_index);
+        return exo__error_set(EXO_ERANGE, "gguf: key index %lld out of range", (long long)kv_index);
     const struct kv *kv = &g->kvs[kv_index];
     if (kv->type != EXO_GGUF_ARRAY || kv->elem_type != EXO_GGUF_STRING)
-        return exo_error_set(EXO_EFORMAT, "gguf: key '%s' is not a string array", kv->key);
+        return exo__error_set(EXO_EFORMAT, "gguf: key '%s' is not a string array", kv->key);
     if (j >= kv->n)
-        return exo_error_set(EXO_ERANGE, "gguf: index %llu out of range for array '%s' of %llu strings",
+        return exo__error_set(EXO_ERANGE, "gguf: index %llu out of range for array '%s' of %llu strings",
                              (unsigned long long)j, kv->key, (unsigned long long)kv->n);
     const uint8_t *p = kv->val + kv->str_off[j];
     *len = (size_t)load_u64(p);
@@ -984,22 +984,22 @@ int exo_gguf_arr_str(const exo_gguf *g, int64_t kv_index, uint64_t j, const char
     return 0;
 }
 
-int64_t exo_gguf_tensor_count(const exo_gguf *g)
+int64_t exo__gguf_tensor_count(const exo_gguf *g)
 {
     return g ? g->n_tensors : 0;
 }
 
-int64_t exo_gguf_find_tensor(const exo_gguf *g, const char *name)
+int64_t exo__gguf_find_tensor(const exo_gguf *g, const char *name)
 {
     if (!g || !name || !g->tensor_slots) return -1;
     size_t s = table_slot(g->tensor_slots, g->tensor_mask, name, tensor_name_of, g);
     return g->tensor_slots[s] ? (int64_t)g->tensor_slots[s] - 1 : -1;
 }
 
-const exo_gguf_tensor *exo_gguf_tensor_at(const exo_gguf *g, int64_t i)
+const exo_gguf_tensor *exo__gguf_tensor_at(const exo_gguf *g, int64_t i)
 {
     if (!g || i < 0 || i >= g->n_tensors) {
-        exo_error_set(EXO_ERANGE, "gguf: tensor index %lld out of range", (long long)i);
+        exo__error_set(EXO_ERANGE, "gguf: tensor index %lld out of range", (long long)i);
         return NULL;
     }
     return &g->tensors[i];
@@ -1026,18 +1026,18 @@ struct exo_gguf_writer {
     uint32_t alignment;
 };
 
-exo_gguf_writer *exo_gguf_writer_new(void)
+exo_gguf_writer *exo__gguf_writer_new(void)
 {
     exo_gguf_writer *w = calloc(1, sizeof *w);
     if (!w) {
-        exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
+        exo__error_set(EXO_ENOMEM, "gguf writer: out of memory");
         return NULL;
     }
     w->alignment = GGUF_DEFAULT_ALIGNMENT;
     return w;
 }
 
-void exo_gguf_writer_free(exo_gguf_writer *w)
+void exo__gguf_writer_free(exo_gguf_writer *w)
 {
     if (!w) return;
     for (size_t i = 0; i < w->n_keys; i++) free(w->keys[i]);
@@ -1054,7 +1054,7 @@ void exo_gguf_writer_free(exo_gguf_writer *w)
 static int put(exo_gguf_writer *w, const void *b, size_t n)
 {
     if (n > SIZE_MAX - w->kv_len || exo_grow(&w->kv, &w->kv_cap, w->kv_len + n, 1))
-        return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
+        return exo__error_set(EXO_ENOMEM, "gguf writer: out of memory");
     if (n) memcpy(w->kv + w->kv_len, b, n);
     w->kv_len += n;
     return 0;
@@ -1080,21 +1080,21 @@ static int put_str(exo_gguf_writer *w, const char *s, size_t n)
  * caller then writes the value; a failure there rolls back via kv_len. */
 static int begin_key(exo_gguf_writer *w, const char *key, uint32_t type)
 {
-    if (!w || !key) return exo_error_set(EXO_EINVAL, "gguf writer: NULL writer or key");
+    if (!w || !key) return exo__error_set(EXO_EINVAL, "gguf writer: NULL writer or key");
     size_t n = strlen(key);
     if (n == 0 || n > GGUF_MAX_KEY_LEN)
-        return exo_error_set(EXO_EINVAL, "gguf writer: key length %zu not in 1..%d", n, GGUF_MAX_KEY_LEN);
+        return exo__error_set(EXO_EINVAL, "gguf writer: key length %zu not in 1..%d", n, GGUF_MAX_KEY_LEN);
     if (w->n_keys >= GGUF_MAX_KVS)
-        return exo_error_set(EXO_ENOMEM, "gguf writer: more than %u keys", GGUF_MAX_KVS);
+        return exo__error_set(EXO_ENOMEM, "gguf writer: more than %u keys", GGUF_MAX_KVS);
     for (size_t i = 0; i < w->n_keys; i++)
         if (strcmp(w->keys[i], key) == 0)
-            return exo_error_set(EXO_EINVAL, "gguf writer: duplicate key '%s'", key);
+            return exo__error_set(EXO_EINVAL, "gguf writer: duplicate key '%s'", key);
     if (strcmp(key, "general.alignment") == 0 && type != EXO_GGUF_UINT32)
-        return exo_error_set(EXO_EINVAL, "gguf writer: general.alignment must be uint32");
+        return exo__error_set(EXO_EINVAL, "gguf writer: general.alignment must be uint32");
     if (exo_grow(&w->keys, &w->keys_cap, w->n_keys + 1, sizeof *w->keys))
-        return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
+        return exo__error_set(EXO_ENOMEM, "gguf writer: out of memory");
     char *copy = strdup(key);
-    if (!copy) return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
+    if (!copy) return exo__error_set(EXO_ENOMEM, "gguf writer: out of memory");
     size_t mark = w->kv_len;
     int rc = put_str(w, key, n);
     if (!rc) rc = put_u32(w, type);
@@ -1124,38 +1124,38 @@ static int add_scalar(exo_gguf_writer *w, const char *key, uint32_t type, const 
     return rc ? abort_key(w, mark, rc) : 0;
 }
 
-int exo_gguf_writer_add_u32(exo_gguf_writer *w, const char *key, uint32_t v)
+int exo__gguf_writer_add_u32(exo_gguf_writer *w, const char *key, uint32_t v)
 {
     if (key && strcmp(key, "general.alignment") == 0 && (!is_pow2(v) || v > GGUF_MAX_ALIGNMENT))
-        return exo_error_set(EXO_EINVAL, "gguf writer: general.alignment %u is not a power of two in 1..%u",
+        return exo__error_set(EXO_EINVAL, "gguf writer: general.alignment %u is not a power of two in 1..%u",
                              v, GGUF_MAX_ALIGNMENT);
     int rc = add_scalar(w, key, EXO_GGUF_UINT32, &v, 4);
     if (!rc && strcmp(key, "general.alignment") == 0) w->alignment = v;
     return rc;
 }
 
-int exo_gguf_writer_add_i32(exo_gguf_writer *w, const char *key, int32_t v)
+int exo__gguf_writer_add_i32(exo_gguf_writer *w, const char *key, int32_t v)
 {
     return add_scalar(w, key, EXO_GGUF_INT32, &v, 4);
 }
 
-int exo_gguf_writer_add_f32(exo_gguf_writer *w, const char *key, float v)
+int exo__gguf_writer_add_f32(exo_gguf_writer *w, const char *key, float v)
 {
     return add_scalar(w, key, EXO_GGUF_FLOAT32, &v, 4);
 }
 
-int exo_gguf_writer_add_bool(exo_gguf_writer *w, const char *key, bool v)
+int exo__gguf_writer_add_bool(exo_gguf_writer *w, const char *key, bool v)
 {
     uint8_t b = v ? 1 : 0;
     return add_scalar(w, key, EXO_GGUF_BOOL, &b, 1);
 }
 
-int exo_gguf_writer_add_str(exo_gguf_writer *w, const char *key, const char *v)
+int exo__gguf_writer_add_str(exo_gguf_writer *w, const char *key, const char *v)
 {
-    if (!v) return exo_error_set(EXO_EINVAL, "gguf writer: NULL string for key '%s'", key ? key : "?");
+    if (!v) return exo__error_set(EXO_EINVAL, "gguf writer: NULL string for key '%s'", key ? key : "?");
     size_t n = strlen(v);
     if (n > GGUF_MAX_STRING_LEN)
-        return exo_error_set(EXO_EINVAL, "gguf writer: string for key '%s' is %zu bytes, over %u",
+        return exo__error_set(EXO_EINVAL, "gguf writer: string for key '%s' is %zu bytes, over %u",
                              key ? key : "?", n, GGUF_MAX_STRING_LEN);
     size_t mark = w ? w->kv_len : 0;
     int rc = begin_key(w, key, EXO_GGUF_STRING);
@@ -1164,21 +1164,21 @@ int exo_gguf_writer_add_str(exo_gguf_writer *w, const char *key, const char *v)
     return rc ? abort_key(w, mark, rc) : 0;
 }
 
-int exo_gguf_writer_add_arr(exo_gguf_writer *w, const char *key, int elem_type, const void *data,
+int exo__gguf_writer_add_arr(exo_gguf_writer *w, const char *key, int elem_type, const void *data,
                             uint64_t n)
 {
     if (elem_type < 0 || elem_type == EXO_GGUF_STRING || !value_size((uint32_t)elem_type))
-        return exo_error_set(EXO_EINVAL, "gguf writer: bad array element type %d for key '%s'",
+        return exo__error_set(EXO_EINVAL, "gguf writer: bad array element type %d for key '%s'",
                              elem_type, key ? key : "?");
     if (n > GGUF_MAX_ARRAY_LEN)
-        return exo_error_set(EXO_EINVAL, "gguf writer: array '%s' of %llu elements, over %u",
+        return exo__error_set(EXO_EINVAL, "gguf writer: array '%s' of %llu elements, over %u",
                              key ? key : "?", (unsigned long long)n, GGUF_MAX_ARRAY_LEN);
     if (n && !data)
-        return exo_error_set(EXO_EINVAL, "gguf writer: NULL data for array '%s'", key ? key : "?");
+        return exo__error_set(EXO_EINVAL, "gguf writer: NULL data for array '%s'", key ? key : "?");
     if (elem_type == EXO_GGUF_BOOL)
         for (uint64_t j = 0; j < n; j++)
             if (((const uint8_t *)data)[j] > 1)
-                return exo_error_set(EXO_EINVAL, "gguf writer: bool array '%s' element %llu is not 0 or 1",
+                return exo__error_set(EXO_EINVAL, "gguf writer: bool array '%s' element %llu is not 0 or 1",
                                      key ? key : "?", (unsigned long long)j);
     size_t mark = w ? w->kv_len : 0;
     int rc = begin_key(w, key, EXO_GGUF_ARRAY);
@@ -1189,20 +1189,20 @@ int exo_gguf_writer_add_arr(exo_gguf_writer *w, const char *key, int elem_type, 
     return rc ? abort_key(w, mark, rc) : 0;
 }
 
-int exo_gguf_writer_add_str_arr(exo_gguf_writer *w, const char *key, const char *const *strs,
+int exo__gguf_writer_add_str_arr(exo_gguf_writer *w, const char *key, const char *const *strs,
                                 uint64_t n)
 {
     if (n > GGUF_MAX_ARRAY_LEN)
-        return exo_error_set(EXO_EINVAL, "gguf writer: array '%s' of %llu elements, over %u",
+        return exo__error_set(EXO_EINVAL, "gguf writer: array '%s' of %llu elements, over %u",
                              key ? key : "?", (unsigned long long)n, GGUF_MAX_ARRAY_LEN);
     if (n && !strs)
-        return exo_error_set(EXO_EINVAL, "gguf writer: NULL strings for array '%s'", key ? key : "?");
+        return exo__error_set(EXO_EINVAL, "gguf writer: NULL strings for array '%s'", key ? key : "?");
     for (uint64_t j = 0; j < n; j++) {
         if (!strs[j])
-            return exo_error_set(EXO_EINVAL, "gguf writer: array '%s' element %llu is NULL",
+            return exo__error_set(EXO_EINVAL, "gguf writer: array '%s' element %llu is NULL",
                                  key ? key : "?", (unsigned long long)j);
         if (strlen(strs[j]) > GGUF_MAX_ARRAY_STRING_LEN)
-            return exo_error_set(EXO_EINVAL, "gguf writer: array '%s' element %llu is over %u bytes",
+            return exo__error_set(EXO_EINVAL, "gguf writer: array '%s' element %llu is over %u bytes",
                                  key ? key : "?", (unsigned long long)j, GGUF_MAX_ARRAY_STRING_LEN);
     }
     size_t mark = w ? w->kv_len : 0;
@@ -1214,46 +1214,46 @@ int exo_gguf_writer_add_str_arr(exo_gguf_writer *w, const char *key, const char 
     return rc ? abort_key(w, mark, rc) : 0;
 }
 
-int exo_gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
+int exo__gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
                                const int64_t *ne, const void *data, size_t size)
 {
     if (!w || !name || !ne || (!data && size))
-        return exo_error_set(EXO_EINVAL, "gguf writer: NULL argument adding tensor '%s'",
+        return exo__error_set(EXO_EINVAL, "gguf writer: NULL argument adding tensor '%s'",
                              name ? name : "?");
     size_t nlen = strlen(name);
     if (nlen == 0 || nlen > GGUF_WRITER_MAX_TENSOR_NAME)
-        return exo_error_set(EXO_EINVAL, "gguf writer: tensor name '%s' length %zu not in 1..%d",
+        return exo__error_set(EXO_EINVAL, "gguf writer: tensor name '%s' length %zu not in 1..%d",
                              name, nlen, GGUF_WRITER_MAX_TENSOR_NAME);
     const exo_dtype_info *di = dtype < 0 ? NULL : dtype_loadable((uint32_t)dtype);
     if (!di) {
         const exo_dtype_info *named = dtype < 0 ? NULL : dtype_named((uint32_t)dtype);
-        return exo_error_set(EXO_ENOTSUP, "gguf writer: unsupported dtype %d (%s) for tensor '%s'", dtype,
+        return exo__error_set(EXO_ENOTSUP, "gguf writer: unsupported dtype %d (%s) for tensor '%s'", dtype,
                              named ? named->name : "unknown", name);
     }
     if (n_dims < 1 || n_dims > EXO_GGUF_MAX_DIMS)
-        return exo_error_set(EXO_EINVAL, "gguf writer: tensor '%s' n_dims %d not in 1..%d", name,
+        return exo__error_set(EXO_EINVAL, "gguf writer: tensor '%s' n_dims %d not in 1..%d", name,
                              n_dims, EXO_GGUF_MAX_DIMS);
     uint64_t nel = 1;
     for (int d = 0; d < n_dims; d++) {
         if (ne[d] < 1 || nel > (uint64_t)INT64_MAX / (uint64_t)ne[d])
-            return exo_error_set(EXO_EINVAL, "gguf writer: tensor '%s' ne[%d] = %lld is invalid",
+            return exo__error_set(EXO_EINVAL, "gguf writer: tensor '%s' ne[%d] = %lld is invalid",
                                  name, d, (long long)ne[d]);
         nel *= (uint64_t)ne[d];
     }
     if ((uint64_t)ne[0] % di->block_size)
-        return exo_error_set(EXO_EINVAL, "gguf writer: tensor '%s' ne[0] = %lld not a multiple of %u",
+        return exo__error_set(EXO_EINVAL, "gguf writer: tensor '%s' ne[0] = %lld not a multiple of %u",
                              name, (long long)ne[0], di->block_size);
     uint64_t blocks = nel / di->block_size;
     if (blocks > UINT64_MAX / di->type_size || blocks * di->type_size != size)
-        return exo_error_set(EXO_EINVAL, "gguf writer: tensor '%s' data is %zu bytes, expected %llu",
+        return exo__error_set(EXO_EINVAL, "gguf writer: tensor '%s' data is %zu bytes, expected %llu",
                              name, size, (unsigned long long)(blocks * di->type_size));
     if (w->n_t >= GGUF_MAX_TENSORS)
-        return exo_error_set(EXO_ENOMEM, "gguf writer: more than %u tensors", GGUF_MAX_TENSORS);
+        return exo__error_set(EXO_ENOMEM, "gguf writer: more than %u tensors", GGUF_MAX_TENSORS);
     for (size_t i = 0; i < w->n_t; i++)
         if (strcmp(w->t[i].name, name) == 0)
-            return exo_error_set(EXO_EINVAL, "gguf writer: duplicate tensor '%s'", name);
+            return exo__error_set(EXO_EINVAL, "gguf writer: duplicate tensor '%s'", name);
     if (exo_grow(&w->t, &w->t_cap, w->n_t + 1, sizeof *w->t))
-        return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory");
+        return exo__error_set(EXO_ENOMEM, "gguf writer: out of memory");
     struct wtensor *t = &w->t[w->n_t];
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
@@ -1261,7 +1261,7 @@ int exo_gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, 
     if (!t->name || !t->data) {
         free(t->name);
         free(t->data);
-        return exo_error_set(EXO_ENOMEM, "gguf writer: out of memory copying tensor '%s'", name);
+        return exo__error_set(EXO_ENOMEM, "gguf writer: out of memory copying tensor '%s'", name);
     }
     memcpy(t->data, data, size);
     t->size = size;
@@ -1302,11 +1302,11 @@ static void wf_pad(struct wfile *f, uint64_t a)
     }
 }
 
-int exo_gguf_writer_write(exo_gguf_writer *w, const char *path)
+int exo__gguf_writer_write(exo_gguf_writer *w, const char *path)
 {
-    if (!w || !path) return exo_error_set(EXO_EINVAL, "gguf writer: NULL writer or path");
+    if (!w || !path) return exo__error_set(EXO_EINVAL, "gguf writer: NULL writer or path");
     struct wfile f = {fopen(path, "wb"), 0, false};
-    if (!f.f) return exo_error_set(EXO_EIO, "%s: cannot create: %s", path, strerror(errno));
+    if (!f.f) return exo__error_set(EXO_EIO, "%s: cannot create: %s", path, strerror(errno));
     uint32_t magic = GGUF_MAGIC, version = 3;
     uint64_t nt = w->n_t, nkv = w->n_keys;
     wf_put(&f, &magic, 4);
@@ -1338,7 +1338,7 @@ int exo_gguf_writer_write(exo_gguf_writer *w, const char *path)
     }
     if (f.err) {
         remove(path);
-        return exo_error_set(EXO_EIO, "%s: write failed: %s", path, strerror(e));
+        return exo__error_set(EXO_EIO, "%s: write failed: %s", path, strerror(e));
     }
     return 0;
 }

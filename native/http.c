@@ -30,7 +30,7 @@
 #define HTTP_CHUNK_FRAMING_SLACK 65536u /* framing allowed beyond max_body */
 
 #define HTTP_FAIL(req_, status_, code_, ...) \
-    ((req_)->status = (status_), exo_error_set((code_), "bad HTTP request: " __VA_ARGS__))
+    ((req_)->status = (status_), exo__error_set((code_), "bad HTTP request: " __VA_ARGS__))
 
 /* tchar (RFC 9110 5.6.2): the characters of methods, field names and tokens. */
 static int is_tchar(unsigned char c)
@@ -332,11 +332,11 @@ static int parse(struct head *h)
 
 int exo_http_parse_head(const char *buf, size_t len, size_t max_head_bytes, exo_http_request *req)
 {
-    if (req == NULL) return exo_error_set(EXO_EINVAL, "exo_http_parse_head: req is NULL");
+    if (req == NULL) return exo__error_set(EXO_EINVAL, "exo_http_parse_head: req is NULL");
     memset(req, 0, sizeof *req);
     req->content_length = -1;
-    if (buf == NULL && len > 0) return exo_error_set(EXO_EINVAL, "exo_http_parse_head: buf is NULL");
-    if (max_head_bytes == 0) return exo_error_set(EXO_EINVAL, "exo_http_parse_head: max_head_bytes is 0");
+    if (buf == NULL && len > 0) return exo__error_set(EXO_EINVAL, "exo_http_parse_head: buf is NULL");
+    if (max_head_bytes == 0) return exo__error_set(EXO_EINVAL, "exo_http_parse_head: max_head_bytes is 0");
     if (max_head_bytes > HTTP_MAX_HEAD) max_head_bytes = HTTP_MAX_HEAD;
 
     struct head h = {.buf = buf, .lim = len < max_head_bytes ? len : max_head_bytes, .req = req};
@@ -410,7 +410,7 @@ static int hex_value(unsigned char c)
 static int chunk_fail(exo_http_chunked *st, int code, const char *what)
 {
     st->state = CH_FAILED;
-    return exo_error_set(code, "bad chunked body: %s", what);
+    return exo__error_set(code, "bad chunked body: %s", what);
 }
 
 /* One framing byte. Returns 0 or a code. */
@@ -523,16 +523,16 @@ int exo_http_chunked_decode(exo_http_chunked *st, char *buf, size_t len, size_t 
                             size_t *produced, int *done)
 {
     if (st == NULL || consumed == NULL || produced == NULL || done == NULL || (buf == NULL && len > 0))
-        return exo_error_set(EXO_EINVAL, "exo_http_chunked_decode: NULL argument");
+        return exo__error_set(EXO_EINVAL, "exo_http_chunked_decode: NULL argument");
     *consumed = *produced = 0;
     *done = 0;
     if (st->state == CH_DONE) {
         *done = 1;
         return 0;
     }
-    if (st->state == CH_FAILED) return exo_error_set(EXO_ESTATE, "chunked body: the decoder failed earlier");
+    if (st->state == CH_FAILED) return exo__error_set(EXO_ESTATE, "chunked body: the decoder failed earlier");
     if (st->state < 0 || st->state > CH_FAILED || st->total > max_body)
-        return exo_error_set(EXO_EINVAL, "exo_http_chunked_decode: state not zeroed or max_body changed");
+        return exo__error_set(EXO_EINVAL, "exo_http_chunked_decode: state not zeroed or max_body changed");
 
     uint64_t framing_max = (uint64_t)max_body + HTTP_CHUNK_FRAMING_SLACK;
     if (framing_max < max_body) framing_max = UINT64_MAX;

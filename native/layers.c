@@ -30,7 +30,7 @@ static void fill_rope_table(const exo_shard *s, const exo_rope *r, const exo_bat
     }
 }
 
-int exo_layers_begin(exo_shard *s, const exo_batch *b)
+int exo__layers_begin(exo_shard *s, const exo_batch *b)
 {
     exo_backend *be = s->backend;
     const int64_t n = (int64_t)b->n_rows * s->hp.n_embd;
@@ -51,7 +51,7 @@ static void add_bias(exo_backend *be, float *y, const exo_tensor *bias, int n_to
     for (int t = 0; t < n_tokens; t++) be->add(be, y + (size_t)t * width, bias->data, width);
 }
 
-int exo_layers_attention(exo_shard *s, const exo_batch *batch, int il_local, const exo_attn_block *b)
+int exo__layers_attention(exo_shard *s, const exo_batch *batch, int il_local, const exo_attn_block *b)
 {
     exo_backend *be = s->backend;
     const exo_hparams *hp = &s->hp;
@@ -103,7 +103,7 @@ int exo_layers_attention(exo_shard *s, const exo_batch *batch, int il_local, con
     return EXO_OK;
 }
 
-int exo_layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b)
+int exo__layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b)
 {
     const int n_tokens = batch->n_rows;
     exo_backend *be = s->backend;
@@ -119,7 +119,7 @@ int exo_layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b)
     return EXO_OK;
 }
 
-int exo_layers_end(exo_shard *s, const exo_batch *b, float *out)
+int exo__layers_end(exo_shard *s, const exo_batch *b, float *out)
 {
     const int n_tokens = b->n_rows, logits_from = b->logits_from;
     exo_backend *be = s->backend;
@@ -140,25 +140,25 @@ int exo_layers_end(exo_shard *s, const exo_batch *b, float *out)
     return EXO_OK;
 }
 
-int exo_layers_forward(exo_shard *s, const exo_batch *b, const exo_decoder_layer *layers, float *out)
+int exo__layers_forward(exo_shard *s, const exo_batch *b, const exo_decoder_layer *layers, float *out)
 {
-    int rc = exo_layers_begin(s, b);
+    int rc = exo__layers_begin(s, b);
     for (int i = 0; rc == EXO_OK && i < s->layer_end - s->layer_start; i++) {
-        rc = exo_layers_attention(s, b, i, &layers[i].attn);
-        if (rc == EXO_OK) rc = exo_layers_ffn(s, b, &layers[i].ffn);
+        rc = exo__layers_attention(s, b, i, &layers[i].attn);
+        if (rc == EXO_OK) rc = exo__layers_ffn(s, b, &layers[i].ffn);
     }
-    return rc ? rc : exo_layers_end(s, b, out);
+    return rc ? rc : exo__layers_end(s, b, out);
 }
 
-int exo_layers_alloc(exo_shard *s)
+int exo__layers_alloc(exo_shard *s)
 {
     s->arch_data = calloc((size_t)(s->layer_end - s->layer_start), sizeof(exo_decoder_layer));
-    return s->arch_data ? EXO_OK : exo_error_set(EXO_ENOMEM, "out of memory");
+    return s->arch_data ? EXO_OK : exo__error_set(EXO_ENOMEM, "out of memory");
 }
 
-int exo_layers_forward_arch(exo_shard *s, const exo_batch *b, float *out)
+int exo__layers_forward_arch(exo_shard *s, const exo_batch *b, float *out)
 {
-    return exo_layers_forward(s, b, s->arch_data, out);
+    return exo__layers_forward(s, b, s->arch_data, out);
 }
 
 /* ---- binding ------------------------------------------------------------- */
@@ -170,16 +170,16 @@ static int bind_attn(exo_shard *s, int il, exo_attn_block *b, int flags)
     const int64_t q_dim = hp->n_head * head_dim, kv_dim = hp->n_head_kv * head_dim;
     int rc;
 #define BIND(field, suffix, dims, ne0, ne1, required)                                              \
-    if ((rc = exo_model_bind_layer_tensor(s, &b->field, il, suffix, dims, ne0, ne1, required))) return rc;
+    if ((rc = exo__model_bind_layer_tensor(s, &b->field, il, suffix, dims, ne0, ne1, required))) return rc;
     BIND(norm, "attn_norm.weight", 1, n_embd, 1, true);
     exo_tensor qkv;
     BIND(wq, "attn_q.weight", 2, n_embd, q_dim, false);
     if (!b->wq.data) { /* Phi 3: one matrix whose rows are Q's, then K's, then V's */
-        if ((rc = exo_model_bind_layer_tensor(s, &qkv, il, "attn_qkv.weight", 2, n_embd, q_dim + 2 * kv_dim, true)))
+        if ((rc = exo__model_bind_layer_tensor(s, &qkv, il, "attn_qkv.weight", 2, n_embd, q_dim + 2 * kv_dim, true)))
             return rc;
-        exo_model_row_view(&b->wq, &qkv, 0, q_dim);
-        exo_model_row_view(&b->wk, &qkv, q_dim, kv_dim);
-        exo_model_row_view(&b->wv, &qkv, q_dim + kv_dim, kv_dim);
+        exo__model_row_view(&b->wq, &qkv, 0, q_dim);
+        exo__model_row_view(&b->wk, &qkv, q_dim, kv_dim);
+        exo__model_row_view(&b->wv, &qkv, q_dim + kv_dim, kv_dim);
     } else {
         BIND(wk, "attn_k.weight", 2, n_embd, kv_dim, true);
         BIND(wv, "attn_v.weight", 2, n_embd, kv_dim, true);
@@ -207,15 +207,15 @@ static int bind_ffn(exo_shard *s, int il, exo_ffn_block *f, int flags, int act)
     const int64_t n_embd = hp->n_embd, n_ff = hp->n_ff;
     int rc;
 #define BIND(field, suffix, dims, ne0, ne1, required)                                              \
-    if ((rc = exo_model_bind_layer_tensor(s, &f->field, il, suffix, dims, ne0, ne1, required))) return rc;
+    if ((rc = exo__model_bind_layer_tensor(s, &f->field, il, suffix, dims, ne0, ne1, required))) return rc;
     BIND(norm, "ffn_norm.weight", 1, n_embd, 1, true);
     BIND(gate, "ffn_gate.weight", 2, n_embd, n_ff, false);
     if (!f->gate.data) { /* Phi 3: one matrix whose rows are the gate's, then up's */
         exo_tensor gate_up;
-        if ((rc = exo_model_bind_layer_tensor(s, &gate_up, il, "ffn_up.weight", 2, n_embd, 2 * n_ff, true)))
+        if ((rc = exo__model_bind_layer_tensor(s, &gate_up, il, "ffn_up.weight", 2, n_embd, 2 * n_ff, true)))
             return rc;
-        exo_model_row_view(&f->gate, &gate_up, 0, n_ff);
-        exo_model_row_view(&f->up, &gate_up, n_ff, n_ff);
+        exo__model_row_view(&f->gate, &gate_up, 0, n_ff);
+        exo__model_row_view(&f->up, &gate_up, n_ff, n_ff);
     } else {
         BIND(up, "ffn_up.weight", 2, n_embd, n_ff, true);
     }
@@ -226,9 +226,9 @@ static int bind_ffn(exo_shard *s, int il, exo_ffn_block *f, int flags, int act)
     return EXO_OK;
 }
 
-int exo_layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act)
+int exo__layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act)
 {
-    int rc = exo_model_bind_embeddings(s);
+    int rc = exo__model_bind_embeddings(s);
     if (rc) return rc;
     const int n = s->layer_end - s->layer_start;
     for (int i = 0; i < n; i++) {
@@ -240,7 +240,7 @@ int exo_layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act)
      * while little else is resident (peak RSS). */
     int n_ws = 7 * n + 1;
     exo_tensor **ws = calloc((size_t)n_ws, sizeof *ws);
-    if (!ws) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!ws) return exo__error_set(EXO_ENOMEM, "out of memory");
     ws[0] = s->is_last ? &s->output : NULL;
     for (int i = 0; i < n; i++) {
         exo_attn_block *a = &layers[i].attn;
@@ -248,7 +248,7 @@ int exo_layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act)
         exo_tensor *layer_ws[7] = {&a->wq, &a->wk, &a->wv, &a->wo, &f->gate, &f->up, &f->down};
         memcpy(ws + 1 + 7 * i, layer_ws, sizeof layer_ws);
     }
-    rc = exo_model_pack_weights(s, ws, n_ws);
+    rc = exo__model_pack_weights(s, ws, n_ws);
     free(ws);
     return rc;
 }

@@ -31,41 +31,41 @@ static pthread_mutex_t forward_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- metadata ----------------------------------------------------------- */
 
-bool exo_model_meta_has(const exo_shard *s, const char *suffix)
+bool exo__model_meta_has(const exo_shard *s, const char *suffix)
 {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", s->arch_name, suffix);
-    return exo_gguf_find_key(s->file, key) >= 0;
+    return exo__gguf_find_key(s->file, key) >= 0;
 }
 
-int exo_model_meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback)
+int exo__model_meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback)
 {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", s->arch_name, suffix);
-    if (exo_gguf_find_key(s->file, key) < 0) {
-        if (required) return exo_error_set(EXO_EFORMAT, "model metadata lacks '%s'", key);
+    if (exo__gguf_find_key(s->file, key) < 0) {
+        if (required) return exo__error_set(EXO_EFORMAT, "model metadata lacks '%s'", key);
         *out = fallback;
         return EXO_OK;
     }
     int64_t v;
-    int rc = exo_gguf_get_i64(s->file, key, &v);
+    int rc = exo__gguf_get_i64(s->file, key, &v);
     if (rc) return rc;
-    if (v < 0 || v > (1 << 30)) return exo_error_set(EXO_EFORMAT, "model metadata '%s' = %lld is out of range", key, (long long)v);
+    if (v < 0 || v > (1 << 30)) return exo__error_set(EXO_EFORMAT, "model metadata '%s' = %lld is out of range", key, (long long)v);
     *out = (int)v;
     return EXO_OK;
 }
 
-int exo_model_meta_float(const exo_shard *s, const char *suffix, float *out, float fallback)
+int exo__model_meta_float(const exo_shard *s, const char *suffix, float *out, float fallback)
 {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", s->arch_name, suffix);
-    if (exo_gguf_find_key(s->file, key) < 0) {
+    if (exo__gguf_find_key(s->file, key) < 0) {
         *out = fallback;
         return EXO_OK;
     }
-    int rc = exo_gguf_get_f32(s->file, key, out);
+    int rc = exo__gguf_get_f32(s->file, key, out);
     if (rc) return rc;
-    if (!isfinite(*out)) return exo_error_set(EXO_EFORMAT, "model metadata '%s' is not finite", key);
+    if (!isfinite(*out)) return exo__error_set(EXO_EFORMAT, "model metadata '%s' is not finite", key);
     return EXO_OK;
 }
 
@@ -75,88 +75,88 @@ static int read_hparams(exo_shard *s)
 {
     exo_hparams *hp = &s->hp;
     int rc;
-    if ((rc = exo_model_meta_int(s, "block_count", &hp->n_layer, true, 0))) return rc;
-    if ((rc = exo_model_meta_int(s, "embedding_length", &hp->n_embd, true, 0))) return rc;
-    if ((rc = exo_model_meta_int(s, "feed_forward_length", &hp->n_ff, true, 0))) return rc;
-    if ((rc = exo_model_meta_int(s, "attention.head_count", &hp->n_head, true, 0))) return rc;
-    if ((rc = exo_model_meta_int(s, "attention.head_count_kv", &hp->n_head_kv, false, hp->n_head))) return rc;
-    if ((rc = exo_model_meta_int(s, "context_length", &hp->n_ctx_train, false, 2048))) return rc;
+    if ((rc = exo__model_meta_int(s, "block_count", &hp->n_layer, true, 0))) return rc;
+    if ((rc = exo__model_meta_int(s, "embedding_length", &hp->n_embd, true, 0))) return rc;
+    if ((rc = exo__model_meta_int(s, "feed_forward_length", &hp->n_ff, true, 0))) return rc;
+    if ((rc = exo__model_meta_int(s, "attention.head_count", &hp->n_head, true, 0))) return rc;
+    if ((rc = exo__model_meta_int(s, "attention.head_count_kv", &hp->n_head_kv, false, hp->n_head))) return rc;
+    if ((rc = exo__model_meta_int(s, "context_length", &hp->n_ctx_train, false, 2048))) return rc;
     if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_ff < 1 ||
         hp->n_ctx_train < 1)
-        return exo_error_set(EXO_EFORMAT, "model hyper-parameters must be positive (layers %d, embd %d, heads %d/%d, "
+        return exo__error_set(EXO_EFORMAT, "model hyper-parameters must be positive (layers %d, embd %d, heads %d/%d, "
                              "ff %d, context %d)", hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff,
                              hp->n_ctx_train);
     if (hp->n_layer > 4096 || hp->n_head > 4096 || hp->n_embd > (1 << 20) || hp->n_ff > (1 << 22))
-        return exo_error_set(EXO_EFORMAT, "model hyper-parameters are implausibly large (layers %d, heads %d, embd %d, "
+        return exo__error_set(EXO_EFORMAT, "model hyper-parameters are implausibly large (layers %d, heads %d, embd %d, "
                              "ff %d)", hp->n_layer, hp->n_head, hp->n_embd, hp->n_ff);
     if (hp->n_head % hp->n_head_kv)
-        return exo_error_set(EXO_EFORMAT, "%d heads are not a multiple of %d kv heads", hp->n_head, hp->n_head_kv);
+        return exo__error_set(EXO_EFORMAT, "%d heads are not a multiple of %d kv heads", hp->n_head, hp->n_head_kv);
     /* head_dim comes from metadata where the file says it (Qwen 3, Gemma:
      * not n_embd / n_head); otherwise the embedding splits evenly. */
-    if (!exo_model_meta_has(s, "attention.key_length") && hp->n_embd % hp->n_head)
-        return exo_error_set(EXO_EFORMAT, "embedding length %d is not a multiple of %d heads", hp->n_embd, hp->n_head);
-    if ((rc = exo_model_meta_int(s, "attention.key_length", &hp->head_dim, false, hp->n_embd / hp->n_head))) return rc;
+    if (!exo__model_meta_has(s, "attention.key_length") && hp->n_embd % hp->n_head)
+        return exo__error_set(EXO_EFORMAT, "embedding length %d is not a multiple of %d heads", hp->n_embd, hp->n_head);
+    if ((rc = exo__model_meta_int(s, "attention.key_length", &hp->head_dim, false, hp->n_embd / hp->n_head))) return rc;
     int value_dim;
-    if ((rc = exo_model_meta_int(s, "attention.value_length", &value_dim, false, hp->head_dim))) return rc;
+    if ((rc = exo__model_meta_int(s, "attention.value_length", &value_dim, false, hp->head_dim))) return rc;
     if (value_dim != hp->head_dim)
-        return exo_error_set(EXO_ENOTSUP, "value length %d differs from key length %d (not supported)", value_dim,
+        return exo__error_set(EXO_ENOTSUP, "value length %d differs from key length %d (not supported)", value_dim,
                              hp->head_dim);
     if (hp->head_dim < 1 || hp->head_dim > 1024)
-        return exo_error_set(EXO_EFORMAT, "head dimension %d is out of range", hp->head_dim);
-    if ((rc = exo_model_meta_int(s, "rope.dimension_count", &hp->rope_dim, false, hp->head_dim))) return rc;
+        return exo__error_set(EXO_EFORMAT, "head dimension %d is out of range", hp->head_dim);
+    if ((rc = exo__model_meta_int(s, "rope.dimension_count", &hp->rope_dim, false, hp->head_dim))) return rc;
     if (hp->rope_dim > hp->head_dim || hp->rope_dim % 2)
-        return exo_error_set(EXO_EFORMAT, "rope dimension %d does not fit head dimension %d", hp->rope_dim, hp->head_dim);
-    if ((rc = exo_model_meta_float(s, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f))) return rc;
+        return exo__error_set(EXO_EFORMAT, "rope dimension %d does not fit head dimension %d", hp->rope_dim, hp->head_dim);
+    if ((rc = exo__model_meta_float(s, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f))) return rc;
     if (!(hp->rms_eps >= 0 && hp->rms_eps < 1))
-        return exo_error_set(EXO_EFORMAT, "RMS norm epsilon %g is out of range", hp->rms_eps);
+        return exo__error_set(EXO_EFORMAT, "RMS norm epsilon %g is out of range", hp->rms_eps);
     s->embd_scale = 1.0f;
     return EXO_OK;
 }
 
 /* The linear rope scaling factor the file declares (1 = none). */
-int exo_model_rope_scaling(const exo_shard *s, float *linear_scale)
+int exo__model_rope_scaling(const exo_shard *s, float *linear_scale)
 {
     *linear_scale = 1.0f;
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", s->arch_name);
     const char *type;
     size_t type_len;
-    if (exo_gguf_get_str(s->file, key, &type, &type_len) != EXO_OK) return EXO_OK;
+    if (exo__gguf_get_str(s->file, key, &type, &type_len) != EXO_OK) return EXO_OK;
     if (type_len == 6 && !memcmp(type, "linear", 6)) {
-        int rc = exo_model_meta_float(s, "rope.scaling.factor", linear_scale, 1.0f);
+        int rc = exo__model_meta_float(s, "rope.scaling.factor", linear_scale, 1.0f);
         if (rc) return rc;
         if (!(*linear_scale > 0))
-            return exo_error_set(EXO_EFORMAT, "rope scaling factor %g is not positive", *linear_scale);
+            return exo__error_set(EXO_EFORMAT, "rope scaling factor %g is not positive", *linear_scale);
         return EXO_OK;
     }
     if (type_len == 4 && !memcmp(type, "none", 4)) return EXO_OK;
-    return exo_error_set(EXO_ENOTSUP, "rope scaling type '%.*s' is not supported (linear and per-frequency factor "
+    return exo__error_set(EXO_ENOTSUP, "rope scaling type '%.*s' is not supported (linear and per-frequency factor "
                          "tensors are)", (int)(type_len > 32 ? 32 : type_len), type);
 }
 
-int exo_model_add_file_rope(exo_shard *s, int style, const char *factors)
+int exo__model_add_file_rope(exo_shard *s, int style, const char *factors)
 {
     float freq_base, linear_scale;
     int rc;
-    if ((rc = exo_model_meta_float(s, "rope.freq_base", &freq_base, 10000.0f))) return rc;
-    if ((rc = exo_model_rope_scaling(s, &linear_scale))) return rc;
-    return exo_model_add_rope(s, freq_base, linear_scale, style, factors);
+    if ((rc = exo__model_meta_float(s, "rope.freq_base", &freq_base, 10000.0f))) return rc;
+    if ((rc = exo__model_rope_scaling(s, &linear_scale))) return rc;
+    return exo__model_add_rope(s, freq_base, linear_scale, style, factors);
 }
 
-int exo_model_sliding_window(const exo_shard *s, int *window)
+int exo__model_sliding_window(const exo_shard *s, int *window)
 {
-    int rc = exo_model_meta_int(s, "attention.sliding_window", window, false, 0);
+    int rc = exo__model_meta_int(s, "attention.sliding_window", window, false, 0);
     if (rc) return rc;
     if (*window > s->hp.n_ctx_train)
-        return exo_error_set(EXO_EFORMAT, "sliding window of %d positions is larger than the context of %d", *window,
+        return exo__error_set(EXO_EFORMAT, "sliding window of %d positions is larger than the context of %d", *window,
                              s->hp.n_ctx_train);
     return EXO_OK;
 }
 
-int exo_model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors)
+int exo__model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors)
 {
-    if (s->n_rope >= EXO_MAX_ROPES) return exo_error_set(EXO_EINVAL, "more than %d ropes", EXO_MAX_ROPES);
-    if (!(freq_base > 0)) return exo_error_set(EXO_EFORMAT, "rope frequency base %g is not positive", freq_base);
+    if (s->n_rope >= EXO_MAX_ROPES) return exo__error_set(EXO_EINVAL, "more than %d ropes", EXO_MAX_ROPES);
+    if (!(freq_base > 0)) return exo__error_set(EXO_EFORMAT, "rope frequency base %g is not positive", freq_base);
     const exo_hparams *hp = &s->hp;
     int half = hp->rope_dim / 2;
     exo_rope *r = &s->rope[s->n_rope];
@@ -164,64 +164,64 @@ int exo_model_add_rope(exo_shard *s, float freq_base, float linear_scale, int st
     r->linear_scale = linear_scale;
     r->attn_factor = 1.0f;
     r->inv_freq = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
-    r->cos = exo_aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
-    r->sin = exo_aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
+    r->cos = exo__aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
+    r->sin = exo__aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
     s->n_rope++;
-    if (!r->inv_freq || !r->cos || !r->sin) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!r->inv_freq || !r->cos || !r->sin) return exo__error_set(EXO_ENOMEM, "out of memory");
     for (int i = 0; i < half; i++) r->inv_freq[i] = (float)pow(freq_base, -2.0 * i / hp->rope_dim);
-    int64_t idx = factors ? exo_gguf_find_tensor(s->file, factors) : -1;
+    int64_t idx = factors ? exo__gguf_find_tensor(s->file, factors) : -1;
     if (idx >= 0) {
         /* Llama 3's and Phi 3's per-frequency factors divide each pair's frequency. */
-        const exo_gguf_tensor *t = exo_gguf_tensor_at(s->file, idx);
+        const exo_gguf_tensor *t = exo__gguf_tensor_at(s->file, idx);
         if (t->dtype != EXO_DTYPE_F32 || t->ne[0] != half || t->n_dims != 1)
-            return exo_error_set(EXO_EFORMAT, "%s should be f32 of %d elements", factors, half);
+            return exo__error_set(EXO_EFORMAT, "%s should be f32 of %d elements", factors, half);
         const float *values = t->data;
         for (int i = 0; i < half; i++) {
             float f;
             memcpy(&f, values + i, sizeof f);
             if (!(f > 0) || !isfinite(f))
-                return exo_error_set(EXO_EFORMAT, "%s[%d] = %g is not positive", factors, i, f);
+                return exo__error_set(EXO_EFORMAT, "%s[%d] = %g is not positive", factors, i, f);
             r->inv_freq[i] /= f;
         }
     }
     return s->n_rope - 1;
 }
 
-int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
+int exo__model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
                           bool required)
 {
-    int64_t idx = exo_gguf_find_tensor(s->file, name);
+    int64_t idx = exo__gguf_find_tensor(s->file, name);
     if (idx < 0) {
         memset(t, 0, sizeof *t);
-        return required ? exo_error_set(EXO_EFORMAT, "model lacks tensor '%s'", name) : EXO_OK;
+        return required ? exo__error_set(EXO_EFORMAT, "model lacks tensor '%s'", name) : EXO_OK;
     }
-    const exo_gguf_tensor *g = exo_gguf_tensor_at(s->file, idx);
+    const exo_gguf_tensor *g = exo__gguf_tensor_at(s->file, idx);
     int64_t g_ne1 = g->n_dims > 1 ? g->ne[1] : 1;
     if (g->n_dims != n_dims || g->ne[0] != ne0 || g_ne1 != ne1)
-        return exo_error_set(EXO_EFORMAT, "tensor '%s' has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
+        return exo__error_set(EXO_EFORMAT, "tensor '%s' has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
                              name, (long long)g->ne[0], (long long)g_ne1, g->n_dims, (long long)ne0, (long long)ne1);
-    if (!exo_type_traits_get(g->dtype))
-        return exo_error_set(EXO_ENOTSUP, "tensor '%s' has unsupported type %d (%s)", name, g->dtype,
+    if (!exo__type_traits_get(g->dtype))
+        return exo__error_set(EXO_ENOTSUP, "tensor '%s' has unsupported type %d (%s)", name, g->dtype,
                              exo_dtype_name(g->dtype));
     if (n_dims == 1 && g->dtype != EXO_DTYPE_F32)
-        return exo_error_set(EXO_ENOTSUP, "tensor '%s' is a vector of type %s; only f32 vectors are supported",
+        return exo__error_set(EXO_ENOTSUP, "tensor '%s' is a vector of type %s; only f32 vectors are supported",
                              name, exo_dtype_name(g->dtype));
     int64_t ne[2] = {ne0, ne1};
-    int rc = exo_tensor_view(t, g->dtype, n_dims, ne, g->data);
-    if (rc) return exo_error_set(rc, "tensor '%s': %s", name, exo_last_error());
+    int rc = exo__tensor_view(t, g->dtype, n_dims, ne, g->data);
+    if (rc) return exo__error_set(rc, "tensor '%s': %s", name, exo_last_error());
     s->weight_bytes += (int64_t)g->size;
     return EXO_OK;
 }
 
-int exo_model_bind_layer_tensor(exo_shard *s, exo_tensor *t, int il, const char *suffix, int n_dims, int64_t ne0,
+int exo__model_bind_layer_tensor(exo_shard *s, exo_tensor *t, int il, const char *suffix, int n_dims, int64_t ne0,
                                 int64_t ne1, bool required)
 {
     char name[96];
     snprintf(name, sizeof name, "blk.%d.%s", il, suffix);
-    return exo_model_bind_tensor(s, t, name, n_dims, ne0, ne1, required);
+    return exo__model_bind_tensor(s, t, name, n_dims, ne0, ne1, required);
 }
 
-void exo_model_row_view(exo_tensor *t, const exo_tensor *m, int64_t row0, int64_t n_rows)
+void exo__model_row_view(exo_tensor *t, const exo_tensor *m, int64_t row0, int64_t n_rows)
 {
     *t = *m;
     t->ne[1] = n_rows;
@@ -229,35 +229,35 @@ void exo_model_row_view(exo_tensor *t, const exo_tensor *m, int64_t row0, int64_
     t->packed = NULL;
 }
 
-int exo_model_bind_embeddings(exo_shard *s)
+int exo__model_bind_embeddings(exo_shard *s)
 {
     exo_hparams *hp = &s->hp;
     const int64_t n_embd = hp->n_embd;
     int rc;
     /* The vocabulary size is the embedding's row count (vocab_size metadata is optional). */
-    int64_t emb_idx = exo_gguf_find_tensor(s->file, "token_embd.weight");
-    if (emb_idx < 0) return exo_error_set(EXO_EFORMAT, "model lacks tensor 'token_embd.weight'");
-    const exo_gguf_tensor *emb = exo_gguf_tensor_at(s->file, emb_idx);
+    int64_t emb_idx = exo__gguf_find_tensor(s->file, "token_embd.weight");
+    if (emb_idx < 0) return exo__error_set(EXO_EFORMAT, "model lacks tensor 'token_embd.weight'");
+    const exo_gguf_tensor *emb = exo__gguf_tensor_at(s->file, emb_idx);
     if (emb->n_dims != 2 || emb->ne[0] != n_embd || emb->ne[1] < 1 || emb->ne[1] > (1 << 24))
-        return exo_error_set(EXO_EFORMAT, "token_embd.weight has shape [%lld, %lld], expected [%lld, n_vocab]",
+        return exo__error_set(EXO_EFORMAT, "token_embd.weight has shape [%lld, %lld], expected [%lld, n_vocab]",
                              (long long)emb->ne[0], (long long)emb->ne[1], (long long)n_embd);
     hp->n_vocab = (int)emb->ne[1];
 
     if (s->is_first) {
-        if ((rc = exo_model_bind_tensor(s, &s->tok_embd, "token_embd.weight", 2, n_embd, hp->n_vocab, true)))
+        if ((rc = exo__model_bind_tensor(s, &s->tok_embd, "token_embd.weight", 2, n_embd, hp->n_vocab, true)))
             return rc;
         /* A lookup reads one row per token, not the table. */
         s->weight_bytes -= (int64_t)(emb->size - s->tok_embd.nb[1]);
     }
     if (s->is_last) {
-        if ((rc = exo_model_bind_tensor(s, &s->output_norm, "output_norm.weight", 1, n_embd, 1, true))) return rc;
-        if ((rc = exo_model_bind_tensor(s, &s->output, "output.weight", 2, n_embd, hp->n_vocab, false))) return rc;
+        if ((rc = exo__model_bind_tensor(s, &s->output_norm, "output_norm.weight", 1, n_embd, 1, true))) return rc;
+        if ((rc = exo__model_bind_tensor(s, &s->output, "output.weight", 2, n_embd, hp->n_vocab, false))) return rc;
         if (!s->output.data) {
             /* Tied head: the embedding doubles as the output projection. */
-            if ((rc = exo_model_bind_tensor(s, &s->output, "token_embd.weight", 2, n_embd, hp->n_vocab, true)))
+            if ((rc = exo__model_bind_tensor(s, &s->output, "token_embd.weight", 2, n_embd, hp->n_vocab, true)))
                 return rc;
         }
-        if ((rc = exo_model_bind_tensor(s, &s->output_bias, "output.bias", 1, hp->n_vocab, 1, false))) return rc;
+        if ((rc = exo__model_bind_tensor(s, &s->output_bias, "output.bias", 1, hp->n_vocab, 1, false))) return rc;
     }
     return EXO_OK;
 }
@@ -280,13 +280,13 @@ static int64_t mem_available_bytes(void)
     return kb < 0 ? -1 : (int64_t)kb * 1024;
 }
 
-int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
+int exo__model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
 {
     exo_backend *be = s->backend;
     if (!be->packed_size || !be->pack) return EXO_OK;
     /* Sizes asked once: the arena is cut by these same numbers. */
     size_t *sizes = calloc((size_t)(n > 0 ? n : 1), sizeof *sizes), total = 0;
-    if (!sizes) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!sizes) return exo__error_set(EXO_ENOMEM, "out of memory");
     for (int i = 0; i < n; i++)
         if (ws[i] && ws[i]->data) total += round_to_line(sizes[i] = be->packed_size(be, ws[i]));
     /* The packed copy is anonymous memory, where the file's pages were page
@@ -307,7 +307,7 @@ int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
              * again from the page cache if a row is ever needed). A tied
              * head's embedding looks its rows up in the packed copy too. */
             if (ws[i]->data == s->tok_embd.data) s->tok_embd.packed = ws[i]->packed;
-            if (exo_gguf_is_file_mapped(s->file)) exo_release_pages(ws[i]->data, sizes[i]);
+            if (exo__gguf_is_file_mapped(s->file)) exo__release_pages(ws[i]->data, sizes[i]);
         }
     }
     free(sizes);
@@ -329,12 +329,12 @@ static int alloc_run_state(exo_shard *s)
     size_t total = 0;
     for (int i = 0; i < 8; i++) total += round_to_line(sizeof(float) * b * widths[i]);
     rs->base = s->backend->alloc(s->backend, total, EXO_BUFFER_ACTIVATIONS);
-    if (!rs->base) return exo_error_set(EXO_ENOMEM, "out of memory allocating the run state (%zu MiB)", total >> 20);
+    if (!rs->base) return exo__error_set(EXO_ENOMEM, "out of memory allocating the run state (%zu MiB)", total >> 20);
     rs->bytes = total;
     s->runs = calloc(b, sizeof *s->runs);
     s->batch_seq = calloc(b, sizeof *s->batch_seq);
     s->batch_pos = calloc(b, sizeof *s->batch_pos);
-    if (!s->runs || !s->batch_seq || !s->batch_pos) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!s->runs || !s->batch_seq || !s->batch_pos) return exo__error_set(EXO_ENOMEM, "out of memory");
     char *at = (char *)rs->base;
     for (int i = 0; i < 8; i++) {
         *arrays[i] = (float *)at;
@@ -353,52 +353,52 @@ void exo_shard_free(exo_shard *s)
     if (s->rs.base) be->release(be, s->rs.base, s->rs.bytes, EXO_BUFFER_ACTIVATIONS);
     for (int i = 0; i < s->n_rope; i++) {
         free(s->rope[i].inv_freq);
-        exo_aligned_free(s->rope[i].cos);
-        exo_aligned_free(s->rope[i].sin);
+        exo__aligned_free(s->rope[i].cos);
+        exo__aligned_free(s->rope[i].sin);
     }
     free(s->arch_data);
     free(s->runs);
     free(s->batch_seq);
     free(s->batch_pos);
     if (s->packed) be->release(be, s->packed, s->packed_bytes, EXO_BUFFER_WEIGHTS);
-    exo_gguf_close(s->file);
+    exo__gguf_close(s->file);
     free(s);
 }
 
 int exo_shard_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, exo_shard **out)
 {
-    return exo_model_load(path, layer_start, layer_end, is_first, is_last, "cpu", out);
+    return exo__model_load(path, layer_start, layer_end, is_first, is_last, "cpu", out);
 }
 
-int exo_model_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, const char *backend,
+int exo__model_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, const char *backend,
                    exo_shard **out)
 {
-    if (!path || !out) return exo_error_set(EXO_EINVAL, "exo_shard_load: path and out are required");
+    if (!path || !out) return exo__error_set(EXO_EINVAL, "exo_shard_load: path and out are required");
     *out = NULL;
-    exo_backend *be = exo_backend_find(backend);
+    exo_backend *be = exo__backend_find(backend);
     if (!be)
-        return exo_error_set(EXO_ENOTSUP, "backend '%s' is not in this build (it has: cpu)", backend ? backend : "");
+        return exo__error_set(EXO_ENOTSUP, "backend '%s' is not in this build (it has: cpu)", backend ? backend : "");
     exo_shard *s = calloc(1, sizeof *s);
-    if (!s) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!s) return exo__error_set(EXO_ENOMEM, "out of memory");
     s->backend = be;
     s->max_batch = SHARD_MAX_BATCH;
-    exo_quants_init();
-    int rc = exo_gguf_open(path, &s->file);
+    exo__quants_init();
+    int rc = exo__gguf_open(path, &s->file);
     if (rc) goto fail;
 
     const char *arch;
     size_t arch_len;
-    if ((rc = exo_gguf_get_str(s->file, "general.architecture", &arch, &arch_len))) {
-        rc = exo_error_set(EXO_EFORMAT, "%s: no general.architecture in metadata", path);
+    if ((rc = exo__gguf_get_str(s->file, "general.architecture", &arch, &arch_len))) {
+        rc = exo__error_set(EXO_EFORMAT, "%s: no general.architecture in metadata", path);
         goto fail;
     }
     if (arch_len >= sizeof s->arch_name) arch_len = sizeof s->arch_name - 1;
     memcpy(s->arch_name, arch, arch_len);
     s->arch_name[arch_len] = 0;
-    s->arch = exo_arch_find(s->arch_name);
+    s->arch = exo__arch_find(s->arch_name);
     if (!s->arch) {
-        rc = exo_error_set(EXO_ENOTSUP, "%s: architecture '%s' is not supported (supported: %s)", path, s->arch_name,
-                           exo_arch_names());
+        rc = exo__error_set(EXO_ENOTSUP, "%s: architecture '%s' is not supported (supported: %s)", path, s->arch_name,
+                           exo__arch_names());
         goto fail;
     }
     if ((rc = read_hparams(s))) goto fail;
@@ -406,7 +406,7 @@ int exo_model_load(const char *path, int layer_start, int layer_end, int is_firs
     int n_layer = s->hp.n_layer;
     if (layer_end < 0) layer_end = n_layer;
     if (layer_start < 0 || layer_start >= layer_end || layer_end > n_layer) {
-        rc = exo_error_set(EXO_ERANGE, "layer range [%d, %d) is not inside the model's %d layers", layer_start,
+        rc = exo__error_set(EXO_ERANGE, "layer range [%d, %d) is not inside the model's %d layers", layer_start,
                            layer_end, n_layer);
         goto fail;
     }
@@ -415,7 +415,7 @@ int exo_model_load(const char *path, int layer_start, int layer_end, int is_firs
     s->is_first = is_first < 0 ? layer_start == 0 : is_first != 0;
     s->is_last = is_last < 0 ? layer_end == n_layer : is_last != 0;
     if (s->is_first && layer_start != 0) {
-        rc = exo_error_set(EXO_EINVAL, "a first shard must start at layer 0, not %d", layer_start);
+        rc = exo__error_set(EXO_EINVAL, "a first shard must start at layer 0, not %d", layer_start);
         goto fail;
     }
     if ((rc = s->arch->read_hparams(s))) goto fail;
@@ -430,7 +430,7 @@ fail:
 
 int exo_shard_get_info(const exo_shard *s, exo_shard_info *out)
 {
-    if (!s || !out) return exo_error_set(EXO_EINVAL, "exo_shard_get_info: NULL argument");
+    if (!s || !out) return exo__error_set(EXO_EINVAL, "exo_shard_get_info: NULL argument");
     memset(out, 0, sizeof *out);
     snprintf(out->arch, sizeof out->arch, "%s", s->arch_name);
     out->n_layer = s->hp.n_layer;
@@ -455,14 +455,14 @@ int exo_shard_get_info(const exo_shard *s, exo_shard_info *out)
 
 int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
 {
-    if (!s || !out) return exo_error_set(EXO_EINVAL, "exo_seq_new: NULL argument");
+    if (!s || !out) return exo__error_set(EXO_EINVAL, "exo_seq_new: NULL argument");
     *out = NULL;
     if (n_ctx <= 0) n_ctx = s->hp.n_ctx_train;
-    if (n_ctx > SEQ_MAX_CTX) return exo_error_set(EXO_ERANGE, "context of %d positions is over %d", n_ctx, SEQ_MAX_CTX);
+    if (n_ctx > SEQ_MAX_CTX) return exo__error_set(EXO_ERANGE, "context of %d positions is over %d", n_ctx, SEQ_MAX_CTX);
     int rc = s->backend->reserve(s->backend, s->max_batch, s->hp.n_embd, n_ctx);
     if (rc) return rc;
     exo_seq *q = calloc(1, sizeof *q);
-    if (!q) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!q) return exo__error_set(EXO_ENOMEM, "out of memory");
     size_t per_layer = (size_t)n_ctx * s->hp.n_head_kv * s->hp.head_dim;
     size_t n_layers = (size_t)(s->layer_end - s->layer_start);
     size_t half = round_to_line(sizeof(uint16_t) * per_layer * n_layers);
@@ -470,7 +470,7 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
     q->k_cache = s->backend->alloc(s->backend, 2 * half, EXO_BUFFER_KV_CACHE);
     if (!q->k_cache) {
         free(q);
-        return exo_error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
+        return exo__error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
                              2 * half >> 20);
     }
     q->v_cache = (uint16_t *)((char *)q->k_cache + half);
@@ -500,9 +500,9 @@ int exo_seq_n_ctx(const exo_seq *q)
 
 int exo_seq_truncate(exo_seq *q, int pos)
 {
-    if (!q) return exo_error_set(EXO_EINVAL, "exo_seq_truncate: NULL sequence");
+    if (!q) return exo__error_set(EXO_EINVAL, "exo_seq_truncate: NULL sequence");
     if (pos < 0 || pos > q->pos)
-        return exo_error_set(EXO_ERANGE, "cannot truncate a sequence of %d positions to %d", q->pos, pos);
+        return exo__error_set(EXO_ERANGE, "cannot truncate a sequence of %d positions to %d", q->pos, pos);
     q->pos = pos;
     return EXO_OK;
 }
@@ -516,33 +516,33 @@ int exo_seq_truncate(exo_seq *q, int pos)
 static int batch_runs(exo_shard *s, const exo_batch *b)
 {
     if (b->n_rows < 1 || b->n_rows > s->max_batch)
-        return exo_error_set(EXO_EINVAL, "a batch of %d rows (1 to %d)", b->n_rows, s->max_batch);
+        return exo__error_set(EXO_EINVAL, "a batch of %d rows (1 to %d)", b->n_rows, s->max_batch);
     if (!b->seq || !b->pos || (s->is_first ? !b->tokens : !b->hidden))
-        return exo_error_set(EXO_EINVAL, "a %s shard's batch takes %s, sequences and positions",
+        return exo__error_set(EXO_EINVAL, "a %s shard's batch takes %s, sequences and positions",
                              s->is_first ? "first" : "middle", s->is_first ? "token ids" : "hidden states");
     if (b->logits_from < 0 || b->logits_from > b->n_rows)
-        return exo_error_set(EXO_EINVAL, "logits from row %d of %d", b->logits_from, b->n_rows);
+        return exo__error_set(EXO_EINVAL, "logits from row %d of %d", b->logits_from, b->n_rows);
     s->n_runs = 0;
     for (int r = 0; r < b->n_rows; r++) {
         exo_seq *q = b->seq[r];
-        if (!q || q->shard != s) return exo_error_set(EXO_EINVAL, "row %d's sequence belongs to another shard", r);
+        if (!q || q->shard != s) return exo__error_set(EXO_EINVAL, "row %d's sequence belongs to another shard", r);
         exo_batch_run *run = s->n_runs ? &s->runs[s->n_runs - 1] : NULL;
         if (run && run->seq == q) {
             if (b->pos[r] != run->pos0 + run->n)
-                return exo_error_set(EXO_EINVAL, "row %d is at position %d, after %d", r, b->pos[r],
+                return exo__error_set(EXO_EINVAL, "row %d is at position %d, after %d", r, b->pos[r],
                                      run->pos0 + run->n - 1);
             run->n++;
         } else {
             for (int i = 0; i < s->n_runs; i++)
                 if (s->runs[i].seq == q)
-                    return exo_error_set(EXO_EINVAL, "row %d: a sequence's rows must be together in a batch", r);
+                    return exo__error_set(EXO_EINVAL, "row %d: a sequence's rows must be together in a batch", r);
             if (b->pos[r] != q->pos)
-                return exo_error_set(EXO_EINVAL, "row %d is at position %d; its sequence continues at %d", r,
+                return exo__error_set(EXO_EINVAL, "row %d is at position %d; its sequence continues at %d", r,
                                      b->pos[r], q->pos);
             s->runs[s->n_runs++] = (exo_batch_run){.seq = q, .row0 = r, .n = 1, .pos0 = b->pos[r]};
         }
         if (b->pos[r] >= q->n_ctx)
-            return exo_error_set(EXO_ERANGE, "context full: position %d does not fit in %d", b->pos[r], q->n_ctx);
+            return exo__error_set(EXO_ERANGE, "context full: position %d does not fit in %d", b->pos[r], q->n_ctx);
     }
     return EXO_OK;
 }
@@ -557,9 +557,9 @@ static int forward_batch_locked(exo_shard *s, const exo_batch *b, float *out)
     return rc;
 }
 
-int exo_model_forward_batch(exo_shard *s, const exo_batch *b, float *out)
+int exo__model_forward_batch(exo_shard *s, const exo_batch *b, float *out)
 {
-    if (!s || !b || !out) return exo_error_set(EXO_EINVAL, "exo_model_forward_batch: NULL argument");
+    if (!s || !b || !out) return exo__error_set(EXO_EINVAL, "exo__model_forward_batch: NULL argument");
     pthread_mutex_lock(&forward_lock);
     int rc = s->backend->prepare(s->backend);
     if (rc == EXO_OK) rc = forward_batch_locked(s, b, out);
@@ -570,14 +570,14 @@ int exo_model_forward_batch(exo_shard *s, const exo_batch *b, float *out)
 int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out)
 {
-    if (!s || !q || !out) return exo_error_set(EXO_EINVAL, "exo_shard_forward: NULL argument");
-    if (q->shard != s) return exo_error_set(EXO_EINVAL, "sequence belongs to another shard");
+    if (!s || !q || !out) return exo__error_set(EXO_EINVAL, "exo_shard_forward: NULL argument");
+    if (q->shard != s) return exo__error_set(EXO_EINVAL, "sequence belongs to another shard");
     if (s->is_first ? !tokens : !hidden)
-        return exo_error_set(EXO_EINVAL, "a %s shard takes %s", s->is_first ? "first" : "middle",
+        return exo__error_set(EXO_EINVAL, "a %s shard takes %s", s->is_first ? "first" : "middle",
                              s->is_first ? "token ids" : "hidden states");
-    if (n_tokens < 1) return exo_error_set(EXO_EINVAL, "forward of %d tokens", n_tokens);
+    if (n_tokens < 1) return exo__error_set(EXO_EINVAL, "forward of %d tokens", n_tokens);
     if (n_tokens > q->n_ctx - q->pos)
-        return exo_error_set(EXO_ERANGE, "context full: %d positions used, %d more do not fit in %d", q->pos,
+        return exo__error_set(EXO_ERANGE, "context full: %d positions used, %d more do not fit in %d", q->pos,
                              n_tokens, q->n_ctx);
     const int n_embd = s->hp.n_embd;
     const int out_width = s->is_last ? s->hp.n_vocab : n_embd;

@@ -104,7 +104,7 @@ struct exo_shard {
     int n_rope;
     void *arch_data;         /* the architecture's hyper-parameters and layers (one malloc, freed with the shard) */
     exo_run_state rs;
-    exo_batch_run *runs;     /* (max_batch) the current batch's runs, found by exo_model_forward_batch */
+    exo_batch_run *runs;     /* (max_batch) the current batch's runs, found by exo__model_forward_batch */
     int n_runs;
     exo_seq **batch_seq;     /* (max_batch) scratch for exo_shard_forward's batches */
     int32_t *batch_pos;
@@ -126,7 +126,7 @@ struct exo_seq {
 struct exo_arch {
     const char *name;      /* general.architecture, as GGUF converters write it */
     /* After the shared hyper-parameters: this family's own keys, checks and
-     * ropes (exo_model_add_rope), and arch_data with room for its layers. */
+     * ropes (exo__model_add_rope), and arch_data with room for its layers. */
     int (*read_hparams)(exo_shard *s);
     /* Binds the tensors of layers [layer_start, layer_end) (and the
      * embedding / head a first / last shard holds) and packs the matrices. */
@@ -138,51 +138,51 @@ struct exo_arch {
 };
 
 /* The entry for an architecture name, or NULL. */
-const exo_arch *exo_arch_find(const char *name);
+const exo_arch *exo__arch_find(const char *name);
 /* "llama, qwen2, ...": the supported names, for error messages. */
-const char *exo_arch_names(void);
+const char *exo__arch_names(void);
 
 /* ---- metadata and binding helpers (model.c) -------------------------------- */
 
 /* "<arch>.<suffix>" as an integer in [0, 2^30]; absent: an error when
  * required, else fallback. */
-int exo_model_meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback);
+int exo__model_meta_int(const exo_shard *s, const char *suffix, int *out, bool required, int fallback);
 /* "<arch>.<suffix>" as a finite float; absent: fallback. */
-int exo_model_meta_float(const exo_shard *s, const char *suffix, float *out, float fallback);
+int exo__model_meta_float(const exo_shard *s, const char *suffix, float *out, float fallback);
 /* Whether "<arch>.<suffix>" is present. */
-bool exo_model_meta_has(const exo_shard *s, const char *suffix);
+bool exo__model_meta_has(const exo_shard *s, const char *suffix);
 /* The linear rope scaling the file declares ("<arch>.rope.scaling.*"):
  * positions are divided by *linear_scale (1 when none); other kinds are
  * refused. */
-int exo_model_rope_scaling(const exo_shard *s, float *linear_scale);
+int exo__model_rope_scaling(const exo_shard *s, float *linear_scale);
 /* "<arch>.attention.sliding_window" (0 when absent); larger than the
  * training context is an error. */
-int exo_model_sliding_window(const exo_shard *s, int *window);
+int exo__model_sliding_window(const exo_shard *s, int *window);
 /* Adds the rope the file describes: "<arch>.rope.freq_base" (default
  * 10000), its linear scaling, and the factors tensor when named and present. */
-int exo_model_add_file_rope(exo_shard *s, int style, const char *factors);
+int exo__model_add_file_rope(exo_shard *s, int style, const char *factors);
 /* Adds a rotary embedding (freq_base, linear scaling; factors: the tensor of
  * per-pair frequency divisors Llama 3 and Phi 3 files carry, or NULL) and
  * returns its index in s->rope, or a negative error. */
-int exo_model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors);
+int exo__model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors);
 /* Binds a tensor of the file by name, checking its shape; absent: an error
  * when required, else t is zeroed (t->data NULL). */
-int exo_model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
+int exo__model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
                           bool required);
 /* Binds "blk.<il>.<suffix>" (the per-layer names GGUF converters write). */
-int exo_model_bind_layer_tensor(exo_shard *s, exo_tensor *t, int il, const char *suffix, int n_dims, int64_t ne0,
+int exo__model_bind_layer_tensor(exo_shard *s, exo_tensor *t, int il, const char *suffix, int n_dims, int64_t ne0,
                                 int64_t ne1, bool required);
 /* A view of rows [row0, row0 + n_rows) of matrix m (a fused QKV or gate/up
  * matrix cut into its parts). */
-void exo_model_row_view(exo_tensor *t, const exo_tensor *m, int64_t row0, int64_t n_rows);
+void exo__model_row_view(exo_tensor *t, const exo_tensor *m, int64_t row0, int64_t n_rows);
 /* Binds the vocabulary-sized tensors: sets n_vocab from token_embd.weight,
  * binds the embedding (first shard) and the final norm, head and optional
  * head bias (last shard; the embedding when output.weight is absent). */
-int exo_model_bind_embeddings(exo_shard *s);
+int exo__model_bind_embeddings(exo_shard *s);
 /* Lets the backend pack the matrices that every token reads (ws: the bound
  * matmul weights, NULL or absent entries skipped) into one arena of the
  * shard. The head goes first. */
-int exo_model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n);
+int exo__model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n);
 
 /* ---- the pieces of a forward pass (layers.c) ------------------------------- */
 
@@ -218,7 +218,7 @@ typedef struct exo_decoder_layer {
     exo_ffn_block ffn;
 } exo_decoder_layer;
 
-/* What exo_layers_bind looks for besides the tensors every layer has. */
+/* What exo__layers_bind looks for besides the tensors every layer has. */
 enum exo_bind_flags {
     EXO_BIND_QK_NORM = 1,    /* attn_q_norm / attn_k_norm (required) */
     EXO_BIND_POST_NORMS = 2  /* post_attention_norm / post_ffw_norm (required) */
@@ -231,35 +231,35 @@ enum exo_bind_flags {
  * rows holding gate then up), plus what flags name; the embeddings; then
  * packs every matrix. Each block gets rope 0, no window, scale
  * 1/sqrt(head_dim) and act: the architecture changes them after. */
-int exo_layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act);
+int exo__layers_bind(exo_shard *s, exo_decoder_layer *layers, int flags, int act);
 /* A whole forward pass over decoder layers: begin, every layer, end. */
-int exo_layers_forward(exo_shard *s, const exo_batch *b, const exo_decoder_layer *layers, float *out);
+int exo__layers_forward(exo_shard *s, const exo_batch *b, const exo_decoder_layer *layers, float *out);
 /* For architectures whose arch_data is just their layers: allocates them
  * (read_hparams), and the exo_arch.forward that runs them. */
-int exo_layers_alloc(exo_shard *s);
-int exo_layers_forward_arch(exo_shard *s, const exo_batch *b, float *out);
+int exo__layers_alloc(exo_shard *s);
+int exo__layers_forward_arch(exo_shard *s, const exo_batch *b, float *out);
 
 /* The steps of a forward pass, for architectures that need their own order. */
 /* Fills the batch's residual stream rs.x: embeds tokens (first shard, times
  * s->embd_scale) or copies the hidden states in; fills every rope's table
  * for the rows' positions. */
-int exo_layers_begin(exo_shard *s, const exo_batch *b);
+int exo__layers_begin(exo_shard *s, const exo_batch *b);
 /* x += post_norm(Wo . attention(...)) for layer il_local of the shard. */
-int exo_layers_attention(exo_shard *s, const exo_batch *batch, int il_local, const exo_attn_block *b);
+int exo__layers_attention(exo_shard *s, const exo_batch *batch, int il_local, const exo_attn_block *b);
 /* x += post_norm(down(act(gate . norm(x)) * up . norm(x))). */
-int exo_layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b);
+int exo__layers_ffn(exo_shard *s, const exo_batch *batch, const exo_ffn_block *b);
 /* The shard's output: hidden states (not last) or logits of rows
  * [logits_from, n_rows) after the final norm and head. */
-int exo_layers_end(exo_shard *s, const exo_batch *b, float *out);
+int exo__layers_end(exo_shard *s, const exo_batch *b, float *out);
 
-/* exo_shard_load on a backend chosen by name (exo_backend_find: "cpu"). */
-int exo_model_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, const char *backend,
+/* exo_shard_load on a backend chosen by name (exo__backend_find: "cpu"). */
+int exo__model_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, const char *backend,
                    exo_shard **out);
 
 /* Runs a checked batch through the shard (model.c): rows of at most
  * max_batch, each sequence's rows one run of consecutive positions starting
  * where its cache ends; advances each sequence past its rows. Serialised
  * with every other forward pass. */
-int exo_model_forward_batch(exo_shard *s, const exo_batch *b, float *out);
+int exo__model_forward_batch(exo_shard *s, const exo_batch *b, float *out);
 
 #endif

@@ -132,16 +132,16 @@ static void *pool_worker_main(void *arg)
     }
 }
 
-int exo_pool_new(int n_threads, exo_pool **out)
+int exo__pool_new(int n_threads, exo_pool **out)
 {
     *out = NULL;
     if (n_threads <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = cores > 0 ? (int)cores : 1;
     }
-    if (n_threads > 256) return exo_error_set(EXO_EINVAL, "thread count %d is over 256", n_threads);
+    if (n_threads > 256) return exo__error_set(EXO_EINVAL, "thread count %d is over 256", n_threads);
     exo_pool *p = calloc(1, sizeof *p);
-    if (!p) return exo_error_set(EXO_ENOMEM, "out of memory creating the thread pool");
+    if (!p) return exo__error_set(EXO_ENOMEM, "out of memory creating the thread pool");
     p->n_threads = n_threads;
     pthread_mutex_init(&p->sleep_lock, NULL);
     pthread_cond_init(&p->wake, NULL);
@@ -149,7 +149,7 @@ int exo_pool_new(int n_threads, exo_pool **out)
     p->workers = calloc((size_t)n_threads, sizeof *p->workers);
     if (!p->workers) {
         free(p);
-        return exo_error_set(EXO_ENOMEM, "out of memory creating the thread pool");
+        return exo__error_set(EXO_ENOMEM, "out of memory creating the thread pool");
     }
     for (int i = 1; i < n_threads; i++) {
         pool_worker *w = &p->workers[i - 1];
@@ -157,15 +157,15 @@ int exo_pool_new(int n_threads, exo_pool **out)
         w->index = i;
         if (pthread_create(&w->thread, NULL, pool_worker_main, w) != 0) {
             p->n_threads = i; /* the ones started are joined by free */
-            exo_pool_free(p);
-            return exo_error_set(EXO_EIO, "could not start worker thread %d", i);
+            exo__pool_free(p);
+            return exo__error_set(EXO_EIO, "could not start worker thread %d", i);
         }
     }
     *out = p;
     return EXO_OK;
 }
 
-void exo_pool_free(exo_pool *p)
+void exo__pool_free(exo_pool *p)
 {
     if (!p) return;
     atomic_store(&p->stop, 1);
@@ -180,7 +180,7 @@ void exo_pool_free(exo_pool *p)
     free(p);
 }
 
-int exo_pool_threads(const exo_pool *p)
+int exo__pool_threads(const exo_pool *p)
 {
     return p->n_threads;
 }
@@ -200,14 +200,14 @@ static void pool_run_slice(void *ctx, int64_t begin, int64_t end, int thread)
     s->fn(s->ctx, s->offset + begin, s->offset + end, thread);
 }
 
-void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx)
+void exo__pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx)
 {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     if (n > POOL_MAX_ITEMS) {
         for (int64_t offset = 0; offset < n; offset += POOL_MAX_ITEMS) {
             pool_slice slice = {fn, ctx, offset};
-            exo_pool_for(p, n - offset < POOL_MAX_ITEMS ? n - offset : POOL_MAX_ITEMS, grain, pool_run_slice, &slice);
+            exo__pool_for(p, n - offset < POOL_MAX_ITEMS ? n - offset : POOL_MAX_ITEMS, grain, pool_run_slice, &slice);
         }
         return;
     }
@@ -243,7 +243,7 @@ void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *c
     pthread_mutex_unlock(&p->submit_lock);
 }
 
-void exo_pool_park(exo_pool *p)
+void exo__pool_park(exo_pool *p)
 {
     atomic_store_explicit(&p->parked, 1, memory_order_relaxed);
 }
@@ -251,28 +251,28 @@ void exo_pool_park(exo_pool *p)
 static exo_pool *global_pool;
 static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
 
-exo_pool *exo_pool_global(void)
+exo_pool *exo__pool_global(void)
 {
     pthread_mutex_lock(&global_lock);
     if (!global_pool) {
         const char *env = getenv("EXO_THREADS");
         int n = env ? atoi(env) : 0;
-        if (exo_pool_new(n, &global_pool) != EXO_OK) exo_pool_new(1, &global_pool);
+        if (exo__pool_new(n, &global_pool) != EXO_OK) exo__pool_new(1, &global_pool);
     }
     exo_pool *p = global_pool;
     pthread_mutex_unlock(&global_lock);
     return p;
 }
 
-int exo_pool_global_set_threads(int n_threads)
+int exo__pool_global_set_threads(int n_threads)
 {
     exo_pool *fresh;
-    int rc = exo_pool_new(n_threads, &fresh);
+    int rc = exo__pool_new(n_threads, &fresh);
     if (rc) return rc;
     pthread_mutex_lock(&global_lock);
     exo_pool *old = global_pool;
     global_pool = fresh;
     pthread_mutex_unlock(&global_lock);
-    exo_pool_free(old);
+    exo__pool_free(old);
     return EXO_OK;
 }

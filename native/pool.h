@@ -17,22 +17,22 @@ typedef struct exo_pool exo_pool;
 
 /* n_threads counts the caller: n_threads - 1 workers are started. 0 means the
  * number of online cores. */
-int exo_pool_new(int n_threads, exo_pool **out);
-void exo_pool_free(exo_pool *p);
-int exo_pool_threads(const exo_pool *p);
+int exo__pool_new(int n_threads, exo_pool **out);
+void exo__pool_free(exo_pool *p);
+int exo__pool_threads(const exo_pool *p);
 
 /* Splits [0, n) into chunks of at least `grain` items and runs fn over them on
  * all threads, returning when every chunk is done. */
-void exo_pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx);
+void exo__pool_for(exo_pool *p, int64_t n, int64_t grain, exo_pool_fn fn, void *ctx);
 
 /* Tells the workers no loop is coming soon: they sleep rather than spin until
- * the next exo_pool_for wakes them. */
-void exo_pool_park(exo_pool *p);
+ * the next exo__pool_for wakes them. */
+void exo__pool_park(exo_pool *p);
 
 /* The process-wide pool (created on first use with EXO_THREADS or all cores). */
-exo_pool *exo_pool_global(void);
+exo_pool *exo__pool_global(void);
 /* Replaces the process-wide pool with one of n_threads (0 = cores). Not safe
  * while work runs; call before loading models. */
-int exo_pool_global_set_threads(int n_threads);
+int exo__pool_global_set_threads(int n_threads);
 
 #endif

@@ -24,7 +24,7 @@
 
 int exo_sample_argmax(const float *logits, int n)
 {
-    if (!logits || n < 1) return exo_error_set(EXO_EINVAL, "argmax over %d values", n);
+    if (!logits || n < 1) return exo__error_set(EXO_EINVAL, "argmax over %d values", n);
     int best = 0;
     for (int i = 1; i < n; i++)
         if (logits[i] > logits[best]) best = i;
@@ -35,12 +35,12 @@ int exo_sample_penalties(float *logits, int n_vocab, const int32_t *recent, int 
                          float presence, float frequency)
 {
     if (!logits || n_vocab < 1 || n_recent < 0 || (n_recent > 0 && !recent))
-        return exo_error_set(EXO_EINVAL, "exo_sample_penalties: bad arguments");
+        return exo__error_set(EXO_EINVAL, "exo_sample_penalties: bad arguments");
     if (repeat == 1.0f && presence == 0.0f && frequency == 0.0f) return EXO_OK;
     /* Counting in a sorted copy keeps this O(n log n) in the window, with no
      * vocabulary-sized scratch. */
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n_recent > 0 ? n_recent : 1));
-    if (!ids) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!ids) return exo__error_set(EXO_ENOMEM, "out of memory");
     int n = 0;
     for (int i = 0; i < n_recent; i++)
         if (recent[i] >= 0 && recent[i] < n_vocab) ids[n++] = recent[i];
@@ -122,10 +122,10 @@ int exo_sample_candidates(const float *logits, int n_vocab, float temperature, i
                           int32_t *ids_out, float *probs_out, int cap, int *n_out)
 {
     if (!logits || n_vocab < 1 || !ids_out || !probs_out || cap < 1 || !n_out)
-        return exo_error_set(EXO_EINVAL, "exo_sample_candidates: bad arguments");
-    if (!(temperature > 0)) return exo_error_set(EXO_EINVAL, "temperature %g: greedy decoding uses argmax", temperature);
-    if (!(top_p > 0 && top_p <= 1)) return exo_error_set(EXO_EINVAL, "top_p %g is outside (0, 1]", top_p);
-    if (!(min_p >= 0 && min_p < 1)) return exo_error_set(EXO_EINVAL, "min_p %g is outside [0, 1)", min_p);
+        return exo__error_set(EXO_EINVAL, "exo_sample_candidates: bad arguments");
+    if (!(temperature > 0)) return exo__error_set(EXO_EINVAL, "temperature %g: greedy decoding uses argmax", temperature);
+    if (!(top_p > 0 && top_p <= 1)) return exo__error_set(EXO_EINVAL, "top_p %g is outside (0, 1]", top_p);
+    if (!(min_p >= 0 && min_p < 1)) return exo__error_set(EXO_EINVAL, "min_p %g is outside [0, 1)", min_p);
     int k = top_k > 0 && top_k < n_vocab ? top_k : n_vocab;
     if (k > cap) k = cap;
 
@@ -133,13 +133,13 @@ int exo_sample_candidates(const float *logits, int n_vocab, float temperature, i
     float max = -INFINITY;
     for (int i = 0; i < n_vocab; i++)
         if (logits[i] > max) max = logits[i];
-    if (!isfinite(max)) return exo_error_set(EXO_EINVAL, "logits have no finite maximum");
+    if (!isfinite(max)) return exo__error_set(EXO_EINVAL, "logits have no finite maximum");
     double total = 0;
     for (int i = 0; i < n_vocab; i++) total += exp((double)(logits[i] - max) / temperature);
 
     int guess = top_p < 1 && k > TOP_P_FIRST_GUESS ? TOP_P_FIRST_GUESS : k;
     heap_entry *h = malloc(sizeof(heap_entry) * (size_t)k);
-    if (!h) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!h) return exo__error_set(EXO_ENOMEM, "out of memory");
     int n;
     for (;;) {
         n = select_top(logits, n_vocab, guess, h);
@@ -177,7 +177,7 @@ int exo_sample_candidates(const float *logits, int n_vocab, float temperature, i
 
 int exo_sample_log_softmax(const float *logits, int n, float *out)
 {
-    if (!logits || !out || n < 1) return exo_error_set(EXO_EINVAL, "exo_sample_log_softmax: bad arguments");
+    if (!logits || !out || n < 1) return exo__error_set(EXO_EINVAL, "exo_sample_log_softmax: bad arguments");
     float max = -INFINITY;
     for (int i = 0; i < n; i++)
         if (logits[i] > max) max = logits[i];
@@ -191,11 +191,11 @@ int exo_sample_log_softmax(const float *logits, int n, float *out)
 int exo_sample_probs(const float *logits, int n_vocab, float temperature, int top_k, float top_p, float min_p,
                      int32_t *ids_scratch, float *probs_scratch, float *probs_out)
 {
-    if (!logits || n_vocab < 1 || !probs_out) return exo_error_set(EXO_EINVAL, "exo_sample_probs: bad arguments");
-    if (!(temperature > 0)) return exo_error_set(EXO_EINVAL, "temperature %g: greedy decoding uses argmax", temperature);
+    if (!logits || n_vocab < 1 || !probs_out) return exo__error_set(EXO_EINVAL, "exo_sample_probs: bad arguments");
+    if (!(temperature > 0)) return exo__error_set(EXO_EINVAL, "temperature %g: greedy decoding uses argmax", temperature);
     int truncated = (top_k > 0 && top_k < n_vocab) || top_p < 1 || min_p > 0;
     if (truncated) {
-        if (!ids_scratch || !probs_scratch) return exo_error_set(EXO_EINVAL, "exo_sample_probs: scratch needed");
+        if (!ids_scratch || !probs_scratch) return exo__error_set(EXO_EINVAL, "exo_sample_probs: scratch needed");
         int n = 0;
         int rc = exo_sample_candidates(logits, n_vocab, temperature, top_k, top_p, min_p, ids_scratch, probs_scratch,
                                        n_vocab, &n);
@@ -207,7 +207,7 @@ int exo_sample_probs(const float *logits, int n_vocab, float temperature, int to
     float max = -INFINITY;
     for (int i = 0; i < n_vocab; i++)
         if (logits[i] > max) max = logits[i];
-    if (!isfinite(max)) return exo_error_set(EXO_EINVAL, "logits have no finite maximum");
+    if (!isfinite(max)) return exo__error_set(EXO_EINVAL, "logits have no finite maximum");
     double total = 0;
     for (int i = 0; i < n_vocab; i++) {
         float e = (float)exp((double)(logits[i] - max) / temperature);
@@ -220,10 +220,10 @@ int exo_sample_probs(const float *logits, int n_vocab, float temperature, int to
 
 int exo_sample_draw(const float *probs, int n, double u)
 {
-    if (!probs || n < 1) return exo_error_set(EXO_EINVAL, "exo_sample_draw: bad arguments");
+    if (!probs || n < 1) return exo__error_set(EXO_EINVAL, "exo_sample_draw: bad arguments");
     double total = 0;
     for (int i = 0; i < n; i++) total += probs[i];
-    if (!(total > 0)) return exo_error_set(EXO_ERANGE, "the distribution is all zero");
+    if (!(total > 0)) return exo__error_set(EXO_ERANGE, "the distribution is all zero");
     double target = u * total, cum = 0;
     int last = -1;
     for (int i = 0; i < n; i++) {
@@ -237,11 +237,11 @@ int exo_sample_draw(const float *probs, int n, double u)
 
 int exo_sample_residual(const float *p, const float *q, int n, double u)
 {
-    if (!p || !q || n < 1) return exo_error_set(EXO_EINVAL, "exo_sample_residual: bad arguments");
+    if (!p || !q || n < 1) return exo__error_set(EXO_EINVAL, "exo_sample_residual: bad arguments");
     double total = 0;
     for (int i = 0; i < n; i++)
         if (p[i] > q[i]) total += (double)p[i] - q[i];
-    if (!(total > 0)) return exo_error_set(EXO_ERANGE, "the residual max(0, p - q) is all zero");
+    if (!(total > 0)) return exo__error_set(EXO_ERANGE, "the residual max(0, p - q) is all zero");
     double target = u * total, cum = 0;
     int last = -1;
     for (int i = 0; i < n; i++) {

@@ -20,17 +20,17 @@
 static int tensor_init(exo_tensor *t, int dtype, int n_dims, const int64_t *ne)
 {
     memset(t, 0, sizeof *t);
-    const exo_dtype_info *info = exo_dtype_info_get(dtype);
+    const exo_dtype_info *info = exo__dtype_info_get(dtype);
     if (!info || !info->block_size)
-        return exo_error_set(EXO_ENOTSUP, "unsupported dtype %d (%s)", dtype, info ? info->name : "unknown");
-    if (n_dims < 1 || n_dims > EXO_MAX_DIMS) return exo_error_set(EXO_EINVAL, "tensor with %d dims", n_dims);
+        return exo__error_set(EXO_ENOTSUP, "unsupported dtype %d (%s)", dtype, info ? info->name : "unknown");
+    if (n_dims < 1 || n_dims > EXO_MAX_DIMS) return exo__error_set(EXO_EINVAL, "tensor with %d dims", n_dims);
     t->dtype = dtype;
     t->n_dims = n_dims;
     for (int i = 0; i < EXO_MAX_DIMS; i++) t->ne[i] = i < n_dims ? ne[i] : 1;
     for (int i = 0; i < EXO_MAX_DIMS; i++)
-        if (t->ne[i] < 1) return exo_error_set(EXO_EINVAL, "tensor dim %d is %lld", i, (long long)t->ne[i]);
+        if (t->ne[i] < 1) return exo__error_set(EXO_EINVAL, "tensor dim %d is %lld", i, (long long)t->ne[i]);
     if (t->ne[0] % info->block_size)
-        return exo_error_set(EXO_EFORMAT, "row of %lld elements is not a multiple of %s's block of %d",
+        return exo__error_set(EXO_EFORMAT, "row of %lld elements is not a multiple of %s's block of %d",
                              (long long)t->ne[0], info->name, (int)info->block_size);
     t->nb[0] = info->type_size;
     t->nb[1] = (size_t)(t->ne[0] / info->block_size) * info->type_size;
@@ -38,7 +38,7 @@ static int tensor_init(exo_tensor *t, int dtype, int n_dims, const int64_t *ne)
     return EXO_OK;
 }
 
-int exo_tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, const void *data)
+int exo__tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, const void *data)
 {
     int rc = tensor_init(t, dtype, n_dims, ne);
     if (rc) return rc;
@@ -46,14 +46,14 @@ int exo_tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, con
     return EXO_OK;
 }
 
-void *exo_aligned_alloc(size_t size)
+void *exo__aligned_alloc(size_t size)
 {
     void *p = NULL;
     if (posix_memalign(&p, 64, size ? (size + 63) / 64 * 64 : 64) != 0) return NULL;
     return p;
 }
 
-void exo_aligned_free(void *p)
+void exo__aligned_free(void *p)
 {
     free(p);
 }
@@ -65,7 +65,7 @@ static size_t round_up(size_t n, size_t to)
     return (n + to - 1) / to * to;
 }
 
-void *exo_weights_alloc(size_t size)
+void *exo__weights_alloc(size_t size)
 {
     /* Over-allocate by one huge page and trim, so the run starts on a 2 MiB
      * boundary (only aligned 2 MiB runs can become huge pages). */
@@ -82,12 +82,12 @@ void *exo_weights_alloc(size_t size)
     return p;
 }
 
-void exo_weights_free(void *p, size_t size)
+void exo__weights_free(void *p, size_t size)
 {
     if (p) munmap(p, round_up(size ? size : 1, HUGE_PAGE));
 }
 
-void exo_release_pages(const void *p, size_t size)
+void exo__release_pages(const void *p, size_t size)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     uintptr_t first = round_up((uintptr_t)p, page), last = ((uintptr_t)p + size) / page * page;

@@ -27,7 +27,7 @@ typedef struct exo_tensor {
 
 /* A view over existing memory. Fails when ne[0] is not a multiple of the
  * dtype's block size or the dtype is unknown. */
-int exo_tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, const void *data);
+int exo__tensor_view(exo_tensor *t, int dtype, int n_dims, const int64_t *ne, const void *data);
 /* Pointer to row i (index along dim 1, for a 2-D tensor). */
 static inline void *exo_tensor_row(const exo_tensor *t, int64_t i)
 {
@@ -35,19 +35,19 @@ static inline void *exo_tensor_row(const exo_tensor *t, int64_t i)
 }
 
 /* 64-byte aligned allocation helpers used for all scratch memory. */
-void *exo_aligned_alloc(size_t size);
-void exo_aligned_free(void *p);
+void *exo__aligned_alloc(size_t size);
+void exo__aligned_free(void *p);
 
 /* Memory for weights read on every token: mapped in 2 MiB aligned runs and
  * offered to the kernel for transparent huge pages, so streaming the whole
  * model does not miss the TLB on every 4 KiB page. NULL when out of memory. */
-void *exo_weights_alloc(size_t size);
-void exo_weights_free(void *p, size_t size);
+void *exo__weights_alloc(size_t size);
+void exo__weights_free(void *p, size_t size);
 
 /* Tells the kernel the pages inside [p, p + size) are not needed now: for a
  * read-only file mapping they are dropped and read again from the file if
  * touched later, one page at a time. Only whole pages inside the range are
  * affected. */
-void exo_release_pages(const void *p, size_t size);
+void exo__release_pages(const void *p, size_t size);
 
 #endif

@@ -243,7 +243,7 @@ static int cp_to_byte(uint32_t cp)
 
 static int oom(void)
 {
-    return exo_error_set(EXO_ENOMEM, "tokenizer: out of memory");
+    return exo__error_set(EXO_ENOMEM, "tokenizer: out of memory");
 }
 
 /* ---- vocabulary lookup -------------------------------------------------------------- */
@@ -445,7 +445,7 @@ static const struct pre_def pre_defs[] = {
 static int compile_regexes(exo_tokenizer *t, const char *const *list)
 {
     for (int i = 0; list[i]; i++) {
-        if (t->n_re == MAX_REGEXES) return exo_error_set(EXO_ENOTSUP, "tokenizer: too many pre-tokenizer regexes");
+        if (t->n_re == MAX_REGEXES) return exo__error_set(EXO_ENOTSUP, "tokenizer: too many pre-tokenizer regexes");
         int err;
         PCRE2_SIZE off;
         /* MATCH_INVALID_UTF: invalid bytes never match (they stay in gap pieces);
@@ -456,7 +456,7 @@ static int compile_regexes(exo_tokenizer *t, const char *const *list)
         if (!re) {
             PCRE2_UCHAR msg[160];
             pcre2_get_error_message(err, msg, sizeof msg);
-            return exo_error_set(EXO_ENOTSUP, "tokenizer: regex %d of pre-tokenizer '%s' does not compile at %zu: %s",
+            return exo__error_set(EXO_ENOTSUP, "tokenizer: regex %d of pre-tokenizer '%s' does not compile at %zu: %s",
                                  i, t->pre, (size_t)off, (const char *)msg);
         }
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter if JIT is unavailable */
@@ -470,24 +470,24 @@ static int compile_regexes(exo_tokenizer *t, const char *const *list)
 static int read_num_array(const exo_gguf *g, const char *key, uint64_t need, const void **data)
 {
     *data = NULL;
-    int64_t ki = exo_gguf_find_key(g, key);
+    int64_t ki = exo__gguf_find_key(g, key);
     if (ki < 0) return 0;
     int et;
     uint64_t n;
-    if (exo_gguf_get_arr(g, key, &et, &n) || (et != EXO_GGUF_INT32 && et != EXO_GGUF_FLOAT32))
-        return exo_error_set(EXO_EFORMAT, "tokenizer: %s must be an int32 or float32 array", key);
+    if (exo__gguf_get_arr(g, key, &et, &n) || (et != EXO_GGUF_INT32 && et != EXO_GGUF_FLOAT32))
+        return exo__error_set(EXO_EFORMAT, "tokenizer: %s must be an int32 or float32 array", key);
     if (n < need)
-        return exo_error_set(EXO_EFORMAT, "tokenizer: %s has %llu entries for %llu tokens", key,
+        return exo__error_set(EXO_EFORMAT, "tokenizer: %s has %llu entries for %llu tokens", key,
                              (unsigned long long)n, (unsigned long long)need);
-    *data = exo_gguf_arr_data(g, ki);
+    *data = exo__gguf_arr_data(g, ki);
     return *data ? 0 : EXO_EFORMAT;
 }
 
 static int32_t get_id(exo_tokenizer *t, const exo_gguf *g, const char *key, int32_t dflt)
 {
-    if (exo_gguf_find_key(g, key) < 0) return dflt;
+    if (exo__gguf_find_key(g, key) < 0) return dflt;
     int64_t v;
-    if (exo_gguf_get_i64(g, key, &v) || v < 0 || v >= t->n_vocab) {
+    if (exo__gguf_get_i64(g, key, &v) || v < 0 || v >= t->n_vocab) {
         warn(t, "%s is not a token id in [0, %d); ignored", key, t->n_vocab);
         return dflt;
     }
@@ -496,9 +496,9 @@ static int32_t get_id(exo_tokenizer *t, const exo_gguf *g, const char *key, int3
 
 static bool get_flag(exo_tokenizer *t, const exo_gguf *g, const char *key, bool dflt)
 {
-    if (exo_gguf_find_key(g, key) < 0) return dflt;
+    if (exo__gguf_find_key(g, key) < 0) return dflt;
     bool v;
-    if (exo_gguf_get_bool(g, key, &v)) {
+    if (exo__gguf_get_bool(g, key, &v)) {
         warn(t, "%s is not a bool; ignored", key);
         return dflt;
     }
@@ -585,27 +585,27 @@ static size_t make_piece(const exo_tokenizer *t, int32_t id, char *out)
 static int load_vocab(exo_tokenizer *t, const exo_gguf *g)
 {
     const char *key = "tokenizer.ggml.tokens";
-    int64_t ki = exo_gguf_find_key(g, key);
+    int64_t ki = exo__gguf_find_key(g, key);
     int et;
     uint64_t n;
-    if (ki < 0) return exo_error_set(EXO_EFORMAT, "tokenizer: no %s in the file", key);
-    if (exo_gguf_get_arr(g, key, &et, &n) || et != EXO_GGUF_STRING)
-        return exo_error_set(EXO_EFORMAT, "tokenizer: %s must be a string array", key);
+    if (ki < 0) return exo__error_set(EXO_EFORMAT, "tokenizer: no %s in the file", key);
+    if (exo__gguf_get_arr(g, key, &et, &n) || et != EXO_GGUF_STRING)
+        return exo__error_set(EXO_EFORMAT, "tokenizer: %s must be a string array", key);
     if (n < 1 || n > MAX_VOCAB)
-        return exo_error_set(EXO_EFORMAT, "tokenizer: %llu tokens (expected 1..%d)", (unsigned long long)n, MAX_VOCAB);
+        return exo__error_set(EXO_EFORMAT, "tokenizer: %llu tokens (expected 1..%d)", (unsigned long long)n, MAX_VOCAB);
     t->n_vocab = (int32_t)n;
 
     const void *scores = NULL, *types = NULL;
     int rc = read_num_array(g, "tokenizer.ggml.scores", n, &scores);
     if (rc) return rc;
     int score_type = 0;
-    if (scores) exo_gguf_get_arr(g, "tokenizer.ggml.scores", &score_type, NULL);
+    if (scores) exo__gguf_get_arr(g, "tokenizer.ggml.scores", &score_type, NULL);
     rc = read_num_array(g, "tokenizer.ggml.token_type", n, &types);
     if (rc) return rc;
     int types_type = 0;
-    if (types) exo_gguf_get_arr(g, "tokenizer.ggml.token_type", &types_type, NULL);
+    if (types) exo__gguf_get_arr(g, "tokenizer.ggml.token_type", &types_type, NULL);
     if (types && types_type != EXO_GGUF_INT32)
-        return exo_error_set(EXO_EFORMAT, "tokenizer: tokenizer.ggml.token_type must be an int32 array");
+        return exo__error_set(EXO_EFORMAT, "tokenizer: tokenizer.ggml.token_type must be an int32 array");
 
     t->tokens = calloc(n, sizeof *t->tokens);
     if (!t->tokens) return oom();
@@ -613,10 +613,10 @@ static int load_vocab(exo_tokenizer *t, const exo_gguf *g)
     for (uint64_t i = 0; i < n; i++) {
         const char *s;
         size_t len;
-        if (exo_gguf_arr_str(g, ki, i, &s, &len)) return EXO_EFORMAT;
+        if (exo__gguf_arr_str(g, ki, i, &s, &len)) return EXO_EFORMAT;
         total += len;
     }
-    if (total >= UINT32_MAX / 4) return exo_error_set(EXO_ENOMEM, "tokenizer: vocabulary text too large");
+    if (total >= UINT32_MAX / 4) return exo__error_set(EXO_ENOMEM, "tokenizer: vocabulary text too large");
     t->text = malloc(total + 1);
     if (!t->text) return oom();
 
@@ -631,7 +631,7 @@ static int load_vocab(exo_tokenizer *t, const exo_gguf *g)
     for (uint64_t i = 0; i < n; i++) {
         const char *s;
         size_t len;
-        exo_gguf_arr_str(g, ki, i, &s, &len);
+        exo__gguf_arr_str(g, ki, i, &s, &len);
         struct token *tk = &t->tokens[i];
         memcpy(t->text + off, s, len);
         tk->text_off = (uint32_t)off;
@@ -676,13 +676,13 @@ static int load_vocab(exo_tokenizer *t, const exo_gguf *g)
 static int load_merges(exo_tokenizer *t, const exo_gguf *g)
 {
     const char *key = "tokenizer.ggml.merges";
-    int64_t ki = exo_gguf_find_key(g, key);
+    int64_t ki = exo__gguf_find_key(g, key);
     int et;
     uint64_t n;
-    if (ki < 0) return exo_error_set(EXO_EFORMAT, "tokenizer: BPE model without %s", key);
-    if (exo_gguf_get_arr(g, key, &et, &n) || et != EXO_GGUF_STRING)
-        return exo_error_set(EXO_EFORMAT, "tokenizer: %s must be a string array", key);
-    if (n > MAX_MERGES) return exo_error_set(EXO_EFORMAT, "tokenizer: %llu merges (limit %d)", (unsigned long long)n, MAX_MERGES);
+    if (ki < 0) return exo__error_set(EXO_EFORMAT, "tokenizer: BPE model without %s", key);
+    if (exo__gguf_get_arr(g, key, &et, &n) || et != EXO_GGUF_STRING)
+        return exo__error_set(EXO_EFORMAT, "tokenizer: %s must be a string array", key);
+    if (n > MAX_MERGES) return exo__error_set(EXO_EFORMAT, "tokenizer: %llu merges (limit %d)", (unsigned long long)n, MAX_MERGES);
     uint64_t cap = pow2_at_least(2 * n + 2);
     t->merges = malloc(cap * sizeof *t->merges);
     if (!t->merges) return oom();
@@ -695,7 +695,7 @@ static int load_merges(exo_tokenizer *t, const exo_gguf *g)
     for (uint64_t i = 0; i < n; i++) {
         const char *s;
         size_t len;
-        if (exo_gguf_arr_str(g, ki, i, &s, &len)) {
+        if (exo__gguf_arr_str(g, ki, i, &s, &len)) {
             free(buf);
             return EXO_EFORMAT;
         }
@@ -798,7 +798,7 @@ static void find_special_ids(exo_tokenizer *t, const exo_gguf *g)
     /* Phi-3 strips whitespace after its special tokens. */
     const char *name;
     size_t name_len;
-    if (exo_gguf_get_str(g, "general.name", &name, &name_len) == 0) {
+    if (exo__gguf_get_str(g, "general.name", &name, &name_len) == 0) {
         char low[128];
         size_t m = name_len < sizeof low - 1 ? name_len : sizeof low - 1;
         for (size_t i = 0; i < m; i++) low[i] = (char)tolower((unsigned char)name[i]);
@@ -900,11 +900,11 @@ static int load_from(exo_tokenizer *t, const exo_gguf *g)
 {
     const char *s;
     size_t n;
-    if (exo_gguf_get_str(g, "tokenizer.ggml.model", &s, &n))
-        return exo_error_set(EXO_EFORMAT, "tokenizer: no tokenizer.ggml.model string in the file");
+    if (exo__gguf_get_str(g, "tokenizer.ggml.model", &s, &n))
+        return exo__error_set(EXO_EFORMAT, "tokenizer: no tokenizer.ggml.model string in the file");
     if (n == 4 && !memcmp(s, "gpt2", 4)) t->kind = KIND_BPE;
     else if (n == 5 && !memcmp(s, "llama", 5)) t->kind = KIND_SPM;
-    else return exo_error_set(EXO_ENOTSUP, "tokenizer: model '%.*s' is not supported (gpt2 and llama are)", (int)(n > 64 ? 64 : n), s);
+    else return exo__error_set(EXO_ENOTSUP, "tokenizer: model '%.*s' is not supported (gpt2 and llama are)", (int)(n > 64 ? 64 : n), s);
     memcpy(t->model, s, n);
 
     int rc = load_vocab(t, g);
@@ -912,7 +912,7 @@ static int load_from(exo_tokenizer *t, const exo_gguf *g)
 
     const struct pre_def *pre = NULL;
     if (t->kind == KIND_BPE) {
-        if (exo_gguf_get_str(g, "tokenizer.ggml.pre", &s, &n) == 0) {
+        if (exo__gguf_get_str(g, "tokenizer.ggml.pre", &s, &n) == 0) {
             for (size_t i = 0; i < sizeof pre_defs / sizeof pre_defs[0]; i++)
                 if (strlen(pre_defs[i].name) == n && !memcmp(pre_defs[i].name, s, n)) pre = &pre_defs[i];
             snprintf(t->pre, sizeof t->pre, "%.*s", (int)(n < sizeof t->pre ? n : sizeof t->pre - 1), s);
@@ -952,24 +952,24 @@ static int load_from(exo_tokenizer *t, const exo_gguf *g)
 
 int exo_tokenizer_load(const char *gguf_path, exo_tokenizer **out)
 {
-    if (!gguf_path || !out) return exo_error_set(EXO_EINVAL, "exo_tokenizer_load: NULL argument");
+    if (!gguf_path || !out) return exo__error_set(EXO_EINVAL, "exo_tokenizer_load: NULL argument");
     *out = NULL;
     exo_gguf *g;
-    int rc = exo_gguf_open(gguf_path, &g);
+    int rc = exo__gguf_open(gguf_path, &g);
     if (rc) return rc;
     exo_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
-        exo_gguf_close(g);
+        exo__gguf_close(g);
         return oom();
     }
     t->bos = t->eos = t->eot = t->unk = -1;
     rc = load_from(t, g);
-    exo_gguf_close(g);
+    exo__gguf_close(g);
     if (rc) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", exo_last_error());
         exo_tokenizer_free(t);
-        return exo_error_set(rc, "%s (%s)", msg, gguf_path);
+        return exo__error_set(rc, "%s (%s)", msg, gguf_path);
     }
     *out = t;
     return 0;
@@ -1126,7 +1126,7 @@ static int regex_error(int rc)
 {
     PCRE2_UCHAR msg[160];
     pcre2_get_error_message(rc, msg, sizeof msg);
-    return exo_error_set(rc == PCRE2_ERROR_NOMEMORY ? EXO_ENOMEM : EXO_ENOTSUP, "tokenizer: pre-tokenizer regex failed: %s",
+    return exo__error_set(rc == PCRE2_ERROR_NOMEMORY ? EXO_ENOMEM : EXO_ENOTSUP, "tokenizer: pre-tokenizer regex failed: %s",
                          (const char *)msg);
 }
 
@@ -1302,10 +1302,10 @@ int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len,
 {
     if (n_out) *n_out = 0;
     if (!tok || (!text && len) || (!out && cap > 0) || cap < 0 || !n_out)
-        return exo_error_set(EXO_EINVAL, "exo_tokenizer_encode: bad argument");
-    if (len > MAX_TEXT_LEN) return exo_error_set(EXO_ENOMEM, "exo_tokenizer_encode: text of %zu bytes is too long", len);
+        return exo__error_set(EXO_EINVAL, "exo_tokenizer_encode: bad argument");
+    if (len > MAX_TEXT_LEN) return exo__error_set(EXO_ENOMEM, "exo_tokenizer_encode: text of %zu bytes is too long", len);
     if (add_bos < 0) add_bos = tok->add_bos;
-    if (add_bos && tok->bos < 0) return exo_error_set(EXO_ENOTSUP, "exo_tokenizer_encode: this model has no BOS token");
+    if (add_bos && tok->bos < 0) return exo__error_set(EXO_ENOTSUP, "exo_tokenizer_encode: this model has no BOS token");
 
     struct enc e = {.t = tok, .out = out, .cap = cap};
     int rc = 0;
@@ -1314,7 +1314,7 @@ int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len,
     if (len) rc = partition(&e, text, len, parse_special, &nf);
     if (!rc && tok->kind == KIND_BPE && nf) {
         e.md = pcre2_match_data_create(1, NULL);
-        if (!e.md) rc = exo_error_set(EXO_ENOMEM, "tokenizer: out of memory");
+        if (!e.md) rc = exo__error_set(EXO_ENOMEM, "tokenizer: out of memory");
     }
     bool prev_special = true; /* SPM: a space is prefixed at the start and after each special token */
     for (size_t f = 0; f < nf && !rc; f++) {
@@ -1339,7 +1339,7 @@ int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len,
     if (rc) return rc;
     *n_out = e.n;
     if (e.n > cap)
-        return exo_error_set(EXO_ERANGE, "exo_tokenizer_encode: %d tokens do not fit in %d", e.n, cap);
+        return exo__error_set(EXO_ERANGE, "exo_tokenizer_encode: %d tokens do not fit in %d", e.n, cap);
     return 0;
 }
 
@@ -1348,7 +1348,7 @@ int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len,
 static int check_id(const exo_tokenizer *t, int32_t id, const char *fn)
 {
     if (id < 0 || id >= t->n_vocab)
-        return exo_error_set(EXO_EINVAL, "%s: token id %d is outside [0, %d)", fn, (int)id, (int)t->n_vocab);
+        return exo__error_set(EXO_EINVAL, "%s: token id %d is outside [0, %d)", fn, (int)id, (int)t->n_vocab);
     return 0;
 }
 
@@ -1378,7 +1378,7 @@ int exo_tokenizer_decode(const exo_tokenizer *tok, const int32_t *ids, int n_ids
 {
     if (out_len) *out_len = 0;
     if (!tok || (!ids && n_ids) || n_ids < 0 || (!out && cap) || !out_len)
-        return exo_error_set(EXO_EINVAL, "exo_tokenizer_decode: bad argument");
+        return exo__error_set(EXO_EINVAL, "exo_tokenizer_decode: bad argument");
     size_t total = 0;
     int32_t started = 0;
     for (int i = 0; i < n_ids; i++) {
@@ -1392,7 +1392,7 @@ int exo_tokenizer_decode(const exo_tokenizer *tok, const int32_t *ids, int n_ids
     }
     *out_len = total;
     if (total > cap)
-        return exo_error_set(EXO_ERANGE, "exo_tokenizer_decode: %zu bytes do not fit in %zu", total, cap);
+        return exo__error_set(EXO_ERANGE, "exo_tokenizer_decode: %zu bytes do not fit in %zu", total, cap);
     return 0;
 }
 
@@ -1407,7 +1407,7 @@ int exo_tokenizer_decode_stream(const exo_tokenizer *tok, exo_tokenizer_stream *
 {
     if (out_len) *out_len = 0;
     if (!tok || !st || (!out && cap) || !out_len || st->n_pending < 0 || st->n_pending > 3)
-        return exo_error_set(EXO_EINVAL, "exo_tokenizer_decode_stream: bad argument");
+        return exo__error_set(EXO_EINVAL, "exo_tokenizer_decode_stream: bad argument");
     int rc = check_id(tok, id, "exo_tokenizer_decode_stream");
     if (rc) return rc;
     const char *s;
@@ -1417,7 +1417,7 @@ int exo_tokenizer_decode_stream(const exo_tokenizer *tok, exo_tokenizer_stream *
     size_t total = (size_t)st->n_pending + n;
     if (cap < 3 * total) {
         *out_len = 3 * total;
-        return exo_error_set(EXO_ERANGE, "exo_tokenizer_decode_stream: needs %zu bytes of output space", 3 * total);
+        return exo__error_set(EXO_ERANGE, "exo_tokenizer_decode_stream: needs %zu bytes of output space", 3 * total);
     }
     st->started = started;
     /* pending bytes, then the piece: one logical buffer, read through at() */
@@ -1454,11 +1454,11 @@ int exo_tokenizer_decode_stream_flush(const exo_tokenizer *tok, exo_tokenizer_st
 {
     if (out_len) *out_len = 0;
     if (!tok || !st || (!out && cap) || !out_len)
-        return exo_error_set(EXO_EINVAL, "exo_tokenizer_decode_stream_flush: bad argument");
+        return exo__error_set(EXO_EINVAL, "exo_tokenizer_decode_stream_flush: bad argument");
     if (st->n_pending > 0) {
         if (cap < 3) {
             *out_len = 3;
-            return exo_error_set(EXO_ERANGE, "exo_tokenizer_decode_stream_flush: needs 3 bytes of output space");
+            return exo__error_set(EXO_ERANGE, "exo_tokenizer_decode_stream_flush: needs 3 bytes of output space");
         }
         *out_len = put_replacement(out);
     }
@@ -1496,7 +1496,7 @@ int32_t exo_tokenizer_find(const exo_tokenizer *tok, const char *text, size_t le
 
 int exo_tokenizer_token_piece(const exo_tokenizer *tok, int32_t id, const char **s, size_t *len)
 {
-    if (!tok || !s || !len) return exo_error_set(EXO_EINVAL, "exo_tokenizer_token_piece: NULL argument");
+    if (!tok || !s || !len) return exo__error_set(EXO_EINVAL, "exo_tokenizer_token_piece: NULL argument");
     int rc = check_id(tok, id, "exo_tokenizer_token_piece");
     if (rc) return rc;
     *s = tok->piece + tok->tokens[id].piece_off;
@@ -1506,7 +1506,7 @@ int exo_tokenizer_token_piece(const exo_tokenizer *tok, int32_t id, const char *
 
 int exo_tokenizer_token_text(const exo_tokenizer *tok, int32_t id, const char **s, size_t *len)
 {
-    if (!tok || !s || !len) return exo_error_set(EXO_EINVAL, "exo_tokenizer_token_text: NULL argument");
+    if (!tok || !s || !len) return exo__error_set(EXO_EINVAL, "exo_tokenizer_token_text: NULL argument");
     int rc = check_id(tok, id, "exo_tokenizer_token_text");
     if (rc) return rc;
     *s = tok->text + tok->tokens[id].text_off;

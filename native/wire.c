@@ -164,7 +164,7 @@ static void push_text_event(exo_wire *w, int type, int conn, uint64_t request_id
 
 int exo_wire_next_event(exo_wire *w, exo_wire_event *ev)
 {
-    if (!w || !ev) return exo_error_set(EXO_EINVAL, "exo_wire_next_event: NULL argument");
+    if (!w || !ev) return exo__error_set(EXO_EINVAL, "exo_wire_next_event: NULL argument");
     free(w->last_data);
     w->last_data = NULL;
     if (w->ev_count == 0) {
@@ -269,7 +269,7 @@ static wire_write *frame_alloc(uint8_t type, uint64_t request_id, size_t payload
     wire_write *ww = malloc(sizeof *ww + EXO_WIRE_HEADER_SIZE + payload_len);
     if (!ww) return NULL;
     ww->len = EXO_WIRE_HEADER_SIZE + payload_len;
-    exo_wire_encode_header(ww->data, type, request_id, (uint32_t)payload_len);
+    exo__wire_encode_header(ww->data, type, request_id, (uint32_t)payload_len);
     return ww;
 }
 
@@ -277,19 +277,19 @@ static int frame_send(wire_conn *c, wire_write *ww)
 {
     if (c->state == CONN_CLOSING) {
         free(ww);
-        return exo_error_set(EXO_ESTATE, "the connection to %s is closing", c->address);
+        return exo__error_set(EXO_ESTATE, "the connection to %s is closing", c->address);
     }
     if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WIRE_MAX_QUEUED) {
         free(ww);
         conn_close(c, "the peer stopped reading (over 256 MiB queued for it)");
-        return exo_error_set(EXO_EIO, "the peer at %s stopped reading", c->address);
+        return exo__error_set(EXO_EIO, "the peer at %s stopped reading", c->address);
     }
     ww->conn = c;
     uv_buf_t buf = uv_buf_init((char *)ww->data, (unsigned)ww->len);
     int rc = uv_write(&ww->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
     if (rc < 0) {
         free(ww);
-        return exo_error_set(EXO_EIO, "write to %s failed: %s", c->address, uv_strerror(rc));
+        return exo__error_set(EXO_EIO, "write to %s failed: %s", c->address, uv_strerror(rc));
     }
     c->w->stats.frames_sent++;
     c->w->stats.bytes_sent += ww->len;
@@ -299,7 +299,7 @@ static int frame_send(wire_conn *c, wire_write *ww)
 static int send_simple(wire_conn *c, uint8_t type, uint64_t request_id, const void *payload, size_t len)
 {
     wire_write *ww = frame_alloc(type, request_id, len);
-    if (!ww) return exo_error_set(EXO_ENOMEM, "out of memory for a frame of %zu bytes", len);
+    if (!ww) return exo__error_set(EXO_ENOMEM, "out of memory for a frame of %zu bytes", len);
     if (len) memcpy(ww->data + EXO_WIRE_HEADER_SIZE, payload, len);
     return frame_send(c, ww);
 }
@@ -421,7 +421,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     size_t off = 0;
     while (c->state != CONN_CLOSING) {
         exo_wire_header h;
-        int rc = exo_wire_decode_header(c->rbuf + off, c->rlen - off, &h);
+        int rc = exo__wire_decode_header(c->rbuf + off, c->rlen - off, &h);
         if (rc == 0) break;
         if (rc < 0) {
             conn_reject(c, exo_last_error());
@@ -509,14 +509,14 @@ static int resolve(const char *host, int port, struct sockaddr_storage *out)
 {
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0) return EXO_OK;
     if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0) return EXO_OK;
-    return exo_error_set(EXO_EINVAL, "'%s' is not an IP address", host);
+    return exo__error_set(EXO_EINVAL, "'%s' is not an IP address", host);
 }
 
 int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port)
 {
-    if (!w || !host) return exo_error_set(EXO_EINVAL, "exo_wire_listen: NULL argument");
-    if (w->listening) return exo_error_set(EXO_ESTATE, "the wire already listens");
-    if (port < 0 || port > 65535) return exo_error_set(EXO_EINVAL, "port %d is out of range", port);
+    if (!w || !host) return exo__error_set(EXO_EINVAL, "exo_wire_listen: NULL argument");
+    if (w->listening) return exo__error_set(EXO_ESTATE, "the wire already listens");
+    if (port < 0 || port > 65535) return exo__error_set(EXO_EINVAL, "port %d is out of range", port);
     struct sockaddr_storage addr;
     int rc = resolve(host, port, &addr);
     if (rc) return rc;
@@ -529,7 +529,7 @@ int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port)
     if (err) {
         w->listening = 0;
         uv_close((uv_handle_t *)&w->server, handle_closed);
-        return exo_error_set(EXO_EIO, "cannot listen on %s:%d: %s", host, port, uv_strerror(err));
+        return exo__error_set(EXO_EIO, "cannot listen on %s:%d: %s", host, port, uv_strerror(err));
     }
     struct sockaddr_storage bound;
     int len = sizeof bound;
@@ -542,13 +542,13 @@ int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port)
 
 int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn)
 {
-    if (!w || !host || !conn) return exo_error_set(EXO_EINVAL, "exo_wire_connect: NULL argument");
-    if (port < 1 || port > 65535) return exo_error_set(EXO_EINVAL, "port %d is out of range", port);
+    if (!w || !host || !conn) return exo__error_set(EXO_EINVAL, "exo_wire_connect: NULL argument");
+    if (port < 1 || port > 65535) return exo__error_set(EXO_EINVAL, "port %d is out of range", port);
     struct sockaddr_storage addr;
     int rc = resolve(host, port, &addr);
     if (rc) return rc;
     wire_conn *c = conn_new(w);
-    if (!c) return exo_error_set(EXO_ENOMEM, "out of memory for a connection");
+    if (!c) return exo__error_set(EXO_ENOMEM, "out of memory for a connection");
     snprintf(c->address, sizeof c->address, "%s:%d", host, port);
     c->connect_req.data = c;
     int err = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr, on_connect);
@@ -556,7 +556,7 @@ int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn)
         c->state = CONN_CLOSING;
         w->stats.connections--;
         uv_close((uv_handle_t *)&c->tcp, conn_closed);
-        return exo_error_set(EXO_EIO, "cannot connect to %s:%d: %s", host, port, uv_strerror(err));
+        return exo__error_set(EXO_EIO, "cannot connect to %s:%d: %s", host, port, uv_strerror(err));
     }
     *conn = c->id;
     return EXO_OK;
@@ -564,7 +564,7 @@ int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn)
 
 int exo_wire_close(exo_wire *w, int conn, const char *reason)
 {
-    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_close: NULL argument");
+    if (!w) return exo__error_set(EXO_EINVAL, "exo_wire_close: NULL argument");
     wire_conn *c = find_conn(w, conn);
     if (!c || c->state == CONN_CLOSING) return EXO_OK;
     if (reason && *reason && c->state != CONN_CONNECTING)
@@ -578,7 +578,7 @@ static wire_conn *up_conn(exo_wire *w, int conn)
 {
     wire_conn *c = find_conn(w, conn);
     if (!c || c->state != CONN_UP) {
-        exo_error_set(EXO_ESTATE, "connection %d is not open", conn);
+        exo__error_set(EXO_ESTATE, "connection %d is not open", conn);
         return NULL;
     }
     return c;
@@ -586,9 +586,9 @@ static wire_conn *up_conn(exo_wire *w, int conn)
 
 int exo_wire_send_control(exo_wire *w, int conn, uint64_t request_id, const char *json, size_t len)
 {
-    if (!w || (!json && len)) return exo_error_set(EXO_EINVAL, "exo_wire_send_control: NULL argument");
+    if (!w || (!json && len)) return exo__error_set(EXO_EINVAL, "exo_wire_send_control: NULL argument");
     if (len > EXO_WIRE_MAX_CONTROL)
-        return exo_error_set(EXO_ENOMEM, "control frame of %zu bytes is over the %u-byte limit", len,
+        return exo__error_set(EXO_ENOMEM, "control frame of %zu bytes is over the %u-byte limit", len,
                              EXO_WIRE_MAX_CONTROL);
     if (conn == 0) {
         push_event(w, EXO_WIRE_EV_CONTROL, 0, request_id, 0, json, len, NULL);
@@ -600,7 +600,7 @@ int exo_wire_send_control(exo_wire *w, int conn, uint64_t request_id, const char
 
 int exo_wire_ping(exo_wire *w, int conn)
 {
-    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_ping: NULL argument");
+    if (!w) return exo__error_set(EXO_EINVAL, "exo_wire_ping: NULL argument");
     wire_conn *c = up_conn(w, conn);
     if (!c) return EXO_ESTATE;
     uint8_t stamp[8];
@@ -612,19 +612,19 @@ int exo_wire_ping(exo_wire *w, int conn)
 /* Sends a tensor frame whose rows pack() writes; conn 0 delivers it here. */
 static int send_tensor(exo_wire *w, int conn, uint64_t request_id, const exo_wire_tensor *t, const void *rows)
 {
-    size_t bytes = exo_wire_tensor_bytes(t->dtype, t->n_rows, t->row_len);
-    if (!bytes) return exo_error_set(EXO_EINVAL, "tensor of dtype %u and shape [%u][%u] cannot be sent", t->dtype,
+    size_t bytes = exo__wire_tensor_bytes(t->dtype, t->n_rows, t->row_len);
+    if (!bytes) return exo__error_set(EXO_EINVAL, "tensor of dtype %u and shape [%u][%u] cannot be sent", t->dtype,
                                      t->n_rows, t->row_len);
     if (bytes + EXO_WIRE_TENSOR_HEADER_SIZE > EXO_WIRE_MAX_TENSOR)
-        return exo_error_set(EXO_ENOMEM, "tensor of %zu bytes is over the frame limit", bytes);
+        return exo__error_set(EXO_ENOMEM, "tensor of %zu bytes is over the frame limit", bytes);
     wire_conn *c = NULL;
     if (conn != 0 && !(c = up_conn(w, conn))) return EXO_ESTATE;
     wire_write *ww = frame_alloc(EXO_WIRE_TENSOR, request_id, EXO_WIRE_TENSOR_HEADER_SIZE + bytes);
-    if (!ww) return exo_error_set(EXO_ENOMEM, "out of memory for a tensor frame of %zu bytes", bytes);
+    if (!ww) return exo__error_set(EXO_ENOMEM, "out of memory for a tensor frame of %zu bytes", bytes);
     uint8_t *payload = ww->data + EXO_WIRE_HEADER_SIZE;
-    exo_wire_encode_tensor(payload, t);
+    exo__wire_encode_tensor(payload, t);
     if (t->dtype == EXO_WIRE_DTYPE_I32) memcpy(payload + EXO_WIRE_TENSOR_HEADER_SIZE, rows, bytes);
-    else exo_wire_pack_rows(t->dtype, rows, (int)t->n_rows, (int)t->row_len, payload + EXO_WIRE_TENSOR_HEADER_SIZE);
+    else exo__wire_pack_rows(t->dtype, rows, (int)t->n_rows, (int)t->row_len, payload + EXO_WIRE_TENSOR_HEADER_SIZE);
     if (!c) {
         deliver_tensor(w, NULL, request_id, payload, EXO_WIRE_TENSOR_HEADER_SIZE + bytes);
         free(ww);
@@ -637,8 +637,8 @@ static int send_tensor(exo_wire *w, int conn, uint64_t request_id, const exo_wir
 int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int position, const int32_t *ids, int n,
                          int flags)
 {
-    if (!w || !ids) return exo_error_set(EXO_EINVAL, "exo_wire_send_tokens: NULL argument");
-    if (n < 1 || position < 0) return exo_error_set(EXO_EINVAL, "cannot send %d tokens at position %d", n, position);
+    if (!w || !ids) return exo__error_set(EXO_EINVAL, "exo_wire_send_tokens: NULL argument");
+    if (n < 1 || position < 0) return exo__error_set(EXO_EINVAL, "cannot send %d tokens at position %d", n, position);
     exo_wire_tensor t = {.position = position, .dtype = EXO_WIRE_DTYPE_I32, .n_rows = (uint32_t)n, .row_len = 1,
                          .flags = (uint32_t)flags & EXO_WIRE_TENSOR_ALL_LOGITS};
     return send_tensor(w, conn, request_id, &t, ids);
@@ -646,14 +646,14 @@ int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int positio
 
 /* ---- hidden-state encodings ------------------------------------------------ */
 
-void exo_wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len, uint8_t *out)
+void exo__wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len, uint8_t *out)
 {
     size_t n = (size_t)n_rows * row_len;
     if (dtype == EXO_DTYPE_F32) {
         memcpy(out, x, n * 4);
     } else if (dtype == EXO_DTYPE_F16) {
         for (size_t i = 0; i < n; i++) {
-            exo_half h = exo_float_to_half(x[i]);
+            exo_half h = exo__float_to_half(x[i]);
             memcpy(out + 2 * i, &h, 2);
         }
     } else { /* Q8_0: blocks of 32 with an fp16 scale, as the weights use */
@@ -662,7 +662,7 @@ void exo_wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len,
             float amax = 0;
             for (int i = 0; i < 32; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
             float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
-            exo_half hd = exo_float_to_half(d);
+            exo_half hd = exo__float_to_half(d);
             uint8_t *blk = out + 34 * b;
             memcpy(blk, &hd, 2);
             for (int i = 0; i < 32; i++) blk[2 + i] = (uint8_t)(int8_t)lrintf(v[i] * id);
@@ -670,7 +670,7 @@ void exo_wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len,
     }
 }
 
-void exo_wire_unpack_rows(uint32_t dtype, const uint8_t *in, int n_rows, int row_len, float *x)
+void exo__wire_unpack_rows(uint32_t dtype, const uint8_t *in, int n_rows, int row_len, float *x)
 {
     size_t n = (size_t)n_rows * row_len;
     if (dtype == EXO_DTYPE_F32) {
@@ -679,14 +679,14 @@ void exo_wire_unpack_rows(uint32_t dtype, const uint8_t *in, int n_rows, int row
         for (size_t i = 0; i < n; i++) {
             exo_half h;
             memcpy(&h, in + 2 * i, 2);
-            x[i] = exo_half_to_float(h);
+            x[i] = exo__half_to_float(h);
         }
     } else {
         for (size_t b = 0; b < n / 32; b++) {
             const uint8_t *blk = in + 34 * b;
             exo_half hd;
             memcpy(&hd, blk, 2);
-            float d = exo_half_to_float(hd);
+            float d = exo__half_to_float(hd);
             for (int i = 0; i < 32; i++) x[32 * b + i] = d * (float)(int8_t)blk[2 + i];
         }
     }
@@ -795,7 +795,7 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
 {
     exo_wire_tensor t;
     const uint8_t *data;
-    if (exo_wire_decode_tensor(payload, len, &t, &data)) {
+    if (exo__wire_decode_tensor(payload, len, &t, &data)) {
         if (from) conn_reject(from, exo_last_error());
         return;
     }
@@ -830,7 +830,7 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
             route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
             return;
         }
-        exo_wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->out);
+        exo__wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->out);
         r->position = t.position;
         r->n_rows = (int)t.n_rows;
         r->all_logits = 1;
@@ -872,13 +872,13 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
             route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
             return;
         }
-        exo_wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->hidden);
+        exo__wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->hidden);
     }
     r->arrived_ns = uv_hrtime();
     r->position = t.position;
     r->n_rows = (int)t.n_rows;
     r->all_logits = all_logits;
-    int rc = exo_engine_submit_cb(r->shard, r->seq, r->info.is_first ? r->tokens : NULL,
+    int rc = exo__engine_submit_cb(r->shard, r->seq, r->info.is_first ? r->tokens : NULL,
                                   r->info.is_first ? NULL : r->hidden, r->n_rows, all_logits, r->out, route_done, r);
     if (rc) {
         route_fail(w, r, request_id, "cannot start the forward pass: %s", exo_last_error());
@@ -890,14 +890,14 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
 
 int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype)
 {
-    if (!w || !s || !q) return exo_error_set(EXO_EINVAL, "exo_wire_route_open: NULL argument");
-    if (find_route(w, request_id)) return exo_error_set(EXO_ESTATE, "request %llu already has a route",
+    if (!w || !s || !q) return exo__error_set(EXO_EINVAL, "exo_wire_route_open: NULL argument");
+    if (find_route(w, request_id)) return exo__error_set(EXO_ESTATE, "request %llu already has a route",
                                                         (unsigned long long)request_id);
-    if (w->n_routes >= WIRE_MAX_ROUTES) return exo_error_set(EXO_EAGAIN, "too many requests in flight");
+    if (w->n_routes >= WIRE_MAX_ROUTES) return exo__error_set(EXO_EAGAIN, "too many requests in flight");
     if (wire_dtype != EXO_DTYPE_F32 && wire_dtype != EXO_DTYPE_F16 && wire_dtype != EXO_DTYPE_Q8_0)
-        return exo_error_set(EXO_ENOTSUP, "wire dtype %d (f32, f16 or q8_0 are)", wire_dtype);
+        return exo__error_set(EXO_ENOTSUP, "wire dtype %d (f32, f16 or q8_0 are)", wire_dtype);
     wire_route *r = calloc(1, sizeof *r);
-    if (!r) return exo_error_set(EXO_ENOMEM, "out of memory for a route");
+    if (!r) return exo__error_set(EXO_ENOMEM, "out of memory for a route");
     int rc = exo_shard_get_info(s, &r->info);
     if (rc) {
         free(r);
@@ -906,7 +906,7 @@ int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq 
     if (wire_dtype == EXO_DTYPE_Q8_0 && r->info.n_embd % 32) {
         int n_embd = r->info.n_embd;
         free(r);
-        return exo_error_set(EXO_ENOTSUP, "q8_0 on the wire needs a width that is a multiple of 32, not %d", n_embd);
+        return exo__error_set(EXO_ENOTSUP, "q8_0 on the wire needs a width that is a multiple of 32, not %d", n_embd);
     }
     r->w = w;
     r->id = request_id;
@@ -923,23 +923,23 @@ int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq 
 
 int exo_wire_route_allow(exo_wire *w, uint64_t request_id, int conn)
 {
-    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_route_allow: NULL argument");
+    if (!w) return exo__error_set(EXO_EINVAL, "exo_wire_route_allow: NULL argument");
     wire_route *r = find_route(w, request_id);
-    if (!r) return exo_error_set(EXO_ESTATE, "request %llu has no route", (unsigned long long)request_id);
+    if (!r) return exo__error_set(EXO_ESTATE, "request %llu has no route", (unsigned long long)request_id);
     if (r->n_allowed == (int)(sizeof r->allowed / sizeof r->allowed[0]))
-        return exo_error_set(EXO_ERANGE, "a route takes rows from at most 4 connections");
+        return exo__error_set(EXO_ERANGE, "a route takes rows from at most 4 connections");
     r->allowed[r->n_allowed++] = conn;
     return EXO_OK;
 }
 
 int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab)
 {
-    if (!w || n_vocab < 1) return exo_error_set(EXO_EINVAL, "exo_wire_collect_open: bad arguments");
-    if (find_route(w, request_id)) return exo_error_set(EXO_ESTATE, "request %llu already has a route",
+    if (!w || n_vocab < 1) return exo__error_set(EXO_EINVAL, "exo_wire_collect_open: bad arguments");
+    if (find_route(w, request_id)) return exo__error_set(EXO_ESTATE, "request %llu already has a route",
                                                         (unsigned long long)request_id);
-    if (w->n_routes >= WIRE_MAX_ROUTES) return exo_error_set(EXO_EAGAIN, "too many requests in flight");
+    if (w->n_routes >= WIRE_MAX_ROUTES) return exo__error_set(EXO_EAGAIN, "too many requests in flight");
     wire_route *r = calloc(1, sizeof *r);
-    if (!r) return exo_error_set(EXO_ENOMEM, "out of memory for a route");
+    if (!r) return exo__error_set(EXO_ENOMEM, "out of memory for a route");
     r->w = w;
     r->id = request_id;
     r->collector = 1;
@@ -954,7 +954,7 @@ int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab)
 
 int exo_wire_route_close(exo_wire *w, uint64_t request_id)
 {
-    if (!w) return exo_error_set(EXO_EINVAL, "exo_wire_route_close: NULL argument");
+    if (!w) return exo__error_set(EXO_EINVAL, "exo_wire_route_close: NULL argument");
     wire_route *r = find_route(w, request_id);
     if (!r) return EXO_OK;
     route_unlink(w, r);
@@ -965,11 +965,11 @@ int exo_wire_route_close(exo_wire *w, uint64_t request_id)
 
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position)
 {
-    if (!w || !logits || !n_rows || !position) return exo_error_set(EXO_EINVAL, "exo_wire_route_output: NULL argument");
+    if (!w || !logits || !n_rows || !position) return exo__error_set(EXO_EINVAL, "exo_wire_route_output: NULL argument");
     wire_route *r = find_route(w, request_id);
-    if (!r) return exo_error_set(EXO_ESTATE, "request %llu has no route", (unsigned long long)request_id);
+    if (!r) return exo__error_set(EXO_ESTATE, "request %llu has no route", (unsigned long long)request_id);
     if (!r->info.is_last || r->busy || !r->out)
-        return exo_error_set(EXO_ESTATE, "request %llu has no logits ready", (unsigned long long)request_id);
+        return exo__error_set(EXO_ESTATE, "request %llu has no logits ready", (unsigned long long)request_id);
     *logits = r->out;
     *n_rows = r->all_logits ? r->n_rows : 1;
     *position = r->all_logits ? r->position : r->position + r->n_rows - 1;
@@ -978,7 +978,7 @@ int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits
 
 int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out)
 {
-    if (!w || !out) return exo_error_set(EXO_EINVAL, "exo_wire_get_stats: NULL argument");
+    if (!w || !out) return exo__error_set(EXO_EINVAL, "exo_wire_get_stats: NULL argument");
     *out = w->stats;
     return EXO_OK;
 }
@@ -1000,20 +1000,20 @@ static void on_timer(uv_timer_t *t)
 
 int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out)
 {
-    if (!out || (!hello && hello_len)) return exo_error_set(EXO_EINVAL, "exo_wire_new: NULL argument");
+    if (!out || (!hello && hello_len)) return exo__error_set(EXO_EINVAL, "exo_wire_new: NULL argument");
     uv_loop_t *loop = uv_loop ? uv_loop : host_loop;
-    if (!loop) return exo_error_set(EXO_ESTATE, "no event loop: the host did not call exo_runtime_set_loop");
+    if (!loop) return exo__error_set(EXO_ESTATE, "no event loop: the host did not call exo_runtime_set_loop");
     if (hello_len > EXO_WIRE_MAX_HELLO)
-        return exo_error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
+        return exo__error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
     exo_wire *w = calloc(1, sizeof *w);
-    if (!w) return exo_error_set(EXO_ENOMEM, "out of memory for the wire");
+    if (!w) return exo__error_set(EXO_ENOMEM, "out of memory for the wire");
     w->hello = malloc(hello_len ? hello_len : 1);
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (!w->hello || w->efd < 0) {
         free(w->hello);
         if (w->efd >= 0) close(w->efd);
         free(w);
-        return exo_error_set(EXO_EIO, "cannot set up the wire (memory or eventfd)");
+        return exo__error_set(EXO_EIO, "cannot set up the wire (memory or eventfd)");
     }
     memcpy(w->hello, hello, hello_len);
     w->hello_len = hello_len;
@@ -1033,11 +1033,11 @@ int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **
 
 int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len)
 {
-    if (!w || (!hello && hello_len)) return exo_error_set(EXO_EINVAL, "exo_wire_set_hello: NULL argument");
+    if (!w || (!hello && hello_len)) return exo__error_set(EXO_EINVAL, "exo_wire_set_hello: NULL argument");
     if (hello_len > EXO_WIRE_MAX_HELLO)
-        return exo_error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
+        return exo__error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
     char *copy = malloc(hello_len ? hello_len : 1);
-    if (!copy) return exo_error_set(EXO_ENOMEM, "out of memory for the hello");
+    if (!copy) return exo__error_set(EXO_ENOMEM, "out of memory for the hello");
     memcpy(copy, hello, hello_len);
     free(w->hello);
     w->hello = copy;

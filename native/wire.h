@@ -72,22 +72,22 @@ _Static_assert(sizeof(exo_wire_tensor) == EXO_WIRE_TENSOR_HEADER_SIZE, "wire ten
  * and valid, or a code with a message: EXO_EFORMAT (bad magic, unknown type,
  * nonzero flags or reserved field), EXO_ENOTSUP (another protocol version),
  * EXO_ENOMEM (a payload longer than its type allows). */
-int exo_wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h);
+int exo__wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h);
 /* Writes the 24 header bytes. */
-void exo_wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len);
+void exo__wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len);
 
 /* Decodes and checks a TENSOR payload: the dtype is one of the four, the
  * shape is within limits (Q8_0 rows a multiple of 32, I32 rows of length 1)
  * and the data is exactly n_rows rows long. On success *data points at the
  * first row. */
-int exo_wire_decode_tensor(const uint8_t *payload, size_t len, exo_wire_tensor *t, const uint8_t **data);
-void exo_wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t);
+int exo__wire_decode_tensor(const uint8_t *payload, size_t len, exo_wire_tensor *t, const uint8_t **data);
+void exo__wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t);
 /* Bytes of n_rows rows of row_len elements of a wire dtype, or 0 when the
  * dtype or shape is not allowed. */
-size_t exo_wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len);
+size_t exo__wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len);
 
 /* Hidden-state rows to and from a wire dtype (F32, F16 or Q8_0). */
-void exo_wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len, uint8_t *out);
-void exo_wire_unpack_rows(uint32_t dtype, const uint8_t *in, int n_rows, int row_len, float *x);
+void exo__wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len, uint8_t *out);
+void exo__wire_unpack_rows(uint32_t dtype, const uint8_t *in, int n_rows, int row_len, float *x);
 
 #endif

@@ -95,11 +95,11 @@ static double time_read(const uint8_t *buf, size_t bytes, double min_s)
 /* The versions of dtype's dot this CPU can run, ref first. */
 static int kernels_for(int dtype, kernel *k)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     int n = 0;
     k[n++] = (kernel){ "ref", t->vec_dot_ref, NULL, NULL };
-    const exo_kernel_set *avx2 = exo_quants_kernels(dtype, EXO_ISA_AVX2);
-    const exo_kernel_set *avx512 = exo_quants_kernels(dtype, EXO_ISA_AVX512);
+    const exo_kernel_set *avx2 = exo__quants_kernels(dtype, EXO_ISA_AVX2);
+    const exo_kernel_set *avx512 = exo__quants_kernels(dtype, EXO_ISA_AVX512);
     /* EXO_DISABLE_AVX512 leaves have_avx512 false; the CPU check is what matters here */
     bool cpu512 = false;
 #if defined(__x86_64__) || defined(__i386__)
@@ -107,10 +107,10 @@ static int kernels_for(int dtype, kernel *k)
     cpu512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif
-    if (exo_quants_have_avx2() && avx2 && avx2->vec_dot) k[n++] = (kernel){ "avx2", avx2->vec_dot, NULL, NULL };
-    if (exo_quants_have_avx2() && cpu512 && avx512 && avx512->vec_dot)
+    if (exo__quants_have_avx2() && avx2 && avx2->vec_dot) k[n++] = (kernel){ "avx2", avx2->vec_dot, NULL, NULL };
+    if (exo__quants_have_avx2() && cpu512 && avx512 && avx512->vec_dot)
         k[n++] = (kernel){ "avx512", avx512->vec_dot, NULL, NULL };
-    if (exo_quants_have_avx2() && cpu512 && avx512 && avx512->vec_dot_x4)
+    if (exo__quants_have_avx2() && cpu512 && avx512 && avx512->vec_dot_x4)
         k[n++] = (kernel){ "avx512x4", NULL, avx512->vec_dot_x4, NULL };
     /* the packed kernel dispatch chose (AVX-512 VNNI, or AVX2 with EXO_DISABLE_AVX512=1) */
     if (t->vec_dot_packed) k[n++] = (kernel){ "packed", NULL, NULL, t->vec_dot_packed };
@@ -135,9 +135,9 @@ int main(int argc, char **argv)
     int rounds = argc > 1 ? atoi(argv[1]) : 15;
     const double slice = 0.02;
     if (rounds < 1) rounds = 1;
-    exo_quants_init();
+    exo__quants_init();
     printf("bench_quants: dispatch picks %s; GB/s of weight bytes, one core\n",
-           exo_quants_have_avx512() ? "AVX-512 VNNI" : exo_quants_have_avx2() ? "AVX2" : "scalar (same as ref)");
+           exo__quants_have_avx512() ? "AVX-512 VNNI" : exo__quants_have_avx2() ? "AVX2" : "scalar (same as ref)");
     printf("  %-6s %-11s %8s %9s %9s %9s %9s %9s %9s\n", "type", "shape", "MB", "ref", "avx2", "avx512", "avx512x4",
            "packed", "read");
 
@@ -148,25 +148,25 @@ int main(int argc, char **argv)
     const char *only = argc > 2 ? argv[2] : NULL;
     srand(1);
     for (size_t di = 0; di < sizeof dtypes / sizeof dtypes[0]; di++) {
-        const exo_type_traits *t = exo_type_traits_get(dtypes[di]);
+        const exo_type_traits *t = exo__type_traits_get(dtypes[di]);
         if (only && !name_listed(only, t->name)) continue;
         kernel ks[MAX_KERNELS];
         int nk = kernels_for(dtypes[di], ks);
         for (int si = 0; si < 4; si++) {
             int rows = shapes[si].rows, cols = shapes[si].cols;
             if (cols % t->block_size) cols = cols / t->block_size * t->block_size; /* 576 -> 512 for K formats */
-            size_t row_bytes = exo_dtype_row_size(dtypes[di], cols);
+            size_t row_bytes = exo__dtype_row_size(dtypes[di], cols);
             size_t bytes = row_bytes * (size_t)rows;
             float *x = malloc((size_t)cols * sizeof(float)), *y = malloc((size_t)rows * sizeof(float));
             float *wrow = malloc((size_t)cols * sizeof(float));
             uint8_t *w = malloc(bytes);
-            void *act = malloc(exo_act_row_size(t->act_type, cols));
+            void *act = malloc(exo__act_row_size(t->act_type, cols));
             for (int r = 0; r < rows; r++) {
                 for (int i = 0; i < cols; i++) wrow[i] = (float)((double)rand() / RAND_MAX) - 0.5f;
                 t->from_float_ref(wrow, w + (size_t)r * row_bytes, cols);
             }
             for (int i = 0; i < cols; i++) x[i] = (float)((double)rand() / RAND_MAX) - 0.5f;
-            exo_quantize_act(t->act_type, x, act, cols);
+            exo__quantize_act(t->act_type, x, act, cols);
             uint8_t *packed = malloc(bytes);
             if (t->pack_x4)
                 for (int r = 0; r < rows; r += 4) t->pack_x4(w + (size_t)r * row_bytes, row_bytes, cols, packed + (size_t)r * row_bytes);

@@ -25,18 +25,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t off = 0;
     while (off < size) {
         exo_wire_header h;
-        int rc = exo_wire_decode_header(buf + off, size - off, &h);
+        int rc = exo__wire_decode_header(buf + off, size - off, &h);
         if (rc <= 0) break;
         uint8_t again[EXO_WIRE_HEADER_SIZE];
-        exo_wire_encode_header(again, h.type, h.request_id, h.payload_len);
+        exo__wire_encode_header(again, h.type, h.request_id, h.payload_len);
         if (memcmp(again, buf + off, EXO_WIRE_HEADER_SIZE) != 0) abort();
         if (size - off - EXO_WIRE_HEADER_SIZE < h.payload_len) break;
         const uint8_t *payload = buf + off + EXO_WIRE_HEADER_SIZE;
         if (h.type == EXO_WIRE_TENSOR) {
             exo_wire_tensor t;
             const uint8_t *rows = NULL;
-            if (exo_wire_decode_tensor(payload, h.payload_len, &t, &rows) == 0) {
-                size_t bytes = exo_wire_tensor_bytes(t.dtype, t.n_rows, t.row_len);
+            if (exo__wire_decode_tensor(payload, h.payload_len, &t, &rows) == 0) {
+                size_t bytes = exo__wire_tensor_bytes(t.dtype, t.n_rows, t.row_len);
                 if (!bytes || rows != payload + EXO_WIRE_TENSOR_HEADER_SIZE ||
                     bytes + EXO_WIRE_TENSOR_HEADER_SIZE != h.payload_len)
                     abort();

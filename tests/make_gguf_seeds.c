@@ -33,8 +33,8 @@ static void finish(exo_gguf_writer *w, const char *name)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", outdir, name);
-    ok(exo_gguf_writer_write(w, path), name);
-    exo_gguf_writer_free(w);
+    ok(exo__gguf_writer_write(w, path), name);
+    exo__gguf_writer_free(w);
     struct stat st;
     if (stat(path, &st) == 0 && st.st_size >= 4096) {
         fprintf(stderr, "make_gguf_seeds: %s is %lld bytes, over 4 KiB\n", path, (long long)st.st_size);
@@ -49,7 +49,7 @@ static void tensor(exo_gguf_writer *w, const char *name, int dtype, int64_t ne0,
     int64_t ne[4] = {ne0, ne1, 1, 1};
     unsigned char *d = malloc(bytes);
     for (size_t i = 0; i < bytes; i++) d[i] = (unsigned char)(i * 13 + 5);
-    ok(exo_gguf_writer_add_tensor(w, name, dtype, ne1 > 1 ? 2 : 1, ne, d, bytes), name);
+    ok(exo__gguf_writer_add_tensor(w, name, dtype, ne1 > 1 ? 2 : 1, ne, d, bytes), name);
     free(d);
 }
 
@@ -63,8 +63,8 @@ struct seed_tensor {
 /* A file of the given tensors, with only an architecture key. */
 static void tensors_file(const char *file, const char *arch, const struct seed_tensor *t, size_t n)
 {
-    exo_gguf_writer *w = exo_gguf_writer_new();
-    ok(exo_gguf_writer_add_str(w, "general.architecture", arch), "arch");
+    exo_gguf_writer *w = exo__gguf_writer_new();
+    ok(exo__gguf_writer_add_str(w, "general.architecture", arch), "arch");
     for (size_t i = 0; i < n; i++) tensor(w, t[i].name, t[i].dtype, t[i].ne0, t[i].ne1, t[i].bytes);
     finish(w, file);
 }
@@ -78,16 +78,16 @@ int main(int argc, char **argv)
     outdir = argv[1];
     mkdir(outdir, 0755);
 
-    exo_gguf_writer *w = exo_gguf_writer_new();
+    exo_gguf_writer *w = exo__gguf_writer_new();
     finish(w, "empty.gguf");
 
-    w = exo_gguf_writer_new();
-    ok(exo_gguf_writer_add_str(w, "general.architecture", "llama"), "arch");
-    ok(exo_gguf_writer_add_str(w, "general.name", "seed scalars"), "name");
-    ok(exo_gguf_writer_add_u32(w, "llama.block_count", 2), "u32");
-    ok(exo_gguf_writer_add_i32(w, "test.i32", -7), "i32");
-    ok(exo_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f), "f32");
-    ok(exo_gguf_writer_add_bool(w, "test.bool", true), "bool");
+    w = exo__gguf_writer_new();
+    ok(exo__gguf_writer_add_str(w, "general.architecture", "llama"), "arch");
+    ok(exo__gguf_writer_add_str(w, "general.name", "seed scalars"), "name");
+    ok(exo__gguf_writer_add_u32(w, "llama.block_count", 2), "u32");
+    ok(exo__gguf_writer_add_i32(w, "test.i32", -7), "i32");
+    ok(exo__gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f), "f32");
+    ok(exo__gguf_writer_add_bool(w, "test.bool", true), "bool");
     {
         unsigned char u8[] = {1, 2, 3};
         signed char i8[] = {-1, 0, 1};
@@ -100,17 +100,17 @@ int main(int argc, char **argv)
         unsigned long long u64[] = {1ull << 40};
         long long i64[] = {-(1ll << 40)};
         double f64[] = {2.5};
-        ok(exo_gguf_writer_add_arr(w, "a.u8", EXO_GGUF_UINT8, u8, 3), "a.u8");
-        ok(exo_gguf_writer_add_arr(w, "a.i8", EXO_GGUF_INT8, i8, 3), "a.i8");
-        ok(exo_gguf_writer_add_arr(w, "a.u16", EXO_GGUF_UINT16, u16, 2), "a.u16");
-        ok(exo_gguf_writer_add_arr(w, "a.i16", EXO_GGUF_INT16, i16, 2), "a.i16");
-        ok(exo_gguf_writer_add_arr(w, "a.u32", EXO_GGUF_UINT32, u32, 2), "a.u32");
-        ok(exo_gguf_writer_add_arr(w, "a.i32", EXO_GGUF_INT32, i32, 2), "a.i32");
-        ok(exo_gguf_writer_add_arr(w, "a.f32", EXO_GGUF_FLOAT32, f32, 2), "a.f32");
-        ok(exo_gguf_writer_add_arr(w, "a.bool", EXO_GGUF_BOOL, b, 2), "a.bool");
-        ok(exo_gguf_writer_add_arr(w, "a.u64", EXO_GGUF_UINT64, u64, 1), "a.u64");
-        ok(exo_gguf_writer_add_arr(w, "a.i64", EXO_GGUF_INT64, i64, 1), "a.i64");
-        ok(exo_gguf_writer_add_arr(w, "a.f64", EXO_GGUF_FLOAT64, f64, 1), "a.f64");
+        ok(exo__gguf_writer_add_arr(w, "a.u8", EXO_GGUF_UINT8, u8, 3), "a.u8");
+        ok(exo__gguf_writer_add_arr(w, "a.i8", EXO_GGUF_INT8, i8, 3), "a.i8");
+        ok(exo__gguf_writer_add_arr(w, "a.u16", EXO_GGUF_UINT16, u16, 2), "a.u16");
+        ok(exo__gguf_writer_add_arr(w, "a.i16", EXO_GGUF_INT16, i16, 2), "a.i16");
+        ok(exo__gguf_writer_add_arr(w, "a.u32", EXO_GGUF_UINT32, u32, 2), "a.u32");
+        ok(exo__gguf_writer_add_arr(w, "a.i32", EXO_GGUF_INT32, i32, 2), "a.i32");
+        ok(exo__gguf_writer_add_arr(w, "a.f32", EXO_GGUF_FLOAT32, f32, 2), "a.f32");
+        ok(exo__gguf_writer_add_arr(w, "a.bool", EXO_GGUF_BOOL, b, 2), "a.bool");
+        ok(exo__gguf_writer_add_arr(w, "a.u64", EXO_GGUF_UINT64, u64, 1), "a.u64");
+        ok(exo__gguf_writer_add_arr(w, "a.i64", EXO_GGUF_INT64, i64, 1), "a.i64");
+        ok(exo__gguf_writer_add_arr(w, "a.f64", EXO_GGUF_FLOAT64, f64, 1), "a.f64");
     }
     finish(w, "scalars.gguf");
 
@@ -133,7 +133,7 @@ int main(int argc, char **argv)
     tensors_file("tensors_hub.gguf", "gemma3", hub, sizeof hub / sizeof hub[0]);
 
     /* a tokenizer-shaped file: string arrays with parallel numeric arrays */
-    w = exo_gguf_writer_new();
+    w = exo__gguf_writer_new();
     {
         enum { N = 40 };
         const char *toks[N];
@@ -147,21 +147,21 @@ int main(int argc, char **argv)
             types[i] = i % 5 ? 1 : 3;
         }
         const char *merges[] = {"t 1", "t 2", "\xc4\xa0 t", ""};
-        ok(exo_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2"), "model");
-        ok(exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", toks, N), "tokens");
-        ok(exo_gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, scores, N), "scores");
-        ok(exo_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types, N), "types");
-        ok(exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.merges", merges, 4), "merges");
-        ok(exo_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 0), "bos");
-        ok(exo_gguf_writer_add_str(w, "tokenizer.chat_template", "{% for m in messages %}{{ m }}{% endfor %}"),
+        ok(exo__gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2"), "model");
+        ok(exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", toks, N), "tokens");
+        ok(exo__gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, scores, N), "scores");
+        ok(exo__gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types, N), "types");
+        ok(exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.merges", merges, 4), "merges");
+        ok(exo__gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 0), "bos");
+        ok(exo__gguf_writer_add_str(w, "tokenizer.chat_template", "{% for m in messages %}{{ m }}{% endfor %}"),
            "template");
     }
     finish(w, "tokenizer.gguf");
 
     /* non-default alignment with a 2-D weight and a 1-D norm */
-    w = exo_gguf_writer_new();
-    ok(exo_gguf_writer_add_u32(w, "general.alignment", 64), "alignment");
-    ok(exo_gguf_writer_add_str(w, "general.architecture", "llama"), "arch");
+    w = exo__gguf_writer_new();
+    ok(exo__gguf_writer_add_u32(w, "general.alignment", 64), "alignment");
+    ok(exo__gguf_writer_add_str(w, "general.architecture", "llama"), "arch");
     tensor(w, "blk.0.attn_norm.weight", EXO_DTYPE_F32, 8, 1, 32);
     tensor(w, "blk.0.attn_q.weight", EXO_DTYPE_Q8_0, 32, 8, 272);
     tensor(w, "output_norm.weight", EXO_DTYPE_F32, 8, 1, 32);

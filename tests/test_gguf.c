@@ -112,14 +112,14 @@ static void expect_fail_at(int line, const void *data, size_t n, int code, const
     void *copy = malloc(n ? n : 1);
     if (n) memcpy(copy, data, n);
     exo_gguf *g = (exo_gguf *)0x1;
-    int rc = exo_gguf_open_memory(copy, n, &g);
+    int rc = exo__gguf_open_memory(copy, n, &g);
     const char *msg = exo_last_error();
     CHECK_MSG(rc == code, "line %d: rc %d (%s), expected %d; message: %s", line, rc,
               exo_error_name(rc), code, msg);
     CHECK_MSG(g == NULL, "line %d: out not NULL", line);
     CHECK_MSG(s1 == NULL || strstr(msg, s1), "line %d: message '%s' lacks '%s'", line, msg, s1);
     CHECK_MSG(s2 == NULL || strstr(msg, s2), "line %d: message '%s' lacks '%s'", line, msg, s2);
-    if (rc == 0) exo_gguf_close(g);
+    if (rc == 0) exo__gguf_close(g);
     free(copy);
 }
 #define expect_fail(b, code, s1, s2) expect_fail_at(__LINE__, (b)->p, (b)->n, code, s1, s2)
@@ -223,120 +223,120 @@ static const struct num_arr num_arrs[] = {
 /* Writes the round-trip file; alignment 0 means the default. */
 static void write_roundtrip(const char *path, uint32_t alignment)
 {
-    exo_gguf_writer *w = exo_gguf_writer_new();
+    exo_gguf_writer *w = exo__gguf_writer_new();
     CHECK(w != NULL);
-    CHECK(exo_gguf_writer_add_str(w, "general.architecture", "llama") == 0);
-    if (alignment) CHECK(exo_gguf_writer_add_u32(w, "general.alignment", alignment) == 0);
-    CHECK(exo_gguf_writer_add_u32(w, "test.u32", 4000000000u) == 0);
-    CHECK(exo_gguf_writer_add_u32(w, "test.u32_small", 30) == 0);
-    CHECK(exo_gguf_writer_add_i32(w, "test.i32", -123456) == 0);
-    CHECK(exo_gguf_writer_add_i32(w, "test.i32_pos", 77) == 0);
-    CHECK(exo_gguf_writer_add_f32(w, "test.f32", 1e-5f) == 0);
-    CHECK(exo_gguf_writer_add_bool(w, "test.true", true) == 0);
-    CHECK(exo_gguf_writer_add_bool(w, "test.false", false) == 0);
-    CHECK(exo_gguf_writer_add_str(w, "test.empty_str", "") == 0);
+    CHECK(exo__gguf_writer_add_str(w, "general.architecture", "llama") == 0);
+    if (alignment) CHECK(exo__gguf_writer_add_u32(w, "general.alignment", alignment) == 0);
+    CHECK(exo__gguf_writer_add_u32(w, "test.u32", 4000000000u) == 0);
+    CHECK(exo__gguf_writer_add_u32(w, "test.u32_small", 30) == 0);
+    CHECK(exo__gguf_writer_add_i32(w, "test.i32", -123456) == 0);
+    CHECK(exo__gguf_writer_add_i32(w, "test.i32_pos", 77) == 0);
+    CHECK(exo__gguf_writer_add_f32(w, "test.f32", 1e-5f) == 0);
+    CHECK(exo__gguf_writer_add_bool(w, "test.true", true) == 0);
+    CHECK(exo__gguf_writer_add_bool(w, "test.false", false) == 0);
+    CHECK(exo__gguf_writer_add_str(w, "test.empty_str", "") == 0);
     for (size_t i = 0; i < N_NUM_ARRS; i++)
-        CHECK(exo_gguf_writer_add_arr(w, num_arrs[i].key, num_arrs[i].type, num_arrs[i].data,
+        CHECK(exo__gguf_writer_add_arr(w, num_arrs[i].key, num_arrs[i].type, num_arrs[i].data,
                                       num_arrs[i].n) == 0);
-    CHECK(exo_gguf_writer_add_str_arr(w, "arr.str", arr_str, 4) == 0);
-    CHECK(exo_gguf_writer_add_str_arr(w, "arr.str_empty", NULL, 0) == 0);
+    CHECK(exo__gguf_writer_add_str_arr(w, "arr.str", arr_str, 4) == 0);
+    CHECK(exo__gguf_writer_add_str_arr(w, "arr.str_empty", NULL, 0) == 0);
     for (size_t i = 0; i < N_RT; i++) {
         uint8_t *d = malloc(rt_tensors[i].size);
         for (size_t j = 0; j < rt_tensors[i].size; j++) d[j] = pattern(i, j);
-        CHECK(exo_gguf_writer_add_tensor(w, rt_tensors[i].name, rt_tensors[i].dtype,
+        CHECK(exo__gguf_writer_add_tensor(w, rt_tensors[i].name, rt_tensors[i].dtype,
                                          rt_tensors[i].n_dims, rt_tensors[i].ne, d,
                                          rt_tensors[i].size) == 0);
         free(d);
     }
-    CHECK_MSG(exo_gguf_writer_write(w, path) == 0, "%s", exo_last_error());
-    exo_gguf_writer_free(w);
+    CHECK_MSG(exo__gguf_writer_write(w, path) == 0, "%s", exo_last_error());
+    exo__gguf_writer_free(w);
 }
 
 static void check_roundtrip(const char *path, size_t alignment)
 {
     exo_gguf *g = NULL;
-    int rc = exo_gguf_open(path, &g);
+    int rc = exo__gguf_open(path, &g);
     CHECK_MSG(rc == 0, "%s", exo_last_error());
     if (rc) return;
-    CHECK(exo_gguf_version(g) == 3);
-    CHECK(exo_gguf_alignment(g) == alignment);
-    CHECK(exo_gguf_kv_count(g) == 9 + (int64_t)N_NUM_ARRS + 2 + (alignment != 32));
-    CHECK(exo_gguf_tensor_count(g) == (int64_t)N_RT);
+    CHECK(exo__gguf_version(g) == 3);
+    CHECK(exo__gguf_alignment(g) == alignment);
+    CHECK(exo__gguf_kv_count(g) == 9 + (int64_t)N_NUM_ARRS + 2 + (alignment != 32));
+    CHECK(exo__gguf_tensor_count(g) == (int64_t)N_RT);
 
     const char *s;
     size_t len;
-    CHECK(exo_gguf_get_str(g, "general.architecture", &s, &len) == 0 && len == 5 &&
+    CHECK(exo__gguf_get_str(g, "general.architecture", &s, &len) == 0 && len == 5 &&
           memcmp(s, "llama", 5) == 0);
-    CHECK(exo_gguf_get_str(g, "test.empty_str", &s, &len) == 0 && len == 0);
+    CHECK(exo__gguf_get_str(g, "test.empty_str", &s, &len) == 0 && len == 0);
 
     uint32_t u32;
     int64_t i64;
     float f;
     bool b;
-    CHECK(exo_gguf_get_u32(g, "test.u32", &u32) == 0 && u32 == 4000000000u);
-    CHECK(exo_gguf_get_i64(g, "test.u32", &i64) == 0 && i64 == 4000000000ll);
-    CHECK(exo_gguf_get_i64(g, "test.i32", &i64) == 0 && i64 == -123456);
-    CHECK(exo_gguf_get_u32(g, "test.i32_pos", &u32) == 0 && u32 == 77);
-    CHECK(exo_gguf_get_u32(g, "test.i32", &u32) == EXO_ERANGE);
+    CHECK(exo__gguf_get_u32(g, "test.u32", &u32) == 0 && u32 == 4000000000u);
+    CHECK(exo__gguf_get_i64(g, "test.u32", &i64) == 0 && i64 == 4000000000ll);
+    CHECK(exo__gguf_get_i64(g, "test.i32", &i64) == 0 && i64 == -123456);
+    CHECK(exo__gguf_get_u32(g, "test.i32_pos", &u32) == 0 && u32 == 77);
+    CHECK(exo__gguf_get_u32(g, "test.i32", &u32) == EXO_ERANGE);
     CHECK(strstr(exo_last_error(), "test.i32") != NULL);
-    CHECK(exo_gguf_get_f32(g, "test.f32", &f) == 0 && f == 1e-5f);
-    CHECK(exo_gguf_get_f32(g, "test.u32_small", &f) == 0 && f == 30.0f);
-    CHECK(exo_gguf_get_f32(g, "test.i32", &f) == 0 && f == -123456.0f);
-    CHECK(exo_gguf_get_bool(g, "test.true", &b) == 0 && b);
-    CHECK(exo_gguf_get_bool(g, "test.false", &b) == 0 && !b);
-    CHECK(exo_gguf_get_i64(g, "test.true", &i64) == 0 && i64 == 1);
+    CHECK(exo__gguf_get_f32(g, "test.f32", &f) == 0 && f == 1e-5f);
+    CHECK(exo__gguf_get_f32(g, "test.u32_small", &f) == 0 && f == 30.0f);
+    CHECK(exo__gguf_get_f32(g, "test.i32", &f) == 0 && f == -123456.0f);
+    CHECK(exo__gguf_get_bool(g, "test.true", &b) == 0 && b);
+    CHECK(exo__gguf_get_bool(g, "test.false", &b) == 0 && !b);
+    CHECK(exo__gguf_get_i64(g, "test.true", &i64) == 0 && i64 == 1);
     /* wrong types and missing keys name the key */
-    CHECK(exo_gguf_get_bool(g, "test.u32", &b) == EXO_EFORMAT);
+    CHECK(exo__gguf_get_bool(g, "test.u32", &b) == EXO_EFORMAT);
     CHECK(strstr(exo_last_error(), "test.u32") != NULL);
-    CHECK(exo_gguf_get_i64(g, "test.f32", &i64) == EXO_EFORMAT);
-    CHECK(exo_gguf_get_f32(g, "general.architecture", &f) == EXO_EFORMAT);
-    CHECK(exo_gguf_get_str(g, "test.u32", &s, &len) == EXO_EFORMAT);
-    CHECK(exo_gguf_get_i64(g, "no.such.key", &i64) == EXO_EINVAL);
+    CHECK(exo__gguf_get_i64(g, "test.f32", &i64) == EXO_EFORMAT);
+    CHECK(exo__gguf_get_f32(g, "general.architecture", &f) == EXO_EFORMAT);
+    CHECK(exo__gguf_get_str(g, "test.u32", &s, &len) == EXO_EFORMAT);
+    CHECK(exo__gguf_get_i64(g, "no.such.key", &i64) == EXO_EINVAL);
     CHECK(strstr(exo_last_error(), "no.such.key") != NULL);
-    CHECK(exo_gguf_find_key(g, "no.such.key") == -1);
-    CHECK(exo_gguf_find_key(g, "") == -1);
-    CHECK(exo_gguf_find_key(g, "test") == -1);
+    CHECK(exo__gguf_find_key(g, "no.such.key") == -1);
+    CHECK(exo__gguf_find_key(g, "") == -1);
+    CHECK(exo__gguf_find_key(g, "test") == -1);
 
     /* keys come back in order written with their types */
-    CHECK(strcmp(exo_gguf_key_name(g, 0), "general.architecture") == 0);
-    CHECK(exo_gguf_kv_type(g, 0) == EXO_GGUF_STRING);
-    CHECK(exo_gguf_key_name(g, exo_gguf_kv_count(g)) == NULL);
-    CHECK(exo_gguf_kv_type(g, -1) < 0);
-    for (int64_t i = 0; i < exo_gguf_kv_count(g); i++)
-        CHECK(exo_gguf_find_key(g, exo_gguf_key_name(g, i)) == i);
+    CHECK(strcmp(exo__gguf_key_name(g, 0), "general.architecture") == 0);
+    CHECK(exo__gguf_kv_type(g, 0) == EXO_GGUF_STRING);
+    CHECK(exo__gguf_key_name(g, exo__gguf_kv_count(g)) == NULL);
+    CHECK(exo__gguf_kv_type(g, -1) < 0);
+    for (int64_t i = 0; i < exo__gguf_kv_count(g); i++)
+        CHECK(exo__gguf_find_key(g, exo__gguf_key_name(g, i)) == i);
 
     for (size_t i = 0; i < N_NUM_ARRS; i++) {
         int et;
         uint64_t n;
-        CHECK_MSG(exo_gguf_get_arr(g, num_arrs[i].key, &et, &n) == 0, "%s", num_arrs[i].key);
+        CHECK_MSG(exo__gguf_get_arr(g, num_arrs[i].key, &et, &n) == 0, "%s", num_arrs[i].key);
         CHECK(et == num_arrs[i].type && n == num_arrs[i].n);
-        int64_t k = exo_gguf_find_key(g, num_arrs[i].key);
-        CHECK(exo_gguf_kv_type(g, k) == EXO_GGUF_ARRAY);
-        const void *d = exo_gguf_arr_data(g, k);
+        int64_t k = exo__gguf_find_key(g, num_arrs[i].key);
+        CHECK(exo__gguf_kv_type(g, k) == EXO_GGUF_ARRAY);
+        const void *d = exo__gguf_arr_data(g, k);
         CHECK(d != NULL);
         if (d && n) CHECK_MSG(memcmp(d, num_arrs[i].data, n * num_arrs[i].esz) == 0, "%s", num_arrs[i].key);
-        CHECK(exo_gguf_arr_str(g, k, 0, &s, &len) == EXO_EFORMAT);
+        CHECK(exo__gguf_arr_str(g, k, 0, &s, &len) == EXO_EFORMAT);
     }
     int et;
     uint64_t n;
-    CHECK(exo_gguf_get_arr(g, "arr.str", &et, &n) == 0 && et == EXO_GGUF_STRING && n == 4);
-    int64_t k = exo_gguf_find_key(g, "arr.str");
+    CHECK(exo__gguf_get_arr(g, "arr.str", &et, &n) == 0 && et == EXO_GGUF_STRING && n == 4);
+    int64_t k = exo__gguf_find_key(g, "arr.str");
     for (uint64_t j = 0; j < 4; j++) {
-        CHECK(exo_gguf_arr_str(g, k, j, &s, &len) == 0);
+        CHECK(exo__gguf_arr_str(g, k, j, &s, &len) == 0);
         CHECK(len == strlen(arr_str[j]) && memcmp(s, arr_str[j], len) == 0);
     }
-    CHECK(exo_gguf_arr_str(g, k, 4, &s, &len) == EXO_ERANGE);
+    CHECK(exo__gguf_arr_str(g, k, 4, &s, &len) == EXO_ERANGE);
     CHECK(strstr(exo_last_error(), "arr.str") != NULL);
-    CHECK(exo_gguf_arr_data(g, k) == NULL);
-    CHECK(exo_gguf_get_arr(g, "arr.str_empty", &et, &n) == 0 && et == EXO_GGUF_STRING && n == 0);
-    CHECK(exo_gguf_arr_str(g, exo_gguf_find_key(g, "arr.str_empty"), 0, &s, &len) == EXO_ERANGE);
-    CHECK(exo_gguf_get_arr(g, "test.u32", &et, &n) == EXO_EFORMAT);
+    CHECK(exo__gguf_arr_data(g, k) == NULL);
+    CHECK(exo__gguf_get_arr(g, "arr.str_empty", &et, &n) == 0 && et == EXO_GGUF_STRING && n == 0);
+    CHECK(exo__gguf_arr_str(g, exo__gguf_find_key(g, "arr.str_empty"), 0, &s, &len) == EXO_ERANGE);
+    CHECK(exo__gguf_get_arr(g, "test.u32", &et, &n) == EXO_EFORMAT);
 
     uint64_t expect_off = 0;
     for (size_t i = 0; i < N_RT; i++) {
-        int64_t ti = exo_gguf_find_tensor(g, rt_tensors[i].name);
+        int64_t ti = exo__gguf_find_tensor(g, rt_tensors[i].name);
         CHECK_MSG(ti == (int64_t)i, "tensor %s at %lld", rt_tensors[i].name, (long long)ti);
-        const exo_gguf_tensor *t = exo_gguf_tensor_at(g, ti);
+        const exo_gguf_tensor *t = exo__gguf_tensor_at(g, ti);
         if (!t) continue;
         CHECK(strcmp(t->name, rt_tensors[i].name) == 0);
         CHECK(t->dtype == rt_tensors[i].dtype);
@@ -344,7 +344,7 @@ static void check_roundtrip(const char *path, size_t alignment)
         for (int d = 0; d < 4; d++) CHECK(t->ne[d] == rt_tensors[i].ne[d]);
         CHECK_MSG(t->size == rt_tensors[i].size, "%s size %zu", t->name, t->size);
         CHECK(t->offset == expect_off); /* llama.cpp's layout: back to back, padded */
-        CHECK(((uintptr_t)t->data - (uintptr_t)exo_gguf_tensor_at(g, 0)->data) == t->offset);
+        CHECK(((uintptr_t)t->data - (uintptr_t)exo__gguf_tensor_at(g, 0)->data) == t->offset);
         CHECK((t->offset % alignment) == 0);
         expect_off += (t->size + alignment - 1) / alignment * alignment;
         bool same = true;
@@ -352,60 +352,60 @@ static void check_roundtrip(const char *path, size_t alignment)
             if (((const uint8_t *)t->data)[j] != pattern(i, j)) same = false;
         CHECK_MSG(same, "tensor %s data differs", t->name);
     }
-    CHECK(exo_gguf_find_tensor(g, "nope") == -1);
-    CHECK(exo_gguf_tensor_at(g, (int64_t)N_RT) == NULL);
-    CHECK(exo_gguf_tensor_at(g, -1) == NULL);
+    CHECK(exo__gguf_find_tensor(g, "nope") == -1);
+    CHECK(exo__gguf_tensor_at(g, (int64_t)N_RT) == NULL);
+    CHECK(exo__gguf_tensor_at(g, -1) == NULL);
     /* the data section starts aligned within the file */
-    const uint8_t *first = exo_gguf_tensor_at(g, 0)->data;
-    CHECK(exo_gguf_file_size(g) >= expect_off);
+    const uint8_t *first = exo__gguf_tensor_at(g, 0)->data;
+    CHECK(exo__gguf_file_size(g) >= expect_off);
     (void)first;
-    exo_gguf_close(g);
+    exo__gguf_close(g);
 }
 
 static void test_writer_errors(void)
 {
-    exo_gguf_writer *w = exo_gguf_writer_new();
+    exo_gguf_writer *w = exo__gguf_writer_new();
     int64_t ne[4] = {32, 1, 1, 1};
     uint8_t d[64] = {0};
-    CHECK(exo_gguf_writer_add_u32(w, "a", 1) == 0);
-    CHECK(exo_gguf_writer_add_i32(w, "a", 1) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_u32(w, "a", 1) == 0);
+    CHECK(exo__gguf_writer_add_i32(w, "a", 1) == EXO_EINVAL);
     CHECK(strstr(exo_last_error(), "duplicate key 'a'") != NULL);
-    CHECK(exo_gguf_writer_add_u32(w, "", 1) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_u32(w, "general.alignment", 3) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_i32(w, "general.alignment", 32) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_arr(w, "x", EXO_GGUF_STRING, d, 1) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_arr(w, "x", 13, d, 1) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_u32(w, "", 1) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_u32(w, "general.alignment", 3) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_i32(w, "general.alignment", 32) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_arr(w, "x", EXO_GGUF_STRING, d, 1) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_arr(w, "x", 13, d, 1) == EXO_EINVAL);
     uint8_t bad_bool[1] = {2};
-    CHECK(exo_gguf_writer_add_arr(w, "x", EXO_GGUF_BOOL, bad_bool, 1) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_tensor(w, "t", EXO_DTYPE_Q8_0, 1, ne, d, 34) == 0);
-    CHECK(exo_gguf_writer_add_tensor(w, "t", EXO_DTYPE_Q8_0, 1, ne, d, 34) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_arr(w, "x", EXO_GGUF_BOOL, bad_bool, 1) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_tensor(w, "t", EXO_DTYPE_Q8_0, 1, ne, d, 34) == 0);
+    CHECK(exo__gguf_writer_add_tensor(w, "t", EXO_DTYPE_Q8_0, 1, ne, d, 34) == EXO_EINVAL);
     CHECK(strstr(exo_last_error(), "duplicate tensor 't'") != NULL);
-    CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_0, 1, ne, d, 33) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_tensor(w, "u", 16, 1, ne, d, 22) == EXO_ENOTSUP);
+    CHECK(exo__gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_0, 1, ne, d, 33) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_tensor(w, "u", 16, 1, ne, d, 22) == EXO_ENOTSUP);
     CHECK(strstr(exo_last_error(), "unsupported dtype 16 (IQ2_XXS) for tensor 'u'") != NULL);
-    CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_K, 1, ne, d, 22) == EXO_ENOTSUP);
-    CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 0, ne, d, 4) == EXO_EINVAL);
-    CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 5, ne, d, 4) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q8_K, 1, ne, d, 22) == EXO_ENOTSUP);
+    CHECK(exo__gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 0, ne, d, 4) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 5, ne, d, 4) == EXO_EINVAL);
     int64_t ne_bad[4] = {16, 1, 1, 1};
-    CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q4_0, 1, ne_bad, d, 9) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_tensor(w, "u", EXO_DTYPE_Q4_0, 1, ne_bad, d, 9) == EXO_EINVAL);
     int64_t ne_zero[4] = {4, 0, 1, 1};
-    CHECK(exo_gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 2, ne_zero, d, 0) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_tensor(w, "u", EXO_DTYPE_F32, 2, ne_zero, d, 0) == EXO_EINVAL);
     char longname[80];
     memset(longname, 'x', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
-    CHECK(exo_gguf_writer_add_tensor(w, longname, EXO_DTYPE_F32, 1, ne, d, 128) == EXO_EINVAL);
+    CHECK(exo__gguf_writer_add_tensor(w, longname, EXO_DTYPE_F32, 1, ne, d, 128) == EXO_EINVAL);
     /* the failed adds left the writer usable: it still writes a valid file */
     char path[128];
     tmp_path(path, sizeof path, "after_errors.gguf");
-    CHECK(exo_gguf_writer_write(w, path) == 0);
+    CHECK(exo__gguf_writer_write(w, path) == 0);
     exo_gguf *g = NULL;
-    CHECK_MSG(exo_gguf_open(path, &g) == 0, "%s", exo_last_error());
-    CHECK(exo_gguf_kv_count(g) == 1 && exo_gguf_tensor_count(g) == 1);
-    exo_gguf_close(g);
+    CHECK_MSG(exo__gguf_open(path, &g) == 0, "%s", exo_last_error());
+    CHECK(exo__gguf_kv_count(g) == 1 && exo__gguf_tensor_count(g) == 1);
+    exo__gguf_close(g);
     tmp_path(path, sizeof path, "no/such/dir.gguf");
-    CHECK(exo_gguf_writer_write(w, path) == EXO_EIO);
+    CHECK(exo__gguf_writer_write(w, path) == EXO_EIO);
     CHECK(strstr(exo_last_error(), path) != NULL);
-    exo_gguf_writer_free(w);
+    exo__gguf_writer_free(w);
 }
 
 /* Scalar types the writer has no call for, built by hand. */
@@ -424,31 +424,31 @@ static void test_all_scalar_types(void)
     bb_str(&kv, "f32"); bb_u32(&kv, EXO_GGUF_FLOAT32); bb_f32(&kv, -1.5f);
     build(&f, 2, &kv, 10, NULL, 0, 32, 0); /* version 2 has the same layout */
     exo_gguf *g = NULL;
-    int rc = exo_gguf_open_memory(f.p, f.n, &g);
+    int rc = exo__gguf_open_memory(f.p, f.n, &g);
     CHECK_MSG(rc == 0, "%s", exo_last_error());
     if (!rc) {
         int64_t v;
         uint32_t u;
         float x;
-        CHECK(exo_gguf_version(g) == 2);
-        CHECK(exo_gguf_get_i64(g, "u8", &v) == 0 && v == 200);
-        CHECK(exo_gguf_get_i64(g, "i8", &v) == 0 && v == -128);
-        CHECK(exo_gguf_get_u32(g, "i8", &u) == EXO_ERANGE);
-        CHECK(exo_gguf_get_i64(g, "u16", &v) == 0 && v == 60000);
-        CHECK(exo_gguf_get_i64(g, "i16", &v) == 0 && v == -1);
-        CHECK(exo_gguf_get_i64(g, "u64big", &v) == EXO_ERANGE);
+        CHECK(exo__gguf_version(g) == 2);
+        CHECK(exo__gguf_get_i64(g, "u8", &v) == 0 && v == 200);
+        CHECK(exo__gguf_get_i64(g, "i8", &v) == 0 && v == -128);
+        CHECK(exo__gguf_get_u32(g, "i8", &u) == EXO_ERANGE);
+        CHECK(exo__gguf_get_i64(g, "u16", &v) == 0 && v == 60000);
+        CHECK(exo__gguf_get_i64(g, "i16", &v) == 0 && v == -1);
+        CHECK(exo__gguf_get_i64(g, "u64big", &v) == EXO_ERANGE);
         CHECK(strstr(exo_last_error(), "u64big") != NULL);
-        CHECK(exo_gguf_get_u32(g, "u64", &u) == EXO_ERANGE);
-        CHECK(exo_gguf_get_i64(g, "u64", &v) == 0 && v == (1ll << 33));
-        CHECK(exo_gguf_get_i64(g, "i64", &v) == 0 && v == -5);
-        CHECK(exo_gguf_get_f32(g, "f64", &x) == 0 && x == 0.25f);
-        CHECK(exo_gguf_get_f32(g, "f64big", &x) == EXO_ERANGE);
-        CHECK(exo_gguf_get_f32(g, "i64", &x) == 0 && x == -5.0f);
-        CHECK(exo_gguf_get_f32(g, "f32", &x) == 0 && x == -1.5f);
-        CHECK(exo_gguf_get_f32(g, "u8", &x) == 0 && x == 200.0f);
-        CHECK(exo_gguf_kv_type(g, exo_gguf_find_key(g, "f64")) == EXO_GGUF_FLOAT64);
-        CHECK(exo_gguf_tensor_count(g) == 0);
-        exo_gguf_close(g);
+        CHECK(exo__gguf_get_u32(g, "u64", &u) == EXO_ERANGE);
+        CHECK(exo__gguf_get_i64(g, "u64", &v) == 0 && v == (1ll << 33));
+        CHECK(exo__gguf_get_i64(g, "i64", &v) == 0 && v == -5);
+        CHECK(exo__gguf_get_f32(g, "f64", &x) == 0 && x == 0.25f);
+        CHECK(exo__gguf_get_f32(g, "f64big", &x) == EXO_ERANGE);
+        CHECK(exo__gguf_get_f32(g, "i64", &x) == 0 && x == -5.0f);
+        CHECK(exo__gguf_get_f32(g, "f32", &x) == 0 && x == -1.5f);
+        CHECK(exo__gguf_get_f32(g, "u8", &x) == 0 && x == 200.0f);
+        CHECK(exo__gguf_kv_type(g, exo__gguf_find_key(g, "f64")) == EXO_GGUF_FLOAT64);
+        CHECK(exo__gguf_tensor_count(g) == 0);
+        exo__gguf_close(g);
     }
     bb_free(&kv);
     bb_free(&f);
@@ -463,33 +463,33 @@ static void test_truncation(const char *path)
     CHECK(full != NULL);
     if (!full) return;
     exo_gguf *g = NULL;
-    CHECK(exo_gguf_open_memory(full, n, &g) == 0);
+    CHECK(exo__gguf_open_memory(full, n, &g) == 0);
     size_t end = 0;
-    for (int64_t i = 0; i < exo_gguf_tensor_count(g); i++) {
-        const exo_gguf_tensor *t = exo_gguf_tensor_at(g, i);
+    for (int64_t i = 0; i < exo__gguf_tensor_count(g); i++) {
+        const exo_gguf_tensor *t = exo__gguf_tensor_at(g, i);
         size_t e = (size_t)((const uint8_t *)t->data - full) + t->size;
         if (e > end) end = e;
     }
-    exo_gguf_close(g);
+    exo__gguf_close(g);
     CHECK(end > 0 && end <= n);
     int bad = 0;
     for (size_t len = 0; len < end; len++) {
         uint8_t *copy = malloc(len ? len : 1);
         memcpy(copy, full, len);
         g = (exo_gguf *)0x1;
-        int rc = exo_gguf_open_memory(copy, len, &g);
+        int rc = exo__gguf_open_memory(copy, len, &g);
         const char *msg = exo_last_error();
         bool ok = rc == EXO_EFORMAT && g == NULL &&
                   (strstr(msg, "truncated") || strstr(msg, "past the end") || strstr(msg, "too short"));
         if (!ok && bad++ < 5)
             fprintf(stderr, "truncated at %zu of %zu: rc %d, message: %s\n", len, n, rc, msg);
-        if (rc == 0) exo_gguf_close(g);
+        if (rc == 0) exo__gguf_close(g);
         free(copy);
     }
     CHECK_MSG(bad == 0, "%d truncations did not fail cleanly", bad);
     /* the trailing padding after the last tensor is not needed */
-    CHECK(exo_gguf_open_memory(full, end, &g) == 0);
-    exo_gguf_close(g);
+    CHECK(exo__gguf_open_memory(full, end, &g) == 0);
+    exo__gguf_close(g);
 
     /* and from disk, where the message names the path */
     char tpath[128];
@@ -498,7 +498,7 @@ static void test_truncation(const char *path)
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         write_file(tpath, full, cuts[i]);
         g = (exo_gguf *)0x1;
-        CHECK(exo_gguf_open(tpath, &g) == EXO_EFORMAT && g == NULL);
+        CHECK(exo__gguf_open(tpath, &g) == EXO_EFORMAT && g == NULL);
         CHECK_MSG(strstr(exo_last_error(), tpath) != NULL, "%s", exo_last_error());
     }
     free(full);
@@ -509,19 +509,19 @@ static void test_paths(void)
     exo_gguf *g = (exo_gguf *)0x1;
     char path[128];
     tmp_path(path, sizeof path, "does-not-exist.gguf");
-    CHECK(exo_gguf_open(path, &g) == EXO_EIO && g == NULL);
+    CHECK(exo__gguf_open(path, &g) == EXO_EIO && g == NULL);
     CHECK(strstr(exo_last_error(), path) != NULL);
     CHECK(strstr(exo_last_error(), "No such file") != NULL);
     g = (exo_gguf *)0x1;
-    CHECK(exo_gguf_open(tmpdir, &g) == EXO_EIO && g == NULL);
+    CHECK(exo__gguf_open(tmpdir, &g) == EXO_EIO && g == NULL);
     CHECK(strstr(exo_last_error(), tmpdir) != NULL);
     CHECK(strstr(exo_last_error(), "not a regular file") != NULL);
     tmp_path(path, sizeof path, "empty.gguf");
     write_file(path, "", 0);
-    CHECK(exo_gguf_open(path, &g) == EXO_EFORMAT);
+    CHECK(exo__gguf_open(path, &g) == EXO_EFORMAT);
     CHECK(strstr(exo_last_error(), "too short") != NULL);
-    CHECK(exo_gguf_open(NULL, &g) == EXO_EINVAL);
-    CHECK(exo_gguf_open_memory(NULL, 0, &g) == EXO_EFORMAT && g == NULL);
+    CHECK(exo__gguf_open(NULL, &g) == EXO_EINVAL);
+    CHECK(exo__gguf_open_memory(NULL, 0, &g) == EXO_EFORMAT && g == NULL);
 }
 
 /* One tensor file: name "t", dims, type, offset; data_bytes of data. */
@@ -677,11 +677,11 @@ static void test_corruptions(void)
         kv_u32(&kv, "general.alignment", 256);
         build(&f, 3, &kv, 1, &t, 1, 256, 32);
         exo_gguf *g = NULL;
-        CHECK_MSG(exo_gguf_open_memory(f.p, f.n, &g) == 0, "%s", exo_last_error());
+        CHECK_MSG(exo__gguf_open_memory(f.p, f.n, &g) == 0, "%s", exo_last_error());
         if (g) {
-            CHECK(exo_gguf_alignment(g) == 256);
-            CHECK((const uint8_t *)exo_gguf_tensor_at(g, 0)->data == f.p + 256);
-            exo_gguf_close(g);
+            CHECK(exo__gguf_alignment(g) == 256);
+            CHECK((const uint8_t *)exo__gguf_tensor_at(g, 0)->data == f.p + 256);
+            exo__gguf_close(g);
         }
         bb_free(&f); bb_free(&kv);
     }
@@ -778,10 +778,10 @@ static void test_corruptions(void)
         t[2].offset = 64;
         build(&f, 3, NULL, 0, t, 3, 32, 128);
         exo_gguf *g = NULL;
-        CHECK_MSG(exo_gguf_open_memory(f.p, f.n, &g) == 0, "%s", exo_last_error());
+        CHECK_MSG(exo__gguf_open_memory(f.p, f.n, &g) == 0, "%s", exo_last_error());
         if (g) {
-            CHECK(exo_gguf_tensor_at(g, exo_gguf_find_tensor(g, "a"))->offset == 96);
-            exo_gguf_close(g);
+            CHECK(exo__gguf_tensor_at(g, exo__gguf_find_tensor(g, "a"))->offset == 96);
+            exo__gguf_close(g);
         }
         bb_free(&f);
     }
@@ -803,26 +803,26 @@ static void test_big_string_array(void)
         strs[i] = malloc(16);
         snprintf(strs[i], 16, "tok%d", i);
     }
-    exo_gguf_writer *w = exo_gguf_writer_new();
-    CHECK(exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", (const char *const *)strs, N) == 0);
+    exo_gguf_writer *w = exo__gguf_writer_new();
+    CHECK(exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", (const char *const *)strs, N) == 0);
     char path[128];
     tmp_path(path, sizeof path, "big.gguf");
-    CHECK(exo_gguf_writer_write(w, path) == 0);
-    exo_gguf_writer_free(w);
+    CHECK(exo__gguf_writer_write(w, path) == 0);
+    exo__gguf_writer_free(w);
     exo_gguf *g = NULL;
-    CHECK_MSG(exo_gguf_open(path, &g) == 0, "%s", exo_last_error());
+    CHECK_MSG(exo__gguf_open(path, &g) == 0, "%s", exo_last_error());
     if (g) {
-        int64_t k = exo_gguf_find_key(g, "tokenizer.ggml.tokens");
+        int64_t k = exo__gguf_find_key(g, "tokenizer.ggml.tokens");
         int bad = 0;
         for (int i = N - 1; i >= 0; i -= 7) {
             const char *s;
             size_t len;
-            if (exo_gguf_arr_str(g, k, (uint64_t)i, &s, &len) != 0 || len != strlen(strs[i]) ||
+            if (exo__gguf_arr_str(g, k, (uint64_t)i, &s, &len) != 0 || len != strlen(strs[i]) ||
                 memcmp(s, strs[i], len) != 0)
                 bad++;
         }
         CHECK(bad == 0);
-        exo_gguf_close(g);
+        exo__gguf_close(g);
     }
     for (int i = 0; i < N; i++) free(strs[i]);
     free(strs);
@@ -831,34 +831,34 @@ static void test_big_string_array(void)
 static void test_real_file(const char *path)
 {
     exo_gguf *g = NULL;
-    int rc = exo_gguf_open(path, &g);
+    int rc = exo__gguf_open(path, &g);
     CHECK_MSG(rc == 0, "%s", exo_last_error());
     if (rc) return;
     const char *s;
     size_t len;
     uint32_t u;
-    CHECK(exo_gguf_get_str(g, "general.architecture", &s, &len) == 0 && len == 5 &&
+    CHECK(exo__gguf_get_str(g, "general.architecture", &s, &len) == 0 && len == 5 &&
           memcmp(s, "llama", 5) == 0);
-    CHECK(exo_gguf_get_u32(g, "llama.block_count", &u) == 0 && u == 30);
-    CHECK(exo_gguf_tensor_count(g) == 272);
-    int64_t ti = exo_gguf_find_tensor(g, "token_embd.weight");
+    CHECK(exo__gguf_get_u32(g, "llama.block_count", &u) == 0 && u == 30);
+    CHECK(exo__gguf_tensor_count(g) == 272);
+    int64_t ti = exo__gguf_find_tensor(g, "token_embd.weight");
     CHECK(ti >= 0);
-    const exo_gguf_tensor *t = exo_gguf_tensor_at(g, ti);
+    const exo_gguf_tensor *t = exo__gguf_tensor_at(g, ti);
     CHECK(t && t->dtype == EXO_DTYPE_Q8_0 && t->n_dims == 2 && t->ne[0] == 576 && t->ne[1] == 49152);
     CHECK(t && t->size == (size_t)576 / 32 * 34 * 49152);
     int et;
     uint64_t n;
-    CHECK(exo_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n) == 0 && et == EXO_GGUF_STRING &&
+    CHECK(exo__gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n) == 0 && et == EXO_GGUF_STRING &&
           n == 49152);
-    int64_t k = exo_gguf_find_key(g, "tokenizer.ggml.tokens");
-    CHECK(exo_gguf_arr_str(g, k, 0, &s, &len) == 0);
-    CHECK(exo_gguf_arr_str(g, k, n - 1, &s, &len) == 0);
-    for (int64_t i = 0; i < exo_gguf_tensor_count(g); i++)
-        CHECK(exo_gguf_find_tensor(g, exo_gguf_tensor_at(g, i)->name) == i);
+    int64_t k = exo__gguf_find_key(g, "tokenizer.ggml.tokens");
+    CHECK(exo__gguf_arr_str(g, k, 0, &s, &len) == 0);
+    CHECK(exo__gguf_arr_str(g, k, n - 1, &s, &len) == 0);
+    for (int64_t i = 0; i < exo__gguf_tensor_count(g); i++)
+        CHECK(exo__gguf_find_tensor(g, exo__gguf_tensor_at(g, i)->name) == i);
     printf("real file %s: %lld keys, %lld tensors, version %u, alignment %zu\n", path,
-           (long long)exo_gguf_kv_count(g), (long long)exo_gguf_tensor_count(g), exo_gguf_version(g),
-           exo_gguf_alignment(g));
-    exo_gguf_close(g);
+           (long long)exo__gguf_kv_count(g), (long long)exo__gguf_tensor_count(g), exo__gguf_version(g),
+           exo__gguf_alignment(g));
+    exo__gguf_close(g);
 }
 
 static void rm_tmpdir(void)
@@ -896,21 +896,21 @@ static void test_dtype_table(void)
         {41, "Q1_0", 128, 18, false},   {42, "Q2_0", 64, 18, false},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        const exo_dtype_info *d = exo_dtype_info_get(want[i].dtype);
+        const exo_dtype_info *d = exo__dtype_info_get(want[i].dtype);
         CHECK_MSG(d && strcmp(d->name, want[i].name) == 0 && d->block_size == want[i].block &&
                       d->type_size == want[i].bytes && d->loadable == want[i].loadable,
                   "dtype %d: %s", want[i].dtype, d ? d->name : "missing");
     }
     static const int retired[] = {4, 5, 31, 32, 33, 36, 37, 38};
     for (size_t i = 0; i < sizeof retired / sizeof retired[0]; i++) {
-        const exo_dtype_info *d = exo_dtype_info_get(retired[i]);
+        const exo_dtype_info *d = exo__dtype_info_get(retired[i]);
         CHECK(d && strstr(d->name, "(removed)") && d->block_size == 0 && !d->loadable);
-        CHECK(exo_dtype_info_bytes(retired[i], 256) == 0);
+        CHECK(exo__dtype_info_bytes(retired[i], 256) == 0);
     }
-    for (int t = 0; t <= 42; t++) CHECK_MSG(exo_dtype_info_get(t) != NULL, "dtype %d has no entry", t);
-    CHECK(exo_dtype_info_get(-1) == NULL && exo_dtype_info_get(43) == NULL && exo_dtype_info_get(1 << 30) == NULL);
-    CHECK(exo_dtype_info_bytes(EXO_DTYPE_Q5_0, 64) == 44 && exo_dtype_info_bytes(EXO_DTYPE_IQ4_XS, 512) == 272);
-    CHECK(exo_dtype_info_bytes(EXO_DTYPE_F16, 7) == 14 && exo_dtype_info_bytes(43, 32) == 0);
+    for (int t = 0; t <= 42; t++) CHECK_MSG(exo__dtype_info_get(t) != NULL, "dtype %d has no entry", t);
+    CHECK(exo__dtype_info_get(-1) == NULL && exo__dtype_info_get(43) == NULL && exo__dtype_info_get(1 << 30) == NULL);
+    CHECK(exo__dtype_info_bytes(EXO_DTYPE_Q5_0, 64) == 44 && exo__dtype_info_bytes(EXO_DTYPE_IQ4_XS, 512) == 272);
+    CHECK(exo__dtype_info_bytes(EXO_DTYPE_F16, 7) == 14 && exo__dtype_info_bytes(43, 32) == 0);
 }
 
 int main(void)

@@ -183,7 +183,7 @@ static void test_packed_equals_file_layout(const char *path, int weight_dtype)
     exo_shard_get_info(plain, &plain_info);
     /* Packing really happened wherever the CPU has a packed kernel for the
      * layers' format (or the test would pass with nothing packed). */
-    const exo_type_traits *tr = exo_type_traits_get(weight_dtype);
+    const exo_type_traits *tr = exo__type_traits_get(weight_dtype);
     if (tr && tr->vec_dot_packed)
         CHECK_MSG(info.packed_bytes > 0, "%s: nothing was packed", path);
     CHECK_MSG(plain_info.packed_bytes == 0, "%s: EXO_PACK=0 still packed %lld bytes", path,
@@ -229,7 +229,7 @@ static void test_batch_of_sequences(const char *path)
     exo_seq *seqs[4] = {a, b, b, b};
     int32_t pos[4] = {8, 5, 6, 7};
     exo_batch batch = {.n_rows = 4, .tokens = tokens, .seq = seqs, .pos = pos};
-    CHECK_MSG(exo_model_forward_batch(s, &batch, out) == 0, "%s", exo_last_error());
+    CHECK_MSG(exo__model_forward_batch(s, &batch, out) == 0, "%s", exo_last_error());
     CHECK(exo_seq_pos(a) == 9 && exo_seq_pos(b) == 8);
     CHECK(exo_shard_forward(s, a1, tokens, NULL, 1, 1, alone) == 0);
     CHECK(exo_shard_forward(s, b1, tokens + 1, NULL, 3, 1, alone + nv) == 0);
@@ -240,14 +240,14 @@ static void test_batch_of_sequences(const char *path)
     exo_seq *split[3] = {a, b, a};
     int32_t split_pos[3] = {9, 8, 10};
     exo_batch bad = {.n_rows = 3, .tokens = tokens, .seq = split, .pos = split_pos};
-    CHECK(exo_model_forward_batch(s, &bad, out) == EXO_EINVAL);
+    CHECK(exo__model_forward_batch(s, &bad, out) == EXO_EINVAL);
     int32_t gap_pos[2] = {9, 11};
     exo_seq *same[2] = {a, a};
     bad = (exo_batch){.n_rows = 2, .tokens = tokens, .seq = same, .pos = gap_pos};
-    CHECK(exo_model_forward_batch(s, &bad, out) == EXO_EINVAL);
+    CHECK(exo__model_forward_batch(s, &bad, out) == EXO_EINVAL);
     int32_t stale_pos[1] = {3};
     bad = (exo_batch){.n_rows = 1, .tokens = tokens, .seq = same, .pos = stale_pos};
-    CHECK(exo_model_forward_batch(s, &bad, out) == EXO_EINVAL);
+    CHECK(exo__model_forward_batch(s, &bad, out) == EXO_EINVAL);
     CHECK(exo_seq_pos(a) == 9 && exo_seq_pos(b) == 8); /* refused batches move nothing */
     free(out);
     free(alone);
@@ -266,17 +266,17 @@ static void write_meta(const char *path, const char *arch, const char *key, int6
                                        "attention.head_count", "attention.head_count_kv", "context_length",
                                        "attention.sliding_window", "attention.key_length"};
     static const int64_t values[] = {4, 256, 512, 8, 2, 512, 0, 32};
-    exo_gguf_writer *w = exo_gguf_writer_new();
-    exo_gguf_writer_add_str(w, "general.architecture", arch);
+    exo_gguf_writer *w = exo__gguf_writer_new();
+    exo__gguf_writer_add_str(w, "general.architecture", arch);
     char name[96];
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         int64_t v = key && !strcmp(key, keys[i]) ? value : values[i];
         if (v < 0 || (!strcmp(keys[i], "attention.sliding_window") && v == 0)) continue;
         snprintf(name, sizeof name, "%s.%s", arch, keys[i]);
-        exo_gguf_writer_add_u32(w, name, (uint32_t)v);
+        exo__gguf_writer_add_u32(w, name, (uint32_t)v);
     }
-    CHECK(exo_gguf_writer_write(w, path) == 0);
-    exo_gguf_writer_free(w);
+    CHECK(exo__gguf_writer_write(w, path) == 0);
+    exo__gguf_writer_free(w);
 }
 
 /* Bad metadata is a clear load error naming what is wrong, never a crash. */
@@ -317,9 +317,9 @@ static void test_errors(const char *path)
     CHECK(exo_shard_load(path, 3, 2, -1, -1, &s) == EXO_ERANGE && s == NULL);
     CHECK(exo_shard_load(path, 0, 1000, -1, -1, &s) == EXO_ERANGE && s == NULL);
     /* The backend is a parameter of loading; one this build lacks is named. */
-    CHECK(exo_model_load(path, 0, -1, -1, -1, "cuda", &s) == EXO_ENOTSUP && s == NULL);
+    CHECK(exo__model_load(path, 0, -1, -1, -1, "cuda", &s) == EXO_ENOTSUP && s == NULL);
     CHECK(strstr(exo_last_error(), "backend 'cuda'") != NULL);
-    CHECK(exo_model_load(path, 0, -1, -1, -1, "cpu", &s) == 0 && s != NULL);
+    CHECK(exo__model_load(path, 0, -1, -1, -1, "cpu", &s) == 0 && s != NULL);
     exo_shard_free(s);
     s = NULL;
     s = load(path, 0, -1);
@@ -342,7 +342,7 @@ static void test_errors(const char *path)
 
 int main(void)
 {
-    exo_quants_init();
+    exo__quants_init();
     const char *tiny = getenv("EXO_TINY_MODEL");
     if (!tiny) {
         fprintf(stderr, "EXO_TINY_MODEL is not set (ctest sets it)\n");

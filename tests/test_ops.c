@@ -94,7 +94,7 @@ static void test_attention(exo_backend *be, int T, int window)
     /* the cache holds f16: the reference uses the same rounded keys and values */
     be->to_f16(be, k, k16, CTX * HKV * HD);
     be->to_f16(be, v, v16, CTX * HKV * HD);
-    for (int i = 0; i < CTX * HKV * HD; i++) k[i] = exo_half_to_float(k16[i]), v[i] = exo_half_to_float(v16[i]);
+    for (int i = 0; i < CTX * HKV * HD; i++) k[i] = exo__half_to_float(k16[i]), v[i] = exo__half_to_float(v16[i]);
     float scale = 1 / sqrtf(HD);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
@@ -137,7 +137,7 @@ static void test_glu(exo_backend *be, int act)
     for (int i = 0; i < T * N; i++) x[i] = frand() * 6, ref[i] = act_ref(act, x[i]) * x[i];
     exo_tensor wt;
     int64_t ne[2] = {N, N};
-    CHECK(exo_tensor_view(&wt, EXO_DTYPE_F32, 2, ne, w) == 0);
+    CHECK(exo__tensor_view(&wt, EXO_DTYPE_F32, 2, ne, w) == 0);
     CHECK(be->matmul_glu(be, &wt, &wt, x, T, gate, up, act) == 0);
     /* GELU goes through f16 as llama.cpp's does (relative error <= 2^-11 on
      * input and output): nmse well under 1e-6; SiLU is exact to float. */
@@ -149,8 +149,8 @@ static void test_glu(exo_backend *be, int act)
 static void test_matmul(exo_backend *be, int dtype, int n_tokens)
 {
     enum { K = 512, N = 80 };
-    const exo_type_traits *tr = exo_type_traits_get(dtype);
-    size_t row = exo_dtype_row_size(dtype, K);
+    const exo_type_traits *tr = exo__type_traits_get(dtype);
+    size_t row = exo__dtype_row_size(dtype, K);
     float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * n_tokens);
     float *y = malloc(sizeof(float) * N * n_tokens), *deq = malloc(sizeof(float) * K);
     double *ref = malloc(sizeof(double) * N * n_tokens);
@@ -168,7 +168,7 @@ static void test_matmul(exo_backend *be, int dtype, int n_tokens)
     }
     exo_tensor wt;
     int64_t ne[2] = {K, N};
-    CHECK(exo_tensor_view(&wt, dtype, 2, ne, w) == 0);
+    CHECK(exo__tensor_view(&wt, dtype, 2, ne, w) == 0);
     CHECK(be->matmul(be, &wt, x, n_tokens, y, N) == 0);
     /* 8-bit activations cost about 1e-4 of nmse; f32 paths far less. */
     double e = nmse(y, ref, (size_t)N * n_tokens);
@@ -260,13 +260,13 @@ static int by_begin(const void *a, const void *b)
 static void test_pool(void)
 {
     exo_pool *pool = NULL;
-    CHECK(exo_pool_new(3, &pool) == 0);
+    CHECK(exo__pool_new(3, &pool) == 0);
     const int64_t cases[][2] = {{1, 1}, {2, 1}, {9, 1}, {960, 4}, {49152, 16}, {((int64_t)1 << 33) + 5, (int64_t)1 << 28}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int64_t n = cases[c][0], grain = cases[c][1];
         for (int rep = 0; rep < 20; rep++) {
             atomic_store(&n_ranges, 0);
-            exo_pool_for(pool, n, grain, record_range, NULL);
+            exo__pool_for(pool, n, grain, record_range, NULL);
             int k = atomic_load(&n_ranges);
             CHECK_MSG(k <= MAX_RANGES, "pool: %d chunks", k);
             if (k > MAX_RANGES) break;
@@ -286,7 +286,7 @@ static void test_pool(void)
                       (long long)n, small);
         }
     }
-    exo_pool_free(pool);
+    exo__pool_free(pool);
 }
 
 int main(void)
@@ -295,8 +295,8 @@ int main(void)
     /* Both paths: batch-invariant integer products below 32 tokens, sgemm
      * from 32 (the backend reads the setting when first made). */
     setenv("EXO_GEMM_MIN_TOKENS", "32", 1);
-    exo_backend *be = exo_backend_cpu();
-    exo_quants_init();
+    exo_backend *be = exo__backend_cpu();
+    exo__quants_init();
     CHECK(be->reserve(be, 64, 512, 128) == 0);
     CHECK(be->prepare(be) == 0);
     test_rmsnorm(be);

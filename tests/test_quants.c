@@ -165,41 +165,41 @@ static void test_half(void)
         { 0x1p-30f, 0x0000 }, { -0x1p-30f, 0x8000 },
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
-        exo_half h = exo_float_to_half(known[i].f);
+        exo_half h = exo__float_to_half(known[i].f);
         CHECK_MSG(h == known[i].h, "float_to_half(%a) = 0x%04x, want 0x%04x", known[i].f, h, known[i].h);
         if (fabsf(known[i].f) >= 0x1p-14f && fabsf(known[i].f) < 65504.5f) {
             /* normal values decode back to within half an ulp */
-            float back = exo_half_to_float(known[i].h);
+            float back = exo__half_to_float(known[i].h);
             CHECK(fabsf(back - known[i].f) <= fabsf(known[i].f) * 0x1p-11f);
         }
     }
-    exo_half hn = exo_float_to_half(NAN);
+    exo_half hn = exo__float_to_half(NAN);
     CHECK((hn & 0x7c00) == 0x7c00 && (hn & 0x03ff) != 0);
-    CHECK(isnan(exo_half_to_float(0x7e00)) && isnan(exo_half_to_float(0xfc01)));
-    CHECK(exo_half_to_float(0x7c00) == INFINITY && exo_half_to_float(0xfc00) == -INFINITY);
-    CHECK(exo_half_to_float(0x0001) == 0x1p-24f && exo_half_to_float(0x03ff) == 1023 * 0x1p-24f);
-    CHECK(exo_half_to_float(0x7bff) == 65504.0f && exo_half_to_float(0x3c00) == 1.0f);
-    CHECK(exo_half_to_float(0x8000) == 0.0f && signbit(exo_half_to_float(0x8000)));
+    CHECK(isnan(exo__half_to_float(0x7e00)) && isnan(exo__half_to_float(0xfc01)));
+    CHECK(exo__half_to_float(0x7c00) == INFINITY && exo__half_to_float(0xfc00) == -INFINITY);
+    CHECK(exo__half_to_float(0x0001) == 0x1p-24f && exo__half_to_float(0x03ff) == 1023 * 0x1p-24f);
+    CHECK(exo__half_to_float(0x7bff) == 65504.0f && exo__half_to_float(0x3c00) == 1.0f);
+    CHECK(exo__half_to_float(0x8000) == 0.0f && signbit(exo__half_to_float(0x8000)));
 
     /* every half round-trips; every tie between neighbours goes to the even
      * one and a float on either side of it to that side */
     int bad_rt = 0, bad_tie = 0;
     for (uint32_t h = 0; h < 0x10000; h++) {
-        float f = exo_half_to_float((exo_half)h);
+        float f = exo__half_to_float((exo_half)h);
         if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) {
-            bad_rt += !isnan(f) || (exo_float_to_half(f) & 0x7fff) <= 0x7c00;
+            bad_rt += !isnan(f) || (exo__float_to_half(f) & 0x7fff) <= 0x7c00;
             continue;
         }
-        bad_rt += exo_float_to_half(f) != h;
+        bad_rt += exo__float_to_half(f) != h;
         if ((h & 0x7fff) >= 0x7c00) continue;
         exo_half up = (exo_half)(h + 1); /* next larger magnitude, same sign */
-        double mid_d = ((double)f + (double)exo_half_to_float(up)) / 2.0;
+        double mid_d = ((double)f + (double)exo__half_to_float(up)) / 2.0;
         float mid = (float)mid_d; /* 12 significant bits: exact */
         if ((up & 0x7fff) == 0x7c00) mid = (h & 0x8000) ? -65520.0f : 65520.0f;
         exo_half even = (h & 1) ? up : (exo_half)h;
-        bad_tie += exo_float_to_half(mid) != even;
-        bad_tie += exo_float_to_half(nextafterf(mid, 0.0f)) != h;
-        bad_tie += exo_float_to_half(nextafterf(mid, (h & 0x8000) ? -INFINITY : INFINITY)) != up;
+        bad_tie += exo__float_to_half(mid) != even;
+        bad_tie += exo__float_to_half(nextafterf(mid, 0.0f)) != h;
+        bad_tie += exo__float_to_half(nextafterf(mid, (h & 0x8000) ? -INFINITY : INFINITY)) != up;
     }
     CHECK_MSG(bad_rt == 0, "%d halves do not round-trip", bad_rt);
     CHECK_MSG(bad_tie == 0, "%d half rounding ties wrong", bad_tie);
@@ -209,12 +209,12 @@ static void test_half(void)
         int bad = 0;
         for (uint64_t u = 0; u < 0x100000000ull; u += 9973) {
             float f = float_of((uint32_t)u);
-            exo_half a = exo_float_to_half(f), b = hw_float_to_half(f);
-            if (isnan(f)) bad += !isnan(exo_half_to_float(a));
+            exo_half a = exo__float_to_half(f), b = hw_float_to_half(f);
+            if (isnan(f)) bad += !isnan(exo__half_to_float(a));
             else bad += a != b;
         }
         for (uint32_t h = 0; h < 0x10000; h++) {
-            float a = exo_half_to_float((exo_half)h), b = hw_half_to_float((uint16_t)h);
+            float a = exo__half_to_float((exo_half)h), b = hw_half_to_float((uint16_t)h);
             bad += isnan(b) ? !isnan(a) : bits_of(a) != bits_of(b);
         }
         CHECK_MSG(bad == 0, "%d conversions differ from F16C", bad);
@@ -225,33 +225,33 @@ static void test_half(void)
 
 static void test_bf16(void)
 {
-    CHECK(exo_float_to_bf16(1.0f) == 0x3f80);
-    CHECK(exo_float_to_bf16(-2.0f) == 0xc000);
-    CHECK(exo_float_to_bf16(0.0f) == 0x0000 && exo_float_to_bf16(-0.0f) == 0x8000);
-    CHECK(exo_float_to_bf16(INFINITY) == 0x7f80 && exo_float_to_bf16(-INFINITY) == 0xff80);
-    CHECK(exo_float_to_bf16(float_of(0x3f808000u)) == 0x3f80); /* tie to even (down) */
-    CHECK(exo_float_to_bf16(float_of(0x3f818000u)) == 0x3f82); /* tie to even (up) */
-    CHECK(exo_float_to_bf16(float_of(0x3f808001u)) == 0x3f81);
-    CHECK(exo_float_to_bf16(FLT_MAX) == 0x7f80);                /* rounds past the max */
-    CHECK(exo_float_to_bf16(float_of(0x00010000u)) == 0x0001);  /* subnormal */
-    uint16_t bn = exo_float_to_bf16(float_of(0x7f800001u));     /* NaN with low payload */
+    CHECK(exo__float_to_bf16(1.0f) == 0x3f80);
+    CHECK(exo__float_to_bf16(-2.0f) == 0xc000);
+    CHECK(exo__float_to_bf16(0.0f) == 0x0000 && exo__float_to_bf16(-0.0f) == 0x8000);
+    CHECK(exo__float_to_bf16(INFINITY) == 0x7f80 && exo__float_to_bf16(-INFINITY) == 0xff80);
+    CHECK(exo__float_to_bf16(float_of(0x3f808000u)) == 0x3f80); /* tie to even (down) */
+    CHECK(exo__float_to_bf16(float_of(0x3f818000u)) == 0x3f82); /* tie to even (up) */
+    CHECK(exo__float_to_bf16(float_of(0x3f808001u)) == 0x3f81);
+    CHECK(exo__float_to_bf16(FLT_MAX) == 0x7f80);                /* rounds past the max */
+    CHECK(exo__float_to_bf16(float_of(0x00010000u)) == 0x0001);  /* subnormal */
+    uint16_t bn = exo__float_to_bf16(float_of(0x7f800001u));     /* NaN with low payload */
     CHECK((bn & 0x7f80) == 0x7f80 && (bn & 0x7f) != 0);
-    CHECK(exo_bf16_to_float(0x3f80) == 1.0f && exo_bf16_to_float(0xff80) == -INFINITY);
+    CHECK(exo__bf16_to_float(0x3f80) == 1.0f && exo__bf16_to_float(0xff80) == -INFINITY);
 
     int bad = 0;
     for (uint32_t h = 0; h < 0x10000; h++) {
-        float f = exo_bf16_to_float((uint16_t)h);
+        float f = exo__bf16_to_float((uint16_t)h);
         if (isnan(f)) {
-            bad += !isnan(exo_bf16_to_float(exo_float_to_bf16(f)));
+            bad += !isnan(exo__bf16_to_float(exo__float_to_bf16(f)));
             continue;
         }
-        bad += exo_float_to_bf16(f) != h;
+        bad += exo__float_to_bf16(f) != h;
         if ((h & 0x7fff) >= 0x7f80) continue;
         uint32_t mid = (h << 16) | 0x8000u;
         uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
-        bad += exo_float_to_bf16(float_of(mid)) != even;
-        bad += exo_float_to_bf16(float_of(mid - 1)) != h;
-        bad += exo_float_to_bf16(float_of(mid + 1)) != (uint16_t)(h + 1);
+        bad += exo__float_to_bf16(float_of(mid)) != even;
+        bad += exo__float_to_bf16(float_of(mid - 1)) != h;
+        bad += exo__float_to_bf16(float_of(mid + 1)) != (uint16_t)(h + 1);
     }
     CHECK_MSG(bad == 0, "%d bf16 conversions wrong", bad);
 }
@@ -265,15 +265,15 @@ static const int all_dtypes[] = {
 };
 #define N_DTYPES ((int)(sizeof all_dtypes / sizeof all_dtypes[0]))
 
-/* Entries handed out before exo_quants_init(), and copies of them then. */
+/* Entries handed out before exo__quants_init(), and copies of them then. */
 static const exo_type_traits *early[N_DTYPES];
 static exo_type_traits early_copy[N_DTYPES];
 
 static void test_traits_before_init(void)
 {
-    /* before exo_quants_init() everything already points at the _ref kernels */
+    /* before exo__quants_init() everything already points at the _ref kernels */
     for (int k = 0; k < N_DTYPES; k++) {
-        const exo_type_traits *t = exo_type_traits_get(all_dtypes[k]);
+        const exo_type_traits *t = exo__type_traits_get(all_dtypes[k]);
         CHECK(t != NULL);
         if (!t) continue;
         CHECK(t->vec_dot == t->vec_dot_ref && t->to_float == t->to_float_ref);
@@ -298,15 +298,15 @@ static void test_traits_unchanged_by_init(void)
 }
 
 /* The traits in use are exactly the chosen instruction sets' kernels
- * (exo_quants_kernels) over the _ref ones, the newest set first: so every
+ * (exo__quants_kernels) over the _ref ones, the newest set first: so every
  * kernel the dispatch runs is one that test_format compares with _ref through
  * paths_for. */
 static void test_traits_layering(void)
 {
     for (int k = 0; k < N_DTYPES; k++) {
-        const exo_type_traits *t = exo_type_traits_get(all_dtypes[k]);
-        const exo_kernel_set *a2 = exo_quants_have_avx2() ? exo_quants_kernels(all_dtypes[k], EXO_ISA_AVX2) : NULL;
-        const exo_kernel_set *a5 = exo_quants_have_avx512() ? exo_quants_kernels(all_dtypes[k], EXO_ISA_AVX512) : NULL;
+        const exo_type_traits *t = exo__type_traits_get(all_dtypes[k]);
+        const exo_kernel_set *a2 = exo__quants_have_avx2() ? exo__quants_kernels(all_dtypes[k], EXO_ISA_AVX2) : NULL;
+        const exo_kernel_set *a5 = exo__quants_have_avx512() ? exo__quants_kernels(all_dtypes[k], EXO_ISA_AVX512) : NULL;
 #define NEWEST(member, none) (a5 && a5->member ? a5->member : a2 && a2->member ? a2->member : (none))
         CHECK_MSG(t->vec_dot == NEWEST(vec_dot, t->vec_dot_ref), "%s: vec_dot", t->name);
         CHECK_MSG(t->to_float == NEWEST(to_float, t->to_float_ref), "%s: to_float", t->name);
@@ -338,7 +338,7 @@ static void test_traits(void)
         { EXO_DTYPE_IQ4_XS, "iq4_xs", 256, 136, EXO_ACT_Q8_K },
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        const exo_type_traits *t = exo_type_traits_get(want[i].dtype);
+        const exo_type_traits *t = exo__type_traits_get(want[i].dtype);
         CHECK(t != NULL);
         if (!t) continue;
         CHECK(strcmp(t->name, want[i].name) == 0);
@@ -348,59 +348,59 @@ static void test_traits(void)
     static const int unsupported[] = { -1, 4, 5, 9, EXO_DTYPE_Q8_K, 16, 17, 18, 19, 21, 22, 24, 29, 31, 39,
                                        EXO_DTYPE_COUNT, 99, 1000, INT_MIN, INT_MAX };
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
-        CHECK_MSG(exo_type_traits_get(unsupported[i]) == NULL, "dtype %d", unsupported[i]);
-        CHECK(exo_dtype_row_size(unsupported[i], 256) == 0);
+        CHECK_MSG(exo__type_traits_get(unsupported[i]) == NULL, "dtype %d", unsupported[i]);
+        CHECK(exo__dtype_row_size(unsupported[i], 256) == 0);
     }
 
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q4_1, 576) == 18 * 20);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q8_0, 1536) == 48 * 34);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q4_K, 512) == 2 * 144);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q6_K, 256) == 210);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q5_0, 2560) == 80 * 22);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q5_1, 64) == 2 * 24);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_IQ4_NL, 96) == 3 * 18);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q2_K, 512) == 2 * 84);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_Q3_K, 768) == 3 * 110);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_IQ4_XS, 1792) == 7 * 136);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_F16, 7) == 14);
-    CHECK(exo_dtype_row_size(EXO_DTYPE_F32, 7) == 28);
-    CHECK(exo_act_row_size(EXO_ACT_F32, 7) == 28);
-    CHECK(exo_act_row_size(EXO_ACT_Q8_32, 576) == 18 * 40);
-    CHECK(exo_act_row_size(EXO_ACT_Q8_K, 512) == 2 * 292);
-    CHECK(exo_act_row_size(3, 256) == 0 && exo_act_row_size(-1, 256) == 0);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q4_1, 576) == 18 * 20);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q8_0, 1536) == 48 * 34);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q4_K, 512) == 2 * 144);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q6_K, 256) == 210);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q5_0, 2560) == 80 * 22);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q5_1, 64) == 2 * 24);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_IQ4_NL, 96) == 3 * 18);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q2_K, 512) == 2 * 84);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_Q3_K, 768) == 3 * 110);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_IQ4_XS, 1792) == 7 * 136);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_F16, 7) == 14);
+    CHECK(exo__dtype_row_size(EXO_DTYPE_F32, 7) == 28);
+    CHECK(exo__act_row_size(EXO_ACT_F32, 7) == 28);
+    CHECK(exo__act_row_size(EXO_ACT_Q8_32, 576) == 18 * 40);
+    CHECK(exo__act_row_size(EXO_ACT_Q8_K, 512) == 2 * 292);
+    CHECK(exo__act_row_size(3, 256) == 0 && exo__act_row_size(-1, 256) == 0);
 
     /* init is idempotent: a second call changes nothing */
-    const exo_type_traits *t = exo_type_traits_get(EXO_DTYPE_Q4_1);
+    const exo_type_traits *t = exo__type_traits_get(EXO_DTYPE_Q4_1);
     exo_vec_dot_fn first = t->vec_dot;
-    exo_quants_init();
+    exo__quants_init();
     CHECK(t->vec_dot == first);
-    CHECK(exo_quants_have_avx2() == (t->vec_dot != t->vec_dot_ref));
+    CHECK(exo__quants_have_avx2() == (t->vec_dot != t->vec_dot_ref));
     const char *force = getenv("EXO_FORCE_SCALAR");
     const char *no512 = getenv("EXO_DISABLE_AVX512");
     bool forced = force && strcmp(force, "1") == 0, disabled = no512 && strcmp(no512, "1") == 0;
-    if (forced) CHECK(!exo_quants_have_avx2() && !exo_quants_have_avx512());
-    if (disabled) CHECK(!exo_quants_have_avx512());
-    CHECK(!exo_quants_have_avx512() || exo_quants_have_avx2());
-    CHECK(exo_quants_have_avx2() == (!forced && cpu_runs_avx2()));
-    CHECK(exo_quants_have_avx512() == (!forced && !disabled && cpu_runs_avx512()));
-    CHECK(exo_vec_have_avx2() == (!forced && cpu_runs_avx2()));
+    if (forced) CHECK(!exo__quants_have_avx2() && !exo__quants_have_avx512());
+    if (disabled) CHECK(!exo__quants_have_avx512());
+    CHECK(!exo__quants_have_avx512() || exo__quants_have_avx2());
+    CHECK(exo__quants_have_avx2() == (!forced && cpu_runs_avx2()));
+    CHECK(exo__quants_have_avx512() == (!forced && !disabled && cpu_runs_avx512()));
+    CHECK(exo__vec_have_avx2() == (!forced && cpu_runs_avx2()));
 #if EXO_QUANTS_X86
     /* the AVX-512 set covers the 32-element formats, and brings the 4-bit ones four-row dots */
-    if (exo_quants_have_avx512()) {
-        CHECK(exo_type_traits_get(EXO_DTYPE_Q4_0)->vec_dot == exo_vec_dot_q4_0_q8_32_avx512);
-        CHECK(exo_type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo_vec_dot_q4_1_q8_32_avx512);
-        CHECK(exo_type_traits_get(EXO_DTYPE_Q8_0)->vec_dot == exo_vec_dot_q8_0_q8_32_avx512);
-        CHECK(exo_type_traits_get(EXO_DTYPE_Q5_0)->vec_dot == exo_vec_dot_q5_0_q8_32_avx512);
-        CHECK(exo_type_traits_get(EXO_DTYPE_Q5_1)->vec_dot == exo_vec_dot_q5_1_q8_32_avx512);
-        CHECK(exo_type_traits_get(EXO_DTYPE_IQ4_NL)->vec_dot == exo_vec_dot_iq4_nl_q8_32_avx512);
-    } else if (exo_quants_have_avx2()) {
-        CHECK(exo_type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo_vec_dot_q4_1_q8_32_avx2);
-        CHECK(exo_type_traits_get(EXO_DTYPE_Q5_0)->vec_dot == exo_vec_dot_q5_0_q8_32_avx2);
+    if (exo__quants_have_avx512()) {
+        CHECK(exo__type_traits_get(EXO_DTYPE_Q4_0)->vec_dot == exo__vec_dot_q4_0_q8_32_avx512);
+        CHECK(exo__type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo__vec_dot_q4_1_q8_32_avx512);
+        CHECK(exo__type_traits_get(EXO_DTYPE_Q8_0)->vec_dot == exo__vec_dot_q8_0_q8_32_avx512);
+        CHECK(exo__type_traits_get(EXO_DTYPE_Q5_0)->vec_dot == exo__vec_dot_q5_0_q8_32_avx512);
+        CHECK(exo__type_traits_get(EXO_DTYPE_Q5_1)->vec_dot == exo__vec_dot_q5_1_q8_32_avx512);
+        CHECK(exo__type_traits_get(EXO_DTYPE_IQ4_NL)->vec_dot == exo__vec_dot_iq4_nl_q8_32_avx512);
+    } else if (exo__quants_have_avx2()) {
+        CHECK(exo__type_traits_get(EXO_DTYPE_Q4_1)->vec_dot == exo__vec_dot_q4_1_q8_32_avx2);
+        CHECK(exo__type_traits_get(EXO_DTYPE_Q5_0)->vec_dot == exo__vec_dot_q5_0_q8_32_avx2);
     }
     /* every format has fast kernels where the CPU runs AVX2 */
-    if (exo_quants_have_avx2())
+    if (exo__quants_have_avx2())
         for (int k = 0; k < N_DTYPES; k++) {
-            const exo_type_traits *tk = exo_type_traits_get(all_dtypes[k]);
+            const exo_type_traits *tk = exo__type_traits_get(all_dtypes[k]);
             CHECK_MSG(tk->vec_dot != tk->vec_dot_ref, "%s: no fast vec_dot", tk->name);
             bool plain = all_dtypes[k] == EXO_DTYPE_F32 || all_dtypes[k] == EXO_DTYPE_Q4_K ||
                          all_dtypes[k] == EXO_DTYPE_Q5_K || all_dtypes[k] == EXO_DTYPE_Q6_K;
@@ -408,10 +408,10 @@ static void test_traits(void)
         }
 #endif
     for (int k = 0; k < N_DTYPES; k++) {
-        const exo_type_traits *tk = exo_type_traits_get(all_dtypes[k]);
+        const exo_type_traits *tk = exo__type_traits_get(all_dtypes[k]);
         bool four_bit = all_dtypes[k] == EXO_DTYPE_Q4_0 || all_dtypes[k] == EXO_DTYPE_Q4_1;
         bool q8 = all_dtypes[k] == EXO_DTYPE_Q8_0;
-        bool want_x4 = exo_quants_have_avx512() && (four_bit || q8);
+        bool want_x4 = exo__quants_have_avx512() && (four_bit || q8);
         CHECK_MSG((tk->vec_dot_x4 != NULL) == want_x4, "%s: vec_dot_x4 %s", tk->name, tk->vec_dot_x4 ? "set" : "NULL");
         /* Q8_0's four-row dot is for batches only (see quants.c). */
         if (want_x4) CHECK(tk->x4_min_tokens == (q8 ? 2 : 0));
@@ -419,7 +419,7 @@ static void test_traits(void)
          * for the 4-bit ones (quants_avx2.h says why not Q8_0). */
         CHECK_MSG((tk->pack_x4 != NULL) == (four_bit || q8) && (tk->unpack_x4_row != NULL) == (four_bit || q8),
                   "%s: pack_x4 / unpack_x4_row", tk->name);
-        bool want_packed = exo_quants_have_avx512() ? four_bit || q8 : exo_quants_have_avx2() && four_bit;
+        bool want_packed = exo__quants_have_avx512() ? four_bit || q8 : exo__quants_have_avx2() && four_bit;
         CHECK_MSG((tk->vec_dot_packed != NULL) == want_packed, "%s: vec_dot_packed", tk->name);
     }
 }
@@ -429,8 +429,8 @@ static void test_traits(void)
 static void test_dtype_table(void)
 {
     for (int d = -2; d < 64; d++) {
-        const exo_dtype_info *info = exo_dtype_info_get(d);
-        const exo_type_traits *t = exo_type_traits_get(d);
+        const exo_dtype_info *info = exo__dtype_info_get(d);
+        const exo_type_traits *t = exo__type_traits_get(d);
         CHECK_MSG((info && info->loadable) == (t != NULL), "dtype %d (%s): loadable and kernels disagree", d,
                   info ? info->name : "none");
         if (!t || !info) continue;
@@ -439,7 +439,7 @@ static void test_dtype_table(void)
                   "dtype %d: %s %u/%u, kernels %s %d/%zu", d, info->name, info->block_size, info->type_size, t->name,
                   t->block_size, t->type_size);
     }
-    const exo_dtype_info *q8k = exo_dtype_info_get(EXO_DTYPE_Q8_K);
+    const exo_dtype_info *q8k = exo__dtype_info_get(EXO_DTYPE_Q8_K);
     CHECK(q8k && q8k->block_size == EXO_QK_K && q8k->type_size == sizeof(exo_block_q8_K));
 }
 
@@ -470,7 +470,7 @@ static void test_layout(void)
 static float decode_one(int dtype, const void *block, int nblock_elems, int index)
 {
     float out[256];
-    exo_type_traits_get(dtype)->to_float_ref(block, out, nblock_elems);
+    exo__type_traits_get(dtype)->to_float_ref(block, out, nblock_elems);
     return out[index];
 }
 
@@ -642,7 +642,7 @@ static void test_known_blocks(void)
 /* Sets every quant of a block row to q (raw value, before any offset). */
 static void fill_quants(int dtype, void *row, int n, int q)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     for (int b = 0; b < n / t->block_size; b++) {
         uint8_t *p = (uint8_t *)row + (size_t)b * t->type_size;
         switch (dtype) {
@@ -683,12 +683,12 @@ static void fill_quants(int dtype, void *row, int n, int q)
  * Float formats have neither. */
 static void steps_and_offsets(int dtype, const void *row, int n, float *step, float *off)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     if (t->block_size == 1) {
         for (int i = 0; i < n; i++) step[i] = off[i] = 0.0f;
         return;
     }
-    size_t size = exo_dtype_row_size(dtype, n);
+    size_t size = exo__dtype_row_size(dtype, n);
     void *tmp = malloc(size);
     float *one = malloc((size_t)n * sizeof(float));
     memcpy(tmp, row, size);
@@ -705,12 +705,12 @@ static void steps_and_offsets(int dtype, const void *row, int n, float *step, fl
  * negative scales included (a file may hold them). */
 static void random_blocks(int dtype, void *row, int n)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
-    size_t size = exo_dtype_row_size(dtype, n);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
+    size_t size = exo__dtype_row_size(dtype, n);
     for (size_t i = 0; i < size; i++) ((uint8_t *)row)[i] = (uint8_t)rng_next();
     for (int b = 0; b < n / t->block_size; b++) {
         uint8_t *p = (uint8_t *)row + (size_t)b * t->type_size;
-        exo_half d = exo_float_to_half(0.05f * rng_normal()), m = exo_float_to_half(0.2f * rng_normal());
+        exo_half d = exo__float_to_half(0.05f * rng_normal()), m = exo__float_to_half(0.2f * rng_normal());
         switch (dtype) {
         case EXO_DTYPE_Q4_0: ((exo_block_q4_0 *)p)->d = d; break;
         case EXO_DTYPE_Q4_1: ((exo_block_q4_1 *)p)->d = d; ((exo_block_q4_1 *)p)->m = m; break;
@@ -760,15 +760,15 @@ static void act_to_float(int act_type, const void *act, const float *x, int n, f
 
 static void test_act(int act_type, int n)
 {
-    size_t size = exo_act_row_size(act_type, n);
+    size_t size = exo__act_row_size(act_type, n);
     float *x = malloc((size_t)n * sizeof(float)), *deq = malloc((size_t)n * sizeof(float));
     float *d = malloc((size_t)n * sizeof(float));
     void *ref = malloc(size), *fast = malloc(size);
     random_row(x, n);
     if (n >= 64) for (int i = 32; i < 64; i++) x[i] = 0.0f; /* a zero block */
-    exo_quantize_act_ref(act_type, x, ref, n);
-    exo_quantize_act(act_type, x, fast, n);
-    if (exo_quants_have_avx2()) CHECK_MSG(memcmp(ref, fast, size) == 0, "act %d n %d: fast != ref", act_type, n);
+    exo__quantize_act_ref(act_type, x, ref, n);
+    exo__quantize_act(act_type, x, fast, n);
+    if (exo__quants_have_avx2()) CHECK_MSG(memcmp(ref, fast, size) == 0, "act %d n %d: fast != ref", act_type, n);
 
     act_to_float(act_type, ref, x, n, deq, d);
     int bad = 0;
@@ -823,8 +823,8 @@ typedef struct {
 static int paths_for(int dtype, kernel_path *p)
 {
     int n = 0;
-    const exo_kernel_set *avx2 = exo_quants_kernels(dtype, EXO_ISA_AVX2);
-    const exo_kernel_set *avx512 = exo_quants_kernels(dtype, EXO_ISA_AVX512);
+    const exo_kernel_set *avx2 = exo__quants_kernels(dtype, EXO_ISA_AVX2);
+    const exo_kernel_set *avx512 = exo__quants_kernels(dtype, EXO_ISA_AVX512);
     if (avx2 && avx2->vec_dot && cpu_runs_avx2()) p[n++] = (kernel_path){ "avx2", avx2->vec_dot, NULL, NULL };
     if (avx512 && avx512->vec_dot && cpu_runs_avx512()) {
         p[n++] = (kernel_path){ "avx512", avx512->vec_dot, NULL, NULL };
@@ -847,15 +847,15 @@ typedef struct {
  * activation row made from x2. */
 static void check_row_kernels(int dtype, const void *w, const float *x2, int n, stats *st)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     float *wf = malloc((size_t)n * sizeof(float)), *wf_fast = malloc((size_t)n * sizeof(float));
     float *step = malloc((size_t)n * sizeof(float)), *off = malloc((size_t)n * sizeof(float));
     float *ad = malloc((size_t)n * sizeof(float)), *astep = malloc((size_t)n * sizeof(float));
-    void *act = malloc(exo_act_row_size(t->act_type, n));
+    void *act = malloc(exo__act_row_size(t->act_type, n));
 
     t->to_float_ref(w, wf, n);
     steps_and_offsets(dtype, w, n, step, off);
-    if (exo_quants_have_avx2()) {
+    if (exo__quants_have_avx2()) {
         t->to_float(w, wf_fast, n);
         for (int i = 0; i < n; i++) {
             double e = fabs((double)wf_fast[i] - wf[i]), mag = fabs(wf[i]) + fabs(off[i]);
@@ -864,7 +864,7 @@ static void check_row_kernels(int dtype, const void *w, const float *x2, int n, 
         }
     }
 
-    exo_quantize_act_ref(t->act_type, x2, act, n);
+    exo__quantize_act_ref(t->act_type, x2, act, n);
     act_to_float(t->act_type, act, x2, n, ad, astep);
     double exact = 0, mag = 0, fdot = 0, act_bound = 0;
     for (int i = 0; i < n; i++) {
@@ -879,7 +879,7 @@ static void check_row_kernels(int dtype, const void *w, const float *x2, int n, 
     if (formula > st->max_formula) st->max_formula = formula;
     double aerr = fabs(ref - fdot) / (act_bound * 1.001 + 1e-4 * mag);
     if (aerr > st->max_act_err) st->max_act_err = aerr;
-    if (exo_quants_have_avx2()) {
+    if (exo__quants_have_avx2()) {
         double fast = t->vec_dot(n, w, act);
         double rel = fabs(fast - ref) / mag;
         if (rel > st->max_fast_dot) st->max_fast_dot = rel;
@@ -902,12 +902,12 @@ static double iq4_grid_distance(int dtype, const void *w, int i, float v)
 {
     double s;
     if (dtype == EXO_DTYPE_IQ4_NL) {
-        s = exo_half_to_float(((const exo_block_iq4_nl *)w)[i / 32].d);
+        s = exo__half_to_float(((const exo_block_iq4_nl *)w)[i / 32].d);
     } else {
         const exo_block_iq4_xs *b = (const exo_block_iq4_xs *)w + i / 256;
         int j = (i % 256) / 32;
         int ls = (((b->scales_l[j / 2] >> (4 * (j % 2))) & 15) | (((b->scales_h >> (2 * j)) & 3) << 4)) - 32;
-        s = (double)exo_half_to_float(b->d) * ls;
+        s = (double)exo__half_to_float(b->d) * ls;
     }
     double best = INFINITY;
     for (int k = 0; k < 16; k++) best = fmin(best, fabs(v - s * exo_iq4nl_values[k]));
@@ -919,7 +919,7 @@ static void check_roundtrip(int dtype, const float *x, const void *w, int n, sta
 {
     float *wf = malloc((size_t)n * sizeof(float));
     float *step = malloc((size_t)n * sizeof(float)), *off = malloc((size_t)n * sizeof(float));
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     t->to_float_ref(w, wf, n);
     steps_and_offsets(dtype, w, n, step, off);
     int bad = 0, first = -1;
@@ -939,17 +939,17 @@ static void check_roundtrip(int dtype, const float *x, const void *w, int n, sta
         case EXO_DTYPE_IQ4_XS: bound = iq4_grid_distance(dtype, w, i, x[i]) * (1 + 1e-4) + slack; break;
         case EXO_DTYPE_Q2_K: {
             const exo_block_q2_K *b = (const exo_block_q2_K *)w + i / 256;
-            bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
+            bound = 0.5 * fmax(step[i], exo__half_to_float(b->dmin)) * (1 + 1e-3) + slack;
             break;
         }
         case EXO_DTYPE_Q4_K: {
             const exo_block_q4_K *b = (const exo_block_q4_K *)w + i / 256;
-            bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
+            bound = 0.5 * fmax(step[i], exo__half_to_float(b->dmin)) * (1 + 1e-3) + slack;
             break;
         }
         case EXO_DTYPE_Q5_K: {
             const exo_block_q5_K *b = (const exo_block_q5_K *)w + i / 256;
-            bound = 0.5 * fmax(step[i], exo_half_to_float(b->dmin)) * (1 + 1e-3) + slack;
+            bound = 0.5 * fmax(step[i], exo__half_to_float(b->dmin)) * (1 + 1e-3) + slack;
             break;
         }
         default: bound = 0.5 * step[i] * (1 + 1e-4) + slack; break; /* Q8_0, Q4_1, Q5_1, Q6_K */
@@ -971,7 +971,7 @@ static void check_roundtrip(int dtype, const float *x, const void *w, int n, sta
  * included): the scale of a dot's rounding error. */
 static double dot_magnitude(int dtype, const void *w, const void *act, const float *x2, int n)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     float *wf = malloc((size_t)n * sizeof(float)), *step = malloc((size_t)n * sizeof(float));
     float *off = malloc((size_t)n * sizeof(float)), *ad = malloc((size_t)n * sizeof(float));
     float *astep = malloc((size_t)n * sizeof(float));
@@ -989,13 +989,13 @@ static double dot_magnitude(int dtype, const void *w, const void *act, const flo
  * and bit for bit against their one-row twin. */
 static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     kernel_path paths[MAX_PATHS];
     int np = paths_for(dtype, paths);
-    size_t row = exo_dtype_row_size(dtype, n);
+    size_t row = exo__dtype_row_size(dtype, n);
     uint8_t *w = malloc(3 * stride + row);
     float *x = malloc((size_t)n * sizeof(float)), *x2 = malloc((size_t)n * sizeof(float));
-    void *act = malloc(exo_act_row_size(t->act_type, n));
+    void *act = malloc(exo__act_row_size(t->act_type, n));
     memset(w, 0xa5, 3 * stride + row); /* the gaps between rows hold junk the kernels must not read */
     for (int r = 0; r < 4; r++) {
         if (r < 2) {
@@ -1006,7 +1006,7 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
         }
     }
     random_row(x2, n);
-    exo_quantize_act_ref(t->act_type, x2, act, n);
+    exo__quantize_act_ref(t->act_type, x2, act, n);
     for (int k = 0; k < np; k++) {
         if (!paths[k].dot4) continue;
         float out[4];
@@ -1056,7 +1056,7 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
 
 static void test_format(int dtype, double max_rmse)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     static const int lens_32[] = { 32, 64, 96, 224, 576, 1536, 4096 };
     static const int lens_k[] = { 256, 512, 768, 1536, 1792, 4096 };
     static const int lens_f[] = { 1, 7, 8, 33, 100, 576, 1536, 4096 };
@@ -1071,7 +1071,7 @@ static void test_format(int dtype, double max_rmse)
     for (int li = 0; li < nlens; li++) {
         int n = lens[li];
         float *x = malloc((size_t)n * sizeof(float)), *x2 = malloc((size_t)n * sizeof(float));
-        void *w = malloc(exo_dtype_row_size(dtype, n));
+        void *w = malloc(exo__dtype_row_size(dtype, n));
         for (int seed = 1; seed <= 4; seed++) {
             rng_seed((uint64_t)(dtype * 1000 + n * 10 + seed));
             random_row(x, n);
@@ -1082,7 +1082,7 @@ static void test_format(int dtype, double max_rmse)
             random_blocks(dtype, w, n); /* arbitrary bit patterns */
             check_row_kernels(dtype, w, x2, n, &st);
             if (t->block_size > 1) {
-                size_t row = exo_dtype_row_size(dtype, n);
+                size_t row = exo__dtype_row_size(dtype, n);
                 check_x4_kernels(dtype, n, row, &st);
                 /* the second stride keeps the fp16 fields' 2-byte alignment, not more */
                 check_x4_kernels(dtype, n, row + 2 * (size_t)seed + 6, &st);
@@ -1093,7 +1093,7 @@ static void test_format(int dtype, double max_rmse)
     double rmse = sqrt(st.sq_err / st.sq_sig);
     printf("  %-5s rows %3d  quantizer rel-RMSE %.5f  ref-formula %.1e  act-err/bound %.2f",
            t->name, st.rows, rmse, st.max_formula, st.max_act_err);
-    if (exo_quants_have_avx2()) printf("  fast-dot %.1e  fast-to_float %.1e", st.max_fast_dot, st.max_to_float);
+    if (exo__quants_have_avx2()) printf("  fast-dot %.1e  fast-to_float %.1e", st.max_fast_dot, st.max_to_float);
     kernel_path paths[MAX_PATHS];
     int np = paths_for(dtype, paths);
     for (int k = 0; k < np; k++) printf("  %s %.1e", paths[k].name, st.max_path_dot[k]);
@@ -1102,7 +1102,7 @@ static void test_format(int dtype, double max_rmse)
     CHECK_MSG(rmse <= max_rmse, "%s: quantizer relative RMSE %g > %g", t->name, rmse, max_rmse);
     CHECK_MSG(st.max_formula <= 2e-5, "%s: vec_dot_ref differs from the dequantized dot by %g", t->name, st.max_formula);
     CHECK_MSG(st.max_act_err <= 1.0, "%s: vec_dot_ref outside the activation error bound (%g)", t->name, st.max_act_err);
-    if (exo_quants_have_avx2()) {
+    if (exo__quants_have_avx2()) {
         CHECK_MSG(st.max_fast_dot <= 2e-5, "%s: fast vec_dot differs from ref by %g", t->name, st.max_fast_dot);
         /* exact everywhere except Q4_1 and Q5_1, whose fast paths fuse q*d + m */
         double tol = dtype == EXO_DTYPE_Q4_1 || dtype == EXO_DTYPE_Q5_1 ? 1e-6 : 0.0;
@@ -1139,15 +1139,15 @@ static void test_vec_many(void)
             /* the KV cache is f16: round, and compare against the rounded values */
             const int n_rows16 = (int)(stride * (size_t)count + 1);
             uint16_t *fast16 = malloc((size_t)n_rows16 * sizeof(uint16_t));
-            exo_vec_f16_from_f32_ref(n_rows16, rows, rows16);
-            exo_vec_f16_from_f32(n_rows16, rows, fast16);
+            exo__vec_f16_from_f32_ref(n_rows16, rows, rows16);
+            exo__vec_f16_from_f32(n_rows16, rows, fast16);
             CHECK_MSG(memcmp(fast16, rows16, (size_t)n_rows16 * sizeof(uint16_t)) == 0, "f16 conversion of %d",
                       n_rows16);
             free(fast16);
-            for (int i = 0; i < n_rows16; i++) rows[i] = exo_half_to_float(rows16[i]);
+            for (int i = 0; i < n_rows16; i++) rows[i] = exo__half_to_float(rows16[i]);
             out[count] = out_ref[count] = 12345.0f; /* one past the end */
-            exo_vec_dots_f16(n, q, rows16, stride, count, out);
-            exo_vec_dots_f16_ref(n, q, rows16, stride, count, out_ref);
+            exo__vec_dots_f16(n, q, rows16, stride, count, out);
+            exo__vec_dots_f16_ref(n, q, rows16, stride, count, out_ref);
             CHECK(out[count] == 12345.0f && out_ref[count] == 12345.0f);
             for (int p = 0; p < count; p++) {
                 double exact = 0, mag = 1e-30;
@@ -1159,8 +1159,8 @@ static void test_vec_many(void)
                 max_dots_ref = fmax(max_dots_ref, fabs(out_ref[p] - exact) / mag);
             }
             for (int i = 0; i <= n; i++) out[i] = out_ref[i] = 12345.0f;
-            exo_vec_wsum_f16(n, w, rows16, stride, count, out);
-            exo_vec_wsum_f16_ref(n, w, rows16, stride, count, out_ref);
+            exo__vec_wsum_f16(n, w, rows16, stride, count, out);
+            exo__vec_wsum_f16_ref(n, w, rows16, stride, count, out_ref);
             CHECK(out[n] == 12345.0f && out_ref[n] == 12345.0f);
             for (int i = 0; i < n; i++) {
                 double exact = 0, mag = 1e-30;
@@ -1196,14 +1196,14 @@ static void test_vec_swiglu(void)
     }
     g[0] = 0.0f; g[1] = -0.0f; g[2] = 88.0f; g[3] = -88.0f; g[4] = 1e30f; g[5] = -1e30f;
     double max_rel = 0, max_rel_ref = 0;
-    exo_vec_swiglu_f32(N, g, u, out);
+    exo__vec_swiglu_f32(N, g, u, out);
     memcpy(in_place, g, N * sizeof(float));
-    exo_vec_swiglu_f32(N, in_place, u, in_place);
+    exo__vec_swiglu_f32(N, in_place, u, in_place);
     float ref[1];
     for (int i = 0; i < N; i++) {
         double want = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
         double mag = fabs(want) + 1e-30; /* results under 1e-30 count as 0 */
-        exo_vec_swiglu_f32_ref(1, g + i, u + i, ref);
+        exo__vec_swiglu_f32_ref(1, g + i, u + i, ref);
         CHECK_MSG(isfinite(out[i]), "swiglu(%g) = %g", g[i], out[i]);
         max_rel = fmax(max_rel, fabs(out[i] - want) / mag);
         max_rel_ref = fmax(max_rel_ref, fabs(ref[0] - want) / mag);
@@ -1213,7 +1213,7 @@ static void test_vec_swiglu(void)
     for (int start = 0; start < N;) {
         int len = 1 + (int)(rng_next() % 37);
         if (len > N - start) len = N - start;
-        exo_vec_swiglu_f32(len, g + start, u + start, in_place + start);
+        exo__vec_swiglu_f32(len, g + start, u + start, in_place + start);
         start += len;
     }
     CHECK_MSG(memcmp(in_place, out, N * sizeof(float)) == 0, "swiglu differs when cut into pieces");
@@ -1238,7 +1238,7 @@ static void test_vec_softmax(void)
             double m = -INFINITY;
             for (int i = 0; i < n; i++) m = fmax(m, (double)(x[i] * scale));
             memcpy(y, x, (size_t)n * sizeof(float));
-            float sum_got = exo_vec_softmax_f32(n, scale, y);
+            float sum_got = exo__vec_softmax_f32(n, scale, y);
             double sum = 0;
             for (int i = 0; i < n; i++) {
                 double want = exp((double)(x[i] * scale) - m);
@@ -1264,9 +1264,9 @@ static void test_vec(void)
 int main(void)
 {
     test_traits_before_init();
-    exo_quants_init();
+    exo__quants_init();
     printf("test_quants: dispatch picks %s; every fast kernel the CPU runs is compared with _ref\n",
-           exo_quants_have_avx512() ? "AVX-512 VNNI" : exo_quants_have_avx2() ? "AVX2" : "scalar");
+           exo__quants_have_avx512() ? "AVX-512 VNNI" : exo__quants_have_avx2() ? "AVX2" : "scalar");
     test_layout();
     test_dtype_table();
     test_traits();
@@ -1303,7 +1303,7 @@ int main(void)
     test_format(EXO_DTYPE_IQ4_XS, 0.12);
     test_vec();
 
-    if (!exo_quants_have_avx2()) printf("  fast-vs-ref comparisons: skipped (no AVX2/FMA/F16C, or EXO_FORCE_SCALAR)\n");
+    if (!exo__quants_have_avx2()) printf("  fast-vs-ref comparisons: skipped (no AVX2/FMA/F16C, or EXO_FORCE_SCALAR)\n");
     if (!cpu_runs_avx2()) printf("  AVX2 kernel comparisons: skipped (the CPU lacks AVX2/FMA/F16C)\n");
     if (!cpu_runs_avx512()) printf("  AVX-512 kernel comparisons: skipped (the CPU lacks AVX-512 F/BW/VL/VNNI)\n");
     if (!check_failures) printf("test_quants: ok\n");

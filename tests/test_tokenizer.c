@@ -430,17 +430,17 @@ static int write_spm(const char *path)
     }
     tok[k] = "<|end|>", types[k++] = 3;
     tok[k] = "[INST]", types[k++] = 4;
-    exo_gguf_writer *w = exo_gguf_writer_new();
-    int rc = exo_gguf_writer_add_str(w, "general.architecture", "llama");
-    rc |= exo_gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
-    rc |= exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", tok, (uint64_t)n);
-    rc |= exo_gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, scores, (uint64_t)n);
-    rc |= exo_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types, (uint64_t)n);
-    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 1);
-    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 2);
-    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", 0);
-    rc |= exo_gguf_writer_write(w, path);
-    exo_gguf_writer_free(w);
+    exo_gguf_writer *w = exo__gguf_writer_new();
+    int rc = exo__gguf_writer_add_str(w, "general.architecture", "llama");
+    rc |= exo__gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
+    rc |= exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", tok, (uint64_t)n);
+    rc |= exo__gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, scores, (uint64_t)n);
+    rc |= exo__gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types, (uint64_t)n);
+    rc |= exo__gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 1);
+    rc |= exo__gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 2);
+    rc |= exo__gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", 0);
+    rc |= exo__gguf_writer_write(w, path);
+    exo__gguf_writer_free(w);
     free(tok);
     free(bytes);
     free(scores);
@@ -539,17 +539,17 @@ static int write_bpe(const char *path, const struct vocab_opts *o)
     int n = o->n_tokens;
     int32_t types[8] = {1, 1, 1, 1, 1, 1, 1, 3};
     if (o->bad_type) types[2] = 99;
-    exo_gguf_writer *w = exo_gguf_writer_new();
-    int rc = exo_gguf_writer_add_str(w, "tokenizer.ggml.model", o->model);
-    if (o->pre) rc |= exo_gguf_writer_add_str(w, "tokenizer.ggml.pre", o->pre);
-    rc |= exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", toks, (uint64_t)n);
-    rc |= exo_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types,
+    exo_gguf_writer *w = exo__gguf_writer_new();
+    int rc = exo__gguf_writer_add_str(w, "tokenizer.ggml.model", o->model);
+    if (o->pre) rc |= exo__gguf_writer_add_str(w, "tokenizer.ggml.pre", o->pre);
+    rc |= exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", toks, (uint64_t)n);
+    rc |= exo__gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types,
                                   (uint64_t)(o->short_types ? n - 1 : n));
-    if (o->scores_as_str) rc |= exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.scores", toks, (uint64_t)n);
-    if (!o->no_merges) rc |= exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.merges", merges, 7);
-    if (o->bos) rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", o->bos);
-    rc |= exo_gguf_writer_write(w, path);
-    exo_gguf_writer_free(w);
+    if (o->scores_as_str) rc |= exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.scores", toks, (uint64_t)n);
+    if (!o->no_merges) rc |= exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.merges", merges, 7);
+    if (o->bos) rc |= exo__gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", o->bos);
+    rc |= exo__gguf_writer_write(w, path);
+    exo__gguf_writer_free(w);
     return rc;
 }
 

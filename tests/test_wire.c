@@ -24,32 +24,32 @@ static void test_header(void)
 {
     uint8_t buf[EXO_WIRE_HEADER_SIZE];
     exo_wire_header h;
-    exo_wire_encode_header(buf, EXO_WIRE_CONTROL, 0x1122334455667788ULL, 42);
-    CHECK(exo_wire_decode_header(buf, sizeof buf - 1, &h) == 0); /* needs more */
-    CHECK(exo_wire_decode_header(buf, sizeof buf, &h) == EXO_WIRE_HEADER_SIZE);
+    exo__wire_encode_header(buf, EXO_WIRE_CONTROL, 0x1122334455667788ULL, 42);
+    CHECK(exo__wire_decode_header(buf, sizeof buf - 1, &h) == 0); /* needs more */
+    CHECK(exo__wire_decode_header(buf, sizeof buf, &h) == EXO_WIRE_HEADER_SIZE);
     CHECK(h.type == EXO_WIRE_CONTROL && h.request_id == 0x1122334455667788ULL && h.payload_len == 42);
     CHECK(memcmp(buf, "EXOW", 4) == 0); /* the magic reads as text on the wire */
 
     uint8_t bad[EXO_WIRE_HEADER_SIZE];
     memcpy(bad, buf, sizeof bad);
     bad[0] = 'G';
-    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
     memcpy(bad, buf, sizeof bad);
     bad[4] = 2; /* version 2 */
-    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_ENOTSUP);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_ENOTSUP);
     CHECK(strstr(exo_last_error(), "version 2") != NULL);
     memcpy(bad, buf, sizeof bad);
     bad[6] = 99; /* type */
-    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
     memcpy(bad, buf, sizeof bad);
     bad[7] = 1; /* flags */
-    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
-    exo_wire_encode_header(bad, EXO_WIRE_CONTROL, 1, EXO_WIRE_MAX_CONTROL + 1);
-    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
-    exo_wire_encode_header(bad, EXO_WIRE_TENSOR, 1, 0xffffffffu);
-    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
-    exo_wire_encode_header(bad, EXO_WIRE_PING, 0, 7);
-    CHECK(exo_wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    exo__wire_encode_header(bad, EXO_WIRE_CONTROL, 1, EXO_WIRE_MAX_CONTROL + 1);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
+    exo__wire_encode_header(bad, EXO_WIRE_TENSOR, 1, 0xffffffffu);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
+    exo__wire_encode_header(bad, EXO_WIRE_PING, 0, 7);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
 }
 
 static void test_tensor_payload(void)
@@ -57,32 +57,32 @@ static void test_tensor_payload(void)
     uint8_t buf[EXO_WIRE_TENSOR_HEADER_SIZE + 64 * 4];
     exo_wire_tensor t = {.position = 5, .dtype = EXO_DTYPE_F32, .n_rows = 2, .row_len = 32}, d;
     const uint8_t *data;
-    exo_wire_encode_tensor(buf, &t);
-    CHECK(exo_wire_decode_tensor(buf, sizeof buf, &d, &data) == 0);
+    exo__wire_encode_tensor(buf, &t);
+    CHECK(exo__wire_decode_tensor(buf, sizeof buf, &d, &data) == 0);
     CHECK(d.position == 5 && d.n_rows == 2 && d.row_len == 32 && data == buf + EXO_WIRE_TENSOR_HEADER_SIZE);
-    CHECK(exo_wire_decode_tensor(buf, sizeof buf - 1, &d, &data) == EXO_EFORMAT);     /* truncated */
-    CHECK(exo_wire_decode_tensor(buf, 10, &d, &data) == EXO_EFORMAT);                /* shorter than its header */
+    CHECK(exo__wire_decode_tensor(buf, sizeof buf - 1, &d, &data) == EXO_EFORMAT);     /* truncated */
+    CHECK(exo__wire_decode_tensor(buf, 10, &d, &data) == EXO_EFORMAT);                /* shorter than its header */
     t.n_rows = 3; /* shape says more than the payload holds */
-    exo_wire_encode_tensor(buf, &t);
-    CHECK(exo_wire_decode_tensor(buf, sizeof buf, &d, &data) == EXO_EFORMAT);
+    exo__wire_encode_tensor(buf, &t);
+    CHECK(exo__wire_decode_tensor(buf, sizeof buf, &d, &data) == EXO_EFORMAT);
     t = (exo_wire_tensor){.dtype = 7, .n_rows = 1, .row_len = 32}; /* not a wire dtype */
-    exo_wire_encode_tensor(buf, &t);
-    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 128, &d, &data) == EXO_EFORMAT);
+    exo__wire_encode_tensor(buf, &t);
+    CHECK(exo__wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 128, &d, &data) == EXO_EFORMAT);
     t = (exo_wire_tensor){.dtype = EXO_DTYPE_Q8_0, .n_rows = 1, .row_len = 33};
-    exo_wire_encode_tensor(buf, &t);
-    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 34, &d, &data) == EXO_EFORMAT);
+    exo__wire_encode_tensor(buf, &t);
+    CHECK(exo__wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 34, &d, &data) == EXO_EFORMAT);
     t = (exo_wire_tensor){.dtype = EXO_WIRE_DTYPE_I32, .n_rows = 2, .row_len = 2};
-    exo_wire_encode_tensor(buf, &t);
-    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 16, &d, &data) == EXO_EFORMAT);
+    exo__wire_encode_tensor(buf, &t);
+    CHECK(exo__wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 16, &d, &data) == EXO_EFORMAT);
     t = (exo_wire_tensor){.position = -1, .dtype = EXO_WIRE_DTYPE_I32, .n_rows = 1, .row_len = 1};
-    exo_wire_encode_tensor(buf, &t);
-    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 4, &d, &data) == EXO_EFORMAT);
+    exo__wire_encode_tensor(buf, &t);
+    CHECK(exo__wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE + 4, &d, &data) == EXO_EFORMAT);
     t = (exo_wire_tensor){.dtype = EXO_DTYPE_F32, .n_rows = 0, .row_len = 1};
-    exo_wire_encode_tensor(buf, &t);
-    CHECK(exo_wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE, &d, &data) == EXO_EFORMAT);
+    exo__wire_encode_tensor(buf, &t);
+    CHECK(exo__wire_decode_tensor(buf, EXO_WIRE_TENSOR_HEADER_SIZE, &d, &data) == EXO_EFORMAT);
     /* Shapes whose byte count would overflow 32 bits are refused, not wrapped. */
-    CHECK(exo_wire_tensor_bytes(EXO_DTYPE_F32, 65536, 1u << 20) == (size_t)65536 * 4 * (1u << 20));
-    CHECK(exo_wire_tensor_bytes(EXO_DTYPE_F32, 65537, 1) == 0);
+    CHECK(exo__wire_tensor_bytes(EXO_DTYPE_F32, 65536, 1u << 20) == (size_t)65536 * 4 * (1u << 20));
+    CHECK(exo__wire_tensor_bytes(EXO_DTYPE_F32, 65537, 1) == 0);
 }
 
 static void test_encodings(void)
@@ -94,8 +94,8 @@ static void test_encodings(void)
     const uint32_t dtypes[] = {EXO_DTYPE_F32, EXO_DTYPE_F16, EXO_DTYPE_Q8_0};
     const double tol[] = {0, 1e-6, 1e-3};
     for (int k = 0; k < 3; k++) {
-        exo_wire_pack_rows(dtypes[k], x, 2, N / 2, packed);
-        exo_wire_unpack_rows(dtypes[k], packed, 2, N / 2, y);
+        exo__wire_pack_rows(dtypes[k], x, 2, N / 2, packed);
+        exo__wire_unpack_rows(dtypes[k], packed, 2, N / 2, y);
         double num = 0, den = 0;
         for (int i = 0; i < N; i++) {
             num += (double)(x[i] - y[i]) * (x[i] - y[i]);

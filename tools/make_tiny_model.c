@@ -64,7 +64,7 @@ static float rng_normal(void)
 static int dtype_from_name(const char *name)
 {
     for (int dtype = 0; dtype < EXO_DTYPE_COUNT; dtype++) {
-        const exo_type_traits *tr = exo_type_traits_get(dtype);
+        const exo_type_traits *tr = exo__type_traits_get(dtype);
         if (tr && tr->from_float_ref && strcasecmp(tr->name, name) == 0) return dtype;
     }
     return -1;
@@ -74,10 +74,10 @@ static int dtype_from_name(const char *name)
  * given standard deviation, quantized to dtype. */
 static int add_matrix(exo_gguf_writer *w, const char *name, int dtype, int64_t cols, int64_t rows, float std)
 {
-    const exo_type_traits *tr = exo_type_traits_get(dtype);
+    const exo_type_traits *tr = exo__type_traits_get(dtype);
     size_t n = (size_t)(cols * rows);
     float *values = malloc(n * sizeof(float));
-    size_t bytes = exo_dtype_row_size(dtype, cols) * (size_t)rows;
+    size_t bytes = exo__dtype_row_size(dtype, cols) * (size_t)rows;
     void *data = malloc(bytes);
     if (!values || !data) {
         free(values);
@@ -86,9 +86,9 @@ static int add_matrix(exo_gguf_writer *w, const char *name, int dtype, int64_t c
     }
     for (size_t i = 0; i < n; i++) values[i] = rng_normal() * std;
     for (int64_t r = 0; r < rows; r++)
-        tr->from_float_ref(values + r * cols, (char *)data + (size_t)r * exo_dtype_row_size(dtype, cols), cols);
+        tr->from_float_ref(values + r * cols, (char *)data + (size_t)r * exo__dtype_row_size(dtype, cols), cols);
     int64_t ne[2] = {cols, rows};
-    int rc = exo_gguf_writer_add_tensor(w, name, dtype, 2, ne, data, bytes);
+    int rc = exo__gguf_writer_add_tensor(w, name, dtype, 2, ne, data, bytes);
     free(values);
     free(data);
     return rc;
@@ -101,7 +101,7 @@ static int add_vector(exo_gguf_writer *w, const char *name, int64_t n, float std
     if (!values) return -1;
     for (int64_t i = 0; i < n; i++) values[i] = std * rng_normal();
     int64_t ne[1] = {n};
-    int rc = exo_gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
+    int rc = exo__gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
     free(values);
     return rc;
 }
@@ -114,7 +114,7 @@ static int add_rope_factors(exo_gguf_writer *w, const char *name, int64_t n)
     if (!values) return -1;
     for (int64_t i = 0; i < n; i++) values[i] = 1.0f + (float)((rng_next() >> 11) % 3000) / 1000.0f;
     int64_t ne[1] = {n};
-    int rc = exo_gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
+    int rc = exo__gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
     free(values);
     return rc;
 }
@@ -126,7 +126,7 @@ static int add_norm(exo_gguf_writer *w, const char *name, int64_t n)
     if (!values) return -1;
     for (int64_t i = 0; i < n; i++) values[i] = 1.0f + 0.1f * rng_normal();
     int64_t ne[1] = {n};
-    int rc = exo_gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
+    int rc = exo__gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
     free(values);
     return rc;
 }
@@ -175,15 +175,15 @@ static int add_tokenizer(exo_gguf_writer *w, int n_vocab)
     }
     int32_t bos = 1, eos = 2, unk = 0;
     int rc = 0;
-    rc |= exo_gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
-    rc |= exo_gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", ptrs, (uint64_t)n_vocab);
-    rc |= exo_gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, scores, (uint64_t)n_vocab);
-    rc |= exo_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types, (uint64_t)n_vocab);
-    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
-    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
-    rc |= exo_gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
-    rc |= exo_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", 1);
-    rc |= exo_gguf_writer_add_str(w, "tokenizer.chat_template",
+    rc |= exo__gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
+    rc |= exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", ptrs, (uint64_t)n_vocab);
+    rc |= exo__gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, scores, (uint64_t)n_vocab);
+    rc |= exo__gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, types, (uint64_t)n_vocab);
+    rc |= exo__gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
+    rc |= exo__gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+    rc |= exo__gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
+    rc |= exo__gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", 1);
+    rc |= exo__gguf_writer_add_str(w, "tokenizer.chat_template",
                                   "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                                   "{% if add_generation_prompt %}assistant:{% endif %}");
     free(text), free(ptrs), free(scores), free(types);
@@ -237,35 +237,35 @@ static int add_layer(exo_gguf_writer *w, const tiny_config *c, int l, int head_d
 
 static int write_model(const tiny_config *c, const char *path)
 {
-    exo_gguf_writer *w = exo_gguf_writer_new();
+    exo_gguf_writer *w = exo__gguf_writer_new();
     if (!w) return -1;
     rng_state = c->seed;
     int head_dim = c->head_dim ? c->head_dim : c->n_embd / c->n_head;
     char key[96];
 #define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", c->arch, suffix), key)
     int rc = 0;
-    rc |= exo_gguf_writer_add_str(w, "general.architecture", c->arch);
-    rc |= exo_gguf_writer_add_str(w, "general.name", "exo tiny test model");
-    rc |= exo_gguf_writer_add_u32(w, "general.alignment", 32);
-    rc |= exo_gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)c->n_layer);
-    rc |= exo_gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)c->n_ctx);
-    rc |= exo_gguf_writer_add_u32(w, KEY("embedding_length"), (uint32_t)c->n_embd);
-    rc |= exo_gguf_writer_add_u32(w, KEY("feed_forward_length"), (uint32_t)c->n_ff);
-    rc |= exo_gguf_writer_add_u32(w, KEY("attention.head_count"), (uint32_t)c->n_head);
-    rc |= exo_gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_head_kv);
-    rc |= exo_gguf_writer_add_f32(w, KEY("rope.freq_base"), is_arch(c, "llama") ? 10000.0f : 1000000.0f);
-    rc |= exo_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), is_arch(c, "gemma3") ? 1e-6f : 1e-5f);
-    rc |= exo_gguf_writer_add_u32(w, KEY("rope.dimension_count"), (uint32_t)head_dim);
-    rc |= exo_gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)c->n_vocab);
+    rc |= exo__gguf_writer_add_str(w, "general.architecture", c->arch);
+    rc |= exo__gguf_writer_add_str(w, "general.name", "exo tiny test model");
+    rc |= exo__gguf_writer_add_u32(w, "general.alignment", 32);
+    rc |= exo__gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)c->n_layer);
+    rc |= exo__gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)c->n_ctx);
+    rc |= exo__gguf_writer_add_u32(w, KEY("embedding_length"), (uint32_t)c->n_embd);
+    rc |= exo__gguf_writer_add_u32(w, KEY("feed_forward_length"), (uint32_t)c->n_ff);
+    rc |= exo__gguf_writer_add_u32(w, KEY("attention.head_count"), (uint32_t)c->n_head);
+    rc |= exo__gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_head_kv);
+    rc |= exo__gguf_writer_add_f32(w, KEY("rope.freq_base"), is_arch(c, "llama") ? 10000.0f : 1000000.0f);
+    rc |= exo__gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), is_arch(c, "gemma3") ? 1e-6f : 1e-5f);
+    rc |= exo__gguf_writer_add_u32(w, KEY("rope.dimension_count"), (uint32_t)head_dim);
+    rc |= exo__gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)c->n_vocab);
     if (c->head_dim) {
-        rc |= exo_gguf_writer_add_u32(w, KEY("attention.key_length"), (uint32_t)head_dim);
-        rc |= exo_gguf_writer_add_u32(w, KEY("attention.value_length"), (uint32_t)head_dim);
+        rc |= exo__gguf_writer_add_u32(w, KEY("attention.key_length"), (uint32_t)head_dim);
+        rc |= exo__gguf_writer_add_u32(w, KEY("attention.value_length"), (uint32_t)head_dim);
     }
     if (is_arch(c, "gemma3")) {
-        rc |= exo_gguf_writer_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->window);
-        rc |= exo_gguf_writer_add_u32(w, KEY("attention.sliding_window_pattern"), 3);
+        rc |= exo__gguf_writer_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->window);
+        rc |= exo__gguf_writer_add_u32(w, KEY("attention.sliding_window_pattern"), 3);
     }
-    if (is_arch(c, "phi3")) rc |= exo_gguf_writer_add_f32(w, KEY("rope.scaling.attn_factor"), 1.2f);
+    if (is_arch(c, "phi3")) rc |= exo__gguf_writer_add_f32(w, KEY("rope.scaling.attn_factor"), 1.2f);
 #undef KEY
     if (rc) goto done;
 
@@ -285,15 +285,15 @@ static int write_model(const tiny_config *c, const char *path)
     rc = add_norm(w, "output_norm.weight", c->n_embd);
     if (!rc && !c->tied)
         rc = add_matrix(w, "output.weight", c->weight_type, c->n_embd, c->n_vocab, 1.0f / sqrtf((float)c->n_embd));
-    if (!rc) rc = exo_gguf_writer_write(w, path);
+    if (!rc) rc = exo__gguf_writer_write(w, path);
 done:
-    exo_gguf_writer_free(w);
+    exo__gguf_writer_free(w);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
-    exo_quants_init();
+    exo__quants_init();
     tiny_config c = {.arch = "llama", .window = 8, .n_layer = 4, .n_embd = 256, .n_head = 8, .n_head_kv = 2, .n_ff = 512, .n_vocab = 512,
                      .n_ctx = 512, .weight_type = EXO_DTYPE_Q4_1, .embd_type = EXO_DTYPE_Q8_0, .tied = 1, .seed = 1};
     const char *out = NULL;

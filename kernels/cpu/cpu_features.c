@@ -41,7 +41,7 @@ static void probe(void)
 #endif
 }
 
-const exo_cpu_features *exo_cpu_features_get(void)
+const exo_cpu_features *exo__cpu_features_get(void)
 {
     pthread_once(&probe_once, probe);
     return &features;

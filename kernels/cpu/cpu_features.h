@@ -17,6 +17,6 @@ typedef struct exo_cpu_features {
  * off by EXO_FORCE_SCALAR=1 (all) or EXO_DISABLE_AVX512=1 in the environment.
  * Probed once (thread-safe); the answer never changes afterwards. All false
  * off x86. */
-const exo_cpu_features *exo_cpu_features_get(void);
+const exo_cpu_features *exo__cpu_features_get(void);
 
 #endif

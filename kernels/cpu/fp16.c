@@ -21,7 +21,7 @@ static inline float f32_from_bits(uint32_t u)
     return f;
 }
 
-float exo_half_to_float(exo_half h)
+float exo__half_to_float(exo_half h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t em = h & 0x7fffu;
@@ -33,7 +33,7 @@ float exo_half_to_float(exo_half h)
     return f32_from_bits(sign | f32_bits((float)em * 0x1p-24f));
 }
 
-exo_half exo_float_to_half(float f)
+exo_half exo__float_to_half(float f)
 {
     uint32_t x = f32_bits(f);
     uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
@@ -60,12 +60,12 @@ exo_half exo_float_to_half(float f)
     return (exo_half)(sign | r);
 }
 
-float exo_bf16_to_float(uint16_t h)
+float exo__bf16_to_float(uint16_t h)
 {
     return f32_from_bits((uint32_t)h << 16);
 }
 
-uint16_t exo_float_to_bf16(float f)
+uint16_t exo__float_to_bf16(float f)
 {
     uint32_t x = f32_bits(f);
     if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN: truncating could make it inf */

@@ -10,9 +10,9 @@
 typedef uint16_t exo_half; /* IEEE fp16 bits */
 
 /* Exact, round-to-nearest-even; inf and NaN are kept. */
-float exo_half_to_float(exo_half h);
-exo_half exo_float_to_half(float f);
-float exo_bf16_to_float(uint16_t h);
-uint16_t exo_float_to_bf16(float f);
+float exo__half_to_float(exo_half h);
+exo_half exo__float_to_half(float f);
+float exo__bf16_to_float(uint16_t h);
+uint16_t exo__float_to_bf16(float f);
 
 #endif

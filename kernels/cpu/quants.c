@@ -5,7 +5,7 @@
  * that follow GGUF's block layouts, written for clarity. The fast kernels in
  * quants_avx2.c and quants_avx512.c are tested against them. There is one
  * const traits table per instruction set (scalar, AVX2, AVX-512 VNNI), fixed
- * at compile time; the scalar one is in use until exo_quants_init(), so code
+ * at compile time; the scalar one is in use until exo__quants_init(), so code
  * that runs before it is correct, only slower, and init only chooses which
  * table later lookups read.
  *
@@ -46,8 +46,8 @@ static inline int clamp_int(int v, int lo, int hi)
  * still covers the block's range after the scale is stored as fp16. */
 static exo_half half_round_up(float v)
 {
-    exo_half h = exo_float_to_half(v);
-    if (exo_half_to_float(h) < v) {
+    exo_half h = exo__float_to_half(v);
+    if (exo__half_to_float(h) < v) {
         if ((h & 0x7fffu) == 0) h = 0x0001u;
         else if (h & 0x8000u) h--;
         else h++;
@@ -84,13 +84,13 @@ static float vec_dot_f32_ref(int n, const void *w_row, const void *act_row)
 static void to_float_f16_ref(const void *src, float *dst, int64_t n)
 {
     const exo_half *s = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = exo_half_to_float(s[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = exo__half_to_float(s[i]);
 }
 
 static void from_float_f16_ref(const float *src, void *dst, int64_t n)
 {
     exo_half *d = dst;
-    for (int64_t i = 0; i < n; i++) d[i] = exo_float_to_half(src[i]);
+    for (int64_t i = 0; i < n; i++) d[i] = exo__float_to_half(src[i]);
 }
 
 static float vec_dot_f16_ref(int n, const void *w_row, const void *act_row)
@@ -98,20 +98,20 @@ static float vec_dot_f16_ref(int n, const void *w_row, const void *act_row)
     const exo_half *w = w_row;
     const float *x = act_row;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += exo_half_to_float(w[i]) * x[i];
+    for (int i = 0; i < n; i++) sum += exo__half_to_float(w[i]) * x[i];
     return sum;
 }
 
 static void to_float_bf16_ref(const void *src, float *dst, int64_t n)
 {
     const uint16_t *s = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = exo_bf16_to_float(s[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = exo__bf16_to_float(s[i]);
 }
 
 static void from_float_bf16_ref(const float *src, void *dst, int64_t n)
 {
     uint16_t *d = dst;
-    for (int64_t i = 0; i < n; i++) d[i] = exo_float_to_bf16(src[i]);
+    for (int64_t i = 0; i < n; i++) d[i] = exo__float_to_bf16(src[i]);
 }
 
 static float vec_dot_bf16_ref(int n, const void *w_row, const void *act_row)
@@ -119,7 +119,7 @@ static float vec_dot_bf16_ref(int n, const void *w_row, const void *act_row)
     const uint16_t *w = w_row;
     const float *x = act_row;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += exo_bf16_to_float(w[i]) * x[i];
+    for (int i = 0; i < n; i++) sum += exo__bf16_to_float(w[i]) * x[i];
     return sum;
 }
 
@@ -129,7 +129,7 @@ static void to_float_q4_0_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q4_0 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         for (int j = 0; j < EXO_QK / 2; j++) {
             dst[j] = (float)((b[i].qs[j] & 0x0f) - 8) * d;
             dst[j + EXO_QK / 2] = (float)((b[i].qs[j] >> 4) - 8) * d;
@@ -152,8 +152,8 @@ static exo_half quantize_block_sym(const float *x, int qneg, uint8_t L[EXO_QK])
             vmax = x[j];
         }
     }
-    exo_half dh = exo_float_to_half(vmax / (float)-qneg);
-    float d = exo_half_to_float(dh);
+    exo_half dh = exo__float_to_half(vmax / (float)-qneg);
+    float d = exo__half_to_float(dh);
     float id = d != 0.0f ? 1.0f / d : 0.0f;
     for (int j = 0; j < EXO_QK; j++) L[j] = (uint8_t)clamp_int(round_nearest(x[j] * id) + qneg, 0, 2 * qneg - 1);
     return dh;
@@ -169,9 +169,9 @@ static void quantize_block_min(const float *x, int qmax, exo_half *d_out, exo_ha
         vmax = fmaxf(vmax, x[j]);
     }
     *m_out = half_round_down(vmin);
-    float m = exo_half_to_float(*m_out);
+    float m = exo__half_to_float(*m_out);
     *d_out = half_round_up((vmax - m) / (float)qmax);
-    float d = exo_half_to_float(*d_out);
+    float d = exo__half_to_float(*d_out);
     float id = d != 0.0f ? 1.0f / d : 0.0f;
     for (int j = 0; j < EXO_QK; j++) L[j] = (uint8_t)clamp_int(round_nearest((x[j] - m) * id), 0, qmax);
 }
@@ -210,7 +210,7 @@ static float vec_dot_q4_0_ref(int n, const void *w_row, const void *act_row)
             sumi += ((w[i].qs[j] & 0x0f) - 8) * a[i].qs[j];
             sumi += ((w[i].qs[j] >> 4) - 8) * a[i].qs[j + EXO_QK / 2];
         }
-        sum += (float)sumi * (exo_half_to_float(w[i].d) * a[i].d);
+        sum += (float)sumi * (exo__half_to_float(w[i].d) * a[i].d);
     }
     return sum;
 }
@@ -221,7 +221,7 @@ static void to_float_q4_1_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q4_1 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
-        float d = exo_half_to_float(b[i].d), m = exo_half_to_float(b[i].m);
+        float d = exo__half_to_float(b[i].d), m = exo__half_to_float(b[i].m);
         for (int j = 0; j < EXO_QK / 2; j++) {
             dst[j] = (float)(b[i].qs[j] & 0x0f) * d + m;
             dst[j + EXO_QK / 2] = (float)(b[i].qs[j] >> 4) * d + m;
@@ -251,7 +251,7 @@ static float vec_dot_q4_1_ref(int n, const void *w_row, const void *act_row)
             sumi += (w[i].qs[j] >> 4) * a[i].qs[j + EXO_QK / 2];
         }
         /* sum((q*dw + m) * qa*da) = dw*da*sum(q*qa) + m*s */
-        sum += (float)sumi * (exo_half_to_float(w[i].d) * a[i].d) + exo_half_to_float(w[i].m) * a[i].s;
+        sum += (float)sumi * (exo__half_to_float(w[i].d) * a[i].d) + exo__half_to_float(w[i].m) * a[i].s;
     }
     return sum;
 }
@@ -262,7 +262,7 @@ static void to_float_q8_0_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q8_0 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         for (int j = 0; j < EXO_QK; j++) dst[j] = (float)b[i].qs[j] * d;
     }
 }
@@ -275,7 +275,7 @@ static void from_float_q8_0_ref(const float *src, void *dst, int64_t n)
         float amax = 0.0f;
         for (int j = 0; j < EXO_QK; j++) amax = fmaxf(amax, fabsf(src[j]));
         b[i].d = half_round_up(amax / 127.0f);
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         for (int j = 0; j < EXO_QK; j++) b[i].qs[j] = (int8_t)clamp_int(round_nearest(src[j] * id), -127, 127);
     }
@@ -289,7 +289,7 @@ static float vec_dot_q8_0_ref(int n, const void *w_row, const void *act_row)
     for (int i = 0; i < n / EXO_QK; i++) {
         int sumi = 0;
         for (int j = 0; j < EXO_QK; j++) sumi += w[i].qs[j] * a[i].qs[j];
-        sum += (float)sumi * (exo_half_to_float(w[i].d) * a[i].d);
+        sum += (float)sumi * (exo__half_to_float(w[i].d) * a[i].d);
     }
     return sum;
 }
@@ -333,7 +333,7 @@ static void to_float_q5_0_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q5_0 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         uint32_t qh = qh_word(b[i].qh);
         for (int j = 0; j < EXO_QK; j++) dst[j] = (float)(q5_at(b[i].qs, qh, j) - 16) * d;
     }
@@ -355,7 +355,7 @@ static float vec_dot_q5_0_ref(int n, const void *w_row, const void *act_row)
     const exo_block_q8_32 *a = act_row;
     float sum = 0.0f;
     for (int i = 0; i < n / EXO_QK; i++)
-        sum += (float)q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 16) * (exo_half_to_float(w[i].d) * a[i].d);
+        sum += (float)q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 16) * (exo__half_to_float(w[i].d) * a[i].d);
     return sum;
 }
 
@@ -363,7 +363,7 @@ static void to_float_q5_1_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q5_1 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
-        float d = exo_half_to_float(b[i].d), m = exo_half_to_float(b[i].m);
+        float d = exo__half_to_float(b[i].d), m = exo__half_to_float(b[i].m);
         uint32_t qh = qh_word(b[i].qh);
         for (int j = 0; j < EXO_QK; j++) dst[j] = (float)q5_at(b[i].qs, qh, j) * d + m;
     }
@@ -385,8 +385,8 @@ static float vec_dot_q5_1_ref(int n, const void *w_row, const void *act_row)
     const exo_block_q8_32 *a = act_row;
     float sum = 0.0f;
     for (int i = 0; i < n / EXO_QK; i++)
-        sum += (float)q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 0) * (exo_half_to_float(w[i].d) * a[i].d) +
-               exo_half_to_float(w[i].m) * a[i].s;
+        sum += (float)q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 0) * (exo__half_to_float(w[i].d) * a[i].d) +
+               exo__half_to_float(w[i].m) * a[i].s;
     return sum;
 }
 
@@ -436,14 +436,14 @@ static float iq4_pick_scale(const float *x, int n, float (*round_scale)(float))
 
 static float half_rounded(float v)
 {
-    return exo_half_to_float(exo_float_to_half(v));
+    return exo__half_to_float(exo__float_to_half(v));
 }
 
 static void to_float_iq4_nl_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_iq4_nl *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         for (int j = 0; j < EXO_QK; j++) dst[j] = d * (float)exo_iq4nl_values[nibble_at(b[i].qs, j)];
     }
 }
@@ -454,7 +454,7 @@ static void from_float_iq4_nl_ref(const float *src, void *dst, int64_t n)
     uint8_t L[EXO_QK];
     for (int64_t i = 0; i < n / EXO_QK; i++, src += EXO_QK) {
         float d = iq4_pick_scale(src, EXO_QK, half_rounded);
-        b[i].d = exo_float_to_half(d);
+        b[i].d = exo__float_to_half(d);
         iq4_round(src, EXO_QK, d, L);
         pack_nibbles(L, b[i].qs);
     }
@@ -468,7 +468,7 @@ static float vec_dot_iq4_nl_ref(int n, const void *w_row, const void *act_row)
     for (int i = 0; i < n / EXO_QK; i++) {
         int sumi = 0;
         for (int j = 0; j < EXO_QK; j++) sumi += exo_iq4nl_values[nibble_at(w[i].qs, j)] * a[i].qs[j];
-        sum += (float)sumi * (exo_half_to_float(w[i].d) * a[i].d);
+        sum += (float)sumi * (exo__half_to_float(w[i].d) * a[i].d);
     }
     return sum;
 }
@@ -509,7 +509,7 @@ static void quantize_k_superblock(const float *x, int n_sub, int sub_len, int sm
         max_neg = fmaxf(max_neg, -lo[j]);
     }
     *dmin_out = half_round_up(max_neg / (float)smax);
-    float dmin = exo_half_to_float(*dmin_out);
+    float dmin = exo__half_to_float(*dmin_out);
 
     float moff[16], top = 0.0f;
     for (int j = 0; j < n_sub; j++) {
@@ -518,7 +518,7 @@ static void quantize_k_superblock(const float *x, int n_sub, int sub_len, int sm
         top = fmaxf(top, hi[j] + moff[j]);
     }
     *d_out = half_round_up(top / (float)(qmax * smax));
-    float d = exo_half_to_float(*d_out);
+    float d = exo__half_to_float(*d_out);
 
     for (int j = 0; j < n_sub; j++) {
         /* the small slack keeps a ratio of 3.0000001 from costing a whole step */
@@ -544,7 +544,7 @@ static void to_float_q4_K_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q4_K *b = src;
     for (int64_t i = 0; i < n / EXO_QK_K; i++) {
-        float d = exo_half_to_float(b[i].d), dmin = exo_half_to_float(b[i].dmin);
+        float d = exo__half_to_float(b[i].d), dmin = exo__half_to_float(b[i].dmin);
         uint8_t sc[8], mn[8];
         exo_k_scales_unpack(b[i].scales, sc, mn);
         for (int j = 0; j < 8; j++, dst += 32) {
@@ -588,8 +588,8 @@ static float vec_dot_q4_K_ref(int n, const void *w_row, const void *act_row)
             sumi += sc[j] * dot;
             summ += mn[j] * xsum;
         }
-        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi
-             - exo_half_to_float(w[i].dmin) * a[i].d * (float)summ;
+        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi
+             - exo__half_to_float(w[i].dmin) * a[i].d * (float)summ;
     }
     return sum;
 }
@@ -598,7 +598,7 @@ static void to_float_q5_K_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q5_K *b = src;
     for (int64_t i = 0; i < n / EXO_QK_K; i++) {
-        float d = exo_half_to_float(b[i].d), dmin = exo_half_to_float(b[i].dmin);
+        float d = exo__half_to_float(b[i].d), dmin = exo__half_to_float(b[i].dmin);
         uint8_t sc[8], mn[8];
         exo_k_scales_unpack(b[i].scales, sc, mn);
         for (int j = 0; j < 8; j++, dst += 32) {
@@ -651,8 +651,8 @@ static float vec_dot_q5_K_ref(int n, const void *w_row, const void *act_row)
             sumi += sc[j] * dot;
             summ += mn[j] * xsum;
         }
-        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi
-             - exo_half_to_float(w[i].dmin) * a[i].d * (float)summ;
+        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi
+             - exo__half_to_float(w[i].dmin) * a[i].d * (float)summ;
     }
     return sum;
 }
@@ -676,7 +676,7 @@ static void to_float_q6_K_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q6_K *b = src;
     for (int64_t i = 0; i < n / EXO_QK_K; i++, dst += EXO_QK_K) {
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         for (int e = 0; e < EXO_QK_K; e++) dst[e] = d * (float)b[i].scales[e / 16] * (float)(q6_get(&b[i], e) - 32);
     }
 }
@@ -694,7 +694,7 @@ static void from_float_q6_K_ref(const float *src, void *dst, int64_t n)
             top = fmaxf(top, amax[g]);
         }
         b[i].d = half_round_up(top / (31.0f * 127.0f));
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         uint8_t L[EXO_QK_K];
         for (int g = 0; g < 16; g++) {
             float need = d > 0.0f ? amax[g] / (31.0f * d) : 0.0f;
@@ -730,7 +730,7 @@ static float vec_dot_q6_K_ref(int n, const void *w_row, const void *act_row)
             for (int l = 0; l < 16; l++) dot += (q6_get(&w[i], 16 * g + l) - 32) * a[i].qs[16 * g + l];
             sumi += w[i].scales[g] * dot;
         }
-        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi;
+        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi;
     }
     return sum;
 }
@@ -767,7 +767,7 @@ static void to_float_q2_K_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q2_K *b = src;
     for (int64_t i = 0; i < n / EXO_QK_K; i++, dst += EXO_QK_K) {
-        float d = exo_half_to_float(b[i].d), dmin = exo_half_to_float(b[i].dmin);
+        float d = exo__half_to_float(b[i].d), dmin = exo__half_to_float(b[i].dmin);
         for (int e = 0; e < EXO_QK_K; e++) {
             uint8_t sc = b[i].scales[e / 16];
             float dl = d * (float)(sc & 0x0f), ml = dmin * (float)(sc >> 4);
@@ -803,8 +803,8 @@ static float vec_dot_q2_K_ref(int n, const void *w_row, const void *act_row)
             sumi += (w[i].scales[g] & 0x0f) * dot;
             summ += (w[i].scales[g] >> 4) * xsum;
         }
-        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi
-             - exo_half_to_float(w[i].dmin) * a[i].d * (float)summ;
+        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi
+             - exo__half_to_float(w[i].dmin) * a[i].d * (float)summ;
     }
     return sum;
 }
@@ -813,7 +813,7 @@ static void to_float_q3_K_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_q3_K *b = src;
     for (int64_t i = 0; i < n / EXO_QK_K; i++, dst += EXO_QK_K) {
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         int8_t sc[16];
         exo_q3_k_scales_unpack(b[i].scales, sc);
         for (int e = 0; e < EXO_QK_K; e++) dst[e] = d * (float)sc[e / 16] * (float)(q3_at(&b[i], e) - 4);
@@ -841,7 +841,7 @@ static void from_float_q3_K_ref(const float *src, void *dst, int64_t n)
             top = fmaxf(top, amax / 4.0f);
         }
         b[i].d = half_round_up(top / 31.0f);
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         uint8_t sc[16], L[EXO_QK_K];
         for (int g = 0; g < 16; g++) {
             float need = d > 0.0f ? fabsf(want[g]) / d : 0.0f;
@@ -879,7 +879,7 @@ static float vec_dot_q3_K_ref(int n, const void *w_row, const void *act_row)
             for (int l = 0; l < 16; l++) dot += (q3_at(&w[i], 16 * g + l) - 4) * a[i].qs[16 * g + l];
             sumi += sc[g] * dot;
         }
-        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi;
+        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi;
     }
     return sum;
 }
@@ -895,7 +895,7 @@ static void to_float_iq4_xs_ref(const void *src, float *dst, int64_t n)
 {
     const exo_block_iq4_xs *b = src;
     for (int64_t i = 0; i < n / EXO_QK_K; i++) {
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         for (int j = 0; j < 8; j++, dst += 32) {
             float dl = d * (float)exo_iq4_xs_scale(b[i].scales_l, b[i].scales_h, j);
             for (int l = 0; l < 32; l++) dst[l] = dl * (float)exo_iq4nl_values[nibble_at(b[i].qs + 16 * j, l)];
@@ -916,7 +916,7 @@ static void from_float_iq4_xs_ref(const float *src, void *dst, int64_t n)
             top = fmaxf(top, fabsf(want[j]));
         }
         b[i].d = half_round_up(top / 31.0f);
-        float d = exo_half_to_float(b[i].d);
+        float d = exo__half_to_float(b[i].d);
         b[i].scales_h = 0;
         memset(b[i].scales_l, 0, sizeof b[i].scales_l);
         for (int j = 0; j < 8; j++) {
@@ -943,7 +943,7 @@ static float vec_dot_iq4_xs_ref(int n, const void *w_row, const void *act_row)
                 dot += exo_iq4nl_values[nibble_at(w[i].qs + 16 * j, l)] * a[i].qs[32 * j + l];
             sumi += exo_iq4_xs_scale(w[i].scales_l, w[i].scales_h, j) * dot;
         }
-        sum += exo_half_to_float(w[i].d) * a[i].d * (float)sumi;
+        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi;
     }
     return sum;
 }
@@ -1054,7 +1054,7 @@ typedef void (*quantize_act_fn)(const float *x, void *dst, int n);
 
 /* Everything the dispatch picks for one instruction set: every format's
  * traits and the activation quantizers. One const instance per set, fixed at
- * compile time; exo_quants_init() only chooses which one is read. */
+ * compile time; exo__quants_init() only chooses which one is read. */
 typedef struct {
     exo_type_traits traits[EXO_DTYPE_COUNT];
     quantize_act_fn act_q8_32;
@@ -1100,7 +1100,7 @@ typedef struct {
 
 #define ROW_SCALAR(D, f) [EXO_DTYPE_##D] = { BASE_##f },
 
-/* Before exo_quants_init(), and on CPUs without AVX2/FMA/F16C: the _ref kernels. */
+/* Before exo__quants_init(), and on CPUs without AVX2/FMA/F16C: the _ref kernels. */
 static const cpu_kernels kernels_scalar = {
     .traits = { FORMATS(ROW_SCALAR) },
     .act_q8_32 = quantize_act_q8_32_ref,
@@ -1109,48 +1109,48 @@ static const cpu_kernels kernels_scalar = {
 
 #if EXO_QUANTS_X86
 /* quants_avx2.c's kernels. Q8_0 has no packed dot there (quants_avx2.h says why). */
-#define AVX2_f32 .vec_dot = exo_vec_dot_f32_avx2
-#define AVX2_f16 .vec_dot = exo_vec_dot_f16_avx2, .to_float = exo_to_float_f16_avx2
-#define AVX2_bf16 .vec_dot = exo_vec_dot_bf16_avx2, .to_float = exo_to_float_bf16_avx2
+#define AVX2_f32 .vec_dot = exo__vec_dot_f32_avx2
+#define AVX2_f16 .vec_dot = exo__vec_dot_f16_avx2, .to_float = exo__to_float_f16_avx2
+#define AVX2_bf16 .vec_dot = exo__vec_dot_bf16_avx2, .to_float = exo__to_float_bf16_avx2
 #define AVX2_q4_0 \
-    .vec_dot = exo_vec_dot_q4_0_q8_32_avx2, .to_float = exo_to_float_q4_0_avx2, \
-    .vec_dot_packed = exo_vec_dot_packed_q4_0_q8_32_avx2
+    .vec_dot = exo__vec_dot_q4_0_q8_32_avx2, .to_float = exo__to_float_q4_0_avx2, \
+    .vec_dot_packed = exo__vec_dot_packed_q4_0_q8_32_avx2
 #define AVX2_q4_1 \
-    .vec_dot = exo_vec_dot_q4_1_q8_32_avx2, .to_float = exo_to_float_q4_1_avx2, \
-    .vec_dot_packed = exo_vec_dot_packed_q4_1_q8_32_avx2
-#define AVX2_q8_0 .vec_dot = exo_vec_dot_q8_0_q8_32_avx2, .to_float = exo_to_float_q8_0_avx2
-#define AVX2_q5_0 .vec_dot = exo_vec_dot_q5_0_q8_32_avx2, .to_float = exo_to_float_q5_0_avx2
-#define AVX2_q5_1 .vec_dot = exo_vec_dot_q5_1_q8_32_avx2, .to_float = exo_to_float_q5_1_avx2
-#define AVX2_iq4_nl .vec_dot = exo_vec_dot_iq4_nl_q8_32_avx2, .to_float = exo_to_float_iq4_nl_avx2
-#define AVX2_q2_K .vec_dot = exo_vec_dot_q2_K_q8_K_avx2, .to_float = exo_to_float_q2_K_avx2
-#define AVX2_q3_K .vec_dot = exo_vec_dot_q3_K_q8_K_avx2, .to_float = exo_to_float_q3_K_avx2
-#define AVX2_q4_K .vec_dot = exo_vec_dot_q4_K_q8_K_avx2
-#define AVX2_q5_K .vec_dot = exo_vec_dot_q5_K_q8_K_avx2
-#define AVX2_q6_K .vec_dot = exo_vec_dot_q6_K_q8_K_avx2
-#define AVX2_iq4_xs .vec_dot = exo_vec_dot_iq4_xs_q8_K_avx2, .to_float = exo_to_float_iq4_xs_avx2
+    .vec_dot = exo__vec_dot_q4_1_q8_32_avx2, .to_float = exo__to_float_q4_1_avx2, \
+    .vec_dot_packed = exo__vec_dot_packed_q4_1_q8_32_avx2
+#define AVX2_q8_0 .vec_dot = exo__vec_dot_q8_0_q8_32_avx2, .to_float = exo__to_float_q8_0_avx2
+#define AVX2_q5_0 .vec_dot = exo__vec_dot_q5_0_q8_32_avx2, .to_float = exo__to_float_q5_0_avx2
+#define AVX2_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx2, .to_float = exo__to_float_q5_1_avx2
+#define AVX2_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx2, .to_float = exo__to_float_iq4_nl_avx2
+#define AVX2_q2_K .vec_dot = exo__vec_dot_q2_K_q8_K_avx2, .to_float = exo__to_float_q2_K_avx2
+#define AVX2_q3_K .vec_dot = exo__vec_dot_q3_K_q8_K_avx2, .to_float = exo__to_float_q3_K_avx2
+#define AVX2_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx2
+#define AVX2_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx2
+#define AVX2_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx2
+#define AVX2_iq4_xs .vec_dot = exo__vec_dot_iq4_xs_q8_K_avx2, .to_float = exo__to_float_iq4_xs_avx2
 
 /* Q5_0, Q5_1 and IQ4_NL share the 4-bit bodies (the fifth bits go in through
  * a mask register, IQ4_NL's table through one vpshufb), with dpbusd doing the
  * integer work: bench_quants has Q5_0 at about 1.4x its AVX2 kernel. */
 #define AVX512_q4_0 \
-    .vec_dot = exo_vec_dot_q4_0_q8_32_avx512, .vec_dot_x4 = exo_vec_dot_x4_q4_0_q8_32_avx512, \
-    .vec_dot_packed = exo_vec_dot_packed_q4_0_q8_32_avx512
+    .vec_dot = exo__vec_dot_q4_0_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q4_0_q8_32_avx512, \
+    .vec_dot_packed = exo__vec_dot_packed_q4_0_q8_32_avx512
 #define AVX512_q4_1 \
-    .vec_dot = exo_vec_dot_q4_1_q8_32_avx512, .vec_dot_x4 = exo_vec_dot_x4_q4_1_q8_32_avx512, \
-    .vec_dot_packed = exo_vec_dot_packed_q4_1_q8_32_avx512
+    .vec_dot = exo__vec_dot_q4_1_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q4_1_q8_32_avx512, \
+    .vec_dot_packed = exo__vec_dot_packed_q4_1_q8_32_avx512
 /* Q8_0's four-row dot wins only while the rows sit in cache: streaming the
  * output head from DRAM for one token it lost to one row, but a batch (a
  * speculative verify pass, a prompt) reuses each row group for every token,
  * and there it wins (verify of 9 positions: 24 -> 19 ms). */
 #define AVX512_q8_0 \
-    .vec_dot = exo_vec_dot_q8_0_q8_32_avx512, .vec_dot_x4 = exo_vec_dot_x4_q8_0_q8_32_avx512, \
-    .x4_min_tokens = 2, .vec_dot_packed = exo_vec_dot_packed_q8_0_q8_32_avx512
-#define AVX512_q5_0 .vec_dot = exo_vec_dot_q5_0_q8_32_avx512
-#define AVX512_q5_1 .vec_dot = exo_vec_dot_q5_1_q8_32_avx512
-#define AVX512_iq4_nl .vec_dot = exo_vec_dot_iq4_nl_q8_32_avx512
+    .vec_dot = exo__vec_dot_q8_0_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q8_0_q8_32_avx512, \
+    .x4_min_tokens = 2, .vec_dot_packed = exo__vec_dot_packed_q8_0_q8_32_avx512
+#define AVX512_q5_0 .vec_dot = exo__vec_dot_q5_0_q8_32_avx512
+#define AVX512_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx512
+#define AVX512_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx512
 
 /* The activation quantizers have AVX2 versions only; the AVX-512 table uses them too. */
-#define ACT_AVX2 .act_q8_32 = exo_quantize_act_q8_32_avx2, .act_q8_K = exo_quantize_act_q8_K_avx2
+#define ACT_AVX2 .act_q8_32 = exo__quantize_act_q8_32_avx2, .act_q8_K = exo__quantize_act_q8_K_avx2
 
 #define ROW_AVX2(D, f) [EXO_DTYPE_##D] = { BASE_##f, AVX2_##f },
 #define ROW_AVX512(D, f) [EXO_DTYPE_##D] = { BASE_##f, AVX2_##f, AVX512_##f },
@@ -1174,13 +1174,13 @@ static const cpu_kernels kernels_avx512 = {
 };
 #pragma GCC diagnostic pop
 
-/* Each instruction set's own kernels, from the same layers (exo_quants_kernels). */
+/* Each instruction set's own kernels, from the same layers (exo__quants_kernels). */
 static const exo_kernel_set sets_avx2[EXO_DTYPE_COUNT] = { FORMATS(SET_AVX2) };
 static const exo_kernel_set sets_avx512[EXO_DTYPE_COUNT] = { FORMATS_AVX512(SET_AVX512) };
 #endif
 
 /* The table in use. Atomic only so that a reader that skipped
- * exo_quants_init() may run beside it: the tables never change, only which
+ * exo__quants_init() may run beside it: the tables never change, only which
  * one this points at, so relaxed loads suffice. */
 static _Atomic(const cpu_kernels *) active = &kernels_scalar;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -1190,7 +1190,7 @@ static inline const cpu_kernels *active_kernels(void)
     return atomic_load_explicit(&active, memory_order_relaxed);
 }
 
-const exo_kernel_set *exo_quants_kernels(int dtype, int isa)
+const exo_kernel_set *exo__quants_kernels(int dtype, int isa)
 {
 #if EXO_QUANTS_X86
     if (dtype < 0 || dtype >= EXO_DTYPE_COUNT) return NULL;
@@ -1206,44 +1206,44 @@ const exo_kernel_set *exo_quants_kernels(int dtype, int isa)
 
 static void quants_init_once(void)
 {
-    exo_vec_init();
+    exo__vec_init();
 #if EXO_QUANTS_X86
-    const exo_cpu_features *cpu = exo_cpu_features_get();
+    const exo_cpu_features *cpu = exo__cpu_features_get();
     const cpu_kernels *k = cpu->avx512 ? &kernels_avx512 : cpu->avx2 ? &kernels_avx2 : &kernels_scalar;
     atomic_store_explicit(&active, k, memory_order_relaxed);
 #endif
 }
 
-void exo_quants_init(void)
+void exo__quants_init(void)
 {
     pthread_once(&init_once, quants_init_once);
 }
 
-bool exo_quants_have_avx2(void)
+bool exo__quants_have_avx2(void)
 {
     return active_kernels()->avx2;
 }
 
-bool exo_quants_have_avx512(void)
+bool exo__quants_have_avx512(void)
 {
     return active_kernels()->avx512;
 }
 
-const exo_type_traits *exo_type_traits_get(int dtype)
+const exo_type_traits *exo__type_traits_get(int dtype)
 {
     if (dtype < 0 || dtype >= EXO_DTYPE_COUNT) return NULL;
     const exo_type_traits *t = &active_kernels()->traits[dtype];
     return t->name ? t : NULL;
 }
 
-size_t exo_dtype_row_size(int dtype, int64_t n)
+size_t exo__dtype_row_size(int dtype, int64_t n)
 {
-    const exo_type_traits *t = exo_type_traits_get(dtype);
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     if (!t) return 0;
     return (size_t)(n / t->block_size) * t->type_size;
 }
 
-size_t exo_act_row_size(int act_type, int n)
+size_t exo__act_row_size(int act_type, int n)
 {
     switch (act_type) {
     case EXO_ACT_F32: return (size_t)n * sizeof(float);
@@ -1253,7 +1253,7 @@ size_t exo_act_row_size(int act_type, int n)
     }
 }
 
-void exo_quantize_act(int act_type, const float *x, void *dst, int n)
+void exo__quantize_act(int act_type, const float *x, void *dst, int n)
 {
     switch (act_type) {
     case EXO_ACT_F32: quantize_act_f32(x, dst, n); break;
@@ -1263,7 +1263,7 @@ void exo_quantize_act(int act_type, const float *x, void *dst, int n)
     }
 }
 
-void exo_quantize_act_ref(int act_type, const float *x, void *dst, int n)
+void exo__quantize_act_ref(int act_type, const float *x, void *dst, int n)
 {
     switch (act_type) {
     case EXO_ACT_F32: quantize_act_f32(x, dst, n); break;

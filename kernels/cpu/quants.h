@@ -9,7 +9,7 @@
  * matrix-vector product the activation vector is quantized once to the weight
  * type's activation format (act_type), then every row's dot runs in integers.
  * Each kernel has a plain scalar _ref version that the fast (AVX2/FMA,
- * AVX-512 VNNI) versions are tested against; exo_quants_init() picks the
+ * AVX-512 VNNI) versions are tested against; exo__quants_init() picks the
  * fast ones when the CPU has them. */
 #ifndef EXO_QUANTS_H
 #define EXO_QUANTS_H
@@ -212,36 +212,36 @@ enum exo_isa {
 
 /* dtype's kernels for isa (enum exo_isa), or NULL when it has none there (or
  * off x86). Whether the CPU runs them is the caller's question. */
-const exo_kernel_set *exo_quants_kernels(int dtype, int isa);
+const exo_kernel_set *exo__quants_kernels(int dtype, int isa);
 
 /* Detects CPU features once and picks the traits table of the newest
  * instruction set the CPU has (the tables themselves are const); safe to call
  * many times. With EXO_FORCE_SCALAR=1 in the environment the _ref kernels are
  * used; with EXO_DISABLE_AVX512=1 the AVX2 ones even where AVX-512 VNNI is
- * there. Also runs exo_vec_init() (vec.h). */
-void exo_quants_init(void);
+ * there. Also runs exo__vec_init() (vec.h). */
+void exo__quants_init(void);
 
 /* Whether the AVX2/FMA kernels were chosen (also true when AVX-512 ones were:
  * those cover only some formats and build on the AVX2 set). */
-bool exo_quants_have_avx2(void);
+bool exo__quants_have_avx2(void);
 
 /* Whether the AVX-512 VNNI kernels (F, BW, VL, VNNI) were chosen. */
-bool exo_quants_have_avx512(void);
+bool exo__quants_have_avx512(void);
 
 /* Traits for a weight dtype, or NULL when the dtype is not supported. An
- * entry never changes: one taken before exo_quants_init() keeps the _ref
+ * entry never changes: one taken before exo__quants_init() keeps the _ref
  * kernels (correct, only slower); init makes later calls return the fast
  * table's entries. */
-const exo_type_traits *exo_type_traits_get(int dtype);
+const exo_type_traits *exo__type_traits_get(int dtype);
 
 /* Bytes of a row of n elements of dtype (n a multiple of its block size). */
-size_t exo_dtype_row_size(int dtype, int64_t n);
+size_t exo__dtype_row_size(int dtype, int64_t n);
 
 /* Activation rows: size in bytes for n elements, and quantization (fast and
  * reference). For EXO_ACT_F32 the "quantization" is a copy. */
-size_t exo_act_row_size(int act_type, int n);
-void exo_quantize_act(int act_type, const float *x, void *dst, int n);
-void exo_quantize_act_ref(int act_type, const float *x, void *dst, int n);
+size_t exo__act_row_size(int act_type, int n);
+void exo__quantize_act(int act_type, const float *x, void *dst, int n);
+void exo__quantize_act_ref(int act_type, const float *x, void *dst, int n);
 
 /* fp16/bf16 scalar conversions: fp16.h. */
 

@@ -323,7 +323,7 @@ EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const ex
 
 /* The one-row dots, one per format over q4_rows. */
 #define Q4_ONE_ROW(fmt, kind)                                                         \
-    float exo_vec_dot_##fmt##_q8_32_avx2(int n, const void *w_row, const void *act_row) \
+    float exo__vec_dot_##fmt##_q8_32_avx2(int n, const void *w_row, const void *act_row) \
     {                                                                                 \
         float out;                                                                    \
         q4_rows(n, w_row, 0, act_row, &out, 1, false, kind);                          \
@@ -336,14 +336,14 @@ Q4_ONE_ROW(q5_1, KIND_Q5_1)
 Q4_ONE_ROW(iq4_nl, KIND_IQ4_NL)
 #undef Q4_ONE_ROW
 
-void exo_vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
+void exo__vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_1);
     const uint8_t *g = groups;
     for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_1);
 }
 
-void exo_vec_dot_packed_q4_0_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
+void exo__vec_dot_packed_q4_0_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
     const uint8_t *g = groups;
@@ -358,7 +358,7 @@ static inline __m256 q8_0_scale(const exo_block_q8_0 *w, const exo_block_q8_32 *
     return _mm256_broadcastss_ps(_mm_mul_ss(d, _mm_load_ss(&a->d)));
 }
 
-float exo_vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q8_0 *w = w_row;
     const exo_block_q8_32 *a = act_row;
@@ -394,7 +394,7 @@ static inline __m128i k_mins_dot(const uint8_t mn[8], const int16_t bsums[16])
     return _mm_madd_epi16(m16, pairs);
 }
 
-float exo_vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q4_K *w = w_row;
     const exo_block_q8_K *a = act_row;
@@ -427,7 +427,7 @@ float exo_vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
     return hsum_ps(acc) - _mm_cvtss_f32(m);
 }
 
-float exo_vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q5_K *w = w_row;
     const exo_block_q8_K *a = act_row;
@@ -482,7 +482,7 @@ static inline __m256i scale_pair(__m256i s, int k)
  * 16-element groups, scaled through madd by scale_pair. Q2_K's minimums cost
  * one madd with bsums a super-block; so does Q3_K's -4 offset (the quants go
  * through maddubs unsigned, 0..7). */
-float exo_vec_dot_q2_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_q2_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q2_K *w = w_row;
     const exo_block_q8_K *a = act_row;
@@ -525,7 +525,7 @@ static inline __m128i q3_k_scales(const uint8_t packed[12])
     return _mm_sub_epi8(_mm_or_si128(lows, _mm_slli_epi16(highs, 4)), _mm_set1_epi8(32));
 }
 
-float exo_vec_dot_q3_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_q3_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q3_K *w = w_row;
     const exo_block_q8_K *a = act_row;
@@ -575,7 +575,7 @@ static inline __m128i iq4_xs_scales(const exo_block_iq4_xs *b)
     return _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lows), highs), _mm_set1_epi16(32));
 }
 
-float exo_vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_iq4_xs *w = w_row;
     const exo_block_q8_K *a = act_row;
@@ -604,7 +604,7 @@ float exo_vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_row
 /* Q6_K: the quants are used unsigned (0..63) and the -32 is taken out once per
  * super-block as 32 * sum_g scales[g] * bsums[g] (Q6_K's 16-element scale
  * groups line up with Q8_K's bsums). */
-float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q6_K *w = w_row;
     const exo_block_q8_K *a = act_row;
@@ -647,7 +647,7 @@ float exo_vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 
 /* ---- float formats x f32 ------------------------------------------------------ */
 
-float exo_vec_dot_f32_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_f32_avx2(int n, const void *w_row, const void *act_row)
 {
     const float *w = w_row, *x = act_row;
     __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
@@ -672,7 +672,7 @@ static inline __m256 load_bf16x8(const uint16_t *p)
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-float exo_vec_dot_f16_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_f16_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_half *w = w_row;
     const float *x = act_row;
@@ -687,7 +687,7 @@ float exo_vec_dot_f16_avx2(int n, const void *w_row, const void *act_row)
     return sum;
 }
 
-float exo_vec_dot_bf16_avx2(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_bf16_avx2(int n, const void *w_row, const void *act_row)
 {
     const uint16_t *w = w_row;
     const float *x = act_row;
@@ -698,7 +698,7 @@ float exo_vec_dot_bf16_avx2(int n, const void *w_row, const void *act_row)
             acc[k] = _mm256_fmadd_ps(load_bf16x8(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
     for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(load_bf16x8(w + i), _mm256_loadu_ps(x + i), acc[0]);
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (; i < n; i++) sum += exo_bf16_to_float(w[i]) * x[i];
+    for (; i < n; i++) sum += exo__bf16_to_float(w[i]) * x[i];
     return sum;
 }
 
@@ -715,7 +715,7 @@ static inline void u8x16_to_float(__m128i q, __m256 d, __m256 b, float *dst)
 
 /* (q - 8) * d computed as fma(q, d, -8d): -8d is exact, so the single rounding
  * of the fma gives the same bits as the reference. */
-void exo_to_float_q4_0_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_q4_0_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q4_0 *b = src;
     const __m128i low4 = _mm_set1_epi8(0x0f);
@@ -729,7 +729,7 @@ void exo_to_float_q4_0_avx2(const void *src, float *dst, int64_t n)
 }
 
 /* Fused q*d + m: within one rounding of the reference's two-step result. */
-void exo_to_float_q4_1_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_q4_1_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q4_1 *b = src;
     const __m128i low4 = _mm_set1_epi8(0x0f);
@@ -749,7 +749,7 @@ static inline void u8x32_to_float(__m256i q, __m256 d, __m256 b, float *dst)
 }
 
 /* (q - 16) * d as fma(q, d, -16d): exact as Q4_0's. */
-void exo_to_float_q5_0_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_q5_0_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q5_0 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
@@ -760,7 +760,7 @@ void exo_to_float_q5_0_avx2(const void *src, float *dst, int64_t n)
 }
 
 /* Fused q*d + m, as Q4_1's. */
-void exo_to_float_q5_1_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_q5_1_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q5_1 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
@@ -783,7 +783,7 @@ static inline void s8x32_to_float(__m256i v, __m256 d, float *dst)
     s8x16_to_float(_mm256_extracti128_si256(v, 1), d, dst + 16);
 }
 
-void exo_to_float_iq4_nl_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_iq4_nl_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_iq4_nl *b = src;
     const __m256i table = iq4nl_table();
@@ -791,7 +791,7 @@ void exo_to_float_iq4_nl_avx2(const void *src, float *dst, int64_t n)
         s8x32_to_float(_mm256_shuffle_epi8(table, q4_unpack(b[i].qs)), _mm256_set1_ps(half_to_float(b[i].d)), dst);
 }
 
-void exo_to_float_q8_0_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_q8_0_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q8_0 *b = src;
     for (int64_t i = 0; i < n / EXO_QK; i++, dst += EXO_QK) {
@@ -803,7 +803,7 @@ void exo_to_float_q8_0_avx2(const void *src, float *dst, int64_t n)
     }
 }
 
-void exo_to_float_iq4_xs_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_iq4_xs_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_iq4_xs *b = src;
     const __m256i table = iq4nl_table();
@@ -827,7 +827,7 @@ static inline void q2x16_to_float(__m128i q, float dl, float ml, float *dst)
     _mm256_storeu_ps(dst + 8, _mm256_sub_ps(_mm256_mul_ps(d, f1), m));
 }
 
-void exo_to_float_q2_K_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_q2_K_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q2_K *b = src;
     const __m128i two = _mm_set1_epi8(3);
@@ -844,7 +844,7 @@ void exo_to_float_q2_K_avx2(const void *src, float *dst, int64_t n)
     }
 }
 
-void exo_to_float_q3_K_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_q3_K_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_block_q3_K *b = src;
     const __m128i two = _mm_set1_epi8(3), one = _mm_set1_epi8(1), four = _mm_set1_epi8(4);
@@ -864,7 +864,7 @@ void exo_to_float_q3_K_avx2(const void *src, float *dst, int64_t n)
     }
 }
 
-void exo_to_float_f16_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_f16_avx2(const void *src, float *dst, int64_t n)
 {
     const exo_half *s = src;
     int64_t i = 0;
@@ -872,12 +872,12 @@ void exo_to_float_f16_avx2(const void *src, float *dst, int64_t n)
     for (; i < n; i++) dst[i] = half_to_float(s[i]);
 }
 
-void exo_to_float_bf16_avx2(const void *src, float *dst, int64_t n)
+void exo__to_float_bf16_avx2(const void *src, float *dst, int64_t n)
 {
     const uint16_t *s = src;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(s + i));
-    for (; i < n; i++) dst[i] = exo_bf16_to_float(s[i]);
+    for (; i < n; i++) dst[i] = exo__bf16_to_float(s[i]);
 }
 
 /* ---- activation quantization --------------------------------------------------- */
@@ -906,7 +906,7 @@ static inline __m256 abs_ps(__m256 v)
     return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
 }
 
-void exo_quantize_act_q8_32_avx2(const float *x, void *dst, int n)
+void exo__quantize_act_q8_32_avx2(const float *x, void *dst, int n)
 {
     exo_block_q8_32 *y = dst;
     for (int i = 0; i < n / EXO_QK; i++, x += EXO_QK) {
@@ -920,7 +920,7 @@ void exo_quantize_act_q8_32_avx2(const float *x, void *dst, int n)
     }
 }
 
-void exo_quantize_act_q8_K_avx2(const float *x, void *dst, int n)
+void exo__quantize_act_q8_K_avx2(const float *x, void *dst, int n)
 {
     exo_block_q8_K *y = dst;
     for (int i = 0; i < n / EXO_QK_K; i++, x += EXO_QK_K) {

@@ -345,12 +345,12 @@ EXO_ALWAYS_INLINE void q4_1_rows(int n, const uint8_t *w0, size_t stride, const 
     FOR_ROWS(r, R) out[r] += tail[r];
 }
 
-void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
+void exo__vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
     q4_1_rows(n, w_rows, row_stride, act_row, out, 4, false, KIND_Q4_1);
 }
 
-void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
+void exo__vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_1);
     const uint8_t *g = groups;
@@ -430,12 +430,12 @@ EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const 
     reduce_rows(u, out, R);
 }
 
-void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
+void exo__vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
     q4_0_rows(n, w_rows, row_stride, act_row, out, 4, false, KIND_Q4_0);
 }
 
-void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
+void exo__vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
     const uint8_t *g = groups;
@@ -445,7 +445,7 @@ void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_g
 
 /* The one-row dots of the 4-bit bodies, one per format. */
 #define Q4_ONE_ROW(fmt, body, kind)                                                     \
-    float exo_vec_dot_##fmt##_q8_32_avx512(int n, const void *w_row, const void *act_row) \
+    float exo__vec_dot_##fmt##_q8_32_avx512(int n, const void *w_row, const void *act_row) \
     {                                                                                   \
         float out;                                                                      \
         body(n, w_row, 0, act_row, &out, 1, false, kind);                               \
@@ -519,19 +519,19 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
     reduce_rows(u, out, R);
 }
 
-float exo_vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
+float exo__vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
 {
     float out;
     q8_0_rows(n, w_row, 0, act_row, &out, 1, false);
     return out;
 }
 
-void exo_vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
+void exo__vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
     q8_0_rows(n, w_rows, row_stride, act_row, out, 4, false);
 }
 
-void exo_vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
+void exo__vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q8_0);
     const uint8_t *g = groups;

@@ -2,8 +2,8 @@
  *
  * quants_avx512.c is the only file built with -mavx512f -mavx512bw
  * -mavx512vl -mavx512vnni (plus the AVX2 set); quants.c names these only in
- * the table exo_quants_init() picks after seeing the CPU support all of them
- * (or in exo_quants_kernels(), whose callers check the CPU). The one-row
+ * the table exo__quants_init() picks after seeing the CPU support all of them
+ * (or in exo__quants_kernels(), whose callers check the CPU). The one-row
  * dots have the contracts of the matching _ref kernels in quants.c; the
  * four-row dots are exo_vec_dot_x4_fn (see quants.h). */
 #ifndef EXO_QUANTS_AVX512_H
@@ -15,21 +15,21 @@
 #include "quants_impl.h"
 
 #if EXO_QUANTS_X86
-float exo_vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
-float exo_vec_dot_q4_1_q8_32_avx512(int n, const void *w_row, const void *act_row);
-float exo_vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
-float exo_vec_dot_q5_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
-float exo_vec_dot_q5_1_q8_32_avx512(int n, const void *w_row, const void *act_row);
-float exo_vec_dot_iq4_nl_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo__vec_dot_q4_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo__vec_dot_q4_1_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo__vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo__vec_dot_q5_0_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo__vec_dot_q5_1_q8_32_avx512(int n, const void *w_row, const void *act_row);
+float exo__vec_dot_iq4_nl_q8_32_avx512(int n, const void *w_row, const void *act_row);
 
-void exo_vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
-void exo_vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
-void exo_vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
+void exo__vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
+void exo__vec_dot_x4_q4_1_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
+void exo__vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out);
 
 /* The same products over a packed group of four rows (quants.h). */
-void exo_vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
-void exo_vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
-void exo_vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo__vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo__vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo__vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 #endif
 
 #endif

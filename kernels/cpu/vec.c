@@ -2,7 +2,7 @@
  * the AVX2/FMA ones in vec_avx2.c.
  *
  * Each public helper calls through one of two const tables (scalar, AVX2):
- * the scalar one until exo_vec_init(), so the helpers are correct before it;
+ * the scalar one until exo__vec_init(), so the helpers are correct before it;
  * init only chooses which table is read. */
 #include "vec.h"
 
@@ -24,36 +24,36 @@
 
 /* Four partial sums: the same association as the attention code this
  * replaced, and a chain the compiler may keep in registers. */
-void exo_vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
+void exo__vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
     for (int p = 0; p < count; p++) {
         const uint16_t *kp = k + (size_t)p * k_stride;
         float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
         int i = 0;
         for (; i + 4 <= n; i += 4) {
-            s0 += q[i] * exo_half_to_float(kp[i]);
-            s1 += q[i + 1] * exo_half_to_float(kp[i + 1]);
-            s2 += q[i + 2] * exo_half_to_float(kp[i + 2]);
-            s3 += q[i + 3] * exo_half_to_float(kp[i + 3]);
+            s0 += q[i] * exo__half_to_float(kp[i]);
+            s1 += q[i + 1] * exo__half_to_float(kp[i + 1]);
+            s2 += q[i + 2] * exo__half_to_float(kp[i + 2]);
+            s3 += q[i + 3] * exo__half_to_float(kp[i + 3]);
         }
-        for (; i < n; i++) s0 += q[i] * exo_half_to_float(kp[i]);
+        for (; i < n; i++) s0 += q[i] * exo__half_to_float(kp[i]);
         out[p] = (s0 + s1) + (s2 + s3);
     }
 }
 
-void exo_vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
+void exo__vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
     for (int i = 0; i < n; i++) out[i] = 0.0f;
     for (int p = 0; p < count; p++)
-        for (int i = 0; i < n; i++) out[i] += w[p] * exo_half_to_float(v[(size_t)p * v_stride + i]);
+        for (int i = 0; i < n; i++) out[i] += w[p] * exo__half_to_float(v[(size_t)p * v_stride + i]);
 }
 
-void exo_vec_f16_from_f32_ref(int n, const float *x, uint16_t *y)
+void exo__vec_f16_from_f32_ref(int n, const float *x, uint16_t *y)
 {
-    for (int i = 0; i < n; i++) y[i] = exo_float_to_half(x[i]);
+    for (int i = 0; i < n; i++) y[i] = exo__float_to_half(x[i]);
 }
 
-void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out)
+void exo__vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out)
 {
     for (int i = 0; i < n; i++) {
         float g = gate[i];
@@ -65,7 +65,7 @@ void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *ou
  * expf, and a vector exp that differs from it by one ulp in 0.03% of inputs
  * moved this engine's teacher-forced gaps to llama.cpp's tokens from 0.25 to
  * 0.62 (tests/lua/test_reference.lua). It costs ~0.5 us per 128 positions. */
-float exo_vec_softmax_f32(int n, float scale, float *x)
+float exo__vec_softmax_f32(int n, float scale, float *x)
 {
     float max = -INFINITY;
     for (int i = 0; i < n; i++) {
@@ -95,23 +95,23 @@ typedef struct {
 } vec_kernels;
 
 static const vec_kernels vec_scalar = {
-    .dots = exo_vec_dots_f16_ref,
-    .wsum = exo_vec_wsum_f16_ref,
-    .to_f16 = exo_vec_f16_from_f32_ref,
-    .swiglu = exo_vec_swiglu_f32_ref,
+    .dots = exo__vec_dots_f16_ref,
+    .wsum = exo__vec_wsum_f16_ref,
+    .to_f16 = exo__vec_f16_from_f32_ref,
+    .swiglu = exo__vec_swiglu_f32_ref,
 };
 
 #if EXO_VEC_X86
 static const vec_kernels vec_avx2 = {
-    .dots = exo_vec_f16_dots_avx2,
-    .wsum = exo_vec_f16_wsum_avx2,
-    .to_f16 = exo_vec_f16_from_f32_avx2,
-    .swiglu = exo_vec_f32_swiglu_avx2,
+    .dots = exo__vec_f16_dots_avx2,
+    .wsum = exo__vec_f16_wsum_avx2,
+    .to_f16 = exo__vec_f16_from_f32_avx2,
+    .swiglu = exo__vec_f32_swiglu_avx2,
     .avx2 = true,
 };
 #endif
 
-/* The set in use. Atomic only so that a caller that skipped exo_vec_init()
+/* The set in use. Atomic only so that a caller that skipped exo__vec_init()
  * may run beside it; the sets never change, so relaxed loads suffice. */
 static _Atomic(const vec_kernels *) active = &vec_scalar;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -124,36 +124,36 @@ static inline const vec_kernels *active_kernels(void)
 static void vec_init_once(void)
 {
 #if EXO_VEC_X86
-    if (exo_cpu_features_get()->avx2) atomic_store_explicit(&active, &vec_avx2, memory_order_relaxed);
+    if (exo__cpu_features_get()->avx2) atomic_store_explicit(&active, &vec_avx2, memory_order_relaxed);
 #endif
 }
 
-void exo_vec_init(void)
+void exo__vec_init(void)
 {
     pthread_once(&init_once, vec_init_once);
 }
 
-bool exo_vec_have_avx2(void)
+bool exo__vec_have_avx2(void)
 {
     return active_kernels()->avx2;
 }
 
-void exo_vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
+void exo__vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
     active_kernels()->dots(n, q, k, k_stride, count, out);
 }
 
-void exo_vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
+void exo__vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
     active_kernels()->wsum(n, w, v, v_stride, count, out);
 }
 
-void exo_vec_f16_from_f32(int n, const float *x, uint16_t *y)
+void exo__vec_f16_from_f32(int n, const float *x, uint16_t *y)
 {
     active_kernels()->to_f16(n, x, y);
 }
 
-void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out)
+void exo__vec_swiglu_f32(int n, const float *gate, const float *up, float *out)
 {
     active_kernels()->swiglu(n, gate, up, out);
 }

@@ -2,7 +2,7 @@
  * over the KV cache, weighted sums of values) and its SwiGLU.
  *
  * Each helper has a plain scalar _ref version and, on x86 with AVX2/FMA, a
- * fast one; exo_vec_init() picks once (exo_quants_init() calls it, so the
+ * fast one; exo__vec_init() picks once (exo__quants_init() calls it, so the
  * backend needs no extra call). Before init, and with EXO_FORCE_SCALAR=1 in
  * the environment, the _ref versions run. The fast versions sum in a
  * different order, so results differ from _ref by float rounding. */
@@ -14,10 +14,10 @@
 #include <stdint.h>
 
 /* Detects CPU features once and picks the fast helpers; safe to call many times. */
-void exo_vec_init(void);
+void exo__vec_init(void);
 
 /* Whether the AVX2/FMA helpers were chosen. */
-bool exo_vec_have_avx2(void);
+bool exo__vec_have_avx2(void);
 
 /* Attention's two loops over the f16 KV cache (IEEE half bits), one call
  * each, so the query and the output row stay in registers across keys:
@@ -27,24 +27,24 @@ bool exo_vec_have_avx2(void);
  * weighted sum of count value rows; out is overwritten, and is 0 when count
  * is 0). Keys and values are widened to f32; products and sums are f32. out
  * must not overlap the inputs. */
-void exo_vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
-void exo_vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
+void exo__vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
+void exo__vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
 
 /* y[i] = x[i] rounded to f16 (nearest even; overflow gives infinity). */
-void exo_vec_f16_from_f32(int n, const float *x, uint16_t *y);
+void exo__vec_f16_from_f32(int n, const float *x, uint16_t *y);
 
 /* out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i];
  * out may be gate or up. The fast version's exp agrees with expf (vec_avx2.c). */
-void exo_vec_swiglu_f32(int n, const float *gate, const float *up, float *out);
+void exo__vec_swiglu_f32(int n, const float *gate, const float *up, float *out);
 
 /* Attention's softmax numerator, in place: x[i] = expf(scale * x[i] - m)
  * with m = max of scale * x[i]; returns the sum of the new x[i] (n >= 1).
  * One version only, with libm's expf (vec.c says why). */
-float exo_vec_softmax_f32(int n, float scale, float *x);
+float exo__vec_softmax_f32(int n, float scale, float *x);
 
-void exo_vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
-void exo_vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
-void exo_vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
-void exo_vec_f16_from_f32_ref(int n, const float *x, uint16_t *y);
+void exo__vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
+void exo__vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
+void exo__vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
+void exo__vec_f16_from_f32_ref(int n, const float *x, uint16_t *y);
 
 #endif

@@ -48,7 +48,7 @@ static inline float half_to_float(uint16_t h)
 
 /* Four keys at a time, two accumulators each (eight FMA chains in flight);
  * the remaining keys one by one. Keys are f16, widened on load. */
-void exo_vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
+void exo__vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
 {
     const int n8 = n & ~7;
     int p = 0;
@@ -101,7 +101,7 @@ void exo_vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_st
     }
 }
 
-void exo_vec_f16_wsum_avx2(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
+void exo__vec_f16_wsum_avx2(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
     int i = 0;
     for (; i + 64 <= n; i += 64) {
@@ -132,7 +132,7 @@ void exo_vec_f16_wsum_avx2(int n, const float *w, const uint16_t *v, size_t v_st
 }
 
 /* Round to nearest even, as vcvtps2ph does with rounding mode 0. */
-void exo_vec_f16_from_f32_avx2(int n, const float *x, uint16_t *y)
+void exo__vec_f16_from_f32_avx2(int n, const float *x, uint16_t *y)
 {
     int i = 0;
     for (; i + 8 <= n; i += 8)
@@ -177,7 +177,7 @@ static inline __m256 swiglu_ps(__m256 g, __m256 u)
 /* The tail goes through the same vector code (padded), so an element's value
  * never depends on where a call's range starts or ends: the backend applies
  * this to chunks of rows whose bounds vary from run to run. */
-void exo_vec_f32_swiglu_avx2(int n, const float *gate, const float *up, float *out)
+void exo__vec_f32_swiglu_avx2(int n, const float *gate, const float *up, float *out)
 {
     int i = 0;
     for (; i + 8 <= n; i += 8)

@@ -34,17 +34,17 @@ static int gemma3_read_hparams(exo_shard *s)
     const exo_hparams *hp = &s->hp;
     int rc, window, pattern;
     float base_local, softcap;
-    if ((rc = exo_model_sliding_window(s, &window))) return rc;
-    if ((rc = exo_model_meta_int(s, "attention.sliding_window_pattern", &pattern, false, 6))) return rc;
+    if ((rc = exo__model_sliding_window(s, &window))) return rc;
+    if ((rc = exo__model_meta_int(s, "attention.sliding_window_pattern", &pattern, false, 6))) return rc;
     if (window > 0 && pattern < 1)
-        return exo_error_set(EXO_EFORMAT, "sliding window pattern %d must be at least 1", pattern);
-    if ((rc = exo_model_meta_float(s, "rope.freq_base_swa", &base_local, 10000.0f))) return rc;
-    if ((rc = exo_model_meta_float(s, "final_logit_softcapping", &softcap, 0.0f))) return rc;
-    if (softcap < 0) return exo_error_set(EXO_EFORMAT, "final logit soft-cap %g is negative", softcap);
-    if ((rc = exo_model_add_file_rope(s, EXO_ROPE_NEOX, NULL)) != ROPE_GLOBAL) return rc < 0 ? rc : EXO_EINVAL;
-    if ((rc = exo_model_add_rope(s, base_local, 1.0f, EXO_ROPE_NEOX, NULL)) != ROPE_LOCAL) return rc < 0 ? rc : EXO_EINVAL;
+        return exo__error_set(EXO_EFORMAT, "sliding window pattern %d must be at least 1", pattern);
+    if ((rc = exo__model_meta_float(s, "rope.freq_base_swa", &base_local, 10000.0f))) return rc;
+    if ((rc = exo__model_meta_float(s, "final_logit_softcapping", &softcap, 0.0f))) return rc;
+    if (softcap < 0) return exo__error_set(EXO_EFORMAT, "final logit soft-cap %g is negative", softcap);
+    if ((rc = exo__model_add_file_rope(s, EXO_ROPE_NEOX, NULL)) != ROPE_GLOBAL) return rc < 0 ? rc : EXO_EINVAL;
+    if ((rc = exo__model_add_rope(s, base_local, 1.0f, EXO_ROPE_NEOX, NULL)) != ROPE_LOCAL) return rc < 0 ? rc : EXO_EINVAL;
     gemma3_model *m = calloc(1, sizeof *m + sizeof m->layers[0] * (size_t)(s->layer_end - s->layer_start));
-    if (!m) return exo_error_set(EXO_ENOMEM, "out of memory");
+    if (!m) return exo__error_set(EXO_ENOMEM, "out of memory");
     m->window = window;
     m->pattern = pattern;
     m->softcap = softcap;
@@ -57,7 +57,7 @@ static int gemma3_bind(exo_shard *s)
 {
     gemma3_model *m = s->arch_data;
     const exo_hparams *hp = &s->hp;
-    int rc = exo_layers_bind(s, m->layers, EXO_BIND_QK_NORM | EXO_BIND_POST_NORMS, EXO_FFN_GELU_TANH);
+    int rc = exo__layers_bind(s, m->layers, EXO_BIND_QK_NORM | EXO_BIND_POST_NORMS, EXO_FFN_GELU_TANH);
     if (rc) return rc;
     const float scale = hp->n_layer == 62 ? 1.0f / sqrtf((float)(hp->n_embd / hp->n_head))
                                           : 1.0f / sqrtf((float)hp->head_dim);
@@ -74,11 +74,11 @@ static int gemma3_bind(exo_shard *s)
 static int gemma3_forward(exo_shard *s, const exo_batch *b, float *out)
 {
     const gemma3_model *m = s->arch_data;
-    int rc = exo_layers_forward(s, b, m->layers, out);
+    int rc = exo__layers_forward(s, b, m->layers, out);
     if (rc || !s->is_last || m->softcap == 0 || b->logits_from >= b->n_rows) return rc;
     size_t n = (size_t)(b->n_rows - b->logits_from) * s->hp.n_vocab;
     for (size_t i = 0; i < n; i++) out[i] = m->softcap * tanhf(out[i] / m->softcap);
     return EXO_OK;
 }
 
-const exo_arch exo_arch_gemma3 = {"gemma3", gemma3_read_hparams, gemma3_bind, gemma3_forward};
+const exo_arch exo__arch_gemma3 = {"gemma3", gemma3_read_hparams, gemma3_bind, gemma3_forward};

@@ -12,18 +12,18 @@
 
 static int llama_read_hparams(exo_shard *s)
 {
-    int rc = exo_model_add_file_rope(s, EXO_ROPE_NORM, "rope_freqs.weight");
-    return rc < 0 ? rc : exo_layers_alloc(s);
+    int rc = exo__model_add_file_rope(s, EXO_ROPE_NORM, "rope_freqs.weight");
+    return rc < 0 ? rc : exo__layers_alloc(s);
 }
 
 static int llama_bind(exo_shard *s)
 {
     exo_decoder_layer *layers = s->arch_data;
     int window, rc;
-    if ((rc = exo_model_sliding_window(s, &window))) return rc;
-    rc = exo_layers_bind(s, layers, 0, EXO_FFN_SILU);
+    if ((rc = exo__model_sliding_window(s, &window))) return rc;
+    rc = exo__layers_bind(s, layers, 0, EXO_FFN_SILU);
     for (int i = 0; rc == EXO_OK && i < s->layer_end - s->layer_start; i++) layers[i].attn.window = window;
     return rc;
 }
 
-const exo_arch exo_arch_llama = {"llama", llama_read_hparams, llama_bind, exo_layers_forward_arch};
+const exo_arch exo__arch_llama = {"llama", llama_read_hparams, llama_bind, exo__layers_forward_arch};

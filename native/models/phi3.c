@@ -16,19 +16,19 @@ static int phi3_read_hparams(exo_shard *s)
 {
     int rc, orig_ctx;
     float attn_factor;
-    if ((rc = exo_model_meta_int(s, "rope.scaling.original_context_length", &orig_ctx, false, s->hp.n_ctx_train)))
+    if ((rc = exo__model_meta_int(s, "rope.scaling.original_context_length", &orig_ctx, false, s->hp.n_ctx_train)))
         return rc;
-    if ((rc = exo_model_meta_float(s, "rope.scaling.attn_factor", &attn_factor, 1.0f))) return rc;
-    if (!(attn_factor > 0)) return exo_error_set(EXO_EFORMAT, "rope attention factor %g is not positive", attn_factor);
+    if ((rc = exo__model_meta_float(s, "rope.scaling.attn_factor", &attn_factor, 1.0f))) return rc;
+    if (!(attn_factor > 0)) return exo__error_set(EXO_EFORMAT, "rope attention factor %g is not positive", attn_factor);
     const char *factors = s->hp.n_ctx_train > orig_ctx ? "rope_factors_long.weight" : "rope_factors_short.weight";
-    if ((rc = exo_model_add_file_rope(s, EXO_ROPE_NEOX, factors)) < 0) return rc;
+    if ((rc = exo__model_add_file_rope(s, EXO_ROPE_NEOX, factors)) < 0) return rc;
     s->rope[rc].attn_factor = attn_factor;
-    return exo_layers_alloc(s);
+    return exo__layers_alloc(s);
 }
 
 static int phi3_bind(exo_shard *s)
 {
-    return exo_layers_bind(s, s->arch_data, 0, EXO_FFN_SILU);
+    return exo__layers_bind(s, s->arch_data, 0, EXO_FFN_SILU);
 }
 
-const exo_arch exo_arch_phi3 = {"phi3", phi3_read_hparams, phi3_bind, exo_layers_forward_arch};
+const exo_arch exo__arch_phi3 = {"phi3", phi3_read_hparams, phi3_bind, exo__layers_forward_arch};

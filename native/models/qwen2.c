@@ -8,13 +8,13 @@
 
 static int qwen2_read_hparams(exo_shard *s)
 {
-    int rc = exo_model_add_file_rope(s, EXO_ROPE_NEOX, NULL);
-    return rc < 0 ? rc : exo_layers_alloc(s);
+    int rc = exo__model_add_file_rope(s, EXO_ROPE_NEOX, NULL);
+    return rc < 0 ? rc : exo__layers_alloc(s);
 }
 
 static int qwen2_bind(exo_shard *s)
 {
-    return exo_layers_bind(s, s->arch_data, 0, EXO_FFN_SILU);
+    return exo__layers_bind(s, s->arch_data, 0, EXO_FFN_SILU);
 }
 
-const exo_arch exo_arch_qwen2 = {"qwen2", qwen2_read_hparams, qwen2_bind, exo_layers_forward_arch};
+const exo_arch exo__arch_qwen2 = {"qwen2", qwen2_read_hparams, qwen2_bind, exo__layers_forward_arch};

@@ -26,8 +26,8 @@ for name in extracted:gmatch("[%w_%*]%s*%**(exo_[%w_]+)%s*%(") do
   declared = declared + 1
 end
 assert(declared > 50, "found only " .. declared .. " functions in the cdef")
-ffi.cdef "int exo_layers_alloc(void *shard);"
-assert(not pcall(function() return native.C.exo_layers_alloc end), "an internal function is exported")
+ffi.cdef "int exo__layers_alloc(void *shard);"
+assert(not pcall(function() return native.C.exo__layers_alloc end), "an internal function is exported")
 
 -- Lua calls C only through native.lua's wrappers: no other module names the
 -- raw namespace (ffi.C, native.C) or calls an exo_ function through an alias.
