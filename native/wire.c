@@ -36,8 +36,23 @@
 #define WIRE_HELLO_TIMEOUT_MS 10000
 #define WIRE_MAX_EVENTS 65536
 #define WIRE_MAX_ROUTES 1024
-/* A peer that stops reading may not make us queue without bound. */
-#define WIRE_MAX_QUEUED (256u << 20)
+/* A peer that stops reading may not make us queue without bound: writes
+ * queued for one connection, and for all of them, are counted in the bytes
+ * they really hold (the frame, its request and the allocator's share), and
+ * a connection past either cap is closed. One of them holds two of the
+ * largest frames. */
+#define WIRE_MAX_QUEUED_CONN ((size_t)160 << 20)
+#define WIRE_MAX_QUEUED_TOTAL ((size_t)384 << 20)
+#define WIRE_WRITE_COST(len) (sizeof(wire_write) + (len) + 32)
+/* A pong is only a courtesy: a peer that sends pings faster than it reads
+ * our writes gets none while this much is queued for it (a ping flood would
+ * otherwise queue a pong per ping). */
+#define WIRE_PONG_MAX_QUEUED ((size_t)1 << 20)
+/* Frames being received, all connections together: a peer that announces a
+ * large frame and sends it slowly, times many connections, may not hold more
+ * of our memory than this; a connection whose frame would go past it is
+ * closed. Four of the largest frames fit. */
+#define WIRE_MAX_BUFFERED ((size_t)256 << 20)
 /* Connections that have not said hello yet, at most (each may be sending a
  * hello of up to 4 KiB; nothing bigger is buffered before it). */
 #define WIRE_MAX_STRANGERS 64
@@ -57,6 +72,7 @@ typedef struct wire_conn {
     uint8_t *rbuf;
     size_t rlen, rcap;
     size_t need;          /* bytes of the frame being received, header included (0: unknown) */
+    size_t queued;        /* bytes our queued writes to this peer hold (WIRE_WRITE_COST) */
     char address[64];
     struct wire_conn *next;
 } wire_conn;
@@ -110,6 +126,8 @@ struct exo_wire {
     wire_event *events;
     size_t ev_head, ev_count, ev_cap;
     char *last_data;
+    size_t queued_total;  /* all connections' queued writes, as conn.queued */
+    size_t buffered_total; /* all connections' receive buffers (rcap) */
     exo_wire_stats stats;
 };
 
@@ -208,6 +226,7 @@ static void conn_closed(uv_handle_t *h)
             *p = c->next;
             break;
         }
+    w->buffered_total -= c->rcap;
     free(c->rbuf);
     free(c);
     if (--w->open_handles == 0 && w->freeing) free(w);
@@ -247,6 +266,7 @@ typedef struct wire_write {
     uv_write_t req;
     wire_conn *conn;
     size_t len;
+    size_t cost;          /* what it adds to conn.queued */
     uint8_t data[];
 } wire_write;
 
@@ -254,6 +274,8 @@ static void write_done(uv_write_t *req, int status)
 {
     wire_write *ww = (wire_write *)req;
     wire_conn *c = ww->conn;
+    c->queued -= ww->cost;
+    c->w->queued_total -= ww->cost;
     if (status < 0 && status != UV_ECANCELED && c->state != CONN_CLOSING) {
         char msg[160];
         snprintf(msg, sizeof msg, "write to %s failed: %s", c->address, uv_strerror(status));
@@ -279,18 +301,24 @@ static int frame_send(wire_conn *c, wire_write *ww)
         free(ww);
         return exo__error_set(EXO_ESTATE, "the connection to %s is closing", c->address);
     }
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WIRE_MAX_QUEUED) {
+    size_t cost = WIRE_WRITE_COST(ww->len);
+    if (c->queued + cost > WIRE_MAX_QUEUED_CONN || c->w->queued_total + cost > WIRE_MAX_QUEUED_TOTAL) {
         free(ww);
-        conn_close(c, "the peer stopped reading (over 256 MiB queued for it)");
+        conn_close(c, c->queued + cost > WIRE_MAX_QUEUED_CONN
+                          ? "the peer stopped reading (over 160 MiB queued for it)"
+                          : "the peers stopped reading (over 384 MiB queued for all of them)");
         return exo__error_set(EXO_EIO, "the peer at %s stopped reading", c->address);
     }
     ww->conn = c;
+    ww->cost = cost;
     uv_buf_t buf = uv_buf_init((char *)ww->data, (unsigned)ww->len);
     int rc = uv_write(&ww->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
     if (rc < 0) {
         free(ww);
         return exo__error_set(EXO_EIO, "write to %s failed: %s", c->address, uv_strerror(rc));
     }
+    c->queued += cost;
+    c->w->queued_total += cost;
     c->w->stats.frames_sent++;
     c->w->stats.bytes_sent += ww->len;
     return EXO_OK;
@@ -363,7 +391,9 @@ static void dispatch(wire_conn *c, const exo_wire_header *h, const uint8_t *payl
         push_event(w, EXO_WIRE_EV_CONTROL, c->id, h->request_id, 0, payload, h->payload_len, NULL);
         break;
     case EXO_WIRE_TENSOR: deliver_tensor(w, c, h->request_id, payload, h->payload_len); break;
-    case EXO_WIRE_PING: send_simple(c, EXO_WIRE_PONG, h->request_id, payload, 8); break;
+    case EXO_WIRE_PING:
+        if (c->queued <= WIRE_PONG_MAX_QUEUED) send_simple(c, EXO_WIRE_PONG, h->request_id, payload, 8);
+        break;
     case EXO_WIRE_PONG: {
         uint64_t sent = 0;
         for (int i = 7; i >= 0; i--) sent = sent << 8 | payload[i];
@@ -390,9 +420,11 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     wire_conn *c = h->data;
     size_t want = c->rlen + WIRE_READ_CHUNK;
     if (c->need > want) want = c->need;
-    if (want > c->rcap) {
+    /* Past the budget the buffer stays as it is, and on_read closes c. */
+    if (want > c->rcap && c->w->buffered_total - c->rcap + want <= WIRE_MAX_BUFFERED) {
         uint8_t *p = realloc(c->rbuf, want);
         if (p) {
+            c->w->buffered_total += want - c->rcap;
             c->rbuf = p;
             c->rcap = want;
         }
@@ -407,13 +439,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         char msg[160];
         if (nread == UV_EOF) snprintf(msg, sizeof msg, "%s closed the connection", c->address);
+        else if (nread == UV_ENOBUFS) /* on_alloc found no room: the budget for frames in flight is spent */
+            snprintf(msg, sizeof msg, "%s sends a frame there is no room for (%zu MiB of frames in flight)", c->address,
+                     WIRE_MAX_BUFFERED >> 20);
         else snprintf(msg, sizeof msg, "reading from %s failed: %s", c->address, uv_strerror((int)nread));
         conn_close(c, msg);
         return;
     }
     if (nread == 0 || c->state == CONN_CLOSING) return;
-    if (c->rlen + (size_t)nread > c->rcap) { /* on_alloc could not grow the buffer */
-        conn_close(c, "out of memory for a frame");
+    if (c->rlen + (size_t)nread > c->rcap) {
+        conn_close(c, "no room for its frame (out of memory)");
         return;
     }
     c->rlen += (size_t)nread;
@@ -448,6 +483,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->rcap > 4 * WIRE_READ_CHUNK && c->rlen < WIRE_READ_CHUNK && c->need == 0) {
         uint8_t *p = realloc(c->rbuf, WIRE_READ_CHUNK);
         if (p) {
+            c->w->buffered_total -= c->rcap - WIRE_READ_CHUNK;
             c->rbuf = p;
             c->rcap = WIRE_READ_CHUNK;
         }
