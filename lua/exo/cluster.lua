@@ -252,10 +252,39 @@ function Cluster:lose(id, why)
   changed(self)
 end
 
-local function valid_hello(h)
-  return type(h) == "table" and type(h.node_id) == "string" and #h.node_id > 0 and #h.node_id <= 128
-    and type(h.instance) == "string" and type(h.port) == "number"
+-- What a peer says of itself is bounded before anything uses it: JSON null
+-- (decoded as a sentinel, not nil) or a wrong type counts as absent, and
+-- numbers must be finite and plausible (a node of 1 MB or of 10^30 TFLOPS is
+-- a lie or a bug, and would skew every node's plan).
+local MAX_MEMORY_MB = 2 ^ 24       -- 16 TiB
+local MAX_TFLOPS = 1e6
+local function bounded(v, lo, hi)
+  return type(v) == "number" and v == v and v >= lo and v <= hi and v or nil
 end
+local function short_string(v)
+  return type(v) == "string" and #v <= 128 and v or nil
+end
+
+--- cluster.sane_capabilities(caps) -> a new table with only the fields that pass.
+function M.sane_capabilities(c)
+  if type(c) ~= "table" then return {} end
+  local out = { memory = bounded(c.memory, 1, MAX_MEMORY_MB), chip = short_string(c.chip),
+    model = short_string(c.model), engine = short_string(c.engine) }
+  if type(c.flops) == "table" then
+    local f = { fp32 = bounded(c.flops.fp32, 0, MAX_TFLOPS), fp16 = bounded(c.flops.fp16, 0, MAX_TFLOPS),
+      int8 = bounded(c.flops.int8, 0, MAX_TFLOPS) }
+    if next(f) then out.flops = f end
+  end
+  return out
+end
+
+--- cluster.valid_hello(h): node_id a short string, instance a string, port a TCP port.
+function M.valid_hello(h)
+  return type(h) == "table" and type(h.node_id) == "string" and #h.node_id > 0 and #h.node_id <= 128
+    and type(h.instance) == "string" and #h.instance <= 128 and bounded(h.port, 1, 65535) ~= nil
+    and h.port % 1 == 0
+end
+local valid_hello = M.valid_hello
 
 function Cluster:on_peer(conn, data, address)
   local ok, h = pcall(json.decode, data)
@@ -290,7 +319,7 @@ function Cluster:on_peer(conn, data, address)
   end
   c.peer = h.node_id
   local host = address:match("^(.*):%d+$") or address
-  local caps = type(h.capabilities) == "table" and h.capabilities or {}
+  local caps = M.sane_capabilities(h.capabilities)
   local k = self.known[h.node_id]
   -- Capabilities written in a peers file are taken as given.
   if k and k.source == "discovery" and k.capabilities then caps = k.capabilities end
@@ -313,9 +342,10 @@ end
 function Cluster:on_topology(msg)
   if type(msg.nodes) ~= "table" then return end
   for _, r in ipairs(msg.nodes) do
-    if type(r) == "table" and type(r.id) == "string" and r.id ~= self.id and type(r.address) == "string"
-      and type(r.port) == "number" and not self.peers[r.id] then
-      self:learn({ id = r.id, address = r.address, port = r.port, capabilities = r.capabilities }, "gossip")
+    if type(r) == "table" and type(r.id) == "string" and #r.id <= 128 and r.id ~= self.id
+      and short_string(r.address) and bounded(r.port, 1, 65535) and r.port % 1 == 0 and not self.peers[r.id] then
+      self:learn({ id = r.id, address = r.address, port = r.port, capabilities = M.sane_capabilities(r.capabilities) },
+        "gossip")
     end
   end
 end
