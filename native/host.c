@@ -79,8 +79,23 @@ static int traceback(lua_State *L)
     return 1;
 }
 
+/* OpenBLAS starts its own worker threads when the library loads, before
+ * main, sized by OPENBLAS_NUM_THREADS or the core count. exo never uses them
+ * (its pool parallelises over tiles and asks OpenBLAS for one thread), and
+ * when memory is short one of them loops forever in blas_memory_alloc, so a
+ * failed load could never exit (OpenBLAS joins it at exit). So the process
+ * starts again, once, with OPENBLAS_NUM_THREADS=1 set: no workers at all. */
+static void single_threaded_openblas(char **argv)
+{
+    if (getenv("OPENBLAS_NUM_THREADS")) return;
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    execv("/proc/self/exe", argv);
+    /* No /proc: go on as we are (the workers only matter when memory runs out). */
+}
+
 int main(int argc, char **argv)
 {
+    single_threaded_openblas(argv);
     char lua_dir[PATH_MAX], exe[PATH_MAX];
     if (find_lua_dir(lua_dir, sizeof lua_dir, exe, sizeof exe) != 0) {
         fprintf(stderr, "exo: cannot find the Lua sources (lua/exo/cli.lua) beside %s; set EXO_LUA_DIR\n", argv[0]);

@@ -152,6 +152,21 @@ class RunTest(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertIn("unknown model 'no-such-model'", err)
 
+    def test_out_of_memory_exits_with_its_message(self):
+        # Under an address-space limit the model cannot be mapped: exo says so
+        # and exits. It used to print that and then hang at exit, joining an
+        # OpenBLAS worker that looped in blas_memory_alloc.
+        import resource
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (150 << 20, 150 << 20))
+
+        p = subprocess.run([EXO, "run", "smollm2-135m", "--prompt", "hi", "--max-tokens", "4"], capture_output=True,
+                           timeout=60, preexec_fn=limit)
+        err = p.stderr.decode("utf-8", "replace")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertRegex(err, "cannot mmap|out of memory", err)
+
     def test_corrupt_model_file(self):
         with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
             f.write(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
