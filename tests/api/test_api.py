@@ -606,6 +606,33 @@ class ApiKeyTest(unittest.TestCase):
         finally:
             node.stop()
 
+    def test_every_route_needs_the_key(self):
+        # The aliases without /v1 ran without the key (issue 12, finding 3).
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        guarded = [("POST", "/v1/chat/completions", chat), ("POST", "/chat/completions", chat),
+                   ("POST", "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 1}),
+                   ("POST", "/v1/chat/token/encode", chat), ("GET", "/v1/models", None), ("GET", "/models", None),
+                   ("GET", "/v1/models/" + MODEL, None), ("GET", "/v1/topology", None),
+                   ("GET", "/v1/nothing", None), ("POST", "/nothing", chat), ("GET", "/chat/completions", None)]
+        node = Node("--api-key", "sekrit")
+        try:
+            key = {"Content-Type": "application/json", "Authorization": "Bearer sekrit"}
+            for method, path, body in guarded:
+                for headers in [None, {"Content-Type": "application/json", "Authorization": "Bearer wrong"}]:
+                    status, raw, _ = node.request(method, path, body, headers)
+                    self.assertEqual(status, 401, (method, path, raw[:200]))
+                    self.assertEqual(json.loads(raw)["error"]["code"], "invalid_api_key")
+                status, raw, _ = node.request(method, path, body, key)
+                self.assertNotEqual(status, 401, (method, path))
+                if "nothing" not in path and not (method == "GET" and "completions" in path):
+                    self.assertEqual(status, 200, (method, path, raw[:200]))
+            # Open without the key: the health check, the page, CORS preflights.
+            self.assertEqual(node.request("GET", "/healthcheck")[0], 200)
+            self.assertEqual(node.request("GET", "/")[0], 200)
+            self.assertEqual(node.request("OPTIONS", "/chat/completions")[0], 204)
+        finally:
+            node.stop()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

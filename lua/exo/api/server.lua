@@ -3,8 +3,10 @@
 -- Routes map to handlers; each handler validates with openai.lua, asks the
 -- node to generate (yielding while the engine computes) and answers in
 -- OpenAI's shapes, streamed as server-sent events when asked. With an API
--- key, every /v1 route needs "Authorization: Bearer KEY". The web page is
--- served from the repository's web/ folder: static files, no build step.
+-- key, every route needs "Authorization: Bearer KEY" (the /v1 ones and their
+-- aliases without /v1 alike) except /healthcheck, CORS preflights and the
+-- static page. The web page is served from the repository's web/ folder:
+-- static files, no build step.
 local uv = require "luv"
 local http = require "exo.api.http"
 local openai = require "exo.api.openai"
@@ -209,10 +211,23 @@ local function static(res, path)
   res:send(200, body, CONTENT_TYPES[ext] or "application/octet-stream", { ["Cache-Control"] = "no-cache" })
 end
 
+-- What anyone may ask without the key: the health check and the static page
+-- (a GET that is no route and not under /v1). Everything else runs or
+-- reveals something, so it needs the key; an unknown POST gets 401, not 404.
+local function open_route(req)
+  local path = req.path
+  if path == "/healthcheck" then return true end
+  if req.method ~= "GET" or path == "/v1" or path:sub(1, 4) == "/v1/" then return false end
+  for key in pairs(routes) do
+    if key:match("^%u+ (.*)$") == path then return false end
+  end
+  return true
+end
+
 local function handle(ctx, req, res)
   local path = req.path
   if req.method == "OPTIONS" then return res:send(204, "", "text/plain") end
-  if path:sub(1, 4) == "/v1/" and not authorized(ctx, req) then
+  if not open_route(req) and not authorized(ctx, req) then
     return res:json(openai.error(401, "missing or wrong API key (Authorization: Bearer KEY)", nil, nil,
       "invalid_api_key"))
   end
