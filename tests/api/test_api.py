@@ -634,5 +634,76 @@ class ApiKeyTest(unittest.TestCase):
             node.stop()
 
 
+class LimitsTest(unittest.TestCase):
+    """Every field that scales work has a ceiling, refused with a 400 naming it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def refused(self, path, body, field):
+        t0 = time.time()
+        status, raw, _ = self.node.request("POST", path, body)
+        took = time.time() - t0
+        self.assertEqual(status, 400, (field, raw[:300]))
+        self.assertEqual(json.loads(raw)["error"]["param"], field, raw[:300])
+        return took
+
+    def test_limits_name_the_field(self):
+        msgs = [{"role": "user", "content": "Hi"}]
+        chat, comp = "/v1/chat/completions", "/v1/completions"
+        # "logprobs": 100000 as an integer skipped the top_logprobs ceiling: a 40 MB answer.
+        for value in [100000, 21, -1, "yes", 1.5, {}]:
+            self.refused(chat, {"model": MODEL, "messages": msgs, "logprobs": value}, "logprobs")
+            self.refused(comp, {"model": MODEL, "prompt": "Hi", "logprobs": value}, "logprobs")
+        self.refused(chat, {"model": MODEL, "messages": msgs, "logprobs": True, "top_logprobs": 21}, "top_logprobs")
+        for field in ["max_tokens", "max_completion_tokens"]:
+            self.refused(chat, {"model": MODEL, "messages": msgs, field: 2 ** 20 + 1}, field)
+        self.refused(chat, {"model": MODEL, "messages": msgs, "n": 2}, "n")
+        self.refused(chat, {"model": MODEL, "messages": msgs, "stop": ["a", "b", "c", "d", "e"]}, "stop")
+        self.refused(chat, {"model": MODEL, "messages": msgs, "stop": "x" * 1025}, "stop")
+        self.refused(comp, {"model": MODEL, "prompt": "Hi", "stop": ["x" * 1025]}, "stop")
+        self.refused(chat, {"model": MODEL, "messages": msgs * 4097}, "messages")
+        self.refused(chat, {"model": MODEL, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"}] * 4097}]}, "messages[0].content")
+        self.refused("/v1/chat/token/encode", {"model": MODEL, "messages": msgs * 4097}, "messages")
+
+    def test_big_prompt_refused_before_tokenizing(self):
+        # A 5 MB prompt blocked the loop 2-4 s in the tokenizer before it was refused.
+        big = "a" * (5 * 1024 * 1024)
+        took = self.refused("/v1/chat/completions", {"model": MODEL, "messages": [
+            {"role": "user", "content": big}]}, "messages")
+        self.assertLess(took, 1.0)
+        took = self.refused("/v1/completions", {"model": MODEL, "prompt": big}, "prompt")
+        self.assertLess(took, 1.0)
+        # This node's context is 2048 tokens: 128 KiB of text at most (64 bytes a token).
+        half = "word " * (14 * 1024)  # two messages of 70 KB: each under the ceiling, not both
+        status, raw, _ = self.node.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": [
+            {"role": "user", "content": half}]})
+        self.assertIn("tokens", json.loads(raw)["error"]["message"])  # tokenized, then too long
+        self.refused("/v1/chat/completions", {"model": MODEL, "messages": [
+            {"role": "user", "content": half}, {"role": "user", "content": half}]}, "messages")
+        big = Node("--ctx", "65536")  # 4 MiB by context: the 1 MiB ceiling holds
+        try:
+            status, raw, _ = big.request("POST", "/v1/completions", {"model": MODEL, "prompt": "a" * (1024 * 1024 + 1)})
+            self.assertEqual((status, json.loads(raw)["error"]["param"]), (400, "prompt"), raw[:300])
+        finally:
+            big.stop()
+
+    def test_null_is_absent(self):
+        nulls = {k: None for k in ["temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens",
+                                   "seed", "n", "stop", "stream", "stream_options", "logprobs", "top_logprobs",
+                                   "presence_penalty", "frequency_penalty", "draft_tokens", "speculative"]}
+        body = dict(nulls, model=MODEL, messages=[{"role": "user", "content": None}, {"role": "user", "content": "Hi"}])
+        status, raw, _ = self.node.request("POST", "/v1/chat/completions", dict(body, max_tokens=2))
+        self.assertEqual(status, 200, raw[:300])
+        status, raw, _ = self.node.request("POST", "/v1/completions", dict(nulls, model=MODEL, prompt="Hi", max_tokens=2))
+        self.assertEqual(status, 200, raw[:300])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -5,7 +5,10 @@
 -- produce chat.completion, chat.completion.chunk, text_completion and model
 -- objects exactly as OpenAI's clients expect them. Nothing here does I/O, so
 -- every rule is testable on its own. Unknown fields are ignored, as OpenAI's
--- own server does for forward compatibility.
+-- own server does for forward compatibility; JSON null in any field counts as
+-- absent. Every field that scales work has a ceiling (M.LIMITS) refused with
+-- a 400 naming the field, the prompt's size among them, checked before any
+-- tokenizing.
 local json = require "exo.json"
 
 local M = {}
@@ -28,6 +31,19 @@ function M.error(status, message, err_type, param, code)
 end
 
 local function bad(field, message) return nil, message, field end
+
+-- Ceilings no real client reaches (docs/api.md says why each is where it is).
+M.LIMITS = {
+  max_tokens = 1048576,        -- 2^20: above the context window of any model served
+  top_logprobs = 20,           -- OpenAI's own ceiling
+  stop = 4,                    -- OpenAI's own ceiling
+  stop_bytes = 1024,           -- per stop string; each is matched against the text after every token
+  messages = 4096,             -- messages in one chat request
+  content_parts = 4096,        -- parts in one message's content list
+  prompt_bytes = 1048576,      -- text of all messages or the prompt, before tokenizing (~250k tokens)
+  bytes_per_token = 64,        -- and no more than the node's context could hold at this many bytes a token
+}
+local LIMITS = M.LIMITS
 
 -- Optional number field in [lo, hi].
 local function number_field(body, field, lo, hi)
@@ -54,9 +70,10 @@ local function sampling_fields(body, out, limits)
     { number_field, "temperature", 0, 2 }, { number_field, "top_p", 0, 1 },
     { number_field, "presence_penalty", -2, 2 }, { number_field, "frequency_penalty", -2, 2 },
     { number_field, "min_p", 0, 1 }, { number_field, "repetition_penalty", 0.01, 10 },
-    { int_field, "top_k", 0, 1e9 }, { int_field, "max_tokens", 1, 1e9 },
-    { int_field, "max_completion_tokens", 1, 1e9 }, { int_field, "seed", -2 ^ 53 + 1, 2 ^ 53 - 1 },
-    { int_field, "n", 1, 128 }, { int_field, "top_logprobs", 0, 20 }, { int_field, "draft_tokens", 1, 32 },
+    { int_field, "top_k", 0, 1e9 }, { int_field, "max_tokens", 1, LIMITS.max_tokens },
+    { int_field, "max_completion_tokens", 1, LIMITS.max_tokens }, { int_field, "seed", -2 ^ 53 + 1, 2 ^ 53 - 1 },
+    { int_field, "n", 1, 128 }, { int_field, "top_logprobs", 0, LIMITS.top_logprobs },
+    { int_field, "draft_tokens", 1, 32 },
   }
   for _, c in ipairs(checks) do
     local ok, msg, field = c[1](body, c[2], c[3], c[4])
@@ -71,12 +88,17 @@ local function sampling_fields(body, out, limits)
   if type(stop) == "string" then
     stop = { stop }
   elseif type(stop) == "table" then
-    if #stop > 4 then return bad("stop", "'stop' may hold at most 4 strings") end
+    if #stop > LIMITS.stop then return bad("stop", ("'stop' may hold at most %d strings"):format(LIMITS.stop)) end
     for i, s in ipairs(stop) do
       if type(s) ~= "string" then return bad("stop", ("'stop[%d]' must be a string"):format(i - 1)) end
     end
   elseif stop ~= nil then
     return bad("stop", "'stop' must be a string or a list of strings")
+  end
+  for _, s in ipairs(stop or {}) do
+    if #s > LIMITS.stop_bytes then
+      return bad("stop", ("each stop string may be at most %d bytes"):format(LIMITS.stop_bytes))
+    end
   end
   if stop then
     local kept = {}
@@ -85,9 +107,14 @@ local function sampling_fields(body, out, limits)
   end
   local so = opt(body.stream_options)
   if so ~= nil and type(so) ~= "table" then return bad("stream_options", "'stream_options' must be an object") end
+  -- A boolean (chat), or the legacy completions' count of alternatives,
+  -- held to the same ceiling as top_logprobs.
   local logprobs = opt(body.logprobs)
-  if logprobs ~= nil and type(logprobs) ~= "boolean" and not is_int(logprobs) then
-    return bad("logprobs", "'logprobs' must be a boolean")
+  if logprobs ~= nil and type(logprobs) ~= "boolean" then
+    if not is_int(logprobs) then return bad("logprobs", "'logprobs' must be a boolean or an integer") end
+    if logprobs < 0 or logprobs > LIMITS.top_logprobs then
+      return bad("logprobs", ("'logprobs' must be between 0 and %d"):format(LIMITS.top_logprobs))
+    end
   end
 
   out.stream = stream or false
@@ -116,6 +143,9 @@ local function content_of(m, i)
   if c == nil or c == null then return "" end
   if type(c) == "string" then return c end
   if type(c) ~= "table" then return bad(("messages[%d].content"):format(i), "content must be a string or a list of parts") end
+  if #c > LIMITS.content_parts then
+    return bad(("messages[%d].content"):format(i), ("content may hold at most %d parts"):format(LIMITS.content_parts))
+  end
   local parts = {}
   for j, part in ipairs(c) do
     if type(part) ~= "table" or type(part.type) ~= "string" then
@@ -134,11 +164,20 @@ local function content_of(m, i)
   return table.concat(parts)
 end
 
+-- The most prompt text worth tokenizing: tokenizing runs on the loop (1 MB
+-- of one repeated letter takes ~0.6 s), so text its context could never hold
+-- is refused by size first.
+local function prompt_bytes(limits)
+  local n = LIMITS.prompt_bytes
+  if limits.n_ctx then n = math.min(n, limits.n_ctx * LIMITS.bytes_per_token) end
+  return n
+end
+
 local ROLES = { system = true, user = true, assistant = true, developer = true, tool = true }
 
 -- body (decoded JSON) -> request table or nil, message, field.
 -- limits: default_model, default_temperature, max_tokens (the default),
--- max_tokens_cap, system_prompt.
+-- max_tokens_cap, system_prompt, n_ctx (the node's context, in tokens).
 function M.chat_request(body, limits)
   if type(body) ~= "table" or body[1] ~= nil then return bad(nil, "the request body must be a JSON object") end
   local model = opt(body.model)
@@ -147,8 +186,12 @@ function M.chat_request(body, limits)
   if type(messages) ~= "table" or messages[1] == nil then
     return bad("messages", "'messages' must be a non-empty list")
   end
+  if #messages > LIMITS.messages then
+    return bad("messages", ("'messages' may hold at most %d messages"):format(LIMITS.messages))
+  end
   local out = { model = model or limits.default_model, messages = {} }
   local has_system = false
+  local bytes, max_bytes = 0, prompt_bytes(limits)
   for i, m in ipairs(messages) do
     if type(m) ~= "table" then return bad(("messages[%d]"):format(i - 1), "each message must be an object") end
     if type(m.role) ~= "string" or not ROLES[m.role] then
@@ -156,6 +199,10 @@ function M.chat_request(body, limits)
     end
     local text, msg, field = content_of(m, i - 1)
     if not text then return nil, msg, field end
+    bytes = bytes + #text
+    if bytes > max_bytes then
+      return bad("messages", ("the messages hold over %d bytes of text, more than this node takes"):format(max_bytes))
+    end
     local role = m.role == "developer" and "system" or m.role
     if role == "system" then has_system = true end
     out.messages[#out.messages + 1] = { role = role, content = text }
@@ -173,6 +220,10 @@ function M.completion_request(body, limits)
   local prompt = opt(body.prompt)
   if type(prompt) == "table" and #prompt == 1 and type(prompt[1]) == "string" then prompt = prompt[1] end
   if type(prompt) ~= "string" then return bad("prompt", "'prompt' must be a string") end
+  local max_bytes = prompt_bytes(limits)
+  if #prompt > max_bytes then
+    return bad("prompt", ("'prompt' is over %d bytes, more than this node takes"):format(max_bytes))
+  end
   local out = { model = model or limits.default_model, prompt = prompt }
   return sampling_fields(body, out, limits)
 end

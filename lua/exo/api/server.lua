@@ -123,6 +123,7 @@ local function limits(ctx)
   return {
     default_model = ctx.default_model, default_temperature = ctx.default_temperature,
     max_tokens = ctx.max_tokens, max_tokens_cap = ctx.max_tokens_cap, system_prompt = ctx.system_prompt,
+    n_ctx = ctx.node and ctx.node.n_ctx,
   }
 end
 
