@@ -50,13 +50,14 @@ def free_port():
 class Node:
     """A real exo process serving on a free port."""
 
-    def __init__(self, *flags):
+    def __init__(self, *flags, env=None):
         self.port = free_port()
         # The node's log goes to a file: a pipe nobody reads could fill and block it.
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [EXO, "--chatgpt-api-port", str(self.port), "--api-host", "127.0.0.1", *flags],
-            stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=_die_with_parent)
+            stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=_die_with_parent,
+            env=dict(os.environ, **(env or {})))
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -703,6 +704,86 @@ class LimitsTest(unittest.TestCase):
         self.assertEqual(status, 200, raw[:300])
         status, raw, _ = self.node.request("POST", "/v1/completions", dict(nulls, model=MODEL, prompt="Hi", max_tokens=2))
         self.assertEqual(status, 200, raw[:300])
+
+
+class SlowClientTest(unittest.TestCase):
+    def test_head_and_body_deadlines_are_absolute(self):
+        # One byte every 0.3 s restarted the head timer each time: the
+        # connection was held for as long as the bytes kept coming.
+        node = Node("--http-head-timeout", "1")  # the body gets 3 s
+        try:
+            for head, deadline in [(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, 1),
+                                   (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n"
+                                    + b" " * 100, 3)]:
+                with socket.create_connection(("127.0.0.1", node.port), timeout=0.3) as s:
+                    t0, out = time.time(), b""
+                    for i in range(len(head)):  # bounded: ~30 s at most
+                        try:
+                            s.sendall(head[i:i + 1])
+                            out += s.recv(4096)
+                            break  # an answer (or a close)
+                        except socket.timeout:
+                            pass
+                        except OSError:
+                            break
+                    took = time.time() - t0
+                    self.assertEqual(status_of(out), 408, out[:200])
+                    self.assertLess(took, deadline + 1.5)
+            self.assertEqual(node.request("GET", "/healthcheck")[0], 200)
+        finally:
+            node.stop()
+
+    def test_connection_caps(self):
+        env = {"EXO_HTTP_MAX_CONNECTIONS": "6", "EXO_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "4"}
+        node = Node("--http-head-timeout", "20", env=env)
+        held = []
+
+        def connect(source):
+            s = socket.socket()
+            s.settimeout(2)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", node.port))
+            held.append(s)
+            return s
+
+        def is_held(s):
+            """Open, and nothing answered: the server took it as a client."""
+            try:
+                s.settimeout(0.3)
+                s.recv(100)
+                return False
+            except socket.timeout:
+                return True
+
+        def refusal(s):
+            s.settimeout(5)
+            out = b""
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    return out
+                out += b
+
+        try:
+            time.sleep(0.3)  # the start-up probes' connections are gone
+            for _ in range(4):
+                self.assertTrue(is_held(connect("127.0.0.1")))
+            out = refusal(connect("127.0.0.1"))  # a fifth from one address
+            self.assertEqual(status_of(out), 503, out)
+            self.assertIn("too many connections", body_json(out)["error"]["message"])
+            for _ in range(2):
+                self.assertTrue(is_held(connect("127.0.0.2")))
+            out = refusal(connect("127.0.0.3"))  # a seventh overall
+            self.assertEqual(status_of(out), 503, out)
+            self.assertIn("6 open connections", body_json(out)["error"]["message"])
+            for s in held:
+                s.close()
+            time.sleep(0.3)
+            self.assertEqual(node.request("GET", "/healthcheck")[0], 200)  # closing frees the places
+        finally:
+            for s in held:
+                s.close()
+            node.stop()
 
 
 if __name__ == "__main__":

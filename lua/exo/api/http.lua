@@ -3,8 +3,11 @@
 -- Each connection reads into a buffer; the C parser (exo_http_parse_head,
 -- exo_http_chunked_decode) validates the head and decodes chunked bodies, so
 -- no length from the network is trusted in Lua. Limits on head size, header
--- count and body size answer 431/413 with a JSON error; a client that is slow
--- to send its head or body gets 408; an idle keep-alive connection is closed.
+-- count and body size answer 431/413 with a JSON error. The head and the body
+-- each have an absolute deadline (408 past it, however steadily the bytes
+-- trickle in), an idle keep-alive connection is closed, and open connections
+-- are capped per client address and overall: past a cap a new connection gets
+-- 503 and is closed, so slow clients cannot hold every descriptor.
 -- Handlers run in a coroutine per request (they may yield while the engine
 -- computes) and answer either once (res:send) or as a stream of server-sent
 -- events (res:sse_start, res:sse, res:finish). A client that disconnects
@@ -30,6 +33,12 @@ M.DEFAULTS = {
   head_timeout = 10000,        -- ms to receive a whole head
   body_timeout = 30000,        -- ms to receive a whole body
   idle_timeout = 60000,        -- ms a keep-alive connection may sit idle
+  -- Open connections: overall and per client address. Settings rather than
+  -- flags (EXO_HTTP_MAX_CONNECTIONS, EXO_HTTP_MAX_CONNECTIONS_PER_ADDRESS);
+  -- far above what browsers (6 per host) or client pools open, far below the
+  -- usual 1024-descriptor limit the wire and model files share.
+  max_conns = tonumber(os.getenv("EXO_HTTP_MAX_CONNECTIONS")) or 512,
+  max_conns_per_addr = tonumber(os.getenv("EXO_HTTP_MAX_CONNECTIONS_PER_ADDRESS")) or 64,
   cors_origin = "*",
 }
 
@@ -119,7 +128,13 @@ end
 function Conn:close()
   if self.closed then return end
   self.closed = true
-  self.server.conns[self] = nil
+  local server = self.server
+  if server.conns[self] then
+    server.conns[self] = nil
+    server.n_conns = server.n_conns - 1
+    local n = server.per_addr[self.addr] - 1
+    server.per_addr[self.addr] = n > 0 and n or nil
+  end
   if self.timer then
     self.timer:stop()
     self.timer:close()
@@ -152,13 +167,24 @@ function Conn:fail(status, message)
   self.tcp:read_stop()
 end
 
-function Conn:wait_head()
+-- The head's deadline runs from its first byte (from the accept on a new
+-- connection) and is armed once: more bytes never extend it.
+function Conn:head_deadline()
+  if self.head_armed then return end
+  self.head_armed = true
+  self:arm(self.server.opts.head_timeout, function()
+    if #self.buf == 0 then return self:close() end -- nothing asked: nothing to answer
+    self:fail(408, "the request head took too long to arrive")
+  end)
+end
+
+function Conn:wait_head(fresh)
   self.phase = "head"
-  local opts = self.server.opts
-  if #self.buf > 0 then
-    self:arm(opts.head_timeout, function() self:fail(408, "the request head took too long to arrive") end)
+  self.head_armed = false
+  if #self.buf > 0 or fresh then
+    self:head_deadline()
   else
-    self:arm(opts.idle_timeout, function() self:close() end)
+    self:arm(self.server.opts.idle_timeout, function() self:close() end)
   end
 end
 
@@ -194,10 +220,7 @@ function Conn:process()
     if self.phase == "head" then
       if #self.buf == 0 then return end
       local n, r, status = native.http_parse_head(self.buf, opts.max_head)
-      if n == 0 then
-        self:arm(opts.head_timeout, function() self:fail(408, "the request head took too long to arrive") end)
-        return
-      end
+      if n == 0 then return self:head_deadline() end
       if not n then return self:fail(status, r) end -- r is the message then
       local buf = self.buf
       local target = buf:sub(r.target_off + 1, r.target_off + r.target_len)
@@ -282,7 +305,7 @@ function M.listen(host, port, handler, opts)
   local o = {}
   for k, v in pairs(M.DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
-  local server = { opts = o, handler = handler, conns = {} }
+  local server = { opts = o, handler = handler, conns = {}, n_conns = 0, per_addr = {} }
   local tcp = uv.new_tcp()
   local ok, err = tcp:bind(host, port)
   if not ok then
@@ -297,9 +320,21 @@ function M.listen(host, port, handler, opts)
       return
     end
     client:nodelay(true)
-    local conn = setmetatable({ tcp = client, server = server, buf = "", timer = uv.new_timer() }, Conn)
+    local peer = client:getpeername()
+    local addr = peer and peer.ip or "?"
+    local conn = setmetatable({ tcp = client, server = server, buf = "", timer = uv.new_timer(), addr = addr }, Conn)
+    local n_addr = server.per_addr[addr] or 0
+    if server.n_conns >= o.max_conns or n_addr >= o.max_conns_per_addr then
+      -- Refused before reading anything: the answer, then the close.
+      local which = server.n_conns >= o.max_conns and ("%d open connections"):format(o.max_conns)
+        or ("%d open connections from %s"):format(o.max_conns_per_addr, addr)
+      conn:fail(503, "too many connections: the server holds " .. which .. " already")
+      return
+    end
     server.conns[conn] = true
-    conn:wait_head()
+    server.n_conns = server.n_conns + 1
+    server.per_addr[addr] = n_addr + 1
+    conn:wait_head(true)
     client:read_start(function(rerr, data)
       if rerr or not data then
         conn:close()
