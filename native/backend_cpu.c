@@ -26,6 +26,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -54,74 +55,99 @@
 #define GEMM_OFF (1 << 30)
 
 /* The CPU backend's context. Scratch is only touched by the thread running
- * a forward pass (the model layer serialises them): reserve, which any thread
- * may call (a sequence created on the loop thread while the engine thread
- * computes), only raises the wanted sizes under a lock, and prepare, at the
- * start of a pass, grows the buffers. Replacing them from reserve itself
- * raced with kernels reading them (found by ThreadSanitizer). */
-typedef struct cpu_ctx {
-    exo_pool *pool;
-    int gemm_min_tokens;
-    pthread_mutex_t want_lock;
-    int want_tokens, want_dim, want_ctx; /* the largest reserve() asked; under want_lock */
-    int max_tokens, max_dim, max_ctx, n_threads; /* what the scratch holds now */
+ * a forward pass (the model layer serialises them). reserve, which any
+ * thread may call (a sequence created on the loop thread while the engine
+ * thread computes), allocates larger buffers at once, so a request too big
+ * for memory fails on the call that asked and nothing else; it leaves them
+ * as the next scratch, and prepare, at the start of a pass, swaps them in.
+ * Replacing the scratch from reserve itself raced with kernels reading it
+ * (found by ThreadSanitizer); only recording sizes for prepare let one
+ * oversized request make every later pass fail. */
+typedef struct cpu_scratch {
+    int max_tokens, max_dim, max_ctx, n_threads;
     void *act;       /* quantized activations [max_tokens][act_row_size(max_dim)] */
     float *tiles;    /* per thread: [GEMM_TILE_ROWS][max_dim] */
     float *scores;   /* per thread: [ATTN_QUERY_BLOCK][max_ctx] */
+} cpu_scratch;
+
+typedef struct cpu_ctx {
+    exo_pool *pool;
+    int gemm_min_tokens;
+    pthread_mutex_t next_lock;
+    cpu_scratch next;  /* allocated by reserve, not yet in use (act NULL: none); under next_lock */
+    cpu_scratch cur;   /* what passes use: written by prepare under next_lock, read by the pass's thread */
 } cpu_ctx;
 
 extern void openblas_set_num_threads(int);
+
+static void scratch_free(cpu_scratch *s)
+{
+    exo__aligned_free(s->act);
+    exo__aligned_free(s->tiles);
+    exo__aligned_free(s->scores);
+    memset(s, 0, sizeof *s);
+}
+
+static int scratch_alloc(cpu_scratch *s, int max_tokens, int max_dim, int max_ctx, int n_threads)
+{
+    size_t act_row = exo__act_row_size(EXO_ACT_Q8_32, max_dim);
+    size_t act_row_k = exo__act_row_size(EXO_ACT_Q8_K, max_dim);
+    if (act_row_k > act_row) act_row = act_row_k;
+    *s = (cpu_scratch){max_tokens, max_dim, max_ctx, n_threads, exo__aligned_alloc(act_row * (size_t)max_tokens),
+                       exo__aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads),
+                       exo__aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads)};
+    if (s->act && s->tiles && s->scores) return EXO_OK;
+    scratch_free(s);
+    return exo__error_set(EXO_ENOMEM, "out of memory for CPU scratch of %d tokens x %d, context %d", max_tokens,
+                          max_dim, max_ctx);
+}
+
+static bool scratch_covers(const cpu_scratch *s, int max_tokens, int max_dim, int max_ctx, int n_threads)
+{
+    return s->act && max_tokens <= s->max_tokens && max_dim <= s->max_dim && max_ctx <= s->max_ctx &&
+           n_threads <= s->n_threads;
+}
 
 static int cpu_reserve(exo_backend *be, int max_tokens, int max_dim, int max_ctx)
 {
     cpu_ctx *c = be->ctx;
     if (max_tokens < 1 || max_dim < 1 || max_ctx < 1)
         return exo__error_set(EXO_EINVAL, "reserve of %d tokens x %d, context %d", max_tokens, max_dim, max_ctx);
-    pthread_mutex_lock(&c->want_lock);
-    if (max_tokens > c->want_tokens) c->want_tokens = max_tokens;
-    if (max_dim > c->want_dim) c->want_dim = max_dim;
-    if (max_ctx > c->want_ctx) c->want_ctx = max_ctx;
-    pthread_mutex_unlock(&c->want_lock);
+    const int n_threads = exo__pool_threads(c->pool);
+    pthread_mutex_lock(&c->next_lock);
+    /* What is in use or waiting already may serve the call; grow to cover both. */
+    const cpu_scratch *have = c->next.act ? &c->next : &c->cur;
+    bool covered = scratch_covers(have, max_tokens, max_dim, max_ctx, n_threads);
+    if (have->max_tokens > max_tokens) max_tokens = have->max_tokens;
+    if (have->max_dim > max_dim) max_dim = have->max_dim;
+    if (have->max_ctx > max_ctx) max_ctx = have->max_ctx;
+    pthread_mutex_unlock(&c->next_lock);
+    if (covered) return EXO_OK;
+    cpu_scratch grown;
+    int rc = scratch_alloc(&grown, max_tokens, max_dim, max_ctx, n_threads);
+    if (rc) return rc;
+    pthread_mutex_lock(&c->next_lock);
+    cpu_scratch old = c->next;
+    c->next = grown;
+    pthread_mutex_unlock(&c->next_lock);
+    scratch_free(&old);
     return EXO_OK;
 }
 
 static int cpu_prepare(exo_backend *be)
 {
     cpu_ctx *c = be->ctx;
-    pthread_mutex_lock(&c->want_lock);
-    int max_tokens = c->want_tokens, max_dim = c->want_dim, max_ctx = c->want_ctx;
-    pthread_mutex_unlock(&c->want_lock);
-    int n_threads = exo__pool_threads(c->pool);
-    if (max_tokens <= c->max_tokens && max_dim <= c->max_dim && max_ctx <= c->max_ctx && n_threads <= c->n_threads)
-        return EXO_OK;
-    if (max_tokens < c->max_tokens) max_tokens = c->max_tokens;
-    if (max_dim < c->max_dim) max_dim = c->max_dim;
-    if (max_ctx < c->max_ctx) max_ctx = c->max_ctx;
-
-    size_t act_row = exo__act_row_size(EXO_ACT_Q8_32, max_dim);
-    size_t act_row_k = exo__act_row_size(EXO_ACT_Q8_K, max_dim);
-    if (act_row_k > act_row) act_row = act_row_k;
-    void *act = exo__aligned_alloc(act_row * (size_t)max_tokens);
-    float *tiles = exo__aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads);
-    float *scores = exo__aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads);
-    if (!act || !tiles || !scores) {
-        exo__aligned_free(act);
-        exo__aligned_free(tiles);
-        exo__aligned_free(scores);
-        return exo__error_set(EXO_ENOMEM, "out of memory for CPU scratch of %d tokens x %d, context %d", max_tokens,
-                             max_dim, max_ctx);
+    /* cur changes only here, under the lock reserve reads it with. */
+    cpu_scratch old = {0};
+    pthread_mutex_lock(&c->next_lock);
+    if (c->next.act) {
+        old = c->cur;
+        c->cur = c->next;
+        memset(&c->next, 0, sizeof c->next);
     }
-    exo__aligned_free(c->act);
-    exo__aligned_free(c->tiles);
-    exo__aligned_free(c->scores);
-    c->act = act;
-    c->tiles = tiles;
-    c->scores = scores;
-    c->max_tokens = max_tokens;
-    c->max_dim = max_dim;
-    c->max_ctx = max_ctx;
-    c->n_threads = n_threads;
-    return EXO_OK;
+    pthread_mutex_unlock(&c->next_lock);
+    scratch_free(&old);
+    return c->cur.act ? EXO_OK : exo__error_set(EXO_ESTATE, "the CPU backend has no scratch: nothing was reserved");
 }
 
 /* Not zeroed: a KV cache is only read where it was written, and the pages of
@@ -316,7 +342,7 @@ static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const matmul_job *j = ctx;
     const int k = j->k;
-    float *tile = j->c->tiles + (size_t)thread * GEMM_TILE_ROWS * j->c->max_dim;
+    float *tile = j->c->cur.tiles + (size_t)thread * GEMM_TILE_ROWS * j->c->cur.max_dim;
     for (int64_t index = begin; index < end; index++) {
         int o = matmul_out_of(j, index);
         const exo_matmul_out *out = &j->outs[o];
@@ -363,9 +389,9 @@ static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const 
             return EXO_OK;
         }
     }
-    if (n_tokens > c->max_tokens || job.k > c->max_dim)
+    if (n_tokens > c->cur.max_tokens || job.k > c->cur.max_dim)
         return exo__error_set(EXO_ERANGE, "matmul of %d tokens x %d over the reserved %d x %d", n_tokens, job.k,
-                             c->max_tokens, c->max_dim);
+                             c->cur.max_tokens, c->cur.max_dim);
     exo_pool *pool = c->pool;
     int n_threads = exo__pool_threads(pool);
 
@@ -389,7 +415,7 @@ static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const 
         job.act = (const char *)x;
         job.act_stride = sizeof(float) * (size_t)job.k;
     } else {
-        job.act = c->act;
+        job.act = c->cur.act;
         job.act_stride = exo__act_row_size(job.act_type, job.k);
         /* A few rows quantize faster on this thread than a pool round trip. */
         if (n_tokens <= 4)
@@ -536,7 +562,7 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
     const int hd = a->head_dim;
     const int kv_stride = a->n_head_kv * hd;
     const int group = a->n_head / a->n_head_kv;
-    float *scores = j->c->scores + (size_t)thread * j->c->max_ctx * ATTN_QUERY_BLOCK;
+    float *scores = j->c->cur.scores + (size_t)thread * j->c->cur.max_ctx * ATTN_QUERY_BLOCK;
     for (int64_t item = begin; item < end; item++) {
         int t = (int)(item / a->n_head), h = (int)(item % a->n_head);
         int kvh = h / group;
@@ -567,9 +593,9 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
     const int kv_stride = a->n_head_kv * hd, q_stride = a->n_head * hd;
     const int group = a->n_head / a->n_head_kv;
     const int n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
-    float *scores = j->c->scores + (size_t)thread * j->c->max_ctx * ATTN_QUERY_BLOCK;
+    float *scores = j->c->cur.scores + (size_t)thread * j->c->cur.max_ctx * ATTN_QUERY_BLOCK;
     /* f32 copies of GEMM_TILE_ROWS keys (or values) at a time, for sgemm */
-    float *kv = j->c->tiles + (size_t)thread * GEMM_TILE_ROWS * j->c->max_dim;
+    float *kv = j->c->cur.tiles + (size_t)thread * GEMM_TILE_ROWS * j->c->cur.max_dim;
     const exo_to_float_fn widen = exo__type_traits_get(EXO_DTYPE_F16)->to_float;
     for (int64_t item = begin; item < end; item++) {
         int h = (int)(item / n_blocks), blk = (int)(item % n_blocks);
@@ -667,7 +693,7 @@ static void cpu_pack(exo_backend *be, exo_tensor *w, void *dst)
     w->packed = dst;
 }
 
-static cpu_ctx cpu_state = {.want_lock = PTHREAD_MUTEX_INITIALIZER};
+static cpu_ctx cpu_state = {.next_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static exo_backend cpu_backend = {
     .name = "cpu",
@@ -701,6 +727,7 @@ static void cpu_init(void)
     /* Our pool parallelises over tiles; OpenBLAS threads would fight it. */
     openblas_set_num_threads(1);
     cpu_state.pool = exo__pool_global();
+    exo__pool_global_pin(); /* passes use this pool from now on */
     gelu_table_init();
     const char *env = getenv("EXO_GEMM_MIN_TOKENS");
     cpu_state.gemm_min_tokens = env && atoi(env) > 0 ? atoi(env) : GEMM_OFF;

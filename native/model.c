@@ -343,7 +343,9 @@ static int alloc_run_state(exo_shard *s)
     int max_dim = hp->n_embd;
     if (hp->n_ff > max_dim) max_dim = hp->n_ff;
     if ((int)q_dim > max_dim) max_dim = (int)q_dim;
-    return s->backend->reserve(s->backend, s->max_batch, max_dim, hp->n_ctx_train);
+    /* Attention's scratch grows with each sequence's context (exo_seq_new
+     * reserves it), not with the file's claim, which may be 2^30. */
+    return s->backend->reserve(s->backend, s->max_batch, max_dim, 1);
 }
 
 void exo_shard_free(exo_shard *s)
@@ -457,10 +459,8 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
 {
     if (!s || !out) return exo__error_set(EXO_EINVAL, "exo_seq_new: NULL argument");
     *out = NULL;
-    if (n_ctx <= 0) n_ctx = s->hp.n_ctx_train;
+    if (n_ctx <= 0) n_ctx = s->hp.n_ctx_train < SEQ_MAX_CTX ? s->hp.n_ctx_train : SEQ_MAX_CTX;
     if (n_ctx > SEQ_MAX_CTX) return exo__error_set(EXO_ERANGE, "context of %d positions is over %d", n_ctx, SEQ_MAX_CTX);
-    int rc = s->backend->reserve(s->backend, s->max_batch, s->hp.n_embd, n_ctx);
-    if (rc) return rc;
     exo_seq *q = calloc(1, sizeof *q);
     if (!q) return exo__error_set(EXO_ENOMEM, "out of memory");
     size_t per_layer = (size_t)n_ctx * s->hp.n_head_kv * s->hp.head_dim;
@@ -472,6 +472,15 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
         free(q);
         return exo__error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
                              2 * half >> 20);
+    }
+    /* The backend's scratch for attention over n_ctx positions: after the
+     * cache, so a context too large for memory fails here and changes
+     * nothing for other sequences. */
+    int rc = s->backend->reserve(s->backend, s->max_batch, s->hp.n_embd, n_ctx);
+    if (rc) {
+        s->backend->release(s->backend, q->k_cache, 2 * half, EXO_BUFFER_KV_CACHE);
+        free(q);
+        return rc;
     }
     q->v_cache = (uint16_t *)((char *)q->k_cache + half);
     q->cache_bytes = 2 * half;

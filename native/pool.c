@@ -264,8 +264,26 @@ exo_pool *exo__pool_global(void)
     return p;
 }
 
+/* Once a backend holds the global pool (exo__pool_global_pin), replacing it
+ * would free a pool that passes use: the thread count is then fixed. */
+static int global_pinned;
+
+void exo__pool_global_pin(void)
+{
+    pthread_mutex_lock(&global_lock);
+    global_pinned = 1;
+    pthread_mutex_unlock(&global_lock);
+}
+
 int exo__pool_global_set_threads(int n_threads)
 {
+    pthread_mutex_lock(&global_lock);
+    int pinned = global_pinned, current = global_pool ? exo__pool_threads(global_pool) : -1;
+    pthread_mutex_unlock(&global_lock);
+    if (pinned) {
+        if (n_threads == current) return EXO_OK;
+        return exo__error_set(EXO_ESTATE, "the thread count is set before the first model loads (it is %d)", current);
+    }
     exo_pool *fresh;
     int rc = exo__pool_new(n_threads, &fresh);
     if (rc) return rc;

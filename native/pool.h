@@ -33,6 +33,8 @@ void exo__pool_park(exo_pool *p);
 exo_pool *exo__pool_global(void);
 /* Replaces the process-wide pool with one of n_threads (0 = cores). Not safe
  * while work runs; call before loading models. */
+/* Fixes the global pool: exo__pool_global_set_threads refuses a change after. */
+void exo__pool_global_pin(void);
 int exo__pool_global_set_threads(int n_threads);
 
 #endif

@@ -309,6 +309,43 @@ static void test_bad_metadata(void)
     unlink(path);
 }
 
+/* A load that fails must not leave the backend asking for what it could
+ * not have: a sequence too large for memory fails alone, and passes on
+ * other sequences go on; the thread count is fixed once models run. */
+static void test_failures_stay_contained(const char *path)
+{
+    exo_shard *s = load(path, 0, -1);
+    if (!s) return;
+    exo_shard_info info;
+    exo_shard_get_info(s, &info);
+    float *out = malloc(sizeof(float) * info.n_vocab);
+    exo_seq *ok_seq = NULL, *huge = NULL;
+    CHECK(exo_seq_new(s, 64, &ok_seq) == 0);
+    CHECK(exo_shard_forward(s, ok_seq, prompt, NULL, 4, 0, out) == 0);
+    /* A file claiming 2^30 positions loads, and asks nothing of the backend
+     * for them: it used to reserve attention scratch for the whole claim
+     * (256 GB), which every later pass then failed to allocate. */
+    char big[4096];
+    snprintf(big, sizeof big, "%.*s-bigctx.gguf", (int)strlen(path) - 5, path);
+    exo_shard *claims = load(big, 0, -1);
+    CHECK_MSG(exo_shard_forward(s, ok_seq, prompt + 4, NULL, 1, 0, out) == 0, "after the 2^30 claim: %s",
+              exo_last_error());
+    exo_shard_free(claims);
+    /* 2^20 positions: a KV cache and attention scratch of gigabytes. With
+     * the memory or without it, the next pass on ok_seq must work. */
+    int rc = exo_seq_new(s, 1 << 20, &huge);
+    CHECK(rc == 0 || rc == EXO_ENOMEM);
+    exo_seq_free(huge);
+    CHECK_MSG(exo_shard_forward(s, ok_seq, prompt + 5, NULL, 1, 0, out) == 0, "%s", exo_last_error());
+    int threads = exo_runtime_threads();
+    CHECK(exo_runtime_set_threads(threads) == 0);
+    CHECK(exo_runtime_set_threads(threads + 1) == EXO_ESTATE);
+    CHECK(exo_shard_forward(s, ok_seq, prompt + 6, NULL, 1, 0, out) == 0);
+    free(out);
+    exo_seq_free(ok_seq);
+    exo_shard_free(s);
+}
+
 static void test_errors(const char *path)
 {
     exo_shard *s = NULL;
@@ -377,6 +414,7 @@ int main(void)
     }
     test_errors(tiny);
     test_bad_metadata();
+    test_failures_stay_contained(tiny);
     printf("tested %d tiny models\n", tested);
     CHECK_DONE();
 }

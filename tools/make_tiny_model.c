@@ -19,7 +19,7 @@
  *
  * usage: exo-make-tiny-model OUT.gguf [--arch llama] [--type q4_1]
  *        [--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0]
- *        [--head-dim N] [--window N] */
+ *        [--head-dim N] [--window N] [--ctx N] */
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -306,6 +306,8 @@ int main(int argc, char **argv)
             c.arch = v, i++;
         } else if (v && !strcmp(a, "--head-dim")) {
             c.head_dim = atoi(v), i++;
+        } else if (v && !strcmp(a, "--ctx")) {
+            c.n_ctx = atoi(v), i++;
         } else if (v && !strcmp(a, "--window")) {
             c.window = atoi(v), i++;
         } else if (v && !strcmp(a, "--type")) {
@@ -329,10 +331,10 @@ int main(int argc, char **argv)
     bool known_arch = false;
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) known_arch |= !strcmp(c.arch, archs[i]);
     if (!out || !known_arch || c.weight_type < 0 || c.embd_type < 0 || c.n_layer < 1 || c.n_layer > 64 ||
-        c.head_dim < 0 || c.head_dim > 256 || c.window < 1) {
+        c.head_dim < 0 || c.head_dim > 256 || c.window < 1 || c.n_ctx < 1) {
         fprintf(stderr, "usage: exo-make-tiny-model OUT.gguf [--arch llama|qwen2|qwen3|gemma3|phi3] [--type q4_1] "
                         "[--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0] [--head-dim N] "
-                        "[--window N]\n");
+                        "[--window N] [--ctx N]\n");
         return 2;
     }
     if (write_model(&c, out) != 0) {
