@@ -93,7 +93,7 @@ function Sampler:distribution(logits)
   end
   local n, err = sample_candidates(logits, self.n_vocab, self.temperature, self.top_k, self.top_p, self.min_p,
     self.ids, self.probs, self.n_vocab)
-  if not n then error(err) end
+  if not n then error(err, 0) end
   return self.ids, self.probs, n
 end
 
@@ -119,9 +119,9 @@ function Sampler:sample(logits, history)
   if not self:greedy() and self:untruncated() then
     self.dense = self.dense or ffi.new("float[?]", self.n_vocab)
     local ok, err = sample_probs(logits, self.n_vocab, self.temperature, 0, 1, 0, nil, nil, self.dense)
-    if not ok then error(err) end
+    if not ok then error(err, 0) end
     local id, derr = sample_draw(self.dense, self.n_vocab, self.rng:uniform())
-    if not id then error(derr) end
+    if not id then error(derr, 0) end
     return id, self.dense[id]
   end
   return self:draw(self:distribution(logits))

@@ -117,4 +117,13 @@ do
   assert(started > 0, "no trace started in the sampler")
   assert(#nyi == 0, "the sampler's path hits NYI:\n" .. table.concat(nyi, "\n"))
 end
+-- A failure in C reaches the caller as C wrote it: the error's name and
+-- message, no Lua position in front (issue 12: an error() call once raised
+-- "bad argument #2 to 'error'" in its place).
+for _, opts in ipairs { { temperature = 0.7 }, { temperature = 0.7, top_k = 5 } } do
+  local s = sampling.new(0, opts)
+  local ok, err = pcall(s.sample, s, logits)
+  assert(not ok and (err == "EINVAL: exo_sample_probs: bad arguments"
+    or err == "EINVAL: exo_sample_candidates: bad arguments"), tostring(err))
+end
 print("sampling ok, chi2 = " .. chi2)

@@ -59,6 +59,16 @@ end
 
 -- ---- generation routes -------------------------------------------------------------
 
+-- ctx.node:generate, with an error it raises (C's message from the sampler
+-- or the engine, say) returned as nil, message, 500 so it reaches the client
+-- as it was, less the Lua source position it may carry.
+local function generate(ctx, parsed, on_text, should_stop)
+  local ok, result, err, status = pcall(ctx.node.generate, ctx.node, parsed, on_text, should_stop)
+  if ok then return result, err, status end
+  io.stderr:write("exo: generation failed: " .. tostring(result) .. "\n")
+  return nil, (tostring(result):gsub("^[^\n]-%.lua:%d+: ", "")), 500
+end
+
 local function run_generation(ctx, req, res, parsed, kind)
   local id = request_id(kind == "chat" and "chatcmpl-" or "cmpl-")
   local created = os.time()
@@ -83,7 +93,7 @@ local function run_generation(ctx, req, res, parsed, kind)
       res:sse_start()
       if kind == "chat" then res:sse(json.encode(openai.chat_chunk(id, model, created, { role = "assistant", content = "" }))) end
     end
-    local result, err, status = ctx.node:generate(parsed, function(piece, lps)
+    local result, err, status = generate(ctx, parsed, function(piece, lps)
       start()
       if kind == "chat" then
         local chunk_lp = lps and { content = #lps > 0 and lps or json.empty_array } or nil
@@ -109,7 +119,7 @@ local function run_generation(ctx, req, res, parsed, kind)
     return res:finish()
   end
 
-  local result, err, status = ctx.node:generate(parsed, nil, should_stop)
+  local result, err, status = generate(ctx, parsed, nil, should_stop)
   if not result then return res:json(openai.error(status or 500, err)) end
   if timed_out then
     return res:json(openai.error(504, ("no answer within %d s (--chatgpt-api-response-timeout)"):format(
