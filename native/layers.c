@@ -22,8 +22,9 @@ static void fill_rope_table(const exo_shard *s, const exo_rope *r, const exo_bat
     const int half = s->hp.rope_dim / 2;
     for (int t = 0; t < b->n_rows; t++) {
         float p = (float)b->pos[t] / r->linear_scale;
+        const float *inv = r->inv_freq_long && b->seq[t]->n_ctx > r->long_above_ctx ? r->inv_freq_long : r->inv_freq;
         for (int i = 0; i < half; i++) {
-            float theta = p * r->inv_freq[i];
+            float theta = p * inv[i];
             r->cos[(size_t)t * half + i] = cosf(theta) * r->attn_factor;
             r->sin[(size_t)t * half + i] = sinf(theta) * r->attn_factor;
         }

@@ -153,14 +153,37 @@ int exo__model_sliding_window(const exo_shard *s, int *window)
     return EXO_OK;
 }
 
+/* inv[i] = base^(-2i/rope_dim), divided by the factors tensor's values when
+ * the file has one of that name (Llama 3's and Phi 3's per-frequency
+ * divisors). */
+static int rope_frequencies(exo_shard *s, float freq_base, const char *factors, float *inv)
+{
+    const exo_hparams *hp = &s->hp;
+    const int half = hp->rope_dim / 2;
+    for (int i = 0; i < half; i++) inv[i] = (float)pow(freq_base, -2.0 * i / hp->rope_dim);
+    int64_t idx = factors ? exo__gguf_find_tensor(s->file, factors) : -1;
+    if (idx < 0) return EXO_OK;
+    const exo_gguf_tensor *t = exo__gguf_tensor_at(s->file, idx);
+    if (t->dtype != EXO_DTYPE_F32 || t->ne[0] != half || t->n_dims != 1)
+        return exo__error_set(EXO_EFORMAT, "%s should be f32 of %d elements", factors, half);
+    const float *values = t->data;
+    for (int i = 0; i < half; i++) {
+        float f;
+        memcpy(&f, values + i, sizeof f);
+        if (!(f > 0) || !isfinite(f)) return exo__error_set(EXO_EFORMAT, "%s[%d] = %g is not positive", factors, i, f);
+        inv[i] /= f;
+    }
+    return EXO_OK;
+}
+
 int exo__model_add_rope(exo_shard *s, float freq_base, float linear_scale, int style, const char *factors)
 {
     if (s->n_rope >= EXO_MAX_ROPES) return exo__error_set(EXO_EINVAL, "more than %d ropes", EXO_MAX_ROPES);
     if (!(freq_base > 0)) return exo__error_set(EXO_EFORMAT, "rope frequency base %g is not positive", freq_base);
-    const exo_hparams *hp = &s->hp;
-    int half = hp->rope_dim / 2;
+    const int half = s->hp.rope_dim / 2;
     exo_rope *r = &s->rope[s->n_rope];
     r->style = style;
+    r->freq_base = freq_base;
     r->linear_scale = linear_scale;
     r->attn_factor = 1.0f;
     r->inv_freq = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
@@ -168,23 +191,18 @@ int exo__model_add_rope(exo_shard *s, float freq_base, float linear_scale, int s
     r->sin = exo__aligned_alloc(sizeof(float) * (size_t)s->max_batch * (size_t)(half + 1));
     s->n_rope++;
     if (!r->inv_freq || !r->cos || !r->sin) return exo__error_set(EXO_ENOMEM, "out of memory");
-    for (int i = 0; i < half; i++) r->inv_freq[i] = (float)pow(freq_base, -2.0 * i / hp->rope_dim);
-    int64_t idx = factors ? exo__gguf_find_tensor(s->file, factors) : -1;
-    if (idx >= 0) {
-        /* Llama 3's and Phi 3's per-frequency factors divide each pair's frequency. */
-        const exo_gguf_tensor *t = exo__gguf_tensor_at(s->file, idx);
-        if (t->dtype != EXO_DTYPE_F32 || t->ne[0] != half || t->n_dims != 1)
-            return exo__error_set(EXO_EFORMAT, "%s should be f32 of %d elements", factors, half);
-        const float *values = t->data;
-        for (int i = 0; i < half; i++) {
-            float f;
-            memcpy(&f, values + i, sizeof f);
-            if (!(f > 0) || !isfinite(f))
-                return exo__error_set(EXO_EFORMAT, "%s[%d] = %g is not positive", factors, i, f);
-            r->inv_freq[i] /= f;
-        }
-    }
-    return s->n_rope - 1;
+    int rc = rope_frequencies(s, freq_base, factors, r->inv_freq);
+    return rc ? rc : s->n_rope - 1;
+}
+
+int exo__model_rope_long_factors(exo_shard *s, int rope, const char *factors, int above_ctx)
+{
+    exo_rope *r = &s->rope[rope];
+    const int half = s->hp.rope_dim / 2;
+    r->inv_freq_long = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
+    if (!r->inv_freq_long) return exo__error_set(EXO_ENOMEM, "out of memory");
+    r->long_above_ctx = above_ctx;
+    return rope_frequencies(s, r->freq_base, factors, r->inv_freq_long);
 }
 
 int exo__model_bind_tensor(exo_shard *s, exo_tensor *t, const char *name, int n_dims, int64_t ne0, int64_t ne1,
@@ -355,6 +373,7 @@ void exo_shard_free(exo_shard *s)
     if (s->rs.base) be->release(be, s->rs.base, s->rs.bytes, EXO_BUFFER_ACTIVATIONS);
     for (int i = 0; i < s->n_rope; i++) {
         free(s->rope[i].inv_freq);
+        free(s->rope[i].inv_freq_long);
         exo__aligned_free(s->rope[i].cos);
         exo__aligned_free(s->rope[i].sin);
     }

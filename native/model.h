@@ -41,6 +41,9 @@ typedef struct exo_hparams {
 #define EXO_MAX_ROPES 2
 typedef struct exo_rope {
     float *inv_freq;       /* (rope_dim / 2) */
+    float *inv_freq_long;  /* or NULL: used instead for sequences of more than long_above_ctx positions (Phi 3) */
+    int long_above_ctx;
+    float freq_base;
     float linear_scale;    /* positions are divided by this (1 = none) */
     float attn_factor;     /* cos and sin are multiplied by this (Phi 3's long-context scaling; 1 = none) */
     float *cos, *sin;      /* (max_batch, rope_dim / 2) */
@@ -161,6 +164,10 @@ int exo__model_sliding_window(const exo_shard *s, int *window);
 /* Adds the rope the file describes: "<arch>.rope.freq_base" (default
  * 10000), its linear scaling, and the factors tensor when named and present. */
 int exo__model_add_file_rope(exo_shard *s, int style, const char *factors);
+/* Gives rope `rope` a second set of frequencies, with the factors tensor
+ * named, for sequences whose context is over above_ctx positions (Phi 3's
+ * long factors, as llama.cpp picks them per context). */
+int exo__model_rope_long_factors(exo_shard *s, int rope, const char *factors, int above_ctx);
 /* Adds a rotary embedding (freq_base, linear scaling; factors: the tensor of
  * per-pair frequency divisors Llama 3 and Phi 3 files carry, or NULL) and
  * returns its index in s->rope, or a negative error. */

@@ -265,7 +265,12 @@ static int write_model(const tiny_config *c, const char *path)
         rc |= exo__gguf_writer_add_u32(w, KEY("attention.sliding_window"), (uint32_t)c->window);
         rc |= exo__gguf_writer_add_u32(w, KEY("attention.sliding_window_pattern"), 3);
     }
-    if (is_arch(c, "phi3")) rc |= exo__gguf_writer_add_f32(w, KEY("rope.scaling.attn_factor"), 1.2f);
+    if (is_arch(c, "phi3")) {
+        /* A long-context Phi 3 in small: beyond 32 positions of context the
+         * long factors apply (the tests' sequences are longer). */
+        rc |= exo__gguf_writer_add_f32(w, KEY("rope.scaling.attn_factor"), 1.2f);
+        rc |= exo__gguf_writer_add_u32(w, KEY("rope.scaling.original_context_length"), 32);
+    }
 #undef KEY
     if (rc) goto done;
 

@@ -4,9 +4,10 @@
  * then V) and gate and up in one (ffn_up: 2 * n_ff rows, gate first), both
  * cut into row views at bind time, so the forward pass is the shared one;
  * the rope rotates halves (NEOX). Long-context files carry two sets of
- * per-frequency factors: as llama.cpp does, the long ones apply when the
- * context is larger than the original one (rope.scaling.original_context_length),
- * else the short ones, and cos/sin are scaled by rope.scaling.attn_factor. The
+ * per-frequency factors: as llama.cpp does, the long ones apply to a
+ * sequence whose context is larger than the original one
+ * (rope.scaling.original_context_length), the short ones to the others, and
+ * cos/sin are scaled by rope.scaling.attn_factor. The
  * sliding window some Phi 3 files declare is ignored, as llama.cpp does (its
  * converters write it wrongly). */
 #include "../error.h"
@@ -20,9 +21,12 @@ static int phi3_read_hparams(exo_shard *s)
         return rc;
     if ((rc = exo__model_meta_float(s, "rope.scaling.attn_factor", &attn_factor, 1.0f))) return rc;
     if (!(attn_factor > 0)) return exo__error_set(EXO_EFORMAT, "rope attention factor %g is not positive", attn_factor);
-    const char *factors = s->hp.n_ctx_train > orig_ctx ? "rope_factors_long.weight" : "rope_factors_short.weight";
-    if ((rc = exo__model_add_file_rope(s, EXO_ROPE_NEOX, factors)) < 0) return rc;
-    s->rope[rc].attn_factor = attn_factor;
+    int rope = exo__model_add_file_rope(s, EXO_ROPE_NEOX, "rope_factors_short.weight");
+    if (rope < 0) return rope;
+    s->rope[rope].attn_factor = attn_factor;
+    if (exo__gguf_find_tensor(s->file, "rope_factors_long.weight") >= 0 &&
+        (rc = exo__model_rope_long_factors(s, rope, "rope_factors_long.weight", orig_ctx)))
+        return rc;
     return exo__layers_alloc(s);
 }
 

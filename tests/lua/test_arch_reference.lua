@@ -10,7 +10,8 @@
 -- top-10 logits within a small tolerance. A wrong rope style, norm, bias,
 -- window or activation moves logits by whole units on many positions
 -- (checked: Gemma without its sliding window, Qwen 2 without its K bias, Phi 3
--- with gate and up swapped or without its rope attention factor, Llama
+-- with gate and up swapped, without its rope attention factor or with its
+-- short rope factors where the context calls for the long ones, Llama
 -- without its rope_freqs factors each fail here; Gemma's local rope base does
 -- not show at these short distances: the real Gemma file's long prompt
 -- checks it).
