@@ -16,6 +16,7 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--wait-for-peers N] [--partitioning NAME|FILE.lua] [--inference-engine cpu]
            [--device-memory MB] [--wire-dtype f32|f16|q8_0] [--peer-timeout S]
            [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
+           [--allow-model-paths]
        exo <command> [options]
 
 With no command, exo starts a node: the ChatGPT-compatible API and the chat
@@ -36,7 +37,9 @@ commands:
   version             print the version and the CPU kernels in use
   help                this text
 
-MODEL is a model id (smollm2-135m) or a path to a .gguf file.
+MODEL is a model id (smollm2-135m) or a path to a .gguf file. A node's clients and
+peers name only ids and .gguf files inside the model store ($EXO_HOME/downloads),
+unless it runs with --allow-model-paths.
 ]]
 
 -- Parses "-x V", "--long V" and "--flag" style options against a spec of
@@ -287,7 +290,7 @@ local SERVE_FLAGS = {
   node_id = "string", node_host = "string", node_port = "number", discovery_config_path = "string",
   wait_for_peers = "number", partitioning = "string", inference_engine = "string", device_memory = "number",
   wire_dtype = "string", peer_timeout = "number",
-  enable_speculative = "boolean", draft_model = "string", draft_tokens = "number",
+  enable_speculative = "boolean", draft_model = "string", draft_tokens = "number", allow_model_paths = "boolean",
 }
 
 -- The cluster side of `exo serve`: identity, wire, discovery, partitioning.
@@ -385,6 +388,11 @@ function commands.serve(args)
     io.stderr:write("exo: " .. spec_err .. "\n")
     return 2
   end
+  -- Clients and peers name models by id or a file in the store; paths
+  -- elsewhere only with --allow-model-paths, or the operator's own names.
+  models.allow_paths = opts.allow_model_paths == true
+  if opts.default_model then models.trust(opts.default_model) end
+  if spec then models.trust((require("exo.speculative").parse_draft(spec.draft))) end
   local node = require("exo.node").new { max_sessions = opts.max_sessions, n_ctx = opts.ctx, chat_template = template,
     speculative = spec }
   local ctx = {
@@ -456,6 +464,8 @@ function M.main(...)
   -- No command, or flags first: start a node, as exo does.
   local name = (#args == 0 or args[1]:sub(1, 1) == "-") and "serve" or table.remove(args, 1)
   local cmd = commands[name]
+  -- Every other command is the operator's own: a model path may be anywhere.
+  if name ~= "serve" then require("exo.models").allow_paths = true end
   if not cmd then
     io.stderr:write(("exo: unknown command '%s'\n\n"):format(name))
     io.stderr:write(USAGE)

@@ -39,11 +39,15 @@ end
 -- (text or a Lua function overriding the file's), text_only (no shard),
 -- runner (what loads the tokenizer and shard: generate.sync_runner, the
 -- default, on this thread; exo.node's on the engine thread while the calling
--- coroutine waits). Returns a model or nil, err.
+-- coroutine waits), path (name's file, already resolved). Returns a model or
+-- nil, err.
 function M.load(name, opts)
   opts = opts or {}
-  local path, err = models.resolve(name)
-  if not path then return nil, err end
+  local path, err = opts.path, nil
+  if not path then
+    path, err = models.resolve(name)
+    if not path then return nil, err end
+  end
   local file, ferr = native.open_file(path)
   if not file then return nil, ferr end
   local template = opts.chat_template or file:get("tokenizer.chat_template")

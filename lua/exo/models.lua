@@ -2,8 +2,13 @@
 --
 -- Model ids (smollm2-135m, ...) map to a file in the store,
 -- $EXO_HOME/downloads/<id>/<file> (EXO_HOME defaults to ~/.cache/exo), and to
--- facts about the model. Anything that looks like a path to a .gguf file is
--- used as it is, so a path works wherever an id does. Users add entries in
+-- facts about the model. A name that looks like a path (it ends in .gguf or
+-- holds a '/') names a file in the store: relative to it, or absolute, and
+-- after symlinks and '..' are followed (realpath) it must still lie inside.
+-- Only the operator names files elsewhere (M.allow_paths: exo run, bench,
+-- the REPL, and a server started with --allow-model-paths); a client or peer
+-- that names anything else hears "unknown model", whether the file exists
+-- or not, so the answer tells nothing about the file system. Users add entries in
 -- $EXO_HOME/models.lua (or the file EXO_MODELS names): a Lua file that
 -- returns a table { ["my-model"] = { file = "x.gguf", ... } } or calls
 -- register(id, entry) on the module it receives as its argument.
@@ -42,10 +47,45 @@ function M.register(id, entry)
   M.registry[id] = entry
 end
 
-local function exists(path)
+-- Whether a path-shaped name may point outside the store (the operator's
+-- own command line sets it; a server only with --allow-model-paths).
+M.allow_paths = false
+
+-- Names the operator gave a server (--default-model, --draft-model): paths
+-- allowed wherever they point, as on the command line.
+local trusted = {}
+function M.trust(name) trusted[name] = true end
+
+local real = require("exo.native").realpath
+
+local function is_file(path)
   local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
+  if not f then return false end
+  local ok = f:read(0) ~= nil -- io.open succeeds on a directory; reading it does not
+  f:close()
+  return ok
+end
+
+-- The real path of a path-shaped name, or nil: inside the store unless
+-- allow (a relative name is taken against the store, then, with allow,
+-- against the current directory).
+local function resolve_path(name, allow)
+  local store = real(M.store())
+  local candidates = {}
+  if name:sub(1, 1) == "/" then
+    candidates[1] = name
+  else
+    if allow then candidates[#candidates + 1] = name end
+    if store then candidates[#candidates + 1] = store .. "/" .. name end
+  end
+  for _, c in ipairs(candidates) do
+    local path = real(c)
+    -- Inside first: nothing outside the store is opened (a FIFO would block).
+    if path and (allow or (store and path:sub(1, #store + 1) == store .. "/")) and is_file(path) then
+      return path
+    end
+  end
+  return nil
 end
 
 -- Loads the user's registry file once; an error in it is reported, not fatal.
@@ -74,24 +114,33 @@ function M.load_user_file()
   end
 end
 
--- Resolves an id or path to a file path. Returns path or nil, err.
-function M.resolve(name)
+-- Resolves an id or path-shaped name to the real path of its file, the one
+-- key for a loaded model however it is named. allow (default M.allow_paths)
+-- lets a path point outside the store. Returns path or nil, err; err never
+-- says whether a file outside the store exists, nor where the store is,
+-- unless allow.
+function M.resolve(name, allow)
   M.load_user_file()
   name = name or M.default_id
-  if name:match("%.gguf$") or name:find("/", 1, true) then
-    if exists(name) then return name end
-    return nil, "model file not found: " .. name
-  end
+  if allow == nil then allow = M.allow_paths or trusted[name] == true end
   local entry = M.registry[name]
+  if not entry and (name:match("%.gguf$") or name:find("/", 1, true)) then
+    local path = resolve_path(name, allow)
+    if path then return path end
+    if allow then return nil, "model file not found: " .. name end
+  end
   if not entry then
     local ids = {}
     for id in pairs(M.registry) do ids[#ids + 1] = id end
     table.sort(ids)
-    return nil, ("unknown model '%s' (known: %s; or give a path to a .gguf)"):format(name, table.concat(ids, ", "))
+    return nil, ("unknown model '%s' (known: %s; or %s)"):format(name, table.concat(ids, ", "),
+      allow and "give a path to a .gguf" or "a .gguf file in the model store")
   end
-  local path = M.store() .. "/" .. name .. "/" .. entry.file
-  if not exists(path) then
-    return nil, ("model '%s' is not in the store (%s); scripts/setup installs the default model"):format(name, path)
+  local file = M.store() .. "/" .. name .. "/" .. entry.file
+  local path = real(file)
+  if not path or not is_file(path) then
+    if not allow then return nil, ("model '%s' is not downloaded on this node"):format(name) end
+    return nil, ("model '%s' is not in the store (%s); scripts/setup installs the default model"):format(name, file)
   end
   return path
 end

@@ -1057,6 +1057,18 @@ function M.readline(prompt)
   return io.read("*l")
 end
 
+-- The canonical absolute path of an existing file (symlinks, '.' and '..'
+-- followed; libc's realpath), or nil: how exo.models checks that a name
+-- stays inside the model store.
+ffi.cdef "char *realpath(const char *path, char *resolved_path);"
+function M.realpath(path)
+  local p = C.realpath(path, nil)
+  if p == nil then return nil end
+  local out = ffi.string(p)
+  C.free(p)
+  return out
+end
+
 function M.load_history(path) if readline_lib then readline_lib.read_history(path) end end
 function M.save_history(path) if readline_lib then readline_lib.write_history(path) end end
 function M.isatty(fd) return C.isatty(fd) == 1 end

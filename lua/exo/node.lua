@@ -153,7 +153,7 @@ function M.new(opts)
   opts = opts or {}
   local self = setmetatable({
     opts = opts,
-    loaded = {},          -- model id -> { model, idle = {sessions}, busy = n, queue = {co...} }
+    loaded = {},          -- real path -> { model, idle = {sessions}, busy = n, queue = {co...} }
     runner = new_runner(),
     max_sessions = opts.max_sessions or 2,
     n_ctx = opts.n_ctx or 2048,
@@ -166,23 +166,25 @@ end
 -- a request's coroutine, which waits while the engine thread loads; a request
 -- for a model that is loading waits for that load. Returns entry or nil, err,
 -- status.
+-- Models are keyed by their file's real path: every spelling of one file
+-- (an id, ./ or .. in a path, a symlink) shares one loaded copy.
 function Node:model(id)
-  local entry = self.loaded[id]
-  if entry then return entry end
-  return self.runner:once("model " .. tostring(id), self.load_model, self, id)
-end
-
-function Node:load_model(id)
   local path, err = models.resolve(id)
   if not path then
     local status = (err:match("^unknown model") or err:match("not found")) and 404 or 503
     return nil, err, status
   end
+  local entry = self.loaded[path]
+  if entry then return entry end
+  return self.runner:once("model " .. path, self.load_model, self, id, path)
+end
+
+function Node:load_model(id, path)
   local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template, text_only = true,
-    runner = self.runner })
+    runner = self.runner, path = path })
   if not model then return nil, lerr, 500 end
   local entry = { model = model, idle = {}, busy = 0, queue = {} }
-  self.loaded[id] = entry
+  self.loaded[path] = entry
   return entry
 end
 

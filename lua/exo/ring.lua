@@ -46,7 +46,7 @@ function M.new(node, cluster, opts)
     node = node, cluster = cluster, policy = opts.policy, wire_dtype = opts.wire_dtype or "f32",
     open_timeout = opts.open_timeout or 120, step_timeout = opts.step_timeout or 120,
     asking = {},   -- request id -> the asker's state
-    kept = {},     -- model id -> requests kept open between turns (see take_kept)
+    kept = {},     -- model path -> requests kept open between turns (see take_kept)
     max_kept = opts.max_kept or 2,
     routes = {},   -- request id -> this node's part in a request
     opening = {},  -- request id -> { asker, closed } while its open waits for a load
@@ -187,8 +187,8 @@ end
 
 -- The idle kept request for this model, plan and mode sharing the longest
 -- prefix with ids, taken out of the pool; kept requests of other plans go.
-function Ring:take_kept(model_id, sig, mode, ids)
-  local list = self.kept[model_id]
+function Ring:take_kept(model_path, sig, mode, ids)
+  local list = self.kept[model_path]
   if not list then return nil end
   local best, best_len
   for i = #list, 1, -1 do
@@ -211,8 +211,8 @@ end
 -- changed (they pin KV caches and shards on every node of the old plan).
 function Ring:sweep_kept()
   local now = uv.now()
-  for model_id, list in pairs(self.kept) do
-    local entry = self.node.loaded[model_id]
+  for model_path, list in pairs(self.kept) do
+    local entry = self.node.loaded[model_path]
     local plan = entry and self:plan(entry.model)
     local sig = plan and plan_signature(plan)
     for i = #list, 1, -1 do
@@ -225,9 +225,9 @@ function Ring:sweep_kept()
   end
 end
 
-function Ring:keep(model_id, k)
-  local list = self.kept[model_id] or {}
-  self.kept[model_id] = list
+function Ring:keep(model_path, k)
+  local list = self.kept[model_path] or {}
+  self.kept[model_path] = list
   k.used = uv.now()
   -- One cache per conversation: a kept request this one extends (two turns
   -- of one conversation at once) goes.
@@ -253,7 +253,7 @@ end
 function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
   local mode = draft and verify_mode(req) or "plain"
   local sig = plan_signature(plan)
-  local kept = self:take_kept(model.id, sig, mode, ids)
+  local kept = self:take_kept(model.path, sig, mode, ids)
   while true do
     local rid = kept and kept.rid or self:new_request_id()
     local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {}, kept = kept, mode = mode,
@@ -265,7 +265,7 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
     local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
     self.asking[rid] = nil
     if ok and res and st.cached then
-      self:keep(model.id, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached, n_vocab = st.n_vocab })
+      self:keep(model.path, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached, n_vocab = st.n_vocab })
     else
       self:close_everywhere(rid, plan)
     end
@@ -466,12 +466,15 @@ end
 -- The loaded range [start, stop) of a model, loaded on the engine thread
 -- while the calling coroutine waits (once, however many opens ask for it at
 -- the same time).
+-- Keyed by the file's real path, so every spelling of one file shares it; a
+-- peer's name resolves as a client's does (the store only, without
+-- --allow-model-paths).
 function Ring:shard_for(model_id, start, stop)
-  local key = ("%s@%d-%d"):format(model_id, start, stop)
+  local path, err = models.resolve(model_id)
+  if not path then return nil, err end
+  local key = ("%s@%d-%d"):format(path, start, stop)
   local entry = self.shards[key]
   if not entry then
-    local path, err = models.resolve(model_id)
-    if not path then return nil, err end
     local runner = self.node.runner
     local shard, serr = runner:once("shard " .. key, runner.load_shard, runner, path, { start = start, stop = stop })
     if not shard then return nil, serr end
@@ -480,11 +483,11 @@ function Ring:shard_for(model_id, start, stop)
     if not shard.handle then return nil, "the plan changed while the layers loaded" end
     entry = self.shards[key]
     if not entry then
-      entry = { shard = shard, refs = 0, key = key, model = model_id }
+      entry = { shard = shard, refs = 0, key = key, model = path }
       -- A plan change leaves the model's other ranges unused: they go once
       -- nothing runs on them.
       for k, other in pairs(self.shards) do
-        if other.model == model_id then other.retired = true end
+        if other.model == path then other.retired = true end
         if other.retired and other.refs == 0 then self:drop_shard(k) end
       end
       self.shards[key] = entry
@@ -551,7 +554,8 @@ function Ring:open_route(from, rid, msg, opening, refuse)
       math.max(self.node.n_ctx, shard.n_ctx_train)))
   end
   if shard.is_last ~= (msg.next == nil) then return refuse("the plan's last node must hold the last layer") end
-  local route = { asker = from, shard_key = entry.key, model = msg.model, n_ctx = msg.n_ctx, first = msg.first,
+  local route = { asker = from, shard_key = entry.key, range = msg.start .. "-" .. msg.stop, model = msg.model,
+    n_ctx = msg.n_ctx, first = msg.first,
     n_vocab = shard.n_vocab }
   if shard.is_last then
     local serr = self:start_last(route, msg)
@@ -628,7 +632,7 @@ function Ring:on_resume(from, rid, msg)
     self.cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(self.cluster.id, why) })
   end
   if not route or route.asker ~= from or route.in_ring then return refuse("nothing to resume") end
-  if route.model ~= msg.model or route.shard_key ~= ("%s@%s-%s"):format(msg.model, msg.start, msg.stop) then
+  if route.model ~= msg.model or route.range ~= ("%s-%s"):format(msg.start, msg.stop) then
     return refuse("this node holds another part of the request")
   end
   if route.sampler or route.verify then -- the last node: this turn's settings

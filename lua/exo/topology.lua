@@ -37,12 +37,13 @@ function M.view(ctx)
       wire = wire }
   end
   local partitions = {}
-  local model_ids = {}
-  for id in pairs(ctx.node.loaded) do model_ids[#model_ids + 1] = id end
-  table.sort(model_ids)
+  -- Each loaded model by the name it was first asked by (never its path on disk).
+  local loaded = {}
+  for _, entry in pairs(ctx.node.loaded) do loaded[#loaded + 1] = entry.model end
+  table.sort(loaded, function(a, b) return a.id < b.id end)
   local errors = {}
-  for _, id in ipairs(model_ids) do
-    local model = ctx.node.loaded[id].model
+  for _, model in ipairs(loaded) do
+    local id = model.id
     local plan, err = ctx.ring:plan(model)
     if plan then
       for _, p in ipairs(plan) do

@@ -524,7 +524,8 @@ class LoadingTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.node = Node("--max-generate-tokens", "8")
+        # test_unloadable_file_fails_clearly names a file outside the store.
+        cls.node = Node("--max-generate-tokens", "8", "--allow-model-paths")
 
     @classmethod
     def tearDownClass(cls):
@@ -586,6 +587,90 @@ class LoadingTest(unittest.TestCase):
         self.assertEqual(status, 500, raw)
         self.assertIn("architecture 'llamb' is not supported", json.loads(raw)["error"]["message"])
         self.assertEqual(self.node.request("GET", "/healthcheck")[0], 200)
+
+
+class ModelPathTest(unittest.TestCase):
+    """A client names a model only by id or a file inside the model store
+    ($EXO_HOME/downloads). Before, {"model": "/etc/shadow"} answered 500 "bad
+    magic 'root'", GET /v1/models//etc/shadow told whether a file exists, and
+    every spelling of one file loaded another copy."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.home = tempfile.TemporaryDirectory()
+        cls.store = os.path.join(cls.home.name, "downloads")
+        os.makedirs(os.path.join(cls.store, "tiny"))
+        cls.tiny_chat = os.environ["EXO_TINY_MODEL"][:-len(".gguf")] + "-chat.gguf"
+        with open(cls.tiny_chat, "rb") as src, open(os.path.join(cls.store, "tiny", "m.gguf"), "wb") as dst:
+            dst.write(src.read())
+        # A link in the store to a file outside it, and a file beside the store.
+        os.symlink(cls.tiny_chat, os.path.join(cls.store, "tiny", "out.gguf"))
+        os.symlink("/etc", os.path.join(cls.store, "etc"))
+        with open(os.path.join(cls.home.name, "beside.gguf"), "wb") as f:
+            f.write(b"root:x:0:0:secret")
+        cls.node = Node("--max-generate-tokens", "4", env={"EXO_HOME": cls.home.name})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        cls.home.cleanup()
+
+    def ask(self, node, model):
+        """The answers of every route that takes a model, for this name."""
+        msgs = [{"role": "user", "content": "Hi"}]
+        return [node.request("POST", "/v1/chat/completions", {"model": model, "messages": msgs, "max_tokens": 2,
+                                                              "temperature": 0})[:2],
+                node.request("POST", "/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 2,
+                                                         "temperature": 0})[:2],
+                node.request("POST", "/v1/chat/token/encode", {"model": model, "messages": msgs})[:2],
+                node.request("GET", "/v1/models/" + model)[:2]]
+
+    def test_path_names_get_one_404_that_reveals_nothing(self):
+        store = self.store
+        names = ["/etc/shadow", "/etc/passwd", "/nonexistent/x.gguf", "missing.gguf", self.tiny_chat,
+                 "../beside.gguf", os.path.join(store, "..", "beside.gguf"), "tiny/../../beside.gguf",
+                 "../../../../../../etc/passwd", "tiny/out.gguf", os.path.join(store, "tiny", "out.gguf"),
+                 "etc/passwd", "./etc/passwd", os.path.join(store, "etc", "passwd"), store, "tiny", "tiny/",
+                 os.path.join(store, "tiny", ".", "nothing.gguf")]
+        shapes = set()
+        for name in names:
+            for status, raw in self.ask(self.node, name):
+                self.assertEqual(status, 404, "%s: %s" % (name, raw))
+                text = raw.decode()
+                text = text.replace(json.dumps(name)[1:-1].replace("/", "\\/"), "NAME")
+                for leak in ("root", "magic", "secret", self.home.name, "passwd", "not found", "exist", "permission"):
+                    self.assertNotIn(leak, text, name)
+                shapes.add(json.dumps(json.loads(text), sort_keys=True))
+        # One answer per route, whatever the name and whether its file exists.
+        self.assertEqual(len(shapes), 2, shapes)  # the generation routes' and GET /v1/models/<id>'s
+        self.assertEqual(self.node.request("GET", "/healthcheck")[0], 200)
+
+    def test_a_store_file_by_any_spelling_loads_once(self):
+        store = self.store
+        names = ["tiny/m.gguf", os.path.join(store, "tiny", "m.gguf"), os.path.join(store, "tiny", ".", "m.gguf"),
+                 os.path.join(store, "tiny", "..", "tiny", "m.gguf"), "tiny//m.gguf", "./tiny/m.gguf"]
+        answers = set()
+        for name in names:
+            status, raw, _ = self.node.request("POST", "/v1/completions", {
+                "model": name, "prompt": "Hi", "max_tokens": 3, "temperature": 0})
+            self.assertEqual(status, 200, "%s: %s" % (name, raw))
+            answers.add(json.loads(raw)["choices"][0]["text"])
+            self.assertEqual(self.node.request("GET", "/v1/models/" + name)[0], 200, name)
+        self.assertEqual(len(answers), 1, answers)
+        self.node.log.seek(0)
+        log = self.node.log.read().decode()
+        self.assertEqual(sum(": loaded " in line for line in log.splitlines()), 1, log)
+
+    def test_allow_model_paths_restores_paths(self):
+        node = Node("--max-generate-tokens", "4", "--allow-model-paths", env={"EXO_HOME": self.home.name})
+        try:
+            for status, raw in self.ask(node, self.tiny_chat):
+                self.assertEqual(status, 200, raw)
+            status, raw, _ = node.request("POST", "/v1/completions", {"model": "tiny/out.gguf", "prompt": "Hi",
+                                                                       "max_tokens": 2})
+            self.assertEqual(status, 200, raw)
+        finally:
+            node.stop()
 
 
 class ApiKeyTest(unittest.TestCase):

@@ -23,7 +23,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "api"))
-from test_api import Node, free_port  # noqa: E402  (the same real-process helper)
+from test_api import Node as ApiNode, free_port  # noqa: E402  (the same real-process helper)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.environ.get("EXO_DEFAULT_MODEL", os.path.expanduser(
@@ -74,14 +74,21 @@ def wait_for_topology(nodes, count, timeout=30):
     raise AssertionError("the nodes did not all see %d nodes" % count)
 
 
-def start_cluster(home, specs, *flags):
+def Node(*flags, allow_paths=True, **kw):
+    """A real node. These tests name model files outside each node's temporary
+    store (the build's tiny models, the default model's file), as the operator
+    may: so --allow-model-paths unless allow_paths is False."""
+    return ApiNode(*(("--allow-model-paths",) if allow_paths else ()), *flags, **kw)
+
+
+def start_cluster(home, specs, *flags, allow_paths=True):
     """specs: [(node_id, memory_mb)]; returns the nodes, in order."""
     ports = [free_port() for _ in specs]
     peers = os.path.join(home, "peers.json")
     write_peers(peers, [(nid, port, mem) for (nid, mem), port in zip(specs, ports)])
     os.environ["EXO_HOME"] = home
-    nodes = [Node("--node-id", nid, "--discovery-config-path", peers, "--node-host", "127.0.0.1", *flags)
-             for nid, _ in specs]
+    nodes = [Node("--node-id", nid, "--discovery-config-path", peers, "--node-host", "127.0.0.1", *flags,
+                  allow_paths=allow_paths) for nid, _ in specs]
     for n, (nid, _), port in zip(nodes, specs, ports):
         n.node_id = nid
         n.wire_port = port
@@ -607,6 +614,64 @@ class Policies(unittest.TestCase):
             with self.assertRaises(RuntimeError) as cm:
                 Node("--partitioning", "/nonexistent/policy.lua")
             self.assertIn("/nonexistent/policy.lua", str(cm.exception))
+
+
+class WireOpenByPath(unittest.TestCase):
+    """A peer's `open` names a model as a client does: an id or a file in the
+    node's store. Before, {"t": "open", "model": "/etc/passwd"} made the node
+    open any file (its answer: "bad magic 'root'")."""
+
+    def open_reply(self, node, model):
+        def frame(ftype, payload, rid=0):
+            return b"EXOW" + struct.pack("<HBBQII", 1, ftype, 0, rid, len(payload), 0) + payload
+
+        hello = json.dumps({"node_id": "stranger", "instance": "x", "port": 1}).encode()
+        op = json.dumps({"t": "open", "model": model, "start": 0, "stop": 2, "n_ctx": 64, "first": "stranger",
+                         "prompt": [1, 2], "sampling": {"temperature": 0}, "max_tokens": 1}).encode()
+        with socket.create_connection(("127.0.0.1", node.wire_port), timeout=10) as s:
+            s.sendall(frame(1, hello) + frame(2, op, rid=5))
+            buf = b""
+            while True:
+                while len(buf) >= 24:
+                    ftype, plen = buf[6], struct.unpack("<I", buf[16:20])[0]
+                    if len(buf) < 24 + plen:
+                        break
+                    payload, buf = buf[24:24 + plen], buf[24 + plen:]
+                    if ftype == 2:
+                        msg = json.loads(payload)
+                        if msg.get("t") in ("ready", "error"):
+                            return msg
+                    elif ftype == 6:
+                        return {"t": "closed", "message": payload.decode()}
+                b = s.recv(65536)
+                if not b:
+                    return {"t": "closed", "message": ""}
+                buf += b
+
+    def test_a_peer_cannot_open_a_path(self):
+        with with_home() as home:
+            victim = start_cluster(home, [("victim", 8000)], allow_paths=False)[0]
+            try:
+                for name in ("/etc/passwd", "/etc/shadow", TINY_CHAT, "../../../../../etc/passwd", "/nonexistent.gguf"):
+                    msg = self.open_reply(victim, name)
+                    self.assertEqual(msg["t"], "error", name)
+                    self.assertIn("unknown model", msg["message"], name)
+                    self.assertNotIn("root", msg["message"], name)
+                    self.assertNotIn("magic", msg["message"], name)
+                self.assertEqual(victim.request("GET", "/healthcheck")[0], 200)
+            finally:
+                victim.stop()
+
+    def test_allow_model_paths_lets_a_peer_name_a_path(self):
+        with with_home() as home:
+            node = start_cluster(home, [("trusting", 8000)])[0]
+            try:
+                # Layers 0-2 are not the whole model: the node loads them, then
+                # refuses the plan (a last node without the last layer).
+                msg = self.open_reply(node, TINY_CHAT)
+                self.assertIn("must hold the last layer", msg.get("message", ""), msg)
+            finally:
+                node.stop()
 
 
 if __name__ == "__main__":
