@@ -608,6 +608,8 @@ class ModelPathTest(unittest.TestCase):
         os.symlink("/etc", os.path.join(cls.store, "etc"))
         with open(os.path.join(cls.home.name, "beside.gguf"), "wb") as f:
             f.write(b"root:x:0:0:secret")
+        # Opening a FIFO blocks until a writer comes: nothing outside the store is opened.
+        os.mkfifo(os.path.join(cls.home.name, "pipe.gguf"))
         cls.node = Node("--max-generate-tokens", "4", env={"EXO_HOME": cls.home.name})
 
     @classmethod
@@ -631,7 +633,8 @@ class ModelPathTest(unittest.TestCase):
                  "../beside.gguf", os.path.join(store, "..", "beside.gguf"), "tiny/../../beside.gguf",
                  "../../../../../../etc/passwd", "tiny/out.gguf", os.path.join(store, "tiny", "out.gguf"),
                  "etc/passwd", "./etc/passwd", os.path.join(store, "etc", "passwd"), store, "tiny", "tiny/",
-                 os.path.join(store, "tiny", ".", "nothing.gguf")]
+                 os.path.join(store, "tiny", ".", "nothing.gguf"), "../pipe.gguf",
+                 os.path.join(self.home.name, "pipe.gguf")]
         shapes = set()
         for name in names:
             for status, raw in self.ask(self.node, name):
