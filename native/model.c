@@ -611,6 +611,7 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
     const int out_width = s->is_last ? s->hp.n_vocab : n_embd;
     pthread_mutex_lock(&forward_lock);
     int rc = s->backend->prepare(s->backend);
+    const int start = q->pos;
     /* One sequence's positions, max_batch rows at a time. */
     for (int done = 0; done < n_tokens && rc == EXO_OK;) {
         int n = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
@@ -634,6 +635,9 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
         rc = forward_batch_locked(s, &b, dst);
         done += n;
     }
+    /* All or nothing: a later chunk's failure (a bad token id) takes back
+     * the chunks before it, so the caller's error leaves the cache as it was. */
+    if (rc) q->pos = start;
     pthread_mutex_unlock(&forward_lock);
     return rc;
 }

@@ -374,6 +374,19 @@ static void test_errors(const char *path)
     CHECK(strstr(exo_last_error(), "context full") != NULL);
     free(out);
     exo_seq_free(q);
+    /* A failure in a later internal batch leaves the sequence where it was:
+     * 300 tokens (two batches of at most 256), the 290th out of range. */
+    int32_t *many = malloc(sizeof(int32_t) * 300);
+    for (int i = 0; i < 300; i++) many[i] = prompt[i % N_PROMPT];
+    many[289] = info.n_vocab;
+    out = malloc(sizeof(float) * info.n_vocab);
+    CHECK(exo_seq_new(s, 400, &q) == 0);
+    CHECK(exo_shard_forward(s, q, prompt, NULL, 3, 0, out) == 0);
+    CHECK(exo_shard_forward(s, q, many, NULL, 300, 0, out) == EXO_ERANGE);
+    CHECK_MSG(exo_seq_pos(q) == 3, "a failed forward left the sequence at %d, not 3", exo_seq_pos(q));
+    free(many);
+    free(out);
+    exo_seq_free(q);
     exo_shard_free(s);
 }
 
