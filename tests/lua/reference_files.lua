@@ -35,16 +35,24 @@ end
 -- Teacher-forced rows against llama.cpp's: a tally of positions whose top
 -- token agrees and of how far exo's gaps below the top token differ from
 -- llama.cpp's for its other top-k tokens (gaps, not logits: a common offset
--- of all logits changes no probability). add() returns exo's top token.
-function M.gap_tally(argmax)
+-- of all logits changes no probability). Where the top tokens differ,
+-- check(...) is told whether llama.cpp's top two were within `tie` (a
+-- near-tie, where engines may part). add(row, ref, n_vocab, where) returns
+-- exo's top token; `where` names the position in a failure.
+function M.gap_tally(argmax, check, tie)
   local t = { agree = 0, worst = 0, sum = 0, n = 0 }
-  function t.add(row, ref, n_vocab)
+  function t.add(row, ref, n_vocab, where)
     for k = 2, #ref do
       local d = math.abs((row[ref[k][1]] - row[ref[1][1]]) - (ref[k][2] - ref[1][2]))
       t.worst, t.sum, t.n = math.max(t.worst, d), t.sum + d, t.n + 1
     end
     local top = argmax(row, n_vocab)
-    if top == ref[1][1] then t.agree = t.agree + 1 end
+    if top == ref[1][1] then
+      t.agree = t.agree + 1
+    else
+      check(ref[1][2] - ref[2][2] <= tie, "%s: exo's top token %d, llama.cpp's %d (margin %.3f)", where, top,
+        ref[1][1], ref[1][2] - ref[2][2])
+    end
     return top
   end
   function t.mean() return t.n > 0 and t.sum / t.n or 0 end
