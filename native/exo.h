@@ -351,6 +351,8 @@ typedef struct exo_wire_stats {
     /* Passes run for routes, and their time from the rows' arrival to the
      * result's departure (sent on, or handed to Lua), of which computing. */
     uint64_t passes, pass_total_ns, pass_compute_ns;
+    uint64_t auth_refused;        /* connections refused at the handshake: no key, another key, a failed proof */
+    int32_t keyed;                /* 1 once a cluster key is set */
 } exo_wire_stats;
 
 /* The host's loop; the wire uses it when exo_wire_new is given NULL. */
@@ -365,6 +367,12 @@ int exo_wire_fd(const exo_wire *w);
 /* Replaces the hello sent on connections opened from now on (a node names
  * its port in it, known once it listens). */
 int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len);
+/* Makes this a keyed cluster's node (docs/wire.md, "Keyed clusters"): from
+ * now on a connection is admitted only once the peer proves it holds the same
+ * key (a string of 16 bytes or more), and every frame is sealed. Derives the
+ * key with Argon2id (a fraction of a second, 64 MiB briefly); call it before
+ * listening or dialing. */
+int exo_wire_set_key(exo_wire *w, const char *key, size_t len);
 /* Listens on host:port (port 0: a free port, returned in *bound_port). */
 int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
 /* Starts connecting; *conn names the connection from now on. A PEER event

@@ -41,11 +41,12 @@ static uint32_t max_payload(uint8_t type)
     case EXO_WIRE_PING:
     case EXO_WIRE_PONG: return 8;
     case EXO_WIRE_ERROR: return EXO_WIRE_MAX_ERROR;
+    case EXO_WIRE_AUTH: return EXO_WIRE_AUTH_SIZE;
     default: return 0;
     }
 }
 
-int exo__wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h)
+int exo__wire_decode_header(const uint8_t *buf, size_t len, int sealed, exo_wire_header *h)
 {
     if (len < EXO_WIRE_HEADER_SIZE) return 0;
     h->magic = rd32(buf);
@@ -63,13 +64,22 @@ int exo__wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h)
     if (!limit) return exo__error_set(EXO_EFORMAT, "unknown frame type %u", h->type);
     if (h->flags || h->reserved)
         return exo__error_set(EXO_EFORMAT, "frame type %u has nonzero flags or reserved bits", h->type);
-    if (h->payload_len > limit)
-        return exo__error_set(EXO_ENOMEM, "frame type %u carries %u bytes, more than its limit of %u", h->type,
-                             h->payload_len, limit);
-    if ((h->type == EXO_WIRE_PING || h->type == EXO_WIRE_PONG) && h->payload_len != 8)
-        return exo__error_set(EXO_EFORMAT, "a ping or pong carries 8 bytes, not %u", h->payload_len);
+    if (sealed && h->type == EXO_WIRE_AUTH) return exo__error_set(EXO_EFORMAT, "an AUTH after the handshake");
+    uint32_t tag = sealed ? EXO_WIRE_SEAL_TAG : 0;
+    if (h->payload_len < tag)
+        return exo__error_set(EXO_EFORMAT, "a sealed frame of %u bytes is shorter than its tag", h->payload_len);
+    uint32_t plain = h->payload_len - tag;
+    if (plain > limit)
+        return exo__error_set(EXO_ENOMEM, "frame type %u carries %u bytes, more than its limit of %u", h->type, plain,
+                             limit);
+    if ((h->type == EXO_WIRE_PING || h->type == EXO_WIRE_PONG) && plain != 8)
+        return exo__error_set(EXO_EFORMAT, "a ping or pong carries 8 bytes, not %u", plain);
+    if (h->type == EXO_WIRE_AUTH && plain != EXO_WIRE_AUTH_SIZE)
+        return exo__error_set(EXO_EFORMAT, "an AUTH carries %d bytes, not %u", EXO_WIRE_AUTH_SIZE, plain);
     return EXO_WIRE_HEADER_SIZE;
 }
+
+void exo__wire_set_payload_len(uint8_t *buf, uint32_t payload_len) { wr32(buf + 16, payload_len); }
 
 void exo__wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len)
 {

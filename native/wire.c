@@ -13,7 +13,12 @@
  * A peer is not trusted. A frame is validated (frame.c) before its payload is
  * buffered; a malformed one makes us send an ERROR frame saying why and close
  * that connection only. Rows for a route are checked against the route's
- * shard (dtype, width, position) before they reach the executor. */
+ * shard (dtype, width, position) before they reach the executor.
+ *
+ * With a cluster key (exo_wire_set_key) a connection starts with AUTH frames
+ * each way, and every frame after them is sealed (seal.c): the first sealed
+ * frame, the HELLO, proves the key, so a peer without it is refused before
+ * anything but AUTH is read from it. docs/wire.md, "Keyed clusters". */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -30,6 +35,7 @@
 #include <math.h>
 
 #include "quants.h"
+#include "seal.h"
 #include "wire.h"
 
 #define WIRE_READ_CHUNK 65536
@@ -59,7 +65,7 @@
 /* A closing connection whose peer never lets the shutdown finish is cut. */
 #define WIRE_SHUTDOWN_TIMEOUT_MS 5000
 
-enum conn_state { CONN_CONNECTING, CONN_HELLO, CONN_UP, CONN_CLOSING };
+enum conn_state { CONN_CONNECTING, CONN_AUTH, CONN_HELLO, CONN_UP, CONN_CLOSING };
 
 typedef struct wire_conn {
     exo_wire *w;
@@ -68,6 +74,8 @@ typedef struct wire_conn {
     uv_shutdown_t shutdown_req;
     int id;
     int state;
+    int dialed;           /* we connected (crypto_kx's client in a keyed cluster) */
+    exo_seal seal;        /* keyed clusters: this connection's keys; seal.ready once AUTH is through */
     uint64_t opened_ms, closing_ms;
     uint8_t *rbuf;
     size_t rlen, rcap;
@@ -117,6 +125,8 @@ struct exo_wire {
     int efd;
     char *hello;
     size_t hello_len;
+    exo_seal_key key;     /* the cluster key, stretched (keyed only) */
+    int keyed;
     wire_conn *conns;
     int next_conn_id;
     wire_route *routes;
@@ -228,6 +238,7 @@ static void conn_closed(uv_handle_t *h)
         }
     w->buffered_total -= c->rcap;
     free(c->rbuf);
+    exo__seal_wipe(&c->seal);
     free(c);
     if (--w->open_handles == 0 && w->freeing) free(w);
 }
@@ -285,10 +296,11 @@ static void write_done(uv_write_t *req, int status)
 }
 
 /* A write of a frame with payload_len bytes of payload, to be filled in at
- * data + EXO_WIRE_HEADER_SIZE; NULL when out of memory. */
+ * data + EXO_WIRE_HEADER_SIZE (and room after it for a seal's tag); NULL when
+ * out of memory. */
 static wire_write *frame_alloc(uint8_t type, uint64_t request_id, size_t payload_len)
 {
-    wire_write *ww = malloc(sizeof *ww + EXO_WIRE_HEADER_SIZE + payload_len);
+    wire_write *ww = malloc(sizeof *ww + EXO_WIRE_HEADER_SIZE + payload_len + EXO_WIRE_SEAL_TAG);
     if (!ww) return NULL;
     ww->len = EXO_WIRE_HEADER_SIZE + payload_len;
     exo__wire_encode_header(ww->data, type, request_id, (uint32_t)payload_len);
@@ -300,6 +312,12 @@ static int frame_send(wire_conn *c, wire_write *ww)
     if (c->state == CONN_CLOSING) {
         free(ww);
         return exo__error_set(EXO_ESTATE, "the connection to %s is closing", c->address);
+    }
+    if (c->seal.ready) { /* sealed in the order the writes go out: the counter nonces follow it */
+        size_t plain = ww->len - EXO_WIRE_HEADER_SIZE;
+        exo__wire_set_payload_len(ww->data, (uint32_t)(plain + EXO_WIRE_SEAL_TAG));
+        exo__seal_frame(&c->seal, ww->data, plain);
+        ww->len += EXO_WIRE_SEAL_TAG;
     }
     size_t cost = WIRE_WRITE_COST(ww->len);
     if (c->queued + cost > WIRE_MAX_QUEUED_CONN || c->w->queued_total + cost > WIRE_MAX_QUEUED_TOTAL) {
@@ -363,9 +381,50 @@ static void conn_start(wire_conn *c)
         snprintf(c->address, sizeof c->address, "%s:%d", ip, port);
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    c->state = CONN_HELLO;
     c->opened_ms = uv_now(w->loop);
+    if (w->keyed) {
+        uint8_t auth[EXO_WIRE_AUTH_SIZE];
+        c->state = CONN_AUTH;
+        if (exo__seal_begin(&c->seal, &w->key, c->dialed, auth) != EXO_OK) {
+            conn_close(c, exo_last_error());
+            return;
+        }
+        send_simple(c, EXO_WIRE_AUTH, 0, auth, sizeof auth);
+        return;
+    }
+    c->state = CONN_HELLO;
     send_simple(c, EXO_WIRE_HELLO, 0, w->hello, w->hello_len);
+}
+
+/* A keyed connection's peer sent its AUTH: agree on the keys, then say hello
+ * (sealed: the proof that we hold the key). */
+static void conn_authenticate(wire_conn *c, const uint8_t *payload, size_t len)
+{
+    exo_wire *w = c->w;
+    if (exo__seal_accept(&c->seal, &w->key, payload, len) != EXO_OK) {
+        w->stats.auth_refused++;
+        conn_reject(c, exo_last_error());
+        return;
+    }
+    c->state = CONN_HELLO;
+    send_simple(c, EXO_WIRE_HELLO, 0, w->hello, w->hello_len);
+}
+
+/* What a connection that has not said hello may send next, or NULL for this
+ * frame type: before the handshake only AUTH (keyed) or HELLO (open), and an
+ * ERROR saying why the peer refuses us. */
+static const char *early_frame_refusal(const wire_conn *c, uint8_t type)
+{
+    if (type == EXO_WIRE_ERROR) return NULL;
+    if (c->state == CONN_AUTH)
+        return type == EXO_WIRE_AUTH ? NULL
+                                     : "this cluster needs its key: start the peer with the same cluster key "
+                                       "(--cluster-key, EXO_CLUSTER_KEY or cluster.key; 'exo key' makes one)";
+    if (c->state == CONN_HELLO) {
+        if (type == EXO_WIRE_AUTH && !c->seal.ready) return "this node is in an open cluster (no cluster key)";
+        return type == EXO_WIRE_HELLO ? NULL : "the first frame must be a hello";
+    }
+    return NULL;
 }
 
 static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, const uint8_t *payload, size_t len);
@@ -374,11 +433,14 @@ static void dispatch(wire_conn *c, const exo_wire_header *h, const uint8_t *payl
 {
     exo_wire *w = c->w;
     w->stats.frames_received++;
-    if (c->state == CONN_HELLO && h->type != EXO_WIRE_HELLO && h->type != EXO_WIRE_ERROR) {
-        conn_reject(c, "the first frame must be a hello");
-        return;
-    }
     switch (h->type) {
+    case EXO_WIRE_AUTH:
+        if (c->state != CONN_AUTH) {
+            conn_reject(c, c->w->keyed ? "a second AUTH" : "this node is in an open cluster (no cluster key)");
+            return;
+        }
+        conn_authenticate(c, payload, h->payload_len);
+        break;
     case EXO_WIRE_HELLO:
         if (c->state != CONN_HELLO) {
             conn_reject(c, "a second hello");
@@ -456,15 +518,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     size_t off = 0;
     while (c->state != CONN_CLOSING) {
         exo_wire_header h;
-        int rc = exo__wire_decode_header(c->rbuf + off, c->rlen - off, &h);
+        int rc = exo__wire_decode_header(c->rbuf + off, c->rlen - off, c->seal.ready, &h);
         if (rc == 0) break;
         if (rc < 0) {
             conn_reject(c, exo_last_error());
             return;
         }
-        /* Before its hello a peer gets nothing buffered but a hello. */
-        if (c->state == CONN_HELLO && h.type != EXO_WIRE_HELLO && h.type != EXO_WIRE_ERROR) {
-            conn_reject(c, "the first frame must be a hello");
+        /* Before its hello a peer gets nothing buffered but its handshake. */
+        const char *early = early_frame_refusal(c, h.type);
+        if (early) {
+            if (c->state == CONN_AUTH) c->w->stats.auth_refused++;
+            conn_reject(c, early);
             return;
         }
         size_t total = EXO_WIRE_HEADER_SIZE + (size_t)h.payload_len;
@@ -473,6 +537,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             break;
         }
         c->need = 0;
+        if (c->seal.ready) {
+            if (exo__seal_open(&c->seal, c->rbuf + off, h.payload_len) != EXO_OK) {
+                if (c->state == CONN_HELLO) c->w->stats.auth_refused++; /* its proof of the key failed */
+                conn_reject(c, exo_last_error());
+                return;
+            }
+            h.payload_len -= EXO_WIRE_SEAL_TAG;
+        }
         dispatch(c, &h, c->rbuf + off + EXO_WIRE_HEADER_SIZE);
         off += total;
     }
@@ -512,7 +584,7 @@ static void on_connection(uv_stream_t *server, int status)
     exo_wire *w = server->data;
     if (status < 0) return;
     int strangers = 0;
-    for (wire_conn *k = w->conns; k; k = k->next) strangers += k->state == CONN_HELLO;
+    for (wire_conn *k = w->conns; k; k = k->next) strangers += k->state == CONN_AUTH || k->state == CONN_HELLO;
     wire_conn *c = conn_new(w);
     if (!c) return;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || strangers >= WIRE_MAX_STRANGERS) {
@@ -586,6 +658,7 @@ int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn)
     wire_conn *c = conn_new(w);
     if (!c) return exo__error_set(EXO_ENOMEM, "out of memory for a connection");
     snprintf(c->address, sizeof c->address, "%s:%d", host, port);
+    c->dialed = 1;
     c->connect_req.data = c;
     int err = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr, on_connect);
     if (err) {
@@ -1029,7 +1102,8 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_now(w->loop);
     for (wire_conn *c = w->conns, *next; c; c = next) {
         next = c->next; /* conn_release frees c only in the close callback, later */
-        if (c->state == CONN_HELLO && now - c->opened_ms > WIRE_HELLO_TIMEOUT_MS) conn_reject(c, "no hello within 10 s");
+        if ((c->state == CONN_AUTH || c->state == CONN_HELLO) && now - c->opened_ms > WIRE_HELLO_TIMEOUT_MS)
+            conn_reject(c, c->state == CONN_AUTH ? "no AUTH within 10 s" : "no hello within 10 s");
         else if (c->state == CONN_CLOSING && now - c->closing_ms > WIRE_SHUTDOWN_TIMEOUT_MS) conn_release(c);
     }
 }
@@ -1064,6 +1138,17 @@ int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **
     uv_unref((uv_handle_t *)&w->timer);
     w->open_handles = 2;
     *out = w;
+    return EXO_OK;
+}
+
+int exo_wire_set_key(exo_wire *w, const char *key, size_t len)
+{
+    if (!w || !key) return exo__error_set(EXO_EINVAL, "exo_wire_set_key: NULL argument");
+    if (w->conns || w->listening) return exo__error_set(EXO_ESTATE, "the cluster key is set before listening or dialing");
+    int rc = exo__seal_key_derive(key, len, &w->key);
+    if (rc) return rc;
+    w->keyed = 1;
+    w->stats.keyed = 1;
     return EXO_OK;
 }
 
@@ -1110,6 +1195,7 @@ void exo_wire_free(exo_wire *w)
     free(w->events);
     free(w->last_data);
     free(w->hello);
+    exo__seal_key_wipe(&w->key);
     close(w->efd);
     if (w->listening) uv_close((uv_handle_t *)&w->server, handle_closed);
     uv_close((uv_handle_t *)&w->async, handle_closed);

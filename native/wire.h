@@ -15,7 +15,7 @@
 #include "exo_defs.h"
 
 #define EXO_WIRE_MAGIC 0x574f5845u /* the bytes "EXOW" read as a little-endian u32 */
-#define EXO_WIRE_VERSION 1
+#define EXO_WIRE_VERSION 2
 #define EXO_WIRE_HEADER_SIZE 24
 #define EXO_WIRE_TENSOR_HEADER_SIZE 24
 
@@ -25,6 +25,8 @@
 #define EXO_WIRE_MAX_CONTROL (1u << 20)
 #define EXO_WIRE_MAX_TENSOR (64u << 20)
 #define EXO_WIRE_MAX_ERROR (4u << 10)
+#define EXO_WIRE_AUTH_SIZE 40 /* X25519 public key, cluster key id (seal.h) */
+#define EXO_WIRE_SEAL_TAG 16  /* a sealed frame's payload ends in its tag */
 #define EXO_WIRE_MAX_ROWS 65536u
 #define EXO_WIRE_MAX_ROW_LEN (1u << 20)
 
@@ -40,7 +42,8 @@ enum exo_wire_frame_type {
     EXO_WIRE_TENSOR = 3,  /* token ids or hidden states for the shard executor */
     EXO_WIRE_PING = 4,    /* 8 opaque bytes, answered at once by a PONG with the same bytes */
     EXO_WIRE_PONG = 5,
-    EXO_WIRE_ERROR = 6    /* UTF-8 text: why the sender is closing the connection */
+    EXO_WIRE_ERROR = 6,   /* UTF-8 text: why the sender is closing the connection */
+    EXO_WIRE_AUTH = 7     /* a keyed cluster's handshake: the first frame each way, never sealed */
 };
 
 /* Tensor flags: enum exo_wire_tensor_flag, in exo_defs.h. */
@@ -71,10 +74,14 @@ _Static_assert(sizeof(exo_wire_tensor) == EXO_WIRE_TENSOR_HEADER_SIZE, "wire ten
  * EXO_WIRE_HEADER_SIZE bytes are there, EXO_WIRE_HEADER_SIZE when h is filled
  * and valid, or a code with a message: EXO_EFORMAT (bad magic, unknown type,
  * nonzero flags or reserved field), EXO_ENOTSUP (another protocol version),
- * EXO_ENOMEM (a payload longer than its type allows). */
-int exo__wire_decode_header(const uint8_t *buf, size_t len, exo_wire_header *h);
+ * EXO_ENOMEM (a payload longer than its type allows). On a sealed connection
+ * (sealed 1) every payload ends in its EXO_WIRE_SEAL_TAG-byte tag, which the
+ * type's limits do not count, and AUTH is refused. */
+int exo__wire_decode_header(const uint8_t *buf, size_t len, int sealed, exo_wire_header *h);
 /* Writes the 24 header bytes. */
 void exo__wire_encode_header(uint8_t *buf, uint8_t type, uint64_t request_id, uint32_t payload_len);
+/* Rewrites an encoded header's payload_len (a frame about to be sealed). */
+void exo__wire_set_payload_len(uint8_t *buf, uint32_t payload_len);
 
 /* Decodes and checks a TENSOR payload: the dtype is one of the four, the
  * shape is within limits (Q8_0 rows a multiple of 32, I32 rows of length 1)

@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t off = 0;
     while (off < size) {
         exo_wire_header h;
-        int rc = exo__wire_decode_header(buf + off, size - off, &h);
+        int rc = exo__wire_decode_header(buf + off, size - off, 0, &h);
         if (rc <= 0) break;
         uint8_t again[EXO_WIRE_HEADER_SIZE];
         exo__wire_encode_header(again, h.type, h.request_id, h.payload_len);

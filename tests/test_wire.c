@@ -6,7 +6,11 @@
  * frames and pings, and run the tiny model split in two ([0,2) here, [2,4)
  * there) with tensor frames alone, giving the same logits bit for bit as the
  * whole model in one piece. A raw socket sending garbage is refused and
- * disconnected while the other connection keeps working. */
+ * disconnected while the other connection keeps working. Keyed clusters:
+ * the seal's handshake and frames refuse replays, reordering, tampering and
+ * strangers who copy the key id; keyed transports admit a peer with the key
+ * and refuse an open node and another key's node, each side saying why. */
+#define _GNU_SOURCE /* memmem */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +19,7 @@
 
 #include "../native/error.h"
 #include "../native/exo.h"
+#include "../native/seal.h"
 #include "../native/wire.h"
 #include "check.h"
 
@@ -25,31 +30,31 @@ static void test_header(void)
     uint8_t buf[EXO_WIRE_HEADER_SIZE];
     exo_wire_header h;
     exo__wire_encode_header(buf, EXO_WIRE_CONTROL, 0x1122334455667788ULL, 42);
-    CHECK(exo__wire_decode_header(buf, sizeof buf - 1, &h) == 0); /* needs more */
-    CHECK(exo__wire_decode_header(buf, sizeof buf, &h) == EXO_WIRE_HEADER_SIZE);
+    CHECK(exo__wire_decode_header(buf, sizeof buf - 1, 0, &h) == 0); /* needs more */
+    CHECK(exo__wire_decode_header(buf, sizeof buf, 0, &h) == EXO_WIRE_HEADER_SIZE);
     CHECK(h.type == EXO_WIRE_CONTROL && h.request_id == 0x1122334455667788ULL && h.payload_len == 42);
     CHECK(memcmp(buf, "EXOW", 4) == 0); /* the magic reads as text on the wire */
 
     uint8_t bad[EXO_WIRE_HEADER_SIZE];
     memcpy(bad, buf, sizeof bad);
     bad[0] = 'G';
-    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, 0, &h) == EXO_EFORMAT);
     memcpy(bad, buf, sizeof bad);
-    bad[4] = 2; /* version 2 */
-    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_ENOTSUP);
-    CHECK(strstr(exo_last_error(), "version 2") != NULL);
+    bad[4] = 3; /* version 3 */
+    CHECK(exo__wire_decode_header(bad, sizeof bad, 0, &h) == EXO_ENOTSUP);
+    CHECK(strstr(exo_last_error(), "version 3") != NULL);
     memcpy(bad, buf, sizeof bad);
     bad[6] = 99; /* type */
-    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, 0, &h) == EXO_EFORMAT);
     memcpy(bad, buf, sizeof bad);
     bad[7] = 1; /* flags */
-    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, 0, &h) == EXO_EFORMAT);
     exo__wire_encode_header(bad, EXO_WIRE_CONTROL, 1, EXO_WIRE_MAX_CONTROL + 1);
-    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, 0, &h) == EXO_ENOMEM);
     exo__wire_encode_header(bad, EXO_WIRE_TENSOR, 1, 0xffffffffu);
-    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_ENOMEM);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, 0, &h) == EXO_ENOMEM);
     exo__wire_encode_header(bad, EXO_WIRE_PING, 0, 7);
-    CHECK(exo__wire_decode_header(bad, sizeof bad, &h) == EXO_EFORMAT);
+    CHECK(exo__wire_decode_header(bad, sizeof bad, 0, &h) == EXO_EFORMAT);
 }
 
 static void test_tensor_payload(void)
@@ -387,6 +392,171 @@ static void test_transport(const char *tiny)
     CHECK(uv_loop_close(&loop) == 0); /* every handle closed */
 }
 
+/* ---- keyed clusters ----------------------------------------------------------- */
+
+/* A sealed frame of a control payload, as frame_send makes it. */
+static size_t seal_control(exo_seal *s, uint8_t *frame, const char *text)
+{
+    size_t n = strlen(text);
+    exo__wire_encode_header(frame, EXO_WIRE_CONTROL, 0, (uint32_t)(n + EXO_WIRE_SEAL_TAG));
+    memcpy(frame + EXO_WIRE_HEADER_SIZE, text, n);
+    exo__seal_frame(s, frame, n);
+    return EXO_WIRE_HEADER_SIZE + n + EXO_WIRE_SEAL_TAG;
+}
+
+static void test_seal(void)
+{
+    exo_seal_key key, other;
+    CHECK(exo__seal_key_derive("too short", 9, &key) == EXO_EINVAL);
+    CHECK(strstr(exo_last_error(), "at least 16") != NULL);
+    const char *k1 = "correct horse battery staple", *k2 = "correct horse battery stapler";
+    CHECK(exo__seal_key_derive(k1, strlen(k1), &key) == 0);
+    CHECK(exo__seal_key_derive(k2, strlen(k2), &other) == 0);
+    CHECK(memcmp(key.id, other.id, EXO_SEAL_KEY_ID_SIZE) != 0);
+    exo_seal_key again;
+    CHECK(exo__seal_key_derive(k1, strlen(k1), &again) == 0 && memcmp(&again, &key, sizeof key) == 0);
+
+    /* Both sides agree on the keys; frames open in order, once. */
+    exo_seal dialer, acceptor;
+    uint8_t auth_d[EXO_SEAL_AUTH_SIZE], auth_a[EXO_SEAL_AUTH_SIZE];
+    CHECK(exo__seal_begin(&dialer, &key, 1, auth_d) == 0);
+    CHECK(exo__seal_begin(&acceptor, &key, 0, auth_a) == 0);
+    CHECK(exo__seal_accept(&dialer, &key, auth_a, 39) == EXO_EFORMAT);
+    CHECK(exo__seal_accept(&dialer, &key, auth_a, sizeof auth_a) == 0);
+    CHECK(exo__seal_accept(&acceptor, &key, auth_d, sizeof auth_d) == 0);
+    CHECK(exo__seal_accept(&acceptor, &key, auth_d, sizeof auth_d) == EXO_EFORMAT); /* a second AUTH */
+    uint8_t f1[128], f2[128], copy[128];
+    size_t n1 = seal_control(&dialer, f1, "{\"t\":\"one\"}"), n2 = seal_control(&dialer, f2, "{\"t\":\"two\"}");
+    CHECK(memmem(f1, n1, "one", 3) == NULL); /* encrypted */
+    memcpy(copy, f2, n2);
+    CHECK(exo__seal_open(&acceptor, copy, n2 - EXO_WIRE_HEADER_SIZE) == EXO_EFORMAT); /* out of order */
+    memcpy(copy, f1, n1);
+    copy[EXO_WIRE_HEADER_SIZE + 2] ^= 1;
+    CHECK(exo__seal_open(&acceptor, copy, n1 - EXO_WIRE_HEADER_SIZE) == EXO_EFORMAT); /* tampered payload */
+    memcpy(copy, f1, n1);
+    copy[8] ^= 1;
+    CHECK(exo__seal_open(&acceptor, copy, n1 - EXO_WIRE_HEADER_SIZE) == EXO_EFORMAT); /* tampered header */
+    memcpy(copy, f1, n1);
+    CHECK(exo__seal_open(&acceptor, copy, n1 - EXO_WIRE_HEADER_SIZE) == 0);
+    CHECK(memcmp(copy + EXO_WIRE_HEADER_SIZE, "{\"t\":\"one\"}", 11) == 0);
+    memcpy(copy, f1, n1);
+    CHECK(exo__seal_open(&acceptor, copy, n1 - EXO_WIRE_HEADER_SIZE) == EXO_EFORMAT); /* replayed */
+    memcpy(copy, f2, n2);
+    CHECK(exo__seal_open(&acceptor, copy, n2 - EXO_WIRE_HEADER_SIZE) == 0);
+    /* The other direction has its own key: a frame does not open going back. */
+    memcpy(copy, f1, n1);
+    CHECK(exo__seal_open(&dialer, copy, n1 - EXO_WIRE_HEADER_SIZE) == EXO_EFORMAT);
+
+    /* Another key's id is refused by name; a stranger who copies our key id
+     * from the wire agrees on nothing: its sealed frames do not open. */
+    exo_seal stranger, victim;
+    uint8_t auth_s[EXO_SEAL_AUTH_SIZE], auth_v[EXO_SEAL_AUTH_SIZE];
+    CHECK(exo__seal_begin(&stranger, &other, 1, auth_s) == 0);
+    CHECK(exo__seal_begin(&victim, &key, 0, auth_v) == 0);
+    CHECK(exo__seal_accept(&victim, &key, auth_s, sizeof auth_s) == EXO_ENOTSUP);
+    CHECK(strstr(exo_last_error(), "another cluster key") != NULL);
+    exo_seal_key forged = other;
+    memcpy(forged.id, key.id, sizeof forged.id);
+    CHECK(exo__seal_begin(&stranger, &forged, 1, auth_s) == 0);
+    CHECK(exo__seal_begin(&victim, &key, 0, auth_v) == 0);
+    CHECK(exo__seal_accept(&victim, &key, auth_s, sizeof auth_s) == 0);
+    CHECK(exo__seal_accept(&stranger, &forged, auth_v, sizeof auth_v) == 0);
+    n1 = seal_control(&stranger, f1, "{\"node_id\":\"mallory\"}");
+    CHECK(exo__seal_open(&victim, f1, n1 - EXO_WIRE_HEADER_SIZE) == EXO_EFORMAT);
+    /* A public key of a low-order point (all zeros) is refused. */
+    CHECK(exo__seal_begin(&victim, &key, 0, auth_v) == 0);
+    memset(auth_s, 0, 32);
+    memcpy(auth_s + 32, key.id, EXO_SEAL_KEY_ID_SIZE);
+    CHECK(exo__seal_accept(&victim, &key, auth_s, sizeof auth_s) == EXO_EFORMAT);
+
+    /* Sealed headers: limits count the payload without its tag; AUTH is refused. */
+    uint8_t h[EXO_WIRE_HEADER_SIZE];
+    exo_wire_header dh;
+    exo__wire_encode_header(h, EXO_WIRE_PING, 0, 8 + EXO_WIRE_SEAL_TAG);
+    CHECK(exo__wire_decode_header(h, sizeof h, 1, &dh) == EXO_WIRE_HEADER_SIZE);
+    CHECK(exo__wire_decode_header(h, sizeof h, 0, &dh) < 0); /* 24 bytes for a ping */
+    exo__wire_encode_header(h, EXO_WIRE_HELLO, 0, 4);
+    CHECK(exo__wire_decode_header(h, sizeof h, 1, &dh) == EXO_EFORMAT); /* shorter than a tag */
+    exo__wire_encode_header(h, EXO_WIRE_AUTH, 0, EXO_WIRE_AUTH_SIZE);
+    CHECK(exo__wire_decode_header(h, sizeof h, 0, &dh) == EXO_WIRE_HEADER_SIZE);
+    CHECK(exo__wire_decode_header(h, sizeof h, 1, &dh) == EXO_EFORMAT);
+    exo__wire_encode_header(h, EXO_WIRE_AUTH, 0, EXO_WIRE_AUTH_SIZE - 1);
+    CHECK(exo__wire_decode_header(h, sizeof h, 0, &dh) == EXO_EFORMAT);
+}
+
+static void test_keyed_transport(void)
+{
+    const char *key = "exo-0123456789abcdef0123456789abcdef", *other_key = "exo-fedcba9876543210fedcba9876543210";
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    exo_wire *a = NULL, *b = NULL, *open = NULL, *other = NULL;
+    CHECK(exo_wire_new(&loop, "{\"node_id\":\"a\"}", 15, &a) == 0);
+    CHECK(exo_wire_new(&loop, "{\"node_id\":\"b\"}", 15, &b) == 0);
+    CHECK(exo_wire_new(&loop, "{\"node_id\":\"o\"}", 15, &open) == 0);
+    CHECK(exo_wire_new(&loop, "{\"node_id\":\"x\"}", 15, &other) == 0);
+    if (!a || !b || !open || !other) return;
+    CHECK(exo_wire_set_key(a, "short", 5) == EXO_EINVAL);
+    CHECK(exo_wire_set_key(a, key, strlen(key)) == 0);
+    CHECK(exo_wire_set_key(b, key, strlen(key)) == 0);
+    CHECK(exo_wire_set_key(other, other_key, strlen(other_key)) == 0);
+
+    /* Same key: admitted, and control frames, pings and tokens go through sealed. */
+    int conn = 0, port = 0;
+    seen sa = {0}, sb = {0};
+    CHECK(exo_wire_listen(a, "127.0.0.1", 0, &port) == 0);
+    CHECK(exo_wire_connect(b, "127.0.0.1", port, &conn) == 0);
+    CHECK(exo_wire_set_key(a, key, strlen(key)) == EXO_ESTATE); /* a listens already */
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PEER, 1));
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 1));
+    const exo_wire_event *pa = last_of(&sa, EXO_WIRE_EV_PEER);
+    CHECK(pa && strcmp(pa->data, "{\"node_id\":\"b\"}") == 0);
+    CHECK(exo_wire_send_control(b, conn, 5, "{\"t\":\"secret\"}", 14) == 0);
+    CHECK(exo_wire_ping(b, conn) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_CONTROL, 1));
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PONG, 1));
+    const exo_wire_event *ca = last_of(&sa, EXO_WIRE_EV_CONTROL);
+    CHECK(ca && ca->request_id == 5 && strcmp(ca->data, "{\"t\":\"secret\"}") == 0);
+    exo_wire_stats st;
+    exo_wire_get_stats(a, &st);
+    CHECK(st.keyed == 1 && st.auth_refused == 0 && st.frames_rejected == 0);
+
+    /* An open node and a node with another key are refused at the handshake,
+     * both ways, and say why; a's admitted peer is untouched. Each side reads
+     * the other's first frame (a HELLO or an AUTH) before any ERROR, so each
+     * closes with its own reason. */
+    exo_wire *strangers[2] = {open, other};
+    const char *why_a[2] = {"this cluster needs its key", "another cluster key"};
+    const char *why_stranger[2] = {"open cluster", "another cluster key"};
+    for (int k = 0; k < 2; k++) {
+        seen sx = {0};
+        int stranger_port = 0, c2 = 0;
+        exo_wire_stats before, after;
+        exo_wire_get_stats(a, &before);
+        CHECK(exo_wire_listen(strangers[k], "127.0.0.1", 0, &stranger_port) == 0);
+        CHECK(exo_wire_connect(a, "127.0.0.1", stranger_port, &c2) == 0);
+        int closed_before = count(&sa, EXO_WIRE_EV_CLOSED);
+        CHECK(run_until(&loop, a, &sa, strangers[k], &sx, &sa, EXO_WIRE_EV_CLOSED, closed_before + 1));
+        CHECK(run_until(&loop, a, &sa, strangers[k], &sx, &sx, EXO_WIRE_EV_CLOSED, 1));
+        CHECK(count(&sx, EXO_WIRE_EV_PEER) == 0);
+        const exo_wire_event *ea = last_of(&sa, EXO_WIRE_EV_CLOSED), *ex = last_of(&sx, EXO_WIRE_EV_CLOSED);
+        CHECK_MSG(ea && strstr(ea->data, why_a[k]), "a: %s", ea ? ea->data : "none");
+        CHECK_MSG(ex && strstr(ex->data, why_stranger[k]), "stranger: %s", ex ? ex->data : "none");
+        exo_wire_get_stats(a, &after);
+        CHECK(after.auth_refused == before.auth_refused + 1);
+    }
+    int peers_a = count(&sa, EXO_WIRE_EV_PEER);
+    CHECK(peers_a == 1);
+    CHECK(exo_wire_send_control(b, conn, 6, "{\"t\":\"still\"}", 13) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_CONTROL, 2));
+
+    exo_wire_free(a);
+    exo_wire_free(b);
+    exo_wire_free(open);
+    exo_wire_free(other);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
 int main(void)
 {
     const char *tiny = getenv("EXO_TINY_MODEL");
@@ -398,6 +568,8 @@ int main(void)
     test_tensor_payload();
     test_encodings();
     test_transport(tiny);
+    test_seal();
+    test_keyed_transport();
     if (check_failures) fprintf(stderr, "test_wire: %d failures\n", check_failures);
     else printf("test_wire: ok\n");
     return check_failures ? 1 : 0;

@@ -100,11 +100,12 @@ end
 
 -- opts: node_id, host (listen address), port (0: a free one), advertise
 -- (the address peers should dial; default host, or 127.0.0.1 for 0.0.0.0),
--- capabilities, peer_timeout (s), log.
+-- capabilities, peer_timeout (s), log, cluster_key (a string: only peers that
+-- prove they hold it are admitted, and frames are sealed; nil: an open cluster).
 function M.new(opts)
   local self = setmetatable({
     id = opts.node_id, instance = M.random_hex(8), host = opts.host or "0.0.0.0", port = opts.port or 0,
-    advertise = opts.advertise,
+    advertise = opts.advertise, cluster_key = opts.cluster_key,
     capabilities = opts.capabilities or M.local_capabilities(),
     peers = {},        -- id -> live peer { id, address, port, capabilities, conn, instance, rtt_us, last_heard }
     known = {},        -- id -> { id, address, port, capabilities, source, next_try, backoff }
@@ -126,6 +127,13 @@ function Cluster:start()
   local wire, err = native.wire_new("{}")
   if not wire then return nil, err end
   self.wire = wire
+  if self.cluster_key then
+    local ok, kerr = wire:set_key(self.cluster_key)
+    if not ok then
+      wire:free()
+      return nil, "cannot use the cluster key: " .. kerr
+    end
+  end
   local port, lerr = wire:listen(self.host, self.port)
   if not port then
     wire:free()
@@ -416,7 +424,7 @@ function Cluster:topology()
   for id, p in pairs(self.peers) do
     nodes[id] = { id = id, address = p.address, port = p.port, capabilities = p.capabilities, rtt_us = p.rtt_us }
   end
-  return { nodes = nodes }
+  return { nodes = nodes, open_cluster = not self.cluster_key }
 end
 
 function Cluster:peer_count()

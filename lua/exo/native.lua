@@ -231,12 +231,15 @@ typedef struct exo_wire_stats {
     int32_t connections, routes;
     int32_t in_flight;
     uint64_t passes, pass_total_ns, pass_compute_ns;
+    uint64_t auth_refused;
+    int32_t keyed;
 } exo_wire_stats;
 int exo_runtime_set_loop(void *uv_loop);
 int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out);
 void exo_wire_free(exo_wire *w);
 int exo_wire_fd(const exo_wire *w);
 int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len);
+int exo_wire_set_key(exo_wire *w, const char *key, size_t len);
 int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
 int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn);
 int exo_wire_close(exo_wire *w, int conn, const char *reason);
@@ -885,6 +888,7 @@ end
 
 local exo_wire_new, exo_wire_free, exo_wire_fd, exo_wire_set_hello = C.exo_wire_new, C.exo_wire_free, C.exo_wire_fd,
   C.exo_wire_set_hello
+local exo_wire_set_key = C.exo_wire_set_key
 local exo_wire_listen, exo_wire_connect, exo_wire_close = C.exo_wire_listen, C.exo_wire_connect, C.exo_wire_close
 local exo_wire_send_control, exo_wire_send_tokens, exo_wire_ping = C.exo_wire_send_control, C.exo_wire_send_tokens,
   C.exo_wire_ping
@@ -919,6 +923,17 @@ function Wire:fd() return exo_wire_fd(self.handle) end
 function Wire:set_hello(hello)
   check_type(hello, "string", "Wire:set_hello")
   local rc = exo_wire_set_hello(self.handle, hello, #hello)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- A cluster key (a string of 16 bytes or more): from now on a connection is
+-- admitted only after both sides prove they hold it, and its frames are
+-- sealed (docs/wire.md, "Keyed clusters"). Deriving the key takes a fraction
+-- of a second (Argon2id): call it once, before listen and connect.
+function Wire:set_key(key)
+  check_type(key, "string", "Wire:set_key")
+  local rc = exo_wire_set_key(self.handle, key, #key)
   if rc ~= 0 then return fail(rc) end
   return true
 end
@@ -1013,7 +1028,7 @@ function Wire:stats()
     tensor_bytes_sent = tonumber(s.tensor_bytes_sent), frames_rejected = tonumber(s.frames_rejected),
     tensors_dropped = tonumber(s.tensors_dropped), connections = s.connections, routes = s.routes,
     in_flight = s.in_flight, passes = tonumber(s.passes), pass_total_ns = tonumber(s.pass_total_ns),
-    pass_compute_ns = tonumber(s.pass_compute_ns),
+    pass_compute_ns = tonumber(s.pass_compute_ns), auth_refused = tonumber(s.auth_refused), keyed = s.keyed ~= 0,
   }
 end
 

@@ -208,7 +208,7 @@ class ThreeNodes(unittest.TestCase):
             return out
 
     def test_malformed_frames_leave_the_node_serving(self):
-        def header(ftype, payload_len, version=1, magic=b"EXOW", rid=0):
+        def header(ftype, payload_len, version=2, magic=b"EXOW", rid=0):
             return magic + struct.pack("<HBBQII", version, ftype, 0, rid, payload_len, 0)
 
         hello = json.dumps({"node_id": "stranger", "instance": "x", "port": 1}).encode()
@@ -623,7 +623,7 @@ class WireOpenByPath(unittest.TestCase):
 
     def open_reply(self, node, model):
         def frame(ftype, payload, rid=0):
-            return b"EXOW" + struct.pack("<HBBQII", 1, ftype, 0, rid, len(payload), 0) + payload
+            return b"EXOW" + struct.pack("<HBBQII", 2, ftype, 0, rid, len(payload), 0) + payload
 
         hello = json.dumps({"node_id": "stranger", "instance": "x", "port": 1}).encode()
         op = json.dumps({"t": "open", "model": model, "start": 0, "stop": 2, "n_ctx": 64, "first": "stranger",

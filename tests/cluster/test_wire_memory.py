@@ -29,7 +29,7 @@ PING, HELLO, TENSOR = 4, 1, 3
 
 
 def header(ftype, payload_len, rid=0):
-    return b"EXOW" + struct.pack("<HBBQII", 1, ftype, 0, rid, payload_len, 0)
+    return b"EXOW" + struct.pack("<HBBQII", 2, ftype, 0, rid, payload_len, 0)  # wire version 2
 
 
 def hello(node_id):
