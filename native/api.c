@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include <cblas.h>
+#include <sodium.h>
 
 #include "../kernels/cpu/quants.h"
 #include "dtype.h"
@@ -35,6 +36,14 @@ int exo_abi_version(void)
 const char *exo_version(void)
 {
     return EXO_VERSION_STRING;
+}
+
+int exo_runtime_random(void *buf, size_t n)
+{
+    if (!buf && n) return exo__error_set(EXO_EINVAL, "exo_runtime_random: NULL buffer");
+    if (sodium_init() < 0) return exo__error_set(EXO_EIO, "libsodium cannot start (no randomness?)");
+    randombytes_buf(buf, n);
+    return EXO_OK;
 }
 
 int exo_runtime_set_threads(int n_threads)

@@ -24,6 +24,9 @@ int exo_runtime_set_threads(int n_threads);
 int exo_runtime_threads(void);
 /* "avx2 fma f16c" or "scalar": which kernels run. */
 const char *exo_runtime_cpu_features(void);
+/* n bytes from the operating system's random generator (libsodium's
+ * randombytes): seeds for unseeded sampling, ids, keys. */
+int exo_runtime_random(void *buf, size_t n);
 
 /* ---- model files (metadata) ---------------------------------------------- */
 

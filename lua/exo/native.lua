@@ -71,6 +71,7 @@ const char *exo_error_name(int code);
 int exo_runtime_set_threads(int n_threads);
 int exo_runtime_threads(void);
 const char *exo_runtime_cpu_features(void);
+int exo_runtime_random(void *buf, size_t n);
 typedef struct exo_file exo_file;
 int exo_file_open(const char *path, exo_file **out);
 void exo_file_close(exo_file *f);
@@ -308,6 +309,7 @@ local exo_version, exo_runtime_cpu_features = C.exo_version, C.exo_runtime_cpu_f
 local exo_runtime_threads, exo_runtime_set_threads = C.exo_runtime_threads, C.exo_runtime_set_threads
 local exo_now, exo_peak_rss_bytes, exo_dtype_name = C.exo_now, C.exo_peak_rss_bytes, C.exo_dtype_name
 local exo_measure_mem_bandwidth, exo_measure_flops_fp32 = C.exo_measure_mem_bandwidth, C.exo_measure_flops_fp32
+local exo_runtime_random = C.exo_runtime_random
 
 function M.version() return ffi.string(exo_version()) end
 function M.cpu_features() return ffi.string(exo_runtime_cpu_features()) end
@@ -319,6 +321,19 @@ function M.set_threads(n)
   return true
 end
 function M.now() return exo_now() end
+-- n random bytes from the operating system, as a string.
+function M.random_bytes(n)
+  local buf = ffi.new("uint8_t[?]", n)
+  local rc = exo_runtime_random(buf, n)
+  if rc ~= 0 then error(select(2, fail(rc))) end
+  return ffi.string(buf, n)
+end
+-- A uint64_t cdata from the operating system's random generator.
+function M.random_u64()
+  local rc = exo_runtime_random(u64_1, 8)
+  if rc ~= 0 then error(select(2, fail(rc))) end
+  return u64_1[0]
+end
 function M.peak_rss_bytes() return tonumber(exo_peak_rss_bytes()) end
 function M.mem_bandwidth_gbs(bytes, reps) return exo_measure_mem_bandwidth(bytes or 256 * 2 ^ 20, reps or 5) end
 -- fp32 GFLOPS of the compute threads, best of reps short sgemm runs.

@@ -25,7 +25,9 @@ local MIX1, MIX2 = 0xbf58476d1ce4e5b9ULL, 0x94d049bb133111ebULL
 
 function M.rng(seed)
   local state = ffi.new("uint64_t[1]")
-  state[0] = seed and (ffi.cast("uint64_t", seed) + 0ULL) or (ffi.cast("uint64_t", os.time()) * GOLDEN + 0ULL)
+  -- Without a seed, 64 bits from the operating system: requests in the same
+  -- second must not draw alike (seeding from the clock made them).
+  state[0] = seed and (ffi.cast("uint64_t", seed) + 0ULL) or native.random_u64()
   return setmetatable({ state = state }, Rng)
 end
 

@@ -31,6 +31,14 @@ local function draws(seed, n)
 end
 assert(draws(42, 50) == draws(42, 50), "same seed, different draws")
 assert(draws(42, 50) ~= draws(43, 50), "different seeds, same draws")
+-- Unseeded generators made at once draw differently (they were seeded from
+-- os.time(): 40 requests in one second drew the same first token).
+local firsts = {}
+for _ = 1, 40 do
+  local v = tostring(sampling.rng():next_u64())
+  assert(not firsts[v], "two unseeded generators drew the same first number")
+  firsts[v] = true
+end
 
 -- Uniform generator sanity: mean of many uniforms near 1/2, all in [0, 1).
 local rng = sampling.rng(7)
