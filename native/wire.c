@@ -81,6 +81,7 @@ typedef struct wire_conn {
     size_t rlen, rcap;
     size_t need;          /* bytes of the frame being received, header included (0: unknown) */
     size_t queued;        /* bytes our queued writes to this peer hold (WIRE_WRITE_COST) */
+    int queue_released;   /* closing: its queue no longer counts in queued_total */
     char address[64];
     struct wire_conn *next;
 } wire_conn;
@@ -136,7 +137,7 @@ struct exo_wire {
     wire_event *events;
     size_t ev_head, ev_count, ev_cap;
     char *last_data;
-    size_t queued_total;  /* all connections' queued writes, as conn.queued */
+    size_t queued_total;  /* open connections' queued writes, as conn.queued */
     size_t buffered_total; /* all connections' receive buffers (rcap) */
     exo_wire_stats stats;
 };
@@ -265,6 +266,9 @@ static void conn_close(wire_conn *c, const char *reason)
     int was_connecting = c->state == CONN_CONNECTING;
     c->state = CONN_CLOSING;
     c->closing_ms = uv_now(w->loop);
+    /* What is queued for it is cut within WIRE_SHUTDOWN_TIMEOUT_MS at most. */
+    w->queued_total -= c->queued;
+    c->queue_released = 1;
     w->stats.connections--;
     push_text_event(w, EXO_WIRE_EV_CLOSED, c->id, 0, reason);
     if (was_connecting) return; /* the connect callback closes the handle */
@@ -286,7 +290,7 @@ static void write_done(uv_write_t *req, int status)
     wire_write *ww = (wire_write *)req;
     wire_conn *c = ww->conn;
     c->queued -= ww->cost;
-    c->w->queued_total -= ww->cost;
+    if (!c->queue_released) c->w->queued_total -= ww->cost;
     if (status < 0 && status != UV_ECANCELED && c->state != CONN_CLOSING) {
         char msg[160];
         snprintf(msg, sizeof msg, "write to %s failed: %s", c->address, uv_strerror(status));
@@ -307,25 +311,53 @@ static wire_write *frame_alloc(uint8_t type, uint64_t request_id, size_t payload
     return ww;
 }
 
+/* The open connection with the most bytes queued for it: the slowest reader. */
+static wire_conn *slowest_reader(exo_wire *w)
+{
+    wire_conn *slowest = NULL;
+    for (wire_conn *k = w->conns; k; k = k->next)
+        if (k->state != CONN_CLOSING && (!slowest || k->queued > slowest->queued)) slowest = k;
+    return slowest;
+}
+
+/* Whether cost more bytes may be queued for c. Past all peers' budget the
+ * slowest reader is cut first (its queue no longer counts once it closes),
+ * so one stalled peer cannot make the others' frames fail. */
+static int queue_has_room(wire_conn *c, size_t cost)
+{
+    exo_wire *w = c->w;
+    if (c->queued + cost > WIRE_MAX_QUEUED_CONN) {
+        conn_close(c, "the peer stopped reading (over 160 MiB queued for it)");
+        return 0;
+    }
+    while (w->queued_total + cost > WIRE_MAX_QUEUED_TOTAL) {
+        wire_conn *slowest = slowest_reader(w);
+        if (!slowest || slowest == c || slowest->queued == 0) {
+            conn_close(c, "the peers stopped reading (over 384 MiB queued for all of them)");
+            return 0;
+        }
+        conn_close(slowest, "the slowest of the peers that stopped reading (over 384 MiB queued for all of them)");
+    }
+    return 1;
+}
+
 static int frame_send(wire_conn *c, wire_write *ww)
 {
     if (c->state == CONN_CLOSING) {
         free(ww);
         return exo__error_set(EXO_ESTATE, "the connection to %s is closing", c->address);
     }
+    size_t sealed_len = ww->len + (c->seal.ready ? EXO_WIRE_SEAL_TAG : 0);
+    size_t cost = WIRE_WRITE_COST(sealed_len);
+    if (!queue_has_room(c, cost)) {
+        free(ww);
+        return exo__error_set(EXO_EIO, "the peer at %s stopped reading", c->address);
+    }
     if (c->seal.ready) { /* sealed in the order the writes go out: the counter nonces follow it */
         size_t plain = ww->len - EXO_WIRE_HEADER_SIZE;
         exo__wire_set_payload_len(ww->data, (uint32_t)(plain + EXO_WIRE_SEAL_TAG));
         exo__seal_frame(&c->seal, ww->data, plain);
-        ww->len += EXO_WIRE_SEAL_TAG;
-    }
-    size_t cost = WIRE_WRITE_COST(ww->len);
-    if (c->queued + cost > WIRE_MAX_QUEUED_CONN || c->w->queued_total + cost > WIRE_MAX_QUEUED_TOTAL) {
-        free(ww);
-        conn_close(c, c->queued + cost > WIRE_MAX_QUEUED_CONN
-                          ? "the peer stopped reading (over 160 MiB queued for it)"
-                          : "the peers stopped reading (over 384 MiB queued for all of them)");
-        return exo__error_set(EXO_EIO, "the peer at %s stopped reading", c->address);
+        ww->len = sealed_len;
     }
     ww->conn = c;
     ww->cost = cost;
@@ -333,7 +365,10 @@ static int frame_send(wire_conn *c, wire_write *ww)
     int rc = uv_write(&ww->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
     if (rc < 0) {
         free(ww);
-        return exo__error_set(EXO_EIO, "write to %s failed: %s", c->address, uv_strerror(rc));
+        char msg[160];
+        snprintf(msg, sizeof msg, "write to %s failed: %s", c->address, uv_strerror(rc));
+        conn_close(c, msg); /* a frame missing from the stream: nothing after it could be read */
+        return exo__error_set(EXO_EIO, "%s", msg);
     }
     c->queued += cost;
     c->w->queued_total += cost;

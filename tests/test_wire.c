@@ -557,6 +557,93 @@ static void test_keyed_transport(void)
     CHECK(uv_loop_close(&loop) == 0);
 }
 
+/* ---- the queued-write budget ------------------------------------------------------ */
+
+/* A peer that says hello and then never reads. */
+typedef struct stalled_peer {
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    uv_write_t write;
+    uint8_t hello[128];
+    size_t hello_len;
+} stalled_peer;
+
+static void stalled_connected(uv_connect_t *req, int status)
+{
+    stalled_peer *p = req->data;
+    if (status < 0) return;
+    uv_buf_t buf = uv_buf_init((char *)p->hello, (unsigned)p->hello_len);
+    uv_write(&p->write, (uv_stream_t *)&p->tcp, &buf, 1, NULL);
+}
+
+static void stalled_start(uv_loop_t *loop, stalled_peer *p, const char *id, int port)
+{
+    char json[64];
+    int n = snprintf(json, sizeof json, "{\"node_id\":\"%s\"}", id);
+    exo__wire_encode_header(p->hello, EXO_WIRE_HELLO, 0, (uint32_t)n);
+    memcpy(p->hello + EXO_WIRE_HEADER_SIZE, json, (size_t)n);
+    p->hello_len = EXO_WIRE_HEADER_SIZE + (size_t)n;
+    struct sockaddr_in addr;
+    uv_ip4_addr("127.0.0.1", port, &addr);
+    uv_tcp_init(loop, &p->tcp);
+    p->req.data = p;
+    uv_tcp_connect(&p->req, &p->tcp, (const struct sockaddr *)&addr, stalled_connected);
+}
+
+/* Two peers stop reading while a third reads: once all queues together pass
+ * their budget, the slowest reader is cut, not the connection whose frame
+ * crossed the line (before, the healthy peer's frames failed). */
+static void test_queue_budget(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    exo_wire *a = NULL, *b = NULL;
+    CHECK(exo_wire_new(&loop, "{\"node_id\":\"a\"}", 15, &a) == 0);
+    CHECK(exo_wire_new(&loop, "{\"node_id\":\"b\"}", 15, &b) == 0);
+    if (!a || !b) return;
+    int port = 0, conn_b = 0;
+    CHECK(exo_wire_listen(a, "127.0.0.1", 0, &port) == 0);
+    static stalled_peer p1, p2;
+    seen sa = {0}, sb = {0};
+    stalled_start(&loop, &p1, "stalled-1", port);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 1));
+    stalled_start(&loop, &p2, "stalled-2", port);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 2));
+    CHECK(exo_wire_connect(b, "127.0.0.1", port, &conn_b) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 3));
+    int c1 = sa.ev[0].conn, c2 = 0, cb = 0;
+    for (int i = 0; i < sa.n; i++) {
+        if (sa.ev[i].type != EXO_WIRE_EV_PEER) continue;
+        if (strstr(sa.ev[i].data, "stalled-2")) c2 = sa.ev[i].conn;
+        if (strstr(sa.ev[i].data, "\"b\"")) cb = sa.ev[i].conn;
+    }
+    CHECK(strstr(sa.ev[0].data, "stalled-1") != NULL && c2 && cb);
+
+    size_t len = EXO_WIRE_MAX_CONTROL - 64;
+    char *payload = malloc(len);
+    memset(payload, ' ', len);
+    payload[0] = '{', payload[len - 1] = '}';
+    int failed = 0;
+    for (int i = 0; i < 150; i++) failed += exo_wire_send_control(a, c1, 0, payload, len) != 0;
+    for (int i = 0; i < 140; i++) failed += exo_wire_send_control(a, c2, 0, payload, len) != 0;
+    CHECK_MSG(failed == 0, "%d frames to the stalled peers failed before any budget was reached", failed);
+    /* Without running the loop, 100 MiB for b queue too: the total passes 384 MiB. */
+    for (int i = 0; i < 100; i++) failed += exo_wire_send_control(a, cb, 0, payload, len) != 0;
+    CHECK_MSG(failed == 0, "%d of b's frames failed: the budget cut the reading peer", failed);
+    drain(a, &sa);
+    const exo_wire_event *closed = last_of(&sa, EXO_WIRE_EV_CLOSED);
+    CHECK_MSG(closed && closed->conn == c1 && strstr(closed->data, "slowest"), "closed: %s",
+              closed ? closed->data : "none");
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_CONTROL, MAX_SEEN - 1)); /* b reads them */
+    free(payload);
+    uv_close((uv_handle_t *)&p1.tcp, NULL);
+    uv_close((uv_handle_t *)&p2.tcp, NULL);
+    exo_wire_free(a);
+    exo_wire_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
 int main(void)
 {
     const char *tiny = getenv("EXO_TINY_MODEL");
@@ -570,6 +657,7 @@ int main(void)
     test_transport(tiny);
     test_seal();
     test_keyed_transport();
+    test_queue_budget();
     if (check_failures) fprintf(stderr, "test_wire: %d failures\n", check_failures);
     else printf("test_wire: ok\n");
     return check_failures ? 1 : 0;
