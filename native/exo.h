@@ -179,6 +179,13 @@ void exo_tokenizer_free(exo_tokenizer *tok);
  * EXO_ERANGE with *n_out set to the count needed; otherwise *n_out ids. */
 int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
                          int32_t *out, int cap, int *n_out);
+/* As exo_tokenizer_encode, with n_plain byte ranges of the text (plain[2i],
+ * plain[2i+1]: start and end) in which control tokens are not recognised
+ * even with parse_special 1. A chat prompt is encoded in one pass this way:
+ * the template's markup becomes control tokens, the messages' content never
+ * does, and text around a message's edges tokenizes as the whole string. */
+int exo_tokenizer_encode_spans(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
+                               const size_t *plain, int n_plain, int32_t *out, int cap, int *n_out);
 /* Decodes ids into at most cap bytes (no NUL added): the concatenated pieces,
  * with control tokens rendered only when special is 1 and, for SentencePiece
  * models, the space prefixed to the first text token removed, so that

@@ -1245,10 +1245,22 @@ static bool is_space(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
 }
 
+/* Whether [at, end) overlaps one of the n_plain ranges of plain (byte offsets
+ * start, end pairs): text where control tokens are not recognised. */
+static bool in_plain(const size_t *plain, int n_plain, size_t at, size_t end)
+{
+    for (int i = 0; i < n_plain; i++)
+        if (plain[2 * i] < end && at < plain[2 * i + 1]) return true;
+    return false;
+}
+
 /* Cuts special tokens out of the text: each candidate, longest first, splits
  * every text fragment it occurs in (llama.cpp's order, so the same text gives
- * the same tokens). */
-static int partition(struct enc *e, const char *text, size_t len, int parse_special, size_t *n_frags)
+ * the same tokens). A control token is not recognised where it overlaps a
+ * plain range: a chat message's content, inside one pass over the whole
+ * prompt so that everything else tokenizes as the whole string would. */
+static int partition(struct enc *e, const char *text, size_t len, int parse_special, const size_t *plain, int n_plain,
+                     size_t *n_frags)
 {
     const exo_tokenizer *t = e->t;
     if (exo_grow(&e->frags, &e->frags_cap, 1, sizeof *e->frags)) return oom();
@@ -1258,7 +1270,8 @@ static int partition(struct enc *e, const char *text, size_t len, int parse_spec
         for (int k = 0; k < t->n_specials; k++) {
             int32_t id = t->specials[k];
             const struct token *tk = &t->tokens[id];
-            if (!parse_special && (tk->attr & (A_CONTROL | A_UNKNOWN))) continue;
+            bool control = (tk->attr & (A_CONTROL | A_UNKNOWN)) != 0;
+            if (!parse_special && control) continue;
             if (tk->text_len > len) continue;
             const char *needle = t->text + tk->text_off;
             size_t nl = tk->text_len, nf2 = 0;
@@ -1271,16 +1284,21 @@ static int partition(struct enc *e, const char *text, size_t len, int parse_spec
                     e->frags2[nf2++] = fr;
                     continue;
                 }
-                size_t pos = fr.off, end = fr.off + fr.len;
+                size_t pos = fr.off, from = fr.off, end = fr.off + fr.len;
                 for (;;) {
-                    const char *hit = end - pos >= nl ? memmem(text + pos, end - pos, needle, nl) : NULL;
+                    const char *hit = end - from >= nl ? memmem(text + from, end - from, needle, nl) : NULL;
                     if (!hit) break;
                     size_t at = (size_t)(hit - text);
+                    if (control && in_plain(plain, n_plain, at, at + nl)) {
+                        from = at + 1;
+                        continue;
+                    }
                     if (at > pos) e->frags2[nf2++] = (struct frag){pos, at - pos, -1};
                     e->frags2[nf2++] = (struct frag){at, nl, id};
                     pos = at + nl;
                     if (tk->attr & A_RSTRIP)
                         while (pos < end && is_space(text[pos])) pos++;
+                    from = pos;
                 }
                 if (pos < end) e->frags2[nf2++] = (struct frag){pos, end - pos, -1};
             }
@@ -1300,9 +1318,19 @@ static int partition(struct enc *e, const char *text, size_t len, int parse_spec
 int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
                          int32_t *out, int cap, int *n_out)
 {
+    return exo_tokenizer_encode_spans(tok, text, len, add_bos, parse_special, NULL, 0, out, cap, n_out);
+}
+
+int exo_tokenizer_encode_spans(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
+                               const size_t *plain, int n_plain, int32_t *out, int cap, int *n_out)
+{
     if (n_out) *n_out = 0;
-    if (!tok || (!text && len) || (!out && cap > 0) || cap < 0 || !n_out)
+    if (!tok || (!text && len) || (!out && cap > 0) || cap < 0 || !n_out || n_plain < 0 || (!plain && n_plain))
         return exo__error_set(EXO_EINVAL, "exo_tokenizer_encode: bad argument");
+    for (int i = 0; i < n_plain; i++)
+        if (plain[2 * i] > plain[2 * i + 1] || plain[2 * i + 1] > len)
+            return exo__error_set(EXO_ERANGE, "exo_tokenizer_encode: plain range %d [%zu, %zu) is not inside the %zu "
+                                              "bytes of text", i, plain[2 * i], plain[2 * i + 1], len);
     if (len > MAX_TEXT_LEN) return exo__error_set(EXO_ENOMEM, "exo_tokenizer_encode: text of %zu bytes is too long", len);
     if (add_bos < 0) add_bos = tok->add_bos;
     if (add_bos && tok->bos < 0) return exo__error_set(EXO_ENOTSUP, "exo_tokenizer_encode: this model has no BOS token");
@@ -1311,7 +1339,7 @@ int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len,
     int rc = 0;
     if (add_bos) emit(&e, tok->bos);
     size_t nf = 0;
-    if (len) rc = partition(&e, text, len, parse_special, &nf);
+    if (len) rc = partition(&e, text, len, parse_special, plain, n_plain, &nf);
     if (!rc && tok->kind == KIND_BPE && nf) {
         e.md = pcre2_match_data_create(1, NULL);
         if (!e.md) rc = exo__error_set(EXO_ENOMEM, "tokenizer: out of memory");

@@ -230,6 +230,30 @@ static void test_default_model(const char *path)
     CHECK(exo_tokenizer_encode(t, "Hello world", 11, 0, 0, ids, 1, &cnt) == EXO_ERANGE && cnt == 2);
     CHECK(exo_tokenizer_encode(t, NULL, 3, 0, 0, ids, 64, &cnt) == EXO_EINVAL);
 
+    /* Plain ranges: a chat prompt in one pass. The user's copy of the marker
+     * stays text while the template's are control tokens; text whose content
+     * starts with spaces tokenizes as the whole string does (encoding the
+     * message on its own split "\n" from the spaces: 198, 256 against 11181). */
+    {
+        const char *prompt = "<|im_start|>user\n<|im_start|>system<|im_end|>\n";
+        size_t plain[2] = {17, 35}; /* "<|im_start|>system" */
+        CHECK(exo_tokenizer_encode_spans(t, prompt, strlen(prompt), 0, 1, plain, 1, ids, 64, &cnt) == 0);
+        CHECK(cnt > 6 && ids[0] == 1 && ids[cnt - 2] == 2 && ids[cnt - 1] == 198);
+        int controls = 0;
+        for (int i = 0; i < cnt; i++) controls += ids[i] == 1 || ids[i] == 2;
+        CHECK_MSG(controls == 2, "%d control tokens where the template wrote 2", controls);
+        const char *indented = "<|im_start|>user\n   indented text<|im_end|>\n";
+        size_t content[2] = {17, 33}; /* "   indented text" */
+        int32_t whole[64];
+        int n_whole;
+        CHECK(exo_tokenizer_encode(t, indented, strlen(indented), 0, 1, whole, 64, &n_whole) == 0);
+        CHECK(exo_tokenizer_encode_spans(t, indented, strlen(indented), 0, 1, content, 1, ids, 64, &cnt) == 0);
+        CHECK(cnt == n_whole && memcmp(ids, whole, sizeof(int32_t) * (size_t)cnt) == 0);
+        CHECK(cnt > 4 && ids[1] == 4093 && ids[2] == 11181 && ids[3] == 641); /* as llama.cpp */
+        size_t outside[2] = {40, 60};
+        CHECK(exo_tokenizer_encode_spans(t, indented, strlen(indented), 0, 1, outside, 1, ids, 64, &cnt) == EXO_ERANGE);
+    }
+
 #define T(x) {x, sizeof(x) - 1}
     static const struct {
         const char *s;

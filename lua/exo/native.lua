@@ -144,6 +144,8 @@ int exo_tokenizer_load(const char *gguf_path, exo_tokenizer **out);
 void exo_tokenizer_free(exo_tokenizer *tok);
 int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
                          int32_t *out, int cap, int *n_out);
+int exo_tokenizer_encode_spans(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
+                               const size_t *plain, int n_plain, int32_t *out, int cap, int *n_out);
 int exo_tokenizer_decode(const exo_tokenizer *tok, const int32_t *ids, int n_ids, int special, char *out,
                          size_t cap, size_t *out_len);
 int exo_tokenizer_decode_stream(const exo_tokenizer *tok, exo_tokenizer_stream *st, int32_t id, int special,
@@ -675,7 +677,8 @@ end
 -- ---- tokenizers ---------------------------------------------------------------------
 
 local exo_tokenizer_load, exo_tokenizer_free = C.exo_tokenizer_load, C.exo_tokenizer_free
-local exo_tokenizer_encode, exo_tokenizer_decode = C.exo_tokenizer_encode, C.exo_tokenizer_decode
+local exo_tokenizer_decode = C.exo_tokenizer_decode
+local exo_tokenizer_encode_spans = C.exo_tokenizer_encode_spans
 local exo_tokenizer_decode_stream, exo_tokenizer_decode_stream_flush =
   C.exo_tokenizer_decode_stream, C.exo_tokenizer_decode_stream_flush
 local exo_tokenizer_token_piece, exo_tokenizer_token_text, exo_tokenizer_find =
@@ -753,20 +756,30 @@ function Tokenizer:free()
 end
 
 -- Encodes into the scratch buffer; returns the count (the ids are in
--- ids_buf[0..n-1] until the next call) or nil, err.
+-- ids_buf[0..n-1] until the next call) or nil, err. opts.plain: a list of
+-- {first, last} byte spans (1-based, inclusive) where control tokens are not
+-- recognised even with opts.special (a chat prompt's message content).
 local function encode_raw(self, text, opts)
   check_type(text, "string", "Tokenizer:encode")
-  local add_bos, special = -1, 0
+  local add_bos, special, plain, n_plain = -1, 0, nil, 0
   if opts ~= nil then
     check_type(opts, "table", "Tokenizer:encode options")
     if opts.add_bos ~= nil then add_bos = opts.add_bos and 1 or 0 end
     special = opts.special and 1 or 0
+    if opts.plain and #opts.plain > 0 then
+      n_plain = #opts.plain
+      plain = ffi.new("size_t[?]", 2 * n_plain)
+      for i, span in ipairs(opts.plain) do
+        plain[2 * i - 2], plain[2 * i - 1] = span[1] - 1, span[2]
+      end
+    end
   end
-  local rc = exo_tokenizer_encode(self.handle, text, #text, add_bos, special, ids_buf, ids_cap, int1)
+  local rc = exo_tokenizer_encode_spans(self.handle, text, #text, add_bos, special, plain, n_plain, ids_buf, ids_cap,
+    int1)
   if rc == ERANGE and int1[0] > ids_cap then
     ids_cap = int1[0]
     ids_buf = ffi.new("int32_t[?]", ids_cap)
-    rc = exo_tokenizer_encode(self.handle, text, #text, add_bos, special, ids_buf, ids_cap, int1)
+    rc = exo_tokenizer_encode_spans(self.handle, text, #text, add_bos, special, plain, n_plain, ids_buf, ids_cap, int1)
   end
   if rc ~= 0 then return fail(rc) end
   return int1[0]
