@@ -16,7 +16,8 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--wait-for-peers N] [--partitioning NAME|FILE.lua] [--inference-engine cpu]
            [--device-memory MB] [--wire-dtype f32|f16|q8_0] [--peer-timeout S]
            [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
-           [--allow-model-paths]
+           [--allow-model-paths] [--cluster-key KEY]
+           [--max-connections N] [--max-connections-per-address N]
        exo <command> [options]
 
 With no command, exo starts a node: the ChatGPT-compatible API and the chat
@@ -33,6 +34,8 @@ commands:
                       prompt (pp) and generation (tg) speed, medians over -r runs; -d
                       decodes after a context of DEPTH tokens
   models              the model registry and what is in the store
+  key [--new]         make this device's cluster key ($EXO_HOME/cluster.key) or show the
+                      one it has, and how to give it to the other devices; --new replaces it
   lua FILE [ARGS...]  run a Lua file inside the runtime (tests, experiments)
   version             print the version and the CPU kernels in use
   help                this text
@@ -40,6 +43,10 @@ commands:
 MODEL is a model id (smollm2-135m) or a path to a .gguf file. A node's clients and
 peers name only ids and .gguf files inside the model store ($EXO_HOME/downloads),
 unless it runs with --allow-model-paths.
+
+A cluster key admits to the cluster only the devices that hold it, and seals their
+traffic. It comes from --cluster-key, else EXO_CLUSTER_KEY, else $EXO_HOME/cluster.key;
+without one the cluster is open (docs/security.md).
 ]]
 
 -- Parses "-x V", "--long V" and "--flag" style options against a spec of
@@ -97,6 +104,128 @@ function commands.models()
     print(("%-16s %-12s %s"):format(id, path and "downloaded" or "missing", models.registry[id].description or ""))
   end
   print("store: " .. models.store())
+  return 0
+end
+
+-- ---- the cluster key ----------------------------------------------------------------
+
+-- The wire's own floor (it refuses shorter keys), checked here first so the
+-- message can say where the key came from.
+local KEY_MIN = 16
+
+local function key_file() return require("exo.models").home() .. "/cluster.key" end
+
+local function trim(s) return (s:match("^%s*(.-)%s*$")) end
+
+-- The key file's content, trimmed, and whether group or others may read it;
+-- nil when there is no file; nil, err when it cannot be read.
+local function read_key_file(path)
+  local st = require("luv").fs_stat(path)
+  if not st then return nil end
+  local f, err = io.open(path, "rb")
+  if not f then return nil, "cannot read the cluster key: " .. err end
+  local text = f:read("*a") or ""
+  f:close()
+  return trim(text), require("bit").band(st.mode, 63) ~= 0 -- 0077
+end
+
+local function exposed_warning(path)
+  return ("%s can be read by other users of this machine (chmod 600 it)"):format(path)
+end
+
+-- The cluster key: the --cluster-key flag, else EXO_CLUSTER_KEY, else
+-- $EXO_HOME/cluster.key. Returns { key, source, warning }, or nil when none
+-- is given (an open cluster), or nil, err. An empty or short key is an
+-- error, never an open cluster: a slip must not leave the node open.
+-- Whitespace around a key is dropped, so the file's newline and a pasted
+-- key agree.
+function M.cluster_key(flag)
+  local key, source, warning = flag, "--cluster-key", nil
+  if key == nil and os.getenv("EXO_CLUSTER_KEY") then key, source = os.getenv("EXO_CLUSTER_KEY"), "EXO_CLUSTER_KEY" end
+  if key == nil then
+    source = key_file()
+    local exposed
+    key, exposed = read_key_file(source)
+    if not key then return nil, exposed end
+    if exposed then warning = exposed_warning(source) end
+  end
+  key = trim(key)
+  if #key < KEY_MIN then
+    return nil, ("the cluster key from %s is %s: a key has at least %d characters (`exo key` makes one)")
+      :format(source, #key == 0 and "empty" or ("only " .. #key .. " characters"), KEY_MIN)
+  end
+  return { key = key, source = source, warning = warning }
+end
+
+-- Writes the key file as mode 0600 in one step: a fresh file beside it
+-- (O_EXCL, so nothing already there is followed), then renamed over it.
+local function write_key_file(path, key)
+  local uv = require "luv"
+  os.execute(("mkdir -p '%s'"):format(path:match("^(.*)/[^/]*$"):gsub("'", "'\\''")))
+  local tmp = path .. ".new"
+  uv.fs_unlink(tmp)
+  local fd, err = uv.fs_open(tmp, "wx", 384) -- 0600
+  if not fd then return nil, "cannot write " .. tmp .. ": " .. tostring(err) end
+  local ok, werr = uv.fs_write(fd, key .. "\n", 0)
+  if ok then ok, werr = uv.fs_fsync(fd) end
+  uv.fs_close(fd)
+  if ok then ok, werr = uv.fs_rename(tmp, path) end
+  if not ok then
+    uv.fs_unlink(tmp)
+    return nil, "cannot write " .. path .. ": " .. tostring(werr)
+  end
+  return true
+end
+
+-- `exo key [--new]`: this device's key, made if absent, and how to give it
+-- to the others. The key alone goes to stdout (KEY=$(exo key) works).
+function commands.key(args)
+  local opts, pos = M.parse(args, { new = "boolean" })
+  if opts and #pos > 0 then opts, pos = nil, "unexpected argument '" .. pos[1] .. "'" end
+  if not opts then
+    io.stderr:write("exo key: " .. pos .. "\n")
+    return 2
+  end
+  local path = key_file()
+  local key, exposed
+  if not opts.new then
+    key, exposed = read_key_file(path)
+    if not key and exposed then
+      io.stderr:write("exo key: " .. exposed .. "\n")
+      return 1
+    end
+    if key and #key < KEY_MIN then
+      io.stderr:write(("exo key: %s holds no usable key (%d characters, at least %d needed); `exo key --new` "
+        .. "replaces it\n"):format(path, #key, KEY_MIN))
+      return 1
+    end
+  end
+  local what = "the cluster key in " .. path .. " (kept; `exo key --new` replaces it)"
+  if not key then
+    local bytes = require("exo.native").random_bytes(32)
+    key = "exo-" .. bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+    local ok, err = write_key_file(path, key)
+    if not ok then
+      io.stderr:write("exo key: " .. err .. "\n")
+      return 1
+    end
+    what = (opts.new and "a new cluster key in %s (nodes already running keep the old one until restarted)"
+      or "a cluster key in %s"):format(path)
+    exposed = false
+  end
+  io.write(key, "\n")
+  io.stderr:write(("exo: %s\n"):format(what))
+  if exposed then io.stderr:write("exo: warning: " .. exposed_warning(path) .. "\n") end
+  if os.getenv("EXO_CLUSTER_KEY") then
+    io.stderr:write("exo: note: EXO_CLUSTER_KEY is set here, and a node takes it before the file\n")
+  end
+  io.stderr:write(([[
+Nodes started on this device use it. Every other device of the cluster needs the same key; on each, either
+  copy this file to its $EXO_HOME/cluster.key (~/.cache/exo/cluster.key) with mode 0600, or
+  start it with  EXO_CLUSTER_KEY=%s exo
+  or             exo --cluster-key %s
+(a key on the command line is visible to other users in `ps`; see docs/security.md)
+]]):format(key, key))
   return 0
 end
 
@@ -291,11 +420,13 @@ local SERVE_FLAGS = {
   wait_for_peers = "number", partitioning = "string", inference_engine = "string", device_memory = "number",
   wire_dtype = "string", peer_timeout = "number",
   enable_speculative = "boolean", draft_model = "string", draft_tokens = "number", allow_model_paths = "boolean",
+  cluster_key = "string", max_connections = "number", max_connections_per_address = "number",
 }
 
 -- The cluster side of `exo serve`: identity, wire, discovery, partitioning.
--- Returns cluster, ring or nil, err.
-local function start_cluster(opts, node)
+-- key: M.cluster_key's answer (nil: an open cluster). Returns cluster, ring
+-- or nil, err.
+local function start_cluster(opts, node, key)
   local uv = require "luv"
   local models = require "exo.models"
   local cluster_mod = require "exo.cluster"
@@ -336,15 +467,20 @@ local function start_cluster(opts, node)
   }
   local host = opts.node_host or "0.0.0.0"
   cluster = cluster_mod.new { node_id = node_id, host = host, port = config and port == 0 and config.self.port
-    or port, advertise = config and config.self.address, capabilities = caps, peer_timeout = opts.peer_timeout }
+    or port, advertise = config and config.self.address, capabilities = caps, peer_timeout = opts.peer_timeout,
+    cluster_key = key and key.key }
   local ok, cerr = cluster:start()
   if not ok then return nil, cerr end
   local ring = require("exo.ring").new(node, cluster, { policy = policy, wire_dtype = wire_dtype,
     max_kept = opts.max_sessions })
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
   if watcher then watcher:start() end
-  io.stderr:write(("exo: node %s on port %d (discovery %s, partitioning %s)\n"):format(node_id, cluster.port,
-    discovery, opts.partitioning or "ring_memory_weighted"))
+  io.stderr:write(("exo: node %s on port %d (discovery %s, partitioning %s, %s)\n"):format(node_id, cluster.port,
+    discovery, opts.partitioning or "ring_memory_weighted", key and "cluster key from " .. key.source or "open cluster"))
+  if not key then
+    io.stderr:write("exo: warning: open cluster: any device on the network can join it and run models on this node; "
+      .. "run `exo key` and give the key to every device (docs/security.md)\n")
+  end
   if opts.wait_for_peers then
     io.stderr:write(("exo: waiting for %d peers\n"):format(opts.wait_for_peers))
     local t = uv.new_timer()
@@ -374,6 +510,19 @@ function commands.serve(args)
     io.stderr:write("exo: --chatgpt-api-port must be a port number\n")
     return 2
   end
+  for _, flag in ipairs { "max_connections", "max_connections_per_address" } do
+    local n = opts[flag]
+    if n and (n < 1 or n ~= math.floor(n)) then
+      io.stderr:write(("exo: --%s must be a whole number of at least 1\n"):format(flag:gsub("_", "-")))
+      return 2
+    end
+  end
+  local key, key_err = M.cluster_key(opts.cluster_key)
+  if key_err then
+    io.stderr:write("exo: " .. key_err .. "\n")
+    return 2
+  end
+  if key and key.warning then io.stderr:write("exo: warning: " .. key.warning .. "\n") end
   local uv = require "luv"
   local native = require "exo.native"
   local models = require "exo.models"
@@ -401,7 +550,7 @@ function commands.serve(args)
     max_tokens_cap = opts.max_generate_tokens, system_prompt = opts.system_prompt,
     response_timeout = opts.chatgpt_api_response_timeout or 900,
   }
-  local cluster, ring, watcher = start_cluster(opts, node)
+  local cluster, ring, watcher = start_cluster(opts, node, key)
   if not cluster then
     io.stderr:write("exo: " .. ring .. "\n")
     return 2
@@ -415,6 +564,8 @@ function commands.serve(args)
     body_timeout = opts.http_head_timeout and opts.http_head_timeout * 3000 or http_defaults.body_timeout,
     idle_timeout = opts.http_idle_timeout and opts.http_idle_timeout * 1000 or http_defaults.idle_timeout,
     max_body = opts.max_body_mb and opts.max_body_mb * 1048576 or http_defaults.max_body,
+    -- Unset: the defaults, or EXO_HTTP_MAX_CONNECTIONS[_PER_ADDRESS].
+    max_conns = opts.max_connections, max_conns_per_addr = opts.max_connections_per_address,
   })
   if not server then
     io.stderr:write("exo: " .. err .. "\n")

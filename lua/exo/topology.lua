@@ -4,7 +4,8 @@
 -- their capabilities and the measured round trip), and for every model it
 -- has served, the plan the partitioning policy gives over those nodes: which
 -- node holds which layers. Every node computes the same plan from the same
--- view, so asking any node gives the same answer.
+-- view, so asking any node gives the same answer. open_cluster says whether
+-- the cluster runs without a key (docs/security.md).
 local native = require "exo.native"
 local json = require "exo.json"
 
@@ -59,6 +60,8 @@ function M.view(ctx)
     -- A node that has loaded nothing yet still reports partitions as a list.
     partitions = #partitions > 0 and partitions or json.empty_array,
     answering_node = cluster.id,
+    -- No cluster key: any device that reaches the node port may join.
+    open_cluster = topo.open_cluster == true,
     plan_errors = #errors > 0 and errors or nil,
   }
 end

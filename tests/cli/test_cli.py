@@ -4,7 +4,8 @@
 is reproducible (greedy, and sampled with a seed), honours stop strings,
 reads a piped prompt, and fails with a clear message and status on bad flags,
 unknown models and corrupt model files. `exo repl` evaluates piped Lua with the
-runtime loaded, including multi-line input.
+runtime loaded, including multi-line input. `exo key` makes, keeps and
+replaces the cluster key file; a node refuses to start with an unusable key.
 
 Run: build/venv/bin/python tests/cli/test_cli.py   (ctest runs it)
 """
@@ -14,7 +15,9 @@ import os
 import pty
 import re
 import select
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -23,8 +26,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXO = os.environ.get("EXO_BINARY", os.path.join(ROOT, "build", "exo"))
 
 
-def exo(*args, stdin=None, timeout=120):
-    p = subprocess.run([EXO, *args], input=stdin, capture_output=True, timeout=timeout)
+def exo(*args, stdin=None, timeout=120, env=None):
+    """Runs exo; env: variables to set (None as a value: to unset)."""
+    full = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
+    p = subprocess.run([EXO, *args], input=stdin, capture_output=True, timeout=timeout, env=full)
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
 
@@ -210,6 +220,127 @@ class RunTest(unittest.TestCase):
             p = subprocess.run([EXO, "bench", "mine", "-r", "0"], capture_output=True, env=env, timeout=60)
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("-r must be at least 1", p.stderr.decode())
+
+
+# Whether the wire takes a key: the node's own check, through the runtime.
+USABLE_KEY = """
+local w = require("exo.native").wire_new("{}")
+local ok, err = w:set_key(io.read("*l"))
+w:free()
+print(ok and "usable" or err)
+"""
+
+
+class KeyTest(unittest.TestCase):
+    def setUp(self):
+        self.home = tempfile.TemporaryDirectory()
+        self.path = os.path.join(self.home.name, "exo", "cluster.key")  # the folder does not exist yet
+        self.env = {"EXO_HOME": os.path.dirname(self.path), "EXO_CLUSTER_KEY": None}
+
+    def tearDown(self):
+        self.home.cleanup()
+
+    def key(self, *args):
+        rc, out, err = exo("key", *args, env=self.env, timeout=30)
+        self.assertEqual(rc, 0, err)
+        return out.strip(), err
+
+    def test_made_kept_and_replaced(self):
+        key, err = self.key()
+        self.assertRegex(key, r"^exo-[0-9a-f]{64}$")
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        with open(self.path) as f:
+            self.assertEqual(f.read().strip(), key)
+        # How the other devices get it: each line complete, ready to paste.
+        self.assertIn("exo --cluster-key " + key, err)
+        self.assertIn("EXO_CLUSTER_KEY=" + key, err)
+        self.assertIn("cluster.key", err)
+        with tempfile.NamedTemporaryFile("w") as script:
+            script.write(USABLE_KEY)
+            script.flush()
+            rc, out, err2 = exo("lua", script.name, stdin=(key + "\n").encode(), env=self.env, timeout=30)
+        self.assertEqual(out.strip(), "usable", err2)
+        again, err = self.key()
+        self.assertEqual(again, key)
+        self.assertIn("kept", err)
+        new, err = self.key("--new")
+        self.assertRegex(new, r"^exo-[0-9a-f]{64}$")
+        self.assertNotEqual(new, key)
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        with open(self.path) as f:
+            self.assertEqual(f.read().strip(), new)
+        self.assertEqual(self.key()[0], new)
+
+    def test_a_file_others_can_read_is_reported(self):
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, "w") as f:
+            f.write("a-hand-made-cluster-key\n")
+        os.chmod(self.path, 0o644)
+        key, err = self.key()
+        self.assertEqual(key, "a-hand-made-cluster-key")
+        self.assertIn("can be read by other users", err)
+
+    def test_an_unusable_key_stops_the_node(self):
+        # The node must refuse before serving (a timeout here is a failure: it
+        # started as an open cluster instead).
+        rc, _, err = exo("--cluster-key", "short", "--chatgpt-api-port", "0", env=self.env, timeout=30)
+        self.assertEqual(rc, 2)
+        self.assertIn("the cluster key from --cluster-key is only 5 characters", err)
+        self.assertIn("at least 16", err)
+        env = dict(self.env, EXO_CLUSTER_KEY="")
+        rc, _, err = exo("--chatgpt-api-port", "0", env=env, timeout=30)
+        self.assertEqual(rc, 2)
+        self.assertIn("the cluster key from EXO_CLUSTER_KEY is empty", err)
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, "w") as f:
+            f.write(" \n")
+        rc, _, err = exo("--chatgpt-api-port", "0", env=self.env, timeout=30)
+        self.assertEqual(rc, 2)
+        self.assertIn("the cluster key from %s is empty" % self.path, err)
+        rc, _, err = exo("key", env=self.env, timeout=30)  # not silently replaced either
+        self.assertEqual(rc, 1)
+        self.assertIn("--new", err)
+
+    def test_connection_cap_flags_are_checked(self):
+        for flag in ("--max-connections", "--max-connections-per-address"):
+            rc, _, err = exo(flag, "0", "--chatgpt-api-port", "0", env=self.env, timeout=30)
+            self.assertEqual(rc, 2)
+            self.assertIn(flag + " must be a whole number", err)
+
+    def test_connection_cap_flags_take_effect(self):
+        sys.path.insert(0, os.path.join(ROOT, "tests", "api"))
+        from test_api import Node, status_of
+
+        node = Node("--max-connections", "3", "--max-connections-per-address", "2",
+                    env={"EXO_HOME": self.home.name})
+        held = []
+
+        def connect(source):
+            s = socket.create_connection(("127.0.0.1", node.port), timeout=5, source_address=(source, 0))
+            held.append(s)
+            return s
+
+        def answer(s, wait):
+            s.settimeout(wait)
+            try:
+                return s.recv(4096)
+            except socket.timeout:
+                return None  # held: the server took it as a client
+
+        try:
+            time.sleep(0.3)  # the start-up probes' connections are gone
+            for _ in range(2):
+                self.assertIsNone(answer(connect("127.0.0.1"), 0.3))
+            out = answer(connect("127.0.0.1"), 5)
+            self.assertEqual(status_of(out), 503, out)
+            self.assertIn(b"2 open connections from 127.0.0.1", out)
+            self.assertIsNone(answer(connect("127.0.0.2"), 0.3))
+            out = answer(connect("127.0.0.3"), 5)
+            self.assertIn(b"3 open connections", out)
+        finally:
+            for s in held:
+                s.close()
+            node.stop()
 
 
 class ReplTest(unittest.TestCase):

@@ -34,6 +34,9 @@ GEMMA = os.path.join(os.environ.get("EXO_HOME") or os.path.expanduser("~/.cache/
                      "gemma-3-270m-q4_k_m.gguf")
 GEMMA_REFERENCE = os.path.join(ROOT, "tests", "fixtures", "llama_cpp", "gemma3-270m")
 
+# A cluster key in the environment running the tests would key every node.
+os.environ.pop("EXO_CLUSTER_KEY", None)
+
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Count from one to ten.",
            "Name three colours.", "Why is the sky blue?", "Say hello in Spanish."]
 
@@ -81,18 +84,20 @@ def Node(*flags, allow_paths=True, **kw):
     return ApiNode(*(("--allow-model-paths",) if allow_paths else ()), *flags, **kw)
 
 
-def start_cluster(home, specs, *flags, allow_paths=True):
-    """specs: [(node_id, memory_mb)]; returns the nodes, in order."""
+def start_cluster(home, specs, *flags, allow_paths=True, envs=None, wait=True):
+    """specs: [(node_id, memory_mb)]; envs: an environment to add for each
+    node; wait: until every node sees all of them. Returns the nodes, in order."""
     ports = [free_port() for _ in specs]
     peers = os.path.join(home, "peers.json")
     write_peers(peers, [(nid, port, mem) for (nid, mem), port in zip(specs, ports)])
     os.environ["EXO_HOME"] = home
     nodes = [Node("--node-id", nid, "--discovery-config-path", peers, "--node-host", "127.0.0.1", *flags,
-                  allow_paths=allow_paths) for nid, _ in specs]
+                  allow_paths=allow_paths, env=env) for (nid, _), env in zip(specs, envs or [None] * len(specs))]
     for n, (nid, _), port in zip(nodes, specs, ports):
         n.node_id = nid
         n.wire_port = port
-    wait_for_topology(nodes, len(specs))
+    if wait:
+        wait_for_topology(nodes, len(specs))
     return nodes
 
 
@@ -672,6 +677,97 @@ class WireOpenByPath(unittest.TestCase):
                 self.assertIn("must hold the last layer", msg.get("message", ""), msg)
             finally:
                 node.stop()
+
+
+KEY = "test-cluster-key-0123456789"
+OTHER_KEY = "another-test-key-9876543210"
+
+
+def write_key_file(home, key):
+    fd = os.open(os.path.join(home, "cluster.key"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+
+
+def topology(node):
+    return json.loads(node.request("GET", "/v1/topology")[1])
+
+
+class KeyedCluster(unittest.TestCase):
+    """Cluster keys (docs/security.md): nodes holding one key form a cluster,
+    from whichever source the key comes; a node with another key or none is
+    refused, and each side's log says why."""
+
+    SPECS = [("k1", 8000), ("k2", 4000)]
+
+    def assert_one_cluster(self, nodes, source):
+        # Both nodes serve one request between them, and say they are keyed.
+        answers = [chat(n, TINY_CHAT, "Say hello.", max_tokens=8) for n in nodes]
+        self.assertEqual(answers[0], answers[1])
+        for n in nodes:
+            topo = topology(n)
+            self.assertEqual({p["node_id"] for p in topo["partitions"]}, {"k1", "k2"}, topo["partitions"])
+            self.assertIs(topo["open_cluster"], False)
+            me = [x for x in topo["nodes"] if x["id"] == n.node_id][0]
+            self.assertIs(me["wire"]["keyed"], True)
+            self.assertIn("cluster key from " + source, log_of(n))
+            self.assertNotIn("open cluster", log_of(n))
+
+    def stop(self, nodes):
+        for n in nodes:
+            n.stop()
+
+    def test_the_flag_comes_first(self):
+        with with_home() as home:
+            write_key_file(home, OTHER_KEY)
+            nodes = start_cluster(home, self.SPECS, "--cluster-key", KEY,
+                                  envs=[{"EXO_CLUSTER_KEY": "yet-another-key-000000"}, None])
+            self.assert_one_cluster(nodes, "--cluster-key")
+            self.stop(nodes)
+
+    def test_the_environment_comes_before_the_file(self):
+        with with_home() as home:
+            write_key_file(home, OTHER_KEY)
+            nodes = start_cluster(home, self.SPECS, envs=[{"EXO_CLUSTER_KEY": KEY}] * 2)
+            self.assert_one_cluster(nodes, "EXO_CLUSTER_KEY")
+            self.stop(nodes)
+
+    def test_the_key_file(self):
+        with with_home() as home:
+            write_key_file(home, "  " + KEY + "  ")  # whitespace around it is dropped
+            nodes = start_cluster(home, self.SPECS)
+            self.assert_one_cluster(nodes, os.path.join(home, "cluster.key"))
+            self.stop(nodes)
+
+    def assert_apart(self, nodes, reasons):
+        """Neither node ever sees the other, and each log says why."""
+        deadline = time.time() + 15
+        while time.time() < deadline and not all(r in log_of(n) for n, r in zip(nodes, reasons)):
+            time.sleep(0.1)
+        for n, r in zip(nodes, reasons):
+            self.assertIn(r, log_of(n))
+        for _ in range(2):  # refused on every redial too
+            for n in nodes:
+                self.assertEqual([x["id"] for x in topology(n)["nodes"]], [n.node_id])
+            time.sleep(1.5)
+        self.assertGreater(topology(nodes[0])["nodes"][0]["wire"]["auth_refused"], 0)
+
+    def test_another_key_never_joins(self):
+        with with_home() as home:
+            nodes = start_cluster(home, self.SPECS, envs=[{"EXO_CLUSTER_KEY": KEY}, {"EXO_CLUSTER_KEY": OTHER_KEY}],
+                                  wait=False)
+            self.assert_apart(nodes, ["another cluster key", "another cluster key"])
+            self.stop(nodes)
+
+    def test_a_node_without_the_key_never_joins(self):
+        with with_home() as home:
+            keyed, open_node = start_cluster(home, self.SPECS, envs=[{"EXO_CLUSTER_KEY": KEY}, None], wait=False)
+            self.assert_apart([keyed, open_node], ["needs its key", "open cluster (no cluster key)"])
+            self.assertIs(topology(keyed)["open_cluster"], False)
+            self.assertIs(topology(open_node)["open_cluster"], True)
+            self.assertIn("warning: open cluster: any device on the network can join", log_of(open_node))
+            self.assertIn("exo key", log_of(open_node))
+            self.stop([keyed, open_node])
 
 
 if __name__ == "__main__":
