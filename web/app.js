@@ -6,7 +6,8 @@
  * text, link targets are limited to http(s)/mailto, and every rendered tree
  * goes through an allowlist sanitiser before it reaches the page. The stop
  * button aborts the fetch, and the node cancels the generation when the
- * connection closes. The cluster panel polls GET /v1/topology. */
+ * connection closes. The cluster panel polls GET /v1/topology, which also says whether
+ * the cluster is open (no cluster key): then a notice under the top bar says so. */
 (function () {
   "use strict";
 
@@ -701,10 +702,12 @@
     var box = $("topology");
     var nodes = listOf(t && t.nodes), parts = listOf(t && t.partitions);
     box.replaceChildren();
+    // Only a node that says so is open: an older node's silence is no warning.
+    $("open-cluster").hidden = !(t && t.open_cluster === true);
     if (!nodes.length) { box.appendChild(el("p", "muted", "No nodes reported.")); return; }
     var total = nodes.reduce(function (s, n) { return s + ((n.capabilities && n.capabilities.memory) || 0); }, 0);
     box.appendChild(el("p", "topo-summary", nodes.length + (nodes.length === 1 ? " node" : " nodes") + " \u00B7 " +
-      fmtMemory(total) + " memory"));
+      fmtMemory(total) + " memory" + (t.open_cluster ? " \u00B7 open cluster (no key)" : "")));
     nodes.forEach(function (n) {
       var caps = n.capabilities || {};
       var card = el("div", "node");

@@ -4,7 +4,7 @@
 Starts `build/exo` on a free port, opens the page with Selenium and checks what
 a person would: the model picker, a streamed answer with its figures, Markdown
 rendering that cannot inject HTML, conversations that survive a reload, the
-stop button, and the cluster panel. Screenshots go to build/chat_page.png
+stop button, the cluster panel, and the open-cluster notice. Screenshots go to build/chat_page.png
 (wide) and build/chat_page_narrow.png (phone width).
 
 Needs Debian's `chromium` and `chromium-driver`, and Selenium (PyPI `selenium`).
@@ -305,6 +305,14 @@ def main():
             "const e = document.querySelector('#topology .node .node-memory'); return e && e.textContent"),
             20, "a node in the cluster panel")
         check("topology panel shows a node with its memory", mem.endswith("GiB") or mem.endswith("MiB"), mem)
+        # The open-cluster notice follows what the node says (a node with a
+        # cluster key in its EXO_HOME is keyed, one without is open).
+        open_cluster = json.loads(http_get(url + "/v1/topology")[1]).get("open_cluster")
+        notice = driver.execute_script(
+            "const e = document.getElementById('open-cluster'); return e && [!e.hidden, e.textContent]")
+        check("open-cluster notice shown exactly when the node has no cluster key",
+              notice is not None and open_cluster in (True, False) and notice[0] == open_cluster
+              and "exo key" in notice[1], "open_cluster=%r notice=%r" % (open_cluster, notice))
 
         # -- a streamed answer, with figures; Shift+Enter makes a new line ------------------------
         # Temperature 0 (greedy) keeps the answers, and so this test, repeatable.
