@@ -258,7 +258,8 @@ end
 --- chat.render(opts) -> prompt, warning | nil, err
 -- opts: template (Jinja text, a Lua function(messages, o) -> string, or nil), messages,
 -- add_generation_prompt (default true), bos_token, eos_token, tools, date_string,
--- family_hint (format to use when there is no template), vars (more template variables).
+-- family_hint (format to use when there is no template), vars (more template variables),
+-- marks (a template.marks() set: each message's content is rendered as a mark, see template.lua).
 -- warning is non-nil when the prompt came from a built-in family instead of the template.
 function M.render(opts)
   assert(type(opts) == "table" and type(opts.messages) == "table", "chat.render{messages = {...}}")
@@ -266,6 +267,11 @@ function M.render(opts)
   local tmpl = opts.template
   local messages = M.normalize_messages(opts.messages,
     { map_developer = not (type(tmpl) == "string" and tmpl:find("<|channel|>", 1, true)) })
+  if opts.marks then
+    for _, m in ipairs(messages) do
+      if type(m.content) == "string" and m.content ~= "" then m.content = opts.marks:mark(m.content) end
+    end
+  end
 
   if type(tmpl) == "function" then
     local ok, res = pcall(tmpl, messages, { add_generation_prompt = agp, bos_token = opts.bos_token or "",
@@ -297,7 +303,7 @@ function M.render(opts)
   if opts.tools ~= nil then vars.tools = opts.tools end
   if opts.date_string ~= nil then vars.date_string = opts.date_string end
 
-  local out, err, info = e.tmpl:render(vars)
+  local out, err, info = e.tmpl:render(vars, opts.marks)
   if out then return out end
   if info and info.kind == "raise" then
     return nil, "chat template rejected the conversation: " .. err

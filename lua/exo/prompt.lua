@@ -3,11 +3,17 @@
 -- The chat template renders one string in which the template's own markup
 -- (<|im_start|>, <|eot_id|>, ...) must become special tokens while the
 -- messages' content must not: a user who types "<|im_start|>system" gets
--- those characters encoded as plain text, not a role switch. So after
--- rendering, each message's content is located in the rendered text (in
--- order, as the template emitted it), and those spans are encoded with special
--- tokens off; everything else, the template's markup, with them on.
+-- those characters encoded as plain text, not a role switch. The template is
+-- rendered a second time with each message's content as a mark (template.lua,
+-- "Marked rendering"), which gives the exact bytes the content fills; the
+-- whole prompt is then encoded in one pass with control tokens recognised
+-- everywhere but there, so it tokenizes as the whole string would (the
+-- reference: llama.cpp and Hugging Face tokenize the rendered string whole).
+-- Should the marked rendering differ from the plain one (a construct the
+-- marks do not follow), the content is found by searching the rendered text
+-- instead, in order, and each message is encoded on its own.
 local chat = require "exo.chat"
+local template = require "exo.template"
 
 local M = {}
 
@@ -63,6 +69,21 @@ function M.encode_rendered(tokenizer, rendered, messages, add_bos)
   return ids
 end
 
+-- The content spans of a rendering, from a second, marked rendering; nil when
+-- it does not reproduce the plain one or content holds the marks' characters.
+local function marked_spans(render_opts, rendered)
+  for _, m in ipairs(render_opts.messages) do
+    if template.has_mark_chars(content_text(m.content)) then return nil end
+  end
+  local marks = template.marks()
+  local opts = setmetatable({ marks = marks }, { __index = render_opts })
+  local marked = chat.render(opts)
+  if not marked then return nil end
+  local text, spans = marks:expand(marked)
+  if text ~= rendered then return nil end
+  return spans
+end
+
 -- messages -> token ids, rendered text, warning (when the template fell back).
 -- opts: template (text or a Lua function), family (the format to use when there is no template),
 -- add_generation_prompt (default true).
@@ -70,7 +91,7 @@ function M.build(tokenizer, messages, opts)
   opts = opts or {}
   local bos_text = tokenizer.bos and tokenizer:text(tokenizer.bos) or ""
   local eos_text = tokenizer.eos and tokenizer:text(tokenizer.eos) or ""
-  local rendered, warning = chat.render {
+  local render_opts = {
     template = opts.template,
     family_hint = opts.family,
     messages = messages,
@@ -78,10 +99,15 @@ function M.build(tokenizer, messages, opts)
     bos_token = bos_text,
     eos_token = eos_text,
   }
+  local rendered, warning = chat.render(render_opts)
   if not rendered then return nil, warning end
   -- A template that writes the BOS text itself already has it; do not add a second.
   local add_bos = tokenizer.add_bos and not (bos_text ~= "" and rendered:sub(1, #bos_text) == bos_text)
-  return M.encode_rendered(tokenizer, rendered, messages, add_bos), rendered, warning
+  local spans = marked_spans(render_opts, rendered)
+  if not spans then return M.encode_rendered(tokenizer, rendered, messages, add_bos), rendered, warning end
+  local ids, err = tokenizer:encode(rendered, { add_bos = add_bos, special = true, plain = spans })
+  if not ids then return nil, err end
+  return ids, rendered, warning
 end
 
 return M

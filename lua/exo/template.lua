@@ -146,7 +146,104 @@ end
 -- R holds the node being evaluated when a builtin runs, so errors raised deep inside a filter
 -- or method still name a position; render is not re-entrant across coroutines, so one
 -- register is enough.
-local R = { node = nil, depth = 0, steps = 0 }
+local R = { node = nil, depth = 0, steps = 0, marks = nil }
+
+-- Marked rendering -------------------------------------------------------------------------
+-- A caller that must know which bytes of the output came from some input strings (prompt.lua:
+-- a message's content is never read as control tokens) renders with those strings replaced
+-- by marks: U+E000, a number, U+E001. A mark travels through the template like the string it
+-- stands for, and is output as itself; whatever looks inside a string (a filter, a method, a
+-- test, a comparison, a subscript, a loop) sees the real text, and a string derived from marked
+-- text (trimmed, split, sliced, tojson'ed) is marked in its turn. marks:expand() then gives
+-- the text and the spans of marked bytes. A construct this does not follow shows as a
+-- difference from the plain rendering, which the caller checks.
+local MARK_OPEN, MARK_CLOSE = "\238\128\128", "\238\128\129"
+local MARK_PATTERN = "\238\128\128(%d+)\238\128\129"
+local Marks = {}
+Marks.__index = Marks
+
+--- template.marks() -> a mark set for tmpl:render(vars, marks).
+function M.marks() return setmetatable({ texts = {} }, Marks) end
+
+--- marks:mark(text) -> the mark that stands for text in a marked render.
+function Marks:mark(text)
+  local texts = self.texts
+  texts[#texts + 1] = text
+  return MARK_OPEN .. #texts .. MARK_CLOSE
+end
+
+--- marks:expand(rendered) -> text, spans: the marks replaced by their texts, and the
+-- {first, last} byte spans (1-based, inclusive, in order, adjacent ones joined) they fill.
+function Marks:expand(rendered)
+  local texts, out, spans, pos, len = self.texts, {}, {}, 1, 0
+  while true do
+    local a, b, i = find(rendered, MARK_PATTERN, pos)
+    local plain = sub(rendered, pos, (a or 0) - 1)
+    out[#out + 1] = plain
+    len = len + #plain
+    if not a then break end
+    local text = texts[tonumber(i)] or ""
+    if #text > 0 then
+      local last = spans[#spans]
+      if last and last[2] == len then last[2] = len + #text
+      else spans[#spans + 1] = { len + 1, len + #text } end
+      out[#out + 1] = text
+      len = len + #text
+    end
+    pos = b + 1
+  end
+  return concat(out), spans
+end
+
+--- template.has_mark_chars(s) -> whether s holds the characters marks are made of (such input
+-- cannot be marked unambiguously).
+function M.has_mark_chars(s)
+  return find(s, MARK_OPEN, 1, true) ~= nil or find(s, MARK_CLOSE, 1, true) ~= nil
+end
+
+-- v with its marks expanded, and whether it had any (a no-op outside a marked render).
+local function unmark(v)
+  local set = R.marks
+  if not set or type(v) ~= "string" or not find(v, MARK_OPEN, 1, true) then return v, false end
+  local texts = set.texts
+  return (gsub(v, MARK_PATTERN, function(i) return texts[tonumber(i)] or "" end)), true
+end
+
+-- A value derived from marked text, marked: a string, or a list's strings.
+local function remark(v)
+  if type(v) == "string" then
+    if v == "" then return v end
+    return R.marks:mark(v)
+  end
+  if type(v) == "table" and marks[v] == "list" then
+    for i = 1, #v do
+      if type(v[i]) == "string" and v[i] ~= "" then v[i] = R.marks:mark(v[i]) end
+    end
+  end
+  return v
+end
+
+-- Calls fn(v, a, kw) (a filter or a string method) on expanded text; its result is marked
+-- when the value or an argument was.
+local function marked_call(fn, v, a, kw)
+  local any
+  v, any = unmark(v)
+  for i = 1, #a do
+    local had
+    a[i], had = unmark(a[i])
+    any = any or had
+  end
+  if kw then
+    for k, x in pairs(kw) do
+      local had
+      kw[k], had = unmark(x)
+      any = any or had
+    end
+  end
+  local r = fn(v, a, kw)
+  if any then r = remark(r) end
+  return r
+end
 local ERR_MT = {}
 
 local function raise(kind_, msg, pos)
@@ -1226,6 +1323,10 @@ local function slice_range(n, start, stop, step)
 end
 
 local function do_slice(v, start, stop, step)
+  if R.marks then
+    local text, had = unmark(v)
+    if had then return remark(do_slice(text, start, stop, step)) end
+  end
   local k = kind(v)
   local items, n
   if k == "list" then items, n = v, #v
@@ -1294,6 +1395,10 @@ local function getitem(o, key, n)
     return v
   elseif t == "string" then
     if type(key) ~= "number" then return UNDEF end
+    if R.marks then
+      local text, had = unmark(o)
+      if had then return remark(getitem(text, key, n)) end
+    end
     local chars, len = o, #o
     if not is_ascii(o) then chars, len = utf8_chars(o) end
     if key < 0 then key = key + len end
@@ -1308,6 +1413,11 @@ end
 -- Python ==: deep for lists and dicts, True == 1.
 local function eq(a, b)
   if a == b then return true end
+  if R.marks then
+    local ua, ha = unmark(a)
+    local ub, hb = unmark(b)
+    if ha or hb then return ua == ub end
+  end
   local ta, tb = type(a), type(b)
   if ta == "table" and tb == "table" then
     local ka, kb = kind(a), kind(b)
@@ -1330,6 +1440,7 @@ local function eq(a, b)
 end
 
 local function lt(a, b, n, op)
+  if R.marks then a, b = unmark(a), (unmark(b)) end
   local ta, tb = type(a), type(b)
   if (ta == "number" and tb == "number") or (ta == "string" and tb == "string") then return a < b end
   if ta == "boolean" then a, ta = (a and 1 or 0), "number" end
@@ -1347,6 +1458,7 @@ local function lt(a, b, n, op)
 end
 
 local function contains(container, item, n)
+  if R.marks then container, item = unmark(container), (unmark(item)) end
   local k = kind(container)
   if k == "string" then
     if type(item) ~= "string" then
@@ -1374,7 +1486,12 @@ local function iter_items(v, n)
     local ks = dict_keys(v)
     return ks, #ks
   end
-  if k == "string" then return utf8_chars(v) end
+  if k == "string" then
+    local text, had = unmark(v)
+    local chars, count = utf8_chars(text)
+    if had then remark(new_list(chars)) end
+    return chars, count
+  end
   if k == "undefined" then return {}, 0 end
   fail("'" .. pytype(v) .. "' object is not iterable", n)
 end
@@ -2270,7 +2387,9 @@ local function call_method(o, name, a, kw, n)
   R.node = n
   local k = kind(o)
   local m
-  if k == "string" then m = STRING_METHODS[name]
+  if k == "string" then
+    m = STRING_METHODS[name]
+    if m and R.marks then return marked_call(m, o, a, kw) end
   elseif k == "dict" then
     local v = rawget(o, name)
     if v ~= nil and kind(v) == "callable" then return call_value(v, a, kw, nil, n) end
@@ -2590,6 +2709,7 @@ E.filter = function(n)
     if e then v = e(sc) else v = value end
     local a, kw = argsf(sc)
     R.node = n
+    if R.marks then return marked_call(f, v, a, kw) end
     return f(v, a, kw)
   end
 end
@@ -2604,6 +2724,10 @@ E.test = function(n)
     local v = e(sc)
     local a = argsf(sc)
     R.node = n
+    if R.marks then
+      v = unmark(v)
+      for i = 1, #a do a[i] = unmark(a[i]) end
+    end
     local r = t(v, a) and true or false
     if negate then return not r end
     return r
@@ -2845,11 +2969,13 @@ function M.compile(text)
   return setmetatable({ fn = res, src = src }, Template)
 end
 
---- tmpl:render(vars) -> string or nil, err, info
+--- tmpl:render(vars, marks) -> string or nil, err, info
+-- marks: a template.marks() set whose marks stand in vars for strings to follow (see "Marked
+-- rendering"); the result then holds marks, and marks:expand(result) gives text and spans.
 -- vars are the template's variables (messages, add_generation_prompt, bos_token, ...);
 -- nil values are undefined. info.kind is "raise" when the template called raise_exception,
 -- "unsupported" for a construct found only while rendering, else "error".
-function Template:render(vars)
+function Template:render(vars, marks)
   vars = vars or {}
   local root = setmetatable({}, { __index = function(_, k)
     local v = vars[k]
@@ -2857,8 +2983,9 @@ function Template:render(vars)
     return v
   end })
   local buf = { n = 0 }
-  R.node, R.depth, R.steps = nil, 0, 0
+  R.node, R.depth, R.steps, R.marks = nil, 0, 0, marks
   local ok, err = pcall(self.fn, root, buf)
+  R.marks = nil
   if not ok then
     local msg, info = format_error(self.src, err)
     R.node = nil

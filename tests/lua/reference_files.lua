@@ -6,6 +6,13 @@
 -- tests require it after adding tests/lua to package.path.
 local M = {}
 
+-- Whether two id lists are equal, element for element.
+function M.same(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
 function M.read(path)
   local h = assert(io.open(path, "rb"))
   local s = h:read("*a")

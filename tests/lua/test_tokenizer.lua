@@ -39,11 +39,8 @@ if not model then
   return
 end
 
-local function same(a, b)
-  if #a ~= #b then return false end
-  for i = 1, #a do if a[i] ~= b[i] then return false end end
-  return true
-end
+package.path = assert(os.getenv("EXO_SOURCE_DIR")) .. "/tests/lua/?.lua;" .. package.path
+local same = require("reference_files").same
 
 local function valid_utf8(s)
   local i, n = 1, #s
