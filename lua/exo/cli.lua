@@ -117,20 +117,22 @@ local function key_file() return require("exo.models").home() .. "/cluster.key" 
 
 local function trim(s) return (s:match("^%s*(.-)%s*$")) end
 
--- The key file's content, trimmed, and whether group or others may read it;
--- nil when there is no file; nil, err when it cannot be read.
+-- The key file's content, trimmed, and its permission bits when group or
+-- others have any (else nil); nil when there is no file; nil, err when it
+-- cannot be read.
 local function read_key_file(path)
+  local bit = require "bit"
   local st = require("luv").fs_stat(path)
   if not st then return nil end
   local f, err = io.open(path, "rb")
   if not f then return nil, "cannot read the cluster key: " .. err end
   local text = f:read("*a") or ""
   f:close()
-  return trim(text), require("bit").band(st.mode, 63) ~= 0 -- 0077
+  return trim(text), bit.band(st.mode, 63) ~= 0 and bit.band(st.mode, 511) or nil -- 0077, 0777
 end
 
-local function exposed_warning(path)
-  return ("%s can be read by other users of this machine (chmod 600 it)"):format(path)
+local function exposed_warning(path, mode)
+  return ("%s is open to other users of this machine (mode %03o): chmod 600 it"):format(path, mode)
 end
 
 -- The cluster key: the --cluster-key flag, else EXO_CLUSTER_KEY, else
@@ -147,7 +149,7 @@ function M.cluster_key(flag)
     local exposed
     key, exposed = read_key_file(source)
     if not key then return nil, exposed end
-    if exposed then warning = exposed_warning(source) end
+    if exposed then warning = exposed_warning(source, exposed) end
   end
   key = trim(key)
   if #key < KEY_MIN then
@@ -211,11 +213,11 @@ function commands.key(args)
     end
     what = (opts.new and "a new cluster key in %s (nodes already running keep the old one until restarted)"
       or "a cluster key in %s"):format(path)
-    exposed = false
+    exposed = nil
   end
   io.write(key, "\n")
   io.stderr:write(("exo: %s\n"):format(what))
-  if exposed then io.stderr:write("exo: warning: " .. exposed_warning(path) .. "\n") end
+  if exposed then io.stderr:write("exo: warning: " .. exposed_warning(path, exposed) .. "\n") end
   if os.getenv("EXO_CLUSTER_KEY") then
     io.stderr:write("exo: note: EXO_CLUSTER_KEY is set here, and a node takes it before the file\n")
   end

@@ -278,7 +278,7 @@ class KeyTest(unittest.TestCase):
         os.chmod(self.path, 0o644)
         key, err = self.key()
         self.assertEqual(key, "a-hand-made-cluster-key")
-        self.assertIn("can be read by other users", err)
+        self.assertIn("is open to other users of this machine (mode 644): chmod 600 it", err)
 
     def test_an_unusable_key_stops_the_node(self):
         # The node must refuse before serving (a timeout here is a failure: it

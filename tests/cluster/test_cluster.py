@@ -735,8 +735,10 @@ class KeyedCluster(unittest.TestCase):
     def test_the_key_file(self):
         with with_home() as home:
             write_key_file(home, "  " + KEY + "  ")  # whitespace around it is dropped
+            os.chmod(os.path.join(home, "cluster.key"), 0o640)  # works, but the node says so
             nodes = start_cluster(home, self.SPECS)
             self.assert_one_cluster(nodes, os.path.join(home, "cluster.key"))
+            self.assertIn("cluster.key is open to other users of this machine (mode 640)", log_of(nodes[0]))
             self.stop(nodes)
 
     def assert_apart(self, nodes, reasons):
