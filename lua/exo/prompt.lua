@@ -86,7 +86,7 @@ end
 
 -- messages -> token ids, rendered text, warning (when the template fell back).
 -- opts: template (text or a Lua function), family (the format to use when there is no template),
--- add_generation_prompt (default true).
+-- add_generation_prompt (default true), vars (more template variables: date_string, tools).
 function M.build(tokenizer, messages, opts)
   opts = opts or {}
   local bos_text = tokenizer.bos and tokenizer:text(tokenizer.bos) or ""
@@ -98,6 +98,7 @@ function M.build(tokenizer, messages, opts)
     add_generation_prompt = opts.add_generation_prompt ~= false,
     bos_token = bos_text,
     eos_token = eos_text,
+    vars = opts.vars,
   }
   local rendered, warning = chat.render(render_opts)
   if not rendered then return nil, warning end
