@@ -240,6 +240,25 @@ const char *exo_tokenizer_pre(const exo_tokenizer *tok);
  * (the GPT-2 regex is used), skipped merges, ignored special ids. */
 const char *exo_tokenizer_warning(const exo_tokenizer *tok);
 
+/* ---- constrained sampling ------------------------------------------------- */
+
+/* A JSON grammar over a tokenizer's vocabulary: the tokens that keep the text
+ * generated so far a prefix of one JSON object (json_grammar.c). */
+typedef struct exo_json_grammar exo_json_grammar;
+int exo_json_grammar_new(const exo_tokenizer *tok, exo_json_grammar **out);
+void exo_json_grammar_free(exo_json_grammar *g);
+/* Back to the start (nothing generated). */
+void exo_json_grammar_reset(exo_json_grammar *g);
+/* Sets -inf on every logit whose token cannot come next; EXO_ESTATE when none can. */
+int exo_json_grammar_mask(exo_json_grammar *g, float *logits, int n_vocab);
+/* The token that was drawn: advances the grammar (EXO_EFORMAT when it cannot
+ * come next; an end-of-generation token is accepted once the object is complete). */
+int exo_json_grammar_accept(exo_json_grammar *g, int32_t id);
+/* 1 once the object is complete. */
+int exo_json_grammar_done(const exo_json_grammar *g);
+/* 1 when text is exactly one JSON object (whitespace around it allowed). */
+int exo_json_grammar_check(const char *text, size_t len);
+
 /* ---- loading on the engine thread ------------------------------------------ */
 
 /* A large model takes seconds to map, bind and pack: a node's loop thread

@@ -3,7 +3,8 @@
  * For random logits over several vocabulary sizes and many settings of
  * temperature, top-k, top-p and min-p, the candidate list must equal what a
  * plain "softmax, sort everything, cut, renormalise" computes. Penalties and
- * argmax are checked on hand-made cases. */
+ * argmax are checked on hand-made cases, and the JSON grammar's recogniser on
+ * valid and invalid texts (tests/lua/test_json_grammar.lua samples with it). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,10 +137,42 @@ static void test_errors(void)
     CHECK(exo_sample_candidates(l, 4, 1.0f, 0, 1.0f, 0, ids, p, 2, &n) == 0 && n == 2 && ids[0] == 3 && ids[1] == 2);
 }
 
+static void test_json_check(void)
+{
+    static const char *valid[] = {
+        "{}", " { } ", "{\"a\":1}", "{\"a\":[1,2,{\"b\":null}],\"c\":\"x\\u00e9\\n\"}",
+        "{\"a\" : -0.5e+3 , \"b\":true,\"c\":false}", "{\"\xC3\xA9\":\"\xE2\x82\xAC\xF0\x9F\x98\x80\"}",
+        "{\"n\":0,\"m\":10.25E-2,\"o\":[[],{}]}", "{\"a\":[]}\n",
+    };
+    static const char *invalid[] = {
+        "", "[]", "1", "\"s\"", "{", "{\"a\":1", "{\"a\":01}", "{\"a\":}", "{a:1}", "{\"a\":1,}", "{\"a\" 1}",
+        "{\"a\":\"\x01\"}", "{\"a\":tru}", "{\"a\":1}}", "{\"a\":[1,]}", "{\"a\":1.}", "{\"a\":-}",
+        "{\"a\":\"\\x\"}", "{\"a\":\"\\u12g4\"}", "{\"a\":\"\xC3\"}", "{\"a\":\"\xFF\"}", "{} {}",
+        "{\"a\":1]", "{\"a\":[1}", "{\"a\":1e}", "{\"a\":NaN}",
+        "{                                  }", /* a run of whitespace past the bound */
+    };
+    for (size_t i = 0; i < sizeof valid / sizeof *valid; i++)
+        CHECK_MSG(exo_json_grammar_check(valid[i], strlen(valid[i])), "valid JSON refused: %s", valid[i]);
+    for (size_t i = 0; i < sizeof invalid / sizeof *invalid; i++)
+        CHECK_MSG(!exo_json_grammar_check(invalid[i], strlen(invalid[i])), "invalid JSON taken: %s", invalid[i]);
+    /* 64 levels of nesting fit, 65 do not. */
+    char deep[200];
+    int n = 0;
+    n += snprintf(deep + n, sizeof deep - (size_t)n, "{\"a\":");
+    for (int i = 0; i < 63; i++) deep[n++] = '[';
+    for (int i = 0; i < 63; i++) deep[n++] = ']';
+    deep[n++] = '}';
+    CHECK(exo_json_grammar_check(deep, (size_t)n));
+    n = snprintf(deep, sizeof deep, "{\"a\":");
+    for (int i = 0; i < 64; i++) deep[n++] = '[';
+    CHECK(!exo_json_grammar_check(deep, (size_t)n));
+}
+
 int main(void)
 {
     test_candidates();
     test_penalties_and_argmax();
     test_errors();
+    test_json_check();
     CHECK_DONE();
 }

@@ -174,6 +174,14 @@ int exo_tokenizer_token_type(const exo_tokenizer *tok, int32_t id);
 const char *exo_tokenizer_model(const exo_tokenizer *tok);
 const char *exo_tokenizer_pre(const exo_tokenizer *tok);
 const char *exo_tokenizer_warning(const exo_tokenizer *tok);
+typedef struct exo_json_grammar exo_json_grammar;
+int exo_json_grammar_new(const exo_tokenizer *tok, exo_json_grammar **out);
+void exo_json_grammar_free(exo_json_grammar *g);
+void exo_json_grammar_reset(exo_json_grammar *g);
+int exo_json_grammar_mask(exo_json_grammar *g, float *logits, int n_vocab);
+int exo_json_grammar_accept(exo_json_grammar *g, int32_t id);
+int exo_json_grammar_done(const exo_json_grammar *g);
+int exo_json_grammar_check(const char *text, size_t len);
 int exo_engine_submit_load(const char *path, int layer_start, int layer_end, int is_first, int is_last,
                            uint64_t job_id);
 int exo_engine_submit_load_tokenizer(const char *gguf_path, uint64_t job_id);
@@ -865,6 +873,48 @@ function Stream:flush()
   local rc = exo_tokenizer_decode_stream_flush(self.tok.handle, self.state, text_buf, text_cap, size1)
   if rc ~= 0 then return fail(rc) end
   return ffi.string(text_buf, size1[0])
+end
+
+-- ---- constrained sampling --------------------------------------------------------
+
+local exo_json_grammar_new, exo_json_grammar_free = C.exo_json_grammar_new, C.exo_json_grammar_free
+local exo_json_grammar_reset, exo_json_grammar_mask = C.exo_json_grammar_reset, C.exo_json_grammar_mask
+local exo_json_grammar_accept, exo_json_grammar_done = C.exo_json_grammar_accept, C.exo_json_grammar_done
+local exo_json_grammar_check = C.exo_json_grammar_check
+
+local JsonGrammar = {}
+JsonGrammar.__index = JsonGrammar
+local json_grammar_out = ffi.new("exo_json_grammar*[1]")
+
+-- A JSON-object grammar over tok's vocabulary (sampling.lua applies it:
+-- mask before each draw, accept after).
+function M.json_grammar(tok)
+  local rc = exo_json_grammar_new(tok.handle, json_grammar_out)
+  if rc ~= 0 then return fail(rc) end
+  -- The grammar keeps pointers into the tokenizer: hold it.
+  return setmetatable({ handle = ffi.gc(json_grammar_out[0], exo_json_grammar_free), tok = tok }, JsonGrammar)
+end
+
+function JsonGrammar:reset() exo_json_grammar_reset(self.handle) end
+function JsonGrammar:done() return exo_json_grammar_done(self.handle) ~= 0 end
+
+-- Sets -inf on the logits (float*, n) of tokens that cannot come next.
+function JsonGrammar:mask(logits, n)
+  local rc = exo_json_grammar_mask(self.handle, logits, n)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+function JsonGrammar:accept(id)
+  local rc = exo_json_grammar_accept(self.handle, id)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- Whether text is exactly one JSON object.
+function M.json_object_check(text)
+  check_type(text, "string", "json_object_check")
+  return exo_json_grammar_check(text, #text) ~= 0
 end
 
 -- ---- HTTP parsing ----------------------------------------------------------------

@@ -56,8 +56,10 @@ local DEFAULTS = {
 }
 
 -- opts: temperature, top_k, top_p, min_p, seed, repeat_penalty,
--- presence_penalty, frequency_penalty, penalty_last_n. Invalid values raise:
--- callers (the CLI, the API) validate user input before this point.
+-- presence_penalty, frequency_penalty, penalty_last_n, grammar (a
+-- native.json_grammar: only tokens it allows are drawn, and each drawn token
+-- advances it). Invalid values raise: callers (the CLI, the API) validate user
+-- input before this point.
 function M.new(n_vocab, opts)
   opts = opts or {}
   local s = setmetatable({ n_vocab = n_vocab }, Sampler)
@@ -66,6 +68,7 @@ function M.new(n_vocab, opts)
   assert(s.top_p > 0 and s.top_p <= 1, "top_p must be in (0, 1]")
   assert(s.min_p >= 0 and s.min_p < 1, "min_p must be in [0, 1)")
   s.rng = M.rng(opts.seed)
+  s.grammar = opts.grammar
   s.ids = ffi.new("int32_t[?]", n_vocab)
   s.probs = ffi.new("float[?]", n_vocab)
   s.recent = ffi.new("int32_t[?]", math.max(1, s.penalty_last_n))
@@ -115,9 +118,23 @@ function Sampler:untruncated()
   return (self.top_k <= 0 or self.top_k >= self.n_vocab) and self.top_p >= 1 and self.min_p <= 0
 end
 
--- One token from logits (modified in place by penalties), given the history.
+-- One token from logits (modified in place by penalties and the grammar),
+-- given the history.
 function Sampler:sample(logits, history)
   if history then self:penalize(logits, history) end
+  local grammar = self.grammar
+  if grammar then
+    assert(grammar:mask(logits, self.n_vocab))
+    local id, p = self:draw_from(logits)
+    assert(grammar:accept(id))
+    return id, p
+  end
+  return self:draw_from(logits)
+end
+
+-- A token drawn from logits as this sampler's settings say (greedy, a plain
+-- softmax, or a truncated distribution).
+function Sampler:draw_from(logits)
   if not self:greedy() and self:untruncated() then
     self.dense = self.dense or ffi.new("float[?]", self.n_vocab)
     local ok, err = sample_probs(logits, self.n_vocab, self.temperature, 0, 1, 0, nil, nil, self.dense)
