@@ -6,6 +6,16 @@
 -- tests require it after adding tests/lua to package.path.
 local M = {}
 
+-- The .gguf file of a catalogue id in the model store ($EXO_HOME/downloads/ID), or nil.
+function M.model_file(id)
+  local home = os.getenv("EXO_HOME")
+  if not home or home == "" then home = os.getenv("HOME") .. "/.cache/exo" end
+  local p = io.popen("ls " .. home .. "/downloads/" .. id .. "/*.gguf 2>/dev/null")
+  local path = p:read("*l")
+  p:close()
+  return path
+end
+
 -- Whether two id lists are equal, element for element.
 function M.same(a, b)
   if #a ~= #b then return false end

@@ -12,11 +12,8 @@ local cjson = require "cjson"
 local native = require "exo.native"
 local sampling = require "exo.sampling"
 
-local home = os.getenv("EXO_HOME")
-if not home or home == "" then home = os.getenv("HOME") .. "/.cache/exo" end
-local p = io.popen("ls " .. home .. "/downloads/smollm2-135m/*.gguf 2>/dev/null")
-local model = p:read("*l")
-p:close()
+package.path = assert(os.getenv("EXO_SOURCE_DIR")) .. "/tests/lua/?.lua;" .. package.path
+local model = require("reference_files").model_file("smollm2-135m")
 assert(model, "the default model is not installed (scripts/setup)")
 local tok = assert(native.load_tokenizer(model))
 local n_vocab = tok.n_vocab

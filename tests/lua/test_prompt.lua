@@ -14,14 +14,9 @@ local prompt = require "exo.prompt"
 local chat = require "exo.chat"
 local template = require "exo.template"
 
-local home = os.getenv("EXO_HOME")
-if not home or home == "" then home = os.getenv("HOME") .. "/.cache/exo" end
-local function file_in(dir)
-  local p = io.popen("ls " .. home .. "/downloads/" .. dir .. "/*.gguf 2>/dev/null")
-  local path = p:read("*l")
-  p:close()
-  return path
-end
+package.path = assert(os.getenv("EXO_SOURCE_DIR")) .. "/tests/lua/?.lua;" .. package.path
+local files = require "reference_files"
+local file_in = files.model_file
 
 local function open(path)
   local tok = assert(native.load_tokenizer(path))
@@ -35,8 +30,7 @@ local function count(ids, id)
   return n
 end
 
-package.path = assert(os.getenv("EXO_SOURCE_DIR")) .. "/tests/lua/?.lua;" .. package.path
-local same = require("reference_files").same
+local same = files.same
 
 -- Contents without control-token look-alikes: the ids must equal the whole
 -- rendered string's tokenization with special tokens on.

@@ -16,11 +16,7 @@ local source = assert(os.getenv("EXO_SOURCE_DIR"))
 package.path = source .. "/tests/lua/?.lua;" .. package.path
 local files = require "reference_files"
 
-local home = os.getenv("EXO_HOME")
-if not home or home == "" then home = os.getenv("HOME") .. "/.cache/exo" end
-local p = io.popen("ls " .. home .. "/downloads/smollm2-135m/*.gguf 2>/dev/null")
-local model = p:read("*l")
-p:close()
+local model = files.model_file("smollm2-135m")
 assert(model, "the default model is not installed (scripts/setup)")
 local tok = assert(native.load_tokenizer(model))
 
