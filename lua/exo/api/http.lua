@@ -58,7 +58,7 @@ function Response:head(status, headers, length)
   local cors = conn.server.opts.cors_origin
   if cors then
     lines[#lines + 1] = "Access-Control-Allow-Origin: " .. cors .. "\r\n"
-    lines[#lines + 1] = "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
+    lines[#lines + 1] = "Access-Control-Allow-Headers: Authorization, Content-Type, X-Api-Key, Anthropic-Version\r\n"
     lines[#lines + 1] = "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
   end
   for k, v in pairs(headers or {}) do lines[#lines + 1] = k .. ": " .. v .. "\r\n" end
@@ -89,20 +89,29 @@ function Response:error(status, message)
   self:send(status, error_body(status, message))
 end
 
--- Server-sent events: a chunked response of "data: ...\n\n" events.
-function Response:sse_start()
+-- A streamed (chunked) response of content_type; write_chunk sends each piece.
+function Response:stream_start(content_type)
   if self.sent or self.closed then return end
   self.sent, self.streaming = true, true
   self.conn:write(self:head(200, {
-    ["Content-Type"] = "text/event-stream", ["Cache-Control"] = "no-cache", ["Transfer-Encoding"] = "chunked",
+    ["Content-Type"] = content_type, ["Cache-Control"] = "no-cache", ["Transfer-Encoding"] = "chunked",
   }))
 end
 
 local function chunk(s) return ("%x\r\n%s\r\n"):format(#s, s) end
 
-function Response:sse(data)
+function Response:write_chunk(text)
+  if self.closed or text == "" then return end
+  self.conn:write(chunk(text))
+end
+
+-- Server-sent events: a chunked response of "data: ...\n\n" events, each
+-- named when event is given ("event: NAME\n" first).
+function Response:sse_start() self:stream_start("text/event-stream") end
+
+function Response:sse(data, event)
   if self.closed then return end
-  self.conn:write(chunk("data: " .. data .. "\n\n"))
+  self.conn:write(chunk((event and "event: " .. event .. "\n" or "") .. "data: " .. data .. "\n\n"))
 end
 
 function Response:finish()

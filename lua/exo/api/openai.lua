@@ -293,4 +293,14 @@ function M.model_object(id, entry, downloaded)
   }
 end
 
+-- JSON null as absent (shared with the other APIs' modules).
+M.opt = opt
+
+-- A random request id: prefix and n hex digits (chatcmpl-..., resp_...), as OpenAI's look.
+function M.random_id(prefix, n)
+  local t = {}
+  for i = 1, n do t[i] = ("%x"):format(math.random(0, 15)) end
+  return prefix .. table.concat(t)
+end
+
 return M

@@ -2,10 +2,11 @@
 --
 -- Routes map to handlers; each handler validates with openai.lua, asks the
 -- node to generate (yielding while the engine computes) and answers in
--- OpenAI's shapes, streamed as server-sent events when asked. With an API
--- key, every route needs "Authorization: Bearer KEY" (the /v1 ones and their
--- aliases without /v1 alike) except /healthcheck, CORS preflights and the
--- static page. The web page is served from the repository's web/ folder:
+-- OpenAI's shapes, streamed as server-sent events when asked; Ollama's,
+-- Anthropic's and the Responses API come from their modules (ollama.lua,
+-- anthropic.lua, responses.lua). With an API key, every route needs
+-- "Authorization: Bearer KEY" (or x-api-key: KEY, as Anthropic's clients send
+-- it) except /healthcheck, CORS preflights and the static page. The web page is served from the repository's web/ folder:
 -- static files, no build step.
 local uv = require "luv"
 local http = require "exo.api.http"
@@ -27,16 +28,13 @@ local function web_root()
 end
 
 -- Random request ids: chatcmpl-<24 hex>, as OpenAI's look.
-local function request_id(prefix)
-  local t = {}
-  for i = 1, 24 do t[i] = ("%x"):format(math.random(0, 15)) end
-  return prefix .. table.concat(t)
-end
+local function request_id(prefix) return openai.random_id(prefix, 24) end
 
 local function authorized(ctx, req)
   if not ctx.api_key then return true end
   local auth = req.headers["authorization"] or ""
-  return auth == "Bearer " .. ctx.api_key
+  -- Anthropic's clients send the key as x-api-key.
+  return auth == "Bearer " .. ctx.api_key or req.headers["x-api-key"] == ctx.api_key
 end
 
 local function decode_body(res, req)
@@ -206,6 +204,22 @@ routes["GET /healthcheck"] = function(_, _, res) res:json(200, { status = "ok" }
 routes["GET /v1/topology"] = function(ctx, _, res)
   res:json(200, ctx.topology and ctx.topology() or { nodes = json.empty_array })
 end
+
+-- ---- the other APIs clients bring ------------------------------------------------
+
+-- Ollama's, Anthropic's Messages and OpenAI's Responses APIs: each translates its
+-- requests into the chat request above and shapes the answer its clients expect.
+-- should_stop for a generation: true once the client hangs up.
+local function until_closed(res)
+  local closed = false
+  res.on_close = function() closed = true end
+  return function() return closed end
+end
+local apis = { generate = generate, limits = limits, until_closed = until_closed,
+  version = require("exo.native").version() }
+require("exo.api.ollama").register(routes, apis)
+require("exo.api.anthropic").register(routes, apis)
+require("exo.api.responses").register(routes, apis)
 
 -- ---- dispatch -------------------------------------------------------------------
 
