@@ -2,7 +2,7 @@
 --
 -- For experiments: load a model, tokenize, run a shard, look at logits. The
 -- environment has `exo` (every exo module, lazily required) and a few helpers
--- (load, top). Input that is not yet a complete chunk continues on the next
+-- (load, top, help). Input that is not yet a complete chunk continues on the next
 -- line; an expression's values are printed (tables and cdata readably).
 -- History is kept in $EXO_HOME/repl_history when libreadline is present.
 local ffi = require "ffi"
@@ -34,6 +34,22 @@ function M.show(v, depth)
   return tostring(v)
 end
 
+-- What help() prints: a recipe that runs as written (test_cli feeds it back).
+local HELP = [[
+exo repl: LuaJIT with the exo runtime. A session, line by line:
+  m = load("%s")
+  ids = m.tokenizer:encode("The capital of France is")
+  m.tokenizer:decode(ids)
+  seq = m.shard:new_seq(64)
+  logits = m.shard:forward(seq, ids)
+  best = top(logits, m.shard.n_vocab, 5)
+  m.tokenizer:piece(best[1][1])
+load(name, {start = 0, stop = 4}) loads layers [0, 4) only (a shard's output is then
+hidden states); seq:pos() is where the sequence stands, seq:truncate(n) rolls it back.
+`exo` holds every module: exo.native (the C runtime), exo.sampling, exo.chat, exo.template,
+exo.models (exo.models.registry lists the catalogue), exo.partition. Ctrl-D ends the session.
+]]
+
 local function environment()
   local exo = setmetatable({}, {
     __index = function(self, name)
@@ -59,6 +75,7 @@ local function environment()
     end
     return best
   end
+  env.help = function() io.write(HELP:format(models.default_id)) end
   return env
 end
 
@@ -68,8 +85,8 @@ function M.run()
   local env = environment()
   local history = models.home() .. "/repl_history"
   native.load_history(history)
-  io.stderr:write(("exo %s repl (LuaJIT, kernels: %s). `exo` holds the modules; load(\"%s\") loads a model.\n")
-    :format(native.version(), native.cpu_features(), models.default_id))
+  io.stderr:write(("exo %s repl (LuaJIT, kernels: %s). `exo` holds the modules; load(\"%s\") loads a model;"
+    .. " help() shows a session.\n"):format(native.version(), native.cpu_features(), models.default_id))
   while true do
     local line = native.readline("exo> ")
     if not line then break end

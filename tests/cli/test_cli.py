@@ -364,6 +364,19 @@ class ReplTest(unittest.TestCase):
         self.assertIn('"Hello world"', out)
         self.assertIn("3", out.split())
 
+    def test_help_shows_a_session_that_runs(self):
+        rc, out, err = exo("repl", stdin=b"help()\n")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("help()", err)  # the banner names it
+        recipe = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+        self.assertGreater(len(recipe), 5)
+        rc, out2, err2 = exo("repl", stdin=("\n".join(recipe) + "\n").encode())
+        self.assertEqual(rc, 0, err2)
+        self.assertNotIn("error", err2.lower())
+        self.assertIn('"The capital of France is"', out2)  # the decode line
+        # The best next token's piece, a quoted string too (the model's top guess).
+        self.assertEqual(len(re.findall(r'"[^"\n]+"', out2)), 2, out2)
+
     def test_errors_do_not_end_the_session(self):
         rc, out, err = exo("repl", stdin=b"error('boom')\n2 * 21\n")
         self.assertEqual(rc, 0)
