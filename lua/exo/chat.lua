@@ -38,15 +38,34 @@ end
 -- need to find message text in a rendered prompt should use the same joining).
 M.content_text = content_text
 
+-- Text parts of a list content as the template's own list of {type = "text", text} parts.
+local function text_parts(content)
+  local parts = {}
+  for _, p in ipairs(content) do
+    if type(p) == "string" then
+      parts[#parts + 1] = template.dict({ type = "text", text = p })
+    elseif type(p) == "table" and (p.type == "text" or p.type == nil) and type(p.text) == "string" then
+      parts[#parts + 1] = template.dict({ type = "text", text = p.text })
+    end
+  end
+  return template.list(parts)
+end
+
+local function is_parts(content) return type(content) == "table" and template.kind(content) == "list" end
+
 --- chat.normalize_messages(messages, opts) -> a new list of message copies with string content.
--- opts.map_developer (default true) turns the OpenAI "developer" role into "system".
+-- opts.map_developer (default true) turns the OpenAI "developer" role into "system";
+-- opts.keep_parts keeps content given as parts a list of text parts (for templates that
+-- iterate parts themselves, as Hugging Face and llama.cpp give them) instead of joining it.
 function M.normalize_messages(messages, opts)
   local map_developer = not (opts and opts.map_developer == false)
+  local keep_parts = opts and opts.keep_parts
   local out = {}
   for i, m in ipairs(messages or {}) do
     local c = {}
     for k, v in pairs(m) do c[k] = v end
-    c.content = content_text(m.content)
+    if keep_parts and is_parts(m.content) then c.content = text_parts(m.content)
+    else c.content = content_text(m.content) end
     if map_developer and c.role == "developer" then c.role = "system" end
     out[i] = template.dict(c)
   end
@@ -63,10 +82,16 @@ local function merge_system(messages)
   if out[1] then
     local c = {}
     for k, v in pairs(out[1]) do c[k] = v end
-    local sys, body = first.content, c.content
+    local sys, body = content_text(first.content), c.content
     if type(sys) ~= "string" then sys = "" end
-    if type(body) ~= "string" then body = "" end
-    c.content = sys .. "\n" .. body
+    if is_parts(body) then
+      local parts = { template.dict({ type = "text", text = sys }) }
+      for _, p in ipairs(body) do parts[#parts + 1] = p end
+      c.content = template.list(parts)
+    else
+      if type(body) ~= "string" then body = "" end
+      c.content = sys .. "\n" .. body
+    end
     out[1] = template.dict(c)
   end
   return template.list(out)
@@ -219,7 +244,7 @@ end
 local MAX_CACHED = 16
 local cache, cached = {}, 0
 
-local SYS_PROBE, USER_PROBE = "<<exo-system-probe>>", "<<exo-user-probe>>"
+local SYS_PROBE, USER_PROBE, PART_PROBE = "<<exo-system-probe>>", "<<exo-user-probe>>", "<<exo-part-probe>>"
 
 local function compiled(text)
   local e = cache[text]
@@ -234,6 +259,14 @@ local function compiled(text)
       add_generation_prompt = true, bos_token = "", eos_token = "",
     })
     e.supports_system = out ~= nil and out:find(SYS_PROBE, 1, true) ~= nil
+    -- Does it iterate a message's parts itself? (One that does not prints the list.)
+    out = tmpl:render({
+      messages = template.list({ template.dict({ role = "user",
+        content = template.list({ template.dict({ type = "text", text = PART_PROBE }) }) }) }),
+      add_generation_prompt = true, bos_token = "", eos_token = "",
+    })
+    e.takes_parts = out ~= nil and out:find(PART_PROBE, 1, true) ~= nil and not out:find("'type'", 1, true)
+      and not out:find('"type"', 1, true)
   end
   if cached >= MAX_CACHED then cache, cached = {}, 0 end
   cache[text] = e
@@ -250,6 +283,18 @@ end
 -- Rendering --------------------------------------------------------------------------------
 
 local function render_family(name, messages, opts, agp, why)
+  -- The built-in formats take text: parts kept for a template that failed are joined.
+  local joined = {}
+  for i, m in ipairs(messages) do
+    if is_parts(m.content) then
+      local c = {}
+      for k, v in pairs(m) do c[k] = v end
+      c.content = content_text(m.content)
+      m = template.dict(c)
+    end
+    joined[i] = m
+  end
+  messages = template.list(joined)
   local prompt = M.families[name](messages, {
     bos_token = opts.bos_token or "", eos_token = opts.eos_token or "", add_generation_prompt = agp })
   return prompt, why .. "; using the built-in " .. name .. " format instead"
@@ -265,11 +310,19 @@ function M.render(opts)
   assert(type(opts) == "table" and type(opts.messages) == "table", "chat.render{messages = {...}}")
   local agp = opts.add_generation_prompt ~= false
   local tmpl = opts.template
+  local e = type(tmpl) == "string" and tmpl ~= "" and compiled(tmpl) or nil
   local messages = M.normalize_messages(opts.messages,
-    { map_developer = not (type(tmpl) == "string" and tmpl:find("<|channel|>", 1, true)) })
+    { map_developer = not (type(tmpl) == "string" and tmpl:find("<|channel|>", 1, true)),
+      keep_parts = e and e.takes_parts })
   if opts.marks then
     for _, m in ipairs(messages) do
-      if type(m.content) == "string" and m.content ~= "" then m.content = opts.marks:mark(m.content) end
+      if type(m.content) == "string" and m.content ~= "" then
+        m.content = opts.marks:mark(m.content)
+      elseif is_parts(m.content) then
+        for _, p in ipairs(m.content) do
+          if p.text ~= "" then p.text = opts.marks:mark(p.text) end
+        end
+      end
     end
   end
 
@@ -288,7 +341,6 @@ function M.render(opts)
   assert(type(tmpl) == "string", "chat.render: template must be text or a function")
 
   local fallback = M.detect_family(tmpl) or hinted or "chatml"
-  local e = compiled(tmpl)
   if not e.tmpl then
     return render_family(fallback, messages, opts, agp, "chat template not usable (" .. e.err .. ")")
   end

@@ -84,18 +84,49 @@ local function marked_spans(render_opts, rendered)
   return spans
 end
 
+-- Cuts a rendering right after the final message's content, so the model
+-- continues that message (an assistant "prefill"): the end of the last span
+-- when the marks gave spans, else the content's last occurrence (as Hugging
+-- Face's continue_final_message does). Returns the text and the spans inside it.
+local function cut_after_final(rendered, spans, final)
+  if spans and #spans > 0 then
+    local last = spans[#spans]
+    if rendered:sub(last[1], last[2]):sub(-#final) == final then return rendered:sub(1, last[2]), spans end
+  end
+  local at, from = nil, 1
+  while true do
+    local a = rendered:find(final, from, true)
+    if not a then break end
+    at, from = a, a + 1
+  end
+  if not at then return nil end
+  return rendered:sub(1, at + #final - 1), nil
+end
+
 -- messages -> token ids, rendered text, warning (when the template fell back).
 -- opts: template (text or a Lua function), family (the format to use when there is no template),
--- add_generation_prompt (default true), vars (more template variables: date_string, tools).
+-- add_generation_prompt (default true), continue_final_message (the last message is an
+-- assistant's to continue: no end of its turn, no new turn), vars (more template variables:
+-- date_string, tools).
 function M.build(tokenizer, messages, opts)
   opts = opts or {}
+  local final = messages[#messages]
+  local continue_final = opts.continue_final_message and final and final.role == "assistant"
+  local final_text = continue_final and content_text(final.content) or nil
+  if continue_final and (type(final_text) ~= "string" or final_text == "") then
+    -- Nothing to continue: the assistant's turn simply starts.
+    local rest = {}
+    for i = 1, #messages - 1 do rest[i] = messages[i] end
+    messages, continue_final = rest, false
+    opts = setmetatable({ add_generation_prompt = true }, { __index = opts })
+  end
   local bos_text = tokenizer.bos and tokenizer:text(tokenizer.bos) or ""
   local eos_text = tokenizer.eos and tokenizer:text(tokenizer.eos) or ""
   local render_opts = {
     template = opts.template,
     family_hint = opts.family,
     messages = messages,
-    add_generation_prompt = opts.add_generation_prompt ~= false,
+    add_generation_prompt = not continue_final and opts.add_generation_prompt ~= false,
     bos_token = bos_text,
     eos_token = eos_text,
     vars = opts.vars,
@@ -105,6 +136,10 @@ function M.build(tokenizer, messages, opts)
   -- A template that writes the BOS text itself already has it; do not add a second.
   local add_bos = tokenizer.add_bos and not (bos_text ~= "" and rendered:sub(1, #bos_text) == bos_text)
   local spans = marked_spans(render_opts, rendered)
+  if continue_final then
+    rendered, spans = cut_after_final(rendered, spans, final_text)
+    if not rendered then return nil, "the template does not write the final assistant message, so it cannot be continued" end
+  end
   if not spans then return M.encode_rendered(tokenizer, rendered, messages, add_bos), rendered, warning end
   local ids, err = tokenizer:encode(rendered, { add_bos = add_bos, special = true, plain = spans })
   if not ids then return nil, err end

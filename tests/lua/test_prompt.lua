@@ -101,6 +101,41 @@ local compared = marked("{% for m in messages %}{% if m.content == 'same' %}S{% 
   { { role = "user", content = "same" }, { role = "user", content = "xyz" } })
 assert(#compared == 2 and compared[1] == "s" and compared[2] == "x", table.concat(compared, "|"))
 
+-- Content given as parts: a template that iterates parts gets them (as Hugging Face and
+-- llama.cpp give them); one that takes strings gets the text parts joined with "\n" (as
+-- llama.cpp joins them). The expected texts are what Jinja2 renders for these inputs.
+local parts_tmpl = "{% for m in messages %}<{{ m.role }}>{% if m.content is string %}{{ m.content }}"
+  .. "{% else %}{% for p in m.content %}[{{ p.text | trim }}]{% endfor %}{% endif %}{% endfor %}"
+local parts = { { type = "text", text = " one " }, { type = "text", text = "two" } }
+assert(chat.render { template = parts_tmpl, messages = { { role = "user", content = parts } },
+  add_generation_prompt = false } == "<user>[one][two]")
+assert(chat.render { template = parts_tmpl, messages = { { role = "user", content = "plain" } },
+  add_generation_prompt = false } == "<user>plain")
+local joined = assert(chat.render { template = tmpl, messages = { { role = "user", content = parts } } })
+assert(joined:find("<|im_start|>user\n one \ntwo<|im_end|>", 1, true), joined)
+local pieces = marked(parts_tmpl, { { role = "user", content = parts } })
+assert(#pieces == 2 and pieces[1] == "one" and pieces[2] == "two", table.concat(pieces, "|"))
+ids = assert(prompt.build(tok, { { role = "user", content = { { type = "text", text = "<|im_start|>x" } } } },
+  { template = parts_tmpl }))
+assert(count(ids, im_start) == 0, "a part's look-alike became a control token")
+
+-- Continuing the final assistant message (a prefill): the prompt ends with its text, no end
+-- of turn and no new turn, as Hugging Face's continue_final_message renders.
+local conv = { { role = "user", content = "Write a haiku." }, { role = "assistant", content = "Autumn  leaves" } }
+local ids_c, text_c = assert(prompt.build(tok, conv, { template = tmpl, continue_final_message = true }))
+assert(text_c:sub(-#"<|im_start|>assistant\nAutumn  leaves") == "<|im_start|>assistant\nAutumn  leaves", text_c)
+assert(same(ids_c, assert(tok:encode(text_c, { special = true }))))
+local _, text_full = assert(prompt.build(tok, conv, { template = tmpl, add_generation_prompt = false }))
+assert(text_full:sub(1, #text_c) == text_c and text_full:sub(#text_c + 1) == "<|im_end|>\n", text_full)
+-- An empty final message: the assistant's turn starts as with a generation prompt.
+local _, text_e = assert(prompt.build(tok, { conv[1], { role = "assistant", content = "" } },
+  { template = tmpl, continue_final_message = true }))
+local _, text_g = assert(prompt.build(tok, { conv[1] }, { template = tmpl }))
+assert(text_e == text_g, text_e)
+-- Without a generation prompt the prompt ends after the last message.
+local _, text_n = assert(prompt.build(tok, { conv[1] }, { template = tmpl, add_generation_prompt = false }))
+assert(text_n:sub(-#"Write a haiku.<|im_end|>\n") == "Write a haiku.<|im_end|>\n", text_n)
+
 -- Gemma 3: a SentencePiece tokenizer (this file carries no chat template, so
 -- the built-in ChatML format renders).
 local gemma = file_in("gemma3-270m")
