@@ -7,11 +7,13 @@ by BLAKE2b, ChaCha20-Poly1305 frames with counter nonces), with PyNaCl and
 hashlib. Issue 12, the hostile-peer suite:
 - strangers without the key (an open node's HELLO, another key's AUTH, the
   right key id with a guessed key) are told why, cut, and never admitted;
-  nothing they send after is acted on;
+  nothing they send after is acted on; strangers that never finish the
+  handshake hold at most 64 slots, for 10 s;
 - a peer holding the key is admitted and reads the victim's sealed HELLO (the
-  client follows the spec), but a replayed, tampered or out-of-order frame
-  cuts it, a recorded session replayed into a new connection is never
-  admitted, and an `open` naming a path outside the store is refused;
+  client follows the spec), but a replayed, tampered or out-of-order frame,
+  a second AUTH or a frame in the clear cuts it, a recorded session replayed
+  into a new connection is never admitted, and an `open` naming a path
+  outside the store is refused;
 - an open node (no key) still admits a plain HELLO and says open_cluster.
 After each case the victim answers a chat exactly as before the attacks and
 its topology holds only itself. The overhead of sealing is printed, not
@@ -251,13 +253,14 @@ class HostilePeers(unittest.TestCase):
         p.handshake(guessed, kid=bytes.fromhex(KEY_ID))  # copies the public id, guesses the key
         rx = p.rx
         p.rx = None  # read the victim's frames as they come: we cannot open them
-        p.send(p.sealed(HELLO, hello_body("stranger-c")))
-        try:  # opens sent after: the node may already have hung up
-            for i in range(3):
-                p.send(p.sealed(CONTROL, open_body(MODEL, "stranger-c"), rid=7 + i))
-                time.sleep(0.05)
+        # Its HELLO and three opens in one write, and one more open later.
+        p.send(p.sealed(HELLO, hello_body("stranger-c"))
+               + b"".join(p.sealed(CONTROL, open_body(MODEL, "stranger-c"), rid=7 + i) for i in range(3)))
+        time.sleep(0.2)
+        try:
+            p.send(p.sealed(CONTROL, open_body(MODEL, "stranger-c"), rid=10))
         except OSError:
-            pass
+            pass  # the node hung up already
         frames = p.read_until_closed()
         p.close()
         # The victim's HELLO (it sends it once the keys are agreed) and its
@@ -273,6 +276,40 @@ class HostilePeers(unittest.TestCase):
         self.assertNotIn("stranger-c", self.topology_ids())
         self.assertNotIn("peer stranger-c connected", self.log())
         self.assertIn("a frame failed authentication", self.log())
+        self.assert_still_serving()
+
+    def test_1d_strangers_that_never_finish_hold_no_slot_for_long(self):
+        # One peer holds the key but never says hello; 80 strangers connect
+        # and say nothing. At most 64 unfinished connections are kept; each
+        # is cut after 10 s, and the node serves all the while.
+        t0 = time.time()
+        mute = WirePeer(self.victim.wire_port, timeout=15)
+        mute.handshake(self.k)
+        self.assertEqual(mute.next_of(HELLO)[0], HELLO)
+        silent = [WirePeer(self.victim.wire_port, timeout=15) for _ in range(80)]
+        held = []
+        for p in silent:
+            try:
+                p.read_auth()
+                held.append(p)
+            except (Closed, ConnectionResetError):
+                p.close()
+        self.assertLessEqual(len(held), 63, "%d strangers held (and one mute peer)" % len(held))
+        self.assertGreater(len(held), 0)
+        self.assertEqual(cluster.chat(self.victim, MODEL, PROMPT, max_tokens=8), self.want)
+        frames = mute.read_until_closed(limit=15)
+        mute.close()
+        self.assertEqual(frames[-1][0], ERROR, frames)
+        self.assertIn("no hello within 10 s", frames[-1][2].decode())
+        for p in held:
+            frames = p.read_until_closed(limit=15)
+            p.close()
+            self.assertEqual(frame_types(frames), ["ERROR"], frames)
+            self.assertIn("no AUTH within 10 s", frames[0][2].decode())
+        print("\n%d of 80 silent strangers held a slot; all cut after %.1f s" % (len(held), time.time() - t0))
+        # The slots are free again: a peer with the key is admitted.
+        p, _ = self.admitted("friend-after-strangers")
+        p.close()
         self.assert_still_serving()
 
     # ---- 2. with the key: an admitted peer that misbehaves -------------------
@@ -331,7 +368,7 @@ class HostilePeers(unittest.TestCase):
         self.assert_still_serving()
 
     def test_2c_a_flipped_bit_cuts_the_connection(self):
-        for where in (24, -1):  # the first payload byte, the tag's last
+        for where in (8, 24, -1):  # the request id (additional data only), the first payload byte, the tag's last
             p, _ = self.admitted("friend-c")
             ping = bytearray(p.sealed(PING, b"tampered"))
             ping[where] ^= 0x01
@@ -389,6 +426,31 @@ class HostilePeers(unittest.TestCase):
         self.assertNotIn("CONTROL", types, frames)
         self.assertEqual(types[-1], "ERROR", frames)
         self.assertNotIn("friend-f", self.topology_ids())
+        self.assert_still_serving()
+
+    def test_2g_a_second_auth_is_refused(self):
+        p, _ = self.admitted("friend-g")
+        pk, _ = sodium.crypto_kx_keypair()
+        p.send(p.frame(AUTH, pk + key_id(self.k)))  # a new key exchange mid-session
+        frames = p.read_until_closed()
+        p.close()
+        self.assertEqual(frames[-1][0], ERROR, frames)
+        self.assertIn("an AUTH after the handshake", frames[-1][2].decode())
+        self.assert_still_serving()
+
+    def test_2h_a_plain_frame_after_the_handshake_is_refused(self):
+        # What an on-path attacker could inject into a sealed connection.
+        plain = {"control": lambda p: p.frame(CONTROL, open_body(MODEL, "friend-h"), rid=31),
+                 "ping": lambda p: p.frame(PING, b"in clear")}
+        for what, frame in plain.items():
+            p, _ = self.admitted("friend-h")
+            p.send(frame(p))
+            frames = p.read_until_closed()
+            p.close()
+            self.assertNotIn("PONG", frame_types(frames), what)
+            self.assertFalse([f for f in frames if f[1] == 31], "%s: the node answered: %r" % (what, frames))
+            self.assertEqual(frames[-1][0], ERROR, "%s: %r" % (what, frames))
+            cluster.wait_for_topology([self.victim], 1, timeout=10)
         self.assert_still_serving()
 
     # ---- 4. what sealing costs (printed, never asserted) ---------------------
