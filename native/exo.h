@@ -402,6 +402,16 @@ int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len);
  * key with Argon2id (a fraction of a second, 64 MiB briefly); call it before
  * listening or dialing. */
 int exo_wire_set_key(exo_wire *w, const char *key, size_t len);
+/* UDP discovery's datagrams (docs/discovery.md): an announcement's JSON in the
+ * clear for an open cluster, sealed with the cluster key for a keyed one.
+ * Seal: EXO_EFORMAT when json is not an object, EXO_ERANGE past 4 KiB or when
+ * out (4,152 bytes always suffice) is too small. Open: EXO_EFORMAT malformed,
+ * EXO_ERANGE too long, EXO_ENOTSUP another cluster's, EXO_ESTATE not authentic
+ * (forged, damaged, or in the clear to a keyed node). */
+int exo_wire_announce_seal(const exo_wire *w, const char *json, size_t len, uint8_t *out, size_t cap,
+                           size_t *out_len);
+int exo_wire_announce_open(const exo_wire *w, const uint8_t *dgram, size_t len, char *json, size_t cap,
+                           size_t *json_len);
 /* Listens on host:port (port 0: a free port, returned in *bound_port). */
 int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
 /* Starts connecting; *conn names the connection from now on. A PEER event

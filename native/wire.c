@@ -34,6 +34,7 @@
 #include "exo.h"
 #include <math.h>
 
+#include "announce.h"
 #include "quants.h"
 #include "seal.h"
 #include "wire.h"
@@ -1185,6 +1186,21 @@ int exo_wire_set_key(exo_wire *w, const char *key, size_t len)
     w->keyed = 1;
     w->stats.keyed = 1;
     return EXO_OK;
+}
+
+int exo_wire_announce_seal(const exo_wire *w, const char *json, size_t len, uint8_t *out, size_t cap,
+                           size_t *out_len)
+{
+    if (!w || !json || !out || !out_len) return exo__error_set(EXO_EINVAL, "exo_wire_announce_seal: NULL argument");
+    return exo__announce_seal(w->keyed ? &w->key : NULL, json, len, out, cap, out_len);
+}
+
+int exo_wire_announce_open(const exo_wire *w, const uint8_t *dgram, size_t len, char *json, size_t cap,
+                           size_t *json_len)
+{
+    if (!w || (!dgram && len) || !json || !json_len)
+        return exo__error_set(EXO_EINVAL, "exo_wire_announce_open: NULL argument");
+    return exo__announce_open(w->keyed ? &w->key : NULL, dgram, len, json, cap, json_len);
 }
 
 int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len)

@@ -22,18 +22,10 @@
 #include <string.h>
 
 #include "error.h"
+#include "fuzz_key.h"
 #include "seal.h"
 #include "wire.h"
 
-static exo_seal_key cluster_key;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc, (void)argv;
-    const char *key = "exo-fuzzing-cluster-key-0123456789";
-    if (exo__seal_key_derive(key, strlen(key), &cluster_key) != 0) abort();
-    return 0;
-}
 
 static void stranger(const uint8_t *data, size_t size)
 {

@@ -12,7 +12,9 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--max-sessions N] [--ctx N] [--cors-origin ORIGIN]
            [--http-head-timeout S] [--http-idle-timeout S] [--max-body-mb N]
            [--node-id ID] [--node-host 0.0.0.0] [--node-port PORT]
-           [--discovery-module none|manual] [--discovery-config-path PEERS.json]
+           [--discovery-module udp|manual|none] [--discovery-config-path PEERS.json]
+           [--listen-port 5678] [--broadcast-port 5678] [--discovery-timeout 30]
+           [--node-id-filter ID,ID] [--interface-type-filter Ethernet,WiFi,Other,Loopback]
            [--wait-for-peers N] [--partitioning NAME|FILE.lua] [--inference-engine cpu]
            [--device-memory MB] [--wire-dtype f32|f16|q8_0] [--peer-timeout S]
            [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
@@ -423,6 +425,8 @@ local SERVE_FLAGS = {
   wire_dtype = "string", peer_timeout = "number",
   enable_speculative = "boolean", draft_model = "string", draft_tokens = "number", allow_model_paths = "boolean",
   cluster_key = "string", max_connections = "number", max_connections_per_address = "number",
+  listen_port = "number", broadcast_port = "number", discovery_timeout = "number", node_id_filter = "string",
+  interface_type_filter = "string",
 }
 
 -- The cluster side of `exo serve`: identity, wire, discovery, partitioning.
@@ -432,10 +436,20 @@ local function start_cluster(opts, node, key)
   local uv = require "luv"
   local models = require "exo.models"
   local cluster_mod = require "exo.cluster"
-  local discovery = opts.discovery_module or (opts.discovery_config_path and "manual" or "none")
-  if discovery ~= "none" and discovery ~= "manual" then
-    return nil, "--discovery-module " .. discovery .. " is not available yet (manual and none are)"
+  -- UDP broadcasts unless told otherwise (a peers file means manual; EXO_DISCOVERY_MODULE sets
+  -- the default, as the tests do to keep their nodes apart).
+  local discovery = opts.discovery_module or (opts.discovery_config_path and "manual")
+    or os.getenv("EXO_DISCOVERY_MODULE") or "udp"
+  if discovery ~= "none" and discovery ~= "manual" and discovery ~= "udp" then
+    return nil, "--discovery-module " .. discovery .. " is not available (udp, manual and none are)"
   end
+  for _, flag in ipairs { "listen_port", "broadcast_port" } do
+    local v = opts[flag]
+    if v and (v < 1 or v > 65535 or v % 1 ~= 0) then
+      return nil, ("--%s must be a port number"):format(flag:gsub("_", "-"))
+    end
+  end
+  if opts.discovery_timeout and opts.discovery_timeout <= 0 then return nil, "--discovery-timeout must be positive" end
   if discovery == "manual" and not opts.discovery_config_path then
     return nil, "--discovery-module manual needs --discovery-config-path FILE"
   end
@@ -477,6 +491,19 @@ local function start_cluster(opts, node, key)
     max_kept = opts.max_sessions })
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
   if watcher then watcher:start() end
+  if discovery == "udp" then
+    watcher = require("exo.discovery.udp").new { node_id = node_id, wire = cluster.wire, wire_port = cluster.port,
+      listen_host = host, capabilities = caps, listen_port = opts.listen_port, broadcast_port = opts.broadcast_port,
+      timeout = opts.discovery_timeout, node_id_filter = opts.node_id_filter,
+      interface_type_filter = opts.interface_type_filter,
+      on_change = function(records) cluster:set_discovered(records) end }
+    local ok2, derr = watcher:start()
+    if not ok2 then
+      cluster:stop()
+      return nil, derr
+    end
+  end
+  cluster.discovery = watcher
   io.stderr:write(("exo: node %s on port %d (discovery %s, partitioning %s, %s)\n"):format(node_id, cluster.port,
     discovery, opts.partitioning or "ring_memory_weighted", key and "cluster key from " .. key.source or "open cluster"))
   if not key then

@@ -67,6 +67,7 @@ local function read_file(path)
   f:close()
   return text
 end
+M.read_file = read_file
 
 function M.total_memory_mb()
   local kb = tonumber((read_file("/proc/meminfo") or ""):match("MemTotal:%s+(%d+)")) or 0

@@ -251,6 +251,10 @@ void exo_wire_free(exo_wire *w);
 int exo_wire_fd(const exo_wire *w);
 int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len);
 int exo_wire_set_key(exo_wire *w, const char *key, size_t len);
+int exo_wire_announce_seal(const exo_wire *w, const char *json, size_t len, uint8_t *out, size_t cap,
+                           size_t *out_len);
+int exo_wire_announce_open(const exo_wire *w, const uint8_t *dgram, size_t len, char *json, size_t cap,
+                           size_t *json_len);
 int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port);
 int exo_wire_connect(exo_wire *w, const char *host, int port, int *conn);
 int exo_wire_close(exo_wire *w, int conn, const char *reason);
@@ -967,6 +971,8 @@ end
 local exo_wire_new, exo_wire_free, exo_wire_fd, exo_wire_set_hello = C.exo_wire_new, C.exo_wire_free, C.exo_wire_fd,
   C.exo_wire_set_hello
 local exo_wire_set_key = C.exo_wire_set_key
+local exo_wire_announce_seal, exo_wire_announce_open = C.exo_wire_announce_seal, C.exo_wire_announce_open
+local announce_buf = ffi.new("uint8_t[?]", 8192)
 local exo_wire_listen, exo_wire_connect, exo_wire_close = C.exo_wire_listen, C.exo_wire_connect, C.exo_wire_close
 local exo_wire_send_control, exo_wire_send_tokens, exo_wire_ping = C.exo_wire_send_control, C.exo_wire_send_tokens,
   C.exo_wire_ping
@@ -1014,6 +1020,24 @@ function Wire:set_key(key)
   local rc = exo_wire_set_key(self.handle, key, #key)
   if rc ~= 0 then return fail(rc) end
   return true
+end
+
+-- UDP discovery's datagrams: the announcement JSON sealed with the cluster key
+-- (in the clear for an open cluster), and back. open's errors carry the code
+-- that says why: EFORMAT malformed, ERANGE too long, ENOTSUP another
+-- cluster's, ESTATE not authentic.
+function Wire:announce_seal(json_text)
+  check_type(json_text, "string", "Wire:announce_seal")
+  local rc = exo_wire_announce_seal(self.handle, json_text, #json_text, announce_buf, 8192, size1)
+  if rc ~= 0 then return fail(rc) end
+  return ffi.string(announce_buf, size1[0])
+end
+
+function Wire:announce_open(datagram)
+  check_type(datagram, "string", "Wire:announce_open")
+  local rc = exo_wire_announce_open(self.handle, datagram, #datagram, announce_buf, 8192, size1)
+  if rc ~= 0 then return fail(rc) end
+  return ffi.string(announce_buf, size1[0])
 end
 
 function Wire:listen(host, port)
