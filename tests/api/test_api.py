@@ -690,6 +690,14 @@ class ApiKeyTest(unittest.TestCase):
             bad = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % node.port, api_key="wrong")
             with self.assertRaises(openai.AuthenticationError):
                 bad.models.list()
+            # Near misses (compared byte by byte in constant time): a prefix, an extension, one byte off,
+            # the key with the other header's spelling, an empty key.
+            for headers in [{"Authorization": "Bearer sekri"}, {"Authorization": "Bearer sekritt"},
+                            {"Authorization": "Bearer sekriT"}, {"Authorization": "sekrit"},
+                            {"Authorization": "Bearer "}, {"X-Api-Key": "Bearer sekrit"}, {"X-Api-Key": ""},
+                            {"X-Api-Key": "sekri"}]:
+                self.assertEqual(node.request("GET", "/v1/models", headers=headers)[0], 401, headers)
+            self.assertEqual(node.request("GET", "/v1/models", headers={"X-Api-Key": "sekrit"})[0], 200)
             # The health check stays open, for load balancers.
             self.assertEqual(node.request("GET", "/healthcheck")[0], 200)
         finally:

@@ -8,6 +8,7 @@
 -- "Authorization: Bearer KEY" (or x-api-key: KEY, as Anthropic's clients send
 -- it) except /healthcheck, CORS preflights and the static page. The web page is served from the repository's web/ folder:
 -- static files, no build step.
+local bit = require "bit"
 local uv = require "luv"
 local http = require "exo.api.http"
 local openai = require "exo.api.openai"
@@ -30,11 +31,29 @@ end
 -- Random request ids: chatcmpl-<24 hex>, as OpenAI's look.
 local function request_id(prefix) return openai.random_id(prefix, 24) end
 
+-- Whether given equals the secret expected, in time that depends only on the
+-- secret's length: every byte is compared (no early exit, as a string's ==
+-- may take), so how long a wrong key takes to refuse says nothing about how
+-- much of it was right. A guess of another length still walks every byte.
+local bor, bxor = bit.bor, bit.bxor
+local function same_secret(given, expected)
+  local n, m = #given, #expected
+  local diff = bxor(n, m)
+  for i = 1, m do
+    -- Past the end of a shorter guess, compare against 0 (the lengths differ anyway).
+    local g = i <= n and given:byte(i) or 0
+    diff = bor(diff, bxor(g, expected:byte(i)))
+  end
+  return diff == 0
+end
+
 local function authorized(ctx, req)
   if not ctx.api_key then return true end
-  local auth = req.headers["authorization"] or ""
-  -- Anthropic's clients send the key as x-api-key.
-  return auth == "Bearer " .. ctx.api_key or req.headers["x-api-key"] == ctx.api_key
+  -- Anthropic's clients send the key as x-api-key. Both headers are checked
+  -- whichever is present, so the time taken does not tell which was tried.
+  local bearer = same_secret(req.headers["authorization"] or "", "Bearer " .. ctx.api_key)
+  local x_api_key = same_secret(req.headers["x-api-key"] or "", ctx.api_key)
+  return bearer or x_api_key
 end
 
 local function decode_body(res, req)
