@@ -115,6 +115,13 @@ def status_of(raw):
     return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
 
 
+def too_big_head(n):
+    """A chat request's head announcing an n-byte body, and its first 64 KiB: a body over the limit is
+    refused on its head (413), before the rest is read."""
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % n) + b'{"messages": [{"role": "user", "content": "' + b"a" * 65536
+
+
 def body_json(raw):
     return json.loads(raw.split(b"\r\n\r\n", 1)[1])
 
@@ -770,8 +777,10 @@ class LimitsTest(unittest.TestCase):
         self.refused("/v1/chat/token/encode", {"model": MODEL, "messages": msgs * 4097}, "messages")
 
     def test_big_prompt_refused_before_tokenizing(self):
-        # A 5 MB prompt blocked the loop 2-4 s in the tokenizer before it was refused.
-        big = "a" * (5 * 1024 * 1024)
+        # A 5 MB prompt blocked the loop 2-4 s in the tokenizer before it was refused; now its body is
+        # over the 2 MiB limit (decoding JSON runs on the loop too).
+        self.assertEqual(status_of(self.node.raw(too_big_head(5 * 1024 * 1024))), 413)
+        big = "a" * (1900 * 1024)
         took = self.refused("/v1/chat/completions", {"model": MODEL, "messages": [
             {"role": "user", "content": big}]}, "messages")
         self.assertLess(took, 1.0)
@@ -784,12 +793,53 @@ class LimitsTest(unittest.TestCase):
         self.assertIn("tokens", json.loads(raw)["error"]["message"])  # tokenized, then too long
         self.refused("/v1/chat/completions", {"model": MODEL, "messages": [
             {"role": "user", "content": half}, {"role": "user", "content": half}]}, "messages")
-        big = Node("--ctx", "65536")  # 4 MiB by context: the 1 MiB ceiling holds
+        big = Node("--ctx", "65536")  # 4 MiB by context: the 256 KiB ceiling holds
         try:
-            status, raw, _ = big.request("POST", "/v1/completions", {"model": MODEL, "prompt": "a" * (1024 * 1024 + 1)})
+            status, raw, _ = big.request("POST", "/v1/completions", {"model": MODEL, "prompt": "a" * (256 * 1024 + 1)})
             self.assertEqual((status, json.loads(raw)["error"]["param"]), (400, "prompt"), raw[:300])
+            status, raw, _ = big.request("POST", "/v1/chat/token/encode", {"model": MODEL, "messages": [
+                {"role": "user", "content": "a" * (128 * 1024)}, {"role": "user", "content": "b" * (128 * 1024)}]})
+            self.assertEqual(status, 200, raw[:300])
         finally:
             big.stop()
+
+    def test_loop_answers_while_big_prompts_arrive(self):
+        """The health check answers promptly while the biggest bodies and prompts are refused or
+        tokenized: nothing long runs on the loop (the bound is generous; ~0.1 s is typical)."""
+        msgs = lambda text, n=1: {"model": MODEL, "messages": [{"role": "user", "content": text}] * n}
+        ceiling = 2048 * 64  # this node's context at 64 bytes a token
+        work = [("/v1/chat/completions", msgs("a" * (1900 * 1024)), 400),
+                ("/v1/chat/completions", msgs("word " * 64, 4096), 400),
+                ("/v1/chat/completions", {"model": MODEL, "messages": [[]] * 500000}, 400),  # 2 MB of JSON tables
+                ("/v1/chat/token/encode", msgs("a" * (ceiling - 1024)), 200),  # the largest taken: tokenized
+                ("/v1/chat/token/encode", msgs(" " * (ceiling - 1024)), 200),
+                ("/v1/chat/completions", msgs("1234567890" * (ceiling // 10 - 128)), 400)]  # over the context
+        statuses, errors = [], []
+
+        def send():
+            try:
+                for _ in range(2):
+                    statuses.append(status_of(self.node.raw(too_big_head(5 * 1024 * 1024))))
+                    for path, body, _ in work:
+                        statuses.append(self.node.request("POST", path, body)[0])
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        worst, n = 0.0, 0
+        while sender.is_alive() and n < 2000:  # bounded
+            t0 = time.time()
+            status, _, _ = self.node.request("GET", "/healthcheck")
+            worst = max(worst, time.time() - t0)
+            self.assertEqual(status, 200)
+            n += 1
+        sender.join(120)
+        self.assertFalse(errors, errors)
+        self.assertEqual(statuses, ([413] + [w[2] for w in work]) * 2)
+        self.assertGreater(n, 0)
+        self.assertLess(worst, 2.0, "the health check waited %.2f s" % worst)
+        print("\n  %d health checks while big prompts arrived: the slowest took %.0f ms" % (n, worst * 1000))
 
     def test_null_is_absent(self):
         nulls = {k: None for k in ["temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens",
@@ -801,6 +851,54 @@ class LimitsTest(unittest.TestCase):
         status, raw, _ = self.node.request("POST", "/v1/completions", dict(nulls, model=MODEL, prompt="Hi", max_tokens=2))
         self.assertEqual(status, 200, raw[:300])
 
+    def test_null_is_never_a_value(self):
+        """JSON null anywhere a client writes one is absent (200, the default) or refused (400 naming the
+        place), never taken as a value: cjson decodes it to a sentinel that is truthy in Lua."""
+        hi = {"role": "user", "content": "Hi"}
+        chat = {"model": MODEL, "messages": [hi], "max_tokens": 2}
+        ok = [dict(chat, model=None), dict(chat, max_tokens=None), dict(chat, stream=True, stream_options=None),
+              dict(chat, stream=True, stream_options={"include_usage": None}),
+              dict(chat, logprobs=True, top_logprobs=None), dict(chat, logprobs=None, top_logprobs=2),
+              dict(chat, messages=[{"role": "assistant", "content": None, "tool_calls": None}, hi]),
+              dict(chat, messages=[dict(hi, name=None, tool_call_id=None)])]
+        ok += [dict(chat, **{k: None}) for k in ["tools", "tool_choice", "response_format", "user", "logit_bias",
+                                                 "parallel_tool_calls", "functions", "function_call", "prompt"]]
+        for body in ok:
+            status, raw, _ = self.node.request("POST", "/v1/chat/completions", body)
+            self.assertEqual(status, 200, (body, raw[:300]))
+        refused = [("messages", dict(chat, messages=None)), ("messages[0]", dict(chat, messages=[None])),
+                   ("messages[0].role", dict(chat, messages=[{"role": None, "content": "Hi"}])),
+                   ("messages[0].content[0]", dict(chat, messages=[dict(hi, content=[None])])),
+                   ("messages[0].content[0]", dict(chat, messages=[dict(hi, content=[{"type": None, "text": "x"}])])),
+                   ("messages[0].content[0].text", dict(chat, messages=[dict(hi, content=[{"type": "text", "text": None}])])),
+                   ("stop", dict(chat, stop=[None])), ("stop", dict(chat, stop=["a", None]))]
+        for field, body in refused:
+            self.refused("/v1/chat/completions", body, field)
+        self.refused("/v1/completions", {"model": MODEL, "prompt": None}, "prompt")
+        self.refused("/v1/completions", {"model": MODEL, "prompt": [None]}, "prompt")
+        status, raw, _ = self.node.request("POST", "/v1/completions", {
+            "model": None, "prompt": "Hi", "max_tokens": 2, "echo": None, "suffix": None, "best_of": None})
+        self.assertEqual(status, 200, raw[:300])
+        for body in ["null", "[null]"]:
+            status, raw, _ = self.node.request("POST", "/v1/chat/completions", body)
+            self.assertEqual(status, 400, raw[:300])
+        # The other APIs share the rule.
+        for path, body, want in [
+                ("/v1/messages", {"model": MODEL, "max_tokens": 2, "messages": [hi], "system": None,
+                                  "stop_sequences": None, "temperature": None, "tools": None, "metadata": None}, 200),
+                ("/v1/messages", {"model": MODEL, "max_tokens": None, "messages": [hi]}, 400),
+                ("/v1/messages", {"model": MODEL, "max_tokens": 2, "messages": [dict(hi, content=[None])]}, 400),
+                ("/v1/responses", {"model": MODEL, "input": "Hi", "max_output_tokens": 16, "instructions": None,
+                                   "tools": None, "temperature": None}, 200),
+                ("/v1/responses", {"model": MODEL, "input": [None]}, 400),
+                ("/api/chat", {"model": MODEL, "messages": [hi], "stream": False, "options": {"num_predict": 2,
+                                                                                              "temperature": None}}, 200),
+                ("/api/chat", {"model": MODEL, "messages": [{"role": None, "content": None}], "stream": False}, 400),
+                ("/api/generate", {"model": MODEL, "prompt": "Hi", "stream": False, "system": None,
+                                   "options": {"num_predict": 2}}, 200)]:
+            status, raw, _ = self.node.request("POST", path, body)
+            self.assertEqual(status, want, (path, body, raw[:300]))
+
 
 class SlowClientTest(unittest.TestCase):
     def test_head_and_body_deadlines_are_absolute(self):
@@ -808,14 +906,19 @@ class SlowClientTest(unittest.TestCase):
         # connection was held for as long as the bytes kept coming.
         node = Node("--http-head-timeout", "1")  # the body gets 3 s
         try:
-            for head, deadline in [(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, 1),
-                                   (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n"
-                                    + b" " * 100, 3)]:
+            # (sent at once, then trickled a byte at a time, the deadline, the least it may take): the body's
+            # deadline runs from the end of the head, whether its length is announced or it comes chunked.
+            post = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            for sent, trickled, deadline, least in [
+                    (b"", b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, 1, 0),
+                    (post + b"Content-Length: 1000\r\n\r\n", b" " * 100, 3, 2),
+                    (post + b"Transfer-Encoding: chunked\r\n\r\n", b"1\r\n \r\n" * 20, 3, 2)]:
                 with socket.create_connection(("127.0.0.1", node.port), timeout=0.3) as s:
                     t0, out = time.time(), b""
-                    for i in range(len(head)):  # bounded: ~30 s at most
+                    s.sendall(sent)
+                    for i in range(len(trickled)):  # bounded: ~50 s at most
                         try:
-                            s.sendall(head[i:i + 1])
+                            s.sendall(trickled[i:i + 1])
                             out += s.recv(4096)
                             break  # an answer (or a close)
                         except socket.timeout:
@@ -824,7 +927,9 @@ class SlowClientTest(unittest.TestCase):
                             break
                     took = time.time() - t0
                     self.assertEqual(status_of(out), 408, out[:200])
+                    self.assertIn(b"took too long", out)
                     self.assertLess(took, deadline + 1.5)
+                    self.assertGreater(took, least)  # the body's own deadline, not the head's
             self.assertEqual(node.request("GET", "/healthcheck")[0], 200)
         finally:
             node.stop()

@@ -40,7 +40,12 @@ M.LIMITS = {
   stop_bytes = 1024,           -- per stop string; each is matched against the text after every token
   messages = 4096,             -- messages in one chat request
   content_parts = 4096,        -- parts in one message's content list
-  prompt_bytes = 1048576,      -- text of all messages or the prompt, before tokenizing (~250k tokens)
+  -- Text of all messages or the prompt, checked before any template rendering
+  -- or tokenizing: tokenizing runs on the loop and is superlinear on long
+  -- unbroken runs (256 KiB of one letter or of spaces holds the loop ~0.2 s,
+  -- 1 MiB ~0.9 s, on a busy 2-core machine; English text 256 KiB ~0.04 s).
+  -- ~64k tokens of English.
+  prompt_bytes = 262144,
   bytes_per_token = 64,        -- and no more than the node's context could hold at this many bytes a token
 }
 local LIMITS = M.LIMITS
@@ -164,9 +169,9 @@ local function content_of(m, i)
   return table.concat(parts)
 end
 
--- The most prompt text worth tokenizing: tokenizing runs on the loop (1 MB
--- of one repeated letter takes ~0.6 s), so text its context could never hold
--- is refused by size first.
+-- The most prompt text worth tokenizing: tokenizing runs on the loop, so text
+-- its context could never hold (SmolLM2's longest tokens are 64 spaces) is
+-- refused by size first, and never more than LIMITS.prompt_bytes.
 local function prompt_bytes(limits)
   local n = LIMITS.prompt_bytes
   if limits.n_ctx then n = math.min(n, limits.n_ctx * LIMITS.bytes_per_token) end
