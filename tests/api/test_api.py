@@ -595,6 +595,31 @@ class LoadingTest(unittest.TestCase):
         self.assertIn("architecture 'llamb' is not supported", json.loads(raw)["error"]["message"])
         self.assertEqual(self.node.request("GET", "/healthcheck")[0], 200)
 
+    def test_vanished_askers_load_is_kept(self):
+        # A client that hangs up while its model loads: the load finishes and is kept for the next
+        # request, which loads nothing again (a finished load is never left unclaimed).
+        node = Node("--max-generate-tokens", "8")
+        try:
+            body = json.dumps({"model": "gemma3-270m", "prompt": "Hi", "max_tokens": 2}).encode()
+            with socket.create_connection(("127.0.0.1", node.port)) as s:
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                time.sleep(0.05)  # the load has begun
+            deadline = time.time() + 60
+
+            def log():
+                node.log.seek(0)
+                return node.log.read().decode()
+            while time.time() < deadline and "gemma3-270m: loaded" not in log():
+                time.sleep(0.05)
+            self.assertIn("gemma3-270m: loaded", log())
+            status, raw, _ = node.request("POST", "/v1/completions", {
+                "model": "gemma3-270m", "prompt": "Hi", "max_tokens": 2})
+            self.assertEqual(status, 200, raw)
+            self.assertEqual(log().count("gemma3-270m: loaded"), 1, log())
+        finally:
+            node.stop()
+
 
 class ModelPathTest(unittest.TestCase):
     """A client names a model only by id or a file inside the model store
