@@ -7,6 +7,7 @@
  * style of OpenResty's ngx_http_lua_ffi_* functions. */
 #define _GNU_SOURCE
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,35 @@ int exo_runtime_random(void *buf, size_t n)
     if (sodium_init() < 0) return exo__error_set(EXO_EIO, "libsodium cannot start (no randomness?)");
     randombytes_buf(buf, n);
     return EXO_OK;
+}
+
+/* Ctrl-C while exo is interactive (a chat, the REPL): a flag the loops poll,
+ * not the end of the process. No SA_RESTART: a blocking read returns EINTR, so
+ * readline can give the line up. */
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+int exo_runtime_catch_interrupt(int on)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on ? on_interrupt : SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) != 0) return exo__error_set(EXO_EIO, "cannot catch Ctrl-C (sigaction)");
+    interrupted = 0;
+    return EXO_OK;
+}
+
+int exo_runtime_interrupted(int clear)
+{
+    int was = interrupted;
+    if (clear) interrupted = 0;
+    return was;
 }
 
 int exo_runtime_set_threads(int n_threads)

@@ -27,6 +27,11 @@ const char *exo_runtime_cpu_features(void);
 /* n bytes from the operating system's random generator (libsodium's
  * randombytes): seeds for unseeded sampling, ids, keys. */
 int exo_runtime_random(void *buf, size_t n);
+/* Ctrl-C as a request, not an exit (interactive use): on 1 catches SIGINT into
+ * a flag, 0 restores the default. exo_runtime_interrupted says whether Ctrl-C
+ * came since the flag was last cleared (clear 1 clears it). */
+int exo_runtime_catch_interrupt(int on);
+int exo_runtime_interrupted(int clear);
 
 /* ---- model files (metadata) ---------------------------------------------- */
 

@@ -85,6 +85,20 @@ end
 
 local commands = {}
 
+-- Each command's own usage (`exo COMMAND --help`): its lines of USAGE.
+local function usage_of(name)
+  if name == "serve" or name == "help" then return USAGE end
+  local lines, taking = {}, false
+  for line in USAGE:gmatch("[^\n]*\n?") do
+    local cmd = line:match("^  (%l+)")
+    if cmd then taking = cmd == name
+    elseif not line:match("^      ") and not line:match("^%s*$") then taking = false end
+    if taking and line:match("%S") then lines[#lines + 1] = line end
+  end
+  if #lines == 0 then return USAGE end
+  return "usage: exo " .. table.concat(lines):gsub("^%s+", "") .. "\n(exo --help lists every command)\n"
+end
+
 function commands.help()
   io.write(USAGE)
   return 0
@@ -292,6 +306,61 @@ local function check_run_flags(o)
   if o.max_tokens and o.max_tokens < 1 then return "--max-tokens must be >= 1" end
 end
 
+-- The chat's slash commands, as Ollama users know them. Returns false to end the chat.
+local CHAT_HELP = [[
+/set temperature|top_p|top_k|min_p|seed|max_tokens VALUE    change a sampling setting
+/set system TEXT    the system prompt (the conversation starts over)
+/show               the model and the settings
+/clear              forget the conversation (the system prompt stays)
+/bye                end the chat (Ctrl-D too)
+]]
+local SETTABLE = { temperature = true, top_p = true, top_k = true, min_p = true, seed = true, max_tokens = true }
+
+local function chat_command(line, chat)
+  local cmd, rest = line:match("^%s*/(%S+)%s*(.-)%s*$")
+  local messages = chat.messages
+  local function restart()
+    for i = #messages, 1, -1 do messages[i] = nil end
+    if chat.system() then messages[1] = { role = "system", content = chat.system() } end
+  end
+  if cmd == "bye" or cmd == "exit" then return false end
+  if cmd == "?" or cmd == "help" then
+    io.stderr:write(CHAT_HELP)
+  elseif cmd == "clear" then
+    restart()
+    io.stderr:write("Cleared the conversation.\n")
+  elseif cmd == "show" then
+    local p = chat.params
+    io.stderr:write(("model %s (%s)\ntemperature %s, top_p %s, top_k %s, min_p %s, seed %s, max_tokens %s\n"
+      .. "system prompt: %s\n%d messages in the conversation\n"):format(chat.model.id, chat.model.path,
+      tostring(p.temperature), tostring(p.top_p or 1), tostring(p.top_k or 0), tostring(p.min_p or 0),
+      tostring(p.seed or "random"), tostring(p.max_tokens or "the model's"), chat.system() or "none", #messages))
+  elseif cmd == "set" then
+    local key, value = rest:match("^(%S+)%s*(.-)$")
+    if key == "system" and value ~= "" then
+      chat.set_system(value)
+      restart()
+      io.stderr:write("Set the system prompt (the conversation starts over).\n")
+    elseif key and SETTABLE[key] and tonumber(value) then
+      local trial = {}
+      for k, v in pairs(chat.params) do trial[k] = v end
+      trial[key] = tonumber(value)
+      local bad = check_run_flags(trial)
+      if bad then
+        io.stderr:write(bad .. "\n")
+      else
+        chat.params[key] = tonumber(value)
+        io.stderr:write(("Set %s to %s.\n"):format(key, value))
+      end
+    else
+      io.stderr:write("usage: /set temperature|top_p|top_k|min_p|seed|max_tokens NUMBER, or /set system TEXT\n")
+    end
+  else
+    io.stderr:write(("unknown command /%s (/? lists them)\n"):format(tostring(cmd)))
+  end
+  return true
+end
+
 function commands.run(args)
   local opts, pos = M.parse(args, RUN_FLAGS, { p = "prompt", n = "max_tokens", t = "threads" })
   if not opts then
@@ -346,7 +415,7 @@ function commands.run(args)
   if opts.system_prompt then messages[1] = { role = "system", content = opts.system_prompt } end
 
   local warned = false
-  local function answer(user_text)
+  local function answer(user_text, should_stop)
     messages[#messages + 1] = { role = "user", content = user_text }
     local ids, rendered, warning = prompt.build(model.tokenizer, messages,
       { template = model.chat_template, family = model.chat_family })
@@ -361,9 +430,9 @@ function commands.run(args)
     end
     local res, gerr
     if draft_session then
-      res, gerr = speculative.generate(session, draft_session, ids, params, on_text, nil, spec.g)
+      res, gerr = speculative.generate(session, draft_session, ids, params, on_text, should_stop, spec.g)
     else
-      res, gerr = session:generate(ids, params, on_text)
+      res, gerr = session:generate(ids, params, on_text, should_stop)
     end
     if not res then return nil, gerr end
     io.stdout:write("\n")
@@ -400,13 +469,29 @@ function commands.run(args)
     end
     return 0
   end
-  io.stderr:write(("chatting with %s; an empty line or Ctrl-D ends\n"):format(model.id))
+  io.stderr:write(("chatting with %s: /? lists commands, Ctrl-C stops an answer, Ctrl-D or /bye ends\n")
+    :format(model.id))
+  native.catch_interrupt(true)
+  local system = opts.system_prompt
+  local function stopped() return native.interrupted() end
   while true do
     local line = native.readline(">>> ")
-    if not line or line == "" then break end
-    local res, aerr = answer(line)
-    if not res then io.stderr:write("exo run: " .. aerr .. "\n") end
+    if native.interrupted(true) then
+      io.stderr:write("(Ctrl-D or /bye ends the chat)\n")
+    elseif not line then
+      break
+    elseif line:match("^%s*/") then
+      if not chat_command(line, { params = params, messages = messages, model = model,
+        set_system = function(text) system = text end, system = function() return system end }) then
+        break
+      end
+    elseif line:match("%S") then
+      local res, aerr = answer(line, stopped)
+      if native.interrupted(true) then io.stdout:write("\n") end -- the answer so far stays in the conversation
+      if not res then io.stderr:write("exo run: " .. aerr .. "\n") end
+    end
   end
+  native.catch_interrupt(false)
   return 0
 end
 
@@ -644,6 +729,14 @@ function M.main(...)
   -- No command, or flags first: start a node, as exo does.
   local name = (#args == 0 or args[1]:sub(1, 1) == "-") and "serve" or table.remove(args, 1)
   local cmd = commands[name]
+  -- --help or -h before any script's own arguments: the command's usage.
+  for i = 1, name == "lua" and 1 or #args do
+    if args[i] == "--help" or args[i] == "-h" then
+      if not cmd then break end
+      io.write(usage_of(name))
+      return 0
+    end
+  end
   -- Every other command is the operator's own: a model path may be anywhere.
   if name ~= "serve" then require("exo.models").allow_paths = true end
   if not cmd then

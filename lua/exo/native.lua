@@ -72,6 +72,8 @@ int exo_runtime_set_threads(int n_threads);
 int exo_runtime_threads(void);
 const char *exo_runtime_cpu_features(void);
 int exo_runtime_random(void *buf, size_t n);
+int exo_runtime_catch_interrupt(int on);
+int exo_runtime_interrupted(int clear);
 typedef struct exo_file exo_file;
 int exo_file_open(const char *path, exo_file **out);
 void exo_file_close(exo_file *f);
@@ -1153,13 +1155,57 @@ int write_history(const char *filename);
 void free(void *ptr);
 int isatty(int fd);
 ]]
+ffi.cdef [[
+extern int rl_catch_signals;
+typedef int rl_getc_func_t(void *stream);
+extern rl_getc_func_t *rl_getc_function;
+void rl_replace_line(const char *text, int clear_undo);
+long read(int fd, void *buf, size_t n);
+]]
 local readline_lib
 do
   local ok, lib = pcall(ffi.load, "libreadline.so.8")
   if ok then readline_lib = lib end
 end
 
--- Reads a line (without its newline) or returns nil at end of input.
+local exo_runtime_catch_interrupt, exo_runtime_interrupted = C.exo_runtime_catch_interrupt, C.exo_runtime_interrupted
+local readline_default_getc = readline_lib and readline_lib.rl_getc_function
+
+-- readline's reads, one byte at a time: after Ctrl-C (a read interrupted
+-- with the flag set) the line being typed is dropped and a newline ends it, so
+-- readline returns "" at once (see M.readline). Its own reader would retry the
+-- read and eat the next keys.
+local EINTR = 4
+local getc_byte = ffi.new("uint8_t[1]")
+local readline_getc = ffi.cast("rl_getc_func_t *", function()
+  while true do
+    local n = C.read(0, getc_byte, 1)
+    if n == 1 then return getc_byte[0] end
+    if n == 0 or ffi.errno() ~= EINTR then return -1 end
+    if exo_runtime_interrupted(0) ~= 0 then
+      readline_lib.rl_replace_line("", 0)
+      return 10
+    end
+  end
+end)
+
+-- Ctrl-C as a request, not an exit (a chat, the REPL): M.interrupted() says
+-- whether it came, M.interrupted(true) also clears it; a line being typed is
+-- given up.
+function M.catch_interrupt(on)
+  local rc = exo_runtime_catch_interrupt(on and 1 or 0)
+  if rc ~= 0 then return fail(rc) end
+  if readline_lib then
+    readline_lib.rl_catch_signals = on and 0 or 1
+    readline_lib.rl_getc_function = on and readline_getc or readline_default_getc
+  end
+  return true
+end
+
+function M.interrupted(clear) return exo_runtime_interrupted(clear and 1 or 0) ~= 0 end
+
+-- Reads a line (without its newline) or returns nil at end of input. With
+-- interrupts caught, Ctrl-C returns "" and leaves M.interrupted() set.
 function M.readline(prompt)
   if readline_lib and C.isatty(0) == 1 then
     local p = readline_lib.readline(prompt)
@@ -1173,6 +1219,8 @@ function M.readline(prompt)
   io.flush()
   return io.read("*l")
 end
+-- readline calls back into Lua (readline_getc): never from a compiled trace.
+jit.off(M.readline)
 
 -- The canonical absolute path of an existing file (symlinks, '.' and '..'
 -- followed; libc's realpath), or nil: how exo.models checks that a name

@@ -87,8 +87,15 @@ function M.run()
   native.load_history(history)
   io.stderr:write(("exo %s repl (LuaJIT, kernels: %s). `exo` holds the modules; load(\"%s\") loads a model;"
     .. " help() shows a session.\n"):format(native.version(), native.cpu_features(), models.default_id))
+  -- Ctrl-C drops the line being typed, or stops the code running (between
+  -- Lua instructions: a long C call finishes first), never the session.
+  native.catch_interrupt(true)
   while true do
     local line = native.readline("exo> ")
+    if native.interrupted(true) then
+      io.stderr:write("(Ctrl-D ends the session)\n")
+      line = ""
+    end
     if not line then break end
     local chunk = line
     local fn, err = load("return " .. chunk, "=repl")
@@ -115,9 +122,19 @@ function M.run()
         for i = 1, n do out[i] = M.show((select(i, ...))) end
         print(table.concat(out, "\t"))
       end
-      report(xpcall(fn, debug.traceback))
+      -- Hooks run only in the interpreter: the user's code is not compiled.
+      jit.off(fn, true)
+      debug.sethook(function()
+        if native.interrupted(true) then error("interrupted (Ctrl-C)", 2) end
+      end, "", 10000)
+      report(xpcall(fn, function(e)
+        if tostring(e):find("interrupted (Ctrl-C)", 1, true) then return "interrupted (Ctrl-C)" end
+        return debug.traceback(e)
+      end))
+      debug.sethook()
     end
   end
+  native.catch_interrupt(false)
   os.execute("mkdir -p '" .. models.home() .. "'")
   native.save_history(history)
   return 0

@@ -15,6 +15,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -382,6 +383,90 @@ class ReplTest(unittest.TestCase):
         self.assertEqual(rc, 0)
         self.assertIn("boom", err)
         self.assertIn("42", out.split())
+
+
+class HelpTest(unittest.TestCase):
+    def test_every_command_answers_help(self):
+        # Before: `exo --help` was an unknown option and `exo repl --help` started the REPL.
+        for command in ("", "serve", "run", "repl", "bench", "models", "key", "lua", "version", "help"):
+            for flag in ("--help", "-h"):
+                args = ([command] if command else []) + [flag]
+                rc, out, err = exo(*args, stdin=b"os.exit(7)\n", timeout=20)
+                self.assertEqual(rc, 0, "exo %s: %s" % (" ".join(args), err))
+                self.assertIn("usage: exo", out, " ".join(args))
+                if command not in ("", "serve", "help"):
+                    self.assertIn("exo " + command, out)
+
+
+class TerminalTest(unittest.TestCase):
+    """Ctrl-C and the chat's commands in a real terminal: tmux runs exo in a pane, send-keys types,
+    capture-pane reads the screen."""
+
+    def setUp(self):
+        if not shutil.which("tmux"):
+            self.skipTest("test_cli.TerminalTest needs tmux (scripts/setup installs it)")
+        self.session = "exo-test-%d" % os.getpid()
+        self.env = dict(os.environ)
+
+    def tearDown(self):
+        subprocess.run(["tmux", "kill-session", "-t", self.session], stderr=subprocess.DEVNULL)
+
+    def start(self, command):
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
+                        command + "; echo EXITED $?; sleep 60"], check=True, env=self.env)
+
+    def keys(self, *keys):
+        subprocess.run(["tmux", "send-keys", "-t", self.session, *keys], check=True)
+
+    def screen(self):
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session, "-S", "-300"],
+                              capture_output=True, text=True, check=True).stdout
+
+    def wait_for(self, text, timeout=20, after=0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.screen().count(text) > after:
+                return
+            time.sleep(0.1)
+        self.fail("%r never appeared on the screen:\n%s" % (text, self.screen()))
+
+    def test_chat_ctrl_c_and_commands(self):
+        self.start("%s run %s --temperature 0 --max-tokens 400" % (EXO, "smollm2-135m"))
+        self.wait_for("/? lists commands")
+        self.keys("Write a long story about a dragon who learns to cook.", "Enter")
+        self.wait_for("Once upon", timeout=30)
+        self.keys("C-c")  # stops the answer, keeps the chat
+        self.wait_for(">>>", after=1)
+        self.keys("/show", "Enter")
+        self.wait_for("2 messages in the conversation")  # the question and the answer so far
+        self.keys("", "Enter")  # an empty line does nothing
+        self.keys("half typed")
+        self.keys("C-c")  # drops the line, the chat goes on
+        self.wait_for("Ctrl-D or /bye ends the chat")
+        self.keys("/set temperature 0.2", "Enter")
+        self.wait_for("Set temperature to 0.2.")
+        self.keys("/clear", "Enter")
+        self.wait_for("Cleared the conversation.")
+        self.keys("/show", "Enter")
+        self.wait_for("0 messages in the conversation")
+        self.keys("/bye", "Enter")
+        self.wait_for("EXITED 0")
+        self.assertNotIn("half typed\n", self.screen().split("Ctrl-D or /bye")[-1])
+
+    def test_repl_ctrl_c_stops_code_not_the_session(self):
+        self.start("%s repl" % EXO)
+        self.wait_for("help() shows a session")
+        self.keys("while true do end", "Enter")
+        time.sleep(0.5)
+        self.keys("C-c")
+        self.wait_for("interrupted (Ctrl-C)")
+        self.keys("half typed")
+        self.keys("C-c")
+        self.wait_for("Ctrl-D ends the session")
+        self.keys("6 * 7", "Enter")
+        self.wait_for("42")
+        self.keys("C-d")
+        self.wait_for("EXITED 0")
 
 
 if __name__ == "__main__":
