@@ -17,9 +17,19 @@
  * pairs) and a plain chat template, so the whole text path (API, cluster)
  * can run on it.
  *
+ * With --shape NAME it writes a model of a real model's shape instead
+ * (llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, qwen2.5-0.5b, qwen2.5-7b: their
+ * layers, widths, heads and tying), and with --tokenizer-from FILE.gguf it
+ * copies that file's tokenizer (every tokenizer.* key; the vocabulary sets
+ * the embedding's rows). With --type f16 such a file is what llama-quantize
+ * turns into the formats hub files come in, for benchmarks at real sizes
+ * (docs/performance.md). The writer holds the whole file in memory: an F16
+ * 8B shape needs about 16 GB.
+ *
  * usage: exo-make-tiny-model OUT.gguf [--arch llama] [--type q4_1]
  *        [--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0]
- *        [--head-dim N] [--window N] [--ctx N] */
+ *        [--head-dim N] [--window N] [--ctx N] [--shape NAME]
+ *        [--tokenizer-from FILE.gguf] */
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -38,8 +48,26 @@ typedef struct tiny_config {
     int weight_type, embd_type;
     int tied;
     int tokenizer;
+    const char *tokenizer_from; /* copy this GGUF file's tokenizer */
+    float rope_base;            /* 0: the architecture's default */
+    bool real_shape;            /* a --shape: Llama 3's rope factors, a real name */
     uint64_t seed;
 } tiny_config;
+
+/* Real models' shapes (their config.json): the matrices a benchmark streams. */
+typedef struct real_shape {
+    const char *name, *arch;
+    int n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, tied;
+    float rope_base;
+} real_shape;
+
+static const real_shape real_shapes[] = {
+    {"llama-3.2-1b", "llama", 16, 2048, 32, 8, 8192, 128256, 1, 500000.0f},
+    {"llama-3.2-3b", "llama", 28, 3072, 24, 8, 8192, 128256, 1, 500000.0f},
+    {"llama-3.1-8b", "llama", 32, 4096, 32, 8, 14336, 128256, 0, 500000.0f},
+    {"qwen2.5-0.5b", "qwen2", 24, 896, 14, 2, 4864, 151936, 1, 1000000.0f},
+    {"qwen2.5-7b", "qwen2", 28, 3584, 28, 4, 18944, 152064, 0, 1000000.0f},
+};
 
 static uint64_t rng_state;
 
@@ -190,6 +218,68 @@ static int add_tokenizer(exo_gguf_writer *w, int n_vocab)
     return rc;
 }
 
+/* Copies every tokenizer.* key of the GGUF file at path (the default model's
+ * tokenizer for real-shape benchmark models); *n_vocab gets its token count. */
+static int copy_tokenizer(exo_gguf_writer *w, const char *path, int *n_vocab)
+{
+    exo_gguf *g;
+    if (exo__gguf_open(path, &g)) return -1;
+    int rc = 0;
+    *n_vocab = 0;
+    for (int64_t i = 0; i < exo__gguf_kv_count(g) && !rc; i++) {
+        const char *key = exo__gguf_key_name(g, i);
+        if (strncmp(key, "tokenizer.", 10)) continue;
+        int type = exo__gguf_kv_type(g, i);
+        if (type == EXO_GGUF_STRING) {
+            const char *s;
+            size_t len;
+            char *copy = NULL;
+            rc = exo__gguf_get_str(g, key, &s, &len);
+            if (!rc && (copy = strndup(s, len)) == NULL) rc = -1;
+            if (!rc) rc = exo__gguf_writer_add_str(w, key, copy);
+            free(copy);
+        } else if (type == EXO_GGUF_BOOL) {
+            bool b;
+            rc = exo__gguf_get_bool(g, key, &b);
+            if (!rc) rc = exo__gguf_writer_add_bool(w, key, b);
+        } else if (type == EXO_GGUF_UINT32 || type == EXO_GGUF_INT32) {
+            int64_t v;
+            rc = exo__gguf_get_i64(g, key, &v);
+            if (!rc) rc = type == EXO_GGUF_UINT32 ? exo__gguf_writer_add_u32(w, key, (uint32_t)v)
+                                                 : exo__gguf_writer_add_i32(w, key, (int32_t)v);
+        } else if (type == EXO_GGUF_FLOAT32) {
+            float v;
+            rc = exo__gguf_get_f32(g, key, &v);
+            if (!rc) rc = exo__gguf_writer_add_f32(w, key, v);
+        } else if (type == EXO_GGUF_ARRAY) {
+            int elem;
+            uint64_t n;
+            rc = exo__gguf_get_arr(g, key, &elem, &n);
+            if (rc) break;
+            if (!strcmp(key, "tokenizer.ggml.tokens")) *n_vocab = (int)n;
+            if (elem == EXO_GGUF_STRING) {
+                char **strs = calloc(n ? n : 1, sizeof *strs);
+                rc = strs ? 0 : -1;
+                for (uint64_t j = 0; j < n && !rc; j++) {
+                    const char *s;
+                    size_t len;
+                    rc = exo__gguf_arr_str(g, i, j, &s, &len);
+                    if (!rc && (strs[j] = strndup(s, len)) == NULL) rc = -1;
+                }
+                if (!rc) rc = exo__gguf_writer_add_str_arr(w, key, (const char *const *)strs, n);
+                for (uint64_t j = 0; strs && j < n; j++) free(strs[j]);
+                free(strs);
+            } else {
+                rc = exo__gguf_writer_add_arr(w, key, elem, exo__gguf_arr_data(g, i), n);
+            }
+        } else {
+            fprintf(stderr, "exo-make-tiny-model: %s: key %s of type %d not copied\n", path, key, type);
+        }
+    }
+    exo__gguf_close(g);
+    return rc || *n_vocab < 1 ? -1 : 0;
+}
+
 static bool is_arch(const tiny_config *c, const char *name)
 {
     return strcmp(c->arch, name) == 0;
@@ -245,7 +335,7 @@ static int write_model(const tiny_config *c, const char *path)
 #define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", c->arch, suffix), key)
     int rc = 0;
     rc |= exo__gguf_writer_add_str(w, "general.architecture", c->arch);
-    rc |= exo__gguf_writer_add_str(w, "general.name", "exo tiny test model");
+    rc |= exo__gguf_writer_add_str(w, "general.name", c->real_shape ? "exo random weights, real shape" : "exo tiny test model");
     rc |= exo__gguf_writer_add_u32(w, "general.alignment", 32);
     rc |= exo__gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)c->n_layer);
     rc |= exo__gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)c->n_ctx);
@@ -253,7 +343,8 @@ static int write_model(const tiny_config *c, const char *path)
     rc |= exo__gguf_writer_add_u32(w, KEY("feed_forward_length"), (uint32_t)c->n_ff);
     rc |= exo__gguf_writer_add_u32(w, KEY("attention.head_count"), (uint32_t)c->n_head);
     rc |= exo__gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_head_kv);
-    rc |= exo__gguf_writer_add_f32(w, KEY("rope.freq_base"), is_arch(c, "llama") ? 10000.0f : 1000000.0f);
+    rc |= exo__gguf_writer_add_f32(w, KEY("rope.freq_base"),
+                                   c->rope_base > 0 ? c->rope_base : is_arch(c, "llama") ? 10000.0f : 1000000.0f);
     rc |= exo__gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), is_arch(c, "gemma3") ? 1e-6f : 1e-5f);
     rc |= exo__gguf_writer_add_u32(w, KEY("rope.dimension_count"), (uint32_t)head_dim);
     rc |= exo__gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)c->n_vocab);
@@ -274,13 +365,23 @@ static int write_model(const tiny_config *c, const char *path)
 #undef KEY
     if (rc) goto done;
 
-    if (c->tokenizer) rc = add_tokenizer(w, c->n_vocab);
+    if (c->tokenizer_from) {
+        int n_vocab;
+        rc = copy_tokenizer(w, c->tokenizer_from, &n_vocab);
+        if (!rc && n_vocab != c->n_vocab) rc = -1; /* main() took the vocabulary from the same file */
+        if (rc) {
+            fprintf(stderr, "exo-make-tiny-model: could not copy the tokenizer of %s\n", c->tokenizer_from);
+            goto done;
+        }
+    } else if (c->tokenizer) {
+        rc = add_tokenizer(w, c->n_vocab);
+    }
     if (rc) goto done;
 
     rc = add_matrix(w, "token_embd.weight", c->embd_type, c->n_embd, c->n_vocab, 1.0f);
     /* Llama 3's and Phi 3's rope factors, in the architecture models of the
      * test suite (the plain tiny llama models stay without). */
-    if (!rc && c->tokenizer && is_arch(c, "llama")) rc = add_rope_factors(w, "rope_freqs.weight", head_dim / 2);
+    if (!rc && (c->tokenizer || c->real_shape) && is_arch(c, "llama")) rc = add_rope_factors(w, "rope_freqs.weight", head_dim / 2);
     if (!rc && is_arch(c, "phi3")) {
         rc = add_rope_factors(w, "rope_factors_short.weight", head_dim / 2);
         if (!rc) rc = add_rope_factors(w, "rope_factors_long.weight", head_dim / 2);
@@ -327,6 +428,20 @@ int main(int argc, char **argv)
             c.tied = atoi(v), i++;
         } else if (v && !strcmp(a, "--tokenizer")) {
             c.tokenizer = atoi(v), i++;
+        } else if (v && !strcmp(a, "--tokenizer-from")) {
+            c.tokenizer_from = v, i++;
+        } else if (v && !strcmp(a, "--shape")) {
+            const real_shape *s = NULL;
+            for (size_t k = 0; k < sizeof real_shapes / sizeof real_shapes[0]; k++)
+                if (!strcmp(real_shapes[k].name, v)) s = &real_shapes[k];
+            if (!s) {
+                fprintf(stderr, "exo-make-tiny-model: unknown shape '%s' (llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, "
+                                "qwen2.5-0.5b, qwen2.5-7b)\n", v);
+                return 2;
+            }
+            c.arch = s->arch, c.n_layer = s->n_layer, c.n_embd = s->n_embd, c.n_head = s->n_head;
+            c.n_head_kv = s->n_head_kv, c.n_ff = s->n_ff, c.n_vocab = s->n_vocab, c.tied = s->tied;
+            c.rope_base = s->rope_base, c.n_ctx = 8192, c.real_shape = true, i++;
         } else {
             fprintf(stderr, "exo-make-tiny-model: unknown or incomplete option '%s'\n", a);
             return 2;
@@ -339,8 +454,23 @@ int main(int argc, char **argv)
         c.head_dim < 0 || c.head_dim > 256 || c.window < 1 || c.n_ctx < 1) {
         fprintf(stderr, "usage: exo-make-tiny-model OUT.gguf [--arch llama|qwen2|qwen3|gemma3|phi3] [--type q4_1] "
                         "[--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0] [--head-dim N] "
-                        "[--window N] [--ctx N]\n");
+                        "[--window N] [--ctx N] [--shape llama-3.2-1b|llama-3.2-3b|llama-3.1-8b|qwen2.5-0.5b|"
+                        "qwen2.5-7b] [--tokenizer-from FILE.gguf]\n");
         return 2;
+    }
+    if (c.tokenizer_from) { /* the embedding's rows follow the copied vocabulary */
+        exo_gguf *g;
+        int elem;
+        uint64_t n = 0;
+        if (exo__gguf_open(c.tokenizer_from, &g) == 0) {
+            if (exo__gguf_get_arr(g, "tokenizer.ggml.tokens", &elem, &n) || elem != EXO_GGUF_STRING) n = 0;
+            exo__gguf_close(g);
+        }
+        if (n < 1 || n > (1u << 20)) {
+            fprintf(stderr, "exo-make-tiny-model: %s has no tokenizer.ggml.tokens\n", c.tokenizer_from);
+            return 1;
+        }
+        c.n_vocab = (int)n;
     }
     if (write_model(&c, out) != 0) {
         fprintf(stderr, "exo-make-tiny-model: could not write %s\n", out);
