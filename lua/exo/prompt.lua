@@ -84,6 +84,70 @@ local function marked_spans(render_opts, rendered)
   return spans
 end
 
+-- ---- a long conversation, in pieces ------------------------------------------------
+--
+-- Tokenizing runs on the loop, and a conversation of thousands of messages
+-- takes long there: the tokenizer searches every piece of text for each
+-- special token (Gemma 3 has 6670), so 4096 short messages held it ~1 s. A
+-- server sets M.pause (a function that lets the loop run a turn and then
+-- resumes the calling coroutine); with it the prompt is encoded in pieces of
+-- about M.PIECE.spans messages or M.PIECE.bytes bytes, pausing between them. A
+-- piece ends right after a message's content, where the markup that follows
+-- opens with a control token: the tokenizer cuts the text at special tokens
+-- and encodes what lies between them on its own (SPM's space prefix starts
+-- again after each), so the ids are those of one pass, provided the token is
+-- cut there in one pass too: no longer special token (a user-defined one may
+-- match inside content) straddles the cut, checked on the 256 bytes before it.
+M.pause = nil
+M.PIECE = { spans = 64, bytes = 32768 }
+
+local TOKEN_CONTROL = 3
+
+-- Whether the encoding may be cut right before byte g, which follows span
+-- (a message's content) and starts markup running to gap_end.
+local function cut_ok(tokenizer, rendered, span, g, gap_end)
+  if gap_end < g then return false end
+  local gap = rendered:sub(g, math.min(gap_end, g + 255))
+  local first = tokenizer:encode(gap, { add_bos = false, special = true })
+  local t = first and first[1]
+  if not t or tokenizer:token_type(t) ~= TOKEN_CONTROL then return false end
+  local text = tokenizer:text(t)
+  if not text or text == "" or gap:sub(1, #text) ~= text then return false end
+  local from = math.max(span[1], g - 256)
+  local window = tokenizer:encode(rendered:sub(from, g + #text - 1),
+    { add_bos = false, special = true, plain = { { 1, g - from } } })
+  return window ~= nil and window[#window] == t
+end
+
+-- rendered's ids with control tokens recognised outside spans, as one
+-- tokenizer:encode call gives them, in pieces with pause() between.
+local function encode_in_pieces(tokenizer, rendered, spans, add_bos, pause)
+  local max_spans, max_bytes = M.PIECE.spans, M.PIECE.bytes
+  local ids, from, first_span = {}, 1, 1
+  local function encode(to, last_span)
+    local plain = {}
+    for k = first_span, last_span do plain[#plain + 1] = { spans[k][1] - from + 1, spans[k][2] - from + 1 } end
+    local part, err = tokenizer:encode(rendered:sub(from, to),
+      { add_bos = from == 1 and add_bos, special = true, plain = plain })
+    if not part then return nil, err end
+    for _, id in ipairs(part) do ids[#ids + 1] = id end
+    return true
+  end
+  for i = 1, #spans - 1 do
+    local g = spans[i][2] + 1
+    if (i - first_span + 1 >= max_spans or g - from >= max_bytes)
+      and cut_ok(tokenizer, rendered, spans[i], g, spans[i + 1][1] - 1) then
+      local ok, err = encode(g - 1, i)
+      if not ok then return nil, err end
+      from, first_span = g, i + 1
+      pause()
+    end
+  end
+  local ok, err = encode(#rendered, #spans)
+  if not ok then return nil, err end
+  return ids
+end
+
 -- Cuts a rendering right after the final message's content, so the model
 -- continues that message (an assistant "prefill"): the end of the last span
 -- when the marks gave spans, else the content's last occurrence (as Hugging
@@ -141,7 +205,12 @@ function M.build(tokenizer, messages, opts)
     if not rendered then return nil, "the template does not write the final assistant message, so it cannot be continued" end
   end
   if not spans then return M.encode_rendered(tokenizer, rendered, messages, add_bos), rendered, warning end
-  local ids, err = tokenizer:encode(rendered, { add_bos = add_bos, special = true, plain = spans })
+  local ids, err
+  if M.pause and coroutine.running() and (#spans > M.PIECE.spans or #rendered > M.PIECE.bytes) then
+    ids, err = encode_in_pieces(tokenizer, rendered, spans, add_bos, M.pause)
+  else
+    ids, err = tokenizer:encode(rendered, { add_bos = add_bos, special = true, plain = spans })
+  end
   if not ids then return nil, err end
   return ids, rendered, warning
 end

@@ -302,6 +302,21 @@ end
 -- opts: host, port, cors_origin, http limits. Returns the http server or nil, err.
 function M.start(ctx, opts)
   math.randomseed(os.time() + math.floor(uv.hrtime() % 1e6))
+  -- A long conversation's prompt is tokenized in pieces, the loop serving
+  -- others between them (prompt.lua): the request's coroutine waits a turn.
+  -- An idle handle, not a 0 ms timer: a timer started from a timer's
+  -- callback runs in the same pass, so I/O would never get its turn.
+  require("exo.prompt").pause = function()
+    local co = coroutine.running()
+    local idle = uv.new_idle()
+    idle:start(function()
+      idle:stop()
+      idle:close()
+      local ok, err = coroutine.resume(co)
+      if not ok then io.stderr:write("exo: request failed: " .. tostring(err) .. "\n") end
+    end)
+    coroutine.yield()
+  end
   return http.listen(opts.host or "0.0.0.0", opts.port or 52415, function(req, res) return handle(ctx, req, res) end, opts)
 end
 
