@@ -332,7 +332,8 @@ function Cluster:on_peer(conn, data, address)
   local k = self.known[h.node_id]
   -- Capabilities written in a peers file are taken as given.
   if k and k.source == "discovery" and k.capabilities then caps = k.capabilities end
-  self.peers[h.node_id] = { id = h.node_id, address = k and k.address or host, port = h.port,
+  -- remote: where the connection comes from, whatever we were told (gossip trusts it).
+  self.peers[h.node_id] = { id = h.node_id, address = k and k.address or host, port = h.port, remote = host,
     capabilities = caps, conn = conn, instance = h.instance, last_heard = uv.now(), version = h.version }
   if not existing then self.log("peer %s connected (%s)", h.node_id, address) end
   self:gossip()
@@ -348,13 +349,182 @@ function Cluster:gossip()
   for id in pairs(self.peers) do self:send(id, 0, { t = "topology", nodes = list }) end
 end
 
-function Cluster:on_topology(msg)
+-- ---- what gossip may make this node dial (issue 12) ----------------------------------
+--
+-- A topology message makes us connect to the addresses it names, so a peer
+-- could point us at any host and port (a scan, a service on our localhost).
+-- We dial only unicast IP literals; a loopback or link-local address only
+-- when the peer saying it is itself connected to us over loopback or
+-- link-local (a remote peer has no business naming our own localhost); and
+-- at most GOSSIP_MAX_NEW new or changed entries per message, MAX_KNOWN known
+-- nodes overall. Refusals are counted (topology().gossip_refused) and logged
+-- once per peer.
+local GOSSIP_MAX_NEW = 64
+local MAX_KNOWN = 256
+M.GOSSIP_MAX_NEW, M.MAX_KNOWN = GOSSIP_MAX_NEW, MAX_KNOWN
+
+-- The four bytes of a dotted IPv4 literal as libuv's inet_pton reads it
+-- (decimal, no leading zeros), or nil.
+local function ipv4_bytes(s)
+  local parts = { s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+  if #parts ~= 4 then return nil end
+  for i, p in ipairs(parts) do
+    if #p > 3 or (#p > 1 and p:sub(1, 1) == "0") or tonumber(p) > 255 then return nil end
+    parts[i] = tonumber(p)
+  end
+  return parts
+end
+
+-- The eight 16-bit words of an IPv6 literal (with "::" and a dotted IPv4
+-- tail), or nil.
+local function ipv6_words(s)
+  local function groups(part, allow_v4)
+    local out = {}
+    if part == "" then return out end
+    local items = {}
+    for g in (part .. ":"):gmatch("([^:]*):") do items[#items + 1] = g end
+    for i, g in ipairs(items) do
+      local v4 = allow_v4 and i == #items and ipv4_bytes(g)
+      if v4 then
+        out[#out + 1] = v4[1] * 256 + v4[2]
+        out[#out + 1] = v4[3] * 256 + v4[4]
+      elseif g:match("^%x%x?%x?%x?$") then
+        out[#out + 1] = tonumber(g, 16)
+      else
+        return nil
+      end
+    end
+    return out
+  end
+  local head, tail = s:match("^(.-)::(.*)$")
+  if head then
+    if tail:find("::", 1, true) then return nil end
+    local h, t = groups(head, false), groups(tail, true)
+    if not h or not t or #h + #t > 7 then return nil end
+    local words = {}
+    for _, w in ipairs(h) do words[#words + 1] = w end
+    for _ = 1, 8 - #h - #t do words[#words + 1] = 0 end
+    for _, w in ipairs(t) do words[#words + 1] = w end
+    return words
+  end
+  local words = groups(s, true)
+  return words and #words == 8 and words or nil
+end
+
+local function ipv4_scope(b)
+  if b[1] == 0 then return nil, "an unspecified address" end
+  if b[1] == 127 then return "loopback" end
+  if b[1] == 169 and b[2] == 254 then return "link-local" end
+  if b[1] >= 224 and b[1] <= 239 then return nil, "a multicast address" end
+  if b[1] >= 240 then return nil, "a broadcast or reserved address" end
+  return "global"
+end
+
+--- cluster.address_scope(address) -> "global", "loopback" or "link-local"
+--- for a unicast IP literal this node may dial, or nil, why.
+function M.address_scope(address)
+  if type(address) ~= "string" or #address > 64 then return nil, "not an IP address" end
+  local b = ipv4_bytes(address)
+  if b then return ipv4_scope(b) end
+  local ip, zone = address:match("^([^%%]+)%%([%w_.-]+)$")
+  local w = ipv6_words(ip or address)
+  if not w then return nil, "not an IP address" end
+  local zeros5 = w[1] == 0 and w[2] == 0 and w[3] == 0 and w[4] == 0 and w[5] == 0
+  local scope, why
+  if zeros5 and w[6] == 0xffff then -- IPv4-mapped
+    scope, why = ipv4_scope { math.floor(w[7] / 256), w[7] % 256, math.floor(w[8] / 256), w[8] % 256 }
+  elseif zeros5 and w[6] == 0 and w[7] == 0 and w[8] <= 1 then
+    if w[8] == 0 then return nil, "an unspecified address" end
+    scope = "loopback"
+  elseif zeros5 and w[6] == 0 then
+    return nil, "a deprecated IPv4-compatible address"
+  elseif w[1] >= 0xff00 then
+    return nil, "a multicast address"
+  elseif w[1] >= 0xfe80 and w[1] <= 0xfebf then
+    scope = "link-local"
+  else
+    scope = "global"
+  end
+  if zone and scope ~= "link-local" then return nil, "a zone on an address that is not link-local" end
+  return scope, why
+end
+
+--- cluster.gossip_refusal(address, port, sender_scope) -> nil when a peer
+--- connected from an address of sender_scope (address_scope's) may make us
+--- dial address:port, else why not.
+function M.gossip_refusal(address, port, sender_scope)
+  if not (bounded(port, 1, 65535) and port % 1 == 0) then return "not a TCP port" end
+  local scope, why = M.address_scope(address)
+  if not scope then return why end
+  if scope == "loopback" and sender_scope ~= "loopback" then
+    return "a loopback address from a peer that is not on this host"
+  end
+  if scope == "link-local" and sender_scope ~= "loopback" and sender_scope ~= "link-local" then
+    return "a link-local address from a peer that is not on this link"
+  end
+  return nil
+end
+
+-- Room for one more known node: under MAX_KNOWN, or by forgetting a gossiped
+-- node we have failed to reach for a while (never a live or configured one).
+function Cluster:known_room()
+  local n, stale = 0, nil
+  for id, k in pairs(self.known) do
+    n = n + 1
+    if not stale and k.source == "gossip" and not self.peers[id] and k.backoff >= 8 and not self:dialing(id) then
+      stale = id
+    end
+  end
+  if n < MAX_KNOWN then return true end
+  if stale then
+    self.known[stale] = nil
+    return true
+  end
+  return false
+end
+
+-- from: the peer that sent msg.
+function Cluster:on_topology(msg, from)
   if type(msg.nodes) ~= "table" then return end
+  local sender = from and self.peers[from]
+  local sender_scope = sender and M.address_scope(sender.remote or sender.address)
+  local taken, refused, first_why = 0, 0, nil
   for _, r in ipairs(msg.nodes) do
     if type(r) == "table" and type(r.id) == "string" and #r.id <= 128 and r.id ~= self.id
       and short_string(r.address) and bounded(r.port, 1, 65535) and r.port % 1 == 0 and not self.peers[r.id] then
-      self:learn({ id = r.id, address = r.address, port = r.port, capabilities = M.sane_capabilities(r.capabilities) },
-        "gossip")
+      local k = self.known[r.id]
+      local record = { id = r.id, address = r.address, port = r.port, capabilities = M.sane_capabilities(r.capabilities) }
+      if k and (k.source == "discovery" or (k.address == r.address and k.port == r.port)) then
+        self:learn(record, "gossip") -- nothing new to dial
+      else
+        local why = M.gossip_refusal(r.address, r.port, sender_scope)
+        if not why and taken >= GOSSIP_MAX_NEW then
+          why = ("more than %d new nodes in one message"):format(GOSSIP_MAX_NEW)
+        end
+        if not why and not k and not self:known_room() then
+          why = ("this node knows %d nodes (the limit)"):format(MAX_KNOWN)
+        end
+        if why then
+          refused = refused + 1
+          first_why = first_why or ("%s:%s: %s"):format(r.address, tostring(r.port), why)
+        else
+          taken = taken + 1
+          self:learn(record, "gossip")
+        end
+      end
+    elseif not (type(r) == "table" and (r.id == self.id or (type(r.id) == "string" and self.peers[r.id]))) then
+      refused = refused + 1
+      first_why = first_why or "a malformed entry"
+    end
+  end
+  if refused > 0 then
+    self.gossip_refused = (self.gossip_refused or 0) + refused
+    self.gossip_warned = self.gossip_warned or {}
+    local who = from or "?"
+    if not self.gossip_warned[who] then
+      self.gossip_warned[who] = true
+      self.log("refused %d gossiped node(s) from %s (first: %s); further refusals are only counted", refused, who,
+        first_why)
     end
   end
 end
@@ -409,7 +579,7 @@ function Cluster:event(kind, conn, request_id, data, value, address)
       self.log("ignoring a malformed control message from %s", from)
       return
     end
-    if msg.t == "topology" then return self:on_topology(msg) end
+    if msg.t == "topology" then return self:on_topology(msg, from) end
     local h = self.handlers[msg.t]
     if h then h(from, request_id, msg) end
   else
@@ -425,7 +595,7 @@ function Cluster:topology()
   for id, p in pairs(self.peers) do
     nodes[id] = { id = id, address = p.address, port = p.port, capabilities = p.capabilities, rtt_us = p.rtt_us }
   end
-  return { nodes = nodes, open_cluster = not self.cluster_key }
+  return { nodes = nodes, open_cluster = not self.cluster_key, gossip_refused = self.gossip_refused or 0 }
 end
 
 function Cluster:peer_count()
