@@ -411,15 +411,16 @@ static void test_traits(void)
         const exo_type_traits *tk = exo__type_traits_get(all_dtypes[k]);
         bool four_bit = all_dtypes[k] == EXO_DTYPE_Q4_0 || all_dtypes[k] == EXO_DTYPE_Q4_1;
         bool q8 = all_dtypes[k] == EXO_DTYPE_Q8_0;
+        bool kq = all_dtypes[k] == EXO_DTYPE_Q4_K || all_dtypes[k] == EXO_DTYPE_Q6_K;
         bool want_x4 = exo__quants_have_avx512() && (four_bit || q8);
         CHECK_MSG((tk->vec_dot_x4 != NULL) == want_x4, "%s: vec_dot_x4 %s", tk->name, tk->vec_dot_x4 ? "set" : "NULL");
         /* Q8_0's four-row dot is for batches only (see quants.c). */
         if (want_x4) CHECK(tk->x4_min_tokens == (q8 ? 2 : 0));
         /* The packed layout exists for these formats; its kernel with AVX-512 VNNI, and with AVX2
          * for the 4-bit ones (quants_avx2.h says why not Q8_0). */
-        CHECK_MSG((tk->pack_x4 != NULL) == (four_bit || q8) && (tk->unpack_x4_row != NULL) == (four_bit || q8),
+        CHECK_MSG((tk->pack_x4 != NULL) == (four_bit || q8 || kq) && (tk->unpack_x4_row != NULL) == (four_bit || q8 || kq),
                   "%s: pack_x4 / unpack_x4_row", tk->name);
-        bool want_packed = exo__quants_have_avx512() ? four_bit || q8 : exo__quants_have_avx2() && four_bit;
+        bool want_packed = exo__quants_have_avx512() ? four_bit || q8 || kq : exo__quants_have_avx2() && (four_bit || kq);
         CHECK_MSG((tk->vec_dot_packed != NULL) == want_packed, "%s: vec_dot_packed", tk->name);
     }
 }
@@ -1049,6 +1050,32 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
                           t->name, n, r, out[r], one);
             }
         }
+        /* Every instruction set's packed kernel the CPU runs, not only the
+         * dispatched one, over a run of three groups (the group repeated):
+         * bit for bit its own one-row kernel on each row. */
+        uint8_t *groups = malloc(3 * 4 * row);
+        for (int g = 0; g < 3; g++) memcpy(groups + (size_t)g * 4 * row, group, 4 * row);
+        for (int isa = EXO_ISA_AVX2; isa <= EXO_ISA_AVX512; isa++) {
+            const exo_kernel_set *ks = exo__quants_kernels(dtype, isa);
+            if (!ks || !ks->vec_dot_packed || !(isa == EXO_ISA_AVX2 ? cpu_runs_avx2() : cpu_runs_avx512())) continue;
+            exo_vec_dot_fn one_row = ks->vec_dot ? ks->vec_dot : exo__quants_kernels(dtype, EXO_ISA_AVX2)->vec_dot;
+            float out[12];
+            ks->vec_dot_packed(n, groups, 3, act, out);
+            for (int k = 0; k < 12; k++) {
+                float one = one_row(n, w + (k % 4) * stride, act);
+                CHECK_MSG(memcmp(&one, &out[k], sizeof one) == 0, "%s packed (isa %d) n=%d row %d: %.9g, one-row %.9g",
+                          t->name, isa, n, k, out[k], one);
+            }
+        }
+        free(groups);
+        /* The K formats' AVX-512 bodies are the AVX2 ones with vpdpwssd: the same bits (quants_k_rows.h). */
+        const exo_kernel_set *k2 = exo__quants_kernels(dtype, EXO_ISA_AVX2), *k5 = exo__quants_kernels(dtype, EXO_ISA_AVX512);
+        if (t->block_size == EXO_QK_K && k2 && k5 && k5->vec_dot && cpu_runs_avx512())
+            for (int r = 0; r < 4; r++) {
+                float a2 = k2->vec_dot(n, w + r * stride, act), a5 = k5->vec_dot(n, w + r * stride, act);
+                CHECK_MSG(memcmp(&a2, &a5, sizeof a2) == 0, "%s n=%d row %d: avx2 %.9g, avx512 %.9g", t->name, n, r,
+                          a2, a5);
+            }
         free(group);
     }
     free(w); free(x); free(x2); free(act);

@@ -1048,6 +1048,42 @@ PACKED_FORMAT(q4_1, exo_block_q4_1, true)
 PACKED_FORMAT(q8_0, exo_block_q8_0, false)
 #undef PACKED_FORMAT
 
+/* The K formats' packed layout: one chunk per super-block, the four rows'
+ * quants (the block less its header) side by side, then their headers
+ * (quants_k_rows.h). The header is head_bytes at head_off: Q4_K's d, dmin
+ * and scales lead its block, Q6_K's scales and d end it. */
+static void pack_x4_k_blocks(const void *w_rows, size_t row_stride, int n, void *dst, size_t block_bytes,
+                             size_t head_off, size_t head_bytes, bool unpack, int only_row)
+{
+    const size_t qs_bytes = block_bytes - head_bytes, qs_off = head_off ? 0 : head_bytes;
+    uint8_t *rows = (uint8_t *)w_rows, *group = dst;
+    for (int b = 0; b < n / EXO_QK_K; b++) {
+        for (int r = 0; r < 4; r++, group += qs_bytes) {
+            uint8_t *block = rows + (size_t)r * row_stride + (size_t)b * block_bytes;
+            if (!unpack) memcpy(group, block + qs_off, qs_bytes);
+            else if (r == only_row) memcpy(rows + (size_t)b * block_bytes + qs_off, group, qs_bytes);
+        }
+        for (int r = 0; r < 4; r++, group += head_bytes) {
+            uint8_t *block = rows + (size_t)r * row_stride + (size_t)b * block_bytes;
+            if (!unpack) memcpy(group, block + head_off, head_bytes);
+            else if (r == only_row) memcpy(rows + (size_t)b * block_bytes + head_off, group, head_bytes);
+        }
+    }
+}
+
+#define PACKED_K_FORMAT(name, block, head_off, head_bytes)                                                   \
+    static void pack_x4_##name(const void *w_rows, size_t row_stride, int n, void *dst)                      \
+    {                                                                                                        \
+        pack_x4_k_blocks(w_rows, row_stride, n, dst, sizeof(block), head_off, head_bytes, false, 0);          \
+    }                                                                                                        \
+    static void unpack_x4_row_##name(const void *group, int r, int n, void *row)                             \
+    {                                                                                                        \
+        pack_x4_k_blocks(row, 0, n, (void *)group, sizeof(block), head_off, head_bytes, true, r);             \
+    }
+PACKED_K_FORMAT(q4_K, exo_block_q4_K, 0, offsetof(exo_block_q4_K, qs))
+PACKED_K_FORMAT(q6_K, exo_block_q6_K, offsetof(exo_block_q6_K, scales), sizeof(exo_block_q6_K) - offsetof(exo_block_q6_K, scales))
+#undef PACKED_K_FORMAT
+
 /* ---- traits and dispatch ------------------------------------------------------- */
 
 typedef void (*quantize_act_fn)(const float *x, void *dst, int n);
@@ -1085,17 +1121,18 @@ typedef struct {
 #define BASE_iq4_nl FORMAT(iq4_nl, EXO_QK, sizeof(exo_block_iq4_nl), EXO_ACT_Q8_32)
 #define BASE_q2_K FORMAT(q2_K, EXO_QK_K, sizeof(exo_block_q2_K), EXO_ACT_Q8_K)
 #define BASE_q3_K FORMAT(q3_K, EXO_QK_K, sizeof(exo_block_q3_K), EXO_ACT_Q8_K)
-#define BASE_q4_K FORMAT(q4_K, EXO_QK_K, sizeof(exo_block_q4_K), EXO_ACT_Q8_K)
+#define BASE_q4_K FORMAT(q4_K, EXO_QK_K, sizeof(exo_block_q4_K), EXO_ACT_Q8_K), PACKED(q4_K)
 #define BASE_q5_K FORMAT(q5_K, EXO_QK_K, sizeof(exo_block_q5_K), EXO_ACT_Q8_K)
-#define BASE_q6_K FORMAT(q6_K, EXO_QK_K, sizeof(exo_block_q6_K), EXO_ACT_Q8_K)
+#define BASE_q6_K FORMAT(q6_K, EXO_QK_K, sizeof(exo_block_q6_K), EXO_ACT_Q8_K), PACKED(q6_K)
 #define BASE_iq4_xs FORMAT(iq4_xs, EXO_QK_K, sizeof(exo_block_iq4_xs), EXO_ACT_Q8_K)
 
 /* Every format, by the newest instruction set it has kernels for (each has
  * AVX2 ones; AVX-512 VNNI ones come on top of those). */
 #define FORMATS_AVX2(X) \
-    X(F32, f32) X(F16, f16) X(BF16, bf16) X(Q2_K, q2_K) X(Q3_K, q3_K) X(Q4_K, q4_K) X(Q5_K, q5_K) \
-    X(Q6_K, q6_K) X(IQ4_XS, iq4_xs)
-#define FORMATS_AVX512(X) X(Q4_0, q4_0) X(Q4_1, q4_1) X(Q8_0, q8_0) X(Q5_0, q5_0) X(Q5_1, q5_1) X(IQ4_NL, iq4_nl)
+    X(F32, f32) X(F16, f16) X(BF16, bf16) X(Q2_K, q2_K) X(Q3_K, q3_K) X(Q5_K, q5_K) X(IQ4_XS, iq4_xs)
+#define FORMATS_AVX512(X) \
+    X(Q4_0, q4_0) X(Q4_1, q4_1) X(Q8_0, q8_0) X(Q5_0, q5_0) X(Q5_1, q5_1) X(IQ4_NL, iq4_nl) X(Q4_K, q4_K) \
+    X(Q6_K, q6_K)
 #define FORMATS(X) FORMATS_AVX2(X) FORMATS_AVX512(X)
 
 #define ROW_SCALAR(D, f) [EXO_DTYPE_##D] = { BASE_##f },
@@ -1124,9 +1161,9 @@ static const cpu_kernels kernels_scalar = {
 #define AVX2_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx2, .to_float = exo__to_float_iq4_nl_avx2
 #define AVX2_q2_K .vec_dot = exo__vec_dot_q2_K_q8_K_avx2, .to_float = exo__to_float_q2_K_avx2
 #define AVX2_q3_K .vec_dot = exo__vec_dot_q3_K_q8_K_avx2, .to_float = exo__to_float_q3_K_avx2
-#define AVX2_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx2
+#define AVX2_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx2
 #define AVX2_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx2
-#define AVX2_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx2
+#define AVX2_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx2
 #define AVX2_iq4_xs .vec_dot = exo__vec_dot_iq4_xs_q8_K_avx2, .to_float = exo__to_float_iq4_xs_avx2
 
 /* Q5_0, Q5_1 and IQ4_NL share the 4-bit bodies (the fifth bits go in through
@@ -1148,6 +1185,9 @@ static const cpu_kernels kernels_scalar = {
 #define AVX512_q5_0 .vec_dot = exo__vec_dot_q5_0_q8_32_avx512
 #define AVX512_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx512
 #define AVX512_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx512
+/* vpdpwssd in the AVX2 bodies (quants_k_rows.h) */
+#define AVX512_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx512
+#define AVX512_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx512
 
 /* The activation quantizers have AVX2 versions only; the AVX-512 table uses them too. */
 #define ACT_AVX2 .act_q8_32 = exo__quantize_act_q8_32_avx2, .act_q8_K = exo__quantize_act_q8_K_avx2

@@ -32,6 +32,7 @@
 
 #include "quants.h"
 #include "quants_impl.h"
+#include "quants_k_rows.h"
 
 static inline float half_to_float(exo_half h)
 {
@@ -40,10 +41,7 @@ static inline float half_to_float(exo_half h)
 
 static inline float hsum_ps(__m256 v)
 {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    return krows_hsum_ps(v); /* quants_k_rows.h: one order of adds for every kernel */
 }
 
 static inline int hsum_epi32(__m256i v)
@@ -394,38 +392,10 @@ static inline __m128i k_mins_dot(const uint8_t mn[8], const int16_t bsums[16])
     return _mm_madd_epi16(m16, pairs);
 }
 
-float exo__vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
-{
-    const exo_block_q4_K *w = w_row;
-    const exo_block_q8_K *a = act_row;
-    const int nb = n / EXO_QK_K;
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256 acc = _mm256_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        uint8_t sc[8], mn[8];
-        exo_k_scales_unpack(w[i].scales, sc, mn);
-        const float d = half_to_float(w[i].d) * a[i].d;
-        const float dmin = half_to_float(w[i].dmin) * a[i].d;
-        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k_mins_dot(mn, a[i].bsums)), accm);
-
-        __m256i sumi = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * c));
-            __m256i qlo = _mm256_and_si256(q, low4);
-            __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c));
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c + 32));
-            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(qlo, x0), _mm256_set1_epi16(sc[2 * c]));
-            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qhi, x1), _mm256_set1_epi16(sc[2 * c + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    __m128 m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
-    m = _mm_add_ss(m, _mm_movehdup_ps(m));
-    return hsum_ps(acc) - _mm_cvtss_f32(m);
-}
+/* Q4_K and Q6_K: quants_k_rows.h (one body for one row and packed groups,
+ * shared with the AVX-512 kernels). */
+KROWS_KERNELS(q4_K, avx2)
+KROWS_KERNELS(q6_K, avx2)
 
 float exo__vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
 {
@@ -597,50 +567,6 @@ float exo__vec_dot_iq4_xs_q8_K_avx2(int n, const void *w_row, const void *act_ro
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, sk), _mm256_madd_epi16(phi, sk)));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    return hsum_ps(acc);
-}
-
-/* Q6_K: the quants are used unsigned (0..63) and the -32 is taken out once per
- * super-block as 32 * sum_g scales[g] * bsums[g] (Q6_K's 16-element scale
- * groups line up with Q8_K's bsums). */
-float exo__vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
-{
-    const exo_block_q6_K *w = w_row;
-    const exo_block_q8_K *a = act_row;
-    const int nb = n / EXO_QK_K;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        const float d = half_to_float(w[i].d) * a[i].d;
-        __m128i sc_all = _mm_loadu_si128((const __m128i *)w[i].scales);
-        __m256i sc16 = _mm256_cvtepi8_epi16(sc_all);
-        __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
-        __m256i sumi = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5); /* 32 * sc * bsum */
-        sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
-
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = w[i].ql + 64 * h;
-            const int8_t *x = a[i].qs + 128 * h;
-            __m256i s8 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(w[i].scales + 8 * h))));
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i qh = _mm256_loadu_si256((const __m256i *)(w[i].qh + 32 * h));
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
-            for (int k = 0; k < 4; k++) {
-                __m256i xk = _mm256_loadu_si256((const __m256i *)(x + 32 * k));
-                __m256i sk = scale_pair(s8, k);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xk), sk));
-            }
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum_ps(acc);
 }
