@@ -493,7 +493,8 @@ function Cluster:on_topology(msg, from)
     if type(r) == "table" and type(r.id) == "string" and #r.id <= 128 and r.id ~= self.id
       and short_string(r.address) and bounded(r.port, 1, 65535) and r.port % 1 == 0 and not self.peers[r.id] then
       local k = self.known[r.id]
-      local record = { id = r.id, address = r.address, port = r.port, capabilities = M.sane_capabilities(r.capabilities) }
+      local record = { id = r.id, address = r.address, port = r.port,
+        capabilities = M.sane_capabilities(r.capabilities) }
       if k and (k.source == "discovery" or (k.address == r.address and k.port == r.port)) then
         self:learn(record, "gossip") -- nothing new to dial
       else

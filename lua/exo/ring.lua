@@ -37,9 +37,88 @@ Ring.__index = Ring
 local SAMPLING_FIELDS = { "temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty", "presence_penalty",
   "frequency_penalty", "penalty_last_n" }
 
+-- ---- what a peer may hold on this node (issue 12) ------------------------------------
+--
+-- An admitted peer's open makes this node load layers, keep a route and a KV
+-- cache: without a bound one peer could take all of its memory. Each peer
+-- (never this node itself: its own requests are bounded by its API) may have
+-- at most max_requests requests open or opening here, and KV caches of at
+-- most max_kv bytes; all peers together total_requests and total_kv. A
+-- refusal answers the asker with an `error`, takes nothing from anyone else,
+-- and is logged once per peer and limit; closing a request (or losing its
+-- peer) gives its share back.
+M.PEER_MAX_REQUESTS = 64
+M.TOTAL_MAX_REQUESTS = 256
+
+--- ring.kv_bytes(shard, n_ctx) -> the bytes of a KV sequence of n_ctx positions
+--- on shard (exo_seq_new's arithmetic: K and V, f16, each of the shard's
+--- layers n_ctx x n_head_kv x head_dim).
+function M.kv_bytes(shard, n_ctx)
+  return 2 * 2 * n_ctx * shard.n_head_kv * shard.head_dim * (shard.layer_end - shard.layer_start)
+end
+
+local Quotas = {}
+Quotas.__index = Quotas
+
+-- limits: max_requests, total_requests, max_kv, total_kv (bytes). The KV
+-- defaults: a quarter of this machine's memory per peer, half for all peers.
+function M.new_quotas(limits)
+  limits = limits or {}
+  local mem
+  if not (limits.max_kv and limits.total_kv) then mem = require("exo.cluster").total_memory_mb() * 2 ^ 20 end
+  return setmetatable({
+    max_requests = limits.max_requests or M.PEER_MAX_REQUESTS,
+    total_requests = limits.total_requests or M.TOTAL_MAX_REQUESTS,
+    max_kv = limits.max_kv or math.max(mem / 4, 2 ^ 30),
+    total_kv = limits.total_kv or math.max(mem / 2, 2 ^ 30),
+    peers = {},  -- peer id -> { requests, kv }
+    requests = 0, kv = 0,
+  }, Quotas)
+end
+
+local function mib(bytes) return ("%.0f MiB"):format(bytes / 2 ^ 20) end
+
+--- quotas:take(peer, requests, kv) -> true, or nil, why (a refusal takes nothing).
+function Quotas:take(peer, requests, kv)
+  local use = self.peers[peer] or { requests = 0, kv = 0 }
+  if requests > 0 and use.requests + requests > self.max_requests then
+    return nil, ("peer %s has %d requests open on this node (the limit)"):format(peer, use.requests), "requests"
+  end
+  if requests > 0 and self.requests + requests > self.total_requests then
+    return nil, ("peers have %d requests open on this node (the limit)"):format(self.requests), "total_requests"
+  end
+  if kv > 0 and use.kv + kv > self.max_kv then
+    return nil, ("peer %s would hold %s of KV cache on this node (the limit is %s)"):format(peer,
+      mib(use.kv + kv), mib(self.max_kv)), "kv"
+  end
+  if kv > 0 and self.kv + kv > self.total_kv then
+    return nil, ("peers would hold %s of KV cache on this node (the limit is %s)"):format(mib(self.kv + kv),
+      mib(self.total_kv)), "total_kv"
+  end
+  self.peers[peer] = use
+  use.requests, use.kv = use.requests + requests, use.kv + kv
+  self.requests, self.kv = self.requests + requests, self.kv + kv
+  return true
+end
+
+--- quotas:give(peer, requests, kv): gives back what take took.
+function Quotas:give(peer, requests, kv)
+  local use = self.peers[peer]
+  if not use then return end
+  use.requests, use.kv = use.requests - requests, use.kv - kv
+  self.requests, self.kv = self.requests - requests, self.kv - kv
+  if use.requests <= 0 and use.kv <= 0 then self.peers[peer] = nil end
+end
+
+--- quotas:usage(peer) -> requests, kv bytes the peer holds.
+function Quotas:usage(peer)
+  local use = self.peers[peer]
+  return use and use.requests or 0, use and use.kv or 0
+end
+
 -- node: the exo.node (models, n_ctx); cluster: the exo.cluster; opts: policy
 -- (a partitioning function), wire_dtype ("f32", "f16", "q8_0"), open_timeout
--- and step_timeout (seconds).
+-- and step_timeout (seconds), quotas (new_quotas' limits for what peers hold here).
 function M.new(node, cluster, opts)
   opts = opts or {}
   local self = setmetatable({
@@ -52,6 +131,8 @@ function M.new(node, cluster, opts)
     opening = {},  -- request id -> { asker, closed } while its open waits for a load
     shards = {},   -- "model@start-stop" -> { shard, refs }
     salt = tonumber(require("exo.cluster").random_hex(4), 16) % (2 ^ 28 - 1) + 1, counter = 0,
+    quotas = M.new_quotas(opts.quotas),
+    quota_warned = {}, -- peer id -> { limit kind -> true }: refusals logged once
   }, Ring)
   -- Opening may wait for a shard or tokenizer to load: on a coroutine of its own.
   cluster:on("open", function(from, rid, msg) self:spawn(self.on_open, from, rid, msg) end)
@@ -245,6 +326,22 @@ function Ring:keep(model_path, k)
   end
 end
 
+--- ring.peer_model_name(requested, path) -> how peers are told of the model
+--- a request named `requested` (nil: the default) whose file is `path` (its
+--- real path): the catalogue id when the request named one, else the file
+--- relative to the model store; never the client's spelling (a peer resolves
+--- names as its clients' are, docs/wire.md's `open`). A file outside the store
+--- (this node runs with --allow-model-paths, or the operator named it) goes
+--- by its real path: a peer takes it only if it allows paths too.
+function M.peer_model_name(requested, path)
+  requested = requested or models.default_id
+  models.load_user_file()
+  if models.registry[requested] then return requested end
+  local store = native.realpath(models.store())
+  if store and path:sub(1, #store + 1) == store .. "/" then return path:sub(#store + 2) end
+  return path
+end
+
 -- Runs one request over plan on the calling coroutine; the same contract as
 -- generate.Session:generate (model: exo.model with its tokenizer). With draft
 -- (a local session on a draft model) and g, the request is decoded
@@ -256,8 +353,10 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
   local kept = self:take_kept(model.path, sig, mode, ids)
   while true do
     local rid = kept and kept.rid or self:new_request_id()
+    -- A kept request goes on under the name its nodes opened it by.
     local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {}, kept = kept, mode = mode,
-      n_vocab = kept and kept.n_vocab }
+      n_vocab = kept and kept.n_vocab,
+      peer_model = kept and kept.peer_model or M.peer_model_name(req.model, model.path) }
     for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
     self.asking[rid] = st
     -- Whatever happens (an error raised on the way included), the request is
@@ -265,7 +364,8 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
     local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
     self.asking[rid] = nil
     if ok and res and st.cached then
-      self:keep(model.path, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached, n_vocab = st.n_vocab })
+      self:keep(model.path, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached, n_vocab = st.n_vocab,
+        peer_model = st.peer_model })
     else
       self:close_everywhere(rid, plan)
     end
@@ -294,7 +394,7 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
   for i, p in ipairs(plan) do
     -- A kept request is resumed: every node checks it still holds its part,
     -- the last one takes this turn's settings.
-    local msg = { t = st.kept and "resume" or "open", model = model.id, start = p.start_layer, stop = p.end_layer,
+    local msg = { t = st.kept and "resume" or "open", model = st.peer_model, start = p.start_layer, stop = p.end_layer,
       next = plan[i + 1] and plan[i + 1].node_id or nil, prev = plan[i - 1] and plan[i - 1].node_id or nil,
       last = plan[#plan].node_id, first = plan[1].node_id, n_ctx = self.node.n_ctx, wire_dtype = self.wire_dtype }
     if i == #plan and draft then
@@ -516,11 +616,29 @@ function Ring:on_open(from, rid, msg)
     cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(cluster.id, why) })
   end
   if self.routes[rid] or self.opening[rid] then return refuse("request already open") end
-  local opening = { asker = from }
+  -- A peer's open counts against its quota from now (it may wait on a load).
+  local opening = { asker = from, counted = from ~= cluster.id, kv = 0 }
+  if opening.counted then
+    local qok, qerr, kind = self.quotas:take(from, 1, 0)
+    if not qok then return self:refuse_quota(from, rid, qerr, kind) end
+  end
   self.opening[rid] = opening
   local ok, err = pcall(self.open_route, self, from, rid, msg, opening, refuse)
   self.opening[rid] = nil
+  -- An open that made no route gives its share back; a route keeps it until closed.
+  if opening.counted and not opening.opened then self.quotas:give(from, 1, opening.kv) end
   if not ok then refuse(tostring(err)) end
+end
+
+-- Refuses a peer's open over its quota: the asker hears why, the log says it once.
+function Ring:refuse_quota(from, rid, why, kind)
+  local warned = self.quota_warned[from] or {}
+  self.quota_warned[from] = warned
+  if not warned[kind] then
+    warned[kind] = true
+    io.stderr:write(("exo: refusing requests of peer %s: %s\n"):format(from, why))
+  end
+  self.cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(self.cluster.id, why) })
 end
 
 function Ring:open_route(from, rid, msg, opening, refuse)
@@ -554,9 +672,15 @@ function Ring:open_route(from, rid, msg, opening, refuse)
       math.max(self.node.n_ctx, shard.n_ctx_train)))
   end
   if shard.is_last ~= (msg.next == nil) then return refuse("the plan's last node must hold the last layer") end
+  if opening.counted then
+    local kv = M.kv_bytes(shard, msg.n_ctx)
+    local qok, qerr, kind = self.quotas:take(from, 0, kv)
+    if not qok then return self:refuse_quota(from, rid, qerr, kind) end
+    opening.kv = kv
+  end
   local route = { asker = from, shard_key = entry.key, range = msg.start .. "-" .. msg.stop, model = msg.model,
     n_ctx = msg.n_ctx, first = msg.first,
-    n_vocab = shard.n_vocab }
+    n_vocab = shard.n_vocab, quota_kv = opening.counted and opening.kv or nil }
   if shard.is_last then
     local serr = self:start_last(route, msg)
     if serr then return refuse(serr) end
@@ -585,6 +709,7 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   end
   entry.refs = entry.refs + 1
   self.routes[rid] = route
+  opening.opened = true
   cluster:send(from, rid, { t = "ready", n_vocab = shard.is_last and shard.n_vocab or nil })
 end
 
@@ -662,6 +787,7 @@ function Ring:close_route(rid)
   if not route then return end
   self.routes[rid] = nil
   self.cluster.wire:route_close(rid)
+  if route.quota_kv then self.quotas:give(route.asker, 1, route.quota_kv) end
   local entry = self.shards[route.shard_key]
   if entry then
     entry.refs = entry.refs - 1
@@ -774,6 +900,7 @@ function Ring:on_lost(id, why)
   for _, opening in pairs(self.opening) do
     if opening.asker == id then opening.closed = true end
   end
+  self.quota_warned[id] = nil
 end
 
 return M
