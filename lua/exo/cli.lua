@@ -688,11 +688,20 @@ function commands.serve(args)
   io.stderr:write(("exo: serving the ChatGPT-compatible API and the chat page on http://%s:%d (model %s)\n")
     :format(opts.api_host == "0.0.0.0" and "localhost" or opts.api_host or "localhost", server.port, ctx.default_model))
   io.stderr:flush()
+  -- The terminal view, when a person is watching (stdout a terminal).
+  local view
+  if not opts.disable_tui and require("exo.native").isatty(1) then
+    os.execute("mkdir -p '" .. models.home() .. "'")
+    view = require("exo.tui").start { topology = ctx.topology, log_path = models.home() .. "/exo.log",
+      api_url = ("http://%s:%d"):format(opts.api_host == "0.0.0.0" and "localhost" or opts.api_host or "localhost",
+        server.port) }
+  end
   -- SIGINT / SIGTERM stop the loop cleanly.
   local signals = {}
   for _, name in ipairs { "sigint", "sigterm" } do
     local sig = uv.new_signal()
     sig:start(name, function()
+      if view then view:stop() end
       server.close()
       node:close()
       if watcher then watcher:stop() end

@@ -22,9 +22,18 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXO = os.environ.get("EXO_BINARY", os.path.join(ROOT, "build", "exo"))
+DEFAULT_MODEL = os.environ.get("EXO_DEFAULT_MODEL", os.path.expanduser(
+    "~/.cache/exo/downloads/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def exo(*args, stdin=None, timeout=120, env=None):
@@ -452,6 +461,33 @@ class TerminalTest(unittest.TestCase):
         self.keys("/bye", "Enter")
         self.wait_for("EXITED 0")
         self.assertNotIn("half typed\n", self.screen().split("Ctrl-D or /bye")[-1])
+
+    def test_serving_node_shows_its_terminal_view(self):
+        home = tempfile.mkdtemp(prefix="exo-tui-")
+        port = free_port()
+        self.env.update(EXO_HOME=home, EXO_DISCOVERY_MODULE="none")
+        self.start("%s --node-id tui-node --chatgpt-api-port %d --api-host 127.0.0.1 --allow-model-paths" % (EXO, port))
+        self.wait_for("requests in progress: 0")
+        self.wait_for("tui-node (this)")
+        self.assertIn("OPEN CLUSTER", self.screen())
+        body = json.dumps({"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Say hi."}],
+                           "max_tokens": 4}).encode()
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port, data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            self.assertEqual(r.status, 200)
+        # The request's log line reaches the view (the log goes to $EXO_HOME/exo.log meanwhile).
+        self.wait_for("POST /v1/chat/completions")
+        with open(os.path.join(home, "exo.log")) as f:
+            self.assertIn("POST /v1/chat/completions", f.read())
+        # A small terminal: every line still fits.
+        subprocess.run(["tmux", "resize-window", "-t", self.session, "-x", "48", "-y", "12"], check=True)
+        time.sleep(1.2)
+        lines = self.screen().splitlines()
+        self.assertTrue(all(len(l) <= 48 for l in lines), lines)
+        self.assertIn("tui-node", self.screen())
+        self.keys("C-c")
+        self.wait_for("EXITED 0")
 
     def test_repl_ctrl_c_stops_code_not_the_session(self):
         self.start("%s repl" % EXO)

@@ -14,6 +14,7 @@ local http = require "exo.api.http"
 local openai = require "exo.api.openai"
 local json = require "exo.json"
 local models = require "exo.models"
+local activity = require "exo.activity"
 
 local M = {}
 
@@ -79,11 +80,23 @@ end
 -- ctx.node:generate, with an error it raises (C's message from the sampler
 -- or the engine, say) returned as nil, message, 500 so it reaches the client
 -- as it was, less the Lua source position it may carry.
+-- Each generation is tracked (activity.lua: a log line when it ends, the
+-- terminal view while it runs) under the route being handled: routes call
+-- generate before their first yield, so the route handle() set is theirs.
+local current_route
 local function generate(ctx, parsed, on_text, should_stop)
-  local ok, result, err, status = pcall(ctx.node.generate, ctx.node, parsed, on_text, should_stop)
-  if ok then return result, err, status end
-  io.stderr:write("exo: generation failed: " .. tostring(result) .. "\n")
-  return nil, (tostring(result):gsub("^[^\n]-%.lua:%d+: ", "")), 500
+  local act = activity.begin(current_route, parsed.model)
+  local counted = on_text and function(piece, ...)
+    act:token()
+    return on_text(piece, ...)
+  end
+  local ok, result, err, status = pcall(ctx.node.generate, ctx.node, parsed, counted, should_stop)
+  if not ok then
+    io.stderr:write("exo: generation failed: " .. tostring(result) .. "\n")
+    result, err, status = nil, (tostring(result):gsub("^[^\n]-%.lua:%d+: ", "")), 500
+  end
+  act:finish(result and 200 or (status or 500), result)
+  return result, err, status
 end
 
 local function run_generation(ctx, req, res, parsed, kind)
@@ -276,6 +289,7 @@ local function handle(ctx, req, res)
       "invalid_api_key"))
   end
   local route = routes[req.method .. " " .. path]
+  current_route = req.method .. " " .. path
   if route then return route(ctx, req, res) end
   local model_id = path:match("^/v1/models/(.+)$")
   if model_id and req.method == "GET" then
