@@ -15,9 +15,10 @@
  * more tokens multiply f32-dequantized weight tiles with OpenBLAS sgemm and run
  * attention as blocked sgemm (measured in docs/performance.md).
  *
- * Q4_0, Q4_1 and Q8_0 matrices are read from a packed copy (quants.h: four
- * rows as one stream) where the CPU has the kernels for it; the packed
- * kernels give bit-identical results, so packing changes speed only.
+ * Q4_0, Q4_1, Q8_0, Q4_K and Q6_K matrices are read from a packed copy
+ * (quants.h: four rows as one stream) where the CPU has the kernels for it;
+ * the packed kernels give bit-identical results, so packing changes speed
+ * only.
  * EXO_PACK=0 reads the file's layout instead (for comparison).
  *
  * Scratch memory is the backend's context's, sized by reserve() and grown by
@@ -233,12 +234,19 @@ static void dot_output_range(const matmul_job *j, int o, int64_t r0, int64_t r1)
             if (t1 - t0 == 1) /* decode: one call streams the whole range */
                 j->tr[o]->vec_dot_packed(j->k, first, r1 - r0, j->act + (size_t)t0 * j->act_stride,
                                          out->y + (size_t)t0 * out->ldy + 4 * r0);
-            else /* a batch: each group, still in L1, serves every token */
-                for (int64_t g = r0; g < r1; g++)
-                    for (int t = t0; t < t1; t++)
-                        j->tr[o]->vec_dot_packed(j->k, first + (size_t)(g - r0) * group_bytes, 1,
-                                                 j->act + (size_t)t * j->act_stride,
+            else /* a batch: each group, still in L1, serves every token (four at a time where the
+                  * format has a kernel for that: bit for bit the same, with the group unpacked once) */
+                for (int64_t g = r0; g < r1; g++) {
+                    const char *group = first + (size_t)(g - r0) * group_bytes;
+                    int t = t0;
+                    if (j->tr[o]->vec_dot_packed_t4)
+                        for (; t + 4 <= t1; t += 4)
+                            j->tr[o]->vec_dot_packed_t4(j->k, group, j->act + (size_t)t * j->act_stride, j->act_stride,
+                                                        out->y + (size_t)t * out->ldy + 4 * g, (size_t)out->ldy);
+                    for (; t < t1; t++)
+                        j->tr[o]->vec_dot_packed(j->k, group, 1, j->act + (size_t)t * j->act_stride,
                                                  out->y + (size_t)t * out->ldy + 4 * g);
+                }
             continue;
         }
         int64_t r = r0;

@@ -312,6 +312,7 @@ static void test_traits_layering(void)
         CHECK_MSG(t->to_float == NEWEST(to_float, t->to_float_ref), "%s: to_float", t->name);
         CHECK_MSG(t->vec_dot_x4 == NEWEST(vec_dot_x4, NULL), "%s: vec_dot_x4", t->name);
         CHECK_MSG(t->vec_dot_packed == NEWEST(vec_dot_packed, NULL), "%s: vec_dot_packed", t->name);
+        CHECK_MSG(t->vec_dot_packed_t4 == NEWEST(vec_dot_packed_t4, NULL), "%s: vec_dot_packed_t4", t->name);
 #undef NEWEST
         int x4_min = a5 && a5->vec_dot_x4 ? a5->x4_min_tokens : a2 && a2->vec_dot_x4 ? a2->x4_min_tokens : 0;
         CHECK_MSG(t->x4_min_tokens == x4_min, "%s: x4_min_tokens", t->name);
@@ -422,6 +423,7 @@ static void test_traits(void)
                   "%s: pack_x4 / unpack_x4_row", tk->name);
         bool want_packed = exo__quants_have_avx512() ? four_bit || q8 || kq : exo__quants_have_avx2() && (four_bit || kq);
         CHECK_MSG((tk->vec_dot_packed != NULL) == want_packed, "%s: vec_dot_packed", tk->name);
+        CHECK_MSG((tk->vec_dot_packed_t4 != NULL) == (kq && want_packed), "%s: vec_dot_packed_t4", tk->name);
     }
 }
 
@@ -1068,6 +1070,31 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
             }
         }
         free(groups);
+        /* A group against four tokens: bit for bit the packed kernel per token. */
+        for (int isa = EXO_ISA_AVX2; isa <= EXO_ISA_AVX512; isa++) {
+            const exo_kernel_set *ks = exo__quants_kernels(dtype, isa);
+            if (!ks || !ks->vec_dot_packed_t4 || !(isa == EXO_ISA_AVX2 ? cpu_runs_avx2() : cpu_runs_avx512())) continue;
+            const size_t act_bytes = exo__act_row_size(t->act_type, n), act_stride = act_bytes + 64;
+            uint8_t *acts = malloc(4 * act_stride);
+            float *xt = malloc((size_t)n * sizeof(float));
+            for (int tok = 0; tok < 4; tok++) {
+                if (tok == 0) memcpy(acts, act, act_bytes);
+                else {
+                    random_row(xt, n);
+                    exo__quantize_act_ref(t->act_type, xt, acts + tok * act_stride, n);
+                }
+            }
+            const size_t ldo = 7;
+            float out[4 * 7], one[4];
+            ks->vec_dot_packed_t4(n, group, acts, act_stride, out, ldo);
+            for (int tok = 0; tok < 4; tok++) {
+                ks->vec_dot_packed(n, group, 1, acts + tok * act_stride, one);
+                CHECK_MSG(memcmp(one, out + tok * ldo, sizeof one) == 0, "%s packed_t4 (isa %d) n=%d token %d: %.9g, "
+                          "packed %.9g", t->name, isa, n, tok, out[tok * ldo], one[0]);
+            }
+            free(acts);
+            free(xt);
+        }
         /* The K formats' AVX-512 bodies are the AVX2 ones with vpdpwssd: the same bits (quants_k_rows.h). */
         const exo_kernel_set *k2 = exo__quants_kernels(dtype, EXO_ISA_AVX2), *k5 = exo__quants_kernels(dtype, EXO_ISA_AVX512);
         if (t->block_size == EXO_QK_K && k2 && k5 && k5->vec_dot && cpu_runs_avx512())

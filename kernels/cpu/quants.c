@@ -1161,9 +1161,11 @@ static const cpu_kernels kernels_scalar = {
 #define AVX2_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx2, .to_float = exo__to_float_iq4_nl_avx2
 #define AVX2_q2_K .vec_dot = exo__vec_dot_q2_K_q8_K_avx2, .to_float = exo__to_float_q2_K_avx2
 #define AVX2_q3_K .vec_dot = exo__vec_dot_q3_K_q8_K_avx2, .to_float = exo__to_float_q3_K_avx2
-#define AVX2_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx2
+#define AVX2_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx2, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_K_q8_K_avx2
 #define AVX2_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx2
-#define AVX2_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx2
+#define AVX2_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx2, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q6_K_q8_K_avx2
 #define AVX2_iq4_xs .vec_dot = exo__vec_dot_iq4_xs_q8_K_avx2, .to_float = exo__to_float_iq4_xs_avx2
 
 /* Q5_0, Q5_1 and IQ4_NL share the 4-bit bodies (the fifth bits go in through
@@ -1186,8 +1188,10 @@ static const cpu_kernels kernels_scalar = {
 #define AVX512_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx512
 #define AVX512_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx512
 /* vpdpwssd in the AVX2 bodies (quants_k_rows.h) */
-#define AVX512_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx512
-#define AVX512_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx512
+#define AVX512_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx512, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_K_q8_K_avx512
+#define AVX512_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx512, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q6_K_q8_K_avx512
 
 /* The activation quantizers have AVX2 versions only; the AVX-512 table uses them too. */
 #define ACT_AVX2 .act_q8_32 = exo__quantize_act_q8_32_avx2, .act_q8_K = exo__quantize_act_q8_K_avx2
@@ -1236,7 +1240,7 @@ const exo_kernel_set *exo__quants_kernels(int dtype, int isa)
     if (dtype < 0 || dtype >= EXO_DTYPE_COUNT) return NULL;
     const exo_kernel_set *k = isa == EXO_ISA_AVX2 ? &sets_avx2[dtype] : isa == EXO_ISA_AVX512 ? &sets_avx512[dtype]
                                                                                              : NULL;
-    return k && (k->vec_dot || k->to_float || k->vec_dot_x4 || k->vec_dot_packed) ? k : NULL;
+    return k && (k->vec_dot || k->to_float || k->vec_dot_x4 || k->vec_dot_packed || k->vec_dot_packed_t4) ? k : NULL;
 #else
     (void)dtype;
     (void)isa;

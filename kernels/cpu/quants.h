@@ -176,6 +176,12 @@ typedef void (*exo_vec_dot_x4_fn)(int n, const void *w_rows, size_t row_stride, 
 typedef void (*exo_pack_x4_fn)(const void *w_rows, size_t row_stride, int n, void *dst);
 typedef void (*exo_unpack_x4_row_fn)(const void *group, int r, int n, void *row);
 typedef void (*exo_vec_dot_packed_fn)(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+/* One packed group against four activation rows act_stride bytes apart (a
+ * batch's tokens): out[t * ldo + r] for row r and token t, bit for bit what
+ * vec_dot_packed gives each token. The group's quants and scales are unpacked
+ * once for the four tokens. */
+typedef void (*exo_vec_dot_packed_t4_fn)(int n, const void *group, const void *act_rows, size_t act_stride, float *out,
+                                         size_t ldo);
 
 typedef struct exo_type_traits {
     const char *name;             /* "q4_1" */
@@ -192,6 +198,7 @@ typedef struct exo_type_traits {
     exo_pack_x4_fn pack_x4;       /* packs a group of four rows (formats that have the layout) */
     exo_unpack_x4_row_fn unpack_x4_row; /* one row back out of a packed group */
     exo_vec_dot_packed_fn vec_dot_packed; /* dot over a packed group, or NULL on CPUs without a kernel */
+    exo_vec_dot_packed_t4_fn vec_dot_packed_t4; /* a packed group x four tokens, or NULL */
 } exo_type_traits;
 
 /* The kernels written for one instruction set, whichever the dispatch
@@ -203,6 +210,7 @@ typedef struct exo_kernel_set {
     exo_vec_dot_x4_fn vec_dot_x4;
     int x4_min_tokens;            /* as in exo_type_traits */
     exo_vec_dot_packed_fn vec_dot_packed;
+    exo_vec_dot_packed_t4_fn vec_dot_packed_t4;
 } exo_kernel_set;
 
 enum exo_isa {
