@@ -62,6 +62,8 @@ function M.view(ctx)
     answering_node = cluster.id,
     -- No cluster key: any device that reaches the node port may join.
     open_cluster = topo.open_cluster == true,
+    -- Gossiped nodes this node would not dial (docs/security.md).
+    gossip_refused = topo.gossip_refused,
     -- How this node finds peers, and what it heard (counts of refused datagrams too).
     discovery = cluster.discovery and cluster.discovery.stats and cluster.discovery:stats() or nil,
     plan_errors = #errors > 0 and errors or nil,

@@ -708,6 +708,7 @@ class KeyedCluster(unittest.TestCase):
             topo = topology(n)
             self.assertEqual({p["node_id"] for p in topo["partitions"]}, {"k1", "k2"}, topo["partitions"])
             self.assertIs(topo["open_cluster"], False)
+            self.assertEqual(topo["gossip_refused"], 0)  # loopback peers gossip loopback addresses
             me = [x for x in topo["nodes"] if x["id"] == n.node_id][0]
             self.assertIs(me["wire"]["keyed"], True)
             self.assertIn("cluster key from " + source, log_of(n))
