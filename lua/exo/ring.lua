@@ -49,6 +49,10 @@ local SAMPLING_FIELDS = { "temperature", "top_k", "top_p", "min_p", "seed", "rep
 -- peer) gives its share back.
 M.PEER_MAX_REQUESTS = 64
 M.TOTAL_MAX_REQUESTS = 256
+-- Each layer range of a model is a shard of its own in memory; a plan uses
+-- one range per model on a node (two while it changes).
+M.PEER_MAX_RANGES = 4
+M.TOTAL_MAX_RANGES = 16
 
 --- ring.kv_bytes(shard, n_ctx) -> the bytes of a KV sequence of n_ctx positions
 --- on shard (exo_seq_new's arithmetic: K and V, f16, each of the shard's
@@ -60,7 +64,8 @@ end
 local Quotas = {}
 Quotas.__index = Quotas
 
--- limits: max_requests, total_requests, max_kv, total_kv (bytes). The KV
+-- limits: max_requests, total_requests, max_kv, total_kv (bytes), max_ranges,
+-- total_ranges (layer ranges held for peers: Ring:range_refusal). The KV
 -- defaults: a quarter of this machine's memory per peer, half for all peers.
 function M.new_quotas(limits)
   limits = limits or {}
@@ -71,6 +76,8 @@ function M.new_quotas(limits)
     total_requests = limits.total_requests or M.TOTAL_MAX_REQUESTS,
     max_kv = limits.max_kv or math.max(mem / 4, 2 ^ 30),
     total_kv = limits.total_kv or math.max(mem / 2, 2 ^ 30),
+    max_ranges = limits.max_ranges or M.PEER_MAX_RANGES,
+    total_ranges = limits.total_ranges or M.TOTAL_MAX_RANGES,
     peers = {},  -- peer id -> { requests, kv }
     requests = 0, kv = 0,
   }, Quotas)
@@ -630,6 +637,31 @@ function Ring:on_open(from, rid, msg)
   if not ok then refuse(tostring(err)) end
 end
 
+-- Why peer `from` may not make this node hold the layer range `key` (a
+-- shard's key), or nil: only so many ranges per peer, and for all peers.
+function Ring:range_refusal(from, key)
+  local mine, all, n_mine, n_all = {}, {}, 0, 0
+  local function count(asker, k)
+    if not k then return end
+    if not all[k] then all[k], n_all = true, n_all + 1 end
+    if asker == from and not mine[k] then mine[k], n_mine = true, n_mine + 1 end
+  end
+  for _, route in pairs(self.routes) do
+    if route.quota_kv then count(route.asker, route.quota_key) end
+  end
+  for _, o in pairs(self.opening) do
+    if o.counted then count(o.asker, o.key) end
+  end
+  local q = self.quotas
+  if not mine[key] and n_mine >= q.max_ranges then
+    return ("peer %s has %d layer ranges loaded on this node (the limit)"):format(from, n_mine), "ranges"
+  end
+  if not all[key] and n_all >= q.total_ranges then
+    return ("peers have %d layer ranges loaded on this node (the limit)"):format(n_all), "total_ranges"
+  end
+  return nil
+end
+
 -- Refuses a peer's open over its quota: the asker hears why, the log says it once.
 function Ring:refuse_quota(from, rid, why, kind)
   local warned = self.quota_warned[from] or {}
@@ -654,6 +686,13 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   if not dtype then return refuse("unknown wire dtype " .. tostring(msg.wire_dtype)) end
   if msg.next and not cluster:conn_of(msg.next) then
     return refuse("the next node " .. msg.next .. " is not connected")
+  end
+  -- Before anything loads: a new range of a model is a new shard in memory.
+  if opening.counted then
+    local key = ("%s@%d-%d"):format(models.resolve(msg.model) or msg.model, msg.start, msg.stop)
+    local why, kind = self:range_refusal(from, key)
+    if why then return self:refuse_quota(from, rid, why, kind) end
+    opening.key = key
   end
   -- What may wait comes first: the last node's tokenizer (start_last reads
   -- it), then the range. From the range's arrival to the route's opening
@@ -680,7 +719,7 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   end
   local route = { asker = from, shard_key = entry.key, range = msg.start .. "-" .. msg.stop, model = msg.model,
     n_ctx = msg.n_ctx, first = msg.first,
-    n_vocab = shard.n_vocab, quota_kv = opening.counted and opening.kv or nil }
+    n_vocab = shard.n_vocab, quota_kv = opening.counted and opening.kv or nil, quota_key = opening.key }
   if shard.is_last then
     local serr = self:start_last(route, msg)
     if serr then return refuse(serr) end

@@ -6,8 +6,9 @@ and peers are told a model by its store name (issue 12).
   open is answered `error` ("peer mallory has 64 requests open on this node
   (the limit)"), the node logs it once and still serves its API; closing
   requests gives their share back, and so does losing the peer. A context
-  beyond the model's is refused. Before, every open made a route and a KV
-  cache, without end.
+  beyond the model's is refused, and so is a fifth layer range (each is a
+  shard in memory). Before, every open made a route and a KV cache, and
+  every new range loaded a shard, without end.
 - Two nodes whose model stores lie in different places: a client names the
   model by its path in the asking node's store, and the other node is told
   the store-relative name. Before, it was told the client's spelling (a path
@@ -112,8 +113,8 @@ class Peer:
                 got[rid] = msg
         return got
 
-    def open(self, rid, n_ctx=64):
-        self.control(rid, {"t": "open", "model": "tiny-chat.gguf", "start": 0, "stop": 3, "n_ctx": n_ctx,
+    def open(self, rid, n_ctx=64, stop=3):
+        self.control(rid, {"t": "open", "model": "tiny-chat.gguf", "start": 0, "stop": stop, "n_ctx": n_ctx,
                            "first": "mallory", "next": "mallory"})
 
     def close(self):
@@ -190,6 +191,25 @@ class PeerQuotas(unittest.TestCase):
             finally:
                 if peer:
                     peer.close()
+                node.stop()
+
+    def test_a_peer_cannot_make_a_node_load_range_after_range(self):
+        # Each layer range is a shard of its own in memory: 4 per peer.
+        with cluster.with_home() as home:
+            store_model(home)
+            node = cluster.start_cluster(home, [("victim", 8000)], allow_paths=False)[0]
+            peer = Peer(node.wire_port)
+            try:
+                for stop in range(1, 6):
+                    peer.open(stop, stop=stop)
+                got = peer.answers(set(range(1, 6)))
+                self.assertEqual([got[r]["t"] for r in range(1, 6)], ["ready"] * 4 + ["error"])
+                self.assertIn("peer mallory has 4 layer ranges loaded on this node (the limit)", got[5]["message"])
+                peer.open(6, stop=2)  # one it holds already
+                self.assertEqual(peer.answers({6})[6]["t"], "ready")
+                self.assertEqual(node.request("GET", "/healthcheck")[0], 200)
+            finally:
+                peer.close()
                 node.stop()
 
 

@@ -1,8 +1,8 @@
 -- test_ring_quotas.lua: what a peer may hold on this node, and the model
 -- name peers are told (issue 12).
 --
--- A peer's opens count against its quota (requests, and KV bytes: K and V in
--- f16 for each of the shard's layers); past it the asker gets an `error`,
+-- A peer's opens count against its quota (requests, layer ranges, and KV
+-- bytes: K and V in f16 for each of the shard's layers); past it the asker gets an `error`,
 -- nobody else loses anything, the refusal is logged once, and closing a
 -- request or losing the peer gives its share back. The asker tells peers a
 -- catalogue id or a store-relative file name, never the client's spelling.
@@ -106,7 +106,8 @@ assert(m.t == "error" and m.message:match("a context of 100000"), m.message)
 assert(select(1, r.quotas:usage("B")) == 2, "a refused open gives its share back")
 -- KV: B holds two caches of 2048; a third of 4096 would pass three.
 m = open("B", 15, 4096)
-assert(m.t == "error" and m.message:match("^node self: peer B would hold 1024 MiB of KV cache on this node %(the limit is 768 MiB%)"),
+assert(m.t == "error"
+  and m.message:match("^node self: peer B would hold 1024 MiB of KV cache on this node %(the limit is 768 MiB%)"),
   m.message)
 assert(select(2, r.quotas:usage("B")) == 2 * per_open and r.routes[11] and r.routes[12])
 -- A failure after the KV was counted gives it back.
@@ -120,6 +121,29 @@ assert(select(1, r.quotas:usage("A")) == 0 and select(2, r.quotas:usage("A")) ==
 assert(not r.routes[2] and not r.routes[3] and r.routes[11])
 assert(open("A", 41).t == "ready")
 assert(r.quotas.requests == 3, r.quotas.requests) -- B's two and A's one; never this node's own
+
+-- Layer ranges: each is a shard in memory; a peer may hold only a few, all peers a few more.
+local r2 = ring.new({ n_ctx = 2048 }, cluster, { quotas = { max_ranges = 2, total_ranges = 3 } })
+r2.sweeper:stop()
+r2.sweeper:close()
+function r2:shard_for() return entry end
+local function open_range(from, rid, stop)
+  sent = {}
+  r2:on_open(from, rid, { t = "open", model = "m", start = 0, stop = stop, n_ctx = 64, first = from, next = "n2" })
+  return sent[1].msg
+end
+assert(open_range("A", 1, 32).t == "ready" and open_range("A", 2, 16).t == "ready")
+m = open_range("A", 3, 8)
+assert(m.t == "error" and m.message == "node self: peer A has 2 layer ranges loaded on this node (the limit)",
+  tostring(m.message))
+assert(open_range("A", 4, 16).t == "ready", "a range the peer holds already")
+assert(open_range("B", 5, 4).t == "ready")
+m = open_range("B", 6, 2)
+assert(m.t == "error" and m.message:match("peers have 3 layer ranges loaded"), m.message)
+assert(open_range("self", 7, 2).t == "ready", "this node's own requests are not counted")
+r2:close_route(2)
+r2:close_route(4)
+assert(open_range("B", 6, 2).t == "ready")
 io.stderr = real_stderr
 
 -- ---- the model name peers are told ----
