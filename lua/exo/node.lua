@@ -21,6 +21,7 @@ local native = require "exo.native"
 local models = require "exo.models"
 local generate = require "exo.generate"
 local prompt = require "exo.prompt"
+local tools = require "exo.tools"
 
 local M = {}
 
@@ -252,21 +253,53 @@ end
 -- req: model, messages (chat) or prompt (completion), sampling params.
 -- on_text(piece), should_stop() as in generate.
 -- Returns result, or nil, err, status.
+-- The prompt options a chat request carries (prompt.build's).
+local function prompt_opts(entry, req)
+  return { template = entry.model.chat_template, family = entry.model.chat_family,
+    add_generation_prompt = req.add_generation_prompt, continue_final_message = req.continue_final_message,
+    vars = req.tools and { tools = req.tools } or nil }
+end
+
+-- Tool calls and JSON mode around a generation: the template must teach a call format
+-- (tools.lua); a streaming answer shows no call's text; the answer is parsed for calls.
+-- Returns the on_text to generate with and a function that finishes the result, or nil,
+-- nil, err.
+local function tool_wrapper(entry, req, on_text)
+  if not req.tools then return on_text, function(res) return res end end
+  local format = tools.format_of(entry.model.chat_template)
+  if not format then
+    return nil, nil, ("the chat template of %s does not support tools"):format(tostring(req.model))
+  end
+  local holder = tools.holder(format, function(text) if on_text then on_text(text) end end)
+  return function(piece) holder:push(piece) end, function(res)
+    local content, calls = holder:finish()
+    if #calls > 0 then
+      res.text, res.tool_calls = content or "", calls
+      if res.finish_reason == "stop" then res.finish_reason = "tool_calls" end
+    end
+    return res
+  end
+end
+
 function Node:generate(req, on_text, should_stop)
   local entry, err, status = self:model(req.model)
   if not entry then return nil, err, status end
   local tok = entry.model.tokenizer
+  local finish_tools, terr
+  on_text, finish_tools, terr = tool_wrapper(entry, req, on_text)
+  if terr then return nil, terr, 400 end
   local ids, perr, warning
   if req.messages then
-    ids, perr, warning = prompt.build(tok, req.messages,
-      { template = entry.model.chat_template, family = entry.model.chat_family })
+    ids, perr, warning = prompt.build(tok, req.messages, prompt_opts(entry, req))
     -- Once per model: a file without a usable template gets its family's format.
     if warning and not entry.template_warned then
       entry.template_warned = true
       io.stderr:write(("exo: %s: %s\n"):format(req.model or "model", warning))
     end
   else
-    ids = tok:encode(req.prompt, { add_bos = tok.add_bos, special = false })
+    -- A raw prompt's control tokens are parsed, as llama.cpp's completion route does:
+    -- a client that writes "<|im_start|>" means the token (docs/api.md).
+    ids = tok:encode(req.prompt, { add_bos = tok.add_bos, special = true })
   end
   if not ids then return nil, perr, 400 end
   if #ids >= self.n_ctx then
@@ -280,6 +313,9 @@ function Node:generate(req, on_text, should_stop)
     local plan, plan_err = self.ring:plan(entry.model)
     if not plan then return nil, plan_err, 500 end
     if #plan > 1 or plan[1].node_id ~= self.ring.cluster.id then
+      if req.json_object then
+        return nil, "response_format json_object is not available yet when the model is split across nodes", 400
+      end
       self:unload_local(entry)
       local spec = self.opts.speculative
       local draft
@@ -292,12 +328,18 @@ function Node:generate(req, on_text, should_stop)
       local res, rerr = self.ring:generate(entry.model, ids, req, plan, on_text, should_stop, draft, g)
       if draft then table.insert(entry.draft_idle, draft) end
       if not res then return nil, rerr, 503 end
-      return res
+      return finish_tools(res)
     end
   end
   local ok, serr = self:load_weights(entry)
   if not ok then return nil, serr, 500 end
   local spec = self.opts.speculative
+  if req.json_object then
+    -- Sampling under the JSON grammar (json_grammar.c); a draft's tokens would not be.
+    local grammar, gerr = native.json_grammar(tok)
+    if not grammar then return nil, gerr, 500 end
+    req.grammar, spec = grammar, nil
+  end
   if spec then
     local draft, derr = self:draft_model(entry)
     if not draft then return nil, derr, 500 end
@@ -318,7 +360,7 @@ function Node:generate(req, on_text, should_stop)
   end
   self:release(entry, session, res ~= nil)
   if not res then return nil, gerr, 500 end
-  return res
+  return finish_tools(res)
 end
 
 -- A draft session for ring requests (the draft runs on the asking node),
@@ -352,8 +394,7 @@ end
 function Node:encode_chat(req)
   local entry, err, status = self:model(req.model)
   if not entry then return nil, err, status end
-  local ids, rendered = prompt.build(entry.model.tokenizer, req.messages,
-    { template = entry.model.chat_template, family = entry.model.chat_family })
+  local ids, rendered = prompt.build(entry.model.tokenizer, req.messages, prompt_opts(entry, req))
   if not ids then return nil, rendered, 400 end
   return ids, rendered
 end

@@ -155,9 +155,13 @@ end
 local function cut_after_final(rendered, spans, final)
   if spans and #spans > 0 then
     local last = spans[#spans]
-    if rendered:sub(last[1], last[2]):sub(-#final) == final then return rendered:sub(1, last[2]), spans end
+    -- (the template may have trimmed the content)
+    local want = trim(final)
+    if want ~= "" and rendered:sub(last[1], last[2]):sub(-#want) == want then return rendered:sub(1, last[2]), spans end
   end
   local at, from = nil, 1
+  final = trim(final)
+  if final == "" then return nil end
   while true do
     local a = rendered:find(final, from, true)
     if not a then break end
@@ -177,7 +181,7 @@ function M.build(tokenizer, messages, opts)
   local final = messages[#messages]
   local continue_final = opts.continue_final_message and final and final.role == "assistant"
   local final_text = continue_final and content_text(final.content) or nil
-  if continue_final and (type(final_text) ~= "string" or final_text == "") then
+  if continue_final and (type(final_text) ~= "string" or not final_text:match("%S")) then
     -- Nothing to continue: the assistant's turn simply starts.
     local rest = {}
     for i = 1, #messages - 1 do rest[i] = messages[i] end

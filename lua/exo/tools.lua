@@ -126,4 +126,28 @@ function M.hold(text, format)
   return #text
 end
 
+--- tools.holder(format, emit) -> holder: a streaming answer's pieces go to holder:push(piece),
+-- which passes emit the text that cannot be (the start of) a call; holder:finish() then
+-- emits what was held back if it was no call after all, and returns parse()'s content, calls.
+function M.holder(format, emit)
+  local h = { parts = {}, emitted = 0 }
+  function h:push(piece)
+    self.parts[#self.parts + 1] = piece
+    local full = table.concat(self.parts)
+    self.parts = { full }
+    local n = M.hold(full, format)
+    if n > self.emitted then
+      emit(full:sub(self.emitted + 1, n))
+      self.emitted = n
+    end
+  end
+  function h:finish()
+    local full = table.concat(self.parts)
+    local content, calls = M.parse(full, format)
+    if #calls == 0 and #full > self.emitted then emit(full:sub(self.emitted + 1)) end
+    return content, calls
+  end
+  return h
+end
+
 return M

@@ -22,7 +22,7 @@ import ollama
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_api import MODEL, Node  # noqa: E402  (its node helper, not its tests)
+from test_api import MODEL, ROOT, Node  # noqa: E402  (its node helper, not its tests)
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Count from one to twenty."}]
 MAX = 12
@@ -169,6 +169,97 @@ class Clients(unittest.TestCase):
     def test_responses_refuses_what_it_lacks(self):
         with self.assertRaises(openai.BadRequestError):
             self.openai.responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
+
+
+class ChatFeatures(unittest.TestCase):
+    """JSON mode, tools, the prompt's end and raw prompts, through the official openai client."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node()
+        cls.client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % cls.node.port, api_key="unused")
+        # The default model with a template that teaches tools (Qwen 2.5's: ChatML like its own).
+        qwen = os.path.join(ROOT, "tests", "lua", "templates", "qwen2.5-7b-instruct.jinja")
+        cls.tool_node = Node("--chat-template", qwen)
+        cls.tool_client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % cls.tool_node.port, api_key="unused")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        cls.tool_node.stop()
+
+    def encode(self, node, body):
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/token/encode" % node.port,
+                                     data=json.dumps(dict(body, model=MODEL)).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return json.loads(r.read())
+
+    def test_json_mode_answers_are_json_objects(self):
+        prompts = ["Give me a JSON object describing a cat.", "List three fruits as JSON.",
+                   "Describe Paris in JSON with keys name and country.", "Return your name as JSON.",
+                   "Weather report as JSON.", "A JSON object with a title and a year.",
+                   "Describe a car in JSON.", "Your favourite colour, as JSON."]
+        finished = 0
+        for i, prompt in enumerate(prompts):
+            r = self.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                                    response_format={"type": "json_object"}, temperature=0.7,
+                                                    seed=i, max_tokens=160)
+            choice = r.choices[0]
+            self.assertTrue(choice.message.content.lstrip().startswith("{"), choice.message.content)
+            if choice.finish_reason == "stop":
+                finished += 1
+                self.assertIsInstance(json.loads(choice.message.content), dict, choice.message.content)
+        self.assertGreaterEqual(finished, 3, "too few answers finished to say anything")
+        with self.assertRaises(openai.BadRequestError):
+            self.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                response_format={"type": "json_schema", "json_schema": {
+                                                    "name": "x", "schema": {"type": "object"}}})
+
+    def test_tools(self):
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                                   "parameters": {"type": "object",
+                                                                  "properties": {"city": {"type": "string"}}}}}]
+        # The default model's own template renders no tools: a clear 400.
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                tools=tools)
+        self.assertIn("does not support tools", str(e.exception))
+        # A template that does: the tools, an earlier call (arguments as the client sends them, a JSON
+        # text) and its result reach the prompt as the template writes them.
+        messages = [{"role": "user", "content": "What is the weather in Paris?"},
+                    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"}]
+        prompt = self.encode(self.tool_node, {"messages": messages, "tools": tools})["encoded_prompt"]
+        self.assertIn('"name": "get_weather"', prompt)
+        self.assertIn('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', prompt)
+        self.assertIn("<tool_response>\n18 C and sunny\n</tool_response>", prompt)
+        r = self.tool_client.chat.completions.create(model=MODEL, messages=messages, tools=tools, temperature=0,
+                                                     max_tokens=24)
+        choice = r.choices[0]
+        self.assertIn(choice.finish_reason, ("stop", "length", "tool_calls"))
+        for call in choice.message.tool_calls or []:
+            json.loads(call.function.arguments)
+        # tool_choice "none" renders no tools.
+        prompt = self.encode(self.tool_node, {"messages": messages[:1], "tools": tools, "tool_choice": "none"})
+        self.assertNotIn("get_weather", prompt["encoded_prompt"])
+
+    def test_prefill_and_generation_prompt(self):
+        start = [{"role": "user", "content": "What is the capital of France?"}]
+        prefill = start + [{"role": "assistant", "content": "The capital of France is"}]
+        enc = self.encode(self.node, {"messages": prefill})
+        self.assertTrue(enc["encoded_prompt"].endswith("<|im_start|>assistant\nThe capital of France is"))
+        enc = self.encode(self.node, {"messages": start, "add_generation_prompt": False})
+        self.assertTrue(enc["encoded_prompt"].endswith("What is the capital of France?<|im_end|>\n"))
+        r = self.client.chat.completions.create(model=MODEL, messages=prefill, temperature=0, max_tokens=6)
+        self.assertNotIn("The capital of France is", r.choices[0].message.content)
+
+    def test_raw_prompts_parse_control_tokens(self):
+        # As llama.cpp's completion route: a hand-written ChatML prompt is its 10 tokens (28 as text).
+        r = self.client.completions.create(model=MODEL, prompt="<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+                                           max_tokens=2, temperature=0)
+        self.assertEqual(r.usage.prompt_tokens, 10)
 
 
 class ClientsWithKey(unittest.TestCase):

@@ -143,6 +143,8 @@ local function sampling_fields(body, out, limits)
 end
 
 -- Message content: a string, or a list of parts of which text parts are kept.
+local tool_calls_of, tool_fields, prompt_fields
+
 local function content_of(m, i)
   local c = m.content
   if c == nil or c == null then return "" end
@@ -151,7 +153,7 @@ local function content_of(m, i)
   if #c > LIMITS.content_parts then
     return bad(("messages[%d].content"):format(i), ("content may hold at most %d parts"):format(LIMITS.content_parts))
   end
-  local parts = {}
+  local parts, kept = {}, {}
   for j, part in ipairs(c) do
     if type(part) ~= "table" or type(part.type) ~= "string" then
       return bad(("messages[%d].content[%d]"):format(i, j - 1), "each content part must be an object with a type")
@@ -161,12 +163,15 @@ local function content_of(m, i)
         return bad(("messages[%d].content[%d].text"):format(i, j - 1), "text parts need a string 'text'")
       end
       parts[#parts + 1] = part.text
+      kept[#kept + 1] = { type = "text", text = part.text }
     else
       return bad(("messages[%d].content[%d].type"):format(i, j - 1), ("content parts of type '%s' are not supported")
         :format(part.type))
     end
   end
-  return table.concat(parts)
+  -- The text (for the size checks), and the parts themselves: a template that iterates
+  -- parts gets them, others get them joined (chat.lua).
+  return table.concat(parts), nil, nil, kept
 end
 
 -- The most prompt text worth tokenizing: tokenizing runs on the loop, so text
@@ -179,6 +184,86 @@ local function prompt_bytes(limits)
 end
 
 local ROLES = { system = true, user = true, assistant = true, developer = true, tool = true }
+
+-- An assistant message's tool_calls, for its template: arguments given as JSON text (as
+-- OpenAI's clients send them) become objects (as templates print them with tojson).
+-- Returns { list, bytes } or nil, or nil, message, field.
+tool_calls_of = function(m, i)
+  local calls = opt(m.tool_calls)
+  if calls == nil then return nil end
+  local where = ("messages[%d].tool_calls"):format(i)
+  if type(calls) ~= "table" or (next(calls) ~= nil and calls[1] == nil) then return nil, where .. " must be a list", where end
+  local list, bytes = {}, {}
+  for j, c in ipairs(calls) do
+    local fn = type(c) == "table" and opt(c["function"])
+    if type(fn) ~= "table" or type(opt(fn.name)) ~= "string" then
+      return nil, ("%s[%d] must have a function with a name"):format(where, j - 1), where
+    end
+    local args = opt(fn.arguments) or {}
+    if type(args) == "string" then
+      bytes[#bytes + 1] = args
+      local decoded = json.decode(args)
+      args = type(decoded) == "table" and decoded or args
+    end
+    list[j] = { id = opt(c.id), type = "function", ["function"] = { name = fn.name, arguments = args } }
+  end
+  return { list = list, bytes = table.concat(bytes) }
+end
+
+-- tools and tool_choice (the template renders the tools; the answer is parsed for calls).
+tool_fields = function(body, out)
+  local tools = opt(body.tools)
+  if tools == nil then return true end
+  if type(tools) ~= "table" or (next(tools) ~= nil and tools[1] == nil) then
+    return bad("tools", "'tools' must be a list")
+  end
+  if #tools > 128 then return bad("tools", "'tools' may hold at most 128 tools") end
+  for i, t in ipairs(tools) do
+    if type(t) ~= "table" or t.type ~= "function" or type(t["function"]) ~= "table"
+      or type(opt(t["function"].name)) ~= "string" then
+      return bad(("tools[%d]"):format(i - 1), "each tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}")
+    end
+  end
+  local choice = opt(body.tool_choice)
+  if choice ~= nil and choice ~= "auto" and choice ~= "none" and choice ~= "required" then
+    return bad("tool_choice", "'tool_choice' may be \"auto\", \"none\" or \"required\"")
+  end
+  if choice == "none" or #tools == 0 then return true end
+  out.tools = tools
+  out.tool_choice = choice or "auto"
+  return true
+end
+
+-- JSON mode, and the prompt's end: add_generation_prompt, continue_final_message (as vLLM
+-- names them; by default a conversation ending with an assistant message continues it).
+prompt_fields = function(body, out)
+  local rf = opt(body.response_format)
+  if rf ~= nil then
+    if type(rf) ~= "table" or (rf.type ~= "text" and rf.type ~= "json_object" and rf.type ~= "json_schema") then
+      return bad("response_format", "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}")
+    end
+    if rf.type == "json_schema" then
+      return bad("response_format", "a JSON schema is not supported yet; {\"type\": \"json_object\"} is")
+    end
+    out.json_object = rf.type == "json_object" or nil
+  end
+  for _, f in ipairs { "add_generation_prompt", "continue_final_message" } do
+    local v = opt(body[f])
+    if v ~= nil and type(v) ~= "boolean" then return bad(f, ("'%s' must be a boolean"):format(f)) end
+    out[f] = v
+  end
+  if out.continue_final_message and out.add_generation_prompt then
+    return bad("continue_final_message", "'continue_final_message' and 'add_generation_prompt' exclude each other")
+  end
+  local last = out.messages[#out.messages]
+  if out.continue_final_message and last.role ~= "assistant" then
+    return bad("continue_final_message", "'continue_final_message' needs the last message to be the assistant's")
+  end
+  if out.continue_final_message == nil and out.add_generation_prompt == nil then
+    out.continue_final_message = last.role == "assistant"
+  end
+  return true
+end
 
 -- body (decoded JSON) -> request table or nil, message, field.
 -- limits: default_model, default_temperature, max_tokens (the default),
@@ -202,19 +287,29 @@ function M.chat_request(body, limits)
     if type(m.role) ~= "string" or not ROLES[m.role] then
       return bad(("messages[%d].role"):format(i - 1), "role must be one of system, user, assistant, developer, tool")
     end
-    local text, msg, field = content_of(m, i - 1)
+    local text, msg, field, parts = content_of(m, i - 1)
     if not text then return nil, msg, field end
-    bytes = bytes + #text
+    local calls, cerr, cfield = tool_calls_of(m, i - 1)
+    if cerr then return nil, cerr, cfield end
+    bytes = bytes + #text + (calls and #calls.bytes or 0)
     if bytes > max_bytes then
       return bad("messages", ("the messages hold over %d bytes of text, more than this node takes"):format(max_bytes))
     end
     local role = m.role == "developer" and "system" or m.role
     if role == "system" then has_system = true end
-    out.messages[#out.messages + 1] = { role = role, content = text }
+    local copy = { role = role, content = parts or text }
+    if calls then copy.tool_calls = calls.list end
+    if role == "tool" and type(opt(m.tool_call_id)) == "string" then copy.tool_call_id = m.tool_call_id end
+    if type(opt(m.name)) == "string" then copy.name = m.name end
+    out.messages[#out.messages + 1] = copy
   end
   if not has_system and limits.system_prompt then
     table.insert(out.messages, 1, { role = "system", content = limits.system_prompt })
   end
+  local ok, err, efield = tool_fields(body, out)
+  if not ok then return nil, err, efield end
+  ok, err, efield = prompt_fields(body, out)
+  if not ok then return nil, err, efield end
   return sampling_fields(body, out, limits)
 end
 
@@ -247,10 +342,25 @@ local function usage(res)
 end
 M.usage = usage
 
+-- OpenAI's tool_calls from tools.lua's calls (stream: with their index, for a delta).
+function M.tool_calls(calls, stream)
+  local out = {}
+  for i, c in ipairs(calls or {}) do
+    out[i] = { id = M.random_id("call_", 24), type = "function", ["function"] = { name = c.name, arguments = c.arguments } }
+    if stream then out[i].index = i - 1 end
+  end
+  return out
+end
+
 function M.chat_completion(id, model, created, res)
+  local message = { role = "assistant", content = res.text }
+  if res.tool_calls then
+    message.tool_calls = M.tool_calls(res.tool_calls)
+    if res.text == "" then message.content = null end
+  end
   local choice = {
     index = 0,
-    message = { role = "assistant", content = res.text },
+    message = message,
     logprobs = res.logprobs and { content = res.logprobs } or null,
     finish_reason = res.finish_reason == "cancelled" and "stop" or res.finish_reason,
   }

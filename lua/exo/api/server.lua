@@ -139,6 +139,9 @@ local function run_generation(ctx, req, res, parsed, kind)
     end
     start()
     local finish = timed_out and "length" or (result.finish_reason == "cancelled" and "stop" or result.finish_reason)
+    if kind == "chat" and result.tool_calls then
+      res:sse(json.encode(openai.chat_chunk(id, model, created, { tool_calls = openai.tool_calls(result.tool_calls, true) })))
+    end
     if kind == "chat" then
       res:sse(json.encode(openai.chat_chunk(id, model, created, {}, finish)))
       if parsed.include_usage then res:sse(json.encode(openai.usage_chunk(id, model, created, result))) end
