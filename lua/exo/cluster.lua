@@ -340,13 +340,21 @@ function Cluster:on_peer(conn, data, address)
   changed(self)
 end
 
--- Tells every peer whom we know, so peers of peers find each other.
+-- Tells every peer whom we know, so peers of peers find each other. A peer
+-- hears only of the nodes it would dial (on_topology's rules: our loopback
+-- peers only when it is on this host too).
 function Cluster:gossip()
-  local list = { { id = self.id, address = self.advertise, port = self.port, capabilities = self.capabilities } }
-  for id, p in pairs(self.peers) do
-    list[#list + 1] = { id = id, address = p.address, port = p.port, capabilities = p.capabilities }
+  local me = { id = self.id, address = self.advertise, port = self.port, capabilities = self.capabilities }
+  for to, q in pairs(self.peers) do
+    local scope = M.address_scope(q.remote or q.address)
+    local list = { me }
+    for id, p in pairs(self.peers) do
+      if id ~= to and not M.gossip_refusal(p.address, p.port, scope) then
+        list[#list + 1] = { id = id, address = p.address, port = p.port, capabilities = p.capabilities }
+      end
+    end
+    self:send(to, 0, { t = "topology", nodes = list })
   end
-  for id in pairs(self.peers) do self:send(id, 0, { t = "topology", nodes = list }) end
 end
 
 -- ---- what gossip may make this node dial (issue 12) ----------------------------------

@@ -106,4 +106,19 @@ assert(not c.known.late and c:topology().gossip_refused == refused + 1)
 c.known.m1.backoff = 10
 c:on_topology({ t = "topology", nodes = { node("late", "10.3.0.1") } }, "lan")
 assert(c.known.late and not c.known.m1 and count_known() == cluster.MAX_KNOWN)
+
+-- What we tell each peer: only the nodes it would take from us.
+local told = {}
+c.send = function(_, to, _, msg) told[to] = msg end
+c.advertise, c.port = "192.168.1.2", 9100
+c:gossip()
+local function ids(msg)
+  local out = {}
+  for _, r in ipairs(msg.nodes) do out[r.id] = r.address end
+  return out
+end
+local lan, lo, ll = ids(told.lan), ids(told.lo), ids(told.ll)
+assert(lan.me and not lan.lo and not lan.ll and not lan.lan, "a remote peer hears of no local-only node")
+assert(lo.lan == "192.168.1.5" and lo.ll == "fe80::1" and not lo.lo)
+assert(ll.lan and ll.me and not ll.lo)
 print("gossip ok")
