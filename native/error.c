@@ -17,7 +17,8 @@
     X(EXO_ERANGE, "ERANGE", "out of range")                  \
     X(EXO_ENOTSUP, "ENOTSUP", "not supported")               \
     X(EXO_ESTATE, "ESTATE", "wrong state")                   \
-    X(EXO_EAGAIN, "EAGAIN", "try again")
+    X(EXO_EAGAIN, "EAGAIN", "try again")                     \
+    X(EXO_EBUSY, "EBUSY", "in use")
 
 static _Thread_local char last_message[1024];
 

@@ -26,7 +26,8 @@ enum exo_error {
     EXO_ERANGE = -5,   /* a position, index or count out of range */
     EXO_ENOTSUP = -6,  /* valid but not supported (a dtype, an architecture) */
     EXO_ESTATE = -7,   /* the object is in the wrong state for this call */
-    EXO_EAGAIN = -8    /* nothing ready yet; try again later */
+    EXO_EAGAIN = -8,   /* nothing ready yet; try again later */
+    EXO_EBUSY = -9     /* the resource is taken (a port another process listens on) */
 };
 
 /* Element types, numbered as in GGUF. Only the ones listed are supported

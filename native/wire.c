@@ -673,7 +673,8 @@ int exo_wire_listen(exo_wire *w, const char *host, int port, int *bound_port)
     if (err) {
         w->listening = 0;
         uv_close((uv_handle_t *)&w->server, handle_closed);
-        return exo__error_set(EXO_EIO, "cannot listen on %s:%d: %s", host, port, uv_strerror(err));
+        return exo__error_set(err == UV_EADDRINUSE ? EXO_EBUSY : EXO_EIO, "cannot listen on %s:%d: %s", host, port,
+                             uv_strerror(err));
     }
     struct sockaddr_storage bound;
     int len = sizeof bound;

@@ -138,6 +138,10 @@ function Cluster:start()
   local port, lerr = wire:listen(self.host, self.port)
   if not port then
     wire:free()
+    if lerr:match("^EBUSY") then
+      return nil, ("the node port %d is in use (another exo on this machine?): pick another with --node-port, "
+        .. "or 0 for any free port (%s)"):format(self.port, lerr)
+    end
     return nil, "cannot open the node port: " .. lerr
   end
   self.port = port

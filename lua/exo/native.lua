@@ -24,7 +24,8 @@ enum exo_error {
     EXO_ERANGE = -5,
     EXO_ENOTSUP = -6,
     EXO_ESTATE = -7,
-    EXO_EAGAIN = -8
+    EXO_EAGAIN = -8,
+    EXO_EBUSY = -9
 };
 enum exo_dtype {
     EXO_DTYPE_F32 = 0,
@@ -1237,5 +1238,30 @@ end
 function M.load_history(path) if readline_lib then readline_lib.read_history(path) end end
 function M.save_history(path) if readline_lib then readline_lib.write_history(path) end end
 function M.isatty(fd) return C.isatty(fd) == 1 end
+
+-- stderr into a file (appending) while a full-screen view owns the terminal:
+-- returns a handle for M.restore_stderr, or nil, err.
+ffi.cdef [[
+int open(const char *path, int flags, int mode);
+int dup(int fd);
+int dup2(int oldfd, int newfd);
+int close(int fd);
+]]
+local O_WRONLY, O_CREAT, O_APPEND = 1, 64, 1024
+function M.redirect_stderr(path)
+  local fd = C.open(path, O_WRONLY + O_CREAT + O_APPEND, 420) -- 0644
+  if fd < 0 then return nil, "cannot open " .. path end
+  io.stderr:flush()
+  local saved = C.dup(2)
+  C.dup2(fd, 2)
+  C.close(fd)
+  return saved
+end
+
+function M.restore_stderr(saved)
+  io.stderr:flush()
+  C.dup2(saved, 2)
+  C.close(saved)
+end
 
 return M

@@ -7,18 +7,9 @@
 -- stderr meanwhile goes to $EXO_HOME/exo.log (the view shows its tail), so nothing scribbles
 -- over the view. Lines are cut to the terminal's width and sections to its height; a resize
 -- is picked up at the next redraw.
-local ffi = require "ffi"
 local uv = require "luv"
+local native = require "exo.native"
 local activity = require "exo.activity"
-
-ffi.cdef [[
-int open(const char *path, int flags, int mode);
-int dup(int fd);
-int dup2(int oldfd, int newfd);
-int close(int fd);
-]]
-local C = ffi.C
-local O_WRONLY, O_CREAT, O_APPEND = 1, 64, 1024
 
 local M = {}
 
@@ -31,13 +22,7 @@ function M.start(ctx)
   if not tty then return nil end
   local self = setmetatable({ ctx = ctx, tty = tty, log_path = ctx.log_path, tail = {} }, View)
   -- stderr to the log file while the view owns the screen.
-  local fd = C.open(ctx.log_path, O_WRONLY + O_CREAT + O_APPEND, 420)
-  if fd >= 0 then
-    io.stderr:flush()
-    self.saved_stderr = C.dup(2)
-    C.dup2(fd, 2)
-    C.close(fd)
-  end
+  self.saved_stderr = native.redirect_stderr(ctx.log_path)
   activity.sink = function(line) self:log(line) end
   tty:write("\27[?1049h\27[?25l") -- the alternate screen, no cursor
   self.timer = uv.new_timer()
@@ -125,9 +110,7 @@ function View:stop()
   self.tty:write("\27[?25h\27[?1049l")
   self.tty:close()
   if self.saved_stderr then
-    io.stderr:flush()
-    C.dup2(self.saved_stderr, 2)
-    C.close(self.saved_stderr)
+    native.restore_stderr(self.saved_stderr)
     self.saved_stderr = nil
   end
   activity.sink = function(l) io.stderr:write(l .. "\n") end

@@ -407,6 +407,22 @@ class HelpTest(unittest.TestCase):
                     self.assertIn("exo " + command, out)
 
 
+class PortInUseTest(unittest.TestCase):
+    def test_a_taken_port_names_its_flag(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            rc, _, err = exo("--node-port", str(port), "--node-host", "127.0.0.1", "--chatgpt-api-port", "0",
+                             "--disable-tui", timeout=30)
+            self.assertNotEqual(rc, 0)
+            self.assertIn("--node-port", err)
+            self.assertIn("EBUSY", err)  # was EIO
+            rc, _, err = exo("--chatgpt-api-port", str(port), "--api-host", "127.0.0.1", "--disable-tui", timeout=30)
+            self.assertNotEqual(rc, 0)
+            self.assertIn("--chatgpt-api-port", err)
+
+
 class TerminalTest(unittest.TestCase):
     """Ctrl-C and the chat's commands in a real terminal: tmux runs exo in a pane, send-keys types,
     capture-pane reads the screen."""

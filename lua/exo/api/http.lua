@@ -363,6 +363,10 @@ function M.listen(host, port, handler, opts)
   end)
   if not ok then
     tcp:close()
+    if tostring(err):match("EADDRINUSE") then
+      return nil, ("the API port %d is in use (another exo or server?): pick another with --chatgpt-api-port (%s)")
+        :format(port, tostring(err))
+    end
     return nil, ("cannot listen on %s:%d: %s"):format(host, port, tostring(err))
   end
   server.tcp = tcp
