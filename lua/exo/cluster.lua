@@ -353,7 +353,7 @@ function Cluster:gossip()
     local scope = M.address_scope(q.remote or q.address)
     local list = { me }
     for id, p in pairs(self.peers) do
-      if id ~= to and not M.gossip_refusal(p.address, p.port, scope) then
+      if not M.gossip_refusal(p.address, p.port, scope) then
         list[#list + 1] = { id = id, address = p.address, port = p.port, capabilities = p.capabilities }
       end
     end

@@ -118,7 +118,7 @@ local function ids(msg)
   return out
 end
 local lan, lo, ll = ids(told.lan), ids(told.lo), ids(told.ll)
-assert(lan.me and not lan.lo and not lan.ll and not lan.lan, "a remote peer hears of no local-only node")
-assert(lo.lan == "192.168.1.5" and lo.ll == "fe80::1" and not lo.lo)
-assert(ll.lan and ll.me and not ll.lo)
+assert(lan.me and lan.lan and not lan.lo and not lan.ll, "a remote peer hears of no local-only node")
+assert(lo.lan == "192.168.1.5" and lo.ll == "fe80::1" and lo.lo == "127.0.0.1")
+assert(ll.lan and ll.me and ll.ll and not ll.lo)
 print("gossip ok")
