@@ -6,8 +6,11 @@
  * text, link targets are limited to http(s)/mailto, and every rendered tree
  * goes through an allowlist sanitiser before it reaches the page. The stop
  * button aborts the fetch, and the node cancels the generation when the
- * connection closes. The cluster panel polls GET /v1/topology, which also says whether
- * the cluster is open (no cluster key): then a notice under the top bar says so. */
+ * connection closes. The cluster panel polls GET /v1/topology (each node's memory,
+ * fp32 TFLOPS and round trip), which also says whether the cluster is open (no
+ * cluster key): then a notice under the top bar says so. An answer can be
+ * copied, the last one regenerated, a question edited and sent again (what
+ * followed it is dropped), and a conversation exported as Markdown or JSON. */
 (function () {
   "use strict";
 
@@ -163,26 +166,36 @@
     return tpl.content;
   }
 
+  // Copies text: the Clipboard API where the page may use it, else (plain
+  // http from another host, or a refused permission, as in headless Chromium)
+  // a hidden textarea and execCommand("copy").
   function copyText(text, button) {
+    var label = button.textContent;
     function done(ok) {
       button.textContent = ok ? "Copied" : "Copy failed";
-      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+      setTimeout(function () { button.textContent = label; }, 1500);
     }
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(false); });
+    function fallback() {
+      var ta = document.createElement("textarea");
+      ta.value = text;
+      ta.setAttribute("readonly", "");
+      ta.setAttribute("aria-hidden", "true");
+      ta.style.position = "fixed";
+      ta.style.top = "0";
+      ta.style.opacity = "0";
+      document.body.appendChild(ta);
+      ta.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      ta.remove();
+      button.focus();
+      return ok;
+    }
+    if (navigator.clipboard && navigator.clipboard.writeText && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(fallback()); });
       return;
     }
-    var ta = document.createElement("textarea");
-    ta.value = text;
-    ta.setAttribute("readonly", "");
-    ta.style.position = "fixed";
-    ta.style.opacity = "0";
-    document.body.appendChild(ta);
-    ta.select();
-    var ok = false;
-    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
-    ta.remove();
-    done(ok);
+    done(fallback());
   }
 
   // Renders md into el, then adds a language label and a copy button to each
@@ -225,7 +238,7 @@
     convs: [], current: null,
     settings: { model: "", temperature: 0.7, maxTokens: 512 },
     gen: null, // { convId, msg, controller }
-    models: [],
+    models: [], modelsError: null,
   };
 
   function loadState() {
@@ -423,16 +436,119 @@
     }
     var old = wrap.querySelector(".msg-error");
     if (old) old.remove();
+    var conv = convOfMsg(msg), isLast = !!conv && conv.messages[conv.messages.length - 1] === msg;
     if (msg.error) {
-      var err = document.createElement("p");
+      var err = document.createElement("div");
       err.className = "msg-error";
       err.setAttribute("role", "alert");
-      err.textContent = msg.error;
+      err.appendChild(el("span", "msg-error-text", msg.error));
+      if (isLast) {
+        err.appendChild(actionButton("Retry", "Retry this answer", "retry-btn", function () { regenerate(conv, msg); }));
+      }
       wrap.appendChild(err);
     }
     var oldStats = wrap.querySelector(".msg-stats");
     if (oldStats) oldStats.remove();
     if (msg.role === "assistant" && !msg.pending) wrap.appendChild(statsNode(msg));
+    var oldActions = wrap.querySelector(".msg-actions");
+    if (oldActions) oldActions.remove();
+    if (!msg.pending && conv) wrap.appendChild(actionsNode(wrap, conv, msg, isLast));
+  }
+
+  function convOfMsg(msg) {
+    for (var i = 0; i < state.convs.length; i++) {
+      if (state.convs[i].messages.indexOf(msg) >= 0) return state.convs[i];
+    }
+    return null;
+  }
+
+  function actionButton(text, label, cls, onClick) {
+    var b = document.createElement("button");
+    b.type = "button";
+    b.className = "btn small " + cls;
+    b.textContent = text;
+    b.setAttribute("aria-label", label);
+    b.title = label;
+    b.disabled = !!state.gen;
+    b.addEventListener("click", function () { if (!state.gen) onClick(b); });
+    return b;
+  }
+
+  // The buttons under a message: copy an answer, regenerate the last one, edit a question.
+  function actionsNode(wrap, conv, msg, isLast) {
+    var bar = el("div", "msg-actions");
+    if (msg.role === "assistant") {
+      if (msg.content) {
+        var copy = actionButton("Copy", "Copy answer", "copy-answer", function (b) { copyText(msg.content, b); });
+        bar.appendChild(copy);
+      }
+      if (isLast && !msg.error) {
+        bar.appendChild(actionButton("Regenerate", "Regenerate answer", "regenerate", function () { regenerate(conv, msg); }));
+      }
+    } else if (msg.role === "user") {
+      bar.appendChild(actionButton("Edit", "Edit and resend this message", "edit-msg", function () { editMessage(wrap, conv, msg); }));
+    }
+    return bar;
+  }
+
+  // Edits a question in place; sending it drops the conversation after it
+  // and asks for a new answer.
+  function editMessage(wrap, conv, msg) {
+    var body = wrap.querySelector(".msg-body");
+    var actions = wrap.querySelector(".msg-actions");
+    if (actions) actions.hidden = true;
+    var form = el("form", "msg-edit");
+    var ta = document.createElement("textarea");
+    ta.value = msg.content;
+    ta.setAttribute("aria-label", "Edit message");
+    ta.rows = 3;
+    var row = el("div", "msg-edit-actions");
+    var save = el("button", "btn primary small save-edit", "Send");
+    save.type = "submit";
+    save.setAttribute("aria-label", "Send the edited message");
+    var cancel = el("button", "btn small cancel-edit", "Cancel");
+    cancel.type = "button";
+    row.appendChild(cancel);
+    row.appendChild(save);
+    form.appendChild(ta);
+    form.appendChild(row);
+    body.replaceWith(form);
+    function restore() {
+      form.replaceWith(body);
+      if (actions) actions.hidden = false;
+    }
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      if (state.gen || !ta.value.trim()) return;
+      var idx = conv.messages.indexOf(msg);
+      if (idx < 0) return restore();
+      msg.content = ta.value;
+      conv.messages = conv.messages.slice(0, idx + 1);
+      if (idx === 0) conv.title = titleFrom(ta.value);
+      startAnswer(conv);
+      renderChatList();
+    });
+    cancel.addEventListener("click", restore);
+    ta.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+        e.preventDefault();
+        form.requestSubmit ? form.requestSubmit() : save.click();
+      } else if (e.key === "Escape") {
+        e.preventDefault();
+        restore();
+      }
+    });
+    autosize(ta, 320);
+    ta.addEventListener("input", function () { autosize(ta, 320); });
+    ta.focus();
+  }
+
+  // Replaces an answer (the last message) with a new one.
+  function regenerate(conv, msg) {
+    var idx = conv.messages.indexOf(msg);
+    if (idx < 0 || state.gen) return;
+    conv.messages = conv.messages.slice(0, idx);
+    startAnswer(conv);
   }
 
   function emptyNode() {
@@ -445,6 +561,13 @@
     p.textContent = "Answers stream from this node's OpenAI-compatible API. Pick a model above, type below, press Enter.";
     d.appendChild(h);
     d.appendChild(p);
+    if (noneDownloaded()) {
+      var miss = el("p", "empty-missing", "No model is downloaded on this node yet: its model store " +
+        "($EXO_HOME/downloads) holds none of " + state.models.map(function (m) { return m.id; }).join(", ") +
+        ". Run `exo models` on the node to see the store and what is missing; `scripts/setup` installs the models.");
+      miss.setAttribute("role", "note");
+      d.appendChild(miss);
+    }
     return d;
   }
 
@@ -454,7 +577,10 @@
     box.replaceChildren();
     $("system-prompt").value = c ? c.system || "" : "";
     autosize($("system-prompt"), 160);
-    if (!c || !c.messages.length) { box.appendChild(emptyNode()); return; }
+    var empty = !c || !c.messages.length;
+    $("export-md").disabled = empty;
+    $("export-json").disabled = empty;
+    if (empty) { box.appendChild(emptyNode()); return; }
     c.messages.forEach(function (m) { box.appendChild(messageNode(m)); });
     box.scrollTop = box.scrollHeight;
   }
@@ -496,6 +622,8 @@
     $("stop").hidden = !busy;
     $("send").disabled = busy;
     $("chat").classList.toggle("busy", busy);
+    var acts = $("messages").querySelectorAll(".msg-actions button, .msg-error button");
+    for (var i = 0; i < acts.length; i++) acts[i].disabled = busy;
   }
 
   function autosize(ta, max) {
@@ -531,8 +659,13 @@
       });
     }).then(function (j) {
       state.models = (j && Array.isArray(j.data)) ? j.data : [];
+      state.modelsError = null;
       fillModels();
+      if (noneDownloaded()) setStatus("no model downloaded", "bad");
+      var c = currentConv();
+      if (!c || !c.messages.length) renderConversation(); // the empty view says what is missing
     }).catch(function (e) {
+      state.modelsError = e.message === "Failed to fetch" ? "the node did not answer" : e.message;
       var sel = $("model");
       sel.replaceChildren(new Option("models unavailable", ""));
       sel.disabled = true;
@@ -556,10 +689,11 @@
       return;
     }
     var want = state.settings.model;
-    var pick = ready.some(function (m) { return m.id === want; }) ? want : (ready[0] ? ready[0].id : "");
+    // With nothing downloaded the first model stays picked, so sending says it is missing.
+    var pick = ready.some(function (m) { return m.id === want; }) ? want : (ready[0] || state.models[0]).id;
     sel.value = pick;
     sel.disabled = false;
-    state.settings.model = pick;
+    if (ready.length) state.settings.model = pick;
   }
 
   // Streams one answer into msg. Resolves when done, stopped or failed.
@@ -602,9 +736,22 @@
       return false;
     }
 
+    // fetch and read reject with a bare TypeError ("Failed to fetch") when the
+    // connection fails: say what happened in words instead.
+    function lost(reached) {
+      return function (e) {
+        if (e && e.name === "AbortError") throw e;
+        var err = new Error(reached
+          ? "The connection to the node was lost in the middle of the answer. Check that the node is still running, then retry."
+          : "Cannot reach the node at " + location.host + ": the connection failed. Check that the node is running, then retry.");
+        err.network = true;
+        throw err;
+      };
+    }
+
     return fetch("/v1/chat/completions", {
       method: "POST", headers: apiHeaders(true), body: JSON.stringify(body), signal: controller.signal,
-    }).then(function (res) {
+    }).catch(lost(false)).then(function (res) {
       if (!res.ok || !res.body) {
         return res.text().then(function (text) { throw new Error(errorMessage(res.status, text)); });
       }
@@ -612,7 +759,7 @@
       var decoder = new TextDecoder();
       var buf = "";
       function pump() {
-        return reader.read().then(function (r) {
+        return reader.read().catch(lost(true)).then(function (r) {
           if (r.done) return;
           buf += decoder.decode(r.value, { stream: true });
           var idx;
@@ -629,7 +776,10 @@
       return pump();
     }).catch(function (e) {
       if (e && e.name === "AbortError") msg.stopped = true;
-      else msg.error = (e && e.message) || String(e);
+      else {
+        msg.error = (e && e.message) || String(e);
+        if (e && e.network) setStatus("node unreachable", "bad");
+      }
     }).then(function () {
       var end = performance.now();
       var tokens = usage && typeof usage.completion_tokens === "number" ? usage.completion_tokens : pieces;
@@ -651,27 +801,59 @@
     });
   }
 
+  function titleFrom(text) { return text.trim().replace(/\s+/g, " ").slice(0, 48); }
+
+  // A model's entry in /v1/models, or null.
+  function modelInfo(id) {
+    for (var i = 0; i < state.models.length; i++) if (state.models[i].id === id) return state.models[i];
+    return null;
+  }
+
+  function noneDownloaded() {
+    return state.models.length > 0 && !state.models.some(function (m) { return m.downloaded !== false; });
+  }
+
+  // Why no answer can be asked for with this model, or null when one can.
+  function modelProblem(model) {
+    var info = modelInfo(model);
+    if (model && info && info.downloaded === false) {
+      return "The model " + model + " is not downloaded: its file is not in this node's model store " +
+        "($EXO_HOME/downloads/" + model + "/). On the node, `exo models` lists the models and which are " +
+        "missing, with the store's folder; `scripts/setup` installs smollm2-135m and gemma3-270m, and " +
+        "docs/models.md says how to add your own." + (noneDownloaded() ? "" : " Or pick a downloaded model above.");
+    }
+    if (model) return null;
+    if (state.modelsError) {
+      return "Cannot list the node's models (" + state.modelsError + "). Check that the node is running, then retry.";
+    }
+    return "This node offers no models: add one to its model store ($EXO_HOME/downloads; `exo models` shows where).";
+  }
+
+  // Appends a new answer to conv, renders, and streams it (or says why it cannot).
+  function startAnswer(conv) {
+    var model = $("model").value;
+    var msg = { id: uid(), role: "assistant", content: "", model: model, pending: true };
+    conv.messages.push(msg);
+    conv.updatedAt = Date.now();
+    var problem = modelProblem(model);
+    if (problem) { msg.pending = false; msg.error = problem; }
+    saveConvs();
+    renderConversation();
+    if (!problem) streamAnswer(conv, msg);
+  }
+
   function send() {
     if (state.gen) return;
     var ta = $("prompt");
     var text = ta.value;
     if (!text.trim()) return;
-    var model = $("model").value;
     var conv = currentConv() || newConversation();
-    if (conv.title === DEFAULT_TITLE && !conv.messages.length) {
-      conv.title = text.trim().replace(/\s+/g, " ").slice(0, 48);
-    }
+    if (conv.title === DEFAULT_TITLE && !conv.messages.length) conv.title = titleFrom(text);
     conv.messages.push({ id: uid(), role: "user", content: text });
-    var msg = { id: uid(), role: "assistant", content: "", model: model, pending: true };
-    conv.messages.push(msg);
-    conv.updatedAt = Date.now();
-    if (!model) { msg.pending = false; msg.error = "No model is available: is the node running?"; }
     ta.value = "";
     autosize(ta, 220);
-    saveConvs();
     renderChatList();
-    renderConversation();
-    if (model) streamAnswer(conv, msg);
+    startAnswer(conv);
   }
 
   function stop() {
@@ -683,6 +865,17 @@
   function fmtMemory(mb) {
     if (typeof mb !== "number" || !(mb >= 0)) return "unknown";
     return mb >= 1024 ? (mb / 1024).toFixed(1) + " GiB" : Math.round(mb) + " MiB";
+  }
+
+  // capabilities.flops.fp32 is in TFLOPS (measured at start, or the peers file's).
+  function fmtTflops(f) {
+    if (typeof f !== "number" || !(f > 0)) return null;
+    return (f >= 100 ? f.toFixed(0) : f >= 1 ? f.toFixed(2) : f.toPrecision(2)) + " TFLOPS fp32";
+  }
+
+  function fmtRtt(us) {
+    if (!(us >= 0)) return null;
+    return us < 1000 ? Math.round(us) + " \u00B5s" : (us / 1000).toFixed(us < 10000 ? 2 : 1) + " ms";
   }
 
   function el(tag, cls, text) {
@@ -706,8 +899,13 @@
     $("open-cluster").hidden = !(t && t.open_cluster === true);
     if (!nodes.length) { box.appendChild(el("p", "muted", "No nodes reported.")); return; }
     var total = nodes.reduce(function (s, n) { return s + ((n.capabilities && n.capabilities.memory) || 0); }, 0);
+    var flops = nodes.reduce(function (s, n) {
+      var f = n.capabilities && n.capabilities.flops && n.capabilities.flops.fp32;
+      return s + (typeof f === "number" && f > 0 ? f : 0);
+    }, 0);
     box.appendChild(el("p", "topo-summary", nodes.length + (nodes.length === 1 ? " node" : " nodes") + " \u00B7 " +
-      fmtMemory(total) + " memory" + (t.open_cluster ? " \u00B7 open cluster (no key)" : "")));
+      fmtMemory(total) + " memory" + (flops > 0 ? " \u00B7 " + fmtTflops(flops) : "") +
+      (t.open_cluster ? " \u00B7 open cluster (no key)" : "")));
     nodes.forEach(function (n) {
       var caps = n.capabilities || {};
       var card = el("div", "node");
@@ -723,6 +921,9 @@
         dl.appendChild(el("dd", cls || null, v));
       }
       fact("memory", fmtMemory(caps.memory), "node-memory");
+      fact("flops", fmtTflops(caps.flops && caps.flops.fp32), "node-flops");
+      fact("round trip", typeof n.rtt_us === "number" ? fmtRtt(n.rtt_us)
+        : (n.id === t.answering_node ? "this node" : null), "node-rtt");
       fact("chip", caps.chip);
       fact("engine", [caps.engine, caps.threads ? caps.threads + " threads" : ""].filter(Boolean).join(", "));
       fact("address", n.address);
@@ -767,7 +968,8 @@
       });
     }).then(function (t) {
       renderTopology(t);
-      setStatus("online", "good");
+      if (noneDownloaded()) setStatus("no model downloaded", "bad");
+      else setStatus("online", "good");
       if (!state.models.length) loadModels();
     }).catch(function (e) {
       var needKey = /401|API key/.test(e.message);
@@ -795,6 +997,75 @@
       var first = $(which === "chats" ? "chats-panel" : "side-panel").querySelector("button, input, select, textarea");
       if (first) first.focus();
     }
+  }
+
+  // A drawer left open while the window widens past its breakpoint is no
+  // drawer any more: close it, so its scrim cannot cover the page.
+  function watchBreakpoints() {
+    if (!window.matchMedia) return;
+    [["(max-width: 760px)", "show-chats"], ["(max-width: 1100px)", "show-side"]].forEach(function (q) {
+      var mq = window.matchMedia(q[0]);
+      var onChange = function () { if (!mq.matches && document.body.classList.contains(q[1])) closeDrawers(); };
+      if (mq.addEventListener) mq.addEventListener("change", onChange);
+      else if (mq.addListener) mq.addListener(onChange);
+    });
+  }
+
+  // ---- export -------------------------------------------------------------------------
+
+  function fileName(conv, ext) {
+    var base = (conv.title || "conversation").replace(/[^\w\- ]+/g, "").trim().replace(/\s+/g, "-").slice(0, 60);
+    return "exo-" + (base || "conversation") + "." + ext;
+  }
+
+  function conversationMarkdown(conv) {
+    var out = ["# " + (conv.title || DEFAULT_TITLE), ""];
+    if (conv.system && conv.system.trim()) out.push("**System:** " + conv.system.trim(), "");
+    conv.messages.forEach(function (m) {
+      out.push(m.role === "user" ? "## You" : "## exo" + (m.model ? " (" + m.model + ")" : ""), "");
+      if (m.content) out.push(m.content.replace(/\s+$/, ""), "");
+      if (m.error) out.push("> Error: " + m.error, "");
+      else if (m.stopped) out.push("*(stopped)*", "");
+    });
+    return out.join("\n");
+  }
+
+  // The conversation as JSON: its messages in the chat API's shape (the
+  // system prompt first), with each answer's model and figures beside them.
+  function conversationJson(conv) {
+    var messages = [];
+    if (conv.system && conv.system.trim()) messages.push({ role: "system", content: conv.system });
+    conv.messages.forEach(function (m) {
+      var o = { role: m.role, content: m.content };
+      if (m.model) o.model = m.model;
+      if (m.stats) o.stats = m.stats;
+      if (m.error) o.error = m.error;
+      if (m.stopped) o.stopped = true;
+      messages.push(o);
+    });
+    return JSON.stringify({
+      title: conv.title, created: new Date(conv.createdAt || Date.now()).toISOString(),
+      exported: new Date().toISOString(), messages: messages,
+    }, null, 2) + "\n";
+  }
+
+  function download(name, text, type) {
+    var url = URL.createObjectURL(new Blob([text], { type: type }));
+    var a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    a.hidden = true;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+  }
+
+  function exportConversation(kind) {
+    var c = currentConv();
+    if (!c || !c.messages.length) return;
+    if (kind === "md") download(fileName(c, "md"), conversationMarkdown(c), "text/markdown;charset=utf-8");
+    else download(fileName(c, "json"), conversationJson(c), "application/json");
   }
 
   // ---- wiring -------------------------------------------------------------------------
@@ -862,6 +1133,9 @@
     $("toggle-chats").addEventListener("click", function () { toggleDrawer("chats"); });
     $("toggle-side").addEventListener("click", function () { toggleDrawer("side"); });
     $("scrim").addEventListener("click", closeDrawers);
+    $("export-md").addEventListener("click", function () { exportConversation("md"); });
+    $("export-json").addEventListener("click", function () { exportConversation("json"); });
+    watchBreakpoints();
     document.addEventListener("keydown", function (e) {
       if (e.key === "Escape" && (document.body.classList.contains("show-chats") ||
           document.body.classList.contains("show-side"))) closeDrawers();
@@ -884,7 +1158,8 @@
   // For tests and the console.
   window.exoChat = {
     renderMarkdown: renderMarkdown, renderMarkdownInto: renderMarkdownInto, safeUrl: safeUrl,
-    state: state, send: send, stop: stop, refreshTopology: refreshTopology,
+    state: state, send: send, stop: stop, refreshTopology: refreshTopology, renderTopology: renderTopology,
+    conversationMarkdown: conversationMarkdown, conversationJson: conversationJson,
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
