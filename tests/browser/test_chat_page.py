@@ -102,10 +102,12 @@ def http_get(url, timeout=5):
 
 
 class Node:
-    def __init__(self, extra_args=(), url=None):
+    def __init__(self, extra_args=(), url=None, port=None, env=None):
         self.proc = None
         self.log = None
         self.extra_args = list(extra_args)
+        self.port = port
+        self.env = env
         self.url = (os.environ.get("EXO_TEST_URL", "") if url is None else url).rstrip("/")
 
     def start(self):
@@ -114,10 +116,13 @@ class Node:
         exe = os.environ.get("EXO_BIN", os.path.join(ROOT, "build", "exo"))
         if not os.path.exists(exe):
             raise RuntimeError("no node binary at %s (build it: cmake --build build)" % exe)
-        port = free_port()
+        port = self.port or free_port()
+        self.port = port
         self.log = tempfile.NamedTemporaryFile(prefix="exo-browser-test-", suffix=".log", delete=False)
+        env = dict(os.environ, **self.env) if self.env else None
         self.proc = subprocess.Popen([exe, "--chatgpt-api-port", str(port), "--api-host", "127.0.0.1"] + self.extra_args,
-                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env)
         self.url = "http://127.0.0.1:%d" % port
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -219,6 +224,77 @@ def wait_answer_done(driver, n_before, timeout=120):
         if a.get("text") and len(a["text"]) > 300:
             a["text"] = a["text"][:150] + " ... " + a["text"][-150:]
         raise AssertionError("%s; last answer seen: %r" % (e, a))
+
+
+def last_answer_id(driver):
+    return driver.execute_script(
+        "const all = document.querySelectorAll('#messages .msg.assistant');"
+        "return all.length ? all[all.length - 1].dataset.msgId : null")
+
+
+def wait_new_answer(driver, old_id, timeout=60):
+    """Waits for the last answer to be a new message (not old_id) that has completed."""
+    def done(d):
+        a = last_answer(d)
+        return a if a and not a["busy"] and last_answer_id(d) not in (None, old_id) else None
+    return wait_for(driver, done, timeout, "a new answer in place of %s" % old_id)
+
+
+def stored_messages(driver):
+    """The current conversation's messages as the page keeps them: [(role, content)]."""
+    return driver.execute_script("""
+        const s = exoChat.state, c = s.convs.find(c => c.id === s.current);
+        return c ? c.messages.map(m => [m.role, m.content]) : [];
+    """)
+
+
+COPY_JS = r"""
+// A stub for the Clipboard API (headless Chromium's needs a permission), then
+// the page's fallback: no Clipboard API, execCommand('copy') on a hidden textarea.
+window.__copied = [];
+Object.defineProperty(navigator, 'clipboard', {configurable: true, value: {
+  writeText: (t) => { window.__copied.push(['clipboard', t]); return Promise.resolve(); }}});
+const answers = document.querySelectorAll('#messages .msg.assistant');
+const btn = answers[answers.length - 1].querySelector('.msg-actions .copy-answer');
+if (!btn) return null;
+btn.click();
+return btn.getAttribute('aria-label');
+"""
+
+COPY_FALLBACK_JS = r"""
+Object.defineProperty(navigator, 'clipboard', {configurable: true, value: undefined});
+document.execCommand = function (cmd) {
+  const ta = document.activeElement && document.activeElement.tagName === 'TEXTAREA' ? document.activeElement
+    : document.querySelector('textarea[readonly]');
+  window.__copied.push([cmd, ta ? ta.value.substring(ta.selectionStart, ta.selectionEnd) : null]);
+  return true;
+};
+const answers = document.querySelectorAll('#messages .msg.assistant');
+answers[answers.length - 1].querySelector('.msg-actions .copy-answer').click();
+"""
+
+# Catches the page's downloads: the Blob each export makes and the link's name.
+EXPORT_HOOK_JS = r"""
+window.__exports = [];
+const create = URL.createObjectURL;
+URL.createObjectURL = function (blob) {
+  const url = create.call(URL, blob);
+  window.__exports.push({blob: blob, url: url});
+  return url;
+};
+const click = HTMLAnchorElement.prototype.click;
+HTMLAnchorElement.prototype.click = function () {
+  const e = window.__exports[window.__exports.length - 1];
+  if (this.hasAttribute('download') && e && e.url === this.href) { e.name = this.download; return; }
+  return click.call(this);
+};
+"""
+
+EXPORT_READ_JS = r"""
+const done = arguments[arguments.length - 1];
+Promise.all(window.__exports.map(e => e.blob.text().then(t => ({name: e.name || null, type: e.blob.type, text: t}))))
+  .then(done, (err) => done(String(err)));
+"""
 
 
 def page_ready(driver, url):
@@ -354,6 +430,97 @@ def main():
               repr(title))
         check("figures survive a reload", bool(last_answer(driver)["ttft"]))
         driver.save_screenshot(os.path.join(shots, "chat_page.png"))
+
+        # -- copy a whole answer: its Markdown source, through the Clipboard API or the fallback --
+        stored = stored_messages(driver)
+        label = driver.execute_script(COPY_JS)
+        copied = wait_for(driver, lambda d: d.execute_script("return window.__copied.length && window.__copied"),
+                          5, "the copy button to copy")
+        check("copy: a labelled button per answer copies the whole answer (Markdown source)",
+              label == "Copy answer" and copied == [["clipboard", stored[-1][1]]] and "```" in copied[0][1],
+              "label=%r copied=%r" % (label, copied))
+        check("copy: the button says it copied", wait_for(driver, lambda d: d.execute_script(
+            "const a = document.querySelectorAll('#messages .msg.assistant .copy-answer');"
+            "return a[a.length - 1].textContent === 'Copied'"), 3, "'Copied'"))
+        driver.execute_script("window.__copied = []")
+        driver.execute_script(COPY_FALLBACK_JS)
+        copied = wait_for(driver, lambda d: d.execute_script("return window.__copied.length && window.__copied"),
+                          5, "the fallback copy")
+        check("copy: without the Clipboard API, execCommand copies the answer from a hidden textarea",
+              copied == [["copy", stored[-1][1]]], repr(copied)[:200])
+        check("copy: the hidden textarea is gone", not driver.execute_script("return document.querySelector('textarea[readonly]')"))
+
+        # -- regenerate the last answer ---------------------------------------------------------------
+        set_field(driver, "max-tokens", 24)
+        n = last_answer(driver)["count"]
+        send_message(driver, "Thanks!")
+        wait_answer_done(driver, n, timeout=60)
+        regen = driver.execute_script("return Array.from(document.querySelectorAll('#messages .regenerate'))"
+                                      ".map(b => [b.closest('.msg').dataset.msgId, b.getAttribute('aria-label')])")
+        old_id = last_answer_id(driver)
+        check("regenerate: one labelled button, on the last answer only",
+              len(regen) == 1 and regen[0] == [old_id, "Regenerate answer"], repr(regen))
+        before = stored_messages(driver)
+        driver.find_element(By.CSS_SELECTOR, "#messages .msg.assistant:last-child .regenerate").click()
+        a = wait_new_answer(driver, old_id)
+        after = stored_messages(driver)
+        check("regenerate: the last answer is replaced by a new one",
+              len(after) == len(before) == 4 and after[:3] == before[:3] and a["count"] == 2 and not a["error"]
+              and bool(a["ttft"]), "%d -> %d messages, %r" % (len(before), len(after), a["text"][:60]))
+
+        # -- edit a question and send it again: what followed it is dropped -------------------------
+        first_user = driver.find_element(By.CSS_SELECTOR, "#messages .msg.user .edit-msg")
+        check("edit: a labelled button per question", first_user.get_attribute("aria-label") == "Edit and resend this message")
+        first_user.click()
+        box = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .msg-edit textarea"), 5,
+                       "the edit box")[0]
+        check("edit: the box holds the question", box.get_attribute("value") == QUESTION)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys("What is 2 + 2?")
+        old_id = last_answer_id(driver)
+        box.send_keys(Keys.ENTER)
+        a = wait_new_answer(driver, old_id)
+        after = stored_messages(driver)
+        shown = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#messages .msg .msg-body')).map(e => e.textContent)")
+        check("edit: the conversation after the question is dropped and the answer regenerated",
+              len(after) == 2 and after[0] == ["user", "What is 2 + 2?"] and after[1][0] == "assistant"
+              and len(shown) == 2 and shown[0] == "What is 2 + 2?" and not a["error"] and bool(a["ttft"]),
+              repr(after)[:200])
+        title = driver.execute_script(
+            "const e = document.querySelector('#chat-list .chat-item.active .chat-open'); return e && e.textContent")
+        check("edit: the first question's edit renames the conversation", title == "What is 2 + 2?", repr(title))
+
+        # -- export the conversation as Markdown and as JSON ------------------------------------------
+        driver.execute_script(EXPORT_HOOK_JS)
+        md_btn, json_btn = driver.find_element(By.ID, "export-md"), driver.find_element(By.ID, "export-json")
+        check("export: labelled buttons", md_btn.get_attribute("aria-label") == "Export conversation as Markdown"
+              and json_btn.get_attribute("aria-label") == "Export conversation as JSON")
+        md_btn.click()
+        json_btn.click()
+        driver.set_script_timeout(10)
+        files = driver.execute_async_script(EXPORT_READ_JS)
+        ok = isinstance(files, list) and len(files) == 2
+        check("export: two downloads through Blob links", ok, repr(files)[:200])
+        if ok:
+            md, js = files
+            answer = after[1][1]
+            check("export: Markdown file with the title, the question and the answer",
+                  md["name"].endswith(".md") and md["type"].startswith("text/markdown")
+                  and md["text"].startswith("# What is 2 + 2?\n") and "## You\n\nWhat is 2 + 2?" in md["text"]
+                  and "## exo (%s)" % MODEL in md["text"] and answer.strip() in md["text"],
+                  "%s %s %r" % (md["name"], md["type"], md["text"][:200]))
+            try:
+                doc = json.loads(js["text"])
+            except ValueError:
+                doc = {}
+            msgs = doc.get("messages") or []
+            check("export: JSON file with the messages in the chat API's shape",
+                  js["name"].endswith(".json") and js["type"] == "application/json"
+                  and doc.get("title") == "What is 2 + 2?"
+                  and [(m.get("role"), m.get("content")) for m in msgs] == [tuple(x) for x in after]
+                  and msgs[1].get("model") == MODEL and "tokens" in (msgs[1].get("stats") or {}),
+                  "%s %r" % (js["name"], js["text"][:300]))
 
         # -- a second conversation, and the stop button -------------------------------------------
         n_chats = len(driver.find_elements(By.CSS_SELECTOR, "#chat-list .chat-item"))
