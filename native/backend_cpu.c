@@ -44,6 +44,11 @@
 /* Token blocks for the integer path: a block of quantized activation rows
  * stays in L1/L2 while a weight row is dotted with each. */
 #define DOT_TOKEN_BLOCK 16
+/* Packed groups per call in a batch: the run (8 groups of a 4096-wide Q4_K
+ * matrix: 74 KiB) stays in L2 while every token block of DOT_TOKEN_BLOCK
+ * reads it, and the kernels' per-call set-up (the K formats reorder the
+ * activations) is shared by the run. */
+#define PACKED_T4_GROUPS 8
 
 #define ATTN_QUERY_BLOCK 32
 
@@ -236,15 +241,17 @@ static void dot_output_range(const matmul_job *j, int o, int64_t r0, int64_t r1)
                                          out->y + (size_t)t0 * out->ldy + 4 * r0);
             else /* a batch: each group, still in L1, serves every token (four at a time where the
                   * format has a kernel for that: bit for bit the same, with the group unpacked once) */
-                for (int64_t g = r0; g < r1; g++) {
+                for (int64_t g = r0; g < r1; g += PACKED_T4_GROUPS) {
                     const char *group = first + (size_t)(g - r0) * group_bytes;
+                    const int64_t ng = r1 - g < PACKED_T4_GROUPS ? r1 - g : PACKED_T4_GROUPS;
                     int t = t0;
                     if (j->tr[o]->vec_dot_packed_t4)
                         for (; t + 4 <= t1; t += 4)
-                            j->tr[o]->vec_dot_packed_t4(j->k, group, j->act + (size_t)t * j->act_stride, j->act_stride,
-                                                        out->y + (size_t)t * out->ldy + 4 * g, (size_t)out->ldy);
+                            j->tr[o]->vec_dot_packed_t4(j->k, group, ng, j->act + (size_t)t * j->act_stride,
+                                                        j->act_stride, out->y + (size_t)t * out->ldy + 4 * g,
+                                                        (size_t)out->ldy);
                     for (; t < t1; t++)
-                        j->tr[o]->vec_dot_packed(j->k, group, 1, j->act + (size_t)t * j->act_stride,
+                        j->tr[o]->vec_dot_packed(j->k, group, ng, j->act + (size_t)t * j->act_stride,
                                                  out->y + (size_t)t * out->ldy + 4 * g);
                 }
             continue;

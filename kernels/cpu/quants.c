@@ -1048,40 +1048,101 @@ PACKED_FORMAT(q4_1, exo_block_q4_1, true)
 PACKED_FORMAT(q8_0, exo_block_q8_0, false)
 #undef PACKED_FORMAT
 
-/* The K formats' packed layout: one chunk per super-block, the four rows'
- * quants (the block less its header) side by side, then their headers
- * (quants_k_rows.h). The header is head_bytes at head_off: Q4_K's d, dmin
- * and scales lead its block, Q6_K's scales and d end it. */
-static void pack_x4_k_blocks(const void *w_rows, size_t row_stride, int n, void *dst, size_t block_bytes,
-                             size_t head_off, size_t head_bytes, bool unpack, int only_row)
+/* The K formats' packed layout (quants_k_rows.h): one chunk per
+ * super-block, the four rows' quants in the kernels' lane order side by
+ * side, then the four rows' headers as in the file. Lane order: byte p of
+ * register "lo" c (c = 0..3) is element e = 64 (p / 8) + 8 c + p % 8 of the
+ * super-block, of register "hi" c element e + 32. Q4_K keeps both in one
+ * byte (lo's low nibble, hi's high one), which is file byte
+ * 32 (p / 8) + 8 c + p % 8: its packing moves whole bytes. */
+static inline int k_lane_element(int c, int p)
 {
-    const size_t qs_bytes = block_bytes - head_bytes, qs_off = head_off ? 0 : head_bytes;
+    return 64 * (p / 8) + 8 * c + p % 8;
+}
+
+static void pack_x4_q4_K_blocks(const void *w_rows, size_t row_stride, int n, void *dst, bool unpack, int only_row)
+{
+    const size_t bs = sizeof(exo_block_q4_K), hb = offsetof(exo_block_q4_K, qs);
     uint8_t *rows = (uint8_t *)w_rows, *group = dst;
     for (int b = 0; b < n / EXO_QK_K; b++) {
-        for (int r = 0; r < 4; r++, group += qs_bytes) {
-            uint8_t *block = rows + (size_t)r * row_stride + (size_t)b * block_bytes;
-            if (!unpack) memcpy(group, block + qs_off, qs_bytes);
-            else if (r == only_row) memcpy(rows + (size_t)b * block_bytes + qs_off, group, qs_bytes);
+        for (int r = 0; r < 4; r++, group += EXO_QK_K / 2) {
+            if (unpack && r != only_row) continue;
+            uint8_t *qs = rows + (unpack ? 0 : (size_t)r * row_stride) + (size_t)b * bs + hb;
+            for (int c = 0; c < 4; c++)
+                for (int p = 0; p < 32; p++) {
+                    const int f = k_lane_element(c, p) - 32 * (p / 8); /* 32 (p / 8) + 8 c + p % 8 */
+                    if (unpack) qs[f] = group[32 * c + p];
+                    else group[32 * c + p] = qs[f];
+                }
         }
-        for (int r = 0; r < 4; r++, group += head_bytes) {
-            uint8_t *block = rows + (size_t)r * row_stride + (size_t)b * block_bytes;
-            if (!unpack) memcpy(group, block + head_off, head_bytes);
-            else if (r == only_row) memcpy(rows + (size_t)b * block_bytes + head_off, group, head_bytes);
+        for (int r = 0; r < 4; r++, group += hb) {
+            if (!unpack) memcpy(group, rows + (size_t)r * row_stride + (size_t)b * bs, hb);
+            else if (r == only_row) memcpy(rows + (size_t)b * bs, group, hb);
         }
     }
 }
 
-#define PACKED_K_FORMAT(name, block, head_off, head_bytes)                                                   \
+/* Q6_K: each value's low 4 bits at byte 32 c + p (lo c's low nibble, hi c's
+ * high one), its top 2 bits at byte 128 + 32 (c / 2) + p, bits 4 (c % 2) (lo)
+ * and 4 (c % 2) + 2 (hi). Not a permutation of bytes: unpacking rebuilds the
+ * file's ql and qh from the values (as from_float_q6_K_ref lays them out). */
+static void pack_x4_q6_K_blocks(const void *w_rows, size_t row_stride, int n, void *dst, bool unpack, int only_row)
+{
+    const size_t bs = sizeof(exo_block_q6_K), ho = offsetof(exo_block_q6_K, scales), hb = bs - ho;
+    uint8_t *rows = (uint8_t *)w_rows, *group = dst;
+    for (int b = 0; b < n / EXO_QK_K; b++) {
+        for (int r = 0; r < 4; r++, group += ho) {
+            if (unpack && r != only_row) continue;
+            exo_block_q6_K *blk = (exo_block_q6_K *)(rows + (unpack ? 0 : (size_t)r * row_stride) + (size_t)b * bs);
+            uint8_t v[EXO_QK_K];
+            if (unpack) {
+                for (int c = 0; c < 4; c++)
+                    for (int p = 0; p < 32; p++) {
+                        const int e = k_lane_element(c, p);
+                        const uint8_t lo = group[32 * c + p], hi = group[128 + 32 * (c / 2) + p];
+                        v[e] = (uint8_t)((lo & 0x0f) | (((hi >> (4 * (c % 2))) & 3) << 4));
+                        v[e + 32] = (uint8_t)((lo >> 4) | (((hi >> (4 * (c % 2) + 2)) & 3) << 4));
+                    }
+                memset(blk->qh, 0, sizeof blk->qh);
+                for (int h = 0; h < 2; h++) {
+                    const uint8_t *q = v + 128 * h;
+                    for (int l = 0; l < 32; l++) {
+                        blk->ql[64 * h + l] = (uint8_t)((q[l] & 0x0f) | ((q[l + 64] & 0x0f) << 4));
+                        blk->ql[64 * h + l + 32] = (uint8_t)((q[l + 32] & 0x0f) | ((q[l + 96] & 0x0f) << 4));
+                        blk->qh[32 * h + l] = (uint8_t)((q[l] >> 4) | ((q[l + 32] >> 4) << 2) |
+                                                        ((q[l + 64] >> 4) << 4) | ((q[l + 96] >> 4) << 6));
+                    }
+                }
+            } else {
+                for (int e = 0; e < EXO_QK_K; e++) v[e] = (uint8_t)q6_get(blk, e);
+                memset(group + 128, 0, 64);
+                for (int c = 0; c < 4; c++)
+                    for (int p = 0; p < 32; p++) {
+                        const int e = k_lane_element(c, p);
+                        group[32 * c + p] = (uint8_t)((v[e] & 0x0f) | ((v[e + 32] & 0x0f) << 4));
+                        group[128 + 32 * (c / 2) + p] |=
+                            (uint8_t)(((v[e] >> 4) << (4 * (c % 2))) | ((v[e + 32] >> 4) << (4 * (c % 2) + 2)));
+                    }
+            }
+        }
+        for (int r = 0; r < 4; r++, group += hb) {
+            if (!unpack) memcpy(group, rows + (size_t)r * row_stride + (size_t)b * bs + ho, hb);
+            else if (r == only_row) memcpy(rows + (size_t)b * bs + ho, group, hb);
+        }
+    }
+}
+
+#define PACKED_K_FORMAT(name)                                                                                \
     static void pack_x4_##name(const void *w_rows, size_t row_stride, int n, void *dst)                      \
     {                                                                                                        \
-        pack_x4_k_blocks(w_rows, row_stride, n, dst, sizeof(block), head_off, head_bytes, false, 0);          \
+        pack_x4_##name##_blocks(w_rows, row_stride, n, dst, false, 0);                                       \
     }                                                                                                        \
     static void unpack_x4_row_##name(const void *group, int r, int n, void *row)                             \
     {                                                                                                        \
-        pack_x4_k_blocks(row, 0, n, (void *)group, sizeof(block), head_off, head_bytes, true, r);             \
+        pack_x4_##name##_blocks(row, 0, n, (void *)group, true, r);                                          \
     }
-PACKED_K_FORMAT(q4_K, exo_block_q4_K, 0, offsetof(exo_block_q4_K, qs))
-PACKED_K_FORMAT(q6_K, exo_block_q6_K, offsetof(exo_block_q6_K, scales), sizeof(exo_block_q6_K) - offsetof(exo_block_q6_K, scales))
+PACKED_K_FORMAT(q4_K)
+PACKED_K_FORMAT(q6_K)
 #undef PACKED_K_FORMAT
 
 /* ---- traits and dispatch ------------------------------------------------------- */
@@ -1187,7 +1248,7 @@ static const cpu_kernels kernels_scalar = {
 #define AVX512_q5_0 .vec_dot = exo__vec_dot_q5_0_q8_32_avx512
 #define AVX512_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx512
 #define AVX512_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx512
-/* vpdpwssd in the AVX2 bodies (quants_k_rows.h) */
+/* the AVX2 bodies with 32 registers (quants_k_rows.h) */
 #define AVX512_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx512, \
     .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_K_q8_K_avx512
 #define AVX512_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx512, \

@@ -176,12 +176,12 @@ typedef void (*exo_vec_dot_x4_fn)(int n, const void *w_rows, size_t row_stride, 
 typedef void (*exo_pack_x4_fn)(const void *w_rows, size_t row_stride, int n, void *dst);
 typedef void (*exo_unpack_x4_row_fn)(const void *group, int r, int n, void *row);
 typedef void (*exo_vec_dot_packed_fn)(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
-/* One packed group against four activation rows act_stride bytes apart (a
- * batch's tokens): out[t * ldo + r] for row r and token t, bit for bit what
- * vec_dot_packed gives each token. The group's quants and scales are unpacked
- * once for the four tokens. */
-typedef void (*exo_vec_dot_packed_t4_fn)(int n, const void *group, const void *act_rows, size_t act_stride, float *out,
-                                         size_t ldo);
+/* n_groups consecutive packed groups against four activation rows
+ * act_stride bytes apart (a batch's tokens): out[t * ldo + 4 g + r] for row
+ * r of group g and token t, bit for bit what vec_dot_packed gives each
+ * token. A group's quants and scales are unpacked once for the four tokens. */
+typedef void (*exo_vec_dot_packed_t4_fn)(int n, const void *groups, int64_t n_groups, const void *act_rows,
+                                         size_t act_stride, float *out, size_t ldo);
 
 typedef struct exo_type_traits {
     const char *name;             /* "q4_1" */

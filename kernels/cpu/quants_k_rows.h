@@ -1,23 +1,22 @@
 /* quants_k_rows.h: the Q4_K and Q6_K dot bodies (internal), one per format,
- * for one weight row and for a packed group of four rows (quants.h), on AVX2
- * and on AVX-512 VNNI.
+ * for one weight row, for a packed group of four rows (quants.h) and for a
+ * packed group against four tokens (a prompt's batch).
  *
  * Included by quants_avx2.c and quants_avx512.c only, each of which names the
- * bodies in its own exported kernels; what the instruction set changes is one
- * step: a scaled 16-bit product is added into the 32-bit sums with madd + add
- * on AVX2 and with one vpdpwssd on VNNI. Integer sums are exact either way,
- * and the float work (one FMA per super-block into eight lanes, the lanes
- * summed in one fixed order) is the same op for op, so the one-row kernel,
- * the packed kernel and both instruction sets give bit-identical results.
+ * bodies in its own exported kernels. The code is the same: built for
+ * AVX-512 it has 32 vector registers, which keeps the four-row, four-token
+ * accumulators out of memory. Integer sums are exact and the float work (one
+ * FMA per super-block into eight lanes, the lanes summed in one fixed order)
+ * is the same op for op, so the one-row kernels, the packed ones and both
+ * instruction sets give bit-identical results.
  *
- * The per-super-block costs the first one-row kernels paid through memory
- * stay in registers: Q4_K's 6-bit scales and minimums are unpacked with
- * word-wide integer ops into one vector of sixteen int16 (scales, then
- * minimums), and each sub-block's scale is spread over its lanes with one
- * vpshufb; Q6_K's sixteen scales are one sign extension. The packed layout
- * puts the four rows' quants of one super-block side by side, then their
- * headers, so a group is one sequential stream and the activation block is
- * loaded once for the four rows. */
+ * The quants and activations go through the registers in a lane order (see
+ * krows_t4x4) in which a sub-block's scale is applied once a super-block,
+ * not once per 32 values; the packed layout stores the weights in that order
+ * (the four rows' quants of one super-block side by side, then their
+ * headers: one sequential stream), and the packed kernels put the activation
+ * row in it once per call. Q4_K's 6-bit scales and minimums are unpacked
+ * with word-wide integer ops in registers. */
 #ifndef EXO_QUANTS_K_ROWS_H
 #define EXO_QUANTS_K_ROWS_H
 
@@ -29,11 +28,6 @@
 #include "quants.h"
 #include "quants_impl.h"
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define KROWS_VNNI 1
-#else
-#define KROWS_VNNI 0
-#endif
 
 /* Packed super-block chunk layout (quants.h): four rows' quants, then four
  * rows' headers. Q4_K: header d, dmin, scales (16 bytes, the block's first);
@@ -71,40 +65,82 @@ static inline float krows_hsum4_ps(__m128 v)
     return _mm_cvtss_f32(s);
 }
 
-/* sum += p * s, lanes of int16 pairs into int32 (exact). */
-static inline __m256i krows_dot16(__m256i sum, __m256i p, __m256i s)
-{
-#if KROWS_VNNI
-    return _mm256_dpwssd_epi32(sum, p, s);
-#else
-    return _mm256_add_epi32(sum, _mm256_madd_epi16(p, s));
-#endif
-}
-
-/* int16 lane j of the 128-bit half s spread over both halves of a register. */
-static inline __m256i krows_spread16(__m256i s, int j)
-{
-    return _mm256_shuffle_epi8(s, _mm256_set1_epi16((short)((2 * j + 1) << 8 | 2 * j)));
-}
-
 static inline void krows_prefetch(const uint8_t *p, int bytes)
 {
     for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + KROWS_PREFETCH + o, _MM_HINT_T0);
 }
 
-/* R rows (1 or 4) of Q4_K at w0, w0 + stride, ...; with P the packed group
- * of four at w0; against T activation rows (1 or 4) act_stride bytes apart.
- * out[t * ldo + r] = row r's dot with activation t: the _ref kernel's sums,
- * exact in integers, d * sumi and dmin * summ accumulated per super-block.
- * A row's quants and scales are unpacked once for the T tokens (a prompt's
- * batch); each (row, token) pair goes through the same float operations
- * whatever R and T are, so every grouping gives the same bits. */
+/* The lane order. A super-block's 256 values (weights or activations) are
+ * taken as eight registers of 32 bytes, "lo" c and "hi" c for c = 0..3:
+ * byte p of lo c is element 64 (p / 8) + 8 c + p % 8 (of sub-block 2 (p / 8)),
+ * hi c the element 32 after it (sub-block 2 (p / 8) + 1). Every 32-bit lane
+ * then stays within one 32-element sub-block (and one 16-element group)
+ * across all four c, so the maddubs products of the four registers add up in
+ * 16 bits (|sum| <= 4 * 2 * 15 * 127 for Q4_K, 2 * 2 * 63 * 127 for Q6_K's
+ * pairs) and the sub-block scales are applied once a super-block, one madd
+ * for the lo and one for the hi registers, instead of once per sub-block:
+ * 10 multiplies a row and super-block instead of 16. From the natural order
+ * (register j = sub-block j) this order is a 4 x 4 transpose of 64-bit words
+ * of registers 0, 2, 4, 6 (giving lo) and 1, 3, 5, 7 (hi). */
+static inline void krows_t4x4(__m256i a, __m256i b, __m256i c, __m256i d, __m256i out[4])
+{
+    const __m256i t0 = _mm256_unpacklo_epi64(a, b), t1 = _mm256_unpackhi_epi64(a, b);
+    const __m256i t2 = _mm256_unpacklo_epi64(c, d), t3 = _mm256_unpackhi_epi64(c, d);
+    out[0] = _mm256_permute2x128_si256(t0, t2, 0x20);
+    out[1] = _mm256_permute2x128_si256(t1, t3, 0x20);
+    out[2] = _mm256_permute2x128_si256(t0, t2, 0x31);
+    out[3] = _mm256_permute2x128_si256(t1, t3, 0x31);
+}
+
+/* The activation quants of a super-block (natural order at x) in the lane
+ * order: lo c at 64 c, hi c at 64 c + 32. */
+static inline void krows_act_lanes(const int8_t *x, uint8_t *out)
+{
+    __m256i v[8], lo[4], hi[4];
+    for (int j = 0; j < 8; j++) v[j] = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
+    krows_t4x4(v[0], v[2], v[4], v[6], lo);
+    krows_t4x4(v[1], v[3], v[5], v[7], hi);
+    for (int c = 0; c < 4; c++) {
+        _mm256_storeu_si256((__m256i *)(out + 64 * c), lo[c]);
+        _mm256_storeu_si256((__m256i *)(out + 64 * c + 32), hi[c]);
+    }
+}
+
+/* T activation rows (nb super-blocks each, act_stride bytes apart) into the
+ * lane order, 256 bytes a super-block, token t from t * nb * 256. */
+static inline void krows_acts_lanes(const uint8_t *act, size_t act_stride, int nb, int T, uint8_t *out)
+{
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < nb; i++)
+            krows_act_lanes(((const exo_block_q8_K *)(act + (size_t)t * act_stride))[i].qs,
+                            out + ((size_t)t * nb + i) * EXO_QK_K);
+}
+
+/* A 16-byte shuffle control: byte i takes source byte base + step * (i / 4). */
+static inline __m128i krows_ctl(int base, int step)
+{
+    return _mm_setr_epi8((char)base, (char)base, (char)base, (char)base, (char)(base + step), (char)(base + step),
+                         (char)(base + step), (char)(base + step), (char)(base + 2 * step), (char)(base + 2 * step),
+                         (char)(base + 2 * step), (char)(base + 2 * step), (char)(base + 3 * step),
+                         (char)(base + 3 * step), (char)(base + 3 * step), (char)(base + 3 * step));
+}
+
+/* R rows (1 or 4) of Q4_K against T activation rows (1 or 4, act_stride
+ * bytes apart): out[t * ldo + r]. With P the rows are the packed group of
+ * four at w0 (quants.h; quants in the lane order), and xt holds the T rows'
+ * activation quants in the lane order (krows_acts_lanes); without P, row r
+ * is at w0 + r * stride in the file's layout and both are put in the lane
+ * order here. The _ref kernel's sums, exact in integers, then d * sumi and
+ * dmin * summ accumulated per super-block: each (row, token) pair goes
+ * through the same operations whatever R, T and P are, so every path gives
+ * the same bits. */
 EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const uint8_t *act, size_t act_stride,
-                                 float *out, size_t ldo, const int R, const int T, const bool P)
+                                 const uint8_t *xt, float *out, size_t ldo, const int R, const int T, const bool P)
 {
     const int nb = n / EXO_QK_K;
     const size_t bs = sizeof(exo_block_q4_K);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m128i ctl_even = krows_ctl(0, 2), ctl_odd = krows_ctl(1, 2);
     const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0x03030303u;
     __m256 acc[4][4];
     __m128 accm[4][4];
@@ -117,10 +153,18 @@ EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const 
         if (P) krows_prefetch(c, 4 * (int)bs);
         const exo_block_q8_K *a[4];
         __m128i bsum_pairs[4];
+        uint8_t xl_local[P ? 1 : EXO_QK_K];
+        const uint8_t *xl[4];
         FOR_ROWS(t, T) {
             a[t] = (const exo_block_q8_K *)(act + (size_t)t * act_stride) + i;
             bsum_pairs[t] = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)a[t]->bsums),
                                            _mm_loadu_si128((const __m128i *)(a[t]->bsums + 8)));
+            if (P) {
+                xl[t] = xt + ((size_t)t * nb + i) * EXO_QK_K;
+            } else {
+                krows_act_lanes(a[t]->qs, xl_local); /* the one-row kernel: T is 1 */
+                xl[t] = xl_local;
+            }
         }
         FOR_ROWS(r, R) {
             const uint8_t *h = P ? c + 4 * KROWS_Q4K_QS + KROWS_Q4K_HEAD * r : w0 + (size_t)r * stride + (size_t)i * bs;
@@ -132,28 +176,39 @@ EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const 
             const uint32_t u0 = krows_u32(h + 4), u1 = krows_u32(h + 8), u2 = krows_u32(h + 12);
             const uint32_t s0 = u0 & low6, s1 = (u2 & nib) | (((u0 >> 6) & top2) << 4);
             const uint32_t m0 = u1 & low6, m1 = ((u2 >> 4) & nib) | (((u1 >> 6) & top2) << 4);
-            const __m256i sm = _mm256_cvtepu8_epi16(_mm_setr_epi32((int)s0, (int)s1, (int)m0, (int)m1));
-            const __m128i mins = _mm256_extracti128_si256(sm, 1);
-            const __m256i sc = _mm256_permute2x128_si256(sm, sm, 0x00); /* the scales in both halves */
-            __m256i qlo[4], qhi[4], slo[4], shi[4];
-            for (int k = 0; k < 4; k++) {
-                const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
-                qlo[k] = _mm256_and_si256(q, low4);
-                qhi[k] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-                slo[k] = krows_spread16(sc, 2 * k);
-                shi[k] = krows_spread16(sc, 2 * k + 1);
+            const __m128i sc8 = _mm_cvtsi64_si128((long long)((uint64_t)s1 << 32 | s0));
+            const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)((uint64_t)m1 << 32 | m0)));
+            /* int16 lane i: the scale of lo (even) or hi (odd) sub-block 2 (i / 4) */
+            const __m256i sc_even = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sc8, ctl_even));
+            const __m256i sc_odd = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sc8, ctl_odd));
+            __m256i qlo[4], qhi[4];
+            if (P) {
+                for (int k = 0; k < 4; k++) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+                    qlo[k] = _mm256_and_si256(q, low4);
+                    qhi[k] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+                }
+            } else {
+                __m256i raw[4], q[4];
+                for (int k = 0; k < 4; k++) raw[k] = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+                krows_t4x4(raw[0], raw[1], raw[2], raw[3], q);
+                for (int k = 0; k < 4; k++) {
+                    qlo[k] = _mm256_and_si256(q[k], low4);
+                    qhi[k] = _mm256_and_si256(_mm256_srli_epi16(q[k], 4), low4);
+                }
             }
             FOR_ROWS(t, T) {
                 const float ad = a[t]->d, d = dw * ad, dmin = dminw * ad;
                 accm[r][t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, bsum_pairs[t])),
                                           accm[r][t]);
-                __m256i sumi = _mm256_setzero_si256();
+                __m256i se = _mm256_setzero_si256(), so = _mm256_setzero_si256();
                 for (int k = 0; k < 4; k++) {
-                    const __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 64 * k));
-                    const __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 64 * k + 32));
-                    sumi = krows_dot16(sumi, _mm256_maddubs_epi16(qlo[k], x0), slo[k]);
-                    sumi = krows_dot16(sumi, _mm256_maddubs_epi16(qhi[k], x1), shi[k]);
+                    const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xl[t] + 64 * k));
+                    const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xl[t] + 64 * k + 32));
+                    se = _mm256_add_epi16(se, _mm256_maddubs_epi16(qlo[k], x0));
+                    so = _mm256_add_epi16(so, _mm256_maddubs_epi16(qhi[k], x1));
                 }
+                const __m256i sumi = _mm256_add_epi32(_mm256_madd_epi16(se, sc_even), _mm256_madd_epi16(so, sc_odd));
                 acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
@@ -161,61 +216,101 @@ EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const 
     FOR_ROWS(r, R) FOR_ROWS(t, T) out[(size_t)t * ldo + r] = krows_hsum_ps(acc[r][t]) - krows_hsum4_ps(accm[r][t]);
 }
 
-/* R rows (1 or 4) of Q6_K against T activation rows, as q4_K_rows. The
- * quants go through maddubs unsigned (0..63) and the -32 comes out once a
- * super-block as 32 * sum_g scale[g] * bsums[g] (Q6_K's 16-element groups
- * are Q8_K's). */
+/* Q6_K's values 0..63 of one super-block in the natural order: register
+ * 4 h + k is sub-block 4 h + k (quants.c's q6_get). */
+static inline void krows_q6_natural(const uint8_t *ql, const uint8_t *qh, __m256i q[8])
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    for (int half = 0; half < 2; half++) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * half));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * half + 32));
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(qh + 32 * half));
+        __m256i *o = q + 4 * half;
+        o[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(h, two), 4));
+        o[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), two), 4));
+        o[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), two), 4));
+        o[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), two), 4));
+    }
+}
+
+/* R rows of Q6_K against T activation rows, as q4_K_rows. Packed, a row's
+ * super-block is its values in the lane order: low 4 bits as nibbles (byte
+ * 32 c + p: lo c's in the low nibble, hi c's in the high one), then the top
+ * 2 bits (byte 32 (c / 2) + p, bits 4 (c % 2) + 0..1 for lo c, + 2..3 for
+ * hi c). The values go through maddubs unsigned and the -32 comes out once a
+ * super-block as 32 * sum_g scale[g] * bsums[g]; a 32-bit lane of lo c holds
+ * group 4 (lane / 2) + c / 2 (hi c: + 2), so the products of c = 0, 1 and of
+ * c = 2, 3 add up in 16 bits before their group's scale: four madds. */
 EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const uint8_t *act, size_t act_stride,
-                                 float *out, size_t ldo, const int R, const int T, const bool P)
+                                 const uint8_t *xt, float *out, size_t ldo, const int R, const int T, const bool P)
 {
     const int nb = n / EXO_QK_K;
     const size_t bs = sizeof(exo_block_q6_K);
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    /* scale 2k over the low half of a register, 2k + 1 over the high one */
-    const __m256i pair_base = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
-                                               2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    const __m128i ctl[4] = { krows_ctl(0, 4), krows_ctl(1, 4), krows_ctl(2, 4), krows_ctl(3, 4) };
     __m256 acc[4][4];
     FOR_ROWS(r, R) FOR_ROWS(t, T) acc[r][t] = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
         if (P) krows_prefetch(c, 4 * (int)bs);
         const exo_block_q8_K *a[4];
-        FOR_ROWS(t, T) a[t] = (const exo_block_q8_K *)(act + (size_t)t * act_stride) + i;
+        uint8_t xl_local[P ? 1 : EXO_QK_K];
+        const uint8_t *xl[4];
+        FOR_ROWS(t, T) {
+            a[t] = (const exo_block_q8_K *)(act + (size_t)t * act_stride) + i;
+            if (P) {
+                xl[t] = xt + ((size_t)t * nb + i) * EXO_QK_K;
+            } else {
+                krows_act_lanes(a[t]->qs, xl_local);
+                xl[t] = xl_local;
+            }
+        }
         FOR_ROWS(r, R) {
             const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
-            const uint8_t *ql = P ? c + KROWS_Q6K_QS * r : w;
-            const uint8_t *qhp = ql + offsetof(exo_block_q6_K, qh);
             const uint8_t *h = P ? c + 4 * KROWS_Q6K_QS + KROWS_Q6K_HEAD * r : w + offsetof(exo_block_q6_K, scales);
             exo_half hd;
             memcpy(&hd, h + 16, sizeof hd);
             const float dw = _cvtsh_ss(hd);
-            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)h));
-            __m256i q[8], sk[8];
-            for (int half = 0; half < 2; half++) {
-                const uint8_t *l = ql + 64 * half;
-                const __m256i s8 = _mm256_permute2x128_si256(sc16, sc16, half ? 0x11 : 0x00);
-                const __m256i l0 = _mm256_loadu_si256((const __m256i *)l);
-                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(l + 32));
-                const __m256i qh = _mm256_loadu_si256((const __m256i *)(qhp + 32 * half));
-                __m256i *qq = q + 4 * half;
-                qq[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
-                qq[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
-                qq[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
-                qq[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
-                for (int k = 0; k < 4; k++)
-                    sk[4 * half + k] = _mm256_shuffle_epi8(s8, _mm256_add_epi8(pair_base, _mm256_set1_epi8((char)(4 * k))));
+            const __m128i sc8 = _mm_loadu_si128((const __m128i *)h);
+            const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+            __m256i gs[4]; /* int16 lane i: the scale of group 4 (i / 4) + m */
+            for (int m = 0; m < 4; m++) gs[m] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, ctl[m]));
+            __m256i qlo[4], qhi[4];
+            if (P) {
+                const uint8_t *ql = c + KROWS_Q6K_QS * r, *qh = ql + 128;
+                for (int k = 0; k < 4; k++) {
+                    const __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * k));
+                    const __m256i hb = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * (k / 2))),
+                                                         4 * (k % 2));
+                    qlo[k] = _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+                    qhi[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), low4),
+                                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+                }
+            } else {
+                __m256i nat[8];
+                krows_q6_natural(w, w + offsetof(exo_block_q6_K, qh), nat);
+                krows_t4x4(nat[0], nat[2], nat[4], nat[6], qlo);
+                krows_t4x4(nat[1], nat[3], nat[5], nat[7], qhi);
             }
             FOR_ROWS(t, T) {
                 const float d = dw * a[t]->d;
                 const __m256i bsums = _mm256_loadu_si256((const __m256i *)a[t]->bsums);
                 /* -32 * sum_g sc[g] * bsums[g] */
                 __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 5));
-                for (int k = 0; k < 8; k++) {
-                    const __m256i xk = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 32 * k));
-                    sumi = krows_dot16(sumi, _mm256_maddubs_epi16(q[k], xk), sk[k]);
+                for (int m = 0; m < 2; m++) {
+                    const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m));
+                    const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 32));
+                    const __m256i x2 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 64));
+                    const __m256i x3 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 96));
+                    const __m256i plo = _mm256_add_epi16(_mm256_maddubs_epi16(qlo[2 * m], x0),
+                                                         _mm256_maddubs_epi16(qlo[2 * m + 1], x2));
+                    const __m256i phi = _mm256_add_epi16(_mm256_maddubs_epi16(qhi[2 * m], x1),
+                                                         _mm256_maddubs_epi16(qhi[2 * m + 1], x3));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, gs[m]),
+                                                                   _mm256_madd_epi16(phi, gs[2 + m])));
                 }
                 acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r][t]);
             }
@@ -225,27 +320,40 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
 }
 
 /* The exported kernels of one instruction set (SUFFIX avx2 or avx512):
- * one-row dots, packed dots over n_groups consecutive groups, and one packed
- * group against four activation rows (a batch). */
+ * one-row dots; packed dots over n_groups consecutive groups; the same for
+ * four activation rows (a batch: out[t * ldo + 4 g + r]). The packed ones
+ * put the activations in the lane order once per call, on the stack (a
+ * super-block's 256 bytes a token: 56 KiB for four tokens of a 14336-wide
+ * row). */
 #define KROWS_KERNELS(fmt, SUFFIX)                                                                                  \
     float exo__vec_dot_##fmt##_q8_K_##SUFFIX(int n, const void *w_row, const void *act_row)                          \
     {                                                                                                               \
         float out;                                                                                                  \
-        fmt##_rows(n, w_row, 0, act_row, 0, &out, 0, 1, 1, false);                                                  \
+        fmt##_rows(n, w_row, 0, act_row, 0, NULL, &out, 0, 1, 1, false);                                            \
         return out;                                                                                                 \
     }                                                                                                               \
     void exo__vec_dot_packed_##fmt##_q8_K_##SUFFIX(int n, const void *groups, int64_t n_groups, const void *act_row, \
                                                     float *out)                                                     \
     {                                                                                                               \
-        const size_t group_bytes = (size_t)(n / EXO_QK_K) * 4 * sizeof(exo_block_##fmt);                            \
+        const int nb = n / EXO_QK_K;                                                                                \
+        const size_t group_bytes = (size_t)nb * 4 * sizeof(exo_block_##fmt);                                        \
+        uint8_t xt[(size_t)nb * EXO_QK_K];                                                                          \
+        krows_acts_lanes(act_row, 0, nb, 1, xt);                                                                    \
         const uint8_t *g = groups;                                                                                  \
         for (int64_t k = 0; k < n_groups; k++, g += group_bytes)                                                    \
-            fmt##_rows(n, g, 0, act_row, 0, out + 4 * k, 0, 4, 1, true);                                            \
+            fmt##_rows(n, g, 0, act_row, 0, xt, out + 4 * k, 0, 4, 1, true);                                        \
     }                                                                                                               \
-    void exo__vec_dot_packed_t4_##fmt##_q8_K_##SUFFIX(int n, const void *group, const void *act_rows,               \
-                                                       size_t act_stride, float *out, size_t ldo)                   \
+    void exo__vec_dot_packed_t4_##fmt##_q8_K_##SUFFIX(int n, const void *groups, int64_t n_groups,                  \
+                                                       const void *act_rows, size_t act_stride, float *out,         \
+                                                       size_t ldo)                                                  \
     {                                                                                                               \
-        fmt##_rows(n, group, 0, act_rows, act_stride, out, ldo, 4, 4, true);                                        \
+        const int nb = n / EXO_QK_K;                                                                                \
+        const size_t group_bytes = (size_t)nb * 4 * sizeof(exo_block_##fmt);                                        \
+        uint8_t xt[4 * (size_t)nb * EXO_QK_K];                                                                      \
+        krows_acts_lanes(act_rows, act_stride, nb, 4, xt);                                                          \
+        const uint8_t *g = groups;                                                                                  \
+        for (int64_t k = 0; k < n_groups; k++, g += group_bytes)                                                    \
+            fmt##_rows(n, g, 0, act_rows, act_stride, xt, out + 4 * k, ldo, 4, 4, true);                            \
     }
 
 #endif
