@@ -166,6 +166,7 @@ function M.text_sink(tokenizer, params, on_text)
   return setmetatable({
     stops = params.stop or {}, on_text = on_text, stream = tokenizer:stream(),
     pending = "", parts = {}, tokens = {}, logprobs = params.logprobs and {} or nil, lp_unsent = {},
+    lp_starts = {}, -- where each unsent entry's token text starts in pending
   }, Sink)
 end
 
@@ -174,7 +175,7 @@ function Sink:emit(s)
   self.parts[#self.parts + 1] = s
   local lps = nil
   if self.logprobs then
-    lps, self.lp_unsent = self.lp_unsent, {}
+    lps, self.lp_unsent, self.lp_starts = self.lp_unsent, {}, {}
   end
   if self.on_text then self.on_text(s, lps) end
 end
@@ -185,6 +186,7 @@ function Sink:push(id, lp_entry)
   if lp_entry and self.logprobs then
     self.logprobs[#self.logprobs + 1] = lp_entry
     self.lp_unsent[#self.lp_unsent + 1] = lp_entry
+    self.lp_starts[#self.lp_unsent] = #self.pending
   end
   self.tokens[#self.tokens + 1] = id
   local pending = self.pending .. self.stream:push(id)
@@ -195,6 +197,15 @@ function Sink:push(id, lp_entry)
     if at and (not cut or at < cut) then cut = at end
   end
   if cut then
+    -- The tokens whose text starts at or after the stop string are not part
+    -- of the answer, nor are their logprobs.
+    if self.logprobs then
+      while #self.lp_unsent > 0 and self.lp_starts[#self.lp_unsent] >= cut - 1 do
+        self.lp_starts[#self.lp_unsent] = nil
+        self.lp_unsent[#self.lp_unsent] = nil
+        self.logprobs[#self.logprobs] = nil
+      end
+    end
     self:emit(pending:sub(1, cut - 1))
     self.pending = ""
     return true
