@@ -42,8 +42,9 @@ local SAMPLING_FIELDS = { "temperature", "top_k", "top_p", "min_p", "seed", "rep
 -- An admitted peer's open makes this node load layers, keep a route and a KV
 -- cache: without a bound one peer could take all of its memory. Each peer
 -- (never this node itself: its own requests are bounded by its API) may have
--- at most max_requests requests open or opening here, and KV caches of at
--- most max_kv bytes; all peers together total_requests and total_kv. A
+-- at most max_requests requests open or opening here, on at most max_ranges
+-- layer ranges, with KV caches of at most max_kv bytes; all peers together
+-- total_requests, total_ranges and total_kv. A
 -- refusal answers the asker with an `error`, takes nothing from anyone else,
 -- and is logged once per peer and limit; closing a request (or losing its
 -- peer) gives its share back.
