@@ -970,7 +970,8 @@
       renderTopology(t);
       if (noneDownloaded()) setStatus("no model downloaded", "bad");
       else setStatus("online", "good");
-      if (!state.models.length) loadModels();
+      // Until a model is downloaded, look again: one may arrive in the store.
+      if (!state.models.length || noneDownloaded()) loadModels();
     }).catch(function (e) {
       var needKey = /401|API key/.test(e.message);
       setStatus(needKey ? "API key needed" : "node unreachable", "bad");

@@ -3,8 +3,12 @@
 
 Starts `build/exo` on a free port, opens the page with Selenium and checks what
 a person would: the model picker, a streamed answer with its figures, Markdown
-rendering that cannot inject HTML, conversations that survive a reload, the
-stop button, the cluster panel, and the open-cluster notice. Screenshots go to build/chat_page.png
+rendering that cannot inject HTML, conversations that survive a reload, copying
+an answer, regenerating it, editing and resending a question, exporting as
+Markdown and JSON, the stop button, the drawers at phone width (and no scrim
+left after widening), a node that goes away (a clear message, then Retry), the
+cluster panel (two nodes: flops and round trip), a model missing from the store,
+and the open-cluster notice. Screenshots go to build/chat_page.png
 (wide) and build/chat_page_narrow.png (phone width).
 
 Needs Debian's `chromium` and `chromium-driver`, and Selenium (PyPI `selenium`).
@@ -342,6 +346,73 @@ return out;
 """
 
 
+def check_cluster_and_missing_model(driver):
+    home = tempfile.mkdtemp(prefix="exo-browser-home-")
+    peers_path = os.path.join(home, "peers.json")
+    ids = ["page-a", "page-b"]
+    # A node measures its own flops at start; a peer's come from the peers
+    # file (manual discovery), so page-b's are given there.
+    peers = {i: {"address": "127.0.0.1", "port": free_port()} for i in ids}
+    peers["page-b"]["device_capabilities"] = {"flops": {"fp32": 1.5, "fp16": 3.0, "int8": 6.0}}
+    with open(peers_path, "w") as f:
+        json.dump({"peers": peers}, f)
+    nodes = [Node(["--node-id", i, "--discovery-config-path", peers_path, "--node-host", "127.0.0.1"], url="",
+                  env={"EXO_HOME": home}) for i in ids]
+    try:
+        for n in nodes:
+            n.start()
+        url = nodes[0].url
+
+        def topo_ready(_):
+            t = json.loads(http_get(url + "/v1/topology")[1])
+            ns = {n["id"]: n for n in t.get("nodes", [])}
+            return t if len(ns) == 2 and isinstance(ns.get("page-b", {}).get("rtt_us"), (int, float)) else None
+        topo = wait_for(driver, topo_ready, 30, "two nodes and a round trip in /v1/topology")
+        driver.get(url + "/")
+        wait_for(driver, lambda d: d.execute_script(
+            "return !!window.exoChat && !document.getElementById('model').disabled"), 30, "the model list")
+        driver.execute_script("exoChat.refreshTopology()")
+        cards = wait_for(driver, lambda d: d.execute_script("""
+            const cards = Array.from(document.querySelectorAll('#topology .node'));
+            const t = (c, s) => { const e = c.querySelector(s); return e ? e.textContent : null; };
+            const out = cards.map(c => ({id: c.dataset.nodeId, flops: t(c, '.node-flops'), rtt: t(c, '.node-rtt')}));
+            return out.length === 2 && out.every(c => c.flops) ? out : null;
+        """), 20, "two nodes with their flops in the cluster panel")
+        api = {n["id"]: n for n in topo["nodes"]}
+
+        def flops_ok(c):
+            fp32 = api[c["id"]]["capabilities"]["flops"]["fp32"]
+            try:
+                shown = float(c["flops"].split()[0])
+            except ValueError:
+                return False
+            return c["flops"].endswith("TFLOPS fp32") and abs(shown - fp32) <= 0.05 * fp32
+        check("cluster panel: each node's fp32 TFLOPS from /v1/topology", all(flops_ok(c) for c in cards),
+              repr(cards) + " api: " + repr({k: v["capabilities"].get("flops") for k, v in api.items()}))
+        peer = [c for c in cards if c["id"] == "page-b"]
+        check("cluster panel: a peer's round trip (rtt_us)",
+              len(peer) == 1 and bool(peer[0]["rtt"]) and (peer[0]["rtt"].endswith(" ms") or peer[0]["rtt"].endswith(" \u00b5s")),
+              repr(cards))
+
+        status = driver.find_element(By.ID, "status").get_attribute("textContent")
+        options = driver.execute_script("return Array.from(document.querySelectorAll('#model option')).map(o => o.text)")
+        check("missing model: the picker and the status say nothing is downloaded",
+              status == "no model downloaded" and any(o == MODEL + " (not downloaded)" for o in options),
+              "%r %r" % (status, options))
+        hint = driver.execute_script("const e = document.querySelector('#messages .empty-missing'); return e && e.textContent")
+        check("missing model: the empty conversation says how to get one", bool(hint) and "exo models" in hint, repr(hint))
+        send_message(driver, "Hello?")
+        a = wait_answer_done(driver, 0, timeout=20)
+        err = a["error"] or ""
+        check("missing model: sending says the model is missing and how to get it",
+              "not downloaded" in err and MODEL in err and "exo models" in err and "is the node running" not in err,
+              repr(err))
+    finally:
+        for n in nodes:
+            n.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main():
     node = Node()
     driver = None
@@ -587,8 +658,65 @@ def main():
         time.sleep(0.4)
         check("narrow: menu button opens the conversations",
               driver.find_element(By.ID, "new-chat").is_displayed() and toggle.get_attribute("aria-expanded") == "true")
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        # Widened with the drawer open: the drawer is a column again, and no
+        # scrim may be left over the page to swallow clicks.
+        driver.set_window_size(900, 860)
+        time.sleep(0.4)
+        covered = driver.execute_script("""
+            const p = document.getElementById('prompt').getBoundingClientRect();
+            const e = document.elementFromPoint(p.left + p.width / 2, p.top + p.height / 2);
+            return e && e.id !== 'prompt' ? (e.id || e.className || e.tagName) : null;
+        """)
+        try:
+            driver.find_element(By.ID, "prompt").click()
+            clicked = True
+        except Exception as e:
+            clicked = "%s" % type(e).__name__
+        check("widening with the drawer open leaves nothing over the page",
+              covered is None and clicked is True and toggle.get_attribute("aria-expanded") == "false",
+              "covered by %r, click %r" % (covered, clicked))
+        driver.set_window_size(390, 844)
+        time.sleep(0.3)
+        narrow = driver.execute_script("""
+            const vis = (e) => { if (!e) return false; const r = e.getBoundingClientRect();
+                                 return r.width > 0 && r.left >= 0 && r.right <= innerWidth + 1; };
+            const q = (s) => Array.from(document.querySelectorAll(s));
+            return { overflow: document.documentElement.scrollWidth - innerWidth,
+                     actions: q('#messages .msg-actions button').length > 0 && q('#messages .msg-actions button').every(vis),
+                     exports: vis(document.getElementById('export-md')) && vis(document.getElementById('export-json')) };
+        """)
+        check("narrow: message buttons and export buttons fit the screen",
+              narrow["overflow"] <= 0 and narrow["actions"] and narrow["exports"], repr(narrow))
         driver.set_window_size(1280, 860)
+
+        # -- the node goes away: a clear message and a Retry that works once it is back ---------------
+        if not os.environ.get("EXO_TEST_URL"):
+            port = node.port
+            node.stop()
+            before = stored_messages(driver)
+            n = last_answer(driver)["count"]
+            send_message(driver, "Are you there?")
+            a = wait_answer_done(driver, n, timeout=30)
+            err = a["error"] or ""
+            check("network error: says the node cannot be reached, not 'Failed to fetch'",
+                  "Cannot reach the node" in err and "Failed to fetch" not in err, repr(err))
+            retry = driver.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant:last-child .msg-error .retry-btn")
+            check("network error: a labelled Retry button", len(retry) == 1 and retry[0].is_displayed()
+                  and retry[0].get_attribute("aria-label") == "Retry this answer")
+            node = Node(port=port)
+            node.start()
+            old_id = last_answer_id(driver)
+            retry[0].click()
+            a = wait_new_answer(driver, old_id)
+            after = stored_messages(driver)
+            check("network error: Retry answers once the node is back",
+                  not a["error"] and bool(a["ttft"]) and len(after) == len(before) + 2
+                  and after[-2] == ["user", "Are you there?"], "%r, %d -> %d messages" % (a, len(before), len(after)))
+
+        # -- two nodes with an empty model store: the cluster panel's flops and round trips, and a
+        #    missing model that says it is missing and how to get it ------------------------------
+        if not os.environ.get("EXO_TEST_URL"):
+            check_cluster_and_missing_model(driver)
 
         # -- a node with an API key: the page asks for it, then uses it -------------------------
         if not os.environ.get("EXO_TEST_URL"):
