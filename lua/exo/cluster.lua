@@ -269,6 +269,24 @@ end
 -- (decoded as a sentinel, not nil) or a wrong type counts as absent, and
 -- numbers must be finite and plausible (a node of 1 MB or of 10^30 TFLOPS is
 -- a lie or a bug, and would skew every node's plan).
+--- cluster.merge_capabilities(reported, given) -> reported with given's fields laid over it
+-- (flops field by field).
+function M.merge_capabilities(reported, given)
+  local out = {}
+  for k, v in pairs(reported or {}) do out[k] = v end
+  for k, v in pairs(given or {}) do
+    if k == "flops" and type(v) == "table" and type(out.flops) == "table" then
+      local f = {}
+      for fk, fv in pairs(out.flops) do f[fk] = fv end
+      for fk, fv in pairs(v) do f[fk] = fv end
+      out.flops = f
+    else
+      out[k] = v
+    end
+  end
+  return out
+end
+
 local MAX_MEMORY_MB = 2 ^ 24       -- 16 TiB
 local MAX_TFLOPS = 1e6
 local function bounded(v, lo, hi)
@@ -334,8 +352,10 @@ function Cluster:on_peer(conn, data, address)
   local host = address:match("^(.*):%d+$") or address
   local caps = M.sane_capabilities(h.capabilities)
   local k = self.known[h.node_id]
-  -- Capabilities written in a peers file are taken as given.
-  if k and k.source == "discovery" and k.capabilities then caps = k.capabilities end
+  -- Capabilities written in a peers file win where it gives them; what the peer
+  -- reports at hello fills the rest (a file without device_capabilities used to
+  -- leave the peer "memory unknown", so the model was never split).
+  if k and k.source == "discovery" and k.capabilities then caps = M.merge_capabilities(caps, k.capabilities) end
   -- remote: where the connection comes from, whatever we were told (gossip trusts it).
   self.peers[h.node_id] = { id = h.node_id, address = k and k.address or host, port = h.port, remote = host,
     capabilities = caps, conn = conn, instance = h.instance, last_heard = uv.now(), version = h.version }

@@ -34,4 +34,10 @@ assert(not hello('{"node_id": "a", "instance": "x", "port": 50.5}'))
 assert(not hello('{"node_id": null, "instance": "x", "port": 5000}'))
 assert(not hello('{"node_id": "a", "instance": null, "port": 5000}'))
 assert(not hello('{"node_id": "", "instance": "x", "port": 5000}'))
+-- A peers file's capabilities win where it gives them; the peer's hello fills the rest (a file
+-- without device_capabilities left peers "memory unknown" and the model unsplit).
+local merged = cluster.merge_capabilities({ memory = 16000, chip = "reported", flops = { fp32 = 1, fp16 = 2 } },
+  { chip = "from the file", flops = { fp16 = 9 } })
+assert(merged.memory == 16000 and merged.chip == "from the file" and merged.flops.fp32 == 1 and merged.flops.fp16 == 9)
+assert(cluster.merge_capabilities({ memory = 8 }, {}).memory == 8)
 print("cluster records ok")
