@@ -307,9 +307,26 @@ class ApiTest(unittest.TestCase):
             model="gemma3-270m", messages=[{"role": "user", "content": "Write a haiku about the sea."}],
             temperature=0, max_tokens=48)
         self.assertEqual(r.choices[0].message.content, want_chat)
+        # The completion route on the raw prompt d: llama.cpp's 14 prompt tokens, and its
+        # continuation until the first near-tie. Free-running greedy text parts from llama.cpp's
+        # at a near-tie as llama.cpp's own runs do (docs/numerics.md): where exo's token differs,
+        # llama.cpp's must be among exo's top 5 within 0.3 of exo's pick, and only after 10 tokens.
         prompt, want_text = gemma_reference("d")
-        r = self.client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=48, temperature=0)
-        self.assertEqual(r.choices[0].text, want_text)
+        r = self.client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=48, temperature=0,
+                                           logprobs=5)
+        self.assertEqual(r.usage.prompt_tokens, 14)
+        lp = r.choices[0].logprobs
+        pos = 0
+        for i, token in enumerate(lp.tokens):
+            if want_text[pos:].startswith(token):
+                pos += len(token)
+                continue
+            close = [t for t, v in lp.top_logprobs[i].items()
+                     if t and want_text[pos:].startswith(t) and v >= lp.token_logprobs[i] - 0.3]
+            self.assertTrue(close, "token %d: exo's %r, llama.cpp's text goes on %r; not a near-tie: %r" % (
+                i, token, want_text[pos:pos + 20], lp.top_logprobs[i]))
+            self.assertGreaterEqual(i, 10, "parted from llama.cpp after only %d tokens" % i)
+            break
 
     def test_token_encode(self):
         status, raw, _ = self.node.request("POST", "/v1/chat/token/encode", {

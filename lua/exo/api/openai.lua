@@ -385,10 +385,29 @@ function M.usage_chunk(id, model, created, res)
   }
 end
 
+-- The legacy completions' logprobs (tokens, token_logprobs, top_logprobs as
+-- {token: logprob}, text_offset) from the chat-style entries generation keeps.
+local function legacy_logprobs(entries)
+  if not entries then return null end
+  local out = { tokens = {}, token_logprobs = {}, top_logprobs = {}, text_offset = {} }
+  local offset = 0
+  for i, e in ipairs(entries) do
+    out.tokens[i], out.token_logprobs[i], out.text_offset[i] = e.token, e.logprob, offset
+    local top = {}
+    for _, t in ipairs(type(e.top_logprobs) == "table" and e.top_logprobs or {}) do top[t.token] = t.logprob end
+    out.top_logprobs[i] = top
+    offset = offset + #(e.token or "")
+  end
+  if #entries == 0 then
+    for k in pairs(out) do out[k] = json.empty_array end
+  end
+  return out
+end
+
 function M.text_completion(id, model, created, res)
   return {
     id = id, object = "text_completion", created = created, model = model,
-    choices = { { index = 0, text = res.text, logprobs = null,
+    choices = { { index = 0, text = res.text, logprobs = legacy_logprobs(res.logprobs),
       finish_reason = res.finish_reason == "cancelled" and "stop" or res.finish_reason } },
     usage = usage(res),
   }
