@@ -1114,14 +1114,23 @@ static void pack_x4_q6_K_blocks(const void *w_rows, size_t row_stride, int n, vo
                     }
                 }
             } else {
-                for (int e = 0; e < EXO_QK_K; e++) v[e] = (uint8_t)q6_get(blk, e);
-                memset(group + 128, 0, 64);
-                for (int c = 0; c < 4; c++)
+                /* q6_get's values, a half (128) at a time: 4x faster than element by element,
+                 * which made packing a quarter of a 1B Q6_K model's load */
+                for (int h = 0; h < 2; h++)
+                    for (int l = 0; l < 32; l++) {
+                        const uint8_t a = blk->ql[64 * h + l], b = blk->ql[64 * h + l + 32], hb = blk->qh[32 * h + l];
+                        v[128 * h + l] = (uint8_t)((a & 0x0f) | ((hb & 3) << 4));
+                        v[128 * h + l + 32] = (uint8_t)((b & 0x0f) | (((hb >> 2) & 3) << 4));
+                        v[128 * h + l + 64] = (uint8_t)((a >> 4) | (((hb >> 4) & 3) << 4));
+                        v[128 * h + l + 96] = (uint8_t)((b >> 4) | ((hb >> 6) << 4));
+                    }
+                for (int c2 = 0; c2 < 2; c2++)
                     for (int p = 0; p < 32; p++) {
-                        const int e = k_lane_element(c, p);
-                        group[32 * c + p] = (uint8_t)((v[e] & 0x0f) | ((v[e + 32] & 0x0f) << 4));
-                        group[128 + 32 * (c / 2) + p] |=
-                            (uint8_t)(((v[e] >> 4) << (4 * (c % 2))) | ((v[e + 32] >> 4) << (4 * (c % 2) + 2)));
+                        const int e0 = k_lane_element(2 * c2, p), e1 = k_lane_element(2 * c2 + 1, p);
+                        group[64 * c2 + p] = (uint8_t)((v[e0] & 0x0f) | ((v[e0 + 32] & 0x0f) << 4));
+                        group[64 * c2 + 32 + p] = (uint8_t)((v[e1] & 0x0f) | ((v[e1 + 32] & 0x0f) << 4));
+                        group[128 + 32 * c2 + p] = (uint8_t)((v[e0] >> 4) | ((v[e0 + 32] >> 4) << 2) |
+                                                             ((v[e1] >> 4) << 4) | ((v[e1 + 32] >> 4) << 6));
                     }
             }
         }
