@@ -590,7 +590,13 @@ function Cluster:event(kind, conn, request_id, data, value, address)
       -- A connection refused before its hello (a stranger, another protocol
       -- version, a bad frame): say why. Failed dials are retried quietly.
       if c and c.dialed then
-        self.log("connection to %s closed before its hello: %s", c.dialed, data)
+        -- Once per peer and reason: a node with another key is redialed with backoff forever.
+        local reason = data:gsub("^.-: ", "", 1)
+        self.refusals_logged = self.refusals_logged or {}
+        if self.refusals_logged[c.dialed] ~= reason then
+          self.refusals_logged[c.dialed] = reason
+          self.log("connection to %s closed before its hello: %s", c.dialed, data)
+        end
       else
         self.log("closed a connection before its hello: %s", data)
       end
