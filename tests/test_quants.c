@@ -412,7 +412,7 @@ static void test_traits(void)
         const exo_type_traits *tk = exo__type_traits_get(all_dtypes[k]);
         bool four_bit = all_dtypes[k] == EXO_DTYPE_Q4_0 || all_dtypes[k] == EXO_DTYPE_Q4_1;
         bool q8 = all_dtypes[k] == EXO_DTYPE_Q8_0;
-        bool kq = all_dtypes[k] == EXO_DTYPE_Q4_K || all_dtypes[k] == EXO_DTYPE_Q6_K;
+        bool kq = all_dtypes[k] == EXO_DTYPE_Q4_K || all_dtypes[k] == EXO_DTYPE_Q5_K || all_dtypes[k] == EXO_DTYPE_Q6_K;
         bool want_x4 = exo__quants_have_avx512() && (four_bit || q8);
         CHECK_MSG((tk->vec_dot_x4 != NULL) == want_x4, "%s: vec_dot_x4 %s", tk->name, tk->vec_dot_x4 ? "set" : "NULL");
         /* Q8_0's four-row dot is for batches only (see quants.c). */
@@ -1033,8 +1033,8 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
         for (int r = 0; r < 4; r++)
             for (size_t b = 0; b < row; b++) hist_rows[w[r * stride + b]]++;
         for (size_t b = 0; b < 4 * row; b++) hist_group[group[b]]++;
-        /* (Q6_K's packing regroups the bits of its 6-bit values: only unpacking is checked.) */
-        CHECK_MSG(dtype == EXO_DTYPE_Q6_K || memcmp(hist_rows, hist_group, sizeof hist_rows) == 0,
+        /* (Q5_K's and Q6_K's packing regroups the bits of their values: only unpacking is checked.) */
+        CHECK_MSG(dtype == EXO_DTYPE_Q5_K || dtype == EXO_DTYPE_Q6_K || memcmp(hist_rows, hist_group, sizeof hist_rows) == 0,
                   "%s n=%d: the packed group is not a rearrangement of the rows' bytes", t->name, n);
         uint8_t *back = malloc(row);
         for (int r = 0; r < 4; r++) {

@@ -1082,6 +1082,41 @@ static void pack_x4_q4_K_blocks(const void *w_rows, size_t row_stride, int n, vo
     }
 }
 
+/* Q5_K: the nibbles as Q4_K's (128 bytes), then 32 bytes of fifth bits: byte
+ * p bit 2 c + s (s 0: lo, 1: hi) is the fifth bit of register (c, s)'s byte
+ * p, i.e. of element 8 c + p % 8 of sub-block 2 (p / 8) + s, which the file
+ * keeps in bit 2 (p / 8) + s of qh[8 c + p % 8]. */
+static void pack_x4_q5_K_blocks(const void *w_rows, size_t row_stride, int n, void *dst, bool unpack, int only_row)
+{
+    const size_t bs = sizeof(exo_block_q5_K), hb = offsetof(exo_block_q5_K, qh);
+    uint8_t *rows = (uint8_t *)w_rows, *group = dst;
+    for (int b = 0; b < n / EXO_QK_K; b++) {
+        for (int r = 0; r < 4; r++, group += EXO_QK_K / 2 + 32) {
+            if (unpack && r != only_row) continue;
+            exo_block_q5_K *blk = (exo_block_q5_K *)(rows + (unpack ? 0 : (size_t)r * row_stride) + (size_t)b * bs);
+            if (unpack) memset(blk->qh, 0, sizeof blk->qh);
+            for (int p = 0; p < 32; p++) {
+                uint8_t bits = 0;
+                for (int c = 0; c < 4; c++) {
+                    const int f = 32 * (p / 8) + 8 * c + p % 8, m = 8 * c + p % 8;
+                    if (unpack) blk->qs[f] = group[32 * c + p];
+                    else group[32 * c + p] = blk->qs[f];
+                    for (int sb = 0; sb < 2; sb++) {
+                        const int j = 2 * (p / 8) + sb, k = 2 * c + sb;
+                        if (unpack) blk->qh[m] |= (uint8_t)(((group[128 + p] >> k) & 1) << j);
+                        else bits |= (uint8_t)(((blk->qh[m] >> j) & 1) << k);
+                    }
+                }
+                if (!unpack) group[128 + p] = bits;
+            }
+        }
+        for (int r = 0; r < 4; r++, group += hb) {
+            if (!unpack) memcpy(group, rows + (size_t)r * row_stride + (size_t)b * bs, hb);
+            else if (r == only_row) memcpy(rows + (size_t)b * bs, group, hb);
+        }
+    }
+}
+
 /* Q6_K: each value's low 4 bits at byte 32 c + p (lo c's low nibble, hi c's
  * high one), its top 2 bits at byte 128 + 32 (c / 2) + p, bits 4 (c % 2) (lo)
  * and 4 (c % 2) + 2 (hi). Not a permutation of bytes: unpacking rebuilds the
@@ -1151,6 +1186,7 @@ static void pack_x4_q6_K_blocks(const void *w_rows, size_t row_stride, int n, vo
         pack_x4_##name##_blocks(row, 0, n, (void *)group, true, r);                                          \
     }
 PACKED_K_FORMAT(q4_K)
+PACKED_K_FORMAT(q5_K)
 PACKED_K_FORMAT(q6_K)
 #undef PACKED_K_FORMAT
 
@@ -1192,17 +1228,17 @@ typedef struct {
 #define BASE_q2_K FORMAT(q2_K, EXO_QK_K, sizeof(exo_block_q2_K), EXO_ACT_Q8_K)
 #define BASE_q3_K FORMAT(q3_K, EXO_QK_K, sizeof(exo_block_q3_K), EXO_ACT_Q8_K)
 #define BASE_q4_K FORMAT(q4_K, EXO_QK_K, sizeof(exo_block_q4_K), EXO_ACT_Q8_K), PACKED(q4_K)
-#define BASE_q5_K FORMAT(q5_K, EXO_QK_K, sizeof(exo_block_q5_K), EXO_ACT_Q8_K)
+#define BASE_q5_K FORMAT(q5_K, EXO_QK_K, sizeof(exo_block_q5_K), EXO_ACT_Q8_K), PACKED(q5_K)
 #define BASE_q6_K FORMAT(q6_K, EXO_QK_K, sizeof(exo_block_q6_K), EXO_ACT_Q8_K), PACKED(q6_K)
 #define BASE_iq4_xs FORMAT(iq4_xs, EXO_QK_K, sizeof(exo_block_iq4_xs), EXO_ACT_Q8_K)
 
 /* Every format, by the newest instruction set it has kernels for (each has
  * AVX2 ones; AVX-512 VNNI ones come on top of those). */
 #define FORMATS_AVX2(X) \
-    X(F32, f32) X(F16, f16) X(BF16, bf16) X(Q2_K, q2_K) X(Q3_K, q3_K) X(Q5_K, q5_K) X(IQ4_XS, iq4_xs)
+    X(F32, f32) X(F16, f16) X(BF16, bf16) X(Q2_K, q2_K) X(Q3_K, q3_K) X(IQ4_XS, iq4_xs)
 #define FORMATS_AVX512(X) \
     X(Q4_0, q4_0) X(Q4_1, q4_1) X(Q8_0, q8_0) X(Q5_0, q5_0) X(Q5_1, q5_1) X(IQ4_NL, iq4_nl) X(Q4_K, q4_K) \
-    X(Q6_K, q6_K)
+    X(Q5_K, q5_K) X(Q6_K, q6_K)
 #define FORMATS(X) FORMATS_AVX2(X) FORMATS_AVX512(X)
 
 #define ROW_SCALAR(D, f) [EXO_DTYPE_##D] = { BASE_##f },
@@ -1233,7 +1269,8 @@ static const cpu_kernels kernels_scalar = {
 #define AVX2_q3_K .vec_dot = exo__vec_dot_q3_K_q8_K_avx2, .to_float = exo__to_float_q3_K_avx2
 #define AVX2_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx2, \
     .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_K_q8_K_avx2
-#define AVX2_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx2
+#define AVX2_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q5_K_q8_K_avx2, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q5_K_q8_K_avx2
 #define AVX2_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx2, \
     .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q6_K_q8_K_avx2
 #define AVX2_iq4_xs .vec_dot = exo__vec_dot_iq4_xs_q8_K_avx2, .to_float = exo__to_float_iq4_xs_avx2
@@ -1260,6 +1297,8 @@ static const cpu_kernels kernels_scalar = {
 /* the AVX2 bodies with 32 registers (quants_k_rows.h) */
 #define AVX512_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx512, \
     .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_K_q8_K_avx512
+#define AVX512_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q5_K_q8_K_avx512, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q5_K_q8_K_avx512
 #define AVX512_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx512, \
     .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q6_K_q8_K_avx512
 

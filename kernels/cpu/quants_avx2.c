@@ -381,61 +381,11 @@ float exo__vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row
 
 /* ---- K formats x Q8_K ------------------------------------------------------ */
 
-/* sum_j mn[j] * (bsums[2j] + bsums[2j+1]) as 4 int32 partial sums: the
- * minimums of Q4_K/Q5_K cost one madd per super-block thanks to bsums. */
-static inline __m128i k_mins_dot(const uint8_t mn[8], const int16_t bsums[16])
-{
-    __m128i lo = _mm_loadu_si128((const __m128i *)bsums);
-    __m128i hi = _mm_loadu_si128((const __m128i *)(bsums + 8));
-    __m128i pairs = _mm_hadd_epi16(lo, hi); /* bsums[2j] + bsums[2j+1], |.| <= 4064 */
-    __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
-    return _mm_madd_epi16(m16, pairs);
-}
-
-/* Q4_K and Q6_K: quants_k_rows.h (one body for one row and packed groups,
+/* Q4_K, Q5_K and Q6_K: quants_k_rows.h (one body for one row and packed groups,
  * shared with the AVX-512 kernels). */
 KROWS_KERNELS(q4_K, avx2)
+KROWS_KERNELS(q5_K, avx2)
 KROWS_KERNELS(q6_K, avx2)
-
-float exo__vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row)
-{
-    const exo_block_q5_K *w = w_row;
-    const exo_block_q8_K *a = act_row;
-    const int nb = n / EXO_QK_K;
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    const __m256i bit0 = _mm256_set1_epi8(0x01), bit1 = _mm256_set1_epi8(0x02);
-    __m256 acc = _mm256_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        uint8_t sc[8], mn[8];
-        exo_k_scales_unpack(w[i].scales, sc, mn);
-        const float d = half_to_float(w[i].d) * a[i].d;
-        const float dmin = half_to_float(w[i].dmin) * a[i].d;
-        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k_mins_dot(mn, a[i].bsums)), accm);
-
-        __m256i hb = _mm256_loadu_si256((const __m256i *)w[i].qh);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * c));
-            /* bit 2c of qh -> bit 4 of the low quant, bit 2c+1 -> bit 4 of the
-             * high one; the masks keep the 16-bit shifts inside each byte */
-            __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(hb, bit0), 4);
-            __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(hb, bit1), 3);
-            hb = _mm256_srli_epi16(hb, 2);
-            __m256i qlo = _mm256_or_si256(_mm256_and_si256(q, low4), h0);
-            __m256i qhi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), h1);
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c));
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * c + 32));
-            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(qlo, x0), _mm256_set1_epi16(sc[2 * c]));
-            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qhi, x1), _mm256_set1_epi16(sc[2 * c + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    __m128 m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
-    m = _mm_add_ss(m, _mm_movehdup_ps(m));
-    return hsum_ps(acc) - _mm_cvtss_f32(m);
-}
 
 /* From s, eight int16 scales repeated in both 128-bit lanes: scale 2k
  * spread over the low lane and 2k+1 over the high one (k 0..3), the scales

@@ -28,10 +28,13 @@ void exo__vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_gr
 float exo__vec_dot_q4_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
 float exo__vec_dot_q5_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
 float exo__vec_dot_q6_K_q8_K_avx2(int n, const void *w_row, const void *act_row);
-/* Q4_K and Q6_K over a packed group of four rows (quants.h), bit for bit the
+/* Q4_K, Q5_K and Q6_K over a packed group of four rows (quants.h), bit for bit the
  * one-row results (quants_k_rows.h). */
 void exo__vec_dot_packed_q4_K_q8_K_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 void exo__vec_dot_packed_t4_q4_K_q8_K_avx2(int n, const void *groups, int64_t n_groups, const void *act_rows,
+                                         size_t act_stride, float *out, size_t ldo);
+void exo__vec_dot_packed_q5_K_q8_K_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo__vec_dot_packed_t4_q5_K_q8_K_avx2(int n, const void *groups, int64_t n_groups, const void *act_rows,
                                          size_t act_stride, float *out, size_t ldo);
 void exo__vec_dot_packed_q6_K_q8_K_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 void exo__vec_dot_packed_t4_q6_K_q8_K_avx2(int n, const void *groups, int64_t n_groups, const void *act_rows,

@@ -539,6 +539,7 @@ void exo__vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_
     for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q8_0_rows(n, g, 0, act_row, out + 4 * k, 4, true);
 }
 
-/* Q4_K and Q6_K: quants_k_rows.h (the AVX2 code, with 32 registers). */
+/* Q4_K, Q5_K and Q6_K: quants_k_rows.h (the AVX2 code, with 32 registers). */
 KROWS_KERNELS(q4_K, avx512)
+KROWS_KERNELS(q5_K, avx512)
 KROWS_KERNELS(q6_K, avx512)

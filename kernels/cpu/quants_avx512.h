@@ -31,12 +31,16 @@ void exo__vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_
 void exo__vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 void exo__vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 
-/* Q4_K and Q6_K, one row and packed: the AVX2 bodies with 32 registers
+/* Q4_K, Q5_K and Q6_K, one row and packed: the AVX2 bodies with 32 registers
  * (quants_k_rows.h), bit for bit the AVX2 kernels' results. */
 float exo__vec_dot_q4_K_q8_K_avx512(int n, const void *w_row, const void *act_row);
+float exo__vec_dot_q5_K_q8_K_avx512(int n, const void *w_row, const void *act_row);
 float exo__vec_dot_q6_K_q8_K_avx512(int n, const void *w_row, const void *act_row);
 void exo__vec_dot_packed_q4_K_q8_K_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 void exo__vec_dot_packed_t4_q4_K_q8_K_avx512(int n, const void *groups, int64_t n_groups, const void *act_rows,
+                                         size_t act_stride, float *out, size_t ldo);
+void exo__vec_dot_packed_q5_K_q8_K_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+void exo__vec_dot_packed_t4_q5_K_q8_K_avx512(int n, const void *groups, int64_t n_groups, const void *act_rows,
                                          size_t act_stride, float *out, size_t ldo);
 void exo__vec_dot_packed_q6_K_q8_K_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 void exo__vec_dot_packed_t4_q6_K_q8_K_avx512(int n, const void *groups, int64_t n_groups, const void *act_rows,

@@ -34,6 +34,7 @@
  * Q6_K: header scales, d (18 bytes, the block's last). */
 #define KROWS_Q4K_HEAD 16
 #define KROWS_Q4K_QS 128
+#define KROWS_Q5K_QS 160 /* Q5_K: Q4_K's 128, then the fifth bits */
 #define KROWS_Q6K_HEAD 18
 #define KROWS_Q6K_QS 192
 
@@ -134,11 +135,18 @@ static inline __m128i krows_ctl(int base, int step)
  * dmin * summ accumulated per super-block: each (row, token) pair goes
  * through the same operations whatever R, T and P are, so every path gives
  * the same bits. */
-EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const uint8_t *act, size_t act_stride,
-                                 const uint8_t *xt, float *out, size_t ldo, const int R, const int T, const bool P)
+/* Q5 (Q5_K): the same with a fifth bit per value. Packed, a row's
+ * super-block is its 128 bytes of nibbles as Q4_K's, then 32 bytes whose byte
+ * p holds the fifth bits of the eight registers' byte p (bit 2 c: lo c, bit
+ * 2 c + 1: hi c); 4-register sums stay in 16 bits (4 * 2 * 31 * 127). */
+EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const uint8_t *act, size_t act_stride,
+                                  const uint8_t *xt, float *out, size_t ldo, const int R, const int T, const bool P,
+                                  const bool Q5)
 {
     const int nb = n / EXO_QK_K;
-    const size_t bs = sizeof(exo_block_q4_K);
+    const size_t bs = Q5 ? sizeof(exo_block_q5_K) : sizeof(exo_block_q4_K);
+    const size_t qs_bytes = Q5 ? KROWS_Q5K_QS : KROWS_Q4K_QS;
+    const __m256i bit4 = _mm256_set1_epi8(0x10), one = _mm256_set1_epi8(1);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m128i ctl_even = krows_ctl(0, 2), ctl_odd = krows_ctl(1, 2);
     const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0x03030303u;
@@ -167,8 +175,8 @@ EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const 
             }
         }
         FOR_ROWS(r, R) {
-            const uint8_t *h = P ? c + 4 * KROWS_Q4K_QS + KROWS_Q4K_HEAD * r : w0 + (size_t)r * stride + (size_t)i * bs;
-            const uint8_t *qs = P ? c + KROWS_Q4K_QS * r : h + offsetof(exo_block_q4_K, qs);
+            const uint8_t *h = P ? c + 4 * qs_bytes + KROWS_Q4K_HEAD * r : w0 + (size_t)r * stride + (size_t)i * bs;
+            const uint8_t *qs = P ? c + qs_bytes * r : h + (Q5 ? offsetof(exo_block_q5_K, qs) : offsetof(exo_block_q4_K, qs));
             exo_half hd[2];
             memcpy(hd, h, sizeof hd);
             const float dw = _cvtsh_ss(hd[0]), dminw = _cvtsh_ss(hd[1]);
@@ -183,18 +191,43 @@ EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const 
             const __m256i sc_odd = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sc8, ctl_odd));
             __m256i qlo[4], qhi[4];
             if (P) {
+                const __m256i hb = Q5 ? _mm256_loadu_si256((const __m256i *)(qs + KROWS_Q4K_QS)) : _mm256_setzero_si256();
                 for (int k = 0; k < 4; k++) {
                     const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
                     qlo[k] = _mm256_and_si256(q, low4);
                     qhi[k] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+                    if (Q5) { /* bit 2k (lo) and 2k + 1 (hi) of each byte to bit 4 */
+                        const int lo = 2 * k, hi = 2 * k + 1;
+                        qlo[k] = _mm256_or_si256(qlo[k], _mm256_and_si256(lo <= 4 ? _mm256_slli_epi16(hb, 4 - lo)
+                                                                                     : _mm256_srli_epi16(hb, lo - 4), bit4));
+                        qhi[k] = _mm256_or_si256(qhi[k], _mm256_and_si256(hi <= 4 ? _mm256_slli_epi16(hb, 4 - hi)
+                                                                                     : _mm256_srli_epi16(hb, hi - 4), bit4));
+                    }
                 }
             } else {
                 __m256i raw[4], q[4];
                 for (int k = 0; k < 4; k++) raw[k] = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
                 krows_t4x4(raw[0], raw[1], raw[2], raw[3], q);
+                /* Q5: the file's qh byte m holds sub-block j's fifth bit of element m at bit j; lo k
+                 * byte p is element 8 k + p % 8 of sub-block 2 (p / 8): qword k of qh in every
+                 * qword, shifted by 2 (p / 8) (hi: + 1) */
+                const __m256i qh = Q5 ? _mm256_loadu_si256((const __m256i *)(h + offsetof(exo_block_q5_K, qh)))
+                                      : _mm256_setzero_si256();
+                const __m256i sh_lo = _mm256_setr_epi64x(0, 2, 4, 6), sh_hi = _mm256_setr_epi64x(1, 3, 5, 7);
                 for (int k = 0; k < 4; k++) {
                     qlo[k] = _mm256_and_si256(q[k], low4);
                     qhi[k] = _mm256_and_si256(_mm256_srli_epi16(q[k], 4), low4);
+                    if (Q5) {
+                        __m256i hk = qh;
+                        switch (k) { /* permute4x64 wants a constant */
+                        case 0: hk = _mm256_permute4x64_epi64(qh, 0x00); break;
+                        case 1: hk = _mm256_permute4x64_epi64(qh, 0x55); break;
+                        case 2: hk = _mm256_permute4x64_epi64(qh, 0xaa); break;
+                        default: hk = _mm256_permute4x64_epi64(qh, 0xff); break;
+                        }
+                        qlo[k] = _mm256_or_si256(qlo[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srlv_epi64(hk, sh_lo), one), 4));
+                        qhi[k] = _mm256_or_si256(qhi[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srlv_epi64(hk, sh_hi), one), 4));
+                    }
                 }
             }
             FOR_ROWS(t, T) {
@@ -214,6 +247,18 @@ EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const 
         }
     }
     FOR_ROWS(r, R) FOR_ROWS(t, T) out[(size_t)t * ldo + r] = krows_hsum_ps(acc[r][t]) - krows_hsum4_ps(accm[r][t]);
+}
+
+EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const uint8_t *act, size_t act_stride,
+                                 const uint8_t *xt, float *out, size_t ldo, const int R, const int T, const bool P)
+{
+    q45_K_rows(n, w0, stride, act, act_stride, xt, out, ldo, R, T, P, false);
+}
+
+EXO_ALWAYS_INLINE void q5_K_rows(int n, const uint8_t *w0, size_t stride, const uint8_t *act, size_t act_stride,
+                                 const uint8_t *xt, float *out, size_t ldo, const int R, const int T, const bool P)
+{
+    q45_K_rows(n, w0, stride, act, act_stride, xt, out, ldo, R, T, P, true);
 }
 
 /* Q6_K's values 0..63 of one super-block in the natural order: register
