@@ -598,7 +598,16 @@ function Cluster:event(kind, conn, request_id, data, value, address)
           self.log("connection to %s closed before its hello: %s", c.dialed, data)
         end
       else
-        self.log("closed a connection before its hello: %s", data)
+        -- Once per address and reason too (a stranger's ephemeral ports left out), the record
+        -- bounded: a flood of strangers must not grow it.
+        local key = data:gsub(":%d+:", ":", 1)
+        self.strangers_logged = self.strangers_logged or { n = 0 }
+        local seen = self.strangers_logged
+        if not seen[key] then
+          if seen.n >= 256 then seen = { n = 0 } self.strangers_logged = seen end
+          seen[key], seen.n = true, seen.n + 1
+          self.log("closed a connection before its hello: %s", data)
+        end
       end
     end
   elseif kind == "pong" then
