@@ -263,6 +263,18 @@ int exo_json_grammar_accept(exo_json_grammar *g, int32_t id);
 int exo_json_grammar_done(const exo_json_grammar *g);
 /* 1 when text is exactly one JSON object (whitespace around it allowed). */
 int exo_json_grammar_check(const char *text, size_t len);
+/* A JSON schema for the grammar, built bottom up: a part (node) with its types
+ * (bits: 1 object, 2 array, 4 string, 8 number, 16 integer, 32 boolean,
+ * 64 null; 0 any) and an array's item part (-1 any) returns its index; an
+ * object's properties (their value parts, -1 any; required or not) and a
+ * string's enum members (as written between quotes) are added to their part
+ * together; an object with properties takes no others. Then the root (an
+ * object) is set, which also resets the grammar. */
+int exo_json_grammar_schema_node(exo_json_grammar *g, int types, int items);
+int exo_json_grammar_schema_property(exo_json_grammar *g, int node, const char *name, size_t len, int value_node,
+                                     int required);
+int exo_json_grammar_schema_enum(exo_json_grammar *g, int node, const char *text, size_t len);
+int exo_json_grammar_schema_root(exo_json_grammar *g, int node);
 
 /* ---- loading on the engine thread ------------------------------------------ */
 

@@ -185,6 +185,11 @@ int exo_json_grammar_mask(exo_json_grammar *g, float *logits, int n_vocab);
 int exo_json_grammar_accept(exo_json_grammar *g, int32_t id);
 int exo_json_grammar_done(const exo_json_grammar *g);
 int exo_json_grammar_check(const char *text, size_t len);
+int exo_json_grammar_schema_node(exo_json_grammar *g, int types, int items);
+int exo_json_grammar_schema_property(exo_json_grammar *g, int node, const char *name, size_t len, int value_node,
+                                     int required);
+int exo_json_grammar_schema_enum(exo_json_grammar *g, int node, const char *text, size_t len);
+int exo_json_grammar_schema_root(exo_json_grammar *g, int node);
 int exo_engine_submit_load(const char *path, int layer_start, int layer_end, int is_first, int is_last,
                            uint64_t job_id);
 int exo_engine_submit_load_tokenizer(const char *gguf_path, uint64_t job_id);
@@ -888,18 +893,96 @@ local exo_json_grammar_new, exo_json_grammar_free = C.exo_json_grammar_new, C.ex
 local exo_json_grammar_reset, exo_json_grammar_mask = C.exo_json_grammar_reset, C.exo_json_grammar_mask
 local exo_json_grammar_accept, exo_json_grammar_done = C.exo_json_grammar_accept, C.exo_json_grammar_done
 local exo_json_grammar_check = C.exo_json_grammar_check
+local exo_json_grammar_schema_node, exo_json_grammar_schema_property = C.exo_json_grammar_schema_node,
+  C.exo_json_grammar_schema_property
+local exo_json_grammar_schema_enum, exo_json_grammar_schema_root = C.exo_json_grammar_schema_enum,
+  C.exo_json_grammar_schema_root
 
 local JsonGrammar = {}
 JsonGrammar.__index = JsonGrammar
 local json_grammar_out = ffi.new("exo_json_grammar*[1]")
 
+local TYPE_BITS = { object = 1, array = 2, string = 4, number = 8, integer = 16, boolean = 32, null = 64 }
+local SCHEMA_KEYWORDS = { type = true, properties = true, required = true, items = true, enum = true,
+  additionalProperties = true, title = true, description = true, default = true, examples = true,
+  ["$schema"] = true, ["$id"] = true, strict = true, format = true }
+
+-- A JSON string's inner text, as the grammar compares it (JSON's escapes).
+local function json_inner(s)
+  local encoded = require("cjson").encode(s)
+  return encoded:sub(2, -2)
+end
+
+-- Builds schema (a decoded JSON schema) into the grammar; returns its node or nil, err.
+local function build_schema(handle, schema, path)
+  if type(schema) ~= "table" then return nil, path .. " must be an object" end
+  for k in pairs(schema) do
+    if not SCHEMA_KEYWORDS[k] then return nil, ("%s: '%s' is not supported (type, properties, required, items and "
+      .. "string enums are)"):format(path, tostring(k)) end
+  end
+  local types = 0
+  local t = schema.type
+  for _, name in ipairs(type(t) == "table" and t or { t }) do
+    if not TYPE_BITS[name] then return nil, ("%s.type: '%s' is not a JSON schema type"):format(path, tostring(name)) end
+    types = types + TYPE_BITS[name]
+  end
+  if schema.additionalProperties ~= nil and schema.additionalProperties ~= false and type(schema.properties) == "table"
+    and next(schema.properties) then
+    return nil, path .. ": an object with properties takes no others here (additionalProperties false)"
+  end
+  local items = -1
+  if schema.items ~= nil then
+    local err
+    items, err = build_schema(handle, schema.items, path .. ".items")
+    if not items then return nil, err end
+  end
+  local props = {}
+  if type(schema.properties) == "table" then
+    local names = {}
+    for name in pairs(schema.properties) do names[#names + 1] = name end
+    table.sort(names)
+    local required = {}
+    for _, r in ipairs(type(schema.required) == "table" and schema.required or {}) do required[r] = true end
+    for _, name in ipairs(names) do
+      local child, err = build_schema(handle, schema.properties[name], path .. ".properties." .. name)
+      if not child then return nil, err end
+      props[#props + 1] = { name = json_inner(name), node = child, required = required[name] and 1 or 0 }
+    end
+  end
+  local node = exo_json_grammar_schema_node(handle, types, items)
+  if node < 0 then return fail(node) end
+  for _, p in ipairs(props) do
+    local rc = exo_json_grammar_schema_property(handle, node, p.name, #p.name, p.node, p.required)
+    if rc ~= 0 then return fail(rc) end
+  end
+  if schema.enum ~= nil then
+    if type(schema.enum) ~= "table" or #schema.enum == 0 then return nil, path .. ".enum must be a non-empty list" end
+    for _, v in ipairs(schema.enum) do
+      if type(v) ~= "string" then return nil, path .. ".enum: only strings are supported" end
+      local text = json_inner(v)
+      local rc = exo_json_grammar_schema_enum(handle, node, text, #text)
+      if rc ~= 0 then return fail(rc) end
+    end
+  end
+  return node
+end
+
 -- A JSON-object grammar over tok's vocabulary (sampling.lua applies it:
--- mask before each draw, accept after).
-function M.json_grammar(tok)
+-- mask before each draw, accept after); with schema (a decoded JSON schema:
+-- type, properties, required, items, string enums) the object follows it.
+-- Returns the grammar or nil, err (a schema it cannot follow is named).
+function M.json_grammar(tok, schema)
   local rc = exo_json_grammar_new(tok.handle, json_grammar_out)
   if rc ~= 0 then return fail(rc) end
   -- The grammar keeps pointers into the tokenizer: hold it.
-  return setmetatable({ handle = ffi.gc(json_grammar_out[0], exo_json_grammar_free), tok = tok }, JsonGrammar)
+  local g = setmetatable({ handle = ffi.gc(json_grammar_out[0], exo_json_grammar_free), tok = tok }, JsonGrammar)
+  if schema ~= nil then
+    local root, err = build_schema(g.handle, schema, "schema")
+    if not root then return nil, err end
+    rc = exo_json_grammar_schema_root(g.handle, root)
+    if rc ~= 0 then return fail(rc) end
+  end
+  return g
 end
 
 function JsonGrammar:reset() exo_json_grammar_reset(self.handle) end

@@ -336,8 +336,8 @@ function Node:generate(req, on_text, should_stop)
   local spec = self.opts.speculative
   if req.json_object then
     -- Sampling under the JSON grammar (json_grammar.c); a draft's tokens would not be.
-    local grammar, gerr = native.json_grammar(tok)
-    if not grammar then return nil, gerr, 500 end
+    local grammar, gerr = native.json_grammar(tok, req.json_schema)
+    if not grammar then return nil, "response_format: " .. gerr, 400 end
     req.grammar, spec = grammar, nil
   end
   if spec then

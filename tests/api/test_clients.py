@@ -96,9 +96,11 @@ class Clients(unittest.TestCase):
             self.ollama.chat(model="no-such-model", messages=MESSAGES)
         self.assertEqual(e.exception.status_code, 404)
         self.assertIn("not found", e.exception.error)
-        with self.assertRaises(ollama.ResponseError) as e:
-            self.ollama.chat(model=MODEL, messages=MESSAGES, format={"type": "object"})
+        with self.assertRaises(ollama.ResponseError) as e:  # a schema the grammar cannot follow
+            self.ollama.chat(model=MODEL, messages=MESSAGES, format={"type": "object", "properties": {
+                "a": {"anyOf": [{"type": "string"}]}}})
         self.assertEqual(e.exception.status_code, 400)
+        self.assertIn("anyOf", e.exception.error)
 
     # ---- Anthropic ----
 
@@ -211,10 +213,33 @@ class ChatFeatures(unittest.TestCase):
                 finished += 1
                 self.assertIsInstance(json.loads(choice.message.content), dict, choice.message.content)
         self.assertGreaterEqual(finished, 3, "too few answers finished to say anything")
-        with self.assertRaises(openai.BadRequestError):
-            self.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                                response_format={"type": "json_schema", "json_schema": {
-                                                    "name": "x", "schema": {"type": "object"}}})
+
+    def test_json_schema_answers_follow_the_schema(self):
+        schema = {"type": "object", "additionalProperties": False, "required": ["city", "country", "population"],
+                  "properties": {"city": {"type": "string"}, "country": {"type": "string", "enum": ["France", "Spain"]},
+                                 "population": {"type": "integer"}}}
+        finished = 0
+        for i, prompt in enumerate(["Describe Paris.", "Describe Madrid.", "Tell me about Lyon.", "A city, please.",
+                                    "Give me facts about Seville.", "Describe Nice."]):
+            r = self.client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": prompt}], temperature=0.7, seed=i, max_tokens=120,
+                response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
+            choice = r.choices[0]
+            if choice.finish_reason != "stop":
+                continue
+            finished += 1
+            v = json.loads(choice.message.content)
+            self.assertEqual(sorted(v), ["city", "country", "population"], v)
+            self.assertIn(v["country"], ("France", "Spain"))
+            self.assertIsInstance(v["population"], int)
+            self.assertIsInstance(v["city"], str)
+        self.assertGreaterEqual(finished, 2, "too few answers finished to say anything")
+        # Ollama's format takes a schema too.
+        o = ollama.Client(host="http://127.0.0.1:%d" % self.node.port)
+        r = o.chat(model=MODEL, messages=[{"role": "user", "content": "Describe Paris."}], format=schema,
+                   options={"temperature": 0, "num_predict": 120})
+        if r.done_reason == "stop":
+            self.assertIn(json.loads(r.message.content)["country"], ("France", "Spain"))
 
     def test_tools(self):
         tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",

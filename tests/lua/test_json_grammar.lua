@@ -28,11 +28,11 @@ end
 
 local logits = ffi.new("float[?]", n_vocab)
 local rng = sampling.rng(12345)
-local finished, objects = 0, 0
-for sample = 1, 30 do
-  local grammar = assert(native.json_grammar(tok))
-  local sampler = sampling.new(n_vocab, { temperature = 1, seed = sample, grammar = grammar })
-  local ids, done = {}, false
+-- One sample under grammar: random logits, closing tokens ever more likely; the text, or nil
+-- when it did not finish within 400 tokens.
+local function draw(grammar, seed)
+  local sampler = sampling.new(n_vocab, { temperature = 1, seed = seed, grammar = grammar })
+  local ids = {}
   for step = 1, 400 do
     for i = 0, n_vocab - 1 do logits[i] = 4 * rng:uniform() end
     for _, id in ipairs(closing) do logits[id] = logits[id] + step * 0.04 end
@@ -40,14 +40,17 @@ for sample = 1, 30 do
     local id = sampler:sample(logits)
     if tok:is_eog(id) then
       assert(grammar:done(), "end of generation drawn before the object was complete")
-      done = true
-      break
+      return assert(tok:decode(ids))
     end
     ids[#ids + 1] = id
   end
-  if done then
+end
+
+local finished, objects = 0, 0
+for sample = 1, 30 do
+  local text = draw(assert(native.json_grammar(tok)), sample)
+  if text then
     finished = finished + 1
-    local text = assert(tok:decode(ids))
     local ok, value = pcall(cjson.decode, text)
     assert(ok and type(value) == "table", ("sample %d is not a JSON object: %q (%s)"):format(sample, text, tostring(value)))
     assert(native.json_object_check(text))
@@ -71,4 +74,48 @@ local ok, err = g2:accept(tok:find("Hello"))
 assert(not ok and err:find("cannot continue the JSON", 1, true), tostring(err))
 ok, err = g2:accept(eog[1])
 assert(not ok and err:find("before the JSON object was complete", 1, true), tostring(err))
+-- A JSON schema: every finished sample has only the schema's keys, all required ones, each
+-- value of its type (integers without a fraction, strings of the enum), arrays of their items.
+local schema = {
+  type = "object",
+  properties = {
+    name = { type = "string" }, age = { type = "integer" }, ok = { type = "boolean" },
+    colour = { type = "string", enum = { "red", "green", "blue" } },
+    tags = { type = "array", items = { type = "string", enum = { "a", "b\"c" } } },
+    inner = { type = "object", properties = { x = { type = "number" } }, required = { "x" } },
+  },
+  required = { "name", "colour", "inner" },
+}
+local function valid(v)
+  if type(v) ~= "table" then return false, "not an object" end
+  for k in pairs(v) do if not schema.properties[k] then return false, "key " .. k end end
+  for _, k in ipairs(schema.required) do if v[k] == nil then return false, "missing " .. k end end
+  if v.name ~= nil and type(v.name) ~= "string" then return false, "name" end
+  if v.age ~= nil and (type(v.age) ~= "number" or v.age % 1 ~= 0) then return false, "age" end
+  if v.ok ~= nil and type(v.ok) ~= "boolean" then return false, "ok" end
+  if v.colour ~= "red" and v.colour ~= "green" and v.colour ~= "blue" then return false, "colour" end
+  for _, t in ipairs(v.tags or {}) do if t ~= "a" and t ~= 'b"c' then return false, "tag " .. tostring(t) end end
+  if type(v.inner) ~= "table" or type(v.inner.x) ~= "number" then return false, "inner" end
+  for k in pairs(v.inner) do if k ~= "x" then return false, "inner key " .. k end end
+  return true
+end
+local finished_schema = 0
+for sample = 1, 20 do
+  local text = draw(assert(native.json_grammar(tok, schema)), 100 + sample)
+  if text then
+    local ok, value = pcall(cjson.decode, text)
+    assert(ok, ("sample %d is not JSON: %q"):format(sample, text))
+    local good, why = valid(value)
+    assert(good, ("sample %d breaks the schema (%s): %s"):format(sample, tostring(why), text))
+    finished_schema = finished_schema + 1
+  end
+end
+print(("schema: %d of 20 samples finished; all follow the schema"):format(finished_schema))
+assert(finished_schema >= 5, "too few schema samples finished to say anything")
+-- What it cannot follow is named.
+local none, err = native.json_grammar(tok, { type = "object", properties = { a = { anyOf = {} } } })
+assert(not none and err:find("anyOf", 1, true), tostring(err))
+none, err = native.json_grammar(tok, { type = "array" })
+assert(not none and err:find("object", 1, true), tostring(err))
+
 print("test_json_grammar: ok")

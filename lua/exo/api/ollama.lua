@@ -5,7 +5,7 @@
 -- answers stream as NDJSON, one JSON object a line, the last with "done": true and Ollama's
 -- counters (nanosecond durations). Differences from Ollama itself: the model store is exo's
 -- (a name is a catalogue id or a file in the store; a ":latest" tag is accepted and ignored),
--- "format" takes "json" (sampling constrained to a JSON object) but not a JSON schema, and
+-- "format" takes "json" or a JSON schema (sampling constrained to it, json_grammar.c), and
 -- images, "context" and "keep_alive" are not supported ("keep_alive" is accepted and ignored).
 local uv = require "luv"
 local json = require "exo.json"
@@ -62,8 +62,10 @@ local function openai_body(body, extra)
   local format = opt(body.format)
   if format == "json" then
     out.response_format = { type = "json_object" }
+  elseif type(format) == "table" then
+    out.response_format = { type = "json_schema", json_schema = { name = "format", schema = format } }
   elseif format ~= nil and format ~= "" then
-    return nil, "'format' may be \"json\" (a JSON schema is not supported)"
+    return nil, "'format' may be \"json\" or a JSON schema"
   end
   for k, v in pairs(extra) do out[k] = v end
   return out

@@ -243,9 +243,13 @@ prompt_fields = function(body, out)
       return bad("response_format", "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}")
     end
     if rf.type == "json_schema" then
-      return bad("response_format", "a JSON schema is not supported yet; {\"type\": \"json_object\"} is")
+      local js = opt(rf.json_schema)
+      if type(js) ~= "table" or type(opt(js.schema)) ~= "table" then
+        return bad("response_format", "'response_format.json_schema.schema' must be a JSON schema object")
+      end
+      out.json_schema = js.schema
     end
-    out.json_object = rf.type == "json_object" or nil
+    out.json_object = rf.type ~= "text" or nil
   end
   for _, f in ipairs { "add_generation_prompt", "continue_final_message" } do
     local v = opt(body[f])
