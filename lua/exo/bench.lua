@@ -41,7 +41,8 @@ local function tokens(n, n_vocab, seed)
   return buf
 end
 
--- opts: model, p, n, r, threads, json. Returns a results table or nil, err.
+-- opts: model, p, n, r, threads, json, progress (called with a line as each step ends). Returns a
+-- results table or nil, err.
 function M.run(opts)
   if not (opts.r and opts.r >= 1) then return nil, "-r must be at least 1 (repetitions)" end
   if (opts.p or 0) < 0 or (opts.n or 0) < 0 or (opts.d or 0) < 0 then
@@ -53,8 +54,12 @@ function M.run(opts)
     local ok, e = native.set_threads(opts.threads)
     if not ok then return nil, e end
   end
+  local progress = opts.progress or function() end
+  local t_load = native.now()
   local shard, lerr = native.load_shard(path)
   if not shard then return nil, lerr end
+  progress(("loaded %s in %.2f s; %d repetitions of pp %d, tg %d"):format(opts.model or path, native.now() - t_load,
+    opts.r, opts.p or 0, opts.n or 0))
   local p, n, r, d = opts.p, opts.n, opts.r, opts.d or 0
   local seq, serr = shard:new_seq(math.max(p, d + n) + 8)
   if not seq then return nil, serr end
@@ -94,6 +99,8 @@ function M.run(opts)
     -- The best of a few copies, right after this repetition's decode.
     bws[#bws + 1] = native.mem_bandwidth_gbs(256 * 2 ^ 20, 3)
     if n > 0 then fracs[#fracs + 1] = tg[#tg] * shard.weight_bytes / (bws[#bws] * 1e9) end
+    progress(("repetition %d of %d:%s%s"):format(#bws, r, #pp > 0 and (" pp %.1f tok/s"):format(pp[#pp]) or "",
+      n > 0 and (" tg %.1f tok/s"):format(tg[#tg]) or ""))
   end
   local bw, best_bw = median(bws), math.max(unpack(bws))
   local res = {

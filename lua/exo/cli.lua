@@ -256,7 +256,8 @@ function commands.bench(args)
   end
   local bench = require "exo.bench"
   local res, err = bench.run { model = pos[1], p = opts.p or 512, n = opts.n or 128, r = opts.r or 5,
-    d = opts.d or 0, threads = opts.threads }
+    d = opts.d or 0, threads = opts.threads,
+    progress = function(line) io.stderr:write("exo bench: " .. line .. "\n") end }
   if not res then
     io.stderr:write("exo bench: " .. err .. "\n")
     return 1

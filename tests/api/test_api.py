@@ -251,6 +251,13 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(ask(1234), ask(1234))
         self.assertNotEqual(ask(1234), ask(4321))
 
+    def test_seedless_requests_differ(self):
+        # They were seeded from the clock: requests in one second drew alike.
+        answers = [self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Tell me a short story."}],
+            temperature=1.0, max_tokens=8).choices[0].message.content for _ in range(6)]
+        self.assertGreater(len(set(answers)), 3, answers)
+
     def test_stop_string_not_emitted(self):
         r = self.client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],

@@ -221,6 +221,9 @@ class RunTest(unittest.TestCase):
                         "roofline_frac_best_bw"):
                 self.assertGreater(res[key], 0, key)
             self.assertGreaterEqual(res["mem_bw_best_gbs"], res["mem_bw_gbs"])
+            # Progress while it runs, on stderr (stdout stays the JSON).
+            self.assertIn("exo bench: loaded mine", p.stderr.decode())
+            self.assertIn("repetition 1 of 1", p.stderr.decode())
             p = subprocess.run([EXO, "bench", "mine", "-p", "0", "-n", "3", "-d", "20", "-r", "1", "--json"],
                                capture_output=True, env=env, timeout=60)
             self.assertEqual(p.returncode, 0, p.stderr)
