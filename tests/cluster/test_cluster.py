@@ -510,6 +510,30 @@ class Discovery(unittest.TestCase):
             for n in (a, b, c):
                 n.stop()
 
+    def test_a_peers_file_without_capabilities_still_splits_the_model(self):
+        # The shape docs/cluster.md shows: addresses and ports only. Before, the file's empty
+        # capabilities replaced what each peer reported at hello ("memory unknown"), and every
+        # node ran the whole model alone.
+        with with_home() as home:
+            pa, pb = free_port(), free_port()
+            path = os.path.join(home, "bare.json")
+            with open(path, "w") as f:
+                json.dump({"peers": {"a": {"address": "127.0.0.1", "port": pa},
+                                     "b": {"address": "127.0.0.1", "port": pb}}}, f)
+            a = Node("--node-id", "a", "--discovery-config-path", path, "--node-host", "127.0.0.1")
+            b = Node("--node-id", "b", "--discovery-config-path", path, "--node-host", "127.0.0.1")
+            try:
+                wait_for_topology([a, b], 2, timeout=15)
+                nodes = json.loads(a.request("GET", "/v1/topology")[1])["nodes"]
+                peer = [n for n in nodes if n["id"] == "b"][0]
+                self.assertGreater(peer["capabilities"].get("memory", 0), 0, peer)
+                self.assertTrue(chat(a, TINY_CHAT, "Say hello.", max_tokens=4))
+                parts = json.loads(a.request("GET", "/v1/topology")[1])["partitions"]
+                self.assertEqual(sorted(p["node_id"] for p in parts), ["a", "b"])
+            finally:
+                a.stop()
+                b.stop()
+
     def test_an_edited_peers_file_is_read_again(self):
         with with_home() as home:
             pa, pb = free_port(), free_port()
