@@ -1267,12 +1267,13 @@ static const cpu_kernels kernels_scalar = {
 #define AVX2_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx2, .to_float = exo__to_float_iq4_nl_avx2
 #define AVX2_q2_K .vec_dot = exo__vec_dot_q2_K_q8_K_avx2, .to_float = exo__to_float_q2_K_avx2
 #define AVX2_q3_K .vec_dot = exo__vec_dot_q3_K_q8_K_avx2, .to_float = exo__to_float_q3_K_avx2
-#define AVX2_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx2, \
-    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_K_q8_K_avx2
-#define AVX2_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q5_K_q8_K_avx2, \
-    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q5_K_q8_K_avx2
-#define AVX2_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx2, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx2, \
-    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q6_K_q8_K_avx2
+/* The packed K formats: one row, a packed group, a group for four tokens (quants_k_rows.h). */
+#define K_PACKED(fmt, isa)                                                                             \
+    .vec_dot = exo__vec_dot_##fmt##_q8_K_##isa, .vec_dot_packed = exo__vec_dot_packed_##fmt##_q8_K_##isa, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_##fmt##_q8_K_##isa
+#define AVX2_q4_K K_PACKED(q4_K, avx2)
+#define AVX2_q5_K K_PACKED(q5_K, avx2)
+#define AVX2_q6_K K_PACKED(q6_K, avx2)
 #define AVX2_iq4_xs .vec_dot = exo__vec_dot_iq4_xs_q8_K_avx2, .to_float = exo__to_float_iq4_xs_avx2
 
 /* Q5_0, Q5_1 and IQ4_NL share the 4-bit bodies (the fifth bits go in through
@@ -1295,12 +1296,9 @@ static const cpu_kernels kernels_scalar = {
 #define AVX512_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx512
 #define AVX512_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx512
 /* the AVX2 bodies with 32 registers (quants_k_rows.h) */
-#define AVX512_q4_K .vec_dot = exo__vec_dot_q4_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q4_K_q8_K_avx512, \
-    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_K_q8_K_avx512
-#define AVX512_q5_K .vec_dot = exo__vec_dot_q5_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q5_K_q8_K_avx512, \
-    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q5_K_q8_K_avx512
-#define AVX512_q6_K .vec_dot = exo__vec_dot_q6_K_q8_K_avx512, .vec_dot_packed = exo__vec_dot_packed_q6_K_q8_K_avx512, \
-    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q6_K_q8_K_avx512
+#define AVX512_q4_K K_PACKED(q4_K, avx512)
+#define AVX512_q5_K K_PACKED(q5_K, avx512)
+#define AVX512_q6_K K_PACKED(q6_K, avx512)
 
 /* The activation quantizers have AVX2 versions only; the AVX-512 table uses them too. */
 #define ACT_AVX2 .act_q8_32 = exo__quantize_act_q8_32_avx2, .act_q8_K = exo__quantize_act_q8_K_avx2
