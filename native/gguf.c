@@ -1214,10 +1214,12 @@ int exo__gguf_writer_add_str_arr(exo_gguf_writer *w, const char *key, const char
     return rc ? abort_key(w, mark, rc) : 0;
 }
 
-int exo__gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
-                               const int64_t *ne, const void *data, size_t size)
+/* Checks and records a tensor; data NULL with later set leaves its bytes to
+ * exo__gguf_writer_write_fill's callback (nothing is held in memory). */
+static int writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
+                             const int64_t *ne, const void *data, size_t size, bool later)
 {
-    if (!w || !name || !ne || (!data && size))
+    if (!w || !name || !ne || (!data && size && !later))
         return exo__error_set(EXO_EINVAL, "gguf writer: NULL argument adding tensor '%s'",
                              name ? name : "?");
     size_t nlen = strlen(name);
@@ -1257,19 +1259,31 @@ int exo__gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype,
     struct wtensor *t = &w->t[w->n_t];
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
-    t->data = malloc(size ? size : 1);
-    if (!t->name || !t->data) {
+    t->data = later ? NULL : malloc(size ? size : 1);
+    if (!t->name || (!later && !t->data)) {
         free(t->name);
         free(t->data);
         return exo__error_set(EXO_ENOMEM, "gguf writer: out of memory copying tensor '%s'", name);
     }
-    memcpy(t->data, data, size);
+    if (!later) memcpy(t->data, data, size);
     t->size = size;
     t->dtype = (uint32_t)dtype;
     t->n_dims = (uint32_t)n_dims;
     for (int d = 0; d < EXO_GGUF_MAX_DIMS; d++) t->ne[d] = d < n_dims ? ne[d] : 1;
     w->n_t++;
     return 0;
+}
+
+int exo__gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
+                               const int64_t *ne, const void *data, size_t size)
+{
+    return writer_add_tensor(w, name, dtype, n_dims, ne, data, size, false);
+}
+
+int exo__gguf_writer_add_tensor_later(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
+                                     const int64_t *ne, size_t size)
+{
+    return writer_add_tensor(w, name, dtype, n_dims, ne, NULL, size, true);
 }
 
 static size_t pad_to(uint64_t x, uint64_t a)
@@ -1304,7 +1318,15 @@ static void wf_pad(struct wfile *f, uint64_t a)
 
 int exo__gguf_writer_write(exo_gguf_writer *w, const char *path)
 {
+    return exo__gguf_writer_write_fill(w, path, NULL, NULL);
+}
+
+int exo__gguf_writer_write_fill(exo_gguf_writer *w, const char *path, exo_gguf_fill_fn fill, void *ud)
+{
     if (!w || !path) return exo__error_set(EXO_EINVAL, "gguf writer: NULL writer or path");
+    for (size_t i = 0; i < w->n_t; i++)
+        if (!w->t[i].data && w->t[i].size && !fill)
+            return exo__error_set(EXO_EINVAL, "gguf writer: tensor '%s' has no data", w->t[i].name);
     struct wfile f = {fopen(path, "wb"), 0, false};
     if (!f.f) return exo__error_set(EXO_EIO, "%s: cannot create: %s", path, strerror(errno));
     uint32_t magic = GGUF_MAGIC, version = 3;
@@ -1327,11 +1349,26 @@ int exo__gguf_writer_write(exo_gguf_writer *w, const char *path)
         off += t->size + pad_to(t->size, w->alignment);
     }
     wf_pad(&f, w->alignment);
-    for (size_t i = 0; i < w->n_t; i++) {
-        wf_put(&f, w->t[i].data, w->t[i].size);
+    int fill_rc = 0;
+    for (size_t i = 0; i < w->n_t && !f.err && !fill_rc; i++) {
+        const struct wtensor *t = &w->t[i];
+        if (t->data || !t->size) {
+            wf_put(&f, t->data, t->size);
+        } else { /* one deferred tensor in memory at a time */
+            void *buf = malloc(t->size);
+            fill_rc = buf ? fill(ud, i, buf, t->size)
+                          : exo__error_set(EXO_ENOMEM, "gguf writer: out of memory for tensor '%s'", t->name);
+            if (!fill_rc) wf_put(&f, buf, t->size);
+            free(buf);
+        }
         wf_pad(&f, w->alignment);
     }
     int e = errno;
+    if (fill_rc) {
+        fclose(f.f);
+        remove(path);
+        return fill_rc < 0 ? fill_rc : exo__error_set(EXO_EIO, "%s: tensor data could not be made", path);
+    }
     if (fclose(f.f) != 0 && !f.err) {
         f.err = true;
         e = errno;

@@ -5,7 +5,8 @@
  * it; after exo__gguf_open() succeeds, every accessor is safe. Strings in the
  * file are not NUL-terminated, so they are handed out as (pointer, length).
  * The writer keeps metadata and copies of tensor data as they are added, then
- * writes the file in one go; and is what the tiny test model and the fuzz seeds use. */
+ * writes the file in one go (or asks a callback for each tensor added "later"
+ * as it writes); it is what the tiny test model and the fuzz seeds use. */
 #ifndef EXO_GGUF_H
 #define EXO_GGUF_H
 
@@ -92,5 +93,13 @@ int exo__gguf_writer_add_str_arr(exo_gguf_writer *w, const char *key, const char
 int exo__gguf_writer_add_tensor(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
                                const int64_t *ne, const void *data, size_t size);
 int exo__gguf_writer_write(exo_gguf_writer *w, const char *path);
+/* A tensor whose bytes the write's fill callback supplies, so a file larger
+ * than memory (an 8B-shape F16 model) is written one tensor at a time. */
+int exo__gguf_writer_add_tensor_later(exo_gguf_writer *w, const char *name, int dtype, int n_dims,
+                                     const int64_t *ne, size_t size);
+/* Called in file order for each deferred tensor (index in the order added);
+ * fills buf's size bytes and returns 0, or a negative EXO_E* code. */
+typedef int (*exo_gguf_fill_fn)(void *ud, size_t index, void *buf, size_t size);
+int exo__gguf_writer_write_fill(exo_gguf_writer *w, const char *path, exo_gguf_fill_fn fill, void *ud);
 
 #endif

@@ -23,8 +23,10 @@
  * copies that file's tokenizer (every tokenizer.* key; the vocabulary sets
  * the embedding's rows). With --type f16 such a file is what llama-quantize
  * turns into the formats hub files come in, for benchmarks at real sizes
- * (docs/performance.md). The writer holds the whole file in memory: an F16
- * 8B shape needs about 16 GB.
+ * (docs/performance.md). Tensors are made as the file is written, one at a
+ * time (the writer's fill callback, drawing the same random numbers in the
+ * same order), so memory stays near the largest tensor: the 16 GB F16 8B
+ * shape writes in well under 1 GB.
  *
  * usage: exo-make-tiny-model OUT.gguf [--arch llama] [--type q4_1]
  *        [--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0]
@@ -98,65 +100,84 @@ static int dtype_from_name(const char *name)
     return -1;
 }
 
-/* Adds a [rows][cols] matrix (ne = {cols, rows}) of random values with the
- * given standard deviation, quantized to dtype. */
+/* What a tensor's values are; its bytes are made when the writer reaches it. */
+enum tensor_kind { T_MATRIX, T_VECTOR, T_ROPE, T_NORM };
+
+typedef struct tensor_plan {
+    enum tensor_kind kind;
+    int dtype;
+    int64_t cols, rows; /* rows 1 for the f32 vectors */
+    float std;
+} tensor_plan;
+
+/* The tensors in the order added (and written); the generator draws from the
+ * one random stream in this order, so the file is the same for a seed. */
+static tensor_plan *plans;
+static size_t n_plans, cap_plans;
+
+static int plan(exo_gguf_writer *w, const char *name, tensor_plan p)
+{
+    int64_t ne[2] = {p.cols, p.rows};
+    size_t bytes = exo__dtype_row_size(p.dtype, p.cols) * (size_t)p.rows;
+    if (n_plans == cap_plans) {
+        size_t cap = cap_plans ? 2 * cap_plans : 64;
+        tensor_plan *grown = realloc(plans, cap * sizeof *plans);
+        if (!grown) return -1;
+        plans = grown, cap_plans = cap;
+    }
+    int rc = exo__gguf_writer_add_tensor_later(w, name, p.dtype, p.kind == T_MATRIX ? 2 : 1, ne, bytes);
+    if (!rc) plans[n_plans++] = p;
+    return rc;
+}
+
+/* The writer's fill callback: one tensor's values, drawn row by row (a row's
+ * floats are the only scratch) and quantized with the reference quantizer. */
+static int fill_tensor(void *ud, size_t index, void *buf, size_t size)
+{
+    (void)ud, (void)size;
+    if (index >= n_plans) return -1;
+    const tensor_plan *p = &plans[index];
+    float *values = malloc((size_t)p->cols * sizeof(float));
+    if (!values) return -1;
+    const exo_type_traits *tr = exo__type_traits_get(p->dtype);
+    size_t row_bytes = exo__dtype_row_size(p->dtype, p->cols);
+    for (int64_t r = 0; r < p->rows; r++) {
+        for (int64_t i = 0; i < p->cols; i++) {
+            if (p->kind == T_MATRIX || p->kind == T_VECTOR) values[i] = p->std * rng_normal();
+            else if (p->kind == T_ROPE) values[i] = 1.0f + (float)((rng_next() >> 11) % 3000) / 1000.0f;
+            else values[i] = 1.0f + 0.1f * rng_normal();
+        }
+        if (p->kind == T_MATRIX) tr->from_float_ref(values, (char *)buf + (size_t)r * row_bytes, p->cols);
+        else memcpy(buf, values, (size_t)p->cols * sizeof(float));
+    }
+    free(values);
+    return 0;
+}
+
+/* A [rows][cols] matrix (ne = {cols, rows}) of random values with the given
+ * standard deviation, quantized to dtype. */
 static int add_matrix(exo_gguf_writer *w, const char *name, int dtype, int64_t cols, int64_t rows, float std)
 {
-    const exo_type_traits *tr = exo__type_traits_get(dtype);
-    size_t n = (size_t)(cols * rows);
-    float *values = malloc(n * sizeof(float));
-    size_t bytes = exo__dtype_row_size(dtype, cols) * (size_t)rows;
-    void *data = malloc(bytes);
-    if (!values || !data) {
-        free(values);
-        free(data);
-        return -1;
-    }
-    for (size_t i = 0; i < n; i++) values[i] = rng_normal() * std;
-    for (int64_t r = 0; r < rows; r++)
-        tr->from_float_ref(values + r * cols, (char *)data + (size_t)r * exo__dtype_row_size(dtype, cols), cols);
-    int64_t ne[2] = {cols, rows};
-    int rc = exo__gguf_writer_add_tensor(w, name, dtype, 2, ne, data, bytes);
-    free(values);
-    free(data);
-    return rc;
+    return plan(w, name, (tensor_plan){T_MATRIX, dtype, cols, rows, std});
 }
 
 /* A vector of random values (biases). */
 static int add_vector(exo_gguf_writer *w, const char *name, int64_t n, float std)
 {
-    float *values = malloc((size_t)n * sizeof(float));
-    if (!values) return -1;
-    for (int64_t i = 0; i < n; i++) values[i] = std * rng_normal();
-    int64_t ne[1] = {n};
-    int rc = exo__gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
-    free(values);
-    return rc;
+    return plan(w, name, (tensor_plan){T_VECTOR, EXO_DTYPE_F32, n, 1, std});
 }
 
 /* Per-frequency rope divisors, as Llama 3 (rope_freqs) and Phi 3 long
  * context files (rope_factors_short/long) carry: values in [1, 4). */
 static int add_rope_factors(exo_gguf_writer *w, const char *name, int64_t n)
 {
-    float *values = malloc((size_t)n * sizeof(float));
-    if (!values) return -1;
-    for (int64_t i = 0; i < n; i++) values[i] = 1.0f + (float)((rng_next() >> 11) % 3000) / 1000.0f;
-    int64_t ne[1] = {n};
-    int rc = exo__gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
-    free(values);
-    return rc;
+    return plan(w, name, (tensor_plan){T_ROPE, EXO_DTYPE_F32, n, 1, 0});
 }
 
 /* A norm weight near 1, as trained models have. */
 static int add_norm(exo_gguf_writer *w, const char *name, int64_t n)
 {
-    float *values = malloc((size_t)n * sizeof(float));
-    if (!values) return -1;
-    for (int64_t i = 0; i < n; i++) values[i] = 1.0f + 0.1f * rng_normal();
-    int64_t ne[1] = {n};
-    int rc = exo__gguf_writer_add_tensor(w, name, EXO_DTYPE_F32, 1, ne, values, (size_t)n * sizeof(float));
-    free(values);
-    return rc;
+    return plan(w, name, (tensor_plan){T_NORM, EXO_DTYPE_F32, n, 1, 0});
 }
 
 /* SentencePiece layout as llama.cpp's converter writes it: <unk> <s> </s>,
@@ -391,9 +412,11 @@ static int write_model(const tiny_config *c, const char *path)
     rc = add_norm(w, "output_norm.weight", c->n_embd);
     if (!rc && !c->tied)
         rc = add_matrix(w, "output.weight", c->weight_type, c->n_embd, c->n_vocab, 1.0f / sqrtf((float)c->n_embd));
-    if (!rc) rc = exo__gguf_writer_write(w, path);
+    if (!rc) rc = exo__gguf_writer_write_fill(w, path, fill_tensor, NULL);
 done:
     exo__gguf_writer_free(w);
+    free(plans);
+    plans = NULL, n_plans = cap_plans = 0;
     return rc;
 }
 
