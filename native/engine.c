@@ -32,7 +32,7 @@
  * growing without bound. */
 #define ENGINE_QUEUE_CAP 1024
 
-enum job_kind { JOB_FORWARD, JOB_LOAD_SHARD, JOB_LOAD_TOKENIZER };
+enum job_kind { JOB_FORWARD, JOB_FORWARD_BATCH, JOB_LOAD_SHARD, JOB_LOAD_TOKENIZER };
 
 typedef struct engine_job {
     int kind;
@@ -44,6 +44,13 @@ typedef struct engine_job {
     int n_tokens;
     int all_logits;
     float *out;
+    /* JOB_FORWARD_BATCH: exo_shard_forward_batch's arrays (the caller's) */
+    int n_seqs;
+    exo_seq *const *seqs;
+    const int32_t *const *seq_tokens;
+    const float *const *seq_hidden;
+    const int *seq_n_tokens, *seq_n_logits;
+    float *const *seq_out;
     /* loads: what exo_shard_load / exo_tokenizer_load take (path is a copy the
      * engine thread frees) */
     char *path;
@@ -142,6 +149,9 @@ static void *engine_main(void *arg)
         if (job.kind == JOB_FORWARD)
             job.status = exo_shard_forward(job.shard, job.seq, job.tokens, job.hidden, job.n_tokens, job.all_logits,
                                            job.out);
+        else if (job.kind == JOB_FORWARD_BATCH)
+            job.status = exo_shard_forward_batch(job.shard, job.n_seqs, job.seqs, job.seq_tokens, job.seq_hidden,
+                                                 job.seq_n_tokens, job.seq_n_logits, job.seq_out);
         else
             job.status = run_load(&job, &item);
         uint64_t compute_ns = (uint64_t)((exo_now() - started) * 1e9);
@@ -240,6 +250,20 @@ int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
     engine_job job = {.kind = JOB_FORWARD, .shard = s, .seq = q, .tokens = tokens, .hidden = hidden,
                       .n_tokens = n_tokens, .all_logits = all_logits, .out = out, .id = job_id};
     return push_forward(&job);
+}
+
+int exo_engine_submit_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
+                            const float *const *hidden, const int *n_tokens, const int *n_logits, float *const *out,
+                            uint64_t job_id)
+{
+    /* Checked again on the engine thread (positions move meanwhile); here so
+     * misuse fails at the call rather than in a completion. */
+    if (!s || !seqs || !n_tokens || !out)
+        return exo__error_set(EXO_EINVAL, "exo_engine_submit_batch: NULL argument");
+    engine_job job = {.kind = JOB_FORWARD_BATCH, .shard = s, .n_seqs = n_seqs, .seqs = seqs, .seq_tokens = tokens,
+                      .seq_hidden = hidden, .seq_n_tokens = n_tokens, .seq_n_logits = n_logits, .seq_out = out,
+                      .id = job_id};
+    return engine_push(&job);
 }
 
 int exo__engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,

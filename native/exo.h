@@ -106,6 +106,17 @@ int exo_seq_truncate(exo_seq *q, int pos);
  * thread waits; the work runs on the compute pool. */
 int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out);
+/* Several sequences at once (continuous batching): sequence i (each at most
+ * once, all of this shard, n_seqs from 1 to max_batch) takes n_tokens[i] new
+ * positions from tokens[i] (first shard) or hidden[i] ([n_tokens[i]][n_embd]).
+ * A last shard writes the logits of sequence i's last n_logits[i] rows to
+ * out[i] ([n_logits[i]][n_vocab]; out[i] may be NULL when that is 0); other
+ * shards write every row's hidden state. The rows of all sequences share
+ * forward passes (max_batch rows each; a long input takes several), and each
+ * sequence's results are exactly those of exo_shard_forward on it alone. All
+ * or nothing: on failure no sequence has moved. */
+int exo_shard_forward_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
+                            const float *const *hidden, const int *n_tokens, const int *n_logits, float *const *out);
 
 /* ---- asynchronous forward passes ----------------------------------------- */
 
@@ -116,6 +127,11 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
 int exo_engine_fd(void);
 int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out, uint64_t job_id);
+/* exo_shard_forward_batch on the engine thread; every array passed (and
+ * what it points at) must stay alive until the completion arrives. */
+int exo_engine_submit_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
+                            const float *const *hidden, const int *n_tokens, const int *n_logits, float *const *out,
+                            uint64_t job_id);
 /* Returns 1 and fills (job_id, status) when a completion was waiting, 0 when
  * none; status is the job's return code (a forward's, or a load's: below; its
  * message in err, up to err_cap bytes). Clears the fd's readiness when the
@@ -464,6 +480,37 @@ int exo_wire_route_close(exo_wire *w, uint64_t request_id);
  * the sequence position the first of them scores. */
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
 int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
+
+/* ---- downloads and small HTTP requests (download.c) ------------------------ */
+
+/* Each job runs on a thread of its own (libcurl); a finished one is queued
+ * and exo_download_fd() (an eventfd) becomes readable; the loop thread
+ * drains with exo_download_next, reads a request's response with
+ * exo_download_result, then frees the job with exo_download_release.
+ * Retries and timeouts for every later job: attempts per file, the first
+ * backoff (doubling), the longest wait (also caps Retry-After), and how long
+ * a transfer may stall before it counts as cut. */
+int exo_download_fd(void);
+int exo_download_configure(int max_attempts, double backoff_s, double max_wait_s, double stall_s);
+/* Downloads url into dest via dest.partial (resumed with Range when present),
+ * checks size (-1: unknown) and sha256_hex (NULL or "": unknown) and only
+ * then renames it onto dest. headers: "Name: value" lines separated by \n. */
+int exo_download_file(const char *url, const char *dest, const char *headers, int64_t size, const char *sha256_hex,
+                      uint64_t job_id);
+/* One HTTP request; a response over max_bytes fails with EXO_ERANGE; any
+ * HTTP status completes with status 0 (read http_status). */
+int exo_download_request(const char *method, const char *url, const char *headers, const char *body,
+                         size_t body_len, size_t max_bytes, double timeout_s, uint64_t job_id);
+/* Bytes done, total (-1: unknown), recent speed and the attempt number of a
+ * job not yet released. */
+int exo_download_progress(uint64_t job_id, int64_t *done, int64_t *total, double *bytes_per_s, int *attempt);
+int exo_download_cancel(uint64_t job_id);
+/* 1 and the next finished job's outcome, or 0 when none is waiting. */
+int exo_download_next(uint64_t *job_id, int *status, int *http_status, char *err, size_t err_cap);
+/* A finished request's body and raw response headers, valid until released. */
+int exo_download_result(uint64_t job_id, const char **body, size_t *body_len, const char **headers,
+                        size_t *headers_len);
+int exo_download_release(uint64_t job_id);
 
 /* ---- measurement ---------------------------------------------------------- */
 

@@ -334,6 +334,9 @@ int exo__model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
 
 /* ---- shards ------------------------------------------------------------- */
 
+typedef struct exo_multi_scratch exo_multi_scratch;
+static void multi_free(exo_multi_scratch *m);
+
 /* The run state: one backend buffer cut into the arrays of exo_run_state. */
 static int alloc_run_state(exo_shard *s)
 {
@@ -381,6 +384,7 @@ void exo_shard_free(exo_shard *s)
     free(s->runs);
     free(s->batch_seq);
     free(s->batch_pos);
+    multi_free(s->multi);
     if (s->packed) be->release(be, s->packed, s->packed_bytes, EXO_BUFFER_WEIGHTS);
     exo__gguf_close(s->file);
     free(s);
@@ -638,6 +642,223 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
     /* All or nothing: a later chunk's failure (a bad token id) takes back
      * the chunks before it, so the caller's error leaves the cache as it was. */
     if (rc) q->pos = start;
+    pthread_mutex_unlock(&forward_lock);
+    return rc;
+}
+
+/* ---- several sequences in one pass (continuous batching) ---------------- */
+
+/* Logit rows one internal pass computes at most: the scratch they land in is
+ * this many vocabulary-wide rows (16 MiB for a 128k vocabulary), and decode
+ * steps beyond it take a second pass (results do not depend on the split). */
+#define MULTI_MAX_LOGIT_ROWS 64
+
+/* exo_shard_forward_batch's scratch, made once per shard on first use so a
+ * pass allocates nothing: a pass's input rows, its output rows, and each
+ * sequence's progress. */
+struct exo_multi_scratch {
+    int32_t *tokens;   /* (max_batch) */
+    float *hidden;     /* (max_batch, n_embd), middle shards */
+    float *out;        /* (MULTI_MAX_LOGIT_ROWS, n_vocab) last shard, else (max_batch, n_embd) */
+    int *done;         /* (max_batch) rows of each sequence computed so far */
+    int *start;        /* (max_batch) each sequence's position before the call */
+    int *take;         /* (max_batch) rows of each sequence in the current pass */
+    int *kind;         /* (max_batch) enum multi_kind of that chunk */
+    int *row0;         /* (max_batch) its first row in the pass */
+};
+
+/* What a sequence's chunk of a pass wants back from a last shard: nothing,
+ * the logits of a suffix of its rows (at most one such chunk per pass: it
+ * sits where the logit rows begin), or the logits of every row. */
+enum multi_kind { MULTI_NONE, MULTI_SUFFIX, MULTI_ALL };
+
+static void multi_free(exo_multi_scratch *m)
+{
+    if (!m) return;
+    free(m->tokens);
+    free(m->hidden);
+    free(m->out);
+    free(m->done);
+    free(m->start);
+    free(m->take);
+    free(m->kind);
+    free(m->row0);
+    free(m);
+}
+
+static int multi_scratch(exo_shard *s, exo_multi_scratch **out)
+{
+    if (s->multi) {
+        *out = s->multi;
+        return EXO_OK;
+    }
+    size_t b = (size_t)s->max_batch, embd = (size_t)s->hp.n_embd;
+    size_t out_floats = s->is_last ? (size_t)MULTI_MAX_LOGIT_ROWS * s->hp.n_vocab : b * embd;
+    exo_multi_scratch *m = calloc(1, sizeof *m);
+    if (m) {
+        m->tokens = malloc(b * sizeof *m->tokens);
+        m->hidden = s->is_first ? NULL : malloc(b * embd * sizeof *m->hidden);
+        m->out = malloc(out_floats * sizeof *m->out);
+        m->done = malloc(b * sizeof(int));
+        m->start = malloc(b * sizeof(int));
+        m->take = malloc(b * sizeof(int));
+        m->kind = malloc(b * sizeof(int));
+        m->row0 = malloc(b * sizeof(int));
+    }
+    if (!m || !m->tokens || (!s->is_first && !m->hidden) || !m->out || !m->done || !m->start || !m->take || !m->kind ||
+        !m->row0) {
+        multi_free(m);
+        return exo__error_set(EXO_ENOMEM, "out of memory for a batch's scratch (%zu MiB)",
+                             out_floats * sizeof(float) >> 20);
+    }
+    s->multi = m;
+    *out = m;
+    return EXO_OK;
+}
+
+/* Checks a multi-sequence call before anything runs: each sequence belongs
+ * to the shard and appears once, its rows fit its cache, it has its input and
+ * output, and wants logits of at most its rows. */
+static int multi_check(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
+                       const float *const *hidden, const int *n_tokens, const int *n_logits, float *const *out)
+{
+    if (!s || !seqs || !n_tokens || !out || (s->is_first ? !tokens : !hidden) || (s->is_last && !n_logits))
+        return exo__error_set(EXO_EINVAL, "exo_shard_forward_batch: NULL argument");
+    if (n_seqs < 1 || n_seqs > s->max_batch)
+        return exo__error_set(EXO_EINVAL, "a batch of %d sequences (1 to %d)", n_seqs, s->max_batch);
+    for (int i = 0; i < n_seqs; i++) {
+        exo_seq *q = seqs[i];
+        if (!q || q->shard != s) return exo__error_set(EXO_EINVAL, "sequence %d belongs to another shard", i);
+        for (int j = 0; j < i; j++)
+            if (seqs[j] == q) return exo__error_set(EXO_EINVAL, "sequence %d appears twice (also as %d)", i, j);
+        if (n_tokens[i] < 1) return exo__error_set(EXO_EINVAL, "sequence %d: forward of %d tokens", i, n_tokens[i]);
+        if (n_tokens[i] > q->n_ctx - q->pos)
+            return exo__error_set(EXO_ERANGE, "sequence %d: context full: %d positions used, %d more do not fit in %d",
+                                 i, q->pos, n_tokens[i], q->n_ctx);
+        if (s->is_first ? !tokens[i] : !hidden[i])
+            return exo__error_set(EXO_EINVAL, "sequence %d has no %s", i, s->is_first ? "token ids" : "hidden states");
+        if (s->is_last && (n_logits[i] < 0 || n_logits[i] > n_tokens[i]))
+            return exo__error_set(EXO_EINVAL, "sequence %d: logits of %d rows of %d", i, n_logits[i], n_tokens[i]);
+        if (!out[i] && (!s->is_last || n_logits[i] > 0))
+            return exo__error_set(EXO_EINVAL, "sequence %d has no output buffer", i);
+    }
+    return EXO_OK;
+}
+
+/* Chooses the next internal pass: how many rows of each sequence (m->take)
+ * and what its chunk wants back (m->kind), within max_batch rows and
+ * MULTI_MAX_LOGIT_ROWS logit rows. Sequences are served in the caller's order
+ * (the batcher puts decode steps first). Always takes at least one row while
+ * any is left. Returns the pass's row count. */
+static int multi_plan(const exo_shard *s, exo_multi_scratch *m, int n_seqs, const int *n_tokens, const int *n_logits)
+{
+    int rows = 0, logit_rows = 0, suffix_taken = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        m->take[i] = 0;
+        m->kind[i] = MULTI_NONE;
+        int left = n_tokens[i] - m->done[i];
+        if (left == 0 || rows == s->max_batch) continue;
+        int take = left < s->max_batch - rows ? left : s->max_batch - rows;
+        if (s->is_last) {
+            int first_wanted = n_tokens[i] - n_logits[i]; /* the sequence's rows from here on want logits */
+            int unwanted = first_wanted - m->done[i];     /* rows of the chunk before them */
+            if (unwanted < 0) unwanted = 0;
+            if (unwanted < take) {
+                int room = MULTI_MAX_LOGIT_ROWS - logit_rows;
+                int wanted = take - unwanted < room ? take - unwanted : room;
+                if (unwanted > 0 && suffix_taken) wanted = 0; /* one suffix chunk per pass: the rest next pass */
+                take = unwanted + wanted;
+                if (wanted > 0) {
+                    m->kind[i] = unwanted > 0 ? MULTI_SUFFIX : MULTI_ALL;
+                    suffix_taken |= unwanted > 0;
+                    logit_rows += wanted;
+                }
+            }
+        }
+        if (take == 0) continue;
+        m->take[i] = take;
+        rows += take;
+    }
+    return rows;
+}
+
+/* Lays the planned chunks out as one batch (chunks wanting nothing, then the
+ * suffix chunk, then chunks wanting every row's logits, so the logit rows are
+ * the batch's last), runs it, and copies each sequence's output rows to its
+ * buffer. With forward_lock held. */
+static int multi_pass(exo_shard *s, exo_multi_scratch *m, int n_seqs, exo_seq *const *seqs,
+                      const int32_t *const *tokens, const float *const *hidden, const int *n_tokens,
+                      const int *n_logits, float *const *out, int n_rows)
+{
+    const int n_embd = s->hp.n_embd;
+    int row = 0, logits_from = n_rows;
+    for (int kind = MULTI_NONE; kind <= MULTI_ALL; kind++) {
+        for (int i = 0; i < n_seqs; i++) {
+            if (m->take[i] == 0 || m->kind[i] != kind) continue;
+            m->row0[i] = row;
+            if (kind == MULTI_SUFFIX) logits_from = row + (n_tokens[i] - n_logits[i] - m->done[i]);
+            else if (kind == MULTI_ALL && logits_from == n_rows) logits_from = row;
+            for (int r = 0; r < m->take[i]; r++) {
+                s->batch_seq[row + r] = seqs[i];
+                s->batch_pos[row + r] = seqs[i]->pos + r;
+            }
+            if (s->is_first)
+                memcpy(m->tokens + row, tokens[i] + m->done[i], (size_t)m->take[i] * sizeof *m->tokens);
+            else
+                memcpy(m->hidden + (size_t)row * n_embd, hidden[i] + (size_t)m->done[i] * n_embd,
+                       (size_t)m->take[i] * n_embd * sizeof(float));
+            row += m->take[i];
+        }
+    }
+    exo_batch b = {.n_rows = n_rows, .tokens = s->is_first ? m->tokens : NULL,
+                   .hidden = s->is_first ? NULL : m->hidden, .seq = s->batch_seq, .pos = s->batch_pos,
+                   .logits_from = s->is_last ? logits_from : 0};
+    int rc = forward_batch_locked(s, &b, m->out);
+    if (rc) return rc;
+    for (int i = 0; i < n_seqs; i++) {
+        if (m->take[i] == 0) continue;
+        if (!s->is_last) {
+            memcpy(out[i] + (size_t)m->done[i] * n_embd, m->out + (size_t)m->row0[i] * n_embd,
+                   (size_t)m->take[i] * n_embd * sizeof(float));
+        } else if (m->kind[i] != MULTI_NONE) {
+            const size_t n_vocab = (size_t)s->hp.n_vocab;
+            int first_wanted = n_tokens[i] - n_logits[i];
+            int from = m->done[i] > first_wanted ? m->done[i] : first_wanted; /* the chunk's first wanted row */
+            int n = m->done[i] + m->take[i] - from;
+            int batch_row = m->row0[i] + (from - m->done[i]);
+            memcpy(out[i] + (size_t)(from - first_wanted) * n_vocab, m->out + (size_t)(batch_row - logits_from) * n_vocab,
+                   (size_t)n * n_vocab * sizeof(float));
+        }
+        m->done[i] += m->take[i];
+    }
+    return EXO_OK;
+}
+
+int exo_shard_forward_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
+                            const float *const *hidden, const int *n_tokens, const int *n_logits, float *const *out)
+{
+    int rc = multi_check(s, n_seqs, seqs, tokens, hidden, n_tokens, n_logits, out);
+    if (rc) return rc;
+    pthread_mutex_lock(&forward_lock);
+    exo_multi_scratch *m = NULL;
+    rc = multi_scratch(s, &m);
+    if (rc == EXO_OK) rc = s->backend->prepare(s->backend);
+    if (rc == EXO_OK) {
+        for (int i = 0; i < n_seqs; i++) {
+            m->done[i] = 0;
+            m->start[i] = seqs[i]->pos;
+        }
+        for (;;) {
+            int n_rows = multi_plan(s, m, n_seqs, n_tokens, n_logits);
+            if (n_rows == 0) break;
+            rc = multi_pass(s, m, n_seqs, seqs, tokens, hidden, n_tokens, n_logits, out, n_rows);
+            if (rc) break;
+        }
+        /* All or nothing, as exo_shard_forward: a failure leaves every cache
+         * where it was. */
+        if (rc)
+            for (int i = 0; i < n_seqs; i++) seqs[i]->pos = m->start[i];
+    }
     pthread_mutex_unlock(&forward_lock);
     return rc;
 }

@@ -112,6 +112,7 @@ struct exo_shard {
     exo_seq **batch_seq;     /* (max_batch) scratch for exo_shard_forward's batches */
     int32_t *batch_pos;
     void *packed;            /* the backend's packed copies of the weights (its EXO_BUFFER_WEIGHTS) */
+    struct exo_multi_scratch *multi; /* exo_shard_forward_batch's scratch, made on its first call */
     size_t packed_bytes;
 };
 

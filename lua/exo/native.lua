@@ -122,9 +122,14 @@ int exo_seq_n_ctx(const exo_seq *q);
 int exo_seq_truncate(exo_seq *q, int pos);
 int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out);
+int exo_shard_forward_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
+                            const float *const *hidden, const int *n_tokens, const int *n_logits, float *const *out);
 int exo_engine_fd(void);
 int exo_engine_submit(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out, uint64_t job_id);
+int exo_engine_submit_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
+                            const float *const *hidden, const int *n_tokens, const int *n_logits, float *const *out,
+                            uint64_t job_id);
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap);
 int exo_engine_wait_idle(void);
 int exo_sample_argmax(const float *logits, int n);
@@ -569,6 +574,42 @@ function Shard:forward(seq, input, n, all_logits, out)
   return out
 end
 
+-- Several sequences in one pass (exo_shard_forward_batch): a Batch holds the
+-- per-sequence arrays C reads, allocated once for up to cap sequences and
+-- refilled each step, so a step allocates nothing.
+local exo_shard_forward_batch = C.exo_shard_forward_batch
+local Batch = {}
+Batch.__index = Batch
+
+function M.new_batch(cap)
+  check_type(cap, "number", "new_batch")
+  return setmetatable({ cap = cap, n = 0, seqs = ffi.new("exo_seq*[?]", cap),
+    tokens = ffi.new("const int32_t*[?]", cap), hidden = ffi.new("const float*[?]", cap),
+    n_tokens = ffi.new("int[?]", cap), n_logits = ffi.new("int[?]", cap), out = ffi.new("float*[?]", cap) }, Batch)
+end
+
+function Batch:clear() self.n = 0 end
+
+-- Adds a sequence's rows: input (int32_t* token ids or float* hidden
+-- states, n rows), the logits of its last n_logits rows (or hidden states)
+-- to out. The caller keeps input and out alive until the pass completes.
+function Batch:add(seq, input, n, n_logits, out)
+  local i = self.n
+  if i >= self.cap then error("Batch:add: more than " .. self.cap .. " sequences", 2) end
+  if type(n) ~= "number" or n < 1 then error("Batch:add: row count required", 2) end
+  self.seqs[i], self.n_tokens[i], self.n_logits[i], self.out[i] = seq.handle, n, n_logits or 0, out
+  if seq.shard.is_first then self.tokens[i], self.hidden[i] = input, nil else self.tokens[i], self.hidden[i] = nil, input end
+  self.n = i + 1
+  return i
+end
+
+-- Runs a Batch through the shard, blocking the caller. Returns true or nil, err.
+function Shard:forward_batch(b)
+  local rc = exo_shard_forward_batch(self.handle, b.n, b.seqs, b.tokens, b.hidden, b.n_tokens, b.n_logits, b.out)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
 -- ---- the engine thread ------------------------------------------------------------
 
 local exo_engine_fd, exo_engine_submit, exo_engine_next_completion =
@@ -581,6 +622,16 @@ local exo_engine_take_shard, exo_engine_take_tokenizer = C.exo_engine_take_shard
 -- alive until the completion for job_id arrives (M.engine_drain).
 function Shard:submit(seq, tokens, hidden, n, all_logits, out, job_id)
   local rc = exo_engine_submit(self.handle, seq.handle, tokens, hidden, n, all_logits and 1 or 0, out, job_id)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- Submits a Batch to the engine thread (exo_engine_submit_batch); the
+-- caller keeps it and its buffers alive until job_id's completion.
+local exo_engine_submit_batch = C.exo_engine_submit_batch
+function Shard:submit_batch(b, job_id)
+  local rc = exo_engine_submit_batch(self.handle, b.n, b.seqs, b.tokens, b.hidden, b.n_tokens, b.n_logits, b.out,
+    job_id)
   if rc ~= 0 then return fail(rc) end
   return true
 end
