@@ -567,9 +567,17 @@ static int cpu_get_rows(exo_backend *be, const exo_tensor *emb, const int32_t *i
 typedef struct attention_job {
     const exo_attention_args *a;
     const cpu_ctx *c;
+    int run; /* query heads per item in attention_items: a group, or part of one */
 } attention_job;
 
-/* One work item is one (token, head) pair. */
+/* One work item is (token, KV head, a run of the query heads that share that
+ * KV head): the run reads each block of the KV head's keys and values once
+ * for all its heads (vec.h's _heads helpers), where one item per query head
+ * read the whole cache once per head (4x the bytes at Llama's groups of 4;
+ * at 4,000 positions that no longer comes from cache). A head's result is
+ * the same bits in any run, so cpu_attention may split groups into shorter
+ * runs to give every thread work (a decode step of a model with one KV head)
+ * and results stay batch-invariant. */
 static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const attention_job *j = ctx;
@@ -577,22 +585,26 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
     const int hd = a->head_dim;
     const int kv_stride = a->n_head_kv * hd;
     const int group = a->n_head / a->n_head_kv;
-    float *scores = j->c->cur.scores + (size_t)thread * j->c->cur.max_ctx * ATTN_QUERY_BLOCK;
+    const int runs = (group + j->run - 1) / j->run;
+    const size_t row = (size_t)j->c->cur.max_ctx; /* one head's scores */
+    float *scores = j->c->cur.scores + (size_t)thread * row * ATTN_QUERY_BLOCK;
     for (int64_t item = begin; item < end; item++) {
-        int t = (int)(item / a->n_head), h = (int)(item % a->n_head);
-        int kvh = h / group;
+        int t = (int)(item / ((int64_t)a->n_head_kv * runs)), rest = (int)(item % ((int64_t)a->n_head_kv * runs));
+        int kvh = rest / runs, h0 = kvh * group + rest % runs * j->run;
+        int nh = kvh * group + group - h0 < j->run ? kvh * group + group - h0 : j->run;
         /* Keys [first, pos]: all of them, or the last `window` (sliding window). */
         int pos = a->pos0 + t, first = a->window > 0 && pos >= a->window ? pos - a->window + 1 : 0;
         int n_pos = pos + 1 - first;
-        const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
+        const float *q = a->q + ((size_t)t * a->n_head + h0) * hd;
         const uint16_t *k = a->k_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
         const uint16_t *v = a->v_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
-        exo__vec_dots_f16(hd, q, k, (size_t)kv_stride, n_pos, scores);
-        float sum = exo__vec_softmax_f32(n_pos, a->scale, scores);
-        float inv = 1.0f / sum;
-        float *out = a->out + ((size_t)t * a->n_head + h) * hd;
-        exo__vec_wsum_f16(hd, scores, v, (size_t)kv_stride, n_pos, out);
-        for (int i = 0; i < hd; i++) out[i] *= inv;
+        float inv[ATTN_QUERY_BLOCK];
+        exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd, k, (size_t)kv_stride, n_pos, scores, row);
+        for (int g = 0; g < nh; g++) inv[g] = 1.0f / exo__vec_softmax_f32(n_pos, a->scale, scores + g * row);
+        float *out = a->out + ((size_t)t * a->n_head + h0) * hd;
+        exo__vec_wsum_f16_heads(hd, nh, scores, row, v, (size_t)kv_stride, n_pos, out, (size_t)hd);
+        for (int g = 0; g < nh; g++)
+            for (int i = 0; i < hd; i++) out[(size_t)g * hd + i] *= inv[g];
     }
 }
 
@@ -655,12 +667,21 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
 static void cpu_attention(exo_backend *be, const exo_attention_args *a)
 {
     const cpu_ctx *c = be->ctx;
-    attention_job job = {a, c};
+    attention_job job = {a, c, 1};
     if (a->n_tokens >= c->gemm_min_tokens) {
         int64_t n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
         exo__pool_for(c->pool, n_blocks * a->n_head, 1, attention_blocks, &job);
     } else {
-        exo__pool_for(c->pool, (int64_t)a->n_tokens * a->n_head, 1, attention_items, &job);
+        /* Whole groups, unless that leaves a thread idle: then as many runs
+         * per group as it takes to give each thread an item. */
+        const int group = a->n_head / a->n_head_kv, n_threads = exo__pool_threads(c->pool);
+        const int64_t groups = (int64_t)a->n_tokens * a->n_head_kv;
+        int64_t split = groups >= n_threads ? 1 : (n_threads + groups - 1) / groups;
+        if (split > group) split = group;
+        job.run = (int)((group + split - 1) / split);
+        if (job.run > ATTN_QUERY_BLOCK) job.run = ATTN_QUERY_BLOCK;
+        const int runs = (group + job.run - 1) / job.run;
+        exo__pool_for(c->pool, groups * runs, 1, attention_items, &job);
     }
 }
 

@@ -41,11 +41,27 @@ void exo__vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_st
     }
 }
 
+/* Each output element is one chain of adds in key order; the blocks only
+ * change which head's chains advance when, so every nq gives the same bits. */
+void exo__vec_wsum_f16_heads_ref(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                                 int count, float *out, size_t out_stride)
+{
+    for (int g = 0; g < nq; g++)
+        for (int i = 0; i < n; i++) out[(size_t)g * out_stride + i] = 0.0f;
+    for (int p0 = 0; p0 < count; p0 += EXO_VEC_KEY_BLOCK) {
+        const int p1 = count - p0 < EXO_VEC_KEY_BLOCK ? count : p0 + EXO_VEC_KEY_BLOCK;
+        for (int g = 0; g < nq; g++) {
+            const float *wg = w + (size_t)g * w_stride;
+            float *og = out + (size_t)g * out_stride;
+            for (int p = p0; p < p1; p++)
+                for (int i = 0; i < n; i++) og[i] += wg[p] * exo__half_to_float(v[(size_t)p * v_stride + i]);
+        }
+    }
+}
+
 void exo__vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
-    for (int i = 0; i < n; i++) out[i] = 0.0f;
-    for (int p = 0; p < count; p++)
-        for (int i = 0; i < n; i++) out[i] += w[p] * exo__half_to_float(v[(size_t)p * v_stride + i]);
+    exo__vec_wsum_f16_heads_ref(n, 1, w, 0, v, v_stride, count, out, 0);
 }
 
 void exo__vec_f16_from_f32_ref(int n, const float *x, uint16_t *y)
@@ -82,13 +98,14 @@ float exo__vec_softmax_f32(int n, float scale, float *x)
 
 typedef void (*swiglu_fn)(int n, const float *gate, const float *up, float *out);
 typedef void (*dots_fn)(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
-typedef void (*wsum_fn)(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
+typedef void (*wsum_heads_fn)(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                              int count, float *out, size_t out_stride);
 typedef void (*to_f16_fn)(int n, const float *x, uint16_t *y);
 
 /* The helpers for one instruction set, fixed at compile time. */
 typedef struct {
     dots_fn dots;
-    wsum_fn wsum;
+    wsum_heads_fn wsum_heads;
     to_f16_fn to_f16;
     swiglu_fn swiglu;
     bool avx2;
@@ -96,7 +113,7 @@ typedef struct {
 
 static const vec_kernels vec_scalar = {
     .dots = exo__vec_dots_f16_ref,
-    .wsum = exo__vec_wsum_f16_ref,
+    .wsum_heads = exo__vec_wsum_f16_heads_ref,
     .to_f16 = exo__vec_f16_from_f32_ref,
     .swiglu = exo__vec_swiglu_f32_ref,
 };
@@ -104,7 +121,7 @@ static const vec_kernels vec_scalar = {
 #if EXO_VEC_X86
 static const vec_kernels vec_avx2 = {
     .dots = exo__vec_f16_dots_avx2,
-    .wsum = exo__vec_f16_wsum_avx2,
+    .wsum_heads = exo__vec_f16_wsum_heads_avx2,
     .to_f16 = exo__vec_f16_from_f32_avx2,
     .swiglu = exo__vec_f32_swiglu_avx2,
     .avx2 = true,
@@ -145,7 +162,28 @@ void exo__vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride
 
 void exo__vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
-    active_kernels()->wsum(n, w, v, v_stride, count, out);
+    active_kernels()->wsum_heads(n, 1, w, 0, v, v_stride, count, out, 0);
+}
+
+/* Blocks of EXO_VEC_KEY_BLOCK keys, a multiple of four: both dots kernels
+ * give a key the same arithmetic at the same offset modulo four, so a key's
+ * score is the same bits in a block as in one call over all keys. */
+void exo__vec_dots_f16_heads(int n, int nq, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
+                             int count, float *out, size_t out_stride)
+{
+    const dots_fn dots = active_kernels()->dots;
+    for (int p0 = 0; p0 < count; p0 += EXO_VEC_KEY_BLOCK) {
+        const int np = count - p0 < EXO_VEC_KEY_BLOCK ? count - p0 : EXO_VEC_KEY_BLOCK;
+        for (int g = 0; g < nq; g++)
+            dots(n, q + (size_t)g * q_stride, k + (size_t)p0 * k_stride, k_stride, np,
+                 out + (size_t)g * out_stride + p0);
+    }
+}
+
+void exo__vec_wsum_f16_heads(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                             int count, float *out, size_t out_stride)
+{
+    active_kernels()->wsum_heads(n, nq, w, w_stride, v, v_stride, count, out, out_stride);
 }
 
 void exo__vec_f16_from_f32(int n, const float *x, uint16_t *y)

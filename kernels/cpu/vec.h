@@ -30,6 +30,19 @@ bool exo__vec_have_avx2(void);
 void exo__vec_dots_f16(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
 void exo__vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
 
+/* The same two loops for nq query heads that share one KV head (grouped-
+ * query attention): for each head g < nq, exactly what dots (wsum) gives for
+ * q + g * q_stride (w + g * w_stride) into out + g * out_stride, bit for bit,
+ * whatever nq is; but the keys and values are taken in blocks of
+ * EXO_VEC_KEY_BLOCK positions, each block read from memory once and then
+ * from L1 for the other heads, instead of the whole cache once per head.
+ * wsum_heads's out rows must not overlap each other or the inputs. */
+#define EXO_VEC_KEY_BLOCK 64
+void exo__vec_dots_f16_heads(int n, int nq, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
+                             int count, float *out, size_t out_stride);
+void exo__vec_wsum_f16_heads(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                             int count, float *out, size_t out_stride);
+
 /* y[i] = x[i] rounded to f16 (nearest even; overflow gives infinity). */
 void exo__vec_f16_from_f32(int n, const float *x, uint16_t *y);
 
@@ -45,6 +58,8 @@ float exo__vec_softmax_f32(int n, float scale, float *x);
 void exo__vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
 void exo__vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
 void exo__vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out);
+void exo__vec_wsum_f16_heads_ref(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                                 int count, float *out, size_t out_stride);
 void exo__vec_f16_from_f32_ref(int n, const float *x, uint16_t *y);
 
 #endif

@@ -19,6 +19,7 @@
 #error "vec_avx2.c must be compiled with -mavx2 -mfma"
 #endif
 
+#include "vec.h"
 #include "vec_avx2.h"
 
 #include <immintrin.h>
@@ -101,19 +102,10 @@ void exo__vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_s
     }
 }
 
-void exo__vec_f16_wsum_avx2(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
+/* The output's lanes past the last multiple of 64, for one head: eight at a
+ * time with two chains (even and odd keys), then one by one. */
+static void wsum_tail(int i, int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
 {
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        __m256 acc[8];
-        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
-        for (int p = 0; p < count; p++) {
-            const uint16_t *vp = v + (size_t)p * v_stride + i;
-            __m256 wp = _mm256_broadcast_ss(w + p);
-            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(wp, load_h8(vp + 8 * c), acc[c]);
-        }
-        for (int c = 0; c < 8; c++) _mm256_storeu_ps(out + i + 8 * c, acc[c]);
-    }
     for (; i + 8 <= n; i += 8) {
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         int p = 0;
@@ -129,6 +121,36 @@ void exo__vec_f16_wsum_avx2(int n, const float *w, const uint16_t *v, size_t v_s
         for (int p = 0; p < count; p++) s += w[p] * half_to_float(v[(size_t)p * v_stride + i]);
         out[i] = s;
     }
+}
+
+/* 64 output lanes at a time, each one FMA chain over the keys in order; the
+ * chains of every head advance a block of keys (in L1 after the first head
+ * read it), parking in out between blocks, which changes no bits. The lanes
+ * past the last 64 (head sizes like 80 or 96) go unblocked, head by head. */
+void exo__vec_f16_wsum_heads_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
+                                  size_t v_stride, int count, float *out, size_t out_stride)
+{
+    const int n64 = n & ~63;
+    for (int p0 = 0; n64 && (p0 == 0 || p0 < count); p0 += EXO_VEC_KEY_BLOCK) {
+        const int p1 = count - p0 < EXO_VEC_KEY_BLOCK ? count : p0 + EXO_VEC_KEY_BLOCK;
+        for (int g = 0; g < nq; g++) {
+            const float *wg = w + (size_t)g * w_stride;
+            for (int i = 0; i < n64; i += 64) {
+                float *og = out + (size_t)g * out_stride + i;
+                __m256 acc[8];
+                for (int c = 0; c < 8; c++) acc[c] = p0 ? _mm256_loadu_ps(og + 8 * c) : _mm256_setzero_ps();
+                for (int p = p0; p < p1; p++) {
+                    const uint16_t *vp = v + (size_t)p * v_stride + i;
+                    __m256 wp = _mm256_broadcast_ss(wg + p);
+                    for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(wp, load_h8(vp + 8 * c), acc[c]);
+                }
+                for (int c = 0; c < 8; c++) _mm256_storeu_ps(og + 8 * c, acc[c]);
+            }
+        }
+    }
+    if (n64 < n)
+        for (int g = 0; g < nq; g++)
+            wsum_tail(n64, n, w + (size_t)g * w_stride, v, v_stride, count, out + (size_t)g * out_stride);
 }
 
 /* Round to nearest even, as vcvtps2ph does with rounding mode 0. */
