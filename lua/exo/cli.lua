@@ -12,8 +12,10 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--max-sessions N] [--ctx N] [--cors-origin ORIGIN]
            [--http-head-timeout S] [--http-idle-timeout S] [--max-body-mb N]
            [--node-id ID] [--node-host 0.0.0.0] [--node-port PORT]
-           [--discovery-module udp|manual|none] [--discovery-config-path PEERS.json]
+           [--discovery-module udp|manual|tailscale|none|udp,tailscale] [--discovery-config-path PEERS.json]
            [--listen-port 5678] [--broadcast-port 5678] [--discovery-timeout 30]
+           [--tailscale-api-key KEY] [--tailnet-name NAME] [--tailscale-api-base URL]
+           [--tailscale-device-id ID]
            [--node-id-filter ID,ID] [--interface-type-filter Ethernet,WiFi,Other,Loopback]
            [--wait-for-peers N] [--partitioning NAME|FILE.lua] [--inference-engine cpu]
            [--device-memory MB] [--wire-dtype f32|f16|q8_0] [--peer-timeout S]
@@ -512,7 +514,8 @@ local SERVE_FLAGS = {
   enable_speculative = "boolean", draft_model = "string", draft_tokens = "number", allow_model_paths = "boolean",
   cluster_key = "string", max_connections = "number", max_connections_per_address = "number",
   listen_port = "number", broadcast_port = "number", discovery_timeout = "number", node_id_filter = "string",
-  interface_type_filter = "string",
+  interface_type_filter = "string", tailscale_api_key = "string", tailnet_name = "string",
+  tailscale_api_base = "string", tailscale_device_id = "string",
 }
 
 -- The cluster side of `exo serve`: identity, wire, discovery, partitioning.
@@ -526,9 +529,11 @@ local function start_cluster(opts, node, key)
   -- the default, as the tests do to keep their nodes apart).
   local discovery = opts.discovery_module or (opts.discovery_config_path and "manual")
     or os.getenv("EXO_DISCOVERY_MODULE") or "udp"
-  if discovery ~= "none" and discovery ~= "manual" and discovery ~= "udp" then
-    return nil, "--discovery-module " .. discovery .. " is not available (udp, manual and none are)"
-  end
+  local registry = require "exo.discovery"
+  local modules, derr = registry.parse(discovery)
+  if not modules then return nil, derr end
+  local use = {}
+  for _, name in ipairs(modules) do use[name] = true end
   for _, flag in ipairs { "listen_port", "broadcast_port" } do
     local v = opts[flag]
     if v and (v < 1 or v > 65535 or v % 1 ~= 0) then
@@ -536,7 +541,7 @@ local function start_cluster(opts, node, key)
     end
   end
   if opts.discovery_timeout and opts.discovery_timeout <= 0 then return nil, "--discovery-timeout must be positive" end
-  if discovery == "manual" and not opts.discovery_config_path then
+  if use.manual and not opts.discovery_config_path then
     return nil, "--discovery-module manual needs --discovery-config-path FILE"
   end
   if opts.inference_engine and opts.inference_engine ~= "cpu" then
@@ -555,10 +560,11 @@ local function start_cluster(opts, node, key)
     return nil, "--node-id must be 1 to 128 letters, digits, '.', '_', ':' or '-'"
   end
   local watcher, config, cluster
-  if discovery == "manual" then
+  local feed = registry.merger(modules, function(records) cluster:set_discovered(records) end)
+  if use.manual then
     local werr
     watcher, werr = require("exo.discovery.manual").new { path = opts.discovery_config_path, node_id = node_id,
-      on_change = function(c) cluster:set_discovered(c.peers) end }
+      on_change = function(c) feed("manual", c.peers) end }
     if not watcher then return nil, werr end
     config = watcher:config()
   end
@@ -576,19 +582,36 @@ local function start_cluster(opts, node, key)
   local ring = require("exo.ring").new(node, cluster, { policy = policy, wire_dtype = wire_dtype,
     max_kept = opts.max_sessions })
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
-  if watcher then watcher:start() end
-  if discovery == "udp" then
+  local watchers = {}
+  if watcher then
+    watcher:start()
+    watchers[#watchers + 1] = watcher
+  end
+  if use.udp then
     watcher = require("exo.discovery.udp").new { node_id = node_id, wire = cluster.wire, wire_port = cluster.port,
       listen_host = host, capabilities = caps, listen_port = opts.listen_port, broadcast_port = opts.broadcast_port,
       timeout = opts.discovery_timeout, node_id_filter = opts.node_id_filter,
       interface_type_filter = opts.interface_type_filter,
-      on_change = function(records) cluster:set_discovered(records) end }
-    local ok2, derr = watcher:start()
+      on_change = function(records) feed("udp", records) end }
+    local ok2, uerr = watcher:start()
     if not ok2 then
       cluster:stop()
-      return nil, derr
+      return nil, uerr
     end
+    watchers[#watchers + 1] = watcher
   end
+  if use.tailscale then
+    -- Never stops the node: a missing key or an unreachable API is logged and the node runs on.
+    watcher = require("exo.discovery.tailscale").new { node_id = node_id, wire_port = cluster.port,
+      capabilities = caps, api_key = opts.tailscale_api_key or os.getenv("TAILSCALE_API_KEY"),
+      tailnet = opts.tailnet_name or os.getenv("TAILSCALE_TAILNET"),
+      api_base = opts.tailscale_api_base or os.getenv("EXO_TAILSCALE_API_BASE"),
+      device_id = opts.tailscale_device_id, timeout = opts.discovery_timeout,
+      on_change = function(records) feed("tailscale", records) end }
+    watcher:start()
+    watchers[#watchers + 1] = watcher
+  end
+  watcher = registry.group(watchers)
   cluster.discovery = watcher
   io.stderr:write(("exo: node %s on port %d (discovery %s, partitioning %s, %s)\n"):format(node_id, cluster.port,
     discovery, opts.partitioning or "ring_memory_weighted", key and "cluster key from " .. key.source or "open cluster"))
