@@ -23,6 +23,7 @@
 #include "exo.h"
 #include "gguf.h"
 #include "pool.h"
+#include "safetensors.h"
 #include "tensor.h"
 
 #ifndef EXO_VERSION_STRING
@@ -105,7 +106,7 @@ int exo_file_open(const char *path, exo_file **out)
     *out = NULL;
     exo_file *f = calloc(1, sizeof *f);
     if (!f) return exo__error_set(EXO_ENOMEM, "out of memory");
-    int rc = exo__gguf_open(path, &f->g);
+    int rc = exo__model_file_open(path, EXO_MODEL_OPEN_ALL, &f->g);
     if (rc) {
         free(f);
         return rc;

@@ -20,6 +20,7 @@
 #include "../kernels/cpu/quants.h"
 #include "error.h"
 #include "pool.h"
+#include "safetensors.h"
 
 /* Tokens per internal batch: big enough for sgemm to reach its speed, small
  * enough that the run state stays a few MiB. */
@@ -408,7 +409,7 @@ int exo__model_load(const char *path, int layer_start, int layer_end, int is_fir
     s->backend = be;
     s->max_batch = SHARD_MAX_BATCH;
     exo__quants_init();
-    int rc = exo__gguf_open(path, &s->file);
+    int rc = exo__model_file_open(path, EXO_MODEL_OPEN_ALL, &s->file);
     if (rc) goto fail;
 
     const char *arch;

@@ -57,6 +57,7 @@
 #include "grow.h"
 #include "exo.h"
 #include "gguf.h"
+#include "safetensors.h"
 
 #define MAX_VOCAB (1 << 22)   /* real vocabularies are <= ~262k */
 #define MAX_MERGES (1 << 23)
@@ -955,7 +956,7 @@ int exo_tokenizer_load(const char *gguf_path, exo_tokenizer **out)
     if (!gguf_path || !out) return exo__error_set(EXO_EINVAL, "exo_tokenizer_load: NULL argument");
     *out = NULL;
     exo_gguf *g;
-    int rc = exo__gguf_open(gguf_path, &g);
+    int rc = exo__model_file_open(gguf_path, EXO_MODEL_OPEN_METADATA, &g);
     if (rc) return rc;
     exo_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {

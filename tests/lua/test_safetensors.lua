@@ -1,0 +1,211 @@
+-- test_safetensors.lua: Hugging Face model folders give what their GGUF gives.
+--
+-- exo-gguf-to-safetensors writes a folder (config.json, *.safetensors,
+-- tokenizer.json, tokenizer_config.json) from a tiny GGUF's weights; exo then
+-- loads the folder through native/safetensors.c and must produce:
+--   * the same logits, to the bit, when the weights keep their bytes (F32;
+--     BF16 matrices; two shard files with an index): the Q/K rows went to HF's
+--     order and back, names and hyper-parameters through config.json;
+--   * the same logits within float rounding when the llama folder is declared
+--     qwen2: those weights in HF's order under the half-rotation rope are the
+--     same model, so this checks the reordering against the engine's other
+--     rope rather than against its own inverse (without the reordering this
+--     differs by whole units);
+--   * close logits with BF16 norms (rounded weights);
+--   * the same token ids as the GGUF tokenizer on a set of strings, the same
+--     special ids, template and vocabulary (the default model's vocabulary:
+--     skipped without it);
+--   * clear errors, not crashes, for damaged folders.
+local native = require "exo.native"
+local tiny = assert(os.getenv("EXO_TINY_MODEL"), "EXO_TINY_MODEL is not set (ctest sets it)")
+local build = tiny:match("^(.*)/[^/]*$")
+local export = build .. "/exo-gguf-to-safetensors"
+local make = build .. "/exo-make-tiny-model"
+local work = build .. "/safetensors-test"
+local failures = 0
+
+local function check(ok, fmt, ...)
+  if not ok then
+    failures = failures + 1
+    io.stderr:write("FAIL: " .. string.format(fmt, ...) .. "\n")
+  end
+  return ok
+end
+
+local function run(cmd)
+  local ok = os.execute(cmd .. " >" .. work .. "/cmd.log 2>&1")
+  if ok ~= true and ok ~= 0 then
+    local f = io.open(work .. "/cmd.log")
+    error(cmd .. " failed: " .. (f and f:read("*a") or ""))
+  end
+end
+
+local function exists(p)
+  local f = p and io.open(p, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+os.execute("rm -rf '" .. work .. "' && mkdir -p '" .. work .. "'")
+
+-- Every position's logits of a fixed token sequence, as a Lua array.
+local IDS = { 1, 17, 5, 99, 3, 250, 42, 7, 64, 128, 2, 31 }
+local function logits_of(path)
+  local shard, err = native.load_shard(path)
+  assert(shard, err)
+  local seq = assert(shard:new_seq(#IDS + 4))
+  local p = assert(shard:forward(seq, IDS, nil, true))
+  local nv = shard.n_vocab
+  local out = { n_vocab = nv }
+  for i = 0, #IDS * nv - 1 do out[i + 1] = p[i] end
+  seq:free()
+  shard:free()
+  return out
+end
+
+local function compare(name, want, got, tol)
+  if not check(#want == #got and want.n_vocab == got.n_vocab, "%s: %d logits (vocab %s), want %d (vocab %s)", name,
+      #got, tostring(got.n_vocab), #want, tostring(want.n_vocab)) then
+    return
+  end
+  local worst, scale = 0, 1
+  for i = 1, #want do
+    scale = math.max(scale, math.abs(want[i]))
+    worst = math.max(worst, math.abs(want[i] - got[i]))
+  end
+  check(worst <= tol * scale, "%s: logits differ by %.3g (largest %.3g, tolerance %.3g)", name, worst, scale, tol * scale)
+  print(string.format("%-34s max |diff| %.3g (largest logit %.3g)", name, worst, scale))
+end
+
+-- The weights: a llama with grouped KV heads (the K reordering per KV head)
+-- and an untied head, in F32 and in BF16; a Qwen 2 (biases) and a Qwen 3
+-- (Q/K norms) as their own layouts.
+run(string.format("%s %s/llama-f32.gguf --type f32 --embd-type f32 --tied 0 --layers 2", make, work))
+run(string.format("%s %s/llama-bf16.gguf --type bf16 --embd-type bf16 --tied 0 --layers 2 --seed 3", make, work))
+run(string.format("%s %s/qwen2.gguf --arch qwen2 --type f32 --embd-type f32 --tied 0 --layers 2", make, work))
+run(string.format("%s %s/qwen3.gguf --arch qwen3 --type f32 --embd-type f32 --head-dim 64 --layers 2", make, work))
+
+local llama = logits_of(work .. "/llama-f32.gguf")
+run(string.format("%s %s/llama-f32.gguf %s/llama-f32", export, work, work))
+compare("llama f32", llama, logits_of(work .. "/llama-f32"), 0)
+-- A .safetensors file path names its folder too.
+compare("llama f32 (file path)", llama, logits_of(work .. "/llama-f32/model.safetensors"), 0)
+
+run(string.format("%s %s/llama-f32.gguf %s/llama-as-qwen2 --as qwen2", export, work, work))
+compare("llama weights as qwen2", llama, logits_of(work .. "/llama-as-qwen2"), 1e-4)
+
+run(string.format("%s %s/llama-f32.gguf %s/llama-bf16-norms --vector-dtype bf16 --dtype f16", export, work, work))
+compare("llama f16 matrices, bf16 norms", llama, logits_of(work .. "/llama-bf16-norms"), 0.05)
+
+local bf16 = logits_of(work .. "/llama-bf16.gguf")
+run(string.format("%s %s/llama-bf16.gguf %s/llama-bf16 --dtype bf16 --shards 3", export, work, work))
+check(exists(work .. "/llama-bf16/model.safetensors.index.json") and
+  exists(work .. "/llama-bf16/model-00003-of-00003.safetensors"), "three shards and an index were written")
+compare("llama bf16, 3 shards", bf16, logits_of(work .. "/llama-bf16"), 0)
+
+for _, arch in ipairs { "qwen2", "qwen3" } do
+  run(string.format("%s %s/%s.gguf %s/%s", export, work, arch, work, arch))
+  compare(arch .. " f32", logits_of(work .. "/" .. arch .. ".gguf"), logits_of(work .. "/" .. arch), 0)
+end
+
+-- The metadata view: the folder reads like its GGUF.
+do
+  local f = assert(native.open_file(work .. "/qwen2"))
+  check(f:get("general.architecture") == "qwen2", "architecture %s", tostring(f:get("general.architecture")))
+  check(f:get("qwen2.block_count") == 2, "block_count %s", tostring(f:get("qwen2.block_count")))
+  f:close()
+end
+
+-- Damaged folders: clear errors naming the problem.
+local function expect_error(name, path, pattern)
+  local shard, err = native.load_shard(path)
+  if shard then shard:free() end
+  check(not shard and err and err:find(pattern), "%s: want an error matching '%s', got %s", name, pattern, tostring(err))
+end
+local function write(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+local function le64(n)
+  local s = {}
+  for i = 1, 8 do
+    s[i] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(s)
+end
+local bad = work .. "/bad"
+os.execute("mkdir -p " .. bad .. " && cp " .. work .. "/llama-f32/config.json " .. bad .. "/")
+write(bad .. "/model.safetensors", le64(2 ^ 40) .. "{}")
+expect_error("huge header length", bad, "header of")
+local hdr = '{"model.norm.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 32]}}'
+write(bad .. "/model.safetensors", le64(#hdr) .. hdr .. string.rep("\0", 16))
+expect_error("offsets past the data", bad, "outside")
+hdr = '{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "b": {"dtype": "F32", "shape": [4], ' ..
+  '"data_offsets": [8, 24]}}'
+write(bad .. "/model.safetensors", le64(#hdr) .. hdr .. string.rep("\0", 24))
+expect_error("overlapping tensors", bad, "overlap")
+hdr = '{"model.norm.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16],}}'
+write(bad .. "/model.safetensors", le64(#hdr) .. hdr .. string.rep("\0", 16))
+expect_error("trailing comma", bad, "expected a string key")
+hdr = '{"model.norm.weight": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}}'
+write(bad .. "/model.safetensors", le64(#hdr) .. hdr .. string.rep("\0", 16))
+expect_error("integer weights", bad, "I64")
+os.remove(bad .. "/model.safetensors")
+expect_error("no weights", bad, "model.safetensors")
+write(bad .. "/config.json", '{"model_type": "gpt_neox", "num_hidden_layers": 2}')
+expect_error("unsupported architecture", bad, "gpt_neox")
+
+-- The tokenizer: tokenizer.json + tokenizer_config.json against the GGUF's
+-- own vocabulary, on the default model's (SmolLM2: digits + byte level).
+local default = os.getenv("EXO_DEFAULT_MODEL")
+local sources = {}
+if default and exists(default) then sources[#sources + 1] = default end
+-- More vocabularies when given (Llama 3's and Qwen 2's splits), as
+-- EXO_TOKENIZER_GGUFS="a.gguf:b.gguf".
+for p in (os.getenv("EXO_TOKENIZER_GGUFS") or ""):gmatch("[^:]+") do sources[#sources + 1] = p end
+local texts = {
+  "Hello, world!", "  leading spaces and trailing  ", "numbers 1234567 and 3.14159", "can't won't I'm you'll",
+  "unicode: naïve café, 日本語のテキスト, emoji 🙂🚀", "tabs\tand\nnewlines\r\n\n", "<|im_start|>user\nhi<|im_end|>",
+  "code: for (int i = 0; i < 10; i++) { x += i; }", "", " ", "ÀÉÎÕÜ ßẞ ǅ", "mixed123abc456 ___ ---",
+}
+for k, src in ipairs(sources) do
+  local dir = string.format("%s/tok%d", work, k)
+  run(string.format("%s %s %s/tok%d.gguf --tokenizer-from %s --tied 1 --layers 1 --type f16", make, src, work, k, src))
+  run(string.format("%s %s/tok%d.gguf %s", export, work, k, dir))
+  local a = assert(native.load_tokenizer(src))
+  local b, err = native.load_tokenizer(dir)
+  if check(b, "%s: tokenizer from tokenizer.json: %s", src, tostring(err)) then
+    for _, field in ipairs { "n_vocab", "bos", "eos", "eot", "add_bos", "pre" } do
+      check(a[field] == b[field], "%s: %s is %s from tokenizer.json, %s from the GGUF", src, field, tostring(b[field]),
+        tostring(a[field]))
+    end
+    for _, t in ipairs(texts) do
+      for _, special in ipairs { true, false } do
+        local x = a:encode(t, { special = special })
+        local y = b:encode(t, { special = special })
+        check(table.concat(x, ",") == table.concat(y, ","), "%s: %q encodes as %s, want %s", src, t,
+          table.concat(y, ","), table.concat(x, ","))
+      end
+    end
+    b:free()
+    local fa, fb = assert(native.open_file(src)), assert(native.open_file(dir))
+    for _, key in ipairs { "tokenizer.chat_template", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+      "tokenizer.ggml.pre" } do
+      check(fa:get(key) == fb:get(key), "%s: %s differs", src, key)
+    end
+    fa:close()
+    fb:close()
+    print(string.format("tokenizer.json of %s: %d strings agree", src:match("[^/]*$"), #texts))
+  end
+  a:free()
+end
+if #sources == 0 then print("SKIPPED (tokenizer part): default model not installed") end
+
+if failures > 0 then
+  io.stderr:write(failures .. " failure(s)\n")
+  os.exit(1)
+end
+os.execute("rm -rf '" .. work .. "'")
+print("ok")
