@@ -1,0 +1,310 @@
+-- exo.ring.asker: the node a client asked, running the request round the ring.
+local uv = require "luv"
+local ffi = require "ffi"
+local native = require "exo.native"
+local models = require "exo.models"
+local generate = require "exo.generate"
+local json = require "exo.json"
+
+-- Request settings the last node needs to sample as the client asked.
+local SAMPLING_FIELDS = { "temperature", "top_k", "top_p", "min_p", "seed", "repeat_penalty", "presence_penalty",
+  "frequency_penalty", "penalty_last_n" }
+-- The logits of request R come back to its asker as request R + REPLY_OFFSET.
+local REPLY_OFFSET = native.WIRE_REPLY_OFFSET
+local common_prefix = generate.common_prefix
+
+return function(Ring, M)
+
+function Ring:deliver(rid, msg)
+  local st = self.asking[rid]
+  if not st then return end
+  -- Only the request's own nodes speak for it (msg.from is nil for local news).
+  if msg.from and not st.nodes[msg.from] then return end
+  st.inbox[#st.inbox + 1] = msg
+  if st.waiting then
+    st.waiting = false
+    local ok, err = coroutine.resume(st.co)
+    if not ok then io.stderr:write("exo: request failed: " .. tostring(err) .. "\n") end
+  end
+end
+
+-- The next message for request st, waiting (yielding) up to timeout seconds.
+function Ring:wait(st, timeout)
+  if #st.inbox == 0 then
+    local timer = uv.new_timer()
+    timer:start(timeout * 1000, 0, function()
+      self:deliver(st.id, { t = "error", message = ("no answer from the ring for %d s"):format(timeout) })
+    end)
+    st.waiting = true
+    coroutine.yield()
+    timer:stop()
+    timer:close()
+  end
+  return table.remove(st.inbox, 1)
+end
+
+-- lua-cjson turns [] into {}: the logprob entries' lists must stay lists.
+local function fix_logprob_entry(e)
+  if type(e) ~= "table" then return nil end
+  if type(e.bytes) ~= "table" or #e.bytes == 0 then e.bytes = json.empty_array end
+  if type(e.top_logprobs) ~= "table" or #e.top_logprobs == 0 then
+    e.top_logprobs = json.empty_array
+  else
+    for _, t in ipairs(e.top_logprobs) do
+      if type(t.bytes) ~= "table" or #t.bytes == 0 then t.bytes = json.empty_array end
+    end
+  end
+  return e
+end
+
+-- Whether a request can be decoded speculatively over the ring (logprobs
+-- are not carried back from a verify pass).
+function M.can_speculate(req)
+  return not req.logprobs
+end
+
+-- How a speculative verify pass answers: the target's argmax per row for
+-- greedy requests without penalties, the logits rows otherwise.
+local function verify_mode(req)
+  local penalties = (req.repeat_penalty or 1) ~= 1 or (req.presence_penalty or 0) ~= 0
+    or (req.frequency_penalty or 0) ~= 0
+  return (req.temperature == 0 and not penalties) and "argmax" or "rows"
+end
+
+
+--- ring.peer_model_name(requested, path) -> how peers are told of the model
+--- a request named `requested` (nil: the default) whose file is `path` (its
+--- real path): the catalogue id when the request named one, else the file
+--- relative to the model store; never the client's spelling (a peer resolves
+--- names as its clients' are, docs/wire.md's `open`). A file outside the store
+--- (this node runs with --allow-model-paths, or the operator named it) goes
+--- by its real path: a peer takes it only if it allows paths too.
+function M.peer_model_name(requested, path)
+  requested = requested or models.default_id
+  models.load_user_file()
+  if models.registry[requested] then return requested end
+  local store = native.realpath(models.store())
+  if store and path:sub(1, #store + 1) == store .. "/" then return path:sub(#store + 2) end
+  return path
+end
+
+-- Runs one request over plan on the calling coroutine; the same contract as
+-- generate.Session:generate (model: exo.model with its tokenizer). With draft
+-- (a local session on a draft model) and g, the request is decoded
+-- speculatively: the draft runs here, the target's verify pass goes round the
+-- ring as one multi-row frame.
+function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
+  local mode = draft and verify_mode(req) or "plain"
+  local sig = M.plan_signature(plan)
+  local kept = self:take_kept(model.path, sig, mode, ids)
+  while true do
+    local rid = kept and kept.rid or self:new_request_id()
+    -- A kept request goes on under the name its nodes opened it by.
+    local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {}, kept = kept, mode = mode,
+      n_vocab = kept and kept.n_vocab,
+      peer_model = kept and kept.peer_model or M.peer_model_name(req.model, model.path) }
+    for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
+    self.asking[rid] = st
+    -- Whatever happens (an error raised on the way included), the request is
+    -- either kept with a known cache or closed on every node it was opened on.
+    local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
+    self.asking[rid] = nil
+    if ok and res and st.cached then
+      self:keep(model.path, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached, n_vocab = st.n_vocab,
+        peer_model = st.peer_model })
+    else
+      self:close_everywhere(rid, plan)
+    end
+    -- A node that no longer holds its part of a kept request: start afresh.
+    if not (ok and not res and st.resume_refused) then
+      if not ok then return nil, "the request failed: " .. tostring(res) end
+      return res, err
+    end
+    kept = nil
+  end
+end
+
+-- A prompt goes round the ring in chunks whose hidden states fit a frame
+-- (EXO_RING_CHUNK makes them smaller, for tests).
+function Ring:chunk_size(model)
+  local fit = math.floor(16 * 2 ^ 20 / math.max(model.n_embd or 4096, 1)) - 1
+  return math.max(1, math.min(tonumber(os.getenv("EXO_RING_CHUNK") or "") or 2048, fit))
+end
+
+function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
+  local t0 = native.now()
+  local rid, plan, cluster = st.id, st.plan, self.cluster
+
+  local sampling_params = {}
+  for _, k in ipairs(SAMPLING_FIELDS) do sampling_params[k] = req[k] end
+  for i, p in ipairs(plan) do
+    -- A kept request is resumed: every node checks it still holds its part,
+    -- the last one takes this turn's settings.
+    local msg = { t = st.kept and "resume" or "open", model = st.peer_model, start = p.start_layer, stop = p.end_layer,
+      next = plan[i + 1] and plan[i + 1].node_id or nil, prev = plan[i - 1] and plan[i - 1].node_id or nil,
+      last = plan[#plan].node_id, first = plan[1].node_id, n_ctx = self.node.n_ctx, wire_dtype = self.wire_dtype }
+    if i == #plan and draft then
+      -- Greedy needs only the target's choice per row; sampling needs the rows.
+      msg.verify = st.mode
+    elseif i == #plan then
+      msg.sampling = sampling_params
+      msg.prompt = ids
+      msg.max_tokens = req.max_tokens
+      msg.logprobs = req.logprobs and (req.top_logprobs or 0) or nil
+    end
+    local ok, err = cluster:send(p.node_id, rid, msg)
+    if not ok then
+      return nil, ("cannot reach node %s: %s"):format(p.node_id, err)
+    end
+  end
+  for _ = 1, #plan do
+    local m = self:wait(st, self.open_timeout)
+    if m.t ~= "ready" then
+      st.resume_refused = st.kept ~= nil and m.t == "error"
+      return nil, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t))
+    end
+    if type(m.n_vocab) == "number" then st.n_vocab = m.n_vocab end
+  end
+  if draft then
+    local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g)
+    return res, serr
+  end
+  -- Only what the ring does not hold yet goes round (the last prompt token
+  -- always: its logits start the answer). All but the last chunk of a long
+  -- prompt are answered "prefilled".
+  local common = st.kept and math.min(common_prefix(st.kept.cached, ids), #ids - 1) or 0
+  local first_conn, chunk = cluster:conn_of(plan[1].node_id), self:chunk_size(model)
+  local at = common
+  while #ids - at > chunk do
+    local ok, err = self.cluster.wire:send_tokens(first_conn, rid, at, { unpack(ids, at + 1, at + chunk) })
+    if not ok then return nil, "cannot send the prompt: " .. err end
+    local m = self:wait(st, self.step_timeout)
+    if m.t ~= "prefilled" then return nil, m.message or "the ring failed during the prompt" end
+    at = at + chunk
+  end
+  local ok, err = self.cluster.wire:send_tokens(first_conn, rid, at, { unpack(ids, at + 1) })
+  if not ok then
+    return nil, "cannot send the prompt: " .. err
+  end
+
+  local sink = generate.text_sink(model.tokenizer, req, on_text)
+  local finish, ttft
+  while true do
+    local m = self:wait(st, self.step_timeout)
+    if m.t == "token" then
+      ttft = ttft or native.now() - t0
+      if type(m.id) ~= "number" or m.id ~= math.floor(m.id) or m.id < 0 or m.id >= model.tokenizer.n_vocab then
+        return nil, "a malformed token came back from the ring"
+      end
+      if sink:push(m.id, req.logprobs and fix_logprob_entry(m.lp)) then
+        finish = "stop"
+        break
+      end
+      if m.finish then
+        finish = m.finish
+        break
+      end
+    elseif m.t == "done" then
+      ttft = ttft or native.now() - t0
+      finish = m.finish or "stop"
+      break
+    else
+      return nil, m.message or "the ring failed"
+    end
+    if should_stop and should_stop() then
+      finish = "cancelled"
+      break
+    end
+  end
+  local text = sink:finish(finish)
+  -- Keep the caches for the next turn: once the last node has stopped and no
+  -- token of this turn is going round, the ring holds the prompt and every
+  -- token but (maybe) the last.
+  if cluster:send(plan[#plan].node_id, rid, { t = "stop" }) then
+    local m
+    repeat m = self:wait(st, self.step_timeout) until m.t ~= "token" and m.t ~= "done" -- sampled before the stop
+    if m.t == "stopped" then
+      st.cached = { unpack(ids) }
+      for i = 1, #sink.tokens - 1 do st.cached[#st.cached + 1] = sink.tokens[i] end
+    end
+  end
+  local res = sink:result(text, finish, #ids, #ids - common, t0, ttft)
+  res.plan = plan
+  return res
+end
+
+-- The target as speculative.generate sees it when its layers are spread over
+-- the ring: a verify pass is a multi-row frame to the first node, and its
+-- answer comes back as the target's argmax per row (greedy) or as the logits
+-- rows themselves (sampling; into a collector route here). Truncating only
+-- forgets here: the next frame starts at the accepted position, and every
+-- shard rolls its cache back to it as the frame arrives (wire.c).
+local Remote = {}
+Remote.__index = Remote
+
+function Remote:n_ctx() return self.n_ctx_ end
+
+function Remote:truncate(n)
+  for i = #self.cached, n + 1, -1 do self.cached[i] = nil end
+  return true
+end
+
+-- Sends tokens at the end of the cached context and waits for the answer.
+function Remote:pass(tokens, all_logits)
+  local ring, st = self.ring, self.st
+  local ok, err = ring.cluster.wire:send_tokens(self.first, st.id, #self.cached, tokens, nil, all_logits)
+  if not ok then return nil, "cannot reach the first node: " .. err end
+  local m = ring:wait(st, ring.step_timeout)
+  if m.t ~= "verified" and m.t ~= "rows" then return nil, m.message or "the ring failed" end
+  for i = 1, #tokens do self.cached[#self.cached + 1] = tokens[i] end
+  return m
+end
+
+function Remote:sync(ids)
+  self:truncate(common_prefix(self.cached, ids))
+  while #self.cached < #ids do
+    local from = #self.cached
+    local m, err = self:pass({ unpack(ids, from + 1, math.min(#ids, from + self.chunk)) }, false)
+    if not m then return nil, err end
+  end
+  return true
+end
+
+function Remote:extend_argmax(tokens)
+  local m, err = self:pass(tokens, true)
+  if not m then return nil, err end
+  if type(m.best) ~= "table" or #m.best ~= #tokens then return nil, "a malformed verify answer" end
+  for _, b in ipairs(m.best) do
+    if type(b) ~= "number" or b < 0 or b >= self.shard.n_vocab then return nil, "a malformed verify answer" end
+  end
+  return m.best
+end
+
+function Remote:extend(tokens)
+  local m, err = self:pass(tokens, true)
+  if not m then return nil, err end
+  local rows, n = self.ring.cluster.wire:route_output(m.rows_id)
+  if not rows or n ~= #tokens then return nil, "the verify pass returned the wrong rows" end
+  return ffi.cast("float*", rows)
+end
+
+-- The asker's speculative decoding: the draft runs here, the target round the ring.
+function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g)
+  local wire = self.cluster.wire
+  local n_vocab = st.n_vocab or model.tokenizer.n_vocab -- the head's rows, as the last node said
+  if not st.kept then
+    local ok, err = wire:collect_open(st.id + REPLY_OFFSET, n_vocab)
+    if not ok then return nil, err end
+  end
+  local target = setmetatable({ ring = self, st = st, first = self.cluster:conn_of(st.plan[1].node_id),
+    n_ctx_ = self.node.n_ctx, cached = st.kept and { unpack(st.kept.cached) } or {}, tokenizer = model.tokenizer,
+    shard = { n_vocab = n_vocab }, chunk = self:chunk_size(model) }, Remote)
+  local res, serr = require("exo.speculative").generate(target, draft, ids, req, on_text, should_stop, g)
+  if res then
+    res.plan = st.plan
+    st.cached = target.cached -- verify passes run one at a time: nothing is still going round
+  end
+  return res, serr
+end
+
+end
