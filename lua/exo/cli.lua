@@ -559,12 +559,15 @@ local function start_cluster(opts, node, key)
   if #node_id > 128 or not node_id:match("^[%w%._:%-]+$") then
     return nil, "--node-id must be 1 to 128 letters, digits, '.', '_', ':' or '-'"
   end
-  local watcher, config, cluster
+  local watcher, config, cluster, keep_out
   local feed = registry.merger(modules, function(records) cluster:set_discovered(records) end)
   if use.manual then
     local werr
     watcher, werr = require("exo.discovery.manual").new { path = opts.discovery_config_path, node_id = node_id,
-      on_change = function(c) feed("manual", c.peers) end }
+      on_change = function(c)
+        feed("manual", c.peers)
+        keep_out(c.peers) -- a peer taken out of the file leaves, live connection and all
+      end }
     if not watcher then return nil, werr end
     config = watcher:config()
   end
@@ -584,6 +587,7 @@ local function start_cluster(opts, node, key)
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
   local watchers = {}
   if watcher then
+    keep_out = registry.keep_out(cluster)
     watcher:start()
     watchers[#watchers + 1] = watcher
   end

@@ -59,10 +59,10 @@ class FakeTailscale:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base = "http://127.0.0.1:%d" % self.port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def start(self):
-        self.thread.start()
+        """Serves on a thread of its own; returns self."""
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
     def stop(self):
@@ -181,9 +181,9 @@ class FakeTailscale:
 
 
 if __name__ == "__main__":
-    fake = FakeTailscale(sys.argv[2], port=int(sys.argv[1])).start()
+    fake = FakeTailscale(sys.argv[2], port=int(sys.argv[1]))
     print("fake Tailscale API on", fake.base, flush=True)
     try:
-        fake.thread.join()
+        fake.server.serve_forever()
     except KeyboardInterrupt:
-        fake.stop()
+        fake.server.server_close()

@@ -47,6 +47,39 @@ function M.merger(names, publish)
   end
 end
 
+--- discovery.keep_out(cluster) -> update(peers): call it with every version of the peers file's
+--- peers (id -> record). A peer the file listed and no longer lists is kept out until it is listed
+--- again: its connection is closed now, it is not dialed (a gossiped address for it is forgotten),
+--- and a connection it makes is closed as soon as its hello arrives. Without this a removed peer
+--- stays: the live connection survives the edit, and a peer that still knows it gossips it back.
+function M.keep_out(cluster)
+  local listed, out = {}, {}
+  local why = "removed from the peers file"
+  local function enforce()
+    for id in pairs(out) do
+      local k = cluster.known[id]
+      if k and k.source ~= "discovery" then cluster.known[id] = nil end
+      local p = cluster.peers[id]
+      if p then
+        cluster.wire:close_conn(p.conn, why)
+        cluster:lose(id, why)
+      end
+    end
+  end
+  cluster:on_change(enforce)
+  return function(peers)
+    for id in pairs(listed) do
+      if not peers[id] then out[id] = true end
+    end
+    listed = {}
+    for id in pairs(peers) do
+      listed[id] = true
+      out[id] = nil
+    end
+    enforce()
+  end
+end
+
 local Group = {}
 Group.__index = Group
 
