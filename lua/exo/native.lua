@@ -282,6 +282,18 @@ int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab);
 int exo_wire_route_close(exo_wire *w, uint64_t request_id);
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
 int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
+int exo_download_fd(void);
+int exo_download_configure(int max_attempts, double backoff_s, double max_wait_s, double stall_s);
+int exo_download_file(const char *url, const char *dest, const char *headers, int64_t size, const char *sha256_hex,
+                      uint64_t job_id);
+int exo_download_request(const char *method, const char *url, const char *headers, const char *body,
+                         size_t body_len, size_t max_bytes, double timeout_s, uint64_t job_id);
+int exo_download_progress(uint64_t job_id, int64_t *done, int64_t *total, double *bytes_per_s, int *attempt);
+int exo_download_cancel(uint64_t job_id);
+int exo_download_next(uint64_t *job_id, int *status, int *http_status, char *err, size_t err_cap);
+int exo_download_result(uint64_t job_id, const char **body, size_t *body_len, const char **headers,
+                        size_t *headers_len);
+int exo_download_release(uint64_t job_id);
 double exo_measure_mem_bandwidth(size_t bytes, int reps);
 double exo_measure_flops_fp32(int reps);
 int64_t exo_peak_rss_bytes(void);
@@ -320,6 +332,7 @@ end
 local int1 = ffi.new("int[1]")
 local int1b = ffi.new("int[1]")
 local i64_1 = ffi.new("int64_t[1]")
+local i64_1b = ffi.new("int64_t[1]")
 local u64_1 = ffi.new("uint64_t[1]")
 local dbl1 = ffi.new("double[1]")
 local str1 = ffi.new("const char*[1]")
@@ -1275,6 +1288,114 @@ function Wire:free()
   if self.handle then
     exo_wire_free(self.handle)
     self.handle = nil
+  end
+end
+
+-- ---- downloads and HTTP requests (download.c) ---------------------------------------
+--
+-- Jobs run on threads of their own; lua/exo/download.lua polls download_fd()
+-- and calls download_drain. Ids are the caller's (unique among live jobs).
+
+local exo_download_fd, exo_download_configure = C.exo_download_fd, C.exo_download_configure
+local exo_download_file, exo_download_request = C.exo_download_file, C.exo_download_request
+local exo_download_progress, exo_download_cancel = C.exo_download_progress, C.exo_download_cancel
+local exo_download_next, exo_download_result, exo_download_release =
+  C.exo_download_next, C.exo_download_result, C.exo_download_release
+
+function M.download_fd() return exo_download_fd() end
+
+-- attempts per file, first backoff (s), longest wait (s), stall before a cut (s).
+function M.download_configure(attempts, backoff_s, max_wait_s, stall_s)
+  local rc = exo_download_configure(attempts, backoff_s, max_wait_s, stall_s)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- { name = value } as "Name: value" lines; CR or LF in either is misuse
+-- (it would inject headers).
+local function header_text(headers, what)
+  if headers == nil then return nil end
+  check_type(headers, "table", what .. " headers")
+  local lines = {}
+  for k, v in pairs(headers) do
+    k, v = tostring(k), tostring(v)
+    if k:find("[\r\n:]") or v:find("[\r\n]") then error(what .. ": bad header " .. k, 3) end
+    lines[#lines + 1] = k .. ": " .. v
+  end
+  table.sort(lines)
+  return table.concat(lines, "\n")
+end
+
+-- Starts downloading url into dest (via dest.partial). opts: headers, size,
+-- sha256 (hex). Returns true or nil, err; the outcome comes through drain.
+function M.download_file(url, dest, opts, job_id)
+  check_type(url, "string", "download_file url")
+  check_type(dest, "string", "download_file dest")
+  check_type(job_id, "number", "download_file job id")
+  opts = opts or {}
+  local rc = exo_download_file(url, dest, header_text(opts.headers, "download_file"), opts.size or -1,
+    opts.sha256, job_id)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- Starts one bounded HTTP request. opts: url, method ("GET"), headers, body
+-- (a string), max_bytes (1 MiB), timeout (30 s). Returns true or nil, err.
+function M.http_request(opts, job_id)
+  check_type(opts, "table", "http_request opts")
+  check_type(opts.url, "string", "http_request url")
+  check_type(job_id, "number", "http_request job id")
+  local body = opts.body
+  if body ~= nil then check_type(body, "string", "http_request body") end
+  local rc = exo_download_request(opts.method or (body and "POST" or "GET"), opts.url,
+    header_text(opts.headers, "http_request"), body, body and #body or 0, opts.max_bytes or 1048576,
+    opts.timeout or 30, job_id)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- done, total (-1: unknown), bytes/s, attempt of a live job; nil, err when none.
+function M.download_progress(job_id)
+  local rc = exo_download_progress(job_id, i64_1, i64_1b, dbl1, int1)
+  if rc ~= 0 then return fail(rc) end
+  return tonumber(i64_1[0]), tonumber(i64_1b[0]), dbl1[0], int1[0]
+end
+
+function M.download_cancel(job_id)
+  local rc = exo_download_cancel(job_id)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+-- Raw response headers as { lowercase name = value } (the last one wins).
+local function parse_headers(text)
+  local h = {}
+  for line in text:gmatch("[^\r\n]+") do
+    local k, v = line:match("^([^:%s]+):%s*(.-)%s*$")
+    if k then h[k:lower()] = v end
+  end
+  return h
+end
+
+local DL_ERR_CAP = 512 -- download.c keeps this much of a failed job's message
+local dl_err = ffi.new("char[?]", DL_ERR_CAP)
+local dl_http = ffi.new("int[1]")
+local dl_body, dl_hdrs = ffi.new("const char*[1]"), ffi.new("const char*[1]")
+-- Calls fn(job_id, ok, err, result) for every finished job, then frees it:
+-- result = { status = HTTP status (0 when none came), body, headers }, err
+-- "ECODE: message" when the job failed (a request's HTTP error is ok: read
+-- result.status).
+function M.download_drain(fn)
+  while exo_download_next(u64_1, status1, dl_http, dl_err, DL_ERR_CAP) == 1 do
+    local id, ok = u64_1[0], status1[0] == 0
+    local err = not ok and ffi.string(exo_error_name(status1[0])) .. ": " .. ffi.string(dl_err) or nil
+    local result = { status = dl_http[0], body = "", headers = {} }
+    if exo_download_result(id, dl_body, size1, dl_hdrs, size1b) == 0 then
+      result.body = ffi.string(dl_body[0], size1[0])
+      result.headers = parse_headers(ffi.string(dl_hdrs[0], size1b[0]))
+    end
+    exo_download_release(id)
+    fn(tonumber(id), ok, err, result)
   end
 end
 

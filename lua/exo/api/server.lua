@@ -255,6 +255,8 @@ local apis = { generate = generate, limits = limits, until_closed = until_closed
 require("exo.api.ollama").register(routes, apis)
 require("exo.api.anthropic").register(routes, apis)
 require("exo.api.responses").register(routes, apis)
+local models_api = require "exo.api.models_api" -- POST /download, GET /v1/download/progress, DELETE /models/{id}
+models_api.register(routes)
 
 -- ---- dispatch -------------------------------------------------------------------
 
@@ -294,6 +296,8 @@ local function handle(ctx, req, res)
   local route = routes[req.method .. " " .. path]
   current_route = req.method .. " " .. path
   if route then return route(ctx, req, res) end
+  local delete_id = req.method == "DELETE" and path:match("^/models/(.+)$")
+  if delete_id then return models_api.delete(ctx, req, res, delete_id) end
   local model_id = path:match("^/v1/models/(.+)$")
   if model_id and req.method == "GET" then
     local entry = models.registry[model_id]

@@ -1,0 +1,103 @@
+-- models_api.lua: downloading and deleting models over HTTP, as the original exo's API does.
+--
+--   POST   /download              {"model": ID}: starts downloading a catalogue model on this
+--                                 node (200 {"status": "success", "message"}; 404 unknown id)
+--   GET    /v1/download/progress  {NODE_ID: event} for this node's latest download, the
+--                                 original's RepoProgressEvent shape: repo_id, repo_revision,
+--                                 completed_files, total_files, downloaded_bytes,
+--                                 downloaded_bytes_this_session, total_bytes, overall_speed,
+--                                 overall_eta, file_progress, status ("in_progress",
+--                                 "complete", "failed"), plus model and error
+--   DELETE /models/{id}           removes a catalogue model's files (200; 404 when none)
+--
+-- A client names catalogue ids only (docs/security.md: clients never pick what a node
+-- fetches from the internet nor which folder it deletes); hub repository ids are the
+-- operator's, on the command line. Unlike the original, a finished or failed download stays
+-- listed (with its status) until the next one starts, so a page polling late still sees it.
+local json = require "exo.json"
+local models = require "exo.models"
+local download = require "exo.download"
+local openai = require "exo.api.openai"
+
+local M = {}
+
+-- A catalogue id (or "id:QUANT"), or nil.
+local function catalogue_name(name)
+  if type(name) ~= "string" then return nil end
+  local spec = models.lookup(name)
+  return spec and spec.entry and name or nil
+end
+
+local latest -- the name of this node's most recent download
+
+-- One download's status in the original exo's RepoProgressEvent shape.
+function M.event(st)
+  local done, total, speed = download.totals(st)
+  local completed, files = 0, {}
+  for _, f in ipairs(st.files) do
+    local finished = f.size and (f.done or 0) >= f.size and not f.job
+    if finished then completed = completed + 1 end
+    files[f.path] = { repo_id = st.repo, repo_revision = "main", file_path = f.path, downloaded = f.done or 0,
+      downloaded_this_session = f.done or 0, total = f.size or 0, speed = f.speed or 0,
+      eta = (f.speed or 0) > 0 and ((f.size or 0) - (f.done or 0)) / f.speed or 0,
+      status = finished and "complete" or (st.state == "downloading" and "in_progress" or "not_started") }
+  end
+  local status = st.state == "downloading" and "in_progress" or st.state
+  return {
+    model = st.name, repo_id = st.repo, repo_revision = "main", completed_files = completed,
+    total_files = #st.files, downloaded_bytes = done, downloaded_bytes_this_session = done, total_bytes = total,
+    overall_speed = speed, overall_eta = speed > 0 and (total - done) / speed or 0,
+    file_progress = files, status = status,
+    error = st.error or json.null,
+  }
+end
+
+local function node_id(ctx)
+  local c = ctx.cluster
+  return c and (c.node_id or c.id) or "local"
+end
+
+function M.register(routes)
+  routes["POST /download"] = function(_, req, res)
+    local ok, body = pcall(json.decode, req.body or "")
+    local name = ok and type(body) == "table" and catalogue_name(body.model)
+    if not name then
+      local given = ok and type(body) == "table" and body.model
+      return res:json(openai.error(404, ("unknown model '%s': POST /download takes a catalogue id (GET /v1/models)")
+        :format(tostring(given)), "not_found_error", "model", "model_not_found"))
+    end
+    latest = name
+    -- The download runs on its own coroutine; the route answers at once.
+    coroutine.wrap(function()
+      local path, err = download.pull(name)
+      if not path then io.stderr:write(("exo: download of %s failed: %s\n"):format(name, err)) end
+    end)()
+    res:json(200, { status = "success", message = "Download started for model: " .. name })
+  end
+
+  routes["GET /v1/download/progress"] = function(ctx, _, res)
+    local st = latest and download.status[latest]
+    local out = {}
+    if st then out[node_id(ctx)] = M.event(st) end
+    res:json(200, out) -- {} when nothing was downloaded
+  end
+end
+
+-- DELETE /models/{id} (the id URL-decoded).
+function M.delete(_, _, res, raw)
+  local id = raw:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  if not catalogue_name(id) then
+    return res:json(openai.error(404, ("unknown model '%s'"):format(id), "not_found_error", "model",
+      "model_not_found"))
+  end
+  local n, err = download.remove(id)
+  if not n then
+    local status = err:find("downloading", 1, true) and 409 or 404
+    return res:json(status, { detail = err })
+  end
+  res:json(200, { status = "success", message = ("Model %s deleted successfully"):format(id),
+    path = models.store() .. "/" .. id, files = n })
+end
+
+
+return M

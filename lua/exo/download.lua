@@ -1,0 +1,479 @@
+-- download.lua: getting models from the Hugging Face hub (or any server that
+-- speaks its routes), and small HTTP requests for other modules.
+--
+-- The bytes move in C (native/download.c: libcurl on threads of its own,
+-- resumable .partial files, size and SHA-256 checked before the rename); this
+-- module decides what to fetch and reports on it. It lists a repository with
+-- the hub's tree API (GET {endpoint}/api/models/{repo}/tree/{revision}?
+-- recursive=true: path, size, and lfs.oid = the SHA-256 of LFS files), picks
+-- the model's file (every part of a split GGUF), and downloads each from
+-- {endpoint}/{repo}/resolve/{revision}/{path}, several at once. Completions
+-- come back through one luv poll on the downloader's eventfd, so the loop
+-- keeps serving while a model downloads; a caller on a coroutine simply
+-- waits (M.request, M.pull), and M.run_blocking drives the loop for the CLI.
+-- Settings from the environment, as huggingface_hub reads them: HF_ENDPOINT
+-- (default https://huggingface.co), HF_TOKEN or the file $HF_HOME/token
+-- (HF_HOME defaults to ~/.cache/huggingface); EXO_OFFLINE=1 (or
+-- HF_HUB_OFFLINE=1) never touches the network.
+local uv = require "luv"
+local native = require "exo.native"
+local json = require "exo.json"
+local models = require "exo.models"
+
+local M = {}
+
+-- ---- settings -------------------------------------------------------------------
+
+function M.endpoint()
+  local e = os.getenv("HF_ENDPOINT")
+  if not e or e == "" then e = "https://huggingface.co" end
+  return (e:gsub("/+$", ""))
+end
+
+local function truthy(v) return v ~= nil and v ~= "" and v ~= "0" and v:lower() ~= "false" end
+
+function M.offline() return truthy(os.getenv("EXO_OFFLINE")) or truthy(os.getenv("HF_HUB_OFFLINE")) end
+
+-- The token and where it came from, or nil.
+function M.token()
+  local t = os.getenv("HF_TOKEN")
+  if t and t ~= "" then return t, "HF_TOKEN" end
+  local home = os.getenv("HF_HOME")
+  if not home or home == "" then home = (os.getenv("HOME") or ".") .. "/.cache/huggingface" end
+  local f = io.open(home .. "/token", "rb")
+  if not f then return nil end
+  t = (f:read("*a") or ""):match("^%s*(.-)%s*$")
+  f:close()
+  if t == "" then return nil end
+  return t, home .. "/token"
+end
+
+local function auth_headers()
+  local t = M.token()
+  return t and { Authorization = "Bearer " .. t } or {}
+end
+
+-- Retries: EXO_DOWNLOAD_ATTEMPTS (5), EXO_DOWNLOAD_BACKOFF seconds (1,
+-- doubling), EXO_DOWNLOAD_STALL seconds without a byte before a transfer
+-- counts as cut (60). Applied to the jobs started after.
+local configured = false
+local function configure()
+  if configured then return end
+  configured = true
+  native.download_configure(tonumber(os.getenv("EXO_DOWNLOAD_ATTEMPTS") or "") or 5,
+    tonumber(os.getenv("EXO_DOWNLOAD_BACKOFF") or "") or 1, 60,
+    tonumber(os.getenv("EXO_DOWNLOAD_STALL") or "") or 60)
+end
+
+-- ---- completions ------------------------------------------------------------------
+
+local handlers, n_handlers, next_id = {}, 0, 1
+local poll
+
+local function on_ready()
+  native.download_drain(function(id, ok, err, result)
+    local h = handlers[id]
+    if h then
+      handlers[id] = nil
+      n_handlers = n_handlers - 1
+      h(ok, err, result)
+    end
+  end)
+  -- No job left: let the loop end (the CLI's run_blocking relies on it).
+  if n_handlers == 0 and poll then
+    poll:stop()
+    poll:close()
+    poll = nil
+  end
+end
+
+-- Starts a job with start(id) (a native call returning true or nil, err);
+-- on_done(ok, err, result) runs on the loop thread when it ends. Returns the
+-- job id, or nil, err.
+local function submit(start, on_done)
+  configure()
+  local id = next_id
+  next_id = next_id + 1
+  local ok, err = start(id)
+  if not ok then return nil, err end
+  handlers[id] = on_done
+  n_handlers = n_handlers + 1
+  if not poll then
+    poll = uv.new_poll(native.download_fd())
+    poll:start("r", on_ready)
+  end
+  return id
+end
+
+local function running()
+  local co = coroutine.running()
+  assert(co, "exo.download: call from a coroutine (or use run_blocking)")
+  return co
+end
+
+-- One bounded HTTP request, waiting on the calling coroutine. opts: url,
+-- method ("GET", or "POST" with a body), headers ({ name = value }), body (a
+-- string; a table is sent as JSON with Content-Type set), max_bytes (1 MiB),
+-- timeout (seconds, 30). Returns { status, body, headers (lowercase names) }
+-- for any HTTP status, or nil, err when no response came (or it was too big).
+function M.request(opts)
+  local co = running()
+  if type(opts.body) == "table" then
+    local headers = {}
+    for k, v in pairs(opts.headers or {}) do headers[k] = v end
+    headers["Content-Type"] = headers["Content-Type"] or "application/json"
+    opts = { url = opts.url, method = opts.method, body = json.encode(opts.body), headers = headers,
+      max_bytes = opts.max_bytes, timeout = opts.timeout }
+  end
+  local waiting = true
+  local id, err = submit(function(id) return native.http_request(opts, id) end, function(ok, jerr, result)
+    waiting = false
+    local rok, rerr = coroutine.resume(co, ok and result or nil, jerr)
+    if not rok then io.stderr:write("exo: " .. tostring(rerr) .. "\n") end
+  end)
+  if not id then return nil, err end
+  if waiting then return coroutine.yield() end
+end
+
+-- Runs fn(...) on a coroutine and the loop until it returns (the CLI's way
+-- in); returns what fn returned.
+function M.run_blocking(fn, ...)
+  local args, n = { ... }, select("#", ...)
+  local out, finished, looping
+  local co = coroutine.create(function()
+    out = { pcall(fn, unpack(args, 1, n)) }
+    finished = true
+    if looping then uv.stop() end -- uv.stop outside uv.run would stop the host's own run later
+  end)
+  local ok, err = coroutine.resume(co)
+  if not ok then error(err, 0) end
+  if not finished then
+    looping = true
+    uv.run()
+    looping = false
+  end
+  if not finished then return nil, "interrupted" end
+  if not out[1] then error(out[2], 0) end
+  return unpack(out, 2, table.maxn(out))
+end
+
+-- ---- the hub ----------------------------------------------------------------------
+
+-- A path segment list escaped for a URL (the hub's names are plain, but a
+-- space or '#' must not change the request).
+local function escape_path(p)
+  return (p:gsub("[^%w%-._~/]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+local function hub_error(status, repo, what, body)
+  if status == 401 or status == 403 then
+    local _, from = M.token()
+    return ("the hub refused %s (HTTP %d): the repository is gated or private. Accept its terms on the hub, "
+      .. "then give exo a token: set HF_TOKEN=hf_... or write it to $HF_HOME/token (~/.cache/huggingface/token)%s")
+      :format(repo, status, from and (" (the token from " .. from .. " was not accepted)") or "")
+  elseif status == 404 then
+    return ("not found on the hub (%s): %s (HTTP 404)"):format(M.endpoint(), what)
+  elseif status == 429 then
+    return ("the hub is rate-limiting this address (HTTP 429) for %s; try again later or give a token (HF_TOKEN)")
+      :format(what)
+  end
+  local detail = body and body:match('"error"%s*:%s*"([^"]*)"')
+  return ("the hub answered HTTP %d for %s%s"):format(status, what, detail and (": " .. detail) or "")
+end
+
+local TREE_MAX = 16 * 1048576
+
+-- The repository's files at revision: { {path, size, sha256 (LFS only)} },
+-- following the tree API's Link: rel="next" pages. Waits on the coroutine.
+function M.list_files(repo, revision)
+  revision = revision or "main"
+  local url = ("%s/api/models/%s/tree/%s?recursive=true"):format(M.endpoint(), escape_path(repo),
+    escape_path(revision))
+  if M.offline() then return nil, "downloads are off (EXO_OFFLINE=1)" end
+  local files = {}
+  for _ = 1, 100 do
+    local res, err = M.request { url = url, headers = auth_headers(), max_bytes = TREE_MAX, timeout = 60 }
+    if not res then return nil, ("cannot list %s on %s: %s"):format(repo, M.endpoint(), err) end
+    if res.status ~= 200 then return nil, hub_error(res.status, repo, "repository " .. repo, res.body) end
+    local ok, list = pcall(json.decode, res.body)
+    if not ok or type(list) ~= "table" then return nil, "the hub's file list for " .. repo .. " is not JSON" end
+    for _, f in ipairs(list) do
+      if type(f) == "table" and f.type == "file" and type(f.path) == "string" then
+        local lfs = type(f.lfs) == "table" and f.lfs or nil
+        local sha = lfs and type(lfs.oid) == "string" and lfs.oid:lower() or nil
+        if sha and not sha:match("^%x+$") or (sha and #sha ~= 64) then sha = nil end
+        files[#files + 1] = { path = f.path, size = tonumber(lfs and lfs.size or f.size), sha256 = sha }
+      end
+    end
+    local nxt = (res.headers["link"] or ""):match('<([^>]+)>%s*;%s*rel="?next"?')
+    if not nxt then return files end
+    url = nxt
+  end
+  return nil, "the hub's file list for " .. repo .. " has too many pages"
+end
+
+-- Every part of the split GGUF whose first part is file (or just file).
+local function with_parts(files, file)
+  local stem, total = file:match("^(.-)%-00001%-of%-(%d+)%.gguf$")
+  local by_path = {}
+  for _, f in ipairs(files) do by_path[f.path] = f end
+  if not stem then return by_path[file] and { by_path[file] } or nil end
+  local out = {}
+  for i = 1, tonumber(total) do
+    local part = by_path[("%s-%05d-of-%s.gguf"):format(stem, i, total)]
+    if not part then return nil end
+    out[#out + 1] = part
+  end
+  return out
+end
+
+-- The files spec needs from the listing, or nil, err.
+function M.plan(spec, files)
+  local file = spec.file
+  if not file then
+    local candidates, all = {}, {}
+    for _, f in ipairs(files) do
+      if f.path:match("%.gguf$") and models.is_first_part(f.path) and not f.path:find("mmproj", 1, true) then
+        all[#all + 1] = f.path
+        if models.matches_quant(f.path, spec.quant) then candidates[#candidates + 1] = f.path end
+      end
+    end
+    table.sort(candidates)
+    if #candidates == 0 and #all == 1 and spec.quant == "Q4_K_M" then candidates = all end
+    if #candidates == 0 then
+      table.sort(all)
+      return nil, ("%s has no %s GGUF file (it has: %s); name one as %s:FILE.gguf"):format(spec.repo, spec.quant,
+        #all > 0 and table.concat(all, ", ") or "no GGUF files", spec.repo)
+    end
+    file = candidates[1]
+    spec.file = file
+  end
+  local parts = with_parts(files, file)
+  if not parts then return nil, hub_error(404, spec.repo, spec.repo .. "/" .. file) end
+  return parts
+end
+
+-- ---- pulling a model ----------------------------------------------------------------
+
+-- Downloads in progress or finished, by the name asked for: what
+-- /v1/download/progress and the CLI's bar show.
+M.status = {}
+
+local function mkdir_p(path)
+  local at = ""
+  for part in path:gmatch("[^/]+") do
+    at = at .. "/" .. part
+    local st = uv.fs_stat(at)
+    if not st then
+      local ok, err = uv.fs_mkdir(at, 493) -- 0755
+      if not ok and not (err or ""):match("^EEXIST") then return nil, ("cannot create %s: %s"):format(at, err) end
+    elseif st.type ~= "directory" then
+      return nil, at .. " is not a folder"
+    end
+  end
+  return true
+end
+
+local function size_of(path)
+  local st = uv.fs_stat(path)
+  return st and st.size or 0
+end
+
+-- Bytes done and total over a status's files, with its speed.
+function M.totals(st)
+  local done, total, speed = 0, 0, 0
+  for _, f in ipairs(st.files) do
+    if f.job then
+      local d, _, s = native.download_progress(f.job)
+      if d then f.done, f.speed = d, s end
+    end
+    done = done + (f.done or 0)
+    total = total + (f.size or 0)
+    speed = speed + (f.job and f.speed or 0)
+  end
+  return done, total, speed
+end
+
+-- Downloads one file; waits on the coroutine. Returns true or nil, err.
+local function fetch_file(st, spec, f, revision)
+  local dest = spec.dir .. "/" .. f.path
+  local ok, err = mkdir_p(dest:match("^(.*)/[^/]*$"))
+  if not ok then return nil, err end
+  if size_of(dest) > 0 and (not f.size or size_of(dest) == f.size) then
+    f.done = f.size or size_of(dest)
+    return true -- already here (and checked when it was renamed into place)
+  end
+  local url = ("%s/%s/resolve/%s/%s"):format(M.endpoint(), escape_path(spec.repo), escape_path(revision),
+    escape_path(f.path))
+  local co = running()
+  local waiting = true
+  local id, serr = submit(function(id)
+    return native.download_file(url, dest, { headers = auth_headers(), size = f.size, sha256 = f.sha256 }, id)
+  end, function(jok, jerr, result)
+    waiting = false
+    local rok, rerr = coroutine.resume(co, jok, jerr, result)
+    if not rok then io.stderr:write("exo: " .. tostring(rerr) .. "\n") end
+  end)
+  if not id then return nil, serr end
+  f.job = id
+  local jok, jerr, result
+  if waiting then jok, jerr, result = coroutine.yield() end
+  f.job = nil
+  if jok then
+    f.done = f.size or size_of(dest)
+    return true
+  end
+  f.done = size_of(dest .. ".partial")
+  local status = result and result.status or 0
+  if status >= 400 and jerr:find("HTTP %d+") then return nil, hub_error(status, spec.repo, spec.repo .. "/" .. f.path) end
+  jerr = jerr:gsub("^E%u+: ", "")
+  if jerr:find("No space left", 1, true) then
+    jerr = jerr .. " (free some space: the partial file is kept and the next pull resumes it)"
+  end
+  return nil, ("downloading %s: %s"):format(f.path, jerr)
+end
+
+-- Waits while every function in fns runs on a coroutine of its own; returns
+-- the first error.
+local function all(fns, limit)
+  local co = running()
+  local first_err, left, next_i, active = nil, #fns, 1, 0
+  if left == 0 then return true end
+  local launch
+  local function finish(ok, err)
+    active = active - 1
+    left = left - 1
+    if not ok and not first_err then first_err = err end
+    if left == 0 then
+      local rok, rerr = coroutine.resume(co)
+      if not rok then io.stderr:write("exo: " .. tostring(rerr) .. "\n") end
+    else
+      launch()
+    end
+  end
+  launch = function()
+    while next_i <= #fns and active < limit do
+      local fn = fns[next_i]
+      next_i = next_i + 1
+      active = active + 1
+      local c = coroutine.create(function() finish(fn()) end)
+      local ok, err = coroutine.resume(c)
+      if not ok then finish(false, err) end
+    end
+  end
+  launch()
+  if left > 0 then coroutine.yield() end
+  if first_err then return nil, first_err end
+  return true
+end
+
+-- Free bytes where path lies, or nil when the system will not say.
+local function free_bytes(path)
+  if not uv.fs_statfs then return nil end
+  local s = uv.fs_statfs(path)
+  return s and s.bavail and s.bsize and s.bavail * s.bsize or nil
+end
+
+-- Makes name's files present in the store; waits on the coroutine. opts:
+-- revision ("main"), parallel (files at once, 4). Returns the real path of
+-- the model's (first) file, or nil, err. Concurrent pulls of one name share
+-- the first one's work.
+function M.pull(name, opts)
+  opts = opts or {}
+  local spec, err = models.lookup(name)
+  if not spec then return nil, err or select(2, models.resolve(name, false)) end
+  local have = models.local_file(spec)
+  local path = have and models.resolve(name, true)
+  if path then return path end
+  if not spec.repo then
+    return nil, ("model '%s' names no hub repository (add repo and quants to its entry in $EXO_HOME/models.lua)")
+      :format(name)
+  end
+  if M.offline() then
+    return nil, ("model '%s' is not in the store and downloads are off (EXO_OFFLINE=1)"):format(name)
+  end
+  local st = M.status[name]
+  if st and st.state == "downloading" then
+    st.waiters[#st.waiters + 1] = running()
+    return coroutine.yield()
+  end
+  st = { name = name, repo = spec.repo, state = "downloading", files = {}, waiters = {}, started = uv.now() }
+  M.status[name] = st
+  local function finish(result, ferr)
+    st.state = result and "complete" or "failed"
+    st.error = ferr
+    st.path = result
+    for _, co in ipairs(st.waiters) do
+      local ok, rerr = coroutine.resume(co, result, ferr)
+      if not ok then io.stderr:write("exo: " .. tostring(rerr) .. "\n") end
+    end
+    st.waiters = {}
+    return result, ferr
+  end
+  local revision = opts.revision or "main"
+  local listing, lerr = M.list_files(spec.repo, revision)
+  if not listing then return finish(nil, lerr) end
+  local files, perr = M.plan(spec, listing)
+  if not files then return finish(nil, perr) end
+  local ok, merr = mkdir_p(spec.dir)
+  if not ok then return finish(nil, merr .. " (is the model store read-only? EXO_HOME moves it)") end
+  local need = 0
+  for _, f in ipairs(files) do
+    local entry = { path = f.path, size = f.size, sha256 = f.sha256, done = 0 }
+    st.files[#st.files + 1] = entry
+    need = need + math.max(0, (f.size or 0) - size_of(spec.dir .. "/" .. f.path .. ".partial"))
+  end
+  local free = free_bytes(spec.dir)
+  if free and need > free then
+    return finish(nil, ("not enough disk space for %s: %d MB more are needed, %d MB free in %s"):format(name,
+      math.ceil(need / 1e6), math.floor(free / 1e6), spec.dir))
+  end
+  local fns = {}
+  for _, f in ipairs(st.files) do
+    fns[#fns + 1] = function() return fetch_file(st, spec, f, revision) end
+  end
+  local aok, aerr = all(fns, opts.parallel or 4)
+  if not aok then return finish(nil, aerr) end
+  local real = native.realpath(spec.dir .. "/" .. files[1].path)
+  if not real then return finish(nil, "downloaded, but cannot find " .. files[1].path) end
+  return finish(real)
+end
+
+-- Removes name's files (and partials) from the store. Returns the number of
+-- files removed, or nil, err.
+function M.remove(name)
+  local spec, err = models.lookup(name)
+  if not spec then return nil, err or ("unknown model '" .. tostring(name) .. "'") end
+  local st = M.status[name]
+  if st and st.state == "downloading" then return nil, ("model '%s' is downloading"):format(name) end
+  local removed = 0
+  local function rm_tree(path)
+    local req = uv.fs_scandir(path)
+    if not req then return end
+    while true do
+      local n, t = uv.fs_scandir_next(req)
+      if not n then break end
+      local p = path .. "/" .. n
+      if t == "directory" then
+        rm_tree(p)
+        uv.fs_rmdir(p)
+      elseif uv.fs_unlink(p) then
+        removed = removed + 1
+      end
+    end
+  end
+  if spec.entry and spec.name ~= spec.id then
+    -- One quantization of a catalogue model: only its files.
+    for _, f in ipairs { spec.file, spec.file .. ".partial" } do
+      if uv.fs_unlink(spec.dir .. "/" .. f) then removed = removed + 1 end
+    end
+  else
+    rm_tree(spec.dir)
+    uv.fs_rmdir(spec.dir)
+  end
+  M.status[name] = nil
+  if removed == 0 then return nil, ("model '%s' has no files in the store"):format(name) end
+  return removed
+end
+
+return M
