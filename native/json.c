@@ -296,6 +296,7 @@ static int parse_value(struct parser *ps, int depth, int32_t *out)
     case 'f': return literal(ps, "false", EXO_JSON_FALSE, out);
     case 'n': return literal(ps, "null", EXO_JSON_NULL, out);
     default: {
+        if (*ps->p != '-' && (*ps->p < '0' || *ps->p > '9')) return fail(ps, "unexpected character");
         if ((rc = new_node(ps, EXO_JSON_NUMBER, out))) return rc;
         struct node tmp = ps->j->nodes[*out];
         if ((rc = parse_number(ps, &tmp))) return rc;

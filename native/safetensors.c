@@ -362,6 +362,7 @@ struct folder {
     size_t n_files;
     exo_json *config, *tokenizer, *tok_config;
     char *template_file;
+    float *rope_factors;
     /* from config.json */
     char arch[16];
     bool permute_qk;
@@ -377,6 +378,7 @@ static void folder_free(struct folder *m)
     exo__json_free(m->tokenizer);
     exo__json_free(m->tok_config);
     free(m->template_file);
+    free(m->rope_factors);
 }
 
 /* A shard file name from the index: a plain name inside the folder. */
@@ -493,7 +495,7 @@ static int read_config(struct folder *m)
  * original context / high_freq_factor keep their frequency, longer than
  * context / low_freq_factor are divided by factor, and those between blend
  * the two by where the wavelength falls). */
-static int rope_metadata(struct folder *m, exo_gguf_writer *w, bool tensors)
+static int rope_metadata(struct folder *m, exo_gguf_writer *w, float **factors, int64_t *n_factors)
 {
     double theta;
     int rc = cfg_float(m, "rope_theta", &theta, 10000.0);
@@ -518,7 +520,6 @@ static int rope_metadata(struct folder *m, exo_gguf_writer *w, bool tensors)
     if (strcmp(type, "llama3"))
         return exo__error_set(EXO_ENOTSUP, "%s/config.json: rope_scaling type '%.32s' is not supported (linear and "
                              "llama3 are)", m->dir, type);
-    if (!tensors) return 0;
     double lo = exo__json_num(m->config, exo__json_get(m->config, rs, "low_freq_factor"));
     double hi = exo__json_num(m->config, exo__json_get(m->config, rs, "high_freq_factor"));
     double old_ctx = exo__json_num(m->config, exo__json_get(m->config, rs, "original_max_position_embeddings"));
@@ -538,10 +539,9 @@ static int rope_metadata(struct folder *m, exo_gguf_writer *w, bool tensors)
             f[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
         }
     }
-    int64_t ne[1] = {half};
-    rc = exo__gguf_writer_add_tensor(w, "rope_freqs.weight", EXO_DTYPE_F32, 1, ne, f, sizeof(float) * (size_t)half);
-    free(f);
-    return rc;
+    *factors = f;
+    *n_factors = half;
+    return 0;
 }
 
 static int hparams_metadata(struct folder *m, exo_gguf_writer *w)
@@ -912,12 +912,50 @@ const char *exo__safetensors_split_regex(const char *pre)
     return NULL;
 }
 
-static int add_tensor(struct folder *m, exo_gguf_writer *w, const exo_st_tensor *t)
+/* One tensor of the GGUF being written: where its bytes come from and what
+ * happens to them on the way (widening a vector, reordering Q/K rows). */
+struct plan {
+    const exo_st_tensor *src; /* NULL: own holds the bytes (rope factors) */
+    const void *own;
+    int dtype;                /* in the GGUF */
+    int heads;                /* Q/K rows to reorder per this many heads, or 0 */
+    int64_t rows;             /* rows reordered (a bias: its elements) */
+    size_t size;
+};
+
+struct plans {
+    struct plan *p;
+    size_t n, cap;
+    bool info_only;           /* tensor infos only: the data is never made */
+};
+
+/* Whether a GGUF tensor belongs to the shard [start, end) (end <= 0: all):
+ * its layers and every non-layer tensor (embeddings, head, norms, rope
+ * factors; the loader takes the embedding's row count from it). */
+static bool in_range(const char *name, int start, int end)
+{
+    long layer;
+    if (end <= 0 || sscanf(name, "blk.%ld.", &layer) != 1) return true;
+    return layer >= start && layer < end;
+}
+
+static int add_plan(struct plans *ps, exo_gguf_writer *w, const char *name, int n_dims, const int64_t *ne,
+                    struct plan p)
+{
+    if (exo_grow(&ps->p, &ps->cap, ps->n + 1, sizeof *ps->p)) return exo__error_set(EXO_ENOMEM, "out of memory");
+    int rc = exo__gguf_writer_add_tensor_later(w, name, p.dtype, n_dims, ne, p.size);
+    if (!rc) ps->p[ps->n++] = p;
+    return rc;
+}
+
+static int plan_tensor(struct folder *m, exo_gguf_writer *w, struct plans *ps, const exo_st_tensor *t, int start,
+                       int end)
 {
     char name[96];
     int heads;
     int rc = gguf_name(m, t->name, name, sizeof name, &heads);
     if (rc) return rc < 0 ? rc : 0;
+    if (!in_range(name, start, end)) return 0;
     if (t->dtype != EXO_DTYPE_F32 && t->dtype != EXO_DTYPE_F16 && t->dtype != EXO_DTYPE_BF16)
         return exo__error_set(EXO_ENOTSUP, "%s: tensor '%s' is %s (F32, F16 and BF16 are supported)", m->dir, t->name,
                              t->dtype_name);
@@ -926,80 +964,97 @@ static int add_tensor(struct folder *m, exo_gguf_writer *w, const exo_st_tensor 
                              t->n_dims);
     int64_t rows = t->n_dims == 2 ? t->shape[0] : 1, cols = t->shape[t->n_dims - 1];
     int64_t ne[2] = {cols, rows};
-    if (heads && (rows % heads || (rows / heads) % 2))
+    struct plan p = {t, NULL, t->dtype, heads, t->n_dims == 2 ? rows : cols, t->size};
+    if (heads && (p.rows % heads || (p.rows / heads) % 2))
         return exo__error_set(EXO_EFORMAT, "%s: tensor '%s' has %lld rows, not %d heads of an even size", m->dir,
-                             t->name, (long long)rows, heads);
-    const void *data = t->data;
+                             t->name, (long long)p.rows, heads);
+    /* Vectors in f32: the engine reads norms and biases as floats. */
+    if (t->n_dims == 1) p.dtype = EXO_DTYPE_F32, p.size = sizeof(float) * (size_t)cols;
+    return add_plan(ps, w, name, t->n_dims, ne, p);
+}
+
+/* The bytes of plan index into buf (the writer's fill callback). */
+static int fill_tensor(void *ud, size_t index, void *buf, size_t size)
+{
+    struct plans *ps = ud;
+    if (ps->info_only) return 1; /* stop at the first tensor's data: see open_safetensors_model */
+    const struct plan *p = &ps->p[index];
+    if (!p->src) {
+        memcpy(buf, p->own, size);
+        return 0;
+    }
+    const void *data = p->src->data;
     void *tmp = NULL;
-    int dtype = t->dtype;
-    size_t size = t->size;
-    if (t->n_dims == 1 && dtype != EXO_DTYPE_F32) {
-        /* Vectors in f32: the engine reads norms and biases as floats. */
-        float *f = tmp = malloc(sizeof(float) * (size_t)cols);
-        if (!f) return exo__error_set(EXO_ENOMEM, "out of memory");
-        const uint16_t *h = t->data;
-        for (int64_t i = 0; i < cols; i++) {
+    if (p->dtype != p->src->dtype) {
+        float *f = p->heads ? (tmp = malloc(size)) : buf;
+        if (!f) return exo__error_set(EXO_ENOMEM, "out of memory converting '%s'", p->src->name);
+        const uint16_t *h = data;
+        for (size_t i = 0; i < size / sizeof(float); i++) {
             uint16_t bits;
             memcpy(&bits, h + i, 2);
-            f[i] = dtype == EXO_DTYPE_F16 ? exo__half_to_float(bits) : exo__bf16_to_float(bits);
+            f[i] = p->src->dtype == EXO_DTYPE_F16 ? exo__half_to_float(bits) : exo__bf16_to_float(bits);
         }
-        data = f, dtype = EXO_DTYPE_F32, size = sizeof(float) * (size_t)cols;
+        data = f;
     }
-    if (heads) {
-        uint8_t *p = malloc(size ? size : 1);
-        if (!p) {
-            free(tmp);
-            return exo__error_set(EXO_ENOMEM, "out of memory");
-        }
-        /* A bias permutes like a column of the matrix: one element a row. */
-        int64_t n_rows = t->n_dims == 2 ? rows : cols;
-        exo__safetensors_permute_rows(data, p, n_rows, size / (size_t)n_rows, heads, false);
-        free(tmp);
-        data = tmp = p;
-    }
-    rc = exo__gguf_writer_add_tensor(w, name, dtype, t->n_dims, ne, data, size);
+    if (p->heads) exo__safetensors_permute_rows(data, buf, p->rows, size / (size_t)p->rows, p->heads, false);
+    else if (data != buf) memcpy(buf, data, size);
     free(tmp);
-    return rc;
+    return 0;
 }
 
 /* ---- the GGUF in memory ------------------------------------------------------ */
 
-static int convert(struct folder *m, int what, exo_gguf_writer *w)
+static int convert(struct folder *m, int what, int start, int end, exo_gguf_writer *w, struct plans *ps)
 {
     int rc;
     const char *base = strrchr(m->dir, '/');
+    float *factors = NULL;
+    int64_t n_factors = 0;
     if ((rc = exo__gguf_writer_add_str(w, "general.architecture", m->arch)) ||
         (rc = exo__gguf_writer_add_str(w, "general.name", base && base[1] ? base + 1 : m->dir)) ||
-        (rc = hparams_metadata(m, w)) || (rc = rope_metadata(m, w, what == EXO_MODEL_OPEN_ALL)))
+        (rc = hparams_metadata(m, w)) || (rc = rope_metadata(m, w, &factors, &n_factors)))
         return rc;
+    m->rope_factors = factors;
     if (m->tokenizer && (rc = tokenizer_metadata(m, w))) return rc;
     if ((rc = template_metadata(m, w))) return rc;
-    if (what != EXO_MODEL_OPEN_ALL) return 0;
+    if (what == EXO_MODEL_OPEN_METADATA) return 0;
+    if (factors) {
+        int64_t ne[1] = {n_factors};
+        struct plan p = {NULL, factors, EXO_DTYPE_F32, 0, 1, sizeof(float) * (size_t)n_factors};
+        if ((rc = add_plan(ps, w, "rope_freqs.weight", 1, ne, p))) return rc;
+    }
     for (size_t f = 0; f < m->n_files; f++)
         for (int64_t i = 0; i < m->files[f]->n; i++)
-            if ((rc = add_tensor(m, w, &m->files[f]->t[i]))) return rc;
+            if ((rc = plan_tensor(m, w, ps, &m->files[f]->t[i], start, end))) return rc;
     return 0;
 }
 
-static int open_safetensors_model(const char *path, int what, exo_gguf **out)
+static size_t padded(size_t n)
+{
+    return (n + 31) / 32 * 32; /* the writer's default alignment, which convert() keeps */
+}
+
+static int open_safetensors_model(const char *path, int what, int start, int end, exo_gguf **out)
 {
     struct folder m;
     memset(&m, 0, sizeof m);
+    struct plans ps = {NULL, 0, 0, what == EXO_MODEL_OPEN_INFO};
     exo_gguf_writer *w = NULL;
     int fd = -1;
     int rc = model_dir(path, m.dir, sizeof m.dir);
     if (!rc) rc = read_config(&m);
     if (!rc) rc = read_json(m.dir, "tokenizer.json", ST_MAX_TOKENIZER, false, &m.tokenizer);
     if (!rc) rc = read_json(m.dir, "tokenizer_config.json", ST_MAX_TOKENIZER, false, &m.tok_config);
-    if (!rc && what == EXO_MODEL_OPEN_ALL) rc = open_weights(&m);
+    if (!rc && what != EXO_MODEL_OPEN_METADATA) rc = open_weights(&m);
     if (rc) goto done;
     if (!(w = exo__gguf_writer_new())) {
         rc = EXO_ENOMEM;
         goto done;
     }
-    if ((rc = convert(&m, what, w))) goto done;
-    /* Written into an anonymous memory file and mapped back by the one GGUF
-     * reader: the engine sees exactly what it would see from disk. */
+    if ((rc = convert(&m, what, start, end, w, &ps))) goto done;
+    /* Written into an anonymous memory file, one tensor at a time, and mapped
+     * back by the one GGUF reader: the engine sees exactly what it would see
+     * from disk, and memory holds one copy of the shard's weights. */
     fd = memfd_create("exo-safetensors", MFD_CLOEXEC);
     if (fd < 0) {
         rc = exo__error_set(EXO_EIO, "%s: cannot create a memory file: %s", path, strerror(errno));
@@ -1007,7 +1062,20 @@ static int open_safetensors_model(const char *path, int what, exo_gguf **out)
     }
     char fd_path[64];
     snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fd);
-    if ((rc = exo__gguf_writer_write(w, fd_path))) goto done;
+    rc = exo__gguf_writer_write_fill(w, fd_path, fill_tensor, &ps);
+    if (ps.info_only && ps.n && rc == EXO_EIO) {
+        /* Tensor infos only (what metadata readers need): the writer stopped
+         * at the first tensor's data, with the header and its padding
+         * written; the data section becomes a hole of the right size, which
+         * takes no memory and reads as zeros. */
+        struct stat st;
+        uint64_t total = 0;
+        for (size_t i = 0; i < ps.n; i++) total += padded(ps.p[i].size);
+        rc = fstat(fd, &st) || ftruncate(fd, st.st_size + (off_t)total)
+                 ? exo__error_set(EXO_EIO, "%s: cannot size the memory file: %s", path, strerror(errno))
+                 : 0;
+    }
+    if (rc) goto done;
     exo__gguf_writer_free(w);
     w = NULL;
     rc = exo__gguf_open(fd_path, out);
@@ -1019,15 +1087,16 @@ done:
     }
     if (fd >= 0) close(fd);
     exo__gguf_writer_free(w);
+    free(ps.p);
     folder_free(&m);
     return rc;
 }
 
-int exo__model_file_open(const char *path, int what, exo_gguf **out)
+int exo__model_file_open(const char *path, int what, int layer_start, int layer_end, exo_gguf **out)
 {
     if (!out) return exo__error_set(EXO_EINVAL, "exo__model_file_open: out is NULL");
     *out = NULL;
     if (!path) return exo__error_set(EXO_EINVAL, "exo__model_file_open: path is NULL");
-    if (exo__safetensors_is_model(path)) return open_safetensors_model(path, what, out);
+    if (exo__safetensors_is_model(path)) return open_safetensors_model(path, what, layer_start, layer_end, out);
     return exo__gguf_open(path, out);
 }

@@ -49,14 +49,17 @@ bool exo__safetensors_is_model(const char *path);
 
 /* What exo__model_file_open builds for a safetensors model. */
 enum {
-    EXO_MODEL_OPEN_ALL = 0,
-    EXO_MODEL_OPEN_METADATA = 1, /* hyper-parameters and tokenizer only, no tensors (the tokenizer) */
+    EXO_MODEL_OPEN_ALL = 0,      /* everything (a shard) */
+    EXO_MODEL_OPEN_INFO = 1,     /* metadata and tensor infos; the data reads as zeros and takes no memory */
+    EXO_MODEL_OPEN_METADATA = 2, /* metadata only: hyper-parameters, tokenizer, template */
 };
 
 /* The one entry point the engine opens model files through: a GGUF file is
  * opened as it is; a safetensors model (exo__safetensors_is_model) is
- * converted into an in-memory GGUF. */
-int exo__model_file_open(const char *path, int what, exo_gguf **out);
+ * converted into an in-memory GGUF. With layer_end > 0 only the layers
+ * [layer_start, layer_end) are converted (besides embeddings, head and
+ * norms), so a shard's memory follows its layers. */
+int exo__model_file_open(const char *path, int what, int layer_start, int layer_end, exo_gguf **out);
 
 /* For tools that write safetensors folders from GGUF files (the tests'):
  * the Q/K rows of heads heads between the two layouts (to_hf: GGUF llama's

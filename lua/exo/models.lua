@@ -77,7 +77,9 @@ local function resolve_path(name, allow)
   for _, c in ipairs(candidates) do
     local path = real(c)
     -- Inside first: nothing outside the store is opened (a FIFO would block).
-    if path and (allow or (store and path:sub(1, #store + 1) == store .. "/")) and is_file(path) then
+    -- A Hugging Face folder (config.json + *.safetensors) loads like a .gguf.
+    if path and (allow or (store and path:sub(1, #store + 1) == store .. "/")) and
+      (is_file(path) or is_file(path .. "/config.json")) then
       return path
     end
   end

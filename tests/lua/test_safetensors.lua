@@ -91,6 +91,38 @@ compare("llama f32", llama, logits_of(work .. "/llama-f32"), 0)
 -- A .safetensors file path names its folder too.
 compare("llama f32 (file path)", llama, logits_of(work .. "/llama-f32/model.safetensors"), 0)
 
+-- Two shards of the folder in a chain (each converts only its own layers)
+-- give the whole model's logits.
+do
+  local a = assert(native.load_shard(work .. "/llama-f32", { start = 0, stop = 1 }))
+  local b = assert(native.load_shard(work .. "/llama-f32", { start = 1, stop = 2 }))
+  local sa, sb = assert(a:new_seq(#IDS + 4)), assert(b:new_seq(#IDS + 4))
+  local hidden = assert(a:forward(sa, IDS, nil, true))
+  local p = assert(b:forward(sb, hidden, #IDS, true))
+  local got = { n_vocab = b.n_vocab }
+  for i = 0, #IDS * b.n_vocab - 1 do got[i + 1] = p[i] end
+  compare("llama f32, two shards chained", llama, got, 0)
+  sa:free(); sb:free(); a:free(); b:free()
+end
+
+-- The metadata view lists the GGUF's tensors (names, types, shapes, sizes)
+-- without making their data.
+do
+  local fa, fb = assert(native.open_file(work .. "/llama-f32.gguf")), assert(native.open_file(work .. "/llama-f32"))
+  local want, got = {}, {}
+  for _, t in ipairs(assert(fa:tensors())) do want[t.name] = t.dtype .. table.concat(t.shape, "x") .. ":" .. t.bytes end
+  for _, t in ipairs(assert(fb:tensors())) do got[t.name] = t.dtype .. table.concat(t.shape, "x") .. ":" .. t.bytes end
+  local n = 0
+  for name, v in pairs(want) do
+    n = n + 1
+    check(got[name] == v, "tensor %s: %s from the folder, %s from the GGUF", name, tostring(got[name]), v)
+  end
+  for name in pairs(got) do check(want[name], "tensor %s only in the folder", name) end
+  check(n > 10, "%d tensors", n)
+  fa:close()
+  fb:close()
+end
+
 run(string.format("%s %s/llama-f32.gguf %s/llama-as-qwen2 --as qwen2", export, work, work))
 compare("llama weights as qwen2", llama, logits_of(work .. "/llama-as-qwen2"), 1e-4)
 
