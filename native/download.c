@@ -58,7 +58,7 @@ typedef struct dl_job {
     double speed, mark_t;
     int64_t mark_bytes;
     int attempt;
-    volatile int cancel;
+    int cancel; /* set by the loop thread, read by the job's: __atomic accesses */
     /* result */
     int finished, status, http_status;
     char err[ERR_CAP];
@@ -161,7 +161,7 @@ static double now_s(void)
 static void nap(dl_job *j, double s)
 {
     double until = now_s() + s;
-    while (!j->cancel && now_s() < until) usleep(50 * 1000);
+    while (!__atomic_load_n(&j->cancel, __ATOMIC_RELAXED) && now_s() < until) usleep(50 * 1000);
 }
 
 /* "Name: value" lines (newline-separated) as a curl header list. */
@@ -189,7 +189,7 @@ static int on_xfer_info(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off
 {
     (void)dltotal; (void)dlnow; (void)ultotal; (void)ulnow;
     dl_job *j = ud;
-    return j->cancel ? 1 : 0;
+    return __atomic_load_n(&j->cancel, __ATOMIC_RELAXED) ? 1 : 0;
 }
 
 /* Options every transfer shares (curl copies the strings it is given). */
@@ -408,7 +408,7 @@ static int run_file(dl_job *j, int *http_status, char *err)
         CURLcode cc = curl_easy_perform(c);
         *http_status = x.status;
         double wait = -1;
-        if (j->cancel) {
+        if (__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
             snprintf(err, ERR_CAP, "cancelled");
             rc = EXO_ESTATE;
             break;
@@ -560,7 +560,7 @@ static int run_request(dl_job *j, int *http_status, char *err)
         snprintf(err, ERR_CAP, "response larger than %zu bytes", j->max_bytes);
         return EXO_ERANGE;
     }
-    if (j->cancel) {
+    if (__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
         snprintf(err, ERR_CAP, "cancelled");
         return EXO_ESTATE;
     }
@@ -721,7 +721,7 @@ int exo_download_cancel(uint64_t job_id)
     if (rc) return rc;
     pthread_mutex_lock(&dl.lock);
     dl_job *j = find_locked(job_id);
-    if (j) j->cancel = 1;
+    if (j) __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&dl.lock);
     if (!j) return exo__error_set(EXO_EINVAL, "no download job %llu", (unsigned long long)job_id);
     return EXO_OK;

@@ -305,6 +305,16 @@ local function fetch_file(st, spec, f, revision)
   end
   local url = ("%s/%s/resolve/%s/%s"):format(M.endpoint(), escape_path(spec.repo), escape_path(revision),
     escape_path(f.path))
+  if not f.sha256 then
+    -- The listing gave no LFS hash: the resolve route's X-Linked-Etag (or ETag) is the file's
+    -- SHA-256 when it is 64 hex digits (a 40-digit one is a git blob id: size only then).
+    local head = M.request { url = url, method = "HEAD", headers = auth_headers(), max_bytes = 4096, timeout = 30 }
+    local etag = head and (head.headers["x-linked-etag"] or head.headers["etag"])
+    etag = etag and etag:gsub("^W/", ""):gsub('"', ""):lower()
+    if etag and #etag == 64 and etag:match("^%x+$") then f.sha256 = etag end
+    local size = head and tonumber(head.headers["x-linked-size"] or "")
+    if size and not f.size then f.size = size end
+  end
   local co = running()
   local waiting = true
   local id, serr = submit(function(id)

@@ -35,6 +35,7 @@ class FakeHub:
     def __init__(self, page_size=50):
         self.repos = {}          # repo -> {path: bytes}
         self.gated = {}          # repo -> token
+        self.no_lfs = set()      # repos whose listing leaves out "lfs" (the hash only on resolve)
         self.faults = {}         # path -> [kind, times left]
         self.log = []
         self.lock = threading.Lock()
@@ -69,8 +70,10 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add_repo(self, repo, files, gated_token=None):
+    def add_repo(self, repo, files, gated_token=None, lfs_in_listing=True):
         self.repos[repo] = dict(files)
+        if not lfs_in_listing:
+            self.no_lfs.add(repo)
         if gated_token:
             self.gated[repo] = gated_token
 
@@ -149,7 +152,7 @@ class FakeHub:
                 entries.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0,
                                 "path": d})
             e = {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": p}
-            if p.endswith(".gguf"):
+            if p.endswith(".gguf") and repo not in self.no_lfs:
                 e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
             entries.append(e)
         start = int(query.get("cursor", ["0"])[0])

@@ -153,6 +153,34 @@ class HubTest(unittest.TestCase):
         self.assertFalse(os.path.exists(self.store("tiny-hub", FILE + ".partial")), "corrupt bytes kept for resume")
         self.assertNotIn("Traceback", err)
 
+    def test_hash_from_the_resolve_etag(self):
+        # A listing without lfs.oid: the SHA-256 comes from X-Linked-Etag on the resolve route.
+        self.hub.add_repo("test-org/Plain-GGUF", {"Plain-Q4_K_M.gguf": self.tiny}, lfs_in_listing=False)
+        self.hub.fault("Plain-Q4_K_M.gguf", "wrong_hash", 1)
+        rc, out, err = self.exo("pull", "test-org/Plain-GGUF")
+        self.assertEqual(rc, 1)
+        self.assertIn("hash mismatch", err)
+        self.assertTrue([r for r in self.hub.requests("/resolve/") if r["method"] == "HEAD"])
+        self.assertFalse(os.path.exists(self.store("test-org--Plain-GGUF", "Plain-Q4_K_M.gguf")))
+        rc, out, err = self.exo("pull", "test-org/Plain-GGUF")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(read(self.store("test-org--Plain-GGUF", "Plain-Q4_K_M.gguf")), self.tiny)
+
+    def test_disk_full(self):
+        # A store on a 1 MB tmpfs (root only; skipped by name elsewhere): the 2 MB model does not fit.
+        mnt = os.path.join(self.home.name, "downloads")
+        os.makedirs(mnt)
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+                                               capture_output=True).returncode != 0:
+            self.skipTest("test_disk_full needs root and tmpfs mounts")
+        try:
+            rc, out, err = self.exo("pull", "tiny-hub")
+            self.assertEqual(rc, 1)
+            self.assertIn("not enough disk space", err)
+            self.assertFalse(os.path.exists(self.store("tiny-hub", FILE)))
+        finally:
+            subprocess.run(["umount", mnt])
+
     def test_truncated_transfer_keeps_the_partial(self):
         self.hub.fault(FILE, "short", -1)
         rc, out, err = self.exo("pull", "tiny-hub", EXO_DOWNLOAD_ATTEMPTS="2")
