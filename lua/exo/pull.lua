@@ -32,6 +32,11 @@ end
 -- One progress line for a download status: percent, bytes, speed, ETA.
 function M.progress_line(st, width)
   local done, total, speed = download.totals(st)
+  if st.state ~= "downloading" or speed == 0 then
+    -- Between speed samples, and once finished: the average since the pull began.
+    local elapsed = (uv.now() - st.started) / 1000
+    speed = elapsed > 0.2 and done / elapsed or 0
+  end
   local pct = total > 0 and done / total or 0
   local text = ("%3d%% %s/%s  %s/s  ETA %s"):format(math.floor(pct * 100), mb(done), mb(total), mb(speed),
     eta(speed > 0 and (total - done) / speed or nil))
