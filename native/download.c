@@ -207,6 +207,13 @@ static void set_common(CURL *c)
 
 /* ---- a file ---------------------------------------------------------------- */
 
+/* The SHA-256 of the partial file's first `hashed` bytes, kept as they are
+ * written so a finished download is not read a second time (-1: unknown). */
+typedef struct {
+    crypto_hash_sha256_state st;
+    int64_t hashed;
+} hasher;
+
 /* One transfer's state: the partial file, where this response starts, and
  * what its headers said. */
 typedef struct {
@@ -219,6 +226,7 @@ typedef struct {
     int64_t range_total; /* a 416's "bytes * /N"; -1 when none */
     double retry_after; /* seconds; -1 when none */
     int decided;        /* the first body byte came: append or restart chosen */
+    hasher *h;
     int write_errno;
     char errbody[256];  /* an error response's first bytes, for the message */
     size_t errbody_len;
@@ -285,6 +293,8 @@ static size_t on_file_body(char *buf, size_t size, size_t n, void *ud)
                 return 0;
             }
             x->have = 0;
+            crypto_hash_sha256_init(&x->h->st);
+            x->h->hashed = 0;
         }
         if (lseek(x->fd, x->have, SEEK_SET) < 0) {
             x->write_errno = errno;
@@ -302,28 +312,44 @@ static size_t on_file_body(char *buf, size_t size, size_t n, void *ud)
         off += (size_t)w;
     }
     x->got += (int64_t)len;
+    if (x->h->hashed == x->have + x->got - (int64_t)len) {
+        crypto_hash_sha256_update(&x->h->st, (const unsigned char *)buf, len);
+        x->h->hashed += (int64_t)len;
+    }
     progress_update(x->j, x->have + x->got);
     return len;
 }
 
-/* The SHA-256 of the file at fd, as lowercase hex. */
-static int hash_file(int fd, char hex[65])
+/* Restarts h over the first n bytes of the file at fd (n < 0: all of it);
+ * h->hashed is -1 when the file could not be read. */
+static void hash_prefix(hasher *h, int fd, int64_t n)
 {
-    crypto_hash_sha256_state st;
-    crypto_hash_sha256_init(&st);
     static _Thread_local unsigned char buf[1 << 20];
-    if (lseek(fd, 0, SEEK_SET) < 0) return -1;
-    for (;;) {
-        ssize_t r = read(fd, buf, sizeof buf);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
+    crypto_hash_sha256_init(&h->st);
+    h->hashed = -1;
+    int64_t at = 0;
+    while (n < 0 || at < n) {
+        size_t want = sizeof buf;
+        if (n >= 0 && (int64_t)want > n - at) want = (size_t)(n - at);
+        ssize_t r = pread(fd, buf, want, at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return;
         if (r == 0) break;
-        crypto_hash_sha256_update(&st, buf, (unsigned long long)r);
+        crypto_hash_sha256_update(&h->st, buf, (unsigned long long)r);
+        at += r;
     }
+    if (n >= 0 && at != n) return;
+    h->hashed = at;
+}
+
+/* The SHA-256 of the whole file at fd as lowercase hex, from h when it
+ * already covers size bytes, else read again. */
+static int hash_file(hasher *h, int fd, int64_t size, char hex[65])
+{
+    if (h->hashed != size) hash_prefix(h, fd, -1);
+    if (h->hashed < 0) return -1;
     unsigned char out[32];
-    crypto_hash_sha256_final(&st, out);
+    crypto_hash_sha256_final(&h->st, out);
     sodium_bin2hex(hex, 65, out, sizeof out);
     return 0;
 }
@@ -364,6 +390,7 @@ static int run_file(dl_job *j, int *http_status, char *err)
     struct curl_slist *hdrs = header_list(j->headers_in);
     int rc = EXO_EIO;
     *http_status = 0;
+    hasher h = {.hashed = -1};
     for (int attempt = 1;; attempt++) {
         pthread_mutex_lock(&dl.lock);
         j->attempt = attempt;
@@ -373,7 +400,8 @@ static int run_file(dl_job *j, int *http_status, char *err)
             snprintf(err, ERR_CAP, "cannot stat the .partial file: %s", strerror(errno));
             break;
         }
-        xfer x = {.j = j, .fd = fd, .have = st.st_size, .range_start = -1, .range_total = -1, .retry_after = -1};
+        xfer x = {.j = j, .fd = fd, .have = st.st_size, .range_start = -1, .range_total = -1, .retry_after = -1,
+                  .h = &h};
         if (j->expect_size >= 0 && x.have > j->expect_size) {
             /* Longer than the file can be: not a prefix of it. */
             if (ftruncate(fd, 0) != 0) {
@@ -387,6 +415,7 @@ static int run_file(dl_job *j, int *http_status, char *err)
             rc = EXO_OK; /* everything is here already: verify it */
             break;
         }
+        if (j->sha256[0] && h.hashed != x.have) hash_prefix(&h, fd, x.have); /* a partial from before */
         char range[64];
         curl_easy_reset(c);
         curl_easy_setopt(c, CURLOPT_URL, j->url);
@@ -458,7 +487,8 @@ static int run_file(dl_job *j, int *http_status, char *err)
     curl_easy_cleanup(c);
     if (rc == EXO_OK && j->sha256[0]) {
         char got[65];
-        if (hash_file(fd, got) != 0) {
+        struct stat fst;
+        if (fstat(fd, &fst) != 0 || hash_file(&h, fd, fst.st_size, got) != 0) {
             snprintf(err, ERR_CAP, "cannot read the .partial file: %s", strerror(errno));
             rc = EXO_EIO;
         } else if (strcmp(got, j->sha256) != 0) {
