@@ -22,6 +22,7 @@ local models = require "exo.models"
 local generate = require "exo.generate"
 local prompt = require "exo.prompt"
 local tools = require "exo.tools"
+local batcher = require "exo.batcher"
 
 local M = {}
 
@@ -49,13 +50,16 @@ local function resume(co, ...)
   if not ok then io.stderr:write("exo: request failed: " .. tostring(err) .. "\n") end
 end
 
-local function new_runner()
-  local r = setmetatable({ waiting = {}, joining = {}, next_id = 1 }, Runner)
+local function new_runner(opts)
+  local r = setmetatable({ waiting = {}, joining = {}, next_id = 1, chunk = opts and opts.chunk,
+    batchers = setmetatable({}, { __mode = "k" }) }, Runner)
   -- One function for every completion: the per-token path makes no closure.
+  -- A pass of a shard's batcher completes to the batcher, a load to its coroutine.
   local function on_completion(id, ok, err, loaded)
-    local co = r.waiting[id]
+    local w = r.waiting[id]
     r.waiting[id] = nil
-    if co then resume(co, ok, err, loaded) end
+    if type(w) == "table" then w:complete(ok, err)
+    elseif w then resume(w, ok, err, loaded) end
   end
   r.poll = uv.new_poll(native.engine_fd())
   r.poll:start("r", function() native.engine_drain(on_completion) end)
@@ -80,15 +84,20 @@ local function running()
   return co
 end
 
--- Runs on a request's coroutine: submit, yield, return what the engine said.
+-- The shard's batcher (one per shard: its passes carry every request's rows).
+function Runner:batcher(shard)
+  local b = self.batchers[shard]
+  if not b then
+    b = batcher.new(shard, self, { chunk = self.chunk })
+    self.batchers[shard] = b
+  end
+  return b
+end
+
+-- Runs on a request's coroutine: its rows join the shard's next batched
+-- pass; returns out (the logits or hidden states) or nil, err.
 function Runner:forward(shard, seq, tokens, n, out, all_logits)
-  local co = running()
-  local id = self:new_id()
-  local ok, err = shard:submit(seq, tokens, nil, n, all_logits, out, id)
-  if not ok then return nil, err end
-  local done, ferr = self:await(co, id)
-  if not done then return nil, ferr end
-  return out
+  return self:batcher(shard):forward(running(), seq, tokens, n, out, all_logits)
 end
 
 -- A load on the engine thread (submit(path, opts, job_id) queues it) while
@@ -147,7 +156,9 @@ end
 
 -- ---- models and sessions --------------------------------------------------------
 
--- opts: max_sessions (per model), n_ctx, chat_template (function or text),
+-- opts: max_sessions (per model: how many sequences decode at once, --parallel),
+-- max_queue (requests waiting for a session beyond which a request gets a
+-- 503), chunk (prompt rows per batched pass), n_ctx, chat_template (function or text),
 -- speculative ({ draft = spec, g = N }: every request on this node drafts
 -- with it unless it says "speculative": false; "draft_tokens" overrides g).
 function M.new(opts)
@@ -155,8 +166,9 @@ function M.new(opts)
   local self = setmetatable({
     opts = opts,
     loaded = {},          -- real path -> { model, idle = {sessions}, busy = n, queue = {co...} }
-    runner = new_runner(),
+    runner = new_runner(opts),
     max_sessions = opts.max_sessions or 2,
+    max_queue = opts.max_queue or 64,
     n_ctx = opts.n_ctx or 2048,
   }, Node)
   return self
@@ -198,11 +210,44 @@ function Node:load_weights(entry)
     local t0 = native.now()
     local ok, err = require("exo.model").load_shard(model, nil, nil, self.runner)
     if ok then
+      ok, err = self:check_kv(model)
+      if not ok then
+        model.shard:free()
+        model.shard = nil
+        return nil, err
+      end
+    end
+    if ok then
       io.stderr:write(("exo: %s: loaded %d layers in %.2f s\n"):format(model.id, model.shard.n_layer,
         native.now() - t0))
     end
     return ok, err
   end)
+end
+
+-- Bytes of memory the kernel reports available, or nil.
+local function mem_available()
+  local f = io.open("/proc/meminfo", "r")
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  local kb = tonumber(text:match("MemAvailable:%s+(%d+)"))
+  return kb and kb * 1024
+end
+
+-- Every session of a model holds a KV cache of n_ctx positions (f16 keys
+-- and values for each layer), and up to max_sessions of them live at once:
+-- refuse, with the numbers, a --parallel and --ctx whose caches would not
+-- fit in memory now, rather than run into the out-of-memory killer later.
+function Node:check_kv(model)
+  local sh = model.shard
+  local per_seq = 2 * 2 * (sh.layer_end - sh.layer_start) * self.n_ctx * sh.n_head_kv * sh.head_dim
+  local need, avail = per_seq * self.max_sessions, mem_available()
+  if avail and need > avail then
+    return nil, ("--parallel %d x --ctx %d needs %.2f GiB of KV cache for %s, and %.2f GiB of memory is available: "
+      .. "lower --parallel or --ctx"):format(self.max_sessions, self.n_ctx, need / 2 ^ 30, model.id, avail / 2 ^ 30)
+  end
+  return true
 end
 
 -- The draft model of --draft for entry (loaded once, as the weights are).
@@ -215,8 +260,13 @@ function Node:draft_model(entry)
   return draft
 end
 
--- A session for prompt ids, waiting (yielding) while all are busy.
+-- A session for prompt ids, waiting (yielding) while all are busy; nil,
+-- err when max_queue requests wait already (the caller answers 503).
 function Node:acquire(entry, ids)
+  if #entry.idle == 0 and entry.busy >= self.max_sessions and #entry.queue >= self.max_queue then
+    return nil, ("server busy: %d requests running and %d waiting (--parallel %d, --max-queue %d); retry later")
+      :format(entry.busy, #entry.queue, self.max_sessions, self.max_queue)
+  end
   while #entry.idle == 0 and entry.busy >= self.max_sessions do
     entry.queue[#entry.queue + 1] = coroutine.running()
     coroutine.yield()

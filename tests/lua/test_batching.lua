@@ -10,6 +10,7 @@
 -- Runs on the tiny model and a K-quant one (CMakeLists runs it again on the
 -- AVX2 and scalar kernels).
 local ffi = require "ffi"
+io.stdout:setvbuf("no")
 local native = require "exo.native"
 local tiny = assert(os.getenv("EXO_TINY_MODEL"))
 
@@ -155,3 +156,86 @@ check_model(tiny)
 check_model((tiny:gsub("%.gguf$", "-q4_k.gguf")))
 print("ok: multi-sequence passes")
 
+
+-- ---- the batcher, through exo.node's runner --------------------------------------
+
+local uv = require "luv"
+local node = require("exo.node").new { chunk = 16 }
+local runner = node.runner
+
+-- Greedy generation of `steps` tokens after prompt on seq, through runner
+-- (the batcher, yielding) or the blocking path; returns the token list.
+local function greedy(shard, seq, prompt, steps, run)
+  local out = shard:output_buffer(1, false)
+  local buf = ints(prompt)
+  local ok, err = run(shard, seq, buf, #prompt, out)
+  if not ok then return nil, err end
+  local toks = {}
+  for i = 1, steps do
+    toks[i] = native.argmax(out, shard.n_vocab)
+    buf[0] = toks[i]
+    ok, err = run(shard, seq, buf, 1, out)
+    if not ok then return nil, err end
+  end
+  return toks
+end
+local function sync_run(shard, seq, buf, n, out) return shard:forward(seq, buf, n, false, out) end
+local function batched_run(shard, seq, buf, n, out) return runner:forward(shard, seq, buf, n, out) end
+
+for _, path in ipairs { tiny, (tiny:gsub("%.gguf$", "-q4_k.gguf")) } do
+  local shard = assert(native.load_shard(path))
+  local V = shard.n_vocab
+  -- Prompts of 1 to 40 tokens (40: three chunks of 16), one joining late,
+  -- and one whose prompt holds a bad token id: it fails alone.
+  local lens = { 5, 40, 1, 9, 23 }
+  local expect, got, errs = {}, {}, {}
+  for k, n in ipairs(lens) do
+    local seq = assert(shard:new_seq(128))
+    expect[k] = assert(greedy(shard, seq, prompt_of(k, n, V), 8, sync_run))
+    seq:free()
+  end
+  local finished = 0
+  local function client(k, prompt, delay)
+    local co = coroutine.create(function()
+      local seq = assert(shard:new_seq(128))
+      got[k], errs[k] = greedy(shard, seq, prompt, 8, batched_run)
+      seq:free()
+      finished = finished + 1
+    end)
+    local t = uv.new_timer()
+    t:start(delay, 0, function()
+      t:close()
+      assert(coroutine.resume(co))
+    end)
+  end
+  for k, n in ipairs(lens) do client(k, prompt_of(k, n, V), k == 4 and 30 or 0) end
+  local bad = prompt_of(9, 6, V)
+  bad[3] = V + 7
+  client(#lens + 1, bad, 0)
+  local guard = uv.new_timer()
+  guard:start(60000, 0, function() error("timed out waiting for the batched clients") end)
+  local idle = uv.new_idle()
+  idle:start(function()
+    if finished == #lens + 1 then
+      idle:stop()
+      idle:close()
+      guard:close()
+      uv.stop() -- the runner's poll handle stays open for the next model
+    end
+  end)
+  uv.run()
+  for k = 1, #lens do
+    assert(got[k], ("%s: client %d failed: %s"):format(path, k, tostring(errs[k])))
+    for i = 1, 8 do
+      assert(got[k][i] == expect[k][i], ("%s: client %d token %d: %d vs %d solo"):format(path, k, i, got[k][i],
+        expect[k][i]))
+    end
+  end
+  assert(not got[#lens + 1] and tostring(errs[#lens + 1]):match("token"), tostring(errs[#lens + 1]))
+  local b = runner:batcher(shard)
+  -- Shared passes happened: fewer passes than the requests' forward calls.
+  assert(b.passes < #lens * 9, ("%d passes for %d forward calls"):format(b.passes, #lens * 9))
+  print(("ok: %s: %d clients, %d passes, %d rows"):format(path, #lens, b.passes, b.rows))
+  shard:free()
+end
+node:close()

@@ -1,0 +1,165 @@
+-- batcher.lua: continuous batching of one shard's forward passes on one node.
+--
+-- Requests run as coroutines; each asks for a forward pass of its own
+-- sequence (a prompt, or one decode token) and waits. Rather than one engine
+-- job per request, which the engine runs one after another, the batcher keeps
+-- one pass in flight per shard and, each time the engine is free, gathers
+-- every waiting request's rows into ONE multi-sequence pass
+-- (exo_shard_forward_batch): every decode step waiting, then chunks of
+-- waiting prompts up to `chunk` rows (chunked prefill), so a long prompt is
+-- spread over several passes and never stalls the other streams for more
+-- than one chunk. Sequences join and leave between passes. The engine is
+-- batch-invariant, so each request's results are exactly those of running it
+-- alone. Resuming the waiting coroutines happens with the batcher marked busy:
+-- each one samples and asks for its next token before the next pass is
+-- gathered, so that pass carries all of them.
+--
+-- A failed pass (all or nothing in C: no sequence moved) is retried with each
+-- of its requests alone, so one bad request fails by itself.
+local native = require "exo.native"
+
+local M = {}
+
+local Batcher = {}
+Batcher.__index = Batcher
+
+-- Prompt rows gathered into one pass at most (besides decode rows).
+M.DEFAULT_CHUNK = 256
+
+-- shard: an exo.native Shard; runner: exo.node's runner (new_id, await,
+-- and waiting[id] for completions). opts: chunk.
+function M.new(shard, runner, opts)
+  opts = opts or {}
+  local cap = shard.max_batch
+  return setmetatable({
+    shard = shard, runner = runner, chunk = opts.chunk or M.DEFAULT_CHUNK,
+    pending = {},           -- requests waiting for a pass, oldest first
+    batch = native.new_batch(cap), cap = cap,
+    members = {},           -- the requests in the pass in flight, with the rows each has in it
+    busy = false,           -- a pass is in flight, or its requests are being resumed
+    width = shard.is_last and shard.n_vocab or shard.n_embd,
+    passes = 0, rows = 0,   -- counters (docs/serving.md)
+  }, Batcher)
+end
+
+-- Runs n rows of seq (input: int32_t* token ids for a first shard, else
+-- float* hidden states) on the calling coroutine co, with the others waiting
+-- then. Output: the logits of the last row (all_logits: of every row) or
+-- every row's hidden state, in out. Returns out, or nil, err.
+function Batcher:forward(co, seq, input, n, out, all_logits)
+  local req = { co = co, seq = seq, input = input, n = n, out = out, done = 0,
+    all = all_logits or not self.shard.is_last }
+  self.pending[#self.pending + 1] = req
+  if not self.busy then self:dispatch() end
+  local ok, err = coroutine.yield()
+  if not ok then return nil, err end
+  return out
+end
+
+-- The rows req puts in this pass (from req.done on, at most budget) and what
+-- it wants back; returns how many.
+local function add(self, req, budget)
+  local left = req.n - req.done
+  local take = left < budget and left or budget
+  local is_first, width = self.shard.is_first, self.width
+  local input = is_first and req.input + req.done or req.input + req.done * self.shard.n_embd
+  local n_logits, out
+  if req.all then
+    n_logits, out = take, req.out + req.done * width
+  elseif req.done + take == req.n then
+    n_logits, out = 1, req.out
+  else
+    n_logits, out = 0, nil
+  end
+  self.batch:add(req.seq, input, take, n_logits, out)
+  req.take = take
+  self.members[#self.members + 1] = req
+  return take
+end
+
+-- Gathers the next pass from the waiting requests and submits it: decode
+-- steps (one row) first, then prompt chunks oldest first while the chunk
+-- budget lasts. A request marked `alone` (its pass failed with others) goes
+-- by itself.
+function Batcher:dispatch()
+  if #self.pending == 0 then
+    self.busy = false
+    return
+  end
+  self.busy = true
+  self.batch:clear()
+  self.members = {}
+  local rest = {}
+  local lone
+  for i, req in ipairs(self.pending) do
+    if req.alone then
+      lone = i
+      break
+    end
+  end
+  if lone then
+    add(self, table.remove(self.pending, lone), math.huge)
+  else
+    local budget = self.chunk
+    for _, req in ipairs(self.pending) do
+      if #self.members >= self.cap then
+        rest[#rest + 1] = req
+      elseif req.n - req.done == 1 then
+        add(self, req, 1)
+      elseif budget > 0 then
+        budget = budget - add(self, req, budget)
+      else
+        rest[#rest + 1] = req
+      end
+    end
+    self.pending = rest
+  end
+  local id = self.runner:new_id()
+  local ok, err = self.shard:submit_batch(self.batch, id)
+  if not ok then return self:finish(false, err) end
+  self.runner.waiting[id] = self
+  self.passes = self.passes + 1
+end
+
+-- The in-flight pass's completion (called by the runner's drain with the
+-- pass's ok, err).
+function Batcher:complete(ok, err) self:finish(ok, err) end
+
+-- Ends the pass: requests with rows left wait for the next one (ahead of
+-- newer ones), finished ones resume; then the next pass is gathered.
+function Batcher:finish(ok, err)
+  local members = self.members
+  self.members = {}
+  local resume, carry = {}, {}
+  if not ok and #members > 1 then
+    -- All or nothing: nobody moved. Each goes again by itself.
+    for _, req in ipairs(members) do
+      req.alone = true
+      carry[#carry + 1] = req
+    end
+  else
+    for _, req in ipairs(members) do
+      if ok then
+        req.done = req.done + req.take
+        self.rows = self.rows + req.take
+        if req.done < req.n then carry[#carry + 1] = req else resume[#resume + 1] = req end
+      else
+        resume[#resume + 1] = req
+      end
+    end
+  end
+  for i = #carry, 1, -1 do table.insert(self.pending, 1, carry[i]) end
+  -- Busy while resuming: each coroutine asks for its next step, which only
+  -- queues, and the pass below takes them all.
+  self.busy = true
+  for _, req in ipairs(resume) do
+    local co_ok, co_err = coroutine.resume(req.co, ok, err)
+    if not co_ok then io.stderr:write("exo: request failed: " .. tostring(co_err) .. "\n") end
+  end
+  self:dispatch()
+end
+
+-- Requests waiting or in the pass: the node's view of how busy the engine is.
+function Batcher:load() return #self.pending + #self.members end
+
+return M
