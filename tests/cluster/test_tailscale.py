@@ -41,7 +41,8 @@ seconds = tonumber(seconds)
 
 local function curl(req, done)
   local out, chunks = uv.new_pipe(false), {}
-  local args = { "-sS", "-X", req.method, "--max-time", tostring(req.timeout), "--max-filesize", tostring(req.max_bytes),
+  local args = { "-sS", "-X", req.method, "--max-time", tostring(req.timeout),
+    "--max-filesize", tostring(req.max_bytes),
     "-w", "\n%{http_code}", req.url }
   for k, v in pairs(req.headers) do args[#args + 1] = "-H"; args[#args + 1] = k .. ": " .. v end
   if req.body then args[#args + 1] = "--data-binary"; args[#args + 1] = req.body end

@@ -7,9 +7,9 @@
 -- (GET /api/v2/tailnet/{tailnet}/devices) and, for each one seen recently (connectedToControl, or
 -- lastSeen within `timeout` seconds), reads its attributes (GET /api/v2/device/{id}/attributes).
 -- A device carrying exo's attributes becomes a candidate peer at its first Tailscale IPv4 address,
--- the same record udp.lua gives (capabilities come from the peer's hello); the cluster dials it and admits it only after a
--- hello (and the cluster key's proof in a keyed cluster). Requests carry the API access token as
--- a bearer token.
+-- the same record udp.lua gives (capabilities come from the peer's hello); the cluster dials it
+-- and admits it only after a hello (and the cluster key's proof in a keyed cluster). Requests
+-- carry the API access token as a bearer token.
 --
 -- Tailscale limits attribute values to 50 characters of letters, digits, '_' and '.', and numbers
 -- to integers: so the node id is escaped ('_' -> '_u', '-' -> '_d', ':' -> '_c'), flops are
@@ -35,6 +35,7 @@ local PREFIX = "custom:exo_"
 local MAX_DEVICES = 256   -- recent devices asked for their attributes in one round
 local MAX_VALUE = 50      -- Tailscale's limit on an attribute string
 local MAX_ANSWER = 4 * 1048576 -- bytes of one answer (a tailnet of thousands of devices fits)
+local REPUBLISH_ROUNDS = 120   -- rounds between publishing our attributes again (10 min at 5 s)
 
 local Discovery = {}
 Discovery.__index = Discovery
@@ -167,7 +168,7 @@ function M.new(opts)
     request_timeout = opts.request_timeout or 10, on_change = opts.on_change,
     http = opts.http or M.native_http(),
     log = opts.log or function(fmt, ...) io.stderr:write("exo: " .. fmt:format(...) .. "\n") io.stderr:flush() end,
-    peers = {}, published = false,
+    peers = {}, published = false, published_round = 0,
     counts = { rounds = 0, requests = 0, failures = 0, devices = 0 },
   }, Discovery)
 end
@@ -343,7 +344,10 @@ function Discovery:round()
             :format(self.tailnet))
       end
     end
-    if self.published then return read_others() end
+    -- Published once, then again now and then: a device re-added to the tailnet, or an admin
+    -- clearing attributes, loses them.
+    if self.published and (self.counts.rounds - self.published_round) < REPUBLISH_ROUNDS then return read_others() end
+    self.published_round = self.counts.rounds
     self:publish(read_others)
   end)
 end
