@@ -573,7 +573,9 @@ local function start_cluster(opts, node, key)
     watcher, werr = require("exo.discovery.manual").new { path = opts.discovery_config_path, node_id = node_id,
       on_change = function(c)
         feed("manual", c.peers)
-        keep_out(c.peers) -- a peer taken out of the file leaves, live connection and all
+        -- A peer taken out of the file leaves, live connection and all (when the file is the
+        -- only module: another module may still find it, and that is the operator's say too).
+        if keep_out then keep_out(c.peers) end
       end }
     if not watcher then return nil, werr end
     config = watcher:config()
@@ -594,7 +596,7 @@ local function start_cluster(opts, node, key)
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
   local watchers = {}
   if watcher then
-    keep_out = registry.keep_out(cluster)
+    if #modules == 1 then keep_out = registry.keep_out(cluster) end
     watcher:start()
     watchers[#watchers + 1] = watcher
   end
