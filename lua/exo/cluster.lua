@@ -10,9 +10,16 @@
 -- its wire port and its capabilities. Pings every second measure round trips;
 -- a peer silent for `peer_timeout` seconds is dropped. Control messages are
 -- JSON objects with a `t` field, dispatched to handlers registered with on().
+-- Joins and leaves are cluster events (exo.activity: the log, the terminal
+-- view, /v1/topology), with the reason; the ring re-plans on them.
+--
+-- One id, two live processes: the one that started later stops, told once
+-- (the hello carries when each started; a third node that already has the
+-- id refuses the newcomer with a reason that says so).
 local uv = require "luv"
 local native = require "exo.native"
 local json = require "exo.json"
+local activity = require "exo.activity"
 
 local M = {}
 
@@ -106,6 +113,7 @@ end
 function M.new(opts)
   local self = setmetatable({
     id = opts.node_id, instance = M.random_hex(8), host = opts.host or "0.0.0.0", port = opts.port or 0,
+    started = M.wall_clock(),
     advertise = opts.advertise, cluster_key = opts.cluster_key,
     capabilities = opts.capabilities or M.local_capabilities(),
     peers = {},        -- id -> live peer { id, address, port, capabilities, conn, instance, rtt_us, last_heard }
@@ -121,7 +129,32 @@ end
 
 function Cluster:hello()
   return json.encode { node_id = self.id, instance = self.instance, version = native.version(), port = self.port,
-    address = self.advertise, capabilities = self.capabilities }
+    address = self.advertise, capabilities = self.capabilities, started = self.started }
+end
+
+-- Seconds since the epoch, to the microsecond: when a process started, to
+-- tell which of two processes with one id came second.
+function M.wall_clock()
+  local sec, usec = uv.gettimeofday()
+  return sec + usec / 1e6
+end
+
+-- A cluster event: logged (through exo.activity, so the terminal view and
+-- /v1/topology see it too) and remembered as the latest change's reason.
+function Cluster:note(kind, fmt, ...)
+  local text = fmt:format(...)
+  if self.log == log then activity.event(kind, text) else self.log("%s", text) end
+  if kind == "join" or kind == "leave" then self.last_change = text end
+end
+
+-- This process holds an id another live process had first: say so once and
+-- stop (cli's SIGTERM path closes everything cleanly).
+function Cluster:stop_duplicate(why)
+  if self.duplicate then return end
+  self.duplicate = why
+  self:note("error", "%s: this node stops; give one of them another --node-id (or another EXO_HOME)", why)
+  if self.on_duplicate then return self.on_duplicate(why) end
+  uv.kill(uv.os_getpid(), "sigterm")
 end
 
 function Cluster:start()
@@ -260,7 +293,7 @@ function Cluster:lose(id, why)
     k.backoff = 0.5
     k.next_try = uv.now() + 500
   end
-  self.log("lost peer %s: %s", id, why)
+  self:note("leave", "lost peer %s: %s", id, why)
   for _, fn in ipairs(self.lost_handlers) do fn(id, why) end
   changed(self)
 end
@@ -326,17 +359,33 @@ function Cluster:on_peer(conn, data, address)
   local c = self.conns[conn] or {}
   self.conns[conn] = c
   if h.node_id == self.id then
-    if h.instance ~= self.instance then
-      self.log("another node at %s uses this node's id %s: give one of them another --node-id", address, self.id)
-    end
     self.wire:close_conn(conn, "duplicate node id " .. self.id)
+    if h.instance ~= self.instance then
+      -- Both ends see both hellos: the one that started later stops.
+      local theirs = bounded(h.started, 0, math.huge)
+      if theirs and (theirs < self.started or (theirs == self.started and h.instance < self.instance)) then
+        self:stop_duplicate(("another node at %s has used this node's id %s since before this one started")
+          :format(address, self.id))
+      elseif not theirs then
+        self.log("another node at %s uses this node's id %s: give one of them another --node-id", address, self.id)
+      end
+    end
     return
   end
   local existing = self.peers[h.node_id]
   if existing then
     if existing.instance ~= h.instance then
-      self.log("two nodes claim id %s (at %s and %s): keeping the first", h.node_id, existing.address, address)
-      self.wire:close_conn(conn, "duplicate node id " .. h.node_id)
+      -- Once per newcomer, not at each of its redials; it hears why and stops.
+      self.dup_warned = self.dup_warned or { n = 0 }
+      if self.dup_warned.n >= 256 then self.dup_warned = { n = 0 } end -- bounded, whoever churns instances
+      if not self.dup_warned[h.instance] then
+        self.dup_warned.n = self.dup_warned.n + 1
+        self.dup_warned[h.instance] = true
+        self:note("error", "two nodes claim id %s (at %s and %s): keeping the first", h.node_id, existing.address,
+          address)
+      end
+      self.wire:close_conn(conn, ("duplicate node id %s: %s is in use by the node at %s"):format(h.node_id,
+        h.node_id, existing.address))
       return
     end
     -- Both of us dialed: keep the connection the smaller id dialed.
@@ -359,7 +408,7 @@ function Cluster:on_peer(conn, data, address)
   -- remote: where the connection comes from, whatever we were told (gossip trusts it).
   self.peers[h.node_id] = { id = h.node_id, address = k and k.address or host, port = h.port, remote = host,
     capabilities = caps, conn = conn, instance = h.instance, last_heard = uv.now(), version = h.version }
-  if not existing then self.log("peer %s connected (%s)", h.node_id, address) end
+  if not existing then self:note("join", "peer %s connected (%s)", h.node_id, address) end
   self:gossip()
   changed(self)
 end
@@ -582,6 +631,9 @@ function Cluster:event(kind, conn, request_id, data, value, address)
   elseif kind == "closed" then
     local c = self.conns[conn]
     self.conns[conn] = nil
+    -- A peer that already knows another process by our id refused us.
+    local taken = data:find(("duplicate node id %s: %s is in use"):format(self.id, self.id), 1, true)
+    if taken then self:stop_duplicate(data:sub(taken)) end
     if c and c.peer and not c.superseded and self.peers[c.peer] and self.peers[c.peer].conn == conn then
       self:lose(c.peer, data)
     elseif not (c and c.peer) and not (c and c.dialed and data:match("^cannot connect"))

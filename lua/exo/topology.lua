@@ -5,9 +5,13 @@
 -- has served, the plan the partitioning policy gives over those nodes: which
 -- node holds which layers. Every node computes the same plan from the same
 -- view, so asking any node gives the same answer. open_cluster says whether
--- the cluster runs without a key (docs/security.md).
+-- the cluster runs without a key (docs/security.md). Each plan shows its id
+-- (partition.view_id: nodes whose views differ show different ids), this
+-- node shows what it holds for requests (ring), and events lists the recent
+-- joins, leaves and re-plans with their reasons.
 local native = require "exo.native"
 local json = require "exo.json"
+local activity = require "exo.activity"
 
 local M = {}
 
@@ -35,7 +39,7 @@ function M.view(ctx)
       end
     end
     nodes[#nodes + 1] = { id = id, address = n.address, port = n.port, capabilities = caps, rtt_us = n.rtt_us,
-      wire = wire }
+      wire = wire, ring = id == cluster.id and ctx.ring and ctx.ring:stats() or nil }
   end
   local partitions = {}
   -- Each loaded model by the name it was first asked by (never its path on disk).
@@ -47,9 +51,10 @@ function M.view(ctx)
     local id = model.id
     local plan, err = ctx.ring:plan(model)
     if plan then
+      local plan_id = ctx.ring:plan_id(require("exo.ring").peer_model_name(id, model.path))
       for _, p in ipairs(plan) do
         partitions[#partitions + 1] = { model = id, node_id = p.node_id, start_layer = p.start_layer,
-          end_layer = p.end_layer, n_layers = model.n_layers }
+          end_layer = p.end_layer, n_layers = model.n_layers, plan_id = plan_id }
       end
     else
       errors[#errors + 1] = id .. ": " .. err
@@ -67,6 +72,8 @@ function M.view(ctx)
     -- How this node finds peers, and what it heard (counts of refused datagrams too).
     discovery = cluster.discovery and cluster.discovery.stats and cluster.discovery:stats() or nil,
     plan_errors = #errors > 0 and errors or nil,
+    -- Joins, leaves, re-plans and errors, oldest first (exo.activity keeps the last 64).
+    events = #activity.events() > 0 and activity.events() or json.empty_array,
   }
 end
 

@@ -6,7 +6,8 @@ different layer ranges. Every node must answer exactly as a single node does
 (greedy, and seeded sampling: the asker's settings travel with the request),
 show the same complete plan at /v1/topology, hold in memory only its shard,
 serve six concurrent requests correctly, shrug off malformed frames on its
-wire port, and fail a request promptly when a peer dies under it.
+wire port, and carry a stream on when a peer dies under it (test_failover.py
+holds that to an undisturbed run's text).
 
 Run: build/venv/bin/python tests/cluster/test_cluster.py   (ctest runs it)
 """
@@ -268,13 +269,14 @@ class GemmaRing(unittest.TestCase):
 
 
 class PeerVanishes(unittest.TestCase):
-    def test_request_fails_promptly_when_a_peer_dies(self):
+    def test_the_stream_goes_on_when_a_peer_dies(self):
         home = tempfile.TemporaryDirectory()
         saved = os.environ.get("EXO_HOME")
         try:
             a, b = start_cluster(home.name, [("a", 2000), ("b", 2000)])
-            # A long stream from a; b (holding the last layers) is killed mid-way.
-            body = {"model": TINY_CHAT, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000,
+            # A long stream from a; b (holding the last layers) is killed mid-way:
+            # a re-plans (the whole model on itself) and the stream goes on.
+            body = {"model": TINY_CHAT, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 400,
                     "temperature": 0, "stream": True}
             import http.client
             conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
@@ -286,12 +288,13 @@ class PeerVanishes(unittest.TestCase):
             b.proc.send_signal(signal.SIGKILL)
             b.proc.wait()
             t0 = time.time()
-            rest = res.read().decode()  # the stream must end, with an error event
+            rest = res.read().decode()  # the stream must end, without an error event
             elapsed = time.time() - t0
             conn.close()
-            self.assertLess(elapsed, 10)
-            self.assertIn('"error"', rest)
-            self.assertIn("left mid-request", rest)
+            self.assertLess(elapsed, 30)
+            self.assertNotIn('"error"', rest)
+            self.assertTrue(rest.rstrip().endswith("data: [DONE]"), rest[-300:])
+            self.assertIn("re-planned", log_of(a))
             # a keeps serving (alone now: the whole model on itself).
             wait_for_topology([a], 1, timeout=15)
             self.assertTrue(chat(a, TINY_CHAT, "hello") is not None)
@@ -475,16 +478,22 @@ class Identity(unittest.TestCase):
     def test_two_nodes_with_one_id_are_reported(self):
         with with_home() as home:
             x, dup = start_cluster(home, [("x", 1000), ("dup", 1000)])
-            # A second process claiming "dup", on another port, dials x.
-            impostor = Node("--node-id", "dup", "--discovery-config-path", os.path.join(home, "peers.json"),
-                            "--node-host", "127.0.0.1", "--node-port", str(free_port()))
-            deadline = time.time() + 10
-            while "two nodes claim id dup" not in log_of(x) and time.time() < deadline:
-                time.sleep(0.1)
+            # A second process claiming "dup", on another port, dials x: x keeps
+            # the first, and the second stops with a clear message.
+            import subprocess
+            from test_api import EXO
+            log = tempfile.TemporaryFile()
+            impostor = subprocess.Popen([EXO, "--chatgpt-api-port", str(free_port()), "--api-host", "127.0.0.1",
+                                         "--node-id", "dup", "--discovery-config-path",
+                                         os.path.join(home, "peers.json"), "--node-host", "127.0.0.1",
+                                         "--node-port", str(free_port())],
+                                        stdout=subprocess.DEVNULL, stderr=log)
+            impostor.wait(20)
             self.assertIn("two nodes claim id dup", log_of(x))
             wait_for_topology([x], 2, timeout=5)  # the first "dup" stays
-            self.assertIn("duplicate node id dup", log_of(impostor))
-            for n in (x, dup, impostor):
+            log.seek(0)
+            self.assertIn("duplicate node id dup", log.read().decode())
+            for n in (x, dup):
                 n.stop()
 
 
@@ -557,7 +566,7 @@ class Discovery(unittest.TestCase):
             b = start_with_own_file(home, "b", {"a": pa, "b": pb})
             wait_for_topology([a, b], 2, timeout=15)
             import http.client
-            body = {"model": TINY_CHAT, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000,
+            body = {"model": TINY_CHAT, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 400,
                     "temperature": 0, "stream": True}
             conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
             conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -567,8 +576,10 @@ class Discovery(unittest.TestCase):
             t0 = time.time()
             rest = res.read().decode()
             conn.close()
-            self.assertLess(time.time() - t0, 10)  # --peer-timeout 2
-            self.assertIn("stopped answering pings", rest)
+            self.assertLess(time.time() - t0, 30)  # --peer-timeout 2
+            # The stream goes on without b (test_failover.py checks its text).
+            self.assertNotIn('"error"', rest)
+            self.assertIn("stopped answering pings", log_of(a))
             b.proc.send_signal(signal.SIGCONT)
             wait_for_topology([a, b], 2, timeout=20)
             self.assertTrue(chat(b, TINY_CHAT, "hello") is not None)

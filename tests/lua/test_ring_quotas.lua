@@ -51,6 +51,8 @@ local cluster = {
     return true
   end,
   conn_of = function(_, id) return (id == "self" and 0) or 1 end,
+  -- The view a plan id is computed from (ring/init.lua).
+  topology = function() return { nodes = { self = { id = "self", capabilities = {} } } } end,
   wire = { route_open = function() return true end, route_allow = function() end, route_close = function() end,
     stats = function() return { in_flight = 0 } end },
 }

@@ -7,6 +7,11 @@
 -- (end exclusive) that covers [0, model.n_layers) once, in ring order. Policies
 -- are built in (exo/partition/<name>.lua) or a user's Lua file; M.plan runs one
 -- and refuses a bad plan with a message saying what is wrong with it.
+--
+-- A plan's id (M.view_id) names the view it came from, so a node asked to
+-- serve a plan can tell whether its own view would give the same one.
+local bit = require "bit"
+
 local M = {}
 
 M.default = "ring_memory_weighted"
@@ -19,6 +24,18 @@ local function is_int(x)
   return type(x) == "number" and x == math.floor(x) and x > -math.huge and x < math.huge
 end
 
+-- What each loaded policy is called in a plan id: a built-in's name, or a
+-- user's file by its contents (nodes may keep it at different paths).
+local names = setmetatable({}, { __mode = "k" })
+
+--- partition.hash(s) -> 16 hex digits (FNV-1a, 64 bits): a short, stable name
+--- for a string, not a defence against anyone forging one.
+function M.hash(s)
+  local h = 0xcbf29ce484222325ULL
+  for i = 1, #s do h = bit.bxor(h, s:byte(i) + 0ULL) * 0x100000001b3ULL end
+  return bit.tohex(h)
+end
+
 -- A user's policy file returns a function, or a table with a partition function.
 local function load_file(path)
   local chunk, err = loadfile(path)
@@ -29,8 +46,14 @@ local function load_file(path)
   if not ok then
     return nil, ("partitioning policy '%s' raised an error while loading: %s"):format(path, tostring(result))
   end
-  if type(result) == "function" then return result end
-  if type(result) == "table" and type(result.partition) == "function" then return result.partition end
+  local fn = type(result) == "function" and result or type(result) == "table" and type(result.partition) == "function"
+    and result.partition
+  if fn then
+    local f = io.open(path, "rb")
+    names[fn] = "file:" .. M.hash(f and f:read("*a") or path)
+    if f then f:close() end
+    return fn
+  end
   return nil, ("partitioning policy '%s' must return a function(topology, model) or a table with a "
     .. "partition function, but returned %s"):format(path, type(result) == "table" and "a table without one"
     or type(result))
@@ -50,7 +73,34 @@ function M.load(spec)
     return nil, ("unknown partitioning policy '%s' (built in: %s; or give the path to a .lua file)")
       :format(spec, table.concat(M.builtin, ", "))
   end
-  return require("exo.partition." .. spec).partition
+  local fn = require("exo.partition." .. spec).partition
+  names[fn] = spec
+  return fn
+end
+
+--- partition.name_of(policy) -> what the policy is called in a plan id.
+function M.name_of(policy)
+  return names[policy] or "unnamed"
+end
+
+local function num(v) return type(v) == "number" and ("%.6g"):format(v) or "-" end
+
+--- partition.view_id(topology, model_name, policy) -> the id of the plan a
+--- node with this view computes: a hash of the policy, the model as peers
+--- are told of it, and every node's id with the capabilities a policy reads
+--- (memory and flops, rounded to 6 digits: they cross JSON). Two nodes with
+--- one view compute one id and, policies being pure, one plan.
+function M.view_id(topology, model_name, policy)
+  local ids = {}
+  for id in pairs(topology.nodes) do ids[#ids + 1] = id end
+  table.sort(ids)
+  local parts = { M.name_of(policy), tostring(model_name) }
+  for _, id in ipairs(ids) do
+    local c = topology.nodes[id].capabilities or {}
+    local f = type(c.flops) == "table" and c.flops or {}
+    parts[#parts + 1] = ("%s|%s|%s|%s|%s"):format(id, num(c.memory), num(f.fp32), num(f.fp16), num(f.int8))
+  end
+  return M.hash(table.concat(parts, "\n"))
 end
 
 local function check_inputs(topology, model)

@@ -88,26 +88,83 @@ function M.peer_model_name(requested, path)
   return path
 end
 
+-- How often a request is started again on a new plan (a node died under it)
+-- and how long the asker waits for views to agree (a node refused the plan).
+M.MAX_REPLANS = 8
+M.PLAN_RETRY_DELAYS = { 0.1, 0.2, 0.4, 0.8, 1.6, 2, 2, 2, 2, 2 }
+
+-- Waits (yields) for `seconds` on the calling coroutine.
+function Ring:sleep(seconds)
+  local co, timer = coroutine.running(), uv.new_timer()
+  timer:start(math.floor(seconds * 1000), 0, function()
+    timer:close()
+    local ok, err = coroutine.resume(co)
+    if not ok then io.stderr:write("exo: request failed: " .. tostring(err) .. "\n") end
+  end)
+  coroutine.yield()
+end
+
+-- The nodes of plan this node no longer sees.
+function Ring:gone(plan)
+  local gone = {}
+  for _, p in ipairs(plan) do
+    if not self.cluster:conn_of(p.node_id) then gone[#gone + 1] = p.node_id end
+  end
+  return gone
+end
+
+-- After a request failed on plan: the new plan to run it on, or nil, why
+-- when there is none. A failure once the ring was running (wait) that came
+-- before the asker saw a node go (the node before a dead one notices first)
+-- waits up to the peer timeout for the view to change; nothing gone by then
+-- means the failure was not a death. A refused open is final at once.
+function Ring:replan(model, plan, why, wait)
+  local gone = self:gone(plan)
+  local deadline = uv.now() + (wait and self.cluster.peer_timeout + 1 or 0) * 1000
+  while #gone == 0 and uv.now() < deadline do
+    self:sleep(0.1)
+    gone = self:gone(plan)
+  end
+  if #gone == 0 then return nil, why end
+  local new, err = self:plan(model)
+  if not new then
+    return nil, ("node %s left mid-request and no partition of the nodes left can hold %s: %s"):format(
+      table.concat(gone, ", "), model.id or "the model", err)
+  end
+  return new, ("node %s left: %s"):format(table.concat(gone, ", "), why)
+end
+
 -- Runs one request over plan on the calling coroutine; the same contract as
 -- generate.Session:generate (model: exo.model with its tokenizer). With draft
 -- (a local session on a draft model) and g, the request is decoded
 -- speculatively: the draft runs here, the target's verify pass goes round the
 -- ring as one multi-row frame.
+--
+-- A node dying under a plain request costs its client a pause: the request
+-- starts again on the plan over the nodes left, from its prompt and the
+-- tokens the client already has, with the last node's random state carried
+-- over (carry), so the stream goes on with nothing lost or repeated. A node
+-- whose view gives another plan refuses it; the asker tries again, with
+-- backoff, once views agree.
 function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
   local mode = draft and verify_mode(req) or "plain"
   local sig = M.plan_signature(plan)
   local kept = self:take_kept(model.path, sig, mode, ids)
+  self.plans[model.path] = self.plans[model.path] or sig
+  local carry = { t0 = native.now(), replans = 0, refusals = 0 }
   while true do
     local rid = kept and kept.rid or self:new_request_id()
+    carry.rid = carry.rid or rid -- the request's name in the log, whatever its attempts are called
     -- A kept request goes on under the name its nodes opened it by.
     local st = { id = rid, co = coroutine.running(), inbox = {}, plan = plan, nodes = {}, kept = kept, mode = mode,
       n_vocab = kept and kept.n_vocab,
       peer_model = kept and kept.peer_model or M.peer_model_name(req.model, model.path) }
+    st.plan_id = self:plan_id(st.peer_model)
     for _, p in ipairs(plan) do st.nodes[p.node_id] = true end
     self.asking[rid] = st
     -- Whatever happens (an error raised on the way included), the request is
     -- either kept with a known cache or closed on every node it was opened on.
-    local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g)
+    local ok, res, err = pcall(self.run_request, self, st, model, ids, req, on_text, should_stop, draft, g, carry)
     self.asking[rid] = nil
     if ok and res and st.cached then
       self:keep(model.path, { rid = rid, sig = sig, mode = mode, plan = plan, cached = st.cached, n_vocab = st.n_vocab,
@@ -115,12 +172,33 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
     else
       self:close_everywhere(rid, plan)
     end
-    -- A node that no longer holds its part of a kept request: start afresh.
-    if not (ok and not res and st.resume_refused) then
-      if not ok then return nil, "the request failed: " .. tostring(res) end
-      return res, err
+    if not ok then return nil, "the request failed: " .. tostring(res) end
+    if res then return res, err end
+    local why = err
+    if st.resume_refused then
+      -- A node that no longer holds its part of a kept request: start afresh.
+      kept = nil
+    elseif st.plan_refused and carry.refusals < #M.PLAN_RETRY_DELAYS then
+      carry.refusals = carry.refusals + 1
+      self:note_replan(("request %.0f: %s; trying again in %.1f s"):format(carry.rid, why,
+        M.PLAN_RETRY_DELAYS[carry.refusals]))
+      self:sleep(M.PLAN_RETRY_DELAYS[carry.refusals])
+      local new, perr = self:plan(model)
+      if not new then return nil, perr end
+      plan, kept = new, nil
+    elseif not draft and not carry.done and carry.replans < M.MAX_REPLANS then
+      local new, rwhy = self:replan(model, plan, why, st.opened)
+      if not new then return nil, rwhy end
+      carry.replans = carry.replans + 1
+      local t = native.now()
+      self:note_replan(("request %.0f re-planned after %d tokens (%s): %s -> %s"):format(carry.rid,
+        carry.sink and #carry.sink.tokens or 0, rwhy, sig, M.plan_signature(new)))
+      carry.replanned_at = t
+      plan, kept = new, nil
+    else
+      return nil, why
     end
-    kept = nil
+    sig = M.plan_signature(plan)
   end
 end
 
@@ -131,9 +209,19 @@ function Ring:chunk_size(model)
   return math.max(1, math.min(tonumber(os.getenv("EXO_RING_CHUNK") or "") or 2048, fit))
 end
 
-function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
-  local t0 = native.now()
+-- carry: what outlives one attempt of the request (Ring:generate): t0, the
+-- client's text sink and the last node's random state (rng) once a token came.
+function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g, carry)
+  local t0 = carry.t0
   local rid, plan, cluster = st.id, st.plan, self.cluster
+  -- Started again after a node died: the ring computes the prompt and the
+  -- tokens the client has, and samples on from there.
+  local prompt_len, sent = #ids, carry.sink and #carry.sink.tokens or 0
+  if sent > 0 then
+    local run = { unpack(ids) }
+    for i = 1, sent do run[prompt_len + i] = carry.sink.tokens[i] end
+    ids = run
+  end
 
   local sampling_params = {}
   for _, k in ipairs(SAMPLING_FIELDS) do sampling_params[k] = req[k] end
@@ -142,14 +230,16 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
     -- the last one takes this turn's settings.
     local msg = { t = st.kept and "resume" or "open", model = st.peer_model, start = p.start_layer, stop = p.end_layer,
       next = plan[i + 1] and plan[i + 1].node_id or nil, prev = plan[i - 1] and plan[i - 1].node_id or nil,
-      last = plan[#plan].node_id, first = plan[1].node_id, n_ctx = self.node.n_ctx, wire_dtype = self.wire_dtype }
+      last = plan[#plan].node_id, first = plan[1].node_id, n_ctx = self.node.n_ctx, wire_dtype = self.wire_dtype,
+      plan_id = st.plan_id }
     if i == #plan and draft then
       -- Greedy needs only the target's choice per row; sampling needs the rows.
       msg.verify = st.mode
     elseif i == #plan then
       msg.sampling = sampling_params
       msg.prompt = ids
-      msg.max_tokens = req.max_tokens
+      msg.max_tokens = req.max_tokens and req.max_tokens - sent
+      msg.rng = carry.rng
       msg.logprobs = req.logprobs and (req.top_logprobs or 0) or nil
     end
     local ok, err = cluster:send(p.node_id, rid, msg)
@@ -161,10 +251,12 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
     local m = self:wait(st, self.open_timeout)
     if m.t ~= "ready" then
       st.resume_refused = st.kept ~= nil and m.t == "error"
+      st.plan_refused = m.code == "plan_mismatch"
       return nil, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t))
     end
     if type(m.n_vocab) == "number" then st.n_vocab = m.n_vocab end
   end
+  st.opened = true
   if draft then
     local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g)
     return res, serr
@@ -174,6 +266,7 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
   -- prompt are answered "prefilled".
   local common = st.kept and math.min(common_prefix(st.kept.cached, ids), #ids - 1) or 0
   local first_conn, chunk = cluster:conn_of(plan[1].node_id), self:chunk_size(model)
+  if not first_conn then return nil, ("node %s is not connected"):format(plan[1].node_id) end
   local at = common
   while #ids - at > chunk do
     local ok, err = self.cluster.wire:send_tokens(first_conn, rid, at, { unpack(ids, at + 1, at + chunk) })
@@ -187,12 +280,22 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
     return nil, "cannot send the prompt: " .. err
   end
 
-  local sink = generate.text_sink(model.tokenizer, req, on_text)
-  local finish, ttft
+  local sink = carry.sink or generate.text_sink(model.tokenizer, req, on_text)
+  carry.sink = sink
+  local finish
   while true do
     local m = self:wait(st, self.step_timeout)
+    if m.t == "token" or m.t == "done" then
+      carry.ttft = carry.ttft or native.now() - t0
+      if carry.replanned_at then
+        -- From the failure's detection to the stream going on (docs/cluster.md).
+        self.last_resume_s = native.now() - carry.replanned_at
+        self:note_replan(("request %.0f resumed %.2f s after its re-plan"):format(carry.rid, self.last_resume_s))
+        carry.replanned_at = nil
+      end
+    end
     if m.t == "token" then
-      ttft = ttft or native.now() - t0
+      if type(m.rng) == "string" then carry.rng = m.rng end
       if type(m.id) ~= "number" or m.id ~= math.floor(m.id) or m.id < 0 or m.id >= model.tokenizer.n_vocab then
         return nil, "a malformed token came back from the ring"
       end
@@ -205,7 +308,6 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
         break
       end
     elseif m.t == "done" then
-      ttft = ttft or native.now() - t0
       finish = m.finish or "stop"
       break
     else
@@ -216,6 +318,8 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
       break
     end
   end
+  -- The answer is complete: nothing after this point starts it again.
+  carry.done = true
   local text = sink:finish(finish)
   -- Keep the caches for the next turn: once the last node has stopped and no
   -- token of this turn is going round, the ring holds the prompt and every
@@ -224,12 +328,13 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g)
     local m
     repeat m = self:wait(st, self.step_timeout) until m.t ~= "token" and m.t ~= "done" -- sampled before the stop
     if m.t == "stopped" then
-      st.cached = { unpack(ids) }
+      st.cached = { unpack(ids, 1, prompt_len) }
       for i = 1, #sink.tokens - 1 do st.cached[#st.cached + 1] = sink.tokens[i] end
     end
   end
-  local res = sink:result(text, finish, #ids, #ids - common, t0, ttft)
+  local res = sink:result(text, finish, prompt_len, prompt_len - common, t0, carry.ttft)
   res.plan = plan
+  res.replans = carry.replans > 0 and carry.replans or nil
   return res
 end
 

@@ -27,6 +27,7 @@
 -- sampling) and quotas.lua (what a peer may hold here).
 local uv = require "luv"
 local partition = require "exo.partition"
+local activity = require "exo.activity"
 local quotas = require "exo.ring.quotas"
 
 local M = {}
@@ -55,7 +56,11 @@ function M.new(node, cluster, opts)
     salt = tonumber(require("exo.cluster").random_hex(4), 16) % (2 ^ 28 - 1) + 1, counter = 0,
     quotas = quotas.new(opts.quotas),
     quota_warned = {}, -- peer id -> { limit kind -> true }: refusals logged once
+    plans = {},    -- model path -> the plan signature last seen (re-plans are events)
+    replans = 0,   -- requests started again on a new plan
   }, Ring)
+  -- (A stand-in cluster in a unit test may have no change events.)
+  if cluster.on_change then cluster:on_change(function() self:check_plans() end) end
   -- Opening may wait for a shard or tokenizer to load: on a coroutine of its own.
   cluster:on("open", function(from, rid, msg) self:spawn(self.on_open, from, rid, msg) end)
   cluster:on("resume", function(from, rid, msg) self:spawn(self.on_resume, from, rid, msg) end)
@@ -99,6 +104,60 @@ function Ring:plan(model)
     { id = model.id, n_layers = model.n_layers, layer_bytes = model.layer_bytes })
 end
 
+-- The id of the plan this node's view gives for the model as peers name it
+-- (partition.view_id): every open carries the asker's, and a node whose
+-- own differs refuses the plan.
+function Ring:plan_id(model_name)
+  return partition.view_id(self.cluster:topology(), model_name, self.policy)
+end
+
+-- The nodes this node sees, for a refusal's message.
+function Ring:view_summary()
+  local ids = {}
+  for id in pairs(self.cluster:topology().nodes) do ids[#ids + 1] = id end
+  table.sort(ids)
+  return ("%d nodes: %s"):format(#ids, table.concat(ids, ", "))
+end
+
+-- A request started again on another plan: an event, with the reason.
+function Ring:note_replan(text)
+  if text:match("re%-planned") then self.replans = self.replans + 1 end
+  activity.event("plan", text)
+end
+
+-- After a join or a leave: each loaded model's plan is recomputed, and a
+-- change is an event naming the join or leave that caused it.
+function Ring:check_plans()
+  for path, entry in pairs(self.node.loaded or {}) do
+    local plan, err = self:plan(entry.model)
+    local sig = plan and M.plan_signature(plan) or ("none (" .. tostring(err) .. ")")
+    local old = self.plans[path]
+    if old ~= sig then
+      self.plans[path] = sig
+      if old then
+        activity.event("plan", ("plan for %s: %s -> %s (%s)"):format(entry.model.id or path, old, sig,
+          self.cluster.last_change or "the topology changed"))
+      end
+    end
+  end
+end
+
+--- ring:stats() -> what this node holds for requests now (for /v1/topology):
+--- its routes (by asker), opens waiting, its own requests, kept requests,
+--- re-plans so far and the last resume's delay.
+function Ring:stats()
+  local by_asker, routes, opening, asking, kept = {}, 0, 0, 0, 0
+  for _, r in pairs(self.routes) do
+    routes = routes + 1
+    by_asker[r.asker] = (by_asker[r.asker] or 0) + 1
+  end
+  for _ in pairs(self.opening) do opening = opening + 1 end
+  for _ in pairs(self.asking) do asking = asking + 1 end
+  for _, list in pairs(self.kept) do kept = kept + #list end
+  return { routes = routes, routes_by_asker = next(by_asker) and by_asker or nil, opening = opening,
+    asking = asking, kept = kept, replans = self.replans, last_resume_s = self.last_resume_s }
+end
+
 -- Unique across nodes without coordination: a random salt per process and a
 -- counter, below 2^53 so it stays exact in a Lua number.
 function Ring:new_request_id()
@@ -120,8 +179,14 @@ function Ring:on_lost(id, why)
       end
     end
   end
+  -- Each request hit starts again on a new plan (asker.lua) as it hears this,
+  -- which changes self.asking: so the list first, the news after.
+  local hit = {}
   for rid, st in pairs(self.asking) do
-    if st.nodes[id] then self:deliver(rid, { t = "error", message = ("node %s left mid-request: %s"):format(id, why) }) end
+    if st.nodes[id] then hit[#hit + 1] = rid end
+  end
+  for _, rid in ipairs(hit) do
+    self:deliver(rid, { t = "error", message = ("node %s left mid-request: %s"):format(id, why) })
   end
   for rid, route in pairs(self.routes) do
     if route.asker == id then self:close_route(rid) end

@@ -1,5 +1,6 @@
 -- exo.ring.last: the last node of a request's plan: logits in, a sampled token out.
 local ffi = require "ffi"
+local bit = require "bit"
 local native = require "exo.native"
 local sampling = require "exo.sampling"
 local generate = require "exo.generate"
@@ -32,6 +33,16 @@ function Ring:start_last(route, msg)
   if type(msg.sampling) ~= "table" then return "no sampling settings" end
   local ok, sampler = pcall(sampling.new, route.n_vocab, msg.sampling)
   if not ok then return "bad sampling settings: " .. tostring(sampler) end
+  -- A request started again on a new plan samples on from where the last
+  -- node before left its random stream (the state its last token carried).
+  if msg.rng ~= nil then
+    if type(msg.rng) ~= "string" or not msg.rng:match("^" .. ("%x"):rep(16) .. "$") then
+      return "a malformed random state"
+    end
+    local v = 0ULL
+    for c in msg.rng:gmatch(".") do v = v * 16 + tonumber(c, 16) end
+    sampler.rng.state[0] = v
+  end
   route.sampler = sampler
   route.tokenizer = text_side.model.tokenizer
   route.history = {}
@@ -104,7 +115,10 @@ function Ring:handle_output(rid)
   route.generated = route.generated + 1
   local finish
   if route.generated >= route.max_tokens or route.pos >= route.n_ctx - 1 then finish = "length" end
-  cluster:send(route.asker, rid, { t = "token", id = id, lp = lp, finish = finish })
+  -- The random state after this token travels with it: should the ring lose
+  -- a node, the asker hands it to the next plan's last node.
+  local rng = not route.sampler:greedy() and bit.tohex(route.sampler.rng.state[0]) or nil
+  cluster:send(route.asker, rid, { t = "token", id = id, lp = lp, finish = finish, rng = rng })
   if finish then
     route.done = true
     return

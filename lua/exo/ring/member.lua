@@ -123,6 +123,15 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   end
   local dtype = native.WIRE_DTYPES[msg.wire_dtype or "f32"]
   if not dtype then return refuse("unknown wire dtype " .. tostring(msg.wire_dtype)) end
+  -- The asker's plan came from its view; ours must give the same, or the
+  -- nodes would run a mix of two plans. It tries again once views agree.
+  if msg.plan_id ~= nil then
+    local mine = self:plan_id(msg.model)
+    if msg.plan_id ~= mine then
+      return cluster:send(from, rid, { t = "error", code = "plan_mismatch", message = ("node %s: its view "
+        .. "(%s) gives plan %s, not %s"):format(cluster.id, self:view_summary(), mine, tostring(msg.plan_id)) })
+    end
+  end
   if msg.next and not cluster:conn_of(msg.next) then
     return refuse("the next node " .. msg.next .. " is not connected")
   end
