@@ -1,0 +1,160 @@
+"""test_serving.py: many clients at once on one real exo node (issue 17).
+
+Starts `build/exo` with --parallel and --max-queue and talks to it over HTTP
+from several threads at once: concurrent streaming clients at temperature 0
+get exactly the answers each gets alone (the node batches their decode steps
+and prompt chunks into shared forward passes, which must not change a
+result), a client that disconnects mid-stream does not disturb the others,
+requests past the queue bound get a 503 that says why, and a second client
+with the same system prompt reuses the first one's cached prefix
+(usage.prompt_tokens_details.cached_tokens).
+
+Run: build/venv/bin/python tests/api/test_serving.py   (ctest runs it)
+"""
+
+import http.client
+import json
+import os
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_api import MODEL, Node  # noqa: E402 - the same real-process harness
+
+SYSTEM = ("You are a careful assistant for a public library. You answer questions about opening hours, "
+          "membership, borrowing rules, fines and events in short, friendly sentences.")
+QUESTIONS = ["What is a library card?", "Name three fruits.", "Why is the sky blue?", "Count to five.",
+             "What do cats eat?", "Say hello in French."]
+
+
+def chat_body(question, max_tokens, stream):
+    return json.dumps({"model": MODEL, "temperature": 0, "max_tokens": max_tokens, "stream": stream,
+                       "messages": [{"role": "system", "content": SYSTEM},
+                                    {"role": "user", "content": question}]}).encode()
+
+
+def stream_text(port, question, max_tokens, results, key, stop_after=None):
+    """Streams one chat answer; stores (status, text or error body) under key.
+    stop_after: close the connection after that many content chunks."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, True),
+                     headers={"Content-Type": "application/json"})
+        res = conn.getresponse()
+        if res.status != 200:
+            results[key] = (res.status, res.read().decode())
+            return
+        parts = []
+        while True:
+            line = res.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            if delta.get("content"):
+                parts.append(delta["content"])
+                if stop_after is not None and len(parts) >= stop_after:
+                    conn.sock.close()
+                    break
+        results[key] = (200, "".join(parts))
+        conn.close()
+    except Exception as e:  # noqa: BLE001 - reported by the caller's assertions
+        results[key] = (None, repr(e))
+
+
+def ask(port, question, max_tokens=24):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, False),
+                 headers={"Content-Type": "application/json"})
+    res = conn.getresponse()
+    body = json.loads(res.read().decode())
+    conn.close()
+    return res.status, body
+
+
+def run_threads(targets):
+    threads = [threading.Thread(target=t[0], args=t[1:]) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(900)
+
+
+class Serving(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node("--disable-tui", "--parallel", "4", "--max-queue", "8")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def solo(self, question, max_tokens):
+        results = {}
+        stream_text(self.node.port, question, max_tokens, results, 0)
+        self.assertEqual(results[0][0], 200, results[0][1])
+        return results[0][1]
+
+    def test_concurrent_streams_equal_solo_runs(self):
+        """Four streaming clients at once (plus a fifth and sixth that queue, then
+        join as others leave) get exactly their solo answers; a client that hangs
+        up after two chunks disturbs nobody."""
+        lengths = [24, 40, 16, 32, 20, 28]
+        expect = [self.solo(q, n) for q, n in zip(QUESTIONS, lengths)]
+        for text in expect:
+            self.assertTrue(text.strip(), expect)
+        results = {}
+        targets = [(stream_text, self.node.port, q, n, results, i) for i, (q, n) in enumerate(zip(QUESTIONS, lengths))]
+        targets.append((stream_text, self.node.port, "Tell me a long story.", 200, results, "quitter", 2))
+        run_threads(targets)
+        for i in range(len(QUESTIONS)):
+            self.assertEqual(results[i][0], 200, results[i][1])
+            self.assertEqual(results[i][1], expect[i], "client %d's answer changed when batched" % i)
+        self.assertEqual(results["quitter"][0], 200, results["quitter"][1])
+        # The node goes on serving after the disconnect.
+        self.assertEqual(self.solo(QUESTIONS[0], lengths[0]), expect[0])
+
+    def test_prefix_reuse_across_clients(self):
+        """Two different clients (different questions, the same system prompt):
+        the second one's prompt reuses the cached system prompt."""
+        status, first = ask(self.node.port, "Is the library open on Sunday?", 4)
+        self.assertEqual(status, 200, first)
+        status, second = ask(self.node.port, "Can I renew a book online?", 4)
+        self.assertEqual(status, 200, second)
+        cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        prompt = second["usage"]["prompt_tokens"]
+        # At least the system prompt's ~35 tokens, never the whole prompt (the question differs).
+        self.assertGreaterEqual(cached, 30, second["usage"])
+        self.assertLess(cached, prompt, second["usage"])
+
+
+class QueueBound(unittest.TestCase):
+    def test_past_the_queue_bound_is_503(self):
+        """--parallel 1 --max-queue 1: of several requests at once, one runs, one
+        waits, and the rest get a 503 that names the limits; the admitted ones
+        finish normally."""
+        node = Node("--disable-tui", "--parallel", "1", "--max-queue", "1")
+        try:
+            status, body = ask(node.port, "Warm up.", 1)  # the model loads once
+            self.assertEqual(status, 200, body)
+            results = {}
+
+            def one(i):
+                results[i] = ask(node.port, QUESTIONS[i % len(QUESTIONS)], 48)
+            run_threads([(one, i) for i in range(6)])
+            statuses = sorted(s for s, _ in results.values())
+            self.assertGreaterEqual(statuses.count(200), 2, results)
+            busy = [b for s, b in results.values() if s == 503]
+            self.assertGreaterEqual(len(busy), 1, statuses)
+            for b in busy:
+                self.assertIn("--max-queue 1", b["error"]["message"])
+            self.assertEqual(set(statuses) - {200, 503}, set(), results)
+        finally:
+            node.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
