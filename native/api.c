@@ -106,7 +106,7 @@ int exo_file_open(const char *path, exo_file **out)
     *out = NULL;
     exo_file *f = calloc(1, sizeof *f);
     if (!f) return exo__error_set(EXO_ENOMEM, "out of memory");
-    int rc = exo__model_file_open(path, EXO_MODEL_OPEN_INFO, 0, 0, &f->g);
+    int rc = exo__model_file_open(path, EXO_MODEL_OPEN_INFO, 0, -1, 1, 1, &f->g);
     if (rc) {
         free(f);
         return rc;

@@ -409,7 +409,7 @@ int exo__model_load(const char *path, int layer_start, int layer_end, int is_fir
     s->backend = be;
     s->max_batch = SHARD_MAX_BATCH;
     exo__quants_init();
-    int rc = exo__model_file_open(path, EXO_MODEL_OPEN_ALL, layer_start, layer_end, &s->file);
+    int rc = exo__model_file_open(path, EXO_MODEL_OPEN_ALL, layer_start, layer_end, is_first, is_last, &s->file);
     if (rc) goto fail;
 
     const char *arch;

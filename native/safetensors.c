@@ -921,22 +921,31 @@ struct plan {
     int heads;                /* Q/K rows to reorder per this many heads, or 0 */
     int64_t rows;             /* rows reordered (a bias: its elements) */
     size_t size;
+    bool hole;                /* listed for its shape only: never made, its pages freed */
 };
 
 struct plans {
     struct plan *p;
     size_t n, cap;
     bool info_only;           /* tensor infos only: the data is never made */
+    int start, end;           /* the shard's layers (end <= 0: all) */
+    bool first, last;         /* whether it embeds tokens, whether it ends in the head */
+    bool has_head;            /* the folder has lm_head (an untied head) */
 };
 
-/* Whether a GGUF tensor belongs to the shard [start, end) (end <= 0: all):
- * its layers and every non-layer tensor (embeddings, head, norms, rope
- * factors; the loader takes the embedding's row count from it). */
-static bool in_range(const char *name, int start, int end)
+/* Whether a GGUF tensor belongs to the shard: its layers, the head and
+ * final norm when it is the last, the rope factors, and the embedding,
+ * always (the loader takes the vocabulary size from its shape) but made only
+ * where it is read: by the first shard, and by the last when the head is
+ * tied to it; elsewhere it is a hole (*hole). */
+static bool in_shard(const struct plans *ps, const char *name, bool *hole)
 {
     long layer;
-    if (end <= 0 || sscanf(name, "blk.%ld.", &layer) != 1) return true;
-    return layer >= start && layer < end;
+    *hole = false;
+    if (sscanf(name, "blk.%ld.", &layer) == 1) return ps->end <= 0 || (layer >= ps->start && layer < ps->end);
+    if (!strncmp(name, "output", 6)) return ps->last;
+    if (!strcmp(name, "token_embd.weight")) *hole = !ps->first && !(ps->last && !ps->has_head);
+    return true;
 }
 
 static int add_plan(struct plans *ps, exo_gguf_writer *w, const char *name, int n_dims, const int64_t *ne,
@@ -948,14 +957,14 @@ static int add_plan(struct plans *ps, exo_gguf_writer *w, const char *name, int 
     return rc;
 }
 
-static int plan_tensor(struct folder *m, exo_gguf_writer *w, struct plans *ps, const exo_st_tensor *t, int start,
-                       int end)
+static int plan_tensor(struct folder *m, exo_gguf_writer *w, struct plans *ps, const exo_st_tensor *t)
 {
     char name[96];
     int heads;
     int rc = gguf_name(m, t->name, name, sizeof name, &heads);
     if (rc) return rc < 0 ? rc : 0;
-    if (!in_range(name, start, end)) return 0;
+    bool hole;
+    if (!in_shard(ps, name, &hole)) return 0;
     if (t->dtype != EXO_DTYPE_F32 && t->dtype != EXO_DTYPE_F16 && t->dtype != EXO_DTYPE_BF16)
         return exo__error_set(EXO_ENOTSUP, "%s: tensor '%s' is %s (F32, F16 and BF16 are supported)", m->dir, t->name,
                              t->dtype_name);
@@ -964,7 +973,7 @@ static int plan_tensor(struct folder *m, exo_gguf_writer *w, struct plans *ps, c
                              t->n_dims);
     int64_t rows = t->n_dims == 2 ? t->shape[0] : 1, cols = t->shape[t->n_dims - 1];
     int64_t ne[2] = {cols, rows};
-    struct plan p = {t, NULL, t->dtype, heads, t->n_dims == 2 ? rows : cols, t->size};
+    struct plan p = {t, NULL, t->dtype, heads, t->n_dims == 2 ? rows : cols, t->size, hole};
     if (heads && (p.rows % heads || (p.rows / heads) % 2))
         return exo__error_set(EXO_EFORMAT, "%s: tensor '%s' has %lld rows, not %d heads of an even size", m->dir,
                              t->name, (long long)p.rows, heads);
@@ -979,6 +988,10 @@ static int fill_tensor(void *ud, size_t index, void *buf, size_t size)
     struct plans *ps = ud;
     if (ps->info_only) return 1; /* stop at the first tensor's data: see open_safetensors_model */
     const struct plan *p = &ps->p[index];
+    if (p->hole) {
+        memset(buf, 0, size);
+        return 0;
+    }
     if (!p->src) {
         memcpy(buf, p->own, size);
         return 0;
@@ -1004,7 +1017,7 @@ static int fill_tensor(void *ud, size_t index, void *buf, size_t size)
 
 /* ---- the GGUF in memory ------------------------------------------------------ */
 
-static int convert(struct folder *m, int what, int start, int end, exo_gguf_writer *w, struct plans *ps)
+static int convert(struct folder *m, int what, exo_gguf_writer *w, struct plans *ps)
 {
     int rc;
     const char *base = strrchr(m->dir, '/');
@@ -1020,29 +1033,58 @@ static int convert(struct folder *m, int what, int start, int end, exo_gguf_writ
     if (what == EXO_MODEL_OPEN_METADATA) return 0;
     if (factors) {
         int64_t ne[1] = {n_factors};
-        struct plan p = {NULL, factors, EXO_DTYPE_F32, 0, 1, sizeof(float) * (size_t)n_factors};
+        struct plan p = {NULL, factors, EXO_DTYPE_F32, 0, 1, sizeof(float) * (size_t)n_factors, false};
         if ((rc = add_plan(ps, w, "rope_freqs.weight", 1, ne, p))) return rc;
     }
     for (size_t f = 0; f < m->n_files; f++)
         for (int64_t i = 0; i < m->files[f]->n; i++)
-            if ((rc = plan_tensor(m, w, ps, &m->files[f]->t[i], start, end))) return rc;
+            if (!strcmp(m->files[f]->t[i].name, "lm_head.weight")) ps->has_head = true;
+    for (size_t f = 0; f < m->n_files; f++)
+        for (int64_t i = 0; i < m->files[f]->n; i++)
+            if ((rc = plan_tensor(m, w, ps, &m->files[f]->t[i]))) return rc;
     return 0;
 }
+
 
 static size_t padded(size_t n)
 {
     return (n + 31) / 32 * 32; /* the writer's default alignment, which convert() keeps */
 }
 
-static int open_safetensors_model(const char *path, int what, int start, int end, exo_gguf **out)
+/* Frees the memory file's pages under the hole tensors (the data section is
+ * the file's tail: its tensors back to back, each padded). */
+static int punch_holes(int fd, const struct plans *ps, const char *path)
+{
+    struct stat st;
+    uint64_t total = 0;
+    for (size_t i = 0; i < ps->n; i++) total += padded(ps->p[i].size);
+    if (fstat(fd, &st) || (uint64_t)st.st_size < total)
+        return exo__error_set(EXO_EIO, "%s: the memory file is shorter than its tensors", path);
+    uint64_t off = (uint64_t)st.st_size - total;
+    for (size_t i = 0; i < ps->n; i++) {
+        if (ps->p[i].hole && ps->p[i].size &&
+            fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)ps->p[i].size))
+            return exo__error_set(EXO_EIO, "%s: cannot free unused pages: %s", path, strerror(errno));
+        off += padded(ps->p[i].size);
+    }
+    return 0;
+}
+
+static int open_safetensors_model(const char *path, int what, int start, int end, int first, int last,
+                                  exo_gguf **out)
 {
     struct folder m;
     memset(&m, 0, sizeof m);
-    struct plans ps = {NULL, 0, 0, what == EXO_MODEL_OPEN_INFO};
+    struct plans ps = {NULL, 0, 0, what == EXO_MODEL_OPEN_INFO, start, end, true, true, false};
     exo_gguf_writer *w = NULL;
     int fd = -1;
     int rc = model_dir(path, m.dir, sizeof m.dir);
     if (!rc) rc = read_config(&m);
+    /* As exo_shard_load reads them: -1 = from the range. */
+    if (!rc && end > 0) {
+        ps.first = first < 0 ? start == 0 : first != 0;
+        ps.last = last < 0 ? end >= m.n_layer : last != 0;
+    }
     if (!rc) rc = read_json(m.dir, "tokenizer.json", ST_MAX_TOKENIZER, false, &m.tokenizer);
     if (!rc) rc = read_json(m.dir, "tokenizer_config.json", ST_MAX_TOKENIZER, false, &m.tok_config);
     if (!rc && what != EXO_MODEL_OPEN_METADATA) rc = open_weights(&m);
@@ -1051,7 +1093,7 @@ static int open_safetensors_model(const char *path, int what, int start, int end
         rc = EXO_ENOMEM;
         goto done;
     }
-    if ((rc = convert(&m, what, start, end, w, &ps))) goto done;
+    if ((rc = convert(&m, what, w, &ps))) goto done;
     /* Written into an anonymous memory file, one tensor at a time, and mapped
      * back by the one GGUF reader: the engine sees exactly what it would see
      * from disk, and memory holds one copy of the shard's weights. */
@@ -1075,6 +1117,7 @@ static int open_safetensors_model(const char *path, int what, int start, int end
                  ? exo__error_set(EXO_EIO, "%s: cannot size the memory file: %s", path, strerror(errno))
                  : 0;
     }
+    if (!rc && !ps.info_only) rc = punch_holes(fd, &ps, path);
     if (rc) goto done;
     exo__gguf_writer_free(w);
     w = NULL;
@@ -1092,11 +1135,13 @@ done:
     return rc;
 }
 
-int exo__model_file_open(const char *path, int what, int layer_start, int layer_end, exo_gguf **out)
+int exo__model_file_open(const char *path, int what, int layer_start, int layer_end, int is_first, int is_last,
+                         exo_gguf **out)
 {
     if (!out) return exo__error_set(EXO_EINVAL, "exo__model_file_open: out is NULL");
     *out = NULL;
     if (!path) return exo__error_set(EXO_EINVAL, "exo__model_file_open: path is NULL");
-    if (exo__safetensors_is_model(path)) return open_safetensors_model(path, what, layer_start, layer_end, out);
+    if (exo__safetensors_is_model(path))
+        return open_safetensors_model(path, what, layer_start, layer_end, is_first, is_last, out);
     return exo__gguf_open(path, out);
 }

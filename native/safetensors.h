@@ -56,10 +56,14 @@ enum {
 
 /* The one entry point the engine opens model files through: a GGUF file is
  * opened as it is; a safetensors model (exo__safetensors_is_model) is
- * converted into an in-memory GGUF. With layer_end > 0 only the layers
- * [layer_start, layer_end) are converted (besides embeddings, head and
- * norms), so a shard's memory follows its layers. */
-int exo__model_file_open(const char *path, int what, int layer_start, int layer_end, exo_gguf **out);
+ * converted into an in-memory GGUF. With layer_end > 0 that GGUF holds the
+ * shard's part only: layers [layer_start, layer_end), the head and final
+ * norm if is_last, the token embedding's data only where the shard reads it
+ * (first, or last with a tied head; elsewhere its shape over a hole), so a
+ * shard's memory follows its layers. is_first / is_last: 0, 1, or -1 for
+ * "from the range", as exo_shard_load takes them. */
+int exo__model_file_open(const char *path, int what, int layer_start, int layer_end, int is_first, int is_last,
+                         exo_gguf **out);
 
 /* For tools that write safetensors folders from GGUF files (the tests'):
  * the Q/K rows of heads heads between the two layouts (to_hf: GGUF llama's

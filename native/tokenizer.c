@@ -956,7 +956,7 @@ int exo_tokenizer_load(const char *gguf_path, exo_tokenizer **out)
     if (!gguf_path || !out) return exo__error_set(EXO_EINVAL, "exo_tokenizer_load: NULL argument");
     *out = NULL;
     exo_gguf *g;
-    int rc = exo__model_file_open(gguf_path, EXO_MODEL_OPEN_METADATA, 0, 0, &g);
+    int rc = exo__model_file_open(gguf_path, EXO_MODEL_OPEN_METADATA, 0, -1, 1, 1, &g);
     if (rc) return rc;
     exo_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {

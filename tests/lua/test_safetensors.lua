@@ -4,13 +4,14 @@
 -- tokenizer.json, tokenizer_config.json) from a tiny GGUF's weights; exo then
 -- loads the folder through native/safetensors.c and must produce:
 --   * the same logits, to the bit, when the weights keep their bytes (F32;
---     BF16 matrices; two shard files with an index): the Q/K rows went to HF's
---     order and back, names and hyper-parameters through config.json;
+--     BF16 matrices; shard files with an index; three layer shards chained):
+--     the Q/K rows went to HF's order and back, names and hyper-parameters
+--     through config.json;
 --   * the same logits within float rounding when the llama folder is declared
 --     qwen2: those weights in HF's order under the half-rotation rope are the
 --     same model, so this checks the reordering against the engine's other
---     rope rather than against its own inverse (without the reordering this
---     differs by whole units);
+--     rope rather than against its own inverse (with the rows in the other
+--     order it is off by whole units);
 --   * close logits with BF16 norms (rounded weights);
 --   * the same token ids as the GGUF tokenizer on a set of strings, the same
 --     special ids, template and vocabulary (the default model's vocabulary:
@@ -80,7 +81,7 @@ end
 -- The weights: a llama with grouped KV heads (the K reordering per KV head)
 -- and an untied head, in F32 and in BF16; a Qwen 2 (biases) and a Qwen 3
 -- (Q/K norms) as their own layouts.
-run(string.format("%s %s/llama-f32.gguf --type f32 --embd-type f32 --tied 0 --layers 2", make, work))
+run(string.format("%s %s/llama-f32.gguf --type f32 --embd-type f32 --tied 0 --layers 3", make, work))
 run(string.format("%s %s/llama-bf16.gguf --type bf16 --embd-type bf16 --tied 0 --layers 2 --seed 3", make, work))
 run(string.format("%s %s/qwen2.gguf --arch qwen2 --type f32 --embd-type f32 --tied 0 --layers 2", make, work))
 run(string.format("%s %s/qwen3.gguf --arch qwen3 --type f32 --embd-type f32 --head-dim 64 --layers 2", make, work))
@@ -91,18 +92,22 @@ compare("llama f32", llama, logits_of(work .. "/llama-f32"), 0)
 -- A .safetensors file path names its folder too.
 compare("llama f32 (file path)", llama, logits_of(work .. "/llama-f32/model.safetensors"), 0)
 
--- Two shards of the folder in a chain (each converts only its own layers)
--- give the whole model's logits.
+-- Three shards of the folder in a chain give the whole model's logits:
+-- each converts only its own layers, the middle one has no head and its
+-- embedding is a shape over a hole, the last one no embedding data.
 do
-  local a = assert(native.load_shard(work .. "/llama-f32", { start = 0, stop = 1 }))
-  local b = assert(native.load_shard(work .. "/llama-f32", { start = 1, stop = 2 }))
-  local sa, sb = assert(a:new_seq(#IDS + 4)), assert(b:new_seq(#IDS + 4))
-  local hidden = assert(a:forward(sa, IDS, nil, true))
-  local p = assert(b:forward(sb, hidden, #IDS, true))
-  local got = { n_vocab = b.n_vocab }
-  for i = 0, #IDS * b.n_vocab - 1 do got[i + 1] = p[i] end
-  compare("llama f32, two shards chained", llama, got, 0)
-  sa:free(); sb:free(); a:free(); b:free()
+  local x = IDS
+  local n = #IDS
+  local p, last
+  for layer = 0, 2 do
+    local shard = assert(native.load_shard(work .. "/llama-f32", { start = layer, stop = layer + 1 }))
+    local seq = assert(shard:new_seq(n + 4))
+    p = assert(shard:forward(seq, x, n, true))
+    x, last = p, shard
+  end
+  local got = { n_vocab = last.n_vocab }
+  for i = 0, n * last.n_vocab - 1 do got[i + 1] = p[i] end
+  compare("llama f32, three shards chained", llama, got, 0)
 end
 
 -- The metadata view lists the GGUF's tensors (names, types, shapes, sizes)
@@ -124,7 +129,10 @@ do
 end
 
 run(string.format("%s %s/llama-f32.gguf %s/llama-as-qwen2 --as qwen2", export, work, work))
-compare("llama weights as qwen2", llama, logits_of(work .. "/llama-as-qwen2"), 1e-4)
+-- Summation order differs between the two ropes' layouts: 1e-4 of the
+-- largest logit here; the GGUF's row order under the halves rope is off by
+-- 1.7 (checked by hand).
+compare("llama weights as qwen2", llama, logits_of(work .. "/llama-as-qwen2"), 1e-3)
 
 run(string.format("%s %s/llama-f32.gguf %s/llama-bf16-norms --vector-dtype bf16 --dtype f16", export, work, work))
 compare("llama f16 matrices, bf16 norms", llama, logits_of(work .. "/llama-bf16-norms"), 0.05)
