@@ -1143,5 +1143,9 @@ int exo__model_file_open(const char *path, int what, int layer_start, int layer_
     if (!path) return exo__error_set(EXO_EINVAL, "exo__model_file_open: path is NULL");
     if (exo__safetensors_is_model(path))
         return open_safetensors_model(path, what, layer_start, layer_end, is_first, is_last, out);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return exo__error_set(EXO_EIO, "%s: a folder without config.json (a model folder has config.json and "
+                             "*.safetensors; or give a .gguf file)", path);
     return exo__gguf_open(path, out);
 }

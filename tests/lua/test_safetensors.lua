@@ -194,6 +194,8 @@ write(bad .. "/model.safetensors", le64(#hdr) .. hdr .. string.rep("\0", 16))
 expect_error("integer weights", bad, "I64")
 os.remove(bad .. "/model.safetensors")
 expect_error("no weights", bad, "model.safetensors")
+os.remove(bad .. "/config.json")
+expect_error("folder without config.json", bad, "without config.json")
 write(bad .. "/config.json", '{"model_type": "gpt_neox", "num_hidden_layers": 2}')
 expect_error("unsupported architecture", bad, "gpt_neox")
 
