@@ -1,6 +1,8 @@
 /* download.c: model downloads and small HTTP requests, on their own threads.
  *
- * libcurl does the HTTP (redirects, TLS, Range); libsodium hashes (SHA-256).
+ * libcurl does the HTTP (redirects, TLS, Range); OpenSSL's libcrypto hashes
+ * (SHA-256: it uses the CPU's SHA instructions, about 690 MB/s here against
+ * libsodium's portable 120 MB/s, which would cap a gigabit download).
  * Every job runs on a thread of its own, never on the loop thread: a model
  * file is gigabytes and a slow hub must not stall the API. A finished job is
  * appended to a completion list and an eventfd is signalled; the loop thread
@@ -24,7 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sodium.h>
+#include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,10 +87,6 @@ static void dl_start(void)
     pthread_mutex_init(&dl.lock, NULL);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
         dl.init_rc = exo__error_set(EXO_EIO, "libcurl failed to initialise");
-        return;
-    }
-    if (sodium_init() < 0) {
-        dl.init_rc = exo__error_set(EXO_EIO, "libsodium failed to initialise");
         return;
     }
     dl.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -210,9 +208,15 @@ static void set_common(CURL *c)
 /* The SHA-256 of the partial file's first `hashed` bytes, kept as they are
  * written so a finished download is not read a second time (-1: unknown). */
 typedef struct {
-    crypto_hash_sha256_state st;
+    EVP_MD_CTX *ctx;
     int64_t hashed;
 } hasher;
+
+static void hasher_restart(hasher *h)
+{
+    EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL);
+    h->hashed = 0;
+}
 
 /* One transfer's state: the partial file, where this response starts, and
  * what its headers said. */
@@ -293,8 +297,7 @@ static size_t on_file_body(char *buf, size_t size, size_t n, void *ud)
                 return 0;
             }
             x->have = 0;
-            crypto_hash_sha256_init(&x->h->st);
-            x->h->hashed = 0;
+            hasher_restart(x->h);
         }
         if (lseek(x->fd, x->have, SEEK_SET) < 0) {
             x->write_errno = errno;
@@ -313,7 +316,7 @@ static size_t on_file_body(char *buf, size_t size, size_t n, void *ud)
     }
     x->got += (int64_t)len;
     if (x->h->hashed == x->have + x->got - (int64_t)len) {
-        crypto_hash_sha256_update(&x->h->st, (const unsigned char *)buf, len);
+        EVP_DigestUpdate(x->h->ctx, buf, len);
         x->h->hashed += (int64_t)len;
     }
     progress_update(x->j, x->have + x->got);
@@ -325,7 +328,7 @@ static size_t on_file_body(char *buf, size_t size, size_t n, void *ud)
 static void hash_prefix(hasher *h, int fd, int64_t n)
 {
     static _Thread_local unsigned char buf[1 << 20];
-    crypto_hash_sha256_init(&h->st);
+    hasher_restart(h);
     h->hashed = -1;
     int64_t at = 0;
     while (n < 0 || at < n) {
@@ -335,7 +338,7 @@ static void hash_prefix(hasher *h, int fd, int64_t n)
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return;
         if (r == 0) break;
-        crypto_hash_sha256_update(&h->st, buf, (unsigned long long)r);
+        EVP_DigestUpdate(h->ctx, buf, (size_t)r);
         at += r;
     }
     if (n >= 0 && at != n) return;
@@ -348,9 +351,10 @@ static int hash_file(hasher *h, int fd, int64_t size, char hex[65])
 {
     if (h->hashed != size) hash_prefix(h, fd, -1);
     if (h->hashed < 0) return -1;
-    unsigned char out[32];
-    crypto_hash_sha256_final(&h->st, out);
-    sodium_bin2hex(hex, 65, out, sizeof out);
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(h->ctx, out, &n) != 1 || n != 32) return -1;
+    for (unsigned i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", out[i]);
     return 0;
 }
 
@@ -390,7 +394,12 @@ static int run_file(dl_job *j, int *http_status, char *err)
     struct curl_slist *hdrs = header_list(j->headers_in);
     int rc = EXO_EIO;
     *http_status = 0;
-    hasher h = {.hashed = -1};
+    hasher h = {.ctx = EVP_MD_CTX_new(), .hashed = -1};
+    if (!h.ctx) {
+        close(fd);
+        snprintf(err, ERR_CAP, "out of memory");
+        return EXO_ENOMEM;
+    }
     for (int attempt = 1;; attempt++) {
         pthread_mutex_lock(&dl.lock);
         j->attempt = attempt;
@@ -425,6 +434,8 @@ static int run_file(dl_job *j, int *http_status, char *err)
         /* A stalled transfer (under 1 byte/s for stall seconds) is a cut one. */
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(stall < 1 ? 1 : stall));
+        /* Fewer, larger writes (and hash updates) than curl's 16 KB default. */
+        curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
         curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_file_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, &x);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_file_body);
@@ -504,6 +515,7 @@ static int run_file(dl_job *j, int *http_status, char *err)
         rc = EXO_EIO;
     }
     close(fd);
+    EVP_MD_CTX_free(h.ctx);
     if (rc == EXO_OK && rename(partial, j->dest) != 0) {
         snprintf(err, ERR_CAP, "cannot rename the .partial file: %s", strerror(errno));
         rc = EXO_EIO;
