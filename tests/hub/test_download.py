@@ -259,6 +259,17 @@ class HubTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertTrue(all(r["auth"] == "Bearer hf_s3cret" for r in self.hub.requests("/gated-org/")))
 
+    def test_token_stays_with_the_endpoint(self):
+        # The hub redirects downloads to its CDN on another host: the token must not follow.
+        self.hub.add_repo("gated-org/Secret-GGUF", {"Secret-Q4_K_M.gguf": self.tiny}, gated_token="hf_s3cret")
+        endpoint = self.hub.url.replace("127.0.0.1", "localhost")  # the CDN URL says 127.0.0.1
+        rc, out, err = self.exo("pull", "gated-org/Secret-GGUF", HF_ENDPOINT=endpoint, HF_TOKEN="hf_s3cret")
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(all(r["auth"] == "Bearer hf_s3cret" for r in self.hub.requests("/gated-org/")))
+        cdn = self.hub.requests("/cdn/")
+        self.assertTrue(cdn)
+        self.assertTrue(all(r["auth"] is None for r in cdn), cdn)
+
     def test_not_found_and_rate_limited(self):
         rc, out, err = self.exo("pull", "test-org/No-Such-GGUF")
         self.assertEqual(rc, 1)
