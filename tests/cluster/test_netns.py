@@ -6,9 +6,10 @@ namespace holds a bridge, and each node's namespace is joined to it by a veth pa
 EXO_DISCOVERY_MODULE either: UDP is the default), each with its own EXO_HOME, as three devices
 on one Ethernet would; they must find each other and serve a request split across all three
 (/v1/topology: 3 nodes, the plan spans them). A fourth joins: the plan grows to four and
-requests keep succeeding. The namespaces (and with them every veth and the bridge) are deleted
-whatever happens. Needs root and iproute2; elsewhere it prints why and exits 77, which ctest
-reports as skipped.
+requests keep succeeding. One is SIGKILLed during a streaming request: the stream completes,
+identical to an undisturbed greedy run, and the three left serve on. The namespaces (and with
+them every veth and the bridge) are deleted whatever happens. Needs root and iproute2;
+elsewhere it prints why and exits 77, which ctest reports as skipped.
 
 Run: sudo build/venv/bin/python tests/cluster/test_netns.py   (ctest runs it)
 """
@@ -149,16 +150,52 @@ def sees(devices, count):
     return check
 
 
-def chat(device, prompt="Say hello."):
+def chat(device, prompt="Say hello.", max_tokens=8):
     status, text = device.request("POST", "/v1/chat/completions", {
-        "model": TINY_CHAT, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0})
+        "model": TINY_CHAT, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        "temperature": 0})
     if status != 200:
         raise AssertionError("%s answered %d: %s" % (device.node_id, status, text[:300]))
     return json.loads(text)["choices"][0]["message"]["content"]
 
 
+def stream_through_a_death(asker, victim, prompt, max_tokens):
+    """A streaming greedy request to asker (curl in its namespace, read event by event); victim is
+    SIGKILLed after the first 8 pieces of text. Returns (text, errors, finished)."""
+    p = subprocess.Popen(["ip", "netns", "exec", asker.ns, "curl", "-sN", "-m", "120", "-H",
+                          "Content-Type: application/json", "--data-binary", json.dumps({
+                              "model": TINY_CHAT, "messages": [{"role": "user", "content": prompt}],
+                              "max_tokens": max_tokens, "temperature": 0, "stream": True}),
+                          "http://%s:%d/v1/chat/completions" % (asker.address, API_PORT)],
+                         stdout=subprocess.PIPE, text=True)
+    pieces, errors, finished = [], [], False
+    for line in p.stdout:
+        line = line.strip()
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            finished = True
+            break
+        event = json.loads(line[6:])
+        if "error" in event:
+            errors.append(event["error"])
+            continue
+        piece = event["choices"][0].get("delta", {}).get("content")
+        if piece:
+            pieces.append(piece)
+            if len(pieces) == 8:
+                victim.proc.send_signal(signal.SIGKILL)
+    p.wait(30)
+    return "".join(pieces), errors, finished
+
+
 def plan_of(device):
     return sorted(p["node_id"] for p in device.topology()["partitions"] if p["model"] == TINY_CHAT)
+
+
+def plan_in_ring_order(device):
+    parts = [p for p in device.topology()["partitions"] if p["model"] == TINY_CHAT]
+    return [p["node_id"] for p in sorted(parts, key=lambda p: p["start_layer"])]
 
 
 def check(cond, msg):
@@ -212,6 +249,27 @@ def main():
             check(chat(d) == answers[0], "%s's answer changed with the fourth node" % d.node_id)
             check(plan_of(d) == ["dev1", "dev2", "dev3", "dev4"], (d.node_id, plan_of(d)))
         print("a fourth node joined; the plan spans four and requests still succeed", flush=True)
+
+        # One dies mid-stream (SIGKILL, not the asker): the stream completes, as an undisturbed run.
+        story = "Tell me a long story about the sea."
+        reference = chat(devices[0], story, max_tokens=160)
+        victim = [d for d in devices if d.node_id == [p for p in plan_in_ring_order(devices[0])
+                                                      if p != devices[0].node_id][0]][0]
+        text, errors, finished = stream_through_a_death(devices[0], victim, story, 160)
+        victim.proc.wait(10)
+        check(errors == [] and finished, "the stream broke: %r" % errors)
+        # Mid-stream: the asker re-planned after some of the tokens, not after all of them.
+        replans = [l for l in devices[0].log_text().splitlines() if "re-planned" in l and victim.node_id in l]
+        check(len(replans) == 1, "no single re-plan for %s in the asker's log: %r" % (victim.node_id, replans))
+        check(text == reference, "the stream differs from an undisturbed run:\n%r\n%r" % (text, reference))
+        survivors = [d for d in devices if d is not victim]
+        wait_until("the others to drop %s" % victim.node_id, sees(survivors, 3), survivors, timeout=30)
+        for d in survivors:
+            check(chat(d) == answers[0], "%s's answer changed after %s died" % (d.node_id, victim.node_id))
+            check(len(plan_of(d)) == 3 and victim.node_id not in plan_of(d), (d.node_id, plan_of(d)))
+        print("%s was killed mid-stream; the stream completed as an undisturbed run" % victim.node_id, flush=True)
+        devices.remove(victim)
+        victim.stop()
         for d in devices:
             check(d.proc.poll() is None, "%s exited:\n%s" % (d.node_id, d.log_text()))
     finally:
