@@ -86,6 +86,11 @@ typedef struct exo_shard_info {
  * (first when it starts at 0, last when it ends at the model's end); 0 or 1
  * forces them (a self-speculative draft is [0, K) with is_last = 1). */
 int exo_shard_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, exo_shard **out);
+/* The type the matrices of safetensors models (Hugging Face folders, loaded
+ * by path like a GGUF) are quantized to when a shard loads: "q8_0", "q4_0",
+ * "q4_k", or NULL / "" to keep their F32/F16/BF16. For the whole process, as
+ * the thread count; set it before loading. */
+int exo_safetensors_set_quantize(const char *type);
 void exo_shard_free(exo_shard *s);
 int exo_shard_get_info(const exo_shard *s, exo_shard_info *out);
 

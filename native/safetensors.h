@@ -1,5 +1,6 @@
 /* safetensors.h: Hugging Face model folders (config.json + *.safetensors +
- * tokenizer.json) read as if they were GGUF files (internal API).
+ * tokenizer.json) read as if they were GGUF files (internal API; the parser
+ * is safetensors.c, the folder converter safetensors_model.c).
  *
  * The header parser validates a .safetensors file completely before anything
  * uses it: the 8-byte header length against the file and a limit, the header
@@ -39,6 +40,9 @@ typedef struct exo_st_file exo_st_file;
 int exo__safetensors_parse(const void *data, size_t size, const char *label, exo_st_file **out);
 /* Maps and validates path. */
 int exo__safetensors_open(const char *path, exo_st_file **out);
+/* Maps a whole regular file of at most max bytes read-only (*map NULL when
+ * it is empty); the folder reader maps its JSON files with it too. */
+int exo__safetensors_map(const char *path, size_t max, void **map, size_t *size);
 void exo__safetensors_close(exo_st_file *f);
 int64_t exo__safetensors_count(const exo_st_file *f);
 const exo_st_tensor *exo__safetensors_at(const exo_st_file *f, int64_t i);

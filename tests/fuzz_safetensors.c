@@ -9,7 +9,7 @@
  * strings read to their stated lengths. A failure must leave a message.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Inative tests/fuzz_safetensors.c native/safetensors.c \
- *       native/json.c native/gguf.c native/dtype.c native/error.c kernels/cpu/fp16.c -o /tmp/fuzz_safetensors
+ *       native/json.c native/error.c -o /tmp/fuzz_safetensors
  *   tests/run-fuzz.sh /tmp/fuzz_safetensors tests/fuzz/safetensors/seeds tests/fuzz/safetensors/crashes 120 */
 #include <stddef.h>
 #include <stdint.h>

@@ -23,6 +23,7 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
            [--allow-model-paths] [--cluster-key KEY]
            [--max-connections N] [--max-connections-per-address N]
+           [--quantize q8_0|q4_0|q4_k]
        exo <command> [options]
 
 With no command, exo starts a node: the ChatGPT-compatible API and the chat
@@ -32,6 +33,7 @@ commands:
   run [MODEL] [--prompt TEXT] [--system-prompt TEXT] [--max-tokens N] [--temperature T]
       [--top-p P] [--top-k K] [--min-p P] [--seed S] [--stop TEXT] [--chat-template FILE.lua] [--verbose]
       [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
+      [--quantize q8_0|q4_0|q4_k]
                       answer one prompt (streamed to stdout), or chat when no --prompt is
                       given and stdin is a terminal
   repl                a LuaJIT REPL with the runtime loaded (exo.model, exo.tokenizer, ...)
@@ -278,7 +280,7 @@ end
 local RUN_FLAGS = {
   prompt = "string", system_prompt = "string", max_tokens = "number", temperature = "number", top_p = "number",
   top_k = "number", min_p = "number", seed = "number", stop = "string", chat_template = "string",
-  verbose = "boolean", threads = "number", ctx = "number",
+  verbose = "boolean", threads = "number", ctx = "number", quantize = "string",
   enable_speculative = "boolean", draft_model = "string", draft_tokens = "number",
 }
 
@@ -378,6 +380,12 @@ function commands.run(args)
   local native = require "exo.native"
   local verbose = opts.verbose or (tonumber(os.getenv("DEBUG") or "0") or 0) >= 1
   if opts.threads then native.set_threads(opts.threads) end
+  -- A safetensors folder's matrices, quantized as its shard loads (docs/models.md).
+  local qok, qerr = native.set_safetensors_quantize(opts.quantize)
+  if not qok then
+    io.stderr:write("exo run: " .. qerr .. "\n")
+    return 2
+  end
   local template, terr = load_chat_template(opts)
   if terr then
     io.stderr:write("exo run: " .. terr .. "\n")
@@ -513,7 +521,7 @@ local SERVE_FLAGS = {
   system_prompt = "string", max_generate_tokens = "number", default_temp = "number",
   chatgpt_api_response_timeout = "number", discovery_module = "string", disable_tui = "boolean",
   max_sessions = "number", parallel = "number", max_queue = "number",
-  ctx = "number", threads = "number", cors_origin = "string", chat_template = "string",
+  ctx = "number", threads = "number", cors_origin = "string", chat_template = "string", quantize = "string",
   http_head_timeout = "number", http_idle_timeout = "number", max_body_mb = "number",
   node_id = "string", node_host = "string", node_port = "number", discovery_config_path = "string",
   wait_for_peers = "number", partitioning = "string", inference_engine = "string", device_memory = "number",
@@ -678,6 +686,11 @@ function commands.serve(args)
   local native = require "exo.native"
   local models = require "exo.models"
   if opts.threads then native.set_threads(opts.threads) end
+  local qok, qerr = native.set_safetensors_quantize(opts.quantize)
+  if not qok then
+    io.stderr:write("exo: " .. qerr .. "\n")
+    return 2
+  end
   local template, terr = load_chat_template(opts)
   if terr then
     io.stderr:write("exo: " .. terr .. "\n")

@@ -113,6 +113,7 @@ typedef struct exo_shard_info {
     int64_t packed_bytes;
 } exo_shard_info;
 int exo_shard_load(const char *path, int layer_start, int layer_end, int is_first, int is_last, exo_shard **out);
+int exo_safetensors_set_quantize(const char *type);
 void exo_shard_free(exo_shard *s);
 int exo_shard_get_info(const exo_shard *s, exo_shard_info *out);
 int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out);
@@ -522,6 +523,16 @@ end
 -- (exo run, bench, tests; a server's loop thread uses M.submit_load_shard).
 -- opts: start (0), stop (all), first / last (booleans; derived from the range
 -- when nil).
+-- The type safetensors models' matrices are quantized to when a shard loads
+-- ("q8_0", "q4_0", "q4_k"; nil or "" keeps them), for the whole process.
+local exo_safetensors_set_quantize = C.exo_safetensors_set_quantize
+function M.set_safetensors_quantize(type_name)
+  if type_name ~= nil then check_type(type_name, "string", "set_safetensors_quantize") end
+  local rc = exo_safetensors_set_quantize(type_name)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
 function M.load_shard(path, opts)
   local start, stop, first, last = shard_range("load_shard", path, opts)
   local rc = exo_shard_load(path, start, stop, first, last, shard_out)

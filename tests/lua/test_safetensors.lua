@@ -13,6 +13,8 @@
 --     rope rather than against its own inverse (with the rows in the other
 --     order it is off by whole units);
 --   * close logits with BF16 norms (rounded weights);
+--   * with --quantize q8_0 / q4_0 / q4_k, the logits of the GGUF quantized
+--     from the same values;
 --   * the same token ids as the GGUF tokenizer on a set of strings, the same
 --     special ids, template and vocabulary (the default model's vocabulary:
 --     skipped without it);
@@ -142,6 +144,20 @@ run(string.format("%s %s/llama-bf16.gguf %s/llama-bf16 --dtype bf16 --shards 3",
 check(exists(work .. "/llama-bf16/model.safetensors.index.json") and
   exists(work .. "/llama-bf16/model-00003-of-00003.safetensors"), "three shards and an index were written")
 compare("llama bf16, 3 shards", bf16, logits_of(work .. "/llama-bf16"), 0)
+
+-- --quantize: the folder's F32 matrices quantized at load are the bytes
+-- exo-make-tiny-model writes when it quantizes the same values itself (same
+-- seed), so the logits are those of that GGUF, bit for bit; the Q/K rows are
+-- reordered before quantizing.
+for _, qt in ipairs { "q8_0", "q4_0", "q4_k" } do
+  run(string.format("%s %s/llama-%s.gguf --type %s --embd-type %s --tied 0 --layers 3", make, work, qt, qt, qt))
+  assert(native.set_safetensors_quantize(qt))
+  local got = logits_of(work .. "/llama-f32")
+  assert(native.set_safetensors_quantize(nil))
+  compare("llama f32 folder --quantize " .. qt, logits_of(work .. "/llama-" .. qt .. ".gguf"), got, 0)
+end
+local ok, qerr = native.set_safetensors_quantize("q3_x")
+check(not ok and qerr:find("q8_0, q4_0, q4_k"), "an unknown quantize type is an error: %s", tostring(qerr))
 
 for _, arch in ipairs { "qwen2", "qwen3" } do
   run(string.format("%s %s/%s.gguf %s/%s", export, work, arch, work, arch))
