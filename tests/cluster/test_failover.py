@@ -100,10 +100,10 @@ class Failover(unittest.TestCase):
                 n.proc.wait(10)
         self.home.cleanup()
 
-    def start(self, nid, *flags):
+    def start(self, nid, *flags, peer_timeout=2):
         env = {"EXO_HOME": os.path.join(self.home.name, nid)}
         node = cluster.Node("--node-id", nid, "--discovery-config-path", self.peers, "--node-host", "127.0.0.1",
-                            "--peer-timeout", "2", *flags, env=env)
+                            "--peer-timeout", str(peer_timeout), *flags, env=env)
         node.node_id = nid
         self.nodes[nid] = node
         return node
@@ -185,6 +185,27 @@ class Failover(unittest.TestCase):
         answer(a, max_tokens=20)
         wait_until(lambda: len(self.plan(a)) == 3, what="the plan to take b back")
 
+    def test_views_that_differ_are_retried_until_they_agree(self):
+        # a drops a silent b after 2 s, c only after 8: a's new plan (without b) is refused by c,
+        # whose view still has b, until c drops it too; then the stream goes on.
+        a = self.start("a")
+        b = self.start("b")
+        c = self.start("c", peer_timeout=8)
+        cluster.wait_for_topology([a, b, c], 3)
+        reference = answer(a)
+        self.assertEqual(self.plan(a), ["c", "b", "a"])
+        stream = Stream(a)
+        stream.read(8)
+        b.proc.send_signal(signal.SIGSTOP)
+        text = stream.read()
+        stream.close()
+        self.assertEqual(stream.errors, [])
+        self.assertEqual(text, reference)
+        texts = [e["text"] for e in topology(a)["events"]]
+        refused = [t for t in texts if "trying again" in t]
+        self.assertGreaterEqual(len(refused), 1, texts)
+        self.assertIn("node c: its view (3 nodes: a, b, c) gives plan", refused[0])
+
     def test_a_fourth_node_grows_the_plan(self):
         a, b, c = self.start_three()
         first = answer(a)
@@ -224,18 +245,9 @@ class Failover(unittest.TestCase):
         # A policy that wants three nodes: with one dead, no partition of the two left holds the model.
         policy = os.path.join(self.home.name, "three.lua")
         with open(policy, "w") as f:
-            f.write("""return function(topology, model)
-  local ids = {}
-  for id in pairs(topology.nodes) do ids[#ids + 1] = id end
-  table.sort(ids)
-  if #ids < 3 then return nil, "this policy needs three nodes" end
-  local plan, per = {}, math.floor(model.n_layers / #ids)
-  for i, id in ipairs(ids) do
-    plan[i] = { node_id = id, start_layer = (i - 1) * per, end_layer = i == #ids and model.n_layers or i * per }
-  end
-  return plan
-end
-""")
+            # test_cluster's even split by sorted id, refusing fewer than three nodes.
+            f.write(cluster.POLICY_REVERSED.replace("  table.sort(ids)\n", "  table.sort(ids)\n"
+                    "  if #ids < 3 then return nil, 'this policy needs three nodes' end\n"))
         nodes = [self.start(nid, "--partitioning", policy) for nid in ("a", "b", "c")]
         cluster.wait_for_topology(nodes, 3)
         a, b = nodes[0], nodes[1]
