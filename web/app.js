@@ -10,7 +10,12 @@
  * fp32 TFLOPS and round trip), which also says whether the cluster is open (no
  * cluster key): then a notice under the top bar says so. An answer can be
  * copied, the last one regenerated, a question edited and sent again (what
- * followed it is dropped), and a conversation exported as Markdown or JSON. */
+ * followed it is dropped), and a conversation exported as Markdown or JSON.
+ * The model picker lists the node's catalogue (GET /v1/models: downloaded or
+ * not, size, whether this engine can run it); choosing a model that is not in
+ * the store downloads it (POST /download) with a progress bar per node from
+ * GET /v1/download/progress, polled while it runs, and the remove button
+ * deletes the selected model's files (DELETE /models/{id}) after asking. */
 (function () {
   "use strict";
 
@@ -18,6 +23,7 @@
   var SETTINGS_KEY = "exo.chat.settings.v1";
   var API_KEY_KEY = "exo.chat.apiKey"; // sessionStorage: kept for this tab only
   var TOPOLOGY_EVERY_MS = 5000;
+  var PROGRESS_EVERY_MS = 700;
   var DEFAULT_TITLE = "New chat";
 
   function $(id) { return document.getElementById(id); }
@@ -239,6 +245,8 @@
     settings: { model: "", temperature: 0.7, maxTokens: 512 },
     gen: null, // { convId, msg, controller }
     models: [], modelsError: null,
+    // The download this page follows: { model, events: {node: event}, done, failed }, or null.
+    download: null,
   };
 
   function loadState() {
@@ -562,10 +570,18 @@
     d.appendChild(h);
     d.appendChild(p);
     if (noneDownloaded()) {
-      var miss = el("p", "empty-missing", "No model is downloaded on this node yet: its model store " +
-        "($EXO_HOME/downloads) holds none of " + state.models.map(function (m) { return m.id; }).join(", ") +
-        ". Run `exo models` on the node to see the store and what is missing; `scripts/setup` installs the models.");
+      var miss = el("div", "empty-missing");
       miss.setAttribute("role", "note");
+      miss.appendChild(el("p", null, "No model is in this node's store yet ($EXO_HOME/downloads holds none of " +
+        "the " + state.models.length + " models it knows). Choose one in the Model picker above to download it " +
+        "from the hub, or run `exo pull MODEL` on the node; `exo models` lists the models with their sizes."));
+      var pick = modelInfo($("model").value);
+      if (pick && canDownload(pick)) {
+        var b = el("button", "btn primary empty-download", "Download " + pick.id + " (" + fmtSize(pick) + ")");
+        b.type = "button";
+        b.addEventListener("click", function () { startDownload(pick.id); });
+        miss.appendChild(b);
+      }
       d.appendChild(miss);
     }
     return d;
@@ -673,27 +689,296 @@
     });
   }
 
+  function fmtBytes(n) {
+    if (typeof n !== "number" || !(n >= 0)) return "?";
+    var units = ["B", "KB", "MB", "GB", "TB"], i = 0;
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return (i === 0 || n >= 100 ? Math.round(n) : n.toFixed(1)) + " " + units[i];
+  }
+
+  // A catalogue size is an estimate until the file is here ("~").
+  function fmtSize(m) {
+    if (typeof m.size !== "number") return "size unknown";
+    return (m.size_approximate && m.downloaded === false ? "~" : "") + fmtBytes(m.size);
+  }
+
+  function downloading(id) {
+    var d = state.download;
+    return !!(d && d.model === id && !d.done && !d.failed);
+  }
+
+  function canDownload(m) { return m.downloaded === false && m.can_run !== false && !downloading(m.id); }
+
+  // The picker: downloaded models first, then those a choice downloads, then
+  // those this engine cannot run (listed so nobody wonders, never selectable).
   function fillModels() {
     var sel = $("model");
     sel.replaceChildren();
-    var ready = state.models.filter(function (m) { return m.downloaded !== false; });
-    state.models.forEach(function (m) {
-      var o = new Option(m.id + (m.downloaded === false ? " (not downloaded)" : ""), m.id);
-      o.disabled = m.downloaded === false;
-      if (m.description) o.title = m.description;
-      sel.appendChild(o);
-    });
     if (!state.models.length) {
       sel.appendChild(new Option("no models", ""));
       sel.disabled = true;
+      updateRemoveButton();
       return;
     }
+    var ready = [], missing = [], cannot = [];
+    state.models.forEach(function (m) {
+      if (m.can_run === false) cannot.push(m);
+      else if (m.downloaded === false) missing.push(m);
+      else ready.push(m);
+    });
+    function group(label, list, text) {
+      if (!list.length) return;
+      var g = document.createElement("optgroup");
+      g.label = label;
+      list.forEach(function (m) {
+        var o = new Option(m.id + " (" + text(m) + ")", m.id);
+        o.disabled = m.can_run === false;
+        o.title = (m.description ? m.description + ". " : "") + (m.arch ? "Architecture " + m.arch + ". " : "") +
+          (m.can_run === false ? "This engine cannot run it." : "");
+        g.appendChild(o);
+      });
+      sel.appendChild(g);
+    }
+    group("In this node's store", ready, fmtSize);
+    group("Not downloaded: choose one to download it", missing, function (m) {
+      return (downloading(m.id) ? "downloading" : "not downloaded") + ", " + fmtSize(m);
+    });
+    group("This engine cannot run", cannot, function (m) {
+      return "cannot run here" + (m.arch ? ": " + m.arch : "") + ", " + fmtSize(m);
+    });
     var want = state.settings.model;
-    // With nothing downloaded the first model stays picked, so sending says it is missing.
-    var pick = ready.some(function (m) { return m.id === want; }) ? want : (ready[0] || state.models[0]).id;
+    // With nothing downloaded a model stays picked, so the page offers to download it and sending says it is missing.
+    var runnable = ready.concat(missing);
+    var pick = ready.some(function (m) { return m.id === want; }) ? want
+      : ready.length ? ready[0].id
+      : runnable.some(function (m) { return m.id === want; }) ? want : (runnable[0] || state.models[0]).id;
     sel.value = pick;
     sel.disabled = false;
-    if (ready.length) state.settings.model = pick;
+    // A model being downloaded stays wanted: it is picked when it arrives.
+    if (ready.length && !downloading(want)) state.settings.model = pick;
+    sel.dataset.previous = pick;
+    updateRemoveButton();
+  }
+
+  function updateRemoveButton() {
+    var info = modelInfo($("model").value);
+    var btn = $("remove-model");
+    btn.disabled = !info || info.downloaded === false;
+    btn.title = btn.disabled ? "Remove a downloaded model from this node" : "Remove " + info.id + " from this node";
+    btn.setAttribute("aria-label", btn.title);
+  }
+
+  // The picker changed: a downloaded model is simply used; one that is not in
+  // the store is downloaded after asking (it may be gigabytes).
+  function pickModel() {
+    var sel = $("model"), info = modelInfo(sel.value);
+    if (info && info.downloaded === false && info.can_run !== false && !downloading(info.id)) {
+      var ok = window.confirm("Download " + info.id + " (" + fmtSize(info) + ") from the hub into this node's store?");
+      if (ok) {
+        startDownload(info.id);
+      } else {
+        sel.value = sel.dataset.previous || "";
+        updateRemoveButton();
+        return;
+      }
+    }
+    sel.dataset.previous = sel.value;
+    state.settings.model = sel.value;
+    saveSettings();
+    updateRemoveButton();
+    var c = currentConv();
+    if (!c || !c.messages.length) renderConversation();
+  }
+
+  // ---- downloads -----------------------------------------------------------------------
+
+  function readJson(res) {
+    return res.text().then(function (text) {
+      if (!res.ok) throw new Error(errorMessage(res.status, text));
+      return text ? JSON.parse(text) : null;
+    });
+  }
+
+  function startDownload(id) {
+    state.settings.model = id; // picked when the download completes
+    saveSettings();
+    state.download = { model: id, events: {}, done: false, failed: false, error: null, started: Date.now() };
+    renderDownload();
+    fillModels();
+    fetch("/download", { method: "POST", headers: apiHeaders(true), body: JSON.stringify({ model: id }) })
+      .then(readJson).then(function () { pollProgress(); }).catch(function (e) {
+        state.download.failed = true;
+        state.download.error = "The node did not start the download: " +
+          (e.message === "Failed to fetch" ? "it did not answer." : e.message);
+        renderDownload();
+        fillModels();
+      });
+  }
+
+  var progressTimer = null;
+  function pollProgress() {
+    if (progressTimer) { clearTimeout(progressTimer); progressTimer = null; }
+    fetch("/v1/download/progress", { headers: apiHeaders(false) }).then(readJson).then(function (all) {
+      var d = state.download, events = {}, nodes = Object.keys(all || {});
+      nodes.forEach(function (n) { if (all[n] && typeof all[n] === "object") events[n] = all[n]; });
+      if (!d) {
+        // A download started elsewhere (another tab, a client) that still runs: follow it.
+        var running = nodes.filter(function (n) { return events[n].status === "in_progress"; })[0];
+        if (!running) return;
+        d = state.download = { model: events[running].model, events: {}, done: false, failed: false, error: null,
+          started: Date.now() };
+      }
+      var mine = {};
+      Object.keys(events).forEach(function (n) { if (events[n].model === d.model) mine[n] = events[n]; });
+      d.events = mine;
+      estimateSpeed(d, mine);
+      var list = Object.keys(mine).map(function (n) { return mine[n]; });
+      var failed = list.filter(function (e) { return e.status === "failed"; });
+      if (failed.length) {
+        d.failed = true;
+        d.error = failed.map(function (e) { return e.error || "the download failed"; }).join("\n");
+      } else if (list.length && list.every(function (e) { return e.status === "complete"; })) {
+        d.done = true;
+      } else if (!list.length && Date.now() - (d.started || 0) > 15000) {
+        // The node took the request but never listed it: it failed before it began.
+        d.failed = true;
+        d.error = "The node accepted the download of " + d.model + " but reports no progress for it: it failed " +
+          "before starting (downloads off with EXO_OFFLINE=1, or no hub repository in its catalogue entry). " +
+          "The node's log says which.";
+      }
+      renderDownload();
+      if (d.done || d.failed) {
+        loadModels();
+        setStatus(d.done ? d.model + " downloaded" : "download failed", d.done ? "good" : "bad");
+        return;
+      }
+      progressTimer = setTimeout(pollProgress, PROGRESS_EVERY_MS);
+    }).catch(function (e) {
+      if (state.download && !state.download.done && !state.download.failed) {
+        setStatus(/401|API key/.test(e.message) ? "API key needed" : "cannot read download progress", "bad");
+        progressTimer = setTimeout(pollProgress, PROGRESS_EVERY_MS * 3);
+      }
+    });
+  }
+
+  // The node's speed is its transfer's own (0 until it has measured one); the
+  // page's estimate from two polls stands in until then, so speed and ETA show early.
+  function estimateSpeed(d, events) {
+    var now = Date.now();
+    d.samples = d.samples || {};
+    Object.keys(events).forEach(function (n) {
+      var ev = events[n], got = ev.downloaded_bytes || 0, prev = d.samples[n];
+      ev.speed = ev.overall_speed > 0 ? ev.overall_speed : 0;
+      if (!(ev.speed > 0) && prev && got > prev.bytes && now > prev.t) ev.speed = 1000 * (got - prev.bytes) / (now - prev.t);
+      ev.eta = ev.speed > 0 && ev.total_bytes > got ? (ev.total_bytes - got) / ev.speed : 0;
+      if (!prev || got !== prev.bytes) d.samples[n] = { t: now, bytes: got };
+    });
+  }
+
+  // What to do about a failed download, in words, beside the node's own message.
+  function downloadHint(err) {
+    if (/HTTP 40[13]|gated|private/.test(err)) {
+      return "This repository is gated: accept its terms on huggingface.co, then give the node a token (start it " +
+        "with HF_TOKEN=hf_... in its environment, or run `huggingface-cli login` on it, which writes " +
+        "$HF_HOME/token) and choose the model again.";
+    }
+    if (/404|not found/i.test(err)) return "The hub does not have this file: check the model's repository in the catalogue ($EXO_HOME/models.lua).";
+    if (/disk space|ENOSPC|No space/i.test(err)) {
+      return "The node's disk is full: free space in its model store (remove a model with the button beside the " +
+        "picker) and choose the model again; the part already fetched is kept and resumed.";
+    }
+    if (/read-only|EROFS|EACCES|permission/i.test(err)) return "The node cannot write its model store: check $EXO_HOME's permissions.";
+    return "Choose the model again to retry; the part already fetched is resumed.";
+  }
+
+  function progressRow(node, ev) {
+    var row = el("div", "dl-node");
+    row.dataset.nodeId = node;
+    var total = ev.total_bytes || 0, got = ev.downloaded_bytes || 0;
+    var pct = total > 0 ? Math.min(100, Math.floor(100 * got / total)) : (ev.status === "complete" ? 100 : 0);
+    var head = el("div", "dl-head");
+    head.appendChild(el("span", "dl-node-id", node));
+    head.appendChild(el("span", "dl-pct", pct + " %"));
+    row.appendChild(head);
+    var bar = el("div", "dl-bar" + (ev.status === "failed" ? " failed" : ""));
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    bar.setAttribute("aria-valuenow", String(pct));
+    bar.setAttribute("aria-label", "download of " + ev.model + " on " + node);
+    var fill = el("span");
+    fill.style.width = pct + "%";
+    bar.appendChild(fill);
+    row.appendChild(bar);
+    var facts = total > 0 || ev.status !== "failed" ? [fmtBytes(got) + " of " + fmtBytes(total)] : [];
+    if (ev.status === "in_progress") {
+      if (ev.speed > 0) facts.push(fmtBytes(ev.speed) + "/s");
+      if (ev.eta > 0) facts.push(fmtEta(ev.eta) + " left");
+    } else {
+      facts.push(ev.status === "complete" ? "done" : ev.status);
+    }
+    if (ev.total_files > 1) facts.push(ev.completed_files + " of " + ev.total_files + " files");
+    row.appendChild(el("div", "dl-text", facts.join(" \u00B7 ")));
+    return row;
+  }
+
+  function fmtEta(s) {
+    s = Math.ceil(s);
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+
+  function renderDownload() {
+    var box = $("downloads"), d = state.download;
+    box.replaceChildren();
+    box.hidden = !d;
+    if (!d) return;
+    var head = el("div", "dl-title");
+    var first = d.events[Object.keys(d.events)[0]];
+    var name = d.model + (first && first.repo_id ? " (" + first.repo_id + ")" : "");
+    head.appendChild(el("strong", "dl-what", d.failed ? "Download of " + name + " failed"
+      : d.done ? name + " is downloaded and selected" : "Downloading " + name));
+    if (d.done || d.failed) {
+      var close = el("button", "icon-btn small dl-dismiss", "\u00D7");
+      close.type = "button";
+      close.setAttribute("aria-label", "Dismiss");
+      close.addEventListener("click", function () { state.download = null; renderDownload(); });
+      head.appendChild(close);
+    }
+    box.appendChild(head);
+    var nodes = Object.keys(d.events);
+    if (!nodes.length && !d.failed) box.appendChild(el("p", "muted dl-text", "starting\u2026"));
+    nodes.forEach(function (n) { box.appendChild(progressRow(n, d.events[n])); });
+    if (d.failed) {
+      var err = el("div", "dl-error");
+      err.setAttribute("role", "alert");
+      err.appendChild(el("p", "dl-message", d.error));
+      err.appendChild(el("p", "dl-hint", downloadHint(d.error || "")));
+      box.appendChild(err);
+    }
+  }
+
+  function removeModel() {
+    var info = modelInfo($("model").value);
+    if (!info || info.downloaded === false) return;
+    if (!window.confirm("Remove " + info.id + " (" + fmtSize(info) + ") from this node's store? Its files are " +
+        "deleted; choosing it again downloads them anew.")) return;
+    fetch("/models/" + encodeURIComponent(info.id), { method: "DELETE", headers: apiHeaders(false) })
+      .then(function (res) {
+        return res.text().then(function (text) {
+          if (res.ok) return;
+          var j = null;
+          try { j = JSON.parse(text); } catch (e) { /* not JSON */ }
+          throw new Error(j && j.detail ? j.detail + " (HTTP " + res.status + ")" : errorMessage(res.status, text));
+        });
+      }).then(function () {
+        if (state.settings.model === info.id) state.settings.model = "";
+        setStatus(info.id + " removed", "good");
+        return loadModels();
+      }).catch(function (e) {
+        setStatus("cannot remove " + info.id + ": " + (e.message === "Failed to fetch" ? "the node did not answer" : e.message), "bad");
+      });
   }
 
   // Streams one answer into msg. Resolves when done, stopped or failed.
@@ -816,9 +1101,17 @@
   // Why no answer can be asked for with this model, or null when one can.
   function modelProblem(model) {
     var info = modelInfo(model);
+    if (model && info && info.can_run === false) {
+      return "The model " + model + " cannot run on this engine" + (info.arch ? " (architecture " + info.arch + ")" : "") +
+        ": pick another model above.";
+    }
+    if (model && info && downloading(model)) {
+      return "The model " + model + " is still downloading: send again when its progress bar is complete.";
+    }
     if (model && info && info.downloaded === false) {
       return "The model " + model + " is not downloaded: its file is not in this node's model store " +
-        "($EXO_HOME/downloads/" + model + "/). On the node, `exo models` lists the models and which are " +
+        "($EXO_HOME/downloads/" + model + "/). Choose it in the Model picker to download it from the hub, or " +
+        "run `exo pull " + model + "` on the node. On the node, `exo models` lists the models and which are " +
         "missing, with the store's folder; `scripts/setup` installs smollm2-135m and gemma3-270m, and " +
         "docs/models.md says how to add your own." + (noneDownloaded() ? "" : " Or pick a downloaded model above.");
     }
@@ -1099,10 +1392,8 @@
       loadModels();
       refreshTopology();
     });
-    $("model").addEventListener("change", function () {
-      state.settings.model = $("model").value;
-      saveSettings();
-    });
+    $("model").addEventListener("change", pickModel);
+    $("remove-model").addEventListener("click", removeModel);
     $("system-prompt").addEventListener("input", function () {
       var c = currentConv();
       if (c) { c.system = $("system-prompt").value; saveSoon(); }
@@ -1152,6 +1443,7 @@
     setBusy(false);
     loadModels();
     refreshTopology();
+    pollProgress();
     setInterval(function () { if (!document.hidden) refreshTopology(); }, TOPOLOGY_EVERY_MS);
     prompt.focus();
   }
@@ -1161,6 +1453,7 @@
     renderMarkdown: renderMarkdown, renderMarkdownInto: renderMarkdownInto, safeUrl: safeUrl,
     state: state, send: send, stop: stop, refreshTopology: refreshTopology, renderTopology: renderTopology,
     conversationMarkdown: conversationMarkdown, conversationJson: conversationJson,
+    startDownload: startDownload, pollProgress: pollProgress,
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);

@@ -42,6 +42,9 @@ class FakeHub:
         self.active = 0
         self.max_active = 0
         self.page_size = page_size
+        # "slow" transfers: 8 pieces with this pause between them (the page's browser test
+        # lengthens it so a progress bar is seen moving).
+        self.slow_pause = 0.15
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -232,7 +235,7 @@ class FakeHub:
                 for i in range(0, len(body), step):
                     h.wfile.write(body[i:i + step])
                     h.wfile.flush()
-                    time.sleep(0.15)
+                    time.sleep(self.slow_pause)
                 return
             h.wfile.write(body)
         finally:

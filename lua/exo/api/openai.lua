@@ -10,6 +10,7 @@
 -- a 400 naming the field, the prompt's size among them, checked before any
 -- tokenizing.
 local json = require "exo.json"
+local uv = require "luv"
 
 local M = {}
 
@@ -424,10 +425,17 @@ function M.text_chunk(id, model, created, text, finish_reason)
   }
 end
 
-function M.model_object(id, entry, downloaded)
+-- path: the model's file in the store, or nil. Beside OpenAI's fields, what the chat page's
+-- picker shows: the size (the file's when here, else the catalogue's estimate) and can_run.
+function M.model_object(id, entry, path)
+  local downloaded = path ~= nil
+  local st = path and uv.fs_stat(path)
+  local size = st and st.size or entry and (entry.sizes and entry.sizes[entry.default_quant] or entry.size)
   return {
     id = id, object = "model", created = 0, owned_by = "exo",
     ready = downloaded, downloaded = downloaded, description = entry and entry.description or null,
+    size = size or null, size_approximate = not st, can_run = not entry or entry.can_run ~= false,
+    arch = entry and entry.arch or null, n_layers = entry and entry.n_layers or null,
   }
 end
 

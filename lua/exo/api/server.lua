@@ -224,7 +224,7 @@ local function model_list()
     return a < b
   end)
   local out = {}
-  for _, id in ipairs(ids) do out[#out + 1] = openai.model_object(id, models.registry[id], models.resolve(id) ~= nil) end
+  for _, id in ipairs(ids) do out[#out + 1] = openai.model_object(id, models.registry[id], models.resolve(id)) end
   return out
 end
 
@@ -301,12 +301,12 @@ local function handle(ctx, req, res)
   local model_id = path:match("^/v1/models/(.+)$")
   if model_id and req.method == "GET" then
     local entry = models.registry[model_id]
-    local downloaded = models.resolve(model_id) ~= nil
-    if not entry and not downloaded then
+    local path = models.resolve(model_id)
+    if not entry and not path then
       return res:json(openai.error(404, "unknown model '" .. model_id .. "'", "not_found_error", "model",
         "model_not_found"))
     end
-    return res:json(200, openai.model_object(model_id, entry, downloaded))
+    return res:json(200, openai.model_object(model_id, entry, path))
   end
   -- A known path with another method is a 405; an unknown one a 404.
   for key in pairs(routes) do
