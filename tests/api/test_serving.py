@@ -5,7 +5,8 @@ from several threads at once: concurrent streaming clients at temperature 0
 get exactly the answers each gets alone (the node batches their decode steps
 and prompt chunks into shared forward passes, which must not change a
 result), a client that disconnects mid-stream does not disturb the others,
-requests past the queue bound get a 503 that says why, and a second client
+requests past the queue bound get a 503 that says why, KV caches that
+--parallel and --ctx would not fit in memory are refused, and a second client
 with the same system prompt reuses the first one's cached prefix
 (usage.prompt_tokens_details.cached_tokens).
 
@@ -152,6 +153,18 @@ class QueueBound(unittest.TestCase):
             for b in busy:
                 self.assertIn("--max-queue 1", b["error"]["message"])
             self.assertEqual(set(statuses) - {200, 503}, set(), results)
+        finally:
+            node.stop()
+
+    def test_kv_caches_that_do_not_fit_are_refused(self):
+        """--parallel 64 --ctx 1000000 would need terabytes of KV cache: the
+        request gets an error that says so, and the node keeps running."""
+        node = Node("--disable-tui", "--parallel", "64", "--ctx", "1000000")
+        try:
+            status, body = ask(node.port, "Hello?", 4)
+            self.assertGreaterEqual(status, 500, body)
+            self.assertIn("lower --parallel or --ctx", body["error"]["message"])
+            self.assertIn("GiB of KV cache", body["error"]["message"])
         finally:
             node.stop()
 
