@@ -100,13 +100,20 @@ function Batcher:dispatch()
   if lone then
     add(self, table.remove(self.pending, lone), math.huge)
   else
-    local budget = self.chunk
+    -- Decode steps first; prompts get what is left of one pass's rows.
+    local decode = 0
     for _, req in ipairs(self.pending) do
-      if #self.members >= self.cap then
-        rest[#rest + 1] = req
-      elseif req.n - req.done == 1 then
+      if req.n - req.done == 1 and #self.members < self.cap then
         add(self, req, 1)
-      elseif budget > 0 then
+        decode = decode + 1
+        req.taken = true
+      end
+    end
+    local budget = math.min(self.chunk, self.cap - decode)
+    for _, req in ipairs(self.pending) do
+      if req.taken then
+        req.taken = nil
+      elseif budget > 0 and #self.members < self.cap then
         budget = budget - add(self, req, budget)
       else
         rest[#rest + 1] = req
