@@ -41,6 +41,7 @@ MODELS_LUA = """return {
                    description = "a tiny chat model on the fake hub" },
   ["tiny-gated"] = { repo = "%s", quants = { Q4_K_M = "%s" }, arch = "llama", n_layers = 6, size = %d },
   ["tiny-cannot"] = { repo = "%s", quants = { Q4_K_M = "%s" }, arch = "no-such-arch", size = %d },
+  ["tiny-missing"] = { repo = "test-org/No-Such-GGUF", quants = { Q4_K_M = "x.gguf" }, arch = "llama", size = 1000 },
 }
 """
 
@@ -167,6 +168,27 @@ def run(driver, hub, home, chat):
               not os.path.exists(os.path.join(home, "downloads", "tiny-gated", GATED_FILE)))
         o = option(driver, "tiny-gated")
         check("401: the model stays listed as not downloaded", bool(o) and "not downloaded" in o["text"], repr(o))
+
+        # -- at phone width the picker, its Remove button and the panel stay on screen -------------
+        driver.set_window_size(390, 844)
+        spill = wait_for(driver, lambda d: d.execute_script("""
+            const w = document.documentElement.clientWidth;
+            if (w > 420) return null;
+            return ['model', 'remove-model', 'downloads'].map(id => {
+              const r = document.getElementById(id).getBoundingClientRect();
+              return [id, Math.round(r.left), Math.round(r.right), w]; });"""), 10, "the narrow layout")
+        driver.save_screenshot(os.path.join(page.ROOT, "build", "models_page_narrow.png"))
+        check("phone width: the picker, Remove and the download panel fit the screen",
+              all(left >= 0 and right <= w + 1 for _, left, right, w in spill), repr(spill))
+        driver.set_window_size(1280, 860)
+
+        # -- a repository the hub does not have: 404 in words --------------------------------------
+        Select(driver.find_element(By.ID, "model")).select_by_value("tiny-missing")
+        failed = wait_for(driver, lambda d: (lambda st: st if st and st["message"] and "tiny-missing" in st["title"]
+                                             else None)(d.execute_script(DOWNLOAD_JS)), 60, "the 404 to be shown")
+        check("404: the failure names what the hub did not have",
+              "HTTP 404" in failed["message"] and "No-Such-GGUF" in failed["message"]
+              and "does not have" in failed["hint"], repr(failed))
 
         # -- removing a model asks, then deletes its files ------------------------------------------
         Select(driver.find_element(By.ID, "model")).select_by_value("tiny-hub")
