@@ -9,7 +9,9 @@ safetensors and tokenizers packages from PyPI, in build/venv):
     the GGUF's;
   * tokenizer.json as the tokenizers library runs it (Split regexes, Digits, ByteLevel, added
     tokens) gives the token ids exo gives when it reads that file, on the default model's
-    vocabulary (SmolLM2) and on any GGUFs EXO_TOKENIZER_GGUFS names (Llama 3's, Qwen 2.5's).
+    vocabulary (SmolLM2) and on any GGUFs EXO_TOKENIZER_GGUFS names (Llama 3's, Qwen 2.5's);
+  * `exo run FOLDER --quantize q8_0` (a real process) answers greedily with the text
+    `exo run` gives on the GGUF quantized from the same values.
 Skips by name (exit 77) when the packages are not installed."""
 import ctypes
 import json
@@ -118,6 +120,24 @@ def tokenizer(work, src, k):
     print(f"tokenizer.json of {os.path.basename(src)}: exo and the tokenizers library agree on {agree}/{len(TEXTS)}")
 
 
+def cli(work, src):
+    """The folder through the command line: path resolution, tokenizer, template, --quantize."""
+    f32, q8 = os.path.join(work, "cli-f32.gguf"), os.path.join(work, "cli-q8.gguf")
+    common = ["--tokenizer-from", src, "--tied", "0", "--layers", "3"]
+    run(os.path.join(BUILD, "exo-make-tiny-model"), f32, "--type", "f32", "--embd-type", "f32", *common)
+    run(os.path.join(BUILD, "exo-make-tiny-model"), q8, "--type", "q8_0", "--embd-type", "q8_0", *common)
+    folder = os.path.join(work, "cli-folder")
+    run(os.path.join(BUILD, "exo-gguf-to-safetensors"), f32, folder)
+    args = ["run", "--prompt", "Say something", "--max-tokens", "12", "--temperature", "0"]
+    want = run(EXO, args[0], q8, *args[1:])
+    got = run(EXO, args[0], folder, *args[1:], "--quantize", "q8_0")
+    check(got == want and len(want.strip()) > 0, f"exo run FOLDER --quantize q8_0 said {got!r}, the Q8_0 GGUF {want!r}")
+    bad = subprocess.run([EXO, args[0], folder, *args[1:], "--quantize", "q3"], capture_output=True, text=True,
+                         timeout=60)
+    check(bad.returncode == 2 and "q8_0, q4_0, q4_k" in bad.stderr, f"--quantize q3: {bad.returncode} {bad.stderr!r}")
+    print(f"exo run FOLDER --quantize q8_0 == exo run on the Q8_0 GGUF ({len(want)} bytes of answer)")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="exo-st-hf-")
     try:
@@ -128,6 +148,8 @@ def main():
             print("SKIPPED (tokenizer part): default model not installed")
         for k, src in enumerate(sources):
             tokenizer(work, src, k)
+        if sources:
+            cli(work, sources[0])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failures:
