@@ -1281,7 +1281,8 @@ static const cpu_kernels kernels_scalar = {
  * integer work: bench_quants has Q5_0 at about 1.4x its AVX2 kernel. */
 #define AVX512_q4_0 \
     .vec_dot = exo__vec_dot_q4_0_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q4_0_q8_32_avx512, \
-    .vec_dot_packed = exo__vec_dot_packed_q4_0_q8_32_avx512
+    .vec_dot_packed = exo__vec_dot_packed_q4_0_q8_32_avx512, \
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_0_q8_32_avx512
 #define AVX512_q4_1 \
     .vec_dot = exo__vec_dot_q4_1_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q4_1_q8_32_avx512, \
     .vec_dot_packed = exo__vec_dot_packed_q4_1_q8_32_avx512

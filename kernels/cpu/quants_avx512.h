@@ -30,6 +30,9 @@ void exo__vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_str
 void exo__vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 void exo__vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
 void exo__vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out);
+/* Q4_0's packed dot for four activation rows (a batch): exo_vec_dot_packed_t4_fn. */
+void exo__vec_dot_packed_t4_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_rows,
+                                              size_t act_stride, float *out, size_t ldo);
 
 /* Q4_K, Q5_K and Q6_K, one row and packed: the AVX2 bodies with 32 registers
  * (quants_k_rows.h), bit for bit the AVX2 kernels' results. */

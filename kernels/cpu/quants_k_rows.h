@@ -117,13 +117,27 @@ static inline void krows_acts_lanes(const uint8_t *act, size_t act_stride, int n
                             out + ((size_t)t * nb + i) * EXO_QK_K);
 }
 
-/* A 16-byte shuffle control: byte i takes source byte base + step * (i / 4). */
-static inline __m128i krows_ctl(int base, int step)
+/* With AVX-512 VNNI (the file built for it) the bodies sum a lane's
+ * products with vpdpbusd into 32 bits, one instruction where AVX2 takes
+ * maddubs and a 16-bit add, and apply the scales with a 32-bit multiply
+ * (vpmulld) instead of madd: the same exact integer sums, so the same bits.
+ * The scales then come one per 32-bit lane (two lanes a sub-block) instead
+ * of one per 16-bit lane (four). */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define KROWS_VNNI 1
+#define KROWS_SCALE_REP 2
+#else
+#define KROWS_VNNI 0
+#define KROWS_SCALE_REP 4
+#endif
+
+/* A 16-byte shuffle control: byte i takes source byte base + step * (i / rep)
+ * (rep 2 or 4; the bytes past 4 steps are not read). */
+static inline __m128i krows_ctl(int base, int step, int rep)
 {
-    return _mm_setr_epi8((char)base, (char)base, (char)base, (char)base, (char)(base + step), (char)(base + step),
-                         (char)(base + step), (char)(base + step), (char)(base + 2 * step), (char)(base + 2 * step),
-                         (char)(base + 2 * step), (char)(base + 2 * step), (char)(base + 3 * step),
-                         (char)(base + 3 * step), (char)(base + 3 * step), (char)(base + 3 * step));
+    char b[16];
+    for (int i = 0; i < 16; i++) b[i] = (char)(base + step * (i / rep < 4 ? i / rep : 3));
+    return _mm_loadu_si128((const __m128i *)b);
 }
 
 /* R rows (1 or 4) of Q4_K against T activation rows (1 or 4, act_stride
@@ -148,7 +162,7 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
     const size_t qs_bytes = Q5 ? KROWS_Q5K_QS : KROWS_Q4K_QS;
     const __m256i bit4 = _mm256_set1_epi8(0x10), one = _mm256_set1_epi8(1);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
-    const __m128i ctl_even = krows_ctl(0, 2), ctl_odd = krows_ctl(1, 2);
+    const __m128i ctl_even = krows_ctl(0, 2, KROWS_SCALE_REP), ctl_odd = krows_ctl(1, 2, KROWS_SCALE_REP);
     const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0x03030303u;
     __m256 acc[4][4];
     __m128 accm[4][4];
@@ -186,9 +200,15 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
             const uint32_t m0 = u1 & low6, m1 = ((u2 >> 4) & nib) | (((u1 >> 6) & top2) << 4);
             const __m128i sc8 = _mm_cvtsi64_si128((long long)((uint64_t)s1 << 32 | s0));
             const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)((uint64_t)m1 << 32 | m0)));
+#if KROWS_VNNI
+            /* int32 lane i: the scale of lo (even) or hi (odd) sub-block 2 (i / 2) */
+            const __m256i sc_even = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(sc8, ctl_even));
+            const __m256i sc_odd = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(sc8, ctl_odd));
+#else
             /* int16 lane i: the scale of lo (even) or hi (odd) sub-block 2 (i / 4) */
             const __m256i sc_even = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sc8, ctl_even));
             const __m256i sc_odd = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sc8, ctl_odd));
+#endif
             __m256i qlo[4], qhi[4];
             if (P) {
                 const __m256i hb = Q5 ? _mm256_loadu_si256((const __m256i *)(qs + KROWS_Q4K_QS)) : _mm256_setzero_si256();
@@ -238,10 +258,19 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
                 for (int k = 0; k < 4; k++) {
                     const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xl[t] + 64 * k));
                     const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xl[t] + 64 * k + 32));
+#if KROWS_VNNI
+                    se = _mm256_dpbusd_epi32(se, qlo[k], x0);
+                    so = _mm256_dpbusd_epi32(so, qhi[k], x1);
+#else
                     se = _mm256_add_epi16(se, _mm256_maddubs_epi16(qlo[k], x0));
                     so = _mm256_add_epi16(so, _mm256_maddubs_epi16(qhi[k], x1));
+#endif
                 }
+#if KROWS_VNNI
+                const __m256i sumi = _mm256_add_epi32(_mm256_mullo_epi32(se, sc_even), _mm256_mullo_epi32(so, sc_odd));
+#else
                 const __m256i sumi = _mm256_add_epi32(_mm256_madd_epi16(se, sc_even), _mm256_madd_epi16(so, sc_odd));
+#endif
                 acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
@@ -295,7 +324,8 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
     const int nb = n / EXO_QK_K;
     const size_t bs = sizeof(exo_block_q6_K);
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    const __m128i ctl[4] = { krows_ctl(0, 4), krows_ctl(1, 4), krows_ctl(2, 4), krows_ctl(3, 4) };
+    const __m128i ctl[4] = { krows_ctl(0, 4, KROWS_SCALE_REP), krows_ctl(1, 4, KROWS_SCALE_REP),
+                             krows_ctl(2, 4, KROWS_SCALE_REP), krows_ctl(3, 4, KROWS_SCALE_REP) };
     __m256 acc[4][4];
     FOR_ROWS(r, R) FOR_ROWS(t, T) acc[r][t] = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
@@ -321,8 +351,13 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
             const float dw = _cvtsh_ss(hd);
             const __m128i sc8 = _mm_loadu_si128((const __m128i *)h);
             const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+#if KROWS_VNNI
+            __m256i gs[4]; /* int32 lane i: the scale of group 4 (i / 2) + m */
+            for (int m = 0; m < 4; m++) gs[m] = _mm256_cvtepi8_epi32(_mm_shuffle_epi8(sc8, ctl[m]));
+#else
             __m256i gs[4]; /* int16 lane i: the scale of group 4 (i / 4) + m */
             for (int m = 0; m < 4; m++) gs[m] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, ctl[m]));
+#endif
             __m256i qlo[4], qhi[4];
             if (P) {
                 const uint8_t *ql = c + KROWS_Q6K_QS * r, *qh = ql + 128;
@@ -350,12 +385,20 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
                     const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 32));
                     const __m256i x2 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 64));
                     const __m256i x3 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 96));
+#if KROWS_VNNI
+                    const __m256i zero = _mm256_setzero_si256();
+                    const __m256i plo = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, qlo[2 * m], x0), qlo[2 * m + 1], x2);
+                    const __m256i phi = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, qhi[2 * m], x1), qhi[2 * m + 1], x3);
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_mullo_epi32(plo, gs[m]),
+                                                                   _mm256_mullo_epi32(phi, gs[2 + m])));
+#else
                     const __m256i plo = _mm256_add_epi16(_mm256_maddubs_epi16(qlo[2 * m], x0),
                                                          _mm256_maddubs_epi16(qlo[2 * m + 1], x2));
                     const __m256i phi = _mm256_add_epi16(_mm256_maddubs_epi16(qhi[2 * m], x1),
                                                          _mm256_maddubs_epi16(qhi[2 * m + 1], x3));
                     sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, gs[m]),
                                                                    _mm256_madd_epi16(phi, gs[2 + m])));
+#endif
                 }
                 acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r][t]);
             }
