@@ -124,7 +124,6 @@ struct folder {
     char arch[16];
     bool permute_qk;
     int64_t n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_ctx, vocab_size;
-    bool tied;
 };
 
 static void folder_free(struct folder *m)
@@ -242,8 +241,6 @@ static int read_config(struct folder *m)
     if ((rc = cfg_int(m, "head_dim", &m->head_dim, false, m->n_embd / m->n_head))) return rc;
     if (m->permute_qk && (m->head_dim % 2 || m->head_dim < 2))
         return exo__error_set(EXO_EFORMAT, "%s/config.json: head dimension %lld is odd", m->dir, (long long)m->head_dim);
-    int32_t tie = exo__json_get(m->config, 0, "tie_word_embeddings");
-    m->tied = exo__json_kind(m->config, tie) == EXO_JSON_TRUE;
     return 0;
 }
 
