@@ -6,7 +6,8 @@
 -- one pass in flight per shard and, each time the engine is free, gathers
 -- every waiting request's rows into ONE multi-sequence pass
 -- (exo_shard_forward_batch): every decode step waiting, then chunks of
--- waiting prompts up to `chunk` rows (chunked prefill), so a long prompt is
+-- waiting prompts, fewest rows left first, up to `chunk` rows (chunked
+-- prefill), so a long prompt is
 -- spread over several passes and never stalls the other streams for more
 -- than one chunk. Sequences join and leave between passes. The engine is
 -- batch-invariant, so each request's results are exactly those of running it
@@ -78,8 +79,7 @@ local function add(self, req, budget)
 end
 
 -- Gathers the next pass from the waiting requests and submits it: decode
--- steps (one row) first, then prompt chunks oldest first while the chunk
--- budget lasts. A request marked `alone` (its pass failed with others) goes
+-- steps (one row) first, then prompt chunks while the chunk budget lasts. A request marked `alone` (its pass failed with others) goes
 -- by itself.
 function Batcher:dispatch()
   if #self.pending == 0 then
@@ -109,16 +109,32 @@ function Batcher:dispatch()
         req.taken = true
       end
     end
-    local budget = math.min(self.chunk, self.cap - decode)
-    for _, req in ipairs(self.pending) do
+    -- Then prompts, the fewest rows left first (ties: oldest first): a short
+    -- prompt gets its first token in the next pass while a long one goes on
+    -- with what remains of the budget.
+    local prompts = {}
+    for i, req in ipairs(self.pending) do
       if req.taken then
         req.taken = nil
-      elseif budget > 0 and #self.members < self.cap then
+      else
+        req.order = i
+        prompts[#prompts + 1] = req
+      end
+    end
+    table.sort(prompts, function(x, y)
+      local lx, ly = x.n - x.done, y.n - y.done
+      if lx ~= ly then return lx < ly end
+      return x.order < y.order
+    end)
+    local budget = math.min(self.chunk, self.cap - decode)
+    for _, req in ipairs(prompts) do
+      if budget > 0 and #self.members < self.cap then
         budget = budget - add(self, req, budget)
       else
         rest[#rest + 1] = req
       end
     end
+    table.sort(rest, function(x, y) return x.order < y.order end)
     self.pending = rest
   end
   local id = self.runner:new_id()
