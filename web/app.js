@@ -675,8 +675,12 @@
       });
     }).then(function (j) {
       state.models = (j && Array.isArray(j.data)) ? j.data : [];
+      // The cluster poll asks again while nothing is downloaded: an unchanged list
+      // leaves the picker alone (rebuilding it would close it under the pointer).
+      var seen = JSON.stringify(state.models);
+      if (seen !== state.modelsSeen || state.modelsError) fillModels();
+      state.modelsSeen = seen;
       state.modelsError = null;
-      fillModels();
       if (noneDownloaded()) setStatus("no model downloaded", "bad");
       var c = currentConv();
       if (!c || !c.messages.length) renderConversation(); // the empty view says what is missing
@@ -848,6 +852,7 @@
       }
       renderDownload();
       if (d.done || d.failed) {
+        fillModels(); // its "downloading" label goes, whether or not the list changes
         loadModels();
         setStatus(d.done ? d.model + " downloaded" : "download failed", d.done ? "good" : "bad");
         return;
@@ -1453,7 +1458,7 @@
     renderMarkdown: renderMarkdown, renderMarkdownInto: renderMarkdownInto, safeUrl: safeUrl,
     state: state, send: send, stop: stop, refreshTopology: refreshTopology, renderTopology: renderTopology,
     conversationMarkdown: conversationMarkdown, conversationJson: conversationJson,
-    startDownload: startDownload, pollProgress: pollProgress,
+    startDownload: startDownload, pollProgress: pollProgress, renderDownload: renderDownload,
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);

@@ -9,18 +9,22 @@ picker; the picker shows sizes and marks a model this engine cannot run as not
 selectable; choosing the tiny model asks, then downloads it with a progress bar
 (seen between 0 and 100 %, then at 100 %: the hub sends the file in slow pieces);
 the model becomes the selected one and a chat with it gets an answer; a gated
-repository (401) shows the node's message and how to give a token; the remove
-button asks, then deletes the files. A screenshot of the bar mid-download goes to
-build/models_page.png.
+repository (401) shows the node's message and how to give a token, a missing one
+(404) says so; the picker and the panel fit a phone's width; the panel draws a bar
+per node the progress route lists; the remove button asks, then deletes the files;
+a page opened while another client's download runs follows it. Screenshots:
+build/models_page.png (the bar mid-download), build/models_page_narrow.png.
 
 Reuses the chat page test's node, browser and bookkeeping helpers; like it, prints
 SKIPPED and exits 0 only when Chromium or chromedriver is missing.
 """
+import json
 import os
 import shutil
 import sys
 import tempfile
 import traceback
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -190,6 +194,23 @@ def run(driver, hub, home, chat):
               "HTTP 404" in failed["message"] and "No-Such-GGUF" in failed["message"]
               and "does not have" in failed["hint"], repr(failed))
 
+        # -- several nodes: the route reports this node only today, so two nodes' events are given
+        #    to the page's own renderer: one bar each, in the route's shape -------------------------
+        bars = driver.execute_script("""
+            const s = exoChat.state, keep = s.download;
+            const ev = (got) => ({model: 'tiny-hub', repo_id: 'test-org/Tiny-Chat-GGUF', status: 'in_progress',
+              downloaded_bytes: got, total_bytes: 1000, overall_speed: 0, overall_eta: 0, total_files: 1,
+              completed_files: 0});
+            s.download = {model: 'tiny-hub', events: {'node-a': ev(250), 'node-b': ev(750)}, done: false, failed: false};
+            exoChat.renderDownload();
+            const out = Array.from(document.querySelectorAll('#downloads .dl-node')).map(n =>
+              [n.dataset.nodeId, n.querySelector('.dl-bar').getAttribute('aria-valuenow')]);
+            s.download = keep;
+            exoChat.renderDownload();
+            return out;""")
+        check("progress: one bar per node in the route's answer",
+              bars == [["node-a", "25"], ["node-b", "75"]], repr(bars))
+
         # -- removing a model asks, then deletes its files ------------------------------------------
         Select(driver.find_element(By.ID, "model")).select_by_value("tiny-hub")
         before = len(asked(driver))
@@ -200,6 +221,20 @@ def run(driver, hub, home, chat):
         check("remove: asks first, then the files are gone and the picker says so",
               len(q) == 1 and q[0].startswith("Remove tiny-hub")
               and not os.path.exists(os.path.join(home, "downloads", "tiny-hub", FILE)), repr(q))
+
+        # -- a download another client started: a page opened meanwhile follows it ------------------
+        req = urllib.request.Request(node.url + "/download", data=json.dumps({"model": "tiny-hub"}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            check("another client's POST /download is taken", r.status == 200)
+        driver.get(node.url + "/")
+        followed = wait_for(driver, lambda d: (lambda st: st if st and st["nodes"] else None)(
+            d.execute_script(DOWNLOAD_JS)), 20, "the page to show the running download")
+        done = wait_for(driver, lambda d: (lambda st: st if st and st["nodes"] and st["nodes"][0]["pct"] == 100
+                                           else None)(d.execute_script(DOWNLOAD_JS)), 60, "it to complete")
+        check("a page opened during a download follows it to the end",
+              followed["title"].startswith("Downloading tiny-hub") and "is downloaded" in done["title"],
+              "%r %r" % (followed, done))
     except Exception:
         if node.log:
             print("---- node log ----\n" + node.log_text())
