@@ -7,9 +7,9 @@
 -- every waiting request's rows into ONE multi-sequence pass
 -- (exo_shard_forward_batch): every decode step waiting, then chunks of
 -- waiting prompts, fewest rows left first, up to `chunk` rows (chunked
--- prefill), so a long prompt is
--- spread over several passes and never stalls the other streams for more
--- than one chunk. Sequences join and leave between passes. The engine is
+-- prefill), so a long prompt is spread over several passes and never stalls
+-- the other streams for more than one chunk. Sequences join and leave
+-- between passes. The engine is
 -- batch-invariant, so each request's results are exactly those of running it
 -- alone. Resuming the waiting coroutines happens with the batcher marked busy:
 -- each one samples and asks for its next token before the next pass is
