@@ -10,7 +10,8 @@ selectable; choosing the tiny model asks, then downloads it with a progress bar
 (seen between 0 and 100 %, then at 100 %: the hub sends the file in slow pieces);
 the model becomes the selected one and a chat with it gets an answer; a gated
 repository (401) shows the node's message and how to give a token, a missing one
-(404) says so; the picker and the panel fit a phone's width; the panel draws a bar
+(404) says so, as does a full disk (a 1 MB tmpfs as the model's folder: root only,
+else "SKIPPED disk full" is printed); the picker and the panel fit a phone's width; the panel draws a bar
 per node the progress route lists; the remove button asks, then deletes the files;
 a page opened while another client's download runs follows it. Screenshots:
 build/models_page.png (the bar mid-download), build/models_page_narrow.png.
@@ -21,6 +22,7 @@ SKIPPED and exits 0 only when Chromium or chromedriver is missing.
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -45,6 +47,7 @@ MODELS_LUA = """return {
                    description = "a tiny chat model on the fake hub" },
   ["tiny-gated"] = { repo = "%s", quants = { Q4_K_M = "%s" }, arch = "llama", n_layers = 6, size = %d },
   ["tiny-cannot"] = { repo = "%s", quants = { Q4_K_M = "%s" }, arch = "no-such-arch", size = %d },
+  ["tiny-full"] = { repo = "%s", quants = { Q4_K_M = "%s" }, arch = "llama", n_layers = 6, size = %d },
   ["tiny-missing"] = { repo = "test-org/No-Such-GGUF", quants = { Q4_K_M = "x.gguf" }, arch = "llama", size = 1000 },
 }
 """
@@ -82,7 +85,7 @@ def asked(driver):
     return driver.execute_script("return window.__asked.slice()")
 
 
-def run(driver, hub, home, chat):
+def run(driver, hub, home, chat, disk_full):
     node = page.Node(["--node-port", "0"], url="", env={
         "EXO_HOME": home, "HF_ENDPOINT": hub.url, "HF_HOME": os.path.join(home, "hf"), "HF_TOKEN": "",
         "EXO_DOWNLOAD_ATTEMPTS": "2", "EXO_DOWNLOAD_BACKOFF": "0.2",
@@ -194,6 +197,16 @@ def run(driver, hub, home, chat):
               "HTTP 404" in failed["message"] and "No-Such-GGUF" in failed["message"]
               and "does not have" in failed["hint"], repr(failed))
 
+        # -- a full disk: the node's message and what to do --------------------------------------------
+        if disk_full:
+            Select(driver.find_element(By.ID, "model")).select_by_value("tiny-full")
+            failed = wait_for(driver, lambda d: (lambda st: st if st and st["message"] and "tiny-full" in st["title"]
+                                                 else None)(d.execute_script(DOWNLOAD_JS)), 60, "the disk-full error")
+            check("disk full: the failure says so and what to do",
+                  "not enough disk space" in failed["message"] and "disk is full" in failed["hint"], repr(failed))
+        else:
+            print("SKIPPED disk full: needs root and a tmpfs mount", flush=True)
+
         # -- several nodes: the route reports this node only today, so two nodes' events are given
         #    to the page's own renderer: one bar each, in the route's shape -------------------------
         bars = driver.execute_script("""
@@ -254,11 +267,17 @@ def main():
     hub.slow_pause = 0.8
     home = tempfile.mkdtemp(prefix="exo-models-page-")
     with open(os.path.join(home, "models.lua"), "w") as f:
-        f.write(MODELS_LUA % (REPO, FILE, len(chat), GATED_REPO, GATED_FILE, len(chat), REPO, FILE, len(chat)))
+        f.write(MODELS_LUA % (REPO, FILE, len(chat), GATED_REPO, GATED_FILE, len(chat), REPO, FILE, len(chat),
+                              REPO, FILE, len(chat)))
+    # tiny-full's folder is a 1 MB tmpfs (root only): the 2.3 MB model does not fit.
+    full = os.path.join(home, "downloads", "tiny-full")
+    os.makedirs(full)
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", full],
+                                                   capture_output=True).returncode == 0
     driver = None
     try:
         driver = page.make_driver()
-        run(driver, hub, home, chat)
+        run(driver, hub, home, chat, mounted)
     except Exception as e:  # a check that could not run is a failure
         check("test ran to the end", False, "%s: %s" % (type(e).__name__, e))
         traceback.print_exc()
@@ -271,6 +290,8 @@ def main():
         if driver:
             driver.quit()
         hub.stop()
+        if mounted:
+            subprocess.run(["umount", full])
         shutil.rmtree(home, ignore_errors=True)
     print("%d passed, %d failed" % (len(page.passed), len(page.failed)))
     return 1 if page.failed else 0
