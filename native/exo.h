@@ -395,7 +395,10 @@ enum exo_wire_event_type {
     EXO_WIRE_EV_CONTROL = 3, /* a control frame: data is its JSON */
     EXO_WIRE_EV_OUTPUT = 4,  /* a last-shard route has logits (exo_wire_route_output) */
     EXO_WIRE_EV_FAILED = 5,  /* a route failed (bad rows, a forward error, next peer gone): data says why */
-    EXO_WIRE_EV_PONG = 6     /* a ping came back: value is the round trip in microseconds */
+    EXO_WIRE_EV_PONG = 6,    /* a ping came back: value is the round trip in microseconds */
+    EXO_WIRE_EV_SHARE = 7,   /* a file transfer to this node moved: request_id is its id, value the bytes on disk */
+    EXO_WIRE_EV_SHARE_END = 8 /* a transfer to this node ended: value 0 verified and renamed into place, else a
+                                 negative EXO_E* code with data saying why (EXO_EFORMAT: the bytes were wrong) */
 };
 
 typedef struct exo_wire_event {
@@ -485,6 +488,28 @@ int exo_wire_route_close(exo_wire *w, uint64_t request_id);
  * the sequence position the first of them scores. */
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
 int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
+
+/* Model files between peers (docs/wire.md, "Sharing model files"): bytes go
+ * from file to CHUNK frames to file in C, never through Lua. The receiver
+ * opens dest + ".partial" (kept from an earlier try: *offset says where the
+ * transfer continues), takes conn's CHUNK frames for transfer_id in order,
+ * hashes them as they come, and once size bytes are there checks the SHA-256
+ * (64 lowercase hex digits) before renaming into dest; a wrong hash deletes
+ * the partial. A closed connection ends the transfer with the partial kept. */
+int exo_wire_share_receive(exo_wire *w, int conn, uint64_t transfer_id, const char *dest, int64_t size,
+                           const char *sha256_hex, int64_t *offset);
+/* Serves path (the caller has checked it lies in the model store) from
+ * offset to its end, size (what was announced) long, to conn as CHUNK frames
+ * for transfer_id, never more than credit bytes ahead of the receiver's
+ * grants (exo_wire_share_credit adds to it). */
+int exo_wire_share_send(exo_wire *w, int conn, uint64_t transfer_id, const char *path, int64_t offset, int64_t size,
+                        int64_t credit);
+int exo_wire_share_credit(exo_wire *w, int conn, uint64_t transfer_id, int64_t bytes);
+/* Ends a transfer either way (a receiver's partial is kept); no event follows. */
+int exo_wire_share_cancel(exo_wire *w, int conn, uint64_t transfer_id);
+/* The SHA-256 of the file at path as 64 lowercase hex digits (what a node
+ * tells peers its files hold). */
+int exo_wire_file_sha256(const char *path, char *hex65);
 
 /* ---- downloads and small HTTP requests (download.c) ------------------------ */
 

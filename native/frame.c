@@ -42,6 +42,7 @@ static uint32_t max_payload(uint8_t type)
     case EXO_WIRE_PONG: return 8;
     case EXO_WIRE_ERROR: return EXO_WIRE_MAX_ERROR;
     case EXO_WIRE_AUTH: return EXO_WIRE_AUTH_SIZE;
+    case EXO_WIRE_CHUNK: return EXO_WIRE_CHUNK_HEADER_SIZE + EXO_WIRE_MAX_CHUNK;
     default: return 0;
     }
 }
@@ -147,4 +148,27 @@ void exo__wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t)
     wr32(buf + 12, t->row_len);
     wr32(buf + 16, t->flags);
     wr32(buf + 20, 0);
+}
+
+int exo__wire_decode_chunk(const uint8_t *payload, size_t len, uint64_t *transfer_id, uint64_t *offset,
+                           const uint8_t **data, size_t *n)
+{
+    if (len <= EXO_WIRE_CHUNK_HEADER_SIZE)
+        return exo__error_set(EXO_EFORMAT, "a chunk frame of %zu bytes carries no bytes after its %d-byte header",
+                             len, EXO_WIRE_CHUNK_HEADER_SIZE);
+    if (len > EXO_WIRE_CHUNK_HEADER_SIZE + EXO_WIRE_MAX_CHUNK)
+        return exo__error_set(EXO_ENOMEM, "a chunk frame of %zu bytes is over its limit", len);
+    *transfer_id = rd64(payload);
+    *offset = rd64(payload + 8);
+    /* Offsets past 2^62 cannot be a file's (and offset + n could wrap). */
+    if (*offset >> 62) return exo__error_set(EXO_EFORMAT, "a chunk at offset %llu", (unsigned long long)*offset);
+    *data = payload + EXO_WIRE_CHUNK_HEADER_SIZE;
+    *n = len - EXO_WIRE_CHUNK_HEADER_SIZE;
+    return EXO_OK;
+}
+
+void exo__wire_encode_chunk(uint8_t *buf, uint64_t transfer_id, uint64_t offset)
+{
+    wr64(buf, transfer_id);
+    wr64(buf + 8, offset);
 }

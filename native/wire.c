@@ -18,13 +18,23 @@
  * With a cluster key (exo_wire_set_key) a connection starts with AUTH frames
  * each way, and every frame after them is sealed (seal.c): the first sealed
  * frame, the HELLO, proves the key, so a peer without it is refused before
- * anything but AUTH is read from it. docs/wire.md, "Keyed clusters". */
+ * anything but AUTH is read from it. docs/wire.md, "Keyed clusters".
+ *
+ * Model files travel between peers as CHUNK frames (share_* below): the
+ * sender preads its file into frames as the receiver's credit allows, the
+ * receiver pwrites them into a .partial file, hashes them in order and
+ * renames the file into place once its SHA-256 matches; Lua only chooses who
+ * serves what and grants credit (lua/exo/share.lua). */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -60,6 +70,11 @@
  * of our memory than this; a connection whose frame would go past it is
  * closed. Four of the largest frames fit. */
 #define WIRE_MAX_BUFFERED ((size_t)256 << 20)
+/* Model-file transfers open at a time, both ways together, and the credit
+ * one may hold (the receiver grants a window; the sender never has more in
+ * flight, so a healthy transfer never meets the slowest-reader cut). */
+#define WIRE_MAX_SHARES 64
+#define WIRE_MAX_SHARE_CREDIT ((int64_t)16 << 20)
 /* Connections that have not said hello yet, at most (each may be sending a
  * hello of up to 4 KiB; nothing bigger is buffered before it). */
 #define WIRE_MAX_STRANGERS 64
@@ -111,6 +126,20 @@ typedef struct wire_route {
     struct wire_route *next, *done_next;
 } wire_route;
 
+typedef struct wire_share {
+    uint64_t id;
+    int conn;
+    int sending;          /* 1: we serve the file; 0: we receive it */
+    int fd;
+    int64_t size;
+    int64_t offset;       /* sending: the next byte to send; receiving: bytes on disk */
+    int64_t credit;       /* sending: bytes the receiver still lets us send */
+    EVP_MD_CTX *md;       /* receiving: the SHA-256 of the bytes on disk so far */
+    char sha256[65];
+    char *dest;           /* receiving: the final path (the partial is dest + ".partial") */
+    struct wire_share *next;
+} wire_share;
+
 typedef struct wire_event {
     exo_wire_event ev;
     char *data;
@@ -140,6 +169,8 @@ struct exo_wire {
     char *last_data;
     size_t queued_total;  /* open connections' queued writes, as conn.queued */
     size_t buffered_total; /* all connections' receive buffers (rcap) */
+    wire_share *shares;
+    int n_shares;
     exo_wire_stats stats;
 };
 
@@ -258,6 +289,8 @@ static void conn_shutdown_done(uv_shutdown_t *req, int status)
     conn_release(req->data);
 }
 
+static void shares_conn_closed(exo_wire *w, int conn);
+
 /* Closes c after the writes already queued (an ERROR frame among them) go
  * out, and tells Lua why. */
 static void conn_close(wire_conn *c, const char *reason)
@@ -271,6 +304,7 @@ static void conn_close(wire_conn *c, const char *reason)
     w->queued_total -= c->queued;
     c->queue_released = 1;
     w->stats.connections--;
+    shares_conn_closed(w, c->id);
     push_text_event(w, EXO_WIRE_EV_CLOSED, c->id, 0, reason);
     if (was_connecting) return; /* the connect callback closes the handle */
     uv_read_stop((uv_stream_t *)&c->tcp);
@@ -464,6 +498,7 @@ static const char *early_frame_refusal(const wire_conn *c, uint8_t type)
 }
 
 static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, const uint8_t *payload, size_t len);
+static void deliver_chunk(wire_conn *from, const uint8_t *payload, size_t len);
 
 static void dispatch(wire_conn *c, const exo_wire_header *h, const uint8_t *payload)
 {
@@ -489,6 +524,7 @@ static void dispatch(wire_conn *c, const exo_wire_header *h, const uint8_t *payl
         push_event(w, EXO_WIRE_EV_CONTROL, c->id, h->request_id, 0, payload, h->payload_len, NULL);
         break;
     case EXO_WIRE_TENSOR: deliver_tensor(w, c, h->request_id, payload, h->payload_len); break;
+    case EXO_WIRE_CHUNK: deliver_chunk(c, payload, h->payload_len); break;
     case EXO_WIRE_PING:
         if (c->queued <= WIRE_PONG_MAX_QUEUED) send_simple(c, EXO_WIRE_PONG, h->request_id, payload, 8);
         break;
@@ -788,6 +824,293 @@ int exo_wire_send_tokens(exo_wire *w, int conn, uint64_t request_id, int positio
     exo_wire_tensor t = {.position = position, .dtype = EXO_WIRE_DTYPE_I32, .n_rows = (uint32_t)n, .row_len = 1,
                          .flags = (uint32_t)flags & EXO_WIRE_TENSOR_ALL_LOGITS};
     return send_tensor(w, conn, request_id, &t, ids);
+}
+
+/* ---- sharing model files ---------------------------------------------------- */
+
+static wire_share *find_share(exo_wire *w, int conn, uint64_t id, int sending)
+{
+    for (wire_share *s = w->shares; s; s = s->next)
+        if (s->id == id && s->sending == sending && (conn < 0 || s->conn == conn)) return s;
+    return NULL;
+}
+
+static void share_free(exo_wire *w, wire_share *s)
+{
+    for (wire_share **p = &w->shares; *p; p = &(*p)->next)
+        if (*p == s) {
+            *p = s->next;
+            w->n_shares--;
+            break;
+        }
+    if (s->fd >= 0) close(s->fd);
+    if (s->md) EVP_MD_CTX_free(s->md);
+    free(s->dest);
+    free(s);
+}
+
+static int share_new(exo_wire *w, int conn, uint64_t id, int sending, wire_share **out)
+{
+    if (w->n_shares >= WIRE_MAX_SHARES)
+        return exo__error_set(EXO_EAGAIN, "too many file transfers at once (%d)", WIRE_MAX_SHARES);
+    if (find_share(w, sending ? conn : -1, id, sending))
+        return exo__error_set(EXO_ESTATE, "transfer %llu is already open", (unsigned long long)id);
+    wire_share *s = calloc(1, sizeof *s);
+    if (!s) return exo__error_set(EXO_ENOMEM, "out of memory for a transfer");
+    s->id = id;
+    s->conn = conn;
+    s->sending = sending;
+    s->fd = -1;
+    s->next = w->shares;
+    w->shares = s;
+    w->n_shares++;
+    *out = s;
+    return EXO_OK;
+}
+
+/* A receiving transfer is over: tell Lua (status 0: the file is in place). */
+static void share_end(exo_wire *w, wire_share *s, int status, const char *why)
+{
+    push_event(w, EXO_WIRE_EV_SHARE_END, s->conn, s->id, status, why, why ? strlen(why) : 0, NULL);
+    share_free(w, s);
+}
+
+static void shares_conn_closed(exo_wire *w, int conn)
+{
+    for (wire_share *s = w->shares, *next; s; s = next) {
+        next = s->next;
+        if (s->conn != conn) continue;
+        if (s->sending) share_free(w, s);
+        else share_end(w, s, EXO_EIO, "the peer's connection closed (the partial file is kept)");
+    }
+}
+
+static void to_hex(const unsigned char *d, char hex[65])
+{
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+}
+
+/* Feeds the first n bytes of fd into md; 0, or -1 when they cannot be read. */
+static int digest_fd(EVP_MD_CTX *md, int fd, int64_t n)
+{
+    static unsigned char buf[1 << 20];
+    for (int64_t at = 0; n < 0 || at < n;) {
+        size_t want = sizeof buf;
+        if (n >= 0 && (int64_t)want > n - at) want = (size_t)(n - at);
+        ssize_t r = pread(fd, buf, want, at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) return n < 0 ? 0 : -1;
+        EVP_DigestUpdate(md, buf, (size_t)r);
+        at += r;
+    }
+    return 0;
+}
+
+int exo_wire_file_sha256(const char *path, char *hex65)
+{
+    if (!path || !hex65) return exo__error_set(EXO_EINVAL, "exo_wire_file_sha256: NULL argument");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return exo__error_set(EXO_EIO, "cannot open %s: %s", path, strerror(errno));
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 && digest_fd(md, fd, -1) == 0 &&
+             EVP_DigestFinal_ex(md, d, &n) == 1 && n == 32;
+    int err = errno;
+    EVP_MD_CTX_free(md);
+    close(fd);
+    if (!ok) return exo__error_set(EXO_EIO, "cannot read %s: %s", path, strerror(err));
+    to_hex(d, hex65);
+    return EXO_OK;
+}
+
+int exo_wire_share_receive(exo_wire *w, int conn, uint64_t transfer_id, const char *dest, int64_t size,
+                           const char *sha256_hex, int64_t *offset)
+{
+    if (!w || !dest || !sha256_hex || !offset) return exo__error_set(EXO_EINVAL, "exo_wire_share_receive: NULL argument");
+    if (size < 1 || size >> 62) return exo__error_set(EXO_EINVAL, "a file of %lld bytes", (long long)size);
+    if (strlen(sha256_hex) != 64 || strspn(sha256_hex, "0123456789abcdef") != 64)
+        return exo__error_set(EXO_EINVAL, "exo_wire_share_receive: sha256 must be 64 lowercase hex digits");
+    if (!up_conn(w, conn)) return EXO_ESTATE;
+    wire_share *s;
+    int rc = share_new(w, conn, transfer_id, 0, &s);
+    if (rc) return rc;
+    size_t dl = strlen(dest);
+    s->dest = malloc(dl + sizeof ".partial");
+    s->md = EVP_MD_CTX_new();
+    if (!s->dest || !s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
+        share_free(w, s);
+        return exo__error_set(EXO_ENOMEM, "out of memory for a transfer");
+    }
+    memcpy(s->dest, dest, dl + 1);
+    char *partial = malloc(dl + sizeof ".partial");
+    if (!partial) {
+        share_free(w, s);
+        return exo__error_set(EXO_ENOMEM, "out of memory for a transfer");
+    }
+    snprintf(partial, dl + sizeof ".partial", "%s.partial", dest);
+    s->fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int err = errno;
+    free(partial);
+    struct stat st;
+    if (s->fd < 0 || fstat(s->fd, &st) != 0) {
+        share_free(w, s);
+        return exo__error_set(EXO_EIO, "cannot open %s.partial: %s", dest, strerror(err));
+    }
+    /* A partial from an earlier try continues where it ends; its bytes are
+     * hashed now, as the hub download does, so the check covers them too. A
+     * partial as long as the file (or longer) starts over: it failed its
+     * check or is not this file. */
+    int64_t have = st.st_size;
+    if (have >= size || digest_fd(s->md, s->fd, have) != 0) {
+        if (ftruncate(s->fd, 0) != 0) {
+            err = errno;
+            share_free(w, s);
+            return exo__error_set(EXO_EIO, "cannot reset %s.partial: %s", dest, strerror(err));
+        }
+        EVP_DigestInit_ex(s->md, EVP_sha256(), NULL);
+        have = 0;
+    }
+    s->size = size;
+    s->offset = have;
+    memcpy(s->sha256, sha256_hex, 65);
+    *offset = have;
+    return EXO_OK;
+}
+
+/* Sends what the credit allows of a transfer we serve; ends it at the file's end. */
+static void share_pump(exo_wire *w, wire_share *s)
+{
+    wire_conn *c = find_conn(w, s->conn);
+    while (c && c->state == CONN_UP && s->offset < s->size && s->credit > 0) {
+        int64_t n = s->size - s->offset;
+        if (n > EXO_WIRE_MAX_CHUNK) n = EXO_WIRE_MAX_CHUNK;
+        if (n > s->credit) n = s->credit;
+        wire_write *ww = frame_alloc(EXO_WIRE_CHUNK, 0, EXO_WIRE_CHUNK_HEADER_SIZE + (size_t)n);
+        if (!ww) return; /* out of memory: the next credit tries again */
+        uint8_t *payload = ww->data + EXO_WIRE_HEADER_SIZE;
+        exo__wire_encode_chunk(payload, s->id, (uint64_t)s->offset);
+        ssize_t r = pread(s->fd, payload + EXO_WIRE_CHUNK_HEADER_SIZE, (size_t)n, s->offset);
+        if (r != n) { /* the file shrank under us: stop; the receiver falls back to another source */
+            free(ww);
+            share_free(w, s);
+            return;
+        }
+        if (frame_send(c, ww) != EXO_OK) return; /* the connection is closing: shares_conn_closed frees s */
+        s->offset += n;
+        s->credit -= n;
+    }
+    if (s->offset >= s->size) share_free(w, s);
+}
+
+int exo_wire_share_send(exo_wire *w, int conn, uint64_t transfer_id, const char *path, int64_t offset, int64_t size,
+                        int64_t credit)
+{
+    if (!w || !path) return exo__error_set(EXO_EINVAL, "exo_wire_share_send: NULL argument");
+    if (!up_conn(w, conn)) return EXO_ESTATE;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0) close(fd);
+        return exo__error_set(EXO_EIO, "cannot serve %s", path);
+    }
+    if (st.st_size != size || offset < 0 || offset > size) {
+        close(fd);
+        return exo__error_set(EXO_ERANGE, "the file is %lld bytes: %lld from offset %lld cannot be sent",
+                             (long long)st.st_size, (long long)size, (long long)offset);
+    }
+    wire_share *s;
+    int rc = share_new(w, conn, transfer_id, 1, &s);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    s->fd = fd;
+    s->size = size;
+    s->offset = offset;
+    s->credit = credit < 0 ? 0 : credit > WIRE_MAX_SHARE_CREDIT ? WIRE_MAX_SHARE_CREDIT : credit;
+    share_pump(w, s);
+    return EXO_OK;
+}
+
+int exo_wire_share_credit(exo_wire *w, int conn, uint64_t transfer_id, int64_t bytes)
+{
+    if (!w) return exo__error_set(EXO_EINVAL, "exo_wire_share_credit: NULL argument");
+    wire_share *s = find_share(w, conn, transfer_id, 1);
+    if (!s || bytes <= 0) return EXO_OK; /* finished or unknown: nothing to send */
+    s->credit = s->credit + bytes > WIRE_MAX_SHARE_CREDIT ? WIRE_MAX_SHARE_CREDIT : s->credit + bytes;
+    share_pump(w, s);
+    return EXO_OK;
+}
+
+int exo_wire_share_cancel(exo_wire *w, int conn, uint64_t transfer_id)
+{
+    if (!w) return exo__error_set(EXO_EINVAL, "exo_wire_share_cancel: NULL argument");
+    for (int sending = 0; sending < 2; sending++) {
+        wire_share *s = find_share(w, conn, transfer_id, sending);
+        if (s) share_free(w, s);
+    }
+    return EXO_OK;
+}
+
+/* A CHUNK from a peer. A chunk for no transfer of ours (one we cancelled,
+ * or never asked for) is dropped; one out of place, past the announced size
+ * or from another connection ends that transfer: the file is not what was
+ * promised. */
+static void deliver_chunk(wire_conn *from, const uint8_t *payload, size_t len)
+{
+    exo_wire *w = from->w;
+    uint64_t id, offset;
+    const uint8_t *data;
+    size_t n;
+    if (exo__wire_decode_chunk(payload, len, &id, &offset, &data, &n)) {
+        conn_reject(from, exo_last_error());
+        return;
+    }
+    wire_share *s = find_share(w, from->id, id, 0);
+    if (!s) return;
+    char why[200];
+    if ((int64_t)offset != s->offset || (int64_t)(offset + n) > s->size) {
+        snprintf(why, sizeof why, "the peer sent %zu bytes at offset %llu where %lld of %lld were expected", n,
+                 (unsigned long long)offset, (long long)s->offset, (long long)s->size);
+        share_end(w, s, EXO_EFORMAT, why);
+        return;
+    }
+    for (size_t done = 0; done < n;) {
+        ssize_t r = pwrite(s->fd, data + done, n - done, (off_t)offset + (off_t)done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            snprintf(why, sizeof why, "cannot write %s.partial: %s (the partial file is kept)", s->dest,
+                     r < 0 ? strerror(errno) : "no progress");
+            share_end(w, s, EXO_EIO, why);
+            return;
+        }
+        done += (size_t)r;
+    }
+    EVP_DigestUpdate(s->md, data, n);
+    s->offset += (int64_t)n;
+    push_event(w, EXO_WIRE_EV_SHARE, from->id, id, s->offset, NULL, 0, NULL);
+    if (s->offset < s->size) return;
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int dn = 0;
+    char got[65] = "";
+    if (EVP_DigestFinal_ex(s->md, d, &dn) == 1 && dn == 32) to_hex(d, got);
+    char partial[4200];
+    snprintf(partial, sizeof partial, "%s.partial", s->dest);
+    if (strcmp(got, s->sha256) != 0) {
+        unlink(partial); /* nothing of it can be trusted */
+        snprintf(why, sizeof why, "hash mismatch: sha256 %.16s..., the peer promised %.16s... (the file was deleted)",
+                 got, s->sha256);
+        share_end(w, s, EXO_EFORMAT, why);
+        return;
+    }
+    if (fsync(s->fd) != 0 || rename(partial, s->dest) != 0) {
+        snprintf(why, sizeof why, "cannot move %s into place: %s", s->dest, strerror(errno));
+        share_end(w, s, EXO_EIO, why);
+        return;
+    }
+    share_end(w, s, EXO_OK, NULL);
 }
 
 /* ---- hidden-state encodings ------------------------------------------------ */
@@ -1243,6 +1566,7 @@ void exo_wire_free(exo_wire *w)
         route_free(r);
     }
     w->routes = NULL;
+    while (w->shares) share_free(w, w->shares);
     for (size_t i = 0; i < w->ev_count; i++) free(w->events[(w->ev_head + i) % w->ev_cap].data);
     free(w->events);
     free(w->last_data);

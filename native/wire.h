@@ -29,6 +29,10 @@
 #define EXO_WIRE_SEAL_TAG 16  /* a sealed frame's payload ends in its tag */
 #define EXO_WIRE_MAX_ROWS 65536u
 #define EXO_WIRE_MAX_ROW_LEN (1u << 20)
+/* A CHUNK carries a piece of a model file: transfer id and offset, then at
+ * most EXO_WIRE_MAX_CHUNK bytes (docs/wire.md, "Sharing model files"). */
+#define EXO_WIRE_CHUNK_HEADER_SIZE 16
+#define EXO_WIRE_MAX_CHUNK (256u << 10)
 
 /* Where replies to a request go (exo_defs.h says why). */
 #define EXO_WIRE_REPLY_OFFSET (1ULL << EXO_WIRE_REPLY_SHIFT)
@@ -43,7 +47,8 @@ enum exo_wire_frame_type {
     EXO_WIRE_PING = 4,    /* 8 opaque bytes, answered at once by a PONG with the same bytes */
     EXO_WIRE_PONG = 5,
     EXO_WIRE_ERROR = 6,   /* UTF-8 text: why the sender is closing the connection */
-    EXO_WIRE_AUTH = 7     /* a keyed cluster's handshake: the first frame each way, never sealed */
+    EXO_WIRE_AUTH = 7,    /* a keyed cluster's handshake: the first frame each way, never sealed */
+    EXO_WIRE_CHUNK = 8    /* bytes of a model file a peer asked for: transfer id, offset, bytes */
 };
 
 /* Tensor flags: enum exo_wire_tensor_flag, in exo_defs.h. */
@@ -92,6 +97,13 @@ void exo__wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t);
 /* Bytes of n_rows rows of row_len elements of a wire dtype, or 0 when the
  * dtype or shape is not allowed. */
 size_t exo__wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len);
+
+/* Decodes a CHUNK payload: at least one byte after its 16-byte header (the
+ * header decoder has bounded the length). On success *data points at the
+ * bytes and *n counts them. */
+int exo__wire_decode_chunk(const uint8_t *payload, size_t len, uint64_t *transfer_id, uint64_t *offset,
+                           const uint8_t **data, size_t *n);
+void exo__wire_encode_chunk(uint8_t *buf, uint64_t transfer_id, uint64_t offset);
 
 /* Hidden-state rows to and from a wire dtype (F32, F16 or Q8_0). */
 void exo__wire_pack_rows(uint32_t dtype, const float *x, int n_rows, int row_len, uint8_t *out);

@@ -4,7 +4,8 @@
  * decode a header, take its payload if it is all there, go on. Every header
  * that decodes must encode back to the same bytes; every tensor payload that
  * decodes must describe exactly the bytes it came with, with the rows inside
- * the payload. Nothing may read past the input (ASan checks: the input is an
+ * the payload; every chunk that decodes holds 1 .. 256 KiB of bytes that end
+ * where its payload ends. Nothing may read past the input (ASan checks: the input is an
  * exact-size copy).
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Inative tests/fuzz_wire.c \
@@ -41,6 +42,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     bytes + EXO_WIRE_TENSOR_HEADER_SIZE != h.payload_len)
                     abort();
                 volatile uint8_t sink = rows[bytes - 1]; /* the last row byte is inside the input */
+                (void)sink;
+            }
+        }
+        if (h.type == EXO_WIRE_CHUNK) {
+            uint64_t id, at;
+            const uint8_t *bytes = NULL;
+            size_t n = 0;
+            if (exo__wire_decode_chunk(payload, h.payload_len, &id, &at, &bytes, &n) == 0) {
+                if (!n || n > EXO_WIRE_MAX_CHUNK || bytes + n != payload + h.payload_len || at >> 62) abort();
+                volatile uint8_t sink = bytes[n - 1];
                 (void)sink;
             }
         }

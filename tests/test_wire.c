@@ -9,7 +9,10 @@
  * disconnected while the other connection keeps working. Keyed clusters:
  * the seal's handshake and frames refuse replays, reordering, tampering and
  * strangers who copy the key id; keyed transports admit a peer with the key
- * and refuse an open node and another key's node, each side saying why. */
+ * and refuse an open node and another key's node, each side saying why.
+ * Model files (CHUNK frames): the chunk decoder's bounds; a transfer never
+ * runs past its credit, lands verified, resumes from a partial, and a wrong
+ * hash or bytes out of place end it with the file rejected. */
 #define _GNU_SOURCE /* memmem */
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,6 +91,27 @@ static void test_tensor_payload(void)
     /* Shapes whose byte count would overflow 32 bits are refused, not wrapped. */
     CHECK(exo__wire_tensor_bytes(EXO_DTYPE_F32, 65536, 1u << 20) == (size_t)65536 * 4 * (1u << 20));
     CHECK(exo__wire_tensor_bytes(EXO_DTYPE_F32, 65537, 1) == 0);
+}
+
+static void test_chunk_payload(void)
+{
+    uint8_t buf[EXO_WIRE_CHUNK_HEADER_SIZE + 8] = {0};
+    exo_wire_header h;
+    uint64_t id, off;
+    const uint8_t *data;
+    size_t n;
+    exo__wire_encode_chunk(buf, 7, 4096);
+    CHECK(exo__wire_decode_chunk(buf, sizeof buf, &id, &off, &data, &n) == 0);
+    CHECK(id == 7 && off == 4096 && n == 8 && data == buf + EXO_WIRE_CHUNK_HEADER_SIZE);
+    CHECK(exo__wire_decode_chunk(buf, EXO_WIRE_CHUNK_HEADER_SIZE, &id, &off, &data, &n) == EXO_EFORMAT); /* no bytes */
+    CHECK(exo__wire_decode_chunk(buf, 3, &id, &off, &data, &n) == EXO_EFORMAT);
+    exo__wire_encode_chunk(buf, 7, 1ULL << 63); /* an offset no file has (offset + n could wrap) */
+    CHECK(exo__wire_decode_chunk(buf, sizeof buf, &id, &off, &data, &n) == EXO_EFORMAT);
+    uint8_t hb[EXO_WIRE_HEADER_SIZE];
+    exo__wire_encode_header(hb, EXO_WIRE_CHUNK, 0, EXO_WIRE_CHUNK_HEADER_SIZE + EXO_WIRE_MAX_CHUNK);
+    CHECK(exo__wire_decode_header(hb, sizeof hb, 0, &h) == EXO_WIRE_HEADER_SIZE);
+    exo__wire_encode_header(hb, EXO_WIRE_CHUNK, 0, EXO_WIRE_CHUNK_HEADER_SIZE + EXO_WIRE_MAX_CHUNK + 1);
+    CHECK(exo__wire_decode_header(hb, sizeof hb, 0, &h) == EXO_ENOMEM);
 }
 
 static void test_encodings(void)
@@ -644,6 +668,133 @@ static void test_queue_budget(void)
     CHECK(uv_loop_close(&loop) == 0);
 }
 
+/* ---- model files between two transports --------------------------------------- */
+
+static int read_file(const char *path, uint8_t *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    int n = (int)fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+static void write_file(const char *path, const uint8_t *buf, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return;
+    fwrite(buf, 1, n, f);
+    fclose(f);
+}
+
+static int exists(const char *path) { return access(path, F_OK) == 0; }
+
+static void test_share(void)
+{
+    enum { SIZE = 600 * 1024 + 5, CREDIT = 300 * 1024 };
+    static uint8_t src[SIZE], got[SIZE + 16];
+    for (int i = 0; i < SIZE; i++) src[i] = (uint8_t)(i * 131 + (i >> 9));
+    char dir[] = "/tmp/exo-share-XXXXXX";
+    if (!mkdtemp(dir)) return;
+    char path[4][64], partial[300];
+    for (int i = 0; i < 4; i++) snprintf(path[i], sizeof path[i], "%s/f%d", dir, i);
+    write_file(path[0], src, SIZE);
+    char hex[65], zeros[65];
+    CHECK(exo_wire_file_sha256(path[0], hex) == 0);
+    memset(zeros, '0', 64);
+    zeros[64] = 0;
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    exo_wire *a = NULL, *b = NULL;
+    CHECK(exo_wire_new(&loop, "{}", 2, &a) == 0 && exo_wire_new(&loop, "{}", 2, &b) == 0);
+    int port = 0, conn_ab = 0;
+    CHECK(exo_wire_listen(b, "127.0.0.1", 0, &port) == 0);
+    CHECK(exo_wire_connect(a, "127.0.0.1", port, &conn_ab) == 0);
+    seen sa = {0}, sb = {0};
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PEER, 1));
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 1));
+    const exo_wire_event *pb = last_of(&sb, EXO_WIRE_EV_PEER);
+    int conn_ba = pb ? pb->conn : -1;
+    int64_t off = -1;
+
+    /* Arguments a caller gets wrong are refused before anything opens. */
+    CHECK(exo_wire_share_receive(b, conn_ba, 1, path[1], SIZE, "ABC", &off) == EXO_EINVAL);
+    CHECK(exo_wire_share_receive(b, conn_ba, 1, path[1], 0, hex, &off) == EXO_EINVAL);
+    CHECK(exo_wire_share_send(a, conn_ab, 1, path[0], 0, SIZE + 1, CREDIT) == EXO_ERANGE);
+
+    /* The sender stops at its credit; more credit finishes the file. */
+    CHECK(exo_wire_share_receive(b, conn_ba, 1, path[1], SIZE, hex, &off) == 0 && off == 0);
+    CHECK(exo_wire_share_receive(b, conn_ba, 1, path[1], SIZE, hex, &off) == EXO_ESTATE);
+    CHECK(exo_wire_share_send(a, conn_ab, 1, path[0], 0, SIZE, CREDIT) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_SHARE, 2));
+    for (int i = 0; i < 50; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        drain(b, &sb);
+        usleep(1000);
+    }
+    const exo_wire_event *e = last_of(&sb, EXO_WIRE_EV_SHARE);
+    CHECK(count(&sb, EXO_WIRE_EV_SHARE) == 2 && e && e->value == CREDIT && e->request_id == 1);
+    CHECK(exo_wire_share_credit(a, conn_ab, 1, 1 << 20) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_SHARE_END, 1));
+    e = last_of(&sb, EXO_WIRE_EV_SHARE_END);
+    CHECK(e && e->value == 0 && e->request_id == 1);
+    CHECK(read_file(path[1], got, sizeof got) == SIZE && memcmp(got, src, SIZE) == 0);
+    snprintf(partial, sizeof partial, "%s.partial", path[1]);
+    CHECK(!exists(partial));
+
+    /* Bytes that do not hash to what was promised: the file is rejected and deleted. */
+    CHECK(exo_wire_share_receive(b, conn_ba, 2, path[2], SIZE, zeros, &off) == 0 && off == 0);
+    CHECK(exo_wire_share_send(a, conn_ab, 2, path[0], 0, SIZE, 1 << 20) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_SHARE_END, 2));
+    e = last_of(&sb, EXO_WIRE_EV_SHARE_END);
+    CHECK(e && e->value == EXO_EFORMAT && strstr(e->data, "hash mismatch"));
+    snprintf(partial, sizeof partial, "%s.partial", path[2]);
+    CHECK(!exists(path[2]) && !exists(partial));
+
+    /* A partial from before: the transfer continues where it ends. */
+    snprintf(partial, sizeof partial, "%s.partial", path[3]);
+    write_file(partial, src, 100000);
+    CHECK(exo_wire_share_receive(b, conn_ba, 3, path[3], SIZE, hex, &off) == 0 && off == 100000);
+    CHECK(exo_wire_share_send(a, conn_ab, 3, path[0], off, SIZE, 1 << 20) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_SHARE_END, 3));
+    e = last_of(&sb, EXO_WIRE_EV_SHARE_END);
+    CHECK(e && e->value == 0);
+    CHECK(read_file(path[3], got, sizeof got) == SIZE && memcmp(got, src, SIZE) == 0);
+
+    /* Bytes out of place end the transfer; chunks for no transfer are dropped
+     * and the connection stays up. */
+    unlink(path[3]);
+    CHECK(exo_wire_share_receive(b, conn_ba, 4, path[3], SIZE, hex, &off) == 0 && off == 0);
+    CHECK(exo_wire_share_send(a, conn_ab, 4, path[0], 4096, SIZE, 1 << 20) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_SHARE_END, 4));
+    e = last_of(&sb, EXO_WIRE_EV_SHARE_END);
+    CHECK(e && e->value == EXO_EFORMAT && strstr(e->data, "offset"));
+    CHECK(exo_wire_share_send(a, conn_ab, 77, path[0], 0, SIZE, 1 << 20) == 0);
+    CHECK(exo_wire_ping(b, conn_ba) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PONG, 1));
+    CHECK(count(&sb, EXO_WIRE_EV_CLOSED) == 0 && count(&sb, EXO_WIRE_EV_SHARE_END) == 4);
+
+    /* A receiver whose peer goes away hears it, and keeps its partial. */
+    unlink(path[3]);
+    CHECK(exo_wire_share_receive(b, conn_ba, 5, path[3], SIZE, hex, &off) == 0);
+    CHECK(exo_wire_close(a, conn_ab, "bye") == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_SHARE_END, 5));
+    e = last_of(&sb, EXO_WIRE_EV_SHARE_END);
+    CHECK(e && e->value == EXO_EIO && e->request_id == 5 && exists(partial));
+
+    exo_wire_free(a);
+    exo_wire_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+    for (int i = 0; i < 4; i++) {
+        unlink(path[i]);
+        snprintf(partial, sizeof partial, "%s.partial", path[i]);
+        unlink(partial);
+    }
+    rmdir(dir);
+}
+
 int main(void)
 {
     const char *tiny = getenv("EXO_TINY_MODEL");
@@ -653,11 +804,13 @@ int main(void)
     }
     test_header();
     test_tensor_payload();
+    test_chunk_payload();
     test_encodings();
     test_transport(tiny);
     test_seal();
     test_keyed_transport();
     test_queue_budget();
+    test_share();
     if (check_failures) fprintf(stderr, "test_wire: %d failures\n", check_failures);
     else printf("test_wire: ok\n");
     return check_failures ? 1 : 0;

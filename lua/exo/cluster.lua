@@ -185,6 +185,7 @@ function Cluster:start()
   self.poll:start("r", function() self:drain() end)
   self.timer = uv.new_timer()
   self.timer:start(200, 1000, function() self:tick() end)
+  require("exo.share").attach(self) -- peers may fetch model files from our store, and we from theirs
   return true
 end
 

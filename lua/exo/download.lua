@@ -14,7 +14,9 @@
 -- Settings from the environment, as huggingface_hub reads them: HF_ENDPOINT
 -- (default https://huggingface.co), HF_TOKEN or the file $HF_HOME/token
 -- (HF_HOME defaults to ~/.cache/huggingface); EXO_OFFLINE=1 (or
--- HF_HUB_OFFLINE=1) never touches the network.
+-- HF_HUB_OFFLINE=1) never touches the network. Before the hub, M.pull asks
+-- the cluster's peers (exo.share): a model one node holds spreads over the
+-- LAN, and with EXO_OFFLINE=1 peers are the only source.
 local uv = require "luv"
 local native = require "exo.native"
 local json = require "exo.json"
@@ -395,19 +397,22 @@ function M.pull(name, opts)
   local have = models.local_file(spec)
   local path = have and models.resolve(name, true)
   if path then return path end
-  if not spec.repo then
-    return nil, ("model '%s' names no hub repository (add repo and quants to its entry in $EXO_HOME/models.lua)")
-      :format(name)
-  end
-  if M.offline() then
-    return nil, ("model '%s' is not in the store and downloads are off (EXO_OFFLINE=1)"):format(name)
-  end
   local st = M.status[name]
   if st and st.state == "downloading" then
     st.waiters[#st.waiters + 1] = running()
     return coroutine.yield()
   end
-  st = { name = name, repo = spec.repo, state = "downloading", files = {}, waiters = {}, started = uv.now() }
+  -- Peers first (exo.share): a LAN copy beats the hub, and with no internet
+  -- it is the only source.
+  local share = require "exo.share"
+  local from_peers = share.available()
+  local no_repo = ("model '%s' names no hub repository (add repo and quants to its entry in $EXO_HOME/models.lua)")
+    :format(name)
+  local off = ("model '%s' is not in the store and downloads are off (EXO_OFFLINE=1)"):format(name)
+  if not from_peers and not spec.repo then return nil, no_repo end
+  if not from_peers and M.offline() then return nil, off end
+  st = { name = name, repo = spec.repo, state = "downloading", files = {}, waiters = {}, started = uv.now(),
+    source = "hub" }
   M.status[name] = st
   local function finish(result, ferr)
     st.state = result and "complete" or "failed"
@@ -419,6 +424,15 @@ function M.pull(name, opts)
     end
     st.waiters = {}
     return result, ferr
+  end
+  if from_peers then
+    local path, perr, asked = share.fetch(spec, st)
+    if path then return finish(path) end
+    if not spec.repo or M.offline() then
+      if asked then return finish(nil, perr) end
+      return finish(nil, (spec.repo and off or no_repo) .. "; no peer has it either")
+    end
+    st.files, st.source = {}, "hub"
   end
   local revision = opts.revision or "main"
   local listing, lerr = M.list_files(spec.repo, revision)

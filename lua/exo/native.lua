@@ -237,7 +237,9 @@ enum exo_wire_event_type {
     EXO_WIRE_EV_CONTROL = 3,
     EXO_WIRE_EV_OUTPUT = 4,
     EXO_WIRE_EV_FAILED = 5,
-    EXO_WIRE_EV_PONG = 6
+    EXO_WIRE_EV_PONG = 6,
+    EXO_WIRE_EV_SHARE = 7,
+    EXO_WIRE_EV_SHARE_END = 8
 };
 typedef struct exo_wire_event {
     int32_t type;
@@ -283,6 +285,13 @@ int exo_wire_collect_open(exo_wire *w, uint64_t request_id, int n_vocab);
 int exo_wire_route_close(exo_wire *w, uint64_t request_id);
 int exo_wire_route_output(exo_wire *w, uint64_t request_id, const float **logits, int *n_rows, int *position);
 int exo_wire_get_stats(const exo_wire *w, exo_wire_stats *out);
+int exo_wire_share_receive(exo_wire *w, int conn, uint64_t transfer_id, const char *dest, int64_t size,
+                           const char *sha256_hex, int64_t *offset);
+int exo_wire_share_send(exo_wire *w, int conn, uint64_t transfer_id, const char *path, int64_t offset, int64_t size,
+                        int64_t credit);
+int exo_wire_share_credit(exo_wire *w, int conn, uint64_t transfer_id, int64_t bytes);
+int exo_wire_share_cancel(exo_wire *w, int conn, uint64_t transfer_id);
+int exo_wire_file_sha256(const char *path, char *hex65);
 int exo_download_fd(void);
 int exo_download_configure(int max_attempts, double backoff_s, double max_wait_s, double stall_s);
 int exo_download_file(const char *url, const char *dest, const char *headers, int64_t size, const char *sha256_hex,
@@ -1147,7 +1156,7 @@ local Wire = {}
 Wire.__index = Wire
 M.WIRE_EVENTS = { [C.EXO_WIRE_EV_PEER] = "peer", [C.EXO_WIRE_EV_CLOSED] = "closed",
   [C.EXO_WIRE_EV_CONTROL] = "control", [C.EXO_WIRE_EV_OUTPUT] = "output", [C.EXO_WIRE_EV_FAILED] = "failed",
-  [C.EXO_WIRE_EV_PONG] = "pong" }
+  [C.EXO_WIRE_EV_PONG] = "pong", [C.EXO_WIRE_EV_SHARE] = "share", [C.EXO_WIRE_EV_SHARE_END] = "share_end" }
 M.WIRE_DTYPES = { f32 = C.EXO_DTYPE_F32, f16 = C.EXO_DTYPE_F16, q8_0 = C.EXO_DTYPE_Q8_0 }
 -- A request's logits come back to its asker as this request id plus this.
 M.WIRE_REPLY_OFFSET = 2 ^ C.EXO_WIRE_REPLY_SHIFT
@@ -1280,6 +1289,38 @@ function Wire:route_output(request_id)
   local rc = exo_wire_route_output(self.handle, request_id, self.out_ptr, self.out_rows, self.out_pos)
   if rc ~= 0 then return fail(rc) end
   return self.out_ptr[0], self.out_rows[0], self.out_pos[0]
+end
+
+-- Model files between peers (docs/wire.md, "Sharing model files"; exo.share
+-- decides who serves what). Receiving: returns the offset the transfer
+-- continues from (a partial kept from before); "share" events report bytes on
+-- disk, one "share_end" event says how it ended.
+local share_offset = ffi.new("int64_t[1]")
+function Wire:share_receive(conn, transfer_id, dest, size, sha256)
+  check_type(dest, "string", "Wire:share_receive")
+  check_type(sha256, "string", "Wire:share_receive")
+  local rc = C.exo_wire_share_receive(self.handle, conn, transfer_id, dest, size, sha256, share_offset)
+  if rc ~= 0 then return fail(rc) end
+  return tonumber(share_offset[0])
+end
+
+function Wire:share_send(conn, transfer_id, path, offset, size, credit)
+  check_type(path, "string", "Wire:share_send")
+  local rc = C.exo_wire_share_send(self.handle, conn, transfer_id, path, offset, size, credit)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+
+function Wire:share_credit(conn, transfer_id, bytes) C.exo_wire_share_credit(self.handle, conn, transfer_id, bytes) end
+function Wire:share_cancel(conn, transfer_id) C.exo_wire_share_cancel(self.handle, conn, transfer_id) end
+
+-- The SHA-256 of a file as 64 lowercase hex digits, or nil, err.
+local sha_buf = ffi.new("char[65]")
+function M.file_sha256(path)
+  check_type(path, "string", "file_sha256")
+  local rc = C.exo_wire_file_sha256(path, sha_buf)
+  if rc ~= 0 then return fail(rc) end
+  return ffi.string(sha_buf, 64)
 end
 
 function Wire:stats()

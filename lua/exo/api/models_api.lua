@@ -48,7 +48,7 @@ function M.event(st)
     total_files = #st.files, downloaded_bytes = done, downloaded_bytes_this_session = done, total_bytes = total,
     overall_speed = speed, overall_eta = speed > 0 and (total - done) / speed or 0,
     file_progress = files, status = status,
-    error = st.error or json.null,
+    error = st.error or json.null, source = st.source,
   }
 end
 
