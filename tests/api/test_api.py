@@ -625,7 +625,10 @@ class LoadingTest(unittest.TestCase):
         # The probes ran all through the load.
         self.assertGreater(window, seconds)
         self.assertGreater(len(probes), 5)
-        self.assertLess(max(probes), 0.1, "the slowest probe took %.0f ms (load: %.2f s, %d probes)" % (
+        # A loop blocked by the load would hold one probe for about the whole
+        # load; a busy machine may delay any probe a little, so the bound is
+        # half the load (not a fixed number of milliseconds).
+        self.assertLess(max(probes), max(0.25, seconds / 2), "the slowest probe took %.0f ms (load: %.2f s, %d probes)" % (
             1000 * max(probes), seconds, len(probes)))
 
     def test_unloadable_file_fails_clearly(self):
