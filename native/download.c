@@ -198,6 +198,11 @@ static void set_common(CURL *c)
     curl_easy_setopt(c, CURLOPT_USERAGENT, ua);
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+    /* http and https only, redirects included: libcurl's default also
+     * follows a redirect to ftp:// (and, with other options, more), which a
+     * hostile hub or API could use to make this node speak to any service. */
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_xfer_info);
@@ -232,6 +237,7 @@ typedef struct {
     int decided;        /* the first body byte came: append or restart chosen */
     hasher *h;
     int write_errno;
+    int too_long;       /* the server sent more than the listing's size */
     char errbody[256];  /* an error response's first bytes, for the message */
     size_t errbody_len;
 } xfer;
@@ -286,7 +292,8 @@ static size_t on_file_body(char *buf, size_t size, size_t n, void *ud)
         memcpy(x->errbody + x->errbody_len, buf, k);
         x->errbody_len += k;
         x->errbody[x->errbody_len] = 0;
-        return len;
+        /* Enough for the message: an endless error page is not read on. */
+        return x->errbody_len + 1 >= sizeof x->errbody ? 0 : len;
     }
     if (!x->decided) {
         x->decided = 1;
@@ -303,6 +310,12 @@ static size_t on_file_body(char *buf, size_t size, size_t n, void *ud)
             x->write_errno = errno;
             return 0;
         }
+    }
+    /* Never more than the listed size on disk: a server that keeps sending
+     * (a lie, or an endless body) would otherwise fill the store's disk. */
+    if (x->j->expect_size >= 0 && x->have + x->got + (int64_t)len > x->j->expect_size) {
+        x->too_long = 1;
+        return 0;
     }
     size_t off = 0;
     while (off < len) {
@@ -431,8 +444,10 @@ static int run_file(dl_job *j, int *http_status, char *err)
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
         set_common(c);
         curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_s * 1000));
-        /* A stalled transfer (under 1 byte/s for stall seconds) is a cut one. */
-        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        /* A stalled transfer (under 1 KB/s for stall seconds) is a cut one:
+         * a server dripping a byte now and then must not hold a job forever
+         * (the retry resumes, so a truly slow link loses nothing). */
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(stall < 1 ? 1 : stall));
         /* Fewer, larger writes (and hash updates) than curl's 16 KB default. */
         curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
@@ -457,6 +472,13 @@ static int run_file(dl_job *j, int *http_status, char *err)
             snprintf(err, ERR_CAP, "cannot write the .partial file: %s", strerror(x.write_errno));
             break; /* disk full, read-only: retrying will not help */
         }
+        if (x.too_long) {
+            /* A broken or hostile server: what it sends past the size is
+             * never written; another attempt would get the same. */
+            snprintf(err, ERR_CAP, "the server sent more than the %lld bytes the listing gives",
+                     (long long)j->expect_size);
+            break;
+        }
         if (x.status == 416 && x.have > 0 && x.range_total >= 0 && j->expect_size >= 0 &&
             x.range_total < j->expect_size) {
             /* The server holds fewer bytes than the listing says: the partial
@@ -475,7 +497,7 @@ static int run_file(dl_job *j, int *http_status, char *err)
             }
             snprintf(err, ERR_CAP, "truncated transfer: %lld of %lld bytes", (long long)st.st_size,
                      (long long)j->expect_size);
-        } else if (cc == CURLE_OK || (x.status >= 400 && cc == CURLE_WRITE_ERROR)) {
+        } else if (cc == CURLE_OK || (x.status != 200 && x.status != 206 && cc == CURLE_WRITE_ERROR)) {
             snprintf(err, ERR_CAP, "HTTP %d%s%s", x.status, x.errbody_len ? ": " : "", x.errbody);
             if (!transient_status(x.status)) break;
             wait = x.retry_after;

@@ -8,7 +8,12 @@
  * resumed (the server saw a Range), a cut transfer is retried to completion, a 404 fails with
  * its status and no retry, a request's body and status come back and a response over
  * max_bytes fails with ERANGE; bad arguments are EINVAL; progress of an unknown job is an
- * error. The sanitizer builds run it too (threads, the completion queue, no leaks). */
+ * error. Hostile answers (the server plays a broken or malicious hub): a redirect to ftp://
+ * is refused without a connection to its target (GET /toftp; the target is a listening
+ * socket never accepted), a body longer than the listed size stops at the size and is never
+ * renamed (GET /long), a body dripped under 1 KB/s is a stall (GET /drip), and an endless
+ * error page is not read on (GET /endless404). The sanitizer builds run it too (threads, the
+ * completion queue, no leaks). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -29,6 +34,7 @@
 
 static unsigned char body[BODY_LEN];
 static int server_fd, server_port;
+static int trap_fd, trap_port; /* listens, never accepts: a connection here is a followed redirect */
 static int saw_range; /* requests that carried a Range header (server thread writes, main reads after) */
 static pthread_mutex_t saw_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -64,6 +70,32 @@ static void serve_one(int fd)
         pthread_mutex_unlock(&saw_lock);
     }
     int cut = strncmp(req, "GET /cut ", 9) == 0;
+    if (strncmp(req, "GET /toftp ", 11) == 0) {
+        snprintf(head, sizeof head, "HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1:%d/x.gguf\r\n"
+                 "Content-Length: 0\r\nConnection: close\r\n\r\n", trap_port);
+        send_all(fd, head, strlen(head));
+        return;
+    }
+    if (strncmp(req, "GET /long ", 10) == 0) {
+        /* Four times the size the caller expects, announced as such. */
+        snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n",
+                 4 * BODY_LEN);
+        send_all(fd, head, strlen(head));
+        for (int i = 0; i < 4; i++) send_all(fd, body, BODY_LEN);
+        return;
+    }
+    if (strncmp(req, "GET /drip ", 10) == 0 || strncmp(req, "GET /endless404 ", 16) == 0) {
+        /* /drip: 100 bytes every 0.1 s until the client hangs up; /endless404: an error page
+         * that never ends, as fast as the client reads. */
+        int drip = req[5] == 'd';
+        snprintf(head, sizeof head, "HTTP/1.1 %s\r\n%sConnection: close\r\n\r\n",
+                 drip ? "200 OK" : "404 Not Found", drip ? "Content-Length: 200000\r\n" : "");
+        send_all(fd, head, strlen(head));
+        for (size_t off = 0;; off = (off + 100) % (BODY_LEN - 100)) {
+            if (send(fd, body + off, 100, MSG_NOSIGNAL) <= 0) return;
+            if (drip) usleep(100 * 1000);
+        }
+    }
     if (strncmp(req, "GET /file ", 10) == 0 || cut || strncmp(req, "GET /big ", 9) == 0) {
         if (start > 0 && start < BODY_LEN)
             snprintf(head, sizeof head,
@@ -108,6 +140,13 @@ static void start_server(void)
     getsockname(server_fd, (struct sockaddr *)&a, &al);
     server_port = ntohs(a.sin_port);
     CHECK(listen(server_fd, 16) == 0);
+    trap_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in b = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(bind(trap_fd, (struct sockaddr *)&b, sizeof b) == 0);
+    al = sizeof b;
+    getsockname(trap_fd, (struct sockaddr *)&b, &al);
+    trap_port = ntohs(b.sin_port);
+    CHECK(listen(trap_fd, 16) == 0);
     pthread_t t;
     pthread_create(&t, NULL, server_main, NULL);
     pthread_detach(t);
@@ -243,6 +282,46 @@ int main(void)
     CHECK(exo_download_request("GET", url, NULL, NULL, 0, 1000, 10, 7) == EXO_OK);
     CHECK(wait_job(7, &http, err) == EXO_ERANGE);
     CHECK(exo_download_release(7) == EXO_OK);
+
+    /* A redirect to another scheme is not followed: no connection reaches its target. */
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/toftp", server_port);
+    snprintf(dest, sizeof dest, "%s/f.gguf", dir);
+    CHECK(exo_download_file(url, dest, NULL, BODY_LEN, sha, 9) == EXO_OK);
+    CHECK(wait_job(9, &http, err) != EXO_OK);
+    CHECK(exo_download_release(9) == EXO_OK);
+    CHECK_MSG(accept(trap_fd, NULL, NULL) < 0, "the redirect to ftp:// was followed (%s)", err);
+    CHECK(!exists(dest));
+
+    /* More bytes than the size given: nothing past it is written, nothing renamed, one attempt. */
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/long", server_port);
+    snprintf(dest, sizeof dest, "%s/g.gguf", dir);
+    snprintf(partial, sizeof partial, "%s.partial", dest);
+    CHECK(exo_download_file(url, dest, NULL, BODY_LEN / 2, NULL, 10) == EXO_OK);
+    CHECK(wait_job(10, &http, err) != EXO_OK);
+    CHECK_MSG(strstr(err, "sent more than the 100000 bytes") != NULL, "%s", err);
+    CHECK(exo_download_progress(10, &done, &total, &speed, &attempt) == EXO_OK && attempt == 1);
+    CHECK(exo_download_release(10) == EXO_OK);
+    struct stat pst;
+    CHECK(!exists(dest));
+    CHECK(stat(partial, &pst) != 0 || pst.st_size <= BODY_LEN / 2);
+
+    /* An endless error page: its start in the message, not read to the end (never, here). */
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/endless404", server_port);
+    snprintf(dest, sizeof dest, "%s/h.gguf", dir);
+    CHECK(exo_download_file(url, dest, NULL, BODY_LEN, NULL, 11) == EXO_OK);
+    CHECK(wait_job(11, &http, err) != EXO_OK);
+    CHECK_MSG(http == 404 && strncmp(err, "HTTP 404", 8) == 0, "%d %s", http, err);
+    CHECK(exo_download_release(11) == EXO_OK);
+
+    /* A drip under 1 KB/s is a stall: given up after the attempts, the partial kept. */
+    CHECK(exo_download_configure(2, 0.05, 1, 1) == EXO_OK);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/drip", server_port);
+    snprintf(dest, sizeof dest, "%s/i.gguf", dir);
+    CHECK(exo_download_file(url, dest, NULL, BODY_LEN, NULL, 12) == EXO_OK);
+    CHECK(wait_job(12, &http, err) != EXO_OK);
+    CHECK_MSG(strstr(err, "gave up after 2 attempts") != NULL, "%s", err);
+    CHECK(exo_download_release(12) == EXO_OK);
+    CHECK(!exists(dest));
 
     /* Misuse. */
     CHECK(exo_download_file("file:///etc/passwd", dest, NULL, -1, NULL, 8) == EXO_EINVAL);
