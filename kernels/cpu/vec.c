@@ -96,8 +96,25 @@ float exo__vec_softmax_f32(int n, float scale, float *x)
     return sum;
 }
 
+/* Blocks of EXO_VEC_KEY_BLOCK keys, a multiple of four: the dots kernels
+ * give a key the same arithmetic at the same offset modulo four (the AVX2
+ * one takes four at a time), so a key's score is the same bits in a block
+ * as in one call over all keys. */
+static void dots_heads_ref(int n, int nq, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
+                           int count, float *out, size_t out_stride)
+{
+    for (int p0 = 0; p0 < count; p0 += EXO_VEC_KEY_BLOCK) {
+        const int np = count - p0 < EXO_VEC_KEY_BLOCK ? count - p0 : EXO_VEC_KEY_BLOCK;
+        for (int g = 0; g < nq; g++)
+            exo__vec_dots_f16_ref(n, q + (size_t)g * q_stride, k + (size_t)p0 * k_stride, k_stride, np,
+                                  out + (size_t)g * out_stride + p0);
+    }
+}
+
 typedef void (*swiglu_fn)(int n, const float *gate, const float *up, float *out);
 typedef void (*dots_fn)(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
+typedef void (*dots_heads_fn)(int n, int nq, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
+                              int count, float *out, size_t out_stride);
 typedef void (*wsum_heads_fn)(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
                               int count, float *out, size_t out_stride);
 typedef void (*to_f16_fn)(int n, const float *x, uint16_t *y);
@@ -105,6 +122,7 @@ typedef void (*to_f16_fn)(int n, const float *x, uint16_t *y);
 /* The helpers for one instruction set, fixed at compile time. */
 typedef struct {
     dots_fn dots;
+    dots_heads_fn dots_heads;
     wsum_heads_fn wsum_heads;
     to_f16_fn to_f16;
     swiglu_fn swiglu;
@@ -113,6 +131,7 @@ typedef struct {
 
 static const vec_kernels vec_scalar = {
     .dots = exo__vec_dots_f16_ref,
+    .dots_heads = dots_heads_ref,
     .wsum_heads = exo__vec_wsum_f16_heads_ref,
     .to_f16 = exo__vec_f16_from_f32_ref,
     .swiglu = exo__vec_swiglu_f32_ref,
@@ -121,6 +140,7 @@ static const vec_kernels vec_scalar = {
 #if EXO_VEC_X86
 static const vec_kernels vec_avx2 = {
     .dots = exo__vec_f16_dots_avx2,
+    .dots_heads = exo__vec_f16_dots_heads_avx2,
     .wsum_heads = exo__vec_f16_wsum_heads_avx2,
     .to_f16 = exo__vec_f16_from_f32_avx2,
     .swiglu = exo__vec_f32_swiglu_avx2,
@@ -165,19 +185,10 @@ void exo__vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride
     active_kernels()->wsum_heads(n, 1, w, 0, v, v_stride, count, out, 0);
 }
 
-/* Blocks of EXO_VEC_KEY_BLOCK keys, a multiple of four: both dots kernels
- * give a key the same arithmetic at the same offset modulo four, so a key's
- * score is the same bits in a block as in one call over all keys. */
 void exo__vec_dots_f16_heads(int n, int nq, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
                              int count, float *out, size_t out_stride)
 {
-    const dots_fn dots = active_kernels()->dots;
-    for (int p0 = 0; p0 < count; p0 += EXO_VEC_KEY_BLOCK) {
-        const int np = count - p0 < EXO_VEC_KEY_BLOCK ? count - p0 : EXO_VEC_KEY_BLOCK;
-        for (int g = 0; g < nq; g++)
-            dots(n, q + (size_t)g * q_stride, k + (size_t)p0 * k_stride, k_stride, np,
-                 out + (size_t)g * out_stride + p0);
-    }
+    active_kernels()->dots_heads(n, nq, q, q_stride, k, k_stride, count, out, out_stride);
 }
 
 void exo__vec_wsum_f16_heads(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,

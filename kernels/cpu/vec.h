@@ -34,8 +34,9 @@ void exo__vec_wsum_f16(int n, const float *w, const uint16_t *v, size_t v_stride
  * query attention): for each head g < nq, exactly what dots (wsum) gives for
  * q + g * q_stride (w + g * w_stride) into out + g * out_stride, bit for bit,
  * whatever nq is; but the keys and values are taken in blocks of
- * EXO_VEC_KEY_BLOCK positions, each block read from memory once and then
- * from L1 for the other heads, instead of the whole cache once per head.
+ * EXO_VEC_KEY_BLOCK positions, each block read from memory once (the AVX2
+ * versions widen it to f32 once, with prefetch, and every head reads the
+ * floats), instead of the whole cache once per head.
  * wsum_heads's out rows must not overlap each other or the inputs. */
 #define EXO_VEC_KEY_BLOCK 64
 void exo__vec_dots_f16_heads(int n, int nq, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,

@@ -24,6 +24,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -47,33 +48,42 @@ static inline float half_to_float(uint16_t h)
     return _cvtsh_ss(h);
 }
 
+/* Eight elements of a key or value row at i: f16 from the cache, or f32 from
+ * a block the grouped helpers widened once for all the group's heads (the
+ * widening is exact, so both give the same floats and the same sums). */
+#define ROW8(row, i) (wide ? _mm256_loadu_ps((const float *)(row) + (i)) : load_h8((const uint16_t *)(row) + (i)))
+#define ROW1(row, i) (wide ? ((const float *)(row))[i] : half_to_float(((const uint16_t *)(row))[i]))
+#define ROW_AT(base, p, stride) ((const char *)(base) + (size_t)(p) * (stride) * (wide ? sizeof(float) : sizeof(uint16_t)))
+
 /* Four keys at a time, two accumulators each (eight FMA chains in flight);
- * the remaining keys one by one. Keys are f16, widened on load. */
-void exo__vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
+ * the remaining keys one by one. k_stride in elements. */
+static inline __attribute__((always_inline)) void dots_body(int n, const float *q, const void *k, size_t k_stride,
+                                                            int count, float *out, const int wide)
 {
     const int n8 = n & ~7;
     int p = 0;
     for (; p + 4 <= count; p += 4) {
-        const uint16_t *k0 = k + (size_t)p * k_stride, *k1 = k0 + k_stride, *k2 = k1 + k_stride, *k3 = k2 + k_stride;
+        const void *k0 = ROW_AT(k, p, k_stride), *k1 = ROW_AT(k, p + 1, k_stride), *k2 = ROW_AT(k, p + 2, k_stride),
+                   *k3 = ROW_AT(k, p + 3, k_stride);
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int i = 0;
         for (; i + 16 <= n; i += 16) {
             __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + 8);
-            a0 = _mm256_fmadd_ps(qa, load_h8(k0 + i), a0);
-            a1 = _mm256_fmadd_ps(qa, load_h8(k1 + i), a1);
-            a2 = _mm256_fmadd_ps(qa, load_h8(k2 + i), a2);
-            a3 = _mm256_fmadd_ps(qa, load_h8(k3 + i), a3);
-            b0 = _mm256_fmadd_ps(qb, load_h8(k0 + i + 8), b0);
-            b1 = _mm256_fmadd_ps(qb, load_h8(k1 + i + 8), b1);
-            b2 = _mm256_fmadd_ps(qb, load_h8(k2 + i + 8), b2);
-            b3 = _mm256_fmadd_ps(qb, load_h8(k3 + i + 8), b3);
+            a0 = _mm256_fmadd_ps(qa, ROW8(k0, i), a0);
+            a1 = _mm256_fmadd_ps(qa, ROW8(k1, i), a1);
+            a2 = _mm256_fmadd_ps(qa, ROW8(k2, i), a2);
+            a3 = _mm256_fmadd_ps(qa, ROW8(k3, i), a3);
+            b0 = _mm256_fmadd_ps(qb, ROW8(k0, i + 8), b0);
+            b1 = _mm256_fmadd_ps(qb, ROW8(k1, i + 8), b1);
+            b2 = _mm256_fmadd_ps(qb, ROW8(k2, i + 8), b2);
+            b3 = _mm256_fmadd_ps(qb, ROW8(k3, i + 8), b3);
         }
         if (i < n8) {
             __m256 qa = _mm256_loadu_ps(q + i);
-            a0 = _mm256_fmadd_ps(qa, load_h8(k0 + i), a0);
-            a1 = _mm256_fmadd_ps(qa, load_h8(k1 + i), a1);
-            a2 = _mm256_fmadd_ps(qa, load_h8(k2 + i), a2);
-            a3 = _mm256_fmadd_ps(qa, load_h8(k3 + i), a3);
+            a0 = _mm256_fmadd_ps(qa, ROW8(k0, i), a0);
+            a1 = _mm256_fmadd_ps(qa, ROW8(k1, i), a1);
+            a2 = _mm256_fmadd_ps(qa, ROW8(k2, i), a2);
+            a3 = _mm256_fmadd_ps(qa, ROW8(k3, i), a3);
         }
         /* [s0 s1 s2 s3] from the four keys' eight lanes each */
         __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1)),
@@ -82,23 +92,75 @@ void exo__vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_s
         if (n8 < n) {
             float tail[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
             for (int j = n8; j < n; j++) {
-                tail[0] += q[j] * half_to_float(k0[j]);
-                tail[1] += q[j] * half_to_float(k1[j]);
-                tail[2] += q[j] * half_to_float(k2[j]);
-                tail[3] += q[j] * half_to_float(k3[j]);
+                /* fmaf, not a * b + c: whether the compiler fuses that
+                 * differed between the f16 and f32 bodies */
+                tail[0] = fmaf(q[j], ROW1(k0, j), tail[0]);
+                tail[1] = fmaf(q[j], ROW1(k1, j), tail[1]);
+                tail[2] = fmaf(q[j], ROW1(k2, j), tail[2]);
+                tail[3] = fmaf(q[j], ROW1(k3, j), tail[3]);
             }
             s = _mm_add_ps(s, _mm_loadu_ps(tail));
         }
         _mm_storeu_ps(out + p, s);
     }
     for (; p < count; p++) {
-        const uint16_t *kp = k + (size_t)p * k_stride;
+        const void *kp = ROW_AT(k, p, k_stride);
         __m256 acc = _mm256_setzero_ps();
         int i = 0;
-        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_h8(kp + i), acc);
+        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ROW8(kp, i), acc);
         float sum = hsum_ps(acc);
-        for (; i < n; i++) sum += q[i] * half_to_float(kp[i]);
+        for (; i < n; i++) sum = fmaf(q[i], ROW1(kp, i), sum);
         out[p] = sum;
+    }
+}
+
+void exo__vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out)
+{
+    dots_body(n, q, k, k_stride, count, out, 0);
+}
+
+/* Rows of the widest head the grouped helpers widen (larger ones go head by
+ * head): a block of keys is EXO_VEC_KEY_BLOCK x 256 floats, 64 KiB of stack. */
+#define WIDE_MAX_N 256
+
+/* Rows ahead that widen_rows asks for: a cache's rows of one KV head lie a
+ * whole position (all KV heads) apart, and the hardware prefetcher left the
+ * widening waiting on memory (78% of its samples on the first use of each
+ * load, perf annotate, 4,000 positions). Prefetches past the cache are
+ * harmless (they never fault). */
+#define WIDEN_PREFETCH_ROWS 16
+
+/* count rows of n halves, stride apart, into dst as floats n apart. */
+static void widen_rows(int n, const uint16_t *src, size_t stride, int count, float *dst)
+{
+    for (int p = 0; p < count; p++) {
+        const uint16_t *row = src + (size_t)p * stride;
+        const char *ahead = (const char *)(row + WIDEN_PREFETCH_ROWS * stride);
+        for (int b = 0; b < n * (int)sizeof(uint16_t); b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+        float *d = dst + (size_t)p * n;
+        int i = 0;
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, load_h8(row + i));
+        for (; i < n; i++) d[i] = half_to_float(row[i]);
+    }
+}
+
+/* A block of keys is widened once, then every head's dots read floats: the
+ * conversion, not the multiply, was the cost of a key shared by four heads. */
+void exo__vec_f16_dots_heads_avx2(int n, int nq, const float *q, size_t q_stride, const uint16_t *k,
+                                  size_t k_stride, int count, float *out, size_t out_stride)
+{
+    float wide[EXO_VEC_KEY_BLOCK * WIDE_MAX_N];
+    for (int p0 = 0; p0 < count; p0 += EXO_VEC_KEY_BLOCK) {
+        const int np = count - p0 < EXO_VEC_KEY_BLOCK ? count - p0 : EXO_VEC_KEY_BLOCK;
+        const uint16_t *kb = k + (size_t)p0 * k_stride;
+        if (nq > 1 && n <= WIDE_MAX_N) {
+            widen_rows(n, kb, k_stride, np, wide);
+            for (int g = 0; g < nq; g++)
+                dots_body(n, q + (size_t)g * q_stride, wide, (size_t)n, np, out + (size_t)g * out_stride + p0, 1);
+        } else {
+            for (int g = 0; g < nq; g++)
+                dots_body(n, q + (size_t)g * q_stride, kb, k_stride, np, out + (size_t)g * out_stride + p0, 0);
+        }
     }
 }
 
@@ -123,29 +185,43 @@ static void wsum_tail(int i, int n, const float *w, const uint16_t *v, size_t v_
     }
 }
 
+/* One head's 64-lane chunks over keys [p0, p1) of the rows at v (f16 or
+ * widened f32), each lane one FMA chain in key order, resumed from out. */
+static inline __attribute__((always_inline)) void wsum_block(int n64, const float *w, const void *v, size_t v_stride,
+                                                             int p0, int p1, float *out, const int wide)
+{
+    for (int i = 0; i < n64; i += 64) {
+        float *o = out + i;
+        __m256 acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = p0 ? _mm256_loadu_ps(o + 8 * c) : _mm256_setzero_ps();
+        for (int p = p0; p < p1; p++) {
+            const void *vp = ROW_AT(v, p - p0, v_stride);
+            __m256 wp = _mm256_broadcast_ss(w + p);
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(wp, ROW8(vp, i + 8 * c), acc[c]);
+        }
+        for (int c = 0; c < 8; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
+    }
+}
+
 /* 64 output lanes at a time, each one FMA chain over the keys in order; the
- * chains of every head advance a block of keys (in L1 after the first head
- * read it), parking in out between blocks, which changes no bits. The lanes
+ * chains of every head advance a block of values (widened once for the
+ * group), parking in out between blocks, which changes no bits. The lanes
  * past the last 64 (head sizes like 80 or 96) go unblocked, head by head. */
 void exo__vec_f16_wsum_heads_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
                                   size_t v_stride, int count, float *out, size_t out_stride)
 {
     const int n64 = n & ~63;
+    float wide[EXO_VEC_KEY_BLOCK * WIDE_MAX_N];
     for (int p0 = 0; n64 && (p0 == 0 || p0 < count); p0 += EXO_VEC_KEY_BLOCK) {
         const int p1 = count - p0 < EXO_VEC_KEY_BLOCK ? count : p0 + EXO_VEC_KEY_BLOCK;
+        const uint16_t *vb = v + (size_t)p0 * v_stride;
+        const bool widened = nq > 1 && n64 <= WIDE_MAX_N;
+        if (widened) widen_rows(n64, vb, v_stride, p1 - p0, wide);
         for (int g = 0; g < nq; g++) {
             const float *wg = w + (size_t)g * w_stride;
-            for (int i = 0; i < n64; i += 64) {
-                float *og = out + (size_t)g * out_stride + i;
-                __m256 acc[8];
-                for (int c = 0; c < 8; c++) acc[c] = p0 ? _mm256_loadu_ps(og + 8 * c) : _mm256_setzero_ps();
-                for (int p = p0; p < p1; p++) {
-                    const uint16_t *vp = v + (size_t)p * v_stride + i;
-                    __m256 wp = _mm256_broadcast_ss(wg + p);
-                    for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(wp, load_h8(vp + 8 * c), acc[c]);
-                }
-                for (int c = 0; c < 8; c++) _mm256_storeu_ps(og + 8 * c, acc[c]);
-            }
+            float *og = out + (size_t)g * out_stride;
+            if (widened) wsum_block(n64, wg, wide, (size_t)n64, p0, p1, og, 1);
+            else wsum_block(n64, wg, vb, v_stride, p0, p1, og, 0);
         }
     }
     if (n64 < n)

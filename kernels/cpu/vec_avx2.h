@@ -11,6 +11,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 void exo__vec_f16_dots_avx2(int n, const float *q, const uint16_t *k, size_t k_stride, int count, float *out);
+void exo__vec_f16_dots_heads_avx2(int n, int nq, const float *q, size_t q_stride, const uint16_t *k,
+                                  size_t k_stride, int count, float *out, size_t out_stride);
 void exo__vec_f16_wsum_heads_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
                                   size_t v_stride, int count, float *out, size_t out_stride);
 void exo__vec_f16_from_f32_avx2(int n, const float *x, uint16_t *y);
