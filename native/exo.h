@@ -397,8 +397,10 @@ enum exo_wire_event_type {
     EXO_WIRE_EV_FAILED = 5,  /* a route failed (bad rows, a forward error, next peer gone): data says why */
     EXO_WIRE_EV_PONG = 6,    /* a ping came back: value is the round trip in microseconds */
     EXO_WIRE_EV_SHARE = 7,   /* a file transfer to this node moved: request_id is its id, value the bytes on disk */
-    EXO_WIRE_EV_SHARE_END = 8 /* a transfer to this node ended: value 0 verified and renamed into place, else a
-                                 negative EXO_E* code with data saying why (EXO_EFORMAT: the bytes were wrong) */
+    EXO_WIRE_EV_SHARE_END = 8, /* a transfer to this node ended: value 0 verified and renamed into place, else a
+                                  negative EXO_E* code with data saying why (EXO_EFORMAT: the bytes were wrong) */
+    EXO_WIRE_EV_HASHED = 9   /* exo_wire_hash_file finished: request_id is its id; value 0 and data the 64 hex
+                                digits, or a negative EXO_E* code and data saying why */
 };
 
 typedef struct exo_wire_event {
@@ -508,8 +510,10 @@ int exo_wire_share_credit(exo_wire *w, int conn, uint64_t transfer_id, int64_t b
 /* Ends a transfer either way (a receiver's partial is kept); no event follows. */
 int exo_wire_share_cancel(exo_wire *w, int conn, uint64_t transfer_id);
 /* The SHA-256 of the file at path as 64 lowercase hex digits (what a node
- * tells peers its files hold). */
+ * tells peers its files hold). exo_wire_hash_file does it on libuv's thread
+ * pool (a model of gigabytes takes seconds) and raises a HASHED event. */
 int exo_wire_file_sha256(const char *path, char *hex65);
+int exo_wire_hash_file(exo_wire *w, uint64_t id, const char *path);
 
 /* ---- downloads and small HTTP requests (download.c) ------------------------ */
 

@@ -893,7 +893,7 @@ static void to_hex(const unsigned char *d, char hex[65])
 /* Feeds the first n bytes of fd into md; 0, or -1 when they cannot be read. */
 static int digest_fd(EVP_MD_CTX *md, int fd, int64_t n)
 {
-    static unsigned char buf[1 << 20];
+    static _Thread_local unsigned char buf[1 << 20]; /* the loop thread and the thread pool's */
     for (int64_t at = 0; n < 0 || at < n;) {
         size_t want = sizeof buf;
         if (n >= 0 && (int64_t)want > n - at) want = (size_t)(n - at);
@@ -922,6 +922,57 @@ int exo_wire_file_sha256(const char *path, char *hex65)
     close(fd);
     if (!ok) return exo__error_set(EXO_EIO, "cannot read %s: %s", path, strerror(err));
     to_hex(d, hex65);
+    return EXO_OK;
+}
+
+typedef struct wire_hash {
+    uv_work_t req;
+    exo_wire *w;
+    uint64_t id;
+    int status;
+    char hex[65];
+    char why[256];
+    char path[];
+} wire_hash;
+
+static void hash_work(uv_work_t *req)
+{
+    wire_hash *h = req->data;
+    h->status = exo_wire_file_sha256(h->path, h->hex);
+    if (h->status) snprintf(h->why, sizeof h->why, "%s", exo_last_error());
+}
+
+static void hash_done(uv_work_t *req, int status)
+{
+    wire_hash *h = req->data;
+    exo_wire *w = h->w;
+    if (status < 0 && !h->status) {
+        h->status = EXO_EIO;
+        snprintf(h->why, sizeof h->why, "hashing %s was cancelled", h->path);
+    }
+    if (h->status) push_event(w, EXO_WIRE_EV_HASHED, 0, h->id, h->status, h->why, strlen(h->why), NULL);
+    else push_event(w, EXO_WIRE_EV_HASHED, 0, h->id, 0, h->hex, 64, NULL);
+    free(h);
+    /* Pending work counts as a handle: exo_wire_free's memory waits for it. */
+    if (--w->open_handles == 0 && w->freeing) free(w);
+}
+
+int exo_wire_hash_file(exo_wire *w, uint64_t id, const char *path)
+{
+    if (!w || !path) return exo__error_set(EXO_EINVAL, "exo_wire_hash_file: NULL argument");
+    size_t n = strlen(path);
+    wire_hash *h = calloc(1, sizeof *h + n + 1);
+    if (!h) return exo__error_set(EXO_ENOMEM, "out of memory for a hash job");
+    h->w = w;
+    h->id = id;
+    memcpy(h->path, path, n + 1);
+    h->req.data = h;
+    int rc = uv_queue_work(w->loop, &h->req, hash_work, hash_done);
+    if (rc) {
+        free(h);
+        return exo__error_set(EXO_EIO, "cannot queue a hash job: %s", uv_strerror(rc));
+    }
+    w->open_handles++;
     return EXO_OK;
 }
 

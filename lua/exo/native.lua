@@ -239,7 +239,8 @@ enum exo_wire_event_type {
     EXO_WIRE_EV_FAILED = 5,
     EXO_WIRE_EV_PONG = 6,
     EXO_WIRE_EV_SHARE = 7,
-    EXO_WIRE_EV_SHARE_END = 8
+    EXO_WIRE_EV_SHARE_END = 8,
+    EXO_WIRE_EV_HASHED = 9
 };
 typedef struct exo_wire_event {
     int32_t type;
@@ -292,6 +293,7 @@ int exo_wire_share_send(exo_wire *w, int conn, uint64_t transfer_id, const char 
 int exo_wire_share_credit(exo_wire *w, int conn, uint64_t transfer_id, int64_t bytes);
 int exo_wire_share_cancel(exo_wire *w, int conn, uint64_t transfer_id);
 int exo_wire_file_sha256(const char *path, char *hex65);
+int exo_wire_hash_file(exo_wire *w, uint64_t id, const char *path);
 int exo_download_fd(void);
 int exo_download_configure(int max_attempts, double backoff_s, double max_wait_s, double stall_s);
 int exo_download_file(const char *url, const char *dest, const char *headers, int64_t size, const char *sha256_hex,
@@ -1156,7 +1158,8 @@ local Wire = {}
 Wire.__index = Wire
 M.WIRE_EVENTS = { [C.EXO_WIRE_EV_PEER] = "peer", [C.EXO_WIRE_EV_CLOSED] = "closed",
   [C.EXO_WIRE_EV_CONTROL] = "control", [C.EXO_WIRE_EV_OUTPUT] = "output", [C.EXO_WIRE_EV_FAILED] = "failed",
-  [C.EXO_WIRE_EV_PONG] = "pong", [C.EXO_WIRE_EV_SHARE] = "share", [C.EXO_WIRE_EV_SHARE_END] = "share_end" }
+  [C.EXO_WIRE_EV_PONG] = "pong", [C.EXO_WIRE_EV_SHARE] = "share", [C.EXO_WIRE_EV_SHARE_END] = "share_end",
+  [C.EXO_WIRE_EV_HASHED] = "hashed" }
 M.WIRE_DTYPES = { f32 = C.EXO_DTYPE_F32, f16 = C.EXO_DTYPE_F16, q8_0 = C.EXO_DTYPE_Q8_0 }
 -- A request's logits come back to its asker as this request id plus this.
 M.WIRE_REPLY_OFFSET = 2 ^ C.EXO_WIRE_REPLY_SHIFT
@@ -1313,6 +1316,15 @@ end
 
 function Wire:share_credit(conn, transfer_id, bytes) C.exo_wire_share_credit(self.handle, conn, transfer_id, bytes) end
 function Wire:share_cancel(conn, transfer_id) C.exo_wire_share_cancel(self.handle, conn, transfer_id) end
+
+-- Hashes a file on libuv's thread pool; a "hashed" event for id carries the
+-- hex digest (value 0) or why not (value < 0).
+function Wire:hash_file(id, path)
+  check_type(path, "string", "Wire:hash_file")
+  local rc = C.exo_wire_hash_file(self.handle, id, path)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
 
 -- The SHA-256 of a file as 64 lowercase hex digits, or nil, err.
 local sha_buf = ffi.new("char[65]")

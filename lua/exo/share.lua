@@ -56,17 +56,39 @@ local function servable(rel)
   return path, st
 end
 
--- The file's SHA-256, computed once per (size, mtime).
+-- The file's SHA-256, computed once per (size, mtime) on libuv's thread
+-- pool (gigabytes take seconds: the loop keeps serving and answering pings);
+-- waits on the coroutine. Askers of one file at once share one hash job.
+local hashing = {}  -- job id -> path; path -> { coroutines waiting }
 local function sha_of(path, st)
   local h = hashes[path]
   if h and h.size == st.size and h.mtime == st.mtime.sec then return h.sha256 end
-  local sha = native.file_sha256(path)
+  local waiting = hashing[path]
+  if not waiting then
+    local id = new_id()
+    if not cluster.wire:hash_file(id, path) then return nil end
+    waiting = {}
+    hashing[path], hashing[id] = waiting, path
+  end
+  waiting[#waiting + 1] = coroutine.running()
+  local sha = coroutine.yield()
   if sha then hashes[path] = { size = st.size, mtime = st.mtime.sec, sha256 = sha } end
   return sha
 end
 
+local function on_hashed(id, data, status)
+  local path = hashing[id]
+  if not path then return end
+  local waiting = hashing[path]
+  hashing[id], hashing[path] = nil, nil
+  for _, co in ipairs(waiting) do
+    local ok, err = coroutine.resume(co, status == 0 and data or nil)
+    if not ok then io.stderr:write("exo: share: " .. tostring(err) .. "\n") end
+  end
+end
+
 -- Every file of a model in this node's store (all parts of a split GGUF),
--- as { path = "folder/file", size, sha256 }.
+-- as { path = "folder/file", size, sha256 }; waits on the coroutine.
 function M.local_files(name)
   if type(name) ~= "string" or #name > 256 then return {} end
   local spec = models.lookup(name)
@@ -91,8 +113,11 @@ end
 
 local function on_ask(from, _, msg)
   if type(msg.id) ~= "number" then return end
-  local files = M.local_files(msg.name)
-  cluster:send(from, 0, { t = "share_have", id = msg.id, name = msg.name, files = files[1] and files or nil })
+  coroutine.wrap(function()
+    local files = M.local_files(msg.name)
+    local name = type(msg.name) == "string" and #msg.name <= 256 and msg.name or nil
+    cluster:send(from, 0, { t = "share_have", id = msg.id, name = name, files = files[1] and files or nil })
+  end)()
 end
 
 local function on_get(from, _, msg)
@@ -329,6 +354,7 @@ function M.attach(c)
   c:on("share_refused", on_refused)
   c:on("wire_share", on_progress)
   c:on("wire_share_end", on_end)
+  c:on("wire_hashed", on_hashed)
 end
 
 return M
