@@ -135,6 +135,8 @@ struct kv {
     uint32_t elem_type;       /* arrays only */
     uint64_t n;               /* arrays: elements; strings: bytes */
     const uint8_t *val;       /* scalar value, string bytes, or first array element */
+    const uint8_t *raw;       /* the value as serialised (after the type), for copying */
+    uint64_t raw_len;
     uint64_t *str_off;        /* string arrays: offset of element j's length field from val */
 };
 
@@ -158,6 +160,14 @@ struct exo_gguf {
     size_t key_mask;
     uint32_t *tensor_slots;
     size_t tensor_mask;
+
+    /* A split model (llama.cpp's gguf-split): this is part 1, which holds the
+     * metadata; parts[0..n_parts-2] are parts 2..n_parts, whose tensors were
+     * moved into this one's table (their names and data stay in their own
+     * arenas and mappings). n_parts is 1 for a single file. */
+    exo_gguf **parts;
+    uint32_t n_parts;
+    size_t total_size;
 };
 
 /* A bounds-checked cursor over the file; label is the path for messages. */
@@ -376,8 +386,10 @@ static int read_kvs(struct cursor *c, exo_gguf *g)
         printable(k, klen, kname, sizeof kname);
         if (read_u32(c, &t)) return truncated(c, 4, "value type of key '%s'", kname);
         kv->type = t;
+        kv->raw = c->base + c->pos;
         rc = read_value(c, kv, t, kname);
         if (rc) return rc;
+        kv->raw_len = (uint64_t)(c->base + c->pos - kv->raw);
     }
     return 0;
 }
@@ -699,11 +711,9 @@ int exo__gguf_open_memory(const void *data, size_t size, exo_gguf **out)
     return open_common(g, "<memory>", out);
 }
 
-int exo__gguf_open(const char *path, exo_gguf **out)
+/* Maps and validates one file (one part of a split model, or a whole one). */
+static int open_file(const char *path, exo_gguf **out)
 {
-    if (!out) return exo__error_set(EXO_EINVAL, "exo__gguf_open: out is NULL");
-    *out = NULL;
-    if (!path) return exo__error_set(EXO_EINVAL, "exo__gguf_open: path is NULL");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return exo__error_set(EXO_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -739,7 +749,210 @@ int exo__gguf_open(const char *path, exo_gguf **out)
     g->map = map;
     g->base = map;
     g->size = size;
+    g->n_parts = 1;
+    g->total_size = size;
     return open_common(g, path, out);
+}
+
+/* ---------------------------------------------------------------- split models
+ *
+ * llama.cpp's gguf-split writes PREFIX-00001-of-0000N.gguf ... : each part is a
+ * complete GGUF with split.no (0-based), split.count and split.tensors.count;
+ * part 1 has the model's metadata, every part some tensors. Each part is
+ * mapped and validated as a single file, then the parts' tensors are joined
+ * into part 1's table, so nothing above this reader knows the model is split.
+ * Mapping a part costs address space, not memory: a shard's pages are read
+ * only when its tensors are touched, so a shard never reads the other parts'
+ * weights. */
+
+#define GGUF_MAX_SPLIT_PARTS 1000u /* the largest hub models ship a few dozen */
+
+/* Prefixes the current message with "what: " (the message is copied first,
+ * since exo__error_set's argument may not be its own buffer). */
+static int with_context(int rc, const char *what)
+{
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", exo_last_error());
+    return exo__error_set(rc, "%s: %s", what, msg);
+}
+
+/* A part's split.* keys; count 0 when the file is not split. */
+struct split_info {
+    int64_t no, count, tensors;
+};
+
+static int read_split_info(const exo_gguf *g, const char *path, struct split_info *si)
+{
+    *si = (struct split_info){0, 0, -1};
+    bool has_count = exo__gguf_find_key(g, "split.count") >= 0;
+    bool has_no = exo__gguf_find_key(g, "split.no") >= 0;
+    if (!has_count && !has_no) return 0;
+    if (!has_count || !has_no)
+        return exo__error_set(EXO_EFORMAT, "%s: has %s but not %s (a damaged split GGUF part)", path,
+                              has_no ? "split.no" : "split.count", has_no ? "split.count" : "split.no");
+    int rc = exo__gguf_get_i64(g, "split.count", &si->count);
+    if (!rc) rc = exo__gguf_get_i64(g, "split.no", &si->no);
+    if (!rc) rc = exo__gguf_get_i64(g, "split.tensors.count", &si->tensors);
+    if (rc) return with_context(rc, path);
+    if (si->count < 1 || si->count > GGUF_MAX_SPLIT_PARTS)
+        return exo__error_set(EXO_EFORMAT, "%s: split.count is %lld, expected 1..%u", path,
+                              (long long)si->count, GGUF_MAX_SPLIT_PARTS);
+    if (si->no < 0 || si->no >= si->count)
+        return exo__error_set(EXO_EFORMAT, "%s: split.no is %lld, expected 0..%lld (split.count %lld)", path,
+                              (long long)si->no, (long long)(si->count - 1), (long long)si->count);
+    if (si->tensors < 0 || si->tensors > GGUF_MAX_TENSORS)
+        return exo__error_set(EXO_EFORMAT, "%s: split.tensors.count is %lld, expected 0..%u", path,
+                              (long long)si->tensors, GGUF_MAX_TENSORS);
+    return 0;
+}
+
+/* The name of part `no` (0-based) of count, from path, which must be part
+ * `is`'s name; the caller frees *out. */
+static int part_path(const char *path, int64_t is, int64_t count, int64_t no, char **out)
+{
+    char suffix[64];
+    snprintf(suffix, sizeof suffix, "-%05lld-of-%05lld.gguf", (long long)is + 1, (long long)count);
+    size_t n = strlen(path), sn = strlen(suffix);
+    if (n <= sn || strcmp(path + n - sn, suffix) != 0)
+        return exo__error_set(EXO_EFORMAT,
+                              "%s: is part %lld of a split model of %lld parts, but its name does not end "
+                              "in '%s', so the other parts cannot be found (keep gguf-split's names)",
+                              path, (long long)is + 1, (long long)count, suffix);
+    char *p = malloc(n - sn + sizeof suffix);
+    if (!p) return exo__error_set(EXO_ENOMEM, "%s: out of memory", path);
+    memcpy(p, path, n - sn);
+    snprintf(p + n - sn, sizeof suffix, "-%05lld-of-%05lld.gguf", (long long)no + 1, (long long)count);
+    *out = p;
+    return 0;
+}
+
+/* Opens, checks and keeps part no of the model whose part 1 is g at path. */
+static int open_part(exo_gguf *g, const char *path, const struct split_info *si, int64_t no)
+{
+    char *pp;
+    int rc = part_path(path, 0, si->count, no, &pp);
+    if (rc) return rc;
+    exo_gguf *p = NULL;
+    struct split_info ps;
+    if (access(pp, F_OK) != 0)
+        rc = exo__error_set(EXO_EIO, "%s: part %lld of %lld of this split model is missing: %s (download every part)",
+                            path, (long long)no + 1, (long long)si->count, pp);
+    else if ((rc = open_file(pp, &p)))
+        rc = with_context(rc, path);
+    if (p) g->parts[g->n_parts++ - 1] = p; /* g owns it from here */
+    if (rc || (rc = read_split_info(p, pp, &ps)))
+        ;
+    else if (ps.count != si->count)
+        rc = exo__error_set(EXO_EFORMAT, "%s: split.count is %lld, but part 1 (%s) says %lld: parts of different models?",
+                            pp, (long long)ps.count, path, (long long)si->count);
+    else if (ps.no != no)
+        rc = exo__error_set(EXO_EFORMAT, "%s: split.no is %lld, expected %lld (part %lld by its name)", pp,
+                            (long long)ps.no, (long long)no, (long long)no + 1);
+    else if (ps.tensors != si->tensors)
+        rc = exo__error_set(EXO_EFORMAT,
+                            "%s: split.tensors.count is %lld, but part 1 (%s) says %lld: parts of different models?",
+                            pp, (long long)ps.tensors, path, (long long)si->tensors);
+    free(pp);
+    return rc;
+}
+
+/* The part (1-based) that holds joined tensor i; own is part 1's count. */
+static int64_t part_holding(const exo_gguf *g, int64_t own, int64_t i)
+{
+    int64_t no = 1;
+    for (i -= own; i >= 0 && no < (int64_t)g->n_parts; no++) i -= g->parts[no - 1]->n_tensors;
+    return no;
+}
+
+/* Opens parts 2..count of the split model whose part 1 is g (at path) and
+ * joins every part's tensors into g's table. */
+static int join_parts(exo_gguf *g, const char *path, const struct split_info *si)
+{
+    g->parts = calloc((size_t)si->count - 1, sizeof *g->parts);
+    if (!g->parts) return exo__error_set(EXO_ENOMEM, "%s: out of memory", path);
+    int64_t total = g->n_tensors;
+    for (int64_t no = 1; no < si->count; no++) {
+        int rc = open_part(g, path, si, no);
+        if (rc) return rc;
+        exo_gguf *p = g->parts[no - 1];
+        total += p->n_tensors; /* each <= 2^20, at most 1000 parts: no overflow */
+        g->total_size += p->size;
+    }
+    if (total != si->tensors)
+        return exo__error_set(EXO_EFORMAT, "%s: the %lld parts hold %lld tensors, but split.tensors.count says %lld",
+                              path, (long long)si->count, (long long)total, (long long)si->tensors);
+    exo_gguf_tensor *all = malloc((size_t)(total ? total : 1) * sizeof *all);
+    uint32_t *slots = NULL;
+    size_t mask;
+    if (!all || !(slots = table_new(total, &mask))) {
+        free(all);
+        return exo__error_set(EXO_ENOMEM, "%s: out of memory joining %lld tensors", path, (long long)total);
+    }
+    int64_t n = 0;
+    for (int64_t no = 0; no < si->count; no++) {
+        const exo_gguf *p = no ? g->parts[no - 1] : g;
+        for (int64_t i = 0; i < p->n_tensors; i++) all[n++] = p->tensors[i];
+    }
+    int64_t own = g->n_tensors;
+    free(g->tensors);
+    free(g->tensor_slots);
+    g->tensors = all;
+    g->n_tensors = total;
+    g->tensor_slots = slots;
+    g->tensor_mask = mask;
+    for (int64_t i = 0; i < total; i++) {
+        size_t s = table_slot(slots, mask, all[i].name, tensor_name_of, g);
+        if (slots[s])
+            return exo__error_set(EXO_EFORMAT, "%s: tensor '%s' is in part %lld and again in part %lld of this split model",
+                                  path, all[i].name, (long long)part_holding(g, own, slots[s] - 1),
+                                  (long long)part_holding(g, own, i));
+        slots[s] = (uint32_t)i + 1;
+    }
+    return 0;
+}
+
+int exo__gguf_open(const char *path, exo_gguf **out)
+{
+    if (!out) return exo__error_set(EXO_EINVAL, "exo__gguf_open: out is NULL");
+    *out = NULL;
+    if (!path) return exo__error_set(EXO_EINVAL, "exo__gguf_open: path is NULL");
+    exo_gguf *g;
+    int rc = open_file(path, &g);
+    if (rc) return rc;
+    struct split_info si;
+    if ((rc = read_split_info(g, path, &si))) goto fail;
+    if (si.count <= 1) {
+        *out = g;
+        return 0;
+    }
+    char *first = NULL;
+    if (si.no != 0) {
+        /* Given another part: the model opens from part 1, which has the metadata. */
+        int64_t count = si.count;
+        exo__gguf_close(g);
+        g = NULL;
+        if ((rc = part_path(path, si.no, count, 0, &first))) return rc;
+        if (access(first, F_OK) != 0) {
+            rc = exo__error_set(EXO_EIO, "%s: part 1 of %lld of this split model is missing: %s (download every part)",
+                                path, (long long)count, first);
+        } else if ((rc = open_file(first, &g)) == 0 && (rc = read_split_info(g, first, &si)) == 0 &&
+                   (si.no != 0 || si.count != count)) {
+            rc = exo__error_set(EXO_EFORMAT, "%s: split.no %lld and split.count %lld, but by its name it is part 1 of %lld",
+                                first, (long long)si.no, (long long)si.count, (long long)count);
+        }
+        if (rc) {
+            free(first);
+            goto fail;
+        }
+    }
+    rc = join_parts(g, first ? first : path, &si);
+    free(first);
+    if (rc) goto fail;
+    *out = g;
+    return 0;
+fail:
+    exo__gguf_close(g);
+    return rc;
 }
 
 void exo__gguf_close(exo_gguf *g)
@@ -753,6 +966,8 @@ void exo__gguf_close(exo_gguf *g)
     free(g->names);
     free(g->key_slots);
     free(g->tensor_slots);
+    for (uint32_t i = 0; g->parts && i + 1 < g->n_parts; i++) exo__gguf_close(g->parts[i]);
+    free(g->parts);
     if (g->map) munmap(g->map, g->size);
     free(g);
 }
@@ -774,7 +989,12 @@ size_t exo__gguf_alignment(const exo_gguf *g)
 
 size_t exo__gguf_file_size(const exo_gguf *g)
 {
-    return g ? g->size : 0;
+    return !g ? 0 : g->n_parts > 1 ? g->total_size : g->size;
+}
+
+uint32_t exo__gguf_part_count(const exo_gguf *g)
+{
+    return g && g->n_parts > 1 ? g->n_parts : 1;
 }
 
 int64_t exo__gguf_kv_count(const exo_gguf *g)
@@ -1134,6 +1354,26 @@ int exo__gguf_writer_add_u32(exo_gguf_writer *w, const char *key, uint32_t v)
     return rc;
 }
 
+int exo__gguf_writer_add_u16(exo_gguf_writer *w, const char *key, uint16_t v)
+{
+    return add_scalar(w, key, EXO_GGUF_UINT16, &v, 2);
+}
+
+int exo__gguf_writer_copy_kv(exo_gguf_writer *w, const exo_gguf *g, int64_t i)
+{
+    if (!g || i < 0 || i >= g->n_kv)
+        return exo__error_set(EXO_EINVAL, "gguf writer: key index %lld out of range", (long long)i);
+    const struct kv *kv = &g->kvs[i];
+    /* The reader checked general.alignment is a power-of-two uint32, and the
+     * writer must lay its tensors out by it. */
+    if (strcmp(kv->key, "general.alignment") == 0) return exo__gguf_writer_add_u32(w, kv->key, load_u32(kv->val));
+    size_t mark = w ? w->kv_len : 0;
+    int rc = begin_key(w, kv->key, kv->type);
+    if (rc) return rc;
+    rc = put(w, kv->raw, (size_t)kv->raw_len);
+    return rc ? abort_key(w, mark, rc) : 0;
+}
+
 int exo__gguf_writer_add_i32(exo_gguf_writer *w, const char *key, int32_t v)
 {
     return add_scalar(w, key, EXO_GGUF_INT32, &v, 4);
@@ -1378,4 +1618,56 @@ int exo__gguf_writer_write_fill(exo_gguf_writer *w, const char *path, exo_gguf_f
         return exo__error_set(EXO_EIO, "%s: write failed: %s", path, strerror(e));
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------- split writer */
+
+struct split_fill {
+    const exo_gguf *in;
+    int64_t first; /* input index of the part's first tensor */
+};
+
+static int split_fill(void *ud, size_t index, void *buf, size_t size)
+{
+    const struct split_fill *sf = ud;
+    memcpy(buf, sf->in->tensors[sf->first + (int64_t)index].data, size);
+    return 0;
+}
+
+int exo__gguf_split_write(const exo_gguf *in, const char *prefix, int parts, bool no_tensor_first)
+{
+    if (!in || !prefix) return exo__error_set(EXO_EINVAL, "gguf split: NULL model or prefix");
+    int holders = parts - (no_tensor_first ? 1 : 0);
+    if (parts < 2 || (uint32_t)parts > GGUF_MAX_SPLIT_PARTS || holders < 1 || holders > in->n_tensors)
+        return exo__error_set(EXO_EINVAL, "gguf split: %d parts (%d with tensors) for %lld tensors; want 2..%u parts, "
+                              "each holding at least one tensor", parts, holders, (long long)in->n_tensors,
+                              GGUF_MAX_SPLIT_PARTS);
+    int rc = 0;
+    for (int no = 0; no < parts && !rc; no++) {
+        exo_gguf_writer *w = exo__gguf_writer_new();
+        if (!w) return exo__error_set(EXO_ENOMEM, "gguf split: out of memory");
+        /* Part 1 carries the model's metadata (less any split.* of its own
+         * input); llama.cpp reads the split keys as these exact types. */
+        for (int64_t i = 0; no == 0 && i < in->n_kv && !rc; i++)
+            if (strncmp(in->kvs[i].key, "split.", 6) != 0) rc = exo__gguf_writer_copy_kv(w, in, i);
+        if (!rc) rc = exo__gguf_writer_add_u16(w, "split.no", (uint16_t)no);
+        if (!rc) rc = exo__gguf_writer_add_u16(w, "split.count", (uint16_t)parts);
+        if (!rc) rc = exo__gguf_writer_add_i32(w, "split.tensors.count", (int32_t)in->n_tensors);
+        int h = no - (no_tensor_first ? 1 : 0);
+        struct split_fill sf = {in, h < 0 ? 0 : h * in->n_tensors / holders};
+        int64_t end = h < 0 ? 0 : (h + 1) * in->n_tensors / holders;
+        for (int64_t i = sf.first; i < end && !rc; i++) {
+            const exo_gguf_tensor *t = &in->tensors[i];
+            rc = exo__gguf_writer_add_tensor_later(w, t->name, t->dtype, t->n_dims, t->ne, t->size);
+        }
+        char *path = malloc(strlen(prefix) + 32);
+        if (!path) rc = rc ? rc : exo__error_set(EXO_ENOMEM, "gguf split: out of memory");
+        if (!rc) {
+            sprintf(path, "%s-%05d-of-%05d.gguf", prefix, no + 1, parts);
+            rc = exo__gguf_writer_write_fill(w, path, split_fill, &sf);
+        }
+        free(path);
+        exo__gguf_writer_free(w);
+    }
+    return rc;
 }

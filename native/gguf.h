@@ -4,6 +4,9 @@
  * offset and size against the file size and sane limits before anything uses
  * it; after exo__gguf_open() succeeds, every accessor is safe. Strings in the
  * file are not NUL-terminated, so they are handed out as (pointer, length).
+ * A split model (llama.cpp's gguf-split: PREFIX-00001-of-0000N.gguf ...)
+ * opens from any of its parts: every part is mapped and validated and their
+ * tensors joined into one table, so callers see one model.
  * The writer keeps metadata and copies of tensor data as they are added, then
  * writes the file in one go (or asks a callback for each tensor added "later"
  * as it writes); it is what the tiny test model and the fuzz seeds use. */
@@ -32,7 +35,9 @@ typedef struct exo_gguf_tensor {
     const void *data;       /* into the mapping */
 } exo_gguf_tensor;
 
-/* Opens and validates path. On failure returns a negative EXO_E* code, sets
+/* Opens and validates path (for a split model: every part, found by name from
+ * the one given; a missing part, parts of different models, a tensor in two
+ * parts are refused naming the file). On failure returns a negative EXO_E* code, sets
  * *out to NULL and leaves a message naming the problem (and the path). */
 int exo__gguf_open(const char *path, exo_gguf **out);
 /* Same, over a caller-owned buffer (the fuzzer uses this; the buffer must
@@ -45,7 +50,10 @@ size_t exo__gguf_alignment(const exo_gguf *g);
 /* Whether tensor data lives in a read-only mapping of the file (exo__gguf_open),
  * whose pages can be dropped and read again, rather than in caller memory. */
 bool exo__gguf_is_file_mapped(const exo_gguf *g);
+/* Bytes of the file (of every part together, for a split model). */
 size_t exo__gguf_file_size(const exo_gguf *g);
+/* 1, or the number of parts of a split model. */
+uint32_t exo__gguf_part_count(const exo_gguf *g);
 
 /* Metadata. Keys are looked up by exact name; -1 when absent. */
 int64_t exo__gguf_kv_count(const exo_gguf *g);
@@ -82,6 +90,9 @@ typedef struct exo_gguf_writer exo_gguf_writer;
 exo_gguf_writer *exo__gguf_writer_new(void);
 void exo__gguf_writer_free(exo_gguf_writer *w);
 int exo__gguf_writer_add_u32(exo_gguf_writer *w, const char *key, uint32_t v);
+int exo__gguf_writer_add_u16(exo_gguf_writer *w, const char *key, uint16_t v);
+/* Copies key/value pair i of an open file, its value byte for byte. */
+int exo__gguf_writer_copy_kv(exo_gguf_writer *w, const exo_gguf *g, int64_t i);
 int exo__gguf_writer_add_i32(exo_gguf_writer *w, const char *key, int32_t v);
 int exo__gguf_writer_add_f32(exo_gguf_writer *w, const char *key, float v);
 int exo__gguf_writer_add_bool(exo_gguf_writer *w, const char *key, bool v);
@@ -101,5 +112,10 @@ int exo__gguf_writer_add_tensor_later(exo_gguf_writer *w, const char *name, int 
  * fills buf's size bytes and returns 0, or a negative EXO_E* code. */
 typedef int (*exo_gguf_fill_fn)(void *ud, size_t index, void *buf, size_t size);
 int exo__gguf_writer_write_fill(exo_gguf_writer *w, const char *path, exo_gguf_fill_fn fill, void *ud);
+
+/* Writes in as a split model, gguf-split's format: PREFIX-00001-of-0000N.gguf
+ * ... with part 1 holding the metadata and the tensors shared out in order
+ * (none in part 1 with no_tensor_first). */
+int exo__gguf_split_write(const exo_gguf *in, const char *prefix, int parts, bool no_tensor_first);
 
 #endif
