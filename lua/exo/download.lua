@@ -56,7 +56,7 @@ local function auth_headers()
 end
 
 -- Retries: EXO_DOWNLOAD_ATTEMPTS (5), EXO_DOWNLOAD_BACKOFF seconds (1,
--- doubling), EXO_DOWNLOAD_STALL seconds without a byte before a transfer
+-- doubling), EXO_DOWNLOAD_STALL seconds under 1 KB/s before a transfer
 -- counts as cut (60). Applied to the jobs started after.
 local configured = false
 local function configure()
@@ -184,6 +184,24 @@ local function hub_error(status, repo, what, body)
 end
 
 local TREE_MAX = 16 * 1048576
+local FILES_MAX = 100000 -- entries of one listing, over all its pages (bounds its memory)
+
+-- A listing's path that stays inside the model's folder: relative, no '.'
+-- or '..' segment, no empty one, no backslash or control character.
+local function safe_path(p)
+  if #p == 0 or #p > 1024 or p:find("[%c\\]") or p:sub(1, 1) == "/" then return false end
+  for seg in (p .. "/"):gmatch("([^/]*)/") do
+    if seg == "" or seg == "." or seg == ".." then return false end
+  end
+  return true
+end
+
+-- A byte count from the hub (a listing's size, X-Linked-Size): a whole
+-- number from 0 to 2^53, else nil.
+local function byte_count(v)
+  v = tonumber(v)
+  return v and v >= 0 and v <= 2 ^ 53 and v % 1 == 0 and v or nil
+end
 
 -- The repository's files at revision: { {path, size, sha256 (LFS only)} },
 -- following the tree API's Link: rel="next" pages. Waits on the coroutine.
@@ -201,14 +219,34 @@ function M.list_files(repo, revision)
     if not ok or type(list) ~= "table" then return nil, "the hub's file list for " .. repo .. " is not JSON" end
     for _, f in ipairs(list) do
       if type(f) == "table" and f.type == "file" and type(f.path) == "string" then
+        -- The hub is trusted for its listing, but a path or size from it
+        -- never reaches the disk unchecked (a hostile endpoint, HF_ENDPOINT).
+        if not safe_path(f.path) then
+          return nil, ("the hub's file list for %s has a path outside the repository: %q"):format(repo,
+            f.path:sub(1, 200))
+        end
+        if #files >= FILES_MAX then
+          return nil, ("the hub's file list for %s has more than %d files"):format(repo, FILES_MAX)
+        end
         local lfs = type(f.lfs) == "table" and f.lfs or nil
         local sha = lfs and type(lfs.oid) == "string" and lfs.oid:lower() or nil
         if sha and not sha:match("^%x+$") or (sha and #sha ~= 64) then sha = nil end
-        files[#files + 1] = { path = f.path, size = tonumber(lfs and lfs.size or f.size), sha256 = sha }
+        local size = lfs and lfs.size or f.size
+        if size ~= nil and not byte_count(size) then
+          return nil, ("the hub's file list for %s gives %s a bad size (%s)"):format(repo, f.path,
+            tostring(size):sub(1, 40))
+        end
+        files[#files + 1] = { path = f.path, size = byte_count(size), sha256 = sha }
       end
     end
     local nxt = (res.headers["link"] or ""):match('<([^>]+)>%s*;%s*rel="?next"?')
     if not nxt then return files end
+    -- The next page must come from the endpoint itself: the request carries
+    -- the token, which goes to HF_ENDPOINT only.
+    if nxt:sub(1, #M.endpoint() + 1) ~= M.endpoint() .. "/" then
+      return nil, ("the hub's file list for %s sends its next page to another server (%s)"):format(repo,
+        nxt:sub(1, 200))
+    end
     url = nxt
   end
   return nil, "the hub's file list for " .. repo .. " has too many pages"
@@ -314,9 +352,11 @@ local function fetch_file(st, spec, f, revision)
     local etag = head and (head.headers["x-linked-etag"] or head.headers["etag"])
     etag = etag and etag:gsub("^W/", ""):gsub('"', ""):lower()
     if etag and #etag == 64 and etag:match("^%x+$") then f.sha256 = etag end
-    local size = head and tonumber(head.headers["x-linked-size"] or "")
+    local size = head and byte_count(head.headers["x-linked-size"])
     if size and not f.size then f.size = size end
   end
+  -- Without a size nothing would bound what the server writes to the disk.
+  if not f.size then return nil, ("downloading %s: the hub gives no size for it"):format(f.path) end
   local co = running()
   local waiting = true
   local id, serr = submit(function(id)
@@ -356,10 +396,12 @@ local function all(fns, limit)
     active = active - 1
     left = left - 1
     if not ok and not first_err then first_err = err end
-    if left == 0 then
+    -- Every function may have ended without waiting (files already here):
+    -- then co has not yielded yet and goes on by itself.
+    if left == 0 and coroutine.status(co) == "suspended" then
       local rok, rerr = coroutine.resume(co)
       if not rok then io.stderr:write("exo: " .. tostring(rerr) .. "\n") end
-    else
+    elseif left > 0 then
       launch()
     end
   end

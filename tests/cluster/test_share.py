@@ -9,8 +9,8 @@ same with a cluster key. Raw wire peers written from docs/wire.md alone (open
 cluster: plain frames) play the parts a real node cannot: one asks for paths
 outside the store (refused, no bytes), one lies about its bytes (its file is
 rejected, the next holder serves it, and the liar is not asked again), one
-is cut off half way (the partial is kept and the next holder is asked from
-where it ends).
+is cut off half way (the partial is kept and the next holder, or else the
+hub, a local fake of its routes, is asked from where it ends).
 
 Run: build/venv/bin/python tests/cluster/test_share.py   (ctest runs it)
 """
@@ -162,8 +162,8 @@ def holder(data, mode="good", cut_at=0):
     return on_control
 
 
-def start_nodes(specs, *flags):
-    """specs: [(node_id, memory, home)]; each node its own EXO_HOME, EXO_OFFLINE=1."""
+def start_nodes(specs, *flags, env=None):
+    """specs: [(node_id, memory, home)]; each node its own EXO_HOME, EXO_OFFLINE=1 (env adds to it)."""
     ports = [cluster.free_port() for _ in specs]
     peers = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
     cluster.write_peers(peers.name, [(nid, port, mem) for (nid, mem, _), port in zip(specs, ports)])
@@ -171,7 +171,7 @@ def start_nodes(specs, *flags):
     for (nid, _, home), port in zip(specs, ports):
         n = cluster.Node("--node-id", nid, "--discovery-config-path", peers.name, "--node-host", "127.0.0.1",
                          "--node-port", str(port), *flags, allow_paths=False,
-                         env={"EXO_HOME": home, "EXO_OFFLINE": "1"})
+                         env=dict({"EXO_HOME": home, "EXO_OFFLINE": "1"}, **(env or {})))
         n.node_id, n.wire_port, n.home = nid, port, home
         nodes.append(n)
     cluster.wait_for_topology(nodes, len(nodes))
@@ -283,11 +283,14 @@ class Share(unittest.TestCase):
             n.stop()
             shutil.rmtree(home)
 
-    def with_raw_holders(self, holders, check):
+    def with_raw_holders(self, holders, check, env=None, entry=None):
         """A real node without the model and raw peers [(node_id, on_control)]
         dialing it; check(node, home, peers) runs once it sees them all."""
         home = make_home(False)
-        n = start_nodes([("fetcher", 4000, home)])[0]
+        if entry:
+            with open(os.path.join(home, "models.lua"), "w") as f:
+                f.write(entry)
+        n = start_nodes([("fetcher", 4000, home)], env=env)[0]
         peers = [RawPeer(n.wire_port, nid, on_control) for nid, on_control in holders]
         try:
             wait_peers(n, 1 + len(peers))
@@ -336,6 +339,34 @@ class Share(unittest.TestCase):
             self.assertEqual([g["offset"] for g in good.gets], [cut_at])
             self.assertEqual(ev["source"], "peer b-good")
         self.with_raw_holders([("a-cut", holder(self.data, "cut", cut_at)), ("b-good", holder(self.data))], check)
+
+    def test_cut_peer_then_hub(self):
+        # The only holder vanishes half way: the hub (a local fake of its routes) gets
+        # the rest, resuming the partial the peer left with a Range request.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hub"))
+        from fake_hub import FakeHub
+        hub = FakeHub().start()
+        hub.add_repo("test-org/Tiny-GGUF", {"tiny-chat.gguf": self.data})
+        cut_at = 1 << 20
+        hf_home = tempfile.mkdtemp()  # no token file
+        entry = 'return { tiny = { repo = "test-org/Tiny-GGUF", quants = { Q4_K_M = "tiny-chat.gguf" } } }\n'
+
+        def check(n, home, peers):
+            ev = pull(n)
+            self.assertEqual(ev["status"], "complete", ev)
+            self.assertEqual(ev["source"], "hub")
+            self.assertEqual(sha256(model_file(home)), self.digest)
+            self.assertEqual(len(peers[0].gets), 1)
+            gets = [r for r in hub.requests("/cdn/") if r["path"].endswith("/tiny-chat.gguf")]
+            self.assertEqual([g["range"] for g in gets], ["bytes=%d-" % cut_at])
+        try:
+            self.with_raw_holders([("cut", holder(self.data, "cut", cut_at))], check, entry=entry,
+                                  env={"EXO_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_HOME": hf_home,
+                                       "HF_TOKEN": ""})
+        finally:
+            hub.stop()
+            shutil.rmtree(hf_home)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
