@@ -74,6 +74,7 @@
  * one may hold (the receiver grants a window; the sender never has more in
  * flight, so a healthy transfer never meets the slowest-reader cut). */
 #define WIRE_MAX_SHARES 64
+#define WIRE_MAX_SHARES_SERVED_PER_PEER 8 /* one peer cannot take every slot */
 #define WIRE_MAX_SHARE_CREDIT ((int64_t)16 << 20)
 /* Connections that have not said hello yet, at most (each may be sending a
  * hello of up to 4 KiB; nothing bigger is buffered before it). */
@@ -855,6 +856,11 @@ static int share_new(exo_wire *w, int conn, uint64_t id, int sending, wire_share
         return exo__error_set(EXO_EAGAIN, "too many file transfers at once (%d)", WIRE_MAX_SHARES);
     if (find_share(w, sending ? conn : -1, id, sending))
         return exo__error_set(EXO_ESTATE, "transfer %llu is already open", (unsigned long long)id);
+    int served = 0;
+    for (wire_share *k = w->shares; k; k = k->next) served += k->sending && k->conn == conn;
+    if (sending && served >= WIRE_MAX_SHARES_SERVED_PER_PEER)
+        return exo__error_set(EXO_EAGAIN, "this peer already has %d files coming from this node",
+                             WIRE_MAX_SHARES_SERVED_PER_PEER);
     wire_share *s = calloc(1, sizeof *s);
     if (!s) return exo__error_set(EXO_ENOMEM, "out of memory for a transfer");
     s->id = id;

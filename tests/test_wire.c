@@ -775,6 +775,14 @@ static void test_share(void)
     CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PONG, 1));
     CHECK(count(&sb, EXO_WIRE_EV_CLOSED) == 0 && count(&sb, EXO_WIRE_EV_SHARE_END) == 4);
 
+    /* One peer may hold only so many of this node's transfers. */
+    for (int i = 0; i < 8; i++) CHECK(exo_wire_share_send(a, conn_ab, 200 + i, path[0], 0, SIZE, 0) == 0);
+    CHECK(exo_wire_share_send(a, conn_ab, 300, path[0], 0, SIZE, 0) == EXO_EAGAIN);
+    CHECK(exo_wire_share_send(a, conn_ab, 200, path[0], 0, SIZE, 0) == EXO_ESTATE); /* its id is taken */
+    for (int i = 0; i < 8; i++) CHECK(exo_wire_share_cancel(a, conn_ab, 200 + i) == 0);
+    CHECK(exo_wire_share_send(a, conn_ab, 300, path[0], 0, SIZE, 0) == 0);
+    CHECK(exo_wire_share_cancel(a, conn_ab, 300) == 0);
+
     /* A receiver whose peer goes away hears it, and keeps its partial. */
     unlink(path[3]);
     CHECK(exo_wire_share_receive(b, conn_ba, 5, path[3], SIZE, hex, &off) == 0);
