@@ -175,6 +175,25 @@ function M.is_first_part(file)
   return part == nil or tonumber(part) == 1
 end
 
+-- Every part of the split GGUF that path is a part of (by gguf-split's names,
+-- PREFIX-00001-of-0000N.gguf ...), in order; {path} for any other file.
+function M.split_parts(path)
+  local stem, total = path:match("^(.-)%-%d%d%d%d%d+%-of%-(%d%d%d%d%d+)%.gguf$")
+  local n = tonumber(total)
+  if not stem or n < 1 or n > 1000 then return { path } end
+  local parts = {}
+  for i = 1, n do parts[i] = ("%s-%05d-of-%s.gguf"):format(stem, i, total) end
+  return parts
+end
+
+-- Whether every part of the (possibly split) GGUF at path is there.
+local function all_parts(path)
+  for _, p in ipairs(M.split_parts(path)) do
+    if not is_file(p) then return false end
+  end
+  return true
+end
+
 -- Whether a hub file name carries quant (Q4_K_M matches "-Q4_K_M." and "q4_k_m").
 function M.matches_quant(file, quant)
   local base = file:match("([^/]+)$"):lower()
@@ -204,11 +223,12 @@ end
 -- The file of spec in the store (relative to spec.dir), or nil: a hub id
 -- without a file takes the downloaded GGUF that matches its quant.
 function M.local_file(spec)
-  if spec.file then return is_file(spec.dir .. "/" .. spec.file) and spec.file or nil end
+  if spec.file then return all_parts(spec.dir .. "/" .. spec.file) and spec.file or nil end
   local files = local_ggufs(spec.dir)
   local firsts = {}
   for _, f in ipairs(files) do
-    if M.is_first_part(f) then firsts[#firsts + 1] = f end
+    -- a split GGUF with parts still missing is not in the store yet
+    if M.is_first_part(f) and all_parts(spec.dir .. "/" .. f) then firsts[#firsts + 1] = f end
   end
   for _, f in ipairs(firsts) do
     if M.matches_quant(f, spec.quant) then return f end

@@ -107,6 +107,17 @@ function M.missing(name)
   return models.local_file(spec) == nil
 end
 
+-- Bytes of the model file at path (every part of a split GGUF), or nil.
+local function local_size(path)
+  local size = 0
+  for _, p in ipairs(models.split_parts(path)) do
+    local st = uv.fs_stat(p)
+    if not st then return nil end
+    size = size + st.size
+  end
+  return size
+end
+
 -- Every catalogue entry with what this node has of it.
 function M.rows()
   local ids = {}
@@ -116,7 +127,7 @@ function M.rows()
   for _, id in ipairs(ids) do
     local e = models.registry[id]
     local path = models.resolve(id, true)
-    local st = uv.fs_stat(path or "")
+    local size = path and local_size(path)
     rows[#rows + 1] = {
       id = id, repo = e.repo or json.null, file = e.file, quant = e.default_quant or json.null,
       quants = e.quants and (function()
@@ -126,7 +137,7 @@ function M.rows()
         return q
       end)() or json.empty_array,
       arch = e.arch or json.null, n_layers = e.n_layers or json.null, n_ctx = e.n_ctx or json.null,
-      size = st and st.size or e.size or json.null, size_approximate = not st,
+      size = size or e.size or json.null, size_approximate = not size,
       downloaded = path ~= nil, path = path or json.null, can_run = e.can_run ~= false,
       description = e.description or json.null,
     }
@@ -180,12 +191,13 @@ M.show = model_command("show", "MODEL", function(name)
   local type_list = {}
   for k, v in pairs(types) do type_list[#type_list + 1] = ("%s x%d"):format(k, v) end
   table.sort(type_list)
-  local st = uv.fs_stat(path)
+  local parts, size = models.split_parts(path), local_size(path)
   local template = f:get("tokenizer.chat_template")
   local function line(k, v) print(("  %-16s %s"):format(k, tostring(v))) end
   print(name)
   line("file", path)
-  line("size", st and ("%s (%d bytes)"):format(human(st.size), st.size) or "?")
+  line("size", size and ("%s (%d bytes)"):format(human(size), size) or "?")
+  if #parts > 1 then line("parts", ("%d (split GGUF)"):format(#parts)) end
   line("name", f:get("general.name") or "?")
   line("architecture", arch or "?")
   line("layers", meta("block_count") or "?")

@@ -5,7 +5,8 @@
 -- tests/test_gguf_split.c). Loaded from part 1 or from any other part, whole
 -- or as two layer shards in a chain, the model must give the unsplit file's
 -- logits to the bit; the metadata view (exo show's) must list every tensor;
--- a missing part must be a clear error naming it, not a crash.
+-- a missing part must be a clear error naming it, not a crash; the store
+-- (models.lua) counts a split model as there only when every part is.
 local native = require "exo.native"
 local tiny = assert(os.getenv("EXO_TINY_MODEL"), "EXO_TINY_MODEL is not set (ctest sets it)")
 local build = tiny:match("^(.*)/[^/]*$")
@@ -98,6 +99,27 @@ check(shard == nil and tostring(err):find("part 2 of 3", 1, true) and err:find("
 local f, ferr = native.open_file(prefix .. "-00003-of-00003.gguf")
 check(f == nil and tostring(ferr):find("missing", 1, true), "missing part (metadata view): %s", tostring(ferr))
 print("missing part: " .. tostring(err))
+
+-- The store: a split model is there only when every part is.
+local models = require "exo.models"
+local parts = models.split_parts("/s/M-Q4_K_M-00002-of-00003.gguf")
+check(#parts == 3 and parts[1] == "/s/M-Q4_K_M-00001-of-00003.gguf" and parts[3] == "/s/M-Q4_K_M-00003-of-00003.gguf",
+  "split_parts: %s", table.concat(parts, " "))
+check(#models.split_parts("/s/M.gguf") == 1, "split_parts of a single file")
+local store = work .. "/store"
+os.execute("mkdir -p '" .. store .. "'")
+local function touch(i)
+  local f = io.open(("%s/M-Q4_K_M-%05d-of-00003.gguf"):format(store, i), "wb")
+  f:write("x") -- models.lua takes an empty file for none
+  f:close()
+end
+touch(1)
+touch(3)
+local spec = { dir = store, quant = "Q4_K_M" }
+check(models.local_file(spec) == nil, "a split model missing part 2 counts as downloaded")
+touch(2)
+check(models.local_file(spec) == "M-Q4_K_M-00001-of-00003.gguf", "the store's split model: %s",
+  tostring(models.local_file(spec)))
 
 os.execute("rm -rf '" .. work .. "'")
 if failures > 0 then
