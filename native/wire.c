@@ -135,9 +135,14 @@ typedef struct wire_share {
     int64_t size;
     int64_t offset;       /* sending: the next byte to send; receiving: bytes on disk */
     int64_t credit;       /* sending: bytes the receiver still lets us send */
-    EVP_MD_CTX *md;       /* receiving: the SHA-256 of the bytes on disk so far */
+    EVP_MD_CTX *md;       /* receiving from offset 0: the SHA-256 of the bytes on disk so far */
+    int resumed;          /* receiving: a partial from before; the whole file is hashed at the end */
     char sha256[65];
-    char *dest;           /* receiving: the final path (the partial is dest + ".partial") */
+    char *dest;           /* receiving: the final path */
+    char *partial;        /* receiving: dest + ".partial" */
+    uv_work_t verify;     /* a resumed file's hash, on the thread pool */
+    exo_wire *w_owner;
+    char got[65];
     struct wire_share *next;
 } wire_share;
 
@@ -847,6 +852,7 @@ static void share_free(exo_wire *w, wire_share *s)
     if (s->fd >= 0) close(s->fd);
     if (s->md) EVP_MD_CTX_free(s->md);
     free(s->dest);
+    free(s->partial);
     free(s);
 }
 
@@ -864,6 +870,7 @@ static int share_new(exo_wire *w, int conn, uint64_t id, int sending, wire_share
     wire_share *s = calloc(1, sizeof *s);
     if (!s) return exo__error_set(EXO_ENOMEM, "out of memory for a transfer");
     s->id = id;
+    s->w_owner = w;
     s->conn = conn;
     s->sending = sending;
     s->fd = -1;
@@ -1001,34 +1008,33 @@ int exo_wire_share_receive(exo_wire *w, int conn, uint64_t transfer_id, const ch
         return exo__error_set(EXO_ENOMEM, "out of memory for a transfer");
     }
     memcpy(s->dest, dest, dl + 1);
-    char *partial = malloc(dl + sizeof ".partial");
-    if (!partial) {
+    s->partial = malloc(dl + sizeof ".partial");
+    if (!s->partial) {
         share_free(w, s);
         return exo__error_set(EXO_ENOMEM, "out of memory for a transfer");
     }
-    snprintf(partial, dl + sizeof ".partial", "%s.partial", dest);
-    s->fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    snprintf(s->partial, dl + sizeof ".partial", "%s.partial", dest);
+    s->fd = open(s->partial, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     int err = errno;
-    free(partial);
     struct stat st;
     if (s->fd < 0 || fstat(s->fd, &st) != 0) {
         share_free(w, s);
         return exo__error_set(EXO_EIO, "cannot open %s.partial: %s", dest, strerror(err));
     }
-    /* A partial from an earlier try continues where it ends; its bytes are
-     * hashed now, as the hub download does, so the check covers them too. A
-     * partial as long as the file (or longer) starts over: it failed its
-     * check or is not this file. */
+    /* A partial from an earlier try continues where it ends; the whole file
+     * is hashed once it is complete, on the thread pool (its bytes are not
+     * read on the loop thread). A partial as long as the file (or longer)
+     * starts over: it failed its check or is not this file. */
     int64_t have = st.st_size;
-    if (have >= size || digest_fd(s->md, s->fd, have) != 0) {
+    if (have >= size) {
         if (ftruncate(s->fd, 0) != 0) {
             err = errno;
             share_free(w, s);
             return exo__error_set(EXO_EIO, "cannot reset %s.partial: %s", dest, strerror(err));
         }
-        EVP_DigestInit_ex(s->md, EVP_sha256(), NULL);
         have = 0;
     }
+    s->resumed = have > 0;
     s->size = size;
     s->offset = have;
     memcpy(s->sha256, sha256_hex, 65);
@@ -1111,6 +1117,44 @@ int exo_wire_share_cancel(exo_wire *w, int conn, uint64_t transfer_id)
     return EXO_OK;
 }
 
+/* All bytes of a receiving transfer are on disk and s->got holds their
+ * SHA-256: rename into place, or reject. Ends (frees) s. */
+static void share_verified(exo_wire *w, wire_share *s)
+{
+    char why[300];
+    if (strcmp(s->got, s->sha256) != 0) {
+        unlink(s->partial); /* nothing of it can be trusted */
+        snprintf(why, sizeof why, "hash mismatch: sha256 %.16s..., the peer promised %.16s... (the file was deleted)",
+                 s->got[0] ? s->got : "(unreadable)", s->sha256);
+        share_end(w, s, EXO_EFORMAT, why);
+        return;
+    }
+    if (fsync(s->fd) != 0 || rename(s->partial, s->dest) != 0) {
+        snprintf(why, sizeof why, "cannot move %s into place: %s", s->dest, strerror(errno));
+        share_end(w, s, EXO_EIO, why);
+        return;
+    }
+    share_end(w, s, EXO_OK, NULL);
+}
+
+static void verify_work(uv_work_t *req)
+{
+    wire_share *s = req->data;
+    if (exo_wire_file_sha256(s->partial, s->got)) s->got[0] = 0;
+}
+
+static void verify_done(uv_work_t *req, int status)
+{
+    wire_share *s = req->data;
+    exo_wire *w = NULL;
+    (void)status;
+    /* s is off the list; share_end's unlink finds nothing and frees it. */
+    w = s->w_owner;
+    if (!w->freeing) share_verified(w, s);
+    else share_free(w, s);
+    if (--w->open_handles == 0 && w->freeing) free(w);
+}
+
 /* A CHUNK from a peer. A chunk for no transfer of ours (one we cancelled,
  * or never asked for) is dropped; one out of place, past the announced size
  * or from another connection ends that transfer: the file is not what was
@@ -1145,29 +1189,36 @@ static void deliver_chunk(wire_conn *from, const uint8_t *payload, size_t len)
         }
         done += (size_t)r;
     }
-    EVP_DigestUpdate(s->md, data, n);
+    if (!s->resumed) EVP_DigestUpdate(s->md, data, n);
     s->offset += (int64_t)n;
     push_event(w, EXO_WIRE_EV_SHARE, from->id, id, s->offset, NULL, 0, NULL);
     if (s->offset < s->size) return;
-    unsigned char d[EVP_MAX_MD_SIZE];
-    unsigned int dn = 0;
-    char got[65] = "";
-    if (EVP_DigestFinal_ex(s->md, d, &dn) == 1 && dn == 32) to_hex(d, got);
-    char partial[4200];
-    snprintf(partial, sizeof partial, "%s.partial", s->dest);
-    if (strcmp(got, s->sha256) != 0) {
-        unlink(partial); /* nothing of it can be trusted */
-        snprintf(why, sizeof why, "hash mismatch: sha256 %.16s..., the peer promised %.16s... (the file was deleted)",
-                 got, s->sha256);
-        share_end(w, s, EXO_EFORMAT, why);
+    if (!s->resumed) {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned int dn = 0;
+        if (EVP_DigestFinal_ex(s->md, d, &dn) == 1 && dn == 32) to_hex(d, s->got);
+        share_verified(w, s);
         return;
     }
-    if (fsync(s->fd) != 0 || rename(partial, s->dest) != 0) {
-        snprintf(why, sizeof why, "cannot move %s into place: %s", s->dest, strerror(errno));
+    /* The verify job owns s from now on: off the list, so a closing
+     * connection, a cancel or exo_wire_free leave it to verify_done. */
+    for (wire_share **p = &w->shares; *p; p = &(*p)->next)
+        if (*p == s) {
+            *p = s->next;
+            w->n_shares--;
+            break;
+        }
+    s->verify.data = s;
+    int rc = uv_queue_work(w->loop, &s->verify, verify_work, verify_done);
+    if (rc) {
+        s->next = w->shares; /* back on the list, to be ended as usual */
+        w->shares = s;
+        w->n_shares++;
+        snprintf(why, sizeof why, "cannot hash the file: %s (the partial file is kept)", uv_strerror(rc));
         share_end(w, s, EXO_EIO, why);
         return;
     }
-    share_end(w, s, EXO_OK, NULL);
+    w->open_handles++;
 }
 
 /* ---- hidden-state encodings ------------------------------------------------ */

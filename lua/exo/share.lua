@@ -180,6 +180,7 @@ local function on_progress(id, _, bytes)
   local t = transfers[id]
   if not t then return end
   t.last_ms = uv.now()
+  t.verifying = bytes >= t.size -- a resumed file is hashed whole now: no stall while that runs
   if t.on_progress then t.on_progress(bytes) end
   -- Grant more once half the window is used: the holder keeps streaming.
   if t.granted - bytes < M.WINDOW / 2 then
@@ -232,7 +233,7 @@ local function transfer(peer, f, dest, on_bytes)
   local offset, err = cluster.wire:share_receive(conn, id, dest, f.size, f.sha256)
   if not offset then return nil, err, "local" end
   local t = { co = coroutine.running(), peer = peer, conn = conn, granted = offset + M.WINDOW, last_ms = uv.now(),
-    on_progress = on_bytes }
+    on_progress = on_bytes, size = f.size }
   transfers[id] = t
   if on_bytes then on_bytes(offset) end
   local sent = cluster:send(peer, 0, { t = "share_get", id = id, path = f.path, offset = offset, size = f.size,
@@ -244,7 +245,7 @@ local function transfer(peer, f, dest, on_bytes)
   end
   local watchdog = uv.new_timer()
   watchdog:start(1000, 1000, function()
-    if transfers[id] and uv.now() - t.last_ms > M.STALL_MS then
+    if transfers[id] and not t.verifying and uv.now() - t.last_ms > M.STALL_MS then
       cluster.wire:share_cancel(conn, id)
       transfer_done(id, false, ("no bytes from %s for %d s (the partial file is kept)"):format(peer,
         M.STALL_MS / 1000), "lost")
