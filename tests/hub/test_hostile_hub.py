@@ -5,7 +5,8 @@ the token to HF_ENDPOINT only. Here a real `exo pull org/repo` meets a local ser
 broken or malicious hub over a real socket: a listing whose paths leave the model's folder, one
 whose next page lies on another server (which must never see the token), sizes that are
 negative, missing or lies, a listing of endless pages of files, redirect loops and redirects to
-file:// and ftp://, a Content-Length far past the body. Each must end in one clear error (exit
+file:// and ftp://, a Content-Length far past the body, and a redirect to another port of the
+same address (which must not get the token either). Each must end in one clear error (exit
 status 1, the reason in words), with nothing written outside the store and nothing renamed into
 it. The download API gets odd ids (paths, hub ids, non-strings, deep JSON) and refuses them all
 without touching the hub, and keeps answering.
@@ -236,6 +237,20 @@ class HostileHubTest(unittest.TestCase):
                         trap.accept()
         finally:
             trap.close()
+
+    def test_token_stays_with_the_endpoint_port(self):
+        # A redirect to the same address on another port is another server: it gets no token.
+        cdn = Hostile()
+        try:
+            self.hub.tree = listing(entry("Evil-Q4_K_M.gguf"))
+            self.hub.resolve = lambda h, path: h.answer(302, b"", [("Location", cdn.url + "/cdn/Evil-Q4_K_M.gguf")])
+            rc, err = self.pull()
+            self.assertEqual(rc, 0, err)
+            self.assertEqual([r["authorization"] for r in cdn.seen()], [None])
+            self.assertTrue(all(r["authorization"] == "Bearer " + TOKEN for r in self.hub.seen()))
+        finally:
+            cdn.shutdown()
+            cdn.server_close()
 
     def assert_nothing_stored_but_partials(self):
         self.assertEqual([f for f in self.files_under_tmp() if f.endswith(".gguf")], [])
