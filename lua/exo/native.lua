@@ -1160,6 +1160,8 @@ M.WIRE_EVENTS = { [C.EXO_WIRE_EV_PEER] = "peer", [C.EXO_WIRE_EV_CLOSED] = "close
   [C.EXO_WIRE_EV_CONTROL] = "control", [C.EXO_WIRE_EV_OUTPUT] = "output", [C.EXO_WIRE_EV_FAILED] = "failed",
   [C.EXO_WIRE_EV_PONG] = "pong", [C.EXO_WIRE_EV_SHARE] = "share", [C.EXO_WIRE_EV_SHARE_END] = "share_end",
   [C.EXO_WIRE_EV_HASHED] = "hashed" }
+-- A "share_end" event's value when the bytes were not the promised file's.
+M.WIRE_SHARE_REJECTED = C.EXO_EFORMAT
 M.WIRE_DTYPES = { f32 = C.EXO_DTYPE_F32, f16 = C.EXO_DTYPE_F16, q8_0 = C.EXO_DTYPE_Q8_0 }
 -- A request's logits come back to its asker as this request id plus this.
 M.WIRE_REPLY_OFFSET = 2 ^ C.EXO_WIRE_REPLY_SHIFT

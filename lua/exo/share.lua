@@ -190,9 +190,11 @@ local function on_progress(id, _, bytes)
   end
 end
 
+-- EFORMAT: the bytes were not the promised file's (a wrong hash, bytes out of
+-- place); anything else (the connection, our disk) says nothing of the peer.
 local function on_end(id, why, status)
-  transfer_done(id, status == 0, why ~= "" and why or nil, status == 0 and "ok" or
-    (why:find("hash mismatch", 1, true) or why:find("offset", 1, true)) and "lied" or "lost")
+  transfer_done(id, status == 0, why ~= "" and why or nil,
+    status == 0 and "ok" or status == native.WIRE_SHARE_REJECTED and "lied" or "lost")
 end
 
 -- Who holds name: { peer = files } for the peers that answered with files.
