@@ -12,6 +12,7 @@ differs refuses a plan with a plan id error and the asker retries.
 Run: build/venv/bin/python tests/cluster/test_failover.py   (ctest runs it)
 """
 
+import concurrent.futures
 import http.client
 import json
 import os
@@ -184,6 +185,23 @@ class Failover(unittest.TestCase):
         cluster.wait_for_topology([a, victim], 3, timeout=30)
         answer(a, max_tokens=20)
         wait_until(lambda: len(self.plan(a)) == 3, what="the plan to take b back")
+
+    def test_concurrent_streams_from_two_askers_all_survive(self):
+        self.start_three()
+        a, victim, reference = self.asker_and_middle()
+        askers = [n for n in self.nodes.values() if n is not victim]
+        streams = [Stream(n) for n in askers for _ in range(2)]
+        for st in streams:
+            st.read(4)
+        victim.proc.send_signal(signal.SIGKILL)
+        with concurrent.futures.ThreadPoolExecutor(len(streams)) as pool:
+            texts = list(pool.map(lambda st: st.read(), streams))
+        for st, text in zip(streams, texts):
+            st.close()
+            self.assertEqual(st.errors, [])
+            self.assertEqual(text, reference)
+        replans = [x["ring"]["replans"] for n in askers for x in topology(n)["nodes"] if x["id"] == n.node_id]
+        self.assertGreaterEqual(sum(replans), 2, replans)
 
     def test_views_that_differ_are_retried_until_they_agree(self):
         # a drops a silent b after 2 s, c only after 8: a's new plan (without b) is refused by c,
