@@ -711,8 +711,11 @@ int exo__gguf_open_memory(const void *data, size_t size, exo_gguf **out)
     return open_common(g, "<memory>", out);
 }
 
-/* Maps and validates one file (one part of a split model, or a whole one). */
-static int open_file(const char *path, exo_gguf **out)
+/* Maps and validates one file (one part of a split model, or a whole one).
+ * header_only: only the header will be read now (parts 2..N of a split model,
+ * whose tensors a shard may never touch), so the kernel is asked not to read
+ * ahead of the pages the parse faults in (8 MB per part here otherwise). */
+static int open_file(const char *path, bool header_only, exo_gguf **out)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return exo__error_set(EXO_EIO, "%s: cannot open: %s", path, strerror(errno));
@@ -751,7 +754,10 @@ static int open_file(const char *path, exo_gguf **out)
     g->size = size;
     g->n_parts = 1;
     g->total_size = size;
-    return open_common(g, path, out);
+    if (header_only) (void)posix_madvise(map, size, POSIX_MADV_RANDOM); /* a hint: failure changes nothing */
+    int rc = open_common(g, path, out);
+    if (header_only && rc == 0) (void)posix_madvise(map, size, POSIX_MADV_NORMAL); /* a shard's reads stream again */
+    return rc;
 }
 
 /* ---------------------------------------------------------------- split models
@@ -837,7 +843,7 @@ static int open_part(exo_gguf *g, const char *path, const struct split_info *si,
     if (access(pp, F_OK) != 0)
         rc = exo__error_set(EXO_EIO, "%s: part %lld of %lld of this split model is missing: %s (download every part)",
                             path, (long long)no + 1, (long long)si->count, pp);
-    else if ((rc = open_file(pp, &p)))
+    else if ((rc = open_file(pp, true, &p)))
         rc = with_context(rc, path);
     if (p) g->parts[g->n_parts++ - 1] = p; /* g owns it from here */
     if (rc || (rc = read_split_info(p, pp, &ps)))
@@ -917,7 +923,7 @@ int exo__gguf_open(const char *path, exo_gguf **out)
     *out = NULL;
     if (!path) return exo__error_set(EXO_EINVAL, "exo__gguf_open: path is NULL");
     exo_gguf *g;
-    int rc = open_file(path, &g);
+    int rc = open_file(path, false, &g);
     if (rc) return rc;
     struct split_info si;
     if ((rc = read_split_info(g, path, &si))) goto fail;
@@ -935,7 +941,7 @@ int exo__gguf_open(const char *path, exo_gguf **out)
         if (access(first, F_OK) != 0) {
             rc = exo__error_set(EXO_EIO, "%s: part 1 of %lld of this split model is missing: %s (download every part)",
                                 path, (long long)count, first);
-        } else if ((rc = open_file(first, &g)) == 0 && (rc = read_split_info(g, first, &si)) == 0 &&
+        } else if ((rc = open_file(first, false, &g)) == 0 && (rc = read_split_info(g, first, &si)) == 0 &&
                    (si.no != 0 || si.count != count)) {
             rc = exo__error_set(EXO_EFORMAT, "%s: split.no %lld and split.count %lld, but by its name it is part 1 of %lld",
                                 first, (long long)si.no, (long long)si.count, (long long)count);
