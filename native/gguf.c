@@ -832,32 +832,42 @@ static int part_path(const char *path, int64_t is, int64_t count, int64_t no, ch
     return 0;
 }
 
-/* Opens, checks and keeps part no of the model whose part 1 is g at path. */
+/* Whether part p (at pp, part no by its name) belongs with part 1 (at path). */
+static int check_part(const exo_gguf *p, const char *pp, const char *path, const struct split_info *si, int64_t no)
+{
+    struct split_info ps;
+    int rc = read_split_info(p, pp, &ps);
+    if (rc) return rc;
+    if (ps.count != si->count)
+        return exo__error_set(EXO_EFORMAT, "%s: split.count is %lld, but part 1 (%s) says %lld: parts of different models?",
+                              pp, (long long)ps.count, path, (long long)si->count);
+    if (ps.no != no)
+        return exo__error_set(EXO_EFORMAT, "%s: split.no is %lld, expected %lld (part %lld by its name)", pp,
+                              (long long)ps.no, (long long)no, (long long)no + 1);
+    if (ps.tensors != si->tensors)
+        return exo__error_set(EXO_EFORMAT,
+                              "%s: split.tensors.count is %lld, but part 1 (%s) says %lld: parts of different models?",
+                              pp, (long long)ps.tensors, path, (long long)si->tensors);
+    return 0;
+}
+
+/* Opens, checks and keeps (in g->parts) part no of the model whose part 1 is
+ * g, at path. */
 static int open_part(exo_gguf *g, const char *path, const struct split_info *si, int64_t no)
 {
     char *pp;
     int rc = part_path(path, 0, si->count, no, &pp);
     if (rc) return rc;
-    exo_gguf *p = NULL;
-    struct split_info ps;
-    if (access(pp, F_OK) != 0)
+    exo_gguf *p;
+    if (access(pp, F_OK) != 0) {
         rc = exo__error_set(EXO_EIO, "%s: part %lld of %lld of this split model is missing: %s (download every part)",
                             path, (long long)no + 1, (long long)si->count, pp);
-    else if ((rc = open_file(pp, true, &p)))
+    } else if ((rc = open_file(pp, true, &p))) {
         rc = with_context(rc, path);
-    if (p) g->parts[g->n_parts++ - 1] = p; /* g owns it from here */
-    if (rc || (rc = read_split_info(p, pp, &ps)))
-        ;
-    else if (ps.count != si->count)
-        rc = exo__error_set(EXO_EFORMAT, "%s: split.count is %lld, but part 1 (%s) says %lld: parts of different models?",
-                            pp, (long long)ps.count, path, (long long)si->count);
-    else if (ps.no != no)
-        rc = exo__error_set(EXO_EFORMAT, "%s: split.no is %lld, expected %lld (part %lld by its name)", pp,
-                            (long long)ps.no, (long long)no, (long long)no + 1);
-    else if (ps.tensors != si->tensors)
-        rc = exo__error_set(EXO_EFORMAT,
-                            "%s: split.tensors.count is %lld, but part 1 (%s) says %lld: parts of different models?",
-                            pp, (long long)ps.tensors, path, (long long)si->tensors);
+    } else {
+        g->parts[g->n_parts++ - 1] = p; /* g owns it from here */
+        rc = check_part(p, pp, path, si, no);
+    }
     free(pp);
     return rc;
 }

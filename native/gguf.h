@@ -30,7 +30,7 @@ typedef struct exo_gguf_tensor {
     int dtype;              /* enum exo_dtype */
     int n_dims;
     int64_t ne[EXO_GGUF_MAX_DIMS]; /* elements per dimension, ne[0] innermost; unused dims are 1 */
-    uint64_t offset;        /* from the start of the data section */
+    uint64_t offset;        /* from the start of the data section (of its own part, in a split model) */
     size_t size;            /* bytes */
     const void *data;       /* into the mapping */
 } exo_gguf_tensor;
