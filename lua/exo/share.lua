@@ -20,7 +20,8 @@ local models = require "exo.models"
 local M = {}
 
 M.WINDOW = 8 * 1048576  -- bytes a holder may have in flight to us
-M.ASK_TIMEOUT_MS = 3000 -- how long holders have to answer share_ask
+M.ASK_TIMEOUT_MS = 3000 -- how long peers have to answer share_ask (or say share_wait)
+M.HASH_TIMEOUT_MS = 600000 -- how long a peer that said share_wait may take (hashing gigabytes)
 M.STALL_MS = 20000      -- a transfer with no byte for this long is given up (next source)
 
 local cluster       -- the cluster this node serves in (M.attach)
@@ -113,6 +114,9 @@ end
 
 local function on_ask(from, _, msg)
   if type(msg.id) ~= "number" then return end
+  -- The answer may wait on hashing a large file for the first time: say so,
+  -- so the asker waits for it rather than giving up after a few seconds.
+  cluster:send(from, 0, { t = "share_wait", id = msg.id })
   coroutine.wrap(function()
     local files = M.local_files(msg.name)
     local name = type(msg.name) == "string" and #msg.name <= 256 and msg.name or nil
@@ -150,15 +154,28 @@ local function resume(co, ...)
   if not ok then io.stderr:write("exo: share: " .. tostring(err) .. "\n") end
 end
 
+-- Whether a peer that said share_wait has not answered yet.
+local function waiter_pending(a)
+  for peer in pairs(a.waits) do
+    if a.answers[peer] == nil and cluster.peers[peer] then return true end
+  end
+  return false
+end
+
 local function on_have(from, _, msg)
   local a = asks[msg.id]
   if not a or a.answers[from] ~= nil then return end
   a.answers[from] = type(msg.files) == "table" and msg.files or false
   a.left = a.left - 1
-  if a.left == 0 and a.waiting then
+  if a.waiting and (a.left == 0 or (a.long and not waiter_pending(a))) then
     a.waiting = false
     resume(a.co)
   end
+end
+
+local function on_wait(from, _, msg)
+  local a = asks[msg.id]
+  if a then a.waits[from] = true end
 end
 
 local function transfer_done(id, ok, why, code)
@@ -199,7 +216,7 @@ end
 
 -- Who holds name: { peer = files } for the peers that answered with files.
 local function ask_peers(name)
-  local a = { co = coroutine.running(), answers = {}, left = 0 }
+  local a = { co = coroutine.running(), answers = {}, waits = {}, left = 0 }
   local id = new_id()
   for peer in pairs(cluster.peers) do
     if cluster:send(peer, 0, { t = "share_ask", id = id, name = name }) then a.left = a.left + 1 end
@@ -207,12 +224,19 @@ local function ask_peers(name)
   if a.left == 0 then return {} end
   asks[id] = a
   local timer = uv.new_timer()
-  timer:start(M.ASK_TIMEOUT_MS, 0, function()
-    if a.waiting then
-      a.waiting = false
-      resume(a.co)
+  local function expire()
+    if not a.waiting then return end
+    -- Peers that said share_wait get longer; those that said nothing (a
+    -- node without this feature) are not waited for.
+    if not a.long and waiter_pending(a) then
+      a.long = true
+      timer:start(M.HASH_TIMEOUT_MS, 0, expire)
+      return
     end
-  end)
+    a.waiting = false
+    resume(a.co)
+  end
+  timer:start(M.ASK_TIMEOUT_MS, 0, expire)
   a.waiting = true
   coroutine.yield()
   timer:stop()
@@ -352,12 +376,22 @@ function M.attach(c)
   cluster = c
   c:on("share_ask", on_ask)
   c:on("share_have", on_have)
+  c:on("share_wait", on_wait)
   c:on("share_get", on_get)
   c:on("share_credit", on_credit)
   c:on("share_refused", on_refused)
   c:on("wire_share", on_progress)
   c:on("wire_share_end", on_end)
   c:on("wire_hashed", on_hashed)
+  -- A peer that said share_wait and then left is not waited for.
+  c:on_lost(function()
+    for _, a in pairs(asks) do
+      if a.waiting and a.long and not waiter_pending(a) then
+        a.waiting = false
+        resume(a.co)
+      end
+    end
+  end)
 end
 
 return M

@@ -139,16 +139,22 @@ class RawPeer:
         self.sock.close()
 
 
-def holder(data, mode="good", cut_at=0):
+def holder(data, mode="good", cut_at=0, answer_after=0):
     """on_control for a peer that claims to hold the tiny model's bytes data:
     good serves them, liar sends other bytes, cut sends cut_at of them and
-    hangs up."""
+    hangs up; answer_after (s): share_wait at once, the files only then (a
+    large file being hashed)."""
     digest = hashlib.sha256(data).hexdigest()
 
     def on_control(peer, msg):
         if msg.get("t") == "share_ask":
-            peer.control({"t": "share_have", "id": msg["id"], "name": msg["name"],
-                          "files": [{"path": "tiny/tiny-chat.gguf", "size": len(data), "sha256": digest}]})
+            have = {"t": "share_have", "id": msg["id"], "name": msg["name"],
+                    "files": [{"path": "tiny/tiny-chat.gguf", "size": len(data), "sha256": digest}]}
+            if answer_after:
+                peer.control({"t": "share_wait", "id": msg["id"]})
+                threading.Timer(answer_after, peer.control, (have,)).start()
+            else:
+                peer.control(have)
         elif msg.get("t") == "share_get":
             tid, at = msg["id"], msg["offset"]
             end = cut_at if mode == "cut" else len(data)
@@ -339,6 +345,15 @@ class Share(unittest.TestCase):
             self.assertEqual([g["offset"] for g in good.gets], [cut_at])
             self.assertEqual(ev["source"], "peer b-good")
         self.with_raw_holders([("a-cut", holder(self.data, "cut", cut_at)), ("b-good", holder(self.data))], check)
+
+    def test_slow_holder_that_said_wait(self):
+        # A holder still hashing past the first 3 s is waited for once it said share_wait.
+        def check(n, home, peers):
+            ev = pull(n)
+            self.assertEqual(ev["status"], "complete", ev)
+            self.assertEqual(sha256(model_file(home)), self.digest)
+            self.assertEqual(len(peers[0].gets), 1)
+        self.with_raw_holders([("slow", holder(self.data, answer_after=4))], check)
 
     def test_cut_peer_then_hub(self):
         # The only holder vanishes half way: the hub (a local fake of its routes) gets
