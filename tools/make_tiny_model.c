@@ -32,12 +32,14 @@
  *        [--embd-type q8_0] [--layers 4] [--seed 1] [--tied 1] [--tokenizer 0]
  *        [--head-dim N] [--window N] [--ctx N] [--shape NAME]
  *        [--tokenizer-from FILE.gguf] */
+#include <errno.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "../kernels/cpu/quants.h"
 #include "../native/gguf.h"
@@ -346,6 +348,25 @@ static int add_layer(exo_gguf_writer *w, const tiny_config *c, int l, int head_d
     return rc;
 }
 
+/* Writes the file beside path and renames it into place: a process that has
+ * the old file mapped (a test's node, while another test rewrites the tiny
+ * models) keeps reading the old bytes instead of dying of SIGBUS on a file
+ * truncated under it. */
+static int write_replacing(exo_gguf_writer *w, const char *path)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+        fprintf(stderr, "exo-make-tiny-model: path too long: %s\n", path);
+        return -1;
+    }
+    int rc = exo__gguf_writer_write_fill(w, tmp, fill_tensor, NULL);
+    if (!rc && rename(tmp, path) != 0) {
+        fprintf(stderr, "exo-make-tiny-model: %s: cannot rename into place: %s\n", path, strerror(errno));
+        remove(tmp);
+        rc = -1;
+    }
+    return rc;
+}
 static int write_model(const tiny_config *c, const char *path)
 {
     exo_gguf_writer *w = exo__gguf_writer_new();
@@ -412,7 +433,7 @@ static int write_model(const tiny_config *c, const char *path)
     rc = add_norm(w, "output_norm.weight", c->n_embd);
     if (!rc && !c->tied)
         rc = add_matrix(w, "output.weight", c->weight_type, c->n_embd, c->n_vocab, 1.0f / sqrtf((float)c->n_embd));
-    if (!rc) rc = exo__gguf_writer_write_fill(w, path, fill_tensor, NULL);
+    if (!rc) rc = write_replacing(w, path);
 done:
     exo__gguf_writer_free(w);
     free(plans);
