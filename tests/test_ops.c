@@ -82,12 +82,14 @@ static void test_rope(exo_backend *be, int style)
 /* T queries at the end of a cache of CTX positions; T >= 32 takes the
  * blocked sgemm path (EXO_GEMM_MIN_TOKENS is set to 32 in main). */
 /* window: a query at p sees keys (p - window, p]; 0 = all. */
-static void test_attention(exo_backend *be, int T, int window)
+/* HKV 1 with one query leaves fewer groups than threads: the backend then
+ * splits the group into runs of heads. */
+static void test_attention(exo_backend *be, int T, int window, int HKV)
 {
-    enum { CTX = 80, H = 6, HKV = 2, HD = 8, TMAX = 64 };
+    enum { CTX = 80, H = 6, HKV_MAX = 2, HD = 8, TMAX = 64 };
     int pos0 = CTX - T;
-    static float q[TMAX * H * HD], k[CTX * HKV * HD], v[CTX * HKV * HD], out[TMAX * H * HD];
-    static uint16_t k16[CTX * HKV * HD], v16[CTX * HKV * HD];
+    static float q[TMAX * H * HD], k[CTX * HKV_MAX * HD], v[CTX * HKV_MAX * HD], out[TMAX * H * HD];
+    static uint16_t k16[CTX * HKV_MAX * HD], v16[CTX * HKV_MAX * HD];
     static double ref[TMAX * H * HD];
     for (int i = 0; i < T * H * HD; i++) q[i] = frand();
     for (int i = 0; i < CTX * HKV * HD; i++) k[i] = frand(), v[i] = frand();
@@ -116,8 +118,8 @@ static void test_attention(exo_backend *be, int T, int window)
     exo_attention_args a = {.q = q, .k_cache = k16, .v_cache = v16, .out = out, .n_tokens = T, .pos0 = pos0,
                             .n_head = H, .n_head_kv = HKV, .head_dim = HD, .scale = scale, .window = window};
     be->attention(be, &a);
-    CHECK_MSG(nmse(out, ref, (size_t)T * H * HD) < 1e-10, "attention of %d queries, window %d: nmse %g", T, window,
-              nmse(out, ref, (size_t)T * H * HD));
+    CHECK_MSG(nmse(out, ref, (size_t)T * H * HD) < 1e-10, "attention of %d queries, window %d, %d KV heads: nmse %g", T,
+              window, HKV, nmse(out, ref, (size_t)T * H * HD));
 }
 
 static double act_ref(int act, double g)
@@ -303,8 +305,9 @@ int main(void)
     test_rope(be, EXO_ROPE_NORM);
     test_rope(be, EXO_ROPE_NEOX);
     for (int window = 0; window <= 7; window += 7) {
-        test_attention(be, 5, window);
-        test_attention(be, 40, window);
+        test_attention(be, 5, window, 2);
+        test_attention(be, 40, window, 2);
+        test_attention(be, 1, window, 1);
     }
     test_glu(be, EXO_FFN_SILU);
     test_glu(be, EXO_FFN_GELU_TANH);
