@@ -10,6 +10,12 @@ same address (which must not get the token either). Each must end in one clear e
 status 1, the reason in words), with nothing written outside the store and nothing renamed into
 it. The download API gets odd ids (paths, hub ids, non-strings, deep JSON) and refuses them all
 without touching the hub, and keeps answering.
+
+The Tailscale API is an outside service too (lua/exo/discovery/tailscale.lua, over the engine's
+own HTTP client): a hostile one answering garbage devices, addresses that are no unicast IPv4
+(999.1.1.1, 0.0.0.0, 255.255.255.255, multicast, leading zeros), odd attribute types, JSON nested
+past the reader's depth, an answer past its size limit or a redirect to file:// leaves the module
+running with its error in stats(), and makes the node dial only sane addresses.
 """
 import hashlib
 import http.server
@@ -72,6 +78,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
     def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if 0 < length < 1048576:
+            self.rfile.read(length)
         with self.server.lock:
             self.server.log.append({"method": self.command, "path": self.path,
                                     "authorization": self.headers.get("Authorization")})
@@ -80,7 +89,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.server.resolve(self, self.path)
 
-    do_GET = do_HEAD = handle_any
+    do_GET = do_HEAD = do_POST = handle_any
 
 
 def entry(path, size=len(BLOB), lfs=True):
@@ -298,6 +307,108 @@ class HostileHubTest(unittest.TestCase):
         finally:
             node.terminate()
             node.wait(timeout=30)
+
+
+# Runs the Tailscale module for `seconds` against the API at argv[1] through the engine's HTTP
+# client and prints what it found and its stats as JSON (tests/cluster/test_tailscale.py's
+# driver does the same against the honest fake).
+TAILSCALE_DRIVER = r"""
+local uv = require "luv"
+local json = require "exo.json"
+local tailscale = require "exo.discovery.tailscale"
+local base, seconds = ...
+local found = {}
+local d = tailscale.new { node_id = "me", wire_port = 4321, api_key = "tskey-hostile", tailnet = "t",
+  api_base = base, device_id = "nSELF", interval = 0.2, timeout = 60, request_timeout = 1,
+  http = assert(tailscale.native_http()), on_change = function(records) found = records end,
+  log = function() end }
+d:start()
+local t = uv.new_timer()
+t:start(tonumber(seconds) * 1000, 0, function() d:stop(); t:close() end)
+uv.run()
+local out = {}
+for id, r in pairs(found) do out[#out + 1] = { id = id, address = r.address, port = r.port } end
+print(json.encode { found = out, stats = d:stats() })
+"""
+
+EXO_ATTRS = {"custom:exo_node_id": "peer", "custom:exo_port": 5000}
+
+
+def device(node_id, addresses, **extra):
+    d = {"nodeId": node_id, "id": node_id, "addresses": addresses, "connectedToControl": True}
+    d.update(extra)
+    return d
+
+
+class HostileTailscaleTest(unittest.TestCase):
+    def run_module(self, devices_answer, attributes=lambda h, node: EXO_ATTRS, seconds=2.0):
+        api = Hostile()
+
+        def route(h, path):
+            if h.command == "POST":
+                return h.answer(200, b"{}")
+            if path.startswith("/api/v2/tailnet/"):
+                return devices_answer(h)
+            node = path.split("/")[4] if path.startswith("/api/v2/device/") else ""
+            return h.answer(200, json.dumps({"attributes": attributes(h, node)}).encode())
+        api.resolve = route
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(TAILSCALE_DRIVER)
+        try:
+            p = subprocess.run([EXO, "lua", f.name, api.url, str(seconds)], capture_output=True, text=True,
+                               timeout=60)
+        finally:
+            os.unlink(f.name)
+            api.shutdown()
+            api.server_close()
+        self.assertEqual(p.returncode, 0, p.stderr)
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        return out["found"] or [], out["stats"], api.seen()  # an empty Lua table encodes as {}
+
+    def test_garbage_devices_and_addresses(self):
+        bad_addresses = ["999.1.1.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "010.0.0.1", "1.2.3",
+                         "1.2.3.4.5", " 100.64.0.7", "100.64.0.7\n", {"a": 1}, 7, None]
+        devices = [device("nSELF", ["100.64.0.1"]), 1, "x", None, [], {"nodeId": {"x": 1}},
+                   device("../x", ["100.64.0.8"]), device("n" * 5000, ["100.64.0.8"]),
+                   device("nLATE", ["100.64.0.10"], connectedToControl="yes", lastSeen="2022-99-99T99:99:99Z"),
+                   device("nGOOD", ["fd7a:115c:a1e0::9", "100.64.0.9"])]
+        devices += [device("nBAD%d" % i, [a]) for i, a in enumerate(bad_addresses)]
+        body = json.dumps({"devices": devices}).encode()
+
+        def attributes(h, node):
+            return dict(EXO_ATTRS, **{"custom:exo_node_id": "peer_d" + node.lower()})
+        found, stats, seen = self.run_module(lambda h: h.answer(200, body), attributes)
+        # Only the sane device is dialled, at its unicast address.
+        self.assertEqual([(r["id"], r["address"], r["port"]) for r in found], [("peer-ngood", "100.64.0.9", 5000)])
+        self.assertIsNone(stats.get("last_error"), stats)
+        self.assertGreaterEqual(stats["rounds"], 2)
+
+    def test_odd_attributes(self):
+        body = json.dumps({"devices": [device("nSELF", ["100.64.0.1"])] + [
+            device("nA%d" % i, ["100.64.1.%d" % (i + 1)]) for i in range(6)]}).encode()
+        odd = [{"custom:exo_node_id": "peer", "custom:exo_port": "5000"},
+               {"custom:exo_node_id": "peer", "custom:exo_port": 1e300},
+               {"custom:exo_node_id": "peer", "custom:exo_port": 5000.5},
+               {"custom:exo_node_id": "pe-er", "custom:exo_port": 5000},
+               {"custom:exo_node_id": ["peer"], "custom:exo_port": 5000},
+               {"custom:exo_node_id": "peer_x", "custom:exo_port": 5000}]
+        found, stats, _ = self.run_module(lambda h: h.answer(200, body),
+                                          lambda h, node: odd[int(node[2:])] if node.startswith("nA") else {})
+        self.assertEqual(found, [])
+        self.assertIsNone(stats.get("last_error"), stats)
+
+    def test_broken_answers_are_one_error_and_the_module_keeps_polling(self):
+        cases = {"not a JSON object": lambda h: h.answer(200, b"[" * 100000 + b"]" * 100000),
+                 "larger than": lambda h: h.answer(200, b" " * (5 * 1048576)),
+                 "Unsupported protocol": lambda h: h.answer(302, b"", [("Location", "file:///etc/passwd")]),
+                 "no \"devices\" array": lambda h: h.answer(200, b'{"devices": "all"}'),
+                 "is not in tailnet": lambda h: h.answer(200, b'{"devices": {"a": 1}}')}
+        for words, answer in cases.items():
+            with self.subTest(case=words):
+                found, stats, seen = self.run_module(answer)
+                self.assertEqual(found, [])
+                self.assertIn(words, stats.get("last_error") or "", stats)
+                self.assertGreaterEqual(stats["rounds"], 2, "the module stopped polling")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ function M.parse_time(s)
   if type(s) ~= "string" then return nil end
   local y, mo, d, h, mi, sec = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)")
   if not y then return nil end
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  y, mo, d, h, mi, sec = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
+  -- Out of range is not a time (month 99 would land in the future, so a device would stay recent).
+  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or sec > 60 then return nil end
   -- Days from 1970-01-01 to the civil date (the proleptic Gregorian calendar), without os.time's local zone.
   if mo <= 2 then y = y - 1 end
   local era = math.floor(y / 400)
@@ -117,14 +119,28 @@ function M.parse_time(s)
   local doy = math.floor((153 * (mo + (mo > 2 and -3 or 9)) + 2) / 5) + d - 1
   local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
   local days = era * 146097 + doe - 719468
-  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
+  return days * 86400 + h * 3600 + mi * 60 + sec
+end
+
+-- A unicast IPv4 address in dotted decimal, or nil: the API is not trusted to name one (octets
+-- past 255, leading zeros that some parsers read as octal, 0.x, multicast and broadcast would
+-- make the cluster dial nonsense or a whole network).
+local function unicast_ipv4(a)
+  if type(a) ~= "string" or #a > 15 then return nil end
+  local o = { a:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+  if #o ~= 4 then return nil end
+  for _, s in ipairs(o) do
+    if tonumber(s) > 255 or (#s > 1 and s:sub(1, 1) == "0") then return nil end
+  end
+  local first = tonumber(o[1])
+  return first ~= 0 and first < 224 and a or nil
 end
 
 -- The first IPv4 address among a device's Tailscale addresses.
 local function ipv4_of(device)
   if type(device.addresses) ~= "table" then return nil end
   for _, a in ipairs(device.addresses) do
-    if type(a) == "string" and a:match("^%d+%.%d+%.%d+%.%d+$") then return a end
+    if unicast_ipv4(a) then return a end
   end
   return nil
 end
