@@ -222,6 +222,17 @@ class HostileHubTest(unittest.TestCase):
         self.assertEqual(rc, 1, err)
         self.assertIn("cannot list", err)
 
+    def test_odd_repository_ids(self):
+        # Names that would put the model's folder (or file) outside the store never reach the hub.
+        for name in ("../../x", "evil-org/..", "evil-org/../x", "../evil-org/x", REPO + ":../../x.gguf",
+                     REPO + ":/etc/x.gguf", REPO + ":a/../../x.gguf", "/evil-org/x", "evil-org/x/y", ".x/y"):
+            with self.subTest(name=name):
+                rc, err = self.pull(name)
+                self.assertEqual(rc, 1, err)
+                self.assertIn("unknown model", err)
+        self.assertEqual(self.hub.seen(), [])
+        self.assertEqual(self.files_under_tmp(), [])
+
     # ---- the file's route ------------------------------------------------------------
 
     def test_redirects(self):
