@@ -19,6 +19,12 @@
 
 #define JSON_MAX_DEPTH 128
 #define JSON_MAX_INPUT (1u << 30) /* tokenizer.json files are tens of MiB */
+/* A value costs a node of ~56 bytes, so a file of small values (a header of
+ * 50 million zeros in one shape) would need 28 times its size before any
+ * caller could look at it. Llama 3's tokenizer.json, the largest file these
+ * folders carry, has about a million values; four times that bounds a
+ * hostile file at ~230 MiB of nodes. */
+#define JSON_MAX_VALUES (1 << 22)
 
 struct node {
     uint8_t kind;
@@ -59,7 +65,8 @@ static void skip_ws(struct parser *ps)
 static int new_node(struct parser *ps, int kind, int32_t *out)
 {
     exo_json *j = ps->j;
-    if (j->n_nodes >= INT32_MAX || exo_grow(&j->nodes, &j->cap, j->n_nodes + 1, sizeof *j->nodes))
+    if (j->n_nodes >= JSON_MAX_VALUES) return fail(ps, "more than 4194304 values");
+    if (exo_grow(&j->nodes, &j->cap, j->n_nodes + 1, sizeof *j->nodes))
         return exo__error_set(EXO_ENOMEM, "%s: out of memory", ps->what);
     struct node *n = &j->nodes[j->n_nodes];
     memset(n, 0, sizeof *n);

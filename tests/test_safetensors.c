@@ -162,6 +162,24 @@ static void test_json(void)
     memset(deep + 100, ']', 100);
     CHECK(exo__json_parse(deep, 200, "ok-deep", &d) == 0);
     exo__json_free(d);
+
+    /* Many small values: [0,0,...] with 2^22 + 1 zeros is refused while it is
+     * read (a node per value would cost ~28 times the input), 2^22 - 1 pass. */
+    for (int over = 0; over <= 1; over++) {
+        size_t n = ((size_t)1 << 22) + (over ? 1 : -1), len = 2 * n + 1;
+        char *many = malloc(len);
+        CHECK(many != NULL);
+        if (!many) break;
+        many[0] = '[';
+        for (size_t i = 0; i < n; i++) many[1 + 2 * i] = '0', many[2 + 2 * i] = ',';
+        many[len - 1] = ']';
+        exo_json *m = NULL;
+        int rc = exo__json_parse(many, len, "many", &m);
+        if (over) CHECK(rc == EXO_EFORMAT && strstr(exo_last_error(), "values"));
+        else CHECK(rc == 0 && exo__json_count(m, 0) == (int64_t)n);
+        exo__json_free(m);
+        free(many);
+    }
 }
 
 int main(void)
