@@ -180,9 +180,10 @@ M.show = model_command("show", "MODEL", function(name)
   if not f then return nil, ferr end
   local arch = f:get("general.architecture")
   local function meta(k) return type(arch) == "string" and f:get(arch .. "." .. k) or nil end
-  local types, n_params = {}, 0
+  local types, n_params, embd_rows = {}, 0, nil
   for _, t in ipairs(f:tensors() or {}) do
     local tn = t.dtype
+    if t.name == "token_embd.weight" then embd_rows = t.shape and t.shape[2] end
     types[tn] = (types[tn] or 0) + 1
     local n = 1
     for _, d in ipairs(t.shape or {}) do n = n * d end
@@ -206,7 +207,15 @@ M.show = model_command("show", "MODEL", function(name)
   line("heads", ("%s (kv %s)"):format(meta("attention.head_count") or "?", meta("attention.head_count_kv") or "?"))
   line("parameters", ("%.2f M"):format(n_params / 1e6))
   line("tensor types", table.concat(type_list, ", "))
-  line("vocabulary", f:array_len("tokenizer.ggml.tokens") or "?")
+  -- A file without a tokenizer (the tiny test models) still says its vocabulary
+  -- size: the embedding table has a row per token.
+  local n_vocab = f:array_len("tokenizer.ggml.tokens")
+  if n_vocab then
+    line("vocabulary", n_vocab)
+  else
+    n_vocab = meta("vocab_size") or embd_rows
+    line("vocabulary", n_vocab and ("%d (no tokenizer in the file)"):format(n_vocab) or "? (no tokenizer in the file)")
+  end
   line("can run", (arch and require("exo.catalogue").engine_archs[arch]) and "yes" or "no")
   if template then
     print("  template:")
