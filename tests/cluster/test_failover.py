@@ -236,6 +236,8 @@ class Failover(unittest.TestCase):
         self.assertEqual(answer(d), first)
         texts = [e["text"] for e in topology(a)["events"]]
         self.assertTrue(any(t.startswith("plan for") and "peer d connected" in t for t in texts), texts)
+        # a loaded its range of the new plan as the plan changed, before the request came.
+        self.assertTrue(any(t.startswith("loaded layers") and "for the new plan" in t for t in texts), texts)
         # Every node computes the same plan id from the same view.
         ids = {p["plan_id"] for n in (a, b, c, d) for p in topology(n)["partitions"]}
         self.assertEqual(len(ids), 1, ids)

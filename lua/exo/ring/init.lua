@@ -126,7 +126,10 @@ function Ring:note_replan(text)
 end
 
 -- After a join or a leave: each loaded model's plan is recomputed, and a
--- change is an event naming the join or leave that caused it.
+-- change is an event naming the join or leave that caused it. This node's
+-- range of the new plan starts loading at once (on the engine thread), so
+-- the next request on it does not wait for the load; the other nodes load
+-- theirs when it opens there (or now, if they serve the model too).
 function Ring:check_plans()
   for path, entry in pairs(self.node.loaded or {}) do
     local plan, err = self:plan(entry.model)
@@ -137,7 +140,27 @@ function Ring:check_plans()
       if old then
         activity.event("plan", ("plan for %s: %s -> %s (%s)"):format(entry.model.id or path, old, sig,
           self.cluster.last_change or "the topology changed"))
+        self:preload(entry.model, plan)
       end
+    end
+  end
+end
+
+-- Loads this node's range of plan (a whole-model plan runs outside the ring).
+function Ring:preload(model, plan)
+  if not plan or #plan < 2 then return end
+  for _, p in ipairs(plan) do
+    if p.node_id == self.cluster.id then
+      self:spawn(function()
+        local t0 = uv.now()
+        local ok, err = self:shard_for(M.peer_model_name(model.id, model.path), p.start_layer, p.end_layer)
+        local what = ("layers %d-%d of %s for the new plan"):format(p.start_layer, p.end_layer, model.id or model.path)
+        if ok then
+          activity.event("load", ("loaded %s (%.2f s)"):format(what, (uv.now() - t0) / 1000))
+        else
+          activity.event("error", ("cannot load %s: %s"):format(what, tostring(err)))
+        end
+      end)
     end
   end
 end
