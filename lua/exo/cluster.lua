@@ -186,6 +186,7 @@ function Cluster:start()
   self.timer = uv.new_timer()
   self.timer:start(200, 1000, function() self:tick() end)
   require("exo.share").attach(self) -- peers may fetch model files from our store, and we from theirs
+  require("exo.api.models_api").attach(self) -- POST /download starts on every node; their progress comes back
   return true
 end
 

@@ -451,8 +451,15 @@ function M.pull(name, opts)
   local no_repo = ("model '%s' names no hub repository (add repo and quants to its entry in $EXO_HOME/models.lua)")
     :format(name)
   local off = ("model '%s' is not in the store and downloads are off (EXO_OFFLINE=1)"):format(name)
-  if not from_peers and not spec.repo then return nil, no_repo end
-  if not from_peers and M.offline() then return nil, off end
+  -- A pull that fails before it starts is still listed (failed, with why):
+  -- /v1/download/progress and the page show it, not nothing.
+  local function early(why)
+    M.status[name] = { name = name, repo = spec.repo, state = "failed", error = why, files = {}, waiters = {},
+      started = uv.now(), source = "none" }
+    return nil, why
+  end
+  if not from_peers and not spec.repo then return early(no_repo) end
+  if not from_peers and M.offline() then return early(off) end
   st = { name = name, repo = spec.repo, state = "downloading", files = {}, waiters = {}, started = uv.now(),
     source = "hub" }
   M.status[name] = st
@@ -503,6 +510,42 @@ function M.pull(name, opts)
   local real = native.realpath(spec.dir .. "/" .. files[1].path)
   if not real then return finish(nil, "downloaded, but cannot find " .. files[1].path) end
   return finish(real)
+end
+
+-- Whether a request naming name can be served here: the model is in the
+-- store, or it is a catalogue id and this node is in a cluster with peers,
+-- so it fetches the model when the request comes (M.ensure). What the API
+-- routes check before they queue a request.
+function M.servable(name)
+  if models.resolve(name) then return true end
+  local spec = models.lookup(name)
+  return spec ~= nil and spec.entry ~= nil and require("exo.share").available()
+end
+
+-- Seconds between the calls of ensure's on_wait while a model downloads.
+M.KEEPALIVE_S = 5
+
+-- Makes a catalogue model a request names present, for a served node (a
+-- ring member asked to open it, an asker in a cluster): pulls it as M.pull
+-- does (peers first, then the hub), calling on_wait(status) every
+-- M.KEEPALIVE_S seconds meanwhile, so a caller can tell whoever waits on it
+-- that it is alive. A hub repository id is never fetched this way: which
+-- repositories a node downloads is its operator's choice (docs/security.md).
+-- Waits on the coroutine; returns the real path, or nil, err.
+function M.ensure(name, on_wait)
+  local path, err = models.resolve(name)
+  if path then return path end
+  local spec = models.lookup(name)
+  if not (spec and spec.entry) then return nil, err end
+  local timer = uv.new_timer()
+  timer:start(M.KEEPALIVE_S * 1000, M.KEEPALIVE_S * 1000, function()
+    if on_wait then on_wait(M.status[name]) end
+  end)
+  local got, perr = M.pull(name)
+  timer:stop()
+  timer:close()
+  if not got then return nil, ("cannot get model '%s': %s"):format(name, perr) end
+  return got
 end
 
 -- Removes name's files (and partials) from the store. Returns the number of

@@ -183,6 +183,11 @@ end
 -- (an id, ./ or .. in a path, a symlink) shares one loaded copy.
 function Node:model(id)
   local path, err = models.resolve(id)
+  -- In a cluster, a catalogue model this node lacks is fetched (peers first,
+  -- then the hub) while the request waits, as each ring member does for its part.
+  if not path and self.ring and require("exo.share").available() then
+    path, err = require("exo.download").ensure(id)
+  end
   if not path then
     local status = (err:match("^unknown model") or err:match("not found")) and 404 or 503
     return nil, err, status

@@ -52,6 +52,17 @@ def make_home(with_model):
     return home
 
 
+def reference_answer():
+    """The answer to PROMPT of one node holding the whole model."""
+    home = make_home(True)
+    ref = cluster.Node("--node-id", "ref", allow_paths=False, env={"EXO_HOME": home, "EXO_OFFLINE": "1"})
+    try:
+        return cluster.chat(ref, "tiny", PROMPT)
+    finally:
+        ref.stop()
+        shutil.rmtree(home)
+
+
 def model_file(home):
     return os.path.join(home, "downloads", "tiny", "tiny-chat.gguf")
 
@@ -62,8 +73,8 @@ def pull(node, timeout=60):
     assert status == 200, raw
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ev = json.loads(node.request("GET", "/v1/download/progress")[1])
-        ev = next(iter(ev.values()), None)
+        # Every node of the cluster downloads too; this node's own entry is under its id.
+        ev = json.loads(node.request("GET", "/v1/download/progress")[1]).get(node.node_id)
         if ev and ev["status"] in ("complete", "failed"):
             return ev
         time.sleep(0.1)
@@ -199,14 +210,7 @@ class Share(unittest.TestCase):
         with open(TINY, "rb") as f:
             cls.data = f.read()
         cls.digest = hashlib.sha256(cls.data).hexdigest()
-        # The answer of one node holding the whole model.
-        home = make_home(True)
-        ref = cluster.Node("--node-id", "ref", allow_paths=False, env={"EXO_HOME": home, "EXO_OFFLINE": "1"})
-        try:
-            cls.reference = cluster.chat(ref, "tiny", PROMPT)
-        finally:
-            ref.stop()
-            shutil.rmtree(home)
+        cls.reference = reference_answer()
 
     def three_nodes(self, *flags):
         homes = [make_home(True), make_home(False), make_home(False)]

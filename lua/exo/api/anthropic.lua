@@ -8,7 +8,7 @@
 -- Errors have Anthropic's shape ({"type": "error", "error": {"type", "message"}}). Images,
 -- documents and tool use are refused by name.
 local json = require "exo.json"
-local models = require "exo.models"
+local download = require "exo.download" -- servable: in a cluster, a catalogue model is fetched
 local openai = require "exo.api.openai"
 
 local M = {}
@@ -104,7 +104,7 @@ function M.register(routes, api)
     if type(body) ~= "table" then return res:json(M.error(400, "the request body must be a JSON object")) end
     local parsed, err = M.request(body, api.limits(ctx))
     if not parsed then return res:json(M.error(400, err)) end
-    if not models.resolve(parsed.model) then
+    if not download.servable(parsed.model) then
       return res:json(M.error(404, ("model: '%s' not found"):format(tostring(parsed.model))))
     end
     local id, model = message_id(), parsed.model

@@ -14,6 +14,7 @@
 -- fetches from the internet nor which folder it deletes); hub repository ids are the
 -- operator's, on the command line. Unlike the original, a finished or failed download stays
 -- listed (with its status) until the next one starts, so a page polling late still sees it.
+local uv = require "luv"
 local json = require "exo.json"
 local models = require "exo.models"
 local download = require "exo.download"
@@ -29,6 +30,19 @@ local function catalogue_name(name)
 end
 
 local latest -- the name of this node's most recent download
+local remote = {} -- node id -> { model, event }: other nodes' progress, from download_event
+local attached -- the cluster (M.attach)
+
+-- ---- across the cluster --------------------------------------------------------------
+-- POST /download on one node starts the download on every node of the cluster
+-- (control message download_start {model}); each pulls its files (peers first,
+-- then the hub: download.pull) and sends the node that asked its progress
+-- (download_event {model, event}) twice a second and once more when it ends,
+-- so that node's /v1/download/progress lists every node, keyed by node id, as
+-- the original exo's does. A plan may put a model on any of the nodes, and a
+-- GGUF's shard is its whole file today, so every node fetches it.
+
+local REPORT_MS = 500
 
 -- One download's status in the original exo's RepoProgressEvent shape.
 function M.event(st)
@@ -53,12 +67,66 @@ function M.event(st)
 end
 
 local function node_id(ctx)
-  local c = ctx.cluster
+  local c = ctx.cluster or attached
   return c and (c.node_id or c.id) or "local"
 end
 
+-- Pulls name on a coroutine of its own; report(event) is called every
+-- REPORT_MS while it runs and once when it ends (nil: no reports).
+local function start_pull(name, report)
+  latest = name
+  local finished = false
+  local timer = report and uv.new_timer()
+  local function status()
+    -- A model already in the store leaves no status behind: it is complete.
+    local st = download.status[name]
+    if st then return st end
+    local path = models.resolve(name, false)
+    local size = path and uv.fs_stat(path)
+    size = size and size.size or 0
+    return { name = name, repo = (models.lookup(name) or {}).repo, state = path and "complete" or "failed",
+      files = { { path = path and path:match("[^/]+$") or name, size = size, done = size } }, source = "store" }
+  end
+  coroutine.wrap(function()
+    local path, err = download.pull(name)
+    finished = true
+    if not path then io.stderr:write(("exo: download of %s failed: %s\n"):format(name, err)) end
+    if timer then
+      timer:stop()
+      timer:close()
+      report(M.event(status()))
+    end
+  end)()
+  if timer and not finished then
+    timer:start(REPORT_MS, REPORT_MS, function() report(M.event(status())) end)
+  end
+end
+
+-- A peer's download_start: pull the model, reporting to that peer.
+local function on_start(from, _, msg)
+  local name = catalogue_name(msg.model)
+  if not name then
+    return attached:send(from, 0, { t = "download_event", model = tostring(msg.model):sub(1, 200), event = {
+      model = tostring(msg.model):sub(1, 200), status = "failed", error = "unknown model on node " .. attached.id } })
+  end
+  start_pull(name, function(event) attached:send(from, 0, { t = "download_event", model = name, event = event }) end)
+end
+
+local function on_event(from, _, msg)
+  if type(msg.model) == "string" and type(msg.event) == "table" then
+    remote[from] = { model = msg.model, event = msg.event }
+  end
+end
+
+-- Serves download_start and download_event over cluster c (the cluster calls this once it starts).
+function M.attach(c)
+  attached = c
+  c:on("download_start", on_start)
+  c:on("download_event", on_event)
+end
+
 function M.register(routes)
-  routes["POST /download"] = function(_, req, res)
+  routes["POST /download"] = function(ctx, req, res)
     local ok, body = pcall(json.decode, req.body or "")
     local name = ok and type(body) == "table" and catalogue_name(body.model)
     if not name then
@@ -66,19 +134,28 @@ function M.register(routes)
       return res:json(openai.error(404, ("unknown model '%s': POST /download takes a catalogue id (GET /v1/models)")
         :format(tostring(given)), "not_found_error", "model", "model_not_found"))
     end
-    latest = name
+    -- Every node of the cluster starts too; their progress comes back here.
+    remote = {}
+    local c = ctx.cluster or attached
+    local n = 0
+    if c and c.peers then
+      for peer in pairs(c.peers) do
+        if c:send(peer, 0, { t = "download_start", model = name }) then n = n + 1 end
+      end
+    end
     -- The download runs on its own coroutine; the route answers at once.
-    coroutine.wrap(function()
-      local path, err = download.pull(name)
-      if not path then io.stderr:write(("exo: download of %s failed: %s\n"):format(name, err)) end
-    end)()
-    res:json(200, { status = "success", message = "Download started for model: " .. name })
+    start_pull(name)
+    res:json(200, { status = "success", message = "Download started for model: " .. name
+      .. (n > 0 and (" on this node and %d peer%s"):format(n, n == 1 and "" or "s") or "") })
   end
 
   routes["GET /v1/download/progress"] = function(ctx, _, res)
     local st = latest and download.status[latest]
     local out = {}
     if st then out[node_id(ctx)] = M.event(st) end
+    for id, r in pairs(remote) do
+      if r.model == latest then out[id] = r.event end
+    end
     res:json(200, out) -- {} when nothing was downloaded
   end
 end

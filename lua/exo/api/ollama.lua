@@ -10,6 +10,7 @@
 local uv = require "luv"
 local json = require "exo.json"
 local models = require "exo.models"
+local download = require "exo.download" -- servable: in a cluster, a catalogue model is fetched
 local native = require "exo.native"
 local openai = require "exo.api.openai"
 
@@ -214,7 +215,7 @@ function M.register(routes, api)
       fail(res, 400, err)
       return false
     end
-    if not models.resolve(parsed.model) then
+    if not download.servable(parsed.model) then
       fail(res, 404, ("model '%s' not found"):format(tostring(parsed.model)))
       return false
     end

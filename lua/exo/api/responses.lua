@@ -9,7 +9,7 @@
 -- response.output_item.done, response.completed, each with its sequence_number. Stored
 -- responses (previous_response_id), tools and non-text inputs are refused by name.
 local json = require "exo.json"
-local models = require "exo.models"
+local download = require "exo.download" -- servable: in a cluster, a catalogue model is fetched
 local openai = require "exo.api.openai"
 
 local M = {}
@@ -100,7 +100,7 @@ function M.register(routes, api)
     if type(body) ~= "table" then return res:json(openai.error(400, "the request body must be a JSON object")) end
     local parsed, err, field = M.request(body, api.limits(ctx))
     if not parsed then return res:json(openai.error(400, err, nil, field)) end
-    if not models.resolve(parsed.model) then
+    if not download.servable(parsed.model) then
       return res:json(openai.error(404, ("model '%s' not found"):format(tostring(parsed.model)), "not_found_error",
         "model", "model_not_found"))
     end

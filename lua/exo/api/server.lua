@@ -172,7 +172,8 @@ end
 
 local function check_model(res, parsed)
   local path, err = models.resolve(parsed.model)
-  if not path then
+  -- In a cluster a catalogue model this store lacks is fetched when the request runs.
+  if not path and not require("exo.download").servable(parsed.model) then
     res:json(openai.error(404, err, "not_found_error", "model", "model_not_found"))
     return false
   end

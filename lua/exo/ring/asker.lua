@@ -247,8 +247,13 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g, c
       return nil, ("cannot reach node %s: %s"):format(p.node_id, err)
     end
   end
-  for _ = 1, #plan do
+  local n_ready = 0
+  while n_ready < #plan do
     local m = self:wait(st, self.open_timeout)
+    -- A node still fetching the model (member.lua) says so every few
+    -- seconds: each message restarts the open's timeout.
+    while m.t == "ready" and m.fetching do m = self:wait(st, self.open_timeout) end
+    n_ready = n_ready + 1
     if m.t ~= "ready" then
       st.resume_refused = st.kept ~= nil and m.t == "error"
       st.plan_refused = m.code == "plan_mismatch"

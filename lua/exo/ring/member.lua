@@ -135,6 +135,19 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   if msg.next and not cluster:conn_of(msg.next) then
     return refuse("the next node " .. msg.next .. " is not connected")
   end
+  -- A catalogue model this store lacks is fetched first (peers, then the hub:
+  -- download.ensure); meanwhile the asker hears "ready" with fetching set every
+  -- few seconds, which keeps its open alive however long the download takes.
+  if not models.resolve(msg.model) then
+    local _, ferr = require("exo.download").ensure(msg.model, function(st)
+      if opening.closed then return end
+      local done, total = 0, 0
+      if st and st.files then done, total = require("exo.download").totals(st) end
+      cluster:send(from, rid, { t = "ready", fetching = msg.model, done = done, total = total })
+    end)
+    if opening.closed then return end
+    if ferr then return refuse(ferr) end
+  end
   -- Before anything loads: a new range of a model is a new shard in memory.
   if opening.counted then
     local key = ("%s@%d-%d"):format(models.resolve(msg.model) or msg.model, msg.start, msg.stop)

@@ -1,0 +1,161 @@
+"""test_cluster_download.py: downloads across the cluster (issue 16).
+
+Real exo processes on loopback, each with its own EXO_HOME and EXO_OFFLINE=1
+(no hub: peers are the only source), only one of them holding the catalogue
+model "tiny" (exo-make-tiny-model's chat model, through $EXO_HOME/models.lua;
+the node helpers are test_share.py's). What is checked:
+
+- a chat request naming the model on a node that lacks it: that node fetches
+  the model from its peer, the plan's members fetch theirs when the ring's
+  open names it, and the answer equals one node's holding the whole model;
+- POST /download on one node starts it on every node, and that node's
+  /v1/download/progress lists all three, keyed by node id, until complete;
+- a download that fails before it starts (offline, no peer holds the model)
+  is listed as failed with its message, on its own node and on the asker's;
+- a ring member that cannot get the model answers the asker's open with an
+  error naming the node and why (the chat fails with it, no hang).
+
+Run: build/venv/bin/python tests/cluster/test_cluster_download.py   (ctest runs it)
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_cluster as cluster  # noqa: E402  (its node helpers, not its tests)
+import test_share as share  # noqa: E402
+
+PROMPT = share.PROMPT
+
+
+def progress(node):
+    return json.loads(node.request("GET", "/v1/download/progress")[1])
+
+
+def wait_progress(node, ids, timeout=60):
+    """Polls node's progress until every id in ids has ended; returns the last answer."""
+    deadline = time.time() + timeout
+    last = {}
+    while time.time() < deadline:
+        last = progress(node)
+        if all(i in last and last[i]["status"] in ("complete", "failed") for i in ids):
+            return last
+        time.sleep(0.1)
+    raise AssertionError("the downloads did not all end: %r" % last)
+
+
+class ClusterDownload(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        with open(share.TINY, "rb") as f:
+            cls.data = f.read()
+        cls.digest = share.sha256(share.TINY)
+        cls.reference = share.reference_answer()
+
+    def run_nodes(self, holders, check, env=None, prepare=None):
+        """Three nodes n1..n3 (n1 holds the most memory); holders[i]: whether node i has the model;
+        prepare(homes) runs before they start."""
+        homes = [share.make_home(h) for h in holders]
+        if prepare:
+            prepare(homes)
+        nodes = share.start_nodes([("n1", 12000, homes[0]), ("n2", 3000, homes[1]), ("n3", 1000, homes[2])],
+                                  env=env)
+        try:
+            check(nodes, homes)
+        finally:
+            for n in nodes:
+                n.stop()
+            for h in homes:
+                shutil.rmtree(h)
+
+    def assert_has_model(self, home):
+        self.assertEqual(share.sha256(share.model_file(home)), self.digest)
+        self.assertFalse(os.path.exists(share.model_file(home) + ".partial"))
+
+    def test_chat_fetches_what_the_plan_needs(self):
+        def check(nodes, homes):
+            # n2 is asked; n1 alone holds the model; n3 learns of it from the open.
+            self.assertFalse(os.path.exists(share.model_file(homes[1])))
+            self.assertEqual(cluster.chat(nodes[1], "tiny", PROMPT), self.reference)
+            for h in homes:
+                self.assert_has_model(h)
+            # The plan used all three nodes (each holds a part).
+            plan = json.loads(nodes[1].request("GET", "/v1/topology")[1])
+            self.assertEqual(len(plan["nodes"]), 3)
+            # And again, now every store holds it: the same answer.
+            self.assertEqual(cluster.chat(nodes[2], "tiny", PROMPT), self.reference)
+        self.run_nodes([True, False, False], check)
+
+    def test_download_starts_on_every_node(self):
+        def check(nodes, homes):
+            status, raw, _ = nodes[1].request("POST", "/download", {"model": "tiny"})
+            self.assertEqual(status, 200, raw)
+            self.assertIn("2 peers", json.loads(raw)["message"])
+            ev = wait_progress(nodes[1], ["n1", "n2", "n3"])
+            self.assertEqual(sorted(ev), ["n1", "n2", "n3"])
+            for nid in ("n1", "n2", "n3"):
+                self.assertEqual(ev[nid]["status"], "complete", ev[nid])
+                self.assertEqual(ev[nid]["model"], "tiny")
+                self.assertEqual(ev[nid]["downloaded_bytes"], len(self.data), ev[nid])
+            self.assertEqual(ev["n1"]["source"], "store")  # it had the model already
+            self.assertTrue(ev["n2"]["source"].startswith("peer "), ev["n2"])
+            self.assertTrue(ev["n3"]["source"].startswith("peer "), ev["n3"])
+            for h in homes:
+                self.assert_has_model(h)
+        self.run_nodes([True, False, False], check)
+
+    def test_offline_failure_is_listed(self):
+        # One node alone: the download fails before it starts, and says why: offline
+        # (its entry names a hub repository), or an entry without one.
+        for entry, why in (('return { tiny = { repo = "test-org/Tiny-GGUF", quants = { Q4_K_M = "tiny-chat.gguf" } } }\n',
+                            "downloads are off (EXO_OFFLINE=1)"),
+                           (None, "names no hub repository")):
+            home = share.make_home(False)
+            if entry:
+                with open(os.path.join(home, "models.lua"), "w") as f:
+                    f.write(entry)
+            n = share.start_nodes([("solo", 4000, home)])[0]
+            try:
+                self.assertEqual(progress(n), {})
+                ev = share.pull(n)
+                self.assertEqual(ev["status"], "failed", ev)
+                self.assertIn(why, ev["error"])
+                self.assertEqual(ev["model"], "tiny")
+                self.assertEqual(ev["total_files"], 0)
+            finally:
+                n.stop()
+                shutil.rmtree(home)
+
+        # Three nodes, none holds it: each node's failure reaches the asker.
+        def check(nodes, homes):
+            self.assertEqual(nodes[0].request("POST", "/download", {"model": "tiny"})[0], 200)
+            ev = wait_progress(nodes[0], ["n1", "n2", "n3"])
+            for nid in ("n1", "n2", "n3"):
+                self.assertEqual(ev[nid]["status"], "failed", ev[nid])
+                self.assertIn("no peer has it either", ev[nid]["error"])
+        self.run_nodes([False, False, False], check)
+
+    def test_member_that_cannot_fetch_says_why(self):
+        # n1 and n2 hold the model; n3's model folder is a plain file, so the bytes
+        # a peer offers have nowhere to go: the asker's open fails naming n3.
+        def prepare(homes):
+            with open(share.model_file(homes[2]).rsplit("/", 1)[0], "w") as f:
+                f.write("not a folder")
+
+        def check(nodes, homes):
+            status, raw, _ = nodes[0].request("POST", "/v1/chat/completions", {
+                "model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4})
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            self.assertNotEqual(status, 200, text)
+            self.assertIn("node n3", text)
+            self.assertIn("cannot get model 'tiny'", text)
+            self.assertIn("from peers", text)
+        self.run_nodes([True, True, False], check, prepare=prepare)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
