@@ -1,8 +1,10 @@
 -- models_api.lua: downloading and deleting models over HTTP, as the original exo's API does.
 --
 --   POST   /download              {"model": ID}: starts downloading a catalogue model on this
---                                 node (200 {"status": "success", "message"}; 404 unknown id)
---   GET    /v1/download/progress  {NODE_ID: event} for this node's latest download, the
+--                                 node and every peer (200 {"status": "success", "message"};
+--                                 404 unknown id)
+--   GET    /v1/download/progress  {NODE_ID: event} for this node's latest download and the
+--                                 peers' it started (their download_event messages), the
 --                                 original's RepoProgressEvent shape: repo_id, repo_revision,
 --                                 completed_files, total_files, downloaded_bytes,
 --                                 downloaded_bytes_this_session, total_bytes, overall_speed,
