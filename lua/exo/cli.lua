@@ -599,8 +599,9 @@ local function start_cluster(opts, node, key)
     cluster_key = key and key.key }
   local ok, cerr = cluster:start()
   if not ok then return nil, cerr end
+  -- EXO_RING_OPEN_TIMEOUT: seconds the asker waits for a node's answer to an open (120; tests shorten it).
   local ring = require("exo.ring").new(node, cluster, { policy = policy, wire_dtype = wire_dtype,
-    max_kept = opts.max_sessions })
+    max_kept = opts.max_sessions, open_timeout = tonumber(os.getenv("EXO_RING_OPEN_TIMEOUT") or "") })
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
   local watchers = {}
   if watcher then

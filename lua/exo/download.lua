@@ -522,8 +522,9 @@ function M.servable(name)
   return spec ~= nil and spec.entry ~= nil and require("exo.share").available()
 end
 
--- Seconds between the calls of ensure's on_wait while a model downloads.
-M.KEEPALIVE_S = 5
+-- Seconds between the calls of ensure's on_wait while a model downloads
+-- (EXO_FETCH_KEEPALIVE; tests shorten it).
+M.KEEPALIVE_S = tonumber(os.getenv("EXO_FETCH_KEEPALIVE") or "") or 5
 
 -- Makes a catalogue model a request names present, for a served node (a
 -- ring member asked to open it, an asker in a cluster): pulls it as M.pull
@@ -538,7 +539,8 @@ function M.ensure(name, on_wait)
   local spec = models.lookup(name)
   if not (spec and spec.entry) then return nil, err end
   local timer = uv.new_timer()
-  timer:start(M.KEEPALIVE_S * 1000, M.KEEPALIVE_S * 1000, function()
+  local every = math.max(1, math.floor(M.KEEPALIVE_S * 1000))
+  timer:start(every, every, function()
     if on_wait then on_wait(M.status[name]) end
   end)
   local got, perr = M.pull(name)

@@ -13,7 +13,11 @@ the node helpers are test_share.py's). What is checked:
 - a download that fails before it starts (offline, no peer holds the model)
   is listed as failed with its message, on its own node and on the asker's;
 - a ring member that cannot get the model answers the asker's open with an
-  error naming the node and why (the chat fails with it, no hang).
+  error naming the node and why (the chat fails with it, no hang);
+- a member's fetch longer than the asker's open timeout (shortened to 2 s by
+  EXO_RING_OPEN_TIMEOUT; a raw peer holding the model makes the fetch wait 4 s)
+  succeeds, kept alive by the member's "fetching" messages (EXO_FETCH_KEEPALIVE
+  0.5 s), and fails with the timeout when they come too seldom (the control).
 
 Run: build/venv/bin/python tests/cluster/test_cluster_download.py   (ctest runs it)
 """
@@ -138,6 +142,40 @@ class ClusterDownload(unittest.TestCase):
                 self.assertEqual(ev[nid]["status"], "failed", ev[nid])
                 self.assertIn("no peer has it either", ev[nid]["error"])
         self.run_nodes([False, False, False], check)
+
+    def test_long_fetch_keeps_the_open_alive(self):
+        # The asker waits 2 s for an answer to an open (EXO_RING_OPEN_TIMEOUT); n2's
+        # fetch takes over 4 s, as a raw peer holding the model says share_wait and
+        # answers only then. The member's "fetching" every 0.5 s keeps the open alive.
+        def check(nodes, homes, env):
+            self.assertEqual(cluster.chat(nodes[0], "tiny", PROMPT), self.reference)
+            self.assert_has_model(homes[1])
+        self.two_nodes_and_a_slow_holder(check, {"EXO_RING_OPEN_TIMEOUT": "2", "EXO_FETCH_KEEPALIVE": "0.5"})
+
+    def test_long_fetch_without_keepalive_times_out(self):
+        # The control: the same with the keepalive slower than the open's timeout.
+        def check(nodes, homes, env):
+            status, raw, _ = nodes[0].request("POST", "/v1/chat/completions", {
+                "model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4})
+            self.assertNotEqual(status, 200, raw)
+            self.assertIn("no answer from the ring for 2 s", raw.decode() if isinstance(raw, bytes) else raw)
+        self.two_nodes_and_a_slow_holder(check, {"EXO_RING_OPEN_TIMEOUT": "2", "EXO_FETCH_KEEPALIVE": "30"})
+
+    def two_nodes_and_a_slow_holder(self, check, env):
+        homes = [share.make_home(True), share.make_home(False)]
+        nodes = share.start_nodes([("n1", 1000, homes[0]), ("n2", 12000, homes[1])], env=env)
+        slow = [share.RawPeer(n.wire_port, "slow", share.holder(self.data, answer_after=4)) for n in nodes]
+        try:
+            for n in nodes:
+                share.wait_peers(n, 3)
+            check(nodes, homes, env)
+        finally:
+            for p in slow:
+                p.close()
+            for n in nodes:
+                n.stop()
+            for h in homes:
+                shutil.rmtree(h)
 
     def test_member_that_cannot_fetch_says_why(self):
         # n1 and n2 hold the model; n3's model folder is a plain file, so the bytes
