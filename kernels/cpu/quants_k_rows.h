@@ -324,6 +324,7 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
     const int nb = n / EXO_QK_K;
     const size_t bs = sizeof(exo_block_q6_K);
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    (void)two; /* the AVX-512 build's packed unpacking does without it */
     const __m128i ctl[4] = { krows_ctl(0, 4, KROWS_SCALE_REP), krows_ctl(1, 4, KROWS_SCALE_REP),
                              krows_ctl(2, 4, KROWS_SCALE_REP), krows_ctl(3, 4, KROWS_SCALE_REP) };
     __m256 acc[4][4];
@@ -363,11 +364,23 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
                 const uint8_t *ql = c + KROWS_Q6K_QS * r, *qh = ql + 128;
                 for (int k = 0; k < 4; k++) {
                     const __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * k));
+#if KROWS_VNNI
+                    /* The top bits moved to bits 4-5 and masked, then one vpternlogd
+                     * (imm 0xec: a & c | b) merges them with the nibble: 6.5
+                     * operations a register instead of 10.5 (AVX-512 VL) */
+                    const __m256i h = _mm256_loadu_si256((const __m256i *)(qh + 32 * (k / 2)));
+                    const __m256i m30 = _mm256_set1_epi8(0x30);
+                    const __m256i xl = _mm256_and_si256(k % 2 ? h : _mm256_slli_epi16(h, 4), m30);
+                    const __m256i xh = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2), m30);
+                    qlo[k] = _mm256_ternarylogic_epi32(l, xl, low4, 0xec);
+                    qhi[k] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(l, 4), xh, low4, 0xec);
+#else
                     const __m256i hb = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * (k / 2))),
                                                          4 * (k % 2));
                     qlo[k] = _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
                     qhi[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), low4),
                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+#endif
                 }
             } else {
                 __m256i nat[8];
