@@ -138,7 +138,7 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   -- A catalogue model this store lacks is fetched first (peers, then the hub:
   -- download.ensure); meanwhile the asker hears "ready" with fetching set every
   -- few seconds, which keeps its open alive however long the download takes.
-  if not models.resolve(msg.model) then
+  if not models.resolve(msg.model) and models.registry[msg.model] then
     local _, ferr = require("exo.download").ensure(msg.model, function(st)
       if opening.closed then return end
       local done, total = 0, 0
