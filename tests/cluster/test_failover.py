@@ -298,6 +298,7 @@ class Failover(unittest.TestCase):
             raise AssertionError("the second process with id b did not stop")
         log.seek(0)
         text = log.read().decode()
+        log.close()
         self.assertIn("duplicate node id b", text)
         self.assertEqual(text.count("this node stops"), 1, text)
         # The first b serves on; the others said it once each.
