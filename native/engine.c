@@ -134,26 +134,135 @@ static int run_load(engine_job *job, loaded_item **item)
     return EXO_OK;
 }
 
+/* ---- coalescing single forward jobs ---------------------------------------
+ *
+ * Callers that submit one sequence per job (the wire transport: each route's
+ * tensor frame; a one-node caller stepping sequences one by one) would make
+ * every weight pass serve one row. So when the engine thread takes a
+ * JOB_FORWARD it also takes the other JOB_FORWARDs queued for the same shard,
+ * each of another sequence, and runs them all as one exo_shard_forward_batch
+ * pass. The model is batch-invariant, so each job's results are bit-identical
+ * to its solo pass; each job still completes on its own, with its own status. */
+
+/* Jobs one coalesced pass takes at most (and its rows stay within the
+ * shard's max_batch). */
+#define COALESCE_MAX 64
+
+/* The engine thread's group and exo_shard_forward_batch's arrays for it; only
+ * that thread touches them. */
+static struct {
+    engine_job jobs[COALESCE_MAX];
+    exo_seq *seqs[COALESCE_MAX];
+    const int32_t *tokens[COALESCE_MAX];
+    const float *hidden[COALESCE_MAX];
+    int n_tokens[COALESCE_MAX], n_logits[COALESCE_MAX];
+    float *out[COALESCE_MAX];
+} group;
+
+/* With the lock held and group.jobs[0] the JOB_FORWARD just popped, moves
+ * into the group the pending JOB_FORWARDs that can share its pass; returns
+ * the group's size. The scan stops at the first job of another kind (a load
+ * or a batch job keeps its place relative to every forward) and at the first
+ * that does not fit, and skips a sequence already taken, so each sequence's
+ * jobs still run in the order they were submitted. */
+static int coalesce_locked(int max_rows)
+{
+    exo_shard *s = group.jobs[0].shard;
+    int n = 1, rows = group.jobs[0].n_tokens;
+    if (rows < 1 || rows >= max_rows) return 1;
+    job_ring *r = &engine.pending;
+    size_t kept = 0, i = 0;
+    for (; i < r->count; i++) {
+        engine_job *j = &r->items[(r->head + i) % ENGINE_QUEUE_CAP];
+        if (j->kind != JOB_FORWARD || n == COALESCE_MAX) break;
+        int take = j->shard == s;
+        for (int k = 0; take && k < n; k++) take = group.jobs[k].seq != j->seq;
+        if (take && (j->n_tokens < 1 || rows + j->n_tokens > max_rows)) break;
+        if (take) {
+            group.jobs[n++] = *j;
+            rows += j->n_tokens;
+        } else {
+            r->items[(r->head + kept++) % ENGINE_QUEUE_CAP] = *j; /* kept <= i: moving towards the head is safe */
+        }
+    }
+    for (; i < r->count; i++) r->items[(r->head + kept++) % ENGINE_QUEUE_CAP] = r->items[(r->head + i) % ENGINE_QUEUE_CAP];
+    r->count = kept;
+    return n;
+}
+
+static int run_forward(engine_job *j)
+{
+    return exo_shard_forward(j->shard, j->seq, j->tokens, j->hidden, j->n_tokens, j->all_logits, j->out);
+}
+
+/* Runs the group's n jobs as one pass. Should that fail (one job's bad
+ * input: a full context, a token id out of range), nothing has moved (the
+ * batch is all or nothing), so each job runs alone and only the bad one
+ * fails, with its own message. */
+static void run_group(int n, int is_last)
+{
+    if (n > 1) {
+        for (int i = 0; i < n; i++) {
+            engine_job *j = &group.jobs[i];
+            group.seqs[i] = j->seq;
+            group.tokens[i] = j->tokens;
+            group.hidden[i] = j->hidden;
+            group.n_tokens[i] = j->n_tokens;
+            group.n_logits[i] = is_last && !j->all_logits ? 1 : j->n_tokens;
+            group.out[i] = j->out;
+        }
+        int rc = exo_shard_forward_batch(group.jobs[0].shard, n, group.seqs, group.tokens, group.hidden,
+                                         group.n_tokens, group.n_logits, group.out);
+        if (rc == EXO_OK) {
+            for (int i = 0; i < n; i++) group.jobs[i].status = EXO_OK;
+            return;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        engine_job *j = &group.jobs[i];
+        j->status = run_forward(j);
+        j->err[0] = 0;
+        if (j->status) snprintf(j->err, sizeof j->err, "%s", exo_last_error());
+    }
+}
+
 static void *engine_main(void *arg)
 {
     (void)arg;
     for (;;) {
         pthread_mutex_lock(&engine.lock);
         while (engine.pending.count == 0) pthread_cond_wait(&engine.has_work, &engine.lock);
-        engine_job job = ring_pop(&engine.pending);
+        group.jobs[0] = ring_pop(&engine.pending);
+        int n = 1, is_last = 0;
+        if (group.jobs[0].kind == JOB_FORWARD) {
+            exo_shard_info info;
+            /* A NULL shard is refused at submit; get_info only reads fields
+             * fixed at load. */
+            if (exo_shard_get_info(group.jobs[0].shard, &info) == EXO_OK) {
+                n = coalesce_locked(info.max_batch);
+                is_last = info.is_last;
+            }
+        }
         engine.running = 1;
         pthread_mutex_unlock(&engine.lock);
 
+        engine_job *job = &group.jobs[0];
         double started = exo_now();
         loaded_item *item = NULL;
-        if (job.kind == JOB_FORWARD)
-            job.status = exo_shard_forward(job.shard, job.seq, job.tokens, job.hidden, job.n_tokens, job.all_logits,
-                                           job.out);
-        else if (job.kind == JOB_FORWARD_BATCH)
-            job.status = exo_shard_forward_batch(job.shard, job.n_seqs, job.seqs, job.seq_tokens, job.seq_hidden,
-                                                 job.seq_n_tokens, job.seq_n_logits, job.seq_out);
-        else
-            job.status = run_load(&job, &item);
+        job->err[0] = 0;
+        if (job->kind == JOB_FORWARD) {
+            run_group(n, is_last);
+        } else {
+            if (job->kind == JOB_FORWARD_BATCH)
+                job->status = exo_shard_forward_batch(job->shard, job->n_seqs, job->seqs, job->seq_tokens,
+                                                      job->seq_hidden, job->seq_n_tokens, job->seq_n_logits,
+                                                      job->seq_out);
+            else
+                job->status = run_load(job, &item);
+            if (job->status) snprintf(job->err, sizeof job->err, "%s", exo_last_error());
+        }
+        /* Each job of a shared pass is reported the whole pass's time: it is
+         * what that job waited on. */
         uint64_t compute_ns = (uint64_t)((exo_now() - started) * 1e9);
         /* Nothing queued: let the workers sleep now rather than spin through
          * the gap until the next token (other processes may want the cores). */
@@ -161,9 +270,12 @@ static void *engine_main(void *arg)
         int idle = engine.pending.count == 0;
         pthread_mutex_unlock(&engine.lock);
         if (idle) exo__pool_park(exo__pool_global());
-        job.err[0] = 0;
-        if (job.status) snprintf(job.err, sizeof job.err, "%s", exo_last_error());
-        if (job.done) job.done(job.done_ctx, job.status, job.err, compute_ns);
+        int queued = 0;
+        for (int i = 0; i < n; i++) {
+            engine_job *j = &group.jobs[i];
+            if (j->done) j->done(j->done_ctx, j->status, j->err, compute_ns);
+            else queued = 1;
+        }
 
         pthread_mutex_lock(&engine.lock);
         engine.running = 0;
@@ -171,10 +283,11 @@ static void *engine_main(void *arg)
             item->next = engine.loaded;
             engine.loaded = item;
         }
-        if (!job.done) ring_push(&engine.done, &job);
+        for (int i = 0; i < n; i++)
+            if (!group.jobs[i].done) ring_push(&engine.done, &group.jobs[i]);
         if (engine.pending.count == 0) pthread_cond_broadcast(&engine.idle);
         pthread_mutex_unlock(&engine.lock);
-        if (job.done) continue;
+        if (!queued) continue;
         uint64_t one = 1;
         ssize_t w = write(engine.fd, &one, sizeof one);
         (void)w; /* an eventfd write only fails at counter overflow, and readiness is already set then */
