@@ -8,8 +8,9 @@ the node helpers are test_share.py's). What is checked:
 - a chat request naming the model on a node that lacks it: that node fetches
   the model from its peer, the plan's members fetch theirs when the ring's
   open names it, and the answer equals one node's holding the whole model;
-- POST /download on one node starts it on every node, and that node's
-  /v1/download/progress lists all three, keyed by node id, until complete;
+- POST /download on one node starts it on every node of the model's plan
+  (all three; two when the entry's layer count gives a plan of two), and that
+  node's /v1/download/progress lists them, keyed by node id, until complete;
 - a download that fails before it starts (offline, no peer holds the model)
   is listed as failed with its message, on its own node and on the asker's;
 - a ring member that cannot get the model answers the asker's open with an
@@ -112,6 +113,29 @@ class ClusterDownload(unittest.TestCase):
                 self.assert_has_model(h)
         self.run_nodes([True, False, False], check)
 
+    def test_download_starts_on_the_plans_nodes(self):
+        # An entry that gives a layer count and size is planned before a byte is here:
+        # two layers over memories 12000/3000/1000 MB give n1 layer 0 and the last
+        # node, n3, layer 1 (n2's share rounds to no layer), so n2 is not told.
+        entry = 'return { tiny = { file = "tiny-chat.gguf", n_layers = 2, size = %d } }\n' % len(self.data)
+
+        def prepare(homes):
+            for h in homes:
+                with open(os.path.join(h, "models.lua"), "w") as f:
+                    f.write(entry)
+
+        def check(nodes, homes):
+            status, raw, _ = nodes[0].request("POST", "/download", {"model": "tiny"})
+            self.assertEqual(status, 200, raw)
+            self.assertIn("and 1 peer", json.loads(raw)["message"])
+            ev = wait_progress(nodes[0], ["n1", "n3"])
+            self.assertEqual(sorted(ev), ["n1", "n3"])
+            self.assertEqual(ev["n3"]["status"], "complete", ev["n3"])
+            self.assertEqual(ev["n3"]["source"], "peer n1", ev["n3"])
+            self.assert_has_model(homes[2])
+            self.assertFalse(os.path.exists(share.model_file(homes[1])))
+        self.run_nodes([True, False, False], check, prepare=prepare)
+
     def test_offline_failure_is_listed(self):
         # One node alone: the download fails before it starts, and says why: offline
         # (its entry names a hub repository), or an entry without one.
@@ -159,6 +183,7 @@ class ClusterDownload(unittest.TestCase):
                 "model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4})
             self.assertNotEqual(status, 200, raw)
             self.assertIn("no answer from the ring for 2 s", raw.decode() if isinstance(raw, bytes) else raw)
+            time.sleep(2.5)  # the raw peers answer at 4 s: not on a socket the test closed
         self.two_nodes_and_a_slow_holder(check, {"EXO_RING_OPEN_TIMEOUT": "2", "EXO_FETCH_KEEPALIVE": "30"})
 
     def two_nodes_and_a_slow_holder(self, check, env):

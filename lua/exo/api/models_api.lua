@@ -75,19 +75,25 @@ end
 
 -- Pulls name on a coroutine of its own; report(event) is called every
 -- REPORT_MS while it runs and once when it ends (nil: no reports).
+-- name's download status; a model that was in the store already has none,
+-- and is complete (source "store").
+local function status_of(name)
+  local st = download.status[name]
+  if st then return st end
+  local path = models.resolve(name, false)
+  if not path then return nil end
+  local size = uv.fs_stat(path)
+  size = size and size.size or 0
+  return { name = name, repo = (models.lookup(name) or {}).repo, state = "complete",
+    files = { { path = path:match("[^/]+$"), size = size, done = size } }, source = "store" }
+end
+
 local function start_pull(name, report)
   latest = name
   local finished = false
   local timer = report and uv.new_timer()
   local function status()
-    -- A model already in the store leaves no status behind: it is complete.
-    local st = download.status[name]
-    if st then return st end
-    local path = models.resolve(name, false)
-    local size = path and uv.fs_stat(path)
-    size = size and size.size or 0
-    return { name = name, repo = (models.lookup(name) or {}).repo, state = path and "complete" or "failed",
-      files = { { path = path and path:match("[^/]+$") or name, size = size, done = size } }, source = "store" }
+    return status_of(name) or { name = name, state = "failed", files = {}, error = "no status" }
   end
   coroutine.wrap(function()
     local path, err = download.pull(name)
@@ -102,6 +108,22 @@ local function start_pull(name, report)
   if timer and not finished then
     timer:start(REPORT_MS, REPORT_MS, function() report(M.event(status())) end)
   end
+end
+
+-- The node ids of name's plan over the cluster as this node sees it, planned
+-- from the catalogue's layer count and size (the file is not here yet), or
+-- nil when the entry lacks them (then every node fetches it). An estimate: a
+-- node the real plan adds fetches the model when its open comes.
+local function plan_nodes(ring, name)
+  local spec = models.lookup(name)
+  local entry = spec and spec.entry
+  local n_layers, size = entry and tonumber(entry.n_layers), spec and tonumber(spec.size or entry.size)
+  if not (ring and n_layers and n_layers >= 1 and size and size > 0) then return nil end
+  local ok, plan = pcall(ring.plan, ring, { id = name, n_layers = n_layers, layer_bytes = math.floor(size / n_layers) })
+  if not ok or type(plan) ~= "table" or #plan == 0 then return nil end
+  local ids = {}
+  for _, p in ipairs(plan) do ids[p.node_id] = true end
+  return ids
 end
 
 -- A peer's download_start: pull the model, reporting to that peer.
@@ -136,13 +158,16 @@ function M.register(routes)
       return res:json(openai.error(404, ("unknown model '%s': POST /download takes a catalogue id (GET /v1/models)")
         :format(tostring(given)), "not_found_error", "model", "model_not_found"))
     end
-    -- Every node of the cluster starts too; their progress comes back here.
+    -- Every other node of the model's plan starts too; their progress comes back here.
     remote = {}
     local c = ctx.cluster or attached
     local n = 0
     if c and c.peers then
+      local in_plan = plan_nodes(ctx.ring, name)
       for peer in pairs(c.peers) do
-        if c:send(peer, 0, { t = "download_start", model = name }) then n = n + 1 end
+        if (not in_plan or in_plan[peer]) and c:send(peer, 0, { t = "download_start", model = name }) then
+          n = n + 1
+        end
       end
     end
     -- The download runs on its own coroutine; the route answers at once.
@@ -152,7 +177,7 @@ function M.register(routes)
   end
 
   routes["GET /v1/download/progress"] = function(ctx, _, res)
-    local st = latest and download.status[latest]
+    local st = latest and status_of(latest)
     local out = {}
     if st then out[node_id(ctx)] = M.event(st) end
     for id, r in pairs(remote) do
