@@ -331,6 +331,11 @@ class HubTest(unittest.TestCase):
         self.assertRegex(out, r"layers\s+6")
         self.assertIn("size", out)
         self.assertIn("template", out)
+        self.assertRegex(out, r"vocabulary\s+512\n")
+        # A file without a tokenizer (tiny.gguf) still says its vocabulary size, not "?".
+        rc, out, err = self.exo("show", TINY)
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"vocabulary\s+512 \(no tokenizer in the file\)")
         rc, out, err = self.exo("rm", "tiny-hub")
         self.assertEqual(rc, 0, err)
         self.assertFalse(os.path.exists(self.store("tiny-hub", FILE)))
