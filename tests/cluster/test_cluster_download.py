@@ -167,6 +167,19 @@ class ClusterDownload(unittest.TestCase):
                 self.assertIn("no peer has it either", ev[nid]["error"])
         self.run_nodes([False, False, False], check)
 
+        # A node whose catalogue lacks the model says so.
+        def unknown_on_n3(homes):
+            with open(os.path.join(homes[2], "models.lua"), "w") as f:
+                f.write("return {}\n")
+
+        def check_unknown(nodes, homes):
+            self.assertEqual(nodes[0].request("POST", "/download", {"model": "tiny"})[0], 200)
+            ev = wait_progress(nodes[0], ["n1", "n2", "n3"])
+            self.assertEqual(ev["n2"]["status"], "complete", ev["n2"])
+            self.assertEqual(ev["n3"]["status"], "failed", ev["n3"])
+            self.assertEqual(ev["n3"]["error"], "node n3 does not know model 'tiny'")
+        self.run_nodes([True, False, False], check_unknown, prepare=unknown_on_n3)
+
     def test_long_fetch_keeps_the_open_alive(self):
         # The asker waits 2 s for an answer to an open (EXO_RING_OPEN_TIMEOUT); n2's
         # fetch takes over 4 s, as a raw peer holding the model says share_wait and

@@ -33,6 +33,7 @@ end
 
 local latest -- the name of this node's most recent download
 local remote = {} -- node id -> { model, event }: other nodes' progress, from download_event
+local asked = {}  -- node id -> the model this node asked it to download (only that is listed)
 local attached -- the cluster (M.attach)
 
 -- ---- across the cluster --------------------------------------------------------------
@@ -130,14 +131,16 @@ end
 local function on_start(from, _, msg)
   local name = catalogue_name(msg.model)
   if not name then
-    return attached:send(from, 0, { t = "download_event", model = tostring(msg.model):sub(1, 200), event = {
-      model = tostring(msg.model):sub(1, 200), status = "failed", error = "unknown model on node " .. attached.id } })
+    -- Catalogues may differ between nodes ($EXO_HOME/models.lua): the asker hears which lacks it.
+    local given = tostring(msg.model):sub(1, 200)
+    return attached:send(from, 0, { t = "download_event", model = given, event = M.event({ name = given,
+      state = "failed", files = {}, error = ("node %s does not know model '%s'"):format(attached.id, given) }) })
   end
   start_pull(name, function(event) attached:send(from, 0, { t = "download_event", model = name, event = event }) end)
 end
 
 local function on_event(from, _, msg)
-  if type(msg.model) == "string" and type(msg.event) == "table" then
+  if type(msg.model) == "string" and asked[from] == msg.model and type(msg.event) == "table" then
     remote[from] = { model = msg.model, event = msg.event }
   end
 end
@@ -159,14 +162,14 @@ function M.register(routes)
         :format(tostring(given)), "not_found_error", "model", "model_not_found"))
     end
     -- Every other node of the model's plan starts too; their progress comes back here.
-    remote = {}
+    remote, asked = {}, {}
     local c = ctx.cluster or attached
     local n = 0
     if c and c.peers then
       local in_plan = plan_nodes(ctx.ring, name)
       for peer in pairs(c.peers) do
         if (not in_plan or in_plan[peer]) and c:send(peer, 0, { t = "download_start", model = name }) then
-          n = n + 1
+          n, asked[peer] = n + 1, name
         end
       end
     end
