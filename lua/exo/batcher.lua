@@ -24,16 +24,21 @@ local M = {}
 local Batcher = {}
 Batcher.__index = Batcher
 
--- Prompt rows gathered into one pass at most (besides decode rows).
+-- Prompt rows gathered into one pass at most (besides decode rows), and
+-- the fewer while other sequences are decoding: a pass's time grows with its
+-- prompt rows (attention over a long prompt most), and every stream waits
+-- for it, so a long prompt then advances in smaller steps.
 M.DEFAULT_CHUNK = 256
+M.DEFAULT_CHUNK_WHILE_DECODING = 64
 
 -- shard: an exo.native Shard; runner: exo.node's runner (new_id, await,
--- and waiting[id] for completions). opts: chunk.
+-- and waiting[id] for completions). opts: chunk, chunk_decoding.
 function M.new(shard, runner, opts)
   opts = opts or {}
   local cap = shard.max_batch
   return setmetatable({
     shard = shard, runner = runner, chunk = opts.chunk or M.DEFAULT_CHUNK,
+    chunk_decoding = opts.chunk_decoding or math.min(opts.chunk or M.DEFAULT_CHUNK, M.DEFAULT_CHUNK_WHILE_DECODING),
     pending = {},           -- requests waiting for a pass, oldest first
     batch = native.new_batch(cap), cap = cap,
     members = {},           -- the requests in the pass in flight, with the rows each has in it
@@ -126,7 +131,7 @@ function Batcher:dispatch()
       if lx ~= ly then return lx < ly end
       return x.order < y.order
     end)
-    local budget = math.min(self.chunk, self.cap - decode)
+    local budget = math.min(decode > 0 and self.chunk_decoding or self.chunk, self.cap - decode)
     for _, req in ipairs(prompts) do
       if budget > 0 and #self.members < self.cap then
         budget = budget - add(self, req, budget)
