@@ -207,8 +207,10 @@ end
 
 -- Generates like generate.Session:generate, with draft (a session on the
 -- draft model) proposing g tokens a step. The result also carries
--- speculative = { drafted, accepted, passes }.
-function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
+-- speculative = { drafted, accepted, passes }. carry (optional) gets the
+-- text sink as carry.sink, so that a caller whose target failed part way (a
+-- ring node dying) knows the tokens the client already has and can go on.
+function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g, carry)
   params = params or {}
   local t0 = native.now()
   local tok = target.tokenizer
@@ -230,6 +232,7 @@ function M.generate(target, draft, prompt_ids, params, on_text, should_stop, g)
   local rng = sampler.rng
   local max_tokens = params.max_tokens or math.huge
   local sink = generate.text_sink(tok, params, on_text)
+  if carry then carry.sink = sink end
   local sc = scratch(target, g, n_vocab)
   local dbg = debug_level() >= 1
   local stats = { drafted = 0, accepted = 0, passes = 0 }

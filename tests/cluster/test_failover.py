@@ -174,6 +174,17 @@ class Failover(unittest.TestCase):
         # Sampled indeed: another seed, another text.
         self.assertNotEqual(answer(a, temperature=0.9, seed=1234), answer(a, temperature=0.9, seed=99))
 
+    def test_speculative_request_goes_on_plainly(self):
+        # The asker drafts with the model's first layers; the verify passes go round the ring.
+        draft = ["--enable-speculative", "--draft-model", MODEL + ":layers=0-2", "--draft-tokens", "3"]
+        nodes = [self.start("a", *draft), self.start("b"), self.start("c")]
+        cluster.wait_for_topology(nodes, 3)
+        a, _ = self.survive(lambda n: n.proc.send_signal(signal.SIGKILL))
+        # Before the death the request was speculative indeed.
+        status, raw, _ = a.request("POST", "/v1/chat/completions", body(max_tokens=24))
+        self.assertEqual(status, 200, raw)
+        self.assertGreater(json.loads(raw)["usage"]["speculative"]["drafted"], 0)
+
     def test_sigstop_past_the_peer_timeout(self):
         self.start_three()
 

@@ -140,10 +140,11 @@ end
 -- speculatively: the draft runs here, the target's verify pass goes round the
 -- ring as one multi-row frame.
 --
--- A node dying under a plain request costs its client a pause: the request
+-- A node dying under a request costs its client a pause: the request
 -- starts again on the plan over the nodes left, from its prompt and the
 -- tokens the client already has, with the last node's random state carried
--- over (carry), so the stream goes on with nothing lost or repeated. A node
+-- over (carry), so the stream goes on with nothing lost or repeated (a
+-- speculative request goes on plainly, below). A node
 -- whose view gives another plan refuses it; the asker tries again, with
 -- backoff, once views agree.
 function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
@@ -186,10 +187,17 @@ function Ring:generate(model, ids, req, plan, on_text, should_stop, draft, g)
       local new, perr = self:plan(model)
       if not new then return nil, perr end
       plan, kept = new, nil
-    elseif not draft and not carry.done and carry.replans < M.MAX_REPLANS then
+    elseif not carry.done and carry.replans < M.MAX_REPLANS then
       local new, rwhy = self:replan(model, plan, why, st.opened)
       if not new then return nil, rwhy end
       carry.replans = carry.replans + 1
+      if draft then
+        -- The verify passes' state died with the old plan: the rest of the
+        -- answer is decoded plainly. Speculative decoding is exact, so a
+        -- greedy answer goes on with the same tokens; a sampled one goes on
+        -- from its seed (the draw order differs from an undisturbed run).
+        draft, mode = nil, "plain"
+      end
       local t = native.now()
       self:note_replan(("request %.0f re-planned after %d tokens (%s): %s -> %s"):format(carry.rid,
         carry.sink and #carry.sink.tokens or 0, rwhy, sig, M.plan_signature(new)))
@@ -263,7 +271,7 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g, c
   end
   st.opened = true
   if draft then
-    local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g)
+    local res, serr = self:speculate(st, model, ids, req, on_text, should_stop, draft, g, carry)
     return res, serr
   end
   -- Only what the ring does not hold yet goes round (the last prompt token
@@ -399,7 +407,7 @@ function Remote:extend(tokens)
 end
 
 -- The asker's speculative decoding: the draft runs here, the target round the ring.
-function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g)
+function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g, carry)
   local wire = self.cluster.wire
   local n_vocab = st.n_vocab or model.tokenizer.n_vocab -- the head's rows, as the last node said
   if not st.kept then
@@ -409,7 +417,7 @@ function Ring:speculate(st, model, ids, req, on_text, should_stop, draft, g)
   local target = setmetatable({ ring = self, st = st, first = self.cluster:conn_of(st.plan[1].node_id),
     n_ctx_ = self.node.n_ctx, cached = st.kept and { unpack(st.kept.cached) } or {}, tokenizer = model.tokenizer,
     shard = { n_vocab = n_vocab }, chunk = self:chunk_size(model) }, Remote)
-  local res, serr = require("exo.speculative").generate(target, draft, ids, req, on_text, should_stop, g)
+  local res, serr = require("exo.speculative").generate(target, draft, ids, req, on_text, should_stop, g, carry)
   if res then
     res.plan = st.plan
     st.cached = target.cached -- verify passes run one at a time: nothing is still going round
