@@ -157,8 +157,12 @@ static int add_file(struct folder *m, const char *name)
     return 0;
 }
 
-/* The weight files: those the index names (each once), or model.safetensors. */
-static int open_weights(struct folder *m)
+/* The weight files: those the index names (each once), or model.safetensors.
+ * For a layer range (partial), a file the index names that is not in the
+ * folder is left out: a ring member fetches only the files that hold its
+ * layers (exo.download), and a tensor its range needs that is in none of
+ * the opened files is still an error when the shard is converted. */
+static int open_weights(struct folder *m, bool partial)
 {
     exo_json *index;
     int rc = read_json(m->dir, "model.safetensors.index.json", ST_MAX_TOKENIZER, false, &index);
@@ -182,8 +186,10 @@ static int open_weights(struct folder *m)
         size_t k = 0;
         while (k < n_seen && strcmp(seen[k], name)) k++;
         if (k < n_seen) continue;
+        char file[4400];
+        snprintf(file, sizeof file, "%s/%s", m->dir, name);
         if (exo_grow(&seen, &cap, n_seen + 1, sizeof *seen)) rc = exo__error_set(EXO_ENOMEM, "out of memory");
-        else seen[n_seen++] = name, rc = add_file(m, name);
+        else if (seen[n_seen++] = name, !(partial && access(file, F_OK) && errno == ENOENT)) rc = add_file(m, name);
     }
     free(seen);
     exo__json_free(index);
@@ -855,12 +861,27 @@ static int convert(struct folder *m, int what, exo_gguf_writer *w, struct plans 
         struct plan p = {NULL, factors, EXO_DTYPE_F32, 0, 1, sizeof(float) * (size_t)n_factors, false, 0};
         if ((rc = add_plan(ps, w, "rope_freqs.weight", 1, ne, p))) return rc;
     }
+    bool has_embd = false;
     for (size_t f = 0; f < m->n_files; f++)
-        for (int64_t i = 0; i < exo__safetensors_count(m->files[f]); i++)
-            if (!strcmp(exo__safetensors_at(m->files[f], i)->name, "lm_head.weight")) ps->has_head = true;
+        for (int64_t i = 0; i < exo__safetensors_count(m->files[f]); i++) {
+            const char *name = exo__safetensors_at(m->files[f], i)->name;
+            if (!strcmp(name, "lm_head.weight")) ps->has_head = true;
+            if (!strcmp(name, "model.embed_tokens.weight")) has_embd = true;
+        }
     for (size_t f = 0; f < m->n_files; f++)
         for (int64_t i = 0; i < exo__safetensors_count(m->files[f]); i++)
             if ((rc = plan_tensor(m, w, ps, exo__safetensors_at(m->files[f], i)))) return rc;
+    /* A middle range whose folder lacks the embedding's file (it was not
+     * fetched: see open_weights): the loader still wants the embedding's
+     * shape for the vocabulary size, so it is listed from config.json as a
+     * hole, which is never read here. */
+    bool hole;
+    if (!has_embd && ps->end > 0 && in_shard(ps, "token_embd.weight", &hole) && hole && m->vocab_size > 0) {
+        int64_t ne[2] = {m->n_embd, m->vocab_size};
+        struct plan p = {NULL, NULL, EXO_DTYPE_F32, 0, m->vocab_size,
+                         sizeof(float) * (size_t)m->n_embd * (size_t)m->vocab_size, true, 0};
+        if ((rc = add_plan(ps, w, "token_embd.weight", 2, ne, p))) return rc;
+    }
     return 0;
 }
 
@@ -906,7 +927,7 @@ static int open_safetensors_model(const char *path, int what, int start, int end
     }
     if (!rc) rc = read_json(m.dir, "tokenizer.json", ST_MAX_TOKENIZER, false, &m.tokenizer);
     if (!rc) rc = read_json(m.dir, "tokenizer_config.json", ST_MAX_TOKENIZER, false, &m.tok_config);
-    if (!rc && what != EXO_MODEL_OPEN_METADATA) rc = open_weights(&m);
+    if (!rc && what != EXO_MODEL_OPEN_METADATA) rc = open_weights(&m, end > 0);
     if (rc) goto done;
     if (!(w = exo__gguf_writer_new())) {
         rc = EXO_ENOMEM;

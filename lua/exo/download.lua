@@ -267,10 +267,82 @@ local function with_parts(files, file)
   return out
 end
 
+-- A Hugging Face (safetensors) repository: config.json and *.safetensors
+-- and no GGUF. Its files to fetch: every .safetensors (the index's choice
+-- is narrowed later for a layer range), the index, config.json and the
+-- tokenizer files; config.json is last (see M.pull), since its presence
+-- is what makes the folder a model (exo.models).
+local HF_SIDE = { ["config.json"] = true, ["tokenizer.json"] = true, ["tokenizer_config.json"] = true,
+  ["generation_config.json"] = true, ["model.safetensors.index.json"] = true, ["special_tokens_map.json"] = true }
+
+local function safetensors_plan(files)
+  local out, has_config, has_st = {}, false, false
+  for _, f in ipairs(files) do
+    if f.path:match("%.gguf$") then return nil end
+    if f.path == "config.json" then has_config = true end
+    local st = f.path:match("%.safetensors$") and not f.path:find("/", 1, true)
+    if st then has_st = true end
+    if st or HF_SIDE[f.path] then out[#out + 1] = f end
+  end
+  if not (has_config and has_st) then return nil end
+  table.sort(out, function(a, b) return (a.path == "config.json" and 1 or 0) < (b.path == "config.json" and 1 or 0)
+    or ((a.path == "config.json") == (b.path == "config.json") and a.path < b.path) end)
+  out.safetensors = true
+  return out
+end
+
+-- The .safetensors files of index (its JSON text) that a layer range
+-- needs: those holding model.layers.N.* for first <= N < last, plus the
+-- embedding's for the first range and the final norm's and head's for the
+-- last (last >= the index's layer count). A set by file name, or nil, err.
+function M.safetensors_needs(index, first, last)
+  local ok, doc = pcall(json.decode, index)
+  if not ok or type(doc) ~= "table" or type(doc.weight_map) ~= "table" then
+    return nil, "model.safetensors.index.json has no weight_map"
+  end
+  local n_layers = 0
+  for name in pairs(doc.weight_map) do
+    local n = tonumber(tostring(name):match("^model%.layers%.(%d+)%."))
+    if n and n + 1 > n_layers then n_layers = n + 1 end
+  end
+  local need = {}
+  for name, file in pairs(doc.weight_map) do
+    if type(name) ~= "string" or type(file) ~= "string" then return nil, "model.safetensors.index.json: bad weight_map" end
+    local n = tonumber(name:match("^model%.layers%.(%d+)%."))
+    if n then
+      if n >= first and n < last then need[file] = true end
+    elseif name:match("^model%.embed_tokens%.") then
+      -- a tied head reads the embedding too
+      if first == 0 or last >= n_layers then need[file] = true end
+    elseif last >= n_layers or first == 0 and not name:match("^model%.norm%.") and not name:match("^lm_head%.") then
+      need[file] = true
+    end
+  end
+  return need
+end
+
+-- Whether the safetensors folder dir holds the weight files a layer range
+-- ({first, last}; nil: the whole model) needs (an earlier pull may have
+-- fetched another range only).
+function M.safetensors_present(dir, layers)
+  local fh = io.open(dir .. "/model.safetensors.index.json", "rb")
+  if not fh then return uv.fs_stat(dir .. "/model.safetensors") ~= nil end
+  local text = fh:read("*a")
+  fh:close()
+  local need = M.safetensors_needs(text or "", layers and layers[1] or 0, layers and layers[2] or math.huge)
+  if not need then return false end
+  for file in pairs(need) do
+    if not uv.fs_stat(dir .. "/" .. file) then return false end
+  end
+  return true
+end
+
 -- The files spec needs from the listing, or nil, err.
 function M.plan(spec, files)
   local file = spec.file
   if not file then
+    local hf = safetensors_plan(files)
+    if hf then return hf end
     local candidates, all = {}, {}
     for _, f in ipairs(files) do
       if f.path:match("%.gguf$") and models.is_first_part(f.path) and not f.path:find("mmproj", 1, true) then
@@ -429,14 +501,17 @@ local function free_bytes(path)
 end
 
 -- Makes name's files present in the store; waits on the coroutine. opts:
--- revision ("main"), parallel (files at once, 4). Returns the real path of
--- the model's (first) file, or nil, err. Concurrent pulls of one name share
+-- revision ("main"), parallel (files at once, 4), layers ({first, last}:
+-- of a safetensors repository, only the shard files the index names for
+-- those layers). Returns the real path of the model's (first) file, or its
+-- folder for a safetensors repository, or nil, err. Concurrent pulls of one name share
 -- the first one's work.
 function M.pull(name, opts)
   opts = opts or {}
   local spec, err = models.lookup(name)
   if not spec then return nil, err or select(2, models.resolve(name, false)) end
   local have = models.local_file(spec)
+  if have == "." and not M.safetensors_present(spec.dir, opts.layers) then have = nil end
   local path = have and models.resolve(name, true)
   if path then return path end
   local st = M.status[name]
@@ -490,6 +565,30 @@ function M.pull(name, opts)
   if not files then return finish(nil, perr) end
   local ok, merr = mkdir_p(spec.dir)
   if not ok then return finish(nil, merr .. " (is the model store read-only? EXO_HOME moves it)") end
+  if files.safetensors and opts.layers then
+    -- A layer range of a sharded folder: the index first, then only the
+    -- shard files it names for the range.
+    local index
+    for _, f in ipairs(files) do
+      if f.path == "model.safetensors.index.json" then index = f end
+    end
+    if index then
+      local entry = { path = index.path, size = index.size, sha256 = index.sha256, done = 0 }
+      st.files[1] = entry
+      local iok, ierr = fetch_file(st, spec, entry, revision)
+      if not iok then return finish(nil, ierr) end
+      local fh = io.open(spec.dir .. "/" .. index.path, "rb")
+      local text = fh and fh:read("*a")
+      if fh then fh:close() end
+      local need, nerr = M.safetensors_needs(text or "", opts.layers[1], opts.layers[2])
+      if not need then return finish(nil, nerr) end
+      local kept = { safetensors = true }
+      for _, f in ipairs(files) do
+        if f ~= index and (need[f.path] or not f.path:match("%.safetensors$")) then kept[#kept + 1] = f end
+      end
+      files, st.files = kept, { entry }
+    end
+  end
   local need = 0
   for _, f in ipairs(files) do
     local entry = { path = f.path, size = f.size, sha256 = f.sha256, done = 0 }
@@ -501,12 +600,23 @@ function M.pull(name, opts)
     return finish(nil, ("not enough disk space for %s: %d MB more are needed, %d MB free in %s"):format(name,
       math.ceil(need / 1e6), math.floor(free / 1e6), spec.dir))
   end
-  local fns = {}
+  local fns, config = {}, nil
   for _, f in ipairs(st.files) do
-    fns[#fns + 1] = function() return fetch_file(st, spec, f, revision) end
+    if files.safetensors and f.path == "config.json" then config = f
+    elseif not f.done or f.done == 0 or f.path ~= "model.safetensors.index.json" then
+      fns[#fns + 1] = function() return fetch_file(st, spec, f, revision) end
+    end
   end
   local aok, aerr = all(fns, opts.parallel or 4)
   if not aok then return finish(nil, aerr) end
+  if files.safetensors then
+    -- config.json last: a folder with it is a model to exo.models.
+    local cok, cerr = fetch_file(st, spec, config, revision)
+    if not cok then return finish(nil, cerr) end
+    local real = native.realpath(spec.dir)
+    if not real then return finish(nil, "downloaded, but cannot find " .. spec.dir) end
+    return finish(real)
+  end
   local real = native.realpath(spec.dir .. "/" .. files[1].path)
   if not real then return finish(nil, "downloaded, but cannot find " .. files[1].path) end
   return finish(real)
@@ -532,8 +642,10 @@ M.KEEPALIVE_S = tonumber(os.getenv("EXO_FETCH_KEEPALIVE") or "") or 5
 -- M.KEEPALIVE_S seconds meanwhile, so a caller can tell whoever waits on it
 -- that it is alive. A hub repository id is never fetched this way: which
 -- repositories a node downloads is its operator's choice (docs/security.md).
--- Waits on the coroutine; returns the real path, or nil, err.
-function M.ensure(name, on_wait)
+-- opts go to M.pull (layers = {first, last}: of a safetensors repository,
+-- only the files that range needs). Waits on the coroutine; returns the
+-- real path, or nil, err.
+function M.ensure(name, on_wait, opts)
   local path, err = models.resolve(name)
   if path then return path end
   local spec = models.lookup(name)
@@ -543,7 +655,7 @@ function M.ensure(name, on_wait)
   timer:start(every, every, function()
     if on_wait then on_wait(M.status[name]) end
   end)
-  local got, perr = M.pull(name)
+  local got, perr = M.pull(name, opts)
   timer:stop()
   timer:close()
   if not got then return nil, ("cannot get model '%s': %s"):format(name, perr) end

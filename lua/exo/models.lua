@@ -225,6 +225,9 @@ end
 function M.local_file(spec)
   if spec.file then return all_parts(spec.dir .. "/" .. spec.file) and spec.file or nil end
   local files = local_ggufs(spec.dir)
+  -- A hub repository in safetensors layout is its folder (exo.download
+  -- writes its config.json last).
+  if #files == 0 and not spec.entry and is_file(spec.dir .. "/config.json") then return "." end
   local firsts = {}
   for _, f in ipairs(files) do
     -- a split GGUF with parts still missing is not in the store yet
@@ -256,7 +259,7 @@ function M.resolve(name, allow)
   if not spec then return unknown(name, allow) end
   local rel = M.local_file(spec)
   local path = rel and real(spec.dir .. "/" .. rel)
-  if path and is_file(path) then return path end
+  if path and (is_file(path) or rel == ".") then return path end
   if not allow then
     if not spec.entry then return unknown(name, allow) end
     return nil, ("model '%s' is not downloaded on this node"):format(name)
