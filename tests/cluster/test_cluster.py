@@ -284,7 +284,10 @@ class PeerVanishes(unittest.TestCase):
             res = conn.getresponse()
             self.assertEqual(res.status, 200)
             res.readline()
-            time.sleep(0.3)
+            # Frozen at once, then killed: every token needs b, so the stream
+            # cannot finish before the death (the tiny model writes its 400
+            # tokens in under 0.2 s on a quiet machine).
+            b.proc.send_signal(signal.SIGSTOP)
             b.proc.send_signal(signal.SIGKILL)
             b.proc.wait()
             t0 = time.time()
