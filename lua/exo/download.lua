@@ -300,7 +300,7 @@ function M.safetensors_needs(index, first, last)
   if not ok or type(doc) ~= "table" or type(doc.weight_map) ~= "table" then
     return nil, "model.safetensors.index.json has no weight_map"
   end
-  local n_layers = 0
+  local n_layers, has_head = 0, doc.weight_map["lm_head.weight"] ~= nil
   for name in pairs(doc.weight_map) do
     local n = tonumber(tostring(name):match("^model%.layers%.(%d+)%."))
     if n and n + 1 > n_layers then n_layers = n + 1 end
@@ -313,7 +313,7 @@ function M.safetensors_needs(index, first, last)
       if n >= first and n < last then need[file] = true end
     elseif name:match("^model%.embed_tokens%.") then
       -- a tied head reads the embedding too
-      if first == 0 or last >= n_layers then need[file] = true end
+      if first == 0 or last >= n_layers and not has_head then need[file] = true end
     elseif last >= n_layers or first == 0 and not name:match("^model%.norm%.") and not name:match("^lm_head%.") then
       need[file] = true
     end

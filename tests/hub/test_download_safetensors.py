@@ -142,6 +142,15 @@ class SafetensorsHubTest(unittest.TestCase):
         rc, out, err = self.range_pull(0, 1)
         self.assertEqual(rc, 0, err)
         self.assertEqual({f for f in self.fetched() if f.endswith(".safetensors")}, {SHARDS[0]})
+        # The last range (an untied head) takes the head's file, not the embedding's, and opens.
+        rc, out, err = self.lua('local native = require "exo.native"\n'
+                                'local d = require "exo.download"\n'
+                                'local idx = io.open("%s/model.safetensors.index.json"):read("*a")\n'
+                                'local need = d.safetensors_needs(idx, 2, 3)\n'
+                                'for f in pairs(need) do print(f) end\n' % folder)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(set(out.split()), {f for k, f in wm.items() if k.startswith("model.layers.2.")} | {SHARDS[2]})
+        self.assertNotIn(SHARDS[0], out)
         # A whole pull completes the folder with the rest only, and it runs.
         self.hub.clear_log()
         rc, out, err = self.exo("pull", REPO)
