@@ -219,7 +219,7 @@ static void bad_round(exo_shard *s, exo_shard *other)
     exo_shard_info info;
     exo_shard_get_info(s, &info);
     float *hidden = malloc(sizeof(float) * 16 * info.n_embd);
-    int32_t tokens[N_SEQS][4];
+    int32_t tokens[N_SEQS][4] = {{0}}; /* one token each is filled; the "full" sequence takes two */
     float *solo[N_SEQS], *queued[N_SEQS];
     for (int i = 0; i < N_SEQS; i++) {
         fill_input(&info, 200 + i, 1, tokens[i], hidden);
