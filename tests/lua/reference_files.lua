@@ -3,7 +3,8 @@
 -- The files llama.cpp's outputs were saved in (tools/reference/llama_refdump.c
 -- writes them): token ids separated by anything, and top-k rows
 -- "pos id:logit id:logit ...". Shared by the tests that compare with them;
--- tests require it after adding tests/lua to package.path.
+-- tests require it after adding tests/lua to package.path. It also holds
+-- what the Lua tests share: a checker that counts failures, and run().
 local M = {}
 
 -- The .gguf file of a catalogue id in the model store ($EXO_HOME/downloads/ID), or nil.
@@ -80,16 +81,27 @@ end
 -- when any failed.
 function M.checker()
   local c = { failures = 0 }
+  -- Returns cond, so a test can skip what depends on a failed check.
   function c.check(cond, fmt, ...)
     if not cond then
       c.failures = c.failures + 1
       io.stderr:write("FAIL: " .. fmt:format(...) .. "\n")
     end
+    return cond
   end
   function c.done()
     if c.failures > 0 then error(c.failures .. " check(s) failed") end
   end
   return c
+end
+
+-- Runs a shell command with its output in log; a failure raises with the log.
+function M.run(cmd, log)
+  local ok = os.execute(cmd .. " >" .. log .. " 2>&1")
+  if ok ~= true and ok ~= 0 then
+    local f = io.open(log)
+    error(cmd .. " failed: " .. (f and f:read("*a") or ""))
+  end
 end
 
 return M

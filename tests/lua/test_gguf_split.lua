@@ -12,23 +12,12 @@ local tiny = assert(os.getenv("EXO_TINY_MODEL"), "EXO_TINY_MODEL is not set (cte
 local build = tiny:match("^(.*)/[^/]*$")
 local split = build .. "/exo-gguf-split"
 local work = build .. "/gguf-split-test"
-local failures = 0
+package.path = assert(os.getenv("EXO_SOURCE_DIR")) .. "/tests/lua/?.lua;" .. package.path
+local files = require "reference_files"
+local checker = files.checker()
+local check = checker.check
 
-local function check(ok, fmt, ...)
-  if not ok then
-    failures = failures + 1
-    io.stderr:write("FAIL: " .. string.format(fmt, ...) .. "\n")
-  end
-  return ok
-end
-
-local function run(cmd)
-  local ok = os.execute(cmd .. " >" .. work .. "/cmd.log 2>&1")
-  if ok ~= true and ok ~= 0 then
-    local f = io.open(work .. "/cmd.log")
-    error(cmd .. " failed: " .. (f and f:read("*a") or ""))
-  end
-end
+local function run(cmd) files.run(cmd, work .. "/cmd.log") end
 
 os.execute("rm -rf '" .. work .. "' && mkdir -p '" .. work .. "'")
 
@@ -122,8 +111,5 @@ check(models.local_file(spec) == "M-Q4_K_M-00001-of-00003.gguf", "the store's sp
   tostring(models.local_file(spec)))
 
 os.execute("rm -rf '" .. work .. "'")
-if failures > 0 then
-  io.stderr:write(failures .. " check(s) failed\n")
-  os.exit(1)
-end
+checker.done()
 print("ok")

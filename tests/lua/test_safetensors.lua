@@ -25,23 +25,12 @@ local build = tiny:match("^(.*)/[^/]*$")
 local export = build .. "/exo-gguf-to-safetensors"
 local make = build .. "/exo-make-tiny-model"
 local work = build .. "/safetensors-test"
-local failures = 0
+package.path = assert(os.getenv("EXO_SOURCE_DIR")) .. "/tests/lua/?.lua;" .. package.path
+local files = require "reference_files"
+local checker = files.checker()
+local check = checker.check
 
-local function check(ok, fmt, ...)
-  if not ok then
-    failures = failures + 1
-    io.stderr:write("FAIL: " .. string.format(fmt, ...) .. "\n")
-  end
-  return ok
-end
-
-local function run(cmd)
-  local ok = os.execute(cmd .. " >" .. work .. "/cmd.log 2>&1")
-  if ok ~= true and ok ~= 0 then
-    local f = io.open(work .. "/cmd.log")
-    error(cmd .. " failed: " .. (f and f:read("*a") or ""))
-  end
-end
+local function run(cmd) files.run(cmd, work .. "/cmd.log") end
 
 local function exists(p)
   local f = p and io.open(p, "rb")
@@ -261,9 +250,6 @@ for k, src in ipairs(sources) do
 end
 if #sources == 0 then print("SKIPPED (tokenizer part): default model not installed") end
 
-if failures > 0 then
-  io.stderr:write(failures .. " failure(s)\n")
-  os.exit(1)
-end
+checker.done()
 os.execute("rm -rf '" .. work .. "'")
 print("ok")
