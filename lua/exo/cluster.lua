@@ -300,6 +300,26 @@ function Cluster:lose(id, why)
   changed(self)
 end
 
+--- cluster.KEPT_OUT: the reason a node gives a peer its peers file no longer lists (discovery.keep_out).
+M.KEPT_OUT = "removed from the peers file"
+
+-- Peer id closed our connection because its peers file no longer lists us.
+-- Knocking again would only flap it in and out of the view (each hello is
+-- admitted here before its refusal arrives), so an address learned from
+-- gossip or a hello is forgotten: the peer dials us when it lists us again.
+-- One this node's own discovery gives is the operator's say: it is tried
+-- again, at the longest backoff.
+function Cluster:kept_out_by(id)
+  local k = self.known[id]
+  if not k then return end
+  if k.source ~= "discovery" then
+    self.known[id] = nil
+  else
+    k.backoff = 10
+    k.next_try = uv.now() + 10000
+  end
+end
+
 -- What a peer says of itself is bounded before anything uses it: JSON null
 -- (decoded as a sentinel, not nil) or a wrong type counts as absent, and
 -- numbers must be finite and plausible (a node of 1 MB or of 10^30 TFLOPS is
@@ -638,6 +658,7 @@ function Cluster:event(kind, conn, request_id, data, value, address)
     if taken then self:stop_duplicate(data:sub(taken)) end
     if c and c.peer and not c.superseded and self.peers[c.peer] and self.peers[c.peer].conn == conn then
       self:lose(c.peer, data)
+      if data:sub(-#(" refused us: " .. M.KEPT_OUT)) == " refused us: " .. M.KEPT_OUT then self:kept_out_by(c.peer) end
     elseif not (c and c.peer) and not (c and c.dialed and data:match("^cannot connect"))
       and data ~= "duplicate connection"
       and not data:match("duplicate connection$") then

@@ -79,8 +79,12 @@ class Edits(unittest.TestCase):
             write_bare(c.peers_file, {"c": p["c"]})
             wait_for_topology([a, b], 2, timeout=20)
             wait_for_topology([c], 1, timeout=20)
-            # It stays out: no redial, nobody gossips it back (several polls and backoffs later).
+            # It stays out: no redial, nobody gossips it back (several polls and backoffs later). c
+            # does not knock again either: a and b refused it, so the addresses it learned from
+            # them are forgotten (were it to redial, each hello would flap them into its view).
+            joins = self.log(c).count("peer a connected") + self.log(c).count("peer b connected")
             time.sleep(4)
+            self.assertEqual(self.log(c).count("peer a connected") + self.log(c).count("peer b connected"), joins)
             self.assertEqual(ids(a), ["a", "b"])
             self.assertEqual(ids(b), ["a", "b"])
             self.assertEqual(ids(c), ["c"])

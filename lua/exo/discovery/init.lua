@@ -54,7 +54,7 @@ end
 --- stays: the live connection survives the edit, and a peer that still knows it gossips it back.
 function M.keep_out(cluster)
   local listed, out = {}, {}
-  local why = "removed from the peers file"
+  local why = require("exo.cluster").KEPT_OUT
   local function enforce()
     for id in pairs(out) do
       local k = cluster.known[id]
