@@ -8,7 +8,12 @@
  * one-head calls for every run length, head size (multiples of 64 and the
  * tails past them) and key count around the block size, on the path the CPU
  * picks (AVX2) and, run again with EXO_FORCE_SCALAR=1 (CMakeLists.txt), on
- * the scalar one; and both against a double-precision sum. */
+ * the scalar one; and both against a double-precision sum.
+ *
+ * The softmax's exps must be libm's expf bits (vec.c says why): checked for
+ * floats across the whole range a softmax feeds it (scale * score - max <= 0,
+ * one float in 7 of them, and every one where expf turns to its slow path),
+ * in runs of every length mod 8 so vector bodies and tails both serve. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +78,54 @@ static void check_case(int n, int nq, int count)
     free(kv), free(q), free(w), free(dots), free(dots1), free(sums), free(sums1);
 }
 
+/* Softmax of [0, v...] (max 0, scale 1) is expf of each v: compares n_vals
+ * floats from vals with expf, in calls of len values (plus the 0). */
+static long check_softmax_exps(const float *vals, int n_vals, int len)
+{
+    float x[64];
+    long bad = 0;
+    for (int at = 0; at < n_vals; at += len) {
+        int m = n_vals - at < len ? n_vals - at : len;
+        x[0] = 0.0f;
+        memcpy(x + 1, vals + at, sizeof(float) * (size_t)m);
+        float sum = exo__vec_softmax_f32(m + 1, 1.0f, x), want_sum = 1.0f;
+        for (int i = 0; i < m; i++) {
+            float want = expf(vals[at + i]);
+            want_sum += want;
+            if (memcmp(&want, &x[i + 1], sizeof want) != 0 && bad++ < 5)
+                fprintf(stderr, "softmax: exp(%a) = %a, expf gives %a\n", (double)vals[at + i], (double)x[i + 1],
+                        (double)want);
+        }
+        CHECK_MSG(isnan(want_sum) ? isnan(sum) : fabsf(sum - want_sum) <= 1e-5f * want_sum, "softmax sum %g, expected %g", sum, want_sum);
+        CHECK_MSG(x[0] == 1.0f, "exp(0) is %g", x[0]);
+    }
+    return bad;
+}
+
+static void check_softmax(void)
+{
+    enum { CHUNK = 1 << 16 };
+    static float vals[CHUNK];
+    long bad = 0, n = 0;
+    int len = 1, k = 0;
+    /* Non-positive floats from -0 to past expf's underflow (-104), one bit
+     * pattern in 7; every pattern in [-89, -87] and [-105, -103], where the
+     * slow path starts; then -inf, NaN and the smallest magnitudes. */
+    for (uint32_t b = 0x80000000u; b <= 0xc2d20000u; b += (b >= 0xc2ae0000u && b <= 0xc2b20000u) ||
+                                                            (b >= 0xc2ce0000u) ? 1 : 7) {
+        memcpy(&vals[k++], &b, sizeof b);
+        if (k == CHUNK) {
+            bad += check_softmax_exps(vals, k, len), n += k, k = 0;
+            len = len % 40 + 1;
+        }
+    }
+    const float special[] = {-INFINITY, NAN, -0.0f, 0.0f, -0x1p-149f, -0x1p-126f, -88.0f, -87.9f, -103.97f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) vals[k++] = special[i];
+    bad += check_softmax_exps(vals, k, 9), n += k;
+    CHECK_MSG(bad == 0, "softmax: %ld of %ld exps differ from expf", bad, n);
+    if (!bad) printf("test_vec: softmax's exps equal expf's bits on %ld inputs\n", n);
+}
+
 int main(void)
 {
     exo__quants_init(); /* picks the vec helpers too */
@@ -82,6 +135,7 @@ int main(void)
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
         for (int nq = 1; nq <= 8; nq += nq < 4 ? 1 : 3)
             for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) check_case(sizes[si], nq, counts[ci]);
+    check_softmax();
     if (!check_failures) printf("test_vec: grouped dots and weighted sums equal the one-head calls bit for bit\n");
     CHECK_DONE();
 }

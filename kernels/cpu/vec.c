@@ -77,11 +77,12 @@ void exo__vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *o
     }
 }
 
-/* Scalar on purpose: llama.cpp's attention takes each score's exp with
- * expf, and a vector exp that differs from it by one ulp in 0.03% of inputs
- * moved this engine's teacher-forced gaps to llama.cpp's tokens from 0.25 to
- * 0.62 (tests/lua/test_reference.lua). It costs ~0.5 us per 128 positions. */
-float exo__vec_softmax_f32(int n, float scale, float *x)
+/* With libm's expf: llama.cpp's attention takes each score's exp with expf,
+ * and a vector exp that differs from it by one ulp in 0.03% of inputs moved
+ * this engine's teacher-forced gaps to llama.cpp's tokens from 0.25 to 0.62
+ * (tests/lua/test_reference.lua). The AVX2 version computes expf's own steps
+ * four lanes at a time (vec_avx2.c), the same bits at a tenth of the cost. */
+float exo__vec_softmax_f32_ref(int n, float scale, float *x)
 {
     float max = -INFINITY;
     for (int i = 0; i < n; i++) {
@@ -118,6 +119,7 @@ typedef void (*dots_heads_fn)(int n, int nq, const float *q, size_t q_stride, co
 typedef void (*wsum_heads_fn)(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
                               int count, float *out, size_t out_stride);
 typedef void (*to_f16_fn)(int n, const float *x, uint16_t *y);
+typedef float (*softmax_fn)(int n, float scale, float *x);
 
 /* The helpers for one instruction set, fixed at compile time. */
 typedef struct {
@@ -126,6 +128,7 @@ typedef struct {
     wsum_heads_fn wsum_heads;
     to_f16_fn to_f16;
     swiglu_fn swiglu;
+    softmax_fn softmax;
     bool avx2;
 } vec_kernels;
 
@@ -135,6 +138,7 @@ static const vec_kernels vec_scalar = {
     .wsum_heads = exo__vec_wsum_f16_heads_ref,
     .to_f16 = exo__vec_f16_from_f32_ref,
     .swiglu = exo__vec_swiglu_f32_ref,
+    .softmax = exo__vec_softmax_f32_ref,
 };
 
 #if EXO_VEC_X86
@@ -144,6 +148,7 @@ static const vec_kernels vec_avx2 = {
     .wsum_heads = exo__vec_f16_wsum_heads_avx2,
     .to_f16 = exo__vec_f16_from_f32_avx2,
     .swiglu = exo__vec_f32_swiglu_avx2,
+    .softmax = exo__vec_f32_softmax_avx2,
     .avx2 = true,
 };
 #endif
@@ -205,4 +210,9 @@ void exo__vec_f16_from_f32(int n, const float *x, uint16_t *y)
 void exo__vec_swiglu_f32(int n, const float *gate, const float *up, float *out)
 {
     active_kernels()->swiglu(n, gate, up, out);
+}
+
+float exo__vec_softmax_f32(int n, float scale, float *x)
+{
+    return active_kernels()->softmax(n, scale, x);
 }

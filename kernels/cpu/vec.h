@@ -53,7 +53,8 @@ void exo__vec_swiglu_f32(int n, const float *gate, const float *up, float *out);
 
 /* Attention's softmax numerator, in place: x[i] = expf(scale * x[i] - m)
  * with m = max of scale * x[i]; returns the sum of the new x[i] (n >= 1).
- * One version only, with libm's expf (vec.c says why). */
+ * Every version gives libm's expf bits for each x[i] (vec.c says why); the
+ * sum's order differs between versions. */
 float exo__vec_softmax_f32(int n, float scale, float *x);
 
 void exo__vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);
@@ -62,5 +63,6 @@ void exo__vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_st
 void exo__vec_wsum_f16_heads_ref(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
                                  int count, float *out, size_t out_stride);
 void exo__vec_f16_from_f32_ref(int n, const float *x, uint16_t *y);
+float exo__vec_softmax_f32_ref(int n, float scale, float *x);
 
 #endif
