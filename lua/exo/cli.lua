@@ -20,6 +20,7 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--node-id-filter ID,ID] [--interface-type-filter Ethernet,WiFi,Other,Loopback]
            [--wait-for-peers N] [--partitioning NAME|FILE.lua] [--inference-engine cpu]
            [--device-memory MB] [--wire-dtype f32|f16|q8_0] [--peer-timeout S]
+           [--fetch-timeout S] [--fetch-stall S]
            [--enable-speculative --draft-model MODEL|MODEL:layers=0-K] [--draft-tokens 4]
            [--allow-model-paths] [--cluster-key KEY]
            [--max-connections N] [--max-connections-per-address N]
@@ -525,7 +526,7 @@ local SERVE_FLAGS = {
   http_head_timeout = "number", http_idle_timeout = "number", max_body_mb = "number",
   node_id = "string", node_host = "string", node_port = "number", discovery_config_path = "string",
   wait_for_peers = "number", partitioning = "string", inference_engine = "string", device_memory = "number",
-  wire_dtype = "string", peer_timeout = "number",
+  wire_dtype = "string", peer_timeout = "number", fetch_timeout = "number", fetch_stall = "number",
   enable_speculative = "boolean", draft_model = "string", draft_tokens = "number", allow_model_paths = "boolean",
   cluster_key = "string", max_connections = "number", max_connections_per_address = "number",
   listen_port = "number", broadcast_port = "number", discovery_timeout = "number", node_id_filter = "string",
@@ -566,6 +567,11 @@ local function start_cluster(opts, node, key)
   if not require("exo.native").WIRE_DTYPES[wire_dtype] then
     return nil, "--wire-dtype must be f32, f16 or q8_0"
   end
+  -- How long a request waits on a ring member fetching the model its open names
+  -- (default 6 h), and with no new bytes from it (default 10 min): lua/exo/ring/asker.lua.
+  for _, k in ipairs { "fetch_timeout", "fetch_stall" } do
+    if opts[k] and not (opts[k] > 0) then return nil, ("--%s must be a number of seconds above 0"):format((k:gsub("_", "-"))) end
+  end
   local port = opts.node_port or 0
   if port < 0 or port > 65535 or port ~= math.floor(port) then return nil, "--node-port must be a port number" end
   local policy, perr = require("exo.partition").load(opts.partitioning)
@@ -602,6 +608,7 @@ local function start_cluster(opts, node, key)
   -- EXO_RING_OPEN_TIMEOUT: seconds the asker waits for a node's answer to an open (120; tests shorten it).
   local ring = require("exo.ring").new(node, cluster, { policy = policy, wire_dtype = wire_dtype,
     max_kept = opts.max_sessions, open_timeout = tonumber(os.getenv("EXO_RING_OPEN_TIMEOUT") or "") })
+  ring.fetch_timeout, ring.fetch_stall = opts.fetch_timeout, opts.fetch_stall
   node:attach_ring(ring, { wait_for_peers = opts.wait_for_peers })
   local watchers = {}
   if watcher then

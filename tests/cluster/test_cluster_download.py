@@ -18,7 +18,9 @@ the node helpers are test_share.py's). What is checked:
 - a member's fetch longer than the asker's open timeout (shortened to 2 s by
   EXO_RING_OPEN_TIMEOUT; a raw peer holding the model makes the fetch wait 4 s)
   succeeds, kept alive by the member's "fetching" messages (EXO_FETCH_KEEPALIVE
-  0.5 s), and fails with the timeout when they come too seldom (the control).
+  0.5 s), and fails with the timeout when they come too seldom (the control);
+  meanwhile the asker's /v1/download/progress lists the member's fetch (in
+  progress, then complete). Fetches that never end: test_fetch_bound.py.
 
 Run: build/venv/bin/python tests/cluster/test_cluster_download.py   (ctest runs it)
 """
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import unittest
 
@@ -198,6 +201,29 @@ class ClusterDownload(unittest.TestCase):
             self.assertIn("no answer from the ring for 2 s", raw.decode() if isinstance(raw, bytes) else raw)
             time.sleep(2.5)  # the raw peers answer at 4 s: not on a socket the test closed
         self.two_nodes_and_a_slow_holder(check, {"EXO_RING_OPEN_TIMEOUT": "2", "EXO_FETCH_KEEPALIVE": "30"})
+
+    def test_long_fetch_is_listed_on_the_asker(self):
+        # The same fetch, seen from n1 (the asker): its /v1/download/progress lists n2's
+        # fetch as in progress while the chat waits (from n2's "fetching" answers), then
+        # complete once n2 answered the open.
+        def check(nodes, homes, env):
+            out, seen = {}, []
+            t = threading.Thread(target=lambda: out.update(answer=cluster.chat(nodes[0], "tiny", PROMPT)))
+            t.start()
+            while t.is_alive():
+                ev = progress(nodes[0]).get("n2")
+                if ev:
+                    seen.append(ev)
+                time.sleep(0.1)
+            t.join()
+            self.assertEqual(out.get("answer"), self.reference)
+            running = [e for e in seen if e["status"] == "in_progress"]
+            self.assertTrue(running, seen)
+            self.assertEqual((running[0]["model"], running[0]["source"]), ("tiny", "request"))
+            final = progress(nodes[0])["n2"]
+            self.assertEqual((final["status"], final["model"]), ("complete", "tiny"), final)
+            self.assert_has_model(homes[1])
+        self.two_nodes_and_a_slow_holder(check, {"EXO_FETCH_KEEPALIVE": "0.5"})
 
     def two_nodes_and_a_slow_holder(self, check, env):
         homes = [share.make_home(True), share.make_home(False)]

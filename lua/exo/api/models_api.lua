@@ -9,7 +9,11 @@
 --                                 completed_files, total_files, downloaded_bytes,
 --                                 downloaded_bytes_this_session, total_bytes, overall_speed,
 --                                 overall_eta, file_progress, status ("in_progress",
---                                 "complete", "failed"), plus model and error
+--                                 "complete", "failed"), plus model and error; and the
+--                                 fetches a request started: this node's own, and each ring
+--                                 member's that an open of this node's made fetch the model
+--                                 (their `fetching` answers, lua/exo/ring/asker.lua), with
+--                                 "source": "request"
 --   DELETE /models/{id}           removes a catalogue model's files (200; 404 when none)
 --
 -- A client names catalogue ids only (docs/security.md: clients never pick what a node
@@ -66,6 +70,19 @@ function M.event(st)
     overall_speed = speed, overall_eta = speed > 0 and (total - done) / speed or 0,
     file_progress = files, status = status,
     error = st.error or json.null, source = st.source,
+  }
+end
+
+-- A ring member's fetch as its asker follows it (ring/asker.lua's fetches:
+-- bytes and speed from the member's `fetching` answers; no per-file detail).
+function M.fetch_event(f)
+  local eta = f.status == "in_progress" and f.speed > 0 and math.max(0, f.total - f.done) / f.speed or 0
+  local spec = models.lookup(f.model)
+  return {
+    model = f.model, repo_id = spec and spec.entry and spec.repo or json.null, repo_revision = "main",
+    completed_files = 0, total_files = 0, downloaded_bytes = f.done, downloaded_bytes_this_session = f.done,
+    total_bytes = f.total, overall_speed = f.speed, overall_eta = eta, file_progress = {},
+    status = f.status, error = f.error or json.null, source = "request",
   }
 end
 
@@ -186,6 +203,22 @@ function M.register(routes)
     for id, r in pairs(remote) do
       if r.model == latest then out[id] = r.event end
     end
+    -- Downloads a request started: this node's (download.ensure, before it
+    -- plans) and the ring members' its opens wait on. A node's running
+    -- download shows before an ended one.
+    local function offer(id, event)
+      local had = out[id]
+      if not had or (had.status ~= "in_progress" and event.status == "in_progress") then out[id] = event end
+    end
+    local here = node_id(ctx)
+    for name, d in pairs(download.status) do
+      if name ~= latest and d.state == "downloading" then
+        local event = M.event(d)
+        event.source = "request"
+        offer(here, event)
+      end
+    end
+    for id, f in pairs(ctx.ring and ctx.ring.fetches or {}) do offer(id, M.fetch_event(f)) end
     res:json(200, out) -- {} when nothing was downloaded
   end
 end

@@ -28,12 +28,13 @@ function Ring:deliver(rid, msg)
   end
 end
 
--- The next message for request st, waiting (yielding) up to timeout seconds.
-function Ring:wait(st, timeout)
+-- The next message for request st, waiting (yielding) up to timeout seconds;
+-- past it, an error saying why (by default that the ring did not answer).
+function Ring:wait(st, timeout, why)
   if #st.inbox == 0 then
     local timer = uv.new_timer()
-    timer:start(timeout * 1000, 0, function()
-      self:deliver(st.id, { t = "error", message = ("no answer from the ring for %d s"):format(timeout) })
+    timer:start(math.max(0, math.ceil(timeout * 1000)), 0, function()
+      self:deliver(st.id, { t = "error", message = why or ("no answer from the ring for %d s"):format(timeout) })
     end)
     st.waiting = true
     coroutine.yield()
@@ -217,6 +218,118 @@ function Ring:chunk_size(model)
   return math.max(1, math.min(tonumber(os.getenv("EXO_RING_CHUNK") or "") or 2048, fit))
 end
 
+-- ---- members fetching the model an open names ----------------------------------------
+-- A member whose store lacks the model says `ready` with `fetching` (and its
+-- `done` and `total` bytes) every few seconds until it has it (member.lua).
+-- Each such message keeps the open alive, so a peer that sent them forever
+-- would hold the request, and its client, forever: the wait is bounded by a
+-- total (fetch_timeout, `--fetch-timeout`) and by a stall rule (no new bytes
+-- for fetch_stall seconds, `--fetch-stall`), each naming the node and the
+-- model when it ends the open. Each node's latest fetch stays in
+-- self.fetches, which /v1/download/progress lists (api/models_api.lua).
+M.FETCH_TIMEOUT = 6 * 3600
+M.FETCH_STALL = 600
+-- Nodes whose latest fetch is remembered (node ids come from plans, but a
+-- long-lived node may see many come and go).
+local MAX_FETCHES = 64
+
+local function byte_count(v)
+  return type(v) == "number" and v >= 0 and v < 2 ^ 53 and v or nil
+end
+
+local function mb(n) return ("%.1f MB"):format(n / 1e6) end
+
+-- Records fetching message m (from a node of st's plan).
+function Ring:note_fetch(st, m)
+  local now, id = uv.now(), m.from
+  local done, total = byte_count(m.done) or 0, byte_count(m.total) or 0
+  local f = st.fetches[id]
+  if not f then
+    f = { node = id, model = st.peer_model, status = "in_progress", started = now, progress_at = now, at = now,
+      done = done, total = total, speed = 0 }
+    st.fetches[id] = f
+    self.fetches = self.fetches or {}
+    if not self.fetches[id] then
+      local n, oldest = 0, nil
+      for k, g in pairs(self.fetches) do
+        n = n + 1
+        if g.status ~= "in_progress" and (not oldest or g.at < self.fetches[oldest].at) then oldest = k end
+      end
+      if n >= MAX_FETCHES and oldest then self.fetches[oldest] = nil end
+    end
+    self.fetches[id] = f
+    return
+  end
+  -- The speed over the last report (a member's own figure when it sends one).
+  local dt = (now - f.at) / 1000
+  f.speed = byte_count(m.speed) or (dt > 0 and math.max(0, done - f.done) / dt or f.speed)
+  if done > f.done then f.done, f.progress_at = done, now end
+  f.total, f.at = math.max(f.total, total), now
+end
+
+-- Seconds until fetch f reaches a bound, and what the open fails with then.
+function Ring:fetch_bound(f)
+  local limit, stall, now = self.fetch_timeout or M.FETCH_TIMEOUT, self.fetch_stall or M.FETCH_STALL, uv.now()
+  local left = limit - (now - f.started) / 1000
+  local stall_left = stall - (now - f.progress_at) / 1000
+  if left <= stall_left then
+    return left, ("node %s has been fetching model '%s' for %g s, the limit (--fetch-timeout %g; %s of %s done)")
+      :format(f.node, f.model, limit, limit, mb(f.done), mb(f.total))
+  end
+  return stall_left, ("node %s's fetch of model '%s' made no progress for %g s (--fetch-stall %g; %s of %s done)")
+    :format(f.node, f.model, stall, stall, mb(f.done), mb(f.total))
+end
+
+-- The next answer to st's open: within the open's timeout, and woken at the
+-- nearest fetch bound (with its message) when that comes first.
+function Ring:wait_open(st)
+  local timeout, why = self.open_timeout, nil
+  for _, f in pairs(st.fetches) do
+    if f.status == "in_progress" then
+      local left, fwhy = self:fetch_bound(f)
+      if left < timeout then timeout, why = left, fwhy end
+    end
+  end
+  return self:wait(st, timeout, why)
+end
+
+-- Why st's open must end now (a fetch past its bound), or nil.
+function Ring:fetch_overdue(st)
+  for _, f in pairs(st.fetches) do
+    if f.status == "in_progress" then
+      local left, why = self:fetch_bound(f)
+      if left <= 0 then
+        f.status, f.error = "failed", why
+        return why
+      end
+    end
+  end
+end
+
+-- A node's answer to the open (m, not fetching) ends its fetch, if it had one.
+function Ring:end_fetch(st, m)
+  local f = m.from and st.fetches[m.from]
+  if not f or f.status ~= "in_progress" then return end
+  if m.t == "ready" then
+    f.status, f.speed = "complete", 0
+    f.done = math.max(f.done, f.total)
+  else
+    f.status, f.error = "failed", tostring(m.message or m.t)
+  end
+  f.at = uv.now()
+end
+
+-- The open failed (why): fetches still running are no longer followed.
+function Ring:open_failed(st, why)
+  for _, f in pairs(st.fetches) do
+    if f.status == "in_progress" then
+      f.status, f.at = "failed", uv.now()
+      f.error = ("the request that needed it ended first (%s); node %s may still be fetching it"):format(why, f.node)
+    end
+  end
+  return nil, why
+end
+
 -- carry: what outlives one attempt of the request (Ring:generate): t0, the
 -- client's text sink and the last node's random state (rng) once a token came.
 function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g, carry)
@@ -255,19 +368,29 @@ function Ring:run_request(st, model, ids, req, on_text, should_stop, draft, g, c
       return nil, ("cannot reach node %s: %s"):format(p.node_id, err)
     end
   end
+  -- A node still fetching the model says so every few seconds: each message
+  -- restarts the open's timeout, within the fetch's bounds (above).
+  st.fetches = {}
   local n_ready = 0
   while n_ready < #plan do
-    local m = self:wait(st, self.open_timeout)
-    -- A node still fetching the model (member.lua) says so every few
-    -- seconds: each message restarts the open's timeout.
-    while m.t == "ready" and m.fetching do m = self:wait(st, self.open_timeout) end
-    n_ready = n_ready + 1
-    if m.t ~= "ready" then
-      st.resume_refused = st.kept ~= nil and m.t == "error"
-      st.plan_refused = m.code == "plan_mismatch"
-      return nil, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t))
+    local m = self:wait_open(st)
+    local fetching = m.t == "ready" and m.fetching and true
+    if not fetching then
+      self:end_fetch(st, m)
+    elseif m.from then
+      self:note_fetch(st, m)
     end
-    if type(m.n_vocab) == "number" then st.n_vocab = m.n_vocab end
+    local overdue = self:fetch_overdue(st)
+    if overdue then return self:open_failed(st, overdue) end
+    if not fetching then
+      n_ready = n_ready + 1
+      if m.t ~= "ready" then
+        st.resume_refused = st.kept ~= nil and m.t == "error"
+        st.plan_refused = m.code == "plan_mismatch"
+        return self:open_failed(st, m.message or ("node %s answered %s"):format(tostring(m.from), tostring(m.t)))
+      end
+      if type(m.n_vocab) == "number" then st.n_vocab = m.n_vocab end
+    end
   end
   st.opened = true
   if draft then
