@@ -125,6 +125,92 @@ static double time_batch(const exo_type_traits *t, size_t row_bytes, int rows, i
     return (double)row_bytes * rows * BATCH * (double)reps / el;
 }
 
+/* A prompt's product as the CPU backend runs it (integer path, packed
+ * weights): the four-token kernels over runs of 8 groups for each block of
+ * 16 tokens, or the tiled GEMM (quants.h) over all tokens with its
+ * activations laid out once. Returns multiply-adds per second of this
+ * thread's CPU time. */
+static double time_prompt(const exo_type_traits *t, const uint8_t *groups, int rows, int cols, const uint8_t *acts,
+                          size_t act_stride, int n_tok, float *y, uint8_t *tiles, uint8_t *scratch, bool tiled,
+                          double min_s)
+{
+    const size_t gb = (size_t)cols / EXO_QK_K * t->type_size * 4;
+    long reps = 0;
+    double t0 = now(), el;
+    do {
+        if (tiled) {
+            const size_t tb = exo__tiled_act_bytes(cols);
+            for (int t0k = 0; t0k < n_tok; t0k += EXO_TILED_TOKENS) {
+                const int k = n_tok - t0k < EXO_TILED_TOKENS ? n_tok - t0k : EXO_TILED_TOKENS;
+                t->tiled->pack_act(cols, acts + (size_t)t0k * act_stride, act_stride, k,
+                                   tiles + (size_t)(t0k / EXO_TILED_TOKENS) * tb);
+            }
+            t->tiled->gemm(cols, groups, rows, tiles, n_tok, y, (size_t)rows, scratch);
+        } else {
+            for (int tb = 0; tb < n_tok; tb += 16)
+                for (int g = 0; g < rows / 4; g += 8) {
+                    const int ng = rows / 4 - g < 8 ? rows / 4 - g : 8;
+                    for (int tok = tb; tok < tb + 16 && tok < n_tok; tok += 4)
+                        t->vec_dot_packed_t4(cols, groups + (size_t)g * gb, ng, acts + (size_t)tok * act_stride,
+                                             act_stride, y + (size_t)tok * rows + 4 * g, (size_t)rows);
+                }
+        }
+        reps++;
+        el = now() - t0;
+    } while (el < min_s);
+    sink = y[rows - 1];
+    return (double)rows * cols * n_tok * (double)reps / el;
+}
+
+/* "bench_quants gemm [rounds [types]]": the prompt products of the K
+ * formats at the 1B shape's widths (2048 -> 2048, 2048 -> 8192, 8192 ->
+ * 2048), 16 to 512 tokens, four-token kernels against the tiled GEMM. */
+static bool name_listed(const char *list, const char *name);
+static int bench_gemm(int rounds, const char *only)
+{
+    static const int dtypes[] = { EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K };
+    static const struct { int rows, cols; } shapes[] = { { 2048, 2048 }, { 8192, 2048 }, { 2048, 8192 } };
+    static const int toks[] = { 8, 16, 32, 64, 512 };
+    printf("bench_quants gemm: G multiply-adds/s, one core (thread CPU time), best of %d\n", rounds);
+    printf("  %-6s %-11s %6s %9s %9s\n", "type", "shape", "tokens", "t4", "tiled");
+    for (size_t di = 0; di < sizeof dtypes / sizeof dtypes[0]; di++) {
+        const exo_type_traits *t = exo__type_traits_get(dtypes[di]);
+        if (only && !name_listed(only, t->name)) continue;
+        if (!t->vec_dot_packed_t4) continue;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int rows = shapes[si].rows, cols = shapes[si].cols, max_tok = 512;
+            const size_t row_bytes = exo__dtype_row_size(dtypes[di], cols), act_stride = exo__act_row_size(EXO_ACT_Q8_K, cols);
+            float *x = malloc(sizeof(float) * (size_t)cols);
+            uint8_t *w = malloc(row_bytes * rows), *groups = malloc(row_bytes * rows), *acts = malloc(act_stride * max_tok);
+            for (int r = 0; r < rows; r++) {
+                for (int i = 0; i < cols; i++) x[i] = (float)((double)rand() / RAND_MAX) - 0.5f;
+                t->from_float_ref(x, w + (size_t)r * row_bytes, cols);
+            }
+            for (int r = 0; r < rows; r += 4) t->pack_x4(w + (size_t)r * row_bytes, row_bytes, cols, groups + (size_t)r * row_bytes);
+            for (int k = 0; k < max_tok; k++) {
+                for (int i = 0; i < cols; i++) x[i] = (float)((double)rand() / RAND_MAX) - 0.5f;
+                exo__quantize_act(EXO_ACT_Q8_K, x, acts + (size_t)k * act_stride, cols);
+            }
+            float *y = malloc(sizeof(float) * (size_t)rows * max_tok);
+            uint8_t *tiles = aligned_alloc(64, exo__tiled_act_bytes(cols) * (max_tok / EXO_TILED_TOKENS));
+            uint8_t *scratch = aligned_alloc(64, exo__tiled_scratch_bytes(cols));
+            for (size_t ti = 0; ti < sizeof toks / sizeof toks[0]; ti++) {
+                double best[2] = { 0, 0 };
+                for (int k = 0; k < rounds; k++)
+                    for (int m = 0; m < 2; m++)
+                        if (m == 0 || t->tiled)
+                            best[m] = fmax(best[m], time_prompt(t, groups, rows, cols, acts, act_stride, toks[ti], y, tiles,
+                                                                scratch, m == 1, 0.05));
+                printf("  %-6s %5dx%-5d %6d %9.1f", t->name, rows, cols, toks[ti], best[0] / 1e9);
+                if (t->tiled) printf(" %9.1f\n", best[1] / 1e9);
+                else printf(" %9s\n", "-");
+            }
+            free(x); free(w); free(groups); free(acts); free(y); free(tiles); free(scratch);
+        }
+    }
+    return 0;
+}
+
 #define MAX_KERNELS 5
 
 /* The versions of dtype's dot this CPU can run, ref first. */
@@ -167,10 +253,14 @@ static bool name_listed(const char *list, const char *name)
 
 int main(int argc, char **argv)
 {
+    exo__quants_init();
+    if (argc > 1 && strcmp(argv[1], "gemm") == 0) {
+        int r = argc > 2 ? atoi(argv[2]) : 5;
+        return bench_gemm(r < 1 ? 1 : r, argc > 3 ? argv[3] : NULL);
+    }
     int rounds = argc > 1 ? atoi(argv[1]) : 15;
     const double slice = 0.02;
     if (rounds < 1) rounds = 1;
-    exo__quants_init();
     printf("bench_quants: dispatch picks %s; GB/s of weight bytes, one core\n",
            exo__quants_have_avx512() ? "AVX-512 VNNI" : exo__quants_have_avx2() ? "AVX2" : "scalar (same as ref)");
     printf("  %-6s %-11s %8s %9s %9s %9s %9s %9s %9s %9s %9s\n", "type", "shape", "MB", "ref", "avx2", "avx512",

@@ -426,6 +426,10 @@ static void test_traits(void)
         /* four-token kernels: the K formats on both sets, Q4_0 with AVX-512 VNNI */
         bool want_t4 = want_packed && (kq || (exo__quants_have_avx512() && all_dtypes[k] == EXO_DTYPE_Q4_0));
         CHECK_MSG((tk->vec_dot_packed_t4 != NULL) == want_t4, "%s: vec_dot_packed_t4", tk->name);
+        /* the tiled batch product: the K formats with AVX-512 VNNI only (the AVX2 table keeps the others) */
+        bool want_tiled = exo__quants_have_avx512() && kq;
+        CHECK_MSG((tk->tiled != NULL) == want_tiled, "%s: tiled", tk->name);
+        if (want_tiled) CHECK(tk->tiled->min_tokens >= 1 && tk->tiled->pack_act && tk->tiled->gemm);
     }
 }
 
@@ -1116,6 +1120,84 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
     free(w); free(x); free(x2); free(act);
 }
 
+/* The tiled batch product (quants.h) against the AVX-512 one-row kernel,
+ * bit for bit, for every (row, token) of odd shapes: rows 1..37 (strips of
+ * eight, groups of four cut short), tokens 1..40 (token groups of sixteen
+ * cut short), widths of 1 to 8 super-blocks; rows quantized from random data
+ * and rows of random bits (negative scales, every code). Outputs outside the
+ * asked rows and tokens must stay untouched. Run wherever the CPU has
+ * AVX-512 VNNI, whatever the dispatch picked. */
+static void test_tiled(int dtype)
+{
+    const exo_type_traits *t = exo__type_traits_get(dtype);
+    const exo_kernel_set *ks = exo__quants_kernels(dtype, EXO_ISA_AVX512);
+    if (!ks || !ks->tiled || !cpu_runs_avx512()) return;
+    enum { MAX_ROWS = 40, MAX_TOK = 40 };
+    static const int widths[] = { 256, 768, 2048 };
+    static const int rows_tried[] = { 1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 23, 31, 36, 37 };
+    static const int toks_tried[] = { 1, 2, 5, 15, 16, 17, 31, 32, 33, 40 };
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int n = widths[wi];
+        const size_t row = exo__dtype_row_size(dtype, n), act_bytes = exo__act_row_size(EXO_ACT_Q8_K, n);
+        uint8_t *w = malloc(MAX_ROWS * row), *groups = malloc(MAX_ROWS * row);
+        uint8_t *acts = malloc(MAX_TOK * act_bytes);
+        float *x = malloc((size_t)n * sizeof(float)), *want = malloc(sizeof(float) * MAX_ROWS * MAX_TOK);
+        for (int r = 0; r < MAX_ROWS; r++) {
+            if (r % 3 == 2) {
+                random_blocks(dtype, w + r * row, n);
+            } else {
+                random_row(x, n);
+                t->from_float_ref(x, w + r * row, n);
+            }
+        }
+        for (int g = 0; g < MAX_ROWS / 4; g++) t->pack_x4(w + (size_t)g * 4 * row, row, n, groups + (size_t)g * 4 * row);
+        for (int tok = 0; tok < MAX_TOK; tok++) {
+            random_row(x, n);
+            if (tok == 3) for (int i = 0; i < n; i++) x[i] = i % 2 ? 1.0f : -1.0f; /* every quant at +-127 */
+            exo__quantize_act_ref(EXO_ACT_Q8_K, x, acts + tok * act_bytes, n);
+        }
+        for (int r = 0; r < MAX_ROWS; r++)
+            for (int tok = 0; tok < MAX_TOK; tok++)
+                want[r * MAX_TOK + tok] = ks->vec_dot(n, w + r * row, acts + tok * act_bytes);
+        const size_t group_bytes = exo__tiled_act_bytes(n);
+        uint8_t *tiles = aligned_alloc(64, group_bytes * ((MAX_TOK + EXO_TILED_TOKENS - 1) / EXO_TILED_TOKENS));
+        uint8_t *scratch = aligned_alloc(64, exo__tiled_scratch_bytes(n)); /* sizes: multiples of 64 */
+        const size_t ldo = MAX_ROWS + 3;
+        float *out = malloc(sizeof(float) * ldo * MAX_TOK);
+        for (size_t ti = 0; ti < sizeof toks_tried / sizeof toks_tried[0]; ti++) {
+            const int nt = toks_tried[ti];
+            for (int t0 = 0; t0 < nt; t0 += EXO_TILED_TOKENS) {
+                const int k = nt - t0 < EXO_TILED_TOKENS ? nt - t0 : EXO_TILED_TOKENS;
+                memset(tiles + (size_t)(t0 / EXO_TILED_TOKENS) * group_bytes, 0x77, group_bytes); /* padding is written */
+                ks->tiled->pack_act(n, acts + t0 * act_bytes, act_bytes, k, tiles + (size_t)(t0 / EXO_TILED_TOKENS) * group_bytes);
+            }
+            for (size_t ri = 0; ri < sizeof rows_tried / sizeof rows_tried[0]; ri++) {
+                const int nr = rows_tried[ri];
+                for (size_t i = 0; i < ldo * MAX_TOK; i++) out[i] = -12345.0f;
+                ks->tiled->gemm(n, groups, nr, tiles, nt, out, ldo, scratch);
+                int bad = 0, stray = 0;
+                for (int tok = 0; tok < MAX_TOK; tok++)
+                    for (size_t r = 0; r < ldo; r++) {
+                        const float got = out[tok * ldo + r];
+                        if (tok < nt && (int)r < nr) {
+                            if (memcmp(&got, &want[r * MAX_TOK + tok], sizeof got) != 0 && bad++ == 0)
+                                CHECK_MSG(false, "%s tiled n=%d rows=%d tokens=%d: row %zu token %d %.9g, one-row %.9g",
+                                          t->name, n, nr, nt, r, tok, got, want[r * MAX_TOK + tok]);
+                        } else {
+                            stray += got != -12345.0f;
+                        }
+                    }
+                CHECK_MSG(stray == 0, "%s tiled n=%d rows=%d tokens=%d: %d outputs written outside", t->name, n, nr, nt,
+                          stray);
+            }
+        }
+        free(out);
+        free(tiles);
+        free(scratch);
+        free(w); free(groups); free(acts); free(x); free(want);
+    }
+}
+
 static void test_format(int dtype, double max_rmse)
 {
     const exo_type_traits *t = exo__type_traits_get(dtype);
@@ -1363,6 +1445,9 @@ int main(void)
     test_format(EXO_DTYPE_Q2_K, 0.42);
     test_format(EXO_DTYPE_Q3_K, 0.22);
     test_format(EXO_DTYPE_IQ4_XS, 0.12);
+    test_tiled(EXO_DTYPE_Q4_K);
+    test_tiled(EXO_DTYPE_Q5_K);
+    test_tiled(EXO_DTYPE_Q6_K);
     test_vec();
 
     if (!exo__quants_have_avx2()) printf("  fast-vs-ref comparisons: skipped (no AVX2/FMA/F16C, or EXO_FORCE_SCALAR)\n");

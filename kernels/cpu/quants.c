@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "cpu_features.h"
+#include "gemm_k_avx512.h"
 #include "quants_avx2.h"
 #include "quants_avx512.h"
 #include "quants_impl.h"
@@ -1297,9 +1298,10 @@ static const cpu_kernels kernels_scalar = {
 #define AVX512_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx512
 #define AVX512_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx512
 /* the AVX2 bodies with 32 registers (quants_k_rows.h) */
-#define AVX512_q4_K K_PACKED(q4_K, avx512)
-#define AVX512_q5_K K_PACKED(q5_K, avx512)
-#define AVX512_q6_K K_PACKED(q6_K, avx512)
+/* and a prompt's batch through the tiled GEMM (gemm_k_avx512.c) */
+#define AVX512_q4_K K_PACKED(q4_K, avx512), .tiled = &exo__tiled_q4_K_avx512
+#define AVX512_q5_K K_PACKED(q5_K, avx512), .tiled = &exo__tiled_q5_K_avx512
+#define AVX512_q6_K K_PACKED(q6_K, avx512), .tiled = &exo__tiled_q6_K_avx512
 
 /* The activation quantizers have AVX2 versions only; the AVX-512 table uses them too. */
 #define ACT_AVX2 .act_q8_32 = exo__quantize_act_q8_32_avx2, .act_q8_K = exo__quantize_act_q8_K_avx2

@@ -183,6 +183,42 @@ typedef void (*exo_vec_dot_packed_fn)(int n, const void *groups, int64_t n_group
 typedef void (*exo_vec_dot_packed_t4_fn)(int n, const void *groups, int64_t n_groups, const void *act_rows,
                                          size_t act_stride, float *out, size_t ldo);
 
+/* The tiled batch product (the K formats on AVX-512 VNNI: gemm_k_avx512.c),
+ * for a prompt's tokens. A strip of weight rows is unpacked once into plain
+ * byte codes and integer scales, then every token of the batch runs past it
+ * in tiles of rows x EXO_TILED_TOKENS tokens, so no unpacking or scale work
+ * is repeated per token; each (row, token) gets bit for bit what
+ * vec_dot_packed gives it, so a batch may take this path or the others.
+ *
+ * pack_act puts n_tok (1..EXO_TILED_TOKENS) activation rows of width n,
+ * act_stride bytes apart, into one token group of exo__tiled_act_bytes(n)
+ * bytes at tile (64-byte aligned; missing tokens are zeros). gemm multiplies
+ * rows [0, n_rows) of the packed groups at groups (ceil(n_rows / 4) of them)
+ * with n_tokens tokens, whose groups lie one after another at tiles:
+ * out[t * ldo + r]. scratch is the calling thread's own,
+ * exo__tiled_scratch_bytes(n) bytes, 64-byte aligned. Used for batches of at
+ * least min_tokens. */
+#define EXO_TILED_TOKENS 16
+typedef struct exo_tiled_gemm {
+    int min_tokens;
+    void (*pack_act)(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile);
+    void (*gemm)(int n, const void *groups, int n_rows, const void *tiles, int n_tokens, float *out, size_t ldo,
+                 void *scratch);
+} exo_tiled_gemm;
+
+/* Bytes a super-block takes in a token group and in a thread's strip (the
+ * layouts are gemm_k_avx512.c's). */
+#define EXO_TILED_ACT_SB_BYTES 4672
+#define EXO_TILED_STRIP_SB_BYTES 3392
+static inline size_t exo__tiled_act_bytes(int n)
+{
+    return (size_t)(n / EXO_QK_K) * EXO_TILED_ACT_SB_BYTES;
+}
+static inline size_t exo__tiled_scratch_bytes(int n)
+{
+    return (size_t)(n / EXO_QK_K) * EXO_TILED_STRIP_SB_BYTES;
+}
+
 typedef struct exo_type_traits {
     const char *name;             /* "q4_1" */
     int block_size;               /* elements per block */
@@ -199,6 +235,7 @@ typedef struct exo_type_traits {
     exo_unpack_x4_row_fn unpack_x4_row; /* one row back out of a packed group */
     exo_vec_dot_packed_fn vec_dot_packed; /* dot over a packed group, or NULL on CPUs without a kernel */
     exo_vec_dot_packed_t4_fn vec_dot_packed_t4; /* a packed group x four tokens, or NULL */
+    const exo_tiled_gemm *tiled;  /* the tiled batch product over packed groups, or NULL */
 } exo_type_traits;
 
 /* The kernels written for one instruction set, whichever the dispatch
@@ -211,6 +248,7 @@ typedef struct exo_kernel_set {
     int x4_min_tokens;            /* as in exo_type_traits */
     exo_vec_dot_packed_fn vec_dot_packed;
     exo_vec_dot_packed_t4_fn vec_dot_packed_t4;
+    const exo_tiled_gemm *tiled;
 } exo_kernel_set;
 
 enum exo_isa {

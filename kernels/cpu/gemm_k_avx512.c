@@ -1,0 +1,347 @@
+/* gemm_k_avx512.c: the tiled int8 GEMM for K-quant prompt batches (Q4_K,
+ * Q5_K, Q6_K) on AVX-512 VNNI.
+ *
+ * The packed four-token kernels (quants_k_rows.h) unpack each group of four
+ * weight rows again for every four tokens, and the unpacking and scale work,
+ * not the multiply-adds, bounds them. Here a strip of STRIP_ROWS weight rows
+ * is unpacked once into plain unsigned byte codes (Q4_K 0..15, Q5_K 0..31,
+ * Q6_K 0..63) and integer sub-block scales, and every token of the batch
+ * runs past it: one zmm a row holds sixteen tokens' int32 sums, and each
+ * step of four k-elements is one 64-byte load of the sixteen tokens'
+ * activation bytes and one vpdpbusd a row with the row's four code bytes
+ * broadcast. The activations are put in that layout once per product.
+ *
+ * Bit for bit vec_dot_packed: that kernel keeps eight float lanes a
+ * (row, token) (and four for Q4_K/Q5_K's minimums), each lane the sum over
+ * super-blocks of d * (float)(an exact integer), with one FMA, and adds the
+ * lanes in a fixed order at the end. The integers are exact, so any order of
+ * integer work gives them; this file computes each lane's integer from the
+ * same elements and scales (a lane is a set of "units": a sub-block's or a
+ * 16-element group's elements of one half, times its scale), then does the
+ * same FMA into the same lane and the same final sums, for sixteen tokens at
+ * once. The lanes (quants_k_rows.h's lane order): lane l = 2 p + h covers
+ * elements 64 p .. 64 p + 63 of the super-block whose offset o has
+ * (o / 4) % 2 == h; Q4_K/Q5_K's lane l is sub-blocks 2 p and 2 p + 1 of it
+ * (two units of 16 elements), Q6_K's the four 16-element groups (four units
+ * of 8), with Q6_K's -32 offset applied as -32 * (sc[2 l] * bsums[2 l] +
+ * sc[2 l + 1] * bsums[2 l + 1]), as that kernel does. */
+#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || !defined(__AVX512VNNI__) || \
+    !defined(__F16C__)
+#error "gemm_k_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mf16c"
+#endif
+
+#include "gemm_k_avx512.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "quants.h"
+#include "quants_impl.h"
+
+/* Rows a strip: sixteen int32 unit sums and eight lane sums in registers
+ * (one zmm each a row), the activation vector and the broadcasts beside them. */
+#define STRIP_ROWS 8
+#define TOK EXO_TILED_TOKENS
+#define STEPS 64 /* steps of four elements a super-block */
+
+/* A token group's super-block (EXO_TILED_ACT_SB_BYTES): the quants, step s
+ * at 64 s (four bytes a token); the tokens' d; int32 pairs of int16 sums per
+ * token (Q4_K/Q5_K: pair m is (bsums of sub-block 2 m, of 2 m + 1) for
+ * m < 4; Q6_K: pair i is (bsums[2 i], bsums[2 i + 1])). */
+#define ACT_D 4096
+#define ACT_PAIRS 4160
+_Static_assert(ACT_PAIRS + 8 * TOK * 4 == EXO_TILED_ACT_SB_BYTES, "token group layout");
+
+/* A strip's super-block (EXO_TILED_STRIP_SB_BYTES): the codes, step s at
+ * 32 s (four bytes a row); each unit's scale as int32, [lane][unit][row];
+ * the rows' d and dmin as floats; int32 pairs of int16 per row (Q4_K/Q5_K:
+ * minimums of sub-blocks 2 m, 2 m + 1; Q6_K: scales 2 i, 2 i + 1). */
+#define STRIP_SC 2048
+#define STRIP_D 3072
+#define STRIP_DMIN 3104
+#define STRIP_PAIRS 3136
+_Static_assert(STRIP_PAIRS + 8 * STRIP_ROWS * 4 == EXO_TILED_STRIP_SB_BYTES, "strip layout");
+
+static inline uint32_t ld32(const uint8_t *p)
+{
+    uint32_t u;
+    memcpy(&u, p, sizeof u);
+    return u;
+}
+
+static inline void st32(uint8_t *p, uint32_t u)
+{
+    memcpy(p, &u, sizeof u);
+}
+
+static inline float half_to_float(const uint8_t *p)
+{
+    exo_half h;
+    memcpy(&h, p, sizeof h);
+    return _cvtsh_ss(h); /* as the packed kernels convert it */
+}
+
+/* Element offset (in its super-block) of the first of step s's four
+ * elements: steps go lane by lane, unit by unit (see the top). */
+static inline int step_element(bool q6, int s)
+{
+    const int l = s / 8, p = l / 2, h = l % 2;
+    if (!q6) { /* unit u: sub-block 2 p + u, four steps of 8 */
+        const int u = (s % 8) / 4, q = s % 4;
+        return 32 * (2 * p + u) + 8 * q + 4 * h;
+    }
+    const int u = (s % 8) / 2, q = s % 2; /* unit u: group 4 p + u, two steps of 8 */
+    return 64 * p + 16 * u + 8 * q + 4 * h;
+}
+
+/* ---- the activations -------------------------------------------------------- */
+
+static void pack_act(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile, bool q6)
+{
+    const int nb = n / EXO_QK_K;
+    memset(tile, 0, exo__tiled_act_bytes(n));
+    for (int t = 0; t < n_tok; t++) {
+        const exo_block_q8_K *a = (const exo_block_q8_K *)((const uint8_t *)act_rows + (size_t)t * act_stride);
+        for (int i = 0; i < nb; i++) {
+            uint8_t *at = (uint8_t *)tile + (size_t)i * EXO_TILED_ACT_SB_BYTES;
+            for (int s = 0; s < STEPS; s++)
+                memcpy(at + 64 * s + 4 * t, a[i].qs + step_element(q6, s), 4);
+            memcpy(at + ACT_D + 4 * t, &a[i].d, sizeof(float));
+            for (int k = 0; k < 8; k++) {
+                uint16_t lo, hi;
+                if (q6) {
+                    lo = (uint16_t)a[i].bsums[2 * k];
+                    hi = (uint16_t)a[i].bsums[2 * k + 1];
+                } else if (k < 4) { /* sub-block sums in 16 bits, as the packed kernels' hadd makes them */
+                    lo = (uint16_t)(a[i].bsums[4 * k] + a[i].bsums[4 * k + 1]);
+                    hi = (uint16_t)(a[i].bsums[4 * k + 2] + a[i].bsums[4 * k + 3]);
+                } else {
+                    lo = hi = 0;
+                }
+                st32(at + ACT_PAIRS + 64 * k + 4 * t, (uint32_t)lo | (uint32_t)hi << 16);
+            }
+        }
+    }
+}
+
+/* ---- the strip ---------------------------------------------------------------- */
+
+/* Row r of a strip's super-block where the strip has no row r: zero codes,
+ * scales and pairs (its results are never written). */
+static void strip_zero_row(uint8_t *st, int r)
+{
+    for (int s = 0; s < STEPS; s++) st32(st + 32 * s + 4 * r, 0);
+    for (int k = 0; k < 32; k++) ((int32_t *)(st + STRIP_SC))[STRIP_ROWS * k + r] = 0;
+    for (int k = 0; k < 8; k++) ((int32_t *)(st + STRIP_PAIRS))[STRIP_ROWS * k + r] = 0;
+    ((float *)(st + STRIP_D))[r] = ((float *)(st + STRIP_DMIN))[r] = 0.0f;
+}
+
+enum { FMT_Q4_K, FMT_Q5_K, FMT_Q6_K };
+
+/* Row r of a strip's super-block from a row's packed quants (quants_k_rows.h's
+ * lane order: lo c's byte p the low nibble of byte 32 c + p, hi c's the high
+ * one; Q5_K's fifth bits at 128 + p, bit 2 c (lo) and 2 c + 1 (hi)) and its
+ * header (d, dmin, the 12 bytes of scales). */
+static void strip_row_q45(const uint8_t *qs, const uint8_t *head, uint8_t *st, int r, bool q5)
+{
+    for (int l = 0; l < 8; l++) {
+        const uint32_t fifth = q5 ? ld32(qs + 128 + 4 * l) : 0;
+        for (int q = 0; q < 4; q++) {
+            const uint32_t w = ld32(qs + 32 * q + 4 * l);
+            for (int u = 0; u < 2; u++) {
+                uint32_t c = (u ? w >> 4 : w) & 0x0f0f0f0fu;
+                if (q5) c |= ((fifth >> (2 * q + u)) & 0x01010101u) << 4;
+                st32(st + 32 * (8 * l + 4 * u + q) + 4 * r, c);
+            }
+        }
+    }
+    int32_t *sc32 = (int32_t *)(st + STRIP_SC), *pairs = (int32_t *)(st + STRIP_PAIRS);
+    uint8_t sc[8], mn[8];
+    exo_k_scales_unpack(head + 4, sc, mn);
+    for (int l = 0; l < 8; l++)
+        for (int u = 0; u < 4; u++) sc32[STRIP_ROWS * (4 * l + u) + r] = u < 2 ? sc[2 * (l / 2) + u] : 0;
+    for (int k = 0; k < 8; k++)
+        pairs[STRIP_ROWS * k + r] = k < 4 ? (int32_t)((uint32_t)mn[2 * k] | (uint32_t)mn[2 * k + 1] << 16) : 0;
+    ((float *)(st + STRIP_D))[r] = half_to_float(head);
+    ((float *)(st + STRIP_DMIN))[r] = half_to_float(head + 2);
+}
+
+/* The same for Q6_K: lo c / hi c's low four bits as the low / high nibbles of
+ * byte 32 c + p, their top two bits at 128 + 32 (c / 2) + p, bits 4 (c % 2)
+ * (lo) and 4 (c % 2) + 2 (hi); the header is the 16 scales, then d. */
+static void strip_row_q6(const uint8_t *qs, const uint8_t *head, uint8_t *st, int r)
+{
+    for (int l = 0; l < 8; l++)
+        for (int u = 0; u < 4; u++)
+            for (int q = 0; q < 2; q++) {
+                const int hi = u / 2, c = 2 * (u % 2) + q;
+                const uint32_t w = ld32(qs + 32 * c + 4 * l), top = ld32(qs + 128 + 32 * (c / 2) + 4 * l);
+                const uint32_t code = ((hi ? w >> 4 : w) & 0x0f0f0f0fu) |
+                                      ((top >> (4 * (c % 2) + 2 * hi)) & 0x03030303u) << 4;
+                st32(st + 32 * (8 * l + 2 * u + q) + 4 * r, code);
+            }
+    int32_t *sc32 = (int32_t *)(st + STRIP_SC), *pairs = (int32_t *)(st + STRIP_PAIRS);
+    const int8_t *scales = (const int8_t *)head;
+    for (int l = 0; l < 8; l++)
+        for (int u = 0; u < 4; u++) sc32[STRIP_ROWS * (4 * l + u) + r] = scales[4 * (l / 2) + u];
+    for (int k = 0; k < 8; k++)
+        pairs[STRIP_ROWS * k + r] =
+            (int32_t)((uint32_t)(uint16_t)scales[2 * k] | (uint32_t)(uint16_t)scales[2 * k + 1] << 16);
+    ((float *)(st + STRIP_D))[r] = half_to_float(head + 16);
+    ((float *)(st + STRIP_DMIN))[r] = 0.0f;
+}
+
+/* A strip of nb super-blocks: its row r is row r % 4 of packed group g[r / 4]
+ * (quants.h: a super-block's chunk holds the four rows' quants, then their
+ * headers); a NULL group's rows are zeros. */
+static void unpack_strip(const uint8_t *g[2], int nb, uint8_t *strip, int fmt)
+{
+    const size_t bs = fmt == FMT_Q6_K ? sizeof(exo_block_q6_K) : fmt == FMT_Q5_K ? sizeof(exo_block_q5_K)
+                                                                                 : sizeof(exo_block_q4_K);
+    /* quants_k_rows.h's KROWS_Q4K_QS, KROWS_Q5K_QS, KROWS_Q6K_QS and the header sizes */
+    const size_t qs_bytes = fmt == FMT_Q6_K ? 192 : fmt == FMT_Q5_K ? 160 : 128, head_bytes = fmt == FMT_Q6_K ? 18 : 16;
+    for (int i = 0; i < nb; i++) {
+        uint8_t *st = strip + (size_t)i * EXO_TILED_STRIP_SB_BYTES;
+        for (int r = 0; r < STRIP_ROWS; r++) {
+            if (!g[r / 4]) {
+                strip_zero_row(st, r);
+                continue;
+            }
+            const uint8_t *chunk = g[r / 4] + (size_t)i * 4 * bs;
+            const uint8_t *qs = chunk + qs_bytes * (r % 4), *head = chunk + 4 * qs_bytes + head_bytes * (r % 4);
+            if (fmt == FMT_Q6_K)
+                strip_row_q6(qs, head, st, r);
+            else
+                strip_row_q45(qs, head, st, r, fmt == FMT_Q5_K);
+        }
+    }
+}
+
+/* ---- the micro-kernel ------------------------------------------------------------ */
+
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
+/* The strip against one token group over all nb super-blocks: res[r] holds
+ * the sixteen tokens' results of row r. NU units of SU steps a lane (Q4_K,
+ * Q5_K: 2 x 4 and minimums; Q6_K: 4 x 2 and the -32 offset). */
+EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_t *tile, __m512 res[STRIP_ROWS],
+                                      const int NU, const int SU, const bool q6)
+{
+    __m512 acc[STRIP_ROWS][8], accm[STRIP_ROWS][4];
+    UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+        for (int l = 0; l < 8; l++) acc[r][l] = _mm512_setzero_ps();
+        for (int m = 0; m < 4; m++) accm[r][m] = _mm512_setzero_ps();
+    }
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *st = strip + (size_t)i * EXO_TILED_STRIP_SB_BYTES;
+        const uint8_t *at = tile + (size_t)i * EXO_TILED_ACT_SB_BYTES;
+        const int32_t *sc32 = (const int32_t *)(st + STRIP_SC), *pairs = (const int32_t *)(st + STRIP_PAIRS);
+        const float *dw = (const float *)(st + STRIP_D), *dmw = (const float *)(st + STRIP_DMIN);
+        const __m512 ad = _mm512_load_ps(at + ACT_D);
+        __m512 dv[STRIP_ROWS];
+        UNROLL for (int r = 0; r < STRIP_ROWS; r++) dv[r] = _mm512_mul_ps(_mm512_set1_ps(dw[r]), ad);
+        for (int l = 0; l < 8; l++) {
+            __m512i lane[STRIP_ROWS];
+            UNROLL for (int u = 0; u < NU; u++) {
+                __m512i unit[STRIP_ROWS];
+                UNROLL for (int r = 0; r < STRIP_ROWS; r++) unit[r] = _mm512_setzero_si512();
+                UNROLL for (int q = 0; q < SU; q++) {
+                    const int s = 8 * l + SU * u + q;
+                    const __m512i x = _mm512_load_si512(at + 64 * s);
+                    const uint8_t *codes = st + 32 * s;
+                    UNROLL for (int r = 0; r < STRIP_ROWS; r++)
+                        unit[r] = _mm512_dpbusd_epi32(unit[r], _mm512_set1_epi32((int)ld32(codes + 4 * r)), x);
+                }
+                UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+                    const __m512i p = _mm512_mullo_epi32(unit[r], _mm512_set1_epi32(sc32[STRIP_ROWS * (4 * l + u) + r]));
+                    lane[r] = u ? _mm512_add_epi32(lane[r], p) : p;
+                }
+            }
+            if (q6) { /* - 32 (sc[2 l] bsums[2 l] + sc[2 l + 1] bsums[2 l + 1]) */
+                const __m512i bp = _mm512_load_si512(at + ACT_PAIRS + 64 * l);
+                UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+                    const __m512i off = _mm512_madd_epi16(bp, _mm512_set1_epi32(pairs[STRIP_ROWS * l + r]));
+                    lane[r] = _mm512_sub_epi32(lane[r], _mm512_slli_epi32(off, 5));
+                }
+            }
+            UNROLL for (int r = 0; r < STRIP_ROWS; r++)
+                acc[r][l] = _mm512_fmadd_ps(dv[r], _mm512_cvtepi32_ps(lane[r]), acc[r][l]);
+        }
+        if (!q6) /* the minimums: dmin * (mn[2 m] bsum(2 m) + mn[2 m + 1] bsum(2 m + 1)) */
+            UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+                const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(dmw[r]), ad);
+                for (int m = 0; m < 4; m++) {
+                    const __m512i bp = _mm512_load_si512(at + ACT_PAIRS + 64 * m);
+                    const __m512i mm = _mm512_madd_epi16(bp, _mm512_set1_epi32(pairs[STRIP_ROWS * m + r]));
+                    accm[r][m] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(mm), accm[r][m]);
+                }
+            }
+    }
+    /* the packed kernels' final sums: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), minus
+     * (m0 + m2) + (m1 + m3) */
+    UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+        const __m512 *a = acc[r];
+        __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                                 _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])));
+        if (!q6) {
+            const __m512 *m = accm[r];
+            s = _mm512_sub_ps(s, _mm512_add_ps(_mm512_add_ps(m[0], m[2]), _mm512_add_ps(m[1], m[3])));
+        }
+        res[r] = s;
+    }
+}
+
+/* ---- the kernels ---------------------------------------------------------------- */
+
+static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles, int n_tokens, float *out, size_t ldo,
+                       void *scratch, int fmt)
+{
+    const int nb = n / EXO_QK_K;
+    const size_t bs = fmt == FMT_Q6_K ? sizeof(exo_block_q6_K) : fmt == FMT_Q5_K ? sizeof(exo_block_q5_K)
+                                                                                 : sizeof(exo_block_q4_K);
+    const size_t group_bytes = (size_t)nb * 4 * bs, tile_bytes = exo__tiled_act_bytes(n);
+    uint8_t *strip = scratch;
+    for (int r0 = 0; r0 < n_rows; r0 += STRIP_ROWS) {
+        const uint8_t *g[2] = {(const uint8_t *)groups + (size_t)(r0 / 4) * group_bytes, NULL};
+        if (r0 + 4 < n_rows) g[1] = g[0] + group_bytes;
+        unpack_strip(g, nb, strip, fmt);
+        const int rows = n_rows - r0 < STRIP_ROWS ? n_rows - r0 : STRIP_ROWS;
+        for (int t0 = 0; t0 < n_tokens; t0 += TOK) {
+            const uint8_t *tile = (const uint8_t *)tiles + (size_t)(t0 / TOK) * tile_bytes;
+            __m512 res[STRIP_ROWS];
+            if (fmt == FMT_Q6_K)
+                strip_x_tokens(nb, strip, tile, res, 4, 2, true);
+            else
+                strip_x_tokens(nb, strip, tile, res, 2, 4, false);
+            float v[STRIP_ROWS][TOK];
+            for (int r = 0; r < STRIP_ROWS; r++) _mm512_storeu_ps(v[r], res[r]);
+            const int toks = n_tokens - t0 < TOK ? n_tokens - t0 : TOK;
+            for (int t = 0; t < toks; t++)
+                for (int r = 0; r < rows; r++) out[(size_t)(t0 + t) * ldo + r0 + r] = v[r][t];
+        }
+    }
+}
+
+/* Below this many tokens the four-token packed kernels win (measured with
+ * bench_quants' batch column: docs/performance.md). */
+#define TILED_MIN_TOKENS 16
+
+#define TILED_FORMAT(fmt, FMT, q6)                                                                                 \
+    static void pack_act_##fmt(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile)             \
+    {                                                                                                              \
+        pack_act(n, act_rows, act_stride, n_tok, tile, q6);                                                        \
+    }                                                                                                              \
+    static void gemm_##fmt(int n, const void *groups, int n_rows, const void *tiles, int n_tokens, float *out,     \
+                           size_t ldo, void *scratch)                                                              \
+    {                                                                                                              \
+        tiled_gemm(n, groups, n_rows, tiles, n_tokens, out, ldo, scratch, FMT);                                    \
+    }                                                                                                              \
+    const exo_tiled_gemm exo__tiled_##fmt##_avx512 = {TILED_MIN_TOKENS, pack_act_##fmt, gemm_##fmt};
+TILED_FORMAT(q4_K, FMT_Q4_K, false)
+TILED_FORMAT(q5_K, FMT_Q5_K, false)
+TILED_FORMAT(q6_K, FMT_Q6_K, true)
