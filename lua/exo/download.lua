@@ -275,14 +275,20 @@ end
 local HF_SIDE = { ["config.json"] = true, ["tokenizer.json"] = true, ["tokenizer_config.json"] = true,
   ["generation_config.json"] = true, ["model.safetensors.index.json"] = true, ["special_tokens_map.json"] = true }
 
+-- Whether a file of a safetensors folder is one a model needs (a weight
+-- file at the top, or one of the side files above): what pulls fetch and
+-- peers offer (exo.share).
+function M.model_file(path)
+  return HF_SIDE[path] == true or (path:match("%.safetensors$") ~= nil and not path:find("/", 1, true))
+end
+
 local function safetensors_plan(files)
   local out, has_config, has_st = {}, false, false
   for _, f in ipairs(files) do
     if f.path:match("%.gguf$") then return nil end
     if f.path == "config.json" then has_config = true end
-    local st = f.path:match("%.safetensors$") and not f.path:find("/", 1, true)
-    if st then has_st = true end
-    if st or HF_SIDE[f.path] then out[#out + 1] = f end
+    if f.path:match("^[^/]+%.safetensors$") then has_st = true end
+    if M.model_file(f.path) then out[#out + 1] = f end
   end
   if not (has_config and has_st) then return nil end
   table.sort(out, function(a, b) return (a.path == "config.json" and 1 or 0) < (b.path == "config.json" and 1 or 0)
@@ -549,12 +555,18 @@ function M.pull(name, opts)
     st.waiters = {}
     return result, ferr
   end
+  -- A hub repository a peer named comes from peers only, unless the
+  -- cluster's key admitted that peer (M.ensure's opts.hub).
+  local peers_only = not spec.entry and opts.hub == "peers"
   if from_peers then
-    local path, perr, asked = share.fetch(spec, st)
+    local path, perr, asked = share.fetch(spec, st, opts.layers)
     if path then return finish(path) end
-    if not spec.repo or M.offline() then
+    if not spec.repo or M.offline() or peers_only then
       if asked then return finish(nil, perr) end
-      return finish(nil, (spec.repo and off or no_repo) .. "; no peer has it either")
+      local why = peers_only and ("hub repository '%s' is not in the store, and a node of an open cluster "
+        .. "downloads a peer's hub repository from peers only (a cluster key lets it use the hub)"):format(name)
+        or spec.repo and off or no_repo
+      return finish(nil, why .. "; no peer has it either")
     end
     st.files, st.source = {}, "hub"
   end
@@ -632,24 +644,59 @@ function M.servable(name)
   return spec ~= nil and spec.entry ~= nil and require("exo.share").available()
 end
 
+-- The name a peer's message means: an asker names a hub repository it holds
+-- by its folder in the store ("org--name", "org--name/FILE.gguf": see
+-- ring.peer_model_name), which is the hub id "org/name" ("org/name:FILE.gguf")
+-- here, so it resolves, and is fetched, as that repository. Anything else
+-- (a catalogue id, a file of another model) is itself. A folder name that is
+-- no valid hub id stays a file name (unknown, as before).
+function M.peer_name(name)
+  if type(name) ~= "string" or models.registry[name] then return name end
+  local org, repo, file = name:match("^([%w][%w._-]-)%-%-([%w][%w._-]*)/(.+%.gguf)$")
+  if not org then org, repo = name:match("^([%w][%w._-]-)%-%-([%w][%w._-]*)$") end
+  if not org then return name end
+  local id = org .. "/" .. repo .. (file and (":" .. file) or "")
+  local spec = models.lookup(id)
+  if not spec or spec.entry or spec.dir ~= models.store() .. "/" .. org .. "--" .. repo then return name end
+  return id
+end
+
+-- The real path of name when the store holds what layers ({first, last};
+-- nil: the whole model) need: a safetensors folder may hold other ranges'
+-- files only. Else nil, err (resolve's).
+function M.present(name, layers)
+  local path, err = models.resolve(name)
+  if not path then return nil, err end
+  local st = uv.fs_stat(path)
+  if st and st.type == "directory" and not M.safetensors_present(path, layers) then
+    return nil, ("model '%s' lacks the files of layers %s here"):format(name,
+      layers and ("%d-%d"):format(layers[1], layers[2]) or "all")
+  end
+  return path
+end
+
 -- Seconds between the calls of ensure's on_wait while a model downloads
 -- (EXO_FETCH_KEEPALIVE; tests shorten it).
 M.KEEPALIVE_S = tonumber(os.getenv("EXO_FETCH_KEEPALIVE") or "") or 5
 
--- Makes a catalogue model a request names present, for a served node (a
--- ring member asked to open it, an asker in a cluster): pulls it as M.pull
--- does (peers first, then the hub), calling on_wait(status) every
--- M.KEEPALIVE_S seconds meanwhile, so a caller can tell whoever waits on it
--- that it is alive. A hub repository id is never fetched this way: which
--- repositories a node downloads is its operator's choice (docs/security.md).
+-- Makes a model a request names present, for a served node (a ring member
+-- asked to open it, an asker in a cluster): pulls it as M.pull does (peers
+-- first, then the hub), calling on_wait(status) every M.KEEPALIVE_S seconds
+-- meanwhile, so a caller can tell whoever waits on it that it is alive.
 -- opts go to M.pull (layers = {first, last}: of a safetensors repository,
--- only the files that range needs). Waits on the coroutine; returns the
--- real path, or nil, err.
+-- only the files that range needs). A catalogue id is always fetched; a hub
+-- repository id only with opts.hub: "peers" (peers only: a peer of an open
+-- cluster, which anyone can be, never spends this node's hub access and
+-- token) or "hub" (peers, then the hub: a peer that proved the cluster key).
+-- A client's hub id is never fetched (its operator chooses repositories:
+-- docs/security.md). Waits on the coroutine; returns the real path, or
+-- nil, err.
 function M.ensure(name, on_wait, opts)
-  local path, err = models.resolve(name)
+  opts = opts or {}
+  local path, err = M.present(name, opts.layers)
   if path then return path end
   local spec = models.lookup(name)
-  if not (spec and spec.entry) then return nil, err end
+  if not (spec and (spec.entry or (spec.repo and opts.hub))) then return nil, err end
   local timer = uv.new_timer()
   local every = math.max(1, math.floor(M.KEEPALIVE_S * 1000))
   timer:start(every, every, function()

@@ -88,26 +88,44 @@ local function on_hashed(id, data, status)
   end
 end
 
--- Every file of a model in this node's store (all parts of a split GGUF),
--- as { path = "folder/file", size, sha256 }; waits on the coroutine.
-function M.local_files(name)
-  if type(name) ~= "string" or #name > 256 then return {} end
+-- The store-relative files of name's model here: every part of a split
+-- GGUF, or a safetensors folder's model files (exo.download.model_file:
+-- the weight files it holds, which may be some layers' only, and the side
+-- files), or nil.
+local function model_rels(name)
   local spec = models.lookup(name)
   local rel = spec and models.local_file(spec)
-  if not rel then return {} end
+  if not rel then return nil end
   local folder = spec.dir:match("([^/]+)$")
-  local rels = { rel }
-  local stem, total = rel:match("^(.-)%-00001%-of%-(%d+)%.gguf$")
-  if stem then
-    rels = {}
-    for i = 1, tonumber(total) do rels[i] = ("%s-%05d-of-%s.gguf"):format(stem, i, total) end
+  local rels = {}
+  if rel == "." then
+    local download = require "exo.download"
+    local req = uv.fs_scandir(spec.dir)
+    while req do
+      local n, t = uv.fs_scandir_next(req)
+      if not n then break end
+      if t == "file" and download.model_file(n) then rels[#rels + 1] = folder .. "/" .. n end
+    end
+    table.sort(rels)
+    return rels
   end
+  local stem, total = rel:match("^(.-)%-00001%-of%-(%d+)%.gguf$")
+  if not stem then return { folder .. "/" .. rel } end
+  for i = 1, tonumber(total) do rels[i] = ("%s/%s-%05d-of-%s.gguf"):format(folder, stem, i, total) end
+  return rels
+end
+
+-- Every file of a model in this node's store (all parts of a split GGUF,
+-- a safetensors folder's files), as { path = "folder/file", size, sha256 };
+-- waits on the coroutine.
+function M.local_files(name)
+  if type(name) ~= "string" or #name > 256 then return {} end
   local out = {}
-  for _, r in ipairs(rels) do
-    local path, st = servable(folder .. "/" .. r)
+  for _, rel in ipairs(model_rels(name) or {}) do
+    local path, st = servable(rel)
     local sha = path and sha_of(path, st)
     if not sha then return {} end
-    out[#out + 1] = { path = folder .. "/" .. r, size = st.size, sha256 = sha }
+    out[#out + 1] = { path = rel, size = st.size, sha256 = sha }
   end
   return out
 end
@@ -302,72 +320,131 @@ local function valid_file(f, folder)
     and rest:match("^[%w._-][%w._/-]*$") ~= nil and not rest:match("%.partial$")
 end
 
+M.MAX_FILES = 256 -- files one holder may list (a safetensors repository's shards, a split GGUF's parts)
+
+-- The files holders describe, as the most holders describe each (a lone
+-- liar cannot outvote the rest): { path -> { path, size, sha256, peers
+-- (sorted) } }. Holders may list different files (a safetensors folder that
+-- holds some layers' shards only); one whose list is malformed counts for
+-- nothing.
+local function vote(holders, folder)
+  local votes = {}
+  for peer, files in pairs(holders) do
+    local ok = #files > 0 and #files <= M.MAX_FILES
+    for _, f in ipairs(files) do ok = ok and valid_file(f, folder) end
+    for _, f in ipairs(ok and files or {}) do
+      local key = ("%d %s"):format(f.size, f.sha256:lower())
+      local by = votes[f.path] or {}
+      votes[f.path] = by
+      by[key] = by[key] or { path = f.path, size = f.size, sha256 = f.sha256:lower(), peers = {} }
+      table.insert(by[key].peers, peer)
+    end
+  end
+  local best = {}
+  for path, by in pairs(votes) do
+    local pick
+    for key, v in pairs(by) do
+      if not pick or #v.peers > #pick.peers or (#v.peers == #pick.peers and key < pick.key) then
+        pick = v
+        pick.key = key
+      end
+    end
+    table.sort(pick.peers)
+    best[path] = pick
+  end
+  return best
+end
+
+-- Moves one voted file into the store (unless it is there already);
+-- waits on the coroutine. Returns true, or nil, err.
+local function fetch_one(spec, st, folder, v)
+  local f = { path = v.path:sub(#folder + 2), size = v.size, sha256 = v.sha256, remote = v.path, done = 0 }
+  st.files[#st.files + 1] = f
+  st.source = st.source:match("^peer ") and st.source or "peer " .. v.peers[1]
+  local dest = spec.dir .. "/" .. f.path
+  local sub = f.path:match("^(.*)/[^/]*$")
+  if sub then uv.fs_mkdir(spec.dir .. "/" .. sub, 493) end
+  local have = uv.fs_stat(dest)
+  if have and have.size == f.size then
+    f.done = f.size
+    return true
+  end
+  local last_err
+  for _, peer in ipairs(v.peers) do
+    local key = peer .. "\0" .. f.remote
+    if not liars[key] and cluster.peers[peer] then
+      st.source = "peer " .. peer
+      local ok, why, kind = transfer(peer, { path = f.remote, size = f.size, sha256 = f.sha256 }, dest,
+        function(bytes) f.done = bytes end)
+      if ok then
+        f.done = f.size
+        return true
+      end
+      last_err = ("from peer %s: %s"):format(peer, why)
+      if kind == "lied" then
+        liars[key] = true
+        cluster:note("error", "peer %s sent %s with the wrong bytes: it is not asked for it again", peer, f.remote)
+      end
+      if kind == "local" then break end
+    end
+  end
+  return nil, ("cannot get %s from peers: %s"):format(f.path, last_err or "no holder left")
+end
+
 -- Fetches spec's files from peers into the store; waits on the coroutine.
--- st: download.lua's status (files, source, done). Returns the real path of
--- the first file; or nil, err, asked (true when some peer held the model, so
+-- st: download.lua's status (files, source, done). layers ({first, last}):
+-- of a safetensors folder, only the weight files its index names for those
+-- layers (the index comes first, config.json last: its presence makes the
+-- folder a model). Returns the real path of the first file (a GGUF) or of
+-- the folder; or nil, err, asked (true when some peer held the model, so
 -- the error is about them rather than "nobody has it").
-function M.fetch(spec, st)
+function M.fetch(spec, st, layers)
   if not M.available() then return nil, "no peers", false end
   local holders = ask_peers(spec.name)
   local folder = spec.dir:match("([^/]+)$")
-  -- The files as the most holders describe them (a lone liar cannot outvote the rest).
-  local votes, best, best_n = {}, nil, 0
-  for peer, files in pairs(holders) do
-    local ok = #files > 0 and #files <= 64
-    for _, f in ipairs(files) do ok = ok and valid_file(f, folder) end
-    if ok then
-      local parts = {}
-      for _, f in ipairs(files) do parts[#parts + 1] = ("%s %d %s"):format(f.path, f.size, f.sha256:lower()) end
-      local key = table.concat(parts, "\n")
-      local v = votes[key] or { files = files, peers = {}, key = key }
-      votes[key] = v
-      v.peers[#v.peers + 1] = peer
-      if #v.peers > best_n or (#v.peers == best_n and key < best.key) then best, best_n = v, #v.peers end
-    end
-  end
-  if not best then return nil, ("no peer has model '%s'"):format(spec.name), false end
-  table.sort(best.peers)
-  st.source = "peer " .. best.peers[1]
+  local offered = vote(holders, folder)
+  if not next(offered) then return nil, ("no peer has model '%s'"):format(spec.name), false end
+  local function get(name) return offered[folder .. "/" .. name] end
   st.files = {}
-  for _, f in ipairs(best.files) do
-    st.files[#st.files + 1] = { path = f.path:sub(#folder + 2), size = f.size, sha256 = f.sha256:lower(),
-      remote = f.path, done = 0 }
-  end
   uv.fs_mkdir(models.store(), 493)
   uv.fs_mkdir(spec.dir, 493)
-  for _, f in ipairs(st.files) do
-    local dest = spec.dir .. "/" .. f.path
-    local sub = f.path:match("^(.*)/[^/]*$")
-    if sub then uv.fs_mkdir(spec.dir .. "/" .. sub, 493) end
-    local have = uv.fs_stat(dest)
-    if have and have.size == f.size then
-      f.done = f.size
+  local want, config = {}, get("config.json")
+  local download = require "exo.download"
+  if config then
+    -- A safetensors folder (a GGUF model's holders list its parts only): the index says which weight files the layers need.
+    local index = get("model.safetensors.index.json")
+    local need
+    if index then
+      local ok, err = fetch_one(spec, st, folder, index)
+      if not ok then return nil, err, true end
+      local fh = io.open(spec.dir .. "/model.safetensors.index.json", "rb")
+      local text = fh and fh:read("*a")
+      if fh then fh:close() end
+      local nerr
+      need, nerr = download.safetensors_needs(text or "", layers and layers[1] or 0, layers and layers[2] or math.huge)
+      if not need then return nil, "from peers: " .. nerr, true end
     else
-      local got, last_err = false, nil
-      for _, peer in ipairs(best.peers) do
-        local key = peer .. "\0" .. f.remote
-        if not liars[key] and cluster.peers[peer] then
-          st.source = "peer " .. peer
-          local ok, why, kind = transfer(peer, { path = f.remote, size = f.size, sha256 = f.sha256 }, dest,
-            function(bytes) f.done = bytes end)
-          if ok then
-            got = true
-            f.done = f.size
-            break
-          end
-          last_err = ("from peer %s: %s"):format(peer, why)
-          if kind == "lied" then
-            liars[key] = true
-            cluster:note("error", "peer %s sent %s with the wrong bytes: it is not asked for it again", peer, f.path)
-          end
-          if kind == "local" then break end
-        end
-      end
-      if not got then return nil, ("cannot get %s from peers: %s"):format(f.path, last_err or "no holder left"), true end
+      need = { ["model.safetensors"] = true }
     end
+    for file in pairs(need) do
+      if not get(file) then return nil, ("no peer has %s of model '%s'"):format(file, spec.name), true end
+    end
+    for path, v in pairs(offered) do
+      local name = path:sub(#folder + 2)
+      if v ~= index and v ~= config and (need[name] or not name:match("%.safetensors$")) then want[#want + 1] = v end
+    end
+  else
+    config = nil
+    for _, v in pairs(offered) do want[#want + 1] = v end
   end
-  local real = native.realpath(spec.dir .. "/" .. st.files[1].path)
-  if not real then return nil, "fetched, but cannot find " .. st.files[1].path, true end
+  table.sort(want, function(a, b) return a.path < b.path end)
+  want[#want + 1] = config
+  for _, v in ipairs(want) do
+    local ok, err = fetch_one(spec, st, folder, v)
+    if not ok then return nil, err, true end
+  end
+  local real = native.realpath(config and spec.dir or (spec.dir .. "/" .. st.files[1].path))
+  if not real then return nil, "fetched, but cannot find " .. (config and spec.dir or st.files[1].path), true end
   return real
 end
 

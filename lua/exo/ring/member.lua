@@ -1,6 +1,7 @@
 -- exo.ring.member: a node's part in a request: its layer range, KV sequence and wire route.
 local native = require "exo.native"
 local models = require "exo.models"
+local download = require "exo.download"
 
 local REPLY_OFFSET = native.WIRE_REPLY_OFFSET
 
@@ -15,9 +16,9 @@ local is_int = M.is_int
 -- the same time).
 -- Keyed by the file's real path, so every spelling of one file shares it; a
 -- peer's name resolves as a client's does (the store only, without
--- --allow-model-paths).
+-- --allow-model-paths), a hub repository's folder as its hub id.
 function Ring:shard_for(model_id, start, stop)
-  local path, err = models.resolve(model_id)
+  local path, err = models.resolve(download.peer_name(model_id))
   if not path then return nil, err end
   local key = ("%s@%d-%d"):format(path, start, stop)
   local entry = self.shards[key]
@@ -135,22 +136,31 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   if msg.next and not cluster:conn_of(msg.next) then
     return refuse("the next node " .. msg.next .. " is not connected")
   end
-  -- A catalogue model this store lacks is fetched first (peers, then the hub:
-  -- download.ensure); meanwhile the asker hears "ready" with fetching set every
+  -- The model as this node names it: a hub repository the asker holds
+  -- comes as its folder in the store, which means the hub id here.
+  local model = download.peer_name(msg.model)
+  -- A model this store lacks (or whose folder lacks this range's files) is
+  -- fetched first, for this range only (download.ensure: peers, then the
+  -- hub; a hub repository from the hub only for a peer that proved the
+  -- cluster key); meanwhile the asker hears "ready" with fetching set every
   -- few seconds, which keeps its open alive however long the download takes.
-  if not models.resolve(msg.model) and models.registry[msg.model] then
-    local _, ferr = require("exo.download").ensure(msg.model, function(st)
+  -- The last node takes a safetensors folder whole: it loads the model's
+  -- text side (tokenizer, facts), which reads every weight file's header.
+  local layers = msg.next and { msg.start, msg.stop } or nil
+  if not download.present(model, layers) then
+    local keyed = cluster.wire:stats().keyed
+    local _, ferr = download.ensure(model, function(st)
       if opening.closed then return end
       local done, total = 0, 0
-      if st and st.files then done, total = require("exo.download").totals(st) end
+      if st and st.files then done, total = download.totals(st) end
       cluster:send(from, rid, { t = "ready", fetching = msg.model, done = done, total = total })
-    end)
+    end, { layers = layers, hub = keyed and "hub" or "peers" })
     if opening.closed then return end
     if ferr then return refuse(ferr) end
   end
   -- Before anything loads: a new range of a model is a new shard in memory.
   if opening.counted then
-    local key = ("%s@%d-%d"):format(models.resolve(msg.model) or msg.model, msg.start, msg.stop)
+    local key = ("%s@%d-%d"):format(models.resolve(model) or model, msg.start, msg.stop)
     local why, kind = self:range_refusal(from, key)
     if why then return self:refuse_quota(from, rid, why, kind) end
     opening.key = key
@@ -159,11 +169,11 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   -- it), then the range. From the range's arrival to the route's opening
   -- nothing waits, so no plan change can retire the range in between.
   if not msg.next and not msg.verify then
-    local _, terr = self.node:model(msg.model)
+    local _, terr = self.node:model(model)
     if opening.closed then return end
     if terr then return refuse(terr) end
   end
-  local entry, err = self:shard_for(msg.model, msg.start, msg.stop)
+  local entry, err = self:shard_for(model, msg.start, msg.stop)
   if opening.closed then return end
   if not entry then return refuse(err) end
   local shard = entry.shard
@@ -178,7 +188,7 @@ function Ring:open_route(from, rid, msg, opening, refuse)
     if not qok then return self:refuse_quota(from, rid, qerr, kind) end
     opening.kv = kv
   end
-  local route = { asker = from, shard_key = entry.key, range = msg.start .. "-" .. msg.stop, model = msg.model,
+  local route = { asker = from, shard_key = entry.key, range = msg.start .. "-" .. msg.stop, model = model,
     n_ctx = msg.n_ctx, first = msg.first,
     n_vocab = shard.n_vocab, quota_kv = opening.counted and opening.kv or nil, quota_key = opening.key }
   if shard.is_last then
@@ -220,7 +230,7 @@ function Ring:on_resume(from, rid, msg)
     self.cluster:send(from, rid, { t = "error", message = ("node %s: %s"):format(self.cluster.id, why) })
   end
   if not route or route.asker ~= from or route.in_ring then return refuse("nothing to resume") end
-  if route.model ~= msg.model or route.range ~= ("%s-%s"):format(msg.start, msg.stop) then
+  if route.model ~= download.peer_name(msg.model) or route.range ~= ("%s-%s"):format(msg.start, msg.stop) then
     return refuse("this node holds another part of the request")
   end
   if route.sampler or route.verify then -- the last node: this turn's settings
