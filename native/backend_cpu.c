@@ -74,6 +74,8 @@ typedef struct cpu_scratch {
     void *act;       /* quantized activations [max_tokens][act_row_size(max_dim)] */
     float *tiles;    /* per thread: [GEMM_TILE_ROWS][max_dim] */
     float *scores;   /* per thread: [ATTN_QUERY_BLOCK][max_ctx] */
+    void *act_tiles; /* the tiled GEMM's token groups (quants.h), where the CPU has it: [max_tokens / 16][...] */
+    void *strips;    /* per thread: exo__tiled_scratch_bytes(max_dim), the tiled GEMM's unpacked rows */
 } cpu_scratch;
 
 typedef struct cpu_ctx {
@@ -91,6 +93,8 @@ static void scratch_free(cpu_scratch *s)
     exo__aligned_free(s->act);
     exo__aligned_free(s->tiles);
     exo__aligned_free(s->scores);
+    exo__aligned_free(s->act_tiles);
+    exo__aligned_free(s->strips);
     memset(s, 0, sizeof *s);
 }
 
@@ -101,7 +105,20 @@ static int scratch_alloc(cpu_scratch *s, int max_tokens, int max_dim, int max_ct
     if (act_row_k > act_row) act_row = act_row_k;
     *s = (cpu_scratch){max_tokens, max_dim, max_ctx, n_threads, exo__aligned_alloc(act_row * (size_t)max_tokens),
                        exo__aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads),
-                       exo__aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads)};
+                       exo__aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads),
+                       NULL, NULL}; /* act_tiles and strips: below */
+    /* The tiled GEMM's buffers, only where some format has the kernel:
+     * ~1.1 bytes per token and input element, and a strip of 8 rows a thread. */
+    const exo_type_traits *kq = exo__type_traits_get(EXO_DTYPE_Q4_K);
+    if (kq && kq->tiled && s->act) {
+        s->act_tiles = exo__aligned_alloc(exo__tiled_act_bytes(max_dim) *
+                                          (size_t)((max_tokens + EXO_TILED_TOKENS - 1) / EXO_TILED_TOKENS));
+        s->strips = exo__aligned_alloc(exo__tiled_scratch_bytes(max_dim) * (size_t)n_threads);
+        if (!s->act_tiles || !s->strips) {
+            exo__aligned_free(s->act);
+            s->act = NULL; /* reported below */
+        }
+    }
     if (s->act && s->tiles && s->scores) return EXO_OK;
     scratch_free(s);
     return exo__error_set(EXO_ENOMEM, "out of memory for CPU scratch of %d tokens x %d, context %d", max_tokens,
@@ -203,6 +220,7 @@ typedef struct matmul_job {
     int act_type;
     int n_tokens;
     int glu_act;                        /* gated feed-forward: enum exo_ffn_act; -1: plain products */
+    bool tiled;                         /* packed weights, a batch: the tiled GEMM over act_tiles */
 } matmul_job;
 
 /* Row r of weight w in the file's layout: from the packed copy where there is
@@ -226,9 +244,16 @@ static int matmul_out_of(const matmul_job *j, int64_t index)
 
 /* Rows [r0, r1) of output o for every token; with packed weights r0 and r1
  * count groups of four rows (each group one sequential run of memory). */
-static void dot_output_range(const matmul_job *j, int o, int64_t r0, int64_t r1)
+static void dot_output_range(const matmul_job *j, int o, int64_t r0, int64_t r1, int thread)
 {
     const exo_matmul_out *out = &j->outs[o];
+    if (j->tiled) { /* every token past each strip of rows, unpacked once (quants.h) */
+        const size_t strip_bytes = exo__tiled_scratch_bytes(j->c->cur.max_dim);
+        j->tr[o]->tiled->gemm(j->k, (const char *)out->w->packed + (size_t)r0 * 4 * out->w->nb[1], (int)(4 * (r1 - r0)),
+                              j->c->cur.act_tiles, j->n_tokens, out->y + 4 * r0, (size_t)out->ldy,
+                              (char *)j->c->cur.strips + (size_t)thread * strip_bytes);
+        return;
+    }
     const exo_vec_dot_fn dot = j->tr[o]->vec_dot;
     const exo_vec_dot_x4_fn dot4 = j->n_tokens >= j->tr[o]->x4_min_tokens ? j->tr[o]->vec_dot_x4 : NULL;
     for (int t0 = 0; t0 < j->n_tokens; t0 += DOT_TOKEN_BLOCK) {
@@ -278,12 +303,11 @@ static void dot_output_range(const matmul_job *j, int o, int64_t r0, int64_t r1)
 /* Items are the rows (or packed groups) of all outputs one after another. */
 static void matmul_dot_rows(void *ctx, int64_t begin, int64_t end, int thread)
 {
-    (void)thread;
     const matmul_job *j = ctx;
     while (begin < end) {
         int o = matmul_out_of(j, begin);
         int64_t stop = end < j->first[o + 1] ? end : j->first[o + 1];
-        dot_output_range(j, o, begin - j->first[o], stop - j->first[o]);
+        dot_output_range(j, o, begin - j->first[o], stop - j->first[o], thread);
         begin = stop;
     }
 }
@@ -334,10 +358,9 @@ static void glu_apply(int act, const float *gate, const float *up, float *out, i
  * still in its cache, instead of one thread doing all of it after the loop. */
 static void matmul_glu_rows(void *ctx, int64_t begin, int64_t end, int thread)
 {
-    (void)thread;
     const matmul_job *j = ctx;
-    dot_output_range(j, 0, begin, end);
-    dot_output_range(j, 1, begin, end);
+    dot_output_range(j, 0, begin, end, thread);
+    dot_output_range(j, 1, begin, end, thread);
     const int64_t unit = j->packed ? 4 : 1, r0 = begin * unit, n = (end - begin) * unit;
     for (int t = 0; t < j->n_tokens; t++) {
         float *gate = j->outs[0].y + (size_t)t * j->outs[0].ldy + r0;
@@ -351,6 +374,26 @@ static void matmul_quantize_rows(void *ctx, int64_t begin, int64_t end, int thre
     matmul_job *j = ctx;
     for (int64_t t = begin; t < end; t++)
         exo__quantize_act(j->act_type, j->x + (size_t)t * j->k, (char *)j->act + (size_t)t * j->act_stride, j->k);
+}
+
+/* Token groups [begin, end) of the tiled GEMM's activations, from the quantized rows. */
+static void matmul_pack_tiles(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    const matmul_job *j = ctx;
+    const size_t bytes = exo__tiled_act_bytes(j->k);
+    for (int64_t g = begin; g < end; g++) {
+        const int t0 = (int)g * EXO_TILED_TOKENS, n = j->n_tokens - t0 < EXO_TILED_TOKENS ? j->n_tokens - t0 : EXO_TILED_TOKENS;
+        j->tr[0]->tiled->pack_act(j->k, j->act + (size_t)t0 * j->act_stride, j->act_stride, n,
+                                  (char *)j->c->cur.act_tiles + (size_t)g * bytes);
+    }
+}
+
+/* Whether output o's batch of n_tokens takes the tiled GEMM: its packed
+ * weights have the kernel, and the batch is large enough for it to win. */
+static const exo_tiled_gemm *tiled_for(const exo_type_traits *tr, const exo_matmul_out *out, int n_tokens)
+{
+    return out->w->packed && tr->tiled && n_tokens >= tr->tiled->min_tokens ? tr->tiled : NULL;
 }
 
 static void matmul_gemm_tiles(void *ctx, int64_t begin, int64_t end, int thread)
@@ -392,10 +435,13 @@ static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const 
         if (outs[o].w->ne[0] != job.k) return exo__error_set(EXO_EINVAL, "matmul outputs differ in input width");
     }
     /* Outputs whose weights want different activation formats, or of which
-     * only some are packed, run one by one. */
+     * only some are packed, or that lay out the tiled GEMM's activations
+     * differently (Q4_K and Q6_K in one Q4_K_M layer), run one by one. */
+    const exo_tiled_gemm *tiled = tiled_for(job.tr[0], &outs[0], n_tokens);
     for (int o = 1; o < n_outs; o++) {
+        const exo_tiled_gemm *to = tiled_for(job.tr[o], &outs[o], n_tokens);
         if (job.tr[o]->act_type != job.tr[0]->act_type || outs[o].w->dtype == EXO_DTYPE_F32 ||
-            !outs[o].w->packed != !outs[0].w->packed) {
+            !outs[o].w->packed != !outs[0].w->packed || (to ? to->pack_act : NULL) != (tiled ? tiled->pack_act : NULL)) {
             for (int i = 0; i < n_outs; i++) {
                 int rc = matmul_run(c, &outs[i], 1, x, n_tokens, -1);
                 if (rc) return rc;
@@ -439,6 +485,14 @@ static int matmul_run(cpu_ctx *c, const exo_matmul_out *outs, int n_outs, const 
             exo__pool_for(pool, n_tokens, 1, matmul_quantize_rows, &job);
     }
     job.packed = outs[0].w->packed != NULL;
+    job.tiled = tiled && c->cur.act_tiles;
+    if (job.tiled) {
+        const int64_t groups = (n_tokens + EXO_TILED_TOKENS - 1) / EXO_TILED_TOKENS;
+        if (groups == 1)
+            matmul_pack_tiles(&job, 0, 1, 0);
+        else
+            exo__pool_for(pool, groups, 1, matmul_pack_tiles, &job);
+    }
     const int64_t unit = job.packed ? 4 : 1;
     for (int o = 0; o < n_outs; o++) job.first[o + 1] = job.first[o] + outs[o].w->ne[1] / unit;
     /* 16 rows per chunk at least: a chunk is then a few KiB of weights. */

@@ -19,6 +19,7 @@
  * anonymous memory file and mapped like any other GGUF. */
 #define _GNU_SOURCE /* memfd_create, fallocate */
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -403,104 +404,148 @@ static const char *token_text(const exo_json *j, int32_t v)
     return s ? s : exo__json_str(j, exo__json_get(j, v, "content"), NULL);
 }
 
+/* SentencePiece's space marker, U+2581. */
+static const char spm_mark[] = "\xE2\x96\x81";
+
+/* What a normalizer or pre-tokenizer node of a SentencePiece-style file does
+ * to spaces, walking into Sequences: *replace when spaces become the marker,
+ * *prefix when one is put before the text (*scheme: Metaspace's rule for
+ * that, see spm_spaces), false when it does anything else. */
+static bool walk_spaces(const exo_json *j, int32_t node, bool *replace, bool *prefix, const char **scheme, int depth)
+{
+    int kind = exo__json_kind(j, node);
+    if (kind == EXO_JSON_NULL || node == EXO_JSON_NONE) return true;
+    const char *type = exo__json_str(j, exo__json_get(j, node, "type"), NULL);
+    if (!type || depth > 4) return false;
+    if (!strcmp(type, "Sequence")) {
+        int32_t list = exo__json_get(j, node, "normalizers");
+        if (list == EXO_JSON_NONE) list = exo__json_get(j, node, "pretokenizers");
+        for (int32_t e = exo__json_first(j, list); e != EXO_JSON_NONE; e = exo__json_next(j, e))
+            if (!walk_spaces(j, e, replace, prefix, scheme, depth + 1)) return false;
+        return true;
+    }
+    if (!strcmp(type, "Replace")) {
+        const char *from = exo__json_str(j, exo__json_get(j, exo__json_get(j, node, "pattern"), "String"), NULL);
+        const char *to = exo__json_str(j, exo__json_get(j, node, "content"), NULL);
+        return *replace = from && to && !strcmp(from, " ") && !strcmp(to, spm_mark);
+    }
+    if (!strcmp(type, "Prepend")) {
+        const char *p = exo__json_str(j, exo__json_get(j, node, "prepend"), NULL);
+        return *prefix = p && !strcmp(p, spm_mark);
+    }
+    if (!strcmp(type, "Metaspace")) {
+        /* The marker defaults to U+2581; prepend_scheme (newer files) or
+         * add_prefix_space (older ones) says whether one leads the text.
+         * Its split (at each marker) is not done, as llama.cpp does not: a
+         * SentencePiece vocabulary has no piece with a marker inside a word. */
+        const char *r = exo__json_str(j, exo__json_get(j, node, "replacement"), NULL);
+        if (r && strcmp(r, spm_mark)) return false;
+        *replace = true;
+        const char *ps = exo__json_str(j, exo__json_get(j, node, "prepend_scheme"), NULL);
+        if (ps && strcmp(ps, "always") && strcmp(ps, "first") && strcmp(ps, "never")) return false;
+        if (ps) *prefix = strcmp(ps, "never") != 0;
+        else *prefix = exo__json_kind(j, exo__json_get(j, node, "add_prefix_space")) != EXO_JSON_FALSE;
+        *scheme = ps && !strcmp(ps, "first") ? "first" : "always";
+        return true;
+    }
+    return false;
+}
+
+/* Whether a SentencePiece-style tokenizer.json puts a marker before the text
+ * (Llama 2, Mistral: yes; Gemma: no). Its spaces must become the marker and
+ * nothing else may change the text: the engine's SentencePiece tokenizer does
+ * exactly that, so a file asking for more is refused, not tokenized wrongly.
+ * A Prepend normalizer prefixes every piece of text between special tokens,
+ * as llama.cpp does; a Metaspace one (*scheme "always" or "first") does not
+ * when the text starts with a space, and with "first" only at the start of
+ * the whole text: tokenizer.c does that when tokenizer.exo.prefix_scheme says. */
+static int spm_spaces(struct folder *m, const exo_json *j, bool *prefix, const char **scheme)
+{
+    bool replace = false;
+    *prefix = false;
+    *scheme = NULL;
+    if (!walk_spaces(j, exo__json_get(j, 0, "normalizer"), &replace, prefix, scheme, 0) ||
+        !walk_spaces(j, exo__json_get(j, 0, "pre_tokenizer"), &replace, prefix, scheme, 0) || !replace)
+        return exo__error_set(EXO_ENOTSUP, "%s/tokenizer.json: a SentencePiece-style tokenizer whose normalizer or "
+                             "pre-tokenizer is not one exo knows (spaces replaced by U+2581 through Replace or "
+                             "Metaspace, optionally Prepend U+2581, are)", m->dir);
+    return 0;
+}
+
 struct vocab {
     const char **text; /* by id */
     int32_t *type;
+    float *score;      /* SentencePiece style only */
     int64_t n;
     char *pads;        /* "[PAD123]" names for ids nothing defines */
+    int32_t *index;    /* text -> id, open addressing (-1: empty) */
+    uint64_t mask;
 };
 
-static int32_t vocab_find(const struct vocab *v, const char *s)
+static uint64_t text_hash(const char *s, size_t n)
 {
-    if (!s) return -1;
-    for (int64_t i = 0; i < v->n; i++)
-        if (v->text[i] && !strcmp(v->text[i], s)) return (int32_t)i;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The text -> id index, built once every id has its text: merges and special
+ * names are looked up in it (a 262k vocabulary and 500k merges rule out a
+ * scan per lookup). Later ids win a repeated text, as in tokenizer.c. */
+static int vocab_index(struct vocab *v)
+{
+    uint64_t cap = 16;
+    while (cap < 2 * (uint64_t)v->n) cap *= 2;
+    if (!(v->index = malloc(cap * sizeof *v->index))) return exo__error_set(EXO_ENOMEM, "out of memory");
+    memset(v->index, 0xff, cap * sizeof *v->index);
+    v->mask = cap - 1;
+    for (int64_t i = 0; i < v->n; i++) {
+        size_t len = strlen(v->text[i]);
+        uint64_t h = text_hash(v->text[i], len) & v->mask;
+        while (v->index[h] >= 0 && strcmp(v->text[v->index[h]], v->text[i])) h = (h + 1) & v->mask;
+        v->index[h] = (int32_t)i;
+    }
+    return 0;
+}
+
+static int32_t vocab_lookup(const struct vocab *v, const char *s, size_t len)
+{
+    if (!s || !v->index) return -1;
+    for (uint64_t h = text_hash(s, len) & v->mask; v->index[h] >= 0; h = (h + 1) & v->mask) {
+        const char *t = v->text[v->index[h]];
+        if (strlen(t) == len && !memcmp(t, s, len)) return v->index[h];
+    }
     return -1;
 }
 
-static int vocab_put(struct folder *m, struct vocab *v, int64_t id, const char *s, size_t len, int32_t type, bool added)
+static int32_t vocab_find(const struct vocab *v, const char *s)
+{
+    return s ? vocab_lookup(v, s, strlen(s)) : -1;
+}
+
+/* Token id's text and type. added_tokens may repeat a vocabulary entry (same
+ * text), or, SentencePiece style (rename), give the raw text of a piece the
+ * vocabulary spells with markers; anything else claiming a taken id is a
+ * broken file. */
+static int vocab_put(struct folder *m, struct vocab *v, int64_t id, const char *s, size_t len, int32_t type, bool added,
+                     bool rename)
 {
     if (id < 0 || id >= v->n || !s || strlen(s) != len || len > (1u << 20))
         return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: token id %lld or its text is invalid", m->dir,
                              (long long)id);
-    /* added_tokens may repeat a vocabulary entry (same text); anything else
-     * claiming a taken id is a broken file. */
-    if (v->text[id] && (!added || strcmp(v->text[id], s)))
+    if (v->text[id] && (!added || (!rename && strcmp(v->text[id], s))))
         return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: token id %lld is defined twice", m->dir, (long long)id);
     v->text[id] = s;
     v->type[id] = type;
     return 0;
 }
 
-static int tokenizer_metadata(struct folder *m, exo_gguf_writer *w)
+/* Byte-level BPE's merges as tokenizer.ggml.merges: "a b" strings, or
+ * [a, b] pairs in newer files. */
+static int bpe_merges(struct folder *m, const exo_json *j, int32_t merges, exo_gguf_writer *w)
 {
-    const exo_json *j = m->tokenizer;
-    int32_t model = exo__json_get(j, 0, "model");
-    const char *type = exo__json_str(j, exo__json_get(j, model, "type"), NULL);
-    if (!type || strcmp(type, "BPE"))
-        return exo__error_set(EXO_ENOTSUP, "%s/tokenizer.json: model type '%.32s' is not supported (BPE is)", m->dir,
-                             type ? type : "?");
-    if (exo__json_kind(j, exo__json_get(j, model, "byte_fallback")) == EXO_JSON_TRUE)
-        return exo__error_set(EXO_ENOTSUP, "%s/tokenizer.json: byte-fallback BPE (SentencePiece style) is not supported "
-                             "from tokenizer.json; use a GGUF", m->dir);
-    const char *pre;
-    int rc = pre_name(m->dir, j, &pre);
-    if (rc) return rc;
-    int32_t vocab = exo__json_get(j, model, "vocab"), merges = exo__json_get(j, model, "merges"),
-            added = exo__json_get(j, 0, "added_tokens");
-    if (exo__json_kind(j, vocab) != EXO_JSON_OBJECT || exo__json_kind(j, merges) != EXO_JSON_ARRAY)
-        return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: model.vocab or model.merges is missing", m->dir);
-    /* The vocabulary spans every id used, and the embedding's rows. */
-    int64_t n = m->vocab_size, id;
-    for (int32_t e = exo__json_first(j, vocab); e != EXO_JSON_NONE; e = exo__json_next(j, e))
-        if (exo__json_int(j, e, &id) && id >= n) n = id + 1;
-    for (int32_t e = exo__json_first(j, added); e != EXO_JSON_NONE; e = exo__json_next(j, e))
-        if (exo__json_int(j, exo__json_get(j, e, "id"), &id) && id >= n) n = id + 1;
-    if (n < 1 || n > ST_MAX_VOCAB)
-        return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: vocabulary of %lld ids (1..%d)", m->dir, (long long)n,
-                             ST_MAX_VOCAB);
-    struct vocab v = {calloc((size_t)n, sizeof *v.text), calloc((size_t)n, sizeof *v.type), n, NULL};
-    const char **merge_text = NULL;
-    char *merge_buf = NULL;
     int64_t n_merges = exo__json_count(j, merges);
-    if (!v.text || !v.type) {
-        rc = exo__error_set(EXO_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (int32_t e = exo__json_first(j, vocab); e != EXO_JSON_NONE && !rc; e = exo__json_next(j, e)) {
-        size_t len;
-        const char *s = exo__json_key(j, e, &len);
-        if (!exo__json_int(j, e, &id)) rc = exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: vocab id of '%.40s' is not an integer", m->dir, s);
-        else rc = vocab_put(m, &v, id, s, len, 1 /* normal */, false);
-    }
-    for (int32_t e = exo__json_first(j, added); e != EXO_JSON_NONE && !rc; e = exo__json_next(j, e)) {
-        size_t len;
-        const char *s = exo__json_str(j, exo__json_get(j, e, "content"), &len);
-        bool special = exo__json_kind(j, exo__json_get(j, e, "special")) == EXO_JSON_TRUE;
-        if (!exo__json_int(j, exo__json_get(j, e, "id"), &id)) id = -1;
-        rc = vocab_put(m, &v, id, s, len, special ? 3 /* control */ : 4 /* user defined */, true);
-    }
-    if (rc) goto done;
-    /* Ids nothing names (an embedding padded past the vocabulary) get
-     * placeholder names, as converters write them. */
-    int64_t holes = 0;
-    for (int64_t i = 0; i < n; i++) holes += !v.text[i];
-    if (holes) {
-        v.pads = malloc((size_t)holes * 20);
-        if (!v.pads) {
-            rc = exo__error_set(EXO_ENOMEM, "out of memory");
-            goto done;
-        }
-        char *p = v.pads;
-        for (int64_t i = 0; i < n; i++)
-            if (!v.text[i]) {
-                snprintf(p, 20, "[PAD%lld]", (long long)i);
-                v.text[i] = p, v.type[i] = 5 /* unused */;
-                p += 20;
-            }
-    }
-    /* Merges: "a b" strings, or [a, b] pairs in newer files. */
-    merge_text = calloc((size_t)n_merges + 1, sizeof *merge_text);
+    const char **merge_text = calloc((size_t)n_merges + 1, sizeof *merge_text);
     size_t buf_len = 0;
     for (int32_t e = exo__json_first(j, merges); e != EXO_JSON_NONE; e = exo__json_next(j, e)) {
         size_t a = 0, b = 0;
@@ -508,7 +553,8 @@ static int tokenizer_metadata(struct folder *m, exo_gguf_writer *w)
         exo__json_str(j, exo__json_next(j, exo__json_first(j, e)), &b);
         buf_len += a + b + 2;
     }
-    merge_buf = malloc(buf_len + 1);
+    char *merge_buf = malloc(buf_len + 1);
+    int rc = 0;
     if (!merge_text || !merge_buf) {
         rc = exo__error_set(EXO_ENOMEM, "out of memory");
         goto done;
@@ -534,12 +580,189 @@ static int tokenizer_metadata(struct folder *m, exo_gguf_writer *w)
         memcpy(p, x, a), p += a, *p++ = ' ';
         memcpy(p, y, b), p += b, *p++ = 0;
     }
-    if ((rc = exo__gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2")) ||
-        (rc = exo__gguf_writer_add_str(w, "tokenizer.ggml.pre", pre)) ||
-        (rc = exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", v.text, (uint64_t)n)) ||
-        (rc = exo__gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, v.type, (uint64_t)n)) ||
-        (rc = exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.merges", merge_text, (uint64_t)n_merges)))
+    rc = exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.merges", merge_text, (uint64_t)n_merges);
+done:
+    free(merge_text);
+    free(merge_buf);
+    return rc;
+}
+
+/* Scores and types of a SentencePiece-style vocabulary. The engine merges
+ * the adjacent pair whose joined piece scores highest; a byte-fallback BPE
+ * file merges the pair of lowest rank, so a piece scores minus the rank of
+ * the first merge that makes it (what a SentencePiece BPE model's own scores
+ * are: pieces in the order their merges were learnt) and a piece no merge
+ * makes scores below them all. Unigram files carry their scores (the engine
+ * merges by them rather than searching the best split, as llama.cpp does with
+ * such models). <0xNN> pieces are byte tokens when the file falls back to
+ * bytes; the unknown piece is named by model.unk_token or model.unk_id. */
+static int spm_scores(struct folder *m, const exo_json *j, int32_t model, struct vocab *v, bool unigram, int32_t *unk)
+{
+    int64_t id = -1;
+    *unk = -1;
+    if (unigram) {
+        if (exo__json_int(j, exo__json_get(j, model, "unk_id"), &id) && id >= 0 && id < v->n) *unk = (int32_t)id;
+    } else {
+        int32_t merges = exo__json_get(j, model, "merges");
+        int64_t n_merges = exo__json_count(j, merges), k = 0;
+        for (int64_t i = 0; i < v->n; i++) v->score[i] = NAN;
+        char *buf = NULL;
+        size_t cap = 0;
+        for (int32_t e = exo__json_first(j, merges); e != EXO_JSON_NONE; e = exo__json_next(j, e), k++) {
+            size_t a, b;
+            const char *x = exo__json_str(j, e, &a), *y = NULL;
+            if (x) { /* "a b": the pieces have markers, never spaces */
+                const char *sp = memchr(x, ' ', a);
+                if (sp) y = sp + 1, b = a - (size_t)(y - x), a = (size_t)(sp - x);
+            } else if (exo__json_count(j, e) == 2) {
+                x = exo__json_str(j, exo__json_first(j, e), &a);
+                y = exo__json_str(j, exo__json_next(j, exo__json_first(j, e)), &b);
+            }
+            if (!x || !y) {
+                free(buf);
+                return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: merge %lld is neither \"a b\" nor [a, b]",
+                                      m->dir, (long long)k);
+            }
+            if (exo_grow(&buf, &cap, a + b, 1)) {
+                free(buf);
+                return exo__error_set(EXO_ENOMEM, "out of memory");
+            }
+            memcpy(buf, x, a);
+            memcpy(buf + a, y, b);
+            int32_t t = vocab_lookup(v, buf, a + b);
+            if (t >= 0 && isnan(v->score[t])) v->score[t] = -(float)k;
+        }
+        free(buf);
+        for (int64_t i = 0; i < v->n; i++)
+            if (isnan(v->score[i])) v->score[i] = -(float)(n_merges + 1);
+        *unk = vocab_find(v, exo__json_str(j, exo__json_get(j, model, "unk_token"), NULL));
+    }
+    bool fallback = exo__json_kind(j, exo__json_get(j, model, "byte_fallback")) == EXO_JSON_TRUE;
+    for (int64_t i = 0; i < v->n; i++) {
+        const char *s = v->text[i];
+        if (fallback && v->type[i] == 1 && strlen(s) == 6 && !memcmp(s, "<0x", 3) && s[5] == '>' &&
+            isxdigit((unsigned char)s[3]) && isxdigit((unsigned char)s[4]))
+            v->type[i] = 6 /* byte */;
+    }
+    if (*unk >= 0 && v->type[*unk] == 1) v->type[*unk] = 2 /* unknown */;
+    return 0;
+}
+
+/* Whether tokenizer.json's post-processor puts a special token first (BOS),
+ * for a file whose tokenizer_config.json does not say: -1 when it has none. */
+static int post_adds_bos(const exo_json *j)
+{
+    int32_t pp = exo__json_get(j, 0, "post_processor");
+    const char *type = exo__json_str(j, exo__json_get(j, pp, "type"), NULL);
+    if (!type || strcmp(type, "TemplateProcessing")) return -1;
+    int32_t first = exo__json_first(j, exo__json_get(j, pp, "single"));
+    return exo__json_get(j, first, "SpecialToken") != EXO_JSON_NONE;
+}
+
+/* tokenizer.json as tokenizer.ggml.* keys. Byte-level BPE (Llama 3, Qwen,
+ * SmolLM) becomes the "gpt2" model with its merges and pre-tokenizer name;
+ * SentencePiece style (byte-fallback BPE of Llama 2, Mistral, Gemma, Phi 3,
+ * or Unigram) becomes the "llama" model with scores (see spm_scores) and
+ * whether a marker leads the text. */
+static int tokenizer_metadata(struct folder *m, exo_gguf_writer *w)
+{
+    const exo_json *j = m->tokenizer;
+    int32_t model = exo__json_get(j, 0, "model");
+    const char *type = exo__json_str(j, exo__json_get(j, model, "type"), NULL);
+    bool unigram = type && !strcmp(type, "Unigram");
+    if (!type || (!unigram && strcmp(type, "BPE")))
+        return exo__error_set(EXO_ENOTSUP, "%s/tokenizer.json: model type '%.32s' is not supported (BPE and Unigram "
+                             "are)", m->dir, type ? type : "?");
+    bool spm = unigram || exo__json_kind(j, exo__json_get(j, model, "byte_fallback")) == EXO_JSON_TRUE;
+    const char *pre = NULL, *scheme = NULL;
+    bool prefix = false;
+    int rc = spm ? spm_spaces(m, j, &prefix, &scheme) : pre_name(m->dir, j, &pre);
+    if (rc) return rc;
+    int32_t vocab = exo__json_get(j, model, "vocab"), merges = exo__json_get(j, model, "merges"),
+            added = exo__json_get(j, 0, "added_tokens");
+    if (unigram ? exo__json_kind(j, vocab) != EXO_JSON_ARRAY
+                : exo__json_kind(j, vocab) != EXO_JSON_OBJECT || exo__json_kind(j, merges) != EXO_JSON_ARRAY)
+        return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: model.vocab %s is missing", m->dir,
+                              unigram ? "(a list of [piece, score])" : "or model.merges");
+    /* The vocabulary spans every id used, and the embedding's rows. */
+    int64_t n = m->vocab_size, id;
+    if (unigram && exo__json_count(j, vocab) > n) n = exo__json_count(j, vocab);
+    for (int32_t e = exo__json_first(j, vocab); !unigram && e != EXO_JSON_NONE; e = exo__json_next(j, e))
+        if (exo__json_int(j, e, &id) && id >= n) n = id + 1;
+    for (int32_t e = exo__json_first(j, added); e != EXO_JSON_NONE; e = exo__json_next(j, e))
+        if (exo__json_int(j, exo__json_get(j, e, "id"), &id) && id >= n) n = id + 1;
+    if (n < 1 || n > ST_MAX_VOCAB)
+        return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: vocabulary of %lld ids (1..%d)", m->dir, (long long)n,
+                             ST_MAX_VOCAB);
+    struct vocab v = {calloc((size_t)n, sizeof *v.text), calloc((size_t)n, sizeof *v.type),
+                      spm ? calloc((size_t)n, sizeof *v.score) : NULL, n, NULL, NULL, 0};
+    if (!v.text || !v.type || (spm && !v.score)) {
+        rc = exo__error_set(EXO_ENOMEM, "out of memory");
         goto done;
+    }
+    id = 0;
+    for (int32_t e = exo__json_first(j, vocab); e != EXO_JSON_NONE && !rc; e = exo__json_next(j, e)) {
+        size_t len;
+        if (unigram) {
+            const char *s = exo__json_str(j, exo__json_first(j, e), &len);
+            int32_t sc = exo__json_next(j, exo__json_first(j, e));
+            if (!s || exo__json_count(j, e) != 2 || exo__json_kind(j, sc) != EXO_JSON_NUMBER ||
+                !isfinite(exo__json_num(j, sc)))
+                rc = exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: model.vocab[%lld] is not [piece, score]", m->dir,
+                                    (long long)id);
+            else if (!(rc = vocab_put(m, &v, id, s, len, 1 /* normal */, false, false)))
+                v.score[id] = (float)exo__json_num(j, sc);
+            id++;
+            continue;
+        }
+        const char *s = exo__json_key(j, e, &len);
+        if (!exo__json_int(j, e, &id)) rc = exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: vocab id of '%.40s' is not an integer", m->dir, s);
+        else rc = vocab_put(m, &v, id, s, len, 1 /* normal */, false, false);
+    }
+    for (int32_t e = exo__json_first(j, added); e != EXO_JSON_NONE && !rc; e = exo__json_next(j, e)) {
+        size_t len;
+        const char *s = exo__json_str(j, exo__json_get(j, e, "content"), &len);
+        bool special = exo__json_kind(j, exo__json_get(j, e, "special")) == EXO_JSON_TRUE;
+        if (!exo__json_int(j, exo__json_get(j, e, "id"), &id)) id = -1;
+        rc = vocab_put(m, &v, id, s, len, special ? 3 /* control */ : 4 /* user defined */, true, spm);
+    }
+    if (rc) goto done;
+    /* Ids nothing names (an embedding padded past the vocabulary) get
+     * placeholder names, as converters write them. */
+    int64_t holes = 0;
+    for (int64_t i = 0; i < n; i++) holes += !v.text[i];
+    if (holes) {
+        v.pads = malloc((size_t)holes * 20);
+        if (!v.pads) {
+            rc = exo__error_set(EXO_ENOMEM, "out of memory");
+            goto done;
+        }
+        char *p = v.pads;
+        for (int64_t i = 0; i < n; i++)
+            if (!v.text[i]) {
+                snprintf(p, 20, "[PAD%lld]", (long long)i);
+                v.text[i] = p, v.type[i] = 5 /* unused */;
+                if (v.score) v.score[i] = -INFINITY;
+                p += 20;
+            }
+    }
+    if ((rc = vocab_index(&v))) goto done;
+    int32_t unk = -1;
+    if (spm && (rc = spm_scores(m, j, model, &v, unigram, &unk))) goto done;
+    if ((rc = exo__gguf_writer_add_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2")) ||
+        (!spm && (rc = exo__gguf_writer_add_str(w, "tokenizer.ggml.pre", pre))) ||
+        (rc = exo__gguf_writer_add_str_arr(w, "tokenizer.ggml.tokens", v.text, (uint64_t)n)) ||
+        (rc = exo__gguf_writer_add_arr(w, "tokenizer.ggml.token_type", EXO_GGUF_INT32, v.type, (uint64_t)n)))
+        goto done;
+    if (spm) {
+        if ((rc = exo__gguf_writer_add_arr(w, "tokenizer.ggml.scores", EXO_GGUF_FLOAT32, v.score, (uint64_t)n)) ||
+            (rc = exo__gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", prefix)) ||
+            (prefix && scheme && (rc = exo__gguf_writer_add_str(w, "tokenizer.exo.prefix_scheme", scheme))) ||
+            (unk >= 0 && (rc = exo__gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk))))
+            goto done;
+    } else if ((rc = bpe_merges(m, j, merges, w))) {
+        goto done;
+    }
     /* Special ids: tokenizer_config.json names them; config.json numbers them. */
     const exo_json *tc = m->tok_config;
     const struct {
@@ -556,19 +779,18 @@ static int tokenizer_metadata(struct folder *m, exo_gguf_writer *w)
         if (tid < 0 && exo__json_int(m->config, cv, &id) && id >= 0 && id < n) tid = (int32_t)id;
         if (tid >= 0 && (rc = exo__gguf_writer_add_u32(w, specials[i].key, (uint32_t)tid))) goto done;
     }
-    if (tc) {
-        int32_t add_bos = exo__json_get(tc, 0, "add_bos_token");
-        int kind = exo__json_kind(tc, add_bos);
-        if ((kind == EXO_JSON_TRUE || kind == EXO_JSON_FALSE) &&
-            (rc = exo__gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", kind == EXO_JSON_TRUE)))
-            goto done;
-    }
+    int32_t add_bos = tc ? exo__json_get(tc, 0, "add_bos_token") : EXO_JSON_NONE;
+    int kind = exo__json_kind(tc, add_bos), post = spm ? post_adds_bos(j) : -1;
+    if ((kind == EXO_JSON_TRUE || kind == EXO_JSON_FALSE || post >= 0) &&
+        (rc = exo__gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token",
+                                        kind == EXO_JSON_TRUE || (kind != EXO_JSON_FALSE && post > 0))))
+        goto done;
 done:
     free(v.text);
     free(v.type);
+    free(v.score);
     free(v.pads);
-    free(merge_text);
-    free(merge_buf);
+    free(v.index);
     return rc;
 }
 

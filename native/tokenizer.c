@@ -113,6 +113,11 @@ struct exo_tokenizer {
     bool has_user_defined;
     int32_t bos, eos, eot, unk;
     bool add_bos, add_space_prefix;
+    /* SPM, when the space prefix comes from a tokenizer.json Metaspace
+     * (tokenizer.exo.prefix_scheme): no prefix for text that already starts
+     * with a space or U+2581, and with "first" only for text at the very
+     * start, as Hugging Face's tokenizers does. */
+    bool prefix_unless_space, prefix_first_only;
     char model[16];
     char pre[48];
     char warning[512];
@@ -943,6 +948,10 @@ static int load_from(exo_tokenizer *t, const exo_gguf *g)
     t->add_bos = get_flag(t, g, "tokenizer.ggml.add_bos_token", spm || (pre && pre->add_bos));
     if (t->bos < 0) t->add_bos = false;
     t->add_space_prefix = spm && get_flag(t, g, "tokenizer.ggml.add_space_prefix", true);
+    if (t->add_space_prefix && exo__gguf_get_str(g, "tokenizer.exo.prefix_scheme", &s, &n) == 0) {
+        t->prefix_unless_space = true;
+        t->prefix_first_only = n == 5 && !memcmp(s, "first", 5);
+    }
 
     find_special_ids(t, g);
     find_byte_tokens(t);
@@ -1316,6 +1325,13 @@ static int partition(struct enc *e, const char *text, size_t len, int parse_spec
     return 0;
 }
 
+/* Whether text starts with what a Metaspace turns into its marker (a space)
+ * or with the marker itself. */
+static bool spaced(const char *s, size_t n)
+{
+    return (n && s[0] == ' ') || (n >= 3 && !memcmp(s, "\xE2\x96\x81", 3));
+}
+
 int exo_tokenizer_encode(const exo_tokenizer *tok, const char *text, size_t len, int add_bos, int parse_special,
                          int32_t *out, int cap, int *n_out)
 {
@@ -1354,7 +1370,9 @@ int exo_tokenizer_encode_spans(const exo_tokenizer *tok, const char *text, size_
             continue;
         }
         if (tok->kind == KIND_BPE) rc = split(&e, text + fr->off, fr->len, 0);
-        else rc = spm_fragment(&e, text + fr->off, fr->len, tok->add_space_prefix && prev_special);
+        else rc = spm_fragment(&e, text + fr->off, fr->len,
+                               tok->add_space_prefix && prev_special && !(tok->prefix_first_only && fr->off) &&
+                                   !(tok->prefix_unless_space && spaced(text + fr->off, fr->len)));
         prev_special = false;
     }
     pcre2_match_data_free(e.md);

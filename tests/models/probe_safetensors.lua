@@ -1,6 +1,8 @@
 -- probe_safetensors.lua: what test_safetensors_hf.py asks exo about a model.
 --   exo lua probe_safetensors.lua logits A B    -> {"max_diff": d, "n": count} over a fixed sequence
 --   exo lua probe_safetensors.lua encode PATH TEXTS.json -> [[ids...], ...] (special tokens parsed, no BOS)
+--   exo lua probe_safetensors.lua info PATH TEXTS.json -> the tokenizer's model, size, BOS/EOS, token
+--     type counts, and each text's ids decoded again (control tokens left out)
 local native = require "exo.native"
 local cjson = require "cjson"
 local arg = { ... }
@@ -32,6 +34,21 @@ elseif mode == "encode" then
     out[i] = ids
   end
   print(cjson.encode(out))
+elseif mode == "info" then
+  local tok = assert(native.load_tokenizer(arg[2]))
+  local f = assert(io.open(arg[3], "rb"))
+  local texts = cjson.decode(f:read("*a"))
+  f:close()
+  local types, decoded = {}, {}
+  for id = 0, tok.n_vocab - 1 do
+    local t = tostring(tok:token_type(id))
+    types[t] = (types[t] or 0) + 1
+  end
+  for i, t in ipairs(texts) do
+    decoded[i] = tok:decode(assert(tok:encode(t, { special = true, add_bos = false })))
+  end
+  print(cjson.encode({ model = tok.model, n_vocab = tok.n_vocab, bos = tok.bos or -1, eos = tok.eos or -1,
+    add_bos = tok.add_bos, types = types, decoded = decoded }))
 else
-  error("usage: probe_safetensors.lua logits A B | encode PATH TEXTS.json")
+  error("usage: probe_safetensors.lua logits A B | encode PATH TEXTS.json | info PATH TEXTS.json")
 end

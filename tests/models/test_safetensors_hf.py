@@ -28,29 +28,8 @@ except ImportError as e:
     print(f"SKIPPED: {e} (scripts/setup installs safetensors and tokenizers into build/venv)")
     sys.exit(77)
 
-EXO = os.environ.get("EXO_BIN") or os.environ["EXO_BINARY"]
-BUILD = os.path.dirname(os.path.abspath(EXO))
-SRC = os.environ.get("EXO_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PROBE = os.path.join(SRC, "tests", "models", "probe_safetensors.lua")
-failures = []
-
-
-def check(ok, msg):
-    if not ok:
-        failures.append(msg)
-        print("FAIL:", msg, file=sys.stderr)
-
-
-def run(*args):
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({r.returncode}): {r.stderr}{r.stdout}")
-    return r.stdout
-
-
-def probe(*args):
-    return json.loads(run(EXO, "lua", PROBE, *args).strip().splitlines()[-1])
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exo_probe import BUILD, EXO, check, finish, probe, run  # noqa: E402
 
 ST_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
@@ -152,10 +131,7 @@ def main():
             cli(work, sources[0])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if failures:
-        print(f"{len(failures)} failure(s)", file=sys.stderr)
-        sys.exit(1)
-    print("ok")
+    finish()
 
 
 main()
