@@ -558,14 +558,15 @@ function M.pull(name, opts)
   -- A hub repository a peer named comes from peers only, unless the
   -- cluster's key admitted that peer (M.ensure's opts.hub).
   local peers_only = not spec.entry and opts.hub == "peers"
+  local peers_why = ("hub repository '%s' is not in the store, and a node of an open cluster downloads a peer's "
+    .. "hub repository from peers only (a cluster key lets it use the hub)"):format(name)
+  if not from_peers and peers_only then return early(peers_why) end
   if from_peers then
     local path, perr, asked = share.fetch(spec, st, opts.layers)
     if path then return finish(path) end
     if not spec.repo or M.offline() or peers_only then
       if asked then return finish(nil, perr) end
-      local why = peers_only and ("hub repository '%s' is not in the store, and a node of an open cluster "
-        .. "downloads a peer's hub repository from peers only (a cluster key lets it use the hub)"):format(name)
-        or spec.repo and off or no_repo
+      local why = peers_only and peers_why or spec.repo and off or no_repo
       return finish(nil, why .. "; no peer has it either")
     end
     st.files, st.source = {}, "hub"

@@ -269,7 +269,7 @@ end
 
 -- Moves one file from peer into dest; waits on the coroutine. Returns true,
 -- or nil, why, kind ("lost": the partial is kept; "lied": it was deleted;
--- "refused").
+-- "stale": a resumed file failed its hash and was deleted; "refused").
 local function transfer(peer, f, dest, on_bytes)
   local conn = cluster:conn_of(peer)
   if not conn or conn == 0 then return nil, ("peer %s is gone"):format(peer), "lost" end
@@ -300,6 +300,10 @@ local function transfer(peer, f, dest, on_bytes)
   watchdog:stop()
   watchdog:close()
   if ok then return true end
+  -- A resumed file that fails its hash may have failed for its first part:
+  -- bytes an earlier try left (another version of the file, a disk that
+  -- lied). That says nothing of this peer; the partial is gone now.
+  if kind == "lied" and offset > 0 and tostring(why):match("^hash mismatch") then kind = "stale" end
   return nil, why, kind
 end
 
@@ -374,8 +378,13 @@ local function fetch_one(spec, st, folder, v)
     local key = peer .. "\0" .. f.remote
     if not liars[key] and cluster.peers[peer] then
       st.source = "peer " .. peer
-      local ok, why, kind = transfer(peer, { path = f.remote, size = f.size, sha256 = f.sha256 }, dest,
-        function(bytes) f.done = bytes end)
+      local function get()
+        return transfer(peer, { path = f.remote, size = f.size, sha256 = f.sha256 }, dest,
+          function(bytes) f.done = bytes end)
+      end
+      local ok, why, kind = get()
+      -- Once more from the start: only whole bytes from this peer judge it.
+      if kind == "stale" then ok, why, kind = get() end
       if ok then
         f.done = f.size
         return true

@@ -18,7 +18,12 @@ Real exo processes on loopback, each with its own EXO_HOME and EXO_OFFLINE=1
 - Resume: a raw wire peer (docs/wire.md's frames) claiming the model sends
   the first MiB of it and hangs up; a real exo node holding the model then
   serves the rest from where the partial ends: its wire sent fewer bytes
-  than the file holds, and the fetched file has the right SHA-256.
+  than the file holds, and the fetched file has the right SHA-256. A
+  partial holding other bytes (left by an earlier try) fails the resumed
+  file's hash: the holder is not blamed for it and sends the file whole.
+- Trust: download.ensure fetches a hub repository from the hub (a local
+  fake of its routes) only for a peer that proved the cluster key; a
+  client's hub id and an open cluster's peer's never reach it.
 
 Run: build/venv/bin/python tests/cluster/test_share_layers.py   (ctest runs it)
 """
@@ -211,6 +216,67 @@ class ShareLayers(unittest.TestCase):
                 n.stop()
             for h in homes:
                 shutil.rmtree(h)
+
+    def test_stale_partial_is_not_the_holders_fault(self):
+        # A partial an earlier try left with other bytes (another version of the file): the resumed
+        # transfer fails its hash, the partial is deleted, and the same holder sends it whole; it is
+        # still asked next time (a holder blamed for our partial would be skipped from then on).
+        homes = [share.make_home(False), share.make_home(True)]
+        os.makedirs(os.path.join(homes[0], "downloads", "tiny"))
+        with open(share.model_file(homes[0]) + ".partial", "wb") as f:
+            f.write(b"\x5a" * (1 << 20))
+        nodes = share.start_nodes([("fetcher", 4000, homes[0]), ("z-holder", 4000, homes[1])])
+        fetcher = nodes[0]
+        try:
+            for _ in range(2):
+                ev = share.pull(fetcher)
+                self.assertEqual(ev["status"], "complete", ev)
+                self.assertEqual(ev["source"], "peer z-holder", ev)
+                self.assertEqual(share.sha256(share.model_file(homes[0])), share.sha256(share.TINY))
+                self.assertEqual(fetcher.request("DELETE", "/models/tiny")[0], 200)
+        finally:
+            for n in nodes:
+                n.stop()
+            for h in homes:
+                shutil.rmtree(h)
+
+    def test_who_may_make_a_node_fetch_a_hub_repository(self):
+        # download.ensure, as a ring member calls it, against the fake hub: a client's hub id
+        # (no opts.hub) and a peer's in an open cluster ("peers") never reach the hub; a peer that
+        # proved the cluster key ("hub") makes the node download it.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hub"))
+        from fake_hub import FakeHub
+        hub = FakeHub().start()
+        with open(share.TINY, "rb") as f:
+            hub.add_repo(GGUF_REPO, {GGUF_FILE: f.read()})
+        home = make_home()
+        script = os.path.join(home, "t.lua")
+        with open(script, "w") as f:
+            f.write('local d = require "exo.download"\n'
+                    'for _, hub in ipairs { "none", "peers", "hub" } do\n'
+                    '  local path, err = d.run_blocking(d.ensure, "%s:%s", nil,\n'
+                    '    { hub = hub ~= "none" and hub or nil })\n'
+                    '  print(hub, path ~= nil, err)\n'
+                    'end\n' % (GGUF_REPO, GGUF_FILE))
+        env = dict(os.environ, EXO_HOME=home, HF_ENDPOINT=hub.url, HF_HOME=os.path.join(home, "hf"),
+                   EXO_DISCOVERY_MODULE="none")
+        for k in ("HF_TOKEN", "EXO_OFFLINE", "HF_HUB_OFFLINE"):
+            env.pop(k, None)
+        try:
+            p = subprocess.run([os.path.join(BUILD, "exo"), "lua", script], capture_output=True, env=env,
+                               timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr.decode())
+            lines = p.stdout.decode().splitlines()
+            self.assertEqual([line.split("\t")[:2] for line in lines],
+                             [["none", "false"], ["peers", "false"], ["hub", "true"]], lines)
+            self.assertIn("peers only", lines[1])
+            # Only the last one listed the repository and fetched the file.
+            self.assertEqual(len(hub.requests("/api/models/")), 1)
+            self.assertEqual(share.sha256(os.path.join(home, "downloads", GGUF_FOLDER, GGUF_FILE)),
+                             share.sha256(share.TINY))
+        finally:
+            hub.stop()
+            shutil.rmtree(home)
 
 
 if __name__ == "__main__":
