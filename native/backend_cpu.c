@@ -74,6 +74,7 @@ typedef struct cpu_scratch {
     void *act;       /* quantized activations [max_tokens][act_row_size(max_dim)] */
     float *tiles;    /* per thread: [GEMM_TILE_ROWS][max_dim] */
     float *scores;   /* per thread: [ATTN_QUERY_BLOCK][max_ctx] */
+    uint16_t *gather; /* per thread: gather_len() halves, a paged cache's rows made one run (attention) */
     void *act_tiles; /* the tiled GEMM's token groups (quants.h), where the CPU has it: [max_tokens / 16][...] */
     void *strips;    /* per thread: exo__tiled_scratch_bytes(max_dim), the tiled GEMM's unpacked rows */
 } cpu_scratch;
@@ -88,6 +89,15 @@ typedef struct cpu_ctx {
 
 extern void openblas_set_num_threads(int);
 
+/* Halves of one thread's gather scratch: attention over a paged cache whose
+ * blocks are not adjacent copies what one kernel call reads into one run:
+ * 64 lanes of every position's values, or EXO_VEC_KEY_BLOCK keys' rows. */
+static size_t gather_len(int max_dim, int max_ctx)
+{
+    size_t values = (size_t)max_ctx * 64, keys = (size_t)EXO_VEC_KEY_BLOCK * (size_t)max_dim;
+    return values > keys ? values : keys;
+}
+
 static void scratch_free(cpu_scratch *s)
 {
     exo__aligned_free(s->act);
@@ -95,6 +105,7 @@ static void scratch_free(cpu_scratch *s)
     exo__aligned_free(s->scores);
     exo__aligned_free(s->act_tiles);
     exo__aligned_free(s->strips);
+    exo__aligned_free(s->gather);
     memset(s, 0, sizeof *s);
 }
 
@@ -106,6 +117,7 @@ static int scratch_alloc(cpu_scratch *s, int max_tokens, int max_dim, int max_ct
     *s = (cpu_scratch){max_tokens, max_dim, max_ctx, n_threads, exo__aligned_alloc(act_row * (size_t)max_tokens),
                        exo__aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads),
                        exo__aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads),
+                       exo__aligned_alloc(sizeof(uint16_t) * gather_len(max_dim, max_ctx) * (size_t)n_threads),
                        NULL, NULL}; /* act_tiles and strips: below */
     /* The tiled GEMM's buffers, only where some format has the kernel:
      * ~1.1 bytes per token and input element, and a strip of 8 rows a thread. */
@@ -119,7 +131,7 @@ static int scratch_alloc(cpu_scratch *s, int max_tokens, int max_dim, int max_ct
             s->act = NULL; /* reported below */
         }
     }
-    if (s->act && s->tiles && s->scores) return EXO_OK;
+    if (s->act && s->tiles && s->scores && s->gather) return EXO_OK;
     scratch_free(s);
     return exo__error_set(EXO_ENOMEM, "out of memory for CPU scratch of %d tokens x %d, context %d", max_tokens,
                           max_dim, max_ctx);
@@ -624,6 +636,27 @@ typedef struct attention_job {
     int run; /* query heads per item in attention_items: a group, or part of one */
 } attention_job;
 
+/* Row p of a cache: one run of rows kv_stride apart, or a block table
+ * (exo_attention_args). */
+static inline const uint16_t *kv_row(const uint16_t *run, const uint16_t *const *blocks, int block_len, int kv_stride,
+                                     int p)
+{
+    if (!blocks) return run + (size_t)p * kv_stride;
+    return blocks[p / block_len] + (size_t)(p % block_len) * kv_stride;
+}
+
+/* Whether rows [p0, p1) lie kv_stride apart in memory, so a kernel can read
+ * them as one run: always for one run; for a block table, when the blocks
+ * they span follow each other (the pool hands a growing sequence the block
+ * after its last when it is free, so this is the usual case). */
+static bool kv_one_run(const uint16_t *const *blocks, int block_len, int kv_stride, int p0, int p1)
+{
+    if (!blocks) return true;
+    for (int b = p0 / block_len; b < (p1 - 1) / block_len; b++)
+        if (blocks[b + 1] != blocks[b] + (size_t)block_len * kv_stride) return false;
+    return true;
+}
+
 /* One work item is (token, KV head, a run of the query heads that share that
  * KV head): the run reads each block of the KV head's keys and values once
  * for all its heads (vec.h's _heads helpers), where one item per query head
@@ -642,6 +675,7 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
     const int runs = (group + j->run - 1) / j->run;
     const size_t row = (size_t)j->c->cur.max_ctx; /* one head's scores */
     float *scores = j->c->cur.scores + (size_t)thread * row * ATTN_QUERY_BLOCK;
+    uint16_t *gather = j->c->cur.gather + (size_t)thread * gather_len(j->c->cur.max_dim, j->c->cur.max_ctx);
     for (int64_t item = begin; item < end; item++) {
         int t = (int)(item / ((int64_t)a->n_head_kv * runs)), rest = (int)(item % ((int64_t)a->n_head_kv * runs));
         int kvh = rest / runs, h0 = kvh * group + rest % runs * j->run;
@@ -650,13 +684,48 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
         int pos = a->pos0 + t, first = a->window > 0 && pos >= a->window ? pos - a->window + 1 : 0;
         int n_pos = pos + 1 - first;
         const float *q = a->q + ((size_t)t * a->n_head + h0) * hd;
-        const uint16_t *k = a->k_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
-        const uint16_t *v = a->v_cache + ((size_t)first * kv_stride + (size_t)kvh * hd);
+        const size_t head = (size_t)kvh * hd;
         float inv[ATTN_QUERY_BLOCK];
-        exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd, k, (size_t)kv_stride, n_pos, scores, row);
+        if (kv_one_run(a->k_blocks, a->block_len, kv_stride, first, pos + 1)) {
+            const uint16_t *k = kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, first) + head;
+            exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd, k, (size_t)kv_stride, n_pos, scores, row);
+        } else {
+            /* The keys in the kernel's own blocks of EXO_VEC_KEY_BLOCK from
+             * `first` (a key's score is the same bits in its block as in one
+             * call): each block straddling two cache blocks is copied first. */
+            for (int p0 = first; p0 <= pos; p0 += EXO_VEC_KEY_BLOCK) {
+                int np = pos + 1 - p0 < EXO_VEC_KEY_BLOCK ? pos + 1 - p0 : EXO_VEC_KEY_BLOCK;
+                const uint16_t *k = kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, p0) + head;
+                size_t stride = (size_t)kv_stride;
+                if (!kv_one_run(a->k_blocks, a->block_len, kv_stride, p0, p0 + np)) {
+                    for (int p = 0; p < np; p++)
+                        memcpy(gather + (size_t)p * hd,
+                               kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, p0 + p) + head,
+                               sizeof(uint16_t) * hd);
+                    k = gather;
+                    stride = (size_t)hd;
+                }
+                exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd, k, stride, np, scores + (p0 - first), row);
+            }
+        }
         for (int g = 0; g < nh; g++) inv[g] = 1.0f / exo__vec_softmax_f32(n_pos, a->scale, scores + g * row);
         float *out = a->out + ((size_t)t * a->n_head + h0) * hd;
-        exo__vec_wsum_f16_heads(hd, nh, scores, row, v, (size_t)kv_stride, n_pos, out, (size_t)hd);
+        if (kv_one_run(a->v_blocks, a->block_len, kv_stride, first, pos + 1)) {
+            const uint16_t *v = kv_row(a->v_cache, a->v_blocks, a->block_len, kv_stride, first) + head;
+            exo__vec_wsum_f16_heads(hd, nh, scores, row, v, (size_t)kv_stride, n_pos, out, (size_t)hd);
+        } else {
+            /* Each output lane is its own chain over the keys in order, so
+             * slices of 64 lanes (the kernels' own chunks) over the values
+             * copied into one run give the same bits. */
+            for (int l0 = 0; l0 < hd; l0 += 64) {
+                int nl = hd - l0 < 64 ? hd - l0 : 64;
+                for (int p = 0; p < n_pos; p++)
+                    memcpy(gather + (size_t)p * nl,
+                           kv_row(a->v_cache, a->v_blocks, a->block_len, kv_stride, first + p) + head + l0,
+                           sizeof(uint16_t) * nl);
+                exo__vec_wsum_f16_heads(nl, nh, scores, row, gather, (size_t)nl, n_pos, out + l0, (size_t)hd);
+            }
+        }
         for (int g = 0; g < nh; g++)
             for (int i = 0; i < hd; i++) out[(size_t)g * hd + i] *= inv[g];
     }
@@ -685,12 +754,12 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
         int nq = a->n_tokens - t0 < ATTN_QUERY_BLOCK ? a->n_tokens - t0 : ATTN_QUERY_BLOCK;
         int n_pos = a->pos0 + t0 + nq; /* keys the last query of the block sees */
         const float *q = a->q + (size_t)t0 * q_stride + (size_t)h * hd;
-        const uint16_t *k = a->k_cache + (size_t)kvh * hd;
-        const uint16_t *v = a->v_cache + (size_t)kvh * hd;
+        const size_t head = (size_t)kvh * hd;
         /* scores[i][p] = scale * q_i . k_p, rows n_pos wide */
         for (int p0 = 0; p0 < n_pos; p0 += GEMM_TILE_ROWS) {
             int np = n_pos - p0 < GEMM_TILE_ROWS ? n_pos - p0 : GEMM_TILE_ROWS;
-            for (int p = 0; p < np; p++) widen(k + (size_t)(p0 + p) * kv_stride, kv + (size_t)p * hd, hd);
+            for (int p = 0; p < np; p++)
+                widen(kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, p0 + p) + head, kv + (size_t)p * hd, hd);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, np, hd, a->scale, q, q_stride, kv, hd, 0.0f,
                         scores + p0, n_pos);
         }
@@ -711,7 +780,8 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
         float *out = a->out + (size_t)t0 * q_stride + (size_t)h * hd;
         for (int p0 = 0; p0 < n_pos; p0 += GEMM_TILE_ROWS) {
             int np = n_pos - p0 < GEMM_TILE_ROWS ? n_pos - p0 : GEMM_TILE_ROWS;
-            for (int p = 0; p < np; p++) widen(v + (size_t)(p0 + p) * kv_stride, kv + (size_t)p * hd, hd);
+            for (int p = 0; p < np; p++)
+                widen(kv_row(a->v_cache, a->v_blocks, a->block_len, kv_stride, p0 + p) + head, kv + (size_t)p * hd, hd);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, np, 1.0f, scores + p0, n_pos, kv, hd,
                         p0 ? 1.0f : 0.0f, out, q_stride);
         }

@@ -94,13 +94,36 @@ int exo_safetensors_set_quantize(const char *type);
 void exo_shard_free(exo_shard *s);
 int exo_shard_get_info(const exo_shard *s, exo_shard_info *out);
 
-/* A sequence owns the KV cache of one request on one shard: n_ctx positions,
- * allocated once. */
+/* The shard's KV pool: every sequence's keys and values live in blocks of
+ * block_len positions (all the shard's layers) taken as a sequence grows and
+ * given back when it is truncated or freed. */
+typedef struct exo_kv_info {
+    int block_len;        /* positions per block */
+    int budget;           /* blocks the pool was sized to (exo_shard_set_kv_tokens), or 0: none */
+    int blocks;           /* blocks made */
+    int free;             /* of them, free */
+    int reserved;         /* without a budget: blocks the live sequences reserved */
+    int sequences;        /* live sequences */
+    int64_t block_bytes;  /* memory of one block */
+} exo_kv_info;
+
+/* Sizes the pool to n_tokens positions (rounded up to blocks), allocated at
+ * once (address space: pages become resident as they are written), shared by
+ * the shard's sequences; a pass needing a block when none is free then fails
+ * with EXO_EBUSY ("KV pool exhausted: ..."), moving no sequence. Only before
+ * the shard's first sequence (else EXO_ESTATE). Without it each sequence
+ * reserves its whole n_ctx when created and never runs short. */
+int exo_shard_set_kv_tokens(exo_shard *s, int64_t n_tokens);
+int exo_shard_kv_info(exo_shard *s, exo_kv_info *out);
+
+/* A sequence is one request's KV cache on one shard: up to n_ctx positions,
+ * in blocks of the shard's pool. */
 int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out);
 void exo_seq_free(exo_seq *q);
 int exo_seq_pos(const exo_seq *q);
 int exo_seq_n_ctx(const exo_seq *q);
-/* Forgets positions >= pos (speculative rollback, edited history). */
+/* Forgets positions >= pos (speculative rollback, edited history) and gives
+ * the blocks past it back to the pool. */
 int exo_seq_truncate(exo_seq *q, int pos);
 
 /* Runs n_tokens new positions through the shard, appending them to the

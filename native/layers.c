@@ -76,23 +76,28 @@ int exo__layers_attention(exo_shard *s, const exo_batch *batch, int il_local, co
     be->rope(be, rs->q, n_tokens, hp->n_head, head_dim, &rope);
     be->rope(be, rs->k, n_tokens, hp->n_head_kv, head_dim, &rope);
 
-    /* Each sequence's rows against its own cache: this layer's part of it is
-     * (n_ctx, kv_dim), and the run's new keys (roped) and values land at its
-     * first position, in f16. */
+    /* Each sequence's rows against its own cache, through its block table
+     * (the KV pool, model.h): the run's new keys (roped) and values land at
+     * its positions in f16, block by block. */
     for (int i = 0; i < s->n_runs; i++) {
         const exo_batch_run *run = &s->runs[i];
         exo_seq *seq = run->seq;
-        uint16_t *k_cache = seq->k_cache + (size_t)il_local * seq->n_ctx * kv_dim;
-        uint16_t *v_cache = seq->v_cache + (size_t)il_local * seq->n_ctx * kv_dim;
-        be->to_f16(be, rs->k + (size_t)run->row0 * kv_dim, k_cache + (size_t)run->pos0 * kv_dim,
-                   (int64_t)run->n * kv_dim);
-        be->to_f16(be, rs->v + (size_t)run->row0 * kv_dim, v_cache + (size_t)run->pos0 * kv_dim,
-                   (int64_t)run->n * kv_dim);
+        const uint16_t *const *k_blocks = seq->k_blocks + (size_t)il_local * seq->max_blocks;
+        const uint16_t *const *v_blocks = seq->v_blocks + (size_t)il_local * seq->max_blocks;
+        for (int done = 0; done < run->n;) {
+            int p = run->pos0 + done, in_block = EXO_KV_BLOCK - p % EXO_KV_BLOCK;
+            int n = run->n - done < in_block ? run->n - done : in_block;
+            size_t at = (size_t)(p % EXO_KV_BLOCK) * kv_dim, from = (size_t)(run->row0 + done) * kv_dim;
+            /* The pool's memory, written only here: the tables are const for the kernels. */
+            be->to_f16(be, rs->k + from, (uint16_t *)k_blocks[p / EXO_KV_BLOCK] + at, (int64_t)n * kv_dim);
+            be->to_f16(be, rs->v + from, (uint16_t *)v_blocks[p / EXO_KV_BLOCK] + at, (int64_t)n * kv_dim);
+            done += n;
+        }
         exo_attention_args att = {
-            .q = rs->q + (size_t)run->row0 * q_dim, .k_cache = k_cache, .v_cache = v_cache,
-            .out = rs->att + (size_t)run->row0 * q_dim, .n_tokens = run->n, .pos0 = run->pos0,
-            .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = head_dim, .scale = b->scale,
-            .window = b->window,
+            .q = rs->q + (size_t)run->row0 * q_dim, .k_blocks = k_blocks, .v_blocks = v_blocks,
+            .block_len = EXO_KV_BLOCK, .out = rs->att + (size_t)run->row0 * q_dim, .n_tokens = run->n,
+            .pos0 = run->pos0, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = head_dim,
+            .scale = b->scale, .window = b->window,
         };
         be->attention(be, &att);
     }

@@ -337,6 +337,8 @@ int exo__model_pack_weights(exo_shard *s, exo_tensor *const *ws, int n)
 
 typedef struct exo_multi_scratch exo_multi_scratch;
 static void multi_free(exo_multi_scratch *m);
+static int kv_pool_init(exo_shard *s);
+static void kv_pool_unref(exo_kv_pool *p);
 
 /* The run state: one backend buffer cut into the arrays of exo_run_state. */
 static int alloc_run_state(exo_shard *s)
@@ -386,6 +388,7 @@ void exo_shard_free(exo_shard *s)
     free(s->batch_seq);
     free(s->batch_pos);
     multi_free(s->multi);
+    kv_pool_unref(s->kv);
     if (s->packed) be->release(be, s->packed, s->packed_bytes, EXO_BUFFER_WEIGHTS);
     exo__gguf_close(s->file);
     free(s);
@@ -445,6 +448,7 @@ int exo__model_load(const char *path, int layer_start, int layer_end, int is_fir
         goto fail;
     }
     if ((rc = s->arch->read_hparams(s))) goto fail;
+    if ((rc = kv_pool_init(s))) goto fail;
     if ((rc = s->arch->bind(s))) goto fail;
     if ((rc = alloc_run_state(s))) goto fail;
     *out = s;
@@ -477,7 +481,187 @@ int exo_shard_get_info(const exo_shard *s, exo_shard_info *out)
     return EXO_OK;
 }
 
+/* ---- the KV pool ---------------------------------------------------------- */
+
+/* Called once the shard's hyper-parameters and layer range are known. */
+static int kv_pool_init(exo_shard *s)
+{
+    exo_kv_pool *p = calloc(1, sizeof *p);
+    if (!p || pthread_mutex_init(&p->lock, NULL)) {
+        free(p);
+        return exo__error_set(EXO_ENOMEM, "out of memory for the KV pool");
+    }
+    p->backend = s->backend;
+    p->refs = 1;
+    p->run_halves = (size_t)EXO_KV_BLOCK * s->hp.n_head_kv * s->hp.head_dim;
+    p->n_layers = s->layer_end - s->layer_start;
+    s->kv = p;
+    return EXO_OK;
+}
+
+/* Drops one reference (the shard's or a sequence's); the last frees it. */
+static void kv_pool_unref(exo_kv_pool *p)
+{
+    if (!p) return;
+    pthread_mutex_lock(&p->lock);
+    int refs = --p->refs;
+    pthread_mutex_unlock(&p->lock);
+    if (refs) return;
+    for (int c = 0; c < p->n_chunks; c++)
+        p->backend->release(p->backend, p->chunks[c].mem, p->chunks[c].bytes, EXO_BUFFER_KV_CACHE);
+    free(p->chunks);
+    free(p->taken);
+    free(p->chunk_of);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+/* Keys (v = 0) or values (v = 1) of layer il (of the shard) in block b. */
+static uint16_t *kv_block_rows(const exo_kv_pool *p, int b, int il, int v)
+{
+    const exo_kv_chunk *c = &p->chunks[p->chunk_of[b]];
+    size_t run = (size_t)((v * p->n_layers + il) * c->n + (b - c->first));
+    return c->mem + run * p->run_halves;
+}
+
+/* Adds a chunk of n blocks. With the lock held. */
+static int kv_pool_grow(exo_kv_pool *p, int n)
+{
+    size_t bytes = sizeof(uint16_t) * p->run_halves * 2 * (size_t)p->n_layers * (size_t)n;
+    uint16_t *mem = p->backend->alloc(p->backend, bytes, EXO_BUFFER_KV_CACHE);
+    if (!mem)
+        return exo__error_set(EXO_ENOMEM, "out of memory for %d KV blocks of %d positions (%zu MiB)", n, EXO_KV_BLOCK,
+                             bytes >> 20);
+    exo_kv_chunk *chunks = realloc(p->chunks, sizeof *chunks * (size_t)(p->n_chunks + 1));
+    if (chunks) p->chunks = chunks;
+    uint8_t *taken = chunks ? realloc(p->taken, (size_t)(p->n_blocks + n)) : NULL;
+    if (taken) p->taken = taken;
+    int *chunk_of = taken ? realloc(p->chunk_of, sizeof(int) * (size_t)(p->n_blocks + n)) : NULL;
+    if (chunk_of) p->chunk_of = chunk_of;
+    if (!chunk_of) {
+        p->backend->release(p->backend, mem, bytes, EXO_BUFFER_KV_CACHE);
+        return exo__error_set(EXO_ENOMEM, "out of memory");
+    }
+    p->chunks[p->n_chunks] = (exo_kv_chunk){.mem = mem, .bytes = bytes, .first = p->n_blocks, .n = n};
+    for (int b = p->n_blocks; b < p->n_blocks + n; b++) {
+        p->taken[b] = 0;
+        p->chunk_of[b] = p->n_chunks;
+    }
+    p->n_chunks++;
+    p->n_blocks += n;
+    p->n_free += n;
+    return EXO_OK;
+}
+
+/* A free block for a sequence whose last block is prev (-1: none): the one
+ * after prev when it is free (the sequence stays one run of rows for the
+ * attention kernels), else within the longest stretch of free blocks: its
+ * start at a chunk's start, else its middle, leaving the rest to the
+ * sequence that owns the block before it. With the lock held; n_free > 0. */
+static int kv_pool_pick(const exo_kv_pool *p, int prev)
+{
+    if (prev >= 0 && prev + 1 < p->n_blocks && !p->taken[prev + 1] && p->chunk_of[prev + 1] == p->chunk_of[prev])
+        return prev + 1;
+    int best = -1, best_len = 0;
+    for (int b = 0; b < p->n_blocks;) {
+        if (p->taken[b]) {
+            b++;
+            continue;
+        }
+        int e = b;
+        while (e < p->n_blocks && !p->taken[e] && p->chunk_of[e] == p->chunk_of[b]) e++;
+        if (e - b > best_len) best = b, best_len = e - b;
+        b = e;
+    }
+    if (best == p->chunks[p->chunk_of[best]].first) return best;
+    return best + best_len / 2;
+}
+
+/* Makes sure q has blocks for positions [0, n_pos). A pool with a budget
+ * that has no free block fails with EXO_EBUSY (q keeps what it took). */
+static int kv_seq_grow(exo_seq *q, int n_pos)
+{
+    exo_kv_pool *p = q->pool;
+    int need = (n_pos + EXO_KV_BLOCK - 1) / EXO_KV_BLOCK, rc = EXO_OK;
+    if (need <= q->n_blocks) return EXO_OK;
+    pthread_mutex_lock(&p->lock);
+    while (q->n_blocks < need) {
+        if (p->n_free == 0) {
+            rc = exo__error_set(EXO_EBUSY,
+                                "KV pool exhausted: position %d needs a block and all %d blocks (%d positions) are "
+                                "taken",
+                                q->n_blocks * EXO_KV_BLOCK, p->n_blocks, p->n_blocks * EXO_KV_BLOCK);
+            break;
+        }
+        int b = kv_pool_pick(p, q->n_blocks ? q->block[q->n_blocks - 1] : -1);
+        p->taken[b] = 1;
+        p->n_free--;
+        q->block[q->n_blocks] = b;
+        for (int il = 0; il < p->n_layers; il++) {
+            q->k_blocks[(size_t)il * q->max_blocks + q->n_blocks] = kv_block_rows(p, b, il, 0);
+            q->v_blocks[(size_t)il * q->max_blocks + q->n_blocks] = kv_block_rows(p, b, il, 1);
+        }
+        q->n_blocks++;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* Gives back q's blocks past its position. */
+static void kv_seq_trim(exo_seq *q)
+{
+    exo_kv_pool *p = q->pool;
+    int keep = (q->pos + EXO_KV_BLOCK - 1) / EXO_KV_BLOCK;
+    if (keep >= q->n_blocks) return;
+    pthread_mutex_lock(&p->lock);
+    for (; q->n_blocks > keep; q->n_blocks--) {
+        p->taken[q->block[q->n_blocks - 1]] = 0;
+        p->n_free++;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+int exo_shard_set_kv_tokens(exo_shard *s, int64_t n_tokens)
+{
+    if (!s) return exo__error_set(EXO_EINVAL, "exo_shard_set_kv_tokens: NULL shard");
+    if (n_tokens < 1 || n_tokens > (int64_t)SEQ_MAX_CTX * 1024)
+        return exo__error_set(EXO_ERANGE, "a KV pool of %lld positions (1 to %d)", (long long)n_tokens,
+                             SEQ_MAX_CTX * 1024);
+    exo_kv_pool *p = s->kv;
+    pthread_mutex_lock(&p->lock);
+    int rc = EXO_OK;
+    if (p->n_seqs || p->n_blocks) {
+        rc = exo__error_set(EXO_ESTATE, "the KV pool is sized once, before the shard's first sequence");
+    } else {
+        int blocks = (int)((n_tokens + EXO_KV_BLOCK - 1) / EXO_KV_BLOCK);
+        rc = kv_pool_grow(p, blocks);
+        if (rc == EXO_OK) p->budget = blocks;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+int exo_shard_kv_info(exo_shard *s, exo_kv_info *out)
+{
+    if (!s || !out) return exo__error_set(EXO_EINVAL, "exo_shard_kv_info: NULL argument");
+    exo_kv_pool *p = s->kv;
+    pthread_mutex_lock(&p->lock);
+    *out = (exo_kv_info){.block_len = EXO_KV_BLOCK, .budget = p->budget, .blocks = p->n_blocks, .free = p->n_free,
+                         .reserved = p->reserved, .sequences = p->n_seqs,
+                         .block_bytes = (int64_t)(sizeof(uint16_t) * p->run_halves * 2 * (size_t)p->n_layers)};
+    pthread_mutex_unlock(&p->lock);
+    return EXO_OK;
+}
+
 /* ---- sequences ---------------------------------------------------------- */
+
+static void seq_free_tables(exo_seq *q)
+{
+    free(q->block);
+    free(q->k_blocks);
+    free(q->v_blocks);
+    free(q);
+}
 
 int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
 {
@@ -485,30 +669,51 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
     *out = NULL;
     if (n_ctx <= 0) n_ctx = s->hp.n_ctx_train < SEQ_MAX_CTX ? s->hp.n_ctx_train : SEQ_MAX_CTX;
     if (n_ctx > SEQ_MAX_CTX) return exo__error_set(EXO_ERANGE, "context of %d positions is over %d", n_ctx, SEQ_MAX_CTX);
+    exo_kv_pool *p = s->kv;
     exo_seq *q = calloc(1, sizeof *q);
     if (!q) return exo__error_set(EXO_ENOMEM, "out of memory");
-    size_t per_layer = (size_t)n_ctx * s->hp.n_head_kv * s->hp.head_dim;
-    size_t n_layers = (size_t)(s->layer_end - s->layer_start);
-    size_t half = round_to_line(sizeof(uint16_t) * per_layer * n_layers);
     q->shard = s;
-    q->k_cache = s->backend->alloc(s->backend, 2 * half, EXO_BUFFER_KV_CACHE);
-    if (!q->k_cache) {
-        free(q);
-        return exo__error_set(EXO_ENOMEM, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx,
-                             2 * half >> 20);
+    q->n_ctx = n_ctx;
+    q->max_blocks = (n_ctx + EXO_KV_BLOCK - 1) / EXO_KV_BLOCK;
+    size_t tables = (size_t)q->max_blocks * (size_t)p->n_layers;
+    q->block = malloc(sizeof *q->block * (size_t)q->max_blocks);
+    q->k_blocks = malloc(sizeof *q->k_blocks * tables);
+    q->v_blocks = malloc(sizeof *q->v_blocks * tables);
+    if (!q->block || !q->k_blocks || !q->v_blocks) {
+        seq_free_tables(q);
+        return exo__error_set(EXO_ENOMEM, "out of memory for the block table of %d positions", n_ctx);
     }
-    /* The backend's scratch for attention over n_ctx positions: after the
-     * cache, so a context too large for memory fails here and changes
-     * nothing for other sequences. */
-    int rc = s->backend->reserve(s->backend, s->max_batch, s->hp.n_embd, n_ctx);
+    /* Without a budget the sequence reserves its whole context, as its own
+     * cache did before the pool: what it may take is there when it needs it. */
+    int rc = EXO_OK;
+    pthread_mutex_lock(&p->lock);
+    if (!p->budget) {
+        int short_by = p->reserved + q->max_blocks - p->n_blocks;
+        if (short_by > 0) rc = kv_pool_grow(p, short_by);
+        if (rc == EXO_OK) {
+            q->reserved = q->max_blocks;
+            p->reserved += q->reserved;
+        }
+    }
+    if (rc == EXO_OK) {
+        p->n_seqs++;
+        p->refs++;
+        q->pool = p;
+    }
+    pthread_mutex_unlock(&p->lock);
     if (rc) {
-        s->backend->release(s->backend, q->k_cache, 2 * half, EXO_BUFFER_KV_CACHE);
-        free(q);
+        size_t mib = (size_t)q->max_blocks * p->run_halves * 2 * sizeof(uint16_t) * (size_t)p->n_layers >> 20;
+        seq_free_tables(q);
+        return exo__error_set(rc, "out of memory for a KV cache of %d positions (%zu MiB)", n_ctx, mib);
+    }
+    /* The backend's scratch for attention over n_ctx positions: a context
+     * too large for memory fails here and changes nothing for other
+     * sequences. */
+    rc = s->backend->reserve(s->backend, s->max_batch, s->hp.n_embd, n_ctx);
+    if (rc) {
+        exo_seq_free(q);
         return rc;
     }
-    q->v_cache = (uint16_t *)((char *)q->k_cache + half);
-    q->cache_bytes = 2 * half;
-    q->n_ctx = n_ctx;
     *out = q;
     return EXO_OK;
 }
@@ -516,9 +721,15 @@ int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out)
 void exo_seq_free(exo_seq *q)
 {
     if (!q) return;
-    exo_backend *be = q->shard->backend;
-    be->release(be, q->k_cache, q->cache_bytes, EXO_BUFFER_KV_CACHE);
-    free(q);
+    exo_kv_pool *p = q->pool;
+    q->pos = 0;
+    kv_seq_trim(q);
+    pthread_mutex_lock(&p->lock);
+    p->reserved -= q->reserved;
+    p->n_seqs--;
+    pthread_mutex_unlock(&p->lock);
+    seq_free_tables(q);
+    kv_pool_unref(p);
 }
 
 int exo_seq_pos(const exo_seq *q)
@@ -537,6 +748,7 @@ int exo_seq_truncate(exo_seq *q, int pos)
     if (pos < 0 || pos > q->pos)
         return exo__error_set(EXO_ERANGE, "cannot truncate a sequence of %d positions to %d", q->pos, pos);
     q->pos = pos;
+    kv_seq_trim(q);
     return EXO_OK;
 }
 
@@ -584,9 +796,14 @@ static int batch_runs(exo_shard *s, const exo_batch *b)
 static int forward_batch_locked(exo_shard *s, const exo_batch *b, float *out)
 {
     int rc = batch_runs(s, b);
+    /* Every row's block first: a pool with none left fails the pass before
+     * anything is computed. */
+    for (int i = 0; i < s->n_runs && rc == EXO_OK; i++) rc = kv_seq_grow(s->runs[i].seq, s->runs[i].pos0 + s->runs[i].n);
     if (rc == EXO_OK) rc = s->arch->forward(s, b, out);
     if (rc == EXO_OK)
         for (int i = 0; i < s->n_runs; i++) s->runs[i].seq->pos += s->runs[i].n;
+    else
+        for (int i = 0; i < s->n_runs; i++) kv_seq_trim(s->runs[i].seq);
     return rc;
 }
 
@@ -642,7 +859,10 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
     }
     /* All or nothing: a later chunk's failure (a bad token id) takes back
      * the chunks before it, so the caller's error leaves the cache as it was. */
-    if (rc) q->pos = start;
+    if (rc) {
+        q->pos = start;
+        kv_seq_trim(q);
+    }
     pthread_mutex_unlock(&forward_lock);
     return rc;
 }
@@ -858,7 +1078,10 @@ int exo_shard_forward_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, cons
         /* All or nothing, as exo_shard_forward: a failure leaves every cache
          * where it was. */
         if (rc)
-            for (int i = 0; i < n_seqs; i++) seqs[i]->pos = m->start[i];
+            for (int i = 0; i < n_seqs; i++) {
+                seqs[i]->pos = m->start[i];
+                kv_seq_trim(seqs[i]);
+            }
     }
     pthread_mutex_unlock(&forward_lock);
     return rc;

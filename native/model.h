@@ -87,6 +87,46 @@ typedef struct exo_batch_run {
     int row0, n, pos0;
 } exo_batch_run;
 
+/* Positions per KV block: a multiple of the attention kernels' own blocks
+ * of keys (EXO_VEC_KEY_BLOCK), so a block never splits one of them. */
+#define EXO_KV_BLOCK 64
+
+/* One backend buffer of the pool: n blocks laid out as
+ * [K, V][layer][block][EXO_KV_BLOCK][n_head_kv * head_dim] f16, so that for
+ * every layer the chunk's blocks follow each other, and a sequence holding
+ * consecutive blocks of one chunk is one run of rows, as an unpaged cache. */
+typedef struct exo_kv_chunk {
+    uint16_t *mem;
+    size_t bytes;
+    int first, n;          /* its blocks are ids [first, first + n) */
+} exo_kv_chunk;
+
+/* The shard's KV pool (model.c): the keys and values of every sequence of
+ * the shard, in blocks of EXO_KV_BLOCK positions x all the shard's layers.
+ * A sequence takes blocks as it grows and gives them back when truncated or
+ * freed. Two sizings: a budget of blocks made once
+ * (exo_shard_set_kv_tokens: sequences share it, a pass that needs a block
+ * when none is free fails with EXO_EBUSY), or none (the default): each
+ * sequence reserves blocks for its whole context when created, as the
+ * per-sequence caches before the pool did, and the pool grows by a chunk
+ * when the reservations pass what it holds. Under its own lock: sequences
+ * come and go on the loop thread while a pass takes blocks on the engine's. */
+typedef struct exo_kv_pool {
+    pthread_mutex_t lock;
+    exo_backend *backend;  /* the chunks' */
+    int refs;              /* the shard and each live sequence: the last to go frees the pool */
+    size_t run_halves;     /* one layer's K (or V) rows of one block: EXO_KV_BLOCK * n_head_kv * head_dim */
+    int n_layers;
+    int budget;            /* blocks, or 0: per-sequence reservations */
+    int reserved;          /* without a budget: blocks the live sequences reserved */
+    int n_blocks, n_free;  /* made (ids [0, n_blocks)) and free among them; chunks are kept till the shard goes */
+    int n_seqs;            /* live sequences */
+    uint8_t *taken;        /* (n_blocks) */
+    int *chunk_of;         /* (n_blocks) its chunk */
+    exo_kv_chunk *chunks;
+    int n_chunks;
+} exo_kv_pool;
+
 struct exo_shard {
     exo_gguf *file;
     char arch_name[32];
@@ -114,15 +154,22 @@ struct exo_shard {
     void *packed;            /* the backend's packed copies of the weights (its EXO_BUFFER_WEIGHTS) */
     struct exo_multi_scratch *multi; /* exo_shard_forward_batch's scratch, made on its first call */
     size_t packed_bytes;
+    exo_kv_pool *kv;         /* every sequence's keys and values */
 };
 
 struct exo_seq {
-    exo_shard *shard;
+    exo_shard *shard;      /* not used by exo_seq_free: a shard freed first leaves its pool to its sequences */
+    exo_kv_pool *pool;
     int n_ctx;
     int pos;               /* positions [0, pos) are in the cache */
-    uint16_t *k_cache;     /* (n_layers_in_shard, n_ctx, n_head_kv * head_dim), f16 as llama.cpp's default */
-    uint16_t *v_cache;     /* the same; both cut from one backend buffer of cache_bytes */
-    size_t cache_bytes;
+    int max_blocks;        /* ceil(n_ctx / EXO_KV_BLOCK) */
+    int n_blocks;          /* blocks held: positions [0, n_blocks * EXO_KV_BLOCK) have memory */
+    int reserved;          /* blocks this sequence reserved in a pool without a budget */
+    int32_t *block;        /* (max_blocks) the pool's block id of each block of positions */
+    /* Per layer of the shard, the block table as the attention kernel takes
+     * it: k_blocks[il * max_blocks + b] is block b's keys of layer il. */
+    const uint16_t **k_blocks;
+    const uint16_t **v_blocks;
 };
 
 /* ---- the architecture table (arch.c) --------------------------------------- */

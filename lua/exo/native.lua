@@ -116,6 +116,17 @@ int exo_shard_load(const char *path, int layer_start, int layer_end, int is_firs
 int exo_safetensors_set_quantize(const char *type);
 void exo_shard_free(exo_shard *s);
 int exo_shard_get_info(const exo_shard *s, exo_shard_info *out);
+typedef struct exo_kv_info {
+    int block_len;
+    int budget;
+    int blocks;
+    int free;
+    int reserved;
+    int sequences;
+    int64_t block_bytes;
+} exo_kv_info;
+int exo_shard_set_kv_tokens(exo_shard *s, int64_t n_tokens);
+int exo_shard_kv_info(exo_shard *s, exo_kv_info *out);
 int exo_seq_new(exo_shard *s, int n_ctx, exo_seq **out);
 void exo_seq_free(exo_seq *q);
 int exo_seq_pos(const exo_seq *q);
@@ -556,6 +567,24 @@ function Shard:free()
     exo_shard_free(ffi.gc(self.handle, nil))
     self.handle = nil
   end
+end
+
+-- The KV pool (exo.h): set_kv_tokens(n) sizes it to n positions shared by
+-- the shard's sequences (once, before the first sequence); kv_info() says
+-- how it stands: { block_len, budget, blocks, free, reserved, sequences,
+-- block_bytes } (budget 0: no budget, each sequence reserves its context).
+local exo_shard_set_kv_tokens, exo_shard_kv_info = C.exo_shard_set_kv_tokens, C.exo_shard_kv_info
+local kv_info = ffi.new("exo_kv_info")
+function Shard:set_kv_tokens(n_tokens)
+  check_type(n_tokens, "number", "Shard:set_kv_tokens")
+  local rc = exo_shard_set_kv_tokens(self.handle, n_tokens)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+function Shard:kv_info()
+  exo_shard_kv_info(self.handle, kv_info)
+  return { block_len = kv_info.block_len, budget = kv_info.budget, blocks = kv_info.blocks, free = kv_info.free,
+    reserved = kv_info.reserved, sequences = kv_info.sequences, block_bytes = tonumber(kv_info.block_bytes) }
 end
 
 -- A new KV-cache sequence of n_ctx positions (default: the model's context).

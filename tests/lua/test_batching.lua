@@ -13,37 +13,19 @@ local ffi = require "ffi"
 io.stdout:setvbuf("no")
 local native = require "exo.native"
 local tiny = assert(os.getenv("EXO_TINY_MODEL"))
-
-local function ints(t) return ffi.new("int32_t[?]", #t, t) end
-
--- A deterministic token stream per sequence.
-local function prompt_of(k, n, vocab)
-  local t = {}
-  for i = 1, n do t[i] = (k * 131 + i * 17) % vocab end
-  return t
-end
-
-local function same(a, b, n, what)
-  for j = 0, n - 1 do
-    if a[j] ~= b[j] then error(("%s: value %d: %.9g vs %.9g"):format(what, j, a[j], b[j]), 2) end
-  end
-end
+package.path = assert(os.getenv("EXO_SOURCE_DIR")) .. "/tests/lua/?.lua;" .. package.path
+local checks = require "seq_checks"
+local ints, prompt_of, same = checks.ints, checks.tokens, checks.same
 
 -- The solo run: prompt in one forward, then each decode token alone; the
--- logits after the prompt and after every decode token.
+-- logits after the prompt ([0]) and after every decode token.
 local function solo(shard, prompt, decode)
   local seq = assert(shard:new_seq(512))
-  local out = {}
-  local buf = shard:output_buffer(1, false)
-  assert(shard:forward(seq, ints(prompt), #prompt, false, buf))
-  out[0] = ffi.new("float[?]", shard.n_vocab)
-  ffi.copy(out[0], buf, shard.n_vocab * 4)
-  for i, t in ipairs(decode) do
-    assert(shard:forward(seq, ints({ t }), 1, false, buf))
-    out[i] = ffi.new("float[?]", shard.n_vocab)
-    ffi.copy(out[i], buf, shard.n_vocab * 4)
-  end
+  local chunks = { prompt }
+  for i, t in ipairs(decode) do chunks[i + 1] = { t } end
+  local got, out = checks.run(shard, seq, chunks), {}
   seq:free()
+  for i = 1, #got do out[i - 1] = got[i] end
   return out
 end
 
