@@ -500,7 +500,7 @@ local function all(fns, limit)
 end
 
 -- Free bytes where path lies, or nil when the system will not say.
-local function free_bytes(path)
+function M.free_bytes(path)
   if not uv.fs_statfs then return nil end
   local s = uv.fs_statfs(path)
   return s and s.bavail and s.bsize and s.bavail * s.bsize or nil
@@ -608,7 +608,7 @@ function M.pull(name, opts)
     st.files[#st.files + 1] = entry
     need = need + math.max(0, (f.size or 0) - size_of(spec.dir .. "/" .. f.path .. ".partial"))
   end
-  local free = free_bytes(spec.dir)
+  local free = M.free_bytes(spec.dir)
   if free and need > free then
     return finish(nil, ("not enough disk space for %s: %d MB more are needed, %d MB free in %s"):format(name,
       math.ceil(need / 1e6), math.floor(free / 1e6), spec.dir))

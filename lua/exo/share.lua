@@ -440,14 +440,48 @@ function M.fetch(spec, st, layers)
     end
     for path, v in pairs(offered) do
       local name = path:sub(#folder + 2)
-      if v ~= index and v ~= config and (need[name] or not name:match("%.safetensors$")) then want[#want + 1] = v end
+      if v ~= index and v ~= config and download.model_file(name)
+        and (need[name] or not name:match("%.safetensors$")) then
+        want[#want + 1] = v
+      end
     end
   else
+    -- A GGUF: its file (spec.file, or the offered one of its quant) and the
+    -- other parts of a split one; nothing else a holder lists.
     config = nil
-    for _, v in pairs(offered) do want[#want + 1] = v end
+    local first = spec.file
+    if not first then
+      local firsts = {}
+      for path in pairs(offered) do
+        local name = path:sub(#folder + 2)
+        if name:match("%.gguf$") and models.is_first_part(name) then firsts[#firsts + 1] = name end
+      end
+      table.sort(firsts)
+      for _, name in ipairs(firsts) do
+        if not first and models.matches_quant(name, spec.quant or "") then first = name end
+      end
+      if not first and #firsts == 1 then first = firsts[1] end
+    end
+    for _, part in ipairs(first and models.split_parts(first) or {}) do
+      if not get(part) then return nil, ("no peer has %s of model '%s'"):format(part, spec.name), true end
+      want[#want + 1] = get(part)
+    end
+    if #want == 0 then return nil, ("no peer has a GGUF file of model '%s'"):format(spec.name), true end
   end
   table.sort(want, function(a, b) return a.path < b.path end)
   want[#want + 1] = config
+  -- Room for it first, as for the hub: a holder's sizes are claims.
+  local need = 0
+  for _, v in ipairs(want) do
+    local dest = spec.dir .. "/" .. v.path:sub(#folder + 2)
+    local have, partial = uv.fs_stat(dest), uv.fs_stat(dest .. ".partial")
+    if not (have and have.size == v.size) then need = need + math.max(0, v.size - (partial and partial.size or 0)) end
+  end
+  local free = download.free_bytes(spec.dir)
+  if free and need > free then
+    return nil, ("not enough disk space for %s: %d MB more are needed, %d MB free in %s"):format(spec.name,
+      math.ceil(need / 1e6), math.floor(free / 1e6), spec.dir), true
+  end
   for _, v in ipairs(want) do
     local ok, err = fetch_one(spec, st, folder, v)
     if not ok then return nil, err, true end

@@ -21,6 +21,8 @@ Real exo processes on loopback, each with its own EXO_HOME and EXO_OFFLINE=1
   than the file holds, and the fetched file has the right SHA-256. A
   partial holding other bytes (left by an earlier try) fails the resumed
   file's hash: the holder is not blamed for it and sends the file whole.
+- A holder's list is not taken whole: only the model's own files are
+  asked for, and a claimed size past the free disk is refused up front.
 - Trust: download.ensure fetches a hub repository from the hub (a local
   fake of its routes) only for a peer that proved the cluster key; a
   client's hub id and an open cluster's peer's never reach it.
@@ -29,6 +31,7 @@ Run: build/venv/bin/python tests/cluster/test_share_layers.py   (ctest runs it)
 """
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -239,6 +242,56 @@ class ShareLayers(unittest.TestCase):
                 n.stop()
             for h in homes:
                 shutil.rmtree(h)
+
+    def raw_holder(self, files, check):
+        """A real node without the model and a raw wire peer whose share_have lists files
+        ({path: bytes}, served honestly when asked); check(node, home, peer) once it is seen."""
+        def on_control(peer, msg):
+            if msg.get("t") == "share_ask":
+                peer.control({"t": "share_have", "id": msg["id"], "name": msg["name"], "files": [
+                    {"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for p, d in files.items()]})
+            elif msg.get("t") == "share_get":
+                data = files[msg["path"]]
+                for at in range(msg["offset"], len(data), 256 << 10):
+                    peer.chunk(msg["id"], at, data[at:at + (256 << 10)])
+        home = share.make_home(False)
+        node = share.start_nodes([("fetcher", 4000, home)])[0]
+        peer = share.RawPeer(node.wire_port, "raw", on_control)
+        try:
+            share.wait_peers(node, 2)
+            check(node, home, peer)
+        finally:
+            peer.close()
+            node.stop()
+            shutil.rmtree(home)
+
+    def test_only_the_models_files_are_taken(self):
+        # A holder listing more than the model's file: only the catalogue entry's file is asked for.
+        with open(share.TINY, "rb") as f:
+            data = f.read()
+
+        def check(node, home, peer):
+            ev = share.pull(node)
+            self.assertEqual(ev["status"], "complete", ev)
+            self.assertEqual([g["path"] for g in peer.gets], ["tiny/tiny-chat.gguf"])
+            self.assertEqual(os.listdir(os.path.join(home, "downloads", "tiny")), ["tiny-chat.gguf"])
+        self.raw_holder({"tiny/tiny-chat.gguf": data, "tiny/other.gguf": b"x" * 1000, "tiny/notes.txt": b"hi"},
+                        check)
+
+    def test_no_room_for_a_holders_claim(self):
+        # A size past the free disk is refused before any byte is asked for.
+        def check(node, home, peer):
+            def on_control(p, msg):
+                if msg.get("t") == "share_ask":
+                    p.control({"t": "share_have", "id": msg["id"], "name": msg["name"], "files": [
+                        {"path": "tiny/tiny-chat.gguf", "size": 2 ** 52, "sha256": "ab" * 32}]})
+            peer.on_control = on_control
+            ev = share.pull(node)
+            self.assertEqual(ev["status"], "failed", ev)
+            self.assertIn("not enough disk space", ev["error"])
+            self.assertEqual(peer.gets, [])
+            self.assertFalse(os.path.exists(share.model_file(home) + ".partial"))
+        self.raw_holder({}, check)
 
     def test_who_may_make_a_node_fetch_a_hub_repository(self):
         # download.ensure, as a ring member calls it, against the fake hub: a client's hub id
