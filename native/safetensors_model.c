@@ -39,6 +39,7 @@
 #include "grow.h"
 #include "json.h"
 #include "safetensors.h"
+#include "tensor.h"
 
 /* Limits on the folder's files, far above real models'. */
 #define ST_MAX_FILES 4096
@@ -1033,6 +1034,24 @@ static int fill_quantized(const struct plan *p, void *buf)
     return 0;
 }
 
+/* The bytes of a plan with a source tensor into buf. */
+static int fill_from_source(const struct plan *p, void *buf, size_t size)
+{
+    if (p->cols) return fill_quantized(p, buf);
+    const void *data = p->src->data;
+    void *tmp = NULL;
+    if (p->dtype != p->src->dtype) {
+        float *f = p->heads ? (tmp = malloc(size)) : buf;
+        if (!f) return exo__error_set(EXO_ENOMEM, "out of memory converting '%s'", p->src->name);
+        for (size_t i = 0; i < size / sizeof(float); i++) f[i] = element(data, p->src->dtype, i);
+        data = f;
+    }
+    if (p->heads) exo__safetensors_permute_rows(data, buf, p->rows, size / (size_t)p->rows, p->heads, false);
+    else if (data != buf) memcpy(buf, data, size);
+    free(tmp);
+    return 0;
+}
+
 /* The bytes of plan index into buf (the writer's fill callback). */
 static int fill_tensor(void *ud, size_t index, void *buf, size_t size)
 {
@@ -1047,19 +1066,12 @@ static int fill_tensor(void *ud, size_t index, void *buf, size_t size)
         memcpy(buf, p->own, size);
         return 0;
     }
-    if (p->cols) return fill_quantized(p, buf);
-    const void *data = p->src->data;
-    void *tmp = NULL;
-    if (p->dtype != p->src->dtype) {
-        float *f = p->heads ? (tmp = malloc(size)) : buf;
-        if (!f) return exo__error_set(EXO_ENOMEM, "out of memory converting '%s'", p->src->name);
-        for (size_t i = 0; i < size / sizeof(float); i++) f[i] = element(data, p->src->dtype, i);
-        data = f;
-    }
-    if (p->heads) exo__safetensors_permute_rows(data, buf, p->rows, size / (size_t)p->rows, p->heads, false);
-    else if (data != buf) memcpy(buf, data, size);
-    free(tmp);
-    return 0;
+    int rc = fill_from_source(p, buf, size);
+    /* Each source tensor is read once: its pages leave this process (the page
+     * cache keeps them, for the kernel to drop), so converting a folder keeps
+     * about one tensor of it resident rather than all of it. */
+    exo__release_pages(p->src->data, p->src->size);
+    return rc;
 }
 
 /* ---- the GGUF in memory ------------------------------------------------------ */
@@ -1132,6 +1144,48 @@ static int punch_holes(int fd, const struct plans *ps, const char *path)
     return 0;
 }
 
+/* With --quantize the backend packs each quantized matrix into an arena of
+ * its own and then drops the mapping's pages of it (exo__release_pages). A
+ * memory file's pages dropped from a mapping stay in the file, so the shard
+ * would take its quantized size twice. Instead the mapping's pages become
+ * this process's own, one tensor at a time (written in place: copy on
+ * write), and that tensor's bytes are punched out of the file: the mapping
+ * then holds the only copy, and dropping a packed matrix's pages frees them.
+ * Nothing reads a packed matrix from the mapping again (the CPU backend reads
+ * rows from the packed copy); anything that did would read zeros, as from a
+ * hole. Tensors that do not match the plans (never expected) leave the file
+ * as it is. */
+static int own_pages(int fd, const exo_gguf *g, const struct plans *ps, const char *path)
+{
+    if (exo__gguf_tensor_count(g) != (int64_t)ps->n) return 0;
+    for (size_t i = 0; i < ps->n; i++)
+        if (exo__gguf_tensor_at(g, (int64_t)i)->size != ps->p[i].size) return 0;
+    struct stat st;
+    uint64_t total = 0;
+    for (size_t i = 0; i < ps->n; i++) total += padded(ps->p[i].size);
+    if (fstat(fd, &st) || (uint64_t)st.st_size < total)
+        return exo__error_set(EXO_EIO, "%s: the memory file is shorter than its tensors", path);
+    uint64_t data_off = (uint64_t)st.st_size - total;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < ps->n; i++) {
+        const exo_gguf_tensor *t = exo__gguf_tensor_at(g, (int64_t)i);
+        if (ps->p[i].hole || !t->size) continue;
+        uintptr_t a = (uintptr_t)t->data / page * page, e = ((uintptr_t)t->data + t->size + page - 1) / page * page;
+        if (mprotect((void *)a, e - a, PROT_READ | PROT_WRITE))
+            return exo__error_set(EXO_EIO, "%s: cannot copy '%s' out of the memory file: %s", path, t->name,
+                                  strerror(errno));
+        for (uintptr_t q = a; q < e; q += page) {
+            volatile char *c = (volatile char *)q;
+            *c = *c;
+        }
+        if (mprotect((void *)a, e - a, PROT_READ) ||
+            fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(data_off + t->offset), (off_t)t->size))
+            return exo__error_set(EXO_EIO, "%s: cannot free the memory file's copy of '%s': %s", path, t->name,
+                                  strerror(errno));
+    }
+    return 0;
+}
+
 static int open_safetensors_model(const char *path, int what, int start, int end, int first, int last,
                                   exo_gguf **out)
 {
@@ -1184,6 +1238,12 @@ static int open_safetensors_model(const char *path, int what, int start, int end
     exo__gguf_writer_free(w);
     w = NULL;
     rc = exo__gguf_open(fd_path, out);
+    bool quantized = false;
+    for (size_t i = 0; i < ps.n; i++) quantized |= ps.p[i].cols > 0;
+    if (!rc && quantized && (rc = own_pages(fd, *out, &ps, path))) {
+        exo__gguf_close(*out);
+        *out = NULL;
+    }
 done:
     if (rc) {
         char msg[1024];
