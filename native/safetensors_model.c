@@ -1125,16 +1125,25 @@ static size_t padded(size_t n)
     return (n + 31) / 32 * 32; /* the writer's default alignment, which convert() keeps */
 }
 
-/* Frees the memory file's pages under the hole tensors (the data section is
- * the file's tail: its tensors back to back, each padded). */
-static int punch_holes(int fd, const struct plans *ps, const char *path)
+/* Where the memory file's data section starts: it is the file's tail, the
+ * tensors back to back, each padded. */
+static int data_offset(int fd, const struct plans *ps, const char *path, uint64_t *off)
 {
     struct stat st;
     uint64_t total = 0;
     for (size_t i = 0; i < ps->n; i++) total += padded(ps->p[i].size);
     if (fstat(fd, &st) || (uint64_t)st.st_size < total)
         return exo__error_set(EXO_EIO, "%s: the memory file is shorter than its tensors", path);
-    uint64_t off = (uint64_t)st.st_size - total;
+    *off = (uint64_t)st.st_size - total;
+    return 0;
+}
+
+/* Frees the memory file's pages under the hole tensors. */
+static int punch_holes(int fd, const struct plans *ps, const char *path)
+{
+    uint64_t off = 0;
+    int rc = data_offset(fd, ps, path, &off);
+    if (rc) return rc;
     for (size_t i = 0; i < ps->n; i++) {
         if (ps->p[i].hole && ps->p[i].size &&
             fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)ps->p[i].size))
@@ -1160,12 +1169,9 @@ static int own_pages(int fd, const exo_gguf *g, const struct plans *ps, const ch
     if (exo__gguf_tensor_count(g) != (int64_t)ps->n) return 0;
     for (size_t i = 0; i < ps->n; i++)
         if (exo__gguf_tensor_at(g, (int64_t)i)->size != ps->p[i].size) return 0;
-    struct stat st;
-    uint64_t total = 0;
-    for (size_t i = 0; i < ps->n; i++) total += padded(ps->p[i].size);
-    if (fstat(fd, &st) || (uint64_t)st.st_size < total)
-        return exo__error_set(EXO_EIO, "%s: the memory file is shorter than its tensors", path);
-    uint64_t data_off = (uint64_t)st.st_size - total;
+    uint64_t data_off = 0;
+    int rc = data_offset(fd, ps, path, &data_off);
+    if (rc) return rc;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     for (size_t i = 0; i < ps->n; i++) {
         const exo_gguf_tensor *t = exo__gguf_tensor_at(g, (int64_t)i);
