@@ -139,23 +139,71 @@ static void strip_zero_row(uint8_t *st, int r)
 
 enum { FMT_Q4_K, FMT_Q5_K, FMT_Q6_K };
 
-/* Row r of a strip's super-block from a row's packed quants (quants_k_rows.h's
- * lane order: lo c's byte p the low nibble of byte 32 c + p, hi c's the high
- * one; Q5_K's fifth bits at 128 + p, bit 2 c (lo) and 2 c + 1 (hi)) and its
- * header (d, dmin, the 12 bytes of scales). */
-static void strip_row_q45(const uint8_t *qs, const uint8_t *head, uint8_t *st, int r, bool q5)
+/* v[r] holds row r's codes of eight steps (dword l: lane l's); stores
+ * dword l of every row side by side, as step base + 8 l wants them. */
+static inline void strip_store_t8x8(const __m256i v[8], uint8_t *st, int base)
 {
-    for (int l = 0; l < 8; l++) {
-        const uint32_t fifth = q5 ? ld32(qs + 128 + 4 * l) : 0;
-        for (int q = 0; q < 4; q++) {
-            const uint32_t w = ld32(qs + 32 * q + 4 * l);
-            for (int u = 0; u < 2; u++) {
-                uint32_t c = (u ? w >> 4 : w) & 0x0f0f0f0fu;
-                if (q5) c |= ((fifth >> (2 * q + u)) & 0x01010101u) << 4;
-                st32(st + 32 * (8 * l + 4 * u + q) + 4 * r, c);
-            }
-        }
+    __m256i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
     }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int l = 0; l < 4; l++) {
+        _mm256_store_si256((__m256i *)(st + 32 * (base + 8 * l)), _mm256_permute2x128_si256(u[l], u[l + 4], 0x20));
+        _mm256_store_si256((__m256i *)(st + 32 * (base + 8 * (l + 4))), _mm256_permute2x128_si256(u[l], u[l + 4], 0x31));
+    }
+}
+
+/* The codes of a strip's super-block from the eight rows' packed quants
+ * (quants_k_rows.h's lane order, described at strip_row_q45 and
+ * strip_row_q6), eight rows at once: a row's register holds the eight
+ * lanes' dwords of a step, so a transpose puts each step's rows side by side. */
+static void strip_codes(const uint8_t *qs[8], uint8_t *st, int fmt)
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1), two = _mm256_set1_epi8(3);
+    __m256i v[2][8];
+    if (fmt != FMT_Q6_K) {
+        for (int q = 0; q < 4; q++) {
+            for (int r = 0; r < 8; r++) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(qs[r] + 32 * q));
+                v[0][r] = _mm256_and_si256(w, low4);
+                v[1][r] = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+                if (fmt == FMT_Q5_K) { /* fifth bits 2 q (lo) and 2 q + 1 (hi) of byte p at 128 + p */
+                    const __m256i f = _mm256_loadu_si256((const __m256i *)(qs[r] + 128));
+                    v[0][r] = _mm256_or_si256(v[0][r], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(f, 2 * q), one), 4));
+                    v[1][r] = _mm256_or_si256(v[1][r], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(f, 2 * q + 1), one), 4));
+                }
+            }
+            strip_store_t8x8(v[0], st, q);     /* unit 0: step 8 l + q */
+            strip_store_t8x8(v[1], st, 4 + q); /* unit 1: step 8 l + 4 + q */
+        }
+        return;
+    }
+    for (int c = 0; c < 4; c++) { /* step 8 l + 2 u + q with u = 2 hi + c / 2, q = c % 2 */
+        for (int r = 0; r < 8; r++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(qs[r] + 32 * c));
+            const __m256i top = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qs[r] + 128 + 32 * (c / 2))), 4 * (c % 2));
+            v[0][r] = _mm256_or_si256(_mm256_and_si256(w, low4), _mm256_slli_epi16(_mm256_and_si256(top, two), 4));
+            v[1][r] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), low4),
+                                      _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(top, 2), two), 4));
+        }
+        strip_store_t8x8(v[0], st, 2 * (c / 2) + c % 2);
+        strip_store_t8x8(v[1], st, 2 * (2 + c / 2) + c % 2);
+    }
+}
+
+/* Row r's scales of a strip's super-block from its header (d, dmin, the 12
+ * bytes of scales). Its codes come from its packed quants (quants_k_rows.h's
+ * lane order: lo c's byte p the low nibble of byte 32 c + p, hi c's the high
+ * one; Q5_K's fifth bits at 128 + p, bit 2 c (lo) and 2 c + 1 (hi)). */
+static void strip_head_q45(const uint8_t *head, uint8_t *st, int r)
+{
     int32_t *sc32 = (int32_t *)(st + STRIP_SC), *pairs = (int32_t *)(st + STRIP_PAIRS);
     uint8_t sc[8], mn[8];
     exo_k_scales_unpack(head + 4, sc, mn);
@@ -167,20 +215,11 @@ static void strip_row_q45(const uint8_t *qs, const uint8_t *head, uint8_t *st, i
     ((float *)(st + STRIP_DMIN))[r] = half_to_float(head + 2);
 }
 
-/* The same for Q6_K: lo c / hi c's low four bits as the low / high nibbles of
- * byte 32 c + p, their top two bits at 128 + 32 (c / 2) + p, bits 4 (c % 2)
- * (lo) and 4 (c % 2) + 2 (hi); the header is the 16 scales, then d. */
-static void strip_row_q6(const uint8_t *qs, const uint8_t *head, uint8_t *st, int r)
+/* The same for Q6_K: the header is the 16 scales, then d (the codes: lo c /
+ * hi c's low four bits as the low / high nibbles of byte 32 c + p, their top
+ * two bits at 128 + 32 (c / 2) + p, bits 4 (c % 2) (lo) and 4 (c % 2) + 2 (hi)). */
+static void strip_head_q6(const uint8_t *head, uint8_t *st, int r)
 {
-    for (int l = 0; l < 8; l++)
-        for (int u = 0; u < 4; u++)
-            for (int q = 0; q < 2; q++) {
-                const int hi = u / 2, c = 2 * (u % 2) + q;
-                const uint32_t w = ld32(qs + 32 * c + 4 * l), top = ld32(qs + 128 + 32 * (c / 2) + 4 * l);
-                const uint32_t code = ((hi ? w >> 4 : w) & 0x0f0f0f0fu) |
-                                      ((top >> (4 * (c % 2) + 2 * hi)) & 0x03030303u) << 4;
-                st32(st + 32 * (8 * l + 2 * u + q) + 4 * r, code);
-            }
     int32_t *sc32 = (int32_t *)(st + STRIP_SC), *pairs = (int32_t *)(st + STRIP_PAIRS);
     const int8_t *scales = (const int8_t *)head;
     for (int l = 0; l < 8; l++)
@@ -201,20 +240,25 @@ static void unpack_strip(const uint8_t *g[2], int nb, uint8_t *strip, int fmt)
                                                                                  : sizeof(exo_block_q4_K);
     /* quants_k_rows.h's KROWS_Q4K_QS, KROWS_Q5K_QS, KROWS_Q6K_QS and the header sizes */
     const size_t qs_bytes = fmt == FMT_Q6_K ? 192 : fmt == FMT_Q5_K ? 160 : 128, head_bytes = fmt == FMT_Q6_K ? 18 : 16;
+    static const uint8_t zeros[192] __attribute__((aligned(64)));
     for (int i = 0; i < nb; i++) {
         uint8_t *st = strip + (size_t)i * EXO_TILED_STRIP_SB_BYTES;
+        const uint8_t *qs[STRIP_ROWS];
         for (int r = 0; r < STRIP_ROWS; r++) {
             if (!g[r / 4]) {
                 strip_zero_row(st, r);
+                qs[r] = zeros;
                 continue;
             }
             const uint8_t *chunk = g[r / 4] + (size_t)i * 4 * bs;
-            const uint8_t *qs = chunk + qs_bytes * (r % 4), *head = chunk + 4 * qs_bytes + head_bytes * (r % 4);
+            const uint8_t *head = chunk + 4 * qs_bytes + head_bytes * (r % 4);
+            qs[r] = chunk + qs_bytes * (r % 4);
             if (fmt == FMT_Q6_K)
-                strip_row_q6(qs, head, st, r);
+                strip_head_q6(head, st, r);
             else
-                strip_row_q45(qs, head, st, r, fmt == FMT_Q5_K);
+                strip_head_q45(head, st, r);
         }
+        strip_codes(qs, st, fmt);
     }
 }
 
@@ -246,31 +290,29 @@ EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_
         __m512 dv[STRIP_ROWS];
         UNROLL for (int r = 0; r < STRIP_ROWS; r++) dv[r] = _mm512_mul_ps(_mm512_set1_ps(dw[r]), ad);
         for (int l = 0; l < 8; l++) {
-            __m512i lane[STRIP_ROWS];
-            UNROLL for (int u = 0; u < NU; u++) {
-                __m512i unit[STRIP_ROWS];
-                UNROLL for (int r = 0; r < STRIP_ROWS; r++) unit[r] = _mm512_setzero_si512();
-                UNROLL for (int q = 0; q < SU; q++) {
-                    const int s = 8 * l + SU * u + q;
-                    const __m512i x = _mm512_load_si512(at + 64 * s);
-                    const uint8_t *codes = st + 32 * s;
-                    UNROLL for (int r = 0; r < STRIP_ROWS; r++)
-                        unit[r] = _mm512_dpbusd_epi32(unit[r], _mm512_set1_epi32((int)ld32(codes + 4 * r)), x);
+            /* the lane's eight steps of activations stay in registers while each row's units
+             * run as short chains: the rows' chains overlap out of order, and nothing spills
+             * (with the rows side by side GCC kept every unit's sums to the end and spilled) */
+            __m512i x[8];
+            UNROLL for (int k = 0; k < 8; k++) x[k] = _mm512_load_si512(at + 64 * (8 * l + k));
+            __m512i bp = _mm512_setzero_si512();
+            if (q6) bp = _mm512_load_si512(at + ACT_PAIRS + 64 * l);
+            UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+                __m512i lane = _mm512_setzero_si512();
+                UNROLL for (int u = 0; u < NU; u++) {
+                    __m512i unit = _mm512_setzero_si512();
+                    UNROLL for (int q = 0; q < SU; q++) {
+                        const int k = SU * u + q;
+                        unit = _mm512_dpbusd_epi32(unit, _mm512_set1_epi32((int)ld32(st + 32 * (8 * l + k) + 4 * r)), x[k]);
+                    }
+                    lane = _mm512_add_epi32(lane, _mm512_mullo_epi32(unit, _mm512_set1_epi32(sc32[STRIP_ROWS * (4 * l + u) + r])));
                 }
-                UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
-                    const __m512i p = _mm512_mullo_epi32(unit[r], _mm512_set1_epi32(sc32[STRIP_ROWS * (4 * l + u) + r]));
-                    lane[r] = u ? _mm512_add_epi32(lane[r], p) : p;
-                }
-            }
-            if (q6) { /* - 32 (sc[2 l] bsums[2 l] + sc[2 l + 1] bsums[2 l + 1]) */
-                const __m512i bp = _mm512_load_si512(at + ACT_PAIRS + 64 * l);
-                UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+                if (q6) { /* - 32 (sc[2 l] bsums[2 l] + sc[2 l + 1] bsums[2 l + 1]) */
                     const __m512i off = _mm512_madd_epi16(bp, _mm512_set1_epi32(pairs[STRIP_ROWS * l + r]));
-                    lane[r] = _mm512_sub_epi32(lane[r], _mm512_slli_epi32(off, 5));
+                    lane = _mm512_sub_epi32(lane, _mm512_slli_epi32(off, 5));
                 }
+                acc[r][l] = _mm512_fmadd_ps(dv[r], _mm512_cvtepi32_ps(lane), acc[r][l]);
             }
-            UNROLL for (int r = 0; r < STRIP_ROWS; r++)
-                acc[r][l] = _mm512_fmadd_ps(dv[r], _mm512_cvtepi32_ps(lane[r]), acc[r][l]);
         }
         if (!q6) /* the minimums: dmin * (mn[2 m] bsum(2 m) + mn[2 m + 1] bsum(2 m + 1)) */
             UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
@@ -327,9 +369,11 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
     }
 }
 
-/* Below this many tokens the four-token packed kernels win (measured with
- * bench_quants' batch column: docs/performance.md). */
-#define TILED_MIN_TOKENS 16
+/* Below this many tokens the four-token packed kernels win: a strip's
+ * unpacking is shared by fewer tokens, and a token group is part empty
+ * (bench_quants gemm: at 16 tokens the tiled GEMM is 0.8-0.9x, at 32
+ * 1.0-1.3x, at 64 1.15-1.6x; docs/performance.md). */
+#define TILED_MIN_TOKENS 32
 
 #define TILED_FORMAT(fmt, FMT, q6)                                                                                 \
     static void pack_act_##fmt(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile)             \
