@@ -16,7 +16,10 @@
 -- gathered, so that pass carries all of them.
 --
 -- A failed pass (all or nothing in C: no sequence moved) is retried with each
--- of its requests alone, so one bad request fails by itself.
+-- of its requests alone, so one bad request fails by itself. A request that
+-- fails alone because the shard's KV pool has no free block (a running
+-- sequence that cannot grow) first asks on_exhausted (set by the node: it
+-- evicts an idle kept conversation) and goes again while that frees blocks.
 local native = require "exo.native"
 
 local M = {}
@@ -159,7 +162,11 @@ function Batcher:finish(ok, err)
   local members = self.members
   self.members = {}
   local resume, carry = {}, {}
-  if not ok and #members > 1 then
+  if not ok and #members == 1 and self.on_exhausted and tostring(err):match("KV pool exhausted")
+    and self.on_exhausted() then
+    members[1].alone = true
+    carry[1] = members[1]
+  elseif not ok and #members > 1 then
     -- All or nothing: nobody moved. Each goes again by itself.
     for _, req in ipairs(members) do
       req.alone = true

@@ -10,7 +10,7 @@ usage: exo [serve] [--chatgpt-api-port 52415] [--api-host 0.0.0.0] [--api-key KE
            [--default-model MODEL] [--system-prompt TEXT] [--max-generate-tokens N]
            [--default-temp T] [--chatgpt-api-response-timeout S] [--disable-tui]
            [--max-sessions N] [--ctx N] [--cors-origin ORIGIN]
-           [--parallel N] [--max-queue N]
+           [--parallel N] [--max-queue N] [--kv-tokens N]
            [--http-head-timeout S] [--http-idle-timeout S] [--max-body-mb N]
            [--node-id ID] [--node-host 0.0.0.0] [--node-port PORT]
            [--discovery-module udp|manual|tailscale|none|udp,tailscale] [--discovery-config-path PEERS.json]
@@ -521,7 +521,7 @@ local SERVE_FLAGS = {
   chatgpt_api_port = "number", api_host = "string", api_key = "string", default_model = "string",
   system_prompt = "string", max_generate_tokens = "number", default_temp = "number",
   chatgpt_api_response_timeout = "number", discovery_module = "string", disable_tui = "boolean",
-  max_sessions = "number", parallel = "number", max_queue = "number",
+  max_sessions = "number", parallel = "number", max_queue = "number", kv_tokens = "number",
   ctx = "number", threads = "number", cors_origin = "string", chat_template = "string", quantize = "string",
   http_head_timeout = "number", http_idle_timeout = "number", max_body_mb = "number",
   node_id = "string", node_host = "string", node_port = "number", discovery_config_path = "string",
@@ -715,7 +715,7 @@ function commands.serve(args)
   if opts.default_model then models.trust(opts.default_model) end
   if spec then models.trust((require("exo.speculative").parse_draft(spec.draft))) end
   local node = require("exo.node").new { max_sessions = opts.parallel or opts.max_sessions, n_ctx = opts.ctx,
-    max_queue = opts.max_queue, chat_template = template, speculative = spec }
+    max_queue = opts.max_queue, kv_tokens = opts.kv_tokens, chat_template = template, speculative = spec }
   local ctx = {
     node = node, api_key = opts.api_key, default_model = opts.default_model or models.default_id,
     default_temperature = opts.default_temp or 0.7, max_tokens = opts.max_generate_tokens or 1024,

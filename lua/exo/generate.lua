@@ -108,6 +108,15 @@ function Session:feed(id)
   return true
 end
 
+-- KV blocks (the shard's pool) the session holds.
+function Session:kv_blocks(block_len)
+  return math.ceil(self.seq:pos() / block_len)
+end
+
+-- Gives every KV block back to the shard's pool (an idle, kept
+-- conversation making room for others): the next turn recomputes its prompt.
+function Session:evict() return self:truncate(0) end
+
 -- Forgets cached positions from n on (speculative rollback).
 function Session:truncate(n)
   local ok, err = self.seq:truncate(n)

@@ -170,6 +170,7 @@ function M.new(opts)
     max_sessions = opts.max_sessions or 2,
     max_queue = opts.max_queue or 64,
     n_ctx = opts.n_ctx or 2048,
+    kv_tokens = opts.kv_tokens,  -- the KV pool per model (--kv-tokens); nil: --parallel x --ctx
   }, Node)
   return self
 end
@@ -216,6 +217,11 @@ function Node:load_weights(entry)
     local ok, err = require("exo.model").load_shard(model, nil, nil, self.runner)
     if ok then
       ok, err = self:check_kv(model)
+      if ok then ok, err = model.shard:set_kv_tokens(self:kv_budget(model.shard)) end
+      if ok then
+        -- A running sequence that finds the pool full evicts an idle kept conversation first.
+        self.runner:batcher(model.shard).on_exhausted = function() return self:evict_idle(entry) end
+      end
       if not ok then
         model.shard:free()
         model.shard = nil
@@ -240,19 +246,47 @@ local function mem_available()
   return kb and kb * 1024
 end
 
--- Every session of a model holds a KV cache of n_ctx positions (f16 keys
--- and values for each layer), and up to max_sessions of them live at once:
--- refuse, with the numbers, a --parallel and --ctx whose caches would not
--- fit in memory now, rather than run into the out-of-memory killer later.
+-- Positions of a model's KV pool (docs/serving.md): --kv-tokens, or by
+-- default room for --parallel sequences of --ctx positions each (whole
+-- blocks), so that nothing waits for KV memory unless the operator asks for
+-- a smaller pool.
+function Node:kv_budget(shard)
+  if self.kv_tokens then return self.kv_tokens end
+  local block = shard:kv_info().block_len
+  return self.max_sessions * math.ceil(self.n_ctx / block) * block
+end
+
+-- The sessions of a model share its KV pool (f16 keys and values for each
+-- layer, kv_budget() positions): refuse, with the numbers, a pool that would
+-- not fit in memory now, rather than run into the out-of-memory killer later.
 function Node:check_kv(model)
   local sh = model.shard
-  local per_seq = 2 * 2 * (sh.layer_end - sh.layer_start) * self.n_ctx * sh.n_head_kv * sh.head_dim
-  local need, avail = per_seq * self.max_sessions, mem_available()
+  local per_token = 2 * 2 * (sh.layer_end - sh.layer_start) * sh.n_head_kv * sh.head_dim
+  local need, avail = per_token * self:kv_budget(sh), mem_available()
   if avail and need > avail then
-    return nil, ("--parallel %d x --ctx %d needs %.2f GiB of KV cache for %s, and %.2f GiB of memory is available: "
-      .. "lower --parallel or --ctx"):format(self.max_sessions, self.n_ctx, need / 2 ^ 30, model.id, avail / 2 ^ 30)
+    local what = self.kv_tokens and ("--kv-tokens %d"):format(self.kv_tokens)
+      or ("--parallel %d x --ctx %d"):format(self.max_sessions, self.n_ctx)
+    return nil, ("%s needs %.2f GiB of KV cache for %s, and %.2f GiB of memory is available: "
+      .. "lower %s"):format(what, need / 2 ^ 30, model.id, avail / 2 ^ 30,
+        self.kv_tokens and "--kv-tokens" or "--parallel or --ctx")
   end
   return true
+end
+
+-- Gives the KV blocks of the least recently used idle conversation of entry
+-- back to the pool; whether there was one holding any.
+function Node:evict_idle(entry)
+  for _, s in ipairs(entry.idle) do
+    if s.seq:pos() > 0 then return s:evict() end
+  end
+  return false
+end
+
+-- KV blocks the pool of entry's model lacks for session to hold ids (the
+-- session's own blocks count: it keeps or gives back what it holds).
+local function kv_shortfall(entry, session, ids)
+  local info = entry.model.shard:kv_info()
+  return math.ceil(#ids / info.block_len) - info.free - session:kv_blocks(info.block_len), info
 end
 
 -- The draft model of --draft for entry (loaded once, as the weights are).
@@ -265,32 +299,52 @@ function Node:draft_model(entry)
   return draft
 end
 
--- A session for prompt ids, waiting (yielding) while all are busy; nil,
--- err when max_queue requests wait already (the caller answers 503).
+-- A session for prompt ids, waiting (yielding) while all are busy or the
+-- model's KV pool lacks the blocks for the prompt (idle conversations' blocks
+-- are taken back first, least recently used first); nil, err, status when
+-- max_queue requests wait already (503) or the prompt can never fit the pool
+-- (400).
 function Node:acquire(entry, ids)
-  if #entry.idle == 0 and entry.busy >= self.max_sessions and #entry.queue >= self.max_queue then
-    return nil, ("server busy: %d requests running and %d waiting (--parallel %d, --max-queue %d); retry later")
-      :format(entry.busy, #entry.queue, self.max_sessions, self.max_queue)
+  local function busy(why)
+    return nil, ("server busy: %d requests running and %d waiting%s (--parallel %d, --max-queue %d); retry later")
+      :format(entry.busy, #entry.queue, why, self.max_sessions, self.max_queue), 503
   end
-  while #entry.idle == 0 and entry.busy >= self.max_sessions do
+  if #entry.idle == 0 and entry.busy >= self.max_sessions and #entry.queue >= self.max_queue then return busy("") end
+  while true do
+    while #entry.idle == 0 and entry.busy >= self.max_sessions do
+      entry.queue[#entry.queue + 1] = coroutine.running()
+      coroutine.yield()
+    end
+    local best, best_len = nil, -1
+    for i, s in ipairs(entry.idle) do
+      local len = generate.common_prefix(s.cached, ids)
+      if len > best_len then best, best_len = i, len end
+    end
+    local session
+    if best then
+      session = table.remove(entry.idle, best)
+    else
+      local err
+      session, err = generate.session(entry.model, { n_ctx = self.n_ctx, runner = self.runner })
+      if not session then return nil, err, 503 end
+    end
+    local short, info = kv_shortfall(entry, session, ids)
+    while short > 0 and self:evict_idle(entry) do short, info = kv_shortfall(entry, session, ids) end
+    if short <= 0 then
+      entry.busy = entry.busy + 1
+      return session
+    end
+    -- The running requests hold the blocks it lacks: wait for one to end.
+    table.insert(entry.idle, 1, session)
+    if math.ceil(#ids / info.block_len) > info.blocks then
+      return nil, ("the prompt of %d tokens does not fit the KV pool of %d positions (--kv-tokens)")
+        :format(#ids, info.blocks * info.block_len), 400
+    end
+    if entry.busy == 0 then return busy(", KV pool exhausted") end
+    if #entry.queue >= self.max_queue then return busy(", KV pool exhausted") end
     entry.queue[#entry.queue + 1] = coroutine.running()
     coroutine.yield()
   end
-  local best, best_len = nil, -1
-  for i, s in ipairs(entry.idle) do
-    local len = generate.common_prefix(s.cached, ids)
-    if len > best_len then best, best_len = i, len end
-  end
-  local session
-  if best then
-    session = table.remove(entry.idle, best)
-  else
-    local err
-    session, err = generate.session(entry.model, { n_ctx = self.n_ctx, runner = self.runner })
-    if not session then return nil, err end
-  end
-  entry.busy = entry.busy + 1
-  return session
 end
 
 function Node:release(entry, session, keep)
@@ -399,8 +453,8 @@ function Node:generate(req, on_text, should_stop)
     local draft, derr = self:draft_model(entry)
     if not draft then return nil, derr, 500 end
   end
-  local session, serr = self:acquire(entry, ids)
-  if not session then return nil, serr, 503 end
+  local session, serr, sstatus = self:acquire(entry, ids)
+  if not session then return nil, serr, sstatus end
   local res, gerr
   if spec and req.speculative ~= false then
     if not session.draft then
@@ -414,7 +468,8 @@ function Node:generate(req, on_text, should_stop)
     res, gerr = session:generate(ids, req, on_text, should_stop)
   end
   self:release(entry, session, res ~= nil)
-  if not res then return nil, gerr, 500 end
+  -- A running sequence that could not grow (the pool full of other running ones) fails alone.
+  if not res then return nil, gerr, tostring(gerr):match("KV pool exhausted") and 503 or 500 end
   return finish_tools(res)
 end
 

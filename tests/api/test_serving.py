@@ -8,7 +8,10 @@ result), a client that disconnects mid-stream does not disturb the others,
 requests past the queue bound get a 503 that says why, KV caches that
 --parallel and --ctx would not fit in memory are refused, and a second client
 with the same system prompt reuses the first one's cached prefix
-(usage.prompt_tokens_details.cached_tokens).
+(usage.prompt_tokens_details.cached_tokens). With a KV pool smaller than
+--parallel x --ctx (--kv-tokens), a request whose prompt's blocks are taken
+by a running one gets a 503 past the queue bound (or waits within it) while
+the running one is undisturbed, and a prompt larger than the pool is a 400.
 
 Run: build/venv/bin/python tests/api/test_serving.py   (ctest runs it)
 """
@@ -165,6 +168,105 @@ class QueueBound(unittest.TestCase):
             self.assertGreaterEqual(status, 500, body)
             self.assertIn("lower --parallel or --ctx", body["error"]["message"])
             self.assertIn("GiB of KV cache", body["error"]["message"])
+        finally:
+            node.stop()
+
+
+WORDS = ["apple", "river", "window", "garden", "pencil", "mountain", "candle", "silver", "harbor", "meadow"]
+
+
+def question_of(node, lo, hi):
+    """A question whose chat prompt (system prompt and template included) is
+    lo to hi tokens, asked of the node's tokenizer (/v1/chat/token/encode)."""
+    words = []
+    while True:
+        question = "Repeat these words: " + " ".join(words)
+        status, raw, _ = node.request("POST", "/v1/chat/token/encode", {
+            "model": MODEL, "messages": [{"role": "system", "content": SYSTEM},
+                                         {"role": "user", "content": question}]})
+        assert status == 200, raw
+        body = json.loads(raw)
+        if lo <= body["length"] <= hi:
+            return question
+        assert body["length"] < lo, "no question of %d to %d tokens" % (lo, hi)
+        words.append(WORDS[len(words) % len(WORDS)])
+
+
+def during(port, question, max_tokens, results, key, then):
+    """Streams one answer under key, running then() once its first chunk came
+    (the request is running: its KV blocks are taken)."""
+    started = threading.Event()
+
+    def first_chunk_then():
+        started.wait(600)
+        then()
+    waiter = threading.Thread(target=first_chunk_then)
+    waiter.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, True),
+                     headers={"Content-Type": "application/json"})
+        res = conn.getresponse()
+        parts = []
+        for line in res:
+            line = line.strip()
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                content = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                if content:
+                    parts.append(content)
+                    started.set()
+        results[key] = (res.status, "".join(parts))
+        conn.close()
+    finally:
+        started.set()
+        waiter.join()
+
+
+class KVPool(unittest.TestCase):
+    """--kv-tokens 256: one KV pool of four 64-position blocks shared by the
+    model's sessions. A runs (a prompt of 65-100 tokens, then up to 120 more:
+    at least two blocks once it streams); B's prompt of 129-180 tokens needs
+    three, which only A's blocks can give."""
+
+    def run_a_then_b(self, *flags):
+        node = Node("--disable-tui", "--parallel", "2", "--kv-tokens", "256", *flags)
+        qa, qb = question_of(node, 65, 100), question_of(node, 129, 180)
+        expect = {}
+        stream_text(node.port, qa, 120, expect, "a")  # solo; also loads the model
+        self.assertEqual(expect["a"][0], 200, expect["a"][1])
+        results = {}
+        during(node.port, qa, 120, results, "a", lambda: results.__setitem__("b", ask(node.port, qb, 8)))
+        self.assertEqual(results["a"], expect["a"], "the running request was disturbed")
+        return node, qb, results["b"]
+
+    def test_exhausted_pool_is_503_for_the_new_request(self):
+        """--max-queue 0: B gets a 503 that says the KV pool is exhausted while A
+        runs undisturbed; after A, B evicts A's kept conversation and runs."""
+        node, qb, (status, body) = self.run_a_then_b("--max-queue", "0")
+        try:
+            self.assertEqual(status, 503, body)
+            self.assertIn("KV pool exhausted", body["error"]["message"])
+            status, body = ask(node.port, qb, 8)
+            self.assertEqual(status, 200, body)
+        finally:
+            node.stop()
+
+    def test_request_waits_for_kv_blocks(self):
+        """--max-queue 1: B waits in the queue until A's blocks come back, then runs."""
+        node, _, (status, body) = self.run_a_then_b("--max-queue", "1")
+        try:
+            self.assertEqual(status, 200, body)
+            self.assertTrue(body["choices"][0]["message"]["content"], body)
+        finally:
+            node.stop()
+
+    def test_prompt_larger_than_the_pool_is_400(self):
+        """A prompt that could never fit the pool is refused at once."""
+        node = Node("--disable-tui", "--kv-tokens", "64", "--ctx", "2048")
+        try:
+            status, body = ask(node.port, question_of(node, 70, 90), 4)
+            self.assertEqual(status, 400, body)
+            self.assertIn("--kv-tokens", body["error"]["message"])
         finally:
             node.stop()
 
