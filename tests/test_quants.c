@@ -430,6 +430,10 @@ static void test_traits(void)
         bool want_tiled = exo__quants_have_avx512() && kq;
         CHECK_MSG((tk->tiled != NULL) == want_tiled, "%s: tiled", tk->name);
         if (want_tiled) CHECK(tk->tiled->min_tokens >= 1 && tk->tiled->pack_act && tk->tiled->gemm);
+        /* Q4_K and Q5_K share token groups (a layer may mix them), Q6_K lays them out its own way */
+        if (want_tiled && all_dtypes[k] == EXO_DTYPE_Q5_K)
+            CHECK(tk->tiled->pack_act == exo__type_traits_get(EXO_DTYPE_Q4_K)->tiled->pack_act &&
+                  tk->tiled->pack_act != exo__type_traits_get(EXO_DTYPE_Q6_K)->tiled->pack_act);
     }
 }
 

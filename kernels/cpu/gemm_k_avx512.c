@@ -375,17 +375,24 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
  * 1.0-1.3x, at 64 1.15-1.6x; docs/performance.md). */
 #define TILED_MIN_TOKENS 32
 
-#define TILED_FORMAT(fmt, FMT, q6)                                                                                 \
-    static void pack_act_##fmt(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile)             \
-    {                                                                                                              \
-        pack_act(n, act_rows, act_stride, n_tok, tile, q6);                                                        \
-    }                                                                                                              \
+/* Q4_K and Q5_K lay the activations out alike, so one product may mix them. */
+static void pack_act_q45(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile)
+{
+    pack_act(n, act_rows, act_stride, n_tok, tile, false);
+}
+
+static void pack_act_q6(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile)
+{
+    pack_act(n, act_rows, act_stride, n_tok, tile, true);
+}
+
+#define TILED_FORMAT(fmt, FMT, pack)                                                                               \
     static void gemm_##fmt(int n, const void *groups, int n_rows, const void *tiles, int n_tokens, float *out,     \
                            size_t ldo, void *scratch)                                                              \
     {                                                                                                              \
         tiled_gemm(n, groups, n_rows, tiles, n_tokens, out, ldo, scratch, FMT);                                    \
     }                                                                                                              \
-    const exo_tiled_gemm exo__tiled_##fmt##_avx512 = {TILED_MIN_TOKENS, pack_act_##fmt, gemm_##fmt};
-TILED_FORMAT(q4_K, FMT_Q4_K, false)
-TILED_FORMAT(q5_K, FMT_Q5_K, false)
-TILED_FORMAT(q6_K, FMT_Q6_K, true)
+    const exo_tiled_gemm exo__tiled_##fmt##_avx512 = {TILED_MIN_TOKENS, pack, gemm_##fmt};
+TILED_FORMAT(q4_K, FMT_Q4_K, pack_act_q45)
+TILED_FORMAT(q5_K, FMT_Q5_K, pack_act_q45)
+TILED_FORMAT(q6_K, FMT_Q6_K, pack_act_q6)

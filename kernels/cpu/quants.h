@@ -197,7 +197,8 @@ typedef void (*exo_vec_dot_packed_t4_fn)(int n, const void *groups, int64_t n_gr
  * with n_tokens tokens, whose groups lie one after another at tiles:
  * out[t * ldo + r]. scratch is the calling thread's own,
  * exo__tiled_scratch_bytes(n) bytes, 64-byte aligned. Used for batches of at
- * least min_tokens. */
+ * least min_tokens. Formats with the same pack_act take the same token
+ * groups, so one product may mix them (Q4_K and Q5_K do; Q6_K differs). */
 #define EXO_TILED_TOKENS 16
 typedef struct exo_tiled_gemm {
     int min_tokens;
