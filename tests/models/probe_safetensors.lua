@@ -1,5 +1,6 @@
 -- probe_safetensors.lua: what test_safetensors_hf.py asks exo about a model.
---   exo lua probe_safetensors.lua logits A B    -> {"max_diff": d, "n": count} over a fixed sequence
+--   exo lua probe_safetensors.lua logits A B [QUANT] -> {"max_diff": d, "n": count} over a fixed sequence
+--     (QUANT: safetensors models quantized at load, as --quantize does)
 --   exo lua probe_safetensors.lua encode PATH TEXTS.json -> [[ids...], ...] (special tokens parsed, no BOS)
 --   exo lua probe_safetensors.lua info PATH TEXTS.json -> the tokenizer's model, size, BOS/EOS, token
 --     type counts, and each text's ids decoded again (control tokens left out)
@@ -9,6 +10,7 @@ local arg = { ... }
 local mode = arg[1]
 
 if mode == "logits" then
+  if arg[4] then assert(native.set_safetensors_quantize(arg[4])) end
   local ids = { 1, 17, 5, 99, 3, 250, 42, 7, 64, 128, 2, 31 }
   local function run(path)
     local shard = assert(native.load_shard(path))
