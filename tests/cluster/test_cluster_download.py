@@ -20,7 +20,8 @@ the node helpers are test_share.py's). What is checked:
   succeeds, kept alive by the member's "fetching" messages (EXO_FETCH_KEEPALIVE
   0.5 s), and fails with the timeout when they come too seldom (the control);
   meanwhile the asker's /v1/download/progress lists the member's fetch (in
-  progress, then complete). Fetches that never end: test_fetch_bound.py.
+  progress, then complete), and a node asked for a model it lacks lists its
+  own fetch while it runs. Fetches that never end: test_fetch_bound.py.
 
 Run: build/venv/bin/python tests/cluster/test_cluster_download.py   (ctest runs it)
 """
@@ -202,28 +203,43 @@ class ClusterDownload(unittest.TestCase):
             time.sleep(2.5)  # the raw peers answer at 4 s: not on a socket the test closed
         self.two_nodes_and_a_slow_holder(check, {"EXO_RING_OPEN_TIMEOUT": "2", "EXO_FETCH_KEEPALIVE": "30"})
 
+    def chat_watching(self, asker, watched):
+        """A chat on asker while polling its progress for node watched: (answer, events seen)."""
+        out, seen = {}, []
+        t = threading.Thread(target=lambda: out.update(answer=cluster.chat(asker, "tiny", PROMPT)))
+        t.start()
+        while t.is_alive():
+            ev = progress(asker).get(watched)
+            if ev:
+                seen.append(ev)
+            time.sleep(0.1)
+        t.join()
+        running = [e for e in seen if e["status"] == "in_progress"]
+        self.assertTrue(running, seen)
+        self.assertEqual((running[0]["model"], running[0]["source"]), ("tiny", "request"))
+        return out.get("answer"), seen
+
     def test_long_fetch_is_listed_on_the_asker(self):
         # The same fetch, seen from n1 (the asker): its /v1/download/progress lists n2's
         # fetch as in progress while the chat waits (from n2's "fetching" answers), then
         # complete once n2 answered the open.
         def check(nodes, homes, env):
-            out, seen = {}, []
-            t = threading.Thread(target=lambda: out.update(answer=cluster.chat(nodes[0], "tiny", PROMPT)))
-            t.start()
-            while t.is_alive():
-                ev = progress(nodes[0]).get("n2")
-                if ev:
-                    seen.append(ev)
-                time.sleep(0.1)
-            t.join()
-            self.assertEqual(out.get("answer"), self.reference)
-            running = [e for e in seen if e["status"] == "in_progress"]
-            self.assertTrue(running, seen)
-            self.assertEqual((running[0]["model"], running[0]["source"]), ("tiny", "request"))
+            answer, _ = self.chat_watching(nodes[0], "n2")
+            self.assertEqual(answer, self.reference)
             final = progress(nodes[0])["n2"]
             self.assertEqual((final["status"], final["model"]), ("complete", "tiny"), final)
             self.assert_has_model(homes[1])
         self.two_nodes_and_a_slow_holder(check, {"EXO_FETCH_KEEPALIVE": "0.5"})
+
+    def test_askers_own_fetch_is_listed(self):
+        # Asked on n2, which lacks the model: n2 fetches it before it plans, and lists
+        # that download under its own id while it runs, with its bytes once they come.
+        def check(nodes, homes, env):
+            answer, seen = self.chat_watching(nodes[1], "n2")
+            self.assertEqual(answer, self.reference)
+            self.assertTrue(all(e["source"] == "request" for e in seen), seen)
+            self.assert_has_model(homes[1])
+        self.two_nodes_and_a_slow_holder(check, {})
 
     def two_nodes_and_a_slow_holder(self, check, env):
         homes = [share.make_home(True), share.make_home(False)]
