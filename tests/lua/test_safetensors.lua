@@ -14,7 +14,8 @@
 --     order it is off by whole units);
 --   * close logits with BF16 norms (rounded weights);
 --   * with --quantize q8_0 / q4_0 / q4_k, the logits of the GGUF quantized
---     from the same values;
+--     from the same values, and one copy of the quantized weights (the
+--     memory file keeps none once the shard is loaded);
 --   * the same token ids as the GGUF tokenizer on a set of strings, the same
 --     special ids, template and vocabulary (the default model's vocabulary:
 --     skipped without it);
@@ -144,6 +145,33 @@ for _, qt in ipairs { "q8_0", "q4_0", "q4_k" } do
   local got = logits_of(work .. "/llama-f32")
   assert(native.set_safetensors_quantize(nil))
   compare("llama f32 folder --quantize " .. qt, logits_of(work .. "/llama-" .. qt .. ".gguf"), got, 0)
+end
+-- A quantized shard keeps one copy of its weights. Each tensor of the memory
+-- file the folder became is copied into the process's own pages and punched
+-- out of the file, so the backend's release after packing frees memory (a
+-- memory file's pages dropped from a mapping would stay in the file): once
+-- loaded, the file holds its header and no tensor bytes, where it used to
+-- hold the whole quantized shard.
+do
+  assert(native.set_safetensors_quantize("q8_0"))
+  local shard = assert(native.load_shard(work .. "/llama-f32"))
+  assert(native.set_safetensors_quantize(nil))
+  local pid = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
+  local range
+  for line in io.lines("/proc/self/maps") do
+    range = range or (line:find("exo%-safetensors", 1) and line:match("^(%x+%-%x+)"))
+  end
+  check(range, "the shard's memory file is mapped")
+  local f = range and io.popen(string.format("stat -L -c '%%b %%B %%s' /proc/%s/map_files/%s", pid, range))
+  local blocks, unit, size = (f and f:read("*a") or ""):match("(%d+) (%d+) (%d+)")
+  if f then f:close() end
+  local held, data = tonumber(blocks or 0) * tonumber(unit or 0), 0
+  assert(native.set_safetensors_quantize("q8_0"))
+  for _, t in ipairs(assert(native.open_file(work .. "/llama-f32")):tensors()) do data = data + t.bytes end
+  assert(native.set_safetensors_quantize(nil))
+  check(size and data > 0 and held < tonumber(size) - data / 2, "after a q8_0 load the memory file holds %d of its "
+    .. "%s bytes (%d of them tensors)", held, tostring(size), data)
+  shard:free()
 end
 local ok, qerr = native.set_safetensors_quantize("q3_x")
 check(not ok and qerr:find("q8_0, q4_0, q4_k"), "an unknown quantize type is an error: %s", tostring(qerr))
