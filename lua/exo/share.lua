@@ -419,8 +419,11 @@ function M.fetch(spec, st, layers)
   uv.fs_mkdir(spec.dir, 493)
   local want, config = {}, get("config.json")
   local download = require "exo.download"
+  -- A safetensors folder: a hub id naming no file, whose holders list a
+  -- config.json (a GGUF's list only its parts). The index says which
+  -- weight files the layers need.
+  if config and spec.file then config = nil end
   if config then
-    -- A safetensors folder (a GGUF model's holders list its parts only): the index says which weight files the layers need.
     local index = get("model.safetensors.index.json")
     local need
     if index then
@@ -448,7 +451,6 @@ function M.fetch(spec, st, layers)
   else
     -- A GGUF: its file (spec.file, or the offered one of its quant) and the
     -- other parts of a split one; nothing else a holder lists.
-    config = nil
     local first = spec.file
     if not first then
       local firsts = {}
