@@ -232,6 +232,51 @@ expect_error("folder without config.json", bad, "without config.json")
 write(bad .. "/config.json", '{"model_type": "gpt_neox", "num_hidden_layers": 2}')
 expect_error("unsupported architecture", bad, "gpt_neox")
 
+-- SentencePiece-style tokenizer.json, written by hand: a byte-fallback BPE
+-- whose ids are worked out here, then damaged forms, each a clear error.
+do
+  local spm = work .. "/spm"
+  os.execute("mkdir -p " .. spm .. " && cp " .. work .. "/llama-f32/config.json " .. spm .. "/")
+  local function tokenizer_json(normalizer, model, pre)
+    write(spm .. "/tokenizer.json", string.format('{"added_tokens": [{"id": 1, "content": "<s>", "special": true}, ' ..
+      '{"id": 2, "content": "</s>", "special": true}], "normalizer": %s, "pre_tokenizer": %s, "model": %s}',
+      normalizer, pre or "null", model))
+    return native.load_tokenizer(spm)
+  end
+  local prepend = '{"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, ' ..
+    '{"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}'
+  local bpe = '{"type": "BPE", "byte_fallback": true, "unk_token": "<unk>", "vocab": {"<unk>": 0, "<s>": 1, ' ..
+    '"</s>": 2, "▁": 3, "a": 4, "b": 5, "▁a": 6, "ab": 7, "▁ab": 8, "<0x41>": 9}, "merges": %s}'
+  local tok, err = tokenizer_json(prepend, bpe:format('["▁ a", ["a", "b"], "▁a b"]'))
+  if check(tok, "hand-written SentencePiece tokenizer.json: %s", tostring(err)) then
+    local function ids(text) return table.concat(tok:encode(text, { special = true, add_bos = false }), ",") end
+    -- "ab ab" -> "▁ab▁ab": both words merge through "▁a" then "▁ab"; "A"
+    -- has only its byte token; "c" has neither, so it is the unknown token.
+    check(ids("ab ab") == "8,8" and ids("A") == "3,9" and ids("c") == "3,0" and ids("<s>ba") == "1,3,5,4",
+      "encodes: %s | %s | %s | %s", ids("ab ab"), ids("A"), ids("c"), ids("<s>ba"))
+    check(tok.model == "llama" and tok.bos == 1 and tok:token_type(9) == 6 and tok:token_type(0) == 2 and
+      tok:decode(tok:encode("ab ab A", { add_bos = false })) == "ab ab A", "model %s, bos %s, types %s %s", tok.model,
+      tostring(tok.bos), tostring(tok:token_type(9)), tostring(tok:token_type(0)))
+    tok:free()
+  end
+  local function refused(name, pattern, normalizer, model, pre)
+    local t, e = tokenizer_json(normalizer, model, pre)
+    if t then t:free() end
+    check(not t and e and e:find(pattern), "%s: want an error matching '%s', got %s", name, pattern, tostring(e))
+  end
+  local ok_bpe = bpe:format('["▁ a"]')
+  refused("NFKC normalizer", "not one exo knows", '{"type": "NFKC"}', ok_bpe)
+  refused("no space marker", "not one exo knows", "null", ok_bpe)
+  refused("unknown prepend_scheme", "not one exo knows", "null", ok_bpe,
+    '{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "sometimes"}')
+  refused("merge that is a number", "neither", prepend, bpe:format("[7]"))
+  refused("Unigram entry without a score", "not %[piece, score%]", prepend,
+    '{"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a"]]}')
+  refused("Unigram score as text", "not %[piece, score%]", prepend,
+    '{"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", "0"]]}')
+  refused("WordPiece", "BPE and Unigram are", prepend, '{"type": "WordPiece", "vocab": {}}')
+end
+
 -- The tokenizer: tokenizer.json + tokenizer_config.json against the GGUF's
 -- own vocabulary, on the default model's (SmolLM2: digits + byte level).
 local default = os.getenv("EXO_DEFAULT_MODEL")
