@@ -1162,24 +1162,22 @@ static int punch_holes(int fd, const struct plans *ps, const char *path)
  * then holds the only copy, and dropping a packed matrix's pages frees them.
  * Nothing reads a packed matrix from the mapping again (the CPU backend reads
  * rows from the packed copy); anything that did would read zeros, as from a
- * hole. Tensors that do not match the plans (never expected) leave the file
- * as it is. */
-static int own_pages(int fd, const exo_gguf *g, const struct plans *ps, const char *path)
+ * hole. It is a saving, not a need: tensors that do not match the plans
+ * (never expected) or a call that fails leave the rest of the file as it is,
+ * and the shard then holds the two copies it always did. */
+static void own_pages(int fd, const exo_gguf *g, const struct plans *ps, const char *path)
 {
-    if (exo__gguf_tensor_count(g) != (int64_t)ps->n) return 0;
+    if (exo__gguf_tensor_count(g) != (int64_t)ps->n) return;
     for (size_t i = 0; i < ps->n; i++)
-        if (exo__gguf_tensor_at(g, (int64_t)i)->size != ps->p[i].size) return 0;
+        if (exo__gguf_tensor_at(g, (int64_t)i)->size != ps->p[i].size) return;
     uint64_t data_off = 0;
-    int rc = data_offset(fd, ps, path, &data_off);
-    if (rc) return rc;
+    if (data_offset(fd, ps, path, &data_off)) return;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     for (size_t i = 0; i < ps->n; i++) {
         const exo_gguf_tensor *t = exo__gguf_tensor_at(g, (int64_t)i);
         if (ps->p[i].hole || !t->size) continue;
         uintptr_t a = (uintptr_t)t->data / page * page, e = ((uintptr_t)t->data + t->size + page - 1) / page * page;
-        if (mprotect((void *)a, e - a, PROT_READ | PROT_WRITE))
-            return exo__error_set(EXO_EIO, "%s: cannot copy '%s' out of the memory file: %s", path, t->name,
-                                  strerror(errno));
+        if (mprotect((void *)a, e - a, PROT_READ | PROT_WRITE)) return;
 #ifdef MADV_POPULATE_WRITE
         /* One call where the kernel has it (5.14+), rather than a fault a page. */
         if (madvise((void *)a, e - a, MADV_POPULATE_WRITE))
@@ -1188,12 +1186,12 @@ static int own_pages(int fd, const exo_gguf *g, const struct plans *ps, const ch
                 volatile char *c = (volatile char *)q;
                 *c = *c;
             }
+        /* Every page of the tensor is the process's own now: read-only
+         * again, as the reader mapped it, and the file's copy can go. */
         if (mprotect((void *)a, e - a, PROT_READ) ||
             fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(data_off + t->offset), (off_t)t->size))
-            return exo__error_set(EXO_EIO, "%s: cannot free the memory file's copy of '%s': %s", path, t->name,
-                                  strerror(errno));
+            return;
     }
-    return 0;
 }
 
 static int open_safetensors_model(const char *path, int what, int start, int end, int first, int last,
@@ -1250,10 +1248,7 @@ static int open_safetensors_model(const char *path, int what, int start, int end
     rc = exo__gguf_open(fd_path, out);
     bool quantized = false;
     for (size_t i = 0; i < ps.n; i++) quantized |= ps.p[i].cols > 0;
-    if (!rc && quantized && (rc = own_pages(fd, *out, &ps, path))) {
-        exo__gguf_close(*out);
-        *out = NULL;
-    }
+    if (!rc && quantized) own_pages(fd, *out, &ps, path);
 done:
     if (rc) {
         char msg[1024];
