@@ -53,8 +53,8 @@ void exo__vec_swiglu_f32(int n, const float *gate, const float *up, float *out);
 
 /* Attention's softmax numerator, in place: x[i] = expf(scale * x[i] - m)
  * with m = max of scale * x[i]; returns the sum of the new x[i] (n >= 1).
- * Every version gives libm's expf bits for each x[i] (vec.c says why); the
- * sum's order differs between versions. */
+ * Every version gives the same bits: libm's expf of each x[i] (vec.c says
+ * why), summed in order. */
 float exo__vec_softmax_f32(int n, float scale, float *x);
 
 void exo__vec_swiglu_f32_ref(int n, const float *gate, const float *up, float *out);

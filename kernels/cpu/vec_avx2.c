@@ -347,8 +347,11 @@ static inline __m256 expf8_libm(__m256 x)
         float in[8], out[8];
         _mm256_storeu_ps(in, x);
         _mm256_storeu_ps(out, y);
-        for (int i = 0; i < 8; i++)
-            if (((*(uint32_t *)&in[i] >> 20) & 0x7ff) > 0x42a) out[i] = expf(in[i]);
+        for (int i = 0; i < 8; i++) {
+            uint32_t bits;
+            memcpy(&bits, &in[i], sizeof bits);
+            if (((bits >> 20) & 0x7ff) > 0x42a) out[i] = expf(in[i]);
+        }
         y = _mm256_loadu_ps(out);
     }
     return y;
@@ -372,14 +375,16 @@ float exo__vec_f32_softmax_avx2(int n, float scale, float *x)
         x[i] *= scale;
         if (x[i] > max) max = x[i];
     }
+    /* The sum goes key by key, as the scalar loop's does: summed in lanes,
+     * Gemma 3's greedy answers over three nodes left llama.cpp's after a few
+     * words (test_cluster's GemmaRing). Its chain of adds overlaps the next
+     * keys' exps, so it costs less than a third of what expf did. */
     const __m256 vm = _mm256_set1_ps(max);
-    __m256 vsum = _mm256_setzero_ps();
+    float sum = 0.0f;
     for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = expf8_libm(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-        _mm256_storeu_ps(x + i, e);
-        vsum = _mm256_add_ps(vsum, e);
+        _mm256_storeu_ps(x + i, expf8_libm(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm)));
+        for (int l = 0; l < 8; l++) sum += x[i + l];
     }
-    float sum = hsum_ps(vsum);
     for (; i < n; i++) {
         x[i] = expf(x[i] - max);
         sum += x[i];
