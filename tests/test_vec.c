@@ -8,7 +8,8 @@
  * one-head calls for every run length, head size (multiples of 64 and the
  * tails past them) and key count around the block size, on the path the CPU
  * picks (AVX2) and, run again with EXO_FORCE_SCALAR=1 (CMakeLists.txt), on
- * the scalar one; and both against a double-precision sum.
+ * the scalar one; and both against a double-precision sum. A weighted sum
+ * taken in pieces (wsum_heads_more, for a paged cache) gives one call's bits.
  *
  * The softmax's exps must be libm's expf bits (vec.c says why): checked for
  * floats across the whole range a softmax feeds it (scale * score - max <= 0,
@@ -48,6 +49,20 @@ static void check_case(int n, int nq, int count)
     exo__vec_wsum_f16_heads(n, nq, w, row, kv, k_stride, count, sums, (size_t)n);
     CHECK_MSG(sums[(size_t)nq * n] == 12345.0f, "wsum wrote past its heads (n %d, nq %d)", n, nq);
     double worst = 0;
+    if (n % EXO_VEC_WSUM_MORE_LANES == 0) {
+        /* The keys in pieces (a paged cache's blocks: any split) give one call's bits. */
+        float *pieces = malloc(sizeof(float) * (size_t)nq * n);
+        int split[] = {count / 3, count / 3 + 1 + count / 2};
+        exo__vec_wsum_f16_heads(n, nq, w, row, kv, k_stride, split[0] < count ? split[0] : count, pieces, (size_t)n);
+        for (int s = 0; s < 2; s++) {
+            int from = split[s] < count ? split[s] : count, to = s == 0 && split[1] < count ? split[1] : count;
+            exo__vec_wsum_f16_heads_more(n, nq, w + from, row, kv + (size_t)from * k_stride, k_stride, to - from, pieces,
+                                         (size_t)n);
+        }
+        CHECK_MSG(memcmp(pieces, sums, sizeof(float) * (size_t)nq * n) == 0,
+                  "wsum in pieces differs from one call (n %d, nq %d, %d keys)", n, nq, count);
+        free(pieces);
+    }
     for (int g = 0; g < nq; g++) {
         CHECK_MSG(dots[(size_t)g * row + count] == 12345.0f, "dots wrote past count %d", count);
         exo__vec_dots_f16(n, q + (size_t)g * n, kv, k_stride, count, dots1);

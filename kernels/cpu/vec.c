@@ -43,11 +43,12 @@ void exo__vec_dots_f16_ref(int n, const float *q, const uint16_t *k, size_t k_st
 
 /* Each output element is one chain of adds in key order; the blocks only
  * change which head's chains advance when, so every nq gives the same bits. */
-void exo__vec_wsum_f16_heads_ref(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
-                                 int count, float *out, size_t out_stride)
+static void wsum_heads_ref(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                           int count, float *out, size_t out_stride, bool more)
 {
-    for (int g = 0; g < nq; g++)
-        for (int i = 0; i < n; i++) out[(size_t)g * out_stride + i] = 0.0f;
+    if (!more)
+        for (int g = 0; g < nq; g++)
+            for (int i = 0; i < n; i++) out[(size_t)g * out_stride + i] = 0.0f;
     for (int p0 = 0; p0 < count; p0 += EXO_VEC_KEY_BLOCK) {
         const int p1 = count - p0 < EXO_VEC_KEY_BLOCK ? count : p0 + EXO_VEC_KEY_BLOCK;
         for (int g = 0; g < nq; g++) {
@@ -57,6 +58,18 @@ void exo__vec_wsum_f16_heads_ref(int n, int nq, const float *w, size_t w_stride,
                 for (int i = 0; i < n; i++) og[i] += wg[p] * exo__half_to_float(v[(size_t)p * v_stride + i]);
         }
     }
+}
+
+void exo__vec_wsum_f16_heads_ref(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                                 int count, float *out, size_t out_stride)
+{
+    wsum_heads_ref(n, nq, w, w_stride, v, v_stride, count, out, out_stride, false);
+}
+
+static void wsum_heads_more_ref(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                                int count, float *out, size_t out_stride)
+{
+    wsum_heads_ref(n, nq, w, w_stride, v, v_stride, count, out, out_stride, true);
 }
 
 void exo__vec_wsum_f16_ref(int n, const float *w, const uint16_t *v, size_t v_stride, int count, float *out)
@@ -126,6 +139,7 @@ typedef struct {
     dots_fn dots;
     dots_heads_fn dots_heads;
     wsum_heads_fn wsum_heads;
+    wsum_heads_fn wsum_heads_more;
     to_f16_fn to_f16;
     swiglu_fn swiglu;
     softmax_fn softmax;
@@ -136,6 +150,7 @@ static const vec_kernels vec_scalar = {
     .dots = exo__vec_dots_f16_ref,
     .dots_heads = dots_heads_ref,
     .wsum_heads = exo__vec_wsum_f16_heads_ref,
+    .wsum_heads_more = wsum_heads_more_ref,
     .to_f16 = exo__vec_f16_from_f32_ref,
     .swiglu = exo__vec_swiglu_f32_ref,
     .softmax = exo__vec_softmax_f32_ref,
@@ -146,6 +161,7 @@ static const vec_kernels vec_avx2 = {
     .dots = exo__vec_f16_dots_avx2,
     .dots_heads = exo__vec_f16_dots_heads_avx2,
     .wsum_heads = exo__vec_f16_wsum_heads_avx2,
+    .wsum_heads_more = exo__vec_f16_wsum_heads_more_avx2,
     .to_f16 = exo__vec_f16_from_f32_avx2,
     .swiglu = exo__vec_f32_swiglu_avx2,
     .softmax = exo__vec_f32_softmax_avx2,
@@ -200,6 +216,12 @@ void exo__vec_wsum_f16_heads(int n, int nq, const float *w, size_t w_stride, con
                              int count, float *out, size_t out_stride)
 {
     active_kernels()->wsum_heads(n, nq, w, w_stride, v, v_stride, count, out, out_stride);
+}
+
+void exo__vec_wsum_f16_heads_more(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                                  int count, float *out, size_t out_stride)
+{
+    active_kernels()->wsum_heads_more(n, nq, w, w_stride, v, v_stride, count, out, out_stride);
 }
 
 void exo__vec_f16_from_f32(int n, const float *x, uint16_t *y)

@@ -44,6 +44,15 @@ void exo__vec_dots_f16_heads(int n, int nq, const float *q, size_t q_stride, con
 void exo__vec_wsum_f16_heads(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
                              int count, float *out, size_t out_stride);
 
+/* wsum_heads over more keys: each head's chains go on from what out holds
+ * (wsum_heads's or this function's result over the keys before these), so
+ * a run of keys taken in pieces gives the bits of one call over all of them
+ * (a paged KV cache's blocks). n must be a multiple of 64: past the last 64
+ * lanes the AVX2 version keeps two chains per lane, which out cannot hold. */
+#define EXO_VEC_WSUM_MORE_LANES 64
+void exo__vec_wsum_f16_heads_more(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                                  int count, float *out, size_t out_stride);
+
 /* y[i] = x[i] rounded to f16 (nearest even; overflow gives infinity). */
 void exo__vec_f16_from_f32(int n, const float *x, uint16_t *y);
 

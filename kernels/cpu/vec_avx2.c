@@ -188,12 +188,12 @@ static void wsum_tail(int i, int n, const float *w, const uint16_t *v, size_t v_
 /* One head's 64-lane chunks over keys [p0, p1) of the rows at v (f16 or
  * widened f32), each lane one FMA chain in key order, resumed from out. */
 static inline __attribute__((always_inline)) void wsum_block(int n64, const float *w, const void *v, size_t v_stride,
-                                                             int p0, int p1, float *out, const int wide)
+                                                             int p0, int p1, float *out, bool resume, const int wide)
 {
     for (int i = 0; i < n64; i += 64) {
         float *o = out + i;
         __m256 acc[8];
-        for (int c = 0; c < 8; c++) acc[c] = p0 ? _mm256_loadu_ps(o + 8 * c) : _mm256_setzero_ps();
+        for (int c = 0; c < 8; c++) acc[c] = resume ? _mm256_loadu_ps(o + 8 * c) : _mm256_setzero_ps();
         for (int p = p0; p < p1; p++) {
             const void *vp = ROW_AT(v, p - p0, v_stride);
             __m256 wp = _mm256_broadcast_ss(w + p);
@@ -207,8 +207,8 @@ static inline __attribute__((always_inline)) void wsum_block(int n64, const floa
  * chains of every head advance a block of values (widened once for the
  * group), parking in out between blocks, which changes no bits. The lanes
  * past the last 64 (head sizes like 80 or 96) go unblocked, head by head. */
-void exo__vec_f16_wsum_heads_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
-                                  size_t v_stride, int count, float *out, size_t out_stride)
+static void wsum_heads(int n, int nq, const float *w, size_t w_stride, const uint16_t *v, size_t v_stride,
+                       int count, float *out, size_t out_stride, bool more)
 {
     const int n64 = n & ~63;
     float wide[EXO_VEC_KEY_BLOCK * WIDE_MAX_N];
@@ -220,13 +220,26 @@ void exo__vec_f16_wsum_heads_avx2(int n, int nq, const float *w, size_t w_stride
         for (int g = 0; g < nq; g++) {
             const float *wg = w + (size_t)g * w_stride;
             float *og = out + (size_t)g * out_stride;
-            if (widened) wsum_block(n64, wg, wide, (size_t)n64, p0, p1, og, 1);
-            else wsum_block(n64, wg, vb, v_stride, p0, p1, og, 0);
+            if (widened) wsum_block(n64, wg, wide, (size_t)n64, p0, p1, og, more || p0, 1);
+            else wsum_block(n64, wg, vb, v_stride, p0, p1, og, more || p0, 0);
         }
     }
     if (n64 < n)
         for (int g = 0; g < nq; g++)
             wsum_tail(n64, n, w + (size_t)g * w_stride, v, v_stride, count, out + (size_t)g * out_stride);
+}
+
+void exo__vec_f16_wsum_heads_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
+                                  size_t v_stride, int count, float *out, size_t out_stride)
+{
+    wsum_heads(n, nq, w, w_stride, v, v_stride, count, out, out_stride, false);
+}
+
+/* n a multiple of 64 (vec.h): only the resumable 64-lane chains run. */
+void exo__vec_f16_wsum_heads_more_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
+                                       size_t v_stride, int count, float *out, size_t out_stride)
+{
+    wsum_heads(n & ~63, nq, w, w_stride, v, v_stride, count, out, out_stride, true);
 }
 
 /* Round to nearest even, as vcvtps2ph does with rounding mode 0. */

@@ -15,6 +15,8 @@ void exo__vec_f16_dots_heads_avx2(int n, int nq, const float *q, size_t q_stride
                                   size_t k_stride, int count, float *out, size_t out_stride);
 void exo__vec_f16_wsum_heads_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
                                   size_t v_stride, int count, float *out, size_t out_stride);
+void exo__vec_f16_wsum_heads_more_avx2(int n, int nq, const float *w, size_t w_stride, const uint16_t *v,
+                                       size_t v_stride, int count, float *out, size_t out_stride);
 void exo__vec_f16_from_f32_avx2(int n, const float *x, uint16_t *y);
 void exo__vec_f32_swiglu_avx2(int n, const float *gate, const float *up, float *out);
 float exo__vec_f32_softmax_avx2(int n, float scale, float *x);
