@@ -624,7 +624,7 @@ static int spm_scores(struct folder *m, const exo_json *j, int32_t model, struct
                 return exo__error_set(EXO_EFORMAT, "%s/tokenizer.json: merge %lld is neither \"a b\" nor [a, b]",
                                       m->dir, (long long)k);
             }
-            if (exo_grow(&buf, &cap, a + b, 1)) {
+            if (exo_grow(&buf, &cap, a + b + 1, 1)) { /* +1: never empty, even for "" + "" */
                 free(buf);
                 return exo__error_set(EXO_ENOMEM, "out of memory");
             }
