@@ -15,7 +15,10 @@
 --     sequence, which goes on with its solo results;
 --   * reuse: blocks given back (a freed or truncated sequence) serve the
 --     next sequence, whose results are again its solo ones;
---   * the budget is set once, before the first sequence.
+--   * the budget is set once, before the first sequence;
+--   * through the batcher, a running sequence that finds the pool full
+--     evicts an idle one (on_exhausted) and keeps its solo results; with
+--     nothing to evict the request fails alone.
 -- Runs on the tiny model, its K-quant variant and the Gemma 3 one
 -- (CMakeLists runs it again on the AVX2 and scalar kernels).
 local ffi = require "ffi"
@@ -120,8 +123,71 @@ local function check(path)
   print("ok: " .. path)
 end
 
+-- Through the batcher (exo.node's runner, as the server runs passes): a
+-- running sequence that needs a block when the pool is full asks
+-- on_exhausted, which here evicts an idle sequence, and goes on with its solo
+-- results; with nothing left to evict it fails alone, clearly.
+local function check_batcher(path)
+  local uv = require "luv"
+  local runner = require("exo.node").new {}.runner
+  local shard = assert(native.load_shard(path))
+  local V = shard.n_vocab
+  assert(shard:set_kv_tokens(3 * 64))
+  local chunks = { tokens(6, 60, V), tokens(7, 10, V) } -- the second crosses into a second block
+  local expect = solo(path, chunks)
+  local idle = assert(shard:new_seq(512))
+  run(shard, idle, { tokens(8, 100, V) }) -- two blocks, kept idle
+  local evicted = 0
+  runner:batcher(shard).on_exhausted = function()
+    if idle:pos() == 0 then return false end
+    evicted = evicted + 1
+    return idle:truncate(0)
+  end
+  local got, err = {}, {}
+  local function client(k, list)
+    local seq = assert(shard:new_seq(512))
+    local out = shard:output_buffer(1, false)
+    for i, chunk in ipairs(list) do
+      local ok, e = runner:forward(shard, seq, ints(chunk), #chunk, out)
+      if not ok then err[k] = e; return seq end
+      got[k] = got[k] or {}
+      got[k][i] = ffi.new("float[?]", V)
+      ffi.copy(got[k][i], out, V * 4)
+    end
+    return seq
+  end
+  local a, b
+  local co = coroutine.create(function()
+    a = client("a", chunks) -- takes the last free block, then needs one of the idle sequence's
+    b = client("b", { tokens(9, 100, V) }) -- needs two blocks, one is free: fails alone
+  end)
+  assert(coroutine.resume(co))
+  local guard = uv.new_timer()
+  guard:start(60000, 0, function() error("timed out") end)
+  local idle_h = uv.new_idle()
+  idle_h:start(function()
+    if coroutine.status(co) == "dead" then
+      idle_h:stop()
+      idle_h:close()
+      guard:close()
+      uv.stop()
+    end
+  end)
+  uv.run()
+  assert(evicted == 1 and got.a and not err.a, tostring(err.a))
+  same(got.a[1], expect[1], V, path .. ": batched prompt")
+  same(got.a[2], expect[2], V, path .. ": batched chunk after evicting an idle sequence")
+  assert(not got.b and tostring(err.b):match("KV pool exhausted"), tostring(err.b))
+  a:free()
+  b:free()
+  idle:free()
+  shard:free()
+  print("ok: batcher: " .. path)
+end
+
 local dir = tiny:match("^(.*)/[^/]*$") or "."
 check(tiny)
 check((tiny:gsub("%.gguf$", "-q4_k.gguf")))
 check(dir .. "/tiny-gemma3.gguf")
+check_batcher(tiny)
 print("ok: kv pool")
