@@ -430,6 +430,12 @@ static bool walk_spaces(const exo_json *j, int32_t node, bool *replace, bool *pr
         const char *to = exo__json_str(j, exo__json_get(j, node, "content"), NULL);
         return *replace = from && to && !strcmp(from, " ") && !strcmp(to, spm_mark);
     }
+    if (!strcmp(type, "Split")) {
+        /* A split at spaces after a normalizer replaced them all splits
+         * nothing (some SentencePiece-style files declare one). */
+        const char *at = exo__json_str(j, exo__json_get(j, exo__json_get(j, node, "pattern"), "String"), NULL);
+        return *replace && at && !strcmp(at, " ");
+    }
     if (!strcmp(type, "Prepend")) {
         const char *p = exo__json_str(j, exo__json_get(j, node, "prepend"), NULL);
         return *prefix = p && !strcmp(p, spm_mark);

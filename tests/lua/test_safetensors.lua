@@ -265,6 +265,15 @@ do
     check(not t and e and e:find(pattern), "%s: want an error matching '%s', got %s", name, pattern, tostring(e))
   end
   local ok_bpe = bpe:format('["▁ a"]')
+  -- A split at spaces the normalizer already replaced is accepted (it splits nothing); before a Metaspace
+  -- (spaces still there) it is not.
+  local split = '{"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}'
+  tok, err = tokenizer_json(prepend, ok_bpe, split)
+  check(tok and table.concat(tok:encode("a a", { add_bos = false }), ",") == "6,6", "Split at spaces: %s",
+    tostring(tok and table.concat(tok:encode("a a", { add_bos = false }), ",") or err))
+  if tok then tok:free() end
+  refused("Split at spaces before a Metaspace", "not one exo knows", "null", ok_bpe,
+    '{"type": "Sequence", "pretokenizers": [' .. split .. ', {"type": "Metaspace", "replacement": "▁"}]}')
   refused("NFKC normalizer", "not one exo knows", '{"type": "NFKC"}', ok_bpe)
   refused("no space marker", "not one exo knows", "null", ok_bpe)
   refused("unknown prepend_scheme", "not one exo knows", "null", ok_bpe,

@@ -96,6 +96,7 @@ def write_tokenizer(meta, folder, model, normalizer, pre=None, strip=False):
     tk.normalizer = normalizer
     if pre is not None:
         tk.pre_tokenizer = pre
+    if isinstance(pre, pre_tokenizers.Metaspace):
         tk.decoder = decoders.Sequence([decoders.Metaspace(replacement=MARK, prepend_scheme=pre.prepend_scheme),
                                         decoders.ByteFallback(), decoders.Fuse()])
     else:
@@ -181,6 +182,10 @@ def main():
         prepend = normalizers.Sequence([normalizers.Prepend(MARK), normalizers.Replace(" ", MARK)])
         compare("llama2 Prepend+Replace", work, TINY, folder,
                 write_tokenizer(tiny, folder, spm_bpe(tiny), prepend, strip=True))
+        # A split at spaces after the normalizer replaced them splits nothing, in the library as in exo.
+        split = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        compare("llama2 Prepend+Replace, Split", work, TINY, folder,
+                write_tokenizer(tiny, folder, spm_bpe(tiny), prepend, split, strip=True))
         # Metaspace (Mistral's files): no marker before text that starts with a space; with "first", none
         # after a special token either. The GGUF's llama.cpp rule differs there, so the library is the reference.
         for scheme in ("always", "first"):
