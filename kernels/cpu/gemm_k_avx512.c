@@ -207,10 +207,10 @@ static void strip_head_q45(const uint8_t *head, uint8_t *st, int r)
     int32_t *sc32 = (int32_t *)(st + STRIP_SC), *pairs = (int32_t *)(st + STRIP_PAIRS);
     uint8_t sc[8], mn[8];
     exo_k_scales_unpack(head + 4, sc, mn);
+    /* (units 2, 3 of a lane and pairs 4..7 are Q6_K's only: the kernel never reads them here) */
     for (int l = 0; l < 8; l++)
-        for (int u = 0; u < 4; u++) sc32[STRIP_ROWS * (4 * l + u) + r] = u < 2 ? sc[2 * (l / 2) + u] : 0;
-    for (int k = 0; k < 8; k++)
-        pairs[STRIP_ROWS * k + r] = k < 4 ? (int32_t)((uint32_t)mn[2 * k] | (uint32_t)mn[2 * k + 1] << 16) : 0;
+        for (int u = 0; u < 2; u++) sc32[STRIP_ROWS * (4 * l + u) + r] = sc[2 * (l / 2) + u];
+    for (int k = 0; k < 4; k++) pairs[STRIP_ROWS * k + r] = (int32_t)((uint32_t)mn[2 * k] | (uint32_t)mn[2 * k + 1] << 16);
     ((float *)(st + STRIP_D))[r] = half_to_float(head);
     ((float *)(st + STRIP_DMIN))[r] = half_to_float(head + 2);
 }
