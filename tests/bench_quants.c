@@ -14,7 +14,9 @@
  * out; kernels absent on this CPU print as "-".
  *
  * Usage: bench_quants [rounds [types]] (default 15 rounds, every type; types
- * is a comma-separated list of names as the traits give them: q4_0,q5_0). */
+ * is a comma-separated list of names as the traits give them: q4_0,q5_0).
+ * bench_quants gemm [rounds [types]] times prompt products of the K formats
+ * instead (the four-token kernels against the tiled GEMM: bench_gemm). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
