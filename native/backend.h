@@ -47,15 +47,16 @@ typedef struct exo_rope_table {
 /* One attention call: queries for n_tokens consecutive positions starting at
  * pos0, against a cache that already holds keys/values for positions
  * [0, pos0 + n_tokens). Causal: token t sees positions <= pos0 + t.
- * The cache is one run of rows (k_cache, v_cache) or, when k_blocks is set,
- * a block table: position p is row p % block_len of block p / block_len
- * (each block's rows n_head_kv * head_dim apart, as in one run), the paged
- * KV pool's layout (model.h). */
+ * The cache is one run of rows (k_cache, v_cache: each position's KV heads
+ * side by side) or, when k_blocks is set, a block table, the paged KV pool's
+ * layout (model.h): position p is in block p / block_len, where KV head h's
+ * row for it is row h * block_len + p % block_len (each head's rows of a
+ * block one run, head_dim apart: attention streams them). */
 typedef struct exo_attention_args {
     const float *q;        /* [n_tokens][n_head * head_dim] */
     const uint16_t *k_cache; /* [n_ctx][n_head_kv * head_dim], f16 */
     const uint16_t *v_cache; /* [n_ctx][n_head_kv * head_dim], f16 */
-    const uint16_t *const *k_blocks; /* or NULL: [block][block_len][n_head_kv * head_dim], f16 */
+    const uint16_t *const *k_blocks; /* or NULL: [block][n_head_kv][block_len][head_dim], f16 */
     const uint16_t *const *v_blocks;
     int block_len;         /* positions per block, a multiple of EXO_VEC_KEY_BLOCK (64) */
     float *out;            /* [n_tokens][n_head * head_dim] */

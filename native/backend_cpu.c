@@ -89,13 +89,13 @@ typedef struct cpu_ctx {
 
 extern void openblas_set_num_threads(int);
 
-/* Halves of one thread's gather scratch: attention over a paged cache whose
- * blocks are not adjacent copies what one kernel call reads into one run:
- * 64 lanes of every position's values, or EXO_VEC_KEY_BLOCK keys' rows. */
+/* Halves of one thread's gather scratch: attention over a paged cache with a
+ * head size that is not a multiple of 64 copies 64 lanes of every position's
+ * values into one run (attention_items). */
 static size_t gather_len(int max_dim, int max_ctx)
 {
-    size_t values = (size_t)max_ctx * 64, keys = (size_t)EXO_VEC_KEY_BLOCK * (size_t)max_dim;
-    return values > keys ? values : keys;
+    (void)max_dim;
+    return (size_t)max_ctx * 64;
 }
 
 static void scratch_free(cpu_scratch *s)
@@ -636,25 +636,14 @@ typedef struct attention_job {
     int run; /* query heads per item in attention_items: a group, or part of one */
 } attention_job;
 
-/* Row p of a cache: one run of rows kv_stride apart, or a block table
- * (exo_attention_args). */
-static inline const uint16_t *kv_row(const uint16_t *run, const uint16_t *const *blocks, int block_len, int kv_stride,
-                                     int p)
+/* KV head kvh's row at position p: in one run of rows (each position's heads
+ * side by side, kv_stride apart), or in a block of the pool, where each KV
+ * head's rows are a run of their own (exo_attention_args). */
+static inline const uint16_t *kv_head_row(const uint16_t *run, const uint16_t *const *blocks, int block_len,
+                                          int n_head_kv, int hd, int kvh, int p)
 {
-    if (!blocks) return run + (size_t)p * kv_stride;
-    return blocks[p / block_len] + (size_t)(p % block_len) * kv_stride;
-}
-
-/* Whether rows [p0, p1) lie kv_stride apart in memory, so a kernel can read
- * them as one run: always for one run; for a block table, when the blocks
- * they span follow each other (the pool hands a growing sequence the block
- * after its last when it is free, so this is the usual case). */
-static bool kv_one_run(const uint16_t *const *blocks, int block_len, int kv_stride, int p0, int p1)
-{
-    if (!blocks) return true;
-    for (int b = p0 / block_len; b < (p1 - 1) / block_len; b++)
-        if (blocks[b + 1] != blocks[b] + (size_t)block_len * kv_stride) return false;
-    return true;
+    if (!blocks) return run + ((size_t)p * n_head_kv + kvh) * hd;
+    return blocks[p / block_len] + ((size_t)kvh * block_len + p % block_len) * hd;
 }
 
 /* One work item is (token, KV head, a run of the query heads that share that
@@ -664,12 +653,20 @@ static bool kv_one_run(const uint16_t *const *blocks, int block_len, int kv_stri
  * at 4,000 positions that no longer comes from cache). A head's result is
  * the same bits in any run, so cpu_attention may split groups into shorter
  * runs to give every thread work (a decode step of a model with one KV head)
- * and results stay batch-invariant. */
+ * and results stay batch-invariant.
+ *
+ * A paged cache is read block by block: in a block a KV head's keys are one
+ * run of rows head_dim apart, which the memory streams (with every head's
+ * rows side by side, each head read 128 of every 1,024 bytes at Llama 1B's
+ * shape, and its decode attention at 4,000 positions took 1.7x as long). The
+ * pieces are cut at block bounds, which depend on positions only, so where
+ * the pool put a sequence's blocks changes no bits; a key's score is its own
+ * dot, and the weighted sums go on across pieces (wsum_heads_more). */
 static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const attention_job *j = ctx;
     const exo_attention_args *a = j->a;
-    const int hd = a->head_dim;
+    const int hd = a->head_dim, B = a->block_len;
     const int kv_stride = a->n_head_kv * hd;
     const int group = a->n_head / a->n_head_kv;
     const int runs = (group + j->run - 1) / j->run;
@@ -684,46 +681,46 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
         int pos = a->pos0 + t, first = a->window > 0 && pos >= a->window ? pos - a->window + 1 : 0;
         int n_pos = pos + 1 - first;
         const float *q = a->q + ((size_t)t * a->n_head + h0) * hd;
-        const size_t head = (size_t)kvh * hd;
-        float inv[ATTN_QUERY_BLOCK];
-        if (kv_one_run(a->k_blocks, a->block_len, kv_stride, first, pos + 1)) {
-            const uint16_t *k = kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, first) + head;
-            exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd, k, (size_t)kv_stride, n_pos, scores, row);
-        } else {
-            /* The keys in the kernel's own blocks of EXO_VEC_KEY_BLOCK from
-             * `first` (a key's score is the same bits in its block as in one
-             * call): each block straddling two cache blocks is copied first. */
-            for (int p0 = first; p0 <= pos; p0 += EXO_VEC_KEY_BLOCK) {
-                int np = pos + 1 - p0 < EXO_VEC_KEY_BLOCK ? pos + 1 - p0 : EXO_VEC_KEY_BLOCK;
-                const uint16_t *k = kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, p0) + head;
-                size_t stride = (size_t)kv_stride;
-                if (!kv_one_run(a->k_blocks, a->block_len, kv_stride, p0, p0 + np)) {
-                    for (int p = 0; p < np; p++)
-                        memcpy(gather + (size_t)p * hd,
-                               kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, p0 + p) + head,
-                               sizeof(uint16_t) * hd);
-                    k = gather;
-                    stride = (size_t)hd;
-                }
-                exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd, k, stride, np, scores + (p0 - first), row);
-            }
-        }
-        for (int g = 0; g < nh; g++) inv[g] = 1.0f / exo__vec_softmax_f32(n_pos, a->scale, scores + g * row);
         float *out = a->out + ((size_t)t * a->n_head + h0) * hd;
-        if (kv_one_run(a->v_blocks, a->block_len, kv_stride, first, pos + 1)) {
-            const uint16_t *v = kv_row(a->v_cache, a->v_blocks, a->block_len, kv_stride, first) + head;
-            exo__vec_wsum_f16_heads(hd, nh, scores, row, v, (size_t)kv_stride, n_pos, out, (size_t)hd);
+        float inv[ATTN_QUERY_BLOCK];
+        if (!a->k_blocks) {
+            const size_t head = (size_t)kvh * hd;
+            exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd, a->k_cache + (size_t)first * kv_stride + head,
+                                    (size_t)kv_stride, n_pos, scores, row);
+            for (int g = 0; g < nh; g++) inv[g] = 1.0f / exo__vec_softmax_f32(n_pos, a->scale, scores + g * row);
+            exo__vec_wsum_f16_heads(hd, nh, scores, row, a->v_cache + (size_t)first * kv_stride + head,
+                                    (size_t)kv_stride, n_pos, out, (size_t)hd);
         } else {
-            /* Each output lane is its own chain over the keys in order, so
-             * slices of 64 lanes (the kernels' own chunks) over the values
-             * copied into one run give the same bits. */
-            for (int l0 = 0; l0 < hd; l0 += 64) {
-                int nl = hd - l0 < 64 ? hd - l0 : 64;
-                for (int p = 0; p < n_pos; p++)
-                    memcpy(gather + (size_t)p * nl,
-                           kv_row(a->v_cache, a->v_blocks, a->block_len, kv_stride, first + p) + head + l0,
-                           sizeof(uint16_t) * nl);
-                exo__vec_wsum_f16_heads(nl, nh, scores, row, gather, (size_t)nl, n_pos, out + l0, (size_t)hd);
+            for (int p0 = first, np; p0 <= pos; p0 += np) {
+                np = (p0 / B + 1) * B < pos + 1 ? (p0 / B + 1) * B - p0 : pos + 1 - p0;
+                exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd,
+                                        kv_head_row(NULL, a->k_blocks, B, a->n_head_kv, hd, kvh, p0), (size_t)hd, np,
+                                        scores + (p0 - first), row);
+            }
+            for (int g = 0; g < nh; g++) inv[g] = 1.0f / exo__vec_softmax_f32(n_pos, a->scale, scores + g * row);
+            if (hd % EXO_VEC_WSUM_MORE_LANES == 0) {
+                for (int p0 = first, np; p0 <= pos; p0 += np) {
+                    np = (p0 / B + 1) * B < pos + 1 ? (p0 / B + 1) * B - p0 : pos + 1 - p0;
+                    const uint16_t *v = kv_head_row(NULL, a->v_blocks, B, a->n_head_kv, hd, kvh, p0);
+                    if (p0 == first)
+                        exo__vec_wsum_f16_heads(hd, nh, scores, row, v, (size_t)hd, np, out, (size_t)hd);
+                    else
+                        exo__vec_wsum_f16_heads_more(hd, nh, scores + (p0 - first), row, v, (size_t)hd, np, out,
+                                                     (size_t)hd);
+                }
+            } else {
+                /* Head sizes past a multiple of 64: each output lane is its
+                 * own chain over the keys in order, so slices of 64 lanes (the
+                 * kernels' own chunks) over the values copied into one run
+                 * give one call's bits. */
+                for (int l0 = 0; l0 < hd; l0 += 64) {
+                    int nl = hd - l0 < 64 ? hd - l0 : 64;
+                    for (int p = 0; p < n_pos; p++)
+                        memcpy(gather + (size_t)p * nl,
+                               kv_head_row(NULL, a->v_blocks, B, a->n_head_kv, hd, kvh, first + p) + l0,
+                               sizeof(uint16_t) * nl);
+                    exo__vec_wsum_f16_heads(nl, nh, scores, row, gather, (size_t)nl, n_pos, out + l0, (size_t)hd);
+                }
             }
         }
         for (int g = 0; g < nh; g++)
@@ -740,7 +737,7 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
     const attention_job *j = ctx;
     const exo_attention_args *a = j->a;
     const int hd = a->head_dim;
-    const int kv_stride = a->n_head_kv * hd, q_stride = a->n_head * hd;
+    const int q_stride = a->n_head * hd;
     const int group = a->n_head / a->n_head_kv;
     const int n_blocks = (a->n_tokens + ATTN_QUERY_BLOCK - 1) / ATTN_QUERY_BLOCK;
     float *scores = j->c->cur.scores + (size_t)thread * j->c->cur.max_ctx * ATTN_QUERY_BLOCK;
@@ -754,12 +751,12 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
         int nq = a->n_tokens - t0 < ATTN_QUERY_BLOCK ? a->n_tokens - t0 : ATTN_QUERY_BLOCK;
         int n_pos = a->pos0 + t0 + nq; /* keys the last query of the block sees */
         const float *q = a->q + (size_t)t0 * q_stride + (size_t)h * hd;
-        const size_t head = (size_t)kvh * hd;
         /* scores[i][p] = scale * q_i . k_p, rows n_pos wide */
         for (int p0 = 0; p0 < n_pos; p0 += GEMM_TILE_ROWS) {
             int np = n_pos - p0 < GEMM_TILE_ROWS ? n_pos - p0 : GEMM_TILE_ROWS;
             for (int p = 0; p < np; p++)
-                widen(kv_row(a->k_cache, a->k_blocks, a->block_len, kv_stride, p0 + p) + head, kv + (size_t)p * hd, hd);
+                widen(kv_head_row(a->k_cache, a->k_blocks, a->block_len, a->n_head_kv, hd, kvh, p0 + p),
+                      kv + (size_t)p * hd, hd);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, np, hd, a->scale, q, q_stride, kv, hd, 0.0f,
                         scores + p0, n_pos);
         }
@@ -781,7 +778,8 @@ static void attention_blocks(void *ctx, int64_t begin, int64_t end, int thread)
         for (int p0 = 0; p0 < n_pos; p0 += GEMM_TILE_ROWS) {
             int np = n_pos - p0 < GEMM_TILE_ROWS ? n_pos - p0 : GEMM_TILE_ROWS;
             for (int p = 0; p < np; p++)
-                widen(kv_row(a->v_cache, a->v_blocks, a->block_len, kv_stride, p0 + p) + head, kv + (size_t)p * hd, hd);
+                widen(kv_head_row(a->v_cache, a->v_blocks, a->block_len, a->n_head_kv, hd, kvh, p0 + p),
+                      kv + (size_t)p * hd, hd);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, np, 1.0f, scores + p0, n_pos, kv, hd,
                         p0 ? 1.0f : 0.0f, out, q_stride);
         }

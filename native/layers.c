@@ -78,20 +78,22 @@ int exo__layers_attention(exo_shard *s, const exo_batch *batch, int il_local, co
 
     /* Each sequence's rows against its own cache, through its block table
      * (the KV pool, model.h): the run's new keys (roped) and values land at
-     * its positions in f16, block by block. */
+     * its positions in f16, each KV head's in its own run of the block
+     * (exo_attention_args says why). */
     for (int i = 0; i < s->n_runs; i++) {
         const exo_batch_run *run = &s->runs[i];
         exo_seq *seq = run->seq;
         const uint16_t *const *k_blocks = seq->k_blocks + (size_t)il_local * seq->max_blocks;
         const uint16_t *const *v_blocks = seq->v_blocks + (size_t)il_local * seq->max_blocks;
-        for (int done = 0; done < run->n;) {
-            int p = run->pos0 + done, in_block = EXO_KV_BLOCK - p % EXO_KV_BLOCK;
-            int n = run->n - done < in_block ? run->n - done : in_block;
-            size_t at = (size_t)(p % EXO_KV_BLOCK) * kv_dim, from = (size_t)(run->row0 + done) * kv_dim;
-            /* The pool's memory, written only here: the tables are const for the kernels. */
-            be->to_f16(be, rs->k + from, (uint16_t *)k_blocks[p / EXO_KV_BLOCK] + at, (int64_t)n * kv_dim);
-            be->to_f16(be, rs->v + from, (uint16_t *)v_blocks[p / EXO_KV_BLOCK] + at, (int64_t)n * kv_dim);
-            done += n;
+        for (int done = 0; done < run->n; done++) {
+            int p = run->pos0 + done;
+            size_t from = (size_t)(run->row0 + done) * kv_dim;
+            for (int h = 0; h < hp->n_head_kv; h++) {
+                size_t at = ((size_t)h * EXO_KV_BLOCK + p % EXO_KV_BLOCK) * head_dim;
+                /* The pool's memory, written only here: the tables are const for the kernels. */
+                be->to_f16(be, rs->k + from + (size_t)h * head_dim, (uint16_t *)k_blocks[p / EXO_KV_BLOCK] + at, head_dim);
+                be->to_f16(be, rs->v + from + (size_t)h * head_dim, (uint16_t *)v_blocks[p / EXO_KV_BLOCK] + at, head_dim);
+            }
         }
         exo_attention_args att = {
             .q = rs->q + (size_t)run->row0 * q_dim, .k_blocks = k_blocks, .v_blocks = v_blocks,

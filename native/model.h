@@ -92,9 +92,8 @@ typedef struct exo_batch_run {
 #define EXO_KV_BLOCK 64
 
 /* One backend buffer of the pool: n blocks laid out as
- * [K, V][layer][block][EXO_KV_BLOCK][n_head_kv * head_dim] f16, so that for
- * every layer the chunk's blocks follow each other, and a sequence holding
- * consecutive blocks of one chunk is one run of rows, as an unpaged cache. */
+ * [K, V][layer][block][n_head_kv][EXO_KV_BLOCK][head_dim] f16: in a block
+ * each KV head's rows are one run, which attention streams (backend.h). */
 typedef struct exo_kv_chunk {
     uint16_t *mem;
     size_t bytes;
