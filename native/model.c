@@ -6,7 +6,9 @@
  * keep packed copies of the matrices a token reads (one arena per shard; the
  * file's pages are released after, and a model that would not fit packed
  * stays a mapping), and allocates the run state for one internal batch, so
- * a forward pass never allocates. The KV cache is f16.
+ * a forward pass never allocates. The KV cache is f16, in the shard's
+ * pool of fixed blocks, which sequences take as they grow and give back
+ * (model.h says how it is laid out and sized).
  * Forward passes are serialised by one lock: the compute pool and the
  * backend's scratch are shared, and running two passes at once would only
  * make both slower. */
