@@ -5,7 +5,8 @@
  * layer of a model's shape, two ways over the same caches: once per query
  * head (each head reads its KV head's keys and values: four times the bytes at
  * Llama's groups of four), and grouped (vec.h's _heads helpers: each KV head's
- * cache read once for its group, in blocks that stay in L1). The layers'
+ * cache read once for its group, in blocks that stay in L1). Each KV head's
+ * rows are one run, as in the engine's KV blocks (backend.h). The layers'
  * caches together are larger than the L3 cache, as a real model's are, so
  * the bytes come from memory. Thread CPU time, best of the rounds, so other
  * load on the machine mostly washes out.
@@ -40,11 +41,11 @@ static double step(const shape *s, int ctx, uint16_t **k, uint16_t **v, const fl
                    int grouped)
 {
     const int hd = s->head_dim, group = s->n_head / s->n_head_kv;
-    const size_t kv_stride = (size_t)s->n_head_kv * hd;
+    const size_t kv_stride = (size_t)hd; /* each KV head's rows one run, as in the engine's KV blocks */
     double t0 = now();
     for (int l = 0; l < s->n_layer; l++) {
         for (int kvh = 0; kvh < s->n_head_kv; kvh++) {
-            const uint16_t *kh = k[l] + (size_t)kvh * hd, *vh = v[l] + (size_t)kvh * hd;
+            const uint16_t *kh = k[l] + (size_t)kvh * ctx * hd, *vh = v[l] + (size_t)kvh * ctx * hd;
             const float *qh = q + (size_t)kvh * group * hd;
             float *oh = out + (size_t)kvh * group * hd;
             if (grouped) {

@@ -6,7 +6,8 @@
  * KV head splits it to keep both threads busy), so batch invariance rests on
  * a head's result being the same bits in any run: checked here against the
  * one-head calls for every run length, head size (multiples of 64 and the
- * tails past them) and key count around the block size, on the path the CPU
+ * tails past them), key count around the block size and row layout (strided,
+ * or one run as in a KV block: the helpers read them differently), on the path the CPU
  * picks (AVX2) and, run again with EXO_FORCE_SCALAR=1 (CMakeLists.txt), on
  * the scalar one; and both against a double-precision sum. A weighted sum
  * taken in pieces (wsum_heads_more, for a paged cache) gives one call's bits.
@@ -16,6 +17,7 @@
  * one float in 7 of them, and every one where expf turns to its slow path),
  * in runs of every length mod 8 so vector bodies and tails both serve. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +35,10 @@ static float frand(void)
 }
 
 /* nq heads of size n against count keys k_stride halves apart. */
-static void check_case(int n, int nq, int count)
+static void check_case(int n, int nq, int count, bool one_run)
 {
-    const size_t k_stride = (size_t)n * 3 + 8, row = (size_t)count + 5; /* like a cache of several KV heads */
+    /* Rows strided like a cache of several KV heads side by side, or one run (a KV block's head). */
+    const size_t k_stride = one_run ? (size_t)n : (size_t)n * 3 + 8, row = (size_t)count + 5;
     uint16_t *kv = malloc(sizeof(uint16_t) * (k_stride * (size_t)(count + 1)));
     float *q = malloc(sizeof(float) * (size_t)nq * n), *w = malloc(sizeof(float) * (size_t)nq * row);
     float *dots = malloc(sizeof(float) * (size_t)nq * row), *dots1 = malloc(sizeof(float) * row);
@@ -60,7 +63,7 @@ static void check_case(int n, int nq, int count)
                                          (size_t)n);
         }
         CHECK_MSG(memcmp(pieces, sums, sizeof(float) * (size_t)nq * n) == 0,
-                  "wsum in pieces differs from one call (n %d, nq %d, %d keys)", n, nq, count);
+                  "wsum in pieces differs from one call (n %d, nq %d, %d keys, stride %zu)", n, nq, count, k_stride);
         free(pieces);
     }
     for (int g = 0; g < nq; g++) {
@@ -150,7 +153,10 @@ int main(void)
     const int counts[] = {0, 1, 3, 5, 63, 64, 65, 127, 130, 300};
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
         for (int nq = 1; nq <= 8; nq += nq < 4 ? 1 : 3)
-            for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) check_case(sizes[si], nq, counts[ci]);
+            for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+                check_case(sizes[si], nq, counts[ci], false);
+                check_case(sizes[si], nq, counts[ci], true);
+            }
     check_softmax();
     if (!check_failures) printf("test_vec: grouped dots and weighted sums equal the one-head calls bit for bit\n");
     CHECK_DONE();
