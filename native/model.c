@@ -555,28 +555,15 @@ static int kv_pool_grow(exo_kv_pool *p, int n)
     return EXO_OK;
 }
 
-/* A free block for a sequence whose last block is prev (-1: none): the one
- * after prev when it is free (the sequence stays one run of rows for the
- * attention kernels), else within the longest stretch of free blocks: its
- * start at a chunk's start, else its middle, leaving the rest to the
- * sequence that owns the block before it. With the lock held; n_free > 0. */
-static int kv_pool_pick(const exo_kv_pool *p, int prev)
+/* A free block: the lowest-numbered one (attention reads a sequence block
+ * by block, so where its blocks lie changes neither its results nor, much,
+ * its speed; the lowest keep the pool's resident pages few). With the lock
+ * held; n_free > 0. */
+static int kv_pool_pick(const exo_kv_pool *p)
 {
-    if (prev >= 0 && prev + 1 < p->n_blocks && !p->taken[prev + 1] && p->chunk_of[prev + 1] == p->chunk_of[prev])
-        return prev + 1;
-    int best = -1, best_len = 0;
-    for (int b = 0; b < p->n_blocks;) {
-        if (p->taken[b]) {
-            b++;
-            continue;
-        }
-        int e = b;
-        while (e < p->n_blocks && !p->taken[e] && p->chunk_of[e] == p->chunk_of[b]) e++;
-        if (e - b > best_len) best = b, best_len = e - b;
-        b = e;
-    }
-    if (best == p->chunks[p->chunk_of[best]].first) return best;
-    return best + best_len / 2;
+    int b = 0;
+    while (p->taken[b]) b++;
+    return b;
 }
 
 /* Makes sure q has blocks for positions [0, n_pos). A pool with a budget
@@ -595,7 +582,7 @@ static int kv_seq_grow(exo_seq *q, int n_pos)
                                 q->n_blocks * EXO_KV_BLOCK, p->n_blocks, p->n_blocks * EXO_KV_BLOCK);
             break;
         }
-        int b = kv_pool_pick(p, q->n_blocks ? q->block[q->n_blocks - 1] : -1);
+        int b = kv_pool_pick(p);
         p->taken[b] = 1;
         p->n_free--;
         q->block[q->n_blocks] = b;

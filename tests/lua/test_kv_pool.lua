@@ -5,10 +5,9 @@
 -- on a pool sized with set_kv_tokens (a budget of a few blocks) beside the
 -- default, unbudgeted pool (each sequence reserving its whole context):
 --   * bit-identity: a sequence whose blocks are NOT adjacent in the pool
---     (the attention kernels then copy its rows into one run) gets bitwise
---     the logits of the same tokens in a fresh shard, where its blocks
---     follow each other; with prompt chunks, decode steps, and a sliding
---     window (Gemma 3) whose first key is not at a block's start;
+--     gets bitwise the logits of the same tokens in a fresh shard, where its
+--     blocks follow each other; with prompt chunks, decode steps, and a
+--     sliding window (Gemma 3) whose first key is not at a block's start;
 --   * exhaustion: a request needing a block when none is free fails with
 --     a clear "KV pool exhausted" error (EXO_EBUSY), takes nothing, and
 --     moves nothing, alone or in a multi-sequence pass beside a running
@@ -49,8 +48,8 @@ local function check(path)
   info = shard:kv_info()
   assert(info.budget == 4 and info.blocks == 4 and info.free == 4, "budget rounded up to whole blocks")
 
-  -- A takes block 0; B the middle of the rest (2); C what is left before
-  -- it (1): A's next block is then 3, not adjacent to its first.
+  -- A takes block 0, B block 1, C block 2: A's next block is then 3, not
+  -- adjacent to its first.
   local ca = { tokens(1, 60, V), tokens(2, 30, V), { 5 }, { 9 }, { 11 } }
   local cb = { tokens(3, 10, V), { 7 }, { 8 } }
   local cc = { tokens(4, 10, V) }
