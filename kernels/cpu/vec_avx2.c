@@ -311,7 +311,7 @@ void exo__vec_f32_swiglu_avx2(int n, const float *gate, const float *up, float *
  *
  * Attention's exp must be expf's exact bits (vec.c says why), and calling
  * expf per score cost ~3.3 ns: a quarter of a decode step's attention at
- * 4,000 positions. glibc (2.28 on) computes expf in double precision:
+ * 4,000 positions. glibc (since 2.27) computes expf in double precision:
  * exp(x) = 2^(k/32) * 2^(r/32) with k = round(x * 32/ln2), the 2^(k/32) part
  * from a table of 32 doubles with k's high bits added to the exponent, the
  * other from a cubic; on CPUs with FMA and AVX2 its FMA build runs, whose
