@@ -159,45 +159,6 @@ static int add_file(struct folder *m, const char *name)
     return 0;
 }
 
-/* The weight files: those the index names (each once), or model.safetensors.
- * For a layer range (partial), a file the index names that is not in the
- * folder is left out: a ring member fetches only the files that hold its
- * layers (exo.download), and a tensor its range needs that is in none of
- * the opened files is still an error when the shard is converted. */
-static int open_weights(struct folder *m, bool partial)
-{
-    exo_json *index;
-    int rc = read_json(m->dir, "model.safetensors.index.json", ST_MAX_TOKENIZER, false, &index);
-    if (rc) return rc;
-    if (!index) return add_file(m, "model.safetensors");
-    int32_t map = exo__json_get(index, 0, "weight_map");
-    if (exo__json_kind(index, map) != EXO_JSON_OBJECT) {
-        exo__json_free(index);
-        return exo__error_set(EXO_EFORMAT, "%s/model.safetensors.index.json: no weight_map object", m->dir);
-    }
-    const char **seen = NULL;
-    size_t n_seen = 0, cap = 0;
-    for (int32_t e = exo__json_first(index, map); e != EXO_JSON_NONE && !rc; e = exo__json_next(index, e)) {
-        size_t len;
-        const char *name = exo__json_str(index, e, &len);
-        if (!name || !plain_name(name, len)) {
-            rc = exo__error_set(EXO_EFORMAT, "%s/model.safetensors.index.json: weight_map names a file outside the "
-                                "folder or not a string", m->dir);
-            break;
-        }
-        size_t k = 0;
-        while (k < n_seen && strcmp(seen[k], name)) k++;
-        if (k < n_seen) continue;
-        char file[4400];
-        snprintf(file, sizeof file, "%s/%s", m->dir, name);
-        if (exo_grow(&seen, &cap, n_seen + 1, sizeof *seen)) rc = exo__error_set(EXO_ENOMEM, "out of memory");
-        else if (seen[n_seen++] = name, !(partial && access(file, F_OK) && errno == ENOENT)) rc = add_file(m, name);
-    }
-    free(seen);
-    exo__json_free(index);
-    return rc;
-}
-
 static int cfg_int(struct folder *m, const char *key, int64_t *out, bool required, int64_t fallback)
 {
     int32_t v = exo__json_get(m->config, 0, key);
@@ -1080,6 +1041,78 @@ static int fill_tensor(void *ud, size_t index, void *buf, size_t size)
     return rc;
 }
 
+/* Whether the index's tensor hf (in a file not in the folder) is one the
+ * shard reads: a tensor it maps to GGUF and makes data for. The info view
+ * makes none, and a name the converter cannot place would fail only where
+ * its file is read. */
+static bool needed(struct folder *m, const struct plans *ps, const char *hf)
+{
+    char name[96];
+    int heads;
+    bool hole;
+    if (ps->info_only || gguf_name(m, hf, name, sizeof name, &heads)) return false;
+    return in_shard(ps, name, &hole) && !hole;
+}
+
+/* The weight files: those the index names (each once), or model.safetensors.
+ * A file the index names that is not in the folder is left out when it
+ * holds no tensor the shard reads: a ring member fetches only the files of
+ * its layers (exo.download's safetensors_needs picks the same ones), and the
+ * info view (the last node's text side, `exo show`) lists what the folder
+ * holds. A missing file that holds a tensor the range reads is an error
+ * naming both, before anything is converted. Sets ps->has_head from the
+ * index, so a tied embedding's need is known when its file is missing. */
+static int open_weights(struct folder *m, struct plans *ps)
+{
+    exo_json *index;
+    int rc = read_json(m->dir, "model.safetensors.index.json", ST_MAX_TOKENIZER, false, &index);
+    if (rc) return rc;
+    if (!index) return add_file(m, "model.safetensors");
+    int32_t map = exo__json_get(index, 0, "weight_map");
+    if (exo__json_kind(index, map) != EXO_JSON_OBJECT) {
+        exo__json_free(index);
+        return exo__error_set(EXO_EFORMAT, "%s/model.safetensors.index.json: no weight_map object", m->dir);
+    }
+    ps->has_head = exo__json_get(index, map, "lm_head.weight") != EXO_JSON_NONE;
+    struct seen {
+        const char *name;
+        bool present;
+    } *seen = NULL;
+    size_t n_seen = 0, cap = 0;
+    for (int32_t e = exo__json_first(index, map); e != EXO_JSON_NONE && !rc; e = exo__json_next(index, e)) {
+        size_t len;
+        const char *name = exo__json_str(index, e, &len), *tensor = exo__json_key(index, e, NULL);
+        if (!name || !plain_name(name, len)) {
+            rc = exo__error_set(EXO_EFORMAT, "%s/model.safetensors.index.json: weight_map names a file outside the "
+                                "folder or not a string", m->dir);
+            break;
+        }
+        size_t k = 0;
+        while (k < n_seen && strcmp(seen[k].name, name)) k++;
+        if (k == n_seen) {
+            char file[4400];
+            snprintf(file, sizeof file, "%s/%s", m->dir, name);
+            if (exo_grow(&seen, &cap, n_seen + 1, sizeof *seen)) {
+                rc = exo__error_set(EXO_ENOMEM, "out of memory");
+                break;
+            }
+            seen[n_seen++] = (struct seen){name, !(access(file, F_OK) && errno == ENOENT)};
+            if (seen[k].present && (rc = add_file(m, name))) break;
+        }
+        if (!seen[k].present && tensor && needed(m, ps, tensor)) {
+            char range[48] = "the whole model";
+            if (ps->end > 0) snprintf(range, sizeof range, "layers %d-%d", ps->start, ps->end);
+            rc = exo__error_set(EXO_EIO, "%s/%s is missing: it holds '%.200s', which %s need%s", m->dir, name, tensor,
+                                range, ps->end > 0 ? "" : "s");
+        }
+    }
+    if (!rc && n_seen && !m->n_files)
+        rc = exo__error_set(EXO_EIO, "%s: none of the weight files model.safetensors.index.json names is here", m->dir);
+    free(seen);
+    exo__json_free(index);
+    return rc;
+}
+
 /* ---- the GGUF in memory ------------------------------------------------------ */
 
 static int convert(struct folder *m, int what, exo_gguf_writer *w, struct plans *ps)
@@ -1111,12 +1144,13 @@ static int convert(struct folder *m, int what, exo_gguf_writer *w, struct plans 
     for (size_t f = 0; f < m->n_files; f++)
         for (int64_t i = 0; i < exo__safetensors_count(m->files[f]); i++)
             if ((rc = plan_tensor(m, w, ps, exo__safetensors_at(m->files[f], i)))) return rc;
-    /* A middle range whose folder lacks the embedding's file (it was not
-     * fetched: see open_weights): the loader still wants the embedding's
-     * shape for the vocabulary size, so it is listed from config.json as a
-     * hole, which is never read here. */
+    /* A range whose folder lacks the embedding's file (it was not fetched:
+     * see open_weights), or the info view of such a folder: the loader still
+     * wants the embedding's shape for the vocabulary size, so it is listed
+     * from config.json as a hole, which is never read here. */
     bool hole;
-    if (!has_embd && ps->end > 0 && in_shard(ps, "token_embd.weight", &hole) && hole && m->vocab_size > 0) {
+    if (!has_embd && m->vocab_size > 0 &&
+        (ps->info_only || (ps->end > 0 && in_shard(ps, "token_embd.weight", &hole) && hole))) {
         int64_t ne[2] = {m->n_embd, m->vocab_size};
         struct plan p = {NULL, NULL, EXO_DTYPE_F32, 0, m->vocab_size,
                          sizeof(float) * (size_t)m->n_embd * (size_t)m->vocab_size, true, 0};
@@ -1217,7 +1251,7 @@ static int open_safetensors_model(const char *path, int what, int start, int end
     }
     if (!rc) rc = read_json(m.dir, "tokenizer.json", ST_MAX_TOKENIZER, false, &m.tokenizer);
     if (!rc) rc = read_json(m.dir, "tokenizer_config.json", ST_MAX_TOKENIZER, false, &m.tok_config);
-    if (!rc && what != EXO_MODEL_OPEN_METADATA) rc = open_weights(&m, end > 0);
+    if (!rc && what != EXO_MODEL_OPEN_METADATA) rc = open_weights(&m, &ps);
     if (rc) goto done;
     if (!(w = exo__gguf_writer_new())) {
         rc = EXO_ENOMEM;

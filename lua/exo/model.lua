@@ -18,7 +18,9 @@ local ARCH_CHAT_FAMILY = { gemma = "gemma", gemma2 = "gemma", gemma3 = "gemma", 
   qwen3 = "chatml", phi3 = "phi3" }
 
 -- What a partitioning policy needs to know of a model file: its layer count
--- and the bytes of weights per layer.
+-- and the bytes of weights per layer. A safetensors folder that holds some
+-- layers only (a ring member fetched its range) lists those: the bytes per
+-- layer are the mean over the layers it lists.
 local function facts(file)
   local arch = file:get("general.architecture") or "llama"
   local n_layers = file:get(arch .. ".block_count")
@@ -27,11 +29,15 @@ local function facts(file)
   end
   local tensors, err = file:tensors()
   if not tensors then return nil, err end
-  local layer_total = 0
+  local layer_total, listed, n_listed = 0, {}, 0
   for _, t in ipairs(tensors) do
-    if t.name:match("^blk%.") then layer_total = layer_total + t.bytes end
+    local layer = t.name:match("^blk%.(%d+)%.")
+    if layer then
+      layer_total = layer_total + t.bytes
+      if not listed[layer] then listed[layer], n_listed = true, n_listed + 1 end
+    end
   end
-  return { arch = arch, n_layers = n_layers, layer_bytes = math.floor(layer_total / n_layers),
+  return { arch = arch, n_layers = n_layers, layer_bytes = math.floor(layer_total / math.max(n_listed, 1)),
     n_embd = file:get(arch .. ".embedding_length") }
 end
 

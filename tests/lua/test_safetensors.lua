@@ -135,6 +135,88 @@ check(exists(work .. "/llama-bf16/model.safetensors.index.json") and
   exists(work .. "/llama-bf16/model-00003-of-00003.safetensors"), "three shards and an index were written")
 compare("llama bf16, 3 shards", bf16, logits_of(work .. "/llama-bf16"), 0)
 
+-- A folder that holds some layers' weight files only (a ring member fetched
+-- its range): the last range opens from it, shard, info view and tokenizer,
+-- and gives the logits it gives from the whole folder; a range whose file is
+-- missing is an error naming that file. Layers 0-1 come from the whole folder.
+do
+  local cjson = require "cjson"
+  local whole, part = work .. "/llama-split", work .. "/llama-last"
+  run(string.format("%s %s/llama-f32.gguf %s --shards 6", export, work, whole))
+  local fh = assert(io.open(whole .. "/model.safetensors.index.json", "rb"))
+  local map = cjson.decode(fh:read("*a")).weight_map
+  fh:close()
+  local keep, all, first_file = {}, {}, map["model.layers.0.self_attn.q_proj.weight"]
+  for name, file in pairs(map) do
+    all[file] = true
+    if name:match("^model%.layers%.2%.") or name == "model.norm.weight" or name == "lm_head.weight" then
+      keep[file] = true
+    end
+  end
+  check(not keep[first_file], "layer 0's file %s also holds the last range's tensors: the test needs more shards",
+    first_file)
+  os.execute(string.format("rm -rf '%s' && mkdir -p '%s' && cp '%s'/*.json '%s'/", part, part, whole, part))
+  local n_kept, n_all = 0, 0
+  for file in pairs(all) do
+    n_all = n_all + 1
+    if keep[file] then
+      n_kept = n_kept + 1
+      os.execute(string.format("cp '%s/%s' '%s/'", whole, file, part))
+    end
+  end
+  check(n_kept < n_all, "the last range keeps %d of %d weight files", n_kept, n_all)
+  -- (Each shard is freed here, not left to the collector: the q8_0 check
+  -- below finds its memory file among the process's mappings.)
+  local x, n = IDS, #IDS
+  local p, held = nil, {}
+  for layer = 0, 2 do
+    local shard = assert(native.load_shard(layer == 2 and part or whole, { start = layer, stop = layer + 1 }))
+    local seq = assert(shard:new_seq(n + 4))
+    p = assert(shard:forward(seq, x, n, true))
+    x, held[#held + 1] = p, { shard, seq }
+  end
+  local n_vocab = held[3][1].n_vocab
+  local got = { n_vocab = n_vocab }
+  for i = 0, n * n_vocab - 1 do got[i + 1] = p[i] end
+  for _, h in ipairs(held) do
+    h[2]:free()
+    h[1]:free()
+  end
+  compare("last range from a partial folder", llama, got, 0)
+  -- The text side the last node loads: the info view lists the layers the
+  -- folder holds (and the embedding's shape), the tokenizer needs no weights.
+  local f, ferr = native.open_file(part)
+  if check(f, "info view of the partial folder: %s", tostring(ferr)) then
+    local names = {}
+    for _, t in ipairs(assert(f:tensors())) do names[t.name] = t.shape end
+    check(names["blk.2.attn_q.weight"] and names["output.weight"] and not names["blk.0.attn_q.weight"] and
+      names["token_embd.weight"] and names["token_embd.weight"][2] == n_vocab,
+      "info view lists layer 2, the head and the embedding's shape, not layer 0")
+    f:close()
+  end
+  -- (This tiny folder's tokenizer.json has no vocabulary: the partial
+  -- folder answers as the whole one does.)
+  local ta, aerr = native.load_tokenizer(whole)
+  local tb, berr = native.load_tokenizer(part)
+  check((ta and tb and ta.n_vocab == tb.n_vocab) or (not ta and not tb and aerr:sub(1, aerr:find(whole, 1, true)) == berr:sub(1, berr:find(part, 1, true))),
+    "tokenizer of the partial folder: %s, of the whole: %s", tostring(tb and tb.n_vocab or berr),
+    tostring(ta and ta.n_vocab or aerr))
+  if ta then ta:free() end
+  if tb then tb:free() end
+  for _, range in ipairs { { 0, 1 }, { 0, 3 } } do
+    local shard, err = native.load_shard(part, { start = range[1], stop = range[2] })
+    if shard then shard:free() end
+    check(not shard and err and err:find(first_file, 1, true) and err:find("missing", 1, true) and
+      err:find(("layers %d-%d"):format(range[1], range[2]), 1, true),
+      "layers %d-%d from the partial folder: want an error naming %s, got %s", range[1], range[2], first_file,
+      tostring(err))
+  end
+  local shard, err = native.load_shard(part)
+  if shard then shard:free() end
+  check(not shard and err and err:find(first_file, 1, true), "the whole model from the partial folder: %s",
+    tostring(err))
+end
+
 -- --quantize: the folder's F32 matrices quantized at load are the bytes
 -- exo-make-tiny-model writes when it quantizes the same values itself (same
 -- seed), so the logits are those of that GGUF, bit for bit; the Q/K rows are

@@ -144,9 +144,9 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   -- hub; a hub repository from the hub only for a peer that proved the
   -- cluster key); meanwhile the asker hears "ready" with fetching set every
   -- few seconds, which keeps its open alive however long the download takes.
-  -- The last node takes a safetensors folder whole: it loads the model's
-  -- text side (tokenizer, facts), which reads every weight file's header.
-  local layers = msg.next and { msg.start, msg.stop } or nil
+  -- The last node too: its text side (tokenizer, facts) opens a folder that
+  -- lacks other ranges' weight files (safetensors_model.c's open_weights).
+  local layers = { msg.start, msg.stop }
   if not download.present(model, layers) then
     local keyed = cluster.wire:stats().keyed
     local _, ferr = download.ensure(model, function(st)
