@@ -11,8 +11,9 @@ Real exo processes on loopback, each with its own EXO_HOME and EXO_OFFLINE=1
   chat naming that hub id on it runs over three nodes of equal memory (a
   layer each): the two others fetch the repository from it when the ring's
   open names it, each only the shard files the index names for its own
-  layers, plus config and tokenizer files (asserted per store), and the
-  answer equals one node's holding the whole folder. The same with the
+  layers, plus config and tokenizer files (asserted per store), the last
+  one too (its text side opens a folder missing the other ranges' shards),
+  and the answer equals one node's holding the whole folder. The same with the
   repository as one GGUF (test-org/Tiny-GGUF:FILE): each member fetches the
   file whole.
 - Resume: a raw wire peer (docs/wire.md's frames) claiming the model sends
@@ -144,18 +145,14 @@ class ShareLayers(unittest.TestCase):
                 shutil.rmtree(h)
 
     def check_layer_files(self, homes, ranges):
-        n_layers = max(end for _, end in ranges.values())
         self.assertEqual(store_files(homes[0], HF_FOLDER), set(os.listdir(self.hf)))
         for i, home in enumerate(homes[1:], 2):
             start, end = ranges["n%d" % i]
             files = store_files(home, HF_FOLDER)
-            if end == n_layers:
-                # The last node takes the folder whole (its text side reads every weight file's header).
-                want = set(SHARDS)
-            else:
-                # The shards holding its layers, the first range's the embedding too.
-                want = {f for k, f in self.weight_map.items() if needs(k, start, end)}
-                self.assertLess(len(want), len(SHARDS))
+            # The shards holding its layers, the first range's the embedding too, the last
+            # range's the final norm and the head.
+            want = {f for k, f in self.weight_map.items() if needs(k, start, end)}
+            self.assertLess(len(want), len(SHARDS), (i, start, end))
             self.assertEqual({f for f in files if f.endswith(".safetensors")}, want, (i, files))
             self.assertTrue(SIDE <= files, files)
             self.assertFalse([f for f in files if f.endswith(".partial")], files)
@@ -171,8 +168,8 @@ class ShareLayers(unittest.TestCase):
             self.check_layer_files(homes, ranges)
         self.ring_of_three(self.hf, HF_FOLDER, HF_REPO, check, holder_last=True)
 
-    def test_last_member_fetches_the_folder_whole(self):
-        # n1 (the holder) the first layers, n2 the middle one (its shard only), n3 the last.
+    def test_last_member_fetches_only_its_layers_files(self):
+        # n1 (the holder) the first layers, n2 the middle one (its shard only), n3 the last (its shards only).
         def check(homes, ranges):
             self.assertEqual(ranges["n3"][1], 3, ranges)
             self.check_layer_files(homes, ranges)
