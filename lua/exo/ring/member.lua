@@ -146,8 +146,10 @@ function Ring:open_route(from, rid, msg, opening, refuse)
   -- few seconds, which keeps its open alive however long the download takes.
   -- The last node too: its text side (tokenizer, facts) opens a folder that
   -- lacks other ranges' weight files (safetensors_model.c's open_weights).
+  -- A name that is neither a catalogue id nor a hub repository is no
+  -- download: it goes on to shard_for, which opens it or says why not.
   local layers = { msg.start, msg.stop }
-  if not download.present(model, layers) then
+  if not download.present(model, layers) and models.lookup(model) then
     local keyed = cluster.wire:stats().keyed
     local _, ferr = download.ensure(model, function(st)
       if opening.closed then return end
