@@ -58,6 +58,8 @@ typedef struct engine_job {
     uint64_t id;
     exo_engine_done_fn done; /* when set, called instead of queueing a completion */
     void *done_ctx;
+    exo_engine_pass_end_fn pass_end; /* when set, called once the pass's done callbacks have run */
+    void *pass_end_ctx;
     int status;
     char err[256];
 } engine_job;
@@ -276,6 +278,13 @@ static void *engine_main(void *arg)
             if (j->done) j->done(j->done_ctx, j->status, j->err, compute_ns);
             else queued = 1;
         }
+        for (int i = 0; i < n; i++) { /* each caller's pass_end once, after all of the pass's callbacks */
+            engine_job *j = &group.jobs[i];
+            int first = j->pass_end != NULL;
+            for (int k = 0; first && k < i; k++)
+                first = group.jobs[k].pass_end != j->pass_end || group.jobs[k].pass_end_ctx != j->pass_end_ctx;
+            if (first) j->pass_end(j->pass_end_ctx);
+        }
 
         pthread_mutex_lock(&engine.lock);
         engine.running = 0;
@@ -336,20 +345,23 @@ int exo_engine_fd(void)
     return engine.fd;
 }
 
-static int engine_push(const engine_job *job)
+/* Queues n jobs under one lock, all or none. */
+static int engine_push_many(const engine_job *jobs, int n)
 {
     int rc = engine_ready();
     if (rc) return rc;
     pthread_mutex_lock(&engine.lock);
-    if (engine.pending.count + engine.done.count >= ENGINE_QUEUE_CAP) {
+    if (engine.pending.count + engine.done.count + (size_t)n > ENGINE_QUEUE_CAP) {
         pthread_mutex_unlock(&engine.lock);
         return exo__error_set(EXO_EAGAIN, "engine queue full (%d jobs)", ENGINE_QUEUE_CAP);
     }
-    ring_push(&engine.pending, job);
+    for (int i = 0; i < n; i++) ring_push(&engine.pending, &jobs[i]);
     pthread_cond_signal(&engine.has_work);
     pthread_mutex_unlock(&engine.lock);
     return EXO_OK;
 }
+
+static int engine_push(const engine_job *job) { return engine_push_many(job, 1); }
 
 static int push_forward(const engine_job *job)
 {
@@ -385,6 +397,23 @@ int exo__engine_submit_cb(exo_shard *s, exo_seq *q, const int32_t *tokens, const
     engine_job job = {.kind = JOB_FORWARD, .shard = s, .seq = q, .tokens = tokens, .hidden = hidden,
                       .n_tokens = n_tokens, .all_logits = all_logits, .out = out, .done = done, .done_ctx = done_ctx};
     return push_forward(&job);
+}
+
+int exo__engine_submit_cb_many(const exo_engine_cb_job *jobs, int n, exo_engine_pass_end_fn pass_end,
+                               void *pass_end_ctx)
+{
+    engine_job batch[COALESCE_MAX];
+    if (!jobs || n < 1 || n > COALESCE_MAX)
+        return exo__error_set(EXO_EINVAL, "exo__engine_submit_cb_many: 1 .. %d jobs, not %d", COALESCE_MAX, n);
+    for (int i = 0; i < n; i++) {
+        const exo_engine_cb_job *c = &jobs[i];
+        if (!c->shard || !c->seq || !c->out) return exo__error_set(EXO_EINVAL, "exo_engine_submit: NULL argument");
+        batch[i] = (engine_job){.kind = JOB_FORWARD, .shard = c->shard, .seq = c->seq, .tokens = c->tokens,
+                                .hidden = c->hidden, .n_tokens = c->n_tokens, .all_logits = c->all_logits,
+                                .out = c->out, .done = c->done, .done_ctx = c->done_ctx, .pass_end = pass_end,
+                                .pass_end_ctx = pass_end_ctx};
+    }
+    return engine_push_many(batch, n);
 }
 
 int exo_engine_next_completion(uint64_t *job_id, int *status, char *err, size_t err_cap)

@@ -448,6 +448,9 @@ typedef struct exo_wire_stats {
     uint64_t passes, pass_total_ns, pass_compute_ns;
     uint64_t auth_refused;        /* connections refused at the handshake: no key, another key, a failed proof */
     int32_t keyed;                /* 1 once a cluster key is set */
+    /* TENSOR_BATCH frames (several requests' rows, docs/wire.md) sent and
+     * their parts, and those received. */
+    uint64_t batch_frames_sent, batch_parts_sent, batch_frames_received;
 } exo_wire_stats;
 
 /* The host's loop; the wire uses it when exo_wire_new is given NULL. */

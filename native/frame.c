@@ -37,7 +37,8 @@ static uint32_t max_payload(uint8_t type)
     switch (type) {
     case EXO_WIRE_HELLO: return EXO_WIRE_MAX_HELLO;
     case EXO_WIRE_CONTROL: return EXO_WIRE_MAX_CONTROL;
-    case EXO_WIRE_TENSOR: return EXO_WIRE_MAX_TENSOR;
+    case EXO_WIRE_TENSOR:
+    case EXO_WIRE_TENSOR_BATCH: return EXO_WIRE_MAX_TENSOR;
     case EXO_WIRE_PING:
     case EXO_WIRE_PONG: return 8;
     case EXO_WIRE_ERROR: return EXO_WIRE_MAX_ERROR;
@@ -65,6 +66,9 @@ int exo__wire_decode_header(const uint8_t *buf, size_t len, int sealed, exo_wire
     if (!limit) return exo__error_set(EXO_EFORMAT, "unknown frame type %u", h->type);
     if (h->flags || h->reserved)
         return exo__error_set(EXO_EFORMAT, "frame type %u has nonzero flags or reserved bits", h->type);
+    if (h->type == EXO_WIRE_TENSOR_BATCH && h->request_id) /* its parts name the requests */
+        return exo__error_set(EXO_EFORMAT, "a tensor batch frame names request %llu in its header (0 expected)",
+                             (unsigned long long)h->request_id);
     if (sealed && h->type == EXO_WIRE_AUTH) return exo__error_set(EXO_EFORMAT, "an AUTH after the handshake");
     uint32_t tag = sealed ? EXO_WIRE_SEAL_TAG : 0;
     if (h->payload_len < tag)
@@ -148,6 +152,88 @@ void exo__wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t)
     wr32(buf + 12, t->row_len);
     wr32(buf + 16, t->flags);
     wr32(buf + 20, 0);
+}
+
+int exo__wire_decode_batch(const uint8_t *payload, size_t len, exo_wire_batch *b)
+{
+    if (len < EXO_WIRE_BATCH_HEADER_SIZE)
+        return exo__error_set(EXO_EFORMAT, "tensor batch of %zu bytes is shorter than its %d-byte header", len,
+                             EXO_WIRE_BATCH_HEADER_SIZE);
+    b->dtype = rd32(payload);
+    b->row_len = rd32(payload + 4);
+    b->n_parts = rd32(payload + 8);
+    if (rd32(payload + 12)) return exo__error_set(EXO_EFORMAT, "tensor batch has nonzero reserved bits");
+    if (b->n_parts < 1 || b->n_parts > EXO_WIRE_MAX_PARTS)
+        return exo__error_set(EXO_EFORMAT, "tensor batch of %u parts (1 .. %u)", b->n_parts, EXO_WIRE_MAX_PARTS);
+    if (!exo__wire_tensor_bytes(b->dtype, 1, b->row_len))
+        return exo__error_set(EXO_EFORMAT, "tensor batch with dtype %u rows of %u is not allowed", b->dtype,
+                             b->row_len);
+    size_t at = EXO_WIRE_BATCH_HEADER_SIZE + (size_t)b->n_parts * EXO_WIRE_BATCH_PART_SIZE;
+    if (len < at)
+        return exo__error_set(EXO_EFORMAT, "tensor batch of %zu bytes is shorter than its table of %u parts", len,
+                             b->n_parts);
+    uint32_t rows = 0;
+    for (uint32_t i = 0; i < b->n_parts; i++) {
+        const uint8_t *q = payload + EXO_WIRE_BATCH_HEADER_SIZE + (size_t)i * EXO_WIRE_BATCH_PART_SIZE;
+        exo_wire_part *p = &b->parts[i];
+        p->request_id = rd64(q);
+        p->position = (int32_t)rd32(q + 8);
+        p->n_rows = rd32(q + 12);
+        p->flags = rd32(q + 16);
+        /* 0 is the connection's; ids stay below 2^52, replies below 2^53. */
+        if (p->request_id == 0 || p->request_id >> (EXO_WIRE_REPLY_SHIFT + 1))
+            return exo__error_set(EXO_EFORMAT, "tensor batch part %u names request %llu", i,
+                                 (unsigned long long)p->request_id);
+        for (uint32_t k = 0; k < i; k++)
+            if (b->parts[k].request_id == p->request_id)
+                return exo__error_set(EXO_EFORMAT, "tensor batch carries request %llu twice",
+                                     (unsigned long long)p->request_id);
+        if (p->position < 0)
+            return exo__error_set(EXO_EFORMAT, "tensor batch part %u at negative position %d", i, p->position);
+        if (p->flags & ~EXO_WIRE_TENSOR_ALL_LOGITS || rd32(q + 20))
+            return exo__error_set(EXO_EFORMAT, "tensor batch part %u has unknown flags or reserved bits", i);
+        if (p->n_rows < 1 || p->n_rows > EXO_WIRE_MAX_ROWS - rows)
+            return exo__error_set(EXO_EFORMAT, "tensor batch part %u of %u rows (a frame holds 1 .. %u in all)", i,
+                                 p->n_rows, EXO_WIRE_MAX_ROWS);
+        rows += p->n_rows;
+        size_t bytes = exo__wire_tensor_bytes(b->dtype, p->n_rows, b->row_len);
+        if (bytes > len - at)
+            return exo__error_set(EXO_EFORMAT, "tensor batch part %u needs %zu bytes but %zu remain", i, bytes,
+                                 len - at);
+        p->data = payload + at;
+        at += bytes;
+    }
+    if (at != len)
+        return exo__error_set(EXO_EFORMAT, "tensor batch has %zu bytes after its last part's rows", len - at);
+    return EXO_OK;
+}
+
+size_t exo__wire_batch_bytes(const exo_wire_batch *b)
+{
+    if (b->n_parts < 1 || b->n_parts > EXO_WIRE_MAX_PARTS) return 0;
+    size_t n = EXO_WIRE_BATCH_HEADER_SIZE + (size_t)b->n_parts * EXO_WIRE_BATCH_PART_SIZE;
+    for (uint32_t i = 0; i < b->n_parts; i++) {
+        size_t bytes = exo__wire_tensor_bytes(b->dtype, b->parts[i].n_rows, b->row_len);
+        if (!bytes) return 0;
+        n += bytes;
+    }
+    return n;
+}
+
+void exo__wire_encode_batch(uint8_t *buf, const exo_wire_batch *b)
+{
+    wr32(buf, b->dtype);
+    wr32(buf + 4, b->row_len);
+    wr32(buf + 8, b->n_parts);
+    wr32(buf + 12, 0);
+    for (uint32_t i = 0; i < b->n_parts; i++) {
+        uint8_t *q = buf + EXO_WIRE_BATCH_HEADER_SIZE + (size_t)i * EXO_WIRE_BATCH_PART_SIZE;
+        wr64(q, b->parts[i].request_id);
+        wr32(q + 8, (uint32_t)b->parts[i].position);
+        wr32(q + 12, b->parts[i].n_rows);
+        wr32(q + 16, b->parts[i].flags);
+        wr32(q + 20, 0);
+    }
 }
 
 int exo__wire_decode_chunk(const uint8_t *payload, size_t len, uint64_t *transfer_id, uint64_t *offset,

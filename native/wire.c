@@ -1,14 +1,15 @@
 /* wire.c: the transport between peers, on the host's libuv loop.
  *
  * Connections carry the frames of wire.h. Everything here runs on the loop
- * thread except route_done, which the engine thread calls when a forward pass
- * it ran for a route is finished; it only queues the route and wakes the loop
- * (uv_async_send). Tensor frames never pass through Lua: a frame's rows go to
- * the route's shard on the engine thread, and the result is sent on to the
- * next peer from the loop thread, so a hop costs a read, a forward and a
- * write. What Lua must decide about (a hello, a control frame, a closed
- * connection, logits to sample from) is queued as an event and signalled on
- * an eventfd that luv polls, as the engine does for its own completions.
+ * thread except route_done and pass_end, which the engine thread calls when a
+ * forward pass it ran for routes is finished; they only queue the routes and
+ * wake the loop (uv_async_send) once the whole pass is reported. Tensor
+ * frames never pass through Lua: a frame's rows go to the route's shard on
+ * the engine thread, and the result is sent on to the next peer from the
+ * loop thread, so a hop costs a read, a forward and a write. What Lua must
+ * decide about (a hello, a control frame, a closed connection, logits to
+ * sample from) is queued as an event and signalled on an eventfd that luv
+ * polls, as the engine does for its own completions.
  *
  * A peer is not trusted. A frame is validated (frame.c) before its payload is
  * buffered; a malformed one makes us send an ERROR frame saying why and close
@@ -19,6 +20,13 @@
  * each way, and every frame after them is sealed (seal.c): the first sealed
  * frame, the HELLO, proves the key, so a peer without it is refused before
  * anything but AUTH is read from it. docs/wire.md, "Keyed clusters".
+ *
+ * A pass the engine ran for several routes at once (it merges the jobs queued
+ * for one shard) sends the hidden states going to one peer as one
+ * TENSOR_BATCH frame, and a batch that arrives is submitted as one group, so
+ * the next node runs its parts in one pass too. Only a peer whose hello lists
+ * the feature gets one (hello_with_features, peer_reads_batches); one
+ * request's rows alone keep the TENSOR frame every version reads.
  *
  * Model files travel between peers as CHUNK frames (share_* below): the
  * sender preads its file into frames as the receiver's credit allows, the
@@ -42,6 +50,7 @@
 #include "error.h"
 #include "grow.h"
 #include "exo.h"
+#include "json.h"
 #include <math.h>
 
 #include "announce.h"
@@ -99,6 +108,7 @@ typedef struct wire_conn {
     size_t need;          /* bytes of the frame being received, header included (0: unknown) */
     size_t queued;        /* bytes our queued writes to this peer hold (WIRE_WRITE_COST) */
     int queue_released;   /* closing: its queue no longer counts in queued_total */
+    int reads_batches;    /* its hello listed EXO_WIRE_FEATURE_BATCH */
     char address[64];
     struct wire_conn *next;
 } wire_conn;
@@ -170,6 +180,7 @@ struct exo_wire {
     int n_routes;
     pthread_mutex_t done_lock;
     wire_route *done_head, *done_tail;
+    wire_route *staged_head, *staged_tail; /* a pass's finished routes until its last is reported */
     wire_event *events;
     size_t ev_head, ev_count, ev_cap;
     char *last_data;
@@ -250,6 +261,61 @@ int exo_wire_next_event(exo_wire *w, exo_wire_event *ev)
 }
 
 int exo_wire_fd(const exo_wire *w) { return w ? w->efd : -1; }
+
+/* ---- what frames a peer reads --------------------------------------------- */
+
+/* The hello's field naming the optional frames this transport reads; the
+ * transport adds it itself, since it alone knows what it reads. */
+static const char FEATURES_FIELD[] = "\"wire_features\":[\"" EXO_WIRE_FEATURE_BATCH "\"]";
+
+/* hello (a JSON object from Lua) with FEATURES_FIELD added as its last
+ * member, in *out (malloc'd). Anything else (not an object, a field of that
+ * name already, no room under the hello's limit) is kept as it is: such a
+ * node is only never sent a batch. */
+static int hello_with_features(const char *hello, size_t len, char **out, size_t *out_len)
+{
+    exo_json *j = NULL;
+    size_t extra = sizeof FEATURES_FIELD; /* the field and a comma */
+    int splice = len + extra <= EXO_WIRE_MAX_HELLO && exo__json_parse(hello, len, "hello", &j) == EXO_OK &&
+                 exo__json_kind(j, 0) == EXO_JSON_OBJECT && exo__json_get(j, 0, "wire_features") == EXO_JSON_NONE;
+    int empty = splice && exo__json_count(j, 0) == 0;
+    exo__json_free(j);
+    size_t end = len;
+    while (splice && end > 0 && hello[end - 1] != '}') end--;
+    splice = splice && end > 0;
+    char *copy = malloc(len + (splice ? extra : 0) + 1);
+    if (!copy) return exo__error_set(EXO_ENOMEM, "out of memory for the hello");
+    if (!splice) {
+        memcpy(copy, hello, len);
+        *out_len = len;
+    } else { /* the member goes before the object's closing brace */
+        size_t n = end - 1;
+        memcpy(copy, hello, n);
+        if (!empty) copy[n++] = ',';
+        memcpy(copy + n, FEATURES_FIELD, sizeof FEATURES_FIELD - 1);
+        n += sizeof FEATURES_FIELD - 1;
+        memcpy(copy + n, hello + end - 1, len - end + 1);
+        *out_len = n + len - end + 1;
+    }
+    *out = copy;
+    return EXO_OK;
+}
+
+/* Whether a peer's hello lists the batch frame among its wire_features. */
+static int peer_reads_batches(const uint8_t *hello, size_t len)
+{
+    exo_json *j = NULL;
+    if (exo__json_parse((const char *)hello, len, "hello", &j) != EXO_OK) return 0;
+    int32_t list = exo__json_get(j, 0, "wire_features"), found = 0;
+    if (exo__json_kind(j, list) == EXO_JSON_ARRAY)
+        for (int32_t k = exo__json_first(j, list); k != EXO_JSON_NONE && !found; k = exo__json_next(j, k)) {
+            size_t n = 0;
+            const char *name = exo__json_kind(j, k) == EXO_JSON_STRING ? exo__json_str(j, k, &n) : NULL;
+            found = name && n == strlen(EXO_WIRE_FEATURE_BATCH) && memcmp(name, EXO_WIRE_FEATURE_BATCH, n) == 0;
+        }
+    exo__json_free(j);
+    return found;
+}
 
 /* ---- connections -------------------------------------------------------- */
 
@@ -505,6 +571,7 @@ static const char *early_frame_refusal(const wire_conn *c, uint8_t type)
 
 static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, const uint8_t *payload, size_t len);
 static void deliver_chunk(wire_conn *from, const uint8_t *payload, size_t len);
+static void deliver_batch(exo_wire *w, wire_conn *from, const uint8_t *payload, size_t len);
 
 static void dispatch(wire_conn *c, const exo_wire_header *h, const uint8_t *payload)
 {
@@ -524,12 +591,14 @@ static void dispatch(wire_conn *c, const exo_wire_header *h, const uint8_t *payl
             return;
         }
         c->state = CONN_UP;
+        c->reads_batches = peer_reads_batches(payload, h->payload_len);
         push_event(w, EXO_WIRE_EV_PEER, c->id, 0, 0, payload, h->payload_len, c->address);
         break;
     case EXO_WIRE_CONTROL:
         push_event(w, EXO_WIRE_EV_CONTROL, c->id, h->request_id, 0, payload, h->payload_len, NULL);
         break;
     case EXO_WIRE_TENSOR: deliver_tensor(w, c, h->request_id, payload, h->payload_len); break;
+    case EXO_WIRE_TENSOR_BATCH: deliver_batch(w, c, payload, h->payload_len); break;
     case EXO_WIRE_CHUNK: deliver_chunk(c, payload, h->payload_len); break;
     case EXO_WIRE_PING:
         if (c->queued <= WIRE_PONG_MAX_QUEUED) send_simple(c, EXO_WIRE_PONG, h->request_id, payload, 8);
@@ -1306,7 +1375,7 @@ static void route_fail(exo_wire *w, wire_route *r, uint64_t request_id, const ch
     push_text_event(w, EXO_WIRE_EV_FAILED, 0, request_id, msg);
 }
 
-/* Engine thread: hand the finished route back to the loop. */
+/* Engine thread: a finished route waits, staged, for the rest of its pass. */
 static void route_done(void *ctx, int status, const char *err, uint64_t compute_ns)
 {
     wire_route *r = ctx;
@@ -1316,11 +1385,105 @@ static void route_done(void *ctx, int status, const char *err, uint64_t compute_
     snprintf(r->err, sizeof r->err, "%s", status ? err : "");
     pthread_mutex_lock(&w->done_lock);
     r->done_next = NULL;
-    if (w->done_tail) w->done_tail->done_next = r;
-    else w->done_head = r;
-    w->done_tail = r;
+    if (w->staged_tail) w->staged_tail->done_next = r;
+    else w->staged_head = r;
+    w->staged_tail = r;
+    pthread_mutex_unlock(&w->done_lock);
+}
+
+/* Engine thread: the pass has reported all its routes; hand them to the loop
+ * together, so it sees the whole pass in one drain (and batches it). */
+static void pass_end(void *ctx)
+{
+    exo_wire *w = ctx;
+    pthread_mutex_lock(&w->done_lock);
+    if (w->staged_head) {
+        if (w->done_tail) w->done_tail->done_next = w->staged_head;
+        else w->done_head = w->staged_head;
+        w->done_tail = w->staged_tail;
+        w->staged_head = w->staged_tail = NULL;
+    }
     pthread_mutex_unlock(&w->done_lock);
     uv_async_send(&w->async);
+}
+
+/* A route's hidden states on to its next node as a TENSOR frame of its own. */
+static void send_hidden(exo_wire *w, wire_route *r)
+{
+    exo_wire_tensor t = {.position = r->position, .dtype = r->wire_dtype, .n_rows = (uint32_t)r->n_rows,
+                         .row_len = (uint32_t)r->info.n_embd, .flags = r->all_logits ? EXO_WIRE_TENSOR_ALL_LOGITS : 0};
+    if (send_tensor(w, r->next_conn, r->id, &t, r->out))
+        route_fail(w, r, r->id, "cannot pass hidden states on: %s", exo_last_error());
+}
+
+/* The routes' hidden states (n >= 2, one next connection, dtype and width)
+ * in one TENSOR_BATCH frame of payload_len bytes. */
+static void send_batch(exo_wire *w, wire_route **rs, int n, size_t payload_len)
+{
+    wire_conn *c = up_conn(w, rs[0]->next_conn);
+    wire_write *ww = c ? frame_alloc(EXO_WIRE_TENSOR_BATCH, 0, payload_len) : NULL;
+    if (!ww) {
+        if (c) exo__error_set(EXO_ENOMEM, "out of memory for a tensor batch of %zu bytes", payload_len);
+        for (int i = 0; i < n; i++) route_fail(w, rs[i], rs[i]->id, "cannot pass hidden states on: %s", exo_last_error());
+        return;
+    }
+    exo_wire_batch b = {.dtype = rs[0]->wire_dtype, .row_len = (uint32_t)rs[0]->info.n_embd, .n_parts = (uint32_t)n};
+    for (int i = 0; i < n; i++)
+        b.parts[i] = (exo_wire_part){.request_id = rs[i]->id, .position = rs[i]->position,
+                                     .n_rows = (uint32_t)rs[i]->n_rows,
+                                     .flags = rs[i]->all_logits ? EXO_WIRE_TENSOR_ALL_LOGITS : 0};
+    uint8_t *payload = ww->data + EXO_WIRE_HEADER_SIZE;
+    exo__wire_encode_batch(payload, &b);
+    uint8_t *rows = payload + EXO_WIRE_BATCH_HEADER_SIZE + (size_t)n * EXO_WIRE_BATCH_PART_SIZE;
+    for (int i = 0; i < n; i++) {
+        exo__wire_pack_rows(b.dtype, rs[i]->out, rs[i]->n_rows, (int)b.row_len, rows);
+        rows += exo__wire_tensor_bytes(b.dtype, b.parts[i].n_rows, b.row_len);
+    }
+    w->stats.tensor_bytes_sent += payload_len;
+    w->stats.batch_frames_sent++;
+    w->stats.batch_parts_sent += (uint64_t)n;
+    if (frame_send(c, ww))
+        for (int i = 0; i < n; i++) route_fail(w, rs[i], rs[i]->id, "cannot pass hidden states on: %s", exo_last_error());
+}
+
+/* Hidden states that go to a peer able to read a batch: rs[0..n) are sent
+ * grouped by next connection (and dtype and width), each group in frames of
+ * at most EXO_WIRE_MAX_PARTS parts within the tensor limits; a group of one
+ * keeps the TENSOR frame. */
+static void send_grouped(exo_wire *w, wire_route **rs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (!rs[i]) continue;
+        wire_route *group[EXO_WIRE_MAX_PARTS], *lead = rs[i];
+        uint32_t dtype = lead->wire_dtype, row_len = (uint32_t)lead->info.n_embd;
+        size_t bytes = EXO_WIRE_BATCH_HEADER_SIZE;
+        uint32_t rows = 0;
+        int k = 0;
+        for (int j = i; j < n && k < (int)EXO_WIRE_MAX_PARTS; j++) {
+            wire_route *r = rs[j];
+            if (!r || r->next_conn != lead->next_conn || r->wire_dtype != dtype || (uint32_t)r->info.n_embd != row_len)
+                continue;
+            size_t part = EXO_WIRE_BATCH_PART_SIZE + exo__wire_tensor_bytes(dtype, (uint32_t)r->n_rows, row_len);
+            if (r != lead && (bytes + part > EXO_WIRE_MAX_TENSOR || rows + (uint32_t)r->n_rows > EXO_WIRE_MAX_ROWS))
+                continue; /* a later frame takes it (the lead always goes: it came in one frame) */
+            group[k++] = r;
+            rs[j] = NULL;
+            bytes += part;
+            rows += (uint32_t)r->n_rows;
+        }
+        if (k == 0) continue; /* not reached: the lead is always taken */
+        if (k == 1) send_hidden(w, group[0]);
+        else send_batch(w, group, k, bytes);
+    }
+}
+
+/* Whether a finished route's hidden states may travel in a batch: they go
+ * to a peer whose hello said it reads one. */
+static int goes_in_batch(exo_wire *w, const wire_route *r)
+{
+    if (r->info.is_last || r->next_conn == 0) return 0;
+    wire_conn *c = find_conn(w, r->next_conn);
+    return c && c->state == CONN_UP && c->reads_batches;
 }
 
 /* Loop thread: results of finished passes go on to the next peer, or to Lua. */
@@ -1331,6 +1494,8 @@ static void on_routes_done(uv_async_t *a)
     wire_route *r = w->done_head;
     w->done_head = w->done_tail = NULL;
     pthread_mutex_unlock(&w->done_lock);
+    wire_route *batch[WIRE_MAX_ROUTES]; /* a route has one pass in flight: at most every route is here */
+    int n_batch = 0;
     while (r) {
         wire_route *next = r->done_next;
         r->busy = 0;
@@ -1350,12 +1515,10 @@ static void on_routes_done(uv_async_t *a)
                                      .row_len = (uint32_t)r->info.n_vocab};
                 if (send_tensor(w, r->next_conn, r->id + EXO_WIRE_REPLY_OFFSET, &t, r->out))
                     route_fail(w, r, r->id, "cannot send the logits back: %s", exo_last_error());
+            } else if (goes_in_batch(w, r) && n_batch < WIRE_MAX_ROUTES) {
+                batch[n_batch++] = r;
             } else {
-                exo_wire_tensor t = {.position = r->position, .dtype = r->wire_dtype,
-                                     .n_rows = (uint32_t)r->n_rows, .row_len = (uint32_t)r->info.n_embd,
-                                     .flags = r->all_logits ? EXO_WIRE_TENSOR_ALL_LOGITS : 0};
-                if (send_tensor(w, r->next_conn, r->id, &t, r->out))
-                    route_fail(w, r, r->id, "cannot pass hidden states on: %s", exo_last_error());
+                send_hidden(w, r);
             }
             w->stats.passes++;
             w->stats.pass_total_ns += uv_hrtime() - r->arrived_ns;
@@ -1363,6 +1526,112 @@ static void on_routes_done(uv_async_t *a)
         }
         r = next;
     }
+    send_grouped(w, batch, n_batch);
+}
+
+/* Rows for request_id from a peer (from NULL: from this node), checked
+ * against its route and copied into the route's buffers: the route, ready
+ * for its pass, or NULL when the rows went elsewhere (dropped, a collector's
+ * logits handed to Lua) or fail the request. */
+static wire_route *route_take(exo_wire *w, wire_conn *from, uint64_t request_id, const exo_wire_tensor *tp,
+                              const uint8_t *data)
+{
+    const exo_wire_tensor t = *tp;
+    wire_route *r = find_route(w, request_id);
+    if (!r) {
+        w->stats.tensors_dropped++;
+        return NULL;
+    }
+    /* Rows come from the node before this one in the ring (or, for the
+     * first, the asker and the last node): anyone else is ignored. */
+    if (r->n_allowed) {
+        int from_id = from ? from->id : 0, ok = 0;
+        for (int i = 0; i < r->n_allowed; i++) ok |= r->allowed[i] == from_id;
+        if (!ok) {
+            w->stats.tensors_dropped++;
+            return NULL;
+        }
+    }
+    char detail[160];
+    if (r->busy) {
+        route_fail(w, r, request_id, "%s", "rows arrived while the previous pass was still running");
+        return NULL;
+    }
+    if (r->collector) {
+        if (t.dtype == EXO_WIRE_DTYPE_I32 || t.row_len != (uint32_t)r->info.n_vocab) {
+            snprintf(detail, sizeof detail, "dtype %u rows of %u where logits of %d were expected", t.dtype,
+                     t.row_len, r->info.n_vocab);
+            route_fail(w, r, request_id, "logits do not fit: %s", detail);
+            return NULL;
+        }
+        if (exo_grow(&r->out, &r->out_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
+            route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
+            return NULL;
+        }
+        exo__wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->out);
+        r->position = t.position;
+        r->n_rows = (int)t.n_rows;
+        r->all_logits = 1;
+        push_event(w, EXO_WIRE_EV_OUTPUT, 0, r->id, r->n_rows, NULL, 0, NULL);
+        return NULL;
+    }
+    if (r->info.is_first ? t.dtype != EXO_WIRE_DTYPE_I32
+                         : (t.dtype == EXO_WIRE_DTYPE_I32 || t.row_len != (uint32_t)r->info.n_embd)) {
+        snprintf(detail, sizeof detail, "dtype %u rows of %u for a shard that takes %s", t.dtype, t.row_len,
+                 r->info.is_first ? "token ids" : "hidden states");
+        route_fail(w, r, request_id, "rows do not fit the shard: %s", detail);
+        return NULL;
+    }
+    int pos = exo_seq_pos(r->seq);
+    /* Rows at an earlier position roll the sequence back first: that is how
+     * a speculative step's rejected drafts leave every shard's cache. */
+    if (t.position < pos && exo_seq_truncate(r->seq, t.position) == EXO_OK) pos = t.position;
+    if (t.position != pos || (int64_t)t.n_rows > exo_seq_n_ctx(r->seq) - pos) {
+        snprintf(detail, sizeof detail, "%u rows at position %d, the sequence is at %d of %d", t.n_rows, t.position,
+                 pos, exo_seq_n_ctx(r->seq));
+        route_fail(w, r, request_id, "rows out of place: %s", detail);
+        return NULL;
+    }
+    int all_logits = (t.flags & EXO_WIRE_TENSOR_ALL_LOGITS) != 0;
+    size_t out_rows = r->info.is_last ? (all_logits ? t.n_rows : 1) : t.n_rows;
+    size_t out_width = r->info.is_last ? (size_t)r->info.n_vocab : (size_t)r->info.n_embd;
+    int oom = exo_grow(&r->out, &r->out_cap, out_rows * out_width, sizeof(float));
+    if (!oom && r->info.is_first) {
+        oom = exo_grow(&r->tokens, &r->tokens_cap, t.n_rows, sizeof(int32_t));
+        if (!oom) memcpy(r->tokens, data, (size_t)t.n_rows * 4);
+    } else if (!oom) {
+        oom = exo_grow(&r->hidden, &r->hidden_cap, (size_t)t.n_rows * t.row_len, sizeof(float));
+        if (!oom) exo__wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->hidden);
+    }
+    if (oom) {
+        route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
+        return NULL;
+    }
+    r->arrived_ns = uv_hrtime();
+    r->position = t.position;
+    r->n_rows = (int)t.n_rows;
+    r->all_logits = all_logits;
+    return r;
+}
+
+/* Starts the passes of n routes route_take made ready, queued side by side
+ * so the engine runs those of one shard as one pass. */
+static void routes_submit(exo_wire *w, wire_route **rs, int n)
+{
+    exo_engine_cb_job jobs[EXO_WIRE_MAX_PARTS];
+    if (n < 1) return;
+    for (int i = 0; i < n; i++) {
+        wire_route *r = rs[i];
+        jobs[i] = (exo_engine_cb_job){.shard = r->shard, .seq = r->seq, .tokens = r->info.is_first ? r->tokens : NULL,
+                                      .hidden = r->info.is_first ? NULL : r->hidden, .n_tokens = r->n_rows,
+                                      .all_logits = r->all_logits, .out = r->out, .done = route_done, .done_ctx = r};
+    }
+    if (exo__engine_submit_cb_many(jobs, n, pass_end, w)) {
+        for (int i = 0; i < n; i++) route_fail(w, rs[i], rs[i]->id, "cannot start the forward pass: %s", exo_last_error());
+        return;
+    }
+    for (int i = 0; i < n; i++) rs[i]->busy = 1;
+    w->stats.in_flight += n;
 }
 
 /* Rows for request_id from a peer (from NULL: from this node). Structural
@@ -1376,93 +1645,32 @@ static void deliver_tensor(exo_wire *w, wire_conn *from, uint64_t request_id, co
         if (from) conn_reject(from, exo_last_error());
         return;
     }
-    wire_route *r = find_route(w, request_id);
-    if (!r) {
-        w->stats.tensors_dropped++;
+    wire_route *r = route_take(w, from, request_id, &t, data);
+    if (r) routes_submit(w, &r, 1);
+}
+
+/* A TENSOR_BATCH: a malformed one closes the connection as a TENSOR does;
+ * each part then meets its route as a frame of its own would (dropped, or
+ * failing its request only), and the parts that fit go to the engine
+ * together. */
+static void deliver_batch(exo_wire *w, wire_conn *from, const uint8_t *payload, size_t len)
+{
+    exo_wire_batch b;
+    if (exo__wire_decode_batch(payload, len, &b)) {
+        conn_reject(from, exo_last_error());
         return;
     }
-    /* Rows come from the node before this one in the ring (or, for the
-     * first, the asker and the last node): anyone else is ignored. */
-    if (r->n_allowed) {
-        int from_id = from ? from->id : 0, ok = 0;
-        for (int i = 0; i < r->n_allowed; i++) ok |= r->allowed[i] == from_id;
-        if (!ok) {
-            w->stats.tensors_dropped++;
-            return;
-        }
+    w->stats.batch_frames_received++;
+    wire_route *ready[EXO_WIRE_MAX_PARTS];
+    int n = 0;
+    for (uint32_t i = 0; i < b.n_parts; i++) {
+        const exo_wire_part *p = &b.parts[i];
+        exo_wire_tensor t = {.position = p->position, .dtype = b.dtype, .n_rows = p->n_rows, .row_len = b.row_len,
+                             .flags = p->flags};
+        wire_route *r = route_take(w, from, p->request_id, &t, p->data);
+        if (r) ready[n++] = r;
     }
-    char detail[160];
-    if (r->busy) {
-        route_fail(w, r, request_id, "%s", "rows arrived while the previous pass was still running");
-        return;
-    }
-    if (r->collector) {
-        if (t.dtype == EXO_WIRE_DTYPE_I32 || t.row_len != (uint32_t)r->info.n_vocab) {
-            snprintf(detail, sizeof detail, "dtype %u rows of %u where logits of %d were expected", t.dtype,
-                     t.row_len, r->info.n_vocab);
-            route_fail(w, r, request_id, "logits do not fit: %s", detail);
-            return;
-        }
-        if (exo_grow(&r->out, &r->out_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
-            route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
-            return;
-        }
-        exo__wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->out);
-        r->position = t.position;
-        r->n_rows = (int)t.n_rows;
-        r->all_logits = 1;
-        push_event(w, EXO_WIRE_EV_OUTPUT, 0, r->id, r->n_rows, NULL, 0, NULL);
-        return;
-    }
-    if (r->info.is_first ? t.dtype != EXO_WIRE_DTYPE_I32
-                         : (t.dtype == EXO_WIRE_DTYPE_I32 || t.row_len != (uint32_t)r->info.n_embd)) {
-        snprintf(detail, sizeof detail, "dtype %u rows of %u for a shard that takes %s", t.dtype, t.row_len,
-                 r->info.is_first ? "token ids" : "hidden states");
-        route_fail(w, r, request_id, "rows do not fit the shard: %s", detail);
-        return;
-    }
-    int pos = exo_seq_pos(r->seq);
-    /* Rows at an earlier position roll the sequence back first: that is how
-     * a speculative step's rejected drafts leave every shard's cache. */
-    if (t.position < pos && exo_seq_truncate(r->seq, t.position) == EXO_OK) pos = t.position;
-    if (t.position != pos || (int64_t)t.n_rows > exo_seq_n_ctx(r->seq) - pos) {
-        snprintf(detail, sizeof detail, "%u rows at position %d, the sequence is at %d of %d", t.n_rows, t.position,
-                 pos, exo_seq_n_ctx(r->seq));
-        route_fail(w, r, request_id, "rows out of place: %s", detail);
-        return;
-    }
-    int all_logits = (t.flags & EXO_WIRE_TENSOR_ALL_LOGITS) != 0;
-    size_t out_rows = r->info.is_last ? (all_logits ? t.n_rows : 1) : t.n_rows;
-    size_t out_width = r->info.is_last ? (size_t)r->info.n_vocab : (size_t)r->info.n_embd;
-    if (exo_grow(&r->out, &r->out_cap, out_rows * out_width, sizeof(float))) {
-        route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
-        return;
-    }
-    if (r->info.is_first) {
-        if (exo_grow(&r->tokens, &r->tokens_cap, t.n_rows, sizeof(int32_t))) {
-            route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
-            return;
-        }
-        memcpy(r->tokens, data, (size_t)t.n_rows * 4);
-    } else {
-        if (exo_grow(&r->hidden, &r->hidden_cap, (size_t)t.n_rows * t.row_len, sizeof(float))) {
-            route_fail(w, r, request_id, "%s", "out of memory for the route's rows");
-            return;
-        }
-        exo__wire_unpack_rows(t.dtype, data, (int)t.n_rows, (int)t.row_len, r->hidden);
-    }
-    r->arrived_ns = uv_hrtime();
-    r->position = t.position;
-    r->n_rows = (int)t.n_rows;
-    r->all_logits = all_logits;
-    int rc = exo__engine_submit_cb(r->shard, r->seq, r->info.is_first ? r->tokens : NULL,
-                                  r->info.is_first ? NULL : r->hidden, r->n_rows, all_logits, r->out, route_done, r);
-    if (rc) {
-        route_fail(w, r, request_id, "cannot start the forward pass: %s", exo_last_error());
-        return;
-    }
-    r->busy = 1;
-    w->stats.in_flight++;
+    routes_submit(w, ready, n);
 }
 
 int exo_wire_route_open(exo_wire *w, uint64_t request_id, exo_shard *s, exo_seq *q, int next_conn, int wire_dtype)
@@ -1585,16 +1793,12 @@ int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **
         return exo__error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
     exo_wire *w = calloc(1, sizeof *w);
     if (!w) return exo__error_set(EXO_ENOMEM, "out of memory for the wire");
-    w->hello = malloc(hello_len ? hello_len : 1);
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!w->hello || w->efd < 0) {
-        free(w->hello);
+    if (w->efd < 0 || hello_with_features(hello ? hello : "", hello_len, &w->hello, &w->hello_len) != EXO_OK) {
         if (w->efd >= 0) close(w->efd);
         free(w);
         return exo__error_set(EXO_EIO, "cannot set up the wire (memory or eventfd)");
     }
-    memcpy(w->hello, hello, hello_len);
-    w->hello_len = hello_len;
     w->loop = loop;
     w->next_conn_id = 1;
     pthread_mutex_init(&w->done_lock, NULL);
@@ -1640,12 +1844,13 @@ int exo_wire_set_hello(exo_wire *w, const char *hello, size_t hello_len)
     if (!w || (!hello && hello_len)) return exo__error_set(EXO_EINVAL, "exo_wire_set_hello: NULL argument");
     if (hello_len > EXO_WIRE_MAX_HELLO)
         return exo__error_set(EXO_ENOMEM, "hello of %zu bytes is over the %u-byte limit", hello_len, EXO_WIRE_MAX_HELLO);
-    char *copy = malloc(hello_len ? hello_len : 1);
-    if (!copy) return exo__error_set(EXO_ENOMEM, "out of memory for the hello");
-    memcpy(copy, hello, hello_len);
+    char *copy = NULL;
+    size_t len = 0;
+    int rc = hello_with_features(hello ? hello : "", hello_len, &copy, &len);
+    if (rc) return rc;
     free(w->hello);
     w->hello = copy;
-    w->hello_len = hello_len;
+    w->hello_len = len;
     return EXO_OK;
 }
 

@@ -33,6 +33,15 @@
  * most EXO_WIRE_MAX_CHUNK bytes (docs/wire.md, "Sharing model files"). */
 #define EXO_WIRE_CHUNK_HEADER_SIZE 16
 #define EXO_WIRE_MAX_CHUNK (256u << 10)
+/* A TENSOR_BATCH carries the rows of up to EXO_WIRE_MAX_PARTS requests: a
+ * 16-byte header (dtype, row_len, n_parts), a 24-byte entry a part (request
+ * id, position, n_rows, flags), then each part's rows in the table's order.
+ * Sent only to a peer whose hello lists EXO_WIRE_FEATURE_BATCH in
+ * `wire_features` (docs/wire.md, "Versioning rule"). */
+#define EXO_WIRE_BATCH_HEADER_SIZE 16
+#define EXO_WIRE_BATCH_PART_SIZE 24
+#define EXO_WIRE_MAX_PARTS 64u
+#define EXO_WIRE_FEATURE_BATCH "tensor_batch"
 
 /* Where replies to a request go (exo_defs.h says why). */
 #define EXO_WIRE_REPLY_OFFSET (1ULL << EXO_WIRE_REPLY_SHIFT)
@@ -48,7 +57,8 @@ enum exo_wire_frame_type {
     EXO_WIRE_PONG = 5,
     EXO_WIRE_ERROR = 6,   /* UTF-8 text: why the sender is closing the connection */
     EXO_WIRE_AUTH = 7,    /* a keyed cluster's handshake: the first frame each way, never sealed */
-    EXO_WIRE_CHUNK = 8    /* bytes of a model file a peer asked for: transfer id, offset, bytes */
+    EXO_WIRE_CHUNK = 8,   /* bytes of a model file a peer asked for: transfer id, offset, bytes */
+    EXO_WIRE_TENSOR_BATCH = 9 /* rows of several requests for one shard's pass; request_id 0 */
 };
 
 /* Tensor flags: enum exo_wire_tensor_flag, in exo_defs.h. */
@@ -75,6 +85,22 @@ typedef struct exo_wire_tensor {
 } exo_wire_tensor;
 _Static_assert(sizeof(exo_wire_tensor) == EXO_WIRE_TENSOR_HEADER_SIZE, "wire tensor header size");
 
+/* One request's rows in a TENSOR_BATCH; data points at its first row once
+ * decoded. */
+typedef struct exo_wire_part {
+    uint64_t request_id;  /* 1 .. 2^53 - 1 (replies too), each at most once a frame */
+    int32_t position;
+    uint32_t n_rows;
+    uint32_t flags;       /* EXO_WIRE_TENSOR_* */
+    const uint8_t *data;
+} exo_wire_part;
+
+typedef struct exo_wire_batch {
+    uint32_t dtype, row_len; /* one for every part, as a TENSOR's */
+    uint32_t n_parts;        /* 1 .. EXO_WIRE_MAX_PARTS */
+    exo_wire_part parts[EXO_WIRE_MAX_PARTS];
+} exo_wire_batch;
+
 /* Decodes a header from the first len bytes of buf. Returns 0 when fewer than
  * EXO_WIRE_HEADER_SIZE bytes are there, EXO_WIRE_HEADER_SIZE when h is filled
  * and valid, or a code with a message: EXO_EFORMAT (bad magic, unknown type,
@@ -97,6 +123,17 @@ void exo__wire_encode_tensor(uint8_t *buf, const exo_wire_tensor *t);
 /* Bytes of n_rows rows of row_len elements of a wire dtype, or 0 when the
  * dtype or shape is not allowed. */
 size_t exo__wire_tensor_bytes(uint32_t dtype, uint32_t n_rows, uint32_t row_len);
+
+/* Decodes and checks a TENSOR_BATCH payload: every field of the header and
+ * of each part (a request id at most once, rows 1 .. 65536 in all, the
+ * dtype and shape rules of a TENSOR), and the rows end exactly where the
+ * payload does. One bad part refuses the whole frame. */
+int exo__wire_decode_batch(const uint8_t *payload, size_t len, exo_wire_batch *b);
+/* Bytes of a batch payload whose parts are b's (0 when a shape is not
+ * allowed); exo__wire_encode_batch writes its header and table, the caller
+ * the rows after them. */
+size_t exo__wire_batch_bytes(const exo_wire_batch *b);
+void exo__wire_encode_batch(uint8_t *buf, const exo_wire_batch *b);
 
 /* Decodes a CHUNK payload: at least one byte after its 16-byte header (the
  * header decoder has bounded the length). On success *data points at the

@@ -12,14 +12,20 @@
  * and refuse an open node and another key's node, each side saying why.
  * Model files (CHUNK frames): the chunk decoder's bounds; a transfer never
  * runs past its credit, lands verified, resumes from a partial, and a wrong
- * hash or bytes out of place end it with the file rejected. */
+ * hash or bytes out of place end it with the file rejected. Batches
+ * (TENSOR_BATCH): the decoder refuses every malformed field; a pass the
+ * engine ran for four routes crosses to the next transport as one frame whose
+ * parts run there as one pass, each answer equal to its solo run, while a
+ * peer whose hello does not list the feature gets one TENSOR frame a request. */
 #define _GNU_SOURCE /* memmem */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "../native/engine.h"
 #include "../native/error.h"
 #include "../native/exo.h"
 #include "../native/seal.h"
@@ -111,6 +117,92 @@ static void test_chunk_payload(void)
     exo__wire_encode_header(hb, EXO_WIRE_CHUNK, 0, EXO_WIRE_CHUNK_HEADER_SIZE + EXO_WIRE_MAX_CHUNK);
     CHECK(exo__wire_decode_header(hb, sizeof hb, 0, &h) == EXO_WIRE_HEADER_SIZE);
     exo__wire_encode_header(hb, EXO_WIRE_CHUNK, 0, EXO_WIRE_CHUNK_HEADER_SIZE + EXO_WIRE_MAX_CHUNK + 1);
+    CHECK(exo__wire_decode_header(hb, sizeof hb, 0, &h) == EXO_ENOMEM);
+}
+
+/* A batch of two F32 parts (2 rows and 1 of 32), rows filled in. */
+static size_t make_batch(uint8_t *buf, exo_wire_batch *b)
+{
+    *b = (exo_wire_batch){.dtype = EXO_DTYPE_F32, .row_len = 32, .n_parts = 2};
+    b->parts[0] = (exo_wire_part){.request_id = 7, .position = 3, .n_rows = 2};
+    b->parts[1] = (exo_wire_part){.request_id = 9, .position = 0, .n_rows = 1, .flags = EXO_WIRE_TENSOR_ALL_LOGITS};
+    size_t n = exo__wire_batch_bytes(b);
+    exo__wire_encode_batch(buf, b);
+    size_t table = EXO_WIRE_BATCH_HEADER_SIZE + 2 * EXO_WIRE_BATCH_PART_SIZE;
+    for (size_t i = table; i < n; i++) buf[i] = (uint8_t)i;
+    return n;
+}
+
+/* Sets the u32 at off of a good batch, and whether it still decodes. */
+static int batch_with(size_t off, uint32_t v, size_t len_delta)
+{
+    static uint8_t buf[512];
+    exo_wire_batch b;
+    size_t n = make_batch(buf, &b);
+    for (int i = 0; i < 4; i++) buf[off + i] = (uint8_t)(v >> 8 * i);
+    return exo__wire_decode_batch(buf, n + len_delta, &b);
+}
+
+static void test_batch_payload(void)
+{
+    uint8_t buf[512];
+    exo_wire_batch b, d;
+    size_t n = make_batch(buf, &b);
+    size_t table = EXO_WIRE_BATCH_HEADER_SIZE + 2 * EXO_WIRE_BATCH_PART_SIZE;
+    CHECK(n == table + 3 * 32 * 4);
+    CHECK(exo__wire_decode_batch(buf, n, &d) == 0);
+    CHECK(d.dtype == EXO_DTYPE_F32 && d.row_len == 32 && d.n_parts == 2);
+    CHECK(d.parts[0].request_id == 7 && d.parts[0].position == 3 && d.parts[0].n_rows == 2 && d.parts[0].flags == 0);
+    CHECK(d.parts[1].request_id == 9 && d.parts[1].n_rows == 1 && d.parts[1].flags == EXO_WIRE_TENSOR_ALL_LOGITS);
+    CHECK(d.parts[0].data == buf + table && d.parts[1].data == buf + table + 2 * 32 * 4);
+
+    /* Every field, one at a time (offsets: header 0..16, part 0 at 16, part 1 at 40). */
+    size_t p0 = EXO_WIRE_BATCH_HEADER_SIZE, p1 = p0 + EXO_WIRE_BATCH_PART_SIZE;
+    CHECK(batch_with(0, 7, 0) == EXO_EFORMAT);                     /* not a wire dtype */
+    CHECK(batch_with(0, EXO_DTYPE_Q8_0, 0) == EXO_EFORMAT);        /* rows no longer match the bytes */
+    CHECK(batch_with(4, 33, 0) == EXO_EFORMAT);                    /* row_len */
+    CHECK(batch_with(4, 0, 0) == EXO_EFORMAT);
+    CHECK(batch_with(8, 0, 0) == EXO_EFORMAT);                     /* no parts */
+    CHECK(batch_with(8, EXO_WIRE_MAX_PARTS + 1, 0) == EXO_EFORMAT); /* too many parts */
+    CHECK(batch_with(8, 3, 0) == EXO_EFORMAT);                     /* a part more than the table holds */
+    CHECK(batch_with(12, 1, 0) == EXO_EFORMAT);                    /* reserved */
+    CHECK(batch_with(p0, 0, 0) == EXO_EFORMAT);                    /* request 0 is the connection's */
+    CHECK(batch_with(p0 + 4, 1u << 21, 0) == EXO_EFORMAT);         /* request 2^53 */
+    CHECK(batch_with(p1, 7, 0) == EXO_EFORMAT);                    /* request 7 twice */
+    CHECK(strstr(exo_last_error(), "twice") != NULL);
+    CHECK(batch_with(p0 + 8, 0xffffffffu, 0) == EXO_EFORMAT);      /* negative position */
+    CHECK(batch_with(p0 + 12, 0, 0) == EXO_EFORMAT);               /* no rows */
+    CHECK(batch_with(p0 + 12, 3, 0) == EXO_EFORMAT);               /* more rows than bytes */
+    CHECK(batch_with(p0 + 12, 1, 0) == EXO_EFORMAT);               /* fewer: bytes left over */
+    CHECK(batch_with(p1 + 16, 2, 0) == EXO_EFORMAT);               /* unknown flag */
+    CHECK(batch_with(p1 + 20, 1, 0) == EXO_EFORMAT);               /* part reserved */
+    CHECK(batch_with(p0, 7, (size_t)-1) == EXO_EFORMAT);           /* one byte short */
+    CHECK(batch_with(p0, 7, 1) == EXO_EFORMAT);                    /* one byte over */
+    CHECK(batch_with(p0, 7, 0) == 0);                              /* the helper's own frame is good */
+    CHECK(exo__wire_decode_batch(buf, 15, &d) == EXO_EFORMAT);     /* shorter than its header */
+    CHECK(exo__wire_decode_batch(buf, table - 1, &d) == EXO_EFORMAT); /* table cut short */
+
+    /* Rows in all: two parts of token ids, 65536 and 1 rows. */
+    size_t big = EXO_WIRE_BATCH_HEADER_SIZE + 2 * EXO_WIRE_BATCH_PART_SIZE + (size_t)(EXO_WIRE_MAX_ROWS + 1) * 4;
+    uint8_t *many = calloc(1, big);
+    exo_wire_batch m = {.dtype = EXO_WIRE_DTYPE_I32, .row_len = 1, .n_parts = 2};
+    m.parts[0] = (exo_wire_part){.request_id = 1, .n_rows = EXO_WIRE_MAX_ROWS};
+    m.parts[1] = (exo_wire_part){.request_id = 2, .n_rows = 1};
+    exo__wire_encode_batch(many, &m);
+    CHECK(exo__wire_decode_batch(many, big, &d) == EXO_EFORMAT);
+    m.parts[0].n_rows = EXO_WIRE_MAX_ROWS - 1; /* 65536 in all: allowed */
+    exo__wire_encode_batch(many, &m);
+    CHECK(exo__wire_decode_batch(many, big - 4, &d) == 0);
+    free(many);
+
+    /* The header: request id 0, the TENSOR's limit. */
+    uint8_t hb[EXO_WIRE_HEADER_SIZE];
+    exo_wire_header h;
+    exo__wire_encode_header(hb, EXO_WIRE_TENSOR_BATCH, 0, (uint32_t)n);
+    CHECK(exo__wire_decode_header(hb, sizeof hb, 0, &h) == EXO_WIRE_HEADER_SIZE && h.type == EXO_WIRE_TENSOR_BATCH);
+    exo__wire_encode_header(hb, EXO_WIRE_TENSOR_BATCH, 5, (uint32_t)n);
+    CHECK(exo__wire_decode_header(hb, sizeof hb, 0, &h) == EXO_EFORMAT);
+    exo__wire_encode_header(hb, EXO_WIRE_TENSOR_BATCH, 0, EXO_WIRE_MAX_TENSOR + 1);
     CHECK(exo__wire_decode_header(hb, sizeof hb, 0, &h) == EXO_ENOMEM);
 }
 
@@ -243,8 +335,11 @@ static void test_transport(const char *tiny)
     CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 1));
     CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PEER, 1));
     const exo_wire_event *pa = last_of(&sa, EXO_WIRE_EV_PEER), *pb = last_of(&sb, EXO_WIRE_EV_PEER);
-    CHECK(pa && strcmp(pa->data, hello_b) == 0 && pa->conn == conn_ab);
-    CHECK(pb && strcmp(pb->data, hello_a) == 0 && strncmp(pb->address, "127.0.0.1:", 10) == 0);
+    /* Each transport adds the frames it reads to the hello it was given. */
+    CHECK(pa && strcmp(pa->data, "{\"node_id\":\"b\",\"wire_features\":[\"tensor_batch\"]}") == 0 &&
+          pa->conn == conn_ab);
+    CHECK(pb && strcmp(pb->data, "{\"node_id\":\"a\",\"wire_features\":[\"tensor_batch\"]}") == 0 &&
+          strncmp(pb->address, "127.0.0.1:", 10) == 0);
     int conn_ba = pb ? pb->conn : -1;
 
     /* Control frames and pings. */
@@ -533,7 +628,7 @@ static void test_keyed_transport(void)
     CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PEER, 1));
     CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 1));
     const exo_wire_event *pa = last_of(&sa, EXO_WIRE_EV_PEER);
-    CHECK(pa && strcmp(pa->data, "{\"node_id\":\"b\"}") == 0);
+    CHECK(pa && strncmp(pa->data, "{\"node_id\":\"b\",", 15) == 0);
     CHECK(exo_wire_send_control(b, conn, 5, "{\"t\":\"secret\"}", 14) == 0);
     CHECK(exo_wire_ping(b, conn) == 0);
     CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_CONTROL, 1));
@@ -664,6 +759,221 @@ static void test_queue_budget(void)
     uv_close((uv_handle_t *)&p2.tcp, NULL);
     exo_wire_free(a);
     exo_wire_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
+/* ---- batches between transports -------------------------------------------------- */
+
+/* The gate: a pass whose completion holds the engine thread until released,
+ * so the jobs queued meanwhile are found side by side (one merged pass). */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int held, open;
+} gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+
+static void gate_wait(void *ctx, int status, const char *err, uint64_t compute_ns)
+{
+    (void)ctx, (void)status, (void)err, (void)compute_ns;
+    pthread_mutex_lock(&gate.lock);
+    gate.held = 1;
+    pthread_cond_broadcast(&gate.cond);
+    while (!gate.open) pthread_cond_wait(&gate.cond, &gate.lock);
+    pthread_mutex_unlock(&gate.lock);
+}
+
+static void gate_set(int open)
+{
+    pthread_mutex_lock(&gate.lock);
+    gate.open = open;
+    if (!open) gate.held = 0;
+    pthread_cond_broadcast(&gate.cond);
+    pthread_mutex_unlock(&gate.lock);
+}
+
+/* Holds the engine thread with a one-token pass of q (on a shard no route uses). */
+static void gate_close(exo_shard *s, exo_seq *q, float *scratch)
+{
+    static const int32_t token = 1;
+    gate_set(0);
+    exo_seq_truncate(q, 0);
+    CHECK(exo__engine_submit_cb(s, q, &token, NULL, 1, 0, scratch, gate_wait, NULL) == 0);
+    pthread_mutex_lock(&gate.lock);
+    while (!gate.held) pthread_cond_wait(&gate.cond, &gate.lock);
+    pthread_mutex_unlock(&gate.lock);
+}
+
+/* A peer of an earlier release: its hello has no wire_features. It keeps
+ * every byte it is sent. */
+typedef struct old_peer {
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    uv_write_t write;
+    uint8_t hello[64];
+    size_t hello_len;
+    uint8_t got[1 << 16];
+    size_t got_len;
+} old_peer;
+
+static void old_alloc(uv_handle_t *h, size_t n, uv_buf_t *buf)
+{
+    (void)n;
+    old_peer *p = h->data;
+    *buf = uv_buf_init((char *)p->got + p->got_len, (unsigned)(sizeof p->got - p->got_len));
+}
+
+static void old_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    (void)buf;
+    old_peer *p = s->data;
+    if (n > 0) p->got_len += (size_t)n;
+}
+
+static void old_connected(uv_connect_t *req, int status)
+{
+    old_peer *p = req->data;
+    if (status < 0) return;
+    uv_buf_t buf = uv_buf_init((char *)p->hello, (unsigned)p->hello_len);
+    uv_write(&p->write, (uv_stream_t *)&p->tcp, &buf, 1, NULL);
+    uv_read_start((uv_stream_t *)&p->tcp, old_alloc, old_read);
+}
+
+/* Frames of type in what p was sent (headers read in the clear). */
+static int old_peer_frames(const old_peer *p, int type)
+{
+    int n = 0;
+    exo_wire_header h;
+    for (size_t off = 0; exo__wire_decode_header(p->got + off, p->got_len - off, 0, &h) > 0;) {
+        if (p->got_len - off < EXO_WIRE_HEADER_SIZE + h.payload_len) break;
+        n += h.type == type;
+        off += EXO_WIRE_HEADER_SIZE + h.payload_len;
+    }
+    return n;
+}
+
+enum { N_BATCHED = 4 };
+
+static void test_batch_transport(const char *tiny)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    exo_wire *a = NULL, *b = NULL;
+    CHECK(exo_wire_new(&loop, "{\"node_id\":\"a\"}", 15, &a) == 0);
+    CHECK(exo_wire_new(&loop, "{ }", 3, &b) == 0);
+    exo_shard *whole = load(tiny, 0, -1), *first = load(tiny, 0, 2), *second = load(tiny, 2, -1),
+              *held = load(tiny, 0, 2);
+    if (!a || !b || !whole || !first || !second || !held) return;
+    int port = 0, conn_ab = 0;
+    seen sa = {0}, sb = {0};
+    CHECK(exo_wire_listen(a, "127.0.0.1", 0, &port) == 0);
+    CHECK(exo_wire_connect(b, "127.0.0.1", port, &conn_ab) == 0);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 1));
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_PEER, 1));
+    const exo_wire_event *pa = last_of(&sa, EXO_WIRE_EV_PEER);
+    CHECK(pa && strcmp(pa->data, "{ \"wire_features\":[\"tensor_batch\"]}") == 0); /* an empty object too */
+    int conn_to_b = pa ? pa->conn : -1;
+
+    exo_shard_info info;
+    exo_shard_get_info(whole, &info);
+    int nv = info.n_vocab;
+    exo_seq *gate_seq = NULL;
+    float *scratch = malloc(sizeof(float) * (size_t)info.n_embd * 4);
+    CHECK(exo_seq_new(held, 16, &gate_seq) == 0);
+
+    /* Four requests' prompts, queued while the engine is held: a runs them
+     * in one pass and sends b one batch, whose parts b runs in one pass. */
+    int32_t prompts[N_BATCHED][3];
+    exo_seq *qa[N_BATCHED], *qb[N_BATCHED];
+    for (int r = 0; r < N_BATCHED; r++) {
+        for (int i = 0; i < 3; i++) prompts[r][i] = (r * 31 + i * 17 + 5) % nv;
+        CHECK(exo_seq_new(first, 32, &qa[r]) == 0 && exo_seq_new(second, 32, &qb[r]) == 0);
+        CHECK(exo_wire_route_open(a, 500 + r, first, qa[r], conn_to_b, EXO_DTYPE_F32) == 0);
+        CHECK(exo_wire_route_open(b, 500 + r, second, qb[r], 0, EXO_DTYPE_F32) == 0);
+    }
+    exo_wire_stats a0, b0, a1, b1;
+    exo_wire_get_stats(a, &a0);
+    exo_wire_get_stats(b, &b0);
+    gate_close(held, gate_seq, scratch);
+    for (int r = 0; r < N_BATCHED; r++) CHECK(exo_wire_send_tokens(a, 0, 500 + r, 0, prompts[r], 3, 0) == 0);
+    gate_set(1);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_OUTPUT, N_BATCHED));
+    exo_wire_get_stats(a, &a1);
+    exo_wire_get_stats(b, &b1);
+    CHECK_MSG(a1.batch_frames_sent == a0.batch_frames_sent + 1 && a1.batch_parts_sent == a0.batch_parts_sent + N_BATCHED,
+              "a sent %llu batches of %llu parts", (unsigned long long)(a1.batch_frames_sent - a0.batch_frames_sent),
+              (unsigned long long)(a1.batch_parts_sent - a0.batch_parts_sent));
+    CHECK(b1.batch_frames_received == b0.batch_frames_received + 1);
+    CHECK(b1.passes == b0.passes + N_BATCHED && b1.frames_rejected == 0);
+    float *want = malloc(sizeof(float) * nv);
+    for (int r = 0; r < N_BATCHED; r++) {
+        exo_seq *q = NULL;
+        CHECK(exo_seq_new(whole, 32, &q) == 0);
+        CHECK(exo_shard_forward(whole, q, prompts[r], NULL, 3, 0, want) == 0);
+        const float *got = NULL;
+        int rows = 0, at = -1;
+        CHECK(exo_wire_route_output(b, 500 + r, &got, &rows, &at) == 0 && rows == 1 && at == 2);
+        CHECK_MSG(got && memcmp(got, want, sizeof(float) * nv) == 0, "request %d's batched logits differ", r);
+        exo_seq_free(q);
+    }
+    /* The next step of two of them: still batched, and only those two. */
+    gate_close(held, gate_seq, scratch);
+    for (int r = 0; r < 2; r++) CHECK(exo_wire_send_tokens(a, 0, 500 + r, 3, prompts[r], 1, 0) == 0);
+    gate_set(1);
+    int outputs = count(&sb, EXO_WIRE_EV_OUTPUT);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sb, EXO_WIRE_EV_OUTPUT, outputs + 2));
+    exo_wire_get_stats(a, &a1);
+    CHECK(a1.batch_frames_sent == a0.batch_frames_sent + 2 && a1.batch_parts_sent == a0.batch_parts_sent + 6);
+    for (int r = 0; r < N_BATCHED; r++) {
+        exo_wire_route_close(a, 500 + r);
+        exo_wire_route_close(b, 500 + r);
+    }
+
+    /* A peer that did not list the feature gets a TENSOR frame a request,
+     * from the same merged pass. */
+    static old_peer old;
+    const char *old_hello = "{\"node_id\":\"old\"}";
+    exo__wire_encode_header(old.hello, EXO_WIRE_HELLO, 0, (uint32_t)strlen(old_hello));
+    memcpy(old.hello + EXO_WIRE_HEADER_SIZE, old_hello, strlen(old_hello));
+    old.hello_len = EXO_WIRE_HEADER_SIZE + strlen(old_hello);
+    struct sockaddr_in addr;
+    uv_ip4_addr("127.0.0.1", port, &addr);
+    uv_tcp_init(&loop, &old.tcp);
+    old.tcp.data = &old;
+    old.req.data = &old;
+    uv_tcp_connect(&old.req, &old.tcp, (const struct sockaddr *)&addr, old_connected);
+    CHECK(run_until(&loop, a, &sa, b, &sb, &sa, EXO_WIRE_EV_PEER, 2));
+    const exo_wire_event *po = last_of(&sa, EXO_WIRE_EV_PEER);
+    int conn_old = po ? po->conn : -1;
+    for (int r = 0; r < 2; r++) { /* closing a route freed its sequence: new ones */
+        exo_seq *q = NULL;
+        CHECK(exo_seq_new(first, 32, &q) == 0);
+        CHECK(exo_wire_route_open(a, 600 + r, first, q, conn_old, EXO_DTYPE_F32) == 0);
+    }
+    exo_wire_get_stats(a, &a0);
+    gate_close(held, gate_seq, scratch);
+    for (int r = 0; r < 2; r++) CHECK(exo_wire_send_tokens(a, 0, 600 + r, 0, prompts[r], 3, 0) == 0);
+    gate_set(1);
+    for (int i = 0; i < 2000 && old_peer_frames(&old, EXO_WIRE_TENSOR) < 2; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    exo_wire_get_stats(a, &a1);
+    CHECK(old_peer_frames(&old, EXO_WIRE_HELLO) == 1 && old_peer_frames(&old, EXO_WIRE_TENSOR) == 2);
+    CHECK(old_peer_frames(&old, EXO_WIRE_TENSOR_BATCH) == 0 && a1.batch_frames_sent == a0.batch_frames_sent);
+    CHECK(a1.passes == a0.passes + 2);
+    for (int r = 0; r < 2; r++) exo_wire_route_close(a, 600 + r);
+
+    uv_close((uv_handle_t *)&old.tcp, NULL);
+    exo_wire_free(a);
+    exo_wire_free(b);
+    exo_seq_free(gate_seq);
+    free(want);
+    free(scratch);
+    exo_shard_free(whole);
+    exo_shard_free(first);
+    exo_shard_free(second);
+    exo_shard_free(held);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(uv_loop_close(&loop) == 0);
 }
@@ -825,11 +1135,13 @@ int main(void)
     test_header();
     test_tensor_payload();
     test_chunk_payload();
+    test_batch_payload();
     test_encodings();
     test_transport(tiny);
     test_seal();
     test_keyed_transport();
     test_queue_budget();
+    test_batch_transport(tiny);
     test_share();
     if (check_failures) fprintf(stderr, "test_wire: %d failures\n", check_failures);
     else printf("test_wire: ok\n");

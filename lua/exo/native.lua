@@ -272,6 +272,7 @@ typedef struct exo_wire_stats {
     uint64_t passes, pass_total_ns, pass_compute_ns;
     uint64_t auth_refused;
     int32_t keyed;
+    uint64_t batch_frames_sent, batch_parts_sent, batch_frames_received;
 } exo_wire_stats;
 int exo_runtime_set_loop(void *uv_loop);
 int exo_wire_new(void *uv_loop, const char *hello, size_t hello_len, exo_wire **out);
@@ -1376,6 +1377,8 @@ function Wire:stats()
     tensors_dropped = tonumber(s.tensors_dropped), connections = s.connections, routes = s.routes,
     in_flight = s.in_flight, passes = tonumber(s.passes), pass_total_ns = tonumber(s.pass_total_ns),
     pass_compute_ns = tonumber(s.pass_compute_ns), auth_refused = tonumber(s.auth_refused), keyed = s.keyed ~= 0,
+    batch_frames_sent = tonumber(s.batch_frames_sent), batch_parts_sent = tonumber(s.batch_parts_sent),
+    batch_frames_received = tonumber(s.batch_frames_received),
   }
 end
 
