@@ -173,7 +173,8 @@ static int bench_gemm(int rounds, const char *only)
     static const int dtypes[] = { EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K };
     static const struct { int rows, cols; } shapes[] = { { 2048, 2048 }, { 8192, 2048 }, { 2048, 8192 } };
     static const int toks[] = { 8, 16, 32, 64, 512 };
-    printf("bench_quants gemm: G multiply-adds/s, one core (thread CPU time), best of %d\n", rounds);
+    printf("bench_quants gemm: G multiply-adds/s, one core (thread CPU time), best of %d, %s kernels\n", rounds,
+           exo__quants_have_avx512() ? "AVX-512 VNNI" : exo__quants_have_avx2() ? "AVX2" : "scalar");
     printf("  %-6s %-11s %6s %9s %9s\n", "type", "shape", "tokens", "t4", "tiled");
     for (size_t di = 0; di < sizeof dtypes / sizeof dtypes[0]; di++) {
         const exo_type_traits *t = exo__type_traits_get(dtypes[di]);

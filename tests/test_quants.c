@@ -426,8 +426,8 @@ static void test_traits(void)
         /* four-token kernels: the K formats on both sets, Q4_0 with AVX-512 VNNI */
         bool want_t4 = want_packed && (kq || (exo__quants_have_avx512() && all_dtypes[k] == EXO_DTYPE_Q4_0));
         CHECK_MSG((tk->vec_dot_packed_t4 != NULL) == want_t4, "%s: vec_dot_packed_t4", tk->name);
-        /* the tiled batch product: the K formats with AVX-512 VNNI only (the AVX2 table keeps the others) */
-        bool want_tiled = exo__quants_have_avx512() && kq;
+        /* the tiled batch product: the K formats, on AVX2 (maddubs) and AVX-512 VNNI */
+        bool want_tiled = exo__quants_have_avx2() && kq;
         CHECK_MSG((tk->tiled != NULL) == want_tiled, "%s: tiled", tk->name);
         if (want_tiled) CHECK(tk->tiled->min_tokens >= 1 && tk->tiled->pack_act && tk->tiled->gemm);
         /* Q4_K and Q5_K share token groups (a layer may mix them), Q6_K lays them out its own way */
@@ -1124,18 +1124,47 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
     free(w); free(x); free(x2); free(act);
 }
 
-/* The tiled batch product (quants.h) against the AVX-512 one-row kernel,
- * bit for bit, for every (row, token) of odd shapes: rows 1..37 (strips of
- * eight, groups of four cut short), tokens 1..40 (token groups of sixteen
- * cut short), widths of 1 to 8 super-blocks; rows quantized from random data
- * and rows of random bits (negative scales, every code). Outputs outside the
- * asked rows and tokens must stay untouched. Run wherever the CPU has
- * AVX-512 VNNI, whatever the dispatch picked. */
-static void test_tiled(int dtype)
+/* The tiled batch product (quants.h) of each instruction set against that
+ * set's one-row kernel, bit for bit, for every (row, token) of odd shapes:
+ * rows 1..37 (strips of eight, groups of four cut short), tokens 1..40
+ * (token groups of sixteen cut short), widths of 1 to 8 super-blocks; rows
+ * quantized from random data and rows of random bits (negative scales, every
+ * code), a token with every quant at +-127 (the largest 16-bit sums of the
+ * AVX2 kernel). Outputs outside the asked rows and tokens must stay
+ * untouched. Run for every set the CPU has, whatever the dispatch picked. */
+static void test_tiled_set(int dtype, const exo_kernel_set *ks, const char *isa);
+
+/* A K-format row whose codes are all at their largest (Q4_K 15, Q5_K 31,
+ * Q6_K 63), scales too (Q6_K's int8 scales all -1), d 0.01 and no minimum:
+ * every product of a super-block has the same sign. */
+enum { MAX_CODES_ROW = 35 };
+static void max_codes_row(int dtype, uint8_t *row, int n)
 {
     const exo_type_traits *t = exo__type_traits_get(dtype);
-    const exo_kernel_set *ks = exo__quants_kernels(dtype, EXO_ISA_AVX512);
-    if (!ks || !ks->tiled || !cpu_runs_avx512()) return;
+    const exo_half d = exo__float_to_half(0.01f), zero = exo__float_to_half(0.0f);
+    memset(row, 0xff, exo__dtype_row_size(dtype, n));
+    for (int b = 0; b < n / EXO_QK_K; b++) {
+        uint8_t *p = row + (size_t)b * t->type_size;
+        if (dtype == EXO_DTYPE_Q6_K) {
+            ((exo_block_q6_K *)p)->d = d;
+        } else { /* Q4_K and Q5_K open with d, dmin */
+            memcpy(p, &d, sizeof d);
+            memcpy(p + sizeof d, &zero, sizeof zero);
+        }
+    }
+}
+
+static void test_tiled(int dtype)
+{
+    const exo_kernel_set *k2 = exo__quants_kernels(dtype, EXO_ISA_AVX2), *k5 = exo__quants_kernels(dtype, EXO_ISA_AVX512);
+    CHECK_MSG(!k2 || k2->tiled, "dtype %d: no AVX2 tiled GEMM", dtype);
+    if (k2 && k2->tiled && cpu_runs_avx2()) test_tiled_set(dtype, k2, "avx2");
+    if (k5 && k5->tiled && cpu_runs_avx512()) test_tiled_set(dtype, k5, "avx512");
+}
+
+static void test_tiled_set(int dtype, const exo_kernel_set *ks, const char *isa)
+{
+    const exo_type_traits *t = exo__type_traits_get(dtype);
     enum { MAX_ROWS = 40, MAX_TOK = 40 };
     static const int widths[] = { 256, 768, 2048 };
     static const int rows_tried[] = { 1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 23, 31, 36, 37 };
@@ -1154,15 +1183,22 @@ static void test_tiled(int dtype)
                 t->from_float_ref(x, w + r * row, n);
             }
         }
+        max_codes_row(dtype, w + MAX_CODES_ROW * row, n);
         for (int g = 0; g < MAX_ROWS / 4; g++) t->pack_x4(w + (size_t)g * 4 * row, row, n, groups + (size_t)g * 4 * row);
         for (int tok = 0; tok < MAX_TOK; tok++) {
             random_row(x, n);
             if (tok == 3) for (int i = 0; i < n; i++) x[i] = i % 2 ? 1.0f : -1.0f; /* every quant at +-127 */
+            if (tok == 4) for (int i = 0; i < n; i++) x[i] = 1.0f;                 /* every quant at 127 */
             exo__quantize_act_ref(EXO_ACT_Q8_K, x, acts + tok * act_bytes, n);
         }
         for (int r = 0; r < MAX_ROWS; r++)
             for (int tok = 0; tok < MAX_TOK; tok++)
                 want[r * MAX_TOK + tok] = ks->vec_dot(n, w + r * row, acts + tok * act_bytes);
+        /* the largest codes times the largest quants, no sign to cancel: a 16-bit sum that saturated
+         * in the one-row kernel (and so, bit for bit, in the tiled one) would be far off here */
+        const float big = want[MAX_CODES_ROW * MAX_TOK + 4], big_ref = t->vec_dot_ref(n, w + MAX_CODES_ROW * row, acts + 4 * act_bytes);
+        CHECK_MSG(fabs((double)big - big_ref) <= 1e-5 * fabs((double)big_ref) && big_ref != 0.0f,
+                  "%s (%s) n=%d largest codes and quants: %.9g, _ref %.9g", t->name, isa, n, big, big_ref);
         const size_t group_bytes = exo__tiled_act_bytes(n);
         uint8_t *tiles = aligned_alloc(64, group_bytes * ((MAX_TOK + EXO_TILED_TOKENS - 1) / EXO_TILED_TOKENS));
         uint8_t *scratch = aligned_alloc(64, exo__tiled_scratch_bytes(n)); /* sizes: multiples of 64 */
@@ -1185,14 +1221,14 @@ static void test_tiled(int dtype)
                         const float got = out[tok * ldo + r];
                         if (tok < nt && (int)r < nr) {
                             if (memcmp(&got, &want[r * MAX_TOK + tok], sizeof got) != 0 && bad++ == 0)
-                                CHECK_MSG(false, "%s tiled n=%d rows=%d tokens=%d: row %zu token %d %.9g, one-row %.9g",
-                                          t->name, n, nr, nt, r, tok, got, want[r * MAX_TOK + tok]);
+                                CHECK_MSG(false, "%s tiled (%s) n=%d rows=%d tokens=%d: row %zu token %d %.9g, one-row %.9g",
+                                          t->name, isa, n, nr, nt, r, tok, got, want[r * MAX_TOK + tok]);
                         } else {
                             stray += got != -12345.0f;
                         }
                     }
-                CHECK_MSG(stray == 0, "%s tiled n=%d rows=%d tokens=%d: %d outputs written outside", t->name, n, nr, nt,
-                          stray);
+                CHECK_MSG(stray == 0, "%s tiled (%s) n=%d rows=%d tokens=%d: %d outputs written outside", t->name, isa, n,
+                          nr, nt, stray);
             }
         }
         free(out);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "cpu_features.h"
+#include "gemm_k_avx2.h"
 #include "gemm_k_avx512.h"
 #include "quants_avx2.h"
 #include "quants_avx512.h"
@@ -1272,9 +1273,10 @@ static const cpu_kernels kernels_scalar = {
 #define K_PACKED(fmt, isa)                                                                             \
     .vec_dot = exo__vec_dot_##fmt##_q8_K_##isa, .vec_dot_packed = exo__vec_dot_packed_##fmt##_q8_K_##isa, \
     .vec_dot_packed_t4 = exo__vec_dot_packed_t4_##fmt##_q8_K_##isa
-#define AVX2_q4_K K_PACKED(q4_K, avx2)
-#define AVX2_q5_K K_PACKED(q5_K, avx2)
-#define AVX2_q6_K K_PACKED(q6_K, avx2)
+/* and a prompt's batch through the tiled GEMM (gemm_k_avx2.c) */
+#define AVX2_q4_K K_PACKED(q4_K, avx2), .tiled = &exo__tiled_q4_K_avx2
+#define AVX2_q5_K K_PACKED(q5_K, avx2), .tiled = &exo__tiled_q5_K_avx2
+#define AVX2_q6_K K_PACKED(q6_K, avx2), .tiled = &exo__tiled_q6_K_avx2
 #define AVX2_iq4_xs .vec_dot = exo__vec_dot_iq4_xs_q8_K_avx2, .to_float = exo__to_float_iq4_xs_avx2
 
 /* Q5_0, Q5_1 and IQ4_NL share the 4-bit bodies (the fifth bits go in through

@@ -183,8 +183,8 @@ typedef void (*exo_vec_dot_packed_fn)(int n, const void *groups, int64_t n_group
 typedef void (*exo_vec_dot_packed_t4_fn)(int n, const void *groups, int64_t n_groups, const void *act_rows,
                                          size_t act_stride, float *out, size_t ldo);
 
-/* The tiled batch product (the K formats on AVX-512 VNNI: gemm_k_avx512.c),
- * for a prompt's tokens. A strip of weight rows is unpacked once into plain
+/* The tiled batch product (the K formats on AVX-512 VNNI: gemm_k_avx512.c;
+ * on AVX2: gemm_k_avx2.c), for a prompt's tokens. A strip of weight rows is unpacked once into plain
  * byte codes and integer scales, then every token of the batch runs past it
  * in tiles of rows x EXO_TILED_TOKENS tokens, so no unpacking or scale work
  * is repeated per token; each (row, token) gets bit for bit what
@@ -208,7 +208,7 @@ typedef struct exo_tiled_gemm {
 } exo_tiled_gemm;
 
 /* Bytes a super-block takes in a token group and in a thread's strip (the
- * layouts are gemm_k_avx512.c's). */
+ * layouts are each kernel file's own, within these sizes). */
 #define EXO_TILED_ACT_SB_BYTES 4672
 #define EXO_TILED_STRIP_SB_BYTES 3392
 static inline size_t exo__tiled_act_bytes(int n)
