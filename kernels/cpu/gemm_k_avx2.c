@@ -300,9 +300,12 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
     }
 }
 
-/* Below this many tokens the four-token packed kernels win (bench_quants
- * gemm under EXO_DISABLE_AVX512=1; docs/performance.md). */
-#define TILED_MIN_TOKENS 32
+/* Below these many tokens the four-token packed kernels win (bench_quants
+ * gemm under EXO_DISABLE_AVX512=1, docs/performance.md): at 16 tokens the
+ * tiled GEMM is 1.1-1.4x on Q4_K and Q5_K (whose four-token kernels unpack
+ * the most) but 0.77-0.93x on Q6_K; at 32 it wins on all three, at 8 on none. */
+#define MIN_TOKENS_Q45 16
+#define MIN_TOKENS_Q6 32
 
 /* The formats' entry points (quants.h's signature has no format). */
 #define GEMM_OF(fmt, FMT)                                                                                          \
@@ -315,6 +318,6 @@ GEMM_OF(q4_K, FMT_Q4_K)
 GEMM_OF(q5_K, FMT_Q5_K)
 GEMM_OF(q6_K, FMT_Q6_K)
 
-const exo_tiled_gemm exo__tiled_q4_K_avx2 = {TILED_MIN_TOKENS, pack_act_q45, gemm_q4_K};
-const exo_tiled_gemm exo__tiled_q5_K_avx2 = {TILED_MIN_TOKENS, pack_act_q45, gemm_q5_K};
-const exo_tiled_gemm exo__tiled_q6_K_avx2 = {TILED_MIN_TOKENS, pack_act_q6, gemm_q6_K};
+const exo_tiled_gemm exo__tiled_q4_K_avx2 = {MIN_TOKENS_Q45, pack_act_q45, gemm_q4_K};
+const exo_tiled_gemm exo__tiled_q5_K_avx2 = {MIN_TOKENS_Q45, pack_act_q45, gemm_q5_K};
+const exo_tiled_gemm exo__tiled_q6_K_avx2 = {MIN_TOKENS_Q6, pack_act_q6, gemm_q6_K};
