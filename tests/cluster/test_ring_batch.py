@@ -14,11 +14,35 @@ Run: build/venv/bin/python tests/cluster/test_ring_batch.py   (ctest runs it)
 import concurrent.futures
 import json
 import os
+import socket
+import struct
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_cluster import DEFAULT_MODEL, PROMPTS, Node, chat, start_cluster, with_home  # noqa: E402
+
+
+def frame(ftype, payload, rid=0):
+    return b"EXOW" + struct.pack("<HBBQII", 2, ftype, 0, rid, len(payload), 0) + payload
+
+
+def frames_until_closed(port, data):
+    """Sends data to a node's wire port; the frames it sent back before hanging up."""
+    back = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            back += chunk
+    frames, off = [], 0
+    while off + 24 <= len(back):
+        ftype, plen = back[off + 6], struct.unpack("<I", back[off + 16:off + 20])[0]
+        frames.append((ftype, back[off + 24:off + 24 + plen]))
+        off += 24 + plen
+    return frames
 
 
 def own_wire(node):
@@ -37,6 +61,7 @@ class SixClientsOnThreeNodes(unittest.TestCase):
             nodes = start_cluster(home, [("b1", 12000), ("b2", 3000), ("b3", 1000)])
             try:
                 self.check_six_clients(nodes, solo)
+                self.check_a_bad_batch_is_refused(nodes, solo)
             finally:
                 for n in nodes:
                     n.stop()
@@ -60,6 +85,19 @@ class SixClientsOnThreeNodes(unittest.TestCase):
         self.assertLessEqual(received, sent, after)
         for k, w in after.items():
             self.assertEqual(w["frames_rejected"], 0, k)
+
+    def check_a_bad_batch_is_refused(self, nodes, solo):
+        # A stranger's batch naming one request twice: the node says why and
+        # hangs up on it, and serves on. Its hello lists the batch frame.
+        hello = json.dumps({"node_id": "stranger", "instance": "x", "port": 1}).encode()
+        rows = struct.pack("<IIII", 26, 1, 2, 0) + struct.pack("<QiIII", 5, 0, 1, 0, 0) * 2 + b"\0" * 8
+        got = frames_until_closed(nodes[1].wire_port, frame(1, hello) + frame(9, rows))
+        self.assertEqual(got[0][0], 1, got)
+        self.assertEqual(json.loads(got[0][1])["wire_features"], ["tensor_batch"])
+        self.assertEqual(got[-1][0], 6, got)
+        self.assertIn(b"twice", got[-1][1])
+        self.assertGreater(own_wire(nodes[1])["frames_rejected"], 0)
+        self.assertEqual(chat(nodes[1], DEFAULT_MODEL, PROMPTS[0], max_tokens=32), solo[PROMPTS[0]])
 
 
 if __name__ == "__main__":
