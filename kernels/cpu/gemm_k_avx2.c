@@ -148,27 +148,25 @@ static inline float half_at(const uint8_t *p)
  * lane i of a 32-bit lane L (i = 2 L, 2 L + 1) meets elements of lane L,
  * i.e. of sub-blocks 2 (L / 2) (lo) and 2 (L / 2) + 1 (hi) for Q4_K/Q5_K
  * (d, dmin, 12 bytes of scales), of 16-element groups 4 (L / 2) + m for
- * Q6_K's registers lo 2 m, 2 m + 1 (hi: + 2; 16 scales, then d). */
-static void strip_scales(const uint8_t *head, uint8_t *st, int r, int fmt)
+ * Q6_K's registers lo 2 m, 2 m + 1 (hi: + 2; 16 scales, then d): one byte
+ * shuffle each (ctl: krows_ctl's, as the packed kernels spread them). */
+static void strip_scales(const uint8_t *head, uint8_t *st, int r, int fmt, const __m128i ctl[4])
 {
-    int16_t *sc = (int16_t *)(st + ST_SC) + (fmt == FMT_Q6_K ? 64 : 32) * r;
+    __m256i *sc = (__m256i *)(st + ST_SC) + (fmt == FMT_Q6_K ? 4 : 2) * r;
     float *d = (float *)(st + ST_D), *dmin = (float *)(st + ST_DMIN);
     if (fmt == FMT_Q6_K) {
-        const int8_t *scales = (const int8_t *)head;
-        int16_t *off = (int16_t *)(st + ST_OFF) + 16 * r;
-        for (int m = 0; m < 4; m++)
-            for (int i = 0; i < 16; i++) sc[16 * m + i] = scales[4 * (i / 4) + m];
-        for (int j = 0; j < 16; j++) off[j] = (int16_t)(-32 * scales[j]);
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)head);
+        for (int m = 0; m < 4; m++) _mm256_store_si256(sc + m, _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, ctl[m])));
+        _mm256_store_si256((__m256i *)(st + ST_OFF) + r, /* -32 * scale, exact in 16 bits */
+                           _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5)));
         d[r] = half_at(head + 16);
         dmin[r] = 0.0f;
         return;
     }
-    uint8_t s[8], mn[8];
-    exo_k_scales_unpack(head + 4, s, mn);
-    for (int i = 0; i < 16; i++) {
-        sc[i] = s[2 * (i / 4)];
-        sc[16 + i] = s[2 * (i / 4) + 1];
-    }
+    uint8_t s8[16] = {0}, mn[8];
+    exo_k_scales_unpack(head + 4, s8, mn);
+    const __m128i s = _mm_loadu_si128((const __m128i *)s8);
+    for (int u = 0; u < 2; u++) _mm256_store_si256(sc + u, _mm256_cvtepu8_epi16(_mm_shuffle_epi8(s, ctl[u])));
     uint32_t *pairs = (uint32_t *)(st + ST_MN) + 4 * r;
     for (int m = 0; m < 4; m++) pairs[m] = (uint32_t)mn[2 * m] | (uint32_t)mn[2 * m + 1] << 16;
     d[r] = half_at(head);
@@ -189,12 +187,14 @@ static void unpack_strip(const uint8_t *g, int n_groups, int nb, uint8_t *strip,
     const size_t qs_bytes = fmt == FMT_Q6_K ? KROWS_Q6K_QS : fmt == FMT_Q5_K ? KROWS_Q5K_QS : KROWS_Q4K_QS;
     const size_t head_bytes = fmt == FMT_Q6_K ? KROWS_Q6K_HEAD : KROWS_Q4K_HEAD;
     const size_t group_bytes = (size_t)nb * 4 * bs;
+    __m128i ctl[4]; /* Q6_K: group 4 (i / 4) + m to int16 lane i; Q4_K/Q5_K: sub-block 2 (i / 4) (+ 1) */
+    for (int m = 0; m < 4; m++) ctl[m] = fmt == FMT_Q6_K ? krows_ctl(m, 4, 4) : krows_ctl(m % 2, 2, 4);
     for (int i = 0; i < nb; i++) {
         uint8_t *st = strip + (size_t)i * ST_SB;
         for (int r = 0; r < 4 * n_groups; r++) {
             const uint8_t *chunk = g + (size_t)(r / 4) * group_bytes + (size_t)i * 4 * bs;
             strip_codes(chunk + qs_bytes * (r % 4), st + EXO_QK_K * r, fmt);
-            strip_scales(chunk + 4 * qs_bytes + head_bytes * (r % 4), st, r, fmt);
+            strip_scales(chunk + 4 * qs_bytes + head_bytes * (r % 4), st, r, fmt, ctl);
         }
     }
 }
@@ -300,12 +300,11 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
     }
 }
 
-/* Below these many tokens the four-token packed kernels win (bench_quants
+/* Below this many tokens the four-token packed kernels win (bench_quants
  * gemm under EXO_DISABLE_AVX512=1, docs/performance.md): at 16 tokens the
- * tiled GEMM is 1.1-1.4x on Q4_K and Q5_K (whose four-token kernels unpack
- * the most) but 0.77-0.93x on Q6_K; at 32 it wins on all three, at 8 on none. */
-#define MIN_TOKENS_Q45 16
-#define MIN_TOKENS_Q6 32
+ * tiled GEMM is 1.1-1.4x on Q4_K and Q5_K, 0.93-1.2x on Q6_K; at 8 it
+ * loses on all three (a token group half empty). */
+#define TILED_MIN_TOKENS 16
 
 /* The formats' entry points (quants.h's signature has no format). */
 #define GEMM_OF(fmt, FMT)                                                                                          \
@@ -318,6 +317,6 @@ GEMM_OF(q4_K, FMT_Q4_K)
 GEMM_OF(q5_K, FMT_Q5_K)
 GEMM_OF(q6_K, FMT_Q6_K)
 
-const exo_tiled_gemm exo__tiled_q4_K_avx2 = {MIN_TOKENS_Q45, pack_act_q45, gemm_q4_K};
-const exo_tiled_gemm exo__tiled_q5_K_avx2 = {MIN_TOKENS_Q45, pack_act_q45, gemm_q5_K};
-const exo_tiled_gemm exo__tiled_q6_K_avx2 = {MIN_TOKENS_Q6, pack_act_q6, gemm_q6_K};
+const exo_tiled_gemm exo__tiled_q4_K_avx2 = {TILED_MIN_TOKENS, pack_act_q45, gemm_q4_K};
+const exo_tiled_gemm exo__tiled_q5_K_avx2 = {TILED_MIN_TOKENS, pack_act_q45, gemm_q5_K};
+const exo_tiled_gemm exo__tiled_q6_K_avx2 = {TILED_MIN_TOKENS, pack_act_q6, gemm_q6_K};
