@@ -302,7 +302,7 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
 
 /* Below this many tokens the four-token packed kernels win (bench_quants
  * gemm under EXO_DISABLE_AVX512=1, docs/performance.md): at 16 tokens the
- * tiled GEMM is 1.1-1.4x on Q4_K and Q5_K, 0.93-1.2x on Q6_K; at 8 it
+ * tiled GEMM is 1.05-1.3x on Q4_K and Q5_K, 0.93-1.2x on Q6_K; at 8 it
  * loses on all three (a token group half empty). */
 #define TILED_MIN_TOKENS 16
 
