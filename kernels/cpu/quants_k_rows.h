@@ -2,7 +2,7 @@
  * for one weight row, for a packed group of four rows (quants.h) and for a
  * packed group against four tokens (a prompt's batch).
  *
- * Included by quants_avx2.c and quants_avx512.c only, each of which names the
+ * Included by quants_avx2.c, quants_avx512.c and gemm_k_avx2.c only, each of which names the
  * bodies in its own exported kernels. The code is the same: built for
  * AVX-512 it has 32 vector registers, which keeps the four-row, four-token
  * accumulators out of memory. Integer sums are exact and the float work (one
