@@ -108,10 +108,25 @@ function M.missing(name)
 end
 
 -- Bytes of the model file at path (every part of a split GGUF), or nil.
+-- Bytes a local model takes: a file with its split parts, or a safetensors
+-- folder's files (not the folder entry's own size; partial downloads left out).
 local function local_size(path)
   local size = 0
+  local st = uv.fs_stat(path)
+  if st and st.type == "directory" then
+    local dir = uv.fs_scandir(path)
+    while dir do
+      local name, kind = uv.fs_scandir_next(dir)
+      if not name then break end
+      if kind == "file" and not name:match("%.partial$") then
+        local fst = uv.fs_stat(path .. "/" .. name)
+        size = size + (fst and fst.size or 0)
+      end
+    end
+    return size
+  end
   for _, p in ipairs(models.split_parts(path)) do
-    local st = uv.fs_stat(p)
+    st = uv.fs_stat(p)
     if not st then return nil end
     size = size + st.size
   end

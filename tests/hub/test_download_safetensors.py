@@ -99,6 +99,11 @@ class SafetensorsHubTest(unittest.TestCase):
                 self.assertEqual(f.read(), self.files[name], name)
         self.assertFalse(os.path.exists(os.path.join(folder, "README.md")))
         self.assertNotIn("README.md", self.fetched())
+        # `exo show` on the folder: its files' bytes, not the folder entry's own size.
+        rc, out, err = self.exo("show", REPO)
+        self.assertEqual(rc, 0, err)
+        total = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))
+        self.assertIn("(%d bytes)" % total, out)
         rc, out, err = self.exo("run", REPO, *ARGS)
         self.assertEqual(rc, 0, err)
         self.assertTrue(self.want.strip())
