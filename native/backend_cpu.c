@@ -92,9 +92,8 @@ extern void openblas_set_num_threads(int);
 /* Halves of one thread's gather scratch: attention over a paged cache with a
  * head size that is not a multiple of 64 copies 64 lanes of every position's
  * values into one run (attention_items). */
-static size_t gather_len(int max_dim, int max_ctx)
+static size_t gather_len(int max_ctx)
 {
-    (void)max_dim;
     return (size_t)max_ctx * 64;
 }
 
@@ -117,7 +116,7 @@ static int scratch_alloc(cpu_scratch *s, int max_tokens, int max_dim, int max_ct
     *s = (cpu_scratch){max_tokens, max_dim, max_ctx, n_threads, exo__aligned_alloc(act_row * (size_t)max_tokens),
                        exo__aligned_alloc(sizeof(float) * GEMM_TILE_ROWS * (size_t)max_dim * (size_t)n_threads),
                        exo__aligned_alloc(sizeof(float) * (size_t)max_ctx * ATTN_QUERY_BLOCK * (size_t)n_threads),
-                       exo__aligned_alloc(sizeof(uint16_t) * gather_len(max_dim, max_ctx) * (size_t)n_threads),
+                       exo__aligned_alloc(sizeof(uint16_t) * gather_len(max_ctx) * (size_t)n_threads),
                        NULL, NULL}; /* act_tiles and strips: below */
     /* The tiled GEMM's buffers, only where some format has the kernel:
      * ~1.1 bytes per token and input element, and a strip of 8 rows a thread. */
@@ -646,6 +645,14 @@ static inline const uint16_t *kv_head_row(const uint16_t *run, const uint16_t *c
     return blocks[p / block_len] + ((size_t)kvh * block_len + p % block_len) * hd;
 }
 
+/* Keys from p0 to the end of p0's block or to pos, whichever comes first:
+ * one piece of a paged cache that attention reads as a run. */
+static inline int kv_piece_len(int p0, int pos, int block_len)
+{
+    const int block_end = (p0 / block_len + 1) * block_len;
+    return block_end < pos + 1 ? block_end - p0 : pos + 1 - p0;
+}
+
 /* One work item is (token, KV head, a run of the query heads that share that
  * KV head): the run reads each block of the KV head's keys and values once
  * for all its heads (vec.h's _heads helpers), where one item per query head
@@ -672,7 +679,7 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
     const int runs = (group + j->run - 1) / j->run;
     const size_t row = (size_t)j->c->cur.max_ctx; /* one head's scores */
     float *scores = j->c->cur.scores + (size_t)thread * row * ATTN_QUERY_BLOCK;
-    uint16_t *gather = j->c->cur.gather + (size_t)thread * gather_len(j->c->cur.max_dim, j->c->cur.max_ctx);
+    uint16_t *gather = j->c->cur.gather + (size_t)thread * gather_len(j->c->cur.max_ctx);
     for (int64_t item = begin; item < end; item++) {
         int t = (int)(item / ((int64_t)a->n_head_kv * runs)), rest = (int)(item % ((int64_t)a->n_head_kv * runs));
         int kvh = rest / runs, h0 = kvh * group + rest % runs * j->run;
@@ -692,7 +699,7 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
                                     (size_t)kv_stride, n_pos, out, (size_t)hd);
         } else {
             for (int p0 = first, np; p0 <= pos; p0 += np) {
-                np = (p0 / B + 1) * B < pos + 1 ? (p0 / B + 1) * B - p0 : pos + 1 - p0;
+                np = kv_piece_len(p0, pos, B);
                 exo__vec_dots_f16_heads(hd, nh, q, (size_t)hd,
                                         kv_head_row(NULL, a->k_blocks, B, a->n_head_kv, hd, kvh, p0), (size_t)hd, np,
                                         scores + (p0 - first), row);
@@ -700,7 +707,7 @@ static void attention_items(void *ctx, int64_t begin, int64_t end, int thread)
             for (int g = 0; g < nh; g++) inv[g] = 1.0f / exo__vec_softmax_f32(n_pos, a->scale, scores + g * row);
             if (hd % EXO_VEC_WSUM_MORE_LANES == 0) {
                 for (int p0 = first, np; p0 <= pos; p0 += np) {
-                    np = (p0 / B + 1) * B < pos + 1 ? (p0 / B + 1) * B - p0 : pos + 1 - p0;
+                    np = kv_piece_len(p0, pos, B);
                     const uint16_t *v = kv_head_row(NULL, a->v_blocks, B, a->n_head_kv, hd, kvh, p0);
                     if (p0 == first)
                         exo__vec_wsum_f16_heads(hd, nh, scores, row, v, (size_t)hd, np, out, (size_t)hd);

@@ -658,7 +658,8 @@ function Cluster:event(kind, conn, request_id, data, value, address)
     if taken then self:stop_duplicate(data:sub(taken)) end
     if c and c.peer and not c.superseded and self.peers[c.peer] and self.peers[c.peer].conn == conn then
       self:lose(c.peer, data)
-      if data:sub(-#(" refused us: " .. M.KEPT_OUT)) == " refused us: " .. M.KEPT_OUT then self:kept_out_by(c.peer) end
+      local kept_out = " refused us: " .. M.KEPT_OUT
+      if data:sub(-#kept_out) == kept_out then self:kept_out_by(c.peer) end
     elseif not (c and c.peer) and not (c and c.dialed and data:match("^cannot connect"))
       and data ~= "duplicate connection"
       and not data:match("duplicate connection$") then
