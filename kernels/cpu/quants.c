@@ -125,6 +125,29 @@ static float vec_dot_bf16_ref(int n, const void *w_row, const void *act_row)
     return sum;
 }
 
+/* ---- the per-block order of Q4_0, Q5_0, IQ4_NL and Q8_0 ----------------------
+ *
+ * A block of these formats dots to one exact integer sum times dw * da, and
+ * every kernel for them (scalar, AVX2, AVX-512, one row, four rows, packed,
+ * the tiled GEMM) adds the blocks in this one order, so all give the same
+ * bits: block b goes into chain b % 8 as c = fmaf(dw * da, (float)isum, c)
+ * (dw * da rounded to float first; isum is below 2^24, so exact), blocks in
+ * increasing order, and the row's result is
+ * ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)). Eight chains are the
+ * eight float lanes of a vector: decode turns eight blocks' lane sums into
+ * one vector of block sums (a few horizontal adds) and spends one convert
+ * and one FMA on the eight; a GEMM with rows in the lanes spends one of each
+ * per block on sixteen rows (quants_blocks.h, gemm_q8_avx512.c). */
+static inline void chains_add(float c[EXO_BLOCK_CHAINS], int b, float p, int isum)
+{
+    c[b % EXO_BLOCK_CHAINS] = fmaf(p, (float)isum, c[b % EXO_BLOCK_CHAINS]);
+}
+
+static inline float chains_sum(const float c[EXO_BLOCK_CHAINS])
+{
+    return ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
+}
+
 /* ---- Q4_0: x = (q - 8) * d -------------------------------------------------- */
 
 static void to_float_q4_0_ref(const void *src, float *dst, int64_t n)
@@ -205,16 +228,16 @@ static float vec_dot_q4_0_ref(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q4_0 *w = w_row;
     const exo_block_q8_32 *a = act_row;
-    float sum = 0.0f;
+    float c[EXO_BLOCK_CHAINS] = { 0 };
     for (int i = 0; i < n / EXO_QK; i++) {
         int sumi = 0;
         for (int j = 0; j < EXO_QK / 2; j++) {
             sumi += ((w[i].qs[j] & 0x0f) - 8) * a[i].qs[j];
             sumi += ((w[i].qs[j] >> 4) - 8) * a[i].qs[j + EXO_QK / 2];
         }
-        sum += (float)sumi * (exo__half_to_float(w[i].d) * a[i].d);
+        chains_add(c, i, exo__half_to_float(w[i].d) * a[i].d, sumi);
     }
-    return sum;
+    return chains_sum(c);
 }
 
 /* ---- Q4_1: x = q * d + m ---------------------------------------------------- */
@@ -287,13 +310,13 @@ static float vec_dot_q8_0_ref(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q8_0 *w = w_row;
     const exo_block_q8_32 *a = act_row;
-    float sum = 0.0f;
+    float c[EXO_BLOCK_CHAINS] = { 0 };
     for (int i = 0; i < n / EXO_QK; i++) {
         int sumi = 0;
         for (int j = 0; j < EXO_QK; j++) sumi += w[i].qs[j] * a[i].qs[j];
-        sum += (float)sumi * (exo__half_to_float(w[i].d) * a[i].d);
+        chains_add(c, i, exo__half_to_float(w[i].d) * a[i].d, sumi);
     }
-    return sum;
+    return chains_sum(c);
 }
 
 /* ---- Q5_0: x = (q - 16) * d; Q5_1: x = q * d + m ---------------------------------
@@ -355,10 +378,10 @@ static float vec_dot_q5_0_ref(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q5_0 *w = w_row;
     const exo_block_q8_32 *a = act_row;
-    float sum = 0.0f;
+    float c[EXO_BLOCK_CHAINS] = { 0 };
     for (int i = 0; i < n / EXO_QK; i++)
-        sum += (float)q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 16) * (exo__half_to_float(w[i].d) * a[i].d);
-    return sum;
+        chains_add(c, i, exo__half_to_float(w[i].d) * a[i].d, q5_block_dot(w[i].qs, w[i].qh, a[i].qs, 16));
+    return chains_sum(c);
 }
 
 static void to_float_q5_1_ref(const void *src, float *dst, int64_t n)
@@ -466,13 +489,13 @@ static float vec_dot_iq4_nl_ref(int n, const void *w_row, const void *act_row)
 {
     const exo_block_iq4_nl *w = w_row;
     const exo_block_q8_32 *a = act_row;
-    float sum = 0.0f;
+    float c[EXO_BLOCK_CHAINS] = { 0 };
     for (int i = 0; i < n / EXO_QK; i++) {
         int sumi = 0;
         for (int j = 0; j < EXO_QK; j++) sumi += exo_iq4nl_values[nibble_at(w[i].qs, j)] * a[i].qs[j];
-        sum += (float)sumi * (exo__half_to_float(w[i].d) * a[i].d);
+        chains_add(c, i, exo__half_to_float(w[i].d) * a[i].d, sumi);
     }
-    return sum;
+    return chains_sum(c);
 }
 
 /* ---- Q4_K / Q5_K: x = d*sc[j]*q - dmin*mn[j] per 32-element sub-block j --------

@@ -24,6 +24,9 @@
 #define EXO_QK 32     /* elements per block of the 32-element formats */
 #define EXO_QK_K 256  /* elements per super-block of the K formats */
 #define EXO_K_SCALE_SIZE 12
+/* Q4_0, Q5_0, IQ4_NL and Q8_0 dots add their blocks' terms in this many
+ * float chains (quants.c: "the per-block order"). */
+#define EXO_BLOCK_CHAINS 8
 
 typedef struct {
     exo_half d;                  /* scale */

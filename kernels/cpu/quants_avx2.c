@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "quants.h"
+#include "quants_blocks.h"
 #include "quants_impl.h"
 #include "quants_k_rows.h"
 
@@ -161,13 +162,16 @@ static inline __m256i iq4nl_table(void)
 /* Dot of two consecutive blocks (q: their 16 quant bytes each, side by
  * side; hlo, hhi: Q5's fifth bits from q5_pair_highs, or zero) with their
  * activation pair (xlo: both blocks' first 16 quants, xhi: their last 16), as
- * 8 float partial sums: block 0's in the low 128 bits, block 1's in the high.
+ * 8 int32 partial sums, less off16 (q4_pair_off16: Q4_0's and Q5_0's offsets,
+ * taken off in 16 bits), exact: block 0's in the low 128 bits, block 1's in
+ * the high.
  * Putting the two blocks' low nibbles in one register and their high nibbles
  * in another halves the maddubs/madd/convert work per block; the two maddubs
  * results add without overflow (|.| <= 2*2*31*127). IQ4_NL's looked-up values
  * are signed, up to 127: the sign moves onto x and its two products go
  * through madd apart, as their sum could pass int16. */
-EXO_ALWAYS_INLINE __m256 q4_pair_dot(__m256i q, __m256i hlo, __m256i hhi, __m256i xlo, __m256i xhi, const int K)
+EXO_ALWAYS_INLINE __m256i q4_pair_isum(__m256i q, __m256i hlo, __m256i hhi, __m256i xlo, __m256i xhi, __m256i off16,
+                                       const int K)
 {
     const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256i qlo = _mm256_and_si256(q, low4);
@@ -178,14 +182,20 @@ EXO_ALWAYS_INLINE __m256 q4_pair_dot(__m256i q, __m256i hlo, __m256i hhi, __m256
         qhi = _mm256_shuffle_epi8(table, qhi);
         __m256i plo = _mm256_maddubs_epi16(_mm256_sign_epi8(qlo, qlo), _mm256_sign_epi8(xlo, qlo));
         __m256i phi = _mm256_maddubs_epi16(_mm256_sign_epi8(qhi, qhi), _mm256_sign_epi8(xhi, qhi));
-        return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones)));
+        return _mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones));
     }
     if (K == KIND_Q5_0 || K == KIND_Q5_1) {
         qlo = _mm256_or_si256(qlo, hlo);
         qhi = _mm256_or_si256(qhi, hhi);
     }
     __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(qlo, xlo), _mm256_maddubs_epi16(qhi, xhi));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+    return _mm256_madd_epi16(_mm256_sub_epi16(s16, off16), ones);
+}
+
+/* The same as float lanes, no offset (Q4_1, Q5_1: their minimum goes in through s). */
+EXO_ALWAYS_INLINE __m256 q4_pair_dot(__m256i q, __m256i hlo, __m256i hhi, __m256i xlo, __m256i xhi, const int K)
+{
+    return _mm256_cvtepi32_ps(q4_pair_isum(q, hlo, hhi, xlo, xhi, _mm256_setzero_si256(), K));
 }
 
 static inline int load_u16(const void *p)
@@ -319,19 +329,152 @@ EXO_ALWAYS_INLINE void q4_rows(int n, const uint8_t *w0, size_t stride, const ex
     }
 }
 
-/* The one-row dots, one per format over q4_rows. */
-#define Q4_ONE_ROW(fmt, kind)                                                         \
+/* ---- Q4_0, Q5_0, IQ4_NL: the per-block order (quants_blocks.h) --------------- */
+
+/* These three add each block's exact integer sum into eight float chains
+ * (quants.c: "the per-block order"): a pair of blocks gives one pair
+ * register of int32 lanes (block 0 in lanes 0-3, block 1 in 4-7), eight
+ * blocks one vector of block sums. Q4_0's +8 and Q5_0's +16 come off in
+ * 16 bits: maddubs(offset, x) is subtracted from the pair's products before
+ * madd (|.| <= 2 * 2 * 31 * 127 + 2 * 2 * 16 * 127, inside int16); IQ4_NL's
+ * signed table values go through q4_pair_isum's exact path. */
+
+/* offset * (the pair's activation bytes summed in twos), for q4_pair_isum. */
+EXO_ALWAYS_INLINE __m256i q4_pair_off16(__m256i xlo, __m256i xhi, const int K)
+{
+    if (K == KIND_IQ4_NL) return _mm256_setzero_si256();
+    const __m256i off = _mm256_set1_epi8(K == KIND_Q5_0 ? 16 : 8);
+    return _mm256_add_epi16(_mm256_maddubs_epi16(off, xlo), _mm256_maddubs_epi16(off, xhi));
+}
+
+/* One lone block (quants at qs, Q5's qh at qh) as a pair register's first block. */
+EXO_ALWAYS_INLINE __m256i q4_one_isum(const uint8_t *qs, const uint8_t *qh, const exo_block_q8_32 *a, const int K)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i q = q4_unpack(qs), x = _mm256_loadu_si256((const __m256i *)a->qs);
+    __m256i p16;
+    if (K == KIND_IQ4_NL) {
+        q = _mm256_shuffle_epi8(iq4nl_table(), q);
+        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+    } else {
+        if (K == KIND_Q5_0) q = _mm256_or_si256(q, q5_block_highs(qh));
+        p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(_mm256_set1_epi8(K == KIND_Q5_0 ? 16 : 8), x));
+    }
+    return exo_single_as_pair(_mm256_madd_epi16(p16, ones));
+}
+
+/* Pair k (0..3) of a four-block step of row w (blocks bs bytes apart) or of
+ * packed row r of the chunk at c. */
+EXO_ALWAYS_INLINE __m256i q4_0_pair_at(const uint8_t *w, size_t bs, size_t qo, size_t qho, const uint8_t *cr,
+                                       const __m256i *x, const __m256i *off, int k, const bool P, const int K)
+{
+    __m256i hlo = _mm256_setzero_si256(), hhi = hlo;
+    if (K == KIND_Q5_0) q5_pair_highs(w + 2 * k * bs + qho, w + (2 * k + 1) * bs + qho, &hlo, &hhi);
+    __m256i q = P ? _mm256_loadu_si256((const __m256i *)(cr + 128 * (k % 2))) : load_2x128(w + 2 * k * bs + qo, w + (2 * k + 1) * bs + qo);
+    return q4_pair_isum(q, hlo, hhi, x[2 * k], x[2 * k + 1], off[k], K);
+}
+
+/* R rows (1 or 4) of a Q4_0-like format at w0, w0 + stride, ...; or, with
+ * P, the packed group of four Q4_0 rows at w0 (quants.h), eight blocks (two
+ * four-block chunks) a step, then the last blocks as the packed layout has
+ * them (a four-block chunk, a pair, a single). */
+EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
+                                 const int R, const bool P, const int K)
+{
+    const size_t bs = K == KIND_Q5_0 ? sizeof(exo_block_q5_0) : sizeof(exo_block_q4_0); /* Q4_0, IQ4_NL */
+    const size_t qo = K == KIND_Q5_0 ? offsetof(exo_block_q5_0, qs) : offsetof(exo_block_q4_0, qs);
+    const size_t qho = offsetof(exo_block_q5_0, qh);
+    const int nb = n / EXO_QK;
+    __m256 acc[4];
+    FOR_ROWS(r, R) acc[r] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= nb; i += 8) {
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
+        __m256i x[8], off[4];
+        for (int k = 0; k < 4; k++) {
+            x[2 * k] = load_2x128(a[i + 2 * k].qs, a[i + 2 * k + 1].qs);
+            x[2 * k + 1] = load_2x128(a[i + 2 * k].qs + 16, a[i + 2 * k + 1].qs + 16);
+            off[k] = q4_pair_off16(x[2 * k], x[2 * k + 1], K);
+        }
+        const __m256 da = exo_act_d8(a + i);
+        FOR_ROWS(r, R) {
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+            __m256 d;
+            if (P) {
+                d = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(c + 256 + 8 * r)),
+                                                       _mm_loadl_epi64((const __m128i *)(c + 16 * bs + 256 + 8 * r))));
+            } else {
+                exo_half h[8];
+                for (int k = 0; k < 8; k++) memcpy(&h[k], w + k * bs, sizeof h[k]);
+                d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+            }
+            __m256i s[4];
+            for (int k = 0; k < 4; k++)
+                s[k] = q4_0_pair_at(w, bs, qo, qho, c + (size_t)(k / 2) * 16 * bs + 32 * r, x, off, k, P, K);
+            acc[r] = exo_chains_step(acc[r], d, da, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
+        }
+    }
+    if (i < nb) {
+        const int m = nb - i;
+        __m256i s[4][4];
+        const uint8_t *dw_at[4][8] = { { 0 } };
+        FOR_ROWS(r, R) s[r][0] = s[r][1] = s[r][2] = s[r][3] = _mm256_setzero_si256();
+        int k = 0;
+        while (m - k >= 2) { /* a four-block chunk's two pairs, or a pair chunk */
+            const int b = i + k, cb = m - k >= 4 ? 4 : 2;
+            const uint8_t *c = w0 + (size_t)b * 4 * bs;
+            __m256i x[2], off[1];
+            x[0] = load_2x128(a[b].qs, a[b + 1].qs);
+            x[1] = load_2x128(a[b].qs + 16, a[b + 1].qs + 16);
+            off[0] = q4_pair_off16(x[0], x[1], K);
+            FOR_ROWS(r, R) {
+                const uint8_t *w = w0 + (size_t)r * stride + (size_t)b * bs;
+                s[r][k / 2] = q4_0_pair_at(w, bs, qo, qho, c + 32 * r, x, off, 0, P, K);
+                for (int j = 0; j < 2; j++) dw_at[r][k + j] = P ? c + (cb == 4 ? 256 + 8 * r : 128 + 4 * r) + 2 * j : w + j * bs;
+            }
+            if (cb == 4) { /* the chunk's second pair */
+                __m256i y[2], offy[1];
+                y[0] = load_2x128(a[b + 2].qs, a[b + 3].qs);
+                y[1] = load_2x128(a[b + 2].qs + 16, a[b + 3].qs + 16);
+                offy[0] = q4_pair_off16(y[0], y[1], K);
+                FOR_ROWS(r, R) {
+                    const uint8_t *w = w0 + (size_t)r * stride + (size_t)(b + 2) * bs;
+                    s[r][k / 2 + 1] = q4_0_pair_at(w, bs, qo, qho, c + 128 + 32 * r, y, offy, 0, P, K);
+                    for (int j = 0; j < 2; j++) dw_at[r][k + 2 + j] = P ? c + 256 + 8 * r + 4 + 2 * j : w + j * bs;
+                }
+            }
+            k += cb;
+        }
+        if (m - k == 1) {
+            const int b = i + k;
+            const uint8_t *c = w0 + (size_t)b * 4 * bs;
+            FOR_ROWS(r, R) {
+                const uint8_t *w = w0 + (size_t)r * stride + (size_t)b * bs;
+                s[r][k / 2] = q4_one_isum(P ? c + 16 * r : w + qo, w + qho, a + b, K);
+                dw_at[r][k] = P ? c + 64 + 2 * r : w;
+            }
+        }
+        FOR_ROWS(r, R) {
+            const __m256i isum = exo_pair_block_sums(s[r][0], s[r][1], s[r][2], s[r][3]);
+            acc[r] = _mm256_fmadd_ps(exo_tail_scales(dw_at[r], a + i, m), _mm256_cvtepi32_ps(isum), acc[r]);
+        }
+    }
+    FOR_ROWS(r, R) out[r] = exo_chains_sum(acc[r]);
+}
+
+/* The one-row dots, one per format over its body. */
+#define Q4_ONE_ROW(fmt, body, kind)                                                   \
     float exo__vec_dot_##fmt##_q8_32_avx2(int n, const void *w_row, const void *act_row) \
     {                                                                                 \
         float out;                                                                    \
-        q4_rows(n, w_row, 0, act_row, &out, 1, false, kind);                          \
+        body(n, w_row, 0, act_row, &out, 1, false, kind);                             \
         return out;                                                                   \
     }
-Q4_ONE_ROW(q4_0, KIND_Q4_0)
-Q4_ONE_ROW(q4_1, KIND_Q4_1)
-Q4_ONE_ROW(q5_0, KIND_Q5_0)
-Q4_ONE_ROW(q5_1, KIND_Q5_1)
-Q4_ONE_ROW(iq4_nl, KIND_IQ4_NL)
+Q4_ONE_ROW(q4_0, q4_0_rows, KIND_Q4_0)
+Q4_ONE_ROW(q4_1, q4_rows, KIND_Q4_1)
+Q4_ONE_ROW(q5_0, q4_0_rows, KIND_Q5_0)
+Q4_ONE_ROW(q5_1, q4_rows, KIND_Q5_1)
+Q4_ONE_ROW(iq4_nl, q4_0_rows, KIND_IQ4_NL)
 #undef Q4_ONE_ROW
 
 void exo__vec_dot_packed_q4_1_q8_32_avx2(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
@@ -345,15 +488,17 @@ void exo__vec_dot_packed_q4_0_q8_32_avx2(int n, const void *groups, int64_t n_gr
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
     const uint8_t *g = groups;
-    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_0);
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q4_0_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_0);
 }
 
-/* dw * da of one Q8_0 block: a 32-bit load (the half and two quant bytes)
- * goes straight into cvtph2ps, cheaper than inserting a 16-bit value. */
-static inline __m256 q8_0_scale(const exo_block_q8_0 *w, const exo_block_q8_32 *a)
+/* Q8_0 in the per-block order: each block's exact sum as int32 lanes
+ * (maddubs with w's sign moved onto x, then madd: |.| <= 2 * 128 * 127 in
+ * 16 bits), eight blocks' lanes one vector of block sums. */
+static inline __m256i q8_0_block_isum(const exo_block_q8_0 *w, const exo_block_q8_32 *a)
 {
-    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(w)));
-    return _mm256_broadcastss_ps(_mm_mul_ss(d, _mm_load_ss(&a->d)));
+    const __m256i wq = _mm256_loadu_si256((const __m256i *)w->qs), x = _mm256_loadu_si256((const __m256i *)a->qs);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(x, wq)),
+                             _mm256_set1_epi16(1));
 }
 
 float exo__vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
@@ -361,22 +506,28 @@ float exo__vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row
     const exo_block_q8_0 *w = w_row;
     const exo_block_q8_32 *a = act_row;
     const int nb = n / EXO_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc = _mm256_setzero_ps();
     int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m256 p0 = dot_s8_s8(_mm256_loadu_si256((const __m256i *)w[i].qs),
-                              _mm256_loadu_si256((const __m256i *)a[i].qs));
-        __m256 p1 = dot_s8_s8(_mm256_loadu_si256((const __m256i *)w[i + 1].qs),
-                              _mm256_loadu_si256((const __m256i *)a[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(q8_0_scale(w + i, a + i), p0, acc0);
-        acc1 = _mm256_fmadd_ps(q8_0_scale(w + i + 1, a + i + 1), p1, acc1);
+    for (; i + 8 <= nb; i += 8) {
+        __m256i v[8];
+        exo_half h[8];
+        for (int k = 0; k < 8; k++) {
+            v[k] = q8_0_block_isum(w + i + k, a + i + k);
+            h[k] = w[i + k].d;
+        }
+        acc = exo_chains_step(acc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)), exo_act_d8(a + i),
+                              exo_single_block_sums(v));
     }
     if (i < nb) {
-        __m256 p0 = dot_s8_s8(_mm256_loadu_si256((const __m256i *)w[i].qs),
-                              _mm256_loadu_si256((const __m256i *)a[i].qs));
-        acc0 = _mm256_fmadd_ps(q8_0_scale(w + i, a + i), p0, acc0);
+        __m256i v[8];
+        const uint8_t *dw_at[8];
+        for (int k = 0; k < 8; k++) {
+            v[k] = i + k < nb ? q8_0_block_isum(w + i + k, a + i + k) : _mm256_setzero_si256();
+            dw_at[k] = (const uint8_t *)&w[i + k < nb ? i + k : i].d;
+        }
+        acc = _mm256_fmadd_ps(exo_tail_scales(dw_at, a + i, nb - i), _mm256_cvtepi32_ps(exo_single_block_sums(v)), acc);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    return exo_chains_sum(acc);
 }
 
 /* ---- K formats x Q8_K ------------------------------------------------------ */

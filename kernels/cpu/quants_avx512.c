@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "quants.h"
+#include "quants_blocks.h"
 #include "quants_impl.h"
 #include "quants_k_rows.h"
 
@@ -361,89 +362,124 @@ void exo__vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_
 
 /* ---- Q4_0, Q5_0, IQ4_NL: x = (q - 8) * d, (q - 16) * d, d * values[q] -------- */
 
-/* The steps of q4_0_rows after its four-block ones (a pair of blocks, then
- * one block) from block i on, for rows r0 .. r0 + R - 1 (of a packed group
- * with P), into their accumulators. Shared with the four-token kernel, so
- * that both add the same terms in the same order. */
+/* These follow the per-block order (quants.c; quants_blocks.h): each block's
+ * integer sum exact in int32 lanes, the offset (8, 16, or IQ4_NL's 128) in
+ * the lanes' starting values (shared by the rows), then eight blocks' sums
+ * as one vector and one convert, multiply and FMA for the eight. */
+#define KIND_OFFSET(K) ((char)((K) == KIND_Q5_0 ? 16 : (K) == KIND_IQ4_NL ? 128 : 8))
+
+/* Eight fp16 scales, four blocks stride bytes apart twice. */
+static inline __m256 halves_8(const uint8_t *p, size_t stride)
+{
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(halves_4(p, stride)), halves_4(p + 4 * stride, stride), 1);
+}
+
+/* Row r's eight d's of two consecutive packed four-block chunks (at c and
+ * c + chunk bytes, each holding the rows' four d's at scales + 8 r). */
+static inline __m256 packed_d8(const uint8_t *c, size_t chunk, size_t scales, int r)
+{
+    const __m128i lo = _mm_loadl_epi64((const __m128i *)(c + scales + 8 * r));
+    const __m128i hi = _mm_loadl_epi64((const __m128i *)(c + chunk + scales + 8 * r));
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(lo, hi));
+}
+
+/* The last m = nb - i (1..7) blocks of rows r0 .. r0 + R - 1 (of a packed
+ * group with P: a four-block chunk if m >= 4, then a pair, then a single),
+ * into the rows' chains, zeros in the lanes past m. Shared with the
+ * four-token kernel, so that both add the same terms in the same order. */
 EXO_ALWAYS_INLINE void q4_0_tail(int nb, int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a,
-                                 __m256 *acc0, __m256 *acc1, const int R, const int r0, const bool P, const int K)
+                                 __m256 *acc, const int R, const int r0, const bool P, const int K)
 {
     const size_t bs = KIND_BYTES(K), qo = KIND_QS(K), ho = KIND_QH(K);
     const bool HI = K == KIND_Q5_0;
-    const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    const __m256i offset = _mm256_set1_epi8((char)(K == KIND_Q5_0 ? 16 : K == KIND_IQ4_NL ? 128 : 8));
-    if (i + 2 <= nb) {
+    const int m = nb - i;
+    const __m256i offset = _mm256_set1_epi8(KIND_OFFSET(K)), zero = _mm256_setzero_si256();
+    __m256i s[4][4]; /* [row][pair] */
+    const uint8_t *dw_at[4][8] = { { 0 } };
+    FOR_ROWS(r, R) s[r][0] = s[r][1] = s[r][2] = s[r][3] = zero;
+    int k = 0;
+    if (m >= 4) {
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
-        const __m256i xl = load_2x128(a[i].qs, a[i + 1].qs), xh = load_2x128(a[i].qs + 16, a[i + 1].qs + 16);
-        const __m256i cs = neg_offset_sums(xl, xh, offset);
-        const __m128 ds = act_pair_ds(a + i);
-        const __m128 da = _mm_shuffle_ps(ds, ds, _MM_SHUFFLE(2, 0, 2, 0));
+        __m256i x[4];
+        act_quad(a + i, x);
+        const __m256i c0 = neg_offset_sums(x[0], x[1], offset), c1 = neg_offset_sums(x[2], x[3], offset);
         FOR_ROWS(r, R) {
             const int rr = r0 + r;
             const uint8_t *w = w0 + (size_t)rr * stride + (size_t)i * bs;
-            __m128 d = P ? _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(c + 128 + 4 * rr))) : halves_2(w, bs);
-            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
+            q4_quad_dot(w, c + 32 * rr, bs, x, c0, c1, s[r], P, K);
+            for (int j = 0; j < 4; j++) dw_at[r][j] = P ? c + 256 + 8 * rr + 2 * j : w + j * bs;
+        }
+        k = 4;
+    }
+    if (m - k >= 2) {
+        const int b = i + k;
+        const uint8_t *c = w0 + (size_t)b * 4 * bs;
+        const __m256i xl = load_2x128(a[b].qs, a[b + 1].qs), xh = load_2x128(a[b].qs + 16, a[b + 1].qs + 16);
+        const __m256i cs = neg_offset_sums(xl, xh, offset);
+        FOR_ROWS(r, R) {
+            const int rr = r0 + r;
+            const uint8_t *w = w0 + (size_t)rr * stride + (size_t)b * bs;
             __mmask32 hl = 0, hh = 0;
             if (HI) q5_pair_masks(w + ho, w + bs + ho, &hl, &hh);
-            __m256i s = q4_pair_dot(cs, P ? load_256(c + 32 * rr) : load_2x128(w + qo, w + bs + qo), xl, xh, hl, hh, K);
-            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s), acc0[r]);
+            s[r][k / 2] = q4_pair_dot(cs, P ? load_256(c + 32 * rr) : load_2x128(w + qo, w + bs + qo), xl, xh, hl, hh, K);
+            dw_at[r][k] = P ? c + 128 + 4 * rr : w;
+            dw_at[r][k + 1] = P ? c + 130 + 4 * rr : w + bs;
         }
-        i += 2;
+        k += 2;
     }
-    if (i < nb) {
-        const uint8_t *c = w0 + (size_t)i * 4 * bs;
-        const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
-        const __m256i zero = _mm256_setzero_si256();
+    if (m - k == 1) {
+        const int b = i + k;
+        const uint8_t *c = w0 + (size_t)b * 4 * bs;
+        const __m256i x = _mm256_loadu_si256((const __m256i *)a[b].qs);
         const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, x));
         FOR_ROWS(r, R) {
             const int rr = r0 + r;
-            const uint8_t *w = w0 + (size_t)rr * stride + (size_t)i * bs;
-            exo_half d;
-            memcpy(&d, P ? c + 64 + 2 * rr : w, sizeof d);
+            const uint8_t *w = w0 + (size_t)rr * stride + (size_t)b * bs;
             __m256i q = q4_widen(q4_unpack(P ? c + 16 * rr : w + qo), HI ? load_u32(w + ho) : 0, K);
-            __m256i s = _mm256_dpbusd_epi32(cs, q, x);
-            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(d) * a[i].d), _mm256_cvtepi32_ps(s), acc1[r]);
+            s[r][k / 2] = exo_single_as_pair(_mm256_dpbusd_epi32(cs, q, x));
+            dw_at[r][k] = P ? c + 64 + 2 * rr : w;
         }
+    }
+    FOR_ROWS(r, R) {
+        const __m256i isum = exo_pair_block_sums(s[r][0], s[r][1], s[r][2], s[r][3]);
+        acc[r] = _mm256_fmadd_ps(exo_tail_scales(dw_at[r], a + i, m), _mm256_cvtepi32_ps(isum), acc[r]);
     }
 }
 
-/* As Q4_1 without the minimum (packed Q4_0 chunks: the pairs of quants, then
- * each row's d's); the offset (8, 16, or IQ4_NL's 128) lives in the lane
- * accumulators' starting values (shared by the rows), so only d's scale the
- * dots. */
+/* R rows (1 or 4) of a Q4_0-like format at w0, w0 + stride, ..., or with P
+ * the packed group of four Q4_0 rows at w0 (quants.h: four-block chunks of
+ * the rows' quant pairs, then each row's d's), against one activation row:
+ * eight blocks (two chunks) a step. */
 EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
                                  const int R, const bool P, const int K)
 {
     const size_t bs = KIND_BYTES(K);
     const int nb = n / EXO_QK;
-    const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), sp1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    const __m256i offset = _mm256_set1_epi8((char)(K == KIND_Q5_0 ? 16 : K == KIND_IQ4_NL ? 128 : 8));
-    __m256 acc0[4], acc1[4];
-    FOR_ROWS(r, R) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    const __m256i offset = _mm256_set1_epi8(KIND_OFFSET(K));
+    __m256 acc[4];
+    FOR_ROWS(r, R) acc[r] = _mm256_setzero_ps();
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
     int i = 0;
-    for (; i + 4 <= nb; i += 4) {
-        if (R == 4 && !P) prefetch_lines(&pf, 5); /* 4 x 4 x 18 = 288 bytes, rounded up */
+    for (; i + 8 <= nb; i += 8) {
+        if (R == 4 && !P) prefetch_lines(&pf, 9); /* 4 x 8 x 18 = 576 bytes */
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
-        if (P) prefetch_ahead(c, 5);
-        __m256i x[4];
+        if (P) prefetch_ahead(c, 9);
+        __m256i x[8], o[4];
         act_quad(a + i, x);
-        const __m256i c0 = neg_offset_sums(x[0], x[1], offset), c1 = neg_offset_sums(x[2], x[3], offset);
-        const __m128 da = act_quad_d(a + i);
+        act_quad(a + i + 4, x + 4);
+        for (int k = 0; k < 4; k++) o[k] = neg_offset_sums(x[2 * k], x[2 * k + 1], offset);
+        const __m256 da = exo_act_d8(a + i);
         FOR_ROWS(r, R) {
             const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
-            __m128 d = P ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(c + 256 + 8 * r))) : halves_4(w, bs);
-            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
-            __m256i s[2];
-            q4_quad_dot(w, c + 32 * r, bs, x, c0, c1, s, P, K);
-            acc0[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp0), _mm256_cvtepi32_ps(s[0]), acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(p, sp1), _mm256_cvtepi32_ps(s[1]), acc1[r]);
+            const __m256 d = P ? packed_d8(c, 16 * bs, 256, r) : halves_8(w, bs);
+            __m256i s[4];
+            q4_quad_dot(w, c + 32 * r, bs, x, o[0], o[1], s, P, K);
+            q4_quad_dot(w + 4 * bs, c + 16 * bs + 32 * r, bs, x + 4, o[2], o[3], s + 2, P, K);
+            acc[r] = exo_chains_step(acc[r], d, da, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
         }
     }
-    q4_0_tail(nb, i, w0, stride, a, acc0, acc1, R, 0, P, K);
-    __m256 u[4];
-    FOR_ROWS(r, R) u[r] = _mm256_add_ps(acc0[r], acc1[r]);
-    reduce_rows(u, out, R);
+    if (i < nb) q4_0_tail(nb, i, w0, stride, a, acc, R, 0, P, K);
+    reduce_rows(acc, out, R);
 }
 
 void exo__vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
@@ -477,62 +513,68 @@ Q4_ONE_ROW(iq4_nl, q4_0_rows, KIND_IQ4_NL)
 /* ---- Q8_0: x = q * d ------------------------------------------------------ */
 
 /* One block per register (32 quants, 8 lanes); w ^ 0x80 makes the weights
- * unsigned and the lanes start at -128 * sum(x) to take the 128 back out.
- * Packed (P) chunks hold, block by block, the four rows' 32 quants, then each
- * row's d's. From the file's layout, quants.c dispatches the four-row kernel
- * only for batches: it was 1.5x faster on rows in L2 but slower streaming
- * from DRAM, where Q8_0 matrices (the output head) live; the packed layout,
- * one stream, beats both (bench_quants shows all three). */
+ * unsigned and the lanes start at -128 * sum(x) to take the 128 back out;
+ * eight blocks' registers make one vector of block sums (the per-block
+ * order, quants_blocks.h). Packed (P) chunks hold, block by block, the four
+ * rows' 32 quants, then each row's d's; past the last four-block chunk,
+ * single blocks. From the file's layout, quants.c dispatches the four-row
+ * kernel only for batches: it was 1.5x faster on rows in L2 but slower
+ * streaming from DRAM, where Q8_0 matrices (the output head) live; the
+ * packed layout, one stream, beats both (bench_quants shows all three). */
 EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
                                  const int R, const bool P)
 {
+    const size_t bs = sizeof(exo_block_q8_0);
     const int nb = n / EXO_QK;
     const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
-    __m256 acc0[4], acc1[4];
-    FOR_ROWS(r, R) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    __m256 acc[4];
+    FOR_ROWS(r, R) acc[r] = _mm256_setzero_ps();
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
     int i = 0;
-    for (; i + 4 <= nb; i += 4) {
-        if (R == 4 && !P) prefetch_lines(&pf, 9); /* 4 x 4 x 34 = 544 bytes, rounded up */
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q8_0);
-        if (P) prefetch_ahead(c, 9);
-        __m256i x[4], cs[4];
-        for (int k = 0; k < 4; k++) {
+    for (; i + 8 <= nb; i += 8) {
+        if (R == 4 && !P) prefetch_lines(&pf, 17); /* 4 x 8 x 34 = 1088 bytes */
+        const uint8_t *c = w0 + (size_t)i * 4 * bs;
+        if (P) prefetch_ahead(c, 17);
+        __m256i x[8], cs[8];
+        for (int k = 0; k < 8; k++) {
             x[k] = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
             cs[k] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x[k]));
         }
-        const __m128 da = act_quad_d(a + i);
+        const __m256 da = exo_act_d8(a + i);
         FOR_ROWS(r, R) {
             const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
-            __m128 d = P ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(c + 512 + 8 * r)))
-                         : halves_4((const uint8_t *)w, sizeof *w);
-            __m256 p = _mm256_castps128_ps256(_mm_mul_ps(d, da));
-            for (int k = 0; k < 4; k++) {
-                __m256i q = _mm256_xor_si256(P ? load_256(c + 128 * k + 32 * r) : load_256((const uint8_t *)w[k].qs),
-                                             bias);
-                __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(cs[k], q, x[k]));
-                __m256 dk = _mm256_permutevar8x32_ps(p, _mm256_set1_epi32(k));
-                if (k & 1) acc1[r] = _mm256_fmadd_ps(dk, s, acc1[r]);
-                else acc0[r] = _mm256_fmadd_ps(dk, s, acc0[r]);
+            const __m256 d = P ? packed_d8(c, 16 * bs, 512, r) : halves_8((const uint8_t *)w, bs);
+            __m256i v[8];
+            for (int k = 0; k < 8; k++) {
+                const uint8_t *q = P ? c + (k / 4) * 16 * bs + 128 * (k % 4) + 32 * r : (const uint8_t *)w[k].qs;
+                v[k] = _mm256_dpbusd_epi32(cs[k], _mm256_xor_si256(load_256(q), bias), x[k]);
+            }
+            acc[r] = exo_chains_step(acc[r], d, da, exo_single_block_sums(v));
+        }
+    }
+    if (i < nb) { /* the last m (1..7) blocks: a four-block chunk if m >= 4, then single blocks */
+        const int m = nb - i;
+        __m256i v[4][8];
+        const uint8_t *dw_at[4][8] = { { 0 } };
+        FOR_ROWS(r, R) for (int k = 0; k < 8; k++) v[r][k] = zero;
+        for (int k = 0; k < m; k++) {
+            const bool quad = m >= 4 && k < 4;
+            const uint8_t *c = w0 + (size_t)(quad ? i : i + k) * 4 * bs;
+            const __m256i x = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
+            const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
+            FOR_ROWS(r, R) {
+                const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i + k;
+                const uint8_t *q = P ? (quad ? c + 128 * k + 32 * r : c + 32 * r) : (const uint8_t *)w->qs;
+                dw_at[r][k] = P ? (quad ? c + 512 + 8 * r + 2 * k : c + 128 + 2 * r) : (const uint8_t *)w;
+                v[r][k] = _mm256_dpbusd_epi32(cs, _mm256_xor_si256(load_256(q), bias), x);
             }
         }
-    }
-    for (; i < nb; i++) {
-        const uint8_t *c = w0 + (size_t)i * 4 * sizeof(exo_block_q8_0);
-        const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
-        const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
         FOR_ROWS(r, R) {
-            const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
-            exo_half d = w->d;
-            if (P) memcpy(&d, c + 128 + 2 * r, sizeof d);
-            __m256i q = _mm256_xor_si256(P ? load_256(c + 32 * r) : load_256((const uint8_t *)w->qs), bias);
-            __m256 s = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(cs, q, x));
-            acc1[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(d) * a[i].d), s, acc1[r]);
+            const __m256i isum = exo_single_block_sums(v[r]);
+            acc[r] = _mm256_fmadd_ps(exo_tail_scales(dw_at[r], a + i, m), _mm256_cvtepi32_ps(isum), acc[r]);
         }
     }
-    __m256 u[4];
-    FOR_ROWS(r, R) u[r] = _mm256_add_ps(acc0[r], acc1[r]);
-    reduce_rows(u, out, R);
+    reduce_rows(acc, out, R);
 }
 
 float exo__vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
@@ -556,40 +598,40 @@ void exo__vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_
 
 /* ---- four tokens per pass over a packed group (a prompt's batch) ---------- */
 
-/* Four-block steps per pass over the four rows of a group in the four-token
- * kernel: the steps' activations for four tokens (8 KiB) stay in L1 while
- * each row of the group reads them. */
-#define T4_STEPS 8
+/* Eight-block steps per pass over the four rows of a group in the
+ * four-token kernel: the steps' activations for four tokens (6.5 KiB) stay
+ * in L1 while each row of the group reads them. */
+#define T4_STEPS 4
 
-/* What q4_0_rows computes from one token's activations at a four-block step
- * before it meets a row, computed once a call for every row: x as act_quad,
- * c[k] the starting lanes of pair k, da[k] = [da(2k) x4, da(2k+1) x4]. */
+/* What q4_0_rows computes from one token's activations at an eight-block
+ * step before it meets a row, computed once a call for every row: x as two
+ * act_quads, c[k] the starting lanes of pair k, da the eight blocks' d. */
 typedef struct {
-    __m256i x[4];
-    __m256i c[2];
-    __m256 da[2];
+    __m256i x[8];
+    __m256i c[4];
+    __m256 da;
 } q4_0_t4_step;
 
-/* Row r of the packed chunk c (one four-block step) against the four tokens'
- * step activations x[0..3], into their accumulators s0 (the first block
- * pair) and s1. The quants are unpacked and the row's scales spread once for
- * the four tokens; d * da goes in as d spread over the lanes times da spread
- * alike: the products q4_0_rows takes, through the same FMAs in the same
- * order. */
-static inline void q4_0_t4_step_row(const uint8_t *c, int r, const q4_0_t4_step *x, __m256 s0[4], __m256 s1[4])
+/* Row r of the eight-block step at c (two packed chunks) against the four
+ * tokens' step activations, into their chains: the quants are unpacked and
+ * the row's d's converted once for the four tokens, then q4_0_rows's
+ * integer sums and its one chain step per token. */
+static inline void q4_0_t4_step_row(const uint8_t *c, int r, const q4_0_t4_step *x, __m256 acc[4])
 {
+    const size_t bs = sizeof(exo_block_q4_0);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
-    const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), sp1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    const __m256 d = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(c + 256 + 8 * r))));
-    const __m256i w0 = load_256(c + 32 * r), w1 = load_256(c + 128 + 32 * r);
-    const __m256i l0 = _mm256_and_si256(w0, low4), h0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), low4);
-    const __m256i l1 = _mm256_and_si256(w1, low4), h1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), low4);
-    const __m256 d0 = _mm256_permutevar8x32_ps(d, sp0), d1 = _mm256_permutevar8x32_ps(d, sp1);
+    const __m256 d = packed_d8(c, 16 * bs, 256, r);
+    __m256i l[4], h[4];
+    for (int k = 0; k < 4; k++) {
+        const __m256i wk = load_256(c + (size_t)(k / 2) * 16 * bs + 128 * (k % 2) + 32 * r);
+        l[k] = _mm256_and_si256(wk, low4);
+        h[k] = _mm256_and_si256(_mm256_srli_epi16(wk, 4), low4);
+    }
     for (int t = 0; t < 4; t++) {
-        const __m256i i0 = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(x[t].c[0], l0, x[t].x[0]), h0, x[t].x[1]);
-        const __m256i i1 = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(x[t].c[1], l1, x[t].x[2]), h1, x[t].x[3]);
-        s0[t] = _mm256_fmadd_ps(_mm256_mul_ps(d0, x[t].da[0]), _mm256_cvtepi32_ps(i0), s0[t]);
-        s1[t] = _mm256_fmadd_ps(_mm256_mul_ps(d1, x[t].da[1]), _mm256_cvtepi32_ps(i1), s1[t]);
+        __m256i s[4];
+        for (int k = 0; k < 4; k++)
+            s[k] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(x[t].c[k], l[k], x[t].x[2 * k]), h[k], x[t].x[2 * k + 1]);
+        acc[t] = exo_chains_step(acc[t], d, x[t].da, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
     }
 }
 
@@ -597,55 +639,48 @@ static inline void q4_0_t4_step_row(const uint8_t *c, int r, const q4_0_t4_step 
  * per token (the same integer sums and float operations per row and token,
  * then the same tail and reduction). In a batch the per-token packed kernel
  * spends as much on unpacking a row's nibbles and spreading its scales as on
- * the dots; here that is done once for four tokens (one core, 2048-wide rows
- * in cache: 1.25x). The tokens' step activations are prepared once a call,
- * on the stack: 256 bytes a token and four-block step, 64 KiB for a
- * 8192-wide row. (Q8_0 has little to unpack, and its four-token version
- * measured no faster than the packed kernel per token: it has none.) */
+ * the dots; here that is done once for four tokens. The tokens' step
+ * activations are prepared once a call, on the stack: 416 bytes a token and
+ * eight-block step, 52 KiB for a 8192-wide row. (Q8_0 has little to unpack,
+ * and its four-token version measured no faster than the packed kernel per
+ * token: it has none. Prompts of 16 tokens and more take the tiled GEMMs.) */
 void exo__vec_dot_packed_t4_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_rows,
                                               size_t act_stride, float *out, size_t ldo)
 {
     const size_t bs = sizeof(exo_block_q4_0), group_bytes = (size_t)(n / EXO_QK) * 4 * bs;
-    const int nb = n / EXO_QK, nq = nb / 4;
+    const int nb = n / EXO_QK, nq = nb / 8;
     const __m256i offset = _mm256_set1_epi8(8);
-    const __m256i sp0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), sp1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
     const exo_block_q8_32 *a[4];
     q4_0_t4_step st[4 * (size_t)nq + 1]; /* token t's step q at st[4 q + t] */
     for (int t = 0; t < 4; t++) {
         a[t] = (const exo_block_q8_32 *)((const uint8_t *)act_rows + (size_t)t * act_stride);
         for (int q = 0; q < nq; q++) {
             q4_0_t4_step *s = &st[4 * q + t];
-            act_quad(a[t] + 4 * q, s->x);
-            s->c[0] = neg_offset_sums(s->x[0], s->x[1], offset);
-            s->c[1] = neg_offset_sums(s->x[2], s->x[3], offset);
-            const __m256 da = _mm256_castps128_ps256(act_quad_d(a[t] + 4 * q));
-            s->da[0] = _mm256_permutevar8x32_ps(da, sp0);
-            s->da[1] = _mm256_permutevar8x32_ps(da, sp1);
+            act_quad(a[t] + 8 * q, s->x);
+            act_quad(a[t] + 8 * q + 4, s->x + 4);
+            for (int k = 0; k < 4; k++) s->c[k] = neg_offset_sums(s->x[2 * k], s->x[2 * k + 1], offset);
+            s->da = exo_act_d8(a[t] + 8 * q);
         }
     }
     const uint8_t *g = groups;
     for (int64_t k = 0; k < n_groups; k++, g += group_bytes) {
-        __m256 acc0[4][4], acc1[4][4]; /* [row][token] */
+        __m256 acc[4][4]; /* [row][token] */
         for (int r = 0; r < 4; r++)
-            for (int t = 0; t < 4; t++) acc0[r][t] = acc1[r][t] = _mm256_setzero_ps();
+            for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
         for (int q0 = 0; q0 < nq; q0 += T4_STEPS) {
             const int q1 = q0 + T4_STEPS < nq ? q0 + T4_STEPS : nq;
-            for (int r = 0; r < 4; r++) {
-                __m256 s0[4], s1[4];
-                for (int t = 0; t < 4; t++) s0[t] = acc0[r][t], s1[t] = acc1[r][t];
+            for (int r = 0; r < 4; r++)
                 for (int q = q0; q < q1; q++) {
-                    const uint8_t *c = g + (size_t)q * 16 * bs;
-                    if (r == 0) prefetch_ahead(c, 5);
-                    q4_0_t4_step_row(c, r, &st[4 * q], s0, s1);
+                    const uint8_t *c = g + (size_t)q * 32 * bs;
+                    if (r == 0) prefetch_ahead(c, 9);
+                    q4_0_t4_step_row(c, r, &st[4 * q], acc[r]);
                 }
-                for (int t = 0; t < 4; t++) acc0[r][t] = s0[t], acc1[r][t] = s1[t];
-            }
         }
         for (int t = 0; t < 4; t++) {
             __m256 u[4];
             for (int r = 0; r < 4; r++) {
-                q4_0_tail(nb, 4 * nq, g, 0, a[t], &acc0[r][t], &acc1[r][t], 1, r, true, KIND_Q4_0);
-                u[r] = _mm256_add_ps(acc0[r][t], acc1[r][t]);
+                if (nb > 8 * nq) q4_0_tail(nb, 8 * nq, g, 0, a[t], &acc[r][t], 1, r, true, KIND_Q4_0);
+                u[r] = acc[r][t];
             }
             reduce_rows(u, out + (size_t)t * ldo + 4 * k, 4);
         }

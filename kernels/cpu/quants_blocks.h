@@ -1,0 +1,78 @@
+/* quants_blocks.h: the per-block float order of Q4_0, Q5_0, IQ4_NL and Q8_0
+ * (quants.c, "the per-block order") in AVX2 registers, shared by the AVX2
+ * and AVX-512 decode kernels (internal; include only from files built with
+ * at least -mavx2 -mfma -mf16c).
+ *
+ * The order keeps eight float chains, chain j the blocks b with b % 8 == j:
+ * that is one __m256 accumulator whose lane j is chain j, fed eight blocks at
+ * a time. The kernels compute each block's exact integer sum as int32 lanes
+ * (a pair register: lanes 0-3 one block's partial sums, 4-7 the next one's;
+ * or a single register: all eight lanes one block's), turn eight blocks'
+ * lanes into one vector of block sums here, and spend one convert, one
+ * multiply (dw * da) and one FMA on the eight blocks. */
+#ifndef EXO_QUANTS_BLOCKS_H
+#define EXO_QUANTS_BLOCKS_H
+
+#include <immintrin.h>
+
+#include "quants.h"
+
+/* Blocks 0..7's sums in lanes 0..7 from four pair registers (pair k: block
+ * 2k in lanes 0-3, 2k + 1 in lanes 4-7). Integer adds: any order is exact. */
+static inline __m256i exo_pair_block_sums(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
+{
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3)); /* b0 b2 b4 b6 | b1 b3 b5 b7 */
+    return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Blocks 0..7's sums in lanes 0..7 from eight single registers. */
+static inline __m256i exo_single_block_sums(const __m256i v[8])
+{
+    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* A single register's block as a pair register's first block (lanes 0-3;
+ * lanes 4-7 zero), for a lone block at the end of a row. */
+static inline __m256i exo_single_as_pair(__m256i v)
+{
+    return _mm256_zextsi128_si256(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+}
+
+/* The activation scales of eight consecutive blocks. */
+static inline __m256 exo_act_d8(const exo_block_q8_32 *a)
+{
+    return _mm256_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d, a[4].d, a[5].d, a[6].d, a[7].d);
+}
+
+/* One chain step for eight blocks: acc + (dw * da) * isum, lane by lane. */
+static inline __m256 exo_chains_step(__m256 acc, __m256 dw, __m256 da, __m256i isum)
+{
+    return _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum), acc);
+}
+
+/* The end of the order: ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)). */
+static inline float exo_chains_sum(__m256 c)
+{
+    __m256 h = _mm256_hadd_ps(c, c);
+    h = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
+/* The scales dw * da of blocks i .. i + m - 1 (m < 8) in lanes 0 .. m - 1,
+ * zero above, for a row's last blocks: dw[k] is the fp16 at dw_at[k]. The
+ * zeros leave the chains as they are (fma(0, 0, c) == c for c != -0, and a
+ * chain that starts at +0 never becomes -0). */
+static inline __m256 exo_tail_scales(const uint8_t *const dw_at[8], const exo_block_q8_32 *a, int m)
+{
+    float p[8] = { 0 };
+    for (int k = 0; k < m; k++) {
+        exo_half h;
+        __builtin_memcpy(&h, dw_at[k], sizeof h);
+        p[k] = _cvtsh_ss(h) * a[k].d;
+    }
+    return _mm256_loadu_ps(p);
+}
+
+#endif
