@@ -105,6 +105,7 @@ typedef struct exo_kv_info {
     int reserved;         /* without a budget: blocks the live sequences reserved */
     int sequences;        /* live sequences */
     int64_t block_bytes;  /* memory of one block */
+    int shared;           /* blocks held by more than one sequence (each counted once above) */
 } exo_kv_info;
 
 /* Sizes the pool to n_tokens positions (rounded up to blocks), allocated at
@@ -123,8 +124,25 @@ void exo_seq_free(exo_seq *q);
 int exo_seq_pos(const exo_seq *q);
 int exo_seq_n_ctx(const exo_seq *q);
 /* Forgets positions >= pos (speculative rollback, edited history) and gives
- * the blocks past it back to the pool. */
+ * the blocks past it back to the pool. A block that other sequences share
+ * and that pos falls inside is first replaced by a private copy of the
+ * positions kept (copy on write: EXO_EBUSY, "KV pool exhausted", changing
+ * nothing, when no block is free for it). */
 int exo_seq_truncate(exo_seq *q, int pos);
+/* dst (empty, of the same shard) starts as src's first n positions without
+ * computing them: it holds src's full blocks below n too (a block goes back
+ * to the pool when its last holder lets go), and the positions of a partial
+ * last block are copied into a block of its own. dst's results from then on
+ * are exactly those of computing the n tokens itself. May run while a pass
+ * is in flight on src (on the engine thread). EXO_EBUSY ("KV pool
+ * exhausted"), changing nothing, when the partial block finds none free. */
+int exo_seq_share_prefix(exo_seq *dst, exo_seq *src, int n);
+/* Into *blocks: how many of the pool's free blocks q would use (negative:
+ * give back) to hold n_pos positions after a truncation to keep (0 <= keep
+ * <= its position, keep <= n_pos <= its context): the blocks past keep that
+ * q alone holds come back, shared ones free nothing, a shared block that
+ * keep falls inside is copied, and the blocks up to n_pos are taken. */
+int exo_seq_kv_need(const exo_seq *q, int keep, int n_pos, int *blocks);
 
 /* Runs n_tokens new positions through the shard, appending them to the
  * sequence. Input: token ids when the shard is first, else hidden states

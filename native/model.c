@@ -7,8 +7,10 @@
  * file's pages are released after, and a model that would not fit packed
  * stays a mapping), and allocates the run state for one internal batch, so
  * a forward pass never allocates. The KV cache is f16, in the shard's
- * pool of fixed blocks, which sequences take as they grow and give back
- * (model.h says how it is laid out and sized).
+ * pool of fixed blocks, which sequences take as they grow and give back,
+ * and may share: a sequence can start from another's prefix, holding its
+ * full blocks too (reference counts, copy on write; model.h says how the
+ * pool is laid out and sized).
  * Forward passes are serialised by one lock: the compute pool and the
  * backend's scratch are shared, and running two passes at once would only
  * make both slower. */
@@ -496,6 +498,8 @@ static int kv_pool_init(exo_shard *s)
     p->backend = s->backend;
     p->refs = 1;
     p->run_halves = (size_t)EXO_KV_BLOCK * s->hp.n_head_kv * s->hp.head_dim;
+    p->n_head_kv = s->hp.n_head_kv;
+    p->head_dim = s->hp.head_dim;
     p->n_layers = s->layer_end - s->layer_start;
     s->kv = p;
     return EXO_OK;
@@ -512,7 +516,7 @@ static void kv_pool_unref(exo_kv_pool *p)
     for (int c = 0; c < p->n_chunks; c++)
         p->backend->release(p->backend, p->chunks[c].mem, p->chunks[c].bytes, EXO_BUFFER_KV_CACHE);
     free(p->chunks);
-    free(p->taken);
+    free(p->holders);
     free(p->chunk_of);
     pthread_mutex_destroy(&p->lock);
     free(p);
@@ -536,9 +540,9 @@ static int kv_pool_grow(exo_kv_pool *p, int n)
                              bytes >> 20);
     exo_kv_chunk *chunks = realloc(p->chunks, sizeof *chunks * (size_t)(p->n_chunks + 1));
     if (chunks) p->chunks = chunks;
-    uint8_t *taken = chunks ? realloc(p->taken, (size_t)(p->n_blocks + n)) : NULL;
-    if (taken) p->taken = taken;
-    int *chunk_of = taken ? realloc(p->chunk_of, sizeof(int) * (size_t)(p->n_blocks + n)) : NULL;
+    int *holders = chunks ? realloc(p->holders, sizeof(int) * (size_t)(p->n_blocks + n)) : NULL;
+    if (holders) p->holders = holders;
+    int *chunk_of = holders ? realloc(p->chunk_of, sizeof(int) * (size_t)(p->n_blocks + n)) : NULL;
     if (chunk_of) p->chunk_of = chunk_of;
     if (!chunk_of) {
         p->backend->release(p->backend, mem, bytes, EXO_BUFFER_KV_CACHE);
@@ -546,7 +550,7 @@ static int kv_pool_grow(exo_kv_pool *p, int n)
     }
     p->chunks[p->n_chunks] = (exo_kv_chunk){.mem = mem, .bytes = bytes, .first = p->n_blocks, .n = n};
     for (int b = p->n_blocks; b < p->n_blocks + n; b++) {
-        p->taken[b] = 0;
+        p->holders[b] = 0;
         p->chunk_of[b] = p->n_chunks;
     }
     p->n_chunks++;
@@ -562,8 +566,52 @@ static int kv_pool_grow(exo_kv_pool *p, int n)
 static int kv_pool_pick(const exo_kv_pool *p)
 {
     int b = 0;
-    while (p->taken[b]) b++;
+    while (p->holders[b]) b++;
     return b;
+}
+
+/* Makes pool block b q's block i (its table and every layer's K and V
+ * pointers). With the lock held. */
+static void kv_seq_set_block(exo_seq *q, int i, int b)
+{
+    exo_kv_pool *p = q->pool;
+    q->block[i] = b;
+    for (int il = 0; il < p->n_layers; il++) {
+        q->k_blocks[(size_t)il * q->max_blocks + i] = kv_block_rows(p, b, il, 0);
+        q->v_blocks[(size_t)il * q->max_blocks + i] = kv_block_rows(p, b, il, 1);
+    }
+}
+
+/* Takes the free block kv_pool_pick gives, for one holder. With the lock
+ * held; n_free > 0. */
+static int kv_pool_take(exo_kv_pool *p)
+{
+    int b = kv_pool_pick(p);
+    p->holders[b] = 1;
+    p->n_free--;
+    return b;
+}
+
+/* One holder lets go of block b; the last one gives it back. With the lock held. */
+static void kv_pool_release(exo_kv_pool *p, int b)
+{
+    if (--p->holders[b] == 0) p->n_free++;
+}
+
+/* Copies the first n_rows positions of block src into block dst, every
+ * layer, K and V, each KV head's rows (a block is [head][EXO_KV_BLOCK][dim]
+ * per layer). Only those rows are read: a pass may be writing the rows
+ * after them in src at the same time (a share from a running sequence).
+ * The pool is host memory (the CPU backend's buffers), so a plain copy. */
+static void kv_copy_rows(const exo_kv_pool *p, int dst, int src, int n_rows)
+{
+    size_t head = (size_t)EXO_KV_BLOCK * p->head_dim, bytes = (size_t)n_rows * p->head_dim * sizeof(uint16_t);
+    for (int v = 0; v < 2; v++)
+        for (int il = 0; il < p->n_layers; il++) {
+            uint16_t *d = kv_block_rows(p, dst, il, v);
+            const uint16_t *s = kv_block_rows(p, src, il, v);
+            for (int h = 0; h < p->n_head_kv; h++) memcpy(d + h * head, s + h * head, bytes);
+        }
 }
 
 /* Makes sure q has blocks for positions [0, n_pos). A pool with a budget
@@ -582,32 +630,29 @@ static int kv_seq_grow(exo_seq *q, int n_pos)
                                 q->n_blocks * EXO_KV_BLOCK, p->n_blocks, p->n_blocks * EXO_KV_BLOCK);
             break;
         }
-        int b = kv_pool_pick(p);
-        p->taken[b] = 1;
-        p->n_free--;
-        q->block[q->n_blocks] = b;
-        for (int il = 0; il < p->n_layers; il++) {
-            q->k_blocks[(size_t)il * q->max_blocks + q->n_blocks] = kv_block_rows(p, b, il, 0);
-            q->v_blocks[(size_t)il * q->max_blocks + q->n_blocks] = kv_block_rows(p, b, il, 1);
-        }
+        kv_seq_set_block(q, q->n_blocks, kv_pool_take(p));
         q->n_blocks++;
     }
     pthread_mutex_unlock(&p->lock);
     return rc;
 }
 
-/* Gives back q's blocks past its position. */
-static void kv_seq_trim(exo_seq *q)
+/* Lets go of q's blocks past its position. With the lock held. */
+static void kv_seq_trim_locked(exo_seq *q)
 {
-    exo_kv_pool *p = q->pool;
     int keep = (q->pos + EXO_KV_BLOCK - 1) / EXO_KV_BLOCK;
-    if (keep >= q->n_blocks) return;
-    pthread_mutex_lock(&p->lock);
-    for (; q->n_blocks > keep; q->n_blocks--) {
-        p->taken[q->block[q->n_blocks - 1]] = 0;
-        p->n_free++;
-    }
-    pthread_mutex_unlock(&p->lock);
+    for (; q->n_blocks > keep; q->n_blocks--) kv_pool_release(q->pool, q->block[q->n_blocks - 1]);
+}
+
+/* Moves q back to position pos (no later than where it is) and lets go of
+ * the blocks past it: a failed pass's undo. Never inside a shared block:
+ * a sequence's shared blocks all lie below its position. */
+static void kv_seq_rewind(exo_seq *q, int pos)
+{
+    pthread_mutex_lock(&q->pool->lock);
+    q->pos = pos;
+    kv_seq_trim_locked(q);
+    pthread_mutex_unlock(&q->pool->lock);
 }
 
 int exo_shard_set_kv_tokens(exo_shard *s, int64_t n_tokens)
@@ -635,9 +680,12 @@ int exo_shard_kv_info(exo_shard *s, exo_kv_info *out)
     if (!s || !out) return exo__error_set(EXO_EINVAL, "exo_shard_kv_info: NULL argument");
     exo_kv_pool *p = s->kv;
     pthread_mutex_lock(&p->lock);
+    int shared = 0;
+    for (int b = 0; b < p->n_blocks; b++) shared += p->holders[b] > 1;
     *out = (exo_kv_info){.block_len = EXO_KV_BLOCK, .budget = p->budget, .blocks = p->n_blocks, .free = p->n_free,
                          .reserved = p->reserved, .sequences = p->n_seqs,
-                         .block_bytes = (int64_t)(sizeof(uint16_t) * p->run_halves * 2 * (size_t)p->n_layers)};
+                         .block_bytes = (int64_t)(sizeof(uint16_t) * p->run_halves * 2 * (size_t)p->n_layers),
+                         .shared = shared};
     pthread_mutex_unlock(&p->lock);
     return EXO_OK;
 }
@@ -711,8 +759,7 @@ void exo_seq_free(exo_seq *q)
 {
     if (!q) return;
     exo_kv_pool *p = q->pool;
-    q->pos = 0;
-    kv_seq_trim(q);
+    kv_seq_rewind(q, 0);
     pthread_mutex_lock(&p->lock);
     p->reserved -= q->reserved;
     p->n_seqs--;
@@ -723,7 +770,11 @@ void exo_seq_free(exo_seq *q)
 
 int exo_seq_pos(const exo_seq *q)
 {
-    return q ? q->pos : 0;
+    if (!q) return 0;
+    pthread_mutex_lock(&q->pool->lock);
+    int pos = q->pos;
+    pthread_mutex_unlock(&q->pool->lock);
+    return pos;
 }
 
 int exo_seq_n_ctx(const exo_seq *q)
@@ -731,14 +782,110 @@ int exo_seq_n_ctx(const exo_seq *q)
     return q ? q->n_ctx : 0;
 }
 
+/* Whether truncating q to pos lands inside a block other sequences hold too
+ * (which must then be copied first). With the lock held. */
+static bool kv_truncate_copies(const exo_seq *q, int pos)
+{
+    int b = pos / EXO_KV_BLOCK;
+    return pos % EXO_KV_BLOCK && b < q->n_blocks && q->pool->holders[q->block[b]] > 1;
+}
+
+/* Copy on write: a shared block is never written, so a sequence moving back
+ * into one (its next pass writes there) first takes a private copy of the
+ * positions it keeps. Running on the caller's thread is safe beside a pass
+ * of another holder: that pass only reads the shared block, and the copy
+ * reads only positions below pos. */
 int exo_seq_truncate(exo_seq *q, int pos)
 {
     if (!q) return exo__error_set(EXO_EINVAL, "exo_seq_truncate: NULL sequence");
-    if (pos < 0 || pos > q->pos)
-        return exo__error_set(EXO_ERANGE, "cannot truncate a sequence of %d positions to %d", q->pos, pos);
-    q->pos = pos;
-    kv_seq_trim(q);
-    return EXO_OK;
+    exo_kv_pool *p = q->pool;
+    int rc = EXO_OK;
+    pthread_mutex_lock(&p->lock);
+    if (pos < 0 || pos > q->pos) {
+        rc = exo__error_set(EXO_ERANGE, "cannot truncate a sequence of %d positions to %d", q->pos, pos);
+    } else if (kv_truncate_copies(q, pos)) {
+        if (p->n_free == 0) {
+            rc = exo__error_set(EXO_EBUSY,
+                                "KV pool exhausted: truncating to position %d copies a shared block and all %d "
+                                "blocks (%d positions) are taken",
+                                pos, p->n_blocks, p->n_blocks * EXO_KV_BLOCK);
+        } else {
+            int i = pos / EXO_KV_BLOCK, shared = q->block[i], b = kv_pool_take(p);
+            kv_copy_rows(p, b, shared, pos % EXO_KV_BLOCK);
+            kv_pool_release(p, shared);
+            kv_seq_set_block(q, i, b);
+        }
+    }
+    if (rc == EXO_OK) {
+        q->pos = pos;
+        kv_seq_trim_locked(q);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* Race-free against a pass in flight on src (the batcher runs other
+ * requests' passes while the loop thread starts a new one from src's
+ * prefix), with the pool's lock rather than the forward lock, so the loop
+ * never waits for a pass: block tables, holder counts and positions change
+ * only under that lock; the blocks shared lie wholly below src's position,
+ * which no pass writes; and the partial last block's copy reads only
+ * positions below n, while a pass on src writes at src's position or
+ * after. The copy (at most one block: 2 MiB at a 1B shape) runs under the
+ * lock, which a pass takes only briefly (a new block, its position). */
+int exo_seq_share_prefix(exo_seq *dst, exo_seq *src, int n)
+{
+    if (!dst || !src) return exo__error_set(EXO_EINVAL, "exo_seq_share_prefix: NULL sequence");
+    if (dst == src) return exo__error_set(EXO_EINVAL, "a sequence cannot share its own prefix");
+    if (dst->pool != src->pool) return exo__error_set(EXO_EINVAL, "the two sequences belong to different shards");
+    exo_kv_pool *p = dst->pool;
+    int full = n / EXO_KV_BLOCK, part = n % EXO_KV_BLOCK, rc = EXO_OK;
+    pthread_mutex_lock(&p->lock);
+    if (dst->pos != 0) {
+        rc = exo__error_set(EXO_ESTATE, "a sequence takes a shared prefix only when empty (it holds %d positions)",
+                            dst->pos);
+    } else if (n < 0 || n > src->pos || n > dst->n_ctx) {
+        rc = exo__error_set(EXO_ERANGE, "cannot share %d positions of a sequence of %d into a context of %d", n,
+                            src->pos, dst->n_ctx);
+    } else if (part && p->n_free == 0) {
+        rc = exo__error_set(EXO_EBUSY,
+                            "KV pool exhausted: sharing %d positions copies the last %d into a block, and all %d "
+                            "blocks (%d positions) are taken",
+                            n, part, p->n_blocks, p->n_blocks * EXO_KV_BLOCK);
+    } else {
+        for (int i = 0; i < full; i++) {
+            p->holders[src->block[i]]++;
+            kv_seq_set_block(dst, i, src->block[i]);
+        }
+        if (part) {
+            int b = kv_pool_take(p);
+            kv_copy_rows(p, b, src->block[full], part);
+            kv_seq_set_block(dst, full, b);
+        }
+        dst->n_blocks = full + (part > 0);
+        dst->pos = n;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+int exo_seq_kv_need(const exo_seq *q, int keep, int n_pos, int *blocks)
+{
+    if (!q || !blocks) return exo__error_set(EXO_EINVAL, "exo_seq_kv_need: NULL argument");
+    exo_kv_pool *p = q->pool;
+    int rc = EXO_OK;
+    pthread_mutex_lock(&p->lock);
+    if (keep < 0 || keep > q->pos || n_pos < keep || n_pos > q->n_ctx) {
+        rc = exo__error_set(EXO_ERANGE, "a sequence of %d positions (context %d) kept to %d and grown to %d", q->pos,
+                            q->n_ctx, keep, n_pos);
+    } else {
+        int kept = (keep + EXO_KV_BLOCK - 1) / EXO_KV_BLOCK, need = (n_pos + EXO_KV_BLOCK - 1) / EXO_KV_BLOCK;
+        int n = need - kept + kv_truncate_copies(q, keep);
+        for (int i = kept; i < q->n_blocks; i++) n -= p->holders[q->block[i]] == 1;
+        *blocks = n;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -789,10 +936,14 @@ static int forward_batch_locked(exo_shard *s, const exo_batch *b, float *out)
      * anything is computed. */
     for (int i = 0; i < s->n_runs && rc == EXO_OK; i++) rc = kv_seq_grow(s->runs[i].seq, s->runs[i].pos0 + s->runs[i].n);
     if (rc == EXO_OK) rc = s->arch->forward(s, b, out);
-    if (rc == EXO_OK)
-        for (int i = 0; i < s->n_runs; i++) s->runs[i].seq->pos += s->runs[i].n;
-    else
-        for (int i = 0; i < s->n_runs; i++) kv_seq_trim(s->runs[i].seq);
+    /* Positions move under the pool's lock: a share from one of these
+     * sequences may be reading them on the loop thread. */
+    pthread_mutex_lock(&s->kv->lock);
+    for (int i = 0; i < s->n_runs; i++) {
+        if (rc == EXO_OK) s->runs[i].seq->pos += s->runs[i].n;
+        else kv_seq_trim_locked(s->runs[i].seq);
+    }
+    pthread_mutex_unlock(&s->kv->lock);
     return rc;
 }
 
@@ -848,10 +999,7 @@ int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const flo
     }
     /* All or nothing: a later chunk's failure (a bad token id) takes back
      * the chunks before it, so the caller's error leaves the cache as it was. */
-    if (rc) {
-        q->pos = start;
-        kv_seq_trim(q);
-    }
+    if (rc) kv_seq_rewind(q, start);
     pthread_mutex_unlock(&forward_lock);
     return rc;
 }
@@ -1067,10 +1215,7 @@ int exo_shard_forward_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, cons
         /* All or nothing, as exo_shard_forward: a failure leaves every cache
          * where it was. */
         if (rc)
-            for (int i = 0; i < n_seqs; i++) {
-                seqs[i]->pos = m->start[i];
-                kv_seq_trim(seqs[i]);
-            }
+            for (int i = 0; i < n_seqs; i++) kv_seq_rewind(seqs[i], m->start[i]);
     }
     pthread_mutex_unlock(&forward_lock);
     return rc;

@@ -103,7 +103,9 @@ typedef struct exo_kv_chunk {
 /* The shard's KV pool (model.c): the keys and values of every sequence of
  * the shard, in blocks of EXO_KV_BLOCK positions x all the shard's layers.
  * A sequence takes blocks as it grows and gives them back when truncated or
- * freed. Two sizings: a budget of blocks made once
+ * freed. A block may be held by several sequences (exo_seq_share_prefix:
+ * the same prompt prefix, computed once); it is then never written, and
+ * goes back to the free list when its last holder lets go. Two sizings: a budget of blocks made once
  * (exo_shard_set_kv_tokens: sequences share it, a pass that needs a block
  * when none is free fails with EXO_EBUSY), or none (the default): each
  * sequence reserves blocks for its whole context when created, as the
@@ -115,12 +117,13 @@ typedef struct exo_kv_pool {
     exo_backend *backend;  /* the chunks' */
     int refs;              /* the shard and each live sequence: the last to go frees the pool */
     size_t run_halves;     /* one layer's K (or V) rows of one block: EXO_KV_BLOCK * n_head_kv * head_dim */
+    int n_head_kv, head_dim;
     int n_layers;
     int budget;            /* blocks, or 0: per-sequence reservations */
     int reserved;          /* without a budget: blocks the live sequences reserved */
     int n_blocks, n_free;  /* made (ids [0, n_blocks)) and free among them; chunks are kept till the shard goes */
     int n_seqs;            /* live sequences */
-    uint8_t *taken;        /* (n_blocks) */
+    int *holders;          /* (n_blocks) sequences holding each block: 0 free, > 1 shared (read only) */
     int *chunk_of;         /* (n_blocks) its chunk */
     exo_kv_chunk *chunks;
     int n_chunks;
@@ -160,7 +163,8 @@ struct exo_seq {
     exo_shard *shard;      /* not used by exo_seq_free: a shard freed first leaves its pool to its sequences */
     exo_kv_pool *pool;
     int n_ctx;
-    int pos;               /* positions [0, pos) are in the cache */
+    int pos;               /* positions [0, pos) are in the cache; written under the pool's lock (a share
+                            * from this sequence reads it on the loop thread while a pass advances it) */
     int max_blocks;        /* ceil(n_ctx / EXO_KV_BLOCK) */
     int n_blocks;          /* blocks held: positions [0, n_blocks * EXO_KV_BLOCK) have memory */
     int reserved;          /* blocks this sequence reserved in a pool without a budget */

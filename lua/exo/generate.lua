@@ -3,7 +3,8 @@
 -- A session owns a KV-cache sequence and remembers which tokens the cache
 -- holds, so a conversation reuses it: each turn renders the whole
 -- conversation, keeps the longest common prefix with what the cache holds,
--- truncates the rest and feeds only the new tokens. Generation stops at an
+-- truncates the rest and feeds only the new tokens. A session may also start
+-- from another's prefix (share_from: the same system prompt, held once). Generation stops at an
 -- end-of-generation token, at a stop string (never emitted: text that might
 -- be the start of one is held back until it cannot be), or at max_tokens.
 --
@@ -108,9 +109,20 @@ function Session:feed(id)
   return true
 end
 
--- KV blocks (the shard's pool) the session holds.
-function Session:kv_blocks(block_len)
-  return math.ceil(self.seq:pos() / block_len)
+-- Empties this session and starts its cache as the first n positions of
+-- other's (a session of the same model, idle or running), computing nothing:
+-- the two hold the prefix's full KV blocks together, and only a partial last
+-- block is copied (exo_seq_share_prefix). Returns true or nil, err.
+function Session:share_from(other, n)
+  if n > #other.cached then
+    return nil, ("cannot share %d positions of a session holding %d"):format(n, #other.cached)
+  end
+  local ok, err = self:truncate(0)
+  if not ok then return nil, err end
+  ok, err = self.seq:share_prefix(other.seq, n)
+  if not ok then return nil, err end
+  for i = 1, n do self.cached[i] = other.cached[i] end
+  return true
 end
 
 -- Gives every KV block back to the shard's pool (an idle, kept

@@ -124,6 +124,7 @@ typedef struct exo_kv_info {
     int reserved;
     int sequences;
     int64_t block_bytes;
+    int shared;
 } exo_kv_info;
 int exo_shard_set_kv_tokens(exo_shard *s, int64_t n_tokens);
 int exo_shard_kv_info(exo_shard *s, exo_kv_info *out);
@@ -132,6 +133,8 @@ void exo_seq_free(exo_seq *q);
 int exo_seq_pos(const exo_seq *q);
 int exo_seq_n_ctx(const exo_seq *q);
 int exo_seq_truncate(exo_seq *q, int pos);
+int exo_seq_share_prefix(exo_seq *dst, exo_seq *src, int n);
+int exo_seq_kv_need(const exo_seq *q, int keep, int n_pos, int *blocks);
 int exo_shard_forward(exo_shard *s, exo_seq *q, const int32_t *tokens, const float *hidden, int n_tokens,
                       int all_logits, float *out);
 int exo_shard_forward_batch(exo_shard *s, int n_seqs, exo_seq *const *seqs, const int32_t *const *tokens,
@@ -508,6 +511,7 @@ end
 local exo_shard_load, exo_shard_free, exo_shard_get_info = C.exo_shard_load, C.exo_shard_free, C.exo_shard_get_info
 local exo_seq_new, exo_seq_free, exo_seq_pos, exo_seq_n_ctx, exo_seq_truncate =
   C.exo_seq_new, C.exo_seq_free, C.exo_seq_pos, C.exo_seq_n_ctx, C.exo_seq_truncate
+local exo_seq_share_prefix, exo_seq_kv_need = C.exo_seq_share_prefix, C.exo_seq_kv_need
 local exo_shard_forward = C.exo_shard_forward
 
 local Shard = {}
@@ -573,7 +577,8 @@ end
 -- The KV pool (exo.h): set_kv_tokens(n) sizes it to n positions shared by
 -- the shard's sequences (once, before the first sequence); kv_info() says
 -- how it stands: { block_len, budget, blocks, free, reserved, sequences,
--- block_bytes } (budget 0: no budget, each sequence reserves its context).
+-- block_bytes, shared } (budget 0: no budget, each sequence reserves its
+-- context; shared: blocks several sequences hold, each counted once).
 local exo_shard_set_kv_tokens, exo_shard_kv_info = C.exo_shard_set_kv_tokens, C.exo_shard_kv_info
 local kv_info = ffi.new("exo_kv_info")
 function Shard:set_kv_tokens(n_tokens)
@@ -585,7 +590,8 @@ end
 function Shard:kv_info()
   exo_shard_kv_info(self.handle, kv_info)
   return { block_len = kv_info.block_len, budget = kv_info.budget, blocks = kv_info.blocks, free = kv_info.free,
-    reserved = kv_info.reserved, sequences = kv_info.sequences, block_bytes = tonumber(kv_info.block_bytes) }
+    reserved = kv_info.reserved, sequences = kv_info.sequences, block_bytes = tonumber(kv_info.block_bytes),
+    shared = kv_info.shared }
 end
 
 -- A new KV-cache sequence of n_ctx positions (default: the model's context).
@@ -604,6 +610,24 @@ function Seq:truncate(pos)
   local rc = exo_seq_truncate(self.handle, pos)
   if rc ~= 0 then return fail(rc) end
   return true
+end
+-- This (empty) sequence starts as src's first n positions, holding src's
+-- full blocks too (exo_seq_share_prefix).
+function Seq:share_prefix(src, n)
+  if getmetatable(src) ~= Seq then error("Seq:share_prefix: src must be a sequence", 2) end
+  check_type(n, "number", "Seq:share_prefix")
+  local rc = exo_seq_share_prefix(self.handle, src.handle, n)
+  if rc ~= 0 then return fail(rc) end
+  return true
+end
+-- Free blocks of the pool this sequence would use (negative: give back) to
+-- hold n_pos positions after a truncation to keep (exo_seq_kv_need).
+function Seq:kv_need(keep, n_pos)
+  check_type(keep, "number", "Seq:kv_need")
+  check_type(n_pos, "number", "Seq:kv_need")
+  local rc = exo_seq_kv_need(self.handle, keep, n_pos, int1)
+  if rc ~= 0 then return fail(rc) end
+  return int1[0]
 end
 function Seq:free()
   if self.handle then

@@ -7,7 +7,9 @@
 -- interleave step by step. Each model keeps a small pool of sessions (KV
 -- caches): a request takes the idle session sharing the longest prefix with
 -- its prompt, so a conversation's next turn recomputes only the new tokens;
--- when every session is busy, requests wait in a FIFO queue.
+-- when another session, running or idle, holds a longer prefix (the same
+-- system prompt), the request's session starts from it instead, sharing its
+-- KV blocks; when every session is busy, requests wait in a FIFO queue.
 --
 -- Loading never blocks the loop: a model's tokenizer and weights load on the
 -- engine thread while the request's coroutine waits (Runner:load_shard), and
@@ -202,7 +204,8 @@ function Node:load_model(id, path)
   local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template, text_only = true,
     runner = self.runner, path = path })
   if not model then return nil, lerr, 500 end
-  local entry = { model = model, idle = {}, busy = 0, queue = {} }
+  -- running: the sessions of requests in progress (a new request may share their prefix).
+  local entry = { model = model, idle = {}, busy = 0, running = {}, queue = {} }
   self.loaded[path] = entry
   return entry
 end
@@ -274,19 +277,35 @@ function Node:check_kv(model)
 end
 
 -- Gives the KV blocks of the least recently used idle conversation of entry
--- back to the pool; whether there was one holding any.
+-- back to the pool; whether there was one holding any. One whose blocks all
+-- have other holders would free nothing: those go last (evicting one leaves
+-- the other holders alone with the blocks, so repeated calls still free them).
 function Node:evict_idle(entry)
+  local frees_nothing
   for _, s in ipairs(entry.idle) do
-    if s.seq:pos() > 0 then return s:evict() end
+    if s.seq:pos() > 0 then
+      if assert(s.seq:kv_need(0, 0)) < 0 then return s:evict() end
+      frees_nothing = frees_nothing or s
+    end
   end
+  if frees_nothing then return frees_nothing:evict() end
   return false
 end
 
--- KV blocks the pool of entry's model lacks for session to hold ids (the
--- session's own blocks count: it keeps or gives back what it holds).
-local function kv_shortfall(entry, session, ids)
+-- KV blocks the pool of entry's model lacks for session to hold ids, when it
+-- keeps its first `keep` positions, or, with from, when it is emptied and
+-- starts from from's first `keep` (whose full blocks it shares, costing
+-- none). Only blocks really taken or given back count: blocks the session
+-- shares with others free nothing when it lets go of them.
+local function kv_shortfall(entry, session, ids, keep, from)
   local info = entry.model.shard:kv_info()
-  return math.ceil(#ids / info.block_len) - info.free - session:kv_blocks(info.block_len), info
+  local need
+  if from then
+    need = assert(session.seq:kv_need(0, 0)) + math.ceil(#ids / info.block_len) - math.floor(keep / info.block_len)
+  else
+    need = assert(session.seq:kv_need(keep, #ids))
+  end
+  return need - info.free, info
 end
 
 -- The draft model of --draft for entry (loaded once, as the weights are).
@@ -328,10 +347,21 @@ function Node:acquire(entry, ids)
       session, err = generate.session(entry.model, { n_ctx = self.n_ctx, runner = self.runner })
       if not session then return nil, err, 503 end
     end
-    local short, info = kv_shortfall(entry, session, ids)
-    while short > 0 and self:evict_idle(entry) do short, info = kv_shortfall(entry, session, ids) end
+    -- What prefill will keep (its last prompt token is always run again),
+    -- and whether a running session holds more of the prompt: then this one
+    -- starts from that session's prefix instead of its own.
+    local keep, from = math.min(math.max(best_len, 0), #ids - 1), nil
+    for s in pairs(entry.running) do
+      local len = math.min(generate.common_prefix(s.cached, ids), #ids - 1)
+      if len > keep then keep, from = len, s end
+    end
+    local short, info = kv_shortfall(entry, session, ids, keep, from)
+    while short > 0 and self:evict_idle(entry) do short, info = kv_shortfall(entry, session, ids, keep, from) end
     if short <= 0 then
+      -- Should the share fail after all, the session is empty and prefill computes the whole prompt.
+      if from then session:share_from(from, keep) end
       entry.busy = entry.busy + 1
+      entry.running[session] = true
       return session
     end
     -- The running requests hold the blocks it lacks: wait for one to end.
@@ -349,6 +379,7 @@ end
 
 function Node:release(entry, session, keep)
   entry.busy = entry.busy - 1
+  entry.running[session] = nil
   if keep then
     entry.idle[#entry.idle + 1] = session
   else

@@ -17,7 +17,15 @@
 --   * the budget is set once, before the first sequence;
 --   * through the batcher, a running sequence that finds the pool full
 --     evicts an idle one (on_exhausted) and keeps its solo results; with
---     nothing to evict the request fails alone.
+--     nothing to evict the request fails alone;
+--   * shared prefixes (Seq:share_prefix): a sequence starting from another's
+--     first n positions (n on a block boundary and inside a block) gets
+--     bitwise the results of computing those n tokens itself, while the
+--     source goes on decoding with its solo results; a truncation of either
+--     inside a shared block copies it (the other's results unchanged);
+--     kv_info counts a shared block once; freeing both returns every block;
+--     a share or a truncation that needs a block of a full pool fails
+--     cleanly, changing nothing.
 -- Runs on the tiny model, its K-quant variant and the Gemma 3 one
 -- (CMakeLists runs it again on the AVX2 and scalar kernels).
 local ffi = require "ffi"
@@ -184,9 +192,134 @@ local function check_batcher(path)
   print("ok: batcher: " .. path)
 end
 
+-- The first n ids of list.
+local function head(list, n)
+  local t = {}
+  for i = 1, n do t[i] = list[i] end
+  return t
+end
+
+-- B starts from A's first n positions (exo_seq_share_prefix) while A goes on.
+local function check_share_at(path, n)
+  local shard = assert(native.load_shard(path))
+  local V, what = shard.n_vocab, ("%s: share %d"):format(path, n)
+  assert(shard:set_kv_tokens(8 * 64))
+  local P = tokens(11, 150, V) -- A's prompt: blocks 0 and 1 full, 22 positions in block 2
+  local Q = tokens(12, 20, V)  -- B's own tokens after the shared prefix
+  local ea = solo(path, { P, { 5 }, { 6 }, { 7 }, { 8 } })
+  -- B's solo run computes the n tokens itself (as one chunk: a position's
+  -- keys and values do not depend on the chunk that computed it).
+  local eb = solo(path, { head(P, n), Q, { 9 }, { 10 }, { 13 } })
+  local a, b = assert(shard:new_seq(512)), assert(shard:new_seq(512))
+  same(run(shard, a, { P })[1], ea[1], V, what .. ": A's prompt")
+  local full, part = math.floor(n / 64), n % 64 > 0 and 1 or 0
+  assert(b:share_prefix(a, n))
+  assert(b:pos() == n and a:pos() == 150)
+  local info = shard:kv_info()
+  assert(info.shared == full and info.free == 8 - 3 - part,
+    ("%s: %d shared, %d free"):format(what, info.shared, info.free))
+  assert(a:kv_need(0, 0) == -(3 - full), what .. ": freeing A gives back only the blocks it alone holds")
+  -- Interleaved: B's next tokens and decode steps, A's decode steps.
+  same(run(shard, b, { Q })[1], eb[2], V, what .. ": B's first logits after the shared prefix")
+  same(run(shard, a, { { 5 } })[1], ea[2], V, what .. ": A's decode step beside B")
+  same(run(shard, b, { { 9 } })[1], eb[3], V, what .. ": B's decode step")
+  same(run(shard, a, { { 6 } })[1], ea[3], V, what .. ": A's next decode step")
+  same(run(shard, b, { { 10 } })[1], eb[4], V, what .. ": B's next decode step")
+  assert(shard:kv_info().shared == full)
+
+  -- A moves back inside a shared block (n = 128: block 1): it takes a
+  -- private copy, and B's results do not change.
+  local cut = full >= 2 and 70 or nil
+  if cut then
+    local free, need = shard:kv_info().free, a:kv_need(cut, cut)
+    assert(need == 0, what .. ": A's copy takes a block, its third comes back")
+    assert(a:truncate(cut))
+    info = shard:kv_info()
+    assert(info.shared == 1 and info.free == free, ("%s: %d shared, %d free"):format(what, info.shared, info.free))
+    same(run(shard, a, { { 7 } })[1], solo(path, { head(P, cut), { 7 } })[2], V, what .. ": A after copy on write")
+  else
+    same(run(shard, a, { { 7 } })[1], ea[4], V, what .. ": A's decode step")
+  end
+  same(run(shard, b, { { 13 } })[1], eb[5], V, what .. ": B's decode step after A's")
+  -- B moves back inside block 0 (shared when n >= 64): its copy leaves A unchanged.
+  local free, need = shard:kv_info().free, b:kv_need(30, 30)
+  assert(b:truncate(30))
+  assert(shard:kv_info().shared == 0 and shard:kv_info().free == free - need, what .. ": B's truncation")
+  -- n = 128: block 0 copied, blocks 1 (B's alone since A's copy) and 2 come back.
+  assert(n ~= 128 or need == -1, what .. ": B copies block 0")
+  same(run(shard, b, { { 14 } })[1], solo(path, { head(P, 30), { 14 } })[2], V, what .. ": B after copy on write")
+  if cut then
+    same(run(shard, a, { { 8 } })[1], solo(path, { head(P, cut), { 7 }, { 8 } })[3], V, what .. ": A after B's copy")
+  else
+    same(run(shard, a, { { 8 } })[1], ea[5], V, what .. ": A after B's copy")
+  end
+  -- Freeing A then B returns every block.
+  a:free()
+  assert(shard:kv_info().free < 8)
+  b:free()
+  info = shard:kv_info()
+  assert(info.free == 8 and info.shared == 0 and info.sequences == 0, what .. ": every block back")
+  shard:free()
+end
+
+-- A share or a copy on write that needs a block of a full pool fails with
+-- "KV pool exhausted" and changes nothing; misuse is refused clearly.
+local function check_share_exhausted(path)
+  local shard = assert(native.load_shard(path))
+  local V = shard.n_vocab
+  assert(shard:set_kv_tokens(3 * 64))
+  local a, b = assert(shard:new_seq(512)), assert(shard:new_seq(512))
+  run(shard, a, { tokens(13, 150, V) }) -- every block
+  local ok, err, code = b:share_prefix(a, 100) -- the positions 64-99 need a block of their own
+  assert(not ok and code == "EBUSY" and err:match("KV pool exhausted"), tostring(err))
+  local info = shard:kv_info()
+  assert(b:pos() == 0 and info.free == 0 and info.shared == 0, "a failed share changes nothing")
+  assert(b:share_prefix(a, 128)) -- whole blocks only: nothing to copy
+  assert(b:pos() == 128 and shard:kv_info().shared == 2)
+  ok, err = b:truncate(100) -- inside a shared block: a copy, and no block is free
+  assert(not ok and err:match("KV pool exhausted"), tostring(err))
+  ok, err = a:truncate(100)
+  assert(not ok and err:match("KV pool exhausted"), tostring(err))
+  assert(a:pos() == 150 and b:pos() == 128 and shard:kv_info().shared == 2, "a failed truncation changes nothing")
+  assert(b:kv_need(100, 100) == 1 and a:kv_need(128, 128) == -1)
+  assert(a:truncate(128)) -- gives back A's third block
+  assert(b:truncate(100)) -- which the copy takes
+  info = shard:kv_info()
+  assert(info.free == 0 and info.shared == 1)
+  ok, err, code = b:share_prefix(a, 64)
+  assert(not ok and code == "ESTATE", tostring(err))
+  local c = assert(shard:new_seq(512))
+  ok, err, code = c:share_prefix(a, 129)
+  assert(not ok and code == "ERANGE", tostring(err))
+  local other = assert(native.load_shard(path))
+  local d = assert(other:new_seq(512))
+  ok, err, code = d:share_prefix(a, 64)
+  assert(not ok and code == "EINVAL", tostring(err))
+  assert(not pcall(c.share_prefix, c, {}, 1), "a non-sequence is a programming error")
+  d:free()
+  other:free()
+  a:free()
+  b:free()
+  c:free()
+  info = shard:kv_info()
+  assert(info.free == 3 and info.shared == 0)
+  shard:free()
+end
+
+local function check_share(path)
+  check_share_at(path, 128) -- on a block boundary
+  check_share_at(path, 100) -- inside a block
+  check_share_at(path, 40)  -- inside the first block: nothing shared, one block copied
+  check_share_exhausted(path)
+  print("ok: shared prefixes: " .. path)
+end
+
 local dir = tiny:match("^(.*)/[^/]*$") or "."
 check(tiny)
 check((tiny:gsub("%.gguf$", "-q4_k.gguf")))
 check(dir .. "/tiny-gemma3.gguf")
 check_batcher(tiny)
+check_share(tiny)
+check_share((tiny:gsub("%.gguf$", "-q4_k.gguf")))
+check_share(dir .. "/tiny-gemma3.gguf")
 print("ok: kv pool")
