@@ -12,6 +12,9 @@ with the same system prompt reuses the first one's cached prefix
 --parallel x --ctx (--kv-tokens), a request whose prompt's blocks are taken
 by a running one gets a 503 past the queue bound (or waits within it) while
 the running one is undisturbed, and a prompt larger than the pool is a 400.
+Two concurrent clients with the same long system prompt: the second, sent
+while the first streams, starts from the first one's KV blocks (shared, not
+recomputed), and both get their solo answers.
 
 Run: build/venv/bin/python tests/api/test_serving.py   (ctest runs it)
 """
@@ -28,22 +31,35 @@ from test_api import MODEL, Node  # noqa: E402 - the same real-process harness
 
 SYSTEM = ("You are a careful assistant for a public library. You answer questions about opening hours, "
           "membership, borrowing rules, fines and events in short, friendly sentences.")
+# Over two KV blocks (64 positions each) of system prompt, used by one test only.
+LONG_SYSTEM = (
+    "You are the help desk of a small town library that opened in 1921 and moved to its present building by the "
+    "river in 1987. The library lends books, magazines, films and board games, and runs a reading club for "
+    "children on Saturday mornings, a language cafe on Tuesday evenings and a repair cafe on the first Sunday of "
+    "every month. Members may borrow up to twelve items for three weeks and renew them twice, online or at the "
+    "desk, unless another member has reserved them. Late items cost ten cents a day, capped at five dollars per "
+    "item. A membership is free for residents and twenty dollars a year for visitors. The building is open from "
+    "nine to seven on weekdays and from ten to four on Saturdays, and closed on Sundays and public holidays. "
+    "Answer in a few friendly sentences, and say so when you do not know.")
 QUESTIONS = ["What is a library card?", "Name three fruits.", "Why is the sky blue?", "Count to five.",
              "What do cats eat?", "Say hello in French."]
 
 
-def chat_body(question, max_tokens, stream):
+def chat_messages(question, system=SYSTEM):
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def chat_body(question, max_tokens, stream, system=SYSTEM):
     return json.dumps({"model": MODEL, "temperature": 0, "max_tokens": max_tokens, "stream": stream,
-                       "messages": [{"role": "system", "content": SYSTEM},
-                                    {"role": "user", "content": question}]}).encode()
+                       "messages": chat_messages(question, system)}).encode()
 
 
-def stream_text(port, question, max_tokens, results, key, stop_after=None):
+def stream_text(port, question, max_tokens, results, key, stop_after=None, system=SYSTEM):
     """Streams one chat answer; stores (status, text or error body) under key.
     stop_after: close the connection after that many content chunks."""
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, True),
+        conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, True, system),
                      headers={"Content-Type": "application/json"})
         res = conn.getresponse()
         if res.status != 200:
@@ -69,9 +85,9 @@ def stream_text(port, question, max_tokens, results, key, stop_after=None):
         results[key] = (None, repr(e))
 
 
-def ask(port, question, max_tokens=24):
+def ask(port, question, max_tokens=24, system=SYSTEM):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, False),
+    conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, False, system),
                  headers={"Content-Type": "application/json"})
     res = conn.getresponse()
     body = json.loads(res.read().decode())
@@ -135,6 +151,39 @@ class Serving(unittest.TestCase):
         self.assertLess(cached, prompt, second["usage"])
 
 
+    def test_concurrent_clients_share_the_system_prompt(self):
+        """A second client sent while the first is still streaming, with the same
+        long system prompt (held by no idle session: only the running one has it):
+        it starts from the running session's KV blocks, so cached_tokens covers
+        the prompts' common prefix, and both answers equal their solo answers."""
+        port, qa, qb = self.node.port, "Tell me a long story about the library.", "When is the library open?"
+        ids_a, ids_b = encode_chat(self.node, qa, LONG_SYSTEM), encode_chat(self.node, qb, LONG_SYSTEM)
+        common = 0
+        while ids_a[common] == ids_b[common]:
+            common += 1
+        self.assertGreater(common, 2 * 64, "the system prompt spans several KV blocks")
+        results, seen = {}, {}
+
+        def second(parts):
+            results["b"] = ask(port, qb, 8, system=LONG_SYSTEM)
+            seen["a_chunks"], seen["a_parts"] = len(parts), parts  # what A had streamed when B's answer came
+        during(port, qa, 160, results, "a", second, system=LONG_SYSTEM)
+        status, body = results["b"]
+        self.assertEqual(status, 200, body)
+        self.assertEqual(results["a"][0], 200, results["a"])
+        # A was still streaming after B's answer came: B's prefix came from a running session.
+        self.assertLess(seen["a_chunks"], len(seen["a_parts"]), "A ended before B did")
+        self.assertEqual(body["usage"]["prompt_tokens_details"]["cached_tokens"], min(common, len(ids_b) - 1),
+                         body["usage"])
+        # Both answers are their solo ones.
+        solo_a = {}
+        stream_text(port, qa, 160, solo_a, "a", system=LONG_SYSTEM)
+        self.assertEqual(results["a"], solo_a["a"], "A's answer changed when B shared its prefix")
+        status, solo_b = ask(port, qb, 8, system=LONG_SYSTEM)
+        self.assertEqual(status, 200, solo_b)
+        self.assertEqual(body["choices"][0]["message"]["content"], solo_b["choices"][0]["message"]["content"])
+
+
 class QueueBound(unittest.TestCase):
     def test_past_the_queue_bound_is_503(self):
         """--parallel 1 --max-queue 1: of several requests at once, one runs, one
@@ -175,39 +224,44 @@ class QueueBound(unittest.TestCase):
 WORDS = ["apple", "river", "window", "garden", "pencil", "mountain", "candle", "silver", "harbor", "meadow"]
 
 
-def question_of(node, lo, hi):
+def encode_chat(node, question, system=SYSTEM):
+    """The token ids of a chat prompt, from the node's tokenizer (/v1/chat/token/encode)."""
+    status, raw, _ = node.request("POST", "/v1/chat/token/encode",
+                                  {"model": MODEL, "messages": chat_messages(question, system)})
+    assert status == 200, raw
+    return json.loads(raw)["encoded_tokens"]
+
+
+def question_of(node, lo, hi, lead="Repeat these words: "):
     """A question whose chat prompt (system prompt and template included) is
-    lo to hi tokens, asked of the node's tokenizer (/v1/chat/token/encode)."""
+    lo to hi tokens."""
     words = []
     while True:
-        question = "Repeat these words: " + " ".join(words)
-        status, raw, _ = node.request("POST", "/v1/chat/token/encode", {
-            "model": MODEL, "messages": [{"role": "system", "content": SYSTEM},
-                                         {"role": "user", "content": question}]})
-        assert status == 200, raw
-        body = json.loads(raw)
-        if lo <= body["length"] <= hi:
+        question = lead + " ".join(words)
+        length = len(encode_chat(node, question))
+        if lo <= length <= hi:
             return question
-        assert body["length"] < lo, "no question of %d to %d tokens" % (lo, hi)
+        assert length < lo, "no question of %d to %d tokens" % (lo, hi)
         words.append(WORDS[len(words) % len(WORDS)])
 
 
-def during(port, question, max_tokens, results, key, then):
-    """Streams one answer under key, running then() once its first chunk came
-    (the request is running: its KV blocks are taken)."""
+def during(port, question, max_tokens, results, key, then, system=SYSTEM):
+    """Streams one answer under key, running then(parts) once its first chunk
+    came (the request is running: its KV blocks are taken); parts: the
+    content chunks received so far, growing as they come."""
     started = threading.Event()
+    parts = []
 
     def first_chunk_then():
         started.wait(600)
-        then()
+        then(parts)
     waiter = threading.Thread(target=first_chunk_then)
     waiter.start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, True),
+        conn.request("POST", "/v1/chat/completions", body=chat_body(question, max_tokens, True, system),
                      headers={"Content-Type": "application/json"})
         res = conn.getresponse()
-        parts = []
         for line in res:
             line = line.strip()
             if line.startswith(b"data: ") and line != b"data: [DONE]":
@@ -226,16 +280,17 @@ class KVPool(unittest.TestCase):
     """--kv-tokens 256: one KV pool of four 64-position blocks shared by the
     model's sessions. A runs (a prompt of 65-100 tokens, then up to 120 more:
     at least two blocks once it streams); B's prompt of 129-180 tokens needs
-    three, which only A's blocks can give."""
+    three, which only A's blocks can give (the two share the system prompt,
+    under one block, so B could start from A's prefix but shares no block)."""
 
     def run_a_then_b(self, *flags):
         node = Node("--disable-tui", "--parallel", "2", "--kv-tokens", "256", *flags)
-        qa, qb = question_of(node, 65, 100), question_of(node, 129, 180)
+        qa, qb = question_of(node, 65, 100), question_of(node, 129, 180, lead="Say these words back: ")
         expect = {}
         stream_text(node.port, qa, 120, expect, "a")  # solo; also loads the model
         self.assertEqual(expect["a"][0], 200, expect["a"][1])
         results = {}
-        during(node.port, qa, 120, results, "a", lambda: results.__setitem__("b", ask(node.port, qb, 8)))
+        during(node.port, qa, 120, results, "a", lambda _: results.__setitem__("b", ask(node.port, qb, 8)))
         self.assertEqual(results["a"], expect["a"], "the running request was disturbed")
         return node, qb, results["b"]
 
