@@ -426,8 +426,10 @@ static void test_traits(void)
         /* four-token kernels: the K formats on both sets, Q4_0 with AVX-512 VNNI */
         bool want_t4 = want_packed && (kq || (exo__quants_have_avx512() && all_dtypes[k] == EXO_DTYPE_Q4_0));
         CHECK_MSG((tk->vec_dot_packed_t4 != NULL) == want_t4, "%s: vec_dot_packed_t4", tk->name);
-        /* the tiled batch product: the K formats, on AVX2 (maddubs) and AVX-512 VNNI */
-        bool want_tiled = exo__quants_have_avx2() && kq;
+        /* the tiled batch product: the K formats, on AVX2 (maddubs) and AVX-512 VNNI; Q4_0 and
+         * Q8_0 on AVX-512 VNNI */
+        bool want_tiled = (exo__quants_have_avx2() && kq) ||
+                          (exo__quants_have_avx512() && (all_dtypes[k] == EXO_DTYPE_Q4_0 || q8));
         CHECK_MSG((tk->tiled != NULL) == want_tiled, "%s: tiled", tk->name);
         if (want_tiled) CHECK(tk->tiled->min_tokens >= 1 && tk->tiled->pack_act && tk->tiled->gemm);
         /* Q4_K and Q5_K share token groups (a layer may mix them), Q6_K lays them out its own way */
@@ -1126,8 +1128,9 @@ static void check_x4_kernels(int dtype, int n, size_t stride, stats *st)
 
 /* The tiled batch product (quants.h) of each instruction set against that
  * set's one-row kernel, bit for bit, for every (row, token) of odd shapes:
- * rows 1..37 (strips of eight, groups of four cut short), tokens 1..40
- * (token groups of sixteen cut short), widths of 1 to 8 super-blocks; rows
+ * rows 1..37 (strips of eight or sixteen, groups of four cut short), tokens
+ * 1..40 (token groups of sixteen cut short), widths of 1 to 8 super-blocks
+ * (Q4_0, Q8_0: 1 to 64 blocks, every tail of the eight chains); rows
  * quantized from random data and rows of random bits (negative scales, every
  * code), a token with every quant at +-127 (the largest 16-bit sums of the
  * AVX2 kernel). Outputs outside the asked rows and tokens must stay
@@ -1136,12 +1139,19 @@ static void test_tiled_set(int dtype, const exo_kernel_set *ks, const char *isa)
 
 /* A K-format row whose codes are all at their largest (Q4_K 15, Q5_K 31,
  * Q6_K 63), scales too (Q6_K's int8 scales all -1), d 0.01 and no minimum:
- * every product of a super-block has the same sign. */
+ * every product of a super-block has the same sign. Q4_0 and Q8_0: every
+ * weight at its most negative (Q4_0's nibble 0 is -8, Q8_0's -128, which a
+ * file may hold though the quantizer never writes it). */
 enum { MAX_CODES_ROW = 35 };
 static void max_codes_row(int dtype, uint8_t *row, int n)
 {
     const exo_type_traits *t = exo__type_traits_get(dtype);
     const exo_half d = exo__float_to_half(0.01f), zero = exo__float_to_half(0.0f);
+    if (t->block_size == EXO_QK) {
+        memset(row, dtype == EXO_DTYPE_Q8_0 ? 0x80 : 0x00, exo__dtype_row_size(dtype, n));
+        for (int b = 0; b < n / EXO_QK; b++) memcpy((uint8_t *)row + (size_t)b * t->type_size, &d, sizeof d);
+        return;
+    }
     memset(row, 0xff, exo__dtype_row_size(dtype, n));
     for (int b = 0; b < n / EXO_QK_K; b++) {
         uint8_t *p = row + (size_t)b * t->type_size;
@@ -1157,7 +1167,9 @@ static void max_codes_row(int dtype, uint8_t *row, int n)
 static void test_tiled(int dtype)
 {
     const exo_kernel_set *k2 = exo__quants_kernels(dtype, EXO_ISA_AVX2), *k5 = exo__quants_kernels(dtype, EXO_ISA_AVX512);
-    CHECK_MSG(!k2 || k2->tiled, "dtype %d: no AVX2 tiled GEMM", dtype);
+    const bool block32 = exo__type_traits_get(dtype)->block_size == EXO_QK;
+    CHECK_MSG(!k2 || k2->tiled || block32, "dtype %d: no AVX2 tiled GEMM", dtype);
+    CHECK_MSG(!k5 || k5->tiled, "dtype %d: no AVX-512 tiled GEMM", dtype);
     if (k2 && k2->tiled && cpu_runs_avx2()) test_tiled_set(dtype, k2, "avx2");
     if (k5 && k5->tiled && cpu_runs_avx512()) test_tiled_set(dtype, k5, "avx512");
 }
@@ -1166,12 +1178,16 @@ static void test_tiled_set(int dtype, const exo_kernel_set *ks, const char *isa)
 {
     const exo_type_traits *t = exo__type_traits_get(dtype);
     enum { MAX_ROWS = 40, MAX_TOK = 40 };
-    static const int widths[] = { 256, 768, 2048 };
+    /* the 32-element formats: every tail of the eight-block chains (1, 3, 7, 2, 0 blocks past the last eight) */
+    static const int widths_k[] = { 256, 768, 2048 }, widths_32[] = { 32, 96, 224, 576, 2048 };
+    const bool block32 = t->block_size == EXO_QK;
+    const int *widths = block32 ? widths_32 : widths_k;
+    const size_t n_widths = block32 ? 5 : 3;
     static const int rows_tried[] = { 1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 23, 31, 36, 37 };
     static const int toks_tried[] = { 1, 2, 5, 15, 16, 17, 31, 32, 33, 40 };
-    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+    for (size_t wi = 0; wi < n_widths; wi++) {
         const int n = widths[wi];
-        const size_t row = exo__dtype_row_size(dtype, n), act_bytes = exo__act_row_size(EXO_ACT_Q8_K, n);
+        const size_t row = exo__dtype_row_size(dtype, n), act_bytes = exo__act_row_size(t->act_type, n);
         uint8_t *w = malloc(MAX_ROWS * row), *groups = malloc(MAX_ROWS * row);
         uint8_t *acts = malloc(MAX_TOK * act_bytes);
         float *x = malloc((size_t)n * sizeof(float)), *want = malloc(sizeof(float) * MAX_ROWS * MAX_TOK);
@@ -1189,7 +1205,7 @@ static void test_tiled_set(int dtype, const exo_kernel_set *ks, const char *isa)
             random_row(x, n);
             if (tok == 3) for (int i = 0; i < n; i++) x[i] = i % 2 ? 1.0f : -1.0f; /* every quant at +-127 */
             if (tok == 4) for (int i = 0; i < n; i++) x[i] = 1.0f;                 /* every quant at 127 */
-            exo__quantize_act_ref(EXO_ACT_Q8_K, x, acts + tok * act_bytes, n);
+            exo__quantize_act_ref(t->act_type, x, acts + tok * act_bytes, n);
         }
         for (int r = 0; r < MAX_ROWS; r++)
             for (int tok = 0; tok < MAX_TOK; tok++)
@@ -1493,6 +1509,8 @@ int main(void)
     test_tiled(EXO_DTYPE_Q4_K);
     test_tiled(EXO_DTYPE_Q5_K);
     test_tiled(EXO_DTYPE_Q6_K);
+    test_tiled(EXO_DTYPE_Q4_0);
+    test_tiled(EXO_DTYPE_Q8_0);
     test_vec();
 
     if (!exo__quants_have_avx2()) printf("  fast-vs-ref comparisons: skipped (no AVX2/FMA/F16C, or EXO_FORCE_SCALAR)\n");

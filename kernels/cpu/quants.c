@@ -23,6 +23,7 @@
 #include "cpu_features.h"
 #include "gemm_k_avx2.h"
 #include "gemm_k_avx512.h"
+#include "gemm_q8_avx512.h"
 #include "quants_avx2.h"
 #include "quants_avx512.h"
 #include "quants_impl.h"
@@ -1308,7 +1309,8 @@ static const cpu_kernels kernels_scalar = {
 #define AVX512_q4_0 \
     .vec_dot = exo__vec_dot_q4_0_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q4_0_q8_32_avx512, \
     .vec_dot_packed = exo__vec_dot_packed_q4_0_q8_32_avx512, \
-    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_0_q8_32_avx512
+    .vec_dot_packed_t4 = exo__vec_dot_packed_t4_q4_0_q8_32_avx512, \
+    .tiled = &exo__tiled_q4_0_avx512
 #define AVX512_q4_1 \
     .vec_dot = exo__vec_dot_q4_1_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q4_1_q8_32_avx512, \
     .vec_dot_packed = exo__vec_dot_packed_q4_1_q8_32_avx512
@@ -1318,7 +1320,7 @@ static const cpu_kernels kernels_scalar = {
  * and there it wins (verify of 9 positions: 24 -> 19 ms). */
 #define AVX512_q8_0 \
     .vec_dot = exo__vec_dot_q8_0_q8_32_avx512, .vec_dot_x4 = exo__vec_dot_x4_q8_0_q8_32_avx512, \
-    .x4_min_tokens = 2, .vec_dot_packed = exo__vec_dot_packed_q8_0_q8_32_avx512
+    .x4_min_tokens = 2, .vec_dot_packed = exo__vec_dot_packed_q8_0_q8_32_avx512, .tiled = &exo__tiled_q8_0_avx512
 #define AVX512_q5_0 .vec_dot = exo__vec_dot_q5_0_q8_32_avx512
 #define AVX512_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx512
 #define AVX512_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx512

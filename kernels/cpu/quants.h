@@ -187,7 +187,8 @@ typedef void (*exo_vec_dot_packed_t4_fn)(int n, const void *groups, int64_t n_gr
                                          size_t act_stride, float *out, size_t ldo);
 
 /* The tiled batch product (the K formats on AVX-512 VNNI: gemm_k_avx512.c;
- * on AVX2: gemm_k_avx2.c), for a prompt's tokens. A strip of weight rows is unpacked once into plain
+ * on AVX2: gemm_k_avx2.c; Q4_0 and Q8_0 on AVX-512 VNNI: gemm_q8_avx512.c),
+ * for a prompt's tokens. A strip of weight rows is unpacked once into plain
  * byte codes and integer scales, then every token of the batch runs past it
  * in tiles of rows x EXO_TILED_TOKENS tokens, so no unpacking or scale work
  * is repeated per token; each (row, token) gets bit for bit what
@@ -210,17 +211,19 @@ typedef struct exo_tiled_gemm {
                  void *scratch);
 } exo_tiled_gemm;
 
-/* Bytes a super-block takes in a token group and in a thread's strip (the
- * layouts are each kernel file's own, within these sizes). */
-#define EXO_TILED_ACT_SB_BYTES 4672
-#define EXO_TILED_STRIP_SB_BYTES 3392
+/* Bytes 256 elements take in a token group and in a thread's strip (the
+ * layouts are each kernel file's own, within these sizes: Q4_0's and Q8_0's
+ * take 640 and 576 a 32-element block, the most). Sizes count 32-element
+ * blocks, so rows of those formats need not be whole super-blocks. */
+#define EXO_TILED_ACT_SB_BYTES 5120
+#define EXO_TILED_STRIP_SB_BYTES 4608
 static inline size_t exo__tiled_act_bytes(int n)
 {
-    return (size_t)(n / EXO_QK_K) * EXO_TILED_ACT_SB_BYTES;
+    return (size_t)(n / EXO_QK) * (EXO_TILED_ACT_SB_BYTES / (EXO_QK_K / EXO_QK));
 }
 static inline size_t exo__tiled_scratch_bytes(int n)
 {
-    return (size_t)(n / EXO_QK_K) * EXO_TILED_STRIP_SB_BYTES;
+    return (size_t)(n / EXO_QK) * (EXO_TILED_STRIP_SB_BYTES / (EXO_QK_K / EXO_QK));
 }
 
 typedef struct exo_type_traits {
