@@ -25,7 +25,10 @@
 --     inside a shared block copies it (the other's results unchanged);
 --     kv_info counts a shared block once; freeing both returns every block;
 --     a share or a truncation that needs a block of a full pool fails
---     cleanly, changing nothing.
+--     cleanly, changing nothing;
+--   * the node's admission (Node:acquire) starts a request from a running
+--     session's prefix and counts only the blocks it really takes, and its
+--     eviction takes first the idle sessions that free something.
 -- Runs on the tiny model, its K-quant variant and the Gemma 3 one
 -- (CMakeLists runs it again on the AVX2 and scalar kernels).
 local ffi = require "ffi"
@@ -306,6 +309,65 @@ local function check_share_exhausted(path)
   shard:free()
 end
 
+-- Node:acquire on a pool of four blocks: B's prompt of 180 tokens shares
+-- A's first 128 while A runs, so it needs one block (three without the
+-- share) and is admitted beside A. The sessions prefill with the blocking
+-- runner (acquire itself only waits when it queues, which max_queue 0 forbids).
+local function check_node_share(path)
+  local generate = require "exo.generate"
+  local node = require("exo.node").new { max_sessions = 3, max_queue = 0, n_ctx = 512 }
+  local shard = assert(native.load_shard(path))
+  local V = shard.n_vocab
+  assert(shard:set_kv_tokens(4 * 64))
+  local entry = { model = { shard = shard }, idle = {}, busy = 0, running = {}, queue = {} }
+  local P = tokens(21, 150, V)
+  local pb = head(P, 128)
+  for i, t in ipairs(tokens(22, 52, V)) do pb[128 + i] = t end
+  local a = assert(node:acquire(entry, P))
+  a.runner = generate.sync_runner
+  assert(a:prefill(P) == 150 and shard:kv_info().free == 1)
+  local b = assert(node:acquire(entry, pb))
+  b.runner = generate.sync_runner
+  assert(#b.cached == 128 and shard:kv_info().shared == 2, "B starts from running A's prefix")
+  assert(b:prefill(pb) == 52, "B computes only what A's prefix lacks")
+  local want = solo(path, { head(pb, 128), { unpack(pb, 129) } })
+  same(b.logits, want[2], V, path .. ": B's prompt after a shared prefix, through Node:acquire")
+  assert(shard:kv_info().free == 0)
+  -- C shares nothing and needs a block: none is free, nothing idle to evict.
+  local c, err, status = node:acquire(entry, tokens(23, 10, V))
+  assert(not c and status == 503 and err:match("KV pool exhausted"), tostring(err))
+  -- A ends and stays idle: of its three blocks, evicting it frees only the one B does not hold.
+  node:release(entry, a, true)
+  assert(a.seq:kv_need(0, 0) == -1)
+  assert(node:evict_idle(entry) and a.seq:pos() == 0 and shard:kv_info().free == 1)
+  c = assert(node:acquire(entry, tokens(23, 10, V)), "C fits in the block A gave back")
+  -- B and C (which computed nothing) end: evicting B, whose blocks are all its own now, returns every block.
+  node:release(entry, b, true)
+  node:release(entry, c, true)
+  assert(node:evict_idle(entry) and not node:evict_idle(entry))
+  assert(shard:kv_info().free == 4 and shard:kv_info().shared == 0)
+  -- Eviction takes an idle session that frees something first: X (least
+  -- recently used) holds only blocks running R holds too, Y a block of its own.
+  local r, x, y = assert(node:acquire(entry, head(P, 128))), nil, nil
+  r.runner = generate.sync_runner
+  assert(r:prefill(head(P, 128)))
+  x = assert(node:acquire(entry, head(P, 129)))
+  y = assert(node:acquire(entry, tokens(24, 30, V)))
+  y.runner = generate.sync_runner
+  assert(y:prefill(tokens(24, 30, V)))
+  assert(#x.cached == 128 and x.seq:kv_need(0, 0) == 0 and y.seq:kv_need(0, 0) == -1)
+  node:release(entry, x, true)
+  node:release(entry, y, true)
+  assert(node:evict_idle(entry) and y.seq:pos() == 0 and x.seq:pos() == 128, "Y goes first")
+  assert(node:evict_idle(entry) and x.seq:pos() == 0 and not node:evict_idle(entry), "then X")
+  node:release(entry, r, false)
+  assert(shard:kv_info().free == 4)
+  node:close() -- frees the idle sessions and closes the runner's poll of the engine (check_batcher makes its own)
+  require("luv").run("nowait")
+  shard:free()
+  print("ok: node admission with shared prefixes: " .. path)
+end
+
 local function check_share(path)
   check_share_at(path, 128) -- on a block boundary
   check_share_at(path, 100) -- inside a block
@@ -318,6 +380,7 @@ local dir = tiny:match("^(.*)/[^/]*$") or "."
 check(tiny)
 check((tiny:gsub("%.gguf$", "-q4_k.gguf")))
 check(dir .. "/tiny-gemma3.gguf")
+check_node_share(tiny)
 check_batcher(tiny)
 check_share(tiny)
 check_share((tiny:gsub("%.gguf$", "-q4_k.gguf")))
