@@ -15,8 +15,9 @@
  *
  * Usage: bench_quants [rounds [types]] (default 15 rounds, every type; types
  * is a comma-separated list of names as the traits give them: q4_0,q5_0).
- * bench_quants gemm [rounds [types]] times prompt products of the K formats
- * instead (the four-token kernels against the tiled GEMM: bench_gemm). */
+ * bench_quants gemm [rounds [types]] times prompt products of the K formats,
+ * Q4_0 and Q8_0 instead (the four-token kernels against the tiled GEMM:
+ * bench_gemm). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -128,15 +129,15 @@ static double time_batch(const exo_type_traits *t, size_t row_bytes, int rows, i
 }
 
 /* A prompt's product as the CPU backend runs it (integer path, packed
- * weights): the four-token kernels over runs of 8 groups for each block of
- * 16 tokens, or the tiled GEMM (quants.h) over all tokens with its
+ * weights): the four-token kernels (Q8_0: the packed one a token) over runs
+ * of 8 groups for each block of 16 tokens, or the tiled GEMM (quants.h) over all tokens with its
  * activations laid out once. Returns multiply-adds per second of this
  * thread's CPU time. */
 static double time_prompt(const exo_type_traits *t, const uint8_t *groups, int rows, int cols, const uint8_t *acts,
                           size_t act_stride, int n_tok, float *y, uint8_t *tiles, uint8_t *scratch, bool tiled,
                           double min_s)
 {
-    const size_t gb = (size_t)cols / EXO_QK_K * t->type_size * 4;
+    const size_t gb = (size_t)cols / (size_t)t->block_size * t->type_size * 4;
     long reps = 0;
     double t0 = now(), el;
     do {
@@ -152,9 +153,13 @@ static double time_prompt(const exo_type_traits *t, const uint8_t *groups, int r
             for (int tb = 0; tb < n_tok; tb += 16)
                 for (int g = 0; g < rows / 4; g += 8) {
                     const int ng = rows / 4 - g < 8 ? rows / 4 - g : 8;
-                    for (int tok = tb; tok < tb + 16 && tok < n_tok; tok += 4)
-                        t->vec_dot_packed_t4(cols, groups + (size_t)g * gb, ng, acts + (size_t)tok * act_stride,
-                                             act_stride, y + (size_t)tok * rows + 4 * g, (size_t)rows);
+                    for (int tok = tb; tok < tb + 16 && tok < n_tok; tok += t->vec_dot_packed_t4 ? 4 : 1)
+                        if (t->vec_dot_packed_t4)
+                            t->vec_dot_packed_t4(cols, groups + (size_t)g * gb, ng, acts + (size_t)tok * act_stride,
+                                                 act_stride, y + (size_t)tok * rows + 4 * g, (size_t)rows);
+                        else /* Q8_0: the packed kernel a token */
+                            t->vec_dot_packed(cols, groups + (size_t)g * gb, ng, acts + (size_t)tok * act_stride,
+                                              y + (size_t)tok * rows + 4 * g);
                 }
         }
         reps++;
@@ -165,13 +170,14 @@ static double time_prompt(const exo_type_traits *t, const uint8_t *groups, int r
 }
 
 /* "bench_quants gemm [rounds [types]]": the prompt products of the K
- * formats at the 1B shape's widths (2048 -> 2048, 2048 -> 8192, 8192 ->
- * 2048), 16 to 512 tokens, four-token kernels against the tiled GEMM. */
+ * formats, Q4_0 and Q8_0 at the 1B shape's widths (2048 -> 2048, 2048 ->
+ * 8192, 8192 -> 2048) and the 8B shape's FFN (4096 -> 14336), 8 to 512
+ * tokens, four-token (or packed) kernels against the tiled GEMM. */
 static bool name_listed(const char *list, const char *name);
 static int bench_gemm(int rounds, const char *only)
 {
-    static const int dtypes[] = { EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K };
-    static const struct { int rows, cols; } shapes[] = { { 2048, 2048 }, { 8192, 2048 }, { 2048, 8192 } };
+    static const int dtypes[] = { EXO_DTYPE_Q4_K, EXO_DTYPE_Q5_K, EXO_DTYPE_Q6_K, EXO_DTYPE_Q4_0, EXO_DTYPE_Q8_0 };
+    static const struct { int rows, cols; } shapes[] = { { 2048, 2048 }, { 8192, 2048 }, { 2048, 8192 }, { 14336, 4096 } };
     static const int toks[] = { 8, 16, 32, 64, 512 };
     printf("bench_quants gemm: G multiply-adds/s, one core (thread CPU time), best of %d, %s kernels\n", rounds,
            exo__quants_have_avx512() ? "AVX-512 VNNI" : exo__quants_have_avx2() ? "AVX2" : "scalar");
@@ -179,10 +185,10 @@ static int bench_gemm(int rounds, const char *only)
     for (size_t di = 0; di < sizeof dtypes / sizeof dtypes[0]; di++) {
         const exo_type_traits *t = exo__type_traits_get(dtypes[di]);
         if (only && !name_listed(only, t->name)) continue;
-        if (!t->vec_dot_packed_t4) continue;
+        if (!t->vec_dot_packed) continue;
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int rows = shapes[si].rows, cols = shapes[si].cols, max_tok = 512;
-            const size_t row_bytes = exo__dtype_row_size(dtypes[di], cols), act_stride = exo__act_row_size(EXO_ACT_Q8_K, cols);
+            const size_t row_bytes = exo__dtype_row_size(dtypes[di], cols), act_stride = exo__act_row_size(t->act_type, cols);
             float *x = malloc(sizeof(float) * (size_t)cols);
             uint8_t *w = malloc(row_bytes * rows), *groups = malloc(row_bytes * rows), *acts = malloc(act_stride * max_tok);
             for (int r = 0; r < rows; r++) {
@@ -192,7 +198,7 @@ static int bench_gemm(int rounds, const char *only)
             for (int r = 0; r < rows; r += 4) t->pack_x4(w + (size_t)r * row_bytes, row_bytes, cols, groups + (size_t)r * row_bytes);
             for (int k = 0; k < max_tok; k++) {
                 for (int i = 0; i < cols; i++) x[i] = (float)((double)rand() / RAND_MAX) - 0.5f;
-                exo__quantize_act(EXO_ACT_Q8_K, x, acts + (size_t)k * act_stride, cols);
+                exo__quantize_act(t->act_type, x, acts + (size_t)k * act_stride, cols);
             }
             float *y = malloc(sizeof(float) * (size_t)rows * max_tok);
             uint8_t *tiles = aligned_alloc(64, exo__tiled_act_bytes(cols) * (max_tok / EXO_TILED_TOKENS));

@@ -207,10 +207,12 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
     }
 }
 
-/* Below this many tokens the packed kernels win (bench_quants gemm;
- * docs/performance.md). */
-#define TILED_MIN_TOKENS_Q4_0 16
-#define TILED_MIN_TOKENS_Q8_0 16
+/* Below this many tokens the packed kernels win: a strip's unpacking is
+ * shared by fewer tokens, a token group is part empty (bench_quants gemm,
+ * one core: at 16 tokens the tiled GEMM is 0.6-1.0x the four-token Q4_0 and
+ * the packed Q8_0 kernels, at 32 about 1.0x and 1.5x, at 64 1.1-1.7x and
+ * 2-2.1x, at 512 2-2.4x and 3.3-4.6x; docs/performance.md). */
+#define TILED_MIN_TOKENS 32
 
 #define TILED_FORMAT(fmt, FMT, MIN)                                                                                \
     static void gemm_##fmt(int n, const void *groups, int n_rows, const void *tiles, int n_tokens, float *out,     \
@@ -219,6 +221,6 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
         tiled_gemm(n, groups, n_rows, tiles, n_tokens, out, ldo, scratch, FMT);                                    \
     }                                                                                                              \
     const exo_tiled_gemm exo__tiled_##fmt##_avx512 = {MIN, pack_act_##fmt, gemm_##fmt};
-TILED_FORMAT(q4_0, FMT_Q4_0, TILED_MIN_TOKENS_Q4_0)
-TILED_FORMAT(q8_0, FMT_Q8_0, TILED_MIN_TOKENS_Q8_0)
+TILED_FORMAT(q4_0, FMT_Q4_0, TILED_MIN_TOKENS)
+TILED_FORMAT(q8_0, FMT_Q8_0, TILED_MIN_TOKENS)
 #undef TILED_FORMAT

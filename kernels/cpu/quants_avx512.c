@@ -53,6 +53,13 @@ static inline uint32_t load_u32(const void *p)
     return u;
 }
 
+static inline uint16_t load_u16(const void *p)
+{
+    uint16_t u;
+    memcpy(&u, p, sizeof u);
+    return u;
+}
+
 /* The four-row kernels read four rows side by side: four interleaved
  * streams. On the machine they were tuned on (a VM on AMD EPYC) the hardware
  * prefetchers keep up with one sequential stream but not with that pattern,
@@ -86,6 +93,14 @@ static inline void prefetch_lines(uintptr_t *pf, int lines)
 static inline void prefetch_ahead(const uint8_t *p, int lines)
 {
     for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + PACKED_PREFETCH + 64 * l, _MM_HINT_T0);
+}
+
+#ifndef Q8_PREFETCH
+#define Q8_PREFETCH 1024
+#endif
+static inline void prefetch_ahead_q8(const uint8_t *p, int lines)
+{
+    for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + Q8_PREFETCH + 64 * l, _MM_HINT_T0);
 }
 
 static inline float half_to_float(exo_half h)
@@ -363,9 +378,10 @@ void exo__vec_dot_packed_q4_1_q8_32_avx512(int n, const void *groups, int64_t n_
 /* ---- Q4_0, Q5_0, IQ4_NL: x = (q - 8) * d, (q - 16) * d, d * values[q] -------- */
 
 /* These follow the per-block order (quants.c; quants_blocks.h): each block's
- * integer sum exact in int32 lanes, the offset (8, 16, or IQ4_NL's 128) in
- * the lanes' starting values (shared by the rows), then eight blocks' sums
- * as one vector and one convert, multiply and FMA for the eight. */
+ * integer sum exact in int32 lanes, eight blocks' sums as one vector, the
+ * offset (8, 16, or IQ4_NL's 128) taken off as one vector of
+ * -offset * sum(x) per block (shared by the rows), then one convert,
+ * multiply and FMA for the eight blocks. */
 #define KIND_OFFSET(K) ((char)((K) == KIND_Q5_0 ? 16 : (K) == KIND_IQ4_NL ? 128 : 8))
 
 /* Eight fp16 scales, four blocks stride bytes apart twice. */
@@ -383,67 +399,137 @@ static inline __m256 packed_d8(const uint8_t *c, size_t chunk, size_t scales, in
     return _mm256_cvtph_ps(_mm_unpacklo_epi64(lo, hi));
 }
 
-/* The last m = nb - i (1..7) blocks of rows r0 .. r0 + R - 1 (of a packed
- * group with P: a four-block chunk if m >= 4, then a pair, then a single),
- * into the rows' chains, zeros in the lanes past m. Shared with the
- * four-token kernel, so that both add the same terms in the same order. */
-EXO_ALWAYS_INLINE void q4_0_tail(int nb, int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a,
-                                 __m256 *acc, const int R, const int r0, const bool P, const int K)
+/* -offset * (each block's activation quants summed) for the eight blocks
+ * whose pairs are x[2 k], x[2 k + 1] (act_quad's layout), in block order. */
+static inline __m256i q4_0_offsets(const __m256i x[8], __m256i offset)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i s[4];
+    for (int k = 0; k < 4; k++) s[k] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, offset, x[2 * k]), offset, x[2 * k + 1]);
+    return _mm256_sub_epi32(zero, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
+}
+
+/* -128 * (each block's activation quants summed), blocks 0..7 (x[k] block k's quants). */
+static inline __m256i q8_0_offsets(const __m256i x[8])
+{
+    const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    __m256i s[8];
+    for (int k = 0; k < 8; k++) s[k] = _mm256_dpbusd_epi32(zero, bias, x[k]);
+    return _mm256_sub_epi32(zero, exo_single_block_sums(s));
+}
+
+/* An eight-block step's activation terms that every row shares: the
+ * blocks' offset terms and d's. The packed kernels compute them once a call
+ * for all of its groups (a decode step's range of rows), not once a group. */
+typedef struct {
+    __m256i off;
+    __m256 da;
+} step_act;
+
+/* The last M = nb - i (1..7, a constant) blocks of rows r0 .. r0 + R - 1
+ * into the rows' chains, as an eight-block step whose missing blocks have
+ * zero activations and scales (fma(0, 0, c) leaves a chain as it is). With
+ * P they lie as the packed layout has them: a four-block chunk if M >= 4,
+ * then a pair chunk, then a single block. Shared with the four-token
+ * kernel, so that both add the same terms in the same order. M is a
+ * constant so that every vector stays in a register (building them through
+ * memory stalled store forwarding: 576-wide rows ran at half speed). */
+EXO_ALWAYS_INLINE void q4_0_tail_m(int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, __m256 *acc,
+                                   const int R, const int r0, const bool P, const int K, const int M,
+                                   const step_act *pt)
 {
     const size_t bs = KIND_BYTES(K), qo = KIND_QS(K), ho = KIND_QH(K);
     const bool HI = K == KIND_Q5_0;
-    const int m = nb - i;
-    const __m256i offset = _mm256_set1_epi8(KIND_OFFSET(K)), zero = _mm256_setzero_si256();
-    __m256i s[4][4]; /* [row][pair] */
-    const uint8_t *dw_at[4][8] = { { 0 } };
-    FOR_ROWS(r, R) s[r][0] = s[r][1] = s[r][2] = s[r][3] = zero;
-    int k = 0;
-    if (m >= 4) {
-        const uint8_t *c = w0 + (size_t)i * 4 * bs;
-        __m256i x[4];
-        act_quad(a + i, x);
-        const __m256i c0 = neg_offset_sums(x[0], x[1], offset), c1 = neg_offset_sums(x[2], x[3], offset);
-        FOR_ROWS(r, R) {
-            const int rr = r0 + r;
-            const uint8_t *w = w0 + (size_t)rr * stride + (size_t)i * bs;
-            q4_quad_dot(w, c + 32 * rr, bs, x, c0, c1, s[r], P, K);
-            for (int j = 0; j < 4; j++) dw_at[r][j] = P ? c + 256 + 8 * rr + 2 * j : w + j * bs;
-        }
-        k = 4;
-    }
-    if (m - k >= 2) {
-        const int b = i + k;
-        const uint8_t *c = w0 + (size_t)b * 4 * bs;
-        const __m256i xl = load_2x128(a[b].qs, a[b + 1].qs), xh = load_2x128(a[b].qs + 16, a[b + 1].qs + 16);
-        const __m256i cs = neg_offset_sums(xl, xh, offset);
-        FOR_ROWS(r, R) {
-            const int rr = r0 + r;
-            const uint8_t *w = w0 + (size_t)rr * stride + (size_t)b * bs;
-            __mmask32 hl = 0, hh = 0;
-            if (HI) q5_pair_masks(w + ho, w + bs + ho, &hl, &hh);
-            s[r][k / 2] = q4_pair_dot(cs, P ? load_256(c + 32 * rr) : load_2x128(w + qo, w + bs + qo), xl, xh, hl, hh, K);
-            dw_at[r][k] = P ? c + 128 + 4 * rr : w;
-            dw_at[r][k + 1] = P ? c + 130 + 4 * rr : w + bs;
-        }
-        k += 2;
-    }
-    if (m - k == 1) {
-        const int b = i + k;
-        const uint8_t *c = w0 + (size_t)b * 4 * bs;
-        const __m256i x = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, x));
-        FOR_ROWS(r, R) {
-            const int rr = r0 + r;
-            const uint8_t *w = w0 + (size_t)rr * stride + (size_t)b * bs;
-            __m256i q = q4_widen(q4_unpack(P ? c + 16 * rr : w + qo), HI ? load_u32(w + ho) : 0, K);
-            s[r][k / 2] = exo_single_as_pair(_mm256_dpbusd_epi32(cs, q, x));
-            dw_at[r][k] = P ? c + 64 + 2 * rr : w;
+    const int quads = M >= 4 ? 1 : 0;
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i x[8];
+    for (int p = 0; p < 4; p++) {
+        const exo_block_q8_32 *b = a + i + 2 * p;
+        if (2 * p + 1 < M) {
+            x[2 * p] = load_2x128(b[0].qs, b[1].qs);
+            x[2 * p + 1] = load_2x128(b[0].qs + 16, b[1].qs + 16);
+        } else if (2 * p < M) {
+            x[2 * p] = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)b[0].qs));
+            x[2 * p + 1] = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(b[0].qs + 16)));
+        } else {
+            x[2 * p] = x[2 * p + 1] = zero;
         }
     }
+    const exo_block_q8_32 *t = a + i;
+#define TAIL_D(k) ((k) < M ? t[k].d : 0.0f)
+    const __m256 da = pt ? pt->da : _mm256_setr_ps(TAIL_D(0), TAIL_D(1), TAIL_D(2), TAIL_D(3), TAIL_D(4), TAIL_D(5),
+                                                   TAIL_D(6), TAIL_D(7));
+#undef TAIL_D
+    const __m256i off = pt ? pt->off : q4_0_offsets(x, _mm256_set1_epi8(KIND_OFFSET(K)));
     FOR_ROWS(r, R) {
-        const __m256i isum = exo_pair_block_sums(s[r][0], s[r][1], s[r][2], s[r][3]);
-        acc[r] = _mm256_fmadd_ps(exo_tail_scales(dw_at[r], a + i, m), _mm256_cvtepi32_ps(isum), acc[r]);
+        const int rr = r0 + r;
+        __m256i s[4];
+        const uint8_t *dp[8] = { 0 };
+        for (int p = 0; p < 4; p++) {
+            const int k = 2 * p, nbk = M - k >= 2 ? 2 : M - k; /* blocks in this pair */
+            if (nbk <= 0) {
+                s[p] = zero;
+                continue;
+            }
+            const uint8_t *w = w0 + (size_t)rr * stride + (size_t)(i + k) * bs;
+            const bool in_quad = p < 2 * quads;
+            /* the packed chunk holding this pair, and where the row's quants and d's lie in it */
+            const uint8_t *c = w0 + (size_t)(in_quad ? i : i + k) * 4 * bs;
+            const uint8_t *qp = P ? (in_quad ? c + 128 * p + 32 * rr : nbk == 2 ? c + 32 * rr : c + 16 * rr) : w + qo;
+            dp[k] = P ? (in_quad ? c + 256 + 8 * rr + 2 * k : nbk == 2 ? c + 128 + 4 * rr : c + 64 + 2 * rr) : w;
+            if (nbk == 2) dp[k + 1] = P ? dp[k] + 2 : w + bs;
+            __m256i q;
+            if (nbk == 2) q = P ? load_256(qp) : load_2x128(qp, qp + bs);
+            else q = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)qp));
+            __mmask32 hl = 0, hh = 0;
+            if (HI) q5_pair_masks(w + ho, w + (nbk == 2 ? bs : 0) + ho, &hl, &hh);
+            s[p] = q4_pair_dot(zero, q, x[k], x[k + 1], hl, hh, K);
+        }
+#define TAIL_H(k) ((k) < M ? (short)load_u16(dp[k]) : (short)0)
+        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(TAIL_H(0), TAIL_H(1), TAIL_H(2), TAIL_H(3), TAIL_H(4), TAIL_H(5),
+                                                        TAIL_H(6), TAIL_H(7)));
+#undef TAIL_H
+        acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_pair_block_sums(s[0], s[1], s[2], s[3]), off));
     }
+}
+
+/* pt: the tail's step_act computed once a call (tail_act), or NULL. */
+EXO_ALWAYS_INLINE void q4_0_tail(int nb, int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a,
+                                 __m256 *acc, const int R, const int r0, const bool P, const int K, const step_act *pt)
+{
+    switch (nb - i) {
+    case 1: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 1, pt); break;
+    case 2: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 2, pt); break;
+    case 3: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 3, pt); break;
+    case 4: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 4, pt); break;
+    case 5: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 5, pt); break;
+    case 6: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 6, pt); break;
+    case 7: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 7, pt); break;
+    default: break;
+    }
+}
+
+/* The step_act of a row's last m (1..7) blocks, zeros past m, once a call
+ * (its loops need no constant m: it runs once, not once a group). */
+static step_act tail_act(const exo_block_q8_32 *a, int m, bool q4)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i x[8];
+    float dav[8];
+    for (int k = 0; k < 8; k++) {
+        dav[k] = k < m ? a[k].d : 0.0f;
+        if (!q4) x[k] = k < m ? _mm256_loadu_si256((const __m256i *)a[k].qs) : zero;
+    }
+    if (q4)
+        for (int p = 0; p < 4; p++) {
+            const int nbk = m - 2 * p >= 2 ? 2 : m - 2 * p;
+            const exo_block_q8_32 *b = a + 2 * p;
+            x[2 * p] = nbk == 2 ? load_2x128(b[0].qs, b[1].qs)
+                     : nbk == 1 ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)b[0].qs)) : zero;
+            x[2 * p + 1] = nbk == 2 ? load_2x128(b[0].qs + 16, b[1].qs + 16)
+                         : nbk == 1 ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(b[0].qs + 16))) : zero;
+        }
+    return (step_act){ q4 ? q4_0_offsets(x, _mm256_set1_epi8(8)) : q8_0_offsets(x), _mm256_loadu_ps(dav) };
 }
 
 /* R rows (1 or 4) of a Q4_0-like format at w0, w0 + stride, ..., or with P
@@ -451,11 +537,11 @@ EXO_ALWAYS_INLINE void q4_0_tail(int nb, int i, const uint8_t *w0, size_t stride
  * the rows' quant pairs, then each row's d's), against one activation row:
  * eight blocks (two chunks) a step. */
 EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                                 const int R, const bool P, const int K)
+                                 const int R, const bool P, const int K, const step_act *pre)
 {
     const size_t bs = KIND_BYTES(K);
     const int nb = n / EXO_QK;
-    const __m256i offset = _mm256_set1_epi8(KIND_OFFSET(K));
+    const __m256i offset = _mm256_set1_epi8(KIND_OFFSET(K)), zero = _mm256_setzero_si256();
     __m256 acc[4];
     FOR_ROWS(r, R) acc[r] = _mm256_setzero_ps();
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
@@ -464,65 +550,114 @@ EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const 
         if (R == 4 && !P) prefetch_lines(&pf, 9); /* 4 x 8 x 18 = 576 bytes */
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
         if (P) prefetch_ahead(c, 9);
-        __m256i x[8], o[4];
+        __m256i x[8];
         act_quad(a + i, x);
         act_quad(a + i + 4, x + 4);
-        for (int k = 0; k < 4; k++) o[k] = neg_offset_sums(x[2 * k], x[2 * k + 1], offset);
-        const __m256 da = exo_act_d8(a + i);
+        const __m256i off = pre ? pre[i / 8].off : q4_0_offsets(x, offset);
+        const __m256 da = pre ? pre[i / 8].da : exo_act_d8(a + i);
         FOR_ROWS(r, R) {
             const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
             const __m256 d = P ? packed_d8(c, 16 * bs, 256, r) : halves_8(w, bs);
             __m256i s[4];
-            q4_quad_dot(w, c + 32 * r, bs, x, o[0], o[1], s, P, K);
-            q4_quad_dot(w + 4 * bs, c + 16 * bs + 32 * r, bs, x + 4, o[2], o[3], s + 2, P, K);
-            acc[r] = exo_chains_step(acc[r], d, da, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
+            q4_quad_dot(w, c + 32 * r, bs, x, zero, zero, s, P, K);
+            q4_quad_dot(w + 4 * bs, c + 16 * bs + 32 * r, bs, x + 4, zero, zero, s + 2, P, K);
+            acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_pair_block_sums(s[0], s[1], s[2], s[3]), off));
         }
     }
-    if (i < nb) q4_0_tail(nb, i, w0, stride, a, acc, R, 0, P, K);
+    if (i < nb) q4_0_tail(nb, i, w0, stride, a, acc, R, 0, P, K, pre ? &pre[nb / 8] : NULL);
     reduce_rows(acc, out, R);
 }
 
 void exo__vec_dot_x4_q4_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
-    q4_0_rows(n, w_rows, row_stride, act_row, out, 4, false, KIND_Q4_0);
+    q4_0_rows(n, w_rows, row_stride, act_row, out, 4, false, KIND_Q4_0, NULL);
 }
 
 void exo__vec_dot_packed_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q4_0);
+    const exo_block_q8_32 *a = act_row;
+    step_act pre[n / (8 * EXO_QK) + 1];
+    for (int q = 0; q < n / (8 * EXO_QK); q++) {
+        __m256i x[8];
+        act_quad(a + 8 * q, x);
+        act_quad(a + 8 * q + 4, x + 4);
+        pre[q] = (step_act){ q4_0_offsets(x, _mm256_set1_epi8(8)), exo_act_d8(a + 8 * q) };
+    }
+    if (n / EXO_QK % 8) pre[n / (8 * EXO_QK)] = tail_act(a + n / (8 * EXO_QK) * 8, n / EXO_QK % 8, true);
     const uint8_t *g = groups;
     for (int64_t k = 0; k < n_groups; k++, g += group_bytes)
-        q4_0_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_0);
+        q4_0_rows(n, g, 0, act_row, out + 4 * k, 4, true, KIND_Q4_0, pre);
 }
 
 /* The one-row dots of the 4-bit bodies, one per format. */
-#define Q4_ONE_ROW(fmt, body, kind)                                                     \
+#define Q4_ONE_ROW(fmt, body, kind, ...)                                                \
     float exo__vec_dot_##fmt##_q8_32_avx512(int n, const void *w_row, const void *act_row) \
     {                                                                                   \
         float out;                                                                      \
-        body(n, w_row, 0, act_row, &out, 1, false, kind);                               \
+        body(n, w_row, 0, act_row, &out, 1, false, kind __VA_ARGS__);                   \
         return out;                                                                     \
     }
-Q4_ONE_ROW(q4_0, q4_0_rows, KIND_Q4_0)
+Q4_ONE_ROW(q4_0, q4_0_rows, KIND_Q4_0, , NULL)
 Q4_ONE_ROW(q4_1, q4_1_rows, KIND_Q4_1)
-Q4_ONE_ROW(q5_0, q4_0_rows, KIND_Q5_0)
+Q4_ONE_ROW(q5_0, q4_0_rows, KIND_Q5_0, , NULL)
 Q4_ONE_ROW(q5_1, q4_1_rows, KIND_Q5_1)
-Q4_ONE_ROW(iq4_nl, q4_0_rows, KIND_IQ4_NL)
+Q4_ONE_ROW(iq4_nl, q4_0_rows, KIND_IQ4_NL, , NULL)
 #undef Q4_ONE_ROW
 
 /* ---- Q8_0: x = q * d ------------------------------------------------------ */
 
+
+/* The last M (1..7, a constant) blocks of q8_0_rows as an eight-block step
+ * with zeros past M (as q4_0_tail_m); packed: a four-block chunk if M >= 4,
+ * then single blocks. */
+EXO_ALWAYS_INLINE void q8_0_tail_m(int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, __m256 *acc,
+                                   const int R, const bool P, const int M, const step_act *pt)
+{
+    const size_t bs = sizeof(exo_block_q8_0);
+    const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    __m256i x[8];
+    for (int k = 0; k < 8; k++) x[k] = k < M ? _mm256_loadu_si256((const __m256i *)a[i + k].qs) : zero;
+    const exo_block_q8_32 *t = a + i;
+#define TAIL_D(k) ((k) < M ? t[k].d : 0.0f)
+    const __m256 da = pt ? pt->da : _mm256_setr_ps(TAIL_D(0), TAIL_D(1), TAIL_D(2), TAIL_D(3), TAIL_D(4), TAIL_D(5),
+                                                   TAIL_D(6), TAIL_D(7));
+#undef TAIL_D
+    const __m256i off = pt ? pt->off : q8_0_offsets(x);
+    FOR_ROWS(r, R) {
+        __m256i v[8];
+        const uint8_t *dp[8] = { 0 };
+        for (int k = 0; k < 8; k++) {
+            if (k >= M) {
+                v[k] = zero;
+                continue;
+            }
+            const bool quad = M >= 4 && k < 4;
+            const uint8_t *c = w0 + (size_t)(quad ? i : i + k) * 4 * bs;
+            const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i + k;
+            const uint8_t *q = P ? (quad ? c + 128 * k + 32 * r : c + 32 * r) : (const uint8_t *)w->qs;
+            dp[k] = P ? (quad ? c + 512 + 8 * r + 2 * k : c + 128 + 2 * r) : (const uint8_t *)w;
+            v[k] = _mm256_dpbusd_epi32(zero, _mm256_xor_si256(load_256(q), bias), x[k]);
+        }
+#define TAIL_H(k) ((k) < M ? (short)load_u16(dp[k]) : (short)0)
+        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(TAIL_H(0), TAIL_H(1), TAIL_H(2), TAIL_H(3), TAIL_H(4), TAIL_H(5),
+                                                        TAIL_H(6), TAIL_H(7)));
+#undef TAIL_H
+        acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_single_block_sums(v), off));
+    }
+}
+
 /* One block per register (32 quants, 8 lanes); w ^ 0x80 makes the weights
- * unsigned and the lanes start at -128 * sum(x) to take the 128 back out;
- * eight blocks' registers make one vector of block sums (the per-block
- * order, quants_blocks.h). Packed (P) chunks hold, block by block, the four
- * rows' 32 quants, then each row's d's; past the last four-block chunk,
- * single blocks. From the file's layout, quants.c dispatches the four-row
- * kernel only for batches: it was 1.5x faster on rows in L2 but slower
- * streaming from DRAM, where Q8_0 matrices (the output head) live; the
- * packed layout, one stream, beats both (bench_quants shows all three). */
+ * unsigned, and -128 * sum(x) per block (shared by the rows) takes the 128
+ * back out of the eight blocks' sums (the per-block order, quants_blocks.h).
+ * Packed (P) chunks hold, block by block, the four rows' 32 quants, then
+ * each row's d's; past the last four-block chunk, single blocks. From the
+ * file's layout, quants.c dispatches the four-row kernel only for batches:
+ * it was 1.5x faster on rows in L2 but slower streaming from DRAM, where
+ * Q8_0 matrices (the output head) live; the packed layout, one stream,
+ * beats both (bench_quants shows all three). */
 EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, float *out,
-                                 const int R, const bool P)
+                                 const int R, const bool P, const step_act *pre)
 {
     const size_t bs = sizeof(exo_block_q8_0);
     const int nb = n / EXO_QK;
@@ -534,45 +669,32 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
     for (; i + 8 <= nb; i += 8) {
         if (R == 4 && !P) prefetch_lines(&pf, 17); /* 4 x 8 x 34 = 1088 bytes */
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
-        if (P) prefetch_ahead(c, 17);
-        __m256i x[8], cs[8];
-        for (int k = 0; k < 8; k++) {
-            x[k] = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
-            cs[k] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x[k]));
-        }
-        const __m256 da = exo_act_d8(a + i);
+        if (P) prefetch_ahead_q8(c, 17);
+        __m256i x[8];
+        for (int k = 0; k < 8; k++) x[k] = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
+        const __m256i off = pre ? pre[i / 8].off : q8_0_offsets(x);
+        const __m256 da = pre ? pre[i / 8].da : exo_act_d8(a + i);
         FOR_ROWS(r, R) {
             const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
             const __m256 d = P ? packed_d8(c, 16 * bs, 512, r) : halves_8((const uint8_t *)w, bs);
             __m256i v[8];
             for (int k = 0; k < 8; k++) {
                 const uint8_t *q = P ? c + (k / 4) * 16 * bs + 128 * (k % 4) + 32 * r : (const uint8_t *)w[k].qs;
-                v[k] = _mm256_dpbusd_epi32(cs[k], _mm256_xor_si256(load_256(q), bias), x[k]);
+                v[k] = _mm256_dpbusd_epi32(zero, _mm256_xor_si256(load_256(q), bias), x[k]);
             }
-            acc[r] = exo_chains_step(acc[r], d, da, exo_single_block_sums(v));
+            acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_single_block_sums(v), off));
         }
     }
-    if (i < nb) { /* the last m (1..7) blocks: a four-block chunk if m >= 4, then single blocks */
-        const int m = nb - i;
-        __m256i v[4][8];
-        const uint8_t *dw_at[4][8] = { { 0 } };
-        FOR_ROWS(r, R) for (int k = 0; k < 8; k++) v[r][k] = zero;
-        for (int k = 0; k < m; k++) {
-            const bool quad = m >= 4 && k < 4;
-            const uint8_t *c = w0 + (size_t)(quad ? i : i + k) * 4 * bs;
-            const __m256i x = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
-            const __m256i cs = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
-            FOR_ROWS(r, R) {
-                const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i + k;
-                const uint8_t *q = P ? (quad ? c + 128 * k + 32 * r : c + 32 * r) : (const uint8_t *)w->qs;
-                dw_at[r][k] = P ? (quad ? c + 512 + 8 * r + 2 * k : c + 128 + 2 * r) : (const uint8_t *)w;
-                v[r][k] = _mm256_dpbusd_epi32(cs, _mm256_xor_si256(load_256(q), bias), x);
-            }
-        }
-        FOR_ROWS(r, R) {
-            const __m256i isum = exo_single_block_sums(v[r]);
-            acc[r] = _mm256_fmadd_ps(exo_tail_scales(dw_at[r], a + i, m), _mm256_cvtepi32_ps(isum), acc[r]);
-        }
+    const step_act *pt = pre ? &pre[nb / 8] : NULL;
+    switch (nb - i) { /* the last blocks (q8_0_tail_m) */
+    case 1: q8_0_tail_m(i, w0, stride, a, acc, R, P, 1, pt); break;
+    case 2: q8_0_tail_m(i, w0, stride, a, acc, R, P, 2, pt); break;
+    case 3: q8_0_tail_m(i, w0, stride, a, acc, R, P, 3, pt); break;
+    case 4: q8_0_tail_m(i, w0, stride, a, acc, R, P, 4, pt); break;
+    case 5: q8_0_tail_m(i, w0, stride, a, acc, R, P, 5, pt); break;
+    case 6: q8_0_tail_m(i, w0, stride, a, acc, R, P, 6, pt); break;
+    case 7: q8_0_tail_m(i, w0, stride, a, acc, R, P, 7, pt); break;
+    default: break;
     }
     reduce_rows(acc, out, R);
 }
@@ -580,35 +702,43 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
 float exo__vec_dot_q8_0_q8_32_avx512(int n, const void *w_row, const void *act_row)
 {
     float out;
-    q8_0_rows(n, w_row, 0, act_row, &out, 1, false);
+    q8_0_rows(n, w_row, 0, act_row, &out, 1, false, NULL);
     return out;
 }
 
 void exo__vec_dot_x4_q8_0_q8_32_avx512(int n, const void *w_rows, size_t row_stride, const void *act_row, float *out)
 {
-    q8_0_rows(n, w_rows, row_stride, act_row, out, 4, false);
+    q8_0_rows(n, w_rows, row_stride, act_row, out, 4, false, NULL);
 }
 
 void exo__vec_dot_packed_q8_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_row, float *out)
 {
     const size_t group_bytes = (size_t)(n / EXO_QK) * 4 * sizeof(exo_block_q8_0);
+    const exo_block_q8_32 *a = act_row;
+    step_act pre[n / (8 * EXO_QK) + 1];
+    for (int q = 0; q < n / (8 * EXO_QK); q++) {
+        __m256i x[8];
+        for (int k = 0; k < 8; k++) x[k] = _mm256_loadu_si256((const __m256i *)a[8 * q + k].qs);
+        pre[q] = (step_act){ q8_0_offsets(x), exo_act_d8(a + 8 * q) };
+    }
+    if (n / EXO_QK % 8) pre[n / (8 * EXO_QK)] = tail_act(a + n / (8 * EXO_QK) * 8, n / EXO_QK % 8, false);
     const uint8_t *g = groups;
-    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q8_0_rows(n, g, 0, act_row, out + 4 * k, 4, true);
+    for (int64_t k = 0; k < n_groups; k++, g += group_bytes) q8_0_rows(n, g, 0, act_row, out + 4 * k, 4, true, pre);
 }
 
 /* ---- four tokens per pass over a packed group (a prompt's batch) ---------- */
 
 /* Eight-block steps per pass over the four rows of a group in the
- * four-token kernel: the steps' activations for four tokens (6.5 KiB) stay
- * in L1 while each row of the group reads them. */
+ * four-token kernel: the steps' activations for four tokens (5 KiB) stay in
+ * L1 while each row of the group reads them. */
 #define T4_STEPS 4
 
 /* What q4_0_rows computes from one token's activations at an eight-block
  * step before it meets a row, computed once a call for every row: x as two
- * act_quads, c[k] the starting lanes of pair k, da the eight blocks' d. */
+ * act_quads, the blocks' offset terms, their d's. */
 typedef struct {
     __m256i x[8];
-    __m256i c[4];
+    __m256i off;
     __m256 da;
 } q4_0_t4_step;
 
@@ -619,7 +749,7 @@ typedef struct {
 static inline void q4_0_t4_step_row(const uint8_t *c, int r, const q4_0_t4_step *x, __m256 acc[4])
 {
     const size_t bs = sizeof(exo_block_q4_0);
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i low4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     const __m256 d = packed_d8(c, 16 * bs, 256, r);
     __m256i l[4], h[4];
     for (int k = 0; k < 4; k++) {
@@ -630,8 +760,8 @@ static inline void q4_0_t4_step_row(const uint8_t *c, int r, const q4_0_t4_step 
     for (int t = 0; t < 4; t++) {
         __m256i s[4];
         for (int k = 0; k < 4; k++)
-            s[k] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(x[t].c[k], l[k], x[t].x[2 * k]), h[k], x[t].x[2 * k + 1]);
-        acc[t] = exo_chains_step(acc[t], d, x[t].da, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
+            s[k] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, l[k], x[t].x[2 * k]), h[k], x[t].x[2 * k + 1]);
+        acc[t] = exo_chains_step(acc[t], d, x[t].da, _mm256_add_epi32(exo_pair_block_sums(s[0], s[1], s[2], s[3]), x[t].off));
     }
 }
 
@@ -640,10 +770,10 @@ static inline void q4_0_t4_step_row(const uint8_t *c, int r, const q4_0_t4_step 
  * then the same tail and reduction). In a batch the per-token packed kernel
  * spends as much on unpacking a row's nibbles and spreading its scales as on
  * the dots; here that is done once for four tokens. The tokens' step
- * activations are prepared once a call, on the stack: 416 bytes a token and
- * eight-block step, 52 KiB for a 8192-wide row. (Q8_0 has little to unpack,
+ * activations are prepared once a call, on the stack: 320 bytes a token and
+ * eight-block step, 40 KiB for a 8192-wide row. (Q8_0 has little to unpack,
  * and its four-token version measured no faster than the packed kernel per
- * token: it has none. Prompts of 16 tokens and more take the tiled GEMMs.) */
+ * token: it has none. Prompts of 32 tokens and more take the tiled GEMMs.) */
 void exo__vec_dot_packed_t4_q4_0_q8_32_avx512(int n, const void *groups, int64_t n_groups, const void *act_rows,
                                               size_t act_stride, float *out, size_t ldo)
 {
@@ -658,7 +788,7 @@ void exo__vec_dot_packed_t4_q4_0_q8_32_avx512(int n, const void *groups, int64_t
             q4_0_t4_step *s = &st[4 * q + t];
             act_quad(a[t] + 8 * q, s->x);
             act_quad(a[t] + 8 * q + 4, s->x + 4);
-            for (int k = 0; k < 4; k++) s->c[k] = neg_offset_sums(s->x[2 * k], s->x[2 * k + 1], offset);
+            s->off = q4_0_offsets(s->x, offset);
             s->da = exo_act_d8(a[t] + 8 * q);
         }
     }
@@ -679,7 +809,7 @@ void exo__vec_dot_packed_t4_q4_0_q8_32_avx512(int n, const void *groups, int64_t
         for (int t = 0; t < 4; t++) {
             __m256 u[4];
             for (int r = 0; r < 4; r++) {
-                if (nb > 8 * nq) q4_0_tail(nb, 8 * nq, g, 0, a[t], &acc[r][t], 1, r, true, KIND_Q4_0);
+                if (nb > 8 * nq) q4_0_tail(nb, 8 * nq, g, 0, a[t], &acc[r][t], 1, r, true, KIND_Q4_0, NULL);
                 u[r] = acc[r][t];
             }
             reduce_rows(u, out + (size_t)t * ldo + 4 * k, 4);

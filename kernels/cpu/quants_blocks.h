@@ -28,9 +28,13 @@ static inline __m256i exo_pair_block_sums(__m256i p0, __m256i p1, __m256i p2, __
 /* Blocks 0..7's sums in lanes 0..7 from eight single registers. */
 static inline __m256i exo_single_block_sums(const __m256i v[8])
 {
-    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+    /* a transposing add tree: unpacks and adds (cheaper than hadd's shuffles on Zen 4) */
+    __m256i t[4], u[2];
+    for (int k = 0; k < 4; k++) /* [v0_0+v0_2, v1_0+v1_2, v0_1+v0_3, v1_1+v1_3 | the same for lanes 4-7] */
+        t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]), _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+    for (int k = 0; k < 2; k++) /* [v0, v1, v2, v3 (half sums) | the same] */
+        u[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]), _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[0], u[1], 0x31));
 }
 
 /* A single register's block as a pair register's first block (lanes 0-3;
