@@ -374,6 +374,53 @@ EXO_ALWAYS_INLINE __m256i q4_0_pair_at(const uint8_t *w, size_t bs, size_t qo, s
     return q4_pair_isum(q, hlo, hhi, x[2 * k], x[2 * k + 1], off[k], K);
 }
 
+/* The last M (1..7, a constant) blocks of q4_0_rows as an eight-block step
+ * with zeros past M (quants_blocks.h): packed, a four-block chunk if M >= 4,
+ * then a pair chunk, then a single block, each pair (or lone block, zero
+ * extended) one pair register. */
+EXO_ALWAYS_INLINE void q4_0_tail_m(int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, __m256 *acc,
+                                   const int R, const bool P, const int K, const int M)
+{
+    const size_t bs = K == KIND_Q5_0 ? sizeof(exo_block_q5_0) : sizeof(exo_block_q4_0);
+    const size_t qo = K == KIND_Q5_0 ? offsetof(exo_block_q5_0, qs) : offsetof(exo_block_q4_0, qs);
+    const size_t qho = offsetof(exo_block_q5_0, qh);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i x[8], off[4];
+    for (int p = 0; p < 4; p++) {
+        const exo_block_q8_32 *b = a + i + 2 * p;
+        const int nbk = M - 2 * p >= 2 ? 2 : M - 2 * p;
+        x[2 * p] = nbk == 2 ? load_2x128(b[0].qs, b[1].qs)
+                 : nbk == 1 ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)b[0].qs)) : zero;
+        x[2 * p + 1] = nbk == 2 ? load_2x128(b[0].qs + 16, b[1].qs + 16)
+                     : nbk == 1 ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(b[0].qs + 16))) : zero;
+        off[p] = q4_pair_off16(x[2 * p], x[2 * p + 1], K);
+    }
+    const __m256 da = exo_tail_da(a + i, M);
+    FOR_ROWS(r, R) {
+        __m256i s[4];
+        const uint8_t *dp[8] = { 0 };
+        for (int p = 0; p < 4; p++) {
+            const int k = 2 * p, nbk = M - k >= 2 ? 2 : M - k;
+            if (nbk <= 0) {
+                s[p] = zero;
+                continue;
+            }
+            const uint8_t *w = w0 + (size_t)r * stride + (size_t)(i + k) * bs;
+            const bool in_quad = M >= 4 && p < 2;
+            const uint8_t *c = w0 + (size_t)(in_quad ? i : i + k) * 4 * bs;
+            const uint8_t *qp = P ? (in_quad ? c + 128 * p + 32 * r : nbk == 2 ? c + 32 * r : c + 16 * r) : w + qo;
+            dp[k] = P ? (in_quad ? c + 256 + 8 * r + 2 * k : nbk == 2 ? c + 128 + 4 * r : c + 64 + 2 * r) : w;
+            if (nbk == 2) dp[k + 1] = P ? dp[k] + 2 : w + bs;
+            __m256i q = nbk == 2 ? (P ? _mm256_loadu_si256((const __m256i *)qp) : load_2x128(qp, qp + bs))
+                                 : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)qp));
+            __m256i hlo = zero, hhi = zero;
+            if (K == KIND_Q5_0) q5_pair_highs(w + qho, w + (nbk == 2 ? bs : 0) + qho, &hlo, &hhi);
+            s[p] = q4_pair_isum(q, hlo, hhi, x[k], x[k + 1], off[p], K);
+        }
+        acc[r] = exo_chains_step(acc[r], exo_tail_dw(dp, M), da, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
+    }
+}
+
 /* R rows (1 or 4) of a Q4_0-like format at w0, w0 + stride, ...; or, with
  * P, the packed group of four Q4_0 rows at w0 (quants.h), eight blocks (two
  * four-block chunks) a step, then the last blocks as the packed layout has
@@ -414,51 +461,7 @@ EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const 
             acc[r] = exo_chains_step(acc[r], d, da, exo_pair_block_sums(s[0], s[1], s[2], s[3]));
         }
     }
-    if (i < nb) {
-        const int m = nb - i;
-        __m256i s[4][4];
-        const uint8_t *dw_at[4][8] = { { 0 } };
-        FOR_ROWS(r, R) s[r][0] = s[r][1] = s[r][2] = s[r][3] = _mm256_setzero_si256();
-        int k = 0;
-        while (m - k >= 2) { /* a four-block chunk's two pairs, or a pair chunk */
-            const int b = i + k, cb = m - k >= 4 ? 4 : 2;
-            const uint8_t *c = w0 + (size_t)b * 4 * bs;
-            __m256i x[2], off[1];
-            x[0] = load_2x128(a[b].qs, a[b + 1].qs);
-            x[1] = load_2x128(a[b].qs + 16, a[b + 1].qs + 16);
-            off[0] = q4_pair_off16(x[0], x[1], K);
-            FOR_ROWS(r, R) {
-                const uint8_t *w = w0 + (size_t)r * stride + (size_t)b * bs;
-                s[r][k / 2] = q4_0_pair_at(w, bs, qo, qho, c + 32 * r, x, off, 0, P, K);
-                for (int j = 0; j < 2; j++) dw_at[r][k + j] = P ? c + (cb == 4 ? 256 + 8 * r : 128 + 4 * r) + 2 * j : w + j * bs;
-            }
-            if (cb == 4) { /* the chunk's second pair */
-                __m256i y[2], offy[1];
-                y[0] = load_2x128(a[b + 2].qs, a[b + 3].qs);
-                y[1] = load_2x128(a[b + 2].qs + 16, a[b + 3].qs + 16);
-                offy[0] = q4_pair_off16(y[0], y[1], K);
-                FOR_ROWS(r, R) {
-                    const uint8_t *w = w0 + (size_t)r * stride + (size_t)(b + 2) * bs;
-                    s[r][k / 2 + 1] = q4_0_pair_at(w, bs, qo, qho, c + 128 + 32 * r, y, offy, 0, P, K);
-                    for (int j = 0; j < 2; j++) dw_at[r][k + 2 + j] = P ? c + 256 + 8 * r + 4 + 2 * j : w + j * bs;
-                }
-            }
-            k += cb;
-        }
-        if (m - k == 1) {
-            const int b = i + k;
-            const uint8_t *c = w0 + (size_t)b * 4 * bs;
-            FOR_ROWS(r, R) {
-                const uint8_t *w = w0 + (size_t)r * stride + (size_t)b * bs;
-                s[r][k / 2] = q4_one_isum(P ? c + 16 * r : w + qo, w + qho, a + b, K);
-                dw_at[r][k] = P ? c + 64 + 2 * r : w;
-            }
-        }
-        FOR_ROWS(r, R) {
-            const __m256i isum = exo_pair_block_sums(s[r][0], s[r][1], s[r][2], s[r][3]);
-            acc[r] = _mm256_fmadd_ps(exo_tail_scales(dw_at[r], a + i, m), _mm256_cvtepi32_ps(isum), acc[r]);
-        }
-    }
+    if (i < nb) EXO_TAIL_SWITCH(nb - i, q4_0_tail_m, i, w0, stride, a, acc, R, P, K)
     FOR_ROWS(r, R) out[r] = exo_chains_sum(acc[r]);
 }
 
@@ -501,6 +504,18 @@ static inline __m256i q8_0_block_isum(const exo_block_q8_0 *w, const exo_block_q
                              _mm256_set1_epi16(1));
 }
 
+/* The last M (1..7, a constant) blocks of a Q8_0 row, zeros past M (quants_blocks.h). */
+EXO_ALWAYS_INLINE void q8_0_tail_m(const exo_block_q8_0 *w, const exo_block_q8_32 *a, __m256 *acc, const int M)
+{
+    __m256i v[8];
+    const uint8_t *dp[8] = { 0 };
+    for (int k = 0; k < 8; k++) {
+        v[k] = k < M ? q8_0_block_isum(w + k, a + k) : _mm256_setzero_si256();
+        if (k < M) dp[k] = (const uint8_t *)&w[k].d;
+    }
+    *acc = exo_chains_step(*acc, exo_tail_dw(dp, M), exo_tail_da(a, M), exo_single_block_sums(v));
+}
+
 float exo__vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row)
 {
     const exo_block_q8_0 *w = w_row;
@@ -518,15 +533,7 @@ float exo__vec_dot_q8_0_q8_32_avx2(int n, const void *w_row, const void *act_row
         acc = exo_chains_step(acc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)), exo_act_d8(a + i),
                               exo_single_block_sums(v));
     }
-    if (i < nb) {
-        __m256i v[8];
-        const uint8_t *dw_at[8];
-        for (int k = 0; k < 8; k++) {
-            v[k] = i + k < nb ? q8_0_block_isum(w + i + k, a + i + k) : _mm256_setzero_si256();
-            dw_at[k] = (const uint8_t *)&w[i + k < nb ? i + k : i].d;
-        }
-        acc = _mm256_fmadd_ps(exo_tail_scales(dw_at, a + i, nb - i), _mm256_cvtepi32_ps(exo_single_block_sums(v)), acc);
-    }
+    if (i < nb) EXO_TAIL_SWITCH(nb - i, q8_0_tail_m, w + i, a + i, &acc)
     return exo_chains_sum(acc);
 }
 

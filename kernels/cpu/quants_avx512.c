@@ -53,12 +53,6 @@ static inline uint32_t load_u32(const void *p)
     return u;
 }
 
-static inline uint16_t load_u16(const void *p)
-{
-    uint16_t u;
-    memcpy(&u, p, sizeof u);
-    return u;
-}
 
 /* The four-row kernels read four rows side by side: four interleaved
  * streams. On the machine they were tuned on (a VM on AMD EPYC) the hardware
@@ -93,14 +87,6 @@ static inline void prefetch_lines(uintptr_t *pf, int lines)
 static inline void prefetch_ahead(const uint8_t *p, int lines)
 {
     for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + PACKED_PREFETCH + 64 * l, _MM_HINT_T0);
-}
-
-#ifndef Q8_PREFETCH
-#define Q8_PREFETCH 1024
-#endif
-static inline void prefetch_ahead_q8(const uint8_t *p, int lines)
-{
-    for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + Q8_PREFETCH + 64 * l, _MM_HINT_T0);
 }
 
 static inline float half_to_float(exo_half h)
@@ -435,8 +421,8 @@ typedef struct {
  * constant so that every vector stays in a register (building them through
  * memory stalled store forwarding: 576-wide rows ran at half speed). */
 EXO_ALWAYS_INLINE void q4_0_tail_m(int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, __m256 *acc,
-                                   const int R, const int r0, const bool P, const int K, const int M,
-                                   const step_act *pt)
+                                   const int R, const int r0, const bool P, const int K, const step_act *pt,
+                                   const int M)
 {
     const size_t bs = KIND_BYTES(K), qo = KIND_QS(K), ho = KIND_QH(K);
     const bool HI = K == KIND_Q5_0;
@@ -455,11 +441,7 @@ EXO_ALWAYS_INLINE void q4_0_tail_m(int i, const uint8_t *w0, size_t stride, cons
             x[2 * p] = x[2 * p + 1] = zero;
         }
     }
-    const exo_block_q8_32 *t = a + i;
-#define TAIL_D(k) ((k) < M ? t[k].d : 0.0f)
-    const __m256 da = pt ? pt->da : _mm256_setr_ps(TAIL_D(0), TAIL_D(1), TAIL_D(2), TAIL_D(3), TAIL_D(4), TAIL_D(5),
-                                                   TAIL_D(6), TAIL_D(7));
-#undef TAIL_D
+    const __m256 da = pt ? pt->da : exo_tail_da(a + i, M);
     const __m256i off = pt ? pt->off : q4_0_offsets(x, _mm256_set1_epi8(KIND_OFFSET(K)));
     FOR_ROWS(r, R) {
         const int rr = r0 + r;
@@ -485,10 +467,7 @@ EXO_ALWAYS_INLINE void q4_0_tail_m(int i, const uint8_t *w0, size_t stride, cons
             if (HI) q5_pair_masks(w + ho, w + (nbk == 2 ? bs : 0) + ho, &hl, &hh);
             s[p] = q4_pair_dot(zero, q, x[k], x[k + 1], hl, hh, K);
         }
-#define TAIL_H(k) ((k) < M ? (short)load_u16(dp[k]) : (short)0)
-        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(TAIL_H(0), TAIL_H(1), TAIL_H(2), TAIL_H(3), TAIL_H(4), TAIL_H(5),
-                                                        TAIL_H(6), TAIL_H(7)));
-#undef TAIL_H
+        const __m256 d = exo_tail_dw(dp, M);
         acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_pair_block_sums(s[0], s[1], s[2], s[3]), off));
     }
 }
@@ -497,16 +476,7 @@ EXO_ALWAYS_INLINE void q4_0_tail_m(int i, const uint8_t *w0, size_t stride, cons
 EXO_ALWAYS_INLINE void q4_0_tail(int nb, int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a,
                                  __m256 *acc, const int R, const int r0, const bool P, const int K, const step_act *pt)
 {
-    switch (nb - i) {
-    case 1: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 1, pt); break;
-    case 2: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 2, pt); break;
-    case 3: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 3, pt); break;
-    case 4: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 4, pt); break;
-    case 5: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 5, pt); break;
-    case 6: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 6, pt); break;
-    case 7: q4_0_tail_m(i, w0, stride, a, acc, R, r0, P, K, 7, pt); break;
-    default: break;
-    }
+    EXO_TAIL_SWITCH(nb - i, q4_0_tail_m, i, w0, stride, a, acc, R, r0, P, K, pt)
 }
 
 /* The step_act of a row's last m (1..7) blocks, zeros past m, once a call
@@ -612,17 +582,13 @@ Q4_ONE_ROW(iq4_nl, q4_0_rows, KIND_IQ4_NL, , NULL)
  * with zeros past M (as q4_0_tail_m); packed: a four-block chunk if M >= 4,
  * then single blocks. */
 EXO_ALWAYS_INLINE void q8_0_tail_m(int i, const uint8_t *w0, size_t stride, const exo_block_q8_32 *a, __m256 *acc,
-                                   const int R, const bool P, const int M, const step_act *pt)
+                                   const int R, const bool P, const step_act *pt, const int M)
 {
     const size_t bs = sizeof(exo_block_q8_0);
     const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
     __m256i x[8];
     for (int k = 0; k < 8; k++) x[k] = k < M ? _mm256_loadu_si256((const __m256i *)a[i + k].qs) : zero;
-    const exo_block_q8_32 *t = a + i;
-#define TAIL_D(k) ((k) < M ? t[k].d : 0.0f)
-    const __m256 da = pt ? pt->da : _mm256_setr_ps(TAIL_D(0), TAIL_D(1), TAIL_D(2), TAIL_D(3), TAIL_D(4), TAIL_D(5),
-                                                   TAIL_D(6), TAIL_D(7));
-#undef TAIL_D
+    const __m256 da = pt ? pt->da : exo_tail_da(a + i, M);
     const __m256i off = pt ? pt->off : q8_0_offsets(x);
     FOR_ROWS(r, R) {
         __m256i v[8];
@@ -639,10 +605,7 @@ EXO_ALWAYS_INLINE void q8_0_tail_m(int i, const uint8_t *w0, size_t stride, cons
             dp[k] = P ? (quad ? c + 512 + 8 * r + 2 * k : c + 128 + 2 * r) : (const uint8_t *)w;
             v[k] = _mm256_dpbusd_epi32(zero, _mm256_xor_si256(load_256(q), bias), x[k]);
         }
-#define TAIL_H(k) ((k) < M ? (short)load_u16(dp[k]) : (short)0)
-        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(TAIL_H(0), TAIL_H(1), TAIL_H(2), TAIL_H(3), TAIL_H(4), TAIL_H(5),
-                                                        TAIL_H(6), TAIL_H(7)));
-#undef TAIL_H
+        const __m256 d = exo_tail_dw(dp, M);
         acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_single_block_sums(v), off));
     }
 }
@@ -669,7 +632,7 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
     for (; i + 8 <= nb; i += 8) {
         if (R == 4 && !P) prefetch_lines(&pf, 17); /* 4 x 8 x 34 = 1088 bytes */
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
-        if (P) prefetch_ahead_q8(c, 17);
+        if (P) prefetch_ahead(c, 17);
         __m256i x[8];
         for (int k = 0; k < 8; k++) x[k] = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
         const __m256i off = pre ? pre[i / 8].off : q8_0_offsets(x);
@@ -686,16 +649,7 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
         }
     }
     const step_act *pt = pre ? &pre[nb / 8] : NULL;
-    switch (nb - i) { /* the last blocks (q8_0_tail_m) */
-    case 1: q8_0_tail_m(i, w0, stride, a, acc, R, P, 1, pt); break;
-    case 2: q8_0_tail_m(i, w0, stride, a, acc, R, P, 2, pt); break;
-    case 3: q8_0_tail_m(i, w0, stride, a, acc, R, P, 3, pt); break;
-    case 4: q8_0_tail_m(i, w0, stride, a, acc, R, P, 4, pt); break;
-    case 5: q8_0_tail_m(i, w0, stride, a, acc, R, P, 5, pt); break;
-    case 6: q8_0_tail_m(i, w0, stride, a, acc, R, P, 6, pt); break;
-    case 7: q8_0_tail_m(i, w0, stride, a, acc, R, P, 7, pt); break;
-    default: break;
-    }
+    EXO_TAIL_SWITCH(nb - i, q8_0_tail_m, i, w0, stride, a, acc, R, P, pt) /* the last blocks */
     reduce_rows(acc, out, R);
 }
 

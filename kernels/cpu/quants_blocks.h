@@ -64,19 +64,39 @@ static inline float exo_chains_sum(__m256 c)
     return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
-/* The scales dw * da of blocks i .. i + m - 1 (m < 8) in lanes 0 .. m - 1,
- * zero above, for a row's last blocks: dw[k] is the fp16 at dw_at[k]. The
- * zeros leave the chains as they are (fma(0, 0, c) == c for c != -0, and a
- * chain that starts at +0 never becomes -0). */
-static inline __m256 exo_tail_scales(const uint8_t *const dw_at[8], const exo_block_q8_32 *a, int m)
+/* A row's last M blocks (M < 8, a constant at every call site) go as an
+ * eight-block step whose missing blocks have zero activations and scales:
+ * fma(0, 0, c) == c for c != -0, and a chain that starts at +0 never
+ * becomes -0. These give the step's da and dw (the fp16 at dp[k]) with
+ * zeros past M. M must be a constant: vectors built through memory stalled
+ * store forwarding (576-wide rows ran at half speed). */
+static inline __attribute__((always_inline)) __m256 exo_tail_da(const exo_block_q8_32 *t, const int M)
 {
-    float p[8] = { 0 };
-    for (int k = 0; k < m; k++) {
-        exo_half h;
-        __builtin_memcpy(&h, dw_at[k], sizeof h);
-        p[k] = _cvtsh_ss(h) * a[k].d;
-    }
-    return _mm256_loadu_ps(p);
+#define EXO_TAIL_D(k) ((k) < M ? t[k].d : 0.0f)
+    return _mm256_setr_ps(EXO_TAIL_D(0), EXO_TAIL_D(1), EXO_TAIL_D(2), EXO_TAIL_D(3), EXO_TAIL_D(4), EXO_TAIL_D(5),
+                          EXO_TAIL_D(6), EXO_TAIL_D(7));
+#undef EXO_TAIL_D
 }
+
+static inline __attribute__((always_inline)) __m256 exo_tail_dw(const uint8_t *const dp[8], const int M)
+{
+#define EXO_TAIL_H(k) ((k) < M ? (short)(dp[k][0] | dp[k][1] << 8) : (short)0)
+    return _mm256_cvtph_ps(_mm_setr_epi16(EXO_TAIL_H(0), EXO_TAIL_H(1), EXO_TAIL_H(2), EXO_TAIL_H(3), EXO_TAIL_H(4),
+                                          EXO_TAIL_H(5), EXO_TAIL_H(6), EXO_TAIL_H(7)));
+#undef EXO_TAIL_H
+}
+
+/* Calls body(..., M) with M = m (1..7) a constant: the tails above. */
+#define EXO_TAIL_SWITCH(m, body, ...)         \
+    switch (m) {                              \
+    case 1: body(__VA_ARGS__, 1); break;      \
+    case 2: body(__VA_ARGS__, 2); break;      \
+    case 3: body(__VA_ARGS__, 3); break;      \
+    case 4: body(__VA_ARGS__, 4); break;      \
+    case 5: body(__VA_ARGS__, 5); break;      \
+    case 6: body(__VA_ARGS__, 6); break;      \
+    case 7: body(__VA_ARGS__, 7); break;      \
+    default: break;                           \
+    }
 
 #endif
