@@ -18,8 +18,11 @@
 -- A failed pass (all or nothing in C: no sequence moved) is retried with each
 -- of its requests alone, so one bad request fails by itself. A request that
 -- fails alone because the shard's KV pool has no free block (a running
--- sequence that cannot grow) first asks on_exhausted (set by the node: it
--- evicts an idle kept conversation) and goes again while that frees blocks.
+-- sequence that cannot grow) first asks on_exhausted(seq) (set by the node:
+-- it evicts an idle kept conversation, or preempts another running request)
+-- and goes again while that frees blocks. A preempted request waiting here
+-- is taken out (preempt) before the next pass is gathered, so no pass writes
+-- into the blocks taken from it, and resumed with M.PREEMPTED.
 local native = require "exo.native"
 
 local M = {}
@@ -34,6 +37,9 @@ Batcher.__index = Batcher
 M.DEFAULT_CHUNK = 256
 M.DEFAULT_CHUNK_WHILE_DECODING = 64
 
+-- The error a preempted request's forward returns (its blocks went to another).
+M.PREEMPTED = "preempted: the KV pool is full and another running request took this one's blocks"
+
 -- shard: an exo.native Shard; runner: exo.node's runner (new_id, await,
 -- and waiting[id] for completions). opts: chunk, chunk_decoding.
 function M.new(shard, runner, opts)
@@ -45,6 +51,7 @@ function M.new(shard, runner, opts)
     pending = {},           -- requests waiting for a pass, oldest first
     batch = native.new_batch(cap), cap = cap,
     members = {},           -- the requests in the pass in flight, with the rows each has in it
+    preempted = {},         -- requests taken out of pending by preempt, resumed after the pass
     busy = false,           -- a pass is in flight, or its requests are being resumed
     width = shard.is_last and shard.n_vocab or shard.n_embd,
     passes = 0, rows = 0,   -- counters (docs/serving.md)
@@ -163,7 +170,7 @@ function Batcher:finish(ok, err)
   self.members = {}
   local resume, carry = {}, {}
   if not ok and #members == 1 and self.on_exhausted and tostring(err):match("KV pool exhausted")
-    and self.on_exhausted() then
+    and self.on_exhausted(members[1].seq) then
     members[1].alone = true
     carry[1] = members[1]
   elseif not ok and #members > 1 then
@@ -192,6 +199,35 @@ function Batcher:finish(ok, err)
     if not co_ok then io.stderr:write("exo: request failed: " .. tostring(co_err) .. "\n") end
   end
   self:dispatch()
+  -- After the dispatch: the preempted go back to their node's queue, never into this pass.
+  local preempted = self.preempted
+  if #preempted > 0 then
+    self.preempted = {}
+    local was_busy = self.busy
+    self.busy = true
+    for _, req in ipairs(preempted) do
+      local co_ok, co_err = coroutine.resume(req.co, false, M.PREEMPTED)
+      if not co_ok then io.stderr:write("exo: request failed: " .. tostring(co_err) .. "\n") end
+    end
+    self.busy = was_busy
+    if not was_busy then self:dispatch() end
+  end
+end
+
+-- Takes seq's waiting request (if any) out of the next passes: its blocks
+-- are about to go to another request. Called between passes (from
+-- on_exhausted, while the failed pass's finish runs), so no pass in flight
+-- holds it; finish resumes it with M.PREEMPTED once the next pass is out.
+-- Whether seq had a request waiting.
+function Batcher:preempt(seq)
+  for i, req in ipairs(self.pending) do
+    if req.seq == seq then
+      table.remove(self.pending, i)
+      self.preempted[#self.preempted + 1] = req
+      return true
+    end
+  end
+  return false
 end
 
 -- Requests waiting or in the pass: the node's view of how busy the engine is.

@@ -8,6 +8,14 @@
 -- end-of-generation token, at a stop string (never emitted: text that might
 -- be the start of one is held back until it cannot be), or at max_tokens.
 --
+-- A node whose KV pool runs full may preempt a running session (exo.node):
+-- it takes the session's blocks, and the session's next forward fails with
+-- `preempted` set. generate then waits for readmission (on_preempted, set by
+-- the node) and recomputes the prompt and the tokens generated so far, whose
+-- last logits are those the interrupted step would have given (the forward
+-- pass is batch-invariant), and goes on: the sampler, its history and the
+-- text sink are untouched, so the answer is the one it would have been.
+--
 -- The forward pass is pluggable: by default it blocks (exo run, bench); the
 -- server passes a runner that submits to the engine thread and yields the
 -- calling coroutine until the completion arrives. Loading goes through the
@@ -61,10 +69,14 @@ end
 -- How many leading ids the cache already holds.
 function Session:common_prefix(ids) return M.common_prefix(self.cached, ids) end
 
+-- The error of a forward on a preempted session (exo.batcher's).
+M.PREEMPTED = require("exo.batcher").PREEMPTED
+
 -- Keeps the first `common` cached positions and computes ids[common+1..] in
 -- one pass (the logits of the last land in self.logits). Returns the count
 -- computed, or nil, err.
 function Session:recompute_from(ids, common)
+  if self.preempted then return nil, M.PREEMPTED end
   local ok, err = self:truncate(common)
   if not ok then return nil, err end
   local todo = #ids - common
@@ -72,8 +84,9 @@ function Session:recompute_from(ids, common)
   for i = 1, todo do self.token_buf[i - 1] = ids[common + i] end
   ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, todo, self.logits)
   if not ok then
-    -- A failed pass leaves the cache in an unknown state past `common`.
-    self.seq:truncate(common)
+    -- A failed pass leaves the cache in an unknown state past `common`
+    -- (a preempted session's holds nothing now).
+    if not self.preempted then self.seq:truncate(common) end
     return nil, err
   end
   for i = common + 1, #ids do self.cached[i] = ids[i] end
@@ -102,6 +115,7 @@ end
 
 -- Feeds one generated token; its logits land in self.logits.
 function Session:feed(id)
+  if self.preempted then return nil, M.PREEMPTED end
   self.token_buf[0] = id
   local ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, 1, self.logits)
   if not ok then return nil, err end
@@ -146,10 +160,11 @@ function Session:extend(tokens)
     self.all_logits_rows = n
   end
   for i = 1, n do self.token_buf[i - 1] = tokens[i] end
+  if self.preempted then return nil, M.PREEMPTED end
   local before = #self.cached
   local ok, err = self.runner:forward(self.shard, self.seq, self.token_buf, n, self.all_logits, true)
   if not ok then
-    self.seq:truncate(before)
+    if not self.preempted then self.seq:truncate(before) end
     return nil, err
   end
   for i = 1, n do self.cached[before + i] = tokens[i] end
@@ -266,6 +281,7 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
   params = params or {}
   local t0 = native.now()
   local computed, err = self:prefill(prompt_ids)
+  computed, err = self:resume_preempted(computed, err, prompt_ids)
   if not computed then return nil, err end
   local ttft
   local tok = self.tokenizer
@@ -300,6 +316,9 @@ function Session:generate(prompt_ids, params, on_text, should_stop)
     if #sink.tokens >= max_tokens then break end
     if #self.cached >= self:n_ctx() - 1 then break end -- the cache is full
     local ok, ferr = self:feed(id)
+    -- history is the prompt and every token so far, id included: recomputing it
+    -- leaves id's logits, as the feed would have.
+    if not ok then ok, ferr = self:resume_preempted(ok, ferr, history) end
     if not ok then return nil, ferr end
   end
   return sink:result(sink:finish(finish), finish, #prompt_ids, computed, t0, ttft)
@@ -372,6 +391,19 @@ function M.logprob_entry(tok, lp, n_vocab, id, top_n)
   e.top_logprobs = #top > 0 and top or json.empty_array
   if #e.bytes == 0 then e.bytes = json.empty_array end
   return e
+end
+
+-- After a forward that returned ok, err: while it failed because the node
+-- preempted this session, waits for readmission (on_preempted(ids): true or
+-- nil, err) and makes the cache hold ids again, the logits of the last in
+-- self.logits. Returns what prefill does (or ok, err unchanged).
+function Session:resume_preempted(ok, err, ids)
+  while not ok and self.preempted and self.on_preempted do
+    local back, berr = self.on_preempted(ids)
+    if not back then return nil, berr end
+    ok, err = self:prefill(ids)
+  end
+  return ok, err
 end
 
 function Session:free()

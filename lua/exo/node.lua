@@ -10,6 +10,10 @@
 -- when another session, running or idle, holds a longer prefix (the same
 -- system prompt), the request's session starts from it instead, sharing its
 -- KV blocks; when every session is busy, requests wait in a FIFO queue.
+-- When the KV pool runs full under a running request and no idle
+-- conversation is left to evict, another running request is preempted: its
+-- blocks are taken, it waits at the head of the queue, and once readmitted
+-- recomputes its prompt and answer so far and goes on (docs/serving.md).
 --
 -- Loading never blocks the loop: a model's tokenizer and weights load on the
 -- engine thread while the request's coroutine waits (Runner:load_shard), and
@@ -205,7 +209,10 @@ function Node:load_model(id, path)
     runner = self.runner, path = path })
   if not model then return nil, lerr, 500 end
   -- running: the sessions of requests in progress (a new request may share their prefix).
-  local entry = { model = model, idle = {}, busy = 0, running = {}, queue = {} }
+  -- running maps each to its admission number (preemption takes the latest first);
+  -- requeued: preempted requests not yet readmitted, preempted_out: those of them not in the queue.
+  local entry = { model = model, idle = {}, busy = 0, running = {}, queue = {}, admitted = 0, requeued = 0,
+    preempted_out = {}, preemptions = 0 }
   self.loaded[path] = entry
   return entry
 end
@@ -222,8 +229,11 @@ function Node:load_weights(entry)
       ok, err = self:check_kv(model)
       if ok then ok, err = model.shard:set_kv_tokens(self:kv_budget(model.shard)) end
       if ok then
-        -- A running sequence that finds the pool full evicts an idle kept conversation first.
-        self.runner:batcher(model.shard).on_exhausted = function() return self:evict_idle(entry) end
+        -- A running sequence that finds the pool full evicts an idle kept conversation first,
+        -- else preempts another running request.
+        self.runner:batcher(model.shard).on_exhausted = function(seq)
+          return self:evict_idle(entry) or self:preempt(entry, seq)
+        end
       end
       if not ok then
         model.shard:free()
@@ -292,6 +302,39 @@ function Node:evict_idle(entry)
   return false
 end
 
+-- Makes room in entry's full KV pool for the running request of seq, which
+-- cannot grow and finds no idle conversation to evict: preempts another
+-- running request, the most recently admitted first (as vLLM does), among
+-- those that would really give a block back (blocks shared with others free
+-- nothing) and can resume (plain generations: on_preempted set). Its blocks
+-- go back to the pool at once; its request, waiting for a pass in the
+-- batcher, is taken out of the passes (none is in flight now: this runs
+-- between them), and generate sees `preempted`, waits in readmit and
+-- recomputes. A request alone keeps the pool-exhausted error. Returns
+-- whether one was preempted.
+function Node:preempt(entry, seq)
+  local victim
+  for s, order in pairs(entry.running) do
+    if s.seq ~= seq and s.on_preempted and (not victim or order > entry.running[victim])
+      and assert(s.seq:kv_need(0, 0)) < 0 then
+      victim = s
+    end
+  end
+  if not victim then return false end
+  local held = #victim.cached
+  victim.preempted = true
+  self.runner:batcher(entry.model.shard):preempt(victim.seq)
+  assert(victim:truncate(0)) -- to 0 never copies a shared block, so never needs one
+  entry.busy = entry.busy - 1
+  entry.running[victim] = nil
+  entry.requeued = entry.requeued + 1
+  entry.preempted_out[victim] = true
+  entry.preemptions = entry.preemptions + 1
+  io.stderr:write(("exo: %s: KV pool full: preempted a running request holding %d positions; it resumes when "
+    .. "blocks come back (%d preemptions so far)\n"):format(entry.model.id or "model", held, entry.preemptions))
+  return true
+end
+
 -- KV blocks the pool of entry's model lacks for session to hold ids, when it
 -- keeps its first `keep` positions, or, with from, when it is emptied and
 -- starts from from's first `keep` (whose full blocks it shares, costing
@@ -306,6 +349,22 @@ local function kv_shortfall(entry, session, ids, keep, from)
     need = assert(session.seq:kv_need(keep, #ids))
   end
   return need - info.free, info
+end
+
+-- How session, keeping its first `keep` positions, would hold ids: when a
+-- running session holds more of them, session starts from that one's prefix
+-- instead (keep, from). Idle conversations are evicted while the pool lacks
+-- blocks for it. Returns the blocks still lacking (<= 0: it fits), the
+-- pool's kv_info, keep and from.
+function Node:fit(entry, session, ids, keep)
+  local from
+  for s in pairs(entry.running) do
+    local len = math.min(generate.common_prefix(s.cached, ids), #ids - 1)
+    if len > keep then keep, from = len, s end
+  end
+  local short, info = kv_shortfall(entry, session, ids, keep, from)
+  while short > 0 and self:evict_idle(entry) do short, info = kv_shortfall(entry, session, ids, keep, from) end
+  return short, info, keep, from
 end
 
 -- The draft model of --draft for entry (loaded once, as the weights are).
@@ -330,7 +389,11 @@ function Node:acquire(entry, ids)
   end
   if #entry.idle == 0 and entry.busy >= self.max_sessions and #entry.queue >= self.max_queue then return busy("") end
   while true do
-    while #entry.idle == 0 and entry.busy >= self.max_sessions do
+    -- Preempted requests waiting for readmission go first (they wait at the queue's head).
+    while (#entry.idle == 0 and entry.busy >= self.max_sessions) or (entry.requeued or 0) > 0 do
+      if #entry.queue >= self.max_queue + (entry.requeued or 0) then
+        return busy(", a preempted request waiting for KV blocks")
+      end
       entry.queue[#entry.queue + 1] = coroutine.running()
       coroutine.yield()
     end
@@ -347,21 +410,15 @@ function Node:acquire(entry, ids)
       session, err = generate.session(entry.model, { n_ctx = self.n_ctx, runner = self.runner })
       if not session then return nil, err, 503 end
     end
-    -- What prefill will keep (its last prompt token is always run again),
-    -- and whether a running session holds more of the prompt: then this one
-    -- starts from that session's prefix instead of its own.
-    local keep, from = math.min(math.max(best_len, 0), #ids - 1), nil
-    for s in pairs(entry.running) do
-      local len = math.min(generate.common_prefix(s.cached, ids), #ids - 1)
-      if len > keep then keep, from = len, s end
-    end
-    local short, info = kv_shortfall(entry, session, ids, keep, from)
-    while short > 0 and self:evict_idle(entry) do short, info = kv_shortfall(entry, session, ids, keep, from) end
+    -- What prefill will keep (its last prompt token is always run again).
+    local short, info, keep, from = self:fit(entry, session, ids, math.min(math.max(best_len, 0), #ids - 1))
     if short <= 0 then
       -- Should the share fail after all, the session is empty and prefill computes the whole prompt.
       if from then session:share_from(from, keep) end
       entry.busy = entry.busy + 1
-      entry.running[session] = true
+      entry.admitted = (entry.admitted or 0) + 1
+      session.admitted = entry.admitted
+      entry.running[session] = entry.admitted
       return session
     end
     -- The running requests hold the blocks it lacks: wait for one to end.
@@ -377,9 +434,51 @@ function Node:acquire(entry, ids)
   end
 end
 
+-- A preempted session comes back (generate's on_preempted): it waits at the
+-- head of the queue, ahead of new requests, until a request ends (its blocks
+-- were just taken for another: coming back at once would take them again),
+-- then is admitted as acquire admits, keeping its first admission's place
+-- among the running: a slot, the blocks for ids (its prompt and answer so
+-- far), idle conversations evicted first, a running session's prefix shared.
+-- Returns true, or nil, err when even a pool with nothing running cannot hold it.
+function Node:readmit(entry, session, ids)
+  while true do
+    if session.wake then
+      session.wake = nil
+    else
+      entry.preempted_out[session] = nil
+      table.insert(entry.queue, 1, coroutine.running())
+      coroutine.yield()
+    end
+    if entry.busy < self.max_sessions then
+      local short, info, keep, from = self:fit(entry, session, ids, 0)
+      local fits = short <= 0
+      if fits or entry.busy == 0 then
+        entry.requeued = entry.requeued - 1
+        entry.preempted_out[session] = nil
+        if not fits then
+          return nil, ("KV pool exhausted: a preempted request of %d positions does not fit the %d blocks "
+            .. "(%d positions) left to it"):format(#ids, info.free, info.free * info.block_len)
+        end
+        if from then session:share_from(from, keep) end
+        session.preempted = nil
+        entry.busy = entry.busy + 1
+        entry.running[session] = session.admitted
+        return true
+      end
+    end
+  end
+end
+
 function Node:release(entry, session, keep)
-  entry.busy = entry.busy - 1
-  entry.running[session] = nil
+  -- A preempted session that could not come back holds no slot.
+  if not session.preempted then
+    entry.busy = entry.busy - 1
+    entry.running[session] = nil
+  end
+  session.preempted, session.on_preempted = nil, nil
+  -- A preempted request not yet back in the queue retries when it gets there.
+  for s in pairs(entry.preempted_out or {}) do s.wake = true end
   if keep then
     entry.idle[#entry.idle + 1] = session
   else
@@ -496,12 +595,27 @@ function Node:generate(req, on_text, should_stop)
         req.draft_tokens or spec.g)
     end
   else
+    -- Only a plain generation can be preempted: it knows how to come back.
+    session.on_preempted = function(all_ids) return self:readmit(entry, session, all_ids) end
     res, gerr = session:generate(ids, req, on_text, should_stop)
   end
   self:release(entry, session, res ~= nil)
   -- A running sequence that could not grow (the pool full of other running ones) fails alone.
   if not res then return nil, gerr, tostring(gerr):match("KV pool exhausted") and 503 or 500 end
   return finish_tools(res)
+end
+
+-- What /v1/topology shows of each model served here: its sessions, queue,
+-- KV pool (exo_kv_info) and how many running requests were preempted.
+function Node:serving_stats()
+  local out = {}
+  for _, entry in pairs(self.loaded) do
+    local shard = entry.model.shard
+    out[#out + 1] = { model = entry.model.id, running = entry.busy, idle = #entry.idle, waiting = #entry.queue,
+      preemptions = entry.preemptions, kv = shard and shard:kv_info() or nil }
+  end
+  table.sort(out, function(a, b) return a.model < b.model end)
+  return out
 end
 
 -- A draft session for ring requests (the draft runs on the asking node),

@@ -8,7 +8,8 @@
 -- the cluster runs without a key (docs/security.md). Each plan shows its id
 -- (partition.view_id: nodes whose views differ show different ids), this
 -- node shows what it holds for requests (ring), and events lists the recent
--- joins, leaves and re-plans with their reasons.
+-- joins, leaves and re-plans with their reasons; serving shows this node's
+-- own models (sessions, queue, KV pool, preemptions).
 local native = require "exo.native"
 local json = require "exo.json"
 local activity = require "exo.activity"
@@ -60,6 +61,7 @@ function M.view(ctx)
       errors[#errors + 1] = id .. ": " .. err
     end
   end
+  local serving = ctx.node:serving_stats()
   return {
     nodes = nodes,
     -- A node that has loaded nothing yet still reports partitions as a list.
@@ -72,6 +74,8 @@ function M.view(ctx)
     -- How this node finds peers, and what it heard (counts of refused datagrams too).
     discovery = cluster.discovery and cluster.discovery.stats and cluster.discovery:stats() or nil,
     plan_errors = #errors > 0 and errors or nil,
+    -- Each model served on this node: sessions, queue, KV pool, preemptions (docs/serving.md).
+    serving = #serving > 0 and serving or json.empty_array,
     -- Joins, leaves, re-plans and errors, oldest first (exo.activity keeps the last 64).
     events = #activity.events() > 0 and activity.events() or json.empty_array,
   }

@@ -28,7 +28,14 @@
 --     cleanly, changing nothing;
 --   * the node's admission (Node:acquire) starts a request from a running
 --     session's prefix and counts only the blocks it really takes, and its
---     eviction takes first the idle sessions that free something.
+--     eviction takes first the idle sessions that free something;
+--   * preemption: through Node:generate on a pool of four blocks, two
+--     requests whose answers together outgrow it (each alone fits) both
+--     finish; the later one is preempted (its blocks go to the other),
+--     readmitted when the first ends, recomputes prompt and answer so far,
+--     and its tokens (greedy, and seeded with penalties and logprobs) equal
+--     its solo run's; with preemption turned off the same run fails one of
+--     them with "KV pool exhausted" (so the check can fail).
 -- Runs on the tiny model, its K-quant variant and the Gemma 3 one
 -- (CMakeLists runs it again on the AVX2 and scalar kernels).
 local ffi = require "ffi"
@@ -133,12 +140,28 @@ local function check(path)
   print("ok: " .. path)
 end
 
+-- Runs the loop until done() says so (two minutes at most).
+local function loop_until(done)
+  local uv = require "luv"
+  local guard = uv.new_timer()
+  guard:start(120000, 0, function() error("timed out") end)
+  local idle_h = uv.new_idle()
+  idle_h:start(function()
+    if done() then
+      idle_h:stop()
+      idle_h:close()
+      guard:close()
+      uv.stop()
+    end
+  end)
+  uv.run()
+end
+
 -- Through the batcher (exo.node's runner, as the server runs passes): a
 -- running sequence that needs a block when the pool is full asks
 -- on_exhausted, which here evicts an idle sequence, and goes on with its solo
 -- results; with nothing left to evict it fails alone, clearly.
 local function check_batcher(path)
-  local uv = require "luv"
   local runner = require("exo.node").new {}.runner
   local shard = assert(native.load_shard(path))
   local V = shard.n_vocab
@@ -172,18 +195,7 @@ local function check_batcher(path)
     b = client("b", { tokens(9, 100, V) }) -- needs two blocks, one is free: fails alone
   end)
   assert(coroutine.resume(co))
-  local guard = uv.new_timer()
-  guard:start(60000, 0, function() error("timed out") end)
-  local idle_h = uv.new_idle()
-  idle_h:start(function()
-    if coroutine.status(co) == "dead" then
-      idle_h:stop()
-      idle_h:close()
-      guard:close()
-      uv.stop()
-    end
-  end)
-  uv.run()
+  loop_until(function() return coroutine.status(co) == "dead" end)
   assert(evicted == 1 and got.a and not err.a, tostring(err.a))
   same(got.a[1], expect[1], V, path .. ": batched prompt")
   same(got.a[2], expect[2], V, path .. ": batched chunk after evicting an idle sequence")
@@ -368,6 +380,65 @@ local function check_node_share(path)
   print("ok: node admission with shared prefixes: " .. path)
 end
 
+-- Runs the requests at once on a fresh node (opts: exo.node's); returns
+-- their results, errors and the node's serving stats. disable_preemption:
+-- the node keeps today's behaviour without preemption (a negative control).
+local function serve(opts, reqs, disable_preemption)
+  local uv = require "luv"
+  require("exo.models").allow_paths = true
+  local node = require("exo.node").new(opts)
+  if disable_preemption then node.preempt = function() return false end end
+  local res, errs, left = {}, {}, #reqs
+  for k, req in ipairs(reqs) do
+    assert(coroutine.resume(coroutine.create(function()
+      res[k], errs[k] = node:generate(req)
+      left = left - 1
+    end)))
+  end
+  loop_until(function() return left == 0 end)
+  local stats = node:serving_stats()
+  node:close()
+  uv.run("nowait")
+  return res, errs, stats
+end
+
+-- Two requests of about 35 prompt tokens and 150 answer tokens each: three
+-- blocks each at the end, six together, on a pool of four.
+local function check_preemption(path)
+  local opts = { max_sessions = 2, n_ctx = 512, kv_tokens = 4 * 64 }
+  local reqs = {
+    { model = path, prompt = "Once upon a time there was a cat who lived by the river", max_tokens = 150,
+      temperature = 0 },
+    { model = path, prompt = "The library opens at nine and closes at seven on weekdays", max_tokens = 150,
+      temperature = 0.8, seed = 7, repeat_penalty = 1.1, logprobs = true, top_logprobs = 2 },
+  }
+  local solo_res = {}
+  for k, req in ipairs(reqs) do
+    local r, e, stats = serve({ max_sessions = 1, n_ctx = 512, kv_tokens = 4 * 64 }, { req })
+    assert(r[1] and r[1].n_generated == 150, tostring(e[1]))
+    assert(stats[1].preemptions == 0)
+    solo_res[k] = r[1]
+  end
+  local r, e, stats = serve(opts, reqs)
+  assert(stats[1].preemptions >= 1, "the pool ran full: a running request was preempted")
+  assert(stats[1].running == 0 and stats[1].waiting == 0)
+  for k = 1, 2 do
+    assert(r[k], ("request %d: %s"):format(k, tostring(e[k])))
+    assert(table.concat(r[k].tokens, ",") == table.concat(solo_res[k].tokens, ","),
+      ("%s: request %d's tokens differ from its solo run's after preemption"):format(path, k))
+    assert(r[k].text == solo_res[k].text)
+  end
+  for i, lp in ipairs(solo_res[2].logprobs) do
+    local got = r[2].logprobs[i]
+    assert(got.token == lp.token and got.logprob == lp.logprob and got.top_logprobs[2].logprob ==
+      lp.top_logprobs[2].logprob, "logprobs after preemption")
+  end
+  -- Without preemption one of them meets the full pool and fails.
+  r, e = serve(opts, reqs, true)
+  assert(not (r[1] and r[2]) and tostring(e[1] or e[2]):match("KV pool exhausted"), tostring(e[1] or e[2]))
+  print("ok: preemption: " .. path)
+end
+
 local function check_share(path)
   check_share_at(path, 128) -- on a block boundary
   check_share_at(path, 100) -- inside a block
@@ -381,6 +452,7 @@ check(tiny)
 check((tiny:gsub("%.gguf$", "-q4_k.gguf")))
 check(dir .. "/tiny-gemma3.gguf")
 check_node_share(tiny)
+check_preemption(dir .. "/tiny-chat.gguf") -- before check_batcher, whose runner keeps the engine's poll
 check_batcher(tiny)
 check_share(tiny)
 check_share((tiny:gsub("%.gguf$", "-q4_k.gguf")))
