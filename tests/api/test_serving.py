@@ -11,7 +11,11 @@ with the same system prompt reuses the first one's cached prefix
 (usage.prompt_tokens_details.cached_tokens). With a KV pool smaller than
 --parallel x --ctx (--kv-tokens), a request whose prompt's blocks are taken
 by a running one gets a 503 past the queue bound (or waits within it) while
-the running one is undisturbed, and a prompt larger than the pool is a 400.
+the running one is undisturbed, and a prompt larger than the pool is a 400;
+three concurrent streaming clients whose answers together outgrow the pool
+(each alone fits) all get 200 and their solo answers: the node preempts a
+running one and recomputes it later instead of failing it mid-stream, and
+/v1/topology counts the preemptions.
 Two concurrent clients with the same long system prompt: the second, sent
 while the first streams, starts from the first one's KV blocks (shared, not
 recomputed), and both get their solo answers.
@@ -312,6 +316,39 @@ class KVPool(unittest.TestCase):
         try:
             self.assertEqual(status, 200, body)
             self.assertTrue(body["choices"][0]["message"]["content"], body)
+        finally:
+            node.stop()
+
+    def test_answers_outgrowing_the_pool_preempt_instead_of_failing(self):
+        """--parallel 3 --kv-tokens 320: three streaming greedy clients, each a
+        prompt of about 54 tokens (one block) and 160 answer tokens: four blocks
+        each at the end, twelve together, in a pool of five. All are admitted by
+        their prompts; as they grow, running ones are preempted (their blocks
+        freed) and recomputed once others end. Every client gets 200 and its solo
+        answer (without preemption one fails mid-stream with a 503)."""
+        node = Node("--disable-tui", "--parallel", "3", "--kv-tokens", "320", "--max-queue", "4")
+        try:
+            questions = ["Tell me a long story about a dragon.", "Write a long poem about the sea.",
+                         "Explain in detail how a library works."]
+            expect = {}
+            for i, q in enumerate(questions):
+                status, body = ask(node.port, q, 160)
+                self.assertEqual(status, 200, body)
+                # Precondition: the answer runs to max_tokens, so together they outgrow the pool.
+                self.assertEqual(body["usage"]["completion_tokens"], 160, body["usage"])
+                expect[i] = body["choices"][0]["message"]["content"]
+            results = {}
+            run_threads([(stream_text, node.port, q, 160, results, i) for i, q in enumerate(questions)])
+            for i in range(len(questions)):
+                self.assertEqual(results[i][0], 200, results[i][1])
+                self.assertEqual(results[i][1], expect[i], "client %d's answer changed by preemption" % i)
+            status, raw, _ = node.request("GET", "/v1/topology")
+            self.assertEqual(status, 200, raw)
+            serving = json.loads(raw)["serving"]
+            self.assertEqual(len(serving), 1, serving)
+            self.assertGreaterEqual(serving[0]["preemptions"], 1, serving)
+            self.assertEqual((serving[0]["running"], serving[0]["waiting"]), (0, 0), serving)
+            self.assertEqual(serving[0]["kv"]["blocks"], 5, serving)
         finally:
             node.stop()
 
