@@ -35,7 +35,8 @@
 --     readmitted when the first ends, recomputes prompt and answer so far,
 --     and its tokens (greedy, and seeded with penalties and logprobs) equal
 --     its solo run's; with preemption turned off the same run fails one of
---     them with "KV pool exhausted" (so the check can fail).
+--     them with "KV pool exhausted" (so the check can fail); a request alone
+--     that outgrows the pool preempts nobody and gets that error.
 -- Runs on the tiny model, its K-quant variant and the Gemma 3 one
 -- (CMakeLists runs it again on the AVX2 and scalar kernels).
 local ffi = require "ffi"
@@ -436,6 +437,10 @@ local function check_preemption(path)
   -- Without preemption one of them meets the full pool and fails.
   r, e = serve(opts, reqs, true)
   assert(not (r[1] and r[2]) and tostring(e[1] or e[2]):match("KV pool exhausted"), tostring(e[1] or e[2]))
+  -- A request alone whose answer outgrows the pool (two blocks) has no one to preempt: the clear error.
+  r, e, stats = serve({ max_sessions = 2, n_ctx = 512, kv_tokens = 2 * 64 }, { reqs[1] })
+  assert(not r[1] and tostring(e[1]):match("KV pool exhausted: position 128 needs a block"), tostring(e[1]))
+  assert(stats[1].preemptions == 0)
   print("ok: preemption: " .. path)
 end
 
