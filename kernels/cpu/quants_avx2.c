@@ -347,22 +347,6 @@ EXO_ALWAYS_INLINE __m256i q4_pair_off16(__m256i xlo, __m256i xhi, const int K)
     return _mm256_add_epi16(_mm256_maddubs_epi16(off, xlo), _mm256_maddubs_epi16(off, xhi));
 }
 
-/* One lone block (quants at qs, Q5's qh at qh) as a pair register's first block. */
-EXO_ALWAYS_INLINE __m256i q4_one_isum(const uint8_t *qs, const uint8_t *qh, const exo_block_q8_32 *a, const int K)
-{
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i q = q4_unpack(qs), x = _mm256_loadu_si256((const __m256i *)a->qs);
-    __m256i p16;
-    if (K == KIND_IQ4_NL) {
-        q = _mm256_shuffle_epi8(iq4nl_table(), q);
-        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
-    } else {
-        if (K == KIND_Q5_0) q = _mm256_or_si256(q, q5_block_highs(qh));
-        p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(_mm256_set1_epi8(K == KIND_Q5_0 ? 16 : 8), x));
-    }
-    return exo_single_as_pair(_mm256_madd_epi16(p16, ones));
-}
-
 /* Pair k (0..3) of a four-block step of row w (blocks bs bytes apart) or of
  * packed row r of the chunk at c. */
 EXO_ALWAYS_INLINE __m256i q4_0_pair_at(const uint8_t *w, size_t bs, size_t qo, size_t qho, const uint8_t *cr,

@@ -17,17 +17,19 @@
  * the second.
  *
  * With VNNI doing the integer work, most of the remaining cost of a block is
- * its scales: fp16 loads from blocks 18, 20 or 34 bytes apart, the
- * conversion, the multiply by the activation scale and spreading it over the
- * block's lanes. Scales are therefore handled four blocks at a time (one
- * cvtph for four blocks), and the four-row kernels (x4) load each
- * activation block, and do its share of the work, once for four weight rows.
+ * its scales. Q4_1 and Q5_1 handle them four blocks at a time (one cvtph for
+ * four blocks), and the four-row kernels (x4) load each activation block,
+ * and do its share of the work, once for four weight rows. Q4_0, Q5_0,
+ * IQ4_NL and Q8_0 follow the per-block order (quants.c): eight blocks' exact
+ * integer sums become one vector (quants_blocks.h) and take one convert,
+ * one multiply by dw * da and one FMA for the eight, the order the tiled
+ * GEMM (gemm_q8_avx512.c) can follow with rows in its lanes.
  *
  * Offsets stay in integers: Q8_0's signed w goes through dpbusd as the
- * unsigned w ^ 0x80 = w + 128, and Q4_0's nibbles carry +8, so each lane
- * accumulator starts at -128 * sum(x) (or -8 * sum(x)) over its four
- * activation bytes: one dpbusd against a vector of 128s (or 8s), shared by
- * the rows. The integer sums are exact, as in the _ref kernels. Q4_1's
+ * unsigned w ^ 0x80 = w + 128, and Q4_0's nibbles carry +8, so each block
+ * sum takes -128 * sum(x) (or -8 * sum(x)) of its activation bytes: dpbusd
+ * against a vector of 128s (or 8s), shared by the rows (Q4_1's lanes start
+ * at it). The integer sums are exact, as in the _ref kernels. Q4_1's
  * minimum goes through the activation's s = d * sum(q) as in the AVX2 kernel.
  * Bounds: |lane| <= 2 * 4 * 255 * 127 per block, far inside int32. */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || !defined(__AVX512VNNI__) || \

@@ -37,13 +37,6 @@ static inline __m256i exo_single_block_sums(const __m256i v[8])
     return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[0], u[1], 0x31));
 }
 
-/* A single register's block as a pair register's first block (lanes 0-3;
- * lanes 4-7 zero), for a lone block at the end of a row. */
-static inline __m256i exo_single_as_pair(__m256i v)
-{
-    return _mm256_zextsi128_si256(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
-}
-
 /* The activation scales of eight consecutive blocks. */
 static inline __m256 exo_act_d8(const exo_block_q8_32 *a)
 {
