@@ -527,13 +527,24 @@ EXO_ALWAYS_INLINE void q4_0_rows(int n, const uint8_t *w0, size_t stride, const 
         act_quad(a + i + 4, x + 4);
         const __m256i off = pre ? pre[i / 8].off : q4_0_offsets(x, offset);
         const __m256 da = pre ? pre[i / 8].da : exo_act_d8(a + i);
+        /* The loads in address order (as q8_0_rows): packed, pair by pair with the rows side by
+         * side, else row by row. Then each row's block sums. */
+        __m256i s[4][4];
+        if (P)
+            for (int k = 0; k < 4; k++)
+                FOR_ROWS(r, R) s[r][k] = q4_pair_dot(zero, load_256(c + (k / 2) * 16 * bs + 128 * (k % 2) + 32 * r),
+                                                     x[2 * k], x[2 * k + 1], 0, 0, K);
+        else
+            FOR_ROWS(r, R) {
+                const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
+                q4_quad_dot(w, c, bs, x, zero, zero, s[r], false, K);
+                q4_quad_dot(w + 4 * bs, c, bs, x + 4, zero, zero, s[r] + 2, false, K);
+            }
         FOR_ROWS(r, R) {
             const uint8_t *w = w0 + (size_t)r * stride + (size_t)i * bs;
             const __m256 d = P ? packed_d8(c, 16 * bs, 256, r) : halves_8(w, bs);
-            __m256i s[4];
-            q4_quad_dot(w, c + 32 * r, bs, x, zero, zero, s, P, K);
-            q4_quad_dot(w + 4 * bs, c + 16 * bs + 32 * r, bs, x + 4, zero, zero, s + 2, P, K);
-            acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_pair_block_sums(s[0], s[1], s[2], s[3]), off));
+            acc[r] = exo_chains_step(acc[r], d, da,
+                                     _mm256_add_epi32(exo_pair_block_sums(s[r][0], s[r][1], s[r][2], s[r][3]), off));
         }
     }
     if (i < nb) q4_0_tail(nb, i, w0, stride, a, acc, R, 0, P, K, pre ? &pre[nb / 8] : NULL);
@@ -580,6 +591,12 @@ Q4_ONE_ROW(iq4_nl, q4_0_rows, KIND_IQ4_NL, , NULL)
 /* ---- Q8_0: x = q * d ------------------------------------------------------ */
 
 
+/* One block's 8 int32 lanes of w ^ 0x80 times x (the offset comes off later). */
+static inline __m256i q8_0_block_dot(const void *q, __m256i x)
+{
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256(load_256(q), _mm256_set1_epi8((char)0x80)), x);
+}
+
 /* The last M (1..7, a constant) blocks of q8_0_rows as an eight-block step
  * with zeros past M (as q4_0_tail_m); packed: a four-block chunk if M >= 4,
  * then single blocks. */
@@ -587,29 +604,27 @@ EXO_ALWAYS_INLINE void q8_0_tail_m(int i, const uint8_t *w0, size_t stride, cons
                                    const int R, const bool P, const step_act *pt, const int M)
 {
     const size_t bs = sizeof(exo_block_q8_0);
-    const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    const __m256i zero = _mm256_setzero_si256();
     __m256i x[8];
     for (int k = 0; k < 8; k++) x[k] = k < M ? _mm256_loadu_si256((const __m256i *)a[i + k].qs) : zero;
     const __m256 da = pt ? pt->da : exo_tail_da(a + i, M);
     const __m256i off = pt ? pt->off : q8_0_offsets(x);
-    FOR_ROWS(r, R) {
-        __m256i v[8];
-        const uint8_t *dp[8] = { 0 };
-        for (int k = 0; k < 8; k++) {
+    __m256i v[4][8];
+    const uint8_t *dp[4][8] = { { 0 } };
+    for (int k = 0; k < 8; k++) /* block by block, the rows side by side: address order when packed */
+        FOR_ROWS(r, R) {
             if (k >= M) {
-                v[k] = zero;
+                v[r][k] = zero;
                 continue;
             }
             const bool quad = M >= 4 && k < 4;
             const uint8_t *c = w0 + (size_t)(quad ? i : i + k) * 4 * bs;
             const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i + k;
             const uint8_t *q = P ? (quad ? c + 128 * k + 32 * r : c + 32 * r) : (const uint8_t *)w->qs;
-            dp[k] = P ? (quad ? c + 512 + 8 * r + 2 * k : c + 128 + 2 * r) : (const uint8_t *)w;
-            v[k] = _mm256_dpbusd_epi32(zero, _mm256_xor_si256(load_256(q), bias), x[k]);
+            dp[r][k] = P ? (quad ? c + 512 + 8 * r + 2 * k : c + 128 + 2 * r) : (const uint8_t *)w;
+            v[r][k] = q8_0_block_dot(q, x[k]);
         }
-        const __m256 d = exo_tail_dw(dp, M);
-        acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_single_block_sums(v), off));
-    }
+    FOR_ROWS(r, R) acc[r] = exo_chains_step(acc[r], exo_tail_dw(dp[r], M), da, _mm256_add_epi32(exo_single_block_sums(v[r]), off));
 }
 
 /* One block per register (32 quants, 8 lanes); w ^ 0x80 makes the weights
@@ -626,7 +641,6 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
 {
     const size_t bs = sizeof(exo_block_q8_0);
     const int nb = n / EXO_QK;
-    const __m256i bias = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
     __m256 acc[4];
     FOR_ROWS(r, R) acc[r] = _mm256_setzero_ps();
     uintptr_t pf = (uintptr_t)w0 + PREFETCH_GROUPS * R * stride;
@@ -639,15 +653,22 @@ EXO_ALWAYS_INLINE void q8_0_rows(int n, const uint8_t *w0, size_t stride, const 
         for (int k = 0; k < 8; k++) x[k] = _mm256_loadu_si256((const __m256i *)a[i + k].qs);
         const __m256i off = pre ? pre[i / 8].off : q8_0_offsets(x);
         const __m256 da = pre ? pre[i / 8].da : exo_act_d8(a + i);
+        /* The loads in address order: packed, block by block with the rows side by side (the
+         * layout's order; row by row, the packed kernel streamed from DRAM at 0.8x), else row by
+         * row. Then each row's block sums. */
+        __m256i v[4][8];
+        if (P)
+            for (int k = 0; k < 8; k++)
+                FOR_ROWS(r, R) v[r][k] = q8_0_block_dot(c + (k / 4) * 16 * bs + 128 * (k % 4) + 32 * r, x[k]);
+        else
+            FOR_ROWS(r, R) {
+                const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
+                for (int k = 0; k < 8; k++) v[r][k] = q8_0_block_dot(w[k].qs, x[k]);
+            }
         FOR_ROWS(r, R) {
             const exo_block_q8_0 *w = (const exo_block_q8_0 *)(w0 + (size_t)r * stride) + i;
             const __m256 d = P ? packed_d8(c, 16 * bs, 512, r) : halves_8((const uint8_t *)w, bs);
-            __m256i v[8];
-            for (int k = 0; k < 8; k++) {
-                const uint8_t *q = P ? c + (k / 4) * 16 * bs + 128 * (k % 4) + 32 * r : (const uint8_t *)w[k].qs;
-                v[k] = _mm256_dpbusd_epi32(zero, _mm256_xor_si256(load_256(q), bias), x[k]);
-            }
-            acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_single_block_sums(v), off));
+            acc[r] = exo_chains_step(acc[r], d, da, _mm256_add_epi32(exo_single_block_sums(v[r]), off));
         }
     }
     const step_act *pt = pre ? &pre[nb / 8] : NULL;
