@@ -33,6 +33,16 @@ def gemma_reference(name):
         return f.read(), g.read()
 
 
+def gemma_topk(name, position):
+    """llama.cpp's top logits (best first) at a position of prompt + greedy continuation."""
+    with open(os.path.join(GEMMA_REFERENCE, name + ".topk")) as f:
+        for line in f:
+            fields = line.split()
+            if int(fields[0]) == position:
+                return sorted((float(e.split(":")[1]) for e in fields[1:]), reverse=True)
+    raise AssertionError("%s.topk has no position %d" % (name, position))
+
+
 def _die_with_parent():
     """In the child: get SIGTERM when the test process dies, so a killed test
     run leaves no node behind."""
@@ -326,12 +336,18 @@ class ApiTest(unittest.TestCase):
         self.assertEqual(r.choices[0].message.content, want_chat)
         # The completion route on the raw prompt d: llama.cpp's 14 prompt tokens, and its
         # continuation until the first near-tie. Free-running greedy text parts from llama.cpp's
-        # at a near-tie as llama.cpp's own runs do (docs/numerics.md): where exo's token differs,
-        # llama.cpp's must be among exo's top 5 within 0.3 of exo's pick, and only after 10 tokens.
+        # at a near-tie as llama.cpp's own builds do (docs/numerics.md): where exo's token
+        # differs, both engines must see a near-tie there: llama.cpp's token among exo's top 5
+        # within 0.3 of exo's pick, and in llama.cpp's own logits at that position (d.topk,
+        # teacher-forced over its greedy text, which exo followed so far) its second choice
+        # within 0.3 of its first. (How soon the first near-tie comes depends on float order:
+        # 24 tokens, then 3 after a change of the Q5_0/Q8_0 dots' order; llama.cpp's AVX2 build
+        # parts from its own native one on this prompt after about 30.)
         prompt, want_text = gemma_reference("d")
+        n_prompt = 14
         r = self.client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=48, temperature=0,
                                            logprobs=5)
-        self.assertEqual(r.usage.prompt_tokens, 14)
+        self.assertEqual(r.usage.prompt_tokens, n_prompt)
         lp = r.choices[0].logprobs
         pos = 0
         for i, token in enumerate(lp.tokens):
@@ -342,7 +358,9 @@ class ApiTest(unittest.TestCase):
                      if t and want_text[pos:].startswith(t) and v >= lp.token_logprobs[i] - 0.3]
             self.assertTrue(close, "token %d: exo's %r, llama.cpp's text goes on %r; not a near-tie: %r" % (
                 i, token, want_text[pos:pos + 20], lp.top_logprobs[i]))
-            self.assertGreaterEqual(i, 10, "parted from llama.cpp after only %d tokens" % i)
+            ref_logits = gemma_topk("d", n_prompt - 1 + i)
+            self.assertLessEqual(ref_logits[0] - ref_logits[1], 0.3, "token %d: llama.cpp's own top two are %r: "
+                                 "not a near-tie for llama.cpp" % (i, ref_logits[:2]))
             break
 
     def test_token_encode(self):
