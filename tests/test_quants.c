@@ -1302,10 +1302,12 @@ static void test_format(int dtype, double max_rmse)
     CHECK_MSG(rmse <= max_rmse, "%s: quantizer relative RMSE %g > %g", t->name, rmse, max_rmse);
     CHECK_MSG(st.max_formula <= 2e-5, "%s: vec_dot_ref differs from the dequantized dot by %g", t->name, st.max_formula);
     CHECK_MSG(st.max_act_err <= 1.0, "%s: vec_dot_ref outside the activation error bound (%g)", t->name, st.max_act_err);
-    /* Q4_0, Q5_0, IQ4_NL and Q8_0 follow one float order on every path (quants.c, "the per-block
-     * order"): their fast dots are _ref bit for bit; the others within 2e-5 of its magnitude. */
+    /* Q4_0, Q5_0, IQ4_NL and Q8_0 (quants.c, "the per-block order") and Q4_K, Q5_K and Q6_K ("the
+     * per-super-block order") follow one float order on every path: their fast dots are _ref bit
+     * for bit; the others within 2e-5 of its magnitude. */
     const bool per_block = dtype == EXO_DTYPE_Q4_0 || dtype == EXO_DTYPE_Q5_0 || dtype == EXO_DTYPE_IQ4_NL ||
-                           dtype == EXO_DTYPE_Q8_0;
+                           dtype == EXO_DTYPE_Q8_0 || dtype == EXO_DTYPE_Q4_K || dtype == EXO_DTYPE_Q5_K ||
+                           dtype == EXO_DTYPE_Q6_K;
     const double dot_tol = per_block ? 0.0 : 2e-5;
     if (exo__quants_have_avx2()) {
         CHECK_MSG(st.max_fast_dot <= dot_tol, "%s: fast vec_dot differs from ref by %g", t->name, st.max_fast_dot);

@@ -201,17 +201,26 @@ static void unpack_strip(const uint8_t *g, int n_groups, int nb, uint8_t *strip,
 
 /* ---- the micro-kernel ------------------------------------------------------------ */
 
+/* Eight tokens' int32 lane vectors to one vector of their sums (token t in
+ * lane t): a transposing add tree (integers: exact in any order). */
+static inline __m256i sum8x8_epi32(const __m256i v[8])
+{
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
 /* Rows [0, R) of the strip against one token group over nb super-blocks;
- * results for rows < rows and tokens < toks go to out[t * ldo + r]. */
+ * results for rows < rows and tokens < toks go to out[t * ldo + r]. Each
+ * (row, token)'s eight lanes collapse to S of quants.c's per-super-block
+ * order eight tokens at a time, and the minimums' M run eight tokens a
+ * register: one convert and FMA each per (row, eight tokens, super-block). */
 EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_t *tile, int R, float *out, size_t ldo,
                                       int rows, int toks, const bool q6)
 {
-    __m256 acc[STRIP_ROWS][TOK], accm[STRIP_ROWS][4][TOK / 8];
-    for (int r = 0; r < R; r++) {
-        for (int t = 0; t < TOK; t++) acc[r][t] = _mm256_setzero_ps();
-        for (int m = 0; m < 4; m++)
-            for (int h = 0; h < TOK / 8; h++) accm[r][m][h] = _mm256_setzero_ps();
-    }
+    __m256 acc[STRIP_ROWS][TOK / 8]; /* token 8 h + lane */
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < TOK / 8; h++) acc[r][h] = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const uint8_t *st = strip + (size_t)i * ST_SB, *at = tile + (size_t)i * EXO_TILED_ACT_SB_BYTES;
         const float *dw = (const float *)(st + ST_D), *dminw = (const float *)(st + ST_DMIN);
@@ -224,56 +233,52 @@ EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_
                 qhi[c] = _mm256_load_si256((const __m256i *)(codes + 64 * c + 32));
             }
             const __m256i off = q6 ? _mm256_load_si256((const __m256i *)(st + ST_OFF) + r) : _mm256_setzero_si256();
-            float d[TOK] __attribute__((aligned(32))); /* dw * ad: the packed kernels' d, per token */
-            for (int h = 0; h < TOK / 8; h++)
-                _mm256_store_ps(d + 8 * h, _mm256_mul_ps(_mm256_set1_ps(dw[r]), _mm256_load_ps((const float *)(at + ACT_D) + 8 * h)));
-            _Pragma("GCC unroll 2") for (int t = 0; t < TOK; t++) {
-                const uint8_t *x = at + (size_t)EXO_QK_K * t;
+            for (int h = 0; h < TOK / 8; h++) {
+                __m256i lanes[8];
+                _Pragma("GCC unroll 2") for (int j = 0; j < 8; j++) {
+                    const int t = 8 * h + j;
+                    const uint8_t *x = at + (size_t)EXO_QK_K * t;
 #define X(o) _mm256_load_si256((const __m256i *)(x + (o)))
-                __m256i sumi;
-                if (!q6) { /* lo c: sub-block 2 p of lane 2 p + h, hi c: 2 p + 1 */
-                    __m256i se = _mm256_maddubs_epi16(qlo[0], X(0)), so = _mm256_maddubs_epi16(qhi[0], X(32));
-                    for (int c = 1; c < 4; c++) {
-                        se = _mm256_add_epi16(se, _mm256_maddubs_epi16(qlo[c], X(64 * c)));
-                        so = _mm256_add_epi16(so, _mm256_maddubs_epi16(qhi[c], X(64 * c + 32)));
+                    __m256i sumi;
+                    if (!q6) { /* lo c: sub-block 2 p of lane 2 p + h, hi c: 2 p + 1 */
+                        __m256i se = _mm256_maddubs_epi16(qlo[0], X(0)), so = _mm256_maddubs_epi16(qhi[0], X(32));
+                        for (int c = 1; c < 4; c++) {
+                            se = _mm256_add_epi16(se, _mm256_maddubs_epi16(qlo[c], X(64 * c)));
+                            so = _mm256_add_epi16(so, _mm256_maddubs_epi16(qhi[c], X(64 * c + 32)));
+                        }
+                        sumi = _mm256_add_epi32(_mm256_madd_epi16(se, sc[0]), _mm256_madd_epi16(so, sc[1]));
+                    } else { /* -32 * sum_g sc[g] bsums[g], then groups 4 p + m (lo 2 m, 2 m + 1) and + 2 (hi) */
+                        sumi = _mm256_madd_epi16(off, _mm256_load_si256((const __m256i *)(at + ACT_BS) + t));
+                        for (int m = 0; m < 2; m++) {
+                            const __m256i plo = _mm256_add_epi16(_mm256_maddubs_epi16(qlo[2 * m], X(128 * m)),
+                                                                 _mm256_maddubs_epi16(qlo[2 * m + 1], X(128 * m + 64)));
+                            const __m256i phi = _mm256_add_epi16(_mm256_maddubs_epi16(qhi[2 * m], X(128 * m + 32)),
+                                                                 _mm256_maddubs_epi16(qhi[2 * m + 1], X(128 * m + 96)));
+                            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, sc[m]),
+                                                                           _mm256_madd_epi16(phi, sc[2 + m])));
+                        }
                     }
-                    sumi = _mm256_add_epi32(_mm256_madd_epi16(se, sc[0]), _mm256_madd_epi16(so, sc[1]));
-                } else { /* -32 * sum_g sc[g] bsums[g], then groups 4 p + m (lo 2 m, 2 m + 1) and + 2 (hi) */
-                    sumi = _mm256_madd_epi16(off, _mm256_load_si256((const __m256i *)(at + ACT_BS) + t));
-                    for (int m = 0; m < 2; m++) {
-                        const __m256i plo = _mm256_add_epi16(_mm256_maddubs_epi16(qlo[2 * m], X(128 * m)),
-                                                             _mm256_maddubs_epi16(qlo[2 * m + 1], X(128 * m + 64)));
-                        const __m256i phi = _mm256_add_epi16(_mm256_maddubs_epi16(qhi[2 * m], X(128 * m + 32)),
-                                                             _mm256_maddubs_epi16(qhi[2 * m + 1], X(128 * m + 96)));
-                        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, sc[m]),
-                                                                       _mm256_madd_epi16(phi, sc[2 + m])));
-                    }
-                }
 #undef X
-                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d[t]), _mm256_cvtepi32_ps(sumi), acc[r][t]);
-            }
-            if (!q6) /* the minimums, eight tokens a register: dmin * (mn[2 m] bsum(2 m) + mn[2 m + 1] bsum(2 m + 1)) */
-                for (int h = 0; h < TOK / 8; h++) {
-                    const __m256 dm = _mm256_mul_ps(_mm256_set1_ps(dminw[r]), _mm256_load_ps((const float *)(at + ACT_D) + 8 * h));
+                    lanes[j] = sumi;
+                }
+                const __m256 ad = _mm256_load_ps((const float *)(at + ACT_D) + 8 * h);
+                acc[r][h] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dw[r]), ad), _mm256_cvtepi32_ps(sum8x8_epi32(lanes)),
+                                            acc[r][h]);
+                if (!q6) { /* M: mn[2 m] bsum(2 m) + mn[2 m + 1] bsum(2 m + 1) over m */
+                    __m256i M = _mm256_setzero_si256();
                     for (int m = 0; m < 4; m++) {
                         const __m256i bp = _mm256_load_si256((const __m256i *)(at + ACT_BS + 64 * m) + h);
-                        const __m256i mm = _mm256_madd_epi16(bp, _mm256_set1_epi32(((const int32_t *)(st + ST_MN))[4 * r + m]));
-                        accm[r][m][h] = _mm256_fmadd_ps(dm, _mm256_cvtepi32_ps(mm), accm[r][m][h]);
+                        M = _mm256_add_epi32(M, _mm256_madd_epi16(bp, _mm256_set1_epi32(((const int32_t *)(st + ST_MN))[4 * r + m])));
                     }
+                    acc[r][h] = _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dminw[r]), ad), _mm256_cvtepi32_ps(M), acc[r][h]);
                 }
+            }
         }
     }
-    /* the packed kernels' final sums: krows_hsum_ps of the eight lanes, minus (m0 + m2) + (m1 + m3) */
     for (int r = 0; r < rows; r++) {
-        float mins[TOK] __attribute__((aligned(32)));
-        if (!q6)
-            for (int h = 0; h < TOK / 8; h++) {
-                const __m256 *m = (const __m256 *)accm[r];
-                _mm256_store_ps(mins + 8 * h, _mm256_add_ps(_mm256_add_ps(m[h], m[2 * (TOK / 8) + h]),
-                                                            _mm256_add_ps(m[TOK / 8 + h], m[3 * (TOK / 8) + h])));
-            }
-        for (int t = 0; t < toks; t++)
-            out[(size_t)t * ldo + r] = q6 ? krows_hsum_ps(acc[r][t]) : krows_hsum_ps(acc[r][t]) - mins[t];
+        float v[TOK] __attribute__((aligned(32)));
+        for (int h = 0; h < TOK / 8; h++) _mm256_store_ps(v + 8 * h, acc[r][h]);
+        for (int t = 0; t < toks; t++) out[(size_t)t * ldo + r] = v[t];
     }
 }
 

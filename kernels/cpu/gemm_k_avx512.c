@@ -272,23 +272,22 @@ static void unpack_strip(const uint8_t *g[2], int nb, uint8_t *strip, int fmt)
 
 /* The strip against one token group over all nb super-blocks: res[r] holds
  * the sixteen tokens' results of row r. NU units of SU steps a lane (Q4_K,
- * Q5_K: 2 x 4 and minimums; Q6_K: 4 x 2 and the -32 offset). */
+ * Q5_K: 2 x 4 and minimums; Q6_K: 4 x 2 and the -32 offset). Each row's
+ * units and lanes add up in one int32 vector (S of quants.c's per-super-block
+ * order, sixteen tokens), the minimums' products in another (M); then one
+ * convert and FMA each per (row, super-block). */
 EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_t *tile, __m512 res[STRIP_ROWS],
                                       const int NU, const int SU, const bool q6)
 {
-    __m512 acc[STRIP_ROWS][8], accm[STRIP_ROWS][4];
-    UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
-        for (int l = 0; l < 8; l++) acc[r][l] = _mm512_setzero_ps();
-        for (int m = 0; m < 4; m++) accm[r][m] = _mm512_setzero_ps();
-    }
+    __m512 acc[STRIP_ROWS];
+    UNROLL for (int r = 0; r < STRIP_ROWS; r++) acc[r] = _mm512_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const uint8_t *st = strip + (size_t)i * EXO_TILED_STRIP_SB_BYTES;
         const uint8_t *at = tile + (size_t)i * EXO_TILED_ACT_SB_BYTES;
         const int32_t *sc32 = (const int32_t *)(st + STRIP_SC), *pairs = (const int32_t *)(st + STRIP_PAIRS);
         const float *dw = (const float *)(st + STRIP_D), *dmw = (const float *)(st + STRIP_DMIN);
-        const __m512 ad = _mm512_load_ps(at + ACT_D);
-        __m512 dv[STRIP_ROWS];
-        UNROLL for (int r = 0; r < STRIP_ROWS; r++) dv[r] = _mm512_mul_ps(_mm512_set1_ps(dw[r]), ad);
+        __m512i S[STRIP_ROWS];
+        UNROLL for (int r = 0; r < STRIP_ROWS; r++) S[r] = _mm512_setzero_si512();
         for (int l = 0; l < 8; l++) {
             /* the lane's eight steps of activations stay in registers while each row's units
              * run as short chains: the rows' chains overlap out of order, and nothing spills
@@ -298,7 +297,7 @@ EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_
             __m512i bp = _mm512_setzero_si512();
             if (q6) bp = _mm512_load_si512(at + ACT_PAIRS + 64 * l);
             UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
-                __m512i lane = _mm512_setzero_si512();
+                __m512i lane = S[r];
                 UNROLL for (int u = 0; u < NU; u++) {
                     __m512i unit = _mm512_setzero_si512();
                     UNROLL for (int q = 0; q < SU; q++) {
@@ -311,31 +310,22 @@ EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_
                     const __m512i off = _mm512_madd_epi16(bp, _mm512_set1_epi32(pairs[STRIP_ROWS * l + r]));
                     lane = _mm512_sub_epi32(lane, _mm512_slli_epi32(off, 5));
                 }
-                acc[r][l] = _mm512_fmadd_ps(dv[r], _mm512_cvtepi32_ps(lane), acc[r][l]);
+                S[r] = lane;
             }
         }
-        if (!q6) /* the minimums: dmin * (mn[2 m] bsum(2 m) + mn[2 m + 1] bsum(2 m + 1)) */
+        const __m512 ad = _mm512_load_ps(at + ACT_D);
+        UNROLL for (int r = 0; r < STRIP_ROWS; r++)
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(dw[r]), ad), _mm512_cvtepi32_ps(S[r]), acc[r]);
+        if (!q6) /* M: mn[2 m] bsum(2 m) + mn[2 m + 1] bsum(2 m + 1) over m, as int16 pairs */
             UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
-                const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(dmw[r]), ad);
-                for (int m = 0; m < 4; m++) {
-                    const __m512i bp = _mm512_load_si512(at + ACT_PAIRS + 64 * m);
-                    const __m512i mm = _mm512_madd_epi16(bp, _mm512_set1_epi32(pairs[STRIP_ROWS * m + r]));
-                    accm[r][m] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(mm), accm[r][m]);
-                }
+                __m512i M = _mm512_setzero_si512();
+                for (int m = 0; m < 4; m++)
+                    M = _mm512_dpwssd_epi32(M, _mm512_load_si512(at + ACT_PAIRS + 64 * m),
+                                            _mm512_set1_epi32(pairs[STRIP_ROWS * m + r]));
+                acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(_mm512_set1_ps(dmw[r]), ad), _mm512_cvtepi32_ps(M), acc[r]);
             }
     }
-    /* the packed kernels' final sums: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), minus
-     * (m0 + m2) + (m1 + m3) */
-    UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
-        const __m512 *a = acc[r];
-        __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
-                                 _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])));
-        if (!q6) {
-            const __m512 *m = accm[r];
-            s = _mm512_sub_ps(s, _mm512_add_ps(_mm512_add_ps(m[0], m[2]), _mm512_add_ps(m[1], m[3])));
-        }
-        res[r] = s;
-    }
+    UNROLL for (int r = 0; r < STRIP_ROWS; r++) res[r] = acc[r];
 }
 
 /* ---- the kernels ---------------------------------------------------------------- */

@@ -505,6 +505,29 @@ static float vec_dot_iq4_nl_ref(int n, const void *w_row, const void *act_row)
  * 64c + l in its low nibble and 64c + 32 + l in its high nibble; Q5_K's fifth
  * bit of those two elements is bit 2c and 2c+1 of qh[l]. */
 
+/* The per-super-block order of Q4_K, Q5_K and Q6_K. A super-block dots to
+ * two exact int32 sums: S = sum over sub-blocks (Q6_K: 16-element groups) of
+ * scale * (the exact integer dot of its quants and the activation quants;
+ * Q6_K's -32 included), and for Q4_K/Q5_K M = sum of min * (the sub-block's
+ * activation sum). |S| <= 8 * 63 * 32 * 31 * 127 (Q5_K) or 16 * 127 * 16 *
+ * 32 * 127 (Q6_K), both < 2^31. Every kernel of these formats (scalar,
+ * AVX2, AVX-512, one row, packed, packed x four tokens, the tiled GEMMs)
+ * reduces its lanes to these integers and takes this one float step per
+ * super-block, super-blocks in order on one accumulator from +0:
+ *   acc = fmaf(dw * da, (float)S, acc);  acc = fmaf(-(dmin * da), (float)M, acc)
+ * (products rounded to float first; Q6_K has no second step). So all give
+ * the same bits, alone or in any batch. The fast kernels find the integers
+ * in vector lanes and collapse them in integers (a transposing add tree over
+ * four rows in decode, adds across lanes in the GEMMs), so the float work is
+ * one or two converts and FMAs per (row, token, super-block) instead of one
+ * per lane. (float)S may round (|S| can pass 2^24): the conversion is the
+ * same round-to-nearest everywhere. */
+static inline float k_superblock_step(float acc, float dw, float dmin, float da, int32_t S, int32_t M, bool mins)
+{
+    acc = fmaf(dw * da, (float)S, acc);
+    return mins ? fmaf(-(dmin * da), (float)M, acc) : acc;
+}
+
 static void k_scales_pack(uint8_t packed[12], const uint8_t sc[8], const uint8_t mn[8])
 {
     for (int j = 0; j < 4; j++) {
@@ -614,8 +637,7 @@ static float vec_dot_q4_K_ref(int n, const void *w_row, const void *act_row)
             sumi += sc[j] * dot;
             summ += mn[j] * xsum;
         }
-        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi
-             - exo__half_to_float(w[i].dmin) * a[i].d * (float)summ;
+        sum = k_superblock_step(sum, exo__half_to_float(w[i].d), exo__half_to_float(w[i].dmin), a[i].d, sumi, summ, true);
     }
     return sum;
 }
@@ -677,8 +699,7 @@ static float vec_dot_q5_K_ref(int n, const void *w_row, const void *act_row)
             sumi += sc[j] * dot;
             summ += mn[j] * xsum;
         }
-        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi
-             - exo__half_to_float(w[i].dmin) * a[i].d * (float)summ;
+        sum = k_superblock_step(sum, exo__half_to_float(w[i].d), exo__half_to_float(w[i].dmin), a[i].d, sumi, summ, true);
     }
     return sum;
 }
@@ -756,7 +777,7 @@ static float vec_dot_q6_K_ref(int n, const void *w_row, const void *act_row)
             for (int l = 0; l < 16; l++) dot += (q6_get(&w[i], 16 * g + l) - 32) * a[i].qs[16 * g + l];
             sumi += w[i].scales[g] * dot;
         }
-        sum += exo__half_to_float(w[i].d) * a[i].d * (float)sumi;
+        sum = k_superblock_step(sum, exo__half_to_float(w[i].d), 0.0f, a[i].d, sumi, 0, false);
     }
     return sum;
 }

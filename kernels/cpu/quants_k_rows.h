@@ -71,6 +71,54 @@ static inline void krows_prefetch(const uint8_t *p, int bytes)
     for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + KROWS_PREFETCH + o, _MM_HINT_T0);
 }
 
+/* quants.c's per-super-block order: each (row, token) pair's lane integers
+ * collapse to S (and Q4_K/Q5_K's M) in integers, then one float step a
+ * super-block. Four rows' eight int32 lanes each to a vector of the four
+ * rows' sums: a transposing add tree (integers: any order is exact). */
+static inline __m128i krows_sum4x8_epi32(__m256i a, __m256i b, __m256i c, __m256i d)
+{
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* The same for four rows' four lanes (the minimums' products). */
+static inline __m128i krows_sum4x4_epi32(__m128i a, __m128i b, __m128i c, __m128i d)
+{
+    return _mm_hadd_epi32(_mm_hadd_epi32(a, b), _mm_hadd_epi32(c, d));
+}
+
+/* R (1 or 4) rows' S from their lane vectors v[0..R): lane r row r's. */
+EXO_ALWAYS_INLINE __m128i krows_rows_sum8(const __m256i *v, const int R)
+{
+    if (R == 4) return krows_sum4x8_epi32(v[0], v[1], v[2], v[3]);
+    const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v[0]), _mm256_extracti128_si256(v[0], 1));
+    return _mm_hadd_epi32(_mm_hadd_epi32(h, h), h);
+}
+
+EXO_ALWAYS_INLINE __m128i krows_rows_sum4(const __m128i *v, const int R)
+{
+    if (R == 4) return krows_sum4x4_epi32(v[0], v[1], v[2], v[3]);
+    return _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[0]), v[0]);
+}
+
+/* The float step for R rows (lane r) and one token of scale ad:
+ * acc = fma(dw * ad, S, acc), then (mins) acc = fma(-(dmin * ad), M, acc). */
+EXO_ALWAYS_INLINE __m128 krows_step(__m128 acc, __m128 dw, __m128 dmin, float ad, __m128i S, __m128i M, const bool mins)
+{
+    const __m128 a = _mm_set1_ps(ad);
+    acc = _mm_fmadd_ps(_mm_mul_ps(dw, a), _mm_cvtepi32_ps(S), acc);
+    return mins ? _mm_fnmadd_ps(_mm_mul_ps(dmin, a), _mm_cvtepi32_ps(M), acc) : acc;
+}
+
+EXO_ALWAYS_INLINE void krows_store(const __m128 *acc, float *out, size_t ldo, const int R, const int T)
+{
+    FOR_ROWS(t, T) {
+        float v[4];
+        _mm_storeu_ps(v, acc[t]);
+        FOR_ROWS(r, R) out[(size_t)t * ldo + r] = v[r];
+    }
+}
+
 /* The lane order. A super-block's 256 values (weights or activations) are
  * taken as eight registers of 32 bytes, "lo" c and "hi" c for c = 0..3:
  * byte p of lo c is element 64 (p / 8) + 8 c + p % 8 (of sub-block 2 (p / 8)),
@@ -164,13 +212,12 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m128i ctl_even = krows_ctl(0, 2, KROWS_SCALE_REP), ctl_odd = krows_ctl(1, 2, KROWS_SCALE_REP);
     const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0x03030303u;
-    __m256 acc[4][4];
-    __m128 accm[4][4];
-    FOR_ROWS(r, R) FOR_ROWS(t, T) {
-        acc[r][t] = _mm256_setzero_ps();
-        accm[r][t] = _mm_setzero_ps();
-    }
+    __m128 acc[4]; /* per token, lane r: row r */
+    FOR_ROWS(t, T) acc[t] = _mm_setzero_ps();
     for (int i = 0; i < nb; i++) {
+        __m256i S[4][4]; /* [token][row]: the lanes of S */
+        __m128i M[4][4]; /* [token][row]: the lanes of M */
+        float dws[4], dmins[4];
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
         if (P) krows_prefetch(c, 4 * (int)bs);
         const exo_block_q8_K *a[4];
@@ -193,7 +240,8 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
             const uint8_t *qs = P ? c + qs_bytes * r : h + (Q5 ? offsetof(exo_block_q5_K, qs) : offsetof(exo_block_q4_K, qs));
             exo_half hd[2];
             memcpy(hd, h, sizeof hd);
-            const float dw = _cvtsh_ss(hd[0]), dminw = _cvtsh_ss(hd[1]);
+            dws[r] = _cvtsh_ss(hd[0]);
+            dmins[r] = _cvtsh_ss(hd[1]);
             /* exo_k_scales_unpack, in registers */
             const uint32_t u0 = krows_u32(h + 4), u1 = krows_u32(h + 8), u2 = krows_u32(h + 12);
             const uint32_t s0 = u0 & low6, s1 = (u2 & nib) | (((u0 >> 6) & top2) << 4);
@@ -251,9 +299,7 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
                 }
             }
             FOR_ROWS(t, T) {
-                const float ad = a[t]->d, d = dw * ad, dmin = dminw * ad;
-                accm[r][t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, bsum_pairs[t])),
-                                          accm[r][t]);
+                M[t][r] = _mm_madd_epi16(mins, bsum_pairs[t]);
                 __m256i se = _mm256_setzero_si256(), so = _mm256_setzero_si256();
                 for (int k = 0; k < 4; k++) {
                     const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xl[t] + 64 * k));
@@ -267,15 +313,17 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
 #endif
                 }
 #if KROWS_VNNI
-                const __m256i sumi = _mm256_add_epi32(_mm256_mullo_epi32(se, sc_even), _mm256_mullo_epi32(so, sc_odd));
+                S[t][r] = _mm256_add_epi32(_mm256_mullo_epi32(se, sc_even), _mm256_mullo_epi32(so, sc_odd));
 #else
-                const __m256i sumi = _mm256_add_epi32(_mm256_madd_epi16(se, sc_even), _mm256_madd_epi16(so, sc_odd));
+                S[t][r] = _mm256_add_epi32(_mm256_madd_epi16(se, sc_even), _mm256_madd_epi16(so, sc_odd));
 #endif
-                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
+        const __m128 dw = R == 4 ? _mm_loadu_ps(dws) : _mm_set1_ps(dws[0]);
+        const __m128 dmin = R == 4 ? _mm_loadu_ps(dmins) : _mm_set1_ps(dmins[0]);
+        FOR_ROWS(t, T) acc[t] = krows_step(acc[t], dw, dmin, a[t]->d, krows_rows_sum8(S[t], R), krows_rows_sum4(M[t], R), true);
     }
-    FOR_ROWS(r, R) FOR_ROWS(t, T) out[(size_t)t * ldo + r] = krows_hsum_ps(acc[r][t]) - krows_hsum4_ps(accm[r][t]);
+    krows_store(acc, out, ldo, R, T);
 }
 
 EXO_ALWAYS_INLINE void q4_K_rows(int n, const uint8_t *w0, size_t stride, const uint8_t *act, size_t act_stride,
@@ -327,9 +375,11 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
     (void)two; /* the AVX-512 build's packed unpacking does without it */
     const __m128i ctl[4] = { krows_ctl(0, 4, KROWS_SCALE_REP), krows_ctl(1, 4, KROWS_SCALE_REP),
                              krows_ctl(2, 4, KROWS_SCALE_REP), krows_ctl(3, 4, KROWS_SCALE_REP) };
-    __m256 acc[4][4];
-    FOR_ROWS(r, R) FOR_ROWS(t, T) acc[r][t] = _mm256_setzero_ps();
+    __m128 acc[4]; /* per token, lane r: row r */
+    FOR_ROWS(t, T) acc[t] = _mm_setzero_ps();
     for (int i = 0; i < nb; i++) {
+        __m256i S[4][4]; /* [token][row]: the lanes of S */
+        float dws[4];
         const uint8_t *c = w0 + (size_t)i * 4 * bs;
         if (P) krows_prefetch(c, 4 * (int)bs);
         const exo_block_q8_K *a[4];
@@ -349,7 +399,7 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
             const uint8_t *h = P ? c + 4 * KROWS_Q6K_QS + KROWS_Q6K_HEAD * r : w + offsetof(exo_block_q6_K, scales);
             exo_half hd;
             memcpy(&hd, h + 16, sizeof hd);
-            const float dw = _cvtsh_ss(hd);
+            dws[r] = _cvtsh_ss(hd);
             const __m128i sc8 = _mm_loadu_si128((const __m128i *)h);
             const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
 #if KROWS_VNNI
@@ -389,7 +439,6 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
                 krows_t4x4(nat[1], nat[3], nat[5], nat[7], qhi);
             }
             FOR_ROWS(t, T) {
-                const float d = dw * a[t]->d;
                 const __m256i bsums = _mm256_loadu_si256((const __m256i *)a[t]->bsums);
                 /* -32 * sum_g sc[g] * bsums[g] */
                 __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 5));
@@ -413,11 +462,13 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
                                                                    _mm256_madd_epi16(phi, gs[2 + m])));
 #endif
                 }
-                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r][t]);
+                S[t][r] = sumi;
             }
         }
+        const __m128 dw = R == 4 ? _mm_loadu_ps(dws) : _mm_set1_ps(dws[0]);
+        FOR_ROWS(t, T) acc[t] = krows_step(acc[t], dw, dw, a[t]->d, krows_rows_sum8(S[t], R), _mm_setzero_si128(), false);
     }
-    FOR_ROWS(r, R) FOR_ROWS(t, T) out[(size_t)t * ldo + r] = krows_hsum_ps(acc[r][t]);
+    krows_store(acc, out, ldo, R, T);
 }
 
 /* The exported kernels of one instruction set (SUFFIX avx2 or avx512):
