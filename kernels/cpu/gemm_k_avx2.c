@@ -12,12 +12,13 @@
  * register for register: the row's eight code registers stay loaded while
  * the tokens go by, each token's activations (put in the lane order once per
  * product) are maddubs's memory operand, the products of a lane's 16 (Q6_K:
- * 8) elements add up in 16 bits, one madd a unit applies its scale. Hence
- * bit for bit vec_dot_packed: each float lane gets the same exact integer,
- * then the same d * (float)integer FMA and the same final sums. What the
- * batch shares is hoisted: the unpacking, the scales, the products dw * ad
- * (one multiply for eight tokens), and Q4_K/Q5_K's minimums, which run
- * eight tokens a register (their lanes are separate floats until the end).
+ * 8) elements add up in 16 bits, one madd a unit applies its scale. The eight
+ * int32 lanes of eight tokens then collapse to their S (quants.c's
+ * per-super-block order) with a transposing add tree, the minimums' M run
+ * eight tokens a register, and one convert and FMA each finish (row, eight
+ * tokens, super-block): bit for bit vec_dot_ref and every other K kernel.
+ * What the batch shares is hoisted: the unpacking, the scales, the products
+ * dw * ad and dmin * ad (one multiply for eight tokens).
  *
  * Saturation: maddubs adds two u8 x s8 products into int16 with saturation,
  * and the packed kernels add four such results (Q6_K: two) in int16. With

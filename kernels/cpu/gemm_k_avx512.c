@@ -11,20 +11,17 @@
  * activation bytes and one vpdpbusd a row with the row's four code bytes
  * broadcast. The activations are put in that layout once per product.
  *
- * Bit for bit vec_dot_packed: that kernel keeps eight float lanes a
- * (row, token) (and four for Q4_K/Q5_K's minimums), each lane the sum over
- * super-blocks of d * (float)(an exact integer), with one FMA, and adds the
- * lanes in a fixed order at the end. The integers are exact, so any order of
- * integer work gives them; this file computes each lane's integer from the
- * same elements and scales (a lane is a set of "units": a sub-block's or a
- * 16-element group's elements of one half, times its scale), then does the
- * same FMA into the same lane and the same final sums, for sixteen tokens at
- * once. The lanes (quants_k_rows.h's lane order): lane l = 2 p + h covers
- * elements 64 p .. 64 p + 63 of the super-block whose offset o has
- * (o / 4) % 2 == h; Q4_K/Q5_K's lane l is sub-blocks 2 p and 2 p + 1 of it
- * (two units of 16 elements), Q6_K's the four 16-element groups (four units
- * of 8), with Q6_K's -32 offset applied as -32 * (sc[2 l] * bsums[2 l] +
- * sc[2 l + 1] * bsums[2 l + 1]), as that kernel does. */
+ * Bit for bit vec_dot_ref and every other K kernel: quants.c's
+ * per-super-block order. Each row's units (a sub-block's or a 16-element
+ * group's elements of one lane, times its scale) add up in one int32 vector
+ * of sixteen tokens, S; Q4_K/Q5_K's minimums in another, M (vpdpwssd of the
+ * int16 (min, min) pairs and the tokens' sub-block sums); Q6_K's -32 offset
+ * goes into S the same way. Then one convert and FMA (two with minimums) per
+ * (row, sixteen tokens, super-block). The lanes: lane l covers 32 elements
+ * of the super-block; Q4_K/Q5_K's lane l = 2 p + h is elements o of
+ * sub-blocks 2 p and 2 p + 1 (two units of four steps) with (o / 4) % 2 == h,
+ * Q6_K's lane l is all of groups 2 l and 2 l + 1 (two units of four steps:
+ * one scale multiply a group, not one a half-group). */
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || !defined(__AVX512VNNI__) || \
     !defined(__F16C__)
 #error "gemm_k_avx512.c must be compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mf16c"
@@ -86,13 +83,16 @@ static inline float half_to_float(const uint8_t *p)
  * elements: steps go lane by lane, unit by unit (see the top). */
 static inline int step_element(bool q6, int s)
 {
-    const int l = s / 8, p = l / 2, h = l % 2;
-    if (!q6) { /* unit u: sub-block 2 p + u, four steps of 8 */
+    const int l = s / 8;
+    if (!q6) {
+        const int p = l / 2, h = l % 2; /* unit u: sub-block 2 p + u, four steps of 8 */
         const int u = (s % 8) / 4, q = s % 4;
         return 32 * (2 * p + u) + 8 * q + 4 * h;
     }
-    const int u = (s % 8) / 2, q = s % 2; /* unit u: group 4 p + u, two steps of 8 */
-    return 64 * p + 16 * u + 8 * q + 4 * h;
+    /* Q6_K: lane L is groups 2 L and 2 L + 1 (unit u, four steps each), so a unit's elements are
+     * all of its group's 16: 64 (L / 2) + 8 c + 4 h, with c = 4 (L % 2) + 2 u + (s / 2) % 2, h = s % 2 */
+    const int u = (s % 8) / 4, c = 4 * (l % 2) + 2 * u + (s / 2) % 2;
+    return 64 * (l / 2) + 8 * c + 4 * (s % 2);
 }
 
 /* ---- the activations -------------------------------------------------------- */
@@ -139,10 +139,12 @@ static void strip_zero_row(uint8_t *st, int r)
 
 enum { FMT_Q4_K, FMT_Q5_K, FMT_Q6_K };
 
-/* v[r] holds row r's codes of eight steps (dword l: lane l's); stores
- * dword l of every row side by side, as step base + 8 l wants them. */
-static inline void strip_store_t8x8(const __m256i v[8], uint8_t *st, int base)
+/* v[r] holds row r's codes of eight steps (dword l: the packed lane l's);
+ * stores dword l of every row side by side, as step base + 8 l wants them
+ * (Q4_K/Q5_K; Q6_K: step base + 16 (l / 2) + l % 2, see step_element). */
+static inline void strip_store_t8x8(const __m256i v[8], uint8_t *st, int base, bool q6)
 {
+#define STEP_OF(l) (base + (q6 ? 16 * ((l) / 2) + (l) % 2 : 8 * (l)))
     __m256i t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
@@ -155,9 +157,10 @@ static inline void strip_store_t8x8(const __m256i v[8], uint8_t *st, int base)
         u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
     }
     for (int l = 0; l < 4; l++) {
-        _mm256_store_si256((__m256i *)(st + 32 * (base + 8 * l)), _mm256_permute2x128_si256(u[l], u[l + 4], 0x20));
-        _mm256_store_si256((__m256i *)(st + 32 * (base + 8 * (l + 4))), _mm256_permute2x128_si256(u[l], u[l + 4], 0x31));
+        _mm256_store_si256((__m256i *)(st + 32 * STEP_OF(l)), _mm256_permute2x128_si256(u[l], u[l + 4], 0x20));
+        _mm256_store_si256((__m256i *)(st + 32 * STEP_OF(l + 4)), _mm256_permute2x128_si256(u[l], u[l + 4], 0x31));
     }
+#undef STEP_OF
 }
 
 /* The codes of a strip's super-block from the eight rows' packed quants
@@ -180,12 +183,12 @@ static void strip_codes(const uint8_t *qs[8], uint8_t *st, int fmt)
                     v[1][r] = _mm256_or_si256(v[1][r], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(f, 2 * q + 1), one), 4));
                 }
             }
-            strip_store_t8x8(v[0], st, q);     /* unit 0: step 8 l + q */
-            strip_store_t8x8(v[1], st, 4 + q); /* unit 1: step 8 l + 4 + q */
+            strip_store_t8x8(v[0], st, q, false);     /* unit 0: step 8 l + q */
+            strip_store_t8x8(v[1], st, 4 + q, false); /* unit 1: step 8 l + 4 + q */
         }
         return;
     }
-    for (int c = 0; c < 4; c++) { /* step 8 l + 2 u + q with u = 2 hi + c / 2, q = c % 2 */
+    for (int c = 0; c < 4; c++) { /* lo c: c of step_element 2 c; hi c: 4 + c */
         for (int r = 0; r < 8; r++) {
             const __m256i w = _mm256_loadu_si256((const __m256i *)(qs[r] + 32 * c));
             const __m256i top = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qs[r] + 128 + 32 * (c / 2))), 4 * (c % 2));
@@ -193,8 +196,8 @@ static void strip_codes(const uint8_t *qs[8], uint8_t *st, int fmt)
             v[1][r] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), low4),
                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(top, 2), two), 4));
         }
-        strip_store_t8x8(v[0], st, 2 * (c / 2) + c % 2);
-        strip_store_t8x8(v[1], st, 2 * (2 + c / 2) + c % 2);
+        strip_store_t8x8(v[0], st, 2 * c, true);
+        strip_store_t8x8(v[1], st, 8 + 2 * c, true);
     }
 }
 
@@ -223,7 +226,7 @@ static void strip_head_q6(const uint8_t *head, uint8_t *st, int r)
     int32_t *sc32 = (int32_t *)(st + STRIP_SC), *pairs = (int32_t *)(st + STRIP_PAIRS);
     const int8_t *scales = (const int8_t *)head;
     for (int l = 0; l < 8; l++)
-        for (int u = 0; u < 4; u++) sc32[STRIP_ROWS * (4 * l + u) + r] = scales[4 * (l / 2) + u];
+        for (int u = 0; u < 2; u++) sc32[STRIP_ROWS * (4 * l + u) + r] = scales[2 * l + u];
     for (int k = 0; k < 8; k++)
         pairs[STRIP_ROWS * k + r] =
             (int32_t)((uint32_t)(uint16_t)scales[2 * k] | (uint32_t)(uint16_t)scales[2 * k + 1] << 16);
@@ -294,8 +297,6 @@ EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_
              * (with the rows side by side GCC kept every unit's sums to the end and spilled) */
             __m512i x[8];
             UNROLL for (int k = 0; k < 8; k++) x[k] = _mm512_load_si512(at + 64 * (8 * l + k));
-            __m512i bp = _mm512_setzero_si512();
-            if (q6) bp = _mm512_load_si512(at + ACT_PAIRS + 64 * l);
             UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
                 __m512i lane = S[r];
                 UNROLL for (int u = 0; u < NU; u++) {
@@ -306,13 +307,17 @@ EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_
                     }
                     lane = _mm512_add_epi32(lane, _mm512_mullo_epi32(unit, _mm512_set1_epi32(sc32[STRIP_ROWS * (4 * l + u) + r])));
                 }
-                if (q6) { /* - 32 (sc[2 l] bsums[2 l] + sc[2 l + 1] bsums[2 l + 1]) */
-                    const __m512i off = _mm512_madd_epi16(bp, _mm512_set1_epi32(pairs[STRIP_ROWS * l + r]));
-                    lane = _mm512_sub_epi32(lane, _mm512_slli_epi32(off, 5));
-                }
                 S[r] = lane;
             }
         }
+        if (q6) /* Q6_K's offset: - 32 sum_g sc[g] bsums[g], the pairs (2 k, 2 k + 1) a vpdpwssd each */
+            UNROLL for (int r = 0; r < STRIP_ROWS; r++) {
+                __m512i off = _mm512_setzero_si512();
+                for (int k = 0; k < 8; k++)
+                    off = _mm512_dpwssd_epi32(off, _mm512_load_si512(at + ACT_PAIRS + 64 * k),
+                                              _mm512_set1_epi32(pairs[STRIP_ROWS * k + r]));
+                S[r] = _mm512_sub_epi32(S[r], _mm512_slli_epi32(off, 5));
+            }
         const __m512 ad = _mm512_load_ps(at + ACT_D);
         UNROLL for (int r = 0; r < STRIP_ROWS; r++)
             acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(dw[r]), ad), _mm512_cvtepi32_ps(S[r]), acc[r]);
@@ -347,7 +352,7 @@ static void tiled_gemm(int n, const void *groups, int n_rows, const void *tiles,
             const uint8_t *tile = (const uint8_t *)tiles + (size_t)(t0 / TOK) * tile_bytes;
             __m512 res[STRIP_ROWS];
             if (fmt == FMT_Q6_K)
-                strip_x_tokens(nb, strip, tile, res, 4, 2, true);
+                strip_x_tokens(nb, strip, tile, res, 2, 4, true);
             else
                 strip_x_tokens(nb, strip, tile, res, 2, 4, false);
             float v[STRIP_ROWS][TOK];

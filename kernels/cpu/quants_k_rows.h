@@ -5,10 +5,11 @@
  * Included by quants_avx2.c, quants_avx512.c and gemm_k_avx2.c only, each of which names the
  * bodies in its own exported kernels. The code is the same: built for
  * AVX-512 it has 32 vector registers, which keeps the four-row, four-token
- * accumulators out of memory. Integer sums are exact and the float work (one
- * FMA per super-block into eight lanes, the lanes summed in one fixed order)
- * is the same op for op, so the one-row kernels, the packed ones and both
- * instruction sets give bit-identical results.
+ * accumulators out of memory. Integer sums are exact, and a (row, token)'s
+ * lanes collapse in integers (a transposing add tree over four rows) to the
+ * S and M of quants.c's per-super-block order before its one float step, so
+ * the one-row kernels, the packed ones, both instruction sets, the tiled
+ * GEMMs and the _ref kernels give bit-identical results.
  *
  * The quants and activations go through the registers in a lane order (see
  * krows_t4x4) in which a sub-block's scale is applied once a super-block,
@@ -55,13 +56,6 @@ static inline float krows_hsum_ps(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static inline float krows_hsum4_ps(__m128 v)
-{
-    __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
@@ -193,10 +187,10 @@ static inline __m128i krows_ctl(int base, int step, int rep)
  * four at w0 (quants.h; quants in the lane order), and xt holds the T rows'
  * activation quants in the lane order (krows_acts_lanes); without P, row r
  * is at w0 + r * stride in the file's layout and both are put in the lane
- * order here. The _ref kernel's sums, exact in integers, then d * sumi and
- * dmin * summ accumulated per super-block: each (row, token) pair goes
- * through the same operations whatever R, T and P are, so every path gives
- * the same bits. */
+ * order here. The _ref kernel's sums, exact in integers, then its float
+ * step per super-block (krows_step): each (row, token) pair goes through the
+ * same operations whatever R, T and P are, so every path gives the same
+ * bits. */
 /* Q5 (Q5_K): the same with a fifth bit per value. Packed, a row's
  * super-block is its 128 bytes of nibbles as Q4_K's, then 32 bytes whose byte
  * p holds the fifth bits of the eight registers' byte p (bit 2 c: lo c, bit
