@@ -69,16 +69,24 @@ static inline void krows_prefetch(const uint8_t *p, int bytes)
  * collapse to S (and Q4_K/Q5_K's M) in integers, then one float step a
  * super-block. Four rows' eight int32 lanes each to a vector of the four
  * rows' sums: a transposing add tree (integers: any order is exact). */
+static inline __m128i krows_sum4x4_epi32(__m128i a, __m128i b, __m128i c, __m128i d);
+
 static inline __m128i krows_sum4x8_epi32(__m256i a, __m256i b, __m256i c, __m256i d)
 {
-    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    return krows_sum4x4_epi32(_mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1)),
+                              _mm_add_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)),
+                              _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)),
+                              _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)));
 }
 
 /* The same for four rows' four lanes (the minimums' products). */
 static inline __m128i krows_sum4x4_epi32(__m128i a, __m128i b, __m128i c, __m128i d)
 {
-    return _mm_hadd_epi32(_mm_hadd_epi32(a, b), _mm_hadd_epi32(c, d));
+    /* unpacks and adds rather than phaddd: these have EVEX forms, so the AVX-512 build may keep
+     * the rows' sums in any of its 32 registers (with phaddd GCC spilled the packed Q6_K loop) */
+    const __m128i ab = _mm_add_epi32(_mm_unpacklo_epi32(a, b), _mm_unpackhi_epi32(a, b));
+    const __m128i cd = _mm_add_epi32(_mm_unpacklo_epi32(c, d), _mm_unpackhi_epi32(c, d));
+    return _mm_add_epi32(_mm_unpacklo_epi64(ab, cd), _mm_unpackhi_epi64(ab, cd));
 }
 
 /* R (1 or 4) rows' S from their lane vectors v[0..R): lane r row r's. */
@@ -313,8 +321,8 @@ EXO_ALWAYS_INLINE void q45_K_rows(int n, const uint8_t *w0, size_t stride, const
 #endif
             }
         }
-        const __m128 dw = R == 4 ? _mm_loadu_ps(dws) : _mm_set1_ps(dws[0]);
-        const __m128 dmin = R == 4 ? _mm_loadu_ps(dmins) : _mm_set1_ps(dmins[0]);
+        const __m128 dw = R == 4 ? _mm_setr_ps(dws[0], dws[1], dws[2], dws[3]) : _mm_set1_ps(dws[0]);
+        const __m128 dmin = R == 4 ? _mm_setr_ps(dmins[0], dmins[1], dmins[2], dmins[3]) : _mm_set1_ps(dmins[0]);
         FOR_ROWS(t, T) acc[t] = krows_step(acc[t], dw, dmin, a[t]->d, krows_rows_sum8(S[t], R), krows_rows_sum4(M[t], R), true);
     }
     krows_store(acc, out, ldo, R, T);
@@ -459,7 +467,7 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
                 S[t][r] = sumi;
             }
         }
-        const __m128 dw = R == 4 ? _mm_loadu_ps(dws) : _mm_set1_ps(dws[0]);
+        const __m128 dw = R == 4 ? _mm_setr_ps(dws[0], dws[1], dws[2], dws[3]) : _mm_set1_ps(dws[0]);
         FOR_ROWS(t, T) acc[t] = krows_step(acc[t], dw, dw, a[t]->d, krows_rows_sum8(S[t], R), _mm_setzero_si128(), false);
     }
     krows_store(acc, out, ldo, R, T);
