@@ -202,13 +202,47 @@ static void unpack_strip(const uint8_t *g, int n_groups, int nb, uint8_t *strip,
 
 /* ---- the micro-kernel ------------------------------------------------------------ */
 
+/* Tokens 0-3's half sums in a, 4-7's in b (lanes 0-3: low halves, 4-7: high
+ * halves) to token j's sum in lane j. */
+static inline __m256i sum2x4_epi32(__m256i a, __m256i b)
+{
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
 /* Eight tokens' int32 lane vectors to one vector of their sums (token t in
  * lane t): a transposing add tree (integers: exact in any order). */
 static inline __m256i sum8x8_epi32(const __m256i v[8])
 {
-    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+    return sum2x4_epi32(_mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3])),
+                        _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7])));
+}
+
+/* A row's eight int32 lanes against token t's activations x (lane order;
+ * at: the token group's super-block, for Q6_K's bsums). */
+EXO_ALWAYS_INLINE __m256i token_lanes(const __m256i qlo[4], const __m256i qhi[4], const __m256i *sc, __m256i off,
+                                      const uint8_t *at, int t, const bool q6)
+{
+    const uint8_t *x = at + (size_t)EXO_QK_K * t;
+#define X(o) _mm256_load_si256((const __m256i *)(x + (o)))
+    if (!q6) { /* lo c: sub-block 2 p of lane 2 p + h, hi c: 2 p + 1 */
+        __m256i se = _mm256_maddubs_epi16(qlo[0], X(0)), so = _mm256_maddubs_epi16(qhi[0], X(32));
+        for (int c = 1; c < 4; c++) {
+            se = _mm256_add_epi16(se, _mm256_maddubs_epi16(qlo[c], X(64 * c)));
+            so = _mm256_add_epi16(so, _mm256_maddubs_epi16(qhi[c], X(64 * c + 32)));
+        }
+        return _mm256_add_epi32(_mm256_madd_epi16(se, sc[0]), _mm256_madd_epi16(so, sc[1]));
+    }
+    /* -32 * sum_g sc[g] bsums[g], then groups 4 p + m (lo 2 m, 2 m + 1) and + 2 (hi) */
+    __m256i sumi = _mm256_madd_epi16(off, _mm256_load_si256((const __m256i *)(at + ACT_BS) + t));
+    for (int m = 0; m < 2; m++) {
+        const __m256i plo = _mm256_add_epi16(_mm256_maddubs_epi16(qlo[2 * m], X(128 * m)),
+                                             _mm256_maddubs_epi16(qlo[2 * m + 1], X(128 * m + 64)));
+        const __m256i phi = _mm256_add_epi16(_mm256_maddubs_epi16(qhi[2 * m], X(128 * m + 32)),
+                                             _mm256_maddubs_epi16(qhi[2 * m + 1], X(128 * m + 96)));
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, sc[m]), _mm256_madd_epi16(phi, sc[2 + m])));
+    }
+    return sumi;
+#undef X
 }
 
 /* Rows [0, R) of the strip against one token group over nb super-blocks;
@@ -235,35 +269,24 @@ EXO_ALWAYS_INLINE void strip_x_tokens(int nb, const uint8_t *strip, const uint8_
             }
             const __m256i off = q6 ? _mm256_load_si256((const __m256i *)(st + ST_OFF) + r) : _mm256_setzero_si256();
             for (int h = 0; h < TOK / 8; h++) {
-                __m256i lanes[8];
-                _Pragma("GCC unroll 2") for (int j = 0; j < 8; j++) {
-                    const int t = 8 * h + j;
-                    const uint8_t *x = at + (size_t)EXO_QK_K * t;
-#define X(o) _mm256_load_si256((const __m256i *)(x + (o)))
-                    __m256i sumi;
-                    if (!q6) { /* lo c: sub-block 2 p of lane 2 p + h, hi c: 2 p + 1 */
-                        __m256i se = _mm256_maddubs_epi16(qlo[0], X(0)), so = _mm256_maddubs_epi16(qhi[0], X(32));
-                        for (int c = 1; c < 4; c++) {
-                            se = _mm256_add_epi16(se, _mm256_maddubs_epi16(qlo[c], X(64 * c)));
-                            so = _mm256_add_epi16(so, _mm256_maddubs_epi16(qhi[c], X(64 * c + 32)));
-                        }
-                        sumi = _mm256_add_epi32(_mm256_madd_epi16(se, sc[0]), _mm256_madd_epi16(so, sc[1]));
-                    } else { /* -32 * sum_g sc[g] bsums[g], then groups 4 p + m (lo 2 m, 2 m + 1) and + 2 (hi) */
-                        sumi = _mm256_madd_epi16(off, _mm256_load_si256((const __m256i *)(at + ACT_BS) + t));
-                        for (int m = 0; m < 2; m++) {
-                            const __m256i plo = _mm256_add_epi16(_mm256_maddubs_epi16(qlo[2 * m], X(128 * m)),
-                                                                 _mm256_maddubs_epi16(qlo[2 * m + 1], X(128 * m + 64)));
-                            const __m256i phi = _mm256_add_epi16(_mm256_maddubs_epi16(qhi[2 * m], X(128 * m + 32)),
-                                                                 _mm256_maddubs_epi16(qhi[2 * m + 1], X(128 * m + 96)));
-                            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, sc[m]),
-                                                                           _mm256_madd_epi16(phi, sc[2 + m])));
-                        }
-                    }
-#undef X
-                    lanes[j] = sumi;
+                /* tokens 8 h .. 8 h + 7 to S, token j in lane j, by a transposing add tree:
+                 * Q4_K/Q5_K add each pair's lanes as they come (few registers live: 6 % faster
+                 * than all eight first); Q6_K, whose lanes take more registers, was 6 % faster
+                 * with the eight tokens' lanes first (bench_quants gemm, AVX2) */
+                __m256i S;
+                if (!q6) {
+                    __m256i pr[4];
+                    for (int j = 0; j < 4; j++)
+                        pr[j] = _mm256_hadd_epi32(token_lanes(qlo, qhi, sc, off, at, 8 * h + 2 * j, q6),
+                                                  token_lanes(qlo, qhi, sc, off, at, 8 * h + 2 * j + 1, q6));
+                    S = sum2x4_epi32(_mm256_hadd_epi32(pr[0], pr[1]), _mm256_hadd_epi32(pr[2], pr[3]));
+                } else {
+                    __m256i lanes[8];
+                    _Pragma("GCC unroll 2") for (int j = 0; j < 8; j++) lanes[j] = token_lanes(qlo, qhi, sc, off, at, 8 * h + j, q6);
+                    S = sum8x8_epi32(lanes);
                 }
                 const __m256 ad = _mm256_load_ps((const float *)(at + ACT_D) + 8 * h);
-                acc[r][h] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dw[r]), ad), _mm256_cvtepi32_ps(sum8x8_epi32(lanes)),
+                acc[r][h] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dw[r]), ad), _mm256_cvtepi32_ps(S),
                                             acc[r][h]);
                 if (!q6) { /* M: mn[2 m] bsum(2 m) + mn[2 m + 1] bsum(2 m + 1) over m */
                     __m256i M = _mm256_setzero_si256();
