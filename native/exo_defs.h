@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 /* Bump when any declaration in exo.h or exo_defs.h changes meaning or layout. */
-#define EXO_ABI_VERSION 3
+#define EXO_ABI_VERSION 4
 
 /* Errors: every libexo call returns 0 or one of these, and leaves a message
  * for exo_last_error(). Names and messages come from the one X-macro table in

@@ -331,7 +331,7 @@ double exo_now(void);
 local C = ffi.C
 local M = {}
 
-M.ABI_VERSION = 3
+M.ABI_VERSION = 4
 -- The raw namespace, for tests and the REPL: modules under lua/exo call the
 -- wrappers below (test_boundary checks that none but this one reaches it).
 M.C = C
