@@ -418,18 +418,16 @@ static void test_traits(void)
         /* Q8_0's four-row dot is for batches only (see quants.c). */
         if (want_x4) CHECK(tk->x4_min_tokens == (q8 ? 2 : 0));
         /* The packed layout exists for these formats; its kernel with AVX-512 VNNI, and with AVX2
-         * for the 4-bit ones (quants_avx2.h says why not Q8_0). */
+         * for the 4-bit ones and Q8_0 (whose tiled GEMM reads the layout). */
         CHECK_MSG((tk->pack_x4 != NULL) == (four_bit || q8 || kq) && (tk->unpack_x4_row != NULL) == (four_bit || q8 || kq),
                   "%s: pack_x4 / unpack_x4_row", tk->name);
-        bool want_packed = exo__quants_have_avx512() ? four_bit || q8 || kq : exo__quants_have_avx2() && (four_bit || kq);
+        bool want_packed = exo__quants_have_avx512() ? four_bit || q8 || kq : exo__quants_have_avx2() && (four_bit || q8 || kq);
         CHECK_MSG((tk->vec_dot_packed != NULL) == want_packed, "%s: vec_dot_packed", tk->name);
         /* four-token kernels: the K formats on both sets, Q4_0 with AVX-512 VNNI */
         bool want_t4 = want_packed && (kq || (exo__quants_have_avx512() && all_dtypes[k] == EXO_DTYPE_Q4_0));
         CHECK_MSG((tk->vec_dot_packed_t4 != NULL) == want_t4, "%s: vec_dot_packed_t4", tk->name);
-        /* the tiled batch product: the K formats, on AVX2 (maddubs) and AVX-512 VNNI; Q4_0 and
-         * Q8_0 on AVX-512 VNNI */
-        bool want_tiled = (exo__quants_have_avx2() && kq) ||
-                          (exo__quants_have_avx512() && (all_dtypes[k] == EXO_DTYPE_Q4_0 || q8));
+        /* the tiled batch product: the K formats, Q4_0 and Q8_0, on AVX2 (maddubs) and AVX-512 VNNI */
+        bool want_tiled = exo__quants_have_avx2() && (kq || all_dtypes[k] == EXO_DTYPE_Q4_0 || q8);
         CHECK_MSG((tk->tiled != NULL) == want_tiled, "%s: tiled", tk->name);
         if (want_tiled) CHECK(tk->tiled->min_tokens >= 1 && tk->tiled->pack_act && tk->tiled->gemm);
         /* Q4_K and Q5_K share token groups (a layer may mix them), Q6_K lays them out its own way */
@@ -1167,8 +1165,7 @@ static void max_codes_row(int dtype, uint8_t *row, int n)
 static void test_tiled(int dtype)
 {
     const exo_kernel_set *k2 = exo__quants_kernels(dtype, EXO_ISA_AVX2), *k5 = exo__quants_kernels(dtype, EXO_ISA_AVX512);
-    const bool block32 = exo__type_traits_get(dtype)->block_size == EXO_QK;
-    CHECK_MSG(!k2 || k2->tiled || block32, "dtype %d: no AVX2 tiled GEMM", dtype);
+    CHECK_MSG(!k2 || k2->tiled, "dtype %d: no AVX2 tiled GEMM", dtype);
     CHECK_MSG(!k5 || k5->tiled, "dtype %d: no AVX-512 tiled GEMM", dtype);
     if (k2 && k2->tiled && cpu_runs_avx2()) test_tiled_set(dtype, k2, "avx2");
     if (k5 && k5->tiled && cpu_runs_avx512()) test_tiled_set(dtype, k5, "avx512");

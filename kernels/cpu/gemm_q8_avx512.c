@@ -26,6 +26,7 @@
 #endif
 
 #include "gemm_q8_avx512.h"
+#include "gemm_q8_avx2.h"
 
 #include <immintrin.h>
 #include <stdint.h>
@@ -38,11 +39,10 @@
 #define TOK EXO_TILED_TOKENS
 #define CHAINS EXO_BLOCK_CHAINS
 
-/* A token group's block: the quants (token t's 32 at 32 t), the tokens'
- * d's, their starting sums (-offset * sum of the block's quants). */
-#define ACT_D 512
-#define ACT_C 576
-#define ACT_BLOCK 640
+/* A token group's block: gemm_q8_avx2.h (EXO_Q8_TILE_*), laid out by its pack_act. */
+#define ACT_D EXO_Q8_TILE_D
+#define ACT_C EXO_Q8_TILE_C
+#define ACT_BLOCK EXO_Q8_TILE_BLOCK
 _Static_assert(ACT_BLOCK * (EXO_QK_K / EXO_QK) <= EXO_TILED_ACT_SB_BYTES, "token group layout");
 
 /* A strip's block: the codes (step k's at 64 k, four bytes a row), the rows' d's. */
@@ -61,60 +61,17 @@ static inline uint32_t ld32(const uint8_t *p)
 
 /* ---- the activations -------------------------------------------------------- */
 
-static void pack_act(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile, int offset)
-{
-    const int nb = n / EXO_QK;
-    memset(tile, 0, (size_t)nb * ACT_BLOCK);
-    for (int t = 0; t < n_tok; t++) {
-        const exo_block_q8_32 *a = (const exo_block_q8_32 *)((const uint8_t *)act_rows + (size_t)t * act_stride);
-        for (int i = 0; i < nb; i++) {
-            uint8_t *at = (uint8_t *)tile + (size_t)i * ACT_BLOCK;
-            int sum = 0;
-            for (int j = 0; j < EXO_QK; j++) sum += a[i].qs[j];
-            const int32_t c = -offset * sum;
-            memcpy(at + 32 * t, a[i].qs, EXO_QK);
-            memcpy(at + ACT_D + 4 * t, &a[i].d, sizeof(float));
-            memcpy(at + ACT_C + 4 * t, &c, sizeof c);
-        }
-    }
-}
-
 static void pack_act_q4_0(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile)
 {
-    pack_act(n, act_rows, act_stride, n_tok, tile, 8);
+    exo__q8_tile_pack_act(n, act_rows, act_stride, n_tok, tile, 8);
 }
 
 static void pack_act_q8_0(int n, const void *act_rows, size_t act_stride, int n_tok, void *tile)
 {
-    pack_act(n, act_rows, act_stride, n_tok, tile, 128);
+    exo__q8_tile_pack_act(n, act_rows, act_stride, n_tok, tile, 128);
 }
 
 /* ---- the strip ---------------------------------------------------------------- */
-
-/* Where row r's block b lies in a packed group (quants.h: chunks of four
- * blocks, then, for the 4-bit formats, a pair, then singles; a chunk holds
- * the rows' quants in units of `unit` blocks, then each row's headers). */
-static void packed_block(const uint8_t *group, int nb, size_t bs, size_t head, bool pairs, int r, int b,
-                         const uint8_t **qs, const uint8_t **d)
-{
-    const int nb4 = nb / 4 * 4;
-    int i, cb;
-    if (b < nb4) {
-        i = b / 4 * 4;
-        cb = 4;
-    } else if (pairs && nb - nb4 >= 2 && b < nb4 + 2) {
-        i = nb4;
-        cb = 2;
-    } else {
-        i = b;
-        cb = 1;
-    }
-    const size_t qsb = bs - head;
-    const int unit = pairs && cb >= 2 ? 2 : 1, u = (b - i) / unit * unit, k = (b - i) % unit;
-    const uint8_t *c = group + (size_t)i * 4 * bs;
-    *qs = c + ((size_t)u * 4 + (size_t)r * unit + (size_t)k) * qsb;
-    *d = c + (size_t)cb * 4 * qsb + ((size_t)r * (size_t)cb + (size_t)(b - i)) * head;
-}
 
 /* Unpacks rows [0, rows) of the strip whose groups start at g0 (rows past
  * `rows`: zero codes and d, their results never written). */
@@ -128,8 +85,7 @@ static void unpack_strip(const uint8_t *g0, size_t group_bytes, int rows, int nb
         for (int r = 0; r < STRIP_ROWS; r++) {
             uint8_t codes[EXO_QK];
             if (r < rows) {
-                const uint8_t *qs, *dp;
-                packed_block(g0 + (size_t)(r / 4) * group_bytes, nb, bs, sizeof(exo_half), q4, r % 4, b, &qs, &dp);
+                const uint8_t *dp, *qs = exo__q8_packed_block(g0 + (size_t)(r / 4) * group_bytes, nb, bs, q4, r % 4, b, &dp);
                 if (q4) {
                     const __m128i raw = _mm_loadu_si128((const __m128i *)qs), low4 = _mm_set1_epi8(0x0f);
                     _mm_storeu_si128((__m128i *)codes, _mm_and_si128(raw, low4));

@@ -23,6 +23,7 @@
 #include "cpu_features.h"
 #include "gemm_k_avx2.h"
 #include "gemm_k_avx512.h"
+#include "gemm_q8_avx2.h"
 #include "gemm_q8_avx512.h"
 #include "quants_avx2.h"
 #include "quants_avx512.h"
@@ -1298,17 +1299,20 @@ static const cpu_kernels kernels_scalar = {
 };
 
 #if EXO_QUANTS_X86
-/* quants_avx2.c's kernels. Q8_0 has no packed dot there (quants_avx2.h says why). */
+/* quants_avx2.c's kernels (Q8_0's packed dot and the Q4_0/Q8_0 GEMM: gemm_q8_avx2.c). */
 #define AVX2_f32 .vec_dot = exo__vec_dot_f32_avx2
 #define AVX2_f16 .vec_dot = exo__vec_dot_f16_avx2, .to_float = exo__to_float_f16_avx2
 #define AVX2_bf16 .vec_dot = exo__vec_dot_bf16_avx2, .to_float = exo__to_float_bf16_avx2
 #define AVX2_q4_0 \
     .vec_dot = exo__vec_dot_q4_0_q8_32_avx2, .to_float = exo__to_float_q4_0_avx2, \
-    .vec_dot_packed = exo__vec_dot_packed_q4_0_q8_32_avx2
+    .vec_dot_packed = exo__vec_dot_packed_q4_0_q8_32_avx2, .tiled = &exo__tiled_q4_0_avx2
 #define AVX2_q4_1 \
     .vec_dot = exo__vec_dot_q4_1_q8_32_avx2, .to_float = exo__to_float_q4_1_avx2, \
     .vec_dot_packed = exo__vec_dot_packed_q4_1_q8_32_avx2
-#define AVX2_q8_0 .vec_dot = exo__vec_dot_q8_0_q8_32_avx2, .to_float = exo__to_float_q8_0_avx2
+/* Q8_0's packed dot (gemm_q8_avx2.c) is there for the layout its tiled GEMM reads. */
+#define AVX2_q8_0 \
+    .vec_dot = exo__vec_dot_q8_0_q8_32_avx2, .to_float = exo__to_float_q8_0_avx2, \
+    .vec_dot_packed = exo__vec_dot_packed_q8_0_q8_32_avx2, .tiled = &exo__tiled_q8_0_avx2
 #define AVX2_q5_0 .vec_dot = exo__vec_dot_q5_0_q8_32_avx2, .to_float = exo__to_float_q5_0_avx2
 #define AVX2_q5_1 .vec_dot = exo__vec_dot_q5_1_q8_32_avx2, .to_float = exo__to_float_q5_1_avx2
 #define AVX2_iq4_nl .vec_dot = exo__vec_dot_iq4_nl_q8_32_avx2, .to_float = exo__to_float_iq4_nl_avx2
