@@ -360,6 +360,45 @@ static inline void krows_q6_natural(const uint8_t *ql, const uint8_t *qh, __m256
     }
 }
 
+/* Group scales of one half for the packed and one-row bodies: a lane's
+ * scale of group 4 (lane / 2) + m (VNNI: int32) or 4 (lane / 4) + m (int16),
+ * ctl krows_ctl(m, 4, KROWS_SCALE_REP). */
+static inline __m256i krows_q6_group_scales(__m128i sc8, __m128i ctl)
+{
+#if KROWS_VNNI
+    return _mm256_cvtepi8_epi32(_mm_shuffle_epi8(sc8, ctl));
+#else
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, ctl));
+#endif
+}
+
+/* A packed Q6_K row's (quants at q) registers lo c and hi c for c = 2 m,
+ * 2 m + 1 (both from top-bit register m), values 0..63. */
+static inline void krows_q6_packed_half(const uint8_t *q, int m, __m256i lo[2], __m256i hi[2])
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)(q + 128 + 32 * m));
+    for (int j = 0; j < 2; j++) {
+        const __m256i l = _mm256_loadu_si256((const __m256i *)(q + 32 * (2 * m + j)));
+#if KROWS_VNNI
+        /* The top bits moved to bits 4-5 and masked, then one vpternlogd
+         * (imm 0xec: a & c | b) merges them with the nibble: 6.5
+         * operations a register instead of 10.5 (AVX-512 VL) */
+        const __m256i m30 = _mm256_set1_epi8(0x30);
+        const __m256i xl = _mm256_and_si256(j ? hm : _mm256_slli_epi16(hm, 4), m30);
+        const __m256i xh = _mm256_and_si256(j ? _mm256_srli_epi16(hm, 2) : _mm256_slli_epi16(hm, 2), m30);
+        lo[j] = _mm256_ternarylogic_epi32(l, xl, low4, 0xec);
+        hi[j] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(l, 4), xh, low4, 0xec);
+#else
+        const __m256i two = _mm256_set1_epi8(0x03);
+        const __m256i hb = j ? _mm256_srli_epi16(hm, 4) : hm;
+        lo[j] = _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+        hi[j] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), low4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+#endif
+    }
+}
+
 /* R rows of Q6_K against T activation rows, as q4_K_rows. Packed, a row's
  * super-block is its values in the lane order: low 4 bits as nibbles (byte
  * 32 c + p: lo c's in the low nibble, hi c's in the high one), then the top
@@ -373,8 +412,6 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
 {
     const int nb = n / EXO_QK_K;
     const size_t bs = sizeof(exo_block_q6_K);
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    (void)two; /* the AVX-512 build's packed unpacking does without it */
     const __m128i ctl[4] = { krows_ctl(0, 4, KROWS_SCALE_REP), krows_ctl(1, 4, KROWS_SCALE_REP),
                              krows_ctl(2, 4, KROWS_SCALE_REP), krows_ctl(3, 4, KROWS_SCALE_REP) };
     __m128 acc[4]; /* per token, lane r: row r */
@@ -404,47 +441,36 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
             dws[r] = _cvtsh_ss(hd);
             const __m128i sc8 = _mm_loadu_si128((const __m128i *)h);
             const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-#if KROWS_VNNI
-            __m256i gs[4]; /* int32 lane i: the scale of group 4 (i / 2) + m */
-            for (int m = 0; m < 4; m++) gs[m] = _mm256_cvtepi8_epi32(_mm_shuffle_epi8(sc8, ctl[m]));
-#else
-            __m256i gs[4]; /* int16 lane i: the scale of group 4 (i / 4) + m */
-            for (int m = 0; m < 4; m++) gs[m] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, ctl[m]));
-#endif
-            __m256i qlo[4], qhi[4];
-            if (P) {
-                const uint8_t *ql = c + KROWS_Q6K_QS * r, *qh = ql + 128;
-                for (int k = 0; k < 4; k++) {
-                    const __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * k));
-#if KROWS_VNNI
-                    /* The top bits moved to bits 4-5 and masked, then one vpternlogd
-                     * (imm 0xec: a & c | b) merges them with the nibble: 6.5
-                     * operations a register instead of 10.5 (AVX-512 VL) */
-                    const __m256i h = _mm256_loadu_si256((const __m256i *)(qh + 32 * (k / 2)));
-                    const __m256i m30 = _mm256_set1_epi8(0x30);
-                    const __m256i xl = _mm256_and_si256(k % 2 ? h : _mm256_slli_epi16(h, 4), m30);
-                    const __m256i xh = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2), m30);
-                    qlo[k] = _mm256_ternarylogic_epi32(l, xl, low4, 0xec);
-                    qhi[k] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(l, 4), xh, low4, 0xec);
-#else
-                    const __m256i hb = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * (k / 2))),
-                                                         4 * (k % 2));
-                    qlo[k] = _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-                    qhi[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), low4),
-                                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-#endif
-                }
-            } else {
+            /* AVX2 (16 ymm) unpacks one half m (lo c, hi c for c = 2 m, 2 m + 1:
+             * packed, one top-bit register) and its two scale registers just
+             * before its products: with all eight quant and four scale registers
+             * live at once it spilled them to the stack. The AVX-512 build (32
+             * registers) unpacks all up front, which measured 1-3% faster there. */
+            const bool early = !P || KROWS_VNNI;
+            __m256i qlo[4], qhi[4], gs[4];
+            if (!P) {
                 __m256i nat[8];
                 krows_q6_natural(w, w + offsetof(exo_block_q6_K, qh), nat);
                 krows_t4x4(nat[0], nat[2], nat[4], nat[6], qlo);
                 krows_t4x4(nat[1], nat[3], nat[5], nat[7], qhi);
+            } else if (early) {
+                for (int m = 0; m < 2; m++) krows_q6_packed_half(c + KROWS_Q6K_QS * r, m, qlo + 2 * m, qhi + 2 * m);
             }
+            if (early)
+                for (int g = 0; g < 4; g++) gs[g] = krows_q6_group_scales(sc8, ctl[g]);
+            __m256i sumi[4];
             FOR_ROWS(t, T) {
                 const __m256i bsums = _mm256_loadu_si256((const __m256i *)a[t]->bsums);
                 /* -32 * sum_g sc[g] * bsums[g] */
-                __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 5));
-                for (int m = 0; m < 2; m++) {
+                sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 5));
+            }
+            for (int m = 0; m < 2; m++) {
+                if (!early) {
+                    krows_q6_packed_half(c + KROWS_Q6K_QS * r, m, qlo + 2 * m, qhi + 2 * m);
+                    gs[m] = krows_q6_group_scales(sc8, ctl[m]);
+                    gs[2 + m] = krows_q6_group_scales(sc8, ctl[2 + m]);
+                }
+                FOR_ROWS(t, T) {
                     const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m));
                     const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 32));
                     const __m256i x2 = _mm256_loadu_si256((const __m256i *)(xl[t] + 128 * m + 64));
@@ -453,19 +479,19 @@ EXO_ALWAYS_INLINE void q6_K_rows(int n, const uint8_t *w0, size_t stride, const 
                     const __m256i zero = _mm256_setzero_si256();
                     const __m256i plo = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, qlo[2 * m], x0), qlo[2 * m + 1], x2);
                     const __m256i phi = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, qhi[2 * m], x1), qhi[2 * m + 1], x3);
-                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_mullo_epi32(plo, gs[m]),
-                                                                   _mm256_mullo_epi32(phi, gs[2 + m])));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_mullo_epi32(plo, gs[m]),
+                                                                         _mm256_mullo_epi32(phi, gs[2 + m])));
 #else
                     const __m256i plo = _mm256_add_epi16(_mm256_maddubs_epi16(qlo[2 * m], x0),
                                                          _mm256_maddubs_epi16(qlo[2 * m + 1], x2));
                     const __m256i phi = _mm256_add_epi16(_mm256_maddubs_epi16(qhi[2 * m], x1),
                                                          _mm256_maddubs_epi16(qhi[2 * m + 1], x3));
-                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(plo, gs[m]),
-                                                                   _mm256_madd_epi16(phi, gs[2 + m])));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(plo, gs[m]),
+                                                                         _mm256_madd_epi16(phi, gs[2 + m])));
 #endif
                 }
-                S[t][r] = sumi;
             }
+            FOR_ROWS(t, T) S[t][r] = sumi[t];
         }
         const __m128 dw = R == 4 ? _mm_setr_ps(dws[0], dws[1], dws[2], dws[3]) : _mm_set1_ps(dws[0]);
         FOR_ROWS(t, T) acc[t] = krows_step(acc[t], dw, dw, a[t]->d, krows_rows_sum8(S[t], R), _mm_setzero_si128(), false);
