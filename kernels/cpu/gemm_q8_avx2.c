@@ -130,11 +130,13 @@ void exo__vec_dot_packed_q8_0_q8_32_avx2(int n, const void *groups, int64_t n_gr
     const size_t bs = sizeof(exo_block_q8_0), group_bytes = (size_t)nb * 4 * bs;
     for (int64_t g = 0; g < n_groups; g++) {
         const uint8_t *grp = (const uint8_t *)groups + (size_t)g * group_bytes;
-        for (int r = 0; r < 4; r++) {
-            __m256 acc = _mm256_setzero_ps();
-            int i = 0;
-            for (; i + 8 <= nb; i += 8) {
-                const uint8_t *c0 = grp + (size_t)i * 4 * bs, *c1 = c0 + 16 * bs;
+        __m256 acc[4];
+        for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + 8 <= nb; i += 8) { /* two four-block chunks, read front to back */
+            const uint8_t *c0 = grp + (size_t)i * 4 * bs, *c1 = c0 + 16 * bs;
+            const __m256 da = exo_act_d8(a + i);
+            for (int r = 0; r < 4; r++) {
                 __m256i v[8];
                 for (int k = 0; k < 4; k++) {
                     v[k] = q8_0_isum(c0 + (size_t)(k * 4 + r) * EXO_QK, a[i + k].qs);
@@ -143,8 +145,10 @@ void exo__vec_dot_packed_q8_0_q8_32_avx2(int n, const void *groups, int64_t n_gr
                 const __m256 dw = _mm256_cvtph_ps(
                     _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(c0 + 16 * EXO_QK + 8 * r)),
                                        _mm_loadl_epi64((const __m128i *)(c1 + 16 * EXO_QK + 8 * r))));
-                acc = exo_chains_step(acc, dw, exo_act_d8(a + i), exo_single_block_sums(v));
+                acc[r] = exo_chains_step(acc[r], dw, da, exo_single_block_sums(v));
             }
+        }
+        for (int r = 0; r < 4; r++) {
             if (i < nb) { /* the last blocks: zero sums and scales past them keep every chain as it is */
                 __m256i v[8];
                 float dw[8], da[8];
@@ -159,9 +163,9 @@ void exo__vec_dot_packed_q8_0_q8_32_avx2(int n, const void *groups, int64_t n_gr
                         dw[k] = da[k] = 0.0f;
                     }
                 }
-                acc = exo_chains_step(acc, _mm256_loadu_ps(dw), _mm256_loadu_ps(da), exo_single_block_sums(v));
+                acc[r] = exo_chains_step(acc[r], _mm256_loadu_ps(dw), _mm256_loadu_ps(da), exo_single_block_sums(v));
             }
-            out[4 * g + r] = exo_chains_sum(acc);
+            out[4 * g + r] = exo_chains_sum(acc[r]);
         }
     }
 }
