@@ -167,6 +167,16 @@ end
 -- 503), chunk (prompt rows per batched pass), n_ctx, chat_template (function or text),
 -- speculative ({ draft = spec, g = N }: every request on this node drafts
 -- with it unless it says "speculative": false; "draft_tokens" overrides g).
+-- A served model's state: its sessions and queue. running maps the sessions
+-- of requests in progress (a new request may share their prefix) to their
+-- admission number (preemption takes the latest first); requeued counts
+-- preempted requests not yet readmitted, preempted_out holds those of them
+-- not in the queue.
+function M.new_entry(model)
+  return { model = model, idle = {}, busy = 0, running = {}, queue = {}, admitted = 0, requeued = 0,
+    preempted_out = {}, preemptions = 0 }
+end
+
 function M.new(opts)
   opts = opts or {}
   local self = setmetatable({
@@ -208,11 +218,7 @@ function Node:load_model(id, path)
   local model, lerr = require("exo.model").load(id, { chat_template = self.opts.chat_template, text_only = true,
     runner = self.runner, path = path })
   if not model then return nil, lerr, 500 end
-  -- running: the sessions of requests in progress (a new request may share their prefix).
-  -- running maps each to its admission number (preemption takes the latest first);
-  -- requeued: preempted requests not yet readmitted, preempted_out: those of them not in the queue.
-  local entry = { model = model, idle = {}, busy = 0, running = {}, queue = {}, admitted = 0, requeued = 0,
-    preempted_out = {}, preemptions = 0 }
+  local entry = M.new_entry(model)
   self.loaded[path] = entry
   return entry
 end
@@ -390,8 +396,8 @@ function Node:acquire(entry, ids)
   if #entry.idle == 0 and entry.busy >= self.max_sessions and #entry.queue >= self.max_queue then return busy("") end
   while true do
     -- Preempted requests waiting for readmission go first (they wait at the queue's head).
-    while (#entry.idle == 0 and entry.busy >= self.max_sessions) or (entry.requeued or 0) > 0 do
-      if #entry.queue >= self.max_queue + (entry.requeued or 0) then
+    while (#entry.idle == 0 and entry.busy >= self.max_sessions) or entry.requeued > 0 do
+      if #entry.queue >= self.max_queue + entry.requeued then
         return busy(", a preempted request waiting for KV blocks")
       end
       entry.queue[#entry.queue + 1] = coroutine.running()
@@ -416,7 +422,7 @@ function Node:acquire(entry, ids)
       -- Should the share fail after all, the session is empty and prefill computes the whole prompt.
       if from then session:share_from(from, keep) end
       entry.busy = entry.busy + 1
-      entry.admitted = (entry.admitted or 0) + 1
+      entry.admitted = entry.admitted + 1
       session.admitted = entry.admitted
       entry.running[session] = entry.admitted
       return session
@@ -478,7 +484,7 @@ function Node:release(entry, session, keep)
   end
   session.preempted, session.on_preempted = nil, nil
   -- A preempted request not yet back in the queue retries when it gets there.
-  for s in pairs(entry.preempted_out or {}) do s.wake = true end
+  for s in pairs(entry.preempted_out) do s.wake = true end
   if keep then
     entry.idle[#entry.idle + 1] = session
   else

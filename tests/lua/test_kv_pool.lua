@@ -332,7 +332,7 @@ local function check_node_share(path)
   local shard = assert(native.load_shard(path))
   local V = shard.n_vocab
   assert(shard:set_kv_tokens(4 * 64))
-  local entry = { model = { shard = shard }, idle = {}, busy = 0, running = {}, queue = {} }
+  local entry = require("exo.node").new_entry { shard = shard }
   local P = tokens(21, 150, V)
   local pb = head(P, 128)
   for i, t in ipairs(tokens(22, 52, V)) do pb[128 + i] = t end
